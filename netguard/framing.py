@@ -1,0 +1,400 @@
+# -*- test-case-name: tests.test_framing -*-
+"""
+A bounded, binary-safe line receiver: the base every netguard protocol is built on.
+
+L{GuardedLineReceiver} is a L{LineReceiver} that can be exposed to a hostile network:
+
+  - a line ends at LF; one CR right before the LF is removed (so CRLF and bare LF both end a
+    line); any other byte, NUL, bare CR and non-ASCII included, is delivered unchanged to
+    L{lineReceived}, which decides whether it is acceptable;
+  - a line longer than C{max_line_length} is refused with C{LINE_TOO_LONG} as soon as the
+    buffer passes the bound, newline or not, so memory per connection stays bounded;
+  - before L{end_handshake} is called (that is, before authentication) at most
+    C{max_lines_before_auth} lines and C{max_bytes_before_auth} bytes are accepted;
+  - a client that sends anything before the greeting (an early talker: bots do, real clients
+    wait) is refused with C{EARLY_TALKER};
+  - a handshake deadline runs from the connection to L{end_handshake}; an idle timeout
+    (L{TimeoutMixin}) runs for the whole connection;
+  - write side: the receiver registers itself as the streaming producer of its own transport,
+    so when the peer stops reading and our output queue passes the transport's high-water
+    mark we stop reading the peer (no reply is generated for input we have not read) and cut
+    the connection if it stays that way for C{write_timeout}; after a refusal the final error
+    line gets the same bound before the connection is aborted.
+
+The parser splits each received chunk once (linear time), unlike L{LineReceiver}, which
+re-splits its buffer for every line, and it stops at the first bound, so a flood of short lines
+costs no more than the bound allows. L{setRawMode} hands every byte after the current line to
+L{rawDataReceived}, in order, none lost and none repeated.
+
+Subclasses implement L{greet}, L{lineReceived} and L{rawDataReceived}, and may override
+L{log_fields} to add fields (a connection id, a user) to every event.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import attrs
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
+from zope.interface import implementer
+
+from netguard.errors import ErrorCode, format_error
+from netguard.log import escape
+
+
+@attrs.frozen
+class FramingLimits:
+    """
+    Every bound L{GuardedLineReceiver} enforces. Times are in seconds.
+
+    @ivar max_line_length: longest accepted line, without its terminator.
+    @ivar max_lines_before_auth: lines accepted before L{GuardedLineReceiver.end_handshake}.
+    @ivar max_bytes_before_auth: bytes accepted before L{GuardedLineReceiver.end_handshake}.
+    @ivar greeting_delay: silence we keep before greeting; a client that talks during it is an
+        early talker. C{0} greets at once (and then cannot detect early talkers).
+    @ivar handshake_timeout: time from connection to the end of the handshake.
+    @ivar idle_timeout: longest silence from the peer.
+    @ivar write_timeout: longest time the peer may leave our output queue full.
+    """
+
+    max_line_length: int = 1024
+    max_lines_before_auth: int = 16
+    max_bytes_before_auth: int = 8192
+    greeting_delay: float = 0.1
+    handshake_timeout: float = 30.0
+    idle_timeout: float = 120.0
+    write_timeout: float = 30.0
+
+    @classmethod
+    def from_config(cls, limits: Any) -> FramingLimits:
+        """
+        Take the framing bounds from any object with attributes of the same names (for
+        example L{netguard.config.Limits}); other attributes are ignored.
+        """
+        return cls(**{f.name: getattr(limits, f.name) for f in attrs.fields(cls)})
+
+
+class FramingPhase(enum.Enum):
+    """
+    Where a connection is: silent before the greeting, reading lines, relaying raw bytes, or
+    closing (all further input is discarded).
+    """
+
+    PRE_GREETING = "pre-greeting"
+    LINES = "lines"
+    RAW = "raw"
+    CLOSING = "closing"
+
+
+def peer_label(address: Any) -> str:
+    """
+    A short printable name for a transport address: C{host:port} for IP, C{unix:path} for a
+    unix socket (C{unix:-} for an unnamed peer).
+    """
+    host = getattr(address, "host", None)
+    if host is not None:
+        if ":" in host:
+            return f"[{escape(host)}]:{getattr(address, 'port', '?')}"
+        return f"{escape(host)}:{getattr(address, 'port', '?')}"
+    name = getattr(address, "name", None)
+    if name is not None or type(address).__name__ == "UNIXAddress":
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "surrogateescape")
+        return f"unix:{escape(name) if name else '-'}"
+    return escape(str(address))
+
+
+@implementer(IPushProducer)
+class GuardedLineReceiver(LineReceiver, TimeoutMixin):
+    """
+    A L{LineReceiver} with every bound a hostile network needs; see the module docstring.
+
+    @ivar limits: the L{FramingLimits} in force.
+    @ivar clock: the L{IReactorTime} used for every timer.
+    @ivar phase: the current L{FramingPhase}.
+    """
+
+    delimiter = b"\r\n"
+    log = Logger()
+
+    phase: FramingPhase = FramingPhase.PRE_GREETING
+    lines_received = 0
+    bytes_before_auth = 0
+    handshake_done = False
+
+    def __init__(self, limits: FramingLimits | None = None, clock: IReactorTime | None = None):
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.limits = limits if limits is not None else FramingLimits()
+        self.clock = clock
+        self.MAX_LENGTH = self.limits.max_line_length
+        self._timers: dict[str, IDelayedCall] = {}
+        self._write_paused = False
+
+    # -- hooks for subclasses --------------------------------------------------------------
+
+    def greet(self) -> None:
+        """
+        Send the greeting. Called once, after C{greeting_delay} of silence from the peer.
+        """
+
+    def log_fields(self) -> dict[str, Any]:
+        """
+        Fields added to every event this connection logs. Subclasses extend the dict.
+        """
+        transport = self.transport
+        peer = peer_label(transport.getPeer()) if transport is not None else "-"
+        return {"peer": peer}
+
+    def lineReceived(self, line: bytes) -> None:
+        """
+        Called with each complete line, without its terminator.
+        """
+
+    def rawDataReceived(self, data: bytes) -> None:
+        """
+        Called with every byte received in raw mode, in order.
+        """
+
+    # -- public API --------------------------------------------------------------------------
+
+    def callLater(self, period: float, func: Any) -> IDelayedCall:
+        """
+        Schedule on the injected clock (used by L{TimeoutMixin} too).
+        """
+        return self.clock.callLater(period, func)
+
+    def end_handshake(self) -> None:
+        """
+        The handshake succeeded: stop the handshake deadline and lift the pre-authentication
+        line and byte budgets. The line-length bound and idle timeout stay.
+        """
+        self.handshake_done = True
+        self._cancel("handshake")
+
+    def refuse(
+        self,
+        code: ErrorCode,
+        text: str | None = None,
+        offending: bytes | None = None,
+        close: bool = True,
+    ) -> None:
+        """
+        Answer C{ERR <code> <text>}, log the refusal with the escaped offending input, and
+        (by default) close the connection.
+
+        @param code: the stable error code.
+        @param text: a short printable text for the client; the code's default when L{None}.
+        @param offending: the input that caused the refusal, for the log only.
+        @param close: close the connection after the error line.
+        """
+        if self.phase is FramingPhase.CLOSING:
+            return
+        self.log.info(
+            "refused {peer}: {code} {text} input={offending}",
+            event="proto.refuse",
+            code=code.value,
+            text=text or "",
+            offending=escape(offending) if offending is not None else "-",
+            closing=close,
+            **self.log_fields(),
+        )
+        self.sendLine(format_error(code, text))
+        if close:
+            self.close_gracefully()
+
+    def close_gracefully(self) -> None:
+        """
+        Flush what is queued and close; if the peer does not read it within
+        C{write_timeout}, abort. All later input is discarded.
+        """
+        if self.phase is FramingPhase.CLOSING:
+            return
+        self.phase = FramingPhase.CLOSING
+        self._cancel_all()
+        self.setTimeout(None)
+        transport = self.transport
+        if getattr(transport, "producer", None) is self:
+            transport.unregisterProducer()
+        self._timers["abort"] = self.clock.callLater(self.limits.write_timeout, self._abort_stuck)
+        transport.loseConnection()
+
+    def setRawMode(self) -> None:
+        """
+        Deliver every byte after the current line to L{rawDataReceived}.
+        """
+        if self.phase is FramingPhase.LINES:
+            self.phase = FramingPhase.RAW
+        self.line_mode = 0
+
+    def setLineMode(self, extra: bytes = b"") -> None:
+        """
+        Go back to line mode, parsing C{extra} first.
+        """
+        if self.phase is FramingPhase.RAW:
+            self.phase = FramingPhase.LINES
+        self.line_mode = 1
+        if extra:
+            self._process(extra)
+
+    def clearLineBuffer(self) -> bytes:
+        """
+        Drop and return the unparsed buffer.
+        """
+        buffered, self._buffer = self._buffer, b""
+        return buffered
+
+    # -- Twisted protocol --------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        self.setTimeout(self.limits.idle_timeout)
+        self._timers["handshake"] = self.clock.callLater(
+            self.limits.handshake_timeout, self._handshake_expired
+        )
+        if self.limits.greeting_delay > 0:
+            self._timers["greet"] = self.clock.callLater(
+                self.limits.greeting_delay, self._greet_now
+            )
+        else:
+            self._greet_now()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.phase = FramingPhase.CLOSING
+        self._cancel_all()
+        self.setTimeout(None)
+
+    def dataReceived(self, data: bytes) -> None:
+        phase = self.phase
+        if phase is FramingPhase.CLOSING:
+            return
+        self.resetTimeout()
+        if phase is FramingPhase.RAW:
+            self.rawDataReceived(data)
+        elif phase is FramingPhase.PRE_GREETING:
+            self.log.info(
+                "early talker {peer}",
+                event="proto.early_talker",
+                offending=escape(data),
+                **self.log_fields(),
+            )
+            self.refuse(ErrorCode.EARLY_TALKER, offending=data)
+        else:
+            if not self.handshake_done:
+                self.bytes_before_auth += len(data)
+                if self.bytes_before_auth > self.limits.max_bytes_before_auth:
+                    self.refuse(ErrorCode.TOO_MUCH_DATA, offending=data[:64])
+                    return
+            self._process(data)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.refuse(ErrorCode.LINE_TOO_LONG, offending=line[:64])
+
+    def timeoutConnection(self) -> None:
+        self.log.info("idle timeout {peer}", event="conn.timeout", which="idle", **self.log_fields())
+        self.refuse(ErrorCode.TIMEOUT, "idle timeout")
+
+    # -- IPushProducer: the transport tells us when the peer stops reading ------------------
+
+    def pauseProducing(self) -> None:
+        if self._write_paused or self.phase is FramingPhase.CLOSING:
+            return
+        self._write_paused = True
+        self.transport.pauseProducing()
+        self._timers["write"] = self.clock.callLater(self.limits.write_timeout, self._write_stuck)
+
+    def resumeProducing(self) -> None:
+        if not self._write_paused:
+            return
+        self._write_paused = False
+        self._cancel("write")
+        if self.phase is FramingPhase.CLOSING:
+            return
+        self.transport.resumeProducing()
+        if self.line_mode and self._buffer:
+            self._process(b"")
+
+    def stopProducing(self) -> None:
+        self._cancel("write")
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _process(self, data: bytes) -> None:
+        """
+        Split C{data} (after what was buffered) into lines, one pass, stopping at the first
+        bound, a pause, a close, or a switch to raw mode.
+        """
+        buffer = self._buffer + data if self._buffer else data
+        self._buffer = b""
+        start = 0
+        limits = self.limits
+        while self.phase is FramingPhase.LINES and not self._write_paused:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                break
+            stop = end - 1 if end > start and buffer[end - 1] == 0x0D else end
+            if stop - start > limits.max_line_length:
+                self.lineLengthExceeded(buffer[start:stop])
+                return
+            line = buffer[start:stop]
+            start = end + 1
+            if not self.handshake_done:
+                self.lines_received += 1
+                if self.lines_received > limits.max_lines_before_auth:
+                    self.refuse(ErrorCode.TOO_MANY_LINES, offending=line)
+                    return
+            self.lineReceived(line)
+        rest = buffer[start:] if start else buffer
+        if self.phase is FramingPhase.RAW:
+            if rest:
+                self.rawDataReceived(rest)
+        elif self.phase is FramingPhase.LINES:
+            if len(rest) > limits.max_line_length + 1:
+                self.lineLengthExceeded(rest)
+            else:
+                self._buffer = rest
+
+    def _greet_now(self) -> None:
+        self._timers.pop("greet", None)
+        if self.phase is FramingPhase.PRE_GREETING:
+            self.phase = FramingPhase.LINES
+            self.greet()
+
+    def _handshake_expired(self) -> None:
+        self._timers.pop("handshake", None)
+        self.log.info(
+            "handshake deadline {peer}", event="conn.timeout", which="handshake", **self.log_fields()
+        )
+        self.refuse(ErrorCode.TIMEOUT, "handshake deadline")
+
+    def _write_stuck(self) -> None:
+        self._timers.pop("write", None)
+        self.log.info(
+            "peer stopped reading {peer}", event="conn.timeout", which="write", **self.log_fields()
+        )
+        self.phase = FramingPhase.CLOSING
+        self._cancel_all()
+        self.transport.abortConnection()
+
+    def _abort_stuck(self) -> None:
+        self._timers.pop("abort", None)
+        self.log.info(
+            "peer did not read our last reply {peer}",
+            event="conn.timeout",
+            which="close",
+            **self.log_fields(),
+        )
+        self.transport.abortConnection()
+
+    def _cancel(self, name: str) -> None:
+        timer = self._timers.pop(name, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _cancel_all(self) -> None:
+        for name in list(self._timers):
+            self._cancel(name)

@@ -1,0 +1,114 @@
+# -*- test-case-name: tests.test_gateway_protocol -*-
+"""
+The factory of NGP/1 sessions: what every session of one gateway shares.
+
+It holds the configuration, the user store, the services and the counters, hands out
+connection ids, and is the seam where admission control and peer checks plug in.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from netguard.auth.users import UserStore
+from netguard.framing import FramingLimits
+from netguard.gateway.protocol import GatewaySession
+from netguard.outbound.backends import BackendLeg, BackendSink, open_backend
+from netguard.stats import Stats
+
+
+class GatewayFactory(Factory):
+    """
+    Builds L{GatewaySession}s for one gateway.
+
+    @ivar config: the L{netguard.config.Config} in force.
+    @ivar users: the L{UserStore} in force (replaced as a whole on reload).
+    @ivar stats: the process's L{Stats}.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Any, users: UserStore, reactor: Any, stats: Stats | None = None):
+        self.config = config
+        self.users = users
+        self.reactor = reactor
+        self.clock: IReactorTime = reactor
+        self.stats = stats if stats is not None else Stats()
+        self.framing_limits = FramingLimits.from_config(config.limits)
+        self.sessions: set[GatewaySession] = set()
+        self._ids = itertools.count(1)
+        self._id_prefix = secrets.token_hex(2)
+
+    @property
+    def server_name(self) -> str:
+        return str(self.config.server_name)
+
+    @property
+    def max_auth_attempts(self) -> int:
+        return int(self.config.limits.max_auth_attempts)
+
+    def buildProtocol(self, addr: Any) -> GatewaySession:
+        session = GatewaySession(self, f"{self._id_prefix}-{next(self._ids):x}")
+        session.factory = self
+        return session
+
+    # -- session bookkeeping -----------------------------------------------------------------
+
+    def session_started(self, session: GatewaySession) -> None:
+        """
+        Count a new live session.
+        """
+        self.sessions.add(session)
+        self.stats.count("connections")
+        self.stats.active = len(self.sessions)
+
+    def session_ended(self, session: GatewaySession) -> None:
+        """
+        Forget a session that has closed, adding its byte counts to the totals.
+        """
+        self.sessions.discard(session)
+        self.stats.active = len(self.sessions)
+        self.stats.count("bytes_up", session.bytes_up)
+        self.stats.count("bytes_down", session.bytes_down)
+
+    # -- services ------------------------------------------------------------------------------
+
+    def service(self, name: str) -> Any:
+        """
+        The service configured under C{name}, or L{None}.
+        """
+        return dict(self.config.services).get(name)
+
+    def allowed(self, service: Any, user: str) -> bool:
+        """
+        Whether C{user} may open C{service}.
+        """
+        return bool(service.allows(user, self.users.groups_of(user)))
+
+    def services_for(self, user: str) -> list[str]:
+        """
+        The names of the services C{user} may open, sorted.
+        """
+        return sorted(
+            name for name, service in dict(self.config.services).items() if self.allowed(service, user)
+        )
+
+    def relay_idle_timeout(self, name: str) -> float:
+        """
+        The idle timeout of an open session of service C{name}.
+        """
+        service = self.service(name)
+        return float(service.idle_timeout) if service is not None else self.framing_limits.idle_timeout
+
+    def open_backend(self, service: Any, sink: BackendSink) -> Deferred[BackendLeg]:
+        """
+        Open C{service}'s backend for one session.
+        """
+        return open_backend(self.reactor, service, sink)

@@ -1,0 +1,390 @@
+# -*- test-case-name: tests.test_gateway_protocol -*-
+"""
+The NGP/1 server session: greeting, SCRAM authentication, service selection, then raw bytes.
+
+The session is an explicit state machine. L{TRANSITIONS} lists, for each L{SessionState},
+every command accepted there and the method that handles it; anything else is refused with a
+stable code, so an illegal transition (C{OPEN} before C{AUTH}) cannot be written by accident.
+The bounded framing (line length, pre-authentication budgets, early talkers, deadlines,
+stalled readers) comes from L{GuardedLineReceiver}.
+
+Wire format and codes: C{docs/protocol.md}.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from netguard.auth.scram import (
+    SCRAM_SHA_256,
+    AuthFailed,
+    ServerExchange,
+    decode_wire,
+    encode_wire,
+)
+from netguard.errors import ErrorCode
+from netguard.framing import GuardedLineReceiver
+from netguard.log import escape
+
+if TYPE_CHECKING:
+    from netguard.gateway.factory import GatewayFactory
+
+
+class SessionState(enum.Enum):
+    """
+    Where an NGP/1 session is. The framing's own phases (before the greeting, closing) come
+    first and last; these are the states in between.
+    """
+
+    READY = "ready"  # greeted, not authenticated
+    AUTH_CONTINUE = "auth-continue"  # AUTH accepted, waiting for CONT
+    AUTHENTICATED = "authenticated"
+    OPENING = "opening"  # OPEN accepted, backend connecting
+    RELAYING = "relaying"
+    CLOSED = "closed"
+
+
+#: Each command word and the exact number of arguments it takes.
+ARITY: dict[bytes, int] = {
+    b"AUTH": 2,
+    b"CONT": 1,
+    b"OPEN": 1,
+    b"SERVICES": 0,
+    b"PING": 0,
+    b"QUIT": 0,
+}
+
+#: The whole state machine: for each state, the commands accepted and their handlers.
+TRANSITIONS: dict[SessionState, dict[bytes, str]] = {
+    SessionState.READY: {b"AUTH": "do_auth", b"PING": "do_ping", b"QUIT": "do_quit"},
+    SessionState.AUTH_CONTINUE: {b"CONT": "do_cont", b"QUIT": "do_quit"},
+    SessionState.AUTHENTICATED: {
+        b"OPEN": "do_open",
+        b"SERVICES": "do_services",
+        b"PING": "do_ping",
+        b"QUIT": "do_quit",
+    },
+}
+
+_SERVICE_NAME = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_PRINTABLE = re.compile(rb"[\x20-\x7e]*\Z")
+
+
+class GatewaySession(GuardedLineReceiver):
+    """
+    One client connection to the gateway.
+
+    @ivar state: the current L{SessionState}.
+    @ivar user: the authenticated user name, or L{None}.
+    @ivar conn_id: a short id that ties this connection's log events together.
+
+    It implements L{netguard.outbound.backends.BackendSink} for its backend leg.
+    """
+
+    def __init__(self, factory: GatewayFactory, conn_id: str):
+        super().__init__(factory.framing_limits, factory.clock)
+        self.factory = factory
+        self.conn_id = conn_id
+        self.state = SessionState.READY
+        self.user: str | None = None
+        self.service: str | None = None
+        self.auth_attempts = 0
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.closed_by = "server"
+        self._exchange: ServerExchange | None = None
+        self._mechanism = ""
+        self._leg: Any = None
+        self._pending: list[bytes] = []
+        self._started = factory.clock.seconds()
+
+    # -- framing hooks -----------------------------------------------------------------------
+
+    def log_fields(self) -> dict[str, Any]:
+        fields = super().log_fields()
+        fields["conn_id"] = self.conn_id
+        fields["user"] = escape(self.user)
+        return fields
+
+    def greet(self) -> None:
+        mechanisms = ",".join(self.offered_mechanisms())
+        self.sendLine(
+            f"NETGUARD/1 {self.factory.server_name} AUTH={mechanisms} "
+            f"MAXLINE={self.limits.max_line_length}".encode("ascii")
+        )
+
+    def connectionMade(self) -> None:
+        self.factory.session_started(self)
+        self.log.info(
+            "accepted {peer} on {local}",
+            event="conn.accept",
+            local=escape(str(self.transport.getHost())),
+            **self.log_fields(),
+        )
+        super().connectionMade()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        previous = self.state
+        self.state = SessionState.CLOSED
+        super().connectionLost(reason)
+        if self._leg is not None:
+            leg, self._leg = self._leg, None
+            if self.closed_by == "server":
+                self.closed_by = "client"
+            leg.close()
+        self.factory.session_ended(self)
+        self.log.info(
+            "closed {peer} after {duration:.3f}s up={bytes_up} down={bytes_down}",
+            event="conn.close",
+            state=previous.value,
+            service=escape(self.service),
+            bytes_up=self.bytes_up,
+            bytes_down=self.bytes_down,
+            duration=self.factory.clock.seconds() - self._started,
+            closed_by=self.closed_by,
+            **self.log_fields(),
+        )
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.state not in TRANSITIONS:
+            return
+        if not line:
+            self.refuse(ErrorCode.BAD_SYNTAX, "empty line", offending=line, close=False)
+            return
+        if not _PRINTABLE.match(line):
+            self.refuse(
+                ErrorCode.BAD_SYNTAX,
+                "only printable ASCII is allowed in the line phase",
+                offending=line,
+                close=False,
+            )
+            return
+        parts = line.split(b" ")
+        if b"" in parts:
+            self.refuse(
+                ErrorCode.BAD_SYNTAX, "words are separated by one space", offending=line, close=False
+            )
+            return
+        command, args = parts[0].upper(), parts[1:]
+        if command not in ARITY:
+            self.refuse(ErrorCode.UNKNOWN_COMMAND, offending=line, close=False)
+            return
+        if len(args) != ARITY[command]:
+            self.refuse(
+                ErrorCode.BAD_SYNTAX,
+                f"{command.decode()} takes {ARITY[command]} argument(s)",
+                offending=line,
+                close=False,
+            )
+            return
+        handler = TRANSITIONS[self.state].get(command)
+        if handler is None:
+            self._out_of_sequence(command, line)
+            return
+        getattr(self, handler)(*args)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        self.bytes_up += len(data)
+        if self.state is SessionState.RELAYING and self._leg is not None:
+            self._leg.write(data)
+        elif self.state is SessionState.OPENING:
+            # Kept until the backend answers; reading stays paused meanwhile, so this holds
+            # at most what had already arrived.
+            self._pending.append(data)
+            self.transport.pauseProducing()
+
+    # -- command handlers --------------------------------------------------------------------
+
+    def offered_mechanisms(self) -> list[str]:
+        """
+        The SASL mechanisms offered on this connection.
+        """
+        return [SCRAM_SHA_256]
+
+    def do_ping(self) -> None:
+        self.sendLine(b"PONG")
+
+    def do_quit(self) -> None:
+        self.sendLine(b"BYE")
+        self.closed_by = "client"
+        self.state = SessionState.CLOSED
+        self.close_gracefully()
+
+    def do_auth(self, mechanism: bytes, token: bytes) -> None:
+        name = mechanism.decode("ascii")
+        if name not in self.offered_mechanisms():
+            self.refuse(ErrorCode.UNSUPPORTED_MECHANISM, offending=mechanism, close=False)
+            return
+        client_first = self._decode(token)
+        if client_first is None:
+            return
+        exchange = ServerExchange(self.factory.users, name, self.channel_binding())
+        try:
+            server_first = exchange.first(client_first)
+        except AuthFailed as failure:
+            self._auth_failed(failure, exchange.username)
+            return
+        self._exchange = exchange
+        self._mechanism = name
+        self.state = SessionState.AUTH_CONTINUE
+        self.sendLine(b"CONT " + encode_wire(server_first))
+
+    def do_cont(self, token: bytes) -> None:
+        exchange, self._exchange = self._exchange, None
+        assert exchange is not None
+        client_final = self._decode(token)
+        if client_final is None:
+            self.state = SessionState.READY
+            return
+        try:
+            server_final = exchange.final(client_final)
+        except AuthFailed as failure:
+            self.state = SessionState.READY
+            self._auth_failed(failure, exchange.username)
+            return
+        self.user = exchange.username
+        self.state = SessionState.AUTHENTICATED
+        self.end_handshake()
+        self.factory.stats.count("auth_ok")
+        self.log.info(
+            "authenticated {user} from {peer}",
+            event="auth.ok",
+            mechanism=self._mechanism,
+            **self.log_fields(),
+        )
+        self.sendLine(b"OK " + encode_wire(server_final))
+
+    def do_services(self) -> None:
+        names = self.factory.services_for(self.user or "")
+        self.sendLine(" ".join(["OK SERVICES", *names]).encode("ascii"))
+
+    def do_open(self, name_bytes: bytes) -> None:
+        if not _SERVICE_NAME.match(name_bytes):
+            self.refuse(ErrorCode.NO_SUCH_SERVICE, offending=name_bytes, close=False)
+            return
+        name = name_bytes.decode("ascii")
+        service = self.factory.service(name)
+        if service is None:
+            self.refuse(ErrorCode.NO_SUCH_SERVICE, offending=name_bytes, close=False)
+            return
+        if not self.factory.allowed(service, self.user or ""):
+            self.log.info(
+                "{user} may not open {service}",
+                event="session.denied",
+                service=name,
+                **self.log_fields(),
+            )
+            self.refuse(ErrorCode.NOT_AUTHORIZED, close=False)
+            return
+        self.service = name
+        self.state = SessionState.OPENING
+        self.setRawMode()
+        self.transport.pauseProducing()
+        opening: Deferred[Any] = self.factory.open_backend(service, self)
+        opening.addCallbacks(self._backend_ready, self._backend_failed)
+
+    # -- backend contract --------------------------------------------------------------------
+
+    def backend_data(self, data: bytes) -> None:
+        self.bytes_down += len(data)
+        self.resetTimeout()
+        self.transport.write(data)
+
+    def backend_closed(self, reason: str) -> None:
+        if self._leg is None:
+            return
+        self._leg = None
+        self.closed_by = "backend"
+        self.log.info(
+            "backend of {service} closed: {reason}",
+            event="session.backend_closed",
+            service=escape(self.service),
+            reason=escape(reason),
+            **self.log_fields(),
+        )
+        self.close_gracefully()
+
+    # -- hooks for TLS -------------------------------------------------------------------------
+
+    def channel_binding(self) -> tuple[str, bytes] | None:
+        """
+        The channel-binding data of this connection, or L{None} on a plain one.
+        """
+        return None
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _backend_ready(self, leg: Any) -> None:
+        if self.state is not SessionState.OPENING:
+            leg.close()
+            return
+        self._leg = leg
+        self.state = SessionState.RELAYING
+        self.sendLine(b"OK OPEN " + self.service.encode("ascii"))  # type: ignore[union-attr]
+        self.setTimeout(self.factory.relay_idle_timeout(self.service or ""))
+        self.log.info(
+            "{user} opened {service}", event="session.open", service=self.service, **self.log_fields()
+        )
+        pending, self._pending = self._pending, []
+        for chunk in pending:
+            leg.write(chunk)
+        self.transport.resumeProducing()
+
+    def _backend_failed(self, failure: Failure) -> None:
+        if self.state is not SessionState.OPENING:
+            return
+        self.log.warn(
+            "backend of {service} unavailable: {cause}",
+            event="session.backend_failed",
+            service=escape(self.service),
+            cause=escape(failure.getErrorMessage() or failure.type.__name__, limit=300),
+            error_type=failure.type.__name__,
+            **self.log_fields(),
+        )
+        self._pending = []
+        self.refuse(ErrorCode.BACKEND_UNAVAILABLE)
+
+    def _decode(self, token: bytes) -> str | None:
+        try:
+            return decode_wire(token)
+        except ValueError:
+            self.refuse(
+                ErrorCode.BAD_SYNTAX, "argument is not base64 of UTF-8", offending=token, close=False
+            )
+            return None
+
+    def _auth_failed(self, failure: AuthFailed, username: str | None) -> None:
+        self.auth_attempts += 1
+        self.factory.stats.count("auth_fail")
+        self.log.info(
+            "authentication failed for {claimed} from {peer}: {reason}",
+            event="auth.fail",
+            claimed=escape(username),
+            reason=escape(failure.reason),
+            known_user=failure.known_user,
+            attempt=self.auth_attempts,
+            **self.log_fields(),
+        )
+        last = self.auth_attempts >= self.factory.max_auth_attempts
+        self.refuse(ErrorCode.AUTH_FAILED, close=last)
+
+    def _out_of_sequence(self, command: bytes, line: bytes) -> None:
+        if self.state is SessionState.AUTH_CONTINUE:
+            # Anything but CONT abandons the exchange; it counts as a failed attempt.
+            exchange, self._exchange = self._exchange, None
+            self.state = SessionState.READY
+            self._auth_failed(
+                AuthFailed("exchange abandoned by " + command.decode("ascii"), None),
+                exchange.username if exchange else None,
+            )
+            return
+        if self.state is SessionState.READY and command in (b"OPEN", b"SERVICES"):
+            self.refuse(ErrorCode.AUTH_REQUIRED, offending=line, close=False)
+            return
+        self.refuse(ErrorCode.BAD_SEQUENCE, offending=line, close=False)
+
