@@ -1,0 +1,385 @@
+# -*- test-case-name: tests.test_scram -*-
+"""
+SCRAM-SHA-256 sessions (RFC 5802, RFC 7677), server and client side, over scramp.
+
+The gateway drives a L{ServerExchange} with the messages of the C{AUTH}/C{CONT} lines, and
+the client drives a L{ClientExchange}; both sides prove themselves, and the password never
+crosses the wire. Messages travel base64-encoded in one line argument: L{decode_wire} and
+L{encode_wire} convert them, and refuse anything that is not strict base64 of UTF-8 text.
+
+With TLS, C{SCRAM-SHA-256-PLUS} binds the exchange to the server's certificate
+(C{tls-server-end-point}, RFC 5929; see L{tls_server_end_point}), so a handshake relayed by
+a man in the middle with another certificate fails.
+
+Every failure is an L{AuthFailed} whose C{reason} is meant for the operator's log only (it
+can contain text the peer influenced: escape it before logging); the client is only ever
+told C{AUTH_FAILED}. Nothing else escapes the exchanges' methods.
+
+Unknown users are given the store's mock verifier (L{UserStore.auth_info}), so their
+exchange looks like any other and fails only at the proof, like a wrong password.
+
+scramp's client computes the salted password inside one private function, with no hook, so
+L{ClientExchange} has no salted-password cache; a client that needs many handshakes per
+second should run in several processes.
+"""
+
+from __future__ import annotations
+
+import binascii
+import enum
+from typing import TYPE_CHECKING
+
+from scramp import ScramClient, ScramException, ScramMechanism
+from scramp.core import CBindData
+from scramp.utils import ServerError
+
+if TYPE_CHECKING:
+    from netguard.auth.users import UserStore
+
+#: SCRAM-SHA-256 without channel binding.
+SCRAM_SHA_256 = "SCRAM-SHA-256"
+
+#: SCRAM-SHA-256 with channel binding (use with C{tls-server-end-point} data).
+SCRAM_SHA_256_PLUS = "SCRAM-SHA-256-PLUS"
+
+#: The mechanisms this module speaks.
+MECHANISMS = (SCRAM_SHA_256, SCRAM_SHA_256_PLUS)
+
+#: The channel-binding type netguard uses (RFC 5929).
+TLS_SERVER_END_POINT = "tls-server-end-point"
+
+#: The longest base64 token L{decode_wire} accepts, in bytes.
+MAX_WIRE_TOKEN = 2048
+
+#: The longest SCRAM message the exchanges accept, in characters (a decoded maximal token).
+MAX_MESSAGE_CHARS = MAX_WIRE_TOKEN * 3 // 4
+
+_CAUGHT = (ScramException, ValueError, UnicodeError)
+
+
+class AuthFailed(Exception):
+    """
+    A SCRAM exchange failed. The peer is told only that authentication failed.
+
+    @ivar reason: why, for the operator's log only (escape it: it may carry peer text).
+    @ivar known_user: whether the name was a known user; L{None} when no name was read.
+    """
+
+    def __init__(self, reason: str, known_user: bool | None = None) -> None:
+        """
+        @param reason: why the exchange failed.
+        @param known_user: whether the name was a known user, if known.
+        """
+        super().__init__(reason)
+        self.reason = reason
+        self.known_user = known_user
+
+
+def decode_wire(token: bytes) -> str:
+    """
+    Decode the base64 argument of an C{AUTH} or C{CONT} line into a SCRAM message.
+
+    @param token: the argument, as received.
+    @return: the message text.
+    @raise ValueError: if the token is empty, longer than L{MAX_WIRE_TOKEN} bytes, not
+        canonical strict base64, or does not decode to UTF-8 text (the caller answers
+        C{BAD_SYNTAX}).
+    """
+    if not isinstance(token, bytes):
+        raise ValueError("the token must be bytes")
+    if len(token) > MAX_WIRE_TOKEN:
+        raise ValueError(f"token longer than {MAX_WIRE_TOKEN} bytes")
+    if not token:
+        raise ValueError("empty token")
+    try:
+        raw = binascii.a2b_base64(token, strict_mode=True)
+    except binascii.Error:
+        raise ValueError("token is not valid base64") from None
+    if binascii.b2a_base64(raw, newline=False) != token:
+        raise ValueError("token is not canonical base64")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("token is not UTF-8 text") from None
+
+
+def encode_wire(message: str) -> bytes:
+    """
+    Encode a SCRAM message as the base64 argument of a line.
+
+    @param message: the message text.
+    @return: its UTF-8 bytes in base64, without a newline.
+    """
+    return binascii.b2a_base64(message.encode("utf-8"), newline=False)
+
+
+def tls_server_end_point(cert_der: bytes) -> bytes:
+    """
+    The C{tls-server-end-point} channel-binding data of a certificate (RFC 5929 section 4.1).
+
+    This is the hash of the DER certificate, with the hash function of the certificate's
+    signature algorithm, where MD5 and SHA-1 are replaced by SHA-256. (For signature
+    algorithms without a separate hash, such as Ed25519, RFC 5929 says nothing; scramp's
+    answer, SHA-512 for Ed25519, is used.)
+
+    @param cert_der: the server certificate, DER-encoded.
+    @return: the channel-binding data.
+    @raise ValueError: if the certificate cannot be parsed or its hash is not available.
+    """
+    try:
+        return bytes(CBindData.from_der(cert_der))
+    except ScramException as e:
+        raise ValueError(f"no tls-server-end-point data: {e.args[0]}") from None
+
+
+def _check_mechanism(mechanism: str, channel_binding: tuple[str, bytes] | None) -> None:
+    if mechanism not in MECHANISMS:
+        raise ValueError(f"unsupported mechanism; use one of {', '.join(MECHANISMS)}")
+    if mechanism == SCRAM_SHA_256_PLUS and channel_binding is None:
+        raise ValueError(f"{SCRAM_SHA_256_PLUS} needs channel-binding data")
+    if channel_binding is not None:
+        name, data = channel_binding
+        if not isinstance(name, str) or not isinstance(data, bytes) or not data:
+            raise ValueError("channel binding must be (type name, non-empty bytes)")
+
+
+class _Step(enum.Enum):
+    FIRST = "first"
+    FINAL = "final"
+    VERIFY = "verify"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ServerExchange:
+    """
+    The server side of one SCRAM-SHA-256(-PLUS) exchange.
+
+    Call L{first} with the client-first-message, send back what it returns, then call
+    L{final} with the client-final-message and send back what it returns: the user is then
+    authenticated as L{username}. Any failure, including a call out of order, raises
+    L{AuthFailed}, after which the exchange is dead.
+
+    @ivar username: the (SASLprep-normalised) name the client gave, once L{first} read it;
+        peer-chosen text, so escape it before logging.
+    @ivar known_user: whether that name is in the store.
+    @ivar authenticated: true once L{final} has succeeded.
+    """
+
+    def __init__(
+        self,
+        store: UserStore,
+        mechanism: str = SCRAM_SHA_256,
+        channel_binding: tuple[str, bytes] | None = None,
+    ) -> None:
+        """
+        @param store: the verifiers.
+        @param mechanism: the mechanism the client chose (C{AUTH <mechanism>}).
+        @param channel_binding: on a TLS connection, C{("tls-server-end-point", data)} from
+            L{tls_server_end_point} of our certificate; required for C{SCRAM-SHA-256-PLUS}.
+            Pass it for C{SCRAM-SHA-256} too whenever the connection is TLS (and PLUS is
+            offered): a client that claims it could bind but saw no PLUS offer (gs2 flag
+            C{y}) is then refused as a downgrade, as RFC 5802 asks.
+        @raise ValueError: for an unsupported mechanism, or C{SCRAM-SHA-256-PLUS} without
+            channel-binding data, or malformed channel-binding data (programming errors, not
+            client errors: check the client's mechanism against the offer first).
+        """
+        _check_mechanism(mechanism, channel_binding)
+        self._store = store
+        self._mechanism = mechanism
+        self.username: str | None = None
+        self.known_user = False
+        self.authenticated = False
+        self._step = _Step.FIRST
+        try:
+            self._server = ScramMechanism(mechanism).make_server(
+                self._auth_fn, channel_binding=channel_binding
+            )
+        except ScramException as e:
+            raise ValueError(f"cannot start {mechanism}: {e.args[0]}") from None
+
+    @property
+    def mechanism(self) -> str:
+        """
+        @return: the mechanism of this exchange.
+        """
+        return self._mechanism
+
+    def _auth_fn(self, name: str) -> tuple[bytes, bytes, bytes, int]:
+        self.username = name
+        self.known_user = self._store.lookup(name) is not None
+        return self._store.auth_info(name)
+
+    def _fail(self, reason: str) -> AuthFailed:
+        self._step = _Step.FAILED
+        return AuthFailed(reason, self.known_user if self.username is not None else None)
+
+    def _enter(self, step: _Step, message: object) -> None:
+        if self._step is not step:
+            raise self._fail(
+                f"{step.value} called out of order (exchange is at {self._step.value})"
+            )
+        if not isinstance(message, str):
+            raise self._fail("the message must be text")
+        if len(message) > MAX_MESSAGE_CHARS:
+            raise self._fail(f"message longer than {MAX_MESSAGE_CHARS} characters")
+        self._step = _Step.FAILED
+
+    def first(self, client_first: str) -> str:
+        """
+        Read the client-first-message and answer with the server-first-message.
+
+        @param client_first: the decoded client-first-message.
+        @return: the server-first-message (nonce, salt, iteration count).
+        @raise AuthFailed: if the message is malformed, asks for something this exchange
+            does not do (channel binding on a mechanism without it, an authzid, extensions),
+            or this is not the first call.
+        """
+        self._enter(_Step.FIRST, client_first)
+        if self._mechanism == SCRAM_SHA_256 and client_first.startswith("p="):
+            raise self._fail(f"client asked for channel binding with {SCRAM_SHA_256}")
+        try:
+            self._server.set_client_first(client_first)
+            server_first: str = self._server.get_server_first()
+        except _CAUGHT as e:
+            raise self._fail(f"bad client-first-message: {e}") from None
+        self._step = _Step.FINAL
+        return server_first
+
+    def final(self, client_final: str) -> str:
+        """
+        Check the client's proof and answer with the server-final-message.
+
+        @param client_final: the decoded client-final-message.
+        @return: the server-final-message C{v=<server signature>}.
+        @raise AuthFailed: for a wrong proof (wrong password or unknown user), a nonce or
+            channel-binding mismatch, a malformed message, or a call out of order.
+        """
+        self._enter(_Step.FINAL, client_final)
+        try:
+            self._server.set_client_final(client_final)
+            server_final: str = self._server.get_server_final()
+        except _CAUGHT as e:
+            wrong_proof = (
+                isinstance(e, ScramException) and e.server_error is ServerError.INVALID_PROOF
+            )
+            if not self.known_user:
+                raise self._fail("unknown user" if wrong_proof else f"unknown user; {e}") from None
+            raise self._fail("wrong password" if wrong_proof else str(e)) from None
+        if not self.known_user:
+            # Unreachable with a sound mock verifier; never let one through.
+            raise self._fail("unknown user")
+        self._step = _Step.DONE
+        self.authenticated = True
+        return server_final
+
+
+class ClientExchange:
+    """
+    The client side of one SCRAM-SHA-256(-PLUS) exchange, with mutual authentication.
+
+    Send L{first}, feed the server's answer to L{final} and send its result, then check the
+    server's last message with L{verify}: only then is the server proven to know the
+    verifier. Any failure raises L{AuthFailed}, after which the exchange is dead.
+
+    @ivar verified: true once L{verify} has succeeded.
+    """
+
+    def __init__(
+        self,
+        username: str,
+        password: str,
+        mechanism: str = SCRAM_SHA_256,
+        channel_binding: tuple[str, bytes] | None = None,
+    ) -> None:
+        """
+        @param username: the user name.
+        @param password: the password; it stays in memory only as long as this object.
+        @param mechanism: C{SCRAM-SHA-256} or C{SCRAM-SHA-256-PLUS}.
+        @param channel_binding: C{("tls-server-end-point", data)} computed from the server
+            certificate the client saw; required for PLUS. With plain C{SCRAM-SHA-256} give
+            it only when the connection is TLS but the server did not offer PLUS (the client
+            then says it could have bound, and a server that did offer PLUS refuses).
+        @raise ValueError: for an unsupported mechanism, missing or malformed channel-binding
+            data, or a user name or password that SASLprep refuses.
+        """
+        _check_mechanism(mechanism, channel_binding)
+        self._mechanism = mechanism
+        self.verified = False
+        self._step = _Step.FIRST
+        try:
+            self._client = ScramClient(
+                [mechanism], username, password, channel_binding=channel_binding
+            )
+        except ScramException as e:
+            raise ValueError(f"cannot start {mechanism}: {e.args[0]}") from None
+
+    @property
+    def mechanism(self) -> str:
+        """
+        @return: the mechanism of this exchange.
+        """
+        return self._mechanism
+
+    def _fail(self, reason: str) -> AuthFailed:
+        self._step = _Step.FAILED
+        return AuthFailed(reason)
+
+    def _enter(self, step: _Step, message: object = "") -> None:
+        if self._step is not step:
+            raise self._fail(
+                f"{step.value} called out of order (exchange is at {self._step.value})"
+            )
+        if not isinstance(message, str):
+            raise self._fail("the message must be text")
+        if len(message) > MAX_MESSAGE_CHARS:
+            raise self._fail(f"message longer than {MAX_MESSAGE_CHARS} characters")
+        self._step = _Step.FAILED
+
+    def first(self) -> str:
+        """
+        @return: the client-first-message.
+        @raise AuthFailed: if this is not the first call.
+        """
+        self._enter(_Step.FIRST)
+        try:
+            client_first: str = self._client.get_client_first()
+        except _CAUGHT as e:
+            raise self._fail(f"cannot build client-first-message: {e}") from None
+        self._step = _Step.FINAL
+        return client_first
+
+    def final(self, server_first: str) -> str:
+        """
+        Read the server-first-message and compute the proof.
+
+        @param server_first: the decoded server-first-message.
+        @return: the client-final-message.
+        @raise AuthFailed: if the message is malformed, carries an error, does not extend our
+            nonce, names an iteration count outside 4096..10,000,000, or the call is out of
+            order.
+        """
+        self._enter(_Step.FINAL, server_first)
+        try:
+            self._client.set_server_first(server_first)
+            client_final: str = self._client.get_client_final()
+        except _CAUGHT as e:
+            raise self._fail(f"bad server-first-message: {e}") from None
+        self._step = _Step.VERIFY
+        return client_final
+
+    def verify(self, server_final: str) -> None:
+        """
+        Check the server's signature: the server proves it holds this user's verifier.
+
+        @param server_final: the decoded server-final-message.
+        @raise AuthFailed: if the signature is wrong, the server sent C{e=...}, the message
+            is malformed, or the call is out of order.
+        """
+        self._enter(_Step.VERIFY, server_final)
+        try:
+            self._client.set_server_final(server_final)
+        except _CAUGHT as e:
+            raise self._fail(f"server not verified: {e}") from None
+        self._step = _Step.DONE
+        self.verified = True

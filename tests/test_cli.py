@@ -1,0 +1,448 @@
+"""
+Tests for L{netguard.cli}, run in-process with injected streams and a temporary directory.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+
+from twisted.trial import unittest
+
+from netguard import cli
+from netguard.auth import users
+from netguard.auth.scram import AuthFailed, ClientExchange, ServerExchange
+from netguard.auth.users import UserStore
+
+try:
+    from netguard import config as _config
+except ImportError:  # pragma: no cover - the config module is written in parallel
+    _config = None  # type: ignore[assignment]
+
+_HAVE_CONFIG = _config is not None and all(
+    hasattr(_config, name)
+    for name in ("load_config", "describe", "describe_defaults", "ConfigError")
+)
+
+
+class TtyInput(io.StringIO):
+    """
+    A standard input that claims to be a terminal.
+    """
+
+    def isatty(self) -> bool:
+        return True
+
+
+def authenticates(path: str, name: str, password: str) -> bool:
+    """
+    Run a full SCRAM exchange against the users file, as the gateway will.
+    """
+    store = UserStore.load(path)
+    server = ServerExchange(store)
+    client = ClientExchange(name, password)
+    try:
+        client_final = client.final(server.first(client.first()))
+        client.verify(server.final(client_final))
+    except AuthFailed:
+        return False
+    return client.verified and server.authenticated
+
+
+class CliTestBase(unittest.TestCase):
+    def setUp(self) -> None:
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.users = os.path.join(self.dir, "users")
+        self.prompts: list[str] = []
+        self.answers: list[str] = []
+
+    def fake_getpass(self, prompt: str) -> str:
+        self.prompts.append(prompt)
+        if not self.answers:
+            raise EOFError()
+        answer = self.answers.pop(0)
+        if answer == "^C":
+            raise KeyboardInterrupt()
+        return answer
+
+    def run_cli(self, argv: list[str], stdin: io.StringIO | None = None) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = cli.main(
+            argv,
+            stdin=io.StringIO("") if stdin is None else stdin,
+            stdout=out,
+            stderr=err,
+            getpass=self.fake_getpass,
+        )
+        return code, out.getvalue(), err.getvalue()
+
+    def adduser(self, name: str, password: str, *extra: str) -> tuple[int, str, str]:
+        return self.run_cli(
+            ["adduser", name, "--users", self.users, *extra], io.StringIO(password + "\n")
+        )
+
+    def assert_clean_error(self, code: int, err: str, *needles: str) -> None:
+        """
+        A user mistake: exit status 2 and exactly one line on stderr, no traceback.
+        """
+        self.assertEqual(code, 2)
+        self.assertNotIn("Traceback", err)
+        self.assertTrue(err.startswith("netguard: error: "), err)
+        self.assertEqual(err.count("\n"), 1, err)
+        for needle in needles:
+            self.assertIn(needle, err)
+
+
+class AddUserTests(CliTestBase):
+    def test_adduser(self) -> None:
+        code, out, err = self.adduser("alice", "s3cret pass")
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("alice", out)
+        self.assertNotIn("s3cret", out)
+        self.assertEqual(stat.S_IMODE(os.stat(self.users).st_mode), 0o600)
+        with open(self.users, encoding="utf-8") as f:
+            lines = [line for line in f.read().splitlines() if not line.startswith("#")]
+        self.assertEqual(len(lines), 1)
+        self.assertNotIn("s3cret", lines[0])
+        rec = users.parse_line(lines[0])
+        self.assertEqual((rec.name, rec.iterations, rec.groups), ("alice", 4096, ()))
+        self.assertTrue(authenticates(self.users, "alice", "s3cret pass"))
+        self.assertFalse(authenticates(self.users, "alice", "s3cret pas"))
+
+    def test_groups_and_iterations(self) -> None:
+        code, out, err = self.adduser("bob", "pw", "--groups", "ops,db", "--iterations", "5000")
+        self.assertEqual((code, err), (0, ""))
+        rec = UserStore.load(self.users).lookup("bob")
+        assert rec is not None
+        self.assertEqual((rec.groups, rec.iterations), (("ops", "db"), 5000))
+        self.assertTrue(authenticates(self.users, "bob", "pw"))
+
+    def test_only_the_newline_is_stripped(self) -> None:
+        self.assertEqual(self.adduser("alice", "  spaced  ")[0], 0)
+        self.assertTrue(authenticates(self.users, "alice", "  spaced  "))
+        self.assertFalse(authenticates(self.users, "alice", "spaced"))
+
+    def test_exactly_one_line_is_read(self) -> None:
+        stdin = io.StringIO("first\nsecond\n")
+        code, _, _ = self.run_cli(["adduser", "alice", "--users", self.users], stdin)
+        self.assertEqual(code, 0)
+        self.assertEqual(stdin.read(), "second\n")
+        self.assertTrue(authenticates(self.users, "alice", "first"))
+
+    def test_password_without_newline(self) -> None:
+        code, _, _ = self.run_cli(["adduser", "a", "--users", self.users], io.StringIO("pw"))
+        self.assertEqual(code, 0)
+        self.assertTrue(authenticates(self.users, "a", "pw"))
+
+    def test_second_user(self) -> None:
+        self.adduser("alice", "pw1")
+        self.assertEqual(self.adduser("bob", "pw2")[0], 0)
+        self.assertTrue(authenticates(self.users, "alice", "pw1"))
+        self.assertTrue(authenticates(self.users, "bob", "pw2"))
+
+    def test_tty_prompts_twice(self) -> None:
+        self.answers = ["tty pass", "tty pass"]
+        code, _, err = self.run_cli(["adduser", "alice", "--users", self.users], TtyInput())
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(len(self.prompts), 2)
+        self.assertTrue(authenticates(self.users, "alice", "tty pass"))
+
+    def test_tty_mismatch(self) -> None:
+        self.answers = ["one", "two"]
+        code, _, err = self.run_cli(["adduser", "alice", "--users", self.users], TtyInput())
+        self.assert_clean_error(code, err, "do not match")
+        self.assertFalse(os.path.exists(self.users))
+
+    def test_tty_end_of_file(self) -> None:
+        code, _, err = self.run_cli(["adduser", "alice", "--users", self.users], TtyInput())
+        self.assert_clean_error(code, err, "no password")
+        self.assertFalse(os.path.exists(self.users))
+
+    def test_tty_interrupted(self) -> None:
+        self.answers = ["^C"]
+        code, _, err = self.run_cli(["adduser", "alice", "--users", self.users], TtyInput())
+        self.assertEqual(code, 130)
+        self.assertNotIn("Traceback", err)
+        self.assertFalse(os.path.exists(self.users))
+
+    def test_empty_password(self) -> None:
+        code, _, err = self.adduser("alice", "")
+        self.assert_clean_error(code, err, "empty password")
+        self.assertFalse(os.path.exists(self.users))
+
+    def test_no_input(self) -> None:
+        code, _, err = self.run_cli(["adduser", "a", "--users", self.users], io.StringIO(""))
+        self.assert_clean_error(code, err, "empty password")
+
+    def test_tty_empty_password(self) -> None:
+        self.answers = ["", ""]
+        code, _, err = self.run_cli(["adduser", "alice", "--users", self.users], TtyInput())
+        self.assert_clean_error(code, err, "empty password")
+
+    def test_password_too_long(self) -> None:
+        code, _, err = self.adduser("alice", "x" * 5000)
+        self.assert_clean_error(code, err, "longer")
+
+    def test_password_with_control_character(self) -> None:
+        code, _, err = self.adduser("alice", "bad\x07bell")
+        self.assert_clean_error(code, err)
+        self.assertNotIn("bell", err)
+
+    def test_bad_name(self) -> None:
+        code, _, err = self.adduser("bad:name", "pw")
+        self.assert_clean_error(code, err, "invalid name")
+        self.assertFalse(os.path.exists(self.users))
+
+    def test_bad_group(self) -> None:
+        code, _, err = self.adduser("alice", "pw", "--groups", "ops,-x")
+        self.assert_clean_error(code, err, "group")
+
+    def test_duplicate_group(self) -> None:
+        code, _, err = self.adduser("alice", "pw", "--groups", "ops,ops")
+        self.assert_clean_error(code, err, "twice")
+
+    def test_bad_iterations(self) -> None:
+        code, _, err = self.adduser("alice", "pw", "--iterations", "1000")
+        self.assert_clean_error(code, err, "--iterations")
+
+    def test_existing_user(self) -> None:
+        self.adduser("alice", "pw1")
+        code, _, err = self.adduser("alice", "pw2")
+        self.assert_clean_error(code, err, "already exists")
+        self.assertTrue(authenticates(self.users, "alice", "pw1"))
+
+    def test_existing_user_not_asked_for_password(self) -> None:
+        self.adduser("alice", "pw1")
+        self.answers = ["x", "x"]
+        code, _, err = self.run_cli(["adduser", "alice", "--users", self.users], TtyInput())
+        self.assert_clean_error(code, err, "already exists")
+        self.assertEqual(self.prompts, [])
+
+    def test_insecure_file(self) -> None:
+        self.adduser("alice", "pw1")
+        os.chmod(self.users, 0o644)
+        with open(self.users, "rb") as f:
+            before = f.read()
+        code, _, err = self.adduser("bob", "pw2")
+        self.assert_clean_error(code, err, self.users, "0644", "chmod 600")
+        with open(self.users, "rb") as f:
+            self.assertEqual(f.read(), before)
+        self.assertEqual(stat.S_IMODE(os.stat(self.users).st_mode), 0o644)
+
+    def test_malformed_file(self) -> None:
+        with open(self.users, "w") as f:
+            f.write("junk line\n")
+        os.chmod(self.users, 0o600)
+        code, _, err = self.adduser("bob", "pw")
+        self.assert_clean_error(code, err, f"{self.users}:1:")
+
+    def test_creates_directory_and_leaves_no_temp(self) -> None:
+        old = os.umask(0)
+        self.addCleanup(os.umask, old)
+        self.users = os.path.join(self.dir, "state", "users")
+        self.assertEqual(self.adduser("alice", "pw")[0], 0)
+        self.assertEqual(self.adduser("bob", "pw")[0], 0)
+        self.assertEqual(os.listdir(os.path.dirname(self.users)), ["users"])
+        self.assertEqual(stat.S_IMODE(os.stat(self.users).st_mode), 0o600)
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.dirname(self.users)).st_mode), 0o700)
+
+    def test_no_password_option(self) -> None:
+        """
+        There is no way to pass a password on the command line.
+        """
+        code, _, err = self.run_cli(["adduser", "a", "--users", self.users, "--password", "p"])
+        self.assertEqual(code, 2)
+        self.assertNotIn("Traceback", err)
+        self.assertFalse(os.path.exists(self.users))
+
+    def test_password_not_read_from_environment(self) -> None:
+        self.patch(os, "environ", {**os.environ, "NETGUARD_PASSWORD": "envpw", "PASSWORD": "x"})
+        code, _, err = self.run_cli(["adduser", "a", "--users", self.users], io.StringIO(""))
+        self.assert_clean_error(code, err, "empty password")
+
+    def test_unwritable_directory(self) -> None:
+        self.users = os.path.join(self.dir, "file", "users")
+        with open(os.path.join(self.dir, "file"), "w"):
+            pass
+        code, _, err = self.adduser("alice", "pw")
+        self.assert_clean_error(code, err)
+
+
+class PasswdTests(CliTestBase):
+    def test_passwd(self) -> None:
+        self.adduser("alice", "old pw", "--groups", "ops")
+        self.adduser("bob", "bob pw")
+        code, out, err = self.run_cli(
+            ["passwd", "alice", "--users", self.users], io.StringIO("new pw\n")
+        )
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("alice", out)
+        self.assertTrue(authenticates(self.users, "alice", "new pw"))
+        self.assertFalse(authenticates(self.users, "alice", "old pw"))
+        self.assertTrue(authenticates(self.users, "bob", "bob pw"))
+        self.assertEqual(UserStore.load(self.users).groups_of("alice"), ("ops",))
+        self.assertEqual(stat.S_IMODE(os.stat(self.users).st_mode), 0o600)
+
+    def test_missing_user(self) -> None:
+        self.adduser("alice", "pw")
+        code, _, err = self.run_cli(["passwd", "bob", "--users", self.users], io.StringIO("x\n"))
+        self.assert_clean_error(code, err, "no user bob")
+
+    def test_missing_file(self) -> None:
+        code, _, err = self.run_cli(["passwd", "bob", "--users", self.users], io.StringIO("x\n"))
+        self.assert_clean_error(code, err, self.users)
+
+    def test_insecure_file(self) -> None:
+        self.adduser("alice", "pw")
+        os.chmod(self.users, 0o644)
+        code, _, err = self.run_cli(
+            ["passwd", "alice", "--users", self.users], io.StringIO("new\n")
+        )
+        self.assert_clean_error(code, err, "chmod 600")
+        os.chmod(self.users, 0o600)
+        self.assertTrue(authenticates(self.users, "alice", "pw"))
+
+    def test_mismatch(self) -> None:
+        self.adduser("alice", "pw")
+        self.answers = ["a", "b"]
+        code, _, err = self.run_cli(["passwd", "alice", "--users", self.users], TtyInput())
+        self.assert_clean_error(code, err, "do not match")
+        self.assertTrue(authenticates(self.users, "alice", "pw"))
+
+    def test_bad_name(self) -> None:
+        code, _, err = self.run_cli(["passwd", "a b", "--users", self.users])
+        self.assert_clean_error(code, err, "invalid name")
+
+
+class DelUserTests(CliTestBase):
+    def test_deluser(self) -> None:
+        self.adduser("alice", "pw")
+        self.adduser("bob", "pw")
+        code, out, err = self.run_cli(["deluser", "alice", "--users", self.users])
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("alice", out)
+        self.assertEqual(UserStore.load(self.users).names(), ["bob"])
+        self.assertFalse(authenticates(self.users, "alice", "pw"))
+
+    def test_missing_user(self) -> None:
+        self.adduser("alice", "pw")
+        code, _, err = self.run_cli(["deluser", "bob", "--users", self.users])
+        self.assert_clean_error(code, err, "no user bob")
+
+    def test_missing_file(self) -> None:
+        code, _, err = self.run_cli(["deluser", "bob", "--users", self.users])
+        self.assert_clean_error(code, err)
+
+    def test_insecure_file(self) -> None:
+        self.adduser("alice", "pw")
+        os.chmod(self.users, 0o640)
+        code, _, err = self.run_cli(["deluser", "alice", "--users", self.users])
+        self.assert_clean_error(code, err, "chmod 600")
+
+
+class DefaultUsersFileTests(CliTestBase):
+    def test_default_users_file(self) -> None:
+        if _config is None or not hasattr(_config, "default_users_file"):
+            code, _, err = self.run_cli(["adduser", "alice"], io.StringIO("pw\n"))
+            self.assert_clean_error(code, err, "--users")
+            return
+        self.patch(_config, "default_users_file", lambda: self.users)
+        code, _, err = self.run_cli(["adduser", "alice"], io.StringIO("pw\n"))
+        self.assertEqual((code, err), (0, ""))
+        self.assertTrue(authenticates(self.users, "alice", "pw"))
+
+    def test_default_users_file_unknown(self) -> None:
+        if _config is None or not hasattr(_config, "default_users_file"):
+            raise unittest.SkipTest("netguard.config.default_users_file is not there")
+
+        def no_home() -> str:
+            raise _config.ConfigError("<defaults>", "state_dir", "no home directory")
+
+        self.patch(_config, "default_users_file", no_home)
+        code, _, err = self.run_cli(["passwd", "alice"], io.StringIO("pw\n"))
+        self.assert_clean_error(code, err, "--users")
+
+
+class ParserTests(CliTestBase):
+    def test_help_lists_subcommands(self) -> None:
+        code, out, err = self.run_cli(["--help"])
+        self.assertEqual(code, 0)
+        for name in ("adduser", "passwd", "deluser", "check-config"):
+            self.assertIn(name, out)
+        for name in ("tunnel", "ctl", "cert"):
+            self.assertNotIn(f"    {name} ", out)
+
+    def test_subcommand_help(self) -> None:
+        code, out, _ = self.run_cli(["adduser", "--help"])
+        self.assertEqual(code, 0)
+        self.assertIn("--groups", out)
+        self.assertIn("--iterations", out)
+
+    def test_no_command(self) -> None:
+        code, _, err = self.run_cli([])
+        self.assertEqual(code, 2)
+        self.assertIn("command is required", err)
+
+    def test_unknown_command(self) -> None:
+        code, _, err = self.run_cli(["frobnicate"])
+        self.assertEqual(code, 2)
+        self.assertIn("usage:", err)
+        self.assertNotIn("Traceback", err)
+
+    def test_missing_name(self) -> None:
+        code, _, err = self.run_cli(["adduser"])
+        self.assertEqual(code, 2)
+        self.assertNotIn("Traceback", err)
+
+    def test_iterations_not_a_number(self) -> None:
+        code, _, err = self.run_cli(["adduser", "a", "--iterations", "many"])
+        self.assertEqual(code, 2)
+        self.assertNotIn("Traceback", err)
+
+    def test_later_subcommands_not_registered(self) -> None:
+        for name in ("tunnel", "ctl", "cert"):
+            code, _, err = self.run_cli([name])
+            self.assertEqual(code, 2)
+            self.assertIn("invalid choice", err)
+
+
+class CheckConfigTests(CliTestBase):
+    def setUp(self) -> None:
+        super().setUp()
+        if not _HAVE_CONFIG:
+            raise unittest.SkipTest("netguard.config does not provide the check-config API")
+
+    def write_config(self, text: str) -> str:
+        path = os.path.join(self.dir, "netguard.toml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def test_defaults(self) -> None:
+        code, out, err = self.run_cli(["check-config", "--defaults"])
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(out, _config.describe_defaults())
+
+    def test_config_file(self) -> None:
+        path = self.write_config('server_name = "cli-test"\n')
+        code, out, err = self.run_cli(["check-config", "--config", path])
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("cli-test", out)
+        self.assertEqual(out, _config.describe(_config.load_config(path)))
+
+    def test_bad_config(self) -> None:
+        path = self.write_config("server_name = [\n")
+        code, _, err = self.run_cli(["check-config", "--config", path])
+        self.assert_clean_error(code, err, path)
+
+    def test_missing_config(self) -> None:
+        path = os.path.join(self.dir, "absent.toml")
+        code, _, err = self.run_cli(["check-config", "--config", path])
+        self.assert_clean_error(code, err, path)
+
+    def test_config_and_defaults_exclusive(self) -> None:
+        code, _, err = self.run_cli(["check-config", "--defaults", "--config", "x"])
+        self.assertEqual(code, 2)
+        self.assertNotIn("Traceback", err)
