@@ -1,0 +1,136 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+Build the gateway's L{MultiService} from a validated L{netguard.config.Config}.
+
+This is the only place that touches the file system at start-up: it creates the state
+directory (mode 0700), creates the users file with a generated password when there is none
+(shown once on the terminal, never logged), loads the users, and attaches one listening
+service per configured endpoint string.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import IO, Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from netguard.auth.users import UserStore, ensure_users_file
+from netguard.gateway.factory import GatewayFactory
+from netguard.stats import Stats
+
+log = Logger()
+
+
+class GatewayService(MultiService):
+    """
+    The running gateway: its listeners as child services, and the shared L{GatewayFactory}.
+
+    @ivar factory: the factory every listener uses.
+    """
+
+    def __init__(self, factory: GatewayFactory):
+        super().__init__()
+        self.factory = factory
+
+    def startService(self) -> None:
+        log.info(
+            "netguard starting: {count} listener(s), services {services}",
+            event="gateway.start",
+            count=len(self.factory.config.listen),
+            services=",".join(sorted(dict(self.factory.config.services))),
+        )
+        super().startService()
+
+
+def prepare_state_dir(path: str) -> None:
+    """
+    Create the state directory with mode 0700 if it does not exist.
+    """
+    os.makedirs(path, mode=0o700, exist_ok=True)
+
+
+def _unix_socket_dirs(listen: tuple[str, ...]) -> list[str]:
+    """
+    The parent directories of the unix socket paths among the listener strings.
+    """
+    dirs = []
+    for description in listen:
+        if description.startswith("unix:"):
+            path = description[5:].split(":", 1)[0]
+            if path.startswith("address="):
+                path = path[len("address=") :]
+            dirs.append(os.path.dirname(path) or ".")
+    return dirs
+
+
+def show_once(text: str, terminal: IO[str] | None = None) -> None:
+    """
+    Write C{text} to the controlling terminal (or standard error when there is none), never
+    through the log system, so a generated secret is seen once and not recorded.
+    """
+    if terminal is not None:
+        terminal.write(text)
+        terminal.flush()
+        return
+    try:
+        with open("/dev/tty", "w") as tty:
+            tty.write(text)
+            return
+    except OSError:
+        pass
+    os.write(sys.__stderr__.fileno() if sys.__stderr__ else 2, text.encode())
+
+
+def load_users(config: Any, terminal: IO[str] | None = None) -> UserStore:
+    """
+    Load the users file, creating it with one generated user when it does not exist.
+    """
+    created = ensure_users_file(config.users_file)
+    if created is not None:
+        name, password = created
+        show_once(
+            "\nnetguard created the users file {path}\n"
+            "  user:     {name}\n  password: {password}\n"
+            "This password is shown once and is not stored or logged; change it with\n"
+            "  netguard passwd {name} --users {path}\n\n".format(
+                path=config.users_file, name=name, password=password
+            ),
+            terminal,
+        )
+        log.info(
+            "created users file {path} with user {name}",
+            event="users.created",
+            path=config.users_file,
+            name=name,
+        )
+    return UserStore.load(config.users_file)
+
+
+def make_service(config: Any, reactor: Any, terminal: IO[str] | None = None) -> GatewayService:
+    """
+    Build the gateway service for C{config}.
+
+    @param config: a validated L{netguard.config.Config}.
+    @param reactor: the reactor listeners and timers use.
+    @param terminal: where a generated password is shown (the controlling terminal when
+        L{None}).
+    @return: a L{GatewayService} ready to be started.
+    """
+    prepare_state_dir(config.state_dir)
+    for directory in _unix_socket_dirs(config.listen):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    users = load_users(config, terminal)
+    factory = GatewayFactory(config, users, reactor, Stats())
+    service = GatewayService(factory)
+    for description in config.listen:
+        endpoint = serverFromString(reactor, description)
+        listener = StreamServerEndpointService(endpoint, factory)
+        listener._raiseSynchronously = True
+        listener.setName(description)
+        listener.setServiceParent(service)
+    return service

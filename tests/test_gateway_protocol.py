@@ -1,0 +1,325 @@
+"""
+Tests for L{netguard.gateway.protocol}: the NGP/1 state machine, on Twisted fakes.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.test import iosim
+from twisted.trial import unittest
+
+from netguard.auth.scram import ClientExchange
+from netguard.auth.users import UserStore, make_record
+from netguard.client.protocol import Credentials, NGPClientProtocol, NGPError
+from netguard.config import load_config
+from netguard.gateway.factory import GatewayFactory
+from netguard.gateway.protocol import TRANSITIONS, SessionState
+
+PASSWORD = "correct horse battery staple"
+
+
+def b64(text: str) -> bytes:
+    return base64.b64encode(text.encode())
+
+
+def unb64(token: bytes) -> str:
+    return base64.b64decode(token).decode()
+
+
+def make_factory(clock: Clock, **limits) -> GatewayFactory:
+    config = load_config(None, {"state_dir": "/nonexistent-netguard-test"})
+    if limits:
+        import attrs
+
+        config = attrs.evolve(config, limits=attrs.evolve(config.limits, **limits))
+    store = UserStore.from_records(
+        [make_record("alice", PASSWORD, groups=("ops",)), make_record("bob", "other")]
+    )
+    return GatewayFactory(config, store, clock)
+
+
+class Session:
+    """
+    One server session on a L{StringTransport}, greeted, with helpers to speak NGP/1.
+    """
+
+    def __init__(self, test: unittest.TestCase, **limits):
+        self.clock = Clock()
+        self.factory = make_factory(self.clock, **limits)
+        self.proto = self.factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+        self.clock.advance(self.proto.limits.greeting_delay)
+        self.greeting = self.take()[0]
+        test.addCleanup(self.proto.connectionLost, None)
+
+    def take(self) -> list[bytes]:
+        out = self.transport.value()
+        self.transport.clear()
+        return [line for line in out.split(b"\r\n") if line]
+
+    def send(self, line: bytes) -> list[bytes]:
+        self.proto.dataReceived(line + b"\r\n")
+        return self.take()
+
+    def login(self, user="alice", password=PASSWORD) -> list[bytes]:
+        client = ClientExchange(user, password)
+        [cont] = self.send(b"AUTH SCRAM-SHA-256 " + b64(client.first()))
+        if not cont.startswith(b"CONT "):
+            return [cont]
+        final = client.final(unb64(cont[5:]))
+        reply = self.send(b"CONT " + b64(final))
+        if reply and reply[0].startswith(b"OK "):
+            client.verify(unb64(reply[0][3:]))
+        return reply
+
+
+class GreetingTests(unittest.TestCase):
+    def test_greeting_names_server_and_mechanism(self):
+        s = Session(self)
+        self.assertEqual(s.greeting, b"NETGUARD/1 netguard AUTH=SCRAM-SHA-256 MAXLINE=1024")
+
+    def test_ping(self):
+        s = Session(self)
+        self.assertEqual(s.send(b"PING"), [b"PONG"])
+
+    def test_commands_are_case_insensitive(self):
+        s = Session(self)
+        self.assertEqual(s.send(b"ping"), [b"PONG"])
+
+    def test_quit(self):
+        s = Session(self)
+        self.assertEqual(s.send(b"QUIT"), [b"BYE"])
+        self.assertTrue(s.transport.disconnecting)
+
+    def test_state_table_covers_every_live_state(self):
+        self.assertEqual(
+            set(TRANSITIONS),
+            {SessionState.READY, SessionState.AUTH_CONTINUE, SessionState.AUTHENTICATED},
+        )
+
+
+class BadInputTests(unittest.TestCase):
+    def assertRefused(self, reply, code):
+        self.assertEqual(len(reply), 1)
+        self.assertTrue(reply[0].startswith(b"ERR " + code + b" "), reply)
+
+    def test_unknown_command(self):
+        s = Session(self)
+        self.assertRefused(s.send(b"HELO there"), b"UNKNOWN_COMMAND")
+        self.assertFalse(s.transport.disconnecting)
+
+    def test_empty_line(self):
+        self.assertRefused(Session(self).send(b""), b"BAD_SYNTAX")
+
+    def test_nul_byte(self):
+        self.assertRefused(Session(self).send(b"PI\x00NG"), b"BAD_SYNTAX")
+
+    def test_bare_cr(self):
+        self.assertRefused(Session(self).send(b"PING\rPING"), b"BAD_SYNTAX")
+
+    def test_non_ascii(self):
+        self.assertRefused(Session(self).send("PÏNG".encode()), b"BAD_SYNTAX")
+
+    def test_binary_junk(self):
+        self.assertRefused(Session(self).send(b"\x16\x03\x01\x02\x00\x01\x00"), b"BAD_SYNTAX")
+
+    def test_double_space(self):
+        self.assertRefused(Session(self).send(b"AUTH  SCRAM-SHA-256 eA=="), b"BAD_SYNTAX")
+
+    def test_trailing_space(self):
+        self.assertRefused(Session(self).send(b"PING "), b"BAD_SYNTAX")
+
+    def test_wrong_arity(self):
+        self.assertRefused(Session(self).send(b"PING extra"), b"BAD_SYNTAX")
+
+    def test_open_before_auth(self):
+        self.assertRefused(Session(self).send(b"OPEN echo"), b"AUTH_REQUIRED")
+
+    def test_services_before_auth_reveals_nothing(self):
+        self.assertRefused(Session(self).send(b"SERVICES"), b"AUTH_REQUIRED")
+
+    def test_cont_without_auth(self):
+        self.assertRefused(Session(self).send(b"CONT eA=="), b"BAD_SEQUENCE")
+
+    def test_unsupported_mechanism(self):
+        self.assertRefused(Session(self).send(b"AUTH PLAIN eA=="), b"UNSUPPORTED_MECHANISM")
+
+    def test_bad_base64(self):
+        self.assertRefused(Session(self).send(b"AUTH SCRAM-SHA-256 !!!"), b"BAD_SYNTAX")
+
+    def test_base64_of_non_utf8(self):
+        token = base64.b64encode(b"\xff\xfe")
+        self.assertRefused(Session(self).send(b"AUTH SCRAM-SHA-256 " + token), b"BAD_SYNTAX")
+
+    def test_malformed_client_first_is_an_auth_failure(self):
+        self.assertRefused(
+            Session(self).send(b"AUTH SCRAM-SHA-256 " + b64("garbage")), b"AUTH_FAILED"
+        )
+
+    def test_overlong_line(self):
+        s = Session(self)
+        reply = s.send(b"PING" + b"x" * 2000)
+        self.assertRefused(reply, b"LINE_TOO_LONG")
+        self.assertTrue(s.transport.disconnecting)
+
+    def test_line_flood_before_auth(self):
+        s = Session(self)
+        s.proto.dataReceived(b"PING\r\n" * 1000)
+        lines = s.take()
+        self.assertEqual(lines[:16], [b"PONG"] * 16)
+        self.assertTrue(lines[-1].startswith(b"ERR TOO_MANY_LINES"))
+        self.assertTrue(s.transport.disconnecting)
+
+    def test_early_talker(self):
+        clock = Clock()
+        proto = make_factory(clock).buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(b"AUTH SCRAM-SHA-256 xx\r\n")
+        self.assertTrue(transport.value().startswith(b"ERR EARLY_TALKER"))
+        self.assertTrue(transport.disconnecting)
+
+    def test_handshake_timeout(self):
+        s = Session(self, handshake_timeout=5.0)
+        s.clock.advance(6)
+        self.assertEqual(s.take(), [b"ERR TIMEOUT handshake deadline"])
+        self.assertTrue(s.transport.disconnecting)
+
+
+class AuthTests(unittest.TestCase):
+    def test_successful_login_with_mutual_auth(self):
+        s = Session(self)
+        [ok] = s.login()
+        self.assertTrue(ok.startswith(b"OK "))
+        self.assertIs(s.proto.state, SessionState.AUTHENTICATED)
+        self.assertEqual(s.proto.user, "alice")
+
+    def test_wrong_password(self):
+        s = Session(self)
+        self.assertEqual(s.login(password="wrong"), [b"ERR AUTH_FAILED authentication failed"])
+        self.assertIs(s.proto.state, SessionState.READY)
+        self.assertFalse(s.transport.disconnecting)
+
+    def test_unknown_user_gets_the_same_answers(self):
+        s = Session(self)
+        client = ClientExchange("mallory", "x")
+        [cont] = s.send(b"AUTH SCRAM-SHA-256 " + b64(client.first()))
+        self.assertTrue(cont.startswith(b"CONT "))
+        reply = s.send(b"CONT " + b64(client.final(unb64(cont[5:]))))
+        self.assertEqual(reply, [b"ERR AUTH_FAILED authentication failed"])
+
+    def test_attempts_are_bounded(self):
+        s = Session(self, max_auth_attempts=2)
+        s.login(password="one")
+        self.assertFalse(s.transport.disconnecting)
+        s.login(password="two")
+        self.assertTrue(s.transport.disconnecting)
+
+    def test_abandoned_exchange_counts_as_failure(self):
+        s = Session(self, max_auth_attempts=1)
+        client = ClientExchange("alice", PASSWORD)
+        s.send(b"AUTH SCRAM-SHA-256 " + b64(client.first()))
+        self.assertEqual(s.send(b"PING"), [b"ERR AUTH_FAILED authentication failed"])
+        self.assertTrue(s.transport.disconnecting)
+
+    def test_auth_twice_is_out_of_sequence(self):
+        s = Session(self)
+        s.login()
+        reply = s.send(b"AUTH SCRAM-SHA-256 " + b64("n,,n=alice,r=abc"))
+        self.assertTrue(reply[0].startswith(b"ERR BAD_SEQUENCE"))
+
+    def test_line_budget_lifted_after_auth(self):
+        s = Session(self)
+        s.login()
+        s.proto.dataReceived(b"PING\r\n" * 100)
+        self.assertEqual(s.take(), [b"PONG"] * 100)
+
+    def test_password_never_logged(self):
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        s = Session(self)
+        s.login(password=PASSWORD + "x")
+        s.login()
+        self.assertTrue(events)
+        self.assertNotIn(PASSWORD, repr(events))
+
+
+class ServiceTests(unittest.TestCase):
+    def test_services_lists_allowed(self):
+        s = Session(self)
+        s.login()
+        self.assertEqual(s.send(b"SERVICES"), [b"OK SERVICES echo"])
+
+    def test_open_echo_and_binary_round_trip(self):
+        s = Session(self)
+        s.login()
+        self.assertEqual(s.send(b"OPEN echo"), [b"OK OPEN echo"])
+        payload = bytes(range(256)) * 4 + b"\r\n\x00ERR\n"
+        s.proto.dataReceived(payload)
+        self.assertEqual(s.transport.value(), payload)
+        self.assertEqual(s.proto.bytes_up, len(payload))
+
+    def test_bytes_pipelined_behind_open_are_relayed(self):
+        s = Session(self)
+        s.login()
+        s.proto.dataReceived(b"OPEN echo\r\n\x00raw\r\nPING\r\n")
+        self.assertEqual(s.transport.value(), b"OK OPEN echo\r\n\x00raw\r\nPING\r\n")
+
+    def test_unknown_service(self):
+        s = Session(self)
+        s.login()
+        self.assertTrue(s.send(b"OPEN nope")[0].startswith(b"ERR NO_SUCH_SERVICE"))
+
+    def test_bad_service_name(self):
+        s = Session(self)
+        s.login()
+        self.assertTrue(s.send(b"OPEN ../etc")[0].startswith(b"ERR NO_SUCH_SERVICE"))
+
+
+class ClientServerTests(unittest.TestCase):
+    """
+    The real client and the real server protocols against each other over L{iosim}.
+    """
+
+    def connect(self, password=PASSWORD, service="echo"):
+        clock = Clock()
+        factory = make_factory(clock)
+        server = factory.buildProtocol(None)
+        received = []
+
+        class Client(NGPClientProtocol):
+            def service_data(self, data):
+                received.append(data)
+
+        client = Client(Credentials("alice", password), service, clock=clock)
+        server_io, client_io = iosim.FakeTransport(server, False), iosim.FakeTransport(client, True)
+        server.makeConnection(server_io)
+        client.makeConnection(client_io)
+        pump = iosim.IOPump(client, server, client_io, server_io, False, clock)
+        clock.advance(1)
+        pump.flush()
+        return client, server, pump, received
+
+    def test_full_session(self):
+        client, server, pump, received = self.connect()
+        self.assertTrue(client.opened.called)
+        client.transport.write(b"hello\x00\xff")
+        pump.flush()
+        self.assertEqual(b"".join(received), b"hello\x00\xff")
+
+    def test_wrong_password_fails_opened(self):
+        client, _, _, _ = self.connect(password="bad")
+        failure = self.failureResultOf(client.opened, NGPError)
+        self.assertEqual(failure.value.code, "AUTH_FAILED")
+
+    def test_no_such_service(self):
+        client, _, _, _ = self.connect(service="nope")
+        failure = self.failureResultOf(client.opened, NGPError)
+        self.assertEqual(failure.value.code, "NO_SUCH_SERVICE")
