@@ -15,11 +15,12 @@ L{GuardedLineReceiver} is a L{LineReceiver} that can be exposed to a hostile net
     wait) is refused with C{EARLY_TALKER};
   - a handshake deadline runs from the connection to L{end_handshake}; an idle timeout
     (L{TimeoutMixin}) runs for the whole connection;
-  - write side: the receiver registers itself as the streaming producer of its own transport,
-    so when the peer stops reading and our output queue passes the transport's high-water
-    mark we stop reading the peer (no reply is generated for input we have not read) and cut
-    the connection if it stays that way for C{write_timeout}; after a refusal the final error
-    line gets the same bound before the connection is aborted.
+  - write side: in line mode the receiver registers itself as the streaming producer of its
+    own transport, so when the peer stops reading and our output queue passes the transport's
+    high-water mark we stop reading the peer (no reply is generated for input we have not
+    read) and cut the connection if it stays that way for C{write_timeout}; after a refusal
+    the final error line gets the same bound before the connection is aborted. In raw mode
+    the code relaying the bytes wires its own backpressure.
 
 The parser splits each received chunk once (linear time), unlike L{LineReceiver}, which
 re-splits its buffer for every line, and it stops at the first bound, so a flood of short lines
@@ -120,6 +121,9 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
 
     delimiter = b"\r\n"
     log = Logger()
+    # Typed loosely: zope interfaces (ITransport, IReactorTime) do not type-check as classes.
+    transport: Any
+    clock: Any
 
     phase: FramingPhase = FramingPhase.PRE_GREETING
     lines_received = 0
@@ -132,7 +136,7 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         self.limits = limits if limits is not None else FramingLimits()
         self.clock = clock
         self.MAX_LENGTH = self.limits.max_line_length
-        self._timers: dict[str, IDelayedCall] = {}
+        self._timers: dict[str, Any] = {}
         self._write_paused = False
 
     # -- hooks for subclasses --------------------------------------------------------------
@@ -226,10 +230,21 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
     def setRawMode(self) -> None:
         """
         Deliver every byte after the current line to L{rawDataReceived}.
+
+        In raw mode what we write is no longer a reply to what we read, so the receiver stops
+        being its transport's producer: whoever uses the raw bytes (a relay) wires its own
+        backpressure (see L{netguard.relay}).
         """
         if self.phase is FramingPhase.LINES:
             self.phase = FramingPhase.RAW
         self.line_mode = 0
+        transport = self.transport
+        if transport is not None and getattr(transport, "producer", None) is self:
+            transport.unregisterProducer()
+        self._cancel("write")
+        if self._write_paused:
+            self._write_paused = False
+            transport.resumeProducing()
 
     def setLineMode(self, extra: bytes = b"") -> None:
         """
@@ -295,7 +310,9 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         self.refuse(ErrorCode.LINE_TOO_LONG, offending=line[:64])
 
     def timeoutConnection(self) -> None:
-        self.log.info("idle timeout {peer}", event="conn.timeout", which="idle", **self.log_fields())
+        self.log.info(
+            "idle timeout {peer}", event="conn.timeout", which="idle", **self.log_fields()
+        )
         self.refuse(ErrorCode.TIMEOUT, "idle timeout")
 
     # -- IPushProducer: the transport tells us when the peer stops reading ------------------
@@ -367,7 +384,10 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
     def _handshake_expired(self) -> None:
         self._timers.pop("handshake", None)
         self.log.info(
-            "handshake deadline {peer}", event="conn.timeout", which="handshake", **self.log_fields()
+            "handshake deadline {peer}",
+            event="conn.timeout",
+            which="handshake",
+            **self.log_fields(),
         )
         self.refuse(ErrorCode.TIMEOUT, "handshake deadline")
 

@@ -17,7 +17,6 @@ from typing import IO, Any
 
 from twisted.logger import (
     FileLogObserver,
-    ILogObserver,
     formatEventAsClassicLogText,
     jsonFileLogObserver,
 )
@@ -84,22 +83,22 @@ def _format_safe(event: dict[str, Any]) -> str | None:
     return _escape_rendered_line(text)
 
 
-def safe_text_observer(out: IO[str]) -> ILogObserver:
+def safe_text_observer(out: IO[str]) -> FileLogObserver:
     """
     A classic one-line-per-event text observer whose every line is escaped again.
 
     @param out: a text stream (for example C{sys.stdout} or an opened log file).
-    @return: an L{ILogObserver}.
+    @return: an C{ILogObserver}.
     """
     return FileLogObserver(out, _format_safe)
 
 
-def json_observer(out: IO[str]) -> ILogObserver:
+def json_observer(out: IO[str]) -> FileLogObserver:
     """
     An observer that writes one JSON object per event (Twisted's own JSON format, with the
     record separator), for machines to read.
 
     @param out: a text stream.
-    @return: an L{ILogObserver}.
+    @return: an C{ILogObserver}.
     """
     return jsonFileLogObserver(out)

@@ -14,10 +14,11 @@ import os
 import sys
 from typing import IO, Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.internet.defer import DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from netguard.auth.users import UserStore, ensure_users_file
 from netguard.gateway.factory import GatewayFactory
@@ -26,25 +27,57 @@ from netguard.stats import Stats
 log = Logger()
 
 
+class ListenFailed(Exception):
+    """
+    A configured listener could not be opened (address in use, permission, bad path...).
+    """
+
+
 class GatewayService(MultiService):
     """
-    The running gateway: its listeners as child services, and the shared L{GatewayFactory}.
+    The running gateway: one listening port per configured endpoint string, all serving the
+    shared L{GatewayFactory}; other parts (heartbeat, control socket) are child services.
 
     @ivar factory: the factory every listener uses.
+    @ivar ports: the L{IListeningPort}s, once started.
     """
 
-    def __init__(self, factory: GatewayFactory):
+    def __init__(self, factory: GatewayFactory, endpoints: list[tuple[str, Any]]):
         super().__init__()
         self.factory = factory
+        self.endpoints = endpoints
+        self.ports: list[Any] = []
 
     def startService(self) -> None:
+        """
+        Listen on every endpoint; a listener that cannot open stops the start with
+        L{ListenFailed} naming it (the ports already opened are closed again).
+        """
+        for description, endpoint in self.endpoints:
+            failures: list[Failure] = []
+            endpoint.listen(self.factory).addCallbacks(self.ports.append, failures.append)
+            if failures:
+                for port in self.ports:
+                    port.stopListening()
+                self.ports = []
+                raise ListenFailed(f"cannot listen on {description}: {failures[0].value}")
+            log.info("listening on {listener}", event="gateway.listen", listener=description)
         log.info(
-            "netguard starting: {count} listener(s), services {services}",
+            "netguard started: {count} listener(s), services {services}",
             event="gateway.start",
-            count=len(self.factory.config.listen),
+            count=len(self.ports),
             services=",".join(sorted(dict(self.factory.config.services))),
         )
         super().startService()
+
+    def stopService(self) -> Any:
+        """
+        Stop accepting at once (every listener closes), then stop the child services.
+        """
+        ports, self.ports = self.ports, []
+        stopping = [maybeDeferred(port.stopListening) for port in ports]
+        stopping.append(maybeDeferred(super().stopService))
+        return DeferredList(stopping)
 
 
 def prepare_state_dir(path: str) -> None:
@@ -94,12 +127,10 @@ def load_users(config: Any, terminal: IO[str] | None = None) -> UserStore:
     if created is not None:
         name, password = created
         show_once(
-            "\nnetguard created the users file {path}\n"
-            "  user:     {name}\n  password: {password}\n"
+            f"\nnetguard created the users file {config.users_file}\n"
+            f"  user:     {name}\n  password: {password}\n"
             "This password is shown once and is not stored or logged; change it with\n"
-            "  netguard passwd {name} --users {path}\n\n".format(
-                path=config.users_file, name=name, password=password
-            ),
+            f"  netguard passwd {name} --users {config.users_file}\n\n",
             terminal,
         )
         log.info(
@@ -126,11 +157,7 @@ def make_service(config: Any, reactor: Any, terminal: IO[str] | None = None) -> 
         os.makedirs(directory, mode=0o700, exist_ok=True)
     users = load_users(config, terminal)
     factory = GatewayFactory(config, users, reactor, Stats())
-    service = GatewayService(factory)
-    for description in config.listen:
-        endpoint = serverFromString(reactor, description)
-        listener = StreamServerEndpointService(endpoint, factory)
-        listener._raiseSynchronously = True
-        listener.setName(description)
-        listener.setServiceParent(service)
-    return service
+    endpoints = [
+        (description, serverFromString(reactor, description)) for description in config.listen
+    ]
+    return GatewayService(factory, endpoints)

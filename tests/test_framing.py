@@ -4,6 +4,7 @@ Tests for L{netguard.framing}: every bound and every kind of hostile input, on T
 
 from __future__ import annotations
 
+import itertools
 import resource
 
 from hypothesis import given, settings
@@ -128,7 +129,7 @@ class LineSplittingTests(unittest.TestCase):
         stream = b"".join(line + b"\r\n" for line in lines)
         proto, _, _ = connect(FramingLimits(max_lines_before_auth=100))
         points = sorted({c for c in cuts if c < len(stream)} | {0, len(stream)})
-        for a, b in zip(points, points[1:]):
+        for a, b in itertools.pairwise(points):
             proto.dataReceived(stream[a:b])
         self.assertEqual(proto.lines, lines)
 

@@ -299,7 +299,10 @@ class ClientServerTests(unittest.TestCase):
                 received.append(data)
 
         client = Client(Credentials("alice", password), service, clock=clock)
-        server_io, client_io = iosim.FakeTransport(server, False), iosim.FakeTransport(client, True)
+        server_io, client_io = (
+            iosim.FakeTransport(server, False),
+            iosim.FakeTransport(client, True),
+        )
         server.makeConnection(server_io)
         client.makeConnection(client_io)
         pump = iosim.IOPump(client, server, client_io, server_io, False, clock)

@@ -13,7 +13,6 @@ import secrets
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
@@ -39,7 +38,7 @@ class GatewayFactory(Factory):
         self.config = config
         self.users = users
         self.reactor = reactor
-        self.clock: IReactorTime = reactor
+        self.clock: Any = reactor
         self.stats = stats if stats is not None else Stats()
         self.framing_limits = FramingLimits.from_config(config.limits)
         self.sessions: set[GatewaySession] = set()
@@ -97,7 +96,9 @@ class GatewayFactory(Factory):
         The names of the services C{user} may open, sorted.
         """
         return sorted(
-            name for name, service in dict(self.config.services).items() if self.allowed(service, user)
+            name
+            for name, service in dict(self.config.services).items()
+            if self.allowed(service, user)
         )
 
     def relay_idle_timeout(self, name: str) -> float:
@@ -105,7 +106,11 @@ class GatewayFactory(Factory):
         The idle timeout of an open session of service C{name}.
         """
         service = self.service(name)
-        return float(service.idle_timeout) if service is not None else self.framing_limits.idle_timeout
+        return (
+            float(service.idle_timeout)
+            if service is not None
+            else self.framing_limits.idle_timeout
+        )
 
     def open_backend(self, service: Any, sink: BackendSink) -> Deferred[BackendLeg]:
         """

@@ -167,7 +167,10 @@ class GatewaySession(GuardedLineReceiver):
         parts = line.split(b" ")
         if b"" in parts:
             self.refuse(
-                ErrorCode.BAD_SYNTAX, "words are separated by one space", offending=line, close=False
+                ErrorCode.BAD_SYNTAX,
+                "words are separated by one space",
+                offending=line,
+                close=False,
             )
             return
         command, args = parts[0].upper(), parts[1:]
@@ -328,11 +331,15 @@ class GatewaySession(GuardedLineReceiver):
         self.sendLine(b"OK OPEN " + self.service.encode("ascii"))  # type: ignore[union-attr]
         self.setTimeout(self.factory.relay_idle_timeout(self.service or ""))
         self.log.info(
-            "{user} opened {service}", event="session.open", service=self.service, **self.log_fields()
+            "{user} opened {service}",
+            event="session.open",
+            service=self.service,
+            **self.log_fields(),
         )
         pending, self._pending = self._pending, []
         for chunk in pending:
             leg.write(chunk)
+        leg.attach(self.transport)
         self.transport.resumeProducing()
 
     def _backend_failed(self, failure: Failure) -> None:
@@ -354,7 +361,10 @@ class GatewaySession(GuardedLineReceiver):
             return decode_wire(token)
         except ValueError:
             self.refuse(
-                ErrorCode.BAD_SYNTAX, "argument is not base64 of UTF-8", offending=token, close=False
+                ErrorCode.BAD_SYNTAX,
+                "argument is not base64 of UTF-8",
+                offending=token,
+                close=False,
             )
             return None
 
@@ -387,4 +397,3 @@ class GatewaySession(GuardedLineReceiver):
             self.refuse(ErrorCode.AUTH_REQUIRED, offending=line, close=False)
             return
         self.refuse(ErrorCode.BAD_SEQUENCE, offending=line, close=False)
-

@@ -34,6 +34,12 @@ class BackendLeg(Protocol):
     What a session calls on its backend leg.
     """
 
+    def attach(self, client_transport: Any) -> None:
+        """
+        The session starts relaying: wire backpressure between C{client_transport} and the
+        backend, so neither side's write queue grows without bound.
+        """
+
     def write(self, data: bytes) -> None:
         """Bytes from the client, for the backend."""
 
@@ -54,6 +60,10 @@ class EchoLeg:
 
     def __init__(self, sink: BackendSink):
         self._sink: BackendSink | None = sink
+
+    def attach(self, client_transport: Any) -> None:
+        # What we write is what we read: while the client does not read, stop reading it.
+        client_transport.registerProducer(client_transport, True)
 
     def write(self, data: bytes) -> None:
         if self._sink is not None:

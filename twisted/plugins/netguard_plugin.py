@@ -33,8 +33,12 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "TOML configuration file (default: none, built-in defaults)."],
         ["users", "u", None, "Users file (default: <state-dir>/users)."],
-        ["state-dir", "d", None, "State directory (default: /var/lib/netguard for root, "
-         "else ~/.local/state/netguard)."],
+        [
+            "state-dir",
+            "d",
+            None,
+            "State directory (default: /var/lib/netguard for root, else ~/.local/state/netguard).",
+        ],
         ["server-name", None, None, "Name shown in the greeting (default: netguard)."],
         ["log-format", None, None, "Log format: text or json (default: text)."],
         ["log-file", None, None, "Log file, or - for standard output (default: -)."],
