@@ -1,0 +1,316 @@
+"""
+Tests for L{netguard.peer.checks}: policy validation, the pure decision, and a run of both
+checks over a fake resolver and L{MemoryReactorClock}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
+from twisted.names import dns
+from twisted.trial import unittest
+
+from netguard.peer.checks import (
+    PeerCheckPolicy,
+    PeerCheckRun,
+    PeerChecks,
+    Verdict,
+    decide,
+    start_peer_checks,
+)
+from netguard.peer.fcrdns import FCrDNSCache, FCrDNSResult
+from netguard.peer.ident import IdentResult
+from tests.test_fcrdns import HANG, PTR1, FakeResolver, a, ptr
+
+PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+LOCAL = IPv4Address("TCP", "127.0.0.9", 7700)
+CONFIRMED = FCrDNSResult(True, "host.example.com", "confirmed", ("host.example.com",))
+MISMATCH = FCrDNSResult(False, None, "mismatch", ("bank.example",))
+
+
+class PolicyTests(unittest.TestCase):
+    def test_defaults_are_off(self) -> None:
+        policy = PeerCheckPolicy()
+        self.assertEqual((policy.fcrdns, policy.ident), ("off", "off"))
+        self.assertFalse(policy.waits_for_fcrdns)
+
+    def test_unknown_fcrdns_mode(self) -> None:
+        self.assertRaises(ValueError, PeerCheckPolicy, fcrdns="deny")
+
+    def test_ident_cannot_be_required(self) -> None:
+        self.assertRaises(ValueError, PeerCheckPolicy, ident="require")
+
+    def test_patterns_need_fcrdns(self) -> None:
+        self.assertRaises(ValueError, PeerCheckPolicy, fcrdns_deny=("*.bad",))
+
+    def test_single_string_pattern_rejected(self) -> None:
+        self.assertRaises(TypeError, PeerCheckPolicy, fcrdns="log", fcrdns_allow="*.good")
+
+    def test_patterns_lower_cased(self) -> None:
+        self.assertEqual(
+            PeerCheckPolicy(fcrdns="log", fcrdns_allow=["*.EXAMPLE"]).fcrdns_allow, ("*.example",)
+        )
+
+    def test_timeouts_positive(self) -> None:
+        self.assertRaises(ValueError, PeerCheckPolicy, fcrdns_timeout=0)
+        self.assertRaises(ValueError, PeerCheckPolicy, ident_timeout=-1)
+
+    def test_ident_port_range(self) -> None:
+        self.assertRaises(ValueError, PeerCheckPolicy, ident_port=70000)
+
+    def test_waits_for_fcrdns(self) -> None:
+        self.assertTrue(PeerCheckPolicy(fcrdns="require").waits_for_fcrdns)
+        self.assertTrue(PeerCheckPolicy(fcrdns="log", fcrdns_deny=("x",)).waits_for_fcrdns)
+        self.assertFalse(PeerCheckPolicy(fcrdns="log", ident="log").waits_for_fcrdns)
+
+
+class DecideTests(unittest.TestCase):
+    def test_off(self) -> None:
+        self.assertEqual(decide(PeerCheckPolicy(), None), (True, "ok"))
+
+    def test_log_mismatch_allowed(self) -> None:
+        self.assertEqual(decide(PeerCheckPolicy(fcrdns="log"), MISMATCH), (True, "ok"))
+
+    def test_require_confirmed(self) -> None:
+        self.assertEqual(decide(PeerCheckPolicy(fcrdns="require"), CONFIRMED), (True, "ok"))
+
+    def test_require_mismatch(self) -> None:
+        self.assertEqual(
+            decide(PeerCheckPolicy(fcrdns="require"), MISMATCH), (False, "fcrdns-mismatch")
+        )
+
+    def test_require_timeout(self) -> None:
+        result = FCrDNSResult(False, None, "timeout")
+        self.assertEqual(
+            decide(PeerCheckPolicy(fcrdns="require"), result), (False, "fcrdns-timeout")
+        )
+
+    def test_require_without_result(self) -> None:
+        self.assertEqual(
+            decide(PeerCheckPolicy(fcrdns="require"), None), (False, "unsupported-address")
+        )
+
+    def test_deny_pattern_matches(self) -> None:
+        policy = PeerCheckPolicy(fcrdns="log", fcrdns_deny=("*.EXAMPLE.com",))
+        self.assertEqual(decide(policy, CONFIRMED), (False, "fcrdns-denied"))
+
+    def test_deny_pattern_other_name(self) -> None:
+        policy = PeerCheckPolicy(fcrdns="log", fcrdns_deny=("*.example.org",))
+        self.assertEqual(decide(policy, CONFIRMED), (True, "ok"))
+
+    def test_deny_pattern_ignores_unconfirmed_name(self) -> None:
+        policy = PeerCheckPolicy(fcrdns="log", fcrdns_deny=("bank.*",))
+        self.assertEqual(decide(policy, MISMATCH), (True, "ok"))
+
+    def test_allow_pattern_matches(self) -> None:
+        policy = PeerCheckPolicy(fcrdns="log", fcrdns_allow=("*.example.com",))
+        self.assertEqual(decide(policy, CONFIRMED), (True, "ok"))
+
+    def test_allow_pattern_other_name(self) -> None:
+        policy = PeerCheckPolicy(fcrdns="log", fcrdns_allow=("*.example.org",))
+        self.assertEqual(decide(policy, CONFIRMED), (False, "fcrdns-not-allowed"))
+
+    def test_allow_pattern_refuses_unconfirmed(self) -> None:
+        policy = PeerCheckPolicy(fcrdns="log", fcrdns_allow=("bank.example",))
+        self.assertEqual(decide(policy, MISMATCH), (False, "fcrdns-not-allowed"))
+
+    def test_deny_beats_allow(self) -> None:
+        policy = PeerCheckPolicy(fcrdns="log", fcrdns_allow=("*",), fcrdns_deny=("host.*",))
+        self.assertEqual(decide(policy, CONFIRMED), (False, "fcrdns-denied"))
+
+
+class RunTestCase(unittest.TestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.resolver = FakeResolver()
+
+    def start(self, policy: PeerCheckPolicy, peer: Any = PEER, local: Any = LOCAL) -> PeerCheckRun:
+        return start_peer_checks(self.reactor, policy, peer, local, resolver=self.resolver)
+
+    def verdict(self, run: PeerCheckRun) -> Verdict:
+        verdict: Verdict = self.successResultOf(run.verdict())
+        return verdict
+
+    def confirmed(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, "host.example.com")])
+        self.resolver.add(dns.A, "host.example.com", [a("host.example.com", "127.0.0.1")])
+
+    def ident_connection(self) -> tuple[Any, StringTransport]:
+        factory = self.reactor.tcpClients[-1][2]
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+
+class RunOffTests(RunTestCase):
+    def test_nothing_runs(self) -> None:
+        run = self.start(PeerCheckPolicy())
+        self.assertEqual(self.verdict(run), Verdict(True, "ok", None, None))
+        self.assertEqual(self.resolver.calls, [])
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.assertIsNone(self.successResultOf(run.fcrdns))
+        self.assertIsNone(self.successResultOf(run.ident))
+
+    def test_unix_peer_is_local_even_when_required(self) -> None:
+        policy = PeerCheckPolicy(fcrdns="require", ident="log")
+        run = self.start(policy, UNIXAddress(b"/run/ng.sock"), UNIXAddress(b"/run/ng.sock"))
+        self.assertEqual(self.verdict(run), Verdict(True, "local"))
+        self.assertEqual(self.resolver.calls, [])
+        self.assertEqual(self.reactor.tcpClients, [])
+
+
+class RunFCrDNSTests(RunTestCase):
+    def test_log_mode_does_not_wait(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, HANG)
+        run = self.start(PeerCheckPolicy(fcrdns="log"))
+        self.assertEqual(self.verdict(run), Verdict(True, "ok", None, None))
+        fcrdns = run.fcrdns
+        self.assertNoResult(fcrdns)
+        self.reactor.advance(5.0)
+        self.assertEqual(self.successResultOf(fcrdns).reason, "timeout")
+
+    def test_log_mode_reports_result_when_done(self) -> None:
+        self.confirmed()
+        run = self.start(PeerCheckPolicy(fcrdns="log"))
+        self.assertEqual(self.verdict(run).fcrdns, CONFIRMED)
+        self.assertEqual(run.fcrdns_result, CONFIRMED)
+
+    def test_require_waits_then_allows(self) -> None:
+        self.confirmed()
+        run = self.start(PeerCheckPolicy(fcrdns="require"))
+        self.assertEqual(self.verdict(run), Verdict(True, "ok", CONFIRMED, None))
+
+    def test_require_refuses_spoofed_ptr(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, "bank.example")])
+        self.resolver.add(dns.A, "bank.example", [a("bank.example", "192.0.2.1")])
+        verdict = self.verdict(self.start(PeerCheckPolicy(fcrdns="require")))
+        self.assertEqual((verdict.allowed, verdict.reason), (False, "fcrdns-mismatch"))
+
+    def test_require_waits_no_longer_than_bound(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, HANG)
+        run = self.start(PeerCheckPolicy(fcrdns="require", fcrdns_timeout=2.0))
+        d = run.verdict()
+        self.reactor.advance(1.99)
+        self.assertNoResult(d)
+        self.reactor.advance(0.01)
+        verdict = self.successResultOf(d)
+        self.assertEqual((verdict.allowed, verdict.reason), (False, "fcrdns-timeout"))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_deny_pattern_waits_in_log_mode(self) -> None:
+        self.confirmed()
+        policy = PeerCheckPolicy(fcrdns="log", fcrdns_deny=("*.example.com",))
+        self.assertEqual(self.verdict(self.start(policy)).reason, "fcrdns-denied")
+
+    def test_allow_pattern(self) -> None:
+        self.confirmed()
+        policy = PeerCheckPolicy(fcrdns="require", fcrdns_allow=("host.example.*",))
+        self.assertTrue(self.verdict(self.start(policy)).allowed)
+
+    def test_ipv6_peer(self) -> None:
+        run = self.start(
+            PeerCheckPolicy(fcrdns="require"),
+            IPv6Address("TCP", "::1", 40000),
+            IPv6Address("TCP", "::1", 7700),
+        )
+        self.assertEqual(self.verdict(run).reason, "fcrdns-no-ptr")
+        self.assertTrue(self.resolver.calls[0][1].endswith(".ip6.arpa"))
+
+    def test_each_access_is_a_new_deferred(self) -> None:
+        self.confirmed()
+        run = self.start(PeerCheckPolicy(fcrdns="log"))
+        first = run.fcrdns
+        first.addCallback(lambda _: "changed by a caller")
+        self.assertEqual(self.successResultOf(run.fcrdns), CONFIRMED)
+        self.assertEqual(self.verdict(run).fcrdns, CONFIRMED)
+
+    def test_event_logged_with_escaped_names(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, b"x\n2099 FAKE login ok\x1b[0m")])
+        with capturedLogs() as events:
+            self.start(PeerCheckPolicy(fcrdns="log"))
+        [event] = [e for e in events if e.get("event") == "peer.fcrdns"]
+        self.assertEqual(event["reason"], "bad-name")
+        self.assertEqual(event["names_tried"], "x\\n2099 FAKE login ok\\x1b[0m")
+        self.assertEqual(event["peer"], "127.0.0.1:40000")
+        self.assertEqual(event["log_level"].name, "info")
+
+    def test_shared_cache_used(self) -> None:
+        self.confirmed()
+        checks = PeerChecks(
+            self.reactor, PeerCheckPolicy(fcrdns="require"), resolver=self.resolver
+        )
+        self.successResultOf(checks.start(PEER, LOCAL).verdict())
+        calls = len(self.resolver.calls)
+        self.assertTrue(self.successResultOf(checks.start(PEER, LOCAL).verdict()).allowed)
+        self.assertEqual(len(self.resolver.calls), calls)
+        self.assertIsInstance(checks.cache, FCrDNSCache)
+
+
+class RunIdentTests(RunTestCase):
+    def test_ident_query_from_local_address(self) -> None:
+        self.start(PeerCheckPolicy(ident="log", ident_port=1113))
+        host, port, _factory, _timeout, bind = self.reactor.tcpClients[0]
+        self.assertEqual((host, port, bind), ("127.0.0.1", 1113, ("127.0.0.9", 0)))
+        _protocol, transport = self.ident_connection()
+        self.assertEqual(transport.value(), b"40000 , 7700\r\n")
+
+    def test_verdict_never_waits_for_ident(self) -> None:
+        run = self.start(PeerCheckPolicy(ident="log"))
+        self.assertEqual(self.verdict(run), Verdict(True, "ok", None, None))
+        self.assertNoResult(run.ident)
+
+    def test_ident_claim_logged_escaped_and_unused(self) -> None:
+        self.confirmed()
+        policy = PeerCheckPolicy(fcrdns="require", ident="log")
+        with capturedLogs() as events:
+            run = self.start(policy)
+            protocol, _transport = self.ident_connection()
+            protocol.dataReceived(b"40000,7700:USERID:UNIX:root\x1b[2J\r\n")
+        [event] = [e for e in events if e.get("event") == "peer.ident"]
+        self.assertEqual(event["user"], "root\\x1b[2J")
+        self.assertEqual((event["ok"], event["reason"], event["os"]), (True, "userid", "UNIX"))
+        ident: IdentResult = self.successResultOf(run.ident)
+        self.assertEqual(ident.reply.user, "root\x1b[2J")  # type: ignore[union-attr]
+        verdict = self.verdict(run)
+        self.assertEqual((verdict.allowed, verdict.reason, verdict.ident), (True, "ok", ident))
+
+    def test_both_start_at_once(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, HANG)
+        self.start(PeerCheckPolicy(fcrdns="log", ident="log"))
+        self.assertEqual(len(self.resolver.calls), 1)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+
+    def test_no_ident_without_ip_local_address(self) -> None:
+        self.start(PeerCheckPolicy(ident="log"), PEER, None)
+        self.assertEqual(self.reactor.tcpClients, [])
+
+
+class CancelTests(RunTestCase):
+    def test_cancel_stops_everything(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, HANG)
+        run = self.start(PeerCheckPolicy(fcrdns="require", ident="log"))
+        _protocol, transport = self.ident_connection()
+        verdict = run.verdict()
+        fcrdns = run.fcrdns
+        run.cancel()
+        self.assertEqual(self.successResultOf(verdict), Verdict(False, "cancelled"))
+        self.assertIsNone(self.successResultOf(fcrdns))
+        self.assertIsNone(self.successResultOf(run.ident))
+        self.assertEqual(self.resolver.cancelled, [PTR1])
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_verdict_after_cancel(self) -> None:
+        run = self.start(PeerCheckPolicy(fcrdns="log"))
+        run.cancel()
+        self.assertEqual(self.verdict(run).reason, "cancelled")
+
+    def test_cancel_after_completion_keeps_results(self) -> None:
+        self.confirmed()
+        run = self.start(PeerCheckPolicy(fcrdns="require"))
+        run.cancel()
+        self.assertEqual(run.fcrdns_result, CONFIRMED)

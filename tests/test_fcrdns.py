@@ -1,0 +1,562 @@
+"""
+Tests for L{netguard.peer.fcrdns}, with a fake resolver returning canned
+L{twisted.names.dns} records and a L{task.Clock}.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.internet import task
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
+from twisted.names import client, dns
+from twisted.names import error as names_error
+from twisted.trial import unittest
+
+from netguard.peer.fcrdns import (
+    MAX_CNAME_HOPS,
+    FCrDNSCache,
+    FCrDNSResult,
+    confirm_hostname,
+    follow_answers,
+    is_valid_hostname,
+    make_resolver,
+    normalize_address,
+    retry_schedule,
+    reverse_name,
+    system_nameservers,
+)
+
+HANG = object()
+
+
+def ptr(owner: str, target: bytes | str, ttl: int = 300) -> dns.RRHeader:
+    target_b = target.encode("ascii") if isinstance(target, str) else target
+    return dns.RRHeader(owner, dns.PTR, dns.IN, ttl, dns.Record_PTR(target_b, ttl))
+
+
+def a(owner: str, address: str, ttl: int = 300) -> dns.RRHeader:
+    return dns.RRHeader(owner, dns.A, dns.IN, ttl, dns.Record_A(address, ttl))
+
+
+def aaaa(owner: str, address: str, ttl: int = 300) -> dns.RRHeader:
+    return dns.RRHeader(owner, dns.AAAA, dns.IN, ttl, dns.Record_AAAA(address, ttl))
+
+
+def cname(owner: str, target: str, ttl: int = 300) -> dns.RRHeader:
+    return dns.RRHeader(owner, dns.CNAME, dns.IN, ttl, dns.Record_CNAME(target, ttl))
+
+
+class FakeResolver:
+    """
+    An L{IResolver} test double: answers come from a table keyed by (type, name); absent
+    keys are NXDOMAIN; L{HANG} never answers (and records its cancellation).
+    """
+
+    def __init__(self) -> None:
+        self.table: dict[tuple[int, str], Any] = {}
+        self.calls: list[tuple[int, str, Any]] = []
+        self.cancelled: list[str] = []
+
+    def add(self, qtype: int, name: str, value: Any) -> None:
+        self.table[(qtype, name)] = value
+
+    def _lookup(self, qtype: int, name: str, timeout: Any) -> Deferred[Any]:
+        self.calls.append((qtype, name, timeout))
+        value = self.table.get((qtype, name))
+        if value is None:
+            return fail(names_error.DNSNameError(name))
+        if value is HANG:
+            return Deferred(lambda d: self.cancelled.append(name))
+        if isinstance(value, Exception):
+            return fail(value)
+        return succeed((value, [], []))
+
+    def lookupPointer(self, name: str, timeout: Any = None) -> Deferred[Any]:
+        return self._lookup(dns.PTR, name, timeout)
+
+    def lookupAddress(self, name: str, timeout: Any = None) -> Deferred[Any]:
+        return self._lookup(dns.A, name, timeout)
+
+    def lookupIPV6Address(self, name: str, timeout: Any = None) -> Deferred[Any]:
+        return self._lookup(dns.AAAA, name, timeout)
+
+    def names(self, qtype: int) -> list[str]:
+        return [name for t, name, _ in self.calls if t == qtype]
+
+
+PTR1 = "1.0.0.127.in-addr.arpa"
+
+
+class FCrDNSTestCase(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.resolver = FakeResolver()
+
+    def check(self, address: str = "127.0.0.1", **kw: Any) -> Deferred[FCrDNSResult]:
+        kw.setdefault("resolver", self.resolver)
+        return confirm_hostname(self.clock, address, **kw)
+
+    def result(self, address: str = "127.0.0.1", **kw: Any) -> FCrDNSResult:
+        result: FCrDNSResult = self.successResultOf(self.check(address, **kw))
+        return result
+
+
+class ConfirmedTests(FCrDNSTestCase):
+    def test_ipv4_confirmed(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, "Good.Test")])
+        self.resolver.add(dns.A, "good.test", [a("good.test", "127.0.0.1")])
+        result = self.result()
+        self.assertEqual(result, FCrDNSResult(True, "good.test", "confirmed", ("good.test",), 0))
+        self.assertEqual(self.resolver.names(dns.A), ["good.test"])
+        self.assertEqual(self.resolver.names(dns.AAAA), [])
+
+    def test_ipv4_mapped_ipv6_checked_as_ipv4(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, "good.test")])
+        self.resolver.add(dns.A, "good.test", [a("good.test", "127.0.0.1")])
+        result = self.result("::ffff:127.0.0.1")
+        self.assertTrue(result.confirmed)
+        self.assertEqual(self.resolver.names(dns.PTR), [PTR1])
+
+    def test_ipv6_confirmed_with_aaaa(self) -> None:
+        name = reverse_name(ipaddress.IPv6Address("2001:db8::1"))
+        self.resolver.add(dns.PTR, name, [ptr(name, "six.test")])
+        self.resolver.add(dns.AAAA, "six.test", [aaaa("six.test", "2001:db8:0:0::1")])
+        result = self.result("2001:DB8::1")
+        self.assertEqual((result.confirmed, result.name), (True, "six.test"))
+        self.assertEqual(self.resolver.names(dns.PTR), [name])
+        self.assertEqual(self.resolver.names(dns.A), [])
+
+    def test_ipv6_zone_is_ignored(self) -> None:
+        name = reverse_name(ipaddress.IPv6Address("fe80::1"))
+        self.resolver.add(dns.PTR, name, [ptr(name, "link.test")])
+        self.resolver.add(dns.AAAA, "link.test", [aaaa("link.test", "fe80::1")])
+        self.assertTrue(self.result("fe80::1%eth0").confirmed)
+
+    def test_one_of_several_names_confirms(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, "other.test"), ptr(PTR1, "good.test")])
+        self.resolver.add(dns.A, "other.test", [a("other.test", "10.0.0.1")])
+        self.resolver.add(dns.A, "good.test", [a("good.test", "127.0.0.1")])
+        result = self.result()
+        self.assertEqual(result.name, "good.test")
+        self.assertEqual(result.names_tried, ("other.test", "good.test"))
+
+    def test_duplicate_ptr_names_looked_up_once(self) -> None:
+        self.resolver.add(
+            dns.PTR,
+            PTR1,
+            [ptr(PTR1, "good.test"), ptr(PTR1, "GOOD.test."), ptr(PTR1, "good.test")],
+        )
+        self.resolver.add(dns.A, "good.test", [a("good.test", "127.0.0.1")])
+        result = self.result()
+        self.assertTrue(result.confirmed)
+        self.assertEqual(self.resolver.names(dns.A), ["good.test"])
+        self.assertEqual(result.names_skipped, 0)
+
+    def test_forward_cname_chain_followed(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, "alias.test")])
+        self.resolver.add(
+            dns.A,
+            "alias.test",
+            [
+                cname("alias.test", "mid.test"),
+                cname("mid.test", "real.test"),
+                a("real.test", "127.0.0.1"),
+            ],
+        )
+        self.assertEqual(self.result().name, "alias.test")
+
+    def test_cname_chain_at_bound_followed(self) -> None:
+        chain = [cname(f"c{i}.test", f"c{i + 1}.test") for i in range(MAX_CNAME_HOPS)]
+        chain.append(a(f"c{MAX_CNAME_HOPS}.test", "127.0.0.1"))
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, "c0.test")])
+        self.resolver.add(dns.A, "c0.test", chain)
+        self.assertTrue(self.result().confirmed)
+
+    def test_classless_ptr_cname_followed(self) -> None:
+        # RFC 2317 delegation: the PTR lives under a CNAME in the reverse tree.
+        self.resolver.add(
+            dns.PTR,
+            PTR1,
+            [
+                cname(PTR1, "1.0/25.0.0.127.in-addr.arpa"),
+                ptr("1.0/25.0.0.127.in-addr.arpa", "g.test"),
+            ],
+        )
+        self.resolver.add(dns.A, "g.test", [a("g.test", "127.0.0.1")])
+        self.assertTrue(self.result().confirmed)
+
+
+class UnconfirmedTests(FCrDNSTestCase):
+    def test_nxdomain_is_no_ptr(self) -> None:
+        result = self.result()
+        self.assertEqual(result, FCrDNSResult(False, None, "no-ptr"))
+        self.assertEqual(self.resolver.names(dns.A), [])
+
+    def test_empty_answer_is_no_ptr(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, [])
+        self.assertEqual(self.result().reason, "no-ptr")
+
+    def test_ptr_for_another_owner_is_ignored(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, [ptr("9.9.9.9.in-addr.arpa", "good.test")])
+        self.resolver.add(dns.A, "good.test", [a("good.test", "127.0.0.1")])
+        self.assertEqual(self.result().reason, "no-ptr")
+
+    def test_spoofed_ptr_is_mismatch(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, "bank.example")])
+        self.resolver.add(dns.A, "bank.example", [a("bank.example", "192.0.2.7")])
+        result = self.result()
+        self.assertEqual(result, FCrDNSResult(False, None, "mismatch", ("bank.example",), 0))
+
+    def test_forward_nxdomain_is_mismatch(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, "gone.test")])
+        self.assertEqual(self.result().reason, "mismatch")
+
+    def test_forward_record_for_another_owner_is_ignored(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, "x.test")])
+        self.resolver.add(dns.A, "x.test", [a("y.test", "127.0.0.1")])
+        self.assertEqual(self.result().reason, "mismatch")
+
+    def test_ipv6_client_not_confirmed_by_a_record(self) -> None:
+        name = reverse_name(ipaddress.IPv6Address("::1"))
+        self.resolver.add(dns.PTR, name, [ptr(name, "six.test")])
+        self.resolver.add(dns.AAAA, "six.test", [a("six.test", "127.0.0.1")])
+        self.assertEqual(self.result("::1").reason, "mismatch")
+
+    def test_cname_loop_ends(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, "loop.test")])
+        self.resolver.add(
+            dns.A, "loop.test", [cname("loop.test", "b.test"), cname("b.test", "loop.test")]
+        )
+        self.assertEqual(self.result().reason, "mismatch")
+
+    def test_cname_chain_longer_than_bound_not_followed(self) -> None:
+        chain = [cname(f"c{i}.test", f"c{i + 1}.test") for i in range(MAX_CNAME_HOPS + 1)]
+        chain.append(a(f"c{MAX_CNAME_HOPS + 1}.test", "127.0.0.1"))
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, "c0.test")])
+        self.resolver.add(dns.A, "c0.test", chain)
+        self.assertEqual(self.result().reason, "mismatch")
+
+    def test_bad_address(self) -> None:
+        self.assertEqual(self.result("not-an-ip").reason, "bad-address")
+        self.assertEqual(self.resolver.calls, [])
+
+
+class TooManyNamesTests(FCrDNSTestCase):
+    def many(self, count: int) -> list[str]:
+        names = [f"n{i}.test" for i in range(count)]
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, n) for n in names])
+        return names
+
+    def test_only_max_names_looked_up(self) -> None:
+        names = self.many(10)
+        result = self.result(max_names=4)
+        self.assertEqual(self.resolver.names(dns.A), names[:4])
+        self.assertEqual(result.names_tried, tuple(names[:4]))
+        self.assertEqual((result.reason, result.names_skipped), ("too-many-names", 6))
+
+    def test_match_within_bound_confirms_and_notes_skipped(self) -> None:
+        self.many(10)
+        self.resolver.add(dns.A, "n2.test", [a("n2.test", "127.0.0.1")])
+        result = self.result(max_names=4)
+        self.assertEqual(
+            (result.confirmed, result.name, result.names_skipped), (True, "n2.test", 6)
+        )
+
+    def test_match_beyond_bound_not_used(self) -> None:
+        self.many(10)
+        self.resolver.add(dns.A, "n7.test", [a("n7.test", "127.0.0.1")])
+        result = self.result(max_names=4)
+        self.assertFalse(result.confirmed)
+        self.assertNotIn("n7.test", self.resolver.names(dns.A))
+
+    def test_thousands_of_names_bounded(self) -> None:
+        self.many(5000)
+        result = self.result(max_names=4)
+        self.assertEqual(len(self.resolver.names(dns.A)), 4)
+        self.assertEqual(result.names_skipped, 4996)
+
+
+class BadNameTests(FCrDNSTestCase):
+    def test_illegal_characters_not_looked_up(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, b"bad_na me!.test")])
+        result = self.result()
+        self.assertEqual(result.reason, "bad-name")
+        self.assertEqual(result.names_tried, ("bad_na me!.test",))
+        self.assertEqual(self.resolver.names(dns.A), [])
+
+    def test_control_bytes_escaped_in_names_tried(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, b"evil\nFAKE LOG\x1b[2J.test")])
+        result = self.result()
+        self.assertEqual(result.reason, "bad-name")
+        self.assertEqual(result.names_tried, ("evil\\nFAKE LOG\\x1b[2J.test",))
+
+    def test_bad_names_skipped_good_name_confirms(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, b"x;rm -rf.test"), ptr(PTR1, "good.test")])
+        self.resolver.add(dns.A, "good.test", [a("good.test", "127.0.0.1")])
+        result = self.result()
+        self.assertEqual(result.name, "good.test")
+        self.assertEqual(self.resolver.names(dns.A), ["good.test"])
+
+    def test_bad_and_mismatching_names_is_mismatch(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, b"_x.test"), ptr(PTR1, "other.test")])
+        self.assertEqual(self.result().reason, "mismatch")
+
+
+class HostnameSyntaxTests(unittest.TestCase):
+    def test_simple_names(self) -> None:
+        for name in (b"a", b"good.test", b"x-1.Example.COM", b"a.b.c.d.e", b"host.test."):
+            self.assertTrue(is_valid_hostname(name), name)
+
+    def test_underscore(self) -> None:
+        self.assertFalse(is_valid_hostname(b"_dmarc.test"))
+
+    def test_space(self) -> None:
+        self.assertFalse(is_valid_hostname(b"a b.test"))
+
+    def test_nul(self) -> None:
+        self.assertFalse(is_valid_hostname(b"good.test\x00.evil"))
+
+    def test_newline(self) -> None:
+        self.assertFalse(is_valid_hostname(b"good.test\n"))
+
+    def test_non_ascii(self) -> None:
+        self.assertFalse(is_valid_hostname("bücher.test".encode()))
+
+    def test_leading_hyphen(self) -> None:
+        self.assertFalse(is_valid_hostname(b"-a.test"))
+
+    def test_trailing_hyphen(self) -> None:
+        self.assertFalse(is_valid_hostname(b"a-.test"))
+
+    def test_empty_label(self) -> None:
+        self.assertFalse(is_valid_hostname(b"a..test"))
+
+    def test_empty_name(self) -> None:
+        self.assertFalse(is_valid_hostname(b""))
+
+    def test_only_dot(self) -> None:
+        self.assertFalse(is_valid_hostname(b"."))
+
+    def test_two_trailing_dots(self) -> None:
+        self.assertFalse(is_valid_hostname(b"a.test.."))
+
+    def test_label_of_63_ok(self) -> None:
+        self.assertTrue(is_valid_hostname(b"a" * 63 + b".test"))
+
+    def test_label_of_64_rejected(self) -> None:
+        self.assertFalse(is_valid_hostname(b"a" * 64 + b".test"))
+
+    def test_total_253_ok(self) -> None:
+        name = b".".join([b"a" * 63] * 3 + [b"b" * 61])
+        self.assertEqual(len(name), 253)
+        self.assertTrue(is_valid_hostname(name))
+
+    def test_total_254_rejected(self) -> None:
+        name = b".".join([b"a" * 63] * 3 + [b"b" * 62])
+        self.assertFalse(is_valid_hostname(name))
+
+    def test_dotted_quad_rejected(self) -> None:
+        self.assertFalse(is_valid_hostname(b"10.0.0.1"))
+
+    def test_numeric_inner_labels_ok(self) -> None:
+        self.assertTrue(is_valid_hostname(b"10-0-0-1.1.test"))
+
+
+class FailureTests(FCrDNSTestCase):
+    def test_ptr_servfail(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, names_error.DNSServerError("x"))
+        self.assertEqual(self.result().reason, "server-failure")
+
+    def test_ptr_refused(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, names_error.DNSQueryRefusedError("x"))
+        self.assertEqual(self.result().reason, "server-failure")
+
+    def test_ptr_other_error(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, OSError("no servers"))
+        self.assertEqual(self.result().reason, "server-failure")
+
+    def test_forward_servfail(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, "x.test")])
+        self.resolver.add(dns.A, "x.test", names_error.DNSServerError("x"))
+        self.assertEqual(self.result().reason, "server-failure")
+
+    def test_resolver_raising_synchronously(self) -> None:
+        class Raising(FakeResolver):
+            def lookupPointer(self, name: str, timeout: Any = None) -> Deferred[Any]:
+                raise RuntimeError("boom")
+
+        self.assertEqual(self.result(resolver=Raising()).reason, "server-failure")
+
+    def test_resolver_timeout_error(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, TimeoutError("x"))
+        self.assertEqual(self.result().reason, "timeout")
+
+    def test_forward_timeout_beats_mismatch(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, "x.test"), ptr(PTR1, "y.test")])
+        self.resolver.add(dns.A, "x.test", names_error.DNSQueryTimeoutError(1))
+        self.resolver.add(dns.A, "y.test", [a("y.test", "10.0.0.1")])
+        self.assertEqual(self.result().reason, "timeout")
+
+
+class TimeoutTests(FCrDNSTestCase):
+    def test_ptr_never_answers(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, HANG)
+        d = self.check(timeout=3.0)
+        self.assertNoResult(d)
+        self.clock.advance(2.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(d).reason, "timeout")
+        self.assertEqual(self.resolver.cancelled, [PTR1])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_forward_never_answers(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, "slow.test"), ptr(PTR1, "no.test")])
+        self.resolver.add(dns.A, "slow.test", HANG)
+        d = self.check(timeout=2.0)
+        self.clock.advance(2.0)
+        result = self.successResultOf(d)
+        self.assertEqual(result.reason, "timeout")
+        self.assertEqual(result.names_tried, ("slow.test", "no.test"))
+        self.assertEqual(self.resolver.cancelled, ["slow.test"])
+
+    def test_lookup_timeouts_fit_in_budget(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, HANG)
+        self.check(timeout=4.0)
+        schedule = self.resolver.calls[0][2]
+        self.assertLessEqual(sum(schedule), 4.0)
+        self.assertEqual(len(schedule), 2)
+
+    def test_timer_cancelled_on_answer(self) -> None:
+        self.result()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_caller_cancel(self) -> None:
+        cache = FCrDNSCache(self.clock)
+        self.resolver.add(dns.PTR, PTR1, HANG)
+        d = self.check(cache=cache)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.resolver.cancelled, [PTR1])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(len(cache), 0)
+
+    def test_bad_arguments(self) -> None:
+        self.assertRaises(ValueError, self.check, timeout=0)
+        self.assertRaises(ValueError, self.check, max_names=0)
+
+
+class CacheTests(FCrDNSTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.cache = FCrDNSCache(self.clock, max_entries=3, max_ttl=1000, negative_ttl=20)
+
+    def confirmed(self, ptr_ttl: int = 300, a_ttl: int = 300) -> None:
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, "good.test", ptr_ttl)])
+        self.resolver.add(dns.A, "good.test", [a("good.test", "127.0.0.1", a_ttl)])
+
+    def test_hit_makes_no_query(self) -> None:
+        self.confirmed()
+        first = self.result(cache=self.cache)
+        calls = len(self.resolver.calls)
+        self.assertEqual(self.result(cache=self.cache), first)
+        self.assertEqual(len(self.resolver.calls), calls)
+
+    def test_positive_expires_at_smallest_ttl(self) -> None:
+        self.confirmed(ptr_ttl=100, a_ttl=50)
+        self.result(cache=self.cache)
+        self.clock.advance(49)
+        self.assertIsNotNone(self.cache.get("127.0.0.1"))
+        self.clock.advance(1)
+        self.assertIsNone(self.cache.get("127.0.0.1"))
+        self.assertEqual(len(self.cache), 0)
+
+    def test_ttl_capped(self) -> None:
+        self.confirmed(ptr_ttl=99999, a_ttl=99999)
+        self.result(cache=self.cache)
+        self.clock.advance(999)
+        self.assertIsNotNone(self.cache.get("127.0.0.1"))
+        self.clock.advance(1)
+        self.assertIsNone(self.cache.get("127.0.0.1"))
+
+    def test_zero_ttl_not_cached(self) -> None:
+        self.confirmed(ptr_ttl=0)
+        self.result(cache=self.cache)
+        self.assertEqual(len(self.cache), 0)
+
+    def test_negative_cached_shortly(self) -> None:
+        self.result(cache=self.cache)
+        self.clock.advance(19)
+        self.assertEqual(self.cache.get("127.0.0.1"), FCrDNSResult(False, None, "no-ptr"))
+        self.clock.advance(1)
+        self.assertIsNone(self.cache.get("127.0.0.1"))
+
+    def test_timeout_cached_as_negative(self) -> None:
+        self.resolver.add(dns.PTR, PTR1, HANG)
+        self.check(cache=self.cache, timeout=1)
+        self.clock.advance(1)
+        self.assertEqual(self.result(cache=self.cache).reason, "timeout")
+        self.assertEqual(len(self.resolver.names(dns.PTR)), 1)
+
+    def test_mapped_address_shares_entry(self) -> None:
+        self.confirmed()
+        self.result(cache=self.cache)
+        self.assertTrue(self.result("::ffff:127.0.0.1", cache=self.cache).confirmed)
+        self.assertEqual(len(self.resolver.names(dns.PTR)), 1)
+
+    def test_bound_evicts_oldest(self) -> None:
+        for i in range(5):
+            self.cache.put(f"10.0.0.{i}", FCrDNSResult(True, f"h{i}.test", "confirmed"), 100)
+        self.assertEqual(len(self.cache), 3)
+        self.assertIsNone(self.cache.get("10.0.0.0"))
+        self.assertIsNone(self.cache.get("10.0.0.1"))
+        self.assertEqual(self.cache.get("10.0.0.4"), FCrDNSResult(True, "h4.test", "confirmed"))
+
+    def test_bad_bounds(self) -> None:
+        self.assertRaises(ValueError, FCrDNSCache, self.clock, max_entries=0)
+        self.assertRaises(ValueError, FCrDNSCache, self.clock, negative_ttl=-1)
+
+
+class HelperTests(unittest.TestCase):
+    def test_ipv4_reverse_name(self) -> None:
+        self.assertEqual(
+            reverse_name(ipaddress.IPv4Address("192.0.2.10")), "10.2.0.192.in-addr.arpa"
+        )
+
+    def test_ipv6_reverse_name_is_nibble_format(self) -> None:
+        self.assertEqual(
+            reverse_name(ipaddress.IPv6Address("2001:db8::567:89ab")),
+            "b.a.9.8.7.6.5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa",
+        )
+
+    def test_normalize(self) -> None:
+        self.assertEqual(normalize_address("::ffff:10.1.2.3"), ipaddress.IPv4Address("10.1.2.3"))
+        self.assertEqual(normalize_address("2001:DB8::1"), ipaddress.IPv6Address("2001:db8::1"))
+        self.assertIsNone(normalize_address("example.com"))
+        self.assertIsNone(normalize_address(""))
+
+    def test_follow_answers_ignores_other_classes(self) -> None:
+        record = dns.RRHeader("x.test", dns.A, dns.CH, 5, dns.Record_A("127.0.0.1"))
+        self.assertEqual(follow_answers([record], b"x.test", dns.A), ([], float("inf")))
+
+    def test_retry_schedule_within_budget(self) -> None:
+        for budget in (0.0, 0.01, 1.0, 5.0, 60.0):
+            schedule = retry_schedule(budget)
+            self.assertTrue(all(t > 0 for t in schedule))
+            self.assertLessEqual(sum(schedule), max(budget, 0.001))
+
+    def test_make_resolver_uses_given_servers(self) -> None:
+        resolver = make_resolver(task.Clock(), [("127.0.0.1", 5353)], 2.0)
+        self.assertIsInstance(resolver, client.Resolver)
+        self.assertEqual(resolver.servers, [("127.0.0.1", 5353)])
+
+    def test_system_nameservers(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("# c\nsearch x\nnameserver 192.0.2.53\nnameserver junk\nnameserver ::1\n")
+        self.assertEqual(system_nameservers(path), [("192.0.2.53", 53), ("::1", 53)])
+
+    def test_system_nameservers_missing_file(self) -> None:
+        self.assertEqual(system_nameservers(self.mktemp()), [("127.0.0.1", 53)])
