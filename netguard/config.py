@@ -724,12 +724,31 @@ _CLIENT_TYPES: Final[Mapping[str, _EndpointType]] = MappingProxyType(
         "unix": _EndpointType(
             ("path", "timeout", "lockfile"), ("path",), False, frozenset({"path"})
         ),
+        # netguard's own SOCKS5 client endpoint (netguard/outbound/socks5.py).
+        "socks5": _EndpointType(
+            (
+                "host",
+                "port",
+                "proxy",
+                "proxy_host",
+                "proxy_port",
+                "user",
+                "password_file",
+                "timeout",
+                "offer_no_auth",
+            ),
+            (),
+            False,
+            frozenset({"host", "port"}),
+        ),
     }
 )
 
 _BACKEND_HELP: Final = (
     "use tcp:host=HOST:port=PORT, unix:path=PATH, tls:host=HOST:port=PORT, "
-    "ssl:host=HOST:port=PORT:hostname=HOST or builtin:echo"
+    "ssl:host=HOST:port=PORT:hostname=HOST, "
+    "socks5:host=HOST:port=PORT:proxy_host=ADDR[:proxy_port=PORT][:user=U:password_file=F] "
+    "or builtin:echo"
 )
 _LISTENER_HELP: Final = (
     "use tcp:PORT:interface=ADDR, tcp6:PORT:interface=ADDR, ssl:PORT:..., tls:CERTDIR:PORT, "

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from netguard.auth.users import UserStore
 from netguard.framing import FramingLimits
 from netguard.gateway.protocol import GatewaySession
-from netguard.outbound.backends import BackendLeg, BackendSink, open_backend
+from netguard.outbound.backends import BackendLeg, open_backend
 from netguard.stats import Stats
 
 
@@ -70,12 +70,10 @@ class GatewayFactory(Factory):
 
     def session_ended(self, session: GatewaySession) -> None:
         """
-        Forget a session that has closed, adding its byte counts to the totals.
+        Forget a session that has closed.
         """
         self.sessions.discard(session)
         self.stats.active = len(self.sessions)
-        self.stats.count("bytes_up", session.bytes_up)
-        self.stats.count("bytes_down", session.bytes_down)
 
     # -- services ------------------------------------------------------------------------------
 
@@ -112,8 +110,10 @@ class GatewayFactory(Factory):
             else self.framing_limits.idle_timeout
         )
 
-    def open_backend(self, service: Any, sink: BackendSink) -> Deferred[BackendLeg]:
+    def open_backend(self, service: Any) -> Deferred[BackendLeg]:
         """
         Open C{service}'s backend for one session.
         """
-        return open_backend(self.reactor, service, sink)
+        return open_backend(
+            self.reactor, service, write_timeout=self.framing_limits.write_timeout
+        )

@@ -18,7 +18,9 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from netguard.auth.scram import (
     SCRAM_SHA_256,
@@ -75,6 +77,7 @@ _SERVICE_NAME = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _PRINTABLE = re.compile(rb"[\x20-\x7e]*\Z")
 
 
+@implementer(IHalfCloseableProtocol)
 class GatewaySession(GuardedLineReceiver):
     """
     One client connection to the gateway.
@@ -83,7 +86,8 @@ class GatewaySession(GuardedLineReceiver):
     @ivar user: the authenticated user name, or L{None}.
     @ivar conn_id: a short id that ties this connection's log events together.
 
-    It implements L{netguard.outbound.backends.BackendSink} for its backend leg.
+    Once a service is open, the bytes are relayed by the backend leg's
+    L{netguard.relay.Splice}; half-closes are passed through both ways.
     """
 
     def __init__(self, factory: GatewayFactory, conn_id: str):
@@ -101,6 +105,7 @@ class GatewaySession(GuardedLineReceiver):
         self._mechanism = ""
         self._leg: Any = None
         self._pending: list[bytes] = []
+        self._client_eof = False
         self._started = factory.clock.seconds()
 
     # -- framing hooks -----------------------------------------------------------------------
@@ -132,16 +137,40 @@ class GatewaySession(GuardedLineReceiver):
         previous = self.state
         self.state = SessionState.CLOSED
         super().connectionLost(reason)
-        if self._leg is not None:
-            leg, self._leg = self._leg, None
-            if self.closed_by == "server":
-                self.closed_by = "client"
-            leg.close()
         self.factory.session_ended(self)
+        leg, self._leg = self._leg, None
+        if leg is None:
+            self._log_close(previous, None)
+            return
+        leg.close()
+        leg.done.addCallback(lambda result: self._log_close(previous, result))
+
+    def readConnectionLost(self) -> None:
+        """
+        The client half-closed: pass it on to the backend while relaying; in the line phase
+        there is nothing more to read, so flush our replies and close.
+        """
+        if self.state is SessionState.RELAYING and self._leg is not None:
+            self._leg.half_close()
+        elif self.state is SessionState.OPENING:
+            self._client_eof = True
+        else:
+            self.closed_by = "client"
+            self.close_gracefully()
+
+    def writeConnectionLost(self) -> None:
+        """Our half-close reached the client; the relay goes on the other way."""
+
+    def _log_close(self, state: SessionState, result: Any) -> None:
+        if result is not None:
+            self.bytes_down = result.bytes_b_to_a
+            self.closed_by = {"a": "client", "b": "backend"}.get(result.ended_by, result.ended_by)
+        self.factory.stats.count("bytes_up", self.bytes_up)
+        self.factory.stats.count("bytes_down", self.bytes_down)
         self.log.info(
             "closed {peer} after {duration:.3f}s up={bytes_up} down={bytes_down}",
             event="conn.close",
-            state=previous.value,
+            state=state.value,
             service=escape(self.service),
             bytes_up=self.bytes_up,
             bytes_down=self.bytes_down,
@@ -288,29 +317,8 @@ class GatewaySession(GuardedLineReceiver):
         self.state = SessionState.OPENING
         self.setRawMode()
         self.transport.pauseProducing()
-        opening: Deferred[Any] = self.factory.open_backend(service, self)
+        opening: Deferred[Any] = self.factory.open_backend(service)
         opening.addCallbacks(self._backend_ready, self._backend_failed)
-
-    # -- backend contract --------------------------------------------------------------------
-
-    def backend_data(self, data: bytes) -> None:
-        self.bytes_down += len(data)
-        self.resetTimeout()
-        self.transport.write(data)
-
-    def backend_closed(self, reason: str) -> None:
-        if self._leg is None:
-            return
-        self._leg = None
-        self.closed_by = "backend"
-        self.log.info(
-            "backend of {service} closed: {reason}",
-            event="session.backend_closed",
-            service=escape(self.service),
-            reason=escape(reason),
-            **self.log_fields(),
-        )
-        self.close_gracefully()
 
     # -- hooks for TLS -------------------------------------------------------------------------
 
@@ -329,18 +337,22 @@ class GatewaySession(GuardedLineReceiver):
         self._leg = leg
         self.state = SessionState.RELAYING
         self.sendLine(b"OK OPEN " + self.service.encode("ascii"))  # type: ignore[union-attr]
-        self.setTimeout(self.factory.relay_idle_timeout(self.service or ""))
+        # From here the relay owns the time bounds (idle, stalled reader).
+        self.setTimeout(None)
         self.log.info(
             "{user} opened {service}",
             event="session.open",
             service=self.service,
             **self.log_fields(),
         )
+        leg.attach(self.transport)
         pending, self._pending = self._pending, []
         for chunk in pending:
             leg.write(chunk)
-        leg.attach(self.transport)
-        self.transport.resumeProducing()
+        if self._client_eof:
+            leg.half_close()
+        else:
+            self.transport.resumeProducing()
 
     def _backend_failed(self, failure: Failure) -> None:
         if self.state is not SessionState.OPENING:

@@ -2,37 +2,42 @@
 """
 Backends: what a service's bytes are relayed to once a client has opened it.
 
-A backend leg is opened for one session by L{open_backend} and talks to the session through
-the small L{BackendSink} contract, so this module knows nothing of the gateway. The built-in
-C{builtin:echo} backend sends every byte straight back; it exists so an operator can check a
-set-up end to end without any other server.
+A backend leg is opened for one session by L{open_backend}. Its backend is named by a Twisted
+client endpoint string (C{tcp:host=...:port=...}, C{unix:path=...}, C{tls:...} verified with
+service_identity, C{socks5:...}), optionally reached through a SOCKS5 proxy (the service's
+C{socks5} key, a proxy endpoint string), or is the built-in C{builtin:echo}, which sends every
+byte back (a way to check a set-up end to end without any other server).
+
+The session talks to its leg through the small L{BackendLeg} contract, so this module knows
+nothing of the gateway; the relay itself is L{netguard.relay.Splice}.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.endpoints import _parse, clientFromString
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from netguard.relay import A, B, RelayResult, Splice
 
 ECHO = "builtin:echo"
-
-
-class BackendSink(Protocol):
-    """
-    What a backend leg calls on its session.
-    """
-
-    def backend_data(self, data: bytes) -> None:
-        """Bytes from the backend, for the client."""
-
-    def backend_closed(self, reason: str) -> None:
-        """The backend side ended; C{reason} is for the operator's log."""
 
 
 class BackendLeg(Protocol):
     """
     What a session calls on its backend leg.
+
+    @ivar done: fires with a L{RelayResult} when the relay has ended on both sides.
     """
+
+    done: Deferred[RelayResult]
 
     def attach(self, client_transport: Any) -> None:
         """
@@ -43,13 +48,16 @@ class BackendLeg(Protocol):
     def write(self, data: bytes) -> None:
         """Bytes from the client, for the backend."""
 
+    def half_close(self) -> None:
+        """The client will send no more."""
+
     def close(self) -> None:
-        """The client side is gone: end the backend side."""
+        """The client's connection is gone: end the backend side."""
 
 
-class UnsupportedBackend(Exception):
+class BackendConnectTimeout(ConnectError):
     """
-    The service names a backend this build cannot open.
+    The backend did not accept the connection within the service's C{connect_timeout}.
     """
 
 
@@ -58,32 +66,249 @@ class EchoLeg:
     The built-in echo backend: every byte written comes straight back.
     """
 
-    def __init__(self, sink: BackendSink):
-        self._sink: BackendSink | None = sink
+    def __init__(self, clock: Any, write_timeout: float, idle_timeout: float):
+        self.clock = clock
+        self.write_timeout = write_timeout
+        self.idle_timeout = idle_timeout
+        self.done: Deferred[RelayResult] = Deferred()
+        self.splice: Splice | None = None
 
     def attach(self, client_transport: Any) -> None:
-        # What we write is what we read: while the client does not read, stop reading it.
-        client_transport.registerProducer(client_transport, True)
+        # Echo is a relay whose two sides are the same transport.
+        self.splice = Splice(
+            client_transport,
+            client_transport,
+            clock=self.clock,
+            idle_timeout=self.idle_timeout,
+            write_timeout=self.write_timeout,
+        )
+        self.splice.transports[B] = _Mirror(client_transport)
+        self.splice.start()
+        self.splice.done.chainDeferred(self.done)
 
     def write(self, data: bytes) -> None:
-        if self._sink is not None:
-            self._sink.backend_data(data)
+        if self.splice is not None:
+            self.splice.data_from(A, data)
+
+    def half_close(self) -> None:
+        # The client sent its last byte, and all of it has been echoed: pass the half-close
+        # back, and the echo side is done.
+        if self.splice is not None:
+            self.splice.ended_by = A
+            self.splice.eof_from(A)
+            self.splice.lost(B)
 
     def close(self) -> None:
-        self._sink = None
+        if self.splice is not None:
+            self.splice.lost(A)
+            self.splice.lost(B)
 
 
-def open_backend(reactor: Any, service: Any, sink: BackendSink) -> Deferred[BackendLeg]:
+class _Mirror:
+    """
+    The "backend transport" of the echo leg: writes go back to the client, and pausing it
+    pauses reading the client (the only source of its bytes).
+    """
+
+    def __init__(self, client_transport: Any):
+        self._client = client_transport
+        self.producer: Any = None
+
+    def write(self, data: bytes) -> None:
+        self._client.write(data)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def pauseProducing(self) -> None:
+        self._client.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._client.resumeProducing()
+
+    def loseWriteConnection(self) -> None:
+        self._client.loseWriteConnection()
+
+    def loseConnection(self) -> None:
+        """The client side closes itself."""
+
+    def abortConnection(self) -> None:
+        self._client.abortConnection()
+
+
+@implementer(IHalfCloseableProtocol)
+class _BackendProtocol(TwistedProtocol):
+    """
+    The connection to a backend: its events go to the leg's splice.
+    """
+
+    def __init__(self, leg: EndpointLeg):
+        self.leg = leg
+
+    def dataReceived(self, data: bytes) -> None:
+        self.leg.backend_data(data)
+
+    def readConnectionLost(self) -> None:
+        if self.leg.splice is not None:
+            self.leg.splice.eof_from(B)
+
+    def writeConnectionLost(self) -> None:
+        """Our half-close was delivered; nothing to do."""
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.leg.backend_lost()
+
+
+class EndpointLeg:
+    """
+    A backend reached through a client endpoint.
+    """
+
+    def __init__(self, clock: Any, write_timeout: float, idle_timeout: float):
+        self.clock = clock
+        self.write_timeout = write_timeout
+        self.idle_timeout = idle_timeout
+        self.done: Deferred[RelayResult] = Deferred()
+        self.splice: Splice | None = None
+        self.protocol: _BackendProtocol | None = None
+        self._early: list[bytes] = []
+        self._lost_early = False
+
+    def attach(self, client_transport: Any) -> None:
+        assert self.protocol is not None
+        backend_transport = self.protocol.transport
+        self.splice = Splice(
+            client_transport,
+            backend_transport,
+            clock=self.clock,
+            idle_timeout=self.idle_timeout,
+            write_timeout=self.write_timeout,
+        )
+        self.splice.start()
+        self.splice.done.chainDeferred(self.done)
+        early, self._early = self._early, []
+        for chunk in early:
+            self.splice.data_from(B, chunk)
+        if self._lost_early:
+            self.splice.lost(B)
+        else:
+            backend_transport.resumeProducing()
+
+    def write(self, data: bytes) -> None:
+        if self.splice is not None:
+            self.splice.data_from(A, data)
+
+    def half_close(self) -> None:
+        if self.splice is not None:
+            self.splice.eof_from(A)
+
+    def close(self) -> None:
+        if self.splice is not None:
+            self.splice.lost(A)
+        elif self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.loseConnection()
+
+    def backend_data(self, data: bytes) -> None:
+        if self.splice is not None:
+            self.splice.data_from(B, data)
+        else:
+            # Before the session attaches (bytes that came with the connection): kept, and
+            # reading paused so this holds at most one read.
+            self._early.append(data)
+            if self.protocol is not None and self.protocol.transport is not None:
+                self.protocol.transport.pauseProducing()
+
+    def backend_lost(self) -> None:
+        if self.splice is not None:
+            self.splice.lost(B)
+        else:
+            self._lost_early = True
+
+
+class _LegFactory(Factory):
+    """
+    Builds the one backend protocol of a leg.
+    """
+
+    def __init__(self, leg: EndpointLeg):
+        self.leg = leg
+
+    def buildProtocol(self, addr: Any) -> _BackendProtocol:
+        protocol = _BackendProtocol(self.leg)
+        protocol.factory = self
+        self.leg.protocol = protocol
+        return protocol
+
+
+def backend_endpoint(reactor: Any, service: Any) -> Any:
+    """
+    The client endpoint for C{service}'s backend, through its SOCKS5 proxy if it has one.
+    """
+    if service.socks5:
+        from netguard.outbound.socks5 import SOCKS5ClientEndpoint
+
+        _, params = _parse(service.backend)
+        kind = service.backend.split(":", 1)[0].lower()
+        if kind not in ("tcp", "tls") or "host" not in params or "port" not in params:
+            raise ValueError(
+                "socks5 needs a tcp:host=...:port=... or tls:host=...:port=... backend"
+            )
+        proxied = SOCKS5ClientEndpoint(
+            clientFromString(reactor, service.socks5),
+            params["host"],
+            int(params["port"]),
+            reactor=reactor,
+            timeout=service.connect_timeout,
+        )
+        if kind == "tls":
+            from twisted.internet.endpoints import wrapClientTLS
+            from twisted.internet.ssl import optionsForClientTLS
+
+            return wrapClientTLS(optionsForClientTLS(params["host"]), proxied)
+        return proxied
+    return clientFromString(reactor, service.backend)
+
+
+def open_backend(
+    reactor: Any, service: Any, *, write_timeout: float = 30.0
+) -> Deferred[BackendLeg]:
     """
     Open the backend of C{service} for one session.
 
-    @param reactor: the reactor used to connect.
-    @param service: a L{netguard.config.ServiceConfig} (only C{backend} and the timeouts are
-        read).
-    @param sink: the session that receives the backend's bytes and its end.
+    @param reactor: the reactor used to connect and to time.
+    @param service: a L{netguard.config.ServiceConfig} (C{backend}, C{socks5},
+        C{connect_timeout}, C{idle_timeout} are read).
+    @param write_timeout: how long either side may leave its write queue full.
     @return: a L{Deferred} firing with the L{BackendLeg} once connected, or failing with the
-        precise cause.
+        precise cause (L{BackendConnectTimeout} when C{connect_timeout} passes).
     """
     if service.backend == ECHO:
-        return succeed(EchoLeg(sink))
-    return fail(UnsupportedBackend(f"backend {service.backend!r} is not supported yet"))
+        return succeed(EchoLeg(reactor, write_timeout, service.idle_timeout))
+    leg = EndpointLeg(reactor, write_timeout, service.idle_timeout)
+    try:
+        endpoint = backend_endpoint(reactor, service)
+    except Exception as error:  # a bad description: reported like any connect failure
+        return Deferred.fromFailure(Failure(error))
+
+    connecting = endpoint.connect(_LegFactory(leg))
+    timeout = reactor.callLater(service.connect_timeout, connecting.cancel)
+
+    def connected(protocol: Any) -> EndpointLeg:
+        if timeout.active():
+            timeout.cancel()
+        return leg
+
+    def failed(failure: Failure) -> Failure:
+        if timeout.active():
+            timeout.cancel()
+        if failure.check(CancelledError):
+            return Failure(
+                BackendConnectTimeout(string=f"no connection within {service.connect_timeout:g}s")
+            )
+        return failure
+
+    connecting.addCallbacks(connected, failed)
+    return connecting  # type: ignore[return-value]
