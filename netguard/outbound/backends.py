@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import _parse, clientFromString
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -145,6 +145,8 @@ class _BackendProtocol(TwistedProtocol):
     The connection to a backend: its events go to the leg's splice.
     """
 
+    transport: Any
+
     def __init__(self, leg: EndpointLeg):
         self.leg = leg
 
@@ -267,7 +269,7 @@ def backend_endpoint(reactor: Any, service: Any) -> Any:
             from twisted.internet.endpoints import wrapClientTLS
             from twisted.internet.ssl import optionsForClientTLS
 
-            return wrapClientTLS(optionsForClientTLS(params["host"]), proxied)
+            return wrapClientTLS(optionsForClientTLS(params["host"]), proxied)  # type: ignore[arg-type]
         return proxied
     return clientFromString(reactor, service.backend)
 
@@ -291,7 +293,7 @@ def open_backend(
     try:
         endpoint = backend_endpoint(reactor, service)
     except Exception as error:  # a bad description: reported like any connect failure
-        return Deferred.fromFailure(Failure(error))
+        return fail(error)
 
     connecting = endpoint.connect(_LegFactory(leg))
     timeout = reactor.callLater(service.connect_timeout, connecting.cancel)
