@@ -8,6 +8,8 @@ Subcommands::
     netguard passwd NAME [--users FILE]
     netguard deluser NAME [--users FILE]
     netguard check-config [--config FILE | --defaults]
+    netguard tunnel --gateway ENDPOINT --service NAME --listen ENDPOINT --user NAME
+                    [--password-file FILE]
 
 A password is never taken from the command line or the environment: it is asked twice with
 C{getpass} when standard input is a terminal, and otherwise read as exactly one line from
@@ -25,7 +27,7 @@ import getpass as _getpass
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import IO
+from typing import IO, Any
 
 import attrs
 
@@ -89,9 +91,10 @@ def _users_path(args: argparse.Namespace) -> str:
     return path if path is not None else _default_users_file()
 
 
-def _read_password(io: _IO) -> str:
+def _read_password(io: _IO, confirm: bool = True) -> str:
     """
-    Read a new password: twice with getpass from a terminal, else one line from stdin.
+    Read a password: with getpass from a terminal (twice when C{confirm}), else one line
+    from stdin.
 
     @raise CommandError: if the two entries differ, the password is empty or too long, or
         there is no standard input.
@@ -100,8 +103,8 @@ def _read_password(io: _IO) -> str:
         raise CommandError("no password given: standard input is closed")
     if io.stdin.isatty():
         try:
-            first = io.getpass("New password: ")
-            second = io.getpass("Retype new password: ")
+            first = io.getpass("New password: " if confirm else "Password: ")
+            second = io.getpass("Retype new password: ") if confirm else first
         except EOFError:
             raise CommandError("no password given") from None
         if first != second:
@@ -199,6 +202,48 @@ def _cmd_check_config(args: argparse.Namespace, io: _IO) -> int:
     return EXIT_OK
 
 
+def _cmd_tunnel(args: argparse.Namespace, io: _IO) -> int:
+    from twisted.internet import reactor as _reactor
+    from twisted.internet.endpoints import clientFromString, serverFromString
+    from twisted.logger import globalLogBeginner
+
+    from netguard.client.endpoint import NGPClientEndpoint
+    from netguard.client.protocol import Credentials
+    from netguard.client.tunnel import TunnelFactory
+    from netguard.log import safe_text_observer
+    from netguard.secretfile import read_password_file
+
+    reactor: Any = _reactor
+    name = users.validate_name(args.user)
+    if args.password_file:
+        try:
+            password = read_password_file(args.password_file)
+        except ValueError as e:
+            raise CommandError(str(e)) from None
+    else:
+        password = _read_password(io, confirm=False)
+    try:
+        gateway = clientFromString(reactor, args.gateway)
+        listen = serverFromString(reactor, args.listen)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CommandError(f"bad endpoint string: {e}") from None
+    endpoint = NGPClientEndpoint(reactor, gateway, Credentials(name, password), args.service)
+    factory = TunnelFactory(reactor, endpoint, idle_timeout=args.idle_timeout)
+    observer: Any = safe_text_observer(io.stderr)
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    failures: list[str] = []
+
+    def cannot_listen(failure: Any) -> None:
+        failures.append(str(failure.value))
+        reactor.stop()
+
+    reactor.callWhenRunning(lambda: listen.listen(factory).addErrback(cannot_listen))
+    reactor.run()
+    if failures:
+        raise CommandError(f"cannot listen on {args.listen}: {failures[0]}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """
     The argument parser of the C{netguard} command, with every subcommand.
@@ -257,8 +302,41 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--defaults", action="store_true", help="print every default")
     p.set_defaults(run=_cmd_check_config)
 
+    p = sub.add_parser(
+        "tunnel",
+        help="carry every connection to a local listener through the gateway to a service",
+        description="Listen locally; carry each connection through the gateway (SCRAM, "
+        "server signature checked) to one service, so unmodified programs reach it. The "
+        "password comes from --password-file (mode 0600) or the terminal, never from "
+        "arguments or the environment.",
+    )
+    p.add_argument(
+        "--gateway",
+        required=True,
+        metavar="ENDPOINT",
+        help="client endpoint string of the gateway, e.g. tcp:host=127.0.0.1:port=7700 or "
+        "unix:path=/var/lib/netguard/netguard.sock",
+    )
+    p.add_argument("--service", required=True, metavar="NAME", help="the service to open")
+    p.add_argument(
+        "--listen",
+        required=True,
+        metavar="ENDPOINT",
+        help="local server endpoint string, e.g. unix:/tmp/redis.sock:mode=600 or "
+        "tcp:6380:interface=127.0.0.1",
+    )
+    p.add_argument("--user", required=True, metavar="NAME", help="the netguard user")
+    p.add_argument("--password-file", metavar="FILE", help="file holding the password (0600)")
+    p.add_argument(
+        "--idle-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=3600.0,
+        help="close a tunnelled connection idle this long (default 3600)",
+    )
+    p.set_defaults(run=_cmd_tunnel)
+
     # --- Later subcommands (a later issue); register them here when they really work: ---
-    # TODO(tunnel): `netguard tunnel` - local listener forwarding through the gateway.
     # TODO(ctl): `netguard ctl status|heartbeat on|off|drain|reload` - control socket client.
     # TODO(cert): `netguard cert` - certificate helpers.
     return parser

@@ -131,7 +131,16 @@ class Splice:
         """
         self._started = self.clock.seconds()
         for side in (A, B):
-            self.transports[side].registerProducer(self._valves[side], True)
+            transport = self.transports[side]
+            # Nagle's algorithm plus delayed ACKs stalls relayed request/response traffic
+            # by up to 40 ms per exchange: relay every byte as soon as it is read.
+            set_no_delay = getattr(transport, "setTcpNoDelay", None)
+            if set_no_delay is not None:
+                try:
+                    set_no_delay(True)
+                except OSError:
+                    pass  # not a TCP socket after all (e.g. AF_UNIX under a TLS wrapper)
+            transport.registerProducer(self._valves[side], True)
         self._idle = self.clock.callLater(self.idle_timeout, self._idle_expired)
 
     def data_from(self, side: str, data: bytes) -> None:

@@ -369,9 +369,9 @@ class ParserTests(CliTestBase):
     def test_help_lists_subcommands(self) -> None:
         code, out, err = self.run_cli(["--help"])
         self.assertEqual(code, 0)
-        for name in ("adduser", "passwd", "deluser", "check-config"):
+        for name in ("adduser", "passwd", "deluser", "check-config", "tunnel"):
             self.assertIn(name, out)
-        for name in ("tunnel", "ctl", "cert"):
+        for name in ("ctl", "cert"):
             self.assertNotIn(f"    {name} ", out)
 
     def test_subcommand_help(self) -> None:
@@ -401,8 +401,19 @@ class ParserTests(CliTestBase):
         self.assertEqual(code, 2)
         self.assertNotIn("Traceback", err)
 
+    def test_tunnel_requires_its_arguments(self) -> None:
+        code, _, err = self.run_cli(["tunnel"])
+        self.assertEqual(code, 2)
+        self.assertIn("--gateway", err)
+        self.assertNotIn("Traceback", err)
+
+    def test_tunnel_has_no_password_option(self) -> None:
+        code, _, err = self.run_cli(["tunnel", "--password", "x"])
+        self.assertEqual(code, 2)
+        self.assertNotIn("Traceback", err)
+
     def test_later_subcommands_not_registered(self) -> None:
-        for name in ("tunnel", "ctl", "cert"):
+        for name in ("ctl", "cert"):
             code, _, err = self.run_cli([name])
             self.assertEqual(code, 2)
             self.assertIn("invalid choice", err)

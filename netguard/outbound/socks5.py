@@ -80,10 +80,8 @@ from __future__ import annotations
 import enum
 import ipaddress
 import math
-import os
 import re
 import socket
-import stat
 import types
 from collections.abc import Mapping
 from typing import Any, Final
@@ -108,6 +106,7 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from netguard.log import escape
+from netguard.secretfile import read_password_file
 
 __all__ = [
     "MAX_REPLY_SIZE",
@@ -156,7 +155,6 @@ EXCERPT_LIMIT: Final = 64
 #: The default negotiation timeout, in seconds.
 DEFAULT_TIMEOUT: Final = 10.0
 #: The largest password file we read, in bytes.
-MAX_PASSWORD_FILE_SIZE: Final = 4096
 
 _LABEL = re.compile(rb"\A[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
 
@@ -1249,48 +1247,6 @@ def resolve_port(value: str, what: str = "port") -> int:
     if not 1 <= number <= 65535:
         raise ValueError(f"{what}={escape(value)}: not a port 1..65535")
     return number
-
-
-def read_password_file(path: str) -> str:
-    """
-    Read a password from a file that only its owner can read.
-
-    @param path: the file; it must be a regular file whose mode gives no permission to group
-        or others (0600, 0400 or stricter). Its content minus one trailing newline is the
-        password, in UTF-8.
-    @return: the password.
-    @raise ValueError: if the file is missing, too permissive, not regular, too large, empty
-        or not UTF-8 (the message never shows the content).
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError as exc:
-        raise ValueError(f"password_file={escape(path)}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"password_file={escape(path)}: not a regular file")
-        if info.st_mode & 0o077:
-            raise ValueError(
-                f"password_file={escape(path)}: mode {stat.S_IMODE(info.st_mode):04o} lets "
-                "group or others access it; use 0600 or stricter"
-            )
-        if info.st_size > MAX_PASSWORD_FILE_SIZE:
-            raise ValueError(f"password_file={escape(path)}: larger than a password can be")
-        raw = os.read(fd, MAX_PASSWORD_FILE_SIZE + 1)
-    finally:
-        os.close(fd)
-    if raw.endswith(b"\r\n"):
-        raw = raw[:-2]
-    elif raw.endswith(b"\n"):
-        raw = raw[:-1]
-    try:
-        password = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"password_file={escape(path)}: not UTF-8") from None
-    if not password:
-        raise ValueError(f"password_file={escape(path)}: empty")
-    return password
 
 
 def _parse_bool(key: str, value: str) -> bool:

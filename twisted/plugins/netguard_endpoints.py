@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_socks5 -*-
+# -*- test-case-name: tests.test_socks5,tests.test_client_endpoint -*-
 """
 Client endpoint string parsers contributed by netguard to C{clientFromString}.
 
@@ -9,6 +9,8 @@ prefix live next to the endpoint they build, and are imported only when a string
 prefix is parsed, so that a problem there can never break plugin discovery for anything else.
 
   - C{socks5:}: L{netguard.outbound.socks5.SOCKS5ClientEndpoint}; grammar in that module and in
+    C{docs/endpoints.md}.
+  - C{netguard:}: L{netguard.client.endpoint.NGPClientEndpoint}; grammar in that module and in
     C{docs/endpoints.md}.
 
 This directory must not contain an C{__init__.py}: C{twisted.plugins} is extended through its
@@ -53,3 +55,29 @@ class SOCKS5EndpointParser:
 
 #: The C{socks5:} parser instance that the plugin system discovers.
 socks5_endpoint_parser = SOCKS5EndpointParser()
+
+
+@implementer(IPlugin, IStreamClientEndpointStringParserWithReactor)
+class NetguardEndpointParser:
+    """
+    Parses C{netguard:host=...:port=...:service=...:user=...:password_file=...} into an
+    endpoint whose connections reach a service behind a netguard gateway, authenticated.
+    """
+
+    prefix = "netguard"
+
+    def parseStreamClient(self, reactor: Any, *args: str, **kwargs: str) -> IStreamClientEndpoint:
+        """
+        Build the endpoint described by the parts of a C{netguard:} string.
+
+        @return: a L{netguard.client.endpoint.NGPClientEndpoint}.
+        @raise ValueError: if the description is invalid.
+        """
+        from netguard.client.endpoint import endpoint_from_string_args
+
+        endpoint: Any = endpoint_from_string_args(reactor, *args, **kwargs)
+        return endpoint
+
+
+#: The C{netguard:} parser instance that the plugin system discovers.
+netguard_endpoint_parser = NetguardEndpointParser()

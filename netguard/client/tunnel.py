@@ -1,0 +1,167 @@
+# -*- test-case-name: tests.test_tunnel -*-
+"""
+C{netguard tunnel}: a local listener whose every connection is carried through a netguard
+gateway to one service, so unmodified programs (C{redis-cli}, C{psql}) reach it.
+
+    netguard tunnel --gateway tcp:host=gw.example:port=7700 --service redis \\
+        --listen unix:/tmp/redis.sock:mode=600 --user alice --password-file ~/.ng-pass
+
+Each local connection is paused until the gateway has authenticated us and opened the
+service, then relayed by L{netguard.relay.Splice} (backpressure both ways, half-close, idle
+and stalled-reader bounds). If the gateway refuses, the local connection is closed and the
+refusal is logged. The password is read once at start (a 0600 file or the terminal) and kept
+in memory only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from netguard.client.endpoint import NGPClientEndpoint
+from netguard.log import escape
+from netguard.relay import A, B, Splice
+
+
+@implementer(IHalfCloseableProtocol)
+class _RemoteSide(Protocol):
+    """
+    The application protocol on the gateway connection (raw bytes of the service).
+    """
+
+    transport: Any
+
+    def __init__(self, local: TunnelConnection):
+        self.local = local
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.local.splice is not None:
+            self.local.splice.data_from(B, data)
+
+    def readConnectionLost(self) -> None:
+        if self.local.splice is not None:
+            self.local.splice.eof_from(B)
+
+    def writeConnectionLost(self) -> None:
+        """Our half-close reached the gateway."""
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.local.splice is not None:
+            self.local.splice.lost(B)
+
+
+@implementer(IHalfCloseableProtocol)
+class TunnelConnection(Protocol):
+    """
+    One local connection, carried through the gateway.
+    """
+
+    log = Logger()
+    transport: Any
+
+    def __init__(self, tunnel: TunnelFactory):
+        self.tunnel = tunnel
+        self.splice: Splice | None = None
+        self._pending: list[bytes] = []
+        self._eof = False
+        self._gone = False
+        self._connecting: Any = None
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+        remote = _RemoteSide(self)
+        self._connecting = self.tunnel.endpoint.connect(Factory.forProtocol(lambda: remote))
+        self._connecting.addCallbacks(self._opened, self._failed)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.splice is not None:
+            self.splice.data_from(A, data)
+        else:
+            self._pending.append(data)
+            self.transport.pauseProducing()
+
+    def readConnectionLost(self) -> None:
+        if self.splice is not None:
+            self.splice.eof_from(A)
+        else:
+            self._eof = True
+
+    def writeConnectionLost(self) -> None:
+        """Our half-close reached the local program."""
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._gone = True
+        if self.splice is not None:
+            self.splice.lost(A)
+        elif self._connecting is not None:
+            self._connecting.cancel()
+
+    def _opened(self, remote: _RemoteSide) -> None:
+        self._connecting = None
+        if self._gone:
+            remote.transport.loseConnection()
+            return
+        self.splice = Splice(
+            self.transport,
+            remote.transport,
+            clock=self.tunnel.reactor,
+            idle_timeout=self.tunnel.idle_timeout,
+            write_timeout=self.tunnel.write_timeout,
+        )
+        self.splice.start()
+        self.splice.done.addCallback(self._finished)
+        pending, self._pending = self._pending, []
+        for chunk in pending:
+            self.splice.data_from(A, chunk)
+        if self._eof:
+            self.splice.eof_from(A)
+        else:
+            self.transport.resumeProducing()
+
+    def _failed(self, failure: Failure) -> None:
+        self._connecting = None
+        if not self._gone:
+            self.log.warn(
+                "tunnel to {service} failed: {reason}",
+                event="tunnel.failed",
+                service=escape(self.tunnel.endpoint.service),
+                reason=escape(str(failure.value), limit=300),
+            )
+            self.transport.loseConnection()
+
+    def _finished(self, result: Any) -> None:
+        self.log.info(
+            "tunnel connection closed: up={up} down={down} ended_by={ended}",
+            event="tunnel.close",
+            up=result.bytes_a_to_b,
+            down=result.bytes_b_to_a,
+            ended=result.ended_by,
+        )
+
+
+class TunnelFactory(Factory):
+    """
+    Builds a L{TunnelConnection} for each local connection.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: NGPClientEndpoint,
+        idle_timeout: float = 3600.0,
+        write_timeout: float = 30.0,
+    ):
+        self.reactor = reactor
+        self.endpoint = endpoint
+        self.idle_timeout = idle_timeout
+        self.write_timeout = write_timeout
+
+    def buildProtocol(self, addr: Any) -> TunnelConnection:
+        connection = TunnelConnection(self)
+        connection.factory = self
+        return connection
