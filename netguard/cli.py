@@ -304,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "tunnel",
+        allow_abbrev=False,
         help="carry every connection to a local listener through the gateway to a service",
         description="Listen locally; carry each connection through the gateway (SCRAM, "
         "server signature checked) to one service, so unmodified programs reach it. The "

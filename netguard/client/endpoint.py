@@ -75,6 +75,8 @@ class _CarrierProtocol(NGPClientProtocol):
 
 
 class _CarrierFactory(Factory):
+    noisy = False
+
     def __init__(self, endpoint: NGPClientEndpoint, app_factory: Factory):
         self.endpoint = endpoint
         self.app_factory = app_factory

@@ -98,8 +98,10 @@ class TunnelConnection(Protocol):
         self._gone = True
         if self.splice is not None:
             self.splice.lost(A)
-        elif self._connecting is not None:
-            self._connecting.cancel()
+        else:
+            self.tunnel.connections.discard(self)
+            if self._connecting is not None:
+                self._connecting.cancel()
 
     def _opened(self, remote: _RemoteSide) -> None:
         self._connecting = None
@@ -125,6 +127,7 @@ class TunnelConnection(Protocol):
 
     def _failed(self, failure: Failure) -> None:
         self._connecting = None
+        self.tunnel.connections.discard(self)
         if not self._gone:
             self.log.warn(
                 "tunnel to {service} failed: {reason}",
@@ -135,6 +138,7 @@ class TunnelConnection(Protocol):
             self.transport.loseConnection()
 
     def _finished(self, result: Any) -> None:
+        self.tunnel.connections.discard(self)
         self.log.info(
             "tunnel connection closed: up={up} down={down} ended_by={ended}",
             event="tunnel.close",
@@ -147,7 +151,11 @@ class TunnelConnection(Protocol):
 class TunnelFactory(Factory):
     """
     Builds a L{TunnelConnection} for each local connection.
+
+    @ivar connections: the live local connections.
     """
+
+    noisy = False
 
     def __init__(
         self,
@@ -160,8 +168,10 @@ class TunnelFactory(Factory):
         self.endpoint = endpoint
         self.idle_timeout = idle_timeout
         self.write_timeout = write_timeout
+        self.connections: set[TunnelConnection] = set()
 
     def buildProtocol(self, addr: Any) -> TunnelConnection:
         connection = TunnelConnection(self)
         connection.factory = self
+        self.connections.add(connection)
         return connection
