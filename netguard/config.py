@@ -197,6 +197,25 @@ class LogConfig:
     file: str = "-"
 
 
+@attrs.frozen(kw_only=True)
+class OpsConfig:
+    """
+    How the daemon behaves for its operator.
+
+    @ivar heartbeat: log a heartbeat (cumulative figures) from the start; SIGUSR1 and
+        C{netguard ctl heartbeat on|off} switch it at run time either way.
+    @ivar heartbeat_interval: seconds between two heartbeats.
+    @ivar shutdown_grace: on SIGTERM, seconds open relays get to finish before they are
+        closed (line-phase clients are told C{ERR SHUTTING_DOWN} at once).
+    @ivar control_socket: the AF_UNIX control socket (mode 0600), C{""} for none.
+    """
+
+    heartbeat: bool = False
+    heartbeat_interval: float = 60.0
+    shutdown_grace: float = 30.0
+    control_socket: str = ""
+
+
 def _to_tuple(values: Iterable[str]) -> tuple[str, ...]:
     """
     Convert a list of names to a tuple (attrs converter).
@@ -282,6 +301,7 @@ class Config:
     @ivar listen: server endpoint strings, ports as numbers.
     @ivar limits: the per-connection bounds.
     @ivar log: the log settings.
+    @ivar ops: the daemon's operational settings (heartbeat, shutdown, control socket).
     @ivar services: service name to L{ServiceConfig}, read-only.
     @ivar warnings: things that work but that an operator should look at.
     @ivar source: the configuration file, or L{DEFAULTS_SOURCE}.
@@ -294,6 +314,7 @@ class Config:
     listen: tuple[str, ...] = attrs.field(converter=_to_tuple)
     limits: Limits = attrs.field(factory=Limits)
     log: LogConfig = attrs.field(factory=LogConfig)
+    ops: OpsConfig = attrs.field(factory=OpsConfig)
     services: Mapping[str, ServiceConfig] = attrs.field(
         factory=_default_services, converter=_freeze_services
     )
@@ -418,7 +439,68 @@ _TOP_KEYS: Final = (
     "listen",
     "limits",
     "log",
+    "ops",
     "services",
+)
+
+
+@attrs.frozen
+class _TableKey:
+    """
+    A key of a typed table: how its raw value is checked, its default, the allowed values in
+    words, and what it defends against (for C{describe_defaults}).
+    """
+
+    name: str
+    check: Callable[[_Source, str, object], Any]
+    allowed: str
+    defends: str
+
+
+def _bool(src: _Source, key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise src.error(key, f"must be true or false, got {_describe_value(value)}")
+    return value
+
+
+def _number(range_: _Range) -> Callable[[_Source, str, object], Any]:
+    def check(src: _Source, key: str, value: object) -> Any:
+        return src.check(key, range_.check, value)
+
+    return check
+
+
+def _optional_path(src: _Source, key: str, value: object) -> str:
+    if value == "":
+        return ""
+    return _path(src, key, value)
+
+
+_OPS_KEYS: Final[tuple[_TableKey, ...]] = (
+    _TableKey(
+        "heartbeat",
+        _bool,
+        "true or false",
+        "a daemon that hangs silently: each beat proves the event loop runs (seed tip 16)",
+    ),
+    _TableKey(
+        "heartbeat_interval",
+        _number(_Range(float, 1, 86400, "seconds")),
+        "a number of seconds from 1 to 86400",
+        "log floods from a too-frequent heartbeat",
+    ),
+    _TableKey(
+        "shutdown_grace",
+        _number(_Range(float, 0, 3600, "seconds")),
+        "a number of seconds from 0 to 3600",
+        "a stop that cuts transfers (too short) or never finishes (bounded)",
+    ),
+    _TableKey(
+        "control_socket",
+        _optional_path,
+        '"" (none) or a path; default <state_dir>/control.sock',
+        "remote administration: the only admin interface is this mode-0600 local socket",
+    ),
 )
 _LOG_KEYS: Final = ("format", "file")
 _LOG_FORMATS: Final = ("text", "json")
@@ -1595,6 +1677,10 @@ def load_config(
     log_file = choose("log.file", "log_file", log_table, "file", _log_file)
     log = LogConfig(format=log_format or "text", file=log_file or "-")
 
+    ops_values = _typed_table(src, "ops", doc.get("ops", {}), _OPS_KEYS, origins)
+    ops_values.setdefault("control_socket", os.path.join(state_dir, "control.sock"))
+    ops = OpsConfig(**ops_values)
+
     services = _services(src, cli, doc, opts, builder)
 
     for name, service in services.items():
@@ -1612,11 +1698,44 @@ def load_config(
         listen=listen,
         limits=limits,
         log=log,
+        ops=ops,
         services=services,
         warnings=tuple(builder.warnings),
         source=DEFAULTS_SOURCE if path is None else path,
         origins=origins,
     )
+
+
+def _typed_table(
+    src: _Source,
+    name: str,
+    table: object,
+    keys: tuple[_TableKey, ...],
+    origins: dict[str, str],
+) -> dict[str, Any]:
+    """
+    Check the table C{[name]} against C{keys}: unknown keys and bad values are errors.
+
+    @return: the checked values of the keys present (absent keys keep their defaults).
+    """
+    if not isinstance(table, dict):
+        raise src.error(name, f"must be a table, got {_describe_value(table)}")
+    names = [spec.name for spec in keys]
+    for key in table:
+        if key not in names:
+            raise src.error(
+                f"{name}.{_toml_key(key)}",
+                f"unknown key; allowed keys in [{name}] are: {', '.join(names)}",
+            )
+    values: dict[str, Any] = {}
+    for spec in keys:
+        key = f"{name}.{spec.name}"
+        if spec.name in table:
+            values[spec.name] = spec.check(src, key, table[spec.name])
+            origins[key] = ORIGIN_FILE
+        else:
+            origins[key] = ORIGIN_DEFAULT
+    return values
 
 
 def _limits(src: _Source, table: object, origins: dict[str, str]) -> Limits:
@@ -1776,6 +1895,8 @@ def describe(config: Config) -> str:
         add(f"limits.{field.name}", getattr(config.limits, field.name))
     add("log.format", config.log.format)
     add("log.file", config.log.file, "stdout" if config.log.file == "-" else "")
+    for field in attrs.fields(OpsConfig):
+        add(f"ops.{field.name}", getattr(config.ops, field.name))
     if not config.services:
         lines.append("# services: none")
     for name, service in config.services.items():
@@ -1839,6 +1960,19 @@ def _key_docs() -> tuple[_KeyDoc, ...]:
                 repr(getattr(limits, spec.name)),
                 spec.range.allowed(),
                 spec.defends,
+            )
+        )
+    ops = OpsConfig()
+    for op_key in _OPS_KEYS:
+        default = getattr(ops, op_key.name)
+        docs.append(
+            _KeyDoc(
+                f"ops.{op_key.name}",
+                '"<state_dir>/control.sock"'
+                if op_key.name == "control_socket"
+                else _value_text(default),
+                op_key.allowed,
+                op_key.defends,
             )
         )
     docs += [

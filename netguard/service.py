@@ -15,13 +15,14 @@ import sys
 from typing import IO, Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import DeferredList, maybeDeferred
+from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from netguard.auth.users import UserStore, ensure_users_file
 from netguard.gateway.factory import GatewayFactory
+from netguard.ops.drain import Drainer
 from netguard.stats import Stats
 
 log = Logger()
@@ -47,6 +48,8 @@ class GatewayService(MultiService):
         self.factory = factory
         self.endpoints = endpoints
         self.ports: list[Any] = []
+        self.drainer = Drainer(factory, factory.clock, factory.config.ops.shutdown_grace)
+        factory.drainer = self.drainer
 
     def startService(self) -> None:
         """
@@ -72,12 +75,25 @@ class GatewayService(MultiService):
 
     def stopService(self) -> Any:
         """
-        Stop accepting at once (every listener closes), then stop the child services.
+        Graceful shutdown: stop accepting at once (every listener closes, unix sockets are
+        removed), drain the sessions within C{ops.shutdown_grace}, stop the child services,
+        drop the verifiers we hold, and log a summary.
         """
         ports, self.ports = self.ports, []
-        stopping = [maybeDeferred(port.stopListening) for port in ports]
-        stopping.append(maybeDeferred(super().stopService))
-        return DeferredList(stopping)
+        closing = [maybeDeferred(port.stopListening) for port in ports]
+        draining = self.drainer.drain()
+        draining.addCallback(lambda _: maybeDeferred(super(GatewayService, self).stopService))
+        draining.addCallback(self._stopped)
+        return gatherResults([*closing, draining], consumeErrors=True)
+
+    def _stopped(self, _: Any) -> None:
+        self.factory.users = UserStore.from_records([])
+        log.info(
+            "netguard stopped: {figures}",
+            event="shutdown.done",
+            figures=" ".join(f"{k}={v}" for k, v in sorted(self.factory.stats.snapshot().items())),
+            forced=self.drainer.forced,
+        )
 
 
 def prepare_state_dir(path: str) -> None:

@@ -42,6 +42,8 @@ class GatewayFactory(Factory):
         self.stats = stats if stats is not None else Stats()
         self.framing_limits = FramingLimits.from_config(config.limits)
         self.sessions: set[GatewaySession] = set()
+        #: Set by the service when it drains; told whenever a session ends.
+        self.drainer: Any = None
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(2)
 
@@ -74,6 +76,8 @@ class GatewayFactory(Factory):
         """
         self.sessions.discard(session)
         self.stats.active = len(self.sessions)
+        if self.drainer is not None:
+            self.drainer.check()
 
     # -- services ------------------------------------------------------------------------------
 
@@ -114,6 +118,4 @@ class GatewayFactory(Factory):
         """
         Open C{service}'s backend for one session.
         """
-        return open_backend(
-            self.reactor, service, write_timeout=self.framing_limits.write_timeout
-        )
+        return open_backend(self.reactor, service, write_timeout=self.framing_limits.write_timeout)

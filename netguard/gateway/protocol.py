@@ -320,6 +320,19 @@ class GatewaySession(GuardedLineReceiver):
         opening: Deferred[Any] = self.factory.open_backend(service)
         opening.addCallbacks(self._backend_ready, self._backend_failed)
 
+    # -- shutdown ------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """
+        The gateway is stopping: a client still in the line phase (or whose backend is still
+        connecting) is told C{ERR SHUTTING_DOWN} and closed; an open relay goes on until it
+        ends or the drain's grace period does.
+        """
+        if self.state is SessionState.RELAYING:
+            return
+        self.closed_by = "server"
+        self.refuse(ErrorCode.SHUTTING_DOWN)
+
     # -- hooks for TLS -------------------------------------------------------------------------
 
     def channel_binding(self) -> tuple[str, bytes] | None:

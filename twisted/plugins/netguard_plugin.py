@@ -112,9 +112,13 @@ class NetguardServiceMaker:
     def makeService(self, options: Options) -> Any:
         from twisted.internet import reactor
 
+        from netguard.ops.drain import install_sigterm
         from netguard.service import make_service
 
-        return make_service(options["loaded"], reactor)
+        service = make_service(options["loaded"], reactor)
+        # After the reactor's own handlers are in place: SIGTERM drains, a second one cuts.
+        reactor.callWhenRunning(install_sigterm, reactor, service.drainer)
+        return service
 
 
 service_maker = NetguardServiceMaker()
