@@ -216,6 +216,74 @@ class OpsConfig:
     control_socket: str = ""
 
 
+@attrs.frozen(kw_only=True)
+class PeerChecksConfig:
+    """
+    Forward-confirmed reverse DNS and ident checks of every TCP peer (seed tips 4 and 10);
+    see C{docs/peer-checks.md}. Both are off by default.
+
+    @ivar fcrdns: C{"off"}, C{"log"} or C{"require"}.
+    @ivar fcrdns_deny: patterns over the confirmed name that refuse a peer.
+    @ivar fcrdns_allow: patterns over the confirmed name; when set, only matching peers may
+        authenticate.
+    @ivar ident: C{"off"} or C{"log"} (the claim is logged, never trusted).
+    @ivar fcrdns_timeout: bound on one FCrDNS check, seconds.
+    @ivar ident_timeout: bound on one ident query, seconds.
+    @ivar dns_servers: C{"ip"} or C{"ip:port"} / C{"[ipv6]:port"} resolvers; empty uses
+        C{/etc/resolv.conf}.
+    """
+
+    fcrdns: str = "off"
+    fcrdns_deny: tuple[str, ...] = ()
+    fcrdns_allow: tuple[str, ...] = ()
+    ident: str = "off"
+    fcrdns_timeout: float = 5.0
+    ident_timeout: float = 10.0
+    dns_servers: tuple[str, ...] = ()
+
+    def policy(self) -> Any:
+        """
+        The L{netguard.peer.checks.PeerCheckPolicy} these settings describe.
+        """
+        from netguard.peer.checks import PeerCheckPolicy
+
+        servers = []
+        for server in self.dns_servers:
+            host, port = _split_host_port(server, 53)
+            servers.append((host, port))
+        return PeerCheckPolicy(
+            fcrdns=self.fcrdns,  # type: ignore[arg-type]
+            fcrdns_deny=self.fcrdns_deny,
+            fcrdns_allow=self.fcrdns_allow,
+            ident=self.ident,  # type: ignore[arg-type]
+            fcrdns_timeout=self.fcrdns_timeout,
+            ident_timeout=self.ident_timeout,
+            dns_servers=tuple(servers),
+        )
+
+
+def _split_host_port(text: str, default_port: int) -> tuple[str, int]:
+    """
+    Split C{ip}, C{ip:port} or C{[ipv6]:port}; the IP is checked, the port is 1..65535.
+
+    @raise ValueError: if it is not one of those forms.
+    """
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise ValueError(text)
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    ipaddress.ip_address(host)
+    port = int(port_text) if port_text else default_port
+    if not 1 <= port <= 65535:
+        raise ValueError(text)
+    return host, port
+
+
 def _to_tuple(values: Iterable[str]) -> tuple[str, ...]:
     """
     Convert a list of names to a tuple (attrs converter).
@@ -302,6 +370,7 @@ class Config:
     @ivar limits: the per-connection bounds.
     @ivar log: the log settings.
     @ivar ops: the daemon's operational settings (heartbeat, shutdown, control socket).
+    @ivar peer_checks: FCrDNS and ident checks of peers.
     @ivar services: service name to L{ServiceConfig}, read-only.
     @ivar warnings: things that work but that an operator should look at.
     @ivar source: the configuration file, or L{DEFAULTS_SOURCE}.
@@ -315,6 +384,7 @@ class Config:
     limits: Limits = attrs.field(factory=Limits)
     log: LogConfig = attrs.field(factory=LogConfig)
     ops: OpsConfig = attrs.field(factory=OpsConfig)
+    peer_checks: PeerChecksConfig = attrs.field(factory=PeerChecksConfig)
     services: Mapping[str, ServiceConfig] = attrs.field(
         factory=_default_services, converter=_freeze_services
     )
@@ -440,6 +510,7 @@ _TOP_KEYS: Final = (
     "limits",
     "log",
     "ops",
+    "peer_checks",
     "services",
 )
 
@@ -474,6 +545,89 @@ def _optional_path(src: _Source, key: str, value: object) -> str:
     if value == "":
         return ""
     return _path(src, key, value)
+
+
+def _choice(*allowed: str) -> Callable[[_Source, str, object], Any]:
+    def check(src: _Source, key: str, value: object) -> Any:
+        if value not in allowed:
+            words = ", ".join(_toml_string(a) for a in allowed)
+            raise src.error(key, f"must be one of {words}, got {_describe_value(value)}")
+        return value
+
+    return check
+
+
+def _string_list(what: str, item: Callable[[str], object]) -> Callable[..., Any]:
+    def check(src: _Source, key: str, value: object) -> Any:
+        allowed = f"a list of {what}"
+        if not isinstance(value, list) or len(value) > 256:
+            raise src.error(key, f"must be {allowed} (at most 256), got {_describe_value(value)}")
+        for index, element in enumerate(value):
+            problem = f"must be {allowed}; item {index} is {_describe_value(element)}"
+            if not isinstance(element, str) or not element or len(element) > 253:
+                raise src.error(key, problem)
+            try:
+                item(element)
+            except ValueError:
+                raise src.error(key, problem) from None
+        return tuple(value)
+
+    return check
+
+
+def _name_pattern(text: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9*?.\[\]!-]+", text):
+        raise ValueError(text)
+
+
+_PEER_CHECK_KEYS: Final[tuple[_TableKey, ...]] = (
+    _TableKey(
+        "fcrdns",
+        _choice("off", "log", "require"),
+        '"off", "log" or "require"',
+        "spoofed reverse DNS: a PTR name counts only once its forward lookup gives the "
+        "client's address back (seed tip 4)",
+    ),
+    _TableKey(
+        "fcrdns_deny",
+        _string_list("host name patterns (fnmatch)", _name_pattern),
+        'a list of patterns over the confirmed name, e.g. "*.dialup.example"',
+        "known-bad networks by name; only narrows who may try to authenticate",
+    ),
+    _TableKey(
+        "fcrdns_allow",
+        _string_list("host name patterns (fnmatch)", _name_pattern),
+        "a list of patterns; when set only peers with a matching confirmed name may try",
+        "access from anywhere but the expected hosts; only narrows, never grants",
+    ),
+    _TableKey(
+        "ident",
+        _choice("off", "log"),
+        '"off" or "log"',
+        "nothing by itself: an RFC 1413 claim is logged as untrusted (seed tip 10); off by "
+        "default because it is the one connection made back toward a client",
+    ),
+    _TableKey(
+        "fcrdns_timeout",
+        _number(_Range(float, 0.1, 60, "seconds")),
+        "a number of seconds from 0.1 to 60",
+        "a DNS server that never answers holding a session (every lookup is bounded)",
+    ),
+    _TableKey(
+        "ident_timeout",
+        _number(_Range(float, 0.1, 60, "seconds")),
+        "a number of seconds from 0.1 to 60",
+        "an identd that stays silent or drips (the reply is also bounded in bytes)",
+    ),
+    _TableKey(
+        "dns_servers",
+        _string_list(
+            'resolvers "IP", "IP:PORT" or "[IPv6]:PORT"', lambda t: _split_host_port(t, 53)
+        ),
+        "a list of resolvers; empty uses /etc/resolv.conf",
+        "lookups sent to a resolver the operator did not choose",
+    ),
+)
 
 
 _OPS_KEYS: Final[tuple[_TableKey, ...]] = (
@@ -1680,6 +1834,15 @@ def load_config(
     ops_values = _typed_table(src, "ops", doc.get("ops", {}), _OPS_KEYS, origins)
     ops_values.setdefault("control_socket", os.path.join(state_dir, "control.sock"))
     ops = OpsConfig(**ops_values)
+    peer_values = _typed_table(
+        src, "peer_checks", doc.get("peer_checks", {}), _PEER_CHECK_KEYS, origins
+    )
+    peer_checks = PeerChecksConfig(**peer_values)
+    if (peer_checks.fcrdns_deny or peer_checks.fcrdns_allow) and peer_checks.fcrdns == "off":
+        raise src.error(
+            "peer_checks.fcrdns",
+            'fcrdns_deny and fcrdns_allow need fcrdns = "log" or "require"',
+        )
 
     services = _services(src, cli, doc, opts, builder)
 
@@ -1699,6 +1862,7 @@ def load_config(
         limits=limits,
         log=log,
         ops=ops,
+        peer_checks=peer_checks,
         services=services,
         warnings=tuple(builder.warnings),
         source=DEFAULTS_SOURCE if path is None else path,
@@ -1897,6 +2061,13 @@ def describe(config: Config) -> str:
     add("log.file", config.log.file, "stdout" if config.log.file == "-" else "")
     for field in attrs.fields(OpsConfig):
         add(f"ops.{field.name}", getattr(config.ops, field.name))
+    for field in attrs.fields(PeerChecksConfig):
+        add(
+            f"peer_checks.{field.name}",
+            list(getattr(config.peer_checks, field.name))
+            if isinstance(getattr(config.peer_checks, field.name), tuple)
+            else getattr(config.peer_checks, field.name),
+        )
     if not config.services:
         lines.append("# services: none")
     for name, service in config.services.items():
@@ -1973,6 +2144,17 @@ def _key_docs() -> tuple[_KeyDoc, ...]:
                 else _value_text(default),
                 op_key.allowed,
                 op_key.defends,
+            )
+        )
+    checks = PeerChecksConfig()
+    for check_key in _PEER_CHECK_KEYS:
+        default = getattr(checks, check_key.name)
+        docs.append(
+            _KeyDoc(
+                f"peer_checks.{check_key.name}",
+                _value_text(list(default) if isinstance(default, tuple) else default),
+                check_key.allowed,
+                check_key.defends,
             )
         )
     docs += [

@@ -138,6 +138,7 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         self.MAX_LENGTH = self.limits.max_line_length
         self._timers: dict[str, Any] = {}
         self._write_paused = False
+        self._held = False
 
     # -- hooks for subclasses --------------------------------------------------------------
 
@@ -226,6 +227,29 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
             transport.unregisterProducer()
         self._timers["abort"] = self.clock.callLater(self.limits.write_timeout, self._abort_stuck)
         transport.loseConnection()
+
+    def hold_lines(self) -> None:
+        """
+        Stop delivering lines (and reading) until L{release_lines}: for a subclass that must
+        wait for something (a check, a lookup) before it may handle the next line.
+        """
+        self._held = True
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def release_lines(self) -> None:
+        """
+        Deliver the lines that arrived meanwhile, in order, and read again.
+        """
+        if not self._held:
+            return
+        self._held = False
+        if self.phase is FramingPhase.CLOSING:
+            return
+        if not self._write_paused:
+            self.transport.resumeProducing()
+        if self.line_mode and self._buffer:
+            self._process(b"")
 
     def setRawMode(self) -> None:
         """
@@ -329,7 +353,7 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
             return
         self._write_paused = False
         self._cancel("write")
-        if self.phase is FramingPhase.CLOSING:
+        if self.phase is FramingPhase.CLOSING or self._held:
             return
         self.transport.resumeProducing()
         if self.line_mode and self._buffer:
@@ -349,7 +373,7 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         self._buffer = b""
         start = 0
         limits = self.limits
-        while self.phase is FramingPhase.LINES and not self._write_paused:
+        while self.phase is FramingPhase.LINES and not (self._write_paused or self._held):
             end = buffer.find(b"\n", start)
             if end < 0:
                 break
@@ -370,7 +394,11 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
             if rest:
                 self.rawDataReceived(rest)
         elif self.phase is FramingPhase.LINES:
-            if len(rest) > limits.max_line_length + 1:
+            if (self._write_paused or self._held) and b"\n" in rest:
+                # Complete lines wait for the pause to end (reading is paused meanwhile, so
+                # this holds at most what had already arrived).
+                self._buffer = rest
+            elif len(rest) > limits.max_line_length + 1:
                 self.lineLengthExceeded(rest)
             else:
                 self._buffer = rest

@@ -369,3 +369,33 @@ class PeerLabelTests(unittest.TestCase):
         from twisted.internet.address import UNIXAddress
 
         self.assertEqual(peer_label(UNIXAddress(None)), "unix:-")
+
+
+class HoldTests(unittest.TestCase):
+    def test_held_lines_wait_in_order(self):
+        proto, transport, _ = connect(FramingLimits(max_line_length=10))
+        proto.dataReceived(b"a\r\n")
+        proto.hold_lines()
+        self.assertEqual(transport.producerState, "paused")
+        proto.dataReceived(b"bbbbbbbbb\r\ncccccccc\r\ndd")
+        self.assertEqual(proto.lines, [b"a"])
+        self.assertFalse(transport.disconnecting)
+        proto.release_lines()
+        self.assertEqual(proto.lines, [b"a", b"bbbbbbbbb", b"cccccccc"])
+        self.assertEqual(transport.producerState, "producing")
+        proto.dataReceived(b"\r\n")
+        self.assertEqual(proto.lines[-1], b"dd")
+
+    def test_overlong_partial_line_still_refused_while_held(self):
+        proto, transport, _ = connect(FramingLimits(max_line_length=10))
+        proto.hold_lines()
+        proto.dataReceived(b"x" * 30)
+        self.assertIn(b"ERR LINE_TOO_LONG", transport.value())
+
+    def test_paused_with_many_buffered_lines_is_not_a_long_line(self):
+        proto, transport, _ = connect(FramingLimits(max_line_length=10))
+        proto.pauseProducing()
+        proto.dataReceived(b"123456789\r\n" * 5)
+        self.assertFalse(transport.disconnecting)
+        proto.resumeProducing()
+        self.assertEqual(len(proto.lines), 5)

@@ -20,6 +20,7 @@ from netguard.auth.users import UserStore
 from netguard.framing import FramingLimits
 from netguard.gateway.protocol import GatewaySession
 from netguard.outbound.backends import BackendLeg, open_backend
+from netguard.peer.checks import PeerChecks
 from netguard.stats import Stats
 
 
@@ -44,6 +45,13 @@ class GatewayFactory(Factory):
         self.sessions: set[GatewaySession] = set()
         #: Set by the service when it drains; told whenever a session ends.
         self.drainer: Any = None
+        policy = config.peer_checks.policy()
+        self.peer_policy = policy
+        self.peer_checks = (
+            PeerChecks(reactor, policy)
+            if policy.fcrdns != "off" or policy.ident != "off"
+            else None
+        )
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(2)
 
@@ -78,6 +86,15 @@ class GatewayFactory(Factory):
         self.stats.active = len(self.sessions)
         if self.drainer is not None:
             self.drainer.check()
+
+    def start_peer_checks(self, peer: Any, local: Any) -> Any:
+        """
+        Start the configured peer checks for a new connection, or return L{None} when all are
+        off.
+        """
+        if self.peer_checks is None:
+            return None
+        return self.peer_checks.start(peer, local)
 
     # -- services ------------------------------------------------------------------------------
 

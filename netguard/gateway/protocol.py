@@ -106,6 +106,8 @@ class GatewaySession(GuardedLineReceiver):
         self._leg: Any = None
         self._pending: list[bytes] = []
         self._client_eof = False
+        self._peer_run: Any = None
+        self._peer_verdict: Any = None
         self._started = factory.clock.seconds()
 
     # -- framing hooks -----------------------------------------------------------------------
@@ -125,6 +127,10 @@ class GatewaySession(GuardedLineReceiver):
 
     def connectionMade(self) -> None:
         self.factory.session_started(self)
+        # FCrDNS and ident run while the greeting and authentication proceed.
+        self._peer_run = self.factory.start_peer_checks(
+            self.transport.getPeer(), self.transport.getHost()
+        )
         self.log.info(
             "accepted {peer} on {local}",
             event="conn.accept",
@@ -137,6 +143,8 @@ class GatewaySession(GuardedLineReceiver):
         previous = self.state
         self.state = SessionState.CLOSED
         super().connectionLost(reason)
+        if self._peer_run is not None:
+            self._peer_run.cancel()
         self.factory.session_ended(self)
         leg, self._leg = self._leg, None
         if leg is None:
@@ -248,6 +256,12 @@ class GatewaySession(GuardedLineReceiver):
         self.close_gracefully()
 
     def do_auth(self, mechanism: bytes, token: bytes) -> None:
+        if self._peer_run is not None and self._peer_verdict is None:
+            # Policy may need the peer checks' verdict before anyone may try a password: wait
+            # for it (bounded by the checks' own timeouts), holding later lines.
+            self.hold_lines()
+            self._peer_run.verdict().addCallback(self._peer_decided, mechanism, token)
+            return
         name = mechanism.decode("ascii")
         if name not in self.offered_mechanisms():
             self.refuse(ErrorCode.UNSUPPORTED_MECHANISM, offending=mechanism, close=False)
@@ -265,6 +279,22 @@ class GatewaySession(GuardedLineReceiver):
         self._mechanism = name
         self.state = SessionState.AUTH_CONTINUE
         self.sendLine(b"CONT " + encode_wire(server_first))
+
+    def _peer_decided(self, verdict: Any, mechanism: bytes, token: bytes) -> None:
+        self._peer_verdict = verdict
+        if self.state is SessionState.CLOSED:
+            return
+        if not verdict.allowed:
+            self.log.info(
+                "peer checks refused {peer}: {reason}",
+                event="peer.refused",
+                reason=escape(verdict.reason),
+                **self.log_fields(),
+            )
+            self.refuse(ErrorCode.NOT_AUTHORIZED, "peer checks failed")
+            return
+        self.do_auth(mechanism, token)
+        self.release_lines()
 
     def do_cont(self, token: bytes) -> None:
         exchange, self._exchange = self._exchange, None

@@ -1,0 +1,96 @@
+"""
+The gateway applying its peer-check policy (FCrDNS in C{require} mode) to real loopback
+clients, against a real dnsmasq serving good and spoofed PTR records.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import tempfile
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.trial import unittest
+
+from netguard.client.protocol import Credentials, NGPClientProtocol, NGPError
+from netguard.config import load_config
+from netguard.service import make_service
+from tests.integration import test_peer_real as peer_real
+from tests.integration.util import wait_for
+
+
+class GatewayFCrDNSTests(unittest.TestCase):
+    timeout = 60
+    start_dnsmasq = peer_real.DnsmasqTests.start_dnsmasq
+
+    def setUp(self):
+        if not os.access(peer_real.DNSMASQ, os.X_OK):
+            raise unittest.SkipTest(
+                f"{peer_real.DNSMASQ} not installed (Debian package dnsmasq-base)"
+            )
+        records = [
+            "--ptr-record=1.0.0.127.in-addr.arpa,good.test",
+            "--host-record=good.test,127.0.0.1",
+            "--ptr-record=2.0.0.127.in-addr.arpa,spoof.test",
+            "--host-record=spoof.test,127.0.0.20",
+        ]
+        for _attempt in range(5):
+            self.port = peer_real.free_dns_port()
+            if self.start_dnsmasq(records) is None:
+                break
+        else:
+            self.fail("dnsmasq did not start")
+        self.dir = tempfile.mkdtemp(prefix="ngp-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        config_file = os.path.join(self.dir, "netguard.toml")
+        with open(config_file, "w") as handle:
+            handle.write(
+                "[peer_checks]\n"
+                'fcrdns = "require"\n'
+                f'dns_servers = ["127.0.0.1:{self.port}"]\n'
+                "fcrdns_timeout = 5.0\n"
+            )
+        terminal = io.StringIO()
+        config = load_config(
+            config_file,
+            {"state_dir": os.path.join(self.dir, "st"), "listen": ["tcp:0:interface=127.0.0.1"]},
+        )
+        self.gateway = make_service(config, reactor, terminal=terminal)
+        self.gateway.startService()
+        self.addCleanup(self.gateway.stopService)
+        self.gw_port = self.gateway.ports[0].getHost().port
+        shown = terminal.getvalue()
+        self.credentials = Credentials(
+            re.search(r"user:\s+(\S+)", shown).group(1),
+            re.search(r"password:\s+(\S+)", shown).group(1),
+        )
+
+    @inlineCallbacks
+    def session_from(self, source: str):
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.gw_port, bindAddress=(source, 0))
+        client = NGPClientProtocol(self.credentials, "echo", clock=reactor)
+        yield connectProtocol(endpoint, client)
+        try:
+            yield client.opened
+        finally:
+            client.transport.loseConnection()
+            yield wait_for(lambda: not self.gateway.factory.sessions)
+
+    def test_confirmed_peer_may_authenticate(self):
+        return self.session_from("127.0.0.1")
+
+    @inlineCallbacks
+    def test_spoofed_ptr_is_refused_before_any_password(self):
+        failure = yield self.assertFailure(self.session_from("127.0.0.2"), NGPError)
+        self.assertEqual(failure.code, "NOT_AUTHORIZED")
+        self.assertEqual(self.gateway.factory.stats.counters["auth_fail"], 0)
+        self.assertEqual(self.gateway.factory.stats.counters["auth_ok"], 0)
+
+    @inlineCallbacks
+    def test_no_ptr_is_refused(self):
+        failure = yield self.assertFailure(self.session_from("127.0.0.9"), NGPError)
+        self.assertEqual(failure.code, "NOT_AUTHORIZED")
