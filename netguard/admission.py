@@ -1,0 +1,804 @@
+# -*- test-case-name: tests.test_admission -*-
+"""
+Admission control: which new connection may take a slot, decided before the greeting.
+
+L{Admission} is pure bookkeeping with an injected clock and random source; it opens no socket
+and imports no Twisted networking code, so any factory can consult it (the gateway wraps its
+C{buildProtocol}/C{connectionMade}). For each new connection the caller asks L{Admission.admit};
+a L{Refusal} names a stable reason and is answered C{ERR BUSY <reason>} or by a silent close
+(L{AdmissionPolicy.reject_mode}). The rules, in the order they are applied:
+
+  1. C{deny} and C{allow} address lists (CIDR): these only ever narrow who may try to
+     authenticate. Nothing here grants anything by address or port (seed tips 2 and 3): a
+     source address is a key for limits, never a credential.
+  2. Overload (set by L{netguard.ops.overload.OverloadMonitor}): load average, event-loop lag,
+     memory. While set, every new connection is refused cheaply.
+  3. The global cap, and the cap on connections still in the line phase (unauthenticated).
+  4. Per source (IPv4 address, IPv6 /64 by default): an active penalty block, the concurrency
+     cap, and a token-bucket connection rate.
+  5. Random early drop of new connections between a soft and a hard count of unauthenticated
+     connections, as sshd's C{MaxStartups start:rate:full}.
+
+Authenticated connections move to their own pool (L{Admission.authenticated}) with its own cap,
+so a flood of connections that never authenticate cannot take the slots of users who did: the
+known weakness of one pre-authentication pool (sshd, xinetd). Penalty points for offences
+(authentication failures, early talking, timeouts, format errors) block a source for a time that
+doubles with each point over a threshold and decays, as sshd's C{PerSourcePenalties}.
+
+Every table is bounded: live-connection tables by the connection caps, rate buckets and
+penalties by L{AdmissionPolicy.max_tracked_sources}, with least-recently-seen eviction and lazy,
+amortised pruning of entries that carry no information any more.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import random as _random
+from collections import Counter, OrderedDict
+from collections.abc import Hashable, Iterable
+from typing import Any, Final, Protocol
+
+import attrs
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.logger import Logger
+
+from netguard.errors import ErrorCode, format_error
+
+_IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TimeSource(Protocol):
+    """
+    The part of L{twisted.internet.interfaces.IReactorTime} admission needs: a reactor, or a
+    L{twisted.internet.task.Clock} in tests.
+    """
+
+    def seconds(self) -> float:
+        """
+        The current time in seconds.
+        """
+        ...
+
+
+#: Refusal reasons: stable short codes, sent after C{ERR BUSY} and used as counter names.
+GLOBAL_CAP: Final = "global-cap"
+UNAUTH_CAP: Final = "unauth-cap"
+RELAY_CAP: Final = "relay-cap"
+PER_SOURCE_CAP: Final = "per-source-cap"
+RATE: Final = "rate"
+PENALISED: Final = "penalised"
+RANDOM_EARLY_DROP: Final = "random-early-drop"
+DENIED: Final = "denied"
+NOT_ALLOWED: Final = "not-allowed"
+OVERLOAD_LOAD: Final = "overload-load"
+OVERLOAD_LAG: Final = "overload-lag"
+OVERLOAD_MEMORY: Final = "overload-memory"
+
+#: Every reason L{Admission} can give.
+REASONS: Final = frozenset(
+    {
+        GLOBAL_CAP,
+        UNAUTH_CAP,
+        RELAY_CAP,
+        PER_SOURCE_CAP,
+        RATE,
+        PENALISED,
+        RANDOM_EARLY_DROP,
+        DENIED,
+        NOT_ALLOWED,
+        OVERLOAD_LOAD,
+        OVERLOAD_LAG,
+        OVERLOAD_MEMORY,
+    }
+)
+
+#: The offence kinds L{Admission.offence} accepts.
+OFFENCE_KINDS: Final = ("auth_failure", "early_talker", "timeout", "format_error")
+
+#: The source key of every peer whose address is not an IP address (and not a unix socket).
+UNKNOWN_SOURCE: Final = "unknown"
+#: The source key of unix-socket peers (per-source rules do not apply to them).
+UNIX_SOURCE: Final = "unix"
+
+#: How many stale table entries each call examines for lazy pruning.
+_PRUNE_STEP = 2
+
+
+def _cidr_tuple(value: str | Iterable[str]) -> tuple[str, ...]:
+    """
+    Accept a single CIDR string or an iterable of them (a TOML list) as a tuple.
+    """
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(item) for item in value)
+
+
+def _check_cidrs(instance: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    """
+    Every entry must be a network without host bits set (C{10.1.2.3/8} is a typo, not
+    C{10.0.0.0/8}: for an allow or never-penalise list, guessing wide would be unsafe).
+    """
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=True)
+        except ValueError as error:
+            raise ValueError(f"{attribute.name}: {item!r} is not a network: {error}") from None
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"{attribute.name} must not be negative, not {value!r}")
+
+
+def _fraction(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{attribute.name} must be within [0, 1], not {value!r}")
+
+
+def _prefix(bits: int) -> Any:
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+        if not 0 <= value <= bits:
+            raise ValueError(f"{attribute.name} must be within 0..{bits}, not {value!r}")
+
+    return check
+
+
+@attrs.frozen
+class AdmissionPolicy:
+    """
+    Every admission knob, each with a safe default. Counts are connections, times seconds.
+
+    @ivar max_connections: global cap on live connections of both pools (default 1024). Defends
+        the process's file descriptors and memory against any flood; with the defaults it
+        equals C{max_unauthenticated + max_relays}, so it never bites before the pool caps.
+    @ivar max_unauthenticated: cap on connections still in the line phase (default 256).
+        Defends against floods of connections that never authenticate (slowloris, SYN-and-talk
+        bots): they can fill this pool and no more.
+    @ivar max_relays: cap on authenticated connections (default 768), a separate pool.
+        Moving into it never depends on the unauthenticated pool, so authenticated users are
+        not starved by a pre-authentication flood.
+    @ivar per_source_max: concurrent connections per source key (default 32). Defends against
+        one host (or one IPv6 /64) taking a pool by itself.
+    @ivar per_source_rate: new connections per second per source key, token-bucket refill
+        rate (default 10.0). Defends against connection churn from one source (xinetd C{cps},
+        Postfix anvil).
+    @ivar per_source_burst: token-bucket size (default 20): how many connections a quiet
+        source may open at once before the rate applies.
+    @ivar ipv4_prefix: IPv4 source keys group addresses by this prefix (default 32: one key
+        per address).
+    @ivar ipv6_prefix: IPv6 source keys group addresses by this prefix (default 64: one key
+        per /64, because one host or subscriber usually owns a whole /64 and could otherwise
+        make up 2**64 sources).
+    @ivar red_soft: random early drop starts at this many unauthenticated connections
+        (default C{max_unauthenticated // 2} but at least 1, so 128).
+    @ivar red_hard: from this many unauthenticated connections every new one is dropped
+        (default C{max_unauthenticated}, 256).
+    @ivar red_rate: drop probability at C{red_soft} (default 0.3, as sshd's C{10:30:100}); it
+        rises linearly to 1 at C{red_hard}. Together these defend against a flood filling the
+        line-phase pool with certainty: a legitimate client keeps a chance to get in, and the
+        attacker must keep paying for connections that are dropped at once.
+    @ivar stress_timeout_floor: under full stress line-phase timeouts shrink to this fraction
+        of their configured value (default 0.25); see L{Admission.scaled_timeout}. Defends
+        against slow clients holding pool slots while the pool is filling.
+    @ivar penalty_base: block time when a source's points first reach the threshold (10 s).
+    @ivar penalty_max: longest block (3600 s).
+    @ivar penalty_decay: seconds after which one penalty point is forgotten (600 s); points
+        decay linearly.
+    @ivar penalty_threshold: points before blocks start (3). A source with C{n >= threshold}
+        points is blocked for C{min(penalty_max, penalty_base * 2 ** (n - threshold))}.
+        Together the penalty knobs defend against password guessing, protocol fuzzing and bots
+        that talk before the greeting, with blocks that grow on repetition and fade with time.
+    @ivar auth_failure_points: points for a failed authentication (1).
+    @ivar early_talker_points: points for talking before the greeting (3: such a client is a
+        bot, not a person, so one early talk blocks for C{penalty_base}).
+    @ivar timeout_points: points for a line-phase timeout (1).
+    @ivar format_error_points: points for a malformed line or command (1).
+    @ivar never_penalise: networks (CIDR) whose offences add no points (default empty). This
+        exempts from penalty blocks only; caps, rates and authentication still apply. Set it to
+        the address of a local proxy (e.g. C{127.0.0.1/32} behind HAProxy or stunnel), through
+        which every client appears from one address, so one client's offences cannot block all.
+        Empty by default because any entry is a privilege an attacker at that address gets too.
+    @ivar deny: networks (CIDR) refused before any other rule (default empty).
+    @ivar allow: if not empty, only these networks may try to authenticate (default empty).
+        It never grants anything: a listed address meets every other rule and must still
+        authenticate. Neither list applies to unix-socket peers (file permissions govern
+        those).
+    @ivar max_tracked_sources: bound on each per-source table (rate buckets, penalties;
+        default 65536). When a table is full the least recently seen key is forgotten: an
+        attacker who controls more keys than this can make us forget a key, which gives that
+        key what a fresh one has (a full bucket, no points) and nothing more; the pool caps
+        never depend on these tables. Rate churn cannot evict penalties (separate tables), and
+        each penalty entry costs the attacker an admitted, misbehaving connection.
+    @ivar reject_mode: C{"reply"} answers a refusal with C{ERR BUSY <reason>} then closes;
+        C{"close"} closes silently, which costs less under a flood and tells a scanner less.
+    """
+
+    max_connections: int = attrs.field(default=1024, validator=_positive)
+    max_unauthenticated: int = attrs.field(default=256, validator=_positive)
+    max_relays: int = attrs.field(default=768, validator=_positive)
+    per_source_max: int = attrs.field(default=32, validator=_positive)
+    per_source_rate: float = attrs.field(default=10.0, converter=float, validator=_positive)
+    per_source_burst: int = attrs.field(default=20, validator=_positive)
+    ipv4_prefix: int = attrs.field(default=32, validator=_prefix(32))
+    ipv6_prefix: int = attrs.field(default=64, validator=_prefix(128))
+    red_soft: int = attrs.field(
+        default=attrs.Factory(lambda self: max(1, self.max_unauthenticated // 2), takes_self=True),
+        validator=_positive,
+    )
+    red_hard: int = attrs.field(
+        default=attrs.Factory(lambda self: self.max_unauthenticated, takes_self=True),
+        validator=_positive,
+    )
+    red_rate: float = attrs.field(default=0.3, converter=float, validator=_fraction)
+    stress_timeout_floor: float = attrs.field(default=0.25, converter=float, validator=_fraction)
+    penalty_base: float = attrs.field(default=10.0, converter=float, validator=_positive)
+    penalty_max: float = attrs.field(default=3600.0, converter=float, validator=_positive)
+    penalty_decay: float = attrs.field(default=600.0, converter=float, validator=_positive)
+    penalty_threshold: int = attrs.field(default=3, validator=_positive)
+    auth_failure_points: int = attrs.field(default=1, validator=_non_negative)
+    early_talker_points: int = attrs.field(default=3, validator=_non_negative)
+    timeout_points: int = attrs.field(default=1, validator=_non_negative)
+    format_error_points: int = attrs.field(default=1, validator=_non_negative)
+    never_penalise: tuple[str, ...] = attrs.field(
+        default=(), converter=_cidr_tuple, validator=_check_cidrs
+    )
+    deny: tuple[str, ...] = attrs.field(default=(), converter=_cidr_tuple, validator=_check_cidrs)
+    allow: tuple[str, ...] = attrs.field(default=(), converter=_cidr_tuple, validator=_check_cidrs)
+    max_tracked_sources: int = attrs.field(default=65536, validator=_positive)
+    reject_mode: str = attrs.field(
+        default="reply", validator=attrs.validators.in_(("reply", "close"))
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.red_soft > self.red_hard:
+            raise ValueError(f"red_soft ({self.red_soft}) exceeds red_hard ({self.red_hard})")
+        if self.penalty_base > self.penalty_max:
+            raise ValueError(
+                f"penalty_base ({self.penalty_base}) exceeds penalty_max ({self.penalty_max})"
+            )
+
+    def points_for(self, kind: str) -> int:
+        """
+        The penalty points of one offence.
+
+        @param kind: one of L{OFFENCE_KINDS}.
+        @return: the configured points.
+        @raise ValueError: for an unknown kind.
+        """
+        if kind not in OFFENCE_KINDS:
+            raise ValueError(f"unknown offence kind {kind!r}")
+        return int(getattr(self, f"{kind}_points"))
+
+
+@attrs.frozen
+class Refusal:
+    """
+    Why a new connection (or a move to the relay pool) was refused.
+
+    @ivar reason: one of L{REASONS}.
+    @ivar retry_after: seconds after which the same attempt could succeed, when known (rate
+        limit, penalty block), else L{None}.
+    """
+
+    reason: str
+    retry_after: float | None = None
+
+
+@attrs.define
+class _Penalty:
+    """
+    The penalty state of one source key.
+
+    @ivar points: points at C{stamp}; they decay linearly after it.
+    @ivar stamp: when C{points} was last updated.
+    @ivar blocked_until: the end of the current block (in the past when not blocked).
+    @ivar offences: offences recorded since this entry was created.
+    """
+
+    points: float
+    stamp: float
+    blocked_until: float
+    offences: int
+
+
+def _peer_ip(host: str) -> _IP | None:
+    """
+    Parse a peer host; IPv4-mapped IPv6 becomes IPv4, an IPv6 zone (C{%eth0}) is dropped.
+    """
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _member(ip: _IP, networks: tuple[_Network, ...]) -> bool:
+    return any(ip.version == net.version and ip in net for net in networks)
+
+
+class Admission:
+    """
+    The admission state of one listener (or one process): pools, per-source tables, penalties.
+
+    Callers pass the same peer value to L{admit}, L{authenticated} and L{released}, normally
+    C{transport.getPeer()}; Twisted addresses carry the source port, so each live connection
+    is tracked by its own entry, and a call about a connection that was never admitted (or
+    was already released) changes nothing.
+
+    @ivar policy: the L{AdmissionPolicy} in force.
+    @ivar counters: refusals so far, by reason.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        policy: AdmissionPolicy,
+        clock: TimeSource,
+        random: _random.Random | None = None,
+    ) -> None:
+        """
+        @param policy: the knobs.
+        @param clock: the time source (the reactor; L{twisted.internet.task.Clock} in tests).
+        @param random: the source of random-early-drop draws; inject a seeded
+            L{random.Random} for deterministic tests. By default a new L{random.Random}
+            seeded from the OS (a fresh one per instance, not a shared default).
+        """
+        self.policy = policy
+        self.clock = clock
+        self._random = random if random is not None else _random.Random()
+        self.counters: Counter[str] = Counter()
+        self._deny = tuple(ipaddress.ip_network(n) for n in policy.deny)
+        self._allow = tuple(ipaddress.ip_network(n) for n in policy.allow)
+        self._never = tuple(ipaddress.ip_network(n) for n in policy.never_penalise)
+        self._mask4 = (0xFFFFFFFF << (32 - policy.ipv4_prefix)) & 0xFFFFFFFF
+        self._mask6 = ((1 << 128) - 1) ^ ((1 << (128 - policy.ipv6_prefix)) - 1)
+        self._points = {kind: policy.points_for(kind) for kind in OFFENCE_KINDS}
+        # Points beyond this give penalty_max already; capping them bounds how long a
+        # source stays remembered however often it offends.
+        self._max_points = float(
+            policy.penalty_threshold
+            + max(0, math.ceil(math.log2(policy.penalty_max / policy.penalty_base)))
+        )
+        self._overload: str | None = None
+        self._unauth = 0
+        self._relays = 0
+        # live connection -> [unauthenticated, relays, source key or None]; bounded by the
+        # connection caps, because every entry holds at least one admitted connection.
+        self._live: dict[Hashable, list[Any]] = {}
+        # source key -> live connections of that source (same bound).
+        self._active: dict[str, int] = {}
+        # source key -> [tokens, stamp], least recently seen first.
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
+        # source key -> penalty, least recently offending first.
+        self._penalties: OrderedDict[str, _Penalty] = OrderedDict()
+
+    # -- addresses --------------------------------------------------------------------------
+
+    def _identify(self, address: object) -> tuple[Hashable, str | None, bool]:
+        """
+        Classify a peer without parsing it (the cheap part of every call).
+
+        @return: the live-connection identity, the host text to parse (or L{None}), and
+            whether the peer is a unix socket.
+        """
+        if isinstance(address, IPv4Address | IPv6Address):
+            return address, address.host, False
+        if isinstance(address, UNIXAddress):
+            return address, None, True
+        if isinstance(address, str):
+            return address, address, False
+        try:
+            hash(address)
+        except TypeError:
+            return repr(address), None, False
+        return address, None, False
+
+    def _classify(self, address: object) -> tuple[Hashable, _IP | None, bool]:
+        """
+        @return: the live-connection identity, the IP address (or L{None}), and whether the
+            peer is a unix socket.
+        """
+        ident, host, unix = self._identify(address)
+        return ident, (None if host is None else _peer_ip(host)), unix
+
+    def _key_of(self, ip: _IP | None) -> str:
+        if ip is None:
+            return UNKNOWN_SOURCE
+        if ip.version == 4:
+            prefix = self.policy.ipv4_prefix
+            if prefix == 32:
+                return f"{ip}/32"
+            return f"{ipaddress.IPv4Address(int(ip) & self._mask4)}/{prefix}"
+        prefix = self.policy.ipv6_prefix
+        if prefix == 128:
+            return f"{ip}/128"
+        return f"{ipaddress.IPv6Address(int(ip) & self._mask6)}/{prefix}"
+
+    def source_key(self, address: object) -> str:
+        """
+        The key under which per-source limits and penalties count a peer.
+
+        IPv4 addresses are grouped by C{ipv4_prefix}, IPv6 by C{ipv6_prefix}, and IPv4-mapped
+        IPv6 addresses (C{::ffff:192.0.2.1}, seen on dual-stack listeners) count as IPv4. The
+        key is a network string such as C{"192.0.2.1/32"} or C{"2001:db8:1:2::/64"}. It is a
+        key for limits only: no rule grants anything by it.
+
+        @param address: a Twisted address or a host string.
+        @return: the key; L{UNIX_SOURCE} for unix peers, L{UNKNOWN_SOURCE} for anything that is
+            not an IP address (all such peers share that one key, and its limits).
+        """
+        _, ip, unix = self._classify(address)
+        return UNIX_SOURCE if unix else self._key_of(ip)
+
+    # -- the decision -----------------------------------------------------------------------
+
+    def _refuse(self, reason: str, retry_after: float | None = None) -> Refusal:
+        self.counters[reason] += 1
+        return Refusal(reason, retry_after)
+
+    def drop_probability(self, unauthenticated: int) -> float:
+        """
+        The random-early-drop probability with this many unauthenticated connections.
+
+        @param unauthenticated: the line-phase connection count.
+        @return: 0 below C{red_soft}; C{red_rate} at C{red_soft}, rising linearly to 1 at
+            C{red_hard}; 1 from C{red_hard} on.
+        """
+        soft, hard = self.policy.red_soft, self.policy.red_hard
+        if unauthenticated < soft:
+            return 0.0
+        if unauthenticated >= hard:
+            return 1.0
+        rate = self.policy.red_rate
+        return rate + (1.0 - rate) * (unauthenticated - soft) / (hard - soft)
+
+    def admit(self, address: object) -> Refusal | None:
+        """
+        Decide on a new connection, before it is greeted.
+
+        Unix-socket peers meet only the pool-wide rules (overload, caps, random early drop);
+        IP peers meet every rule. Cost: a few dictionary operations, plus one scan of the
+        C{deny}/C{allow} lists when they are set.
+
+        @param address: the peer (C{transport.getPeer()}) or a host string.
+        @return: L{None} when admitted (the connection now counts as unauthenticated for its
+            source: call L{authenticated} and L{released} later), else the L{Refusal}.
+        """
+        ident, host, unix = self._identify(address)
+        policy = self.policy
+        ip: _IP | None = None
+        parsed = False
+        if not unix and (self._deny or self._allow):
+            ip, parsed = (None if host is None else _peer_ip(host)), True
+            if self._deny and ip is not None and _member(ip, self._deny):
+                return self._refuse(DENIED)
+            if self._allow and (ip is None or not _member(ip, self._allow)):
+                return self._refuse(NOT_ALLOWED)
+        if self._overload is not None:
+            return self._refuse(self._overload)
+        if self._unauth + self._relays >= policy.max_connections:
+            return self._refuse(GLOBAL_CAP)
+        if self._unauth >= policy.max_unauthenticated:
+            return self._refuse(UNAUTH_CAP)
+        key: str | None = None
+        if not unix:
+            now = self.clock.seconds()
+            self._prune(now)
+            if not parsed and host is not None:
+                ip = _peer_ip(host)
+            key = self._key_of(ip)
+            penalty = self._penalties.get(key)
+            if penalty is not None and penalty.blocked_until > now:
+                return self._refuse(PENALISED, penalty.blocked_until - now)
+            if self._active.get(key, 0) >= policy.per_source_max:
+                return self._refuse(PER_SOURCE_CAP)
+            wait = self._take_token(key, now)
+            if wait is not None:
+                return self._refuse(RATE, wait)
+        if self._unauth >= policy.red_soft:
+            if self._random.random() < self.drop_probability(self._unauth):
+                return self._refuse(RANDOM_EARLY_DROP)
+        self._unauth += 1
+        entry = self._live.get(ident)
+        if entry is None:
+            self._live[ident] = [1, 0, key]
+        else:
+            entry[0] += 1
+        if key is not None:
+            self._active[key] = self._active.get(key, 0) + 1
+        return None
+
+    def _take_token(self, key: str, now: float) -> float | None:
+        """
+        Take one token from C{key}'s bucket.
+
+        @return: L{None} if a token was taken, else the seconds until one is available.
+        """
+        policy = self.policy
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= policy.max_tracked_sources:
+                self._buckets.popitem(last=False)
+            self._buckets[key] = [policy.per_source_burst - 1.0, now]
+            return None
+        self._buckets.move_to_end(key)
+        tokens = min(
+            float(policy.per_source_burst),
+            bucket[0] + max(0.0, now - bucket[1]) * policy.per_source_rate,
+        )
+        bucket[1] = now
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            return None
+        bucket[0] = tokens
+        return (1.0 - tokens) / policy.per_source_rate
+
+    def authenticated(self, address: object) -> Refusal | None:
+        """
+        Move an admitted connection from the unauthenticated pool to the relay pool.
+
+        Only the relay cap applies: how full the unauthenticated pool or the global count is
+        does not matter, and no new slot is taken, so a pre-authentication flood cannot stop
+        an authenticated user. Overload does not apply either (it sheds new connections only).
+
+        @param address: the value given to L{admit}.
+        @return: L{None} when moved (or when the connection is unknown or already a relay,
+            which changes nothing), or a C{relay-cap} L{Refusal}; the connection then stays
+            counted as unauthenticated until L{released}.
+        """
+        entry = self._live.get(self._identify(address)[0])
+        if entry is None or entry[0] == 0:
+            return None
+        if self._relays >= self.policy.max_relays:
+            return self._refuse(RELAY_CAP)
+        entry[0] -= 1
+        entry[1] += 1
+        self._unauth -= 1
+        self._relays += 1
+        return None
+
+    def released(self, address: object, authenticated: bool) -> None:
+        """
+        Forget a connection that has closed.
+
+        @param address: the value given to L{admit}.
+        @param authenticated: whether it was in the relay pool. If that pool holds no
+            connection of this peer, the other pool's is released instead, so a caller's
+            mislabelled release cannot leave a slot counted for ever. A peer never admitted,
+            or already released, changes nothing.
+        """
+        ident = self._identify(address)[0]
+        entry = self._live.get(ident)
+        if entry is None:
+            return
+        wanted = 1 if authenticated else 0
+        index = wanted if entry[wanted] > 0 else 1 - wanted
+        if entry[index] <= 0:
+            return
+        entry[index] -= 1
+        if index == 0:
+            self._unauth -= 1
+        else:
+            self._relays -= 1
+        key = entry[2]
+        if key is not None:
+            left = self._active.get(key, 0) - 1
+            if left > 0:
+                self._active[key] = left
+            else:
+                self._active.pop(key, None)
+        if entry[0] == 0 and entry[1] == 0:
+            del self._live[ident]
+
+    # -- penalties --------------------------------------------------------------------------
+
+    def _decayed(self, penalty: _Penalty, now: float) -> float:
+        elapsed = max(0.0, now - penalty.stamp)
+        return max(0.0, penalty.points - elapsed / self.policy.penalty_decay)
+
+    def _spent(self, penalty: _Penalty, now: float) -> bool:
+        return penalty.blocked_until <= now and self._decayed(penalty, now) <= 0.0
+
+    def offence(self, address: object, kind: str) -> float | None:
+        """
+        Record an offence by a peer's source.
+
+        Points decay by one per C{penalty_decay} seconds. With C{n} points at or over
+        C{penalty_threshold} the source is blocked for
+        C{min(penalty_max, penalty_base * 2 ** (n - penalty_threshold))} from now (a running
+        longer block is kept). Unix peers and C{never_penalise} networks get no points.
+
+        @param address: the peer.
+        @param kind: one of L{OFFENCE_KINDS}.
+        @return: the seconds the source is now blocked for, or L{None} if it is not blocked.
+        @raise ValueError: for an unknown kind.
+        """
+        points = self._points.get(kind)
+        if points is None:
+            raise ValueError(f"unknown offence kind {kind!r}")
+        _, ip, unix = self._classify(address)
+        if unix or (ip is not None and self._never and _member(ip, self._never)):
+            return None
+        policy = self.policy
+        now = self.clock.seconds()
+        self._prune(now)
+        key = self._key_of(ip)
+        penalty = self._penalties.get(key)
+        if penalty is None:
+            if len(self._penalties) >= policy.max_tracked_sources:
+                self._penalties.popitem(last=False)
+            penalty = _Penalty(0.0, now, now, 0)
+            self._penalties[key] = penalty
+        else:
+            self._penalties.move_to_end(key)
+        penalty.points = min(self._max_points, self._decayed(penalty, now) + points)
+        penalty.stamp = now
+        penalty.offences += 1
+        if penalty.points >= policy.penalty_threshold:
+            duration = min(
+                policy.penalty_max,
+                policy.penalty_base * 2.0 ** (penalty.points - policy.penalty_threshold),
+            )
+            if now + duration > penalty.blocked_until:
+                if penalty.blocked_until <= now:
+                    self.log.info(
+                        "blocking {source} for {seconds:.0f}s after {offences} offences",
+                        event="admission.block",
+                        source=key,
+                        seconds=duration,
+                        offences=penalty.offences,
+                        kind=kind,
+                    )
+                penalty.blocked_until = now + duration
+        if penalty.blocked_until > now:
+            return penalty.blocked_until - now
+        return None
+
+    def penalties(self) -> list[tuple[str, float, int]]:
+        """
+        The sources with penalty points or a block, for the control socket.
+
+        Spent entries are pruned first (a full scan, bounded by C{max_tracked_sources}).
+
+        @return: C{(source key, seconds of block left, offences)} tuples, longest block first.
+        """
+        now = self.clock.seconds()
+        for key in [k for k, p in self._penalties.items() if self._spent(p, now)]:
+            del self._penalties[key]
+        rows = [
+            (key, max(0.0, penalty.blocked_until - now), penalty.offences)
+            for key, penalty in self._penalties.items()
+        ]
+        rows.sort(key=lambda row: (-row[1], row[0]))
+        return rows
+
+    def clear_penalties(self, source: str | None = None) -> int:
+        """
+        Forget penalties: all of them, or one source's.
+
+        @param source: L{None} for all; else a source key as L{penalties} lists it, or an
+            address whose key is cleared.
+        @return: how many entries were removed.
+        """
+        if source is None:
+            count = len(self._penalties)
+            self._penalties.clear()
+            return count
+        key = source if source in self._penalties else self.source_key(source)
+        return 1 if self._penalties.pop(key, None) is not None else 0
+
+    def _prune(self, now: float) -> None:
+        """
+        Drop a few entries at the old end of each table that carry no information any more:
+        a bucket that has refilled completely, a penalty with no points and no block. Each call
+        adds at most one entry per table and examines up to C{_PRUNE_STEP}, so idle entries go
+        away as traffic continues, at constant cost per call.
+        """
+        buckets = self._buckets
+        burst = float(self.policy.per_source_burst)
+        rate = self.policy.per_source_rate
+        for _ in range(_PRUNE_STEP):
+            if not buckets:
+                break
+            key = next(iter(buckets))
+            tokens, stamp = buckets[key]
+            if tokens + max(0.0, now - stamp) * rate < burst:
+                break
+            del buckets[key]
+        penalties = self._penalties
+        for _ in range(_PRUNE_STEP):
+            if not penalties:
+                break
+            key = next(iter(penalties))
+            if not self._spent(penalties[key], now):
+                break
+            del penalties[key]
+
+    # -- overload and stress ----------------------------------------------------------------
+
+    def set_overload(self, reason: str | None) -> None:
+        """
+        Start or stop refusing every new connection because the process is overloaded.
+
+        @param reason: the refusal reason (C{overload-load}, C{overload-lag} or
+            C{overload-memory}), or L{None} to stop.
+        """
+        self._overload = reason
+
+    @property
+    def overload(self) -> str | None:
+        """
+        The overload reason in force, or L{None}.
+        """
+        return self._overload
+
+    def stress(self) -> float:
+        """
+        How stressed admission is, from 0 (idle) to 1.
+
+        @return: 1 while overloaded, else the fill ratio of the unauthenticated pool.
+        """
+        if self._overload is not None:
+            return 1.0
+        return min(1.0, self._unauth / self.policy.max_unauthenticated)
+
+    def scaled_timeout(self, base: float) -> float:
+        """
+        A line-phase timeout shortened under stress, as Postfix does: linearly from C{base}
+        at no stress to C{base * stress_timeout_floor} (a quarter by default) when the
+        unauthenticated pool is full or the process overloaded. Slow clients then free their
+        slots sooner exactly when slots are scarce; read it when arming each timeout.
+
+        @param base: the configured timeout in seconds.
+        @return: the timeout to use now.
+        """
+        floor = self.policy.stress_timeout_floor
+        return base * (1.0 - (1.0 - floor) * self.stress())
+
+    # -- reporting --------------------------------------------------------------------------
+
+    def reply_line(self, refusal: Refusal) -> bytes | None:
+        """
+        What to send a refused peer before closing, per C{reject_mode}.
+
+        @param refusal: the refusal.
+        @return: C{b"ERR BUSY <reason>"} (no line terminator), or L{None} for a silent close.
+        """
+        if self.policy.reject_mode == "close":
+            return None
+        return format_error(ErrorCode.BUSY, refusal.reason)
+
+    def snapshot(self) -> dict[str, Any]:
+        """
+        Current gauges for the heartbeat and status.
+
+        C{blocked_sources} counts with one scan of the penalty table (bounded).
+
+        @return: C{unauthenticated}, C{relays}, C{connections}, C{active_sources},
+            C{tracked_sources} (rate buckets), C{penalised_sources} (penalty entries),
+            C{blocked_sources}, C{stress}, C{overload} (reason or L{None}).
+        """
+        now = self.clock.seconds()
+        return {
+            "unauthenticated": self._unauth,
+            "relays": self._relays,
+            "connections": self._unauth + self._relays,
+            "active_sources": len(self._active),
+            "tracked_sources": len(self._buckets),
+            "penalised_sources": len(self._penalties),
+            "blocked_sources": sum(
+                1 for penalty in self._penalties.values() if penalty.blocked_until > now
+            ),
+            "stress": self.stress(),
+            "overload": self._overload,
+        }
