@@ -284,6 +284,31 @@ def _split_host_port(text: str, default_port: int) -> tuple[str, int]:
     return host, port
 
 
+@attrs.frozen(kw_only=True)
+class OverloadConfig:
+    """
+    Load shedding (seed tip 5): while one of these is exceeded, new connections are refused
+    cheaply with C{ERR BUSY overload-*}. L{None} turns a signal off.
+
+    @ivar max_load: one-minute load average (like xinetd's C{max_load}); off by default
+        because it depends on the machine (twice the CPU count is a sensible start).
+    @ivar max_lag: event-loop lag in seconds: how late a timer fires.
+    @ivar max_rss_mb: resident memory of the process, in MiB.
+    @ivar interval: seconds between two measurements.
+    """
+
+    max_load: float | None = None
+    max_lag: float | None = 0.5
+    max_rss_mb: float | None = None
+    interval: float = 1.0
+
+
+def _admission_policy_class() -> Any:
+    from netguard.admission import AdmissionPolicy
+
+    return AdmissionPolicy
+
+
 def _to_tuple(values: Iterable[str]) -> tuple[str, ...]:
     """
     Convert a list of names to a tuple (attrs converter).
@@ -371,6 +396,8 @@ class Config:
     @ivar log: the log settings.
     @ivar ops: the daemon's operational settings (heartbeat, shutdown, control socket).
     @ivar peer_checks: FCrDNS and ident checks of peers.
+    @ivar admission: the L{netguard.admission.AdmissionPolicy} (limits, rates, penalties).
+    @ivar overload: load-shedding thresholds (L{OverloadConfig}).
     @ivar services: service name to L{ServiceConfig}, read-only.
     @ivar warnings: things that work but that an operator should look at.
     @ivar source: the configuration file, or L{DEFAULTS_SOURCE}.
@@ -385,6 +412,8 @@ class Config:
     log: LogConfig = attrs.field(factory=LogConfig)
     ops: OpsConfig = attrs.field(factory=OpsConfig)
     peer_checks: PeerChecksConfig = attrs.field(factory=PeerChecksConfig)
+    admission: Any = attrs.field(factory=lambda: _admission_policy_class()())
+    overload: OverloadConfig = attrs.field(factory=lambda: OverloadConfig())
     services: Mapping[str, ServiceConfig] = attrs.field(
         factory=_default_services, converter=_freeze_services
     )
@@ -511,6 +540,8 @@ _TOP_KEYS: Final = (
     "log",
     "ops",
     "peer_checks",
+    "admission",
+    "overload",
     "services",
 )
 
@@ -628,6 +659,103 @@ _PEER_CHECK_KEYS: Final[tuple[_TableKey, ...]] = (
         "lookups sent to a resolver the operator did not choose",
     ),
 )
+
+
+def _optional_number(range_: _Range) -> Callable[[_Source, str, object], Any]:
+    def check(src: _Source, key: str, value: object) -> Any:
+        if value is False or value == "off":
+            return None
+        return src.check(key, range_.check, value)
+
+    return check
+
+
+_OVERLOAD_KEYS: Final[tuple[_TableKey, ...]] = (
+    _TableKey(
+        "max_load",
+        _optional_number(_Range(float, 0.1, 10000, "load")),
+        'a load average from 0.1 to 10000, or "off" (default off)',
+        "a machine already overloaded by others: stop taking work (seed tip 5, xinetd max_load)",
+    ),
+    _TableKey(
+        "max_lag",
+        _optional_number(_Range(float, 0.01, 60, "seconds")),
+        'a number of seconds from 0.01 to 60, or "off"',
+        "a saturated event loop: refuse new work before every session slows down",
+    ),
+    _TableKey(
+        "max_rss_mb",
+        _optional_number(_Range(float, 16, 1048576, "MiB")),
+        'a number of MiB from 16 to 1048576, or "off" (default off)',
+        "memory exhaustion of the process under a flood",
+    ),
+    _TableKey(
+        "interval",
+        _number(_Range(float, 0.1, 60, "seconds")),
+        "a number of seconds from 0.1 to 60",
+        "slow reaction to overload (too long) or measurement cost (too short)",
+    ),
+)
+
+
+def _admission_docs() -> dict[str, str]:
+    """
+    What each admission knob defends against, read from the policy's own docstring.
+    """
+    text = _admission_policy_class().__doc__ or ""
+    docs: dict[str, str] = {}
+    for match in re.finditer(r"@ivar (\w+): (.*?)(?=\n\s*@ivar |\Z)", text, re.S):
+        docs[match.group(1)] = " ".join(match.group(2).split())
+    return docs
+
+
+def _admission(src: _Source, table: object, origins: dict[str, str]) -> Any:
+    """
+    Check the C{[admission]} table: every key must be a field of the admission policy, of the
+    right type; the policy's own validators check ranges and relations.
+    """
+    policy_class = _admission_policy_class()
+    if not isinstance(table, dict):
+        raise src.error("admission", f"must be a table, got {_describe_value(table)}")
+    fields = {field.name: field for field in attrs.fields(policy_class)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"admission.{_toml_key(key)}"
+        if key not in fields:
+            raise src.error(
+                dotted, f"unknown key; allowed keys in [admission] are: {', '.join(fields)}"
+            )
+        default = fields[key].default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory()
+        if isinstance(default, bool) or isinstance(value, bool):
+            ok = isinstance(value, bool) and isinstance(default, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int)
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and math.isfinite(value)
+        elif isinstance(default, tuple):
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise src.error(
+                dotted,
+                f"must be like the default {_value_text(_plain(default))}, "
+                f"got {_describe_value(value)}",
+            )
+        values[key] = tuple(value) if isinstance(value, list) else value
+        origins[dotted] = ORIGIN_FILE
+    try:
+        return policy_class(**values)
+    except (ValueError, TypeError) as e:
+        key = next((k for k in values if k in str(e)), None)
+        where = f"admission.{key}" if key else "admission"
+        raise src.error(where, str(e)) from None
+
+
+def _plain(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
 
 
 _OPS_KEYS: Final[tuple[_TableKey, ...]] = (
@@ -1838,6 +1966,10 @@ def load_config(
         src, "peer_checks", doc.get("peer_checks", {}), _PEER_CHECK_KEYS, origins
     )
     peer_checks = PeerChecksConfig(**peer_values)
+    admission = _admission(src, doc.get("admission", {}), origins)
+    overload = OverloadConfig(
+        **_typed_table(src, "overload", doc.get("overload", {}), _OVERLOAD_KEYS, origins)
+    )
     if (peer_checks.fcrdns_deny or peer_checks.fcrdns_allow) and peer_checks.fcrdns == "off":
         raise src.error(
             "peer_checks.fcrdns",
@@ -1863,6 +1995,8 @@ def load_config(
         log=log,
         ops=ops,
         peer_checks=peer_checks,
+        admission=admission,
+        overload=overload,
         services=services,
         warnings=tuple(builder.warnings),
         source=DEFAULTS_SOURCE if path is None else path,
@@ -2061,6 +2195,11 @@ def describe(config: Config) -> str:
     add("log.file", config.log.file, "stdout" if config.log.file == "-" else "")
     for field in attrs.fields(OpsConfig):
         add(f"ops.{field.name}", getattr(config.ops, field.name))
+    for field in attrs.fields(type(config.admission)):
+        add(f"admission.{field.name}", _plain(getattr(config.admission, field.name)))
+    for field in attrs.fields(OverloadConfig):
+        value = getattr(config.overload, field.name)
+        add(f"overload.{field.name}", "off" if value is None else value)
     for field in attrs.fields(PeerChecksConfig):
         add(
             f"peer_checks.{field.name}",
@@ -2144,6 +2283,28 @@ def _key_docs() -> tuple[_KeyDoc, ...]:
                 else _value_text(default),
                 op_key.allowed,
                 op_key.defends,
+            )
+        )
+    policy = _admission_policy_class()()
+    admission_docs = _admission_docs()
+    for field in attrs.fields(type(policy)):
+        docs.append(
+            _KeyDoc(
+                f"admission.{field.name}",
+                _value_text(_plain(getattr(policy, field.name))),
+                "see the policy's validation (positive counts and times; CIDR lists)",
+                admission_docs.get(field.name, ""),
+            )
+        )
+    overload = OverloadConfig()
+    for load_key in _OVERLOAD_KEYS:
+        value = getattr(overload, load_key.name)
+        docs.append(
+            _KeyDoc(
+                f"overload.{load_key.name}",
+                _value_text("off" if value is None else value),
+                load_key.allowed,
+                load_key.defends,
             )
         )
     checks = PeerChecksConfig()

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from netguard.auth.users import UserStore, ensure_users_file
 from netguard.gateway.factory import GatewayFactory
 from netguard.ops.drain import Drainer
+from netguard.ops.overload import OverloadMonitor
 from netguard.stats import Stats
 
 log = Logger()
@@ -50,6 +51,15 @@ class GatewayService(MultiService):
         self.ports: list[Any] = []
         self.drainer = Drainer(factory, factory.clock, factory.config.ops.shutdown_grace)
         factory.drainer = self.drainer
+        overload = factory.config.overload
+        self.overload_monitor = OverloadMonitor(
+            factory.clock,
+            factory.admission,
+            max_load=overload.max_load,
+            max_lag=overload.max_lag,
+            max_rss=None if overload.max_rss_mb is None else int(overload.max_rss_mb * 2**20),
+            interval=overload.interval,
+        )
 
     def startService(self) -> None:
         """
@@ -65,6 +75,7 @@ class GatewayService(MultiService):
                 self.ports = []
                 raise ListenFailed(f"cannot listen on {description}: {failures[0].value}")
             log.info("listening on {listener}", event="gateway.listen", listener=description)
+        self.overload_monitor.start()
         log.info(
             "netguard started: {count} listener(s), services {services}",
             event="gateway.start",
@@ -81,6 +92,7 @@ class GatewayService(MultiService):
         """
         ports, self.ports = self.ports, []
         closing = [maybeDeferred(port.stopListening) for port in ports]
+        self.overload_monitor.stop()
         draining = self.drainer.drain()
         draining.addCallback(lambda _: maybeDeferred(super(GatewayService, self).stopService))
         draining.addCallback(self._stopped)

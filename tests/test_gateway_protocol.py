@@ -326,3 +326,74 @@ class ClientServerTests(unittest.TestCase):
         client, _, _, _ = self.connect(service="nope")
         failure = self.failureResultOf(client.opened, NGPError)
         self.assertEqual(failure.value.code, "NO_SUCH_SERVICE")
+
+
+class AdmissionWiringTests(unittest.TestCase):
+    """
+    The factory consults admission control before greeting, and sessions report offences,
+    authentication and release.
+    """
+
+    def factory(self, **policy):
+        import attrs
+
+        clock = Clock()
+        factory = make_factory(clock)
+        factory.admission = type(factory.admission)(
+            attrs.evolve(factory.config.admission, **policy), clock
+        )
+        return factory, clock
+
+    def connect(self, factory, clock, host="192.0.2.7"):
+        from twisted.internet.address import IPv4Address
+
+        address = IPv4Address("TCP", host, 40000)
+        proto = factory.buildProtocol(address)
+        if proto is None:
+            return None, None
+        transport = StringTransport(peerAddress=address)
+        proto.makeConnection(transport)
+        clock.advance(1)
+        return proto, transport
+
+    def test_refused_connection_gets_busy_line_and_close(self):
+        factory, clock = self.factory(per_source_max=1)
+        first, _ = self.connect(factory, clock)
+        second, transport = self.connect(factory, clock)
+        self.assertEqual(transport.value(), b"ERR BUSY per-source-cap\r\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(factory.stats.counters["refused.per-source-cap"], 1)
+
+    def test_silent_close_mode_builds_no_protocol(self):
+        factory, clock = self.factory(per_source_max=1, reject_mode="close")
+        self.connect(factory, clock)
+        self.assertIsNone(self.connect(factory, clock)[0])
+
+    def test_release_frees_the_slot(self):
+        factory, clock = self.factory(per_source_max=1)
+        first, _ = self.connect(factory, clock)
+        first.connectionLost(None)
+        second, transport = self.connect(factory, clock)
+        self.assertTrue(transport.value().startswith(b"NETGUARD/1"))
+
+    def test_auth_failures_become_a_penalty(self):
+        factory, clock = self.factory(penalty_threshold=2)
+        proto, transport = self.connect(factory, clock)
+        for _ in range(3):  # the third failure closes the connection
+            proto.dataReceived(b"AUTH SCRAM-SHA-256 " + b64("garbage") + b"\r\n")
+        self.assertEqual(transport.value().count(b"ERR AUTH_FAILED"), 3)
+        transport.clear()
+        _, refused = self.connect(factory, clock)
+        self.assertEqual(refused.value(), b"ERR BUSY penalised\r\n")
+
+    def test_authenticated_session_moves_to_relay_pool(self):
+        factory, clock = self.factory()
+        proto, transport = self.connect(factory, clock)
+        client = ClientExchange("alice", PASSWORD)
+        proto.dataReceived(b"AUTH SCRAM-SHA-256 " + b64(client.first()) + b"\r\n")
+        cont = transport.value().split(b"\r\n")[-2]
+        proto.dataReceived(b"CONT " + b64(client.final(unb64(cont[5:]))) + b"\r\n")
+        self.assertTrue(proto.in_relay_pool)
+        self.assertEqual(factory.admission.snapshot()["relays"], 1)
+        proto.connectionLost(None)
+        self.assertEqual(factory.admission.snapshot()["relays"], 0)

@@ -12,12 +12,14 @@ import itertools
 import secrets
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+from netguard.admission import Admission
 from netguard.auth.users import UserStore
-from netguard.framing import FramingLimits
+from netguard.framing import FramingLimits, peer_label
 from netguard.gateway.protocol import GatewaySession
 from netguard.outbound.backends import BackendLeg, open_backend
 from netguard.peer.checks import PeerChecks
@@ -43,6 +45,7 @@ class GatewayFactory(Factory):
         self.stats = stats if stats is not None else Stats()
         self.framing_limits = FramingLimits.from_config(config.limits)
         self.sessions: set[GatewaySession] = set()
+        self.admission = Admission(config.admission, reactor)
         #: Set by the service when it drains; told whenever a session ends.
         self.drainer: Any = None
         policy = config.peer_checks.policy()
@@ -63,9 +66,36 @@ class GatewayFactory(Factory):
     def max_auth_attempts(self) -> int:
         return int(self.config.limits.max_auth_attempts)
 
-    def buildProtocol(self, addr: Any) -> GatewaySession:
-        session = GatewaySession(self, f"{self._id_prefix}-{next(self._ids):x}")
+    def buildProtocol(self, addr: Any) -> Any:
+        """
+        Admit or refuse a new connection before anything is read from it (admission control:
+        caps, rates, penalties, random early drop, overload), then build its session with
+        line-phase timeouts scaled to the current stress.
+        """
+        conn_id = f"{self._id_prefix}-{next(self._ids):x}"
+        refusal = self.admission.admit(addr)
+        if refusal is not None:
+            self.stats.count("refused")
+            self.stats.count(f"refused.{refusal.reason}")
+            self.log.info(
+                "refused {peer}: {reason}",
+                event="conn.reject",
+                peer=peer_label(addr),
+                reason=refusal.reason,
+                conn_id=conn_id,
+            )
+            line = self.admission.reply_line(refusal)
+            if line is None:
+                return None  # silent close: the cheapest answer
+            return _Refusal(line, self.clock, self.framing_limits.write_timeout)
+        limits = attrs.evolve(
+            self.framing_limits,
+            handshake_timeout=self.admission.scaled_timeout(self.framing_limits.handshake_timeout),
+            idle_timeout=self.admission.scaled_timeout(self.framing_limits.idle_timeout),
+        )
+        session = GatewaySession(self, conn_id, limits)
         session.factory = self
+        session.peer_address = addr
         return session
 
     # -- session bookkeeping -----------------------------------------------------------------
@@ -84,6 +114,7 @@ class GatewayFactory(Factory):
         """
         self.sessions.discard(session)
         self.stats.active = len(self.sessions)
+        self.admission.released(session.peer_address, session.in_relay_pool)
         if self.drainer is not None:
             self.drainer.check()
 
@@ -136,3 +167,27 @@ class GatewayFactory(Factory):
         Open C{service}'s backend for one session.
         """
         return open_backend(self.reactor, service, write_timeout=self.framing_limits.write_timeout)
+
+
+class _Refusal(Protocol):
+    """
+    What a refused connection gets: one C{ERR BUSY <reason>} line, then a close (aborted if
+    the peer does not take even that within the write timeout).
+    """
+
+    transport: Any
+
+    def __init__(self, line: bytes, clock: Any, write_timeout: float):
+        self.line = line
+        self.clock = clock
+        self.write_timeout = write_timeout
+        self._abort: Any = None
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.line + b"\r\n")
+        self.transport.loseConnection()
+        self._abort = self.clock.callLater(self.write_timeout, self.transport.abortConnection)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()

@@ -73,6 +73,18 @@ TRANSITIONS: dict[SessionState, dict[bytes, str]] = {
     },
 }
 
+#: Refusals that count as offences for admission control's per-source penalties.
+_OFFENCES: dict[ErrorCode, str] = {
+    ErrorCode.AUTH_FAILED: "auth_failure",
+    ErrorCode.EARLY_TALKER: "early_talker",
+    ErrorCode.TIMEOUT: "timeout",
+    ErrorCode.LINE_TOO_LONG: "format_error",
+    ErrorCode.TOO_MANY_LINES: "format_error",
+    ErrorCode.TOO_MUCH_DATA: "format_error",
+    ErrorCode.BAD_SYNTAX: "format_error",
+    ErrorCode.UNKNOWN_COMMAND: "format_error",
+}
+
 _SERVICE_NAME = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _PRINTABLE = re.compile(rb"[\x20-\x7e]*\Z")
 
@@ -90,8 +102,13 @@ class GatewaySession(GuardedLineReceiver):
     L{netguard.relay.Splice}; half-closes are passed through both ways.
     """
 
-    def __init__(self, factory: GatewayFactory, conn_id: str):
-        super().__init__(factory.framing_limits, factory.clock)
+    #: The peer address admission control keys this connection by.
+    peer_address: Any = None
+    #: Whether admission control moved this connection to the authenticated pool.
+    in_relay_pool = False
+
+    def __init__(self, factory: GatewayFactory, conn_id: str, limits: Any = None):
+        super().__init__(limits or factory.framing_limits, factory.clock)
         self.factory = factory
         self.conn_id = conn_id
         self.state = SessionState.READY
@@ -309,6 +326,12 @@ class GatewaySession(GuardedLineReceiver):
             self.state = SessionState.READY
             self._auth_failed(failure, exchange.username)
             return
+        if self.peer_address is not None:
+            refusal = self.factory.admission.authenticated(self.peer_address)
+            if refusal is not None:
+                self.refuse(ErrorCode.BUSY, refusal.reason)
+                return
+            self.in_relay_pool = True
         self.user = exchange.username
         self.state = SessionState.AUTHENTICATED
         self.end_handshake()
@@ -349,6 +372,22 @@ class GatewaySession(GuardedLineReceiver):
         self.transport.pauseProducing()
         opening: Deferred[Any] = self.factory.open_backend(service)
         opening.addCallbacks(self._backend_ready, self._backend_failed)
+
+    def refuse(
+        self,
+        code: ErrorCode,
+        text: str | None = None,
+        offending: bytes | None = None,
+        close: bool = True,
+    ) -> None:
+        """
+        Refuse as the framing does, and tell admission control when the refusal is an
+        offence (penalties grow with repeat offences from the same source).
+        """
+        kind = _OFFENCES.get(code)
+        if kind is not None and self.peer_address is not None:
+            self.factory.admission.offence(self.peer_address, kind)
+        super().refuse(code, text, offending, close)
 
     # -- shutdown ------------------------------------------------------------------------------
 
