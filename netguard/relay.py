@@ -12,11 +12,26 @@ while this side's write queue is above its high-water mark. So the bytes queued 
 process per direction stay within one high-water mark plus one read, whatever the two peers
 do, and a 256 MiB download to a slow reader costs no more memory than a 64 KiB one.
 
+The pause is re-asserted each time the transport reports its queue still full (Twisted's
+transports do so on every write above the mark), so code that resumes a transport without
+knowing about the splice (a session handing its connection over, say) lets through at most
+one more read before backpressure holds again. Code that wants reading resumed on a side
+should call L{Splice.resume_reading}, which respects backpressure.
+
+Half-close: when one side sends EOF, the other side's write direction is closed once what is
+queued for it has been written (C{loseWriteConnection}; on a TLS transport, which has no
+half-close, C{loseConnection}: close_notify, after which the peer may still send until its
+own close_notify). Twisted's transports do not perform a
+pending half-close while a paused streaming producer is registered, so the splice waits for
+that side's queue to drain (its valve resumed), unregisters the valve and then half-closes.
+
 Bounds:
-  - C{idle_timeout}: no byte either way for that long ends the relay;
+  - C{idle_timeout}: no byte either way for that long ends the relay (C{ended_by="idle"});
   - C{write_timeout}: a side that leaves its write queue full (its peer stopped reading) for
-    that long is a stalled reader: both sides are aborted;
-  - after one side is gone the other gets C{write_timeout} to take what is queued for it.
+    that long is a stalled reader: both sides are aborted (C{ended_by="stalled-a"} or
+    C{"stalled-b"});
+  - once one side is gone, or both have sent EOF, what remains gets C{write_timeout} to take
+    what is queued for it, then is aborted.
 
 Bytes are written in the order they were read, once each: nothing is buffered here.
 """
@@ -28,8 +43,10 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
+#: The two sides of a splice. In the gateway, C{A} is the client and C{B} the backend.
 A, B = "a", "b"
 
 
@@ -45,8 +62,9 @@ class RelayResult:
     @ivar bytes_a_to_b: bytes read from side A and written to side B.
     @ivar bytes_b_to_a: bytes read from side B and written to side A.
     @ivar duration: seconds from L{Splice.start} to the end.
-    @ivar ended_by: what ended it: C{"a"} or C{"b"} (that side closed first), C{"idle"},
-        C{"stalled-a"} or C{"stalled-b"} (that side stopped reading).
+    @ivar ended_by: what ended it: C{"a"} or C{"b"} (that side ended its sending first, by
+        EOF or by closing), C{"idle"}, C{"stalled-a"} or C{"stalled-b"} (that side stopped
+        reading), or a reason given to L{Splice.abort}.
     """
 
     bytes_a_to_b: int
@@ -60,6 +78,9 @@ class _Valve:
     """
     The producer registered on one side's transport: it pauses reading on the other side
     while this side's write queue is full, and reports a stall that lasts too long.
+
+    @ivar side: the side whose transport this valve is registered on.
+    @ivar paused: whether that transport last said its queue is full.
     """
 
     def __init__(self, splice: Splice, side: str):
@@ -69,26 +90,42 @@ class _Valve:
         self._stall: Any = None
 
     def pauseProducing(self) -> None:
+        """
+        This side's queue is above its high-water mark: stop reading the other side. Called
+        again on each write while the queue stays full; the pause is re-asserted each time,
+        the stall timer started only once.
+        """
+        splice = self.splice
+        source = _other(self.side)
+        if not (splice.gone[source] or splice.eof[source] or splice.closing):
+            splice.transports[source].pauseProducing()
         if self.paused:
             return
         self.paused = True
-        self.splice.transports[_other(self.side)].pauseProducing()
-        self._stall = self.splice.clock.callLater(
-            self.splice.write_timeout, self.splice._stalled, self.side
-        )
+        if not splice.closing:
+            self._stall = splice.clock.callLater(splice.write_timeout, splice._stalled, self.side)
 
     def resumeProducing(self) -> None:
+        """
+        This side's queue has drained: read the other side again (or perform the half-close
+        that was waiting for the drain).
+        """
         if not self.paused:
             return
         self.paused = False
         self.cancel()
-        if not self.splice.eof[_other(self.side)]:
-            self.splice.transports[_other(self.side)].resumeProducing()
+        self.splice._drained(self.side)
 
     def stopProducing(self) -> None:
+        """
+        The transport is gone.
+        """
         self.cancel()
 
     def cancel(self) -> None:
+        """
+        Cancel the stall timer, if any.
+        """
         if self._stall is not None and self._stall.active():
             self._stall.cancel()
         self._stall = None
@@ -100,6 +137,10 @@ class Splice:
 
     @ivar done: fires once with a L{RelayResult} when both sides are gone.
     @ivar counts: bytes read per side so far (C{{"a": n, "b": m}}).
+    @ivar eof: per side, whether it has sent EOF.
+    @ivar gone: per side, whether its connection is lost.
+    @ivar ended_by: see L{RelayResult.ended_by}; L{None} while the relay runs.
+    @ivar closing: whether the relay is closing both sides (nothing more is relayed).
     """
 
     def __init__(
@@ -111,6 +152,14 @@ class Splice:
         idle_timeout: float = 3600.0,
         write_timeout: float = 30.0,
     ):
+        """
+        @param a: side A's transport.
+        @param b: side B's transport.
+        @param clock: the L{IReactorTime} for every timer.
+        @param idle_timeout: seconds without a byte either way before the relay is aborted.
+        @param write_timeout: seconds a side may leave its write queue full; also the time
+            left to the remaining side to flush once the relay is closing.
+        """
         self.transports = {A: a, B: b}
         self.clock = clock
         self.idle_timeout = idle_timeout
@@ -120,14 +169,19 @@ class Splice:
         self.gone = {A: False, B: False}
         self.done: Deferred[RelayResult] = Deferred()
         self.ended_by: str | None = None
+        self.closing = False
         self._valves = {A: _Valve(self, A), B: _Valve(self, B)}
+        self._registered = {A: False, B: False}
+        self._half_close_pending = {A: False, B: False}
+        self._first_eof: str | None = None
         self._idle: Any = None
         self._grace: Any = None
         self._started = 0.0
 
     def start(self) -> None:
         """
-        Wire backpressure both ways and start the idle timer.
+        Set TCP_NODELAY where the transports allow it, wire backpressure both ways and start
+        the idle timer.
         """
         self._started = self.clock.seconds()
         for side in (A, B):
@@ -141,56 +195,83 @@ class Splice:
                 except OSError:
                     pass  # not a TCP socket after all (e.g. AF_UNIX under a TLS wrapper)
             transport.registerProducer(self._valves[side], True)
+            self._registered[side] = True
         self._idle = self.clock.callLater(self.idle_timeout, self._idle_expired)
 
     def data_from(self, side: str, data: bytes) -> None:
         """
         Side C{side} read C{data}: write it to the other side.
+
+        @param side: L{A} or L{B}.
+        @param data: the bytes read.
         """
-        if self.gone[_other(side)]:
+        target = _other(side)
+        if self.gone[target] or self.closing:
             return
         self.counts[side] += len(data)
         if self._idle is not None and self._idle.active():
             self._idle.reset(self.idle_timeout)
-        self.transports[_other(side)].write(data)
+        self.transports[target].write(data)
+
+    def resume_reading(self, side: str) -> None:
+        """
+        Read side C{side} again after someone else paused it (e.g. while connecting), unless
+        backpressure holds it (the other side's queue is full) or it has nothing more to give.
+
+        @param side: L{A} or L{B}.
+        """
+        if self._valves[_other(side)].paused or self.eof[side] or self.gone[side]:
+            return
+        if self.closing:
+            return
+        self.transports[side].resumeProducing()
 
     def eof_from(self, side: str) -> None:
         """
-        Side C{side} will send no more (TCP half-close): pass the half-close on.
+        Side C{side} will send no more (TCP half-close): pass the half-close on once what is
+        queued for the other side is written; when both sides have sent EOF, close both.
+
+        @param side: L{A} or L{B}.
         """
-        if self.eof[side]:
+        if self.eof[side] or self.gone[side]:
             return
         self.eof[side] = True
-        other = self.transports[_other(side)]
-        if self.eof[_other(side)]:
-            self._close_both(side)
+        if self._first_eof is None:
+            self._first_eof = side
+        target = _other(side)
+        if self.gone[target] or self.closing:
             return
-        lose_write = getattr(other, "loseWriteConnection", None)
-        if lose_write is None:
-            self._close_both(side)
+        if self.eof[target]:
+            self._close_both()
+            return
+        if getattr(self.transports[target], "loseWriteConnection", None) is None:
+            self._close_both()
+            return
+        if self._valves[target].paused:
+            # Twisted would not half-close while its paused producer is registered: wait for
+            # the queue to drain (L{_drained}).
+            self._half_close_pending[target] = True
         else:
-            lose_write()
+            self._half_close(target)
 
     def lost(self, side: str) -> None:
         """
         Side C{side}'s connection is gone: let the other side flush what is queued for it,
         then close it (abort after C{write_timeout}).
+
+        @param side: L{A} or L{B}.
         """
         if self.gone[side]:
             return
         self.gone[side] = True
-        self._valves[side].cancel()
+        self._registered[side] = False  # a lost transport drops its producer itself
         if self.ended_by is None:
-            self.ended_by = side
-        other = _other(side)
-        if self.gone[other]:
+            self.ended_by = self._first_eof or side
+        target = _other(side)
+        if self.gone[target]:
             self._finish()
             return
-        transport = self.transports[other]
-        if getattr(transport, "producer", None) is self._valves[other]:
-            transport.unregisterProducer()
-        transport.loseConnection()
-        self._grace = self.clock.callLater(self.write_timeout, self._abort, other)
+        self._wind_down()
 
     def abort(self, reason: str) -> None:
         """
@@ -200,49 +281,102 @@ class Splice:
         """
         if self.ended_by is None:
             self.ended_by = reason
+        self.closing = True
+        self._cancel_timers()
         for side in (A, B):
             if not self.gone[side]:
                 self.transports[side].abortConnection()
 
     # -- internals -----------------------------------------------------------------------
 
-    def _close_both(self, first: str) -> None:
-        if self.ended_by is None:
-            self.ended_by = first
+    def _unregister(self, side: str) -> None:
+        """
+        Take our valve off C{side}'s transport (so that a close or half-close it was asked for
+        is not held back by a paused producer).
+        """
+        if self._registered[side]:
+            self._registered[side] = False
+            self._valves[side].cancel()
+            self.transports[side].unregisterProducer()
+
+    def _half_close(self, side: str) -> None:
+        self._half_close_pending[side] = False
+        self._unregister(side)
+        transport = self.transports[side]
+        if isinstance(transport, TLSMemoryBIOProtocol):
+            # Twisted's TLS has no half-close, and its loseWriteConnection is the TCP one
+            # underneath, which cuts the TLS stream mid-session (the peer answers with an
+            # alert). Its loseConnection sends close_notify and still delivers what the peer
+            # sends until the peer's own close_notify: the TLS form of a half-close.
+            transport.loseConnection()
+        else:
+            transport.loseWriteConnection()
+
+    def _drained(self, side: str) -> None:
+        """
+        C{side}'s write queue has drained.
+        """
+        source = _other(side)
+        if self.closing or self.gone[side]:
+            return
+        if self._half_close_pending[side]:
+            self._half_close(side)
+        elif not (self.eof[source] or self.gone[source]):
+            self.transports[source].resumeProducing()
+
+    def _close_both(self) -> None:
+        """
+        Both sides sent EOF: close both once flushed.
+        """
+        self._wind_down()
+
+    def _wind_down(self) -> None:
+        """
+        Close every side that is still there once what is queued for it is written; abort
+        what is left after C{write_timeout}.
+        """
+        self.closing = True
+        self._cancel_timers()
         for side in (A, B):
             if not self.gone[side]:
-                transport = self.transports[side]
-                if getattr(transport, "producer", None) is self._valves[side]:
-                    transport.unregisterProducer()
-                transport.loseConnection()
+                self._unregister(side)
+                self.transports[side].loseConnection()
+        if self._grace is None:
+            self._grace = self.clock.callLater(self.write_timeout, self._grace_expired)
+
+    def _cancel_timers(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+        for valve in self._valves.values():
+            valve.cancel()
 
     def _idle_expired(self) -> None:
         self._idle = None
-        self.ended_by = "idle"
         self.abort("idle")
 
     def _stalled(self, side: str) -> None:
-        self.ended_by = f"stalled-{side}"
-        self.abort(self.ended_by)
+        self._valves[side]._stall = None
+        self.abort(f"stalled-{side}")
 
-    def _abort(self, side: str) -> None:
+    def _grace_expired(self) -> None:
         self._grace = None
-        if not self.gone[side]:
-            self.transports[side].abortConnection()
+        for side in (A, B):
+            if not self.gone[side]:
+                self.transports[side].abortConnection()
 
     def _finish(self) -> None:
-        for timer in (self._idle, self._grace):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._idle = self._grace = None
-        for valve in self._valves.values():
-            valve.cancel()
+        self.closing = True
+        self._cancel_timers()
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        self._grace = None
         if not self.done.called:
             self.done.callback(
                 RelayResult(
                     bytes_a_to_b=self.counts[A],
                     bytes_b_to_a=self.counts[B],
                     duration=self.clock.seconds() - self._started,
-                    ended_by=self.ended_by or "a",
+                    ended_by=self.ended_by or A,
                 )
             )

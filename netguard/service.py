@@ -61,11 +61,27 @@ class GatewayService(MultiService):
             interval=overload.interval,
         )
 
-    def startService(self) -> None:
+    def privilegedStartService(self) -> None:
         """
-        Listen on every endpoint; a listener that cannot open stops the start with
-        L{ListenFailed} naming it (the ports already opened are closed again).
+        Listen on every endpoint before twistd drops privileges (C{--uid}), so a privileged
+        port or a root-owned socket directory works. A listener that cannot open ends the
+        start with one line naming it, not a traceback.
         """
+        try:
+            self.listen()
+        except ListenFailed as error:
+            raise SystemExit(f"netguard: {error}") from None
+        super().privilegedStartService()
+
+    def listen(self) -> None:
+        """
+        Open every listener (once).
+
+        @raise ListenFailed: naming the first listener that cannot open; the ports already
+            opened are closed again.
+        """
+        if self.ports:
+            return
         for description, endpoint in self.endpoints:
             failures: list[Failure] = []
             endpoint.listen(self.factory).addCallbacks(self.ports.append, failures.append)
@@ -75,6 +91,15 @@ class GatewayService(MultiService):
                 self.ports = []
                 raise ListenFailed(f"cannot listen on {description}: {failures[0].value}")
             log.info("listening on {listener}", event="gateway.listen", listener=description)
+
+    def startService(self) -> None:
+        """
+        Start serving: listen (unless already done with privileges), log the configuration's
+        warnings, start the overload monitor and the child services.
+        """
+        self.listen()
+        for warning in self.factory.config.warnings:
+            log.warn("configuration: {detail}", event="config.warning", detail=warning)
         self.overload_monitor.start()
         log.info(
             "netguard started: {count} listener(s), services {services}",

@@ -165,10 +165,10 @@ class GatewaySession(GuardedLineReceiver):
         self.factory.session_ended(self)
         leg, self._leg = self._leg, None
         if leg is None:
-            self._log_close(previous, None)
+            self._log_close(None, previous)
             return
         leg.close()
-        leg.done.addCallback(lambda result: self._log_close(previous, result))
+        leg.done.addCallback(self._log_close, previous)
 
     def readConnectionLost(self) -> None:
         """
@@ -186,7 +186,10 @@ class GatewaySession(GuardedLineReceiver):
     def writeConnectionLost(self) -> None:
         """Our half-close reached the client; the relay goes on the other way."""
 
-    def _log_close(self, state: SessionState, result: Any) -> None:
+    def _log_close(self, result: Any, state: SessionState) -> Any:
+        """
+        Log the close with the relay's final counts; passes C{result} on for other waiters.
+        """
         if result is not None:
             self.bytes_down = result.bytes_b_to_a
             self.closed_by = {"a": "client", "b": "backend"}.get(result.ended_by, result.ended_by)
@@ -203,6 +206,7 @@ class GatewaySession(GuardedLineReceiver):
             closed_by=self.closed_by,
             **self.log_fields(),
         )
+        return result
 
     def lineReceived(self, line: bytes) -> None:
         if self.state not in TRANSITIONS:

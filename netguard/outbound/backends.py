@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_backends -*-
+# -*- test-case-name: tests.test_backends,tests.test_relay -*-
 """
 Backends: what a service's bytes are relayed to once a client has opened it.
 
@@ -8,6 +8,12 @@ service_identity, C{socks5:...}), optionally reached through a SOCKS5 proxy (the
 C{socks5} key, a proxy endpoint string), or is the built-in C{builtin:echo}, which sends every
 byte back (a way to check a set-up end to end without any other server).
 
+Opening is bounded by the service's C{connect_timeout}, which covers the TCP connection, any
+SOCKS5 negotiation and, for a TLS backend, the handshake: a TLS backend counts as connected
+only once its certificate has been verified, so a verification failure is a failed opening
+(the session answers C{BACKEND_UNAVAILABLE} and logs the cause), never an opened service that
+then drops.
+
 The session talks to its leg through the small L{BackendLeg} contract, so this module knows
 nothing of the gateway; the relay itself is L{netguard.relay.Splice}.
 """
@@ -16,12 +22,13 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import _parse, clientFromString
-from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.error import ConnectionDone, TimeoutError
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -55,18 +62,28 @@ class BackendLeg(Protocol):
         """The client's connection is gone: end the backend side."""
 
 
-class BackendConnectTimeout(ConnectError):
+class BackendConnectTimeout(TimeoutError):
     """
     The backend did not accept the connection within the service's C{connect_timeout}.
+    (A Twisted L{twisted.internet.error.TimeoutError}, itself a L{ConnectError}.)
     """
 
 
 class EchoLeg:
     """
     The built-in echo backend: every byte written comes straight back.
+
+    It is a splice whose two sides are the same client transport: side B is a L{_Mirror}
+    that writes back to the client, and pausing it pauses reading the client (the only source
+    of its bytes), so a client that does not read what it sent stops being read.
     """
 
     def __init__(self, clock: Any, write_timeout: float, idle_timeout: float):
+        """
+        @param clock: the L{IReactorTime} for the relay's timers.
+        @param write_timeout: see L{Splice}.
+        @param idle_timeout: see L{Splice}.
+        """
         self.clock = clock
         self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
@@ -74,31 +91,41 @@ class EchoLeg:
         self.splice: Splice | None = None
 
     def attach(self, client_transport: Any) -> None:
-        # Echo is a relay whose two sides are the same transport.
+        """
+        Start echoing to C{client_transport}.
+        """
+        mirror = _Mirror(client_transport)
         self.splice = Splice(
             client_transport,
-            client_transport,
+            mirror,
             clock=self.clock,
             idle_timeout=self.idle_timeout,
             write_timeout=self.write_timeout,
         )
-        self.splice.transports[B] = _Mirror(client_transport)
+        mirror.splice = self.splice
         self.splice.start()
         self.splice.done.chainDeferred(self.done)
 
     def write(self, data: bytes) -> None:
+        """
+        Bytes from the client: sent straight back.
+        """
         if self.splice is not None:
             self.splice.data_from(A, data)
 
     def half_close(self) -> None:
-        # The client sent its last byte, and all of it has been echoed: pass the half-close
-        # back, and the echo side is done.
+        """
+        The client sent its last byte, and all of it has been echoed: pass the half-close
+        back, and the echo side is done.
+        """
         if self.splice is not None:
-            self.splice.ended_by = A
             self.splice.eof_from(A)
             self.splice.lost(B)
 
     def close(self) -> None:
+        """
+        The client's connection is gone.
+        """
         if self.splice is not None:
             self.splice.lost(A)
             self.splice.lost(B)
@@ -106,16 +133,19 @@ class EchoLeg:
 
 class _Mirror:
     """
-    The "backend transport" of the echo leg: writes go back to the client, and pausing it
-    pauses reading the client (the only source of its bytes).
+    The "backend transport" of the echo leg: what is written to it is what the echo backend
+    reads, and it sends it straight back (counted as bytes from B to A); pausing it pauses
+    reading the client (the only source of its bytes).
     """
 
     def __init__(self, client_transport: Any):
         self._client = client_transport
         self.producer: Any = None
+        self.splice: Splice | None = None
 
     def write(self, data: bytes) -> None:
-        self._client.write(data)
+        if self.splice is not None:
+            self.splice.data_from(B, data)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.producer = producer
@@ -139,10 +169,10 @@ class _Mirror:
         self._client.abortConnection()
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class _BackendProtocol(TwistedProtocol):
     """
-    The connection to a backend: its events go to the leg's splice.
+    The connection to a backend: its events go to the leg.
     """
 
     transport: Any
@@ -150,70 +180,137 @@ class _BackendProtocol(TwistedProtocol):
     def __init__(self, leg: EndpointLeg):
         self.leg = leg
 
+    def connectionMade(self) -> None:
+        self.leg.backend_connected()
+
+    def handshakeCompleted(self) -> None:
+        self.leg.backend_handshake_done()
+
     def dataReceived(self, data: bytes) -> None:
         self.leg.backend_data(data)
 
     def readConnectionLost(self) -> None:
-        if self.leg.splice is not None:
-            self.leg.splice.eof_from(B)
+        self.leg.backend_eof()
 
     def writeConnectionLost(self) -> None:
         """Our half-close was delivered; nothing to do."""
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self.leg.backend_lost()
+        self.leg.backend_lost(reason)
 
 
 class EndpointLeg:
     """
     A backend reached through a client endpoint.
+
+    The leg is L{ready} once the backend connection can carry bytes: at once for a plain
+    connection, after the TLS handshake (and so after the certificate was verified) for a TLS
+    one; a connection lost before that fails L{ready} with its reason (a TLS verification
+    error, say), so that the session answers C{BACKEND_UNAVAILABLE} instead of opening.
+
+    Until the session attaches, what the backend sends is kept (and reading it paused, so
+    that is at most one read), and its EOF or loss is remembered; L{attach} delivers them
+    first, in order.
     """
 
     def __init__(self, clock: Any, write_timeout: float, idle_timeout: float):
+        """
+        @param clock: the L{IReactorTime} for the relay's timers.
+        @param write_timeout: see L{Splice}.
+        @param idle_timeout: see L{Splice}.
+        """
         self.clock = clock
         self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
         self.done: Deferred[RelayResult] = Deferred()
         self.splice: Splice | None = None
         self.protocol: _BackendProtocol | None = None
+        self.ready: Deferred[EndpointLeg] = Deferred()
         self._early: list[bytes] = []
+        self._eof_early = False
         self._lost_early = False
 
     def attach(self, client_transport: Any) -> None:
+        """
+        Start relaying between C{client_transport} (side A) and the backend (side B).
+        """
         assert self.protocol is not None
         backend_transport = self.protocol.transport
-        self.splice = Splice(
+        splice = Splice(
             client_transport,
             backend_transport,
             clock=self.clock,
             idle_timeout=self.idle_timeout,
             write_timeout=self.write_timeout,
         )
-        self.splice.start()
-        self.splice.done.chainDeferred(self.done)
+        self.splice = splice
+        splice.start()
+        splice.done.chainDeferred(self.done)
         early, self._early = self._early, []
         for chunk in early:
-            self.splice.data_from(B, chunk)
+            splice.data_from(B, chunk)
         if self._lost_early:
-            self.splice.lost(B)
+            splice.lost(B)
+        elif self._eof_early:
+            splice.eof_from(B)
         else:
-            backend_transport.resumeProducing()
+            # Not unconditionally: the early bytes may have filled the client's queue.
+            splice.resume_reading(B)
 
     def write(self, data: bytes) -> None:
+        """
+        Bytes from the client, for the backend.
+        """
         if self.splice is not None:
             self.splice.data_from(A, data)
 
     def half_close(self) -> None:
+        """
+        The client will send no more.
+        """
         if self.splice is not None:
             self.splice.eof_from(A)
 
     def close(self) -> None:
+        """
+        The client's connection is gone (before the attach: drop the backend connection).
+        """
         if self.splice is not None:
             self.splice.lost(A)
         elif self.protocol is not None and self.protocol.transport is not None:
-            self.protocol.transport.loseConnection()
+            if not self._lost_early:
+                self.protocol.transport.loseConnection()
+
+    def backend_connected(self) -> None:
+        """
+        The connection to the backend is made; over TLS the leg waits for the handshake.
+        """
+        if self.protocol is not None and not isinstance(
+            self.protocol.transport, TLSMemoryBIOProtocol
+        ):
+            self._set_ready()
+
+    def backend_handshake_done(self) -> None:
+        """
+        The TLS handshake with the backend succeeded (its certificate was verified).
+        """
+        self._set_ready()
+
+    def abort_connecting(self) -> None:
+        """
+        Give up on a connection that is made but not ready (a TLS handshake that hangs).
+        """
+        if not self.ready.called and self.protocol is not None:
+            self.protocol.transport.abortConnection()
+
+    def _set_ready(self) -> None:
+        if not self.ready.called:
+            self.ready.callback(self)
 
     def backend_data(self, data: bytes) -> None:
+        """
+        The backend sent C{data}.
+        """
         if self.splice is not None:
             self.splice.data_from(B, data)
         else:
@@ -223,8 +320,22 @@ class EndpointLeg:
             if self.protocol is not None and self.protocol.transport is not None:
                 self.protocol.transport.pauseProducing()
 
-    def backend_lost(self) -> None:
+    def backend_eof(self) -> None:
+        """
+        The backend half-closed (or closed: Twisted reports a peer's close as EOF first).
+        """
         if self.splice is not None:
+            self.splice.eof_from(B)
+        else:
+            self._eof_early = True
+
+    def backend_lost(self, reason: Failure | None = None) -> None:
+        """
+        The backend connection is gone.
+        """
+        if not self.ready.called:
+            self.ready.errback(reason if reason is not None else Failure(ConnectionDone()))
+        elif self.splice is not None:
             self.splice.lost(B)
         else:
             self._lost_early = True
@@ -280,25 +391,37 @@ def open_backend(
     """
     Open the backend of C{service} for one session.
 
+    Never raises: every problem, a bad backend description included, fails the L{Deferred}.
+
     @param reactor: the reactor used to connect and to time.
     @param service: a L{netguard.config.ServiceConfig} (C{backend}, C{socks5},
         C{connect_timeout}, C{idle_timeout} are read).
     @param write_timeout: how long either side may leave its write queue full.
     @return: a L{Deferred} firing with the L{BackendLeg} once connected, or failing with the
-        precise cause (L{BackendConnectTimeout} when C{connect_timeout} passes).
+        precise cause: the endpoint's own error (refused, SOCKS5 reply, TLS verification...),
+        or L{BackendConnectTimeout} when C{connect_timeout} passes first.
     """
     if service.backend == ECHO:
         return succeed(EchoLeg(reactor, write_timeout, service.idle_timeout))
     leg = EndpointLeg(reactor, write_timeout, service.idle_timeout)
     try:
         endpoint = backend_endpoint(reactor, service)
+        connecting = endpoint.connect(_LegFactory(leg))
     except Exception as error:  # a bad description: reported like any connect failure
         return fail(error)
 
-    connecting = endpoint.connect(_LegFactory(leg))
-    timeout = reactor.callLater(service.connect_timeout, connecting.cancel)
+    expired: list[bool] = []
 
-    def connected(protocol: Any) -> EndpointLeg:
+    def expire() -> None:
+        expired.append(True)
+        if connecting.called:
+            leg.abort_connecting()  # connected, but the TLS handshake is not done
+        else:
+            connecting.cancel()
+
+    timeout = reactor.callLater(service.connect_timeout, expire)
+
+    def connected(ready: EndpointLeg) -> EndpointLeg:
         if timeout.active():
             timeout.cancel()
         return leg
@@ -306,11 +429,17 @@ def open_backend(
     def failed(failure: Failure) -> Failure:
         if timeout.active():
             timeout.cancel()
-        if failure.check(CancelledError):
+        leg.ready.addErrback(lambda _: None)  # reported here, not as an unhandled error
+        if failure.check(TimeoutError):
+            return failure  # already precise (e.g. a SOCKS5 timeout naming the phase)
+        if expired:
+            # Endpoints report their cancellation differently (CancelledError,
+            # ConnectingCancelledError...): what happened is that the time ran out.
             return Failure(
                 BackendConnectTimeout(string=f"no connection within {service.connect_timeout:g}s")
             )
         return failure
 
+    connecting.addCallback(lambda protocol: leg.ready)
     connecting.addCallbacks(connected, failed)
     return connecting  # type: ignore[return-value]

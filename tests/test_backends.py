@@ -1,0 +1,349 @@
+"""
+Tests for L{netguard.outbound.backends}: L{open_backend} and L{backend_endpoint}.
+
+Connections are made on a L{MemoryReactorClock}: its connectors never connect unless the test
+builds the protocol, so a connect timeout is a matter of advancing the clock, and a refusal is
+the connector's factory told so. (The legs themselves are tested in L{tests.test_relay}.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import error
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from netguard.config import ServiceConfig
+from netguard.outbound.backends import (
+    BackendConnectTimeout,
+    EchoLeg,
+    EndpointLeg,
+    backend_endpoint,
+    open_backend,
+)
+from netguard.outbound.socks5 import AddressType, SOCKS5ClientEndpoint, SOCKSAddress
+
+CONNECT_TIMEOUT = 3.0
+
+
+def service(backend: str, socks5: str | None = None, **kwargs: Any) -> ServiceConfig:
+    """
+    A service open to everyone with C{backend}, a short connect timeout unless given.
+    """
+    kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    return ServiceConfig("svc", backend, ("*",), socks5=socks5, **kwargs)
+
+
+class NeverConnects:
+    """
+    A client endpoint whose connection attempt never completes; records its cancellation.
+    """
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        def cancel(deferred: Deferred[Any]) -> None:
+            self.cancelled = True
+            deferred.errback(error.ConnectingCancelledError(IPv4Address("TCP", "10.0.0.5", 1)))
+
+        return Deferred(cancel)
+
+
+class OpenBackendTestCase(unittest.TestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+
+    def open(self, svc: ServiceConfig) -> Deferred[Any]:
+        return open_backend(self.reactor, svc, write_timeout=30.0)
+
+    def assert_no_timer_left(self) -> None:
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def complete_connection(self, index: int = 0) -> Any:
+        """
+        Let connection attempt C{index} succeed, on a L{StringTransport}.
+        """
+        host, port, factory, _, _ = self.reactor.tcpClients[index]
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        protocol.makeConnection(StringTransport())
+        return protocol
+
+
+class EchoTests(OpenBackendTestCase):
+    def test_echo_gives_an_echo_leg_at_once(self) -> None:
+        leg = self.successResultOf(self.open(service("builtin:echo")))
+        self.assertIsInstance(leg, EchoLeg)
+
+    def test_echo_makes_no_connection_and_no_timer(self) -> None:
+        self.open(service("builtin:echo"))
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.assert_no_timer_left()
+
+    def test_echo_leg_gets_the_services_idle_timeout(self) -> None:
+        leg = self.successResultOf(self.open(service("builtin:echo", idle_timeout=42.0)))
+        self.assertEqual(leg.idle_timeout, 42.0)
+        self.assertEqual(leg.write_timeout, 30.0)
+
+
+class ConnectTests(OpenBackendTestCase):
+    def test_tcp_backend_connects_to_its_host_and_port(self) -> None:
+        self.open(service("tcp:host=10.0.0.5:port=6379"))
+        self.assertEqual(self.reactor.tcpClients[0][:2], ("10.0.0.5", 6379))
+
+    def test_unix_backend_connects_to_its_path(self) -> None:
+        self.open(service("unix:path=/run/redis.sock"))
+        self.assertEqual(self.reactor.unixClients[0][0], "/run/redis.sock")
+
+    def test_connected_gives_an_endpoint_leg(self) -> None:
+        opening = self.open(service("tcp:host=10.0.0.5:port=6379", idle_timeout=99.0))
+        self.assertNoResult(opening)
+        self.complete_connection()
+        leg = self.successResultOf(opening)
+        self.assertIsInstance(leg, EndpointLeg)
+        self.assertEqual(leg.idle_timeout, 99.0)
+
+    def test_connected_cancels_the_connect_timer(self) -> None:
+        opening = self.open(service("tcp:host=10.0.0.5:port=6379"))
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        self.complete_connection()
+        self.successResultOf(opening)
+        self.assert_no_timer_left()
+
+    def test_connected_just_before_the_timeout(self) -> None:
+        opening = self.open(service("tcp:host=10.0.0.5:port=6379"))
+        self.reactor.advance(CONNECT_TIMEOUT - 0.01)
+        self.complete_connection()
+        legs: list[Any] = []
+        opening.addCallback(legs.append)
+        self.reactor.advance(1)  # the timer was cancelled: nothing changes
+        self.assertEqual(len(legs), 1)
+        self.assertIsInstance(legs[0], EndpointLeg)
+        self.assert_no_timer_left()
+
+
+class ConnectTimeoutTests(OpenBackendTestCase):
+    def test_tcp_connect_timeout_gives_backend_connect_timeout(self) -> None:
+        opening = self.open(service("tcp:host=10.0.0.5:port=6379"))
+        self.reactor.advance(CONNECT_TIMEOUT - 0.01)
+        self.assertNoResult(opening)
+        self.reactor.advance(0.01)
+        failure = self.failureResultOf(opening, BackendConnectTimeout)
+        self.assertIn("no connection within 3s", failure.getErrorMessage())
+
+    def test_tcp_connect_timeout_stops_connecting(self) -> None:
+        opening = self.open(service("tcp:host=10.0.0.5:port=6379"))
+        self.reactor.advance(CONNECT_TIMEOUT)
+        self.failureResultOf(opening)
+        self.assertTrue(self.reactor.connectors[0].stoppedConnecting)
+        self.assert_no_timer_left()
+
+    def test_unix_connect_timeout_gives_backend_connect_timeout(self) -> None:
+        opening = self.open(service("unix:path=/run/slow.sock"))
+        self.reactor.advance(CONNECT_TIMEOUT)
+        self.failureResultOf(opening, BackendConnectTimeout)
+
+    def test_connect_timeout_is_a_twisted_timeout_and_connect_error(self) -> None:
+        opening = self.open(service("tcp:host=10.0.0.5:port=6379"))
+        self.reactor.advance(CONNECT_TIMEOUT)
+        failure = self.failureResultOf(opening)
+        self.assertTrue(failure.check(error.TimeoutError))
+        self.assertTrue(failure.check(error.ConnectError))
+
+    def test_connect_timeout_of_any_endpoint(self) -> None:
+        # Whatever error an endpoint reports for its cancellation, the cause is the time.
+        never = NeverConnects()
+        self.patch(
+            __import__("netguard.outbound.backends", fromlist=["x"]),
+            "backend_endpoint",
+            lambda reactor, svc: never,
+        )
+        opening = self.open(service("tcp:host=10.0.0.5:port=1"))
+        self.reactor.advance(CONNECT_TIMEOUT)
+        self.failureResultOf(opening, BackendConnectTimeout)
+        self.assertTrue(never.cancelled)
+
+    def test_socks5_connect_timeout_is_a_timeout(self) -> None:
+        opening = self.open(
+            service("tcp:host=10.0.0.5:port=6379", socks5="tcp:host=127.0.0.1:port=1080")
+        )
+        self.reactor.advance(CONNECT_TIMEOUT)
+        failure = self.failureResultOf(opening)
+        self.assertTrue(failure.check(error.TimeoutError), failure)
+        self.assert_no_timer_left()
+
+
+class ConnectFailureTests(OpenBackendTestCase):
+    def test_refused_gives_the_endpoints_error(self) -> None:
+        opening = self.open(service("tcp:host=127.0.0.1:port=9"))
+        _, _, factory, _, _ = self.reactor.tcpClients[0]
+        factory.clientConnectionFailed(
+            self.reactor.connectors[0], Failure(error.ConnectionRefusedError())
+        )
+        failure = self.failureResultOf(opening, error.ConnectionRefusedError)
+        self.assertIn("refused", failure.getErrorMessage())
+        self.assert_no_timer_left()
+
+    def test_no_route_gives_the_endpoints_error(self) -> None:
+        opening = self.open(service("tcp:host=10.0.0.5:port=6379"))
+        _, _, factory, _, _ = self.reactor.tcpClients[0]
+        factory.clientConnectionFailed(self.reactor.connectors[0], Failure(error.NoRouteError()))
+        self.failureResultOf(opening, error.NoRouteError)
+        self.assert_no_timer_left()
+
+
+class BadDescriptionTests(OpenBackendTestCase):
+    """
+    A bad backend description fails the Deferred (the session answers BACKEND_UNAVAILABLE
+    and logs the cause); L{open_backend} never raises.
+    """
+
+    def assert_fails(self, svc: ServiceConfig) -> Failure:
+        opening = self.open(svc)  # must not raise
+        failure = self.failureResultOf(opening)
+        self.assert_no_timer_left()
+        self.assertEqual(self.reactor.tcpClients, [])
+        return failure
+
+    def test_unknown_endpoint_type(self) -> None:
+        self.assert_fails(service("nonsense:host=10.0.0.5"))
+
+    def test_tcp_without_port(self) -> None:
+        self.assert_fails(service("tcp:host=10.0.0.5"))
+
+    def test_tcp_with_a_port_that_is_not_a_number(self) -> None:
+        self.assert_fails(service("tcp:host=10.0.0.5:port=six"))
+
+    def test_socks5_with_a_unix_backend(self) -> None:
+        failure = self.assert_fails(
+            service("unix:path=/run/x.sock", socks5="tcp:host=127.0.0.1:port=1080")
+        )
+        self.assertTrue(failure.check(ValueError))
+        self.assertIn("socks5 needs", failure.getErrorMessage())
+
+    def test_socks5_with_a_positional_tcp_backend(self) -> None:
+        failure = self.assert_fails(
+            service("tcp:10.0.0.5:6379", socks5="tcp:host=127.0.0.1:port=1080")
+        )
+        self.assertTrue(failure.check(ValueError))
+
+    def test_socks5_with_a_bad_proxy_description(self) -> None:
+        self.assert_fails(service("tcp:host=10.0.0.5:port=6379", socks5="bogus:whatever"))
+
+    def test_socks5_with_an_invalid_target_host(self) -> None:
+        self.assert_fails(
+            service("tcp:host=bad..name:port=6379", socks5="tcp:host=127.0.0.1:port=1080")
+        )
+
+    def test_endpoint_whose_connect_raises(self) -> None:
+        class Raising:
+            def connect(self, factory: Any) -> Deferred[Any]:
+                raise RuntimeError("broken endpoint")
+
+        self.patch(
+            __import__("netguard.outbound.backends", fromlist=["x"]),
+            "backend_endpoint",
+            lambda reactor, svc: Raising(),
+        )
+        failure = self.assert_fails(service("tcp:host=10.0.0.5:port=1"))
+        self.assertTrue(failure.check(RuntimeError))
+
+
+class SOCKS5Tests(OpenBackendTestCase):
+    def test_socks5_key_builds_a_socks5_endpoint_to_the_backend(self) -> None:
+        endpoint = backend_endpoint(
+            self.reactor,
+            service("tcp:host=10.0.0.5:port=6379", socks5="tcp:host=127.0.0.1:port=1080"),
+        )
+        self.assertIsInstance(endpoint, SOCKS5ClientEndpoint)
+        self.assertEqual(endpoint.target, SOCKSAddress(AddressType.IPV4, "10.0.0.5", 6379))
+        self.assertEqual(endpoint.timeout, CONNECT_TIMEOUT)
+        self.assertIsInstance(endpoint.proxy_endpoint, TCP4ClientEndpoint)
+
+    def test_socks5_key_with_a_host_name_is_resolved_by_the_proxy(self) -> None:
+        endpoint = backend_endpoint(
+            self.reactor,
+            service("tcp:host=redis.internal:port=6379", socks5="tcp:host=127.0.0.1:port=1080"),
+        )
+        self.assertEqual(endpoint.target, SOCKSAddress(AddressType.DOMAIN, "redis.internal", 6379))
+
+    def test_socks5_key_connects_to_the_proxy_not_the_backend(self) -> None:
+        self.open(service("tcp:host=10.0.0.5:port=6379", socks5="tcp:host=127.0.0.1:port=1080"))
+        self.assertEqual([c[:2] for c in self.reactor.tcpClients], [("127.0.0.1", 1080)])
+
+    def test_socks5_key_sends_connect_for_the_backend(self) -> None:
+        opening = self.open(
+            service("tcp:host=10.0.0.5:port=6379", socks5="tcp:host=127.0.0.1:port=1080")
+        )
+        protocol = self.complete_connection()
+        proxy = protocol.transport
+        self.assertEqual(proxy.value(), b"\x05\x01\x00")  # no-auth offered
+        proxy.clear()
+        protocol.dataReceived(b"\x05\x00")
+        self.assertEqual(proxy.value(), b"\x05\x01\x00\x01" + bytes([10, 0, 0, 5]) + b"\x18\xeb")
+        protocol.dataReceived(b"\x05\x00\x00\x01\x7f\x00\x00\x01\x04\x38")
+        self.assertIsInstance(self.successResultOf(opening), EndpointLeg)
+        self.assert_no_timer_left()
+
+    def test_socks5_key_with_a_tls_backend_wraps_tls_around_the_tunnel(self) -> None:
+        endpoint = backend_endpoint(
+            self.reactor,
+            service("tls:host=db.internal:port=5432", socks5="tcp:host=127.0.0.1:port=1080"),
+        )
+        self.assertNotIsInstance(endpoint, SOCKS5ClientEndpoint)
+        self.assertIsInstance(endpoint._wrappedEndpoint, SOCKS5ClientEndpoint)
+
+    def test_socks5_endpoint_string_backend(self) -> None:
+        endpoint = backend_endpoint(
+            self.reactor,
+            service("socks5:host=10.0.0.5:port=6379:proxy_host=127.0.0.1:proxy_port=1080"),
+        )
+        self.assertIsInstance(endpoint, SOCKS5ClientEndpoint)
+        self.assertEqual(endpoint.target, SOCKSAddress(AddressType.IPV4, "10.0.0.5", 6379))
+
+    def test_without_socks5_key_the_backend_is_reached_directly(self) -> None:
+        endpoint = backend_endpoint(self.reactor, service("tcp:host=10.0.0.5:port=6379"))
+        self.assertIsInstance(endpoint, TCP4ClientEndpoint)
+
+
+class TLSBackendTests(OpenBackendTestCase):
+    """
+    A TLS backend is ready only after its handshake (so after its certificate was verified):
+    a handshake that fails or hangs fails the opening instead of opening the service.
+    """
+
+    def start(self) -> tuple[Deferred[Any], Any]:
+        opening = self.open(service("tls:host=127.0.0.1:port=6380"))
+        host, port, factory, _, _ = self.reactor.tcpClients[0]
+        tls = factory.buildProtocol(IPv4Address("TCP", host, port))
+        tls.makeConnection(StringTransport())
+        return opening, tls
+
+    def test_connected_but_not_ready_before_the_handshake(self) -> None:
+        opening, tls = self.start()
+        self.assertTrue(tls.transport.value().startswith(b"\x16\x03"))  # a ClientHello went
+        self.assertNoResult(opening)
+
+    def test_handshake_failure_fails_the_opening_with_its_reason(self) -> None:
+        from OpenSSL import SSL
+
+        opening, tls = self.start()
+        tls.dataReceived(b"\x15\x03\x03\x00\x02\x02\x2a")  # fatal alert: bad_certificate
+        self.assertTrue(tls.transport.disconnecting)  # TLS closes the connection
+        tls.connectionLost(Failure(error.ConnectionDone()))
+        failure = self.failureResultOf(opening, SSL.Error)
+        self.assertIn("bad certificate", failure.getErrorMessage())
+        self.assert_no_timer_left()
+
+    def test_handshake_that_hangs_times_out(self) -> None:
+        opening, tls = self.start()
+        self.reactor.advance(CONNECT_TIMEOUT)
+        self.assertTrue(tls.transport.disconnected)  # aborted
+        tls.connectionLost(Failure(error.ConnectionAborted()))
+        self.failureResultOf(opening, BackendConnectTimeout)
+        self.assert_no_timer_left()
