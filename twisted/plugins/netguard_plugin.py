@@ -46,6 +46,11 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
+        # The help of --listen and --service is their docstring: fold it to one line, or
+        # --help shows the docstring's indentation as runs of spaces mid-sentence.
+        self.docs = {
+            name: " ".join(doc.split()) if doc else doc for name, doc in self.docs.items()
+        }
         self["listen"] = []
         self["service"] = []
 
@@ -112,10 +117,14 @@ class NetguardServiceMaker:
     def makeService(self, options: Options) -> Any:
         from twisted.internet import reactor
 
+        from netguard.auth.users import UsersFileError
         from netguard.ops.drain import install_sigterm
         from netguard.service import make_service
 
-        service = make_service(options["loaded"], reactor)
+        try:
+            service = make_service(options["loaded"], reactor)
+        except (UsersFileError, OSError) as error:
+            raise SystemExit(f"netguard: cannot start: {error}") from None
         # After the reactor's own handlers are in place: SIGTERM drains, a second one cuts.
         reactor.callWhenRunning(install_sigterm, reactor, service.drainer)
         return service
