@@ -1,0 +1,655 @@
+"""
+Tests for L{netguard.ops.control} and L{netguard.ops.ctl_client}: the control protocol on
+Twisted fakes, then a real unix socket (mode, takeover guard, peer credentials) driven by the
+real blocking client in a thread while the reactor serves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import tempfile
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail, inlineCallbacks
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
+from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from netguard.ops.control import (
+    CONTROL_LIMITS,
+    MAX_QUEUED,
+    ControlError,
+    ControlFactory,
+    ControlService,
+    UnsafeControlPath,
+    error_line,
+    listen_control,
+    ok_line,
+)
+from netguard.ops.ctl_client import (
+    EXIT_OK,
+    EXIT_PROTOCOL,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    run_ctl,
+)
+from netguard.ops.lock import NotASocket, SocketInUse
+
+
+class FakeCommands:
+    """
+    A L{ControlCommands} that records calls; C{reload_result} decides what reload does.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.figures: dict[str, Any] = {"active": 2, "connections": 10, "heartbeat": False}
+        self.reload_result: Any = "reloaded: 3 services, 2 users"
+        self.listed: list[Any] = [{"source": "192.0.2.7", "score": 4}]
+
+    def status(self) -> dict[str, Any]:
+        self.calls.append(("status",))
+        return self.figures
+
+    def heartbeat(self, on: bool) -> bool:
+        self.calls.append(("heartbeat", on))
+        self.figures["heartbeat"] = on
+        return on
+
+    def reload(self) -> Any:
+        self.calls.append(("reload",))
+        if isinstance(self.reload_result, Exception):
+            raise self.reload_result
+        return self.reload_result
+
+    def drain(self) -> str:
+        self.calls.append(("drain",))
+        return "draining 2 relays, 30s grace"
+
+    def penalties(self) -> list[Any]:
+        self.calls.append(("penalties",))
+        return self.listed
+
+    def clear_penalties(self, source: str | None) -> int:
+        self.calls.append(("clear_penalties", source))
+        return 1 if source else len(self.listed)
+
+
+def capture(case: unittest.TestCase) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    case.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
+
+
+class Conn:
+    """
+    One control connection on a L{StringTransport}, with helpers to send lines and read the
+    replies.
+    """
+
+    def __init__(self, factory: ControlFactory) -> None:
+        self.factory = factory
+        self.proto = factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+
+    def send(self, data: bytes) -> None:
+        self.proto.dataReceived(data)
+
+    def replies(self) -> list[bytes]:
+        data = self.transport.value()
+        self.transport.clear()
+        assert data == b"" or data.endswith(b"\r\n"), data
+        return data.split(b"\r\n")[:-1]
+
+    def ask(self, line: bytes) -> bytes:
+        self.send(line + b"\r\n")
+        (reply,) = self.replies()
+        return reply
+
+    @property
+    def closing(self) -> bool:
+        return bool(self.transport.disconnecting)
+
+
+def payload(reply: bytes) -> Any:
+    assert reply.startswith(b"OK "), reply
+    return json.loads(reply[3:])
+
+
+class ProtocolTests(unittest.TestCase):
+    def setUp(self):
+        self.events = capture(self)
+        self.clock = Clock()
+        self.commands = FakeCommands()
+        self.factory = ControlFactory(
+            self.commands, self.clock, peer_uid=lambda transport: os.geteuid()
+        )
+        self.conn = Conn(self.factory)
+
+    def test_no_greeting_line(self):
+        self.assertEqual(self.conn.replies(), [])
+
+    def test_default_limits(self):
+        self.assertEqual(CONTROL_LIMITS.max_line_length, 256)
+        self.assertEqual(CONTROL_LIMITS.greeting_delay, 0)
+        self.assertEqual(CONTROL_LIMITS.idle_timeout, 30)
+        self.assertIs(self.conn.proto.limits, CONTROL_LIMITS)
+
+    def test_status_is_one_json_line(self):
+        self.assertEqual(
+            payload(self.conn.ask(b"status")),
+            {"active": 2, "connections": 10, "heartbeat": False},
+        )
+
+    def test_status_accepts_lf_and_upper_case(self):
+        self.conn.send(b"STATUS\n")
+        (reply,) = self.conn.replies()
+        self.assertEqual(payload(reply)["active"], 2)
+
+    def test_status_with_argument_refused(self):
+        self.assertEqual(self.conn.ask(b"status all"), b"ERR BAD_SYNTAX usage: status")
+        self.assertEqual(self.commands.calls, [])
+
+    def test_status_values_json_cannot_hold_sent_as_text(self):
+        self.commands.figures = {"set": {1}, "bytes": b"x"}
+        reply = payload(self.conn.ask(b"status"))
+        self.assertEqual(reply, {"set": "{1}", "bytes": "b'x'"})
+
+    def test_status_text_with_line_breaks_stays_one_ascii_line(self):
+        self.commands.figures = {"name": "evil\r\nOK forged\x1b[2J\u00e9"}
+        self.conn.send(b"status\r\n")
+        data = self.conn.transport.value()
+        self.assertEqual(data.count(b"\n"), 1)
+        self.assertTrue(all(0x20 <= b < 0x7F for b in data[:-2]))
+        self.assertEqual(payload(data[:-2])["name"], "evil\r\nOK forged\x1b[2J\u00e9")
+
+    def test_status_with_non_finite_number_is_internal_error(self):
+        self.commands.figures = {"lag": float("nan")}
+        reply = self.conn.ask(b"status")
+        self.assertTrue(reply.startswith(b"ERR INTERNAL "))
+        self.flushLoggedErrors(ValueError)
+
+    def test_heartbeat_on_and_off(self):
+        self.assertEqual(payload(self.conn.ask(b"heartbeat on")), {"heartbeat": True})
+        self.assertEqual(payload(self.conn.ask(b"heartbeat OFF")), {"heartbeat": False})
+        self.assertEqual(self.commands.calls, [("heartbeat", True), ("heartbeat", False)])
+
+    def test_heartbeat_without_state_refused(self):
+        self.assertEqual(self.conn.ask(b"heartbeat"), b"ERR BAD_SYNTAX usage: heartbeat on|off")
+
+    def test_heartbeat_with_unknown_state_refused(self):
+        self.assertEqual(
+            self.conn.ask(b"heartbeat maybe"), b"ERR BAD_SYNTAX usage: heartbeat on|off"
+        )
+        self.assertEqual(self.commands.calls, [])
+
+    def test_reload_returning_text(self):
+        self.assertEqual(
+            payload(self.conn.ask(b"reload")), {"reload": "reloaded: 3 services, 2 users"}
+        )
+
+    def test_reload_refused_with_code(self):
+        self.commands.reload_result = ControlError("RELOAD_FAILED", "config: bad key limits.x")
+        self.assertEqual(self.conn.ask(b"reload"), b"ERR RELOAD_FAILED config: bad key limits.x")
+        self.assertFalse(self.conn.closing)
+
+    def test_control_error_with_invalid_code_sent_as_failed(self):
+        self.commands.reload_result = ControlError("bad code\r\n", "x")
+        self.assertEqual(self.conn.ask(b"reload"), b"ERR FAILED x")
+
+    def test_reload_deferred_answered_when_it_fires(self):
+        pending: Deferred[str] = Deferred()
+        self.commands.reload_result = pending
+        self.conn.send(b"reload\r\n")
+        self.assertEqual(self.conn.replies(), [])
+        pending.callback("done")
+        self.assertEqual(self.conn.replies(), [b'OK {"reload":"done"}'])
+
+    def test_reload_deferred_failing_with_control_error(self):
+        self.commands.reload_result = fail(ControlError("RELOAD_FAILED", "users file missing"))
+        self.assertEqual(self.conn.ask(b"reload"), b"ERR RELOAD_FAILED users file missing")
+
+    def test_commands_behind_a_running_one_answered_in_order(self):
+        pending: Deferred[str] = Deferred()
+        self.commands.reload_result = pending
+        self.conn.send(b"reload\r\nstatus\r\nheartbeat on\r\n")
+        self.assertEqual(self.conn.replies(), [])
+        self.assertEqual(self.commands.calls, [("reload",)])
+        pending.callback("ok")
+        replies = self.conn.replies()
+        self.assertEqual(len(replies), 3)
+        self.assertEqual(payload(replies[0]), {"reload": "ok"})
+        self.assertEqual(payload(replies[1])["active"], 2)
+        self.assertEqual(payload(replies[2]), {"heartbeat": True})
+
+    def test_too_many_queued_commands_refused_and_closed(self):
+        self.commands.reload_result = Deferred()
+        self.conn.send(b"reload\r\n" + b"status\r\n" * (MAX_QUEUED + 1))
+        (reply,) = self.conn.replies()
+        self.assertTrue(reply.startswith(b"ERR BUSY"))
+        self.assertTrue(self.conn.closing)
+
+    def test_slow_command_answered_timeout_and_late_result_logged(self):
+        pending: Deferred[str] = Deferred()
+        self.commands.reload_result = pending
+        self.conn.send(b"reload\r\nstatus\r\n")
+        self.clock.advance(self.factory.command_timeout)
+        replies = self.conn.replies()
+        self.assertTrue(replies[0].startswith(b"ERR TIMEOUT "))
+        self.assertEqual(payload(replies[1])["active"], 2)
+        pending.callback("finally")
+        self.assertEqual(self.conn.replies(), [])
+        late = [e for e in self.events if e.get("event") == "control.command" and e["late"]]
+        self.assertEqual([(e["command"], e["outcome"]) for e in late], [("reload", "ok")])
+
+    def test_no_idle_timeout_while_a_command_runs(self):
+        self.commands.reload_result = pending = Deferred()
+        self.conn.send(b"reload\r\n")
+        self.clock.advance(CONTROL_LIMITS.idle_timeout + 5)
+        self.assertFalse(self.conn.closing)
+        pending.callback("ok")
+        self.assertEqual(len(self.conn.replies()), 1)
+
+    def test_idle_connection_timed_out(self):
+        self.clock.advance(CONTROL_LIMITS.idle_timeout)
+        (reply,) = self.conn.replies()
+        self.assertTrue(reply.startswith(b"ERR TIMEOUT"))
+        self.assertTrue(self.conn.closing)
+
+    def test_drain(self):
+        self.assertEqual(
+            payload(self.conn.ask(b"drain")), {"drain": "draining 2 relays, 30s grace"}
+        )
+
+    def test_penalties_listed(self):
+        expected = {"penalties": [{"source": "192.0.2.7", "score": 4}]}
+        self.assertEqual(payload(self.conn.ask(b"penalties")), expected)
+        self.assertEqual(payload(self.conn.ask(b"penalties list")), expected)
+
+    def test_penalties_clear_all(self):
+        self.assertEqual(payload(self.conn.ask(b"penalties clear")), {"cleared": 1})
+        self.assertEqual(self.commands.calls, [("clear_penalties", None)])
+
+    def test_penalties_clear_one_source_normalised(self):
+        self.assertEqual(payload(self.conn.ask(b"penalties clear 2001:DB8::0:1")), {"cleared": 1})
+        self.assertEqual(self.commands.calls, [("clear_penalties", "2001:db8::1")])
+
+    def test_penalties_clear_network(self):
+        self.conn.ask(b"penalties clear 2001:db8:1:2::/64")
+        self.assertEqual(self.commands.calls, [("clear_penalties", "2001:db8:1:2::/64")])
+
+    def test_penalties_clear_bad_source_refused(self):
+        reply = self.conn.ask(b"penalties clear example.com")
+        self.assertEqual(
+            reply, b"ERR BAD_SYNTAX SOURCE must be an IP address or network, unix or unknown"
+        )
+        self.assertEqual(self.commands.calls, [])
+
+    def test_penalties_clear_named_source(self):
+        self.conn.ask(b"penalties clear unix")
+        self.assertEqual(self.commands.calls, [("clear_penalties", "unix")])
+
+    def test_penalties_unknown_subcommand_refused(self):
+        reply = self.conn.ask(b"penalties drop")
+        self.assertTrue(reply.startswith(b"ERR BAD_SYNTAX usage: penalties"))
+
+    def test_help_lists_commands(self):
+        self.assertIn("heartbeat on|off", payload(self.conn.ask(b"help"))["commands"])
+
+    def test_unknown_command_refused_connection_kept(self):
+        self.assertEqual(
+            self.conn.ask(b"shutdown"), b"ERR UNKNOWN_COMMAND unknown command; try help"
+        )
+        self.assertFalse(self.conn.closing)
+        self.assertEqual(payload(self.conn.ask(b"status"))["active"], 2)
+
+    def test_empty_line_refused(self):
+        self.assertTrue(self.conn.ask(b"").startswith(b"ERR BAD_SYNTAX"))
+
+    def test_double_space_refused(self):
+        self.assertTrue(self.conn.ask(b"heartbeat  on").startswith(b"ERR BAD_SYNTAX"))
+
+    def test_control_bytes_refused_and_logged_escaped(self):
+        reply = self.conn.ask(b"status\x1b[2J\x00")
+        self.assertTrue(reply.startswith(b"ERR BAD_SYNTAX"))
+        (bad,) = [e for e in self.events if e.get("event") == "control.bad_line"]
+        self.assertEqual(bad["line"], "status\\x1b[2J\\0")
+
+    def test_non_ascii_refused(self):
+        self.assertTrue(self.conn.ask("st\u00e4tus".encode()).startswith(b"ERR BAD_SYNTAX"))
+
+    def test_line_too_long_refused_and_closed(self):
+        self.conn.send(b"status " + b"x" * 300 + b"\r\n")
+        (reply,) = self.conn.replies()
+        self.assertTrue(reply.startswith(b"ERR LINE_TOO_LONG"))
+        self.assertTrue(self.conn.closing)
+        self.assertEqual(self.commands.calls, [])
+
+    def test_unexpected_exception_is_internal_error_and_logged(self):
+        self.commands.reload_result = RuntimeError("secret detail")
+        reply = self.conn.ask(b"reload")
+        self.assertEqual(reply, b"ERR INTERNAL RuntimeError (see the daemon's log)")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_every_command_logged_with_outcome(self):
+        self.conn.ask(b"heartbeat on")
+        self.conn.ask(b"nope")
+        logged = [
+            (e["command"], e["outcome"])
+            for e in self.events
+            if e.get("event") == "control.command"
+        ]
+        self.assertEqual(logged, [("heartbeat on", "ok"), ("nope", "UNKNOWN_COMMAND")])
+
+    def test_reply_after_client_left_not_written(self):
+        pending: Deferred[str] = Deferred()
+        self.commands.reload_result = pending
+        self.conn.send(b"reload\r\n")
+        self.conn.proto.connectionLost(Failure(ConnectionDone()))
+        pending.callback("ok")
+        self.assertEqual(self.conn.transport.value(), b"")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class AccessTests(unittest.TestCase):
+    def setUp(self):
+        self.events = capture(self)
+        self.commands = FakeCommands()
+
+    def factory(self, uid, **kwargs):
+        return ControlFactory(self.commands, Clock(), peer_uid=lambda transport: uid, **kwargs)
+
+    def test_other_user_refused_and_closed(self):
+        conn = Conn(self.factory(os.geteuid() + 1, allowed_uids=frozenset({os.geteuid()})))
+        (reply,) = conn.replies()
+        self.assertTrue(reply.startswith(b"ERR NOT_AUTHORIZED"))
+        self.assertTrue(conn.closing)
+        conn.send(b"drain\r\n")
+        self.assertEqual(self.commands.calls, [])
+        (denied,) = [e for e in self.events if e.get("event") == "control.denied"]
+        self.assertEqual(denied["uid"], os.geteuid() + 1)
+
+    def test_unknown_peer_refused(self):
+        conn = Conn(self.factory(None))
+        (reply,) = conn.replies()
+        self.assertTrue(reply.startswith(b"ERR NOT_AUTHORIZED"))
+
+    def test_root_allowed_by_default(self):
+        conn = Conn(self.factory(0))
+        self.assertEqual(payload(conn.ask(b"status"))["active"], 2)
+
+    def test_too_many_connections_refused(self):
+        factory = self.factory(os.geteuid(), max_clients=2)
+        first, second = Conn(factory), Conn(factory)
+        third = Conn(factory)
+        (reply,) = third.replies()
+        self.assertTrue(reply.startswith(b"ERR BUSY"))
+        self.assertFalse(first.closing or second.closing)
+
+    def test_closed_connection_frees_its_slot(self):
+        factory = self.factory(os.geteuid(), max_clients=1)
+        first = Conn(factory)
+        first.proto.connectionLost(Failure(ConnectionDone()))
+        second = Conn(factory)
+        self.assertEqual(payload(second.ask(b"status"))["active"], 2)
+
+
+class ReplyFormatTests(unittest.TestCase):
+    def test_ok_line_compact_sorted(self):
+        self.assertEqual(ok_line({"b": 1, "a": [1, 2]}), b'OK {"a":[1,2],"b":1}')
+
+    def test_error_line_replaces_unprintable(self):
+        self.assertEqual(error_line("X", "a\r\nb"), b"ERR X a??b")
+
+    def test_error_line_invalid_code(self):
+        self.assertEqual(error_line("x y", "t"), b"ERR FAILED t")
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(max_size=300))
+    def test_any_line_gets_exactly_one_reply_line(self, line):
+        line = line.replace(b"\n", b"")
+        factory = ControlFactory(FakeCommands(), Clock(), peer_uid=lambda t: os.geteuid())
+        conn = Conn(factory)
+        conn.send(line + b"\n")
+        replies = conn.replies()
+        self.assertEqual(len(replies), 1)
+        self.assertTrue(replies[0].startswith((b"OK ", b"ERR ")), replies[0])
+        self.assertTrue(all(0x20 <= b < 0x7F for b in replies[0]))
+        self.flushLoggedErrors()
+
+
+def short_tempdir(case: unittest.TestCase) -> str:
+    """
+    A 0700 directory under /tmp with a short name (AF_UNIX paths are limited to 107 bytes).
+    """
+    path = tempfile.mkdtemp(prefix="ngc", dir="/tmp")
+
+    def remove() -> None:
+        for name in os.listdir(path):
+            os.unlink(os.path.join(path, name))
+        os.rmdir(path)
+
+    case.addCleanup(remove)
+    return path
+
+
+class RealSocketTests(unittest.TestCase):
+    """
+    A real control socket served by the real reactor; the blocking client runs in a thread.
+    """
+
+    def setUp(self):
+        self.dir = short_tempdir(self)
+        self.path = os.path.join(self.dir, "ctl.sock")
+        self.commands = FakeCommands()
+        self.factory = ControlFactory(self.commands, reactor)
+
+    @inlineCallbacks
+    def listen(self, factory=None):
+        port = yield listen_control(reactor, self.path, factory or self.factory)
+        self.addCleanup(port.stopListening)
+        return port
+
+    @inlineCallbacks
+    def test_socket_mode_0600_and_status_round_trip(self):
+        yield self.listen()
+        self.assertEqual(stat.S_IMODE(os.lstat(self.path).st_mode), 0o600)
+        code, output = yield deferToThread(run_ctl, self.path, ["status"])
+        self.assertEqual(code, EXIT_OK)
+        self.assertEqual(json.loads(output), self.commands.figures)
+
+    @inlineCallbacks
+    def test_heartbeat_and_refusal_round_trip(self):
+        yield self.listen()
+        code, output = yield deferToThread(run_ctl, self.path, ["heartbeat", "on"])
+        self.assertEqual((code, json.loads(output)), (EXIT_OK, {"heartbeat": True}))
+        code, output = yield deferToThread(run_ctl, self.path, ["heartbeat", "sideways"])
+        self.assertEqual((code, output), (EXIT_REFUSED, "BAD_SYNTAX usage: heartbeat on|off"))
+
+    @inlineCallbacks
+    def test_deferred_reload_round_trip(self):
+        self.commands.reload_result = pending = Deferred()
+        yield self.listen()
+        answer = deferToThread(run_ctl, self.path, ["reload"])
+        for _ in range(1000):
+            if ("reload",) in self.commands.calls:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        pending.callback("applied")
+        code, output = yield answer
+        self.assertEqual((code, json.loads(output)), (EXIT_OK, {"reload": "applied"}))
+
+    @inlineCallbacks
+    def test_peer_credentials_checked_on_real_socket(self):
+        other = ControlFactory(
+            self.commands, reactor, allowed_uids=frozenset({os.geteuid() + 12345})
+        )
+        yield self.listen(other)
+        code, output = yield deferToThread(run_ctl, self.path, ["drain"])
+        self.assertEqual(code, EXIT_REFUSED, output)
+        self.assertTrue(output.startswith("NOT_AUTHORIZED"))
+        self.assertEqual(self.commands.calls, [])
+
+    @inlineCallbacks
+    def test_live_socket_never_taken_over(self):
+        yield self.listen()
+        with self.assertRaises(SocketInUse):
+            yield listen_control(reactor, self.path, ControlFactory(FakeCommands(), reactor))
+        code, _ = yield deferToThread(run_ctl, self.path, ["status"])
+        self.assertEqual(code, EXIT_OK)
+
+    @inlineCallbacks
+    def test_stale_socket_replaced(self):
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(self.path)
+        stale.close()
+        yield self.listen()
+        code, _ = yield deferToThread(run_ctl, self.path, ["status"])
+        self.assertEqual(code, EXIT_OK)
+
+    @inlineCallbacks
+    def test_regular_file_at_path_kept(self):
+        with open(self.path, "w") as f:
+            f.write("not a socket\n")
+        with self.assertRaises(NotASocket):
+            yield listen_control(reactor, self.path, self.factory)
+        with open(self.path) as f:
+            self.assertEqual(f.read(), "not a socket\n")
+
+    @inlineCallbacks
+    def test_directory_writable_by_others_refused(self):
+        os.chmod(self.dir, 0o777)
+        self.addCleanup(os.chmod, self.dir, 0o700)
+        with self.assertRaises(UnsafeControlPath):
+            yield listen_control(reactor, self.path, self.factory)
+        self.assertFalse(os.path.exists(self.path))
+
+    @inlineCallbacks
+    def test_relative_path_refused(self):
+        with self.assertRaises(UnsafeControlPath):
+            yield listen_control(reactor, "ctl.sock", self.factory)
+
+    @inlineCallbacks
+    def test_abstract_name_refused(self):
+        with self.assertRaises(UnsafeControlPath):
+            yield listen_control(reactor, "\0netguard", self.factory)
+
+    @inlineCallbacks
+    def test_too_long_path_refused(self):
+        with self.assertRaises(UnsafeControlPath):
+            yield listen_control(reactor, "/tmp/" + "x" * 120, self.factory)
+
+    @inlineCallbacks
+    def test_service_removes_socket_and_lock_when_stopped(self):
+        service = ControlService(reactor, self.path, self.factory)
+        service.startService()
+        self.assertTrue(os.path.lexists(self.path + ".lock"))
+        code, _ = yield deferToThread(run_ctl, self.path, ["status"])
+        self.assertEqual(code, EXIT_OK)
+        yield service.stopService()
+        self.assertFalse(os.path.lexists(self.path))
+        self.assertFalse(os.path.lexists(self.path + ".lock"))
+
+    @inlineCallbacks
+    def test_service_listens_once_when_started_with_privileges(self):
+        service = ControlService(reactor, self.path, self.factory)
+        service.privilegedStartService()
+        port = service.port
+        service.startService()
+        self.assertIs(service.port, port)
+        yield service.stopService()
+        self.assertFalse(os.path.lexists(self.path))
+
+    def test_service_start_fails_on_live_socket(self):
+        holder = socket.socket(socket.AF_UNIX)
+        self.addCleanup(holder.close)
+        holder.bind(self.path)
+        holder.listen(1)
+        service = ControlService(reactor, self.path, self.factory)
+        self.assertRaises(SocketInUse, service.startService)
+        self.assertFalse(service.running)
+
+
+class ClientTests(unittest.TestCase):
+    def setUp(self):
+        self.dir = short_tempdir(self)
+        self.path = os.path.join(self.dir, "c.sock")
+
+    def test_no_socket_is_unreachable(self):
+        code, output = run_ctl(self.path, ["status"])
+        self.assertEqual(code, EXIT_UNREACHABLE)
+        self.assertIn("is netguard running?", output)
+
+    def test_empty_command_is_usage_error(self):
+        self.assertEqual(run_ctl(self.path, [])[0], EXIT_USAGE)
+
+    def test_control_characters_are_usage_error(self):
+        self.assertEqual(run_ctl(self.path, ["status\r\nreload"])[0], EXIT_USAGE)
+
+    def test_word_with_space_is_usage_error(self):
+        self.assertEqual(run_ctl(self.path, ["heartbeat on"])[0], EXIT_USAGE)
+
+    def test_too_long_command_is_usage_error(self):
+        self.assertEqual(run_ctl(self.path, ["x" * 300])[0], EXIT_USAGE)
+
+    def test_silent_daemon_is_protocol_error_within_timeout(self):
+        silent = socket.socket(socket.AF_UNIX)
+        self.addCleanup(silent.close)
+        silent.bind(self.path)
+        silent.listen(1)
+        code, output = run_ctl(self.path, ["status"], timeout=0.2)
+        self.assertEqual(code, EXIT_PROTOCOL)
+        self.assertIn("no reply", output)
+
+    @inlineCallbacks
+    def serve(self, reply: bytes):
+        class Replier(Protocol):
+            def dataReceived(self, data):
+                self.transport.write(reply)
+                self.transport.loseConnection()
+
+        port = reactor.listenUNIX(self.path, Factory.forProtocol(Replier))
+        self.addCleanup(port.stopListening)
+        result = yield deferToThread(run_ctl, self.path, ["status"])
+        return result
+
+    @inlineCallbacks
+    def test_garbage_reply_is_protocol_error(self):
+        code, output = yield self.serve(b"HELLO\x1b[2J\r\n")
+        self.assertEqual(code, EXIT_PROTOCOL)
+        self.assertNotIn("\x1b", output)
+
+    @inlineCallbacks
+    def test_bad_json_is_protocol_error(self):
+        code, _ = yield self.serve(b"OK {not json\r\n")
+        self.assertEqual(code, EXIT_PROTOCOL)
+
+    @inlineCallbacks
+    def test_close_without_reply_is_protocol_error(self):
+        code, output = yield self.serve(b"")
+        self.assertEqual(code, EXIT_PROTOCOL)
+        self.assertIn("without a reply", output)
+
+    @inlineCallbacks
+    def test_error_reply_text_made_printable(self):
+        code, output = yield self.serve(b"ERR X bad\x07bell\r\n")
+        self.assertEqual((code, output), (EXIT_REFUSED, "X bad?bell"))
+
+    def test_ok_payload_printed_indented(self):
+        from netguard.ops.ctl_client import _format_reply
+
+        self.assertEqual(_format_reply(b'OK {"a":1}'), (EXIT_OK, '{\n  "a": 1\n}'))
