@@ -244,6 +244,37 @@ def _cmd_tunnel(args: argparse.Namespace, io: _IO) -> int:
     return EXIT_OK
 
 
+def _control_socket_path(args: argparse.Namespace) -> str:
+    """
+    The control socket named by --socket, or by the configuration (--config, else the
+    defaults: <state_dir>/control.sock).
+    """
+    if args.socket:
+        return str(args.socket)
+    from netguard import config
+
+    try:
+        loaded = config.load_config(args.config)
+    except config.ConfigError as e:
+        raise CommandError(str(e)) from None
+    path = str(loaded.ops.control_socket)
+    if not path:
+        raise CommandError("the configuration has no control socket (ops.control_socket)")
+    return path
+
+
+def _cmd_ctl(args: argparse.Namespace, io: _IO) -> int:
+    from netguard.ops.ctl_client import EXIT_OK, run_ctl
+
+    code, output = run_ctl(_control_socket_path(args), args.words, timeout=args.timeout)
+    if code == EXIT_OK:
+        if output:
+            io.stdout.write(output + "\n")
+    else:
+        io.stderr.write(f"netguard: error: {output}\n")
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     """
     The argument parser of the C{netguard} command, with every subcommand.
@@ -338,7 +369,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_tunnel)
 
     # --- Later subcommands (a later issue); register them here when they really work: ---
-    # TODO(ctl): `netguard ctl status|heartbeat on|off|drain|reload` - control socket client.
+    p = sub.add_parser(
+        "ctl",
+        help="control the running daemon through its control socket",
+        description="Send one command to the running daemon's control socket and print the "
+        "reply (JSON). Commands: status, heartbeat on|off, reload, drain, penalties [list], "
+        "penalties clear [SOURCE], help. Exit status: 0 done, 1 refused by the daemon, "
+        "2 usage, 3 daemon not reachable, 4 no valid reply in time.",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--socket", metavar="PATH", help="the control socket")
+    where.add_argument("--config", metavar="FILE", help="take the socket from this configuration")
+    p.add_argument(
+        "--timeout", metavar="SECONDS", type=float, default=5.0, help="give up after (default 5)"
+    )
+    p.add_argument("words", nargs="+", metavar="COMMAND", help="e.g. status, heartbeat on")
+    p.set_defaults(run=_cmd_ctl)
+
     # TODO(cert): `netguard cert` - certificate helpers.
     return parser
 

@@ -17,12 +17,22 @@ from typing import IO, Any
 from twisted.application.service import MultiService
 from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from netguard.auth.users import UserStore, ensure_users_file
 from netguard.gateway.factory import GatewayFactory
+from netguard.ops.control import ControlError, ControlFactory, ControlService, UnsafeControlPath
 from netguard.ops.drain import Drainer
+from netguard.ops.heartbeat import Heartbeat, install_sigusr1
+from netguard.ops.lock import (
+    InstanceConflict,
+    InstanceLock,
+    acquire_instance_lock,
+    check_unix_socket_free,
+)
+from netguard.ops.notify import notify_ready, notify_stopping
 from netguard.ops.overload import OverloadMonitor
 from netguard.stats import Stats
 
@@ -44,11 +54,27 @@ class GatewayService(MultiService):
     @ivar ports: the L{IListeningPort}s, once started.
     """
 
-    def __init__(self, factory: GatewayFactory, endpoints: list[tuple[str, Any]]):
+    def __init__(
+        self,
+        factory: GatewayFactory,
+        endpoints: list[tuple[str, Any]],
+        instance_lock: InstanceLock | None = None,
+    ):
         super().__init__()
         self.factory = factory
         self.endpoints = endpoints
         self.ports: list[Any] = []
+        self.instance_lock = instance_lock
+        self.started_at = factory.clock.seconds()
+        self._uninstall_sigusr1: Any = None
+        ops = factory.config.ops
+        self.heartbeat = Heartbeat(
+            factory.clock, self.figures, ops.heartbeat_interval, enabled=ops.heartbeat
+        )
+        self.heartbeat.setServiceParent(self)
+        if ops.control_socket:
+            control = ControlFactory(GatewayControl(self), factory.reactor)
+            ControlService(factory.reactor, ops.control_socket, control).setServiceParent(self)
         self.drainer = Drainer(factory, factory.clock, factory.config.ops.shutdown_grace)
         factory.drainer = self.drainer
         overload = factory.config.overload
@@ -67,11 +93,13 @@ class GatewayService(MultiService):
         port or a root-owned socket directory works. A listener that cannot open ends the
         start with one line naming it, not a traceback.
         """
+        if self.instance_lock is not None:
+            self.instance_lock.write_pid()  # we may be twistd's daemon child by now
         try:
             self.listen()
-        except ListenFailed as error:
+            super().privilegedStartService()  # children: the control socket listens here
+        except (ListenFailed, InstanceConflict, UnsafeControlPath, CannotListenError) as error:
             raise SystemExit(f"netguard: {error}") from None
-        super().privilegedStartService()
 
     def listen(self) -> None:
         """
@@ -83,6 +111,15 @@ class GatewayService(MultiService):
         if self.ports:
             return
         for description, endpoint in self.endpoints:
+            path = _unix_socket_path(description)
+            if path is not None:
+                try:
+                    check_unix_socket_free(path)  # never take a live instance's socket
+                except InstanceConflict as error:
+                    for port in self.ports:
+                        port.stopListening()
+                    self.ports = []
+                    raise ListenFailed(str(error)) from None
             failures: list[Failure] = []
             endpoint.listen(self.factory).addCallbacks(self.ports.append, failures.append)
             if failures:
@@ -108,6 +145,29 @@ class GatewayService(MultiService):
             services=",".join(sorted(dict(self.factory.config.services))),
         )
         super().startService()
+        reactor = self.factory.reactor
+        reactor.callWhenRunning(self._running, reactor)
+
+    def _running(self, reactor: Any) -> None:
+        """
+        The reactor runs (its own signal handlers, and SIGTERM's drain, are in place): take
+        SIGUSR1 for the heartbeat and tell systemd we are ready.
+        """
+        if not self.running:
+            return
+        if self._uninstall_sigusr1 is None:
+            self._uninstall_sigusr1 = install_sigusr1(reactor, self.heartbeat)
+        notify_ready(f"{len(self.ports)} listener(s)")
+
+    def figures(self) -> dict[str, Any]:
+        """
+        The cumulative figures and states, for the heartbeat and C{netguard ctl status}.
+        """
+        figures: dict[str, Any] = dict(self.factory.stats.snapshot())
+        figures["uptime"] = round(self.factory.clock.seconds() - self.started_at, 3)
+        figures["admission"] = self.factory.admission.snapshot()
+        figures["draining"] = self.drainer.draining
+        return figures
 
     def stopService(self) -> Any:
         """
@@ -115,6 +175,10 @@ class GatewayService(MultiService):
         removed), drain the sessions within C{ops.shutdown_grace}, stop the child services,
         drop the verifiers we hold, and log a summary.
         """
+        notify_stopping()
+        if self._uninstall_sigusr1 is not None:
+            self._uninstall_sigusr1()
+            self._uninstall_sigusr1 = None
         ports, self.ports = self.ports, []
         closing = [maybeDeferred(port.stopListening) for port in ports]
         self.overload_monitor.stop()
@@ -131,6 +195,55 @@ class GatewayService(MultiService):
             figures=" ".join(f"{k}={v}" for k, v in sorted(self.factory.stats.snapshot().items())),
             forced=self.drainer.forced,
         )
+        if self.instance_lock is not None:
+            self.instance_lock.release()
+
+
+class GatewayControl:
+    """
+    The gateway's side of the control socket (L{netguard.ops.control.ControlCommands}).
+    """
+
+    def __init__(self, service: GatewayService) -> None:
+        self.service = service
+
+    def status(self) -> dict[str, Any]:
+        figures = self.service.figures()
+        figures["pid"] = os.getpid()
+        figures["heartbeat"] = self.service.heartbeat.enabled
+        figures["listeners"] = [description for description, _ in self.service.endpoints]
+        return figures
+
+    def heartbeat(self, on: bool) -> bool:
+        return self.service.heartbeat.set_enabled(on, by="control")
+
+    def reload(self) -> str:
+        raise ControlError("NOT_AVAILABLE", "reload is not built yet (send SIGHUP later)")
+
+    def drain(self) -> str:
+        reactor = self.service.factory.reactor
+        count = len(self.service.factory.sessions)
+        reactor.callLater(0, reactor.stop)  # stopService drains, as on SIGTERM
+        return f"draining {count} connection(s), grace {self.service.drainer.grace}s"
+
+    def penalties(self) -> list[dict[str, Any]]:
+        return [
+            {"source": source, "blocked_for": round(left, 1), "offences": offences}
+            for source, left, offences in self.service.factory.admission.penalties()
+        ]
+
+    def clear_penalties(self, source: str | None) -> int:
+        return self.service.factory.admission.clear_penalties(source)
+
+
+def _unix_socket_path(description: str) -> str | None:
+    """
+    The socket path of a C{unix:} listener string, else L{None}.
+    """
+    if not description.startswith("unix:"):
+        return None
+    path = description[5:].split(":", 1)[0]
+    return path[len("address=") :] if path.startswith("address=") else path
 
 
 def prepare_state_dir(path: str) -> None:
@@ -206,6 +319,9 @@ def make_service(config: Any, reactor: Any, terminal: IO[str] | None = None) -> 
     @return: a L{GatewayService} ready to be started.
     """
     prepare_state_dir(config.state_dir)
+    # Before anything else touches the state directory (users file, sockets). flock: the
+    # lock survives twistd's daemonizing fork; the child rewrites its PID.
+    instance_lock = acquire_instance_lock(config.state_dir)
     for directory in _unix_socket_dirs(config.listen):
         os.makedirs(directory, mode=0o700, exist_ok=True)
     users = load_users(config, terminal)
@@ -213,4 +329,4 @@ def make_service(config: Any, reactor: Any, terminal: IO[str] | None = None) -> 
     endpoints = [
         (description, serverFromString(reactor, description)) for description in config.listen
     ]
-    return GatewayService(factory, endpoints)
+    return GatewayService(factory, endpoints, instance_lock)

@@ -369,9 +369,9 @@ class ParserTests(CliTestBase):
     def test_help_lists_subcommands(self) -> None:
         code, out, err = self.run_cli(["--help"])
         self.assertEqual(code, 0)
-        for name in ("adduser", "passwd", "deluser", "check-config", "tunnel"):
+        for name in ("adduser", "passwd", "deluser", "check-config", "tunnel", "ctl"):
             self.assertIn(name, out)
-        for name in ("ctl", "cert"):
+        for name in ("cert",):
             self.assertNotIn(f"    {name} ", out)
 
     def test_subcommand_help(self) -> None:
@@ -413,7 +413,7 @@ class ParserTests(CliTestBase):
         self.assertNotIn("Traceback", err)
 
     def test_later_subcommands_not_registered(self) -> None:
-        for name in ("ctl", "cert"):
+        for name in ("cert",):
             code, _, err = self.run_cli([name])
             self.assertEqual(code, 2)
             self.assertIn("invalid choice", err)

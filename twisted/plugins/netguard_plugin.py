@@ -119,10 +119,14 @@ class NetguardServiceMaker:
 
         from netguard.auth.users import UsersFileError
         from netguard.ops.drain import install_sigterm
+        from netguard.ops.lock import AlreadyRunning
         from netguard.service import make_service
 
         try:
             service = make_service(options["loaded"], reactor)
+        except AlreadyRunning as error:
+            # Before daemonizing: the operator sees this one line on the terminal, exit 1.
+            raise SystemExit(str(error)) from None
         except (UsersFileError, OSError) as error:
             raise SystemExit(f"netguard: cannot start: {error}") from None
         # After the reactor's own handlers are in place: SIGTERM drains, a second one cuts.

@@ -1,0 +1,123 @@
+"""
+The operations wiring of issue 7 on a real C{twistd -n netguard} child: one instance per state
+directory, the control socket (mode 0600) driven by the real C{netguard ctl} client, the
+heartbeat toggled by a real SIGUSR1 and by the control socket, systemd notifications on a
+real datagram socket, and clean removal of the lock and sockets on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.trial import unittest
+
+from netguard.ops.ctl_client import EXIT_OK, EXIT_REFUSED, run_ctl
+from tests.integration.test_twistd import (
+    REPO,
+    TWISTD,
+    WAIT,
+    Twistd,
+    python_env,
+    run,
+    short_temp_dir,
+)
+
+
+class OpsTwistdTests(unittest.TestCase):
+    def setUp(self):
+        self.root = short_temp_dir("ngo-")
+        self.addCleanup(shutil.rmtree, self.root, True)
+        self.state = os.path.join(self.root, "st")
+        self.control = os.path.join(self.state, "control.sock")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(self.notify.close)
+        self.notify.bind(os.path.join(self.root, "notify"))
+        self.notify.settimeout(WAIT)
+        os.environ["NOTIFY_SOCKET"] = os.path.join(self.root, "notify")
+        self.addCleanup(os.environ.pop, "NOTIFY_SOCKET", None)
+
+    @inlineCallbacks
+    def start(self):
+        daemon = Twistd(self, self.state, ["--listen", "tcp:0:interface=127.0.0.1"])
+        yield daemon.started()
+        return daemon
+
+    def ctl(self, *words):
+        return deferToThread(run_ctl, self.control, list(words))
+
+    @inlineCallbacks
+    def test_ready_status_heartbeat_second_instance_and_clean_stop(self):
+        daemon = yield self.start()
+        ready = yield deferToThread(self.notify.recv, 4096)
+        self.assertTrue(ready.startswith(b"READY=1"), ready)
+
+        # The lock names the daemon; the control socket is 0600.
+        with open(os.path.join(self.state, "netguard.lock")) as f:
+            self.assertEqual(int(f.read()), daemon.process.pid)
+        self.assertEqual(stat.S_IMODE(os.lstat(self.control).st_mode), 0o600)
+
+        code, output = yield self.ctl("status")
+        self.assertEqual(code, EXIT_OK, output)
+        self.assertEqual(json.loads(output)["pid"], daemon.process.pid)
+
+        # A second copy on the same state directory refuses, naming the PID, and takes
+        # nothing from the first (its control socket still answers).
+        prefix, env = python_env(REPO, self.root)
+        second = run(
+            [
+                *prefix,
+                "-c",
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "netguard",
+                "--state-dir",
+                self.state,
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+            ],
+            env,
+            self.root,
+        )
+        self.assertEqual(second.returncode, 1, second.stderr)
+        self.assertIn(f"already running as pid {daemon.process.pid}", second.stderr)
+        code, _ = yield self.ctl("status")
+        self.assertEqual(code, EXIT_OK)
+
+        # Heartbeat: on by the control socket, off by SIGUSR1.
+        code, output = yield self.ctl("heartbeat", "on")
+        self.assertEqual((code, json.loads(output)), (EXIT_OK, {"heartbeat": True}))
+        yield daemon.wait_for(lambda: "heartbeat active=" in daemon.stdout, "a heartbeat")
+        os.kill(daemon.process.pid, signal.SIGUSR1)
+        yield daemon.wait_for(
+            lambda: "heartbeat switched off by signal" in daemon.stdout, "the SIGUSR1 switch"
+        )
+        code, output = yield self.ctl("heartbeat", "sideways")
+        self.assertEqual(code, EXIT_REFUSED)
+
+        daemon.process.send_signal(signal.SIGTERM)
+        stopping = yield deferToThread(self.notify.recv, 4096)
+        self.assertEqual(stopping, b"STOPPING=1")
+        status = yield daemon.exited()
+        self.assertEqual(status, 0, daemon.describe())
+        self.assertEqual(sorted(os.listdir(self.state)), ["users"])
+
+    @inlineCallbacks
+    def test_killed_instance_leaves_nothing_that_blocks_a_restart(self):
+        daemon = yield self.start()
+        daemon.process.kill()
+        daemon.process.wait(WAIT)
+        self.assertTrue(os.path.exists(self.control))
+        again = Twistd(self, self.state, ["--listen", "tcp:0:interface=127.0.0.1"])
+        yield again.wait_for(lambda: "netguard started" in again.stdout, "the restart")
+        code, output = yield self.ctl("status")
+        self.assertEqual(code, EXIT_OK, output)
+        self.assertEqual(json.loads(output)["pid"], again.process.pid)
+        self.assertIn("removed stale unix socket", again.stdout)
