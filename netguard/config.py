@@ -309,6 +309,45 @@ def _admission_policy_class() -> Any:
     return AdmissionPolicy
 
 
+@attrs.frozen(kw_only=True)
+class TLSListenConfig:
+    """
+    One TLS listener (C{[[tls_listen]]}): TLS from the first byte on a plain server endpoint,
+    with netguard's hardened settings (see C{docs/tls.md}).
+
+    @ivar endpoint: the server endpoint string underneath (C{tcp:...}, C{unix:...}, ...).
+    @ivar cert_file: the certificate (PEM), optionally followed by its chain.
+    @ivar key_file: the private key (PEM), no access for other users.
+    @ivar chain_file: intermediate certificates, or C{""}.
+    @ivar client_ca_file: CA certificates for client certificates, or C{""}.
+    @ivar require_client_cert: refuse clients without a certificate from C{client_ca_file}.
+    @ivar min_version: C{"1.2"} or C{"1.3"}.
+    """
+
+    endpoint: str
+    cert_file: str
+    key_file: str
+    chain_file: str = ""
+    client_ca_file: str = ""
+    require_client_cert: bool = False
+    min_version: str = "1.2"
+
+    def settings(self) -> Any:
+        """
+        The L{netguard.tls.ServerTLSSettings} of this listener.
+        """
+        from netguard.tls import ServerTLSSettings
+
+        return ServerTLSSettings(
+            cert_file=self.cert_file,
+            key_file=self.key_file,
+            chain_file=self.chain_file or None,
+            client_ca_file=self.client_ca_file or None,
+            require_client_cert=self.require_client_cert,
+            min_version=self.min_version,
+        )
+
+
 def _to_tuple(values: Iterable[str]) -> tuple[str, ...]:
     """
     Convert a list of names to a tuple (attrs converter).
@@ -392,6 +431,7 @@ class Config:
     @ivar state_dir: the directory for the users file, the unix socket and the lock.
     @ivar users_file: the SCRAM verifier store.
     @ivar listen: server endpoint strings, ports as numbers.
+    @ivar tls_listen: TLS listeners (L{TLSListenConfig}).
     @ivar limits: the per-connection bounds.
     @ivar log: the log settings.
     @ivar ops: the daemon's operational settings (heartbeat, shutdown, control socket).
@@ -408,6 +448,7 @@ class Config:
     state_dir: str
     users_file: str
     listen: tuple[str, ...] = attrs.field(converter=_to_tuple)
+    tls_listen: tuple[TLSListenConfig, ...] = ()
     limits: Limits = attrs.field(factory=Limits)
     log: LogConfig = attrs.field(factory=LogConfig)
     ops: OpsConfig = attrs.field(factory=OpsConfig)
@@ -536,6 +577,7 @@ _TOP_KEYS: Final = (
     "state_dir",
     "users_file",
     "listen",
+    "tls_listen",
     "limits",
     "log",
     "ops",
@@ -727,7 +769,7 @@ def _admission(src: _Source, table: object, origins: dict[str, str]) -> Any:
             )
         default = fields[key].default
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-            default = default.factory()
+            default = default.factory(policy_class()) if default.takes_self else default.factory()
         if isinstance(default, bool) or isinstance(value, bool):
             ok = isinstance(value, bool) and isinstance(default, bool)
         elif isinstance(default, int):
@@ -1842,13 +1884,88 @@ def _check_overrides(src: _Source, overrides: Mapping[str, object]) -> dict[str,
     return given
 
 
+_TLS_LISTEN_KEYS: Final = (
+    "endpoint",
+    "cert_file",
+    "key_file",
+    "chain_file",
+    "client_ca_file",
+    "require_client_cert",
+    "min_version",
+)
+
+
+def _tls_listeners(
+    src: _Source, values: object, plain: tuple[str, ...], builder: _Builder
+) -> tuple[TLSListenConfig, ...]:
+    """
+    Check the C{[[tls_listen]]} array: each entry a table with an endpoint string that is not
+    itself TLS, the certificate and key files (read only when the gateway starts).
+    """
+    if not isinstance(values, list) or len(values) > MAX_LISTENERS:
+        raise src.error(
+            "tls_listen",
+            f"must be an array of tables ([[tls_listen]]), at most {MAX_LISTENERS}, "
+            f"got {_describe_value(values)}",
+        )
+    result: list[TLSListenConfig] = []
+    seen = set(plain)
+    for index, body in enumerate(values):
+        prefix = f"tls_listen[{index}]"
+        if not isinstance(body, dict):
+            raise src.error(prefix, f"must be a table, got {_describe_value(body)}")
+        for key in body:
+            if key not in _TLS_LISTEN_KEYS:
+                raise src.error(
+                    f"{prefix}.{_toml_key(key)}",
+                    f"unknown key; allowed keys are: {', '.join(_TLS_LISTEN_KEYS)}",
+                )
+        for key in ("endpoint", "cert_file", "key_file"):
+            if key not in body:
+                raise src.error(f"{prefix}.{key}", "is required")
+        listener: _Listener = src.check(f"{prefix}.endpoint", _check_listener, body["endpoint"])
+        kind = listener.description.split(":", 1)[0]
+        if kind in ("ssl", "tls"):
+            raise src.error(
+                f"{prefix}.endpoint",
+                "is already TLS; give the plain endpoint (tcp:..., unix:...) and netguard "
+                "adds its hardened TLS",
+            )
+        if listener.description in seen:
+            raise src.error(f"{prefix}.endpoint", "is listed twice")
+        seen.add(listener.description)
+        if listener.warning:
+            builder.warnings.append(f"{prefix}.endpoint: {listener.warning}")
+        files = {
+            key: _path(src, f"{prefix}.{key}", body[key]) if body.get(key, "") != "" else ""
+            for key in ("cert_file", "key_file", "chain_file", "client_ca_file")
+        }
+        require = _bool(
+            src, f"{prefix}.require_client_cert", body.get("require_client_cert", False)
+        )
+        if require and not files["client_ca_file"]:
+            raise src.error(f"{prefix}.require_client_cert", "needs client_ca_file")
+        version = _choice("1.2", "1.3")(
+            src, f"{prefix}.min_version", body.get("min_version", "1.2")
+        )
+        result.append(
+            TLSListenConfig(
+                endpoint=listener.description,
+                require_client_cert=require,
+                min_version=version,
+                **files,
+            )
+        )
+    return tuple(result)
+
+
 def _listeners(src: _Source, key: str, values: object, builder: _Builder) -> tuple[str, ...]:
     if not isinstance(values, list):
         raise src.error(
             key, f"must be an array of server endpoint strings, got {_describe_value(values)}"
         )
-    if not values or len(values) > MAX_LISTENERS:
-        raise src.error(key, f"must list 1 to {MAX_LISTENERS} endpoints")
+    if len(values) > MAX_LISTENERS:
+        raise src.error(key, f"must list at most {MAX_LISTENERS} endpoints")
     result: list[str] = []
     for index, value in enumerate(values):
         item_key = f"{key}[{index}]"
@@ -1944,6 +2061,16 @@ def load_config(
                 "state_dir or set listen",
             ) from None
 
+    if "listen" in opts:
+        tls_listen: tuple[TLSListenConfig, ...] = ()  # --listen: only those listeners open
+    else:
+        tls_listen = _tls_listeners(src, doc.get("tls_listen", []), listen, builder)
+    for index in range(len(tls_listen)):
+        for field in attrs.fields(TLSListenConfig):
+            origins[f"tls_listen[{index}].{field.name}"] = ORIGIN_FILE
+    if not listen and not tls_listen:
+        where = cli if "listen" in opts else src
+        raise where.error("listen", "no listener: give at least one in listen or [[tls_listen]]")
     limits = _limits(src, doc.get("limits", {}), origins)
 
     log_table = doc.get("log", {})
@@ -1991,6 +2118,7 @@ def load_config(
         state_dir=state_dir,
         users_file=users_file,
         listen=listen,
+        tls_listen=tls_listen,
         limits=limits,
         log=log,
         ops=ops,
@@ -2189,6 +2317,9 @@ def describe(config: Config) -> str:
             exposure = f"INVALID: {e.message}"
         shown = _value_text(_redact_description(description))
         lines.append(f"listen[{index}] = {shown}  # {_origin_note(config, 'listen')}; {exposure}")
+    for index, tls in enumerate(config.tls_listen):
+        for field in attrs.fields(TLSListenConfig):
+            add(f"tls_listen[{index}].{field.name}", getattr(tls, field.name))
     for field in attrs.fields(Limits):
         add(f"limits.{field.name}", getattr(config.limits, field.name))
     add("log.format", config.log.format)

@@ -139,6 +139,7 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         self._timers: dict[str, Any] = {}
         self._write_paused = False
         self._held = False
+        self._registered = False
 
     # -- hooks for subclasses --------------------------------------------------------------
 
@@ -223,8 +224,7 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         self._cancel_all()
         self.setTimeout(None)
         transport = self.transport
-        if getattr(transport, "producer", None) is self:
-            transport.unregisterProducer()
+        self._unregister()
         self._timers["abort"] = self.clock.callLater(self.limits.write_timeout, self._abort_stuck)
         transport.loseConnection()
 
@@ -263,8 +263,7 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
             self.phase = FramingPhase.RAW
         self.line_mode = 0
         transport = self.transport
-        if transport is not None and getattr(transport, "producer", None) is self:
-            transport.unregisterProducer()
+        self._unregister()
         self._cancel("write")
         if self._write_paused:
             self._write_paused = False
@@ -291,6 +290,7 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
 
     def connectionMade(self) -> None:
         self.transport.registerProducer(self, True)
+        self._registered = True
         self.setTimeout(self.limits.idle_timeout)
         self._timers["handshake"] = self.clock.callLater(
             self.limits.handshake_timeout, self._handshake_expired
@@ -442,6 +442,16 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         timer = self._timers.pop(name, None)
         if timer is not None and timer.active():
             timer.cancel()
+
+    def _unregister(self) -> None:
+        """
+        Stop being our transport's producer (tracked here: a TLS transport wraps the
+        producer, so C{transport.producer} is not us).
+        """
+        if self._registered:
+            self._registered = False
+            if self.transport is not None:
+                self.transport.unregisterProducer()
 
     def _cancel_all(self) -> None:
         for name in list(self._timers):

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 
 from netguard.auth.users import UserStore, ensure_users_file
 from netguard.gateway.factory import GatewayFactory
+from netguard.log import FileLogSink, LogFileError
 from netguard.ops.control import ControlError, ControlFactory, ControlService, UnsafeControlPath
 from netguard.ops.drain import Drainer
 from netguard.ops.heartbeat import Heartbeat, install_sigusr1
@@ -35,6 +36,7 @@ from netguard.ops.lock import (
 from netguard.ops.notify import notify_ready, notify_stopping
 from netguard.ops.overload import OverloadMonitor
 from netguard.stats import Stats
+from netguard.tls import TLSServerEndpoint, load_server_context
 
 log = Logger()
 
@@ -63,10 +65,14 @@ class GatewayService(MultiService):
         super().__init__()
         self.factory = factory
         self.endpoints = endpoints
+        #: The TLS identities of the TLS listeners (reloaded by SIGHUP / ctl reload).
+        self.tls_identities: list[Any] = []
         self.ports: list[Any] = []
         self.instance_lock = instance_lock
         self.started_at = factory.clock.seconds()
         self._uninstall_sigusr1: Any = None
+        # [log] file: also write every event there, from start to the last shutdown event.
+        self.log_sink = FileLogSink.from_config(factory.config.log)
         ops = factory.config.ops
         self.heartbeat = Heartbeat(
             factory.clock, self.figures, ops.heartbeat_interval, enabled=ops.heartbeat
@@ -96,9 +102,16 @@ class GatewayService(MultiService):
         if self.instance_lock is not None:
             self.instance_lock.write_pid()  # we may be twistd's daemon child by now
         try:
+            self.log_sink.start()  # before dropping privileges: /var/log may need root
             self.listen()
             super().privilegedStartService()  # children: the control socket listens here
-        except (ListenFailed, InstanceConflict, UnsafeControlPath, CannotListenError) as error:
+        except (
+            ListenFailed,
+            InstanceConflict,
+            UnsafeControlPath,
+            CannotListenError,
+            LogFileError,
+        ) as error:
             raise SystemExit(f"netguard: {error}") from None
 
     def listen(self) -> None:
@@ -134,6 +147,7 @@ class GatewayService(MultiService):
         Start serving: listen (unless already done with privileges), log the configuration's
         warnings, start the overload monitor and the child services.
         """
+        self.log_sink.start()
         self.listen()
         for warning in self.factory.config.warnings:
             log.warn("configuration: {detail}", event="config.warning", detail=warning)
@@ -185,6 +199,7 @@ class GatewayService(MultiService):
         draining = self.drainer.drain()
         draining.addCallback(lambda _: maybeDeferred(super(GatewayService, self).stopService))
         draining.addCallback(self._stopped)
+        draining.addBoth(self.log_sink.stop)  # after shutdown.done
         return gatherResults([*closing, draining], consumeErrors=True)
 
     def _stopped(self, _: Any) -> None:
@@ -324,9 +339,19 @@ def make_service(config: Any, reactor: Any, terminal: IO[str] | None = None) -> 
     instance_lock = acquire_instance_lock(config.state_dir)
     for directory in _unix_socket_dirs(config.listen):
         os.makedirs(directory, mode=0o700, exist_ok=True)
+    for directory in _unix_socket_dirs(tuple(tls.endpoint for tls in config.tls_listen)):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    # Certificates and keys are read now, before privileges are dropped; a bad file stops
+    # the start with TLSConfigError naming it.
+    identities = [load_server_context(tls.settings()) for tls in config.tls_listen]
     users = load_users(config, terminal)
     factory = GatewayFactory(config, users, reactor, Stats())
     endpoints = [
         (description, serverFromString(reactor, description)) for description in config.listen
     ]
-    return GatewayService(factory, endpoints, instance_lock)
+    for tls, identity in zip(config.tls_listen, identities, strict=True):
+        plain = serverFromString(reactor, tls.endpoint)
+        endpoints.append((f"tls+{tls.endpoint}", TLSServerEndpoint(plain, identity, reactor)))
+    service = GatewayService(factory, endpoints, instance_lock)
+    service.tls_identities = identities
+    return service

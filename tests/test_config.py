@@ -812,7 +812,7 @@ class FileErrorTests(ConfigTestCase):
         )
 
     def test_listen_empty(self) -> None:
-        self.assertFileError("listen = []\n", "listen", "1 to 64")
+        self.assertFileError("listen = []\n", "listen", "no listener")
 
     def test_unknown_port_name_in_listener(self) -> None:
         self.assertFileError(

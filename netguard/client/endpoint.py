@@ -132,13 +132,16 @@ def endpoint_from_string_args(reactor: Any, *args: str, **kwargs: str) -> NGPCli
     of mode 0600 or stricter; a password is never accepted in the string itself); the gateway
     either as C{host=H:port=P} (TCP; the port may be a service name) or as C{gateway=<client
     endpoint string>} with its colons escaped once more (for example
-    C{gateway=unix\\:path\\=/run/netguard/ng.sock}).
+    C{gateway=unix\\:path\\=/run/netguard/ng.sock}). TLS: C{tls=1} (verify against the system
+    roots and C{tls_hostname}, default C{host}), C{ca_file=PATH}, C{pin_sha256=PIN[,PIN]},
+    C{client_cert=PATH:client_key=PATH} for mutual TLS; see L{wrap_tls}.
 
     @raise ValueError: for a missing, unknown or invalid key.
     """
     if args:
         raise ValueError("netguard: takes only key=value arguments")
     known = {"host", "port", "gateway", "service", "user", "password_file", "timeout"}
+    known |= set(TLS_KEYS)
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise ValueError(f"netguard: unknown key(s) {', '.join(unknown)}")
@@ -158,7 +161,48 @@ def endpoint_from_string_args(reactor: Any, *args: str, **kwargs: str) -> NGPCli
         if "timeout" in kwargs:
             description += f":timeout={kwargs['timeout']}"
         gateway = clientFromString(reactor, description)
+    gateway = wrap_tls(reactor, gateway, kwargs, default_hostname=kwargs.get("host"))
     password = read_password_file(kwargs["password_file"])
     return NGPClientEndpoint(
         reactor, gateway, Credentials(kwargs["user"], password), kwargs["service"]
     )
+
+
+#: The TLS keys of a C{netguard:} endpoint string (and of C{netguard tunnel}'s options).
+TLS_KEYS = ("tls", "tls_hostname", "ca_file", "pin_sha256", "client_cert", "client_key")
+
+
+def wrap_tls(
+    reactor: Any, gateway: Any, options: dict[str, Any], default_hostname: str | None
+) -> Any:
+    """
+    Wrap the gateway endpoint in verified TLS when the options ask for it: C{tls} true, or
+    any of C{ca_file}/C{pin_sha256}/C{client_cert} given. The server is always verified
+    (system trust roots and the host name by default, C{ca_file}, or a C{pin_sha256});
+    there is no option to turn verification off.
+
+    @raise ValueError: for TLS options without a host name to verify, or unusable files.
+    """
+    from twisted.internet.endpoints import wrapClientTLS
+
+    from netguard.tls import TLSConfigError, client_tls_options
+
+    wanted = str(options.get("tls") or "").lower() in ("1", "yes", "true", "on")
+    wanted = wanted or any(options.get(key) for key in ("ca_file", "pin_sha256", "client_cert"))
+    if not wanted:
+        return gateway
+    hostname = options.get("tls_hostname") or default_hostname
+    if not hostname:
+        raise ValueError("TLS needs tls_hostname= (the name the gateway's certificate proves)")
+    try:
+        creator: Any = client_tls_options(
+            hostname,
+            ca_file=options.get("ca_file") or None,
+            pin_sha256=options.get("pin_sha256") or None,
+            client_cert=options.get("client_cert") or None,
+            client_key=options.get("client_key") or None,
+            clock=reactor,
+        )
+    except TLSConfigError as error:
+        raise ValueError(str(error)) from None
+    return wrapClientTLS(creator, gateway)

@@ -28,6 +28,7 @@ from netguard.auth.scram import (
 )
 from netguard.framing import FramingLimits, GuardedLineReceiver
 from netguard.log import escape
+from netguard.tls import channel_binding_for
 
 
 class NGPError(Exception):
@@ -178,10 +179,15 @@ class NGPClientProtocol(GuardedLineReceiver):
         for word in words[2:]:
             if word.startswith("AUTH="):
                 offered = word[5:].split(",")
-        if self.channel_binding is not None and SCRAM_SHA_256_PLUS in offered:
-            mechanism, binding = SCRAM_SHA_256_PLUS, self.channel_binding
+        # On TLS, bind the authentication to the certificate this connection was served
+        # (RFC 5929 tls-server-end-point): relayed through a man in the middle, it fails.
+        binding = self.channel_binding or channel_binding_for(self.transport, "client")
+        if binding is not None and SCRAM_SHA_256_PLUS in offered:
+            mechanism = SCRAM_SHA_256_PLUS
         elif SCRAM_SHA_256 in offered:
-            mechanism, binding = SCRAM_SHA_256, None
+            # Keep passing the binding: the client then says "I could bind" (gs2 flag "y"),
+            # so a server that does support PLUS detects a stripped offer.
+            mechanism = SCRAM_SHA_256
         else:
             raise NGPProtocolError("no mechanism in common")
         self._exchange = ClientExchange(

@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from netguard.auth.scram import (
     SCRAM_SHA_256,
+    SCRAM_SHA_256_PLUS,
     AuthFailed,
     ServerExchange,
     decode_wire,
@@ -32,6 +33,7 @@ from netguard.auth.scram import (
 from netguard.errors import ErrorCode
 from netguard.framing import GuardedLineReceiver
 from netguard.log import escape
+from netguard.tls import channel_binding_for
 
 if TYPE_CHECKING:
     from netguard.gateway.factory import GatewayFactory
@@ -72,6 +74,8 @@ TRANSITIONS: dict[SessionState, dict[bytes, str]] = {
         b"QUIT": "do_quit",
     },
 }
+
+_UNKNOWN = object()
 
 #: Refusals that count as offences for admission control's per-source penalties.
 _OFFENCES: dict[ErrorCode, str] = {
@@ -124,6 +128,7 @@ class GatewaySession(GuardedLineReceiver):
         self._pending: list[bytes] = []
         self._client_eof = False
         self._peer_run: Any = None
+        self._binding: Any = _UNKNOWN
         self._peer_verdict: Any = None
         self._started = factory.clock.seconds()
 
@@ -263,8 +268,11 @@ class GatewaySession(GuardedLineReceiver):
 
     def offered_mechanisms(self) -> list[str]:
         """
-        The SASL mechanisms offered on this connection.
+        The SASL mechanisms offered on this connection: SCRAM-SHA-256-PLUS first on TLS
+        (channel binding to this connection's certificate), SCRAM-SHA-256 always.
         """
+        if self.channel_binding() is not None:
+            return [SCRAM_SHA_256_PLUS, SCRAM_SHA_256]
         return [SCRAM_SHA_256]
 
     def do_ping(self) -> None:
@@ -410,9 +418,12 @@ class GatewaySession(GuardedLineReceiver):
 
     def channel_binding(self) -> tuple[str, bytes] | None:
         """
-        The channel-binding data of this connection, or L{None} on a plain one.
+        The C{tls-server-end-point} channel binding of this connection (from the certificate
+        it was actually served), or L{None} on a plain one.
         """
-        return None
+        if self._binding is _UNKNOWN:
+            self._binding = channel_binding_for(self.transport, "server")
+        return self._binding  # type: ignore[return-value]
 
     # -- internals -----------------------------------------------------------------------------
 

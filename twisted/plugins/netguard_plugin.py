@@ -97,11 +97,16 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         from netguard.config import ConfigError, load_config
+        from netguard.log import stdout_log_problem
 
         try:
             self["loaded"] = load_config(self["config"], self.overrides())
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
+        # log.format = "json" with log.file = "-" needs the runner's help (twistd --logger).
+        problem = stdout_log_problem(self["loaded"].log, getattr(self, "parent", None))
+        if problem is not None:
+            raise usage.UsageError(problem)
 
 
 @implementer(IServiceMaker, IPlugin)
@@ -121,13 +126,14 @@ class NetguardServiceMaker:
         from netguard.ops.drain import install_sigterm
         from netguard.ops.lock import AlreadyRunning
         from netguard.service import make_service
+        from netguard.tls import TLSConfigError
 
         try:
             service = make_service(options["loaded"], reactor)
         except AlreadyRunning as error:
             # Before daemonizing: the operator sees this one line on the terminal, exit 1.
             raise SystemExit(str(error)) from None
-        except (UsersFileError, OSError) as error:
+        except (UsersFileError, TLSConfigError, OSError) as error:
             raise SystemExit(f"netguard: cannot start: {error}") from None
         # After the reactor's own handlers are in place: SIGTERM drains, a second one cuts.
         reactor.callWhenRunning(install_sigterm, reactor, service.drainer)

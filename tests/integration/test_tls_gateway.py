@@ -1,0 +1,270 @@
+"""
+The gateway on a TLS listener, end to end over loopback: verified and pinned clients,
+SCRAM-SHA-256-PLUS with tls-server-end-point channel binding, a relayed authentication
+through a man in the middle that fails, plain bytes on the TLS port, live certificate reload.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import tempfile
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    connectProtocol,
+    wrapClientTLS,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial import unittest
+
+from netguard.client.endpoint import NGPClientEndpoint, wrap_tls
+from netguard.client.protocol import Credentials, NGPClientProtocol, NGPError
+from netguard.config import load_config
+from netguard.service import make_service
+from netguard.tls import (
+    TLSServerEndpoint,
+    client_tls_options,
+    load_server_context,
+    public_key_pin,
+)
+from tests import tls_certs
+from tests.integration.util import wait_for
+
+
+class Echoed(Protocol):
+    """
+    An application protocol behind the netguard: endpoint: sends, collects the echo.
+    """
+
+    def __init__(self, payload: bytes):
+        self.payload = payload
+        self.received = b""
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.payload)
+
+    def dataReceived(self, data):
+        self.received += data
+        if len(self.received) >= len(self.payload) and not self.done.called:
+            self.done.callback(self.received)
+            self.transport.loseConnection()
+
+
+class _Pipe(Protocol):
+    """
+    One side of the man in the middle: what it reads goes to the other side, verbatim.
+    """
+
+    def __init__(self):
+        self.other: _Pipe | None = None
+        self.pending: list[bytes] = []
+
+    def dataReceived(self, data):
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.write(data)
+        else:
+            self.pending.append(data)
+
+    def connectionLost(self, reason):
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.loseConnection()
+
+
+class _MitmFactory(Factory):
+    """
+    Terminates the client's TLS with the attacker's certificate and relays the plaintext to
+    the real gateway over a second TLS connection: the classic relay attack.
+    """
+
+    def __init__(self, gateway_endpoint):
+        self.gateway_endpoint = gateway_endpoint
+        self.connections: list[_Pipe] = []
+
+    def buildProtocol(self, addr):
+        near = _Pipe()
+        far = _Pipe()
+        near.other, far.other = far, near
+        self.connections += [near, far]
+
+        def connected(_):
+            for chunk in near.pending:
+                far.transport.write(chunk)
+            near.pending = []
+
+        connectProtocol(self.gateway_endpoint, far).addCallback(connected)
+        return near
+
+
+class TLSGatewayTests(unittest.TestCase):
+    timeout = 60
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="ngtls-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.cert, self.key = tls_certs.make_leaf("localhost", extra_names=("127.0.0.1",))
+        self.cert_file, self.key_file = tls_certs.write_identity(
+            self.dir, "gateway", self.cert, self.key
+        )
+        config_file = os.path.join(self.dir, "netguard.toml")
+        with open(config_file, "w") as handle:
+            handle.write(
+                'listen = ["tcp:0:interface=127.0.0.2"]\n'
+                "[[tls_listen]]\n"
+                'endpoint = "tcp:0:interface=127.0.0.1"\n'
+                f'cert_file = "{self.cert_file}"\n'
+                f'key_file = "{self.key_file}"\n'
+            )
+        terminal = io.StringIO()
+        config = load_config(config_file, {"state_dir": os.path.join(self.dir, "st")})
+        self.gateway = make_service(config, reactor, terminal=terminal)
+        self.gateway.startService()
+        self.addCleanup(self.gateway.stopService)
+        self.plain_port = self.gateway.ports[0].getHost().port
+        self.port = self.gateway.ports[1].getHost().port
+        shown = terminal.getvalue()
+        self.credentials = Credentials(
+            re.search(r"user:\s+(\S+)", shown).group(1),
+            re.search(r"password:\s+(\S+)", shown).group(1),
+        )
+        self.pin = public_key_pin(self.cert)
+        self.events: list[dict] = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def tls_gateway(self, port=None, **options):
+        plain = TCP4ClientEndpoint(reactor, "127.0.0.1", port or self.port)
+        return wrap_tls(reactor, plain, {"tls": "1", **options}, default_hostname="localhost")
+
+    def mechanisms_used(self):
+        return [e.get("mechanism") for e in self.events if e.get("event") == "auth.ok"]
+
+    @inlineCallbacks
+    def echo_through(self, gateway):
+        payload = os.urandom(100_000)
+        probe = Echoed(payload)
+        yield connectProtocol(NGPClientEndpoint(reactor, gateway, self.credentials, "echo"), probe)
+        received = yield probe.done
+        self.assertEqual(received, payload)
+        yield wait_for(lambda: not self.gateway.factory.sessions)
+
+    @inlineCallbacks
+    def test_pinned_client_uses_channel_binding(self):
+        yield self.echo_through(self.tls_gateway(pin_sha256=self.pin))
+        self.assertEqual(self.mechanisms_used(), ["SCRAM-SHA-256-PLUS"])
+
+    @inlineCallbacks
+    def test_ca_file_verification(self):
+        yield self.echo_through(self.tls_gateway(ca_file=self.cert_file))
+        self.assertEqual(self.mechanisms_used(), ["SCRAM-SHA-256-PLUS"])
+
+    @inlineCallbacks
+    def test_wrong_pin_never_authenticates(self):
+        other, _ = tls_certs.make_leaf("localhost")
+        probe = Echoed(b"x")
+        endpoint = NGPClientEndpoint(
+            reactor, self.tls_gateway(pin_sha256=public_key_pin(other)), self.credentials, "echo"
+        )
+        yield self.assertFailure(connectProtocol(endpoint, probe), Exception)
+        self.assertEqual(self.mechanisms_used(), [])
+        yield wait_for(lambda: not self.gateway.factory.sessions)
+
+    @inlineCallbacks
+    def test_relayed_authentication_fails(self):
+        """
+        A man in the middle with its own certificate (which the victim trusts: here by pin)
+        relays the whole NGP/1 exchange to the real gateway: the victim binds SCRAM to the
+        attacker's certificate, the gateway to its own, so the proof does not verify.
+        """
+        mitm_cert, mitm_key = tls_certs.make_leaf("localhost")
+        mitm_cert_file, mitm_key_file = tls_certs.write_identity(
+            self.dir, "mitm", mitm_cert, mitm_key
+        )
+        from netguard.tls import ServerTLSSettings
+
+        mitm_tls = load_server_context(ServerTLSSettings(mitm_cert_file, mitm_key_file))
+        upstream = wrapClientTLS(
+            client_tls_options("localhost", ca_file=self.cert_file),
+            TCP4ClientEndpoint(reactor, "127.0.0.1", self.port),
+        )
+        mitm = _MitmFactory(upstream)
+        mitm_port = yield TLSServerEndpoint(
+            TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), mitm_tls, reactor
+        ).listen(mitm)
+        self.addCleanup(mitm_port.stopListening)
+        victim = NGPClientProtocol(self.credentials, "echo", clock=reactor)
+        yield connectProtocol(
+            self.tls_gateway(port=mitm_port.getHost().port, pin_sha256=public_key_pin(mitm_cert)),
+            victim,
+        )
+        failure = yield self.assertFailure(victim.opened, NGPError)
+        self.assertEqual(failure.code, "AUTH_FAILED")
+        self.assertEqual(self.mechanisms_used(), [])
+        fails = [e for e in self.events if e.get("event") == "auth.fail"]
+        self.assertTrue(fails)
+        for pipe in mitm.connections:
+            if pipe.transport is not None:
+                pipe.transport.loseConnection()
+        yield wait_for(lambda: not self.gateway.factory.sessions)
+
+    @inlineCallbacks
+    def test_control_relay_without_tls_succeeds(self):
+        """
+        The control for the test above: the same relay in front of a plain listener (no
+        channel to bind to) lets the victim's authentication through. That is the attack
+        channel binding stops.
+        """
+        mitm = _MitmFactory(TCP4ClientEndpoint(reactor, "127.0.0.2", self.plain_port))
+        mitm_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(mitm)
+        self.addCleanup(mitm_port.stopListening)
+        victim = NGPClientProtocol(self.credentials, "echo", clock=reactor)
+        yield connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", mitm_port.getHost().port), victim
+        )
+        yield victim.opened
+        self.assertEqual(self.mechanisms_used(), ["SCRAM-SHA-256"])
+        victim.transport.loseConnection()
+        yield wait_for(lambda: not self.gateway.factory.sessions)
+
+    @inlineCallbacks
+    def test_plain_bytes_on_tls_port_close_cleanly(self):
+        said = Deferred()
+
+        class Plain(Protocol):
+            data = b""
+
+            def connectionMade(self):
+                self.transport.write(b"PING\r\nGET / HTTP/1.0\r\n\r\n")
+
+            def dataReceived(self, data):
+                self.data += data
+
+            def connectionLost(self, reason):
+                said.callback(self.data)
+
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), Plain())
+        answer = yield said
+        self.assertNotIn(b"NETGUARD/1", answer)
+        self.assertNotIn(b"PONG", answer)
+        yield wait_for(lambda: not self.gateway.factory.sessions)
+        self.assertFalse([e for e in self.events if e.get("log_failure") is not None])
+
+    @inlineCallbacks
+    def test_reload_serves_the_new_certificate_to_new_connections(self):
+        new_cert, new_key = tls_certs.make_leaf("localhost")
+        tls_certs.write_identity(self.dir, "gateway", new_cert, new_key)
+        self.gateway.tls_identities[0].reload()
+        yield self.echo_through(self.tls_gateway(pin_sha256=public_key_pin(new_cert)))
+        old = NGPClientEndpoint(
+            reactor, self.tls_gateway(pin_sha256=self.pin), self.credentials, "echo"
+        )
+        yield self.assertFailure(connectProtocol(old, Echoed(b"x")), Exception)
+        yield wait_for(lambda: not self.gateway.factory.sessions)
