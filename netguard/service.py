@@ -35,6 +35,7 @@ from netguard.ops.lock import (
 )
 from netguard.ops.notify import notify_ready, notify_stopping
 from netguard.ops.overload import OverloadMonitor
+from netguard.ops.reload import ReloadRefused
 from netguard.stats import Stats
 from netguard.tls import TLSServerEndpoint, load_server_context
 
@@ -67,6 +68,8 @@ class GatewayService(MultiService):
         self.endpoints = endpoints
         #: The TLS identities of the TLS listeners (reloaded by SIGHUP / ctl reload).
         self.tls_identities: list[Any] = []
+        #: Set by the plugin: how SIGHUP and C{ctl reload} re-read the configuration.
+        self.reloader: Any = None
         self.ports: list[Any] = []
         self.instance_lock = instance_lock
         self.started_at = factory.clock.seconds()
@@ -233,7 +236,13 @@ class GatewayControl:
         return self.service.heartbeat.set_enabled(on, by="control")
 
     def reload(self) -> str:
-        raise ControlError("NOT_AVAILABLE", "reload is not built yet (send SIGHUP later)")
+        reloader = self.service.reloader
+        if reloader is None:
+            raise ControlError("NOT_AVAILABLE", "this gateway was not started from a config")
+        try:
+            return str(reloader.reload())
+        except ReloadRefused as error:
+            raise ControlError("RELOAD_REFUSED", str(error)) from None
 
     def drain(self) -> str:
         reactor = self.service.factory.reactor

@@ -58,6 +58,23 @@ class GatewayFactory(Factory):
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(2)
 
+    def apply_config(self, config: Any, users: UserStore) -> None:
+        """
+        Put a reloaded configuration and users file in force for new commands and sessions;
+        live sessions keep their relays (and their own framing bounds).
+        """
+        self.config = config
+        self.users = users
+        self.framing_limits = FramingLimits.from_config(config.limits)
+        policy = config.peer_checks.policy()
+        if policy != self.peer_policy:
+            self.peer_policy = policy
+            self.peer_checks = (
+                PeerChecks(self.reactor, policy)
+                if policy.fcrdns != "off" or policy.ident != "off"
+                else None
+            )
+
     @property
     def server_name(self) -> str:
         return str(self.config.server_name)

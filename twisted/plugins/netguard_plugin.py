@@ -125,6 +125,7 @@ class NetguardServiceMaker:
         from netguard.auth.users import UsersFileError
         from netguard.ops.drain import install_sigterm
         from netguard.ops.lock import AlreadyRunning
+        from netguard.ops.reload import Reloader, install_sighup
         from netguard.service import make_service
         from netguard.tls import TLSConfigError
 
@@ -135,8 +136,11 @@ class NetguardServiceMaker:
             raise SystemExit(str(error)) from None
         except (UsersFileError, TLSConfigError, OSError) as error:
             raise SystemExit(f"netguard: cannot start: {error}") from None
-        # After the reactor's own handlers are in place: SIGTERM drains, a second one cuts.
+        service.reloader = Reloader(service, options["config"], options.overrides())
+        # After the reactor's own handlers are in place: SIGTERM drains, a second one cuts;
+        # SIGHUP reloads the configuration, the users and the certificates.
         reactor.callWhenRunning(install_sigterm, reactor, service.drainer)
+        reactor.callWhenRunning(install_sighup, reactor, service.reloader)
         return service
 
 

@@ -1,0 +1,108 @@
+# -*- test-case-name: tests.test_reload -*-
+"""
+Live reload (SIGHUP, C{netguard ctl reload}): read the configuration and the users file
+again and re-read TLS certificates, without dropping a live connection.
+
+A reload is all or nothing for the configuration and the users: an invalid new
+configuration or users file is refused, logged, and the old one stays in force. TLS
+identities reload one by one; a bad new certificate keeps that listener's old one (and is
+logged by L{netguard.tls}). Settings that only a restart can change (listeners, the state
+directory, the control socket) are reported, not applied.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.logger import Logger
+
+from netguard.auth.users import UsersFileError, UserStore
+from netguard.config import ConfigError, load_config
+from netguard.tls import TLSConfigError
+
+log = Logger()
+
+#: Keys whose change needs a restart: they are bound when the gateway starts.
+RESTART_ONLY = ("listen", "tls_listen", "state_dir", "ops", "admission", "overload")
+
+
+class ReloadRefused(Exception):
+    """
+    The new configuration or users file is invalid; the old one stays in force.
+    """
+
+
+class Reloader:
+    """
+    Reload the configuration a gateway was started from.
+
+    @ivar path: the configuration file (L{None}: built-in defaults).
+    @ivar overrides: the command-line overrides, applied again on every reload.
+    """
+
+    def __init__(
+        self,
+        service: Any,
+        path: str | None,
+        overrides: Mapping[str, object],
+        load: Callable[..., Any] = load_config,
+    ):
+        self.service = service
+        self.path = path
+        self.overrides = dict(overrides)
+        self._load = load
+
+    def reload(self) -> str:
+        """
+        Reload now.
+
+        @return: a one-line summary for the operator.
+        @raise ReloadRefused: with the reason, when the new configuration or users file is
+            unusable (nothing was changed).
+        """
+        factory = self.service.factory
+        try:
+            config = self._load(self.path, self.overrides)
+            users = UserStore.load(config.users_file)
+        except (ConfigError, UsersFileError, OSError) as error:
+            log.warn("reload refused: {reason}", event="reload.refused", reason=str(error))
+            raise ReloadRefused(str(error)) from None
+        old = factory.config
+        pending = [key for key in RESTART_ONLY if getattr(old, key) != getattr(config, key)]
+        factory.apply_config(config, users)
+        tls_failed = 0
+        for identity in self.service.tls_identities:
+            try:
+                identity.reload()
+            except TLSConfigError:
+                tls_failed += 1  # logged by netguard.tls; the old certificate stays
+        summary = (
+            f"reloaded: {len(users)} user(s), services {','.join(sorted(config.services))}"
+            f"; tls {len(self.service.tls_identities) - tls_failed}/"
+            f"{len(self.service.tls_identities)} reloaded"
+        )
+        if pending:
+            summary += f"; restart needed for: {', '.join(pending)}"
+        log.info("{summary}", event="reload.done", summary=summary, restart_needed=pending)
+        return summary
+
+
+def install_sighup(reactor: Any, reloader: Reloader) -> Any:
+    """
+    Make SIGHUP reload (in the reactor thread).
+
+    @return: the previous handler.
+    """
+
+    def run() -> None:
+        try:
+            reloader.reload()
+        except ReloadRefused:
+            pass  # logged; the old configuration stays
+
+    def handler(signum: int, frame: Any) -> None:
+        reactor.callFromThread(run)
+
+    return signal.signal(signal.SIGHUP, handler)

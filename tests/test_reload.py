@@ -1,0 +1,145 @@
+"""
+Tests for L{netguard.ops.reload}: the real gateway reloads its configuration, users and
+certificates in-process, keeping live sessions; bad new files are refused.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import tempfile
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.trial import unittest
+
+from netguard.auth.users import add_user
+from netguard.client.protocol import Credentials, NGPClientProtocol, NGPError
+from netguard.config import load_config
+from netguard.ops.reload import Reloader, ReloadRefused
+from netguard.service import make_service
+from tests.integration.util import wait_for
+
+
+class Collector(NGPClientProtocol):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, clock=reactor, **kwargs)
+        self.received = b""
+        self.waiting: Deferred[bytes] | None = None
+
+    def service_data(self, data):
+        self.received += data
+        if self.waiting is not None:
+            waiting, self.waiting = self.waiting, None
+            waiting.callback(self.received)
+
+
+class ReloadTests(unittest.TestCase):
+    timeout = 60
+
+    def write_config(self, text: str) -> None:
+        with open(self.config_file, "w") as handle:
+            handle.write(text)
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="ngr-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.config_file = os.path.join(self.dir, "netguard.toml")
+        self.write_config('listen = ["tcp:0:interface=127.0.0.1"]\n')
+        overrides = {"state_dir": os.path.join(self.dir, "st")}
+        terminal = io.StringIO()
+        self.gateway = make_service(
+            load_config(self.config_file, overrides), reactor, terminal=terminal
+        )
+        self.gateway.reloader = Reloader(self.gateway, self.config_file, overrides)
+        self.gateway.startService()
+        self.addCleanup(self.gateway.stopService)
+        self.port = self.gateway.ports[0].getHost().port
+        shown = terminal.getvalue()
+        self.credentials = Credentials(
+            re.search(r"user:\s+(\S+)", shown).group(1),
+            re.search(r"password:\s+(\S+)", shown).group(1),
+        )
+
+    @inlineCallbacks
+    def open(self, service="echo", credentials=None):
+        client = Collector(credentials or self.credentials, service)
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), client)
+        yield client.opened
+        return client
+
+    @inlineCallbacks
+    def echo(self, client, data):
+        client.waiting = Deferred()
+        client.received = b""
+        client.transport.write(data)
+        received = yield client.waiting
+        while len(received) < len(data):
+            client.waiting = Deferred()
+            received = yield client.waiting
+        return received
+
+    @inlineCallbacks
+    def close(self, client):
+        client.transport.loseConnection()
+        yield wait_for(lambda: not self.gateway.factory.sessions)
+
+    @inlineCallbacks
+    def test_new_service_and_live_session_kept(self):
+        live = yield self.open()
+        self.write_config(
+            'listen = ["tcp:0:interface=127.0.0.1"]\n'
+            '[services.echo]\nbackend = "builtin:echo"\nusers = ["*"]\n'
+            '[services.echo2]\nbackend = "builtin:echo"\nusers = ["*"]\n'
+        )
+        summary = self.gateway.reloader.reload()
+        self.assertIn("echo2", summary)
+        received = yield self.echo(live, b"still here")
+        self.assertEqual(received, b"still here")
+        second = yield self.open("echo2")
+        live.transport.loseConnection()
+        yield self.close(second)
+
+    @inlineCallbacks
+    def test_removed_service_refused_for_new_sessions(self):
+        self.write_config(
+            'listen = ["tcp:0:interface=127.0.0.1"]\n'
+            '[services.other]\nbackend = "builtin:echo"\nusers = ["*"]\n'
+        )
+        self.gateway.reloader.reload()
+        failure = yield self.assertFailure(self.open("echo"), NGPError)
+        self.assertEqual(failure.code, "NO_SUCH_SERVICE")
+        yield wait_for(lambda: not self.gateway.factory.sessions)
+
+    @inlineCallbacks
+    def test_invalid_config_refused_old_kept(self):
+        self.write_config("[limits]\nmax_line_length = 1\n")
+        with self.assertRaises(ReloadRefused) as caught:
+            self.gateway.reloader.reload()
+        self.assertIn("limits.max_line_length", str(caught.exception))
+        client = yield self.open("echo")
+        yield self.close(client)
+
+    @inlineCallbacks
+    def test_new_user_can_log_in_after_reload(self):
+        add_user(self.gateway.factory.config.users_file, "carol", "carol's password")
+        with self.assertRaises(NGPError):
+            yield self.open(credentials=Credentials("carol", "carol's password"))
+        yield wait_for(lambda: not self.gateway.factory.sessions)
+        self.gateway.reloader.reload()
+        client = yield self.open(credentials=Credentials("carol", "carol's password"))
+        yield self.close(client)
+
+    def test_insecure_users_file_refused(self):
+        os.chmod(self.gateway.factory.config.users_file, 0o644)
+        with self.assertRaises(ReloadRefused):
+            self.gateway.reloader.reload()
+        self.assertEqual(len(self.gateway.factory.users), 1)
+
+    def test_listener_change_needs_restart(self):
+        self.write_config('listen = ["tcp:0:interface=127.0.0.2"]\n')
+        summary = self.gateway.reloader.reload()
+        self.assertIn("restart needed for: listen", summary)
