@@ -397,3 +397,16 @@ class AdmissionWiringTests(unittest.TestCase):
         self.assertEqual(factory.admission.snapshot()["relays"], 1)
         proto.connectionLost(None)
         self.assertEqual(factory.admission.snapshot()["relays"], 0)
+
+
+class InternalErrorTests(unittest.TestCase):
+    def test_bug_in_a_handler_answers_internal_and_logs(self):
+        s = Session(self)
+
+        def broken():
+            raise RuntimeError("a bug")
+
+        s.proto.do_ping = broken
+        self.assertEqual(s.send(b"PING"), [b"ERR INTERNAL internal error"])
+        self.assertTrue(s.transport.disconnecting)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

@@ -252,7 +252,18 @@ class GatewaySession(GuardedLineReceiver):
         if handler is None:
             self._out_of_sequence(command, line)
             return
-        getattr(self, handler)(*args)
+        try:
+            getattr(self, handler)(*args)
+        except Exception:
+            # A bug of ours, never the client's doing: the operator gets the traceback, the
+            # client one line, and the session ends.
+            self.log.failure(
+                "internal error handling {command}",
+                event="proto.internal",
+                command=escape(command),
+                **self.log_fields(),
+            )
+            self.refuse(ErrorCode.INTERNAL)
 
     def rawDataReceived(self, data: bytes) -> None:
         self.bytes_up += len(data)
