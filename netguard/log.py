@@ -1,65 +1,125 @@
 # -*- test-case-name: tests.test_log -*-
 """
-Logging helpers: escaping of untrusted text, and observers that keep log lines unforgeable.
+Logging helpers: escaping of untrusted text, observers that keep log lines unforgeable, and
+the C{[log] file} sink.
 
 Every field that carries text a peer chose (a user name, a service name, an offending line, a
-PTR name) is passed through L{escape} before it reaches an event, and the text observer built
-by L{safe_text_observer} escapes the final rendered line again, as defence in depth: a hostile
-peer can never start a new log line, move the cursor of an operator's terminal, or hide bytes.
+PTR name) is passed through L{escape} before it reaches an event. The observers built here
+add a second guarantee that does not depend on the callers: the text observer
+(L{safe_text_observer}) escapes the whole rendered line again, and the JSON observer
+(L{json_observer}) writes one ASCII-only JSON object per line. Either way a hostile peer can
+never start a new log line, move the cursor of an operator's terminal, or hide bytes.
 
-Events carry a stable C{event} field (for example C{"conn.accept"}); the full list is in
-C{docs/logging.md}.
+Three ways to use them:
+
+  - C{[log] file = PATH} in the configuration: the gateway service starts a L{FileLogSink}
+    that writes every event to PATH in C{[log] format}, besides twistd's own log;
+  - C{twistd --logger netguard.log.json_stdout_observer netguard} (or
+    L{text_stdout_observer}): twistd's own log, on standard output, in our formats;
+  - L{safe_text_observer} / L{json_observer} on any stream (the C{netguard tunnel} client).
+
+Events carry a stable C{event} field (for example C{"conn.accept"}); the list, the text
+line's columns and the JSON record's keys are in C{docs/logging.md}.
 """
 
 from __future__ import annotations
 
-from typing import IO, Any
+import json
+import math
+import os
+import stat
+import sys
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from enum import Enum
+from typing import IO, Any, cast
 
 from twisted.logger import (
     FileLogObserver,
-    formatEventAsClassicLogText,
-    jsonFileLogObserver,
+    Logger,
+    LoggingFile,
+    LogLevel,
+    LogPublisher,
+    eventAsText,
+    formatEvent,
+    formatTime,
+    globalLogPublisher,
 )
 
 #: How many bytes of untrusted input a log field shows before it is truncated.
 DEFAULT_FIELD_LIMIT = 120
 
+#: The values of C{[log] format}.
+LOG_FORMATS = ("text", "json")
+
+#: The keys every JSON record starts with (an event field of the same name is renamed
+#: C{field_<name>}).
+JSON_RECORD_KEYS = ("time", "ts", "level", "namespace", "system", "event", "message", "failure")
+
+#: How deep nested event values are rendered in JSON before being shown as text.
+_MAX_JSON_DEPTH = 6
+
+#: How many bytes of a C{bytes} value (never expected: fields carry escaped text) are shown.
+_BYTES_FIELD_LIMIT = 1024
+
+#: Keys of events bridged from the legacy C{twisted.python.log} API, already rendered in
+#: the record's own keys.
+_LEGACY_KEYS = frozenset({"message", "time", "system", "isError", "format", "failure", "why"})
+
 _PRINTABLE = frozenset(range(0x20, 0x7F)) - {0x5C}
 
+_NAMED_BYTES = {0x5C: "\\\\", 0x0D: "\\r", 0x0A: "\\n", 0x09: "\\t", 0x00: "\\0"}
 
-def escape(value: bytes | str | None, limit: int = DEFAULT_FIELD_LIMIT) -> str:
+
+def _level_name(level: object) -> str | None:
+    """
+    The name of a L{LogLevel} constant, else L{None}.
+    """
+    if level is not None and any(level is known for known in LogLevel.iterconstants()):
+        return str(level.name)  # type: ignore[attr-defined]
+    return None
+
+
+def _to_bytes(value: object) -> bytes:
+    """
+    The bytes an untrusted value stands for: text is UTF-8 encoded (bytes smuggled in by
+    C{surrogateescape} decoding come back as themselves; other lone surrogates are kept as
+    their 3-byte encoding), anything else is its C{str()}.
+    """
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    text = value if isinstance(value, str) else str(value)
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
+def escape(value: object, limit: int = DEFAULT_FIELD_LIMIT) -> str:
     """
     Render untrusted bytes or text as printable ASCII, safe for any log line.
 
-    Printable ASCII other than the backslash is kept; the backslash becomes C{\\\\}; common
-    control bytes become C{\\r}, C{\\n}, C{\\t}, C{\\0}; every other byte becomes C{\\xNN}
-    (text is UTF-8 encoded first, so non-ASCII letters show as their bytes). Output longer than
-    C{limit} input bytes is cut and ends with C{...(+N bytes)}.
+    Printable ASCII other than the backslash is kept; the backslash becomes C{\\\\} (so an
+    escape sequence can never be forged by sending its text); CR, LF, TAB and NUL become
+    C{\\r}, C{\\n}, C{\\t}, C{\\0}; every other byte becomes C{\\xNN} (text is UTF-8 encoded
+    first, so non-ASCII letters show as their bytes, and invalid UTF-8 shows as the bytes
+    received). The rendering is one-to-one: the original bytes can be recovered from it.
+    Input longer than C{limit} bytes is cut and ends with C{...(+N bytes)}.
 
-    @param value: the untrusted value; L{None} renders as C{-}.
+    @param value: the untrusted value, normally C{bytes} or C{str}; L{None} renders as
+        C{-}; another object as its C{str()}.
     @param limit: the number of input bytes shown at most.
     @return: an ASCII string with no control characters.
     """
     if value is None:
         return "-"
-    raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
-    shown = raw[:limit]
+    raw = _to_bytes(value)
     out = []
-    for byte in shown:
+    for byte in raw[:limit]:
         if byte in _PRINTABLE:
             out.append(chr(byte))
-        elif byte == 0x5C:
-            out.append("\\\\")
-        elif byte == 0x0D:
-            out.append("\\r")
-        elif byte == 0x0A:
-            out.append("\\n")
-        elif byte == 0x09:
-            out.append("\\t")
-        elif byte == 0x00:
-            out.append("\\0")
         else:
-            out.append(f"\\x{byte:02x}")
+            out.append(_NAMED_BYTES.get(byte) or f"\\x{byte:02x}")
     if len(raw) > limit:
         out.append(f"...(+{len(raw) - limit} bytes)")
     return "".join(out)
@@ -67,38 +127,405 @@ def escape(value: bytes | str | None, limit: int = DEFAULT_FIELD_LIMIT) -> str:
 
 def _escape_rendered_line(text: str) -> str:
     """
-    Escape a rendered log line, keeping only its final newline.
+    Escape a rendered log line, keeping only its final newline: printable ASCII (the
+    backslash included, so text that went through L{escape} is not changed) is kept, any
+    other character is shown as L{escape} shows it.
     """
     body = text[:-1] if text.endswith("\n") else text
-    cleaned = "".join(
-        c if (" " <= c <= "~") else escape(c, limit=len(c.encode("utf-8")) + 1) for c in body
-    )
+    cleaned = "".join(c if " " <= c <= "~" else escape(c, limit=8) for c in body)
     return cleaned + "\n"
 
 
-def _format_safe(event: dict[str, Any]) -> str | None:
-    text = formatEventAsClassicLogText(event)
-    if text is None:
+def _token(value: object) -> str:
+    """
+    A column of the text line: escaped, without spaces, C{-} when absent or empty.
+    """
+    if value is None or value == "":
+        return "-"
+    return escape(value, limit=DEFAULT_FIELD_LIMIT).replace(" ", "_")
+
+
+def _system(event: Mapping[str, Any]) -> str:
+    """
+    The bracketed column of the text line: C{log_system} if set, else
+    C{<namespace>#<level>}, as Twisted's classic format shows it.
+    """
+    system = event.get("log_system")
+    if system is None:
+        level_name = _level_name(event.get("log_level")) or "-"
+        system = f"{event.get('log_namespace', '-')}#{level_name}"
+    return _token(system)
+
+
+def format_text(event: Mapping[str, Any]) -> str | None:
+    """
+    Render an event as one escaped text line::
+
+        <time> [<namespace>#<level>] <event> <conn_id> <message>
+
+    The first four columns never hold a space and come before any text a peer chose, so
+    C{awk '$3 == "auth.fail"'} and C{grep " 1f3a-2c "} are reliable; C{<event>} and
+    C{<conn_id>} are C{-} when the event has none. A traceback (C{log.failure}) stays on the
+    same line. Every character other than printable ASCII is escaped, even in text that did
+    not go through L{escape} (defence in depth), so the only control character written is the
+    final newline.
+
+    @param event: a C{twisted.logger} event.
+    @return: the line, ending with a newline, or L{None} for an event with nothing to show.
+    """
+    try:
+        text = eventAsText(dict(event), includeTimestamp=False, includeSystem=False)
+        if not text:
+            return None
+        line = (
+            f"{formatTime(event.get('log_time'))} [{_system(event)}] "
+            f"{_token(event.get('event'))} {_token(event.get('conn_id'))} {text}"
+        )
+        return _escape_rendered_line(line)
+    except Exception as error:  # an observer must never raise
+        return _escape_rendered_line(f"- [netguard.log#error] log.unformattable - {error!r}")
+
+
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    """
+    A JSON-serialisable form of an event value: JSON types stay as they are (non-finite
+    floats become text), containers are converted recursively, bytes are escaped, enums and
+    constants show their name, anything else its C{str()}.
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return escape(value, limit=_BYTES_FIELD_LIMIT)
+    if depth < _MAX_JSON_DEPTH:
+        if isinstance(value, Mapping):
+            return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [_jsonable(v, depth + 1) for v in value]
+    if isinstance(value, Enum):
+        return _jsonable(value.value, depth + 1) if depth < _MAX_JSON_DEPTH else value.name
+    name = _level_name(value)
+    if name is not None:
+        return name
+    try:
+        return str(value)
+    except Exception:
+        return f"<unrepresentable {type(value).__name__}>"
+
+
+def _iso_time(when: object) -> str | None:
+    if not isinstance(when, int | float) or not math.isfinite(when):
         return None
-    return _escape_rendered_line(text)
+    moment = datetime.fromtimestamp(when, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def event_as_record(event: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    The flat JSON record of an event.
+
+    Keys, in this order: C{time} (ISO 8601, UTC, milliseconds), C{ts} (Unix time),
+    C{level}, C{namespace}, C{system} (only for events that set C{log_system}), C{event}
+    (the stable name, L{None} for events from Twisted itself), C{message} (the rendered
+    text), C{failure} (the traceback text, only for C{log.failure} events), then every
+    other field of the event under its own name. Twisted's C{log_*} keys are left out; a
+    field named like one of the record's keys is renamed C{field_<name>}.
+
+    @param event: a C{twisted.logger} event.
+    @return: a dict that C{json.dumps} accepts.
+    """
+    record: dict[str, Any] = {
+        "time": _iso_time(event.get("log_time")),
+        "ts": _jsonable(event.get("log_time")),
+        "level": _level_name(event.get("log_level")),
+        "namespace": _jsonable(event.get("log_namespace")),
+    }
+    if event.get("log_system") is not None:
+        record["system"] = _jsonable(event["log_system"])
+    record["event"] = _jsonable(event.get("event"))
+    record["message"] = formatEvent(dict(event))
+    failure = event.get("log_failure")
+    if failure is not None:
+        try:
+            record["failure"] = failure.getTraceback()
+        except Exception:
+            record["failure"] = f"<unformattable {type(failure).__name__}>"
+    legacy = "isError" in event
+    for key, value in event.items():
+        key = str(key)
+        if key == "event" or key.startswith("log_") or (legacy and key in _LEGACY_KEYS):
+            continue
+        name = f"field_{key}" if key in JSON_RECORD_KEYS else key
+        record[name] = _jsonable(value)
+    return record
+
+
+def format_json(event: Mapping[str, Any]) -> str:
+    """
+    Render an event as one line of JSON (L{event_as_record}): ASCII only, so no raw control
+    character (and no raw newline) can appear inside a record.
+
+    @param event: a C{twisted.logger} event.
+    @return: the JSON text followed by a newline.
+    """
+    try:
+        text = json.dumps(
+            event_as_record(event), ensure_ascii=True, allow_nan=False, separators=(",", ":")
+        )
+    except Exception as error:  # an observer must never raise
+        text = json.dumps(
+            {"time": None, "event": "log.unformattable", "message": escape(repr(error))},
+            ensure_ascii=True,
+        )
+    return text + "\n"
 
 
 def safe_text_observer(out: IO[str]) -> FileLogObserver:
     """
-    A classic one-line-per-event text observer whose every line is escaped again.
+    An observer writing one escaped text line per event (L{format_text}).
 
     @param out: a text stream (for example C{sys.stdout} or an opened log file).
     @return: an C{ILogObserver}.
     """
-    return FileLogObserver(out, _format_safe)
+    return FileLogObserver(out, format_text)
 
 
 def json_observer(out: IO[str]) -> FileLogObserver:
     """
-    An observer that writes one JSON object per event (Twisted's own JSON format, with the
-    record separator), for machines to read.
+    An observer writing one JSON object per line per event (L{format_json}), for machines
+    (C{jq -c 'select(.event == "auth.fail")'}).
 
     @param out: a text stream.
     @return: an C{ILogObserver}.
     """
-    return jsonFileLogObserver(out)
+    return FileLogObserver(out, format_json)
+
+
+def _stdout() -> IO[str]:
+    """
+    Standard output; the real one if C{sys.stdout} was redirected into the log system
+    (writing there from an observer would loop).
+    """
+    out: Any = sys.stdout
+    if out is None or isinstance(out, LoggingFile):
+        out = sys.__stdout__
+    return out  # type: ignore[no-any-return]
+
+
+def text_stdout_observer() -> FileLogObserver:
+    """
+    Escaped text lines (L{format_text}) on standard output; a zero-argument factory for
+    C{twistd --logger netguard.log.text_stdout_observer}.
+
+    @return: an C{ILogObserver}.
+    """
+    return safe_text_observer(_stdout())
+
+
+def json_stdout_observer() -> FileLogObserver:
+    """
+    JSON lines (L{format_json}) on standard output; a zero-argument factory for
+    C{twistd --logger netguard.log.json_stdout_observer}.
+
+    @return: an C{ILogObserver}.
+    """
+    return json_observer(_stdout())
+
+
+_OBSERVERS: Mapping[str, Callable[[IO[str]], FileLogObserver]] = {
+    "text": safe_text_observer,
+    "json": json_observer,
+}
+
+
+def observer_for(log_format: str, out: IO[str]) -> FileLogObserver:
+    """
+    The observer of a C{[log] format} on a stream.
+
+    @param log_format: C{"text"} or C{"json"}.
+    @param out: a text stream.
+    @return: an C{ILogObserver}.
+    @raise ValueError: for another format.
+    """
+    try:
+        return _OBSERVERS[log_format](out)
+    except KeyError:
+        raise ValueError(f"unknown log format {log_format!r}") from None
+
+
+class LogFileError(Exception):
+    """
+    The C{[log] file} could not be opened; the message names the path and the reason.
+    """
+
+
+def open_log_file(path: str) -> IO[str]:
+    """
+    Open a log file for appending, creating it with mode 0600 when it does not exist (an
+    existing file keeps its mode). C{O_APPEND} makes every record land at the end even when
+    another program truncates the file (C{logrotate}'s C{copytruncate}).
+
+    @param path: the file.
+    @return: a text stream, closed by the caller.
+    @raise OSError: if it cannot be opened.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOCTTY
+    fd = os.open(path, flags, 0o600)
+    try:
+        return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace", newline="")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class FileLogSink:
+    """
+    The C{[log] file} sink: while started, every event of C{publisher} is also written to
+    a file in C{[log] format}. Inactive (start and stop do nothing) when the path is L{None}.
+
+    @ivar path: the file, or L{None}.
+    @ivar log_format: C{"text"} or C{"json"}.
+    """
+
+    def __init__(
+        self,
+        path: str | None,
+        log_format: str = "text",
+        publisher: LogPublisher | None = None,
+        opener: Callable[[str], IO[str]] = open_log_file,
+    ) -> None:
+        """
+        @param path: the log file, or L{None} for an inactive sink.
+        @param log_format: C{"text"} or C{"json"}.
+        @param publisher: where events come from (default: C{globalLogPublisher}).
+        @param opener: opens the file (injected for tests).
+        @raise ValueError: for an unknown format.
+        """
+        if log_format not in _OBSERVERS:
+            raise ValueError(f"unknown log format {log_format!r}")
+        self.path = path
+        self.log_format = log_format
+        self._publisher = globalLogPublisher if publisher is None else publisher
+        self._log = Logger(namespace=__name__, observer=cast(Any, self._publisher))
+        self._opener = opener
+        self._file: IO[str] | None = None
+        self._observer: Any = None
+
+    @classmethod
+    def from_config(cls, config: Any, publisher: LogPublisher | None = None) -> FileLogSink:
+        """
+        The sink of a C{[log]} configuration (L{netguard.config.LogConfig}): inactive for
+        C{file = "-"}.
+
+        @param config: an object with C{format} and C{file}.
+        @param publisher: where events come from (default: C{globalLogPublisher}).
+        @return: the sink, not started.
+        """
+        path = None if config.file == "-" else config.file
+        return cls(path, config.format, publisher)
+
+    @property
+    def started(self) -> bool:
+        """
+        @return: whether the sink is writing.
+        """
+        return self._observer is not None
+
+    def start(self) -> None:
+        """
+        Open the file and add the observer; nothing if inactive or already started. Logs
+        C{log.file_open} (into the file too), and C{log.file_permissions} if the file is
+        readable or writable by its group or others.
+
+        @raise LogFileError: if the file cannot be opened.
+        """
+        if self.path is None or self._observer is not None:
+            return
+        try:
+            stream = self._opener(self.path)
+        except OSError as error:
+            raise LogFileError(
+                f"cannot open log file {self.path}: {error.strerror or error}"
+            ) from None
+        self._file = stream
+        self._observer = observer_for(self.log_format, stream)
+        self._publisher.addObserver(self._observer)
+        mode = _mode_of(stream)
+        self._log.info(
+            "logging to {path} ({file_format})",
+            event="log.file_open",
+            path=escape(self.path, limit=4096),
+            file_format=self.log_format,
+            mode="-" if mode is None else f"{mode:04o}",
+        )
+        if mode is not None and mode & 0o077:
+            self._log.warn(
+                "log file {path} is open to its group or others (mode {mode}); it holds user "
+                "names and addresses",
+                event="log.file_permissions",
+                path=escape(self.path, limit=4096),
+                mode=f"{mode:04o}",
+            )
+
+    def stop(self, result: Any = None) -> Any:
+        """
+        Remove the observer and close the file; nothing if not started.
+
+        @param result: passed back, so this can be a callback in a Deferred chain.
+        @return: C{result}.
+        """
+        observer, self._observer = self._observer, None
+        stream, self._file = self._file, None
+        if observer is not None:
+            self._publisher.removeObserver(observer)
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass
+        return result
+
+
+def _mode_of(stream: IO[str]) -> int | None:
+    """
+    The permission bits of a regular file behind C{stream}, else L{None}.
+    """
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return stat.S_IMODE(info.st_mode)
+
+
+def stdout_log_problem(config: Any, runner: Mapping[str, Any] | None) -> str | None:
+    """
+    Why C{log.format = "json"} with C{log.file = "-"} would not give JSON, or L{None}.
+
+    With C{file = "-"} netguard writes no file of its own: the runner's log observer decides
+    the format of standard output. C{twistd} gives JSON only with a C{--logger} (for example
+    C{netguard.log.json_stdout_observer}), C{twist} only with C{--log-format=json}.
+    An unknown runner (or none, as in tests) is not second-guessed.
+
+    @param config: the C{[log]} configuration (C{format}, C{file}).
+    @param runner: the runner's parsed options (the plugin options' C{parent}), or L{None}.
+    @return: a message for the operator, or L{None} if there is nothing to refuse.
+    """
+    if config.format != "json" or config.file != "-" or runner is None:
+        return None
+    if "logger" in runner:  # twistd
+        if runner["logger"] is not None:
+            return None
+        fix = "run twistd --logger netguard.log.json_stdout_observer netguard ..."
+    elif "logLevel" in runner:  # twist
+        if runner.get("logFormat") == "json":
+            return None
+        fix = "run twist --log-format=json netguard ..."
+    else:
+        return None
+    return (
+        'log.format = "json" with log.file = "-" has no effect by itself: standard output '
+        f"is the runner's own log; {fix}, or set log.file to a path"
+    )
