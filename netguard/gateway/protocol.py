@@ -18,7 +18,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, ISSLTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -33,7 +33,7 @@ from netguard.auth.scram import (
 from netguard.errors import ErrorCode
 from netguard.framing import GuardedLineReceiver
 from netguard.log import escape
-from netguard.tls import channel_binding_for
+from netguard.tls import channel_binding_for, connection_info
 
 if TYPE_CHECKING:
     from netguard.gateway.factory import GatewayFactory
@@ -93,7 +93,7 @@ _SERVICE_NAME = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _PRINTABLE = re.compile(rb"[\x20-\x7e]*\Z")
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class GatewaySession(GuardedLineReceiver):
     """
     One client connection to the gateway.
@@ -129,6 +129,7 @@ class GatewaySession(GuardedLineReceiver):
         self._client_eof = False
         self._peer_run: Any = None
         self._binding: Any = _UNKNOWN
+        self._tls_ready = False
         self._peer_verdict: Any = None
         self._started = factory.clock.seconds()
 
@@ -411,6 +412,27 @@ class GatewaySession(GuardedLineReceiver):
         if kind is not None and self.peer_address is not None:
             self.factory.admission.offence(self.peer_address, kind)
         super().refuse(code, text, offending, close)
+        if close and ISSLTransport.providedBy(self.transport) and not self._tls_ready:
+            # A TLS handshake that never finished (a stalled or truncated ClientHello): no
+            # reply can reach the peer and a graceful close would wait for the handshake, so
+            # cut the connection now; the handshake deadline is the whole bound.
+            self.transport.abortConnection()
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake finished: log what was negotiated.
+        """
+        self._tls_ready = True
+        info = connection_info(self.transport)
+        if info is not None:
+            self.log.info(
+                "TLS {version} {cipher} with {peer}",
+                event="tls.established",
+                version=info.version,
+                cipher=info.cipher,
+                client_cert=escape(info.peer_subject),
+                **self.log_fields(),
+            )
 
     # -- shutdown ------------------------------------------------------------------------------
 

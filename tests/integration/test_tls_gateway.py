@@ -120,6 +120,10 @@ class TLSGatewayTests(unittest.TestCase):
                 'endpoint = "tcp:0:interface=127.0.0.1"\n'
                 f'cert_file = "{self.cert_file}"\n'
                 f'key_file = "{self.key_file}"\n'
+                "[limits]\n"
+                "handshake_timeout = 1.0\n"
+                "greeting_delay = 0.05\n"
+                "write_timeout = 600.0\n"
             )
         terminal = io.StringIO()
         config = load_config(config_file, {"state_dir": os.path.join(self.dir, "st")})
@@ -268,3 +272,33 @@ class TLSGatewayTests(unittest.TestCase):
         )
         yield self.assertFailure(connectProtocol(old, Echoed(b"x")), Exception)
         yield wait_for(lambda: not self.gateway.factory.sessions)
+
+    # A TLS handshake that never completes is cut at the handshake deadline (1 s here), not
+    # after the write timeout (600 s here): no reply can reach such a peer.
+
+    @inlineCallbacks
+    def stall(self, first: bytes):
+        peer = _Silent(first)
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), peer)
+        yield wait_for(lambda: peer.closed.called, timeout=30)
+        yield wait_for(lambda: not self.gateway.factory.sessions)
+
+    def test_silent_client_cut_at_deadline(self):
+        return self.stall(b"")
+
+    def test_truncated_client_hello_cut_at_deadline(self):
+        # A TLS record header announcing 512 bytes of ClientHello, then only 4 of them.
+        return self.stall(bytes.fromhex("160301020001000200"))
+
+
+class _Silent(Protocol):
+    def __init__(self, first: bytes = b""):
+        self.first = first
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionMade(self):
+        if self.first:
+            self.transport.write(self.first)
+
+    def connectionLost(self, reason):
+        self.closed.callback(None)
