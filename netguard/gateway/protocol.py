@@ -31,7 +31,7 @@ from netguard.auth.scram import (
     encode_wire,
 )
 from netguard.errors import ErrorCode
-from netguard.framing import GuardedLineReceiver
+from netguard.framing import GuardedLineReceiver, peer_label
 from netguard.log import escape
 from netguard.tls import channel_binding_for, connection_info
 
@@ -157,7 +157,7 @@ class GatewaySession(GuardedLineReceiver):
         self.log.info(
             "accepted {peer} on {local}",
             event="conn.accept",
-            local=escape(str(self.transport.getHost())),
+            local=peer_label(self.transport.getHost()),
             **self.log_fields(),
         )
         super().connectionMade()

@@ -25,7 +25,7 @@ from netguard.tls import TLSConfigError
 log = Logger()
 
 #: Keys whose change needs a restart: they are bound when the gateway starts.
-RESTART_ONLY = ("listen", "tls_listen", "state_dir", "ops", "admission", "overload")
+RESTART_ONLY = ("listen", "tls_listen", "state_dir", "ops", "admission", "overload", "log")
 
 
 class ReloadRefused(Exception):

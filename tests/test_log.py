@@ -1,0 +1,685 @@
+"""
+Tests for L{netguard.log}: L{escape} on every kind of hostile byte, the text and JSON
+observers (one record per line, no raw control character even for fields nobody escaped),
+the zero-argument stdout factories for C{twistd --logger}, the C{[log] file} sink, and the
+check that C{log.format = "json"} with C{log.file = "-"} is not silently ignored.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
+from typing import Any
+
+import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.logger import ILogObserver, Logger, LoggingFile, LogPublisher, globalLogPublisher
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from netguard.log import (
+    DEFAULT_FIELD_LIMIT,
+    JSON_RECORD_KEYS,
+    FileLogSink,
+    LogFileError,
+    escape,
+    event_as_record,
+    format_json,
+    format_text,
+    json_observer,
+    json_stdout_observer,
+    observer_for,
+    open_log_file,
+    safe_text_observer,
+    stdout_log_problem,
+    text_stdout_observer,
+)
+
+#: What a hostile peer would like to see at the start of a log line of its own.
+FORGED = "1999-12-31T23:59:59+0000 [netguard.gateway.protocol.GatewaySession#info] auth.ok"
+
+#: A field nobody escaped: CR LF, a forged line, ANSI colour, clear screen, cursor moves,
+#: NUL, backspace, DEL, BEL, an OSC title sequence, a C1 control, a Unicode line separator.
+RAW = (
+    f"x\r\n{FORGED} root\x1b[31mred\x1b[0m\x1b[2J\x1b[H\x1b[1A\x1b[10;20H"
+    "\x00nul\x08\x08bs\x7fdel\x07\x1b]0;title\x07\x85\u2028end"
+)
+
+_UNESCAPE = {"\\": 0x5C, "r": 0x0D, "n": 0x0A, "t": 0x09, "0": 0x00}
+
+
+def unescape(text: str) -> bytes:
+    """
+    Invert L{escape} (without a truncation marker): proves the rendering is one-to-one.
+    """
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char != "\\":
+            out.append(ord(char))
+            i += 1
+        elif text[i + 1] == "x":
+            out.append(int(text[i + 2 : i + 4], 16))
+            i += 4
+        else:
+            out.append(_UNESCAPE[text[i + 1]])
+            i += 2
+    return bytes(out)
+
+
+def control_chars(text: str) -> list[str]:
+    """
+    Every character of C{text} that is not printable ASCII.
+    """
+    return [c for c in text if not " " <= c <= "~"]
+
+
+def publish(**fields: Any) -> tuple[str, str]:
+    """
+    Log one event with C{fields} through a real L{Logger} to both observers.
+
+    @return: what the text observer and the JSON observer wrote.
+    """
+    publisher = LogPublisher()
+    text, js = io.StringIO(), io.StringIO()
+    publisher.addObserver(safe_text_observer(text))
+    publisher.addObserver(json_observer(js))
+    logger = Logger(namespace="tests.test_log", observer=publisher)  # type: ignore[arg-type]
+    log_format = fields.pop("log_format", "hello {name}")
+    logger.info(log_format, **fields)
+    return text.getvalue(), js.getvalue()
+
+
+@attrs.frozen
+class LogSettings:
+    format: str = "text"
+    file: str = "-"
+
+
+class EscapeTests(unittest.TestCase):
+    """
+    L{escape}: printable ASCII out, one-to-one, bounded.
+    """
+
+    def test_carriage_return(self) -> None:
+        self.assertEqual(escape("a\rb"), "a\\rb")
+
+    def test_line_feed(self) -> None:
+        self.assertEqual(escape(b"a\nb"), "a\\nb")
+
+    def test_crlf_forged_line(self) -> None:
+        out = escape(f"bob\r\n{FORGED}")
+        self.assertEqual(out, f"bob\\r\\n{FORGED}")
+        self.assertEqual(control_chars(out), [])
+
+    def test_tab(self) -> None:
+        self.assertEqual(escape("a\tb"), "a\\tb")
+
+    def test_nul(self) -> None:
+        self.assertEqual(escape(b"a\x00b"), "a\\0b")
+
+    def test_ansi_colour(self) -> None:
+        self.assertEqual(escape("\x1b[31mred\x1b[0m"), "\\x1b[31mred\\x1b[0m")
+
+    def test_ansi_clear_screen_and_cursor_home(self) -> None:
+        self.assertEqual(escape("\x1b[2J\x1b[H"), "\\x1b[2J\\x1b[H")
+
+    def test_ansi_cursor_moves(self) -> None:
+        self.assertEqual(escape("\x1b[1A\x1b[10;20H\x1b[5D"), "\\x1b[1A\\x1b[10;20H\\x1b[5D")
+
+    def test_osc_title_sequence(self) -> None:
+        self.assertEqual(escape("\x1b]0;owned\x07"), "\\x1b]0;owned\\x07")
+
+    def test_delete(self) -> None:
+        self.assertEqual(escape(b"a\x7fb"), "a\\x7fb")
+
+    def test_backspace(self) -> None:
+        # "password\b\b\b\b\b\b\b\bxxxxxxxx" must not overprint on a terminal.
+        self.assertEqual(escape("ab\x08\x08cd"), "ab\\x08\\x08cd")
+
+    def test_c1_control_in_text(self) -> None:
+        self.assertEqual(escape("a\x85b\x9bc"), "a\\xc2\\x85b\\xc2\\x9bc")
+
+    def test_unicode_line_separator(self) -> None:
+        self.assertEqual(escape("a\u2028b"), "a\\xe2\\x80\\xa8b")
+
+    def test_utf8_multibyte_text(self) -> None:
+        self.assertEqual(escape("é日😀"), "\\xc3\\xa9\\xe6\\x97\\xa5\\xf0\\x9f\\x98\\x80")
+
+    def test_utf8_multibyte_bytes(self) -> None:
+        self.assertEqual(escape("é".encode()), "\\xc3\\xa9")
+
+    def test_invalid_utf8_bytes(self) -> None:
+        self.assertEqual(escape(b"\xff\xfe\xc3(\x80"), "\\xff\\xfe\\xc3(\\x80")
+
+    def test_invalid_utf8_smuggled_in_text(self) -> None:
+        # Bytes decoded with surrogateescape come back as the bytes received.
+        text = b"a\xffb".decode("utf-8", "surrogateescape")
+        self.assertEqual(escape(text), "a\\xffb")
+
+    def test_lone_surrogate_does_not_raise(self) -> None:
+        self.assertEqual(escape("a\ud800b"), "a\\xed\\xa0\\x80b")
+
+    def test_backslash_doubled(self) -> None:
+        self.assertEqual(escape("a\\b"), "a\\\\b")
+
+    def test_forged_escape_is_distinguishable(self) -> None:
+        # A peer typing the text of an escape gets something other than the real one.
+        self.assertEqual(escape("\\x1b[2J"), "\\\\x1b[2J")
+        self.assertNotEqual(escape("\\x1b[2J"), escape("\x1b[2J"))
+        self.assertNotEqual(escape("\\n"), escape("\n"))
+        self.assertNotEqual(escape("\\r\\n"), escape("\r\n"))
+        self.assertNotEqual(escape("\\0"), escape("\0"))
+
+    def test_printable_ascii_unchanged(self) -> None:
+        text = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x5C)
+        self.assertEqual(escape(text, limit=200), text)
+
+    def test_none(self) -> None:
+        self.assertEqual(escape(None), "-")
+
+    def test_other_object_is_its_text(self) -> None:
+        self.assertEqual(escape(42), "42")
+
+    def test_over_long_is_truncated_with_marker(self) -> None:
+        out = escape("a" * 500)
+        self.assertEqual(
+            out, "a" * DEFAULT_FIELD_LIMIT + f"...(+{500 - DEFAULT_FIELD_LIMIT} bytes)"
+        )
+
+    def test_truncation_counts_bytes_not_characters(self) -> None:
+        self.assertEqual(escape("é" * 10, limit=4), "\\xc3\\xa9\\xc3\\xa9...(+16 bytes)")
+
+    def test_exactly_at_limit_has_no_marker(self) -> None:
+        self.assertEqual(escape("b" * 8, limit=8), "b" * 8)
+
+    def test_over_long_control_bytes_bounded(self) -> None:
+        out = escape(b"\x1b" * 10_000)
+        self.assertEqual(out, "\\x1b" * DEFAULT_FIELD_LIMIT + "...(+9880 bytes)")
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(max_size=DEFAULT_FIELD_LIMIT))
+    def test_bytes_printable_and_one_to_one(self, raw: bytes) -> None:
+        out = escape(raw)
+        self.assertEqual(control_chars(out), [])
+        self.assertEqual(unescape(out), raw)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.text(max_size=30))
+    def test_text_printable_and_one_to_one(self, text: str) -> None:
+        out = escape(text)
+        self.assertEqual(control_chars(out), [])
+        self.assertEqual(unescape(out), text.encode("utf-8", "surrogatepass"))
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(min_size=1, max_size=400), st.integers(min_value=1, max_value=200))
+    def test_always_bounded(self, raw: bytes, limit: int) -> None:
+        out = escape(raw, limit=limit)
+        self.assertLessEqual(len(out), 4 * limit + len(f"...(+{len(raw)} bytes)"))
+        self.assertEqual(control_chars(out), [])
+
+
+class TextObserverTests(unittest.TestCase):
+    """
+    L{format_text} / L{safe_text_observer}: one escaped line per event, fixed columns.
+    """
+
+    LINE = re.compile(r"^\S+ \[\S+\] (\S+) (\S+) (.*)\n\Z", re.DOTALL)
+
+    def test_columns(self) -> None:
+        text, _ = publish(
+            log_format="authenticated {user}", event="auth.ok", conn_id="1f3a-2c", user="alice"
+        )
+        match = self.LINE.match(text)
+        assert match is not None, text
+        self.assertEqual(match.groups(), ("auth.ok", "1f3a-2c", "authenticated alice"))
+        self.assertIn(" [tests.test_log#info] ", text)
+
+    def test_missing_event_and_conn_id_are_dashes(self) -> None:
+        text, _ = publish(log_format="from Twisted")
+        match = self.LINE.match(text)
+        assert match is not None, text
+        self.assertEqual(match.groups(), ("-", "-", "from Twisted"))
+
+    def test_unescaped_field_cannot_forge_a_line(self) -> None:
+        # Defence in depth: a caller forgot escape(); the line is still one safe line.
+        text, _ = publish(event="auth.fail", conn_id="1-1", name=RAW)
+        self.assertEqual(text.count("\n"), 1)
+        self.assertTrue(text.endswith("\n"))
+        self.assertEqual(control_chars(text[:-1]), [])
+        self.assertEqual(len(text.splitlines()), 1)
+        self.assertFalse(text.startswith("1999"))
+        self.assertIn(f"x\\r\\n{FORGED} root\\x1b[31mred\\x1b[0m\\x1b[2J\\x1b[H", text)
+        self.assertIn("\\0nul\\x08\\x08bs\\x7fdel\\x07\\x1b]0;title\\x07", text)
+        self.assertIn("\\xc2\\x85\\xe2\\x80\\xa8end", text)
+
+    def test_escaped_field_is_not_escaped_twice(self) -> None:
+        text, _ = publish(name=escape(RAW, limit=1000))
+        self.assertIn(escape(RAW, limit=1000), text)
+
+    def test_hostile_event_name_and_conn_id(self) -> None:
+        # The columns before the message cannot hold a space or a control character.
+        text, _ = publish(event="a b\nc", conn_id="x\r y", name="n")
+        match = self.LINE.match(text)
+        assert match is not None, text
+        self.assertEqual(match.group(1), "a_b\\nc")
+        self.assertEqual(match.group(2), "x\\r_y")
+
+    def test_traceback_stays_on_one_line(self) -> None:
+        publisher = LogPublisher()
+        out = io.StringIO()
+        publisher.addObserver(safe_text_observer(out))
+        logger = Logger(namespace="t", observer=publisher)  # type: ignore[arg-type]
+        try:
+            raise ValueError("bad\r\nvalue")
+        except ValueError:
+            logger.failure("it broke", event="x.error")
+        text = out.getvalue()
+        self.assertEqual(text.count("\n"), 1)
+        self.assertIn("it broke\\nTraceback", text)
+        self.assertIn("ValueError: bad\\r\\nvalue", text)
+        self.assertIn("[t#critical] x.error - ", text)
+
+    def test_non_ascii_message(self) -> None:
+        text, _ = publish(log_format="caf\u00e9 {name}", name="ok")
+        self.assertIn("caf\\xc3\\xa9 ok", text)
+
+    def test_bad_format_string_still_one_line(self) -> None:
+        text, _ = publish(log_format="{missing", event="x")
+        self.assertEqual(text.count("\n"), 1)
+        self.assertIn("Unable to format event", text)
+
+    def test_event_with_nothing_to_show(self) -> None:
+        self.assertIsNone(format_text({"log_time": 1.0}))
+
+    def test_legacy_system_shown_without_spaces(self) -> None:
+        text = format_text({"log_format": "hi", "log_system": "Gateway Factory,0,127.0.0.1"})
+        assert text is not None
+        self.assertIn(" [Gateway_Factory,0,127.0.0.1] - - hi\n", text)
+
+
+class JSONObserverTests(unittest.TestCase):
+    """
+    L{format_json} / L{json_observer}: one parseable, ASCII-only object per line.
+    """
+
+    def record(self, **fields: Any) -> dict[str, Any]:
+        _, js = publish(**fields)
+        self.assertEqual(js.count("\n"), 1, js)
+        self.assertTrue(js.endswith("\n"))
+        record = json.loads(js)
+        self.assertIsInstance(record, dict)
+        return record  # type: ignore[no-any-return]
+
+    def test_record_keys(self) -> None:
+        record = self.record(
+            log_format="authenticated {user}",
+            event="auth.ok",
+            conn_id="1f3a-2c",
+            user="alice",
+            attempt=2,
+            ok=True,
+        )
+        self.assertEqual(
+            list(record)[:6], ["time", "ts", "level", "namespace", "event", "message"]
+        )
+        self.assertRegex(record["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        self.assertIsInstance(record["ts"], float)
+        self.assertEqual(record["level"], "info")
+        self.assertEqual(record["namespace"], "tests.test_log")
+        self.assertEqual(record["event"], "auth.ok")
+        self.assertEqual(record["message"], "authenticated alice")
+        self.assertEqual(record["conn_id"], "1f3a-2c")
+        self.assertEqual(record["user"], "alice")
+        self.assertEqual(record["attempt"], 2)
+        self.assertIs(record["ok"], True)
+        self.assertFalse([key for key in record if key.startswith("log_")])
+
+    def test_unescaped_field_stays_in_one_record(self) -> None:
+        _, js = publish(event="auth.fail", name=RAW)
+        self.assertEqual(js.count("\n"), 1)
+        self.assertEqual(control_chars(js[:-1]), [])  # ASCII only: \r, \n, ESC are \u-escaped
+        record = json.loads(js)
+        self.assertEqual(record["name"], RAW)  # and nothing was lost
+
+    def test_event_without_name(self) -> None:
+        self.assertIsNone(self.record(log_format="from Twisted")["event"])
+
+    def test_bytes_value_is_escaped_text(self) -> None:
+        self.assertEqual(self.record(data=b"\xff\r\n")["data"], "\\xff\\r\\n")
+
+    def test_non_finite_float(self) -> None:
+        record = self.record(a=float("nan"), b=float("inf"))
+        self.assertEqual((record["a"], record["b"]), ("nan", "inf"))
+
+    def test_nested_values(self) -> None:
+        record = self.record(figures={"refused": {"rate": 2}, "list": (1, "x\n")})
+        self.assertEqual(record["figures"], {"refused": {"rate": 2}, "list": [1, "x\n"]})
+
+    def test_deeply_nested_value_bounded(self) -> None:
+        deep: Any = "bottom"
+        for _ in range(50):
+            deep = [deep]
+        record = self.record(deep=deep)
+        self.assertIsInstance(record["deep"], list)
+
+    def test_unserialisable_object_is_text(self) -> None:
+        class Thing:
+            def __str__(self) -> str:
+                return "thing\r\n"
+
+        self.assertEqual(self.record(thing=Thing())["thing"], "thing\r\n")
+
+    def test_field_named_like_a_record_key_is_renamed(self) -> None:
+        record = self.record(log_format="x", time=3, ts="mine", message="m", system="s")
+        self.assertEqual(record["field_time"], 3)
+        self.assertEqual(record["field_ts"], "mine")
+        self.assertEqual(record["field_message"], "m")
+        self.assertEqual(record["field_system"], "s")
+        self.assertIsInstance(record["ts"], float)
+        self.assertEqual(record["message"], "x")
+
+    def test_failure_traceback_in_one_record(self) -> None:
+        publisher = LogPublisher()
+        out = io.StringIO()
+        publisher.addObserver(json_observer(out))
+        logger = Logger(namespace="t", observer=publisher)  # type: ignore[arg-type]
+        try:
+            raise ValueError("bad\r\nvalue")
+        except ValueError:
+            logger.failure("it broke", event="x.error")
+        text = out.getvalue()
+        self.assertEqual(text.count("\n"), 1)
+        record = json.loads(text)
+        self.assertEqual(record["level"], "critical")
+        self.assertIn("ValueError: bad\r\nvalue", record["failure"])
+
+    def test_legacy_event_keys_folded(self) -> None:
+        event = {
+            "message": ("hello",),
+            "time": 1.5,
+            "system": "-",
+            "isError": 0,
+            "log_format": "{log_text}",
+            "log_text": "hello",
+            "log_time": 1.5,
+            "log_system": "-",
+            "log_namespace": "log_legacy",
+            "port": 7700,
+        }
+        record = event_as_record(event)
+        self.assertEqual(
+            record,
+            {
+                "time": "1970-01-01T00:00:01.500Z",
+                "ts": 1.5,
+                "level": None,
+                "namespace": "log_legacy",
+                "system": "-",
+                "event": None,
+                "message": "hello",
+                "port": 7700,
+            },
+        )
+
+    def test_record_keys_documented(self) -> None:
+        self.assertEqual(
+            JSON_RECORD_KEYS,
+            ("time", "ts", "level", "namespace", "system", "event", "message", "failure"),
+        )
+
+    def test_format_json_never_raises(self) -> None:
+        class Explodes:
+            def __str__(self) -> str:
+                raise RuntimeError("no")
+
+        text = format_json({"log_format": "x", "thing": Explodes()})
+        self.assertEqual(json.loads(text)["thing"], "<unrepresentable Explodes>")
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.dictionaries(st.text(max_size=8), st.text(max_size=20), max_size=5))
+    def test_any_text_fields_give_one_ascii_line(self, fields: dict[str, str]) -> None:
+        event: dict[str, Any] = {"log_format": "m", "log_time": 0.0, **fields}
+        text = format_json(event)
+        self.assertEqual(text.count("\n"), 1)
+        self.assertEqual(control_chars(text[:-1]), [])
+        self.assertIsInstance(json.loads(text), dict)
+
+
+class StdoutFactoryTests(unittest.TestCase):
+    """
+    The zero-argument factories for C{twistd --logger}.
+    """
+
+    def test_text_stdout_observer(self) -> None:
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        observer = text_stdout_observer()
+        verifyObject(ILogObserver, observer)
+        observer({"log_format": "hi {x}", "x": "\x1b[2J", "event": "e", "log_time": 0.0})
+        self.assertRegex(out.getvalue(), r"^\S+ \[-#-\] e - hi \\x1b\[2J\n\Z")
+
+    def test_json_stdout_observer(self) -> None:
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        observer = json_stdout_observer()
+        verifyObject(ILogObserver, observer)
+        observer({"log_format": "hi", "event": "e", "log_time": 0.0})
+        self.assertEqual(json.loads(out.getvalue())["event"], "e")
+
+    def test_redirected_stdout_is_not_used(self) -> None:
+        # After twistd redirects sys.stdout into the log, writing there would loop.
+        real = io.StringIO()
+        self.patch(sys, "__stdout__", real)
+        self.patch(sys, "stdout", LoggingFile(Logger(observer=LogPublisher())))  # type: ignore[arg-type]
+        json_stdout_observer()({"log_format": "hi", "log_time": 0.0})
+        self.assertEqual(json.loads(real.getvalue())["message"], "hi")
+
+    def test_observer_for(self) -> None:
+        out = io.StringIO()
+        observer_for("json", out)({"log_format": "x"})
+        self.assertEqual(json.loads(out.getvalue())["message"], "x")
+        self.assertRaises(ValueError, observer_for, "xml", out)
+
+
+class FileLogSinkTests(unittest.TestCase):
+    """
+    L{FileLogSink}: the C{[log] file} observer, added on start and removed on stop.
+    """
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp(dir="/tmp")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.path = os.path.join(self.dir, "netguard.log")
+        self.publisher = LogPublisher()
+        self.events: list[dict[str, Any]] = []
+        self.publisher.addObserver(self.events.append)
+        self.logger = Logger(namespace="t", observer=self.publisher)  # type: ignore[arg-type]
+
+    def sink(self, log_format: str = "text") -> FileLogSink:
+        sink = FileLogSink(self.path, log_format, self.publisher)
+        self.addCleanup(sink.stop)
+        return sink
+
+    def read(self) -> str:
+        with open(self.path) as handle:
+            return handle.read()
+
+    def test_creates_file_0600_whatever_the_umask(self) -> None:
+        old = os.umask(0)
+        self.addCleanup(os.umask, old)
+        self.sink().start()
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
+
+    def test_writes_text_lines(self) -> None:
+        sink = self.sink()
+        sink.start()
+        self.logger.info("hello {name}", event="x.hello", name="a\r\nb")
+        lines = self.read().splitlines()
+        self.assertEqual(len(lines), 2)
+        self.assertIn(" log.file_open - logging to ", lines[0])
+        self.assertRegex(lines[1], r" \[t#info\] x\.hello - hello a\\r\\nb$")
+
+    def test_writes_json_lines(self) -> None:
+        self.sink("json").start()
+        self.logger.info("hello {name}", event="x.hello", name="a\r\nb")
+        records = [json.loads(line) for line in self.read().splitlines()]
+        self.assertEqual([r["event"] for r in records], ["log.file_open", "x.hello"])
+        self.assertEqual(records[0]["file_format"], "json")
+        self.assertIn("(json)", records[0]["message"])
+        self.assertEqual(records[0]["mode"], "0600")
+        self.assertEqual(records[1]["name"], "a\r\nb")
+
+    def test_appends_to_existing_file_and_keeps_its_mode(self) -> None:
+        with open(self.path, "w") as handle:
+            handle.write("earlier\n")
+        os.chmod(self.path, 0o640)
+        self.sink().start()
+        self.assertTrue(self.read().startswith("earlier\n"))
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o640)
+        warned = [e for e in self.events if e.get("event") == "log.file_permissions"]
+        self.assertEqual(len(warned), 1)
+        self.assertEqual(warned[0]["mode"], "0640")
+
+    def test_private_file_no_permission_warning(self) -> None:
+        self.sink().start()
+        self.assertFalse([e for e in self.events if e.get("event") == "log.file_permissions"])
+
+    def test_stop_removes_observer_and_closes(self) -> None:
+        sink = self.sink()
+        sink.start()
+        self.assertTrue(sink.started)
+        sink.stop()
+        self.assertFalse(sink.started)
+        self.logger.info("after", event="x.after")
+        self.assertNotIn("x.after", self.read())
+        # Only our own capture is left on the publisher.
+        self.assertEqual(self.publisher._observers, [self.events.append])
+
+    def test_start_and_stop_are_idempotent(self) -> None:
+        sink = self.sink()
+        sink.start()
+        sink.start()
+        self.logger.info("once", event="x.once")
+        self.assertEqual(self.read().count("x.once"), 1)
+        sink.stop()
+        sink.stop()
+
+    def test_stop_passes_result_through(self) -> None:
+        sink = self.sink()
+        sink.start()
+        marker = object()
+        self.assertIs(sink.stop(marker), marker)
+
+    def test_unopenable_path(self) -> None:
+        sink = FileLogSink(os.path.join(self.dir, "missing", "x.log"), "text", self.publisher)
+        error = self.assertRaises(LogFileError, sink.start)
+        self.assertIn("missing/x.log", str(error))
+        self.assertIn("No such file", str(error))
+        self.assertFalse(sink.started)
+
+    def test_inactive_for_dash(self) -> None:
+        sink = FileLogSink.from_config(LogSettings("json", "-"), self.publisher)
+        sink.start()
+        self.assertFalse(sink.started)
+        self.assertEqual(self.publisher._observers, [self.events.append])
+
+    def test_from_config(self) -> None:
+        sink = FileLogSink.from_config(LogSettings("json", self.path), self.publisher)
+        self.addCleanup(sink.stop)
+        self.assertEqual((sink.path, sink.log_format), (self.path, "json"))
+
+    def test_unknown_format(self) -> None:
+        self.assertRaises(ValueError, FileLogSink, self.path, "xml", self.publisher)
+
+    def test_default_publisher_is_global(self) -> None:
+        sink = FileLogSink(self.path, "json")
+        sink.start()
+        self.addCleanup(sink.stop)
+        Logger(namespace="t").info("global", event="x.global")
+        self.assertIn('"event":"x.global"', self.read())
+
+    def test_open_log_file_appends(self) -> None:
+        for text in ("one\n", "two\n"):
+            stream = open_log_file(self.path)
+            stream.write(text)
+            stream.close()
+        self.assertEqual(self.read(), "one\ntwo\n")
+
+
+class StdoutProblemTests(unittest.TestCase):
+    """
+    L{stdout_log_problem}: C{format = "json"} with C{file = "-"} is refused unless the
+    runner writes JSON.
+    """
+
+    JSON_STDOUT = LogSettings("json", "-")
+
+    def test_text_is_fine(self) -> None:
+        self.assertIsNone(stdout_log_problem(LogSettings("text", "-"), {"logger": None}))
+
+    def test_json_to_a_file_is_fine(self) -> None:
+        self.assertIsNone(stdout_log_problem(LogSettings("json", "/x"), {"logger": None}))
+
+    def test_twistd_without_logger_refused(self) -> None:
+        problem = stdout_log_problem(self.JSON_STDOUT, {"logger": None, "nodaemon": 1})
+        assert problem is not None
+        self.assertIn("--logger netguard.log.json_stdout_observer", problem)
+        self.assertIn("log.file", problem)
+
+    def test_twistd_with_logger_fine(self) -> None:
+        runner = {"logger": "netguard.log.json_stdout_observer"}
+        self.assertIsNone(stdout_log_problem(self.JSON_STDOUT, runner))
+
+    def test_twist_without_json_refused(self) -> None:
+        problem = stdout_log_problem(self.JSON_STDOUT, {"logLevel": "info"})
+        assert problem is not None
+        self.assertIn("twist --log-format=json", problem)
+
+    def test_twist_with_json_fine(self) -> None:
+        runner = {"logLevel": "info", "logFormat": "json"}
+        self.assertIsNone(stdout_log_problem(self.JSON_STDOUT, runner))
+
+    def test_no_runner_not_second_guessed(self) -> None:
+        self.assertIsNone(stdout_log_problem(self.JSON_STDOUT, None))
+
+    def test_plugin_refuses_under_twistd(self) -> None:
+        from twisted.application.app import ServerOptions
+        from twisted.python import usage
+
+        from twisted.plugins.netguard_plugin import Options
+
+        options = Options()
+        options.parent = ServerOptions()  # type: ignore[attr-defined]
+        state = tempfile.mkdtemp(dir="/tmp")
+        self.addCleanup(os.rmdir, state)
+        error = self.assertRaises(
+            usage.UsageError,
+            options.parseOptions,
+            ["--state-dir", state, "--log-format", "json"],
+        )
+        self.assertIn("json_stdout_observer", str(error))
+
+
+class GlobalPublisherHygieneTests(unittest.TestCase):
+    """
+    Nothing in this module leaves an observer on the global publisher.
+    """
+
+    def test_no_leak(self) -> None:
+        before = list(globalLogPublisher._observers)
+        where = tempfile.mkdtemp(dir="/tmp")
+        self.addCleanup(shutil.rmtree, where, True)
+        path = os.path.join(where, "x.log")
+        sink = FileLogSink(path, "text")
+        sink.start()
+        sink.stop()
+        self.assertEqual(globalLogPublisher._observers, before)
