@@ -208,12 +208,16 @@ class OpsConfig:
     @ivar shutdown_grace: on SIGTERM, seconds open relays get to finish before they are
         closed (line-phase clients are told C{ERR SHUTTING_DOWN} at once).
     @ivar control_socket: the AF_UNIX control socket (mode 0600), C{""} for none.
+    @ivar metrics_listen: the Prometheus metrics listener, a C{tcp:}/C{tcp6:} server
+        endpoint string on a loopback interface (C{"tcp:9108:interface=127.0.0.1"}), or
+        C{""} for none (the default).
     """
 
     heartbeat: bool = False
     heartbeat_interval: float = 60.0
     shutdown_grace: float = 30.0
     control_socket: str = ""
+    metrics_listen: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -800,6 +804,28 @@ def _plain(value: object) -> object:
     return list(value) if isinstance(value, tuple) else value
 
 
+def _metrics_listen(src: _Source, key: str, value: object) -> str:
+    """
+    C{ops.metrics_listen}: C{""}, or a listener that L{_check_listener} accepts and that is
+    a C{tcp:} or C{tcp6:} listener on a loopback interface (so never all interfaces, never
+    a socket whose exposure netguard cannot see: C{systemd:}, C{haproxy:}, plugins).
+
+    @return: the normalized endpoint string, or C{""}.
+    """
+    if value == "":
+        return ""
+    listener: _Listener = src.check(key, _check_listener, value)
+    kind = listener.description.split(":", 1)[0]
+    if kind not in ("tcp", "tcp6") or listener.network:
+        raise src.error(
+            key,
+            "the metrics listener must be loopback only: a tcp: or tcp6: listener with "
+            "interface=127.0.0.1 (or another 127.x address) or interface=\\:\\:1, e.g. "
+            f'"tcp:9108:interface=127.0.0.1"; got {_describe_value(value)} ({listener.exposure})',
+        )
+    return listener.description
+
+
 _OPS_KEYS: Final[tuple[_TableKey, ...]] = (
     _TableKey(
         "heartbeat",
@@ -824,6 +850,14 @@ _OPS_KEYS: Final[tuple[_TableKey, ...]] = (
         _optional_path,
         '"" (none) or a path; default <state_dir>/control.sock',
         "remote administration: the only admin interface is this mode-0600 local socket",
+    ),
+    _TableKey(
+        "metrics_listen",
+        _metrics_listen,
+        '"" (off) or a tcp:/tcp6: listener on a loopback interface, e.g. '
+        '"tcp:9108:interface=127.0.0.1"',
+        "traffic figures leaking to the network: off by default, loopback only (never all "
+        "interfaces), read-only GET /metrics",
     ),
 )
 _LOG_KEYS: Final = ("format", "file")
@@ -1345,6 +1379,27 @@ def _ip_exposure(interface: str | None, implicit: str) -> tuple[str, bool, str |
     return f"NETWORK: interface {interface}", True, None
 
 
+def _endpoint_head(description: object, what: str, help_text: str) -> tuple[list[_Field], str]:
+    """
+    Split an endpoint string into its fields and lower-cased type, with the checks every
+    endpoint string gets (a string, not empty, bounded, starting with a type).
+
+    @raise _Invalid: naming C{what} and showing C{help_text}.
+    """
+    if not isinstance(description, str):
+        raise _Invalid(
+            f"{what} must be an endpoint string, got {_describe_value(description)}; {help_text}"
+        )
+    if not description or len(description) > MAX_STRING_LENGTH:
+        raise _Invalid(f"{what} must be 1 to {MAX_STRING_LENGTH} characters; {help_text}")
+    fields = _split_description(description)
+    head = fields[0]
+    kind = head.value.lower()
+    if head.key is not None or not kind:
+        raise _Invalid(f"must start with an endpoint type; {help_text}")
+    return fields, kind
+
+
 def _check_listener(description: object, *, nested: bool = False) -> _Listener:
     """
     Check a server endpoint string without listening.
@@ -1355,17 +1410,7 @@ def _check_listener(description: object, *, nested: bool = False) -> _Listener:
 
     @raise _Invalid: if it is not a usable listener.
     """
-    if not isinstance(description, str):
-        raise _Invalid(
-            f"a listener must be an endpoint string, got {_describe_value(description)}"
-        )
-    if not description or len(description) > MAX_STRING_LENGTH:
-        raise _Invalid(f"a listener must be 1 to {MAX_STRING_LENGTH} characters; {_LISTENER_HELP}")
-    fields = _split_description(description)
-    head = fields[0]
-    kind = head.value.lower()
-    if head.key is not None or not kind:
-        raise _Invalid(f"must start with an endpoint type; {_LISTENER_HELP}")
+    fields, kind = _endpoint_head(description, "a listener", _LISTENER_HELP)
     if kind == "haproxy":
         if nested:
             raise _Invalid("haproxy: cannot wrap another haproxy: listener")
@@ -1382,7 +1427,7 @@ def _check_listener(description: object, *, nested: bool = False) -> _Listener:
         raise _Invalid(f"stdio: is not a network listener; {_LISTENER_HELP}")
     endpoint_type = _SERVER_TYPES.get(kind)
     if endpoint_type is None:
-        return _check_plugin_listener(description, kind)
+        return _check_plugin_listener(str(description), kind)
     bound = _bind(f"a {kind}: listener", fields, endpoint_type)
     fields[0] = _Field(None, kind)
     values: dict[str, str] = {}
@@ -1486,17 +1531,7 @@ def _check_backend(description: object, *, nested: bool = False) -> _Backend:
 
     @raise _Invalid: if it is not a usable backend.
     """
-    if not isinstance(description, str):
-        raise _Invalid(
-            f"must be an endpoint string, got {_describe_value(description)}; {_BACKEND_HELP}"
-        )
-    if not description or len(description) > MAX_STRING_LENGTH:
-        raise _Invalid(f"must be 1 to {MAX_STRING_LENGTH} characters; {_BACKEND_HELP}")
-    fields = _split_description(description)
-    head = fields[0]
-    kind = head.value.lower()
-    if head.key is not None or not kind:
-        raise _Invalid(f"must start with an endpoint type; {_BACKEND_HELP}")
+    fields, kind = _endpoint_head(description, "a backend", _BACKEND_HELP)
     if kind == "builtin":
         if nested or [(f.key, f.value) for f in fields[1:]] != [(None, "echo")]:
             raise _Invalid("the only built-in backend is builtin:echo")
