@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_reload -*-
+# -*- test-case-name: tests.integration.test_reload -*-
 """
 Live reload (SIGHUP, C{netguard ctl reload}): read the configuration and the users file
 again and re-read TLS certificates, without dropping a live connection.

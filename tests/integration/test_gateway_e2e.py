@@ -6,12 +6,8 @@ and unix sockets, driven by the real NGP/1 client over the real reactor.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import random
-import re
-import shutil
-import tempfile
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -20,8 +16,7 @@ from twisted.internet.protocol import Protocol
 from twisted.trial import unittest
 
 from netguard.client.protocol import Credentials, NGPClientProtocol, NGPError
-from netguard.config import load_config
-from netguard.service import make_service
+from tests.integration.util import RunningGateway, wait_for
 
 
 class Collector(NGPClientProtocol):
@@ -65,28 +60,18 @@ class GatewayEndToEndTests(unittest.TestCase):
     timeout = 60
 
     def setUp(self):
-        self.state = tempfile.mkdtemp(prefix="ng-", dir="/tmp")
-        self.addCleanup(shutil.rmtree, self.state, True)
-        self.sock_path = os.path.join(self.state, "ng.sock")
-        self.terminal = io.StringIO()
-        config_file = os.path.join(self.state, "netguard.toml")
-        with open(config_file, "w") as handle:
-            # A greeting delay long enough that the early-talker test cannot race it.
-            handle.write("[limits]\ngreeting_delay = 0.5\n")
-        config = load_config(
-            config_file,
-            {
-                "state_dir": self.state,
-                "listen": ["tcp:0:interface=127.0.0.1", f"unix:{self.sock_path}:mode=600"],
-            },
+        # A greeting delay long enough that the early-talker test cannot race it.
+        self.gateway = RunningGateway(
+            self,
+            "[limits]\ngreeting_delay = 0.5\n",
+            {"listen": ["tcp:0:interface=127.0.0.1", "unix:{dir}/ng.sock:mode=600"]},
         )
-        self.service = make_service(config, reactor, terminal=self.terminal)
-        self.service.startService()
-        self.addCleanup(self.service.stopService)
-        self.port = self.service.ports[0].getHost().port
-        shown = self.terminal.getvalue()
-        self.user = re.search(r"user:\s+(\S+)", shown).group(1)
-        self.password = re.search(r"password:\s+(\S+)", shown).group(1)
+        self.state = self.gateway.overrides["state_dir"]
+        self.sock_path = os.path.join(self.gateway.dir, "ng.sock")
+        self.service = self.gateway.service
+        self.port = self.gateway.port()
+        self.user = self.gateway.credentials.username
+        self.password = self.gateway.credentials.password
 
     def tcp(self):
         return TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
@@ -151,21 +136,3 @@ class GatewayEndToEndTests(unittest.TestCase):
             any(line.startswith((b"ERR TOO_MUCH_DATA", b"ERR LINE_TOO_LONG")) for line in lines),
             said,
         )
-
-
-def deferLater(seconds):
-    from twisted.internet.task import deferLater as later
-
-    return later(reactor, seconds, lambda: None)
-
-
-@inlineCallbacks
-def wait_for(predicate, timeout=10.0, step=0.01):
-    """
-    Wait until C{predicate()} is true, polling the reactor, for at most C{timeout} seconds.
-    """
-    for _ in range(int(timeout / step)):
-        if predicate():
-            return
-        yield deferLater(step)
-    raise AssertionError("condition not reached in time")

@@ -5,22 +5,16 @@ clients, against a real dnsmasq serving good and spoofed PTR records.
 
 from __future__ import annotations
 
-import io
 import os
-import re
-import shutil
-import tempfile
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial import unittest
 
-from netguard.client.protocol import Credentials, NGPClientProtocol, NGPError
-from netguard.config import load_config
-from netguard.service import make_service
+from netguard.client.protocol import NGPClientProtocol, NGPError
 from tests.integration import test_peer_real as peer_real
-from tests.integration.util import wait_for
+from tests.integration.util import RunningGateway, wait_for
 
 
 class GatewayFCrDNSTests(unittest.TestCase):
@@ -44,30 +38,17 @@ class GatewayFCrDNSTests(unittest.TestCase):
                 break
         else:
             self.fail("dnsmasq did not start")
-        self.dir = tempfile.mkdtemp(prefix="ngp-", dir="/tmp")
-        self.addCleanup(shutil.rmtree, self.dir, True)
-        config_file = os.path.join(self.dir, "netguard.toml")
-        with open(config_file, "w") as handle:
-            handle.write(
-                "[peer_checks]\n"
-                'fcrdns = "require"\n'
-                f'dns_servers = ["127.0.0.1:{self.port}"]\n'
-                "fcrdns_timeout = 5.0\n"
-            )
-        terminal = io.StringIO()
-        config = load_config(
-            config_file,
-            {"state_dir": os.path.join(self.dir, "st"), "listen": ["tcp:0:interface=127.0.0.1"]},
+        running = RunningGateway(
+            self,
+            "[peer_checks]\n"
+            'fcrdns = "require"\n'
+            f'dns_servers = ["127.0.0.1:{self.port}"]\n'
+            "fcrdns_timeout = 5.0\n",
+            {"listen": ["tcp:0:interface=127.0.0.1"]},
         )
-        self.gateway = make_service(config, reactor, terminal=terminal)
-        self.gateway.startService()
-        self.addCleanup(self.gateway.stopService)
-        self.gw_port = self.gateway.ports[0].getHost().port
-        shown = terminal.getvalue()
-        self.credentials = Credentials(
-            re.search(r"user:\s+(\S+)", shown).group(1),
-            re.search(r"password:\s+(\S+)", shown).group(1),
-        )
+        self.gateway = running.service
+        self.gw_port = running.port()
+        self.credentials = running.credentials
 
     @inlineCallbacks
     def session_from(self, source: str):

@@ -6,9 +6,7 @@ through a man in the middle that fails, plain bytes on the TLS port, live certif
 
 from __future__ import annotations
 
-import io
 import os
-import re
 import shutil
 import tempfile
 
@@ -24,9 +22,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 
 from netguard.client.endpoint import NGPClientEndpoint, wrap_tls
-from netguard.client.protocol import Credentials, NGPClientProtocol, NGPError
-from netguard.config import load_config
-from netguard.service import make_service
+from netguard.client.protocol import NGPClientProtocol, NGPError
 from netguard.tls import (
     TLSServerEndpoint,
     client_tls_options,
@@ -34,7 +30,7 @@ from netguard.tls import (
     public_key_pin,
 )
 from tests import tls_certs
-from tests.integration.util import wait_for
+from tests.integration.util import RunningGateway, wait_for
 
 
 class Echoed(Protocol):
@@ -112,31 +108,22 @@ class TLSGatewayTests(unittest.TestCase):
         self.cert_file, self.key_file = tls_certs.write_identity(
             self.dir, "gateway", self.cert, self.key
         )
-        config_file = os.path.join(self.dir, "netguard.toml")
-        with open(config_file, "w") as handle:
-            handle.write(
-                'listen = ["tcp:0:interface=127.0.0.2"]\n'
-                "[[tls_listen]]\n"
-                'endpoint = "tcp:0:interface=127.0.0.1"\n'
-                f'cert_file = "{self.cert_file}"\n'
-                f'key_file = "{self.key_file}"\n'
-                "[limits]\n"
-                "handshake_timeout = 1.0\n"
-                "greeting_delay = 0.05\n"
-                "write_timeout = 600.0\n"
-            )
-        terminal = io.StringIO()
-        config = load_config(config_file, {"state_dir": os.path.join(self.dir, "st")})
-        self.gateway = make_service(config, reactor, terminal=terminal)
-        self.gateway.startService()
-        self.addCleanup(self.gateway.stopService)
-        self.plain_port = self.gateway.ports[0].getHost().port
-        self.port = self.gateway.ports[1].getHost().port
-        shown = terminal.getvalue()
-        self.credentials = Credentials(
-            re.search(r"user:\s+(\S+)", shown).group(1),
-            re.search(r"password:\s+(\S+)", shown).group(1),
+        running = RunningGateway(
+            self,
+            'listen = ["tcp:0:interface=127.0.0.2"]\n'
+            "[[tls_listen]]\n"
+            'endpoint = "tcp:0:interface=127.0.0.1"\n'
+            f'cert_file = "{self.cert_file}"\n'
+            f'key_file = "{self.key_file}"\n'
+            "[limits]\n"
+            "handshake_timeout = 1.0\n"
+            "greeting_delay = 0.05\n"
+            "write_timeout = 600.0\n",
         )
+        self.gateway = running.service
+        self.plain_port = running.port(0)
+        self.port = running.port(1)
+        self.credentials = running.credentials
         self.pin = public_key_pin(self.cert)
         self.events: list[dict] = []
         from twisted.logger import globalLogPublisher

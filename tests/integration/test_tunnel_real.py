@@ -6,9 +6,7 @@ from Twisted code.
 
 from __future__ import annotations
 
-import io
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -30,9 +28,7 @@ from twisted.trial import unittest
 from netguard.client.endpoint import NGPClientEndpoint
 from netguard.client.protocol import Credentials, NGPError
 from netguard.client.tunnel import TunnelFactory
-from netguard.config import load_config
-from netguard.service import make_service
-from tests.integration.util import free_port, wait_for
+from tests.integration.util import RunningGateway, free_port, wait_for
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
@@ -122,22 +118,17 @@ class TunnelToRedisTests(unittest.TestCase):
         self.dir = tempfile.mkdtemp(prefix="ngt-", dir="/tmp")
         self.addCleanup(shutil.rmtree, self.dir, True)
         redis_port = start_redis(self, self.dir)
-        terminal = io.StringIO()
-        config = load_config(
-            None,
-            {
-                "state_dir": os.path.join(self.dir, "st"),
+        running = RunningGateway(
+            self,
+            overrides={
                 "listen": ["tcp:0:interface=127.0.0.1"],
                 "services": [f"redis=tcp:host=127.0.0.1:port={redis_port}"],
             },
         )
-        self.gateway = make_service(config, reactor, terminal=terminal)
-        self.gateway.startService()
-        self.addCleanup(self.gateway.stopService)
-        self.gateway_port = self.gateway.ports[0].getHost().port
-        shown = terminal.getvalue()
-        self.user = re.search(r"user:\s+(\S+)", shown).group(1)
-        self.password = re.search(r"password:\s+(\S+)", shown).group(1)
+        self.gateway = running.service
+        self.gateway_port = running.port()
+        self.user = running.credentials.username
+        self.password = running.credentials.password
         self.password_file = os.path.join(self.dir, "pw")
         fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.write(fd, self.password.encode() + b"\n")

@@ -5,11 +5,7 @@ certificates in-process, keeping live sessions; bad new files are refused.
 
 from __future__ import annotations
 
-import io
 import os
-import re
-import shutil
-import tempfile
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -18,10 +14,8 @@ from twisted.trial import unittest
 
 from netguard.auth.users import add_user
 from netguard.client.protocol import Credentials, NGPClientProtocol, NGPError
-from netguard.config import load_config
 from netguard.ops.reload import Reloader, ReloadRefused
-from netguard.service import make_service
-from tests.integration.util import wait_for
+from tests.integration.util import RunningGateway, wait_for
 
 
 class Collector(NGPClientProtocol):
@@ -45,24 +39,12 @@ class ReloadTests(unittest.TestCase):
             handle.write(text)
 
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="ngr-", dir="/tmp")
-        self.addCleanup(shutil.rmtree, self.dir, True)
-        self.config_file = os.path.join(self.dir, "netguard.toml")
-        self.write_config('listen = ["tcp:0:interface=127.0.0.1"]\n')
-        overrides = {"state_dir": os.path.join(self.dir, "st")}
-        terminal = io.StringIO()
-        self.gateway = make_service(
-            load_config(self.config_file, overrides), reactor, terminal=terminal
-        )
-        self.gateway.reloader = Reloader(self.gateway, self.config_file, overrides)
-        self.gateway.startService()
-        self.addCleanup(self.gateway.stopService)
-        self.port = self.gateway.ports[0].getHost().port
-        shown = terminal.getvalue()
-        self.credentials = Credentials(
-            re.search(r"user:\s+(\S+)", shown).group(1),
-            re.search(r"password:\s+(\S+)", shown).group(1),
-        )
+        running = RunningGateway(self, 'listen = ["tcp:0:interface=127.0.0.1"]\n')
+        self.config_file = running.config_path
+        self.gateway = running.service
+        self.gateway.reloader = Reloader(self.gateway, self.config_file, running.overrides)
+        self.port = running.port()
+        self.credentials = running.credentials
 
     @inlineCallbacks
     def open(self, service="echo", credentials=None):
