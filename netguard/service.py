@@ -33,6 +33,7 @@ from netguard.ops.lock import (
     acquire_instance_lock,
     check_unix_socket_free,
 )
+from netguard.ops.metrics import MetricsListenFailed, MetricsService
 from netguard.ops.notify import notify_ready, notify_stopping
 from netguard.ops.overload import OverloadMonitor
 from netguard.ops.reload import ReloadRefused
@@ -84,6 +85,11 @@ class GatewayService(MultiService):
         if ops.control_socket:
             control = ControlFactory(GatewayControl(self), factory.reactor)
             ControlService(factory.reactor, ops.control_socket, control).setServiceParent(self)
+        #: The loopback-only Prometheus endpoint (C{ops.metrics_listen}), or L{None}.
+        self.metrics: MetricsService | None = None
+        if ops.metrics_listen:
+            self.metrics = MetricsService(factory.reactor, ops.metrics_listen, self.figures)
+            self.metrics.setServiceParent(self)
         self.drainer = Drainer(factory, factory.clock, factory.config.ops.shutdown_grace)
         factory.drainer = self.drainer
         overload = factory.config.overload
@@ -114,6 +120,7 @@ class GatewayService(MultiService):
             UnsafeControlPath,
             CannotListenError,
             LogFileError,
+            MetricsListenFailed,
         ) as error:
             raise SystemExit(f"netguard: {error}") from None
 

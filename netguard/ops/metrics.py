@@ -1,0 +1,617 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+The gateway's counters and gauges in the Prometheus text exposition format (version 0.0.4),
+served by C{twisted.web} on an optional, loopback-only HTTP listener (C{ops.metrics_listen},
+off by default).
+
+Rendering (L{render_metrics}) turns the figures of C{GatewayService.figures()} into text:
+
+  - every L{netguard.stats.Stats} counter C{<name>} becomes the counter
+    C{netguard_<name>_total} (C{connections}, C{auth_ok}, C{auth_fail}, C{bytes_up},
+    C{bytes_down}; the known ones are always present, at 0 before their first event);
+  - the C{refused.<reason>} counters become one family, C{netguard_refused_total}, with a
+    C{reason} label (every reason L{netguard.admission} can give is present, at 0 until it
+    happens); the unlabelled C{refused} sum is not repeated, as it is the family's sum;
+  - the gauges keep their name without suffix: C{netguard_active}, C{netguard_draining}
+    (0 or 1), C{netguard_uptime_seconds}, and C{netguard_admission_<gauge>} for each gauge of
+    the admission snapshot, with C{netguard_admission_overload{reason="..."}} as a state set
+    (1 for the overload reason in force, 0 for the others).
+
+Figures this module does not know are still exposed, so a new counter needs no change here:
+a top-level integer is taken for a counter (L{netguard.stats.Stats} holds only counters,
+apart from C{active}), a float for a gauge, a boolean for a 0/1 gauge; other values are
+skipped. Names are reduced to C{[a-zA-Z0-9_]}, label values are escaped as the format asks
+(backslash, double quote, line feed), and the text is bounded (L{MAX_SERIES},
+L{MAX_BODY_BYTES}).
+
+Serving (L{MetricsService}): one resource answers C{GET /metrics} (and C{HEAD}, which HTTP
+requires of a C{GET} resource and C{twisted.web} answers without a body) with
+C{Content-Type: text/plain; version=0.0.4; charset=utf-8}; any other path is 404, any other
+method 405. Every request is bounded (headers by C{twisted.web}'s own limits, the body by
+L{MAX_REQUEST_BODY_BYTES} and never spooled to a temporary file, idle connections by
+L{REQUEST_TIMEOUT}, simultaneous connections by L{MAX_CONNECTIONS}), and there is no access
+log: scrapes are not events. The configuration accepts only C{tcp:}/C{tcp6:} listeners on
+a loopback interface; the service checks again, on the address actually bound, and closes
+the port and refuses to start if it is not loopback.
+
+C{twisted.web} (already installed with Twisted) was chosen over C{prometheus-client}: the
+text format is a few lines of code, and the gateway adds no dependency for it.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IAddress
+from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from netguard.admission import OVERLOAD_LAG, OVERLOAD_LOAD, OVERLOAD_MEMORY, REASONS
+
+#: The C{Content-Type} of the text exposition format, version 0.0.4.
+CONTENT_TYPE: Final = b"text/plain; version=0.0.4; charset=utf-8"
+
+#: The only path served.
+METRICS_PATH: Final = b"/metrics"
+
+#: Every metric name starts with this.
+PREFIX: Final = "netguard_"
+
+#: The most samples one response carries.
+MAX_SERIES: Final = 512
+
+#: The largest response body; families that would not fit are left out (whole).
+MAX_BODY_BYTES: Final = 65536
+
+#: The longest metric name (before the prefix and suffix) and label value, in characters.
+MAX_NAME_CHARS: Final = 100
+MAX_LABEL_CHARS: Final = 128
+
+#: The largest request body read (and discarded) before the connection is cut.
+MAX_REQUEST_BODY_BYTES: Final = 4096
+
+#: Simultaneous connections to the metrics listener; more are closed at once.
+MAX_CONNECTIONS: Final = 8
+
+#: Seconds an HTTP connection may stay idle.
+REQUEST_TIMEOUT: Final = 30.0
+
+#: The counters of L{netguard.stats.Stats} and their help texts, in output order.
+COUNTERS: Final[tuple[tuple[str, str], ...]] = (
+    ("connections", "Connections admitted and served as sessions."),
+    ("auth_ok", "Successful authentications."),
+    ("auth_fail", "Failed authentications."),
+    ("bytes_up", "Bytes relayed from clients to backends (counted when a session closes)."),
+    ("bytes_down", "Bytes relayed from backends to clients (counted when a session closes)."),
+)
+
+#: The gauges of the admission snapshot and their help texts, in output order.
+ADMISSION_GAUGES: Final[tuple[tuple[str, str], ...]] = (
+    ("unauthenticated", "Connections still in the line phase (before authentication)."),
+    ("relays", "Authenticated connections (the relay pool)."),
+    ("connections", "Live connections of both pools."),
+    ("active_sources", "Source keys with at least one live connection."),
+    ("tracked_sources", "Source keys in the rate table."),
+    ("penalised_sources", "Source keys in the penalty table."),
+    ("blocked_sources", "Source keys blocked by a penalty now."),
+    ("stress", "Admission stress, from 0 (idle) to 1 (line-phase pool full)."),
+)
+
+#: The overload reasons, always listed in the C{netguard_admission_overload} state set.
+OVERLOAD_REASONS: Final = (OVERLOAD_LOAD, OVERLOAD_LAG, OVERLOAD_MEMORY)
+
+#: Top-level figures rendered by a rule of their own (or deliberately not at all).
+_HANDLED: Final = frozenset(
+    {name for name, _ in COUNTERS} | {"refused", "active", "uptime", "draining", "admission"}
+)
+
+_REFUSED_PREFIX: Final = "refused."
+_NOT_NAME = re.compile(r"[^a-zA-Z0-9_]")
+_TRUNCATED: Final = "# netguard: output truncated (bounded)\n"
+
+log = Logger()
+
+
+class MetricsListenFailed(Exception):
+    """
+    The metrics listener could not open, or opened on an address that is not loopback.
+    """
+
+
+@attrs.frozen
+class Sample:
+    """
+    One line of the exposition: a value, with its labels.
+
+    @ivar labels: (name, value) pairs, values unescaped.
+    """
+
+    value: int | float | bool
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@attrs.frozen
+class Family:
+    """
+    One metric: its full name, type (C{"counter"} or C{"gauge"}), help text and samples.
+    """
+
+    name: str
+    kind: str
+    help: str
+    samples: tuple[Sample, ...]
+
+
+def escape_label_value(value: str) -> str:
+    """
+    Escape a label value as the text format requires: backslash, double quote and line feed
+    become C{\\\\}, C{\\"} and C{\\n}.
+
+    @param value: the raw value.
+    @return: the text to put between the double quotes.
+    """
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def escape_help(text: str) -> str:
+    """
+    Escape a C{# HELP} text as the text format requires: backslash and line feed.
+
+    @param text: the raw help text.
+    @return: the escaped text.
+    """
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def metric_name(name: str, suffix: str = "") -> str:
+    """
+    The metric name of a figure: C{netguard_} then the figure's name reduced to
+    C{[a-zA-Z0-9_]} (at most L{MAX_NAME_CHARS} characters), then C{suffix}.
+
+    @param name: the figure's name, e.g. C{"auth_ok"}.
+    @param suffix: C{"_total"} for a counter, C{""} for a gauge.
+    @return: a valid metric name, e.g. C{"netguard_auth_ok_total"}.
+    """
+    return PREFIX + (_NOT_NAME.sub("_", name[:MAX_NAME_CHARS]) or "_") + suffix
+
+
+def format_value(value: int | float | bool) -> str:
+    """
+    A sample value as the text format writes it: integers exactly, booleans as 1 or 0,
+    floats in Python's shortest form, C{NaN}, C{+Inf} and C{-Inf}.
+
+    @param value: a number.
+    @return: its text.
+    """
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def _number(value: object) -> int | float | bool | None:
+    """
+    C{value} if it is a number (or a boolean), else L{None}.
+    """
+    return value if isinstance(value, bool | int | float) else None
+
+
+def _refused_family(figures: Mapping[str, Any]) -> Family:
+    """
+    C{netguard_refused_total{reason="..."}}: every known reason, plus any other seen.
+    """
+    counts: dict[str, int | float | bool] = dict.fromkeys(sorted(REASONS), 0)
+    seen = sorted(
+        key for key in figures if isinstance(key, str) and key.startswith(_REFUSED_PREFIX)
+    )
+    for key in seen[:MAX_SERIES]:
+        value = _number(figures[key])
+        if value is not None:
+            counts[key[len(_REFUSED_PREFIX) :][:MAX_LABEL_CHARS]] = value
+    return Family(
+        metric_name("refused", "_total"),
+        "counter",
+        "Connections refused by admission control, by reason.",
+        tuple(Sample(value, (("reason", reason),)) for reason, value in counts.items()),
+    )
+
+
+def _admission_families(snapshot: object) -> list[Family]:
+    """
+    The gauges of the admission snapshot, and the overload state set.
+    """
+    if not isinstance(snapshot, Mapping):
+        return []
+    families = []
+    for name, text in ADMISSION_GAUGES:
+        value = _number(snapshot.get(name))
+        if value is not None:
+            families.append(
+                Family(metric_name("admission_" + name), "gauge", text, (Sample(value),))
+            )
+    current = snapshot.get("overload")
+    reasons = list(OVERLOAD_REASONS)
+    if isinstance(current, str) and current not in reasons:
+        reasons.append(current[:MAX_LABEL_CHARS])
+        current = current[:MAX_LABEL_CHARS]
+    families.append(
+        Family(
+            metric_name("admission_overload"),
+            "gauge",
+            "1 for the overload reason in force (every new connection is refused), else 0.",
+            tuple(Sample(reason == current, (("reason", reason),)) for reason in reasons),
+        )
+    )
+    return families
+
+
+def _other_families(figures: Mapping[str, Any], taken: set[str]) -> list[Family]:
+    """
+    Figures this module does not know: integers as counters, floats and booleans as gauges.
+    """
+    families = []
+    names = sorted(
+        key
+        for key in figures
+        if isinstance(key, str) and key not in _HANDLED and not key.startswith(_REFUSED_PREFIX)
+    )
+    for key in names[:MAX_SERIES]:
+        value = _number(figures[key])
+        if value is None:
+            continue
+        counter = isinstance(value, int) and not isinstance(value, bool)
+        name = metric_name(key, "_total" if counter else "")
+        if name in taken:
+            continue
+        taken.add(name)
+        families.append(
+            Family(
+                name,
+                "counter" if counter else "gauge",
+                f"netguard figure {key[:MAX_NAME_CHARS]}",
+                (Sample(value),),
+            )
+        )
+    return families
+
+
+def metric_families(figures: Mapping[str, Any]) -> list[Family]:
+    """
+    The metric families for C{figures}, in output order (see the module docstring).
+
+    @param figures: what C{GatewayService.figures()} returns: the L{netguard.stats.Stats}
+        snapshot plus C{uptime}, C{draining} and C{admission} (the admission snapshot).
+    @return: the families; the known ones always, the others when their value is a number.
+    """
+    families = [
+        Family(metric_name(name, "_total"), "counter", text, (Sample(figures.get(name, 0)),))
+        for name, text in COUNTERS
+        if _number(figures.get(name, 0)) is not None
+    ]
+    families.append(_refused_family(figures))
+    gauges = (
+        ("active", "active", "Live sessions."),
+        ("uptime_seconds", "uptime", "Seconds since the gateway started."),
+        ("draining", "draining", "1 while a graceful shutdown drains the sessions, else 0."),
+    )
+    for name, key, text in gauges:
+        value = _number(figures.get(key))
+        if value is not None:
+            families.append(Family(metric_name(name), "gauge", text, (Sample(value),)))
+    families += _admission_families(figures.get("admission"))
+    families += _other_families(figures, {family.name for family in families})
+    return families
+
+
+def _family_text(family: Family) -> str:
+    """
+    The C{# HELP}, C{# TYPE} and sample lines of one family.
+    """
+    lines = [
+        f"# HELP {family.name} {escape_help(family.help)}",
+        f"# TYPE {family.name} {family.kind}",
+    ]
+    for sample in family.samples:
+        labels = ",".join(f'{name}="{escape_label_value(value)}"' for name, value in sample.labels)
+        shown = f"{{{labels}}}" if labels else ""
+        lines.append(f"{family.name}{shown} {format_value(sample.value)}")
+    return "\n".join(lines) + "\n"
+
+
+def render_metrics(figures: Mapping[str, Any]) -> bytes:
+    """
+    The Prometheus text exposition (version 0.0.4) of C{figures}.
+
+    At most L{MAX_SERIES} samples and L{MAX_BODY_BYTES} bytes: a family that would pass
+    either bound is left out whole, with every family after it, and a comment line says so.
+
+    @param figures: see L{metric_families}.
+    @return: UTF-8 text, one line per C{# HELP}, C{# TYPE} and sample, ending with a newline.
+    """
+    parts: list[bytes] = []
+    size = len(_TRUNCATED)
+    series = 0
+    for family in metric_families(figures):
+        data = _family_text(family).encode("utf-8")
+        series += len(family.samples)
+        size += len(data)
+        if series > MAX_SERIES or size > MAX_BODY_BYTES:
+            parts.append(_TRUNCATED.encode("ascii"))
+            break
+        parts.append(data)
+    return b"".join(parts)
+
+
+class MetricsResource(Resource):
+    """
+    The whole metrics web site: C{GET /metrics} renders the figures, everything else is
+    refused with a short plain-text answer.
+    """
+
+    isLeaf = True
+
+    def __init__(self, source: Callable[[], Mapping[str, Any]]) -> None:
+        """
+        @param source: returns the current figures (C{GatewayService.figures}).
+        """
+        super().__init__()
+        self.source = source
+
+    def render(self, request: Any) -> bytes:
+        """
+        Answer one request.
+
+        @param request: the L{twisted.web.server.Request}.
+        @return: the body.
+        """
+        request.setHeader(b"server", b"netguard")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        if request.path != METRICS_PATH:
+            return _plain(request, 404, b"not found; the metrics are at /metrics\n")
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            return _plain(request, 405, b"method not allowed; use GET\n")
+        try:
+            body = render_metrics(self.source())
+        except Exception:  # noqa: BLE001 - one bad scrape must not take the endpoint down
+            log.failure("metrics rendering failed", Failure(), event="metrics.error")
+            return _plain(request, 500, b"internal error\n")
+        request.setHeader(b"content-type", CONTENT_TYPE)
+        return body
+
+
+def _plain(request: Any, code: int, text: bytes) -> bytes:
+    """
+    Set a status code and a plain-text content type; return C{text}.
+    """
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return text
+
+
+class MetricsRequest(Request):
+    """
+    A request whose body (a scrape has none) is counted and dropped, never kept in memory
+    or spooled to a temporary file; past L{MAX_REQUEST_BODY_BYTES} the connection is cut.
+    """
+
+    _body_bytes = 0
+
+    def gotLength(self, length: int | None) -> None:
+        """
+        Refuse at once a declared body longer than the bound; keep none of it either way.
+        """
+        self.content = io.BytesIO()  # type: ignore[assignment]  # Twisted declares None
+        if length is not None and length > MAX_REQUEST_BODY_BYTES:
+            self._cut()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        """
+        Count the body's bytes and drop them; cut the connection past the bound.
+        """
+        self._body_bytes += len(data)
+        if self._body_bytes > MAX_REQUEST_BODY_BYTES:
+            self._cut()
+
+    def _cut(self) -> None:
+        """
+        Drop the connection now, without answering.
+        """
+        transport: Any = self.channel.transport
+        if transport is not None:
+            transport.abortConnection()
+
+
+class MetricsSite(Site):
+    """
+    A L{Site} without an access log (and without its once-a-second timestamp timer).
+    """
+
+    noisy = False
+
+    def startFactory(self) -> None:
+        """
+        Start without opening an access log.
+        """
+
+    def log(self, request: Any) -> None:
+        """
+        Log nothing: a scrape every few seconds is not an event.
+        """
+
+
+class _BoundedFactory(WrappingFactory):
+    """
+    Close connections beyond L{MAX_CONNECTIONS} at once (a local client cannot pile them up).
+    """
+
+    noisy = False
+
+    def __init__(self, wrapped: Any, max_connections: int) -> None:
+        super().__init__(wrapped)
+        self.max_connections = max_connections
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        if len(self.protocols) >= self.max_connections:
+            return None
+        return super().buildProtocol(addr)
+
+
+def metrics_factory(
+    source: Callable[[], Mapping[str, Any]],
+    reactor: Any,
+    max_connections: int = MAX_CONNECTIONS,
+) -> WrappingFactory:
+    """
+    The protocol factory of the metrics listener.
+
+    @param source: returns the current figures.
+    @param reactor: the reactor (idle timeouts).
+    @param max_connections: simultaneous connections served.
+    @return: a factory serving L{MetricsResource} over HTTP/1.1.
+    """
+    site = MetricsSite(
+        MetricsResource(source),
+        requestFactory=MetricsRequest,
+        timeout=REQUEST_TIMEOUT,
+        reactor=reactor,
+    )
+    site.displayTracebacks = False
+    return _BoundedFactory(site, max_connections)
+
+
+def is_loopback(address: object) -> bool:
+    """
+    Whether a listening port's address is a loopback IP address (C{127.0.0.0/8}, C{::1},
+    or an IPv4-mapped loopback address).
+
+    @param address: what C{IListeningPort.getHost()} returned.
+    @return: C{False} for anything else, including unix sockets and all-interfaces binds.
+    """
+    host = getattr(address, "host", None)
+    if not isinstance(host, str):
+        return False
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+class MetricsService(Service):
+    """
+    The metrics listener as a child service: listens when started (before privileges are
+    dropped, like the gateway's own listeners), stops listening when stopped.
+
+    @ivar port: the listening port while running, else L{None}.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        description: str,
+        source: Callable[[], Mapping[str, Any]],
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        """
+        @param reactor: the reactor to listen with.
+        @param description: a server endpoint string on a loopback interface (checked by
+            the configuration, and again once bound).
+        @param source: returns the current figures.
+        @param max_connections: simultaneous connections served.
+        """
+        self.reactor = reactor
+        self.description = description
+        self.factory = metrics_factory(source, reactor, max_connections)
+        self.port: Any = None
+
+    def privilegedStartService(self) -> None:
+        """
+        Listen before C{twistd} drops privileges (C{--uid}).
+        """
+        self.listen()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        """
+        Listen (unless already done with privileges) and run.
+        """
+        self.listen()
+        super().startService()
+
+    def listen(self) -> None:
+        """
+        Open the metrics listener (once).
+
+        @raise MetricsListenFailed: it cannot open, did not open at once, or its bound
+            address is not loopback (then it is closed again before anything is served).
+        """
+        if self.port is not None:
+            return
+        results: list[Any] = []
+        failures: list[Failure] = []
+        try:
+            listening = serverFromString(self.reactor, self.description).listen(self.factory)
+        except Exception as error:  # noqa: BLE001 - parsers raise anything
+            raise MetricsListenFailed(
+                f"cannot listen on metrics endpoint {self.description}: {error}"
+            ) from None
+        listening.addCallbacks(results.append, failures.append)
+        if failures:
+            raise MetricsListenFailed(
+                f"cannot listen on metrics endpoint {self.description}: {failures[0].value}"
+            )
+        if not results:
+            listening.cancel()
+            listening.addErrback(lambda _: None)
+            raise MetricsListenFailed(f"metrics endpoint {self.description} did not listen")
+        port = results[0]
+        if not is_loopback(port.getHost()):
+            port.stopListening()
+            raise MetricsListenFailed(
+                f"metrics endpoint {self.description} is not on a loopback address; refused"
+            )
+        self.port = port
+        log.info(
+            "metrics on http://{listener}/metrics",
+            event="metrics.listen",
+            listener=_host_port(port.getHost()),
+        )
+
+    def stopService(self) -> Deferred[None] | None:
+        """
+        Stop listening.
+        """
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return None
+        return maybeDeferred(port.stopListening)
+
+
+def _host_port(address: Any) -> str:
+    """
+    C{host:port}, with brackets around an IPv6 host.
+    """
+    host = str(address.host)
+    return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
