@@ -339,6 +339,19 @@ def load_users(config: Any, terminal: IO[str] | None = None) -> UserStore:
     return UserStore.load(config.users_file)
 
 
+def _endpoint(reactor: Any, description: str) -> Any:
+    """
+    Build a server endpoint; what Twisted's parser raises (for example a C{systemd:} listener
+    started without systemd's sockets) becomes L{ListenFailed} naming the listener.
+    """
+    try:
+        return serverFromString(reactor, description)
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        raise ListenFailed(
+            f"cannot use listener {description}: {type(error).__name__}: {error}"
+        ) from None
+
+
 def make_service(config: Any, reactor: Any, terminal: IO[str] | None = None) -> GatewayService:
     """
     Build the gateway service for C{config}.
@@ -360,14 +373,14 @@ def make_service(config: Any, reactor: Any, terminal: IO[str] | None = None) -> 
     # Certificates and keys are read now, before privileges are dropped; a bad file stops
     # the start with TLSConfigError naming it.
     identities = [load_server_context(tls.settings()) for tls in config.tls_listen]
+    # Endpoints are built (not yet listening) before the users file is created, so an
+    # unusable listener does not leave a new users file and a shown password behind.
+    endpoints = [(description, _endpoint(reactor, description)) for description in config.listen]
+    for tls, identity in zip(config.tls_listen, identities, strict=True):
+        plain = _endpoint(reactor, tls.endpoint)
+        endpoints.append((f"tls+{tls.endpoint}", TLSServerEndpoint(plain, identity, reactor)))
     users = load_users(config, terminal)
     factory = GatewayFactory(config, users, reactor, Stats())
-    endpoints = [
-        (description, serverFromString(reactor, description)) for description in config.listen
-    ]
-    for tls, identity in zip(config.tls_listen, identities, strict=True):
-        plain = serverFromString(reactor, tls.endpoint)
-        endpoints.append((f"tls+{tls.endpoint}", TLSServerEndpoint(plain, identity, reactor)))
     service = GatewayService(factory, endpoints, instance_lock)
     service.tls_identities = identities
     return service

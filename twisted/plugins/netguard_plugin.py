@@ -126,7 +126,7 @@ class NetguardServiceMaker:
         from netguard.ops.drain import install_sigterm
         from netguard.ops.lock import AlreadyRunning
         from netguard.ops.reload import Reloader, install_sighup
-        from netguard.service import make_service
+        from netguard.service import ListenFailed, make_service
         from netguard.tls import TLSConfigError
 
         try:
@@ -134,7 +134,7 @@ class NetguardServiceMaker:
         except AlreadyRunning as error:
             # Before daemonizing: the operator sees this one line on the terminal, exit 1.
             raise SystemExit(str(error)) from None
-        except (UsersFileError, TLSConfigError, OSError) as error:
+        except (UsersFileError, TLSConfigError, ListenFailed, OSError) as error:
             raise SystemExit(f"netguard: cannot start: {error}") from None
         service.reloader = Reloader(service, options["config"], options.overrides())
         # After the reactor's own handlers are in place: SIGTERM drains, a second one cuts;
