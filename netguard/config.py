@@ -373,6 +373,9 @@ class ServiceConfig:
     @ivar connect_timeout: seconds allowed to connect to the backend.
     @ivar idle_timeout: seconds a relay may stay silent in both directions before it is closed.
     @ivar socks5: a SOCKS5 proxy endpoint description used to reach the backend, or L{None}.
+    @ivar fcrdns: this service's own FCrDNS mode (C{"require"} makes C{OPEN} of it wait for a
+        forward-confirmed name, with the C{[peer_checks]} resolvers, patterns and timeout),
+        or L{None} to follow C{[peer_checks]}.
     """
 
     name: str
@@ -382,6 +385,7 @@ class ServiceConfig:
     connect_timeout: float = 10.0
     idle_timeout: float = 3600.0
     socks5: str | None = None
+    fcrdns: str | None = None
 
     def allows(self, user: str, groups: tuple[str, ...]) -> bool:
         """
@@ -869,6 +873,7 @@ _SERVICE_KEYS: Final = (
     "connect_timeout",
     "idle_timeout",
     "socks5",
+    "fcrdns",
 )
 _OVERRIDE_KEYS: Final = (
     "listen",
@@ -1868,11 +1873,16 @@ class _Builder:
         socks5 = None
         if "socks5" in body:
             socks5 = _socks5(src, _service_key(name, "socks5"), body["socks5"])
-            if backend.kind not in ("tcp", "tls", "ssl"):
+            if backend.kind not in ("tcp", "tls"):
                 raise src.error(
                     _service_key(name, "socks5"),
-                    "a SOCKS5 proxy can only reach tcp:, tls: or ssl: backends",
+                    "a SOCKS5 proxy can only reach tcp: or tls: backends",
                 )
+        fcrdns = None
+        if "fcrdns" in body:
+            fcrdns = _choice("off", "log", "require")(
+                src, _service_key(name, "fcrdns"), body["fcrdns"]
+            )
         for key in _SERVICE_KEYS:
             origin = src.origin if key in body else ORIGIN_DEFAULT
             self.origins[_service_key(name, key)] = origin
@@ -1886,6 +1896,7 @@ class _Builder:
             connect_timeout=numbers.get("connect_timeout", _SERVICE_DEFAULTS.connect_timeout),
             idle_timeout=numbers.get("idle_timeout", _SERVICE_DEFAULTS.idle_timeout),
             socks5=socks5,
+            fcrdns=fcrdns,
         )
 
     def forget_service(self, name: str) -> None:
@@ -2382,6 +2393,7 @@ def describe(config: Config) -> str:
         add(_service_key(name, "connect_timeout"), service.connect_timeout)
         add(_service_key(name, "idle_timeout"), service.idle_timeout)
         add(_service_key(name, "socks5"), service.socks5)
+        add(_service_key(name, "fcrdns"), service.fcrdns)
     for warning in config.warnings:
         lines.append(f"# warning: {warning}")
     return "\n".join(lines) + "\n"
@@ -2532,8 +2544,17 @@ def _key_docs() -> tuple[_KeyDoc, ...]:
         _KeyDoc(
             "services.<name>.socks5",
             "(none)",
-            "a SOCKS5 proxy endpoint description (printable ASCII), for tcp/tls/ssl backends",
+            "a SOCKS5 proxy endpoint description (printable ASCII), for tcp/tls backends",
             "backends reached by paths the operator did not choose: only through this proxy",
+        )
+    )
+    docs.append(
+        _KeyDoc(
+            "services.<name>.fcrdns",
+            "(follows [peer_checks])",
+            '"off", "log" or "require"',
+            "opening a sensitive service from a host whose reverse DNS is not forward-"
+            "confirmed (or outside [peer_checks] name patterns), while other services stay open",
         )
     )
     return tuple(docs)

@@ -872,7 +872,7 @@ class FileErrorTests(ConfigTestCase):
         self.assertFileError(
             '[services.r]\nbackend = "unix:path=/run/r.sock"\nsocks5 = "tcp:host=p:port=1080"\n',
             "services.r.socks5",
-            "tcp:, tls: or ssl:",
+            "tcp: or tls:",
         )
 
     def test_toml_syntax_error_names_file_and_line(self) -> None:

@@ -50,6 +50,7 @@ class GatewayFactory(Factory):
         self.drainer: Any = None
         policy = config.peer_checks.policy()
         self.peer_policy = policy
+        self._require_checks: Any = None
         self.peer_checks = (
             PeerChecks(reactor, policy)
             if policy.fcrdns != "off" or policy.ident != "off"
@@ -69,6 +70,7 @@ class GatewayFactory(Factory):
         policy = config.peer_checks.policy()
         if policy != self.peer_policy:
             self.peer_policy = policy
+            self._require_checks = None
             self.peer_checks = (
                 PeerChecks(self.reactor, policy)
                 if policy.fcrdns != "off" or policy.ident != "off"
@@ -143,6 +145,18 @@ class GatewayFactory(Factory):
         if self.peer_checks is None:
             return None
         return self.peer_checks.start(peer, local)
+
+    def start_service_checks(self, service: Any, peer: Any, local: Any) -> Any:
+        """
+        Start the FCrDNS check a service of its own requires (C{fcrdns = "require"}), with
+        the C{[peer_checks]} resolvers, patterns and timeout; L{None} when it requires none.
+        """
+        if service.fcrdns != "require" or self.peer_policy.fcrdns == "require":
+            return None  # nothing beyond what was checked before authentication
+        if self._require_checks is None:
+            policy = attrs.evolve(self.peer_policy, fcrdns="require", ident="off")
+            self._require_checks = PeerChecks(self.reactor, policy)
+        return self._require_checks.start(peer, local)
 
     # -- services ------------------------------------------------------------------------------
 

@@ -390,7 +390,35 @@ class GatewaySession(GuardedLineReceiver):
             )
             self.refuse(ErrorCode.NOT_AUTHORIZED, close=False)
             return
-        self.service = name
+        run = self.factory.start_service_checks(
+            service, self.transport.getPeer(), self.transport.getHost()
+        )
+        if run is not None:
+            # This service requires a forward-confirmed peer: wait (bounded by the check's
+            # timeout, cached per address), holding later lines.
+            self.hold_lines()
+            run.verdict().addCallback(self._service_check_decided, service)
+            return
+        self._open(service)
+
+    def _service_check_decided(self, verdict: Any, service: Any) -> None:
+        if self.state is not SessionState.AUTHENTICATED:
+            return
+        if verdict.allowed:
+            self._open(service)
+        else:
+            self.log.info(
+                "peer checks refused {peer} for {service}: {reason}",
+                event="peer.refused",
+                service=service.name,
+                reason=escape(verdict.reason),
+                **self.log_fields(),
+            )
+            self.refuse(ErrorCode.NOT_AUTHORIZED, "peer checks failed", close=False)
+        self.release_lines()
+
+    def _open(self, service: Any) -> None:
+        self.service = service.name
         self.state = SessionState.OPENING
         self.setRawMode()
         self.transport.pauseProducing()

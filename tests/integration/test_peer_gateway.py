@@ -75,3 +75,65 @@ class GatewayFCrDNSTests(unittest.TestCase):
     def test_no_ptr_is_refused(self):
         failure = yield self.assertFailure(self.session_from("127.0.0.9"), NGPError)
         self.assertEqual(failure.code, "NOT_AUTHORIZED")
+
+
+class ServiceFCrDNSTests(unittest.TestCase):
+    """
+    Peer checks off for the gateway, but one service requires a forward-confirmed peer:
+    other services stay open to everyone, that one only to confirmed hosts.
+    """
+
+    timeout = 60
+    start_dnsmasq = peer_real.DnsmasqTests.start_dnsmasq
+
+    def setUp(self):
+        if not os.access(peer_real.DNSMASQ, os.X_OK):
+            raise unittest.SkipTest(f"{peer_real.DNSMASQ} not installed (Debian: dnsmasq-base)")
+        records = [
+            "--ptr-record=1.0.0.127.in-addr.arpa,good.test",
+            "--host-record=good.test,127.0.0.1",
+            "--ptr-record=2.0.0.127.in-addr.arpa,spoof.test",
+            "--host-record=spoof.test,127.0.0.20",
+        ]
+        for _attempt in range(5):
+            self.port = peer_real.free_dns_port()
+            if self.start_dnsmasq(records) is None:
+                break
+        else:
+            self.fail("dnsmasq did not start")
+        running = RunningGateway(
+            self,
+            "[peer_checks]\n"
+            f'dns_servers = ["127.0.0.1:{self.port}"]\n'
+            "[services.echo]\n"
+            'backend = "builtin:echo"\n'
+            'users = ["*"]\n'
+            "[services.vault]\n"
+            'backend = "builtin:echo"\n'
+            'users = ["*"]\n'
+            'fcrdns = "require"\n',
+            {"listen": ["tcp:0:interface=127.0.0.1"]},
+        )
+        self.gateway = running.service
+        self.gw_port = running.port()
+        self.credentials = running.credentials
+
+    @inlineCallbacks
+    def session_from(self, source: str, service: str):
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.gw_port, bindAddress=(source, 0))
+        client = NGPClientProtocol(self.credentials, service, clock=reactor)
+        yield connectProtocol(endpoint, client)
+        try:
+            yield client.opened
+        finally:
+            client.transport.loseConnection()
+            yield wait_for(lambda: not self.gateway.factory.sessions)
+
+    def test_confirmed_peer_opens_the_strict_service(self):
+        return self.session_from("127.0.0.1", "vault")
+
+    @inlineCallbacks
+    def test_spoofed_peer_refused_for_the_strict_service_only(self):
+        failure = yield self.assertFailure(self.session_from("127.0.0.2", "vault"), NGPError)
+        self.assertEqual(failure.code, "NOT_AUTHORIZED")
+        yield self.session_from("127.0.0.2", "echo")
