@@ -626,6 +626,8 @@ class Admission:
         points = self._points.get(kind)
         if points is None:
             raise ValueError(f"unknown offence kind {kind!r}")
+        if points == 0:
+            return None  # a kind the operator set to 0 points is not an offence at all
         _, ip, unix = self._classify(address)
         if unix or (ip is not None and self._never and _member(ip, self._never)):
             return None

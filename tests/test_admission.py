@@ -971,3 +971,12 @@ class PropertyTests(unittest.TestCase):
             self.assertLessEqual(len(admission._penalties), 3)
             self.assertLessEqual(snap["blocked_sources"], snap["penalised_sources"])
             self.assertTrue(0.0 <= admission.stress() <= 1.0)
+
+
+class ZeroPointOffenceTests(unittest.TestCase):
+    def test_zero_point_kind_never_evicts_a_block(self):
+        admission = Admission(AdmissionPolicy(timeout_points=0, max_tracked_sources=1), Clock())
+        self.assertIsNotNone(admission.offence("192.0.2.1", "early_talker"))
+        self.assertIsNone(admission.offence("192.0.2.2", "timeout"))
+        self.assertEqual([p[0] for p in admission.penalties()], ["192.0.2.1/32"])
+        self.assertEqual(admission.admit("192.0.2.1").reason, "penalised")

@@ -1,0 +1,599 @@
+# -*- test-case-name: tests.integration.test_flood -*-
+"""
+Admission control under a real flood: the gateway in-process on 127.0.0.1, attackers over
+real loopback sockets from many source addresses (127.0.0.2 ... 127.0.0.60, each client
+socket bound to its own address), and a legitimate client from 127.0.0.1 that must still
+authenticate and relay while the flood runs.
+
+The attackers:
+
+  - flood sources (127.0.0.2 ... 127.0.0.51): each opens connections on a fixed pacing,
+    faster than its allowed rate and more than its allowed concurrency, and holds every
+    admitted connection silent (slowloris) until the gateway closes it;
+  - a drip attacker (127.0.0.52): waits for the greeting, then sends one byte every second and
+    never a line end, so the idle timeout never fires and only the handshake deadline can end
+    it;
+  - early talkers (127.0.0.53 ... 127.0.0.60): send a command before the greeting.
+
+Every loop is bounded (attempt counts, retry counts, wait timeouts); nothing asserts on speed.
+Every client connection is closed and the gateway has no session left before the test ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import re
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from netguard.admission import REASONS
+from netguard.client.protocol import CLIENT_LIMITS, Credentials, NGPClientProtocol, NGPError
+from netguard.config import load_config
+from netguard.gateway.protocol import GatewaySession
+from netguard.service import make_service
+from tests.integration.util import wait_for
+
+log = Logger()
+
+#: The gateway's admission and time bounds for this test (small, so a flood fills them).
+CONFIG = """\
+[limits]
+greeting_delay = 0.2
+handshake_timeout = 3
+
+[admission]
+max_unauthenticated = 40
+per_source_max = 5
+per_source_rate = 5
+per_source_burst = 5
+red_soft = 20
+
+[overload]
+max_lag = 2.0
+"""
+
+MAX_UNAUTHENTICATED = 40
+RED_SOFT = 20
+
+#: Flood sources, the drip attacker and the early talkers: 127.0.0.2 ... 127.0.0.60.
+FLOOD_SOURCES = [f"127.0.0.{n}" for n in range(2, 52)]
+DRIP_SOURCE = "127.0.0.52"
+TALKER_SOURCES = [f"127.0.0.{n}" for n in range(53, 61)]
+LEGIT_SOURCE = "127.0.0.1"
+
+#: Each flood source tries this many connections per second (more than per_source_rate)...
+ATTACK_RATE = 8.0
+#: ... keeps at most this many open (more than per_source_max) ...
+ATTACK_HOLD = 6
+#: ... and makes at most this many attempts in all.
+ATTACK_MAX_ATTEMPTS = 120
+
+#: Legitimate sessions during the flood, the bytes each echoes, the pause between them.
+LEGIT_SESSIONS = 4
+LEGIT_BYTES = 64 * 1024
+LEGIT_PAUSE = 1.5
+#: BUSY refusals a legitimate session may retry, and the pause before each retry (slower
+#: than per_source_rate, so the client never limits itself).
+LEGIT_MAX_RETRIES = 60
+LEGIT_RETRY_PAUSE = 0.25
+
+#: The drip attacker's pacing and its own bound (far beyond the handshake deadline).
+DRIP_INTERVAL = 1.0
+DRIP_MAX_BYTES = 20
+
+#: Early-talker attempts (each) and the pause between them.
+TALKER_MAX_ATTEMPTS = 30
+TALKER_PAUSE = 0.3
+
+#: Connect timeout of every client, seconds.
+CONNECT_TIMEOUT = 5
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    """
+    A Deferred that fires after C{seconds} on the global reactor.
+    """
+    return deferLater(reactor, seconds, lambda: None)
+
+
+class Clients:
+    """
+    Every client connection the test opens, so that cleanup can close them all and wait.
+
+    @ivar live: connected client protocols not yet lost.
+    @ivar connecting: connection attempts still in flight.
+    """
+
+    def __init__(self) -> None:
+        self.live: set[Any] = set()
+        self.connecting = 0
+
+    def connect(self, source: str, port: int, protocol: Any) -> Deferred[Any]:
+        """
+        Connect C{protocol} to the gateway from C{source}; the result fires with the protocol
+        or fails with the connection error.
+        """
+        endpoint = TCP4ClientEndpoint(
+            reactor, "127.0.0.1", port, timeout=CONNECT_TIMEOUT, bindAddress=(source, 0)
+        )
+        self.connecting += 1
+        attempt = connectProtocol(endpoint, protocol)
+
+        def done(result: Any) -> Any:
+            self.connecting -= 1
+            if not isinstance(result, Failure):
+                self.live.add(protocol)
+            return result
+
+        attempt.addBoth(done)
+        return attempt
+
+    def lost(self, protocol: Any) -> None:
+        """
+        A client protocol's connection ended.
+        """
+        self.live.discard(protocol)
+
+    def abort_all(self) -> None:
+        """
+        Abort every client connection still open.
+        """
+        for protocol in list(self.live):
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()
+
+    def idle(self) -> bool:
+        """
+        Whether no client connection is open or connecting.
+        """
+        return not self.live and self.connecting == 0
+
+
+class Holder(Protocol):
+    """
+    A slowloris connection: says nothing, keeps whatever the gateway sends, and lets the
+    gateway decide when it ends.
+    """
+
+    def __init__(self, clients: Clients, on_lost: Callable[[Holder], None]) -> None:
+        self.clients = clients
+        self.on_lost = on_lost
+        self.data = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data[: 4096 - len(self.data)]
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.clients.lost(self)
+        self.on_lost(self)
+
+
+class FloodSource:
+    """
+    One flooding address: an attempt every C{1 / ATTACK_RATE} seconds while fewer than
+    C{ATTACK_HOLD} of its connections are open, at most C{ATTACK_MAX_ATTEMPTS} in all.
+
+    @ivar replies: the first line of what the gateway said on each ended connection.
+    """
+
+    def __init__(self, source: str, port: int, clients: Clients) -> None:
+        self.source = source
+        self.port = port
+        self.clients = clients
+        self.attempts = 0
+        self.open = 0
+        self.replies: Counter[bytes] = Counter()
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = reactor
+
+    def start(self) -> None:
+        self._loop.start(1.0 / ATTACK_RATE, now=True)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def _tick(self) -> None:
+        if self.attempts >= ATTACK_MAX_ATTEMPTS:
+            self.stop()
+            return
+        if self.open >= ATTACK_HOLD:
+            return
+        self.attempts += 1
+        self.open += 1
+        attempt = self.clients.connect(self.source, self.port, Holder(self.clients, self._lost))
+        attempt.addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> None:
+        self.open -= 1
+        self.replies[b"(connect failed)"] += 1
+
+    def _lost(self, holder: Holder) -> None:
+        self.open -= 1
+        self.replies[holder.data.split(b"\r\n", 1)[0][:40]] += 1
+
+
+class Drip(Protocol):
+    """
+    Waits for the greeting, then sends one byte every C{DRIP_INTERVAL} seconds, never a line
+    end, at most C{DRIP_MAX_BYTES}.
+
+    @ivar closed: fires with everything the gateway said, once the connection ends.
+    """
+
+    transport: Any
+
+    def __init__(self, clients: Clients) -> None:
+        self.clients = clients
+        self.data = b""
+        self.sent = 0
+        self.greeted: Deferred[None] = Deferred()
+        self.closed: Deferred[bytes] = Deferred()
+        self._loop = LoopingCall(self._drip)
+        self._loop.clock = reactor
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if not self.greeted.called and self.data.startswith(b"NETGUARD/1 "):
+            self.greeted.callback(None)
+            self._loop.start(DRIP_INTERVAL, now=True)
+
+    def _drip(self) -> None:
+        if self.sent >= DRIP_MAX_BYTES:
+            self._loop.stop()
+            return
+        self.sent += 1
+        self.transport.write(b"A")
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._loop.running:
+            self._loop.stop()
+        self.clients.lost(self)
+        if not self.greeted.called:
+            self.greeted.errback(AssertionError(f"closed before the greeting: {self.data!r}"))
+        self.closed.callback(self.data)
+
+
+class Talker(Protocol):
+    """
+    An early talker: sends a command the moment it connects, before any greeting.
+
+    @ivar closed: fires with everything the gateway said, once the connection ends.
+    """
+
+    transport: Any
+
+    def __init__(self, clients: Clients) -> None:
+        self.clients = clients
+        self.data = b""
+        self.closed: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"AUTH SCRAM-SHA-256 eA==\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.clients.lost(self)
+        self.closed.callback(self.data)
+
+
+class Legit(NGPClientProtocol):
+    """
+    The legitimate client: authenticates, opens C{echo}, and collects C{expected} bytes.
+    """
+
+    def __init__(self, clients: Clients, credentials: Credentials, expected: int) -> None:
+        limits = attrs.evolve(CLIENT_LIMITS, handshake_timeout=10)
+        super().__init__(credentials, "echo", clock=reactor, limits=limits)
+        self.clients = clients
+        self.expected = expected
+        self.received = bytearray()
+        self.done: Deferred[bytes] = Deferred()
+
+    def service_data(self, data: bytes) -> None:
+        self.received += data
+        if len(self.received) >= self.expected and not self.done.called:
+            self.done.callback(bytes(self.received))
+
+    def service_closed(self, reason: Failure) -> None:
+        if not self.done.called:
+            self.done.callback(bytes(self.received))
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.clients.lost(self)
+        super().connectionLost(reason)
+
+
+class FloodTests(unittest.TestCase):
+    """
+    A flood, a drip and early talkers from 59 addresses while a legitimate client relays.
+    """
+
+    timeout = 90
+
+    def setUp(self) -> None:
+        self.state = tempfile.mkdtemp(prefix="ng-flood-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, self.state, True)
+        config_file = os.path.join(self.state, "netguard.toml")
+        with open(config_file, "w") as handle:
+            handle.write(CONFIG)
+        config = load_config(
+            config_file, {"state_dir": self.state, "listen": ["tcp:0:interface=127.0.0.1"]}
+        )
+        terminal = io.StringIO()
+        self.service = make_service(config, reactor, terminal=terminal)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        self.factory = self.service.factory
+        self.port = self.service.ports[0].getHost().port
+        shown = terminal.getvalue()
+        user = re.search(r"user:\s+(\S+)", shown)
+        password = re.search(r"password:\s+(\S+)", shown)
+        assert user is not None and password is not None
+        self.credentials = Credentials(user.group(1), password.group(1))
+        self.clients = Clients()
+        self.flood: list[FloodSource] = []
+        self.talking: list[Deferred[Any]] = []
+        self.stopping = False
+        self.addCleanup(self.close_everything)
+        self.watch_admission()
+
+    # -- observation ---------------------------------------------------------------------------
+
+    def watch_admission(self) -> None:
+        """
+        Sample the unauthenticated pool after every admission decision and every 50 ms, and
+        track refused connections until they close.
+        """
+        self.max_unauthenticated = 0
+        self.max_line_phase = 0
+        self.samples = 0
+        self.refusals_open: set[Any] = set()
+        factory = self.factory
+        build = factory.buildProtocol
+
+        def sample() -> None:
+            self.samples += 1
+            snapshot = factory.admission.snapshot()
+            self.max_unauthenticated = max(self.max_unauthenticated, snapshot["unauthenticated"])
+            line_phase = sum(1 for s in factory.sessions if not s.in_relay_pool)
+            self.max_line_phase = max(self.max_line_phase, line_phase)
+
+        def watched(addr: Any) -> Any:
+            protocol = build(addr)
+            sample()
+            if protocol is not None and not isinstance(protocol, GatewaySession):
+                self.refusals_open.add(protocol)
+                lost = protocol.connectionLost
+
+                def refusal_lost(reason: Any = None) -> None:
+                    self.refusals_open.discard(protocol)
+                    lost(reason)
+
+                protocol.connectionLost = refusal_lost  # type: ignore[method-assign]
+            return protocol
+
+        factory.buildProtocol = watched  # type: ignore[method-assign]
+        self.sampler = LoopingCall(sample)
+        self.sampler.clock = reactor
+        self.sampler.start(0.05, now=True)
+
+    @inlineCallbacks
+    def close_everything(self) -> Any:
+        """
+        Stop every attacker, close every client connection, and wait (bounded) until neither
+        the clients nor the gateway hold a connection.
+        """
+        self.stopping = True
+        try:
+            for source in self.flood:
+                source.stop()
+            yield wait_for(lambda: all(t.called for t in self.talking), timeout=15)
+            yield wait_for(lambda: self.clients.connecting == 0, timeout=CONNECT_TIMEOUT + 5)
+            self.clients.abort_all()
+            yield wait_for(self.clients.idle, timeout=10)
+            yield wait_for(
+                lambda: not self.factory.sessions and not self.refusals_open, timeout=10
+            )
+        finally:
+            if self.sampler.running:
+                self.sampler.stop()
+
+    # -- the parts of the attack ---------------------------------------------------------------
+
+    @inlineCallbacks
+    def start_drip(self) -> Any:
+        """
+        Connect the drip attacker before the flood fills the pool; return it once greeted.
+        """
+        drip = Drip(self.clients)
+        yield self.clients.connect(DRIP_SOURCE, self.port, drip)
+        yield drip.greeted
+        return drip
+
+    @inlineCallbacks
+    def early_talker(self, source: str) -> Any:
+        """
+        Talk early from C{source} until admitted once (refused with C{EARLY_TALKER}), then
+        come back until refused as C{penalised}.
+
+        @return: C{(the EARLY_TALKER reply, every reply, (the penalised reply, the source's
+            penalty rows at that moment))}; L{None} for what did not happen.
+        """
+        replies: list[bytes] = []
+        offended = penalised = None
+        for _ in range(TALKER_MAX_ATTEMPTS):
+            if self.stopping:
+                break
+            talker = Talker(self.clients)
+            try:
+                yield self.clients.connect(source, self.port, talker)
+            except Exception as error:  # a refused connect is just another try
+                replies.append(repr(error).encode())
+                yield sleep(TALKER_PAUSE)
+                continue
+            said = (yield talker.closed).split(b"\r\n", 1)[0]
+            replies.append(said)
+            if offended is None and said.startswith(b"ERR EARLY_TALKER"):
+                offended = said
+            elif offended is not None and said == b"ERR BUSY penalised":
+                key = self.factory.admission.source_key(source)
+                rows = [row for row in self.factory.admission.penalties() if row[0] == key]
+                penalised = (said, rows)
+                break
+            yield sleep(TALKER_PAUSE)
+        return offended, replies, penalised
+
+    @inlineCallbacks
+    def legit_session(self, number: int) -> Any:
+        """
+        Authenticate from 127.0.0.1, open echo, relay C{LEGIT_BYTES} and check them; retry a
+        BUSY refusal up to C{LEGIT_MAX_RETRIES} times.
+
+        @return: the reasons of the BUSY refusals that were retried.
+        """
+        payload = random.Random(number).randbytes(LEGIT_BYTES)
+        retried: list[str] = []
+        while True:
+            client = Legit(self.clients, self.credentials, LEGIT_BYTES)
+            yield self.clients.connect(LEGIT_SOURCE, self.port, client)
+            try:
+                yield client.opened
+            except NGPError as error:
+                if error.code != "BUSY" or len(retried) >= LEGIT_MAX_RETRIES:
+                    raise
+                retried.append(error.text)
+                yield sleep(LEGIT_RETRY_PAUSE)
+                continue
+            for start in range(0, LEGIT_BYTES, 8192):
+                client.transport.write(payload[start : start + 8192])
+            received = yield client.done
+            client.transport.loseConnection()
+            self.assertEqual(
+                hashlib.sha256(received).hexdigest(), hashlib.sha256(payload).hexdigest()
+            )
+            return retried
+
+    # -- the test ----------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def test_legitimate_client_served_during_flood(self) -> Any:
+        """
+        While 50 addresses flood and hold connections, one drips and eight talk early, a
+        legitimate client authenticates and relays 64 KiB, several times. Refusals are
+        counted by reason, the unauthenticated pool never passes its cap, early talkers are
+        penalised, and the drip attacker is cut off by the handshake deadline.
+        """
+        drip = yield self.start_drip()
+        self.flood = [FloodSource(source, self.port, self.clients) for source in FLOOD_SOURCES]
+        for source in self.flood:
+            source.start()
+        self.talking = talking = [self.early_talker(source) for source in TALKER_SOURCES]
+        # The first legitimate session starts only once the flood has filled the pool to
+        # where random early drop begins.
+        yield wait_for(
+            lambda: self.factory.admission.snapshot()["unauthenticated"] >= RED_SOFT, timeout=10
+        )
+        legit_retries: list[list[str]] = []
+        for number in range(LEGIT_SESSIONS):
+            retried = yield self.legit_session(number)
+            legit_retries.append(retried)
+            yield sleep(LEGIT_PAUSE)
+        drip_said = yield drip.closed
+        talker_results = []
+        for talk in talking:
+            talker_results.append((yield talk))
+        for source in self.flood:
+            source.stop()
+
+        stats = self.factory.stats.counters
+        refused = {
+            key[len("refused.") :]: value
+            for key, value in stats.items()
+            if key.startswith("refused.")
+        }
+        penalties = {
+            key: (left, offences) for key, left, offences in self.factory.admission.penalties()
+        }
+        flood_replies: Counter[bytes] = Counter()
+        for source in self.flood:
+            flood_replies.update(source.replies)
+        log.info(
+            "flood summary: legit retries {retries}; refused {refused}; max unauthenticated "
+            "{max_unauth} (line-phase sessions {max_line}, {samples} samples); flood attempts "
+            "{attempts}; flood replies {replies}; drip sent {drip_sent} bytes, got {drip}; "
+            "penalties {penalties}",
+            event="test.flood.summary",
+            retries=[Counter(r) for r in legit_retries],
+            refused=refused,
+            max_unauth=self.max_unauthenticated,
+            max_line=self.max_line_phase,
+            samples=self.samples,
+            attempts=sum(s.attempts for s in self.flood),
+            replies=dict(flood_replies),
+            drip_sent=drip.sent,
+            drip=drip_said,
+            penalties={key: penalties[key] for key in sorted(penalties)},
+        )
+
+        # Every legitimate session succeeded (legit_session checked the bytes), within the
+        # bounded BUSY retries.
+        self.assertEqual(len(legit_retries), LEGIT_SESSIONS)
+        for retried in legit_retries:
+            self.assertLessEqual(len(retried), LEGIT_MAX_RETRIES)
+            self.assertTrue(set(retried) <= REASONS, retried)
+
+        # Refusals are counted by reason: only known reasons, the per-reason counters add up
+        # to the total and agree with admission's own, and the flood met the pool limits.
+        self.assertTrue(set(refused) <= REASONS, refused)
+        self.assertEqual(sum(refused.values()), stats["refused"])
+        self.assertEqual(refused, {k: v for k, v in self.factory.admission.counters.items() if v})
+        self.assertGreater(refused.get("random-early-drop", 0) + refused.get("unauth-cap", 0), 0)
+        self.assertGreater(refused.get("penalised", 0), 0)
+
+        # The unauthenticated pool filled up to random early drop but never passed its cap.
+        self.assertGreaterEqual(self.max_unauthenticated, RED_SOFT)
+        self.assertLessEqual(self.max_unauthenticated, MAX_UNAUTHENTICATED)
+        self.assertLessEqual(self.max_line_phase, MAX_UNAUTHENTICATED)
+
+        # Every early talker was refused as one, penalised, and then refused as penalised.
+        for talker, (offended, replies, penalised) in zip(
+            TALKER_SOURCES, talker_results, strict=True
+        ):
+            self.assertIsNotNone(offended, replies)
+            self.assertTrue(offended.startswith(b"ERR EARLY_TALKER "), replies)
+            self.assertIsNotNone(penalised, replies)
+            said, rows = penalised
+            self.assertEqual(said, b"ERR BUSY penalised")
+            # When it was refused, the table held a running block for its source ...
+            [(key, left, offences)] = rows
+            self.assertEqual(key, f"{talker}/32")
+            self.assertGreater(left, 0)
+            self.assertGreaterEqual(offences, 1)
+            # ... and the offence is still remembered at the end (points decay slowly).
+            self.assertIn(key, penalties)
+
+        # The drip attacker kept the connection active (so the idle timeout never fired) and
+        # was cut off by the handshake deadline, long before its own bound.
+        self.assertTrue(drip_said.startswith(b"NETGUARD/1 "), drip_said)
+        self.assertIn(b"\r\nERR TIMEOUT handshake deadline\r\n", drip_said)
+        self.assertGreaterEqual(drip.sent, 1)
+        self.assertLess(drip.sent, DRIP_MAX_BYTES)
