@@ -46,6 +46,9 @@ from typing import Any, Final, TypeVar
 
 import attrs
 
+from netguard.framing import FramingLimits
+from netguard.outbound.socks5 import ENDPOINT_KEYS as SOCKS5_ENDPOINT_KEYS
+
 __all__ = [
     "COMMAND_LINE_SOURCE",
     "DEFAULTS_SOURCE",
@@ -157,6 +160,9 @@ class _Invalid(Exception):
 # Result values
 
 
+_FRAMING: Final = FramingLimits()
+
+
 @attrs.frozen(kw_only=True)
 class Limits:
     """
@@ -173,13 +179,14 @@ class Limits:
     @ivar max_auth_attempts: failed authentications allowed on one connection.
     """
 
-    max_line_length: int = 1024
-    max_lines_before_auth: int = 16
-    max_bytes_before_auth: int = 8192
-    greeting_delay: float = 0.1
-    handshake_timeout: float = 30.0
-    idle_timeout: float = 120.0
-    write_timeout: float = 30.0
+    # The framing's own defaults are the configuration's: one source of truth.
+    max_line_length: int = _FRAMING.max_line_length
+    max_lines_before_auth: int = _FRAMING.max_lines_before_auth
+    max_bytes_before_auth: int = _FRAMING.max_bytes_before_auth
+    greeting_delay: float = _FRAMING.greeting_delay
+    handshake_timeout: float = _FRAMING.handshake_timeout
+    idle_timeout: float = _FRAMING.idle_timeout
+    write_timeout: float = _FRAMING.write_timeout
     max_auth_attempts: int = 3
 
 
@@ -1171,17 +1178,7 @@ _CLIENT_TYPES: Final[Mapping[str, _EndpointType]] = MappingProxyType(
         ),
         # netguard's own SOCKS5 client endpoint (netguard/outbound/socks5.py).
         "socks5": _EndpointType(
-            (
-                "host",
-                "port",
-                "proxy",
-                "proxy_host",
-                "proxy_port",
-                "user",
-                "password_file",
-                "timeout",
-                "offer_no_auth",
-            ),
+            tuple(sorted(SOCKS5_ENDPOINT_KEYS)),
             (),
             False,
             frozenset({"host", "port"}),

@@ -151,7 +151,22 @@ class _Step(enum.Enum):
     FAILED = "failed"
 
 
-class ServerExchange:
+class _Exchange:
+    """
+    What both sides of an exchange share: the mechanism they run.
+    """
+
+    _mechanism: str
+
+    @property
+    def mechanism(self) -> str:
+        """
+        @return: the mechanism of this exchange.
+        """
+        return self._mechanism
+
+
+class ServerExchange(_Exchange):
     """
     The server side of one SCRAM-SHA-256(-PLUS) exchange.
 
@@ -197,13 +212,6 @@ class ServerExchange:
             )
         except ScramException as e:
             raise ValueError(f"cannot start {mechanism}: {e.args[0]}") from None
-
-    @property
-    def mechanism(self) -> str:
-        """
-        @return: the mechanism of this exchange.
-        """
-        return self._mechanism
 
     def _auth_fn(self, name: str) -> tuple[bytes, bytes, bytes, int]:
         self.username = name
@@ -274,7 +282,7 @@ class ServerExchange:
         return server_final
 
 
-class ClientExchange:
+class ClientExchange(_Exchange):
     """
     The client side of one SCRAM-SHA-256(-PLUS) exchange, with mutual authentication.
 
@@ -313,13 +321,6 @@ class ClientExchange:
             )
         except ScramException as e:
             raise ValueError(f"cannot start {mechanism}: {e.args[0]}") from None
-
-    @property
-    def mechanism(self) -> str:
-        """
-        @return: the mechanism of this exchange.
-        """
-        return self._mechanism
 
     def _fail(self, reason: str) -> AuthFailed:
         self._step = _Step.FAILED

@@ -69,13 +69,10 @@ class BackendConnectTimeout(TimeoutError):
     """
 
 
-class EchoLeg:
+class _Leg:
     """
-    The built-in echo backend: every byte written comes straight back.
-
-    It is a splice whose two sides are the same client transport: side B is a L{_Mirror}
-    that writes back to the client, and pausing it pauses reading the client (the only source
-    of its bytes), so a client that does not read what it sent stops being read.
+    What every backend leg holds: its relay's time bounds, its splice once attached, and
+    the L{Deferred} of the relay's result.
     """
 
     def __init__(self, clock: Any, write_timeout: float, idle_timeout: float):
@@ -89,6 +86,16 @@ class EchoLeg:
         self.idle_timeout = idle_timeout
         self.done: Deferred[RelayResult] = Deferred()
         self.splice: Splice | None = None
+
+
+class EchoLeg(_Leg):
+    """
+    The built-in echo backend: every byte written comes straight back.
+
+    It is a splice whose two sides are the same client transport: side B is a L{_Mirror}
+    that writes back to the client, and pausing it pauses reading the client (the only source
+    of its bytes), so a client that does not read what it sent stops being read.
+    """
 
     def attach(self, client_transport: Any) -> None:
         """
@@ -199,7 +206,7 @@ class _BackendProtocol(TwistedProtocol):
         self.leg.backend_lost(reason)
 
 
-class EndpointLeg:
+class EndpointLeg(_Leg):
     """
     A backend reached through a client endpoint.
 
@@ -214,16 +221,7 @@ class EndpointLeg:
     """
 
     def __init__(self, clock: Any, write_timeout: float, idle_timeout: float):
-        """
-        @param clock: the L{IReactorTime} for the relay's timers.
-        @param write_timeout: see L{Splice}.
-        @param idle_timeout: see L{Splice}.
-        """
-        self.clock = clock
-        self.write_timeout = write_timeout
-        self.idle_timeout = idle_timeout
-        self.done: Deferred[RelayResult] = Deferred()
-        self.splice: Splice | None = None
+        super().__init__(clock, write_timeout, idle_timeout)
         self.protocol: _BackendProtocol | None = None
         self.ready: Deferred[EndpointLeg] = Deferred()
         self._early: list[bytes] = []

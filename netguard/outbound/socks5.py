@@ -1213,7 +1213,8 @@ def _describe_address(transport: Any) -> str:
 # The endpoint string
 
 
-_STRING_KEYS = frozenset(
+#: Every key a C{socks5:} endpoint string may have.
+ENDPOINT_KEYS = frozenset(
     {
         "host",
         "port",
@@ -1284,11 +1285,11 @@ def endpoint_from_string_args(reactor: Any, *args: str, **kwargs: str) -> SOCKS5
         raise ValueError(
             "socks5: never put a password in an endpoint string; use password_file=PATH"
         )
-    unknown = sorted(set(kwargs) - _STRING_KEYS)
+    unknown = sorted(set(kwargs) - ENDPOINT_KEYS)
     if unknown:
         raise ValueError(
             f"socks5: unknown key(s) {', '.join(escape(k) for k in unknown)}; "
-            f"known: {', '.join(sorted(_STRING_KEYS))}"
+            f"known: {', '.join(sorted(ENDPOINT_KEYS))}"
         )
     for key in ("host", "port"):
         if not kwargs.get(key):
