@@ -1,0 +1,239 @@
+# -*- test-case-name: tests.test_events -*-
+"""
+The catalogue of netguard's log events: every stable C{event} name the code emits, with a
+one-line description, registered with C{txaio} as its log categories.
+
+B{What this is.} Every happening in netguard is one C{twisted.logger} event with a stable
+C{event} field (C{conn.reject}, C{auth.fail}, ...); scripts and dashboards are written
+against those names, so they are an interface. L{EVENTS} is that interface written down
+once, in code: C{tests/test_events.py} checks that every C{event=} in C{netguard/} and
+C{twisted/plugins/} is a key of L{EVENTS}, that every key is still emitted somewhere, that
+every key has its row in C{docs/logging.md} section 6 (and every row a key), and that the
+names keep the C{area.what} shape.
+
+B{Why txaio.} Issue 7 asked for C{txaio}, a declared dependency, to get a real job. The
+job first proposed, C{txaio.make_batched_timer} for per-connection idle deadlines, was
+measured and rejected (C{bench/TIMERS.md}, sections 2 and 3): about ten times slower per
+reset than C{DelayedCall.reset} at 10,000 connections (1.5 µs against 0.14 µs), unable to
+keep up at 10,000 × 100 resets/s, and firing up to a second early. What txaio does offer
+is a table of log categories (C{txaio.add_log_categories}): a logger call with
+C{log_category="conn.reject"} takes its message from the table (C{bench/TIMERS.md}
+sections 4 and 5). That is the job it has here, and it is a thin one: the same table could
+be a plain dict without txaio.
+
+B{Descriptions, not formats.} The values of L{EVENTS} are plain sentences with no
+C{{field}} references. txaio I{replaces} the caller's message by the table's text, so a
+table of formats would have to name the fields of every caller; but one name has several
+call sites with different messages and fields (C{conn.timeout} has four, C{peer.refused}
+and C{tls.warning} two, C{heartbeat}'s fields are the figures of the moment), and a format
+naming a field a caller did not pass renders as C{Unable to format event}. A sentence is
+correct for any fields. netguard's own call sites keep their C{twisted.logger} loggers and
+their own messages (with the fields in the text line); the catalogue does not change what
+netguard writes. It gives:
+
+  - L{EVENTS}: the names and what each means, for code and tests;
+  - L{register_with_txaio}: the table as txaio's log categories (explicit, not at import:
+    it selects Twisted for txaio and changes txaio's process-wide table);
+  - L{event_logger}: a txaio logger for code of your own (Autobahn, txaio) that logs
+    netguard-style events, so they land in netguard's text and JSON logs with the same
+    names and the catalogue's message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Protocol, cast
+
+import txaio
+from twisted.logger import ILogObserver, Logger, LogLevel
+
+#: Every event netguard emits: stable name -> one-line description (a plain sentence, no
+#: C{{field}}: it is also the message txaio gives an event logged with that
+#: C{log_category}). The levels and fields of each are in C{docs/logging.md} section 6.
+EVENTS: Mapping[str, str] = MappingProxyType(
+    {
+        # Start, stop and the daemon
+        "lock.acquired": "the instance lock of the state directory was taken",
+        "lock.remove_failed": "the instance lock file could not be removed at shutdown",
+        "socket.stale_removed": "a unix socket nobody listened on was removed before listening",
+        "users.created": "the users file was created with a generated user",
+        "log.file_open": "the log file was opened",
+        "log.file_permissions": "the log file is open to its group or others",
+        "log.unformattable": "an observer could not render an event and wrote this instead",
+        "gateway.listen": "a listener was opened",
+        "config.warning": "the configuration works but has something to look at",
+        "gateway.start": "start-up finished",
+        "control.listen": "the control socket was opened",
+        "metrics.listen": "the metrics endpoint was opened",
+        "shutdown.drain": "stopped accepting; draining the open connections",
+        "shutdown.force": "the connections still open were cut",
+        "shutdown.done": "shutdown finished; final figures",
+        "reload.done": "a new configuration was applied",
+        "reload.refused": "a new configuration was refused; the old one stays in force",
+        "notify.failed": "the service manager could not be notified",
+        "notify.unsupported": "NOTIFY_SOCKET names a kind of socket netguard does not speak",
+        # Connections and the line phase
+        "conn.accept": "a connection was admitted",
+        "conn.reject": "admission refused a connection before reading anything",
+        "admission.block": "a source is blocked by the penalty rules",
+        "proto.early_talker": "the client spoke before the greeting",
+        "proto.refuse": "an ERR line was sent to the client",
+        "proto.internal": "an internal error while handling a client command; session ended",
+        "conn.timeout": "a connection reached a time bound",
+        "conn.close": "a connection ended",
+        # Authentication and services
+        "auth.ok": "authentication succeeded",
+        "auth.fail": "authentication failed",
+        "session.denied": "the user may not open that service",
+        "session.open": "relaying to a service started",
+        "session.backend_failed": "the backend of a service could not be reached",
+        "socks5.connected": "a SOCKS5 tunnel to a backend is up",
+        "socks5.failed": "a SOCKS5 negotiation failed",
+        # Peer checks
+        "peer.fcrdns": "the forward-confirmed reverse DNS result of a client",
+        "peer.ident": "the ident (RFC 1413) claim of a client, untrusted",
+        "peer.refused": "the peer-check policy refused a client",
+        "peer.check.error": "a peer check raised unexpectedly",
+        "peer.fcrdns.error": "the FCrDNS check raised unexpectedly",
+        # TLS
+        "tls.loaded": "a TLS certificate was loaded at start",
+        "tls.reloaded": "a TLS certificate was reloaded",
+        "tls.established": "the TLS handshake of a connection finished",
+        "tls.reload_failed": "a TLS reload was refused; the old certificate stays",
+        "tls.warning": "a weak or surprising TLS setting",
+        "tls.verify_error": "verifying a server certificate raised unexpectedly",
+        # Overload
+        "overload.on": "overloaded: new connections are refused until it passes",
+        "overload.off": "no longer overloaded",
+        "overload.probe_error": "one overload measurement failed",
+        "overload.monitor_error": "the overload monitor stopped on an unexpected error",
+        # Heartbeat
+        "heartbeat": "the periodic figures of the process",
+        "heartbeat.on": "the heartbeat was switched on",
+        "heartbeat.off": "the heartbeat was switched off",
+        "heartbeat.error": "reading the figures raised; the heartbeat switched itself off",
+        "heartbeat.sigusr1_replaced": "SIGUSR1 had a handler that now toggles the heartbeat",
+        # Metrics
+        "metrics.error": "rendering the metrics raised unexpectedly",
+        # Control socket
+        "control.command": "a control command was run",
+        "control.bad_line": "the control socket received a line that is not printable words",
+        "control.denied": "a process of another user connected to the control socket",
+        "control.error": "a control command raised unexpectedly",
+        # Client side (netguard tunnel)
+        "tunnel.failed": "a tunnelled connection could not be opened",
+        "tunnel.close": "a tunnelled connection ended",
+    }
+)
+
+
+class EventLogger(Protocol):
+    """
+    What L{event_logger} returns (a C{txaio} logger): the level methods take an optional
+    message and the event's fields as keywords, C{log_category} among them.
+    """
+
+    def critical(self, format: str | None = None, **fields: Any) -> None:
+        """
+        Log at level critical.
+        """
+
+    def error(self, format: str | None = None, **fields: Any) -> None:
+        """
+        Log at level error.
+        """
+
+    def warn(self, format: str | None = None, **fields: Any) -> None:
+        """
+        Log at level warn.
+        """
+
+    def info(self, format: str | None = None, **fields: Any) -> None:
+        """
+        Log at level info.
+        """
+
+    def debug(self, format: str | None = None, **fields: Any) -> None:
+        """
+        Log at level debug.
+        """
+
+    def failure(self, format: str | None = None, **fields: Any) -> None:
+        """
+        Log the current exception (or C{failure=}) at level critical, with its traceback.
+        """
+
+
+def register_with_txaio() -> None:
+    """
+    Make L{EVENTS} txaio's log categories: afterwards a txaio logger call with
+    C{log_category="conn.reject"} takes the description of C{conn.reject} as its message.
+
+    This selects Twisted as txaio's framework (C{txaio.use_twisted()}) and adds the
+    catalogue to txaio's process-wide table of categories; other categories already there
+    stay. Calling it again adds the same content again: it is idempotent. Nothing calls it
+    at import time.
+
+    @raise RuntimeError: if this process already chose asyncio for txaio.
+    """
+    txaio.use_twisted()
+    # use_twisted() binds txaio's public functions to txaio.tx; mypy cannot see that.
+    txaio.add_log_categories(dict(EVENTS))  # type: ignore[attr-defined]
+
+
+class _EventFieldLogger(Logger):
+    """
+    A C{twisted.logger} logger that fills the C{event} field from C{log_category} when the
+    caller did not give one, so netguard's observers show the name without it being written
+    twice.
+    """
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
+        """
+        Emit the event, with C{event} defaulting to C{log_category}.
+
+        @param level: the event's level.
+        @param format: its message.
+        @param kwargs: its fields.
+        """
+        category = kwargs.get("log_category")
+        if isinstance(category, str):
+            kwargs.setdefault("event", category)
+        super().emit(level, format, **kwargs)
+
+
+def event_logger(namespace: str, observer: ILogObserver | None = None) -> EventLogger:
+    """
+    A txaio logger for netguard-style events from code of your own::
+
+        log = event_logger(__name__)
+        log.info(log_category="conn.reject", peer=peer, reason="rate")
+
+    A call with a C{log_category} of L{EVENTS} gets that name's description as its message
+    (txaio's lookup; an unknown category keeps the call's own message) and, unless it gives
+    one, an C{event} field equal to the category, so netguard's text and JSON observers
+    show it like netguard's own events. Fields stay fields: the JSON record has them all;
+    the text line shows the description. Text a peer chose must still go through
+    L{netguard.log.escape} first. C{failure()} keeps its own message (txaio looks categories
+    up only for the level methods).
+
+    Calls L{register_with_txaio} (idempotent). The logger is made at level debug and keeps
+    it (txaio's own default, info, would drop debug events at the source; netguard's logs
+    have no level filter).
+
+    @param namespace: the emitting module or class, e.g. C{__name__} (txaio's
+        C{make_logger} would guess it from the caller's frame).
+    @param observer: where events go; L{None} for C{twisted.logger}'s global publisher.
+    @return: a txaio logger.
+    @raise RuntimeError: if this process already chose asyncio for txaio.
+    """
+    register_with_txaio()
+    fixed_namespace = namespace
+
+    def make(observer: ILogObserver | None = None, namespace: object = None) -> Logger:
+        # txaio passes the namespace it guessed from the caller's frame; ours wins.
+        return _EventFieldLogger(namespace=fixed_namespace, observer=observer)
+
+    made = txaio.make_logger(level="debug", logger=make, observer=observer)  # type: ignore[attr-defined]
+    return cast(EventLogger, made)
