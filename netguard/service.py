@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.integration.test_gateway_e2e,tests.integration.test_twistd -*-
 """
 Build the gateway's L{MultiService} from a validated L{netguard.config.Config}.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client_endpoint -*-
+# -*- test-case-name: tests.test_client_endpoint,tests.integration.test_tunnel_real -*-
 """
 A client endpoint whose connections arrive at a service behind a netguard gateway, already
 authenticated: C{NGPClientEndpoint}, and the C{netguard:} endpoint string built on it.
@@ -19,10 +19,11 @@ L{Deferred} returned by C{connect} with L{NGPError}, L{AuthFailed} or L{NGPProto
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import clientFromString
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IStreamClientEndpoint,
@@ -140,13 +141,13 @@ def endpoint_from_string_args(reactor: Any, *args: str, **kwargs: str) -> NGPCli
     """
     if args:
         raise ValueError("netguard: takes only key=value arguments")
+    if "password" in kwargs:
+        raise ValueError("netguard: give password_file=, never a password")
     known = {"host", "port", "gateway", "service", "user", "password_file", "timeout"}
     known |= set(TLS_KEYS)
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise ValueError(f"netguard: unknown key(s) {', '.join(unknown)}")
-    if "password" in kwargs:
-        raise ValueError("netguard: give password_file=, never a password")
     for key in ("service", "user", "password_file"):
         if not kwargs.get(key):
             raise ValueError(f"netguard: {key}= is required")
@@ -157,10 +158,14 @@ def endpoint_from_string_args(reactor: Any, *args: str, **kwargs: str) -> NGPCli
     else:
         if not kwargs.get("host") or not kwargs.get("port"):
             raise ValueError("netguard: host= and port= (or gateway=) are required")
-        description = f"tcp:host={kwargs['host']}:port={kwargs['port']}"
-        if "timeout" in kwargs:
-            description += f":timeout={kwargs['timeout']}"
-        gateway = clientFromString(reactor, description)
+        port = kwargs["port"]
+        try:
+            number = int(port) if port.isdigit() else socket.getservbyname(port, "tcp")
+        except OSError:
+            raise ValueError(f"netguard: port={port} is not a number or a known service") from None
+        gateway = HostnameEndpoint(
+            reactor, kwargs["host"], number, timeout=float(kwargs.get("timeout", 30))
+        )
     gateway = wrap_tls(reactor, gateway, kwargs, default_hostname=kwargs.get("host"))
     password = read_password_file(kwargs["password_file"])
     return NGPClientEndpoint(
@@ -177,9 +182,9 @@ def wrap_tls(
 ) -> Any:
     """
     Wrap the gateway endpoint in verified TLS when the options ask for it: C{tls} true, or
-    any of C{ca_file}/C{pin_sha256}/C{client_cert} given. The server is always verified
-    (system trust roots and the host name by default, C{ca_file}, or a C{pin_sha256});
-    there is no option to turn verification off.
+    any other TLS option given (a TLS option never silently leaves the connection plain).
+    The server is always verified (system trust roots and the host name by default,
+    C{ca_file}, or a C{pin_sha256}); there is no option to turn verification off.
 
     @raise ValueError: for TLS options without a host name to verify, or unusable files.
     """
@@ -188,7 +193,10 @@ def wrap_tls(
     from netguard.tls import TLSConfigError, client_tls_options
 
     wanted = str(options.get("tls") or "").lower() in ("1", "yes", "true", "on")
-    wanted = wanted or any(options.get(key) for key in ("ca_file", "pin_sha256", "client_cert"))
+    wanted = wanted or any(
+        options.get(key)
+        for key in ("tls_hostname", "ca_file", "pin_sha256", "client_cert", "client_key")
+    )
     if not wanted:
         return gateway
     hostname = options.get("tls_hostname") or default_hostname

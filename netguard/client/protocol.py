@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client_protocol -*-
+# -*- test-case-name: tests.test_gateway_protocol,tests.integration.test_tunnel_real -*-
 """
 The client side of NGP/1: read the greeting, authenticate with SCRAM (checking the server's
 signature: mutual authentication), open a service, then hand over raw bytes.
@@ -166,7 +166,10 @@ class NGPClientProtocol(GuardedLineReceiver):
         if self.state is ClientState.OPEN:
             self.service_closed(reason or Failure(ConnectionDone()))
         elif not self.opened.called:
-            self.opened.errback(NGPProtocolError("connection closed during the handshake"))
+            why = reason.getErrorMessage() if reason is not None else "closed"
+            self.opened.errback(
+                NGPProtocolError(f"connection closed during the handshake: {escape(why, 200)}")
+            )
 
     # -- states --------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tunnel -*-
+# -*- test-case-name: tests.integration.test_tunnel_real -*-
 """
 C{netguard tunnel}: a local listener whose every connection is carried through a netguard
 gateway to one service, so unmodified programs (C{redis-cli}, C{psql}) reach it.

@@ -18,7 +18,7 @@ Every command gets exactly one reply line: C{OK} followed by one space and one c
 object (ASCII only, so the line can hold no control byte), or C{ERR <CODE> <text>}. Codes:
 C{BAD_SYNTAX}, C{UNKNOWN_COMMAND}, C{LINE_TOO_LONG}, C{NOT_AUTHORIZED}, C{BUSY},
 C{TIMEOUT}, C{INTERNAL}, and whatever code a command raises with L{ControlError} (for
-example C{RELOAD_FAILED}). Commands on one connection are answered in order; a client may
+example C{RELOAD_REFUSED}). Commands on one connection are answered in order; a client may
 send one and close, or keep the connection for several (C{socat - UNIX-CONNECT:path}).
 
 Who may talk to it: the socket file is mode 0600 inside a directory no one else may write, and
@@ -98,7 +98,7 @@ class ControlError(Exception):
     """
     Raised by a L{ControlCommands} method to refuse a command with a precise code, sent as
     C{ERR <code> <text>} (for example a reload refused because the new configuration is
-    invalid: C{ControlError("RELOAD_FAILED", "config: limits.idle_timeout must be > 0")}).
+    invalid: C{ControlError("RELOAD_REFUSED", "config: limits.idle_timeout must be > 0")}).
 
     @ivar code: upper-case letters, digits and underscores, at most 32; anything else is
         sent as C{FAILED}.

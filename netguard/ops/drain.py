@@ -94,8 +94,8 @@ class Drainer:
 
 def install_sigterm(reactor: Any, drainer: Drainer) -> Any:
     """
-    Make SIGTERM stop the reactor (which drains, through the service's C{stopService}) and a
-    second SIGTERM abort what is left at once.
+    Make SIGTERM (and SIGINT) stop the reactor (which drains, through the service's
+    C{stopService}) and a second signal abort what is left at once.
 
     @return: the previous handler, for L{signal.signal} to restore.
     """
@@ -108,6 +108,7 @@ def install_sigterm(reactor: Any, drainer: Drainer) -> Any:
         else:
             reactor.callFromThread(drainer.force, "second SIGTERM")
 
+    signal.signal(signal.SIGINT, handler)  # Ctrl-C in the foreground: the same two steps
     return signal.signal(signal.SIGTERM, handler)
 
 

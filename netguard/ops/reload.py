@@ -53,6 +53,8 @@ class Reloader:
         self.path = path
         self.overrides = dict(overrides)
         self._load = load
+        #: What the running process was started with: restart-only keys compare to this.
+        self.started_with = service.factory.config
 
     def reload(self) -> str:
         """
@@ -69,8 +71,8 @@ class Reloader:
         except (ConfigError, UsersFileError, OSError) as error:
             log.warn("reload refused: {reason}", event="reload.refused", reason=str(error))
             raise ReloadRefused(str(error)) from None
-        old = factory.config
-        pending = [key for key in RESTART_ONLY if getattr(old, key) != getattr(config, key)]
+        started = self.started_with
+        pending = [key for key in RESTART_ONLY if getattr(started, key) != getattr(config, key)]
         factory.apply_config(config, users)
         tls_failed = 0
         for identity in self.service.tls_identities:

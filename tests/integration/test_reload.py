@@ -125,3 +125,8 @@ class ReloadTests(unittest.TestCase):
         self.write_config('listen = ["tcp:0:interface=127.0.0.2"]\n')
         summary = self.gateway.reloader.reload()
         self.assertIn("restart needed for: listen", summary)
+
+    def test_restart_needed_reported_on_every_reload(self):
+        self.write_config('listen = ["tcp:0:interface=127.0.0.2"]\n')
+        self.assertIn("restart needed for: listen", self.gateway.reloader.reload())
+        self.assertIn("restart needed for: listen", self.gateway.reloader.reload())
