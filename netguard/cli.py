@@ -570,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
 
-    users_help = "the users file (default: the configured one)"
+    users_help = "the users file (default: <default state dir>/users, as the gateway uses)"
 
     p = sub.add_parser(
         "adduser",

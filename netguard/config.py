@@ -239,6 +239,9 @@ class PeerChecksConfig:
         authenticate.
     @ivar ident: C{"off"} or C{"log"} (the claim is logged, never trusted).
     @ivar fcrdns_timeout: bound on one FCrDNS check, seconds.
+    @ivar fcrdns_max_names: PTR names looked up forward, at most.
+    @ivar ident_max_reply: bound on the ident reply line, bytes.
+    @ivar ident_port: the port of the peer's identd (113).
     @ivar ident_timeout: bound on one ident query, seconds.
     @ivar dns_servers: C{"ip"} or C{"ip:port"} / C{"[ipv6]:port"} resolvers; empty uses
         C{/etc/resolv.conf}.
@@ -249,6 +252,9 @@ class PeerChecksConfig:
     fcrdns_allow: tuple[str, ...] = ()
     ident: str = "off"
     fcrdns_timeout: float = 5.0
+    fcrdns_max_names: int = 4
+    ident_max_reply: int = 1024
+    ident_port: int = 113
     ident_timeout: float = 10.0
     dns_servers: tuple[str, ...] = ()
 
@@ -268,6 +274,9 @@ class PeerChecksConfig:
             fcrdns_allow=self.fcrdns_allow,
             ident=self.ident,  # type: ignore[arg-type]
             fcrdns_timeout=self.fcrdns_timeout,
+            fcrdns_max_names=self.fcrdns_max_names,
+            ident_max_reply=self.ident_max_reply,
+            ident_port=self.ident_port,
             ident_timeout=self.ident_timeout,
             dns_servers=tuple(servers),
         )
@@ -702,6 +711,24 @@ _PEER_CHECK_KEYS: Final[tuple[_TableKey, ...]] = (
         "a DNS server that never answers holding a session (every lookup is bounded)",
     ),
     _TableKey(
+        "fcrdns_max_names",
+        _number(_Range(int, 1, 16)),
+        "an integer from 1 to 16",
+        "a PTR answer listing many names, each costing a forward lookup",
+    ),
+    _TableKey(
+        "ident_max_reply",
+        _number(_Range(int, 64, 4096, "bytes")),
+        "an integer from 64 to 4096 (bytes)",
+        "an identd that streams endless bytes (chargen): the reply line is cut here",
+    ),
+    _TableKey(
+        "ident_port",
+        _number(_Range(int, 1, 65535)),
+        "a port from 1 to 65535 (RFC 1413: 113)",
+        "nothing: for test set-ups whose identd does not listen on 113",
+    ),
+    _TableKey(
         "ident_timeout",
         _number(_Range(float, 0.1, 60, "seconds")),
         "a number of seconds from 0.1 to 60",
@@ -806,9 +833,11 @@ def _admission(src: _Source, table: object, origins: dict[str, str]) -> Any:
     try:
         return policy_class(**values)
     except (ValueError, TypeError) as e:
-        key = next((k for k in values if k in str(e)), None)
+        # attrs validators put the readable message first in their arguments.
+        message = str(e.args[0]) if e.args else str(e)
+        key = next((k for k in values if k in message), None)
         where = f"admission.{key}" if key else "admission"
-        raise src.error(where, str(e)) from None
+        raise src.error(where, message) from None
 
 
 def _plain(value: object) -> object:

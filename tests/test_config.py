@@ -1287,3 +1287,37 @@ class DescriptionParserTests(unittest.TestCase):
 
     def test_empty_option_name(self) -> None:
         self.assertRaises(config_module._Invalid, config_module._split_description, "tcp:=80")
+
+
+class ReviewFixTests(unittest.TestCase):
+    """
+    Small behaviours found in review.
+    """
+
+    def load(self, text):
+        path = self.mktemp()
+        with open(path, "w") as handle:
+            handle.write(text)
+        return config_module.load_config(path)
+
+    def test_admission_error_is_one_readable_line(self):
+        with self.assertRaises(config_module.ConfigError) as caught:
+            self.load('[admission]\nreject_mode = "drop"\n')
+        self.assertEqual(caught.exception.key, "admission.reject_mode")
+        self.assertNotIn("Attribute(", str(caught.exception))
+
+    def test_peer_check_bounds_reach_the_policy(self):
+        loaded = self.load(
+            '[peer_checks]\nfcrdns = "log"\nident = "log"\nident_port = 1113\n'
+            "fcrdns_max_names = 2\nident_max_reply = 256\n"
+        )
+        policy = loaded.peer_checks.policy()
+        self.assertEqual(
+            (policy.ident_port, policy.fcrdns_max_names, policy.ident_max_reply), (1113, 2, 256)
+        )
+
+    def test_service_fcrdns_mode(self):
+        loaded = self.load(
+            '[services.vault]\nbackend = "builtin:echo"\nusers = ["*"]\nfcrdns = "require"\n'
+        )
+        self.assertEqual(loaded.services["vault"].fcrdns, "require")
