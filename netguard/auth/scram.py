@@ -157,6 +157,25 @@ class _Exchange:
     """
 
     _mechanism: str
+    _step: _Step
+
+    def _fail(self, reason: str) -> AuthFailed:
+        raise NotImplementedError
+
+    def _enter(self, step: _Step, message: object = "") -> None:
+        """
+        Check that C{step} comes next and C{message} is bounded text; until the step
+        succeeds the exchange counts as failed (a failure midway cannot be resumed).
+        """
+        if self._step is not step:
+            raise self._fail(
+                f"{step.value} called out of order (exchange is at {self._step.value})"
+            )
+        if not isinstance(message, str):
+            raise self._fail("the message must be text")
+        if len(message) > MAX_MESSAGE_CHARS:
+            raise self._fail(f"message longer than {MAX_MESSAGE_CHARS} characters")
+        self._step = _Step.FAILED
 
     @property
     def mechanism(self) -> str:
@@ -222,16 +241,6 @@ class ServerExchange(_Exchange):
         self._step = _Step.FAILED
         return AuthFailed(reason, self.known_user if self.username is not None else None)
 
-    def _enter(self, step: _Step, message: object) -> None:
-        if self._step is not step:
-            raise self._fail(
-                f"{step.value} called out of order (exchange is at {self._step.value})"
-            )
-        if not isinstance(message, str):
-            raise self._fail("the message must be text")
-        if len(message) > MAX_MESSAGE_CHARS:
-            raise self._fail(f"message longer than {MAX_MESSAGE_CHARS} characters")
-        self._step = _Step.FAILED
 
     def first(self, client_first: str) -> str:
         """
@@ -326,16 +335,6 @@ class ClientExchange(_Exchange):
         self._step = _Step.FAILED
         return AuthFailed(reason)
 
-    def _enter(self, step: _Step, message: object = "") -> None:
-        if self._step is not step:
-            raise self._fail(
-                f"{step.value} called out of order (exchange is at {self._step.value})"
-            )
-        if not isinstance(message, str):
-            raise self._fail("the message must be text")
-        if len(message) > MAX_MESSAGE_CHARS:
-            raise self._fail(f"message longer than {MAX_MESSAGE_CHARS} characters")
-        self._step = _Step.FAILED
 
     def first(self) -> str:
         """
