@@ -107,6 +107,7 @@ def prepare(work: str, processes: Processes, relay_cpu: int | None, venv_bin: st
     """
     Create the credentials, certificate and keys the paths need, in C{work}.
     """
+    os.umask(0o077)  # keys are written 0600 (the gateway refuses a key others can read)
     password = os.urandom(18).hex()
     password_file = os.path.join(work, "password")
     fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -178,29 +179,34 @@ def _netguard(
 ) -> list[Target]:
     state = os.path.join(setup.work, f"netguard-{tag}{suffix}")
     os.makedirs(state, mode=0o700)
+    gateway_port = free_port()
+    gateway_client = f"tcp:host=127.0.0.1:port={gateway_port}"
+    listen = ["--listen", f"tcp:{gateway_port}:interface=127.0.0.1"]
+    tunnel_tls: list[str] = []
+    text = NETGUARD_CONFIG
+    if greeting_delay is not None:
+        text += f"[limits]\ngreeting_delay = {greeting_delay}\n"
+    if tls:
+        # The hardened TLS listener ([[tls_listen]]) as operators run it. --listen would
+        # replace it, so the configuration holds the only listener. The tunnel verifies the
+        # gateway against the certificate as its only CA and checks the name it carries.
+        listen = []
+        text = (
+            "listen = []\n" + text + "[[tls_listen]]\n"
+            f'endpoint = "tcp:{gateway_port}:interface=127.0.0.1"\n'
+            f'cert_file = "{setup.cert}"\nkey_file = "{setup.key}"\n'
+        )
+        tunnel_tls = ["--ca-file", setup.cert, "--tls-hostname", "localhost"]
     config = os.path.join(state, "bench.toml")
     with open(config, "w") as f:
-        f.write(NETGUARD_CONFIG)
-        if greeting_delay is not None:
-            f.write(f"[limits]\ngreeting_delay = {greeting_delay}\n")
-    gateway_port = free_port()
-    listen = f"tcp:{gateway_port}:interface=127.0.0.1"
-    gateway_client = f"tcp:host=127.0.0.1:port={gateway_port}"
-    if tls:
-        roots = os.path.join(state, "roots")
-        os.makedirs(roots)
-        shutil.copy(setup.cert, roots)
-        listen = (
-            f"ssl:{gateway_port}:interface=127.0.0.1:privateKey={setup.key}:certKey={setup.cert}"
-        )
-        gateway_client = f"tls:host=localhost:port={gateway_port}:trustRoots={roots}"
+        f.write(text)
     gateway = _start(
         setup,
         f"netguard-gateway{suffix}",
         [
             os.path.join(setup.venv_bin, "twistd"), "-n", "--pidfile=", "netguard",
             "--config", config, "--state-dir", state, "--users", setup.users_file,
-            "--listen", listen,
+            *listen,
             "--service", f"bench=tcp:host=127.0.0.1:port={backend}",
         ],
         gateway_port,
@@ -215,6 +221,7 @@ def _netguard(
             "--gateway", gateway_client,
             "--service", "bench", "--listen", f"tcp:{tunnel_port}:interface=127.0.0.1",
             "--user", setup.user, "--password-file", setup.password_file,
+            *tunnel_tls,
         ],
         tunnel_port,
         cwd=state,
