@@ -10,6 +10,7 @@ service per configured endpoint string.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from typing import IO, Any
@@ -38,7 +39,7 @@ from netguard.ops.notify import notify_ready, notify_stopping
 from netguard.ops.overload import OverloadMonitor
 from netguard.ops.reload import ReloadRefused
 from netguard.stats import Stats
-from netguard.tls import TLSServerEndpoint, load_server_context
+from netguard.tls import ServerTLS, TLSServerEndpoint, load_server_context
 
 log = Logger()
 
@@ -68,7 +69,7 @@ class GatewayService(MultiService):
         self.factory = factory
         self.endpoints = endpoints
         #: The TLS identities of the TLS listeners (reloaded by SIGHUP / ctl reload).
-        self.tls_identities: list[Any] = []
+        self.tls_identities: list[ServerTLS] = []
         #: Set by the plugin: how SIGHUP and C{ctl reload} re-read the configuration.
         self.reloader: Any = None
         self.ports: list[Any] = []
@@ -214,11 +215,16 @@ class GatewayService(MultiService):
 
     def _stopped(self, _: Any) -> None:
         self.factory.users = UserStore.from_records([])
+        # Every connection is closed by now, so dropping the contexts frees the keys
+        # (OpenSSL clears them as it frees them); collect to break any cycle still holding one.
+        keys_dropped = sum(identity.forget() for identity in self.tls_identities)
+        gc.collect()
         log.info(
             "netguard stopped: {figures}",
             event="shutdown.done",
             figures=" ".join(f"{k}={v}" for k, v in sorted(self.factory.stats.snapshot().items())),
             forced=self.drainer.forced,
+            tls_keys_dropped=keys_dropped,
         )
         if self.instance_lock is not None:
             self.instance_lock.release()

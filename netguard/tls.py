@@ -511,10 +511,14 @@ def describe_tls_error(reason: Failure | BaseException | None) -> str | None:
 # -- reading and checking files ------------------------------------------------------------------
 
 
-def _read_pem(path: str, what: str) -> bytes:
+def _read_pem(path: str, what: str) -> bytearray:
+    """
+    Read a PEM file, bounded. The result is a L{bytearray} so the caller can wipe a key's
+    bytes once they are parsed (L{_wipe}).
+    """
     try:
         with open(path, "rb") as handle:
-            data = handle.read(MAX_PEM_BYTES + 1)
+            data = bytearray(handle.read(MAX_PEM_BYTES + 1))
     except FileNotFoundError:
         raise TLSConfigError(path, f"{what}: no such file") from None
     except IsADirectoryError:
@@ -541,7 +545,7 @@ def _load_certificates(path: str, what: str) -> list[x509.Certificate]:
     if b"-----BEGIN CERTIFICATE-----" not in data:
         raise TLSConfigError(path, f"{what}: holds no PEM certificate")
     try:
-        return x509.load_pem_x509_certificates(data)
+        return x509.load_pem_x509_certificates(bytes(data))
     except ValueError as e:
         raise TLSConfigError(path, f"{what}: cannot parse its certificates ({e})") from None
 
@@ -568,9 +572,24 @@ def _key_file_mode(path: str) -> str | None:
     return None
 
 
+def _wipe(buffer: bytearray) -> None:
+    """
+    Overwrite a buffer that held key material with zeros, so the PEM text of a key does not
+    linger in the heap after parsing.
+    """
+    buffer[:] = bytes(len(buffer))
+
+
 def _load_private_key(path: str) -> tuple[PrivateKeyTypes, str | None]:
     warning = _key_file_mode(path)
     data = _read_pem(path, "key file")
+    try:
+        return _parse_private_key(path, data), warning
+    finally:
+        _wipe(data)
+
+
+def _parse_private_key(path: str, data: bytearray) -> PrivateKeyTypes:
     if b"PRIVATE KEY-----" not in data:
         raise TLSConfigError(path, "key file: holds no PEM private key")
     try:
@@ -603,7 +622,7 @@ def _load_private_key(path: str) -> tuple[PrivateKeyTypes, str | None]:
         | ed448.Ed448PrivateKey,
     ):
         raise TLSConfigError(path, f"key file: {type(key).__name__} keys are not supported")
-    return key, warning
+    return key
 
 
 def _check_validity(
@@ -772,36 +791,42 @@ class ServerTLS:
         Use L{load_server_context} rather than this.
         """
         self.settings = settings
-        self._loaded = loaded
+        self._loaded: _Loaded | None = loaded
         self._clock = clock
+
+    def _in_force(self) -> _Loaded:
+        if self._loaded is None:
+            raise TLSConfigError(self.settings.key_file, "the key was dropped at shutdown")
+        return self._loaded
 
     @property
     def context(self) -> SSL.Context:
         """
         @return: the context new connections get.
+        @raise TLSConfigError: after L{forget}.
         """
-        return self._loaded.context
+        return self._in_force().context
 
     @property
     def certificate(self) -> x509.Certificate:
         """
         @return: the certificate new connections are served.
         """
-        return self._loaded.certificate
+        return self._in_force().certificate
 
     @property
     def certificate_info(self) -> CertificateInfo:
         """
         @return: the description of L{certificate}.
         """
-        return self._loaded.info
+        return self._in_force().info
 
     @property
     def warnings(self) -> tuple[str, ...]:
         """
         @return: what the last successful load found questionable but accepted.
         """
-        return self._loaded.warnings
+        return self._in_force().warnings
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         """
@@ -810,7 +835,7 @@ class ServerTLS:
         @param tlsProtocol: the L{twisted.protocols.tls.TLSMemoryBIOProtocol}.
         @return: the connection.
         """
-        return SSL.Connection(self._loaded.context, None)
+        return SSL.Connection(self._in_force().context, None)
 
     def channel_binding(self) -> tuple[str, bytes]:
         """
@@ -819,7 +844,7 @@ class ServerTLS:
 
         @return: C{("tls-server-end-point", data)}.
         """
-        return self._loaded.binding
+        return self._in_force().binding
 
     def reload(self, settings: ServerTLSSettings | None = None) -> CertificateInfo:
         """
@@ -831,6 +856,7 @@ class ServerTLS:
         @raise TLSConfigError: if something is wrong; the old context stays in force.
         """
         settings = settings if settings is not None else self.settings
+        current = self._in_force()
         try:
             loaded = _load_server(settings, self._clock)
         except TLSConfigError as e:
@@ -839,7 +865,7 @@ class ServerTLS:
                 event="tls.reload_failed",
                 path=e.path,
                 problem=e.problem,
-                subject=self._loaded.info.subject,
+                subject=current.info.subject,
             )
             raise
         self.settings = settings
@@ -847,8 +873,21 @@ class ServerTLS:
         self._log_loaded("tls.reloaded")
         return loaded.info
 
+    def forget(self) -> bool:
+        """
+        Drop the context in force, and with it the private key, at shutdown. Once the last
+        connection that uses the context is gone, OpenSSL frees the key, clearing its memory
+        (C{EVP_PKEY_free} wipes private key material). Afterwards new connections, reloads and
+        the properties raise L{TLSConfigError}; call it only once no listener uses this.
+
+        @return: whether there was a key to drop (C{False} on a second call).
+        """
+        dropped, self._loaded = self._loaded is not None, None
+        return dropped
+
     def _log_loaded(self, event: str) -> None:
-        info = self._loaded.info
+        loaded = self._in_force()
+        info = loaded.info
         self.log.info(
             "TLS certificate {subject} (pin-sha256 {pin}) valid until {not_after}",
             event=event,
@@ -864,7 +903,7 @@ class ServerTLS:
                 else "off"
             ),
         )
-        for warning in self._loaded.warnings:
+        for warning in loaded.warnings:
             self.log.warn("TLS: {detail}", event="tls.warning", detail=warning)
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import base64
 import datetime
+import gc
 import hashlib
 import os
 import stat
+import weakref
 from typing import Any
 
 import attrs
@@ -794,6 +796,66 @@ def connect(server_creator: Any, client_creator: Any) -> tuple[Recorder, Recorde
     for _ in range(10):
         pump.flush()
     return protocols["server"], protocols["client"], pump
+
+
+class ForgetTests(TLSTestCase):
+    """
+    Key material is dropped at shutdown: the PEM text is wiped as soon as it is parsed, and
+    L{tls.ServerTLS.forget} lets go of the context (and so OpenSSL's copy of the key).
+    """
+
+    def test_key_file_bytes_wiped_after_parsing(self) -> None:
+        buffers: list[bytearray] = []
+        real = tls._read_pem
+
+        def keep(path: str, what: str) -> bytearray:
+            buffers.append(real(path, what))
+            return buffers[-1]
+
+        self.patch(tls, "_read_pem", keep)
+        self.load()
+        key_buffers = [b for b in buffers if len(b) == len(tls_certs.key_pem(self.key))]
+        self.assertEqual(len(key_buffers), 1)
+        self.assertEqual(bytes(key_buffers[0]), bytes(len(key_buffers[0])))
+        certificate_buffers = [b for b in buffers if b not in key_buffers]
+        self.assertTrue(certificate_buffers and all(any(b) for b in certificate_buffers))
+
+    def test_key_bytes_wiped_when_parsing_fails(self) -> None:
+        buffers: list[bytearray] = []
+        real = tls._read_pem
+        self.patch(tls, "_read_pem", lambda p, w: buffers.append(real(p, w)) or buffers[-1])
+        pem = tls_certs.key_pem(self.key).replace(b"-----END", b"garbage\n-----END")
+        tls_certs.write(self.key_file, pem, 0o600)
+        self.assertConfigError(self.settings(), self.key_file, "cannot parse")
+        self.assertEqual(bytes(buffers[-1]), bytes(len(buffers[-1])))
+
+    def test_forget_releases_the_context(self) -> None:
+        server_tls = self.load()
+        context = weakref.ref(server_tls.context)
+        self.assertTrue(server_tls.forget())
+        gc.collect()
+        self.assertIsNone(context())
+        self.assertFalse(server_tls.forget())
+
+    def test_forgotten_identity_serves_nothing(self) -> None:
+        server_tls = self.load()
+        server_tls.forget()
+        for use in (
+            lambda: server_tls.context,
+            lambda: server_tls.certificate_info,
+            lambda: server_tls.serverConnectionForTLS(None),
+            lambda: server_tls.channel_binding(),
+            server_tls.reload,
+        ):
+            error = self.assertRaises(TLSConfigError, use)
+            self.assertIn("dropped at shutdown", error.problem)
+
+    def test_live_connection_keeps_working_until_closed(self) -> None:
+        server_tls = self.load()
+        server = server_tls.serverConnectionForTLS(None)
+        server_tls.forget()
+        client = SSL.Connection(client_context())
+        self.assertTrue(run_handshake(server, client).done)
 
 
 class ChannelBindingTests(TLSTestCase):

@@ -241,7 +241,6 @@ class ServerExchange(_Exchange):
         self._step = _Step.FAILED
         return AuthFailed(reason, self.known_user if self.username is not None else None)
 
-
     def first(self, client_first: str) -> str:
         """
         Read the client-first-message and answer with the server-first-message.
@@ -334,7 +333,6 @@ class ClientExchange(_Exchange):
     def _fail(self, reason: str) -> AuthFailed:
         self._step = _Step.FAILED
         return AuthFailed(reason)
-
 
     def first(self) -> str:
         """

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -24,6 +25,7 @@ from twisted.trial import unittest
 from netguard.client.endpoint import NGPClientEndpoint, wrap_tls
 from netguard.client.protocol import NGPClientProtocol, NGPError
 from netguard.tls import (
+    TLSConfigError,
     TLSServerEndpoint,
     client_tls_options,
     load_server_context,
@@ -259,6 +261,17 @@ class TLSGatewayTests(unittest.TestCase):
         )
         yield self.assertFailure(connectProtocol(old, Echoed(b"x")), Exception)
         yield wait_for(lambda: not self.gateway.factory.sessions)
+
+    @inlineCallbacks
+    def test_shutdown_drops_the_key(self):
+        yield self.echo_through(self.tls_gateway(pin_sha256=self.pin))
+        identity = self.gateway.tls_identities[0]
+        context = weakref.ref(identity.context)
+        yield self.gateway.stopService()
+        self.assertIsNone(context())  # no connection, listener or service holds it any more
+        self.assertRaises(TLSConfigError, lambda: identity.context)
+        [done] = [e for e in self.events if e.get("event") == "shutdown.done"]
+        self.assertEqual(done["tls_keys_dropped"], 1)
 
     # A TLS handshake that never completes is cut at the handshake deadline (1 s here), not
     # after the write timeout (600 s here): no reply can reach such a peer.
