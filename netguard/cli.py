@@ -225,6 +225,7 @@ def _cmd_tunnel(args: argparse.Namespace, io: _IO) -> int:
     from netguard.client.endpoint import NGPClientEndpoint, wrap_tls
     from netguard.client.protocol import Credentials
     from netguard.client.tunnel import TunnelFactory
+    from netguard.config import resolve_endpoint_ports
     from netguard.log import safe_text_observer
     from netguard.secretfile import read_password_file
 
@@ -238,8 +239,8 @@ def _cmd_tunnel(args: argparse.Namespace, io: _IO) -> int:
     else:
         password = _read_password(io, confirm=False)
     try:
-        gateway = clientFromString(reactor, args.gateway)
-        listen = serverFromString(reactor, args.listen)
+        gateway = clientFromString(reactor, resolve_endpoint_ports(args.gateway, server=False))
+        listen = serverFromString(reactor, resolve_endpoint_ports(args.listen, server=True))
     except (ValueError, KeyError, TypeError) as e:
         raise CommandError(f"bad endpoint string: {e}") from None
     tls_options = {

@@ -50,6 +50,7 @@ from netguard.framing import FramingLimits
 from netguard.outbound.socks5 import ENDPOINT_KEYS as SOCKS5_ENDPOINT_KEYS
 
 __all__ = [
+    "resolve_endpoint_ports",
     "COMMAND_LINE_SOURCE",
     "DEFAULTS_SOURCE",
     "DEFAULT_PORT",
@@ -789,7 +790,8 @@ def _admission_docs() -> dict[str, str]:
     text = _admission_policy_class().__doc__ or ""
     docs: dict[str, str] = {}
     for match in re.finditer(r"@ivar (\w+): (.*?)(?=\n\s*@ivar |\Z)", text, re.S):
-        docs[match.group(1)] = " ".join(match.group(2).split())
+        plain = re.sub(r"[CLI]\{([^{}]*)\}", r"\1", " ".join(match.group(2).split()))
+        docs[match.group(1)] = plain
     return docs
 
 
@@ -1588,6 +1590,33 @@ def _check_backend(description: object, *, nested: bool = False) -> _Backend:
             "verified; add hostname=NAME or use tls:host=NAME:port=PORT"
         )
     return _Backend(normalized, kind, warning)
+
+
+def resolve_endpoint_ports(description: str, *, server: bool) -> str:
+    """
+    Resolve the port names of an endpoint string that goes straight to Twisted's parser (the
+    client side: C{netguard tunnel --gateway/--listen}, C{netguard:gateway=}), as the
+    configuration does for its own strings: C{tcp:host=gw:port=ngp} becomes
+    C{tcp:host=gw:port=7700} through C{getservbyname} (seed tip 1). The types the
+    configuration knows (C{tcp}, C{tcp6}, C{ssl}, C{tls}, C{unix}...) are checked field by
+    field; any other type (a plugin such as C{socks5:}) is returned unchanged for its own
+    parser to judge.
+
+    @param description: the endpoint string.
+    @param server: whether it is a server (listening) endpoint string.
+    @return: the string with every port a number.
+    @raise ValueError: naming what is wrong (an unknown service name, a bad field).
+    """
+    kind = description.split(":", 1)[0]
+    known = _SERVER_TYPES if server else _CLIENT_TYPES
+    if kind not in known and not (server and kind == "haproxy"):
+        return description
+    try:
+        if server:
+            return _check_listener(description).description
+        return _check_backend(description).description
+    except _Invalid as e:
+        raise ValueError(e.message) from None
 
 
 def _redact_description(description: str) -> str:
@@ -2433,6 +2462,61 @@ class _KeyDoc:
     defends: str
 
 
+def _tls_listen_docs() -> list[_KeyDoc]:
+    """
+    The keys of one C{[[tls_listen]]} entry (none by default: no TLS listener).
+    """
+    return [
+        _KeyDoc(
+            "tls_listen[].endpoint",
+            "none (no TLS listener by default; an entry needs endpoint, cert_file, key_file)",
+            "a plain server endpoint string (tcp, tcp6, unix, systemd, haproxy:...), not ssl: "
+            "or tls:, not listed elsewhere; at most 64 entries",
+            "eavesdropping and relayed logins on a network listener: TLS from the first byte, "
+            "TLS 1.2+ with ECDHE and AEAD only, SCRAM-SHA-256-PLUS channel binding",
+        ),
+        _KeyDoc(
+            "tls_listen[].cert_file",
+            "required",
+            "a PEM file: the certificate, then optional intermediates (at most 1 MiB)",
+            "serving an expired, not-yet-valid or mismatched certificate: checked at start "
+            "and at reload",
+        ),
+        _KeyDoc(
+            "tls_listen[].key_file",
+            "required",
+            "a PEM file with an unencrypted RSA (2048+ bits), P-256, P-384, Ed25519 or Ed448 "
+            "key that other users cannot read",
+            "key theft: a key readable by others stops the start",
+        ),
+        _KeyDoc(
+            "tls_listen[].chain_file",
+            '""',
+            "a PEM file of intermediate certificates, or empty",
+            "clients that cannot build the chain to their trust root",
+        ),
+        _KeyDoc(
+            "tls_listen[].client_ca_file",
+            '""',
+            "a PEM file of the CAs client certificates must chain to, or empty (no client "
+            "certificates asked for)",
+            "clients without a certificate from your CA, when combined with require_client_cert",
+        ),
+        _KeyDoc(
+            "tls_listen[].require_client_cert",
+            "false",
+            "true or false; true needs client_ca_file",
+            "anyone without a valid client certificate reaching the line phase at all",
+        ),
+        _KeyDoc(
+            "tls_listen[].min_version",
+            '"1.2"',
+            '"1.2" or "1.3"',
+            "protocol downgrade to TLS 1.0/1.1, which are never accepted",
+        ),
+    ]
+
+
 def _key_docs() -> tuple[_KeyDoc, ...]:
     """
     The documentation of every key, in file order.
@@ -2466,6 +2550,7 @@ def _key_docs() -> tuple[_KeyDoc, ...]:
             "accidental exposure: by default only loopback and a mode-600 unix socket; a "
             "listener with no interface (all interfaces) is warned about",
         ),
+        *_tls_listen_docs(),
     ]
     for spec in _LIMIT_KEYS:
         docs.append(
@@ -2489,6 +2574,8 @@ def _key_docs() -> tuple[_KeyDoc, ...]:
                 op_key.defends,
             )
         )
+    from netguard.admission import allowed_values
+
     policy = _admission_policy_class()()
     admission_docs = _admission_docs()
     for field in attrs.fields(type(policy)):
@@ -2496,7 +2583,7 @@ def _key_docs() -> tuple[_KeyDoc, ...]:
             _KeyDoc(
                 f"admission.{field.name}",
                 _value_text(_plain(getattr(policy, field.name))),
-                "see the policy's validation (positive counts and times; CIDR lists)",
+                allowed_values(field.name),
                 admission_docs.get(field.name, ""),
             )
         )

@@ -411,6 +411,21 @@ class ParserTests(CliTestBase):
         self.assertEqual(code, 2)
         self.assertNotIn("Traceback", err)
 
+    def test_tunnel_unknown_port_name_is_a_clean_error(self) -> None:
+        password_file = self.mktemp()
+        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, b"pw\n")
+        os.close(fd)
+        for gateway, listen in (
+            ("tcp:host=127.0.0.1:port=no-such-service-here", "tcp:0:interface=127.0.0.1"),
+            ("tcp:host=127.0.0.1:port=7700", "tcp:no-such-service-here:interface=127.0.0.1"),
+        ):
+            code, _, err = self.run_cli(
+                ["tunnel", "--gateway", gateway, "--service", "echo", "--listen", listen,
+                 "--user", "alice", "--password-file", password_file]
+            )  # fmt: skip
+            self.assert_clean_error(code, err, "bad endpoint string", "unknown service name")
+
     def test_cert_registered(self) -> None:
         # Its own tests are in tests.test_cli_cert.
         code, _, err = self.run_cli(["cert"])

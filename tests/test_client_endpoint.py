@@ -47,6 +47,20 @@ class EndpointStringTests(unittest.TestCase):
         with self.assertRaises(ValueError):
             self.parse("host=127.0.0.1:port=no-such-service-here")
 
+    def test_port_zero_refused(self):
+        with self.assertRaises(ValueError) as caught:
+            self.parse("host=127.0.0.1:port=0")
+        self.assertIn("port=0", str(caught.exception))
+
+    def test_gateway_string_port_may_be_a_service_name(self):
+        endpoint = self.parse(r"gateway=tcp\:host\=127.0.0.1\:port\=http")
+        self.assertEqual(endpoint.gateway._port, 80)
+
+    def test_gateway_string_unknown_service_name(self):
+        with self.assertRaises(ValueError) as caught:
+            self.parse(r"gateway=tcp\:host\=127.0.0.1\:port\=no-such-service-here")
+        self.assertIn("unknown service name", str(caught.exception))
+
     def test_inline_password_refused_with_advice(self):
         with self.assertRaises(ValueError) as caught:
             clientFromString(

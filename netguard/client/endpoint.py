@@ -19,7 +19,6 @@ L{Deferred} returned by C{connect} with L{NGPError}, L{AuthFailed} or L{NGPProto
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -33,6 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netguard.client.protocol import Credentials, NGPClientProtocol
+from netguard.config import resolve_endpoint_ports, resolve_port
 from netguard.secretfile import read_password_file
 
 
@@ -154,15 +154,18 @@ def endpoint_from_string_args(reactor: Any, *args: str, **kwargs: str) -> NGPCli
     if "gateway" in kwargs:
         if "host" in kwargs or "port" in kwargs:
             raise ValueError("netguard: give either gateway= or host= and port=, not both")
-        gateway = clientFromString(reactor, kwargs["gateway"])
+        gateway = clientFromString(
+            reactor, resolve_endpoint_ports(kwargs["gateway"], server=False)
+        )
     else:
         if not kwargs.get("host") or not kwargs.get("port"):
             raise ValueError("netguard: host= and port= (or gateway=) are required")
-        port = kwargs["port"]
         try:
-            number = int(port) if port.isdigit() else socket.getservbyname(port, "tcp")
-        except OSError:
-            raise ValueError(f"netguard: port={port} is not a number or a known service") from None
+            number = resolve_port(kwargs["port"])
+        except ValueError as e:
+            raise ValueError(f"netguard: port= {e}") from None
+        if number == 0:
+            raise ValueError("netguard: port=0 cannot be connected to")
         gateway = HostnameEndpoint(
             reactor, kwargs["host"], number, timeout=float(kwargs.get("timeout", 30))
         )
