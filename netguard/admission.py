@@ -36,7 +36,8 @@ import ipaddress
 import math
 import random as _random
 from collections import Counter, OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Any, Final, Protocol
 
 import attrs
@@ -148,6 +149,45 @@ def _prefix(bits: int) -> Any:
             raise ValueError(f"{attribute.name} must be within 0..{bits}, not {value!r}")
 
     return check
+
+
+#: The relations between knobs that L{AdmissionPolicy} checks besides each knob's own range.
+_RELATIONS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "red_soft": "at most red_hard",
+        "red_hard": "at least red_soft",
+        "penalty_base": "at most penalty_max",
+        "penalty_max": "at least penalty_base",
+    }
+)
+
+
+def allowed_values(name: str) -> str:
+    """
+    What L{AdmissionPolicy} accepts for one knob, in words, from the validator it carries
+    (for C{netguard check-config --defaults} and the operator guide).
+
+    @param name: a field of L{AdmissionPolicy}.
+    @return: the allowed values.
+    @raise KeyError: for an unknown field.
+    """
+    field = attrs.fields_dict(AdmissionPolicy)[name]
+    check = field.validator
+    integer = field.type in ("int", int)
+    if name in ("ipv4_prefix", "ipv6_prefix"):
+        text = f"an integer from 0 to {32 if name == 'ipv4_prefix' else 128}"
+    elif check is _positive:
+        text = "an integer from 1" if integer else "a number above 0"
+    elif check is _non_negative:
+        text = "an integer from 0"
+    elif check is _fraction:
+        text = "a number from 0 to 1"
+    elif name == "reject_mode":
+        text = '"reply" or "close"'
+    else:
+        text = 'a list of networks in CIDR notation, e.g. ["10.0.0.0/8", "2001:db8::/32"]'
+    relation = _RELATIONS.get(name)
+    return text if relation is None else f"{text}, {relation}"
 
 
 @attrs.frozen

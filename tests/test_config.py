@@ -19,7 +19,9 @@ from twisted.internet.testing import MemoryReactor
 from twisted.trial import unittest
 
 from netguard import config as config_module
+from netguard.admission import AdmissionPolicy
 from netguard.config import (
+    _TLS_LISTEN_KEYS,
     COMMAND_LINE_SOURCE,
     DEFAULTS_SOURCE,
     ORIGIN_COMMAND_LINE,
@@ -36,6 +38,7 @@ from netguard.config import (
     describe,
     describe_defaults,
     load_config,
+    resolve_endpoint_ports,
     resolve_port,
 )
 
@@ -998,6 +1001,56 @@ class PortTests(ConfigTestCase):
         self.assertEqual(config.services["web"].backend, f"tcp:host=127.0.0.1:port={port}")
 
 
+class ResolveEndpointPortsTests(unittest.TestCase):
+    """
+    L{resolve_endpoint_ports}: the client side's endpoint strings get port names resolved
+    as the configuration's do.
+    """
+
+    def test_client_tcp_port_name(self) -> None:
+        port = _port_of("http")
+        self.assertEqual(
+            resolve_endpoint_ports("tcp:host=gw.example.org:port=http", server=False),
+            f"tcp:host=gw.example.org:port={port}",
+        )
+
+    def test_server_tcp_positional_port_name(self) -> None:
+        port = _port_of("http")
+        self.assertEqual(
+            resolve_endpoint_ports("tcp:http:interface=127.0.0.1", server=True),
+            f"tcp:{port}:interface=127.0.0.1",
+        )
+
+    def test_numbers_and_unix_unchanged(self) -> None:
+        for description, server in (
+            ("tcp:host=127.0.0.1:port=7700", False),
+            ("unix:path=/run/netguard/netguard.sock", False),
+            ("tcp:7700:interface=127.0.0.1", True),
+            ("unix:/tmp/redis.sock:mode=600", True),
+        ):
+            self.assertEqual(resolve_endpoint_ports(description, server=server), description)
+
+    def test_other_types_left_to_their_parser(self) -> None:
+        self.assertEqual(
+            resolve_endpoint_ports("someplugin:a=b:port=http", server=False),
+            "someplugin:a=b:port=http",
+        )
+
+    def test_unknown_service_name_refused(self) -> None:
+        error = self.assertRaises(
+            ValueError,
+            resolve_endpoint_ports,
+            "tcp:host=127.0.0.1:port=no-such-service-here",
+            server=False,
+        )
+        self.assertIn("unknown service name", str(error))
+
+    def test_port_zero_refused_for_clients(self) -> None:
+        self.assertRaises(
+            ValueError, resolve_endpoint_ports, "tcp:host=127.0.0.1:port=0", server=False
+        )
+
+
 class WarningTests(ConfigTestCase):
     """
     Things that work but deserve an operator's look are collected in L{Config.warnings}.
@@ -1136,7 +1189,27 @@ class DescribeDefaultsTests(unittest.TestCase):
         + [f"limits.{name}" for name in LIMIT_NAMES]
         + ["log.format", "log.file"]
         + [f"services.<name>.{key}" for key in SERVICE_KEYS]
+        + [f"tls_listen[].{key}" for key in _TLS_LISTEN_KEYS]
+        + [f"admission.{field.name}" for field in attrs.fields(AdmissionPolicy)]
     )
+
+    def test_admission_allowed_values_are_specific(self) -> None:
+        lines = describe_defaults().splitlines()
+        allowed = {
+            line: lines[index + 1]
+            for index, line in enumerate(lines)
+            if line.startswith("admission.")
+        }
+        self.assertEqual(len(allowed), len(attrs.fields(AdmissionPolicy)))
+        self.assertIn("admission.red_soft = 128", allowed)
+        self.assertIn("at most red_hard", allowed["admission.red_soft = 128"])
+        self.assertIn("from 0 to 128", allowed["admission.ipv6_prefix = 64"])
+        self.assertIn('"reply" or "close"', allowed['admission.reject_mode = "reply"'])
+        for line in allowed.values():
+            self.assertNotIn("validation", line)
+
+    def test_no_epytext_markup(self) -> None:
+        self.assertNotRegex(describe_defaults(), r"[CLI]\{")
 
     def test_every_key(self) -> None:
         text = describe_defaults()
