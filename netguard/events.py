@@ -62,6 +62,8 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "log.file_permissions": "the log file is open to its group or others",
         "log.unformattable": "an observer could not render an event and wrote this instead",
         "gateway.listen": "a listener was opened",
+        "gateway.hand_over": "what netguard created in the state directory was given to the "
+        "twistd --uid user before dropping root",
         "config.warning": "the configuration works but has something to look at",
         "gateway.start": "start-up finished",
         "control.listen": "the control socket was opened",

@@ -37,6 +37,7 @@ from netguard.ops.lock import (
 from netguard.ops.metrics import MetricsListenFailed, MetricsService
 from netguard.ops.notify import notify_ready, notify_stopping
 from netguard.ops.overload import OverloadMonitor
+from netguard.ops.privileges import hand_over
 from netguard.ops.reload import ReloadRefused
 from netguard.stats import Stats
 from netguard.tls import ServerTLS, TLSServerEndpoint, load_server_context
@@ -74,6 +75,9 @@ class GatewayService(MultiService):
         self.reloader: Any = None
         self.ports: list[Any] = []
         self.instance_lock = instance_lock
+        #: Set by the plugin under C{twistd --uid} as root: C{(uid, gid)} to hand the state
+        #: directory to before twistd drops privileges (L{netguard.ops.privileges}).
+        self.run_as: tuple[int, int] | None = None
         self.started_at = factory.clock.seconds()
         self._uninstall_sigusr1: Any = None
         # [log] file: also write every event there, from start to the last shutdown event.
@@ -107,7 +111,8 @@ class GatewayService(MultiService):
         """
         Listen on every endpoint before twistd drops privileges (C{--uid}), so a privileged
         port or a root-owned socket directory works. A listener that cannot open ends the
-        start with one line naming it, not a traceback.
+        start with one line naming it, not a traceback. Under C{twistd --uid} as root,
+        then hand the state directory and what we created in it to that user (L{run_as}).
         """
         if self.instance_lock is not None:
             self.instance_lock.write_pid()  # we may be twistd's daemon child by now
@@ -124,6 +129,30 @@ class GatewayService(MultiService):
             MetricsListenFailed,
         ) as error:
             raise SystemExit(f"netguard: {error}") from None
+        if self.run_as is not None:
+            try:
+                hand_over(self.factory.config.state_dir, self._created_paths(), *self.run_as)
+            except OSError as error:
+                raise SystemExit(
+                    f"netguard: cannot hand the state directory over: {error}"
+                ) from None
+
+    def _created_paths(self) -> list[str]:
+        """
+        What netguard creates in the state directory: the users file, the instance lock,
+        the unix sockets of the listeners and the control socket.
+        """
+        config = self.factory.config
+        paths = [config.users_file]
+        if self.instance_lock is not None:
+            paths.append(self.instance_lock.path)
+        for description, _ in self.endpoints:
+            path = _unix_socket_path(description.removeprefix("tls+"))
+            if path is not None:
+                paths.append(path)
+        if config.ops.control_socket:
+            paths.append(config.ops.control_socket)
+        return paths
 
     def listen(self) -> None:
         """

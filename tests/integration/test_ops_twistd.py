@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -121,3 +122,57 @@ class OpsTwistdTests(unittest.TestCase):
         self.assertEqual(code, EXIT_OK, output)
         self.assertEqual(json.loads(output)["pid"], again.process.pid)
         self.assertIn("removed stale unix socket", again.stdout)
+
+
+class RunAsUserTests(unittest.TestCase):
+    """
+    C{twistd --uid/--gid} as root: every listener opens as root, then the state directory
+    and what netguard created in it go to that user, so after twistd drops privileges a
+    SIGHUP still re-reads the users file and SIGTERM still removes the sockets and the lock.
+    """
+
+    timeout = 60
+
+    def setUp(self):
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("twistd --uid needs root; this runs as a normal user")
+        try:
+            self.nobody = pwd.getpwnam("nobody")
+        except KeyError:
+            raise unittest.SkipTest("no 'nobody' user on this machine") from None
+        self.root = short_temp_dir("ngu-")
+        self.addCleanup(shutil.rmtree, self.root, True)
+        os.chmod(self.root, 0o755)  # the run-as user must reach its state directory
+        self.state = os.path.join(self.root, "st")
+        self.socket = os.path.join(self.state, "ng.sock")
+
+    @inlineCallbacks
+    def test_reload_and_clean_stop_after_dropping_root(self):
+        uid, gid = self.nobody.pw_uid, self.nobody.pw_gid
+        daemon = Twistd(
+            self,
+            self.state,
+            ["--listen", "tcp:0:interface=127.0.0.1",
+             "--listen", f"unix:{self.socket}:mode=600:lockfile=1"],
+            twistd_options=["--uid", str(uid), "--gid", str(gid)],
+        )  # fmt: skip
+        yield daemon.started()
+        with open(f"/proc/{daemon.process.pid}/status") as f:
+            uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+        self.assertEqual(set(uids), {str(uid)})  # the daemon really runs as nobody
+        for name in ("", "users", "netguard.lock", "ng.sock", "control.sock"):
+            info = os.lstat(os.path.join(self.state, name))
+            self.assertEqual((info.st_uid, info.st_gid), (uid, gid), name)
+        self.assertEqual(stat.S_IMODE(os.stat(self.state).st_mode), 0o700)
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.state, "users")).st_mode), 0o600)
+        self.assertIn("before dropping root", daemon.stdout)
+
+        daemon.process.send_signal(signal.SIGHUP)
+        yield daemon.wait_for(lambda: "reloaded: 1 user(s)" in daemon.stdout, "the reload")
+        self.assertNotIn("reload refused", daemon.stdout)
+
+        daemon.process.send_signal(signal.SIGTERM)
+        code = yield daemon.exited()
+        self.assertEqual(code, 0, daemon.describe())
+        self.assertEqual(sorted(os.listdir(self.state)), ["users"])
+        self.assertNotIn("remove_failed", daemon.stdout)

@@ -194,7 +194,13 @@ class Twistd:
     One C{twistd -n --pidfile= netguard ...} child: its output files and process.
     """
 
-    def __init__(self, case: unittest.TestCase, state_dir: str, args: list[str]) -> None:
+    def __init__(
+        self,
+        case: unittest.TestCase,
+        state_dir: str,
+        args: list[str],
+        twistd_options: list[str] = (),  # type: ignore[assignment]
+    ) -> None:
         self.case = case
         self.state_dir = state_dir
         self.work = short_temp_dir("ngw-")
@@ -202,7 +208,7 @@ class Twistd:
         self.stdout_path = os.path.join(self.work, "stdout")
         self.stderr_path = os.path.join(self.work, "stderr")
         prefix, env = python_env(REPO, self.work)
-        argv = [*prefix, "-c", TWISTD, "-n", "--pidfile=", "netguard"]
+        argv = [*prefix, "-c", TWISTD, "-n", "--pidfile=", *twistd_options, "netguard"]
         argv += ["--state-dir", state_dir, *args]
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.process = subprocess.Popen(

@@ -8,6 +8,7 @@ it both in a source checkout and in an installed copy.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.application.service import IServiceMaker
@@ -125,6 +126,7 @@ class NetguardServiceMaker:
         from netguard.auth.users import UsersFileError
         from netguard.ops.drain import install_sigterm
         from netguard.ops.lock import AlreadyRunning
+        from netguard.ops.privileges import run_as_identity
         from netguard.ops.reload import Reloader, install_sighup
         from netguard.service import ListenFailed, make_service
         from netguard.tls import TLSConfigError
@@ -136,6 +138,9 @@ class NetguardServiceMaker:
             raise SystemExit(str(error)) from None
         except (UsersFileError, TLSConfigError, ListenFailed, OSError) as error:
             raise SystemExit(f"netguard: cannot start: {error}") from None
+        # twistd --uid as root: what we create in the state directory goes to that user
+        # before twistd drops privileges, so reload and clean-up at stop keep working.
+        service.run_as = run_as_identity(getattr(options, "parent", None), os.geteuid())
         service.reloader = Reloader(service, options["config"], options.overrides())
         # After the reactor's own handlers are in place: SIGTERM drains, a second one cuts;
         # SIGHUP reloads the configuration, the users and the certificates.

@@ -1,0 +1,83 @@
+# -*- test-case-name: tests.test_privileges -*-
+"""
+Starting as root and running as another user (C{twistd --uid/--gid}).
+
+twistd opens every listener as root (C{privilegedStartService}), then drops to the user named
+by C{--uid}, then starts the service. Everything netguard created as root in its state
+directory (the directory itself, the users file it generated, the instance lock, the unix
+sockets) would then belong to root, and the gateway running as the new user could neither
+re-read its users file on SIGHUP nor remove its sockets and lock at stop (seed tip 15).
+L{hand_over} gives those paths to the run-as user just before twistd drops privileges.
+
+Only paths inside the state directory are handed over: a users file or a socket the
+operator placed elsewhere keeps its owner (the operator decides who may read it). Ownership
+is changed with C{lchown}, which never follows a symbolic link: a link planted in the state
+directory by its previous owner cannot make root give away the file it points to.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from twisted.logger import Logger
+
+log = Logger()
+
+
+def run_as_identity(twistd_options: Mapping[str, Any] | None, euid: int) -> tuple[int, int] | None:
+    """
+    The user and group twistd will switch to after C{privilegedStartService}.
+
+    @param twistd_options: twistd's own options (the plugin options' C{parent}), or L{None}
+        when the service is built outside twistd.
+    @param euid: our effective uid now.
+    @return: C{(uid, gid)} when we run as root and C{--uid} names another user (the gid is
+        C{--gid}, else that user's primary group, as twistd does); otherwise L{None}.
+    """
+    if twistd_options is None or euid != 0:
+        return None
+    uid = twistd_options.get("uid")
+    if uid is None or uid == 0:
+        return None
+    gid = twistd_options.get("gid")
+    if gid is None:
+        gid = pwd.getpwuid(uid).pw_gid
+    return int(uid), int(gid)
+
+
+def _inside(path: str, directory: str) -> bool:
+    path, directory = os.path.abspath(path), os.path.abspath(directory)
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def hand_over(state_dir: str, paths: Iterable[str], uid: int, gid: int) -> list[str]:
+    """
+    Give the state directory and the given paths inside it to C{uid:gid}.
+
+    @param state_dir: the state directory; handed over itself.
+    @param paths: what netguard created in it (users file, lock, sockets); paths outside it
+        and paths that do not exist are skipped.
+    @param uid: the run-as user.
+    @param gid: the run-as group.
+    @return: the paths handed over, state directory first.
+    @raise OSError: if a change of owner fails (the start must not go on half done).
+    """
+    done = []
+    for path in (state_dir, *paths):
+        if not _inside(path, state_dir) or not os.path.lexists(path) or path in done:
+            continue
+        os.lchown(path, uid, gid)
+        done.append(path)
+    log.info(
+        "handed {count} path(s) in {state_dir} to uid {uid} gid {gid} before dropping root",
+        event="gateway.hand_over",
+        count=len(done),
+        state_dir=state_dir,
+        uid=uid,
+        gid=gid,
+        paths=done,
+    )
+    return done
