@@ -64,6 +64,8 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "gateway.listen": "a listener was opened",
         "gateway.hand_over": "what netguard created in the state directory was given to the "
         "twistd --uid user before dropping root",
+        "gateway.hand_over_refused": "the state directory is not netguard's own (mode 0700), "
+        "so nothing was handed to the twistd --uid user",
         "config.warning": "the configuration works but has something to look at",
         "gateway.start": "start-up finished",
         "control.listen": "the control socket was opened",

@@ -41,7 +41,7 @@ class RunAsIdentityTests(unittest.TestCase):
 class HandOverTests(unittest.TestCase):
     def setUp(self) -> None:
         self.state = self.mktemp()
-        os.makedirs(self.state)
+        os.makedirs(self.state, mode=0o700)
         self.calls: list[tuple[str, int, int]] = []
         self.patch(privileges.os, "lchown", lambda p, u, g: self.calls.append((p, u, g)))
 
@@ -85,6 +85,21 @@ class HandOverTests(unittest.TestCase):
             hand_over(self.state, [link], 65534, 65534)
         self.assertEqual(os.lstat(link).st_uid, 65534)  # the link itself changed hands
         self.assertEqual(os.stat(target).st_uid, 0)  # the file it points to did not
+
+    def test_shared_directory_never_given_away(self) -> None:
+        os.chmod(self.state, 0o755)
+        users = self.touch("users")
+        with capturedLogs() as events:
+            self.assertEqual(hand_over(self.state, [users], 1, 1), [])
+        self.assertEqual(self.calls, [])
+        self.assertIn("gateway.hand_over_refused", [e.get("event") for e in events])
+
+    def test_link_as_state_directory_never_given_away(self) -> None:
+        link = self.state + "-link"
+        os.symlink(self.state, link)
+        with capturedLogs():
+            self.assertEqual(hand_over(link, [], 1, 1), [])
+        self.assertEqual(self.calls, [])
 
     def test_failure_raised(self) -> None:
         def refuse(path: str, uid: int, gid: int) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import stat
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -64,7 +65,27 @@ def hand_over(state_dir: str, paths: Iterable[str], uid: int, gid: int) -> list[
     @param gid: the run-as group.
     @return: the paths handed over, state directory first.
     @raise OSError: if a change of owner fails (the start must not go on half done).
+
+    Nothing is handed over (a warning is logged) unless the state directory is a real
+    directory of mode 0700, as netguard creates it: a shared directory named by mistake
+    must not be given away.
     """
+    info = os.lstat(state_dir)
+    if (
+        not stat.S_ISDIR(info.st_mode)
+        or stat.S_IMODE(info.st_mode) & 0o077
+        or os.path.abspath(state_dir) == os.sep
+    ):
+        # Not a directory of netguard's own (a shared /var/lib or /tmp by mistake): giving it
+        # away would hand other programs' files to the run-as user. Leave everything as is.
+        log.warn(
+            "not handing {state_dir} to uid {uid}: the state directory must be a directory of "
+            "its own with mode 0700; reload and clean-up at stop may fail after dropping root",
+            event="gateway.hand_over_refused",
+            state_dir=state_dir,
+            uid=uid,
+        )
+        return []
     done = []
     for path in (state_dir, *paths):
         if not _inside(path, state_dir) or not os.path.lexists(path) or path in done:
