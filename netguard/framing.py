@@ -20,7 +20,13 @@ L{GuardedLineReceiver} is a L{LineReceiver} that can be exposed to a hostile net
     high-water mark we stop reading the peer (no reply is generated for input we have not
     read) and cut the connection if it stays that way for C{write_timeout}; after a refusal
     the final error line gets the same bound before the connection is aborted. In raw mode
-    the code relaying the bytes wires its own backpressure.
+    the code relaying the bytes wires its own backpressure;
+  - on a TLS transport the greeting delay starts when the TLS handshake completes
+    (L{IHandshakeListener}), and a pause while the handshake runs never stops reading: Twisted's
+    TLS layer pauses its producer whenever it holds an application write until the handshake
+    ends, and a receiver that stopped reading then would never read the peer's last handshake
+    message (measured: under load, a greeting timer firing mid-handshake left connections
+    stuck until the handshake deadline).
 
 The parser splits each received chunk once (linear time), unlike L{LineReceiver}, which
 re-splits its buffer for every line, and it stops at the first bound, so a flood of short lines
@@ -37,7 +43,13 @@ import enum
 from typing import Any
 
 import attrs
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    INegotiated,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
@@ -109,7 +121,7 @@ def peer_label(address: Any) -> str:
     return escape(str(address))
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class GuardedLineReceiver(LineReceiver, TimeoutMixin):
     """
     A L{LineReceiver} with every bound a hostile network needs; see the module docstring.
@@ -140,6 +152,7 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         self._write_paused = False
         self._held = False
         self._registered = False
+        self._tls_handshaking = False
 
     # -- hooks for subclasses --------------------------------------------------------------
 
@@ -291,10 +304,28 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
     def connectionMade(self) -> None:
         self.transport.registerProducer(self, True)
         self._registered = True
+        # A TLS transport (INegotiated) is still in its handshake now; it tells us when that
+        # ends (handshakeCompleted), and the greeting delay counts from then.
+        self._tls_handshaking = INegotiated.providedBy(self.transport)
         self.setTimeout(self.limits.idle_timeout)
         self._timers["handshake"] = self.clock.callLater(
             self.limits.handshake_timeout, self._handshake_expired
         )
+        if not self._tls_handshaking:
+            self._start_greeting()
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake is done (L{IHandshakeListener}): start the greeting delay now, so
+        early talkers are caught on TLS too and the greeting is never held by the TLS layer.
+        """
+        if not self._tls_handshaking:
+            return
+        self._tls_handshaking = False
+        if self.phase is FramingPhase.PRE_GREETING:
+            self._start_greeting()
+
+    def _start_greeting(self) -> None:
         if self.limits.greeting_delay > 0:
             self._timers["greet"] = self.clock.callLater(
                 self.limits.greeting_delay, self._greet_now
@@ -345,7 +376,10 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         if self._write_paused or self.phase is FramingPhase.CLOSING:
             return
         self._write_paused = True
-        self.transport.pauseProducing()
+        if not self._tls_handshaking:
+            # Mid-handshake the pause means only that TLS holds our write until the handshake
+            # ends; reading must go on or it never ends (the handshake deadline bounds it).
+            self.transport.pauseProducing()
         self._timers["write"] = self.clock.callLater(self.limits.write_timeout, self._write_stuck)
 
     def resumeProducing(self) -> None:

@@ -43,6 +43,7 @@ from zope.interface.verify import verifyObject
 
 from netguard import tls
 from netguard.auth.scram import tls_server_end_point
+from netguard.framing import FramingLimits, FramingPhase, GuardedLineReceiver
 from netguard.tls import (
     CertificateInfo,
     ServerTLSSettings,
@@ -1188,6 +1189,82 @@ class TwistedTLSPitfallTests(TLSTestCase):
         app, transport = self.start(greet=True)
         app.transport.abortConnection()
         self.assertTrue(transport.disconnecting)
+
+
+class GreetingOverTLSTests(TLSTestCase):
+    """
+    L{GuardedLineReceiver} over Twisted's TLS: Twisted pauses the application's producer
+    whenever it holds an application write until the handshake ends. A receiver that then
+    stopped reading would never read the client's last handshake message: measured under load
+    (a greeting timer firing mid-handshake), connections stayed stuck until the handshake
+    deadline. The greeting delay therefore starts at C{handshakeCompleted}, and a pause
+    mid-handshake never stops reading.
+    """
+
+    def start(self) -> tuple[Any, Any, StringTransport, Clock]:
+        clock = Clock()
+
+        class Greeter(GuardedLineReceiver):
+            def greet(self) -> None:
+                self.sendLine(b"HELLO")
+
+        limits = FramingLimits(greeting_delay=0.05, handshake_timeout=10)
+        factory = TLSMemoryBIOFactory(
+            self.load(), False, Factory.forProtocol(lambda: Greeter(limits, clock)), clock
+        )
+        tls_protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        tls_protocol.makeConnection(transport)
+        client = SSL.Connection(client_context())
+        client.set_connect_state()
+        return tls_protocol, client, transport, clock
+
+    def pump(self, tls_protocol: Any, client: SSL.Connection, transport: StringTransport) -> None:
+        """
+        Client -> server, then server -> client, once.
+        """
+        try:
+            client.do_handshake()
+        except SSL.WantReadError:
+            pass
+        try:
+            tls_protocol.dataReceived(client.bio_read(65536))
+        except SSL.WantReadError:
+            pass
+        written = transport.value()
+        transport.clear()
+        if written:
+            client.bio_write(written)
+
+    def test_greeting_delay_counts_from_handshake_end(self) -> None:
+        tls_protocol, client, transport, clock = self.start()
+        receiver = tls_protocol.wrappedProtocol
+        self.pump(tls_protocol, client, transport)  # ClientHello in, server flight out
+        clock.advance(1.0)  # far past the greeting delay, still mid-handshake
+        self.assertEqual(receiver.phase, FramingPhase.PRE_GREETING)
+        self.assertEqual(transport.producerState, "producing")  # still reading
+        self.pump(tls_protocol, client, transport)  # the client's Finished
+        self.assertTrue(tls_protocol._handshakeDone)
+        self.assertEqual(receiver.phase, FramingPhase.PRE_GREETING)  # the delay runs now
+        clock.advance(0.05)
+        self.pump(tls_protocol, client, transport)
+        self.assertEqual(client.recv(1024), b"HELLO\r\n")
+
+    def test_pause_mid_handshake_keeps_reading(self) -> None:
+        tls_protocol, client, transport, clock = self.start()
+        receiver = tls_protocol.wrappedProtocol
+        # Before the ClientHello is read, as a timer firing on a busy server does: TLS holds
+        # the write until the handshake ends and pauses us.
+        receiver.sendLine(b"EARLY")
+        clock.advance(0)  # Twisted's TLS transport aggregates small writes until then
+        self.assertTrue(receiver._write_paused)
+        self.assertEqual(transport.producerState, "producing")
+        self.pump(tls_protocol, client, transport)  # ClientHello in, server flight out
+        self.pump(tls_protocol, client, transport)  # so the Finished is still read
+        self.assertTrue(tls_protocol._handshakeDone)
+        self.assertFalse(receiver._write_paused)  # TLS sent the held write and resumed us
+        self.pump(tls_protocol, client, transport)
+        self.assertEqual(client.recv(1024), b"EARLY\r\n")
 
 
 # -- pins -----------------------------------------------------------------------------------------

@@ -448,7 +448,7 @@ class GatewaySession(GuardedLineReceiver):
 
     def handshakeCompleted(self) -> None:
         """
-        The TLS handshake finished: log what was negotiated.
+        The TLS handshake finished: log what was negotiated; the greeting delay starts now.
         """
         self._tls_ready = True
         info = connection_info(self.transport)
@@ -461,6 +461,7 @@ class GatewaySession(GuardedLineReceiver):
                 client_cert=escape(info.peer_subject),
                 **self.log_fields(),
             )
+        super().handshakeCompleted()
 
     # -- shutdown ------------------------------------------------------------------------------
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import ssl
 import tempfile
+import time
 import weakref
 
 from twisted.internet import reactor
@@ -20,6 +23,7 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from netguard.client.endpoint import NGPClientEndpoint, wrap_tls
@@ -260,6 +264,33 @@ class TLSGatewayTests(unittest.TestCase):
             reactor, self.tls_gateway(pin_sha256=self.pin), self.credentials, "echo"
         )
         yield self.assertFailure(connectProtocol(old, Echoed(b"x")), Exception)
+        yield wait_for(lambda: not self.gateway.factory.sessions)
+
+    def slow_client_hello(self, pause: float) -> bytes:
+        """
+        Python's own TLS client, whose ClientHello arrives C{pause} seconds after the TCP
+        connection (a slow or lossy link): returns the first line the gateway sends.
+        """
+        context = ssl.create_default_context(cafile=self.cert_file)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as raw:
+            time.sleep(pause)
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                data = b""
+                while not data.endswith(b"\r\n") and len(data) < 1024:
+                    chunk = tls.recv(1024)
+                    if not chunk:
+                        break
+                    data += chunk
+                return data
+
+    @inlineCallbacks
+    def test_client_hello_after_the_greeting_delay(self):
+        # The greeting delay (0.05 s here) passes before the ClientHello arrives. The greeting
+        # must wait for the handshake, and the gateway must go on reading: once it stopped,
+        # and such clients hung until the handshake deadline.
+        greeting = yield deferToThread(self.slow_client_hello, 0.3)
+        self.assertTrue(greeting.startswith(b"NETGUARD/1 "), greeting)
+        self.assertIn(b"SCRAM-SHA-256-PLUS", greeting)
         yield wait_for(lambda: not self.gateway.factory.sessions)
 
     @inlineCallbacks
