@@ -37,6 +37,7 @@ from netguard.ops.lock import (
 from netguard.ops.metrics import MetricsListenFailed, MetricsService
 from netguard.ops.notify import notify_ready, notify_stopping
 from netguard.ops.overload import OverloadMonitor
+from netguard.ops.preflight import AddressBusy, check_listener_free
 from netguard.ops.privileges import hand_over
 from netguard.ops.reload import ReloadRefused
 from netguard.stats import Stats
@@ -374,6 +375,28 @@ def load_users(config: Any, terminal: IO[str] | None = None) -> UserStore:
     return UserStore.load(config.users_file)
 
 
+def _preflight(config: Any) -> None:
+    """
+    Probe every address we will listen on while twistd is still in the foreground, so an
+    address in use stops the start on the terminal (L{netguard.ops.preflight}).
+
+    @raise ListenFailed: naming the listener and the problem.
+    """
+    listeners = [*config.listen, *(tls.endpoint for tls in config.tls_listen)]
+    if config.ops.metrics_listen:
+        listeners.append(config.ops.metrics_listen)
+    try:
+        for description in listeners:
+            check_listener_free(description)
+        if config.ops.control_socket:
+            check_listener_free(
+                "unix:" + config.ops.control_socket.replace("\\", "\\\\").replace(":", "\\:"),
+                f"the control socket {config.ops.control_socket}",
+            )
+    except AddressBusy as error:
+        raise ListenFailed(str(error)) from None
+
+
 def _endpoint(reactor: Any, description: str) -> Any:
     """
     Build a server endpoint; what Twisted's parser raises (for example a C{systemd:} listener
@@ -405,6 +428,11 @@ def make_service(config: Any, reactor: Any, terminal: IO[str] | None = None) -> 
         os.makedirs(directory, mode=0o700, exist_ok=True)
     for directory in _unix_socket_dirs(tuple(tls.endpoint for tls in config.tls_listen)):
         os.makedirs(directory, mode=0o700, exist_ok=True)
+    try:
+        _preflight(config)
+    except ListenFailed:
+        instance_lock.release()
+        raise
     # Certificates and keys are read now, before privileges are dropped; a bad file stops
     # the start with TLSConfigError naming it.
     identities = [load_server_context(tls.settings()) for tls in config.tls_listen]

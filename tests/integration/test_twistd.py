@@ -426,6 +426,31 @@ class TwistdConfigErrorTests(unittest.TestCase):
         # Nothing was created: the configuration is checked before anything is written.
         self.assertFalse(os.path.exists(state))
 
+    def test_daemon_start_with_port_in_use_returns_with_one_line(self) -> None:
+        # Without -n twistd forks into the background before listening; the address is
+        # probed before that, so the operator's terminal gets the answer, not a hang.
+        base = short_temp_dir("ngt-")
+        self.addCleanup(shutil.rmtree, base, True)
+        state = os.path.join(base, "s")
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        prefix, env = python_env(REPO, base)
+        argv = [*prefix, "-c", TWISTD, "--pidfile", os.path.join(base, "t.pid")]
+        argv += ["--logfile", os.path.join(base, "t.log"), "netguard", "--state-dir", state]
+        done = run([*argv, "--listen", f"tcp:{port}:interface=127.0.0.1"], env, base)
+        output = done.stdout + done.stderr
+        self.assertEqual(done.returncode, 1, output)
+        self.assertNotIn("Traceback", output)
+        self.assertIn(f"cannot listen on tcp:{port}:interface=127.0.0.1", output)
+        self.assertIn("already in use", output)
+        # Nothing is left that a second try would trip over.
+        self.assertFalse(os.path.exists(os.path.join(base, "t.pid")))
+        self.assertFalse(os.path.exists(os.path.join(state, "netguard.lock")))
+        self.assertFalse(os.path.exists(os.path.join(state, "users")))
+
 
 class CommandLineTests(unittest.TestCase):
     """
