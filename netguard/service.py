@@ -22,7 +22,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from netguard.auth.users import UserStore, ensure_users_file
+from netguard.auth.users import MOCK_KEY_FILE, UserStore, ensure_users_file, load_mock_key
 from netguard.gateway.factory import GatewayFactory
 from netguard.log import FileLogSink, LogFileError
 from netguard.ops.control import ControlError, ControlFactory, ControlService, UnsafeControlPath
@@ -144,7 +144,7 @@ class GatewayService(MultiService):
         the unix sockets of the listeners and the control socket.
         """
         config = self.factory.config
-        paths = [config.users_file]
+        paths = [config.users_file, os.path.join(config.state_dir, MOCK_KEY_FILE)]
         if self.instance_lock is not None:
             paths.append(self.instance_lock.path)
         for description, _ in self.endpoints:
@@ -372,7 +372,7 @@ def load_users(config: Any, terminal: IO[str] | None = None) -> UserStore:
             path=config.users_file,
             name=name,
         )
-    return UserStore.load(config.users_file)
+    return UserStore.load(config.users_file, mock_key=load_mock_key(config.state_dir))
 
 
 def _preflight(config: Any) -> None:

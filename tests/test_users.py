@@ -15,12 +15,14 @@ from twisted.trial import unittest
 
 from netguard.auth import users
 from netguard.auth.users import (
+    MOCK_KEY_FILE,
     InsecureUsersFile,
     NoSuchUser,
     UserExists,
     UserRecord,
     UsersFileError,
     UserStore,
+    load_mock_key,
 )
 
 SALT = bytes(range(16))
@@ -473,6 +475,56 @@ class MockVerifierTests(TempDirMixin, unittest.TestCase):
 
     def test_duplicate_records_refused(self) -> None:
         self.assertRaises(ValueError, UserStore.from_records, [record(), record()])
+
+
+class MockKeyTests(TempDirMixin, unittest.TestCase):
+    """
+    The gateway's mock-verifier key: an unknown name's salt must not change when the users
+    file does, or comparing salts before and after an C{adduser} reveals the real users.
+    """
+
+    def test_unknown_salt_survives_users_file_changes(self) -> None:
+        state = self.make_dir()
+        path = self.write_file(os.path.join(state, "users"), line_for() + "\n")
+        before = UserStore.load(path, mock_key=load_mock_key(state))
+        self.write_file(path, line_for() + "\n" + line_for(name="bob") + "\n")
+        after = UserStore.load(path, mock_key=load_mock_key(state))
+        for name in ("mallory", "eve", "root"):
+            self.assertEqual(after.auth_info(name), before.auth_info(name))
+        self.assertNotEqual(after.auth_info("bob"), before.auth_info("bob"))  # now real
+
+    def test_created_once_mode_0600(self) -> None:
+        state = self.make_dir()
+        key = load_mock_key(state)
+        path = os.path.join(state, MOCK_KEY_FILE)
+        self.assertEqual(len(key), 32)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.assertEqual(load_mock_key(state), key)
+        self.assertEqual(os.listdir(state), [MOCK_KEY_FILE])  # no temporary file left
+
+    def test_keys_differ_between_installations(self) -> None:
+        self.assertNotEqual(load_mock_key(self.make_dir()), load_mock_key(self.make_dir()))
+
+    def test_truncated_key_refused(self) -> None:
+        state = self.make_dir()
+        self.write_file(os.path.join(state, MOCK_KEY_FILE), "short")
+        error = self.assertRaises(UsersFileError, load_mock_key, state)
+        self.assertIn("delete it", str(error))
+
+    def test_key_readable_by_others_refused(self) -> None:
+        state = self.make_dir()
+        load_mock_key(state)
+        os.chmod(os.path.join(state, MOCK_KEY_FILE), 0o644)
+        self.assertRaises(UsersFileError, load_mock_key, state)
+
+    def test_link_refused(self) -> None:
+        state = self.make_dir()
+        target = os.path.join(self.make_dir(), "key")
+        with open(target, "wb") as handle:
+            handle.write(bytes(32))
+        os.chmod(target, 0o600)
+        os.symlink(target, os.path.join(state, MOCK_KEY_FILE))
+        self.assertRaises(UsersFileError, load_mock_key, state)
 
 
 class WriteUsersTests(TempDirMixin, unittest.TestCase):

@@ -13,7 +13,10 @@ anything else, and L{write_users} replaces it atomically with a file of mode 060
 
 L{UserStore.auth_info} answers every name, known or not: an unknown name gets a mock
 verifier that is stable and looks like a real one, so a client cannot tell a missing user
-from a wrong password by the message, the salt or the time it takes.
+from a wrong password by the message, the salt or the time it takes. The gateway derives
+mock verifiers from a random key kept in its state directory (L{load_mock_key}), so an
+unknown name keeps its salt across restarts and across changes to the users file: a client
+comparing salts before and after an C{adduser} learns nothing about the other names.
 
 This module is a lower layer: it knows nothing of the gateway.
 """
@@ -393,12 +396,14 @@ class UserStore:
         )
 
     @classmethod
-    def load(cls, path: str) -> UserStore:
+    def load(cls, path: str, mock_key: bytes | None = None) -> UserStore:
         """
         Read and check a users file.
 
         @param path: the file.
-        @return: the store; its mock key is derived from the file's whole content.
+        @param mock_key: the key mock verifiers derive from (L{load_mock_key}); by default one
+            derived from the file's whole content (stable only while the file is unchanged).
+        @return: the store.
         @raise FileNotFoundError: if the file does not exist.
         @raise InsecureUsersFile: if the file is not a regular file, or its mode lets the
             group or others read or write it.
@@ -428,7 +433,9 @@ class UserStore:
         except UnicodeDecodeError:
             raise UsersFileError(path, 0, "not UTF-8 text") from None
         records = _parse_content(text, path)
-        return cls(records, _mock_key_for(raw) if records else secrets.token_bytes(32))
+        if mock_key is None:
+            mock_key = _mock_key_for(raw) if records else secrets.token_bytes(32)
+        return cls(records, mock_key)
 
     @classmethod
     def from_records(cls, records: Iterable[UserRecord]) -> UserStore:
@@ -499,6 +506,61 @@ class UserStore:
         if rec is not None:
             return rec.auth_info()
         return (salt, stored, server, self._mock_iterations)
+
+
+#: The file in the state directory that holds the mock-verifier key.
+MOCK_KEY_FILE = "mock-verifier.key"
+MOCK_KEY_BYTES = 32
+
+
+def load_mock_key(state_dir: str) -> bytes:
+    """
+    The key unknown names' mock verifiers derive from: 32 random bytes in
+    C{<state_dir>/mock-verifier.key} (mode 0600), created atomically on first use and the
+    same ever after.
+
+    @param state_dir: the gateway's state directory (it must exist).
+    @return: the key.
+    @raise UsersFileError: if the file is not a regular file of exactly 32 bytes, or other
+        users may read it (delete it to have a new one made; unknown names then get new
+        salts once).
+    """
+    path = os.path.join(state_dir, MOCK_KEY_FILE)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return _create_mock_key(path)
+    except OSError as error:
+        raise UsersFileError(path, 0, f"cannot read the mock-verifier key ({error.strerror})")
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        key = handle.read(MOCK_KEY_BYTES + 1)
+    if not stat.S_ISREG(info.st_mode) or len(key) != MOCK_KEY_BYTES:
+        raise UsersFileError(
+            path, 0, f"not a {MOCK_KEY_BYTES}-byte mock-verifier key; delete it to have one made"
+        )
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise UsersFileError(path, 0, f"other users may read the key; run: chmod 600 {path}")
+    return key
+
+
+def _create_mock_key(path: str) -> bytes:
+    key = secrets.token_bytes(MOCK_KEY_BYTES)
+    temporary = f"{path}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)  # never replaces: a key made meanwhile wins
+        except FileExistsError:
+            return load_mock_key(os.path.dirname(path))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+    return key
 
 
 def _mock_key_for(content: bytes) -> bytes:

@@ -18,7 +18,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from netguard.auth.users import UsersFileError, UserStore
+from netguard.auth.users import UsersFileError, UserStore, load_mock_key
 from netguard.config import ConfigError, load_config
 from netguard.tls import TLSConfigError
 
@@ -67,7 +67,9 @@ class Reloader:
         factory = self.service.factory
         try:
             config = self._load(self.path, self.overrides)
-            users = UserStore.load(config.users_file)
+            # The key of the running gateway: unknown names keep their salts.
+            key = load_mock_key(self.started_with.state_dir)
+            users = UserStore.load(config.users_file, mock_key=key)
         except (ConfigError, UsersFileError, OSError) as error:
             log.warn("reload refused: {reason}", event="reload.refused", reason=str(error))
             raise ReloadRefused(str(error)) from None

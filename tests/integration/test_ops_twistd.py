@@ -108,7 +108,7 @@ class OpsTwistdTests(unittest.TestCase):
         self.assertEqual(stopping, b"STOPPING=1")
         status = yield daemon.exited()
         self.assertEqual(status, 0, daemon.describe())
-        self.assertEqual(sorted(os.listdir(self.state)), ["users"])
+        self.assertEqual(sorted(os.listdir(self.state)), ["mock-verifier.key", "users"])
 
     @inlineCallbacks
     def test_killed_instance_leaves_nothing_that_blocks_a_restart(self):
@@ -174,5 +174,5 @@ class RunAsUserTests(unittest.TestCase):
         daemon.process.send_signal(signal.SIGTERM)
         code = yield daemon.exited()
         self.assertEqual(code, 0, daemon.describe())
-        self.assertEqual(sorted(os.listdir(self.state)), ["users"])
+        self.assertEqual(sorted(os.listdir(self.state)), ["mock-verifier.key", "users"])
         self.assertNotIn("remove_failed", daemon.stdout)

@@ -5,11 +5,14 @@ certificates in-process, keeping live sessions; bad new files are refused.
 
 from __future__ import annotations
 
+import base64
 import os
+import socket
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from netguard.auth.users import add_user
@@ -114,6 +117,34 @@ class ReloadTests(unittest.TestCase):
         self.gateway.reloader.reload()
         client = yield self.open(credentials=Credentials("carol", "carol's password"))
         yield self.close(client)
+
+    def server_first_salt(self, name: str) -> bytes:
+        """
+        The salt the gateway's server-first-message gives C{name}, read over a real socket.
+        """
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as raw:
+            reader = raw.makefile("rb")
+            greeting = reader.readline()
+            assert greeting.startswith(b"NETGUARD/1 "), greeting
+            first = base64.b64encode(f"n,,n={name},r=abcdefghijklmnop".encode()).decode()
+            raw.sendall(f"AUTH SCRAM-SHA-256 {first}\r\n".encode())
+            reply = reader.readline().split()
+            assert reply[0] == b"CONT", reply
+            fields = dict(f.split("=", 1) for f in base64.b64decode(reply[1]).decode().split(","))
+            raw.sendall(b"QUIT\r\n")
+            return base64.b64decode(fields["s"])
+
+    @inlineCallbacks
+    def test_unknown_names_keep_their_salts_across_users_changes(self):
+        names = ("mallory", "eve", "carol")
+        salts = lambda: [self.server_first_salt(n) for n in names]  # noqa: E731
+        before = yield deferToThread(salts)
+        add_user(self.gateway.factory.config.users_file, "carol", "carol's password")
+        self.gateway.reloader.reload()
+        after = yield deferToThread(salts)
+        self.assertEqual(after[:2], before[:2])  # nothing to learn about the other names
+        self.assertNotEqual(after[2], before[2])  # carol now has her real salt
+        yield wait_for(lambda: not self.gateway.factory.sessions)
 
     def test_insecure_users_file_refused(self):
         os.chmod(self.gateway.factory.config.users_file, 0o644)
