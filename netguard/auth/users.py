@@ -531,7 +531,8 @@ def load_mock_key(state_dir: str) -> bytes:
     except FileNotFoundError:
         return _create_mock_key(path)
     except OSError as error:
-        raise UsersFileError(path, 0, f"cannot read the mock-verifier key ({error.strerror})")
+        message = f"cannot read the mock-verifier key ({error.strerror})"
+        raise UsersFileError(path, 0, message) from None
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         key = handle.read(MOCK_KEY_BYTES + 1)
