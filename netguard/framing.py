@@ -353,12 +353,25 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
                 **self.log_fields(),
             )
             self.refuse(ErrorCode.EARLY_TALKER, offending=data)
-        else:
-            if not self.handshake_done:
+        elif not self.handshake_done:
+            room = self.limits.max_bytes_before_auth - self.bytes_before_auth
+            if len(data) <= room:
                 self.bytes_before_auth += len(data)
-                if self.bytes_before_auth > self.limits.max_bytes_before_auth:
-                    self.refuse(ErrorCode.TOO_MUCH_DATA, offending=data[:64])
-                    return
+                self._process(data)
+                return
+            # The lines that fit in the budget are answered as if they had come alone; the
+            # byte that crosses it is refused (unless those lines ended the handshake).
+            head, excess = data[:room], data[room:]
+            self.bytes_before_auth += len(head)
+            if head:
+                self._process(head)
+            if self.phase is FramingPhase.CLOSING:
+                return
+            if self.handshake_done:
+                self.dataReceived(excess)
+            else:
+                self.refuse(ErrorCode.TOO_MUCH_DATA, offending=excess[:64])
+        else:
             self._process(data)
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -432,7 +445,11 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
                 # Complete lines wait for the pause to end (reading is paused meanwhile, so
                 # this holds at most what had already arrived).
                 self._buffer = rest
-            elif len(rest) > limits.max_line_length + 1:
+            elif len(rest) > limits.max_line_length and not (
+                len(rest) == limits.max_line_length + 1 and rest.endswith(b"\r")
+            ):
+                # Too long already, newline or not (a full line may still be followed by
+                # the CR of its CRLF, nothing else).
                 self.lineLengthExceeded(rest)
             else:
                 self._buffer = rest

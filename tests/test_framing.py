@@ -172,6 +172,22 @@ class BoundTests(unittest.TestCase):
         self.assertIn(b"ERR LINE_TOO_LONG", transport.value())
         self.assertTrue(transport.disconnecting)
 
+    def test_one_byte_over_without_newline_refused_at_once(self):
+        # Found by an independent client: bound + 1 bytes with no newline waited for the
+        # next byte. Only a CR may follow a full-length line (the start of its CRLF).
+        proto, transport, _ = connect(FramingLimits(max_line_length=10))
+        proto.dataReceived(b"y" * 11)
+        self.assertIn(b"ERR LINE_TOO_LONG", transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_full_line_then_cr_waits_for_its_lf(self):
+        proto, transport, _ = connect(FramingLimits(max_line_length=10))
+        proto.dataReceived(b"y" * 10 + b"\r")
+        self.assertNotIn(b"ERR", transport.value())
+        proto.dataReceived(b"\n")
+        self.assertEqual(proto.lines, [b"y" * 10])
+        self.assertFalse(transport.disconnecting)
+
     def test_slow_drip_without_newline_refused(self):
         proto, transport, _ = connect(FramingLimits(max_line_length=10))
         for _ in range(12):
@@ -189,6 +205,24 @@ class BoundTests(unittest.TestCase):
         proto, transport, _ = connect(FramingLimits(max_lines_before_auth=3))
         proto.dataReceived(b"AUTHOK\r\n" + b"x\r\n" * 10)
         self.assertEqual(len(proto.lines), 11)
+        self.assertFalse(transport.disconnecting)
+
+    def test_lines_within_the_byte_budget_are_answered_in_any_split(self):
+        # The same bytes in one write or many get the same answers: every line that fits in
+        # the budget is delivered, and the byte that crosses it is refused.
+        data = b"PING\r\n" + b"x" * 300
+        for chunks in ([data], [data[:6], data[6:]], [bytes([b]) for b in data]):
+            proto, transport, _ = connect(FramingLimits(max_bytes_before_auth=256))
+            for chunk in chunks:
+                proto.dataReceived(chunk)
+            self.assertEqual(proto.lines, [b"PING"])
+            self.assertIn(b"ERR TOO_MUCH_DATA", transport.value())
+            self.assertTrue(transport.disconnecting)
+
+    def test_handshake_ending_inside_the_budget_lifts_it_for_the_rest(self):
+        proto, transport, _ = connect(FramingLimits(max_bytes_before_auth=256))
+        proto.dataReceived(b"AUTHOK\r\n" + b"y\r\n" * 200)
+        self.assertEqual(len(proto.lines), 201)
         self.assertFalse(transport.disconnecting)
 
     def test_too_much_data_before_auth(self):

@@ -226,6 +226,33 @@ class AuthTests(unittest.TestCase):
         self.assertEqual(s.send(b"PING"), [b"ERR AUTH_FAILED authentication failed"])
         self.assertTrue(s.transport.disconnecting)
 
+    def test_any_other_line_in_auth_continue_abandons_and_counts(self):
+        # protocol.md: in auth-continue any line other than CONT or QUIT abandons the exchange
+        # and counts as a failed attempt; malformed lines and a malformed CONT included.
+        for line in (
+            b"FOO",
+            b"",
+            b" PING",
+            b"PING\x01",
+            b"CONT",
+            b"CONT a b",
+            b"CONT !!bad!!",
+            b"OPEN echo",
+        ):
+            s = Session(self)
+            client = ClientExchange("alice", PASSWORD)
+            s.send(b"AUTH SCRAM-SHA-256 " + b64(client.first()))
+            self.assertEqual(s.send(line), [b"ERR AUTH_FAILED authentication failed"], line)
+            self.assertIs(s.proto.state, SessionState.READY, line)
+            self.assertEqual(s.proto.auth_attempts, 1, line)
+            self.assertEqual(s.send(b"PING"), [b"PONG"], line)  # back in ready, not stuck
+
+    def test_quit_in_auth_continue_says_bye(self):
+        s = Session(self)
+        client = ClientExchange("alice", PASSWORD)
+        s.send(b"AUTH SCRAM-SHA-256 " + b64(client.first()))
+        self.assertEqual(s.send(b"QUIT"), [b"BYE"])
+
     def test_auth_twice_is_out_of_sequence(self):
         s = Session(self)
         s.login()

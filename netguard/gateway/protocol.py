@@ -217,38 +217,18 @@ class GatewaySession(GuardedLineReceiver):
     def lineReceived(self, line: bytes) -> None:
         if self.state not in TRANSITIONS:
             return
-        if not line:
-            self.refuse(ErrorCode.BAD_SYNTAX, "empty line", offending=line, close=False)
-            return
-        if not _PRINTABLE.match(line):
-            self.refuse(
-                ErrorCode.BAD_SYNTAX,
-                "only printable ASCII is allowed in the line phase",
-                offending=line,
-                close=False,
-            )
+        problem = self._syntax_problem(line)
+        if problem is not None:
+            code, text = problem
+            if self.state is SessionState.AUTH_CONTINUE:
+                # In auth-continue any line but a well-formed CONT or QUIT abandons the
+                # exchange and counts as a failed attempt (protocol.md section 4).
+                self._abandon_exchange(text, line)
+            else:
+                self.refuse(code, text, offending=line, close=False)
             return
         parts = line.split(b" ")
-        if b"" in parts:
-            self.refuse(
-                ErrorCode.BAD_SYNTAX,
-                "words are separated by one space",
-                offending=line,
-                close=False,
-            )
-            return
         command, args = parts[0].upper(), parts[1:]
-        if command not in ARITY:
-            self.refuse(ErrorCode.UNKNOWN_COMMAND, offending=line, close=False)
-            return
-        if len(args) != ARITY[command]:
-            self.refuse(
-                ErrorCode.BAD_SYNTAX,
-                f"{command.decode()} takes {ARITY[command]} argument(s)",
-                offending=line,
-                close=False,
-            )
-            return
         handler = TRANSITIONS[self.state].get(command)
         if handler is None:
             self._out_of_sequence(command, line)
@@ -338,12 +318,13 @@ class GatewaySession(GuardedLineReceiver):
         self.release_lines()
 
     def do_cont(self, token: bytes) -> None:
+        try:
+            client_final = decode_wire(token)
+        except ValueError:
+            self._abandon_exchange("CONT argument is not base64 of UTF-8", token)
+            return
         exchange, self._exchange = self._exchange, None
         assert exchange is not None
-        client_final = self._decode(token)
-        if client_final is None:
-            self.state = SessionState.READY
-            return
         try:
             server_final = exchange.final(client_final)
         except AuthFailed as failure:
@@ -554,15 +535,38 @@ class GatewaySession(GuardedLineReceiver):
         last = self.auth_attempts >= self.factory.max_auth_attempts
         self.refuse(ErrorCode.AUTH_FAILED, close=last)
 
+    def _syntax_problem(self, line: bytes) -> tuple[ErrorCode, str | None] | None:
+        """
+        What is wrong with a line before its command is looked at, if anything.
+        """
+        if not line:
+            return ErrorCode.BAD_SYNTAX, "empty line"
+        if not _PRINTABLE.match(line):
+            return ErrorCode.BAD_SYNTAX, "only printable ASCII is allowed in the line phase"
+        parts = line.split(b" ")
+        if b"" in parts:
+            return ErrorCode.BAD_SYNTAX, "words are separated by one space"
+        command, args = parts[0].upper(), parts[1:]
+        if command not in ARITY:
+            return ErrorCode.UNKNOWN_COMMAND, None
+        if len(args) != ARITY[command]:
+            return ErrorCode.BAD_SYNTAX, f"{command.decode()} takes {ARITY[command]} argument(s)"
+        return None
+
+    def _abandon_exchange(self, why: str | None, line: bytes) -> None:
+        """
+        Leave auth-continue: the exchange is dropped and counted as a failed attempt.
+        """
+        exchange, self._exchange = self._exchange, None
+        self.state = SessionState.READY
+        self._auth_failed(
+            AuthFailed(f"exchange abandoned: {why or 'unexpected line'}", None),
+            exchange.username if exchange else None,
+        )
+
     def _out_of_sequence(self, command: bytes, line: bytes) -> None:
         if self.state is SessionState.AUTH_CONTINUE:
-            # Anything but CONT abandons the exchange; it counts as a failed attempt.
-            exchange, self._exchange = self._exchange, None
-            self.state = SessionState.READY
-            self._auth_failed(
-                AuthFailed("exchange abandoned by " + command.decode("ascii"), None),
-                exchange.username if exchange else None,
-            )
+            self._abandon_exchange(f"{command.decode('ascii')} instead of CONT", line)
             return
         if self.state is SessionState.READY and command in (b"OPEN", b"SERVICES"):
             self.refuse(ErrorCode.AUTH_REQUIRED, offending=line, close=False)
