@@ -264,7 +264,7 @@ class GatewaySession(GuardedLineReceiver):
         (channel binding to this connection's certificate), SCRAM-SHA-256 always.
         """
         if self.channel_binding() is not None:
-            return [SCRAM_SHA_256_PLUS, SCRAM_SHA_256]
+            return [SCRAM_SHA_256, SCRAM_SHA_256_PLUS]  # the order of DESIGN 2; no preference
         return [SCRAM_SHA_256]
 
     def do_ping(self) -> None:
