@@ -653,10 +653,11 @@ class Admission:
         """
         Record an offence by a peer's source.
 
-        Points decay by one per C{penalty_decay} seconds. With C{n} points at or over
-        C{penalty_threshold} the source is blocked for
-        C{min(penalty_max, penalty_base * 2 ** (n - penalty_threshold))} from now (a running
-        longer block is kept). Unix peers and C{never_penalise} networks get no points.
+        Points decay by one per C{penalty_decay} seconds. Once the points pass
+        C{penalty_threshold - 1} (C{penalty_threshold} offences within about
+        C{penalty_decay} seconds) the source is blocked for
+        C{min(penalty_max, penalty_base * 2 ** (ceil(points) - penalty_threshold))} from now (a
+        running longer block is kept; an extension is logged too). Unix peers and C{never_penalise} networks get no points.
 
         @param address: the peer.
         @param kind: one of L{OFFENCE_KINDS}.
@@ -686,21 +687,22 @@ class Admission:
         penalty.points = min(self._max_points, self._decayed(penalty, now) + points)
         penalty.stamp = now
         penalty.offences += 1
-        if penalty.points >= policy.penalty_threshold:
-            duration = min(
-                policy.penalty_max,
-                policy.penalty_base * 2.0 ** (penalty.points - policy.penalty_threshold),
-            )
+        # Points decay continuously, so N offences in quick succession add up to a little
+        # under N: the threshold is reached once the points pass threshold - 1, that is
+        # when C{penalty_threshold} offences fall within about C{penalty_decay} seconds.
+        if penalty.points > policy.penalty_threshold - 1:
+            steps = max(0, math.ceil(penalty.points - 1e-9) - policy.penalty_threshold)
+            duration = min(policy.penalty_max, policy.penalty_base * 2.0**steps)
             if now + duration > penalty.blocked_until:
-                if penalty.blocked_until <= now:
-                    self.log.info(
-                        "blocking {source} for {seconds:.0f}s after {offences} offences",
-                        event="admission.block",
-                        source=key,
-                        seconds=duration,
-                        offences=penalty.offences,
-                        kind=kind,
-                    )
+                self.log.info(
+                    "blocking {source} for {seconds:.0f}s after {offences} offences",
+                    event="admission.block",
+                    source=key,
+                    seconds=round(duration, 1),
+                    offences=penalty.offences,
+                    kind=kind,
+                    extended=penalty.blocked_until > now,
+                )
                 penalty.blocked_until = now + duration
         if penalty.blocked_until > now:
             return penalty.blocked_until - now

@@ -524,8 +524,19 @@ class PenaltyTests(unittest.TestCase):
         clock.advance(10.0)
         self.assertIsNone(admission.admit(self.PEER))
         blocked = admission.offence(self.PEER, "auth_failure")
-        # 4 points less the decay of 10 s (10/600 of a point): just under 20 s.
-        self.assertAlmostEqual(blocked, 10 * 2 ** (1 - 10 / 600), places=6)  # type: ignore[arg-type]
+        # 4 points less the decay of 10 s (10/600 of a point) count as the fourth offence.
+        self.assertEqual(blocked, 20.0)
+
+    def test_offences_spread_over_time_still_block(self) -> None:
+        # Found by a review: with continuous decay, three failed logins a few seconds apart
+        # added up to 2.99 points and never reached a threshold of 3.
+        admission, clock = make()
+        self.assertIsNone(admission.offence(self.PEER, "auth_failure"))
+        clock.advance(5)
+        self.assertIsNone(admission.offence(self.PEER, "auth_failure"))
+        clock.advance(5)
+        self.assertEqual(admission.offence(self.PEER, "auth_failure"), 10.0)
+        self.assertIsNotNone(admission.admit(self.PEER))
 
     def test_block_capped_at_max(self) -> None:
         admission, _ = make(penalty_max=100.0, penalty_decay=1e9)
@@ -558,10 +569,10 @@ class PenaltyTests(unittest.TestCase):
         admission, clock = make()
         admission.offence(self.PEER, "auth_failure")
         admission.offence(self.PEER, "auth_failure")
-        clock.advance(300)  # half a point forgotten: 1.5 left, +1 = 2.5, under 3
+        clock.advance(300)  # half a point forgotten: 1.5 left, +1 = 2.5: three within 600 s
+        self.assertEqual(admission.offence(self.PEER, "auth_failure"), 10.0)
+        clock.advance(900)  # 2.5 - 1.5 = 1.0 left, +1 = 2.0: not more than 2, no new block
         self.assertIsNone(admission.offence(self.PEER, "auth_failure"))
-        blocked = admission.offence(self.PEER, "auth_failure")  # 3.5 points
-        self.assertAlmostEqual(blocked, 10 * 2**0.5)  # type: ignore[arg-type]
 
     def test_running_longer_block_is_kept(self) -> None:
         admission, clock = make(penalty_decay=1e9)
@@ -629,13 +640,14 @@ class PenaltyTests(unittest.TestCase):
         self.assertEqual(admission.clear_penalties("2001:db8:1:1::77"), 0)
         self.assertIsNone(admission.admit(v6("2001:db8:1:1::5")))
 
-    def test_block_is_logged_once(self) -> None:
+    def test_block_and_each_extension_logged(self) -> None:
         admission, _ = make(penalty_decay=1e9)
         with capturedLogs() as events:
             for _ in range(5):
                 admission.offence(self.PEER, "auth_failure")
         blocks = [e for e in events if e.get("event") == "admission.block"]
-        self.assertEqual(len(blocks), 1)
+        self.assertEqual([b["seconds"] for b in blocks], [10.0, 20.0, 40.0])
+        self.assertEqual([b["extended"] for b in blocks], [False, True, True])
         self.assertEqual(blocks[0]["source"], "203.0.113.5/32")
 
 

@@ -413,6 +413,17 @@ class AdmissionWiringTests(unittest.TestCase):
         _, refused = self.connect(factory, clock)
         self.assertEqual(refused.value(), b"ERR BUSY penalised\r\n")
 
+    def test_format_errors_count_once_per_connection(self):
+        # Found by a review: 4 KiB of random bytes gave a dozen BAD_SYNTAX answers on one
+        # connection and blocked the source for an hour.
+        factory, clock = self.factory()
+        proto, transport = self.connect(factory, clock)
+        for _ in range(10):
+            proto.dataReceived(b"\x01junk\r\n")
+        self.assertEqual(transport.value().count(b"ERR BAD_SYNTAX"), 10)
+        [(source, blocked, offences)] = factory.admission.penalties()
+        self.assertEqual((offences, blocked), (1, 0.0))
+
     def test_authenticated_session_moves_to_relay_pool(self):
         factory, clock = self.factory()
         proto, transport = self.connect(factory, clock)

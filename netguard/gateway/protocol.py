@@ -127,6 +127,7 @@ class GatewaySession(GuardedLineReceiver):
         self._leg: Any = None
         self._pending: list[bytes] = []
         self._client_eof = False
+        self._offences: set[str] = set()
         self._peer_run: Any = None
         self._binding: Any = _UNKNOWN
         self._tls_ready = False
@@ -419,7 +420,11 @@ class GatewaySession(GuardedLineReceiver):
         """
         kind = _OFFENCES.get(code)
         if kind is not None and self.peer_address is not None:
-            self.factory.admission.offence(self.peer_address, kind)
+            # Format errors count once per connection: one burst of junk (each bad line is
+            # answered, the connection stays) must not reach an hour's block by itself.
+            if kind != "format_error" or kind not in self._offences:
+                self._offences.add(kind)
+                self.factory.admission.offence(self.peer_address, kind)
         super().refuse(code, text, offending, close)
         if close and ISSLTransport.providedBy(self.transport) and not self._tls_ready:
             # A TLS handshake that never finished (a stalled or truncated ClientHello): no
