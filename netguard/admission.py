@@ -657,7 +657,8 @@ class Admission:
         C{penalty_threshold - 1} (C{penalty_threshold} offences within about
         C{penalty_decay} seconds) the source is blocked for
         C{min(penalty_max, penalty_base * 2 ** (ceil(points) - penalty_threshold))} from now (a
-        running longer block is kept; an extension is logged too). Unix peers and C{never_penalise} networks get no points.
+        running longer block is kept; an extension is logged too). Unix peers and
+        C{never_penalise} networks get no points.
 
         @param address: the peer.
         @param kind: one of L{OFFENCE_KINDS}.
