@@ -571,7 +571,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
 
-    users_help = "the users file (default: <default state dir>/users, as the gateway uses)"
+    users_help = (
+        "the users file (default: <default state dir>/users, the default run's; this command "
+        "does not read a configuration file)"
+    )
 
     p = sub.add_parser(
         "adduser",

@@ -106,7 +106,7 @@ def install_sigterm(reactor: Any, drainer: Drainer) -> Any:
         if count[0] == 1:
             reactor.callFromThread(_stop, reactor)
         else:
-            reactor.callFromThread(drainer.force, "second SIGTERM")
+            reactor.callFromThread(drainer.force, "second stop signal")
 
     signal.signal(signal.SIGINT, handler)  # Ctrl-C in the foreground: the same two steps
     return signal.signal(signal.SIGTERM, handler)

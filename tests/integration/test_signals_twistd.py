@@ -158,4 +158,4 @@ class SignalTests(unittest.TestCase):
         yield relay.ended
         status = yield self.daemon.exited()
         self.assertEqual(status, 0, self.daemon.describe())
-        self.assertIn("second SIGTERM", self.daemon.stdout)
+        self.assertIn("second stop signal", self.daemon.stdout)
