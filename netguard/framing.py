@@ -55,7 +55,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
-from netguard.errors import ErrorCode, format_error
+from netguard.errors import DEFAULT_TEXT, ErrorCode, format_error
 from netguard.log import escape
 
 
@@ -217,7 +217,7 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
             "refused {peer}: {code} {text} input={offending}",
             event="proto.refuse",
             code=code.value,
-            text=text or "",
+            text=text if text is not None else DEFAULT_TEXT[code],
             offending=escape(offending) if offending is not None else "-",
             closing=close,
             **self.log_fields(),

@@ -28,6 +28,15 @@ from netguard.log import escape
 from netguard.relay import A, B, Splice
 
 
+#: The relay's sides as the operator knows them: a is the local program, b the gateway.
+_SIDES = {
+    "a": "local",
+    "b": "gateway",
+    "stalled-a": "stalled-local",
+    "stalled-b": "stalled-gateway",
+}
+
+
 @implementer(IHalfCloseableProtocol)
 class _RemoteSide(Protocol):
     """
@@ -144,7 +153,7 @@ class TunnelConnection(Protocol):
             event="tunnel.close",
             up=result.bytes_a_to_b,
             down=result.bytes_b_to_a,
-            ended=result.ended_by,
+            ended=_SIDES.get(result.ended_by, result.ended_by),
         )
 
 

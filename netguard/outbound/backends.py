@@ -344,6 +344,8 @@ class _LegFactory(Factory):
     Builds the one backend protocol of a leg.
     """
 
+    noisy = False  # one per relay: no "Starting factory" lines in the log
+
     def __init__(self, leg: EndpointLeg):
         self.leg = leg
 
