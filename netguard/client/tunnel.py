@@ -27,7 +27,6 @@ from netguard.client.endpoint import NGPClientEndpoint
 from netguard.log import escape
 from netguard.relay import A, B, Splice
 
-
 #: The relay's sides as the operator knows them: a is the local program, b the gateway.
 _SIDES = {
     "a": "local",
