@@ -92,11 +92,11 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netguard.auth.scram import TLS_SERVER_END_POINT, tls_server_end_point
+from netguard.tls_halfclose import HalfCloseTLSFactory
 
 __all__ = [
     "CONTEXT_OPTIONS",
@@ -956,7 +956,7 @@ class TLSServerEndpoint:
         """
         creator: Any = self.server_tls
         return self.endpoint.listen(
-            TLSMemoryBIOFactory(creator, False, protocolFactory, self._clock)
+            HalfCloseTLSFactory(creator, False, protocolFactory, self._clock)
         )
 
 

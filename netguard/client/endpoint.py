@@ -191,9 +191,8 @@ def wrap_tls(
 
     @raise ValueError: for TLS options without a host name to verify, or unusable files.
     """
-    from twisted.internet.endpoints import wrapClientTLS
-
     from netguard.tls import TLSConfigError, client_tls_options
+    from netguard.tls_halfclose import wrap_client_tls
 
     wanted = str(options.get("tls") or "").lower() in ("1", "yes", "true", "on")
     wanted = wanted or any(
@@ -216,4 +215,4 @@ def wrap_tls(
         )
     except TLSConfigError as error:
         raise ValueError(str(error)) from None
-    return wrapClientTLS(creator, gateway)
+    return wrap_client_tls(creator, gateway)

@@ -133,6 +133,11 @@ class GatewayEndToEndTests(unittest.TestCase):
         lines = said.split(b"\r\n")
         self.assertTrue(lines[0].startswith(b"NETGUARD/1 "))
         self.assertTrue(
-            any(line.startswith((b"ERR TOO_MUCH_DATA", b"ERR LINE_TOO_LONG")) for line in lines),
+            any(
+                line.startswith(
+                    (b"ERR TOO_MUCH_DATA", b"ERR LINE_TOO_LONG", b"ERR TOO_MANY_LINES")
+                )
+                for line in lines
+            ),
             said,
         )

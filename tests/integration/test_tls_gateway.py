@@ -22,9 +22,12 @@ from twisted.internet.endpoints import (
     connectProtocol,
     wrapClientTLS,
 )
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
+from zope.interface import implementer
 
 from netguard.client.endpoint import NGPClientEndpoint, wrap_tls
 from netguard.client.protocol import NGPClientProtocol, NGPError
@@ -266,6 +269,23 @@ class TLSGatewayTests(unittest.TestCase):
         yield self.assertFailure(connectProtocol(old, Echoed(b"x")), Exception)
         yield wait_for(lambda: not self.gateway.factory.sessions)
 
+    @inlineCallbacks
+    def test_half_close_over_tls_keeps_the_answer(self):
+        # Found by a review: a client that sent its request and half-closed got nothing back
+        # over TLS (Twisted's TLS has no half-close), while plain TCP worked.
+        payload = os.urandom(300_000)
+        probe = _HalfCloser(payload)
+        endpoint = NGPClientEndpoint(
+            reactor, self.tls_gateway(pin_sha256=self.pin), self.credentials, "echo"
+        )
+        yield connectProtocol(endpoint, probe)
+        yield probe.done
+        reason = probe.reason
+        self.assertEqual(probe.received, payload)
+        self.assertTrue(probe.read_closed)  # the gateway passed our EOF back after the data
+        self.assertIsInstance(reason.value, ConnectionDone)
+        yield wait_for(lambda: not self.gateway.factory.sessions)
+
     def slow_client_hello(self, pause: float) -> bytes:
         """
         Python's own TLS client, whose ClientHello arrives C{pause} seconds after the TCP
@@ -320,6 +340,37 @@ class TLSGatewayTests(unittest.TestCase):
     def test_truncated_client_hello_cut_at_deadline(self):
         # A TLS record header announcing 512 bytes of ClientHello, then only 4 of them.
         return self.stall(bytes.fromhex("160301020001000200"))
+
+
+@implementer(IHalfCloseableProtocol)
+class _HalfCloser(Protocol):
+    """
+    Sends everything, half-closes, and reads the echo to the end.
+    """
+
+    def __init__(self, payload: bytes):
+        self.payload = payload
+        self.received = b""
+        self.read_closed = False
+        self.done: Deferred = Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.payload)
+        self.transport.loseWriteConnection()
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def readConnectionLost(self):
+        self.read_closed = True
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        pass
+
+    def connectionLost(self, reason):
+        self.reason = reason
+        self.done.callback(None)
 
 
 class _Silent(Protocol):
