@@ -127,6 +127,7 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "control.error": "a control command raised unexpectedly",
         # Client side (netguard tunnel)
         "tunnel.failed": "a tunnelled connection could not be opened",
+        "tunnel.retry": "the gateway was busy for a tunnelled connection; it is retried",
         "tunnel.close": "a tunnelled connection ended",
     }
 )

@@ -15,6 +15,7 @@ in memory only.
 
 from __future__ import annotations
 
+import random as _random
 from typing import Any
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -24,8 +25,32 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netguard.client.endpoint import NGPClientEndpoint
+from netguard.client.protocol import NGPError
 from netguard.log import escape
 from netguard.relay import A, B, Splice
+
+#: BUSY reasons that mean "not now" for this client host rather than "never": the gateway's
+#: rate or caps for one source, its pools, random early drop or overload (protocol.md lists
+#: every reason). A local program that opens a pool of connections at once (redis-benchmark,
+#: a connection pool) would otherwise see some of them reset. Refusals about the client
+#: itself (penalised, denied, not-allowed) are not retried.
+RETRY_REASONS = frozenset(
+    {
+        "rate",
+        "per-source-cap",
+        "random-early-drop",
+        "unauth-cap",
+        "relay-cap",
+        "global-cap",
+        "overload-lag",
+        "overload-load",
+        "overload-memory",
+    }
+)
+#: The pauses before each retry, in seconds (each scaled by a random factor from 0.5 to 1.5
+#: so many waiting connections do not come back at once): about 4 s in all, then the local
+#: connection is closed.
+RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 #: The relay's sides as the operator knows them: a is the local program, b the gateway.
 _SIDES = {
@@ -79,9 +104,13 @@ class TunnelConnection(Protocol):
         self._eof = False
         self._gone = False
         self._connecting: Any = None
+        self._retries = 0
 
     def connectionMade(self) -> None:
         self.transport.pauseProducing()
+        self._connect()
+
+    def _connect(self) -> None:
         remote = _RemoteSide(self)
         self._connecting = self.tunnel.endpoint.connect(Factory.forProtocol(lambda: remote))
         self._connecting.addCallbacks(self._opened, self._failed)
@@ -135,6 +164,26 @@ class TunnelConnection(Protocol):
 
     def _failed(self, failure: Failure) -> None:
         self._connecting = None
+        error = failure.value
+        if (
+            not self._gone
+            and isinstance(error, NGPError)
+            and error.code == "BUSY"
+            and error.text.split(" ", 1)[0] in RETRY_REASONS
+            and self._retries < len(RETRY_DELAYS)
+        ):
+            delay = RETRY_DELAYS[self._retries] * (0.5 + self.tunnel.random())
+            self._retries += 1
+            self.log.info(
+                "gateway busy for {service} ({reason}); retry {attempt} in {delay:.2f}s",
+                event="tunnel.retry",
+                service=escape(self.tunnel.endpoint.service),
+                reason=escape(error.text),
+                attempt=self._retries,
+                delay=delay,
+            )
+            self._connecting = self.tunnel.reactor.callLater(delay, self._connect)
+            return
         self.tunnel.connections.discard(self)
         if not self._gone:
             self.log.warn(
@@ -171,8 +220,10 @@ class TunnelFactory(Factory):
         endpoint: NGPClientEndpoint,
         idle_timeout: float = 3600.0,
         write_timeout: float = 30.0,
+        random: Any = _random.random,
     ):
         self.reactor = reactor
+        self.random = random
         self.endpoint = endpoint
         self.idle_timeout = idle_timeout
         self.write_timeout = write_timeout

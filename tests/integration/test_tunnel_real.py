@@ -178,6 +178,23 @@ class TunnelToRedisTests(unittest.TestCase):
         self.assertIn("requests per second", text)
 
     @inlineCallbacks
+    def test_connection_bursts_ride_out_the_default_rate_limit(self):
+        # redis-benchmark opens a fresh pool of connections for every test: 4 tests x 10
+        # connections in a second or two pass the default per-source burst (20) and rate
+        # (10/s) of the gateway, which sees them all from this host. The tunnel waits and
+        # retries on BUSY rate instead of resetting the local connection (found by a review).
+        sock = yield self.start_tunnel()
+        out, err, code = yield getProcessOutputAndValue(
+            REDIS_BENCHMARK,
+            ["-s", sock, "-n", "400", "-c", "10", "-q", "-t", "ping,set,get,incr"],
+        )
+        self.assertEqual(code, 0, err)
+        text = out.decode(errors="replace").replace("\r", "\n")
+        for name in ("SET:", "GET:", "INCR:"):
+            self.assertIn(name, text)
+        self.assertGreater(self.gateway.factory.stats.snapshot().get("refused.rate", 0), 0)
+
+    @inlineCallbacks
     def test_netguard_endpoint_string(self):
         description = (
             f"netguard:host=127.0.0.1:port={self.gateway_port}:service=redis:"
