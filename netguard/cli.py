@@ -272,7 +272,7 @@ def _cmd_tunnel(args: argparse.Namespace, io: _IO) -> int:
     return EXIT_OK
 
 
-def _control_socket_path(args: argparse.Namespace) -> str:
+def _control_socket_path(args: argparse.Namespace, io: _IO) -> str:
     """
     The control socket named by --socket, or by the configuration (--config, else the
     defaults: <state_dir>/control.sock).
@@ -284,17 +284,63 @@ def _control_socket_path(args: argparse.Namespace) -> str:
     try:
         loaded = config.load_config(args.config)
     except config.ConfigError as e:
-        raise CommandError(str(e)) from None
+        # A broken file must not lock the operator out of the running daemon (whose
+        # "ctl reload" would answer RELOAD_REFUSED with the same problem): find the socket
+        # from the two keys that name it, if the file is still TOML.
+        fallback = _control_socket_of_broken_config(args.config)
+        if fallback is None:
+            raise CommandError(str(e)) from None
+        io.stderr.write(f"netguard: warning: {e}; using the control socket {fallback}\n")
+        return fallback
     path = str(loaded.ops.control_socket)
     if not path:
         raise CommandError("the configuration has no control socket (ops.control_socket)")
     return path
 
 
+def _control_socket_of_broken_config(path: str | None) -> str | None:
+    """
+    The control socket a configuration file names (C{ops.control_socket}, else
+    C{<state_dir>/control.sock}), read without validating the rest of the file.
+
+    @return: the path, or L{None} when the file is not TOML or names neither key usably.
+    """
+    import tomllib
+
+    from netguard import config
+
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            doc = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    base = os.path.dirname(os.path.abspath(path))
+
+    def absolute(value: object) -> str | None:
+        if not isinstance(value, str) or not value or "\x00" in value:
+            return None
+        value = os.path.expanduser(value)
+        return os.path.normpath(value if os.path.isabs(value) else os.path.join(base, value))
+
+    ops = doc.get("ops")
+    if isinstance(ops, dict) and "control_socket" in ops:
+        return absolute(ops["control_socket"])
+    state_dir = absolute(doc.get("state_dir")) if "state_dir" in doc else None
+    if state_dir is None and "state_dir" in doc:
+        return None
+    try:
+        state_dir = state_dir or config.default_state_dir()
+    except config.ConfigError:
+        return None
+    return os.path.join(state_dir, "control.sock")
+
+
 def _cmd_ctl(args: argparse.Namespace, io: _IO) -> int:
     from netguard.ops.ctl_client import EXIT_OK, run_ctl
 
-    code, output = run_ctl(_control_socket_path(args), args.words, timeout=args.timeout)
+    code, output = run_ctl(_control_socket_path(args, io), args.words, timeout=args.timeout)
     if code == EXIT_OK:
         if output:
             io.stdout.write(output + "\n")

@@ -6,6 +6,7 @@ real blocking client in a thread while the reactor serves.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -26,6 +27,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from netguard import cli
 from netguard.ops.control import (
     CONTROL_LIMITS,
     MAX_QUEUED,
@@ -463,6 +465,37 @@ class RealSocketTests(unittest.TestCase):
         port = yield listen_control(reactor, self.path, factory or self.factory)
         self.addCleanup(port.stopListening)
         return port
+
+    @inlineCallbacks
+    def test_ctl_reaches_the_daemon_through_a_broken_config(self):
+        # Found by a review: "ctl --config FILE reload" after a bad edit of FILE stopped at
+        # parsing FILE itself, so the daemon could never say RELOAD_REFUSED.
+        yield self.listen()
+        config_file = os.path.join(self.dir, "ng.toml")
+        with open(config_file, "w") as handle:
+            handle.write(
+                f'[ops]\ncontrol_socket = "{self.path}"\n[limits]\nmax_line_length = 10\n'
+            )
+        out, err = io.StringIO(), io.StringIO()
+        code = yield deferToThread(
+            cli.main, ["ctl", "--config", config_file, "status"], stdout=out, stderr=err
+        )
+        self.assertEqual(code, EXIT_OK, err.getvalue())
+        self.assertEqual(json.loads(out.getvalue()), self.commands.figures)
+        self.assertIn("limits.max_line_length", err.getvalue())
+        self.assertIn(f"using the control socket {self.path}", err.getvalue())
+
+    @inlineCallbacks
+    def test_ctl_with_a_config_that_is_not_toml_is_an_error(self):
+        config_file = os.path.join(self.dir, "ng.toml")
+        with open(config_file, "w") as handle:
+            handle.write("this is not = = toml\n")
+        err = io.StringIO()
+        code = yield deferToThread(
+            cli.main, ["ctl", "--config", config_file, "status"], stdout=io.StringIO(), stderr=err
+        )
+        self.assertEqual(code, 2)
+        self.assertIn("netguard: error:", err.getvalue())
 
     @inlineCallbacks
     def test_socket_mode_0600_and_status_round_trip(self):
