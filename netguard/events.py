@@ -104,6 +104,7 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "tls.loaded": "a TLS certificate was loaded at start",
         "tls.reloaded": "a TLS certificate was reloaded",
         "tls.established": "the TLS handshake of a connection finished",
+        "tls.handshake_failed": "a connection on a TLS listener ended before its handshake did",
         "tls.reload_failed": "a TLS reload was refused; the old certificate stays",
         "tls.warning": "a weak or surprising TLS setting",
         "tls.verify_error": "verifying a server certificate raised unexpectedly",

@@ -18,7 +18,12 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, ISSLTransport
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    INegotiated,
+    ISSLTransport,
+)
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -33,7 +38,7 @@ from netguard.auth.scram import (
 from netguard.errors import ErrorCode
 from netguard.framing import GuardedLineReceiver, peer_label
 from netguard.log import escape
-from netguard.tls import channel_binding_for, connection_info
+from netguard.tls import channel_binding_for, connection_info, describe_tls_error
 
 if TYPE_CHECKING:
     from netguard.gateway.factory import GatewayFactory
@@ -166,6 +171,17 @@ class GatewaySession(GuardedLineReceiver):
     def connectionLost(self, reason: Failure | None = None) -> None:
         previous = self.state
         self.state = SessionState.CLOSED
+        if not self._tls_ready and INegotiated.providedBy(self.transport):
+            # Plain text, junk, a truncated or refused handshake on a TLS listener.
+            why = describe_tls_error(reason)
+            if why is None:
+                why = reason.getErrorMessage() if reason is not None else "closed"
+            self.log.info(
+                "TLS handshake with {peer} failed: {why}",
+                event="tls.handshake_failed",
+                why=escape(why, limit=200),
+                **self.log_fields(),
+            )
         super().connectionLost(reason)
         if self._peer_run is not None:
             self._peer_run.cancel()

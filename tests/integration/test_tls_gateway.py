@@ -256,6 +256,8 @@ class TLSGatewayTests(unittest.TestCase):
         self.assertNotIn(b"PONG", answer)
         yield wait_for(lambda: not self.gateway.factory.sessions)
         self.assertFalse([e for e in self.events if e.get("log_failure") is not None])
+        [failed] = [e for e in self.events if e.get("event") == "tls.handshake_failed"]
+        self.assertTrue(failed["why"], failed)
 
     @inlineCallbacks
     def test_reload_serves_the_new_certificate_to_new_connections(self):
