@@ -2166,9 +2166,12 @@ def load_config(
         tls_listen: tuple[TLSListenConfig, ...] = ()  # --listen: only those listeners open
     else:
         tls_listen = _tls_listeners(src, doc.get("tls_listen", []), listen, builder)
+    entries = doc.get("tls_listen", []) if "listen" not in opts else []
     for index in range(len(tls_listen)):
+        given = entries[index] if isinstance(entries[index], dict) else {}
         for field in attrs.fields(TLSListenConfig):
-            origins[f"tls_listen[{index}].{field.name}"] = ORIGIN_FILE
+            origin = ORIGIN_FILE if field.name in given else ORIGIN_DEFAULT
+            origins[f"tls_listen[{index}].{field.name}"] = origin
     if not listen and not tls_listen:
         where = cli if "listen" in opts else src
         raise where.error("listen", "no listener: give at least one in listen or [[tls_listen]]")

@@ -1106,6 +1106,16 @@ class DescribeTests(ConfigTestCase):
         keys += [f"services.{n}.{k}" for n in config.services for k in SERVICE_KEYS]
         return keys
 
+    def test_tls_listen_keys_not_given_come_from_the_defaults(self) -> None:
+        config = self.load(
+            "[[tls_listen]]\n"
+            'endpoint = "tcp:7701:interface=127.0.0.1"\n'
+            'cert_file = "/etc/netguard/cert.pem"\nkey_file = "/etc/netguard/key.pem"\n'
+        )
+        self.assertEqual(config.origins["tls_listen[0].cert_file"], ORIGIN_FILE)
+        self.assertEqual(config.origins["tls_listen[0].chain_file"], ORIGIN_DEFAULT)
+        self.assertEqual(config.origins["tls_listen[0].min_version"], ORIGIN_DEFAULT)
+
     def test_every_key_of_the_defaults(self) -> None:
         config = self.load()
         text = describe(config)

@@ -194,7 +194,15 @@ class InstanceLock:
         @raise ValueError: if the lock was released.
         """
         fd = self.fileno()
-        self.pid = os.getpid() if pid is None else pid
+        previous, self.pid = self.pid, os.getpid() if pid is None else pid
+        if previous != self.pid:
+            log.info(
+                "instance lock {path} now held by pid {pid} (twistd's daemon)",
+                event="lock.acquired",
+                path=self.path,
+                pid=self.pid,
+                stale_pid=None,
+            )
         data = f"{self.pid}\n".encode("ascii")
         os.ftruncate(fd, 0)
         os.pwrite(fd, data, 0)
