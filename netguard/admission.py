@@ -4,7 +4,8 @@ Admission control: which new connection may take a slot, decided before the gree
 
 L{Admission} is pure bookkeeping with an injected clock and random source; it opens no socket
 and imports no Twisted networking code, so any factory can consult it (the gateway wraps its
-C{buildProtocol}/C{connectionMade}). For each new connection the caller asks L{Admission.admit};
+C{buildProtocol}/C{connectionMade}; L{netguard.admitting.AdmittingFactory} does the same for
+any other Twisted server). For each new connection the caller asks L{Admission.admit};
 a L{Refusal} names a stable reason and is answered C{ERR BUSY <reason>} or by a silent close
 (L{AdmissionPolicy.reject_mode}). The rules, in the order they are applied:
 
@@ -18,6 +19,12 @@ a L{Refusal} names a stable reason and is answered C{ERR BUSY <reason>} or by a 
      cap, and a token-bucket connection rate.
   5. Random early drop of new connections between a soft and a hard count of unauthenticated
      connections, as sshd's C{MaxStartups start:rate:full}.
+
+The refusal reasons are L{REASONS} (C{denied}, C{not-allowed}, C{overload-load},
+C{overload-lag}, C{overload-memory}, C{global-cap}, C{unauth-cap}, C{relay-cap},
+C{per-source-cap}, C{rate}, C{penalised}, C{random-early-drop}); the offence kinds of
+L{Admission.offence} are L{OFFENCE_KINDS} (C{auth_failure}, C{early_talker}, C{timeout},
+C{format_error}).
 
 Authenticated connections move to their own pool (L{Admission.authenticated}) with its own cap,
 so a flood of connections that never authenticate cannot take the slots of users who did: the

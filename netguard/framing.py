@@ -34,7 +34,24 @@ costs no more than the bound allows. L{setRawMode} hands every byte after the cu
 L{rawDataReceived}, in order, none lost and none repeated.
 
 Subclasses implement L{greet}, L{lineReceived} and L{rawDataReceived}, and may override
-L{log_fields} to add fields (a connection id, a user) to every event.
+L{log_fields} to add fields (a connection id, a user) to every event, and L{refuse} to see
+(or change) every refusal. The bounds are one L{FramingLimits} value (defaults: 1024-byte
+lines, 16 lines and 8192 bytes before L{end_handshake}, 0.1 s greeting delay, 30 s handshake
+deadline, 120 s idle timeout, 30 s write timeout), given to the constructor or set as the
+class attribute C{limits}, so that C{Factory.forProtocol} works too::
+
+    class Echo(GuardedLineReceiver):
+        limits = FramingLimits(max_line_length=64, idle_timeout=10.0)
+
+        def greet(self):
+            self.sendLine(b"HELLO echo")
+
+        def lineReceived(self, line):
+            self.sendLine(b"ECHO " + line)
+
+    endpoint.listen(Factory.forProtocol(Echo))          # or Echo(FramingLimits(...), clock)
+
+Refusals use netguard's own one-line format (C{ERR <CODE> <text>}, L{netguard.errors}).
 """
 
 from __future__ import annotations
@@ -137,6 +154,8 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
     transport: Any
     clock: Any
 
+    #: The bounds used when the constructor is given none; subclasses may set their own.
+    limits: FramingLimits = FramingLimits()
     phase: FramingPhase = FramingPhase.PRE_GREETING
     lines_received = 0
     bytes_before_auth = 0
@@ -145,7 +164,8 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
     def __init__(self, limits: FramingLimits | None = None, clock: IReactorTime | None = None):
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
-        self.limits = limits if limits is not None else FramingLimits()
+        if limits is not None:
+            self.limits = limits
         self.clock = clock
         self.MAX_LENGTH = self.limits.max_line_length
         self._timers: dict[str, Any] = {}

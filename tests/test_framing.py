@@ -149,6 +149,25 @@ class LineSplittingTests(unittest.TestCase):
             self.assertTrue(transport.disconnecting)
 
 
+class ClassLimitsTests(unittest.TestCase):
+    def test_class_attribute_limits_apply_without_constructor_arguments(self):
+        # A developer's own protocol built by Factory.forProtocol gets its class's limits
+        # (found by a review: a class attribute used to be ignored silently).
+        class Short(Recorder):
+            limits = FramingLimits(max_line_length=8, greeting_delay=0)
+
+        proto = Short(clock=Clock())
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(b"123456789\r\n")
+        self.assertIn(b"ERR LINE_TOO_LONG", transport.value())
+
+    def test_constructor_limits_win(self):
+        proto = Recorder(FramingLimits(max_line_length=100), Clock())
+        self.assertEqual(proto.limits.max_line_length, 100)
+        self.assertEqual(Recorder(clock=Clock()).limits, FramingLimits())
+
+
 class BoundTests(unittest.TestCase):
     def test_overlong_line_refused_and_closed(self):
         proto, transport, _ = connect(FramingLimits(max_line_length=10))
