@@ -161,7 +161,23 @@ def _cmd_adduser(args: argparse.Namespace, io: _IO) -> int:
     password = _read_password(io)
     users.add_user(path, name, password, groups=groups, iterations=args.iterations)
     io.stdout.write(f"added user {name} to {path}\n")
+    _warn_if_iterations_stand_out(users.UserStore.load(path), name, io)
     return EXIT_OK
+
+
+def _warn_if_iterations_stand_out(store: users.UserStore, name: str, io: _IO) -> None:
+    """
+    Unknown names are answered with the iteration count most users have; a user with another
+    count can be told apart from an unknown name by any client (one AUTH, no password).
+    """
+    record = store.lookup(name)
+    common = store.mock_iterations
+    if record is not None and record.iterations != common:
+        io.stderr.write(
+            f"netguard: warning: {name} has {record.iterations} iterations and most users "
+            f"{common}; a client can tell that {name} exists from the count the gateway "
+            "sends (use the same --iterations for every user)\n"
+        )
 
 
 def _cmd_passwd(args: argparse.Namespace, io: _IO) -> int:

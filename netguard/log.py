@@ -125,6 +125,16 @@ def escape(value: object, limit: int = DEFAULT_FIELD_LIMIT) -> str:
     return "".join(out)
 
 
+def quoted(value: object, limit: int = DEFAULT_FIELD_LIMIT) -> str:
+    """
+    L{escape}, in double quotes, with C{"} itself escaped (C{\\x22}): for an untrusted value
+    that may contain spaces, inside a text message, so that a name such as
+    C{evil from 10.9.9.9: ok} cannot pass for the words around it (a fail2ban-style pattern
+    over the message still sees one token).
+    """
+    return '"' + escape(value, limit).replace('"', "\\x22") + '"'
+
+
 def _escape_rendered_line(text: str) -> str:
     """
     Escape a rendered log line, keeping only its final newline: printable ASCII (the

@@ -133,9 +133,19 @@ class HalfCloseTLSTransport(BufferingTLSTransport):
 class HalfCloseTLSFactory(TLSMemoryBIOFactory):
     """
     A L{TLSMemoryBIOFactory} whose connections are L{HalfCloseTLSTransport}s.
+
+    When the application's factory builds no protocol for a connection (admission control
+    refusing it silently), no TLS protocol is built either: the connection is closed before
+    any TLS work, where Twisted's factory would wrap L{None} and fail.
     """
 
     protocol = HalfCloseTLSTransport
+
+    def buildProtocol(self, addr: Any) -> Any:
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return self.protocol(self, wrapped)
 
 
 def wrap_client_tls(creator: Any, endpoint: Any) -> Any:

@@ -395,6 +395,16 @@ class ParserTests(CliTestBase):
         self.assertEqual(code, 2)
         self.assertNotIn("Traceback", err)
 
+    def test_a_user_whose_iteration_count_stands_out_is_warned_about(self) -> None:
+        # Found by a review: unknown names get the most common count, so a user with
+        # another one can be told apart by any client.
+        self.assertEqual(self.adduser("alice", "pw-a")[0], 0)
+        code, _, err = self.adduser("bob", "pw-b")
+        self.assertEqual((code, err), (0, ""))
+        code, _, err = self.adduser("carol", "pw-c", "--iterations", "20000")
+        self.assertEqual(code, 0)
+        self.assertIn("carol has 20000 iterations and most users 4096", err)
+
     def test_iterations_not_a_number(self) -> None:
         code, _, err = self.run_cli(["adduser", "a", "--iterations", "many"])
         self.assertEqual(code, 2)

@@ -37,6 +37,7 @@ from netguard.log import (
     json_stdout_observer,
     observer_for,
     open_log_file,
+    quoted,
     safe_text_observer,
     stdout_log_problem,
     text_stdout_observer,
@@ -102,6 +103,25 @@ def publish(**fields: Any) -> tuple[str, str]:
 class LogSettings:
     format: str = "text"
     file: str = "-"
+
+
+class QuotedTests(unittest.TestCase):
+    """
+    Found by a review: an untrusted name with spaces (C{evil from 10.9.9.9: ok}) in a text
+    message could pass for the words around it; quoted, it stays one token.
+    """
+
+    def test_spaces_stay_inside_the_quotes(self):
+        self.assertEqual(quoted("evil from 10.9.9.9: ok"), '"evil from 10.9.9.9: ok"')
+
+    def test_a_quote_cannot_close_the_quotes(self):
+        self.assertEqual(quoted('evil" from "10.9.9.9'), '"evil\\x22 from \\x2210.9.9.9"')
+
+    def test_a_literal_escape_text_stays_distinct(self):
+        self.assertNotEqual(quoted('a"b'), quoted("a\\x22b"))
+
+    def test_none(self):
+        self.assertEqual(quoted(None), '"-"')
 
 
 class EscapeTests(unittest.TestCase):

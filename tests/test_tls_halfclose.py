@@ -137,3 +137,13 @@ class HalfCloseTests(TLSTestCase):
         self.tls.write(b"still allowed")
         self.pump()
         self.assertEqual(self.client_reads(), b"still allowed")
+
+
+class RefusedBeforeTLSTests(TLSTestCase):
+    def test_no_protocol_means_no_tls_work(self) -> None:
+        class Refusing(Factory):
+            def buildProtocol(self, addr: Any) -> None:
+                return None
+
+        factory = HalfCloseTLSFactory(self.load(), False, Refusing(), Clock())
+        self.assertIsNone(factory.buildProtocol(None))

@@ -452,6 +452,14 @@ class UserStore:
             return cls(recs, secrets.token_bytes(32))
         return cls(recs, _mock_key_for(_render(recs).encode("utf-8")))
 
+    @property
+    def mock_iterations(self) -> int:
+        """
+        The iteration count unknown names are answered with: the one most users have (a user
+        with another count can be told from an unknown name; give every user the same).
+        """
+        return int(self._mock_iterations)
+
     def lookup(self, name: str) -> UserRecord | None:
         """
         @param name: a user name.

@@ -37,7 +37,7 @@ from netguard.auth.scram import (
 )
 from netguard.errors import ErrorCode
 from netguard.framing import GuardedLineReceiver, peer_label
-from netguard.log import escape
+from netguard.log import escape, quoted
 from netguard.tls import channel_binding_for, connection_info, describe_tls_error
 
 if TYPE_CHECKING:
@@ -545,9 +545,10 @@ class GatewaySession(GuardedLineReceiver):
         self.auth_attempts += 1
         self.factory.stats.count("auth_fail")
         self.log.info(
-            "authentication failed for {claimed} from {peer}: {reason}",
+            "authentication failed for {claimed_quoted} from {peer}: {reason}",
             event="auth.fail",
             claimed=escape(username),
+            claimed_quoted=quoted(username),
             reason=escape(failure.reason),
             known_user=failure.known_user,
             attempt=self.auth_attempts,

@@ -28,7 +28,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from netguard.log import escape
+from netguard.log import escape, quoted
 from netguard.peer.fcrdns import (
     DEFAULT_MAX_NAMES,
     FCrDNSCache,
@@ -356,7 +356,7 @@ class PeerCheckRun:
         if reply is not None:
             user = reply.user if reply.user is not None else reply.user_octets
         self.log.info(
-            "peer {peer} ident {reason} claims user={user} os={os}",
+            "peer {peer} ident {reason} claims user={user_quoted} os={os}",
             event="peer.ident",
             peer=self._peer_text,
             ok=result.ok,
@@ -365,6 +365,7 @@ class PeerCheckRun:
             os=escape(reply.os if reply else None),
             charset=escape(reply.charset if reply else None),
             user=escape(user, limit=600),
+            user_quoted=quoted(user, limit=600),
             error=escape(reply.error if reply else None),
             received=result.received,
         )

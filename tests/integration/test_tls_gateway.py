@@ -386,3 +386,52 @@ class _Silent(Protocol):
 
     def connectionLost(self, reason):
         self.closed.callback(None)
+
+
+class SilentRefusalOnTLSTests(unittest.TestCase):
+    """
+    With C{reject_mode = "close"} a refused connection on a TLS listener is closed before any
+    TLS work: no handshake, no traceback (Twisted's TLS factory used to wrap the missing
+    protocol and fail).
+    """
+
+    timeout = 30
+
+    def test_refused_before_the_handshake(self):
+        directory = tempfile.mkdtemp(prefix="ngtls-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, directory, True)
+        cert, key = tls_certs.make_leaf("localhost")
+        cert_file, key_file = tls_certs.write_identity(directory, "gateway", cert, key)
+        running = RunningGateway(
+            self,
+            "listen = []\n"
+            "[[tls_listen]]\n"
+            'endpoint = "tcp:0:interface=127.0.0.1"\n'
+            f'cert_file = "{cert_file}"\nkey_file = "{key_file}"\n'
+            '[admission]\nreject_mode = "close"\nper_source_max = 1\n',
+        )
+        events: list[dict] = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        port = running.port()
+        return deferToThread(self.two_clients, port).addCallback(self.check, running, events)
+
+    def two_clients(self, port):
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as first:
+            held = context.wrap_socket(first, server_hostname="localhost")
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as second:
+                second.settimeout(5)
+                refused = second.recv(100)  # closed at once, no ServerHello
+            held.close()
+        return refused
+
+    def check(self, refused, running, events):
+        self.assertEqual(refused, b"")
+        self.assertFalse([e for e in events if e.get("log_failure") is not None])
+        self.assertIn("per-source-cap", [e.get("reason") for e in events])
+        return running.idle()
