@@ -627,6 +627,17 @@ class ClientTests(unittest.TestCase):
         self.assertEqual(code, EXIT_UNREACHABLE)
         self.assertIn("is netguard running?", output)
 
+    def test_permission_denied_names_the_cause(self):
+        # Found by a review: another user got "(is netguard running?)" for a live daemon.
+        def refuse(self, address):
+            raise PermissionError(13, "Permission denied")
+
+        self.patch(socket.socket, "connect", refuse)
+        code, output = run_ctl(self.path, ["status"])
+        self.assertEqual(code, EXIT_UNREACHABLE)
+        self.assertIn("only the daemon's user (or root)", output)
+        self.assertNotIn("is netguard running", output)
+
     def test_empty_command_is_usage_error(self):
         self.assertEqual(run_ctl(self.path, [])[0], EXIT_USAGE)
 

@@ -106,6 +106,12 @@ def run_ctl(path: str, words: Sequence[str], timeout: float = 5.0) -> tuple[int,
             sock.connect(path)
         except TimeoutError:
             return EXIT_PROTOCOL, f"no answer from {path} within {timeout:g}s"
+        except PermissionError as e:
+            return (
+                EXIT_UNREACHABLE,
+                f"cannot connect to the control socket {path}: {e.strerror}: it is mode 0600, "
+                "only the daemon's user (or root) may use it",
+            )
         except OSError as e:
             reason = e.strerror or type(e).__name__
             return (
