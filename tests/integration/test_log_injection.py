@@ -41,7 +41,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from netguard.auth.scram import ClientExchange, encode_wire
-from netguard.client.protocol import Credentials, NGPClientProtocol, NGPError
+from netguard.client.protocol import Credentials, NGPError
 from netguard.config import load_config
 from netguard.log import escape
 from netguard.service import make_service
@@ -54,7 +54,7 @@ from tests.integration.test_twistd import (
     run,
     short_temp_dir,
 )
-from tests.integration.util import free_port, wait_for
+from tests.integration.util import EchoClient, free_port, wait_for
 
 #: Text a peer would like to see at the start of a log line: a timestamp and columns of ours.
 FORGED = "1999-12-31T23:59:59+0000 [netguard.gateway.protocol.GatewaySession#info] auth.ok"
@@ -105,27 +105,6 @@ class LineClient(Protocol):
             return None
         self.read += 1
         return self.lines[self.read - 1]
-
-
-class EchoCollector(NGPClientProtocol):
-    """
-    The real client: opens C{echo} and fires C{done} with what came back.
-    """
-
-    def __init__(self, credentials: Credentials, expected: int) -> None:
-        super().__init__(credentials, "echo", clock=reactor)
-        self.expected = expected
-        self.received = bytearray()
-        self.done: Deferred[bytes] = Deferred()
-
-    def service_data(self, data: bytes) -> None:
-        self.received += data
-        if len(self.received) >= self.expected and not self.done.called:
-            self.done.callback(bytes(self.received))
-
-    def service_closed(self, reason: Any) -> None:
-        if not self.done.called:
-            self.done.callback(bytes(self.received))
 
 
 def scram_secrets(password: str, server_first: str, client_final: str) -> dict[str, str]:
@@ -325,7 +304,7 @@ class LogFileMixin:
         password sent as the service name: none of the secrets is logged anywhere.
         """
         payload = b"relayed data is never logged " + self.password.encode()
-        client = EchoCollector(Credentials(self.user, self.password), len(payload))
+        client = EchoClient(Credentials(self.user, self.password), len(payload))
         yield connectProtocol(self.endpoint(), client)
         yield client.opened
         client.transport.write(payload)
@@ -343,7 +322,7 @@ class LogFileMixin:
         unknown = yield self.raw()
         reply = yield self.authenticate(unknown, "nobody", self.password)
         self.assertTrue(reply.startswith(b"ERR AUTH_FAILED"), reply)
-        failing = EchoCollector(Credentials(self.user, "wrong-" + self.password), 0)
+        failing = EchoClient(Credentials(self.user, "wrong-" + self.password), 0)
         yield connectProtocol(self.endpoint(), failing)
         failure = yield self.assertFailure(failing.opened, NGPError)
         self.assertEqual(failure.code, "AUTH_FAILED")
@@ -616,7 +595,7 @@ class TwistdLoggerTests(unittest.TestCase):
             re.search(r"user:\s+(\S+)", shown).group(1),  # type: ignore[union-attr]
             re.search(r"password:\s+(\S+)", shown).group(1),  # type: ignore[union-attr]
         )
-        client = EchoCollector(credentials, 5)
+        client = EchoClient(credentials, 5)
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), client)
         yield client.opened
         client.transport.write(b"hello")

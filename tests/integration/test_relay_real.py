@@ -54,6 +54,7 @@ from netguard.client.protocol import Credentials, NGPClientProtocol, NGPError
 from netguard.config import load_config
 from netguard.gateway.protocol import SessionState
 from netguard.service import make_service
+from tests.integration.util import free_port, redis_server_argv, stop_process
 
 REDIS_SERVER = "/usr/bin/redis-server"
 MICROSOCKS = "/usr/bin/microsocks"
@@ -164,15 +165,6 @@ while True:
     conn, _ = server.accept()
     threading.Thread(target=serve, args=(conn,), daemon=True).start()
 """
-
-
-def free_port() -> int:
-    """
-    @return: a TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, closed).
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def redis_ping(port: int) -> bool:
@@ -442,22 +434,8 @@ class RelayRealTestCase(unittest.TestCase):
         """
         log = open(os.path.join(self.tmp, f"{name}.log"), "wb")  # noqa: SIM115 - closed in the cleanup
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        self.addCleanup(self._stop, proc, log)
+        self.addCleanup(stop_process, proc, log)
         return proc
-
-    @staticmethod
-    def _stop(proc: subprocess.Popen[bytes], log: Any) -> None:
-        """
-        Stop one process we started, by its PID: SIGTERM, then SIGKILL after 5 s.
-        """
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        log.close()
 
     def log_of(self, name: str) -> str:
         with open(os.path.join(self.tmp, f"{name}.log"), "rb") as handle:
@@ -488,22 +466,7 @@ class RelayRealTestCase(unittest.TestCase):
         for attempt in range(3):
             port = free_port()
             name = f"redis-{attempt}"
-            proc = self.spawn(
-                [
-                    REDIS_SERVER,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--daemonize",
-                    "no",
-                ],
-                name,
-            )
+            proc = self.spawn(redis_server_argv(REDIS_SERVER, port), name)
             deadline = time.monotonic() + START_DEADLINE
             while time.monotonic() < deadline and proc.poll() is None:
                 if redis_ping(port):

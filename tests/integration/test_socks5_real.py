@@ -40,6 +40,7 @@ from netguard.outbound.socks5 import (
     SOCKSProtocolError,
     SOCKSTimeout,
 )
+from tests.integration.util import stop_process
 
 MICROSOCKS = "/usr/bin/microsocks"
 DANTED = "/usr/sbin/danted"
@@ -200,7 +201,7 @@ class _RealPeersTestCase(unittest.TestCase):
             proc = subprocess.Popen(
                 make_argv(port), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
-            self.addCleanup(self._stop, proc, log)
+            self.addCleanup(stop_process, proc, log)
             try:
                 wait_listening(proc, port, log_path)
             except RuntimeError as exc:
@@ -208,20 +209,6 @@ class _RealPeersTestCase(unittest.TestCase):
                 continue
             return port
         raise AssertionError(str(last_error))
-
-    @staticmethod
-    def _stop(proc: subprocess.Popen[bytes], log: Any) -> None:
-        """
-        Stop one process we started, by its PID: SIGTERM, then SIGKILL after 5 s.
-        """
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        log.close()
 
     def socks(self, proxy_port: int, host: str, port: int, **kwargs: Any) -> SOCKS5ClientEndpoint:
         """

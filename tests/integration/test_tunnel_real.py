@@ -28,7 +28,13 @@ from twisted.trial import unittest
 from netguard.client.endpoint import NGPClientEndpoint
 from netguard.client.protocol import Credentials, NGPError
 from netguard.client.tunnel import TunnelFactory
-from tests.integration.util import RunningGateway, free_port, wait_for
+from tests.integration.util import (
+    RunningGateway,
+    free_port,
+    redis_server_argv,
+    stop_process,
+    wait_for,
+)
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
@@ -41,34 +47,11 @@ def start_redis(test: unittest.TestCase, workdir: str) -> int:
     """
     port = free_port()
     process = subprocess.Popen(
-        [
-            REDIS_SERVER,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            workdir,
-        ],
+        [*redis_server_argv(REDIS_SERVER, port), "--dir", workdir],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-
-    def stop():
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    test.addCleanup(stop)
+    test.addCleanup(stop_process, process)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:

@@ -39,14 +39,14 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 import twisted
-from netguard.client.protocol import Credentials, NGPClientProtocol
-from tests.integration.util import free_port
+from netguard.client.protocol import Credentials
+from tests.integration.util import EchoClient, free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -165,28 +165,6 @@ def read(path: str) -> str:
             return handle.read()
     except FileNotFoundError:
         return ""
-
-
-class EchoClient(NGPClientProtocol):
-    """
-    Opens C{echo} and collects what comes back; C{done} fires once C{expected} bytes arrived
-    (or the connection closed).
-    """
-
-    def __init__(self, credentials: Credentials, expected: int) -> None:
-        super().__init__(credentials, "echo", clock=reactor)
-        self.expected = expected
-        self.received = bytearray()
-        self.done: Deferred[bytes] = Deferred()
-
-    def service_data(self, data: bytes) -> None:
-        self.received += data
-        if len(self.received) >= self.expected and not self.done.called:
-            self.done.callback(bytes(self.received))
-
-    def service_closed(self, reason: Any) -> None:
-        if not self.done.called:
-            self.done.callback(bytes(self.received))
 
 
 class Twistd:

@@ -1,6 +1,7 @@
 """
-Helpers shared by the integration tests: free loopback ports, bounded waiting, and the real
-gateway running in-process.
+Helpers shared by the integration tests: free loopback ports, bounded waiting, the real
+gateway running in-process, stopping the peer processes a test started, the redis-server
+command line, and an echo client.
 """
 
 from __future__ import annotations
@@ -10,15 +11,16 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import tempfile
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 
-from netguard.client.protocol import Credentials
+from netguard.client.protocol import Credentials, NGPClientProtocol
 from netguard.config import load_config
 from netguard.service import make_service
 
@@ -106,3 +108,52 @@ class RunningGateway:
         Wait until no session is left (so the test ends with a clean reactor).
         """
         return wait_for(lambda: not self.service.factory.sessions)
+
+
+def stop_process(proc: subprocess.Popen[bytes], log: Any = None) -> None:
+    """
+    Stop one process a test started, by its PID: SIGTERM, then SIGKILL after 5 s; then close
+    its log file, if any.
+    """
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    if log is not None:
+        log.close()
+
+
+def redis_server_argv(redis_server: str, port: int) -> list[str]:
+    """
+    A redis-server on 127.0.0.1:C{port}, in the foreground, persisting nothing.
+    """
+    return [
+        redis_server,
+        "--port", str(port), "--bind", "127.0.0.1",
+        "--save", "", "--appendonly", "no", "--daemonize", "no",
+    ]  # fmt: skip
+
+
+class EchoClient(NGPClientProtocol):
+    """
+    The real client: opens C{echo} and collects what comes back; C{done} fires once
+    C{expected} bytes arrived (or the connection closed).
+    """
+
+    def __init__(self, credentials: Credentials, expected: int) -> None:
+        super().__init__(credentials, "echo", clock=reactor)
+        self.expected = expected
+        self.received = bytearray()
+        self.done: Deferred[bytes] = Deferred()
+
+    def service_data(self, data: bytes) -> None:
+        self.received += data
+        if len(self.received) >= self.expected and not self.done.called:
+            self.done.callback(bytes(self.received))
+
+    def service_closed(self, reason: Any) -> None:
+        if not self.done.called:
+            self.done.callback(bytes(self.received))
