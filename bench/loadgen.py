@@ -542,20 +542,32 @@ def _run_workers(target: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     return [{**r, "window": cpu} for r in results]
 
 
+def _summary(results: list[dict[str, Any]]) -> tuple[int, float, float, dict[str, Any]]:
+    """
+    Merge the workers' results: how many round trips, over how long, per second, and the
+    latency percentiles and error count.
+    """
+    latencies = sorted(x for r in results for x in r["latencies"])
+    seconds = max(r["seconds"] for r in results)
+    figures = {
+        "p50_ms": (_percentile(latencies, 0.5) or 0.0) * 1e3,
+        "p99_ms": (_percentile(latencies, 0.99) or 0.0) * 1e3,
+        "errors": sum(r["errors"] for r in results),
+    }
+    return len(latencies), seconds, len(latencies) / seconds if seconds > 0 else 0.0, figures
+
+
 def cmd_ping(args: argparse.Namespace) -> dict[str, Any]:
     """
     PING ping-pong on C{--conns} connections in each of C{--procs} processes.
     """
     results = _run_workers(_ping_worker, args)
-    latencies = sorted(x for r in results for x in r["latencies"])
-    seconds = max(r["seconds"] for r in results)
+    count, seconds, per_second, figures = _summary(results)
     return {
-        "requests": len(latencies),
+        "requests": count,
         "seconds": seconds,
-        "rps": len(latencies) / seconds if seconds > 0 else 0.0,
-        "p50_ms": (_percentile(latencies, 0.5) or 0.0) * 1e3,
-        "p99_ms": (_percentile(latencies, 0.99) or 0.0) * 1e3,
-        "errors": sum(r["errors"] for r in results),
+        "rps": per_second,
+        **figures,
         "conns": args.conns * args.procs,
         **results[0]["window"],
     }
@@ -619,15 +631,12 @@ def cmd_connrate(args: argparse.Namespace) -> dict[str, Any]:
     PING, reads the answer and closes; C{--conns} at a time in each of C{--procs} processes.
     """
     results = _run_workers(_connrate_worker, args)
-    latencies = sorted(x for r in results for x in r["latencies"])
-    seconds = max(r["seconds"] for r in results)
+    count, seconds, per_second, figures = _summary(results)
     return {
-        "connections": len(latencies),
+        "connections": count,
         "seconds": seconds,
-        "rate": len(latencies) / seconds if seconds > 0 else 0.0,
-        "p50_ms": (_percentile(latencies, 0.5) or 0.0) * 1e3,
-        "p99_ms": (_percentile(latencies, 0.99) or 0.0) * 1e3,
-        "errors": sum(r["errors"] for r in results),
+        "rate": per_second,
+        **figures,
         "error_sample": [e for r in results for e in r["error_sample"]][:3],
         "concurrency": args.conns * args.procs,
         **results[0]["window"],
