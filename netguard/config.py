@@ -1102,6 +1102,19 @@ def _split_description(description: str) -> list[_Field]:
     return fields
 
 
+def split_description(description: str) -> list[_Field]:
+    """
+    Split an endpoint description into its fields as Twisted's parser does (see
+    L{_split_description}), for code outside the configuration (start-up probes).
+
+    @raise ValueError: on a trailing lone backslash or an empty option name.
+    """
+    try:
+        return _split_description(description)
+    except _Invalid as e:
+        raise ValueError(e.message) from None
+
+
 def _quote(text: str, *, value: bool) -> str:
     """
     Escape text for an endpoint description; C{=} only needs escaping outside values.

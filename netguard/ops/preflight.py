@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import socket
 
+from netguard.config import split_description
 from netguard.ops.lock import InstanceConflict, check_unix_socket_free
 
 
@@ -30,30 +31,13 @@ class AddressBusy(Exception):
 
 def _fields(description: str) -> tuple[str, list[str], dict[str, str]]:
     """
-    Split a server endpoint description into its type, positional and keyword values, as
-    Twisted's parser does (backslash escapes; the first C{=} of a field separates a key).
+    An endpoint description's type, positional and keyword values, split as the
+    configuration (and Twisted's parser) splits it.
     """
-    parts: list[str] = []
-    current: list[str] = []
-    chars = iter(description)
-    for char in chars:
-        if char == "\\":
-            current.append(next(chars, ""))
-        elif char == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    positional: list[str] = []
-    keywords: dict[str, str] = {}
-    for part in parts[1:]:
-        key, sep, value = part.partition("=")
-        if sep:
-            keywords[key] = value
-        else:
-            positional.append(part)
-    return parts[0], positional, keywords
+    fields = split_description(description)
+    positional = [f.value for f in fields[1:] if f.key is None]
+    keywords = {f.key: f.value for f in fields[1:] if f.key is not None}
+    return fields[0].value, positional, keywords
 
 
 def _probe_tcp(family: socket.AddressFamily, interface: str, port: int, what: str) -> None:
