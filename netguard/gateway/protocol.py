@@ -94,6 +94,22 @@ _OFFENCES: dict[ErrorCode, str] = {
     ErrorCode.UNKNOWN_COMMAND: "format_error",
 }
 
+#: The relay's C{ended_by} (side A is the client, B the backend) as logged in C{closed_by}.
+_RELAY_ENDINGS = {
+    "a": "client",
+    "b": "backend",
+    "stalled-a": "client-stalled",
+    "stalled-b": "backend-stalled",
+}
+#: The words the text log line gives for each C{closed_by}.
+_CLOSE_REASONS = {
+    "client": "the client closed",
+    "backend": "the backend closed",
+    "server": "the gateway closed",
+    "idle": "idle timeout",
+    "client-stalled": "the client stopped reading for write_timeout",
+    "backend-stalled": "the backend stopped reading for write_timeout",
+}
 _SERVICE_NAME = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _PRINTABLE = re.compile(rb"[\x20-\x7e]*\Z")
 
@@ -215,11 +231,12 @@ class GatewaySession(GuardedLineReceiver):
         """
         if result is not None:
             self.bytes_down = result.bytes_b_to_a
-            self.closed_by = {"a": "client", "b": "backend"}.get(result.ended_by, result.ended_by)
+            self.closed_by = _RELAY_ENDINGS.get(result.ended_by, result.ended_by)
         self.factory.stats.count("bytes_up", self.bytes_up)
         self.factory.stats.count("bytes_down", self.bytes_down)
         self.log.info(
-            "closed {peer} after {duration:.3f}s up={bytes_up} down={bytes_down}",
+            "closed {peer} after {duration:.3f}s up={bytes_up} down={bytes_down}: {why}",
+            why=_CLOSE_REASONS.get(self.closed_by, self.closed_by),
             event="conn.close",
             state=state.value,
             service=escape(self.service),

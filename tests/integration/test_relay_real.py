@@ -43,7 +43,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall, deferLater
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from twisted.trial import unittest
@@ -783,7 +783,9 @@ class TimeBoundTests(RelayRealTestCase):
         )
         client = yield self.open("push", NeverReader)
         yield wait_until(lambda: self.logged("conn.close"), "the close event")
-        self.assertEqual(self.logged("conn.close")[0]["closed_by"], "stalled-a")
+        close = self.logged("conn.close")[0]
+        self.assertEqual(close["closed_by"], "client-stalled")
+        self.assertIn("the client stopped reading for write_timeout", formatEvent(close))
         # A client that does not read does not notice the reset until it reads again.
         client.transport.resumeProducing()
         yield client.wait_closed()
