@@ -79,6 +79,18 @@ class HalfCloseTLSTransport(BufferingTLSTransport):
             return  # after our close_notify nothing more may be sent (as after a TCP FIN)
         super()._write(bytes)
 
+    def _sending_done(self) -> bool:
+        """
+        Whether the application has finished sending: it half-closed, or it called
+        C{loseConnection} with nothing left to send (no bytes waiting for the handshake, no
+        producer still registered), so that our C{close_notify} is out. Once it is, the
+        peer's C{close_notify} (still passed on as C{readConnectionLost}) or TCP EOF ends the
+        connection: nothing else would, and it would stay, half-closed, until a timeout.
+        """
+        if self._write_closed:
+            return True
+        return bool(self.disconnecting) and self._producer is None and not self._appSendBuffer
+
     # -- the peer's half-close --------------------------------------------------------------
 
     def _flushReceiveBIO(self) -> None:
@@ -95,7 +107,7 @@ class HalfCloseTLSTransport(BufferingTLSTransport):
                     self._read_closed = True
                     self._flushSendBIO()
                     self.wrappedProtocol.readConnectionLost()
-                if self._write_closed or not half_closing:
+                if self._sending_done() or not half_closing:
                     # Both directions are done (or the application cannot half-close):
                     # answer the close_notify and close, as Twisted's TLS does.
                     self._shutdownTLS()
@@ -121,7 +133,7 @@ class HalfCloseTLSTransport(BufferingTLSTransport):
             self._flushReceiveBIO()
         if not self._read_closed and not self._lostTLSConnection:
             self._tlsShutdownFinished(Failure(ConnectionLost()))
-        elif self._write_closed:
+        elif self._sending_done():
             self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
