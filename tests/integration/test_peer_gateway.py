@@ -14,7 +14,7 @@ from twisted.trial import unittest
 
 from netguard.client.protocol import NGPClientProtocol, NGPError
 from tests.integration import test_peer_real as peer_real
-from tests.integration.util import RunningGateway, wait_for
+from tests.integration.util import RunningGateway, peer_unavailable, wait_for
 
 
 class _DnsmasqGateway:
@@ -29,7 +29,7 @@ class _DnsmasqGateway:
 
     def setUp(self):
         if not os.access(peer_real.DNSMASQ, os.X_OK):
-            raise unittest.SkipTest(f"{peer_real.DNSMASQ} not installed (Debian: dnsmasq-base)")
+            peer_unavailable(f"{peer_real.DNSMASQ} not installed (Debian: dnsmasq-base)")
         records = [
             "--ptr-record=1.0.0.127.in-addr.arpa,good.test",
             "--host-record=good.test,127.0.0.1",

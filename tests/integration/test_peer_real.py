@@ -26,6 +26,7 @@ from twisted.trial import unittest
 from netguard.peer.checks import PeerCheckPolicy, start_peer_checks
 from netguard.peer.fcrdns import FCrDNSCache, FCrDNSResult, confirm_hostname, make_resolver
 from netguard.peer.ident import IdentReply, IdentResult, ident_query
+from tests.integration.util import peer_unavailable
 
 DNSMASQ = "/usr/sbin/dnsmasq"
 OIDENTD = "/usr/sbin/oidentd"
@@ -105,7 +106,7 @@ class DnsmasqTests(unittest.TestCase):
 
     def setUp(self) -> None:
         if not os.access(DNSMASQ, os.X_OK):
-            raise unittest.SkipTest(f"{DNSMASQ} not installed (Debian package dnsmasq-base)")
+            peer_unavailable(f"{DNSMASQ} not installed (Debian package dnsmasq-base)")
         self.silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(self.silent.close)
         self.silent.bind(("127.0.0.1", 0))
@@ -296,14 +297,14 @@ class OidentdTests(LoopbackConnectionMixin, unittest.TestCase):
 
     def setUp(self) -> None:
         if not os.access(OIDENTD, os.X_OK):
-            raise unittest.SkipTest(f"{OIDENTD} not installed (Debian package oidentd)")
+            peer_unavailable(f"{OIDENTD} not installed (Debian package oidentd)")
         self.port = free_port()
         args = [OIDENTD, "-i", "-S", "-a", "127.0.0.1", "-p", str(self.port), "-C", "/dev/null"]
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         stop_process(self, process)
         if not wait_for_tcp(self.port, process):
             err = process.stderr.read().decode(errors="replace") if process.stderr else ""
-            raise unittest.SkipTest(f"oidentd cannot run here: {err.strip()!r}")
+            peer_unavailable(f"oidentd cannot run here: {err.strip()!r}")
 
     @defer.inlineCallbacks
     def test_userid_for_real_connection(self) -> Any:

@@ -54,7 +54,7 @@ from netguard.client.protocol import Credentials, NGPClientProtocol, NGPError
 from netguard.config import load_config
 from netguard.gateway.protocol import SessionState
 from netguard.service import make_service
-from tests.integration.util import free_port, redis_server_argv, stop_process
+from tests.integration.util import free_port, peer_unavailable, redis_server_argv, stop_process
 
 REDIS_SERVER = "/usr/bin/redis-server"
 MICROSOCKS = "/usr/bin/microsocks"
@@ -424,7 +424,7 @@ class RelayRealTestCase(unittest.TestCase):
 
     def require(self, path: str, package: str) -> None:
         if not os.access(path, os.X_OK):
-            raise unittest.SkipTest(
+            peer_unavailable(
                 f"{path} is not installed (Debian package {package}; .ci/run installs it)"
             )
 

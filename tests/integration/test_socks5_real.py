@@ -40,7 +40,7 @@ from netguard.outbound.socks5 import (
     SOCKSProtocolError,
     SOCKSTimeout,
 )
-from tests.integration.util import stop_process
+from tests.integration.util import peer_unavailable, stop_process
 
 MICROSOCKS = "/usr/bin/microsocks"
 DANTED = "/usr/sbin/danted"
@@ -271,7 +271,7 @@ class _RealPeersTestCase(unittest.TestCase):
 
     def _require(self, path: str) -> None:
         if not os.access(path, os.X_OK):
-            raise unittest.SkipTest(
+            peer_unavailable(
                 f"{path} is not installed (Debian package "
                 f"{'microsocks' if 'micro' in path else 'dante-server'}; .ci/run installs it)"
             )

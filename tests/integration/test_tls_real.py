@@ -58,7 +58,7 @@ from netguard.tls import (
     public_key_pin,
 )
 from tests import tls_certs
-from tests.integration.util import free_port, wait_for
+from tests.integration.util import free_port, peer_unavailable, wait_for
 
 OPENSSL = shutil.which("openssl")
 SSLSCAN = shutil.which("sslscan")
@@ -227,7 +227,7 @@ class RealTLSCase(unittest.TestCase):
 
     def setUp(self) -> None:
         if OPENSSL is None:
-            raise unittest.SkipTest("openssl not installed (Debian package openssl)")
+            peer_unavailable("openssl not installed (Debian package openssl)")
         self.dir = self.mktemp()
         os.makedirs(self.dir)
         self.empty_conf = tls_certs.write(os.path.join(self.dir, "empty.cnf"), b"")
@@ -469,7 +469,7 @@ class SSLScanTests(ServerCase):
     def setUp(self) -> None:
         super().setUp()
         if SSLSCAN is None:
-            raise unittest.SkipTest("sslscan not installed (Debian package sslscan)")
+            peer_unavailable("sslscan not installed (Debian package sslscan)")
 
     def sslscan(self, port: int) -> Deferred[ToolResult]:
         assert SSLSCAN is not None

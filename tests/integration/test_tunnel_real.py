@@ -31,6 +31,7 @@ from netguard.client.tunnel import TunnelFactory
 from tests.integration.util import (
     RunningGateway,
     free_port,
+    peer_unavailable,
     redis_server_argv,
     stop_process,
     wait_for,
@@ -94,7 +95,7 @@ class TunnelToRedisTests(unittest.TestCase):
 
     def setUp(self):
         if not (REDIS_SERVER and REDIS_CLI and REDIS_BENCHMARK):
-            raise unittest.SkipTest(
+            peer_unavailable(
                 "redis-server/redis-cli/redis-benchmark not installed "
                 "(Debian: redis-server redis-tools)"
             )

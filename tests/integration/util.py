@@ -1,7 +1,8 @@
 """
-Helpers shared by the integration tests: free loopback ports, bounded waiting, the real
-gateway running in-process, stopping the peer processes a test started, the redis-server
-command line, and an echo client.
+Helpers shared by the integration tests: what to do when a real peer is missing (skip on a
+developer's machine, fail in CI), free loopback ports, bounded waiting, the real gateway
+running in-process, stopping the peer processes a test started, the redis-server command
+line, and an echo client.
 """
 
 from __future__ import annotations
@@ -13,16 +14,67 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
+from twisted.trial.unittest import SkipTest
 
 from netguard.client.protocol import Credentials, NGPClientProtocol
 from netguard.config import load_config
 from netguard.service import make_service
+
+
+class PeerUnavailable(Exception):
+    """
+    A real peer a test needs (a program such as redis-server or haproxy) is not installed or
+    did not start, and this is a CI run: the test errors instead of skipping, so a broken
+    install step cannot give a green CI.
+    """
+
+
+def in_ci(environ: Mapping[str, str] | None = None) -> bool:
+    """
+    Whether this is a CI run: the environment variable C{CI} is C{true} (as CI services and
+    C{.ci/run} set it; C{1} and C{yes} count too, in any case).
+
+    @param environ: the environment to look at; C{os.environ} by default.
+    """
+    value = (os.environ if environ is None else environ).get("CI", "")
+    return value.strip().lower() in ("true", "1", "yes")
+
+
+def peer_unavailable(reason: str, environ: Mapping[str, str] | None = None) -> NoReturn:
+    """
+    The one answer to a missing or failing real peer: on a developer's machine the test is
+    skipped with C{reason}; in CI (see L{in_ci}) it errors with C{reason}.
+
+    @raise SkipTest: outside CI.
+    @raise PeerUnavailable: in CI.
+    """
+    if in_ci(environ):
+        raise PeerUnavailable(f"{reason} (CI=true: a missing or failing peer fails the run)")
+    raise SkipTest(reason)
+
+
+def need_peer(program: str, package: str, environ: Mapping[str, str] | None = None) -> str:
+    """
+    The path of the peer program C{program} (an absolute path, or a name looked up on
+    C{PATH}), which must be an executable file; otherwise L{peer_unavailable}.
+
+    @param package: the Debian package that installs it, named in the reason.
+    @return: the executable's path.
+    """
+    path = program if os.path.isabs(program) else shutil.which(program)
+    if path is None or not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        peer_unavailable(
+            f"{program} is not installed (Debian package {package}; "
+            "scripts/setup-test-env installs it)",
+            environ,
+        )
+    return path
 
 
 def free_port() -> int:
