@@ -297,6 +297,10 @@ def _control_socket_path(args: argparse.Namespace, io: _IO) -> str:
         return str(args.socket)
     from netguard import config
 
+    if args.state_dir:
+        return os.path.join(os.path.abspath(args.state_dir), "control.sock")
+    if args.config is None:
+        return _find_control_socket(io)
     try:
         loaded = config.load_config(args.config)
     except config.ConfigError as e:
@@ -312,6 +316,39 @@ def _control_socket_path(args: argparse.Namespace, io: _IO) -> str:
     if not path:
         raise CommandError("the configuration has no control socket (ops.control_socket)")
     return path
+
+
+def _find_control_socket(io: _IO) -> str:
+    """
+    With no option naming it: the default state directory's control socket if it is there,
+    else the one running gateway of this user that the kernel's socket table shows.
+
+    @raise CommandError: none or several found, with the options that would name one.
+    """
+    from netguard import config
+    from netguard.ops.ctl_client import listening_control_sockets
+
+    try:
+        default = os.path.join(config.default_state_dir(), "control.sock")
+    except config.ConfigError:
+        default = None
+    if default is not None and os.path.exists(default):
+        return default
+    running = listening_control_sockets()
+    if len(running) == 1:
+        io.stderr.write(f"netguard: using the running gateway's control socket {running[0]}\n")
+        return running[0]
+    where = f"{default} does not exist" if default else "there is no default state directory"
+    if running:
+        listed = ", ".join(running)
+        raise CommandError(
+            f"{where} and several gateways are running ({listed}); choose one with --socket PATH"
+        )
+    raise CommandError(
+        f"no running netguard found: {where}, and no control socket of this user is "
+        "listening; pass the --state-dir DIR or --config FILE the gateway was started "
+        "with, or --socket PATH"
+    )
 
 
 def _control_socket_of_broken_config(path: str | None) -> str | None:
@@ -737,11 +774,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Send one command to the running daemon's control socket and print the "
         "reply (JSON). Commands: status, heartbeat on|off, reload, drain, penalties [list], "
         "penalties clear [SOURCE], help. Exit status: 0 done, 1 refused by the daemon, "
-        "2 usage, 3 daemon not reachable, 4 no valid reply in time.",
+        "2 usage, 3 daemon not reachable, 4 no valid reply in time. With no --socket, "
+        "--config or --state-dir: the default state directory's socket, else the one "
+        "running gateway of this user.",
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--socket", metavar="PATH", help="the control socket")
     where.add_argument("--config", metavar="FILE", help="take the socket from this configuration")
+    where.add_argument(
+        "--state-dir", metavar="DIR", help="the gateway's state directory (DIR/control.sock)"
+    )
     p.add_argument(
         "--timeout", metavar="SECONDS", type=float, default=5.0, help="give up after (default 5)"
     )

@@ -27,7 +27,8 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from netguard import cli
+from netguard import cli, config
+from netguard.ops import ctl_client
 from netguard.ops.control import (
     CONTROL_LIMITS,
     MAX_QUEUED,
@@ -697,3 +698,108 @@ class ClientTests(unittest.TestCase):
         from netguard.ops.ctl_client import _format_reply
 
         self.assertEqual(_format_reply(b'OK {"a":1}'), (EXIT_OK, '{\n  "a": 1\n}'))
+
+
+class DiscoveryTests(unittest.TestCase):
+    """
+    C{netguard ctl} with no option naming the socket finds the running gateway from the
+    kernel's table of bound unix sockets, or says exactly what to pass.
+    """
+
+    def setUp(self):
+        self.dirs = [short_tempdir(self), short_tempdir(self)]
+        self.factory = ControlFactory(FakeCommands(), reactor)
+        # No default state directory socket: the discovery is what is tested.
+        missing = os.path.join(self.dirs[0], "no-such-state-dir")
+        self.patch(config, "default_state_dir", lambda: missing)
+        # Only this test's sockets count (other gateways may run on this machine).
+        real = ctl_client.listening_control_sockets
+        mine = tuple(self.dirs)
+        self.patch(
+            ctl_client,
+            "listening_control_sockets",
+            lambda *args: [p for p in real(*args) if p.startswith(mine)],
+        )
+
+    @inlineCallbacks
+    def gateway(self, directory: str, lock: bool = True) -> Any:
+        """
+        Serve a control socket in C{directory}, with an instance lock beside it.
+        """
+        path = os.path.join(directory, "control.sock")
+        port = yield listen_control(reactor, path, self.factory)
+        self.addCleanup(port.stopListening)
+        if lock:
+            with open(os.path.join(directory, "netguard.lock"), "w") as handle:
+                handle.write(str(os.getpid()))
+        return path
+
+    def ctl(self) -> Any:
+        out, err = io.StringIO(), io.StringIO()
+        done = deferToThread(cli.main, ["ctl", "status"], stdout=out, stderr=err)
+        return done.addCallback(lambda code: (code, out.getvalue(), err.getvalue()))
+
+    @inlineCallbacks
+    def test_live_socket_with_lock_is_listed(self):
+        """A bound control.sock of ours with a netguard lock beside it is found."""
+        path = yield self.gateway(self.dirs[0])
+        self.assertEqual(ctl_client.listening_control_sockets(), [path])
+
+    @inlineCallbacks
+    def test_socket_without_instance_lock_is_not_listed(self):
+        """A control.sock with no netguard lock beside it is not a gateway's."""
+        yield self.gateway(self.dirs[0], lock=False)
+        self.assertEqual(ctl_client.listening_control_sockets(), [])
+
+    def test_stale_socket_file_is_not_listed(self):
+        """A socket file nobody listens on (a killed gateway's) is not in the table."""
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(os.path.join(self.dirs[0], "control.sock"))
+        stale.close()
+        with open(os.path.join(self.dirs[0], "netguard.lock"), "w") as handle:
+            handle.write("1")
+        self.assertEqual(ctl_client.listening_control_sockets(), [])
+
+    def test_table_that_cannot_be_read_lists_nothing(self):
+        """Where there is no /proc/net/unix, discovery finds nothing rather than failing."""
+        missing = os.path.join(self.dirs[0], "no-such-table")
+        self.assertEqual(ctl_client.listening_control_sockets(missing), [])
+
+    @inlineCallbacks
+    def test_ctl_status_finds_the_one_running_gateway(self):
+        """With no option, C{ctl status} reaches the one running gateway and names it."""
+        path = yield self.gateway(self.dirs[0])
+        code, out, err = yield self.ctl()
+        self.assertEqual(code, EXIT_OK, err)
+        self.assertEqual(json.loads(out)["active"], 2)
+        self.assertIn(f"using the running gateway's control socket {path}", err)
+
+    @inlineCallbacks
+    def test_ctl_status_with_two_gateways_asks_which(self):
+        """Two running gateways: an error that lists both and names --socket."""
+        first = yield self.gateway(self.dirs[0])
+        second = yield self.gateway(self.dirs[1])
+        code, _, err = yield self.ctl()
+        self.assertEqual(code, EXIT_USAGE)
+        self.assertIn(first, err)
+        self.assertIn(second, err)
+        self.assertIn("--socket PATH", err)
+
+    @inlineCallbacks
+    def test_ctl_status_with_no_gateway_says_what_to_pass(self):
+        """No gateway at all: one error line naming the options that would find one."""
+        code, _, err = yield self.ctl()
+        self.assertEqual(code, EXIT_USAGE)
+        self.assertEqual(err.count("\n"), 1, err)
+        for needle in ("no running netguard found", "--state-dir DIR", "--config FILE"):
+            self.assertIn(needle, err)
+
+    @inlineCallbacks
+    def test_ctl_state_dir_option(self):
+        """C{ctl --state-dir DIR} uses DIR/control.sock."""
+        yield self.gateway(self.dirs[1], lock=False)
+        out, err = io.StringIO(), io.StringIO()
+        code = yield deferToThread(
+            cli.main, ["ctl", "--state-dir", self.dirs[1], "status"], stdout=out, stderr=err
+        )
+        self.assertEqual(code, EXIT_OK, err.getvalue())

@@ -17,7 +17,9 @@ Exit statuses, for scripts:
 from __future__ import annotations
 
 import json
+import os
 import socket
+import stat
 import time
 from collections.abc import Sequence
 
@@ -41,6 +43,47 @@ MAX_COMMAND_BYTES = 256
 
 #: The longest reply read.
 MAX_REPLY_BYTES = 1 << 20
+
+
+#: The name of a gateway's control socket and of the instance lock beside it.
+CONTROL_SOCKET_NAME = "control.sock"
+INSTANCE_LOCK_NAME = "netguard.lock"
+
+
+def listening_control_sockets(
+    proc_net_unix: str = "/proc/net/unix", uid: int | None = None
+) -> list[str]:
+    """
+    The control sockets of running gateways that this user may use: every AF_UNIX path
+    bound in this network namespace (from C{/proc/net/unix}) named C{control.sock}, owned by
+    C{uid}, with a netguard instance lock beside it.
+
+    @param proc_net_unix: the kernel's table of unix sockets (Linux); absent elsewhere.
+    @param uid: the owner to look for (default: the effective user).
+    @return: the paths, sorted, without duplicates; empty when the table cannot be read.
+    """
+    owner = os.geteuid() if uid is None else uid
+    try:
+        with open(proc_net_unix, encoding="utf-8", errors="replace") as handle:
+            rows = handle.read(8 << 20).splitlines()[1:]
+    except OSError:
+        return []
+    found = set()
+    for row in rows:
+        fields = row.split(None, 7)
+        if len(fields) < 8 or not fields[7].startswith("/"):
+            continue
+        path = fields[7]
+        if os.path.basename(path) != CONTROL_SOCKET_NAME:
+            continue
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        lock = os.path.join(os.path.dirname(path), INSTANCE_LOCK_NAME)
+        if stat.S_ISSOCK(info.st_mode) and info.st_uid == owner and os.path.isfile(lock):
+            found.add(path)
+    return sorted(found)
 
 
 def _printable(text: str) -> str:
