@@ -31,6 +31,7 @@ from typing import IO, Any
 
 import attrs
 
+from netguard import __version__
 from netguard.auth import users
 
 #: Exit status for success.
@@ -663,10 +664,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     @return: the parser; each subcommand's namespace has a C{run} callable.
     """
+    from twisted.copyright import version as twisted_version
+
     parser = argparse.ArgumentParser(
         prog="netguard",
         description="netguard: a hardened single-port gateway. Manage users, check a "
         "configuration. (The daemon itself runs as `twistd netguard`.)",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"netguard {__version__} (Twisted {twisted_version})",
+        help="show netguard's version (and Twisted's) and exit",
     )
     sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
 

@@ -384,6 +384,19 @@ class ParserTests(CliTestBase):
         self.assertEqual(code, 2)
         self.assertIn("command is required", err)
 
+    def test_version_prints_netguards_version(self) -> None:
+        """
+        C{netguard --version} prints netguard's version (and Twisted's) on standard output
+        and exits 0, with no command needed.
+        """
+        from twisted.copyright import version as twisted_version
+
+        from netguard import __version__
+
+        code, out, err = self.run_cli(["--version"])
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(out, f"netguard {__version__} (Twisted {twisted_version})\n")
+
     def test_unknown_command(self) -> None:
         code, _, err = self.run_cli(["frobnicate"])
         self.assertEqual(code, 2)

@@ -12,6 +12,7 @@ name. L{PluginDiscoveryTests.test_discovered_plugin_is_this_trees} checks the tw
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 import shutil
 import sys
@@ -415,3 +416,44 @@ class HelpTests(unittest.TestCase):
         self.assertIn("echo", text)
         self.assertIn("repeatable", text)
         self.assertIn("NAME=ENDPOINT", text)
+
+
+class VersionTests(unittest.TestCase):
+    """
+    C{twistd netguard --version} shows netguard's version, not only Twisted's.
+    """
+
+    def expected(self) -> str:
+        from twisted.copyright import version as twisted_version
+
+        from netguard import __version__
+
+        return f"netguard {__version__} (Twisted {twisted_version})\n"
+
+    def test_version_option_prints_netguards_version_and_exits_0(self) -> None:
+        """
+        The options' C{--version} prints C{netguard <version> (Twisted <version>)} and
+        exits with status 0 before any configuration is read.
+        """
+        plugin = load_source_plugin()
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        error = self.assertRaises(
+            SystemExit, plugin.Options().parseOptions, ["--version", "--config", "/nonexistent"]
+        )
+        self.assertEqual(error.code, 0)
+        self.assertEqual(out.getvalue(), self.expected())
+
+    def test_twistd_netguard_version_real_process(self) -> None:
+        """
+        A real C{twistd netguard --version}, finding this tree's plugin, prints netguard's
+        version line and exits 0.
+        """
+        from tests.integration.test_twistd import TWISTD, python_env, run
+
+        where = tempfile.mkdtemp(prefix="ngv-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, where, True)
+        prefix, env = python_env(REPO, where)
+        done = run([*prefix, "-c", TWISTD, "netguard", "--version"], env, where)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(done.stdout, self.expected())

@@ -76,6 +76,17 @@ class Options(usage.Options):
 
     opt_s = opt_service
 
+    def opt_version(self) -> None:
+        """
+        Show netguard's version (and Twisted's) and exit.
+        """
+        from twisted.copyright import version as twisted_version
+
+        from netguard import __version__
+
+        print(f"netguard {__version__} (Twisted {twisted_version})")
+        raise SystemExit(0)
+
     def overrides(self) -> dict[str, Any]:
         """
         The configuration overrides these options make.
