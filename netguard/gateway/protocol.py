@@ -376,7 +376,7 @@ class GatewaySession(GuardedLineReceiver):
         self.end_handshake()
         self.factory.stats.count("auth_ok")
         self.log.info(
-            "authenticated {user} from {peer}",
+            "authenticated {user} from {peer} with {mechanism}",
             event="auth.ok",
             mechanism=self._mechanism,
             **self.log_fields(),

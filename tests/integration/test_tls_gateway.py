@@ -7,6 +7,7 @@ through a man in the middle that fails, plain bytes on the TLS port, live certif
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -26,6 +27,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
+from twisted.logger import formatEvent
 from twisted.trial import unittest
 from zope.interface import implementer
 
@@ -145,7 +147,17 @@ class TLSGatewayTests(unittest.TestCase):
         return wrap_tls(reactor, plain, {"tls": "1", **options}, default_hostname="localhost")
 
     def mechanisms_used(self):
-        return [e.get("mechanism") for e in self.events if e.get("event") == "auth.ok"]
+        """
+        The mechanism of each login, as the text log line names it (and the field agrees).
+        """
+        used = []
+        for event in self.events:
+            if event.get("event") == "auth.ok":
+                named = re.search(r" with (\S+)\Z", formatEvent(event))
+                self.assertIsNotNone(named, formatEvent(event))
+                self.assertEqual(named.group(1), event.get("mechanism"))
+                used.append(named.group(1))
+        return used
 
     @inlineCallbacks
     def echo_through(self, gateway):
