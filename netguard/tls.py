@@ -658,23 +658,37 @@ def _chain_warnings(chain: Sequence[x509.Certificate], path: str) -> list[str]:
     return warnings
 
 
+#: Logs what the context builders decide on their own (the group fallback).
+_log = Logger()
+
+
 def _set_groups(context: SSL.Context) -> None:
     """
     Restrict key exchange to elliptic-curve groups.
 
     pyOpenSSL has no public call for the group list: use the binding it uses itself, and
-    fall back on its public single-curve call (P-256) if the binding ever goes away.
+    fall back on its public single-curve call (P-256) if the binding ever goes away or
+    refuses every list of L{KEY_EXCHANGE_GROUPS}; the fallback is logged (C{tls.warning}),
+    since it drops X25519 and the post-quantum hybrid.
     """
     try:
         from OpenSSL._util import lib
     except ImportError:  # pragma: no cover - depends on the installed pyOpenSSL
         lib = None
     setter = getattr(lib, "SSL_CTX_set1_curves_list", None)
-    if setter is not None:
+    if setter is None:
+        reason = "pyOpenSSL has no SSL_CTX_set1_curves_list binding"
+    else:
         for groups in KEY_EXCHANGE_GROUPS:
             if setter(context._context, groups.encode("ascii")) == 1:
                 return
-    context.set_tmp_ecdh(ec.SECP256R1())  # pragma: no cover - fallback
+        reason = "OpenSSL refused every key-exchange group list"
+    context.set_tmp_ecdh(ec.SECP256R1())
+    _log.warn(
+        "TLS: {detail}",
+        event="tls.warning",
+        detail=f"{reason}; key exchange falls back to P-256 only (no X25519, no X25519MLKEM768)",
+    )
 
 
 def _base_context(method: int, min_version: int) -> SSL.Context:

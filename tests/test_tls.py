@@ -33,7 +33,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import LogLevel, capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
@@ -656,6 +656,98 @@ def renegotiate(server: SSL.Connection, client: SSL.Connection) -> str | None:
 
 
 # -- reload ---------------------------------------------------------------------------------------
+
+
+class _LibWithoutGroupCall:
+    """
+    A stand-in for pyOpenSSL's private C{lib} binding without C{SSL_CTX_set1_curves_list}.
+    """
+
+
+class _LibRefusingEveryGroupList:
+    """
+    A stand-in for pyOpenSSL's private C{lib} whose C{SSL_CTX_set1_curves_list} refuses
+    every list (returns 0, as OpenSSL does for names it does not know).
+    """
+
+    def __init__(self) -> None:
+        self.asked: list[bytes] = []
+
+    def SSL_CTX_set1_curves_list(self, context: Any, groups: bytes) -> int:  # noqa: N802
+        self.asked.append(groups)
+        return 0
+
+
+class GroupFallbackTests(TLSTestCase):
+    """
+    When pyOpenSSL's private group call is missing or refuses every list, the context still
+    gets an elliptic-curve group (P-256) and a C{tls.warning} says so.
+    """
+
+    def shake(self, server_tls: tls.ServerTLS, groups: bytes) -> tuple[Outcome, Any]:
+        client = SSL.Connection(client_context(groups=groups))
+        return run_handshake(server_tls.serverConnectionForTLS(None), client), client
+
+    def load_logged(self, lib: object = None) -> tuple[tls.ServerTLS, list[dict[str, Any]]]:
+        """
+        Load the server context, with C{lib} in place of pyOpenSSL's private binding while
+        it is built (the real one again afterwards, for the test clients).
+
+        @return: the context and the C{tls.warning} events logged meanwhile.
+        """
+        import OpenSSL._util
+
+        patcher = None if lib is None else self.patch(OpenSSL._util, "lib", lib)
+        try:
+            with capturedLogs() as events:
+                server_tls = load_server_context(self.settings())
+        finally:
+            if patcher is not None:
+                patcher.restore()
+        return server_tls, [e for e in events if e.get("event") == "tls.warning"]
+
+    def assert_p256_only(self, server_tls: tls.ServerTLS) -> None:
+        outcome, client = self.shake(server_tls, b"P-256")
+        self.assertTrue(outcome.done, outcome)
+        self.assertEqual(client.get_group_name(), "secp256r1")
+        outcome, _ = self.shake(server_tls, b"X25519")
+        self.assertFalse(outcome.done)
+
+    def test_missing_binding_warns_and_keeps_p256(self) -> None:
+        """
+        Without C{SSL_CTX_set1_curves_list} the context offers P-256 alone (a P-256 client
+        completes, an X25519-only client cannot), and one C{tls.warning} names the missing
+        call and the fallback.
+        """
+        server_tls, warnings = self.load_logged(_LibWithoutGroupCall())
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn("no SSL_CTX_set1_curves_list binding", warnings[0]["detail"])
+        self.assertIn("falls back to P-256", warnings[0]["detail"])
+        self.assertEqual(warnings[0]["log_level"], LogLevel.warn)
+        self.assert_p256_only(server_tls)
+
+    def test_every_list_refused_warns_and_keeps_p256(self) -> None:
+        """
+        When the call refuses every list of C{KEY_EXCHANGE_GROUPS} (each tried once, in
+        order), the context offers P-256 alone and one C{tls.warning} says so.
+        """
+        refusing = _LibRefusingEveryGroupList()
+        server_tls, warnings = self.load_logged(refusing)
+        self.assertEqual(refusing.asked, [g.encode("ascii") for g in tls.KEY_EXCHANGE_GROUPS])
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn("refused every key-exchange group list", warnings[0]["detail"])
+        self.assert_p256_only(server_tls)
+
+    def test_usual_path_is_silent_and_offers_x25519(self) -> None:
+        """
+        Control: with the real binding no warning is logged and an X25519-only client
+        completes, so the two tests above see the fallback and nothing else.
+        """
+        server_tls, warnings = self.load_logged()
+        self.assertEqual(warnings, [])
+        outcome, client = self.shake(server_tls, b"X25519")
+        self.assertTrue(outcome.done, outcome)
+        self.assertEqual(client.get_group_name(), "x25519")
 
 
 class ReloadTests(TLSTestCase):
