@@ -236,7 +236,6 @@ class AuthTests(unittest.TestCase):
             b"PING\x01",
             b"CONT",
             b"CONT a b",
-            b"CONT !!bad!!",
             b"OPEN echo",
         ):
             s = Session(self)
@@ -246,6 +245,23 @@ class AuthTests(unittest.TestCase):
             self.assertIs(s.proto.state, SessionState.READY, line)
             self.assertEqual(s.proto.auth_attempts, 1, line)
             self.assertEqual(s.send(b"PING"), [b"PONG"], line)  # back in ready, not stuck
+
+    def test_cont_argument_not_base64_is_bad_syntax_and_not_an_attempt(self):
+        """
+        A CONT whose argument is not base64 of UTF-8 is C{BAD_SYNTAX}, as for AUTH: no attempt
+        is counted and the exchange goes on, so a correct CONT still logs in.
+        """
+        for token in (b"!!bad!!", b"eA=", base64.b64encode(b"\xff\xfe")):
+            s = Session(self, max_auth_attempts=1)
+            client = ClientExchange("alice", PASSWORD)
+            [cont] = s.send(b"AUTH SCRAM-SHA-256 " + b64(client.first()))
+            [refused] = s.send(b"CONT " + token)
+            self.assertTrue(refused.startswith(b"ERR BAD_SYNTAX "), refused)
+            self.assertEqual(s.proto.auth_attempts, 0, token)
+            self.assertIs(s.proto.state, SessionState.AUTH_CONTINUE, token)
+            self.assertFalse(s.transport.disconnecting, token)
+            [ok] = s.send(b"CONT " + b64(client.final(unb64(cont[5:]))))
+            self.assertTrue(ok.startswith(b"OK "), token)
 
     def test_quit_in_auth_continue_says_bye(self):
         s = Session(self)

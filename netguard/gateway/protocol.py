@@ -352,11 +352,9 @@ class GatewaySession(GuardedLineReceiver):
         self.release_lines()
 
     def do_cont(self, token: bytes) -> None:
-        try:
-            client_final = decode_wire(token)
-        except ValueError:
-            self._abandon_exchange("CONT argument is not base64 of UTF-8", token)
-            return
+        client_final = self._decode(token)
+        if client_final is None:
+            return  # BAD_SYNTAX, not an attempt: the exchange goes on (protocol.md section 4)
         exchange, self._exchange = self._exchange, None
         assert exchange is not None
         try:
