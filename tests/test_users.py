@@ -244,10 +244,22 @@ class ParseLineTests(unittest.TestCase):
         self.assertRaises(UsersFileError, users.parse_line, line_for(iterations="+4096"))
 
     def test_iterations_too_low(self) -> None:
-        self.assertRaises(UsersFileError, users.parse_line, line_for(iterations="4095"))
+        """One below the floor is refused as out of range."""
+        e = self.assertRaises(UsersFileError, users.parse_line, line_for(iterations="4095"))
+        self.assertIn("iteration count 4095 is out of range (from 4096 to 10000000)", str(e))
 
     def test_iterations_too_high(self) -> None:
-        self.assertRaises(UsersFileError, users.parse_line, line_for(iterations="10000001"))
+        """One past the ceiling is refused as out of range, not as 'not a number'."""
+        e = self.assertRaises(UsersFileError, users.parse_line, line_for(iterations="10000001"))
+        self.assertIn("iteration count 10000001 is out of range", str(e))
+
+    def test_iterations_far_too_high_is_out_of_range(self) -> None:
+        """Nine or a thousand digits: out of range, shown truncated, never a decimal error."""
+        for text in ("999999999", "9" * 1000):
+            e = self.assertRaises(UsersFileError, users.parse_line, line_for(iterations=text))
+            self.assertIn("is out of range", str(e))
+            self.assertNotIn("decimal number", str(e))
+            self.assertLess(len(str(e)), 200)
 
     def test_iterations_non_ascii_digits(self) -> None:
         self.assertRaises(UsersFileError, users.parse_line, line_for(iterations="４０９６"))

@@ -68,7 +68,7 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 DEFAULT_ADMIN = "admin"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
-_ITERATIONS_RE = re.compile(r"[1-9][0-9]{0,7}")
+_ITERATIONS_RE = re.compile(r"[1-9][0-9]*")
 _MOCK_KEY_DOMAIN = b"netguard mock verifier key v1\x00"
 _FILE_HEADER = "# netguard users file: written by `netguard adduser`/`passwd`; keep it mode 0600\n"
 
@@ -297,7 +297,14 @@ def parse_line(line: str, *, path: str = "<string>", lineno: int = 0) -> UserRec
         raise fail(f"user {name}: the scheme must be {VERIFIER_SCHEME}")
     if _ITERATIONS_RE.fullmatch(iter_text) is None:
         raise fail(f"user {name}: the iteration count must be a decimal number")
-    iterations = int(iter_text)
+    # Compared as text first: a count of a thousand digits is out of range, not a big int.
+    iterations = int(iter_text) if len(iter_text) <= len(str(MAX_ITERATIONS)) else 0
+    if not MIN_ITERATIONS <= iterations <= MAX_ITERATIONS:
+        shown = iter_text if len(iter_text) <= 20 else iter_text[:20] + "..."
+        raise fail(
+            f"user {name}: the iteration count {shown} is out of range "
+            f"(from {MIN_ITERATIONS} to {MAX_ITERATIONS})"
+        )
     salt_b64, sep, stored_b64 = salt_stored.partition("$")
     if not sep:
         raise fail(f"user {name}: expected <salt>$<StoredKey>")
