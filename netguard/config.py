@@ -1115,6 +1115,36 @@ def split_description(description: str) -> list[_Field]:
         raise ValueError(e.message) from None
 
 
+#: The listen backlog of a listener whose string does not set one. Twisted's default is 50,
+#: which a burst of connects overflows (each dropped SYN costs the client a retransmit of 1 s
+#: or more); 511 is nginx's and Redis's choice, within Linux's default somaxconn (4096), which
+#: caps it anyway. Admission still decides on each connection once it is accepted.
+DEFAULT_LISTEN_BACKLOG: Final = 511
+
+
+def with_default_backlog(description: str, backlog: int = DEFAULT_LISTEN_BACKLOG) -> str:
+    """
+    The server endpoint string C{description} with C{backlog=} added when its type takes a
+    backlog (tcp, tcp6, ssl, tls, unix, also inside C{haproxy:}) and sets none, by name or
+    by position; any other string is returned unchanged.
+
+    @raise ValueError: as L{split_description}.
+    """
+    fields = split_description(description)
+    prefix = ""
+    if fields[0].key is None and fields[0].value == "haproxy" and len(fields) > 1:
+        prefix, fields = "haproxy:", fields[1:]
+    kind = fields[0].value if fields[0].key is None else None
+    endpoint_type = _SERVER_TYPES.get(kind or "")
+    if endpoint_type is None or "backlog" not in endpoint_type.params:
+        return description
+    positional = [f for f in fields[1:] if f.key is None]
+    named = {f.key for f in fields[1:] if f.key is not None}
+    if "backlog" in named or len(positional) > endpoint_type.positional.index("backlog"):
+        return description
+    return prefix + _join_fields([*fields, _Field("backlog", str(backlog))])
+
+
 def _quote(text: str, *, value: bool) -> str:
     """
     Escape text for an endpoint description; C{=} only needs escaping outside values.

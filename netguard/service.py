@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from netguard.auth.users import MOCK_KEY_FILE, UserStore, ensure_users_file, load_mock_key
+from netguard.config import with_default_backlog
 from netguard.gateway.factory import GatewayFactory
 from netguard.log import FileLogSink, LogFileError
 from netguard.ops.control import ControlError, ControlFactory, ControlService, UnsafeControlPath
@@ -403,7 +404,7 @@ def _endpoint(reactor: Any, description: str) -> Any:
     started without systemd's sockets) becomes L{ListenFailed} naming the listener.
     """
     try:
-        return serverFromString(reactor, description)
+        return serverFromString(reactor, with_default_backlog(description))
     except (ValueError, KeyError, IndexError, TypeError) as error:
         raise ListenFailed(
             f"cannot use listener {description}: {type(error).__name__}: {error}"

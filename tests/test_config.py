@@ -1404,3 +1404,29 @@ class ReviewFixTests(unittest.TestCase):
             '[services.vault]\nbackend = "builtin:echo"\nusers = ["*"]\nfcrdns = "require"\n'
         )
         self.assertEqual(loaded.services["vault"].fcrdns, "require")
+
+
+class DefaultBacklogTests(unittest.TestCase):
+    """
+    L{config_module.with_default_backlog}: the backlog added to a listener string that sets none.
+    """
+
+    def test_added_where_missing(self) -> None:
+        """tcp, tcp6 and unix strings without a backlog get the default, escapes kept."""
+        for description, expected in [
+            ("tcp:7700:interface=127.0.0.1", "tcp:7700:interface=127.0.0.1:backlog=511"),
+            ("tcp6:7700", "tcp6:7700:backlog=511"),
+            ("unix:/run/a\\:b.sock:mode=600", "unix:/run/a\\:b.sock:mode=600:backlog=511"),
+            ("haproxy:tcp:7700", "haproxy:tcp:7700:backlog=511"),
+        ]:
+            self.assertEqual(config_module.with_default_backlog(description), expected)
+
+    def test_kept_when_given_by_name_or_position(self) -> None:
+        """A backlog the string sets, by name or in its positional place, is not touched."""
+        for description in ["tcp:7700:backlog=7", "tcp:7700:127.0.0.1:7", "tcp6:7700:7"]:
+            self.assertEqual(config_module.with_default_backlog(description), description)
+
+    def test_types_without_a_backlog_unchanged(self) -> None:
+        """systemd: sockets are already listening; unknown types are left to their parser."""
+        for description in ["systemd:domain=INET:index=0", "someplugin:x=1"]:
+            self.assertEqual(config_module.with_default_backlog(description), description)
