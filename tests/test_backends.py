@@ -15,6 +15,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -24,9 +25,15 @@ from netguard.outbound.backends import (
     EchoLeg,
     EndpointLeg,
     backend_endpoint,
+    describe_failure,
     open_backend,
 )
-from netguard.outbound.socks5 import AddressType, SOCKS5ClientEndpoint, SOCKSAddress
+from netguard.outbound.socks5 import (
+    AddressType,
+    SOCKS5ClientEndpoint,
+    SOCKSAddress,
+    SOCKSProtocolError,
+)
 
 CONNECT_TIMEOUT = 3.0
 
@@ -309,6 +316,103 @@ class SOCKS5Tests(OpenBackendTestCase):
     def test_without_socks5_key_the_backend_is_reached_directly(self) -> None:
         endpoint = backend_endpoint(self.reactor, service("tcp:host=10.0.0.5:port=6379"))
         self.assertIsInstance(endpoint, TCP4ClientEndpoint)
+
+    def test_bogus_success_reply_fails_the_opening_and_relays_nothing(self) -> None:
+        """
+        A proxy answering REP 0 with a 255-byte binary BND.ADDR and 64 KiB of junk: the
+        opening fails with L{SOCKSProtocolError} (the session then answers
+        C{BACKEND_UNAVAILABLE}), the proxy connection is aborted, and no leg ever exists to
+        carry the junk.
+        """
+        opening = self.open(
+            service("tcp:host=10.0.0.5:port=6379", socks5="tcp:host=127.0.0.1:port=1080")
+        )
+        protocol = self.complete_connection()
+        protocol.dataReceived(b"\x05\x00")
+        protocol.dataReceived(b"\x05\x00\x00\x03\xff" + bytes(range(255)) + b"\x00\x50")
+        protocol.dataReceived(b"junk" * 16384)
+        failure = self.failureResultOf(opening, SOCKSProtocolError)
+        self.assertEqual(failure.value.phase, "CONNECT reply")
+        self.assertTrue(protocol.transport.disconnected)
+        self.assert_no_timer_left()
+
+
+class DescribeFailureTests(unittest.TestCase):
+    """
+    L{describe_failure}: the cause of a failed opening, for a log field, with what a peer chose
+    escaped exactly once.
+    """
+
+    def test_socks_error_text_kept_as_it_is(self) -> None:
+        """
+        A L{SOCKSProtocolError} already shows the proxy's bytes escaped: they are not escaped
+        a second time (C{\\x05\\x07}, not C{\\\\x05\\\\x07}).
+        """
+        exc = SOCKSProtocolError("method selection reply has version 4", b"\x04\x07")
+        text = describe_failure(Failure(exc))
+        self.assertEqual(text, str(exc))
+        self.assertTrue(text.endswith("received: \\x04\\x07"), text)
+
+    def test_other_errors_escaped(self) -> None:
+        """
+        Any other error's message is escaped here (it may carry a peer's text: a TLS
+        certificate name, a DNS name).
+        """
+        text = describe_failure(Failure(error.DNSLookupError("bad\nname\x1b")))
+        self.assertIn("bad\\nname\\x1b", text)
+        self.assertNotIn("\n", text)
+
+    def test_other_errors_bounded(self) -> None:
+        """
+        Another error's message is cut at C{limit} bytes.
+        """
+        text = describe_failure(Failure(ValueError("x" * 1000)), limit=300)
+        self.assertLess(len(text), 330)
+
+    def test_empty_message_gives_the_class_name(self) -> None:
+        """
+        An error without a message is named by its class.
+        """
+        self.assertEqual(describe_failure(Failure(KeyError())), "KeyError")
+
+
+class QuietFactoryTests(OpenBackendTestCase):
+    """
+    The factories of a backend connection (one per relay) do not log Twisted's "Starting
+    factory" / "Stopping factory" lines, directly, through SOCKS5, or under TLS.
+    """
+
+    def assert_quiet(self, svc: ServiceConfig) -> None:
+        self.open(svc)
+        factory = self.reactor.tcpClients[0][2]
+        with capturedLogs() as events:
+            factory.doStart()
+            factory.doStop()
+        self.assertEqual([formatEvent(e) for e in events], [])
+
+    def test_tcp_backend(self) -> None:
+        """
+        A plain TCP backend.
+        """
+        self.assert_quiet(service("tcp:host=10.0.0.5:port=6379"))
+
+    def test_socks5_backend(self) -> None:
+        """
+        A backend through the service's SOCKS5 proxy: the SOCKS5 attempt's factory and the
+        leg's factory it wraps.
+        """
+        self.assert_quiet(
+            service("tcp:host=10.0.0.5:port=6379", socks5="tcp:host=127.0.0.1:port=1080")
+        )
+
+    def test_tls_backend_through_socks5(self) -> None:
+        """
+        A TLS backend through a SOCKS5 proxy: TLS, SOCKS5 and leg factories, one inside the
+        other.
+        """
+        self.assert_quiet(
+            service("tls:host=db.internal:port=5432", socks5="tcp:host=127.0.0.1:port=1080")
+        )
 
 
 class TLSBackendTests(OpenBackendTestCase):

@@ -26,7 +26,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.plugin import IPlugin, getPlugins
 from twisted.python.failure import Failure
 from twisted.test import iosim
@@ -34,6 +34,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from netguard.log import format_text
 from netguard.outbound import socks5
 from netguard.outbound.socks5 import (
     MAX_REPLY_SIZE,
@@ -74,6 +75,14 @@ REPLY_V6 = b"\x05\x00\x00\x04" + bytes.fromhex("20010db8000000000000000000000001
 #: Success, bound proxy.example:1080.
 REPLY_DOMAIN = b"\x05\x00\x00\x03\x0dproxy.example\x04\x38"
 REQUEST_DOMAIN = b"\x05\x01\x00\x03\x0bexample.com\x01\xbb"
+#: Well-formed bound host names (LDH labels, the last one starting with a letter).
+BOUND_NAME_PATTERN = (
+    rb"[a-z](?:[a-z0-9-]{0,8}[a-z0-9])?(?:\.[a-z](?:[a-z0-9-]{0,8}[a-z0-9])?){0,4}\.?"
+)
+#: A host name of 253 characters (four labels of 63, 63, 63 and 61) and a final dot: the
+#: longest well-formed bound name.
+NAME_253 = b".".join([b"a" * 63, b"b" * 63, b"c" * 63, b"d" * 61])
+LONGEST_BOUND_NAME = NAME_253 + b"."
 
 
 class Recorder(Protocol):
@@ -378,10 +387,13 @@ class SuccessTests(unittest.TestCase):
             SOCKSAddress(AddressType.DOMAIN, "proxy.example", 1080),
         )
 
-    def test_reply_domain_with_control_bytes_is_escaped(self) -> None:
-        h = self._succeed(b"\x05\x00\x00\x03\x04a\nb\x1b\x00\x01")
+    def test_reply_domain_textual_address(self) -> None:
+        """
+        A bound "name" that is a textual IPv6 address is well formed.
+        """
+        h = self._succeed(b"\x05\x00\x00\x03\x0b2001:db8::1\x00\x50")
         bound = h.app.transport.socks_bound  # type: ignore[union-attr]
-        self.assertEqual(bound.host, "a\\nb\\x1b")
+        self.assertEqual(bound, SOCKSAddress(AddressType.DOMAIN, "2001:db8::1", 80))
 
     def test_timer_cancelled_on_success(self) -> None:
         h = self._succeed(REPLY_V4)
@@ -635,14 +647,14 @@ class BadReplyTests(unittest.TestCase):
         """
         h = Harness()
         h.connect_proxy()
-        h.feed(METHOD_NO_AUTH + b"\x05\x00\x00\x03\xffshort")
+        h.feed(METHOD_NO_AUTH + b"\x05\x00\x00\x03\x40short")
         self.assertEqual(h.results, [])
         h.proto.connectionLost(Failure(error.ConnectionDone()))
         value = h.failure().value
         self.assertIsInstance(value, SOCKSConnectionClosed)
         assert isinstance(value, SOCKSConnectionClosed)
         self.assertEqual(value.phase, "CONNECT reply")
-        self.assertEqual(value.excerpt, "\\x05\\0\\0\\x03\\xffshort")
+        self.assertEqual(value.excerpt, "\\x05\\0\\0\\x03@short")
 
     def test_domain_length_byte_respected(self) -> None:
         """
@@ -697,6 +709,413 @@ class BadReplyTests(unittest.TestCase):
         h.feed(b"\x05\x00" * 1000)
         self.assertEqual(len(h.results), 1)
         self.assertEqual(h.proto.negotiation.buffered, 0)
+
+
+class BoundAddressTests(unittest.TestCase):
+    """
+    A success reply (REP 0) counts only with a well-formed BND.ADDR: any 4 or 16 bytes for
+    ATYP 1 or 4; for ATYP 3 a name that L{socks5.is_valid_bound_name} accepts, at most
+    L{socks5.MAX_BOUND_NAME} bytes. Anything else is a L{SOCKSProtocolError}, decided on the
+    first byte that cannot belong to a valid reply, and not one byte after the reply reaches
+    the application.
+    """
+
+    def _negotiate(self, *chunks: bytes) -> Harness:
+        h = Harness()
+        h.connect_proxy()
+        h.feed(METHOD_NO_AUTH)
+        for chunk in chunks:
+            h.feed(chunk)
+        return h
+
+    def _fails(self, *chunks: bytes) -> SOCKSProtocolError:
+        h = self._negotiate(*chunks)
+        value = h.failure().value
+        self.assertIsInstance(value, SOCKSProtocolError)
+        assert isinstance(value, SOCKSProtocolError)
+        self.assertEqual(value.phase, "CONNECT reply")
+        self.assertTrue(h.transport.disconnected)
+        self.assertEqual(h.apps[0].made, 0)
+        self.assertEqual(h.apps[0].received, [])
+        return value
+
+    def _bound(self, name: bytes) -> SOCKSAddress:
+        h = self._negotiate(b"\x05\x00\x00\x03" + bytes([len(name)]) + name + b"\x00\x50")
+        self.assertEqual(h.results, [h.app])
+        bound: SOCKSAddress = h.app.transport.socks_bound  # type: ignore[union-attr]
+        return bound
+
+    def _domain_reply(self, name: bytes) -> bytes:
+        return b"\x05\x00\x00\x03" + bytes([len(name)]) + name + b"\x00\x50"
+
+    def test_binary_255_byte_name_then_64_kib_of_junk(self) -> None:
+        """
+        The hostile proxy of the report: REP 0, ATYP 3, a 255-byte binary name, then 64 KiB
+        of junk, all in one read. The attempt fails and no junk reaches the application.
+        """
+        junk = os.urandom(65536)
+        exc = self._fails(self._domain_reply(bytes(range(255))) + junk)
+        self.assertIn("255-byte bound name", exc.reason)
+
+    def test_binary_name_fails_on_the_length_byte(self) -> None:
+        """
+        Dripped one byte at a time, the 255-byte name fails as soon as its length byte is
+        read: nothing more is buffered or waited for.
+        """
+        h = self._negotiate()
+        for byte in b"\x05\x00\x00\x03\xff":
+            h.feed(bytes([byte]))
+        self.assertIsInstance(h.failure().value, SOCKSProtocolError)
+        self.assertEqual(h.proto.negotiation.buffered, 0)
+
+    def test_binary_name_of_valid_length_then_junk(self) -> None:
+        """
+        A binary name of a plausible length (16) fails too, and its junk is dropped.
+        """
+        self._fails(self._domain_reply(b"\x00\x01\x02\xff" * 4) + b"junk" * 1000)
+
+    def test_non_hostname_byte_fails_before_the_name_is_complete(self) -> None:
+        """
+        A byte that no host name or address holds (here NUL) fails at once, although the
+        length byte promises 13 more bytes.
+        """
+        exc = self._fails(b"\x05\x00\x00\x03\x10ab\x00")
+        self.assertIn("byte no host name holds", exc.reason)
+
+    def test_control_bytes_in_name(self) -> None:
+        """
+        Control characters (LF, ESC) in a bound name: a protocol error, shown escaped.
+        """
+        exc = self._fails(self._domain_reply(b"a\nb\x1b"))
+        self.assertIn("\\n", exc.excerpt)
+        self.assertNotIn("\n", str(exc))
+
+    def test_space_in_name(self) -> None:
+        """
+        A space is printable but belongs in no host name.
+        """
+        self._fails(self._domain_reply(b"proxy example"))
+
+    def test_empty_name(self) -> None:
+        """
+        Length 0: an empty name.
+        """
+        self.assertIn("empty domain", self._fails(b"\x05\x00\x00\x03\x00\x00\x50").reason)
+
+    def test_empty_label(self) -> None:
+        """
+        C{a..b}: an empty label.
+        """
+        self._fails(self._domain_reply(b"a..b"))
+
+    def test_hyphen_at_label_edge(self) -> None:
+        """
+        A label may not start or end with a hyphen.
+        """
+        self._fails(self._domain_reply(b"-proxy.example"))
+        self._fails(self._domain_reply(b"proxy-.example"))
+
+    def test_label_of_63_ok_and_64_refused(self) -> None:
+        """
+        The label bound, and one past it.
+        """
+        self.assertEqual(self._bound(b"a" * 63 + b".example").host, "a" * 63 + ".example")
+        self._fails(self._domain_reply(b"a" * 64 + b".example"))
+
+    def test_name_of_253_ok(self) -> None:
+        """
+        The longest DNS name in text form, 253 characters, is accepted.
+        """
+        self.assertEqual(len(NAME_253), 253)
+        self.assertEqual(self._bound(NAME_253).host, NAME_253.decode("ascii"))
+
+    def test_name_of_253_with_final_dot_ok(self) -> None:
+        """
+        253 characters and a final dot (254 bytes, L{socks5.MAX_BOUND_NAME}) are accepted.
+        """
+        self.assertEqual(len(LONGEST_BOUND_NAME), socks5.MAX_BOUND_NAME)
+        self.assertEqual(self._bound(LONGEST_BOUND_NAME).port, 80)
+
+    def test_name_of_254_refused(self) -> None:
+        """
+        One past the bound: 254 characters without a final dot.
+        """
+        name = NAME_253 + b"e"
+        self.assertEqual(len(name), 254)
+        self._fails(self._domain_reply(name))
+
+    def test_name_of_255_refused(self) -> None:
+        """
+        254 characters and a final dot: 255 bytes, refused on the length byte.
+        """
+        self._fails(self._domain_reply(NAME_253 + b"e."))
+
+    def test_textual_ipv4_ok(self) -> None:
+        """
+        A textual IPv4 address is a well-formed bound name.
+        """
+        self.assertEqual(self._bound(b"10.1.2.3").host, "10.1.2.3")
+
+    def test_all_digit_last_label_that_is_no_address(self) -> None:
+        """
+        C{10.1.2.300} is neither an address nor a host name (its last label is all digits).
+        """
+        self._fails(self._domain_reply(b"10.1.2.300"))
+
+    def test_colons_that_are_no_address(self) -> None:
+        """
+        Colons are allowed only as part of a valid IPv6 address.
+        """
+        self._fails(self._domain_reply(b"a:b"))
+        self._fails(self._domain_reply(b":::"))
+
+    def test_ipv4_any_four_bytes(self) -> None:
+        """
+        ATYP 1: any four bytes, 0.0.0.0 included (proxies often report it).
+        """
+        h = self._negotiate(b"\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00")
+        self.assertEqual(h.results, [h.app])
+
+    def test_ipv6_any_sixteen_bytes(self) -> None:
+        """
+        ATYP 4: any sixteen bytes.
+        """
+        h = self._negotiate(b"\x05\x00\x00\x04" + b"\xff" * 16 + b"\x00\x00")
+        self.assertEqual(h.results, [h.app])
+
+    def test_failure_code_with_binary_name_is_the_failure_code(self) -> None:
+        """
+        A failure reply is decided on its REP byte, whatever follows.
+        """
+        h = self._negotiate(b"\x05\x05\x00\x03\xff" + bytes(range(255)))
+        self.assertIsInstance(h.failure().value, ConnectionRefused)
+
+
+class BoundNameSyntaxTests(unittest.TestCase):
+    """
+    L{socks5.is_valid_bound_name} on its own.
+    """
+
+    def test_accepted(self) -> None:
+        """
+        Host names, with or without a final dot, and textual addresses.
+        """
+        for name in (
+            b"proxy.example",
+            b"proxy.example.",
+            b"a",
+            b"xn--bcher-kva.example",
+            b"h-1.example",
+            b"10.1.2.3",
+            b"2001:db8::1",
+            b"::ffff:10.1.2.3",
+            NAME_253,
+            LONGEST_BOUND_NAME,
+        ):
+            self.assertTrue(socks5.is_valid_bound_name(name), name)
+
+    def test_refused(self) -> None:
+        """
+        Empty, over-long, binary, non-LDH, empty labels, a lone dot, numeric last labels that
+        are no address, scoped addresses, underscores.
+        """
+        for name in (
+            b"",
+            b".",
+            b"..",
+            NAME_253 + b"e",
+            NAME_253 + b"e.",
+            b"\x00",
+            b"proxy\x00.example",
+            b"pr\xc3\xb6xy.example",
+            b"proxy example",
+            b"a..b",
+            b".a",
+            b"-a",
+            b"a-",
+            b"999.1.1.1",
+            b"1234",
+            b"fe80::1%eth0",
+            b"a:b",
+            b"under_score.example",
+            b"a" * 64,
+        ):
+            self.assertFalse(socks5.is_valid_bound_name(name), name)
+
+
+class PhaseTests(unittest.TestCase):
+    """
+    Every failure names the phase the negotiation was in: on the exception (C{phase}) and in
+    the C{socks5.failed} log event, never "nothing".
+    """
+
+    def _failed_event(self, *chunks: bytes, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        with capturedLogs() as events:
+            h = Harness(**kwargs)
+            h.connect_proxy()
+            for chunk in chunks:
+                h.feed(chunk)
+        failed = [e for e in events if e.get("event") == "socks5.failed"]
+        self.assertEqual(len(failed), 1, failed)
+        return h.failure().value, failed[0]
+
+    def _check(self, phase: str, *chunks: bytes, **kwargs: Any) -> dict[str, Any]:
+        value, event = self._failed_event(*chunks, **kwargs)
+        self.assertEqual(value.phase, phase)
+        self.assertEqual(event["phase"], phase)
+        text = formatEvent(event)
+        self.assertIn(f"failed while waiting for {phase}: ", text)
+        self.assertNotIn("nothing", text)
+        return event
+
+    def test_method_selection(self) -> None:
+        """
+        A bad version in the method selection reply.
+        """
+        self._check("method selection reply", b"\x04\x00")
+
+    def test_method_not_offered(self) -> None:
+        """
+        A method we did not offer.
+        """
+        self._check("method selection reply", METHOD_USERPASS)
+
+    def test_no_acceptable_methods(self) -> None:
+        """
+        METHOD 0xFF.
+        """
+        self._check("method selection reply", b"\x05\xff")
+
+    def test_rfc1929_authentication_rejected(self) -> None:
+        """
+        The proxy rejects our username and password.
+        """
+        self._check(
+            "RFC 1929 username/password reply",
+            METHOD_USERPASS,
+            b"\x01\x01",
+            username="alice",
+            password=PASSWORD,
+        )
+
+    def test_rfc1929_bad_version(self) -> None:
+        """
+        A username/password reply with the wrong version.
+        """
+        self._check(
+            "RFC 1929 username/password reply",
+            METHOD_USERPASS,
+            b"\x05\x00",
+            username="alice",
+            password=PASSWORD,
+        )
+
+    def test_connect_reply_code(self) -> None:
+        """
+        A failure REP code.
+        """
+        self._check("CONNECT reply", METHOD_NO_AUTH, b"\x05\x02")
+
+    def test_connect_reply_reserved_byte(self) -> None:
+        """
+        RSV other than 0.
+        """
+        self._check("CONNECT reply", METHOD_NO_AUTH, b"\x05\x00\x07")
+
+    def test_connect_reply_bogus_bound_name(self) -> None:
+        """
+        A success reply with a binary bound name.
+        """
+        self._check("CONNECT reply", METHOD_NO_AUTH, b"\x05\x00\x00\x03\x02\x00\x00")
+
+    def test_application_connection_made_raises(self) -> None:
+        """
+        The application's C{connectionMade} raises after a good reply: the phase says so.
+        """
+
+        class Broken(Recorder):
+            def connectionMade(self) -> None:
+                raise ZeroDivisionError("application bug")
+
+        value, event = self._failed_event(METHOD_NO_AUTH + REPLY_V4, app=Broken)
+        self.assertIsInstance(value, ZeroDivisionError)
+        self.assertEqual(event["phase"], "the application protocol's connectionMade")
+        self.flushLoggedErrors(ZeroDivisionError)
+
+
+class EscapeOnceTests(unittest.TestCase):
+    """
+    The proxy's bytes are escaped exactly once: in the exception, and the log event and the
+    rendered log line show that text unchanged (C{\\x05\\x07}, not C{\\\\x05\\\\x07}).
+    """
+
+    def _failed(self, *chunks: bytes) -> tuple[Any, dict[str, Any]]:
+        with capturedLogs() as events:
+            h = Harness()
+            h.connect_proxy()
+            for chunk in chunks:
+                h.feed(chunk)
+        [event] = [e for e in events if e.get("event") == "socks5.failed"]
+        return h.failure().value, event
+
+    def test_excerpt_escaped_once_in_exception_event_and_line(self) -> None:
+        """
+        A method selection reply choosing 0x07: the excerpt reads C{\\x05\\x07} everywhere.
+        """
+        value, event = self._failed(b"\x05\x07")
+        self.assertEqual(value.excerpt, "\\x05\\x07")
+        self.assertEqual(event["reason"], str(value))
+        line = format_text(event)
+        assert line is not None
+        self.assertIn("received: \\x05\\x07\n", line)
+        self.assertNotIn("\\\\", line)
+
+    def test_backslash_from_the_proxy_escaped_once(self) -> None:
+        """
+        A backslash the proxy sent shows as one escaped backslash (C{\\\\}), not two.
+        """
+        value, event = self._failed(b"\\x41")
+        self.assertEqual(value.excerpt, "\\\\x41")
+        line = format_text(event)
+        assert line is not None
+        self.assertIn("received: \\\\x41\n", line)
+        self.assertNotIn("\\\\\\\\", line)
+
+    def test_other_errors_are_escaped_in_the_event(self) -> None:
+        """
+        An error that is not a L{SOCKSError} (the proxy endpoint's own) is escaped where it is
+        logged.
+        """
+        with capturedLogs() as events:
+            h = Harness()
+            assert h.proxy.deferred is not None
+            h.proxy.deferred.errback(error.DNSLookupError("no\nsuch host"))
+        [event] = [e for e in events if e.get("event") == "socks5.failed"]
+        self.assertIn("no\\nsuch host", event["reason"])
+        self.assertEqual(event["phase"], "the connection to the proxy")
+        h.failure()
+
+
+class QuietFactoryTests(unittest.TestCase):
+    """
+    The factory of each connection attempt does not log Twisted's "Starting factory" and
+    "Stopping factory" lines (one pair per SOCKS5 connection otherwise).
+    """
+
+    def test_no_starting_or_stopping_factory_events(self) -> None:
+        """
+        Start and stop the attempt's factory as a connector does: no event at all.
+        """
+        quiet_app = Factory.forProtocol(Recorder)
+        quiet_app.noisy = False
+        clock = MemoryReactorClock()
+        proxy = FakeProxyEndpoint()
+        endpoint = SOCKS5ClientEndpoint(proxy, "example.com", 443, reactor=clock)
+        endpoint.connect(quiet_app).addErrback(lambda _: None)
+        with capturedLogs() as events:
+            proxy.factory.doStart()
+            proxy.factory.doStop()
+        self.assertEqual([formatEvent(e) for e in events], [])
 
 
 class AuthTests(unittest.TestCase):
@@ -900,7 +1319,7 @@ class MemoryBoundTests(unittest.TestCase):
         h = Harness()
         h.connect_proxy()
         h.feed(METHOD_NO_AUTH)
-        reply = b"\x05\x00\x00\x03\xff" + b"n" * 255 + b"\x00\x50"
+        reply = b"\x05\x00\x00\x03\xfe" + LONGEST_BOUND_NAME + b"\x00\x50"
         self.assertEqual(len(reply), MAX_REPLY_SIZE)
         peak = 0
         for byte in reply[:-1]:
@@ -1165,7 +1584,9 @@ class NegotiationTests(unittest.TestCase):
         st.one_of(
             st.ip_addresses(v=4).map(lambda a: bytes([1]) + a.packed),
             st.ip_addresses(v=6).map(lambda a: bytes([4]) + a.packed),
-            st.binary(min_size=1, max_size=255).map(lambda n: bytes([3, len(n)]) + n),
+            st.from_regex(BOUND_NAME_PATTERN, fullmatch=True).map(
+                lambda n: bytes([3, len(n)]) + n
+            ),
         ),
         st.integers(0, 65535),
         st.binary(max_size=200),

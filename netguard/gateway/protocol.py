@@ -38,6 +38,7 @@ from netguard.auth.scram import (
 from netguard.errors import ErrorCode
 from netguard.framing import GuardedLineReceiver, peer_label
 from netguard.log import escape, quoted
+from netguard.outbound.backends import describe_failure
 from netguard.tls import channel_binding_for, connection_info, describe_tls_error
 
 if TYPE_CHECKING:
@@ -537,7 +538,7 @@ class GatewaySession(GuardedLineReceiver):
             "backend of {service} unavailable: {cause}",
             event="session.backend_failed",
             service=escape(self.service),
-            cause=escape(failure.getErrorMessage() or failure.type.__name__, limit=300),
+            cause=describe_failure(failure),
             error_type=failure.type.__name__,
             **self.log_fields(),
         )

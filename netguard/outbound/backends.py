@@ -32,6 +32,8 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netguard.log import escape
+from netguard.outbound.socks5 import SOCKSError
 from netguard.relay import A, B, RelayResult, Splice
 
 ECHO = "builtin:echo"
@@ -354,6 +356,21 @@ class _LegFactory(Factory):
         protocol.factory = self
         self.leg.protocol = protocol
         return protocol
+
+
+def describe_failure(failure: Failure, limit: int = 300) -> str:
+    """
+    The cause of a failed opening, as text for a log field, with what a peer chose escaped
+    exactly once: a L{SOCKSError}'s message already shows the proxy's bytes escaped (and is
+    printable ASCII), so it is used as it is; any other error's message is escaped here.
+
+    @param failure: why L{open_backend} failed.
+    @param limit: how many bytes of another error's message are shown.
+    @return: printable ASCII.
+    """
+    if isinstance(failure.value, SOCKSError):
+        return str(failure.value)
+    return escape(failure.getErrorMessage() or failure.type.__name__, limit=limit)
 
 
 def backend_endpoint(reactor: Any, service: Any) -> Any:

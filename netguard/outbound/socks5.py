@@ -21,10 +21,11 @@ What it guarantees
     downgrade the session to an unauthenticated one that the operator did not expect. A proxy
     that selects a method we did not offer is a protocol error.
   - Every reply is parsed with bounds, byte by byte as it arrives: VER must be 5 (1 for the
-    RFC 1929 sub-negotiation), RSV must be 0, ATYP must be 1, 3 or 4, a domain name is exactly as
-    long as its length byte says (1..255). The result does not depend on how the bytes were
-    split across reads. At most L{MAX_REPLY_SIZE} bytes are ever buffered: a peer that streams
-    endless bytes fails on the first byte that cannot belong to a valid reply.
+    RFC 1929 sub-negotiation), RSV must be 0, ATYP must be 1, 3 or 4, and BND.ADDR must be a
+    well-formed address (L{is_valid_bound_name} for ATYP 3). The result does not depend on how
+    the bytes were split across reads. At most L{MAX_REPLY_SIZE} bytes are ever buffered: a
+    peer that streams endless bytes fails on the first byte that cannot belong to a valid
+    reply, so a bogus success reply never lets its junk through as application data.
   - Bytes that arrive after the final reply (even in the same read) are delivered to the
     application protocol, right after its C{connectionMade}, exactly once and in order.
   - One timeout (C{timeout}, default 10 s) covers everything from L{connect} to the final
@@ -34,8 +35,11 @@ What it guarantees
   - Failures are L{SOCKSError} subclasses, themselves L{ConnectError}s: one class per RFC 1928
     reply code (L{GeneralFailure} ... L{AddressTypeNotSupported}, L{UnassignedReplyCode}), plus
     L{AuthenticationFailed}, L{NoAcceptableMethods}, L{SOCKSProtocolError} (with an escaped
-    excerpt of what the proxy sent), L{SOCKSConnectionClosed} and L{SOCKSTimeout}. A failure to
-    reach the proxy itself is the proxy endpoint's own error, unchanged (not a L{SOCKSError}).
+    excerpt of what the proxy sent), L{SOCKSConnectionClosed} and L{SOCKSTimeout}. Each carries
+    the C{phase} the negotiation failed in. A failure to reach the proxy itself is the proxy
+    endpoint's own error, unchanged (not a L{SOCKSError}).
+  - Text the proxy chose is escaped exactly once, where it enters a message: every
+    L{SOCKSError} message is printable ASCII and is logged as it is.
   - The password is never logged, never in an exception and never in a C{repr}.
 
 Addresses seen by the application
@@ -135,6 +139,7 @@ __all__ = [
     "TTLExpired",
     "UnassignedReplyCode",
     "endpoint_from_string_args",
+    "is_valid_bound_name",
     "read_password_file",
     "reply_error",
     "resolve_port",
@@ -147,16 +152,24 @@ SOCKS_VERSION: Final = 5
 AUTH_VERSION: Final = 1
 #: The CONNECT command.
 CMD_CONNECT: Final = 1
-#: The longest valid server message: a CONNECT reply with a 255-byte domain name
+#: The longest host name a CONNECT reply may carry as BND.ADDR (ATYP 3): 253 characters, the
+#: longest DNS name in text form, plus one optional final dot.
+MAX_BOUND_NAME: Final = 254
+#: The longest valid server message: a CONNECT reply with the longest bound host name
 #: (VER, REP, RSV, ATYP, length byte, name, port).
-MAX_REPLY_SIZE: Final = 4 + 1 + 255 + 2
+MAX_REPLY_SIZE: Final = 4 + 1 + MAX_BOUND_NAME + 2
 #: How many bytes of a bad reply an error message shows (escaped).
 EXCERPT_LIMIT: Final = 64
 #: The default negotiation timeout, in seconds.
 DEFAULT_TIMEOUT: Final = 10.0
-#: The largest password file we read, in bytes.
 
 _LABEL = re.compile(rb"\A[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
+#: A host name label (RFC 952/1123 LDH: letters, digits, inner hyphens; 1..63 characters).
+_LDH_LABEL = re.compile(rb"\A[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+#: Every byte that may appear in a bound host name or textual IP address (colons: IPv6).
+_BOUND_NAME_BYTES: Final = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.:"
+)
 
 
 class Method(enum.IntEnum):
@@ -187,7 +200,8 @@ class SOCKSAddress:
 
     @ivar address_type: the ATYP.
     @ivar host: the dotted-quad or compressed IPv6 text, or the domain name; a domain name that
-        came from the proxy is escaped with L{netguard.log.escape} (printable ASCII).
+        came from the proxy has passed L{is_valid_bound_name} (printable ASCII, LDH labels or
+        a textual address).
     @ivar port: the port, 0..65535.
     """
 
@@ -211,9 +225,14 @@ class SOCKSAddress:
 class SOCKSError(error.ConnectError):
     """
     A SOCKS5 negotiation failed. Base class of every error this module raises for a proxy.
+
+    @ivar phase: what the negotiation was waiting for when it failed (C{"method selection
+        reply"}, C{"RFC 1929 username/password reply"}, C{"CONNECT reply"}, C{"the connection
+        to the proxy"}), or L{None} for an error raised outside a negotiation.
     """
 
     MESSAGE = "SOCKS5 negotiation failed"
+    phase: str | None = None
 
     def __init__(self, message: str) -> None:
         """
@@ -472,6 +491,38 @@ def _encode_domain(host: str) -> bytes:
     return raw
 
 
+def is_valid_bound_name(name: bytes) -> bool:
+    """
+    Whether a CONNECT reply's ATYP 3 BND.ADDR is well formed: a textual IP address, or a host
+    name of LDH labels (RFC 952/1123: letters, digits, inner hyphens, 1..63 characters each) of
+    at most 253 characters plus one optional final dot, whose last label is not all digits (so
+    that no name can pass for a dotted-quad address it is not).
+
+    A proxy that resolved the target remotely usually reports an address; a name is allowed,
+    but binary bytes, spaces, control characters, empty labels or an over-long name are not:
+    a reply carrying them is not a SOCKS5 reply, whatever its REP byte says.
+
+    @param name: the BND.ADDR bytes (without their length byte).
+    @return: C{True} if the name is well formed.
+    """
+    if not name or len(name) > MAX_BOUND_NAME or not _BOUND_NAME_BYTES.issuperset(name):
+        return False
+    text = name.decode("ascii")
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    else:
+        return True
+    bare = name[:-1] if name.endswith(b".") else name
+    if not bare or len(bare) > MAX_BOUND_NAME - 1:
+        return False
+    labels = bare.split(b".")
+    if not all(_LDH_LABEL.match(label) for label in labels):
+        return False
+    return not labels[-1].isdigit()
+
+
 def target_address(host: str, port: int) -> tuple[SOCKSAddress, bytes]:
     """
     Validate a CONNECT target and encode its DST.ADDR and DST.PORT fields.
@@ -532,7 +583,7 @@ class _Phase(enum.Enum):
     """
 
     METHOD = "method selection reply"
-    AUTH = "username/password reply"
+    AUTH = "RFC 1929 username/password reply"
     CONNECT = "CONNECT reply"
     DONE = "nothing (established)"
     FAILED = "nothing (failed)"
@@ -610,6 +661,7 @@ class SOCKS5Negotiation:
                 else (Method.USERNAME_PASSWORD,)
             )
         self._phase = _Phase.METHOD
+        self._failed_in: _Phase | None = None
         self._buffer = b""
         self._method = Method.NO_AUTH
 
@@ -622,8 +674,11 @@ class SOCKS5Negotiation:
     @property
     def phase(self) -> str:
         """
-        @return: what the negotiation waits for, in words (for messages and logs).
+        @return: what the negotiation waits for, in words (for messages and logs); once it
+            has failed, what it was waiting for when it failed.
         """
+        if self._failed_in is not None:
+            return self._failed_in.value
         return self._phase.value
 
     @property
@@ -656,7 +711,10 @@ class SOCKS5Negotiation:
     def fail(self) -> None:
         """
         Mark the negotiation failed from outside (timeout, cancellation, lost connection).
+        L{phase} goes on naming the step it failed in.
         """
+        if not self.finished:
+            self._failed_in = self._phase
         self._phase = _Phase.FAILED
         self._buffer = b""
 
@@ -702,7 +760,9 @@ class SOCKS5Negotiation:
                     self._buffer = b""
                     result = NegotiationResult(self._method, bound, buf[used:])
                     return NegotiationStep(b"".join(send), result)
-        except SOCKSError:
+        except SOCKSError as exc:
+            if exc.phase is None:
+                exc.phase = self._phase.value
             self.fail()
             raise
         # A reply is incomplete only while it is shorter than its longest valid form.
@@ -729,7 +789,9 @@ class SOCKS5Negotiation:
         if method == Method.NO_ACCEPTABLE:
             raise NoAcceptableMethods(self.offered)
         if method not in self.offered:
-            raise SOCKSProtocolError(f"proxy selected method 0x{method:02x}, not offered", buf)
+            raise SOCKSProtocolError(
+                f"method selection reply selected method 0x{method:02x}, not offered", buf
+            )
         self._method = Method(method)
         return 2
 
@@ -741,7 +803,7 @@ class SOCKS5Negotiation:
         """
         if len(buf) >= 1 and buf[0] != AUTH_VERSION:
             raise SOCKSProtocolError(
-                f"username/password reply has version {buf[0]}, expected 1", buf
+                f"RFC 1929 username/password reply has version {buf[0]}, expected 1", buf
             )
         if len(buf) < 2:
             return None
@@ -754,7 +816,10 @@ class SOCKS5Negotiation:
         Parse the CONNECT reply: C{VER REP RSV ATYP BND.ADDR BND.PORT}.
 
         A failure code is raised as soon as the REP byte is known: the rest of a failure reply
-        carries nothing we use, and some proxies close without sending it.
+        carries nothing we use, and some proxies close without sending it. A success reply
+        must carry a well-formed BND.ADDR: any 4 or 16 bytes for ATYP 1 or 4, a name that
+        passes L{is_valid_bound_name} for ATYP 3, checked byte by byte as it arrives (a length
+        byte above L{MAX_BOUND_NAME} or a byte that no name may hold fails at once).
 
         @return: the bound address and the bytes used, or L{None} if more are needed.
         """
@@ -776,14 +841,28 @@ class SOCKS5Negotiation:
                 return None
             if buf[4] == 0:
                 raise SOCKSProtocolError("CONNECT reply has an empty domain name", buf)
+            if buf[4] > MAX_BOUND_NAME:
+                raise SOCKSProtocolError(
+                    f"CONNECT reply has a {buf[4]}-byte bound name, longer than any host name",
+                    buf,
+                )
             end = 5 + buf[4]
+            if not _BOUND_NAME_BYTES.issuperset(buf[5:end]):
+                raise SOCKSProtocolError(
+                    "CONNECT reply has a bound name with a byte no host name holds", buf
+                )
         else:
             raise SOCKSProtocolError(f"CONNECT reply has unknown address type {atyp}", buf)
         if len(buf) < end + 2:
             return None
         port = int.from_bytes(buf[end : end + 2], "big")
         if atyp == AddressType.DOMAIN:
-            bound = SOCKSAddress(AddressType.DOMAIN, escape(buf[5:end], limit=255), port)
+            if not is_valid_bound_name(buf[5:end]):
+                raise SOCKSProtocolError(
+                    "CONNECT reply has a bound name that is neither a host name nor an address",
+                    buf,
+                )
+            bound = SOCKSAddress(AddressType.DOMAIN, buf[5:end].decode("ascii"), port)
         else:
             ip = ipaddress.ip_address(buf[4:end])
             bound = SOCKSAddress(AddressType(atyp), ip.compressed, port)
@@ -875,7 +954,7 @@ class _SOCKS5ClientProtocol(ProtocolWrapper):
             # connectionLost), and the attempt fails with the application's error.
             self._aborted = True
             self.transport.abortConnection()
-            self.factory.failed(Failure())
+            self.factory.failed(Failure(), "the application protocol's connectionMade")
             return
         self.factory.established(self, result)
         if result.leftover and not (self.disconnecting or self._aborted):
@@ -954,6 +1033,8 @@ class _SOCKS5WrappingFactory(WrappingFactory[_SOCKS5ClientProtocol]):
     """
 
     protocol = _SOCKS5ClientProtocol
+    #: One factory per connection attempt: no "Starting factory" log lines.
+    noisy = False
 
     def __init__(self, endpoint: SOCKS5ClientEndpoint, wrappedFactory: IProtocolFactory) -> None:
         """
@@ -1000,12 +1081,15 @@ class _SOCKS5WrappingFactory(WrappingFactory[_SOCKS5ClientProtocol]):
         if not self.deferred.called:
             self.deferred.callback(connection.wrappedProtocol)
 
-    def failed(self, reason: Failure) -> None:
+    def failed(self, reason: Failure, phase: str | None = None) -> None:
         """
         The attempt failed: fire the Deferred with C{reason} (once).
+
+        @param phase: what the attempt was waiting for; by default the negotiation's phase (or
+            the connection to the proxy, before there is one).
         """
         if not self.deferred.called:
-            self.endpoint._log_failed(reason, self.phase())
+            self.endpoint._log_failed(reason, phase or self.phase())
             self.deferred.errback(reason)
 
     def phase(self) -> str:
@@ -1181,14 +1265,20 @@ class SOCKS5ClientEndpoint:
 
     def _log_failed(self, reason: Failure, phase: str) -> None:
         """
-        Log a failed attempt (the reason's text never contains a secret).
+        Log a failed attempt (the reason's text never contains a secret). A L{SOCKSError}'s
+        text already has the proxy's bytes escaped, so it is logged as it is; any other error's
+        text is escaped here.
         """
+        if isinstance(reason.value, SOCKSError):
+            text = str(reason.value)
+        else:
+            text = escape(str(reason.value), limit=300)
         self.log.info(
             "SOCKS5 connection to {target} failed while waiting for {phase}: {reason}",
             event="socks5.failed",
             target=str(self.target),
             phase=phase,
-            reason=escape(str(reason.value), limit=300),
+            reason=text,
             error=type(reason.value).__name__,
             user=escape(self.username),
         )
