@@ -36,7 +36,7 @@ from netguard.ops.lock import (
     check_unix_socket_free,
 )
 from netguard.ops.metrics import MetricsListenFailed, MetricsService
-from netguard.ops.notify import notify_ready, notify_stopping
+from netguard.ops.notify import Watchdog, notify_ready, notify_stopping
 from netguard.ops.overload import OverloadMonitor
 from netguard.ops.preflight import AddressBusy, check_listener_free
 from netguard.ops.privileges import hand_over
@@ -89,6 +89,9 @@ class GatewayService(MultiService):
             factory.clock, self.figures, ops.heartbeat_interval, enabled=ops.heartbeat
         )
         self.heartbeat.setServiceParent(self)
+        #: C{WATCHDOG=1} to systemd from the reactor, when the unit sets C{WatchdogSec=}.
+        self.watchdog = Watchdog(factory.clock)
+        self.watchdog.setServiceParent(self)
         if ops.control_socket:
             control = ControlFactory(GatewayControl(self), factory.reactor)
             ControlService(factory.reactor, ops.control_socket, control).setServiceParent(self)

@@ -1,33 +1,45 @@
 """
 Tests for L{netguard.ops.notify}: notifications received on a real datagram socket (path and
-abstract name), and socket activation as far as it goes without systemd: a child process
-started the way systemd starts one (LISTEN_FDS/LISTEN_PID, the socket on descriptor 3) adopts
-it through Twisted's C{systemd:} endpoint.
+abstract name), the reload bracket (C{RELOADING=1} ... C{READY=1}) sent by
+L{netguard.ops.reload.Reloader}, the watchdog on a L{task.Clock}, and socket activation as far
+as it goes without systemd: a child process started the way systemd starts one
+(LISTEN_FDS/LISTEN_PID, the socket on descriptor 3) adopts it through Twisted's C{systemd:}
+endpoint.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from typing import Any
 
-from twisted.logger import globalLogPublisher
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, globalLogPublisher
 from twisted.trial import unittest
 
 import netguard
+from netguard.auth.users import ensure_users_file
+from netguard.config import ConfigError, load_config
 from netguard.ops.notify import (
     MAX_MESSAGE_BYTES,
+    Watchdog,
+    monotonic_usec,
     notify_ready,
+    notify_reloading,
     notify_stopping,
     sd_notify,
     status_message,
     systemd_listen_fds,
+    watchdog_interval,
 )
+from netguard.ops.reload import Reloader, ReloadRefused
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(netguard.__file__)))
 
@@ -114,6 +126,264 @@ class NotifyTests(unittest.TestCase):
 
     def test_oversized_message_refused(self):
         self.assertRaises(ValueError, sd_notify, "X" * (MAX_MESSAGE_BYTES + 1), {})
+
+
+class ReloadingTests(unittest.TestCase):
+    """
+    C{RELOADING=1} carries C{MONOTONIC_USEC=}, as C{Type=notify-reload} requires.
+    """
+
+    def test_reloading_carries_monotonic_usec(self) -> None:
+        """
+        The datagram is exactly C{RELOADING=1}, a newline, C{MONOTONIC_USEC=<n>} with the
+        injected clock's reading.
+        """
+        manager = Manager(self)
+        self.assertTrue(notify_reloading(manager.env, now_usec=lambda: 123456789))
+        self.assertEqual(manager.received(), [b"RELOADING=1\nMONOTONIC_USEC=123456789"])
+
+    def test_default_clock_is_clock_monotonic_in_microseconds(self) -> None:
+        """
+        The default reading lies between two readings of C{CLOCK_MONOTONIC} (in µs) taken
+        around it: the clock and unit systemd compares it with.
+        """
+        before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        reading = monotonic_usec()
+        after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.assertTrue(before <= reading <= after, (before, reading, after))
+
+    def test_unset_is_a_no_op(self) -> None:
+        """
+        Without C{NOTIFY_SOCKET} nothing is sent and nothing fails.
+        """
+        self.assertFalse(notify_reloading({}, now_usec=lambda: 1))
+
+
+class _FakeFactory:
+    """
+    The part of the gateway factory a reload touches.
+    """
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.applied: list[Any] = []
+
+    def apply_config(self, config: Any, users: Any) -> None:
+        self.applied.append(config)
+
+
+class _FakeService:
+    """
+    The part of the gateway service a reload touches: no TLS listener.
+    """
+
+    def __init__(self, config: Any) -> None:
+        self.factory = _FakeFactory(config)
+        self.tls_identities: list[Any] = []
+
+
+class ReloaderNotifyTests(unittest.TestCase):
+    """
+    A reload (SIGHUP and C{ctl reload} both call L{Reloader.reload}) is bracketed by
+    C{RELOADING=1} and C{READY=1}, whatever its outcome.
+    """
+
+    def setUp(self) -> None:
+        self.manager = Manager(self)
+        root = tempfile.mkdtemp(prefix="ngr", dir="/tmp")
+        self.addCleanup(shutil.rmtree, root, True)
+        state = os.path.join(root, "st")
+        os.mkdir(state, 0o700)
+        self.overrides = {"state_dir": state, "users_file": os.path.join(state, "users")}
+        ensure_users_file(self.overrides["users_file"])
+        self.service = _FakeService(load_config(None, self.overrides))
+
+    def reloader(self, load: Any = load_config) -> Reloader:
+        return Reloader(
+            self.service,
+            None,
+            self.overrides,
+            load=load,
+            environ=self.manager.env,
+            now_usec=lambda: 42,
+        )
+
+    def test_applied_reload_bracketed(self) -> None:
+        """
+        An applied reload sends C{RELOADING=1} with C{MONOTONIC_USEC=} before, then
+        C{READY=1} with C{STATUS=reloaded}: exactly two datagrams.
+        """
+        with capturedLogs():
+            summary = self.reloader().reload()
+        self.assertIn("reloaded:", summary)
+        self.assertEqual(len(self.service.factory.applied), 1)
+        self.assertEqual(
+            self.manager.received(),
+            [b"RELOADING=1\nMONOTONIC_USEC=42", b"READY=1\nSTATUS=reloaded"],
+        )
+
+    def test_refused_reload_still_ends_with_ready(self) -> None:
+        """
+        A refused reload (invalid new configuration) still sends C{READY=1} after
+        C{RELOADING=1}, saying the old configuration stays; nothing is applied.
+        """
+
+        def refuse(path: Any, overrides: Any) -> Any:
+            raise ConfigError("<test>", "limits.max_line_length", "out of range")
+
+        with capturedLogs():
+            self.assertRaises(ReloadRefused, self.reloader(refuse).reload)
+        self.assertEqual(self.service.factory.applied, [])
+        self.assertEqual(
+            self.manager.received(),
+            [
+                b"RELOADING=1\nMONOTONIC_USEC=42",
+                b"READY=1\nSTATUS=reload refused; the old configuration stays",
+            ],
+        )
+
+    def test_unexpected_failure_still_ends_with_ready(self) -> None:
+        """
+        An unexpected exception during a reload propagates, but C{READY=1} is sent first,
+        so systemd does not stay in the reloading state.
+        """
+
+        def explode(path: Any, overrides: Any) -> Any:
+            raise RuntimeError("unexpected")
+
+        self.assertRaises(RuntimeError, self.reloader(explode).reload)
+        self.assertEqual(
+            self.manager.received(),
+            [
+                b"RELOADING=1\nMONOTONIC_USEC=42",
+                b"READY=1\nSTATUS=reload failed; the old configuration stays",
+            ],
+        )
+
+
+class WatchdogIntervalTests(unittest.TestCase):
+    """
+    L{watchdog_interval} reads C{WATCHDOG_USEC} and C{WATCHDOG_PID} as
+    C{sd_watchdog_enabled(3)} does.
+    """
+
+    def test_usec_to_seconds(self) -> None:
+        """
+        C{WATCHDOG_USEC=30000000} without C{WATCHDOG_PID} is a 30 s watchdog.
+        """
+        self.assertEqual(watchdog_interval({"WATCHDOG_USEC": "30000000"}), 30.0)
+
+    def test_our_pid(self) -> None:
+        """
+        C{WATCHDOG_PID} naming this process keeps the watchdog.
+        """
+        env = {"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "42"}
+        self.assertEqual(watchdog_interval(env, pid=42), 1.0)
+
+    def test_other_pid(self) -> None:
+        """
+        C{WATCHDOG_PID} naming another process (one PID off) means no watchdog for us.
+        """
+        env = {"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "43"}
+        self.assertEqual(watchdog_interval(env, pid=42), 0.0)
+
+    def test_malformed_pid(self) -> None:
+        """
+        A C{WATCHDOG_PID} that is not a number means no watchdog.
+        """
+        env = {"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "me"}
+        self.assertEqual(watchdog_interval(env, pid=42), 0.0)
+
+    def test_absent_zero_or_malformed_usec(self) -> None:
+        """
+        No, zero, negative, fractional, non-numeric or non-ASCII-digit C{WATCHDOG_USEC}: no
+        watchdog.
+        """
+        for value in (None, "", "0", "-1000000", "1.5", "lots", "\u0663000000"):
+            env = {} if value is None else {"WATCHDOG_USEC": value}
+            self.assertEqual(watchdog_interval(env), 0.0, value)
+
+    def test_one_microsecond(self) -> None:
+        """
+        The smallest watchdog, 1 µs, is honoured as given.
+        """
+        self.assertEqual(watchdog_interval({"WATCHDOG_USEC": "1"}), 1e-06)
+
+
+class WatchdogTests(unittest.TestCase):
+    """
+    L{Watchdog} sends C{WATCHDOG=1} every half of the timeout, from the clock it is given.
+    """
+
+    def start(self, **extra: str) -> tuple[Manager, Clock, Watchdog]:
+        manager = Manager(self)
+        clock = Clock()
+        env = {**manager.env, **extra}
+        watchdog = Watchdog(clock, env, pid=1000)
+        watchdog.startService()
+        self.addCleanup(watchdog.stopService)
+        return manager, clock, watchdog
+
+    def test_first_keepalive_at_start_then_every_half_timeout(self) -> None:
+        """
+        With a 10 s watchdog: one C{WATCHDOG=1} at start, none at 4.999 s, the next at
+        exactly 5 s, then one every 5 s; each datagram is exactly C{WATCHDOG=1}.
+        """
+        manager, clock, _ = self.start(WATCHDOG_USEC="10000000")
+        self.assertEqual(manager.received(), [b"WATCHDOG=1"])
+        clock.advance(4.999)
+        self.assertEqual(manager.received(), [])
+        clock.advance(0.001)
+        self.assertEqual(manager.received(), [b"WATCHDOG=1"])
+        clock.advance(5)
+        self.assertEqual(manager.received(), [b"WATCHDOG=1"])
+
+    def test_stuck_clock_sends_nothing_more(self) -> None:
+        """
+        Keep-alives come only from the clock's calls: when the loop does not turn, nothing
+        more is sent, so systemd's watchdog fires on a wedged reactor.
+        """
+        manager, clock, _ = self.start(WATCHDOG_USEC="10000000")
+        self.assertEqual(manager.received(), [b"WATCHDOG=1"])
+        self.assertEqual([call.getTime() for call in clock.getDelayedCalls()], [5.0])
+        self.assertEqual(manager.received(), [])
+
+    def test_stop_ends_keepalives(self) -> None:
+        """
+        After C{stopService} no call is left on the clock and nothing more is sent.
+        """
+        manager, clock, watchdog = self.start(WATCHDOG_USEC="10000000")
+        manager.received()
+        watchdog.stopService()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(60)
+        self.assertEqual(manager.received(), [])
+
+    def test_matching_watchdog_pid(self) -> None:
+        """
+        C{WATCHDOG_PID} naming this process: keep-alives are sent.
+        """
+        manager, clock, watchdog = self.start(WATCHDOG_USEC="2000000", WATCHDOG_PID="1000")
+        self.assertEqual(watchdog.timeout, 2.0)
+        clock.advance(1)
+        self.assertEqual(manager.received(), [b"WATCHDOG=1", b"WATCHDOG=1"])
+
+    def test_other_watchdog_pid_sends_nothing(self) -> None:
+        """
+        C{WATCHDOG_PID} naming another process: nothing is sent and nothing is scheduled.
+        """
+        manager, clock, watchdog = self.start(WATCHDOG_USEC="2000000", WATCHDOG_PID="1001")
+        self.assertEqual(watchdog.timeout, 0.0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(manager.received(), [])
+
+    def test_no_watchdog_usec_sends_nothing(self) -> None:
+        """
+        Without C{WATCHDOG_USEC} (no C{WatchdogSec=}) nothing is sent or scheduled.
+        """
+        manager, clock, _ = self.start()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(manager.received(), [])
 
 
 class ListenFdsTests(unittest.TestCase):

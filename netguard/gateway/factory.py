@@ -23,6 +23,7 @@ from netguard.framing import FramingLimits, peer_label
 from netguard.gateway.protocol import GatewaySession
 from netguard.outbound.backends import BackendLeg, open_backend
 from netguard.peer.checks import PeerChecks
+from netguard.relay import B
 from netguard.stats import Stats
 
 
@@ -43,6 +44,7 @@ class GatewayFactory(Factory):
         self.reactor = reactor
         self.clock: Any = reactor
         self.stats = stats if stats is not None else Stats()
+        self.stats.set_services(dict(config.services))
         self.framing_limits = FramingLimits.from_config(config.limits)
         self.sessions: set[GatewaySession] = set()
         self.admission = Admission(config.admission, reactor)
@@ -66,6 +68,7 @@ class GatewayFactory(Factory):
         """
         self.config = config
         self.users = users
+        self.stats.set_services(dict(config.services))
         self.framing_limits = FramingLimits.from_config(config.limits)
         policy = config.peer_checks.policy()
         if policy != self.peer_policy:
@@ -136,6 +139,22 @@ class GatewayFactory(Factory):
         self.admission.released(session.peer_address, session.in_relay_pool)
         if self.drainer is not None:
             self.drainer.check()
+
+    def relay_started(self, session: GatewaySession, leg: Any, setup: float) -> None:
+        """
+        A session's relay started (C{OK OPEN} sent): count it for its service, record its
+        set-up time, and let the figures read its bytes while it runs (L{Stats.relay_started}).
+
+        @param leg: the session's backend leg, already attached (its splice counts the bytes
+            from the backend).
+        @param setup: seconds from accept to now.
+        """
+
+        def meter() -> tuple[int, int]:
+            splice = getattr(leg, "splice", None)
+            return session.bytes_up, (splice.counts[B] if splice is not None else 0)
+
+        self.stats.relay_started(session, session.service or "", setup, meter)
 
     def start_peer_checks(self, peer: Any, local: Any) -> Any:
         """

@@ -38,6 +38,7 @@ from netguard.auth.scram import (
 from netguard.errors import ErrorCode
 from netguard.framing import GuardedLineReceiver, peer_label
 from netguard.log import escape, quoted
+from netguard.stats import OPEN_BACKEND, OPEN_NOT_AUTHORIZED, OPEN_PEER_CHECKS
 from netguard.outbound.backends import describe_failure
 from netguard.tls import channel_binding_for, connection_info, describe_tls_error
 
@@ -233,8 +234,8 @@ class GatewaySession(GuardedLineReceiver):
         if result is not None:
             self.bytes_down = result.bytes_b_to_a
             self.closed_by = _RELAY_ENDINGS.get(result.ended_by, result.ended_by)
-        self.factory.stats.count("bytes_up", self.bytes_up)
-        self.factory.stats.count("bytes_down", self.bytes_down)
+        # Final counts in, live meter out, in one step: the byte counters never go down.
+        self.factory.stats.session_closed(self, self.service, self.bytes_up, self.bytes_down)
         self.log.info(
             "closed {peer} after {duration:.3f}s up={bytes_up} down={bytes_down}: {why}",
             why=_CLOSE_REASONS.get(self.closed_by, self.closed_by),
@@ -402,6 +403,7 @@ class GatewaySession(GuardedLineReceiver):
                 service=name,
                 **self.log_fields(),
             )
+            self.factory.stats.open_failed(name, OPEN_NOT_AUTHORIZED)
             self.refuse(ErrorCode.NOT_AUTHORIZED, close=False)
             return
         run = self.factory.start_service_checks(
@@ -428,6 +430,7 @@ class GatewaySession(GuardedLineReceiver):
                 reason=escape(verdict.reason),
                 **self.log_fields(),
             )
+            self.factory.stats.open_failed(service.name, OPEN_PEER_CHECKS)
             self.refuse(ErrorCode.NOT_AUTHORIZED, "peer checks failed", close=False)
         self.release_lines()
 
@@ -523,6 +526,7 @@ class GatewaySession(GuardedLineReceiver):
             **self.log_fields(),
         )
         leg.attach(self.transport)
+        self.factory.relay_started(self, leg, self.factory.clock.seconds() - self._started)
         pending, self._pending = self._pending, []
         for chunk in pending:
             leg.write(chunk)
@@ -543,6 +547,7 @@ class GatewaySession(GuardedLineReceiver):
             **self.log_fields(),
         )
         self._pending = []
+        self.factory.stats.open_failed(self.service or "", OPEN_BACKEND)
         self.refuse(ErrorCode.BACKEND_UNAVAILABLE)
 
     def _decode(self, token: bytes) -> str | None:

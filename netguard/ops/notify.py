@@ -9,6 +9,11 @@ same code runs under systemd, under another supervisor, or on a terminal. Only
 C{Type=notify} units set the variable; run C{twistd --nodaemon netguard} there (systemd
 expects the notification from the main PID unless C{NotifyAccess=all}).
 
+A reload is bracketed by L{notify_reloading} (C{RELOADING=1} with C{MONOTONIC_USEC=}, as
+C{Type=notify-reload} requires) and L{notify_ready}. L{Watchdog} sends C{WATCHDOG=1} from the
+reactor every half of C{$WATCHDOG_USEC} (L{watchdog_interval}), so that systemd restarts a
+process whose event loop is stuck.
+
 L{systemd_listen_fds} reads the socket-activation variables C{LISTEN_FDS}/C{LISTEN_PID}. Note
 that Twisted's C{systemd:} server endpoint already consumes them: importing
 L{twisted.internet.endpoints} reads them (for the endpoint parser) and I{removes} them from
@@ -21,8 +26,13 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 #: The first descriptor systemd passes (C{SD_LISTEN_FDS_START}).
@@ -122,6 +132,95 @@ def notify_stopping(status: str | None = None, environ: Mapping[str, str] | None
     """
     message = "STOPPING=1" if status is None else "STOPPING=1\n" + status_message(status)
     return sd_notify(message, environ)
+
+
+def monotonic_usec() -> int:
+    """
+    C{CLOCK_MONOTONIC} in microseconds, the clock systemd's C{MONOTONIC_USEC=} is read on.
+    """
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+def notify_reloading(
+    environ: Mapping[str, str] | None = None, now_usec: Callable[[], int] = monotonic_usec
+) -> bool:
+    """
+    Tell the service manager that a reload has begun: C{RELOADING=1} with
+    C{MONOTONIC_USEC=} the moment it began (C{Type=notify-reload} units need both); send
+    L{notify_ready} when it is over, whatever its outcome.
+
+    @param now_usec: the C{CLOCK_MONOTONIC} reading in microseconds.
+    @return: see L{sd_notify}.
+    """
+    return sd_notify(f"RELOADING=1\nMONOTONIC_USEC={int(now_usec())}", environ)
+
+
+def watchdog_interval(environ: Mapping[str, str] | None = None, pid: int | None = None) -> float:
+    """
+    How often the service manager wants C{WATCHDOG=1}, as C{sd_watchdog_enabled(3)} reads
+    it: C{$WATCHDOG_USEC} (a positive number of microseconds), provided C{$WATCHDOG_PID}
+    is absent or names this process.
+
+    @param environ: the environment; L{os.environ} when L{None}.
+    @param pid: the PID C{WATCHDOG_PID} must name; L{os.getpid} when L{None}.
+    @return: the watchdog timeout in seconds; 0 when there is no watchdog for us (unset,
+        malformed, zero, or meant for another process).
+    """
+    env = os.environ if environ is None else environ
+    usec = env.get("WATCHDOG_USEC", "")
+    if not (usec.isascii() and usec.isdigit()) or int(usec) == 0:
+        return 0.0
+    watchdog_pid = env.get("WATCHDOG_PID")
+    if watchdog_pid is not None:
+        me = os.getpid() if pid is None else pid
+        if not (watchdog_pid.isascii() and watchdog_pid.isdigit()) or int(watchdog_pid) != me:
+            return 0.0
+    return int(usec) / 1_000_000
+
+
+class Watchdog(Service):
+    """
+    Send C{WATCHDOG=1} every half of the manager's watchdog timeout, from the reactor: if the
+    event loop stops turning, the keep-alives stop and systemd acts (C{WatchdogSec=}).
+
+    Does nothing when the manager set no watchdog for this process (L{watchdog_interval}).
+
+    @ivar timeout: the manager's watchdog timeout in seconds (0: no watchdog).
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        environ: Mapping[str, str] | None = None,
+        pid: int | None = None,
+    ) -> None:
+        self._clock = clock
+        self._environ = environ
+        self.timeout = watchdog_interval(environ, pid)
+        self._loop: LoopingCall | None = None
+
+    def startService(self) -> None:
+        """
+        Send the first keep-alive now, then every C{timeout / 2} seconds.
+        """
+        super().startService()
+        if self.timeout <= 0 or self._loop is not None:
+            return
+        self._loop = LoopingCall(self._ping)
+        self._loop.clock = self._clock
+        self._loop.start(self.timeout / 2, now=True)
+
+    def stopService(self) -> Any:
+        """
+        Stop sending keep-alives.
+        """
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.running:
+            loop.stop()
+        return super().stopService()
+
+    def _ping(self) -> None:
+        sd_notify("WATCHDOG=1", self._environ)
 
 
 def systemd_listen_fds(environ: Mapping[str, str] | None = None, pid: int | None = None) -> int:

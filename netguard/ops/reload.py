@@ -8,6 +8,9 @@ configuration or users file is refused, logged, and the old one stays in force. 
 identities reload one by one; a bad new certificate keeps that listener's old one (and is
 logged by L{netguard.tls}). Settings that only a restart can change (listeners, the state
 directory, the control socket) are reported, not applied.
+
+The service manager is told: C{RELOADING=1} (with C{MONOTONIC_USEC=}) before a reload and
+C{READY=1} after it, applied or refused (L{netguard.ops.notify}; C{Type=notify-reload}).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from twisted.logger import Logger
 
 from netguard.auth.users import UsersFileError, UserStore, load_mock_key
 from netguard.config import ConfigError, load_config
+from netguard.ops.notify import monotonic_usec, notify_ready, notify_reloading
 from netguard.tls import TLSConfigError
 
 log = Logger()
@@ -48,22 +52,43 @@ class Reloader:
         path: str | None,
         overrides: Mapping[str, object],
         load: Callable[..., Any] = load_config,
+        environ: Mapping[str, str] | None = None,
+        now_usec: Callable[[], int] = monotonic_usec,
     ):
+        """
+        @param environ: where C{NOTIFY_SOCKET} is read; L{os.environ} when L{None}.
+        @param now_usec: C{CLOCK_MONOTONIC} in microseconds, for C{MONOTONIC_USEC=}.
+        """
         self.service = service
         self.path = path
         self.overrides = dict(overrides)
         self._load = load
+        self._environ = environ
+        self._now_usec = now_usec
         #: What the running process was started with: restart-only keys compare to this.
         self.started_with = service.factory.config
 
     def reload(self) -> str:
         """
-        Reload now.
+        Reload now, between C{RELOADING=1} and C{READY=1} to the service manager.
 
         @return: a one-line summary for the operator.
         @raise ReloadRefused: with the reason, when the new configuration or users file is
             unusable (nothing was changed).
         """
+        notify_reloading(self._environ, self._now_usec)
+        status = "reload failed; the old configuration stays"
+        try:
+            summary = self._reload()
+            status = "reloaded"
+            return summary
+        except ReloadRefused:
+            status = "reload refused; the old configuration stays"
+            raise
+        finally:
+            notify_ready(status, self._environ)
+
+    def _reload(self) -> str:
         factory = self.service.factory
         try:
             config = self._load(self.path, self.overrides)

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import stat
+import time
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
@@ -109,6 +110,68 @@ class OpsTwistdTests(unittest.TestCase):
         status = yield daemon.exited()
         self.assertEqual(status, 0, daemon.describe())
         self.assertEqual(sorted(os.listdir(self.state)), ["mock-verifier.key", "users"])
+
+    def datagrams_until(self, wanted, what):
+        """
+        Receive notifications until C{wanted(datagram)} holds (a bounded number of them).
+
+        @return: every datagram received, the wanted one last.
+        """
+        seen = []
+        for _ in range(200):
+            try:
+                datagram = self.notify.recv(4096)
+            except TimeoutError:
+                break
+            seen.append(datagram)
+            if wanted(datagram):
+                return seen
+        raise AssertionError(f"no {what} among {seen!r}")
+
+    @inlineCallbacks
+    def test_reload_bracketed_and_watchdog_keepalives(self):
+        """
+        Under C{WATCHDOG_USEC}, the daemon sends C{WATCHDOG=1} at start and again after
+        C{READY=1}; SIGHUP and C{ctl reload} each send C{RELOADING=1} with a
+        C{MONOTONIC_USEC} read after the request, then C{READY=1}.
+        """
+        os.environ["WATCHDOG_USEC"] = "2000000"
+        self.addCleanup(os.environ.pop, "WATCHDOG_USEC", None)
+        daemon = yield self.start()
+        seen = yield deferToThread(
+            self.datagrams_until, lambda d: d.startswith(b"READY=1"), "READY"
+        )
+        self.assertIn(b"WATCHDOG=1", seen)  # the first keep-alive comes at start
+        seen = yield deferToThread(
+            self.datagrams_until, lambda d: d == b"WATCHDOG=1", "keep-alive"
+        )
+        self.assertEqual(seen, [b"WATCHDOG=1"])  # and the next after READY
+
+        def reload_bracket(how):
+            seen = self.datagrams_until(lambda d: d.startswith(b"RELOADING=1"), "RELOADING")
+            reloading = seen[-1]
+            seen = self.datagrams_until(lambda d: d.startswith(b"READY=1"), "READY")
+            self.assertEqual([d for d in seen[:-1] if d != b"WATCHDOG=1"], [], how)
+            return reloading, seen[-1]
+
+        for how in ("SIGHUP", "ctl reload"):
+            before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            if how == "SIGHUP":
+                os.kill(daemon.process.pid, signal.SIGHUP)
+            else:
+                code, output = yield self.ctl("reload")
+                self.assertEqual(code, EXIT_OK, output)
+            reloading, ready = yield deferToThread(reload_bracket, how)
+            after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            name, _, value = reloading.partition(b"\n")
+            self.assertEqual(name, b"RELOADING=1", how)
+            self.assertTrue(value.startswith(b"MONOTONIC_USEC="), reloading)
+            self.assertTrue(before <= int(value.split(b"=", 1)[1]) <= after, (how, reloading))
+            self.assertEqual(ready, b"READY=1\nSTATUS=reloaded", how)
+
+        daemon.process.send_signal(signal.SIGTERM)
+        status = yield daemon.exited()
+        self.assertEqual(status, 0, daemon.describe())
 
     @inlineCallbacks
     def test_killed_instance_leaves_nothing_that_blocks_a_restart(self):
