@@ -1,6 +1,7 @@
 """
 Tests for L{netguard.peer.ident}: the strict RFC 1413 reply parser (named cases and
-property tests) and the bounded client over L{MemoryReactorClock} and L{StringTransport}.
+property tests) and the bounded client over L{MemoryReactorClock} and L{StringTransport}, plus
+one query over real loopback sockets (quiet factories).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -532,3 +535,82 @@ class ClientBoundTests(ClientTestCase):
         self.assertRaises(ValueError, self.start, max_reply=1)
         self.assertRaises(ValueError, self.start, local_host="::1")
         self.assertRaises(ValueError, self.start, client_host="host.example")
+
+
+class _HostileIdentResponder(Protocol):
+    """
+    A hostile identd for the loopback test: answers every query with a fixed USERID line;
+    C{lost} fires when the querier has gone.
+    """
+
+    def __init__(self, lost: Deferred[None]) -> None:
+        self.lost = lost
+
+    def dataReceived(self, data: bytes) -> None:
+        transport: Any = self.transport
+        transport.write(data.strip() + b" : USERID : UNIX : mallory\r\n")
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.lost.callback(None)
+
+
+def _factory_lines(events: list[dict[str, Any]]) -> list[str]:
+    """
+    @return: the rendered events that are Twisted's factory start/stop lines.
+    """
+    lines = [formatEvent(event) or "" for event in events]
+    return [line for line in lines if "Starting factory" in line or "Stopping factory" in line]
+
+
+class QuietFactoryTests(ClientTestCase):
+    """
+    An ident query (one per client connection when ident is on) does not log Twisted's
+    "Starting factory" / "Stopping factory" lines.
+    """
+
+    def test_query_factory_is_quiet(self) -> None:
+        """
+        Started and stopped as a connector does, the query's factory logs nothing.
+        """
+        self.start()
+        factory = self.reactor.tcpClients[0][2]
+        with capturedLogs() as events:
+            factory.doStart()
+            factory.doStop()
+        self.assertEqual([formatEvent(e) for e in events], [])
+
+    def test_real_query_over_loopback_logs_no_factory_lines(self) -> Deferred[None]:
+        """
+        A whole query over real loopback sockets, against an identd played by a Twisted
+        server in this process: the answer arrives, and no factory line was logged, from the
+        connection attempt to its end (the responder sees the close only after our side has
+        closed, and so after our factory was stopped).
+        """
+        from twisted.internet import reactor
+
+        lost: Deferred[None] = Deferred()
+        server = reactor.listenTCP(  # type: ignore[attr-defined]
+            0, Factory.forProtocol(lambda: _HostileIdentResponder(lost)), interface="127.0.0.1"
+        )
+        server.factory.noisy = False  # the test's own server, not what is checked
+        self.addCleanup(server.stopListening)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def check(result: IdentResult) -> Deferred[None]:
+            self.assertTrue(result.ok, result)
+            assert result.reply is not None
+            self.assertEqual(result.reply.user, "mallory")
+            return lost.addCallback(lambda _: self.assertEqual(_factory_lines(events), []))
+
+        query = ident_query(
+            reactor,
+            "127.0.0.1",
+            6191,
+            23,
+            local_host="127.0.0.1",
+            ident_port=server.getHost().port,
+            timeout=30.0,
+        )
+        return query.addCallback(check)

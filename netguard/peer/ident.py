@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from netguard.log import escape
@@ -256,6 +256,22 @@ class _IdentClientProtocol(Protocol):
             self._query.problem("closed")
 
 
+class _QueryFactory(Factory):
+    """
+    Connects the one protocol of a query, quietly: a factory per query must not log Twisted's
+    "Starting factory" and "Stopping factory" lines (two per connecting client).
+    """
+
+    noisy = False
+
+    def __init__(self, protocol: _IdentClientProtocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> _IdentClientProtocol:
+        self._protocol.factory = self
+        return self._protocol
+
+
 class _IdentQuery:
     """
     One query: connection attempt, overall timer, exactly one result.
@@ -277,7 +293,9 @@ class _IdentQuery:
         self._protocol: _IdentClientProtocol | None = None
         self.result: Deferred[IdentResult] = Deferred(self._cancelled)
         self._timer = reactor.callLater(timeout, self.problem, "timeout")
-        self._connecting: Deferred[Any] = connectProtocol(endpoint, _IdentClientProtocol(self))
+        self._connecting: Deferred[Any] = endpoint.connect(
+            _QueryFactory(_IdentClientProtocol(self))
+        )
         self._connecting.addErrback(self._connect_failed)
 
     def connected(self, protocol: _IdentClientProtocol) -> None:
