@@ -21,9 +21,9 @@ from netguard.peer.checks import (
     decide,
     start_peer_checks,
 )
-from netguard.peer.fcrdns import FCrDNSCache, FCrDNSResult
+from netguard.peer.fcrdns import FCrDNSCache, FCrDNSResult, SharingResolver
 from netguard.peer.ident import IdentResult
-from tests.test_fcrdns import HANG, PTR1, FakeResolver, a, ptr
+from tests.test_fcrdns import HANG, PTR1, FakeResolver, UnansweredResolver, a, ptr
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 LOCAL = IPv4Address("TCP", "127.0.0.9", 7700)
@@ -314,3 +314,164 @@ class CancelTests(RunTestCase):
         run = self.start(PeerCheckPolicy(fcrdns="require"))
         run.cancel()
         self.assertEqual(run.fcrdns_result, CONFIRMED)
+
+
+PEER_B = IPv4Address("TCP", "127.0.0.1", 40001)
+PEER_C = IPv4Address("TCP", "127.0.0.1", 40002)
+
+
+class SharedCheckCancellationTests(RunTestCase):
+    """
+    Connections from one address checked through one L{PeerChecks} (one resolver, one
+    cache): one connection going away never decides about the others.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.server = UnansweredResolver(self.reactor)
+        self.checks = PeerChecks(
+            self.reactor, PeerCheckPolicy(fcrdns="require"), resolver=self.server
+        )
+
+    def test_cancelled_connection_leaves_concurrent_one_to_its_own_timeout(self) -> None:
+        """
+        Two connections from one address while the DNS server never answers: the first
+        closes (its run is cancelled); the second is not refused at once as
+        C{fcrdns-server-failure} but waits, and is refused as C{fcrdns-timeout} when the
+        query times out within its 5 s bound; a third connection 0.5 s after the
+        cancellation gets no cached answer from it and waits the same way.
+        """
+        first = self.checks.start(PEER, LOCAL)
+        second = self.checks.start(PEER_B, LOCAL)
+        verdict = second.verdict()
+        first.cancel()
+        self.assertNoResult(verdict)
+        self.reactor.advance(0.5)
+        third = self.checks.start(PEER_C, LOCAL).verdict()
+        self.assertNoResult(third)
+        self.assertEqual(len(self.checks.cache), 0)
+        self.assertEqual(self.server.cancelled, [])
+        self.assertEqual(self.server.sent, [PTR1.encode("ascii")])
+        self.reactor.advance(3.9)
+        self.assertNoResult(verdict)
+        self.reactor.advance(0.1)
+        self.assertEqual(self.successResultOf(verdict).reason, "fcrdns-timeout")
+        self.assertEqual(self.successResultOf(third).reason, "fcrdns-timeout")
+
+    def test_given_resolver_wrapped_once(self) -> None:
+        """
+        A resolver given to L{PeerChecks} is wrapped in a L{SharingResolver}; one that is
+        already one is used as it is.
+        """
+        self.assertIsInstance(self.checks.resolver(), SharingResolver)
+        self.assertIs(self.checks.resolver().resolver, self.server)
+        sharing = SharingResolver(self.server)
+        again = PeerChecks(self.reactor, PeerCheckPolicy(fcrdns="log"), resolver=sharing)
+        self.assertIs(again.resolver(), sharing)
+
+
+REQUIRE = PeerCheckPolicy(fcrdns="require")
+
+
+class StricterVerdictTests(RunTestCase):
+    """
+    A later decision under a stricter policy (a service requiring FCrDNS at C{OPEN}) reuses
+    the connection's run: one check, one query, one log event.
+    """
+
+    def fcrdns_events(self, events: list[Any]) -> list[Any]:
+        return [e for e in events if e.get("event") == "peer.fcrdns"]
+
+    def test_log_mode_run_reused_under_require(self) -> None:
+        """
+        A run in C{"log"} mode answers a C{"require"} verdict from its own check, waiting
+        for it if it is still running: one PTR query, one C{peer.fcrdns} event.
+        """
+        self.resolver.add(dns.PTR, PTR1, HANG)
+        self.resolver.add(dns.A, "host.example.com", [a("host.example.com", "127.0.0.1")])
+        with capturedLogs() as events:
+            run = self.start(PeerCheckPolicy(fcrdns="log"))
+            self.assertEqual(self.verdict(run).reason, "ok")
+            strict = run.verdict(REQUIRE)
+            self.assertNoResult(strict)
+            self.resolver.hanging[PTR1].callback(([ptr(PTR1, "host.example.com")], [], []))
+            self.assertEqual(self.successResultOf(strict), Verdict(True, "ok", CONFIRMED))
+            again = self.successResultOf(run.verdict(REQUIRE))
+        self.assertEqual(again, Verdict(True, "ok", CONFIRMED))
+        self.assertEqual(self.resolver.names(dns.PTR), [PTR1])
+        self.assertEqual(len(self.fcrdns_events(events)), 1)
+
+    def test_require_verdict_refuses_from_log_mode_result(self) -> None:
+        """
+        The stricter policy decides on the same result: a spoofed PTR passes C{"log"} and
+        is refused under C{"require"}.
+        """
+        self.resolver.add(dns.PTR, PTR1, [ptr(PTR1, "bank.example")])
+        run = self.start(PeerCheckPolicy(fcrdns="log"))
+        self.assertEqual(self.verdict(run).reason, "ok")
+        verdict = self.successResultOf(run.verdict(REQUIRE))
+        self.assertEqual((verdict.allowed, verdict.reason), (False, "fcrdns-mismatch"))
+
+    def test_fcrdns_started_late_once(self) -> None:
+        """
+        A run without FCrDNS (C{"off"}, ident only) starts it at the first stricter
+        decision, with the resolver and cache of the L{PeerChecks} given, and never again.
+        """
+        self.confirmed()
+        checks = PeerChecks(self.reactor, REQUIRE, resolver=self.resolver)
+        with capturedLogs() as events:
+            run = self.start(PeerCheckPolicy(ident="log"))
+            self.assertFalse(run.fcrdns_started)
+            self.assertEqual(self.resolver.calls, [])
+            run.start_fcrdns(checks)
+            run.start_fcrdns(checks)
+            self.assertTrue(run.fcrdns_started)
+            first = self.successResultOf(run.verdict(REQUIRE))
+            second = self.successResultOf(run.verdict(REQUIRE))
+        self.assertEqual((first.allowed, second.allowed), (True, True))
+        self.assertEqual(self.resolver.names(dns.PTR), [PTR1])
+        self.assertEqual(len(self.fcrdns_events(events)), 1)
+        self.assertEqual(checks.cache.get("127.0.0.1"), CONFIRMED)
+
+    def test_require_verdict_without_fcrdns_is_refused(self) -> None:
+        """
+        A stricter verdict asked of a run that does not check FCrDNS refuses (never
+        allows by default).
+        """
+        run = self.start(PeerCheckPolicy(ident="log"))
+        verdict = self.successResultOf(run.verdict(REQUIRE))
+        self.assertEqual((verdict.allowed, verdict.reason), (False, "unsupported-address"))
+
+    def test_late_fcrdns_cancelled_with_the_run(self) -> None:
+        """
+        A check started late is stopped by the run's C{cancel}: the pending verdict is
+        C{"cancelled"} and the lookup is cancelled.
+        """
+        self.resolver.add(dns.PTR, PTR1, HANG)
+        run = self.start(PeerCheckPolicy())
+        run.start_fcrdns(PeerChecks(self.reactor, REQUIRE, resolver=self.resolver))
+        verdict = run.verdict(REQUIRE)
+        run.cancel()
+        self.assertEqual(self.successResultOf(verdict).reason, "cancelled")
+        self.assertEqual(self.resolver.cancelled, [PTR1])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_no_late_fcrdns_after_cancel(self) -> None:
+        """
+        A cancelled run starts nothing.
+        """
+        run = self.start(PeerCheckPolicy())
+        run.cancel()
+        run.start_fcrdns(PeerChecks(self.reactor, REQUIRE, resolver=self.resolver))
+        self.assertFalse(run.fcrdns_started)
+        self.assertEqual(self.resolver.calls, [])
+        self.assertEqual(self.successResultOf(run.verdict(REQUIRE)).reason, "cancelled")
+
+    def test_unix_peer_needs_no_late_fcrdns(self) -> None:
+        """
+        A unix-socket peer is local under any policy; nothing is looked up.
+        """
+        run = self.start(PeerCheckPolicy(), UNIXAddress(b"/run/x.sock"), None)
+        run.start_fcrdns(PeerChecks(self.reactor, REQUIRE, resolver=self.resolver))
+        self.assertEqual(self.successResultOf(run.verdict(REQUIRE)), Verdict(True, "local"))
+        self.assertEqual(self.resolver.calls, [])

@@ -10,14 +10,17 @@ from typing import Any
 
 from twisted.internet import task
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
+from twisted.logger import capturedLogs
 from twisted.names import client, dns
 from twisted.names import error as names_error
 from twisted.trial import unittest
 
 from netguard.peer.fcrdns import (
     MAX_CNAME_HOPS,
+    MAX_REISSUES,
     FCrDNSCache,
     FCrDNSResult,
+    SharingResolver,
     confirm_hostname,
     follow_answers,
     is_valid_hostname,
@@ -51,13 +54,15 @@ def cname(owner: str, target: str, ttl: int = 300) -> dns.RRHeader:
 class FakeResolver:
     """
     An L{IResolver} test double: answers come from a table keyed by (type, name); absent
-    keys are NXDOMAIN; L{HANG} never answers (and records its cancellation).
+    keys are NXDOMAIN; L{HANG} does not answer (it records its cancellation; the test may
+    fire the last hanging lookup of a name from C{hanging}).
     """
 
     def __init__(self) -> None:
         self.table: dict[tuple[int, str], Any] = {}
         self.calls: list[tuple[int, str, Any]] = []
         self.cancelled: list[str] = []
+        self.hanging: dict[str, Deferred[Any]] = {}
 
     def add(self, qtype: int, name: str, value: Any) -> None:
         self.table[(qtype, name)] = value
@@ -68,7 +73,8 @@ class FakeResolver:
         if value is None:
             return fail(names_error.DNSNameError(name))
         if value is HANG:
-            return Deferred(lambda d: self.cancelled.append(name))
+            self.hanging[name] = Deferred(lambda d: self.cancelled.append(name))
+            return self.hanging[name]
         if isinstance(value, Exception):
             return fail(value)
         return succeed((value, [], []))
@@ -446,6 +452,333 @@ class TimeoutTests(FCrDNSTestCase):
     def test_bad_arguments(self) -> None:
         self.assertRaises(ValueError, self.check, timeout=0)
         self.assertRaises(ValueError, self.check, max_names=0)
+
+
+class UnansweredResolver(client.Resolver):
+    """
+    Twisted's own DNS client, with its sharing of identical concurrent queries, talking to a
+    DNS server that never answers: each query sent ends as the real one would, with
+    L{names_error.DNSQueryTimeoutError} once the sum of its attempt timeouts has passed on
+    the clock, unless the test ends it first with L{fail_query}.
+    """
+
+    def __init__(self, clock: task.Clock) -> None:
+        super().__init__(servers=[("127.0.0.1", 53)], reactor=clock)
+        self.clock = clock
+        self.sent: list[bytes] = []
+        self.cancelled: list[bytes] = []
+        self.queries: list[tuple[Deferred[Any], Any]] = []
+
+    def queryUDP(self, queries: list[dns.Query], timeout: Any = None) -> Deferred[Any]:  # noqa: N802
+        name = queries[0].name.name
+        self.sent.append(name)
+        expiry: Any = None
+
+        def cancel(_d: Deferred[Any]) -> None:
+            self.cancelled.append(name)
+            if expiry.active():
+                expiry.cancel()
+
+        d: Deferred[Any] = Deferred(cancel)
+        expiry = self.clock.callLater(
+            sum(timeout), lambda: d.errback(names_error.DNSQueryTimeoutError(0))
+        )
+        self.queries.append((d, expiry))
+        return d
+
+    def fail_query(self, index: int, error: Exception) -> None:
+        d, expiry = self.queries[index]
+        expiry.cancel()
+        d.errback(error)
+
+
+PTR1_BYTES = PTR1.encode("ascii")
+
+
+class SharedLookupCancellationTests(unittest.TestCase):
+    """
+    Concurrent checks of one address through one shared resolver and cache: a check that is
+    cancelled (its client went away) never ends, nor answers, anyone else's check.
+    """
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.server = UnansweredResolver(self.clock)
+        self.sharing = SharingResolver(self.server)
+        self.cache = FCrDNSCache(self.clock, negative_ttl=30)
+
+    def check(self, resolver: Any = None) -> Deferred[FCrDNSResult]:
+        return confirm_hostname(
+            self.clock,
+            "127.0.0.1",
+            resolver=self.sharing if resolver is None else resolver,
+            timeout=5.0,
+            cache=self.cache,
+        )
+
+    def test_cancelled_check_leaves_concurrent_check_to_its_own_timeout(self) -> None:
+        """
+        Cancelling one of two concurrent checks sharing a query that is never answered
+        leaves the other waiting (the query is not cancelled, nothing is cached); it ends as
+        C{timeout} when the unanswered query times out (4.5 s, within its 5 s bound), not
+        as C{server-failure} at once.
+        """
+        first = self.check()
+        second = self.check()
+        self.assertEqual(self.server.sent, [PTR1_BYTES])
+        first.cancel()
+        self.failureResultOf(first, CancelledError)
+        self.assertNoResult(second)
+        self.assertEqual(self.server.cancelled, [])
+        self.assertEqual(len(self.cache), 0)
+        self.clock.advance(4.4)
+        self.assertNoResult(second)
+        self.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(second), FCrDNSResult(False, None, "timeout"))
+        self.assertEqual(self.cache.get("127.0.0.1"), FCrDNSResult(False, None, "timeout"))
+        self.assertEqual(self.server.sent, [PTR1_BYTES])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancellation_through_plain_client_resolver_is_asked_again(self) -> None:
+        """
+        Without a L{SharingResolver}, Twisted's client shares the query itself and hands the
+        first caller's cancellation to the second: the second check takes it for what it
+        is (not an answer), asks again and ends as C{timeout} when its own query times out.
+        """
+        first = self.check(self.server)
+        second = self.check(self.server)
+        self.assertEqual(self.server.sent, [PTR1_BYTES])
+        first.cancel()
+        self.failureResultOf(first, CancelledError)
+        self.assertNoResult(second)
+        self.assertEqual(self.server.sent, [PTR1_BYTES, PTR1_BYTES])
+        self.assertEqual(len(self.cache), 0)
+        self.clock.advance(4.4)
+        self.assertNoResult(second)
+        self.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(second).reason, "timeout")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_check_started_after_a_cancellation_gets_no_answer_from_it(self) -> None:
+        """
+        A lone check that is cancelled leaves nothing cached: a check started 0.5 s later
+        sends its own query and ends at its own bound.
+        """
+        first = self.check()
+        first.cancel()
+        self.failureResultOf(first, CancelledError)
+        self.assertEqual(self.server.cancelled, [PTR1_BYTES])
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.cache), 0)
+        later = self.check()
+        self.assertNoResult(later)
+        self.assertEqual(self.server.sent, [PTR1_BYTES, PTR1_BYTES])
+        self.clock.advance(4.4)
+        self.assertNoResult(later)
+        self.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(later).reason, "timeout")
+
+    def test_check_joining_after_a_concurrent_cancellation_waits_for_dns(self) -> None:
+        """
+        Two concurrent checks, one cancelled; a third check 0.5 s later finds nothing cached
+        and joins the query still under way; both end when that query really times out.
+        """
+        first = self.check()
+        second = self.check()
+        first.cancel()
+        self.failureResultOf(first, CancelledError)
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.cache), 0)
+        later = self.check()
+        self.assertNoResult(second)
+        self.assertNoResult(later)
+        self.assertEqual(self.server.sent, [PTR1_BYTES])
+        self.clock.advance(3.9)
+        self.assertNoResult(later)
+        self.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(second).reason, "timeout")
+        self.assertEqual(self.successResultOf(later).reason, "timeout")
+
+    def test_real_server_failure_is_shared_and_cached(self) -> None:
+        """
+        A real SERVFAIL still reaches every check sharing the query and is cached for the
+        negative TTL: a third check gets it without a query.
+        """
+        first = self.check()
+        second = self.check()
+        self.server.fail_query(0, names_error.DNSServerError("SERVFAIL"))
+        expected = FCrDNSResult(False, None, "server-failure")
+        self.assertEqual(self.successResultOf(first), expected)
+        self.assertEqual(self.successResultOf(second), expected)
+        self.assertEqual(self.successResultOf(self.check()), expected)
+        self.assertEqual(self.server.sent, [PTR1_BYTES])
+        self.clock.advance(30)
+        self.assertNoResult(self.check())
+        self.assertEqual(len(self.server.sent), 2)
+
+    def test_real_timeout_is_shared_and_cached(self) -> None:
+        """
+        A query that really timed out ends every check sharing it as C{timeout}, cached for
+        the negative TTL (30 s here) and no longer.
+        """
+        first = self.check()
+        second = self.check()
+        self.clock.advance(4.5)
+        self.assertEqual(self.successResultOf(first).reason, "timeout")
+        self.assertEqual(self.successResultOf(second).reason, "timeout")
+        self.clock.advance(29.9)
+        self.assertEqual(self.successResultOf(self.check()).reason, "timeout")
+        self.assertEqual(len(self.server.sent), 1)
+        self.clock.advance(0.1)
+        self.assertNoResult(self.check())
+        self.assertEqual(len(self.server.sent), 2)
+
+    def test_query_cancelled_when_no_check_waits(self) -> None:
+        """
+        When every check sharing a query is cancelled, the query itself is cancelled and
+        nothing stays scheduled or in flight.
+        """
+        first = self.check()
+        second = self.check()
+        first.cancel()
+        self.assertEqual(self.server.cancelled, [])
+        second.cancel()
+        self.assertEqual(self.server.cancelled, [PTR1_BYTES])
+        self.failureResultOf(first, CancelledError)
+        self.failureResultOf(second, CancelledError)
+        self.assertEqual(self.sharing.in_flight(), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(len(self.cache), 0)
+
+
+class ReissueTests(FCrDNSTestCase):
+    def test_foreign_cancellations_are_bounded(self) -> None:
+        """
+        A resolver that keeps failing a lookup with L{CancelledError} the check did not ask
+        for is asked again at most L{MAX_REISSUES} times; then the check ends as C{error},
+        logged, and nothing is cached.
+        """
+        cache = FCrDNSCache(self.clock)
+        self.resolver.add(dns.PTR, PTR1, CancelledError())
+        with capturedLogs() as events:
+            result = self.result(cache=cache)
+        self.assertEqual(result, FCrDNSResult(False, None, "error"))
+        self.assertEqual(len(self.resolver.names(dns.PTR)), MAX_REISSUES + 1)
+        self.assertEqual(len(cache), 0)
+        self.assertEqual(
+            [e["count"] for e in events if e.get("event") == "peer.fcrdns.error"],
+            [MAX_REISSUES + 1],
+        )
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_one_foreign_cancellation_then_answer(self) -> None:
+        """
+        A lookup cancelled once by someone else is asked again, and the answer to the new
+        lookup confirms the address.
+        """
+        self.resolver.add(dns.PTR, PTR1, HANG)
+        self.resolver.add(dns.A, "good.test", [a("good.test", "127.0.0.1")])
+        d = self.check()
+        self.resolver.hanging[PTR1].errback(CancelledError())
+        self.assertNoResult(d)
+        self.resolver.hanging[PTR1].callback(([ptr(PTR1, "good.test")], [], []))
+        self.assertEqual(self.successResultOf(d).name, "good.test")
+        self.assertEqual(len(self.resolver.names(dns.PTR)), 2)
+
+    def test_check_fault_not_cached(self) -> None:
+        """
+        A fault of the check itself (here a resolver answering with something that is not a
+        record) ends it as C{error}, which is not a DNS answer and is not cached.
+        """
+        cache = FCrDNSCache(self.clock)
+        self.resolver.add(dns.PTR, PTR1, [object()])
+        self.assertEqual(self.result(cache=cache).reason, "error")
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
+        self.assertEqual(len(cache), 0)
+
+
+class SharingResolverTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.resolver = FakeResolver()
+        self.sharing = SharingResolver(self.resolver)
+
+    def test_concurrent_lookups_share_one_query(self) -> None:
+        """
+        Two concurrent lookups of one question (names compared without case or final dot)
+        send one query; its answer reaches both callers, each on its own L{Deferred}.
+        """
+        self.resolver.add(dns.PTR, PTR1, HANG)
+        first = self.sharing.lookupPointer(PTR1, timeout=(1.0,))
+        second = self.sharing.lookupPointer(PTR1.upper() + ".", timeout=(1.0,))
+        self.assertIsNot(first, second)
+        self.assertEqual(self.resolver.names(dns.PTR), [PTR1])
+        answer = ([ptr(PTR1, "good.test")], [], [])
+        self.resolver.hanging[PTR1].callback(answer)
+        self.assertEqual(self.successResultOf(first), answer)
+        self.assertEqual(self.successResultOf(second), answer)
+        self.assertEqual(self.sharing.in_flight(), 0)
+
+    def test_different_types_not_shared(self) -> None:
+        """
+        An A and an AAAA lookup of the same name are two queries.
+        """
+        self.resolver.add(dns.A, "x.test", HANG)
+        self.resolver.add(dns.AAAA, "x.test", HANG)
+        self.sharing.lookupAddress("x.test")
+        self.sharing.lookupIPV6Address("x.test")
+        self.assertEqual(len(self.resolver.calls), 2)
+
+    def test_cancelling_one_caller_leaves_the_query_to_the_others(self) -> None:
+        """
+        A caller that cancels gets L{CancelledError}; the query goes on, and its failure
+        (a real SERVFAIL) reaches the caller still waiting.
+        """
+        self.resolver.add(dns.PTR, PTR1, HANG)
+        first = self.sharing.lookupPointer(PTR1)
+        second = self.sharing.lookupPointer(PTR1)
+        first.cancel()
+        self.failureResultOf(first, CancelledError)
+        self.assertNoResult(second)
+        self.assertEqual(self.resolver.cancelled, [])
+        self.resolver.hanging[PTR1].errback(names_error.DNSServerError("SERVFAIL"))
+        self.failureResultOf(second, names_error.DNSServerError)
+
+    def test_last_caller_cancelling_cancels_the_query(self) -> None:
+        """
+        When the last caller cancels, the query is cancelled and a new lookup sends a new
+        query.
+        """
+        self.resolver.add(dns.PTR, PTR1, HANG)
+        first = self.sharing.lookupPointer(PTR1)
+        first.cancel()
+        self.failureResultOf(first, CancelledError)
+        self.assertEqual(self.resolver.cancelled, [PTR1])
+        self.assertEqual(self.sharing.in_flight(), 0)
+        self.sharing.lookupPointer(PTR1)
+        self.assertEqual(len(self.resolver.calls), 2)
+
+    def test_lookup_after_answer_is_a_new_query(self) -> None:
+        """
+        Only lookups in flight are shared: an answered one is not kept.
+        """
+        self.resolver.add(dns.A, "x.test", [a("x.test", "10.0.0.1")])
+        self.successResultOf(self.sharing.lookupAddress("x.test"))
+        self.successResultOf(self.sharing.lookupAddress("x.test"))
+        self.assertEqual(len(self.resolver.calls), 2)
+        self.assertEqual(self.sharing.in_flight(), 0)
+
+    def test_resolver_raising_synchronously(self) -> None:
+        """
+        A resolver that raises gives the caller a failure and leaves nothing in flight.
+        """
+
+        class Raising(FakeResolver):
+            def lookupPointer(self, name: str, timeout: Any = None) -> Deferred[Any]:  # noqa: N802
+                raise RuntimeError("boom")
+
+        sharing = SharingResolver(Raising())
+        self.failureResultOf(sharing.lookupPointer(PTR1), RuntimeError)
+        self.assertEqual(sharing.in_flight(), 0)
 
 
 class CacheTests(FCrDNSTestCase):

@@ -8,7 +8,11 @@ connection is accepted and starts both checks at once, so they run while the gre
 authentication proceed. The session asks L{PeerCheckRun.verdict} at the point where it must
 decide; the verdict waits only for what the policy needs (FCrDNS in C{"require"} mode or
 when name patterns are configured; ident never), and never longer than that check's own
-bound. When the connection goes away first, L{PeerCheckRun.cancel} stops everything.
+bound. A later decision under a stricter policy asks the same run
+(C{verdict(stricter_policy)}, after L{PeerCheckRun.start_fcrdns} if it did not check FCrDNS
+yet), so a connection is checked once. When the connection goes away first,
+L{PeerCheckRun.cancel} stops everything; it never disturbs other connections' checks of the
+same address.
 
 Results are recorded as C{peer.fcrdns} and C{peer.ident} log events, with every remote-chosen
 text escaped. Nothing a peer claims is trusted: an ident answer is only logged, and a name
@@ -33,6 +37,7 @@ from netguard.peer.fcrdns import (
     DEFAULT_MAX_NAMES,
     FCrDNSCache,
     FCrDNSResult,
+    SharingResolver,
     confirm_hostname,
     make_resolver,
 )
@@ -226,23 +231,17 @@ class PeerCheckRun:
         """
         self.policy = policy
         self.peer = peer
+        self._reactor = reactor
         self._peer_text = _peer_text(peer)
         self._fcrdns: _Outcome[FCrDNSResult] = _Outcome()
         self._ident: _Outcome[IdentResult] = _Outcome()
         self._running: list[Deferred[Any]] = []
         self._cancelled = False
+        self._fcrdns_started = False
         self._local = isinstance(peer, UNIXAddress)
         ip_peer = peer if isinstance(peer, IPv4Address | IPv6Address) else None
         if ip_peer is not None and policy.fcrdns != "off":
-            d = confirm_hostname(
-                reactor,
-                ip_peer.host,
-                resolver=resolver_factory(),
-                timeout=policy.fcrdns_timeout,
-                max_names=policy.fcrdns_max_names,
-                cache=cache,
-            )
-            self._track(d, self._fcrdns_done, self._fcrdns)
+            self._start_fcrdns(ip_peer.host, policy, resolver_factory, cache)
         else:
             self._fcrdns.fire(None)
         if (
@@ -264,6 +263,48 @@ class PeerCheckRun:
             self._track(query, self._ident_done, self._ident)
         else:
             self._ident.fire(None)
+
+    def _start_fcrdns(
+        self,
+        host: str,
+        policy: PeerCheckPolicy,
+        resolver_factory: Callable[[], Any],
+        cache: FCrDNSCache | None,
+    ) -> None:
+        self._fcrdns_started = True
+        d = confirm_hostname(
+            self._reactor,
+            host,
+            resolver=resolver_factory(),
+            timeout=policy.fcrdns_timeout,
+            max_names=policy.fcrdns_max_names,
+            cache=cache,
+        )
+        self._track(d, self._fcrdns_done, self._fcrdns)
+
+    @property
+    def fcrdns_started(self) -> bool:
+        """
+        @return: whether this run checks FCrDNS (its policy asked for it, or
+            L{start_fcrdns} started it, and the peer has an IP address).
+        """
+        return self._fcrdns_started
+
+    def start_fcrdns(self, checks: PeerChecks) -> None:
+        """
+        Start the FCrDNS check now, with the resolver, cache, timeout and bound of C{checks},
+        unless this run already checks FCrDNS, was cancelled, or its peer has no IP address.
+        Its result is logged and kept like one started with the run, so a connection is
+        checked at most once whichever policy asks first.
+
+        @param checks: where the resolver, cache and bounds come from.
+        """
+        if self._fcrdns_started or self._cancelled:
+            return
+        if not isinstance(self.peer, IPv4Address | IPv6Address):
+            return
+        self._fcrdns = _Outcome()
+        self._start_fcrdns(self.peer.host, checks.policy, checks.resolver, checks.cache)
 
     def _track(self, d: Deferred[_T], done: Callable[[_T], None], outcome: _Outcome[_T]) -> None:
         self._running.append(d)
@@ -305,23 +346,27 @@ class PeerCheckRun:
         """
         return self._ident.value
 
-    def verdict(self) -> Deferred[Verdict]:
+    def verdict(self, policy: PeerCheckPolicy | None = None) -> Deferred[Verdict]:
         """
         Decide about the peer, waiting for FCrDNS only if the policy needs it (and then at
         most the check's own bound); ident is never waited for.
 
+        @param policy: the policy to apply to this run's results; by default the run's own.
+            A stricter one (C{"require"}, patterns) finds C{"unsupported-address"} unless
+            this run checks FCrDNS (see L{start_fcrdns}).
         @return: a new L{Deferred} firing with a L{Verdict}; it never fails.
         """
+        applied = self.policy if policy is None else policy
         if self._local:
             return _fired(Verdict(True, "local"))
-        if not self.policy.waits_for_fcrdns:
-            return _fired(self._verdict(self._fcrdns.value))
-        return self._fcrdns.when().addCallback(self._verdict)
+        if not applied.waits_for_fcrdns:
+            return _fired(self._verdict(applied, self._fcrdns.value))
+        return self._fcrdns.when().addCallback(lambda result: self._verdict(applied, result))
 
-    def _verdict(self, fcrdns: FCrDNSResult | None) -> Verdict:
+    def _verdict(self, policy: PeerCheckPolicy, fcrdns: FCrDNSResult | None) -> Verdict:
         if self._cancelled:
             return Verdict(False, "cancelled", fcrdns, self._ident.value)
-        allowed, reason = decide(self.policy, fcrdns)
+        allowed, reason = decide(policy, fcrdns)
         return Verdict(allowed, reason, fcrdns, self._ident.value)
 
     def cancel(self) -> None:
@@ -381,7 +426,8 @@ def _fired(verdict: Verdict) -> Deferred[Verdict]:
 class PeerChecks:
     """
     The peer checks of one listener or service: a policy, one resolver and one FCrDNS cache
-    shared by all its connections.
+    shared by all its connections. Concurrent checks share their DNS queries (through a
+    L{SharingResolver}), and one connection's cancelled check never ends another's.
     """
 
     def __init__(
@@ -395,22 +441,23 @@ class PeerChecks:
         """
         @param reactor: an L{IReactorTCP}, L{IReactorUDP} and L{IReactorTime} provider.
         @param policy: the policy.
-        @param resolver: the L{IResolver} for FCrDNS; by default one is built (on first use)
-            from C{policy.dns_servers} with L{make_resolver}.
+        @param resolver: the L{IResolver} for FCrDNS, wrapped in a L{SharingResolver} unless
+            it is one; by default one is built (on first use) from C{policy.dns_servers}
+            with L{make_resolver}.
         @param cache: the FCrDNS cache; by default a new L{FCrDNSCache} on C{reactor}.
         """
         self.reactor = reactor
         self.policy = policy
-        self._resolver = resolver
+        self._resolver = _sharing(resolver) if resolver is not None else None
         self.cache = cache if cache is not None else FCrDNSCache(reactor)
 
     def resolver(self) -> Any:
         """
-        @return: the shared resolver, built on first use.
+        @return: the shared resolver (a L{SharingResolver}), built on first use.
         """
         if self._resolver is None:
-            self._resolver = make_resolver(
-                self.reactor, self.policy.dns_servers, self.policy.fcrdns_timeout
+            self._resolver = SharingResolver(
+                make_resolver(self.reactor, self.policy.dns_servers, self.policy.fcrdns_timeout)
             )
         return self._resolver
 
@@ -426,6 +473,10 @@ class PeerChecks:
         return PeerCheckRun(
             self.reactor, self.policy, peer_address, local_address, self.resolver, self.cache
         )
+
+
+def _sharing(resolver: Any) -> SharingResolver:
+    return resolver if isinstance(resolver, SharingResolver) else SharingResolver(resolver)
 
 
 def start_peer_checks(

@@ -13,8 +13,9 @@ peer's name.
 L{confirm_hostname} is public API usable from any Twisted program. Its L{Deferred} never
 fails: a missing PTR, a mismatch, a bad name, a server failure or the overall time bound all
 come back as an L{FCrDNSResult} value (only a caller's own C{cancel()} errbacks it, with
-L{CancelledError}, as usual in Twisted). Names in results are untrusted text: escape them
-(L{netguard.log.escape}) before they reach a log line.
+L{CancelledError}, as usual in Twisted). A cancellation is never an answer: it is not cached
+and never reaches another check (see L{SharingResolver}). Names in results are untrusted
+text: escape them (L{netguard.log.escape}) before they reach a log line.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any, Protocol, cast
 
 import attrs
 from twisted.internet import error as internet_error
-from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
 from twisted.logger import Logger
 from twisted.names import client, dns
 from twisted.names import error as names_error
@@ -45,6 +46,9 @@ MAX_CNAME_HOPS = 8
 MAX_NAME_LENGTH = 253
 #: Longest label accepted (RFC 1035).
 MAX_LABEL_LENGTH = 63
+#: How many times one check asks again after a lookup it still waited for was cancelled by
+#: someone else (a resolver that shares queries between callers); then it ends as C{"error"}.
+MAX_REISSUES = 3
 
 _LDH = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
 _DIGITS = frozenset(b"0123456789")
@@ -100,10 +104,12 @@ class FCrDNSCache:
     A bounded cache of L{FCrDNSResult}s keyed by normalised address.
 
     Confirmed results live for the smallest TTL of the records that confirmed them, capped at
-    C{max_ttl}; unconfirmed results (including timeouts and server failures, so a client with
-    a slow reverse zone costs at most one slow check per C{negative_ttl}) live for
-    C{negative_ttl}. When full, the oldest entry is evicted. Time is read from the injected
-    clock.
+    C{max_ttl}. Unconfirmed results that DNS gave (C{no-ptr}, C{mismatch}, C{bad-name},
+    C{too-many-names}, and also C{timeout} and C{server-failure}, so a client with a slow or
+    broken reverse zone costs at most one slow check per C{negative_ttl}) live for
+    C{negative_ttl}, also capped at C{max_ttl}. L{confirm_hostname} never stores a
+    cancellation nor an C{error} (a fault of the check, not an answer). When full, the oldest
+    entry is evicted. Time is read from the injected clock.
     """
 
     def __init__(
@@ -265,6 +271,103 @@ def follow_answers(
     return [], ttl
 
 
+class _InFlight:
+    """
+    One lookup under way in a L{SharingResolver} and the callers still waiting for it.
+    """
+
+    def __init__(self) -> None:
+        self.query: Deferred[Any] | None = None
+        self.waiters: list[Deferred[Any]] = []
+
+
+class SharingResolver:
+    """
+    Wraps a resolver so that concurrent lookups of the same question share one query, while
+    each caller keeps its own L{Deferred}: cancelling it detaches only that caller (it gets
+    L{CancelledError}, nobody else does), and the query itself is cancelled only when no
+    caller waits for it any more. Whatever the query ends with (answers, NXDOMAIN, a server
+    failure, a timeout) reaches every caller still waiting.
+
+    It provides the lookups L{confirm_hostname} makes (C{lookupPointer}, C{lookupAddress},
+    C{lookupIPV6Address}). A shared query keeps the time bound of the caller that started
+    it.
+
+    @ivar resolver: the wrapped L{IResolver}.
+    """
+
+    def __init__(self, resolver: Any) -> None:
+        """
+        @param resolver: the L{IResolver} that sends the queries.
+        """
+        self.resolver = resolver
+        self._flight: dict[tuple[int, str], _InFlight] = {}
+
+    def in_flight(self) -> int:
+        """
+        @return: the number of queries under way.
+        """
+        return len(self._flight)
+
+    def lookupPointer(self, name: str, timeout: Any = None) -> Deferred[Any]:  # noqa: N802
+        """
+        Look up PTR records of C{name} (see L{IResolver.lookupPointer}).
+        """
+        return self._share(dns.PTR, name, timeout, self.resolver.lookupPointer)
+
+    def lookupAddress(self, name: str, timeout: Any = None) -> Deferred[Any]:  # noqa: N802
+        """
+        Look up A records of C{name} (see L{IResolver.lookupAddress}).
+        """
+        return self._share(dns.A, name, timeout, self.resolver.lookupAddress)
+
+    def lookupIPV6Address(self, name: str, timeout: Any = None) -> Deferred[Any]:  # noqa: N802
+        """
+        Look up AAAA records of C{name} (see L{IResolver.lookupIPV6Address}).
+        """
+        return self._share(dns.AAAA, name, timeout, self.resolver.lookupIPV6Address)
+
+    def _share(
+        self, rtype: int, name: str, timeout: Any, method: Callable[..., Deferred[Any]]
+    ) -> Deferred[Any]:
+        key = (rtype, name.lower().rstrip("."))
+        flight = self._flight.get(key)
+        fresh = flight is None
+        if flight is None:
+            flight = self._flight[key] = _InFlight()
+        waiter: Deferred[Any] = Deferred(functools.partial(self._detach, key, flight))
+        flight.waiters.append(waiter)
+        if fresh:
+            try:
+                query = method(name, timeout=timeout)
+            except Exception:
+                query = fail()
+            flight.query = query
+            query.addBoth(self._landed, key, flight)
+        return waiter
+
+    def _landed(self, outcome: Any, key: tuple[int, str], flight: _InFlight) -> None:
+        if self._flight.get(key) is flight:
+            del self._flight[key]
+        waiters, flight.waiters = flight.waiters, []
+        for waiter in waiters:
+            if isinstance(outcome, Failure):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(outcome)
+        return None
+
+    def _detach(self, key: tuple[int, str], flight: _InFlight, waiter: Deferred[Any]) -> None:
+        if waiter in flight.waiters:
+            flight.waiters.remove(waiter)
+        if flight.waiters or flight.query is None:
+            return
+        # Nobody waits any more: a new caller starts a new query, this one is stopped.
+        if self._flight.get(key) is flight:
+            del self._flight[key]
+        flight.query.cancel()
+
+
 def make_resolver(
     reactor: Any,
     servers: Sequence[tuple[str, int]] | None = None,
@@ -371,10 +474,11 @@ class _Confirmation:
         self._ptr_ttl = float("inf")
         self._forward: dict[bytes, tuple[str, float]] = {}
         self._expected = 0
-        self.result: Deferred[tuple[FCrDNSResult, float]] = Deferred(self._cancelled)
+        self._reissues = 0
+        self.result: Deferred[tuple[FCrDNSResult, float | None]] = Deferred(self._cancelled)
         self._timer = reactor.callLater(timeout, self._timed_out)
 
-    def start(self) -> Deferred[tuple[FCrDNSResult, float]]:
+    def start(self) -> Deferred[tuple[FCrDNSResult, float | None]]:
         self._lookup(
             self._resolver.lookupPointer, reverse_name(self._ip).encode("ascii"), self._got_ptr
         )
@@ -389,17 +493,39 @@ class _Confirmation:
         except Exception:
             d = fail()
         self._pending.add(d)
-        d.addBoth(self._settle, d, handler)
+        d.addBoth(self._settle, d, method, name, handler)
 
-    def _settle(self, outcome: Any, d: Deferred[Any], handler: Callable[[Any], None]) -> None:
+    def _settle(
+        self,
+        outcome: Any,
+        d: Deferred[Any],
+        method: Callable[..., Deferred[Any]],
+        name: bytes,
+        handler: Callable[[Any], None],
+    ) -> None:
         self._pending.discard(d)
         if self._done:
+            return None
+        if isinstance(outcome, Failure) and outcome.check(CancelledError):
+            # Not an answer: this check did not cancel it (it would be done), so a resolver
+            # that shares queries let another caller's cancellation through. Ask again.
+            self._reissues += 1
+            if self._reissues <= MAX_REISSUES:
+                self._lookup(method, name, handler)
+                return None
+            self.log.warn(
+                "FCrDNS lookup {name} cancelled by another caller {count} times",
+                event="peer.fcrdns.error",
+                name=escape(name, limit=_NAME_FIELD_LIMIT),
+                count=self._reissues,
+            )
+            self._finish(self._result(False, None, "error"), None)
             return None
         try:
             handler(outcome)
         except Exception:
             self.log.failure("FCrDNS check failed", event="peer.fcrdns.error")
-            self._finish(self._result(False, None, "error"), 0.0)
+            self._finish(self._result(False, None, "error"), None)
         return None
 
     def _result(self, confirmed: bool, name: str | None, reason: str) -> FCrDNSResult:
@@ -488,13 +614,13 @@ class _Confirmation:
             d.cancel()
         self._pending.clear()
 
-    def _finish(self, result: FCrDNSResult, ttl: float) -> None:
+    def _finish(self, result: FCrDNSResult, ttl: float | None) -> None:
         if self._done:
             return
         self._stop()
         self.result.callback((result, ttl))
 
-    def _cancelled(self, _d: Deferred[tuple[FCrDNSResult, float]]) -> None:
+    def _cancelled(self, _d: Deferred[tuple[FCrDNSResult, float | None]]) -> None:
         self._stop()
 
 
@@ -521,11 +647,15 @@ def confirm_hostname(
     @param address: the client's IPv4 or IPv6 address in text form (IPv4-mapped IPv6 is
         checked as IPv4).
     @param resolver: an L{IResolver} (see L{make_resolver}); L{None} builds one from
-        C{/etc/resolv.conf} for this call only. Share one resolver between calls.
+        C{/etc/resolv.conf} for this call only. Share one resolver between calls, wrapped in
+        a L{SharingResolver} so that concurrent checks share their queries. A lookup this
+        check still waits for that fails with L{CancelledError} (a resolver sharing it with
+        a caller who cancelled) is asked again, at most L{MAX_REISSUES} times.
     @param timeout: the bound on the whole check, in seconds (> 0).
     @param max_names: how many PTR names are checked at most (>= 1).
     @param cache: an optional L{FCrDNSCache}; a live entry answers at once, and every new
-        result is stored.
+        result is stored, except C{"error"} (and nothing is stored when the check is
+        cancelled).
     @return: a L{Deferred} that fires with an L{FCrDNSResult} and never fails (cancelling it
         stops the lookups and errbacks it with L{CancelledError}).
     @raise ValueError: if C{timeout} or C{max_names} is out of range.
@@ -547,9 +677,9 @@ def confirm_hostname(
     negative_ttl = cache.negative_ttl if cache is not None else 0.0
     check = _Confirmation(reactor, resolver, ip, timeout, max_names, negative_ttl)
 
-    def store(outcome: tuple[FCrDNSResult, float]) -> FCrDNSResult:
+    def store(outcome: tuple[FCrDNSResult, float | None]) -> FCrDNSResult:
         result, ttl = outcome
-        if cache is not None:
+        if cache is not None and ttl is not None:
             cache.put(key, result, ttl)
         return result
 
@@ -559,6 +689,7 @@ def confirm_hostname(
 __all__ = [
     "FCrDNSCache",
     "FCrDNSResult",
+    "SharingResolver",
     "confirm_hostname",
     "follow_answers",
     "is_valid_hostname",
