@@ -98,7 +98,9 @@ class GatewayService(MultiService):
         #: The loopback-only Prometheus endpoint (C{ops.metrics_listen}), or L{None}.
         self.metrics: MetricsService | None = None
         if ops.metrics_listen:
-            self.metrics = MetricsService(factory.reactor, ops.metrics_listen, self.figures)
+            self.metrics = MetricsService(
+                factory.reactor, ops.metrics_listen, self.metrics_figures
+            )
             self.metrics.setServiceParent(self)
         self.drainer = Drainer(factory, factory.clock, factory.config.ops.shutdown_grace)
         factory.drainer = self.drainer
@@ -226,6 +228,16 @@ class GatewayService(MultiService):
         figures["uptime"] = round(self.factory.clock.seconds() - self.started_at, 3)
         figures["admission"] = self.factory.admission.snapshot()
         figures["draining"] = self.drainer.draining
+        return figures
+
+    def metrics_figures(self) -> dict[str, Any]:
+        """
+        The figures, plus what only the metrics endpoint shows: per-service figures
+        (C{services}) and the session set-up time histogram (C{session_setup}).
+        """
+        figures = self.figures()
+        figures["services"] = self.factory.stats.services_snapshot()
+        figures["session_setup"] = self.factory.stats.setup_seconds.snapshot()
         return figures
 
     def stopService(self) -> Any:

@@ -7,10 +7,13 @@ Twisted fakes (paths, methods, headers, request bounds, no access log); the list
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import time
 from typing import Any
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -20,10 +23,11 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, RaisingMemoryReactor, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
+from twisted.web.test.requesthelper import DummyRequest
 
 from netguard.admission import REASONS, Admission, AdmissionPolicy
 from netguard.auth.users import UserStore
-from netguard.config import ConfigError, describe, describe_defaults, load_config
+from netguard.config import ConfigError, ServiceConfig, describe, describe_defaults, load_config
 from netguard.gateway.factory import GatewayFactory
 from netguard.ops.metrics import (
     CONTENT_TYPE,
@@ -33,7 +37,9 @@ from netguard.ops.metrics import (
     MAX_SERIES,
     REQUEST_TIMEOUT,
     MetricsListenFailed,
+    MetricsResource,
     MetricsService,
+    build_info,
     escape_help,
     escape_label_value,
     format_value,
@@ -42,8 +48,9 @@ from netguard.ops.metrics import (
     metrics_factory,
     render_metrics,
 )
+from netguard.ops.process_metrics import process_figures
 from netguard.service import GatewayService
-from netguard.stats import Stats
+from netguard.stats import SETUP_BUCKETS, Stats
 
 # -- a strict parser of the text format (version 0.0.4), used here and by the integration test
 
@@ -55,7 +62,8 @@ _SAMPLE = re.compile(
 )
 _ONE_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
 _HELP = re.compile(rf"# HELP (?P<name>{_NAME}) (?P<text>(?:[^\\\n]|\\[\\n])*)")
-_TYPE = re.compile(rf"# TYPE (?P<name>{_NAME}) (?P<kind>counter|gauge)")
+_TYPE = re.compile(rf"# TYPE (?P<name>{_NAME}) (?P<kind>counter|gauge|histogram)")
+_HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 Series = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -64,27 +72,76 @@ def _unescape(text: str) -> str:
     return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), text)
 
 
+def _family_of(name: str, types: dict[str, str]) -> tuple[str, str]:
+    """
+    The family a sample name belongs to, and its suffix (histograms: C{_bucket}, ...).
+    """
+    if name in types and types[name] != "histogram":
+        return name, ""
+    for suffix in _HISTOGRAM_SUFFIXES:
+        base = name[: -len(suffix)]
+        if name.endswith(suffix) and types.get(base) == "histogram":
+            return base, suffix
+    raise ValueError(f"{name} has no TYPE before it")
+
+
+def _check_histograms(values: dict[Series, float], types: dict[str, str]) -> None:
+    """
+    Each histogram series: C{le} bounds unique and increasing, cumulative counts that never
+    go down, a C{+Inf} bucket equal to C{_count}, and a C{_sum}.
+    """
+    for family in (name for name, kind in types.items() if kind == "histogram"):
+        buckets: dict[tuple[tuple[str, str], ...], list[tuple[float, float]]] = {}
+        for (name, labels), value in values.items():
+            if name == family + "_bucket":
+                rest = tuple(label for label in labels if label[0] != "le")
+                buckets.setdefault(rest, []).append((float(dict(labels)["le"]), value))
+        for rest, pairs in buckets.items():
+            bounds = [bound for bound, _ in pairs]
+            if len(set(bounds)) != len(bounds):
+                raise ValueError(f"{family}: repeated le bound")
+            ordered = sorted(pairs)
+            if [count for _, count in ordered] != sorted(count for _, count in ordered):
+                raise ValueError(f"{family}: bucket counts go down")
+            if ordered[-1][0] != math.inf:
+                raise ValueError(f"{family}: no +Inf bucket")
+            if values.get((family + "_count", rest)) != ordered[-1][1]:
+                raise ValueError(f"{family}: +Inf bucket differs from _count")
+            if (family + "_sum", rest) not in values:
+                raise ValueError(f"{family}: no _sum")
+
+
 def parse_exposition(text: str) -> dict[Series, float]:
     """
-    Parse the Prometheus text format strictly: every line is C{# HELP}, C{# TYPE}, another
-    comment, or C{name{labels} value}; a sample's family has a C{# TYPE} before it; a
-    counter's name ends in C{_total}; no series appears twice; the text ends with a newline.
+    Parse the Prometheus text format (version 0.0.4) strictly: every line is C{# HELP},
+    C{# TYPE}, another comment, or C{name{labels} value}; a sample's family has a C{# TYPE}
+    before it, its samples are together (no other family in between), and each family has
+    at most one HELP and one TYPE line, both before its samples; a counter's name ends in
+    C{_total} and its value is not negative; a label name appears once per sample; a
+    histogram has only C{_bucket} (with a numeric C{le}), C{_sum} and C{_count} samples,
+    its buckets increase with C{le} and end with C{+Inf} equal to C{_count}; no series
+    appears twice; the text ends with a newline.
 
     @return: the value of each (name, sorted unescaped labels) series.
-    @raise ValueError: on the first line that breaks a rule.
+    @raise ValueError: on the first line or family that breaks a rule.
     """
     if not text.endswith("\n"):
         raise ValueError("the exposition must end with a newline")
     types: dict[str, str] = {}
+    helps: set[str] = set()
+    done: set[str] = set()  # families whose samples are behind us
+    current: str | None = None
     values: dict[Series, float] = {}
     for number, line in enumerate(text[:-1].split("\n"), 1):
         if line.startswith("# HELP "):
-            if not _HELP.fullmatch(line):
-                raise ValueError(f"line {number}: bad HELP {line!r}")
+            match = _HELP.fullmatch(line)
+            if match is None or match["name"] in helps or match["name"] in done:
+                raise ValueError(f"line {number}: bad, repeated or late HELP {line!r}")
+            helps.add(match["name"])
             continue
         if line.startswith("# TYPE "):
             match = _TYPE.fullmatch(line)
-            if match is None or match["name"] in types:
+            if match is None or match["name"] in types or match["name"] in done:
                 raise ValueError(f"line {number}: bad or repeated TYPE {line!r}")
             types[match["name"]] = match["kind"]
             continue
@@ -94,16 +151,34 @@ def parse_exposition(text: str) -> dict[Series, float]:
         if match is None:
             raise ValueError(f"line {number}: not a sample {line!r}")
         name = match["name"]
-        if name not in types:
-            raise ValueError(f"line {number}: {name} has no TYPE before it")
-        if types[name] == "counter" and not name.endswith("_total"):
-            raise ValueError(f"line {number}: counter {name} does not end in _total")
-        labels = tuple(
-            sorted((k, _unescape(v)) for k, v in _ONE_LABEL.findall(match["labels"] or ""))
-        )
+        try:
+            family, suffix = _family_of(name, types)
+        except ValueError as error:
+            raise ValueError(f"line {number}: {error}") from None
+        if family != current:
+            if family in done:
+                raise ValueError(f"line {number}: samples of {family} are not together")
+            if current is not None:
+                done.add(current)
+            current = family
+        pairs = [(k, _unescape(v)) for k, v in _ONE_LABEL.findall(match["labels"] or "")]
+        if len({k for k, _ in pairs}) != len(pairs):
+            raise ValueError(f"line {number}: repeated label name {line!r}")
+        labels = tuple(sorted(pairs))
+        value = float(match["value"])
+        if types[family] == "counter":
+            if not name.endswith("_total"):
+                raise ValueError(f"line {number}: counter {name} does not end in _total")
+            if not value >= 0:
+                raise ValueError(f"line {number}: counter {name} is negative or NaN")
+        if types[family] == "histogram" and (suffix == "_bucket") != ("le" in dict(labels)):
+            raise ValueError(f"line {number}: le belongs on _bucket samples only {line!r}")
+        if suffix == "_bucket":
+            float(dict(labels)["le"])  # raises ValueError unless a number or +Inf
         if (name, labels) in values:
             raise ValueError(f"line {number}: repeated series {line!r}")
-        values[(name, labels)] = float(match["value"])
+        values[(name, labels)] = value
+    _check_histograms(values, types)
     return values
 
 
@@ -147,6 +222,94 @@ class ParserSelfTests(unittest.TestCase):
     def test_accepts_escaped_label(self) -> None:
         text = '# TYPE x gauge\nx{a="q\\"b\\\\n\\n"} 1\n'
         self.assertEqual(parse_exposition(text), {("x", (("a", 'q"b\\n\n'),)): 1.0})
+
+    HISTOGRAM = (
+        "# TYPE h histogram\n"
+        'h_bucket{le="0.1"} 1\n'
+        'h_bucket{le="1.0"} 3\n'
+        'h_bucket{le="+Inf"} 4\n'
+        "h_sum 2.5\n"
+        "h_count 4\n"
+    )
+
+    def test_accepts_histogram(self) -> None:
+        """
+        A well-formed histogram parses, with its C{le} labels kept as text.
+        """
+        values = parse_exposition(self.HISTOGRAM)
+        self.assertEqual(values[("h_bucket", (("le", "+Inf"),))], 4)
+        self.assertEqual(values[("h_count", ())], 4)
+
+    def test_histogram_buckets_going_down(self) -> None:
+        """
+        Cumulative bucket counts must not decrease as C{le} grows.
+        """
+        text = self.HISTOGRAM.replace('le="1.0"} 3', 'le="1.0"} 0')
+        self.assertRaises(ValueError, parse_exposition, text)
+
+    def test_histogram_without_inf(self) -> None:
+        """
+        A histogram must have a C{+Inf} bucket.
+        """
+        text = self.HISTOGRAM.replace('h_bucket{le="+Inf"} 4\n', "")
+        self.assertRaises(ValueError, parse_exposition, text)
+
+    def test_histogram_inf_differs_from_count(self) -> None:
+        """
+        The C{+Inf} bucket must equal C{_count}.
+        """
+        self.assertRaises(
+            ValueError, parse_exposition, self.HISTOGRAM.replace("h_count 4", "h_count 5")
+        )
+
+    def test_histogram_without_sum(self) -> None:
+        """
+        A histogram must have a C{_sum}.
+        """
+        self.assertRaises(ValueError, parse_exposition, self.HISTOGRAM.replace("h_sum 2.5\n", ""))
+
+    def test_histogram_bare_name_or_bad_le(self) -> None:
+        """
+        A histogram has no sample under its bare name, and C{le} is a number.
+        """
+        self.assertRaises(ValueError, parse_exposition, self.HISTOGRAM + "h 1\n")
+        text = self.HISTOGRAM.replace('le="0.1"', 'le="small"')
+        self.assertRaises(ValueError, parse_exposition, text)
+        self.assertRaises(
+            ValueError, parse_exposition, self.HISTOGRAM.replace("h_sum", 'h_sum{le="1"}')
+        )
+
+    def test_families_not_together(self) -> None:
+        """
+        A family's samples must not be split by another family's.
+        """
+        text = '# TYPE x gauge\n# TYPE y gauge\nx 1\ny 1\nx{a="b"} 2\n'
+        self.assertRaises(ValueError, parse_exposition, text)
+
+    def test_late_or_repeated_help(self) -> None:
+        """
+        At most one HELP per family, before its samples.
+        """
+        self.assertRaises(
+            ValueError,
+            parse_exposition,
+            "# TYPE x gauge\nx 1\n# TYPE y gauge\ny 1\n# HELP x late\n",
+        )
+        self.assertRaises(
+            ValueError, parse_exposition, "# HELP x a\n# HELP x b\n# TYPE x gauge\nx 1\n"
+        )
+
+    def test_repeated_label_name(self) -> None:
+        """
+        A label name appears once per sample.
+        """
+        self.assertRaises(ValueError, parse_exposition, '# TYPE x gauge\nx{a="1",a="2"} 1\n')
+
+    def test_negative_counter(self) -> None:
+        """
+        A counter is never negative.
+        """
+        self.assertRaises(ValueError, parse_exposition, "# TYPE x_total counter\nx_total -1\n")
 
 
 # -- rendering --------------------------------------------------------------------------------
@@ -348,19 +511,22 @@ class BoundsTests(unittest.TestCase):
     """
 
     def test_many_figures_bounded_in_series(self) -> None:
-        figures = figures_for(**{f"c{i:05d}": i for i in range(5000)})
+        figures = figures_for(**{f"c{i:05d}": i for i in range(MAX_SERIES + 100)})
         values = parsed(figures)
         self.assertLessEqual(len(values), MAX_SERIES)
-        self.assertIn(b"# netguard: output truncated", render_metrics(figures))
+        self.assertTrue(
+            render_metrics(figures).endswith(b"# netguard: output truncated (bounded)\n")
+        )
 
     def test_many_long_names_bounded_in_bytes(self) -> None:
-        figures = {f"{i:04d}" + "n" * 500: i for i in range(600)}
+        figures = {f"{i:04d}" + "n" * 500: i for i in range(MAX_SERIES - 100)}
         body = render_metrics(figures)
         self.assertLessEqual(len(body), MAX_BODY_BYTES)
+        self.assertTrue(body.endswith(b"# netguard: output truncated (bounded)\n"))
         parse_exposition(body.decode())
 
     def test_known_families_come_first(self) -> None:
-        values = parsed(figures_for(**{f"c{i:05d}": i for i in range(5000)}))
+        values = parsed(figures_for(**{f"c{i:05d}": i for i in range(MAX_SERIES + 100)}))
         self.assertIn(("netguard_connections_total", ()), values)
         self.assertIn(("netguard_admission_stress", ()), values)
 
@@ -893,9 +1059,445 @@ class GatewayWiringTests(unittest.TestCase):
         service.privilegedStartService()
         self.assertEqual(reactor.tcpServers[0][3], "127.0.0.1")
         site = reactor.tcpServers[0][1].wrappedFactory
-        self.assertEqual(site.resource.source, service.figures)
+        self.assertEqual(site.resource.source, service.metrics_figures)
 
     def test_listen_failure_ends_the_start_with_one_line(self) -> None:
         service = self.gateway("tcp:9108:interface=127.0.0.1", BusyMemoryReactor())
         error = self.assertRaises(SystemExit, service.privilegedStartService)
         self.assertTrue(str(error).startswith("netguard: cannot listen on metrics endpoint"))
+
+
+# -- live bytes, per-service figures, set-up time, build info, process ------------------------
+
+
+class FakeRelay:
+    """
+    A live relay's byte counts, moved by hand.
+    """
+
+    def __init__(self) -> None:
+        self.up = 0
+        self.down = 0
+
+    def meter(self) -> tuple[int, int]:
+        return self.up, self.down
+
+
+def stats_figures(stats: Stats) -> dict[str, Any]:
+    """
+    Figures shaped like C{GatewayService.metrics_figures()}, from C{stats}.
+    """
+    return figures_for(
+        **stats.snapshot(),
+        services=stats.services_snapshot(),
+        session_setup=stats.setup_seconds.snapshot(),
+    )
+
+
+class LiveBytesRenderTests(unittest.TestCase):
+    """
+    The byte counters move while a relay is live, and never go down when it closes.
+    """
+
+    def test_scrape_during_relay_shows_bytes_so_far(self) -> None:
+        """
+        Two scrapes during one relay show the bytes it has carried so far each time.
+        """
+        stats = Stats()
+        stats.set_services(["echo"])
+        relay = FakeRelay()
+        stats.relay_started("s1", "echo", 0.01, relay.meter)
+        relay.up, relay.down = 65536, 1000
+        first = parsed(stats_figures(stats))
+        self.assertEqual(first[("netguard_bytes_up_total", ())], 65536)
+        self.assertEqual(first[("netguard_bytes_down_total", ())], 1000)
+        relay.up, relay.down = 131072, 65536
+        second = parsed(stats_figures(stats))
+        self.assertEqual(second[("netguard_bytes_up_total", ())], 131072)
+        self.assertEqual(second[("netguard_bytes_down_total", ())], 65536)
+        service = (("service", "echo"),)
+        self.assertEqual(second[("netguard_service_bytes_up_total", service)], 131072)
+        self.assertEqual(second[("netguard_service_bytes_down_total", service)], 65536)
+
+    def test_counters_never_go_down(self) -> None:
+        """
+        Across many relays starting, moving and closing, no counter of any scrape is below
+        the same counter of the scrape before.
+        """
+        stats = Stats()
+        stats.set_services(["echo", "redis"])
+        relays: dict[str, FakeRelay] = {}
+        previous: dict[Series, float] = {}
+        for step in range(60):
+            key = f"s{step % 7}"
+            if key in relays and step % 3 == 0:
+                relay = relays.pop(key)
+                name = "echo" if int(key[1:]) % 2 else "redis"
+                stats.session_closed(key, name, relay.up, relay.down)
+            elif key not in relays:
+                relays[key] = FakeRelay()
+                name = "echo" if int(key[1:]) % 2 else "redis"
+                stats.relay_started(key, name, step / 100, relays[key].meter)
+            for relay in relays.values():
+                relay.up += step * 11
+                relay.down += step * 5
+            values = parsed(stats_figures(stats))
+            for series, value in values.items():
+                if series[0].endswith(("_total", "_bucket", "_count", "_sum")):
+                    self.assertGreaterEqual(value, previous.get(series, 0), (step, series))
+            previous = values
+
+
+class ServiceLabelTests(unittest.TestCase):
+    """
+    Per-service families with a C{service} label, bounded by the configured names.
+    """
+
+    def test_families_and_values(self) -> None:
+        """
+        Sessions opened, bytes each way, open failures by reason, live relays per service.
+        """
+        stats = Stats()
+        stats.set_services(["echo", "redis"])
+        relay = FakeRelay()
+        stats.relay_started("s1", "redis", 0.01, relay.meter)
+        relay.up, relay.down = 10, 20
+        stats.open_failed("redis", "backend")
+        stats.open_failed("echo", "not-authorized")
+        values = parsed(stats_figures(stats))
+        redis, echo = (("service", "redis"),), (("service", "echo"),)
+        self.assertEqual(values[("netguard_service_sessions_total", redis)], 1)
+        self.assertEqual(values[("netguard_service_sessions_total", echo)], 0)
+        self.assertEqual(values[("netguard_service_bytes_up_total", redis)], 10)
+        self.assertEqual(values[("netguard_service_bytes_down_total", redis)], 20)
+        self.assertEqual(values[("netguard_service_relays", redis)], 1)
+        self.assertEqual(values[("netguard_service_relays", echo)], 0)
+        failures = "netguard_service_open_failures_total"
+        self.assertEqual(values[(failures, (("reason", "backend"), ("service", "redis")))], 1)
+        self.assertEqual(
+            values[(failures, (("reason", "not-authorized"), ("service", "echo")))], 1
+        )
+        self.assertEqual(values[(failures, (("reason", "peer-checks"), ("service", "echo")))], 0)
+
+    def test_label_values_are_the_configured_names(self) -> None:
+        """
+        Every C{service} label value is a configured name, however many others are reported.
+        """
+        stats = Stats()
+        stats.set_services(["echo"])
+        for i in range(100):
+            stats.open_failed(f"client-{i}", "backend")
+        labelled = {
+            dict(labels)["service"]
+            for _, labels in parsed(stats_figures(stats))
+            if labels
+            if "service" in dict(labels)
+        }
+        self.assertEqual(labelled, {"echo"})
+
+    def test_label_value_escaped(self) -> None:
+        """
+        A service label value is escaped as the format asks and round-trips.
+        """
+        name = 'we"ird\\name\nnetguard_auth_ok_total 999'
+        stats = Stats()
+        stats.set_services([name])
+        text = render_metrics(stats_figures(stats)).decode()
+        self.assertNotIn("\nnetguard_auth_ok_total 999", text)
+        values = parse_exposition(text)
+        self.assertEqual(values[("netguard_service_sessions_total", (("service", name),))], 0)
+
+    def test_most_services_fit(self) -> None:
+        """
+        The largest configuration allowed (1024 services) renders whole, not truncated.
+        """
+        stats = Stats()
+        stats.set_services([f"service-{i:04d}" for i in range(1024)])
+        body = render_metrics(stats_figures(stats))
+        self.assertNotIn(b"truncated", body)
+        values = parse_exposition(body.decode())
+        self.assertEqual(values[("netguard_service_relays", (("service", "service-1023"),))], 0)
+
+    def test_services_not_a_mapping_skipped(self) -> None:
+        """
+        A malformed C{services} figure renders nothing for it and breaks nothing.
+        """
+        values = parsed(figures_for(services=["echo"]))
+        self.assertNotIn("netguard_service_relays", {name for name, _ in values})
+
+
+class SetupHistogramRenderTests(unittest.TestCase):
+    """
+    C{netguard_session_setup_seconds}, a standard cumulative histogram.
+    """
+
+    def test_buckets_sum_count(self) -> None:
+        """
+        Observations land in the cumulative buckets, C{+Inf} and C{_count} are the number of
+        observations and C{_sum} their sum.
+        """
+        stats = Stats()
+        for seconds in (0.0005, 0.003, 0.003, 0.3, 100.0):
+            stats.relay_started(object(), "echo", seconds, FakeRelay().meter)
+        values = parsed(stats_figures(stats))
+        bucket = "netguard_session_setup_seconds_bucket"
+        self.assertEqual(values[(bucket, (("le", "0.001"),))], 1)
+        self.assertEqual(values[(bucket, (("le", "0.005"),))], 3)
+        self.assertEqual(values[(bucket, (("le", "0.25"),))], 3)
+        self.assertEqual(values[(bucket, (("le", "0.5"),))], 4)
+        self.assertEqual(values[(bucket, (("le", "30.0"),))], 4)
+        self.assertEqual(values[(bucket, (("le", "+Inf"),))], 5)
+        self.assertEqual(values[("netguard_session_setup_seconds_count", ())], 5)
+        self.assertAlmostEqual(values[("netguard_session_setup_seconds_sum", ())], 100.3065)
+
+    def test_every_bucket_listed(self) -> None:
+        """
+        Every fixed bucket is present, in order, even with no observation.
+        """
+        text = render_metrics(figures_for()).decode()
+        self.assertIn("# TYPE netguard_session_setup_seconds histogram\n", text)
+        les = re.findall(r'netguard_session_setup_seconds_bucket\{le="([^"]+)"\}', text)
+        self.assertEqual(les, [format_value(bound) for bound in SETUP_BUCKETS] + ["+Inf"])
+
+
+class BuildInfoTests(unittest.TestCase):
+    """
+    C{netguard_build_info}: the versions this process runs, as labels of a constant 1.
+    """
+
+    def test_labels(self) -> None:
+        """
+        netguard, Python, Twisted and pyOpenSSL's OpenSSL versions, value 1.
+        """
+        import platform
+
+        from OpenSSL.SSL import OPENSSL_VERSION, OpenSSL_version
+
+        import netguard
+        import twisted
+
+        values = parsed(figures_for())
+        [(labels, value)] = [
+            (dict(labels), value)
+            for (name, labels), value in values.items()
+            if name == "netguard_build_info"
+        ]
+        self.assertEqual(value, 1)
+        self.assertEqual(
+            labels,
+            {
+                "version": netguard.__version__,
+                "python": platform.python_version(),
+                "twisted": twisted.__version__,
+                "openssl": OpenSSL_version(OPENSSL_VERSION).decode(),
+            },
+        )
+        self.assertEqual(dict(build_info()), labels)
+
+
+class ProcessFiguresTests(unittest.TestCase):
+    """
+    L{process_figures} reads the standard process collector's figures; what it cannot read
+    it leaves out.
+    """
+
+    def fake_proc(self, stat: bytes, btime: bytes = b"btime 1700000000\n", fds: int = 3) -> str:
+        root = self.mktemp()
+        os.makedirs(os.path.join(root, "self", "fd"))
+        for fd in range(fds):
+            open(os.path.join(root, "self", "fd", str(fd)), "w").close()
+        with open(os.path.join(root, "self", "stat"), "wb") as handle:
+            handle.write(stat)
+        with open(os.path.join(root, "stat"), "wb") as handle:
+            handle.write(b"cpu  1 2 3\n" + btime + b"processes 9\n")
+        return root
+
+    # pid (comm) state ppid ... field 22 starttime, 23 vsize, 24 rss (pages)
+    STAT = (
+        b"4242 (twistd (x) y) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 500 "
+        + b"123456789 1000 rest of fields\n"
+    )
+
+    def test_reads_fake_proc(self) -> None:
+        """
+        Open descriptors, virtual and resident memory and the start time come from C{/proc}
+        (a command name with spaces and parentheses does not shift the fields).
+        """
+        figures = process_figures(self.fake_proc(self.STAT))
+        self.assertEqual(figures["open_fds"], 3)
+        self.assertEqual(figures["virtual_memory_bytes"], 123456789)
+        self.assertEqual(figures["resident_memory_bytes"], 1000 * os.sysconf("SC_PAGE_SIZE"))
+        self.assertEqual(
+            figures["start_time_seconds"], 1700000000 + 500 / os.sysconf("SC_CLK_TCK")
+        )
+        self.assertGreaterEqual(figures["cpu_seconds_total"], 0)
+
+    def test_no_proc(self) -> None:
+        """
+        Without C{/proc} (not Linux) only what the portable calls give is there.
+        """
+        figures = process_figures(self.mktemp())
+        self.assertLessEqual(set(figures), {"cpu_seconds_total", "max_fds"})
+        self.assertIn("cpu_seconds_total", figures)
+
+    def test_malformed_stat_left_out(self) -> None:
+        """
+        A C{stat} that does not parse gives no memory or start time, and no error.
+        """
+        figures = process_figures(self.fake_proc(b"4242 (x) S 1 2\n"))
+        self.assertNotIn("resident_memory_bytes", figures)
+        self.assertNotIn("start_time_seconds", figures)
+        self.assertEqual(figures["open_fds"], 3)
+
+    def test_no_btime_no_start_time(self) -> None:
+        """
+        Without C{btime} the start time is left out, the memory figures stay.
+        """
+        figures = process_figures(self.fake_proc(self.STAT, btime=b""))
+        self.assertNotIn("start_time_seconds", figures)
+        self.assertEqual(figures["virtual_memory_bytes"], 123456789)
+
+    def test_rendered_under_standard_names(self) -> None:
+        """
+        The figures become C{process_*} families: CPU as a counter, the rest as gauges;
+        missing ones are left out.
+        """
+        text = render_metrics(figures_for(process={"cpu_seconds_total": 1.5, "open_fds": 7}))
+        values = parse_exposition(text.decode())
+        self.assertEqual(values[("process_cpu_seconds_total", ())], 1.5)
+        self.assertEqual(values[("process_open_fds", ())], 7)
+        self.assertNotIn(("process_resident_memory_bytes", ()), values)
+        self.assertIn(b"# TYPE process_open_fds gauge\n", text)
+
+    def test_real_process(self) -> None:
+        """
+        On this machine (Linux) every process figure is there and plausible.
+        """
+        if not os.path.isdir("/proc/self/fd"):
+            raise unittest.SkipTest("no /proc")
+        figures = process_figures()
+        self.assertGreater(figures["open_fds"], 0)
+        self.assertGreater(figures["resident_memory_bytes"], 0)
+        self.assertGreaterEqual(figures["virtual_memory_bytes"], figures["resident_memory_bytes"])
+        self.assertLessEqual(figures["start_time_seconds"], time.time() + 1)
+
+    def test_resource_adds_process_figures(self) -> None:
+        """
+        Each scrape of the resource reads the process figures and renders them.
+        """
+        calls: list[int] = []
+
+        def process() -> dict[str, float]:
+            calls.append(1)
+            return {"open_fds": 11.0}
+
+        resource = MetricsResource(lambda: figures_for(), process)
+        request = DummyRequest([b"metrics"])
+        request.path = b"/metrics"
+        body = resource.render(request)
+        self.assertEqual(parse_exposition(body.decode())[("process_open_fds", ())], 11)
+        self.assertEqual(len(calls), 1)
+
+
+class GatewayMetricsTests(unittest.TestCase):
+    """
+    The real gateway session and factory on Twisted fakes (a fake clock, a string
+    transport, the built-in echo backend) feed the new figures.
+    """
+
+    def setUp(self) -> None:
+        from tests.test_gateway_protocol import Session
+
+        self.Session = Session
+
+    def session(self, services: dict[str, Any] | None = None) -> Any:
+        s = self.Session(self)
+        if services is not None:
+            config = attrs.evolve(s.factory.config, services=services)
+            s.factory.apply_config(config, s.factory.users)
+        return s
+
+    def scrape(self, factory: GatewayFactory) -> dict[Series, float]:
+        service = GatewayService(factory, [])
+        return parse_exposition(render_metrics(service.metrics_figures()).decode())
+
+    def test_live_echo_bytes_before_close(self) -> None:
+        """
+        While an echo relay runs, a scrape shows the bytes relayed both ways; after the
+        close the counters are the same (not counted twice, not gone down).
+        """
+        s = self.session()
+        s.login()
+        self.assertEqual(s.send(b"OPEN echo"), [b"OK OPEN echo"])
+        s.proto.dataReceived(b"x" * 5000)
+        during = self.scrape(s.factory)
+        self.assertEqual(during[("netguard_bytes_up_total", ())], 5000)
+        self.assertEqual(during[("netguard_bytes_down_total", ())], 5000)
+        echo = (("service", "echo"),)
+        self.assertEqual(during[("netguard_service_bytes_down_total", echo)], 5000)
+        self.assertEqual(during[("netguard_service_relays", echo)], 1)
+        s.proto.connectionLost(None)
+        after = self.scrape(s.factory)
+        self.assertEqual(after[("netguard_bytes_up_total", ())], 5000)
+        self.assertEqual(after[("netguard_bytes_down_total", ())], 5000)
+        self.assertEqual(after[("netguard_service_relays", echo)], 0)
+        self.assertEqual(after[("netguard_service_sessions_total", echo)], 1)
+
+    def test_setup_time_from_accept_to_open(self) -> None:
+        """
+        The histogram records the fake clock's time from accept (greeting delay included)
+        to C{OK OPEN}: 0.1 s of greeting delay plus 0.2 s lands in the 0.5 s bucket, not
+        in the 0.25 s one.
+        """
+        s = self.session()
+        s.login()
+        s.clock.advance(0.2)
+        self.assertEqual(s.send(b"OPEN echo"), [b"OK OPEN echo"])
+        values = self.scrape(s.factory)
+        bucket = "netguard_session_setup_seconds_bucket"
+        self.assertEqual(values[(bucket, (("le", "0.25"),))], 0)
+        self.assertEqual(values[(bucket, (("le", "0.5"),))], 1)
+        self.assertEqual(values[("netguard_session_setup_seconds_count", ())], 1)
+        self.assertAlmostEqual(values[("netguard_session_setup_seconds_sum", ())], 0.3)
+
+    def test_no_relay_no_observation(self) -> None:
+        """
+        A session that logs in but opens nothing adds no set-up time.
+        """
+        s = self.session()
+        s.login()
+        s.proto.connectionLost(None)
+        self.assertEqual(self.scrape(s.factory)[("netguard_session_setup_seconds_count", ())], 0)
+
+    def test_open_failures(self) -> None:
+        """
+        A backend that cannot be reached and a service the user may not open are counted
+        per service and reason; an unknown name the client sends becomes no label.
+        """
+        s = self.session(
+            {
+                "down": ServiceConfig("down", "tcp:host=127.0.0.1:port=1", users=("*",)),
+                "admin": ServiceConfig("admin", "builtin:echo", users=("root",)),
+            }
+        )
+        s.login()
+        self.assertTrue(s.send(b"OPEN admin")[0].startswith(b"ERR NOT_AUTHORIZED"))
+        self.assertTrue(s.send(b"OPEN nosuch")[0].startswith(b"ERR NO_SUCH_SERVICE"))
+        self.assertTrue(s.send(b"OPEN down")[0].startswith(b"ERR BACKEND_UNAVAILABLE"))
+        values = self.scrape(s.factory)
+        failures = "netguard_service_open_failures_total"
+        self.assertEqual(values[(failures, (("reason", "backend"), ("service", "down")))], 1)
+        self.assertEqual(
+            values[(failures, (("reason", "not-authorized"), ("service", "admin")))], 1
+        )
+        labelled = {dict(labels).get("service") for _, labels in values} - {None}
+        self.assertEqual(labelled, {"down", "admin"})
+
+    def test_reload_bounds_label_values(self) -> None:
+        """
+        After a reload the label values are the new configuration's services.
+        """
+        s = self.session({"a": ServiceConfig("a", "builtin:echo", users=("*",))})
+        values = self.scrape(s.factory)
+        self.assertIn(("netguard_service_sessions_total", (("service", "a"),)), values)
+        self.assertNotIn(("netguard_service_sessions_total", (("service", "echo"),)), values)

@@ -17,6 +17,24 @@ Rendering (L{render_metrics}) turns the figures of C{GatewayService.figures()} i
     the admission snapshot, with C{netguard_admission_overload{reason="..."}} as a state set
     (1 for the overload reason in force, 0 for the others).
 
+Also rendered, each present on every scrape:
+
+  - per service, labelled C{service="<name>"} (names from the configuration only, so the
+    label values are bounded by it; see L{netguard.stats}): C{netguard_service_sessions_total}
+    (relays started), C{netguard_service_bytes_up_total} and C{_bytes_down_total},
+    C{netguard_service_open_failures_total{reason=...}} (C{backend}, C{not-authorized},
+    C{peer-checks}) and the gauge C{netguard_service_relays} (live relays), from the
+    C{services} figure;
+  - C{netguard_session_setup_seconds}, a histogram of the time from accept to C{OK OPEN}
+    (buckets L{netguard.stats.SETUP_BUCKETS}), from the C{session_setup} figure;
+  - C{netguard_build_info{version,python,twisted,openssl} 1} (L{build_info});
+  - the standard process collector's C{process_*} metrics (L{process_figures}), read at each
+    scrape; what the system cannot give (no C{/proc}) is left out.
+
+The byte counters include the bytes of the relays still running (L{netguard.stats.Stats}
+reads their live counts at each scrape), so a long transfer shows its progress and the
+counters never go down when it closes.
+
 Figures this module does not know are still exposed, so a new counter needs no change here:
 a top-level integer is taken for a counter (L{netguard.stats.Stats} holds only counters,
 apart from C{active}), a float for a gauge, a boolean for a 0/1 gauge; other values are
@@ -43,8 +61,10 @@ from __future__ import annotations
 import io
 import ipaddress
 import math
+import platform
 import re
 from collections.abc import Callable, Mapping
+from functools import cache
 from typing import Any, Final
 
 import attrs
@@ -58,7 +78,10 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+import netguard
 from netguard.admission import OVERLOAD_LAG, OVERLOAD_LOAD, OVERLOAD_MEMORY, REASONS
+from netguard.ops.process_metrics import PROCESS_METRICS, process_figures
+from netguard.stats import OPEN_FAILURE_REASONS, SETUP_BUCKETS, HistogramSnapshot
 
 #: The C{Content-Type} of the text exposition format, version 0.0.4.
 CONTENT_TYPE: Final = b"text/plain; version=0.0.4; charset=utf-8"
@@ -69,11 +92,12 @@ METRICS_PATH: Final = b"/metrics"
 #: Every metric name starts with this.
 PREFIX: Final = "netguard_"
 
-#: The most samples one response carries.
-MAX_SERIES: Final = 512
+#: The most samples one response carries (room for the per-service families of the most
+#: services a configuration may have, 1024, at 7 samples each).
+MAX_SERIES: Final = 8192
 
 #: The largest response body; families that would not fit are left out (whole).
-MAX_BODY_BYTES: Final = 65536
+MAX_BODY_BYTES: Final = 1 << 20
 
 #: The longest metric name (before the prefix and suffix) and label value, in characters.
 MAX_NAME_CHARS: Final = 100
@@ -93,8 +117,15 @@ COUNTERS: Final[tuple[tuple[str, str], ...]] = (
     ("connections", "Connections admitted and served as sessions."),
     ("auth_ok", "Successful authentications."),
     ("auth_fail", "Failed authentications."),
-    ("bytes_up", "Bytes relayed from clients to backends (counted when a session closes)."),
-    ("bytes_down", "Bytes relayed from backends to clients (counted when a session closes)."),
+    ("bytes_up", "Bytes relayed from clients to backends (live relays included)."),
+    ("bytes_down", "Bytes relayed from backends to clients (live relays included)."),
+)
+
+#: The per-service counters (keys of a C{services} entry) and their help texts.
+SERVICE_COUNTERS: Final[tuple[tuple[str, str], ...]] = (
+    ("sessions", "Relays started (OK OPEN), per service."),
+    ("bytes_up", "Bytes relayed from clients to the backend, per service (live included)."),
+    ("bytes_down", "Bytes relayed from the backend to clients, per service (live included)."),
 )
 
 #: The gauges of the admission snapshot and their help texts, in output order.
@@ -114,7 +145,8 @@ OVERLOAD_REASONS: Final = (OVERLOAD_LOAD, OVERLOAD_LAG, OVERLOAD_MEMORY)
 
 #: Top-level figures rendered by a rule of their own (or deliberately not at all).
 _HANDLED: Final = frozenset(
-    {name for name, _ in COUNTERS} | {"refused", "active", "uptime", "draining", "admission"}
+    {name for name, _ in COUNTERS}
+    | {"refused", "active", "uptime", "draining", "admission", "services", "session_setup"}
 )
 
 _REFUSED_PREFIX: Final = "refused."
@@ -136,16 +168,20 @@ class Sample:
     One line of the exposition: a value, with its labels.
 
     @ivar labels: (name, value) pairs, values unescaped.
+    @ivar suffix: added to the family's name (C{_bucket}, C{_sum}, C{_count} of a
+        histogram), else empty.
     """
 
     value: int | float | bool
     labels: tuple[tuple[str, str], ...] = ()
+    suffix: str = ""
 
 
 @attrs.frozen
 class Family:
     """
-    One metric: its full name, type (C{"counter"} or C{"gauge"}), help text and samples.
+    One metric: its full name, type (C{"counter"}, C{"gauge"} or C{"histogram"}), help text
+    and samples.
     """
 
     name: str
@@ -296,8 +332,10 @@ def metric_families(figures: Mapping[str, Any]) -> list[Family]:
     """
     The metric families for C{figures}, in output order (see the module docstring).
 
-    @param figures: what C{GatewayService.figures()} returns: the L{netguard.stats.Stats}
-        snapshot plus C{uptime}, C{draining} and C{admission} (the admission snapshot).
+    @param figures: what C{GatewayService.metrics_figures()} returns: the
+        L{netguard.stats.Stats} snapshot plus C{uptime}, C{draining}, C{admission} (the
+        admission snapshot), C{services} (L{netguard.stats.Stats.services_snapshot}) and
+        C{session_setup} (a L{HistogramSnapshot}); and C{process} (L{process_figures}).
     @return: the families; the known ones always, the others when their value is a number.
     """
     families = [
@@ -316,7 +354,131 @@ def metric_families(figures: Mapping[str, Any]) -> list[Family]:
         if value is not None:
             families.append(Family(metric_name(name), "gauge", text, (Sample(value),)))
     families += _admission_families(figures.get("admission"))
+    families.append(_build_family())
+    families.append(_setup_family(figures.get("session_setup")))
+    families += _process_families(figures.get("process"))
+    families += _service_families(figures.get("services"))
     families += _other_families(figures, {family.name for family in families})
+    return families
+
+
+@cache
+def build_info() -> tuple[tuple[str, str], ...]:
+    """
+    The versions this process runs: netguard, Python, Twisted and the OpenSSL that
+    pyOpenSSL (and so every TLS connection of netguard) uses.
+
+    @return: the labels of C{netguard_build_info}, in output order.
+    """
+    import twisted
+
+    try:
+        from OpenSSL.SSL import OPENSSL_VERSION, OpenSSL_version
+
+        openssl = OpenSSL_version(OPENSSL_VERSION).decode("ascii", "replace")
+    except Exception:  # noqa: BLE001 - no pyOpenSSL: say so rather than fail a scrape
+        openssl = "unknown"
+    return (
+        ("version", str(netguard.__version__)),
+        ("python", platform.python_version()),
+        ("twisted", str(twisted.__version__)),
+        ("openssl", openssl[:MAX_LABEL_CHARS]),
+    )
+
+
+def _build_family() -> Family:
+    return Family(
+        metric_name("build_info"),
+        "gauge",
+        "Always 1; the labels name the versions of netguard, Python, Twisted and OpenSSL.",
+        (Sample(1, build_info()),),
+    )
+
+
+def _setup_family(snapshot: object) -> Family:
+    """
+    C{netguard_session_setup_seconds}: cumulative buckets, C{+Inf}, sum and count (empty
+    with the standard buckets when the figures have none).
+    """
+    if not isinstance(snapshot, HistogramSnapshot):
+        snapshot = HistogramSnapshot(tuple((bound, 0) for bound in SETUP_BUCKETS), 0, 0.0)
+    samples = [
+        Sample(count, (("le", format_value(float(bound))),), "_bucket")
+        for bound, count in snapshot.buckets
+    ]
+    samples += [
+        Sample(snapshot.count, (("le", "+Inf"),), "_bucket"),
+        Sample(snapshot.total, (), "_sum"),
+        Sample(snapshot.count, (), "_count"),
+    ]
+    return Family(
+        metric_name("session_setup_seconds"),
+        "histogram",
+        "Seconds from accepting a connection to its relay starting (OK OPEN).",
+        tuple(samples),
+    )
+
+
+def _service_families(services: object) -> list[Family]:
+    """
+    The per-service families, one sample per service (and per reason for open failures).
+    """
+    if not isinstance(services, Mapping):
+        return []
+    entries = [
+        (name[:MAX_LABEL_CHARS], figures)
+        for name, figures in sorted(services.items())[:MAX_SERIES]
+        if isinstance(name, str) and isinstance(figures, Mapping)
+    ]
+
+    def samples(key: str) -> tuple[Sample, ...]:
+        return tuple(
+            Sample(value, (("service", name),))
+            for name, figures in entries
+            if (value := _number(figures.get(key, 0))) is not None
+        )
+
+    families = [
+        Family(metric_name("service_" + key, "_total"), "counter", text, samples(key))
+        for key, text in SERVICE_COUNTERS
+    ]
+    failures = []
+    for name, figures in entries:
+        by_reason = figures.get("open_failures")
+        by_reason = by_reason if isinstance(by_reason, Mapping) else {}
+        for reason in sorted({*OPEN_FAILURE_REASONS, *by_reason})[: len(OPEN_FAILURE_REASONS) + 8]:
+            value = _number(by_reason.get(reason, 0))
+            if isinstance(reason, str) and value is not None:
+                failures.append(
+                    Sample(value, (("service", name), ("reason", reason[:MAX_LABEL_CHARS])))
+                )
+    families.append(
+        Family(
+            metric_name("service_open_failures", "_total"),
+            "counter",
+            "OPENs of a configured service that did not start a relay, by service and reason.",
+            tuple(failures),
+        )
+    )
+    families.append(
+        Family(
+            metric_name("service_relays"), "gauge", "Live relays, per service.", samples("relays")
+        )
+    )
+    return families
+
+
+def _process_families(figures: object) -> list[Family]:
+    """
+    The C{process_*} families for what L{process_figures} could read.
+    """
+    if not isinstance(figures, Mapping):
+        return []
+    families = []
+    for name, kind, text in PROCESS_METRICS:
+        value = _number(figures.get(name))
+        if value is not None:
+            families.append(Family("process_" + name, kind, text, (Sample(value),)))
     return families
 
 
@@ -331,7 +493,7 @@ def _family_text(family: Family) -> str:
     for sample in family.samples:
         labels = ",".join(f'{name}="{escape_label_value(value)}"' for name, value in sample.labels)
         shown = f"{{{labels}}}" if labels else ""
-        lines.append(f"{family.name}{shown} {format_value(sample.value)}")
+        lines.append(f"{family.name}{sample.suffix}{shown} {format_value(sample.value)}")
     return "\n".join(lines) + "\n"
 
 
@@ -367,12 +529,19 @@ class MetricsResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, source: Callable[[], Mapping[str, Any]]) -> None:
+    def __init__(
+        self,
+        source: Callable[[], Mapping[str, Any]],
+        process: Callable[[], Mapping[str, float]] = process_figures,
+    ) -> None:
         """
-        @param source: returns the current figures (C{GatewayService.figures}).
+        @param source: returns the current figures (C{GatewayService.metrics_figures}).
+        @param process: returns the process's figures (L{process_figures}), added to the
+            figures as C{process} at each scrape.
         """
         super().__init__()
         self.source = source
+        self.process = process
 
     def render(self, request: Any) -> bytes:
         """
@@ -390,7 +559,9 @@ class MetricsResource(Resource):
             request.setHeader(b"allow", b"GET, HEAD")
             return _plain(request, 405, b"method not allowed; use GET\n")
         try:
-            body = render_metrics(self.source())
+            figures = dict(self.source())
+            figures["process"] = self.process()
+            body = render_metrics(figures)
         except Exception:  # noqa: BLE001 - one bad scrape must not take the endpoint down
             log.failure("metrics rendering failed", Failure(), event="metrics.error")
             return _plain(request, 500, b"internal error\n")
