@@ -27,9 +27,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, clientFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from netguard.client.protocol import NGPClientProtocol, NGPError
+from netguard.log import format_text
 from netguard.outbound.socks5 import (
     AuthenticationFailed,
     ConnectionNotAllowed,
@@ -40,7 +43,7 @@ from netguard.outbound.socks5 import (
     SOCKSProtocolError,
     SOCKSTimeout,
 )
-from tests.integration.util import peer_unavailable, stop_process
+from tests.integration.util import RunningGateway, peer_unavailable, stop_process
 
 MICROSOCKS = "/usr/bin/microsocks"
 DANTED = "/usr/sbin/danted"
@@ -152,6 +155,30 @@ class IntegrityClient(Protocol):
         self.done.callback((self.count, self.hasher.hexdigest()))
 
 
+class QuietFactory(Factory):
+    """
+    A factory that builds one given protocol and logs nothing itself, so that any "Starting
+    factory" line a test sees comes from the code under test.
+    """
+
+    noisy = False
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        self._protocol.factory = self
+        return self._protocol
+
+
+def factory_lines(events: list[dict[str, Any]]) -> list[str]:
+    """
+    @return: the rendered events that are Twisted's "Starting factory" / "Stopping factory".
+    """
+    lines = [formatEvent(event) or "" for event in events]
+    return [line for line in lines if "Starting factory" in line or "Stopping factory" in line]
+
+
 class _RealPeersTestCase(unittest.TestCase):
     """
     Shared set-up: a temp dir, an echo target on 127.0.0.1 and ::1 (same port), and helpers
@@ -163,6 +190,9 @@ class _RealPeersTestCase(unittest.TestCase):
     def setUp(self) -> None:
         self.tmpdir = os.path.abspath(self.mktemp())
         os.makedirs(self.tmpdir)
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
         self.echo = EchoFactory()
         self.echo_port, self.echo_has_ipv6 = self._listen_echo()
         self.rng_seed = int.from_bytes(os.urandom(4), "big")
@@ -315,6 +345,22 @@ class MicrosocksNoAuthTests(_RealPeersTestCase):
             self.socks(self.proxy_port, "127.0.0.1", free_port()), ConnectionRefused
         )
         self.assertEqual(exc.code, 5)
+
+    @defer.inlineCallbacks
+    def test_connection_logs_no_factory_lines(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        A whole connection through microsocks, from connect to the echo server's close, logs
+        no "Starting factory" / "Stopping factory" line (the application's factory is quiet,
+        so any such line would be the SOCKS5 endpoint's).
+        """
+        del self.events[:]
+        client = IntegrityClient([b"ping" * 1000])
+        endpoint = self.socks(self.proxy_port, "127.0.0.1", self.echo_port)
+        yield endpoint.connect(QuietFactory(client))
+        count, _ = yield client.done
+        self.assertEqual(count, 4000)
+        yield self.echo.closed.get()  # the target saw the close: our side is long done
+        self.assertEqual(factory_lines(self.events), [])
 
     @defer.inlineCallbacks
     def test_two_connections_at_once(self) -> Generator[Deferred[Any], Any, None]:
@@ -561,6 +607,48 @@ class EndlessServer(Protocol):
         self.lost.callback(self.sent)
 
 
+class BogusBoundServer(Protocol):
+    """
+    A hostile proxy: accepts no-auth, then answers CONNECT with a success reply (REP 0) whose
+    BND.ADDR is 255 binary bytes (ATYP 3), followed at once by 64 KiB of junk. C{lost} fires
+    when the client has gone.
+    """
+
+    junk = b"JUNK" * 16384
+    lost: Deferred[None]
+
+    def connectionMade(self) -> None:
+        self.buffer = b""
+        self.replied = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        transport: Any = self.transport
+        if len(self.buffer) >= 3 and not self.replied:
+            self.buffer = self.buffer[3:]
+            self.replied = True
+            transport.write(b"\x05\x00")
+        if self.replied and len(self.buffer) >= 7:
+            self.buffer = b""
+            transport.write(b"\x05\x00\x00\x03\xff" + bytes(range(255)) + b"\x00\x50" + self.junk)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.lost.callback(None)
+
+
+class RecordingClient(NGPClientProtocol):
+    """
+    The real NGP/1 client, recording every byte the service sends.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.service_bytes = b""
+
+    def service_data(self, data: bytes) -> None:
+        self.service_bytes += data
+
+
 class HostileProxyTests(_RealPeersTestCase):
     """
     Proxies that misbehave: we fail cleanly, in bounded time and memory, and hang up.
@@ -636,3 +724,75 @@ class HostileProxyTests(_RealPeersTestCase):
         C{05 00} forever: a fine method reply, then a CONNECT reply with RSV 5.
         """
         return self._endless(b"\x05\x00" * 32768, "reserved byte 5")
+
+    def serve_bogus_bound(self) -> tuple[int, list[BogusBoundServer]]:
+        """
+        Listen with L{BogusBoundServer}s.
+
+        @return: the port, and the list the servers are added to.
+        """
+        servers: list[BogusBoundServer] = []
+
+        def build() -> BogusBoundServer:
+            server = BogusBoundServer()
+            server.lost = Deferred()
+            servers.append(server)
+            return server
+
+        return self.serve(build), servers
+
+    @defer.inlineCallbacks
+    def test_bogus_bound_address_then_junk(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        A success reply with a 255-byte binary BND.ADDR, then 64 KiB of junk: the endpoint
+        fails with L{SOCKSProtocolError} in the CONNECT reply phase, the application protocol
+        never connects nor receives a byte, and we hang up.
+        """
+        port, servers = self.serve_bogus_bound()
+        client = IntegrityClient([b"x"])
+        endpoint = self.socks(port, "example.com", 80)
+        exc = yield self.assertFailure(endpoint.connect(QuietFactory(client)), SOCKSProtocolError)
+        self.assertEqual(exc.phase, "CONNECT reply")
+        self.assertIn("255-byte bound name", exc.reason)
+        self.assertEqual(client.count, 0)
+        self.assertIsNone(client.transport)
+        yield servers[0].lost
+
+    @defer.inlineCallbacks
+    def test_gateway_answers_backend_unavailable_and_relays_no_junk(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        """
+        Through the real gateway: a service whose SOCKS5 proxy sends the bogus success reply
+        and junk. The client gets C{ERR BACKEND_UNAVAILABLE}, never C{OK OPEN}, and not one
+        byte of the junk; the gateway logs the cause once, naming the phase, with the proxy's
+        bytes escaped once.
+        """
+        port, servers = self.serve_bogus_bound()
+        gateway = RunningGateway(
+            self,
+            "[services.viasocks]\n"
+            'backend = "tcp:host=127.0.0.1:port=6379"\n'
+            f'socks5 = "tcp:host=127.0.0.1:port={port}"\n'
+            'users = ["*"]\n',
+            overrides={"listen": ["tcp:0:interface=127.0.0.1"]},
+        )
+        client = RecordingClient(gateway.credentials, "viasocks", clock=reactor)
+        yield TCP4ClientEndpoint(reactor, "127.0.0.1", gateway.port()).connect(
+            QuietFactory(client)
+        )
+        error = yield self.assertFailure(client.opened, NGPError)
+        self.assertEqual(error.code, "BACKEND_UNAVAILABLE")
+        self.assertEqual(client.service_bytes, b"")
+        yield servers[0].lost
+        yield gateway.idle()
+
+        [failed] = [e for e in self.events if e.get("event") == "socks5.failed"]
+        self.assertEqual(failed["phase"], "CONNECT reply")
+        [backend] = [e for e in self.events if e.get("event") == "session.backend_failed"]
+        self.assertEqual(backend["error_type"], "SOCKSProtocolError")
+        line = format_text(backend)
+        assert line is not None
+        self.assertIn("received: \\x05\\0\\0\\x03\\xff\\0\\x01\\x02", line)
+        self.assertNotIn("\\\\", line)
+        self.assertNotIn("JUNK", line)
