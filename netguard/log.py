@@ -18,6 +18,11 @@ Three ways to use them:
     L{text_stdout_observer}): twistd's own log, on standard output, in our formats;
   - L{safe_text_observer} / L{json_observer} on any stream (the C{netguard tunnel} client).
 
+On standard output connected to the journal (C{$JOURNAL_STREAM} names it), or always with
+L{text_journal_observer} / L{json_journal_observer}, each line starts with its syslog priority
+as C{sd-daemon(3)} defines it (C{<6>} for info, ...; L{JOURNAL_PRIORITIES}), which journald
+strips and records as the entry's priority.
+
 Events carry a stable C{event} field (for example C{"conn.accept"}); the list, the text
 line's columns and the JSON record's keys are in C{docs/logging.md}.
 """
@@ -32,6 +37,7 @@ import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from enum import Enum
+from types import MappingProxyType
 from typing import IO, Any, cast
 
 from twisted.logger import (
@@ -55,6 +61,21 @@ LOG_FORMATS = ("text", "json")
 #: The keys every JSON record starts with (an event field of the same name is renamed
 #: C{field_<name>}).
 JSON_RECORD_KEYS = ("time", "ts", "level", "namespace", "system", "event", "message", "failure")
+
+#: The syslog priority of each level, written as C{<N>} before a line for the journal
+#: (C{sd-daemon(3)}: 7 debug, 6 info, 4 warning, 3 error, 2 critical).
+JOURNAL_PRIORITIES: Mapping[str, int] = MappingProxyType(
+    {
+        "debug": 7,
+        "info": 6,
+        "warn": 4,
+        "error": 3,
+        "critical": 2,
+    }
+)
+
+#: The priority of an event without a known level (Twisted's legacy messages).
+DEFAULT_JOURNAL_PRIORITY = 6
 
 #: How deep nested event values are rendered in JSON before being shown as text.
 _MAX_JSON_DEPTH = 6
@@ -312,6 +333,54 @@ def json_observer(out: IO[str]) -> FileLogObserver:
     return FileLogObserver(out, format_json)
 
 
+def journal_priority(event: Mapping[str, Any]) -> int:
+    """
+    The syslog priority of an event (L{JOURNAL_PRIORITIES}); legacy events logged with
+    C{isError} are errors, other events without a known level are info.
+    """
+    name = _level_name(event.get("log_level"))
+    if name is None and event.get("isError"):
+        name = "error"
+    return JOURNAL_PRIORITIES.get(name or "", DEFAULT_JOURNAL_PRIORITY)
+
+
+def with_journal_priority(
+    formatter: Callable[[Mapping[str, Any]], str | None],
+) -> Callable[[Mapping[str, Any]], str | None]:
+    """
+    A formatter that writes C{<N>} (L{journal_priority}) before every line C{formatter}
+    writes; our formatters write one line per event, so the prefix is at a line start.
+    """
+
+    def format_with_priority(event: Mapping[str, Any]) -> str | None:
+        line = formatter(event)
+        if line is None:
+            return None
+        return f"<{journal_priority(event)}>{line}"
+
+    return format_with_priority
+
+
+def is_journal_stream(stream: IO[str], environ: Mapping[str, str] | None = None) -> bool:
+    """
+    Whether C{stream} is the journal: C{$JOURNAL_STREAM} (C{<device>:<inode>}, set by
+    systemd for a service whose output goes to the journal) names the file C{stream}
+    writes to, as C{systemd.exec(5)} advises to check. A redirected standard output (to a
+    file or a pipe) is not the journal even under systemd.
+
+    @param environ: the environment; L{os.environ} when L{None}.
+    """
+    env = os.environ if environ is None else environ
+    device, _, inode = env.get("JOURNAL_STREAM", "").partition(":")
+    if not (device.isascii() and device.isdigit() and inode.isascii() and inode.isdigit()):
+        return False
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return info.st_dev == int(device) and info.st_ino == int(inode)
+
+
 def _stdout() -> IO[str]:
     """
     Standard output; the real one if C{sys.stdout} was redirected into the log system
@@ -323,24 +392,59 @@ def _stdout() -> IO[str]:
     return out  # type: ignore[no-any-return]
 
 
+def _stdout_observer(
+    formatter: Callable[[Mapping[str, Any]], str | None], journal: bool | None
+) -> FileLogObserver:
+    """
+    C{formatter}'s lines on standard output, with priority prefixes if C{journal} (L{None}:
+    if standard output is the journal, L{is_journal_stream}).
+    """
+    out = _stdout()
+    if journal is None:
+        journal = is_journal_stream(out)
+    return FileLogObserver(out, with_journal_priority(formatter) if journal else formatter)
+
+
 def text_stdout_observer() -> FileLogObserver:
     """
     Escaped text lines (L{format_text}) on standard output; a zero-argument factory for
-    C{twistd --logger netguard.log.text_stdout_observer}.
+    C{twistd --logger netguard.log.text_stdout_observer}. When standard output is the
+    journal (L{is_journal_stream}) each line starts with its priority (C{<6>}, ...).
 
     @return: an C{ILogObserver}.
     """
-    return safe_text_observer(_stdout())
+    return _stdout_observer(format_text, None)
 
 
 def json_stdout_observer() -> FileLogObserver:
     """
     JSON lines (L{format_json}) on standard output; a zero-argument factory for
-    C{twistd --logger netguard.log.json_stdout_observer}.
+    C{twistd --logger netguard.log.json_stdout_observer}. When standard output is the
+    journal each line starts with its priority, which journald strips: the entry's message
+    is the JSON record alone.
 
     @return: an C{ILogObserver}.
     """
-    return json_observer(_stdout())
+    return _stdout_observer(format_json, None)
+
+
+def text_journal_observer() -> FileLogObserver:
+    """
+    L{text_stdout_observer} with the priority prefix always, for a journal that
+    C{$JOURNAL_STREAM} does not name (C{twistd --logger netguard.log.text_journal_observer}).
+
+    @return: an C{ILogObserver}.
+    """
+    return _stdout_observer(format_text, True)
+
+
+def json_journal_observer() -> FileLogObserver:
+    """
+    L{json_stdout_observer} with the priority prefix always.
+
+    @return: an C{ILogObserver}.
+    """
+    return _stdout_observer(format_json, True)
 
 
 _OBSERVERS: Mapping[str, Callable[[IO[str]], FileLogObserver]] = {

@@ -24,8 +24,10 @@ from twisted.logger import ILogObserver, Logger, LoggingFile, LogPublisher, glob
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
+from netguard import log as log_module
 from netguard.log import (
     DEFAULT_FIELD_LIMIT,
+    JOURNAL_PRIORITIES,
     JSON_RECORD_KEYS,
     FileLogSink,
     LogFileError,
@@ -33,6 +35,8 @@ from netguard.log import (
     event_as_record,
     format_json,
     format_text,
+    is_journal_stream,
+    journal_priority,
     json_observer,
     json_stdout_observer,
     observer_for,
@@ -40,7 +44,9 @@ from netguard.log import (
     quoted,
     safe_text_observer,
     stdout_log_problem,
+    text_journal_observer,
     text_stdout_observer,
+    with_journal_priority,
 )
 
 #: What a hostile peer would like to see at the start of a log line of its own.
@@ -508,6 +514,144 @@ class StdoutFactoryTests(unittest.TestCase):
         observer_for("json", out)({"log_format": "x"})
         self.assertEqual(json.loads(out.getvalue())["message"], "x")
         self.assertRaises(ValueError, observer_for, "xml", out)
+
+
+class JournalPriorityTests(unittest.TestCase):
+    """
+    Lines for the journal start with the sd-daemon priority of their level (C{<N>}), on
+    standard output when C{$JOURNAL_STREAM} names it, or always with the journal factories.
+    """
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp(dir="/tmp")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.out = open(os.path.join(self.dir, "stdout"), "w+")
+        self.addCleanup(self.out.close)
+        info = os.fstat(self.out.fileno())
+        self.journal = f"{info.st_dev}:{info.st_ino}"
+        self.patch(log_module, "_stdout", lambda: self.out)
+        previous = os.environ.pop("JOURNAL_STREAM", None)
+        if previous is not None:
+            self.addCleanup(os.environ.__setitem__, "JOURNAL_STREAM", previous)
+        self.addCleanup(os.environ.pop, "JOURNAL_STREAM", None)
+
+    def emit(self, observer: Any) -> list[str]:
+        """
+        Log one event of each level through a real L{Logger} to C{observer}.
+
+        @return: the lines written.
+        """
+        publisher = LogPublisher()
+        publisher.addObserver(observer)
+        logger = Logger(namespace="t", observer=publisher)  # type: ignore[arg-type]
+        for level in ("debug", "info", "warn", "error", "critical"):
+            getattr(logger, level)("level {name}", name=level, event=f"t.{level}")
+        self.out.flush()
+        self.out.seek(0)
+        return self.out.read().splitlines(keepends=True)
+
+    def test_priority_of_each_level(self) -> None:
+        """
+        debug 7, info 6, warn 4, error 3, critical 2, as sd-daemon(3) defines them.
+        """
+        self.assertEqual(
+            dict(JOURNAL_PRIORITIES),
+            {"debug": 7, "info": 6, "warn": 4, "error": 3, "critical": 2},
+        )
+        lines = self.emit(text_journal_observer())
+        self.assertEqual([line[:3] for line in lines], ["<7>", "<6>", "<4>", "<3>", "<2>"])
+        for line, level in zip(lines, ("debug", "info", "warn", "error", "critical"), strict=True):
+            self.assertRegex(line, rf"^<\d>\S+ \[t#{level}\] t\.{level} - level {level}\n\Z")
+
+    def test_events_without_level(self) -> None:
+        """
+        A legacy error (C{isError}) is priority 3; an event with no known level is 6; an
+        event with nothing to show writes nothing, not a bare prefix.
+        """
+        formatter = with_journal_priority(format_text)
+        legacy = {"log_format": "x", "isError": 1, "log_time": 0.0}
+        self.assertEqual(journal_priority(legacy), 3)
+        self.assertTrue(str(formatter(legacy)).startswith("<3>"))
+        self.assertEqual(journal_priority({"log_format": "x", "log_level": "warn"}), 6)
+        self.assertIsNone(formatter({"log_format": "", "log_time": 0.0}))
+
+    def test_hostile_text_cannot_start_a_line_of_another_priority(self) -> None:
+        """
+        A field holding a newline and C{<0>} (emergency) stays inside the one line, whose
+        only prefix is its own.
+        """
+        line = with_journal_priority(format_text)(
+            {"log_format": "{x}", "x": "a\n<0>forged", "log_time": 0.0}
+        )
+        assert line is not None
+        self.assertEqual(line.count("\n"), 1)
+        self.assertTrue(line.startswith("<6>"))
+        self.assertIn("a\\n<0>forged", line)
+
+    def test_text_stdout_observer_prefixes_on_the_journal_stream(self) -> None:
+        """
+        With C{JOURNAL_STREAM} naming standard output's device and inode, the text stdout
+        observer writes the prefix.
+        """
+        os.environ["JOURNAL_STREAM"] = self.journal
+        lines = self.emit(text_stdout_observer())
+        self.assertEqual([line[:3] for line in lines], ["<7>", "<6>", "<4>", "<3>", "<2>"])
+
+    def test_json_stdout_observer_prefixes_and_keeps_the_record_whole(self) -> None:
+        """
+        Under the journal each JSON line is C{<N>} then the record, which journald strips:
+        the rest is the same JSON record as without the journal.
+        """
+        os.environ["JOURNAL_STREAM"] = self.journal
+        lines = self.emit(json_stdout_observer())
+        self.assertEqual([line[:3] for line in lines], ["<7>", "<6>", "<4>", "<3>", "<2>"])
+        records = [json.loads(line[3:]) for line in lines]
+        self.assertEqual(
+            [r["level"] for r in records], ["debug", "info", "warn", "error", "critical"]
+        )
+        self.assertEqual(
+            list(records[0])[: len(JSON_RECORD_KEYS) - 2],
+            ["time", "ts", "level", "namespace", "event", "message"],
+        )
+
+    def test_no_prefix_without_journal_stream(self) -> None:
+        """
+        Without C{JOURNAL_STREAM} (a terminal, a file, another supervisor) nothing changes.
+        """
+        lines = self.emit(text_stdout_observer())
+        self.assertEqual(len(lines), 5)
+        self.assertFalse(any(line.startswith("<") for line in lines), lines)
+
+    def test_journal_stream_naming_another_file_gives_no_prefix(self) -> None:
+        """
+        C{JOURNAL_STREAM} set, but standard output redirected elsewhere (its inode is not
+        the one named, here one off): no prefix.
+        """
+        device, inode = self.journal.split(":")
+        os.environ["JOURNAL_STREAM"] = f"{device}:{int(inode) + 1}"
+        lines = self.emit(text_stdout_observer())
+        self.assertFalse(any(line.startswith("<") for line in lines), lines)
+
+    def test_is_journal_stream(self) -> None:
+        """
+        Only an exact C{<device>:<inode>} match counts; malformed values and streams
+        without a descriptor never do.
+        """
+        device, inode = self.journal.split(":")
+        self.assertTrue(is_journal_stream(self.out, {"JOURNAL_STREAM": self.journal}))
+        for value in (
+            "",
+            ":",
+            device,
+            f"{device}:",
+            f":{inode}",
+            f"{device}:{inode}x",
+            f"{int(device) + 1}:{inode}",
+            f"-{device}:{inode}",
+        ):
+            self.assertFalse(is_journal_stream(self.out, {"JOURNAL_STREAM": value}), value)
+        self.assertFalse(is_journal_stream(self.out, {}))
+        self.assertFalse(is_journal_stream(io.StringIO(), {"JOURNAL_STREAM": self.journal}))
 
 
 class FileLogSinkTests(unittest.TestCase):
