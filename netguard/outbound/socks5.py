@@ -113,6 +113,7 @@ from netguard.log import escape
 from netguard.secretfile import read_password_file
 
 __all__ = [
+    "MAX_BOUND_NAME",
     "MAX_REPLY_SIZE",
     "AddressType",
     "AddressTypeNotSupported",
