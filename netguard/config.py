@@ -46,7 +46,7 @@ from typing import Any, Final, TypeVar
 
 import attrs
 
-from netguard.framing import FramingLimits
+from netguard.framing import DEFAULT_MAX_ERRORS, FramingLimits
 from netguard.outbound.socks5 import ENDPOINT_KEYS as SOCKS5_ENDPOINT_KEYS
 
 __all__ = [
@@ -178,6 +178,12 @@ class Limits:
     @ivar idle_timeout: longest silence from the client in the line phase.
     @ivar write_timeout: longest time a client may leave our queued output unread.
     @ivar max_auth_attempts: failed authentications allowed on one connection.
+    @ivar max_lines_after_auth: lines a client may send after authenticating, before C{OPEN}.
+    @ivar max_bytes_after_auth: bytes of lines a client may send after authenticating,
+        before C{OPEN}.
+    @ivar max_errors: error replies (that keep the connection) one connection may earn; the
+        next one closes it.
+    @ivar open_timeout: time from authentication to C{OPEN}.
     """
 
     # The framing's own defaults are the configuration's: one source of truth.
@@ -189,6 +195,12 @@ class Limits:
     idle_timeout: float = _FRAMING.idle_timeout
     write_timeout: float = _FRAMING.write_timeout
     max_auth_attempts: int = 3
+    # The framing leaves the line phase after the handshake unbounded (a protocol of its own
+    # may live there); the gateway's ends at OPEN, so it is bounded here.
+    max_lines_after_auth: int = 32
+    max_bytes_after_auth: int = 8192
+    max_errors: int = DEFAULT_MAX_ERRORS
+    open_timeout: float = 30.0
 
 
 @attrs.frozen(kw_only=True)
@@ -581,6 +593,28 @@ _LIMIT_KEYS: Final[tuple[_NumberKey, ...]] = (
         "max_auth_attempts",
         _Range(int, 1, 20),
         "online password guessing over one connection",
+    ),
+    _NumberKey(
+        "max_lines_after_auth",
+        _Range(int, 1, 10000),
+        "an authenticated client flooding the line phase with commands (valid or not) "
+        "instead of opening a service",
+    ),
+    _NumberKey(
+        "max_bytes_after_auth",
+        _Range(int, 256, 1048576, "bytes"),
+        "an authenticated client pushing data at the line parser instead of opening a service",
+    ),
+    _NumberKey(
+        "max_errors",
+        _Range(int, 1, 10000),
+        "a client (authenticated or not) earning error reply after error reply, each a "
+        "reply to write and a log record",
+    ),
+    _NumberKey(
+        "open_timeout",
+        _Range(float, 1, 3600, "seconds"),
+        "an authenticated client that never opens a service, holding a relay-pool slot",
     ),
 )
 

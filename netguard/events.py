@@ -83,6 +83,7 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "admission.block": "a source is blocked by the penalty rules",
         "proto.early_talker": "the client spoke before the greeting",
         "proto.refuse": "an ERR line was sent to the client",
+        "proto.errors": "how many error replies a connection got, logged once",
         "proto.internal": "an internal error while handling a client command; session ended",
         "conn.timeout": "a connection reached a time bound",
         "conn.close": "a connection ended",

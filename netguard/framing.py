@@ -11,6 +11,13 @@ L{GuardedLineReceiver} is a L{LineReceiver} that can be exposed to a hostile net
     buffer passes the bound, newline or not, so memory per connection stays bounded;
   - before L{end_handshake} is called (that is, before authentication) at most
     C{max_lines_before_auth} lines and C{max_bytes_before_auth} bytes are accepted;
+  - after it, until L{setRawMode} (in NGP/1: from login to C{OPEN}), at most
+    C{max_lines_after_auth} lines and C{max_bytes_after_auth} bytes of lines, within
+    C{open_timeout}: opt-in bounds (L{None}, no bound, by default), for a protocol whose line
+    phase ends soon after its handshake;
+  - at most C{max_errors} error replies that keep the connection (L{refuse} with
+    C{close=False}) are sent; the next one closes it. Only the first is logged in full, the
+    rest once, as a count, when the line phase ends (C{proto.errors});
   - a client that sends anything before the greeting (an early talker: bots do, real clients
     wait) is refused with C{EARLY_TALKER};
   - a handshake deadline runs from the connection to L{end_handshake}; an idle timeout
@@ -36,9 +43,10 @@ L{rawDataReceived}, in order, none lost and none repeated.
 Subclasses implement L{greet}, L{lineReceived} and L{rawDataReceived}, and may override
 L{log_fields} to add fields (a connection id, a user) to every event, and L{refuse} to see
 (or change) every refusal. The bounds are one L{FramingLimits} value (defaults: 1024-byte
-lines, 16 lines and 8192 bytes before L{end_handshake}, 0.1 s greeting delay, 30 s handshake
-deadline, 120 s idle timeout, 30 s write timeout), given to the constructor or set as the
-class attribute C{limits}, so that C{Factory.forProtocol} works too::
+lines, 16 lines and 8192 bytes before L{end_handshake}, no bound after it, 10 error replies,
+0.1 s greeting delay, 30 s handshake deadline, 120 s idle timeout, 30 s write timeout),
+given to the constructor or set as the class attribute C{limits}, so that
+C{Factory.forProtocol} works too::
 
     class Echo(GuardedLineReceiver):
         limits = FramingLimits(max_line_length=64, idle_timeout=10.0)
@@ -73,7 +81,10 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from netguard.errors import DEFAULT_TEXT, ErrorCode, format_error
-from netguard.log import escape
+from netguard.log import escape, quoted
+
+#: Error replies that keep the connection allowed on one connection, by default.
+DEFAULT_MAX_ERRORS = 10
 
 
 @attrs.frozen
@@ -89,6 +100,14 @@ class FramingLimits:
     @ivar handshake_timeout: time from connection to the end of the handshake.
     @ivar idle_timeout: longest silence from the peer.
     @ivar write_timeout: longest time the peer may leave our output queue full.
+    @ivar max_lines_after_auth: lines accepted after the handshake while still in line mode;
+        L{None}: no bound.
+    @ivar max_bytes_after_auth: bytes of lines (terminators included) accepted after the
+        handshake while still in line mode; L{None}: no bound.
+    @ivar max_errors: error replies that keep the connection (C{refuse(close=False)}) sent
+        on one connection; the next one closes it. L{None}: no bound.
+    @ivar open_timeout: time from the end of the handshake to raw mode (in NGP/1: from login
+        to C{OPEN}); L{None}: no bound.
     """
 
     max_line_length: int = 1024
@@ -98,14 +117,20 @@ class FramingLimits:
     handshake_timeout: float = 30.0
     idle_timeout: float = 120.0
     write_timeout: float = 30.0
+    max_lines_after_auth: int | None = None
+    max_bytes_after_auth: int | None = None
+    max_errors: int | None = DEFAULT_MAX_ERRORS
+    open_timeout: float | None = None
 
     @classmethod
     def from_config(cls, limits: Any) -> FramingLimits:
         """
         Take the framing bounds from any object with attributes of the same names (for
-        example L{netguard.config.Limits}); other attributes are ignored.
+        example L{netguard.config.Limits}); other attributes are ignored, and a bound the
+        object does not have keeps its default here.
         """
-        return cls(**{f.name: getattr(limits, f.name) for f in attrs.fields(cls)})
+        names = [f.name for f in attrs.fields(cls) if hasattr(limits, f.name)]
+        return cls(**{name: getattr(limits, name) for name in names})
 
 
 class FramingPhase(enum.Enum):
@@ -156,9 +181,16 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
 
     #: The bounds used when the constructor is given none; subclasses may set their own.
     limits: FramingLimits = FramingLimits()
+    #: Error codes that neither count against C{max_errors} nor are folded into the
+    #: C{proto.errors} count (a subclass that bounds them itself, as NGP/1 does failed
+    #: logins, names them here).
+    errors_exempt: frozenset[ErrorCode] = frozenset()
     phase: FramingPhase = FramingPhase.PRE_GREETING
     lines_received = 0
     bytes_before_auth = 0
+    lines_after_auth = 0
+    bytes_after_auth = 0
+    errors_answered = 0
     handshake_done = False
 
     def __init__(self, limits: FramingLimits | None = None, clock: IReactorTime | None = None):
@@ -173,6 +205,8 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         self._held = False
         self._registered = False
         self._tls_handshaking = False
+        self._first_error: tuple[ErrorCode, bytes | None] | None = None
+        self._errors_summarised = False
 
     # -- hooks for subclasses --------------------------------------------------------------
 
@@ -210,10 +244,14 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
     def end_handshake(self) -> None:
         """
         The handshake succeeded: stop the handshake deadline and lift the pre-authentication
-        line and byte budgets. The line-length bound and idle timeout stay.
+        line and byte budgets. The line-length bound, the error budget and the idle timeout
+        stay; the budgets after authentication (if set) and the open deadline start.
         """
         self.handshake_done = True
         self._cancel("handshake")
+        open_timeout = self.limits.open_timeout
+        if open_timeout is not None and self.line_mode and self.phase is FramingPhase.LINES:
+            self._timers["open"] = self.clock.callLater(open_timeout, self._open_expired)
 
     def refuse(
         self,
@@ -223,8 +261,13 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         close: bool = True,
     ) -> None:
         """
-        Answer C{ERR <code> <text>}, log the refusal with the escaped offending input, and
-        (by default) close the connection.
+        Answer C{ERR <code> <text>}, log the refusal with the escaped offending input
+        (quoted in the message), and (by default) close the connection.
+
+        An error reply that keeps the connection counts against C{max_errors}: one past the
+        budget is answered C{ERR TOO_MANY_LINES too many errors} instead, and the connection
+        is closed. Only the first such reply of a connection is logged here; the others are
+        counted and logged once (C{proto.errors}) when the line phase ends.
 
         @param code: the stable error code.
         @param text: a short printable text for the client; the code's default when L{None}.
@@ -233,12 +276,23 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         """
         if self.phase is FramingPhase.CLOSING:
             return
+        if not close and code not in self.errors_exempt:
+            budget = self.limits.max_errors
+            if budget is not None and self.errors_answered >= budget:
+                self.refuse(ErrorCode.TOO_MANY_LINES, "too many errors", offending, close=True)
+                return
+            self.errors_answered += 1
+            if self._first_error is not None:
+                self.sendLine(format_error(code, text))
+                return
+            self._first_error = (code, offending)
         self.log.info(
-            "refused {peer}: {code} {text} input={offending}",
+            "refused {peer}: {code} {text} input={offending_quoted}",
             event="proto.refuse",
             code=code.value,
             text=text if text is not None else DEFAULT_TEXT[code],
             offending=escape(offending) if offending is not None else "-",
+            offending_quoted=quoted(offending) if offending is not None else "-",
             closing=close,
             **self.log_fields(),
         )
@@ -256,6 +310,7 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         self.phase = FramingPhase.CLOSING
         self._cancel_all()
         self.setTimeout(None)
+        self._summarise_errors()
         transport = self.transport
         self._unregister()
         self._timers["abort"] = self.clock.callLater(self.limits.write_timeout, self._abort_stuck)
@@ -298,6 +353,8 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         transport = self.transport
         self._unregister()
         self._cancel("write")
+        self._cancel("open")
+        self._summarise_errors()
         if self._write_paused:
             self._write_paused = False
             transport.resumeProducing()
@@ -357,6 +414,7 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         self.phase = FramingPhase.CLOSING
         self._cancel_all()
         self.setTimeout(None)
+        self._summarise_errors()
 
     def dataReceived(self, data: bytes) -> None:
         phase = self.phase
@@ -449,12 +507,15 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
                 self.lineLengthExceeded(buffer[start:stop])
                 return
             line = buffer[start:stop]
+            size = end + 1 - start
             start = end + 1
             if not self.handshake_done:
                 self.lines_received += 1
                 if self.lines_received > limits.max_lines_before_auth:
                     self.refuse(ErrorCode.TOO_MANY_LINES, offending=line)
                     return
+            elif not self._within_budget_after_auth(line, size):
+                return
             self.lineReceived(line)
         rest = buffer[start:] if start else buffer
         if self.phase is FramingPhase.RAW:
@@ -473,6 +534,54 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
                 self.lineLengthExceeded(rest)
             else:
                 self._buffer = rest
+
+    def _within_budget_after_auth(self, line: bytes, size: int) -> bool:
+        """
+        Count one line of C{size} bytes (terminator included) against the budgets after
+        the handshake; refuse (and close) when it is one past either.
+        """
+        limits = self.limits
+        self.lines_after_auth += 1
+        self.bytes_after_auth += size
+        if limits.max_lines_after_auth is not None:
+            if self.lines_after_auth > limits.max_lines_after_auth:
+                self.refuse(ErrorCode.TOO_MANY_LINES, "too many lines after authentication", line)
+                return False
+        if limits.max_bytes_after_auth is not None:
+            if self.bytes_after_auth > limits.max_bytes_after_auth:
+                self.refuse(
+                    ErrorCode.TOO_MUCH_DATA, "too much data after authentication", line[:64]
+                )
+                return False
+        return True
+
+    def _summarise_errors(self) -> None:
+        """
+        Log, once, how many error replies this connection got beyond the first (which was
+        logged in full when it was sent).
+        """
+        if self._errors_summarised or self._first_error is None:
+            return
+        self._errors_summarised = True
+        if self.errors_answered < 2:
+            return
+        code, offending = self._first_error
+        self.log.info(
+            "{count} error replies to {peer}, first: {first_code} input={first_quoted}",
+            event="proto.errors",
+            count=self.errors_answered,
+            first_code=code.value,
+            first_offending=escape(offending) if offending is not None else "-",
+            first_quoted=quoted(offending) if offending is not None else "-",
+            **self.log_fields(),
+        )
+
+    def _open_expired(self) -> None:
+        self._timers.pop("open", None)
+        self.log.info(
+            "open deadline {peer}", event="conn.timeout", which="open", **self.log_fields()
+        )
+        self.refuse(ErrorCode.TIMEOUT, "open deadline")
 
     def _greet_now(self) -> None:
         self._timers.pop("greet", None)

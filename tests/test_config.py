@@ -231,6 +231,10 @@ class DefaultsTests(ConfigTestCase):
         self.assertEqual(limits.idle_timeout, 120.0)
         self.assertEqual(limits.write_timeout, 30.0)
         self.assertEqual(limits.max_auth_attempts, 3)
+        self.assertEqual(limits.max_lines_after_auth, 32)
+        self.assertEqual(limits.max_bytes_after_auth, 8192)
+        self.assertEqual(limits.max_errors, 10)
+        self.assertEqual(limits.open_timeout, 30.0)
 
     def test_limits_match_limits_class_defaults(self) -> None:
         self.assertEqual(self.load().limits, Limits())
@@ -296,6 +300,10 @@ class FileTests(ConfigTestCase):
             "idle_timeout = 60\n"
             "write_timeout = 5.5\n"
             "max_auth_attempts = 1\n"
+            "max_lines_after_auth = 4\n"
+            "max_bytes_after_auth = 512\n"
+            "max_errors = 2\n"
+            "open_timeout = 7\n"
         )
         self.assertEqual(
             config.limits,
@@ -308,7 +316,33 @@ class FileTests(ConfigTestCase):
                 idle_timeout=60.0,
                 write_timeout=5.5,
                 max_auth_attempts=1,
+                max_lines_after_auth=4,
+                max_bytes_after_auth=512,
+                max_errors=2,
+                open_timeout=7.0,
             ),
+        )
+
+    def test_after_login_limits_reach_the_framing(self) -> None:
+        """
+        The bounds of the line phase after login, set in C{[limits]}, are the ones the
+        gateway's framing enforces.
+        """
+        from netguard.framing import FramingLimits
+
+        limits = self.load(
+            "[limits]\nmax_lines_after_auth = 4\nmax_bytes_after_auth = 512\n"
+            "max_errors = 2\nopen_timeout = 7\n"
+        ).limits
+        framing = FramingLimits.from_config(limits)
+        self.assertEqual(
+            (
+                framing.max_lines_after_auth,
+                framing.max_bytes_after_auth,
+                framing.max_errors,
+                framing.open_timeout,
+            ),
+            (4, 512, 2, 7.0),
         )
 
     def test_integer_for_a_time_becomes_float(self) -> None:
@@ -641,6 +675,18 @@ class FileErrorTests(ConfigTestCase):
             "limits.max_bytes_before_auth",
             "an integer from 256 to 1048576",
         )
+
+    def test_after_login_limits_out_of_range(self) -> None:
+        """
+        Each bound of the line phase after login is range-checked, naming the key.
+        """
+        for text, key, allowed in (
+            ("max_lines_after_auth = 0", "max_lines_after_auth", "an integer from 1 to 10000"),
+            ("max_bytes_after_auth = 255", "max_bytes_after_auth", "from 256 to 1048576"),
+            ("max_errors = 0", "max_errors", "an integer from 1 to 10000"),
+            ("open_timeout = 0.5", "open_timeout", "a number of seconds from 1 to 3600"),
+        ):
+            self.assertFileError(f"[limits]\n{text}\n", f"limits.{key}", allowed)
 
     def test_time_below_range(self) -> None:
         self.assertFileError(

@@ -5,21 +5,25 @@ Tests for L{netguard.framing}: every bound and every kind of hostile input, on T
 from __future__ import annotations
 
 import itertools
+import re
 import resource
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import Logger, formatEvent
 from twisted.trial import unittest
 
+from netguard.errors import ErrorCode
 from netguard.framing import FramingLimits, FramingPhase, GuardedLineReceiver, peer_label
 
 
 class Recorder(GuardedLineReceiver):
     """
-    A receiver that greets, records lines, switches to raw mode on C{RAW}, and records raw
-    bytes: enough to observe the framing alone.
+    A receiver that greets, records lines, switches to raw mode on C{RAW}, answers a line
+    starting with C{BAD} with an error that keeps the connection (C{DENIED}: an exempt one),
+    and records raw bytes: enough to observe the framing alone.
     """
 
     def __init__(self, limits=None, clock=None):
@@ -37,9 +41,30 @@ class Recorder(GuardedLineReceiver):
             self.end_handshake()
         if line == b"RAW":
             self.setRawMode()
+        if line.startswith(b"BAD"):
+            self.refuse(ErrorCode.BAD_SYNTAX, offending=line, close=False)
+        if line.startswith(b"DENIED"):
+            self.refuse(ErrorCode.AUTH_FAILED, offending=line, close=False)
 
     def rawDataReceived(self, data):
         self.raw.append(data)
+
+
+def record_events(proto: GuardedLineReceiver) -> list[dict]:
+    """
+    Send every event C{proto} logs to a list, which is returned.
+    """
+    events: list[dict] = []
+    proto.log = Logger(observer=events.append)
+    return events
+
+
+def named(events: list[dict], name: str) -> list[dict]:
+    return [event for event in events if event.get("event") == name]
+
+
+def replies(transport: StringTransport) -> list[bytes]:
+    return [line for line in transport.value().split(b"\r\n") if line]
 
 
 def connect(limits: FramingLimits | None = None, greet: bool = True):
@@ -452,3 +477,320 @@ class HoldTests(unittest.TestCase):
         self.assertFalse(transport.disconnecting)
         proto.resumeProducing()
         self.assertEqual(len(proto.lines), 5)
+
+
+class PreAuthBoundaryTests(unittest.TestCase):
+    """
+    The budgets before the handshake, exactly at each bound and one past it.
+    """
+
+    def test_bytes_before_auth_exactly_at_the_bound_are_accepted(self):
+        """
+        Exactly C{max_bytes_before_auth} bytes (whole lines, in one read or byte by byte)
+        are all delivered and the connection stays open.
+        """
+        data = b"a" * 62 + b"\r\n"  # 64 bytes
+        for chunks in ([data * 4], [bytes([b]) for b in data * 4]):
+            proto, transport, _ = connect(FramingLimits(max_bytes_before_auth=256))
+            for chunk in chunks:
+                proto.dataReceived(chunk)
+            self.assertEqual(proto.bytes_before_auth, 256)
+            self.assertEqual(proto.lines, [b"a" * 62] * 4)
+            self.assertEqual(replies(transport), [b"HELLO"])
+            self.assertFalse(transport.disconnecting)
+
+    def test_one_byte_past_bytes_before_auth_is_refused(self):
+        """
+        One byte past C{max_bytes_before_auth}, in the same read or in the next one, is
+        refused with C{TOO_MUCH_DATA} and closes; the lines within the bound were delivered.
+        """
+        data = (b"a" * 62 + b"\r\n") * 4
+        for chunks in ([data + b"b"], [data, b"b"]):
+            proto, transport, _ = connect(FramingLimits(max_bytes_before_auth=256))
+            for chunk in chunks:
+                proto.dataReceived(chunk)
+            self.assertEqual(len(proto.lines), 4)
+            self.assertEqual(
+                replies(transport)[-1], b"ERR TOO_MUCH_DATA too much data before authentication"
+            )
+            self.assertTrue(transport.disconnecting)
+
+    def test_lines_before_auth_exactly_at_the_bound_are_accepted(self):
+        """
+        Exactly C{max_lines_before_auth} lines are delivered and the connection stays open.
+        """
+        proto, transport, _ = connect(FramingLimits(max_lines_before_auth=3))
+        proto.dataReceived(b"a\r\nb\r\nc\r\n")
+        self.assertEqual(proto.lines, [b"a", b"b", b"c"])
+        self.assertFalse(transport.disconnecting)
+
+    def test_one_line_past_lines_before_auth_is_refused(self):
+        """
+        The line after C{max_lines_before_auth}, in a later read, is refused with
+        C{TOO_MANY_LINES}, undelivered, and closes.
+        """
+        proto, transport, _ = connect(FramingLimits(max_lines_before_auth=3))
+        proto.dataReceived(b"a\r\nb\r\nc\r\n")
+        proto.dataReceived(b"d\r\n")
+        self.assertEqual(proto.lines, [b"a", b"b", b"c"])
+        self.assertEqual(
+            replies(transport)[-1], b"ERR TOO_MANY_LINES too many lines before authentication"
+        )
+        self.assertTrue(transport.disconnecting)
+
+
+class AfterAuthBudgetTests(unittest.TestCase):
+    """
+    The opt-in budgets between L{GuardedLineReceiver.end_handshake} and raw mode: lines,
+    bytes and time, exactly at each bound and one past it.
+    """
+
+    def test_lines_after_auth_exactly_at_the_bound_are_accepted(self):
+        """
+        C{max_lines_after_auth} lines after the handshake are all delivered; the
+        connection stays open.
+        """
+        proto, transport, _ = connect(FramingLimits(max_lines_after_auth=5))
+        proto.dataReceived(b"AUTHOK\r\n" + b"x\r\n" * 5)
+        self.assertEqual(proto.lines, [b"AUTHOK"] + [b"x"] * 5)
+        self.assertFalse(transport.disconnecting)
+
+    def test_one_line_past_lines_after_auth_is_refused(self):
+        """
+        The line after C{max_lines_after_auth} is refused with C{TOO_MANY_LINES}, not
+        delivered, and the connection is closed.
+        """
+        proto, transport, _ = connect(FramingLimits(max_lines_after_auth=5))
+        proto.dataReceived(b"AUTHOK\r\n" + b"x\r\n" * 5)
+        proto.dataReceived(b"y\r\n")
+        self.assertEqual(proto.lines, [b"AUTHOK"] + [b"x"] * 5)
+        self.assertEqual(
+            replies(transport)[-1], b"ERR TOO_MANY_LINES too many lines after authentication"
+        )
+        self.assertTrue(transport.disconnecting)
+
+    def test_bytes_after_auth_exactly_at_the_bound_are_accepted(self):
+        """
+        Lines of exactly C{max_bytes_after_auth} bytes (terminators included) after the
+        handshake are all delivered.
+        """
+        proto, transport, _ = connect(FramingLimits(max_bytes_after_auth=300))
+        proto.dataReceived(b"AUTHOK\r\n")
+        proto.dataReceived((b"z" * 98 + b"\r\n") * 3)
+        self.assertEqual(proto.bytes_after_auth, 300)
+        self.assertEqual(len(proto.lines), 4)
+        self.assertFalse(transport.disconnecting)
+
+    def test_one_byte_past_bytes_after_auth_is_refused(self):
+        """
+        A line that takes the count one byte past C{max_bytes_after_auth} is refused with
+        C{TOO_MUCH_DATA}, not delivered, and the connection is closed.
+        """
+        proto, transport, _ = connect(FramingLimits(max_bytes_after_auth=300))
+        proto.dataReceived(b"AUTHOK\r\n")
+        proto.dataReceived((b"z" * 98 + b"\r\n") * 2 + b"z" * 98 + b"\r\r\n")
+        self.assertEqual(len(proto.lines), 3)
+        self.assertEqual(
+            replies(transport)[-1], b"ERR TOO_MUCH_DATA too much data after authentication"
+        )
+        self.assertTrue(transport.disconnecting)
+
+    def test_megabyte_of_short_lines_after_auth_stops_at_the_bound(self):
+        """
+        1 MiB of C{a\\r\\n} in one read after the handshake: exactly the budget is handled,
+        the rest of the read is dropped unparsed, and later reads are discarded.
+        """
+        proto, transport, _ = connect(FramingLimits(max_lines_after_auth=32))
+        proto.dataReceived(b"AUTHOK\r\n")
+        proto.dataReceived(b"a\r\n" * (2**20 // 3))
+        self.assertEqual(len(proto.lines), 1 + 32)
+        self.assertEqual(proto.lines_after_auth, 33)
+        self.assertEqual(proto.clearLineBuffer(), b"")
+        proto.dataReceived(b"a\r\n" * 1000)
+        self.assertEqual(proto.lines_after_auth, 33)
+        self.assertTrue(transport.disconnecting)
+
+    def test_raw_bytes_behind_the_switch_do_not_count(self):
+        """
+        Bytes after the line that switches to raw mode, in the same read, are raw data, not
+        lines: the byte budget after the handshake does not apply to them.
+        """
+        proto, transport, _ = connect(FramingLimits(max_bytes_after_auth=256))
+        proto.dataReceived(b"AUTHOK\r\nRAW\r\n" + b"r" * 10000)
+        self.assertEqual(b"".join(proto.raw), b"r" * 10000)
+        self.assertFalse(transport.disconnecting)
+
+    def test_no_bound_after_auth_by_default(self):
+        """
+        The toolkit's default limits leave the line phase after the handshake unbounded in
+        lines, bytes and time (a protocol of its own may live there).
+        """
+        limits = FramingLimits()
+        self.assertEqual(
+            (
+                limits.max_lines_after_auth,
+                limits.max_bytes_after_auth,
+                limits.open_timeout,
+            ),
+            (None, None, None),
+        )
+
+    def test_open_deadline_fires_exactly_at_the_bound(self):
+        """
+        With C{open_timeout}, a connection still in line mode that long after the
+        handshake is refused with C{TIMEOUT open deadline}; a moment before, it is not.
+        """
+        limits = FramingLimits(open_timeout=5, handshake_timeout=100, idle_timeout=100)
+        proto, transport, clock = connect(limits)
+        clock.advance(50)  # the deadline counts from the handshake, not the connection
+        proto.dataReceived(b"AUTHOK\r\n")
+        events = record_events(proto)
+        clock.advance(4.999)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.001)
+        self.assertEqual(replies(transport)[-1], b"ERR TIMEOUT open deadline")
+        self.assertTrue(transport.disconnecting)
+        [timeout] = named(events, "conn.timeout")
+        self.assertEqual(timeout["which"], "open")
+
+    def test_raw_mode_cancels_the_open_deadline(self):
+        """
+        Switching to raw mode before C{open_timeout} stops the deadline.
+        """
+        limits = FramingLimits(open_timeout=5, handshake_timeout=100, idle_timeout=100)
+        proto, transport, clock = connect(limits)
+        proto.dataReceived(b"AUTHOK\r\nRAW\r\n")
+        clock.advance(50)
+        self.assertNotIn(b"ERR", transport.value())
+        self.assertFalse(transport.disconnecting)
+
+
+class ErrorBudgetTests(unittest.TestCase):
+    """
+    Error replies that keep the connection: bounded per connection, and logged once.
+    """
+
+    def test_errors_exactly_at_the_bound_keep_the_connection(self):
+        """
+        C{max_errors} error replies are each answered and the connection stays open.
+        """
+        proto, transport, _ = connect(FramingLimits(max_errors=3))
+        proto.dataReceived(b"BAD1\r\nBAD2\r\nBAD3\r\n")
+        self.assertEqual(replies(transport)[1:], [b"ERR BAD_SYNTAX bad syntax"] * 3)
+        self.assertFalse(transport.disconnecting)
+
+    def test_one_error_past_the_bound_closes(self):
+        """
+        The error after C{max_errors} is answered C{ERR TOO_MANY_LINES too many errors}
+        and closes; the rest of the read is not handled.
+        """
+        proto, transport, _ = connect(FramingLimits(max_errors=3))
+        proto.dataReceived(b"BAD1\r\nBAD2\r\nBAD3\r\nBAD4\r\nlater\r\n")
+        self.assertEqual(
+            replies(transport)[1:],
+            [b"ERR BAD_SYNTAX bad syntax"] * 3 + [b"ERR TOO_MANY_LINES too many errors"],
+        )
+        self.assertEqual(proto.errors_answered, 3)
+        self.assertNotIn(b"later", proto.lines)
+        self.assertTrue(transport.disconnecting)
+
+    def test_exempt_codes_do_not_count(self):
+        """
+        Codes in C{errors_exempt} (bounded by their subclass) neither use the budget nor
+        end the connection, and each is logged.
+        """
+
+        class Exempting(Recorder):
+            errors_exempt = frozenset({ErrorCode.AUTH_FAILED})
+
+        proto = Exempting(FramingLimits(max_errors=2), Clock())
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.clock.advance(proto.limits.greeting_delay)
+        events = record_events(proto)
+        proto.dataReceived(b"DENIED\r\n" * 5)
+        self.assertEqual(replies(transport)[1:], [b"ERR AUTH_FAILED authentication failed"] * 5)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(len(named(events, "proto.refuse")), 5)
+
+    def test_errors_logged_once_with_a_count(self):
+        """
+        Of a burst of error replies only the first is logged as C{proto.refuse}; when the
+        connection is cut, one C{proto.errors} event carries the count and the first input.
+        """
+        proto, transport, _ = connect(FramingLimits(max_errors=10))
+        events = record_events(proto)
+        proto.dataReceived(b"BAD first\r\n" + b"BAD\r\n" * 100000)
+        proto.connectionLost(None)
+        refusals = named(events, "proto.refuse")
+        self.assertEqual([e["code"] for e in refusals], ["BAD_SYNTAX", "TOO_MANY_LINES"])
+        self.assertEqual(refusals[0]["offending"], "BAD first")
+        [summary] = named(events, "proto.errors")
+        self.assertEqual((summary["count"], summary["first_code"]), (10, "BAD_SYNTAX"))
+        self.assertTrue(formatEvent(summary).startswith("10 error replies to "))
+        self.assertIn('first: BAD_SYNTAX input="BAD first"', formatEvent(summary))
+
+    def test_summary_when_the_line_phase_ends_in_raw_mode(self):
+        """
+        Error replies followed by a switch to raw mode are summarised at the switch, once.
+        """
+        proto, _, _ = connect()
+        events = record_events(proto)
+        proto.dataReceived(b"BAD1\r\nBAD2\r\nRAW\r\n")
+        [summary] = named(events, "proto.errors")
+        self.assertEqual(summary["count"], 2)
+        proto.connectionLost(None)
+        self.assertEqual(len(named(events, "proto.errors")), 1)
+
+    def test_a_single_error_is_not_summarised(self):
+        """
+        One error reply is logged in full when sent; no summary repeats it.
+        """
+        proto, _, _ = connect()
+        events = record_events(proto)
+        proto.dataReceived(b"BAD1\r\n")
+        proto.connectionLost(None)
+        self.assertEqual(len(named(events, "proto.refuse")), 1)
+        self.assertEqual(named(events, "proto.errors"), [])
+
+
+class RefusalQuotingTests(unittest.TestCase):
+    """
+    The offending input a client chose is quoted in the text of a refusal, so it cannot pass
+    for the words of another event.
+    """
+
+    FORGED = b'X authentication failed for "root" from 10.9.9.9: unknown user'
+
+    def test_offending_input_is_quoted_in_the_message(self):
+        """
+        C{proto.refuse} shows the input in double quotes with its own quotes escaped; a
+        fail2ban-style pattern for failed logins finds nothing in it.
+        """
+        proto, _, _ = connect()
+        events = record_events(proto)
+        proto.dataReceived(b"BAD " + self.FORGED + b"\r\n")
+        [refusal] = named(events, "proto.refuse")
+        message = formatEvent(refusal)
+        self.assertIn(
+            'input="BAD X authentication failed for \\x22root\\x22 from 10.9.9.9: unknown user"',
+            message,
+        )
+        self.assertIsNone(
+            re.search(r'authentication failed for "[^"]*" from 10\.9\.9\.9', message)
+        )
+
+    def test_first_input_is_quoted_in_the_summary(self):
+        """
+        C{proto.errors} quotes the first offending input the same way.
+        """
+        proto, _, _ = connect()
+        events = record_events(proto)
+        proto.dataReceived(b"BAD " + self.FORGED + b"\r\nBAD\r\n")
+        proto.connectionLost(None)
+        [summary] = named(events, "proto.errors")
+        message = formatEvent(summary)
+        self.assertIn('input="BAD X authentication failed for \\x22root\\x22', message)
+        self.assertIsNone(
+            re.search(r'authentication failed for "[^"]*" from 10\.9\.9\.9', message)
+        )

@@ -8,6 +8,7 @@ import base64
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.test import iosim
 from twisted.trial import unittest
 
@@ -276,10 +277,15 @@ class AuthTests(unittest.TestCase):
         self.assertTrue(reply[0].startswith(b"ERR BAD_SEQUENCE"))
 
     def test_line_budget_lifted_after_auth(self):
+        """
+        After login the pre-authentication line budget (16) no longer applies: the budget
+        after authentication (default 32 lines) does.
+        """
         s = Session(self)
         s.login()
-        s.proto.dataReceived(b"PING\r\n" * 100)
-        self.assertEqual(s.take(), [b"PONG"] * 100)
+        s.proto.dataReceived(b"PING\r\n" * 32)
+        self.assertEqual(s.take(), [b"PONG"] * 32)
+        self.assertFalse(s.transport.disconnecting)
 
     def test_password_never_logged(self):
         from twisted.logger import globalLogPublisher
@@ -292,6 +298,162 @@ class AuthTests(unittest.TestCase):
         s.login()
         self.assertTrue(events)
         self.assertNotIn(PASSWORD, repr(events))
+
+
+class AfterLoginBoundTests(unittest.TestCase):
+    """
+    The line phase between login and C{OPEN} is bounded in lines, bytes, error replies and
+    time, whether the lines are errors or valid commands, and its errors are logged once.
+    """
+
+    def setUp(self):
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def named(self, name: str) -> list[dict]:
+        return [e for e in self.events if e.get("event") == name]
+
+    def test_defaults(self):
+        """
+        The gateway's defaults: 32 lines and 8192 bytes after login, 10 error replies per
+        connection, 30 s from login to C{OPEN}.
+        """
+        limits = Session(self).proto.limits
+        self.assertEqual(
+            (
+                limits.max_lines_after_auth,
+                limits.max_bytes_after_auth,
+                limits.max_errors,
+                limits.open_timeout,
+            ),
+            (32, 8192, 10, 30.0),
+        )
+
+    def test_megabyte_of_junk_lines_after_login_in_one_write(self):
+        """
+        1 MiB of C{a\\r\\n} in one write after login earns 10 C{UNKNOWN_COMMAND} replies and
+        a final C{ERR TOO_MANY_LINES too many errors}; 11 lines are handled, the rest is
+        dropped unparsed; the log holds two C{proto.refuse} events (the first error, the
+        cut) and ONE C{proto.errors} event with the count.
+        """
+        s = Session(self)
+        s.login()
+        s.proto.dataReceived(b"a\r\n" * (2**20 // 3))
+        lines = s.take()
+        self.assertEqual(lines[:10], [b"ERR UNKNOWN_COMMAND unknown command"] * 10)
+        self.assertEqual(lines[10:], [b"ERR TOO_MANY_LINES too many errors"])
+        self.assertEqual(s.proto.lines_after_auth, 11)
+        self.assertTrue(s.transport.disconnecting)
+        s.proto.connectionLost(None)
+        self.assertEqual(len(self.named("proto.refuse")), 2)
+        [summary] = self.named("proto.errors")
+        self.assertEqual((summary["count"], summary["first_code"]), (10, "UNKNOWN_COMMAND"))
+        self.assertIn('input="a"', formatEvent(summary))
+
+    def test_ping_flood_after_login_is_bounded(self):
+        """
+        Valid commands count too: 1 MiB of C{PING} after login gets 32 C{PONG} and then
+        C{ERR TOO_MANY_LINES}; 33 lines are handled.
+        """
+        s = Session(self)
+        s.login()
+        s.proto.dataReceived(b"PING\r\n" * (2**20 // 6))
+        lines = s.take()
+        self.assertEqual(lines[:32], [b"PONG"] * 32)
+        self.assertEqual(lines[32:], [b"ERR TOO_MANY_LINES too many lines after authentication"])
+        self.assertEqual(s.proto.lines_after_auth, 33)
+        self.assertTrue(s.transport.disconnecting)
+
+    def test_services_flood_after_login_is_bounded(self):
+        """
+        C{SERVICES} spam is bounded by the same line budget.
+        """
+        s = Session(self, max_lines_after_auth=4)
+        s.login()
+        s.proto.dataReceived(b"SERVICES\r\n" * 10000)
+        refusal = b"ERR TOO_MANY_LINES too many lines after authentication"
+        self.assertEqual(s.take(), [b"OK SERVICES echo"] * 4 + [refusal])
+
+    def test_lines_after_login_one_past_the_bound(self):
+        """
+        Exactly C{max_lines_after_auth} lines after login are answered, the next is refused.
+        """
+        s = Session(self, max_lines_after_auth=5)
+        s.login()
+        self.assertEqual(s.send(b"PING\r\nPING\r\nPING\r\nPING\r\nPING"), [b"PONG"] * 5)
+        self.assertFalse(s.transport.disconnecting)
+        self.assertEqual(
+            s.send(b"PING"), [b"ERR TOO_MANY_LINES too many lines after authentication"]
+        )
+        self.assertTrue(s.transport.disconnecting)
+
+    def test_bytes_after_login_one_past_the_bound(self):
+        """
+        Exactly C{max_bytes_after_auth} bytes of lines after login are answered; a line that
+        crosses the bound by one byte is refused with C{TOO_MUCH_DATA}.
+        """
+        s = Session(self, max_bytes_after_auth=300, max_lines_after_auth=1000)
+        s.login()
+        s.proto.dataReceived(b"PING\r\n" * 50)  # 300 bytes
+        self.assertEqual(s.take(), [b"PONG"] * 50)
+        self.assertFalse(s.transport.disconnecting)
+        s.proto.dataReceived(b"\n")  # one byte: an empty line
+        self.assertEqual(s.take(), [b"ERR TOO_MUCH_DATA too much data after authentication"])
+        self.assertTrue(s.transport.disconnecting)
+
+    def test_errors_one_past_the_bound(self):
+        """
+        C{max_errors} error replies keep the session; the next error closes it. Service
+        refusals count too.
+        """
+        s = Session(self)
+        s.login()
+        for _ in range(10):
+            self.assertTrue(s.send(b"OPEN nope")[0].startswith(b"ERR NO_SUCH_SERVICE"))
+        self.assertFalse(s.transport.disconnecting)
+        self.assertEqual(s.send(b"OPEN nope"), [b"ERR TOO_MANY_LINES too many errors"])
+        self.assertTrue(s.transport.disconnecting)
+
+    def test_failed_logins_have_their_own_budget(self):
+        """
+        C{AUTH_FAILED} is bounded by C{max_auth_attempts} alone: with more attempts than
+        error replies allowed, every attempt is still answered C{AUTH_FAILED}.
+        """
+        s = Session(self, max_errors=2, max_auth_attempts=5)
+        for attempt in range(5):
+            reply = s.send(b"AUTH SCRAM-SHA-256 " + b64("garbage"))
+            self.assertTrue(reply[0].startswith(b"ERR AUTH_FAILED"), (attempt, reply))
+        self.assertTrue(s.transport.disconnecting)
+
+    def test_open_deadline_counts_from_login(self):
+        """
+        A client that logs in and never sends C{OPEN} gets C{ERR TIMEOUT open deadline}
+        C{open_timeout} after login (not after connecting), and not a moment before.
+        """
+        s = Session(self, open_timeout=5.0, handshake_timeout=60.0, idle_timeout=600.0)
+        s.clock.advance(20)
+        s.login()
+        s.clock.advance(4.99)
+        self.assertEqual(s.take(), [])
+        self.assertFalse(s.transport.disconnecting)
+        s.clock.advance(0.01)
+        self.assertEqual(s.take(), [b"ERR TIMEOUT open deadline"])
+        self.assertTrue(s.transport.disconnecting)
+        [timeout] = self.named("conn.timeout")
+        self.assertEqual(timeout["which"], "open")
+
+    def test_open_stops_the_deadline(self):
+        """
+        C{OPEN} before the deadline: the relay is never cut by it.
+        """
+        s = Session(self, open_timeout=5.0)
+        s.login()
+        self.assertEqual(s.send(b"OPEN echo"), [b"OK OPEN echo"])
+        s.clock.advance(60)
+        s.proto.dataReceived(b"still here")
+        self.assertEqual(s.take(), [b"still here"])
+        self.assertFalse(s.transport.disconnecting)
 
 
 class ServiceTests(unittest.TestCase):

@@ -133,6 +133,9 @@ class GatewaySession(GuardedLineReceiver):
     peer_address: Any = None
     #: Whether admission control moved this connection to the authenticated pool.
     in_relay_pool = False
+    #: Failed logins have their own budget (C{max_auth_attempts}) and are each logged
+    #: (C{auth.fail}); every other error reply counts against C{limits.max_errors}.
+    errors_exempt = frozenset({ErrorCode.AUTH_FAILED})
 
     def __init__(self, factory: GatewayFactory, conn_id: str, limits: Any = None):
         super().__init__(limits or factory.framing_limits, factory.clock)
