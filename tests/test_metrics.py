@@ -1218,6 +1218,23 @@ class ServiceLabelTests(unittest.TestCase):
         values = parse_exposition(body.decode())
         self.assertEqual(values[("netguard_service_relays", (("service", "service-1023"),))], 0)
 
+    def test_malformed_services_figure(self) -> None:
+        """
+        Keys that are not text, entries that are not tables and reasons that are not text
+        are skipped; the rest renders and parses.
+        """
+        services = {
+            "echo": {"sessions": 2, "open_failures": {1: 5, "backend": 1, "odd": 3}},
+            7: {"sessions": 1},
+            "bad": "not a table",
+        }
+        values = parsed(figures_for(services=services))
+        self.assertEqual(values[("netguard_service_sessions_total", (("service", "echo"),))], 2)
+        failures = "netguard_service_open_failures_total"
+        self.assertEqual(values[(failures, (("reason", "odd"), ("service", "echo")))], 3)
+        labelled = {dict(labels).get("service") for _, labels in values} - {None}
+        self.assertEqual(labelled, {"echo"})
+
     def test_services_not_a_mapping_skipped(self) -> None:
         """
         A malformed C{services} figure renders nothing for it and breaks nothing.

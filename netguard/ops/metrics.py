@@ -103,6 +103,9 @@ MAX_BODY_BYTES: Final = 1 << 20
 MAX_NAME_CHARS: Final = 100
 MAX_LABEL_CHARS: Final = 128
 
+#: The most open-failure reasons listed per service (the known ones and any others given).
+MAX_OPEN_FAILURE_REASONS: Final = 16
+
 #: The largest request body read (and discarded) before the connection is cut.
 MAX_REQUEST_BODY_BYTES: Final = 4096
 
@@ -146,7 +149,8 @@ OVERLOAD_REASONS: Final = (OVERLOAD_LOAD, OVERLOAD_LAG, OVERLOAD_MEMORY)
 #: Top-level figures rendered by a rule of their own (or deliberately not at all).
 _HANDLED: Final = frozenset(
     {name for name, _ in COUNTERS}
-    | {"refused", "active", "uptime", "draining", "admission", "services", "session_setup"}
+    | {"refused", "active", "uptime", "draining", "admission"}
+    | {"services", "session_setup", "process"}
 )
 
 _REFUSED_PREFIX: Final = "refused."
@@ -425,10 +429,11 @@ def _service_families(services: object) -> list[Family]:
     """
     if not isinstance(services, Mapping):
         return []
+    names = sorted(name for name in services if isinstance(name, str))[:MAX_SERIES]
     entries = [
-        (name[:MAX_LABEL_CHARS], figures)
-        for name, figures in sorted(services.items())[:MAX_SERIES]
-        if isinstance(name, str) and isinstance(figures, Mapping)
+        (name[:MAX_LABEL_CHARS], services[name])
+        for name in names
+        if isinstance(services[name], Mapping)
     ]
 
     def samples(key: str) -> tuple[Sample, ...]:
@@ -446,9 +451,10 @@ def _service_families(services: object) -> list[Family]:
     for name, figures in entries:
         by_reason = figures.get("open_failures")
         by_reason = by_reason if isinstance(by_reason, Mapping) else {}
-        for reason in sorted({*OPEN_FAILURE_REASONS, *by_reason})[: len(OPEN_FAILURE_REASONS) + 8]:
+        reasons = {*OPEN_FAILURE_REASONS, *(r for r in by_reason if isinstance(r, str))}
+        for reason in sorted(reasons)[:MAX_OPEN_FAILURE_REASONS]:
             value = _number(by_reason.get(reason, 0))
-            if isinstance(reason, str) and value is not None:
+            if value is not None:
                 failures.append(
                     Sample(value, (("service", name), ("reason", reason[:MAX_LABEL_CHARS])))
                 )
