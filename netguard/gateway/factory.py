@@ -22,7 +22,7 @@ from netguard.auth.users import UserStore
 from netguard.framing import FramingLimits, peer_label
 from netguard.gateway.protocol import GatewaySession
 from netguard.outbound.backends import BackendLeg, open_backend
-from netguard.peer.checks import PeerChecks
+from netguard.peer.checks import PeerCheckPolicy, PeerCheckRun, PeerChecks
 from netguard.relay import B
 from netguard.stats import Stats
 
@@ -165,17 +165,49 @@ class GatewayFactory(Factory):
             return None
         return self.peer_checks.start(peer, local)
 
-    def start_service_checks(self, service: Any, peer: Any, local: Any) -> Any:
+    def start_service_checks(
+        self, service: Any, peer: Any, local: Any, run: PeerCheckRun | None = None
+    ) -> PeerCheckRun | None:
         """
-        Start the FCrDNS check a service of its own requires (C{fcrdns = "require"}), with
-        the C{[peer_checks]} resolvers, patterns and timeout; L{None} when it requires none.
+        Get the check an C{OPEN} of a service that requires a forward-confirmed peer
+        (C{fcrdns = "require"}) waits for; ask it C{verdict(self.service_check_policy())}.
+
+        The connection's own FCrDNS check is reused, so a connection is checked (one PTR
+        query, one C{peer.fcrdns} event) at most once: C{run} itself when it checks FCrDNS;
+        C{run} with its FCrDNS check started now (with the C{[peer_checks]} resolvers,
+        patterns and timeout) when C{[peer_checks]} has C{fcrdns = "off"}; or, when the
+        connection has no run at all, a new run that the caller keeps as the connection's
+        run (to cancel it with the connection and reuse it for later C{OPEN}s).
+
+        @param service: the service being opened.
+        @param peer: C{transport.getPeer()}.
+        @param local: C{transport.getHost()}.
+        @param run: the connection's peer-check run, if it has one.
+        @return: the run to ask, or L{None} when the service does not require FCrDNS.
         """
-        if service.fcrdns != "require" or self.peer_policy.fcrdns == "require":
-            return None  # nothing beyond what was checked before authentication
+        if service.fcrdns != "require":
+            return None
+        # Even a run that required FCrDNS before authentication is asked again (its verdict
+        # is already there): it may be one an earlier OPEN started, never asked at AUTH.
+        checks = self._service_checks()
+        if run is None:
+            return checks.start(peer, local)
+        run.start_fcrdns(checks)
+        return run
+
+    def service_check_policy(self) -> PeerCheckPolicy:
+        """
+        @return: the policy an C{OPEN} of a service with C{fcrdns = "require"} applies: the
+            C{[peer_checks]} policy with FCrDNS required.
+        """
+        return self._service_checks().policy
+
+    def _service_checks(self) -> PeerChecks:
         if self._require_checks is None:
             policy = attrs.evolve(self.peer_policy, fcrdns="require", ident="off")
             self._require_checks = PeerChecks(self.reactor, policy)
-        return self._require_checks.start(peer, local)
+        checks: PeerChecks = self._require_checks
+        return checks
 
     # -- services ------------------------------------------------------------------------------
 

@@ -410,13 +410,17 @@ class GatewaySession(GuardedLineReceiver):
             self.refuse(ErrorCode.NOT_AUTHORIZED, close=False)
             return
         run = self.factory.start_service_checks(
-            service, self.transport.getPeer(), self.transport.getHost()
+            service, self.transport.getPeer(), self.transport.getHost(), self._peer_run
         )
         if run is not None:
-            # This service requires a forward-confirmed peer: wait (bounded by the check's
-            # timeout, cached per address), holding later lines.
+            # This service requires a forward-confirmed peer: wait for the connection's own
+            # check (started once, bounded by its timeout, cached per address), holding
+            # later lines. The run is the connection's from now on: cancelled with it.
+            self._peer_run = run
             self.hold_lines()
-            run.verdict().addCallback(self._service_check_decided, service)
+            run.verdict(self.factory.service_check_policy()).addCallback(
+                self._service_check_decided, service
+            )
             return
         self._open(service)
 

@@ -16,14 +16,15 @@ import sys
 import time
 from typing import Any
 
-from twisted.internet import defer, protocol, reactor
+import attrs
+from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.logger import capturedLogs
 from twisted.names import dns
 from twisted.trial import unittest
 
-from netguard.peer.checks import PeerCheckPolicy, start_peer_checks
+from netguard.peer.checks import PeerCheckPolicy, PeerChecks, start_peer_checks
 from netguard.peer.fcrdns import FCrDNSCache, FCrDNSResult, confirm_hostname, make_resolver
 from netguard.peer.ident import IdentReply, IdentResult, ident_query
 from tests.integration.util import peer_unavailable
@@ -248,6 +249,87 @@ class DnsmasqTests(unittest.TestCase):
         self.assertEqual(
             (spoofed_verdict.allowed, spoofed_verdict.reason), (False, "fcrdns-mismatch")
         )
+
+
+class HostileSilentDNSServer(protocol.DatagramProtocol):
+    """
+    A hostile DNS server written for the test: it reads every query and drops it, never
+    answering; it counts what it received.
+    """
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
+        self.received += 1
+
+
+class SharedCheckCancellationTests(unittest.TestCase):
+    """
+    Checks of one address sharing Twisted's real DNS client and one cache, against a DNS
+    server that never answers, over real UDP: cancelling one check (a client that went
+    away) is not a DNS answer for the others.
+    """
+
+    def setUp(self) -> None:
+        self.server = HostileSilentDNSServer()
+        port = reactor.listenUDP(0, self.server, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        # The bound only has to outlast the few steps before the cancellation (a hang guard).
+        self.policy = PeerCheckPolicy(
+            fcrdns="require",
+            fcrdns_timeout=6.0,
+            dns_servers=(("127.0.0.1", port.getHost().port),),
+        )
+        self.local = IPv4Address("TCP", "127.0.0.1", 7700)
+
+    def start(self, checks: PeerChecks, port: int) -> Any:
+        return checks.start(IPv4Address("TCP", "127.0.0.1", port), self.local)
+
+    @defer.inlineCallbacks
+    def test_cancelled_check_does_not_refuse_concurrent_or_later_checks(self) -> Any:
+        """
+        Two connections from one address; the first is cancelled: the second is not decided
+        at that moment (before: C{fcrdns-server-failure} at once) and a third started after
+        the cancellation finds nothing cached; both end as C{fcrdns-timeout}, the honest
+        outcome of a server that never answers, and only that is cached.
+        """
+        checks = PeerChecks(reactor, self.policy)
+        first = self.start(checks, 5001)
+        second = self.start(checks, 5002)
+        verdict = second.verdict()
+        yield wait_for_received(self.server, 1)
+        first.cancel()
+        self.assertFalse(verdict.called)
+        self.assertEqual(len(checks.cache), 0)
+        third = self.start(checks, 5003).verdict()
+        self.assertFalse(third.called)
+        second_verdict = yield verdict
+        third_verdict = yield third
+        self.assertEqual(second_verdict.reason, "fcrdns-timeout")
+        self.assertEqual(third_verdict.reason, "fcrdns-timeout")
+        self.assertEqual(checks.cache.get("127.0.0.1"), FCrDNSResult(False, None, "timeout"))
+
+    @defer.inlineCallbacks
+    def test_lone_check_of_a_silent_server_ends_as_timeout(self) -> Any:
+        """
+        The control: a lone check against the same server ends as C{fcrdns-timeout}.
+        """
+        policy = attrs.evolve(self.policy, fcrdns_timeout=1.5)
+        verdict = yield self.start(PeerChecks(reactor, policy), 5004).verdict()
+        self.assertEqual(verdict.reason, "fcrdns-timeout")
+
+
+@defer.inlineCallbacks
+def wait_for_received(server: HostileSilentDNSServer, count: int) -> Any:
+    """
+    Let the reactor run until C{server} has received C{count} datagrams (hang guard: 10 s).
+    """
+    for _ in range(1000):
+        if server.received >= count:
+            return
+        yield task.deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("the DNS server received nothing")
 
 
 class _Accepting(protocol.Protocol):
