@@ -666,7 +666,7 @@ class ReissueTests(FCrDNSTestCase):
         self.assertEqual(len(self.resolver.names(dns.PTR)), MAX_REISSUES + 1)
         self.assertEqual(len(cache), 0)
         self.assertEqual(
-            [e["count"] for e in events if e.get("event") == "peer.fcrdns.error"],
+            [e["count"] for e in events if e.get("event") == "peer.fcrdns.lookup_cancelled"],
             [MAX_REISSUES + 1],
         )
         self.assertEqual(self.clock.getDelayedCalls(), [])

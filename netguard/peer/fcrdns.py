@@ -47,7 +47,8 @@ MAX_NAME_LENGTH = 253
 #: Longest label accepted (RFC 1035).
 MAX_LABEL_LENGTH = 63
 #: How many times one check asks again after a lookup it still waited for was cancelled by
-#: someone else (a resolver that shares queries between callers); then it ends as C{"error"}.
+#: someone else (a resolver that shares queries between callers); then it ends as C{"error"}
+#: (logged as C{peer.fcrdns.lookup_cancelled}, never cached).
 MAX_REISSUES = 3
 
 _LDH = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
@@ -515,7 +516,7 @@ class _Confirmation:
                 return None
             self.log.warn(
                 "FCrDNS lookup {name} cancelled by another caller {count} times",
-                event="peer.fcrdns.error",
+                event="peer.fcrdns.lookup_cancelled",
                 name=escape(name, limit=_NAME_FIELD_LIMIT),
                 count=self._reissues,
             )
