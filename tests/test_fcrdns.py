@@ -666,9 +666,10 @@ class ReissueTests(FCrDNSTestCase):
         self.assertEqual(len(self.resolver.names(dns.PTR)), MAX_REISSUES + 1)
         self.assertEqual(len(cache), 0)
         self.assertEqual(
-            [e["count"] for e in events if e.get("event") == "peer.fcrdns.lookup_cancelled"],
+            [e["count"] for e in events if e.get("event") == "peer.fcrdns.error"],
             [MAX_REISSUES + 1],
         )
+        self.assertEqual(len(self.flushLoggedErrors(CancelledError)), 1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_one_foreign_cancellation_then_answer(self) -> None:

@@ -48,7 +48,7 @@ MAX_NAME_LENGTH = 253
 MAX_LABEL_LENGTH = 63
 #: How many times one check asks again after a lookup it still waited for was cancelled by
 #: someone else (a resolver that shares queries between callers); then it ends as C{"error"}
-#: (logged as C{peer.fcrdns.lookup_cancelled}, never cached).
+#: (logged as C{peer.fcrdns.error}, never cached).
 MAX_REISSUES = 3
 
 _LDH = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
@@ -514,9 +514,10 @@ class _Confirmation:
             if self._reissues <= MAX_REISSUES:
                 self._lookup(method, name, handler)
                 return None
-            self.log.warn(
+            self.log.failure(
                 "FCrDNS lookup {name} cancelled by another caller {count} times",
-                event="peer.fcrdns.lookup_cancelled",
+                outcome,
+                event="peer.fcrdns.error",
                 name=escape(name, limit=_NAME_FIELD_LIMIT),
                 count=self._reissues,
             )
