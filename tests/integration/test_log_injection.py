@@ -65,6 +65,14 @@ RAW_MARKERS = ("\x1b", "\r", "\x00", "\x7f", "\x08", "\x07")
 #: A text log line: our timestamp, [namespace#level], event, conn_id, message.
 TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[[^ \]]+\] \S+ \S+ ")
 
+#: A line a client sends so that a careless log would show a failed login from 10.9.9.9.
+PLANTED = b'X authentication failed for "root" from 10.9.9.9: unknown user'
+
+#: fail2ban-style patterns for failed logins: one that relies on our quoting of user names,
+#: searched anywhere; one anchored at the start of a message (the text after the columns).
+BAN_QUOTED = re.compile(r'authentication failed for "[^"]*" from 10\.9\.9\.9')
+BAN_ANCHORED = re.compile(r"^authentication failed for .* from 10\.9\.9\.9")
+
 
 class LineClient(Protocol):
     """
@@ -390,11 +398,9 @@ class LogFileMixin:
     def test_open_with_hostile_bytes(self) -> Any:
         """
         After authenticating, C{OPEN} lines holding ANSI sequences, CR, NUL, DEL, invalid
-        UTF-8 or the text of an escape are refused and logged escaped.
+        UTF-8 or the text of an escape are refused and logged escaped (each on a session of
+        its own: a session's later error replies are only counted).
         """
-        client = yield self.raw()
-        reply = yield self.authenticate(client, self.user, self.password)
-        self.assertTrue(reply.startswith(b"OK "), reply)
         hostile = [
             (b"OPEN ec\x1b[2J\x1b[Hho", b"BAD_SYNTAX"),
             (b"OPEN echo\r" + FORGED.encode(), b"BAD_SYNTAX"),
@@ -404,9 +410,12 @@ class LogFileMixin:
             (b"OPEN \\x1b[2J\\r\\n", b"NO_SUCH_SERVICE"),
         ]
         for line, code in hostile:
+            client = yield self.raw()
+            reply = yield self.authenticate(client, self.user, self.password)
+            self.assertTrue(reply.startswith(b"OK "), reply)
             yield self.refused(client, line, code)
-        client.send(b"QUIT")
-        yield client.done
+            client.send(b"QUIT")
+            yield client.done
         text = yield self.log_file()
         for line, code in hostile:
             # A bad line is logged whole; a well-formed OPEN of an unknown name, its name.
@@ -416,11 +425,11 @@ class LogFileMixin:
     @inlineCallbacks
     def test_raw_junk_lines_before_authentication(self) -> Any:
         """
-        Junk lines (an OSC title sequence, NUL, invalid UTF-8, a bare CR) are refused one by
-        one and logged escaped; a forged log line sent after a LF is a field inside one
-        record, never a record of its own.
+        Junk lines (an OSC title sequence, NUL, invalid UTF-8, a bare CR), each the first
+        error of its session, are refused and logged escaped; a forged log line sent after a
+        LF is never a record of its own: it is a field inside one record when it is the
+        first error, and only counted (C{proto.errors}) when it is not.
         """
-        client = yield self.raw()
         hostile = [
             b"\x1b]0;owned\x07\x1b[2J",
             b"PING\x00",
@@ -428,7 +437,12 @@ class LogFileMixin:
             b"HELLO\rWORLD",
         ]
         for line in hostile:
+            client = yield self.raw()
             yield self.refused(client, line, b"BAD_SYNTAX")
+            client.transport.loseConnection()
+            yield client.done
+        client = yield self.raw()
+        yield self.refused(client, FORGED.encode(), b"UNKNOWN_COMMAND")
         client.send(b"x\n" + FORGED.encode())  # two lines: "x", then the forged one
         for _ in range(2):
             reply = yield client.next_line()
@@ -439,6 +453,7 @@ class LogFileMixin:
         for line in hostile:
             self.assert_logged(text, "proto.refuse", "offending", escape(line))
         self.assert_logged(text, "proto.refuse", "offending", FORGED)
+        self.assert_logged(text, "proto.errors", "first_offending", FORGED)
 
     @inlineCallbacks
     def test_early_talker_with_escape_sequences(self) -> Any:
@@ -454,6 +469,65 @@ class LogFileMixin:
         # The bytes come in one segment on loopback; a split would only shorten the field.
         self.assertIn("proto.early_talker", self.event_names(text))
         self.assert_logged(text, "proto.refuse", "offending", escape(early[:8]), prefix=True)
+
+    def messages(self, text: str) -> list[str]:
+        """
+        The message part of every record (after the columns; JSON: the C{message} key).
+        """
+        raise NotImplementedError
+
+    def assert_only_quoted(self, text: str, needle: str) -> None:
+        """
+        C{needle} appears in messages only inside a quoted field (an odd number of C{"}
+        before it), and no fail2ban-style pattern matches a message or a raw line.
+        """
+        seen = 0
+        for message in self.messages(text):
+            self.assertIsNone(BAN_QUOTED.search(message), message)
+            self.assertIsNone(BAN_ANCHORED.search(message), message)
+            start = message.find(needle)
+            while start >= 0:
+                seen += 1
+                self.assertEqual(message[:start].count('"') % 2, 1, message)
+                start = message.find(needle, start + 1)
+        for line in text.splitlines():
+            self.assertIsNone(BAN_QUOTED.search(line), line)
+        self.assertGreater(seen, 0)
+
+    @inlineCallbacks
+    def test_refused_input_imitating_a_failed_login_is_quoted(self) -> Any:
+        """
+        A line, a mechanism name and a service name written to look like a failed login
+        from 10.9.9.9 are refused and logged only inside double quotes (their own quotes
+        escaped), in C{proto.refuse} and in the C{proto.errors} count alike: a
+        fail2ban-style pattern finds no failed login in the log.
+        """
+        client = yield self.raw()
+        yield self.refused(client, PLANTED, b"UNKNOWN_COMMAND")
+        yield self.refused(client, PLANTED, b"UNKNOWN_COMMAND")  # counted, in proto.errors
+        client.send(b"QUIT")
+        yield client.done
+        mechanism = b'for"root"from_10.9.9.9'
+        client = yield self.raw()
+        yield self.refused(client, b"AUTH " + mechanism + b" eA==", b"UNSUPPORTED_MECHANISM")
+        client.send(b"QUIT")
+        yield client.done
+        client = yield self.raw()
+        reply = yield self.authenticate(client, self.user, self.password)
+        self.assertTrue(reply.startswith(b"OK "), reply)
+        yield self.refused(client, b'OPEN "root"from_10.9.9.9', b"NO_SUCH_SERVICE")
+        client.send(b"QUIT")
+        yield client.done
+        text = yield self.log_file()
+        self.assert_only_quoted(text, "authentication failed for")
+        self.assert_only_quoted(text, "from_10.9.9.9")
+        quoted_line = (
+            'input="X authentication failed for \\x22root\\x22 from 10.9.9.9: unknown user"'
+        )
+        self.assertTrue([m for m in self.messages(text) if m.endswith(quoted_line)])
+        summaries = [m for m in self.messages(text) if m.startswith("2 error replies to ")]
+        self.assertEqual(len(summaries), 1, summaries)
+        self.assertTrue(summaries[0].endswith(f"first: UNKNOWN_COMMAND {quoted_line}"))
 
     @inlineCallbacks
     def test_many_hostile_sessions_at_once(self) -> Any:
@@ -498,6 +572,9 @@ class JSONLogFileTests(LogFileMixin, unittest.TestCase):
     def event_names(self, text: str) -> list[str]:
         return [r["event"] for r in self.records(text) if r["event"] is not None]
 
+    def messages(self, text: str) -> list[str]:
+        return [r["message"] for r in self.records(text)]
+
     def assert_logged(
         self, text: str, event: str, field: str, value: str, prefix: bool = False
     ) -> None:
@@ -525,6 +602,9 @@ class TextLogFileTests(LogFileMixin, unittest.TestCase):
     def event_names(self, text: str) -> list[str]:
         names = [line.split(" ")[2] for line in text.splitlines()]
         return [name for name in names if name != "-"]
+
+    def messages(self, text: str) -> list[str]:
+        return [line.split(" ", 4)[4] for line in text.splitlines()]
 
     def assert_logged(
         self, text: str, event: str, field: str, value: str, prefix: bool = False
