@@ -14,6 +14,11 @@ Controls: the same tools, pointed at a deliberately weak C{openssl s_server}, do
 and session resumption, so their silence about netguard's server means something. Debian's
 OpenSSL refuses TLS < 1.2 on the client side by default (C{/etc/ssl/openssl.cnf}); the tools
 run with an empty C{OPENSSL_CONF} and C{@SECLEVEL=0} so the refusals come from the server.
+OpenSSL 3 also refuses TLS 1.0/1.1 by itself at security level 1 and above, on the server
+too, whatever netguard's own floor says: the version tests run netguard's context at level 0
+(its cipher list unchanged), so that only netguard's floor can refuse; a control shows that
+with that floor lowered the same test sees a different refusal, and with the cipher list
+opened too, a TLS 1.0 session.
 
 Every tool runs as a child process of the reactor with a deadline, and is killed by its PID
 if it overruns; servers started here are stopped by PID at cleanup.
@@ -330,15 +335,37 @@ class ServerCase(RealTLSCase):
     def wait_closed(self, count: int = 1) -> Any:
         yield wait_for(lambda: len(self.echo.reasons) >= count, WAIT)
 
+    def library_security_level_zero(self, ciphers: str = tls.TLS12_CIPHERS) -> None:
+        """
+        Put the listening context at OpenSSL security level 0 (with C{ciphers}, netguard's
+        own list unless told), so that OpenSSL's own refusal of TLS 1.0/1.1 at level 1 and
+        above cannot answer for netguard's floor.
+        """
+        self.server_tls.context.set_cipher_list(f"{ciphers}:@SECLEVEL=0".encode("ascii"))
+
+
+def assert_session(case: unittest.TestCase, result: ToolResult, protocol: str) -> None:
+    """
+    C{openssl s_client} printed a session of C{protocol} (as its C{Protocol  :} line names
+    it: C{TLSv1}, C{TLSv1.1}) with a CBC cipher (no AEAD exists before TLS 1.2).
+    """
+    case.assertRegex(result.text, rf"\n +Protocol +: {re.escape(protocol)}\n")
+    case.assertIn("Cipher is ECDHE-ECDSA-AES256-SHA", result.text)
+
 
 # -- versions, ciphers, groups --------------------------------------------------------------------
 
 
 class ProtocolVersionTests(ServerCase):
     @inlineCallbacks
-    def test_tls10_refused(self) -> Any:
+    def refused_by_the_floor(self, version_flag: str) -> Any:
+        """
+        A real client that can speak C{version_flag} (see the controls) tries it against
+        netguard's context at security level 0: netguard's floor refuses the version.
+        """
         yield self.listen()
-        result = yield self.s_client("-tls1", "-cipher", "DEFAULT:@SECLEVEL=0")
+        self.library_security_level_zero()
+        result = yield self.s_client(version_flag, "-cipher", "DEFAULT:@SECLEVEL=0")
         self.assertNotEqual(result.code, 0)
         self.assertIn("alert protocol version", result.text)
         self.assertNotIn("ECHO:", result.text)
@@ -346,13 +373,47 @@ class ProtocolVersionTests(ServerCase):
         self.assertEqual(self.echo.reasons, ["unsupported protocol"])
         self.assertNoTraceback()
 
-    @inlineCallbacks
+    def test_tls10_refused(self) -> Any:
+        """
+        TLS 1.0 is refused as a version (protocol_version alert) by netguard's floor, not by
+        OpenSSL's security level.
+        """
+        return self.refused_by_the_floor("-tls1")
+
     def test_tls11_refused(self) -> Any:
-        yield self.listen()
-        result = yield self.s_client("-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0")
-        self.assertNotEqual(result.code, 0)
-        self.assertIn("alert protocol version", result.text)
-        self.assertNotIn("ECHO:", result.text)
+        """
+        TLS 1.1 is refused as a version by netguard's floor, not by OpenSSL's security
+        level.
+        """
+        return self.refused_by_the_floor("-tls1_1")
+
+    @inlineCallbacks
+    def test_control_lowered_floor_is_seen(self) -> Any:
+        """
+        The control for the two tests above: with netguard's floor lowered to TLS 1.0 (its
+        options and minimum version, patched here), the same real client is no longer
+        refused as a version: netguard's AEAD-only cipher list refuses it instead (so
+        those tests fail), and with the cipher list opened too it gets a TLS 1.0 or 1.1
+        session with the echo.
+        """
+        self.patch(
+            tls, "CONTEXT_OPTIONS", tls.CONTEXT_OPTIONS & ~(SSL.OP_NO_TLSv1 | SSL.OP_NO_TLSv1_1)
+        )
+        for flag, name in (("-tls1", "TLSv1"), ("-tls1_1", "TLSv1.1")):
+            yield self.listen()
+            self.server_tls.context.set_min_proto_version(SSL.TLS1_VERSION)
+            self.library_security_level_zero()
+            result = yield self.s_client(flag, "-cipher", "DEFAULT:@SECLEVEL=0")
+            self.assertNotIn("alert protocol version", result.text)
+            self.assertIn("alert handshake failure", result.text)
+            yield self.wait_closed()
+            self.assertEqual(self.echo.reasons, ["no shared cipher"])
+            yield self.listen()
+            self.server_tls.context.set_min_proto_version(SSL.TLS1_VERSION)
+            self.library_security_level_zero("ALL")
+            result = yield self.s_client(flag, "-cipher", "DEFAULT:@SECLEVEL=0")
+            assert_session(self, result, name)
+            self.assertIn(b"ECHO:ping BYE", result.out)
 
     @inlineCallbacks
     def test_tls12_accepted(self) -> Any:
@@ -529,14 +590,28 @@ class SSLScanTests(ServerCase):
         self.assertEqual(protocols["TLSv1.0"], "enabled")
 
     @inlineCallbacks
-    def test_control_s_client_speaks_tls10(self) -> Any:
+    def s_client_speaks(self, flag: str, name: str) -> Any:
         port = yield self.s_server(
-            "-cert", self.cert_file, "-key", self.key_file, "-tls1", "-cipher", "ALL:@SECLEVEL=0"
+            "-cert", self.cert_file, "-key", self.key_file, flag, "-cipher", "ALL:@SECLEVEL=0"
         )
         result = yield self.openssl(
-            "s_client", "-connect", f"127.0.0.1:{port}", "-tls1", "-cipher", "DEFAULT:@SECLEVEL=0"
+            "s_client", "-connect", f"127.0.0.1:{port}", flag, "-cipher", "DEFAULT:@SECLEVEL=0"
         )
-        self.assertIn("New, TLSv1.0, Cipher is ECDHE-ECDSA-AES256-SHA", result.text)
+        assert_session(self, result, name)
+
+    def test_control_s_client_speaks_tls10(self) -> Any:
+        """
+        The client of the version tests, as they run it, does speak TLS 1.0 to a server
+        that allows it (openssl s_server).
+        """
+        return self.s_client_speaks("-tls1", "TLSv1")
+
+    def test_control_s_client_speaks_tls11(self) -> Any:
+        """
+        The client of the version tests, as they run it, does speak TLS 1.1 to a server
+        that allows it (openssl s_server).
+        """
+        return self.s_client_speaks("-tls1_1", "TLSv1.1")
 
 
 # -- hostile input --------------------------------------------------------------------------------
