@@ -921,6 +921,10 @@ class ClientTests(RealTLSCase):
 
     @inlineCallbacks
     def test_old_protocol_server_refused(self) -> Any:
+        """
+        netguard's client refuses a server that speaks only TLS 1.1 (s_server, which the
+        controls show speaking it), as a version, by its own floor.
+        """
         port = yield self.s_server(
             "-cert",
             self.cert_file,
@@ -930,9 +934,15 @@ class ClientTests(RealTLSCase):
             "-cipher",
             "ALL:@SECLEVEL=0",
         )
-        client = yield self.connect(port, client_tls_options("localhost", ca_file=self.cert_file))
+        creator = client_tls_options("localhost", ca_file=self.cert_file)
+        # At OpenSSL security level 0 (netguard's cipher list unchanged), so that only
+        # netguard's floor, not OpenSSL's own refusal of TLS 1.1 at level 1, can refuse.
+        context: SSL.Context = creator._context
+        context.set_cipher_list(f"{tls.TLS12_CIPHERS}:@SECLEVEL=0".encode("ascii"))
+        client = yield self.connect(port, creator)
         self.assertFalse(client.handshake_done)
         self.assertEqual(client.data, b"")
+        self.assertIn("protocol version", tls.describe_tls_error(client.lost) or "")
 
     @inlineCallbacks
     def test_client_certificate_for_mtls_server(self) -> Any:
