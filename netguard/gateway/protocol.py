@@ -38,8 +38,8 @@ from netguard.auth.scram import (
 from netguard.errors import ErrorCode
 from netguard.framing import GuardedLineReceiver, peer_label
 from netguard.log import escape, quoted
-from netguard.stats import OPEN_BACKEND, OPEN_NOT_AUTHORIZED, OPEN_PEER_CHECKS
 from netguard.outbound.backends import describe_failure
+from netguard.stats import OPEN_BACKEND, OPEN_NOT_AUTHORIZED, OPEN_PEER_CHECKS
 from netguard.tls import channel_binding_for, connection_info, describe_tls_error
 
 if TYPE_CHECKING:
