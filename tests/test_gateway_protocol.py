@@ -569,6 +569,20 @@ class AdmissionWiringTests(unittest.TestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(factory.stats.counters["refused.per-source-cap"], 1)
 
+    def test_line_phase_deadlines_shortened_under_stress(self):
+        """
+        Under stress the handshake, idle and login-to-OPEN deadlines of a new connection are
+        all shortened alike (a quarter of the pool in use: to 0.8125 of their value).
+        """
+        factory, clock = self.factory(max_unauthenticated=4)
+        proto, _ = self.connect(factory, clock)
+        configured = factory.framing_limits
+        self.assertEqual(configured.open_timeout, 30.0)
+        for name in ("handshake_timeout", "idle_timeout", "open_timeout"):
+            self.assertAlmostEqual(
+                getattr(proto.limits, name), getattr(configured, name) * 0.8125, msg=name
+            )
+
     def test_silent_close_mode_builds_no_protocol(self):
         factory, clock = self.factory(per_source_max=1, reject_mode="close")
         self.connect(factory, clock)

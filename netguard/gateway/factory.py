@@ -110,10 +110,13 @@ class GatewayFactory(Factory):
             if line is None:
                 return None  # silent close: the cheapest answer
             return _Refusal(line, self.clock, self.framing_limits.write_timeout)
+        scaled = self.admission.scaled_timeout
+        open_timeout = self.framing_limits.open_timeout
         limits = attrs.evolve(
             self.framing_limits,
-            handshake_timeout=self.admission.scaled_timeout(self.framing_limits.handshake_timeout),
-            idle_timeout=self.admission.scaled_timeout(self.framing_limits.idle_timeout),
+            handshake_timeout=scaled(self.framing_limits.handshake_timeout),
+            idle_timeout=scaled(self.framing_limits.idle_timeout),
+            open_timeout=None if open_timeout is None else scaled(open_timeout),
         )
         session = GatewaySession(self, conn_id, limits)
         session.factory = self
