@@ -26,6 +26,7 @@ from netguard.auth.scram import (
     decode_wire,
     encode_wire,
 )
+from netguard.errors import ErrorCode
 from netguard.framing import FramingLimits, GuardedLineReceiver
 from netguard.log import escape
 from netguard.tls import channel_binding_for
@@ -44,8 +45,33 @@ class NGPError(Exception):
 
 class NGPProtocolError(Exception):
     """
-    The server said something NGP/1 does not allow at this point (or is not a gateway).
+    The server said something NGP/1 does not allow at this point (or is not a gateway), or
+    broke one of the client's bounds; the client closed the connection.
+
+    @ivar reason: a stable short name of what was wrong, for programs and logs: one of
+        L{FAILURE_REASONS}.
     """
+
+    def __init__(self, message: str, reason: str = "unexpected-reply"):
+        super().__init__(message)
+        self.reason = reason
+
+
+#: Every L{NGPProtocolError.reason}, with what it means.
+FAILURE_REASONS: dict[str, str] = {
+    "not-a-gateway": "the first line was not an NGP/1 greeting",
+    "no-common-mechanism": "the greeting offered no SCRAM mechanism this client speaks",
+    "downgrade": "on TLS, the greeting did not offer SCRAM-SHA-256-PLUS (channel binding)",
+    "unexpected-reply": "a reply NGP/1 does not allow in this state",
+    "line-too-long": "a reply line longer than the client's bound, newline or not",
+    "too-many-lines": "more lines before authentication than the client's bound",
+    "too-much-data": "more bytes before authentication than the client's bound",
+    "handshake-timeout": "no greeting, CONT or OK within the handshake deadline",
+    "open-timeout": "no answer to OPEN within the open deadline",
+    "idle-timeout": "the server was silent longer than the idle timeout",
+    "early-data": "data before the TLS handshake completed",
+    "closed": "the connection closed before the service was open",
+}
 
 
 @attrs.frozen(repr=False)
@@ -74,17 +100,37 @@ class ClientState(enum.Enum):
     FAILED = "failed"
 
 
-#: Client-side bounds: the server speaks first, so there is no greeting delay to respect.
+#: Client-side bounds on the server's replies until authentication: lines of at most 1024
+#: bytes (newline or not), at most 8 lines and 8192 bytes, and 30 s from the connection to
+#: the server's signature. The server speaks first, so there is no greeting delay to respect.
 CLIENT_LIMITS = FramingLimits(greeting_delay=0, max_lines_before_auth=8, handshake_timeout=30)
+
+#: Seconds the client waits for the answer to C{OPEN} (the gateway may be connecting to the
+#: backend meanwhile: its C{connect_timeout} is 10 s by default); never reset by data.
+OPEN_TIMEOUT = 120.0
+
+#: What the client waits for in each state, for error messages.
+_WAITING_FOR = {
+    ClientState.AWAIT_GREETING: "the greeting",
+    ClientState.AWAIT_CONT: "CONT",
+    ClientState.AWAIT_AUTH_OK: "OK (the server signature)",
+    ClientState.AWAIT_OPEN_OK: "OK OPEN",
+}
 
 
 class NGPClientProtocol(GuardedLineReceiver):
     """
-    Authenticate to a gateway and open C{service}.
+    Authenticate to a gateway and open C{service}, trusting the server no more than the
+    gateway trusts its clients: every reply is checked against the state, the server's
+    SCRAM signature must verify before C{OPEN} is sent, and on TLS the login must be bound
+    to the certificate received (C{SCRAM-SHA-256-PLUS}). Any failure closes the connection
+    and fails L{opened}; nothing is sent after it.
 
     @ivar opened: fires with L{None} once the service is open (raw mode), or fails with
-        L{NGPError}, L{AuthFailed} or L{NGPProtocolError}.
-    @ivar server_name: the name in the greeting.
+        L{NGPError} (the gateway refused), L{AuthFailed} (the server's SCRAM messages or
+        signature did not verify: an impostor) or L{NGPProtocolError} (anything else; see
+        its C{reason}). Cancelling it closes the connection.
+    @ivar server_name: the name in the greeting (server-chosen text: escape it).
     """
 
     def __init__(
@@ -94,15 +140,33 @@ class NGPClientProtocol(GuardedLineReceiver):
         clock: Any = None,
         limits: FramingLimits = CLIENT_LIMITS,
         channel_binding: tuple[str, bytes] | None = None,
+        open_timeout: float = OPEN_TIMEOUT,
+        require_channel_binding: bool = True,
     ):
+        """
+        @param credentials: who we are.
+        @param service: the service to open.
+        @param clock: the L{IReactorTime} for the deadlines (the global reactor by default).
+        @param limits: the bounds on the server's replies until authentication.
+        @param channel_binding: C{("tls-server-end-point", data)}; by default read from the
+            TLS transport, if any.
+        @param open_timeout: seconds to wait for the answer to C{OPEN}.
+        @param require_channel_binding: on TLS, refuse a greeting without
+            C{SCRAM-SHA-256-PLUS} as a downgrade. When false, such a login goes on with
+            C{SCRAM-SHA-256} and tells the server it could have bound (gs2 flag C{y}), so a
+            gateway that did offer PLUS still refuses it.
+        """
         super().__init__(limits, clock)
         self.credentials = credentials
         self.service = service
         self.channel_binding = channel_binding
+        self.open_timeout = open_timeout
+        self.require_channel_binding = require_channel_binding
         self.state = ClientState.AWAIT_GREETING
-        self.opened: Deferred[None] = Deferred()
+        self.opened: Deferred[None] = Deferred(self._cancelled)
         self.server_name: str | None = None
         self._exchange: ClientExchange | None = None
+        self._open_timer: Any = None
 
     # -- hooks for users of the open connection ------------------------------------------------
 
@@ -135,8 +199,32 @@ class NGPClientProtocol(GuardedLineReceiver):
     ) -> None:
         # A bound hit by the server's output (or a timeout): fail locally; a client never
         # writes ERR lines to a server.
-        detail = text or code.value
-        self._fail(NGPProtocolError(f"{code.value}: {detail} ({escape(offending)})"))
+        limits = self.limits
+        waiting = _WAITING_FOR.get(self.state, "nothing")
+        if code is ErrorCode.LINE_TOO_LONG:
+            reason = "line-too-long"
+            message = f"reply line longer than {limits.max_line_length} bytes"
+        elif code is ErrorCode.TOO_MANY_LINES:
+            reason = "too-many-lines"
+            message = f"more than {limits.max_lines_before_auth} lines before authentication"
+        elif code is ErrorCode.TOO_MUCH_DATA:
+            reason = "too-much-data"
+            message = f"more than {limits.max_bytes_before_auth} bytes before authentication"
+        elif code is ErrorCode.TIMEOUT and text == "handshake deadline":
+            reason = "handshake-timeout"
+            message = f"no reply within the {limits.handshake_timeout:g} s handshake deadline"
+        elif code is ErrorCode.TIMEOUT:
+            reason = "idle-timeout"
+            message = f"server silent for {limits.idle_timeout:g} s"
+        elif code is ErrorCode.EARLY_TALKER:
+            reason = "early-data"
+            message = "data before the TLS handshake completed"
+        else:
+            reason = "unexpected-reply"
+            message = f"{getattr(code, 'value', code)}: {text or 'refused'}"
+        if offending is not None:
+            message += f" (received {escape(offending[:64])})"
+        self._fail(NGPProtocolError(f"{message}, waiting for {waiting}", reason))
 
     def lineReceived(self, line: bytes) -> None:
         if line.startswith(b"ERR "):
@@ -155,20 +243,36 @@ class NGPClientProtocol(GuardedLineReceiver):
             handler(line)
         except AuthFailed as failure:
             self._fail(failure)
-        except (ValueError, NGPProtocolError) as failure:
-            self._fail(NGPProtocolError(f"unexpected reply {escape(line)}: {failure}"))
+        except NGPProtocolError as failure:
+            self._fail(
+                NGPProtocolError(f"{failure} (received {escape(line, 200)})", failure.reason)
+            )
+        except ValueError as failure:
+            waiting = _WAITING_FOR.get(self.state, "nothing")
+            self._fail(
+                NGPProtocolError(
+                    f"unexpected reply {escape(line, 200)} while waiting for {waiting}: {failure}"
+                )
+            )
 
     def rawDataReceived(self, data: bytes) -> None:
         self.service_data(data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
+        self._cancel_open_timer()
         if self.state is ClientState.OPEN:
             self.service_closed(reason or Failure(ConnectionDone()))
         elif not self.opened.called:
+            waiting = _WAITING_FOR.get(self.state, "nothing")
+            self.state = ClientState.FAILED
             why = reason.getErrorMessage() if reason is not None else "closed"
             self.opened.errback(
-                NGPProtocolError(f"connection closed during the handshake: {escape(why, 200)}")
+                NGPProtocolError(
+                    f"connection closed during the handshake, waiting for {waiting}: "
+                    f"{escape(why, 200)}",
+                    "closed",
+                )
             )
 
     # -- states --------------------------------------------------------------------------------
@@ -176,7 +280,9 @@ class NGPClientProtocol(GuardedLineReceiver):
     def _on_greeting(self, line: bytes) -> None:
         words = line.decode("ascii").split(" ")
         if len(words) < 3 or words[0] != "NETGUARD/1":
-            raise NGPProtocolError("not an NGP/1 greeting")
+            raise NGPProtocolError(
+                "not an NGP/1 greeting: not a netguard gateway", "not-a-gateway"
+            )
         self.server_name = words[1]
         offered: list[str] = []
         for word in words[2:]:
@@ -187,12 +293,22 @@ class NGPClientProtocol(GuardedLineReceiver):
         binding = self.channel_binding or channel_binding_for(self.transport, "client")
         if binding is not None and SCRAM_SHA_256_PLUS in offered:
             mechanism = SCRAM_SHA_256_PLUS
+        elif binding is not None and self.require_channel_binding:
+            # Every netguard TLS listener offers PLUS: a greeting without it on TLS is a
+            # stripped offer (or TLS terminated in front of the gateway, which loses the same
+            # protection). Refuse before any SCRAM message is sent.
+            raise NGPProtocolError(
+                f"downgrade refused: the server offered no {SCRAM_SHA_256_PLUS} over TLS",
+                "downgrade",
+            )
         elif SCRAM_SHA_256 in offered:
             # Keep passing the binding: the client then says "I could bind" (gs2 flag "y"),
             # so a server that does support PLUS detects a stripped offer.
             mechanism = SCRAM_SHA_256
         else:
-            raise NGPProtocolError("no mechanism in common")
+            raise NGPProtocolError(
+                "no SCRAM mechanism in common with the greeting", "no-common-mechanism"
+            )
         self._exchange = ClientExchange(
             self.credentials.username, self.credentials.password, mechanism, binding
         )
@@ -203,7 +319,7 @@ class NGPClientProtocol(GuardedLineReceiver):
     def _on_cont(self, line: bytes) -> None:
         verb, _, token = line.partition(b" ")
         if verb != b"CONT" or self._exchange is None:
-            raise NGPProtocolError("expected CONT")
+            raise NGPProtocolError("unexpected reply while waiting for CONT")
         final = self._exchange.final(decode_wire(token))
         self.state = ClientState.AWAIT_AUTH_OK
         self.sendLine(b"CONT " + encode_wire(final))
@@ -211,26 +327,68 @@ class NGPClientProtocol(GuardedLineReceiver):
     def _on_auth_ok(self, line: bytes) -> None:
         verb, _, token = line.partition(b" ")
         if verb != b"OK" or self._exchange is None:
-            raise NGPProtocolError("expected OK")
-        self._exchange.verify(decode_wire(token))  # mutual authentication
+            raise NGPProtocolError("unexpected reply while waiting for OK (the server signature)")
+        try:
+            self._exchange.verify(decode_wire(token))  # mutual authentication
+        except AuthFailed as failure:
+            raise AuthFailed(
+                "the server did not prove it holds your verifier (an impostor, or not your "
+                f"gateway): {failure.reason}"
+            ) from None
         self._exchange = None
         self.end_handshake()
         self.state = ClientState.AWAIT_OPEN_OK
+        # One deadline for the answer, never reset by data (the idle timer is: a server
+        # trickling bytes would hold the connection for as long as it liked).
+        self.setTimeout(None)
+        self._open_timer = self.clock.callLater(self.open_timeout, self._open_expired)
         self.sendLine(b"OPEN " + self.service.encode("ascii"))
 
     def _on_open_ok(self, line: bytes) -> None:
         if line != b"OK OPEN " + self.service.encode("ascii"):
-            raise NGPProtocolError("expected OK OPEN")
+            raise NGPProtocolError(
+                f"unexpected reply while waiting for OK OPEN {escape(self.service)}"
+            )
+        self._cancel_open_timer()
         self.state = ClientState.OPEN
         self.setRawMode()
         self.setTimeout(None)
         self.service_opened()
         self.opened.callback(None)
 
-    def _fail(self, error: Exception) -> None:
-        if self.state is ClientState.FAILED:
-            return
+    def _open_expired(self) -> None:
+        self._open_timer = None
+        self._fail(
+            NGPProtocolError(
+                f"no answer to OPEN {escape(self.service)} within {self.open_timeout:g} s",
+                "open-timeout",
+            )
+        )
+
+    def _cancel_open_timer(self) -> None:
+        timer, self._open_timer = self._open_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _cancelled(self, opened: Deferred[None]) -> None:
+        """
+        The caller cancelled L{opened} (which then fails with C{CancelledError}): close the
+        connection; nothing more is sent or delivered.
+        """
+        self._close_failed()
+
+    def _close_failed(self) -> bool:
+        """
+        Enter the failed state and close; false if the session had already ended or opened.
+        """
+        if self.state in (ClientState.FAILED, ClientState.OPEN):
+            return False
         self.state = ClientState.FAILED
-        self.close_gracefully()
-        if not self.opened.called:
+        self._cancel_open_timer()
+        if self.transport is not None:
+            self.close_gracefully()
+        return True
+
+    def _fail(self, error: Exception) -> None:
+        if self._close_failed() and not self.opened.called:
             self.opened.errback(error)
