@@ -34,6 +34,7 @@ import math
 import os
 import stat
 import sys
+import weakref
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from enum import Enum
@@ -51,6 +52,7 @@ from twisted.logger import (
     formatTime,
     globalLogPublisher,
 )
+from twisted.python import log as legacy_log
 
 #: How many bytes of untrusted input a log field shows before it is truncated.
 DEFAULT_FIELD_LIMIT = 120
@@ -312,25 +314,154 @@ def format_json(event: Mapping[str, Any]) -> str:
     return text + "\n"
 
 
+#: The legacy log context key that marks the lines Twisted writes while a port opened by
+#: L{listen_udp_quietly} opens; its value is the start of the expected line.
+QUIET_UDP_CONTEXT_KEY = "netguard_quiet_udp_opening"
+
+#: The live protocols of ports opened by L{listen_udp_quietly}, by port number.
+_quiet_udp_ports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+
+_UDP_CLOSED_PREFIX = "(UDP Port "
+_UDP_CLOSED_SUFFIX = " Closed)"
+
+
+def _udp_log_prefix(protocol: Any) -> str:
+    """
+    The name C{twisted.internet.udp.Port} puts before C{starting on} for C{protocol}: its
+    C{logPrefix()} if it provides C{ILoggingContext}, else its class name.
+    """
+    from twisted.internet.interfaces import ILoggingContext
+
+    if ILoggingContext.providedBy(protocol):
+        return str(protocol.logPrefix())
+    return type(protocol).__name__
+
+
+def listen_udp_quietly(
+    reactor: Any, port: int, protocol: Any, interface: str = "", max_packet_size: int = 8192
+) -> Any:
+    """
+    C{reactor.listenUDP} for a short-lived, routine port (a DNS client opens one per query),
+    without its four info lines per port in netguard's logs.
+
+    The protocol's own C{Starting protocol} / C{Stopping protocol} lines are switched off at
+    the source (C{noisy = False}). The port's C{<prefix> starting on N} and
+    C{(UDP Port N Closed)} lines cannot be: C{twisted.internet.udp.Port} writes them with
+    C{twisted.python.log.msg} unconditionally, with no attribute or hook to turn them off.
+    They still reach C{globalLogPublisher}; netguard's observers (L{safe_text_observer},
+    L{json_observer}, the standard output ones, the C{[log] file} sink) drop them, and only
+    them, with L{is_quiet_udp_port_line}. Twisted's own default observer (twistd without
+    C{--logger}) still shows those two lines.
+
+    @param reactor: an C{IReactorUDP} provider.
+    @param port: the port number, 0 for any.
+    @param protocol: a C{DatagramProtocol}; its C{noisy} is set to C{False}.
+    @param interface: the address to bind.
+    @param max_packet_size: the largest datagram read.
+    @return: the listening port, as C{listenUDP} returns it.
+    @raise twisted.internet.error.CannotListenError: as C{listenUDP}.
+    """
+    protocol.noisy = False
+    opening = {QUIET_UDP_CONTEXT_KEY: f"{_udp_log_prefix(protocol)} starting on "}
+    listening = legacy_log.callWithContext(
+        opening,
+        reactor.listenUDP,
+        port,
+        protocol,
+        interface=interface,
+        maxPacketSize=max_packet_size,
+    )
+    _quiet_udp_ports[listening.getHost().port] = protocol
+    return listening
+
+
+def _legacy_text(event: Mapping[str, Any]) -> str | None:
+    """
+    The text of an info event from C{twisted.python.log.msg} with one string argument,
+    else L{None}.
+    """
+    if event.get("log_namespace") != "log_legacy" or event.get("isError") != 0:
+        return None
+    if "failure" in event or "log_failure" in event:
+        return None
+    message = event.get("message")
+    if not (isinstance(message, tuple) and len(message) == 1 and isinstance(message[0], str)):
+        return None
+    return message[0]
+
+
+def is_quiet_udp_port_line(event: Mapping[str, Any]) -> bool:
+    """
+    Whether an event is one of the two lines C{twisted.internet.udp.Port} writes for a port
+    opened by L{listen_udp_quietly}, and nothing else:
+
+      - C{<prefix> starting on N}, logged while that port opens (the event carries
+        L{QUIET_UDP_CONTEXT_KEY} with the exact expected start, C{N} is all digits);
+      - C{(UDP Port N Closed)}, while port N is a live port opened by L{listen_udp_quietly}
+        (its protocol is still connected: the line comes before the protocol is stopped).
+
+    Both must be plain legacy info messages of exactly that text. No other UDP port can
+    hold number N while the quiet port does (it is bound to the wildcard address), except
+    a socket bound to a specific address of the other IP family.
+
+    @param event: a C{twisted.logger} event.
+    @return: C{True} to leave the event out of the log.
+    """
+    text = _legacy_text(event)
+    if text is None:
+        return False
+    start = event.get(QUIET_UDP_CONTEXT_KEY)
+    if isinstance(start, str) and text.startswith(start):
+        number = text[len(start) :]
+        return number.isascii() and number.isdigit()
+    if text.startswith(_UDP_CLOSED_PREFIX) and text.endswith(_UDP_CLOSED_SUFFIX):
+        number = text[len(_UDP_CLOSED_PREFIX) : -len(_UDP_CLOSED_SUFFIX)]
+        if not (number.isascii() and number.isdigit()):
+            return False
+        protocol = _quiet_udp_ports.get(int(number))
+        return protocol is not None and protocol.transport is not None
+    return False
+
+
+def _without_quiet_udp_lines(
+    formatter: Callable[[Mapping[str, Any]], str | None],
+) -> Callable[[Mapping[str, Any]], str | None]:
+    """
+    C{formatter}, writing nothing for the events L{is_quiet_udp_port_line} names.
+    """
+
+    def format_unless_quiet(event: Mapping[str, Any]) -> str | None:
+        try:
+            if is_quiet_udp_port_line(event):
+                return None
+        except Exception:  # an observer must never raise; when in doubt, write the line
+            pass
+        return formatter(event)
+
+    return format_unless_quiet
+
+
 def safe_text_observer(out: IO[str]) -> FileLogObserver:
     """
-    An observer writing one escaped text line per event (L{format_text}).
+    An observer writing one escaped text line per event (L{format_text}), except the
+    routine lines of ports opened by L{listen_udp_quietly} (L{is_quiet_udp_port_line}).
 
     @param out: a text stream (for example C{sys.stdout} or an opened log file).
     @return: an C{ILogObserver}.
     """
-    return FileLogObserver(out, format_text)
+    return FileLogObserver(out, _without_quiet_udp_lines(format_text))
 
 
 def json_observer(out: IO[str]) -> FileLogObserver:
     """
     An observer writing one JSON object per line per event (L{format_json}), for machines
-    (C{jq -c 'select(.event == "auth.fail")'}).
+    (C{jq -c 'select(.event == "auth.fail")'}), except the routine lines of ports opened by
+    L{listen_udp_quietly} (L{is_quiet_udp_port_line}).
 
     @param out: a text stream.
     @return: an C{ILogObserver}.
     """
-    return FileLogObserver(out, format_json)
+    return FileLogObserver(out, _without_quiet_udp_lines(format_json))
 
 
 def journal_priority(event: Mapping[str, Any]) -> int:
@@ -402,7 +533,8 @@ def _stdout_observer(
     out = _stdout()
     if journal is None:
         journal = is_journal_stream(out)
-    return FileLogObserver(out, with_journal_priority(formatter) if journal else formatter)
+    chosen = with_journal_priority(formatter) if journal else formatter
+    return FileLogObserver(out, _without_quiet_udp_lines(chosen))
 
 
 def text_stdout_observer() -> FileLogObserver:

@@ -5,16 +5,20 @@ L{twisted.names.dns} records and a L{task.Clock}.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 from typing import Any
 
 from twisted.internet import task
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, globalLogPublisher
 from twisted.names import client, dns
 from twisted.names import error as names_error
+from twisted.python import log as legacy_log
 from twisted.trial import unittest
 
+from netguard.log import is_quiet_udp_port_line, safe_text_observer
 from netguard.peer.fcrdns import (
     MAX_CNAME_HOPS,
     MAX_REISSUES,
@@ -894,3 +898,102 @@ class HelperTests(unittest.TestCase):
 
     def test_system_nameservers_missing_file(self) -> None:
         self.assertEqual(system_nameservers(self.mktemp()), [("127.0.0.1", 53)])
+
+
+class _FakeDatagramPort:
+    """
+    The port a L{_FakeUDPClock} opens: records writes, closes on C{stopListening} like
+    C{twisted.internet.udp.Port} (its C{Closed} line, then the protocol stops).
+    """
+
+    def __init__(self, number: int, protocol: Any) -> None:
+        self.number = number
+        self.protocol = protocol
+        self.written: list[tuple[bytes, Any]] = []
+        self.listening = True
+
+    def getHost(self) -> IPv4Address:  # noqa: N802
+        return IPv4Address("UDP", "0.0.0.0", self.number)
+
+    def write(self, data: bytes, addr: Any = None) -> None:
+        self.written.append((data, addr))
+
+    def stopListening(self) -> None:  # noqa: N802
+        self.listening = False
+        legacy_log.msg(f"(UDP Port {self.number} Closed)")
+        self.protocol.doStop()
+
+
+class _FakeUDPClock(task.Clock):
+    """
+    A clock that is also an C{IReactorUDP}: C{listenUDP} logs C{<prefix> starting on N} and
+    connects the protocol, as C{twisted.internet.udp.Port} does, without a socket.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: list[_FakeDatagramPort] = []
+
+    def listenUDP(  # noqa: N802
+        self,
+        port: int,
+        protocol: Any,
+        interface: str = "",
+        maxPacketSize: int = 8192,  # noqa: N803
+    ) -> _FakeDatagramPort:
+        legacy_log.msg(f"{type(protocol).__name__} starting on {port}")
+        listening = _FakeDatagramPort(port, protocol)
+        self.ports.append(listening)
+        protocol.makeConnection(listening)
+        return listening
+
+
+class QuietResolverTests(unittest.TestCase):
+    """
+    L{make_resolver}'s resolver opens its per-query UDP ports through
+    L{netguard.log.listen_udp_quietly}: no C{Starting protocol} / C{Stopping protocol} lines,
+    and the port's own two lines marked for netguard's observers to leave out.
+    """
+
+    def test_query_ports_are_quiet(self) -> None:
+        """
+        One lookup that times out opens one port and closes it: the protocol lines are not
+        logged, and the port's C{starting on} and C{Closed} lines are the only events, both
+        left out of netguard's text log. The query still went out to the given server.
+        """
+        clock = _FakeUDPClock()
+        resolver = make_resolver(clock, [("127.0.0.1", 5353)], 2.0)
+        out = io.StringIO()
+        text = safe_text_observer(out)
+        seen: list[tuple[str, bool]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            seen.append((event.get("log_text", ""), is_quiet_udp_port_line(event)))
+
+        for observer in (observe, text):
+            globalLogPublisher.addObserver(observer)
+            self.addCleanup(globalLogPublisher.removeObserver, observer)
+        d = resolver.lookupAddress("good.test", timeout=(1,))
+        [port] = clock.ports
+        self.assertFalse(port.protocol.noisy)
+        self.assertEqual([addr for _data, addr in port.written], [("127.0.0.1", 5353)])
+        clock.advance(1)
+        self.failureResultOf(d, TimeoutError)
+        self.assertFalse(port.listening)
+        self.assertEqual(
+            seen,
+            [
+                (f"DNSDatagramProtocol starting on {port.number}", True),
+                (f"(UDP Port {port.number} Closed)", True),
+            ],
+        )
+        self.assertEqual(out.getvalue(), "")
+
+    def test_other_reactor_calls_reach_the_real_reactor(self) -> None:
+        """
+        Everything but C{listenUDP} is the given reactor's own (timeouts use its clock).
+        """
+        clock = _FakeUDPClock()
+        resolver = make_resolver(clock, [("127.0.0.1", 5353)], 2.0)
+        resolver.lookupAddress("good.test", timeout=(5,))
+        self.assertEqual(len(clock.getDelayedCalls()), 1)

@@ -20,7 +20,11 @@ from typing import Any
 import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import gatherResults
+from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import ILogObserver, Logger, LoggingFile, LogPublisher, globalLogPublisher
+from twisted.python import log as legacy_log
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
@@ -36,9 +40,12 @@ from netguard.log import (
     format_json,
     format_text,
     is_journal_stream,
+    is_quiet_udp_port_line,
     journal_priority,
+    json_journal_observer,
     json_observer,
     json_stdout_observer,
+    listen_udp_quietly,
     observer_for,
     open_log_file,
     quoted,
@@ -847,3 +854,187 @@ class GlobalPublisherHygieneTests(unittest.TestCase):
         sink.start()
         sink.stop()
         self.assertEqual(globalLogPublisher._observers, before)
+
+
+class _FakeUDPPort:
+    """
+    A listening UDP port as the quiet-port code sees it: a number, and a close that logs
+    and stops the protocol in the order C{twisted.internet.udp.Port.connectionLost} does.
+    """
+
+    def __init__(self, number: int, protocol: Any) -> None:
+        self.number = number
+        self.protocol = protocol
+
+    def getHost(self) -> IPv4Address:  # noqa: N802
+        return IPv4Address("UDP", "0.0.0.0", self.number)
+
+    def close(self) -> None:
+        legacy_log.msg(f"(UDP Port {self.number} Closed)")
+        self.protocol.doStop()
+
+
+class _FakeUDPReactor:
+    """
+    An C{IReactorUDP} whose C{listenUDP} logs and connects like C{twisted.internet.udp.Port}
+    (C{<prefix> starting on N}, then C{makeConnection}) without a socket.
+    """
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.calls: list[tuple[int, str, int]] = []
+
+    def listenUDP(  # noqa: N802
+        self,
+        port: int,
+        protocol: Any,
+        interface: str = "",
+        maxPacketSize: int = 8192,  # noqa: N803
+    ) -> _FakeUDPPort:
+        self.calls.append((port, interface, maxPacketSize))
+        number = port or self.number
+        legacy_log.msg(f"{type(protocol).__name__} starting on {number}")
+        listening = _FakeUDPPort(number, protocol)
+        protocol.makeConnection(listening)
+        return listening
+
+
+class QuietUDPPortTests(unittest.TestCase):
+    """
+    L{listen_udp_quietly} and L{is_quiet_udp_port_line}: the per-port info lines of a
+    routine UDP port (one per DNS query) stay out of netguard's logs, and nothing else does.
+    The predicate depends on the port's state, so it is asked as each event is logged.
+    """
+
+    def capture(self) -> list[tuple[dict[str, Any], bool]]:
+        """
+        Every event of the global publisher, with the predicate's answer when it was logged.
+        """
+        seen: list[tuple[dict[str, Any], bool]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            seen.append((event, is_quiet_udp_port_line(event)))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return seen
+
+    def observe_with(self, *observers: Any) -> None:
+        for observer in observers:
+            globalLogPublisher.addObserver(observer)
+            self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def open_quiet(self, number: int) -> tuple[_FakeUDPPort, DatagramProtocol]:
+        protocol = DatagramProtocol()
+        reactor = _FakeUDPReactor(number)
+        port = listen_udp_quietly(reactor, 0, protocol, "::", 512)
+        self.assertEqual(reactor.calls, [(0, "::", 512)])
+        return port, protocol
+
+    def test_quiet_port_lines_are_recognised_and_protocol_lines_never_logged(self) -> None:
+        """
+        The port's C{starting on} and C{Closed} lines are recognised; the protocol's own
+        C{Starting protocol} / C{Stopping protocol} lines are not logged at all.
+        """
+        seen = self.capture()
+        port, protocol = self.open_quiet(40001)
+        self.assertFalse(protocol.noisy)
+        port.close()
+        self.assertEqual(
+            [(e["log_text"], quiet) for e, quiet in seen],
+            [("DatagramProtocol starting on 40001", True), ("(UDP Port 40001 Closed)", True)],
+        )
+
+    def test_other_events_are_kept(self) -> None:
+        """
+        Only those two exact legacy info lines of a live quiet port are recognised: the same
+        text from another port, outside the opening, as an error, with more text, from the
+        new logging API, after the quiet port is stopped, and any other legacy message
+        logged while it opens or is open, are all kept.
+        """
+        port, _protocol = self.open_quiet(40001)
+        seen = self.capture()
+        legacy_log.msg("DatagramProtocol starting on 40001")  # not while a quiet port opens
+        legacy_log.msg("(UDP Port 40002 Closed)")  # another port
+        legacy_log.msg("(UDP Port 40001 Closed)", isError=1)
+        legacy_log.msg("(UDP Port 40001 Closed) ")
+        legacy_log.msg("(UDP Port 040001x Closed)")
+        legacy_log.msg("(UDP Port 40001 Closed)", "more")
+        legacy_log.msg("Starting factory <x>")
+        Logger().info("(UDP Port 40001 Closed)")
+        Logger().info("{x}", x="(UDP Port 40001 Closed)")
+        context = {log_module.QUIET_UDP_CONTEXT_KEY: "DatagramProtocol starting on "}
+        legacy_log.callWithContext(context, legacy_log.msg, "Unexpected message (1)")
+        legacy_log.callWithContext(context, legacy_log.msg, "DatagramProtocol starting on x1")
+        legacy_log.callWithContext(context, legacy_log.msg, "Other starting on 40003")
+        port.close()
+        legacy_log.msg("(UDP Port 40001 Closed)")  # the quiet port is gone: another one
+        self.assertEqual(len(seen), 14)
+        self.assertEqual([quiet for _e, quiet in seen], [False] * 12 + [True, False])
+        self.assertEqual(seen[12][0]["log_text"], "(UDP Port 40001 Closed)")
+
+    def test_netguard_observers_leave_out_only_quiet_lines(self) -> None:
+        """
+        Every netguard observer (text, JSON, the C{--logger} factories, the C{[log] file}
+        sink's) writes every event except the quiet port's two lines.
+        """
+        streams = [io.StringIO() for _ in range(4)]
+        stdout = io.StringIO()
+        self.patch(sys, "stdout", stdout)
+        self.observe_with(
+            safe_text_observer(streams[0]),
+            json_observer(streams[1]),
+            observer_for("text", streams[2]),
+            observer_for("json", streams[3]),
+            text_stdout_observer(),
+            json_journal_observer(),
+        )
+        seen = self.capture()
+        port, _protocol = self.open_quiet(40005)
+        legacy_log.msg("(UDP Port 40006 Closed)")
+        Logger().info("kept", event="peer.fcrdns")
+        port.close()
+        self.assertEqual(len(seen), 4)
+        outputs = [s.getvalue() for s in streams] + [stdout.getvalue()]
+        for output in outputs:
+            self.assertNotIn("40005", output)
+            self.assertIn("(UDP Port 40006 Closed)", output)
+            self.assertIn("peer.fcrdns", output)
+        self.assertEqual([len(o.splitlines()) for o in outputs], [2, 2, 2, 2, 4])
+
+    def test_real_udp_ports_of_others_keep_their_lines(self) -> None:
+        """
+        Over real loopback sockets: a quietly opened port leaves no line in netguard's text
+        and JSON logs, while a port opened the ordinary way at the same time keeps all four
+        of Twisted's lines.
+        """
+        from twisted.internet import reactor
+
+        text, records = io.StringIO(), io.StringIO()
+        self.observe_with(safe_text_observer(text), json_observer(records))
+        seen = self.capture()
+        quiet = listen_udp_quietly(reactor, 0, DatagramProtocol(), "127.0.0.1")
+        plain = reactor.listenUDP(0, DatagramProtocol(), "127.0.0.1")
+        quiet_number, plain_number = quiet.getHost().port, plain.getHost().port
+        stopped = [quiet.stopListening(), plain.stopListening()]
+
+        def check(_: object) -> None:
+            self.assertEqual(
+                [e["log_text"] for e, quiet in seen if quiet],
+                [
+                    f"DatagramProtocol starting on {quiet_number}",
+                    f"(UDP Port {quiet_number} Closed)",
+                ],
+            )
+            written = text.getvalue()
+            self.assertNotIn(f" {quiet_number}", written)
+            self.assertIn(f"DatagramProtocol starting on {plain_number}", written)
+            self.assertIn(f"(UDP Port {plain_number} Closed)", written)
+            self.assertEqual(written.count("Starting protocol"), 1)
+            self.assertEqual(written.count("Stopping protocol"), 1)
+            self.assertEqual(len(written.splitlines()), 4)
+            self.assertEqual(len(seen), 6)
+            lines = [json.loads(line)["message"] for line in records.getvalue().splitlines()]
+            self.assertEqual(lines, [line.split(" - - ", 1)[1] for line in written.splitlines()])
+
+        return gatherResults(stopped).addCallback(check)

@@ -34,7 +34,7 @@ from twisted.names import client, dns
 from twisted.names import error as names_error
 from twisted.python.failure import Failure
 
-from netguard.log import escape
+from netguard.log import escape, listen_udp_quietly
 
 #: Default bound on the whole check (PTR plus all forward lookups), in seconds.
 DEFAULT_TIMEOUT = 5.0
@@ -382,10 +382,49 @@ def make_resolver(
     @param servers: C{(ip, port)} pairs; empty or L{None} reads the C{nameserver} lines of
         C{/etc/resolv.conf} once (falling back to C{127.0.0.1:53}).
     @param timeout: the default total time of one lookup, in seconds.
-    @return: an L{IResolver} provider (a L{twisted.names.client.Resolver}).
+    @return: an L{IResolver} provider (a L{twisted.names.client.Resolver}), whose per-query
+        UDP ports are opened with L{netguard.log.listen_udp_quietly}: no info lines of their
+        own in netguard's logs.
     """
     chosen = list(servers) if servers else system_nameservers()
-    return client.Resolver(servers=chosen, timeout=retry_schedule(timeout), reactor=reactor)
+    return client.Resolver(
+        servers=chosen, timeout=retry_schedule(timeout), reactor=_QuietUDPReactor(reactor)
+    )
+
+
+class _QuietUDPReactor:
+    """
+    The reactor a L{make_resolver} resolver is given: the real one, except that
+    C{listenUDP} goes through L{listen_udp_quietly}.
+
+    L{twisted.names.client.Resolver} opens a new UDP port at a random number for every query
+    (source port randomisation) and closes it after the answer. Its datagram protocol has no
+    public switch, but the resolver opens every port through its reactor's C{listenUDP}
+    (the public C{IReactorUDP} interface), so this is where the per-query C{Starting
+    protocol} / C{Stopping protocol} lines are switched off and the port's own two lines
+    are marked for netguard's log observers to leave out.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        """
+        @param reactor: the real reactor (C{IReactorUDP}, C{IReactorTCP}, C{IReactorTime}).
+        """
+        self._reactor = reactor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def listenUDP(  # noqa: N802
+        self,
+        port: int,
+        protocol: Any,
+        interface: str = "",
+        maxPacketSize: int = 8192,  # noqa: N803
+    ) -> Any:
+        """
+        C{IReactorUDP.listenUDP}, quietly (L{listen_udp_quietly}).
+        """
+        return listen_udp_quietly(self._reactor, port, protocol, interface, maxPacketSize)
 
 
 def system_nameservers(path: str = "/etc/resolv.conf") -> list[tuple[str, int]]:

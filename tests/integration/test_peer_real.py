@@ -7,6 +7,8 @@ port 0; every process is started here and stopped by its PID.
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import pwd
 import select
@@ -20,10 +22,11 @@ import attrs
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, globalLogPublisher
 from twisted.names import dns
 from twisted.trial import unittest
 
+from netguard.log import json_observer, safe_text_observer
 from netguard.peer.checks import PeerCheckPolicy, PeerChecks, start_peer_checks
 from netguard.peer.fcrdns import FCrDNSCache, FCrDNSResult, confirm_hostname, make_resolver
 from netguard.peer.ident import IdentReply, IdentResult, ident_query
@@ -249,6 +252,52 @@ class DnsmasqTests(unittest.TestCase):
         self.assertEqual(
             (spoofed_verdict.allowed, spoofed_verdict.reason), (False, "fcrdns-mismatch")
         )
+
+    @defer.inlineCallbacks
+    def test_dns_client_lines_stay_out_of_the_log(self) -> Any:
+        """
+        One real check (C{fcrdns = "log"}, netguard's own resolver, PTR then A) writes only
+        its C{peer.fcrdns} line to netguard's text and JSON logs: Twisted's per-query
+        C{DNSDatagramProtocol starting on N}, C{Starting protocol ...},
+        C{Stopping protocol ...} and C{(UDP Port N Closed)} lines are not there, and the
+        protocol lines do not even reach the global publisher. Every other event is written.
+        """
+        text, records = io.StringIO(), io.StringIO()
+        events: list[dict[str, Any]] = []
+        observers = [events.append, safe_text_observer(text), json_observer(records)]
+        for observer in observers:
+            globalLogPublisher.addObserver(observer)
+            self.addCleanup(globalLogPublisher.removeObserver, observer)
+        policy = PeerCheckPolicy(fcrdns="log", dns_servers=(("127.0.0.1", self.port),))
+        checks = PeerChecks(reactor, policy)
+        run = checks.start(
+            IPv4Address("TCP", "127.0.0.1", 5000), IPv4Address("TCP", "127.0.0.1", 7700)
+        )
+        result = yield run.fcrdns
+        self.assertEqual((result.confirmed, result.name), (True, "good.test"))
+
+        def lines(kind: str) -> list[str]:
+            return [e["log_text"] for e in events if kind in e.get("log_text", "")]
+
+        # The query ports close on the next reactor turns; wait for both (a hang guard only).
+        for _ in range(1000):
+            if len(lines(" Closed)")) >= 2:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        opened = lines(" starting on ")
+        self.assertEqual(len(opened), 2)  # PTR and A: the check really used the DNS client
+        self.assertEqual(len(lines(" Closed)")), 2)
+        self.assertEqual(lines("Starting protocol") + lines("Stopping protocol"), [])
+        noise = ("starting on", "Starting protocol", "Stopping protocol", "UDP Port")
+        written = text.getvalue().splitlines()
+        for line in written + records.getvalue().splitlines():
+            self.assertFalse([n for n in noise if n in line], line)
+        self.assertEqual(
+            [json.loads(r)["event"] for r in records.getvalue().splitlines()], ["peer.fcrdns"]
+        )
+        self.assertEqual(len(written), 1)
+        self.assertIn(" peer.fcrdns ", written[0])
+        self.assertEqual(len(written), len(events) - len(opened) - len(lines(" Closed)")))
 
 
 class HostileSilentDNSServer(protocol.DatagramProtocol):
