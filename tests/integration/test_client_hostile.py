@@ -5,7 +5,8 @@ server signature, stripped channel-binding offer on real TLS, a server that is n
 gateway, replies out of order or oversized, silence). Each must fail closed: a typed error
 (and for the tunnel a C{tunnel.failed} event) naming what was wrong, no byte of the local
 program reaching the hostile server, no byte of the hostile server reaching the local
-program, and the local connection closed.
+program, and the local connection closed. Last, a hostile relay that strips the PLUS offer
+in front of the real gateway on TLS shows both defences against that downgrade.
 """
 
 from __future__ import annotations
@@ -552,3 +553,152 @@ class TunnelAgainstHostileTLSGatewayTests(TLSCases, TunnelRunner, unittest.TestC
     """
     C{netguard tunnel --tls} against hostile gateways on real TLS.
     """
+
+
+class _StrippingPipe(Protocol):
+    """
+    One side of L{HostileStrippingRelayFactory}: passes bytes on to the other side; the
+    gateway side removes C{,SCRAM-SHA-256-PLUS} from the first chunk (the greeting).
+    """
+
+    def __init__(self, strip: bool):
+        self.strip = strip
+        self.other: _StrippingPipe | None = None
+        self.pending: list[bytes] = []
+        self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if self.strip:
+            self.strip = False
+            data = data.replace(b",SCRAM-SHA-256-PLUS", b"")
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.write(data)
+        else:
+            self.pending.append(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.loseConnection()
+
+
+class HostileStrippingRelayFactory(Factory):
+    """
+    A hostile man in the middle written for these tests: terminates the client's TLS with a
+    certificate the client trusts, relays to the real gateway over TLS, and strips
+    C{SCRAM-SHA-256-PLUS} from the greeting it passes on.
+    """
+
+    noisy = False
+
+    def __init__(self, upstream: Any):
+        self.upstream = upstream
+        self.pipes: list[_StrippingPipe] = []
+
+    def buildProtocol(self, addr: Any) -> _StrippingPipe:
+        near, far = _StrippingPipe(False), _StrippingPipe(True)
+        near.other, far.other = far, near
+        self.pipes += [near, far]
+
+        def connected(_: Any) -> None:
+            for chunk in near.pending:
+                far.transport.write(chunk)
+            near.pending = []
+
+        connectProtocol(self.upstream, far).addCallback(connected)
+        return near
+
+
+class StrippedOfferToTheRealGatewayTests(unittest.TestCase):
+    """
+    Both defences against a stripped PLUS offer, end to end through a hostile relay to the
+    real gateway on a TLS listener: the client refuses the greeting; a client told to go on
+    still flags its login C{y}, and the real gateway refuses it.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def setUp(self):
+        from netguard.tls import ServerTLSSettings, TLSServerEndpoint, load_server_context
+        from tests.integration.util import RunningGateway
+
+        self.dir = tempfile.mkdtemp(prefix="ngstrip-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        cert, key = tls_certs.make_leaf("localhost")
+        cert_file, key_file = tls_certs.write_identity(self.dir, "gateway", cert, key)
+        running = RunningGateway(
+            self,
+            'listen = []\n[[tls_listen]]\nendpoint = "tcp:0:interface=127.0.0.1"\n'
+            f'cert_file = "{cert_file}"\nkey_file = "{key_file}"\n',
+        )
+        self.running = running
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        upstream = wrap_tls(
+            reactor,
+            TCP4ClientEndpoint(reactor, "127.0.0.1", running.port(0)),
+            {"tls": "1", "ca_file": cert_file},
+            "localhost",
+        )
+        mitm_cert, mitm_key = tls_certs.make_leaf("localhost")
+        mitm_cert_file, mitm_key_file = tls_certs.write_identity(
+            self.dir, "mitm", mitm_cert, mitm_key
+        )
+        self.relay = HostileStrippingRelayFactory(upstream)
+        port = yield TLSServerEndpoint(
+            TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
+            load_server_context(ServerTLSSettings(mitm_cert_file, mitm_key_file)),
+            reactor,
+        ).listen(self.relay)
+        self.addCleanup(port.stopListening)
+        self.victim_gateway = wrap_tls(
+            reactor,
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
+            {"tls": "1", "ca_file": mitm_cert_file},
+            "localhost",
+        )
+
+    @inlineCallbacks
+    def finish(self):
+        for pipe in self.relay.pipes:
+            if pipe.transport is not None:
+                pipe.transport.loseConnection()
+        yield self.running.idle()
+
+    @inlineCallbacks
+    def test_client_refuses_the_stripped_greeting(self):
+        """
+        The default client sees the stripped greeting and refuses (C{downgrade}); the real
+        gateway never receives an AUTH line.
+        """
+        from netguard.client.protocol import NGPClientProtocol
+
+        victim = NGPClientProtocol(CREDENTIALS, "echo", clock=reactor)
+        yield connectProtocol(self.victim_gateway, victim)
+        failure = yield self.assertFailure(victim.opened, NGPProtocolError)
+        self.assertEqual(failure.reason, "downgrade")
+        yield wait_for(lambda: len(self.relay.pipes) == 2 and self.relay.pipes[1].received)
+        self.assertNotIn(b"AUTH", self.relay.pipes[0].received)
+        yield self.finish()
+
+    @inlineCallbacks
+    def test_client_told_to_go_on_is_refused_by_the_gateway(self):
+        """
+        With C{require_channel_binding=False} the client goes on with C{SCRAM-SHA-256} and gs2
+        flag C{y}; the real gateway, which did offer PLUS, refuses it (C{AUTH_FAILED}) and
+        nobody is logged in. A client that dropped its binding data would be let in.
+        """
+        from netguard.client.protocol import NGPClientProtocol, NGPError
+
+        victim = NGPClientProtocol(
+            self.running.credentials, "echo", clock=reactor, require_channel_binding=False
+        )
+        yield connectProtocol(self.victim_gateway, victim)
+        failure = yield self.assertFailure(victim.opened, NGPError)
+        self.assertEqual(failure.code, "AUTH_FAILED")
+        self.assertEqual([e for e in self.events if e.get("event") == "auth.ok"], [])
+        self.assertTrue([e for e in self.events if e.get("event") == "auth.fail"])
+        self.assertIn(b"AUTH SCRAM-SHA-256 ", self.relay.pipes[0].received)
+        yield self.finish()
