@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_gateway_protocol,tests.integration.test_tunnel_real -*-
+# -*- test-case-name: tests.test_client_protocol,tests.integration.test_client_hostile -*-
 """
 The client side of NGP/1: read the greeting, authenticate with SCRAM (checking the server's
 signature: mutual authentication), open a service, then hand over raw bytes.
