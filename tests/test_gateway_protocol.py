@@ -319,7 +319,7 @@ class AfterLoginBoundTests(unittest.TestCase):
         The gateway's defaults: 32 lines and 8192 bytes after login, 10 error replies per
         connection, 30 s from login to C{OPEN}.
         """
-        limits = Session(self).proto.limits
+        limits = Session(self).proto.factory.framing_limits  # as configured, before stress
         self.assertEqual(
             (
                 limits.max_lines_after_auth,
@@ -429,12 +429,15 @@ class AfterLoginBoundTests(unittest.TestCase):
     def test_open_deadline_counts_from_login(self):
         """
         A client that logs in and never sends C{OPEN} gets C{ERR TIMEOUT open deadline}
-        C{open_timeout} after login (not after connecting), and not a moment before.
+        C{open_timeout} after login (not after connecting), and not a moment before. (The
+        connection's deadline is the configured one scaled by the stress at accept time.)
         """
         s = Session(self, open_timeout=5.0, handshake_timeout=60.0, idle_timeout=600.0)
+        deadline = s.proto.limits.open_timeout
+        self.assertTrue(4.0 < deadline <= 5.0, deadline)
         s.clock.advance(20)
         s.login()
-        s.clock.advance(4.99)
+        s.clock.advance(deadline - 0.01)
         self.assertEqual(s.take(), [])
         self.assertFalse(s.transport.disconnecting)
         s.clock.advance(0.01)
