@@ -13,10 +13,19 @@ The attackers:
   - a drip attacker (127.0.0.52): waits for the greeting, then sends one byte every second and
     never a line end, so the idle timeout never fires and only the handshake deadline can end
     it;
-  - early talkers (127.0.0.53 ... 127.0.0.60): send a command before the greeting.
+  - early talkers (127.0.0.53 ... 127.0.0.60): send a command before the greeting. Each
+    connects and sends in one turn of the reactor the gateway runs in, so its bytes are
+    queued before the gateway has even accepted the connection, however slow the machine.
 
 Every loop is bounded (attempt counts, retry counts, wait timeouts); nothing asserts on speed.
 Every client connection is closed and the gateway has no session left before the test ends.
+
+Nothing depends on the machine being fast: on a loaded machine a legitimate login may miss the
+handshake deadline (which shrinks under stress, as it should) or be refused while the event
+loop lags, so a legitimate session retries every transient refusal (C{ERR BUSY}, a timeout,
+a connection that closes or does not complete before the service is open) a bounded number of
+times; the test asserts that it is eventually served and that every retry had such a cause.
+The time bounds are hang guards only.
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ import io
 import os
 import random
 import re
+import select
 import shutil
+import socket
 import tempfile
 from collections import Counter
 from collections.abc import Callable
@@ -36,14 +47,21 @@ import attrs
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.error import ConnectError
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from netguard.admission import REASONS
-from netguard.client.protocol import CLIENT_LIMITS, Credentials, NGPClientProtocol, NGPError
+from netguard.client.protocol import (
+    CLIENT_LIMITS,
+    Credentials,
+    NGPClientProtocol,
+    NGPError,
+    NGPProtocolError,
+)
 from netguard.config import load_config
 from netguard.gateway.protocol import GatewaySession
 from netguard.service import make_service
@@ -52,6 +70,9 @@ from tests.integration.util import wait_for
 log = Logger()
 
 #: The gateway's admission and time bounds for this test (small, so a flood fills them).
+#: The legitimate client's address earns no penalty points: on a slow machine its logins may
+#: miss the handshake deadline, and growing blocks for that would test the machine's speed,
+#: not the flood defences (every attacker address is penalised as usual).
 CONFIG = """\
 [limits]
 greeting_delay = 0.2
@@ -63,6 +84,7 @@ per_source_max = 5
 per_source_rate = 5
 per_source_burst = 5
 red_soft = 20
+never_penalise = ["127.0.0.1/32"]
 
 [overload]
 max_lag = 2.0
@@ -88,21 +110,33 @@ ATTACK_MAX_ATTEMPTS = 120
 LEGIT_SESSIONS = 4
 LEGIT_BYTES = 64 * 1024
 LEGIT_PAUSE = 1.5
-#: BUSY refusals a legitimate session may retry, and the pause before each retry (slower
-#: than per_source_rate, so the client never limits itself).
-LEGIT_MAX_RETRIES = 60
+#: Transient failures (see L{TRANSIENT}) a legitimate session may retry, and the pause
+#: before each retry (slower than per_source_rate, so the client never limits itself).
+LEGIT_MAX_RETRIES = 120
 LEGIT_RETRY_PAUSE = 0.25
+#: The gateway's refusals a legitimate login retries: C{ERR BUSY <reason>} and C{ERR TIMEOUT}
+#: (it missed the handshake deadline); and the client's own failures that only say the
+#: machine or the gateway was slow or full (see L{FAILURE_REASONS}).
+TRANSIENT_CODES = frozenset({"BUSY", "TIMEOUT"})
+TRANSIENT_CLIENT_REASONS = frozenset({"handshake-timeout", "idle-timeout", "closed"})
 
 #: The drip attacker's pacing and its own bound (far beyond the handshake deadline).
 DRIP_INTERVAL = 1.0
 DRIP_MAX_BYTES = 20
 
 #: Early-talker attempts (each) and the pause between them.
-TALKER_MAX_ATTEMPTS = 30
+TALKER_MAX_ATTEMPTS = 100
+#: What an early talker says. A valid command (no penalty points if it ever came after the
+#: greeting), so only talking early is what gets the talker refused and penalised.
+TALK = b"PING\r\n"
 TALKER_PAUSE = 0.3
 
 #: Connect timeout of every client, seconds.
 CONNECT_TIMEOUT = 5
+#: Attempts of the drip attacker to be admitted before the flood starts.
+DRIP_MAX_ATTEMPTS = 20
+#: The bound on any one wait of the test (a hang guard; nothing asserts on speed).
+WAIT = 60
 
 
 def sleep(seconds: float) -> Deferred[None]:
@@ -143,6 +177,34 @@ class Clients:
 
         attempt.addBoth(done)
         return attempt
+
+    def talk_first(self, source: str, port: int, data: bytes, protocol: Any) -> bool:
+        """
+        Connect to the gateway from C{source} and send C{data} at once, in this turn of the
+        reactor, which the in-process gateway shares: the bytes are queued before the gateway
+        can accept the connection (let alone greet it), however slow the machine. Then hand
+        the connection to C{protocol}.
+
+        @return: whether it connected; L{False} if the connection did not complete at once
+            (the gateway's listen queue is full).
+        """
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind((source, 0))
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            poller = select.poll()
+            poller.register(sock, select.POLLOUT)
+            if not poller.poll(0) or sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                return False
+            sock.send(data)
+            self.live.add(protocol)
+            reactor.adoptStreamConnection(
+                sock.fileno(), socket.AF_INET, Factory.forProtocol(lambda: protocol)
+            )
+            return True
+        finally:
+            sock.close()  # the reactor holds its own copy of an adopted connection
 
     def lost(self, protocol: Any) -> None:
         """
@@ -272,7 +334,9 @@ class Drip(Protocol):
 
 class Talker(Protocol):
     """
-    An early talker: sends a command the moment it connects, before any greeting.
+    An early talker's connection, once it has sent L{TALK} (see L{Clients.talk_first}):
+    collects what the gateway says, and hangs up if that is a greeting (the talk was not
+    early after all: the gateway decides, and the test only counts early talks it caught).
 
     @ivar closed: fires with everything the gateway said, once the connection ends.
     """
@@ -284,11 +348,10 @@ class Talker(Protocol):
         self.data = b""
         self.closed: Deferred[bytes] = Deferred()
 
-    def connectionMade(self) -> None:
-        self.transport.write(b"AUTH SCRAM-SHA-256 eA==\r\n")
-
     def dataReceived(self, data: bytes) -> None:
         self.data += data
+        if self.data.startswith(b"NETGUARD/1 "):
+            self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.clients.lost(self)
@@ -327,7 +390,7 @@ class FloodTests(unittest.TestCase):
     A flood, a drip and early talkers from 59 addresses while a legitimate client relays.
     """
 
-    timeout = 90
+    timeout = 480
 
     def setUp(self) -> None:
         self.state = tempfile.mkdtemp(prefix="ng-flood-", dir="/tmp")
@@ -406,12 +469,12 @@ class FloodTests(unittest.TestCase):
         try:
             for source in self.flood:
                 source.stop()
-            yield wait_for(lambda: all(t.called for t in self.talking), timeout=15)
-            yield wait_for(lambda: self.clients.connecting == 0, timeout=CONNECT_TIMEOUT + 5)
+            yield wait_for(lambda: all(t.called for t in self.talking), timeout=WAIT)
+            yield wait_for(lambda: self.clients.connecting == 0, timeout=WAIT)
             self.clients.abort_all()
-            yield wait_for(self.clients.idle, timeout=10)
+            yield wait_for(self.clients.idle, timeout=WAIT)
             yield wait_for(
-                lambda: not self.factory.sessions and not self.refusals_open, timeout=10
+                lambda: not self.factory.sessions and not self.refusals_open, timeout=WAIT
             )
         finally:
             if self.sampler.running:
@@ -423,11 +486,20 @@ class FloodTests(unittest.TestCase):
     def start_drip(self) -> Any:
         """
         Connect the drip attacker before the flood fills the pool; return it once greeted.
+        A refusal (a lagging event loop on a loaded machine) is retried, a bounded number of
+        times.
         """
-        drip = Drip(self.clients)
-        yield self.clients.connect(DRIP_SOURCE, self.port, drip)
-        yield drip.greeted
-        return drip
+        for attempt in range(DRIP_MAX_ATTEMPTS):
+            drip = Drip(self.clients)
+            yield self.clients.connect(DRIP_SOURCE, self.port, drip)
+            try:
+                yield drip.greeted
+            except AssertionError:
+                if not drip.data.startswith(b"ERR BUSY ") or attempt + 1 == DRIP_MAX_ATTEMPTS:
+                    raise
+                yield sleep(LEGIT_RETRY_PAUSE)
+                continue
+            return drip
 
     @inlineCallbacks
     def early_talker(self, source: str) -> Any:
@@ -444,10 +516,8 @@ class FloodTests(unittest.TestCase):
             if self.stopping:
                 break
             talker = Talker(self.clients)
-            try:
-                yield self.clients.connect(source, self.port, talker)
-            except Exception as error:  # a refused connect is just another try
-                replies.append(repr(error).encode())
+            if not self.clients.talk_first(source, self.port, TALK, talker):
+                replies.append(b"(listen queue full)")  # just another try
                 yield sleep(TALKER_PAUSE)
                 continue
             said = (yield talker.closed).split(b"\r\n", 1)[0]
@@ -466,21 +536,36 @@ class FloodTests(unittest.TestCase):
     def legit_session(self, number: int) -> Any:
         """
         Authenticate from 127.0.0.1, open echo, relay C{LEGIT_BYTES} and check them; retry a
-        BUSY refusal up to C{LEGIT_MAX_RETRIES} times.
+        transient failure before the service is open up to C{LEGIT_MAX_RETRIES} times. Any
+        other failure (a wrong answer, an authentication failure) is not retried.
 
-        @return: the reasons of the BUSY refusals that were retried.
+        @return: what each retried failure was: C{"BUSY <reason>"} or C{"TIMEOUT <text>"} from
+            the gateway, C{"client <reason>"} from the client, C{"connect <error>"}.
         """
         payload = random.Random(number).randbytes(LEGIT_BYTES)
         retried: list[str] = []
         while True:
             client = Legit(self.clients, self.credentials, LEGIT_BYTES)
-            yield self.clients.connect(LEGIT_SOURCE, self.port, client)
+            failure: str | None
             try:
+                yield self.clients.connect(LEGIT_SOURCE, self.port, client)
                 yield client.opened
+            except ConnectError as error:
+                failure = f"connect {type(error).__name__}"
             except NGPError as error:
-                if error.code != "BUSY" or len(retried) >= LEGIT_MAX_RETRIES:
+                if error.code not in TRANSIENT_CODES:
                     raise
-                retried.append(error.text)
+                failure = f"{error.code} {error.text}"
+            except NGPProtocolError as error:
+                if error.reason not in TRANSIENT_CLIENT_REASONS:
+                    raise
+                failure = f"client {error.reason}"
+            else:
+                failure = None
+            if failure is not None:
+                if len(retried) >= LEGIT_MAX_RETRIES:
+                    self.fail(f"not served within {LEGIT_MAX_RETRIES} retries: {retried}")
+                retried.append(failure)
                 yield sleep(LEGIT_RETRY_PAUSE)
                 continue
             for start in range(0, LEGIT_BYTES, 8192):
@@ -510,7 +595,8 @@ class FloodTests(unittest.TestCase):
         # The first legitimate session starts only once the flood has filled the pool to
         # where random early drop begins.
         yield wait_for(
-            lambda: self.factory.admission.snapshot()["unauthenticated"] >= RED_SOFT, timeout=10
+            lambda: self.factory.admission.snapshot()["unauthenticated"] >= RED_SOFT,
+            timeout=WAIT,
         )
         legit_retries: list[list[str]] = []
         for number in range(LEGIT_SESSIONS):
@@ -555,11 +641,12 @@ class FloodTests(unittest.TestCase):
         )
 
         # Every legitimate session succeeded (legit_session checked the bytes), within the
-        # bounded BUSY retries.
+        # bounded retries; every BUSY it met was for a known reason.
         self.assertEqual(len(legit_retries), LEGIT_SESSIONS)
         for retried in legit_retries:
             self.assertLessEqual(len(retried), LEGIT_MAX_RETRIES)
-            self.assertTrue(set(retried) <= REASONS, retried)
+            busy = {failure.split(" ", 1)[1] for failure in retried if failure.startswith("BUSY ")}
+            self.assertTrue(busy <= REASONS, retried)
 
         # Refusals are counted by reason: only known reasons, the per-reason counters add up
         # to the total and agree with admission's own, and the flood met the pool limits.
