@@ -41,6 +41,7 @@ from netguard.ops.overload import OverloadMonitor
 from netguard.ops.preflight import AddressBusy, check_listener_free
 from netguard.ops.privileges import hand_over
 from netguard.ops.reload import ReloadRefused
+from netguard.proxy_header import ProxyHeaderEndpoint
 from netguard.stats import Stats
 from netguard.tls import ServerTLS, TLSServerEndpoint, load_server_context
 
@@ -419,7 +420,10 @@ def _endpoint(reactor: Any, description: str) -> Any:
     started without systemd's sockets) becomes L{ListenFailed} naming the listener.
     """
     try:
-        return serverFromString(reactor, with_default_backlog(description))
+        full = with_default_backlog(description)
+        if full.startswith("haproxy:"):  # the PROXY header is read before admission
+            return ProxyHeaderEndpoint(serverFromString(reactor, full[8:]), reactor)
+        return serverFromString(reactor, full)
     except (ValueError, KeyError, IndexError, TypeError) as error:
         raise ListenFailed(
             f"cannot use listener {description}: {type(error).__name__}: {error}"
