@@ -9,7 +9,8 @@ Twisted's own C{haproxy:} wrapper builds the application's protocol as soon as t
 connection is accepted, with the proxy's address, and connects it before the header has been
 read; this one does not. Until its header is complete a connection is not admitted, counts
 against nothing and reaches no application code; it is bounded by L{HEADER_TIMEOUT} and by
-the header's own length limits (107 bytes for version 1, 16 + 65535 for version 2). A
+the header's own length limits (107 bytes for version 1, 16 + 65535 for version 2), and at
+most L{MAX_PENDING} connections wait for their header at once (more are closed at accept). A
 connection whose header is invalid or late is closed without a reply (its peer is the proxy,
 which speaks no NGP/1) and logged. A version 2 C{LOCAL} header (a proxy's own health check)
 carries no address: the connection keeps the proxy's.
@@ -42,6 +43,10 @@ log = Logger()
 #: Seconds a new connection has to complete its PROXY header.
 HEADER_TIMEOUT = 10.0
 
+#: Connections that may wait for their header at once; admission control only counts a
+#: connection once its header names the client, so this bounds the sockets held before it.
+MAX_PENDING = 256
+
 
 @implementer(IHalfCloseableProtocol)
 class ProxyHeaderProtocol(ProtocolWrapper):
@@ -61,6 +66,7 @@ class ProxyHeaderProtocol(ProtocolWrapper):
         self._pending = b""
         self._info: Any = None
         self._timer: Any = None
+        self._waiting = False
 
     def logPrefix(self) -> str:
         if self.wrappedProtocol is None:
@@ -72,10 +78,13 @@ class ProxyHeaderProtocol(ProtocolWrapper):
         self.transport = self._raw = transport
         self.connected = 1
         self.factory.registerProtocol(self)
+        self._waiting = True
+        self.factory.pending += 1
         self._timer = self.factory.clock.callLater(HEADER_TIMEOUT, self._expired)
 
     def _expired(self) -> None:
         self._timer = None
+        self._cancel_timer()
         log.info(
             "no PROXY header from {peer} within {timeout} s",
             event="conn.timeout",
@@ -97,9 +106,15 @@ class ProxyHeaderProtocol(ProtocolWrapper):
         self._raw.abortConnection()
 
     def _cancel_timer(self) -> None:
+        """
+        Stop waiting for the header: cancel its deadline and leave the pending count.
+        """
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
+        if self._waiting:
+            self._waiting = False
+            self.factory.pending -= 1
 
     def dataReceived(self, data: bytes) -> None:
         if self.wrappedProtocol is not None:
@@ -205,15 +220,28 @@ class ProxyHeaderFactory(WrappingFactory):
     Wraps the application's factory: each connection reads its PROXY header first.
 
     @ivar clock: the L{IReactorTime} of the header deadline.
+    @ivar max_pending: the most connections waiting for their header at once.
+    @ivar pending: how many wait now.
     """
 
     protocol = ProxyHeaderProtocol  # type: ignore[assignment]
 
-    def __init__(self, wrappedFactory: Any, clock: Any) -> None:
+    def __init__(self, wrappedFactory: Any, clock: Any, max_pending: int = MAX_PENDING) -> None:
         super().__init__(wrappedFactory)
         self.clock = clock
+        self.max_pending = max_pending
+        self.pending = 0
 
     def buildProtocol(self, addr: Any) -> Any:
+        if self.pending >= self.max_pending:
+            log.info(
+                "refused {peer}: {pending} connections already wait for their PROXY header",
+                event="conn.reject",
+                reason="proxy-header-pending",
+                pending=self.pending,
+                peer=peer_label(addr),
+            )
+            return None  # Twisted closes the connection
         return ProxyHeaderProtocol(self)
 
     def logPrefix(self) -> str:

@@ -216,3 +216,55 @@ class ProxyHeaderTests(unittest.TestCase):
         transport.loseConnection()
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertEqual(app.addresses, [])
+
+
+class PendingBoundTests(unittest.TestCase):
+    """
+    At most C{max_pending} connections wait for their header at once: admission control
+    cannot count them yet, so this bounds the sockets a peer can hold before it.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.app = AppFactory()
+        self.factory = ProxyHeaderFactory(self.app, self.clock, max_pending=3)
+
+    def accept(self) -> Any:
+        wrapper = self.factory.buildProtocol(PROXY_ADDRESS)
+        if wrapper is None:
+            return None, None
+        transport = StringTransportWithDisconnection(peerAddress=PROXY_ADDRESS)
+        transport.protocol = wrapper
+        wrapper.makeConnection(transport)
+        return wrapper, transport
+
+    def test_bound_reached_then_one_past_is_refused_and_logged(self) -> None:
+        """Three waiting connections are accepted; the fourth is refused at accept."""
+        waiting = [self.accept() for _ in range(3)]
+        self.assertTrue(all(wrapper is not None for wrapper, _ in waiting))
+        self.assertEqual(self.factory.pending, 3)
+        with capturedLogs() as events:
+            self.assertIsNone(self.accept()[0])
+        self.assertEqual(
+            [e.get("reason") for e in events if e.get("event") == "conn.reject"],
+            ["proxy-header-pending"],
+        )
+
+    def test_a_slot_comes_back_however_the_wait_ends(self) -> None:
+        """
+        Header complete, header invalid, deadline passed, connection lost: each frees its
+        slot once, so a new connection is accepted again.
+        """
+        (done, _), (bad, _), (late, _) = (self.accept() for _ in range(3))
+        done.dataReceived(V1)
+        self.assertEqual(self.factory.pending, 2)
+        bad.dataReceived(b"GET / HTTP/1.0\r\n")
+        self.assertEqual(self.factory.pending, 1)
+        self.clock.advance(HEADER_TIMEOUT)
+        self.assertEqual(self.factory.pending, 0)
+        wrapper, transport = self.accept()
+        self.assertEqual(self.factory.pending, 1)
+        transport.loseConnection()
+        self.assertEqual(self.factory.pending, 0)
+        done.transport.loseConnection()  # after the header: counts nothing
+        self.assertEqual(self.factory.pending, 0)
