@@ -530,6 +530,26 @@ class BoundsTests(unittest.TestCase):
         self.assertIn(("netguard_connections_total", ()), values)
         self.assertIn(("netguard_admission_stress", ()), values)
 
+    def test_counter_that_is_nan_or_negative_is_left_out(self) -> None:
+        """
+        A counter figure that is NaN or negative is not exposed (a counter never goes down);
+        zero, the boundary, is; an unknown negative integer becomes a gauge.
+        """
+        for bad in (float("nan"), -1, -0.5):
+            figures = figures_for()
+            figures.update({"auth_ok": bad, "refused.rate": bad, "surprise": -3})
+            body = render_metrics(figures).decode("utf-8")
+            values = parse_exposition(body)
+            self.assertNotIn(("netguard_auth_ok_total", ()), values, bad)
+            # A known reason keeps its place in the family, at zero.
+            self.assertEqual(values[("netguard_refused_total", (("reason", "rate"),))], 0, bad)
+            self.assertIn("# TYPE netguard_surprise gauge", body)
+        figures = figures_for()
+        figures["auth_ok"] = 0
+        self.assertEqual(
+            parse_exposition(render_metrics(figures).decode())[("netguard_auth_ok_total", ())], 0
+        )
+
     def test_typical_figures_not_truncated(self) -> None:
         self.assertNotIn(b"truncated", render_metrics(figures_for()))
 
@@ -538,7 +558,7 @@ class BoundsTests(unittest.TestCase):
         st.dictionaries(
             st.text(max_size=40),
             st.one_of(
-                st.integers(min_value=0, max_value=2**70),
+                st.integers(min_value=-(2**70), max_value=2**70),
                 st.floats(allow_nan=True, allow_infinity=True),
                 st.booleans(),
                 st.text(max_size=5),

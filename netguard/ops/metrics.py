@@ -253,6 +253,15 @@ def _number(value: object) -> int | float | bool | None:
     return value if isinstance(value, bool | int | float) else None
 
 
+def _count(value: object) -> int | float | bool | None:
+    """
+    C{value} if it can be a counter's value (a number, not negative, not NaN), else L{None}:
+    the series is left out rather than exposed as a counter that goes down.
+    """
+    number = _number(value)
+    return number if number is not None and number >= 0 else None
+
+
 def _refused_family(figures: Mapping[str, Any]) -> Family:
     """
     C{netguard_refused_total{reason="..."}}: every known reason, plus any other seen.
@@ -262,7 +271,7 @@ def _refused_family(figures: Mapping[str, Any]) -> Family:
         key for key in figures if isinstance(key, str) and key.startswith(_REFUSED_PREFIX)
     )
     for key in seen[:MAX_SERIES]:
-        value = _number(figures[key])
+        value = _count(figures[key])
         if value is not None:
             counts[key[len(_REFUSED_PREFIX) :][:MAX_LABEL_CHARS]] = value
     return Family(
@@ -316,7 +325,7 @@ def _other_families(figures: Mapping[str, Any], taken: set[str]) -> list[Family]
         value = _number(figures[key])
         if value is None:
             continue
-        counter = isinstance(value, int) and not isinstance(value, bool)
+        counter = isinstance(value, int) and not isinstance(value, bool) and value >= 0
         name = metric_name(key, "_total" if counter else "")
         if name in taken:
             continue
@@ -343,9 +352,9 @@ def metric_families(figures: Mapping[str, Any]) -> list[Family]:
     @return: the families; the known ones always, the others when their value is a number.
     """
     families = [
-        Family(metric_name(name, "_total"), "counter", text, (Sample(figures.get(name, 0)),))
+        Family(metric_name(name, "_total"), "counter", text, (Sample(value),))
         for name, text in COUNTERS
-        if _number(figures.get(name, 0)) is not None
+        if (value := _count(figures.get(name, 0))) is not None
     ]
     families.append(_refused_family(figures))
     gauges = (
@@ -440,7 +449,7 @@ def _service_families(services: object) -> list[Family]:
         return tuple(
             Sample(value, (("service", name),))
             for name, figures in entries
-            if (value := _number(figures.get(key, 0))) is not None
+            if (value := _count(figures.get(key, 0))) is not None
         )
 
     families = [
@@ -453,7 +462,7 @@ def _service_families(services: object) -> list[Family]:
         by_reason = by_reason if isinstance(by_reason, Mapping) else {}
         reasons = {*OPEN_FAILURE_REASONS, *(r for r in by_reason if isinstance(r, str))}
         for reason in sorted(reasons)[:MAX_OPEN_FAILURE_REASONS]:
-            value = _number(by_reason.get(reason, 0))
+            value = _count(by_reason.get(reason, 0))
             if value is not None:
                 failures.append(
                     Sample(value, (("service", name), ("reason", reason[:MAX_LABEL_CHARS])))
