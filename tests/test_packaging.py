@@ -17,23 +17,12 @@ import tempfile
 
 from twisted.trial import unittest
 
+from tests.integration.test_twistd import NOT_SOURCE_PATTERNS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: What a source tree holds that is not source (the copy leaves it out, like a fresh clone).
-NOT_SOURCE = shutil.ignore_patterns(
-    ".venv",
-    ".git",
-    "_trial_temp*",
-    "build",
-    "dist",
-    "*.egg-info",
-    "__pycache__",
-    ".hypothesis",
-    ".mypy_cache",
-    ".ruff_cache",
-    "dropin.cache",
-    "results",
-)
+NOT_SOURCE = shutil.ignore_patterns(*NOT_SOURCE_PATTERNS, "results")
 
 #: Builds the sdist of the current directory into the directory given as the argument.
 BUILD_SDIST = (

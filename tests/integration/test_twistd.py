@@ -63,7 +63,7 @@ PAYLOAD_BYTES = 1 << 20
 PIP_TIMEOUT = 300.0
 
 #: Files and directories that are not part of the source (not copied for the build).
-_NOT_SOURCE = shutil.ignore_patterns(
+NOT_SOURCE_PATTERNS = (
     ".venv",
     ".git",
     "_trial_temp*",
@@ -76,6 +76,7 @@ _NOT_SOURCE = shutil.ignore_patterns(
     ".ruff_cache",
     "dropin.cache",
 )
+_NOT_SOURCE = shutil.ignore_patterns(*NOT_SOURCE_PATTERNS)
 
 
 def short_temp_dir(prefix: str) -> str:
