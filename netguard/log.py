@@ -32,15 +32,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 import sys
-import weakref
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from enum import Enum
 from types import MappingProxyType
 from typing import IO, Any, cast
 
+from twisted.internet import udp
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import (
     FileLogObserver,
     Logger,
@@ -314,27 +316,58 @@ def format_json(event: Mapping[str, Any]) -> str:
     return text + "\n"
 
 
-#: The legacy log context key that marks the lines Twisted writes while a port opened by
-#: L{listen_udp_quietly} opens; its value is the start of the expected line.
-QUIET_UDP_CONTEXT_KEY = "netguard_quiet_udp_opening"
+#: The legacy log context key that L{QuietUDPPort} sets while it opens and while it closes;
+#: the two lines C{twisted.internet.udp.Port} writes then carry it in their events.
+QUIET_UDP_CONTEXT_KEY = "netguard_quiet_udp_port"
 
-#: The live protocols of ports opened by L{listen_udp_quietly}, by port number.
-_quiet_udp_ports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
-
-_UDP_CLOSED_PREFIX = "(UDP Port "
-_UDP_CLOSED_SUFFIX = " Closed)"
+#: The two lines C{twisted.internet.udp.Port} writes for itself, and nothing else.
+_QUIET_UDP_LINE = re.compile(r".+ starting on [0-9]+|\(UDP Port [0-9]+ Closed\)")
 
 
-def _udp_log_prefix(protocol: Any) -> str:
+class QuietUDPPort(udp.Port):
     """
-    The name C{twisted.internet.udp.Port} puts before C{starting on} for C{protocol}: its
-    C{logPrefix()} if it provides C{ILoggingContext}, else its class name.
-    """
-    from twisted.internet.interfaces import ILoggingContext
+    A C{twisted.internet.udp.Port} for a short-lived, routine port (a DNS client opens one
+    per query), whose own two info lines are marked for netguard's observers to leave out.
 
-    if ILoggingContext.providedBy(protocol):
-        return str(protocol.logPrefix())
-    return type(protocol).__name__
+    C{udp.Port} writes C{<prefix> starting on N} while it opens (C{startListening}) and
+    C{(UDP Port N Closed)} while it closes (C{connectionLost}) with
+    C{twisted.python.log.msg}, unconditionally, with no attribute or hook to turn them off.
+    This port calls both inside a log context carrying L{QUIET_UDP_CONTEXT_KEY}, so the
+    events of those lines, and only of lines logged while this port opens or closes, carry
+    the key (L{is_quiet_udp_port_line}). Its protocol's own C{Starting protocol} /
+    C{Stopping protocol} lines are switched off at the source (C{noisy = False}).
+    """
+
+    def __init__(
+        self,
+        port: int,
+        proto: Any,
+        interface: str = "",
+        maxPacketSize: int = 8192,  # noqa: N803
+        reactor: Any = None,
+    ) -> None:
+        """
+        The arguments of C{udp.Port}; C{proto.noisy} is set to C{False}.
+        """
+        proto.noisy = False
+        super().__init__(port, proto, interface, maxPacketSize, reactor)
+
+    def startListening(self) -> None:  # noqa: N802
+        """
+        C{udp.Port.startListening}, its C{starting on} line marked quiet.
+        """
+        legacy_log.callWithContext({QUIET_UDP_CONTEXT_KEY: True}, super().startListening)
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        """
+        C{udp.Port.connectionLost}, its C{Closed} line marked quiet. The C{Deferred} that
+        C{stopListening} returned fires after, outside the quiet context, so that nothing its
+        callbacks log (another port opened there, say) is marked.
+        """
+        stopped = self.__dict__.pop("d", None)
+        legacy_log.callWithContext({QUIET_UDP_CONTEXT_KEY: True}, super().connectionLost, reason)
+        if stopped is not None:
+            stopped.callback(None)
 
 
 def listen_udp_quietly(
@@ -344,14 +377,14 @@ def listen_udp_quietly(
     C{reactor.listenUDP} for a short-lived, routine port (a DNS client opens one per query),
     without its four info lines per port in netguard's logs.
 
-    The protocol's own C{Starting protocol} / C{Stopping protocol} lines are switched off at
-    the source (C{noisy = False}). The port's C{<prefix> starting on N} and
-    C{(UDP Port N Closed)} lines cannot be: C{twisted.internet.udp.Port} writes them with
-    C{twisted.python.log.msg} unconditionally, with no attribute or hook to turn them off.
-    They still reach C{globalLogPublisher}; netguard's observers (L{safe_text_observer},
-    L{json_observer}, the standard output ones, the C{[log] file} sink) drop them, and only
-    them, with L{is_quiet_udp_port_line}. Twisted's own default observer (twistd without
-    C{--logger}) still shows those two lines.
+    On a posix reactor (every reactor netguard runs on) the port is a L{QuietUDPPort}, opened
+    the way the reactor's own C{listenUDP} opens a C{udp.Port}: its protocol logs nothing,
+    and its two lines still reach C{globalLogPublisher}, where netguard's observers
+    (L{safe_text_observer}, L{json_observer}, the standard output ones, the C{[log] file}
+    sink) drop them, and only them, with L{is_quiet_udp_port_line}. Twisted's own default
+    observer (twistd without C{--logger}) still shows those two lines. On any other reactor
+    (a test's fake one) this is that reactor's C{listenUDP}, with the protocol's
+    C{noisy = False}.
 
     @param reactor: an C{IReactorUDP} provider.
     @param port: the port number, 0 for any.
@@ -362,16 +395,12 @@ def listen_udp_quietly(
     @raise twisted.internet.error.CannotListenError: as C{listenUDP}.
     """
     protocol.noisy = False
-    opening = {QUIET_UDP_CONTEXT_KEY: f"{_udp_log_prefix(protocol)} starting on "}
-    listening = legacy_log.callWithContext(
-        opening,
-        reactor.listenUDP,
-        port,
-        protocol,
-        interface=interface,
-        maxPacketSize=max_packet_size,
-    )
-    _quiet_udp_ports[listening.getHost().port] = protocol
+    if not isinstance(reactor, PosixReactorBase):
+        return reactor.listenUDP(
+            port, protocol, interface=interface, maxPacketSize=max_packet_size
+        )
+    listening = QuietUDPPort(port, protocol, interface, max_packet_size, reactor)
+    listening.startListening()
     return listening
 
 
@@ -392,35 +421,21 @@ def _legacy_text(event: Mapping[str, Any]) -> str | None:
 
 def is_quiet_udp_port_line(event: Mapping[str, Any]) -> bool:
     """
-    Whether an event is one of the two lines C{twisted.internet.udp.Port} writes for a port
-    opened by L{listen_udp_quietly}, and nothing else:
+    Whether an event is one of the two lines C{twisted.internet.udp.Port} writes for a
+    L{QuietUDPPort}: a plain legacy info message carrying L{QUIET_UDP_CONTEXT_KEY} (logged
+    while a L{QuietUDPPort} opens or closes) whose whole text is C{<prefix> starting on N}
+    or C{(UDP Port N Closed)}, C{N} ASCII digits.
 
-      - C{<prefix> starting on N}, logged while that port opens (the event carries
-        L{QUIET_UDP_CONTEXT_KEY} with the exact expected start, C{N} is all digits);
-      - C{(UDP Port N Closed)}, while port N is a live port opened by L{listen_udp_quietly}
-        (its protocol is still connected: the line comes before the protocol is stopped).
-
-    Both must be plain legacy info messages of exactly that text. No other UDP port can
-    hold number N while the quiet port does (it is bound to the wildcard address), except
-    a socket bound to a specific address of the other IP family.
+    The answer depends on the event alone. Any other line, including the same text from
+    another UDP port (whatever its number), is kept.
 
     @param event: a C{twisted.logger} event.
     @return: C{True} to leave the event out of the log.
     """
-    text = _legacy_text(event)
-    if text is None:
+    if event.get(QUIET_UDP_CONTEXT_KEY) is not True:
         return False
-    start = event.get(QUIET_UDP_CONTEXT_KEY)
-    if isinstance(start, str) and text.startswith(start):
-        number = text[len(start) :]
-        return number.isascii() and number.isdigit()
-    if text.startswith(_UDP_CLOSED_PREFIX) and text.endswith(_UDP_CLOSED_SUFFIX):
-        number = text[len(_UDP_CLOSED_PREFIX) : -len(_UDP_CLOSED_SUFFIX)]
-        if not (number.isascii() and number.isdigit()):
-            return False
-        protocol = _quiet_udp_ports.get(int(number))
-        return protocol is not None and protocol.transport is not None
-    return False
+    text = _legacy_text(event)
+    return text is not None and _QUIET_UDP_LINE.fullmatch(text) is not None
 
 
 def _without_quiet_udp_lines(

@@ -11,11 +11,18 @@ from typing import Any
 
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    TimeoutError,
+    fail,
+    gatherResults,
+    succeed,
+)
+from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import capturedLogs, globalLogPublisher
 from twisted.names import client, dns
 from twisted.names import error as names_error
-from twisted.python import log as legacy_log
 from twisted.trial import unittest
 
 from netguard.log import is_quiet_udp_port_line, safe_text_observer
@@ -902,8 +909,8 @@ class HelperTests(unittest.TestCase):
 
 class _FakeDatagramPort:
     """
-    The port a L{_FakeUDPClock} opens: records writes, closes on C{stopListening} like
-    C{twisted.internet.udp.Port} (its C{Closed} line, then the protocol stops).
+    The port a L{_FakeUDPClock} opens: records writes, stops the protocol on
+    C{stopListening}, logs nothing of its own.
     """
 
     def __init__(self, number: int, protocol: Any) -> None:
@@ -920,14 +927,13 @@ class _FakeDatagramPort:
 
     def stopListening(self) -> None:  # noqa: N802
         self.listening = False
-        legacy_log.msg(f"(UDP Port {self.number} Closed)")
         self.protocol.doStop()
 
 
 class _FakeUDPClock(task.Clock):
     """
-    A clock that is also an C{IReactorUDP}: C{listenUDP} logs C{<prefix> starting on N} and
-    connects the protocol, as C{twisted.internet.udp.Port} does, without a socket.
+    A clock that is also an C{IReactorUDP} (not a posix reactor): C{listenUDP} connects the
+    protocol to a L{_FakeDatagramPort}, without a socket.
     """
 
     def __init__(self) -> None:
@@ -941,53 +947,49 @@ class _FakeUDPClock(task.Clock):
         interface: str = "",
         maxPacketSize: int = 8192,  # noqa: N803
     ) -> _FakeDatagramPort:
-        legacy_log.msg(f"{type(protocol).__name__} starting on {port}")
         listening = _FakeDatagramPort(port, protocol)
         self.ports.append(listening)
         protocol.makeConnection(listening)
         return listening
 
 
+class _NameErrorServer(DatagramProtocol):
+    """
+    A loopback DNS server for a test: answers every query with NXDOMAIN.
+    """
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802
+        query = dns.Message()
+        query.fromStr(datagram)
+        answer = dns.Message(id=query.id, answer=1, opCode=query.opCode, rCode=dns.ENAME)
+        answer.queries = query.queries
+        self.transport.write(answer.toStr(), addr)
+
+
 class QuietResolverTests(unittest.TestCase):
     """
     L{make_resolver}'s resolver opens its per-query UDP ports through
     L{netguard.log.listen_udp_quietly}: no C{Starting protocol} / C{Stopping protocol} lines,
-    and the port's own two lines marked for netguard's observers to leave out.
+    and on a real reactor the port's own two lines marked for netguard's observers to leave
+    out.
     """
 
     def test_query_ports_are_quiet(self) -> None:
         """
-        One lookup that times out opens one port and closes it: the protocol lines are not
-        logged, and the port's C{starting on} and C{Closed} lines are the only events, both
-        left out of netguard's text log. The query still went out to the given server.
+        One lookup that times out opens one port and closes it: its protocol is quiet and
+        logs nothing. The query still went out to the given server.
         """
         clock = _FakeUDPClock()
         resolver = make_resolver(clock, [("127.0.0.1", 5353)], 2.0)
-        out = io.StringIO()
-        text = safe_text_observer(out)
-        seen: list[tuple[str, bool]] = []
-
-        def observe(event: dict[str, Any]) -> None:
-            seen.append((event.get("log_text", ""), is_quiet_udp_port_line(event)))
-
-        for observer in (observe, text):
-            globalLogPublisher.addObserver(observer)
-            self.addCleanup(globalLogPublisher.removeObserver, observer)
-        d = resolver.lookupAddress("good.test", timeout=(1,))
-        [port] = clock.ports
-        self.assertFalse(port.protocol.noisy)
-        self.assertEqual([addr for _data, addr in port.written], [("127.0.0.1", 5353)])
-        clock.advance(1)
-        self.failureResultOf(d, TimeoutError)
+        with capturedLogs() as events:
+            d = resolver.lookupAddress("good.test", timeout=(1,))
+            [port] = clock.ports
+            self.assertFalse(port.protocol.noisy)
+            self.assertEqual([addr for _data, addr in port.written], [("127.0.0.1", 5353)])
+            clock.advance(1)
+            self.failureResultOf(d, TimeoutError)
         self.assertFalse(port.listening)
-        self.assertEqual(
-            seen,
-            [
-                (f"DNSDatagramProtocol starting on {port.number}", True),
-                (f"(UDP Port {port.number} Closed)", True),
-            ],
-        )
-        self.assertEqual(out.getvalue(), "")
+        self.assertEqual(list(events), [])
 
     def test_other_reactor_calls_reach_the_real_reactor(self) -> None:
         """
@@ -997,3 +999,40 @@ class QuietResolverTests(unittest.TestCase):
         resolver = make_resolver(clock, [("127.0.0.1", 5353)], 2.0)
         resolver.lookupAddress("good.test", timeout=(5,))
         self.assertEqual(len(clock.getDelayedCalls()), 1)
+
+    def test_real_query_port_lines_stay_out_of_the_log(self) -> None:
+        """
+        Over real loopback sockets: a lookup answered by a local server opens one
+        L{QuietUDPPort} and closes it; its C{starting on} and C{Closed} lines are the only
+        events, both recognised, and netguard's text log stays empty.
+        """
+        from twisted.internet import reactor
+
+        server = reactor.listenUDP(0, _NameErrorServer(), "127.0.0.1")
+        self.addCleanup(server.stopListening)
+        resolver = make_resolver(reactor, [("127.0.0.1", server.getHost().port)], 30.0)
+        out = io.StringIO()
+        seen: list[tuple[str, bool]] = []
+        closed: Deferred[None] = Deferred()
+
+        def observe(event: dict[str, Any]) -> None:
+            text, quiet = event.get("log_text", ""), is_quiet_udp_port_line(event)
+            seen.append((text, quiet))
+            if quiet and text.startswith("(UDP Port "):
+                reactor.callLater(0, closed.callback, None)
+
+        for observer in (observe, safe_text_observer(out)):
+            globalLogPublisher.addObserver(observer)
+            self.addCleanup(globalLogPublisher.removeObserver, observer)
+        looked_up = resolver.lookupAddress("missing.test")
+        self.assertFailure(looked_up, names_error.DomainError)
+
+        def check(_: object) -> None:
+            self.assertEqual([quiet for _text, quiet in seen], [True, True])
+            [(opened, _), (closing, _)] = seen
+            number = opened.removeprefix("DNSDatagramProtocol starting on ")
+            self.assertTrue(number.isdigit(), opened)
+            self.assertEqual(closing, f"(UDP Port {number} Closed)")
+            self.assertEqual(out.getvalue(), "")
+
+        return gatherResults([looked_up, closed]).addCallback(check)

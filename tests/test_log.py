@@ -20,9 +20,9 @@ from typing import Any
 import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import gatherResults
 from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, Logger, LoggingFile, LogPublisher, globalLogPublisher
 from twisted.python import log as legacy_log
 from twisted.trial import unittest
@@ -35,6 +35,7 @@ from netguard.log import (
     JSON_RECORD_KEYS,
     FileLogSink,
     LogFileError,
+    QuietUDPPort,
     escape,
     event_as_record,
     format_json,
@@ -856,32 +857,13 @@ class GlobalPublisherHygieneTests(unittest.TestCase):
         self.assertEqual(globalLogPublisher._observers, before)
 
 
-class _FakeUDPPort:
-    """
-    A listening UDP port as the quiet-port code sees it: a number, and a close that logs
-    and stops the protocol in the order C{twisted.internet.udp.Port.connectionLost} does.
-    """
-
-    def __init__(self, number: int, protocol: Any) -> None:
-        self.number = number
-        self.protocol = protocol
-
-    def getHost(self) -> IPv4Address:  # noqa: N802
-        return IPv4Address("UDP", "0.0.0.0", self.number)
-
-    def close(self) -> None:
-        legacy_log.msg(f"(UDP Port {self.number} Closed)")
-        self.protocol.doStop()
-
-
 class _FakeUDPReactor:
     """
-    An C{IReactorUDP} whose C{listenUDP} logs and connects like C{twisted.internet.udp.Port}
-    (C{<prefix> starting on N}, then C{makeConnection}) without a socket.
+    An C{IReactorUDP} that is not a posix reactor: C{listenUDP} records its arguments and
+    connects the protocol, without a socket or a log line.
     """
 
-    def __init__(self, number: int) -> None:
-        self.number = number
+    def __init__(self) -> None:
         self.calls: list[tuple[int, str, int]] = []
 
     def listenUDP(  # noqa: N802
@@ -890,20 +872,27 @@ class _FakeUDPReactor:
         protocol: Any,
         interface: str = "",
         maxPacketSize: int = 8192,  # noqa: N803
-    ) -> _FakeUDPPort:
+    ) -> object:
         self.calls.append((port, interface, maxPacketSize))
-        number = port or self.number
-        legacy_log.msg(f"{type(protocol).__name__} starting on {number}")
-        listening = _FakeUDPPort(number, protocol)
+        listening = object()
         protocol.makeConnection(listening)
         return listening
 
 
+def _quiet_legacy_msg(*message: str, **fields: Any) -> None:
+    """
+    C{twisted.python.log.msg} inside the log context a L{QuietUDPPort} sets.
+    """
+    legacy_log.callWithContext(
+        {log_module.QUIET_UDP_CONTEXT_KEY: True}, legacy_log.msg, *message, **fields
+    )
+
+
 class QuietUDPPortTests(unittest.TestCase):
     """
-    L{listen_udp_quietly} and L{is_quiet_udp_port_line}: the per-port info lines of a
-    routine UDP port (one per DNS query) stay out of netguard's logs, and nothing else does.
-    The predicate depends on the port's state, so it is asked as each event is logged.
+    L{QuietUDPPort}, L{listen_udp_quietly} and L{is_quiet_udp_port_line}: the per-port info
+    lines of a routine UDP port (one per DNS query) stay out of netguard's logs, and nothing
+    else does. The predicate reads the event alone: no state, no port numbers.
     """
 
     def capture(self) -> list[tuple[dict[str, Any], bool]]:
@@ -924,54 +913,138 @@ class QuietUDPPortTests(unittest.TestCase):
             globalLogPublisher.addObserver(observer)
             self.addCleanup(globalLogPublisher.removeObserver, observer)
 
-    def open_quiet(self, number: int) -> tuple[_FakeUDPPort, DatagramProtocol]:
+    def open_quiet(self) -> tuple[QuietUDPPort, MemoryReactorClock, DatagramProtocol]:
+        """
+        A L{QuietUDPPort} on a real loopback socket, driven by a fake reactor.
+        """
         protocol = DatagramProtocol()
-        reactor = _FakeUDPReactor(number)
-        port = listen_udp_quietly(reactor, 0, protocol, "::", 512)
-        self.assertEqual(reactor.calls, [(0, "::", 512)])
-        return port, protocol
+        reactor = MemoryReactorClock()
+        port = QuietUDPPort(0, protocol, "127.0.0.1", 512, reactor)
+        port.startListening()
+        self.addCleanup(lambda: port.connected and port.connectionLost())
+        self.assertEqual(reactor.readers, {port})
+        return port, reactor, protocol
+
+    def close_quiet(self, port: QuietUDPPort, reactor: MemoryReactorClock) -> None:
+        """
+        Stop C{port} as C{udp.Port.stopListening} does: its C{connectionLost} runs on the
+        next reactor turn.
+        """
+        stopped = port.stopListening()
+        reactor.advance(0)
+        self.successResultOf(stopped)
 
     def test_quiet_port_lines_are_recognised_and_protocol_lines_never_logged(self) -> None:
         """
-        The port's C{starting on} and C{Closed} lines are recognised; the protocol's own
-        C{Starting protocol} / C{Stopping protocol} lines are not logged at all.
+        A L{QuietUDPPort}'s C{starting on} and C{Closed} lines are recognised; its protocol's
+        own C{Starting protocol} / C{Stopping protocol} lines are not logged at all.
         """
         seen = self.capture()
-        port, protocol = self.open_quiet(40001)
+        port, reactor, protocol = self.open_quiet()
+        number = port.getHost().port
         self.assertFalse(protocol.noisy)
-        port.close()
+        self.assertIs(protocol.transport, port)
+        self.close_quiet(port, reactor)
         self.assertEqual(
             [(e["log_text"], quiet) for e, quiet in seen],
-            [("DatagramProtocol starting on 40001", True), ("(UDP Port 40001 Closed)", True)],
+            [
+                (f"DatagramProtocol starting on {number}", True),
+                (f"(UDP Port {number} Closed)", True),
+            ],
         )
+
+    def test_what_the_stop_callbacks_log_is_not_marked(self) -> None:
+        """
+        The C{Deferred} that C{stopListening} returns fires after the quiet port closed,
+        outside its log context: a line its callbacks log, even one identical to the
+        port's own, is kept.
+        """
+        seen = self.capture()
+        port, reactor, _protocol = self.open_quiet()
+        number = port.getHost().port
+        stopped = port.stopListening()
+        stopped.addCallback(lambda _: legacy_log.msg(f"(UDP Port {number} Closed)"))
+        reactor.advance(0)
+        self.successResultOf(stopped)
+        self.assertFalse(port.connected)
+        self.assertEqual(
+            [(e["log_text"], quiet) for e, quiet in seen],
+            [
+                (f"DatagramProtocol starting on {number}", True),
+                (f"(UDP Port {number} Closed)", True),
+                (f"(UDP Port {number} Closed)", False),
+            ],
+        )
+
+    def test_the_two_forms_with_the_context_key_are_recognised(self) -> None:
+        """
+        Exactly the two texts, as plain legacy info messages logged inside the quiet
+        context, are recognised, whatever the prefix and the number.
+        """
+        seen = self.capture()
+        _quiet_legacy_msg("DNSDatagramProtocol starting on 0")
+        _quiet_legacy_msg("Any prefix starting on 65535")
+        _quiet_legacy_msg("(UDP Port 1 Closed)")
+        _quiet_legacy_msg("(UDP Port 123456 Closed)")
+        self.assertEqual([quiet for _e, quiet in seen], [True] * 4)
 
     def test_other_events_are_kept(self) -> None:
         """
-        Only those two exact legacy info lines of a live quiet port are recognised: the same
-        text from another port, outside the opening, as an error, with more text, from the
-        new logging API, after the quiet port is stopped, and any other legacy message
-        logged while it opens or is open, are all kept.
+        Everything else is kept: the two texts without the context key (an ordinary port),
+        and, inside the quiet context, any other text, the texts with more or other
+        characters, as an error, with two arguments, from the new logging API, or with
+        another value of the key.
         """
-        port, _protocol = self.open_quiet(40001)
         seen = self.capture()
-        legacy_log.msg("DatagramProtocol starting on 40001")  # not while a quiet port opens
-        legacy_log.msg("(UDP Port 40002 Closed)")  # another port
-        legacy_log.msg("(UDP Port 40001 Closed)", isError=1)
-        legacy_log.msg("(UDP Port 40001 Closed) ")
-        legacy_log.msg("(UDP Port 040001x Closed)")
-        legacy_log.msg("(UDP Port 40001 Closed)", "more")
-        legacy_log.msg("Starting factory <x>")
-        Logger().info("(UDP Port 40001 Closed)")
-        Logger().info("{x}", x="(UDP Port 40001 Closed)")
-        context = {log_module.QUIET_UDP_CONTEXT_KEY: "DatagramProtocol starting on "}
-        legacy_log.callWithContext(context, legacy_log.msg, "Unexpected message (1)")
-        legacy_log.callWithContext(context, legacy_log.msg, "DatagramProtocol starting on x1")
-        legacy_log.callWithContext(context, legacy_log.msg, "Other starting on 40003")
-        port.close()
-        legacy_log.msg("(UDP Port 40001 Closed)")  # the quiet port is gone: another one
-        self.assertEqual(len(seen), 14)
-        self.assertEqual([quiet for _e, quiet in seen], [False] * 12 + [True, False])
-        self.assertEqual(seen[12][0]["log_text"], "(UDP Port 40001 Closed)")
+        legacy_log.msg("DatagramProtocol starting on 40001")
+        legacy_log.msg("(UDP Port 40001 Closed)")
+        _quiet_legacy_msg("(UDP Port 40001 Closed)", isError=1)
+        _quiet_legacy_msg("(UDP Port 40001 Closed) ")
+        _quiet_legacy_msg(" (UDP Port 40001 Closed)")
+        _quiet_legacy_msg("(UDP Port 040001x Closed)")
+        _quiet_legacy_msg("(UDP Port  Closed)")
+        _quiet_legacy_msg("(UDP Port \u0661 Closed)")
+        _quiet_legacy_msg("(UDP Port 40001 Closed)", "more")
+        _quiet_legacy_msg("(UDP Port 40001 Closed)\n(UDP Port 40001 Closed)")
+        _quiet_legacy_msg("DatagramProtocol starting on x1")
+        _quiet_legacy_msg("starting on 40001")
+        _quiet_legacy_msg("forged\nDatagramProtocol starting on 40001")
+        _quiet_legacy_msg("DatagramProtocol starting on 40001\n")
+        _quiet_legacy_msg("Starting protocol <x>")
+        _quiet_legacy_msg("Unexpected message (1)")
+        Logger().info("(UDP Port 40001 Closed)", netguard_quiet_udp_port=True)
+        legacy_log.callWithContext(
+            {log_module.QUIET_UDP_CONTEXT_KEY: "yes"}, legacy_log.msg, "(UDP Port 1 Closed)"
+        )
+        self.assertEqual(len(seen), 18)
+        self.assertEqual([quiet for _e, quiet in seen], [False] * 18)
+
+    def test_answer_depends_on_the_event_alone(self) -> None:
+        """
+        The same event gets the same answer before a quiet port opens, while it is open and
+        after it closed, whatever its number.
+        """
+        seen = self.capture()
+        _quiet_legacy_msg("(UDP Port 7 Closed)")
+        legacy_log.msg("(UDP Port 7 Closed)")
+        [(quiet_event, _), (plain_event, _)] = seen
+        answers = [(is_quiet_udp_port_line(quiet_event), is_quiet_udp_port_line(plain_event))]
+        port, reactor, _protocol = self.open_quiet()
+        number = port.getHost().port
+        plain = f"(UDP Port {number} Closed)"
+        legacy_log.msg(plain)
+        answers.append((is_quiet_udp_port_line(quiet_event), is_quiet_udp_port_line(plain_event)))
+        self.close_quiet(port, reactor)
+        answers.append((is_quiet_udp_port_line(quiet_event), is_quiet_udp_port_line(plain_event)))
+        self.assertEqual(answers, [(True, False)] * 3)
+        self.assertEqual(
+            [(e["log_text"], quiet) for e, quiet in seen[2:]],
+            [
+                (f"DatagramProtocol starting on {number}", True),
+                (plain, False),
+                (plain, True),
+            ],
+        )
 
     def test_netguard_observers_leave_out_only_quiet_lines(self) -> None:
         """
@@ -990,17 +1063,32 @@ class QuietUDPPortTests(unittest.TestCase):
             json_journal_observer(),
         )
         seen = self.capture()
-        port, _protocol = self.open_quiet(40005)
-        legacy_log.msg("(UDP Port 40006 Closed)")
+        port, reactor, _protocol = self.open_quiet()
+        number = port.getHost().port
+        legacy_log.msg(f"(UDP Port {number} Closed)")
         Logger().info("kept", event="peer.fcrdns")
-        port.close()
+        self.close_quiet(port, reactor)
         self.assertEqual(len(seen), 4)
         outputs = [s.getvalue() for s in streams] + [stdout.getvalue()]
         for output in outputs:
-            self.assertNotIn("40005", output)
-            self.assertIn("(UDP Port 40006 Closed)", output)
+            self.assertNotIn("starting on", output)
             self.assertIn("peer.fcrdns", output)
+        self.assertEqual(
+            [o.count(f"(UDP Port {number} Closed)") for o in outputs], [1, 1, 1, 1, 2]
+        )
         self.assertEqual([len(o.splitlines()) for o in outputs], [2, 2, 2, 2, 4])
+
+    def test_other_reactors_get_a_quiet_protocol(self) -> None:
+        """
+        On a reactor that is not a posix reactor (a test's fake), L{listen_udp_quietly} is
+        its C{listenUDP} with the same arguments, the protocol's C{noisy} off.
+        """
+        protocol = DatagramProtocol()
+        reactor = _FakeUDPReactor()
+        listening = listen_udp_quietly(reactor, 0, protocol, "::", 512)
+        self.assertEqual(reactor.calls, [(0, "::", 512)])
+        self.assertIs(protocol.transport, listening)
+        self.assertFalse(protocol.noisy)
 
     def test_real_udp_ports_of_others_keep_their_lines(self) -> None:
         """
@@ -1014,6 +1102,7 @@ class QuietUDPPortTests(unittest.TestCase):
         self.observe_with(safe_text_observer(text), json_observer(records))
         seen = self.capture()
         quiet = listen_udp_quietly(reactor, 0, DatagramProtocol(), "127.0.0.1")
+        self.assertIsInstance(quiet, QuietUDPPort)
         plain = reactor.listenUDP(0, DatagramProtocol(), "127.0.0.1")
         quiet_number, plain_number = quiet.getHost().port, plain.getHost().port
         stopped = [quiet.stopListening(), plain.stopListening()]
@@ -1038,3 +1127,53 @@ class QuietUDPPortTests(unittest.TestCase):
             self.assertEqual(lines, [line.split(" - - ", 1)[1] for line in written.splitlines()])
 
         return gatherResults(stopped).addCallback(check)
+
+    def test_real_port_with_the_number_of_a_live_quiet_port_keeps_its_lines(self) -> None:
+        """
+        Over real loopback sockets: an ordinary port bound to another address with the same
+        number as a quiet port, opened and closed while the quiet port is open, keeps all
+        four of its lines, identical in text to the quiet port's.
+        """
+        from twisted.internet import reactor
+
+        text = io.StringIO()
+        self.observe_with(safe_text_observer(text))
+        quiet = listen_udp_quietly(reactor, 0, DatagramProtocol(), "127.0.0.1")
+        self.addCleanup(quiet.stopListening)
+        number = quiet.getHost().port
+        plain = reactor.listenUDP(number, DatagramProtocol(), "127.0.0.2")
+
+        def check(_: object) -> None:
+            written = text.getvalue()
+            self.assertEqual(written.count(f"DatagramProtocol starting on {number}"), 1)
+            self.assertEqual(written.count(f"(UDP Port {number} Closed)"), 1)
+            self.assertEqual(written.count("Starting protocol"), 1)
+            self.assertEqual(written.count("Stopping protocol"), 1)
+            self.assertEqual(len(written.splitlines()), 4)
+
+        return plain.stopListening().addCallback(check)
+
+    def test_real_port_reusing_the_number_of_a_closed_quiet_port_keeps_its_lines(self) -> None:
+        """
+        Over real loopback sockets: after a quiet port closed, an ordinary port opened on
+        the same address and number keeps all four of its lines.
+        """
+        from twisted.internet import reactor
+
+        text = io.StringIO()
+        self.observe_with(safe_text_observer(text))
+        quiet = listen_udp_quietly(reactor, 0, DatagramProtocol(), "127.0.0.1")
+        number = quiet.getHost().port
+
+        def reopen(_: object) -> Any:
+            self.assertEqual(text.getvalue(), "")
+            plain = reactor.listenUDP(number, DatagramProtocol(), "127.0.0.1")
+            return plain.stopListening()
+
+        def check(_: object) -> None:
+            written = text.getvalue()
+            self.assertEqual(written.count(f"DatagramProtocol starting on {number}"), 1)
+            self.assertEqual(written.count(f"(UDP Port {number} Closed)"), 1)
+            self.assertEqual(len(written.splitlines()), 4)
+
+        return quiet.stopListening().addCallback(reopen).addCallback(check)

@@ -401,8 +401,9 @@ class _QuietUDPReactor:
     (source port randomisation) and closes it after the answer. Its datagram protocol has no
     public switch, but the resolver opens every port through its reactor's C{listenUDP}
     (the public C{IReactorUDP} interface), so this is where the per-query C{Starting
-    protocol} / C{Stopping protocol} lines are switched off and the port's own two lines
-    are marked for netguard's log observers to leave out.
+    protocol} / C{Stopping protocol} lines are switched off and, on a real reactor, the port
+    is a L{netguard.log.QuietUDPPort}, whose own two lines are marked for netguard's log
+    observers to leave out.
     """
 
     def __init__(self, reactor: Any) -> None:
