@@ -223,15 +223,17 @@ def _gateway_host(args: argparse.Namespace) -> str | None:
     """
     The host named by a C{tcp:} gateway endpoint string (for TLS name checks), if any.
     """
-    from twisted.internet.endpoints import _parse
+    from netguard.endpoints import split_description
 
     try:
-        positional, named = _parse(args.gateway)
-    except (ValueError, IndexError):
+        fields = split_description(args.gateway)
+    except ValueError:
         return None
+    positional = [f.value for f in fields if f.key is None]
+    named = {f.key: f.value for f in fields if f.key is not None}
     if named.get("host"):
-        return str(named["host"])
-    return str(positional[1]) if len(positional) > 1 else None
+        return named["host"]
+    return positional[1] if len(positional) > 1 else None
 
 
 def _cmd_tunnel(args: argparse.Namespace, io: _IO) -> int:
@@ -242,7 +244,7 @@ def _cmd_tunnel(args: argparse.Namespace, io: _IO) -> int:
     from netguard.client.endpoint import NGPClientEndpoint, wrap_tls
     from netguard.client.protocol import Credentials
     from netguard.client.tunnel import TunnelFactory
-    from netguard.config import resolve_endpoint_ports
+    from netguard.endpoints import resolve_endpoint_ports
     from netguard.log import safe_text_observer
     from netguard.secretfile import read_password_file
 

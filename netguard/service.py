@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from netguard.auth.users import MOCK_KEY_FILE, UserStore, ensure_users_file, load_mock_key
-from netguard.config import with_default_backlog
+from netguard.endpoints import with_default_backlog
 from netguard.gateway.factory import GatewayFactory
 from netguard.log import FileLogSink, LogFileError
 from netguard.ops.control import ControlError, ControlFactory, ControlService, UnsafeControlPath

@@ -12,8 +12,6 @@ import os
 import socket
 
 import attrs
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
 from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
 from twisted.trial import unittest
@@ -21,7 +19,6 @@ from twisted.trial import unittest
 from netguard import config as config_module
 from netguard.admission import AdmissionPolicy
 from netguard.config import (
-    _TLS_LISTEN_KEYS,
     COMMAND_LINE_SOURCE,
     DEFAULTS_SOURCE,
     ORIGIN_COMMAND_LINE,
@@ -38,9 +35,9 @@ from netguard.config import (
     describe,
     describe_defaults,
     load_config,
-    resolve_endpoint_ports,
-    resolve_port,
 )
+from netguard.config import text as config_text
+from netguard.config.schema import TLS_LISTEN_KEYS
 
 #: A user environment: the default state directory becomes /xdg/netguard.
 ENV = {"XDG_STATE_HOME": "/xdg", "HOME": "/home/u"}
@@ -962,41 +959,6 @@ class PortTests(ConfigTestCase):
     Ports are numbers or names from the services database (seed tip 1).
     """
 
-    def test_number(self) -> None:
-        self.assertEqual(resolve_port("6379"), 6379)
-
-    def test_int(self) -> None:
-        self.assertEqual(resolve_port(8080), 8080)
-
-    def test_zero(self) -> None:
-        self.assertEqual(resolve_port("0"), 0)
-
-    def test_out_of_range(self) -> None:
-        self.assertRaises(ValueError, resolve_port, "65536")
-
-    def test_non_ascii_digits_refused(self) -> None:
-        self.assertRaises(ValueError, resolve_port, "\u0668\u0660")
-
-    def test_signed_number_refused(self) -> None:
-        self.assertRaises(ValueError, resolve_port, "+80")
-
-    def test_injected_lookup(self) -> None:
-        calls = []
-
-        def lookup(name: str, proto: str) -> int:
-            calls.append((name, proto))
-            return 4242
-
-        self.assertEqual(resolve_port("netguard-test", lookup=lookup), 4242)
-        self.assertEqual(calls, [("netguard-test", "tcp")])
-
-    def test_unknown_name(self) -> None:
-        error = self.assertRaises(ValueError, resolve_port, "netguard-no-such-service")
-        self.assertIn("unknown service name", str(error))
-
-    def test_real_name(self) -> None:
-        self.assertEqual(resolve_port("http"), _port_of("http"))
-
     def test_listener_positional_port_name(self) -> None:
         port = _port_of("http")
         config = self.load("listen = ['tcp:http:interface=127.0.0.1']\n")
@@ -1045,56 +1007,6 @@ class PortTests(ConfigTestCase):
         port = _port_of("http")
         config = self.load(None, {"services": ["web=tcp:host=127.0.0.1:port=http"]})
         self.assertEqual(config.services["web"].backend, f"tcp:host=127.0.0.1:port={port}")
-
-
-class ResolveEndpointPortsTests(unittest.TestCase):
-    """
-    L{resolve_endpoint_ports}: the client side's endpoint strings get port names resolved
-    as the configuration's do.
-    """
-
-    def test_client_tcp_port_name(self) -> None:
-        port = _port_of("http")
-        self.assertEqual(
-            resolve_endpoint_ports("tcp:host=gw.example.org:port=http", server=False),
-            f"tcp:host=gw.example.org:port={port}",
-        )
-
-    def test_server_tcp_positional_port_name(self) -> None:
-        port = _port_of("http")
-        self.assertEqual(
-            resolve_endpoint_ports("tcp:http:interface=127.0.0.1", server=True),
-            f"tcp:{port}:interface=127.0.0.1",
-        )
-
-    def test_numbers_and_unix_unchanged(self) -> None:
-        for description, server in (
-            ("tcp:host=127.0.0.1:port=7700", False),
-            ("unix:path=/run/netguard/netguard.sock", False),
-            ("tcp:7700:interface=127.0.0.1", True),
-            ("unix:/tmp/redis.sock:mode=600", True),
-        ):
-            self.assertEqual(resolve_endpoint_ports(description, server=server), description)
-
-    def test_other_types_left_to_their_parser(self) -> None:
-        self.assertEqual(
-            resolve_endpoint_ports("someplugin:a=b:port=http", server=False),
-            "someplugin:a=b:port=http",
-        )
-
-    def test_unknown_service_name_refused(self) -> None:
-        error = self.assertRaises(
-            ValueError,
-            resolve_endpoint_ports,
-            "tcp:host=127.0.0.1:port=no-such-service-here",
-            server=False,
-        )
-        self.assertIn("unknown service name", str(error))
-
-    def test_port_zero_refused_for_clients(self) -> None:
-        self.assertRaises(
-            ValueError, resolve_endpoint_ports, "tcp:host=127.0.0.1:port=0", server=False
-        )
 
 
 class WarningTests(ConfigTestCase):
@@ -1229,7 +1141,7 @@ class DescribeTests(ConfigTestCase):
         """
         Even a hand-built Config with a password-like origin key never prints the value.
         """
-        self.assertEqual(config_module._redacted("services.x.password", "hunter2"), "<redacted>")
+        self.assertEqual(config_text._redacted("services.x.password", "hunter2"), "<redacted>")
 
     def test_ends_with_newline(self) -> None:
         self.assertTrue(describe(self.load()).endswith("\n"))
@@ -1245,7 +1157,7 @@ class DescribeDefaultsTests(unittest.TestCase):
         + [f"limits.{name}" for name in LIMIT_NAMES]
         + ["log.format", "log.file"]
         + [f"services.<name>.{key}" for key in SERVICE_KEYS]
-        + [f"tls_listen[].{key}" for key in _TLS_LISTEN_KEYS]
+        + [f"tls_listen[].{key}" for key in TLS_LISTEN_KEYS]
         + [f"admission.{field.name}" for field in attrs.fields(AdmissionPolicy)]
     )
 
@@ -1379,45 +1291,6 @@ class AllowsTests(unittest.TestCase):
         self.assertFalse(ServiceConfig("s", "builtin:echo", ("*",)).allows("", ()))
 
 
-_DESCRIPTION_TEXT = st.text(alphabet="ab=:\\-/", max_size=30)
-
-
-class DescriptionParserTests(unittest.TestCase):
-    """
-    The order-keeping endpoint splitter agrees with Twisted's own parser.
-    """
-
-    @settings(max_examples=200, deadline=None)
-    @given(_DESCRIPTION_TEXT)
-    def test_split_agrees_with_twisted(self, text: str) -> None:
-        try:
-            fields = config_module._split_description(text)
-        except config_module._Invalid:
-            return
-        keys = [f.key for f in fields if f.key is not None]
-        assume(len(keys) == len(set(keys)))
-        args, kwargs = endpoints._parse(text)
-        self.assertEqual([f.value for f in fields if f.key is None], args)
-        self.assertEqual({f.key: f.value for f in fields if f.key is not None}, kwargs)
-
-    @settings(max_examples=200, deadline=None)
-    @given(_DESCRIPTION_TEXT)
-    def test_join_round_trips(self, text: str) -> None:
-        try:
-            fields = config_module._split_description(text)
-        except config_module._Invalid:
-            return
-        self.assertEqual(
-            config_module._split_description(config_module._join_fields(fields)), fields
-        )
-
-    def test_lone_backslash(self) -> None:
-        self.assertRaises(config_module._Invalid, config_module._split_description, "tcp:80\\")
-
-    def test_empty_option_name(self) -> None:
-        self.assertRaises(config_module._Invalid, config_module._split_description, "tcp:=80")
-
-
 class ReviewFixTests(unittest.TestCase):
     """
     Small behaviours found in review.
@@ -1450,29 +1323,3 @@ class ReviewFixTests(unittest.TestCase):
             '[services.vault]\nbackend = "builtin:echo"\nusers = ["*"]\nfcrdns = "require"\n'
         )
         self.assertEqual(loaded.services["vault"].fcrdns, "require")
-
-
-class DefaultBacklogTests(unittest.TestCase):
-    """
-    L{config_module.with_default_backlog}: the backlog added to a listener string that sets none.
-    """
-
-    def test_added_where_missing(self) -> None:
-        """tcp, tcp6 and unix strings without a backlog get the default, escapes kept."""
-        for description, expected in [
-            ("tcp:7700:interface=127.0.0.1", "tcp:7700:interface=127.0.0.1:backlog=511"),
-            ("tcp6:7700", "tcp6:7700:backlog=511"),
-            ("unix:/run/a\\:b.sock:mode=600", "unix:/run/a\\:b.sock:mode=600:backlog=511"),
-            ("haproxy:tcp:7700", "haproxy:tcp:7700:backlog=511"),
-        ]:
-            self.assertEqual(config_module.with_default_backlog(description), expected)
-
-    def test_kept_when_given_by_name_or_position(self) -> None:
-        """A backlog the string sets, by name or in its positional place, is not touched."""
-        for description in ["tcp:7700:backlog=7", "tcp:7700:127.0.0.1:7", "tcp6:7700:7"]:
-            self.assertEqual(config_module.with_default_backlog(description), description)
-
-    def test_types_without_a_backlog_unchanged(self) -> None:
-        """systemd: sockets are already listening; unknown types are left to their parser."""
-        for description in ["systemd:domain=INET:index=0", "someplugin:x=1"]:
-            self.assertEqual(config_module.with_default_backlog(description), description)

@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netguard.client.protocol import Credentials, NGPClientProtocol
-from netguard.config import resolve_endpoint_ports, resolve_port
+from netguard.endpoints import resolve_endpoint_ports, resolve_port
 from netguard.secretfile import read_password_file
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from netguard.config import split_description
+from netguard.endpoints import split_description
 from netguard.ops.lock import InstanceConflict, check_unix_socket_free
 
 

@@ -109,6 +109,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
+from netguard.endpoints import SOCKS5_ENDPOINT_KEYS, resolve_port
 from netguard.log import escape
 from netguard.secretfile import read_password_file
 
@@ -143,7 +144,6 @@ __all__ = [
     "is_valid_bound_name",
     "read_password_file",
     "reply_error",
-    "resolve_port",
     "target_address",
 ]
 
@@ -1305,38 +1305,25 @@ def _describe_address(transport: Any) -> str:
 
 
 #: Every key a C{socks5:} endpoint string may have.
-ENDPOINT_KEYS = frozenset(
-    {
-        "host",
-        "port",
-        "proxy",
-        "proxy_host",
-        "proxy_port",
-        "user",
-        "password_file",
-        "timeout",
-        "offer_no_auth",
-    }
-)
+ENDPOINT_KEYS: Final = SOCKS5_ENDPOINT_KEYS
 
 
-def resolve_port(value: str, what: str = "port") -> int:
+def _port(value: str, what: str = "port") -> int:
     """
-    Turn a port number or a TCP service name into a port number.
+    Turn a port number or a TCP service name into a port one can connect to, with
+    L{netguard.endpoints.resolve_port}.
 
     @param value: C{"443"} or C{"https"}.
     @param what: the key name, for the error message.
     @return: 1..65535.
-    @raise ValueError: if C{value} is neither.
+    @raise ValueError: if C{value} is neither, or is port 0.
     """
-    if value.isdigit():
-        number = int(value)
-    else:
-        try:
-            number = socket.getservbyname(value, "tcp")
-        except (OSError, UnicodeError):
-            raise ValueError(f"{what}={escape(value)}: no such TCP service") from None
-    if not 1 <= number <= 65535:
+    try:
+        number = resolve_port(value)
+    except ValueError:
+        problem = "not a port 1..65535" if value.isdigit() else "no such TCP service"
+        raise ValueError(f"{what}={escape(value)}: {problem}") from None
+    if number == 0:
         raise ValueError(f"{what}={escape(value)}: not a port 1..65535")
     return number
 
@@ -1385,7 +1372,7 @@ def endpoint_from_string_args(reactor: Any, *args: str, **kwargs: str) -> SOCKS5
     for key in ("host", "port"):
         if not kwargs.get(key):
             raise ValueError(f"socks5: {key}= is required")
-    port = resolve_port(kwargs["port"])
+    port = _port(kwargs["port"])
 
     if ("proxy" in kwargs) == ("proxy_host" in kwargs):
         raise ValueError("socks5: give exactly one of proxy= and proxy_host=")
@@ -1398,7 +1385,7 @@ def endpoint_from_string_args(reactor: Any, *args: str, **kwargs: str) -> SOCKS5
         if not kwargs["proxy_host"]:
             raise ValueError("socks5: proxy_host= is empty")
         if "proxy_port" in kwargs:
-            proxy_port = resolve_port(kwargs["proxy_port"], "proxy_port")
+            proxy_port = _port(kwargs["proxy_port"], "proxy_port")
         else:
             try:
                 proxy_port = socket.getservbyname("socks", "tcp")

@@ -1,0 +1,453 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The configuration as values: the frozen L{Config} and the settings it holds, the constants
+and bounds they share, and L{ConfigError}. Nothing here reads files or the environment; the
+loader builds these (see C{docs/operating.md} for every key).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, Final
+
+import attrs
+
+from netguard.endpoints import MAX_DESCRIPTION_LENGTH
+from netguard.framing import DEFAULT_MAX_ERRORS, FramingLimits
+
+__all__ = [
+    "COMMAND_LINE_SOURCE",
+    "DEFAULTS_SOURCE",
+    "DEFAULT_PORT",
+    "DEFAULT_SERVER_NAME",
+    "MAX_FILE_BYTES",
+    "MAX_LISTENERS",
+    "MAX_NAMES_PER_SERVICE",
+    "MAX_SERVICES",
+    "MAX_STRING_LENGTH",
+    "ORIGIN_COMMAND_LINE",
+    "ORIGIN_DEFAULT",
+    "ORIGIN_FILE",
+    "ROOT_STATE_DIR",
+    "SERVICE_DEFAULTS",
+    "Config",
+    "ConfigError",
+    "Limits",
+    "LogConfig",
+    "OpsConfig",
+    "OverloadConfig",
+    "PeerChecksConfig",
+    "ServiceConfig",
+    "TLSListenConfig",
+    "admission_policy_class",
+    "default_services",
+    "split_host_port",
+]
+
+#: The server name sent in the greeting unless configured (never the host name, which would
+#: tell strangers how the inside of the network is named).
+DEFAULT_SERVER_NAME: Final = "netguard"
+
+#: The state directory when running as root.
+ROOT_STATE_DIR: Final = "/var/lib/netguard"
+
+#: The TCP port of the default loopback listener.
+DEFAULT_PORT: Final = 7700
+
+#: L{Config.source} and L{ConfigError.path} when no file is involved.
+DEFAULTS_SOURCE: Final = "<defaults>"
+
+#: L{ConfigError.path} for a bad override given on the command line.
+COMMAND_LINE_SOURCE: Final = "<command line>"
+
+#: Values of L{Config.origins}: where an effective value came from.
+ORIGIN_DEFAULT: Final = "default"
+ORIGIN_FILE: Final = "file"
+ORIGIN_COMMAND_LINE: Final = "command line"
+
+#: The largest configuration file read; anything bigger is refused as "not a config file".
+MAX_FILE_BYTES: Final = 1024 * 1024
+#: The longest endpoint description, path or SOCKS5 string accepted.
+MAX_STRING_LENGTH: Final = MAX_DESCRIPTION_LENGTH
+#: Bounds on list sizes, so a typo cannot make a huge configuration.
+MAX_LISTENERS: Final = 64
+MAX_SERVICES: Final = 1024
+MAX_NAMES_PER_SERVICE: Final = 1024
+
+
+class ConfigError(Exception):
+    """
+    The configuration cannot be used.
+
+    @ivar path: the configuration file, or L{COMMAND_LINE_SOURCE} / L{DEFAULTS_SOURCE}.
+    @ivar key: the dotted key at fault (C{"limits.max_line_length"}), a position such as
+        C{"line 3"} for a syntax error, or L{None} when the whole file is at fault.
+    @ivar message: what is wrong and what is allowed.
+    """
+
+    def __init__(self, path: str, key: str | None, message: str) -> None:
+        """
+        @param path: see L{ConfigError.path}.
+        @param key: see L{ConfigError.key}.
+        @param message: see L{ConfigError.message}.
+        """
+        super().__init__(path, key, message)
+        self.path = path
+        self.key = key
+        self.message = message
+
+    def __str__(self) -> str:
+        """
+        @return: C{"<path>: <key>: <message>"}, or C{"<path>: <message>"} without a key.
+        """
+        if self.key:
+            return f"{self.path}: {self.key}: {self.message}"
+        return f"{self.path}: {self.message}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Result values
+
+
+_FRAMING: Final = FramingLimits()
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """
+    The bounds every connection lives within. Times are in seconds.
+
+    @ivar max_line_length: longest line in the line phase, without its terminator.
+    @ivar max_lines_before_auth: lines a client may send before it has authenticated.
+    @ivar max_bytes_before_auth: bytes a client may send before it has authenticated.
+    @ivar greeting_delay: silence kept before the greeting; a client that talks during it is
+        an early talker.
+    @ivar handshake_timeout: time from connection to the end of authentication.
+    @ivar idle_timeout: longest silence from the client in the line phase.
+    @ivar write_timeout: longest time a client may leave our queued output unread.
+    @ivar max_auth_attempts: failed authentications allowed on one connection.
+    @ivar max_lines_after_auth: lines a client may send after authenticating, before C{OPEN}.
+    @ivar max_bytes_after_auth: bytes of lines a client may send after authenticating,
+        before C{OPEN}.
+    @ivar max_errors: error replies (that keep the connection) one connection may earn; the
+        next one closes it.
+    @ivar open_timeout: time from authentication to C{OPEN}.
+    """
+
+    # The framing's own defaults are the configuration's: one source of truth.
+    max_line_length: int = _FRAMING.max_line_length
+    max_lines_before_auth: int = _FRAMING.max_lines_before_auth
+    max_bytes_before_auth: int = _FRAMING.max_bytes_before_auth
+    greeting_delay: float = _FRAMING.greeting_delay
+    handshake_timeout: float = _FRAMING.handshake_timeout
+    idle_timeout: float = _FRAMING.idle_timeout
+    write_timeout: float = _FRAMING.write_timeout
+    max_auth_attempts: int = 3
+    # The framing leaves the line phase after the handshake unbounded (a protocol of its own
+    # may live there); the gateway's ends at OPEN, so it is bounded here.
+    max_lines_after_auth: int = 32
+    max_bytes_after_auth: int = 8192
+    max_errors: int = DEFAULT_MAX_ERRORS
+    open_timeout: float = 30.0
+
+
+@attrs.frozen(kw_only=True)
+class LogConfig:
+    """
+    Where and how the log is written.
+
+    @ivar format: C{"text"} (one escaped line per event) or C{"json"} (one JSON object per
+        event).
+    @ivar file: C{"-"} for standard output, or an absolute path.
+    """
+
+    format: str = "text"
+    file: str = "-"
+
+
+@attrs.frozen(kw_only=True)
+class OpsConfig:
+    """
+    How the daemon behaves for its operator.
+
+    @ivar heartbeat: log a heartbeat (cumulative figures) from the start; SIGUSR1 and
+        C{netguard ctl heartbeat on|off} switch it at run time either way.
+    @ivar heartbeat_interval: seconds between two heartbeats.
+    @ivar shutdown_grace: on SIGTERM, seconds open relays get to finish before they are
+        closed (line-phase clients are told C{ERR SHUTTING_DOWN} at once).
+    @ivar control_socket: the AF_UNIX control socket (mode 0600), C{""} for none.
+    @ivar metrics_listen: the Prometheus metrics listener, a C{tcp:}/C{tcp6:} server
+        endpoint string on a loopback interface (C{"tcp:9108:interface=127.0.0.1"}), or
+        C{""} for none (the default).
+    """
+
+    heartbeat: bool = False
+    heartbeat_interval: float = 60.0
+    shutdown_grace: float = 30.0
+    control_socket: str = ""
+    metrics_listen: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class PeerChecksConfig:
+    """
+    Forward-confirmed reverse DNS and ident checks of every TCP peer (seed tips 4 and 10);
+    see C{docs/peer-checks.md}. Both are off by default.
+
+    @ivar fcrdns: C{"off"}, C{"log"} or C{"require"}.
+    @ivar fcrdns_deny: patterns over the confirmed name that refuse a peer.
+    @ivar fcrdns_allow: patterns over the confirmed name; when set, only matching peers may
+        authenticate.
+    @ivar ident: C{"off"} or C{"log"} (the claim is logged, never trusted).
+    @ivar fcrdns_timeout: bound on one FCrDNS check, seconds.
+    @ivar fcrdns_max_names: PTR names looked up forward, at most.
+    @ivar ident_max_reply: bound on the ident reply line, bytes.
+    @ivar ident_port: the port of the peer's identd (113).
+    @ivar ident_timeout: bound on one ident query, seconds.
+    @ivar dns_servers: C{"ip"} or C{"ip:port"} / C{"[ipv6]:port"} resolvers; empty uses
+        C{/etc/resolv.conf}.
+    """
+
+    fcrdns: str = "off"
+    fcrdns_deny: tuple[str, ...] = ()
+    fcrdns_allow: tuple[str, ...] = ()
+    ident: str = "off"
+    fcrdns_timeout: float = 5.0
+    fcrdns_max_names: int = 4
+    ident_max_reply: int = 1024
+    ident_port: int = 113
+    ident_timeout: float = 10.0
+    dns_servers: tuple[str, ...] = ()
+
+    def policy(self) -> Any:
+        """
+        The L{netguard.peer.checks.PeerCheckPolicy} these settings describe.
+        """
+        from netguard.peer.checks import PeerCheckPolicy
+
+        servers = []
+        for server in self.dns_servers:
+            host, port = split_host_port(server, 53)
+            servers.append((host, port))
+        return PeerCheckPolicy(
+            fcrdns=self.fcrdns,  # type: ignore[arg-type]
+            fcrdns_deny=self.fcrdns_deny,
+            fcrdns_allow=self.fcrdns_allow,
+            ident=self.ident,  # type: ignore[arg-type]
+            fcrdns_timeout=self.fcrdns_timeout,
+            fcrdns_max_names=self.fcrdns_max_names,
+            ident_max_reply=self.ident_max_reply,
+            ident_port=self.ident_port,
+            ident_timeout=self.ident_timeout,
+            dns_servers=tuple(servers),
+        )
+
+
+def split_host_port(text: str, default_port: int) -> tuple[str, int]:
+    """
+    Split C{ip}, C{ip:port} or C{[ipv6]:port}; the IP is checked, the port is 1..65535.
+
+    @raise ValueError: if it is not one of those forms.
+    """
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise ValueError(text)
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    ipaddress.ip_address(host)
+    port = int(port_text) if port_text else default_port
+    if not 1 <= port <= 65535:
+        raise ValueError(text)
+    return host, port
+
+
+@attrs.frozen(kw_only=True)
+class OverloadConfig:
+    """
+    Load shedding (seed tip 5): while one of these is exceeded, new connections are refused
+    cheaply with C{ERR BUSY overload-*}. L{None} turns a signal off.
+
+    @ivar max_load: one-minute load average (like xinetd's C{max_load}); off by default
+        because it depends on the machine (twice the CPU count is a sensible start).
+    @ivar max_lag: event-loop lag in seconds: how late a timer fires.
+    @ivar max_rss_mb: resident memory of the process, in MiB.
+    @ivar interval: seconds between two measurements.
+    """
+
+    max_load: float | None = None
+    max_lag: float | None = 0.5
+    max_rss_mb: float | None = None
+    interval: float = 1.0
+
+
+def admission_policy_class() -> Any:
+    """
+    The class of L{Config.admission}: L{netguard.admission.AdmissionPolicy}.
+    """
+    from netguard.admission import AdmissionPolicy
+
+    return AdmissionPolicy
+
+
+@attrs.frozen(kw_only=True)
+class TLSListenConfig:
+    """
+    One TLS listener (C{[[tls_listen]]}): TLS from the first byte on a plain server endpoint,
+    with netguard's hardened settings (see C{docs/tls.md}).
+
+    @ivar endpoint: the server endpoint string underneath (C{tcp:...}, C{unix:...}, ...).
+    @ivar cert_file: the certificate (PEM), optionally followed by its chain.
+    @ivar key_file: the private key (PEM), no access for other users.
+    @ivar chain_file: intermediate certificates, or C{""}.
+    @ivar client_ca_file: CA certificates for client certificates, or C{""}.
+    @ivar require_client_cert: refuse clients without a certificate from C{client_ca_file}.
+    @ivar min_version: C{"1.2"} or C{"1.3"}.
+    """
+
+    endpoint: str
+    cert_file: str
+    key_file: str
+    chain_file: str = ""
+    client_ca_file: str = ""
+    require_client_cert: bool = False
+    min_version: str = "1.2"
+
+    def settings(self) -> Any:
+        """
+        The L{netguard.tls.ServerTLSSettings} of this listener.
+        """
+        from netguard.tls import ServerTLSSettings
+
+        return ServerTLSSettings(
+            cert_file=self.cert_file,
+            key_file=self.key_file,
+            chain_file=self.chain_file or None,
+            client_ca_file=self.client_ca_file or None,
+            require_client_cert=self.require_client_cert,
+            min_version=self.min_version,
+        )
+
+
+def _to_tuple(values: Iterable[str]) -> tuple[str, ...]:
+    """
+    Convert a list of names to a tuple (attrs converter).
+    """
+    if isinstance(values, str):
+        raise TypeError("expected a sequence of names, not one string")
+    return tuple(values)
+
+
+@attrs.frozen
+class ServiceConfig:
+    """
+    One service a client may OPEN.
+
+    @ivar name: the name clients use in C{OPEN <name>}.
+    @ivar backend: a Twisted client endpoint string, or C{"builtin:echo"}.
+    @ivar users: user names allowed to open it; C{"*"} means every authenticated user.
+    @ivar groups: group names (from the users file) whose members may open it.
+    @ivar connect_timeout: seconds allowed to connect to the backend.
+    @ivar idle_timeout: seconds a relay may stay silent in both directions before it is closed.
+    @ivar socks5: a SOCKS5 proxy endpoint description used to reach the backend, or L{None}.
+    @ivar fcrdns: this service's own FCrDNS mode (C{"require"} makes C{OPEN} of it wait for a
+        forward-confirmed name, with the C{[peer_checks]} resolvers, patterns and timeout),
+        or L{None} to follow C{[peer_checks]}.
+    """
+
+    name: str
+    backend: str
+    users: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple)
+    groups: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple)
+    connect_timeout: float = 10.0
+    idle_timeout: float = 3600.0
+    socks5: str | None = None
+    fcrdns: str | None = None
+
+    def allows(self, user: str, groups: tuple[str, ...]) -> bool:
+        """
+        Whether an authenticated user may open this service.
+
+        @param user: the authenticated user name.
+        @param groups: the groups that user belongs to.
+        @return: C{True} if C{"*"} or the user is listed in L{users}, or one of C{groups} is
+            listed in L{groups}; C{False} otherwise (and always for an empty user name).
+        """
+        if not user:
+            return False
+        if "*" in self.users or user in self.users:
+            return True
+        return any(group in self.groups for group in groups)
+
+
+def _freeze_services(
+    value: Mapping[str, ServiceConfig] | Iterable[tuple[str, ServiceConfig]],
+) -> Mapping[str, ServiceConfig]:
+    """
+    Copy services into a read-only mapping (attrs converter).
+    """
+    return MappingProxyType(dict(value))
+
+
+def _freeze_origins(value: Mapping[str, str]) -> Mapping[str, str]:
+    """
+    Copy origins into a read-only mapping (attrs converter).
+    """
+    return MappingProxyType(dict(value))
+
+
+#: A service with every optional value at its default (for defaults and documentation).
+SERVICE_DEFAULTS: Final = ServiceConfig("NAME", "builtin:echo")
+
+
+def default_services() -> Mapping[str, ServiceConfig]:
+    """
+    The services of a configuration that declares none: the built-in echo, for everyone.
+    """
+    return MappingProxyType({"echo": ServiceConfig("echo", "builtin:echo", ("*",))})
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """
+    The whole, validated configuration. Build it with L{load_config}.
+
+    @ivar server_name: the name sent in the greeting.
+    @ivar state_dir: the directory for the users file, the unix socket and the lock.
+    @ivar users_file: the SCRAM verifier store.
+    @ivar listen: server endpoint strings, ports as numbers.
+    @ivar tls_listen: TLS listeners (L{TLSListenConfig}).
+    @ivar limits: the per-connection bounds.
+    @ivar log: the log settings.
+    @ivar ops: the daemon's operational settings (heartbeat, shutdown, control socket).
+    @ivar peer_checks: FCrDNS and ident checks of peers.
+    @ivar admission: the L{netguard.admission.AdmissionPolicy} (limits, rates, penalties).
+    @ivar overload: load-shedding thresholds (L{OverloadConfig}).
+    @ivar services: service name to L{ServiceConfig}, read-only.
+    @ivar warnings: things that work but that an operator should look at.
+    @ivar source: the configuration file, or L{DEFAULTS_SOURCE}.
+    @ivar origins: dotted key to L{ORIGIN_DEFAULT}, L{ORIGIN_FILE} or L{ORIGIN_COMMAND_LINE}.
+    """
+
+    server_name: str = DEFAULT_SERVER_NAME
+    state_dir: str
+    users_file: str
+    listen: tuple[str, ...] = attrs.field(converter=_to_tuple)
+    tls_listen: tuple[TLSListenConfig, ...] = ()
+    limits: Limits = attrs.field(factory=Limits)
+    log: LogConfig = attrs.field(factory=LogConfig)
+    ops: OpsConfig = attrs.field(factory=OpsConfig)
+    peer_checks: PeerChecksConfig = attrs.field(factory=PeerChecksConfig)
+    admission: Any = attrs.field(factory=lambda: admission_policy_class()())
+    overload: OverloadConfig = attrs.field(factory=lambda: OverloadConfig())
+    services: Mapping[str, ServiceConfig] = attrs.field(
+        factory=default_services, converter=_freeze_services
+    )
+    warnings: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple)
+    source: str = DEFAULTS_SOURCE
+    origins: Mapping[str, str] = attrs.field(factory=dict, converter=_freeze_origins)

@@ -1,0 +1,669 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The key schema: every key of the configuration file with its type, its range or allowed
+values, its default and the reason each bound exists, and the checks that turn one raw TOML
+value into a checked one (or a L{ConfigError} naming the file and key). See
+C{docs/operating.md} for the keys.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+
+import attrs
+
+from netguard.config.model import (
+    MAX_NAMES_PER_SERVICE,
+    MAX_STRING_LENGTH,
+    ORIGIN_FILE,
+    ConfigError,
+    admission_policy_class,
+    split_host_port,
+)
+from netguard.endpoints import EndpointError, Listener, check_listener
+from netguard.quoting import describe_value, toml_string
+
+_T = TypeVar("_T")
+
+_SERVER_NAME_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_SERVICE_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# The same rule as netguard.auth.users for user and group names.
+_PRINCIPAL_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+_BARE_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class Invalid(Exception):
+    """
+    A value is wrong; the caller knows the file and key and turns this into L{ConfigError}.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema: ranges and the reason each bound exists
+
+
+@attrs.frozen
+class Range:
+    """
+    An allowed numeric range.
+    """
+
+    kind: type
+    low: float
+    high: float
+    unit: str = ""
+
+    def allowed(self) -> str:
+        """
+        @return: the range in words, e.g. C{"an integer from 64 to 65536"}.
+        """
+        if self.kind is int:
+            return f"an integer from {num(self.low)} to {num(self.high)}"
+        return f"a number of {self.unit or 'units'} from {num(self.low)} to {num(self.high)}"
+
+    def check(self, value: object) -> int | float:
+        """
+        @return: C{value} if it is in range (floats always as C{float}).
+        @raise Invalid: otherwise.
+        """
+        problem = f"must be {self.allowed()}, got {describe_value(value)}"
+        if isinstance(value, bool):
+            raise Invalid(problem)
+        if self.kind is int:
+            if not isinstance(value, int) or not self.low <= value <= self.high:
+                raise Invalid(problem)
+            return value
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise Invalid(problem)
+        if not self.low <= value <= self.high:
+            raise Invalid(problem)
+        return float(value)
+
+
+@attrs.frozen
+class NumberKey:
+    """
+    A numeric key, its range and what it defends against.
+    """
+
+    name: str
+    range: Range
+    defends: str
+
+
+LIMIT_KEYS: Final[tuple[NumberKey, ...]] = (
+    NumberKey(
+        "max_line_length",
+        Range(int, 64, 65536, "bytes"),
+        "a client sending one endless line to exhaust memory",
+    ),
+    NumberKey(
+        "max_lines_before_auth",
+        Range(int, 1, 10000),
+        "an unauthenticated client keeping a session busy with many small commands",
+    ),
+    NumberKey(
+        "max_bytes_before_auth",
+        Range(int, 256, 1048576, "bytes"),
+        "an unauthenticated client pushing data (a chargen-style flood) at the line parser",
+    ),
+    NumberKey(
+        "greeting_delay",
+        Range(float, 0, 30, "seconds"),
+        "bots that talk before the greeting: early talkers are caught during this pause",
+    ),
+    NumberKey(
+        "handshake_timeout",
+        Range(float, 1, 3600, "seconds"),
+        "a client that connects and never finishes authenticating, holding a slot (slowloris)",
+    ),
+    NumberKey(
+        "idle_timeout",
+        Range(float, 1, 86400, "seconds"),
+        "a client that goes silent in the line phase and holds its connection forever",
+    ),
+    NumberKey(
+        "write_timeout",
+        Range(float, 1, 3600, "seconds"),
+        "a client that stops reading while replies are queued, pinning our memory",
+    ),
+    NumberKey(
+        "max_auth_attempts",
+        Range(int, 1, 20),
+        "online password guessing over one connection",
+    ),
+    NumberKey(
+        "max_lines_after_auth",
+        Range(int, 1, 10000),
+        "an authenticated client flooding the line phase with commands (valid or not) "
+        "instead of opening a service",
+    ),
+    NumberKey(
+        "max_bytes_after_auth",
+        Range(int, 256, 1048576, "bytes"),
+        "an authenticated client pushing data at the line parser instead of opening a service",
+    ),
+    NumberKey(
+        "max_errors",
+        Range(int, 1, 10000),
+        "a client (authenticated or not) earning error reply after error reply, each a "
+        "reply to write and a log record",
+    ),
+    NumberKey(
+        "open_timeout",
+        Range(float, 1, 3600, "seconds"),
+        "an authenticated client that never opens a service, holding a relay-pool slot",
+    ),
+)
+
+SERVICE_NUMBER_KEYS: Final[tuple[NumberKey, ...]] = (
+    NumberKey(
+        "connect_timeout",
+        Range(float, 0.1, 300, "seconds"),
+        "a backend that never answers leaving clients hanging",
+    ),
+    NumberKey(
+        "idle_timeout",
+        Range(float, 1, 604800, "seconds"),
+        "relays left open and silent forever, holding sockets and memory",
+    ),
+)
+
+TOP_KEYS: Final = (
+    "server_name",
+    "state_dir",
+    "users_file",
+    "listen",
+    "tls_listen",
+    "limits",
+    "log",
+    "ops",
+    "peer_checks",
+    "admission",
+    "overload",
+    "services",
+)
+
+
+@attrs.frozen
+class TableKey:
+    """
+    A key of a typed table: how its raw value is checked, its default, the allowed values in
+    words, and what it defends against (for C{describe_defaults}).
+    """
+
+    name: str
+    check: Callable[[Source, str, object], Any]
+    allowed: str
+    defends: str
+
+
+def parse_bool(src: Source, key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise src.error(key, f"must be true or false, got {describe_value(value)}")
+    return value
+
+
+def _number(range_: Range) -> Callable[[Source, str, object], Any]:
+    def check(src: Source, key: str, value: object) -> Any:
+        return src.check(key, range_.check, value)
+
+    return check
+
+
+def _optional_path(src: Source, key: str, value: object) -> str:
+    if value == "":
+        return ""
+    return parse_path(src, key, value)
+
+
+def parse_choice(*allowed: str) -> Callable[[Source, str, object], Any]:
+    def check(src: Source, key: str, value: object) -> Any:
+        if value not in allowed:
+            words = ", ".join(toml_string(a) for a in allowed)
+            raise src.error(key, f"must be one of {words}, got {describe_value(value)}")
+        return value
+
+    return check
+
+
+def _string_list(what: str, item: Callable[[str], object]) -> Callable[..., Any]:
+    def check(src: Source, key: str, value: object) -> Any:
+        allowed = f"a list of {what}"
+        if not isinstance(value, list) or len(value) > 256:
+            raise src.error(key, f"must be {allowed} (at most 256), got {describe_value(value)}")
+        for index, element in enumerate(value):
+            problem = f"must be {allowed}; item {index} is {describe_value(element)}"
+            if not isinstance(element, str) or not element or len(element) > 253:
+                raise src.error(key, problem)
+            try:
+                item(element)
+            except ValueError:
+                raise src.error(key, problem) from None
+        return tuple(value)
+
+    return check
+
+
+def _name_pattern(text: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9*?.\[\]!-]+", text):
+        raise ValueError(text)
+
+
+PEER_CHECK_KEYS: Final[tuple[TableKey, ...]] = (
+    TableKey(
+        "fcrdns",
+        parse_choice("off", "log", "require"),
+        '"off", "log" or "require"',
+        "spoofed reverse DNS: a PTR name counts only once its forward lookup gives the "
+        "client's address back (seed tip 4)",
+    ),
+    TableKey(
+        "fcrdns_deny",
+        _string_list("host name patterns (fnmatch)", _name_pattern),
+        'a list of patterns over the confirmed name, e.g. "*.dialup.example"',
+        "known-bad networks by name; only narrows who may try to authenticate",
+    ),
+    TableKey(
+        "fcrdns_allow",
+        _string_list("host name patterns (fnmatch)", _name_pattern),
+        "a list of patterns; when set only peers with a matching confirmed name may try",
+        "access from anywhere but the expected hosts; only narrows, never grants",
+    ),
+    TableKey(
+        "ident",
+        parse_choice("off", "log"),
+        '"off" or "log"',
+        "nothing by itself: an RFC 1413 claim is logged as untrusted (seed tip 10); off by "
+        "default because it is the one connection made back toward a client",
+    ),
+    TableKey(
+        "fcrdns_timeout",
+        _number(Range(float, 0.1, 60, "seconds")),
+        "a number of seconds from 0.1 to 60",
+        "a DNS server that never answers holding a session (every lookup is bounded)",
+    ),
+    TableKey(
+        "fcrdns_max_names",
+        _number(Range(int, 1, 16)),
+        "an integer from 1 to 16",
+        "a PTR answer listing many names, each costing a forward lookup",
+    ),
+    TableKey(
+        "ident_max_reply",
+        _number(Range(int, 64, 4096, "bytes")),
+        "an integer from 64 to 4096 (bytes)",
+        "an identd that streams endless bytes (chargen): the reply line is cut here",
+    ),
+    TableKey(
+        "ident_port",
+        _number(Range(int, 1, 65535)),
+        "a port from 1 to 65535 (RFC 1413: 113)",
+        "nothing: for test set-ups whose identd does not listen on 113",
+    ),
+    TableKey(
+        "ident_timeout",
+        _number(Range(float, 0.1, 60, "seconds")),
+        "a number of seconds from 0.1 to 60",
+        "an identd that stays silent or drips (the reply is also bounded in bytes)",
+    ),
+    TableKey(
+        "dns_servers",
+        _string_list(
+            'resolvers "IP", "IP:PORT" or "[IPv6]:PORT"', lambda t: split_host_port(t, 53)
+        ),
+        "a list of resolvers; empty uses /etc/resolv.conf",
+        "lookups sent to a resolver the operator did not choose",
+    ),
+)
+
+
+def _optional_number(range_: Range) -> Callable[[Source, str, object], Any]:
+    def check(src: Source, key: str, value: object) -> Any:
+        if value is False or value == "off":
+            return None
+        return src.check(key, range_.check, value)
+
+    return check
+
+
+OVERLOAD_KEYS: Final[tuple[TableKey, ...]] = (
+    TableKey(
+        "max_load",
+        _optional_number(Range(float, 0.1, 10000, "load")),
+        'a load average from 0.1 to 10000, or "off" (default off)',
+        "a machine already overloaded by others: stop taking work (seed tip 5, xinetd max_load)",
+    ),
+    TableKey(
+        "max_lag",
+        _optional_number(Range(float, 0.01, 60, "seconds")),
+        'a number of seconds from 0.01 to 60, or "off"',
+        "a saturated event loop: refuse new work before every session slows down",
+    ),
+    TableKey(
+        "max_rss_mb",
+        _optional_number(Range(float, 16, 1048576, "MiB")),
+        'a number of MiB from 16 to 1048576, or "off" (default off)',
+        "memory exhaustion of the process under a flood",
+    ),
+    TableKey(
+        "interval",
+        _number(Range(float, 0.1, 60, "seconds")),
+        "a number of seconds from 0.1 to 60",
+        "slow reaction to overload (too long) or measurement cost (too short)",
+    ),
+)
+
+
+def parse_admission(src: Source, table: object, origins: dict[str, str]) -> Any:
+    """
+    Check the C{[admission]} table: every key must be a field of the admission policy, of the
+    right type; the policy's own validators check ranges and relations.
+    """
+    policy_class = admission_policy_class()
+    if not isinstance(table, dict):
+        raise src.error("admission", f"must be a table, got {describe_value(table)}")
+    fields = {field.name: field for field in attrs.fields(policy_class)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"admission.{toml_key(key)}"
+        if key not in fields:
+            raise src.error(
+                dotted, f"unknown key; allowed keys in [admission] are: {', '.join(fields)}"
+            )
+        default = fields[key].default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory(policy_class()) if default.takes_self else default.factory()
+        if isinstance(default, bool) or isinstance(value, bool):
+            ok = isinstance(value, bool) and isinstance(default, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int)
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and math.isfinite(value)
+        elif isinstance(default, tuple):
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise src.error(
+                dotted,
+                f"must be like the default {value_text(plain(default))}, "
+                f"got {describe_value(value)}",
+            )
+        values[key] = tuple(value) if isinstance(value, list) else value
+        origins[dotted] = ORIGIN_FILE
+    try:
+        return policy_class(**values)
+    except (ValueError, TypeError) as e:
+        # attrs validators put the readable message first in their arguments.
+        message = str(e.args[0]) if e.args else str(e)
+        key = next((k for k in values if k in message), None)
+        where = f"admission.{key}" if key else "admission"
+        raise src.error(where, message) from None
+
+
+def plain(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _metrics_listen(src: Source, key: str, value: object) -> str:
+    """
+    C{ops.metrics_listen}: C{""}, or a listener that L{check_listener} accepts and that is
+    a C{tcp:} or C{tcp6:} listener on a loopback interface (so never all interfaces, never
+    a socket whose exposure netguard cannot see: C{systemd:}, C{haproxy:}, plugins).
+
+    @return: the normalized endpoint string, or C{""}.
+    """
+    if value == "":
+        return ""
+    listener: Listener = src.check(key, check_listener, value)
+    kind = listener.description.split(":", 1)[0]
+    if kind not in ("tcp", "tcp6") or listener.network:
+        raise src.error(
+            key,
+            "the metrics listener must be loopback only: a tcp: or tcp6: listener with "
+            "interface=127.0.0.1 (or another 127.x address) or interface=\\:\\:1, e.g. "
+            f'"tcp:9108:interface=127.0.0.1"; got {describe_value(value)} ({listener.exposure})',
+        )
+    return listener.description
+
+
+OPS_KEYS: Final[tuple[TableKey, ...]] = (
+    TableKey(
+        "heartbeat",
+        parse_bool,
+        "true or false",
+        "a daemon that hangs silently: each beat proves the event loop runs (seed tip 16)",
+    ),
+    TableKey(
+        "heartbeat_interval",
+        _number(Range(float, 1, 86400, "seconds")),
+        "a number of seconds from 1 to 86400",
+        "log floods from a too-frequent heartbeat",
+    ),
+    TableKey(
+        "shutdown_grace",
+        _number(Range(float, 0, 3600, "seconds")),
+        "a number of seconds from 0 to 3600",
+        "a stop that cuts transfers (too short) or never finishes (bounded)",
+    ),
+    TableKey(
+        "control_socket",
+        _optional_path,
+        '"" (none) or a path; default <state_dir>/control.sock',
+        "remote administration: the only admin interface is this mode-0600 local socket",
+    ),
+    TableKey(
+        "metrics_listen",
+        _metrics_listen,
+        '"" (off) or a tcp:/tcp6: listener on a loopback interface, e.g. '
+        '"tcp:9108:interface=127.0.0.1"',
+        "traffic figures leaking to the network: off by default, loopback only (never all "
+        "interfaces), read-only GET /metrics",
+    ),
+)
+LOG_KEYS: Final = ("format", "file")
+LOG_FORMATS: Final = ("text", "json")
+SERVICE_KEYS: Final = (
+    "backend",
+    "users",
+    "groups",
+    "connect_timeout",
+    "idle_timeout",
+    "socks5",
+    "fcrdns",
+)
+OVERRIDE_KEYS: Final = (
+    "listen",
+    "services",
+    "users_file",
+    "state_dir",
+    "server_name",
+    "log_format",
+    "log_file",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small renderers
+
+
+def num(value: float) -> str:
+    """
+    Render a bound without a useless C{.0}.
+    """
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def toml_key(name: str) -> str:
+    """
+    Render one component of a dotted key, quoting it if TOML needs quotes.
+    """
+    return name if _BARE_KEY_RE.fullmatch(name) else toml_string(name)
+
+
+def service_key(name: str, key: str | None = None) -> str:
+    """
+    The dotted key C{services.<name>[.<key>]}.
+    """
+    base = f"services.{toml_key(name)}"
+    return base if key is None else f"{base}.{key}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Where values come from, and the checks of single values
+
+
+@attrs.frozen
+class Source:
+    """
+    Where raw values come from: for error messages and relative paths.
+    """
+
+    path: str
+    origin: str
+    base_dir: str
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        """
+        @return: a L{ConfigError} for this source.
+        """
+        return ConfigError(self.path, key, message)
+
+    def check(self, key: str, check: Callable[..., _T], *args: object) -> _T:
+        """
+        Run C{check(*args)}, turning L{Invalid} and L{EndpointError} into L{ConfigError} for
+        this source and key.
+        """
+        try:
+            return check(*args)
+        except (Invalid, EndpointError) as e:
+            raise self.error(key, e.message) from None
+
+
+def _string(src: Source, key: str, value: object, allowed: str) -> str:
+    if not isinstance(value, str):
+        raise src.error(key, f"must be {allowed}, got {describe_value(value)}")
+    return value
+
+
+def parse_path(src: Source, key: str, value: object) -> str:
+    """
+    A filesystem path: absolute, or made so against the source's base directory.
+    """
+    allowed = "a path (relative paths are taken from the configuration file's directory)"
+    text = _string(src, key, value, allowed)
+    if not text or "\x00" in text or len(text) > MAX_STRING_LENGTH:
+        raise src.error(key, f"must be {allowed}, got {describe_value(value)}")
+    text = os.path.expanduser(text)
+    if not os.path.isabs(text):
+        text = os.path.join(src.base_dir, text)
+    return os.path.normpath(text)
+
+
+def parse_server_name(src: Source, key: str, value: object) -> str:
+    allowed = "1 to 64 characters of A-Z a-z 0-9 . _ -"
+    text = _string(src, key, value, allowed)
+    if not _SERVER_NAME_RE.fullmatch(text):
+        raise src.error(key, f"must be {allowed}, got {describe_value(value)}")
+    return text
+
+
+def parse_log_format(src: Source, key: str, value: object) -> str:
+    allowed = "one of " + ", ".join(toml_string(f) for f in LOG_FORMATS)
+    text = _string(src, key, value, allowed)
+    if text not in LOG_FORMATS:
+        raise src.error(key, f"must be {allowed}, got {describe_value(value)}")
+    return text
+
+
+def parse_log_file(src: Source, key: str, value: object) -> str:
+    if value == "-":
+        return "-"
+    return parse_path(src, key, value)
+
+
+def parse_names(src: Source, key: str, value: object, *, allow_star: bool) -> tuple[str, ...]:
+    """
+    A list of user or group names, duplicates dropped.
+    """
+    kind = "user" if allow_star else "group"
+    star = ', or "*" for every authenticated user' if allow_star else ""
+    allowed = (
+        f"an array of {kind} names (1 to 64 characters of A-Z a-z 0-9 . _ @ -, starting with "
+        f"a letter or digit){star}"
+    )
+    if not isinstance(value, list):
+        raise src.error(key, f"must be {allowed}, got {describe_value(value)}")
+    if len(value) > MAX_NAMES_PER_SERVICE:
+        raise src.error(key, f"lists more than {MAX_NAMES_PER_SERVICE} names")
+    names: list[str] = []
+    for index, item in enumerate(value):
+        ok = isinstance(item, str) and (
+            (allow_star and item == "*") or _PRINCIPAL_RE.fullmatch(item) is not None
+        )
+        if not ok:
+            raise src.error(f"{key}[{index}]", f"must be {allowed}, got {describe_value(item)}")
+        assert isinstance(item, str)
+        if item not in names:
+            names.append(item)
+    return tuple(names)
+
+
+def parse_socks5(src: Source, key: str, value: object) -> str:
+    allowed = (
+        "a SOCKS5 proxy endpoint description of 1 to "
+        f"{MAX_STRING_LENGTH} printable ASCII characters"
+    )
+    if not isinstance(value, str):
+        raise src.error(key, f"must be {allowed}, got {describe_value(value)}")
+    if not value or len(value) > MAX_STRING_LENGTH or not all(" " <= c <= "~" for c in value):
+        # Never echo the value: it may hold a proxy password.
+        raise src.error(key, f"must be {allowed}")
+    return value
+
+
+def parse_service_name(src: Source, key: str, name: object) -> str:
+    if not isinstance(name, str) or not _SERVICE_NAME_RE.fullmatch(name):
+        raise src.error(
+            key,
+            "a service name must be 1 to 64 characters of A-Z a-z 0-9 . _ -, starting with a "
+            f"letter or digit; got {describe_value(name)}",
+        )
+    return name
+
+
+TLS_LISTEN_KEYS: Final = (
+    "endpoint",
+    "cert_file",
+    "key_file",
+    "chain_file",
+    "client_ca_file",
+    "require_client_cert",
+    "min_version",
+)
+
+
+def value_text(value: object) -> str:
+    """
+    Render a value TOML-style.
+    """
+    if value is None:
+        return "(none)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return toml_string(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(value_text(v) for v in value) + "]"
+    return toml_string(str(value))

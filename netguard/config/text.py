@@ -1,0 +1,385 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The configuration as text: L{describe} prints the effective configuration with where each
+value came from (C{netguard check-config}), L{describe_defaults} every key with its default,
+what it allows and what it defends against (C{netguard check-config --defaults}, copied into
+C{docs/operating.md}). Nothing that looks like a secret is ever printed.
+"""
+
+from __future__ import annotations
+
+import re
+
+import attrs
+
+from netguard.config.loader import default_listen
+from netguard.config.model import (
+    DEFAULT_SERVER_NAME,
+    MAX_LISTENERS,
+    ORIGIN_DEFAULT,
+    ORIGIN_FILE,
+    ROOT_STATE_DIR,
+    SERVICE_DEFAULTS,
+    Config,
+    Limits,
+    OpsConfig,
+    OverloadConfig,
+    PeerChecksConfig,
+    TLSListenConfig,
+    admission_policy_class,
+)
+from netguard.config.schema import (
+    LIMIT_KEYS,
+    LOG_FORMATS,
+    OPS_KEYS,
+    OVERLOAD_KEYS,
+    PEER_CHECK_KEYS,
+    SERVICE_NUMBER_KEYS,
+    plain,
+    service_key,
+    value_text,
+)
+from netguard.endpoints import EndpointError, check_listener, looks_secret, redact_description
+from netguard.quoting import toml_string
+
+__all__ = ["describe", "describe_defaults"]
+
+
+def _admission_docs() -> dict[str, str]:
+    """
+    What each admission knob defends against, read from the policy's own docstring.
+    """
+    text = admission_policy_class().__doc__ or ""
+    docs: dict[str, str] = {}
+    for match in re.finditer(r"@ivar (\w+): (.*?)(?=\n\s*@ivar |\Z)", text, re.S):
+        words = re.sub(r"[CLI]\{([^{}]*)\}", r"\1", " ".join(match.group(2).split()))
+        docs[match.group(1)] = words
+    return docs
+
+
+def _redacted(key: str, value: object) -> object:
+    """
+    Never print a secret: a key that looks like one is hidden entirely, and endpoint-like
+    strings lose option values and URL passwords that look like secrets.
+    """
+    last = key.rsplit(".", 1)[-1]
+    if looks_secret(last):
+        return "<redacted>"
+    if isinstance(value, str):
+        return redact_description(value)
+    return value
+
+
+def _origin_note(config: Config, key: str) -> str:
+    origin = config.origins.get(key, ORIGIN_DEFAULT)
+    if origin == ORIGIN_FILE:
+        return "set in file"
+    return origin
+
+
+def describe(config: Config) -> str:
+    """
+    Every effective key, one C{key = value} line each in TOML-like dotted form, with where
+    it came from (default, file, command line); listeners are marked with who can reach
+    them (C{NETWORK: ...} for anything beyond loopback); warnings last. Nothing that looks
+    like a password is ever printed.
+
+    @param config: the configuration.
+    @return: the text, ending with a newline.
+    """
+    lines = [f"# netguard configuration; source: {config.source}"]
+
+    def add(key: str, value: object, note: str = "") -> None:
+        shown = value_text(_redacted(key, value))
+        extra = f"; {note}" if note else ""
+        lines.append(f"{key} = {shown}  # {_origin_note(config, key)}{extra}")
+
+    add("server_name", config.server_name)
+    add("state_dir", config.state_dir)
+    users_note = (
+        "state_dir/users"
+        if config.origins.get("users_file", ORIGIN_DEFAULT) == ORIGIN_DEFAULT
+        else ""
+    )
+    add("users_file", config.users_file, users_note)
+    for index, description in enumerate(config.listen):
+        try:
+            exposure = check_listener(description).exposure
+        except EndpointError as e:
+            exposure = f"INVALID: {e.message}"
+        shown = value_text(redact_description(description))
+        lines.append(f"listen[{index}] = {shown}  # {_origin_note(config, 'listen')}; {exposure}")
+    for index, tls in enumerate(config.tls_listen):
+        for field in attrs.fields(TLSListenConfig):
+            add(f"tls_listen[{index}].{field.name}", getattr(tls, field.name))
+    for field in attrs.fields(Limits):
+        add(f"limits.{field.name}", getattr(config.limits, field.name))
+    add("log.format", config.log.format)
+    add("log.file", config.log.file, "stdout" if config.log.file == "-" else "")
+    for field in attrs.fields(OpsConfig):
+        add(f"ops.{field.name}", getattr(config.ops, field.name))
+    for field in attrs.fields(type(config.admission)):
+        add(f"admission.{field.name}", plain(getattr(config.admission, field.name)))
+    for field in attrs.fields(OverloadConfig):
+        value = getattr(config.overload, field.name)
+        add(f"overload.{field.name}", "off" if value is None else value)
+    for field in attrs.fields(PeerChecksConfig):
+        add(
+            f"peer_checks.{field.name}",
+            list(getattr(config.peer_checks, field.name))
+            if isinstance(getattr(config.peer_checks, field.name), tuple)
+            else getattr(config.peer_checks, field.name),
+        )
+    if not config.services:
+        lines.append("# services: none")
+    for name, service in config.services.items():
+        add(service_key(name, "backend"), service.backend)
+        add(service_key(name, "users"), list(service.users))
+        add(service_key(name, "groups"), list(service.groups))
+        add(service_key(name, "connect_timeout"), service.connect_timeout)
+        add(service_key(name, "idle_timeout"), service.idle_timeout)
+        add(service_key(name, "socks5"), service.socks5)
+        add(service_key(name, "fcrdns"), service.fcrdns)
+    for warning in config.warnings:
+        lines.append(f"# warning: {warning}")
+    return "\n".join(lines) + "\n"
+
+
+@attrs.frozen
+class _KeyDoc:
+    key: str
+    default: str
+    allowed: str
+    defends: str
+
+
+def _tls_listen_docs() -> list[_KeyDoc]:
+    """
+    The keys of one C{[[tls_listen]]} entry (none by default: no TLS listener).
+    """
+    return [
+        _KeyDoc(
+            "tls_listen[].endpoint",
+            "none (no TLS listener by default; an entry needs endpoint, cert_file, key_file)",
+            "a plain server endpoint string (tcp, tcp6, unix, systemd, haproxy:...), not ssl: "
+            "or tls:, not listed elsewhere; at most 64 entries",
+            "eavesdropping and relayed logins on a network listener: TLS from the first byte, "
+            "TLS 1.2+ with ECDHE and AEAD only, SCRAM-SHA-256-PLUS channel binding",
+        ),
+        _KeyDoc(
+            "tls_listen[].cert_file",
+            "required",
+            "a PEM file: the certificate, then optional intermediates (at most 1 MiB)",
+            "serving an expired, not-yet-valid or mismatched certificate: checked at start "
+            "and at reload",
+        ),
+        _KeyDoc(
+            "tls_listen[].key_file",
+            "required",
+            "a PEM file with an unencrypted RSA (2048+ bits), P-256, P-384, Ed25519 or Ed448 "
+            "key that other users cannot read",
+            "key theft: a key readable by others stops the start",
+        ),
+        _KeyDoc(
+            "tls_listen[].chain_file",
+            '""',
+            "a PEM file of intermediate certificates, or empty",
+            "clients that cannot build the chain to their trust root",
+        ),
+        _KeyDoc(
+            "tls_listen[].client_ca_file",
+            '""',
+            "a PEM file of the CAs client certificates must chain to, or empty (no client "
+            "certificates asked for)",
+            "clients without a certificate from your CA, when combined with require_client_cert",
+        ),
+        _KeyDoc(
+            "tls_listen[].require_client_cert",
+            "false",
+            "true or false; true needs client_ca_file",
+            "anyone without a valid client certificate reaching the line phase at all",
+        ),
+        _KeyDoc(
+            "tls_listen[].min_version",
+            '"1.2"',
+            '"1.2" or "1.3"',
+            "protocol downgrade to TLS 1.0/1.1, which are never accepted",
+        ),
+    ]
+
+
+def _key_docs() -> tuple[_KeyDoc, ...]:
+    """
+    The documentation of every key, in file order.
+    """
+    limits = Limits()
+    docs = [
+        _KeyDoc(
+            "server_name",
+            toml_string(DEFAULT_SERVER_NAME),
+            "1 to 64 characters of A-Z a-z 0-9 . _ -",
+            "greeting injection, and leaking the host's real name to strangers",
+        ),
+        _KeyDoc(
+            "state_dir",
+            f"{toml_string(ROOT_STATE_DIR)} (as root; otherwise $XDG_STATE_HOME/netguard "
+            "or ~/.local/state/netguard)",
+            "a path; relative paths are taken from the configuration file's directory",
+            "sockets and secrets scattered in shared or world-writable places",
+        ),
+        _KeyDoc(
+            "users_file",
+            '"<state_dir>/users"',
+            "a path to a file written by `netguard adduser` (mode 0600)",
+            "password theft: it holds salted SCRAM verifiers, never passwords",
+        ),
+        _KeyDoc(
+            "listen",
+            value_text(list(default_listen("<state_dir>"))),
+            f"1 to {MAX_LISTENERS} server endpoint strings: tcp, tcp6, ssl, tls, unix, "
+            "systemd, haproxy:<listener>, or a plugin's; ports may be service names",
+            "accidental exposure: by default only loopback and a mode-600 unix socket; a "
+            "listener with no interface (all interfaces) is warned about",
+        ),
+        *_tls_listen_docs(),
+    ]
+    for spec in LIMIT_KEYS:
+        docs.append(
+            _KeyDoc(
+                f"limits.{spec.name}",
+                repr(getattr(limits, spec.name)),
+                spec.range.allowed(),
+                spec.defends,
+            )
+        )
+    ops = OpsConfig()
+    for op_key in OPS_KEYS:
+        default = getattr(ops, op_key.name)
+        docs.append(
+            _KeyDoc(
+                f"ops.{op_key.name}",
+                '"<state_dir>/control.sock"'
+                if op_key.name == "control_socket"
+                else value_text(default),
+                op_key.allowed,
+                op_key.defends,
+            )
+        )
+    from netguard.admission import allowed_values
+
+    policy = admission_policy_class()()
+    admission_docs = _admission_docs()
+    for field in attrs.fields(type(policy)):
+        docs.append(
+            _KeyDoc(
+                f"admission.{field.name}",
+                value_text(plain(getattr(policy, field.name))),
+                allowed_values(field.name),
+                admission_docs.get(field.name, ""),
+            )
+        )
+    overload = OverloadConfig()
+    for load_key in OVERLOAD_KEYS:
+        value = getattr(overload, load_key.name)
+        docs.append(
+            _KeyDoc(
+                f"overload.{load_key.name}",
+                value_text("off" if value is None else value),
+                load_key.allowed,
+                load_key.defends,
+            )
+        )
+    checks = PeerChecksConfig()
+    for check_key in PEER_CHECK_KEYS:
+        default = getattr(checks, check_key.name)
+        docs.append(
+            _KeyDoc(
+                f"peer_checks.{check_key.name}",
+                value_text(list(default) if isinstance(default, tuple) else default),
+                check_key.allowed,
+                check_key.defends,
+            )
+        )
+    docs += [
+        _KeyDoc(
+            "log.format",
+            toml_string("text"),
+            "one of " + ", ".join(toml_string(f) for f in LOG_FORMATS),
+            "forged or ambiguous records: json gives machines one object per event, and "
+            "untrusted text is escaped in both formats",
+        ),
+        _KeyDoc(
+            "log.file",
+            toml_string("-"),
+            '"-" (standard output) or a path',
+            "unaccountable use: every accept, refusal, login and relay is recorded",
+        ),
+        _KeyDoc(
+            "services.<name>.backend",
+            '(required; with no [services] table at all: services.echo.backend = "builtin:echo")',
+            "a client endpoint string: tcp:host=H:port=P, unix:path=P, tls:host=H:port=P, "
+            "ssl:host=H:port=P:hostname=H, or builtin:echo; <name> is 1 to 64 characters of "
+            "A-Z a-z 0-9 . _ -",
+            "clients choosing where the gateway connects: they can only name a service",
+        ),
+        _KeyDoc(
+            "services.<name>.users",
+            '[] (the default echo service: ["*"])',
+            'an array of user names, "*" meaning every authenticated user',
+            "over-broad access: a service is closed to anyone not listed",
+        ),
+        _KeyDoc(
+            "services.<name>.groups",
+            "[]",
+            "an array of group names from the users file",
+            "over-broad access: a service is closed to groups not listed",
+        ),
+    ]
+    for spec in SERVICE_NUMBER_KEYS:
+        docs.append(
+            _KeyDoc(
+                f"services.<name>.{spec.name}",
+                repr(getattr(SERVICE_DEFAULTS, spec.name)),
+                spec.range.allowed(),
+                spec.defends,
+            )
+        )
+    docs.append(
+        _KeyDoc(
+            "services.<name>.socks5",
+            "(none)",
+            "a SOCKS5 proxy endpoint description (printable ASCII), for tcp/tls backends",
+            "backends reached by paths the operator did not choose: only through this proxy",
+        )
+    )
+    docs.append(
+        _KeyDoc(
+            "services.<name>.fcrdns",
+            "(follows [peer_checks])",
+            '"off", "log" or "require"',
+            "opening a sensitive service from a host whose reverse DNS is not forward-"
+            "confirmed (or outside [peer_checks] name patterns), while other services stay open",
+        )
+    )
+    return tuple(docs)
+
+
+def describe_defaults() -> str:
+    """
+    Every key with its default value, what it allows and what it defends against, like
+    C{postconf -d}; the text C{netguard check-config --defaults} prints and
+    C{docs/operating.md} copies. It does not depend on the environment.
+
+    @return: the text, ending with a newline.
+    """
+    lines = [
+        "# netguard configuration keys: default, allowed values, and what each defends against.",
+        "# Every key is optional. A [services] table in the file replaces the default",
+        '# services (echo, backend "builtin:echo", users ["*"]) entirely.',
+    ]
+    for doc in _key_docs():
+        lines.append("")
+        lines.append(f"{doc.key} = {doc.default}")
+        lines.append(f"    # allowed: {doc.allowed}")
+        lines.append(f"    # defends against: {doc.defends}")
+    return "\n".join(lines) + "\n"
