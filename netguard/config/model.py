@@ -415,7 +415,7 @@ def default_services() -> Mapping[str, ServiceConfig]:
 @attrs.frozen(kw_only=True)
 class Config:
     """
-    The whole, validated configuration. Build it with L{load_config}.
+    The whole, validated configuration. Build it with L{netguard.config.load_config}.
 
     @ivar server_name: the name sent in the greeting.
     @ivar state_dir: the directory for the users file, the unix socket and the lock.

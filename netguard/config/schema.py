@@ -207,6 +207,9 @@ class TableKey:
 
 
 def parse_bool(src: Source, key: str, value: object) -> bool:
+    """
+    A TOML boolean.
+    """
     if not isinstance(value, bool):
         raise src.error(key, f"must be true or false, got {describe_value(value)}")
     return value
@@ -226,6 +229,10 @@ def _optional_path(src: Source, key: str, value: object) -> str:
 
 
 def parse_choice(*allowed: str) -> Callable[[Source, str, object], Any]:
+    """
+    A check that the value is one of C{allowed}.
+    """
+
     def check(src: Source, key: str, value: object) -> Any:
         if value not in allowed:
             words = ", ".join(toml_string(a) for a in allowed)
@@ -411,6 +418,9 @@ def parse_admission(src: Source, table: object, origins: dict[str, str]) -> Any:
 
 
 def plain(value: object) -> object:
+    """
+    A tuple as the list TOML would show; anything else unchanged.
+    """
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -570,6 +580,9 @@ def parse_path(src: Source, key: str, value: object) -> str:
 
 
 def parse_server_name(src: Source, key: str, value: object) -> str:
+    """
+    C{server_name}: the name in the greeting.
+    """
     allowed = "1 to 64 characters of A-Z a-z 0-9 . _ -"
     text = _string(src, key, value, allowed)
     if not _SERVER_NAME_RE.fullmatch(text):
@@ -578,6 +591,9 @@ def parse_server_name(src: Source, key: str, value: object) -> str:
 
 
 def parse_log_format(src: Source, key: str, value: object) -> str:
+    """
+    C{log.format}: one of L{LOG_FORMATS}.
+    """
     allowed = "one of " + ", ".join(toml_string(f) for f in LOG_FORMATS)
     text = _string(src, key, value, allowed)
     if text not in LOG_FORMATS:
@@ -586,6 +602,9 @@ def parse_log_format(src: Source, key: str, value: object) -> str:
 
 
 def parse_log_file(src: Source, key: str, value: object) -> str:
+    """
+    C{log.file}: C{"-"} (standard output) or a path.
+    """
     if value == "-":
         return "-"
     return parse_path(src, key, value)
@@ -619,6 +638,9 @@ def parse_names(src: Source, key: str, value: object, *, allow_star: bool) -> tu
 
 
 def parse_socks5(src: Source, key: str, value: object) -> str:
+    """
+    A service's C{socks5} proxy string, never echoed in a message (it may hold a secret).
+    """
     allowed = (
         "a SOCKS5 proxy endpoint description of 1 to "
         f"{MAX_STRING_LENGTH} printable ASCII characters"
@@ -632,6 +654,9 @@ def parse_socks5(src: Source, key: str, value: object) -> str:
 
 
 def parse_service_name(src: Source, key: str, name: object) -> str:
+    """
+    The C{NAME} of C{[services.NAME]} or C{--service NAME=...}.
+    """
     if not isinstance(name, str) or not _SERVICE_NAME_RE.fullmatch(name):
         raise src.error(
             key,
