@@ -20,7 +20,6 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from netguard.auth.scram import (
-    TLS_SERVER_END_POINT,
     AuthFailed,
     ServerExchange,
     decode_wire,
@@ -37,6 +36,7 @@ from netguard.client.protocol import (
     NGPError,
     NGPProtocolError,
 )
+from netguard.tls import TLS_SERVER_END_POINT
 
 PASSWORD = "correct horse battery staple"
 RECORD = make_record("alice", PASSWORD)

@@ -1,20 +1,13 @@
 """
-Tests for L{netguard.auth.scram}: SCRAM-SHA-256(-PLUS) exchanges, wire encoding, and
-C{tls-server-end-point} channel-binding data.
+Tests for L{netguard.auth.scram}: SCRAM-SHA-256(-PLUS) exchanges, channel binding and wire
+encoding.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
 
-from asn1crypto.x509 import Certificate
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
@@ -539,71 +532,3 @@ class ServerFuzzTests(unittest.TestCase):
             server.first("".join(pieces))
         except AuthFailed:
             pass
-
-
-def make_cert(algorithm: hashes.SHA256 | hashes.SHA384 | hashes.SHA512) -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "netguard test")])
-    start = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(start)
-        .not_valid_after(start + datetime.timedelta(days=1))
-        .sign(key, algorithm)
-    )
-    return cert.public_bytes(Encoding.DER)
-
-
-def relabel(der: bytes, algorithm: str) -> bytes:
-    """
-    The same certificate, claiming another signature algorithm (the signature itself is not
-    checked for channel binding; cryptography no longer signs with SHA-1 or MD5).
-    """
-    cert = Certificate.load(der)
-    cert["signature_algorithm"] = {"algorithm": algorithm}
-    cert["tbs_certificate"]["signature"] = {"algorithm": algorithm}
-    out: bytes = cert.dump(force=True)
-    return out
-
-
-class TlsServerEndPointTests(unittest.TestCase):
-    def test_sha256(self) -> None:
-        der = make_cert(hashes.SHA256())
-        self.assertEqual(scram.tls_server_end_point(der), hashlib.sha256(der).digest())
-
-    def test_sha384(self) -> None:
-        der = make_cert(hashes.SHA384())
-        self.assertEqual(scram.tls_server_end_point(der), hashlib.sha384(der).digest())
-
-    def test_sha512(self) -> None:
-        der = make_cert(hashes.SHA512())
-        self.assertEqual(scram.tls_server_end_point(der), hashlib.sha512(der).digest())
-
-    def test_sha1_upgraded(self) -> None:
-        der = relabel(make_cert(hashes.SHA256()), "sha1_ecdsa")
-        self.assertEqual(Certificate.load(der).hash_algo, "sha1")
-        self.assertEqual(scram.tls_server_end_point(der), hashlib.sha256(der).digest())
-
-    def test_md5_upgraded(self) -> None:
-        der = relabel(make_cert(hashes.SHA256()), "md5_rsa")
-        self.assertEqual(Certificate.load(der).hash_algo, "md5")
-        self.assertEqual(scram.tls_server_end_point(der), hashlib.sha256(der).digest())
-
-    def test_garbage(self) -> None:
-        self.assertRaises(ValueError, scram.tls_server_end_point, b"not a certificate")
-
-    def test_empty(self) -> None:
-        self.assertRaises(ValueError, scram.tls_server_end_point, b"")
-
-    def test_binds_an_exchange(self) -> None:
-        der = make_cert(hashes.SHA256())
-        data = scram.tls_server_end_point(der)
-        store = make_store()
-        server = ServerExchange(store, SCRAM_SHA_256_PLUS, (CB_NAME, data))
-        client = ClientExchange("alice", "correct horse", SCRAM_SHA_256_PLUS, (CB_NAME, data))
-        client.verify(server.final(client.final(server.first(client.first()))))
-        self.assertTrue(server.authenticated)

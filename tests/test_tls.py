@@ -42,19 +42,20 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from netguard import tls
-from netguard.auth.scram import tls_server_end_point
 from netguard.framing import FramingLimits, FramingPhase, GuardedLineReceiver
 from netguard.tls import (
     CertificateInfo,
     ServerTLSSettings,
     TLSConfigError,
     TLSVerificationError,
+    certificates,
     channel_binding_for,
     client_tls_options,
     load_server_context,
     make_self_signed,
     parse_pins,
     public_key_pin,
+    tls_server_end_point,
 )
 from tests import tls_certs
 from tests.tls_certs import DAY, NOW
@@ -899,13 +900,13 @@ class ForgetTests(TLSTestCase):
 
     def test_key_file_bytes_wiped_after_parsing(self) -> None:
         buffers: list[bytearray] = []
-        real = tls._read_pem
+        real = certificates._read_pem
 
         def keep(path: str, what: str) -> bytearray:
             buffers.append(real(path, what))
             return buffers[-1]
 
-        self.patch(tls, "_read_pem", keep)
+        self.patch(certificates, "_read_pem", keep)
         self.load()
         key_buffers = [b for b in buffers if len(b) == len(tls_certs.key_pem(self.key))]
         self.assertEqual(len(key_buffers), 1)
@@ -915,8 +916,10 @@ class ForgetTests(TLSTestCase):
 
     def test_key_bytes_wiped_when_parsing_fails(self) -> None:
         buffers: list[bytearray] = []
-        real = tls._read_pem
-        self.patch(tls, "_read_pem", lambda p, w: buffers.append(real(p, w)) or buffers[-1])
+        real = certificates._read_pem
+        self.patch(
+            certificates, "_read_pem", lambda p, w: buffers.append(real(p, w)) or buffers[-1]
+        )
         pem = tls_certs.key_pem(self.key).replace(b"-----END", b"garbage\n-----END")
         tls_certs.write(self.key_file, pem, 0o600)
         self.assertConfigError(self.settings(), self.key_file, "cannot parse")

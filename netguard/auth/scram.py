@@ -8,8 +8,9 @@ crosses the wire. Messages travel base64-encoded in one line argument: L{decode_
 L{encode_wire} convert them, and refuse anything that is not strict base64 of UTF-8 text.
 
 With TLS, C{SCRAM-SHA-256-PLUS} binds the exchange to the server's certificate
-(C{tls-server-end-point}, RFC 5929; see L{tls_server_end_point}), so a handshake relayed by
-a man in the middle with another certificate fails.
+(C{tls-server-end-point}, RFC 5929), so a handshake relayed by a man in the middle with
+another certificate fails. The TLS layer computes the binding data
+(L{netguard.tls.channel_binding_for}) and the exchanges take it as opaque bytes.
 
 Every failure is an L{AuthFailed} whose C{reason} is meant for the operator's log only (it
 can contain text the peer influenced: escape it before logging); the client is only ever
@@ -30,7 +31,6 @@ import enum
 from typing import TYPE_CHECKING
 
 from scramp import ScramClient, ScramException, ScramMechanism
-from scramp.core import CBindData
 from scramp.utils import ServerError
 
 if TYPE_CHECKING:
@@ -44,9 +44,6 @@ SCRAM_SHA_256_PLUS = "SCRAM-SHA-256-PLUS"
 
 #: The mechanisms this module speaks.
 MECHANISMS = (SCRAM_SHA_256, SCRAM_SHA_256_PLUS)
-
-#: The channel-binding type netguard uses (RFC 5929).
-TLS_SERVER_END_POINT = "tls-server-end-point"
 
 #: The longest base64 token L{decode_wire} accepts, in bytes.
 MAX_WIRE_TOKEN = 2048
@@ -111,25 +108,6 @@ def encode_wire(message: str) -> bytes:
     @return: its UTF-8 bytes in base64, without a newline.
     """
     return binascii.b2a_base64(message.encode("utf-8"), newline=False)
-
-
-def tls_server_end_point(cert_der: bytes) -> bytes:
-    """
-    The C{tls-server-end-point} channel-binding data of a certificate (RFC 5929 section 4.1).
-
-    This is the hash of the DER certificate, with the hash function of the certificate's
-    signature algorithm, where MD5 and SHA-1 are replaced by SHA-256. (For signature
-    algorithms without a separate hash, such as Ed25519, RFC 5929 says nothing; scramp's
-    answer, SHA-512 for Ed25519, is used.)
-
-    @param cert_der: the server certificate, DER-encoded.
-    @return: the channel-binding data.
-    @raise ValueError: if the certificate cannot be parsed or its hash is not available.
-    """
-    try:
-        return bytes(CBindData.from_der(cert_der))
-    except ScramException as e:
-        raise ValueError(f"no tls-server-end-point data: {e.args[0]}") from None
 
 
 def _check_mechanism(mechanism: str, channel_binding: tuple[str, bytes] | None) -> None:
@@ -210,7 +188,8 @@ class ServerExchange(_Exchange):
         @param store: the verifiers.
         @param mechanism: the mechanism the client chose (C{AUTH <mechanism>}).
         @param channel_binding: on a TLS connection, C{("tls-server-end-point", data)} from
-            L{tls_server_end_point} of our certificate; required for C{SCRAM-SHA-256-PLUS}.
+            L{netguard.tls.channel_binding_for} on our side; required for
+            C{SCRAM-SHA-256-PLUS}.
             Pass it for C{SCRAM-SHA-256} too whenever the connection is TLS (and PLUS is
             offered): a client that claims it could bind but saw no PLUS offer (gs2 flag
             C{y}) is then refused as a downgrade, as RFC 5802 asks.

@@ -34,12 +34,10 @@ from twisted.protocols.basic import LineReceiver
 from twisted.trial import unittest
 
 from netguard.auth.scram import (
-    TLS_SERVER_END_POINT,
     AuthFailed,
     ServerExchange,
     decode_wire,
     encode_wire,
-    tls_server_end_point,
 )
 from netguard.auth.users import UserStore, make_record
 from netguard.client.endpoint import NGPClientEndpoint, wrap_tls
@@ -50,6 +48,7 @@ from netguard.client.protocol import (
     NGPProtocolError,
 )
 from netguard.client.tunnel import TunnelFactory
+from netguard.tls import TLS_SERVER_END_POINT, tls_server_end_point
 from tests import tls_certs
 from tests.integration.util import wait_for
 

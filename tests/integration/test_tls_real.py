@@ -397,7 +397,9 @@ class ProtocolVersionTests(ServerCase):
         session with the echo.
         """
         self.patch(
-            tls, "CONTEXT_OPTIONS", tls.CONTEXT_OPTIONS & ~(SSL.OP_NO_TLSv1 | SSL.OP_NO_TLSv1_1)
+            tls.context,
+            "CONTEXT_OPTIONS",
+            tls.CONTEXT_OPTIONS & ~(SSL.OP_NO_TLSv1 | SSL.OP_NO_TLSv1_1),
         )
         for flag, name in (("-tls1", "TLSv1"), ("-tls1_1", "TLSv1.1")):
             yield self.listen()
