@@ -827,7 +827,7 @@ class StdoutProblemTests(unittest.TestCase):
         from twisted.application.app import ServerOptions
         from twisted.python import usage
 
-        from twisted.plugins.netguard_plugin import Options
+        from netguard.tap import Options
 
         options = Options()
         options.parent = ServerOptions()  # type: ignore[attr-defined]

@@ -1,12 +1,14 @@
 """
-Tests for the C{twistd netguard} plugin (C{twisted/plugins/netguard_plugin.py}), in-process:
-discovery through Twisted's plugin system, the options and the configuration they produce,
-how bad values are reported, and the help text.
+Tests for C{twistd netguard}, in-process: discovery of the plugin
+(C{twisted/plugins/netguard_plugin.py}) through Twisted's plugin system, and the options of
+L{netguard.tap}: the configuration they produce, how bad values are reported, and the help
+text.
 
-The option tests load the plugin module from this source tree by its path: a venv that holds
-a regular (non-editable) install of netguard also holds a copy of the module in Twisted's own
-C{twisted/plugins/} directory, and that copy shadows the tree's when the module is imported by
-name. L{PluginDiscoveryTests.test_discovered_plugin_is_this_trees} checks the two agree.
+The discovery tests load the plugin module from this source tree by its path: a venv that
+holds a regular (non-editable) install of netguard also holds a copy of the module in
+Twisted's own C{twisted/plugins/} directory, and that copy shadows the tree's when the module
+is imported by name. L{PluginDiscoveryTests.test_discovered_plugin_is_this_trees} checks the
+two agree.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from twisted.python import usage
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
+from netguard import tap
 from netguard.config import COMMAND_LINE_SOURCE, ORIGIN_COMMAND_LINE, ORIGIN_FILE, Config
+from netguard.tap import Options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE_PLUGIN = os.path.join(REPO, "twisted", "plugins", "netguard_plugin.py")
@@ -103,7 +107,9 @@ class PluginDiscoveryTests(unittest.TestCase):
         bytes; otherwise C{twistd netguard} in this venv runs stale code.
         """
         (maker,) = netguard_makers()
-        found = os.path.realpath(sys.modules[type(maker).__module__].__file__ or "")
+        module = sys.modules["twisted.plugins.netguard_plugin"]
+        self.assertIs(module.service_maker, maker)
+        found = os.path.realpath(module.__file__ or "")
         if found == os.path.realpath(SOURCE_PLUGIN):
             return
         with open(found, "rb") as installed, open(SOURCE_PLUGIN, "rb") as source:
@@ -116,11 +122,13 @@ class PluginDiscoveryTests(unittest.TestCase):
 
     def test_source_module_exposes_the_maker(self) -> None:
         """
-        The tree's module defines a module-level provider (what the plugin system collects).
+        The tree's module defines a module-level provider (what the plugin system collects)
+        whose options and service come from L{netguard.tap}.
         """
         module = load_source_plugin()
         self.assertEqual(module.service_maker.tapname, "netguard")
-        self.assertIs(module.service_maker.options, module.Options)
+        self.assertIs(module.service_maker.options, tap.Options)
+        self.assertIs(module.service_maker.makeService, tap.makeService)
         self.assertTrue(verifyObject(IServiceMaker, module.service_maker))
 
 
@@ -130,16 +138,15 @@ class OptionsParsingTests(unittest.TestCase):
     """
 
     def setUp(self) -> None:
-        self.plugin = load_source_plugin()
         self.dir = short_temp_dir(self)
         self.state = os.path.join(self.dir, "state")
         self.users = os.path.join(self.dir, "people")
 
     def parse(self, *argv: str) -> Any:
         """
-        @return: parsed options (the tree's L{Options}).
+        @return: parsed options.
         """
-        options = self.plugin.Options()
+        options = Options()
         options.parseOptions(list(argv))
         return options
 
@@ -192,7 +199,7 @@ class OptionsParsingTests(unittest.TestCase):
         """
         Options not given are not overrides (the file or the defaults decide).
         """
-        options = self.plugin.Options()
+        options = Options()
         self.assertEqual(options.overrides(), {})
 
     def test_loaded_config_carries_the_options(self) -> None:
@@ -283,7 +290,6 @@ class OptionsErrorTests(unittest.TestCase):
     """
 
     def setUp(self) -> None:
-        self.plugin = load_source_plugin()
         self.dir = short_temp_dir(self)
         self.state = os.path.join(self.dir, "state")
 
@@ -293,7 +299,7 @@ class OptionsErrorTests(unittest.TestCase):
 
         @return: its message, checked to be one line with no traceback.
         """
-        options = self.plugin.Options()
+        options = Options()
         error = self.assertRaises(
             usage.UsageError, options.parseOptions, ["--state-dir", self.state, *argv]
         )
@@ -381,23 +387,20 @@ class HelpTests(unittest.TestCase):
     C{twistd netguard --help} (the options' usage text) documents every option.
     """
 
-    def setUp(self) -> None:
-        self.plugin = load_source_plugin()
-
     def test_usage_lists_every_option(self) -> None:
-        text = self.plugin.Options().getUsage(width=100)
+        text = Options().getUsage(width=100)
         for name in DOCUMENTED_OPTIONS:
             self.assertIn(f"--{name}=", text)
 
     def test_str_is_synopsis_and_usage(self) -> None:
-        options = self.plugin.Options()
+        options = Options()
         text = str(options)
         self.assertIn(options.synopsis, text)
         for name in DOCUMENTED_OPTIONS:
             self.assertIn(f"--{name}=", text)
 
     def test_every_option_has_help_text(self) -> None:
-        docs = self.plugin.Options().docs
+        docs = Options().docs
         for name in DOCUMENTED_OPTIONS:
             self.assertTrue(docs.get(name), f"--{name} has no help text")
 
@@ -406,12 +409,12 @@ class HelpTests(unittest.TestCase):
         A multi-line docstring does not leave runs of spaces in the rendered help
         (C{"only these         listeners"}).
         """
-        docs = self.plugin.Options().docs
+        docs = Options().docs
         for name in DOCUMENTED_OPTIONS:
             self.assertEqual(docs[name], " ".join(docs[name].split()), f"--{name}")
 
     def test_usage_explains_the_defaults(self) -> None:
-        text = " ".join(self.plugin.Options().getUsage(width=100).split())
+        text = " ".join(Options().getUsage(width=100).split())
         self.assertIn("127.0.0.1:7700", text)
         self.assertIn("echo", text)
         self.assertIn("repeatable", text)
@@ -435,11 +438,10 @@ class VersionTests(unittest.TestCase):
         The options' C{--version} prints C{netguard <version> (Twisted <version>)} and
         exits with status 0 before any configuration is read.
         """
-        plugin = load_source_plugin()
         out = io.StringIO()
         self.patch(sys, "stdout", out)
         error = self.assertRaises(
-            SystemExit, plugin.Options().parseOptions, ["--version", "--config", "/nonexistent"]
+            SystemExit, Options().parseOptions, ["--version", "--config", "/nonexistent"]
         )
         self.assertEqual(error.code, 0)
         self.assertEqual(out.getvalue(), self.expected())

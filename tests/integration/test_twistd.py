@@ -515,7 +515,7 @@ class InstalledCopyTests(unittest.TestCase):
             "from twisted.plugin import getPlugins\n"
             "makers = [m for m in getPlugins(IServiceMaker) if m.tapname == 'netguard']\n"
             "print('count', len(makers))\n"
-            "print('plugin', sys.modules[type(makers[0]).__module__].__file__)\n"
+            "print('plugin', sys.modules['twisted.plugins.netguard_plugin'].__file__)\n"
             "import netguard.service\n"
             "print('package', netguard.service.__file__)\n"
             "for entry in sys.path:\n"

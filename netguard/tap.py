@@ -1,0 +1,156 @@
+# -*- test-case-name: tests.test_plugin -*-
+"""
+C{twistd netguard}: the command-line options and the one place the gateway service is
+assembled (configuration, service, privileges, reload and signal handlers). The plugin in
+C{twisted/plugins/netguard_plugin.py} points here; docs/operating.md describes the options.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.copyright import version as twisted_version
+from twisted.python import usage
+
+from netguard import __version__
+from netguard.auth.users import UsersFileError
+from netguard.config import ConfigError, load_config
+from netguard.log import stdout_log_problem
+from netguard.ops.drain import install_sigterm
+from netguard.ops.lock import AlreadyRunning
+from netguard.ops.privileges import run_as_identity
+from netguard.ops.reload import Reloader, install_sighup
+from netguard.service import ListenFailed, make_service
+from netguard.tls import TLSConfigError
+
+
+class Options(usage.Options):
+    """
+    Command-line options of C{twistd netguard}; each overrides the configuration file.
+    """
+
+    synopsis = "[--config FILE] [--listen ENDPOINT]... [--service NAME=ENDPOINT]... [options]"
+    longdesc = (
+        "netguard: a hardened single-port gateway. Clients connect to one listener, "
+        "authenticate with SCRAM-SHA-256, name a service and are relayed to its backend. "
+        "With no options it listens on 127.0.0.1:7700 and on a unix socket in the state "
+        "directory, offers the built-in 'echo' service, and creates a users file with a "
+        "generated password (shown once) when none exists. Every option overrides the "
+        "matching key of the TOML configuration file; see docs/operating.md."
+    )
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (default: none, built-in defaults)."],
+        ["users", "u", None, "Users file (default: <state-dir>/users)."],
+        [
+            "state-dir",
+            "d",
+            None,
+            "State directory (default: /var/lib/netguard for root, else ~/.local/state/netguard).",
+        ],
+        ["server-name", None, None, "Name shown in the greeting (default: netguard)."],
+        ["log-format", None, None, "Log format: text or json (default: text)."],
+        ["log-file", None, None, "Log file, or - for standard output (default: -)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        # The help of --listen and --service is their docstring: fold it to one line, or
+        # --help shows the docstring's indentation as runs of spaces mid-sentence.
+        self.docs = {
+            name: " ".join(doc.split()) if doc else doc for name, doc in self.docs.items()
+        }
+        self["listen"] = []
+        self["service"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """
+        A server endpoint string to listen on, e.g. tcp:7700:interface=127.0.0.1 or
+        unix:/run/netguard/ng.sock:mode=600:lockfile=1 (repeatable; when given, only these
+        listeners open).
+        """
+        self["listen"].append(endpoint)
+
+    opt_l = opt_listen
+
+    def opt_service(self, spec: str) -> None:
+        """
+        NAME=ENDPOINT: a service and its backend client endpoint string, e.g.
+        redis=tcp:host=127.0.0.1:port=6379 (repeatable; every authenticated user may open it).
+        """
+        if "=" not in spec:
+            raise usage.UsageError(f"--service wants NAME=ENDPOINT, got {spec!r}")
+        self["service"].append(spec)
+
+    opt_s = opt_service
+
+    def opt_version(self) -> None:
+        """
+        Show netguard's version (and Twisted's) and exit.
+        """
+        print(f"netguard {__version__} (Twisted {twisted_version})")
+        raise SystemExit(0)
+
+    def overrides(self) -> dict[str, Any]:
+        """
+        The configuration overrides these options make.
+        """
+        given: dict[str, Any] = {}
+        if self["listen"]:
+            given["listen"] = list(self["listen"])
+        if self["service"]:
+            given["services"] = list(self["service"])
+        for option, key in [
+            ("users", "users_file"),
+            ("state-dir", "state_dir"),
+            ("server-name", "server_name"),
+            ("log-format", "log_format"),
+            ("log-file", "log_file"),
+        ]:
+            if self[option] is not None:
+                given[key] = self[option]
+        return given
+
+    def postOptions(self) -> None:
+        """
+        Load and check the configuration with these overrides, into C{self["loaded"]}.
+
+        @raise usage.UsageError: naming the problem in one line.
+        """
+        try:
+            self["loaded"] = load_config(self["config"], self.overrides())
+        except ConfigError as error:
+            raise usage.UsageError(str(error)) from None
+        # log.format = "json" with log.file = "-" needs the runner's help (twistd --logger).
+        problem = stdout_log_problem(self["loaded"].log, getattr(self, "parent", None))
+        if problem is not None:
+            raise usage.UsageError(problem)
+
+
+def makeService(options: Options) -> Any:
+    """
+    Build the gateway service from parsed options, and arrange for SIGTERM to drain and
+    SIGHUP to reload once the reactor runs.
+
+    @param options: the parsed L{Options}, with the loaded configuration.
+    @return: the gateway's L{twisted.application.service.MultiService}.
+    @raise SystemExit: with one line for the operator when the gateway cannot start.
+    """
+    from twisted.internet import reactor
+
+    try:
+        service = make_service(options["loaded"], reactor)
+    except AlreadyRunning as error:
+        # Before daemonizing: the operator sees this one line on the terminal, exit 1.
+        raise SystemExit(str(error)) from None
+    except (UsersFileError, TLSConfigError, ListenFailed, OSError) as error:
+        raise SystemExit(f"netguard: cannot start: {error}") from None
+    # twistd --uid as root: what we create in the state directory goes to that user
+    # before twistd drops privileges, so reload and clean-up at stop keep working.
+    service.run_as = run_as_identity(getattr(options, "parent", None), os.geteuid())
+    service.reloader = Reloader(service, options["config"], options.overrides())
+    # After the reactor's own handlers are in place: SIGTERM drains, a second one cuts;
+    # SIGHUP reloads the configuration, the users and the certificates.
+    reactor.callWhenRunning(install_sigterm, reactor, service.drainer)
+    reactor.callWhenRunning(install_sighup, reactor, service.reloader)
+    return service
