@@ -38,7 +38,8 @@ Bytes are written in the order they were read, once each: nothing is buffered he
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Protocol, cast
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -48,6 +49,60 @@ from zope.interface import implementer
 
 #: The two sides of a splice. In the gateway, C{A} is the client and C{B} the backend.
 A, B = "a", "b"
+
+
+class DelayedCall(Protocol):
+    """
+    The part of L{twisted.internet.interfaces.IDelayedCall} netguard's timers use.
+    """
+
+    def active(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+    def reset(self, secondsFromNow: float) -> None: ...
+
+
+class ReactorTime(Protocol):
+    """
+    The part of L{twisted.internet.interfaces.IReactorTime} netguard's timers use: the
+    reactor, or a L{twisted.internet.task.Clock} in tests.
+    """
+
+    def seconds(self) -> float: ...
+
+    def callLater(
+        self, delay: float, callable: Callable[..., object], *args: object, **kw: object
+    ) -> DelayedCall: ...
+
+
+class RelayTransport(Protocol):
+    """
+    What a splice uses of each side's transport (an L{ITCPTransport} or TLS transport, say).
+    C{loseWriteConnection} and C{setTcpNoDelay} are used when the transport has them.
+    """
+
+    def write(self, data: bytes) -> None: ...
+
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...
+
+    def unregisterProducer(self) -> None: ...
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
+
+    def loseConnection(self) -> None: ...
+
+    def abortConnection(self) -> None: ...
+
+
+class HalfCloseableTransport(RelayTransport, Protocol):
+    """
+    A L{RelayTransport} that can close its write direction alone.
+    """
+
+    def loseWriteConnection(self) -> None: ...
 
 
 def _other(side: str) -> str:
@@ -87,7 +142,7 @@ class _Valve:
         self.splice = splice
         self.side = side
         self.paused = False
-        self._stall: Any = None
+        self._stall: DelayedCall | None = None
 
     def pauseProducing(self) -> None:
         """
@@ -145,10 +200,10 @@ class Splice:
 
     def __init__(
         self,
-        a: Any,
-        b: Any,
+        a: RelayTransport,
+        b: RelayTransport,
         *,
-        clock: Any,
+        clock: ReactorTime,
         idle_timeout: float = 3600.0,
         write_timeout: float = 30.0,
     ):
@@ -160,7 +215,7 @@ class Splice:
         @param write_timeout: seconds a side may leave its write queue full; also the time
             left to the remaining side to flush once the relay is closing.
         """
-        self.transports = {A: a, B: b}
+        self.transports: dict[str, RelayTransport] = {A: a, B: b}
         self.clock = clock
         self.idle_timeout = idle_timeout
         self.write_timeout = write_timeout
@@ -174,8 +229,8 @@ class Splice:
         self._registered = {A: False, B: False}
         self._half_close_pending = {A: False, B: False}
         self._first_eof: str | None = None
-        self._idle: Any = None
-        self._grace: Any = None
+        self._idle: DelayedCall | None = None
+        self._grace: DelayedCall | None = None
         self._started = 0.0
 
     def start(self) -> None:
@@ -310,7 +365,7 @@ class Splice:
             # sends until the peer's own close_notify: the TLS form of a half-close.
             transport.loseConnection()
         else:
-            transport.loseWriteConnection()
+            cast(HalfCloseableTransport, transport).loseWriteConnection()
 
     def _drained(self, side: str) -> None:
         """

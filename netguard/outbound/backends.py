@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import _parse, clientFromString
 from twisted.internet.error import ConnectionDone, TimeoutError
-from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -34,9 +34,28 @@ from zope.interface import implementer
 
 from netguard.log import escape
 from netguard.outbound.socks5 import SOCKSError
-from netguard.relay import A, B, RelayResult, Splice
+from netguard.relay import A, B, HalfCloseableTransport, ReactorTime, RelayResult, Splice
 
 ECHO = "builtin:echo"
+
+
+class BackendService(Protocol):
+    """
+    What opening a backend reads of a configured service (a
+    L{netguard.config.ServiceConfig}).
+    """
+
+    @property
+    def backend(self) -> str: ...
+
+    @property
+    def socks5(self) -> str | None: ...
+
+    @property
+    def connect_timeout(self) -> float: ...
+
+    @property
+    def idle_timeout(self) -> float: ...
 
 
 class BackendLeg(Protocol):
@@ -44,11 +63,14 @@ class BackendLeg(Protocol):
     What a session calls on its backend leg.
 
     @ivar done: fires with a L{RelayResult} when the relay has ended on both sides.
+    @ivar splice: the relay once attached (its C{counts} are the live byte counts), or
+        L{None}.
     """
 
     done: Deferred[RelayResult]
+    splice: Splice | None
 
-    def attach(self, client_transport: Any) -> None:
+    def attach(self, client_transport: HalfCloseableTransport) -> None:
         """
         The session starts relaying: wire backpressure between C{client_transport} and the
         backend, so neither side's write queue grows without bound.
@@ -77,7 +99,7 @@ class _Leg:
     the L{Deferred} of the relay's result.
     """
 
-    def __init__(self, clock: Any, write_timeout: float, idle_timeout: float):
+    def __init__(self, clock: ReactorTime, write_timeout: float, idle_timeout: float):
         """
         @param clock: the L{IReactorTime} for the relay's timers.
         @param write_timeout: see L{Splice}.
@@ -99,7 +121,7 @@ class EchoLeg(_Leg):
     of its bytes), so a client that does not read what it sent stops being read.
     """
 
-    def attach(self, client_transport: Any) -> None:
+    def attach(self, client_transport: HalfCloseableTransport) -> None:
         """
         Start echoing to C{client_transport}.
         """
@@ -147,16 +169,16 @@ class _Mirror:
     reading the client (the only source of its bytes).
     """
 
-    def __init__(self, client_transport: Any):
+    def __init__(self, client_transport: HalfCloseableTransport):
         self._client = client_transport
-        self.producer: Any = None
+        self.producer: object | None = None
         self.splice: Splice | None = None
 
     def write(self, data: bytes) -> None:
         if self.splice is not None:
             self.splice.data_from(B, data)
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
+    def registerProducer(self, producer: object, streaming: bool) -> None:
         self.producer = producer
 
     def unregisterProducer(self) -> None:
@@ -222,7 +244,7 @@ class EndpointLeg(_Leg):
     first, in order.
     """
 
-    def __init__(self, clock: Any, write_timeout: float, idle_timeout: float):
+    def __init__(self, clock: ReactorTime, write_timeout: float, idle_timeout: float):
         super().__init__(clock, write_timeout, idle_timeout)
         self.protocol: _BackendProtocol | None = None
         self.ready: Deferred[EndpointLeg] = Deferred()
@@ -230,7 +252,7 @@ class EndpointLeg(_Leg):
         self._eof_early = False
         self._lost_early = False
 
-    def attach(self, client_transport: Any) -> None:
+    def attach(self, client_transport: HalfCloseableTransport) -> None:
         """
         Start relaying between C{client_transport} (side A) and the backend (side B).
         """
@@ -351,7 +373,7 @@ class _LegFactory(Factory):
     def __init__(self, leg: EndpointLeg):
         self.leg = leg
 
-    def buildProtocol(self, addr: Any) -> _BackendProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> _BackendProtocol:
         protocol = _BackendProtocol(self.leg)
         protocol.factory = self
         self.leg.protocol = protocol
@@ -373,7 +395,7 @@ def describe_failure(failure: Failure, limit: int = 300) -> str:
     return escape(failure.getErrorMessage() or failure.type.__name__, limit=limit)
 
 
-def backend_endpoint(reactor: Any, service: Any) -> Any:
+def backend_endpoint(reactor: Any, service: BackendService) -> Any:
     """
     The client endpoint for C{service}'s backend, through its SOCKS5 proxy if it has one.
     """
@@ -403,7 +425,7 @@ def backend_endpoint(reactor: Any, service: Any) -> Any:
 
 
 def open_backend(
-    reactor: Any, service: Any, *, write_timeout: float = 30.0
+    reactor: Any, service: BackendService, *, write_timeout: float = 30.0
 ) -> Deferred[BackendLeg]:
     """
     Open the backend of C{service} for one session.
