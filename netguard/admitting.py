@@ -10,66 +10,76 @@ application sees it, and gives the slot back when the connection ends.
     admission = Admission(AdmissionPolicy(per_source_max=4, per_source_rate=2.0), reactor)
     endpoint.listen(AdmittingFactory(MyFactory(), admission))
 
-A refused connection gets one line, C{ERR BUSY <reason>}, and is closed (or is closed
-without a word with C{reject_mode="close"}); the refusal is logged (C{conn.reject}). The
-application's protocol reaches the rest of the policy through its transport, the wrapper:
-C{self.transport.promote()} moves the connection to the authenticated pool once the peer has
-proved who it is (L{netguard.admission.Admission.authenticated}), and
-C{self.transport.offence(kind)} records an offence (C{"auth_failure"}, C{"early_talker"},
-C{"timeout"}, C{"format_error"}) towards the source's penalties.
+A refused connection gets one line, C{ERR BUSY <reason>}, and is closed (aborted if the peer
+does not take even that within C{write_timeout}), or is closed without a word with
+C{reject_mode="close"}; the refusal is logged (C{conn.reject}). The application's protocol
+reaches the rest of the policy through its transport, the wrapper: C{self.transport.promote()}
+moves the connection to the authenticated pool once the peer has proved who it is, and
+C{self.transport.offence(kind)} records an offence towards the source's penalties. A factory
+that provides L{AdmissionAware} (the gateway's) is handed each connection's L{Admitted}
+instead, and its protocols are not wrapped. Policy and reasons: C{docs/operating.md}.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
 
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
 
 from netguard.admission import Admission, Refusal
-from netguard.framing import peer_label
+from netguard.framing import FramingLimits, peer_label
 
-log = Logger()
+_log = Logger()
 
 
-class _Refused(Protocol):
+class _Cancellable(Protocol):
+    def active(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+
+class Scheduler(Protocol):
     """
-    Says the refusal line, then closes.
+    The part of L{twisted.internet.interfaces.IReactorTime} a refusal needs.
     """
 
-    transport: Any  # zope interfaces do not type-check as classes
-
-    def __init__(self, line: bytes) -> None:
-        self.line = line
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.line + b"\r\n")
-        self.transport.loseConnection()
+    def callLater(self, delay: float, callable: Any, *args: Any) -> _Cancellable:
+        """
+        Call C{callable(*args)} in C{delay} seconds.
+        """
+        ...
 
 
-class AdmittedProtocol(ProtocolWrapper):
+class Admitted:
     """
-    The transport the application's protocol sees: the connection, plus the admission
-    policy's per-connection calls.
+    One admitted connection's hold on its admission slot.
 
+    @ivar address: the peer address it was admitted with.
     @ivar promoted: whether the connection is in the authenticated pool.
     """
 
-    promoted = False
-    address: Any = None
-    factory: AdmittingFactory
+    def __init__(self, admission: Admission, address: object) -> None:
+        self.admission = admission
+        self.address = address
+        self.promoted = False
+        self._released = False
 
     def promote(self) -> Refusal | None:
         """
-        The peer has authenticated: move this connection to the authenticated pool.
+        The peer has authenticated: move this connection to the authenticated pool
+        (L{Admission.authenticated}).
 
         @return: L{None}, or a L{Refusal} (C{relay-cap}) when that pool is full; the caller
             decides what to tell the peer and should then close.
         """
         if self.promoted:
             return None
-        refusal = self.factory.admission.authenticated(self.address)
+        refusal = self.admission.authenticated(self.address)
         self.promoted = refusal is None
         return refusal
 
@@ -81,10 +91,100 @@ class AdmittedProtocol(ProtocolWrapper):
         @return: the seconds the source is now blocked for, or L{None}.
         @raise ValueError: for another kind.
         """
-        return self.factory.admission.offence(self.address, kind)
+        return self.admission.offence(self.address, kind)
+
+    def release(self) -> None:
+        """
+        The connection has ended: give its slot back (once).
+        """
+        if not self._released:
+            self._released = True
+            self.admission.released(self.address, self.promoted)
+
+
+@runtime_checkable
+class AdmissionAware(Protocol):
+    """
+    A factory that takes its connections' admission itself: L{AdmittingFactory} hands it each
+    admitted connection's L{Admitted} and does not wrap its protocols, and asks it about
+    each refusal.
+    """
+
+    def build_admitted(self, addr: IAddress | None, admitted: Admitted) -> Any:
+        """
+        Build the protocol of an admitted connection, which must call C{admitted.release()}
+        when the connection ends.
+
+        @return: the protocol, or L{None} to close the connection (its slot is given back).
+        """
+        ...
+
+    def refused(self, addr: IAddress | None, refusal: Refusal) -> Mapping[str, object]:
+        """
+        A connection was refused (account for it).
+
+        @return: fields the C{conn.reject} event carries besides C{peer} and C{reason}.
+        """
+        ...
+
+
+class _Refusal(TwistedProtocol):
+    """
+    What a refused connection gets: one C{ERR BUSY <reason>} line, then a close (aborted if
+    the peer does not take even that within the write timeout).
+    """
+
+    transport: Any  # zope interfaces do not type-check as classes
+
+    def __init__(self, line: bytes, clock: Scheduler, write_timeout: float):
+        self.line = line
+        self.clock = clock
+        self.write_timeout = write_timeout
+        self._abort: _Cancellable | None = None
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.line + b"\r\n")
+        self.transport.loseConnection()
+        self._abort = self.clock.callLater(self.write_timeout, self.transport.abortConnection)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._abort is not None and self._abort.active():
+            self._abort.cancel()
+
+
+class AdmittedProtocol(ProtocolWrapper):
+    """
+    The transport the application's protocol sees: the connection, plus the admission
+    policy's per-connection calls.
+    """
+
+    admitted: Admitted
+    factory: AdmittingFactory
+
+    @property
+    def address(self) -> object:
+        """The peer address the connection was admitted with."""
+        return self.admitted.address
+
+    @property
+    def promoted(self) -> bool:
+        """Whether the connection is in the authenticated pool."""
+        return self.admitted.promoted
+
+    def promote(self) -> Refusal | None:
+        """
+        The peer has authenticated: see L{Admitted.promote}.
+        """
+        return self.admitted.promote()
+
+    def offence(self, kind: str) -> float | None:
+        """
+        Record an offence of this connection's source: see L{Admitted.offence}.
+        """
+        return self.admitted.offence(kind)
 
     def connectionLost(self, reason: Any = None) -> None:
-        self.factory.admission.released(self.address, self.promoted)
+        self.admitted.release()
         super().connectionLost(reason)
 
 
@@ -93,33 +193,70 @@ class AdmittingFactory(WrappingFactory):
     Wrap C{wrappedFactory} so every connection passes L{Admission.admit} first.
 
     @ivar admission: the L{Admission} consulted.
+    @ivar write_timeout: how long a refused peer may leave the refusal line unread.
     """
 
     protocol = AdmittedProtocol
     noisy = False
 
-    def __init__(self, wrappedFactory: Any, admission: Admission) -> None:
+    def __init__(
+        self,
+        wrappedFactory: Any,
+        admission: Admission,
+        *,
+        clock: Scheduler | None = None,
+        write_timeout: float | None = None,
+        log: Logger | None = None,
+    ) -> None:
+        """
+        @param wrappedFactory: the application's factory; when it provides
+            L{AdmissionAware} its protocols are not wrapped.
+        @param admission: the L{Admission} consulted.
+        @param clock: the timer of the refusal's abort (C{admission.clock} by default).
+        @param write_timeout: seconds a refused peer may leave the refusal line unread (the
+            default of L{FramingLimits.write_timeout} by default).
+        @param log: the logger of C{conn.reject} (this module's by default).
+        """
         super().__init__(wrappedFactory)
         self.admission = admission
+        self.clock: Scheduler = clock if clock is not None else admission.clock  # type: ignore[assignment]
+        self.write_timeout = (
+            write_timeout if write_timeout is not None else FramingLimits().write_timeout
+        )
+        self.log = log if log is not None else _log
+        self._aware = isinstance(wrappedFactory, AdmissionAware)
 
-    def buildProtocol(self, addr: Any) -> Any:
+    def buildProtocol(self, addr: IAddress | None) -> Any:
         """
         Admit or refuse a new connection before the application builds anything for it.
         """
         refusal = self.admission.admit(addr)
         if refusal is not None:
-            log.info(
-                "refused {peer}: {reason}",
-                event="conn.reject",
-                peer=peer_label(addr),
-                reason=refusal.reason,
-            )
-            line = self.admission.reply_line(refusal)
-            return None if line is None else _Refused(line)
-        wrapped = self.wrappedFactory.buildProtocol(addr)
+            return self._refuse(addr, refusal)
+        admitted = Admitted(self.admission, addr)
+        if self._aware:
+            wrapped = self.wrappedFactory.build_admitted(addr, admitted)
+        else:
+            wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
-            self.admission.released(addr, False)
+            admitted.release()
             return None
+        if self._aware:
+            return wrapped
         protocol = AdmittedProtocol(self, wrapped)  # type: ignore[arg-type]
-        protocol.address = addr
+        protocol.admitted = admitted
         return protocol
+
+    def _refuse(self, addr: IAddress | None, refusal: Refusal) -> _Refusal | None:
+        fields = self.wrappedFactory.refused(addr, refusal) if self._aware else {}
+        self.log.info(
+            "refused {peer}: {reason}",
+            event="conn.reject",
+            peer=peer_label(addr),
+            reason=refusal.reason,
+            **fields,
+        )
+        line = self.admission.reply_line(refusal)
+        if line is None:
+            return None  # silent close: the cheapest answer
+        return _Refusal(line, self.clock, self.write_timeout)

@@ -13,8 +13,8 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.trial import unittest
 
-from netguard.admission import Admission, AdmissionPolicy
-from netguard.admitting import AdmittingFactory
+from netguard.admission import Admission, AdmissionPolicy, Refusal
+from netguard.admitting import AdmissionAware, Admitted, AdmittingFactory
 
 
 class Hello(Protocol):
@@ -32,7 +32,7 @@ class AdmittingFactoryTests(unittest.TestCase):
 
     def factory(self, **policy: Any) -> AdmittingFactory:
         admission = Admission(AdmissionPolicy(**policy), self.clock)
-        return AdmittingFactory(Factory.forProtocol(Hello), admission)
+        return AdmittingFactory(Factory.forProtocol(Hello), admission, write_timeout=30.0)
 
     def connect(self, factory: AdmittingFactory, host: str = "192.0.2.9") -> tuple[Any, Any]:
         with capturedLogs() as self.events:
@@ -87,3 +87,105 @@ class AdmittingFactoryTests(unittest.TestCase):
         protocol.connectionLost(None)
         _, transport = self.connect(factory)
         self.assertEqual(transport.value(), b"ERR BUSY penalised\r\n")
+
+    def test_refusal_line_not_taken_is_aborted_after_write_timeout(self) -> None:
+        """
+        A refused peer that does not read its refusal line is cut off after the write
+        timeout; one whose connection ends first leaves no timer behind.
+        """
+        factory = self.factory(per_source_max=1)
+        self.connect(factory)
+        refusal, transport = self.connect(factory)
+        self.clock.advance(29.9)
+        self.assertFalse(transport.disconnected)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnected)
+        other, _ = self.connect(factory)
+        other.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_write_timeout_defaults_to_the_framing_default(self) -> None:
+        """
+        Without C{write_timeout}, a refusal line gets the framing's default write timeout.
+        """
+        admission = Admission(AdmissionPolicy(), self.clock)
+        factory = AdmittingFactory(Factory.forProtocol(Hello), admission)
+        self.assertEqual(factory.write_timeout, 30.0)
+        self.assertIs(factory.clock, self.clock)
+
+
+class AwareFactory(Factory):
+    """
+    An L{AdmissionAware} factory: keeps what it is handed, builds L{Hello}s unwrapped.
+    """
+
+    def __init__(self) -> None:
+        self.admitted: list[Admitted] = []
+        self.refusals: list[Refusal] = []
+
+    def build_admitted(self, addr: Any, admitted: Admitted) -> Protocol:
+        self.admitted.append(admitted)
+        return Hello()
+
+    def refused(self, addr: Any, refusal: Refusal) -> dict[str, object]:
+        self.refusals.append(refusal)
+        return {"conn_id": f"c{len(self.refusals)}"}
+
+
+class AdmissionAwareTests(unittest.TestCase):
+    """
+    A factory that takes admission itself gets each connection's L{Admitted} and its own
+    protocols back unwrapped; refusals go through the same path, with its fields.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.aware = AwareFactory()
+        self.admission = Admission(AdmissionPolicy(per_source_max=1, max_relays=1), self.clock)
+        self.factory = AdmittingFactory(self.aware, self.admission, write_timeout=5.0)
+
+    def build(self, host: str = "192.0.2.9") -> Any:
+        with capturedLogs() as self.events:
+            return self.factory.buildProtocol(address(host))
+
+    def test_is_aware(self) -> None:
+        self.assertIsInstance(self.aware, AdmissionAware)
+        self.assertNotIsInstance(Factory.forProtocol(Hello), AdmissionAware)
+
+    def test_admitted_protocol_is_not_wrapped(self) -> None:
+        protocol = self.build()
+        self.assertIsInstance(protocol, Hello)
+        [admitted] = self.aware.admitted
+        self.assertEqual(admitted.address, address())
+
+    def test_refusal_carries_the_factory_fields(self) -> None:
+        self.build()
+        refusal = self.build()
+        transport = StringTransport()
+        refusal.makeConnection(transport)
+        self.assertEqual(transport.value(), b"ERR BUSY per-source-cap\r\n")
+        self.assertEqual([r.reason for r in self.aware.refusals], ["per-source-cap"])
+        [event] = [e for e in self.events if e.get("event") == "conn.reject"]
+        self.assertEqual(
+            (event["peer"], event["reason"], event["conn_id"]),
+            ("192.0.2.9:40000", "per-source-cap", "c1"),
+        )
+        self.clock.advance(5.0)
+        self.assertTrue(transport.disconnected)
+
+    def test_promote_offence_and_release_once(self) -> None:
+        self.build()
+        [admitted] = self.aware.admitted
+        self.assertIsNone(admitted.promote())
+        self.assertIsNone(admitted.promote())
+        self.assertEqual(self.admission.snapshot()["relays"], 1)
+        self.assertEqual(admitted.offence("early_talker"), 10.0)
+        admitted.release()
+        admitted.release()
+        self.assertEqual(self.admission.snapshot()["relays"], 0)
+        self.assertEqual(self.admission.snapshot()["unauthenticated"], 0)
+
+    def test_nothing_built_gives_the_slot_back(self) -> None:
+        self.aware.build_admitted = lambda addr, admitted: None  # type: ignore[method-assign]
+        self.assertIsNone(self.build())
+        self.assertEqual(self.admission.snapshot()["unauthenticated"], 0)

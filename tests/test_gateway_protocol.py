@@ -572,6 +572,46 @@ class AdmissionWiringTests(unittest.TestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(factory.stats.counters["refused.per-source-cap"], 1)
 
+    def test_refusal_is_the_admitting_factorys_and_aborts_after_write_timeout(self):
+        """
+        The gateway refuses through its L{AdmittingFactory}: a refused peer that does not
+        read the line is cut off after the (reloaded) write timeout.
+        """
+        import attrs
+
+        factory, clock = self.factory(per_source_max=1)
+        config = factory.config
+        factory.apply_config(
+            attrs.evolve(config, limits=attrs.evolve(config.limits, write_timeout=5.0)),
+            factory.users,
+        )
+        self.assertIs(factory.admitting.admission, factory.admission)
+        self.connect(factory, clock)
+        _, transport = self.connect(factory, clock)  # one second passes in connect
+        clock.advance(3.9)
+        self.assertFalse(transport.disconnected)
+        clock.advance(0.1)
+        self.assertTrue(transport.disconnected)
+
+    def test_reject_event_carries_the_next_conn_id(self):
+        """
+        A refused connection is logged with its own connection id, taken from the same
+        sequence as the sessions'.
+        """
+        from twisted.logger import capturedLogs
+
+        factory, clock = self.factory(per_source_max=1)
+        first, _ = self.connect(factory, clock)
+        with capturedLogs() as events:
+            self.connect(factory, clock)
+        second, _ = self.connect(factory, clock, host="192.0.2.8")
+        [event] = [e for e in events if e.get("event") == "conn.reject"]
+        prefix, number = first.conn_id.split("-")
+        self.assertEqual(event["conn_id"], f"{prefix}-{int(number, 16) + 1:x}")
+        self.assertEqual(second.conn_id, f"{prefix}-{int(number, 16) + 2:x}")
+        self.assertEqual((event["peer"], event["reason"]), ("192.0.2.7:40000", "per-source-cap"))
+        self.assertEqual(factory.stats.counters["refused"], 1)
+
     def test_line_phase_deadlines_shortened_under_stress(self):
         """
         Under stress the handshake, idle and login-to-OPEN deadlines of a new connection are

@@ -3,24 +3,29 @@
 The factory of NGP/1 sessions: what every session of one gateway shares.
 
 It holds the configuration, the user store, the services and the counters, hands out
-connection ids, and is the seam where admission control and peer checks plug in.
+connection ids, and is the seam where admission control (through
+L{netguard.admitting.AdmittingFactory}) and peer checks plug in.
 """
 
 from __future__ import annotations
 
 import itertools
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from netguard.admission import Admission
+from netguard.admission import Admission, Refusal
+from netguard.admitting import Admitted, AdmittingFactory
 from netguard.auth.users import UserStore
-from netguard.framing import FramingLimits, peer_label
+from netguard.framing import FramingLimits
 from netguard.gateway.protocol import GatewaySession
+from netguard.gateway.seams import DrainWatcher, LiveSession, Service
 from netguard.outbound.backends import BackendLeg, open_backend
 from netguard.peer.checks import PeerCheckPolicy, PeerCheckRun, PeerChecks
 from netguard.relay import B
@@ -31,9 +36,14 @@ class GatewayFactory(Factory):
     """
     Builds L{GatewaySession}s for one gateway.
 
+    Listeners are given this factory; its L{buildProtocol} is that of the
+    L{AdmittingFactory} wrapped around it (L{admitting}), which admits or refuses each
+    connection and hands an admitted one to L{build_admitted}.
+
     @ivar config: the L{netguard.config.Config} in force.
     @ivar users: the L{UserStore} in force (replaced as a whole on reload).
     @ivar stats: the process's L{Stats}.
+    @ivar admitting: the L{AdmittingFactory} that admits this factory's connections.
     """
 
     log = Logger()
@@ -46,13 +56,19 @@ class GatewayFactory(Factory):
         self.stats = stats if stats is not None else Stats()
         self.stats.set_services(dict(config.services))
         self.framing_limits = FramingLimits.from_config(config.limits)
-        self.sessions: set[GatewaySession] = set()
-        self.admission = Admission(config.admission, reactor)
+        self.sessions: set[LiveSession] = set()
+        self.admitting = AdmittingFactory(
+            self,
+            Admission(config.admission, reactor),
+            clock=reactor,
+            write_timeout=self.framing_limits.write_timeout,
+            log=self.log,
+        )
         #: Set by the service when it drains; told whenever a session ends.
-        self.drainer: Any = None
+        self.drainer: DrainWatcher | None = None
         policy = config.peer_checks.policy()
         self.peer_policy = policy
-        self._require_checks: Any = None
+        self._require_checks: PeerChecks | None = None
         self.peer_checks = (
             PeerChecks(reactor, policy)
             if policy.fcrdns != "off" or policy.ident != "off"
@@ -70,6 +86,7 @@ class GatewayFactory(Factory):
         self.users = users
         self.stats.set_services(dict(config.services))
         self.framing_limits = FramingLimits.from_config(config.limits)
+        self.admitting.write_timeout = self.framing_limits.write_timeout
         policy = config.peer_checks.policy()
         if policy != self.peer_policy:
             self.peer_policy = policy
@@ -81,6 +98,17 @@ class GatewayFactory(Factory):
             )
 
     @property
+    def admission(self) -> Admission:
+        """
+        The L{Admission} every new connection passes.
+        """
+        return self.admitting.admission
+
+    @admission.setter
+    def admission(self, admission: Admission) -> None:
+        self.admitting.admission = admission
+
+    @property
     def server_name(self) -> str:
         return str(self.config.server_name)
 
@@ -88,28 +116,35 @@ class GatewayFactory(Factory):
     def max_auth_attempts(self) -> int:
         return int(self.config.limits.max_auth_attempts)
 
-    def buildProtocol(self, addr: Any) -> Any:
+    def buildProtocol(self, addr: IAddress | None) -> Any:
         """
         Admit or refuse a new connection before anything is read from it (admission control:
-        caps, rates, penalties, random early drop, overload), then build its session with
-        line-phase timeouts scaled to the current stress.
+        caps, rates, penalties, random early drop, overload), through L{admitting}.
+
+        @return: the connection's L{GatewaySession}; for a refused one, the refusal's
+            protocol, or L{None} for a silent close.
         """
-        conn_id = f"{self._id_prefix}-{next(self._ids):x}"
-        refusal = self.admission.admit(addr)
-        if refusal is not None:
-            self.stats.count("refused")
-            self.stats.count(f"refused.{refusal.reason}")
-            self.log.info(
-                "refused {peer}: {reason}",
-                event="conn.reject",
-                peer=peer_label(addr),
-                reason=refusal.reason,
-                conn_id=conn_id,
-            )
-            line = self.admission.reply_line(refusal)
-            if line is None:
-                return None  # silent close: the cheapest answer
-            return _Refusal(line, self.clock, self.framing_limits.write_timeout)
+        return self.admitting.buildProtocol(addr)
+
+    def _conn_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids):x}"
+
+    def refused(self, addr: IAddress | None, refusal: Refusal) -> Mapping[str, object]:
+        """
+        Count a refused connection (C{refused} and C{refused.<reason>}) and give it a
+        connection id, logged with C{conn.reject}.
+        """
+        conn_id = self._conn_id()
+        self.stats.count("refused")
+        self.stats.count(f"refused.{refusal.reason}")
+        return {"conn_id": conn_id}
+
+    def build_admitted(self, addr: IAddress | None, admitted: Admitted) -> GatewaySession:
+        """
+        Build an admitted connection's session, with line-phase timeouts scaled to the
+        current stress.
+        """
+        conn_id = self._conn_id()
         scaled = self.admission.scaled_timeout
         open_timeout = self.framing_limits.open_timeout
         limits = attrs.evolve(
@@ -118,14 +153,11 @@ class GatewayFactory(Factory):
             idle_timeout=scaled(self.framing_limits.idle_timeout),
             open_timeout=None if open_timeout is None else scaled(open_timeout),
         )
-        session = GatewaySession(self, conn_id, limits)
-        session.factory = self
-        session.peer_address = addr
-        return session
+        return GatewaySession(self, conn_id, limits, admitted)
 
     # -- session bookkeeping -----------------------------------------------------------------
 
-    def session_started(self, session: GatewaySession) -> None:
+    def session_started(self, session: LiveSession) -> None:
         """
         Count a new live session.
         """
@@ -133,17 +165,18 @@ class GatewayFactory(Factory):
         self.stats.count("connections")
         self.stats.active = len(self.sessions)
 
-    def session_ended(self, session: GatewaySession) -> None:
+    def session_ended(self, session: LiveSession) -> None:
         """
-        Forget a session that has closed.
+        Forget a session that has closed, and give its admission slot back.
         """
         self.sessions.discard(session)
         self.stats.active = len(self.sessions)
-        self.admission.released(session.peer_address, session.in_relay_pool)
+        if session.admitted is not None:
+            session.admitted.release()
         if self.drainer is not None:
             self.drainer.check()
 
-    def relay_started(self, session: GatewaySession, leg: Any, setup: float) -> None:
+    def relay_started(self, session: LiveSession, leg: BackendLeg, setup: float) -> None:
         """
         A session's relay started (C{OK OPEN} sent): count it for its service, record its
         set-up time, and let the figures read its bytes while it runs (L{Stats.relay_started}).
@@ -154,12 +187,12 @@ class GatewayFactory(Factory):
         """
 
         def meter() -> tuple[int, int]:
-            splice = getattr(leg, "splice", None)
+            splice = leg.splice
             return session.bytes_up, (splice.counts[B] if splice is not None else 0)
 
         self.stats.relay_started(session, session.service or "", setup, meter)
 
-    def start_peer_checks(self, peer: Any, local: Any) -> Any:
+    def start_peer_checks(self, peer: IAddress, local: IAddress) -> PeerCheckRun | None:
         """
         Start the configured peer checks for a new connection, or return L{None} when all are
         off.
@@ -169,7 +202,7 @@ class GatewayFactory(Factory):
         return self.peer_checks.start(peer, local)
 
     def start_service_checks(
-        self, service: Any, peer: Any, local: Any, run: PeerCheckRun | None = None
+        self, service: Service, peer: IAddress, local: IAddress, run: PeerCheckRun | None = None
     ) -> PeerCheckRun | None:
         """
         Get the check an C{OPEN} of a service that requires a forward-confirmed peer
@@ -209,18 +242,18 @@ class GatewayFactory(Factory):
         if self._require_checks is None:
             policy = attrs.evolve(self.peer_policy, fcrdns="require", ident="off")
             self._require_checks = PeerChecks(self.reactor, policy)
-        checks: PeerChecks = self._require_checks
-        return checks
+        return self._require_checks
 
     # -- services ------------------------------------------------------------------------------
 
-    def service(self, name: str) -> Any:
+    def service(self, name: str) -> Service | None:
         """
         The service configured under C{name}, or L{None}.
         """
-        return dict(self.config.services).get(name)
+        found: Service | None = dict(self.config.services).get(name)
+        return found
 
-    def allowed(self, service: Any, user: str) -> bool:
+    def allowed(self, service: Service, user: str) -> bool:
         """
         Whether C{user} may open C{service}.
         """
@@ -247,32 +280,8 @@ class GatewayFactory(Factory):
             else self.framing_limits.idle_timeout
         )
 
-    def open_backend(self, service: Any) -> Deferred[BackendLeg]:
+    def open_backend(self, service: Service) -> Deferred[BackendLeg]:
         """
         Open C{service}'s backend for one session.
         """
         return open_backend(self.reactor, service, write_timeout=self.framing_limits.write_timeout)
-
-
-class _Refusal(Protocol):
-    """
-    What a refused connection gets: one C{ERR BUSY <reason>} line, then a close (aborted if
-    the peer does not take even that within the write timeout).
-    """
-
-    transport: Any
-
-    def __init__(self, line: bytes, clock: Any, write_timeout: float):
-        self.line = line
-        self.clock = clock
-        self.write_timeout = write_timeout
-        self._abort: Any = None
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.line + b"\r\n")
-        self.transport.loseConnection()
-        self._abort = self.clock.callLater(self.write_timeout, self.transport.abortConnection)
-
-    def connectionLost(self, reason: Any = None) -> None:
-        if self._abort is not None and self._abort.active():
-            self._abort.cancel()

@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IHandshakeListener,
     INegotiated,
+    IReactorTime,
     ISSLTransport,
 )
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netguard.admitting import Admitted
 from netguard.auth.scram import (
     SCRAM_SHA_256,
     SCRAM_SHA_256_PLUS,
@@ -36,14 +38,14 @@ from netguard.auth.scram import (
     encode_wire,
 )
 from netguard.errors import ErrorCode
-from netguard.framing import GuardedLineReceiver, peer_label
+from netguard.framing import FramingLimits, GuardedLineReceiver, peer_label
+from netguard.gateway.seams import Service, SessionHost
 from netguard.log import escape, quoted
-from netguard.outbound.backends import describe_failure
+from netguard.outbound.backends import BackendLeg, describe_failure
+from netguard.peer.checks import PeerCheckRun, Verdict
+from netguard.relay import RelayResult
 from netguard.stats import OPEN_BACKEND, OPEN_NOT_AUTHORIZED, OPEN_PEER_CHECKS
 from netguard.tls import channel_binding_for, connection_info, describe_tls_error
-
-if TYPE_CHECKING:
-    from netguard.gateway.factory import GatewayFactory
 
 
 class SessionState(enum.Enum):
@@ -129,18 +131,28 @@ class GatewaySession(GuardedLineReceiver):
     L{netguard.relay.Splice}; half-closes are passed through both ways.
     """
 
-    #: The peer address admission control keys this connection by.
-    peer_address: Any = None
-    #: Whether admission control moved this connection to the authenticated pool.
-    in_relay_pool = False
     #: Failed logins have their own budget (C{max_auth_attempts}) and are each logged
     #: (C{auth.fail}); every other error reply counts against C{limits.max_errors}.
     errors_exempt = frozenset({ErrorCode.AUTH_FAILED})
 
-    def __init__(self, factory: GatewayFactory, conn_id: str, limits: Any = None):
-        super().__init__(limits or factory.framing_limits, factory.clock)
+    def __init__(
+        self,
+        factory: SessionHost,
+        conn_id: str,
+        limits: FramingLimits | None = None,
+        admitted: Admitted | None = None,
+    ):
+        """
+        @param factory: what the session uses of the gateway.
+        @param conn_id: the connection's id.
+        @param limits: its framing bounds (the factory's by default).
+        @param admitted: its hold on its admission slot (given back when it ends), or
+            L{None} when the connection is not under admission control.
+        """
+        super().__init__(limits or factory.framing_limits, cast(IReactorTime, factory.clock))
         self.factory = factory
         self.conn_id = conn_id
+        self.admitted = admitted
         self.state = SessionState.READY
         self.user: str | None = None
         self.service: str | None = None
@@ -150,15 +162,29 @@ class GatewaySession(GuardedLineReceiver):
         self.closed_by = "server"
         self._exchange: ServerExchange | None = None
         self._mechanism = ""
-        self._leg: Any = None
+        self._leg: BackendLeg | None = None
         self._pending: list[bytes] = []
         self._client_eof = False
         self._offences: set[str] = set()
-        self._peer_run: Any = None
-        self._binding: Any = _UNKNOWN
+        self._peer_run: PeerCheckRun | None = None
+        self._binding: object = _UNKNOWN
         self._tls_ready = False
-        self._peer_verdict: Any = None
+        self._peer_verdict: Verdict | None = None
         self._started = factory.clock.seconds()
+
+    @property
+    def peer_address(self) -> object:
+        """
+        The peer address admission control keys this connection by, or L{None}.
+        """
+        return None if self.admitted is None else self.admitted.address
+
+    @property
+    def in_relay_pool(self) -> bool:
+        """
+        Whether admission control moved this connection to the authenticated pool.
+        """
+        return self.admitted is not None and self.admitted.promoted
 
     # -- framing hooks -----------------------------------------------------------------------
 
@@ -230,7 +256,7 @@ class GatewaySession(GuardedLineReceiver):
     def writeConnectionLost(self) -> None:
         """Our half-close reached the client; the relay goes on the other way."""
 
-    def _log_close(self, result: Any, state: SessionState) -> Any:
+    def _log_close(self, result: RelayResult | None, state: SessionState) -> RelayResult | None:
         """
         Log the close with the relay's final counts; passes C{result} on for other waiters.
         """
@@ -340,7 +366,7 @@ class GatewaySession(GuardedLineReceiver):
         self.state = SessionState.AUTH_CONTINUE
         self.sendLine(b"CONT " + encode_wire(server_first))
 
-    def _peer_decided(self, verdict: Any, mechanism: bytes, token: bytes) -> None:
+    def _peer_decided(self, verdict: Verdict, mechanism: bytes, token: bytes) -> None:
         self._peer_verdict = verdict
         if self.state is SessionState.CLOSED:
             return
@@ -368,12 +394,11 @@ class GatewaySession(GuardedLineReceiver):
             self.state = SessionState.READY
             self._auth_failed(failure, exchange.username)
             return
-        if self.peer_address is not None:
-            refusal = self.factory.admission.authenticated(self.peer_address)
+        if self.admitted is not None and self.admitted.address is not None:
+            refusal = self.admitted.promote()
             if refusal is not None:
                 self.refuse(ErrorCode.BUSY, refusal.reason)
                 return
-            self.in_relay_pool = True
         self.user = exchange.username
         self.state = SessionState.AUTHENTICATED
         self.end_handshake()
@@ -424,7 +449,7 @@ class GatewaySession(GuardedLineReceiver):
             return
         self._open(service)
 
-    def _service_check_decided(self, verdict: Any, service: Any) -> None:
+    def _service_check_decided(self, verdict: Verdict, service: Service) -> None:
         if self.state is not SessionState.AUTHENTICATED:
             return
         if verdict.allowed:
@@ -441,12 +466,12 @@ class GatewaySession(GuardedLineReceiver):
             self.refuse(ErrorCode.NOT_AUTHORIZED, "peer checks failed", close=False)
         self.release_lines()
 
-    def _open(self, service: Any) -> None:
+    def _open(self, service: Service) -> None:
         self.service = service.name
         self.state = SessionState.OPENING
         self.setRawMode()
         self.transport.pauseProducing()
-        opening: Deferred[Any] = self.factory.open_backend(service)
+        opening: Deferred[BackendLeg] = self.factory.open_backend(service)
         opening.addCallbacks(self._backend_ready, self._backend_failed)
 
     def refuse(
@@ -461,12 +486,12 @@ class GatewaySession(GuardedLineReceiver):
         offence (penalties grow with repeat offences from the same source).
         """
         kind = _OFFENCES.get(code)
-        if kind is not None and self.peer_address is not None:
+        if kind is not None and self.admitted is not None and self.admitted.address is not None:
             # Format errors count once per connection: one burst of junk (each bad line is
             # answered, the connection stays) must not reach an hour's block by itself.
             if kind != "format_error" or kind not in self._offences:
                 self._offences.add(kind)
-                self.factory.admission.offence(self.peer_address, kind)
+                self.admitted.offence(kind)
         super().refuse(code, text, offending, close)
         if close and ISSLTransport.providedBy(self.transport) and not self._tls_ready:
             # A TLS handshake that never finished (a stalled or truncated ClientHello): no
@@ -513,11 +538,11 @@ class GatewaySession(GuardedLineReceiver):
         """
         if self._binding is _UNKNOWN:
             self._binding = channel_binding_for(self.transport, "server")
-        return self._binding  # type: ignore[return-value]
+        return cast("tuple[str, bytes] | None", self._binding)
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _backend_ready(self, leg: Any) -> None:
+    def _backend_ready(self, leg: BackendLeg) -> None:
         if self.state is not SessionState.OPENING:
             leg.close()
             return
