@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from netguard.admission import Admission, Refusal
 from netguard.admitting import Admitted, AdmittingFactory
 from netguard.auth.users import UserStore
+from netguard.config import Config
 from netguard.framing import FramingLimits
 from netguard.gateway.protocol import GatewaySession
 from netguard.gateway.seams import DrainWatcher, LiveSession, Service
@@ -48,7 +49,7 @@ class GatewayFactory(Factory):
 
     log = Logger()
 
-    def __init__(self, config: Any, users: UserStore, reactor: Any, stats: Stats | None = None):
+    def __init__(self, config: Config, users: UserStore, reactor: Any, stats: Stats | None = None):
         self.config = config
         self.users = users
         self.reactor = reactor
@@ -77,7 +78,7 @@ class GatewayFactory(Factory):
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(2)
 
-    def apply_config(self, config: Any, users: UserStore) -> None:
+    def apply_config(self, config: Config, users: UserStore) -> None:
         """
         Put a reloaded configuration and users file in force for new commands and sessions;
         live sessions keep their relays (and their own framing bounds).
