@@ -22,7 +22,7 @@ instead, and its protocols are not wrapped. Policy and reasons: C{docs/operating
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from twisted.internet.interfaces import IAddress
@@ -48,7 +48,9 @@ class Scheduler(Protocol):
     The part of L{twisted.internet.interfaces.IReactorTime} a refusal needs.
     """
 
-    def callLater(self, delay: float, callable: Any, *args: Any) -> _Cancellable:
+    def callLater(
+        self, delay: float, callable: Callable[..., object], *args: object
+    ) -> _Cancellable:
         """
         Call C{callable(*args)} in C{delay} seconds.
         """
@@ -110,7 +112,7 @@ class AdmissionAware(Protocol):
     each refusal.
     """
 
-    def build_admitted(self, addr: IAddress | None, admitted: Admitted) -> Any:
+    def build_admitted(self, addr: IAddress | None, admitted: Admitted) -> TwistedProtocol | None:
         """
         Build the protocol of an admitted connection, which must call C{admitted.release()}
         when the connection ends.
@@ -183,7 +185,7 @@ class AdmittedProtocol(ProtocolWrapper):
         """
         return self.admitted.offence(kind)
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.admitted.release()
         super().connectionLost(reason)
 
