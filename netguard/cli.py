@@ -201,6 +201,13 @@ def _cmd_deluser(args: argparse.Namespace, io: _IO) -> int:
     return EXIT_OK
 
 
+def _cmd_events(args: argparse.Namespace, io: _IO) -> int:
+    from netguard.events import describe_events
+
+    io.stdout.write(describe_events())
+    return EXIT_OK
+
+
 def _cmd_check_config(args: argparse.Namespace, io: _IO) -> int:
     try:
         from netguard import config
@@ -728,6 +735,15 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--config", metavar="FILE", help="the TOML configuration file")
     group.add_argument("--defaults", action="store_true", help="print every default")
     p.set_defaults(run=_cmd_check_config)
+
+    p = sub.add_parser(
+        "events",
+        help="list every log event name and what it means",
+        description="Print every stable log event name netguard emits (the 'event' field of "
+        "its text and JSON lines), with what it means: the names to match in log filters, "
+        "alerts and dashboards. Levels and fields: docs/logging.md section 6.",
+    )
+    p.set_defaults(run=_cmd_events)
 
     p = sub.add_parser(
         "tunnel",

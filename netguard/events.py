@@ -1,42 +1,10 @@
 # -*- test-case-name: tests.test_events -*-
 """
 The catalogue of netguard's log events: every stable C{event} name the code emits, with a
-one-line description, registered with C{txaio} as its log categories.
-
-B{What this is.} Every happening in netguard is one C{twisted.logger} event with a stable
-C{event} field (C{conn.reject}, C{auth.fail}, ...); scripts and dashboards are written
-against those names, so they are an interface. L{EVENTS} is that interface written down
-once, in code: C{tests/test_events.py} checks that every C{event=} in C{netguard/} and
-C{twisted/plugins/} is a key of L{EVENTS}, that every key is still emitted somewhere, that
-every key has its row in C{docs/logging.md} section 6 (and every row a key), and that the
-names keep the C{area.what} shape.
-
-B{Why txaio.} Issue 7 asked for C{txaio}, a declared dependency, to get a real job. The
-job first proposed, C{txaio.make_batched_timer} for per-connection idle deadlines, was
-measured and rejected (C{bench/TIMERS.md}, sections 2 and 3): about ten times slower per
-reset than C{DelayedCall.reset} at 10,000 connections (1.5 µs against 0.14 µs), unable to
-keep up at 10,000 × 100 resets/s, and firing up to a second early. What txaio does offer
-is a table of log categories (C{txaio.add_log_categories}): a logger call with
-C{log_category="conn.reject"} takes its message from the table (C{bench/TIMERS.md}
-sections 4 and 5). That is the job it has here, and it is a thin one: the same table could
-be a plain dict without txaio.
-
-B{Descriptions, not formats.} The values of L{EVENTS} are plain sentences with no
-C{{field}} references. txaio I{replaces} the caller's message by the table's text, so a
-table of formats would have to name the fields of every caller; but one name has several
-call sites with different messages and fields (C{conn.timeout} has four, C{peer.refused}
-and C{tls.warning} two, C{heartbeat}'s fields are the figures of the moment), and a format
-naming a field a caller did not pass renders as C{Unable to format event}. A sentence is
-correct for any fields. netguard's own call sites keep their C{twisted.logger} loggers and
-their own messages (with the fields in the text line); the catalogue does not change what
-netguard writes. It gives:
-
-  - L{EVENTS}: the names and what each means, for code and tests;
-  - L{register_with_txaio}: the table as txaio's log categories (explicit, not at import:
-    it selects Twisted for txaio and changes txaio's process-wide table);
-  - L{event_logger}: a txaio logger for code of your own (Autobahn, txaio) that logs
-    netguard-style events, so they land in netguard's text and JSON logs with the same
-    names and the catalogue's message.
+one-line description. It is what C{netguard events} prints, what C{tests/test_events.py}
+checks against the code and C{docs/logging.md} section 6, and, with the optional C{txaio}
+extra, the table of txaio log categories for code of your own that logs netguard-style
+events (L{event_logger}). docs/logging.md section 7 says more.
 """
 
 from __future__ import annotations
@@ -45,7 +13,6 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Protocol, cast
 
-import txaio
 from twisted.logger import ILogObserver, Logger, LogLevel
 
 #: Every event netguard emits: stable name -> one-line description (a plain sentence, no
@@ -172,6 +139,30 @@ class EventLogger(Protocol):
         """
 
 
+def describe_events() -> str:
+    """
+    The catalogue as text for operators (C{netguard events}): one line per event, the name
+    padded to a column, then its description, in the catalogue's order (by area).
+    """
+    width = max(len(name) for name in EVENTS)
+    return "".join(f"{name:<{width}}  {text}\n" for name, text in EVENTS.items())
+
+
+def _txaio() -> Any:
+    """
+    The C{txaio} module, which only the txaio bridge below needs (an optional extra).
+
+    @raise ImportError: naming the extra to install, when txaio is missing.
+    """
+    try:
+        import txaio
+    except ImportError as e:
+        raise ImportError(
+            "netguard's txaio bridge needs txaio: pip install 'netguard[txaio]'"
+        ) from e
+    return txaio
+
+
 def register_with_txaio() -> None:
     """
     Make L{EVENTS} txaio's log categories: afterwards a txaio logger call with
@@ -183,10 +174,11 @@ def register_with_txaio() -> None:
     at import time.
 
     @raise RuntimeError: if this process already chose asyncio for txaio.
+    @raise ImportError: if txaio is not installed (C{pip install 'netguard[txaio]'}).
     """
+    txaio = _txaio()
     txaio.use_twisted()
-    # use_twisted() binds txaio's public functions to txaio.tx; mypy cannot see that.
-    txaio.add_log_categories(dict(EVENTS))  # type: ignore[attr-defined]
+    txaio.add_log_categories(dict(EVENTS))
 
 
 class _EventFieldLogger(Logger):
@@ -236,11 +228,12 @@ def event_logger(namespace: str, observer: ILogObserver | None = None) -> EventL
     @raise RuntimeError: if this process already chose asyncio for txaio.
     """
     register_with_txaio()
+    txaio = _txaio()
     fixed_namespace = namespace
 
     def make(observer: ILogObserver | None = None, namespace: object = None) -> Logger:
         # txaio passes the namespace it guessed from the caller's frame; ours wins.
         return _EventFieldLogger(namespace=fixed_namespace, observer=observer)
 
-    made = txaio.make_logger(level="debug", logger=make, observer=observer)  # type: ignore[attr-defined]
+    made = txaio.make_logger(level="debug", logger=make, observer=observer)
     return cast(EventLogger, made)

@@ -384,6 +384,18 @@ class ParserTests(CliTestBase):
         self.assertEqual(code, 2)
         self.assertIn("command is required", err)
 
+    def test_events_lists_the_catalogue(self) -> None:
+        """
+        C{netguard events} prints every log event name with its meaning, one per line, and
+        exits 0.
+        """
+        from netguard.events import EVENTS
+
+        code, out, err = self.run_cli(["events"])
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual([line.split()[0] for line in out.splitlines()], list(EVENTS))
+        self.assertIn("auth.fail", out)
+
     def test_version_prints_netguards_version(self) -> None:
         """
         C{netguard --version} prints netguard's version (and Twisted's) on standard output

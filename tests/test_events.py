@@ -21,7 +21,7 @@ import txaio
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from netguard.events import EVENTS, event_logger, register_with_txaio
+from netguard.events import EVENTS, describe_events, event_logger, register_with_txaio
 from netguard.log import format_json, format_text
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -588,3 +588,43 @@ class EventLoggerTests(unittest.TestCase):
         self.assertEqual(record["message"], EVENTS["conn.reject"])
         self.assertEqual((record["peer"], record["reason"]), ("192.0.2.7:1", "rate"))
         self.assertNotIn("log_category", record)
+
+
+class OptionalTxaioTests(unittest.TestCase):
+    """
+    txaio is an optional extra: the catalogue and C{netguard events} work without it, and the
+    txaio bridge says what to install.
+    """
+
+    def test_catalogue_imports_without_txaio(self) -> None:
+        """
+        In a fresh interpreter where txaio cannot be imported, L{netguard.events} and the
+        gateway's modules import, and L{event_logger} raises an ImportError naming the extra.
+        """
+        program = (
+            "import sys\n"
+            "sys.modules['txaio'] = None\n"
+            "import netguard.events, netguard.service, netguard.cli\n"
+            "assert netguard.events.EVENTS\n"
+            "try:\n"
+            "    netguard.events.event_logger('x')\n"
+            "except ImportError as e:\n"
+            "    print(e)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", program],
+            cwd=_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("pip install 'netguard[txaio]'", done.stdout)
+
+    def test_describe_events_lists_every_name_once(self) -> None:
+        """C{netguard events} text: one line per catalogued name, in catalogue order."""
+        lines = describe_events().splitlines()
+        self.assertEqual([line.split()[0] for line in lines], list(EVENTS))
+        for line, text in zip(lines, EVENTS.values(), strict=True):
+            self.assertTrue(line.endswith("  " + text), line)
