@@ -2,39 +2,13 @@
 """
 Admission control: which new connection may take a slot, decided before the greeting.
 
-L{Admission} is pure bookkeeping with an injected clock and random source; it opens no socket
-and imports no Twisted networking code, so any factory can consult it (the gateway wraps its
-C{buildProtocol}/C{connectionMade}; L{netguard.admitting.AdmittingFactory} does the same for
-any other Twisted server). For each new connection the caller asks L{Admission.admit};
-a L{Refusal} names a stable reason and is answered C{ERR BUSY <reason>} or by a silent close
-(L{AdmissionPolicy.reject_mode}). The rules, in the order they are applied:
+L{Admission} is pure bookkeeping with an injected clock and random source, opening no socket
+and importing no Twisted networking code; L{netguard.admitting.AdmittingFactory} applies it
+to any Twisted server, the gateway included. L{Admission.admit} answers a new connection
+with L{None} or a L{Refusal} naming one of L{REASONS}; L{Admission.offence} records one of
+L{OFFENCE_KINDS} towards the source's penalties.
 
-  1. C{deny} and C{allow} address lists (CIDR): these only ever narrow who may try to
-     authenticate. Nothing here grants anything by address or port (seed tips 2 and 3): a
-     source address is a key for limits, never a credential.
-  2. Overload (set by L{netguard.ops.overload.OverloadMonitor}): load average, event-loop lag,
-     memory. While set, every new connection is refused cheaply.
-  3. The global cap, and the cap on connections still in the line phase (unauthenticated).
-  4. Per source (IPv4 address, IPv6 /64 by default): an active penalty block, the concurrency
-     cap, and a token-bucket connection rate.
-  5. Random early drop of new connections between a soft and a hard count of unauthenticated
-     connections, as sshd's C{MaxStartups start:rate:full}.
-
-The refusal reasons are L{REASONS} (C{denied}, C{not-allowed}, C{overload-load},
-C{overload-lag}, C{overload-memory}, C{global-cap}, C{unauth-cap}, C{relay-cap},
-C{per-source-cap}, C{rate}, C{penalised}, C{random-early-drop}); the offence kinds of
-L{Admission.offence} are L{OFFENCE_KINDS} (C{auth_failure}, C{early_talker}, C{timeout},
-C{format_error}).
-
-Authenticated connections move to their own pool (L{Admission.authenticated}) with its own cap,
-so a flood of connections that never authenticate cannot take the slots of users who did: the
-known weakness of one pre-authentication pool (sshd, xinetd). Penalty points for offences
-(authentication failures, early talking, timeouts, format errors) block a source for a time that
-doubles with each point over a threshold and decays, as sshd's C{PerSourcePenalties}.
-
-Every table is bounded: live-connection tables by the connection caps, rate buckets and
-penalties by L{AdmissionPolicy.max_tracked_sources}, with least-recently-seen eviction and lazy,
-amortised pruning of entries that carry no information any more.
+The rules in order, the pools, penalties and bounds: C{docs/operating.md} section 8.
 """
 
 from __future__ import annotations

@@ -1,23 +1,15 @@
 # -*- test-case-name: tests.test_admitting -*-
 """
-Admission control for any Twisted server: L{AdmittingFactory} wraps a protocol factory so
-every new connection is admitted or refused by an L{netguard.admission.Admission} before the
-application sees it, and gives the slot back when the connection ends.
-
-    from netguard.admission import Admission, AdmissionPolicy
-    from netguard.admitting import AdmittingFactory
+Admission control for any Twisted server, the gateway included: L{AdmittingFactory} wraps a
+protocol factory so every new connection is admitted or refused by an
+L{netguard.admission.Admission} before the application sees it, and gives the slot back
+when the connection ends::
 
     admission = Admission(AdmissionPolicy(per_source_max=4, per_source_rate=2.0), reactor)
     endpoint.listen(AdmittingFactory(MyFactory(), admission))
 
-A refused connection gets one line, C{ERR BUSY <reason>}, and is closed (aborted if the peer
-does not take even that within C{write_timeout}), or is closed without a word with
-C{reject_mode="close"}; the refusal is logged (C{conn.reject}). The application's protocol
-reaches the rest of the policy through its transport, the wrapper: C{self.transport.promote()}
-moves the connection to the authenticated pool once the peer has proved who it is, and
-C{self.transport.offence(kind)} records an offence towards the source's penalties. A factory
-that provides L{AdmissionAware} (the gateway's) is handed each connection's L{Admitted}
-instead, and its protocols are not wrapped. Policy and reasons: C{docs/operating.md}.
+The policy, the refusal reasons and how a refusal is answered: C{docs/operating.md}
+section 8.
 """
 
 from __future__ import annotations
@@ -193,6 +185,15 @@ class AdmittedProtocol(ProtocolWrapper):
 class AdmittingFactory(WrappingFactory):
     """
     Wrap C{wrappedFactory} so every connection passes L{Admission.admit} first.
+
+    A refused connection gets one line, C{ERR BUSY <reason>}, and is closed (aborted if the
+    peer does not take even that within C{write_timeout}), or is closed without a word with
+    C{reject_mode="close"}; the refusal is logged (C{conn.reject}). The application's
+    protocol reaches the rest of the policy through its transport, the wrapper:
+    C{self.transport.promote()} moves the connection to the authenticated pool once the peer
+    has proved who it is, and C{self.transport.offence(kind)} records an offence towards the
+    source's penalties. A factory that provides L{AdmissionAware} (the gateway's) is handed
+    each connection's L{Admitted} instead, and its protocols are not wrapped.
 
     @ivar admission: the L{Admission} consulted.
     @ivar write_timeout: how long a refused peer may leave the refusal line unread.

@@ -2,51 +2,10 @@
 """
 A bounded, binary-safe line receiver: the base every netguard protocol is built on.
 
-L{GuardedLineReceiver} is a L{LineReceiver} that can be exposed to a hostile network:
-
-  - a line ends at LF; one CR right before the LF is removed (so CRLF and bare LF both end a
-    line); any other byte, NUL, bare CR and non-ASCII included, is delivered unchanged to
-    L{lineReceived}, which decides whether it is acceptable;
-  - a line longer than C{max_line_length} is refused with C{LINE_TOO_LONG} as soon as the
-    buffer passes the bound, newline or not, so memory per connection stays bounded;
-  - before L{end_handshake} is called (that is, before authentication) at most
-    C{max_lines_before_auth} lines and C{max_bytes_before_auth} bytes are accepted;
-  - after it, until L{setRawMode} (in NGP/1: from login to C{OPEN}), at most
-    C{max_lines_after_auth} lines and C{max_bytes_after_auth} bytes of lines, within
-    C{open_timeout}: opt-in bounds (L{None}, no bound, by default), for a protocol whose line
-    phase ends soon after its handshake;
-  - at most C{max_errors} error replies that keep the connection (L{refuse} with
-    C{close=False}) are sent; the next one closes it. Only the first is logged in full, the
-    rest once, as a count, when the line phase ends (C{proto.errors});
-  - a client that sends anything before the greeting (an early talker: bots do, real clients
-    wait) is refused with C{EARLY_TALKER};
-  - a handshake deadline runs from the connection to L{end_handshake}; an idle timeout
-    (L{TimeoutMixin}) runs for the whole connection;
-  - write side: in line mode the receiver registers itself as the streaming producer of its
-    own transport, so when the peer stops reading and our output queue passes the transport's
-    high-water mark we stop reading the peer (no reply is generated for input we have not
-    read) and cut the connection if it stays that way for C{write_timeout}; after a refusal
-    the final error line gets the same bound before the connection is aborted. In raw mode
-    the code relaying the bytes wires its own backpressure;
-  - on a TLS transport the greeting delay starts when the TLS handshake completes
-    (L{IHandshakeListener}), and a pause while the handshake runs never stops reading: Twisted's
-    TLS layer pauses its producer whenever it holds an application write until the handshake
-    ends, and a receiver that stopped reading then would never read the peer's last handshake
-    message (measured: under load, a greeting timer firing mid-handshake left connections
-    stuck until the handshake deadline).
-
-The parser splits each received chunk once (linear time), unlike L{LineReceiver}, which
-re-splits its buffer for every line, and it stops at the first bound, so a flood of short lines
-costs no more than the bound allows. L{setRawMode} hands every byte after the current line to
-L{rawDataReceived}, in order, none lost and none repeated.
-
-Subclasses implement L{greet}, L{lineReceived} and L{rawDataReceived}, and may override
-L{log_fields} to add fields (a connection id, a user) to every event, and L{refuse} to see
-(or change) every refusal. The bounds are one L{FramingLimits} value (defaults: 1024-byte
-lines, 16 lines and 8192 bytes before L{end_handshake}, no bound after it, 10 error replies,
-0.1 s greeting delay, 30 s handshake deadline, 120 s idle timeout, 30 s write timeout),
-given to the constructor or set as the class attribute C{limits}, so that
-C{Factory.forProtocol} works too::
+L{GuardedLineReceiver} is a L{LineReceiver} that can face a hostile network: bounded lines,
+pre-authentication budgets, early-talker refusal, handshake, idle and write deadlines. Its
+bounds are one L{FramingLimits} value, given to the constructor or set as a class attribute,
+so that C{Factory.forProtocol} works too::
 
     class Echo(GuardedLineReceiver):
         limits = FramingLimits(max_line_length=64, idle_timeout=10.0)
@@ -59,7 +18,7 @@ C{Factory.forProtocol} works too::
 
     endpoint.listen(Factory.forProtocol(Echo))          # or Echo(FramingLimits(...), clock)
 
-Refusals use netguard's own one-line format (C{ERR <CODE> <text>}, L{netguard.errors}).
+The bounds as NGP/1 uses them: C{docs/protocol.md}; their keys: C{docs/operating.md}.
 """
 
 from __future__ import annotations
@@ -166,7 +125,48 @@ def peer_label(address: Any) -> str:
 @implementer(IPushProducer, IHandshakeListener)
 class GuardedLineReceiver(LineReceiver, TimeoutMixin):
     """
-    A L{LineReceiver} with every bound a hostile network needs; see the module docstring.
+    A L{LineReceiver} with every bound a hostile network needs:
+
+      - a line ends at LF; one CR right before the LF is removed (so CRLF and bare LF both end
+        a line); any other byte, NUL, bare CR and non-ASCII included, is delivered unchanged
+        to L{lineReceived}, which decides whether it is acceptable;
+      - a line longer than C{max_line_length} is refused with C{LINE_TOO_LONG} as soon as the
+        buffer passes the bound, newline or not, so memory per connection stays bounded;
+      - before L{end_handshake} is called (that is, before authentication) at most
+        C{max_lines_before_auth} lines and C{max_bytes_before_auth} bytes are accepted;
+      - after it, until L{setRawMode} (in NGP/1: from login to C{OPEN}), at most
+        C{max_lines_after_auth} lines and C{max_bytes_after_auth} bytes of lines, within
+        C{open_timeout}: opt-in bounds (L{None}, no bound, by default), for a protocol whose
+        line phase ends soon after its handshake;
+      - at most C{max_errors} error replies that keep the connection (L{refuse} with
+        C{close=False}) are sent; the next one closes it. Only the first is logged in full,
+        the rest once, as a count, when the line phase ends (C{proto.errors});
+      - a client that sends anything before the greeting (an early talker: bots do, real
+        clients wait) is refused with C{EARLY_TALKER};
+      - a handshake deadline runs from the connection to L{end_handshake}; an idle timeout
+        (L{TimeoutMixin}) runs for the whole connection;
+      - write side: in line mode the receiver registers itself as the streaming producer of
+        its own transport, so when the peer stops reading and our output queue passes the
+        transport's high-water mark we stop reading the peer (no reply is generated for input
+        we have not read) and cut the connection if it stays that way for C{write_timeout};
+        after a refusal the final error line gets the same bound before the connection is
+        aborted. In raw mode the code relaying the bytes wires its own backpressure;
+      - on a TLS transport the greeting delay starts when the TLS handshake completes
+        (L{IHandshakeListener}), and a pause while the handshake runs never stops reading:
+        Twisted's TLS layer pauses its producer whenever it holds an application write until
+        the handshake ends, and a receiver that stopped reading then would never read the
+        peer's last handshake message (a greeting timer firing mid-handshake would leave the
+        connection stuck until the handshake deadline).
+
+    The parser splits each received chunk once (linear time), unlike L{LineReceiver}, which
+    re-splits its buffer for every line, and it stops at the first bound, so a flood of short
+    lines costs no more than the bound allows. L{setRawMode} hands every byte after the
+    current line to L{rawDataReceived}, in order, none lost and none repeated.
+
+    Subclasses implement L{greet}, L{lineReceived} and L{rawDataReceived}, and may override
+    L{log_fields} to add fields (a connection id, a user) to every event, and L{refuse} to see
+    (or change) every refusal. Refusals use netguard's own one-line format
+    (C{ERR <CODE> <text>}, L{netguard.errors}).
 
     @ivar limits: the L{FramingLimits} in force.
     @ivar clock: the L{IReactorTime} used for every timer.

@@ -1,30 +1,11 @@
 # -*- test-case-name: tests.test_log -*-
 """
-Logging helpers: escaping of untrusted text, observers that keep log lines unforgeable, and
-the C{[log] file} sink.
+Logging helpers: escaping of untrusted text (L{escape}), observers that keep log lines
+unforgeable (escaped text or ASCII-only JSON, optionally with journal priorities), and the
+C{[log] file} sink (L{FileLogSink}).
 
-Every field that carries text a peer chose (a user name, a service name, an offending line, a
-PTR name) is passed through L{escape} before it reaches an event. The observers built here
-add a second guarantee that does not depend on the callers: the text observer
-(L{safe_text_observer}) escapes the whole rendered line again, and the JSON observer
-(L{json_observer}) writes one ASCII-only JSON object per line. Either way a hostile peer can
-never start a new log line, move the cursor of an operator's terminal, or hide bytes.
-
-Three ways to use them:
-
-  - C{[log] file = PATH} in the configuration: the gateway service starts a L{FileLogSink}
-    that writes every event to PATH in C{[log] format}, besides twistd's own log;
-  - C{twistd --logger netguard.log.json_stdout_observer netguard} (or
-    L{text_stdout_observer}): twistd's own log, on standard output, in our formats;
-  - L{safe_text_observer} / L{json_observer} on any stream (the C{netguard tunnel} client).
-
-On standard output connected to the journal (C{$JOURNAL_STREAM} names it), or always with
-L{text_journal_observer} / L{json_journal_observer}, each line starts with its syslog priority
-as C{sd-daemon(3)} defines it (C{<6>} for info, ...; L{JOURNAL_PRIORITIES}), which journald
-strips and records as the entry's priority.
-
-Events carry a stable C{event} field (for example C{"conn.accept"}); the list, the text
-line's columns and the JSON record's keys are in C{docs/logging.md}.
+Formats, the escaping guarantee, the C{twistd --logger} observers and every event:
+C{docs/logging.md}.
 """
 
 from __future__ import annotations

@@ -1,24 +1,13 @@
+# -*- test-case-name: tests.test_proxy_header -*-
 """
-The C{haproxy:} listener: read the PROXY protocol header (version 1 or 2, as HAProxy's
-C{send-proxy} and C{send-proxy-v2} send it) I{before} the application's factory builds a
-protocol, so that the factory's C{buildProtocol(addr)} (netguard's admission control: caps,
-rates, penalties) and every log line see the client address the header names, not the
-proxy's.
-
-Twisted's own C{haproxy:} wrapper builds the application's protocol as soon as the TCP
-connection is accepted, with the proxy's address, and connects it before the header has been
-read; this one does not. Until its header is complete a connection is not admitted, counts
-against nothing and reaches no application code; it is bounded by L{HEADER_TIMEOUT} and by
-the header's own length limits (107 bytes for version 1, 16 + 65535 for version 2), and at
-most L{MAX_PENDING} connections wait for their header at once (more are closed at accept). A
-connection whose header is invalid or late is closed without a reply (its peer is the proxy,
-which speaks no NGP/1) and logged. A version 2 C{LOCAL} header (a proxy's own health check)
-carries no address: the connection keeps the proxy's.
-
-Usage::
+The C{haproxy:} listener: read the PROXY protocol header (version 1 or 2) I{before} the
+application's factory builds a protocol, so that admission control and every log line see
+the client address the header names, not the proxy's. Usage::
 
     endpoint = ProxyHeaderEndpoint(serverFromString(reactor, "tcp:7701"), reactor)
     endpoint.listen(factory)
+
+Bounds, refusals and what to expose: C{docs/operating.md} section 4.1.
 """
 
 from __future__ import annotations
@@ -253,8 +242,20 @@ class ProxyHeaderFactory(WrappingFactory):
 @implementer(IStreamServerEndpoint)
 class ProxyHeaderEndpoint:
     """
-    A server endpoint whose connections start with a PROXY header (see the module
-    docstring); what C{haproxy:<listener>} builds in netguard.
+    A server endpoint whose connections start with a PROXY header (as HAProxy's
+    C{send-proxy} and C{send-proxy-v2} send it); what C{haproxy:<listener>} builds in
+    netguard.
+
+    Twisted's own C{haproxy:} wrapper builds the application's protocol as soon as the TCP
+    connection is accepted, with the proxy's address, and connects it before the header has
+    been read; this one does not. Until its header is complete a connection is not admitted,
+    counts against nothing and reaches no application code; it is bounded by
+    L{HEADER_TIMEOUT} and by the header's own length limits (107 bytes for version 1,
+    16 + 65535 for version 2), and at most L{MAX_PENDING} connections wait for their header
+    at once (more are closed at accept). A connection whose header is invalid or late is
+    closed without a reply (its peer is the proxy, which speaks no NGP/1) and logged. A
+    version 2 C{LOCAL} header (a proxy's own health check) carries no address: the
+    connection keeps the proxy's.
     """
 
     def __init__(self, endpoint: Any, clock: Any) -> None:

@@ -1,39 +1,11 @@
 # -*- test-case-name: tests.test_relay -*-
 """
 A two-way byte relay between two connected transports, with backpressure, half-close,
-accounting and time bounds. Shared by the gateway (client <-> backend) and the tunnel
+accounting and time bounds; shared by the gateway (client <-> backend) and the tunnel
 (local program <-> gateway).
 
-L{Splice} does not own either protocol: the two protocols call L{Splice.data_from},
-L{Splice.eof_from} and L{Splice.lost} as their own events arrive, and the splice writes to the
-other transport. Backpressure is Twisted's producer/consumer protocol, crosswise: each
-transport has, as its streaming producer, a L{_Valve} that pauses reading on the other side
-while this side's write queue is above its high-water mark. So the bytes queued in our
-process per direction stay within one high-water mark plus one read, whatever the two peers
-do, and a 256 MiB download to a slow reader costs no more memory than a 64 KiB one.
-
-The pause is re-asserted each time the transport reports its queue still full (Twisted's
-transports do so on every write above the mark), so code that resumes a transport without
-knowing about the splice (a session handing its connection over, say) lets through at most
-one more read before backpressure holds again. Code that wants reading resumed on a side
-should call L{Splice.resume_reading}, which respects backpressure.
-
-Half-close: when one side sends EOF, the other side's write direction is closed once what is
-queued for it has been written (C{loseWriteConnection}; on a TLS transport, which has no
-half-close, C{loseConnection}: close_notify, after which the peer may still send until its
-own close_notify). Twisted's transports do not perform a
-pending half-close while a paused streaming producer is registered, so the splice waits for
-that side's queue to drain (its valve resumed), unregisters the valve and then half-closes.
-
-Bounds:
-  - C{idle_timeout}: no byte either way for that long ends the relay (C{ended_by="idle"});
-  - C{write_timeout}: a side that leaves its write queue full (its peer stopped reading) for
-    that long is a stalled reader: both sides are aborted (C{ended_by="stalled-a"} or
-    C{"stalled-b"});
-  - once one side is gone, or both have sent EOF, what remains gets C{write_timeout} to take
-    what is queued for it, then is aborted.
-
-Bytes are written in the order they were read, once each: nothing is buffered here.
+L{Splice} explains the mechanism; what an operator sees of it: C{docs/operating.md}
+section 5.4, and C{docs/tls.md} for half-close over TLS.
 """
 
 from __future__ import annotations
@@ -188,7 +160,39 @@ class _Valve:
 
 class Splice:
     """
-    Relay bytes between transports C{a} and C{b}; see the module docstring.
+    Relay bytes between transports C{a} and C{b}, in the order they were read, once each:
+    nothing is buffered here.
+
+    The splice does not own either protocol: the two protocols call L{data_from},
+    L{eof_from} and L{lost} as their own events arrive, and the splice writes to the other
+    transport. Backpressure is Twisted's producer/consumer protocol, crosswise: each
+    transport has, as its streaming producer, a L{_Valve} that pauses reading on the other
+    side while this side's write queue is above its high-water mark. So the bytes queued in
+    our process per direction stay within one high-water mark plus one read, whatever the two
+    peers do, and a 256 MiB download to a slow reader costs no more memory than a 64 KiB one.
+
+    The pause is re-asserted each time the transport reports its queue still full (Twisted's
+    transports do so on every write above the mark), so code that resumes a transport
+    without knowing about the splice (a session handing its connection over, say) lets
+    through at most one more read before backpressure holds again. Code that wants reading
+    resumed on a side should call L{resume_reading}, which respects backpressure.
+
+    Half-close: when one side sends EOF, the other side's write direction is closed once
+    what is queued for it has been written (C{loseWriteConnection}; on Twisted's own TLS
+    transport, which has no half-close, C{loseConnection}: close_notify, after which the peer
+    may still send until its own close_notify). Twisted's transports do not perform a
+    pending half-close while a paused streaming producer is registered, so the splice waits
+    for that side's queue to drain (its valve resumed), unregisters the valve and then
+    half-closes.
+
+    Bounds:
+      - C{idle_timeout}: no byte either way for that long ends the relay
+        (C{ended_by="idle"});
+      - C{write_timeout}: a side that leaves its write queue full (its peer stopped reading)
+        for that long is a stalled reader: both sides are aborted (C{ended_by="stalled-a"}
+        or C{"stalled-b"});
+      - once one side is gone, or both have sent EOF, what remains gets C{write_timeout} to
+        take what is queued for it, then is aborted.
 
     @ivar done: fires once with a L{RelayResult} when both sides are gone.
     @ivar counts: bytes read per side so far (C{{"a": n, "b": m}}).

@@ -1,23 +1,8 @@
 # -*- test-case-name: tests.test_stats -*-
 """
-Cumulative counters and live gauges of one gateway process, read by the heartbeat, status and
-the metrics endpoint.
-
-Besides the plain counters (L{Stats.count}), L{Stats} follows the relays themselves:
-
-  - B{live bytes}: a relay that starts (L{Stats.relay_started}) registers a I{meter}, a
-    callable giving the bytes relayed so far each way; a snapshot adds what the live meters
-    read to the C{bytes_up}/C{bytes_down} counters of the sessions that have closed. The
-    relay's hot path pays nothing: meters are read only when someone asks. When the session
-    closes (L{Stats.session_closed}), its final counts are added to the counters in the same
-    step as its meter is dropped, so the sums never go down (a meter must only grow, and its
-    last reading must not exceed the final counts);
-  - B{per service}: sessions opened, bytes each way, open failures by reason, live relays,
-    keyed by the service's name as configured (L{Stats.set_services}): names a client sends
-    never become keys, and names no longer configured are forgotten once their last relay
-    has closed, so the number of keys stays bounded by the configuration;
-  - B{set-up time}: from accept to the relay starting (C{OK OPEN}), in a L{Histogram} with
-    the fixed buckets L{SETUP_BUCKETS}.
+Cumulative counters and live gauges of one gateway process (L{Stats}), read by the
+heartbeat, C{netguard ctl status} and the metrics endpoint; how they appear there:
+C{docs/metrics.md}.
 """
 
 from __future__ import annotations
@@ -137,6 +122,22 @@ class Stats:
     """
     Counters that only grow (connections, refusals by code, authentications, bytes), the
     number of live sessions, per-service figures and the set-up time histogram.
+
+    Besides the plain counters (L{count}), it follows the relays themselves:
+
+      - B{live bytes}: a relay that starts (L{relay_started}) registers a I{meter}, a
+        callable giving the bytes relayed so far each way; a snapshot adds what the live
+        meters read to the C{bytes_up}/C{bytes_down} counters of the sessions that have
+        closed. The relay's hot path pays nothing: meters are read only when someone asks.
+        When the session closes (L{session_closed}), its final counts are added to the
+        counters in the same step as its meter is dropped, so the sums never go down (a
+        meter must only grow, and its last reading must not exceed the final counts);
+      - B{per service}: sessions opened, bytes each way, open failures by reason, live
+        relays, keyed by the service's name as configured (L{set_services}): names a client
+        sends never become keys, and names no longer configured are forgotten once their
+        last relay has closed, so the number of keys stays bounded by the configuration;
+      - B{set-up time}: from accept to the relay starting (C{OK OPEN}), in a L{Histogram}
+        with the fixed buckets L{SETUP_BUCKETS}.
     """
 
     def __init__(self) -> None:

@@ -1,26 +1,16 @@
 # -*- test-case-name: tests.test_tls_halfclose -*-
 """
-TLS with half-close, for Twisted.
+TLS with half-close, for Twisted, whose own TLS transport has none.
 
-Twisted's L{TLSMemoryBIOProtocol} has no half-close: C{loseWriteConnection} on it reaches
-the TCP transport underneath and sends a FIN without a TLS C{close_notify}, which the peer's
-TLS layer must treat as a truncation and close the whole connection; and a C{close_notify}
-it receives closes the whole connection too. A relay through netguard over TLS therefore lost
-the reply whenever the client half-closed (C{echo hello | socat - ...}: the request went out,
-the answer never came back), while the same relay over plain TCP worked.
+L{HalfCloseTLSTransport} gives TLS the half-close TCP has: C{loseWriteConnection} sends
+C{close_notify} and keeps reading, and a peer's C{close_notify} reaches an
+L{IHalfCloseableProtocol} as C{readConnectionLost}. L{HalfCloseTLSFactory} and
+L{wrap_client_tls} use it on the server and client side::
 
-L{HalfCloseTLSTransport} gives TLS the half-close TCP has (as TLS 1.3 defines it, and as
-OpenSSL allows for TLS 1.2 too):
+    endpoint = wrap_client_tls(optionsForClientTLS("gw.example.org"), tcp_endpoint)
+    port = tcp_server_endpoint.listen(HalfCloseTLSFactory(server_options, False, factory))
 
-  - C{loseWriteConnection} sends C{close_notify} and keeps reading; the TCP connection stays
-    open until both sides are done;
-  - a C{close_notify} from the peer is passed to the application as C{readConnectionLost}
-    when the application provides L{IHalfCloseableProtocol}, and the application may go on
-    writing until it calls C{loseConnection};
-  - a TCP FIN that comes without a C{close_notify} first is still a truncation and closes
-    the connection, as before.
-
-L{HalfCloseTLSFactory} and L{wrap_client_tls} use it on the server and client side.
+The behaviour, and why it matters to a relay: C{docs/tls.md} ("Half-close over TLS").
 """
 
 from __future__ import annotations
@@ -39,7 +29,17 @@ from zope.interface import implementer
 @implementer(IHalfCloseableProtocol)
 class HalfCloseTLSTransport(BufferingTLSTransport):
     """
-    A Twisted TLS transport that passes half-closes through in both directions.
+    A Twisted TLS transport that passes half-closes through in both directions (as TLS 1.3
+    defines it, and as OpenSSL allows for TLS 1.2 too):
+
+      - C{loseWriteConnection} sends C{close_notify} and keeps reading; the TCP connection
+        stays open until both sides are done (Twisted's own sends a FIN without
+        C{close_notify}, which the peer must treat as a truncation);
+      - a C{close_notify} from the peer is passed to the application as
+        C{readConnectionLost} when the application provides L{IHalfCloseableProtocol}, and
+        the application may go on writing until it calls C{loseConnection};
+      - a TCP FIN that comes without a C{close_notify} first is still a truncation and
+        closes the connection.
 
     (It provides L{IHalfCloseableProtocol} towards the TCP transport below it, so that a FIN
     after a C{close_notify} does not end the connection while we still write.)

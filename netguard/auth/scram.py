@@ -2,26 +2,11 @@
 """
 SCRAM-SHA-256 sessions (RFC 5802, RFC 7677), server and client side, over scramp.
 
-The gateway drives a L{ServerExchange} with the messages of the C{AUTH}/C{CONT} lines, and
-the client drives a L{ClientExchange}; both sides prove themselves, and the password never
-crosses the wire. Messages travel base64-encoded in one line argument: L{decode_wire} and
-L{encode_wire} convert them, and refuse anything that is not strict base64 of UTF-8 text.
-
-With TLS, C{SCRAM-SHA-256-PLUS} binds the exchange to the server's certificate
-(C{tls-server-end-point}, RFC 5929), so a handshake relayed by a man in the middle with
-another certificate fails. The TLS layer computes the binding data
-(L{netguard.tls.channel_binding_for}) and the exchanges take it as opaque bytes.
-
-Every failure is an L{AuthFailed} whose C{reason} is meant for the operator's log only (it
-can contain text the peer influenced: escape it before logging); the client is only ever
-told C{AUTH_FAILED}. Nothing else escapes the exchanges' methods.
-
-Unknown users are given the store's mock verifier (L{UserStore.auth_info}), so their
-exchange looks like any other and fails only at the proof, like a wrong password.
-
-scramp's client computes the salted password inside one private function, with no hook, so
-L{ClientExchange} has no salted-password cache; a client that needs many handshakes per
-second should run in several processes.
+The gateway drives a L{ServerExchange} with the messages of the C{AUTH}/C{CONT} lines, the
+client a L{ClientExchange}; both sides prove themselves and the password never crosses the
+wire. L{decode_wire}/L{encode_wire} carry the messages as strict base64 in one line argument.
+Channel binding data (C{SCRAM-SHA-256-PLUS}) comes from the TLS layer as opaque bytes
+(L{netguard.tls.channel_binding_for}). The exchange on the wire: C{docs/protocol.md}.
 """
 
 from __future__ import annotations
@@ -56,7 +41,10 @@ _CAUGHT = (ScramException, ValueError, UnicodeError)
 
 class AuthFailed(Exception):
     """
-    A SCRAM exchange failed. The peer is told only that authentication failed.
+    A SCRAM exchange failed. The peer is told only that authentication failed
+    (C{AUTH_FAILED}); nothing else escapes the exchanges' methods. Unknown users are given the
+    store's mock verifier (L{UserStore.auth_info}), so their exchange looks like any other and
+    fails only at the proof, like a wrong password.
 
     @ivar reason: why, for the operator's log only (escape it: it may carry peer text).
     @ivar known_user: whether the name was a known user; L{None} when no name was read.
@@ -276,6 +264,10 @@ class ClientExchange(_Exchange):
     Send L{first}, feed the server's answer to L{final} and send its result, then check the
     server's last message with L{verify}: only then is the server proven to know the
     verifier. Any failure raises L{AuthFailed}, after which the exchange is dead.
+
+    scramp's client computes the salted password inside one private function, with no hook,
+    so there is no salted-password cache; a client that needs many handshakes per second
+    should run in several processes.
 
     @ivar verified: true once L{verify} has succeeded.
     """

@@ -1,24 +1,12 @@
 # -*- test-case-name: tests.test_users -*-
 """
-The users file: salted SCRAM-SHA-256 verifiers, one user per line, in PostgreSQL's format.
+The users file: salted SCRAM-SHA-256 verifiers, one user per line, in PostgreSQL's format,
+readable by its owner only (L{UserStore.load}, L{write_users}).
 
-A line reads::
-
-    name:SCRAM-SHA-256$<iterations>:<base64 salt>$<base64 StoredKey>:<base64 ServerKey>[:g1,g2]
-
-Blank lines and lines starting with C{#} are ignored. The file holds no password, only the
-verifiers RFC 5802 derives from it; still, a verifier allows an offline dictionary attack,
-so the file must be readable by its owner only (mode 0600): L{UserStore.load} refuses
-anything else, and L{write_users} replaces it atomically with a file of mode 0600.
-
-L{UserStore.auth_info} answers every name, known or not: an unknown name gets a mock
-verifier that is stable and looks like a real one, so a client cannot tell a missing user
-from a wrong password by the message, the salt or the time it takes. The gateway derives
-mock verifiers from a random key kept in its state directory (L{load_mock_key}), so an
-unknown name keeps its salt across restarts and across changes to the users file: a client
-comparing salts before and after an C{adduser} learns nothing about the other names.
-
-This module is a lower layer: it knows nothing of the gateway.
+L{UserStore.auth_info} answers every name, known or not: an unknown name gets a stable mock
+verifier (L{load_mock_key}), so a client cannot tell a missing user from a wrong password.
+The format, its checks and the file's mode: C{docs/operating.md} section 2. This module is
+a lower layer: it knows nothing of the gateway.
 """
 
 from __future__ import annotations
@@ -532,7 +520,9 @@ def load_mock_key(state_dir: str) -> bytes:
     """
     The key unknown names' mock verifiers derive from: 32 random bytes in
     C{<state_dir>/mock-verifier.key} (mode 0600), created atomically on first use and the
-    same ever after.
+    same ever after. So an unknown name keeps its salt across restarts and across changes to
+    the users file: a client comparing salts before and after an C{adduser} learns nothing
+    about the other names.
 
     @param state_dir: the gateway's state directory (it must exist).
     @return: the key.

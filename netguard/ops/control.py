@@ -1,33 +1,11 @@
 # -*- test-case-name: tests.test_control -*-
 """
 The control socket: the daemon's only administration interface, an AF_UNIX stream socket
-(mode 0600, never on the network) speaking a small line protocol on L{GuardedLineReceiver}.
-
-Protocol (one command per line, CRLF or LF; words separated by spaces; at most 256 bytes)::
-
-    status                      -> OK {"active": 3, "connections": 41, ...}
-    heartbeat on|off            -> OK {"heartbeat": true}
-    reload                      -> OK {"reload": "<what the daemon says>"}
-    drain                       -> OK {"drain": "<what the daemon says>"}
-    penalties [list]            -> OK {"penalties": [...]}
-    penalties clear [SOURCE]    -> OK {"cleared": 2}     (SOURCE: IP address or network,
-                                                           or "unix" / "unknown")
-    help                        -> OK {"commands": [...]}
-
-Every command gets exactly one reply line: C{OK} followed by one space and one compact JSON
-object (ASCII only, so the line can hold no control byte), or C{ERR <CODE> <text>}. Codes:
-C{BAD_SYNTAX}, C{UNKNOWN_COMMAND}, C{LINE_TOO_LONG}, C{NOT_AUTHORIZED}, C{BUSY},
-C{TIMEOUT}, C{INTERNAL}, and whatever code a command raises with L{ControlError} (for
-example C{RELOAD_REFUSED}). Commands on one connection are answered in order; a client may
-send one and close, or keep the connection for several (C{socat - UNIX-CONNECT:path}).
-
-Who may talk to it: the socket file is mode 0600 inside a directory no one else may write, and
-every connecting process's credentials (C{SO_PEERCRED}) are checked as well: only our own
-effective user and root are served. This also closes the short window between C{bind()} and
-C{chmod()} in which the socket file still has the umask's mode.
+(mode 0600, never on the network) with a small line protocol on L{GuardedLineReceiver}.
 
 The daemon's side of each command is the L{ControlCommands} interface, implemented by the
-service that owns the state; this module knows nothing of the gateway.
+service that owns the state; this module knows nothing of the gateway. Commands, replies,
+who may connect and the bounds: C{docs/operating.md} section 7.5.
 """
 
 from __future__ import annotations
@@ -228,7 +206,18 @@ def normalise_source(text: str) -> str:
 
 class ControlProtocol(GuardedLineReceiver):
     """
-    One control connection; see the module docstring for the protocol.
+    One control connection: one command per line (CRLF or LF; words separated by spaces; at
+    most 256 bytes), each answered with exactly one line, C{OK} followed by one space and one
+    compact JSON object (ASCII only, so the line can hold no control byte), or
+    C{ERR <CODE> <text>}. Codes: C{BAD_SYNTAX}, C{UNKNOWN_COMMAND}, C{LINE_TOO_LONG},
+    C{NOT_AUTHORIZED}, C{BUSY}, C{TIMEOUT}, C{INTERNAL}, and whatever code a command raises
+    with L{ControlError} (for example C{RELOAD_REFUSED}). Commands on one connection are
+    answered in order; a client may send one and close, or keep the connection for several.
+
+    Every connecting process's credentials (C{SO_PEERCRED}) are checked besides the socket
+    file's mode: only our own effective user and root are served. This also closes the short
+    window between C{bind()} and C{chmod()} in which the socket file still has the umask's
+    mode.
     """
 
     log = Logger()

@@ -1,17 +1,9 @@
 # -*- test-case-name: tests.test_control -*-
 """
 The client side of the control socket, for C{netguard ctl}: one command, one reply, with a
-plain blocking socket (a command-line tool may block) bounded by one overall deadline.
-
-Exit statuses, for scripts:
-
-  - L{EXIT_OK} (0): the daemon answered C{OK}; the output is its JSON payload, indented;
-  - L{EXIT_REFUSED} (1): the daemon answered C{ERR <CODE> <text>}; the output is
-    C{<CODE> <text>};
-  - L{EXIT_USAGE} (2): the command words cannot be sent (empty, not printable ASCII, too long);
-  - L{EXIT_UNREACHABLE} (3): no daemon listens on the socket (absent, refused, no permission);
-  - L{EXIT_PROTOCOL} (4): the daemon did not answer in time, or answered something that is not
-    a reply line.
+plain blocking socket (a command-line tool may block) bounded by one overall deadline, and
+an exit status per outcome (L{EXIT_OK} ... L{EXIT_PROTOCOL}). Commands and exit statuses:
+C{docs/operating.md} section 7.5.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_drain -*-
 """
-Graceful shutdown (seed tip 15): stop accepting, tell clients still in the line phase
-C{ERR SHUTTING_DOWN}, let open relays finish up to a grace period, then close what is left.
+Graceful shutdown: stop accepting, tell clients still in the line phase
+C{ERR SHUTTING_DOWN}, let open relays finish up to a grace period, then close what is left
+(C{docs/operating.md} section 7.4).
 
 L{Drainer} works on anything that keeps a set of live sessions (C{factory.sessions}) whose
 sessions have a C{shutdown()} method (answer and close in the line phase, keep relaying

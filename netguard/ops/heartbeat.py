@@ -1,18 +1,8 @@
 # -*- test-case-name: tests.test_heartbeat -*-
 """
-The heartbeat (seed tip 16): a periodic log event with the process's cumulative figures,
-switched on and off at run time without a restart.
-
-L{Heartbeat} is a L{Service}: its beats run only while the service runs I{and} it is enabled.
-Each beat is exactly one event, C{event="heartbeat"}, whose fields are the figures the
-C{stats_source} callable returns, flattened (a nested C{{"refusals": {"BUSY": 2}}} becomes the
-field C{refusals_BUSY=2}), plus C{uptime} (seconds since the heartbeat was created) when the
-source does not give one. Every switch logs C{heartbeat.on} or C{heartbeat.off} with who
-switched (C{by}: C{"signal"}, C{"control"} or C{"config"}).
-
-L{install_sigusr1} makes SIGUSR1 toggle a heartbeat. The handler only calls
-C{reactor.callFromThread}, the one reactor call meant for signal handlers and other threads,
-so the toggle itself runs later in the reactor loop, never in the middle of reactor code.
+The heartbeat: a periodic log event with the process's cumulative figures, switched on and
+off at run time without a restart (L{Heartbeat}; SIGUSR1 through L{install_sigusr1}). What
+an operator sees: C{docs/operating.md} section 7.1.
 """
 
 from __future__ import annotations
@@ -90,6 +80,13 @@ def flatten_figures(figures: Mapping[str, Any]) -> dict[str, int | float | bool 
 class Heartbeat(Service):
     """
     A periodic C{heartbeat} log event, switchable at run time.
+
+    Its beats run only while the service runs I{and} it is enabled. Each beat is exactly one
+    event, C{event="heartbeat"}, whose fields are the figures the C{stats_source} callable
+    returns, flattened (a nested C{{"refusals": {"BUSY": 2}}} becomes the field
+    C{refusals_BUSY=2}), plus C{uptime} (seconds since the heartbeat was created) when the
+    source does not give one. Every switch logs C{heartbeat.on} or C{heartbeat.off} with who
+    switched (C{by}: C{"signal"}, C{"control"} or C{"config"}).
 
     @ivar interval: seconds between two beats.
     @ivar beats: how many beats were logged so far.

@@ -2,33 +2,10 @@
 """
 One instance per state directory, and never a live instance's unix socket.
 
-L{acquire_instance_lock} takes an exclusive C{flock(2)} lock on C{<state_dir>/netguard.lock}
-and keeps it for the life of the process; a second copy started on the same state directory
-fails at once with L{AlreadyRunning}, whose message names the PID of the running copy.
-
-Why C{flock} and not C{lockf}/C{fcntl} record locks:
-
-  - the kernel drops a C{flock} lock when the last descriptor of its open file description
-    closes, which happens when the holder exits, however it dies (SIGKILL included). A lock
-    file left behind by a dead process is therefore I{not} locked: the next copy simply takes
-    the lock and writes its own PID. There is no PID-liveness guess (C{kill(pid, 0)}), so a
-    recycled PID can neither block a start nor let a second copy in;
-  - a C{flock} lock belongs to the open file description, so it survives C{fork()}: when
-    C{twistd} daemonizes after the service was built, the daemon child keeps the lock that the
-    parent took, and the parent's exit does not release it. POSIX record locks (C{lockf},
-    C{fcntl(F_SETLK)}) belong to a process and are not inherited by a child: the lock would
-    vanish at daemonization. (Call L{InstanceLock.write_pid} in the child to record its PID.)
-  - the descriptor is opened with C{O_CLOEXEC}, so a program we execute never inherits (and
-    never keeps alive) our lock.
-
-The lock file is removed by L{InstanceLock.release} only while we hold it, and only if the path
-still names the file we locked. Because the file can be removed, a copy that opened the old
-file just before the removal could lock a file that no longer has a name; L{acquire_instance_lock}
-checks after locking that the path still names the locked file, and starts again if not.
-
-L{check_unix_socket_free} guards unix socket paths (seed article: local port hijacking): a
-socket some live process is accepting on is never unlinked; a stale one (connecting is refused)
-is removed so that the listener can bind.
+L{acquire_instance_lock} holds an exclusive C{flock(2)} lock on C{<state_dir>/netguard.lock}
+for the life of the process (a second copy fails with L{AlreadyRunning}, naming the running
+PID); L{check_unix_socket_free} never unlinks a socket a live process accepts on. What an
+operator sees: C{docs/operating.md} section 7.7.
 """
 
 from __future__ import annotations
@@ -239,6 +216,29 @@ class InstanceLock:
 def acquire_instance_lock(state_dir: str) -> InstanceLock:
     """
     Take the instance lock of C{state_dir} and write our PID into it.
+
+    Why C{flock} and not C{lockf}/C{fcntl} record locks:
+
+      - the kernel drops a C{flock} lock when the last descriptor of its open file
+        description closes, which happens when the holder exits, however it dies (SIGKILL
+        included). A lock file left behind by a dead process is therefore I{not} locked: the
+        next copy simply takes the lock and writes its own PID. There is no PID-liveness
+        guess (C{kill(pid, 0)}), so a recycled PID can neither block a start nor let a
+        second copy in;
+      - a C{flock} lock belongs to the open file description, so it survives C{fork()}: when
+        C{twistd} daemonizes after the service was built, the daemon child keeps the lock
+        that the parent took, and the parent's exit does not release it. POSIX record locks
+        (C{lockf}, C{fcntl(F_SETLK)}) belong to a process and are not inherited by a child:
+        the lock would vanish at daemonization. (Call L{InstanceLock.write_pid} in the child
+        to record its PID.)
+      - the descriptor is opened with C{O_CLOEXEC}, so a program we execute never inherits
+        (and never keeps alive) our lock.
+
+    The lock file is removed by L{InstanceLock.release} only while we hold it, and only if
+    the path still names the file we locked. Because the file can be removed, a copy that
+    opened the old file just before the removal could lock a file that no longer has a name;
+    so after locking this checks that the path still names the locked file, and starts again
+    if not.
 
     @param state_dir: the state directory (it must exist).
     @return: the held L{InstanceLock}.

@@ -1,59 +1,12 @@
 # -*- test-case-name: tests.test_metrics -*-
 """
-The gateway's counters and gauges in the Prometheus text exposition format (version 0.0.4),
-served by C{twisted.web} on an optional, loopback-only HTTP listener (C{ops.metrics_listen},
-off by default).
+The optional Prometheus endpoint: the gateway's counters and gauges in the text exposition
+format (version 0.0.4), served by C{twisted.web} on a loopback-only listener
+(C{ops.metrics_listen}, off by default).
 
-Rendering (L{render_metrics}) turns the figures of C{GatewayService.figures()} into text:
-
-  - every L{netguard.stats.Stats} counter C{<name>} becomes the counter
-    C{netguard_<name>_total} (C{connections}, C{auth_ok}, C{auth_fail}, C{bytes_up},
-    C{bytes_down}; the known ones are always present, at 0 before their first event);
-  - the C{refused.<reason>} counters become one family, C{netguard_refused_total}, with a
-    C{reason} label (every reason L{netguard.admission} can give is present, at 0 until it
-    happens); the unlabelled C{refused} sum is not repeated, as it is the family's sum;
-  - the gauges keep their name without suffix: C{netguard_active}, C{netguard_draining}
-    (0 or 1), C{netguard_uptime_seconds}, and C{netguard_admission_<gauge>} for each gauge of
-    the admission snapshot, with C{netguard_admission_overload{reason="..."}} as a state set
-    (1 for the overload reason in force, 0 for the others).
-
-Also rendered, each present on every scrape:
-
-  - per service, labelled C{service="<name>"} (names from the configuration only, so the
-    label values are bounded by it; see L{netguard.stats}): C{netguard_service_sessions_total}
-    (relays started), C{netguard_service_bytes_up_total} and C{_bytes_down_total},
-    C{netguard_service_open_failures_total{reason=...}} (C{backend}, C{not-authorized},
-    C{peer-checks}) and the gauge C{netguard_service_relays} (live relays), from the
-    C{services} figure;
-  - C{netguard_session_setup_seconds}, a histogram of the time from accept to C{OK OPEN}
-    (buckets L{netguard.stats.SETUP_BUCKETS}), from the C{session_setup} figure;
-  - C{netguard_build_info{version,python,twisted,openssl} 1} (L{build_info});
-  - the standard process collector's C{process_*} metrics (L{process_figures}), read at each
-    scrape; what the system cannot give (no C{/proc}) is left out.
-
-The byte counters include the bytes of the relays still running (L{netguard.stats.Stats}
-reads their live counts at each scrape), so a long transfer shows its progress and the
-counters never go down when it closes.
-
-Figures this module does not know are still exposed, so a new counter needs no change here:
-a top-level integer is taken for a counter (L{netguard.stats.Stats} holds only counters,
-apart from C{active}), a float for a gauge, a boolean for a 0/1 gauge; other values are
-skipped. Names are reduced to C{[a-zA-Z0-9_]}, label values are escaped as the format asks
-(backslash, double quote, line feed), and the text is bounded (L{MAX_SERIES},
-L{MAX_BODY_BYTES}).
-
-Serving (L{MetricsService}): one resource answers C{GET /metrics} (and C{HEAD}, which HTTP
-requires of a C{GET} resource and C{twisted.web} answers without a body) with
-C{Content-Type: text/plain; version=0.0.4; charset=utf-8}; any other path is 404, any other
-method 405. Every request is bounded (headers by C{twisted.web}'s own limits, the body by
-L{MAX_REQUEST_BODY_BYTES} and never spooled to a temporary file, idle connections by
-L{REQUEST_TIMEOUT}, simultaneous connections by L{MAX_CONNECTIONS}), and there is no access
-log: scrapes are not events. The configuration accepts only C{tcp:}/C{tcp6:} listeners on
-a loopback interface; the service checks again, on the address actually bound, and closes
-the port and refuses to start if it is not loopback.
-
-C{twisted.web} (already installed with Twisted) was chosen over C{prometheus-client}: the
-text format is a few lines of code, and the gateway adds no dependency for it.
+L{render_metrics} turns the gateway's figures into text; L{MetricsService} serves it on
+C{GET /metrics}, with every request bounded and no access log. The listener, the HTTP
+answers, the bounds and every metric: C{docs/metrics.md}.
 """
 
 from __future__ import annotations
@@ -343,7 +296,12 @@ def _other_families(figures: Mapping[str, Any], taken: set[str]) -> list[Family]
 
 def metric_families(figures: Mapping[str, Any]) -> list[Family]:
     """
-    The metric families for C{figures}, in output order (see the module docstring).
+    The metric families for C{figures}, in output order (each listed in C{docs/metrics.md}).
+
+    A figure this module does not know is still exposed, so a new counter needs no change
+    here: a top-level integer is taken for a counter (L{netguard.stats.Stats} holds only
+    counters, apart from C{active}), a float for a gauge, a boolean for a 0/1 gauge; other
+    values are skipped.
 
     @param figures: what C{GatewayService.metrics_figures()} returns: the
         L{netguard.stats.Stats} snapshot plus C{uptime}, C{draining}, C{admission} (the

@@ -1,25 +1,12 @@
 # -*- test-case-name: tests.test_notify -*-
 """
-systemd integration without libsystemd: readiness notification and inherited sockets.
+systemd integration without libsystemd: readiness and reload notification, the watchdog,
+and inherited sockets.
 
-L{sd_notify} sends one datagram to C{$NOTIFY_SOCKET}, as C{sd_notify(3)} does: C{READY=1} when
-every listener is open, C{STOPPING=1} when a shutdown begins, C{STATUS=...} for
-C{systemctl status}. It does nothing (and returns C{False}) when the variable is not set, so the
-same code runs under systemd, under another supervisor, or on a terminal. Only
-C{Type=notify} units set the variable; run C{twistd --nodaemon netguard} there (systemd
-expects the notification from the main PID unless C{NotifyAccess=all}).
-
-A reload is bracketed by L{notify_reloading} (C{RELOADING=1} with C{MONOTONIC_USEC=}, as
-C{Type=notify-reload} requires) and L{notify_ready}. L{Watchdog} sends C{WATCHDOG=1} from the
-reactor every half of C{$WATCHDOG_USEC} (L{watchdog_interval}), so that systemd restarts a
-process whose event loop is stuck.
-
-L{systemd_listen_fds} reads the socket-activation variables C{LISTEN_FDS}/C{LISTEN_PID}. Note
-that Twisted's C{systemd:} server endpoint already consumes them: importing
-L{twisted.internet.endpoints} reads them (for the endpoint parser) and I{removes} them from
-C{os.environ}, so that the descriptors are not adopted twice. After that import this function
-sees nothing in C{os.environ}; call it with a copy of the environment taken earlier, or rely
-on the C{systemd:domain=INET:index=0} listener strings, which is how netguard adopts them.
+L{sd_notify} sends one datagram to C{$NOTIFY_SOCKET} as C{sd_notify(3)} does, and does
+nothing when the variable is not set, so the same code runs under systemd, another
+supervisor or a terminal. Unit files, what is notified when, and socket activation:
+C{docs/systemd.md}.
 """
 
 from __future__ import annotations
@@ -230,7 +217,12 @@ def systemd_listen_fds(environ: Mapping[str, str] | None = None, pid: int | None
 
     The variables count only if C{LISTEN_PID} is this process: a child that inherited the
     environment but not the role gets 0. Unlike C{sd_listen_fds}, this never changes the
-    environment (see the module docstring for who consumes it).
+    environment. Note that Twisted's C{systemd:} server endpoint already consumes the
+    variables: importing L{twisted.internet.endpoints} reads them (for the endpoint parser)
+    and I{removes} them from C{os.environ}, so that the descriptors are not adopted twice.
+    After that import this function sees nothing in C{os.environ}; call it with a copy of
+    the environment taken earlier, or rely on the C{systemd:domain=INET:index=0} listener
+    strings, which is how netguard adopts them.
 
     @param environ: the environment; L{os.environ} when L{None}.
     @param pid: the PID the variables must name; L{os.getpid} when L{None}.

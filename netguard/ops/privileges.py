@@ -1,18 +1,11 @@
 # -*- test-case-name: tests.test_privileges -*-
 """
-Starting as root and running as another user (C{twistd --uid/--gid}).
-
-twistd opens every listener as root (C{privilegedStartService}), then drops to the user named
-by C{--uid}, then starts the service. Everything netguard created as root in its state
-directory (the directory itself, the users file it generated, the instance lock, the unix
-sockets) would then belong to root, and the gateway running as the new user could neither
-re-read its users file on SIGHUP nor remove its sockets and lock at stop (seed tip 15).
-L{hand_over} gives those paths to the run-as user just before twistd drops privileges.
-
-Only paths inside the state directory are handed over: a users file or a socket the
-operator placed elsewhere keeps its owner (the operator decides who may read it). Ownership
-is changed with C{lchown}, which never follows a symbolic link: a link planted in the state
-directory by its previous owner cannot make root give away the file it points to.
+Starting as root and running as another user (C{twistd --uid/--gid}): L{hand_over} gives
+what netguard created in its state directory (the directory, a generated users file, the
+instance lock, unix sockets) to the run-as user just before twistd drops privileges, so the
+gateway can still re-read its users file on SIGHUP and remove its sockets and lock at stop.
+Only paths inside the state directory change owner, with C{lchown} (a link is never
+followed). What an operator sees: C{docs/operating.md} section 1 (C{--uid}).
 """
 
 from __future__ import annotations

@@ -2,20 +2,11 @@
 """
 Backends: what a service's bytes are relayed to once a client has opened it.
 
-A backend leg is opened for one session by L{open_backend}. Its backend is named by a Twisted
-client endpoint string (C{tcp:host=...:port=...}, C{unix:path=...}, C{tls:...} verified with
-service_identity, C{socks5:...}), optionally reached through a SOCKS5 proxy (the service's
-C{socks5} key, a proxy endpoint string), or is the built-in C{builtin:echo}, which sends every
-byte back (a way to check a set-up end to end without any other server).
-
-Opening is bounded by the service's C{connect_timeout}, which covers the TCP connection, any
-SOCKS5 negotiation and, for a TLS backend, the handshake: a TLS backend counts as connected
-only once its certificate has been verified, so a verification failure is a failed opening
-(the session answers C{BACKEND_UNAVAILABLE} and logs the cause), never an opened service that
-then drops.
-
-The session talks to its leg through the small L{BackendLeg} contract, so this module knows
-nothing of the gateway; the relay itself is L{netguard.relay.Splice}.
+L{open_backend} opens one session's leg to a Twisted client endpoint string (C{tcp:},
+C{unix:}, verified C{tls:}, C{socks5:}, optionally through the service's SOCKS5 proxy) or
+to the built-in C{builtin:echo}. The session talks to its leg through the small
+L{BackendLeg} contract, so this module knows nothing of the gateway; the relay itself is
+L{netguard.relay.Splice}. Backend strings and opening: C{docs/operating.md} section 5.
 """
 
 from __future__ import annotations
@@ -429,6 +420,12 @@ def open_backend(
 ) -> Deferred[BackendLeg]:
     """
     Open the backend of C{service} for one session.
+
+    Opening is bounded by the service's C{connect_timeout}, which covers the TCP connection,
+    any SOCKS5 negotiation and, for a TLS backend, the handshake: a TLS backend counts as
+    connected only once its certificate has been verified, so a verification failure is a
+    failed opening (the session answers C{BACKEND_UNAVAILABLE} and logs the cause), never an
+    opened service that then drops.
 
     Never raises: every problem, a bad backend description included, fails the L{Deferred}.
 

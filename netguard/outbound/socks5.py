@@ -2,81 +2,21 @@
 """
 A SOCKS5 client endpoint: RFC 1928 CONNECT with RFC 1929 username/password.
 
-L{SOCKS5ClientEndpoint} is an L{IStreamClientEndpoint} that reaches a target C{host:port}
-through a SOCKS5 proxy, which itself is reached through any other client endpoint (TCP, TLS,
-a unix socket, even another SOCKS5 endpoint). It composes like Twisted's own wrappers::
+L{SOCKS5ClientEndpoint} reaches C{host:port} through a SOCKS5 proxy that is itself reached
+through any client endpoint, and composes like Twisted's own wrappers::
 
     proxy = HostnameEndpoint(reactor, "127.0.0.1", 1080)
     endpoint = SOCKS5ClientEndpoint(proxy, "example.com", 443, reactor=reactor)
     tls = wrapClientTLS(optionsForClientTLS("example.com"), endpoint)
 
-What it guarantees
-==================
-  - Targets: a literal IPv4 or IPv6 address (C{"2001:db8::1"} or C{"[2001:db8::1]"}) is sent as
-    an address (ATYP 1 or 4); anything else must be a host name and is sent as a domain name
-    (ATYP 3) for the proxy to resolve (remote DNS: no name is ever resolved locally).
-  - Methods: without credentials only "no authentication" (0x00) is offered. With credentials
-    only username/password (0x02) is offered, unless C{offer_no_auth=True}: when an operator
-    configured credentials, a proxy (or an impostor on the path to it) must not be able to
-    downgrade the session to an unauthenticated one that the operator did not expect. A proxy
-    that selects a method we did not offer is a protocol error.
-  - Every reply is parsed with bounds, byte by byte as it arrives: VER must be 5 (1 for the
-    RFC 1929 sub-negotiation), RSV must be 0, ATYP must be 1, 3 or 4, and BND.ADDR must be a
-    well-formed address (L{is_valid_bound_name} for ATYP 3). The result does not depend on how
-    the bytes were split across reads. At most L{MAX_REPLY_SIZE} bytes are ever buffered: a
-    peer that streams endless bytes fails on the first byte that cannot belong to a valid
-    reply, so a bogus success reply never lets its junk through as application data.
-  - Bytes that arrive after the final reply (even in the same read) are delivered to the
-    application protocol, right after its C{connectionMade}, exactly once and in order.
-  - One timeout (C{timeout}, default 10 s) covers everything from L{connect} to the final
-    reply, including the connection to the proxy; it is scheduled on the injected reactor,
-    cancelled on success, and on expiry aborts the connection and fails with L{SOCKSTimeout}.
-  - The L{Deferred} from L{connect} can be cancelled; that aborts the proxy connection.
-  - Failures are L{SOCKSError} subclasses, themselves L{ConnectError}s: one class per RFC 1928
-    reply code (L{GeneralFailure} ... L{AddressTypeNotSupported}, L{UnassignedReplyCode}), plus
-    L{AuthenticationFailed}, L{NoAcceptableMethods}, L{SOCKSProtocolError} (with an escaped
-    excerpt of what the proxy sent), L{SOCKSConnectionClosed} and L{SOCKSTimeout}. Each carries
-    the C{phase} the negotiation failed in. A failure to reach the proxy itself is the proxy
-    endpoint's own error, unchanged (not a L{SOCKSError}).
-  - Text the proxy chose is escaped exactly once, where it enters a message: every
-    L{SOCKSError} message is printable ASCII and is logged as it is.
-  - The password is never logged, never in an exception and never in a C{repr}.
-
-Addresses seen by the application
-=================================
-The application protocol's C{transport.getPeer()} is the proxy's address (the honest answer:
-that is where the socket goes), and so is the address passed to C{buildProtocol}. The transport
-also carries C{socks_target} (a L{SOCKSAddress}: what we asked for) and C{socks_bound} (the
-BND.ADDR/BND.PORT the proxy reported, which the proxy chose and nobody verified).
-
-Endpoint string (C{socks5:})
-============================
-The C{twisted/plugins/netguard_endpoints.py} plugin makes this endpoint available to
-C{clientFromString}. Grammar (keys in any order)::
-
-    socks5:host=TARGET:port=PORT(:PROXY)[:user=NAME:password_file=PATH][:timeout=SECONDS]
-           [:offer_no_auth=yes|no]
-    PROXY := proxy_host=HOST[:proxy_port=PORT]      a TCP proxy (HostnameEndpoint)
-           | proxy=ESCAPED-CLIENT-ENDPOINT-STRING   any client endpoint string
-
-  - C{TARGET} is a host name or a literal IP address; as in every Twisted endpoint string, a
-    C{:} inside a value is written C{\\:}, so C{::1} is C{host=\\:\\:1}.
-  - C{PORT} is a number 1..65535 or a service name (C{https}), looked up with getservbyname.
-    C{proxy_port} defaults to the C{socks} service (1080 if the services database lacks it).
-  - C{proxy=} takes a whole client endpoint string, with each of its C{:} and C{\\} escaped one
-    more level with a backslash (C{=} needs no escaping inside a value). Exactly one of
-    C{proxy} and C{proxy_host} must be given.
-  - The password is never written in the string: C{password_file=PATH} names a regular file of
-    mode 0600 or stricter (no bits for group or others) whose content, minus one trailing
-    newline, is the password. C{user} and C{password_file} come together.
-
-Examples::
+As an endpoint string (the C{socks5:} plugin, for C{clientFromString})::
 
     socks5:host=example.com:port=443:proxy_host=127.0.0.1:proxy_port=1080
     socks5:host=10.0.0.5:port=redis:proxy_host=socks.internal:user=ng:password_file=/etc/ng/socks
     socks5:host=\\:\\:1:port=6379:proxy_host=127.0.0.1:timeout=3
     socks5:host=db.internal:port=5432:proxy=unix\\:path=/run/dante.sock
-    socks5:host=db.internal:port=5432:proxy=tcp\\:host=\\\\\\:\\\\\\:1\\:port=1080
+
+Grammar, credentials, bounds, errors and log events: C{docs/endpoints.md}.
 """
 
 from __future__ import annotations
@@ -1147,8 +1087,8 @@ class SOCKS5ClientEndpoint:
     """
     A client endpoint that connects to C{host:port} through a SOCKS5 proxy.
 
-    The module docstring states the guarantees, the address and method decisions, and the
-    endpoint string syntax.
+    Its guarantees (methods offered, bounds, timeout, cancellation, what the application
+    sees) and the endpoint string syntax are in C{docs/endpoints.md}.
     """
 
     log = Logger()
@@ -1343,7 +1283,7 @@ def _parse_bool(key: str, value: str) -> bool:
 def endpoint_from_string_args(reactor: Any, *args: str, **kwargs: str) -> SOCKS5ClientEndpoint:
     """
     Build a L{SOCKS5ClientEndpoint} from the parsed parts of a C{socks5:} endpoint string (what
-    the plugin's C{parseStreamClient} receives). The grammar is in the module docstring.
+    the plugin's C{parseStreamClient} receives). The grammar is in C{docs/endpoints.md}.
 
     @param reactor: the reactor given to C{clientFromString}; used for the proxy endpoint and
         as the clock.

@@ -2,21 +2,16 @@
 """
 Run the peer checks (FCrDNS and ident) for one connection and apply a policy to them.
 
-L{PeerChecks} is built once per listener or service (it owns the resolver and the FCrDNS
-cache); L{PeerChecks.start} (or the function L{start_peer_checks}) is called when a
-connection is accepted and starts both checks at once, so they run while the greeting and
-authentication proceed. The session asks L{PeerCheckRun.verdict} at the point where it must
-decide; the verdict waits only for what the policy needs (FCrDNS in C{"require"} mode or
-when name patterns are configured; ident never), and never longer than that check's own
-bound. A later decision under a stricter policy asks the same run
-(C{verdict(stricter_policy)}, after L{PeerCheckRun.start_fcrdns} if it did not check FCrDNS
-yet), so a connection is checked once. When the connection goes away first,
-L{PeerCheckRun.cancel} stops everything; it never disturbs other connections' checks of the
-same address.
+L{PeerChecks} is built once per listener or service; L{PeerChecks.start} starts both checks
+when a connection is accepted, and the session asks L{PeerCheckRun.verdict} where it must
+decide::
 
-Results are recorded as C{peer.fcrdns} and C{peer.ident} log events, with every remote-chosen
-text escaped. Nothing a peer claims is trusted: an ident answer is only logged, and a name
-is only used (for patterns) once forward DNS confirmed it.
+    checks = PeerChecks(reactor, PeerCheckPolicy(fcrdns="require", ident="log"))
+    run = checks.start(transport.getPeer(), transport.getHost())   # in connectionMade
+    run.verdict().addCallback(decide)                              # where it must decide
+    run.cancel()                                                   # in connectionLost
+
+Modes, waiting rules, shared lookups and log events: C{docs/peer-checks.md}.
 """
 
 from __future__ import annotations

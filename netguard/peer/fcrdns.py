@@ -1,21 +1,17 @@
 # -*- test-case-name: tests.test_fcrdns -*-
 """
-Forward-confirmed reverse DNS (FCrDNS): the "double reverse lookup" of seed tip 4.
+Forward-confirmed reverse DNS (FCrDNS): a client's address is confirmed only when a name of
+its PTR answer, looked up forward, gives the address back; an unconfirmed name is never
+shown as the peer's name.
 
-A client's address is looked up in the reverse tree (C{in-addr.arpa} for IPv4, nibble-format
-C{ip6.arpa} for IPv6); every name the PTR answer gives is checked for hostname syntax, and
-each valid one (up to a bound) is looked up forward (A for IPv4 clients, AAAA for IPv6
-clients). The client's address is I{confirmed} only when one of those forward answers gives
-the address back. Anyone can put any name in the reverse zone of addresses they own; only the
-forward lookup ties the name to the address, so an unconfirmed name is never shown as the
-peer's name.
+L{confirm_hostname} is usable from any Twisted program, and its L{Deferred} never fails
+(every outcome is an L{FCrDNSResult}; only the caller's own C{cancel()} errbacks it)::
 
-L{confirm_hostname} is public API usable from any Twisted program. Its L{Deferred} never
-fails: a missing PTR, a mismatch, a bad name, a server failure or the overall time bound all
-come back as an L{FCrDNSResult} value (only a caller's own C{cancel()} errbacks it, with
-L{CancelledError}, as usual in Twisted). A cancellation is never an answer: it is not cached
-and never reaches another check (see L{SharingResolver}). Names in results are untrusted
-text: escape them (L{netguard.log.escape}) before they reach a log line.
+    d = confirm_hostname(reactor, "192.0.2.10", resolver=resolver, cache=cache, timeout=5.0)
+    d.addCallback(lambda result: print(result.confirmed, result.name, result.reason))
+
+Names in results are untrusted text: escape them (L{netguard.log.escape}) before logging.
+Each step and its bounds: C{docs/peer-checks.md}.
 """
 
 from __future__ import annotations

@@ -1,19 +1,15 @@
 # -*- test-case-name: tests.test_ident -*-
 """
-An RFC 1413 ident client that survives any answer (seed tip 10, and "Getting More Than You
-Expected").
+An RFC 1413 ident client that survives any answer.
 
-L{ident_query} asks the identd on a client's host who owns one TCP connection: it connects
-from our own address of that connection to the client's port 113, sends one query line and
-reads I{one} reply line, bounded in bytes (a chargen-style endless stream is cut at the
-bound) and in total time (silence ends at the timeout). L{parse_ident_reply} is the strict,
-pure parser of that line.
+L{ident_query} asks the identd on a client's host who owns one TCP connection, reading one
+reply line bounded in bytes and time; L{parse_ident_reply} is its strict, pure parser::
 
-The answer is a claim made by the client's host, which the client may control completely:
-it is only ever recorded (escaped), never used to grant anything (RFC 1413 section 6).
+    peer, local = transport.getPeer(), transport.getHost()
+    d = ident_query(reactor, peer.host, peer.port, local.port, local_host=local.host)
 
-Twisted's own L{twisted.protocols.ident.IdentClient} mixes C{str} and C{bytes} and fails on
-Python 3, hence this client.
+The answer is a claim the client may control completely: it is only ever recorded
+(escaped), never used to grant anything. Bounds and log fields: C{docs/peer-checks.md}.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ attributes). The parsers only delegate: the grammar, validation and documentatio
 prefix live next to the endpoint they build, and are imported only when a string with that
 prefix is parsed, so that a problem there can never break plugin discovery for anything else.
 
-  - C{socks5:}: L{netguard.outbound.socks5.SOCKS5ClientEndpoint}; grammar in that module and in
+  - C{socks5:}: L{netguard.outbound.socks5.SOCKS5ClientEndpoint}; grammar in
     C{docs/endpoints.md}.
   - C{netguard:}: L{netguard.client.endpoint.NGPClientEndpoint}; grammar in that module and in
     C{docs/endpoints.md}.
