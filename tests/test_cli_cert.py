@@ -1,5 +1,5 @@
 """
-Tests for C{netguard cert} (L{netguard.cli}): C{selfsigned}, C{pin} and C{check}, run
+Tests for C{netguard cert} (L{netguard.cli.cert}): C{selfsigned}, C{pin} and C{check}, run
 in-process with injected streams and a temporary directory.
 """
 
@@ -25,6 +25,7 @@ from twisted.internet.endpoints import _parse
 from twisted.trial import unittest
 
 from netguard import cli, config, tls
+from netguard.cli.cert import _cert_hostname
 from tests import tls_certs
 
 HOST = "gw.example.org"
@@ -649,7 +650,7 @@ class HostnameCheckTests(unittest.TestCase):
         name makes a certificate that a client can verify by that name.
         """
         try:
-            name = cli._cert_hostname(text)
+            name = _cert_hostname(text)
         except cli.CommandError as e:
             self.assertNotIn("\n", str(e).replace(repr(text), ""))
             return
