@@ -81,16 +81,6 @@ class FramingLimits:
     max_errors: int | None = DEFAULT_MAX_ERRORS
     open_timeout: float | None = None
 
-    @classmethod
-    def from_config(cls, limits: Any) -> FramingLimits:
-        """
-        Take the framing bounds from any object with attributes of the same names (for
-        example L{netguard.config.Limits}); other attributes are ignored, and a bound the
-        object does not have keeps its default here.
-        """
-        names = [f.name for f in attrs.fields(cls) if hasattr(limits, f.name)]
-        return cls(**{name: getattr(limits, name) for name in names})
-
 
 class FramingPhase(enum.Enum):
     """

@@ -20,13 +20,14 @@ from netguard import config as config_module
 from netguard.admission import AdmissionPolicy
 from netguard.config import (
     COMMAND_LINE_SOURCE,
+    DEFAULT_MAX_AUTH_ATTEMPTS,
     DEFAULTS_SOURCE,
+    GATEWAY_LIMITS,
     ORIGIN_COMMAND_LINE,
     ORIGIN_DEFAULT,
     ORIGIN_FILE,
     Config,
     ConfigError,
-    Limits,
     LogConfig,
     ServiceConfig,
     default_listen,
@@ -37,14 +38,15 @@ from netguard.config import (
     load_config,
 )
 from netguard.config import text as config_text
-from netguard.config.schema import TLS_LISTEN_KEYS
+from netguard.config.schema import LIMIT_KEYS, TLS_LISTEN_KEYS
+from netguard.framing import FramingLimits
 
 #: A user environment: the default state directory becomes /xdg/netguard.
 ENV = {"XDG_STATE_HOME": "/xdg", "HOME": "/home/u"}
 UID = 1000
 STATE = "/xdg/netguard"
 
-LIMIT_NAMES = [f.name for f in attrs.fields(Limits)]
+LIMIT_NAMES = [spec.name for spec in LIMIT_KEYS]
 SERVICE_KEYS = ["backend", "users", "groups", "connect_timeout", "idle_timeout", "socks5"]
 
 
@@ -227,14 +229,16 @@ class DefaultsTests(ConfigTestCase):
         self.assertEqual(limits.handshake_timeout, 30.0)
         self.assertEqual(limits.idle_timeout, 120.0)
         self.assertEqual(limits.write_timeout, 30.0)
-        self.assertEqual(limits.max_auth_attempts, 3)
+        self.assertEqual(self.load().max_auth_attempts, 3)
         self.assertEqual(limits.max_lines_after_auth, 32)
         self.assertEqual(limits.max_bytes_after_auth, 8192)
         self.assertEqual(limits.max_errors, 10)
         self.assertEqual(limits.open_timeout, 30.0)
 
     def test_limits_match_limits_class_defaults(self) -> None:
-        self.assertEqual(self.load().limits, Limits())
+        loaded = self.load()
+        self.assertEqual(loaded.limits, GATEWAY_LIMITS)
+        self.assertEqual(loaded.max_auth_attempts, DEFAULT_MAX_AUTH_ATTEMPTS)
 
     def test_log_defaults(self) -> None:
         self.assertEqual(self.load().log, LogConfig(format="text", file="-"))
@@ -302,9 +306,10 @@ class FileTests(ConfigTestCase):
             "max_errors = 2\n"
             "open_timeout = 7\n"
         )
+        self.assertEqual(config.max_auth_attempts, 1)
         self.assertEqual(
             config.limits,
-            Limits(
+            FramingLimits(
                 max_line_length=2048,
                 max_lines_before_auth=8,
                 max_bytes_before_auth=4096,
@@ -312,7 +317,6 @@ class FileTests(ConfigTestCase):
                 handshake_timeout=10.0,
                 idle_timeout=60.0,
                 write_timeout=5.5,
-                max_auth_attempts=1,
                 max_lines_after_auth=4,
                 max_bytes_after_auth=512,
                 max_errors=2,
@@ -325,13 +329,11 @@ class FileTests(ConfigTestCase):
         The bounds of the line phase after login, set in C{[limits]}, are the ones the
         gateway's framing enforces.
         """
-        from netguard.framing import FramingLimits
-
-        limits = self.load(
+        framing = self.load(
             "[limits]\nmax_lines_after_auth = 4\nmax_bytes_after_auth = 512\n"
             "max_errors = 2\nopen_timeout = 7\n"
         ).limits
-        framing = FramingLimits.from_config(limits)
+        self.assertIsInstance(framing, FramingLimits)
         self.assertEqual(
             (
                 framing.max_lines_after_auth,
@@ -347,8 +349,9 @@ class FileTests(ConfigTestCase):
         self.assertIsInstance(limits.idle_timeout, float)
 
     def test_partial_limits_keep_other_defaults(self) -> None:
-        limits = self.load("[limits]\nmax_auth_attempts = 5\n").limits
-        self.assertEqual(limits, Limits(max_auth_attempts=5))
+        loaded = self.load("[limits]\nmax_auth_attempts = 5\n")
+        self.assertEqual(loaded.limits, GATEWAY_LIMITS)
+        self.assertEqual(loaded.max_auth_attempts, 5)
 
     def test_bounds_are_inclusive(self) -> None:
         limits = self.load(

@@ -35,7 +35,12 @@ def make_factory(clock: Clock, **limits) -> GatewayFactory:
     if limits:
         import attrs
 
-        config = attrs.evolve(config, limits=attrs.evolve(config.limits, **limits))
+        max_auth_attempts = limits.pop("max_auth_attempts", config.max_auth_attempts)
+        config = attrs.evolve(
+            config,
+            limits=attrs.evolve(config.limits, **limits),
+            max_auth_attempts=max_auth_attempts,
+        )
     store = UserStore.from_records(
         [make_record("alice", PASSWORD, groups=("ops",)), make_record("bob", "other")]
     )

@@ -18,9 +18,11 @@ import attrs
 
 from netguard.config.model import (
     COMMAND_LINE_SOURCE,
+    DEFAULT_MAX_AUTH_ATTEMPTS,
     DEFAULT_PORT,
     DEFAULT_SERVER_NAME,
     DEFAULTS_SOURCE,
+    GATEWAY_LIMITS,
     MAX_FILE_BYTES,
     MAX_LISTENERS,
     MAX_SERVICES,
@@ -31,7 +33,6 @@ from netguard.config.model import (
     SERVICE_DEFAULTS,
     Config,
     ConfigError,
-    Limits,
     LogConfig,
     OpsConfig,
     OverloadConfig,
@@ -76,6 +77,7 @@ from netguard.endpoints import (
     quote_field,
     redact_description,
 )
+from netguard.framing import FramingLimits
 from netguard.quoting import describe_value, toml_string
 
 __all__ = ["default_listen", "default_state_dir", "default_users_file", "load_config"]
@@ -490,7 +492,7 @@ def load_config(
     if not listen and not tls_listen:
         where = cli if "listen" in opts else src
         raise where.error("listen", "no listener: give at least one in listen or [[tls_listen]]")
-    limits = _limits(src, doc.get("limits", {}), origins)
+    limits, max_auth_attempts = _limits(src, doc.get("limits", {}), origins)
 
     log_table = doc.get("log", {})
     if not isinstance(log_table, dict):
@@ -539,6 +541,7 @@ def load_config(
         listen=listen,
         tls_listen=tls_listen,
         limits=limits,
+        max_auth_attempts=max_auth_attempts,
         log=log,
         ops=ops,
         peer_checks=peer_checks,
@@ -583,7 +586,12 @@ def _typed_table(
     return values
 
 
-def _limits(src: Source, table: object, origins: dict[str, str]) -> Limits:
+def _limits(src: Source, table: object, origins: dict[str, str]) -> tuple[FramingLimits, int]:
+    """
+    Check the C{[limits]} table.
+
+    @return: the framing bounds and C{max_auth_attempts}.
+    """
     if not isinstance(table, dict):
         raise src.error("limits", f"must be a table, got {describe_value(table)}")
     names = [spec.name for spec in LIMIT_KEYS]
@@ -601,14 +609,15 @@ def _limits(src: Source, table: object, origins: dict[str, str]) -> Limits:
             origins[key] = ORIGIN_FILE
         else:
             origins[key] = ORIGIN_DEFAULT
-    limits = Limits(**values)
+    max_auth_attempts = values.pop("max_auth_attempts", DEFAULT_MAX_AUTH_ATTEMPTS)
+    limits = attrs.evolve(GATEWAY_LIMITS, **values)
     if limits.greeting_delay >= limits.handshake_timeout:
         raise src.error(
             "limits.greeting_delay",
             f"must be less than limits.handshake_timeout ({num(limits.handshake_timeout)}), "
             f"or every client times out before it is greeted; got {num(limits.greeting_delay)}",
         )
-    return limits
+    return limits, max_auth_attempts
 
 
 def _services(

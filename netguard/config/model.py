@@ -15,13 +15,15 @@ from typing import Any, Final
 import attrs
 
 from netguard.endpoints import MAX_DESCRIPTION_LENGTH
-from netguard.framing import DEFAULT_MAX_ERRORS, FramingLimits
+from netguard.framing import FramingLimits
 
 __all__ = [
     "COMMAND_LINE_SOURCE",
     "DEFAULTS_SOURCE",
+    "DEFAULT_MAX_AUTH_ATTEMPTS",
     "DEFAULT_PORT",
     "DEFAULT_SERVER_NAME",
+    "GATEWAY_LIMITS",
     "MAX_FILE_BYTES",
     "MAX_LISTENERS",
     "MAX_NAMES_PER_SERVICE",
@@ -34,7 +36,6 @@ __all__ = [
     "SERVICE_DEFAULTS",
     "Config",
     "ConfigError",
-    "Limits",
     "LogConfig",
     "OpsConfig",
     "OverloadConfig",
@@ -111,46 +112,16 @@ class ConfigError(Exception):
 # Result values
 
 
-_FRAMING: Final = FramingLimits()
+#: The framing bounds of a gateway connection unless configured (C{[limits]}): the framing's
+#: own defaults, except that the line phase after login is bounded, since the gateway's ends
+#: at C{OPEN} (the framing leaves it unbounded, as a protocol of its own may live there).
+GATEWAY_LIMITS: Final = FramingLimits(
+    max_lines_after_auth=32, max_bytes_after_auth=8192, open_timeout=30.0
+)
 
-
-@attrs.frozen(kw_only=True)
-class Limits:
-    """
-    The bounds every connection lives within. Times are in seconds.
-
-    @ivar max_line_length: longest line in the line phase, without its terminator.
-    @ivar max_lines_before_auth: lines a client may send before it has authenticated.
-    @ivar max_bytes_before_auth: bytes a client may send before it has authenticated.
-    @ivar greeting_delay: silence kept before the greeting; a client that talks during it is
-        an early talker.
-    @ivar handshake_timeout: time from connection to the end of authentication.
-    @ivar idle_timeout: longest silence from the client in the line phase.
-    @ivar write_timeout: longest time a client may leave our queued output unread.
-    @ivar max_auth_attempts: failed authentications allowed on one connection.
-    @ivar max_lines_after_auth: lines a client may send after authenticating, before C{OPEN}.
-    @ivar max_bytes_after_auth: bytes of lines a client may send after authenticating,
-        before C{OPEN}.
-    @ivar max_errors: error replies (that keep the connection) one connection may earn; the
-        next one closes it.
-    @ivar open_timeout: time from authentication to C{OPEN}.
-    """
-
-    # The framing's own defaults are the configuration's: one source of truth.
-    max_line_length: int = _FRAMING.max_line_length
-    max_lines_before_auth: int = _FRAMING.max_lines_before_auth
-    max_bytes_before_auth: int = _FRAMING.max_bytes_before_auth
-    greeting_delay: float = _FRAMING.greeting_delay
-    handshake_timeout: float = _FRAMING.handshake_timeout
-    idle_timeout: float = _FRAMING.idle_timeout
-    write_timeout: float = _FRAMING.write_timeout
-    max_auth_attempts: int = 3
-    # The framing leaves the line phase after the handshake unbounded (a protocol of its own
-    # may live there); the gateway's ends at OPEN, so it is bounded here.
-    max_lines_after_auth: int = 32
-    max_bytes_after_auth: int = 8192
-    max_errors: int = DEFAULT_MAX_ERRORS
-    open_timeout: float = 30.0
+#: Failed authentications allowed on one connection unless configured
+#: (C{limits.max_auth_attempts}).
+DEFAULT_MAX_AUTH_ATTEMPTS: Final = 3
 
 
 @attrs.frozen(kw_only=True)
@@ -422,7 +393,9 @@ class Config:
     @ivar users_file: the SCRAM verifier store.
     @ivar listen: server endpoint strings, ports as numbers.
     @ivar tls_listen: TLS listeners (L{TLSListenConfig}).
-    @ivar limits: the per-connection bounds.
+    @ivar limits: the framing bounds of every gateway connection (C{[limits]}).
+    @ivar max_auth_attempts: failed authentications allowed on one connection
+        (C{limits.max_auth_attempts}).
     @ivar log: the log settings.
     @ivar ops: the daemon's operational settings (heartbeat, shutdown, control socket).
     @ivar peer_checks: FCrDNS and ident checks of peers.
@@ -439,7 +412,8 @@ class Config:
     users_file: str
     listen: tuple[str, ...] = attrs.field(converter=_to_tuple)
     tls_listen: tuple[TLSListenConfig, ...] = ()
-    limits: Limits = attrs.field(factory=Limits)
+    limits: FramingLimits = GATEWAY_LIMITS
+    max_auth_attempts: int = DEFAULT_MAX_AUTH_ATTEMPTS
     log: LogConfig = attrs.field(factory=LogConfig)
     ops: OpsConfig = attrs.field(factory=OpsConfig)
     peer_checks: PeerChecksConfig = attrs.field(factory=PeerChecksConfig)

@@ -14,14 +14,15 @@ import attrs
 
 from netguard.config.loader import default_listen
 from netguard.config.model import (
+    DEFAULT_MAX_AUTH_ATTEMPTS,
     DEFAULT_SERVER_NAME,
+    GATEWAY_LIMITS,
     MAX_LISTENERS,
     ORIGIN_DEFAULT,
     ORIGIN_FILE,
     ROOT_STATE_DIR,
     SERVICE_DEFAULTS,
     Config,
-    Limits,
     OpsConfig,
     OverloadConfig,
     PeerChecksConfig,
@@ -40,6 +41,7 @@ from netguard.config.schema import (
     value_text,
 )
 from netguard.endpoints import EndpointError, check_listener, looks_secret, redact_description
+from netguard.framing import FramingLimits
 from netguard.quoting import toml_string
 
 __all__ = ["describe", "describe_defaults"]
@@ -55,6 +57,14 @@ def _admission_docs() -> dict[str, str]:
         words = re.sub(r"[CLI]\{([^{}]*)\}", r"\1", " ".join(match.group(2).split()))
         docs[match.group(1)] = words
     return docs
+
+
+def _limit(limits: FramingLimits, max_auth_attempts: int, name: str) -> object:
+    """
+    The value of the C{[limits]} key C{name}: C{max_auth_attempts} is the gateway's own, every
+    other key a bound of its framing.
+    """
+    return max_auth_attempts if name == "max_auth_attempts" else getattr(limits, name)
 
 
 def _redacted(key: str, value: object) -> object:
@@ -112,8 +122,8 @@ def describe(config: Config) -> str:
     for index, tls in enumerate(config.tls_listen):
         for field in attrs.fields(TLSListenConfig):
             add(f"tls_listen[{index}].{field.name}", getattr(tls, field.name))
-    for field in attrs.fields(Limits):
-        add(f"limits.{field.name}", getattr(config.limits, field.name))
+    for spec in LIMIT_KEYS:
+        add(f"limits.{spec.name}", _limit(config.limits, config.max_auth_attempts, spec.name))
     add("log.format", config.log.format)
     add("log.file", config.log.file, "stdout" if config.log.file == "-" else "")
     for field in attrs.fields(OpsConfig):
@@ -212,7 +222,6 @@ def _key_docs() -> tuple[_KeyDoc, ...]:
     """
     The documentation of every key, in file order.
     """
-    limits = Limits()
     docs = [
         _KeyDoc(
             "server_name",
@@ -247,7 +256,7 @@ def _key_docs() -> tuple[_KeyDoc, ...]:
         docs.append(
             _KeyDoc(
                 f"limits.{spec.name}",
-                repr(getattr(limits, spec.name)),
+                repr(_limit(GATEWAY_LIMITS, DEFAULT_MAX_AUTH_ATTEMPTS, spec.name)),
                 spec.range.allowed(),
                 spec.defends,
             )

@@ -24,7 +24,6 @@ from netguard.admission import Admission, Refusal
 from netguard.admitting import Admitted, AdmittingFactory
 from netguard.auth.users import UserStore
 from netguard.config import Config
-from netguard.framing import FramingLimits
 from netguard.gateway.protocol import GatewaySession
 from netguard.gateway.seams import DrainWatcher, LiveSession, Service
 from netguard.outbound.backends import BackendLeg, open_backend
@@ -56,7 +55,7 @@ class GatewayFactory(Factory):
         self.clock: Any = reactor
         self.stats = stats if stats is not None else Stats()
         self.stats.set_services(dict(config.services))
-        self.framing_limits = FramingLimits.from_config(config.limits)
+        self.framing_limits = config.limits
         self.sessions: set[LiveSession] = set()
         self.admitting = AdmittingFactory(
             self,
@@ -86,7 +85,7 @@ class GatewayFactory(Factory):
         self.config = config
         self.users = users
         self.stats.set_services(dict(config.services))
-        self.framing_limits = FramingLimits.from_config(config.limits)
+        self.framing_limits = config.limits
         self.admitting.write_timeout = self.framing_limits.write_timeout
         policy = config.peer_checks.policy()
         if policy != self.peer_policy:
@@ -115,7 +114,7 @@ class GatewayFactory(Factory):
 
     @property
     def max_auth_attempts(self) -> int:
-        return int(self.config.limits.max_auth_attempts)
+        return self.config.max_auth_attempts
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         """
