@@ -500,7 +500,8 @@ class InstalledCopyTests(unittest.TestCase):
             self.assertTrue(os.path.isfile(os.path.join(plugins, name)), name)
         self.assertFalse(os.path.exists(os.path.join(plugins, "__init__.py")))
         self.assertFalse(os.path.exists(os.path.join(self.target, "twisted", "__init__.py")))
-        self.assertTrue(os.path.isfile(os.path.join(self.target, "netguard", "cli", "__init__.py")))
+        cli = os.path.join(self.target, "netguard", "cli", "__init__.py")
+        self.assertTrue(os.path.isfile(cli))
         self.assertTrue(os.access(os.path.join(self.target, "bin", "netguard"), os.X_OK))
         self.assertFalse(os.path.exists(os.path.join(self.target, "tests")))
 
