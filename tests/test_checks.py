@@ -61,6 +61,31 @@ class PolicyTests(unittest.TestCase):
     def test_ident_port_range(self) -> None:
         self.assertRaises(ValueError, PeerCheckPolicy, ident_port=70000)
 
+    def test_dns_servers_kept_as_written(self) -> None:
+        """
+        C{dns_servers} keeps each server as the operator wrote it; L{resolvers} gives the
+        C{(ip, port)} pairs the resolver is built with, port 53 unless given.
+        """
+        policy = PeerCheckPolicy(dns_servers=["192.0.2.1", "192.0.2.2:5353", "[::1]:53", "::1"])
+        self.assertEqual(policy.dns_servers, ("192.0.2.1", "192.0.2.2:5353", "[::1]:53", "::1"))
+        self.assertEqual(
+            policy.resolvers,
+            (("192.0.2.1", 53), ("192.0.2.2", 5353), ("::1", 53), ("::1", 53)),
+        )
+
+    def test_dns_server_pairs_accepted(self) -> None:
+        """
+        C{(ip, port)} pairs are accepted too, and written as C{ip:port} or C{[ipv6]:port}.
+        """
+        policy = PeerCheckPolicy(dns_servers=(("127.0.0.1", 5300), ("::1", 53)))
+        self.assertEqual(policy.dns_servers, ("127.0.0.1:5300", "[::1]:53"))
+        self.assertEqual(policy.resolvers, (("127.0.0.1", 5300), ("::1", 53)))
+
+    def test_bad_dns_server_rejected(self) -> None:
+        self.assertRaises(ValueError, PeerCheckPolicy, dns_servers=["dns.example"])
+        self.assertRaises(ValueError, PeerCheckPolicy, dns_servers=["192.0.2.1:0"])
+        self.assertRaises(TypeError, PeerCheckPolicy, dns_servers="192.0.2.1")
+
     def test_waits_for_fcrdns(self) -> None:
         self.assertTrue(PeerCheckPolicy(fcrdns="require").waits_for_fcrdns)
         self.assertTrue(PeerCheckPolicy(fcrdns="log", fcrdns_deny=("x",)).waits_for_fcrdns)

@@ -1316,7 +1316,7 @@ class ReviewFixTests(unittest.TestCase):
             '[peer_checks]\nfcrdns = "log"\nident = "log"\nident_port = 1113\n'
             "fcrdns_max_names = 2\nident_max_reply = 256\n"
         )
-        policy = loaded.peer_checks.policy()
+        policy = loaded.peer_checks
         self.assertEqual(
             (policy.ident_port, policy.fcrdns_max_names, policy.ident_max_reply), (1113, 2, 256)
         )

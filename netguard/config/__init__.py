@@ -34,7 +34,6 @@ from netguard.config.model import (
     LogConfig,
     OpsConfig,
     OverloadConfig,
-    PeerChecksConfig,
     ServiceConfig,
     TLSListenConfig,
 )
@@ -69,7 +68,6 @@ __all__ = [
     "LogConfig",
     "OpsConfig",
     "OverloadConfig",
-    "PeerChecksConfig",
     "ServiceConfig",
     "TLSListenConfig",
     "default_listen",

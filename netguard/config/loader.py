@@ -36,7 +36,6 @@ from netguard.config.model import (
     LogConfig,
     OpsConfig,
     OverloadConfig,
-    PeerChecksConfig,
     ServiceConfig,
     TLSListenConfig,
     default_services,
@@ -78,6 +77,7 @@ from netguard.endpoints import (
     redact_description,
 )
 from netguard.framing import FramingLimits
+from netguard.peer.checks import PeerCheckPolicy
 from netguard.quoting import describe_value, toml_string
 
 __all__ = ["default_listen", "default_state_dir", "default_users_file", "load_config"]
@@ -513,16 +513,17 @@ def load_config(
     peer_values = _typed_table(
         src, "peer_checks", doc.get("peer_checks", {}), PEER_CHECK_KEYS, origins
     )
-    peer_checks = PeerChecksConfig(**peer_values)
     admission = parse_admission(src, doc.get("admission", {}), origins)
     overload = OverloadConfig(
         **_typed_table(src, "overload", doc.get("overload", {}), OVERLOAD_KEYS, origins)
     )
-    if (peer_checks.fcrdns_deny or peer_checks.fcrdns_allow) and peer_checks.fcrdns == "off":
+    patterns = peer_values.get("fcrdns_deny") or peer_values.get("fcrdns_allow")
+    if patterns and peer_values.get("fcrdns", "off") == "off":
         raise src.error(
             "peer_checks.fcrdns",
             'fcrdns_deny and fcrdns_allow need fcrdns = "log" or "require"',
         )
+    peer_checks = PeerCheckPolicy(**peer_values)
 
     services = _services(src, cli, doc, opts, builder)
 

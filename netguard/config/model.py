@@ -7,7 +7,6 @@ loader builds these (see C{docs/operating.md} for every key).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Final
@@ -16,6 +15,7 @@ import attrs
 
 from netguard.endpoints import MAX_DESCRIPTION_LENGTH
 from netguard.framing import FramingLimits
+from netguard.peer.checks import PeerCheckPolicy
 
 __all__ = [
     "COMMAND_LINE_SOURCE",
@@ -39,12 +39,10 @@ __all__ = [
     "LogConfig",
     "OpsConfig",
     "OverloadConfig",
-    "PeerChecksConfig",
     "ServiceConfig",
     "TLSListenConfig",
     "admission_policy_class",
     "default_services",
-    "split_host_port",
 ]
 
 #: The server name sent in the greeting unless configured (never the host name, which would
@@ -159,83 +157,6 @@ class OpsConfig:
     shutdown_grace: float = 30.0
     control_socket: str = ""
     metrics_listen: str = ""
-
-
-@attrs.frozen(kw_only=True)
-class PeerChecksConfig:
-    """
-    Forward-confirmed reverse DNS and ident checks of every TCP peer (seed tips 4 and 10);
-    see C{docs/peer-checks.md}. Both are off by default.
-
-    @ivar fcrdns: C{"off"}, C{"log"} or C{"require"}.
-    @ivar fcrdns_deny: patterns over the confirmed name that refuse a peer.
-    @ivar fcrdns_allow: patterns over the confirmed name; when set, only matching peers may
-        authenticate.
-    @ivar ident: C{"off"} or C{"log"} (the claim is logged, never trusted).
-    @ivar fcrdns_timeout: bound on one FCrDNS check, seconds.
-    @ivar fcrdns_max_names: PTR names looked up forward, at most.
-    @ivar ident_max_reply: bound on the ident reply line, bytes.
-    @ivar ident_port: the port of the peer's identd (113).
-    @ivar ident_timeout: bound on one ident query, seconds.
-    @ivar dns_servers: C{"ip"} or C{"ip:port"} / C{"[ipv6]:port"} resolvers; empty uses
-        C{/etc/resolv.conf}.
-    """
-
-    fcrdns: str = "off"
-    fcrdns_deny: tuple[str, ...] = ()
-    fcrdns_allow: tuple[str, ...] = ()
-    ident: str = "off"
-    fcrdns_timeout: float = 5.0
-    fcrdns_max_names: int = 4
-    ident_max_reply: int = 1024
-    ident_port: int = 113
-    ident_timeout: float = 10.0
-    dns_servers: tuple[str, ...] = ()
-
-    def policy(self) -> Any:
-        """
-        The L{netguard.peer.checks.PeerCheckPolicy} these settings describe.
-        """
-        from netguard.peer.checks import PeerCheckPolicy
-
-        servers = []
-        for server in self.dns_servers:
-            host, port = split_host_port(server, 53)
-            servers.append((host, port))
-        return PeerCheckPolicy(
-            fcrdns=self.fcrdns,  # type: ignore[arg-type]
-            fcrdns_deny=self.fcrdns_deny,
-            fcrdns_allow=self.fcrdns_allow,
-            ident=self.ident,  # type: ignore[arg-type]
-            fcrdns_timeout=self.fcrdns_timeout,
-            fcrdns_max_names=self.fcrdns_max_names,
-            ident_max_reply=self.ident_max_reply,
-            ident_port=self.ident_port,
-            ident_timeout=self.ident_timeout,
-            dns_servers=tuple(servers),
-        )
-
-
-def split_host_port(text: str, default_port: int) -> tuple[str, int]:
-    """
-    Split C{ip}, C{ip:port} or C{[ipv6]:port}; the IP is checked, the port is 1..65535.
-
-    @raise ValueError: if it is not one of those forms.
-    """
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-        if rest and not rest.startswith(":"):
-            raise ValueError(text)
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    else:
-        host, port_text = text, ""
-    ipaddress.ip_address(host)
-    port = int(port_text) if port_text else default_port
-    if not 1 <= port <= 65535:
-        raise ValueError(text)
-    return host, port
 
 
 @attrs.frozen(kw_only=True)
@@ -398,7 +319,7 @@ class Config:
         (C{limits.max_auth_attempts}).
     @ivar log: the log settings.
     @ivar ops: the daemon's operational settings (heartbeat, shutdown, control socket).
-    @ivar peer_checks: FCrDNS and ident checks of peers.
+    @ivar peer_checks: FCrDNS and ident checks of peers (C{[peer_checks]}).
     @ivar admission: the L{netguard.admission.AdmissionPolicy} (limits, rates, penalties).
     @ivar overload: load-shedding thresholds (L{OverloadConfig}).
     @ivar services: service name to L{ServiceConfig}, read-only.
@@ -416,7 +337,7 @@ class Config:
     max_auth_attempts: int = DEFAULT_MAX_AUTH_ATTEMPTS
     log: LogConfig = attrs.field(factory=LogConfig)
     ops: OpsConfig = attrs.field(factory=OpsConfig)
-    peer_checks: PeerChecksConfig = attrs.field(factory=PeerChecksConfig)
+    peer_checks: PeerCheckPolicy = attrs.field(factory=PeerCheckPolicy)
     admission: Any = attrs.field(factory=lambda: admission_policy_class()())
     overload: OverloadConfig = attrs.field(factory=lambda: OverloadConfig())
     services: Mapping[str, ServiceConfig] = attrs.field(

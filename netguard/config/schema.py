@@ -22,9 +22,9 @@ from netguard.config.model import (
     ORIGIN_FILE,
     ConfigError,
     admission_policy_class,
-    split_host_port,
 )
 from netguard.endpoints import EndpointError, Listener, check_listener
+from netguard.peer.checks import DNS_PORT, split_host_port
 from netguard.quoting import describe_value, toml_string
 
 _T = TypeVar("_T")
@@ -325,7 +325,7 @@ PEER_CHECK_KEYS: Final[tuple[TableKey, ...]] = (
     TableKey(
         "dns_servers",
         _string_list(
-            'resolvers "IP", "IP:PORT" or "[IPv6]:PORT"', lambda t: split_host_port(t, 53)
+            'resolvers "IP", "IP:PORT" or "[IPv6]:PORT"', lambda t: split_host_port(t, DNS_PORT)
         ),
         "a list of resolvers; empty uses /etc/resolv.conf",
         "lookups sent to a resolver the operator did not choose",

@@ -25,7 +25,6 @@ from netguard.config.model import (
     Config,
     OpsConfig,
     OverloadConfig,
-    PeerChecksConfig,
     TLSListenConfig,
     admission_policy_class,
 )
@@ -42,6 +41,7 @@ from netguard.config.schema import (
 )
 from netguard.endpoints import EndpointError, check_listener, looks_secret, redact_description
 from netguard.framing import FramingLimits
+from netguard.peer.checks import PeerCheckPolicy
 from netguard.quoting import toml_string
 
 __all__ = ["describe", "describe_defaults"]
@@ -133,13 +133,8 @@ def describe(config: Config) -> str:
     for field in attrs.fields(OverloadConfig):
         value = getattr(config.overload, field.name)
         add(f"overload.{field.name}", "off" if value is None else value)
-    for field in attrs.fields(PeerChecksConfig):
-        add(
-            f"peer_checks.{field.name}",
-            list(getattr(config.peer_checks, field.name))
-            if isinstance(getattr(config.peer_checks, field.name), tuple)
-            else getattr(config.peer_checks, field.name),
-        )
+    for check_key in PEER_CHECK_KEYS:
+        add(f"peer_checks.{check_key.name}", plain(getattr(config.peer_checks, check_key.name)))
     if not config.services:
         lines.append("# services: none")
     for name, service in config.services.items():
@@ -298,7 +293,7 @@ def _key_docs() -> tuple[_KeyDoc, ...]:
                 load_key.defends,
             )
         )
-    checks = PeerChecksConfig()
+    checks = PeerCheckPolicy()
     for check_key in PEER_CHECK_KEYS:
         default = getattr(checks, check_key.name)
         docs.append(

@@ -66,7 +66,7 @@ class GatewayFactory(Factory):
         )
         #: Set by the service when it drains; told whenever a session ends.
         self.drainer: DrainWatcher | None = None
-        policy = config.peer_checks.policy()
+        policy = config.peer_checks
         self.peer_policy = policy
         self._require_checks: PeerChecks | None = None
         self.peer_checks = (
@@ -87,7 +87,7 @@ class GatewayFactory(Factory):
         self.stats.set_services(dict(config.services))
         self.framing_limits = config.limits
         self.admitting.write_timeout = self.framing_limits.write_timeout
-        policy = config.peer_checks.policy()
+        policy = config.peer_checks
         if policy != self.peer_policy:
             self.peer_policy = policy
             self._require_checks = None

@@ -17,8 +17,9 @@ Modes, waiting rules, shared lookups and log events: C{docs/peer-checks.md}.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
 import attrs
 from attrs import validators
@@ -38,6 +39,10 @@ from netguard.peer.fcrdns import (
 )
 from netguard.peer.ident import DEFAULT_MAX_REPLY, IDENT_PORT, IdentResult, ident_query
 
+#: The port a DNS server is asked on unless its entry in L{PeerCheckPolicy.dns_servers} names
+#: one.
+DNS_PORT: Final = 53
+
 _T = TypeVar("_T")
 
 FCRDNS_MODES = ("off", "log", "require")
@@ -55,8 +60,42 @@ def _patterns(value: Sequence[str]) -> tuple[str, ...]:
     return tuple(str(p).lower() for p in value)
 
 
-def _servers(value: Sequence[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
-    return tuple((str(host), int(port)) for host, port in value)
+def split_host_port(text: str, default_port: int) -> tuple[str, int]:
+    """
+    Split C{ip}, C{ip:port} or C{[ipv6]:port}; the IP is checked, the port is 1..65535.
+
+    @raise ValueError: if it is not one of those forms.
+    """
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise ValueError(text)
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    ipaddress.ip_address(host)
+    port = int(port_text) if port_text else default_port
+    if not 1 <= port <= 65535:
+        raise ValueError(text)
+    return host, port
+
+
+def _server(value: str | tuple[str, int]) -> str:
+    if isinstance(value, str):
+        split_host_port(value, DNS_PORT)
+        return value
+    host, port = value
+    text = f"[{host}]:{int(port)}" if ":" in str(host) else f"{host}:{int(port)}"
+    split_host_port(text, DNS_PORT)
+    return text
+
+
+def _servers(value: Sequence[str | tuple[str, int]]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise TypeError("dns_servers must be a sequence of servers, not one string")
+    return tuple(_server(server) for server in value)
 
 
 @attrs.frozen
@@ -80,7 +119,9 @@ class PeerCheckPolicy:
     @ivar ident_timeout: bound on one ident query, in seconds.
     @ivar ident_max_reply: bound on the ident reply line, in bytes.
     @ivar ident_port: the port the peer's identd listens on.
-    @ivar dns_servers: C{(ip, port)} DNS servers for FCrDNS; empty uses C{/etc/resolv.conf}.
+    @ivar dns_servers: DNS servers for FCrDNS as written, C{"ip"}, C{"ip:port"} or
+        C{"[ipv6]:port"} (C{(ip, port)} pairs are accepted too); empty uses
+        C{/etc/resolv.conf}. L{resolvers} gives them as C{(ip, port)} pairs.
     """
 
     fcrdns: Literal["off", "log", "require"] = attrs.field(
@@ -98,11 +139,18 @@ class PeerCheckPolicy:
     ident_port: int = attrs.field(
         default=IDENT_PORT, validator=[validators.ge(1), validators.le(65535)]
     )
-    dns_servers: tuple[tuple[str, int], ...] = attrs.field(default=(), converter=_servers)
+    dns_servers: tuple[str, ...] = attrs.field(default=(), converter=_servers)
 
     def __attrs_post_init__(self) -> None:
         if (self.fcrdns_deny or self.fcrdns_allow) and self.fcrdns == "off":
             raise ValueError("fcrdns_deny/fcrdns_allow need fcrdns = 'log' or 'require'")
+
+    @property
+    def resolvers(self) -> tuple[tuple[str, int], ...]:
+        """
+        @return: L{dns_servers} as C{(ip, port)} pairs (port 53 unless given).
+        """
+        return tuple(split_host_port(server, DNS_PORT) for server in self.dns_servers)
 
     @property
     def waits_for_fcrdns(self) -> bool:
@@ -437,7 +485,7 @@ class PeerChecks:
         @param reactor: an L{IReactorTCP}, L{IReactorUDP} and L{IReactorTime} provider.
         @param policy: the policy.
         @param resolver: the L{IResolver} for FCrDNS, wrapped in a L{SharingResolver} unless
-            it is one; by default one is built (on first use) from C{policy.dns_servers}
+            it is one; by default one is built (on first use) from C{policy.resolvers}
             with L{make_resolver}.
         @param cache: the FCrDNS cache; by default a new L{FCrDNSCache} on C{reactor}.
         """
@@ -452,7 +500,7 @@ class PeerChecks:
         """
         if self._resolver is None:
             self._resolver = SharingResolver(
-                make_resolver(self.reactor, self.policy.dns_servers, self.policy.fcrdns_timeout)
+                make_resolver(self.reactor, self.policy.resolvers, self.policy.fcrdns_timeout)
             )
         return self._resolver
 
@@ -492,7 +540,7 @@ def start_peer_checks(
     @param peer_address: C{transport.getPeer()}.
     @param local_address: C{transport.getHost()}.
     @param resolver: the L{IResolver} for FCrDNS; by default built from
-        C{policy.dns_servers}.
+        C{policy.resolvers}.
     @param cache: an optional FCrDNS cache.
     @return: the running checks.
     """
@@ -500,16 +548,18 @@ def start_peer_checks(
     def resolver_factory() -> Any:
         if resolver is not None:
             return resolver
-        return make_resolver(reactor, policy.dns_servers, policy.fcrdns_timeout)
+        return make_resolver(reactor, policy.resolvers, policy.fcrdns_timeout)
 
     return PeerCheckRun(reactor, policy, peer_address, local_address, resolver_factory, cache)
 
 
 __all__ = [
+    "DNS_PORT",
     "PeerCheckPolicy",
     "PeerCheckRun",
     "PeerChecks",
     "Verdict",
     "decide",
+    "split_host_port",
     "start_peer_checks",
 ]
