@@ -1,11 +1,11 @@
 # -*- test-case-name: tests.test_endpoints -*-
 """
 Endpoint strings, in one place: splitting and joining them as Twisted's parser does, checking
-listeners and backends field by field without listening, connecting or reading files, port
-names resolved with C{getservbyname}, who can reach a listener, the default listen backlog,
-and secrets hidden before a string is shown.
+listeners and backends by building them with Twisted's own parsers on a memory reactor (never
+listening, connecting or reading key files), port names resolved with C{getservbyname}, who
+can reach a listener, the default listen backlog, and secrets hidden before a string is shown.
 
-The grammar the operator writes is in C{docs/operating.md} ("Endpoint strings").
+The strings the operator writes are in C{docs/operating.md} (sections 4 and 5).
 """
 
 from __future__ import annotations
@@ -212,12 +212,12 @@ def with_default_backlog(description: str, backlog: int = DEFAULT_LISTEN_BACKLOG
     if fields[0].key is None and fields[0].value == "haproxy" and len(fields) > 1:
         prefix, fields = "haproxy:", fields[1:]
     kind = fields[0].value if fields[0].key is None else None
-    endpoint_type = _SERVER_TYPES.get(kind or "")
-    if endpoint_type is None or "backlog" not in endpoint_type.params:
+    params = _SERVER_PARAMS.get(kind or "", ())
+    if "backlog" not in params:
         return description
     positional = [f for f in fields[1:] if f.key is None]
     named = {f.key for f in fields[1:] if f.key is not None}
-    if "backlog" in named or len(positional) > endpoint_type.positional.index("backlog"):
+    if "backlog" in named or len(positional) > params.index("backlog"):
         return description
     return prefix + join_fields([*fields, Field("backlog", str(backlog))])
 
@@ -242,99 +242,57 @@ def join_fields(fields: Iterable[Field]) -> str:
     )
 
 
-@attrs.frozen
-class _EndpointType:
-    """
-    The parameters of one endpoint type, as Twisted's parser for it binds them.
-
-    @ivar params: every parameter name, in Twisted's positional order.
-    @ivar positional: the parameters positional fields may fill.
-    @ivar skip_named: positional fields skip parameters already given by name (Twisted's
-        C{_parseClientTCP} rule) instead of clashing with them (Python call rules).
-    @ivar required: parameters that must be given.
-    """
-
-    params: tuple[str, ...]
-    positional: tuple[str, ...]
-    skip_named: bool
-    required: frozenset[str]
-
-
-def _python_call(params: tuple[str, ...], *required: str) -> _EndpointType:
-    return _EndpointType(params, params, False, frozenset(required))
-
-
-_SERVER_TYPES: Final[Mapping[str, _EndpointType]] = MappingProxyType(
+#: Twisted's built-in server endpoint types, each with its parameters in the order its parser
+#: takes positional fields. netguard reads this only to know which field is the port (to
+#: resolve its name), where a default backlog goes, and which options to suggest; whether a
+#: string is valid is Twisted's to say, by building it.
+_SERVER_PARAMS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
     {
-        "tcp": _python_call(("port", "interface", "backlog"), "port"),
-        "tcp6": _python_call(("port", "backlog", "interface"), "port"),
-        "ssl": _python_call(
-            (
-                "port",
-                "privateKey",
-                "certKey",
-                "sslmethod",
-                "interface",
-                "backlog",
-                "extraCertChain",
-                "dhParameters",
-            ),
-            "port",
-        ),
-        "tls": _python_call(("path", "port", "backlog", "interface"), "path"),
-        "unix": _python_call(("address", "mode", "backlog", "lockfile"), "address"),
-        "systemd": _python_call(("domain", "index", "name"), "domain"),
+        kind: tuple(names.split())
+        for kind, names in {
+            "tcp": "port interface backlog",
+            "tcp6": "port backlog interface",
+            "ssl": "port privateKey certKey sslmethod interface backlog "
+            "extraCertChain dhParameters",
+            "tls": "path port backlog interface",
+            "unix": "address mode backlog lockfile",
+            "systemd": "domain index name",
+        }.items()
     }
 )
 
-_CLIENT_TYPES: Final[Mapping[str, _EndpointType]] = MappingProxyType(
+#: The same for client types (C{socks5:} is netguard's own, L{netguard.outbound.socks5}).
+_CLIENT_PARAMS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
     {
-        "tcp": _EndpointType(
-            ("host", "port", "timeout", "bindAddress"),
-            ("host", "port"),
-            True,
-            frozenset({"host", "port"}),
-        ),
-        "ssl": _EndpointType(
-            (
-                "host",
-                "port",
-                "timeout",
-                "bindAddress",
-                "certKey",
-                "privateKey",
-                "caCertsDir",
-                "hostname",
-            ),
-            ("host", "port"),
-            True,
-            frozenset({"host", "port"}),
-        ),
-        "tls": _python_call(
-            (
-                "host",
-                "port",
-                "timeout",
-                "bindAddress",
-                "certificate",
-                "privateKey",
-                "trustRoots",
-                "endpoint",
-            ),
-            "host",
-            "port",
-        ),
-        "unix": _EndpointType(
-            ("path", "timeout", "lockfile"), ("path",), False, frozenset({"path"})
-        ),
-        # netguard's own SOCKS5 client endpoint (netguard/outbound/socks5.py).
-        "socks5": _EndpointType(
-            tuple(sorted(SOCKS5_ENDPOINT_KEYS)),
-            (),
-            False,
-            frozenset({"host", "port"}),
-        ),
+        kind: tuple(names.split())
+        for kind, names in {
+            "tcp": "host port timeout bindAddress",
+            "ssl": "host port timeout bindAddress certKey privateKey caCertsDir hostname",
+            "tls": "host port timeout bindAddress certificate privateKey trustRoots endpoint",
+            "unix": "path timeout lockfile",
+            "socks5": " ".join(sorted(SOCKS5_ENDPOINT_KEYS)),
+        }.items()
     }
+)
+
+#: Client types whose parser takes fewer positional fields than parameters: C{tcp:} and
+#: C{ssl:} take host and port, and a positional field skips one already given by name
+#: (Twisted's C{_parseClientTCP}); C{unix:} takes the path; C{socks5:} takes none.
+_CLIENT_POSITIONAL: Final[Mapping[str, int]] = MappingProxyType(
+    {"tcp": 2, "ssl": 2, "unix": 1, "socks5": 0}
+)
+
+#: Options that Twisted reads files for (or, for C{endpoint=}, builds a nested endpoint that
+#: is checked on its own) while it builds: left out of the build made at check time.
+_READ_AT_START: Final = frozenset(
+    "privateKey certKey extraCertChain dhParameters caCertsDir certificate trustRoots".split()
+    + ["endpoint"]
+)
+
+#: The integer options and their ranges (Twisted takes any integer; these refuse the ones
+#: that cannot work, such as a backlog or timeout of 0).
+_INTEGER_RANGES: Final[Mapping[str, tuple[int, int]]] = MappingProxyType(
+    {"backlog": (1, 65535), "timeout": (1, 3600), "index": (0, 1023)}
 )
 
 BACKEND_HELP: Final = (
@@ -350,48 +308,51 @@ LISTENER_HELP: Final = (
 )
 
 
-def _bind(what: str, fields: Sequence[Field], kind: _EndpointType) -> dict[str, int]:
+def _name_fields(
+    what: str, fields: Sequence[Field], params: tuple[str, ...], positional: int, skip_named: bool
+) -> dict[str, int]:
     """
-    Bind the fields after the type prefix to parameter names.
+    Name the fields after the type prefix: named fields by their key, positional ones by the
+    parameter Twisted's parser gives them. Refuses only what Twisted would take silently or
+    explain with a bare C{TypeError}; unknown and missing options are Twisted's to find.
 
     @param what: names the endpoint in messages, e.g. C{"a tcp: listener"}.
-    @param fields: all fields, the type prefix first.
-    @return: parameter name to index in C{fields}.
-    @raise EndpointError: on an unknown option, a parameter given twice, too many positional
-        fields, or a missing required parameter.
+    @param positional: how many of C{params} positional fields may fill.
+    @param skip_named: positional fields skip parameters already given by name.
+    @return: option name to index in C{fields}.
+    @raise EndpointError: on an option given twice or too many positional fields.
     """
-    bound: dict[str, int] = {}
-    positional: list[int] = []
+    named: dict[str, int] = {}
+    places: list[int] = []
     for index, field in enumerate(fields[1:], start=1):
         if field.key is None:
-            positional.append(index)
-            continue
-        if field.key not in kind.params:
-            raise EndpointError(
-                f"unknown option {toml_string(truncate(field.key, 40))} for {what}; "
-                f"allowed: {', '.join(kind.params)}"
-            )
-        if field.key in bound:
-            raise EndpointError(f"option {field.key!r} is given twice")
-        bound[field.key] = index
-    slots = [p for p in kind.positional if not (kind.skip_named and p in bound)]
-    if len(positional) > len(slots):
+            places.append(index)
+        elif field.key in named:
+            raise EndpointError(f"option {truncate(field.key, 40)!r} is given twice")
+        else:
+            named[field.key] = index
+    slots = [p for p in params[:positional] if not (skip_named and p in named)]
+    if len(places) > len(slots):
         raise EndpointError(
-            f"has {len(positional)} positional fields, but {what} takes at most "
+            f"has {len(places)} positional fields, but {what} takes at most "
             f"{len(slots)} ({', '.join(slots) or 'none'}); name the others (key=value), "
             "and escape colons inside values (IPv6 addresses, paths) as \\:"
         )
-    for name, index in zip(slots, positional, strict=False):
-        if name in bound:
+    for name, index in zip(slots, places, strict=False):
+        if name in named:
             raise EndpointError(
                 f"{name!r} is given twice (by position and by name); escape colons inside "
                 "values (IPv6 addresses, paths) as \\:"
             )
-        bound[name] = index
-    missing = sorted(kind.required - bound.keys())
-    if missing:
-        raise EndpointError(f"{what} needs {' and '.join(missing)}")
-    return bound
+        named[name] = index
+    return named
+
+
+def _unknown_option(name: str, what: str, params: tuple[str, ...]) -> EndpointError:
+    return EndpointError(
+        f"unknown option {toml_string(truncate(name, 40))} for {what}; "
+        f"allowed: {', '.join(params)}"
+    )
 
 
 def _check_ip(text: str) -> str:
@@ -405,12 +366,6 @@ def _check_ip(text: str) -> str:
     return text
 
 
-def _check_decimal(text: str, low: int, high: int, what: str) -> str:
-    if not (text.isascii() and text.isdigit() and low <= int(text) <= high):
-        raise EndpointError(f"{what} must be an integer from {low} to {high}, got {text!r}")
-    return text
-
-
 def _check_nonempty(text: str, what: str) -> str:
     if not text or "\x00" in text:
         raise EndpointError(f"{what} must not be empty")
@@ -420,12 +375,6 @@ def _check_nonempty(text: str, what: str) -> str:
 def _check_host(text: str) -> str:
     if not text or len(text) > 253 or any(ord(c) <= 0x20 or c in "\x7f/" for c in text):
         raise EndpointError(f"{toml_string(truncate(text, 60))} is not a host name or address")
-    return text
-
-
-def _check_flag(text: str) -> str:
-    if text not in ("0", "1"):
-        raise EndpointError(f"lockfile must be 0 or 1, got {toml_string(truncate(text, 20))}")
     return text
 
 
@@ -465,29 +414,113 @@ def _check_domain(text: str) -> str:
     return text
 
 
-def _server_value(kind: str, name: str, text: str) -> str:
+def _checked_value(what: str, name: str, text: str, *, server: bool) -> str:
     """
-    Check one listener parameter; return its normalized text (ports become numbers).
+    Check one option where Twisted would take a value that cannot work, or refuse it with a
+    message that does not name the option; return its normalized text (ports become numbers).
     """
     if name == "port":
-        return _checked_port(text, allow_zero=True)
-    if name == "interface":
+        return _checked_port(text, allow_zero=server)
+    if name in ("interface", "bindAddress"):
         return _check_ip(text)
-    if name == "backlog":
-        return _check_decimal(text, 1, 65535, "backlog")
+    if name in _INTEGER_RANGES:
+        low, high = _INTEGER_RANGES[name]
+        if not (text.isascii() and text.isdigit() and low <= int(text) <= high):
+            raise EndpointError(f"{name} must be an integer from {low} to {high}, got {text!r}")
+        return text
+    if name == "lockfile" and text not in ("0", "1"):
+        raise EndpointError(f"lockfile must be 0 or 1, got {toml_string(truncate(text, 20))}")
     if name == "mode":
         return _check_mode(text)
-    if name == "lockfile":
-        return _check_flag(text)
-    if name == "address":
+    if name == "address" or (name == "path" and not server):
         return _check_unix_path(text)
+    if name in ("host", "hostname"):
+        return _check_host(text)
     if name == "sslmethod":
         return _check_sslmethod(text)
     if name == "domain":
         return _check_domain(text)
-    if name == "index":
-        return _check_decimal(text, 0, 1023, "index")
-    return _check_nonempty(text, f"{name} of a {kind}: listener")
+    if name == "endpoint":
+        return check_backend(text, nested=True).description
+    return _check_nonempty(text, f"{name} of {what}")
+
+
+def _checked_fields(
+    what: str, kind: str, fields: list[Field], *, server: bool
+) -> tuple[dict[str, int], tuple[str, ...]]:
+    """
+    Name the fields of a built-in type and check (in place, normalizing ports) the values of
+    the options it knows.
+
+    @return: option name to index in C{fields}, and the type's parameters.
+    """
+    if server:
+        params = _SERVER_PARAMS[kind]
+        named = _name_fields(what, fields, params, len(params), False)
+    else:
+        params = _CLIENT_PARAMS[kind]
+        positional = _CLIENT_POSITIONAL.get(kind, len(params))
+        named = _name_fields(what, fields, params, positional, kind in ("tcp", "ssl"))
+    fields[0] = Field(None, kind)
+    for name, index in named.items():
+        if name in params:
+            checked = _checked_value(what, name, fields[index].value, server=server)
+            fields[index] = Field(fields[index].key, checked)
+    return named, params
+
+
+def _build(description: str, *, server: bool) -> object:
+    """
+    Build an endpoint with Twisted's own C{serverFromString}/C{clientFromString} on a
+    L{MemoryReactor}: building never listens or connects.
+    """
+    from twisted.internet.endpoints import clientFromString, serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    return (serverFromString if server else clientFromString)(MemoryReactor(), description)
+
+
+def _built_by_twisted(
+    what: str,
+    kind: str,
+    fields: Sequence[Field],
+    named: Mapping[str, int],
+    params: tuple[str, ...],
+    *,
+    server: bool,
+) -> object:
+    """
+    Let Twisted build the checked string and say what it refuses (unknown options, missing
+    ones, values it cannot convert). Options it would read files for are left out, so key
+    files are read when the gateway starts, not at check time; an C{ssl:} listener is built
+    as the C{tcp:} listener it runs on.
+
+    @return: the endpoint Twisted built.
+    @raise EndpointError: naming the unknown or missing option, or quoting Twisted.
+    """
+    description = join_fields(fields)
+    if server and kind == "ssl" or _READ_AT_START.intersection(named):
+        skip = _READ_AT_START | {"sslmethod"}
+        probe = [Field(name, fields[index].value) for name, index in named.items()]
+        kept = [f for f in probe if f.key not in skip]
+        description = join_fields([Field(None, "tcp" if server else kind), *kept])
+    try:
+        return _build(description, server=server)
+    except Exception as e:  # noqa: BLE001 - Twisted's parsers raise anything; never a traceback
+        error = e
+    if kind == "systemd" and isinstance(error, IndexError | KeyError):
+        return None  # the descriptors systemd passes at start are not there at check time
+    text = str(error)
+    if unknown := re.search(r"unexpected keyword argument '([^']*)'", text):
+        raise _unknown_option(unknown[1], what, params)
+    # tls: raises TypeError("unrecognized keyword arguments present", [names]).
+    if isinstance(error, TypeError) and len(error.args) == 2 and isinstance(error.args[1], list):
+        raise _unknown_option(str(error.args[1][0]), what, params)
+    if missing := re.search(r"missing \d+ required positional arguments?: (.*)", text):
+        names = sorted(re.findall(r"'(\w+)'", missing[1]))
+        raise EndpointError(f"{what} needs {' and '.join(names)}")
+    kind_word = "listener" if server else "backend"
+    raise EndpointError(f"Twisted cannot build this {kind_word}: {truncate(text, 200)}")
 
 
 @attrs.frozen
@@ -559,13 +592,25 @@ def _endpoint_head(description: object, what: str, help_text: str) -> tuple[list
     return fields, kind
 
 
+def _check_socks5_names(what: str, named: Mapping[str, int], params: tuple[str, ...]) -> None:
+    """
+    Check the option names of a C{socks5:} backend, which is not built at check time (its
+    parser reads the password file).
+    """
+    for name in named:
+        if name not in params:
+            raise _unknown_option(name, what, params)
+    missing = sorted({"host", "port"} - named.keys())
+    if missing:
+        raise EndpointError(f"{what} needs {' and '.join(missing)}")
+
+
 def check_listener(description: object, *, nested: bool = False) -> Listener:
     """
-    Check a server endpoint string without listening.
-
-    Known types (tcp, tcp6, ssl, tls, unix, systemd, haproxy) are checked field by field
-    without reading key files or inherited descriptors; other types go through Twisted's
-    plugin mechanism with a L{MemoryReactor}, which builds an endpoint but never listens.
+    Check a server endpoint string without listening: netguard's own checks (port names,
+    values Twisted would take but cannot work), then Twisted's own parser builds it on a
+    L{MemoryReactor}, which never listens, and the endpoint it returns says who can reach
+    it. Key files are not read; C{systemd:} descriptors need not be there yet.
 
     @raise EndpointError: if it is not a usable listener.
     """
@@ -584,28 +629,26 @@ def check_listener(description: object, *, nested: bool = False) -> Listener:
         )
     if kind == "stdio":
         raise EndpointError(f"stdio: is not a network listener; {LISTENER_HELP}")
-    endpoint_type = _SERVER_TYPES.get(kind)
-    if endpoint_type is None:
+    if kind not in _SERVER_PARAMS:
         return _check_plugin_listener(str(description), kind)
-    bound = _bind(f"a {kind}: listener", fields, endpoint_type)
-    fields[0] = Field(None, kind)
-    values: dict[str, str] = {}
-    for name, index in bound.items():
-        values[name] = _server_value(kind, name, fields[index].value)
-        if values[name] != fields[index].value:
-            fields[index] = Field(fields[index].key, values[name])
+    what = f"a {kind}: listener"
+    named, params = _checked_fields(what, kind, fields, server=True)
     normalized = join_fields(fields)
-    if kind in ("tcp", "tcp6", "unix"):
-        _twisted_agrees(normalized, server=True)
-    if kind == "unix":
-        mode = values.get("mode", "666")
-        return Listener(normalized, f"local unix socket, mode {mode}", False)
+    if kind == "systemd" and ("index" in named) == ("name" in named):
+        raise EndpointError("a systemd: listener needs exactly one of index and name")
+    endpoint = _built_by_twisted(what, kind, fields, named, params, server=True)
     if kind == "systemd":
-        if ("index" in values) == ("name" in values):
-            raise EndpointError("a systemd: listener needs exactly one of index and name")
         return Listener(normalized, "inherited from systemd: its socket unit decides", False)
-    implicit = "" if kind in ("tcp", "ssl") else "::"
-    exposure, network, warning = _ip_exposure(values.get("interface"), implicit)
+    from twisted.internet.endpoints import TCP6ServerEndpoint, UNIXServerEndpoint
+
+    if isinstance(endpoint, UNIXServerEndpoint):
+        mode = fields[named["mode"]].value if "mode" in named else "666"
+        return Listener(normalized, f"local unix socket, mode {mode}", False)
+    # A tls: listener wraps its TCP endpoint, which it holds as .endpoint.
+    tcp = getattr(endpoint, "endpoint", endpoint)
+    implicit = "::" if isinstance(tcp, TCP6ServerEndpoint) else ""
+    interface = fields[named["interface"]].value if "interface" in named else None
+    exposure, network, warning = _ip_exposure(interface, implicit)
     return Listener(normalized, exposure, network, warning)
 
 
@@ -614,11 +657,8 @@ def _check_plugin_listener(description: str, kind: str) -> Listener:
     Check a listener type we do not know by asking Twisted's plugin mechanism to build it
     with a memory reactor (building an endpoint never listens).
     """
-    from twisted.internet.endpoints import serverFromString
-    from twisted.internet.testing import MemoryReactor
-
     try:
-        serverFromString(MemoryReactor(), description)
+        _build(description, server=True)
     except Exception as e:  # noqa: BLE001 - third-party parsers raise anything; never a traceback
         text = str(e)
         if text.startswith("Unknown endpoint type"):
@@ -634,45 +674,6 @@ def _check_plugin_listener(description: str, kind: str) -> Listener:
     )
 
 
-def _twisted_agrees(description: str, *, server: bool) -> None:
-    """
-    Let Twisted's own parser build the endpoint (with a memory reactor: nothing listens or
-    connects), as a second opinion for the types whose parsers read no files.
-
-    @raise EndpointError: if Twisted refuses what our checks accepted.
-    """
-    from twisted.internet.endpoints import clientFromString, serverFromString
-    from twisted.internet.testing import MemoryReactor
-
-    build = serverFromString if server else clientFromString
-    try:
-        build(MemoryReactor(), description)
-    except (ValueError, TypeError, KeyError, IndexError) as e:
-        raise EndpointError(f"Twisted cannot parse it: {truncate(str(e), 200)}") from None
-
-
-def _client_value(kind: str, name: str, text: str) -> str:
-    """
-    Check one backend parameter; return its normalized text (ports become numbers).
-    """
-    if name == "port":
-        return _checked_port(text, allow_zero=False)
-    if name in ("host", "hostname"):
-        return _check_host(text)
-    if name == "bindAddress":
-        return _check_ip(text)
-    if name == "timeout":
-        return _check_decimal(text, 1, 3600, "timeout")
-    if name == "lockfile":
-        return _check_flag(text)
-    if name == "path":
-        return _check_unix_path(text)
-    if name == "endpoint":
-        inner = check_backend(text, nested=True)
-        return inner.description
-    return _check_nonempty(text, f"{name} of a {kind}: backend")
-
-
 @attrs.frozen
 class Backend:
     """
@@ -686,7 +687,10 @@ class Backend:
 
 def check_backend(description: object, *, nested: bool = False) -> Backend:
     """
-    Check a client endpoint string without connecting or reading files.
+    Check a client endpoint string without connecting or reading files: netguard's own
+    checks (port names, values Twisted would take but cannot work), then Twisted's own parser
+    builds it on a L{MemoryReactor}, which never connects. C{socks5:} strings are checked
+    by name only (building one reads its password file).
 
     @raise EndpointError: if it is not a usable backend.
     """
@@ -695,27 +699,23 @@ def check_backend(description: object, *, nested: bool = False) -> Backend:
         if nested or [(f.key, f.value) for f in fields[1:]] != [(None, "echo")]:
             raise EndpointError("the only built-in backend is builtin:echo")
         return Backend("builtin:echo", kind)
-    endpoint_type = _CLIENT_TYPES.get(kind)
-    if endpoint_type is None:
+    if kind not in _CLIENT_PARAMS:
         raise EndpointError(
             f"unknown backend type {toml_string(truncate(kind, 40))}; {BACKEND_HELP}"
         )
-    bound = _bind(f"a {kind}: backend", fields, endpoint_type)
-    fields[0] = Field(None, kind)
-    for name, index in bound.items():
-        checked = _client_value(kind, name, fields[index].value)
-        if checked != fields[index].value:
-            fields[index] = Field(fields[index].key, checked)
-    normalized = join_fields(fields)
-    if kind in ("tcp", "unix"):
-        _twisted_agrees(normalized, server=False)
+    what = f"a {kind}: backend"
+    named, params = _checked_fields(what, kind, fields, server=False)
+    if kind == "socks5":
+        _check_socks5_names(what, named, params)
+    else:
+        _built_by_twisted(what, kind, fields, named, params, server=False)
     warning = None
-    if kind == "ssl" and "hostname" not in bound:
+    if kind == "ssl" and "hostname" not in named:
         warning = (
             "is an ssl: backend without hostname=, so the backend's certificate is not "
             "verified; add hostname=NAME or use tls:host=NAME:port=PORT"
         )
-    return Backend(normalized, kind, warning)
+    return Backend(join_fields(fields), kind, warning)
 
 
 def resolve_endpoint_ports(description: str, *, server: bool) -> str:
@@ -723,9 +723,9 @@ def resolve_endpoint_ports(description: str, *, server: bool) -> str:
     Resolve the port names of an endpoint string that goes straight to Twisted's parser (the
     client side: C{netguard tunnel --gateway/--listen}, C{netguard:gateway=}), as the
     configuration does for its own strings: C{tcp:host=gw:port=ngp} becomes
-    C{tcp:host=gw:port=7700} through C{getservbyname} (seed tip 1). The types the
-    configuration knows (C{tcp}, C{tcp6}, C{ssl}, C{tls}, C{unix}...) are checked field by
-    field; any other type (a plugin such as C{socks5:}) is returned unchanged for its own
+    C{tcp:host=gw:port=7700} through C{getservbyname} (seed tip 1). Strings of the types the
+    configuration knows (C{tcp}, C{tcp6}, C{ssl}, C{tls}, C{unix}...) are checked as the
+    configuration checks them; any other type (a plugin) is returned unchanged for its own
     parser to judge.
 
     @param description: the endpoint string.
@@ -734,7 +734,7 @@ def resolve_endpoint_ports(description: str, *, server: bool) -> str:
     @raise EndpointError: naming what is wrong (an unknown service name, a bad field).
     """
     kind = description.split(":", 1)[0]
-    known = _SERVER_TYPES if server else _CLIENT_TYPES
+    known = _SERVER_PARAMS if server else _CLIENT_PARAMS
     if kind not in known and not (server and kind == "haproxy"):
         return description
     if server:

@@ -1,21 +1,25 @@
 """
 Tests for L{netguard.endpoints}: port names, the order-keeping splitter against Twisted's own
-parser, port resolution of client-side strings, and the default listen backlog. The checks of
-listeners and backends in a configuration file, with their messages, are in
-L{tests.test_config}.
+parser, port resolution of client-side strings, checking by building with Twisted's parsers,
+and the default listen backlog. The checks of listeners and backends in a configuration file,
+with their messages, are in L{tests.test_config}.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from twisted.internet import endpoints as twisted_endpoints
+from twisted.python.filepath import FilePath
 from twisted.trial import unittest
 
 from netguard.endpoints import (
     EndpointError,
+    check_backend,
+    check_listener,
     join_fields,
     resolve_endpoint_ports,
     resolve_port,
@@ -123,6 +127,91 @@ class ResolveEndpointPortsTests(unittest.TestCase):
         self.assertRaises(
             ValueError, resolve_endpoint_ports, "tcp:host=127.0.0.1:port=0", server=False
         )
+
+
+class BuiltByTwistedTests(unittest.TestCase):
+    """
+    L{check_listener} and L{check_backend} let Twisted's own parsers build each string (on a
+    memory reactor) and turn what they refuse into messages naming the option, without
+    reading key or password files.
+    """
+
+    def setUp(self) -> None:
+        self.reads: list[str] = []
+
+        def refuse(path: FilePath[str]) -> bytes:
+            self.reads.append(path.path)
+            raise AssertionError(f"read {path.path} at check time")
+
+        self.patch(FilePath, "getContent", refuse)
+
+    def assertRefused(
+        self, check: Callable[[str], object], description: str, message: str
+    ) -> None:
+        error = self.assertRaises(EndpointError, check, description)
+        self.assertEqual(error.message, message)
+
+    def test_unknown_listener_option_named(self) -> None:
+        """Twisted's TypeError for an unknown option becomes a message naming it."""
+        self.assertRefused(
+            check_listener,
+            "tcp:7000:interfce=127.0.0.1",
+            'unknown option "interfce" for a tcp: listener; allowed: port, interface, backlog',
+        )
+
+    def test_unknown_tls_backend_option_named(self) -> None:
+        """tls: refuses unknown options its own way; the message still names the option."""
+        error = self.assertRaises(EndpointError, check_backend, "tls:host=a:port=1:colour=x")
+        self.assertIn('unknown option "colour" for a tls: backend', error.message)
+
+    def test_unknown_ssl_listener_option_named(self) -> None:
+        """An ssl: listener, built as the tcp: listener it runs on, names unknown options."""
+        error = self.assertRaises(EndpointError, check_listener, "ssl:443:colour=red")
+        self.assertIn('unknown option "colour" for a ssl: listener', error.message)
+
+    def test_missing_options_named(self) -> None:
+        """Twisted's TypeError for missing arguments becomes "needs ..."."""
+        self.assertRefused(check_listener, "tcp:interface=127.0.0.1", "a tcp: listener needs port")
+        self.assertRefused(check_backend, "tls:host=a", "a tls: backend needs port")
+        self.assertRefused(check_backend, "unix:timeout=5", "a unix: backend needs path")
+
+    def test_ssl_listener_key_files_not_read(self) -> None:
+        """ssl: key files are read when the gateway starts, not when the string is checked."""
+        listener = check_listener("ssl:443:privateKey=/no/such.key:certKey=/no/such.crt")
+        self.assertTrue(listener.description.startswith("ssl:443:"))
+        self.assertIn("all IPv4 interfaces", listener.exposure)
+        self.assertEqual(self.reads, [])
+
+    def test_backend_certificate_files_not_read(self) -> None:
+        """tls: and ssl: backends name files that are read at start, never at check time."""
+        check_backend("tls:host=a:port=1:trustRoots=/no/such:certificate=/no/such.pem")
+        check_backend("ssl:host=a:port=1:hostname=a:caCertsDir=/no/such:certKey=/no/such.pem")
+        self.assertEqual(self.reads, [])
+
+    def test_socks5_password_file_not_read(self) -> None:
+        """A socks5: backend is checked by name only: building it would read the password."""
+        backend = check_backend("socks5:host=a:port=1:proxy_host=p:user=u:password_file=/no/x")
+        self.assertEqual(backend.kind, "socks5")
+
+    def test_systemd_checked_without_descriptors(self) -> None:
+        """systemd: is checked without the descriptors systemd passes at start."""
+        listener = check_listener("systemd:domain=INET:index=0")
+        self.assertEqual(listener.exposure, "inherited from systemd: its socket unit decides")
+
+    def test_tls_listener_exposure_read_from_its_endpoint(self) -> None:
+        """A tls: listener wraps a tcp6 endpoint, which binds every interface by default."""
+        listener = check_listener("tls:/etc/certs:7703")
+        self.assertEqual(
+            listener.exposure, "NETWORK: all interfaces (IPv6 and IPv4) (no interface given)"
+        )
+        self.assertTrue(listener.network)
+
+    def test_values_twisted_would_take_refused(self) -> None:
+        """What Twisted builds but cannot work (an interface by name, mode 7777) is refused."""
+        error = self.assertRaises(EndpointError, check_listener, "tcp:7000:interface=localhost")
+        self.assertIn("not an IP address", error.message)
+        error = self.assertRaises(EndpointError, check_listener, "unix:/a.sock:mode=7777")
+        self.assertIn("beyond 777", error.message)
 
 
 _DESCRIPTION_TEXT = st.text(alphabet="ab=:\\-/", max_size=30)
