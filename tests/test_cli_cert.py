@@ -21,14 +21,23 @@ from service_identity.cryptography import (
     verify_certificate_hostname,
     verify_certificate_ip_address,
 )
-from twisted.internet.endpoints import _parse
 from twisted.trial import unittest
 
 from netguard import cli, config, tls
 from netguard.cli.cert import _cert_hostname
+from netguard.endpoints import split_description
 from tests import tls_certs
 
 HOST = "gw.example.org"
+
+
+def _parse(description: str) -> tuple[list[str], dict[str, str]]:
+    """
+    The positional and named fields of an endpoint string, as Twisted's parser reads them
+    (netguard.endpoints splits the same way: tests.test_endpoints checks that).
+    """
+    fields = split_description(description)
+    return [f.value for f in fields if f.key is None], {f.key: f.value for f in fields if f.key}
 
 
 def read_certificate(path: str) -> x509.Certificate:
@@ -378,7 +387,7 @@ class SelfSignedOutputTests(CertTestBase):
         # A short home: the default unix listener's path must fit in sun_path.
         loaded = config.load_config(path, environ={"HOME": "/home/ng"}, euid=1000)
         self.assertEqual(len(loaded.tls_listen), 1)
-        settings = loaded.tls_listen[0].settings()
+        settings = loaded.tls_listen[0].settings
         self.assertEqual((settings.cert_file, settings.key_file), (self.cert, self.key))
         tls.load_server_context(settings)
 

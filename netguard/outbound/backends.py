@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import _parse, clientFromString
+from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectionDone, TimeoutError
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Factory
@@ -23,6 +23,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netguard.endpoints import split_description
 from netguard.log import escape
 from netguard.outbound.socks5 import SOCKSError
 from netguard.relay import A, B, HalfCloseableTransport, ReactorTime, RelayResult, Splice
@@ -393,7 +394,7 @@ def backend_endpoint(reactor: Any, service: BackendService) -> Any:
     if service.socks5:
         from netguard.outbound.socks5 import SOCKS5ClientEndpoint
 
-        _, params = _parse(service.backend)
+        params = {f.key: f.value for f in split_description(service.backend) if f.key}
         kind = service.backend.split(":", 1)[0].lower()
         if kind not in ("tcp", "tls") or "host" not in params or "port" not in params:
             raise ValueError(
