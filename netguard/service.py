@@ -455,7 +455,7 @@ def make_service(config: Any, reactor: Any, terminal: IO[str] | None = None) -> 
         raise
     # Certificates and keys are read now, before privileges are dropped; a bad file stops
     # the start with TLSConfigError naming it.
-    identities = [load_server_context(tls.settings()) for tls in config.tls_listen]
+    identities = [load_server_context(tls.settings) for tls in config.tls_listen]
     # Endpoints are built (not yet listening) before the users file is created, so an
     # unusable listener does not leave a new users file and a shown password behind.
     endpoints = [(description, _endpoint(reactor, description)) for description in config.listen]

@@ -30,6 +30,7 @@ from netguard.config import (
     ConfigError,
     LogConfig,
     ServiceConfig,
+    TLSListenConfig,
     default_listen,
     default_state_dir,
     default_users_file,
@@ -40,6 +41,7 @@ from netguard.config import (
 from netguard.config import text as config_text
 from netguard.config.schema import LIMIT_KEYS, TLS_LISTEN_KEYS
 from netguard.framing import FramingLimits
+from netguard.tls import ServerTLSSettings
 
 #: A user environment: the default state directory becomes /xdg/netguard.
 ENV = {"XDG_STATE_HOME": "/xdg", "HOME": "/home/u"}
@@ -1076,6 +1078,29 @@ class DescribeTests(ConfigTestCase):
         self.assertEqual(config.origins["tls_listen[0].cert_file"], ORIGIN_FILE)
         self.assertEqual(config.origins["tls_listen[0].chain_file"], ORIGIN_DEFAULT)
         self.assertEqual(config.origins["tls_listen[0].min_version"], ORIGIN_DEFAULT)
+
+    def test_tls_listen_holds_the_server_tls_settings(self) -> None:
+        """
+        Each C{[[tls_listen]]} entry is its endpoint and the L{ServerTLSSettings} the
+        listener loads, empty file keys meaning none.
+        """
+        config = self.load(
+            "[[tls_listen]]\n"
+            'endpoint = "tcp:7701:interface=127.0.0.1"\n'
+            'cert_file = "/etc/netguard/cert.pem"\nkey_file = "/etc/netguard/key.pem"\n'
+            'min_version = "1.3"\n'
+        )
+        self.assertEqual(
+            config.tls_listen,
+            (
+                TLSListenConfig(
+                    endpoint="tcp:7701:interface=127.0.0.1",
+                    settings=ServerTLSSettings(
+                        "/etc/netguard/cert.pem", "/etc/netguard/key.pem", min_version="1.3"
+                    ),
+                ),
+            ),
+        )
 
     def test_every_key_of_the_defaults(self) -> None:
         config = self.load()

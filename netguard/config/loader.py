@@ -79,6 +79,7 @@ from netguard.endpoints import (
 from netguard.framing import FramingLimits
 from netguard.peer.checks import PeerCheckPolicy
 from netguard.quoting import describe_value, toml_string
+from netguard.tls.server import ServerTLSSettings
 
 __all__ = ["default_listen", "default_state_dir", "default_users_file", "load_config"]
 
@@ -366,14 +367,15 @@ def _tls_listeners(
         version = parse_choice("1.2", "1.3")(
             src, f"{prefix}.min_version", body.get("min_version", "1.2")
         )
-        result.append(
-            TLSListenConfig(
-                endpoint=listener.description,
-                require_client_cert=require,
-                min_version=version,
-                **files,
-            )
+        settings = ServerTLSSettings(
+            cert_file=files["cert_file"],
+            key_file=files["key_file"],
+            chain_file=files["chain_file"] or None,
+            client_ca_file=files["client_ca_file"] or None,
+            require_client_cert=require,
+            min_version=version,
         )
+        result.append(TLSListenConfig(endpoint=listener.description, settings=settings))
     return tuple(result)
 
 
@@ -486,9 +488,9 @@ def load_config(
     entries = doc.get("tls_listen", []) if "listen" not in opts else []
     for index in range(len(tls_listen)):
         given = entries[index] if isinstance(entries[index], dict) else {}
-        for field in attrs.fields(TLSListenConfig):
-            origin = ORIGIN_FILE if field.name in given else ORIGIN_DEFAULT
-            origins[f"tls_listen[{index}].{field.name}"] = origin
+        for key in TLS_LISTEN_KEYS:
+            origin = ORIGIN_FILE if key in given else ORIGIN_DEFAULT
+            origins[f"tls_listen[{index}].{key}"] = origin
     if not listen and not tls_listen:
         where = cli if "listen" in opts else src
         raise where.error("listen", "no listener: give at least one in listen or [[tls_listen]]")

@@ -16,6 +16,7 @@ import attrs
 from netguard.endpoints import MAX_DESCRIPTION_LENGTH
 from netguard.framing import FramingLimits
 from netguard.peer.checks import PeerCheckPolicy
+from netguard.tls.server import ServerTLSSettings
 
 __all__ = [
     "COMMAND_LINE_SOURCE",
@@ -194,36 +195,11 @@ class TLSListenConfig:
     with netguard's hardened settings (see C{docs/tls.md}).
 
     @ivar endpoint: the server endpoint string underneath (C{tcp:...}, C{unix:...}, ...).
-    @ivar cert_file: the certificate (PEM), optionally followed by its chain.
-    @ivar key_file: the private key (PEM), no access for other users.
-    @ivar chain_file: intermediate certificates, or C{""}.
-    @ivar client_ca_file: CA certificates for client certificates, or C{""}.
-    @ivar require_client_cert: refuse clients without a certificate from C{client_ca_file}.
-    @ivar min_version: C{"1.2"} or C{"1.3"}.
+    @ivar settings: the listener's certificate, key and client-certificate settings.
     """
 
     endpoint: str
-    cert_file: str
-    key_file: str
-    chain_file: str = ""
-    client_ca_file: str = ""
-    require_client_cert: bool = False
-    min_version: str = "1.2"
-
-    def settings(self) -> Any:
-        """
-        The L{netguard.tls.ServerTLSSettings} of this listener.
-        """
-        from netguard.tls import ServerTLSSettings
-
-        return ServerTLSSettings(
-            cert_file=self.cert_file,
-            key_file=self.key_file,
-            chain_file=self.chain_file or None,
-            client_ca_file=self.client_ca_file or None,
-            require_client_cert=self.require_client_cert,
-            min_version=self.min_version,
-        )
+    settings: ServerTLSSettings
 
 
 def _to_tuple(values: Iterable[str]) -> tuple[str, ...]:

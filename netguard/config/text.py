@@ -25,7 +25,6 @@ from netguard.config.model import (
     Config,
     OpsConfig,
     OverloadConfig,
-    TLSListenConfig,
     admission_policy_class,
 )
 from netguard.config.schema import (
@@ -35,6 +34,7 @@ from netguard.config.schema import (
     OVERLOAD_KEYS,
     PEER_CHECK_KEYS,
     SERVICE_NUMBER_KEYS,
+    TLS_LISTEN_KEYS,
     plain,
     service_key,
     value_text,
@@ -120,8 +120,10 @@ def describe(config: Config) -> str:
         shown = value_text(redact_description(description))
         lines.append(f"listen[{index}] = {shown}  # {_origin_note(config, 'listen')}; {exposure}")
     for index, tls in enumerate(config.tls_listen):
-        for field in attrs.fields(TLSListenConfig):
-            add(f"tls_listen[{index}].{field.name}", getattr(tls, field.name))
+        add(f"tls_listen[{index}].endpoint", tls.endpoint)
+        for key in TLS_LISTEN_KEYS[1:]:
+            value = getattr(tls.settings, key)
+            add(f"tls_listen[{index}].{key}", "" if value is None else value)
     for spec in LIMIT_KEYS:
         add(f"limits.{spec.name}", _limit(config.limits, config.max_auth_attempts, spec.name))
     add("log.format", config.log.format)
