@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Final
 
 import attrs
 
+from netguard.admission import AdmissionPolicy
 from netguard.endpoints import MAX_DESCRIPTION_LENGTH
 from netguard.framing import FramingLimits
 from netguard.peer.checks import PeerCheckPolicy
@@ -42,7 +43,6 @@ __all__ = [
     "OverloadConfig",
     "ServiceConfig",
     "TLSListenConfig",
-    "admission_policy_class",
     "default_services",
 ]
 
@@ -179,15 +179,6 @@ class OverloadConfig:
     interval: float = 1.0
 
 
-def admission_policy_class() -> Any:
-    """
-    The class of L{Config.admission}: L{netguard.admission.AdmissionPolicy}.
-    """
-    from netguard.admission import AdmissionPolicy
-
-    return AdmissionPolicy
-
-
 @attrs.frozen(kw_only=True)
 class TLSListenConfig:
     """
@@ -314,8 +305,8 @@ class Config:
     log: LogConfig = attrs.field(factory=LogConfig)
     ops: OpsConfig = attrs.field(factory=OpsConfig)
     peer_checks: PeerCheckPolicy = attrs.field(factory=PeerCheckPolicy)
-    admission: Any = attrs.field(factory=lambda: admission_policy_class()())
-    overload: OverloadConfig = attrs.field(factory=lambda: OverloadConfig())
+    admission: AdmissionPolicy = attrs.field(factory=AdmissionPolicy)
+    overload: OverloadConfig = attrs.field(factory=OverloadConfig)
     services: Mapping[str, ServiceConfig] = attrs.field(
         factory=default_services, converter=_freeze_services
     )

@@ -16,12 +16,12 @@ from typing import Any, Final, TypeVar
 
 import attrs
 
+from netguard.admission import AdmissionPolicy
 from netguard.config.model import (
     MAX_NAMES_PER_SERVICE,
     MAX_STRING_LENGTH,
     ORIGIN_FILE,
     ConfigError,
-    admission_policy_class,
 )
 from netguard.endpoints import EndpointError, Listener, check_listener
 from netguard.peer.checks import DNS_PORT, split_host_port
@@ -370,15 +370,15 @@ OVERLOAD_KEYS: Final[tuple[TableKey, ...]] = (
 )
 
 
-def parse_admission(src: Source, table: object, origins: dict[str, str]) -> Any:
+def parse_admission(src: Source, table: object, origins: dict[str, str]) -> AdmissionPolicy:
     """
     Check the C{[admission]} table: every key must be a field of the admission policy, of the
     right type; the policy's own validators check ranges and relations.
     """
-    policy_class = admission_policy_class()
     if not isinstance(table, dict):
         raise src.error("admission", f"must be a table, got {describe_value(table)}")
-    fields = {field.name: field for field in attrs.fields(policy_class)}
+    defaults = AdmissionPolicy()
+    fields = [field.name for field in attrs.fields(AdmissionPolicy)]
     values: dict[str, Any] = {}
     for key, value in table.items():
         dotted = f"admission.{toml_key(key)}"
@@ -386,9 +386,7 @@ def parse_admission(src: Source, table: object, origins: dict[str, str]) -> Any:
             raise src.error(
                 dotted, f"unknown key; allowed keys in [admission] are: {', '.join(fields)}"
             )
-        default = fields[key].default
-        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-            default = default.factory(policy_class()) if default.takes_self else default.factory()
+        default = getattr(defaults, key)
         if isinstance(default, bool) or isinstance(value, bool):
             ok = isinstance(value, bool) and isinstance(default, bool)
         elif isinstance(default, int):
@@ -408,7 +406,7 @@ def parse_admission(src: Source, table: object, origins: dict[str, str]) -> Any:
         values[key] = tuple(value) if isinstance(value, list) else value
         origins[dotted] = ORIGIN_FILE
     try:
-        return policy_class(**values)
+        return AdmissionPolicy(**values)
     except (ValueError, TypeError) as e:
         # attrs validators put the readable message first in their arguments.
         message = str(e.args[0]) if e.args else str(e)

@@ -12,6 +12,7 @@ import re
 
 import attrs
 
+from netguard.admission import AdmissionPolicy, allowed_values
 from netguard.config.loader import default_listen
 from netguard.config.model import (
     DEFAULT_MAX_AUTH_ATTEMPTS,
@@ -25,7 +26,6 @@ from netguard.config.model import (
     Config,
     OpsConfig,
     OverloadConfig,
-    admission_policy_class,
 )
 from netguard.config.schema import (
     LIMIT_KEYS,
@@ -51,7 +51,7 @@ def _admission_docs() -> dict[str, str]:
     """
     What each admission knob defends against, read from the policy's own docstring.
     """
-    text = admission_policy_class().__doc__ or ""
+    text = AdmissionPolicy.__doc__ or ""
     docs: dict[str, str] = {}
     for match in re.finditer(r"@ivar (\w+): (.*?)(?=\n\s*@ivar |\Z)", text, re.S):
         words = re.sub(r"[CLI]\{([^{}]*)\}", r"\1", " ".join(match.group(2).split()))
@@ -130,7 +130,7 @@ def describe(config: Config) -> str:
     add("log.file", config.log.file, "stdout" if config.log.file == "-" else "")
     for field in attrs.fields(OpsConfig):
         add(f"ops.{field.name}", getattr(config.ops, field.name))
-    for field in attrs.fields(type(config.admission)):
+    for field in attrs.fields(AdmissionPolicy):
         add(f"admission.{field.name}", plain(getattr(config.admission, field.name)))
     for field in attrs.fields(OverloadConfig):
         value = getattr(config.overload, field.name)
@@ -271,11 +271,9 @@ def _key_docs() -> tuple[_KeyDoc, ...]:
                 op_key.defends,
             )
         )
-    from netguard.admission import allowed_values
-
-    policy = admission_policy_class()()
+    policy = AdmissionPolicy()
     admission_docs = _admission_docs()
-    for field in attrs.fields(type(policy)):
+    for field in attrs.fields(AdmissionPolicy):
         docs.append(
             _KeyDoc(
                 f"admission.{field.name}",
