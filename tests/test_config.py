@@ -1185,7 +1185,7 @@ class DescribeDefaultsTests(unittest.TestCase):
         + [f"limits.{name}" for name in LIMIT_NAMES]
         + ["log.format", "log.file"]
         + [f"services.<name>.{key}" for key in SERVICE_KEYS]
-        + [f"tls_listen[].{key}" for key in TLS_LISTEN_KEYS]
+        + [f"tls_listen[].{key.name}" for key in TLS_LISTEN_KEYS]
         + [f"admission.{field.name}" for field in attrs.fields(AdmissionPolicy)]
     )
 

@@ -49,13 +49,14 @@ from netguard.config.schema import (
     PEER_CHECK_KEYS,
     SERVICE_KEYS,
     SERVICE_NUMBER_KEYS,
+    TLS_ENDPOINT_KEY,
     TLS_LISTEN_KEYS,
+    TLS_SETTINGS_KEYS,
     TOP_KEYS,
     Source,
     TableKey,
     num,
     parse_admission,
-    parse_bool,
     parse_choice,
     parse_log_file,
     parse_log_format,
@@ -79,6 +80,7 @@ from netguard.endpoints import (
 from netguard.framing import FramingLimits
 from netguard.peer.checks import PeerCheckPolicy
 from netguard.quoting import describe_value, toml_string
+from netguard.tls.errors import TLSConfigError
 from netguard.tls.server import ServerTLSSettings
 
 __all__ = ["default_listen", "default_state_dir", "default_users_file", "load_config"]
@@ -318,8 +320,9 @@ def _tls_listeners(
     src: Source, values: object, plain: tuple[str, ...], builder: _Builder
 ) -> tuple[TLSListenConfig, ...]:
     """
-    Check the C{[[tls_listen]]} array: each entry a table with an endpoint string that is not
-    itself TLS, the certificate and key files (read only when the gateway starts).
+    Check the C{[[tls_listen]]} array against L{TLS_LISTEN_KEYS}: each entry a table with an
+    endpoint string that is not itself TLS and is listed nowhere else, and the
+    L{ServerTLSSettings} its other keys give (files are read only when the gateway starts).
     """
     if not isinstance(values, list) or len(values) > MAX_LISTENERS:
         raise src.error(
@@ -327,6 +330,7 @@ def _tls_listeners(
             f"must be an array of tables ([[tls_listen]]), at most {MAX_LISTENERS}, "
             f"got {describe_value(values)}",
         )
+    names = [spec.name for spec in TLS_LISTEN_KEYS]
     result: list[TLSListenConfig] = []
     seen = set(plain)
     for index, body in enumerate(values):
@@ -334,47 +338,33 @@ def _tls_listeners(
         if not isinstance(body, dict):
             raise src.error(prefix, f"must be a table, got {describe_value(body)}")
         for key in body:
-            if key not in TLS_LISTEN_KEYS:
+            if key not in names:
                 raise src.error(
                     f"{prefix}.{toml_key(key)}",
-                    f"unknown key; allowed keys are: {', '.join(TLS_LISTEN_KEYS)}",
+                    f"unknown key; allowed keys are: {', '.join(names)}",
                 )
-        for key in ("endpoint", "cert_file", "key_file"):
-            if key not in body:
-                raise src.error(f"{prefix}.{key}", "is required")
-        listener: Listener = src.check(f"{prefix}.endpoint", check_listener, body["endpoint"])
-        kind = listener.description.split(":", 1)[0]
-        if kind in ("ssl", "tls"):
-            raise src.error(
-                f"{prefix}.endpoint",
-                "is already TLS; give the plain endpoint (tcp:..., unix:...) and netguard "
-                "adds its hardened TLS",
-            )
+        for spec in TLS_LISTEN_KEYS:
+            if spec.required and spec.name not in body:
+                raise src.error(f"{prefix}.{spec.name}", "is required")
+        endpoint_key = f"{prefix}.{TLS_ENDPOINT_KEY.name}"
+        listener: Listener = TLS_ENDPOINT_KEY.check(src, endpoint_key, body["endpoint"])
         if listener.description in seen:
-            raise src.error(f"{prefix}.endpoint", "is listed twice")
+            raise src.error(endpoint_key, "is listed twice")
         seen.add(listener.description)
         if listener.warning:
-            builder.warnings.append(f"{prefix}.endpoint: {listener.warning}")
-        files = {
-            key: parse_path(src, f"{prefix}.{key}", body[key]) if body.get(key, "") != "" else ""
-            for key in ("cert_file", "key_file", "chain_file", "client_ca_file")
-        }
-        require = parse_bool(
-            src, f"{prefix}.require_client_cert", body.get("require_client_cert", False)
-        )
-        if require and not files["client_ca_file"]:
-            raise src.error(f"{prefix}.require_client_cert", "needs client_ca_file")
-        version = parse_choice("1.2", "1.3")(
-            src, f"{prefix}.min_version", body.get("min_version", "1.2")
-        )
-        settings = ServerTLSSettings(
-            cert_file=files["cert_file"],
-            key_file=files["key_file"],
-            chain_file=files["chain_file"] or None,
-            client_ca_file=files["client_ca_file"] or None,
-            require_client_cert=require,
-            min_version=version,
-        )
+            builder.warnings.append(f"{endpoint_key}: {listener.warning}")
+        given: dict[str, Any] = {}
+        for spec in TLS_SETTINGS_KEYS:
+            if spec.name not in body:
+                continue
+            key = f"{prefix}.{spec.name}"
+            given[spec.name] = spec.check(src, key, body[spec.name])
+            if spec.needs and given[spec.name] and not given.get(spec.needs):
+                raise src.error(key, f"needs {spec.needs}")
+        try:
+            settings = ServerTLSSettings(**given)
+        except TLSConfigError as e:
+            raise src.error(f"{prefix}.{e.path}", e.problem) from None
         result.append(TLSListenConfig(endpoint=listener.description, settings=settings))
     return tuple(result)
 
@@ -488,9 +478,9 @@ def load_config(
     entries = doc.get("tls_listen", []) if "listen" not in opts else []
     for index in range(len(tls_listen)):
         given = entries[index] if isinstance(entries[index], dict) else {}
-        for key in TLS_LISTEN_KEYS:
-            origin = ORIGIN_FILE if key in given else ORIGIN_DEFAULT
-            origins[f"tls_listen[{index}].{key}"] = origin
+        for spec in TLS_LISTEN_KEYS:
+            origin = ORIGIN_FILE if spec.name in given else ORIGIN_DEFAULT
+            origins[f"tls_listen[{index}].{spec.name}"] = origin
     if not listen and not tls_listen:
         where = cli if "listen" in opts else src
         raise where.error("listen", "no listener: give at least one in listen or [[tls_listen]]")

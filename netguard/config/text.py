@@ -35,6 +35,7 @@ from netguard.config.schema import (
     PEER_CHECK_KEYS,
     SERVICE_NUMBER_KEYS,
     TLS_LISTEN_KEYS,
+    TLS_SETTINGS_KEYS,
     plain,
     service_key,
     value_text,
@@ -43,6 +44,7 @@ from netguard.endpoints import EndpointError, check_listener, looks_secret, reda
 from netguard.framing import FramingLimits
 from netguard.peer.checks import PeerCheckPolicy
 from netguard.quoting import toml_string
+from netguard.tls.server import ServerTLSSettings
 
 __all__ = ["describe", "describe_defaults"]
 
@@ -121,9 +123,9 @@ def describe(config: Config) -> str:
         lines.append(f"listen[{index}] = {shown}  # {_origin_note(config, 'listen')}; {exposure}")
     for index, tls in enumerate(config.tls_listen):
         add(f"tls_listen[{index}].endpoint", tls.endpoint)
-        for key in TLS_LISTEN_KEYS[1:]:
-            value = getattr(tls.settings, key)
-            add(f"tls_listen[{index}].{key}", "" if value is None else value)
+        for tls_key in TLS_SETTINGS_KEYS:
+            value = getattr(tls.settings, tls_key.name)
+            add(f"tls_listen[{index}].{tls_key.name}", "" if value is None else value)
     for spec in LIMIT_KEYS:
         add(f"limits.{spec.name}", _limit(config.limits, config.max_auth_attempts, spec.name))
     add("log.format", config.log.format)
@@ -162,57 +164,21 @@ class _KeyDoc:
 
 def _tls_listen_docs() -> list[_KeyDoc]:
     """
-    The keys of one C{[[tls_listen]]} entry (none by default: no TLS listener).
+    The keys of one C{[[tls_listen]]} entry (none by default: no TLS listener), each with
+    its default: in words, C{required}, or that of its L{ServerTLSSettings} field.
     """
-    return [
-        _KeyDoc(
-            "tls_listen[].endpoint",
-            "none (no TLS listener by default; an entry needs endpoint, cert_file, key_file)",
-            "a plain server endpoint string (tcp, tcp6, unix, systemd, haproxy:...), not ssl: "
-            "or tls:, not listed elsewhere; at most 64 entries",
-            "eavesdropping and relayed logins on a network listener: TLS from the first byte, "
-            "TLS 1.2+ with ECDHE and AEAD only, SCRAM-SHA-256-PLUS channel binding",
-        ),
-        _KeyDoc(
-            "tls_listen[].cert_file",
-            "required",
-            "a PEM file: the certificate, then optional intermediates (at most 1 MiB)",
-            "serving an expired, not-yet-valid or mismatched certificate: checked at start "
-            "and at reload",
-        ),
-        _KeyDoc(
-            "tls_listen[].key_file",
-            "required",
-            "a PEM file with an unencrypted RSA (2048+ bits), P-256, P-384, Ed25519 or Ed448 "
-            "key that other users cannot read",
-            "key theft: a key readable by others stops the start",
-        ),
-        _KeyDoc(
-            "tls_listen[].chain_file",
-            '""',
-            "a PEM file of intermediate certificates, or empty",
-            "clients that cannot build the chain to their trust root",
-        ),
-        _KeyDoc(
-            "tls_listen[].client_ca_file",
-            '""',
-            "a PEM file of the CAs client certificates must chain to, or empty (no client "
-            "certificates asked for)",
-            "clients without a certificate from your CA, when combined with require_client_cert",
-        ),
-        _KeyDoc(
-            "tls_listen[].require_client_cert",
-            "false",
-            "true or false; true needs client_ca_file",
-            "anyone without a valid client certificate reaching the line phase at all",
-        ),
-        _KeyDoc(
-            "tls_listen[].min_version",
-            '"1.2"',
-            '"1.2" or "1.3"',
-            "protocol downgrade to TLS 1.0/1.1, which are never accepted",
-        ),
-    ]
+    fields = attrs.fields_dict(ServerTLSSettings)
+    docs = []
+    for spec in TLS_LISTEN_KEYS:
+        if spec.default:
+            default = spec.default
+        elif spec.required:
+            default = "required"
+        else:
+            value = fields[spec.name].default
+            default = value_text("" if value is None else value)
+        docs.append(_KeyDoc(f"tls_listen[].{spec.name}", default, spec.allowed, spec.defends))
+    return docs
 
 
 def _key_docs() -> tuple[_KeyDoc, ...]:
