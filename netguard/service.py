@@ -105,14 +105,8 @@ class GatewayService(MultiService):
             self.metrics.setServiceParent(self)
         self.drainer = Drainer(factory, factory.clock, factory.config.ops.shutdown_grace)
         factory.drainer = self.drainer
-        overload = factory.config.overload
         self.overload_monitor = OverloadMonitor(
-            factory.clock,
-            factory.admission,
-            max_load=overload.max_load,
-            max_lag=overload.max_lag,
-            max_rss=None if overload.max_rss_mb is None else int(overload.max_rss_mb * 2**20),
-            interval=overload.interval,
+            factory.clock, factory.admission, factory.config.overload
         )
 
     def privilegedStartService(self) -> None:

@@ -39,8 +39,14 @@ from netguard.config import (
     load_config,
 )
 from netguard.config import text as config_text
-from netguard.config.schema import LIMIT_KEYS, TLS_LISTEN_KEYS
+from netguard.config.schema import (
+    LIMIT_KEYS,
+    OVERLOAD_KEYS,
+    TLS_LISTEN_KEYS,
+    TLS_SETTINGS_KEYS,
+)
 from netguard.framing import FramingLimits
+from netguard.ops.overload import OverloadSettings
 from netguard.tls import ServerTLSSettings
 
 #: A user environment: the default state directory becomes /xdg/netguard.
@@ -957,6 +963,119 @@ class FileErrorTests(ConfigTestCase):
         error = self.assertRaises(ConfigError, load_config, path)
         self.assertEqual(error.path, path)
         self.assertIn("directory", error.message)
+
+
+class TLSListenErrorTests(ConfigTestCase):
+    """
+    Each bad C{[[tls_listen]]} entry names the entry and the key, checked in the order of
+    L{TLS_LISTEN_KEYS}.
+    """
+
+    ENTRY = '[[tls_listen]]\nendpoint = "tcp:7443"\ncert_file = "c.pem"\nkey_file = "k.pem"\n'
+
+    def test_unknown_key(self) -> None:
+        self.assertFileError(
+            self.ENTRY + "bogus = 1\n",
+            "tls_listen[0].bogus",
+            "unknown key; allowed keys are: endpoint, cert_file, key_file, chain_file, "
+            "client_ca_file, require_client_cert, min_version",
+        )
+
+    def test_required_keys_in_order(self) -> None:
+        self.assertFileError(
+            '[[tls_listen]]\ncert_file = "c"\n', "tls_listen[0].endpoint", "is required"
+        )
+        self.assertFileError(
+            '[[tls_listen]]\nendpoint = "tcp:7443"\nkey_file = "k"\n',
+            "tls_listen[0].cert_file",
+            "is required",
+        )
+        self.assertFileError(
+            '[[tls_listen]]\nendpoint = "tcp:7443"\ncert_file = "c"\n',
+            "tls_listen[0].key_file",
+            "is required",
+        )
+
+    def test_endpoint_already_tls(self) -> None:
+        self.assertFileError(
+            self.ENTRY.replace("tcp:7443", "ssl:7443:privateKey=k"),
+            "tls_listen[0].endpoint",
+            "is already TLS; give the plain endpoint (tcp:..., unix:...) and netguard adds "
+            "its hardened TLS",
+        )
+
+    def test_endpoint_listed_twice(self) -> None:
+        self.assertFileError(
+            'listen = ["tcp:7443"]\n' + self.ENTRY, "tls_listen[0].endpoint", "is listed twice"
+        )
+
+    def test_file_not_a_path(self) -> None:
+        self.assertFileError(
+            self.ENTRY + "chain_file = 3\n",
+            "tls_listen[0].chain_file",
+            "must be a path (relative paths are taken from the configuration file's "
+            "directory), got the integer 3",
+        )
+
+    def test_require_client_cert_not_a_boolean(self) -> None:
+        self.assertFileError(
+            self.ENTRY + 'require_client_cert = "yes"\n',
+            "tls_listen[0].require_client_cert",
+            'must be true or false, got the string "yes"',
+        )
+
+    def test_require_client_cert_needs_client_ca_file(self) -> None:
+        """
+        The relation is checked when C{require_client_cert} is, before C{min_version}.
+        """
+        error = self.assertFileError(
+            self.ENTRY + 'require_client_cert = true\nmin_version = "1.1"\n',
+            "tls_listen[0].require_client_cert",
+        )
+        self.assertEqual(error.message, "needs client_ca_file")
+
+    def test_min_version(self) -> None:
+        self.assertFileError(
+            self.ENTRY + 'min_version = "1.1"\n',
+            "tls_listen[0].min_version",
+            'must be one of "1.2", "1.3", got the string "1.1"',
+        )
+
+    def test_empty_files_are_none(self) -> None:
+        config = self.load(self.ENTRY + 'chain_file = ""\nclient_ca_file = ""\n')
+        settings = config.tls_listen[0].settings
+        self.assertEqual((settings.chain_file, settings.client_ca_file), (None, None))
+
+
+class SettingsSchemaTests(unittest.TestCase):
+    """
+    The schema has one entry for each field of a mechanism's own settings value, so a new
+    field is checked, printed and documented once its entry is added.
+    """
+
+    def test_every_tls_setting_has_a_key(self) -> None:
+        self.assertEqual(
+            [spec.name for spec in TLS_SETTINGS_KEYS],
+            [field.name for field in attrs.fields(ServerTLSSettings)],
+        )
+        self.assertEqual(TLS_LISTEN_KEYS[1:], TLS_SETTINGS_KEYS)
+
+    def test_every_overload_setting_has_a_key(self) -> None:
+        self.assertEqual(
+            [spec.name for spec in OVERLOAD_KEYS],
+            [field.name for field in attrs.fields(OverloadSettings)],
+        )
+
+    def test_config_holds_the_overload_settings(self) -> None:
+        """
+        C{[overload]} becomes the monitor's own L{OverloadSettings}, MiB as configured.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[overload]\nmax_rss_mb = 512\nmax_lag = "off"\n')
+        config = load_config(path, environ=ENV, euid=UID)
+        self.assertEqual(config.overload, OverloadSettings(max_rss_mb=512.0, max_lag=None))
+        self.assertEqual(load_config(None, environ=ENV, euid=UID).overload, OverloadSettings())
 
 
 class PortTests(ConfigTestCase):

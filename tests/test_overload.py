@@ -22,7 +22,9 @@ from netguard.admission import (
 )
 from netguard.ops.overload import (
     DEFAULT_MAX_LAG,
+    MIB,
     OverloadMonitor,
+    OverloadSettings,
     read_loadavg,
     read_rss_bytes,
     recommended_max_load,
@@ -87,9 +89,9 @@ class MonitorTests(unittest.TestCase):
         monitor = OverloadMonitor(
             self.clock,
             self.admission,
+            OverloadSettings(**kwargs),  # type: ignore[arg-type]
             load_probe=self.load,
             rss_probe=self.rss,  # type: ignore[arg-type]
-            **kwargs,  # type: ignore[arg-type]
         )
         monitor.start()
         self.addCleanup(monitor.stop)
@@ -102,6 +104,18 @@ class MonitorTests(unittest.TestCase):
             (None, DEFAULT_MAX_LAG, None, 1.0),
         )
         self.assertEqual(DEFAULT_MAX_LAG, 0.5)
+
+    def test_settings_in_mib_monitor_in_bytes(self) -> None:
+        """
+        The monitor takes its L{OverloadSettings} as configured and reads memory in bytes.
+        """
+        settings = OverloadSettings(max_load=4.0, max_lag=None, max_rss_mb=512, interval=2.0)
+        monitor = OverloadMonitor(self.clock, self.admission, settings)
+        self.assertIs(monitor.settings, settings)
+        self.assertEqual(
+            (monitor.max_load, monitor.max_lag, monitor.max_rss, monitor.interval),
+            (4.0, None, 512 * MIB, 2.0),
+        )
 
     def test_no_lag_on_time(self) -> None:
         monitor = self.monitor()
@@ -180,7 +194,7 @@ class MonitorTests(unittest.TestCase):
         self.assertEqual((self.load.calls, self.rss.calls), (0, 0))
 
     def test_memory(self) -> None:
-        monitor = self.monitor(max_rss=1000)
+        monitor = self.monitor(max_rss_mb=1000 / MIB)
         self.rss.value = 1001
         self.clock.advance(1.0)
         self.assertEqual(monitor.last_rss, 1001)
@@ -190,7 +204,7 @@ class MonitorTests(unittest.TestCase):
         self.assertIsNone(self.admission.overload)
 
     def test_reason_order(self) -> None:
-        monitor = self.monitor(max_load=1.0, max_rss=10)
+        monitor = self.monitor(max_load=1.0, max_rss_mb=10 / MIB)
         self.load.value = 2.0
         self.rss.value = 20
         self.clock.advance(1.0)
@@ -271,10 +285,10 @@ class MonitorTests(unittest.TestCase):
         )
 
     def test_bad_interval(self) -> None:
-        self.assertRaises(ValueError, OverloadMonitor, self.clock, self.admission, interval=0)
+        self.assertRaises(ValueError, OverloadSettings, interval=0)
 
     def test_bad_threshold(self) -> None:
-        self.assertRaises(ValueError, OverloadMonitor, self.clock, self.admission, max_lag=0)
+        self.assertRaises(ValueError, OverloadSettings, max_lag=0)
 
     def test_bad_hysteresis(self) -> None:
         self.assertRaises(ValueError, OverloadMonitor, self.clock, self.admission, hysteresis=1.0)

@@ -33,7 +33,6 @@ from netguard.config.model import (
     ConfigError,
     LogConfig,
     OpsConfig,
-    OverloadConfig,
     ServiceConfig,
     TLSListenConfig,
 )
@@ -67,7 +66,6 @@ __all__ = [
     "ConfigError",
     "LogConfig",
     "OpsConfig",
-    "OverloadConfig",
     "ServiceConfig",
     "TLSListenConfig",
     "default_listen",

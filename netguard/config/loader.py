@@ -35,7 +35,6 @@ from netguard.config.model import (
     ConfigError,
     LogConfig,
     OpsConfig,
-    OverloadConfig,
     ServiceConfig,
     TLSListenConfig,
     default_services,
@@ -78,6 +77,7 @@ from netguard.endpoints import (
     redact_description,
 )
 from netguard.framing import FramingLimits
+from netguard.ops.overload import OverloadSettings
 from netguard.peer.checks import PeerCheckPolicy
 from netguard.quoting import describe_value, toml_string
 from netguard.tls.errors import TLSConfigError
@@ -506,7 +506,7 @@ def load_config(
         src, "peer_checks", doc.get("peer_checks", {}), PEER_CHECK_KEYS, origins
     )
     admission = parse_admission(src, doc.get("admission", {}), origins)
-    overload = OverloadConfig(
+    overload = OverloadSettings(
         **_typed_table(src, "overload", doc.get("overload", {}), OVERLOAD_KEYS, origins)
     )
     patterns = peer_values.get("fcrdns_deny") or peer_values.get("fcrdns_allow")

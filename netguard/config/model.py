@@ -16,6 +16,7 @@ import attrs
 from netguard.admission import AdmissionPolicy
 from netguard.endpoints import MAX_DESCRIPTION_LENGTH
 from netguard.framing import FramingLimits
+from netguard.ops.overload import OverloadSettings
 from netguard.peer.checks import PeerCheckPolicy
 from netguard.tls.server import ServerTLSSettings
 
@@ -40,7 +41,6 @@ __all__ = [
     "ConfigError",
     "LogConfig",
     "OpsConfig",
-    "OverloadConfig",
     "ServiceConfig",
     "TLSListenConfig",
     "default_services",
@@ -161,25 +161,6 @@ class OpsConfig:
 
 
 @attrs.frozen(kw_only=True)
-class OverloadConfig:
-    """
-    Load shedding (seed tip 5): while one of these is exceeded, new connections are refused
-    cheaply with C{ERR BUSY overload-*}. L{None} turns a signal off.
-
-    @ivar max_load: one-minute load average (like xinetd's C{max_load}); off by default
-        because it depends on the machine (twice the CPU count is a sensible start).
-    @ivar max_lag: event-loop lag in seconds: how late a timer fires.
-    @ivar max_rss_mb: resident memory of the process, in MiB.
-    @ivar interval: seconds between two measurements.
-    """
-
-    max_load: float | None = None
-    max_lag: float | None = 0.5
-    max_rss_mb: float | None = None
-    interval: float = 1.0
-
-
-@attrs.frozen(kw_only=True)
 class TLSListenConfig:
     """
     One TLS listener (C{[[tls_listen]]}): TLS from the first byte on a plain server endpoint,
@@ -288,7 +269,7 @@ class Config:
     @ivar ops: the daemon's operational settings (heartbeat, shutdown, control socket).
     @ivar peer_checks: FCrDNS and ident checks of peers (C{[peer_checks]}).
     @ivar admission: the L{netguard.admission.AdmissionPolicy} (limits, rates, penalties).
-    @ivar overload: load-shedding thresholds (L{OverloadConfig}).
+    @ivar overload: load-shedding thresholds (C{[overload]}).
     @ivar services: service name to L{ServiceConfig}, read-only.
     @ivar warnings: things that work but that an operator should look at.
     @ivar source: the configuration file, or L{DEFAULTS_SOURCE}.
@@ -306,7 +287,7 @@ class Config:
     ops: OpsConfig = attrs.field(factory=OpsConfig)
     peer_checks: PeerCheckPolicy = attrs.field(factory=PeerCheckPolicy)
     admission: AdmissionPolicy = attrs.field(factory=AdmissionPolicy)
-    overload: OverloadConfig = attrs.field(factory=OverloadConfig)
+    overload: OverloadSettings = attrs.field(factory=OverloadSettings)
     services: Mapping[str, ServiceConfig] = attrs.field(
         factory=default_services, converter=_freeze_services
     )

@@ -25,7 +25,6 @@ from netguard.config.model import (
     SERVICE_DEFAULTS,
     Config,
     OpsConfig,
-    OverloadConfig,
 )
 from netguard.config.schema import (
     LIMIT_KEYS,
@@ -42,6 +41,7 @@ from netguard.config.schema import (
 )
 from netguard.endpoints import EndpointError, check_listener, looks_secret, redact_description
 from netguard.framing import FramingLimits
+from netguard.ops.overload import OverloadSettings
 from netguard.peer.checks import PeerCheckPolicy
 from netguard.quoting import toml_string
 from netguard.tls.server import ServerTLSSettings
@@ -134,7 +134,7 @@ def describe(config: Config) -> str:
         add(f"ops.{field.name}", getattr(config.ops, field.name))
     for field in attrs.fields(AdmissionPolicy):
         add(f"admission.{field.name}", plain(getattr(config.admission, field.name)))
-    for field in attrs.fields(OverloadConfig):
+    for field in attrs.fields(OverloadSettings):
         value = getattr(config.overload, field.name)
         add(f"overload.{field.name}", "off" if value is None else value)
     for check_key in PEER_CHECK_KEYS:
@@ -248,7 +248,7 @@ def _key_docs() -> tuple[_KeyDoc, ...]:
                 admission_docs.get(field.name, ""),
             )
         )
-    overload = OverloadConfig()
+    overload = OverloadSettings()
     for load_key in OVERLOAD_KEYS:
         value = getattr(overload, load_key.name)
         docs.append(

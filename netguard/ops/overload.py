@@ -2,6 +2,7 @@
 """
 Overload signals for load shedding: system load average, event-loop lag and process memory.
 
+L{OverloadSettings} holds the thresholds (C{[overload]} in C{docs/operating.md}).
 L{OverloadMonitor} samples the signals on a L{LoopingCall} and tells L{netguard.admission}
 to refuse new connections (C{overload-load}, C{overload-lag}, C{overload-memory}) while one is
 over its threshold, as xinetd's C{max_load} does for the load average. Each signal clears only
@@ -20,6 +21,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import attrs
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -27,6 +29,46 @@ from netguard.admission import OVERLOAD_LAG, OVERLOAD_LOAD, OVERLOAD_MEMORY, Tim
 
 #: Default event-loop lag threshold, seconds.
 DEFAULT_MAX_LAG = 0.5
+
+#: Bytes in a MiB (C{max_rss_mb} is configured in MiB, the probe reads bytes).
+MIB = 2**20
+
+
+def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{attribute.name} must be positive or None, not {value!r}")
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class OverloadSettings:
+    """
+    When the gateway sheds load (C{[overload]}): while one threshold is exceeded, new
+    connections are refused cheaply with C{ERR BUSY overload-*}. L{None} turns a signal off.
+
+    @ivar max_load: one-minute load average (like xinetd's C{max_load}); off by default
+        because it depends on the machine (L{recommended_max_load} gives twice the CPU
+        count, a sensible start).
+    @ivar max_lag: event-loop lag in seconds: how late a timer fires (default 0.5).
+    @ivar max_rss_mb: resident memory of the process, in MiB; off by default.
+    @ivar interval: seconds between two measurements (default 1).
+    """
+
+    max_load: float | None = attrs.field(default=None, validator=_positive_or_none)
+    max_lag: float | None = attrs.field(default=DEFAULT_MAX_LAG, validator=_positive_or_none)
+    max_rss_mb: float | None = attrs.field(default=None, validator=_positive_or_none)
+    interval: float = attrs.field(default=1.0, validator=_positive)
+
+    @property
+    def max_rss(self) -> int | None:
+        """
+        C{max_rss_mb} in bytes, or L{None} when off.
+        """
+        return None if self.max_rss_mb is None else int(self.max_rss_mb * MIB)
 
 
 def read_loadavg() -> float:
@@ -106,6 +148,8 @@ class OverloadMonitor:
     first in the order load, lag, memory. A probe that fails counts as not overloaded (a
     broken probe must not lock every client out) and is logged.
 
+    @ivar settings: the thresholds and interval it was given; C{max_load}, C{max_lag},
+        C{max_rss} (in bytes) and C{interval} are read from them.
     @ivar last_load: the last load reading, or L{None}.
     @ivar last_lag: the last lag reading in seconds (always measured, even with no threshold).
     @ivar last_rss: the last RSS reading in bytes, or L{None}.
@@ -118,11 +162,8 @@ class OverloadMonitor:
         self,
         clock: Scheduler,
         admission: OverloadSink,
+        settings: OverloadSettings = OverloadSettings(),
         *,
-        max_load: float | None = None,
-        max_lag: float | None = DEFAULT_MAX_LAG,
-        max_rss: int | None = None,
-        interval: float = 1.0,
         hysteresis: float = 0.1,
         load_probe: Callable[[], float] = read_loadavg,
         rss_probe: Callable[[], int] = read_rss_bytes,
@@ -130,31 +171,23 @@ class OverloadMonitor:
         """
         @param clock: the reactor (a L{twisted.internet.task.Clock} in tests).
         @param admission: what to tell.
-        @param max_load: one-minute load average threshold; L{None} (default) is off because
-            load is machine-dependent; L{recommended_max_load} gives twice the CPU count.
-        @param max_lag: event-loop lag threshold in seconds (default 0.5); L{None} is off.
-        @param max_rss: resident memory threshold in bytes; L{None} (default) is off.
-        @param interval: seconds between samples (default 1).
+        @param settings: the thresholds and the interval (by default only the event-loop
+            lag, 0.5 s, sampled every second).
         @param hysteresis: the fraction under a threshold a reading must fall to clear.
         @param load_probe: returns the load average.
         @param rss_probe: returns the RSS in bytes.
-        @raise ValueError: for a non-positive interval or threshold, or a hysteresis outside
-            [0, 1).
+        @raise ValueError: for a hysteresis outside [0, 1).
         """
-        if not interval > 0:
-            raise ValueError(f"interval must be positive, not {interval!r}")
         if not 0.0 <= hysteresis < 1.0:
             raise ValueError(f"hysteresis must be within [0, 1), not {hysteresis!r}")
-        for name, value in (("max_load", max_load), ("max_lag", max_lag), ("max_rss", max_rss)):
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be positive or None, not {value!r}")
         # Typed loosely: LoopingCall wants an IReactorTime, which mypy cannot match.
         self.clock: Any = clock
         self.admission = admission
-        self.max_load = max_load
-        self.max_lag = max_lag
-        self.max_rss = max_rss
-        self.interval = float(interval)
+        self.settings = settings
+        self.max_load = settings.max_load
+        self.max_lag = settings.max_lag
+        self.max_rss = settings.max_rss
+        self.interval = float(settings.interval)
         self.hysteresis = hysteresis
         self.load_probe = load_probe
         self.rss_probe = rss_probe
