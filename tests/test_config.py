@@ -13,6 +13,7 @@ import socket
 
 import attrs
 from twisted.internet import endpoints
+from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor
 from twisted.trial import unittest
 
@@ -210,9 +211,10 @@ class DefaultsTests(ConfigTestCase):
     def test_unix_listener_escapes_colons_in_state_dir(self) -> None:
         config = self.load(overrides={"state_dir": "/srv/a:b"})
         self.assertEqual(config.listen[1], "unix:/srv/a\\:b/netguard.sock:mode=600:lockfile=1")
-        _, args, kwargs = endpoints._parseServer(config.listen[1], None)
-        self.assertEqual(args[0], "/srv/a:b/netguard.sock")
-        self.assertEqual(kwargs["mode"], 0o600)
+        reactor = MemoryReactor()
+        endpoints.serverFromString(reactor, config.listen[1]).listen(Factory())
+        [(address, _, _, mode, _)] = reactor.unixServers
+        self.assertEqual((address, mode), ("/srv/a:b/netguard.sock", 0o600))
 
     def test_default_listen_helper(self) -> None:
         self.assertEqual(default_listen(STATE), self.load().listen)
