@@ -237,10 +237,14 @@ class AdmittingFactory(WrappingFactory):
         if refusal is not None:
             return self._refuse(addr, refusal)
         admitted = Admitted(self.admission, addr)
-        if self._aware:
-            wrapped = self.wrappedFactory.build_admitted(addr, admitted)
-        else:
-            wrapped = self.wrappedFactory.buildProtocol(addr)
+        try:
+            if self._aware:
+                wrapped = self.wrappedFactory.build_admitted(addr, admitted)
+            else:
+                wrapped = self.wrappedFactory.buildProtocol(addr)
+        except BaseException:
+            admitted.release()  # a failing application must not keep the slot for ever
+            raise
         if wrapped is None:
             admitted.release()
             return None

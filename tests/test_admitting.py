@@ -70,6 +70,24 @@ class AdmittingFactoryTests(unittest.TestCase):
         _, transport = self.connect(factory)
         self.assertEqual(transport.value(), b"hello\r\n")
 
+    def test_application_that_raises_gives_the_slot_back(self) -> None:
+        """
+        An application factory whose C{buildProtocol} raises does not keep the admission
+        slot: with one slot per source, the next connection from that source is admitted.
+        """
+
+        class Broken(Factory):
+            def buildProtocol(self, addr: Any) -> Any:
+                raise RuntimeError("a bug of the application")
+
+        admission = Admission(AdmissionPolicy(per_source_max=1), self.clock)
+        broken = AdmittingFactory(Broken(), admission, write_timeout=30.0)
+        self.assertRaises(RuntimeError, broken.buildProtocol, address("192.0.2.9"))
+        self.assertEqual(admission.snapshot()["unauthenticated"], 0)
+        working = AdmittingFactory(Factory.forProtocol(Hello), admission, write_timeout=30.0)
+        _, transport = self.connect(working)
+        self.assertEqual(transport.value(), b"hello\r\n")
+
     def test_promote_moves_to_the_authenticated_pool(self) -> None:
         factory = self.factory(max_relays=1)
         first, _ = self.connect(factory)

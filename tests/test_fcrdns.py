@@ -730,6 +730,22 @@ class SharingResolverTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(second), answer)
         self.assertEqual(self.sharing.in_flight(), 0)
 
+    def test_caller_cancelling_another_from_its_callback_leaves_the_rest_served(self) -> None:
+        """
+        When one caller's callback cancels another caller of the same query, that one gets
+        L{CancelledError} and every later caller still gets the answer.
+        """
+        self.resolver.add(dns.PTR, PTR1, HANG)
+        first = self.sharing.lookupPointer(PTR1)
+        second = self.sharing.lookupPointer(PTR1)
+        third = self.sharing.lookupPointer(PTR1)
+        first.addCallback(lambda result: (second.cancel(), result)[1])
+        answer = ([ptr(PTR1, "good.test")], [], [])
+        self.resolver.hanging[PTR1].callback(answer)
+        self.assertEqual(self.successResultOf(first), answer)
+        self.failureResultOf(second, CancelledError)
+        self.assertEqual(self.successResultOf(third), answer)
+
     def test_different_types_not_shared(self) -> None:
         """
         An A and an AAAA lookup of the same name are two queries.

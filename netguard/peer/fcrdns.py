@@ -348,6 +348,8 @@ class SharingResolver:
             del self._flight[key]
         waiters, flight.waiters = flight.waiters, []
         for waiter in waiters:
+            if waiter.called:
+                continue  # cancelled by an earlier waiter's callback: it has its answer
             if isinstance(outcome, Failure):
                 waiter.errback(outcome)
             else:
