@@ -13,13 +13,15 @@ Bounds, refusals and what to expose: C{docs/operating.md} section 4.1.
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
+from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
-from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
@@ -35,6 +37,106 @@ HEADER_TIMEOUT = 10.0
 #: Connections that may wait for their header at once; admission control only counts a
 #: connection once its header names the client, so this bounds the sockets held before it.
 MAX_PENDING = 256
+
+#: The longest version 1 header, its line end included (the specification's bound).
+V1_MAX_BYTES = 107
+
+#: How a version 1 header starts.
+V1_PREFIX = b"PROXY"
+
+#: A whole version 1 line (without its CRLF), exactly as the specification writes it: single
+#: spaces, an address made of the characters of a textual IPv4 or IPv6 address (no scope),
+#: ports in plain decimal without sign, separator or leading zero. C{UNKNOWN} may be
+#: followed by anything printable, which is ignored.
+_V1_LINE = re.compile(
+    rb"PROXY (?:UNKNOWN(?: [\x20-\x7e]*)?"
+    rb"|(?P<family>TCP4|TCP6) (?P<src>[0-9A-Fa-f:.]{1,45}) (?P<dst>[0-9A-Fa-f:.]{1,45})"
+    rb" (?P<sport>0|[1-9][0-9]{0,4}) (?P<dport>0|[1-9][0-9]{0,4}))"
+)
+
+
+class InvalidV1Header(InvalidProxyHeader):
+    """
+    A version 1 header that is not in the specification's exact form.
+
+    @ivar why: what is wrong, for the log (never text from the header).
+    """
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+@dataclass(frozen=True)
+class ProxyHeader:
+    """
+    What a PROXY header names.
+
+    @ivar source: the client's address, or L{None} when the header names none.
+    @ivar destination: the address the client connected to, or L{None}.
+    """
+
+    source: IPv4Address | IPv6Address | None
+    destination: IPv4Address | IPv6Address | None
+
+
+def parse_v1(line: bytes) -> ProxyHeader:
+    """
+    Parse one version 1 header line (without its CRLF), strictly: C{PROXY TCP4|TCP6 <src>
+    <dst> <sport> <dport>} with an address of the family the line names (IPv4 dotted
+    decimal without leading zeros; IPv6 without a scope), ports 0..65535 in plain decimal;
+    or C{PROXY UNKNOWN} (no address).
+
+    @raise InvalidV1Header: anything else.
+    @return: the addresses; an IPv6 address in its compressed form.
+    """
+    match = _V1_LINE.fullmatch(line)
+    if match is None:
+        raise InvalidV1Header("malformed version 1 header")
+    family = match.group("family")
+    if family is None:
+        return ProxyHeader(None, None)
+    ports = [int(match.group(name)) for name in ("sport", "dport")]
+    if max(ports) > 0xFFFF:
+        raise InvalidV1Header("a port out of range")
+    parse = ipaddress.IPv4Address if family == b"TCP4" else ipaddress.IPv6Address
+    try:
+        hosts = [parse(match.group(name).decode("ascii")) for name in ("src", "dst")]
+    except ValueError:
+        raise InvalidV1Header(f"an address that is not {family.decode()}") from None
+    make = IPv4Address if family == b"TCP4" else IPv6Address
+    return ProxyHeader(
+        make("TCP", str(hosts[0]), ports[0]),  # type: ignore[arg-type]
+        make("TCP", str(hosts[1]), ports[1]),  # type: ignore[arg-type]
+    )
+
+
+class V1Parser:
+    """
+    Reads one version 1 header: up to its CRLF, at most L{V1_MAX_BYTES} bytes with it, then
+    L{parse_v1}. (Twisted's own parser takes extra fields, any C{int()} as a port, an
+    address of the other family, a scope, and lines longer than the bound.)
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> tuple[ProxyHeader, bytes] | tuple[None, None]:
+        """
+        Take more bytes.
+
+        @return: the header and the bytes after it, or C{(None, None)} while incomplete.
+        @raise InvalidV1Header: too long without its line end, or not a valid line.
+        """
+        self._buffer += data
+        end = self._buffer.find(b"\r\n", 0, V1_MAX_BYTES)
+        if end < 0:
+            if len(self._buffer) >= V1_MAX_BYTES:
+                raise InvalidV1Header(f"no line end within {V1_MAX_BYTES} bytes")
+            return None, None
+        line, remaining = self._buffer[:end], self._buffer[end + 2 :]
+        self._buffer = b""
+        return parse_v1(line), remaining
 
 
 @implementer(IHalfCloseableProtocol)
@@ -115,7 +217,7 @@ class ProxyHeaderProtocol(ProtocolWrapper):
         if parser is None:
             self._pending += data
             pending = self._pending
-            v1, v2 = V1Parser.PROXYSTR, V2Parser.PREFIX
+            v1, v2 = V1_PREFIX, V2Parser.PREFIX
             if len(pending) < 16 and v2.startswith(pending[: len(v2)]):
                 return  # maybe version 2: wait for its fixed part
             if len(pending) < len(v1) and v1.startswith(pending):
@@ -131,15 +233,21 @@ class ProxyHeaderProtocol(ProtocolWrapper):
             data, self._pending = pending, b""
         try:
             info, remaining = parser.feed(data)
+        except InvalidV1Header as e:
+            self._invalid(e.why)
+            return
         except (InvalidProxyHeader, ValueError, IndexError, struct.error):
-            # Twisted's parsers raise more than InvalidProxyHeader on junk (int("x") for a
-            # port, for one): every one of them is a malformed header, never a traceback.
+            # Twisted's version 2 parser raises more than InvalidProxyHeader on junk: every
+            # one of them is a malformed header, never a traceback.
             self._invalid("malformed")
             return
         if info is None:
             return
         if not all(_ip_address(a) for a in (info.source, info.destination) if a is not None):
             self._invalid("an address that is not an IP address")
+            return
+        if any(a is not None and a.type != "TCP" for a in (info.source, info.destination)):
+            self._invalid("not a TCP client")
             return
         self._cancel_timer()
         self._info = info
@@ -191,8 +299,8 @@ class ProxyHeaderProtocol(ProtocolWrapper):
 
 def _ip_address(address: Any) -> bool:
     """
-    Whether a header's address is an IPv4 or IPv6 address (Twisted's version 1 parser takes
-    any word: C{PROXY TCP4 not-an-ip ...}).
+    Whether a header's address is an IPv4 or IPv6 address (a version 2 header may name a
+    unix socket).
     """
     host = getattr(address, "host", None)
     if not isinstance(host, str):

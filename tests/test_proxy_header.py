@@ -9,7 +9,7 @@ import socket
 import struct
 from typing import Any
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
@@ -216,6 +216,179 @@ class ProxyHeaderTests(unittest.TestCase):
         transport.loseConnection()
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertEqual(app.addresses, [])
+
+
+class StrictV1Tests(unittest.TestCase):
+    """
+    A version 1 header is accepted only in the exact form of the PROXY protocol
+    specification: C{PROXY TCP4|TCP6 <src> <dst> <sport> <dport>\\r\\n} (or C{PROXY UNKNOWN}),
+    single spaces, ports written as plain decimal 0..65535 without sign, separator or
+    leading zero, an address of the family the line names, no IPv6 scope, at most 107 bytes
+    with its line end. Anything else is closed and logged like every invalid header, and no
+    protocol is built (hostile senders: a peer that reaches the port directly).
+    """
+
+    def send(self, data: bytes) -> tuple[AppFactory, Any, list[Any]]:
+        """
+        Feed C{data} to a new connection; return the application's factory, the transport
+        and the C{conn.reject} events logged.
+        """
+        app = AppFactory()
+        wrapper = ProxyHeaderFactory(app, Clock()).buildProtocol(PROXY_ADDRESS)
+        transport = StringTransportWithDisconnection(peerAddress=PROXY_ADDRESS)
+        transport.protocol = wrapper
+        wrapper.makeConnection(transport)
+        with capturedLogs() as events:
+            wrapper.dataReceived(data)
+        return app, transport, [e for e in events if e.get("event") == "conn.reject"]
+
+    def assert_refused(self, line: bytes) -> None:
+        """
+        C{line} builds nothing, is closed, and is logged once as C{reason=proxy-header}.
+        """
+        app, transport, rejects = self.send(line)
+        self.assertEqual(app.addresses, [], line)
+        self.assertFalse(transport.connected, line)
+        self.assertEqual([e["reason"] for e in rejects], ["proxy-header"], line)
+        self.assertEqual(rejects[0]["peer"], "127.0.0.1:40000", line)
+
+    def assert_accepted(self, line: bytes) -> Any:
+        """
+        C{line} is accepted: one protocol is built, the connection stays open, nothing is
+        rejected; return the address given to C{buildProtocol}.
+        """
+        app, transport, rejects = self.send(line)
+        self.assertEqual(rejects, [], line)
+        self.assertTrue(transport.connected, line)
+        [address] = app.addresses
+        return address
+
+    def test_loosely_written_ports_are_refused(self) -> None:
+        """
+        A port with a sign, an underscore, a leading zero, spaces or non-ASCII digits (all of
+        which Python's C{int()} takes) is refused, as source or as destination port.
+        """
+        for port in (b"-1", b"+5", b"5_5", b"05", b"00", b" 5", b"\xd9\xa1", b"0x10", b""):
+            self.assert_refused(b"PROXY TCP4 192.0.2.7 198.51.100.1 " + port + b" 7701\r\n")
+            self.assert_refused(b"PROXY TCP4 192.0.2.7 198.51.100.1 51234 " + port + b"\r\n")
+
+    def test_port_bounds(self) -> None:
+        """
+        Ports 0 and 65535 are accepted (the specification's range), 65536 and 99999 are
+        refused, as source or as destination port.
+        """
+        for port in (0, 65535):
+            text = str(port).encode()
+            address = self.assert_accepted(
+                b"PROXY TCP4 192.0.2.7 198.51.100.1 " + text + b" 7701\r\n"
+            )
+            self.assertEqual(address, IPv4Address("TCP", "192.0.2.7", port))
+            self.assert_accepted(b"PROXY TCP4 192.0.2.7 198.51.100.1 51234 " + text + b"\r\n")
+        for text in (b"65536", b"99999", b"100000"):
+            self.assert_refused(b"PROXY TCP4 192.0.2.7 198.51.100.1 " + text + b" 7701\r\n")
+            self.assert_refused(b"PROXY TCP4 192.0.2.7 198.51.100.1 51234 " + text + b"\r\n")
+
+    def test_extra_or_missing_fields_are_refused(self) -> None:
+        """
+        A trailing field, a trailing or doubled space, a missing port, or a lone C{\\n} line
+        end is refused.
+        """
+        for line in (
+            b"PROXY TCP4 192.0.2.7 198.51.100.1 51234 7701 extra\r\n",
+            b"PROXY TCP4 192.0.2.7 198.51.100.1 51234 7701 \r\n",
+            b"PROXY TCP4 192.0.2.7  198.51.100.1 51234 7701\r\n",
+            b"PROXY  TCP4 192.0.2.7 198.51.100.1 51234 7701\r\n",
+            b"PROXY TCP4 192.0.2.7 198.51.100.1 51234\r\n",
+            b"PROXY TCP4 192.0.2.7 198.51.100.1 51234 7701\n\r\n",
+            b"PROXY TCP4\r\n",
+            b"PROXY TCP5 192.0.2.7 198.51.100.1 51234 7701\r\n",
+            b"PROXY tcp4 192.0.2.7 198.51.100.1 51234 7701\r\n",
+        ):
+            self.assert_refused(line)
+
+    def test_family_must_match_the_address(self) -> None:
+        """
+        C{TCP4} with an IPv6 address (or an IPv4-mapped one) and C{TCP6} with an IPv4
+        address are refused, in either position; each matching form is accepted.
+        """
+        for line in (
+            b"PROXY TCP4 2001:db8::7 198.51.100.1 51234 7701\r\n",
+            b"PROXY TCP4 192.0.2.7 2001:db8::1 51234 7701\r\n",
+            b"PROXY TCP4 ::ffff:192.0.2.7 198.51.100.1 51234 7701\r\n",
+            b"PROXY TCP6 192.0.2.7 2001:db8::1 51234 7701\r\n",
+            b"PROXY TCP6 2001:db8::7 198.51.100.1 51234 7701\r\n",
+        ):
+            self.assert_refused(line)
+        address = self.assert_accepted(b"PROXY TCP6 2001:db8::7 2001:db8::1 51234 7701\r\n")
+        self.assertEqual(address, IPv6Address("TCP", "2001:db8::7", 51234))
+
+    def test_scoped_or_loose_addresses_are_refused(self) -> None:
+        """
+        An IPv6 address with a scope (C{fe80::1%eth0}, text the sender chooses that would
+        reach admission keys and logs), an IPv4 address with leading zeros or too few parts,
+        and a host name are refused.
+        """
+        for line in (
+            b"PROXY TCP6 fe80::1%eth0 2001:db8::1 51234 7701\r\n",
+            b"PROXY TCP6 2001:db8::7 fe80::1%1 51234 7701\r\n",
+            b"PROXY TCP4 192.0.2.07 198.51.100.1 51234 7701\r\n",
+            b"PROXY TCP4 192.0.2 198.51.100.1 51234 7701\r\n",
+            b"PROXY TCP4 localhost 198.51.100.1 51234 7701\r\n",
+        ):
+            self.assert_refused(line)
+
+    def test_ipv6_address_is_given_in_canonical_form(self) -> None:
+        """
+        An IPv6 address written at length reaches the application compressed, so one
+        client has one spelling in admission keys and logs.
+        """
+        address = self.assert_accepted(
+            b"PROXY TCP6 2001:0db8:0:0:0:0:0:0007 2001:db8::1 51234 7701\r\n"
+        )
+        self.assertEqual(address.host, "2001:db8::7")
+
+    def test_length_bound_is_exact(self) -> None:
+        """
+        A line of exactly 107 bytes with its line end is accepted (C{UNKNOWN} with the
+        longest text the specification allows); one byte more is refused, even when its
+        line end arrives in the same read.
+        """
+        line = b"PROXY UNKNOWN " + b"f" * (107 - 16) + b"\r\n"
+        self.assertEqual(len(line), 107)
+        app, transport, rejects = self.send(line)
+        self.assertEqual((rejects, transport.connected), ([], True))
+        self.assertEqual(app.addresses, [PROXY_ADDRESS])
+        self.assert_refused(b"PROXY UNKNOWN " + b"f" * (108 - 16) + b"\r\n")
+
+    def test_unknown_keeps_the_proxy_address(self) -> None:
+        """
+        C{PROXY UNKNOWN}, bare (what HAProxy sends for a client it cannot name) or followed
+        by text the receiver ignores, keeps the proxy's address.
+        """
+        for line in (b"PROXY UNKNOWN\r\n", b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n"):
+            self.assertEqual(self.assert_accepted(line), PROXY_ADDRESS, line)
+
+    def test_v2_datagram_header_is_refused(self) -> None:
+        """
+        A version 2 header that names a datagram (UDP) client is refused: this listener's
+        clients are TCP streams.
+        """
+        block = (
+            socket.inet_aton("192.0.2.7")
+            + socket.inet_aton("198.51.100.1")
+            + struct.pack("!HH", 51234, 7701)
+        )
+        self.assert_refused(
+            V2_PREFIX + bytes([0x21, 0x12]) + struct.pack("!H", len(block)) + block
+        )
+
+    def test_v2_port_bounds(self) -> None:
+        """
+        Version 2 ports are 16-bit binary: 0 and 65535 both reach the application as is.
+        """
+        for port in (0, 65535):
+            address = self.assert_accepted(v2(port=port))
+            self.assertEqual(address, IPv4Address("TCP", "192.0.2.7", port))
 
 
 class PendingBoundTests(unittest.TestCase):
