@@ -451,15 +451,37 @@ class ParserTests(CliTestBase):
         fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.write(fd, b"pw\n")
         os.close(fd)
-        for gateway, listen in (
-            ("tcp:host=127.0.0.1:port=no-such-service-here", "tcp:0:interface=127.0.0.1"),
-            ("tcp:host=127.0.0.1:port=7700", "tcp:no-such-service-here:interface=127.0.0.1"),
+        for gateway, listen, option in (
+            (
+                "tcp:host=127.0.0.1:port=no-such-service-here",
+                "tcp:0:interface=127.0.0.1",
+                "--gateway",
+            ),
+            (
+                "tcp:host=127.0.0.1:port=7700",
+                "tcp:no-such-service-here:interface=127.0.0.1",
+                "--listen",
+            ),
         ):
             code, _, err = self.run_cli(
                 ["tunnel", "--gateway", gateway, "--service", "echo", "--listen", listen,
                  "--user", "alice", "--password-file", password_file]
             )  # fmt: skip
-            self.assert_clean_error(code, err, "bad endpoint string", "unknown service name")
+            self.assert_clean_error(
+                code, err, f"bad {option} endpoint string", "unknown service name"
+            )
+
+    def test_tunnel_bad_endpoint_refused_before_the_password_prompt(self) -> None:
+        """
+        A typo in --gateway or --listen is reported before the password is asked for, so it
+        costs no password entry.
+        """
+        code, _, err = self.run_cli(
+            ["tunnel", "--gateway", "tcp:host=127.0.0.1:port=no-such-service-here",
+             "--service", "echo", "--listen", "tcp:0:interface=127.0.0.1", "--user", "alice"]
+        )  # fmt: skip
+        self.assert_clean_error(code, err, "bad --gateway endpoint string")
+        self.assertEqual(self.prompts, [])
 
     def test_cert_registered(self) -> None:
         # Its own tests are in tests.test_cli_cert.

@@ -45,6 +45,15 @@ def _cmd_tunnel(args: argparse.Namespace, io: _IO) -> int:
 
     reactor: Any = _reactor
     name = users.validate_name(args.user)
+    # The endpoints first: a typo in one must not cost the user a password prompt.
+    try:
+        gateway = clientFromString(reactor, resolve_endpoint_ports(args.gateway, server=False))
+    except (ValueError, KeyError, TypeError) as e:
+        raise CommandError(f"bad --gateway endpoint string: {e}") from None
+    try:
+        listen = serverFromString(reactor, resolve_endpoint_ports(args.listen, server=True))
+    except (ValueError, KeyError, TypeError) as e:
+        raise CommandError(f"bad --listen endpoint string: {e}") from None
     if args.password_file:
         try:
             password = read_password_file(args.password_file)
@@ -52,11 +61,6 @@ def _cmd_tunnel(args: argparse.Namespace, io: _IO) -> int:
             raise CommandError(str(e)) from None
     else:
         password = _read_password(io, confirm=False)
-    try:
-        gateway = clientFromString(reactor, resolve_endpoint_ports(args.gateway, server=False))
-        listen = serverFromString(reactor, resolve_endpoint_ports(args.listen, server=True))
-    except (ValueError, KeyError, TypeError) as e:
-        raise CommandError(f"bad endpoint string: {e}") from None
     tls_options = {
         "tls": args.tls,
         "tls_hostname": args.tls_hostname,

@@ -271,7 +271,7 @@ PEER_CHECK_KEYS: Final[tuple[TableKey, ...]] = (
         parse_choice("off", "log", "require"),
         '"off", "log" or "require"',
         "spoofed reverse DNS: a PTR name counts only once its forward lookup gives the "
-        "client's address back (seed tip 4)",
+        "client's address back (docs/security.md row 4)",
     ),
     TableKey(
         "fcrdns_deny",
@@ -289,8 +289,8 @@ PEER_CHECK_KEYS: Final[tuple[TableKey, ...]] = (
         "ident",
         parse_choice("off", "log"),
         '"off" or "log"',
-        "nothing by itself: an RFC 1413 claim is logged as untrusted (seed tip 10); off by "
-        "default because it is the one connection made back toward a client",
+        "nothing by itself: an RFC 1413 claim is logged as untrusted (docs/security.md "
+        "row 10); off by default because it is the one connection made back toward a client",
     ),
     TableKey(
         "fcrdns_timeout",
@@ -347,7 +347,8 @@ OVERLOAD_KEYS: Final[tuple[TableKey, ...]] = (
         "max_load",
         _optional_number(Range(float, 0.1, 10000, "load")),
         'a load average from 0.1 to 10000, or "off" (default off)',
-        "a machine already overloaded by others: stop taking work (seed tip 5, xinetd max_load)",
+        "a machine already overloaded by others: stop taking work (docs/security.md row 5; "
+        "xinetd max_load)",
     ),
     TableKey(
         "max_lag",
@@ -449,7 +450,8 @@ OPS_KEYS: Final[tuple[TableKey, ...]] = (
         "heartbeat",
         parse_bool,
         "true or false",
-        "a daemon that hangs silently: each beat proves the event loop runs (seed tip 16)",
+        "a daemon that hangs silently: each beat proves the event loop runs "
+        "(docs/security.md row 16)",
     ),
     TableKey(
         "heartbeat_interval",
