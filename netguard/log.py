@@ -22,6 +22,7 @@ from enum import Enum
 from types import MappingProxyType
 from typing import IO, Any, cast
 
+import attrs
 from twisted.internet import udp
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import (
@@ -621,6 +622,20 @@ def open_log_file(path: str) -> IO[str]:
         raise
 
 
+@attrs.frozen(kw_only=True)
+class LogSettings:
+    """
+    Where and how the log is written (the C{[log]} table of the configuration).
+
+    @ivar format: C{"text"} (one escaped line per event) or C{"json"} (one JSON object per
+        event).
+    @ivar file: C{"-"} for standard output, or an absolute path.
+    """
+
+    format: str = "text"
+    file: str = "-"
+
+
 class FileLogSink:
     """
     The C{[log] file} sink: while started, every event of C{publisher} is also written to
@@ -655,17 +670,18 @@ class FileLogSink:
         self._observer: Any = None
 
     @classmethod
-    def from_config(cls, config: Any, publisher: LogPublisher | None = None) -> FileLogSink:
+    def from_config(
+        cls, settings: LogSettings, publisher: LogPublisher | None = None
+    ) -> FileLogSink:
         """
-        The sink of a C{[log]} configuration (L{netguard.config.LogConfig}): inactive for
-        C{file = "-"}.
+        The sink of a C{[log]} configuration: inactive for C{file = "-"}.
 
-        @param config: an object with C{format} and C{file}.
+        @param settings: the L{LogSettings}.
         @param publisher: where events come from (default: C{globalLogPublisher}).
         @return: the sink, not started.
         """
-        path = None if config.file == "-" else config.file
-        return cls(path, config.format, publisher)
+        path = None if settings.file == "-" else settings.file
+        return cls(path, settings.format, publisher)
 
     @property
     def started(self) -> bool:

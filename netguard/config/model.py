@@ -16,6 +16,7 @@ import attrs
 from netguard.admission import AdmissionPolicy
 from netguard.endpoints import MAX_DESCRIPTION_LENGTH
 from netguard.framing import FramingLimits
+from netguard.log import LogSettings
 from netguard.ops.overload import OverloadSettings
 from netguard.peer.checks import PeerCheckPolicy
 from netguard.tls.server import ServerTLSSettings
@@ -123,18 +124,8 @@ GATEWAY_LIMITS: Final = FramingLimits(
 DEFAULT_MAX_AUTH_ATTEMPTS: Final = 3
 
 
-@attrs.frozen(kw_only=True)
-class LogConfig:
-    """
-    Where and how the log is written.
-
-    @ivar format: C{"text"} (one escaped line per event) or C{"json"} (one JSON object per
-        event).
-    @ivar file: C{"-"} for standard output, or an absolute path.
-    """
-
-    format: str = "text"
-    file: str = "-"
+#: The C{[log]} settings are the log module's own value (this name is kept for callers).
+LogConfig = LogSettings
 
 
 @attrs.frozen(kw_only=True)
