@@ -9,9 +9,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
+import signal
 import socket
 import stat
 import tempfile
+import time
 from typing import Any
 
 from hypothesis import given, settings
@@ -803,3 +806,317 @@ class DiscoveryTests(unittest.TestCase):
             cli.main, ["ctl", "--state-dir", self.dirs[1], "status"], stdout=out, stderr=err
         )
         self.assertEqual(code, EXIT_OK, err.getvalue())
+
+    def hostile_socket(self, directory: str) -> str:
+        """
+        A hostile listener's C{control.sock} in C{directory}: bound and listening (so the
+        kernel's table lists it), with a C{netguard.lock} beside it; closed after the test.
+        """
+        path = os.path.join(directory, "control.sock")
+        hostile = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(hostile.close)
+        hostile.bind(path)
+        hostile.listen(1)
+        with open(os.path.join(directory, "netguard.lock"), "w") as handle:
+            handle.write("1")
+        return path
+
+    @inlineCallbacks
+    def test_symlinked_control_socket_is_not_listed(self):
+        """
+        A listed C{control.sock} whose name was swapped for a symbolic link to one of our
+        own sockets (the hostile swap) is not listed; the socket it points to, a real
+        gateway's, still is.
+        """
+        real = yield self.gateway(self.dirs[1])
+        swapped = self.hostile_socket(self.dirs[0])
+        os.unlink(swapped)
+        os.symlink(real, swapped)
+        self.assertEqual(ctl_client.listening_control_sockets(), [real])
+
+    @inlineCallbacks
+    def test_lock_that_is_a_symlink_is_not_accepted(self):
+        """
+        A C{netguard.lock} that is a symbolic link (here to a regular file of ours) does not
+        make a gateway; a regular file in its place does.
+        """
+        path = yield self.gateway(self.dirs[0], lock=False)
+        target = os.path.join(self.dirs[1], "some-file")
+        with open(target, "w") as handle:
+            handle.write("1")
+        lock = os.path.join(self.dirs[0], "netguard.lock")
+        os.symlink(target, lock)
+        self.assertEqual(ctl_client.listening_control_sockets(), [])
+        os.unlink(lock)
+        os.link(target, lock)
+        self.assertEqual(ctl_client.listening_control_sockets(), [path])
+
+    @inlineCallbacks
+    def test_lock_owned_by_another_user_is_not_accepted(self):
+        """A C{netguard.lock} owned by another user does not make a gateway of ours."""
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("giving a file to another user needs root (os.chown)")
+        path = yield self.gateway(self.dirs[0])
+        lock = os.path.join(self.dirs[0], "netguard.lock")
+        os.chown(lock, NOBODY, -1)
+        self.assertEqual(ctl_client.listening_control_sockets(), [])
+        os.chown(lock, 0, -1)
+        self.assertEqual(ctl_client.listening_control_sockets(), [path])
+
+    @inlineCallbacks
+    def test_writable_directory_is_refused(self):
+        """
+        A directory writable by group or others (where another user could swap the
+        socket) is refused, sticky or not; readable by all (0755) is accepted.
+        """
+        path = yield self.gateway(self.dirs[0])
+        for mode in (0o720, 0o702, 0o777, 0o1777):
+            os.chmod(self.dirs[0], mode)
+            self.assertEqual(ctl_client.listening_control_sockets(), [], oct(mode))
+        os.chmod(self.dirs[0], 0o755)
+        self.assertEqual(ctl_client.listening_control_sockets(), [path])
+
+    @inlineCallbacks
+    def test_directory_owned_by_another_user_is_refused(self):
+        """A socket of ours in a directory another user owns is refused."""
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("giving a directory to another user needs root (os.chown)")
+        path = yield self.gateway(self.dirs[0])
+        os.chown(self.dirs[0], NOBODY, -1)
+        self.assertEqual(ctl_client.listening_control_sockets(), [])
+        os.chown(self.dirs[0], os.geteuid(), -1)
+        self.assertEqual(ctl_client.listening_control_sockets(), [path])
+
+    @inlineCallbacks
+    def test_directory_above_writable_by_others_must_be_sticky(self):
+        """
+        Above the socket's directory, a directory others may write lets them rename what is
+        in it, so it is refused unless sticky (as C{/tmp} is).
+        """
+        public = os.path.join(self.dirs[0], "p")
+        os.mkdir(public)
+        self.addCleanup(os.rmdir, public)
+        inner = os.path.join(public, "g")
+        os.mkdir(inner, 0o700)
+        self.addCleanup(os.rmdir, inner)
+        self.addCleanup(os.unlink, os.path.join(inner, "netguard.lock"))
+        path = yield self.gateway(inner)
+        os.chmod(public, 0o777)
+        self.assertEqual(ctl_client.listening_control_sockets(), [])
+        os.chmod(public, 0o1777)
+        self.assertEqual(ctl_client.listening_control_sockets(), [path])
+
+    @inlineCallbacks
+    def test_ctl_status_ignores_a_symlinked_socket(self):
+        """
+        End to end: with a hostile symlinked C{control.sock} beside our one gateway,
+        C{ctl status} still finds just that gateway (not "several").
+        """
+        real = yield self.gateway(self.dirs[1])
+        swapped = self.hostile_socket(self.dirs[0])
+        os.unlink(swapped)
+        os.symlink(real, swapped)
+        code, _, err = yield self.ctl()
+        self.assertEqual(code, EXIT_OK, err)
+        self.assertIn(f"using the running gateway's control socket {real}", err)
+
+
+#: The user id of C{nobody}, which the peer credential tests run as.
+NOBODY = 65534
+
+#: Another unprivileged user id with no account behind it.
+STRANGER = 65533
+
+
+def _wait_child(pid: int, deadline: float = 30.0) -> None:
+    """
+    Reap the child C{pid}; kill it if it has not ended within C{deadline} seconds (a hang
+    guard; the children bound their own waits).
+    """
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
+def _read_all(fd: int, deadline: float = 30.0) -> bytes:
+    """
+    Read the pipe C{fd} to its end (at most C{deadline} seconds), then close it.
+    """
+    data = b""
+    end = time.monotonic() + deadline
+    try:
+        while time.monotonic() < end:
+            ready, _, _ = select.select([fd], [], [], max(0.0, end - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    return data
+
+
+class PeerCredentialTests(unittest.TestCase):
+    """
+    C{run_ctl} checks who serves the socket it connected to (C{SO_PEERCRED}) before it
+    sends anything: a user other than root talks only to a daemon of its own user or of
+    root; root talks to any. Real sockets; the other users are forked children that
+    C{setuid()} (so these tests need root) and end by themselves within a few seconds.
+    """
+
+    def setUp(self):
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("running listeners and clients as other users needs root")
+        self.dir = short_tempdir(self)
+        os.chmod(self.dir, 0o755)
+        self.path = os.path.join(self.dir, "control.sock")
+
+    def listener(self, uid: int) -> int:
+        """
+        Fork a hostile listener that binds C{self.path}, becomes C{uid} and only then
+        listens (the kernel records the credentials at C{listen}), accepts one connection,
+        answers C{OK {"forged": true}} and writes to the returned pipe what it received.
+        """
+        ready_r, ready_w = os.pipe()
+        got_r, got_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            try:
+                os.close(ready_r)
+                os.close(got_r)
+                server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                server.bind(self.path)
+                os.chmod(self.path, 0o666)
+                os.setgid(uid)
+                os.setuid(uid)
+                server.listen(1)
+                os.write(ready_w, b"R")
+                server.settimeout(10)
+                conn, _ = server.accept()
+                conn.settimeout(5)
+                received = b""
+                try:
+                    while b"\n" not in received:
+                        chunk = conn.recv(4096)
+                        if not chunk:
+                            break
+                        received += chunk
+                    conn.sendall(b'OK {"forged": true}\r\n')
+                except OSError:
+                    pass
+                os.write(got_w, received)
+            finally:
+                os._exit(0)
+        os.close(ready_w)
+        os.close(got_w)
+        self.addCleanup(_wait_child, pid)
+        try:
+            ready, _, _ = select.select([ready_r], [], [], 10)
+            self.assertEqual(os.read(ready_r, 1) if ready else b"", b"R")
+        finally:
+            os.close(ready_r)
+        self.got_fd = got_r
+        return pid
+
+    def received(self) -> bytes:
+        """What the listener received (read once it has ended)."""
+        return _read_all(self.got_fd)
+
+    def ctl_as(self, uid: int) -> tuple[int, str]:
+        """
+        Run C{run_ctl(self.path, ["status"])} in a child that runs as C{uid}.
+        """
+        out_r, out_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(out_r)
+                os.setgid(uid)
+                os.setuid(uid)
+                result = run_ctl(self.path, ["status"], timeout=5)
+                os.write(out_w, json.dumps(result).encode())
+            finally:
+                os._exit(0)
+        os.close(out_w)
+        output = _read_all(out_r)
+        _wait_child(pid)
+        code, text = json.loads(output)
+        return code, text
+
+    def test_peer_of_another_user_is_refused_before_sending(self):
+        """
+        A socket served by another (unprivileged) user: exit 3 with a message naming its
+        uid, and the command never reaches it (its forged reply is not shown).
+        """
+        self.listener(NOBODY)
+        code, text = self.ctl_as(STRANGER)
+        self.assertEqual(code, EXIT_UNREACHABLE, text)
+        self.assertIn(f"served by uid {NOBODY}", text)
+        self.assertIn(f"(uid {STRANGER})", text)
+        self.assertNotIn("forged", text)
+        self.assertEqual(self.received(), b"")
+
+    def test_peer_of_the_same_user_is_accepted(self):
+        """A socket served by our own user is used: the command is sent, its reply shown."""
+        self.listener(NOBODY)
+        code, text = self.ctl_as(NOBODY)
+        self.assertEqual((code, json.loads(text)), (EXIT_OK, {"forged": True}))
+        self.assertEqual(self.received(), b"status\r\n")
+
+    def test_peer_that_is_root_is_accepted(self):
+        """A daemon that listens as root is trusted by any user (root is trusted anyway)."""
+        self.listener(0)
+        code, text = self.ctl_as(STRANGER)
+        self.assertEqual(code, EXIT_OK, text)
+
+    def test_root_may_talk_to_any_user_daemon(self):
+        """Root's ctl talks to a daemon of another user (one running as its service user)."""
+        self.listener(NOBODY)
+        code, text = run_ctl(self.path, ["status"], timeout=5)
+        self.assertEqual(code, EXIT_OK, text)
+
+
+class OwnDaemonPeerTests(unittest.TestCase):
+    """
+    The peer credential check lets C{run_ctl} talk to a real daemon of our own user, whoever
+    we are.
+    """
+
+    @inlineCallbacks
+    def test_own_daemon_is_accepted(self):
+        """Our own L{ControlFactory} on a real socket: C{status} succeeds."""
+        path = os.path.join(short_tempdir(self), "control.sock")
+        port = yield listen_control(reactor, path, ControlFactory(FakeCommands(), reactor))
+        self.addCleanup(port.stopListening)
+        code, text = yield deferToThread(run_ctl, path, ["status"])
+        self.assertEqual(code, EXIT_OK, text)
+
+    def test_policy_for_a_user_and_for_root(self):
+        """
+        On a real connection to a socket this process serves: as this user, accepted; as
+        another unprivileged user (C{euid} given), refused, unless that user is root.
+        """
+        path = os.path.join(short_tempdir(self), "s")
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(server.close)
+        server.bind(path)
+        server.listen(1)
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(client.close)
+        client.connect(path)
+        me = os.geteuid()
+        other = STRANGER if me != STRANGER else NOBODY
+        self.assertIsNone(ctl_client.peer_refusal(client, path))
+        self.assertIsNone(ctl_client.peer_refusal(client, path, euid=0))
+        if me == 0:
+            self.assertIsNone(ctl_client.peer_refusal(client, path, euid=other))
+        else:
+            refusal = ctl_client.peer_refusal(client, path, euid=other)
+            self.assertIn(f"served by uid {me}", refusal or "")

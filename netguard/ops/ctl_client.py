@@ -12,8 +12,9 @@ import json
 import os
 import socket
 import stat
+import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 #: Exit status: the command succeeded.
 EXIT_OK = 0
@@ -47,12 +48,14 @@ def listening_control_sockets(
 ) -> list[str]:
     """
     The control sockets of running gateways that this user may use: every AF_UNIX path
-    bound in this network namespace (from C{/proc/net/unix}) named C{control.sock}, owned by
-    C{uid}, with a netguard instance lock beside it.
+    bound in this network namespace (from C{/proc/net/unix}) named C{control.sock} that
+    L{_trusted_control_socket} accepts. Any user can bind a socket of that name, and the
+    names in the table can be changed after the bind, so nothing in them is trusted.
 
     @param proc_net_unix: the kernel's table of unix sockets (Linux); absent elsewhere.
     @param uid: the owner to look for (default: the effective user).
-    @return: the paths, sorted, without duplicates; empty when the table cannot be read.
+    @return: the paths (their real paths), sorted, without duplicates; empty when the table
+        cannot be read.
     """
     owner = os.geteuid() if uid is None else uid
     try:
@@ -68,14 +71,84 @@ def listening_control_sockets(
         path = fields[7]
         if os.path.basename(path) != CONTROL_SOCKET_NAME:
             continue
-        try:
-            info = os.stat(path)
-        except OSError:
-            continue
-        lock = os.path.join(os.path.dirname(path), INSTANCE_LOCK_NAME)
-        if stat.S_ISSOCK(info.st_mode) and info.st_uid == owner and os.path.isfile(lock):
-            found.add(path)
+        trusted = _trusted_control_socket(path, owner)
+        if trusted is not None:
+            found.add(trusted)
     return sorted(found)
+
+
+def _trusted_control_socket(path: str, owner: int) -> str | None:
+    """
+    Whether C{path} is a control socket of C{owner}'s that no other user can have placed or
+    can swap: the name itself a socket owned by C{owner}, not a symbolic link; its directory
+    (by its real path) owned by C{owner} or root and not writable by group or others, as the
+    daemon requires; every directory above it owned by C{owner} or root and, if others may
+    write it, sticky (C{/tmp}); and a C{netguard.lock} beside it that is a regular file owned
+    by C{owner}, not a link.
+
+    @return: the socket's path under its directory's real path, or L{None}.
+    """
+    try:
+        if not _owned(os.lstat(path), stat.S_ISSOCK, owner):
+            return None
+        directory = os.path.realpath(os.path.dirname(path))
+        info = os.lstat(directory)
+        if not _owned(info, stat.S_ISDIR, owner, 0) or info.st_mode & 0o022:
+            return None
+        above = directory
+        while above != "/":
+            above = os.path.dirname(above)
+            info = os.lstat(above)
+            if not _owned(info, stat.S_ISDIR, owner, 0):
+                return None
+            if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+                return None
+        trusted = os.path.join(directory, CONTROL_SOCKET_NAME)
+        lock = os.path.join(directory, INSTANCE_LOCK_NAME)
+        if not _owned(os.lstat(trusted), stat.S_ISSOCK, owner):
+            return None
+        if not _owned(os.lstat(lock), stat.S_ISREG, owner):
+            return None
+    except OSError:
+        return None
+    return trusted
+
+
+def _owned(info: os.stat_result, kind: Callable[[int], bool], *owners: int) -> bool:
+    """
+    Whether C{info} (from C{lstat}) is of C{kind} and owned by one of C{owners}.
+    """
+    return kind(info.st_mode) and info.st_uid in owners
+
+
+def peer_refusal(sock: socket.socket, path: str, euid: int | None = None) -> str | None:
+    """
+    Check who serves the connected control socket C{sock} (C{SO_PEERCRED}, Linux): a user
+    other than root is served only by a daemon of its own user or by root (a socket name
+    that another user's process serves is not our gateway, whoever placed it); root may
+    talk to a daemon of any user.
+
+    @param euid: the user we act for (default: the effective user).
+    @return: L{None} when the peer is acceptable (or the platform cannot tell), else why not.
+    """
+    ours = os.geteuid() if euid is None else euid
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None or ours == 0:
+        return None
+    try:
+        pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option, _UCRED))
+    except (OSError, struct.error) as e:
+        return f"cannot tell who serves the control socket {path}: {e}"
+    if uid in (ours, 0):
+        return None
+    return (
+        f"refusing the control socket {path}: it is served by uid {uid} (pid {pid}), not by "
+        f"this user (uid {ours}) or root; is it really a netguard of this user?"
+    )
+
+
+#: The size of C{struct ucred} (pid, uid, gid).
+_UCRED = struct.calcsize("3i")
 
 
 def _printable(text: str) -> str:
@@ -153,6 +226,9 @@ def run_ctl(path: str, words: Sequence[str], timeout: float = 5.0) -> tuple[int,
                 EXIT_UNREACHABLE,
                 f"cannot connect to the control socket {path}: {reason} (is netguard running?)",
             )
+        refusal = peer_refusal(sock, path)
+        if refusal is not None:
+            return EXIT_UNREACHABLE, refusal
         buffer = b""
         try:
             sock.settimeout(remaining())
