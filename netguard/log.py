@@ -75,6 +75,10 @@ _LEGACY_KEYS = frozenset({"message", "time", "system", "isError", "format", "fai
 
 _PRINTABLE = frozenset(range(0x20, 0x7F)) - {0x5C}
 
+#: The same bytes, for C{bytes.translate}: input with nothing left after deleting them is
+#: shown as it is.
+_PRINTABLE_BYTES = bytes(sorted(_PRINTABLE))
+
 _NAMED_BYTES = {0x5C: "\\\\", 0x0D: "\\r", 0x0A: "\\n", 0x09: "\\t", 0x00: "\\0"}
 
 
@@ -121,8 +125,12 @@ def escape(value: object, limit: int = DEFAULT_FIELD_LIMIT) -> str:
     if value is None:
         return "-"
     raw = _to_bytes(value)
+    head = raw[:limit]
+    if not head.translate(None, _PRINTABLE_BYTES):
+        shown = head.decode("ascii")
+        return shown if len(raw) <= limit else f"{shown}...(+{len(raw) - limit} bytes)"
     out = []
-    for byte in raw[:limit]:
+    for byte in head:
         if byte in _PRINTABLE:
             out.append(chr(byte))
         else:
@@ -149,6 +157,8 @@ def _escape_rendered_line(text: str) -> str:
     other character is shown as L{escape} shows it.
     """
     body = text[:-1] if text.endswith("\n") else text
+    if body.isascii() and body.isprintable():  # for ASCII: exactly " " to "~"
+        return body + "\n"
     cleaned = "".join(c if " " <= c <= "~" else escape(c, limit=8) for c in body)
     return cleaned + "\n"
 
