@@ -1,0 +1,55 @@
+# -*- test-case-name: tests.test_admission -*-
+"""
+Admission control: which new connection may take a slot, decided before the greeting.
+
+L{netguard.admission.policy} holds the settings value (L{AdmissionPolicy}) and its vocabulary
+(reasons, offence kinds); L{netguard.admission.state} the L{Admission} tables that apply it.
+The rules, pools, penalties and bounds: C{docs/operating.md} section 8.
+"""
+
+from netguard.admission.policy import (
+    DENIED,
+    GLOBAL_CAP,
+    NOT_ALLOWED,
+    OFFENCE_KINDS,
+    OVERLOAD_LAG,
+    OVERLOAD_LOAD,
+    OVERLOAD_MEMORY,
+    PENALISED,
+    PER_SOURCE_CAP,
+    RANDOM_EARLY_DROP,
+    RATE,
+    REASONS,
+    RELAY_CAP,
+    UNAUTH_CAP,
+    UNIX_SOURCE,
+    UNKNOWN_SOURCE,
+    AdmissionPolicy,
+    Refusal,
+    allowed_values,
+)
+from netguard.admission.state import Admission, TimeSource
+
+__all__ = [
+    "DENIED",
+    "GLOBAL_CAP",
+    "NOT_ALLOWED",
+    "OFFENCE_KINDS",
+    "OVERLOAD_LAG",
+    "OVERLOAD_LOAD",
+    "OVERLOAD_MEMORY",
+    "PENALISED",
+    "PER_SOURCE_CAP",
+    "RANDOM_EARLY_DROP",
+    "RATE",
+    "REASONS",
+    "RELAY_CAP",
+    "UNAUTH_CAP",
+    "UNIX_SOURCE",
+    "UNKNOWN_SOURCE",
+    "Admission",
+    "AdmissionPolicy",
+    "Refusal",
+    "TimeSource",
+    "allowed_values",
+]
