@@ -10,6 +10,7 @@ C{docs/logging.md}.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -184,7 +185,32 @@ def _system(event: Mapping[str, Any]) -> str:
     return _token(system)
 
 
-def format_text(event: Mapping[str, Any]) -> str | None:
+class _PerSecondTime:
+    """
+    L{formatTime} for the events of one observer: the text shows whole seconds, so the text
+    of the last second is kept and reused for the next events in that second. A time whose
+    microseconds would round up to the next second is formatted afresh.
+    """
+
+    def __init__(self) -> None:
+        self._cached: tuple[int, str] | None = None
+
+    def __call__(self, when: object) -> str:
+        if type(when) is int or (type(when) is float and math.isfinite(when)):
+            second = int(when)
+            if when >= 0 and when - second < 0.999999:
+                cached = self._cached  # one read: another thread may replace it
+                if cached is not None and cached[0] == second:
+                    return cached[1]
+                text = formatTime(when)  # type: ignore[arg-type]
+                self._cached = (second, text)
+                return text
+        return formatTime(when)  # type: ignore[arg-type]
+
+
+def format_text(
+    event: Mapping[str, Any], format_time: Callable[[Any], str] = formatTime
+) -> str | None:
     """
     Render an event as one escaped text line::
 
@@ -198,6 +224,7 @@ def format_text(event: Mapping[str, Any]) -> str | None:
     final newline.
 
     @param event: a C{twisted.logger} event.
+    @param format_time: renders C{log_time} (an observer passes its L{_PerSecondTime}).
     @return: the line, ending with a newline, or L{None} for an event with nothing to show.
     """
     try:
@@ -205,7 +232,7 @@ def format_text(event: Mapping[str, Any]) -> str | None:
         if not text:
             return None
         line = (
-            f"{formatTime(event.get('log_time'))} [{_system(event)}] "
+            f"{format_time(event.get('log_time'))} [{_system(event)}] "
             f"{_token(event.get('event'))} {_token(event.get('conn_id'))} {text}"
         )
         return _escape_rendered_line(line)
@@ -456,7 +483,14 @@ def safe_text_observer(out: IO[str]) -> FileLogObserver:
     @param out: a text stream (for example C{sys.stdout} or an opened log file).
     @return: an C{ILogObserver}.
     """
-    return FileLogObserver(out, _without_quiet_udp_lines(format_text))
+    return FileLogObserver(out, _without_quiet_udp_lines(_text_formatter()))
+
+
+def _text_formatter() -> Callable[[Mapping[str, Any]], str | None]:
+    """
+    L{format_text} with a time formatter of its own, for one observer.
+    """
+    return functools.partial(format_text, format_time=_PerSecondTime())
 
 
 def json_observer(out: IO[str]) -> FileLogObserver:
@@ -552,7 +586,7 @@ def text_stdout_observer() -> FileLogObserver:
 
     @return: an C{ILogObserver}.
     """
-    return _stdout_observer(format_text, None)
+    return _stdout_observer(_text_formatter(), None)
 
 
 def json_stdout_observer() -> FileLogObserver:
@@ -574,7 +608,7 @@ def text_journal_observer() -> FileLogObserver:
 
     @return: an C{ILogObserver}.
     """
-    return _stdout_observer(format_text, True)
+    return _stdout_observer(_text_formatter(), True)
 
 
 def json_journal_observer() -> FileLogObserver:
