@@ -26,7 +26,7 @@ from netguard.auth.users import UserStore
 from netguard.config import Config
 from netguard.gateway.protocol import GatewaySession
 from netguard.gateway.seams import DrainWatcher, LiveSession, Service
-from netguard.outbound.backends import BackendLeg, open_backend
+from netguard.outbound.backends import BackendEndpoints, BackendLeg, open_backend
 from netguard.peer.checks import PeerCheckPolicy, PeerCheckRun, PeerChecks
 from netguard.relay import B
 from netguard.stats import Stats
@@ -56,6 +56,7 @@ class GatewayFactory(Factory):
         self.stats = stats if stats is not None else Stats()
         self.stats.set_services(dict(config.services))
         self.framing_limits = config.limits
+        self._backend_endpoints = BackendEndpoints(reactor)
         self.sessions: set[LiveSession] = set()
         self.admitting = AdmittingFactory(
             self,
@@ -86,6 +87,7 @@ class GatewayFactory(Factory):
         self.users = users
         self.stats.set_services(dict(config.services))
         self.framing_limits = config.limits
+        self._backend_endpoints = BackendEndpoints(self.reactor)
         self.admitting.write_timeout = self.framing_limits.write_timeout
         policy = config.peer_checks
         if policy != self.peer_policy:
@@ -284,4 +286,9 @@ class GatewayFactory(Factory):
         """
         Open C{service}'s backend for one session.
         """
-        return open_backend(self.reactor, service, write_timeout=self.framing_limits.write_timeout)
+        return open_backend(
+            self.reactor,
+            service,
+            write_timeout=self.framing_limits.write_timeout,
+            endpoints=self._backend_endpoints,
+        )

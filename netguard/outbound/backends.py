@@ -416,8 +416,46 @@ def backend_endpoint(reactor: Any, service: BackendService) -> Any:
     return clientFromString(reactor, service.backend)
 
 
+class BackendEndpoints:
+    """
+    The client endpoints of one configuration's backends, for L{open_backend}.
+
+    A C{tcp:} or C{unix:} backend without a SOCKS5 proxy is built from its description on
+    first use and reused for later sessions: building it reads nothing but the description,
+    and its endpoint keeps no state between connections. Every other backend (C{tls:}, whose
+    trust roots and certificate files are read when it is built; one behind a SOCKS5 proxy;
+    an endpoint plugin's) is built afresh for each session. A reloaded configuration gets a
+    new L{BackendEndpoints}.
+    """
+
+    def __init__(self, reactor: Any):
+        """
+        @param reactor: the reactor the endpoints connect with.
+        """
+        self._reactor = reactor
+        self._built: dict[str, Any] = {}
+
+    def endpoint(self, service: BackendService) -> Any:
+        """
+        The client endpoint for C{service}'s backend (L{backend_endpoint}).
+
+        @raise Exception: whatever building it raises for a bad description (not kept).
+        """
+        description = service.backend
+        if service.socks5 or description.split(":", 1)[0].lower() not in ("tcp", "unix"):
+            return backend_endpoint(self._reactor, service)
+        built = self._built.get(description)
+        if built is None:
+            built = self._built[description] = backend_endpoint(self._reactor, service)
+        return built
+
+
 def open_backend(
-    reactor: Any, service: BackendService, *, write_timeout: float = 30.0
+    reactor: Any,
+    service: BackendService,
+    *,
+    write_timeout: float = 30.0,
+    endpoints: BackendEndpoints | None = None,
 ) -> Deferred[BackendLeg]:
     """
     Open the backend of C{service} for one session.
@@ -434,6 +472,8 @@ def open_backend(
     @param service: a L{netguard.config.ServiceConfig} (C{backend}, C{socks5},
         C{connect_timeout}, C{idle_timeout} are read).
     @param write_timeout: how long either side may leave its write queue full.
+    @param endpoints: where the backend's endpoint comes from (L{BackendEndpoints}); by
+        default it is built from the service's description for this session.
     @return: a L{Deferred} firing with the L{BackendLeg} once connected, or failing with the
         precise cause: the endpoint's own error (refused, SOCKS5 reply, TLS verification...),
         or L{BackendConnectTimeout} when C{connect_timeout} passes first.
@@ -442,7 +482,10 @@ def open_backend(
         return succeed(EchoLeg(reactor, write_timeout, service.idle_timeout))
     leg = EndpointLeg(reactor, write_timeout, service.idle_timeout)
     try:
-        endpoint = backend_endpoint(reactor, service)
+        if endpoints is None:
+            endpoint = backend_endpoint(reactor, service)
+        else:
+            endpoint = endpoints.endpoint(service)
         connecting = endpoint.connect(_LegFactory(leg))
     except Exception as error:  # a bad description: reported like any connect failure
         return fail(error)
