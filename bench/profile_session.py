@@ -7,6 +7,7 @@ benchmark figures.
     .venv/bin/python bench/profile_session.py --profile cprofile  # + cProfile top-N tables
     .venv/bin/python bench/profile_session.py --profile py-spy    # + py-spy top-N tables
     .venv/bin/python bench/profile_session.py --trees /tmp/before,.  # interleave two checkouts
+    .venv/bin/python bench/profile_session.py --no-portforward   # the gateway alone
 
 The gateway is the real one (C{twistd -n netguard}, the generated benchmark configuration of
 C{paths.py} with C{greeting_delay = 0}, every other check as shipped, logging every session
@@ -18,8 +19,15 @@ Each session: connect, greeting, SCRAM-SHA-256 (the client caches its salted pas
 gateway's CPU time (utime + stime from C{/proc/<pid>/stat}) over the timed sessions, divided
 by their count, is the figure; a warm-up comes first. With C{--profile cprofile} the gateway
 enables C{cProfile} on SIGUSR2 for the timed window only (a separate run from the CPU figure:
-the profiler's own cost is not in it). Everything runs on 127.0.0.1, bounded in count and
-time, and every process started is stopped by its own process group id.
+the profiler's own cost is not in it).
+
+The anchor, measured in the same run and interleaved with the gateway's runs under the same
+pinning: Twisted's own relay (C{twistd -n portforward}, as C{bench/paths.py} runs it) alone on
+CPU 1, forwarding to the same echo backend on CPU 0, driven by the same client doing the
+equivalent plain work (connect, 16 bytes echoed, close, the same concurrency and counts). Its
+CPU per relayed connection is measured the same way, and the script prints the medians of
+both and their ratio. Everything runs on 127.0.0.1, bounded in count and time, and every
+process started is stopped by its own process group id.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -135,12 +145,23 @@ async def _session(port: int, target: loadgen.NGPTarget, scram: loadgen.ScramCli
         await writer.wait_closed()
 
 
+async def _relayed(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(PAYLOAD)
+        if await reader.readexactly(len(PAYLOAD)) != PAYLOAD:
+            raise ValueError("the echo returned other bytes")
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
 async def _drive(
-    port: int, target: loadgen.NGPTarget, scram: loadgen.ScramClient, count: int, conns: int,
-    seconds: float,
-) -> tuple[int, int, float]:  # fmt: skip
+    session: Callable[[], Awaitable[None]], count: int, conns: int, seconds: float
+) -> tuple[int, int, float]:
     """
-    Run C{count} sessions, C{conns} at a time, for at most C{seconds}.
+    Run C{count} sessions (each one call of C{session}), C{conns} at a time, for at most
+    C{seconds}.
 
     @return: (sessions completed, sessions failed, wall seconds).
     """
@@ -154,7 +175,7 @@ async def _drive(
         while next_index < count and time.perf_counter() < deadline:
             next_index += 1
             try:
-                await asyncio.wait_for(_session(port, target, scram), SESSION_TIMEOUT)
+                await asyncio.wait_for(session(), SESSION_TIMEOUT)
                 done += 1
             except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError):
                 failed += 1
@@ -207,32 +228,79 @@ def measure(
         scram = loadgen.ScramClient(target.user, target.password)
 
         def window(count: int) -> tuple[int, int, float]:
-            return asyncio.run(_drive(port, target, scram, count, args.conns, args.seconds))
+            session = partial(_session, port, target, scram)
+            return asyncio.run(_drive(session, count, args.conns, args.seconds))
 
-        window(args.warmup)
-        time.sleep(0.5)
-        idle0 = cpu_seconds(gateway.pid)
-        time.sleep(1.0)
-        result["idle_cpu_per_s"] = cpu_seconds(gateway.pid) - idle0
         with open(gateway.log_path, errors="replace") as f:
             result["netguard"] = f.readline().rsplit(" ", 1)[-1].strip()
-        lines0 = _lines(gateway.log_path)
-        cpu0 = cpu_seconds(gateway.pid)
-        done, failed, wall = window(args.sessions)
-        time.sleep(0.5)  # let the gateway finish the last closes and log lines
-        cpu = cpu_seconds(gateway.pid) - cpu0 - result["idle_cpu_per_s"] * (wall + 0.5)
-        result.update(
-            sessions=done, failed=failed, wall_s=wall, rate=done / wall,
-            cpu_s=cpu, us_per_session=1e6 * cpu / max(done, 1),
-            gateway_cpu_pct=100 * cpu / wall,
-        )  # fmt: skip
-        result["log_lines_per_session"] = (_lines(gateway.log_path) - lines0) / max(done, 1)
+        result.update(_timed(args, gateway, window))
         if args.profile:
             result["profile"] = _profile(args, gateway.pid, window, prof, label, work)
     finally:
         processes.stop_all()
         shutil.rmtree(state, ignore_errors=True)
     return result
+
+
+def _timed(args: argparse.Namespace, server: Any, window: Any) -> dict[str, Any]:
+    """
+    Warm C{server} up, measure its idle CPU, then time C{--sessions} sessions.
+
+    @param server: the L{procs.Server} being measured (its PID and log).
+    @param window: runs a given number of sessions; returns (done, failed, wall seconds).
+    @return: the figures: CPU per session less idle, rate, log lines per session.
+    """
+    window(args.warmup)
+    time.sleep(0.5)
+    idle0 = cpu_seconds(server.pid)
+    time.sleep(1.0)
+    idle = cpu_seconds(server.pid) - idle0
+    lines0 = _lines(server.log_path)
+    cpu0 = cpu_seconds(server.pid)
+    done, failed, wall = window(args.sessions)
+    time.sleep(0.5)  # let the server finish the last closes and log lines
+    cpu = cpu_seconds(server.pid) - cpu0 - idle * (wall + 0.5)
+    return {
+        "idle_cpu_per_s": idle, "sessions": done, "failed": failed, "wall_s": wall,
+        "rate": done / wall, "cpu_s": cpu, "us_per_session": 1e6 * cpu / max(done, 1),
+        "gateway_cpu_pct": 100 * cpu / wall,
+        "log_lines_per_session": (_lines(server.log_path) - lines0) / max(done, 1),
+    }  # fmt: skip
+
+
+def measure_portforward(args: argparse.Namespace, work: str, label: str) -> dict[str, Any]:
+    """
+    Start Twisted's portforward (C{twistd -n portforward}) in front of a fresh echo backend,
+    pinned as the gateway is, and time C{--sessions} relayed connections (connect, 16 bytes
+    echoed, close) the way L{measure} times sessions. Stop what was started.
+    """
+    processes = Processes(work)
+    port, backend = free_port(), free_port()
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    try:
+        echo = processes.start(
+            f"echo-{label}",
+            [sys.executable, __file__, "_echo", "--port", str(backend)],
+            args.client_cpu,
+        )
+        processes.wait_listening(echo, backend)
+        relay = processes.start(
+            f"portforward-{label}",
+            [
+                twistd, "-n", "--pidfile=", "portforward",
+                "-p", f"tcp:{port}:interface=127.0.0.1", "-h", "127.0.0.1", "-d", str(backend),
+            ],
+            args.gateway_cpu, cwd=work,
+        )  # fmt: skip
+        processes.wait_listening(relay, port, timeout=30)
+
+        def window(count: int) -> tuple[int, int, float]:
+            session = partial(_relayed, port)
+            return asyncio.run(_drive(session, count, args.conns, args.seconds))
+
+        return _timed(args, relay, window)
+    finally:
+        processes.stop_all()
 
 
 def _profile(
@@ -289,6 +357,16 @@ def _cprofile_tables(path: str, top: int) -> str:
     return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
 
 
+def _report(title: str, unit: str, r: dict[str, Any], tail: str) -> None:
+    sys.stdout.write(
+        f"{title}: {r['us_per_session']:.0f} us/{unit} ({r['sessions']} {unit}s, "
+        f"{r['failed']} failed, {r['rate']:.0f}/s, relay CPU {r['gateway_cpu_pct']:.0f}%, "
+        f"idle {1e3 * r['idle_cpu_per_s']:.0f} ms/s, "
+        f"{r['log_lines_per_session']:.1f} log lines/{unit}, load {r['load']}{tail})\n"
+    )
+    sys.stdout.flush()
+
+
 def _lines(path: str) -> int:
     with open(path, "rb") as f:
         return sum(1 for _ in f)
@@ -315,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=["cprofile", "py-spy"], help="profile too")
     parser.add_argument("--save-profile", help="keep the (last) cProfile statistics here")
     parser.add_argument("--top", type=int, default=25, help="rows of each profile table")
+    parser.add_argument(
+        "--no-portforward", dest="portforward", action="store_false",
+        help="skip the anchor: Twisted's portforward, interleaved with the gateway's runs",
+    )  # fmt: skip
     parser.add_argument("--gateway-cpu", type=int, default=1)
     parser.add_argument("--client-cpu", type=int, default=0)
     sub = parser.add_subparsers(dest="command")
@@ -337,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     trees = [t for t in args.trees.split(",") if t]
     work = tempfile.mkdtemp(prefix="netguard-session-")
     results: dict[str, list[dict[str, Any]]] = {tree: [] for tree in trees}
+    anchor: list[dict[str, Any]] = []
     try:
         setup = pathmod.prepare(work, Processes(work), None, os.path.dirname(sys.executable))
         for run in range(args.runs):
@@ -345,20 +428,19 @@ def main(argv: list[str] | None = None) -> int:
                 r = measure(args, tree, setup, work, f"r{run}t{i}")
                 r["load"] = load
                 results[tree].append(r)
-                sys.stdout.write(
-                    f"run {run + 1} {tree}: {r['us_per_session']:.0f} us/session "
-                    f"({r['sessions']} sessions, {r['failed']} failed, {r['rate']:.0f}/s, "
-                    f"gateway CPU {r['gateway_cpu_pct']:.0f}%, idle "
-                    f"{1e3 * r['idle_cpu_per_s']:.0f} ms/s, "
-                    f"{r['log_lines_per_session']:.1f} log lines/session, "
-                    f"load {load}; {r['netguard']})\n"
-                )
-                sys.stdout.flush()
+                _report(f"run {run + 1} {tree}", "session", r, f"; {r['netguard']}")
                 if "profile" in r:
                     sys.stdout.write(r["profile"])
+            if args.portforward:
+                load = _load()
+                r = measure_portforward(args, work, f"r{run}pf")
+                r["load"] = load
+                anchor.append(r)
+                _report(f"run {run + 1} portforward", "connection", r, "")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     sys.stdout.write("median gateway CPU per session:\n")
+    pf = statistics.median(r["us_per_session"] for r in anchor) if anchor else None
     for tree, runs in results.items():
         figures = [r["us_per_session"] for r in runs]
         if figures:
@@ -366,6 +448,23 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {tree}: {statistics.median(figures):.0f} us "
                 f"(runs: {', '.join(f'{f:.0f}' for f in figures)})\n"
             )
+    if pf is not None:
+        figures = [r["us_per_session"] for r in anchor]
+        sys.stdout.write(
+            f"median Twisted portforward CPU per relayed connection: {pf:.0f} us "
+            f"(runs: {', '.join(f'{f:.0f}' for f in figures)})\n"
+        )
+        for tree, runs in results.items():
+            if runs:
+                gw = statistics.median(r["us_per_session"] for r in runs)
+                each = [
+                    g["us_per_session"] / a["us_per_session"]
+                    for g, a in zip(runs, anchor, strict=True)
+                ]
+                sys.stdout.write(
+                    f"ratio gateway / portforward, {tree}: {gw / pf:.2f}x "
+                    f"(per run: {', '.join(f'{x:.2f}' for x in each)})\n"
+                )
     return 0
 
 
