@@ -7,6 +7,7 @@ check that C{log.format = "json"} with C{log.file = "-"} is not silently ignored
 
 from __future__ import annotations
 
+import calendar
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 from typing import Any
 
 import attrs
@@ -23,7 +25,16 @@ from hypothesis import strategies as st
 from twisted.internet.defer import gatherResults
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import ILogObserver, Logger, LoggingFile, LogPublisher, globalLogPublisher
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    LoggingFile,
+    LogLevel,
+    LogPublisher,
+    formatTime,
+    globalLogPublisher,
+)
+from twisted.logger import _logger as twisted_logger_module
 from twisted.python import log as legacy_log
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
@@ -1177,3 +1188,413 @@ class QuietUDPPortTests(unittest.TestCase):
             self.assertEqual(len(written.splitlines()), 4)
 
         return quiet.stopListening().addCallback(reopen).addCallback(check)
+
+
+def reference_escape(value: object, limit: int) -> str:
+    """
+    L{escape} as C{docs/logging.md} section 4 states it, one byte at a time: printable ASCII
+    but the backslash kept, the backslash doubled, CR LF TAB NUL named, every other byte
+    C{\\xNN}; text UTF-8 encoded first (C{surrogateescape} bytes as themselves, other lone
+    surrogates as their 3 bytes); more than C{limit} bytes cut with C{...(+N bytes)}.
+    """
+    if value is None:
+        return "-"
+    if isinstance(value, bytes):
+        raw = value
+    else:
+        text = value if isinstance(value, str) else str(value)
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "surrogatepass")
+    named = {0x5C: "\\\\", 0x0D: "\\r", 0x0A: "\\n", 0x09: "\\t", 0x00: "\\0"}
+    out = ""
+    for byte in raw[:limit]:
+        if byte in named:
+            out += named[byte]
+        elif 0x20 <= byte <= 0x7E:
+            out += chr(byte)
+        else:
+            out += f"\\x{byte:02x}"
+    if len(raw) > limit:
+        out += f"...(+{len(raw) - limit} bytes)"
+    return out
+
+
+def reference_rendered_line(text: str) -> str:
+    """
+    The text observer's second pass as C{docs/logging.md} states it: the final newline
+    dropped, every character but printable ASCII escaped as L{escape} shows it, one newline
+    added.
+    """
+    body = text[:-1] if text.endswith("\n") else text
+    return "".join(c if 0x20 <= ord(c) <= 0x7E else reference_escape(c, 8) for c in body) + "\n"
+
+
+#: Bytes at the edges of the printable range and of the fast path's table, weighted in.
+_EDGE_BYTES = [0x00, 0x09, 0x0A, 0x0D, 0x1F, 0x20, 0x41, 0x5B, 0x5C, 0x5D, 0x7E, 0x7F, 0x80, 0xFF]
+
+#: Characters at the same edges, with non-ASCII printable letters, C1 controls, separators,
+#: a C{surrogateescape} byte and a lone surrogate.
+_EDGE_CHARS = "\x00\t\n\r\x1f ~\x7f\\A\x80\x85\xa0\xe9\u2028\u4e2d\U0001f600\udc80\udcff\ud800"
+
+_edge_bytes = st.lists(st.sampled_from(_EDGE_BYTES), max_size=40).map(bytes)
+_any_bytes = st.one_of(st.binary(max_size=300), _edge_bytes)
+_any_text = st.one_of(
+    st.text(max_size=60),
+    st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=40),
+    st.text(alphabet=st.sampled_from(_EDGE_CHARS), max_size=40),
+    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60),
+)
+
+
+class _RecordingPrintable(frozenset[int]):
+    """
+    The set of bytes C{escape}'s per-byte loop looks each byte up in, counting lookups.
+    """
+
+    lookups = 0
+
+    def __contains__(self, item: object) -> bool:
+        type(self).lookups += 1
+        return super().__contains__(item)
+
+
+class EscapeFastPathTests(unittest.TestCase):
+    """
+    L{escape}'s printable-ASCII fast path gives exactly what the per-byte rules give, for
+    any input and limit, and is the path taken for printable ASCII.
+    """
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.one_of(_any_bytes, _any_text), st.integers(min_value=0, max_value=320))
+    def test_same_as_the_documented_rules(self, value: bytes | str, limit: int) -> None:
+        """
+        For arbitrary bytes or text (edge bytes 0x1f, 0x20, 0x7e, 0x7f, the backslash,
+        non-ASCII, surrogates weighted in) and any limit, L{escape} equals the byte-by-byte
+        reference written from the documented rules, truncation marker included.
+        """
+        self.assertEqual(escape(value, limit=limit), reference_escape(value, limit))
+
+    def test_each_single_byte(self) -> None:
+        """
+        Every one of the 256 bytes alone, and just before and after a printable run, is
+        escaped as the rules say (the fast path's table lets exactly 0x20-0x7e but 0x5c
+        through).
+        """
+        for byte in range(256):
+            for raw in (bytes([byte]), b"ab" + bytes([byte]), bytes([byte]) + b"yz"):
+                self.assertEqual(escape(raw), reference_escape(raw, DEFAULT_FIELD_LIMIT), raw)
+
+    def test_limit_cuts_a_printable_value_at_the_boundary(self) -> None:
+        """
+        Printable ASCII of exactly C{limit} bytes has no marker; one byte more is cut with
+        C{...(+1 bytes)}; a control byte just past the limit is not shown at all.
+        """
+        self.assertEqual(escape("a" * 10, limit=10), "a" * 10)
+        self.assertEqual(escape("a" * 11, limit=10), "a" * 10 + "...(+1 bytes)")
+        self.assertEqual(escape(b"a" * 10 + b"\x1b", limit=10), "a" * 10 + "...(+1 bytes)")
+
+    def test_printable_ascii_skips_the_per_byte_loop(self) -> None:
+        """
+        Printable ASCII (bytes or text, even cut at the limit, and whatever follows the
+        limit) never goes through the per-byte loop: no byte is looked up in its table.
+        """
+        self.patch(log_module, "_PRINTABLE", _RecordingPrintable(log_module._PRINTABLE))
+        self.patch(_RecordingPrintable, "lookups", 0)
+        every_printable = bytes(b for b in range(0x20, 0x7F) if b != 0x5C)
+        self.assertEqual(escape(every_printable), every_printable.decode())
+        self.assertEqual(
+            escape(every_printable.decode(), limit=10),
+            escape(every_printable[:10]) + "...(+84 bytes)",
+        )
+        self.assertEqual(escape(12345), "12345")
+        self.assertEqual(escape(b"a" * 10 + b"\x1b\n", limit=10), "a" * 10 + "...(+2 bytes)")
+        self.assertEqual(_RecordingPrintable.lookups, 0)
+
+    def test_other_input_takes_the_per_byte_loop(self) -> None:
+        """
+        The control for the test above: a backslash, a DEL, a 0x1f or a non-ASCII letter
+        within the limit sends the value through the per-byte loop (each byte looked up).
+        """
+        self.patch(log_module, "_PRINTABLE", _RecordingPrintable(log_module._PRINTABLE))
+        for value in ("ab\\", b"ab\x7f", b"\x1fab", "ab\u00e9"):
+            self.patch(_RecordingPrintable, "lookups", 0)
+            self.assertEqual(escape(value), reference_escape(value, DEFAULT_FIELD_LIMIT))
+            self.assertGreater(_RecordingPrintable.lookups, 0, value)
+
+
+def _genexpr_calls(function: Any, *args: Any) -> int:
+    """
+    Call C{function(*args)} under a profiler and count how many generator expressions of
+    C{netguard/log.py} it started (the rendered-line check's per-character loop is one).
+    """
+    started = 0
+    log_file = log_module.__file__
+
+    def profile(frame: Any, kind: str, arg: object) -> None:
+        nonlocal started
+        code = frame.f_code
+        if kind == "call" and code.co_name == "<genexpr>" and code.co_filename == log_file:
+            started += 1
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        function(*args)
+    finally:
+        sys.setprofile(previous)
+    return started
+
+
+class RenderedLineFastPathTests(unittest.TestCase):
+    """
+    The text observer's second pass over the whole line (C{_escape_rendered_line}): its
+    printable-ASCII fast path gives what the per-character rule gives, and is taken.
+    """
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.one_of(_any_text, _any_text.map(lambda text: text + "\n")))
+    def test_same_as_the_documented_rule(self, text: str) -> None:
+        """
+        For arbitrary text (edge characters 0x1f, 0x20, 0x7e, 0x7f, the backslash,
+        non-ASCII printable letters, separators, surrogates weighted in; with or without a
+        final newline), the line equals the per-character reference.
+        """
+        self.assertEqual(log_module._escape_rendered_line(text), reference_rendered_line(text))
+
+    def test_edge_characters_one_by_one(self) -> None:
+        """
+        Each edge character alone and amid printable text: only 0x20-0x7e (the backslash
+        included, unlike L{escape}) is kept.
+        """
+        for char in _EDGE_CHARS:
+            for text in (char, f"a{char}b", f"a{char}b\n"):
+                self.assertEqual(
+                    log_module._escape_rendered_line(text), reference_rendered_line(text), text
+                )
+
+    def test_printable_ascii_skips_the_per_character_loop(self) -> None:
+        """
+        A printable-ASCII line (a backslash, a space, a tilde in it; with or without its
+        newline) starts no per-character loop, and comes back unchanged with one newline.
+        """
+        line = "2026-05-01T10:00:00+0000 [a#info] e c x\\y ~ \\x1b"
+        self.assertEqual(_genexpr_calls(log_module._escape_rendered_line, line), 0)
+        self.assertEqual(_genexpr_calls(log_module._escape_rendered_line, line + "\n"), 0)
+        self.assertEqual(log_module._escape_rendered_line(line + "\n"), line + "\n")
+
+    def test_other_lines_take_the_per_character_loop(self) -> None:
+        """
+        The control for the test above (the profiler does see the loop): a 0x1f, a DEL, a
+        non-ASCII printable letter or an inner newline sends the line through it.
+        """
+        for line in ("a\x1fb", "a\x7fb", "caf\u00e9", "a\nb\n"):
+            self.assertGreater(_genexpr_calls(log_module._escape_rendered_line, line), 0, line)
+
+
+#: A second in 2026, and the same second plus microseconds that round up to the next one.
+_SECOND = 1_780_000_000
+_ROUNDS_UP = _SECOND + 0.9999996
+
+
+class _CountingFormatTime:
+    """
+    Twisted's L{formatTime}, counting its calls (patched in where C{netguard.log} looks it
+    up; L{format_text}'s default keeps the real one, for the reference lines).
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, when: Any) -> str:
+        self.calls += 1
+        return formatTime(when)
+
+
+def _event(when: Any, number: int = 0) -> dict[str, Any]:
+    """
+    An info event at C{when}, as L{Logger} would emit it.
+    """
+    return {
+        "log_format": "event {number}",
+        "number": number,
+        "log_time": when,
+        "log_namespace": "tests.test_log",
+        "log_level": LogLevel.info,
+        "event": "x.y",
+        "conn_id": "1-1",
+    }
+
+
+class PerSecondTimeTests(unittest.TestCase):
+    """
+    The text observers format the time once per second and reuse the text, writing lines
+    byte-identical to those formatted with Twisted's L{formatTime} for every event.
+    """
+
+    def setUp(self) -> None:
+        self.counting = _CountingFormatTime()
+        self.patch(log_module, "formatTime", self.counting)
+
+    def observe(self, observer_out: io.StringIO, times: list[Any]) -> list[str]:
+        """
+        Send one event per time to a fresh L{safe_text_observer} writing to C{observer_out}.
+
+        @return: the lines it wrote.
+        """
+        observer = safe_text_observer(observer_out)
+        for number, when in enumerate(times):
+            observer(_event(when, number))
+        return observer_out.getvalue().splitlines(keepends=True)
+
+    def assert_lines_as_twisted_formats_them(self, times: list[Any], lines: list[str]) -> None:
+        """
+        Each line is what L{format_text} with Twisted's own L{formatTime} writes.
+        """
+        self.assertEqual(len(lines), len(times))
+        for number, (when, line) in enumerate(zip(times, lines, strict=True)):
+            self.assertEqual(line, format_text(_event(when, number)), when)
+            self.assertTrue(line.startswith(formatTime(when) + " ["), (when, line))
+
+    def test_events_within_one_second_format_the_time_once(self) -> None:
+        """
+        Five events within one second format the time once; the next second once more.
+        """
+        times = [_SECOND + f for f in (0.0, 0.1, 0.5, 0.75, 0.999)]
+        lines = self.observe(io.StringIO(), times)
+        self.assertEqual(self.counting.calls, 1)
+        self.assert_lines_as_twisted_formats_them(times, lines)
+        self.assertEqual(len(set(line.split(" ")[0] for line in lines)), 1)
+
+    def test_across_a_second_boundary(self) -> None:
+        """
+        Events either side of a second boundary (the last time Twisted still shows in the
+        second before, the boundary itself, and back again) each show their own second.
+        """
+        before = _SECOND + 0.9999994
+        times = [_SECOND + 0.5, before, _SECOND + 1.0, _SECOND + 1.25, _SECOND + 0.5, _SECOND + 2]
+        lines = self.observe(io.StringIO(), times)
+        self.assert_lines_as_twisted_formats_them(times, lines)
+        self.assertNotEqual(lines[1].split(" ")[0], lines[2].split(" ")[0])
+        self.assertEqual(self.counting.calls, 5)
+
+    def test_microseconds_that_round_up_are_formatted_afresh(self) -> None:
+        """
+        After an event at x.0, an event at x.9999996 (which Twisted shows as second x+1,
+        its microseconds rounding up) shows x+1, not the kept text of x; so do the exact
+        rounding edge x.9999995 and a time just under it.
+        """
+        self.assertEqual(formatTime(_ROUNDS_UP), formatTime(_SECOND + 1))  # the premise
+        self.assertNotEqual(formatTime(_ROUNDS_UP), formatTime(_SECOND))
+        times = [_SECOND, _ROUNDS_UP, _SECOND + 0.1, _SECOND + 0.9999995, _SECOND + 0.9999994]
+        lines = self.observe(io.StringIO(), times)
+        self.assert_lines_as_twisted_formats_them(times, lines)
+
+    def test_times_that_are_not_a_plain_second(self) -> None:
+        """
+        An int time, a negative time, a missing time and a non-finite time give what
+        Twisted gives (or the same C{log.unformattable} line), whatever was kept before.
+        """
+        times: list[Any] = [_SECOND, _SECOND + 0.5, -0.5, 0, -1, None, _SECOND + 0.2, 0, -1]
+        lines = self.observe(io.StringIO(), times)
+        self.assert_lines_as_twisted_formats_them(times, lines)
+        for when in (float("nan"), float("inf")):
+            out = io.StringIO()
+            safe_text_observer(out)(_event(_SECOND))
+            safe_text_observer(out)(_event(when))
+            self.assertEqual(
+                out.getvalue().splitlines(keepends=True)[1], format_text(_event(when))
+            )
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.integers(min_value=0, max_value=2**32),
+        st.lists(
+            st.tuples(
+                st.integers(min_value=-1, max_value=2),
+                st.one_of(
+                    st.floats(min_value=0.0, max_value=1.0, exclude_max=True),
+                    st.sampled_from([0.0, 0.5, 0.999999, 0.9999994, 0.9999995, 0.9999996]),
+                ),
+                st.booleans(),
+            ),
+            max_size=12,
+        ),
+    )
+    def test_any_sequence_of_times(self, base: int, steps: list[tuple[int, float, bool]]) -> None:
+        """
+        For any sequence of times within a few seconds of each other (forwards, backwards,
+        ints and floats, near every rounding edge), one observer's time text equals
+        Twisted's L{formatTime} for each.
+        """
+        format_time = log_module._PerSecondTime()
+        for offset, fraction, whole in steps:
+            when: float | int = base + offset if whole else base + offset + fraction
+            self.assertEqual(format_time(when), formatTime(when), when)
+
+    def test_with_a_logger_on_a_fake_clock(self) -> None:
+        """
+        Events of a real L{Logger} whose clock is a fake one, set by hand within a second,
+        onto a rounding edge and into the next seconds: the lines are Twisted's, and the
+        time is formatted once for the first second, then for each edge and new second.
+        """
+        now = [float(_SECOND)]
+        self.patch(twisted_logger_module, "time", lambda: now[0])
+        publisher = LogPublisher()
+        out, events = io.StringIO(), []
+        publisher.addObserver(safe_text_observer(out))
+        publisher.addObserver(events.append)
+        logger = Logger(namespace="tests.test_log", observer=publisher)  # type: ignore[arg-type]
+        times = [_SECOND, _SECOND + 0.3, _SECOND + 0.6, _ROUNDS_UP, _SECOND + 1.4, _ROUNDS_UP + 1]
+        for when in times:
+            now[0] = when
+            logger.info("at {when}", when=when, event="x.y")
+        self.assertEqual([event["log_time"] for event in events], times)
+        lines = out.getvalue().splitlines(keepends=True)
+        self.assertEqual(lines, [format_text(event) for event in events])
+        self.assertEqual(self.counting.calls, 4)
+
+    def test_the_kept_text_is_each_observers_own(self) -> None:
+        """
+        Two observers keep their own second: the second observer formats a second the
+        first already formatted, and each then reuses its own text; the factories for
+        C{twistd --logger} each get their own too.
+        """
+        first_out, second_out = io.StringIO(), io.StringIO()
+        first, second = safe_text_observer(first_out), safe_text_observer(second_out)
+        first(_event(_SECOND + 0.1))
+        second(_event(_SECOND + 0.2))
+        self.assertEqual(self.counting.calls, 2)
+        first(_event(_SECOND + 0.3))
+        second(_event(_SECOND + 0.4))
+        self.assertEqual(self.counting.calls, 2)
+        self.patch(sys, "stdout", io.StringIO())
+        for factory in (text_stdout_observer, text_stdout_observer, text_journal_observer):
+            factory()(_event(_SECOND + 0.5))
+        self.assertEqual(self.counting.calls, 5)
+
+    def test_a_kept_second_does_not_cross_a_time_zone_change(self) -> None:
+        """
+        In a zone with daylight saving time, events either side of the switch show their
+        own UTC offset, exactly as Twisted shows them.
+        """
+        previous = os.environ.get("TZ")
+
+        def restore() -> None:
+            if previous is None:
+                os.environ.pop("TZ", None)
+            else:
+                os.environ["TZ"] = previous
+            time.tzset()
+
+        self.addCleanup(restore)
+        os.environ["TZ"] = "EST5EDT,M3.2.0,M11.1.0"
+        time.tzset()
+        switch = calendar.timegm((2026, 3, 8, 7, 0, 0, 0, 0, 0))  # 02:00 EST
+        times = [switch - 1.5, switch - 0.5, switch, switch + 0.5]
+        lines = self.observe(io.StringIO(), times)
+        self.assert_lines_as_twisted_formats_them(times, lines)
+        self.assertEqual(
+            [line.split(" ")[0][-5:] for line in lines], ["-0500", "-0500", "-0400", "-0400"]
+        )
