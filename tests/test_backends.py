@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -19,9 +20,13 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from netguard.config import ServiceConfig
+from netguard.auth.users import UserStore
+from netguard.config import Config, ServiceConfig, load_config
+from netguard.gateway.factory import GatewayFactory
+from netguard.outbound import backends as backends_module
 from netguard.outbound.backends import (
     BackendConnectTimeout,
+    BackendEndpoints,
     EchoLeg,
     EndpointLeg,
     backend_endpoint,
@@ -451,3 +456,235 @@ class TLSBackendTests(OpenBackendTestCase):
         tls.connectionLost(Failure(error.ConnectionAborted()))
         self.failureResultOf(opening, BackendConnectTimeout)
         self.assert_no_timer_left()
+
+
+class _Counting:
+    """
+    A function of L{netguard.outbound.backends}, counting its calls (patched in where the
+    module looks it up).
+    """
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.calls: list[str] = []
+
+    def __call__(self, reactor: Any, what: Any) -> Any:
+        self.calls.append(what if isinstance(what, str) else what.backend)
+        return self.real(reactor, what)
+
+
+class BackendEndpointsTestCase(OpenBackendTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.parsed = _Counting(backends_module.clientFromString)
+        self.built = _Counting(backends_module.backend_endpoint)
+        self.patch(backends_module, "clientFromString", self.parsed)
+        self.patch(backends_module, "backend_endpoint", self.built)
+        self.endpoints = BackendEndpoints(self.reactor)
+
+    def open(self, svc: ServiceConfig) -> Deferred[Any]:
+        return open_backend(self.reactor, svc, write_timeout=30.0, endpoints=self.endpoints)
+
+
+class BackendEndpointsTests(BackendEndpointsTestCase):
+    """
+    L{BackendEndpoints}: a C{tcp:} or C{unix:} backend without SOCKS5 is built from its
+    description once for all the sessions of one configuration; every other backend is
+    built for each session.
+    """
+
+    OPENS = 5
+
+    def test_tcp_backend_is_parsed_once_for_many_opens(self) -> None:
+        """
+        Five OPENs of a C{tcp:} service parse its description once, and each still makes a
+        connection attempt of its own to the backend's host and port.
+        """
+        svc = service("tcp:host=10.0.0.5:port=6379")
+        for _ in range(self.OPENS):
+            self.open(svc)
+        self.assertEqual(self.parsed.calls, ["tcp:host=10.0.0.5:port=6379"])
+        self.assertEqual(
+            [client[:2] for client in self.reactor.tcpClients], [("10.0.0.5", 6379)] * self.OPENS
+        )
+
+    def test_unix_backend_is_parsed_once_for_many_opens(self) -> None:
+        """
+        Five OPENs of a C{unix:} service parse its description once and connect five times.
+        """
+        svc = service("unix:path=/run/redis.sock")
+        for _ in range(self.OPENS):
+            self.open(svc)
+        self.assertEqual(self.parsed.calls, ["unix:path=/run/redis.sock"])
+        self.assertEqual(
+            [client[0] for client in self.reactor.unixClients], ["/run/redis.sock"] * self.OPENS
+        )
+
+    def test_each_session_connects_and_ends_on_its_own(self) -> None:
+        """
+        Sessions sharing a built C{tcp:} endpoint get legs of their own: the second one's
+        connection completes while the first one's is still pending, and the first one then
+        times out alone.
+        """
+        svc = service("tcp:host=10.0.0.5:port=6379")
+        first = self.open(svc)
+        self.reactor.advance(CONNECT_TIMEOUT / 2)
+        second = self.open(svc)
+        self.complete_connection(1)
+        leg = self.successResultOf(second)
+        self.assertIsInstance(leg, EndpointLeg)
+        self.assertNoResult(first)
+        self.reactor.advance(CONNECT_TIMEOUT / 2)
+        self.failureResultOf(first, BackendConnectTimeout)
+        self.assertEqual(len(self.parsed.calls), 1)
+
+    def test_each_description_has_its_own_endpoint(self) -> None:
+        """
+        Two services with different backends reach each their own; a third with the same
+        description as the first shares its endpoint (one parse per description).
+        """
+        self.open(service("tcp:host=10.0.0.5:port=6379"))
+        self.open(service("tcp:host=10.0.0.6:port=5432"))
+        self.open(ServiceConfig("other", "tcp:host=10.0.0.5:port=6379", ("*",)))
+        self.assertEqual(
+            [client[:2] for client in self.reactor.tcpClients],
+            [("10.0.0.5", 6379), ("10.0.0.6", 5432), ("10.0.0.5", 6379)],
+        )
+        self.assertEqual(len(self.parsed.calls), 2)
+
+    def test_tls_backend_is_built_on_every_open(self) -> None:
+        """
+        A C{tls:} backend (its trust roots and certificates are read when it is built) is
+        built for each of five OPENs.
+        """
+        svc = service("tls:host=127.0.0.1:port=6380")
+        for _ in range(self.OPENS):
+            self.open(svc)
+        self.assertEqual(len(self.built.calls), self.OPENS)
+        self.assertEqual(self.parsed.calls, ["tls:host=127.0.0.1:port=6380"] * self.OPENS)
+        self.assertEqual(len(self.reactor.tcpClients), self.OPENS)
+
+    def test_socks5_service_is_built_on_every_open(self) -> None:
+        """
+        A C{tcp:} backend behind a SOCKS5 proxy is built for each OPEN: its proxy
+        description is parsed five times for five OPENs, each connecting to the proxy.
+        """
+        svc = service("tcp:host=10.0.0.5:port=6379", socks5="tcp:host=127.0.0.1:port=1080")
+        for _ in range(self.OPENS):
+            self.open(svc)
+        self.assertEqual(len(self.built.calls), self.OPENS)
+        self.assertEqual(self.parsed.calls, ["tcp:host=127.0.0.1:port=1080"] * self.OPENS)
+        self.assertEqual(
+            [client[:2] for client in self.reactor.tcpClients], [("127.0.0.1", 1080)] * self.OPENS
+        )
+
+    def test_plugin_backend_is_built_on_every_open(self) -> None:
+        """
+        A backend of an endpoint plugin (here the C{socks5:} client endpoint) is built for
+        each OPEN.
+        """
+        svc = service("socks5:host=10.0.0.5:port=6379:proxy_host=127.0.0.1:proxy_port=1080")
+        for _ in range(self.OPENS):
+            self.open(svc)
+        self.assertEqual(len(self.built.calls), self.OPENS)
+        self.assertEqual(len(self.parsed.calls), self.OPENS)
+
+    def test_only_the_tcp_and_unix_schemes_are_kept(self) -> None:
+        """
+        Only the C{tcp} and C{unix} schemes (in any case) are kept: C{ssl:} (Twisted's
+        other TCP-based client, which reads certificate options when built) is built each
+        time, C{TCP:} once.
+        """
+        for _ in range(3):
+            self.open(service("ssl:host=10.0.0.6:port=6379"))
+            self.open(service("TCP:host=10.0.0.5:port=6379"))
+        self.assertEqual(
+            self.parsed.calls,
+            ["ssl:host=10.0.0.6:port=6379", "TCP:host=10.0.0.5:port=6379"]
+            + ["ssl:host=10.0.0.6:port=6379"] * 2,
+        )
+
+    def test_a_bad_description_is_not_kept(self) -> None:
+        """
+        A C{tcp:} description that does not build fails every OPEN with the parser's error,
+        parsed again each time (a failure is not kept in place of an endpoint).
+        """
+        svc = service("tcp:host=10.0.0.5")
+        for _ in range(3):
+            self.failureResultOf(self.open(svc), TypeError)
+        self.assertEqual(len(self.parsed.calls), 3)
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_without_endpoints_every_open_builds(self) -> None:
+        """
+        L{open_backend} without a L{BackendEndpoints} builds the endpoint for each session.
+        """
+        svc = service("tcp:host=10.0.0.5:port=6379")
+        for _ in range(3):
+            open_backend(self.reactor, svc, write_timeout=30.0)
+        self.assertEqual(len(self.parsed.calls), 3)
+
+
+class GatewayBackendEndpointsTests(BackendEndpointsTestCase):
+    """
+    The gateway factory keeps one L{BackendEndpoints} per configuration: L{apply_config}
+    (what a reload calls) replaces it, so the next OPEN reaches the backend the new
+    configuration names, while relays already open keep their connection.
+    """
+
+    def make_factory(self, backend: str) -> GatewayFactory:
+        config = load_config(None, {"state_dir": "/nonexistent-netguard-test"})
+        return GatewayFactory(
+            self.configured(config, backend), UserStore.from_records([]), self.reactor
+        )
+
+    def configured(self, config: Config, backend: str) -> Config:
+        return attrs.evolve(config, services={"svc": ServiceConfig("svc", backend, ("*",))})
+
+    def reload(self, factory: GatewayFactory, backend: str) -> None:
+        factory.apply_config(self.configured(factory.config, backend), factory.users)
+
+    def test_opens_share_one_parse_until_a_reload(self) -> None:
+        """
+        Three OPENs through the factory parse the backend once; after a reload that changes
+        its port, the next OPENs connect to the new port (parsed once more), and a live
+        relay on the old backend is not touched.
+        """
+        factory = self.make_factory("tcp:host=10.0.0.5:port=6379")
+        openings = [factory.open_backend(factory.config.services["svc"]) for _ in range(3)]
+        live = self.complete_connection(0)
+        self.assertIsInstance(self.successResultOf(openings[0]), EndpointLeg)
+        self.assertEqual(len(self.parsed.calls), 1)
+        self.reload(factory, "tcp:host=10.0.0.5:port=6380")
+        for _ in range(3):
+            factory.open_backend(factory.config.services["svc"])
+        self.assertEqual(
+            [client[:2] for client in self.reactor.tcpClients],
+            [("10.0.0.5", 6379)] * 3 + [("10.0.0.5", 6380)] * 3,
+        )
+        self.assertEqual(
+            self.parsed.calls, ["tcp:host=10.0.0.5:port=6379", "tcp:host=10.0.0.5:port=6380"]
+        )
+        self.assertFalse(live.transport.disconnecting)
+        self.assertNoResult(openings[1])  # still connecting to the old backend
+
+    def test_a_reload_builds_afresh_even_an_unchanged_backend(self) -> None:
+        """
+        Reloading to a new port and back to the first: the first description is parsed
+        again (the old configuration's endpoints are gone, not kept or accumulated).
+        """
+        factory = self.make_factory("unix:path=/run/a.sock")
+        factory.open_backend(factory.config.services["svc"])
+        self.reload(factory, "unix:path=/run/b.sock")
+        factory.open_backend(factory.config.services["svc"])
+        self.reload(factory, "unix:path=/run/a.sock")
+        factory.open_backend(factory.config.services["svc"])
+        factory.open_backend(factory.config.services["svc"])
+        self.assertEqual(
+            self.parsed.calls,
+            ["unix:path=/run/a.sock", "unix:path=/run/b.sock", "unix:path=/run/a.sock"],
+        )
+        self.assertEqual(
+            [client[0] for client in self.reactor.unixClients],
+            ["/run/a.sock", "/run/b.sock", "/run/a.sock", "/run/a.sock"],
+        )
