@@ -8,10 +8,12 @@ from __future__ import annotations
 import base64
 import os
 import socket
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
@@ -32,6 +34,28 @@ class Collector(NGPClientProtocol):
         if self.waiting is not None:
             waiting, self.waiting = self.waiting, None
             waiting.callback(self.received)
+
+
+class TaggingBackend(Protocol):
+    """
+    A backend that answers every chunk it reads with its tag and the chunk (so a client can
+    tell which backend it reached), and records its connections.
+    """
+
+    def __init__(self, tag: bytes, connections: list[TaggingBackend]) -> None:
+        self.tag = tag
+        self.connections = connections
+        self.open = False
+
+    def connectionMade(self) -> None:
+        self.open = True
+        self.connections.append(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(self.tag + data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.open = False
 
 
 class ReloadTests(unittest.TestCase):
@@ -161,3 +185,72 @@ class ReloadTests(unittest.TestCase):
         self.write_config('listen = ["tcp:0:interface=127.0.0.2"]\n')
         self.assertIn("restart needed for: listen", self.gateway.reloader.reload())
         self.assertIn("restart needed for: listen", self.gateway.reloader.reload())
+
+    def start_backend(self, tag: bytes) -> tuple[int, list[TaggingBackend]]:
+        """
+        A L{TaggingBackend} listening on loopback, stopped at cleanup.
+
+        @return: its port and the list of its connections.
+        """
+        connections: list[TaggingBackend] = []
+        factory = Factory.forProtocol(lambda: TaggingBackend(tag, connections))
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return port.getHost().port, connections
+
+    def configure_echo(self, backend_port: int) -> None:
+        """
+        Point the C{echo} service at the backend on C{backend_port} and reload.
+        """
+        self.write_config(
+            'listen = ["tcp:0:interface=127.0.0.1"]\n'
+            f'[services.echo]\nbackend = "tcp:host=127.0.0.1:port={backend_port}"\n'
+            'users = ["*"]\n'
+        )
+        self.gateway.reloader.reload()
+
+    @inlineCallbacks
+    def exchange(self, client, data: bytes, expected: bytes):
+        """
+        Send C{data} through C{client}'s session and wait for C{len(expected)} bytes back.
+        """
+        client.waiting = Deferred()
+        client.received = b""
+        client.transport.write(data)
+        received = yield client.waiting
+        while len(received) < len(expected):
+            client.waiting = Deferred()
+            received = yield client.waiting
+        return received
+
+    @inlineCallbacks
+    def test_changed_backend_reached_by_the_next_session(self):
+        """
+        After a reload moves C{echo} from backend A to backend B, a session opened before
+        still talks to A, the next session reaches B, and a reload back to A sends the next
+        session to A again (each backend sees exactly the connections it should).
+        """
+        port_a, seen_by_a = self.start_backend(b"A:")
+        port_b, seen_by_b = self.start_backend(b"B:")
+        self.configure_echo(port_a)
+        before = yield self.open()
+        received = yield self.exchange(before, b"one", b"A:one")
+        self.assertEqual(received, b"A:one")
+
+        self.configure_echo(port_b)
+        received = yield self.exchange(before, b"two", b"A:two")
+        self.assertEqual(received, b"A:two")  # the live relay is untouched
+        after = yield self.open()
+        received = yield self.exchange(after, b"three", b"B:three")
+        self.assertEqual(received, b"B:three")
+
+        self.configure_echo(port_a)
+        again = yield self.open()
+        received = yield self.exchange(again, b"four", b"A:four")
+        self.assertEqual(received, b"A:four")
+        self.assertEqual((len(seen_by_a), len(seen_by_b)), (2, 1))
+
+        for client in (before, after, again):
+            client.transport.loseConnection()
+        yield wait_for(lambda: not self.gateway.factory.sessions)
+        yield wait_for(lambda: not any(c.open for c in seen_by_a + seen_by_b))
