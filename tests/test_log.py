@@ -1542,9 +1542,9 @@ class PerSecondTimeTests(unittest.TestCase):
         now = [float(_SECOND)]
         self.patch(twisted_logger_module, "time", lambda: now[0])
         publisher = LogPublisher()
-        out, events = io.StringIO(), []
-        publisher.addObserver(safe_text_observer(out))
-        publisher.addObserver(events.append)
+        out, events = io.StringIO(), list[dict[str, Any]]()
+        publisher.addObserver(safe_text_observer(out))  # type: ignore[arg-type]
+        publisher.addObserver(events.append)  # type: ignore[arg-type]
         logger = Logger(namespace="tests.test_log", observer=publisher)  # type: ignore[arg-type]
         times = [_SECOND, _SECOND + 0.3, _SECOND + 0.6, _ROUNDS_UP, _SECOND + 1.4, _ROUNDS_UP + 1]
         for when in times:
