@@ -14,7 +14,6 @@ import functools
 import json
 import math
 import os
-import re
 import stat
 import sys
 from collections.abc import Callable, Mapping
@@ -24,8 +23,6 @@ from types import MappingProxyType
 from typing import IO, Any, cast
 
 import attrs
-from twisted.internet import udp
-from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import (
     FileLogObserver,
     Logger,
@@ -37,7 +34,8 @@ from twisted.logger import (
     formatTime,
     globalLogPublisher,
 )
-from twisted.python import log as legacy_log
+
+from netguard.quiet_udp import without_quiet_udp_lines
 
 #: How many bytes of untrusted input a log field shows before it is truncated.
 DEFAULT_FIELD_LIMIT = 120
@@ -335,146 +333,6 @@ def format_json(event: Mapping[str, Any]) -> str:
     return text + "\n"
 
 
-#: The legacy log context key that L{QuietUDPPort} sets while it opens and while it closes;
-#: the two lines C{twisted.internet.udp.Port} writes then carry it in their events.
-QUIET_UDP_CONTEXT_KEY = "netguard_quiet_udp_port"
-
-#: The two lines C{twisted.internet.udp.Port} writes for itself, and nothing else.
-_QUIET_UDP_LINE = re.compile(r".+ starting on [0-9]+|\(UDP Port [0-9]+ Closed\)")
-
-
-class QuietUDPPort(udp.Port):
-    """
-    A C{twisted.internet.udp.Port} for a short-lived, routine port (a DNS client opens one
-    per query), whose own two info lines are marked for netguard's observers to leave out.
-
-    C{udp.Port} writes C{<prefix> starting on N} while it opens (C{startListening}) and
-    C{(UDP Port N Closed)} while it closes (C{connectionLost}) with
-    C{twisted.python.log.msg}, unconditionally, with no attribute or hook to turn them off.
-    This port calls both inside a log context carrying L{QUIET_UDP_CONTEXT_KEY}, so the
-    events of those lines, and only of lines logged while this port opens or closes, carry
-    the key (L{is_quiet_udp_port_line}). Its protocol's own C{Starting protocol} /
-    C{Stopping protocol} lines are switched off at the source (C{noisy = False}).
-    """
-
-    def __init__(
-        self,
-        port: int,
-        proto: Any,
-        interface: str = "",
-        maxPacketSize: int = 8192,  # noqa: N803
-        reactor: Any = None,
-    ) -> None:
-        """
-        The arguments of C{udp.Port}; C{proto.noisy} is set to C{False}.
-        """
-        proto.noisy = False
-        super().__init__(port, proto, interface, maxPacketSize, reactor)
-
-    def startListening(self) -> None:  # noqa: N802
-        """
-        C{udp.Port.startListening}, its C{starting on} line marked quiet.
-        """
-        legacy_log.callWithContext({QUIET_UDP_CONTEXT_KEY: True}, super().startListening)
-
-    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
-        """
-        C{udp.Port.connectionLost}, its C{Closed} line marked quiet. The C{Deferred} that
-        C{stopListening} returned fires after, outside the quiet context, so that nothing its
-        callbacks log (another port opened there, say) is marked.
-        """
-        stopped = self.__dict__.pop("d", None)
-        legacy_log.callWithContext({QUIET_UDP_CONTEXT_KEY: True}, super().connectionLost, reason)
-        if stopped is not None:
-            stopped.callback(None)
-
-
-def listen_udp_quietly(
-    reactor: Any, port: int, protocol: Any, interface: str = "", max_packet_size: int = 8192
-) -> Any:
-    """
-    C{reactor.listenUDP} for a short-lived, routine port (a DNS client opens one per query),
-    without its four info lines per port in netguard's logs.
-
-    On a posix reactor (every reactor netguard runs on) the port is a L{QuietUDPPort}, opened
-    the way the reactor's own C{listenUDP} opens a C{udp.Port}: its protocol logs nothing,
-    and its two lines still reach C{globalLogPublisher}, where netguard's observers
-    (L{safe_text_observer}, L{json_observer}, the standard output ones, the C{[log] file}
-    sink) drop them, and only them, with L{is_quiet_udp_port_line}. Twisted's own default
-    observer (twistd without C{--logger}) still shows those two lines. On any other reactor
-    (a test's fake one) this is that reactor's C{listenUDP}, with the protocol's
-    C{noisy = False}.
-
-    @param reactor: an C{IReactorUDP} provider.
-    @param port: the port number, 0 for any.
-    @param protocol: a C{DatagramProtocol}; its C{noisy} is set to C{False}.
-    @param interface: the address to bind.
-    @param max_packet_size: the largest datagram read.
-    @return: the listening port, as C{listenUDP} returns it.
-    @raise twisted.internet.error.CannotListenError: as C{listenUDP}.
-    """
-    protocol.noisy = False
-    if not isinstance(reactor, PosixReactorBase):
-        return reactor.listenUDP(
-            port, protocol, interface=interface, maxPacketSize=max_packet_size
-        )
-    listening = QuietUDPPort(port, protocol, interface, max_packet_size, reactor)
-    listening.startListening()
-    return listening
-
-
-def _legacy_text(event: Mapping[str, Any]) -> str | None:
-    """
-    The text of an info event from C{twisted.python.log.msg} with one string argument,
-    else L{None}.
-    """
-    if event.get("log_namespace") != "log_legacy" or event.get("isError") != 0:
-        return None
-    if "failure" in event or "log_failure" in event:
-        return None
-    message = event.get("message")
-    if not (isinstance(message, tuple) and len(message) == 1 and isinstance(message[0], str)):
-        return None
-    return message[0]
-
-
-def is_quiet_udp_port_line(event: Mapping[str, Any]) -> bool:
-    """
-    Whether an event is one of the two lines C{twisted.internet.udp.Port} writes for a
-    L{QuietUDPPort}: a plain legacy info message carrying L{QUIET_UDP_CONTEXT_KEY} (logged
-    while a L{QuietUDPPort} opens or closes) whose whole text is C{<prefix> starting on N}
-    or C{(UDP Port N Closed)}, C{N} ASCII digits.
-
-    The answer depends on the event alone. Any other line, including the same text from
-    another UDP port (whatever its number), is kept.
-
-    @param event: a C{twisted.logger} event.
-    @return: C{True} to leave the event out of the log.
-    """
-    if event.get(QUIET_UDP_CONTEXT_KEY) is not True:
-        return False
-    text = _legacy_text(event)
-    return text is not None and _QUIET_UDP_LINE.fullmatch(text) is not None
-
-
-def _without_quiet_udp_lines(
-    formatter: Callable[[Mapping[str, Any]], str | None],
-) -> Callable[[Mapping[str, Any]], str | None]:
-    """
-    C{formatter}, writing nothing for the events L{is_quiet_udp_port_line} names.
-    """
-
-    def format_unless_quiet(event: Mapping[str, Any]) -> str | None:
-        try:
-            if is_quiet_udp_port_line(event):
-                return None
-        except Exception:  # an observer must never raise; when in doubt, write the line
-            pass
-        return formatter(event)
-
-    return format_unless_quiet
-
-
 def safe_text_observer(out: IO[str]) -> FileLogObserver:
     """
     An observer writing one escaped text line per event (L{format_text}), except the
@@ -483,7 +341,7 @@ def safe_text_observer(out: IO[str]) -> FileLogObserver:
     @param out: a text stream (for example C{sys.stdout} or an opened log file).
     @return: an C{ILogObserver}.
     """
-    return FileLogObserver(out, _without_quiet_udp_lines(_text_formatter()))
+    return FileLogObserver(out, without_quiet_udp_lines(_text_formatter()))
 
 
 def _text_formatter() -> Callable[[Mapping[str, Any]], str | None]:
@@ -502,7 +360,7 @@ def json_observer(out: IO[str]) -> FileLogObserver:
     @param out: a text stream.
     @return: an C{ILogObserver}.
     """
-    return FileLogObserver(out, _without_quiet_udp_lines(format_json))
+    return FileLogObserver(out, without_quiet_udp_lines(format_json))
 
 
 def journal_priority(event: Mapping[str, Any]) -> int:
@@ -575,7 +433,7 @@ def _stdout_observer(
     if journal is None:
         journal = is_journal_stream(out)
     chosen = with_journal_priority(formatter) if journal else formatter
-    return FileLogObserver(out, _without_quiet_udp_lines(chosen))
+    return FileLogObserver(out, without_quiet_udp_lines(chosen))
 
 
 def text_stdout_observer() -> FileLogObserver:

@@ -25,7 +25,7 @@ from twisted.names import client, dns
 from twisted.names import error as names_error
 from twisted.trial import unittest
 
-from netguard.log import is_quiet_udp_port_line, safe_text_observer
+from netguard.log import safe_text_observer
 from netguard.peer.fcrdns import (
     MAX_CNAME_HOPS,
     MAX_REISSUES,
@@ -41,6 +41,7 @@ from netguard.peer.fcrdns import (
     reverse_name,
     system_nameservers,
 )
+from netguard.quiet_udp import is_quiet_udp_port_line
 
 HANG = object()
 
@@ -985,7 +986,7 @@ class _NameErrorServer(DatagramProtocol):
 class QuietResolverTests(unittest.TestCase):
     """
     L{make_resolver}'s resolver opens its per-query UDP ports through
-    L{netguard.log.listen_udp_quietly}: no C{Starting protocol} / C{Stopping protocol} lines,
+    L{netguard.quiet_udp.listen_udp_quietly}: no C{Starting protocol} / C{Stopping protocol} lines,
     and on a real reactor the port's own two lines marked for netguard's observers to leave
     out.
     """

@@ -46,18 +46,15 @@ from netguard.log import (
     JSON_RECORD_KEYS,
     FileLogSink,
     LogFileError,
-    QuietUDPPort,
     escape,
     event_as_record,
     format_json,
     format_text,
     is_journal_stream,
-    is_quiet_udp_port_line,
     journal_priority,
     json_journal_observer,
     json_observer,
     json_stdout_observer,
-    listen_udp_quietly,
     observer_for,
     open_log_file,
     quoted,
@@ -66,6 +63,12 @@ from netguard.log import (
     text_journal_observer,
     text_stdout_observer,
     with_journal_priority,
+)
+from netguard.quiet_udp import (
+    QUIET_UDP_CONTEXT_KEY,
+    QuietUDPPort,
+    is_quiet_udp_port_line,
+    listen_udp_quietly,
 )
 
 #: What a hostile peer would like to see at the start of a log line of its own.
@@ -894,9 +897,7 @@ def _quiet_legacy_msg(*message: str, **fields: Any) -> None:
     """
     C{twisted.python.log.msg} inside the log context a L{QuietUDPPort} sets.
     """
-    legacy_log.callWithContext(
-        {log_module.QUIET_UDP_CONTEXT_KEY: True}, legacy_log.msg, *message, **fields
-    )
+    legacy_log.callWithContext({QUIET_UDP_CONTEXT_KEY: True}, legacy_log.msg, *message, **fields)
 
 
 class QuietUDPPortTests(unittest.TestCase):
@@ -1025,7 +1026,7 @@ class QuietUDPPortTests(unittest.TestCase):
         _quiet_legacy_msg("Unexpected message (1)")
         Logger().info("(UDP Port 40001 Closed)", netguard_quiet_udp_port=True)
         legacy_log.callWithContext(
-            {log_module.QUIET_UDP_CONTEXT_KEY: "yes"}, legacy_log.msg, "(UDP Port 1 Closed)"
+            {QUIET_UDP_CONTEXT_KEY: "yes"}, legacy_log.msg, "(UDP Port 1 Closed)"
         )
         self.assertEqual(len(seen), 18)
         self.assertEqual([quiet for _e, quiet in seen], [False] * 18)

@@ -30,7 +30,8 @@ from twisted.names import client, dns
 from twisted.names import error as names_error
 from twisted.python.failure import Failure
 
-from netguard.log import escape, listen_udp_quietly
+from netguard.log import escape
+from netguard.quiet_udp import listen_udp_quietly
 
 #: Default bound on the whole check (PTR plus all forward lookups), in seconds.
 DEFAULT_TIMEOUT = 5.0
@@ -381,7 +382,7 @@ def make_resolver(
         C{/etc/resolv.conf} once (falling back to C{127.0.0.1:53}).
     @param timeout: the default total time of one lookup, in seconds.
     @return: an L{IResolver} provider (a L{twisted.names.client.Resolver}), whose per-query
-        UDP ports are opened with L{netguard.log.listen_udp_quietly}: no info lines of their
+        UDP ports are opened with L{netguard.quiet_udp.listen_udp_quietly}: no info lines of their
         own in netguard's logs.
     """
     chosen = list(servers) if servers else system_nameservers()
@@ -400,7 +401,7 @@ class _QuietUDPReactor:
     public switch, but the resolver opens every port through its reactor's C{listenUDP}
     (the public C{IReactorUDP} interface), so this is where the per-query C{Starting
     protocol} / C{Stopping protocol} lines are switched off and, on a real reactor, the port
-    is a L{netguard.log.QuietUDPPort}, whose own two lines are marked for netguard's log
+    is a L{netguard.quiet_udp.QuietUDPPort}, whose own two lines are marked for netguard's log
     observers to leave out.
     """
 
