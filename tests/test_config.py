@@ -49,6 +49,7 @@ from netguard.config.schema import (
 from netguard.framing import FramingLimits
 from netguard.ops.overload import OverloadSettings
 from netguard.tls import ServerTLSSettings
+from tests.test_endpoints import _port_of
 
 #: A user environment: the default state directory becomes /xdg/netguard.
 ENV = {"XDG_STATE_HOME": "/xdg", "HOME": "/home/u"}
@@ -57,16 +58,6 @@ STATE = "/xdg/netguard"
 
 LIMIT_NAMES = [spec.name for spec in LIMIT_KEYS]
 SERVICE_KEYS = ["backend", "users", "groups", "connect_timeout", "idle_timeout", "socks5"]
-
-
-def _port_of(name: str) -> int:
-    """
-    The port of a service name from this host's services database, or skip the test.
-    """
-    try:
-        return socket.getservbyname(name, "tcp")
-    except OSError:
-        raise unittest.SkipTest(f"{name!r} is not in this host's /etc/services") from None
 
 
 class ConfigTestCase(unittest.TestCase):

@@ -14,8 +14,6 @@ header: in what it logs and in admission control (here C{per_source_max = 1}).
 from __future__ import annotations
 
 import os
-import subprocess
-import time
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import reactor
@@ -29,10 +27,8 @@ from twisted.trial import unittest
 from tests.integration.util import (
     EchoClient,
     RunningGateway,
-    free_port,
     need_peer,
-    peer_unavailable,
-    stop_process,
+    start_listening_peer,
     wait_for,
 )
 
@@ -72,20 +68,6 @@ backend gateway
 
 #: The bound on any one wait (a hang guard; nothing asserts on speed).
 WAIT = 30.0
-
-
-def listening(port: int) -> bool:
-    """
-    Whether some socket listens on 127.0.0.1:C{port} (from C{/proc/net/tcp}, so that checking
-    makes no connection through the proxy).
-    """
-    wanted = f"0100007F:{port:04X}"
-    with open("/proc/net/tcp") as table:
-        for row in table.readlines()[1:]:
-            fields = row.split()
-            if fields[1] == wanted and fields[3] == "0A":  # 0A: LISTEN
-                return True
-    return False
 
 
 class RawClient(Protocol):
@@ -148,29 +130,16 @@ class _BehindHAProxy(_Base):
 
         @return: the port clients connect to.
         """
-        log_text = ""
-        for attempt in range(3):  # a free port can be taken between the check and the bind
-            front = free_port()
-            path = os.path.join(self.gateway.dir, f"haproxy-{attempt}.cfg")
-            with open(path, "w") as handle:
-                handle.write(
-                    HAPROXY_CONFIG.format(front=front, back=back, send_proxy=self.send_proxy)
-                )
-            log_path = os.path.join(self.gateway.dir, f"haproxy-{attempt}.log")
-            log = open(log_path, "wb")  # noqa: SIM115 - closed by stop_process at cleanup
-            process = subprocess.Popen(
-                [haproxy, "-db", "-f", path], stdout=log, stderr=subprocess.STDOUT
-            )
-            self.addCleanup(stop_process, process, log)
-            for _ in range(int(WAIT / 0.05)):
-                if listening(front) or process.poll() is not None:
-                    break
-                time.sleep(0.05)
-            if listening(front) and process.poll() is None:
-                return front
-            with open(log_path, "rb") as handle:
-                log_text = handle.read()[-2000:].decode("utf-8", "replace")
-        peer_unavailable(f"haproxy did not start: {log_text!r}")
+        return start_listening_peer(
+            self,
+            "haproxy",
+            self.gateway.dir,
+            lambda front: HAPROXY_CONFIG.format(
+                front=front, back=back, send_proxy=self.send_proxy
+            ),
+            lambda path: [haproxy, "-db", "-f", path],
+            WAIT,
+        )
 
     @inlineCallbacks
     def close_clients(self) -> Any:

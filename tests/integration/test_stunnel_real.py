@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
-import time
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import reactor
@@ -47,10 +45,8 @@ from netguard.client.tunnel import TunnelFactory
 from tests import tls_certs
 from tests.integration.util import (
     RunningGateway,
-    free_port,
     need_peer,
-    peer_unavailable,
-    stop_process,
+    start_listening_peer,
     wait_for,
 )
 
@@ -94,20 +90,6 @@ WAIT = 30.0
 
 #: What the local program sends first: it must never cross the interceptor.
 LOCAL_MARKER = b"LOCAL-PROGRAM-SECRET-REQUEST\r\n"
-
-
-def listening(port: int) -> bool:
-    """
-    Whether some socket listens on 127.0.0.1:C{port} (from C{/proc/net/tcp}, so that checking
-    makes no connection through stunnel).
-    """
-    wanted = f"0100007F:{port:04X}"
-    with open("/proc/net/tcp") as table:
-        for row in table.readlines()[1:]:
-            fields = row.split()
-            if fields[1] == wanted and fields[3] == "0A":  # 0A: LISTEN
-                return True
-    return False
 
 
 class _TapSide(Protocol):
@@ -362,34 +344,19 @@ class StunnelTerminatingTLSInFrontTests(_RealGateway, unittest.TestCase):
 
         @return: the port the client connects to.
         """
-        log_text = ""
-        for attempt in range(3):  # a free port can be taken between the check and the bind
-            front = free_port()
-            path = os.path.join(self.dir, f"stunnel-{attempt}.conf")
-            with open(path, "w") as handle:
-                handle.write(
-                    STUNNEL_CONFIG.format(
-                        front=front,
-                        back=back,
-                        cert_file=self.stunnel_cert_file,
-                        key_file=self.stunnel_key_file,
-                    )
-                )
-            log_path = os.path.join(self.dir, f"stunnel-{attempt}.log")
-            log = open(log_path, "wb")  # noqa: SIM115 - closed by stop_process at cleanup
-            process = subprocess.Popen(
-                [stunnel, path], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-            self.addCleanup(stop_process, process, log)
-            for _ in range(int(WAIT / 0.05)):
-                if listening(front) or process.poll() is not None:
-                    break
-                time.sleep(0.05)
-            if listening(front) and process.poll() is None:
-                return front
-            with open(log_path, "rb") as handle:
-                log_text = handle.read()[-2000:].decode("utf-8", "replace")
-        peer_unavailable(f"stunnel did not start: {log_text!r}")
+        return start_listening_peer(
+            self,
+            "stunnel",
+            self.dir,
+            lambda front: STUNNEL_CONFIG.format(
+                front=front,
+                back=back,
+                cert_file=self.stunnel_cert_file,
+                key_file=self.stunnel_key_file,
+            ),
+            lambda path: [stunnel, path],
+            WAIT,
+        )
 
     @inlineCallbacks
     def assert_nothing_crossed(self) -> Any:

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
@@ -209,3 +210,61 @@ class EchoClient(NGPClientProtocol):
     def service_closed(self, reason: Any) -> None:
         if not self.done.called:
             self.done.callback(bytes(self.received))
+
+
+def listening(port: int) -> bool:
+    """
+    Whether some socket listens on 127.0.0.1:C{port} (read from C{/proc/net/tcp}, so that the
+    check makes no connection through the peer).
+    """
+    wanted = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        for row in table.readlines()[1:]:
+            fields = row.split()
+            if fields[1] == wanted and fields[3] == "0A":  # 0A: LISTEN
+                return True
+    return False
+
+
+def start_listening_peer(
+    case: Any,
+    name: str,
+    directory: str,
+    config_for: Callable[[int], str],
+    argv_for: Callable[[str], list[str]],
+    wait: float = 30.0,
+) -> int:
+    """
+    Start a real peer daemon in the foreground on a free loopback port, stopped by PID at
+    C{case}'s cleanup: write its configuration for the port, start it, and wait until it
+    listens (three tries, as a free port can be taken between the check and the bind).
+
+    @param name: the peer's name, for its files and the reason it did not start.
+    @param directory: where its configuration and log go.
+    @param config_for: the configuration text for a front port.
+    @param argv_for: the command line for a configuration file's path.
+    @param wait: seconds to wait for each try.
+    @return: the port it listens on.
+    @raise PeerUnavailable: in CI when it does not start (a skip elsewhere).
+    """
+    log_text = ""
+    for attempt in range(3):
+        front = free_port()
+        path = os.path.join(directory, f"{name}-{attempt}.conf")
+        with open(path, "w") as handle:
+            handle.write(config_for(front))
+        log_path = os.path.join(directory, f"{name}-{attempt}.log")
+        log = open(log_path, "wb")  # noqa: SIM115 - closed by stop_process at cleanup
+        process = subprocess.Popen(
+            argv_for(path), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        case.addCleanup(stop_process, process, log)
+        for _ in range(int(wait / 0.05)):
+            if listening(front) or process.poll() is not None:
+                break
+            time.sleep(0.05)
+        if listening(front) and process.poll() is None:
+            return front
+        with open(log_path, "rb") as handle:
+            log_text = handle.read()[-2000:].decode("utf-8", "replace")
+    peer_unavailable(f"{name} did not start: {log_text!r}")
