@@ -24,6 +24,7 @@ The bounds as NGP/1 uses them: C{docs/protocol.md}; their keys: C{docs/operating
 from __future__ import annotations
 
 import enum
+import socket
 from typing import Any
 
 import attrs
@@ -44,6 +45,11 @@ from netguard.log import escape, quoted
 
 #: Error replies that keep the connection allowed on one connection, by default.
 DEFAULT_MAX_ERRORS = 10
+
+
+#: When the greeting delay ends with the peer's bytes already waiting unread, the greeting
+#: waits this much longer (seconds): the reactor polls, and so reads them, in between.
+_GREET_RECHECK = 0.001
 
 
 @attrs.frozen
@@ -195,6 +201,7 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         self._held = False
         self._registered = False
         self._tls_handshaking = False
+        self._greet_rechecked = False
         self._first_error: tuple[ErrorCode, bytes | None] | None = None
         self._errors_summarised = False
 
@@ -575,9 +582,34 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
 
     def _greet_now(self) -> None:
         self._timers.pop("greet", None)
-        if self.phase is FramingPhase.PRE_GREETING:
-            self.phase = FramingPhase.LINES
-            self.greet()
+        if self.phase is not FramingPhase.PRE_GREETING:
+            return
+        if self.limits.greeting_delay > 0 and not self._greet_rechecked and self._bytes_waiting():
+            # The peer spoke before the delay ended, but a busy reactor has not read it yet
+            # (timers run before the next poll): let the read come first, so the early
+            # talker is refused with its own bytes instead of being greeted.
+            self._greet_rechecked = True
+            self._timers["greet"] = self.clock.callLater(_GREET_RECHECK, self._greet_now)
+            return
+        self.phase = FramingPhase.LINES
+        self.greet()
+
+    def _bytes_waiting(self) -> bool:
+        """
+        Whether the peer's bytes already wait in the kernel for a plain socket (peeked, not
+        read). A TLS connection is never peeked: its socket holds TLS records, not what the
+        peer said to us.
+        """
+        if INegotiated.providedBy(self.transport):
+            return False
+        get_handle = getattr(self.transport, "getHandle", None)
+        handle = get_handle() if get_handle is not None else None
+        if not isinstance(handle, socket.socket):
+            return False
+        try:
+            return bool(handle.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:  # nothing waiting (EAGAIN), or the socket is already gone
+            return False
 
     def _handshake_expired(self) -> None:
         self._timers.pop("handshake", None)

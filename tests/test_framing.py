@@ -7,13 +7,17 @@ from __future__ import annotations
 import itertools
 import re
 import resource
+import socket
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.interfaces import INegotiated
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import Logger, formatEvent
 from twisted.trial import unittest
+from zope.interface import implementer
 
 from netguard.errors import ErrorCode
 from netguard.framing import FramingLimits, FramingPhase, GuardedLineReceiver, peer_label
@@ -323,6 +327,108 @@ class EarlyTalkerTests(unittest.TestCase):
         proto, transport, _ = connect(greet=False)
         proto.dataReceived(b"\x16\x03\x01")
         self.assertIn(b"ERR EARLY_TALKER", transport.value())
+
+
+class _SocketTransport(StringTransport):
+    """
+    A L{StringTransport} whose C{getHandle} is a real connected socket (one end of a
+    socketpair), as Twisted's TCP and unix transports give: what the peer sent waits there.
+    """
+
+    def __init__(self, handle: socket.socket) -> None:
+        super().__init__()
+        self.handle = handle
+
+    def getHandle(self) -> socket.socket:
+        return self.handle
+
+
+@implementer(INegotiated)
+class _TLSSocketTransport(_SocketTransport):
+    """The same, as a TLS transport: its socket holds TLS records, never peeked."""
+
+
+class EarlyTalkerOnABusyReactorTests(unittest.TestCase):
+    """
+    The greeting delay ends on a timer, and a busy reactor runs timers before it reads what
+    arrived meanwhile: bytes the peer sent before the greeting that still wait in the kernel
+    make it an early talker all the same.
+    """
+
+    def connect(self, transport_class: type[_SocketTransport] = _SocketTransport) -> Any:
+        ours, self.peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(self.peer.close)
+        clock = Clock()
+        proto = Recorder(FramingLimits(), clock)
+        transport = transport_class(ours)
+        proto.makeConnection(transport)
+        return proto, transport, clock
+
+    def test_bytes_waiting_at_the_end_of_the_delay_are_read_before_any_greeting(self):
+        """
+        The peer's bytes wait unread when the delay ends: no greeting; once the reactor
+        reads them they are refused as an early talker's, with those bytes.
+        """
+        proto, transport, clock = self.connect()
+        events = record_events(proto)
+        self.peer.sendall(b"AUTH x y\r\n")
+        clock.advance(proto.limits.greeting_delay)
+        self.assertEqual(transport.value(), b"")
+        # The reactor's next poll reads them, before the timer it set for the next turn.
+        proto.dataReceived(self.peer_bytes_read_by_the_reactor(transport))
+        clock.advance(0.001)
+        self.assertEqual(transport.value(), b"ERR EARLY_TALKER you spoke before the greeting\r\n")
+        clock.advance(10)
+        self.assertNotIn(b"HELLO", transport.value())
+        [early] = named(events, "proto.early_talker")
+        self.assertIn("AUTH x y", early["offending"])
+
+    def peer_bytes_read_by_the_reactor(self, transport: _SocketTransport) -> bytes:
+        """What the reactor would read from our end (the bytes are consumed)."""
+        return transport.handle.recv(4096)
+
+    def test_nothing_waiting_greets_at_the_end_of_the_delay(self):
+        """A quiet peer is greeted when the delay ends, not a moment before."""
+        proto, transport, clock = self.connect()
+        clock.advance(proto.limits.greeting_delay - 0.001)
+        self.assertEqual(transport.value(), b"")
+        clock.advance(0.001)
+        self.assertEqual(transport.value(), b"HELLO\r\n")
+
+    def test_bytes_never_delivered_do_not_hold_the_greeting_for_ever(self):
+        """
+        The check is made once: if the bytes are not delivered 1 ms later (a paused
+        transport), the greeting goes out and the bytes are ordinary lines when they come.
+        """
+        proto, transport, clock = self.connect()
+        self.peer.sendall(b"PING\r\n")
+        clock.advance(proto.limits.greeting_delay)
+        self.assertEqual(transport.value(), b"")
+        clock.advance(0.001)
+        self.assertEqual(transport.value(), b"HELLO\r\n")
+
+    def test_tls_socket_is_never_peeked(self):
+        """
+        On TLS the socket holds TLS records, not what the peer said: the greeting is not
+        held back by them.
+        """
+        proto, transport, clock = self.connect(_TLSSocketTransport)
+        proto.handshakeCompleted()
+        self.peer.sendall(b"\x17\x03\x03\x00\x10 tls record")
+        clock.advance(proto.limits.greeting_delay)
+        self.assertEqual(transport.value(), b"HELLO\r\n")
+
+    def test_no_delay_no_check(self):
+        """With C{greeting_delay = 0} there is no early-talker check and no peek."""
+        ours, peer = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(peer.close)
+        peer.sendall(b"PING\r\n")
+        proto = Recorder(FramingLimits(greeting_delay=0), Clock())
+        transport = _SocketTransport(ours)
+        proto.makeConnection(transport)
+        self.assertEqual(transport.value(), b"HELLO\r\n")
 
 
 class RawModeTests(unittest.TestCase):
