@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
@@ -52,6 +52,7 @@ from netguard.config.schema import (
     TLS_LISTEN_KEYS,
     TLS_SETTINGS_KEYS,
     TOP_KEYS,
+    NumberKey,
     Source,
     TableKey,
     num,
@@ -551,7 +552,7 @@ def _typed_table(
     src: Source,
     name: str,
     table: object,
-    keys: tuple[TableKey, ...],
+    keys: Sequence[TableKey | NumberKey],
     origins: dict[str, str],
 ) -> dict[str, Any]:
     """
@@ -585,23 +586,7 @@ def _limits(src: Source, table: object, origins: dict[str, str]) -> tuple[Framin
 
     @return: the framing bounds and C{max_auth_attempts}.
     """
-    if not isinstance(table, dict):
-        raise src.error("limits", f"must be a table, got {describe_value(table)}")
-    names = [spec.name for spec in LIMIT_KEYS]
-    for key in table:
-        if key not in names:
-            raise src.error(
-                f"limits.{toml_key(key)}",
-                f"unknown key; allowed keys in [limits] are: {', '.join(names)}",
-            )
-    values: dict[str, Any] = {}
-    for spec in LIMIT_KEYS:
-        key = f"limits.{spec.name}"
-        if spec.name in table:
-            values[spec.name] = src.check(key, spec.range.check, table[spec.name])
-            origins[key] = ORIGIN_FILE
-        else:
-            origins[key] = ORIGIN_DEFAULT
+    values = _typed_table(src, "limits", table, LIMIT_KEYS, origins)
     max_auth_attempts = values.pop("max_auth_attempts", DEFAULT_MAX_AUTH_ATTEMPTS)
     limits = attrs.evolve(GATEWAY_LIMITS, **values)
     if limits.greeting_delay >= limits.handshake_timeout:

@@ -98,6 +98,12 @@ class NumberKey:
     range: Range
     defends: str
 
+    def check(self, src: Source, key: str, value: object) -> Any:
+        """
+        The checked value of C{key}, as a L{TableKey}'s check gives it.
+        """
+        return src.check(key, self.range.check, value)
+
 
 LIMIT_KEYS: Final[tuple[NumberKey, ...]] = (
     NumberKey(
