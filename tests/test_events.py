@@ -140,6 +140,22 @@ def _argument(call: ast.Call, function: ast.FunctionDef, parameter: str) -> ast.
     return call.args[index] if 0 <= index < len(call.args) else None
 
 
+def run_fresh(case: unittest.TestCase, program: str) -> subprocess.CompletedProcess[str]:
+    """
+    Run C{program} in a fresh interpreter from the source tree; it must succeed.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    case.assertEqual(done.returncode, 0, done.stderr)
+    return done
+
+
 class _EventVisitor(ast.NodeVisitor):
     """
     Collects the C{event=} arguments of one module, with the function each is in.
@@ -476,15 +492,7 @@ class RegisterWithTxaioTests(unittest.TestCase):
             "log.info('own text', log_category='conn.reject')\n"
             "print(repr([formatEvent(e) for e in seen]))\n"
         )
-        done = subprocess.run(
-            [sys.executable, "-c", program],
-            cwd=_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        self.assertEqual(done.returncode, 0, done.stderr)
+        done = run_fresh(self, program)
         self.assertEqual(done.stdout.strip(), repr(["own text", EVENTS["conn.reject"]]))
 
 
@@ -611,15 +619,7 @@ class OptionalTxaioTests(unittest.TestCase):
             "except ImportError as e:\n"
             "    print(e)\n"
         )
-        done = subprocess.run(
-            [sys.executable, "-c", program],
-            cwd=_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        self.assertEqual(done.returncode, 0, done.stderr)
+        done = run_fresh(self, program)
         self.assertIn("pip install 'netguard[txaio]'", done.stdout)
 
     def test_describe_events_lists_every_name_once(self) -> None:
