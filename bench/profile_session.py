@@ -134,8 +134,8 @@ def echo_child(args: argparse.Namespace) -> int:
 # -- the client ------------------------------------------------------------------------------
 
 
-async def _session(port: int, target: loadgen.NGPTarget, scram: loadgen.ScramClient) -> None:
-    reader, writer = await loadgen.connect_async("127.0.0.1", port, target, scram)
+async def _echo_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Send the payload, check the echo, close."""
     try:
         writer.write(PAYLOAD)
         if await reader.readexactly(len(PAYLOAD)) != PAYLOAD:
@@ -143,17 +143,14 @@ async def _session(port: int, target: loadgen.NGPTarget, scram: loadgen.ScramCli
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+async def _session(port: int, target: loadgen.NGPTarget, scram: loadgen.ScramClient) -> None:
+    await _echo_once(*await loadgen.connect_async("127.0.0.1", port, target, scram))
 
 
 async def _relayed(port: int) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(PAYLOAD)
-        if await reader.readexactly(len(PAYLOAD)) != PAYLOAD:
-            raise ValueError("the echo returned other bytes")
-    finally:
-        writer.close()
-        await writer.wait_closed()
+    await _echo_once(*await asyncio.open_connection("127.0.0.1", port))
 
 
 async def _drive(
