@@ -32,7 +32,6 @@ import random
 import selectors
 import socket
 import sys
-import threading
 import time
 from typing import Any
 
@@ -371,43 +370,64 @@ def cmd_echo(args: argparse.Namespace) -> dict[str, Any]:
     """
     Send C{--bytes} pseudo-random bytes through the echo backend while reading them back;
     compare SHA-256 digests: what we sent, what the backend received, what came back.
+
+    One thread drives both directions (asyncio streams). A blocking C{ssl.SSLSocket} must not
+    be written by one thread while another reads it: OpenSSL's C{SSL} object is not
+    thread-safe and CPython does not lock it, so that client itself corrupts or ends the TLS
+    stream (it failed this check against stunnel as well as against the gateway).
     """
     ngp = parse_ngp(args.ngp)
     scram = ScramClient(ngp.user, ngp.password) if ngp else None
     size = args.bytes
     data = random.Random(args.seed).randbytes(size)
     sent_digest = hashlib.sha256(data).hexdigest()
-    sock, extra = connect(args.host, args.port, ngp, scram)
-    errors: list[str] = []
 
-    def send() -> None:
+    async def run() -> tuple[int, str, bytes, list[str]]:
+        reader, writer = await asyncio.wait_for(
+            connect_async(args.host, args.port, ngp, scram), IO_TIMEOUT
+        )
+        errors: list[str] = []
+
+        async def send() -> None:
+            try:
+                writer.write(b"E" + size.to_bytes(8, "big"))
+                view = memoryview(data)
+                for offset in range(0, size, 65536):
+                    writer.write(view[offset : offset + 65536])
+                    await asyncio.wait_for(writer.drain(), IO_TIMEOUT)
+            except (OSError, TimeoutError) as e:
+                errors.append(f"send: {type(e).__name__}: {e}")
+
+        sender = asyncio.create_task(send())
+        back = hashlib.sha256()
+        received = 0
+        backend_digest = b""
         try:
-            sock.sendall(b"E" + size.to_bytes(8, "big"))
-            view = memoryview(data)
-            for offset in range(0, size, 65536):
-                sock.sendall(view[offset : offset + 65536])
-        except OSError as e:
-            errors.append(f"send: {e}")
+            while received < size:
+                got = await asyncio.wait_for(
+                    reader.read(min(1 << 20, size - received)), IO_TIMEOUT
+                )
+                if not got:
+                    errors.append(f"receive: closed after {received} bytes")
+                    break
+                back.update(got)
+                received += len(got)
+            if received == size:
+                backend_digest = await asyncio.wait_for(reader.readexactly(32), IO_TIMEOUT)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as e:
+            errors.append(f"receive: {type(e).__name__}: {e}")
+        finally:
+            if errors:
+                sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            writer.close()
+        return received, back.hexdigest(), backend_digest, errors
 
     started = time.perf_counter()
-    with sock:
-        sender = threading.Thread(target=send, daemon=True)
-        sender.start()
-        back = hashlib.sha256()
-        received = len(extra)
-        back.update(extra)
-        while received < size:
-            got = sock.recv(min(1 << 20, size - received))
-            if not got:
-                break
-            back.update(got)
-            received += len(got)
-        tail = extra[size:] if len(extra) > size else b""
-        backend_digest, _ = _recv_exact(sock, 32, tail)
-        sender.join(IO_TIMEOUT)
+    received, back_digest, backend_digest, errors = asyncio.run(run())
     seconds = time.perf_counter() - started
     up_ok = backend_digest.hex() == sent_digest
-    down_ok = back.hexdigest() == sent_digest and received == size
+    down_ok = back_digest == sent_digest and received == size
     return {
         "bytes": size,
         "received": received,
