@@ -85,6 +85,25 @@ class RoundTripTests(ExchangeTestBase):
         self.assertTrue(server.known_user)
         self.assertEqual(self.store.groups_of("alice"), ("ops",))
 
+    def test_server_nonce_is_18_fresh_random_bytes(self) -> None:
+        """
+        The server's part of the nonce is 18 random bytes in base64 (24 characters, no comma),
+        appended to the client's, and different in every exchange.
+        """
+        parts = set()
+        for _ in range(20):
+            server = ServerExchange(self.store)
+            client_first = ClientExchange("alice", "correct horse").first()
+            client_nonce = fields(client_first.split(",", 2)[2])["r"]
+            nonce = fields(server.first(client_first))["r"]
+            self.assertTrue(nonce.startswith(client_nonce))
+            part = nonce[len(client_nonce) :]
+            self.assertEqual(len(part), 24)
+            self.assertNotIn(",", part)
+            self.assertEqual(len(base64.b64decode(part, validate=True)), 18)
+            parts.add(part)
+        self.assertEqual(len(parts), 20)
+
     def test_over_the_wire_encoding(self) -> None:
         server = ServerExchange(self.store)
         client = ClientExchange("bob", "pw2")

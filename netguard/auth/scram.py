@@ -11,8 +11,10 @@ Channel binding data (C{SCRAM-SHA-256-PLUS}) comes from the TLS layer as opaque 
 
 from __future__ import annotations
 
+import base64
 import binascii
 import enum
+import os
 from typing import TYPE_CHECKING
 
 from scramp import ScramClient, ScramException, ScramMechanism
@@ -96,6 +98,21 @@ def encode_wire(message: str) -> bytes:
     @return: its UTF-8 bytes in base64, without a newline.
     """
     return binascii.b2a_base64(message.encode("utf-8"), newline=False)
+
+
+#: Random bytes in the server's part of the nonce: 144 bits, as PostgreSQL's SCRAM server
+#: uses (C{SCRAM_RAW_NONCE_LEN}); the nonce only has to be fresh and unpredictable.
+SERVER_NONCE_BYTES = 18
+
+
+def server_nonce() -> str:
+    """
+    The server's part of a SCRAM nonce: L{SERVER_NONCE_BYTES} random bytes in base64, 24
+    printable characters without a comma (RFC 5802 section 5.1). scramp's default is 64 hex
+    characters, which it checks character by character in three messages of every exchange;
+    the shorter one carries more randomness per character.
+    """
+    return base64.b64encode(os.urandom(SERVER_NONCE_BYTES)).decode("ascii")
 
 
 def _check_mechanism(mechanism: str, channel_binding: tuple[str, bytes] | None) -> None:
@@ -194,7 +211,7 @@ class ServerExchange(_Exchange):
         self._step = _Step.FIRST
         try:
             self._server = ScramMechanism(mechanism).make_server(
-                self._auth_fn, channel_binding=channel_binding
+                self._auth_fn, channel_binding=channel_binding, s_nonce=server_nonce()
             )
         except ScramException as e:
             raise ValueError(f"cannot start {mechanism}: {e.args[0]}") from None
