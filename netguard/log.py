@@ -15,6 +15,7 @@ import json
 import math
 import os
 import stat
+import string
 import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -73,6 +74,8 @@ _BYTES_FIELD_LIMIT = 1024
 _LEGACY_KEYS = frozenset({"message", "time", "system", "isError", "format", "failure", "why"})
 
 _PRINTABLE = frozenset(range(0x20, 0x7F)) - {0x5C}
+
+_FORMATTER = string.Formatter()
 
 #: The same bytes, for C{bytes.translate}: input with nothing left after deleting them is
 #: shown as it is.
@@ -206,6 +209,56 @@ class _PerSecondTime:
         return formatTime(when)  # type: ignore[arg-type]
 
 
+#: A conversion of a replacement field, as C{string.Formatter.convert_field} applies it.
+_CONVERSIONS: Mapping[str | None, Callable[[Any], Any]] = MappingProxyType(
+    {None: lambda value: value, "s": str, "r": repr, "a": ascii}
+)
+
+
+@functools.lru_cache(maxsize=512)
+def _simple_format(log_format: str) -> tuple[tuple[str, str | None, str, str | None], ...] | None:
+    """
+    C{log_format} parsed once into (literal, key, spec, conversion) parts when every
+    replacement field is a plain name (C{{peer}}, C{{duration:.3f}}, C{{why!r}}), else
+    L{None}: attribute or index access, calls (C{{f()}}), positional fields, nested specs
+    and malformed formats are left to Twisted.
+    """
+    try:
+        parsed = list(_FORMATTER.parse(log_format))
+    except ValueError:
+        return None
+    parts = []
+    for literal, key, spec, conversion in parsed:
+        if key is not None:
+            if not key.isidentifier() or "{" in (spec or "") or conversion not in _CONVERSIONS:
+                return None
+        parts.append((literal, key, spec or "", conversion))
+    return tuple(parts)
+
+
+def _message(event: Mapping[str, Any]) -> str:
+    """
+    The event's message, exactly as C{eventAsText(event, includeTimestamp=False,
+    includeSystem=False)} renders it, without Twisted's per-field wrappers for the common
+    case of a string format whose fields are plain names present in the event (the lines
+    netguard writes for every session); anything else goes through Twisted.
+    """
+    log_format = event.get("log_format")
+    if type(log_format) is str and "log_failure" not in event and "log_flattened" not in event:
+        parts = _simple_format(log_format)
+        if parts is not None:
+            try:
+                out = []
+                for literal, key, spec, conversion in parts:
+                    out.append(literal)
+                    if key is not None:
+                        out.append(format(_CONVERSIONS[conversion](event[key]), spec))
+                return "".join(out)
+            except Exception:
+                pass  # Twisted renders what cannot be formatted in its own words
+    return eventAsText(dict(event), includeTimestamp=False, includeSystem=False)
+
+
 def format_text(
     event: Mapping[str, Any], format_time: Callable[[Any], str] = formatTime
 ) -> str | None:
@@ -226,7 +279,7 @@ def format_text(
     @return: the line, ending with a newline, or L{None} for an event with nothing to show.
     """
     try:
-        text = eventAsText(dict(event), includeTimestamp=False, includeSystem=False)
+        text = _message(event)
         if not text:
             return None
         line = (

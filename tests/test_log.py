@@ -31,11 +31,13 @@ from twisted.logger import (
     LoggingFile,
     LogLevel,
     LogPublisher,
+    eventAsText,
     formatTime,
     globalLogPublisher,
 )
 from twisted.logger import _logger as twisted_logger_module
 from twisted.python import log as legacy_log
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
@@ -1599,3 +1601,96 @@ class PerSecondTimeTests(unittest.TestCase):
         self.assertEqual(
             [line.split(" ")[0][-5:] for line in lines], ["-0500", "-0500", "-0400", "-0400"]
         )
+
+
+_FIELD_NAMES = ("peer", "why", "n", "duration")
+_FIELD_VALUES = st.one_of(
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.binary(max_size=6),
+    st.none(),
+)
+
+
+@st.composite
+def _formats(draw: Any) -> str:
+    """
+    Format strings of literal text (braces escaped) and plain-name fields with optional
+    conversions and specs, some of which do not fit their value.
+    """
+    pieces = []
+    for _ in range(draw(st.integers(0, 4))):
+        text = draw(st.text(max_size=6)).replace("{", "{{").replace("}", "}}")
+        name = draw(st.sampled_from(_FIELD_NAMES))
+        conversion = draw(st.sampled_from(["", "!r", "!s", "!a"]))
+        spec = draw(st.sampled_from(["", ":.3f", ":>5", ":d", ":x", ":s"]))
+        pieces.append(f"{text}{{{name}{conversion}{spec}}}")
+    pieces.append(draw(st.text(max_size=6)).replace("{", "{{").replace("}", "}}"))
+    return "".join(pieces)
+
+
+class MessageRenderingTests(unittest.TestCase):
+    """
+    The text observer renders messages without Twisted's per-field wrappers when it can;
+    the text must be exactly what Twisted's C{eventAsText} writes.
+    """
+
+    def twisted_text(self, event: dict[str, Any]) -> str:
+        return eventAsText(dict(event), includeTimestamp=False, includeSystem=False)
+
+    @given(
+        _formats(),
+        st.dictionaries(st.sampled_from(_FIELD_NAMES), _FIELD_VALUES, max_size=4),
+    )
+    @settings(max_examples=400, deadline=None)
+    def test_same_text_as_twisted(self, log_format: str, fields: dict[str, Any]) -> None:
+        """
+        For any format of plain-name fields and any values (missing keys, specs that do not
+        fit the value, NaN, bytes, non-ASCII text), the message is Twisted's, byte for byte.
+        """
+        event = {"log_format": log_format, "log_level": LogLevel.info, **fields}
+        self.assertEqual(log_module._message(event), self.twisted_text(event))
+
+    def test_formats_left_to_twisted(self) -> None:
+        """
+        Calls, attribute and index access, positional and nested fields, malformed formats,
+        flattened events, bytes formats and failures are rendered by Twisted itself.
+        """
+
+        class Thing:
+            size = 3
+
+            def __str__(self) -> str:
+                return "thing"
+
+        events = [
+            {"log_format": "{f()}", "f": lambda: "called"},
+            {"log_format": "{thing.size}", "thing": Thing()},
+            {"log_format": "{items[1]}", "items": ["a", "b"]},
+            {"log_format": "{} {0}"},
+            {"log_format": "{n:{width}}", "n": 5, "width": 4},
+            {"log_format": "unclosed {brace"},
+            {"log_format": b"bytes {n}", "n": 1},
+            {"log_format": "{n}", "n": 2, "log_flattened": {"n!:": "2"}},
+            {"log_format": "{thing}", "thing": Thing()},
+            {"log_format": None},
+            {},
+        ]
+        for event in events:
+            with self.subTest(event=event):
+                self.assertEqual(log_module._message(event), self.twisted_text(event))
+        for fast in ({"log_format": "{n}", "n": 7}, {"log_format": "x{{y}}"}):
+            self.assertIsNotNone(log_module._simple_format(fast["log_format"]))
+        for slow in ("{f()}", "{a.b}", "{a[0]}", "{}", "{n:{w}}", "{n!z}", "{"):
+            self.assertIsNone(log_module._simple_format(slow))
+
+    def test_failure_keeps_its_traceback(self) -> None:
+        """
+        A C{log.failure} event keeps its traceback on the rendered line.
+        """
+        failure = Failure(ZeroDivisionError("division by zero"))
+        event = {"log_format": "boom {n}", "n": 1, "log_failure": failure}
+        text = log_module._message(event)
+        self.assertEqual(text, self.twisted_text(event))
+        self.assertIn("ZeroDivisionError", text)
