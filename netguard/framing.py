@@ -195,7 +195,6 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         if limits is not None:
             self.limits = limits
         self.clock = clock
-        self.MAX_LENGTH = self.limits.max_line_length
         self._timers: dict[str, Any] = {}
         self._write_paused = False
         self._held = False
@@ -204,6 +203,14 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         self._greet_rechecked = False
         self._first_error: tuple[ErrorCode, bytes | None] | None = None
         self._errors_summarised = False
+
+    @property
+    def MAX_LENGTH(self) -> int:  # type: ignore[override]
+        """
+        L{LineReceiver}'s bound, read from C{limits} (not stored: every instance attribute
+        counts against CPython's limit for compact key-sharing instance dicts).
+        """
+        return self.limits.max_line_length
 
     # -- hooks for subclasses --------------------------------------------------------------
 

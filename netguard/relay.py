@@ -77,10 +77,6 @@ class HalfCloseableTransport(RelayTransport, Protocol):
     def loseWriteConnection(self) -> None: ...
 
 
-def _other(side: str) -> str:
-    return B if side == A else A
-
-
 @attrs.frozen
 class RelayResult:
     """
@@ -103,17 +99,48 @@ class RelayResult:
 @implementer(IPushProducer)
 class _Valve:
     """
-    The producer registered on one side's transport: it pauses reading on the other side
-    while this side's write queue is full, and reports a stall that lasts too long.
+    One side of a splice: its transport, what it has done (bytes read, EOF, gone), and the
+    producer registered on its transport, which pauses reading on the other side while this
+    side's write queue is full and reports a stall that lasts too long.
 
-    @ivar side: the side whose transport this valve is registered on.
-    @ivar paused: whether that transport last said its queue is full.
+    Plain slots, no per-side dicts: an idle relay holds two of these and one L{Splice}.
+
+    @ivar side: L{A} or L{B}.
+    @ivar transport: this side's transport.
+    @ivar other: the other side's valve.
+    @ivar count: bytes read from this side so far.
+    @ivar eof: whether this side has sent EOF.
+    @ivar gone: whether this side's connection is lost.
+    @ivar paused: whether this side's transport last said its queue is full.
+    @ivar registered: whether this valve is registered on the transport.
+    @ivar half_close_pending: whether a half-close waits for this side's queue to drain.
     """
 
-    def __init__(self, splice: Splice, side: str):
+    __slots__ = (
+        "splice",
+        "side",
+        "transport",
+        "other",
+        "count",
+        "eof",
+        "gone",
+        "paused",
+        "registered",
+        "half_close_pending",
+        "_stall",
+    )
+
+    def __init__(self, splice: Splice, side: str, transport: RelayTransport):
         self.splice = splice
         self.side = side
+        self.transport = transport
+        self.other: _Valve = self
+        self.count = 0
+        self.eof = False
+        self.gone = False
         self.paused = False
+        self.registered = False
+        self.half_close_pending = False
         self._stall: DelayedCall | None = None
 
     def pauseProducing(self) -> None:
@@ -123,14 +150,14 @@ class _Valve:
         the stall timer started only once.
         """
         splice = self.splice
-        source = _other(self.side)
-        if not (splice.gone[source] or splice.eof[source] or splice.closing):
-            splice.transports[source].pauseProducing()
+        source = self.other
+        if not (source.gone or source.eof or splice.closing):
+            source.transport.pauseProducing()
         if self.paused:
             return
         self.paused = True
         if not splice.closing:
-            self._stall = splice.clock.callLater(splice.write_timeout, splice._stalled, self.side)
+            self._stall = splice.clock.callLater(splice.write_timeout, splice._stalled, self)
 
     def resumeProducing(self) -> None:
         """
@@ -141,7 +168,7 @@ class _Valve:
             return
         self.paused = False
         self.cancel()
-        self.splice._drained(self.side)
+        self.splice._drained(self)
 
     def stopProducing(self) -> None:
         """
@@ -194,13 +221,28 @@ class Splice:
       - once one side is gone, or both have sent EOF, what remains gets C{write_timeout} to
         take what is queued for it, then is aborted.
 
+    Memory: an idle relay holds this object, its two L{_Valve}s (slots only) and its idle
+    timer; the stall and grace timers exist only while they run.
+
     @ivar done: fires once with a L{RelayResult} when both sides are gone.
-    @ivar counts: bytes read per side so far (C{{"a": n, "b": m}}).
-    @ivar eof: per side, whether it has sent EOF.
-    @ivar gone: per side, whether its connection is lost.
     @ivar ended_by: see L{RelayResult.ended_by}; L{None} while the relay runs.
     @ivar closing: whether the relay is closing both sides (nothing more is relayed).
     """
+
+    __slots__ = (
+        "clock",
+        "idle_timeout",
+        "write_timeout",
+        "done",
+        "ended_by",
+        "closing",
+        "_a",
+        "_b",
+        "_first_eof",
+        "_idle",
+        "_grace",
+        "_started",
+    )
 
     def __init__(
         self,
@@ -210,6 +252,7 @@ class Splice:
         clock: ReactorTime,
         idle_timeout: float = 3600.0,
         write_timeout: float = 30.0,
+        done: Deferred[RelayResult] | None = None,
     ):
         """
         @param a: side A's transport.
@@ -218,24 +261,60 @@ class Splice:
         @param idle_timeout: seconds without a byte either way before the relay is aborted.
         @param write_timeout: seconds a side may leave its write queue full; also the time
             left to the remaining side to flush once the relay is closing.
+        @param done: the L{Deferred} to fire as L{done} (one the caller already hands out,
+            so that it need not be chained to a new one); a new one by default.
         """
-        self.transports: dict[str, RelayTransport] = {A: a, B: b}
         self.clock = clock
         self.idle_timeout = idle_timeout
         self.write_timeout = write_timeout
-        self.counts = {A: 0, B: 0}
-        self.eof = {A: False, B: False}
-        self.gone = {A: False, B: False}
-        self.done: Deferred[RelayResult] = Deferred()
+        self.done: Deferred[RelayResult] = Deferred() if done is None else done
         self.ended_by: str | None = None
         self.closing = False
-        self._valves = {A: _Valve(self, A), B: _Valve(self, B)}
-        self._registered = {A: False, B: False}
-        self._half_close_pending = {A: False, B: False}
+        self._a = _Valve(self, A, a)
+        self._b = _Valve(self, B, b)
+        self._a.other, self._b.other = self._b, self._a
         self._first_eof: str | None = None
         self._idle: DelayedCall | None = None
         self._grace: DelayedCall | None = None
         self._started = 0.0
+
+    @property
+    def transports(self) -> dict[str, RelayTransport]:
+        """
+        Each side's transport (a new dict on each read).
+        """
+        return {A: self._a.transport, B: self._b.transport}
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """
+        Bytes read per side so far (C{{"a": n, "b": m}}; a new dict on each read).
+        """
+        return {A: self._a.count, B: self._b.count}
+
+    @property
+    def eof(self) -> dict[str, bool]:
+        """
+        Per side, whether it has sent EOF (a new dict on each read).
+        """
+        return {A: self._a.eof, B: self._b.eof}
+
+    @property
+    def gone(self) -> dict[str, bool]:
+        """
+        Per side, whether its connection is lost (a new dict on each read).
+        """
+        return {A: self._a.gone, B: self._b.gone}
+
+    def count(self, side: str) -> int:
+        """
+        @param side: L{A} or L{B}.
+        @return: the bytes read from C{side} so far.
+        """
+        return self._side(side).count
+
+    def _side(self, side: str) -> _Valve:
+        return self._a if side == A else self._b
 
     def start(self) -> None:
         """
@@ -243,8 +322,8 @@ class Splice:
         the idle timer.
         """
         self._started = self.clock.seconds()
-        for side in (A, B):
-            transport = self.transports[side]
+        for valve in (self._a, self._b):
+            transport = valve.transport
             # Nagle's algorithm plus delayed ACKs stalls relayed request/response traffic
             # by up to 40 ms per exchange: relay every byte as soon as it is read.
             set_no_delay = getattr(transport, "setTcpNoDelay", None)
@@ -253,8 +332,8 @@ class Splice:
                     set_no_delay(True)
                 except OSError:
                     pass  # not a TCP socket after all (e.g. AF_UNIX under a TLS wrapper)
-            transport.registerProducer(self._valves[side], True)
-            self._registered[side] = True
+            transport.registerProducer(valve, True)
+            valve.registered = True
         self._idle = self.clock.callLater(self.idle_timeout, self._idle_expired)
 
     def data_from(self, side: str, data: bytes) -> None:
@@ -264,13 +343,14 @@ class Splice:
         @param side: L{A} or L{B}.
         @param data: the bytes read.
         """
-        target = _other(side)
-        if self.gone[target] or self.closing:
+        source = self._a if side == A else self._b
+        target = source.other
+        if target.gone or self.closing:
             return
-        self.counts[side] += len(data)
+        source.count += len(data)
         if self._idle is not None and self._idle.active():
             self._idle.reset(self.idle_timeout)
-        self.transports[target].write(data)
+        target.transport.write(data)
 
     def resume_reading(self, side: str) -> None:
         """
@@ -279,11 +359,12 @@ class Splice:
 
         @param side: L{A} or L{B}.
         """
-        if self._valves[_other(side)].paused or self.eof[side] or self.gone[side]:
+        source = self._side(side)
+        if source.other.paused or source.eof or source.gone:
             return
         if self.closing:
             return
-        self.transports[side].resumeProducing()
+        source.transport.resumeProducing()
 
     def eof_from(self, side: str) -> None:
         """
@@ -292,24 +373,25 @@ class Splice:
 
         @param side: L{A} or L{B}.
         """
-        if self.eof[side] or self.gone[side]:
+        source = self._side(side)
+        if source.eof or source.gone:
             return
-        self.eof[side] = True
+        source.eof = True
         if self._first_eof is None:
             self._first_eof = side
-        target = _other(side)
-        if self.gone[target] or self.closing:
+        target = source.other
+        if target.gone or self.closing:
             return
-        if self.eof[target]:
+        if target.eof:
             self._close_both()
             return
-        if getattr(self.transports[target], "loseWriteConnection", None) is None:
+        if getattr(target.transport, "loseWriteConnection", None) is None:
             self._close_both()
             return
-        if self._valves[target].paused:
+        if target.paused:
             # Twisted would not half-close while its paused producer is registered: wait for
             # the queue to drain (L{_drained}).
-            self._half_close_pending[target] = True
+            target.half_close_pending = True
         else:
             self._half_close(target)
 
@@ -320,14 +402,14 @@ class Splice:
 
         @param side: L{A} or L{B}.
         """
-        if self.gone[side]:
+        source = self._side(side)
+        if source.gone:
             return
-        self.gone[side] = True
-        self._registered[side] = False  # a lost transport drops its producer itself
+        source.gone = True
+        source.registered = False  # a lost transport drops its producer itself
         if self.ended_by is None:
             self.ended_by = self._first_eof or side
-        target = _other(side)
-        if self.gone[target]:
+        if source.other.gone:
             self._finish()
             return
         self._wind_down()
@@ -342,26 +424,26 @@ class Splice:
             self.ended_by = reason
         self.closing = True
         self._cancel_timers()
-        for side in (A, B):
-            if not self.gone[side]:
-                self.transports[side].abortConnection()
+        for valve in (self._a, self._b):
+            if not valve.gone:
+                valve.transport.abortConnection()
 
     # -- internals -----------------------------------------------------------------------
 
-    def _unregister(self, side: str) -> None:
+    def _unregister(self, valve: _Valve) -> None:
         """
-        Take our valve off C{side}'s transport (so that a close or half-close it was asked for
-        is not held back by a paused producer).
+        Take C{valve} off its transport (so that a close or half-close it was asked for is
+        not held back by a paused producer).
         """
-        if self._registered[side]:
-            self._registered[side] = False
-            self._valves[side].cancel()
-            self.transports[side].unregisterProducer()
+        if valve.registered:
+            valve.registered = False
+            valve.cancel()
+            valve.transport.unregisterProducer()
 
-    def _half_close(self, side: str) -> None:
-        self._half_close_pending[side] = False
-        self._unregister(side)
-        transport = self.transports[side]
+    def _half_close(self, valve: _Valve) -> None:
+        valve.half_close_pending = False
+        self._unregister(valve)
+        transport = valve.transport
         if isinstance(transport, TLSMemoryBIOProtocol):
             # Twisted's TLS has no half-close, and its loseWriteConnection is the TCP one
             # underneath, which cuts the TLS stream mid-session (the peer answers with an
@@ -371,17 +453,17 @@ class Splice:
         else:
             cast(HalfCloseableTransport, transport).loseWriteConnection()
 
-    def _drained(self, side: str) -> None:
+    def _drained(self, valve: _Valve) -> None:
         """
-        C{side}'s write queue has drained.
+        C{valve}'s side has drained its write queue.
         """
-        source = _other(side)
-        if self.closing or self.gone[side]:
+        source = valve.other
+        if self.closing or valve.gone:
             return
-        if self._half_close_pending[side]:
-            self._half_close(side)
-        elif not (self.eof[source] or self.gone[source]):
-            self.transports[source].resumeProducing()
+        if valve.half_close_pending:
+            self._half_close(valve)
+        elif not (source.eof or source.gone):
+            source.transport.resumeProducing()
 
     def _close_both(self) -> None:
         """
@@ -396,10 +478,10 @@ class Splice:
         """
         self.closing = True
         self._cancel_timers()
-        for side in (A, B):
-            if not self.gone[side]:
-                self._unregister(side)
-                self.transports[side].loseConnection()
+        for valve in (self._a, self._b):
+            if not valve.gone:
+                self._unregister(valve)
+                valve.transport.loseConnection()
         if self._grace is None:
             self._grace = self.clock.callLater(self.write_timeout, self._grace_expired)
 
@@ -407,22 +489,22 @@ class Splice:
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
-        for valve in self._valves.values():
-            valve.cancel()
+        self._a.cancel()
+        self._b.cancel()
 
     def _idle_expired(self) -> None:
         self._idle = None
         self.abort("idle")
 
-    def _stalled(self, side: str) -> None:
-        self._valves[side]._stall = None
-        self.abort(f"stalled-{side}")
+    def _stalled(self, valve: _Valve) -> None:
+        valve._stall = None
+        self.abort(f"stalled-{valve.side}")
 
     def _grace_expired(self) -> None:
         self._grace = None
-        for side in (A, B):
-            if not self.gone[side]:
-                self.transports[side].abortConnection()
+        for valve in (self._a, self._b):
+            if not valve.gone:
+                valve.transport.abortConnection()
 
     def _finish(self) -> None:
         self.closing = True
@@ -433,8 +515,8 @@ class Splice:
         if not self.done.called:
             self.done.callback(
                 RelayResult(
-                    bytes_a_to_b=self.counts[A],
-                    bytes_b_to_a=self.counts[B],
+                    bytes_a_to_b=self._a.count,
+                    bytes_b_to_a=self._b.count,
                     duration=self.clock.seconds() - self._started,
                     ended_by=self.ended_by or A,
                 )

@@ -17,7 +17,7 @@ from netguard.auth.users import UserStore, make_record
 from netguard.client.protocol import Credentials, NGPClientProtocol, NGPError
 from netguard.config import load_config
 from netguard.gateway.factory import GatewayFactory
-from netguard.gateway.protocol import TRANSITIONS, SessionState
+from netguard.gateway.protocol import TRANSITIONS, GatewaySession, SessionState
 
 PASSWORD = "correct horse battery staple"
 
@@ -688,3 +688,49 @@ class InternalErrorTests(unittest.TestCase):
         self.assertEqual(s.send(b"PING"), [b"ERR INTERNAL internal error"])
         self.assertTrue(s.transport.disconnecting)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class SessionMemoryTests(unittest.TestCase):
+    """
+    What each connection's session object costs: its own state is in slots, and the names
+    left in its instance dict stay under CPython's bound for key-sharing instance dicts.
+    """
+
+    #: CPython (3.11) shares one key table among a class's instance dicts only while the
+    #: class has fewer than 30 attribute names; past that every instance carries a full
+    #: dict of its own (about 1.6 KiB instead of about 0.3, measured with tracemalloc).
+    SHARED_KEYS_BOUND = 29
+
+    def test_session_state_is_in_slots(self) -> None:
+        """
+        The session's own attributes (state, user, counters...) are not in its dict.
+        """
+        s = Session(self)
+        s.login()
+        names = set(vars(s.proto))
+        for name in GatewaySession.__slots__:
+            self.assertNotIn(name, names)
+        self.assertEqual(s.proto.state, SessionState.AUTHENTICATED)
+
+    def test_instance_dict_names_stay_under_the_shared_keys_bound(self) -> None:
+        """
+        Across every path a session can take (greeting, bad lines, a failed and a good
+        login, a refused and a good OPEN, relayed bytes, close), the names ever
+        set in session dicts stay below the bound, so every session's dict stays compact.
+        """
+        seen: set[str] = set()
+        bad = Session(self)
+        bad.send(b"PING")
+        bad.send(b"NOPE")
+        bad.login(password="wrong")
+        seen |= set(vars(bad.proto))
+        good = Session(self)
+        good.login()
+        good.send(b"SERVICES")
+        good.send(b"OPEN nothing-here")
+        good.send(b"OPEN echo")
+        good.proto.dataReceived(b"raw bytes")
+        seen |= set(vars(good.proto))
+        good.proto.connectionLost(None)
+        seen |= set(vars(good.proto))
+        self.assertLessEqual(len(seen), self.SHARED_KEYS_BOUND, sorted(seen))

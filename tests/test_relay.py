@@ -17,6 +17,7 @@ from typing import Any
 
 from twisted.internet import abstract
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
@@ -647,6 +648,62 @@ class DoneTests(SpliceTestCase):
         self.assertEqual(self.b.value(), b"")
 
 
+class SpliceMemoryTests(SpliceTestCase):
+    """
+    What an idle relay holds: one splice and two valves, all in slots (no per-side dicts,
+    no instance dicts), and only the idle timer; the per-side views still read right.
+    """
+
+    def test_splice_and_valves_have_no_instance_dict(self) -> None:
+        """
+        Neither the splice nor its valves carry an instance C{__dict__} (each would be a
+        per-connection dict of its own).
+        """
+        self.assertFalse(hasattr(self.splice, "__dict__"))
+        for valve in (self.a.producer, self.b.producer):
+            self.assertFalse(hasattr(valve, "__dict__"))
+
+    def test_no_dict_held_per_side(self) -> None:
+        """
+        No container is held by the splice or its valves: per-side state is plain
+        attributes (the views below are built when read).
+        """
+        held = [self.splice, self.a.producer, self.b.producer]
+        for obj in held:
+            for name in type(obj).__slots__:
+                value = getattr(obj, name, None)
+                self.assertFalse(isinstance(value, (dict, list, set)), f"{type(obj)}.{name}")
+
+    def test_per_side_views(self) -> None:
+        """
+        C{counts}, C{eof}, C{gone} and C{transports} read each side's state as dicts keyed
+        by side, and C{count} reads one side.
+        """
+        self.splice.data_from(A, b"abc")
+        self.splice.data_from(B, b"de")
+        self.splice.eof_from(B)
+        self.assertEqual(self.splice.counts, {A: 3, B: 2})
+        self.assertEqual(self.splice.count(A), 3)
+        self.assertEqual(self.splice.count(B), 2)
+        self.assertEqual(self.splice.eof, {A: False, B: True})
+        self.assertEqual(self.splice.gone, {A: False, B: False})
+        self.assertEqual(self.splice.transports, {A: self.a, B: self.b})
+        self.splice.lost(A)
+        self.assertEqual(self.splice.gone, {A: True, B: False})
+
+    def test_given_done_is_fired(self) -> None:
+        """
+        A L{Deferred} given to the splice is the one it fires (no second one chained).
+        """
+        done: Deferred[RelayResult] = Deferred()
+        splice = Splice(FakeTransport(), FakeTransport(), clock=self.clock, done=done)
+        self.assertIs(splice.done, done)
+        splice.start()
+        splice.lost(A)
+        splice.lost(B)
+        self.assertEqual(self.successResultOf(done).ended_by, A)
+
+
 class EchoLegTests(unittest.TestCase):
     """
     The built-in echo backend: a splice whose two sides are the client transport.
@@ -705,6 +762,22 @@ class EchoLegTests(unittest.TestCase):
         self.assertTrue(self.client.aborted)
         self.leg.close()
         self.assertEqual(self.results[0].ended_by, "idle")
+
+    def test_splice_fires_the_legs_own_deferred(self) -> None:
+        """
+        The echo leg hands its own C{done} to its splice: one L{Deferred} per relay, not
+        two chained.
+        """
+        assert self.leg.splice is not None
+        self.assertIs(self.leg.splice.done, self.leg.done)
+
+    def test_leg_and_mirror_have_no_instance_dict(self) -> None:
+        """
+        The echo leg and its mirror transport hold their few attributes in slots.
+        """
+        assert self.leg.splice is not None
+        self.assertFalse(hasattr(self.leg, "__dict__"))
+        self.assertFalse(hasattr(self.leg.splice.transports[B], "__dict__"))
 
 
 class EndpointLegTests(unittest.TestCase):

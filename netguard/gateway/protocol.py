@@ -135,6 +135,33 @@ class GatewaySession(GuardedLineReceiver):
     #: (C{auth.fail}); every other error reply counts against C{limits.max_errors}.
     errors_exempt = frozenset({ErrorCode.AUTH_FAILED})
 
+    #: The session's own state lives in slots, so that the instance dict holds only the
+    #: framing's and Twisted's attributes: kept under CPython's limit for key-sharing dicts
+    #: (about 30 names per class), each session's dict stays a compact shared-key one
+    #: instead of a full table (about 1.3 KiB more per connection, measured).
+    __slots__ = (
+        "conn_id",
+        "admitted",
+        "state",
+        "user",
+        "service",
+        "auth_attempts",
+        "bytes_up",
+        "bytes_down",
+        "closed_by",
+        "_exchange",
+        "_mechanism",
+        "_leg",
+        "_pending",
+        "_client_eof",
+        "_offences",
+        "_peer_run",
+        "_binding",
+        "_tls_ready",
+        "_peer_verdict",
+        "_started",
+    )
+
     def __init__(
         self,
         factory: SessionHost,
@@ -165,7 +192,7 @@ class GatewaySession(GuardedLineReceiver):
         self._leg: BackendLeg | None = None
         self._pending: list[bytes] = []
         self._client_eof = False
-        self._offences: set[str] = set()
+        self._offences: frozenset[str] = frozenset()  # the shared empty one until an offence
         self._peer_run: PeerCheckRun | None = None
         self._binding: object = _UNKNOWN
         self._tls_ready = False
@@ -490,7 +517,7 @@ class GatewaySession(GuardedLineReceiver):
             # Format errors count once per connection: one burst of junk (each bad line is
             # answered, the connection stays) must not reach an hour's block by itself.
             if kind != "format_error" or kind not in self._offences:
-                self._offences.add(kind)
+                self._offences |= {kind}
                 self.admitted.offence(kind)
         super().refuse(code, text, offending, close)
         if close and ISSLTransport.providedBy(self.transport) and not self._tls_ready:

@@ -91,6 +91,8 @@ class _Leg:
     the L{Deferred} of the relay's result.
     """
 
+    __slots__ = ("clock", "write_timeout", "idle_timeout", "done", "splice")
+
     def __init__(self, clock: ReactorTime, write_timeout: float, idle_timeout: float):
         """
         @param clock: the L{IReactorTime} for the relay's timers.
@@ -113,9 +115,11 @@ class EchoLeg(_Leg):
     of its bytes), so a client that does not read what it sent stops being read.
     """
 
+    __slots__ = ()
+
     def attach(self, client_transport: HalfCloseableTransport) -> None:
         """
-        Start echoing to C{client_transport}.
+        Start echoing to C{client_transport}; the splice fires this leg's own L{done}.
         """
         mirror = _Mirror(client_transport)
         self.splice = Splice(
@@ -124,10 +128,10 @@ class EchoLeg(_Leg):
             clock=self.clock,
             idle_timeout=self.idle_timeout,
             write_timeout=self.write_timeout,
+            done=self.done,
         )
         mirror.splice = self.splice
         self.splice.start()
-        self.splice.done.chainDeferred(self.done)
 
     def write(self, data: bytes) -> None:
         """
@@ -160,6 +164,8 @@ class _Mirror:
     reads, and it sends it straight back (counted as bytes from B to A); pausing it pauses
     reading the client (the only source of its bytes).
     """
+
+    __slots__ = ("_client", "producer", "splice")
 
     def __init__(self, client_transport: HalfCloseableTransport):
         self._client = client_transport
