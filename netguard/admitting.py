@@ -57,6 +57,8 @@ class Admitted:
     @ivar promoted: whether the connection is in the authenticated pool.
     """
 
+    __slots__ = ("admission", "address", "promoted", "_released")  # one per connection
+
     def __init__(self, admission: Admission, address: object) -> None:
         self.admission = admission
         self.address = address

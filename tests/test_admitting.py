@@ -170,6 +170,15 @@ class AdmissionAwareTests(unittest.TestCase):
         self.assertIsInstance(self.aware, AdmissionAware)
         self.assertNotIsInstance(Factory.forProtocol(Hello), AdmissionAware)
 
+    def test_admitted_hold_has_no_instance_dict(self) -> None:
+        """
+        Each connection's L{Admitted} keeps its four attributes in slots (one per
+        connection for its whole life).
+        """
+        held = Admitted(self.admission, address("192.0.2.9"))
+        self.assertFalse(hasattr(held, "__dict__"))
+        self.assertFalse(held.promoted)
+
     def test_admitted_protocol_is_not_wrapped(self) -> None:
         protocol = self.build()
         self.assertIsInstance(protocol, Hello)

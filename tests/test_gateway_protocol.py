@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 
+import attrs
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
@@ -734,3 +735,60 @@ class SessionMemoryTests(unittest.TestCase):
         good.proto.connectionLost(None)
         seen |= set(vars(good.proto))
         self.assertLessEqual(len(seen), self.SHARED_KEYS_BOUND, sorted(seen))
+
+    def test_sessions_accepted_at_the_same_stress_share_one_limits_value(self) -> None:
+        """
+        Two connections accepted at the same stress (the first gone before the second
+        comes) hold the same framing-limits object, not a copy each.
+        """
+        clock = Clock()
+        factory = make_factory(clock)
+        first = factory.buildProtocol(None)
+        first.makeConnection(StringTransport())
+        first.connectionLost(None)
+        second = factory.buildProtocol(None)
+        second.makeConnection(StringTransport())
+        self.addCleanup(second.connectionLost, None)
+        self.assertIs(first.limits, second.limits)
+
+    def test_limits_still_scale_with_stress(self) -> None:
+        """
+        A connection accepted while another is still in the line phase gets its line-phase
+        timeouts scaled to that stress: shorter than the first one's, the other bounds equal.
+        """
+        clock = Clock()
+        factory = make_factory(clock)
+        first = factory.buildProtocol(None)
+        first.makeConnection(StringTransport())
+        second = factory.buildProtocol(None)
+        second.makeConnection(StringTransport())
+        for proto in (first, second):
+            self.addCleanup(proto.connectionLost, None)
+        self.assertLess(second.limits.handshake_timeout, first.limits.handshake_timeout)
+        self.assertLess(second.limits.idle_timeout, first.limits.idle_timeout)
+        self.assertEqual(second.limits.max_line_length, first.limits.max_line_length)
+
+    def test_shared_limits_values_are_bounded(self) -> None:
+        """
+        However many stress levels connections arrive at, the factory keeps at most
+        C{_SCALED_KEPT} shared values (they are forgotten together at the bound).
+        """
+        from netguard.gateway.factory import _SCALED_KEPT
+
+        clock = Clock()
+        factory = make_factory(clock)
+        factory.admission.policy = attrs.evolve(
+            factory.admission.policy,
+            max_connections=4 * _SCALED_KEPT,
+            max_unauthenticated=4 * _SCALED_KEPT,
+            red_soft=4 * _SCALED_KEPT,
+            red_hard=4 * _SCALED_KEPT,
+            per_source_max=4 * _SCALED_KEPT,
+            per_source_burst=4 * _SCALED_KEPT,
+        )
+        for _ in range(_SCALED_KEPT + 2):
+            proto = factory.buildProtocol(None)
+            self.assertIsInstance(proto, GatewaySession)
+            proto.makeConnection(StringTransport())
+            self.addCleanup(proto.connectionLost, None)
+        self.assertLessEqual(len(factory._scaled[1]), _SCALED_KEPT)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import secrets
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import attrs
@@ -24,12 +25,28 @@ from netguard.admission import Admission, Refusal
 from netguard.admitting import Admitted, AdmittingFactory
 from netguard.auth.users import UserStore
 from netguard.config import Config
+from netguard.framing import FramingLimits
 from netguard.gateway.protocol import GatewaySession
 from netguard.gateway.seams import DrainWatcher, LiveSession, Service
 from netguard.outbound.backends import BackendEndpoints, BackendLeg, open_backend
 from netguard.peer.checks import PeerCheckPolicy, PeerCheckRun, PeerChecks
 from netguard.relay import B
 from netguard.stats import Stats
+
+#: Scaled line-phase timeouts: handshake, idle, open.
+_Timeouts = tuple[float, float, float | None]
+
+#: How many differently scaled framing limits the factory keeps for new connections to share.
+_SCALED_KEPT = 256
+
+
+def _relay_meter(session: LiveSession, leg: BackendLeg) -> tuple[int, int]:
+    """
+    The bytes a live session has relayed so far: up from its own counter, down from its
+    splice.
+    """
+    splice = leg.splice
+    return session.bytes_up, (splice.counts[B] if splice is not None else 0)
 
 
 class GatewayFactory(Factory):
@@ -56,6 +73,7 @@ class GatewayFactory(Factory):
         self.stats = stats if stats is not None else Stats()
         self.stats.set_services(dict(config.services))
         self.framing_limits = config.limits
+        self._scaled: tuple[FramingLimits, dict[_Timeouts, FramingLimits]] = (config.limits, {})
         self._backend_endpoints = BackendEndpoints(reactor)
         self.sessions: set[LiveSession] = set()
         self.admitting = AdmittingFactory(
@@ -147,15 +165,39 @@ class GatewayFactory(Factory):
         current stress.
         """
         conn_id = self._conn_id()
+        return GatewaySession(self, conn_id, self._scaled_limits(), admitted)
+
+    def _scaled_limits(self) -> FramingLimits:
+        """
+        The framing limits with the line-phase timeouts scaled to the current stress.
+        Connections accepted at the same stress share one (immutable) value instead of
+        holding a copy each: at most L{_SCALED_KEPT} values are kept, forgotten together when
+        that many are held or the configured limits change.
+        """
+        base = self.framing_limits
         scaled = self.admission.scaled_timeout
-        open_timeout = self.framing_limits.open_timeout
-        limits = attrs.evolve(
-            self.framing_limits,
-            handshake_timeout=scaled(self.framing_limits.handshake_timeout),
-            idle_timeout=scaled(self.framing_limits.idle_timeout),
-            open_timeout=None if open_timeout is None else scaled(open_timeout),
+        open_timeout = base.open_timeout
+        timeouts = (
+            scaled(base.handshake_timeout),
+            scaled(base.idle_timeout),
+            None if open_timeout is None else scaled(open_timeout),
         )
-        return GatewaySession(self, conn_id, limits, admitted)
+        cache = self._scaled
+        if cache[0] is not base or len(cache[1]) >= _SCALED_KEPT:
+            cache = self._scaled = (base, {})
+        limits = cache[1].get(timeouts)
+        if limits is None:
+            if timeouts == (base.handshake_timeout, base.idle_timeout, open_timeout):
+                limits = base
+            else:
+                limits = attrs.evolve(
+                    base,
+                    handshake_timeout=timeouts[0],
+                    idle_timeout=timeouts[1],
+                    open_timeout=timeouts[2],
+                )
+            cache[1][timeouts] = limits
+        return limits
 
     # -- session bookkeeping -----------------------------------------------------------------
 
@@ -188,10 +230,7 @@ class GatewayFactory(Factory):
         @param setup: seconds from accept to now.
         """
 
-        def meter() -> tuple[int, int]:
-            splice = leg.splice
-            return session.bytes_up, (splice.counts[B] if splice is not None else 0)
-
+        meter = partial(_relay_meter, session, leg)  # smaller than a closure, held per relay
         self.stats.relay_started(session, session.service or "", setup, meter)
 
     def start_peer_checks(self, peer: IAddress, local: IAddress) -> PeerCheckRun | None:
