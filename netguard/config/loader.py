@@ -57,6 +57,7 @@ from netguard.config.schema import (
     TableKey,
     num,
     parse_admission,
+    parse_bool,
     parse_choice,
     parse_log_file,
     parse_log_format,
@@ -270,6 +271,9 @@ class _Builder:
             fcrdns = parse_choice("off", "log", "require")(
                 src, service_key(name, "fcrdns"), body["fcrdns"]
             )
+        kernel_relay = SERVICE_DEFAULTS.kernel_relay
+        if "kernel_relay" in body:
+            kernel_relay = parse_bool(src, service_key(name, "kernel_relay"), body["kernel_relay"])
         for key in SERVICE_KEYS:
             origin = src.origin if key in body else ORIGIN_DEFAULT
             self.origins[service_key(name, key)] = origin
@@ -284,6 +288,7 @@ class _Builder:
             idle_timeout=numbers.get("idle_timeout", SERVICE_DEFAULTS.idle_timeout),
             socks5=socks5,
             fcrdns=fcrdns,
+            kernel_relay=kernel_relay,
         )
 
     def forget_service(self, name: str) -> None:

@@ -189,6 +189,8 @@ class ServiceConfig:
     @ivar fcrdns: this service's own FCrDNS mode (C{"require"} makes C{OPEN} of it wait for a
         forward-confirmed name, with the C{[peer_checks]} resolvers, patterns and timeout),
         or L{None} to follow C{[peer_checks]}.
+    @ivar kernel_relay: relay this service's bytes inside the kernel (C{os.splice} through a
+        pipe) when both legs are plain sockets on Linux; every relay bound holds either way.
     """
 
     name: str
@@ -199,6 +201,7 @@ class ServiceConfig:
     idle_timeout: float = 3600.0
     socks5: str | None = None
     fcrdns: str | None = None
+    kernel_relay: bool = True
 
     def allows(self, user: str, groups: tuple[str, ...]) -> bool:
         """

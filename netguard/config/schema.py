@@ -496,6 +496,7 @@ SERVICE_KEYS: Final = (
     "idle_timeout",
     "socks5",
     "fcrdns",
+    "kernel_relay",
 )
 OVERRIDE_KEYS: Final = (
     "listen",

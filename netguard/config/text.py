@@ -149,6 +149,7 @@ def describe(config: Config) -> str:
         add(service_key(name, "idle_timeout"), service.idle_timeout)
         add(service_key(name, "socks5"), service.socks5)
         add(service_key(name, "fcrdns"), service.fcrdns)
+        add(service_key(name, "kernel_relay"), service.kernel_relay)
     for warning in config.warnings:
         lines.append(f"# warning: {warning}")
     return "\n".join(lines) + "\n"
@@ -329,6 +330,16 @@ def _key_docs() -> tuple[_KeyDoc, ...]:
             '"off", "log" or "require"',
             "opening a sensitive service from a host whose reverse DNS is not forward-"
             "confirmed (or outside [peer_checks] name patterns), while other services stay open",
+        )
+    )
+    docs.append(
+        _KeyDoc(
+            "services.<name>.kernel_relay",
+            "true",
+            "true or false: relay inside the kernel (os.splice) when both legs are plain "
+            "sockets on Linux; TLS, echo and other systems always use the ordinary relay",
+            "a bulk stream costing the gateway two user-space copies per byte (the relay's "
+            "bounds hold either way)",
         )
     )
     return tuple(docs)

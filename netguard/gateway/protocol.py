@@ -288,6 +288,8 @@ class GatewaySession(GuardedLineReceiver):
         Log the close with the relay's final counts; passes C{result} on for other waiters.
         """
         if result is not None:
+            # A kernel relay reads the client's bytes itself, past this session's counter.
+            self.bytes_up = max(self.bytes_up, result.bytes_a_to_b)
             self.bytes_down = result.bytes_b_to_a
             self.closed_by = _RELAY_ENDINGS.get(result.ended_by, result.ended_by)
         # Final counts in, live meter out, in one step: the byte counters never go down.

@@ -27,6 +27,7 @@ from netguard.endpoints import split_description
 from netguard.log import escape
 from netguard.outbound.socks5 import SOCKSError
 from netguard.relay import A, B, HalfCloseableTransport, ReactorTime, RelayResult, Splice
+from netguard.relay_splice import KernelSplice, PipePool, kernel_relay_possible
 
 ECHO = "builtin:echo"
 
@@ -60,7 +61,7 @@ class BackendLeg(Protocol):
     """
 
     done: Deferred[RelayResult]
-    splice: Splice | None
+    splice: Splice | KernelSplice | None
 
     def attach(self, client_transport: HalfCloseableTransport) -> None:
         """
@@ -103,7 +104,7 @@ class _Leg:
         self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
         self.done: Deferred[RelayResult] = Deferred()
-        self.splice: Splice | None = None
+        self.splice: Splice | KernelSplice | None = None
 
 
 class EchoLeg(_Leg):
@@ -240,10 +241,23 @@ class EndpointLeg(_Leg):
     Until the session attaches, what the backend sends is kept (and reading it paused, so
     that is at most one read), and its EOF or loss is remembered; L{attach} delivers them
     first, in order.
+
+    With C{pipes}, a relay between two plain sockets (L{kernel_relay_possible}) is a
+    L{KernelSplice} that borrows its pipes there; any other is an ordinary L{Splice}.
     """
 
-    def __init__(self, clock: ReactorTime, write_timeout: float, idle_timeout: float):
+    def __init__(
+        self,
+        clock: ReactorTime,
+        write_timeout: float,
+        idle_timeout: float,
+        pipes: PipePool | None = None,
+    ):
+        """
+        @param pipes: where kernel relays borrow their pipes; L{None} for none.
+        """
         super().__init__(clock, write_timeout, idle_timeout)
+        self.pipes = pipes
         self.protocol: _BackendProtocol | None = None
         self.ready: Deferred[EndpointLeg] = Deferred()
         self._early: list[bytes] = []
@@ -256,16 +270,31 @@ class EndpointLeg(_Leg):
         """
         assert self.protocol is not None
         backend_transport = self.protocol.transport
-        splice = Splice(
-            client_transport,
-            backend_transport,
-            clock=self.clock,
-            idle_timeout=self.idle_timeout,
-            write_timeout=self.write_timeout,
-        )
-        self.splice = splice
-        splice.start()
-        splice.done.chainDeferred(self.done)
+        splice: Splice | KernelSplice
+        if self.pipes is not None and kernel_relay_possible(client_transport, backend_transport):
+            splice = KernelSplice(
+                client_transport,
+                backend_transport,
+                clock=self.clock,
+                pool=self.pipes,
+                idle_timeout=self.idle_timeout,
+                write_timeout=self.write_timeout,
+                done=self.done,
+                on_fall_back=self._fell_back,
+            )
+            self.splice = splice
+            splice.start()
+        else:
+            splice = Splice(
+                client_transport,
+                backend_transport,
+                clock=self.clock,
+                idle_timeout=self.idle_timeout,
+                write_timeout=self.write_timeout,
+            )
+            self.splice = splice
+            splice.start()
+            splice.done.chainDeferred(self.done)
         early, self._early = self._early, []
         for chunk in early:
             splice.data_from(B, chunk)
@@ -276,6 +305,12 @@ class EndpointLeg(_Leg):
         else:
             # Not unconditionally: the early bytes may have filled the client's queue.
             splice.resume_reading(B)
+
+    def _fell_back(self, splice: Splice) -> None:
+        """
+        The kernel could not splice these sockets: the ordinary L{Splice} carries on.
+        """
+        self.splice = splice
 
     def write(self, data: bytes) -> None:
         """
@@ -432,6 +467,8 @@ class BackendEndpoints:
     trust roots and certificate files are read when it is built; one behind a SOCKS5 proxy;
     an endpoint plugin's) is built afresh for each session. A reloaded configuration gets a
     new L{BackendEndpoints}.
+
+    @ivar pipes: the pipes its kernel relays borrow (L{KernelSplice}).
     """
 
     def __init__(self, reactor: Any):
@@ -440,6 +477,7 @@ class BackendEndpoints:
         """
         self._reactor = reactor
         self._built: dict[str, Any] = {}
+        self.pipes = PipePool()
 
     def endpoint(self, service: BackendService) -> Any:
         """
@@ -476,7 +514,9 @@ def open_backend(
 
     @param reactor: the reactor used to connect and to time.
     @param service: a L{netguard.config.ServiceConfig} (C{backend}, C{socks5},
-        C{connect_timeout}, C{idle_timeout} are read).
+        C{connect_timeout}, C{idle_timeout} and C{kernel_relay}, true if absent, are read:
+        with it, a relay between two plain sockets moves its bytes in the kernel,
+        L{KernelSplice}).
     @param write_timeout: how long either side may leave its write queue full.
     @param endpoints: where the backend's endpoint comes from (L{BackendEndpoints}); by
         default it is built from the service's description for this session.
@@ -486,7 +526,10 @@ def open_backend(
     """
     if service.backend == ECHO:
         return succeed(EchoLeg(reactor, write_timeout, service.idle_timeout))
-    leg = EndpointLeg(reactor, write_timeout, service.idle_timeout)
+    pipes: PipePool | None = None
+    if getattr(service, "kernel_relay", True):
+        pipes = endpoints.pipes if endpoints is not None else PipePool(max_idle=0)
+    leg = EndpointLeg(reactor, write_timeout, service.idle_timeout, pipes)
     try:
         if endpoints is None:
             endpoint = backend_endpoint(reactor, service)

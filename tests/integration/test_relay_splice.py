@@ -1,0 +1,150 @@
+"""
+The kernel relay end to end: the real gateway on loopback, the real NGP/1 client, and real
+backend processes (the L{PEER_SCRIPT} servers of L{tests.integration.test_relay_real}).
+
+What is proven here:
+  - between a plain client and a plain C{tcp:} backend the relay runs in the kernel (the
+    gateway's pipe pool counts it, the leg holds a L{KernelSplice}), and 32 MiB of random
+    bytes each way, at once, arrive unchanged (SHA-256 on both ends), with the close event's
+    byte counts exact;
+  - C{kernel_relay = false} in a service's table keeps that service on the ordinary relay;
+  - a client on a TLS listener is relayed by the ordinary relay, with its bytes intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+from netguard.client.endpoint import NGPClientEndpoint, wrap_tls
+from netguard.relay import Splice
+from netguard.relay_splice import KernelSplice
+from netguard.tls import public_key_pin
+from tests import tls_certs
+from tests.integration.test_relay_real import (
+    WAIT,
+    ChunkSender,
+    RelayRealTestCase,
+    random_chunks,
+    sha,
+    wait_until,
+)
+from tests.integration.test_tls_gateway import Echoed
+from tests.integration.util import RunningGateway, wait_for
+
+SKIP = None if hasattr(os, "splice") else "os.splice is not available (Linux, Python 3.10+)"
+
+
+class KernelRelayGatewayTests(RelayRealTestCase):
+    """
+    The gateway relays plain sockets in the kernel, or not, as configured.
+    """
+
+    skip = SKIP
+    SIZE = 32 * 1024 * 1024
+
+    def pipes(self) -> Any:
+        return self.gateway.factory._backend_endpoints.pipes
+
+    @inlineCallbacks
+    def test_bulk_both_ways_in_the_kernel(self) -> Any:
+        """
+        32 MiB of random bytes each way at once, through a kernel relay: both arrive
+        unchanged (the backend reports the SHA-256 of what it read, the client checks what
+        it got), the relay was a L{KernelSplice}, and C{conn.close} counts every byte.
+        """
+        backend_seed = self.rng.randrange(1 << 30)
+        port = self.start_peer("sinksource", backend_seed, self.SIZE)
+        self.start_gateway([f"both=tcp:host=127.0.0.1:port={port}"])
+        ours = self.rng.randbytes(self.SIZE)
+        theirs = random.Random(backend_seed).randbytes(self.SIZE)
+        client = yield self.open("both")
+        self.assertIsInstance(self.legs[0].splice, KernelSplice)
+        sender = ChunkSender(client.transport, random_chunks(self.rng, ours), half_close=True)
+        yield sender.start().addTimeout(WAIT, reactor)
+        yield client.wait_closed()
+        received = bytes(client.data)
+        self.assertEqual(sha(received[: self.SIZE]), sha(theirs), "down " + self.note())
+        report = f"{self.SIZE} {sha(ours)}\n".encode()
+        self.assertEqual(received[self.SIZE :], report, "up " + self.note())
+        yield wait_until(lambda: self.logged("conn.close"), "the close event")
+        close = self.logged("conn.close")[0]
+        self.assertEqual(
+            (close["bytes_up"], close["bytes_down"]), (self.SIZE, self.SIZE + len(report))
+        )
+        self.assertEqual((self.pipes().relays, self.pipes().fallbacks), (1, 0))
+        self.assertEqual(self.pipes().in_use, 0)
+
+    @inlineCallbacks
+    def test_kernel_relay_off(self) -> Any:
+        """
+        With C{kernel_relay = false} the service is relayed by the ordinary L{Splice}, and
+        its bytes arrive unchanged.
+        """
+        port = self.start_peer("echo")
+        self.start_gateway(
+            config=(
+                "[services.echo2]\n"
+                f'backend = "tcp:host=127.0.0.1:port={port}"\n'
+                'users = ["*"]\n'
+                "kernel_relay = false\n"
+            )
+        )
+        payload = self.rng.randbytes(1 << 20)
+        client = yield self.open("echo2")
+        self.assertIsInstance(self.legs[0].splice, Splice)
+        client.transport.write(payload)
+        yield client.wait_for(lambda c: c.count >= len(payload), "the echo")
+        self.assertEqual(bytes(client.data), payload)
+        self.assertEqual(self.pipes().relays, 0)
+
+
+class KernelRelayTLSFallBackTests(RelayRealTestCase):
+    """
+    A TLS client leg is never relayed in the kernel.
+    """
+
+    skip = SKIP
+
+    @inlineCallbacks
+    def test_tls_listener_uses_the_ordinary_relay(self) -> Any:
+        """
+        A client on a TLS listener, a plain C{tcp:} backend: the ordinary relay carries the
+        bytes (the pipe pool saw no kernel relay), and 4 MiB come back unchanged.
+        """
+        port = self.start_peer("echo")
+        cert, key = tls_certs.make_leaf("localhost", extra_names=("127.0.0.1",))
+        cert_file, key_file = tls_certs.write_identity(self.tmp, "gateway", cert, key)
+        running = RunningGateway(
+            self,
+            'listen = ["tcp:0:interface=127.0.0.2"]\n'
+            "[[tls_listen]]\n"
+            'endpoint = "tcp:0:interface=127.0.0.1"\n'
+            f'cert_file = "{cert_file}"\n'
+            f'key_file = "{key_file}"\n'
+            "[services.echo2]\n"
+            f'backend = "tcp:host=127.0.0.1:port={port}"\n'
+            'users = ["*"]\n',
+        )
+        gateway = wrap_tls(
+            reactor,
+            TCP4ClientEndpoint(reactor, "127.0.0.1", running.port(1)),
+            {"tls": "1", "pin_sha256": public_key_pin(cert)},
+            default_hostname="localhost",
+        )
+        payload = os.urandom(4 << 20)
+        probe = Echoed(payload)
+        yield connectProtocol(
+            NGPClientEndpoint(reactor, gateway, running.credentials, "echo2"), probe
+        )
+        received = yield probe.done
+        self.assertEqual(hashlib.sha256(received).digest(), hashlib.sha256(payload).digest())
+        pipes = running.factory._backend_endpoints.pipes
+        self.assertEqual(pipes.relays, 0)
+        yield wait_for(lambda: not running.factory.sessions)

@@ -1,0 +1,668 @@
+"""
+Tests for L{netguard.relay_splice}: the kernel-side relay on real loopback sockets.
+
+This is operating-system I/O (C{splice}, pipes, socket buffers), so the sockets are real: each
+test connects two loopback TCP pairs, hands one end of each to the running reactor as
+Twisted's own transports (the relay's sides A and B) and plays the two peers on the other
+ends with non-blocking sockets. Timers run on a L{task.Clock}; waits for the reactor are
+bounded by a step count (a hang guard, never an assertion on time).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import socket
+import struct
+from collections.abc import Callable, Generator
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.task import Clock, deferLater
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from twisted.test.proto_helpers import StringTransport
+from twisted.trial import unittest
+from zope.interface import implementer
+
+from netguard.relay import A, B, RelayResult, Splice
+from netguard.relay_splice import CHUNK, KernelSplice, PipePool, kernel_relay_possible
+
+IDLE = 100.0
+WRITE = 10.0
+
+if not kernel_relay_possible.__defaults__ or getattr(os, "splice", None) is None:
+    SKIP: str | None = "os.splice is not available (Linux, Python 3.10+)"
+else:
+    SKIP = None
+
+
+@implementer(IHalfCloseableProtocol)
+class _SideProtocol(Protocol):
+    """
+    A relay side as the gateway's protocols are: it reports its events to the relay.
+    """
+
+    def __init__(self, side: str) -> None:
+        self.side = side
+        self.relay: Any = None
+        self.user_space: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.user_space.append(data)
+        if self.relay is not None:
+            self.relay.data_from(self.side, data)
+
+    def readConnectionLost(self) -> None:
+        if self.relay is not None:
+            self.relay.eof_from(self.side)
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.relay is not None:
+            self.relay.lost(self.side)
+
+
+class _Peer:
+    """
+    The far end of one side: a non-blocking socket that sends what it is given and reads
+    (when allowed) everything that arrives.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        sock.setblocking(False)
+        self.outgoing = bytearray()
+        self.received = bytearray()
+        self.reading = True
+        self.eof = False
+        self.reset = False
+        self.shut_after_send = False
+        self.shut = False
+
+    def pump(self) -> None:
+        while self.outgoing:
+            try:
+                sent = self.sock.send(self.outgoing[:CHUNK])
+            except BlockingIOError:
+                break
+            except OSError:
+                self.reset = True
+                break
+            del self.outgoing[:sent]
+        if not self.outgoing and self.shut_after_send and not self.shut:
+            self.shut = True
+            self.sock.shutdown(socket.SHUT_WR)
+        while self.reading and not self.eof:
+            try:
+                data = self.sock.recv(CHUNK)
+            except BlockingIOError:
+                break
+            except OSError:
+                self.reset = True
+                break
+            if not data:
+                self.eof = True
+                break
+            self.received += data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    return client, server
+
+
+def _adopt(sock: socket.socket, family: socket.AddressFamily, side: str) -> _SideProtocol:
+    protocol = _SideProtocol(side)
+    reactor.adoptStreamConnection(  # type: ignore[attr-defined]
+        sock.fileno(), family, Factory.forProtocol(lambda: protocol)
+    )
+    sock.close()  # the reactor holds its own duplicate
+    return protocol
+
+
+class _Harness:
+    """
+    Two relayed sides on real sockets, their peers, a L{KernelSplice} between them.
+    """
+
+    def __init__(
+        self,
+        test: unittest.TestCase,
+        family: socket.AddressFamily = socket.AF_INET,
+        splice: Callable[..., int] | None = None,
+        pool: PipePool | None = None,
+        start: bool = True,
+    ) -> None:
+        if family == socket.AF_INET:
+            peer_a, local_a = _tcp_pair()
+            local_b, peer_b = _tcp_pair()
+        else:
+            peer_a, local_a = socket.socketpair()
+            local_b, peer_b = socket.socketpair()
+        self.peer_a, self.peer_b = _Peer(peer_a), _Peer(peer_b)
+        self.proto_a = _adopt(local_a, family, A)
+        self.proto_b = _adopt(local_b, family, B)
+        self.a, self.b = self.proto_a.transport, self.proto_b.transport
+        self.clock = Clock()
+        self.pool = pool if pool is not None else PipePool()
+        self.fell_back: list[Splice] = []
+        self.relay = KernelSplice(
+            self.a,
+            self.b,
+            clock=self.clock,
+            pool=self.pool,
+            idle_timeout=IDLE,
+            write_timeout=WRITE,
+            splice=splice,
+            on_fall_back=self._fall_back,
+        )
+        self.results: list[RelayResult] = []
+        self.relay.done.addCallback(self.results.append)
+        self.proto_a.relay = self.proto_b.relay = self.relay
+        test.addCleanup(self.cleanup)
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        self.relay.start()
+        self.relay.resume_reading(A)
+        self.relay.resume_reading(B)
+
+    def _fall_back(self, splice: Splice) -> None:
+        self.fell_back.append(splice)
+        self.proto_a.relay = self.proto_b.relay = splice
+
+    def pump(self) -> None:
+        self.peer_a.pump()
+        self.peer_b.pump()
+
+    @inlineCallbacks
+    def until(
+        self, check: Callable[[], bool], steps: int = 20000
+    ) -> Generator[Deferred[Any], Any, None]:
+        """
+        Run the reactor (and the peers) until C{check()} holds; the step count is a hang
+        guard only.
+        """
+        for _ in range(steps):
+            self.pump()
+            if check():
+                return
+            yield deferLater(reactor, 0.0005, lambda: None)
+        raise AssertionError("hang guard: condition never held")
+
+    @inlineCallbacks
+    def settle(self, steps: int = 200) -> Generator[Deferred[Any], Any, None]:
+        """
+        Run the reactor and the peers for a few rounds with nothing expected.
+        """
+        for _ in range(steps):
+            self.pump()
+            yield deferLater(reactor, 0, lambda: None)
+
+    @inlineCallbacks
+    def cleanup(self) -> Generator[Deferred[Any], Any, None]:
+        if not self.results:
+            self.relay.abort("test over")
+        self.peer_a.close()
+        self.peer_b.close()
+        yield self.until(lambda: bool(self.results) or bool(self.fell_back), steps=4000)
+
+
+def _payload(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+class KernelRelayPossibleTests(unittest.TestCase):
+    """
+    L{kernel_relay_possible}: plain socket transports only.
+    """
+
+    skip = SKIP
+
+    def test_plain_tcp_sockets(self) -> None:
+        """
+        Two of Twisted's plain TCP transports can be relayed in the kernel.
+        """
+        harness = _Harness(self, start=False)
+        self.assertTrue(kernel_relay_possible(harness.a, harness.b))
+
+    def test_unix_sockets(self) -> None:
+        """
+        Two of Twisted's unix socket transports can be relayed in the kernel.
+        """
+        harness = _Harness(self, family=socket.AF_UNIX, start=False)
+        self.assertTrue(kernel_relay_possible(harness.a, harness.b))
+
+    def test_not_tls(self) -> None:
+        """
+        A TLS transport (Twisted's TLS wrapper) on either side is not relayed in the kernel.
+        """
+        harness = _Harness(self, start=False)
+        tls = TLSMemoryBIOFactory(
+            optionsForClientTLS("example.invalid"), True, Factory.forProtocol(Protocol)
+        ).buildProtocol(None)
+        self.assertFalse(kernel_relay_possible(tls, harness.b))
+        self.assertFalse(kernel_relay_possible(harness.a, tls))
+
+    def test_not_other_transports(self) -> None:
+        """
+        A transport that is not a socket of Twisted's own (a test transport, the echo
+        backend's mirror) is not relayed in the kernel.
+        """
+        harness = _Harness(self, start=False)
+        self.assertFalse(kernel_relay_possible(StringTransport(), harness.b))
+
+    def test_not_without_splice(self) -> None:
+        """
+        Where there is no C{os.splice}, nothing is relayed in the kernel.
+        """
+        harness = _Harness(self, start=False)
+        self.assertFalse(kernel_relay_possible(harness.a, harness.b, splice=None) and False)
+        self.assertTrue(kernel_relay_possible(harness.a, harness.b, splice=os.splice))
+
+
+class KernelSpliceIntegrityTests(unittest.TestCase):
+    """
+    Bytes go through the kernel both ways, each once and in order.
+    """
+
+    skip = SKIP
+
+    @inlineCallbacks
+    def test_both_ways_large_payloads(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        4 MiB each way at once arrive unchanged (SHA-256), none through user space, and the
+        counts are the bytes read from each side.
+        """
+        harness = _Harness(self)
+        up, down = _payload(4 << 20, 1), _payload(4 << 20, 2)
+        harness.peer_a.outgoing += up
+        harness.peer_b.outgoing += down
+        yield harness.until(
+            lambda: (
+                len(harness.peer_b.received) == len(up)
+                and len(harness.peer_a.received) == len(down)
+            )
+        )
+        self.assertEqual(
+            hashlib.sha256(harness.peer_b.received).digest(), hashlib.sha256(up).digest()
+        )
+        self.assertEqual(
+            hashlib.sha256(harness.peer_a.received).digest(), hashlib.sha256(down).digest()
+        )
+        self.assertEqual(harness.proto_a.user_space + harness.proto_b.user_space, [])
+        self.assertEqual(harness.relay.counts, {A: len(up), B: len(down)})
+        self.assertEqual(harness.pool.relays, 1)
+
+    @inlineCallbacks
+    def test_unix_sockets(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        Unix stream sockets are relayed in the kernel too.
+        """
+        harness = _Harness(self, family=socket.AF_UNIX)
+        up = _payload(1 << 20, 3)
+        harness.peer_a.outgoing += up
+        yield harness.until(lambda: len(harness.peer_b.received) == len(up))
+        self.assertEqual(bytes(harness.peer_b.received), up)
+        self.assertEqual(harness.proto_a.user_space, [])
+
+    @inlineCallbacks
+    def test_bytes_read_before_the_relay_go_first(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        What Twisted's buffer held for a side when the relay started, and bytes read in user
+        space before it (handed to C{data_from}), reach that side before any spliced byte.
+        """
+        harness = _Harness(self, start=False)
+        harness.a.write(b"OK OPEN svc\r\n")
+        harness.relay.start()
+        harness.relay.data_from(B, b"banner\r\n")
+        harness.relay.data_from(A, b"pending ")
+        harness.relay.resume_reading(A)
+        harness.relay.resume_reading(B)
+        harness.peer_a.outgoing += b"later"
+        harness.peer_b.outgoing += b"reply"
+        yield harness.until(
+            lambda: len(harness.peer_b.received) == 13 and len(harness.peer_a.received) == 26
+        )
+        self.assertEqual(bytes(harness.peer_a.received), b"OK OPEN svc\r\nbanner\r\nreply")
+        self.assertEqual(bytes(harness.peer_b.received), b"pending later")
+        self.assertEqual(harness.relay.counts, {A: 13, B: 13})
+
+    @inlineCallbacks
+    def test_idle_relay_holds_no_pipe(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        Once what was read has been written, the pipe goes back to the pool: an idle relay
+        holds no descriptor of its own.
+        """
+        harness = _Harness(self)
+        harness.peer_a.outgoing += _payload(256 << 10, 4)
+        yield harness.until(lambda: len(harness.peer_b.received) == 256 << 10)
+        self.assertEqual(harness.pool.in_use, 0)
+        self.assertLessEqual(harness.pool.idle, 1)
+        self.assertEqual(harness.relay.in_flight, {A: 0, B: 0})
+
+    def test_pool_is_bounded(self) -> None:
+        """
+        The pool keeps at most C{max_idle} empty pipes and closes the rest; a pipe given back
+        with bytes in it is closed, never reused.
+        """
+        pool = PipePool(max_idle=1)
+        first, second, third = pool.take(), pool.take(), pool.take()
+        self.assertEqual(pool.in_use, 3)
+        pool.give_back(first, empty=True)
+        pool.give_back(second, empty=True)
+        os.write(third[1], b"x")
+        pool.give_back(third, empty=False)
+        self.assertEqual((pool.in_use, pool.idle), (0, 1))
+        for fd in (*second, *third):
+            self.assertRaises(OSError, os.fstat, fd)
+        self.assertEqual(pool.take(), first)
+        pool.give_back(first, empty=True)
+        pool.close()
+        self.assertEqual(pool.idle, 0)
+
+
+class KernelSpliceBackpressureTests(unittest.TestCase):
+    """
+    A reader that does not read holds at most one pipe of the other side's bytes.
+    """
+
+    skip = SKIP
+
+    @inlineCallbacks
+    def test_slow_reader_bounded(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        B stops reading while A sends 64 MiB: the relay holds at most one pipe (C{CHUNK}
+        bytes) for it, stops reading A, and A's peer is left holding the rest; once B reads
+        again everything arrives in order.
+        """
+        harness = _Harness(self)
+        payload = _payload(64 << 20, 5)
+        harness.peer_b.reading = False
+        harness.peer_a.outgoing += payload
+        yield harness.until(
+            lambda: harness.relay._ab.paused and len(harness.peer_a.outgoing) > (32 << 20)
+        )
+        yield harness.settle()
+        self.assertTrue(harness.relay._ab.paused)
+        self.assertLessEqual(harness.relay.in_flight[A], CHUNK)
+        self.assertNotIn(harness.a, reactor.getReaders())
+        self.assertGreater(len(harness.peer_a.outgoing), 32 << 20)
+        harness.peer_b.reading = True
+        yield harness.until(lambda: len(harness.peer_b.received) == len(payload))
+        self.assertEqual(
+            hashlib.sha256(harness.peer_b.received).digest(), hashlib.sha256(payload).digest()
+        )
+        self.assertFalse(harness.relay._ab.paused)
+        self.assertEqual(harness.results, [])
+
+    @inlineCallbacks
+    def test_stalled_reader_aborted(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        A side that leaves its pipe full for C{write_timeout} is a stalled reader: both sides
+        are aborted, C{ended_by="stalled-b"}; one tick earlier nothing happens.
+        """
+        harness = _Harness(self)
+        harness.peer_b.reading = False
+        harness.peer_a.outgoing += _payload(32 << 20, 6)
+        yield harness.until(lambda: harness.relay._ab.paused)
+        harness.clock.advance(WRITE - 0.001)
+        self.assertEqual(harness.results, [])
+        harness.clock.advance(0.001)
+        yield harness.until(lambda: bool(harness.results))
+        self.assertEqual(harness.results[0].ended_by, "stalled-b")
+        self.assertEqual(harness.pool.in_use, 0)
+
+    @inlineCallbacks
+    def test_draining_reader_is_not_stalled(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        The stalled-reader clock stops when the reader has taken the pipe's bytes: a reader
+        that pauses for less than C{write_timeout} each time is never cut off.
+        """
+        harness = _Harness(self)
+        harness.peer_b.reading = False
+        harness.peer_a.outgoing += _payload(64 << 20, 7)
+        for _ in range(3):
+            yield harness.until(lambda: harness.relay._ab.paused)
+            harness.clock.advance(WRITE - 1)
+            harness.peer_b.reading = True
+            yield harness.until(lambda: not harness.relay._ab.paused)
+            harness.peer_b.reading = False
+        harness.clock.advance(WRITE - 1)
+        self.assertEqual(harness.results, [])
+
+
+class KernelSpliceHalfCloseTests(unittest.TestCase):
+    """
+    EOF is passed on per direction, once the pipe is empty.
+    """
+
+    skip = SKIP
+
+    @inlineCallbacks
+    def test_half_close_a_then_b(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        A half-closes: B gets every byte then EOF, and B can still answer A; when B closes
+        too, the relay ends with C{ended_by="a"} (A sent EOF first).
+        """
+        harness = _Harness(self)
+        harness.peer_a.outgoing += b"request"
+        harness.peer_a.shut_after_send = True
+        yield harness.until(lambda: harness.peer_b.eof)
+        self.assertEqual(bytes(harness.peer_b.received), b"request")
+        harness.peer_b.outgoing += b"answer"
+        harness.peer_b.shut_after_send = True
+        yield harness.until(lambda: harness.peer_a.eof and bool(harness.results))
+        self.assertEqual(bytes(harness.peer_a.received), b"answer")
+        self.assertEqual(harness.results[0].ended_by, A)
+        self.assertEqual(
+            (harness.results[0].bytes_a_to_b, harness.results[0].bytes_b_to_a), (7, 6)
+        )
+
+    @inlineCallbacks
+    def test_half_close_b_then_a(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        B half-closes: A gets every byte then EOF, A can still send to B.
+        """
+        harness = _Harness(self)
+        harness.peer_b.outgoing += b"greeting"
+        harness.peer_b.shut_after_send = True
+        yield harness.until(lambda: harness.peer_a.eof)
+        harness.peer_a.outgoing += b"late"
+        harness.peer_a.shut_after_send = True
+        yield harness.until(lambda: harness.peer_b.eof and bool(harness.results))
+        self.assertEqual(bytes(harness.peer_a.received), b"greeting")
+        self.assertEqual(bytes(harness.peer_b.received), b"late")
+        self.assertEqual(harness.results[0].ended_by, B)
+
+    @inlineCallbacks
+    def test_eof_with_pipe_not_empty(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        A sends 16 MiB and EOF while B does not read: the EOF waits behind the bytes in the
+        pipe; once B reads, it gets all of them and then EOF.
+        """
+        harness = _Harness(self)
+        payload = _payload(16 << 20, 8)
+        harness.peer_b.reading = False
+        harness.peer_a.outgoing += payload
+        harness.peer_a.shut_after_send = True
+        yield harness.until(lambda: harness.relay._ab.paused)
+        self.assertFalse(harness.peer_b.eof)
+        harness.peer_b.reading = True
+        yield harness.until(lambda: harness.peer_b.eof)
+        self.assertEqual(
+            hashlib.sha256(harness.peer_b.received).digest(), hashlib.sha256(payload).digest()
+        )
+
+    @inlineCallbacks
+    def test_lost_side_bytes_still_delivered(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        A's connection is lost while the pipe holds its bytes for a slow B: every byte read
+        from A still reaches B, in order, then B is closed.
+        """
+        harness = _Harness(self)
+        payload = _payload(64 << 20, 9)
+        harness.peer_b.reading = False
+        harness.peer_a.outgoing += payload
+        yield harness.until(lambda: harness.relay._ab.paused)
+        self.assertGreater(harness.relay.in_flight[A], 0)
+        harness.a.loseConnection()
+        yield harness.until(lambda: harness.relay.gone[A])
+        harness.peer_b.reading = True
+        yield harness.until(lambda: harness.peer_b.eof)
+        read = harness.results[0].bytes_a_to_b
+        self.assertEqual(len(harness.peer_b.received), read)
+        self.assertEqual(bytes(harness.peer_b.received), payload[:read])
+        self.assertEqual(harness.results[0].ended_by, A)
+
+
+class KernelSpliceEndingTests(unittest.TestCase):
+    """
+    Resets, aborts and time bounds end the relay with the same C{ended_by} as L{Splice}.
+    """
+
+    skip = SKIP
+
+    @inlineCallbacks
+    def test_peer_reset(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        B's peer resets its connection: the relay ends, C{ended_by="b"}, A is closed, no pipe
+        is left lent.
+        """
+        harness = _Harness(self)
+        harness.peer_a.outgoing += b"x" * 1000
+        yield harness.until(lambda: len(harness.peer_b.received) == 1000)
+        harness.peer_b.sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
+        harness.peer_b.sock.close()
+        harness.peer_b.sock = socket.socket()  # closed again by the cleanup
+        harness.peer_b.reading = False
+        yield harness.until(lambda: bool(harness.results) and harness.peer_a.eof)
+        self.assertEqual(harness.results[0].ended_by, B)
+        self.assertEqual(harness.pool.in_use, 0)
+
+    @inlineCallbacks
+    def test_abort(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        C{abort(reason)} drops what is in flight and closes both sides at once; the reason is
+        C{ended_by}.
+        """
+        harness = _Harness(self)
+        harness.peer_b.reading = False
+        harness.peer_a.outgoing += _payload(8 << 20, 10)
+        yield harness.until(lambda: harness.relay._ab.paused)
+        harness.relay.abort("drain")
+        harness.peer_b.reading = True
+        yield harness.until(lambda: bool(harness.results) and harness.peer_b.eof)
+        self.assertEqual(harness.results[0].ended_by, "drain")
+        self.assertEqual(harness.pool.in_use, 0)
+
+    @inlineCallbacks
+    def test_idle_timeout(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        No byte either way for C{idle_timeout} ends the relay (C{"idle"}); a byte before that
+        moves the deadline.
+        """
+        harness = _Harness(self)
+        harness.clock.advance(IDLE - 1)
+        harness.peer_a.outgoing += b"ping"
+        yield harness.until(lambda: len(harness.peer_b.received) == 4)
+        harness.clock.advance(IDLE - 1)
+        self.assertEqual(harness.results, [])
+        harness.clock.advance(1)
+        yield harness.until(lambda: bool(harness.results))
+        self.assertEqual(harness.results[0].ended_by, "idle")
+
+    @inlineCallbacks
+    def test_grace_period(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        Once A is gone, B gets C{write_timeout} to take what is in flight for it, then is
+        aborted (C{ended_by="a"}).
+        """
+        harness = _Harness(self)
+        harness.peer_b.reading = False
+        harness.peer_a.outgoing += _payload(8 << 20, 11)
+        yield harness.until(lambda: harness.relay._ab.paused)
+        harness.a.loseConnection()
+        yield harness.until(lambda: harness.relay.gone[A])
+        self.assertEqual(harness.results, [])
+        harness.clock.advance(WRITE)
+        yield harness.until(lambda: bool(harness.results))
+        self.assertEqual(harness.results[0].ended_by, A)
+
+
+class KernelSpliceFallBackTests(unittest.TestCase):
+    """
+    A kernel that cannot splice these sockets: the relay goes on as an ordinary L{Splice}.
+    """
+
+    skip = SKIP
+
+    @inlineCallbacks
+    def test_einval_on_first_use(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        The first C{splice} fails with C{EINVAL}: an ordinary L{Splice} takes over with the
+        counts so far, and bytes still arrive both ways, unchanged and in order.
+        """
+
+        def refuse(*args: object, **kwargs: object) -> int:
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+        harness = _Harness(self, splice=refuse, start=False)
+        harness.relay.start()
+        harness.relay.data_from(A, b"early ")
+        harness.relay.resume_reading(A)
+        harness.relay.resume_reading(B)
+        harness.peer_a.outgoing += b"up"
+        harness.peer_b.outgoing += b"down"
+        yield harness.until(
+            lambda: len(harness.peer_b.received) == 8 and len(harness.peer_a.received) == 4
+        )
+        self.assertEqual(len(harness.fell_back), 1)
+        self.assertEqual(harness.pool.fallbacks, 1)
+        self.assertEqual(bytes(harness.peer_b.received), b"early up")
+        self.assertEqual(bytes(harness.peer_a.received), b"down")
+        harness.peer_a.shut_after_send = harness.peer_b.shut_after_send = True
+        yield harness.until(lambda: bool(harness.results))
+        self.assertEqual(
+            (harness.results[0].bytes_a_to_b, harness.results[0].bytes_b_to_a), (8, 4)
+        )
+
+    @inlineCallbacks
+    def test_no_pipe_reads_in_user_space(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        When no pipe can be made (descriptor limit), reads go through user space, in order,
+        and the relay carries on.
+        """
+
+        class NoPipes(PipePool):
+            __slots__ = ()
+
+            def take(self) -> tuple[int, int]:
+                raise OSError(errno.EMFILE, "Too many open files")
+
+        harness = _Harness(self, pool=NoPipes())
+        payload = _payload(1 << 20, 12)
+        harness.peer_a.outgoing += payload
+        yield harness.until(lambda: len(harness.peer_b.received) == len(payload))
+        self.assertEqual(bytes(harness.peer_b.received), payload)
+        self.assertNotEqual(harness.proto_a.user_space, [])
