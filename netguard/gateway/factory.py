@@ -30,7 +30,7 @@ from netguard.gateway.protocol import GatewaySession
 from netguard.gateway.seams import DrainWatcher, LiveSession, Service
 from netguard.outbound.backends import BackendEndpoints, BackendLeg, open_backend
 from netguard.peer.checks import PeerCheckPolicy, PeerCheckRun, PeerChecks
-from netguard.relay import B
+from netguard.relay import A, B
 from netguard.stats import Stats
 
 #: Scaled line-phase timeouts: handshake, idle, open.
@@ -42,11 +42,14 @@ _SCALED_KEPT = 256
 
 def _relay_meter(session: LiveSession, leg: BackendLeg) -> tuple[int, int]:
     """
-    The bytes a live session has relayed so far: up from its own counter, down from its
-    splice.
+    The bytes a live session has relayed so far: up from its own counter (or its splice's,
+    which a kernel relay keeps alone), down from its splice.
     """
     splice = leg.splice
-    return session.bytes_up, (splice.counts[B] if splice is not None else 0)
+    if splice is None:
+        return session.bytes_up, 0
+    counts = splice.counts
+    return max(session.bytes_up, counts[A]), counts[B]
 
 
 class GatewayFactory(Factory):

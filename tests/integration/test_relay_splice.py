@@ -82,6 +82,21 @@ class KernelRelayGatewayTests(RelayRealTestCase):
         self.assertEqual(self.pipes().in_use, 0)
 
     @inlineCallbacks
+    def test_live_counts(self) -> Any:
+        """
+        While a kernel relay runs, the gateway's live figures count the bytes it moved both
+        ways (the session itself never sees the client's bytes).
+        """
+        port = self.start_peer("echo")
+        self.start_gateway([f"echo2=tcp:host=127.0.0.1:port={port}"])
+        payload = self.rng.randbytes(1 << 20)
+        client = yield self.open("echo2")
+        client.transport.write(payload)
+        yield client.wait_for(lambda c: c.count >= len(payload), "the echo")
+        self.assertIsInstance(self.legs[0].splice, KernelSplice)
+        self.assertEqual(self.gateway.factory.stats.live_bytes(), (len(payload), len(payload)))
+
+    @inlineCallbacks
     def test_kernel_relay_off(self) -> Any:
         """
         With C{kernel_relay = false} the service is relayed by the ordinary L{Splice}, and
