@@ -18,15 +18,20 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 from twisted.trial import unittest
 
 from netguard.auth.scram import SCRAM_SHA_256_PLUS, ClientExchange, ServerExchange
 from netguard.auth.users import UserStore, make_record
+from netguard.tls import binding
 from netguard.tls.binding import (
     TLS_SERVER_END_POINT,
+    ServedBinding,
+    channel_binding_for,
     server_end_point_binding,
     tls_server_end_point,
 )
+from tests.test_tls import TLSTestCase, client_context, run_handshake
 
 
 def make_cert(
@@ -139,6 +144,83 @@ class TlsServerEndPointTests(unittest.TestCase):
             server_end_point_binding(der), (TLS_SERVER_END_POINT, tls_server_end_point(der))
         )
         self.assertEqual(TLS_SERVER_END_POINT, "tls-server-end-point")
+
+
+class _Handle:
+    """
+    The part of a Twisted TLS transport that L{channel_binding_for} reads.
+    """
+
+    def __init__(self, connection: SSL.Connection) -> None:
+        self.connection = connection
+
+    def getHandle(self) -> SSL.Connection:
+        return self.connection
+
+
+def _not_called(cert_der: bytes) -> bytes:
+    raise AssertionError("the certificate was hashed again")
+
+
+class ServedBindingTests(TLSTestCase):
+    """
+    The server side of a connection reads its binding from its context (computed once when
+    the context was built) instead of converting and hashing the certificate again.
+    """
+
+    def handshake(self, context: SSL.Context) -> SSL.Connection:
+        server = SSL.Connection(context, None)
+        self.assertTrue(run_handshake(server, SSL.Connection(client_context(), None)).done)
+        return server
+
+    def test_server_side_reads_the_context(self) -> None:
+        """
+        On a context netguard built, the server's binding is the certificate's, and no
+        certificate is hashed for the connection.
+        """
+        server_tls = self.load()
+        server = self.handshake(server_tls.context)
+        expected = server_end_point_binding(self.cert.public_bytes(Encoding.DER))
+        self.patch(binding, "tls_server_end_point", _not_called)
+        self.assertEqual(channel_binding_for(_Handle(server), "server"), expected)
+
+    def test_context_carries_its_certificate_binding(self) -> None:
+        """
+        The value kept on the context is the binding of the certificate it serves.
+        """
+        served = self.load().context.get_app_data()
+        self.assertIsInstance(served, ServedBinding)
+        self.assertEqual(
+            served.binding, server_end_point_binding(self.cert.public_bytes(Encoding.DER))
+        )
+
+    def test_other_context_is_hashed(self) -> None:
+        """
+        A server context netguard did not build (no L{ServedBinding}) still gets the
+        binding of the certificate it served, computed from the connection.
+        """
+        context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        context.use_certificate(self.cert)
+        context.use_privatekey(self.key)
+        context.set_app_data("someone else's data")
+        server = self.handshake(context)
+        self.assertEqual(
+            channel_binding_for(_Handle(server), "server"),
+            server_end_point_binding(self.cert.public_bytes(Encoding.DER)),
+        )
+
+    def test_client_side_reads_the_peer_certificate(self) -> None:
+        """
+        The client side never trusts context data: it hashes the certificate it was shown.
+        """
+        server_tls = self.load()
+        client = SSL.Connection(client_context(), None)
+        client.set_app_data(ServedBinding(("tls-server-end-point", b"forged")))
+        self.assertTrue(run_handshake(server_tls.serverConnectionForTLS(None), client).done)
+        self.assertEqual(
+            channel_binding_for(_Handle(client), "client"),
+            server_end_point_binding(self.cert.public_bytes(Encoding.DER)),
+        )
 
 
 class LayeringTests(unittest.TestCase):

@@ -770,6 +770,14 @@ TLS_SETTINGS_KEYS: Final[tuple[EntryKey, ...]] = (
         '"1.2" or "1.3"',
         "protocol downgrade to TLS 1.0/1.1, which are never accepted",
     ),
+    EntryKey(
+        "session_resumption",
+        parse_bool,
+        'true or false; true needs min_version = "1.3"',
+        "nothing when off (every handshake is full); when on, TLS 1.3 tickets with a new "
+        "(EC)DHE exchange on each resumption, no 0-RTT, ticket keys in memory only and "
+        "replaced hourly, tickets valid 1 hour (docs/tls.md section 11)",
+    ),
 )
 
 #: Every key of a C{[[tls_listen]]} entry, in file order.

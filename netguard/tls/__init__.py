@@ -19,6 +19,7 @@ docs/tls.md is the specification: what the contexts enforce, reload, pins, chann
 
 from netguard.tls.binding import (
     TLS_SERVER_END_POINT,
+    ServedBinding,
     channel_binding_for,
     server_end_point_binding,
     tls_server_end_point,
@@ -43,6 +44,7 @@ from netguard.tls.context import (
     CONTEXT_OPTIONS,
     KEY_EXCHANGE_GROUPS,
     MIN_VERSIONS,
+    TICKET_LIFETIME,
     TLS12_CIPHERS,
     TLS13_CIPHERSUITES,
 )
@@ -61,11 +63,13 @@ __all__ = [
     "MAX_PEM_BYTES",
     "MIN_RSA_BITS",
     "MIN_VERSIONS",
+    "TICKET_LIFETIME",
     "TLS12_CIPHERS",
     "TLS13_CIPHERSUITES",
     "TLS_SERVER_END_POINT",
     "CertificateInfo",
     "ClientTLS",
+    "ServedBinding",
     "ServerTLS",
     "ServerTLSSettings",
     "TLSConfigError",

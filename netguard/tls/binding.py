@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Literal
 
+import attrs
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -86,6 +87,20 @@ def server_end_point_binding(cert_der: bytes) -> tuple[str, bytes]:
     return (TLS_SERVER_END_POINT, tls_server_end_point(cert_der))
 
 
+@attrs.frozen
+class ServedBinding:
+    """
+    The channel binding of the certificate a server context serves, kept as that context's
+    application data (C{SSL.Context.set_app_data}) so that each connection reads it instead
+    of converting and hashing the certificate again. A context serves one certificate for
+    its whole life (a reload makes a new context), so the value never goes stale.
+
+    @ivar binding: C{("tls-server-end-point", data)}.
+    """
+
+    binding: tuple[str, bytes]
+
+
 def _served_certificate(
     connection: SSL.Connection, side: Literal["server", "client"]
 ) -> x509.Certificate | None:
@@ -106,6 +121,10 @@ def channel_binding_for(
     @param side: C{"server"} on the gateway (our own certificate on this connection),
         C{"client"} on a client (the server's certificate; available once the handshake is
         done, which it is when the first application byte arrives).
+    On the server side, a context that carries a L{ServedBinding} (every context
+    L{netguard.tls.server} builds) answers from it; any other context has the certificate
+    read and hashed.
+
     @return: C{("tls-server-end-point", data)}, or L{None} when the transport is not TLS or
         has no server certificate (yet).
     @raise ValueError: for a C{side} other than the two above.
@@ -115,6 +134,10 @@ def channel_binding_for(
     connection = tls_connection_of(transport)
     if connection is None:
         return None
+    if side == "server":
+        served = connection.get_context().get_app_data()
+        if isinstance(served, ServedBinding):
+            return served.binding
     certificate = _served_certificate(connection, side)
     if certificate is None:
         return None

@@ -2,7 +2,8 @@
 """
 The hardened OpenSSL context that servers and clients both start from (TLS 1.2 or later,
 ECDHE with AEAD suites, elliptic-curve groups only, no compression, renegotiation or session
-resumption), and the certificate chain and key put on it. docs/tls.md section 4 lists every
+resumption), TLS 1.3 resumption for the servers that allow it, and the certificate chain and
+key put on it. docs/tls.md section 4 lists every
 setting and the reason for it.
 """
 
@@ -50,6 +51,10 @@ CONTEXT_OPTIONS = (
     | SSL.OP_SINGLE_ECDH_USE
 )
 
+#: Seconds a TLS 1.3 session ticket may be used when resumption is on: the ticket's
+#: lifetime, and how long one context's ticket keys are used before new ones are made.
+TICKET_LIFETIME = 3600
+
 #: The accepted values of L{ServerTLSSettings.min_version}.
 MIN_VERSIONS: Mapping[str, int] = MappingProxyType(
     {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
@@ -89,23 +94,52 @@ def _set_groups(context: SSL.Context) -> None:
     )
 
 
-def base_context(method: int, min_version: int) -> SSL.Context:
+def base_context(method: int, min_version: int, ticket_lifetime: int | None = None) -> SSL.Context:
     """
     A new context with every setting of this module and no identity yet.
 
+    With C{ticket_lifetime}, a server context resumes TLS 1.3 sessions from the stateless
+    tickets it issues, sealed with keys OpenSSL makes at random for this context, in memory
+    only, and accepted for C{ticket_lifetime} seconds. A resumption always makes a new
+    (EC)DHE exchange (C{psk_dhe_ke}): OpenSSL ignores C{psk_ke} unless
+    C{SSL_OP_ALLOW_NO_DHE_KEX} is set, which netguard never sets, so a client offering only
+    C{psk_ke} gets a full handshake; the tickets allow no early data (0-RTT). Only for
+    contexts limited to TLS 1.3: for TLS 1.2 the same tickets would resume without a key
+    exchange.
+
     @param method: C{SSL.TLS_SERVER_METHOD} or C{SSL.TLS_CLIENT_METHOD}.
     @param min_version: the lowest protocol version (a value of L{MIN_VERSIONS}).
+    @param ticket_lifetime: seconds a ticket is accepted, or L{None}: no resumption.
     @return: the context.
     """
     context = SSL.Context(method)
     context.set_min_proto_version(min_version)
-    context.set_options(CONTEXT_OPTIONS)
+    if ticket_lifetime is None:
+        context.set_options(CONTEXT_OPTIONS)
+    else:
+        context.set_options(CONTEXT_OPTIONS & ~SSL.OP_NO_TICKET)
+        context.set_timeout(ticket_lifetime)
+    _no_early_data(context)
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     context.set_cipher_list(TLS12_CIPHERS.encode("ascii"))
     context.set_tls13_ciphersuites(TLS13_CIPHERSUITES.encode("ascii"))
     _set_groups(context)
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     return context
+
+
+def _no_early_data(context: SSL.Context) -> None:
+    """
+    Make the tickets of C{context} allow no early data (OpenSSL's default already; set so
+    that a library default never turns 0-RTT on).
+    """
+    try:
+        from OpenSSL._util import lib
+    except ImportError:  # pragma: no cover - depends on the installed pyOpenSSL
+        return
+    setter = getattr(lib, "SSL_CTX_set_max_early_data", None)
+    if setter is not None:
+        setter(context._context, 0)
 
 
 def use_identity(

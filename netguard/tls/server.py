@@ -8,11 +8,13 @@ shutdown (L{ServerTLS}), and the endpoint wrapper that speaks TLS from the first
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
@@ -22,7 +24,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from netguard.tls.binding import server_end_point_binding
+from netguard.tls.binding import ServedBinding, server_end_point_binding
 from netguard.tls.certificates import (
     CertificateInfo,
     chain_warnings,
@@ -31,7 +33,12 @@ from netguard.tls.certificates import (
     load_private_key,
     utc_now,
 )
-from netguard.tls.context import MIN_VERSIONS, base_context, use_identity
+from netguard.tls.context import (
+    MIN_VERSIONS,
+    TICKET_LIFETIME,
+    base_context,
+    use_identity,
+)
 from netguard.tls.errors import TLSConfigError
 from netguard.tls_halfclose import HalfCloseTLSFactory
 
@@ -55,6 +62,9 @@ class ServerTLSSettings:
     @ivar require_client_cert: refuse clients without a valid certificate (needs
         C{client_ca_file}).
     @ivar min_version: C{"1.2"} (the default) or C{"1.3"}.
+    @ivar session_resumption: TLS 1.3 session resumption with (EC)DHE (docs/tls.md,
+        section 11); needs C{min_version = "1.3"}, since a TLS 1.2 resumption makes no new
+        key exchange.
     """
 
     cert_file: str
@@ -63,6 +73,7 @@ class ServerTLSSettings:
     client_ca_file: str | None = None
     require_client_cert: bool = False
     min_version: str = attrs.field(default="1.2", validator=_check_min_version)
+    session_resumption: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.require_client_cert and not self.client_ca_file:
@@ -70,6 +81,23 @@ class ServerTLSSettings:
                 "require_client_cert",
                 "needs client_ca_file, the CA that client certificates must chain to",
             )
+        if self.session_resumption and self.min_version != "1.3":
+            raise TLSConfigError(
+                "session_resumption",
+                'needs min_version = "1.3": a TLS 1.2 resumption makes no new key exchange',
+            )
+
+
+@attrs.frozen
+class _Identity:
+    """
+    What a context is built from, kept (in memory only) so that new ticket keys can be made
+    without reading the files again.
+    """
+
+    key: PrivateKeyTypes
+    chain: tuple[x509.Certificate, ...]
+    client_cas: tuple[x509.Certificate, ...]
 
 
 @attrs.frozen
@@ -79,6 +107,42 @@ class _Loaded:
     info: CertificateInfo
     binding: tuple[str, bytes]
     warnings: tuple[str, ...]
+    identity: _Identity
+    #: When the context's ticket keys were made (L{None}: no resumption, nothing to rotate).
+    keys_made: float | None = None
+
+
+def _seconds(clock: IReactorTime | None) -> float:
+    source: Any = clock
+    return float(source.seconds()) if source is not None else time.time()
+
+
+def _build_context(
+    settings: ServerTLSSettings, identity: _Identity, binding: tuple[str, bytes]
+) -> SSL.Context:
+    """
+    A hardened server context for C{identity}; with session resumption, it holds new ticket
+    keys (OpenSSL makes them for each context, in memory).
+    """
+    lifetime = TICKET_LIFETIME if settings.session_resumption else None
+    context = base_context(SSL.TLS_SERVER_METHOD, MIN_VERSIONS[settings.min_version], lifetime)
+    use_identity(context, identity.key, identity.chain, settings.cert_file, settings.key_file)
+    # Required by OpenSSL for client certificates and resumption.
+    context.set_session_id(b"netguard")
+    if settings.client_ca_file:
+        store = context.get_cert_store()
+        assert store is not None
+        for ca in identity.client_cas:
+            store.add_cert(crypto.X509.from_cryptography(ca))
+            context.add_client_ca(ca)
+        mode = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE
+        if settings.require_client_cert:
+            mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        context.set_verify(mode)
+    else:
+        context.set_verify(SSL.VERIFY_NONE)
+    context.set_app_data(ServedBinding(binding))
+    return context
 
 
 def _load_server(settings: ServerTLSSettings, clock: IReactorTime | None) -> _Loaded:
@@ -94,30 +158,19 @@ def _load_server(settings: ServerTLSSettings, clock: IReactorTime | None) -> _Lo
     if expiring:
         warnings.append(expiring)
     warnings.extend(chain_warnings(chain, settings.chain_file or settings.cert_file))
-    context = base_context(SSL.TLS_SERVER_METHOD, MIN_VERSIONS[settings.min_version])
-    use_identity(context, key, chain, settings.cert_file, settings.key_file)
-    # Required by OpenSSL for client certificates; harmless without a session cache.
-    context.set_session_id(b"netguard")
+    cas: list[x509.Certificate] = []
     if settings.client_ca_file:
         cas = load_certificates(settings.client_ca_file, "client CA file")
-        store = context.get_cert_store()
-        assert store is not None
-        for ca in cas:
-            store.add_cert(crypto.X509.from_cryptography(ca))
-            context.add_client_ca(ca)
-        mode = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE
-        if settings.require_client_cert:
-            mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-        context.set_verify(mode)
-    else:
-        context.set_verify(SSL.VERIFY_NONE)
-    der = leaf.public_bytes(serialization.Encoding.DER)
+    identity = _Identity(key, tuple(chain), tuple(cas))
+    binding = server_end_point_binding(leaf.public_bytes(serialization.Encoding.DER))
     return _Loaded(
-        context=context,
+        context=_build_context(settings, identity, binding),
         certificate=leaf,
         info=CertificateInfo.of(leaf),
-        binding=server_end_point_binding(der),
+        binding=binding,
         warnings=tuple(warnings),
+        identity=identity,
+        keys_made=_seconds(clock) if settings.session_resumption else None,
     )
 
 
@@ -189,7 +242,31 @@ class ServerTLS:
         @param tlsProtocol: the L{twisted.protocols.tls.TLSMemoryBIOProtocol}.
         @return: the connection.
         """
-        return SSL.Connection(self._in_force().context, None)
+        loaded = self._in_force()
+        if loaded.keys_made is not None:
+            now = _seconds(self._clock)
+            if not 0 <= now - loaded.keys_made < TICKET_LIFETIME:
+                loaded = self._rotate_ticket_keys(loaded, now)
+        return SSL.Connection(loaded.context, None)
+
+    def _rotate_ticket_keys(self, loaded: _Loaded, now: float) -> _Loaded:
+        """
+        Serve new connections a fresh context of the same identity, and with it new ticket
+        keys: tickets issued under the old keys no longer resume (a full handshake follows),
+        so no ticket outlives L{TICKET_LIFETIME}. Live connections keep their context.
+        """
+        rotated = attrs.evolve(
+            loaded,
+            context=_build_context(self.settings, loaded.identity, loaded.binding),
+            keys_made=now,
+        )
+        self._loaded = rotated
+        self.log.info(
+            "TLS session ticket keys replaced for {subject}",
+            event="tls.ticket_keys_rotated",
+            subject=loaded.info.subject,
+        )
+        return rotated
 
     def channel_binding(self) -> tuple[str, bytes]:
         """
