@@ -271,31 +271,67 @@ def measure_portforward(args: argparse.Namespace, work: str, label: str) -> dict
     pinned as the gateway is, and time C{--sessions} relayed connections (connect, 16 bytes
     echoed, close) the way L{measure} times sessions. Stop what was started.
     """
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+    def argv(port: int, backend: int) -> list[str]:
+        return [
+            twistd, "-n", "--pidfile=", "portforward",
+            "-p", f"tcp:{port}:interface=127.0.0.1", "-h", "127.0.0.1", "-d", str(backend),
+        ]  # fmt: skip
+
+    return _measure_other(
+        args, work, f"portforward-{label}", argv, lambda port: partial(_relayed, port)
+    )
+
+
+def measure_floor(
+    args: argparse.Namespace, setup: pathmod.Setup, work: str, label: str
+) -> dict[str, Any]:
+    """
+    Start C{bench/ngp_floor.py} (the NGP/1 exchange on bare Twisted, no checks) in front of
+    a fresh echo backend, pinned as the gateway is, and time C{--sessions} sessions exactly
+    as L{measure} does. Stop what was started.
+    """
+    target = loadgen.NGPTarget("echo", setup.user, _read(setup.password_file))
+    scram = loadgen.ScramClient(target.user, target.password)
+
+    def argv(port: int, backend: int) -> list[str]:
+        floor = os.path.join(HERE, "ngp_floor.py")
+        return [sys.executable, floor, "--port", str(port), "--backend", str(backend),
+                "--users", setup.users_file]  # fmt: skip
+
+    return _measure_other(
+        args, work, f"floor-{label}", argv, lambda port: partial(_session, port, target, scram)
+    )
+
+
+def _measure_other(
+    args: argparse.Namespace,
+    work: str,
+    name: str,
+    argv: Callable[[int, int], list[str]],
+    session: Callable[[int], Callable[[], Awaitable[None]]],
+) -> dict[str, Any]:
+    """
+    Start the server C{argv(port, backend)} pinned as the gateway is, in front of a fresh
+    echo backend, and time C{--sessions} calls of C{session(port)}. Stop what was started.
+    """
     processes = Processes(work)
     port, backend = free_port(), free_port()
-    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     try:
         echo = processes.start(
-            f"echo-{label}",
+            f"echo-{name}",
             [sys.executable, __file__, "_echo", "--port", str(backend)],
             args.client_cpu,
         )
         processes.wait_listening(echo, backend)
-        relay = processes.start(
-            f"portforward-{label}",
-            [
-                twistd, "-n", "--pidfile=", "portforward",
-                "-p", f"tcp:{port}:interface=127.0.0.1", "-h", "127.0.0.1", "-d", str(backend),
-            ],
-            args.gateway_cpu, cwd=work,
-        )  # fmt: skip
-        processes.wait_listening(relay, port, timeout=30)
+        server = processes.start(name, argv(port, backend), args.gateway_cpu, cwd=work)
+        processes.wait_listening(server, port, timeout=30)
 
         def window(count: int) -> tuple[int, int, float]:
-            session = partial(_relayed, port)
-            return asyncio.run(_drive(session, count, args.conns, args.seconds))
+            return asyncio.run(_drive(session(port), count, args.conns, args.seconds))
 
-        return _timed(args, relay, window)
+        return _timed(args, server, window)
     finally:
         processes.stop_all()
 
@@ -394,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
         "--no-portforward", dest="portforward", action="store_false",
         help="skip the anchor: Twisted's portforward, interleaved with the gateway's runs",
     )  # fmt: skip
+    parser.add_argument(
+        "--floor", action="store_true",
+        help="also measure bench/ngp_floor.py: the NGP/1 exchange on bare Twisted, no checks",
+    )  # fmt: skip
     parser.add_argument("--gateway-cpu", type=int, default=1)
     parser.add_argument("--client-cpu", type=int, default=0)
     sub = parser.add_subparsers(dest="command")
@@ -417,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     work = tempfile.mkdtemp(prefix="netguard-session-")
     results: dict[str, list[dict[str, Any]]] = {tree: [] for tree in trees}
     anchor: list[dict[str, Any]] = []
+    floor: list[dict[str, Any]] = []
     try:
         setup = pathmod.prepare(work, Processes(work), None, os.path.dirname(sys.executable))
         for run in range(args.runs):
@@ -434,6 +475,12 @@ def main(argv: list[str] | None = None) -> int:
                 r["load"] = load
                 anchor.append(r)
                 _report(f"run {run + 1} portforward", "connection", r, "")
+            if args.floor:
+                load = _load()
+                r = measure_floor(args, setup, work, f"r{run}")
+                r["load"] = load
+                floor.append(r)
+                _report(f"run {run + 1} NGP floor", "session", r, "")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     sys.stdout.write("median gateway CPU per session:\n")
@@ -445,6 +492,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {tree}: {statistics.median(figures):.0f} us "
                 f"(runs: {', '.join(f'{f:.0f}' for f in figures)})\n"
             )
+    if floor:
+        figures = [r["us_per_session"] for r in floor]
+        sys.stdout.write(
+            f"median NGP/1 on bare Twisted (bench/ngp_floor.py) CPU per session: "
+            f"{statistics.median(figures):.0f} us "
+            f"(runs: {', '.join(f'{f:.0f}' for f in figures)})\n"
+        )
     if pf is not None:
         figures = [r["us_per_session"] for r in anchor]
         sys.stdout.write(
