@@ -91,8 +91,8 @@ class ServerTLSSettings:
 @attrs.frozen
 class _Identity:
     """
-    What a context is built from, kept (in memory only) so that new ticket keys can be made
-    without reading the files again.
+    What a context is built from, kept (in memory only, and only while session resumption
+    is on) so that new ticket keys can be made without reading the files again.
     """
 
     key: PrivateKeyTypes
@@ -107,7 +107,8 @@ class _Loaded:
     info: CertificateInfo
     binding: tuple[str, bytes]
     warnings: tuple[str, ...]
-    identity: _Identity
+    #: What the context was built from, kept only where ticket keys are rotated.
+    identity: _Identity | None = None
     #: When the context's ticket keys were made (L{None}: no resumption, nothing to rotate).
     keys_made: float | None = None
 
@@ -169,7 +170,7 @@ def _load_server(settings: ServerTLSSettings, clock: IReactorTime | None) -> _Lo
         info=CertificateInfo.of(leaf),
         binding=binding,
         warnings=tuple(warnings),
-        identity=identity,
+        identity=identity if settings.session_resumption else None,
         keys_made=_seconds(clock) if settings.session_resumption else None,
     )
 
@@ -243,7 +244,7 @@ class ServerTLS:
         @return: the connection.
         """
         loaded = self._in_force()
-        if loaded.keys_made is not None:
+        if loaded.keys_made is not None and loaded.identity is not None:
             now = _seconds(self._clock)
             if not 0 <= now - loaded.keys_made < TICKET_LIFETIME:
                 loaded = self._rotate_ticket_keys(loaded, now)
@@ -255,6 +256,7 @@ class ServerTLS:
         keys: tickets issued under the old keys no longer resume (a full handshake follows),
         so no ticket outlives L{TICKET_LIFETIME}. Live connections keep their context.
         """
+        assert loaded.identity is not None
         rotated = attrs.evolve(
             loaded,
             context=_build_context(self.settings, loaded.identity, loaded.binding),
