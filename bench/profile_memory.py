@@ -188,6 +188,18 @@ def _deep(obj: Any) -> int:
     return size
 
 
+def _fields(obj: Any) -> dict[str, Any]:
+    """
+    An object's attributes: its instance dict and its slots.
+    """
+    fields = dict(getattr(obj, "__dict__", {}))
+    for cls in type(obj).__mro__:
+        for name in getattr(cls, "__slots__", ()):
+            if hasattr(obj, name):
+                fields[name] = getattr(obj, name)
+    return fields
+
+
 def _sizes() -> str:
     """
     The size of each object one relayed session holds, for one session of each backend kind.
@@ -208,7 +220,7 @@ def _sizes() -> str:
         seen.add(kind)
         parts: list[tuple[str, Any]] = [
             ("GatewaySession", obj),
-            ("its __dict__ keys", len(vars(obj))),
+            ("its __dict__ keys", len(getattr(obj, "__dict__", {}))),
             ("client transport " + type(obj.transport).__name__, obj.transport),
             ("admission hold " + type(obj.admitted).__name__, obj.admitted),
             ("leg " + kind, leg),
@@ -216,7 +228,7 @@ def _sizes() -> str:
         splice = getattr(leg, "splice", None)
         if splice is not None:
             parts.append(("relay " + type(splice).__name__, splice))
-            for name, value in sorted(vars(splice).items()):
+            for name, value in sorted(_fields(splice).items()):
                 if isinstance(value, (dict, list, set)) or hasattr(value, "__dict__"):
                     parts.append((f"  .{name} {type(value).__name__}", value))
         protocol = getattr(leg, "protocol", None)
@@ -225,7 +237,7 @@ def _sizes() -> str:
             parts.append(
                 ("backend transport " + type(protocol.transport).__name__, protocol.transport)
             )
-        for name, value in sorted(vars(obj).items()):
+        for name, value in sorted(_fields(obj).items()):
             if isinstance(value, (dict, list, set, bytes)) or hasattr(value, "__dict__"):
                 parts.append((f"  session.{name} {type(value).__name__}", value))
         out.append(f"{kind}:")

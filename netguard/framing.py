@@ -358,6 +358,8 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         self._unregister()
         self._cancel("write")
         self._cancel("open")
+        if not self._timers:
+            self._timers.clear()  # an emptied dict keeps its table until cleared
         self._summarise_errors()
         if self._write_paused:
             self._write_paused = False

@@ -5,6 +5,7 @@ Tests for L{netguard.gateway.protocol}: the NGP/1 state machine, on Twisted fake
 from __future__ import annotations
 
 import base64
+import sys
 
 import attrs
 from twisted.internet.task import Clock
@@ -792,3 +793,39 @@ class SessionMemoryTests(unittest.TestCase):
             proto.makeConnection(StringTransport())
             self.addCleanup(proto.connectionLost, None)
         self.assertLessEqual(len(factory._scaled[1]), _SCALED_KEPT)
+
+    def test_no_offence_set_per_session_until_an_offence(self) -> None:
+        """
+        Sessions without an offence share one empty offence set instead of holding one each.
+        """
+        first, second = Session(self), Session(self)
+        self.assertIs(first.proto._offences, second.proto._offences)
+        self.assertEqual(first.proto._offences, frozenset())
+
+    def test_relaying_session_drops_its_line_phase_leftovers(self) -> None:
+        """
+        Once relaying, a session holds no list for bytes that came while the backend
+        connected, and its emptied timer table is released (no timer left either).
+        """
+        s = Session(self)
+        s.login()
+        self.assertEqual(s.send(b"OPEN echo"), [b"OK OPEN echo"])
+        self.assertIsNone(s.proto._pending)
+        self.assertEqual(s.proto._timers, {})
+        self.assertEqual(sys.getsizeof(s.proto._timers), sys.getsizeof({}))
+        s.proto.dataReceived(b"still relayed")
+        self.assertEqual(s.take(), [b"still relayed"])
+
+    def test_relay_meter_is_slotted_and_reads_the_live_bytes(self) -> None:
+        """
+        The meter the stats hold per relay is a two-slot object that reads the bytes
+        relayed so far each way.
+        """
+        s = Session(self)
+        s.login()
+        s.send(b"OPEN echo")
+        s.proto.dataReceived(b"12345")
+        s.take()
+        meter = s.factory.stats._live[s.proto].meter
+        self.assertFalse(hasattr(meter, "__dict__"))
+        self.assertEqual(meter(), (5, 5))

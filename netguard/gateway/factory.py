@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import secrets
 from collections.abc import Mapping
-from functools import partial
 from typing import Any
 
 import attrs
@@ -40,16 +39,25 @@ _Timeouts = tuple[float, float, float | None]
 _SCALED_KEPT = 256
 
 
-def _relay_meter(session: LiveSession, leg: BackendLeg) -> tuple[int, int]:
+class _RelayMeter:
     """
     The bytes a live session has relayed so far: up from its own counter (or its splice's,
-    which a kernel relay keeps alone), down from its splice.
+    which a kernel relay keeps alone), down from its splice. One per relay, held by the
+    stats while it runs (two slots: smaller than a closure or a partial).
     """
-    splice = leg.splice
-    if splice is None:
-        return session.bytes_up, 0
-    counts = splice.counts
-    return max(session.bytes_up, counts[A]), counts[B]
+
+    __slots__ = ("session", "leg")
+
+    def __init__(self, session: LiveSession, leg: BackendLeg):
+        self.session = session
+        self.leg = leg
+
+    def __call__(self) -> tuple[int, int]:
+        splice = self.leg.splice
+        if splice is None:
+            return self.session.bytes_up, 0
+        counts = splice.counts
+        return max(self.session.bytes_up, counts[A]), counts[B]
 
 
 class GatewayFactory(Factory):
@@ -233,8 +241,7 @@ class GatewayFactory(Factory):
         @param setup: seconds from accept to now.
         """
 
-        meter = partial(_relay_meter, session, leg)  # smaller than a closure, held per relay
-        self.stats.relay_started(session, session.service or "", setup, meter)
+        self.stats.relay_started(session, session.service or "", setup, _RelayMeter(session, leg))
 
     def start_peer_checks(self, peer: IAddress, local: IAddress) -> PeerCheckRun | None:
         """

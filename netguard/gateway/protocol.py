@@ -86,6 +86,9 @@ TRANSITIONS: dict[SessionState, dict[bytes, str]] = {
 
 _UNKNOWN = object()
 
+#: A session's offences until its first (one shared empty set, not one per connection).
+_NO_OFFENCES: frozenset[str] = frozenset()
+
 #: Refusals that count as offences for admission control's per-source penalties.
 _OFFENCES: dict[ErrorCode, str] = {
     ErrorCode.AUTH_FAILED: "auth_failure",
@@ -190,9 +193,9 @@ class GatewaySession(GuardedLineReceiver):
         self._exchange: ServerExchange | None = None
         self._mechanism = ""
         self._leg: BackendLeg | None = None
-        self._pending: list[bytes] = []
+        self._pending: list[bytes] | None = None  # bytes read while the backend connects
         self._client_eof = False
-        self._offences: frozenset[str] = frozenset()  # the shared empty one until an offence
+        self._offences = _NO_OFFENCES
         self._peer_run: PeerCheckRun | None = None
         self._binding: object = _UNKNOWN
         self._tls_ready = False
@@ -347,6 +350,8 @@ class GatewaySession(GuardedLineReceiver):
         elif self.state is SessionState.OPENING:
             # Kept until the backend answers; reading stays paused meanwhile, so this holds
             # at most what had already arrived.
+            if self._pending is None:
+                self._pending = []
             self._pending.append(data)
             self.transport.pauseProducing()
 
@@ -588,8 +593,8 @@ class GatewaySession(GuardedLineReceiver):
         )
         leg.attach(self.transport)
         self.factory.relay_started(self, leg, self.factory.clock.seconds() - self._started)
-        pending, self._pending = self._pending, []
-        for chunk in pending:
+        pending, self._pending = self._pending, None
+        for chunk in pending or ():
             leg.write(chunk)
         if self._client_eof:
             leg.half_close()
@@ -607,7 +612,7 @@ class GatewaySession(GuardedLineReceiver):
             error_type=failure.type.__name__,
             **self.log_fields(),
         )
-        self._pending = []
+        self._pending = None
         self.factory.stats.open_failed(self.service or "", OPEN_BACKEND)
         self.refuse(ErrorCode.BACKEND_UNAVAILABLE)
 
