@@ -74,6 +74,7 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "tls.established": "the TLS handshake of a connection finished",
         "tls.handshake_failed": "a connection on a TLS listener ended before its handshake did",
         "tls.reload_failed": "a TLS reload was refused; the old certificate stays",
+        "tls.ticket_keys_rotated": "a listener's TLS session ticket keys were replaced",
         "tls.warning": "a weak or surprising TLS setting",
         "tls.verify_error": "verifying a server certificate raised unexpectedly",
         # Overload
