@@ -120,6 +120,10 @@ def gateway_child(args: argparse.Namespace) -> int:
 
     sys.stdout.write(f"profile_memory: netguard from {netguard.__file__}\n")
     sys.stdout.flush()
+    if args.collect:
+        import gc
+
+        signal.signal(signal.SIGUSR2, lambda signum, frame: gc.collect())
     if args.breakdown:
         import tracemalloc
 
@@ -314,6 +318,8 @@ async def _steps(
             failures = await _fill(held, step, opener)
             if failures:
                 raise RuntimeError(f"{label}: {failures} connections failed at step {step}")
+            if args.collect and label.split("-")[1] != "portforward":
+                os.kill(pid, signal.SIGUSR2)  # a full collection first: no cyclic garbage left
             await asyncio.sleep(args.settle)
             readings.append((len(held), smaps(pid)))
     finally:
@@ -341,6 +347,8 @@ def _start_gateway(
     child = [sys.executable, __file__, "_gateway"]
     if breakdown:
         child += ["--breakdown", breakdown, "--frames", str(args.frames)]
+    elif args.collect:
+        child += ["--collect"]
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
     gateway = processes.start(
         f"gateway-{label}", [*child, "--", *twistd_args], args.gateway_cpu,
@@ -406,6 +414,7 @@ def breakdown(args: argparse.Namespace, setup: pathmod.Setup, work: str, backend
     scram = loadgen.ScramClient(setup.user, password)
     count = args.breakdown
     who = (setup.user, password)
+    kinds = [k for k in args.kinds.split(",") if k]
     try:
         gateway, port = _start_gateway(
             args, processes, setup, ".", backend, work, "breakdown", breakdown=report
@@ -414,11 +423,11 @@ def breakdown(args: argparse.Namespace, setup: pathmod.Setup, work: str, backend
         async def drive() -> None:
             held: list[Any] = []
             # One of each first, so that one-off allocations (imports, caches) are baseline.
-            for phase in ("echo", "tcp"):
+            for phase in kinds:
                 await _fill(held, len(held) + 1, partial(_open_one, port, phase, scram, *who))
             await asyncio.sleep(args.settle)
             os.kill(gateway.pid, signal.SIGUSR2)
-            for phase in ("echo", "tcp"):
+            for phase in kinds:
                 opener = partial(_open_one, port, phase, scram, *who)
                 failed = await _fill(held, len(held) + count, opener)
                 if failed:
@@ -432,7 +441,7 @@ def breakdown(args: argparse.Namespace, setup: pathmod.Setup, work: str, backend
                 writer.close()
 
         asyncio.run(drive())
-        sys.stdout.write(f"tracemalloc, {count} echo + {count} tcp idle relayed sessions:\n")
+        sys.stdout.write(f"tracemalloc, {count} idle relayed sessions of each of {kinds}:\n")
         sys.stdout.write(_read(report) + "\n")
     finally:
         processes.stop_all()
@@ -461,12 +470,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phases", default=",".join(PHASES) + ",portforward")
     parser.add_argument("--breakdown", type=int, help="tracemalloc + getsizeof at N relays")
     parser.add_argument("--frames", type=int, default=1, help="tracemalloc frames kept")
+    parser.add_argument(
+        "--collect", action="store_true",
+        help="the gateway runs a full gc.collect() before each reading (SIGUSR2)",
+    )  # fmt: skip
+    parser.add_argument("--kinds", default="echo,tcp", help="services opened for --breakdown")
     parser.add_argument("--gateway-cpu", type=int, default=1)
     parser.add_argument("--client-cpu", type=int, default=0)
     sub = parser.add_subparsers(dest="command")
     p = sub.add_parser("_gateway")
     p.add_argument("--breakdown")
     p.add_argument("--frames", type=int, default=1)
+    p.add_argument("--collect", action="store_true")
     p.add_argument("twistd", nargs=argparse.REMAINDER)
     p = sub.add_parser("_echo")
     p.add_argument("--port", type=int, required=True)

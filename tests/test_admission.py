@@ -327,6 +327,18 @@ class PerSourceTests(unittest.TestCase):
         self.assertEqual(admission.admit(v4("192.0.2.1", 9)), Refusal(PER_SOURCE_CAP))
         self.assertIsNone(admission.admit(v4("192.0.2.2", 9)))
 
+    def test_connections_from_one_source_share_its_key(self) -> None:
+        """
+        Every live connection of a source holds the same key string (one per source, not
+        a copy per connection).
+        """
+        admission, _ = make(per_source_burst=100)
+        first, second = v4("192.0.2.1", 1), v4("192.0.2.1", 2)
+        admission.admit(first)
+        admission.admit(second)
+        self.assertEqual(admission._live[first][2], "192.0.2.1/32")
+        self.assertIs(admission._live[first][2], admission._live[second][2])
+
     def test_per_source_cap_counts_relays(self) -> None:
         admission, _ = make(per_source_max=2, per_source_burst=100)
         admission.admit(v4("192.0.2.1", 1))

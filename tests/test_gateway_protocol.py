@@ -14,7 +14,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.test import iosim
 from twisted.trial import unittest
 
-from netguard.auth.scram import ClientExchange
+from netguard.auth.scram import SCRAM_SHA_256, ClientExchange
 from netguard.auth.users import UserStore, make_record
 from netguard.client.protocol import Credentials, NGPClientProtocol, NGPError
 from netguard.config import load_config
@@ -829,3 +829,12 @@ class SessionMemoryTests(unittest.TestCase):
         meter = s.factory.stats._live[s.proto].meter
         self.assertFalse(hasattr(meter, "__dict__"))
         self.assertEqual(meter(), (5, 5))
+
+    def test_mechanism_kept_is_the_shared_constant(self) -> None:
+        """
+        The mechanism a session logged in with is held as the module's constant, not a
+        string decoded per session.
+        """
+        s = Session(self)
+        s.login()
+        self.assertIs(s.proto._mechanism, SCRAM_SHA_256)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import random as _random
+import sys
 from collections import Counter, OrderedDict
 from collections.abc import Hashable
 from typing import Any, Protocol
@@ -265,7 +266,8 @@ class Admission:
             self._prune(now)
             if not parsed and host is not None:
                 ip = _peer_ip(host)
-            key = self._key_of(ip)
+            # One string per source, not one per connection (each live entry holds it).
+            key = sys.intern(self._key_of(ip))
             penalty = self._penalties.get(key)
             if penalty is not None and penalty.blocked_until > now:
                 return self._refuse(PENALISED, penalty.blocked_until - now)

@@ -383,9 +383,11 @@ class GatewaySession(GuardedLineReceiver):
             self._peer_run.verdict().addCallback(self._peer_decided, mechanism, token)
             return
         name = mechanism.decode("ascii")
-        if name not in self.offered_mechanisms():
+        offered = self.offered_mechanisms()
+        if name not in offered:
             self.refuse(ErrorCode.UNSUPPORTED_MECHANISM, offending=mechanism, close=False)
             return
+        name = offered[offered.index(name)]  # the shared constant, not a copy per session
         client_first = self._decode(token)
         if client_first is None:
             return
