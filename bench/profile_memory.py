@@ -123,7 +123,14 @@ def gateway_child(args: argparse.Namespace) -> int:
     if args.collect:
         import gc
 
-        signal.signal(signal.SIGUSR2, lambda signum, frame: gc.collect())
+        dumps = [0]
+
+        def collect(signum: int, frame: Any) -> None:
+            gc.collect()
+            dumps[0] += 1
+            _malloc_stats(f"{args.collect}.{dumps[0]}")
+
+        signal.signal(signal.SIGUSR2, collect)
     if args.breakdown:
         import tracemalloc
 
@@ -147,6 +154,43 @@ def gateway_child(args: argparse.Namespace) -> int:
     sys.argv = ["twistd", *args.twistd]
     run()
     return 0
+
+
+def _malloc_stats(path: str) -> None:
+    """
+    Write pymalloc's statistics (C{sys._debugmallocstats}, which writes to file descriptor
+    2) to C{path} (complete once it exists).
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path + ".tmp", "w") as f:
+            os.dup2(f.fileno(), 2)
+            sys._debugmallocstats()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    os.rename(path + ".tmp", path)
+
+
+def pymalloc_kib(path: str) -> dict[str, int]:
+    """
+    @return: from a L{_malloc_stats} file, the KiB in pymalloc's allocated blocks (live
+        small objects, as pymalloc rounds them) and in its arenas (what it holds from the
+        system, free space included).
+    """
+    out = {}
+    with open(path) as f:
+        for line in f:
+            name, _, value = line.rpartition("=")
+            number = value.strip().replace(",", "")
+            if not number.isdigit():
+                continue
+            if "bytes in allocated blocks" in name:
+                out["pym_blocks"] = int(number) // 1024
+            elif "bytes/arena" in name:
+                out["pym_arenas"] = int(number) // 1024
+    return out
 
 
 def _short(filename: str) -> str:
@@ -306,11 +350,14 @@ async def _fill(held: list[Any], want: int, opener: Any) -> int:
 
 
 async def _steps(
-    args: argparse.Namespace, pid: int, opener: Any, label: str
+    args: argparse.Namespace, pid: int, opener: Any, label: str, collect: str | None = None
 ) -> list[tuple[int, dict[str, int]]]:
     """
     Fill to each step, settle, read the relay's memory; close everything at the end.
+
+    @param collect: the gateway's C{--collect} path, to add pymalloc's figures.
     """
+    dumps = 0
     held: list[Any] = []
     readings = []
     try:
@@ -318,10 +365,17 @@ async def _steps(
             failures = await _fill(held, step, opener)
             if failures:
                 raise RuntimeError(f"{label}: {failures} connections failed at step {step}")
-            if args.collect and label.split("-")[1] != "portforward":
-                os.kill(pid, signal.SIGUSR2)  # a full collection first: no cyclic garbage left
             await asyncio.sleep(args.settle)
-            readings.append((len(held), smaps(pid)))
+            reading = smaps(pid)
+            if collect is not None:
+                # A full collection (no cyclic garbage left), then pymalloc's own figures.
+                dumps += 1
+                os.kill(pid, signal.SIGUSR2)
+                deadline = time.monotonic() + 60
+                while not os.path.exists(f"{collect}.{dumps}") and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                reading = {**smaps(pid), **pymalloc_kib(f"{collect}.{dumps}")}
+            readings.append((len(held), reading))
     finally:
         for writer in held:
             writer.close()
@@ -348,7 +402,7 @@ def _start_gateway(
     if breakdown:
         child += ["--breakdown", breakdown, "--frames", str(args.frames)]
     elif args.collect:
-        child += ["--collect"]
+        child += ["--collect", os.path.join(work, f"pymalloc-{label}")]
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
     gateway = processes.start(
         f"gateway-{label}", [*child, "--", *twistd_args], args.gateway_cpu,
@@ -374,7 +428,8 @@ def measure_phase(
         def opener() -> Any:
             return _open_one(port, phase, scram, setup.user, password)
 
-        return asyncio.run(_steps(args, gateway.pid, opener, label))
+        collect = os.path.join(work, f"pymalloc-{label}") if args.collect else None
+        return asyncio.run(_steps(args, gateway.pid, opener, label, collect))
     finally:
         processes.stop_all()
 
@@ -472,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=1, help="tracemalloc frames kept")
     parser.add_argument(
         "--collect", action="store_true",
-        help="the gateway runs a full gc.collect() before each reading (SIGUSR2)",
+        help="after each reading the gateway runs gc.collect() and reports pymalloc's "
+        "figures (SIGUSR2): live small-object bytes and arena bytes per connection",
     )  # fmt: skip
     parser.add_argument("--kinds", default="echo,tcp", help="services opened for --breakdown")
     parser.add_argument("--gateway-cpu", type=int, default=1)
@@ -481,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("_gateway")
     p.add_argument("--breakdown")
     p.add_argument("--frames", type=int, default=1)
-    p.add_argument("--collect", action="store_true")
+    p.add_argument("--collect")
     p.add_argument("twistd", nargs=argparse.REMAINDER)
     p = sub.add_parser("_echo")
     p.add_argument("--port", type=int, required=True)
@@ -523,12 +579,19 @@ def main(argv: list[str] | None = None) -> int:
                         readings = measure_portforward(args, work, backend, label)
                     else:
                         readings = measure_phase(args, setup, tree, phase, work, backend, label)
-                    figures = {k: _per_conn(readings, k) for k in ("rss", "pss", "uss")}
+                    figures = {k: _per_conn(readings, k) for k in readings[0][1]}
                     results.setdefault(f"{phase} {tree}", []).append(figures["rss"])
                     steps = " ".join(f"{n}:{r['rss'] / 1024:.1f}" for n, r in readings)
                     sys.stdout.write(
                         f"run {run + 1} {phase:<11} {tree}: {figures['rss']:.2f} KiB/conn RSS, "
-                        f"{figures['pss']:.2f} PSS, {figures['uss']:.2f} USS "
+                        f"{figures['pss']:.2f} PSS, {figures['uss']:.2f} USS"
+                        + (
+                            f", pymalloc {figures['pym_blocks']:.2f} in blocks, "
+                            f"{figures['pym_arenas']:.2f} in arenas"
+                            if "pym_blocks" in figures
+                            else ""
+                        )
+                        + " "
                         f"(held:RSS MiB {steps}; load {load})\n"
                     )
                     sys.stdout.flush()
