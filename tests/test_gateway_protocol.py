@@ -838,3 +838,13 @@ class SessionMemoryTests(unittest.TestCase):
         s = Session(self)
         s.login()
         self.assertIs(s.proto._mechanism, SCRAM_SHA_256)
+
+    def test_user_name_is_one_string_per_user(self) -> None:
+        """
+        Sessions of one user hold the same (interned) name string, not a copy each.
+        """
+        first, second = Session(self), Session(self)
+        first.login()
+        second.login()
+        self.assertEqual(first.proto.user, "alice")
+        self.assertIs(first.proto.user, second.proto.user)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import re
+import sys
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred
@@ -435,7 +436,8 @@ class GatewaySession(GuardedLineReceiver):
             if refusal is not None:
                 self.refuse(ErrorCode.BUSY, refusal.reason)
                 return
-        self.user = exchange.username
+        name = exchange.username
+        self.user = None if name is None else sys.intern(name)  # one string per user
         self.state = SessionState.AUTHENTICATED
         self.end_handshake()
         self.factory.stats.count("auth_ok")
