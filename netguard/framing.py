@@ -331,12 +331,22 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
 
     def release_lines(self) -> None:
         """
-        Deliver the lines that arrived meanwhile, in order, and read again.
+        Deliver the lines that arrived meanwhile, in order, and read again; if a held line
+        switched to raw mode, deliver what followed it to L{rawDataReceived} instead and
+        leave reading paused for the raw consumer.
         """
         if not self._held:
             return
         self._held = False
         if self.phase is FramingPhase.CLOSING:
+            return
+        if self.phase is FramingPhase.RAW:
+            # The held line switched to raw mode: what followed it in the same read is the
+            # raw consumer's first bytes, and reading is the raw consumer's to resume (a
+            # relay resumes it when it can take more).
+            rest, self._buffer = self._buffer, b""
+            if rest:
+                self.rawDataReceived(rest)
             return
         if not self._write_paused:
             self.transport.resumeProducing()

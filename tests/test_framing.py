@@ -45,6 +45,8 @@ class Recorder(GuardedLineReceiver):
             self.end_handshake()
         if line == b"RAW":
             self.setRawMode()
+        if line == b"WAIT":
+            self.hold_lines()
         if line.startswith(b"BAD"):
             self.refuse(ErrorCode.BAD_SYNTAX, offending=line, close=False)
         if line.startswith(b"DENIED"):
@@ -569,6 +571,24 @@ class HoldTests(unittest.TestCase):
         self.assertEqual(transport.producerState, "producing")
         proto.dataReceived(b"\r\n")
         self.assertEqual(proto.lines[-1], b"dd")
+
+    def test_bytes_after_a_held_switch_to_raw_are_delivered(self):
+        """
+        A subclass that holds lines while it decides (an asynchronous check before C{OPEN})
+        and then switches to raw mode gets every byte that followed the deciding line in the
+        same read, in order, when it releases the lines: none is dropped with the line
+        buffer, and reading stays paused for the raw consumer to resume.
+        """
+        proto, transport, _ = connect()
+        proto.dataReceived(b"WAIT\r\nrelay me\r\n\x00and this")
+        self.assertEqual(proto.lines, [b"WAIT"])
+        self.assertEqual(proto.raw, [])
+        proto.setRawMode()
+        proto.release_lines()
+        self.assertEqual(b"".join(proto.raw), b"relay me\r\n\x00and this")
+        self.assertEqual(transport.producerState, "paused")
+        proto.dataReceived(b" and later")
+        self.assertEqual(b"".join(proto.raw), b"relay me\r\n\x00and this and later")
 
     def test_overlong_partial_line_still_refused_while_held(self):
         proto, transport, _ = connect(FramingLimits(max_line_length=10))

@@ -135,6 +135,48 @@ class ServiceFCrDNSTests(_DnsmasqGateway, unittest.TestCase):
         self.assertEqual(failure.code, "NOT_AUTHORIZED")
         yield self.session_from("127.0.0.2", "echo")
 
+    @inlineCallbacks
+    def test_bytes_sent_with_open_reach_the_strict_service(self):
+        """
+        Bytes written in the same packet as C{OPEN}, held while the service's FCrDNS check
+        runs, are relayed once it passes, in order: none is dropped with the line buffer.
+        """
+        client = PipeliningClient(self.credentials, "vault", clock=reactor)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.gw_port)
+        yield connectProtocol(endpoint, client)
+        try:
+            yield client.opened
+            echoed = yield client.echoed
+            self.assertEqual(echoed, PipeliningClient.payload)
+        finally:
+            client.transport.loseConnection()
+            yield wait_for(lambda: not self.gateway.factory.sessions)
+
+
+class PipeliningClient(NGPClientProtocol):
+    """
+    A client that sends its first bytes for the service in the same write as C{OPEN}, and
+    collects what the service sends back.
+    """
+
+    payload = b"first bytes\r\nright after OPEN\x00 and more"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.received = b""
+        self.echoed: Deferred[bytes] = Deferred()
+
+    def sendLine(self, line: bytes) -> None:
+        if line.startswith(b"OPEN "):
+            self.transport.write(line + self.delimiter + self.payload)
+        else:
+            super().sendLine(line)
+
+    def service_data(self, data: bytes) -> None:
+        self.received += data
+        if len(self.received) >= len(self.payload) and not self.echoed.called:
+            self.echoed.callback(self.received)
+
 
 def fcrdns_events(events: list) -> list:
     return [e for e in events if e.get("event") == "peer.fcrdns"]
