@@ -32,7 +32,13 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from netguard.relay import A, B, RelayResult, Splice
-from netguard.relay_splice import CHUNK, KernelSplice, PipePool, kernel_relay_possible
+from netguard.relay_splice import (
+    CHUNK,
+    SMALL_READ,
+    KernelSplice,
+    PipePool,
+    kernel_relay_possible,
+)
 
 IDLE = 100.0
 WRITE = 10.0
@@ -226,6 +232,13 @@ class _Harness:
         yield self.until(lambda: bool(self.results) or bool(self.fell_back), steps=4000)
 
 
+def _buffered(transport: Any) -> int:
+    """
+    Bytes waiting in Twisted's own write buffer of C{transport}.
+    """
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
 def _payload(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
@@ -359,6 +372,39 @@ class KernelSpliceIntegrityTests(unittest.TestCase):
         self.assertLessEqual(harness.pool.idle, 1)
         self.assertEqual(harness.relay.in_flight, {A: 0, B: 0})
 
+    @inlineCallbacks
+    def test_short_messages_need_no_pipe(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        Request/response traffic (short reads) goes through the pool's one buffer: 500
+        exchanges arrive in order and no pipe is ever made.
+        """
+        harness = _Harness(self)
+        for number in range(500):
+            request, reply = b"GET %d\r\n" % number, b"VALUE %d\r\n" % number
+            harness.peer_a.outgoing += request
+            yield harness.until(lambda r=request: harness.peer_b.received.endswith(r))
+            harness.peer_b.outgoing += reply
+            yield harness.until(lambda r=reply: harness.peer_a.received.endswith(r))
+        self.assertEqual(harness.peer_b.received.count(b"GET"), 500)
+        self.assertEqual((harness.pool.in_use, harness.pool.idle), (0, 0))
+        self.assertEqual(harness.proto_a.user_space + harness.proto_b.user_space, [])
+
+    @inlineCallbacks
+    def test_bulk_switches_to_splice(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        A read that fills the buffer switches its direction to splice (a pipe is used);
+        bytes stay in order across the switch.
+        """
+        harness = _Harness(self)
+        harness.peer_a.outgoing += b"hello "
+        yield harness.until(lambda: len(harness.peer_b.received) == 6)
+        payload = _payload(8 << 20, 13)
+        harness.peer_a.outgoing += payload
+        yield harness.until(lambda: len(harness.peer_b.received) == 6 + len(payload))
+        self.assertEqual(bytes(harness.peer_b.received), b"hello " + payload)
+        self.assertEqual(harness.pool.in_use, 0)
+        self.assertEqual(harness.pool.idle, 1)
+
     def test_pool_is_bounded(self) -> None:
         """
         The pool keeps at most C{max_idle} empty pipes and closes the rest; a pipe given back
@@ -404,6 +450,8 @@ class KernelSpliceBackpressureTests(unittest.TestCase):
         yield harness.settle()
         self.assertTrue(harness.relay._ab.paused)
         self.assertLessEqual(harness.relay.in_flight[A], CHUNK)
+        self.assertLessEqual(_buffered(harness.b), SMALL_READ)
+        self.assertLessEqual(harness.relay.in_flight[A] + _buffered(harness.b), CHUNK)
         self.assertNotIn(harness.a, reactor.getReaders())
         self.assertGreater(len(harness.peer_a.outgoing), 32 << 20)
         harness.peer_b.reading = True
@@ -629,6 +677,7 @@ class KernelSpliceFallBackTests(unittest.TestCase):
 
         harness = _Harness(self, splice=refuse, start=False)
         harness.relay.start()
+        harness.relay._ab.small = harness.relay._ba.small = False  # bulk: splice at once
         harness.relay.data_from(A, b"early ")
         harness.relay.resume_reading(A)
         harness.relay.resume_reading(B)
