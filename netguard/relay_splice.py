@@ -437,13 +437,6 @@ class _Flow:
         self.cancel_stall()
         self._release()
 
-    def install(self) -> None:
-        """
-        Take over the source's read events and the target's write events.
-        """
-        self.source.doRead = self.readable
-        self.target.doWrite = self.writable
-
     def uninstall(self) -> None:
         """
         Give the read and write events back to the transports (unless Twisted replaced them
@@ -609,7 +602,10 @@ class KernelSplice:
                 flow.source.setTcpNoDelay(True)
             except OSError:
                 pass  # a unix socket
-            flow.install()
+            # The flows take over the socket's events in Twisted's own way (as
+            # abortConnection does): the reactor calls the transport's doRead and doWrite.
+            flow.source.doRead = flow.readable
+            flow.source.doWrite = self._flow(_other(flow.side)).writable
             if _has_user_data(flow.target):
                 flow.target.startWriting()
         self._idle = self.clock.callLater(self.idle_timeout, self._idle_check)
