@@ -21,9 +21,83 @@ from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet.endpoints import _WrapperEndpoint
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import connectionDone
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+try:
+    from OpenSSL._util import ffi as _ffi
+    from OpenSSL._util import lib as _lib
+except ImportError:  # pragma: no cover - depends on the installed pyOpenSSL
+    _ffi = _lib = None
+
+
+#: A read or write of more than this many bytes through a connection's memory BIOs has the
+#: pair replaced by empty ones once the connection has been quiet for L{BIO_IDLE_SECONDS}:
+#: OpenSSL's memory BIOs never give back the capacity they grew to, so an idle connection
+#: would keep that of its largest read or write (about 87 KiB after one 64 KiB TCP read).
+BIO_REFRESH_BYTES = 2**14
+
+#: Seconds without a large read or write before the BIOs are replaced (replacing them
+#: after every large read would cost a bulk stream an allocation and a wipe per read).
+BIO_IDLE_SECONDS = 0.1
+
+#: Size of the reads that carry bytes still pending from an old BIO to its replacement.
+_CARRY_CHUNK = 2**14
+
+
+def _carry(source: Any, target: Any) -> None:
+    """
+    Move every byte pending in memory BIO C{source} to the end of C{target}, in order.
+
+    @raise MemoryError: if C{target} took less than was read (it could not grow), or there
+        was more than a GiB: the caller must then give the connection up, as bytes may
+        already have been moved.
+    """
+    buffer = _ffi.new("char[]", _CARRY_CHUNK)
+    for _ in range(1 << 16):
+        got = _lib.BIO_read(source, buffer, _CARRY_CHUNK)
+        if got <= 0:
+            return
+        if _lib.BIO_write(target, buffer, got) != got:
+            raise MemoryError("a new memory BIO took fewer bytes than were pending")
+    raise MemoryError("more than a GiB pending in a memory BIO")
+
+
+def refresh_memory_bios(connection: Any) -> bool:
+    """
+    Give a memory-BIO L{OpenSSL.SSL.Connection} a new, empty pair of memory BIOs, carrying
+    over any bytes still pending in the old ones (normally none: Twisted's TLS transport
+    empties both before it returns to the reactor); OpenSSL frees the old pair and the
+    capacity it had grown to. Uses pyOpenSSL's private attributes (C{_ssl}, C{_into_ssl},
+    C{_from_ssl}); where they or the bindings are missing, nothing is done.
+
+    @param connection: the connection (created with C{socket=None}).
+    @return: whether the BIOs were replaced.
+    @raise MemoryError: if the new BIOs could not be made or filled; the connection may
+        then have lost pending bytes and must be closed.
+    """
+    ssl = getattr(connection, "_ssl", None)
+    old_in = getattr(connection, "_into_ssl", None)
+    old_out = getattr(connection, "_from_ssl", None)
+    if ssl is None or old_in is None or old_out is None or _lib is None:
+        return False
+    new_in = _lib.BIO_new(_lib.BIO_s_mem())
+    new_out = _lib.BIO_new(_lib.BIO_s_mem())
+    try:
+        if new_in == _ffi.NULL or new_out == _ffi.NULL:
+            raise MemoryError("no memory for a new memory BIO")
+        _carry(old_in, new_in)
+        _carry(old_out, new_out)
+    except MemoryError:
+        for bio in (new_in, new_out):
+            if bio != _ffi.NULL:
+                _lib.BIO_free(bio)
+        raise
+    _lib.SSL_set_bio(ssl, new_in, new_out)
+    connection._into_ssl, connection._from_ssl = new_in, new_out
+    return True
 
 
 @implementer(IHalfCloseableProtocol)
@@ -78,6 +152,66 @@ class HalfCloseTLSTransport(BufferingTLSTransport):
         if self._write_closed:
             return  # after our close_notify nothing more may be sent (as after a TCP FIN)
         super()._write(bytes)
+        if len(bytes) > BIO_REFRESH_BYTES:
+            self._large_io()
+
+    # -- the memory BIOs of an idle connection --------------------------------------------
+
+    _large_ios = 0
+    _large_ios_armed = 0
+    _bio_timer: Any = None
+
+    def dataReceived(self, bytes: bytes) -> None:
+        super().dataReceived(bytes)
+        if len(bytes) > BIO_REFRESH_BYTES:
+            self._large_io()
+
+    def _large_io(self) -> None:
+        """
+        A large read or write went through the BIOs: make sure a timer will replace them
+        once the connection is quiet (one timer at most, only while there is something to
+        give back).
+        """
+        self._large_ios += 1
+        if self._bio_timer is None:
+            self._arm_bio_timer()
+
+    def _arm_bio_timer(self) -> None:
+        self._large_ios_armed = self._large_ios
+        clock: Any = self.factory._clock
+        self._bio_timer = clock.callLater(BIO_IDLE_SECONDS, self._bio_timer_fired)
+
+    def _bio_timer_fired(self) -> None:
+        self._bio_timer = None
+        if self._large_ios != self._large_ios_armed:
+            self._arm_bio_timer()  # still busy: look again later
+            return
+        self._refresh_bios()
+
+    def _refresh_bios(self) -> None:
+        """
+        Replace the memory BIOs so that an idle connection does not keep their grown
+        capacity; only on an established connection in its ordinary state (no close under
+        way, no end of input marked on the read BIO).
+        """
+        if (
+            self._handshakeDone
+            and not self._lostTLSConnection
+            and not self._read_closed
+            and not self._write_closed
+            and not self.disconnecting
+        ):
+            try:
+                refresh_memory_bios(self._tlsConnection)
+            except MemoryError:
+                # Pending bytes may be gone: the stream can no longer be trusted.
+                self.abortConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        timer, self._bio_timer = self._bio_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        super().connectionLost(reason)
 
     def _sending_done(self) -> bool:
         """

@@ -20,8 +20,15 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netguard.tls_halfclose import HalfCloseTLSFactory, HalfCloseTLSTransport
-from tests.test_tls import TLSTestCase, client_context
+from netguard import tls_halfclose
+from netguard.tls_halfclose import (
+    BIO_IDLE_SECONDS,
+    BIO_REFRESH_BYTES,
+    HalfCloseTLSFactory,
+    HalfCloseTLSTransport,
+    refresh_memory_bios,
+)
+from tests.test_tls import TLSTestCase, client_context, run_handshake
 
 
 @implementer(IHalfCloseableProtocol)
@@ -48,7 +55,12 @@ class HalfCloser(Protocol):
         self.lost = reason
 
 
-class HalfCloseTests(TLSTestCase):
+class _ServerTransportCase(TLSTestCase):
+    """
+    A server L{HalfCloseTLSTransport} on a L{StringTransport} and a fake clock, with an
+    OpenSSL client connection driven by hand, handshake done.
+    """
+
     def setUp(self) -> None:
         super().setUp()
         self.clock = Clock()
@@ -93,6 +105,8 @@ class HalfCloseTests(TLSTestCase):
             except (SSL.WantReadError, SSL.ZeroReturnError):
                 return received
 
+
+class HalfCloseTests(_ServerTransportCase):
     def test_peer_close_notify_is_a_half_close(self) -> None:
         """
         The peer's close_notify reaches the application as readConnectionLost; the
@@ -407,3 +421,183 @@ class TCPPairTests(TLSTestCase):
         self.assertTrue(self.server.closed)
         self.assertIsInstance(self.client.app.lost.value, ConnectionDone)
         self.assertIsInstance(self.server.app.lost.value, ConnectionDone)
+
+
+class IdleBIOTests(_ServerTransportCase):
+    """
+    After a large read or write, a connection that goes quiet gets new, empty memory BIOs
+    (OpenSSL's never shrink), and its bytes keep flowing.
+    """
+
+    def bios(self) -> tuple[Any, Any]:
+        connection = self.tls._tlsConnection
+        return connection._into_ssl, connection._from_ssl
+
+    def client_sends(self, size: int) -> bytes:
+        payload = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+        sent = 0
+        for _ in range(100):
+            if sent == len(payload):
+                break
+            sent += self.client.send(payload[sent:])
+        self.pump()
+        return payload
+
+    def test_large_read_then_quiet_replaces_the_bios(self) -> None:
+        """
+        A read of more than L{BIO_REFRESH_BYTES} arms a timer; L{BIO_IDLE_SECONDS} later,
+        with nothing large since, the BIOs are new ones; bytes flow both ways afterwards.
+        """
+        before = self.bios()
+        payload = self.client_sends(60_000)
+        self.assertEqual(self.app.received, payload)  # one pump: one read of 60 KiB
+        self.clock.advance(BIO_IDLE_SECONDS * 0.99)
+        self.assertEqual(self.bios(), before)
+        self.clock.advance(BIO_IDLE_SECONDS * 0.02)
+        after = self.bios()
+        self.assertNotEqual(after[0], before[0])
+        self.assertNotEqual(after[1], before[1])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.client_sends(5)
+        self.assertEqual(self.app.received[-5:], b"zzzzz")
+        self.tls.write(b"answer")
+        self.pump()
+        self.assertEqual(self.client_reads(), b"answer")
+
+    def test_large_write_then_quiet_replaces_the_bios(self) -> None:
+        """
+        The same after a large write: the client gets every byte, then the BIOs are new.
+        """
+        before = self.bios()
+        self.tls.write(b"w" * 70_000)
+        for _ in range(3):
+            self.pump()
+        self.assertEqual(self.client_reads(), b"w" * 70_000)
+        self.clock.advance(BIO_IDLE_SECONDS * 1.01)
+        self.assertNotEqual(self.bios(), before)
+        self.tls.write(b"more")
+        self.pump()
+        self.assertEqual(self.client_reads(), b"more")
+
+    def test_busy_connection_keeps_its_bios(self) -> None:
+        """
+        While large reads go on, the timer looks again later instead of replacing the BIOs
+        under a stream; once quiet for a whole period, they are replaced.
+        """
+        before = self.bios()
+        self.client_sends(20_000)
+        self.clock.advance(BIO_IDLE_SECONDS / 2)
+        self.client_sends(20_000)
+        self.clock.advance(BIO_IDLE_SECONDS / 2)  # the timer fires: busy since, re-armed
+        self.assertEqual(self.bios(), before)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(BIO_IDLE_SECONDS)
+        self.assertNotEqual(self.bios(), before)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_small_traffic_arms_nothing(self) -> None:
+        """
+        Writes of at most L{BIO_REFRESH_BYTES} arm no timer and keep the BIOs; one byte
+        more arms it.
+        """
+        before = self.bios()
+        self.tls.write(b"s" * BIO_REFRESH_BYTES)
+        self.pump()
+        self.assertEqual(len(self.client_reads()), BIO_REFRESH_BYTES)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(10 * BIO_IDLE_SECONDS)
+        self.assertEqual(self.bios(), before)
+        self.tls.write(b"s" * (BIO_REFRESH_BYTES + 1))
+        self.pump()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_connection_lost_cancels_the_timer(self) -> None:
+        """
+        A connection that ends with the timer armed leaves no delayed call behind.
+        """
+        self.client_sends(60_000)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.tls.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_half_closed_connection_keeps_its_bios(self) -> None:
+        """
+        Once the peer's close_notify has marked the end of input, the BIOs stay (the end
+        of input is a property of the read BIO); the timer ends without error.
+        """
+        self.client_sends(60_000)
+        self.client.shutdown()
+        self.pump()
+        self.assertTrue(self.app.read_closed)
+        before = self.bios()
+        self.clock.advance(2 * BIO_IDLE_SECONDS)
+        self.assertEqual(self.bios(), before)
+        self.tls.write(b"answer")
+        self.pump()
+        self.assertEqual(self.client_reads(), b"answer")
+
+    def test_failed_refresh_gives_the_connection_up(self) -> None:
+        """
+        Should the new BIOs not be made or filled (no memory), pending bytes may be lost:
+        the connection is aborted rather than carried on with a gap.
+        """
+
+        def no_memory(connection: Any) -> bool:
+            raise MemoryError("test")
+
+        self.patch(tls_halfclose, "refresh_memory_bios", no_memory)
+        self.client_sends(60_000)
+        self.clock.advance(2 * BIO_IDLE_SECONDS)
+        self.assertTrue(self.tls._aborted)
+        self.assertTrue(self.transport.disconnecting)
+
+
+class RefreshMemoryBIOsTests(TLSTestCase):
+    """
+    L{refresh_memory_bios} on raw connections: bytes pending in either BIO survive.
+    """
+
+    def pair(self) -> tuple[SSL.Connection, SSL.Connection]:
+        server = SSL.Connection(self.load().context, None)
+        client = SSL.Connection(client_context(), None)
+        self.assertTrue(run_handshake(server, client).done)
+        for connection in (server, client):  # drain the byte each side sent
+            try:
+                connection.recv(1024)
+            except SSL.WantReadError:
+                pass
+        return server, client
+
+    def test_partial_record_in_the_read_bio_survives(self) -> None:
+        """
+        Half a record waiting in the read BIO is carried to the new one and completes.
+        """
+        server, client = self.pair()
+        client.send(b"r" * 1000)
+        record = client.bio_read(65536)
+        server.bio_write(record[:500])
+        self.assertTrue(refresh_memory_bios(server))
+        server.bio_write(record[500:])
+        self.assertEqual(server.recv(4096), b"r" * 1000)
+
+    def test_unread_output_in_the_write_bio_survives(self) -> None:
+        """
+        A record not yet read out of the write BIO is carried to the new one.
+        """
+        server, client = self.pair()
+        server.send(b"o" * 3000)
+        self.assertTrue(refresh_memory_bios(server))
+        client.bio_write(server.bio_read(65536))
+        self.assertEqual(client.recv(4096), b"o" * 3000)
+
+    def test_socket_connection_is_left_alone(self) -> None:
+        """
+        A connection without memory BIOs (made on a socket) is not touched.
+        """
+        import socket
+
+        left, right = socket.socketpair()
+        self.addCleanup(left.close)
+        self.addCleanup(right.close)
+        connection = SSL.Connection(self.load().context, left)
+        self.assertFalse(refresh_memory_bios(connection))

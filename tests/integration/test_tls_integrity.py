@@ -22,6 +22,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
+from netguard.tls_halfclose import BIO_IDLE_SECONDS
 from tests import tls_certs
 from tests.integration.util import RunningGateway, wait_for
 
@@ -61,8 +62,8 @@ async def _session(
 ) -> tuple[bytes, str]:
     """
     Log in over TLS, open C{hashecho}, write C{payload} in the pieces of L{SIZES} while
-    reading the echo slowly (4 KiB at a time, a pause after each); return what came back and
-    the gateway's login line.
+    reading the echo slowly (4 KiB at a time, a pause after each); after a quiet pause, the
+    same again; return what came back and the gateway's login line.
     """
     import base64
 
@@ -96,15 +97,20 @@ async def _session(
                 offset += size
                 await writer.drain()
 
-        sender = asyncio.ensure_future(send())
         back = bytearray()
-        while len(back) < len(payload):
-            chunk = await reader.read(min(4096, len(payload) - len(back)))
-            if not chunk:
-                break
-            back += chunk
-            await asyncio.sleep(0.0005)
-        await sender
+        for burst in range(2):
+            if burst:
+                # Quiet long enough for the gateway to replace its TLS memory BIOs.
+                await asyncio.sleep(3 * BIO_IDLE_SECONDS)
+            sender = asyncio.ensure_future(send())
+            expected = len(payload) * (burst + 1)
+            while len(back) < expected:
+                chunk = await reader.read(min(4096, expected - len(back)))
+                if not chunk:
+                    break
+                back += chunk
+                await asyncio.sleep(0.0005)
+            await sender
         return bytes(back), ok.decode()
     finally:
         writer.close()
@@ -157,18 +163,20 @@ class TLSRelayIntegrityTests(unittest.TestCase):
     @inlineCallbacks
     def test_every_byte_arrives_in_order_both_ways(self):
         """
-        Through the TLS listener and the relay, with slow readers on both sides, the
-        backend receives exactly the bytes sent (same SHA-256 and count) and the client gets
-        exactly those bytes back.
+        Through the TLS listener and the relay, with slow readers on both sides, in two
+        bursts with a quiet pause between them (the gateway replaces its TLS memory BIOs
+        then), the backend receives exactly the bytes sent (same SHA-256 and count) and the
+        client gets exactly those bytes back.
         """
         payload = random.Random(16).randbytes(sum(SIZES))
-        sent = hashlib.sha256(payload).hexdigest()
+        sent = hashlib.sha256(payload * 2).hexdigest()
         back, login = yield deferToThread(self.run_session, payload)
         self.assertTrue(login.startswith("OK "), login)
-        yield wait_for(lambda: bool(self.backends) and self.backends[0].received >= len(payload))
+        total = 2 * len(payload)
+        yield wait_for(lambda: bool(self.backends) and self.backends[0].received >= total)
         [backend] = self.backends
-        self.assertEqual(backend.received, len(payload))
+        self.assertEqual(backend.received, total)
         self.assertEqual(backend.digest.hexdigest(), sent)
-        self.assertEqual(len(back), len(payload))
+        self.assertEqual(len(back), total)
         self.assertEqual(hashlib.sha256(back).hexdigest(), sent)
         yield self.running.idle()
