@@ -7,6 +7,7 @@ A companion of C{bench/profile_session.py}; not part of the benchmark figures.
     .venv/bin/python bench/profile_tls.py handshake --profile cprofile   # + where it goes
     .venv/bin/python bench/profile_tls.py bulk                 # CPU per GiB, one stream
     .venv/bin/python bench/profile_tls.py memory --conns 2000,8000   # RSS per idle TLS relay
+    .venv/bin/python bench/profile_tls.py memory --burst 1048576     # ... after 1 MiB echoed
 
 The gateway is the real one (C{twistd -n netguard}, C{paths.py}'s benchmark configuration
 with C{greeting_delay = 0} and one C{[[tls_listen]]}, every check as shipped, logging every
@@ -118,7 +119,7 @@ def start_gateway(
         child += ["--cprofile", cprofile]
     server = processes.start(
         f"gateway-{label}", [*child, "--", *twistd_args], args.server_cpu,
-        cwd=state, env=dict(os.environ, PYTHONPATH=os.path.dirname(HERE)),
+        cwd=state, env=dict(os.environ, PYTHONPATH=os.path.abspath(args.tree)),
     )  # fmt: skip
     processes.wait_listening(server, port, timeout=30)
     return server, port
@@ -546,6 +547,24 @@ def memory_mode(args: argparse.Namespace, setup: pathmod.Setup) -> dict[str, lis
     return figures
 
 
+def _burst(sock: ssl.SSLSocket, size: int) -> None:
+    """
+    Echo C{size} bytes through an open session, 64 KiB at a time, before it goes idle.
+    """
+    block = os.urandom(1 << 16)
+    left = size
+    while left:
+        step = min(left, len(block))
+        sock.sendall(block[:step])
+        got = 0
+        while got < step:
+            more = sock.recv(step - got)
+            if not more:
+                raise ConnectionError("closed")
+            got += len(more)
+        left -= step
+
+
 def _memory_run(
     args: argparse.Namespace,
     setup: pathmod.Setup,
@@ -574,6 +593,7 @@ def _memory_run(
         sock = gw.gateway_session(False)
         with lock:
             held.append(sock)
+        _burst(sock, args.burst)
 
     drive(one, count, args.threads, 600)
     time.sleep(2.0)
@@ -596,11 +616,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=120.0, help="bound on one window")
     parser.add_argument("--gib", type=float, default=1.0, help="bulk size per direction")
     parser.add_argument("--conns", default="2000,8000", help="memory: idle connection counts")
+    parser.add_argument(
+        "--burst", type=int, default=0, help="memory: bytes echoed on each before it idles"
+    )
     parser.add_argument("--profile", choices=["cprofile"], help="handshake: profile gw-hs")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--save-profile", help="handshake: keep the cProfile statistics here")
     parser.add_argument(
         "--gateway-extra", default="", help="more keys for the [[tls_listen]] table"
+    )
+    parser.add_argument(
+        "--tree", default=os.path.dirname(HERE), help="the checkout whose netguard to run"
     )
     parser.add_argument("--server-cpu", type=int, default=1)
     parser.add_argument("--client-cpu", type=int, default=0)
