@@ -256,7 +256,14 @@ def _sizes() -> str:
 
     from netguard.gateway.protocol import GatewaySession, SessionState
 
-    out = ["-- sys.getsizeof (object + its __dict__) of one relayed session's objects"]
+    counts: dict[str, int] = {}
+    for obj in gc.get_objects():
+        name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+        counts[name] = counts.get(name, 0) + 1
+    out = ["-- objects the collector tracks, by type, the 25 most numerous"]
+    for name, count in sorted(counts.items(), key=lambda item: -item[1])[:25]:
+        out.append(f"   {count:7d}  {name}")
+    out.append("-- sys.getsizeof (object + its __dict__) of one relayed session's objects")
     seen: set[str] = set()
     for obj in gc.get_objects():
         if not isinstance(obj, GatewaySession) or obj.state is not SessionState.RELAYING:
