@@ -23,6 +23,7 @@ The paths:
   - C{haproxy}: Debian's HAProxy, mode tcp, no C{option splice-*} (HAProxy does not splice
     unless told to);
   - C{haproxy-splice}: the same with C{option splice-auto};
+  - C{haproxy-splice-256k}: and with C{tune.pipesize 262144}, the gateway's pipe size;
   - with C{--tls}: C{gateway-tls} (a C{[[tls_listen]]} listener) and C{stunnel-server} (an
     stunnel server in front of the backend, its client on CPU 0 as part of the load).
 Everything runs on 127.0.0.1; every process started is stopped by its own process group id.
@@ -110,15 +111,18 @@ def start_gateway(
     return pathmod.Target(name, name, port, (server,), ngp=ngp, kind="netguard")
 
 
-def start_haproxy(setup: pathmod.Setup, backend: int, name: str, options: str) -> pathmod.Target:
+def start_haproxy(
+    setup: pathmod.Setup, backend: int, name: str, options: str, tune: str = ""
+) -> pathmod.Target:
     """
-    HAProxy, mode tcp, on the relay CPU (one thread), with C{options} in its defaults.
+    HAProxy, mode tcp, on the relay CPU (one thread), with C{options} in its defaults and
+    C{tune} in its global section.
     """
     port = free_port()
     config = os.path.join(setup.work, f"{name}.cfg")
     with open(config, "w") as f:
         f.write(
-            "global\n    maxconn 8192\n    maxpipes 1024\n"
+            f"global\n    maxconn 8192\n    maxpipes 1024\n{tune}"
             "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n"
             f"    timeout server 1h\n    maxconn 8192\n{options}"
             f"frontend bench\n    bind 127.0.0.1:{port}\n    default_backend bench\n"
@@ -241,6 +245,13 @@ def main(argv: list[str] | None = None) -> int:
             start_gateway(setup, backend, "gateway-copy", kernel_relay=False),
             start_haproxy(setup, backend, "haproxy", ""),
             start_haproxy(setup, backend, "haproxy-splice", "    option splice-auto\n"),
+            start_haproxy(
+                setup,
+                backend,
+                "haproxy-splice-256k",
+                "    option splice-auto\n",
+                "    tune.pipesize 262144\n",
+            ),
         ]
         if args.tls:
             targets.append(start_gateway(setup, backend, "gateway-tls", tls=True))

@@ -15,8 +15,11 @@ the run, less its idle rate), the relay in each case carrying the same 50 connec
 (the gateway's 50 sessions are opened, authenticated and relayed within the window: a few
 milliseconds of the total). Requests per second are shown too, but on the gateway path the
 tunnel shares CPU 0 with the generator and the backend, so the wall-clock rate is not the
-gateway's alone. The median of the runs is printed with the ratio to HAProxy and the load
-average with every run. Everything runs on 127.0.0.1; every process started is stopped by
+gateway's alone. A second measurement takes the tunnel out: C{loadgen.py ping --conns 50}
+speaks NGP/1 itself to the gateway (as C{bench/run.py} measures "gateway only") and plain RESP
+to HAProxy. Twisted's portforward (user-space copies, no checks) is measured alongside as the
+floor of a relay on Twisted. The median of the runs is printed with the ratio to HAProxy and
+the load average with every run. Everything runs on 127.0.0.1; every process started is stopped by
 its own process group id.
 """
 
@@ -174,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         haproxy = start_haproxy(setup, redis, "haproxy", "")
         paths.append(("haproxy", haproxy.port, haproxy.relays[0].pid))
         direct.append(("haproxy", haproxy.port, haproxy.relays[0].pid, None))
+        # Twisted's own relay (user-space copies, no checks): the floor of a relay on Twisted.
+        (portforward,) = pathmod.start_portforward(setup, redis, "rr")
+        paths.append(("portforward", portforward.port, portforward.relays[0].pid))
+        direct.append(("portforward", portforward.port, portforward.relays[0].pid, None))
         print(f"machine: {os.cpu_count()} CPUs; {platform_line()}")
         print(f"relay on CPU {RELAY_CPU}; redis-benchmark, tunnel, redis on CPU {LOAD_CPU}")
         samples: dict[str, list[dict[str, float]]] = {}
