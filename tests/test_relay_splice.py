@@ -498,6 +498,34 @@ class KernelSpliceBackpressureTests(unittest.TestCase):
         self.assertEqual(harness.results, [])
 
     @inlineCallbacks
+    def test_never_asks_for_more_than_the_bound(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        Every splice into a pipe asks for at most what keeps the pipe within C{CHUNK}: with
+        a reader that does not read, the bytes in flight reach the bound and never pass it,
+        whatever the kernel's pipe would take.
+        """
+        seen: list[int] = []
+        flows: list[Any] = []
+
+        def recording(source: int, target: int, count: int, flags: int = 0) -> int:
+            moved = os.splice(source, target, count, flags=flags)
+            for flow in flows:
+                if flow.pipe is not None and target == flow.pipe[1]:
+                    self.assertLessEqual(flow.queued + count, CHUNK)
+                    seen.append(flow.queued + moved)
+            return moved
+
+        harness = _Harness(self, splice=recording)
+        flows.extend((harness.relay._ab, harness.relay._ba))
+        harness.relay._ab.small = False
+        harness.peer_b.reading = False
+        harness.peer_a.outgoing += _payload(32 << 20, 14)
+        yield harness.until(lambda: harness.relay._ab.paused)
+        yield harness.settle()
+        self.assertLessEqual(max(seen), CHUNK)
+        self.assertGreater(max(seen), CHUNK // 2)
+
+    @inlineCallbacks
     def test_stalled_reader_aborted(self) -> Generator[Deferred[Any], Any, None]:
         """
         A side that leaves its pipe full for C{write_timeout} is a stalled reader: both sides
