@@ -1,9 +1,11 @@
 # -*- test-case-name: tests.test_relay_splice -*-
 """
-A kernel-side relay for two plain sockets on Linux: L{KernelSplice} moves the bytes with
-C{os.splice} through a pipe, as HAProxy's splice mode does, with the interface and the
-guarantees of L{netguard.relay.Splice}. L{kernel_relay_possible} says when it applies,
-L{PipePool} lends the pipes. What an operator sees of it: C{docs/operating.md} section 5.4.
+A kernel-side relay for two plain sockets on Linux: L{KernelSplice} moves a bulk stream with
+C{os.splice} through a pipe, as HAProxy's splice mode does, and short reads with one
+C{recv_into} and one C{send}, with the interface and the guarantees of
+L{netguard.relay.Splice}. L{kernel_relay_possible} says when it applies, L{PipePool} lends
+the pipes. What an operator sees of it: C{docs/operating.md} section 5.4; the figures:
+C{docs/performance.md}, "Bulk and request/response".
 """
 
 from __future__ import annotations
@@ -455,13 +457,16 @@ class KernelSplice:
     """
     Relay bytes between two plain sockets, C{a} and C{b}, inside the kernel: each direction
     is a L{_Flow} that splices from its source socket into a pipe and from the pipe into its
-    target socket, in order, once each, without a copy through Python.
+    target socket, in order, once each, without a copy through Python. A short read
+    (request/response traffic, below L{SMALL_READ}) is moved with one C{recv_into} into the
+    pool's shared buffer and one C{send} instead; what the target does not take at once
+    waits in Twisted's buffer of the target, and the source is not read until it has gone.
 
     It keeps every promise of L{Splice}, and has its interface (C{start}, C{data_from},
     C{eof_from}, C{lost}, C{abort}, C{resume_reading}, C{counts}, C{done}):
       - backpressure: a direction whose target does not take what the pipe holds stops
-        reading its source, so at most one pipe (L{CHUNK}, 256 KiB) per direction is in
-        flight, plus what Twisted's buffer held when the relay started;
+        reading its source, so at most one pipe (L{CHUNK}, 256 KiB) or one short read per
+        direction is in flight, plus what Twisted's buffer held when the relay started;
       - half-close: a source's EOF is passed on (C{loseWriteConnection}) once the pipe is
         empty; EOF both ways, or one side lost, closes what remains once flushed, and
         aborts it after C{write_timeout} (the grace period);
