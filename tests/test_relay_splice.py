@@ -16,6 +16,7 @@ import os
 import random
 import socket
 import struct
+import sys
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -43,10 +44,9 @@ from netguard.relay_splice import (
 IDLE = 100.0
 WRITE = 10.0
 
-if not kernel_relay_possible.__defaults__ or getattr(os, "splice", None) is None:
-    SKIP: str | None = "os.splice is not available (Linux, Python 3.10+)"
-else:
-    SKIP = None
+SKIP: str | None = None
+if getattr(os, "splice", None) is None or not sys.platform.startswith("linux"):
+    SKIP = "os.splice is not available (Linux, Python 3.10+)"
 
 
 @implementer(IHalfCloseableProtocol)
