@@ -98,6 +98,7 @@ class Driver:
         self.first_error = ""
 
     def fail(self, why: str) -> None:
+        """Count an error, keeping the first reason."""
         self.errors += 1
         self.first_error = self.first_error or why
 
@@ -111,6 +112,7 @@ class Driver:
         return time.perf_counter()
 
     def finish(self, result: dict[str, Any]) -> None:
+        """Fire C{done} with C{result}, the client CPU and the errors."""
         result["client_cpu"] = time.process_time() - getattr(self, "cpu0", time.process_time())
         result["errors"] = self.errors
         result["first_error"] = self.first_error
@@ -119,6 +121,7 @@ class Driver:
 
     # streams: open, 16 bytes echoed, close; `inflight` at once
     def streams(self) -> None:
+        """Open, echo 16 bytes, close, C{--streams} times with 16 in flight."""
         total, inflight = self.args.streams, 16
         state = {"started": 0, "ended": 0}
         payload = b"0123456789abcdef"
@@ -167,6 +170,7 @@ class Driver:
 
     # rr: 50 streams, each `per_stream` 16-byte request/response round trips
     def rr(self) -> None:
+        """Fifty streams, each C{--rr-per-stream} 16-byte request/response round trips."""
         clients, per = 50, self.args.rr_per_stream
         state = {"ended": 0, "opened": 0}
         driver = self
@@ -216,6 +220,7 @@ class Driver:
 
     # bulk: one stream uploads `bulk_mib` MiB to the sink, which answers the count
     def bulk(self) -> None:
+        """Upload C{--bulk-mib} MiB through one stream; the sink answers the count."""
         total = self.args.bulk_mib * 1024 * 1024
         chunk = os.urandom(65536)
         driver = self
@@ -260,6 +265,7 @@ class Driver:
 
     # memory: open `idle` streams and hold them until the parent has read the server's RSS
     def memory(self) -> None:
+        """Open C{--idle} streams and hold them while the parent reads the server RSS."""
         total = self.args.idle
         state = {"opened": 0, "launched": 0}
         driver = self
@@ -288,6 +294,7 @@ class Driver:
             launch()
 
     def hold(self) -> None:
+        """Tell the parent the streams are open; wait (bounded) for its go."""
         # Tell the parent, then wait (bounded) for its word that it has read the RSS.
         with open(self.args.ready_file + ".tmp", "w") as f:
             f.write("ready")
@@ -556,6 +563,7 @@ def parent(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse the command line: the comparison (default), or one server or client child."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="role")
     run = sub.add_parser("run", help="the interleaved comparison (the default)")

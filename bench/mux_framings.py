@@ -37,22 +37,26 @@ class Out:
         self.on_resume: Callable[[], None] = lambda: None
 
     def attach(self, transport: Any) -> None:
+        """Write to C{transport}, set TCP_NODELAY, and follow its backpressure."""
         self.transport = transport
         transport.setTcpNoDelay(True)
         transport.registerProducer(self, True)
 
     def write(self, data: bytes) -> None:
+        """Queue C{data}; written at the end of the current read or on the next turn."""
         self.chunks.append(data)
         if not self.reading and self.pending is None:
             self.pending = self.reactor.callLater(0, self.flush)
 
     def flush(self) -> None:
+        """Write everything queued in one C{writeSequence}."""
         self.pending = None
         if self.chunks and self.transport is not None:
             chunks, self.chunks = self.chunks, []
             self.transport.writeSequence(chunks)
 
     def read(self, process: Callable[[bytes], None], data: bytes) -> None:
+        """Run C{process(data)}, then flush what it produced."""
         self.reading = True
         try:
             process(data)
@@ -85,17 +89,20 @@ class ServiceLogic:
         self.count = 0
 
     def data(self, data: bytes, write: Callable[[bytes], None]) -> None:
+        """Bytes from the client; C{write} sends bytes back on the same stream."""
         if self.echo:
             write(data)
         else:
             self.count += len(data)
 
     def eof(self, write: Callable[[bytes], None]) -> None:
+        """The client's half-close; C{write} may still send the answer."""
         if not self.echo:
             write(struct.pack(">Q", self.count))
 
 
 def tcp_server(reactor: Any, port: int, sink_port: int) -> None:
+    """Listen on C{port} (echo) and C{sink_port} (sink), one TCP connection per stream."""
     from twisted.internet import protocol
     from twisted.internet.interfaces import IHalfCloseableProtocol
     from zope.interface import implementer
@@ -128,6 +135,7 @@ def tcp_server(reactor: Any, port: int, sink_port: int) -> None:
 
 
 def h2_server(reactor: Any, port: int) -> None:
+    """Listen on C{port}: HTTP/2, each stream an extended CONNECT naming its service."""
     import h2.config
     import h2.connection
     import h2.events
@@ -236,6 +244,7 @@ def h2_server(reactor: Any, port: int) -> None:
 
 
 def yamux_server(reactor: Any, port: int) -> None:
+    """Listen on C{port}: yamux, each stream naming its service on its first line."""
     from mux_yamux_min import YamuxSession
     from twisted.internet import protocol
 
@@ -324,6 +333,7 @@ class PacketTransport:
         self.transport = tcp
 
     def sendPacket(self, message: int, payload: bytes) -> None:  # noqa: N802 - Conch's name
+        """Frame one packet."""
         self.out.write(struct.pack(">IB", len(payload) + 1, message) + payload)
 
     def sendUnimplemented(self) -> None:  # noqa: N802 - Conch's name
@@ -370,6 +380,7 @@ def ssh_packets(buffer: bytearray, data: bytes, deliver: Callable[[int, bytes], 
 
 
 def ssh_server(reactor: Any, port: int) -> None:
+    """Listen on C{port}: SSH channels through Conch, the service in CHANNEL_OPEN."""
     from twisted.conch.ssh import channel, common, connection
     from twisted.internet import protocol
 
@@ -434,11 +445,20 @@ class App:
     What a stream tells the test driving it.
     """
 
-    def on_open(self) -> None: ...
-    def on_data(self, data: bytes) -> None: ...
-    def on_end(self) -> None: ...
-    def on_refused(self, why: str) -> None: ...
-    def on_writable(self) -> None: ...
+    def on_open(self) -> None:
+        """The stream is accepted."""
+
+    def on_data(self, data: bytes) -> None:
+        """Bytes arrived on the stream."""
+
+    def on_end(self) -> None:
+        """The stream is over (both directions closed)."""
+
+    def on_refused(self, why: str) -> None:
+        """The stream was refused or reset."""
+
+    def on_writable(self) -> None:
+        """The stream has room again after L{Stream.ready} was false."""
 
 
 class Stream:
@@ -446,12 +466,19 @@ class Stream:
     A client stream: C{write}, C{end} (half-close) and C{ready} (room to write more now).
     """
 
-    def write(self, data: bytes) -> None: ...
-    def end(self) -> None: ...
-    def ready(self) -> bool: ...
+    def write(self, data: bytes) -> None:
+        """Queue bytes on the stream."""
+
+    def end(self) -> None:
+        """Half-close the stream."""
+
+    def ready(self) -> bool:
+        """Whether a write now would be framed at once (window and transport both free)."""
+        return True
 
 
 def tcp_client(reactor: Any, port: int, sink_port: int) -> Any:
+    """Fire with an opener that makes one TCP connection per stream."""
     from twisted.internet import defer, protocol
     from twisted.internet.interfaces import IHalfCloseableProtocol
     from zope.interface import implementer
@@ -512,6 +539,7 @@ def tcp_client(reactor: Any, port: int, sink_port: int) -> Any:
 
 
 def h2_client(reactor: Any, port: int, sink_port: int) -> Any:
+    """Fire with an HTTP/2 session (once the server allows extended CONNECT)."""
     import h2.config
     import h2.connection
     import h2.events
@@ -650,6 +678,7 @@ def h2_client(reactor: Any, port: int, sink_port: int) -> Any:
 
 
 def yamux_client(reactor: Any, port: int, sink_port: int) -> Any:
+    """Fire with a yamux session."""
     from mux_yamux_min import YamuxSession
     from twisted.internet import protocol
 
@@ -742,6 +771,7 @@ def yamux_client(reactor: Any, port: int, sink_port: int) -> Any:
 
 
 def ssh_client(reactor: Any, port: int, sink_port: int) -> Any:
+    """Fire with an SSH connection-layer session."""
     from twisted.conch.ssh import channel, common, connection
     from twisted.internet import protocol
 
