@@ -33,50 +33,56 @@ except ImportError:  # pragma: no cover - depends on the installed pyOpenSSL
     _ffi = _lib = None
 
 
-#: A read or write of more than this many bytes through a connection's memory BIOs has the
+#: More than this many bytes entering a connection's memory BIOs at once (ciphertext from one
+#: TCP read into the read BIO, or the records of one write taken out of the write BIO) has the
 #: pair replaced by empty ones once the connection has been quiet for L{BIO_IDLE_SECONDS}:
-#: OpenSSL's memory BIOs never give back the capacity they grew to, so an idle connection
-#: would keep that of its largest read or write (about 87 KiB after one 64 KiB TCP read).
-BIO_REFRESH_BYTES = 2**14
+#: OpenSSL's memory BIOs never give back the capacity they grew to (about 4/3 of the largest
+#: amount they held), so an idle connection would keep that of its largest read or write
+#: (about 87 KiB after one 64 KiB TCP read, 21 KiB after one 16 KiB record each way).
+BIO_REFRESH_BYTES = 2**12
 
 #: Seconds without a large read or write before the BIOs are replaced (replacing them
 #: after every large read would cost a bulk stream an allocation and a wipe per read).
 BIO_IDLE_SECONDS = 0.1
 
-#: Size of the reads that carry bytes still pending from an old BIO to its replacement.
-_CARRY_CHUNK = 2**14
+#: Most bytes a memory BIO may have pending for L{refresh_memory_bios} to copy them.
+_MAX_CARRY = 2**30
 
 
-def _carry(source: Any, target: Any) -> None:
+def _copy_pending(source: Any, target: Any) -> None:
     """
-    Move every byte pending in memory BIO C{source} to the end of C{target}, in order.
+    Copy every byte pending in memory BIO C{source} to the end of C{target}, in order,
+    leaving C{source} as it was (so that a failure loses nothing).
 
-    @raise MemoryError: if C{target} took less than was read (it could not grow), or there
-        was more than a GiB: the caller must then give the connection up, as bytes may
-        already have been moved.
+    @raise MemoryError: if C{target} took less than was pending (it could not grow), or
+        more than L{_MAX_CARRY} bytes were pending.
     """
-    buffer = _ffi.new("char[]", _CARRY_CHUNK)
-    for _ in range(1 << 16):
-        got = _lib.BIO_read(source, buffer, _CARRY_CHUNK)
-        if got <= 0:
-            return
-        if _lib.BIO_write(target, buffer, got) != got:
-            raise MemoryError("a new memory BIO took fewer bytes than were pending")
-    raise MemoryError("more than a GiB pending in a memory BIO")
+    data = _ffi.new("char **")
+    pending = _lib.BIO_get_mem_data(source, data)
+    if pending <= 0:
+        return
+    if pending > _MAX_CARRY:
+        raise MemoryError("too many bytes pending in a memory BIO")
+    if _lib.BIO_write(target, data[0], pending) != pending:
+        raise MemoryError("a new memory BIO took fewer bytes than were pending")
 
 
-def refresh_memory_bios(connection: Any) -> bool:
+def refresh_memory_bios(connection: Any, input_ended: bool = False) -> bool:
     """
-    Give a memory-BIO L{OpenSSL.SSL.Connection} a new, empty pair of memory BIOs, carrying
-    over any bytes still pending in the old ones (normally none: Twisted's TLS transport
-    empties both before it returns to the reactor); OpenSSL frees the old pair and the
-    capacity it had grown to. Uses pyOpenSSL's private attributes (C{_ssl}, C{_into_ssl},
-    C{_from_ssl}); where they or the bindings are missing, nothing is done.
+    Give a memory-BIO L{OpenSSL.SSL.Connection} a new, empty pair of memory BIOs, with a
+    copy of any bytes still pending in the old ones (normally none: Twisted's TLS transport
+    empties both before it returns to the reactor; a partial record OpenSSL has already
+    taken in stays in its own record buffer, which is not touched); OpenSSL frees the old
+    pair and the capacity it had grown to. Uses pyOpenSSL's private attributes (C{_ssl},
+    C{_into_ssl}, C{_from_ssl}), which hold plain pointers that OpenSSL owns once given to
+    C{SSL_set_bio}; where they or the bindings are missing, nothing is done.
 
     @param connection: the connection (created with C{socket=None}).
+    @param input_ended: whether the end of input was marked on the read BIO
+        (L{OpenSSL.SSL.Connection.bio_shutdown}): the new read BIO gets the same mark.
     @return: whether the BIOs were replaced.
-    @raise MemoryError: if the new BIOs could not be made or filled; the connection may
-        then have lost pending bytes and must be closed.
+    @raise MemoryError: if the new BIOs could not be made or filled; the connection then
+        keeps its old BIOs, untouched, and may go on.
     """
     ssl = getattr(connection, "_ssl", None)
     old_in = getattr(connection, "_into_ssl", None)
@@ -88,13 +94,15 @@ def refresh_memory_bios(connection: Any) -> bool:
     try:
         if new_in == _ffi.NULL or new_out == _ffi.NULL:
             raise MemoryError("no memory for a new memory BIO")
-        _carry(old_in, new_in)
-        _carry(old_out, new_out)
+        _copy_pending(old_in, new_in)
+        _copy_pending(old_out, new_out)
     except MemoryError:
         for bio in (new_in, new_out):
             if bio != _ffi.NULL:
                 _lib.BIO_free(bio)
         raise
+    if input_ended:
+        _lib.BIO_set_mem_eof_return(new_in, 0)
     _lib.SSL_set_bio(ssl, new_in, new_out)
     connection._into_ssl, connection._from_ssl = new_in, new_out
     return True
@@ -152,26 +160,41 @@ class HalfCloseTLSTransport(BufferingTLSTransport):
         if self._write_closed:
             return  # after our close_notify nothing more may be sent (as after a TCP FIN)
         super()._write(bytes)
-        if len(bytes) > BIO_REFRESH_BYTES:
-            self._large_io()
 
     # -- the memory BIOs of an idle connection --------------------------------------------
 
     _large_ios = 0
     _large_ios_armed = 0
     _bio_timer: Any = None
+    _bios_retired = False
+    _input_ended = False
+
+    #: How many times this connection's BIOs were replaced.
+    bio_refreshes = 0
 
     def dataReceived(self, bytes: bytes) -> None:
         super().dataReceived(bytes)
         if len(bytes) > BIO_REFRESH_BYTES:
             self._large_io()
 
+    def _flushSendBIO(self) -> None:
+        # Twisted's, noting how much left the write BIO: as much went into it.
+        try:
+            data = self._tlsConnection.bio_read(2**15)
+        except WantReadError:
+            return
+        self.transport.write(data)
+        if len(data) > BIO_REFRESH_BYTES:
+            self._large_io()
+
     def _large_io(self) -> None:
         """
-        A large read or write went through the BIOs: make sure a timer will replace them
-        once the connection is quiet (one timer at most, only while there is something to
-        give back).
+        More than L{BIO_REFRESH_BYTES} went through the BIOs: make sure a timer will replace
+        them once the connection is quiet (one timer at most, only while there is something
+        to give back, none once the connection is gone).
         """
+        if self._bios_retired:
+            return
         self._large_ios += 1
         if self._bio_timer is None:
             self._arm_bio_timer()
@@ -191,23 +214,21 @@ class HalfCloseTLSTransport(BufferingTLSTransport):
     def _refresh_bios(self) -> None:
         """
         Replace the memory BIOs so that an idle connection does not keep their grown
-        capacity; only on an established connection in its ordinary state (no close under
-        way, no end of input marked on the read BIO).
+        capacity; on an established connection, half-closed or not, that is not closing.
+        Should there be no memory for the new ones, the old ones stay and the connection
+        goes on (nothing was taken out of them).
         """
-        if (
-            self._handshakeDone
-            and not self._lostTLSConnection
-            and not self._read_closed
-            and not self._write_closed
-            and not self.disconnecting
-        ):
+        if self._handshakeDone and not self._lostTLSConnection and not self.disconnecting:
             try:
-                refresh_memory_bios(self._tlsConnection)
+                refreshed = refresh_memory_bios(self._tlsConnection, self._input_ended)
             except MemoryError:
-                # Pending bytes may be gone: the stream can no longer be trusted.
-                self.abortConnection()
+                return
+            self.bio_refreshes += refreshed
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # Retired first: Twisted's connectionLost still flushes buffered writes through
+        # _write, which must not arm a timer for a connection that is gone.
+        self._bios_retired = True
         timer, self._bio_timer = self._bio_timer, None
         if timer is not None and timer.active():
             timer.cancel()
@@ -263,6 +284,7 @@ class HalfCloseTLSTransport(BufferingTLSTransport):
         if self._lostTLSConnection:
             return
         if not self._read_closed:
+            self._input_ended = True
             self._tlsConnection.bio_shutdown()
             self._flushReceiveBIO()
         if not self._read_closed and not self._lostTLSConnection:

@@ -18,6 +18,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from twisted.trial import unittest
 from zope.interface import implementer
 
 from netguard import tls_halfclose
@@ -473,7 +474,10 @@ class IdleBIOTests(_ServerTransportCase):
         for _ in range(3):
             self.pump()
         self.assertEqual(self.client_reads(), b"w" * 70_000)
+        # The timer armed at the first record saw more records since: it looks once more.
         self.clock.advance(BIO_IDLE_SECONDS * 1.01)
+        self.assertEqual(self.bios(), before)
+        self.clock.advance(BIO_IDLE_SECONDS)
         self.assertNotEqual(self.bios(), before)
         self.tls.write(b"more")
         self.pump()
@@ -495,21 +499,77 @@ class IdleBIOTests(_ServerTransportCase):
         self.assertNotEqual(self.bios(), before)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_small_traffic_arms_nothing(self) -> None:
+    def record_overhead(self) -> int:
         """
-        Writes of at most L{BIO_REFRESH_BYTES} arm no timer and keep the BIOs; one byte
-        more arms it.
+        Bytes a TLS record adds to its plaintext on this connection (measured, one byte).
         """
-        before = self.bios()
-        self.tls.write(b"s" * BIO_REFRESH_BYTES)
+        self.tls.write(b"m")
+        self.clock.advance(0)
+        overhead = len(self.transport.value()) - 1
         self.pump()
-        self.assertEqual(len(self.client_reads()), BIO_REFRESH_BYTES)
+        self.assertEqual(self.client_reads(), b"m")
+        return overhead
+
+    def client_record(self, size: int) -> bytes:
+        """
+        The ciphertext of C{size} bytes sent by the client, not yet given to the server.
+        """
+        self.assertEqual(self.client.send(b"c" * size), size)
+        return self.client.bio_read(65536)
+
+    def test_write_of_a_record_at_the_threshold_arms_nothing(self) -> None:
+        """
+        A write whose record is exactly L{BIO_REFRESH_BYTES} long arms no timer and keeps
+        the BIOs; a record one byte longer arms it.
+        """
+        plaintext = BIO_REFRESH_BYTES - self.record_overhead()
+        before = self.bios()
+        self.tls.write(b"s" * plaintext)
+        self.clock.advance(0)
+        self.assertEqual(len(self.transport.value()), BIO_REFRESH_BYTES)
+        self.pump()
+        self.assertEqual(len(self.client_reads()), plaintext)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.clock.advance(10 * BIO_IDLE_SECONDS)
         self.assertEqual(self.bios(), before)
-        self.tls.write(b"s" * (BIO_REFRESH_BYTES + 1))
-        self.pump()
+        self.tls.write(b"s" * (plaintext + 1))
+        self.clock.advance(0)
+        self.assertEqual(len(self.transport.value()), BIO_REFRESH_BYTES + 1)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_read_at_the_threshold_arms_nothing(self) -> None:
+        """
+        A TCP read of exactly L{BIO_REFRESH_BYTES} bytes of ciphertext arms no timer; one
+        byte more arms it.
+        """
+        record = self.client_record(3 * BIO_REFRESH_BYTES)
+        self.tls.dataReceived(record[:BIO_REFRESH_BYTES])
+        self.tls.dataReceived(record[BIO_REFRESH_BYTES : 2 * BIO_REFRESH_BYTES])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.tls.dataReceived(record[2 * BIO_REFRESH_BYTES :])
+        self.assertEqual(len(self.app.received), 3 * BIO_REFRESH_BYTES)
+        self.clock.advance(10 * BIO_IDLE_SECONDS)
+        record = self.client_record(3 * BIO_REFRESH_BYTES)
+        self.tls.dataReceived(record[: BIO_REFRESH_BYTES + 1])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_one_full_record_each_way_arms(self) -> None:
+        """
+        A read of one full TLS record and a write of 16 KiB (the common sizes, whose
+        plaintext is not over 16 KiB) each arm the timer and get the BIOs replaced.
+        """
+        before = self.bios()
+        self.tls.dataReceived(self.client_record(2**14))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(BIO_IDLE_SECONDS)
+        middle = self.bios()
+        self.assertNotEqual(middle, before)
+        self.tls.write(b"w" * 2**14)
+        self.clock.advance(0)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(BIO_IDLE_SECONDS)
+        self.assertNotEqual(self.bios(), middle)
+        self.assertEqual(self.tls.bio_refreshes, 2)
 
     def test_connection_lost_cancels_the_timer(self) -> None:
         """
@@ -520,10 +580,31 @@ class IdleBIOTests(_ServerTransportCase):
         self.tls.connectionLost(Failure(ConnectionLost()))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
-    def test_half_closed_connection_keeps_its_bios(self) -> None:
+    def test_connection_lost_flushing_a_large_write_arms_nothing(self) -> None:
         """
-        Once the peer's close_notify has marked the end of input, the BIOs stay (the end
-        of input is a property of the read BIO); the timer ends without error.
+        Twisted's connectionLost flushes the writes it was holding back (here 20,000 bytes)
+        through the TLS connection: that arms no timer for the connection that is gone.
+        """
+        self.tls.write(b"a" * 20_000)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # Twisted's small-write flush
+        self.tls.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
+
+    def test_connection_lost_after_tls_failed_arms_nothing(self) -> None:
+        """
+        The same when TLS had already failed (a hostile client's garbage record) and
+        Twisted drops the held-back bytes: no timer is left.
+        """
+        self.tls.write(b"a" * 20_000)
+        self.tls.dataReceived(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # hostile record
+        self.assertTrue(self.tls._lostTLSConnection)
+        self.tls.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
+
+    def test_read_closed_connection_gets_new_bios(self) -> None:
+        """
+        After the peer's close_notify (read side closed, our side still writing), a quiet
+        connection still gets new BIOs, and what it writes still arrives.
         """
         self.client_sends(60_000)
         self.client.shutdown()
@@ -531,25 +612,118 @@ class IdleBIOTests(_ServerTransportCase):
         self.assertTrue(self.app.read_closed)
         before = self.bios()
         self.clock.advance(2 * BIO_IDLE_SECONDS)
-        self.assertEqual(self.bios(), before)
+        self.assertNotEqual(self.bios(), before)
+        self.assertEqual(self.tls.bio_refreshes, 1)
         self.tls.write(b"answer")
         self.pump()
         self.assertEqual(self.client_reads(), b"answer")
 
-    def test_failed_refresh_gives_the_connection_up(self) -> None:
+    def test_write_closed_connection_gets_new_bios(self) -> None:
         """
-        Should the new BIOs not be made or filled (no memory), pending bytes may be lost:
-        the connection is aborted rather than carried on with a gap.
+        After our close_notify (write side closed, still reading), a quiet connection gets
+        new BIOs, and what the peer sends still arrives, up to its own close_notify.
+        """
+        self.client_sends(60_000)
+        self.tls.loseWriteConnection()
+        self.pump()
+        before = self.bios()
+        self.clock.advance(2 * BIO_IDLE_SECONDS)
+        self.assertNotEqual(self.bios(), before)
+        self.assertEqual(self.tls.bio_refreshes, 1)
+        self.client_sends(5)
+        self.assertEqual(self.app.received[-5:], b"zzzzz")
+        self.client.shutdown()
+        self.pump()
+        self.assertTrue(self.app.read_closed)
+
+    def test_end_of_input_mark_moves_to_the_new_read_bio(self) -> None:
+        """
+        When a TCP EOF has marked the end of input on the read BIO (here right after a
+        close_notify still unread in it) and the connection goes on writing, the new read
+        BIO carries the same mark: an empty read says end of file, not "try again".
+        """
+        self.client.shutdown()
+        close_notify = self.client.bio_read(65536)
+        self.tls._tlsConnection.bio_write(close_notify)  # arrived, not yet read
+        self.tls.readConnectionLost()
+        self.assertTrue(self.app.read_closed)
+        self.assertFalse(self.tls._lostTLSConnection)
+        self.tls.write(b"w" * 20_000)
+        self.clock.advance(0)
+        self.clock.advance(2 * BIO_IDLE_SECONDS)
+        self.assertEqual(self.tls.bio_refreshes, 1)
+        buffer = tls_halfclose._ffi.new("char[]", 1)
+        self.assertEqual(tls_halfclose._lib.BIO_read(self.bios()[0], buffer, 1), 0)
+
+    def test_partial_record_in_openssl_buffer_survives(self) -> None:
+        """
+        Half a record that OpenSSL has already taken out of the read BIO into its own
+        record buffer survives the replacement: the rest completes it.
+        """
+        record = self.client_record(2**14)
+        self.tls.dataReceived(record[:8000])
+        self.assertEqual(self.app.received, b"")
+        pending = tls_halfclose._ffi.new("char **")
+        self.assertEqual(tls_halfclose._lib.BIO_get_mem_data(self.bios()[0], pending), 0)
+        before = self.bios()
+        self.clock.advance(2 * BIO_IDLE_SECONDS)
+        self.assertNotEqual(self.bios(), before)
+        self.tls.dataReceived(record[8000:])
+        self.assertEqual(self.app.received, b"c" * 2**14)
+
+    def test_failed_refresh_keeps_the_connection(self) -> None:
+        """
+        Should the new BIOs not be made or filled (no memory), the connection keeps its old
+        ones, loses nothing and goes on; no timer is left.
         """
 
-        def no_memory(connection: Any) -> bool:
+        def no_memory(connection: Any, input_ended: bool = False) -> bool:
             raise MemoryError("test")
 
         self.patch(tls_halfclose, "refresh_memory_bios", no_memory)
+        before = self.bios()
         self.client_sends(60_000)
         self.clock.advance(2 * BIO_IDLE_SECONDS)
-        self.assertTrue(self.tls._aborted)
-        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.bios(), before)
+        self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.client_sends(5)
+        self.assertEqual(self.app.received[-5:], b"zzzzz")
+        self.tls.write(b"answer")
+        self.pump()
+        self.assertEqual(self.client_reads(), b"answer")
+
+
+class _FailingSecondWrite:
+    """
+    The OpenSSL bindings, except that the second C{BIO_write} takes nothing (a new BIO that
+    cannot grow) and C{BIO_new}/C{BIO_free} are recorded.
+    """
+
+    def __init__(self, lib: Any) -> None:
+        self._lib = lib
+        self.writes = 0
+        self.made: list[Any] = []
+        self.freed: list[Any] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lib, name)
+
+    def BIO_new(self, method: Any) -> Any:
+        bio = self._lib.BIO_new(method)
+        self.made.append(bio)
+        return bio
+
+    def BIO_free(self, bio: Any) -> Any:
+        self.freed.append(bio)
+        return self._lib.BIO_free(bio)
+
+    def BIO_write(self, bio: Any, data: Any, size: int) -> int:
+        self.writes += 1
+        if self.writes == 2:
+            return 0
+        result: int = self._lib.BIO_write(bio, data, size)
+        return result
 
 
 class RefreshMemoryBIOsTests(TLSTestCase):
@@ -601,3 +775,100 @@ class RefreshMemoryBIOsTests(TLSTestCase):
         self.addCleanup(right.close)
         connection = SSL.Connection(self.load().context, left)
         self.assertFalse(refresh_memory_bios(connection))
+
+    def test_failure_after_a_partial_copy_loses_nothing(self) -> None:
+        """
+        When the new write BIO cannot take the pending bytes after the read BIO's were
+        already copied, the refresh fails with L{MemoryError}, both new BIOs are freed, and
+        the connection keeps its old BIOs with every pending byte in them.
+        """
+        server, client = self.pair()
+        client.send(b"r" * 1000)
+        record = client.bio_read(65536)
+        server.bio_write(record[:500])
+        server.send(b"o" * 3000)
+        old = (server._into_ssl, server._from_ssl)  # type: ignore[attr-defined]
+        failing = _FailingSecondWrite(tls_halfclose._lib)
+        self.patch(tls_halfclose, "_lib", failing)
+        self.assertRaises(MemoryError, refresh_memory_bios, server)
+        self.assertEqual(failing.writes, 2)
+        self.assertEqual(failing.freed, failing.made)
+        self.assertEqual((server._into_ssl, server._from_ssl), old)  # type: ignore[attr-defined]
+        server.bio_write(record[500:])
+        self.assertEqual(server.recv(4096), b"r" * 1000)
+        client.bio_write(server.bio_read(65536))
+        self.assertEqual(client.recv(4096), b"o" * 3000)
+
+    def test_end_of_input_mark_is_carried(self) -> None:
+        """
+        With C{input_ended}, the new read BIO says end of file when empty, as the old one
+        did after C{bio_shutdown}; without it, "try again".
+        """
+        server, _ = self.pair()
+        server.bio_shutdown()
+        self.assertTrue(refresh_memory_bios(server, input_ended=True))
+        self.assertRaises(SSL.SysCallError, server.recv, 1024)
+        other, _ = self.pair()
+        self.assertTrue(refresh_memory_bios(other))
+        self.assertRaises(SSL.WantReadError, other.recv, 1024)
+
+    def test_many_refreshes_free_the_old_bios(self) -> None:
+        """
+        Replacing the grown BIOs of one connection 2,000 times (64 KiB in, 16 KiB out
+        before each) frees every old pair: each refresh installs new pointers and gives the
+        C allocator back at least 64 KiB (about 103 KiB of grown capacity, measured with
+        mallinfo2), and the memory in use does not grow over the run. (Were pyOpenSSL ever
+        to free its BIOs itself, the old pairs would be freed twice, which the C library
+        aborts on.)
+        """
+        server, client = self.pair()
+        if _malloc_in_use() is None:
+            raise unittest.SkipTest("no mallinfo2 in this C library")
+        previous = server._into_ssl  # type: ignore[attr-defined]
+        start = 0
+        for round in range(2000):
+            for _ in range(4):
+                client.send(b"i" * 2**14)
+            server.bio_write(client.bio_read(2**17))
+            received = 0
+            for _ in range(8):
+                try:
+                    received += len(server.recv(2**16))
+                except SSL.WantReadError:
+                    break
+            self.assertEqual(received, 2**16)
+            server.send(b"o" * 2**14)
+            server.bio_read(2**16)
+            grown = _malloc_in_use() or 0
+            self.assertTrue(refresh_memory_bios(server))
+            given_back = grown - (_malloc_in_use() or 0)
+            self.assertGreater(given_back, 64 * 1024, f"round {round}")
+            self.assertNotEqual(server._into_ssl, previous)  # type: ignore[attr-defined]
+            previous = server._into_ssl  # type: ignore[attr-defined]
+            if round == 100:
+                start = _malloc_in_use() or 0
+        self.assertLess((_malloc_in_use() or 0) - start, 8 * 2**20)
+
+
+def _malloc_in_use() -> int | None:
+    """
+    Bytes the C library's allocator has handed out and not had back (mallinfo2), or None.
+    """
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+            ).split()
+        ]
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = MallInfo2
+    info = mallinfo2()
+    return int(info.uordblks + info.hblkhd)
