@@ -22,7 +22,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
-from netguard.tls_halfclose import BIO_IDLE_SECONDS
+from netguard.tls_halfclose import BIO_IDLE_SECONDS, HalfCloseTLSTransport
 from tests import tls_certs
 from tests.integration.util import RunningGateway, wait_for
 
@@ -164,10 +164,22 @@ class TLSRelayIntegrityTests(unittest.TestCase):
     def test_every_byte_arrives_in_order_both_ways(self):
         """
         Through the TLS listener and the relay, with slow readers on both sides, in two
-        bursts with a quiet pause between them (the gateway replaces its TLS memory BIOs
-        then), the backend receives exactly the bytes sent (same SHA-256 and count) and the
-        client gets exactly those bytes back.
+        bursts with a quiet pause between them (the gateway replaces the grown TLS memory
+        BIOs of the connection then, which is checked), the backend receives exactly the
+        bytes sent (same SHA-256 and count) and the client gets exactly those bytes back.
         """
+        refreshes: list[tuple[int, bool, int]] = []
+        refresh = HalfCloseTLSTransport._refresh_bios
+
+        def recording_refresh(transport: HalfCloseTLSTransport) -> None:
+            connection = transport._tlsConnection
+            before = (connection._into_ssl, connection._from_ssl)
+            done = transport.bio_refreshes
+            refresh(transport)
+            replaced = (connection._into_ssl, connection._from_ssl) != before
+            refreshes.append((transport._large_ios, replaced, transport.bio_refreshes - done))
+
+        self.patch(HalfCloseTLSTransport, "_refresh_bios", recording_refresh)
         payload = random.Random(16).randbytes(sum(SIZES))
         sent = hashlib.sha256(payload * 2).hexdigest()
         back, login = yield deferToThread(self.run_session, payload)
@@ -179,4 +191,10 @@ class TLSRelayIntegrityTests(unittest.TestCase):
         self.assertEqual(backend.digest.hexdigest(), sent)
         self.assertEqual(len(back), total)
         self.assertEqual(hashlib.sha256(back).hexdigest(), sent)
+        # The quiet pause did replace the BIOs of the client's connection, grown by the
+        # first burst (large reads and writes went through them), mid-session.
+        self.assertIn(
+            True,
+            [large > 0 and replaced and counted == 1 for large, replaced, counted in refreshes],
+        )
         yield self.running.idle()
