@@ -307,8 +307,13 @@ class YamuxSession:
                 return False
             stream.recv_window -= length
             handler.stream_data(sid, payload)
-            # The owner consumes at once here: give the window back once half is used.
-            if stream.recv_window <= self._window // 2 and sid in self._streams:
+            # The owner consumes at once here: give the window back once half is used (not
+            # on the peer's last frame: it sends no more, and the stream may close now).
+            if (
+                stream.recv_window <= self._window // 2
+                and not flags & FIN
+                and sid in self._streams
+            ):
                 grant = self._window - stream.recv_window
                 stream.recv_window = self._window
                 self._frame(WINDOW_UPDATE, 0, sid, grant)
@@ -318,3 +323,84 @@ class YamuxSession:
                 del self._streams[sid]
             handler.stream_fin(sid)
         return True
+
+
+def interop_smoke(port: int, streams: int = 100, bulk: int = 8 * 1024 * 1024) -> str:
+    """
+    Drive a yamux echo server (such as hashicorp/yamux's, see docs/multiplexing.md) on
+    127.0.0.1:C{port} over one blocking socket: C{streams} streams of 1 KiB each and one of
+    C{bulk} bytes (far past the 256 KiB window, so the peer's window updates are needed), each
+    half-closed by us; every byte must come back in order, then the peer's FIN.
+
+    @return: a one-line summary.
+    @raise AssertionError: on any difference.
+    """
+    import os
+    import socket
+
+    class Collect:
+        def __init__(self) -> None:
+            self.got: dict[int, bytearray] = {}
+            self.fins: set[int] = set()
+            self.events: list[str] = []
+
+        def stream_opened(self, sid: int) -> None:
+            self.events.append(f"unexpected open {sid}")
+
+        def stream_acked(self, sid: int) -> None:
+            pass
+
+        def stream_data(self, sid: int, data: bytes) -> None:
+            self.got.setdefault(sid, bytearray()).extend(data)
+
+        def stream_fin(self, sid: int) -> None:
+            self.fins.add(sid)
+
+        def stream_reset(self, sid: int) -> None:
+            self.events.append(f"reset {sid}")
+
+        def stream_writable(self, sid: int) -> None:
+            pass
+
+        def session_ended(self, code: int) -> None:
+            self.events.append(f"go-away {code}")
+
+    out: list[bytes] = []
+    handler = Collect()
+    session = YamuxSession(True, out.append, handler)
+    sent: dict[int, bytes] = {}
+    for _ in range(streams):
+        payload = os.urandom(1024)
+        sid = session.open_stream(payload)
+        session.end(sid)
+        sent[sid] = payload
+    big = os.urandom(bulk)
+    sid = session.open_stream()
+    session.write(sid, big)
+    session.end(sid)
+    sent[sid] = big
+    with socket.create_connection(("127.0.0.1", port), timeout=30.0) as sock:
+        for _ in range(100_000):
+            if out:
+                sock.sendall(b"".join(out))
+                out.clear()
+            if len(handler.fins) == len(sent) or handler.events:
+                break
+            data = sock.recv(262144)
+            if not data:
+                break
+            session.data_received(data)
+        problems = list(handler.events)
+        session.go_away()
+        sock.sendall(b"".join(out))
+    assert not problems, problems
+    assert handler.fins == set(sent), f"{len(handler.fins)} of {len(sent)} streams ended"
+    for sid, payload in sent.items():
+        assert bytes(handler.got.get(sid, b"")) == payload, f"stream {sid} differs"
+    return f"{len(sent)} streams echoed ({sum(map(len, sent.values()))} bytes), all half-closed"
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(interop_smoke(int(sys.argv[1])))
