@@ -4,9 +4,9 @@ in bench/mux_candidates.py: 12-byte headers, SYN/ACK/FIN/RST, per-stream windows
 updates, ping and go-away. Not product code: no keepalive timer, no stream idle timeout.
 
 Bounds it keeps whatever the peer sends: a data frame longer than the stream's receive window
-(refused from its header, before the payload is buffered), a frame for a stream never opened,
-a SYN with a wrong-parity, reused or not increasing id, a non-zero version or an unknown type is
-a protocol error (go-away 1, session over); a SYN beyond C{max_streams} is reset; the send
+(refused from its header, before the payload is buffered), a frame for a stream id above any
+opened, a SYN for a stream still open or of the wrong parity, a non-zero version or an unknown
+type is a protocol error (go-away 1, session over); a SYN beyond C{max_streams} is reset; the send
 window never grows past 2**32 - 1.
 """
 
@@ -271,10 +271,13 @@ class YamuxSession:
         handler = self._handler
         stream = self._streams.get(sid)
         if flags & SYN:
-            if sid <= self._peer_max or sid % 2 != self._peer_parity:
+            # A SYN for a stream still open, of our parity or for id 0 is an error. Ids need not
+            # arrive in order: hashicorp/yamux's concurrent OpenStream calls send their SYNs
+            # in whatever order the goroutines run.
+            if stream is not None or sid == 0 or sid % 2 != self._peer_parity:
                 self.go_away(GO_AWAY_PROTOCOL)
                 return False
-            self._peer_max = sid
+            self._peer_max = max(self._peer_max, sid)
             if len(self._streams) >= self._max_streams:
                 self._frame(WINDOW_UPDATE, RST, sid, 0)
                 return True
