@@ -1,0 +1,115 @@
+# -*- test-case-name: tests.test_mux_session -*-
+"""
+The bounds of a multiplexed session, and the token bucket that enforces its rates.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from netguard.mux.frames import INITIAL_WINDOW
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
+
+
+@attrs.frozen
+class MuxLimits:
+    """
+    Every bound of a L{netguard.mux.session.MuxSession}, with its default.
+
+    @ivar max_streams: streams open at once (either side's); a peer's SYN past it is reset.
+        A stream the peer opened counts until the application releases it, not until the
+        peer resets it.
+    @ivar open_rate: stream openings per second the peer may sustain (token bucket).
+    @ivar open_burst: openings the peer may make at once; one past an empty bucket ends
+        the session (C{open-rate}).
+    @ivar early_reset_rate: per second, resets of streams the application has not yet
+        accepted (rapid reset).
+    @ivar early_reset_burst: such resets at once; one past an empty bucket ends the
+        session (C{rapid-reset}).
+    @ivar ping_rate: pings per second the peer may send (each answered).
+    @ivar ping_burst: pings at once; one past an empty bucket ends the session.
+    @ivar empty_frame_rate: per second, frames that carry nothing (no payload, no window, no
+        flag).
+    @ivar empty_frame_burst: such frames at once.
+    @ivar memory_budget: receive credit (bytes the peer may still send plus bytes held for
+        paused streams) across the session past which window updates are withheld. Every
+        stream starts with the spec's 256 KiB that cannot be withdrawn, so the hard bound is
+        C{max(memory_budget, max_streams * 256 KiB)}.
+    @ivar max_frame: the largest data payload this end sends in one frame (the unit of
+        round-robin fairness).
+    @ivar stream_high_water: bytes queued on one stream for sending past which its producer
+        is paused; resumed when the queue is empty.
+    @ivar max_control_backlog: control frames (window updates, ping answers, resets) held
+        while the transport is paused; one more ends the session (C{peer-not-reading}).
+    @ivar keepalive_interval: seconds between our pings; None for none.
+    @ivar keepalive_timeout: seconds a ping may go unanswered before the session ends.
+    @ivar idle_timeout: seconds with no stream open before the session ends with a normal
+        go-away (C{idle}); None for never.
+    @ivar open_timeout: seconds a stream we opened may wait for the peer's ACK before it is
+        reset.
+    @ivar close_timeout: seconds after our FIN that we wait for the peer's before resetting.
+    """
+
+    max_streams: int = attrs.field(default=256, validator=_positive)
+    open_rate: float = attrs.field(default=1000.0, validator=_positive)
+    open_burst: int = attrs.field(default=512, validator=_positive)
+    early_reset_rate: float = attrs.field(default=10.0, validator=_positive)
+    early_reset_burst: int = attrs.field(default=100, validator=_positive)
+    ping_rate: float = attrs.field(default=5.0, validator=_positive)
+    ping_burst: int = attrs.field(default=20, validator=_positive)
+    empty_frame_rate: float = attrs.field(default=100.0, validator=_positive)
+    empty_frame_burst: int = attrs.field(default=1000, validator=_positive)
+    memory_budget: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
+    max_frame: int = attrs.field(default=16 * 1024, validator=_positive)
+    stream_high_water: int = attrs.field(default=64 * 1024, validator=_positive)
+    max_control_backlog: int = attrs.field(default=1024, validator=_positive)
+    keepalive_interval: float | None = 30.0
+    keepalive_timeout: float = attrs.field(default=10.0, validator=_positive)
+    idle_timeout: float | None = None
+    open_timeout: float = attrs.field(default=75.0, validator=_positive)
+    close_timeout: float = attrs.field(default=300.0, validator=_positive)
+
+    @max_frame.validator
+    def _frame_fits(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if value > INITIAL_WINDOW:
+            raise ValueError(f"max_frame must be at most {INITIAL_WINDOW}")
+
+
+class TokenBucket:
+    """
+    A token bucket on an injected clock: C{burst} tokens, refilled at C{rate} per second.
+    """
+
+    __slots__ = ("_rate", "_burst", "_tokens", "_stamp")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        """
+        @param rate: tokens added per second.
+        @param burst: the most tokens held (the bucket starts full).
+        @param now: the clock's time now.
+        """
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._stamp = now
+
+    def take(self, now: float) -> bool:
+        """
+        Take one token.
+
+        @param now: the clock's time now.
+        @return: False if the bucket was empty (nothing taken).
+        """
+        elapsed = max(0.0, now - self._stamp)
+        self._stamp = now
+        self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True

@@ -1,0 +1,73 @@
+# -*- test-case-name: tests.test_mux_session -*-
+"""
+A Twisted protocol that runs a L{MuxSession} over its transport.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+
+from netguard.mux.limits import MuxLimits
+from netguard.mux.session import MuxSession, SessionEnd, SessionTransport
+from netguard.mux.stream import MuxStream, StreamProtocol
+from netguard.relay import ReactorTime
+
+
+class MuxProtocol(Protocol):
+    """
+    Runs a session over C{self.transport}: bytes in go to it, and it is registered as the
+    transport's streaming producer so that a full transport buffer pauses its output.
+
+    @ivar session: the session, once connected.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: bool,
+        clock: ReactorTime,
+        accept: Callable[[MuxStream], StreamProtocol | None],
+        limits: MuxLimits | None = None,
+        on_end: Callable[[SessionEnd], None] | None = None,
+    ) -> None:
+        """
+        The arguments are those of L{MuxSession}.
+        """
+        self._client = client
+        self._clock = clock
+        self._accept = accept
+        self._limits = limits
+        self._on_end = on_end
+        self.session: MuxSession | None = None
+
+    def connectionMade(self) -> None:
+        """
+        Start the session and register it as the transport's producer.
+        """
+        transport: SessionTransport = self.transport  # type: ignore[assignment]
+        self.session = MuxSession(
+            transport,
+            client=self._client,
+            clock=self._clock,
+            accept=self._accept,
+            limits=self._limits,
+            on_end=self._on_end,
+        )
+        self.transport.registerProducer(self.session, True)  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Feed the session.
+        """
+        if self.session is not None:
+            self.session.data_received(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        """
+        End the session: every stream is told.
+        """
+        if self.session is not None:
+            self.session.connection_lost(reason)

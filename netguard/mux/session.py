@@ -1,0 +1,756 @@
+# -*- test-case-name: tests.test_mux_session -*-
+"""
+One end of a yamux session, sans-I/O: bytes in through L{MuxSession.data_received}, frames
+out through the transport it is given, time from an injected clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+import attrs
+from twisted.internet.interfaces import IAddress, IPushProducer
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from netguard.mux import frames
+from netguard.mux.frames import (
+    HEADER_SIZE,
+    INITIAL_WINDOW,
+    MAX_UINT32,
+    Flag,
+    FrameError,
+    FrameType,
+    GoAwayCode,
+    Violation,
+)
+from netguard.mux.limits import MuxLimits, TokenBucket
+from netguard.mux.stream import (
+    MuxStream,
+    SessionLost,
+    StreamProtocol,
+    StreamReset,
+    StreamTimeout,
+    closed_cleanly,
+)
+from netguard.relay import DelayedCall, ReactorTime
+
+#: Bytes framed per batch before the batch is handed to the transport (so a transport that
+#: pauses us on a full buffer does so within about this much).
+_BATCH = 64 * 1024
+
+
+class SessionTransport(Protocol):
+    """
+    What a session uses of its transport (a TCP or TLS transport, say).
+    """
+
+    def write(self, data: bytes) -> None: ...
+
+    def writeSequence(self, data: list[bytes]) -> None: ...
+
+    def loseConnection(self) -> None: ...
+
+    def abortConnection(self) -> None: ...
+
+    def getPeer(self) -> IAddress: ...
+
+    def getHost(self) -> IAddress: ...
+
+
+@attrs.frozen
+class SessionEnd:
+    """
+    Why a session ended: a value the owner logs.
+
+    @ivar violation: the reason.
+    @ivar code: the go-away code sent or received (C{NORMAL} for a lost connection).
+    @ivar by_peer: whether the peer ended it (its go-away, its close) rather than us.
+    @ivar detail: numbers only, never peer bytes.
+    """
+
+    violation: Violation
+    code: GoAwayCode
+    by_peer: bool
+    detail: str = ""
+
+
+class OpenRefused(Exception):
+    """
+    A stream cannot be opened now.
+
+    @ivar reason: C{"session-ended"}, C{"go-away"}, C{"stream-limit"} or C{"ids-exhausted"}.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Fatal(Exception):
+    """
+    Internal: a violation found while handling a frame.
+    """
+
+    def __init__(self, violation: Violation, detail: str = "") -> None:
+        super().__init__(violation.value)
+        self.violation = violation
+        self.detail = detail
+
+
+@implementer(IPushProducer)
+class MuxSession:
+    """
+    One end of a multiplexed session.
+
+    The owner feeds received bytes to L{data_received}, calls L{connection_lost} when the
+    transport is gone, and registers the session as the transport's streaming producer so
+    that L{pauseProducing} stops its output when the transport's buffer is full (control
+    frames are then held, up to C{max_control_backlog}). Streams the peer opens are offered
+    to C{accept}; streams this end opens come from L{open_stream}.
+
+    Outgoing data is framed in round-robin turns of at most C{max_frame} bytes per stream.
+    Received data is delivered at once unless the stream's reading is paused; window
+    updates give credit back as data is delivered, at most 256 KiB per stream, and are
+    withheld while the session's credit would pass C{memory_budget}.
+
+    @ivar transport: the transport the frames go to.
+    @ivar client: whether this end is the client (opens odd ids).
+    @ivar limits: the bounds.
+    @ivar bytes_in: bytes received on the transport.
+    @ivar bytes_out: bytes handed to the transport.
+    @ivar streams_refused: peer openings reset for the stream cap or a go-away.
+    @ivar early_resets: streams the peer reset before they were accepted.
+    @ivar ended: how the session ended, once it has.
+    @ivar remote_go_away: the code of the peer's go-away, once received.
+    """
+
+    def __init__(
+        self,
+        transport: SessionTransport,
+        *,
+        client: bool,
+        clock: ReactorTime,
+        accept: Callable[[MuxStream], StreamProtocol | None],
+        limits: MuxLimits | None = None,
+        on_end: Callable[[SessionEnd], None] | None = None,
+    ) -> None:
+        """
+        @param transport: where frames go.
+        @param client: whether this end is the client.
+        @param clock: the reactor, or a L{twisted.internet.task.Clock}.
+        @param accept: called with each stream the peer opens; returns its protocol, or
+            None to reset it.
+        @param limits: the bounds (defaults: L{MuxLimits}()).
+        @param on_end: called once when the session ends.
+        """
+        self.transport = transport
+        self.client = client
+        self.limits = limits = limits if limits is not None else MuxLimits()
+        self._clock = clock
+        self._accept = accept
+        self._on_end = on_end
+        now = clock.seconds()
+        self._open_bucket = TokenBucket(limits.open_rate, limits.open_burst, now)
+        self._reset_bucket = TokenBucket(limits.early_reset_rate, limits.early_reset_burst, now)
+        self._ping_bucket = TokenBucket(limits.ping_rate, limits.ping_burst, now)
+        self._empty_bucket = TokenBucket(limits.empty_frame_rate, limits.empty_frame_burst, now)
+        self._streams: dict[int, MuxStream] = {}
+        self._next_id = 1 if client else 2
+        self._peer_max = 0
+        self._inbuf = bytearray()
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._ready: deque[MuxStream] = deque()
+        self._starved: set[MuxStream] = set()
+        self._credit = 0
+        self._paused = False
+        self._pumping = False
+        self._local_go_away = False
+        self.remote_go_away: GoAwayCode | None = None
+        self.ended: SessionEnd | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.streams_refused = 0
+        self.early_resets = 0
+        self._ping_id = 0
+        self._ping_outstanding: int | None = None
+        self._keepalive: DelayedCall | None = None
+        self._ping_deadline: DelayedCall | None = None
+        self._idle: DelayedCall | None = None
+        if limits.keepalive_interval is not None:
+            self._keepalive = clock.callLater(limits.keepalive_interval, self._send_keepalive)
+        self._check_idle()
+
+    # the owner's side
+
+    @property
+    def open_streams(self) -> int:
+        """
+        @return: streams counted against the cap (open, or reset but not yet released).
+        """
+        return len(self._streams)
+
+    @property
+    def credit(self) -> int:
+        """
+        @return: receive credit across the session (see L{MuxStream.outstanding}).
+        """
+        return self._credit
+
+    def stream(self, stream_id: int) -> MuxStream | None:
+        """
+        @return: the stream with that id, if it is still counted.
+        """
+        return self._streams.get(stream_id)
+
+    def open_stream(self, protocol: StreamProtocol) -> MuxStream:
+        """
+        Open a stream (SYN) and connect C{protocol} to it; data written at once follows the
+        SYN without waiting for the ACK.
+
+        @return: the stream.
+        @raise OpenRefused: if the session has ended, either side sent go-away, the stream
+            cap is reached or the ids are used up.
+        """
+        if self.ended is not None:
+            raise OpenRefused("session-ended")
+        if self._local_go_away or self.remote_go_away is not None:
+            raise OpenRefused("go-away")
+        if len(self._streams) >= self.limits.max_streams:
+            raise OpenRefused("stream-limit")
+        if self._next_id > MAX_UINT32:
+            raise OpenRefused("ids-exhausted")
+        stream_id = self._next_id
+        self._next_id += 2
+        stream = self._add_stream(stream_id, outbound=True)
+        self._control(frames.encode(FrameType.WINDOW_UPDATE, Flag.SYN, stream_id, 0))
+        stream.timer = self._clock.callLater(
+            self.limits.open_timeout, self._stream_timed_out, stream
+        )
+        stream.attach(protocol)
+        self._flush()
+        return stream
+
+    def go_away(self, code: GoAwayCode = GoAwayCode.NORMAL) -> None:
+        """
+        Send go-away: the peer's new streams are reset from now on, ours are refused, open
+        streams go on; the session ends (L{Violation.LOCAL_GO_AWAY}) when the last is gone.
+        """
+        if self.ended is not None or self._local_go_away:
+            return
+        self._local_go_away = True
+        self._control(frames.encode(FrameType.GO_AWAY, 0, 0, code))
+        self._flush()
+        self._check_drained()
+
+    def ping(self) -> None:
+        """
+        Send a keepalive ping now; the session ends if it is not answered within
+        C{keepalive_timeout}.
+        """
+        if self.ended is not None or self._ping_outstanding is not None:
+            return
+        self._ping_id = (self._ping_id + 1) & MAX_UINT32
+        self._ping_outstanding = self._ping_id
+        self._control(frames.encode(FrameType.PING, Flag.SYN, 0, self._ping_id))
+        self._ping_deadline = self._clock.callLater(
+            self.limits.keepalive_timeout, self._ping_expired
+        )
+        self._flush()
+
+    def connection_lost(self, reason: Failure | None = None) -> None:
+        """
+        The transport is gone: every stream ends with L{SessionLost}.
+        """
+        self._end(SessionEnd(Violation.CONNECTION_LOST, GoAwayCode.NORMAL, True), send=False)
+
+    # IPushProducer: our output
+
+    def pauseProducing(self) -> None:
+        """
+        The transport's buffer is full: frame nothing more until L{resumeProducing}.
+        """
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        """
+        The transport has room again: send what was held, then go on framing.
+        """
+        if not self._paused:
+            return
+        self._paused = False
+        self._flush()
+        self._pump()
+
+    def stopProducing(self) -> None:
+        """
+        The transport is gone.
+        """
+        self.connection_lost()
+
+    # input
+
+    def data_received(self, data: bytes) -> None:
+        """
+        Handle every whole frame in C{data} and what was left before. A data frame longer
+        than its stream's receive window ends the session from its header alone, before any
+        of its payload is held.
+        """
+        if self.ended is not None:
+            return
+        self.bytes_in += len(data)
+        buf = self._inbuf
+        buf += data
+        offset = 0
+        try:
+            while len(buf) - offset >= HEADER_SIZE:
+                header = frames.decode(buf, offset)
+                payload = b""
+                if header.type is FrameType.DATA:
+                    self._check_length(header)
+                    end = offset + HEADER_SIZE + header.length
+                    if len(buf) < end:
+                        break
+                    payload = bytes(buf[offset + HEADER_SIZE : end])
+                offset += HEADER_SIZE + len(payload)
+                self._handle(header, payload)
+                if self.ended is not None:
+                    return
+        except FrameError as error:
+            self._fail(error.violation, error.detail)
+            return
+        except _Fatal as error:
+            self._fail(error.violation, error.detail)
+            return
+        del buf[:offset]
+        self._flush()
+        self._pump()
+
+    def _check_length(self, header: frames.Header) -> None:
+        stream = self._streams.get(header.stream_id)
+        if stream is None or stream.reset or Flag.SYN in header.flags:
+            window = INITIAL_WINDOW
+        else:
+            window = stream.recv_window
+        if header.length > window:
+            raise _Fatal(
+                Violation.WINDOW_EXCEEDED,
+                f"stream {header.stream_id}: {header.length} bytes, window {window}",
+            )
+
+    def _handle(self, header: frames.Header, payload: bytes) -> None:
+        kind = header.type
+        if kind is FrameType.PING:
+            if not self._ping_bucket.take(self._clock.seconds()):
+                raise _Fatal(Violation.PING_FLOOD)
+            if Flag.SYN in header.flags:
+                self._control(frames.encode(FrameType.PING, Flag.ACK, 0, header.length))
+            elif header.length == self._ping_outstanding:
+                self._ping_outstanding = None
+                self._cancel(self._ping_deadline)
+                self._ping_deadline = None
+            return
+        if kind is FrameType.GO_AWAY:
+            code = GoAwayCode(header.length)
+            self.remote_go_away = code
+            if code is not GoAwayCode.NORMAL:
+                self._end(SessionEnd(Violation.REMOTE_GO_AWAY, code, True), send=False)
+            return
+        flags = header.flags
+        if not flags and not header.length:
+            if not self._empty_bucket.take(self._clock.seconds()):
+                raise _Fatal(Violation.EMPTY_FRAME_FLOOD)
+        stream_id = header.stream_id
+        if Flag.SYN in flags:
+            stream = self._peer_syn(stream_id, flags)
+            if stream is None:
+                return
+        else:
+            found = self._streams.get(stream_id)
+            if found is None:
+                self._unknown_stream(stream_id)
+                return
+            stream = found
+        if stream.reset or stream.lost:
+            return
+        if Flag.ACK in flags:
+            if stream.outbound and not stream.acked:
+                stream.acked = True
+                self._stop_timer(stream)
+        elif stream.outbound and not stream.acked and Flag.RST not in flags:
+            raise _Fatal(Violation.FRAME_BEFORE_ACK, f"stream {stream_id}")
+        if Flag.RST in flags:
+            if not stream.outbound and not stream.acked:
+                self.early_resets += 1
+                stream.released = False
+                if not self._reset_bucket.take(self._clock.seconds()):
+                    raise _Fatal(Violation.RAPID_RESET)
+            self._stream_dead(stream, StreamReset())
+            return
+        if kind is FrameType.WINDOW_UPDATE:
+            if stream.send_window + header.length > MAX_UINT32:
+                raise _Fatal(Violation.WINDOW_OVERFLOW, f"stream {stream_id}")
+            stream.send_window += header.length
+            if header.length:
+                self._schedule(stream)
+        elif payload:
+            if stream.remote_fin:
+                raise _Fatal(Violation.DATA_AFTER_FIN, f"stream {stream_id}")
+            stream.recv_window -= len(payload)
+            self._credit -= len(payload)
+            before = stream.buffered
+            stream.deliver(payload)
+            self._credit += stream.buffered - before
+            if not stream.lost:
+                self._maybe_grant(stream)
+        if Flag.FIN in flags and not stream.remote_fin and not stream.lost:
+            stream.remote_fin = True
+            stream.deliver_eof()
+            self._maybe_closed(stream)
+
+    def _peer_syn(self, stream_id: int, flags: Flag) -> MuxStream | None:
+        if not frames.is_peer_stream(stream_id, self.client):
+            raise _Fatal(Violation.BAD_STREAM_ID, f"SYN for our stream {stream_id}")
+        if stream_id in self._streams:
+            raise _Fatal(Violation.DUPLICATE_SYN, f"stream {stream_id}")
+        if not self._open_bucket.take(self._clock.seconds()):
+            raise _Fatal(Violation.OPEN_RATE)
+        # Ids need not arrive in order: hashicorp/yamux sends the SYNs of concurrent
+        # openings in whatever order its goroutines run.
+        self._peer_max = max(self._peer_max, stream_id)
+        if Flag.RST in flags:
+            return None
+        if self._local_go_away or len(self._streams) >= self.limits.max_streams:
+            self.streams_refused += 1
+            self._control(frames.encode(FrameType.WINDOW_UPDATE, Flag.RST, stream_id, 0))
+            return None
+        stream = self._add_stream(stream_id, outbound=False)
+        protocol = self._accept(stream)
+        if protocol is None:
+            self._stream_reset(stream, None)
+            return None
+        stream.attach(protocol)
+        return stream
+
+    def _unknown_stream(self, stream_id: int) -> None:
+        if frames.is_peer_stream(stream_id, self.client):
+            never_opened = stream_id > self._peer_max
+        else:
+            never_opened = stream_id >= self._next_id
+        if never_opened:
+            raise _Fatal(Violation.UNKNOWN_STREAM, f"stream {stream_id}")
+        # A frame for a stream that has ended: a normal race (its data was in flight), dropped.
+
+    # streams
+
+    def _add_stream(self, stream_id: int, *, outbound: bool) -> MuxStream:
+        stream = MuxStream(self, stream_id, outbound=outbound)
+        self._streams[stream_id] = stream
+        self._credit += stream.outstanding
+        self._check_idle()
+        return stream
+
+    def _stream_write(self, stream: MuxStream, chunks: list[bytes]) -> None:
+        if stream.local_fin or stream.fin_pending or stream.reset or stream.lost:
+            return
+        self._stream_accept(stream)
+        for chunk in chunks:
+            stream.queue.append(chunk)
+            stream.queued += len(chunk)
+        if (
+            stream.producer is not None
+            and not stream.producer_paused
+            and stream.queued >= self.limits.stream_high_water
+        ):
+            stream.producer_paused = True
+            stream.producer.pauseProducing()
+        self._schedule(stream)
+        self._pump()
+
+    def _stream_fin(self, stream: MuxStream) -> None:
+        if stream.local_fin or stream.fin_pending or stream.reset or stream.lost:
+            return
+        self._stream_accept(stream)
+        stream.fin_pending = True
+        self._schedule(stream)
+        self._pump()
+
+    def _stream_accept(self, stream: MuxStream) -> None:
+        if stream.outbound or stream.acked or stream.reset or stream.lost:
+            return
+        stream.acked = True
+        self._control(frames.encode(FrameType.WINDOW_UPDATE, Flag.ACK, stream.stream_id, 0))
+        self._flush()
+
+    def _stream_reset(self, stream: MuxStream, reason: Failure | None) -> None:
+        if stream.reset or stream.lost or self.ended is not None:
+            return
+        self._control(frames.encode(FrameType.WINDOW_UPDATE, Flag.RST, stream.stream_id, 0))
+        self._stream_dead(stream, reason.value if reason is not None else StreamReset())
+        self._flush()
+
+    def _stream_release(self, stream: MuxStream) -> None:
+        if not stream.released:
+            stream.released = True
+            self._forget(stream)
+
+    def _stream_resume_reading(self, stream: MuxStream) -> None:
+        before = stream.buffered
+        stream.drain_buffer()
+        self._credit -= before - stream.buffered
+        if not stream.lost:
+            self._maybe_grant(stream)
+            self._maybe_closed(stream)
+        self._regrant()
+        self._flush()
+
+    def _stream_timed_out(self, stream: MuxStream) -> None:
+        stream.timer = None
+        self._stream_reset(stream, Failure(StreamTimeout()))
+
+    def _stop_timer(self, stream: MuxStream) -> None:
+        timer = stream.timer
+        stream.timer = None
+        if timer is not None:
+            self._cancel(timer)  # type: ignore[arg-type]
+
+    def _schedule(self, stream: MuxStream) -> None:
+        if stream.in_ready or stream.lost or stream.reset or stream.local_fin:
+            return
+        if (stream.queued and stream.send_window > 0) or (
+            stream.fin_pending and not stream.queued
+        ):
+            stream.in_ready = True
+            self._ready.append(stream)
+
+    def _pump(self) -> None:
+        """
+        Frame queued data in round-robin turns, one frame per busy stream per turn, handing
+        the transport a batch every C{_BATCH} bytes, until nothing can be sent or the
+        transport pauses us.
+        """
+        if self._pumping or self._paused or self.ended is not None:
+            return
+        self._pumping = True
+        limit = self.limits.max_frame
+        drained: list[MuxStream] = []
+        try:
+            while self._ready and not self._paused and self.ended is None:
+                stream = self._ready.popleft()
+                stream.in_ready = False
+                if stream.lost or stream.reset:
+                    continue
+                chunk = self._take(stream, min(limit, stream.send_window))
+                last = stream.fin_pending and not stream.queued
+                if chunk:
+                    stream.send_window -= len(chunk)
+                    stream.bytes_out += len(chunk)
+                    flags = Flag.FIN if last else 0
+                    self._emit(frames.encode(FrameType.DATA, flags, stream.stream_id, len(chunk)))
+                    self._emit(chunk)
+                elif last:
+                    fin = frames.encode(FrameType.WINDOW_UPDATE, Flag.FIN, stream.stream_id, 0)
+                    self._emit(fin)
+                if last:
+                    stream.fin_pending = False
+                    stream.local_fin = True
+                    self._local_fin_sent(stream)
+                else:
+                    self._schedule(stream)
+                if not stream.queued:
+                    drained.append(stream)
+                if self._out_size >= _BATCH:
+                    self._flush()
+        finally:
+            self._pumping = False
+        self._flush()
+        for stream in drained:
+            if not stream.queued:
+                stream.writable()
+
+    @staticmethod
+    def _take(stream: MuxStream, room: int) -> bytes:
+        parts: list[bytes] = []
+        taken = 0
+        queue = stream.queue
+        while queue and taken < room:
+            head = queue[0]
+            want = room - taken
+            if len(head) <= want:
+                queue.popleft()
+                parts.append(head)
+                taken += len(head)
+            else:
+                parts.append(head[:want])
+                queue[0] = head[want:]
+                taken += want
+        stream.queued -= taken
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _local_fin_sent(self, stream: MuxStream) -> None:
+        if stream.remote_fin:
+            self._maybe_closed(stream)
+        elif stream.timer is None:
+            stream.timer = self._clock.callLater(
+                self.limits.close_timeout, self._stream_timed_out, stream
+            )
+
+    def _maybe_grant(self, stream: MuxStream) -> None:
+        """
+        Give back the credit the protocol has consumed, once half a window is owed, as far as
+        the session budget allows; a stream refused for the budget waits in C{_starved}.
+        """
+        if stream.reading_paused or stream.remote_fin or stream.reset or stream.lost:
+            self._starved.discard(stream)
+            return
+        owed = INITIAL_WINDOW - stream.outstanding
+        if owed < INITIAL_WINDOW // 2:
+            return
+        room = self.limits.memory_budget - self._credit
+        grant = min(owed, room)
+        if grant < min(owed, self.limits.max_frame):
+            self._starved.add(stream)
+            return
+        self._starved.discard(stream)
+        stream.recv_window += grant
+        self._credit += grant
+        self._control(frames.encode(FrameType.WINDOW_UPDATE, 0, stream.stream_id, grant))
+
+    def _regrant(self) -> None:
+        for stream in list(self._starved):
+            if self._credit >= self.limits.memory_budget:
+                return
+            self._maybe_grant(stream)
+
+    def _maybe_closed(self, stream: MuxStream) -> None:
+        if stream.local_fin and stream.remote_fin and not stream.eof_pending and not stream.buffer:
+            self._stop_timer(stream)
+            self._stream_dead(stream, closed_cleanly().value)
+
+    def _stream_dead(self, stream: MuxStream, reason: BaseException) -> None:
+        """
+        The stream is over on the wire: stop its timers, return its credit, tell its
+        protocol, and stop counting it unless it waits for the application's release.
+        """
+        if stream.reset or stream.lost:
+            return
+        if not (stream.local_fin and stream.remote_fin):
+            stream.reset = True
+        self._stop_timer(stream)
+        self._credit -= stream.outstanding
+        stream.recv_window = 0
+        stream.buffered = 0
+        self._starved.discard(stream)
+        stream.end(Failure(reason))
+        self._forget(stream)
+        self._regrant()
+
+    def _forget(self, stream: MuxStream) -> None:
+        if not (stream.lost and stream.released):
+            return
+        if self._streams.get(stream.stream_id) is stream:
+            del self._streams[stream.stream_id]
+            self._check_idle()
+            self._check_drained()
+
+    # output
+
+    def _emit(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_size += len(data)
+
+    def _control(self, frame: bytes) -> None:
+        """
+        Queue a control frame; while the transport is paused at most C{max_control_backlog}
+        are held, and one more means the peer is not reading.
+        """
+        self._emit(frame)
+        if self._paused and len(self._out) > self.limits.max_control_backlog:
+            self._fail(Violation.PEER_NOT_READING, f"{len(self._out)} frames held", abort=True)
+
+    def _flush(self) -> None:
+        if self._paused or not self._out or self.ended is not None:
+            return
+        out, self._out = self._out, []
+        self.bytes_out += self._out_size
+        self._out_size = 0
+        self.transport.writeSequence(out)
+
+    # timers and the end
+
+    def _send_keepalive(self) -> None:
+        interval = self.limits.keepalive_interval
+        assert interval is not None
+        self._keepalive = self._clock.callLater(interval, self._send_keepalive)
+        self.ping()
+
+    def _ping_expired(self) -> None:
+        self._ping_deadline = None
+        self._fail(Violation.KEEPALIVE_TIMEOUT, f"ping {self._ping_outstanding}")
+
+    def _check_idle(self) -> None:
+        timeout = self.limits.idle_timeout
+        if timeout is None or self.ended is not None:
+            return
+        if self._streams:
+            self._cancel(self._idle)
+            self._idle = None
+        elif self._idle is None or not self._idle.active():
+            self._idle = self._clock.callLater(timeout, self._idle_expired)
+
+    def _idle_expired(self) -> None:
+        self._idle = None
+        self._end(SessionEnd(Violation.IDLE, GoAwayCode.NORMAL, False), send=True)
+
+    def _check_drained(self) -> None:
+        if self._local_go_away and not self._streams and self.ended is None:
+            self._end(SessionEnd(Violation.LOCAL_GO_AWAY, GoAwayCode.NORMAL, False), send=False)
+
+    def _fail(self, violation: Violation, detail: str = "", *, abort: bool = False) -> None:
+        """
+        End the session for a violation: go-away (protocol error, or internal error for a
+        peer that stopped reading) and close.
+        """
+        code = GoAwayCode.INTERNAL_ERROR if abort else GoAwayCode.PROTOCOL_ERROR
+        if violation is Violation.KEEPALIVE_TIMEOUT:
+            code = GoAwayCode.INTERNAL_ERROR
+        self._end(SessionEnd(violation, code, False, detail), send=True, abort=abort)
+
+    def _end(self, end: SessionEnd, *, send: bool, abort: bool = False) -> None:
+        if self.ended is not None:
+            return
+        if send and not abort:
+            # Past any held frames: the go-away is the last thing the peer reads from us.
+            self._out.append(frames.encode(FrameType.GO_AWAY, 0, 0, end.code))
+            self._out_size += HEADER_SIZE
+            self._paused = False
+            self._flush()
+        self.ended = end
+        self._out = []
+        self._ready.clear()
+        self._starved.clear()
+        self._inbuf = bytearray()
+        for timer in (self._keepalive, self._ping_deadline, self._idle):
+            self._cancel(timer)
+        reason = SessionLost(end.violation.value)
+        for stream in list(self._streams.values()):
+            self._stop_timer(stream)
+            stream.reset = stream.reset or not (stream.local_fin and stream.remote_fin)
+            stream.end(Failure(reason))
+        self._streams.clear()
+        self._credit = 0
+        if end.violation is not Violation.CONNECTION_LOST:
+            if abort:
+                self.transport.abortConnection()
+            else:
+                self.transport.loseConnection()
+        if self._on_end is not None:
+            self._on_end(end)
+
+    @staticmethod
+    def _cancel(timer: DelayedCall | None) -> None:
+        if timer is not None and timer.active():
+            timer.cancel()

@@ -1,0 +1,356 @@
+# -*- test-case-name: tests.test_mux_session -*-
+"""
+One stream of a multiplexed session, seen by its protocol as a half-closeable transport.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from typing import TYPE_CHECKING, Protocol
+
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, ITransport
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from netguard.mux.frames import INITIAL_WINDOW
+
+if TYPE_CHECKING:
+    from netguard.mux.session import MuxSession
+
+
+class StreamReset(ConnectionLost):
+    """
+    The peer reset the stream (RST).
+    """
+
+
+class StreamTimeout(ConnectionLost):
+    """
+    The peer did not answer our SYN, or our FIN, in time; the stream was reset.
+    """
+
+
+class SessionLost(ConnectionLost):
+    """
+    The session carrying the stream ended (go-away, violation or connection lost).
+    """
+
+
+class StreamProtocol(Protocol):
+    """
+    What a stream calls on its protocol (the part of L{twisted.internet.interfaces.IProtocol}
+    a stream needs). If the protocol also has C{readConnectionLost}, the peer's FIN calls it
+    (half-close); otherwise the stream is closed on the peer's FIN, as Twisted does for
+    protocols that are not half-closeable.
+    """
+
+    def makeConnection(self, transport: MuxStream) -> None: ...
+
+    def dataReceived(self, data: bytes) -> None: ...
+
+    def connectionLost(self, reason: Failure) -> None: ...
+
+
+class PushProducer(Protocol):
+    """
+    A streaming producer (L{twisted.internet.interfaces.IPushProducer}).
+    """
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
+
+    def stopProducing(self) -> None: ...
+
+
+class StreamState(enum.Enum):
+    """
+    The states of the spec, as seen from this end. C{SYN_SENT} and C{SYN_RECEIVED} end when
+    the ACK is received or sent; either side's FIN can come before that (data and FIN may
+    ride on the SYN).
+    """
+
+    SYN_SENT = "syn-sent"
+    SYN_RECEIVED = "syn-received"
+    ESTABLISHED = "established"
+    LOCAL_CLOSE = "local-close"
+    REMOTE_CLOSE = "remote-close"
+    CLOSED = "closed"
+    RESET = "reset"
+
+
+@implementer(ITransport, IConsumer, IPushProducer)
+class MuxStream:
+    """
+    A stream: a transport for its protocol, and the per-stream state of the session
+    (windows, queues, half-closes).
+
+    Writes are queued and framed by the session in round-robin turns, as the peer's window
+    allows; a registered producer is paused while more than the session's
+    C{stream_high_water} bytes are queued. L{pauseProducing} stops delivering data and,
+    with it, the window updates that let the peer send more.
+
+    @ivar stream_id: the stream's id.
+    @ivar bytes_in: payload bytes received.
+    @ivar bytes_out: payload bytes framed for sending.
+    @ivar protocol: the stream's protocol, once attached.
+    """
+
+    def __init__(self, session: MuxSession, stream_id: int, *, outbound: bool) -> None:
+        """
+        @param session: the session carrying the stream.
+        @param stream_id: its id.
+        @param outbound: whether this end opened it.
+        """
+        self._session = session
+        self.stream_id = stream_id
+        self.outbound = outbound
+        self.protocol: StreamProtocol | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        # wire state
+        self.acked = False
+        self.local_fin = False
+        self.remote_fin = False
+        self.reset = False
+        self.released = True
+        # send side
+        self.send_window = INITIAL_WINDOW
+        self.queue: deque[bytes] = deque()
+        self.queued = 0
+        self.fin_pending = False
+        self.in_ready = False
+        self.producer: PushProducer | None = None
+        self.producer_paused = False
+        # receive side
+        self.recv_window = INITIAL_WINDOW
+        self.buffer: deque[bytes] = deque()
+        self.buffered = 0
+        self.reading_paused = False
+        self.eof_pending = False
+        self.read_closed = False
+        self.lost = False
+        self.timer: object | None = None
+
+    @property
+    def state(self) -> StreamState:
+        """
+        @return: the stream's state.
+        """
+        if self.reset:
+            return StreamState.RESET
+        if self.local_fin and self.remote_fin:
+            return StreamState.CLOSED
+        if self.local_fin:
+            return StreamState.LOCAL_CLOSE
+        if self.remote_fin:
+            return StreamState.REMOTE_CLOSE
+        if self.acked:
+            return StreamState.ESTABLISHED
+        return StreamState.SYN_SENT if self.outbound else StreamState.SYN_RECEIVED
+
+    @property
+    def outstanding(self) -> int:
+        """
+        @return: receive credit this stream holds: bytes the peer may still send plus bytes
+            held for a paused protocol.
+        """
+        return self.recv_window + self.buffered
+
+    def attach(self, protocol: StreamProtocol) -> None:
+        """
+        Connect C{protocol} to this stream (calls its C{makeConnection}).
+        """
+        self.protocol = protocol
+        protocol.makeConnection(self)
+
+    # ITransport
+
+    def write(self, data: bytes) -> None:
+        """
+        Queue C{data} for the peer. Ignored once the write side is closed.
+        """
+        if data:
+            self._session._stream_write(self, [bytes(data)])
+
+    def writeSequence(self, data: list[bytes]) -> None:  # type: ignore[override]
+        """
+        Queue each of C{data} for the peer.
+        """
+        chunks = [bytes(chunk) for chunk in data if chunk]
+        if chunks:
+            self._session._stream_write(self, chunks)
+
+    def loseWriteConnection(self) -> None:
+        """
+        Half-close: send FIN once the queued bytes are framed.
+        """
+        self._session._stream_fin(self)
+
+    def loseConnection(self) -> None:
+        """
+        Close: send FIN once the queued bytes are framed and stop delivering data; the stream
+        ends when the peer's FIN arrives (or after the session's close timeout, with a
+        reset). Also releases a stream the peer reset before it was accepted.
+        """
+        self.read_closed = True
+        self.buffer.clear()
+        self._session._stream_fin(self)
+        self._session._stream_release(self)
+
+    def abortConnection(self) -> None:
+        """
+        Reset the stream (RST) at once, dropping queued bytes.
+        """
+        self._session._stream_reset(self, Failure(ConnectionAborted()))
+        self._session._stream_release(self)
+
+    def release(self) -> None:
+        """
+        The application is done with a stream the peer reset before it was accepted: from now
+        on it no longer counts against the session's stream cap.
+        """
+        self._session._stream_release(self)
+
+    def accept(self) -> None:
+        """
+        Accept a stream the peer opened (ACK). The first write or FIN accepts it too.
+        """
+        self._session._stream_accept(self)
+
+    def getPeer(self) -> IAddress:
+        """
+        @return: the peer address of the session's transport.
+        """
+        return self._session.transport.getPeer()
+
+    def getHost(self) -> IAddress:
+        """
+        @return: the host address of the session's transport.
+        """
+        return self._session.transport.getHost()
+
+    # IConsumer
+
+    def registerProducer(self, producer: PushProducer, streaming: bool) -> None:
+        """
+        Register a push producer: paused while too many bytes are queued for the peer.
+        """
+        if self.producer is not None:
+            raise RuntimeError("a producer is already registered")
+        self.producer = producer
+        self.producer_paused = False
+        if self.queued >= self._session.limits.stream_high_water:
+            self.producer_paused = True
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        """
+        Forget the producer.
+        """
+        self.producer = None
+        self.producer_paused = False
+
+    # IPushProducer: our receive side
+
+    def pauseProducing(self) -> None:
+        """
+        Stop delivering data; the peer gets no more window for this stream meanwhile.
+        """
+        self.reading_paused = True
+
+    def resumeProducing(self) -> None:
+        """
+        Deliver what was held, then data as it comes, and give the window back.
+        """
+        if self.reading_paused:
+            self.reading_paused = False
+            self._session._stream_resume_reading(self)
+
+    def stopProducing(self) -> None:
+        """
+        The consumer is gone: close the stream.
+        """
+        self.loseConnection()
+
+    # events from the session
+
+    def deliver(self, data: bytes) -> None:
+        """
+        Hand C{data} to the protocol, or hold it while reading is paused.
+        """
+        self.bytes_in += len(data)
+        if self.read_closed:
+            return
+        if self.reading_paused or self.buffer:
+            self.buffer.append(data)
+            self.buffered += len(data)
+        elif self.protocol is not None:
+            self.protocol.dataReceived(data)
+
+    def deliver_eof(self) -> None:
+        """
+        Tell the protocol the peer half-closed (after any held data).
+        """
+        if self.reading_paused or self.buffer:
+            self.eof_pending = True
+            return
+        self.eof_pending = False
+        if self.read_closed or self.protocol is None or self.lost:
+            return
+        half_close = getattr(self.protocol, "readConnectionLost", None)
+        if half_close is not None:
+            half_close()
+        else:
+            self.loseConnection()
+
+    def drain_buffer(self) -> int:
+        """
+        Deliver held data while reading is not paused.
+
+        @return: bytes delivered.
+        """
+        delivered = 0
+        while self.buffer and not self.reading_paused and not self.lost:
+            data = self.buffer.popleft()
+            self.buffered -= len(data)
+            delivered += len(data)
+            if self.protocol is not None and not self.read_closed:
+                self.protocol.dataReceived(data)
+        if not self.buffer and self.eof_pending and not self.reading_paused:
+            self.deliver_eof()
+        return delivered
+
+    def writable(self) -> None:
+        """
+        The queue is empty again: resume a paused producer.
+        """
+        if self.producer is not None and self.producer_paused and not self.lost:
+            self.producer_paused = False
+            self.producer.resumeProducing()
+
+    def end(self, reason: Failure) -> None:
+        """
+        The stream is over: tell the protocol once.
+        """
+        if self.lost:
+            return
+        self.lost = True
+        self.buffer.clear()
+        self.queue.clear()
+        self.queued = 0
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            producer.stopProducing()
+        if self.protocol is not None:
+            self.protocol.connectionLost(reason)
+
+
+#: The failure a cleanly closed stream's protocol gets.
+def closed_cleanly() -> Failure:
+    """
+    @return: the failure for a stream closed by FIN both ways.
+    """
+    return Failure(ConnectionDone())
