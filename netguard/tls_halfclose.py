@@ -163,8 +163,7 @@ class HalfCloseTLSTransport(BufferingTLSTransport):
 
     # -- the memory BIOs of an idle connection --------------------------------------------
 
-    _large_ios = 0
-    _large_ios_armed = 0
+    _last_large_io = 0.0
     _bio_timer: Any = None
     _bios_retired = False
     _input_ended = False
@@ -189,26 +188,25 @@ class HalfCloseTLSTransport(BufferingTLSTransport):
 
     def _large_io(self) -> None:
         """
-        More than L{BIO_REFRESH_BYTES} went through the BIOs: make sure a timer will replace
-        them once the connection is quiet (one timer at most, only while there is something
-        to give back, none once the connection is gone).
+        More than L{BIO_REFRESH_BYTES} went through the BIOs: note when, and make sure a
+        timer will replace them once the connection has been quiet for L{BIO_IDLE_SECONDS}
+        (one timer at most, only while there is something to give back, none once the
+        connection is gone).
         """
         if self._bios_retired:
             return
-        self._large_ios += 1
-        if self._bio_timer is None:
-            self._arm_bio_timer()
-
-    def _arm_bio_timer(self) -> None:
-        self._large_ios_armed = self._large_ios
         clock: Any = self.factory._clock
-        self._bio_timer = clock.callLater(BIO_IDLE_SECONDS, self._bio_timer_fired)
+        self._last_large_io = clock.seconds()
+        if self._bio_timer is None:
+            self._bio_timer = clock.callLater(BIO_IDLE_SECONDS, self._bio_timer_fired)
 
     def _bio_timer_fired(self) -> None:
-        self._bio_timer = None
-        if self._large_ios != self._large_ios_armed:
-            self._arm_bio_timer()  # still busy: look again later
+        clock: Any = self.factory._clock
+        quiet = clock.seconds() - self._last_large_io
+        if quiet < BIO_IDLE_SECONDS:  # busy since: look again when it will have been quiet
+            self._bio_timer = clock.callLater(BIO_IDLE_SECONDS - quiet, self._bio_timer_fired)
             return
+        self._bio_timer = None
         self._refresh_bios()
 
     def _refresh_bios(self) -> None:

@@ -474,10 +474,7 @@ class IdleBIOTests(_ServerTransportCase):
         for _ in range(3):
             self.pump()
         self.assertEqual(self.client_reads(), b"w" * 70_000)
-        # The timer armed at the first record saw more records since: it looks once more.
         self.clock.advance(BIO_IDLE_SECONDS * 1.01)
-        self.assertEqual(self.bios(), before)
-        self.clock.advance(BIO_IDLE_SECONDS)
         self.assertNotEqual(self.bios(), before)
         self.tls.write(b"more")
         self.pump()
@@ -496,6 +493,23 @@ class IdleBIOTests(_ServerTransportCase):
         self.assertEqual(self.bios(), before)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.clock.advance(BIO_IDLE_SECONDS)
+        self.assertNotEqual(self.bios(), before)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_replaced_one_period_after_the_last_large_io(self) -> None:
+        """
+        The BIOs are replaced L{BIO_IDLE_SECONDS} after the last large read or write, not
+        a whole period later: a timer that finds the connection busy looks again when the
+        connection will have been quiet for one period.
+        """
+        before = self.bios()
+        self.client_sends(20_000)
+        self.clock.advance(BIO_IDLE_SECONDS * 0.9)
+        self.client_sends(20_000)
+        self.clock.advance(BIO_IDLE_SECONDS * 0.1)  # fires: busy 0.1 period ago
+        self.clock.advance(BIO_IDLE_SECONDS * 0.8)
+        self.assertEqual(self.bios(), before)
+        self.clock.advance(BIO_IDLE_SECONDS * 0.2)
         self.assertNotEqual(self.bios(), before)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
