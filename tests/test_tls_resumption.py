@@ -524,3 +524,75 @@ class PskKeOnlyTests(ResumptionCase):
         for lifetime in (None, TICKET_LIFETIME):
             context = base_context(SSL.TLS_SERVER_METHOD, SSL.TLS1_3_VERSION, lifetime)
             self.assertFalse(context.set_options(0) & OP_ALLOW_NO_DHE_KEX)
+
+
+class ObservabilityTests(ResumptionCase):
+    def test_connection_info_says_whether_resumed(self) -> None:
+        """
+        L{tls.connection_info} (what C{tls.established} logs) says C{resumed} False after
+        a full handshake and True on a resumed session.
+        """
+        server_tls = self.server_tls(session_resumption=True)
+        first_server, first = self.connect(server_tls)
+        info = tls.connection_info(_Handle(first_server))
+        assert info is not None
+        self.assertFalse(info.resumed)
+        server, _ = self.connect(server_tls, first.get_session())
+        info = tls.connection_info(_Handle(server))
+        assert info is not None
+        self.assertTrue(info.resumed)
+
+    def test_loaded_log_says_whether_resumption_is_on(self) -> None:
+        """
+        The C{tls.loaded} line carries C{session_resumption}: True on a listener with
+        resumption on, False by default.
+        """
+        for setting in (True, False):
+            with capturedLogs() as events:
+                tls.load_server_context(
+                    self.settings(min_version="1.3", session_resumption=setting), self.clock
+                )
+            [loaded] = [e for e in events if e.get("event") == "tls.loaded"]
+            self.assertIs(loaded["session_resumption"], setting)
+
+    def test_resumed_session_keeps_the_client_certificate(self) -> None:
+        """
+        On a listener that requires a client certificate, a resumed session (the client
+        sends no certificate again) still has the client's certificate, the one verified
+        when the session was made: the identity the log and the gateway see is unchanged.
+        """
+        from tests import tls_certs
+
+        ca = tls_certs.make_ca()
+        ca_file = tls_certs.write(self.path("ca.pem"), tls_certs.cert_pem(ca[0]))
+        identity = tls_certs.make_leaf("alice", issuer=ca, client=True)
+        self.client_ctx = client_context(identity=identity)
+        server_tls = self.server_tls(
+            session_resumption=True, client_ca_file=ca_file, require_client_cert=True
+        )
+        first_server, first = self.connect(server_tls)
+        full = tls.connection_info(_Handle(first_server))
+        server, _ = self.connect(server_tls, first.get_session())
+        resumed = tls.connection_info(_Handle(server))
+        assert full is not None and resumed is not None
+        self.assertTrue(resumed.resumed)
+        self.assertEqual(server.get_peer_certificate(as_cryptography=True), identity[0])
+        self.assertEqual(resumed.peer_subject, full.peer_subject)
+        self.assertEqual(resumed.peer_pin, full.peer_pin)
+
+    def test_resumption_does_not_skip_a_required_certificate(self) -> None:
+        """
+        A hostile client that resumes no session and sends no certificate is still refused
+        by a listener requiring one, with resumption on.
+        """
+        from tests import tls_certs
+
+        ca = tls_certs.make_ca()
+        ca_file = tls_certs.write(self.path("ca.pem"), tls_certs.cert_pem(ca[0]))
+        server_tls = self.server_tls(
+            session_resumption=True, client_ca_file=ca_file, require_client_cert=True
+        )
+        server = server_tls.serverConnectionForTLS(None)
+        outcome = run_handshake(server, SSL.Connection(client_context(), None))
+        self.assertFalse(outcome.done)
+        self.assertEqual(outcome.server_error, "peer did not return a certificate")

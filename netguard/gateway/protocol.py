@@ -550,6 +550,7 @@ class GatewaySession(GuardedLineReceiver):
                 version=info.version,
                 cipher=info.cipher,
                 client_cert=escape(info.peer_subject),
+                resumed=info.resumed,
                 **self.log_fields(),
             )
         super().handshakeCompleted()

@@ -12,6 +12,11 @@ import attrs
 from OpenSSL import SSL
 from twisted.python.failure import Failure
 
+try:
+    from OpenSSL._util import lib as _lib
+except ImportError:  # pragma: no cover - depends on the installed pyOpenSSL
+    _lib = None
+
 from netguard.tls.certificates import public_key_pin
 from netguard.tls.errors import TLSVerificationError
 
@@ -27,12 +32,27 @@ class TLSConnectionInfo:
         server this is a client certificate, verified against the CA file if one was set.
         Text the peer's CA chose: escape it before logging.
     @ivar peer_pin: the public-key pin of the peer's certificate, or L{None}.
+    @ivar resumed: whether the session was resumed (from a ticket) rather than made by a
+        full handshake; on a resumed session the peer's certificate is the one verified
+        when the session was first made.
     """
 
     version: str | None
     cipher: str | None
     peer_subject: str | None
     peer_pin: str | None
+    resumed: bool = False
+
+
+def session_resumed(connection: SSL.Connection) -> bool:
+    """
+    Whether OpenSSL resumed a session on C{connection} (C{SSL_session_reused}, which
+    pyOpenSSL does not wrap); L{False} where the binding is missing.
+    """
+    ssl = getattr(connection, "_ssl", None)
+    if _lib is None or ssl is None or not hasattr(_lib, "SSL_session_reused"):
+        return False
+    return bool(_lib.SSL_session_reused(ssl))
 
 
 def tls_connection_of(transport: Any) -> SSL.Connection | None:
@@ -73,6 +93,7 @@ def connection_info(transport: Any) -> TLSConnectionInfo | None:
         cipher=connection.get_cipher_name(),
         peer_subject=peer.subject.rfc4514_string() if peer is not None else None,
         peer_pin=public_key_pin(peer) if peer is not None else None,
+        resumed=session_resumed(connection),
     )
 
 

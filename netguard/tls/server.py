@@ -335,6 +335,7 @@ class ServerTLS:
                 if self.settings.client_ca_file
                 else "off"
             ),
+            session_resumption=self.settings.session_resumption,
         )
         for warning in loaded.warnings:
             self.log.warn("TLS: {detail}", event="tls.warning", detail=warning)

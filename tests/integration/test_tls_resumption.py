@@ -170,6 +170,19 @@ class TLSResumptionGatewayTests(unittest.TestCase):
         yield self.running.idle()
 
     @inlineCallbacks
+    def test_established_line_says_whether_resumed(self):
+        """
+        The gateway's C{tls.established} line says C{resumed} False for the full handshake
+        and True for the resumed one.
+        """
+        client = self.client(0)
+        for _ in range(2):
+            yield deferToThread(client.session_through, b"x" * 100)
+        established = [e for e in self.events if e.get("event") == "tls.established"]
+        self.assertEqual([e["resumed"] for e in established], [False, True])
+        yield self.running.idle()
+
+    @inlineCallbacks
     def test_listener_without_resumption_never_resumes(self):
         """
         The listener without C{session_resumption} answers the same client's offer with a
