@@ -865,6 +865,21 @@ class MalformedFrameTests(SessionEndedMixin, unittest.TestCase):
         harness.feed(frame(WINDOW, 0, 1, 0))
         self.assert_ended(harness, Violation.EMPTY_FRAME_FLOOD)
 
+    def test_hostile_repeated_ack_flood(self) -> None:
+        """
+        ACKs repeated on a stream already acknowledged change nothing and count as empty
+        frames: past the burst they end the session.
+        """
+        limits = MuxLimits(keepalive_interval=None, empty_frame_burst=2, empty_frame_rate=0.1)
+        harness = Harness(client=True, limits=limits)
+        harness.open()
+        harness.feed(frame(WINDOW, ACK, 1, 0))
+        harness.feed(frame(WINDOW, ACK, 1, 0), frame(WINDOW, ACK, 1, 0))
+        self.assertEqual(harness.ends, [])
+        harness.sent()
+        harness.feed(frame(WINDOW, ACK, 1, 0))
+        self.assert_ended(harness, Violation.EMPTY_FRAME_FLOOD)
+
     def test_frames_split_across_reads(self) -> None:
         """
         Frames that arrive one byte per read are handled as if whole.
@@ -1113,3 +1128,65 @@ class StreamInterfaceTests(unittest.TestCase):
         stream = harness.accepted[0]
         self.assertEqual((stream.bytes_in, stream.bytes_out), (11, 14))
         self.assertEqual((harness.session.bytes_in, harness.session.bytes_out), (23, len(out)))
+
+
+class Raiser(Recorder):
+    """
+    A stream protocol with a bug: it raises on data.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        raise ZeroDivisionError("application bug")
+
+
+class CloseOnData(Recorder):
+    """
+    A stream protocol that closes its stream on the first data it gets.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+
+class ApplicationTests(unittest.TestCase):
+    """
+    What the session does when the application misbehaves or closes in a callback.
+    """
+
+    def test_protocol_exception_resets_only_its_stream(self) -> None:
+        """
+        A protocol that raises gets its own stream reset (logged), while the session and
+        other streams go on.
+        """
+        harness = Harness()
+        harness.feed(frame(WINDOW, SYN, 1, 0))
+        harness.protocol_class = Raiser
+        harness.feed(frame(WINDOW, SYN, 3, 0))
+        harness.sent()
+        harness.feed(data(3, b"boom"), data(1, b"fine"))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertIn((WINDOW, RST, 3, 0), kinds(harness.sent()))
+        self.assertEqual(harness.protocols[1].received, b"fine")
+        self.assertEqual(harness.ends, [])
+        self.assertEqual(harness.session.open_streams, 1)
+
+    def test_credit_consistent_when_closing_while_draining(self) -> None:
+        """
+        A protocol that closes its stream while held data is being delivered leaves the
+        session's credit equal to the sum of its streams' credit (nothing counted twice).
+        """
+        harness = Harness(protocol=CloseOnData)
+        harness.feed(frame(WINDOW, SYN, 1, 0), frame(WINDOW, SYN, 3, 0))
+        first, second = harness.accepted
+        first.pauseProducing()
+        second.pauseProducing()
+        harness.feed(data(1, b"a" * 1000), data(1, b"b" * 1000), data(3, b"c" * 500))
+        self.assertEqual(harness.session.credit, 2 * INITIAL_WINDOW)
+        first.resumeProducing()
+        self.assertEqual(harness.protocols[1].received, b"a" * 1000)
+        streams = [first, second]
+        self.assertEqual(harness.session.credit, sum(s.outstanding for s in streams))
+        harness.feed(frame(WINDOW, FIN, 1, 0))
+        self.assertEqual(harness.session.credit, second.outstanding)

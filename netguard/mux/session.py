@@ -360,10 +360,10 @@ class MuxSession:
                 self._end(SessionEnd(Violation.REMOTE_GO_AWAY, code, True), send=False)
             return
         flags = header.flags
-        if not flags and not header.length:
+        stream_id = header.stream_id
+        if not header.length and not self._has_effect(stream_id, flags):
             if not self._empty_bucket.take(self._clock.seconds()):
                 raise _Fatal(Violation.EMPTY_FRAME_FLOOD)
-        stream_id = header.stream_id
         if Flag.SYN in flags:
             stream = self._peer_syn(stream_id, flags)
             if stream is None:
@@ -401,15 +401,28 @@ class MuxSession:
                 raise _Fatal(Violation.DATA_AFTER_FIN, f"stream {stream_id}")
             stream.recv_window -= len(payload)
             self._credit -= len(payload)
-            before = stream.buffered
             stream.deliver(payload)
-            self._credit += stream.buffered - before
             if not stream.lost:
                 self._maybe_grant(stream)
         if Flag.FIN in flags and not stream.remote_fin and not stream.lost:
             stream.remote_fin = True
             stream.deliver_eof()
             self._maybe_closed(stream)
+
+    def _has_effect(self, stream_id: int, flags: Flag) -> bool:
+        """
+        Whether a frame without payload or window changes anything: a SYN or RST, the first
+        ACK of a stream we opened, the first FIN. Frames that change nothing are counted
+        against C{empty_frame_rate}.
+        """
+        if flags & (Flag.SYN | Flag.RST):
+            return True
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.reset or stream.lost:
+            return False
+        if Flag.ACK in flags and stream.outbound and not stream.acked:
+            return True
+        return Flag.FIN in flags and not stream.remote_fin
 
     def _peer_syn(self, stream_id: int, flags: Flag) -> MuxStream | None:
         if not frames.is_peer_stream(stream_id, self.client):
@@ -492,15 +505,26 @@ class MuxSession:
         self._stream_dead(stream, reason.value if reason is not None else StreamReset())
         self._flush()
 
+    def _held(self, delta: int) -> None:
+        self._credit += delta
+
+    def _stream_close_read(self, stream: MuxStream) -> None:
+        stream.read_closed = True
+        stream.eof_pending = False
+        self._credit -= stream.buffered
+        stream.buffered = 0
+        stream.buffer.clear()
+        if not stream.lost:
+            self._maybe_grant(stream)
+        self._flush()
+
     def _stream_release(self, stream: MuxStream) -> None:
         if not stream.released:
             stream.released = True
             self._forget(stream)
 
     def _stream_resume_reading(self, stream: MuxStream) -> None:
-        before = stream.buffered
         stream.drain_buffer()
-        self._credit -= before - stream.buffered
         if not stream.lost:
             self._maybe_grant(stream)
             self._maybe_closed(stream)

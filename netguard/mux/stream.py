@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, ITransport
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -18,6 +20,8 @@ from netguard.mux.frames import INITIAL_WINDOW
 
 if TYPE_CHECKING:
     from netguard.mux.session import MuxSession
+
+_log = Logger()
 
 
 class StreamReset(ConnectionLost):
@@ -195,8 +199,7 @@ class MuxStream:
         ends when the peer's FIN arrives (or after the session's close timeout, with a
         reset). Also releases a stream the peer reset before it was accepted.
         """
-        self.read_closed = True
-        self.buffer.clear()
+        self._session._stream_close_read(self)
         self._session._stream_fin(self)
         self._session._stream_release(self)
 
@@ -287,8 +290,9 @@ class MuxStream:
         if self.reading_paused or self.buffer:
             self.buffer.append(data)
             self.buffered += len(data)
+            self._session._held(len(data))
         elif self.protocol is not None:
-            self.protocol.dataReceived(data)
+            self._guarded(self.protocol.dataReceived, data)
 
     def deliver_eof(self) -> None:
         """
@@ -302,7 +306,7 @@ class MuxStream:
             return
         half_close = getattr(self.protocol, "readConnectionLost", None)
         if half_close is not None:
-            half_close()
+            self._guarded(half_close)
         else:
             self.loseConnection()
 
@@ -316,9 +320,10 @@ class MuxStream:
         while self.buffer and not self.reading_paused and not self.lost:
             data = self.buffer.popleft()
             self.buffered -= len(data)
+            self._session._held(-len(data))
             delivered += len(data)
             if self.protocol is not None and not self.read_closed:
-                self.protocol.dataReceived(data)
+                self._guarded(self.protocol.dataReceived, data)
         if not self.buffer and self.eof_pending and not self.reading_paused:
             self.deliver_eof()
         return delivered
@@ -345,7 +350,22 @@ class MuxStream:
         if producer is not None:
             producer.stopProducing()
         if self.protocol is not None:
-            self.protocol.connectionLost(reason)
+            self._guarded(self.protocol.connectionLost, reason)
+
+    def _guarded(self, method: Callable[..., object], *args: object) -> None:
+        """
+        Call a protocol method; if it raises (a bug in the application, not the peer), log
+        it and reset this stream only, never the session.
+        """
+        try:
+            method(*args)
+        except Exception:
+            _log.failure(
+                "stream {stream_id}: protocol raised",
+                event="mux.stream.error",
+                stream_id=self.stream_id,
+            )
+            self.abortConnection()
 
 
 #: The failure a cleanly closed stream's protocol gets.
