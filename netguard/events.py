@@ -77,6 +77,7 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "tls.ticket_keys_rotated": "a listener's TLS session ticket keys were replaced",
         "tls.warning": "a weak or surprising TLS setting",
         "tls.verify_error": "verifying a server certificate raised unexpectedly",
+        "tls.bio_refresh_failed": "an idle TLS connection kept its memory BIOs (no memory)",
         # Overload
         "overload.on": "overloaded: new connections are refused until it passes",
         "overload.off": "no longer overloaded",

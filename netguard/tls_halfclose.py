@@ -22,6 +22,7 @@ from twisted.internet.endpoints import _WrapperEndpoint
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -163,6 +164,7 @@ class HalfCloseTLSTransport(BufferingTLSTransport):
 
     # -- the memory BIOs of an idle connection --------------------------------------------
 
+    _bio_log = Logger()
     _last_large_io = 0.0
     _bio_timer: Any = None
     _bios_retired = False
@@ -219,7 +221,12 @@ class HalfCloseTLSTransport(BufferingTLSTransport):
         if self._handshakeDone and not self._lostTLSConnection and not self.disconnecting:
             try:
                 refreshed = refresh_memory_bios(self._tlsConnection, self._input_ended)
-            except MemoryError:
+            except MemoryError as error:
+                self._bio_log.warn(
+                    "TLS memory BIOs kept: {problem}",
+                    event="tls.bio_refresh_failed",
+                    problem=str(error),
+                )
                 return
             self.bio_refreshes += refreshed
 

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 from zope.interface import implementer
@@ -688,7 +689,7 @@ class IdleBIOTests(_ServerTransportCase):
     def test_failed_refresh_keeps_the_connection(self) -> None:
         """
         Should the new BIOs not be made or filled (no memory), the connection keeps its old
-        ones, loses nothing and goes on; no timer is left.
+        ones, loses nothing and goes on; C{tls.bio_refresh_failed} is logged; no timer is left.
         """
 
         def no_memory(connection: Any, input_ended: bool = False) -> bool:
@@ -697,7 +698,11 @@ class IdleBIOTests(_ServerTransportCase):
         self.patch(tls_halfclose, "refresh_memory_bios", no_memory)
         before = self.bios()
         self.client_sends(60_000)
-        self.clock.advance(2 * BIO_IDLE_SECONDS)
+        with capturedLogs() as events:
+            self.clock.advance(2 * BIO_IDLE_SECONDS)
+        self.assertEqual(
+            [(e["event"], e["problem"]) for e in events], [("tls.bio_refresh_failed", "test")]
+        )
         self.assertEqual(self.bios(), before)
         self.assertFalse(self.transport.disconnecting)
         self.assertEqual(self.clock.getDelayedCalls(), [])
