@@ -510,7 +510,7 @@ class IdleBIOTests(_ServerTransportCase):
         self.clock.advance(BIO_IDLE_SECONDS * 0.1)  # fires: busy 0.1 period ago
         self.clock.advance(BIO_IDLE_SECONDS * 0.8)
         self.assertEqual(self.bios(), before)
-        self.clock.advance(BIO_IDLE_SECONDS * 0.2)
+        self.clock.advance(BIO_IDLE_SECONDS * 0.15)  # 1.05 periods after the last one
         self.assertNotEqual(self.bios(), before)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
