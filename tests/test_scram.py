@@ -551,3 +551,116 @@ class ServerFuzzTests(unittest.TestCase):
             server.first("".join(pieces))
         except AuthFailed:
             pass
+
+
+class ClientKeysTests(ExchangeTestBase):
+    """
+    The client derives its keys once per password, salt and iteration count.
+    """
+
+    def login(self, keys: scram.ClientKeys, username: str = "alice") -> None:
+        server = ServerExchange(self.store)
+        client = ClientExchange(username, "correct horse", keys=keys)
+        client.verify(server.final(client.final(server.first(client.first()))))
+        self.assertTrue(client.verified)
+
+    def test_second_login_runs_no_pbkdf2(self) -> None:
+        """
+        Logins that share one L{ClientKeys} run PBKDF2 once for the same salt and count.
+        """
+        keys = scram.ClientKeys()
+        for _ in range(3):
+            self.login(keys)
+        self.assertEqual(keys.derivations, 1)
+
+    def test_each_verifier_has_its_own_keys_and_the_cache_is_bounded(self) -> None:
+        """
+        Another salt means another derivation (a changed verifier still logs in), and at
+        most C{MAX_ENTRIES} salts are kept, the oldest dropped first.
+        """
+        keys = scram.ClientKeys()
+        names = [f"user{i}" for i in range(scram.ClientKeys.MAX_ENTRIES + 1)]
+        self.store = UserStore.from_records([make_record(n, "correct horse") for n in names])
+        for name in names:
+            self.login(keys, name)
+        self.assertEqual(keys.derivations, len(names))
+        self.assertEqual(len(keys._keys), scram.ClientKeys.MAX_ENTRIES)
+        self.login(keys, names[-1])
+        self.assertEqual(keys.derivations, len(names))
+        self.login(keys, names[0])
+        self.assertEqual(keys.derivations, len(names) + 1)
+
+    def test_messages_match_scramp_computed_from_the_password(self) -> None:
+        """
+        The client-final-message is, byte for byte, what scramp's own client computes from
+        the password for the same nonce and server-first-message, with and without channel
+        binding, from a cold and from a warm cache.
+        """
+        from scramp import ScramClient
+
+        keys = scram.ClientKeys()
+        for mechanism, cb in (
+            (SCRAM_SHA_256, None),
+            (SCRAM_SHA_256, (CB_NAME, CB_DATA)),
+            (SCRAM_SHA_256_PLUS, (CB_NAME, CB_DATA)),
+        ):
+            for _ in range(2):
+                ours = ClientExchange("alice", "correct horse", mechanism, cb, keys=keys)
+                first = ours.first()
+                nonce = fields(first.split(",", 2)[2])["r"]
+                theirs = ScramClient([mechanism], "alice", "correct horse", cb, c_nonce=nonce)
+                self.assertEqual(first, theirs.get_client_first())
+                server_cb = cb if mechanism == SCRAM_SHA_256_PLUS else None
+                server_first = ServerExchange(self.store, mechanism, server_cb).first(first)
+                theirs.set_server_first(server_first)
+                self.assertEqual(ours.final(server_first), theirs.get_client_final())
+
+    def client_final_for(self, server_first_fields: str) -> AuthFailed | str:
+        client = ClientExchange("alice", "correct horse")
+        nonce = fields(client.first().split(",", 2)[2])["r"]
+        message = server_first_fields.format(nonce=nonce)
+        try:
+            return client.final(message)
+        except AuthFailed as e:
+            return e
+
+    def test_salt_and_iteration_bounds_from_a_hostile_server(self) -> None:
+        """
+        A hostile server's salt of 11 bytes, an iteration count of 4095 or 10,000,001, a
+        leading zero, an unknown mandatory extension or attributes out of order end the
+        exchange before any PBKDF2; 12 bytes and 4096 are accepted.
+        """
+        salt11 = base64.b64encode(b"s" * 11).decode()
+        salt12 = base64.b64encode(b"s" * 12).decode()
+        refused = [
+            "r={nonce}x,s=" + salt11 + ",i=4096",
+            "r={nonce}x,s=" + salt12 + ",i=4095",
+            "r={nonce}x,s=" + salt12 + ",i=10000001",
+            "r={nonce}x,s=" + salt12 + ",i=04096",
+            "r={nonce}x,s=" + salt12 + ",i=4096.0",
+            "m=ext,r={nonce}x,s=" + salt12 + ",i=4096",
+            "s=" + salt12 + ",r={nonce}x,i=4096",
+            "r={nonce}x,s=not*base64,i=4096",
+            "r={nonce}x\x7f,s=" + salt12 + ",i=4096",
+        ]
+        for message in refused:
+            with self.subTest(message=message):
+                self.assertIsInstance(self.client_final_for(message), AuthFailed)
+        accepted = self.client_final_for("r={nonce}x,s=" + salt12 + ",i=4096,q=later")
+        self.assertIsInstance(accepted, str)
+
+    def test_server_final_error_and_malformed(self) -> None:
+        """
+        C{e=...}, a missing C{v=}, a non-base64 or a wrong signature all fail verification.
+        """
+        for bad in (
+            "e=invalid-proof",
+            "x=1",
+            "v=!!!",
+            "v=" + base64.b64encode(b"0" * 32).decode(),
+        ):
+            server, client, client_final = self.exchange("alice", "correct horse")
+            server.final(client_final)
+            with self.subTest(message=bad):
+                self.assertRaises(AuthFailed, client.verify, bad)
+                self.assertFalse(client.verified)

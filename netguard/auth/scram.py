@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_scram -*-
 """
-SCRAM-SHA-256 sessions (RFC 5802, RFC 7677), server and client side, over scramp.
+SCRAM-SHA-256 sessions (RFC 5802, RFC 7677): the server side over scramp, the client side
+here, with a cache of the keys it derives from its password.
 
 The gateway drives a L{ServerExchange} with the messages of the C{AUTH}/C{CONT} lines, the
 client a L{ClientExchange}; both sides prove themselves and the password never crosses the
@@ -13,12 +14,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import enum
+import hashlib
+import hmac
 import os
 from typing import TYPE_CHECKING
 
-from scramp import ScramClient, ScramException, ScramMechanism
-from scramp.utils import ServerError
+from scramp import ScramException, ScramMechanism
+from scramp.utils import ServerError, saslprep
+
+from netguard.auth.users import MAX_ITERATIONS, MIN_ITERATIONS, MIN_SALT_BYTES
 
 if TYPE_CHECKING:
     from netguard.auth.users import UserStore
@@ -274,6 +280,76 @@ class ServerExchange(_Exchange):
         return server_final
 
 
+class ClientKeys:
+    """
+    A client's cache of the keys it derives from its password: per salt and iteration count,
+    the ClientKey and ServerKey (RFC 5802 section 3), so that PBKDF2 runs once per password,
+    salt and count instead of once per login (RFC 5802 section 5.1 allows a client to cache
+    them). A client that logs in often, such as the tunnel, keeps one for its credentials.
+
+    The keys are as good as the password for this server (they let their holder log in
+    and tell the real server from an impostor), so they live only in this object; at most
+    L{MAX_ENTRIES} of them, the oldest dropped first (a gateway's verifier has one salt; a
+    changed verifier brings a new one).
+    """
+
+    #: How many (salt, iteration count) pairs are kept.
+    MAX_ENTRIES = 4
+
+    def __init__(self) -> None:
+        self._keys: collections.OrderedDict[tuple[bytes, int], tuple[bytes, bytes]] = (
+            collections.OrderedDict()
+        )
+        #: How many times PBKDF2 ran (for tests and metrics).
+        self.derivations = 0
+
+    def keys_for(self, password: str, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
+        """
+        @param password: the SASLprep-normalised password.
+        @return: (ClientKey, ServerKey) for C{password} with C{salt} and C{iterations}.
+        """
+        key = (salt, iterations)
+        found = self._keys.get(key)
+        if found is not None:
+            self._keys.move_to_end(key)
+            return found
+        salted = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+        self.derivations += 1
+        found = (
+            hmac.new(salted, b"Client Key", hashlib.sha256).digest(),
+            hmac.new(salted, b"Server Key", hashlib.sha256).digest(),
+        )
+        self._keys[key] = found
+        while len(self._keys) > self.MAX_ENTRIES:
+            self._keys.popitem(last=False)
+        return found
+
+
+def _escape_name(name: str) -> str:
+    """
+    A SASLprep-normalised user name as a C{saslname} (RFC 5802 section 5.1).
+    """
+    return name.replace("=", "=3D").replace(",", "=2C")
+
+
+def _attributes(message: str, what: str) -> list[tuple[str, str]]:
+    """
+    Split a SCRAM message into its C{letter=value} attributes, in order.
+
+    @raise ValueError: if an attribute is not a letter, C{=} and a value.
+    """
+    out = []
+    for part in message.split(","):
+        if len(part) < 2 or part[1] != "=" or not ("a" <= part[0] <= "z" or "A" <= part[0] <= "Z"):
+            raise ValueError(f"malformed {what}")
+        out.append((part[0], part[2:]))
+    return out
+
+
+def _nonce_ok(nonce: str) -> bool:
+    return bool(nonce) and all("\x21" <= c <= "\x7e" for c in nonce) and "," not in nonce
+
+
 class ClientExchange(_Exchange):
     """
     The client side of one SCRAM-SHA-256(-PLUS) exchange, with mutual authentication.
@@ -282,9 +358,13 @@ class ClientExchange(_Exchange):
     server's last message with L{verify}: only then is the server proven to know the
     verifier. Any failure raises L{AuthFailed}, after which the exchange is dead.
 
-    scramp's client computes the salted password inside one private function, with no hook,
-    so there is no salted-password cache; a client that needs many handshakes per second
-    should run in several processes.
+    The messages are built and checked here (RFC 5802 section 7: the server's nonce must
+    extend ours, the salt must be base64 of at least 12 bytes, the iteration count an integer
+    within the range the gateway's users file allows, so a hostile server cannot make the
+    client run PBKDF2 for hours; an unknown mandatory extension or an error ends the
+    exchange); the keys come from a L{ClientKeys} cache when one is given, so PBKDF2 runs
+    once per password, salt and count rather than once per login. The server side
+    (L{ServerExchange}) is scramp's.
 
     @ivar verified: true once L{verify} has succeeded.
     """
@@ -295,6 +375,7 @@ class ClientExchange(_Exchange):
         password: str,
         mechanism: str = SCRAM_SHA_256,
         channel_binding: tuple[str, bytes] | None = None,
+        keys: ClientKeys | None = None,
     ) -> None:
         """
         @param username: the user name.
@@ -304,6 +385,7 @@ class ClientExchange(_Exchange):
             certificate the client saw; required for PLUS. With plain C{SCRAM-SHA-256} give
             it only when the connection is TLS but the server did not offer PLUS (the client
             then says it could have bound, and a server that did offer PLUS refuses).
+        @param keys: the cache of derived keys to use (and fill); a fresh one when L{None}.
         @raise ValueError: for an unsupported mechanism, missing or malformed channel-binding
             data, or a user name or password that SASLprep refuses.
         """
@@ -312,11 +394,23 @@ class ClientExchange(_Exchange):
         self.verified = False
         self._step = _Step.FIRST
         try:
-            self._client = ScramClient(
-                [mechanism], username, password, channel_binding=channel_binding
-            )
+            self._username = saslprep(username)
+            self._password = saslprep(password)
         except ScramException as e:
             raise ValueError(f"cannot start {mechanism}: {e.args[0]}") from None
+        if not self._username:
+            raise ValueError(f"cannot start {mechanism}: empty user name")
+        self._keys = keys if keys is not None else ClientKeys()
+        if mechanism == SCRAM_SHA_256_PLUS:
+            assert channel_binding is not None
+            self._gs2_header = f"p={channel_binding[0]},,"
+            self._cbind_data = channel_binding[1]
+        else:
+            self._gs2_header = "y,," if channel_binding is not None else "n,,"
+            self._cbind_data = b""
+        self._nonce = server_nonce()
+        self._first_bare = f"n={_escape_name(self._username)},r={self._nonce}"
+        self._server_signature = b""
 
     def _fail(self, reason: str) -> AuthFailed:
         self._step = _Step.FAILED
@@ -328,12 +422,8 @@ class ClientExchange(_Exchange):
         @raise AuthFailed: if this is not the first call.
         """
         self._enter(_Step.FIRST)
-        try:
-            client_first: str = self._client.get_client_first()
-        except _CAUGHT as e:
-            raise self._fail(f"cannot build client-first-message: {e}") from None
         self._step = _Step.FINAL
-        return client_first
+        return self._gs2_header + self._first_bare
 
     def final(self, server_first: str) -> str:
         """
@@ -347,12 +437,48 @@ class ClientExchange(_Exchange):
         """
         self._enter(_Step.FINAL, server_first)
         try:
-            self._client.set_server_first(server_first)
-            client_final: str = self._client.get_client_final()
-        except _CAUGHT as e:
+            nonce, salt, iterations = self._read_server_first(server_first)
+        except ValueError as e:
             raise self._fail(f"bad server-first-message: {e}") from None
+        client_key, server_key = self._keys.keys_for(self._password, salt, iterations)
+        cbind = base64.b64encode(self._gs2_header.encode("utf-8") + self._cbind_data)
+        without_proof = f"c={cbind.decode('ascii')},r={nonce}"
+        auth_message = f"{self._first_bare},{server_first},{without_proof}".encode()
+        stored_key = hashlib.sha256(client_key).digest()
+        signature = hmac.new(stored_key, auth_message, hashlib.sha256).digest()
+        proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+        self._server_signature = hmac.new(server_key, auth_message, hashlib.sha256).digest()
         self._step = _Step.VERIFY
-        return client_final
+        return f"{without_proof},p={base64.b64encode(proof).decode('ascii')}"
+
+    def _read_server_first(self, message: str) -> tuple[str, bytes, int]:
+        """
+        @return: the combined nonce, the salt and the iteration count.
+        @raise ValueError: for anything RFC 5802 or netguard's bounds do not allow.
+        """
+        attributes = _attributes(message, "server-first-message")
+        if attributes[0][0] == "e":
+            raise ValueError(f"the server answered with error {attributes[0][1][:64]!r}")
+        if attributes[0][0] == "m":
+            raise ValueError("the server asked for an extension this client does not know")
+        if len(attributes) < 3 or [name for name, _ in attributes[:3]] != ["r", "s", "i"]:
+            raise ValueError("expected r=, s= and i=, in that order")
+        nonce, salt_text, count = (value for _, value in attributes[:3])
+        if not _nonce_ok(nonce):
+            raise ValueError("the nonce has characters SCRAM does not allow")
+        if not nonce.startswith(self._nonce) or len(nonce) == len(self._nonce):
+            raise ValueError("the server's nonce does not extend ours")
+        try:
+            salt = base64.b64decode(salt_text.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeError):
+            raise ValueError("the salt is not base64") from None
+        if len(salt) < MIN_SALT_BYTES:
+            raise ValueError(f"a salt shorter than {MIN_SALT_BYTES} bytes")
+        if not (count.isascii() and count.isdigit()) or count.startswith("0"):
+            raise ValueError("the iteration count is not a positive integer")
+        if len(count) > 9 or not MIN_ITERATIONS <= int(count) <= MAX_ITERATIONS:
+            raise ValueError(f"an iteration count outside {MIN_ITERATIONS}..{MAX_ITERATIONS}")
+        return nonce, salt, int(count)
 
     def verify(self, server_final: str) -> None:
         """
@@ -364,8 +490,19 @@ class ClientExchange(_Exchange):
         """
         self._enter(_Step.VERIFY, server_final)
         try:
-            self._client.set_server_final(server_final)
-        except _CAUGHT as e:
+            attributes = _attributes(server_final, "server-final-message")
+        except ValueError as e:
             raise self._fail(f"server not verified: {e}") from None
+        name, value = attributes[0]
+        if name == "e":
+            raise self._fail(f"server not verified: the server answered with error {value[:64]!r}")
+        if name != "v":
+            raise self._fail("server not verified: expected v=")
+        try:
+            signature = base64.b64decode(value.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeError):
+            raise self._fail("server not verified: the signature is not base64") from None
+        if not hmac.compare_digest(signature, self._server_signature):
+            raise self._fail("server not verified: the server signature does not match")
         self._step = _Step.DONE
         self.verified = True

@@ -23,6 +23,7 @@ from netguard.auth.scram import (
     SCRAM_SHA_256_PLUS,
     AuthFailed,
     ClientExchange,
+    ClientKeys,
     decode_wire,
     encode_wire,
 )
@@ -78,10 +79,14 @@ FAILURE_REASONS: dict[str, str] = {
 class Credentials:
     """
     A user name and password. The password is never shown by C{repr}.
+
+    @ivar keys: the keys derived from the password, shared by every login with these
+        credentials (L{ClientKeys}): PBKDF2 runs once per salt and iteration count.
     """
 
     username: str
     password: str
+    keys: ClientKeys = attrs.field(factory=ClientKeys, eq=False)
 
     def __repr__(self) -> str:
         return f"Credentials(username={self.username!r}, password=<hidden>)"
@@ -310,7 +315,11 @@ class NGPClientProtocol(GuardedLineReceiver):
                 "no SCRAM mechanism in common with the greeting", "no-common-mechanism"
             )
         self._exchange = ClientExchange(
-            self.credentials.username, self.credentials.password, mechanism, binding
+            self.credentials.username,
+            self.credentials.password,
+            mechanism,
+            binding,
+            keys=self.credentials.keys,
         )
         first = self._exchange.first()
         self.state = ClientState.AWAIT_CONT

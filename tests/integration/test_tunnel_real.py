@@ -129,7 +129,8 @@ class TunnelToRedisTests(unittest.TestCase):
     @inlineCallbacks
     def start_tunnel(self):
         sock = os.path.join(self.dir, "redis.sock")
-        factory = TunnelFactory(reactor, self.endpoint())
+        self.tunnel_endpoint = self.endpoint()
+        factory = TunnelFactory(reactor, self.tunnel_endpoint)
         port = yield serverFromString(reactor, f"unix:{sock}:mode=600").listen(factory)
         self.addCleanup(port.stopListening)
         # Every tunnelled connection, and its gateway session, has ended before the test does.
@@ -148,6 +149,8 @@ class TunnelToRedisTests(unittest.TestCase):
         self.assertEqual(out.strip(), b"OK")
         out, _, code = yield getProcessOutputAndValue(REDIS_CLI, ["-s", sock, "GET", "k"])
         self.assertEqual(out.strip(), value.encode())
+        # Three tunnelled connections, three logins: PBKDF2 ran for the first only.
+        self.assertEqual(self.tunnel_endpoint.credentials.keys.derivations, 1)
 
     @inlineCallbacks
     def test_redis_benchmark_through_tunnel(self):
