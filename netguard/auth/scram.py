@@ -106,19 +106,19 @@ def encode_wire(message: str) -> bytes:
     return binascii.b2a_base64(message.encode("utf-8"), newline=False)
 
 
-#: Random bytes in the server's part of the nonce: 144 bits, as PostgreSQL's SCRAM server
-#: uses (C{SCRAM_RAW_NONCE_LEN}); the nonce only has to be fresh and unpredictable.
-SERVER_NONCE_BYTES = 18
+#: Random bytes in each side's part of a nonce: 144 bits, as PostgreSQL's SCRAM uses
+#: (C{SCRAM_RAW_NONCE_LEN}); a nonce only has to be fresh and unpredictable.
+NONCE_BYTES = 18
 
 
-def server_nonce() -> str:
+def new_nonce() -> str:
     """
-    The server's part of a SCRAM nonce: L{SERVER_NONCE_BYTES} random bytes in base64, 24
-    printable characters without a comma (RFC 5802 section 5.1). scramp's default is 64 hex
+    One side's part of a SCRAM nonce: L{NONCE_BYTES} random bytes in base64, 24 printable
+    characters without a comma (RFC 5802 section 5.1). scramp's default is 64 hex
     characters, which it checks character by character in three messages of every exchange;
     the shorter one carries more randomness per character.
     """
-    return base64.b64encode(os.urandom(SERVER_NONCE_BYTES)).decode("ascii")
+    return base64.b64encode(os.urandom(NONCE_BYTES)).decode("ascii")
 
 
 def _check_mechanism(mechanism: str, channel_binding: tuple[str, bytes] | None) -> None:
@@ -217,7 +217,7 @@ class ServerExchange(_Exchange):
         self._step = _Step.FIRST
         try:
             self._server = ScramMechanism(mechanism).make_server(
-                self._auth_fn, channel_binding=channel_binding, s_nonce=server_nonce()
+                self._auth_fn, channel_binding=channel_binding, s_nonce=new_nonce()
             )
         except ScramException as e:
             raise ValueError(f"cannot start {mechanism}: {e.args[0]}") from None
@@ -408,7 +408,7 @@ class ClientExchange(_Exchange):
         else:
             self._gs2_header = "y,," if channel_binding is not None else "n,,"
             self._cbind_data = b""
-        self._nonce = server_nonce()
+        self._nonce = new_nonce()
         self._first_bare = f"n={_escape_name(self._username)},r={self._nonce}"
         self._server_signature = b""
 
