@@ -482,7 +482,8 @@ class Splice:
             if not valve.gone:
                 self._unregister(valve)
                 valve.transport.loseConnection()
-        if self._grace is None:
+        if self._grace is None and not (self._a.gone and self._b.gone):
+            # (a transport may report its loss at once: the relay may have finished above)
             self._grace = self.clock.callLater(self.write_timeout, self._grace_expired)
 
     def _cancel_timers(self) -> None:

@@ -601,6 +601,16 @@ class LostTests(SpliceTestCase):
         self.assertIsNone(self.b.producer)
         self.assertTrue(self.b.disconnecting)
 
+    def test_no_grace_timer_after_a_synchronous_finish(self) -> None:
+        """
+        A transport whose close reports its loss at once (Twisted's own does, once
+        half-closed) finishes the relay inside its wind-down: no grace timer is left
+        behind in the clock.
+        """
+        self.b.loseConnection = lambda: self.splice.lost(B)  # type: ignore[method-assign]
+        self.splice.lost(A)
+        self.assert_finished(A)
+
     def test_eof_after_lost_is_ignored(self) -> None:
         self.splice.lost(A)
         self.splice.eof_from(A)
