@@ -3,171 +3,39 @@
 A kernel-side relay for two plain sockets on Linux: L{KernelSplice} moves a bulk stream with
 C{os.splice} through a pipe, as HAProxy's splice mode does, and short reads with one
 C{recv_into} and one C{send}, with the interface and the guarantees of
-L{netguard.relay.Splice}. L{kernel_relay_possible} says when it applies, L{PipePool} lends
-the pipes. What an operator sees of it: C{docs/operating.md} section 5.4; the figures:
+L{netguard.relay.Splice}. L{netguard.relay_pipes} says when it applies and lends the
+pipes. What an operator sees of it: C{docs/operating.md} section 5.4; the figures:
 C{docs/performance.md}, "Bulk and request/response".
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
-import sys
-import weakref
 from collections.abc import Callable
 from typing import Any
 
-import attrs
-from twisted.internet import main, tcp
+from twisted.internet import main
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import Logger
 
 from netguard.relay import A, B, DelayedCall, ReactorTime, RelayResult, Splice
+from netguard.relay_pipes import CHUNK, PipePool, SpliceCall, system_splice
+from netguard.relay_pipes import SMALL_READ as SMALL_READ
+from netguard.relay_pipes import kernel_relay_possible as kernel_relay_possible
 
-#: The most bytes one direction holds in flight: its pipe is made this large (a Linux pipe
-#: holds 64 KiB unless told otherwise; where the kernel refuses, as past the per-user pipe
-#: quota, the smaller pipe just fills sooner). Four times the default: a quarter of the
-#: splice calls and event-loop wake-ups per byte.
-CHUNK = 262144
-
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-
-#: Reads shorter than this are request/response traffic: moved with one C{recv_into} into the
-#: pool's buffer and one C{send}, cheaper than two C{splice} calls for a few bytes. A read
-#: that fills the buffer switches the direction to C{splice}, a splice shorter than
-#: L{SMALL} switches it back (HAProxy's C{splice-auto} decides alike).
-SMALL_READ = 65536
+#: A splice shorter than this switches its direction back to short reads (one C{recv_into}
+#: into the pool's buffer, L{SMALL_READ} bytes, and one C{send}: cheaper than two C{splice}
+#: calls for a few bytes); a short read that fills the buffer switches it to C{splice}
+#: (HAProxy's C{splice-auto} decides alike).
 SMALL = 16384
 
 #: How many full reads one readable event may move before the reactor serves the others (a
 #: bulk stream saves the event loop's round trips; a short read ends the burst at once).
 _BURST = 4
 
-#: Errors that mean this kernel cannot splice these descriptors at all (first use only).
+#: Errors that mean this kernel cannot splice these descriptors at all.
 _UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
-
-SpliceCall = Callable[..., int]
-
-
-def _system_splice() -> SpliceCall | None:
-    splice = getattr(os, "splice", None)
-    if splice is None or not sys.platform.startswith("linux"):
-        return None
-    return splice  # type: ignore[no-any-return]
-
-
-def _close_pipes(pipes: list[tuple[int, int]]) -> None:
-    while pipes:
-        read_end, write_end = pipes.pop()
-        os.close(read_end)
-        os.close(write_end)
-
-
-class PipePool:
-    """
-    The pipes kernel relays borrow while bytes are in flight, and a bounded number of idle
-    ones kept for the next borrower (an idle relay holds none).
-
-    @ivar max_idle: how many empty pipes are kept open for reuse.
-    @ivar in_use: pipes lent out now.
-    @ivar relays: kernel relays started with this pool.
-    @ivar fallbacks: kernel relays that found the kernel could not splice and went on as
-        an ordinary L{Splice}.
-    """
-
-    __slots__ = (
-        "_idle",
-        "_finalizer",
-        "max_idle",
-        "in_use",
-        "relays",
-        "fallbacks",
-        "buffer",
-        "view",
-        "__weakref__",
-    )
-
-    def __init__(self, max_idle: int = 64):
-        """
-        @param max_idle: how many empty pipes are kept open for reuse.
-        """
-        self.max_idle = max_idle
-        self.in_use = 0
-        self.relays = 0
-        self.fallbacks = 0
-        #: The one buffer every relay of this pool reads short messages into (the reactor
-        #: runs one read at a time, and each is sent on before the next).
-        self.buffer = bytearray(SMALL_READ)
-        self.view = memoryview(self.buffer)
-        self._idle: list[tuple[int, int]] = []
-        self._finalizer = weakref.finalize(self, _close_pipes, self._idle)
-
-    @property
-    def idle(self) -> int:
-        """
-        How many empty pipes are kept open now.
-        """
-        return len(self._idle)
-
-    def take(self) -> tuple[int, int]:
-        """
-        Lend a pipe (non-blocking, close-on-exec).
-
-        @return: its read and write ends.
-        @raise OSError: when no pipe can be made (descriptor limit).
-        """
-        if self._idle:
-            pipe = self._idle.pop()
-        else:
-            pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-            try:
-                fcntl.fcntl(pipe[1], _F_SETPIPE_SZ, CHUNK)
-            except OSError:
-                pass  # over the pipe quota: a smaller pipe, which fills sooner
-        self.in_use += 1
-        return pipe
-
-    def give_back(self, pipe: tuple[int, int], empty: bool) -> None:
-        """
-        Return a lent pipe: kept for reuse when it is C{empty} and the pool has room,
-        closed otherwise (bytes left in it are dropped).
-        """
-        self.in_use -= 1
-        if empty and len(self._idle) < self.max_idle:
-            self._idle.append(pipe)
-        else:
-            os.close(pipe[0])
-            os.close(pipe[1])
-
-    def close(self) -> None:
-        """
-        Close the idle pipes.
-        """
-        _close_pipes(self._idle)
-
-
-def _plain_socket(transport: object) -> bool:
-    return (
-        isinstance(transport, tcp.Connection)
-        and not transport.TLS
-        and not ISSLTransport.providedBy(transport)
-        and getattr(transport, "socket", None) is not None
-        and not transport.disconnecting
-    )
-
-
-def kernel_relay_possible(a: object, b: object, splice: SpliceCall | None = None) -> bool:
-    """
-    Whether a L{KernelSplice} can relay between C{a} and C{b}: both are Twisted's own plain
-    TCP or unix socket transports (not TLS, not a wrapper around one), on Linux with
-    C{os.splice}.
-
-    @param splice: the splice call to be used (by default C{os.splice}, where there is one).
-    """
-    if splice is None:
-        splice = _system_splice()
-    return splice is not None and _plain_socket(a) and _plain_socket(b)
 
 
 def _has_user_data(transport: Any) -> bool:
@@ -183,7 +51,8 @@ class _Flow:
     One direction of a L{KernelSplice}: bytes read from C{source} go through one pipe to
     C{target}. Its L{readable} is the source transport's C{doRead}, its L{writable} the
     target transport's C{doWrite}, so the reactor keeps watching each socket once, through
-    its own transport.
+    its own transport. Descriptors are asked of the transports at each call, never kept: a
+    transport whose connection is gone answers -1, never a number reused by another socket.
     """
 
     __slots__ = (
@@ -191,13 +60,13 @@ class _Flow:
         "side",
         "source",
         "target",
-        "source_fd",
-        "target_fd",
         "pipe",
         "queued",
         "count",
         "eof",
         "paused",
+        "paused_at",
+        "took",
         "half_close_pending",
         "stall",
         "writing",
@@ -209,13 +78,13 @@ class _Flow:
         self.side = side
         self.source = source
         self.target = target
-        self.source_fd: int = source.fileno()
-        self.target_fd: int = target.fileno()
         self.pipe: tuple[int, int] | None = None
         self.queued = 0
         self.count = 0
         self.eof = False
         self.paused = False
+        self.paused_at = 0.0
+        self.took = False
         self.half_close_pending = False
         self.stall: DelayedCall | None = None
         self.writing = False
@@ -236,35 +105,42 @@ class _Flow:
         if self.paused or self.eof or relay.closing:
             self.source.stopReading()
             return None
-        for _ in range(_BURST):
+        for burst in range(_BURST):
             if self.small and not self.queued:
                 return self._copy()
             if self.pipe is None:
                 try:
                     self.pipe = relay.pool.take()
                 except OSError:
-                    # No descriptor for a pipe: this read goes through user space (the
-                    # source's own doRead, its protocol, L{KernelSplice.data_from}); bounded
-                    # the same way.
-                    return type(self.source).doRead(self.source)
+                    # No pipe to be had (the pool's bound, descriptor limits): this read
+                    # goes through user space, bounded the same way.
+                    return self._read_in_user_space()
             room = CHUNK - self.queued
             if room <= 0:
                 self.pause()
                 return None
             try:
-                moved = relay.splice_call(self.source_fd, self.pipe[1], room, flags=_FLAGS)
+                moved = relay.splice_call(self.source.fileno(), self.pipe[1], room, flags=_FLAGS)
             except BlockingIOError:
                 if self.queued:
                     self.pause()  # the pipe is full: its target is not taking bytes
-                else:
-                    self._release()
+                    return None
+                self._release()
+                if burst == 0:
+                    # Readable, yet nothing to splice: the next byte is TCP urgent data
+                    # (splice stops at the urgent mark). One read in user space, like the
+                    # ordinary relay's recv, skips the urgent byte and moves what follows.
+                    return self._read_in_user_space()
                 return None
             except InterruptedError:
                 return None
             except OSError as error:
-                if error.errno in _UNSUPPORTED and relay.may_fall_back():
+                if error.errno not in _UNSUPPORTED:
+                    return main.CONNECTION_LOST
+                if relay.may_fall_back():
                     return relay.fall_back(self)
-                return main.CONNECTION_LOST
+                relay.splice_failed(self, error)
+                return None
             if moved == 0:
                 if not self.queued:
                     self._release()
@@ -283,6 +159,13 @@ class _Flow:
                 return None  # the source had no more, or the target is not taking it all
         return None
 
+    def _read_in_user_space(self) -> object:
+        """
+        One read of the source by its own transport: its protocol hands the bytes to
+        L{KernelSplice.data_from}, which queues them in Twisted's buffer of the target.
+        """
+        return type(self.source).doRead(self.source)
+
     def _copy(self) -> object:
         """
         Move one short read through the pool's buffer: C{recv_into}, then C{send} as much
@@ -299,13 +182,16 @@ class _Flow:
             return main.CONNECTION_LOST
         if size == 0:
             return main.CONNECTION_DONE
-        self.count += size
-        relay.last = relay.clock.seconds()
         if size == len(view):
             self.small = False  # a bulk stream: splice from now on
         target = self.target
         if relay.gone_side(target):
+            return None  # bytes for a side that is gone: dropped, not counted
+        if target.fileno() < 0:
+            relay.unreported_loss(target)
             return None
+        self.count += size
+        relay.last = relay.clock.seconds()
         sent = 0
         if not _has_user_data(target):
             try:
@@ -345,56 +231,94 @@ class _Flow:
             report an error of the target; elsewhere the target's C{doWrite} is asked to).
         """
         target = self.target
-        if self.relay.gone_side(target):
+        relay = self.relay
+        if relay.gone_side(target):
             self.drop()
             return None
+        target_fd = target.fileno()
+        if target_fd < 0:
+            relay.unreported_loss(target)
+            return None
         if _has_user_data(target):
-            self.writing = True
-            target.startWriting()
+            self.wait_for_target()
             return None
         assert self.pipe is not None
         while self.queued:
             try:
-                moved = self.relay.splice_call(
-                    self.pipe[0], self.target_fd, self.queued, flags=_FLAGS
-                )
+                moved = relay.splice_call(self.pipe[0], target_fd, self.queued, flags=_FLAGS)
             except BlockingIOError:
-                self.writing = True
-                target.startWriting()
+                self.wait_for_target()
                 return None
             except InterruptedError:
                 continue
-            except OSError:
+            except OSError as error:
+                if error.errno in _UNSUPPORTED:
+                    relay.splice_failed(self, error)
+                    return None
                 if from_target:
                     return main.CONNECTION_LOST
                 self.writing = True
                 target.startWriting()
                 return None
             if moved <= 0:
-                self.writing = True
-                target.startWriting()
+                self.wait_for_target()
                 return None
             self.queued -= moved
+            self.took = True
         if self.writing and not (target.disconnecting or target._writeDisconnecting):
             self.writing = False
             target.stopWriting()
         self.drained()
         return None
 
+    def wait_for_target(self) -> None:
+        """
+        Bytes wait for the target, which takes no more now: ask for its write events, and
+        start its stalled-reader clock unless it runs already.
+        """
+        self.writing = True
+        self.target.startWriting()
+        relay = self.relay
+        if self.stall is None and not relay.closing:
+            self.took = False
+            self.stall = relay.clock.callLater(relay.write_timeout, self.stall_check)
+
     def pause(self) -> None:
         """
         The target holds what it can: stop reading the source until it has taken it all,
-        and start the target's stalled-reader clock.
+        and start the target's stalled-reader clock (unless it runs already).
         """
         self.source.stopReading()
         if self.paused:
             return
         self.paused = True
         relay = self.relay
+        self.paused_at = relay.clock.seconds()
         if self.stall is None and not relay.closing:
-            self.stall = relay.clock.callLater(
-                relay.write_timeout, relay.stalled, self, B if self.side == A else A
-            )
+            self.stall = relay.clock.callLater(relay.write_timeout, self.stall_check)
+
+    def stall_check(self) -> None:
+        """
+        The stalled-reader clock ran out: a target that left bytes waiting and took none of
+        them for C{write_timeout}, or, while its source is paused, has not taken them all
+        within C{write_timeout} of the pause (as L{Splice} measures a full write queue), is
+        a stalled reader; one that is still taking bytes gets another C{write_timeout}.
+        """
+        self.stall = None
+        relay = self.relay
+        if relay.closing or not (self.queued or _has_user_data(self.target)):
+            return
+        now = relay.clock.seconds()
+        if self.paused:
+            left = self.paused_at + relay.write_timeout - now
+            if left > 0:
+                self.stall = relay.clock.callLater(left, self.stall_check)
+                return
+        elif self.took:
+            self.took = False
+            self.stall = relay.clock.callLater(relay.write_timeout, self.stall_check)
+            return
+        relay.stalled(self, _other(self.side))
 
     def drained(self) -> None:
         """
@@ -470,8 +394,10 @@ class KernelSplice:
       - half-close: a source's EOF is passed on (C{loseWriteConnection}) once the pipe is
         empty; EOF both ways, or one side lost, closes what remains once flushed, and
         aborts it after C{write_timeout} (the grace period);
-      - C{idle_timeout} (C{ended_by="idle"}) and C{write_timeout} for a side that leaves its
-        pipe full (C{"stalled-a"}, C{"stalled-b"});
+      - C{idle_timeout} (C{ended_by="idle"}) and C{write_timeout} for a stalled reader
+        (C{"stalled-a"}, C{"stalled-b"}): a side that leaves bytes waiting in its pipe and
+        takes none of them for that long, or does not empty the pipe within that long
+        once it is full (the other side's reading paused);
       - C{counts} are the bytes read from each side; the L{RelayResult} means what
         L{Splice}'s does.
 
@@ -487,12 +413,24 @@ class KernelSplice:
     other side; a flow sends that buffer first and the pipe after it.
 
     If the first C{splice} fails with C{EINVAL} (a kernel that cannot splice these sockets),
-    the relay goes on as an ordinary L{Splice}, handed to C{on_fall_back}.
+    the relay goes on as an ordinary L{Splice}, handed to C{on_fall_back}. Should such an
+    error come later, once bytes went through the kernel, the relay ends at once
+    (C{ended_by="splice-error"}, logged C{relay.splice_error}). TCP urgent data: C{splice}
+    stops at the urgent mark, so a readable socket with nothing to splice is read once in
+    user space, which skips the urgent byte as the ordinary relay's C{recv} does.
+
+    Descriptors: an idle relay holds none of its own; a direction with bytes in flight holds
+    one pipe (two descriptors), so a relay holds at most six with its two sockets. When the
+    pool lends no pipe (L{PipePool}'s bounds, or the kernel's), the direction reads in user
+    space instead. C{splice} into a socket whose peer is gone raises C{SIGPIPE}: the kernel
+    relay runs only where the process ignores it (L{kernel_relay_possible}).
 
     @ivar done: fires once with a L{RelayResult} when both sides are gone.
     @ivar ended_by: see L{RelayResult.ended_by}; L{None} while the relay runs.
     @ivar closing: whether the relay is closing both sides (nothing more is read).
     """
+
+    log = Logger()
 
     __slots__ = (
         "_ab",
@@ -542,7 +480,7 @@ class KernelSplice:
         @param on_fall_back: told of the L{Splice} that carries on when the kernel cannot
             splice these sockets.
         """
-        call = splice if splice is not None else _system_splice()
+        call = splice if splice is not None else system_splice()
         if call is None:
             raise RuntimeError("os.splice is not available")
         self.splice_call = call
@@ -709,6 +647,35 @@ class KernelSplice:
         flow.stall = None
         self.abort(f"stalled-{target_side}")
 
+    def unreported_loss(self, transport: Any) -> None:
+        """
+        C{transport}'s connection is gone (its descriptor is closed) and nobody told the
+        relay: treat it as lost now, so that nothing is ever written to a descriptor number
+        another socket may have taken since.
+        """
+        side = A if transport is self._ab.source else B
+        self.log.warn(
+            "relay side {side} closed without being reported to the relay",
+            event="relay.unreported_close",
+            side=side,
+        )
+        self.lost(side)
+
+    def splice_failed(self, flow: _Flow, error: OSError) -> None:
+        """
+        C{splice} failed with an error that means it cannot splice these sockets, after it
+        already had (too late to hand over to an ordinary L{Splice}): end the relay at once
+        (C{ended_by="splice-error"}) and say so.
+        """
+        self.log.error(
+            "kernel relay: splice from side {side} failed: {error}",
+            event="relay.splice_error",
+            side=flow.side,
+            errno=error.errno,
+            error=os.strerror(error.errno or 0),
+        )
+        self.abort("splice-error")
+
     def may_fall_back(self) -> bool:
         """
         Whether the relay can still become an ordinary L{Splice}: nothing spliced yet, no
@@ -725,8 +692,8 @@ class KernelSplice:
     def fall_back(self, flow: _Flow) -> object:
         """
         The kernel cannot splice these sockets: carry on as an ordinary L{Splice} (told to
-        C{on_fall_back}), starting with the read that found it out. Its result counts the
-        bytes read before it too (its live C{counts} do not).
+        C{on_fall_back}), starting with the read that found it out. It fires L{done}, and its
+        counts, live and final, go on from this relay's.
         """
         self.pool.fallbacks += 1
         self._cancel_timers()
@@ -741,17 +708,10 @@ class KernelSplice:
             clock=self.clock,
             idle_timeout=self.idle_timeout,
             write_timeout=self.write_timeout,
+            done=self.done,
         )
-        before_a, before_b = self._ab.count, self._ba.count
-
-        def with_bytes_before(result: RelayResult) -> RelayResult:
-            return attrs.evolve(
-                result,
-                bytes_a_to_b=result.bytes_a_to_b + before_a,
-                bytes_b_to_a=result.bytes_b_to_a + before_b,
-            )
-
-        splice.done.addCallback(with_bytes_before).chainDeferred(self.done)
+        # It counts on from the bytes this relay read: the live counts never go down.
+        splice._a.count, splice._b.count = self._ab.count, self._ba.count
         if self.on_fall_back is not None:
             self.on_fall_back(splice)
         splice.start()
@@ -782,7 +742,9 @@ class KernelSplice:
             else:
                 flow.drop()
                 flow.target.loseConnection()
-        if self._grace is None:
+        if self._grace is None and not (self._gone_a and self._gone_b):
+            # (closing a half-closed socket reports its loss at once: the relay may have
+            # finished in the loop above)
             self._grace = self.clock.callLater(self.write_timeout, self._grace_expired)
 
     def _cancel_timers(self) -> None:

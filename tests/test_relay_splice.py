@@ -11,6 +11,7 @@ bounded by a step count (a hang guard, never an assertion on time).
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import os
 import random
@@ -24,11 +25,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import Clock, deferLater
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.test.proto_helpers import StringTransport
 from twisted.trial import unittest
 from zope.interface import implementer
 
@@ -38,7 +37,6 @@ from netguard.relay_splice import (
     SMALL_READ,
     KernelSplice,
     PipePool,
-    kernel_relay_possible,
 )
 
 IDLE = 100.0
@@ -243,58 +241,6 @@ def _payload(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-class KernelRelayPossibleTests(unittest.TestCase):
-    """
-    L{kernel_relay_possible}: plain socket transports only.
-    """
-
-    skip = SKIP
-
-    def test_plain_tcp_sockets(self) -> None:
-        """
-        Two of Twisted's plain TCP transports can be relayed in the kernel.
-        """
-        harness = _Harness(self, start=False)
-        self.assertTrue(kernel_relay_possible(harness.a, harness.b))
-
-    def test_unix_sockets(self) -> None:
-        """
-        Two of Twisted's unix socket transports can be relayed in the kernel.
-        """
-        harness = _Harness(self, family=socket.AF_UNIX, start=False)
-        self.assertTrue(kernel_relay_possible(harness.a, harness.b))
-
-    def test_not_tls(self) -> None:
-        """
-        A TLS transport (Twisted's TLS wrapper) on either side is not relayed in the kernel.
-        """
-        harness = _Harness(self, start=False)
-        tls = TLSMemoryBIOFactory(
-            optionsForClientTLS("example.invalid"), True, Factory.forProtocol(Protocol)
-        ).buildProtocol(None)
-        self.assertFalse(kernel_relay_possible(tls, harness.b))
-        self.assertFalse(kernel_relay_possible(harness.a, tls))
-
-    def test_not_other_transports(self) -> None:
-        """
-        A transport that is not a socket of Twisted's own (a test transport, the echo
-        backend's mirror) is not relayed in the kernel.
-        """
-        harness = _Harness(self, start=False)
-        self.assertFalse(kernel_relay_possible(StringTransport(), harness.b))
-
-    def test_not_without_splice(self) -> None:
-        """
-        Where there is no C{os.splice}, nothing is relayed in the kernel.
-        """
-        import netguard.relay_splice
-
-        harness = _Harness(self, start=False)
-        self.assertTrue(kernel_relay_possible(harness.a, harness.b))
-        self.patch(netguard.relay_splice, "_system_splice", lambda: None)
-        self.assertFalse(kernel_relay_possible(harness.a, harness.b))
-
-
 class KernelSpliceIntegrityTests(unittest.TestCase):
     """
     Bytes go through the kernel both ways, each once and in order.
@@ -419,6 +365,7 @@ class KernelSpliceIntegrityTests(unittest.TestCase):
 
         def per_relay(kernel: bool) -> float:
             pairs = [_Harness(self, family=socket.AF_UNIX, start=False) for _ in range(100)]
+            gc.collect()  # pools of earlier tests close their pipes now, not while counting
             fds = len(os.listdir("/proc/self/fd"))
             tracemalloc.start()
             before = tracemalloc.take_snapshot()
@@ -443,26 +390,6 @@ class KernelSpliceIntegrityTests(unittest.TestCase):
             kernel, ordinary + 512, f"kernel {kernel:.0f} B, ordinary {ordinary:.0f} B"
         )
 
-    def test_pool_is_bounded(self) -> None:
-        """
-        The pool keeps at most C{max_idle} empty pipes and closes the rest; a pipe given back
-        with bytes in it is closed, never reused.
-        """
-        pool = PipePool(max_idle=1)
-        first, second, third = pool.take(), pool.take(), pool.take()
-        self.assertEqual(pool.in_use, 3)
-        pool.give_back(first, empty=True)
-        pool.give_back(second, empty=True)
-        os.write(third[1], b"x")
-        pool.give_back(third, empty=False)
-        self.assertEqual((pool.in_use, pool.idle), (0, 1))
-        for fd in (*second, *third):
-            self.assertRaises(OSError, os.fstat, fd)
-        self.assertEqual(pool.take(), first)
-        pool.give_back(first, empty=True)
-        pool.close()
-        self.assertEqual(pool.idle, 0)
-
 
 class KernelSpliceBackpressureTests(unittest.TestCase):
     """
@@ -475,23 +402,23 @@ class KernelSpliceBackpressureTests(unittest.TestCase):
     def test_slow_reader_bounded(self) -> Generator[Deferred[Any], Any, None]:
         """
         B stops reading while A sends 64 MiB: the relay holds at most one pipe (C{CHUNK}
-        bytes) for it, stops reading A, and A's peer is left holding the rest; once B reads
-        again everything arrives in order.
+        bytes) for it and stops reading A (not one more byte is read from A however long
+        the reactor runs); once B reads again everything arrives in order.
         """
         harness = _Harness(self)
         payload = _payload(64 << 20, 5)
         harness.peer_b.reading = False
         harness.peer_a.outgoing += payload
-        yield harness.until(
-            lambda: harness.relay._ab.paused and len(harness.peer_a.outgoing) > (32 << 20)
-        )
+        yield harness.until(lambda: harness.relay._ab.paused)
+        yield harness.settle()
+        read = harness.relay.counts[A]
         yield harness.settle()
         self.assertTrue(harness.relay._ab.paused)
+        self.assertEqual(harness.relay.counts[A], read)
         self.assertLessEqual(harness.relay.in_flight[A], CHUNK)
         self.assertLessEqual(_buffered(harness.b), SMALL_READ)
         self.assertLessEqual(harness.relay.in_flight[A] + _buffered(harness.b), CHUNK)
         self.assertNotIn(harness.a, reactor.getReaders())
-        self.assertGreater(len(harness.peer_a.outgoing), 32 << 20)
         harness.peer_b.reading = True
         yield harness.until(lambda: len(harness.peer_b.received) == len(payload))
         self.assertEqual(
@@ -781,3 +708,59 @@ class KernelSpliceFallBackTests(unittest.TestCase):
         yield harness.until(lambda: len(harness.peer_b.received) == len(payload))
         self.assertEqual(bytes(harness.peer_b.received), payload)
         self.assertNotEqual(harness.proto_a.user_space, [])
+
+    @inlineCallbacks
+    def test_counts_go_on_across_fall_back(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        The L{Splice} that takes over counts on from the bytes the kernel relay already
+        read: its live counts (what the gateway's live byte meter reads) never go below
+        what was counted before the fall-back.
+        """
+
+        def refuse(*args: object, **kwargs: object) -> int:
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+        harness = _Harness(self, splice=refuse, start=False)
+        harness.relay.start()
+        harness.relay._ab.small = harness.relay._ba.small = False
+        harness.relay.data_from(A, b"early ")
+        before = harness.relay.counts
+        harness.relay.resume_reading(A)
+        harness.relay.resume_reading(B)
+        harness.peer_a.outgoing += b"up"
+        yield harness.until(lambda: bool(harness.fell_back))
+        self.assertGreaterEqual(harness.fell_back[0].counts[A], before[A])
+        yield harness.until(lambda: len(harness.peer_b.received) == 8)
+        self.assertEqual(harness.fell_back[0].counts, {A: 8, B: 0})
+
+    @inlineCallbacks
+    def test_unsupported_after_splicing_ends_the_relay(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        """
+        C{EINVAL} from C{splice} once bytes already went through the kernel (too late to
+        hand over): the relay ends at once with C{ended_by="splice-error"}, logged as
+        C{relay.splice_error}, both sides closed, no pipe left lent.
+        """
+        calls: list[int] = []
+
+        def fails_later(*args: Any, **kwargs: Any) -> int:
+            calls.append(1)
+            if len(calls) > 2:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return os.splice(*args, **kwargs)
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        harness = _Harness(self, splice=fails_later, start=False)
+        harness.relay._ab.small = False
+        harness.start()
+        harness.peer_a.outgoing += _payload(4 << 20, 16)
+        yield harness.until(lambda: bool(harness.results) and harness.peer_b.eof)
+        self.assertEqual(harness.results[0].ended_by, "splice-error")
+        self.assertEqual(harness.fell_back, [])
+        self.assertEqual(harness.pool.in_use, 0)
+        logged = [event for event in events if event.get("event") == "relay.splice_error"]
+        self.assertEqual(len(logged), 1)
+        self.assertEqual(logged[0]["errno"], errno.EINVAL)

@@ -1,0 +1,228 @@
+"""
+Tests for L{netguard.relay_splice} with peers and neighbours that misbehave: TCP urgent data,
+a side closed without the relay being told (its descriptor number reused), a reader that
+stops taking bytes before its pipe is full, a close that reports its loss at once. Real
+loopback sockets, timers on a L{task.Clock}, as in L{tests.test_relay_splice}.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Generator
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from netguard import relay_splice
+from netguard.relay import A, B
+from netguard.relay_splice import CHUNK
+from tests.test_relay_splice import SKIP, WRITE, _Harness, _payload
+
+
+class KernelSpliceUrgentDataTests(unittest.TestCase):
+    """
+    TCP urgent data (C{MSG_OOB}): C{splice} stops at the urgent mark; the relay skips the
+    urgent byte as the ordinary relay's C{recv} does and moves on, without a busy loop.
+    """
+
+    skip = SKIP
+
+    @inlineCallbacks
+    def check_urgent(self, side: str) -> Generator[Deferred[Any], Any, None]:
+        calls: list[int] = []
+
+        def counting(*args: Any, **kwargs: Any) -> int:
+            calls.append(1)
+            return os.splice(*args, **kwargs)
+
+        # The direction stays in splice mode whatever the size of a read.
+        self.patch(relay_splice, "SMALL", 0)
+        harness = _Harness(self, splice=counting, start=False)
+        harness.relay._ab.small = harness.relay._ba.small = False
+        harness.start()
+        sender, receiver = (
+            (harness.peer_a, harness.peer_b) if side == A else (harness.peer_b, harness.peer_a)
+        )
+        sender.outgoing += b"abc"
+        yield harness.until(lambda: len(receiver.received) == 3)
+        self.assertTrue(harness.relay.spliced)
+        sender.sock.send(b"!", socket.MSG_OOB)
+        sender.outgoing += b"def"
+        yield harness.until(lambda: len(receiver.received) == 6, steps=4000)
+        self.assertEqual(bytes(receiver.received), b"abcdef")
+        spliced = len(calls)
+        yield harness.settle(400)
+        self.assertLessEqual(len(calls) - spliced, 2, "the reactor keeps splicing")
+        sender.outgoing += b"ghi"
+        yield harness.until(lambda: len(receiver.received) == 9)
+        self.assertEqual(bytes(receiver.received), b"abcdefghi")
+        self.assertEqual(harness.results, [])
+
+    def test_urgent_byte_from_a(self) -> Any:
+        """
+        A's peer sends C{abc}, an urgent byte, C{def}, C{ghi}: B gets C{abcdefghi}, in
+        order (the urgent byte skipped, as L{Splice} skips it), and once everything has
+        arrived the reactor makes no more than two splice calls in 400 turns (no busy
+        loop at the mark).
+        """
+        return self.check_urgent(A)
+
+    def test_urgent_byte_from_b(self) -> Any:
+        """
+        The same from B's peer to A: urgent data from the backend's side is skipped alike.
+        """
+        return self.check_urgent(B)
+
+
+class KernelSpliceStaleDescriptorTests(unittest.TestCase):
+    """
+    A side whose connection is gone without the relay being told: its descriptor number may
+    belong to another socket by then, and the relay never writes to it.
+    """
+
+    skip = SKIP
+
+    @inlineCallbacks
+    def check_reuse(self, small: bool) -> Generator[Deferred[Any], Any, None]:
+        harness = _Harness(self, start=False)
+        harness.relay._ba.small = small
+        harness.start()
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        fd_a = harness.a.fileno()
+        victim, victim_peer = socket.socketpair()
+        self.addCleanup(victim.close)
+        self.addCleanup(victim_peer.close)
+        taken: list[int] = []
+
+        def hostile_connection_lost(reason: Failure | None = None) -> None:
+            # A's socket is closed by now: an unrelated socket takes its number, and the
+            # protocol fails before telling the relay.
+            taken.append(os.dup2(victim.fileno(), fd_a))
+            raise RuntimeError("hostile: teardown fails before telling the relay")
+
+        harness.proto_a.connectionLost = hostile_connection_lost  # type: ignore[method-assign]
+        harness.a.abortConnection()
+        yield harness.until(lambda: bool(taken))
+        self.addCleanup(os.close, fd_a)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        harness.peer_b.outgoing += b"SECRET-FROM-B" * 100
+        yield harness.until(lambda: not harness.peer_b.outgoing)
+        yield harness.settle()
+        victim_peer.setblocking(False)
+        self.assertRaises(BlockingIOError, victim_peer.recv, 4096)
+        yield harness.until(lambda: bool(harness.results))
+        self.assertEqual(harness.results[0].ended_by, A)
+        self.assertIn("relay.unreported_close", [event.get("event") for event in events])
+
+    def test_reused_descriptor_short_reads(self) -> Any:
+        """
+        A's socket is closed, its protocol fails before telling the relay, and A's
+        descriptor number is taken by an unrelated socket: B's next bytes (short reads)
+        never reach that socket; the relay ends as if A were lost (C{ended_by="a"}) and
+        logs C{relay.unreported_close}.
+        """
+        return self.check_reuse(small=True)
+
+    def test_reused_descriptor_splice(self) -> Any:
+        """
+        The same with B's direction splicing through a pipe.
+        """
+        return self.check_reuse(small=False)
+
+
+class KernelSpliceStallTests(unittest.TestCase):
+    """
+    The stalled-reader clock runs whenever bytes wait in a pipe for a target that does not
+    take them, full pipe or not.
+    """
+
+    skip = SKIP
+
+    @inlineCallbacks
+    def partly_full(self) -> Generator[Deferred[Any], Any, _Harness]:
+        """
+        A relay whose A-to-B pipe holds some bytes (less than a pipe full, reading A not
+        paused) that B does not take: a unix socket with the smallest send buffer takes
+        one write (at most 64 KiB from a pipe) and then none until its peer reads.
+        """
+        self.patch(relay_splice, "SMALL", 0)  # the direction stays in splice mode
+        harness = _Harness(self, family=socket.AF_UNIX, start=False)
+        harness.b.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        harness.relay._ab.small = False
+        harness.start()
+        harness.peer_b.reading = False
+        harness.peer_a.outgoing += _payload(224 << 10, 15)
+        yield harness.until(lambda: not harness.peer_a.outgoing)
+        yield harness.settle()
+        self.assertGreater(harness.relay.in_flight[A], 0)
+        self.assertLess(harness.relay.in_flight[A], CHUNK)
+        self.assertFalse(harness.relay._ab.paused)
+        return harness
+
+    @inlineCallbacks
+    def test_partly_full_pipe_stalls(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        B takes none of the bytes waiting in a partly full pipe: it is a stalled reader
+        after C{write_timeout} (C{ended_by="stalled-b"}), not one tick before, and the pipe
+        is given back.
+        """
+        harness = yield self.partly_full()
+        harness.clock.advance(WRITE - 0.001)
+        self.assertEqual(harness.results, [])
+        harness.clock.advance(0.001)
+        yield harness.until(lambda: bool(harness.results))
+        self.assertEqual(harness.results[0].ended_by, "stalled-b")
+        self.assertEqual(harness.pool.in_use, 0)
+
+    @inlineCallbacks
+    def test_reader_taking_bytes_is_not_stalled(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        B takes some of the waiting bytes within each C{write_timeout}: it is not cut off;
+        once it takes none for a whole C{write_timeout}, it is.
+        """
+        harness = yield self.partly_full()
+        for _ in range(2):
+            harness.clock.advance(WRITE - 1)
+            waiting = harness.relay.in_flight[A]
+            harness.peer_b.reading = True
+            harness.peer_b.pump()
+            harness.peer_b.reading = False
+            yield harness.until(lambda w=waiting: harness.relay.in_flight[A] < w)
+            harness.clock.advance(1)
+            self.assertEqual(harness.results, [])
+        self.assertGreater(harness.relay.in_flight[A], 0)
+        harness.clock.advance(WRITE)
+        yield harness.until(lambda: bool(harness.results))
+        self.assertEqual(harness.results[0].ended_by, "stalled-b")
+
+
+class KernelSpliceTimerTests(unittest.TestCase):
+    """
+    A finished relay leaves no timer behind.
+    """
+
+    skip = SKIP
+
+    @inlineCallbacks
+    def test_no_grace_timer_after_a_synchronous_finish(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        """
+        A half-closes (B's writing is closed), then A's connection is lost: closing B, now
+        half-closed, reports its loss at once, so the relay finishes inside its own
+        wind-down; no grace timer is left in the clock.
+        """
+        harness = _Harness(self)
+        harness.peer_a.outgoing += b"last words"
+        harness.peer_a.shut_after_send = True
+        yield harness.until(lambda: harness.peer_b.eof)
+        harness.a.abortConnection()
+        yield harness.until(lambda: bool(harness.results))
+        self.assertEqual(harness.results[0].ended_by, A)
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
