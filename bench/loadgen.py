@@ -151,8 +151,11 @@ class ScramClient:
         bare = f"n={self.user},r={nonce}"
         return bare, "n,," + bare
 
-    def final(self, bare: str, server_first: str) -> tuple[str, bytes]:
+    def final(
+        self, bare: str, server_first: str, cbind_input: bytes = b"n,,"
+    ) -> tuple[str, bytes]:
         """
+        @param cbind_input: the GS2 header, followed by the channel-binding data for PLUS.
         @return: (client-final-message, the server signature we expect).
         """
         fields = dict(item.split("=", 1) for item in server_first.split(","))
@@ -166,7 +169,8 @@ class ScramClient:
             self._salted[key] = salted
         client_key = hmac.digest(salted, b"Client Key", "sha256")
         stored_key = hashlib.sha256(client_key).digest()
-        without_proof = f"c=biws,r={nonce}"
+        binding = base64.b64encode(cbind_input).decode("ascii")
+        without_proof = f"c={binding},r={nonce}"
         auth_message = f"{bare},{server_first},{without_proof}".encode()
         signature = hmac.digest(stored_key, auth_message, "sha256")
         proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
