@@ -7,6 +7,8 @@ What is proven here:
     gateway's pipe pool counts it, the leg holds a L{KernelSplice}), and 32 MiB of random
     bytes each way, at once, arrive unchanged (SHA-256 on both ends), with the close event's
     byte counts exact;
+  - TCP urgent data from the client is skipped, as the ordinary relay skips it, and the
+    bytes after it arrive, without a busy loop;
   - C{kernel_relay = false} in a service's table keeps that service on the ordinary relay;
   - a client on a TLS listener is relayed by the ordinary relay, with its bytes intact.
 """
@@ -16,12 +18,15 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import socket
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.task import deferLater
 
+from netguard import relay_splice
 from netguard.client.endpoint import NGPClientEndpoint, wrap_tls
 from netguard.relay import Splice
 from netguard.relay_splice import KernelSplice
@@ -95,6 +100,42 @@ class KernelRelayGatewayTests(RelayRealTestCase):
         yield client.wait_for(lambda c: c.count >= len(payload), "the echo")
         self.assertIsInstance(self.legs[0].splice, KernelSplice)
         self.assertEqual(self.gateway.factory.stats.live_bytes(), (len(payload), len(payload)))
+
+    @inlineCallbacks
+    def test_urgent_data(self) -> Any:
+        """
+        The client sends C{abc}, a TCP urgent byte, then C{def} through a kernel relay that
+        splices (the path is proven taken): the echo brings back C{abcdef}, in order, the
+        urgent byte skipped as the ordinary relay skips it, and once it is back the relay
+        makes at most two splice calls in 200 reactor turns (no busy loop at the mark).
+        """
+        self.patch(relay_splice, "SMALL", 0)  # the directions stay in splice mode
+        port = self.start_peer("echo")
+        self.start_gateway([f"echo2=tcp:host=127.0.0.1:port={port}"])
+        client = yield self.open("echo2")
+        relay = self.legs[0].splice
+        self.assertIsInstance(relay, KernelSplice)
+        relay._ab.small = relay._ba.small = False
+        calls: list[int] = []
+        real = relay.splice_call
+
+        def counting(*args: Any, **kwargs: Any) -> int:
+            calls.append(1)
+            return int(real(*args, **kwargs))
+
+        relay.splice_call = counting
+        client.transport.write(b"abc")
+        yield client.wait_for(lambda c: c.count >= 3, "abc")
+        self.assertTrue(relay.spliced)
+        client.transport.getHandle().send(b"!", socket.MSG_OOB)
+        client.transport.write(b"def")
+        yield client.wait_for(lambda c: c.count >= 6, "the bytes after the urgent mark")
+        self.assertEqual(bytes(client.data), b"abcdef")
+        before = len(calls)
+        for _ in range(200):
+            yield deferLater(reactor, 0, lambda: None)
+        self.assertLessEqual(len(calls) - before, 2, "the relay keeps splicing")
+        self.assertEqual(self.pipes().fallbacks, 0)
 
     @inlineCallbacks
     def test_kernel_relay_off(self) -> Any:
