@@ -10,8 +10,11 @@ section 5.4, and C{docs/tls.md} for half-close over TLS.
 
 from __future__ import annotations
 
+import heapq
+import math
+import weakref
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import ClassVar, Protocol, cast
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -75,6 +78,172 @@ class HalfCloseableTransport(RelayTransport, Protocol):
     """
 
     def loseWriteConnection(self) -> None: ...
+
+
+#: How late, at most, an idle relay is ended after its C{idle_timeout} (seconds): the relays
+#: of one clock share one timer, which checks them in steps of this size.
+IDLE_GRANULARITY = 1.0
+
+
+class IdleWatched(Protocol):
+    """
+    What L{IdleSweep} needs of a relay.
+
+    @ivar idle_key: the sweep's bucket holding the relay (L{None} when not watched); set by
+        the sweep only.
+    """
+
+    idle_key: int | None
+
+    def idle_deadline(self) -> float:
+        """
+        @return: when the relay is idle for too long (clock seconds), from its last activity.
+        """
+
+    def idle_expired(self) -> None:
+        """
+        The deadline has passed without activity (the sweep has already forgotten the relay).
+        """
+
+
+class IdleSweep:
+    """
+    The idle timeouts of many relays on one clock with one timer, instead of one
+    L{DelayedCall} per relay (about 400 bytes each, and a heap operation per reset).
+
+    A relay records its own last activity (a float store per chunk, no timer touched); the
+    sweep keeps relays in buckets of L{IDLE_GRANULARITY} seconds by deadline and wakes at the
+    earliest bucket. There, a relay whose deadline has passed is told so; one that was active
+    since moves to the bucket of its new deadline. So a relay is ended no earlier than its
+    deadline and at most C{granularity} seconds after it (when the reactor is on time), and
+    the work is one check per relay per C{idle_timeout} of activity, whatever the traffic.
+
+    One sweep serves every relay of a clock (L{for_clock}); with no relay watched it holds no
+    timer.
+    """
+
+    __slots__ = (
+        "clock",
+        "granularity",
+        "_buckets",
+        "_keys",
+        "_timer",
+        "_timer_key",
+        "_sweeping",
+        "__weakref__",
+    )
+
+    #: One sweep per clock, forgotten with the clock.
+    _by_clock: ClassVar[weakref.WeakKeyDictionary[object, IdleSweep]] = weakref.WeakKeyDictionary()
+
+    def __init__(self, clock: ReactorTime, granularity: float = IDLE_GRANULARITY):
+        """
+        @param clock: the clock of every relay it watches.
+        @param granularity: the width of a bucket (seconds): how late a relay may be ended.
+        """
+        self.clock = clock
+        self.granularity = granularity
+        self._buckets: dict[int, set[IdleWatched]] = {}
+        self._keys: list[int] = []  # a heap of bucket keys; may hold keys of emptied buckets
+        self._timer: DelayedCall | None = None
+        self._timer_key = 0
+        self._sweeping = False
+
+    @classmethod
+    def for_clock(cls, clock: ReactorTime) -> IdleSweep:
+        """
+        @return: the sweep shared by every relay of C{clock} (a new one for a clock that
+            cannot be weakly referenced).
+        """
+        try:
+            sweep = cls._by_clock.get(clock)
+        except TypeError:
+            return cls(clock)
+        if sweep is None:
+            sweep = cls._by_clock[clock] = cls(clock)
+        return sweep
+
+    def __len__(self) -> int:
+        return sum(len(bucket) for bucket in self._buckets.values())
+
+    def add(self, relay: IdleWatched) -> None:
+        """
+        Watch C{relay} until L{remove} or its expiry.
+        """
+        self._place(relay, math.ceil(relay.idle_deadline() / self.granularity))
+
+    def remove(self, relay: IdleWatched) -> None:
+        """
+        Stop watching C{relay} (nothing happens if it is not watched).
+        """
+        key = relay.idle_key
+        if key is None:
+            return
+        relay.idle_key = None
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.discard(relay)
+            if not bucket:
+                del self._buckets[key]
+                if not self._sweeping and len(self._keys) > 2 * len(self._buckets) + 16:
+                    self._keys = list(self._buckets)
+                    heapq.heapify(self._keys)
+        if not self._buckets and self._timer is not None and not self._sweeping:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+            self._keys.clear()
+
+    def _place(self, relay: IdleWatched, key: int) -> None:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = set()
+            heapq.heappush(self._keys, key)
+        bucket.add(relay)
+        relay.idle_key = key
+        if self._sweeping:
+            return  # the sweep arms its timer when it is done
+        if self._timer is None:
+            self._arm(key)
+        elif key < self._timer_key:
+            self._timer.reset(max(0.0, key * self.granularity - self.clock.seconds()))
+            self._timer_key = key
+
+    def _arm(self, key: int) -> None:
+        self._timer_key = key
+        delay = max(0.0, key * self.granularity - self.clock.seconds())
+        self._timer = self.clock.callLater(delay, self._sweep)
+
+    def _sweep(self) -> None:
+        """
+        The earliest bucket is due: end the relays whose deadline has passed, move the others
+        to the bucket of their new deadline, and wake again for the next bucket.
+        """
+        self._timer = None
+        now = self.clock.seconds()
+        due = max(self._timer_key, math.floor(now / self.granularity))
+        keys = self._keys
+        self._sweeping = True
+        try:
+            while keys and keys[0] <= due:
+                key = heapq.heappop(keys)
+                for relay in list(self._buckets.pop(key, ())):
+                    if relay.idle_key != key:
+                        continue  # no longer watched (ended by a relay expired before it)
+                    relay.idle_key = None
+                    deadline = relay.idle_deadline()
+                    if deadline <= now:
+                        relay.idle_expired()
+                    else:
+                        self._place(relay, max(math.ceil(deadline / self.granularity), due + 1))
+        finally:
+            self._sweeping = False
+        while keys and keys[0] not in self._buckets:
+            heapq.heappop(keys)
+        if keys:
+            self._arm(keys[0])
+        else:
+            keys.clear()
 
 
 @attrs.frozen
@@ -214,15 +383,17 @@ class Splice:
 
     Bounds:
       - C{idle_timeout}: no byte either way for that long ends the relay
-        (C{ended_by="idle"});
+        (C{ended_by="idle"}), within L{IDLE_GRANULARITY} after the bound (the relays of a
+        clock share one L{IdleSweep});
       - C{write_timeout}: a side that leaves its write queue full (its peer stopped reading)
         for that long is a stalled reader: both sides are aborted (C{ended_by="stalled-a"}
         or C{"stalled-b"});
       - once one side is gone, or both have sent EOF, what remains gets C{write_timeout} to
         take what is queued for it, then is aborted.
 
-    Memory: an idle relay holds this object, its two L{_Valve}s (slots only) and its idle
-    timer; the stall and grace timers exist only while they run.
+    Memory: an idle relay holds this object, its two L{_Valve}s (slots only) and its place
+    in the clock's L{IdleSweep} (no timer of its own); the stall and grace timers exist only
+    while they run.
 
     @ivar done: fires once with a L{RelayResult} when both sides are gone.
     @ivar ended_by: see L{RelayResult.ended_by}; L{None} while the relay runs.
@@ -239,7 +410,9 @@ class Splice:
         "_a",
         "_b",
         "_first_eof",
-        "_idle",
+        "_sweep",
+        "_last",
+        "idle_key",
         "_grace",
         "_started",
     )
@@ -253,6 +426,7 @@ class Splice:
         idle_timeout: float = 3600.0,
         write_timeout: float = 30.0,
         done: Deferred[RelayResult] | None = None,
+        idle_sweep: IdleSweep | None = None,
     ):
         """
         @param a: side A's transport.
@@ -263,6 +437,8 @@ class Splice:
             left to the remaining side to flush once the relay is closing.
         @param done: the L{Deferred} to fire as L{done} (one the caller already hands out,
             so that it need not be chained to a new one); a new one by default.
+        @param idle_sweep: the L{IdleSweep} that times C{idle_timeout}; by default the one
+            shared by every relay of C{clock}.
         """
         self.clock = clock
         self.idle_timeout = idle_timeout
@@ -274,7 +450,9 @@ class Splice:
         self._b = _Valve(self, B, b)
         self._a.other, self._b.other = self._b, self._a
         self._first_eof: str | None = None
-        self._idle: DelayedCall | None = None
+        self._sweep = IdleSweep.for_clock(clock) if idle_sweep is None else idle_sweep
+        self._last = 0.0
+        self.idle_key: int | None = None
         self._grace: DelayedCall | None = None
         self._started = 0.0
 
@@ -334,7 +512,8 @@ class Splice:
                     pass  # not a TCP socket after all (e.g. AF_UNIX under a TLS wrapper)
             transport.registerProducer(valve, True)
             valve.registered = True
-        self._idle = self.clock.callLater(self.idle_timeout, self._idle_expired)
+        self._last = self._started
+        self._sweep.add(self)
 
     def data_from(self, side: str, data: bytes) -> None:
         """
@@ -348,8 +527,7 @@ class Splice:
         if target.gone or self.closing:
             return
         source.count += len(data)
-        if self._idle is not None and self._idle.active():
-            self._idle.reset(self.idle_timeout)
+        self._last = self.clock.seconds()
         target.transport.write(data)
 
     def resume_reading(self, side: str) -> None:
@@ -487,14 +665,20 @@ class Splice:
             self._grace = self.clock.callLater(self.write_timeout, self._grace_expired)
 
     def _cancel_timers(self) -> None:
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        self._idle = None
+        self._sweep.remove(self)
         self._a.cancel()
         self._b.cancel()
 
-    def _idle_expired(self) -> None:
-        self._idle = None
+    def idle_deadline(self) -> float:
+        """
+        @return: when the relay has been idle for C{idle_timeout} (L{IdleWatched}).
+        """
+        return self._last + self.idle_timeout
+
+    def idle_expired(self) -> None:
+        """
+        No byte either way for C{idle_timeout}: end the relay (L{IdleWatched}).
+        """
         self.abort("idle")
 
     def _stalled(self, valve: _Valve) -> None:

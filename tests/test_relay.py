@@ -30,7 +30,7 @@ from zope.interface.verify import verifyObject
 
 from netguard.config import ServiceConfig
 from netguard.outbound.backends import EchoLeg, EndpointLeg, open_backend
-from netguard.relay import A, B, RelayResult, Splice
+from netguard.relay import IDLE_GRANULARITY, A, B, IdleSweep, RelayResult, Splice
 
 WRITE_TIMEOUT = 30.0
 IDLE_TIMEOUT = 600.0
@@ -424,6 +424,142 @@ class IdleTests(SpliceTestCase):
         self.assertFalse(self.b.aborted)
         self.clock.advance(1)
         self.assertTrue(self.b.aborted)
+
+
+class IdleSweepTests(unittest.TestCase):
+    """
+    The idle timeout of relays sharing one clock: one timer for all of them, never before
+    the bound, at most L{IDLE_GRANULARITY} after it.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.results: list[RelayResult] = []
+
+    def start(self, idle_timeout: float = 10.0) -> tuple[Splice, FakeTransport, FakeTransport]:
+        a, b = FakeTransport(), FakeTransport()
+        splice = Splice(a, b, clock=self.clock, idle_timeout=idle_timeout, write_timeout=5.0)
+        splice.done.addCallback(self.results.append)
+        splice.start()
+        return splice, a, b
+
+    def test_granularity_is_one_second(self) -> None:
+        """
+        The documented granularity: a relay may outlive its idle bound by at most 1 s.
+        """
+        self.assertEqual(IDLE_GRANULARITY, 1.0)
+        self.assertEqual(IdleSweep.for_clock(self.clock).granularity, 1.0)
+
+    def test_unaligned_deadline_not_before_the_bound(self) -> None:
+        """
+        A relay started between two steps of the sweep is not ended one instant before
+        C{idle_timeout} has passed, and is ended within the granularity after it.
+        """
+        self.clock.advance(0.25)
+        splice, a, b = self.start(idle_timeout=10.0)
+        self.clock.advance(10.0 - 1e-6)  # just before the bound (t = 10.25 - 1e-6)
+        self.assertFalse(a.aborted or b.aborted)
+        self.clock.advance(1e-6)  # exactly the bound: the next step of the sweep is due later
+        self.assertFalse(a.aborted)
+        self.clock.advance(IDLE_GRANULARITY)  # one step past it
+        self.assertTrue(a.aborted and b.aborted)
+        splice.lost(A)
+        splice.lost(B)
+        self.assertEqual(self.results[0].ended_by, "idle")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_aligned_deadline_at_the_bound(self) -> None:
+        """
+        A deadline on a step of the sweep ends the relay exactly at the bound, not before.
+        """
+        splice, a, _ = self.start(idle_timeout=10.0)
+        self.clock.advance(9.999)
+        self.assertFalse(a.aborted)
+        self.clock.advance(0.001)
+        self.assertTrue(a.aborted)
+
+    def test_activity_just_before_a_step_moves_the_deadline(self) -> None:
+        """
+        A byte relayed just before the sweep looks at the relay counts: the relay is kept
+        until C{idle_timeout} after that byte, then ended within the granularity.
+        """
+        splice, a, _ = self.start(idle_timeout=10.0)
+        self.clock.advance(9.5)
+        splice.data_from(A, b"x")  # deadline 19.5
+        self.clock.advance(0.5)  # the step at 10 finds it active
+        self.assertFalse(a.aborted)
+        self.clock.advance(9.5 - 1e-6)
+        self.assertFalse(a.aborted)
+        self.clock.advance(1e-6 + IDLE_GRANULARITY)
+        self.assertTrue(a.aborted)
+
+    def test_one_timer_for_many_relays(self) -> None:
+        """
+        Fifty relays of one clock hold one timer between them (none of their own), and no
+        timer is left once they are all gone.
+        """
+        splices = []
+        for i in range(50):
+            self.clock.advance(0.1)
+            splices.append(self.start(idle_timeout=10.0 + i)[0])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        for splice in splices:
+            splice.lost(A)
+            splice.lost(B)
+        self.assertEqual(len(self.results), 50)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_each_relay_ends_at_its_own_bound(self) -> None:
+        """
+        Relays with different idle timeouts and starts on one sweep each end no earlier
+        than their bound and at most one step after it; an active one is kept.
+        """
+        started = []
+        for i in range(20):
+            self.clock.advance(0.3)
+            splice, a, _ = self.start(idle_timeout=5.0 + i % 7)
+            started.append((self.clock.seconds() + 5.0 + i % 7, a))
+        keeper, kept, _ = self.start(idle_timeout=5.0)
+        for _ in range(int(40 / 0.05)):
+            self.clock.advance(0.05)
+            keeper.data_from(B, b"k")
+            now = self.clock.seconds()
+            for deadline, a in started:
+                if now < deadline - 1e-9:
+                    self.assertFalse(a.aborted, (now, deadline))
+                elif now >= deadline + IDLE_GRANULARITY:
+                    self.assertTrue(a.aborted, (now, deadline))
+        self.assertFalse(kept.aborted)
+
+    def test_expiry_that_ends_the_last_relay_leaves_no_timer(self) -> None:
+        """
+        A relay ended by the sweep whose transports report their loss at once leaves no
+        timer behind (the sweep stops with its last relay).
+        """
+        splice, a, b = self.start(idle_timeout=3.0)
+        splice.done.addCallback(lambda _: None)
+        a.abortConnection = lambda: splice.lost(A)  # type: ignore[method-assign]
+        b.abortConnection = lambda: splice.lost(B)  # type: ignore[method-assign]
+        self.clock.advance(3.0)
+        self.assertEqual(self.results[0].ended_by, "idle")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_bucket_keys_bounded_under_churn(self) -> None:
+        """
+        Relays that start and end at 2,000 different instants, each before its deadline,
+        leave the sweep's queue of steps bounded (no key per relay ever seen).
+        """
+        sweep = IdleSweep.for_clock(self.clock)
+        holder, _, _ = self.start(idle_timeout=100000.0)
+        for _ in range(2000):
+            self.clock.advance(1.0)
+            splice, _, _ = self.start(idle_timeout=3600.0)
+            splice.lost(A)
+            splice.lost(B)
+        self.assertLessEqual(len(sweep._keys), 2 * len(sweep._buckets) + 16)
+        self.assertEqual(len(sweep), 1)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        holder.abort("shutdown")
 
 
 class HalfCloseTests(SpliceTestCase):
