@@ -47,7 +47,7 @@ sys.path.insert(0, HERE)
 
 import paths as pathmod  # noqa: E402
 from procs import Processes, free_port, group_cpu_seconds  # noqa: E402
-from profile_netguard import summarise_raw  # noqa: E402
+from profile_netguard import py_spy_during  # noqa: E402
 
 GIB = 1 << 30
 #: The relays' CPU and the load's CPU.
@@ -196,32 +196,10 @@ def profile(python: str, target: pathmod.Target, direction: str, size: int, top:
     """
     py-spy (on the load CPU, non-blocking) on C{target}'s relay during one transfer.
     """
-    pyspy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
-    out = os.path.join(tempfile.gettempdir(), f"bulk-{target.name}-{direction}-{os.getpid()}.raw")
-    spy = subprocess.Popen(
-        [
-            "taskset", "-c", str(LOAD_CPU), pyspy, "record", "--pid", str(target.relays[0].pid),
-            "--format", "raw", "--output", out, "--rate", "250", "--nonblocking",
-            "--duration", "600",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    return py_spy_during(
+        target.relays[0].pid, LOAD_CPU, top, f"bulk-{target.name}-{direction}",
+        lambda: transfer(python, target, direction, size),
     )  # fmt: skip
-    try:
-        time.sleep(0.5)
-        transfer(python, target, direction, size)
-    finally:
-        spy.send_signal(2)  # py-spy writes its output on SIGINT
-        try:
-            spy.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            spy.kill()
-            spy.wait()
-    if not os.path.exists(out):
-        return "  (no profile)\n"
-    text = summarise_raw(out, top)
-    os.unlink(out)
-    return text
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -36,6 +37,38 @@ OUT = os.path.join(HERE, "results", "profile")
 
 #: Seconds each profiled load runs.
 SECONDS = 5.0
+
+
+def py_spy_during(pid: int, cpu: int, top: int, label: str, work: Callable[[], object]) -> str:
+    """
+    Record process C{pid} with py-spy (run on CPU C{cpu}, non-blocking, 250 Hz) while
+    C{work()} runs; return the top-N table (L{summarise_raw}).
+    """
+    pyspy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    out = os.path.join(tempfile.gettempdir(), f"{label}-{os.getpid()}.raw")
+    spy = subprocess.Popen(
+        [
+            "taskset", "-c", str(cpu), pyspy, "record", "--pid", str(pid), "--format", "raw",
+            "--output", out, "--rate", "250", "--nonblocking", "--duration", "600",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        time.sleep(0.5)
+        work()
+    finally:
+        spy.send_signal(2)  # py-spy writes its output on SIGINT
+        try:
+            spy.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
+    if not os.path.exists(out):
+        return "  (no profile)\n"
+    text = summarise_raw(out, top)
+    os.unlink(out)
+    return text
 
 
 def summarise_raw(path: str, top: int = 18) -> str:

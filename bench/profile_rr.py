@@ -49,7 +49,7 @@ from profile_bulk import (  # noqa: E402
     start_gateway,
     start_haproxy,
 )
-from profile_netguard import summarise_raw  # noqa: E402
+from profile_netguard import py_spy_during  # noqa: E402
 
 
 def start_redis(processes: Processes, work: str) -> int:
@@ -240,31 +240,7 @@ def profile(pid: int, port: int, requests: int, top: int) -> str:
     """
     py-spy (on the load CPU, non-blocking) on the relay C{pid} during one benchmark.
     """
-    pyspy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
-    out = os.path.join(tempfile.gettempdir(), f"rr-{pid}.raw")
-    spy = subprocess.Popen(
-        [
-            "taskset", "-c", str(LOAD_CPU), pyspy, "record", "--pid", str(pid), "--format",
-            "raw", "--output", out, "--rate", "250", "--nonblocking", "--duration", "600",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        time.sleep(0.5)
-        benchmark(port, pid, requests)
-    finally:
-        spy.send_signal(2)  # py-spy writes its output on SIGINT
-        try:
-            spy.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            spy.kill()
-            spy.wait()
-    if not os.path.exists(out):
-        return "  (no profile)\n"
-    text = summarise_raw(out, top)
-    os.unlink(out)
-    return text
+    return py_spy_during(pid, LOAD_CPU, top, "rr", lambda: benchmark(port, pid, requests))
 
 
 if __name__ == "__main__":
