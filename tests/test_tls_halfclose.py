@@ -435,6 +435,16 @@ class IdleBIOTests(_ServerTransportCase):
         connection = self.tls._tlsConnection
         return connection._into_ssl, connection._from_ssl
 
+    def assert_still_relays(self) -> None:
+        """
+        The connection still carries bytes both ways.
+        """
+        self.client_sends(5)
+        self.assertEqual(self.app.received[-5:], b"zzzzz")
+        self.tls.write(b"answer")
+        self.pump()
+        self.assertEqual(self.client_reads(), b"answer")
+
     def client_sends(self, size: int) -> bytes:
         payload = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
         sent = 0
@@ -460,11 +470,7 @@ class IdleBIOTests(_ServerTransportCase):
         self.assertNotEqual(after[0], before[0])
         self.assertNotEqual(after[1], before[1])
         self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.client_sends(5)
-        self.assertEqual(self.app.received[-5:], b"zzzzz")
-        self.tls.write(b"answer")
-        self.pump()
-        self.assertEqual(self.client_reads(), b"answer")
+        self.assert_still_relays()
 
     def test_large_write_then_quiet_replaces_the_bios(self) -> None:
         """
@@ -706,11 +712,7 @@ class IdleBIOTests(_ServerTransportCase):
         self.assertEqual(self.bios(), before)
         self.assertFalse(self.transport.disconnecting)
         self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.client_sends(5)
-        self.assertEqual(self.app.received[-5:], b"zzzzz")
-        self.tls.write(b"answer")
-        self.pump()
-        self.assertEqual(self.client_reads(), b"answer")
+        self.assert_still_relays()
 
 
 class _FailingSecondWrite:

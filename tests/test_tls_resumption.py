@@ -27,6 +27,7 @@ from netguard.config.model import ConfigError
 from netguard.tls import ServerTLSSettings, TLSConfigError, channel_binding_for
 from netguard.tls.context import TICKET_LIFETIME, base_context, use_identity
 from tests.test_tls import TLSTestCase, client_context, clock_at, run_handshake
+from tests.test_tls_binding import _Handle
 from tests.tls_certs import NOW
 
 #: TLS extension numbers (RFC 8446 section 4.2).
@@ -40,18 +41,6 @@ PSK_DHE_KE = 1
 
 #: OpenSSL's C{SSL_OP_ALLOW_NO_DHE_KEX} (pyOpenSSL names it not): accept C{psk_ke}.
 OP_ALLOW_NO_DHE_KEX = 0x400
-
-
-class _Handle:
-    """
-    The part of a Twisted TLS transport that L{channel_binding_for} reads.
-    """
-
-    def __init__(self, connection: SSL.Connection) -> None:
-        self.connection = connection
-
-    def getHandle(self) -> SSL.Connection:
-        return self.connection
 
 
 def reused(connection: SSL.Connection) -> bool:
