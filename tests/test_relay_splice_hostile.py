@@ -1,17 +1,21 @@
 """
 Tests for L{netguard.relay_splice} with peers and neighbours that misbehave: TCP urgent data,
 a side closed without the relay being told (its descriptor number reused), a reader that
-stops taking bytes before its pipe is full, a close that reports its loss at once. Real
+stops taking bytes before its pipe is full, a close that reports its loss at once, a reset
+with a full pipe, pipes refused now and then. Real
 loopback sockets, timers on a L{task.Clock}, as in L{tests.test_relay_splice}.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import struct
 from collections.abc import Generator
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
@@ -19,7 +23,7 @@ from twisted.trial import unittest
 
 from netguard import relay_splice
 from netguard.relay import A, B
-from netguard.relay_splice import CHUNK
+from netguard.relay_splice import CHUNK, PipePool
 from tests.test_relay_splice import SKIP, WRITE, _Harness, _payload
 
 
@@ -226,3 +230,71 @@ class KernelSpliceTimerTests(unittest.TestCase):
         yield harness.until(lambda: bool(harness.results))
         self.assertEqual(harness.results[0].ended_by, A)
         self.assertEqual(harness.clock.getDelayedCalls(), [])
+
+
+class KernelSpliceResetTests(unittest.TestCase):
+    """
+    A peer that resets its connection while its pipe is full.
+    """
+
+    skip = SKIP
+
+    @inlineCallbacks
+    def test_reader_resets_with_full_pipe(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        B's peer stops reading until A's pipe is full, then resets its connection: the
+        relay ends (C{ended_by="b"}), the pipe with its bytes is closed, not pooled, and
+        neither socket is watched any more.
+        """
+        harness = _Harness(self)
+        harness.peer_b.reading = False
+        harness.peer_a.outgoing += _payload(8 << 20, 17)
+        yield harness.until(lambda: harness.relay._ab.paused)
+        self.assertGreater(harness.relay.in_flight[A], 0)
+        harness.peer_b.sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
+        harness.peer_b.sock.close()
+        harness.peer_b.sock = socket.socket()  # closed again by the cleanup
+        yield harness.until(lambda: bool(harness.results))
+        self.assertEqual(harness.results[0].ended_by, B)
+        self.assertEqual((harness.pool.in_use, harness.pool.idle), (0, 0))
+        self.assertNotIn(harness.a, reactor.getReaders())
+        self.assertNotIn(harness.b, reactor.getWriters())
+
+
+class KernelSplicePipeRefusedTests(unittest.TestCase):
+    """
+    A pool that refuses every other pipe (descriptors running out now and then).
+    """
+
+    skip = SKIP
+
+    @inlineCallbacks
+    def test_order_kept_when_pipes_come_and_go(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        Every other pipe asked for is refused (C{EMFILE}): the reads without a pipe go
+        through user space, the others through the kernel, and 8 MiB arrive unchanged and
+        in order.
+        """
+
+        class HostileFlakyPool(PipePool):
+            """Refuses every other pipe asked for, as a process short of descriptors."""
+
+            __slots__ = ("asked",)
+
+            def take(self) -> tuple[int, int]:
+                self.asked = getattr(self, "asked", 0) + 1
+                if self.asked % 2:
+                    raise OSError(errno.EMFILE, "Too many open files")
+                return PipePool.take(self)
+
+        harness = _Harness(self, pool=HostileFlakyPool(), start=False)
+        harness.relay._ab.small = False
+        harness.start()
+        payload = _payload(8 << 20, 18)
+        harness.peer_a.outgoing += payload
+        yield harness.until(lambda: len(harness.peer_b.received) == len(payload))
+        self.assertEqual(bytes(harness.peer_b.received), payload)
+        self.assertNotEqual(harness.proto_a.user_space, [])
+        self.assertTrue(harness.relay.spliced)
