@@ -262,6 +262,33 @@ class KernelSpliceResetTests(unittest.TestCase):
         self.assertNotIn(harness.a, reactor.getReaders())
         self.assertNotIn(harness.b, reactor.getWriters())
 
+    @inlineCallbacks
+    def test_forced_close_with_full_pipes(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        Both pipes full (neither peer reads) when the client's connection is aborted, as
+        the drain's force and a second stop signal do: the relay ends (C{ended_by="a"}),
+        B is cut after the grace period, both pipes are closed, and neither socket is
+        watched any more.
+        """
+        harness = _Harness(self, start=False)
+        harness.relay._ab.small = harness.relay._ba.small = False
+        harness.start()
+        harness.peer_a.reading = harness.peer_b.reading = False
+        harness.peer_a.outgoing += _payload(8 << 20, 19)
+        harness.peer_b.outgoing += _payload(8 << 20, 20)
+        yield harness.until(lambda: harness.relay._ab.paused and harness.relay._ba.paused)
+        harness.a.abortConnection()
+        yield harness.until(lambda: harness.relay.gone[A])
+        self.assertEqual(harness.results, [])
+        harness.clock.advance(WRITE)
+        yield harness.until(lambda: bool(harness.results))
+        self.assertEqual(harness.results[0].ended_by, A)
+        self.assertEqual((harness.pool.in_use, harness.pool.idle), (0, 0))
+        for transport in (harness.a, harness.b):
+            self.assertNotIn(transport, reactor.getReaders())
+            self.assertNotIn(transport, reactor.getWriters())
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+
 
 class KernelSplicePipeRefusedTests(unittest.TestCase):
     """
