@@ -120,6 +120,21 @@ class ConnectTests(OpenBackendTestCase):
         self.assertIsInstance(leg, EndpointLeg)
         self.assertEqual(leg.idle_timeout, 99.0)
 
+    def test_kernel_relay_pipes_come_only_from_shared_endpoints(self) -> None:
+        """
+        A leg opened with the gateway's L{BackendEndpoints} borrows that one pipe pool for a
+        kernel relay; one opened without gets none (an ordinary relay), so no pool and its
+        read buffer are made per session.
+        """
+        opening = self.open(service("tcp:host=10.0.0.5:port=6379"))
+        self.complete_connection()
+        self.assertIsNone(self.successResultOf(opening).pipes)
+        endpoints = BackendEndpoints(self.reactor)
+        svc = service("tcp:host=10.0.0.5:port=6379")
+        opening = open_backend(self.reactor, svc, write_timeout=30.0, endpoints=endpoints)
+        self.complete_connection(1)
+        self.assertIs(self.successResultOf(opening).pipes, endpoints.pipes)
+
     def test_connected_cancels_the_connect_timer(self) -> None:
         opening = self.open(service("tcp:host=10.0.0.5:port=6379"))
         self.assertEqual(len(self.reactor.getDelayedCalls()), 1)

@@ -518,8 +518,9 @@ def open_backend(
         with it, a relay between two plain sockets moves its bytes in the kernel,
         L{KernelSplice}).
     @param write_timeout: how long either side may leave its write queue full.
-    @param endpoints: where the backend's endpoint comes from (L{BackendEndpoints}); by
-        default it is built from the service's description for this session.
+    @param endpoints: where the backend's endpoint and the kernel relay's pipes come from
+        (L{BackendEndpoints}); by default the endpoint is built from the service's
+        description for this session and the relay is the ordinary one.
     @return: a L{Deferred} firing with the L{BackendLeg} once connected, or failing with the
         precise cause: the endpoint's own error (refused, SOCKS5 reply, TLS verification...),
         or L{BackendConnectTimeout} when C{connect_timeout} passes first.
@@ -527,8 +528,8 @@ def open_backend(
     if service.backend == ECHO:
         return succeed(EchoLeg(reactor, write_timeout, service.idle_timeout))
     pipes: PipePool | None = None
-    if getattr(service, "kernel_relay", True):
-        pipes = endpoints.pipes if endpoints is not None else PipePool(max_idle=0)
+    if getattr(service, "kernel_relay", True) and endpoints is not None:
+        pipes = endpoints.pipes
     leg = EndpointLeg(reactor, write_timeout, service.idle_timeout, pipes)
     try:
         if endpoints is None:
