@@ -40,6 +40,7 @@ from netguard.mux.stream import (
     StreamState,
     StreamTimeout,
 )
+from netguard.relay import A, B, Splice
 
 DATA, WINDOW, PING, GO_AWAY = (
     FrameType.DATA,
@@ -1190,3 +1191,95 @@ class ApplicationTests(unittest.TestCase):
         self.assertEqual(harness.session.credit, sum(s.outstanding for s in streams))
         harness.feed(frame(WINDOW, FIN, 1, 0))
         self.assertEqual(harness.session.credit, second.outstanding)
+
+
+class Backend(StringTransport):
+    """
+    A backend transport for a splice: records half-close and pause.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+
+class SpliceSide(Recorder):
+    """
+    A stream protocol that hands its events to side A of a splice.
+    """
+
+    splice: Splice | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.splice is not None
+        self.splice.data_from(A, data)
+
+    def _read_lost(self) -> None:
+        assert self.splice is not None
+        self.splice.eof_from(A)
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        if self.splice is not None:
+            self.splice.lost(A)
+
+
+class RelayTransportTests(unittest.TestCase):
+    """
+    A stream as side A of L{netguard.relay.Splice}, a backend transport as side B.
+    """
+
+    def splice(self) -> tuple[Harness, MuxStream, Backend, Splice]:
+        """
+        A stream the peer opened, spliced to a backend.
+        """
+        harness = Harness(protocol=SpliceSide)
+        harness.feed(frame(WINDOW, SYN, 1, 0))
+        stream = harness.accepted[0]
+        backend = Backend()
+        splice = Splice(stream, backend, clock=harness.clock)
+        protocol = harness.protocols[1]
+        assert isinstance(protocol, SpliceSide)
+        protocol.splice = splice
+        splice.start()
+        harness.sent()
+        return harness, stream, backend, splice
+
+    def test_bytes_and_half_close_both_ways(self) -> None:
+        """
+        Bytes go both ways; the peer's FIN half-closes the backend, the backend's EOF sends
+        our FIN, and the relay ends cleanly.
+        """
+        harness, stream, backend, splice = self.splice()
+        harness.feed(data(1, b"GET"))
+        self.assertEqual(backend.value(), b"GET")
+        splice.data_from(B, b"VALUE")
+        self.assertEqual([p for h, p in harness.sent() if h.type is DATA], [b"VALUE"])
+        harness.feed(frame(WINDOW, FIN, 1, 0))
+        self.assertTrue(backend.write_closed)
+        splice.eof_from(B)
+        self.assertIn((WINDOW, FIN, 1, 0), kinds(harness.sent()))
+        splice.lost(B)
+        self.assertEqual(harness.session.open_streams, 0)
+        self.assertEqual(splice.ended_by, "a")
+
+    def test_window_exhausted_pauses_the_backend(self) -> None:
+        """
+        A peer that never returns credit: after one window and a high-water mark queued, the
+        splice pauses the backend's reading; credit from the peer resumes it.
+        """
+        harness, stream, backend, splice = self.splice()
+        chunk = b"x" * 16384
+        sent = 0
+        for _ in range(100):
+            if backend.producerState == "paused":
+                break
+            splice.data_from(B, chunk)
+            sent += len(chunk)
+        self.assertEqual(backend.producerState, "paused")
+        self.assertLessEqual(sent, INITIAL_WINDOW + harness.session.limits.stream_high_water)
+        harness.feed(frame(WINDOW, 0, 1, INITIAL_WINDOW))
+        self.assertEqual(backend.producerState, "producing")
