@@ -470,8 +470,11 @@ class MuxSession:
         if stream.local_fin or stream.fin_pending or stream.reset or stream.lost:
             return
         self._stream_accept(stream)
+        queue = stream.queue
+        if queue is None:
+            queue = stream.queue = deque()
         for chunk in chunks:
-            stream.queue.append(chunk)
+            queue.append(chunk)
             stream.queued += len(chunk)
         if (
             stream.producer is not None
@@ -513,7 +516,7 @@ class MuxSession:
         stream.eof_pending = False
         self._credit -= stream.buffered
         stream.buffered = 0
-        stream.buffer.clear()
+        stream.buffer = None
         if not stream.lost:
             self._maybe_grant(stream)
         self._flush()
@@ -600,6 +603,8 @@ class MuxSession:
         parts: list[bytes] = []
         taken = 0
         queue = stream.queue
+        if queue is None:
+            return b""
         while queue and taken < room:
             head = queue[0]
             want = room - taken
@@ -612,6 +617,8 @@ class MuxSession:
                 queue[0] = head[want:]
                 taken += want
         stream.queued -= taken
+        if not queue:
+            stream.queue = None
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _local_fin_sent(self, stream: MuxStream) -> None:

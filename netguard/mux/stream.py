@@ -102,6 +102,36 @@ class MuxStream:
     @ivar protocol: the stream's protocol, once attached.
     """
 
+    __slots__ = (
+        "_session",
+        "stream_id",
+        "outbound",
+        "protocol",
+        "bytes_in",
+        "bytes_out",
+        "acked",
+        "local_fin",
+        "remote_fin",
+        "reset",
+        "released",
+        "send_window",
+        "queue",
+        "queued",
+        "fin_pending",
+        "in_ready",
+        "producer",
+        "producer_paused",
+        "recv_window",
+        "buffer",
+        "buffered",
+        "reading_paused",
+        "eof_pending",
+        "read_closed",
+        "lost",
+        "timer",
+        "__weakref__",
+    )
+
     def __init__(self, session: MuxSession, stream_id: int, *, outbound: bool) -> None:
         """
         @param session: the session carrying the stream.
@@ -122,7 +152,7 @@ class MuxStream:
         self.released = True
         # send side
         self.send_window = INITIAL_WINDOW
-        self.queue: deque[bytes] = deque()
+        self.queue: deque[bytes] | None = None
         self.queued = 0
         self.fin_pending = False
         self.in_ready = False
@@ -130,7 +160,7 @@ class MuxStream:
         self.producer_paused = False
         # receive side
         self.recv_window = INITIAL_WINDOW
-        self.buffer: deque[bytes] = deque()
+        self.buffer: deque[bytes] | None = None
         self.buffered = 0
         self.reading_paused = False
         self.eof_pending = False
@@ -288,6 +318,8 @@ class MuxStream:
         if self.read_closed:
             return
         if self.reading_paused or self.buffer:
+            if self.buffer is None:
+                self.buffer = deque()
             self.buffer.append(data)
             self.buffered += len(data)
             self._session._held(len(data))
@@ -319,6 +351,8 @@ class MuxStream:
         delivered = 0
         while self.buffer and not self.reading_paused and not self.lost:
             data = self.buffer.popleft()
+            if not self.buffer:
+                self.buffer = None
             self.buffered -= len(data)
             self._session._held(-len(data))
             delivered += len(data)
@@ -343,8 +377,8 @@ class MuxStream:
         if self.lost:
             return
         self.lost = True
-        self.buffer.clear()
-        self.queue.clear()
+        self.buffer = None
+        self.queue = None
         self.queued = 0
         producer, self.producer = self.producer, None
         if producer is not None:
