@@ -1173,6 +1173,21 @@ class ApplicationTests(unittest.TestCase):
         self.assertEqual(harness.ends, [])
         self.assertEqual(harness.session.open_streams, 1)
 
+    def test_accept_exception_resets_the_stream(self) -> None:
+        """
+        An accept callback that raises gets that stream reset (logged); the session goes on.
+        """
+        harness = Harness()
+
+        def broken(stream: MuxStream) -> None:
+            raise KeyError("bug")
+
+        harness.session._accept = broken
+        harness.feed(frame(WINDOW, SYN, 1, 0))
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+        self.assertEqual(kinds(harness.sent()), [(WINDOW, RST, 1, 0)])
+        self.assertEqual((harness.ends, harness.session.open_streams), ([], 0))
+
     def test_credit_consistent_when_closing_while_draining(self) -> None:
         """
         A protocol that closes its stream while held data is being delivered leaves the

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import attrs
 from twisted.internet.interfaces import IAddress, IPushProducer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -36,6 +37,8 @@ from netguard.mux.stream import (
     closed_cleanly,
 )
 from netguard.relay import DelayedCall, ReactorTime
+
+_log = Logger()
 
 #: Bytes framed per batch before the batch is handed to the transport (so a transport that
 #: pauses us on a full buffer does so within about this much).
@@ -441,11 +444,20 @@ class MuxSession:
             self._control(frames.encode(FrameType.WINDOW_UPDATE, Flag.RST, stream_id, 0))
             return None
         stream = self._add_stream(stream_id, outbound=False)
-        protocol = self._accept(stream)
+        try:
+            protocol = self._accept(stream)
+            if protocol is not None:
+                stream.attach(protocol)
+        except Exception:
+            _log.failure(
+                "stream {stream_id}: accept raised",
+                event="mux.stream.error",
+                stream_id=stream_id,
+            )
+            protocol = None
         if protocol is None:
             self._stream_reset(stream, None)
             return None
-        stream.attach(protocol)
         return stream
 
     def _unknown_stream(self, stream_id: int) -> None:
