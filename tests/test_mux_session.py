@@ -31,8 +31,9 @@ from netguard.mux.frames import (
     Violation,
 )
 from netguard.mux.limits import MuxLimits
+from netguard.mux.outcome import OpenRefused, SessionEnd
 from netguard.mux.protocol import MuxProtocol
-from netguard.mux.session import MuxSession, OpenRefused, SessionEnd
+from netguard.mux.session import MuxSession
 from netguard.mux.stream import (
     MuxStream,
     SessionLost,

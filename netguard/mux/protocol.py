@@ -11,7 +11,8 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from netguard.mux.limits import MuxLimits
-from netguard.mux.session import MuxSession, SessionEnd, SessionTransport
+from netguard.mux.outcome import SessionEnd, SessionTransport
+from netguard.mux.session import MuxSession
 from netguard.mux.stream import MuxStream, StreamProtocol
 from netguard.relay import ReactorTime
 

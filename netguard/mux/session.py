@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
 
-import attrs
-from twisted.internet.interfaces import IAddress, IPushProducer
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -28,6 +26,7 @@ from netguard.mux.frames import (
     Violation,
 )
 from netguard.mux.limits import MuxLimits, TokenBucket
+from netguard.mux.outcome import OpenRefused, SessionEnd, SessionTransport
 from netguard.mux.stream import (
     MuxStream,
     SessionLost,
@@ -43,53 +42,6 @@ _log = Logger()
 #: Bytes framed per batch before the batch is handed to the transport (so a transport that
 #: pauses us on a full buffer does so within about this much).
 _BATCH = 64 * 1024
-
-
-class SessionTransport(Protocol):
-    """
-    What a session uses of its transport (a TCP or TLS transport, say).
-    """
-
-    def write(self, data: bytes) -> None: ...
-
-    def writeSequence(self, data: list[bytes]) -> None: ...
-
-    def loseConnection(self) -> None: ...
-
-    def abortConnection(self) -> None: ...
-
-    def getPeer(self) -> IAddress: ...
-
-    def getHost(self) -> IAddress: ...
-
-
-@attrs.frozen
-class SessionEnd:
-    """
-    Why a session ended: a value the owner logs.
-
-    @ivar violation: the reason.
-    @ivar code: the go-away code sent or received (C{NORMAL} for a lost connection).
-    @ivar by_peer: whether the peer ended it (its go-away, its close) rather than us.
-    @ivar detail: numbers only, never peer bytes.
-    """
-
-    violation: Violation
-    code: GoAwayCode
-    by_peer: bool
-    detail: str = ""
-
-
-class OpenRefused(Exception):
-    """
-    A stream cannot be opened now.
-
-    @ivar reason: C{"session-ended"}, C{"go-away"}, C{"stream-limit"} or C{"ids-exhausted"}.
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class _Fatal(Exception):
