@@ -195,6 +195,19 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         if limits is not None:
             self.limits = limits
         self.clock = clock
+        # Every name an instance ever sets is set here, in one order, so that instances
+        # keep sharing their class's key table: CPython 3.11 turns an instance dict that
+        # gains a name its class's (possibly frozen) shared keys lack into a full dict of
+        # its own, a 768-byte block per connection.
+        self.phase = FramingPhase.PRE_GREETING
+        self._buffer = b""
+        self.line_mode = 1
+        self.lines_received = 0
+        self.bytes_before_auth = 0
+        self.lines_after_auth = 0
+        self.bytes_after_auth = 0
+        self.errors_answered = 0
+        self.handshake_done = False
         self._timers: dict[str, Any] = {}
         self._write_paused = False
         self._held = False

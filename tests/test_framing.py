@@ -8,6 +8,7 @@ import itertools
 import re
 import resource
 import socket
+import sys
 from typing import Any
 
 from hypothesis import given, settings
@@ -494,6 +495,58 @@ class TimeoutTests(unittest.TestCase):
         proto, _, clock = connect()
         proto.connectionLost(None)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class InstanceDictTests(unittest.TestCase):
+    """
+    A receiver's instance dict keeps sharing its class's key table however connections
+    arrive: every name it ever sets is set in the constructor. (CPython 3.11 stops adding
+    names to a class's shared keys once about 30 instances exist; an instance that then
+    sets a new name gets a full dict of its own, 768 bytes more per connection.)
+    """
+
+    #: Names Twisted and TimeoutMixin set when the connection is made, right after the
+    #: constructor (before any other instance can be built).
+    CONNECTION_NAMES = {"transport", "connected", "timeOut", "_TimeoutMixin__timeoutCall"}
+
+    def test_every_name_is_set_in_the_constructor(self) -> None:
+        """
+        A whole session (greeting, lines before and after the handshake, an error reply,
+        raw mode, close) sets no instance name the constructor did not set.
+        """
+        clock = Clock()
+        proto = Recorder(FramingLimits(max_lines_after_auth=5, max_bytes_after_auth=500), clock)
+        from_constructor = set(vars(proto))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        clock.advance(proto.limits.greeting_delay)
+        proto.dataReceived(b"PING\r\nBAD x\r\nAUTHOK\r\nAFTER\r\n")
+        proto.dataReceived(b"RAW\r\nraw bytes")
+        proto.connectionLost(None)
+        names = set(vars(proto)) - {"lines", "raw", "authenticate_on"}  # Recorder's own
+        self.assertEqual(names - from_constructor - self.CONNECTION_NAMES, set())
+
+    def test_dicts_stay_shared_when_many_connections_arrive_at_once(self) -> None:
+        """
+        Sixty-four connections made before any of them speaks (a burst of accepts), then
+        each logged in: every instance dict still shares its class's keys (small), none
+        turned into a full dict of its own.
+        """
+
+        class Fresh(Recorder):
+            pass  # a class of its own: its shared keys start empty, as at process start
+
+        clock = Clock()
+        protos = []
+        for _ in range(64):
+            proto = Fresh(FramingLimits(), clock)
+            proto.makeConnection(StringTransport())
+            protos.append(proto)
+        clock.advance(FramingLimits().greeting_delay)
+        for proto in protos:
+            proto.dataReceived(b"PING\r\nAUTHOK\r\nRAW\r\n")
+        sizes = {sys.getsizeof(vars(proto)) for proto in protos}
+        self.assertLess(max(sizes), 512, sizes)
 
 
 class WriteBoundTests(unittest.TestCase):
