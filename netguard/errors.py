@@ -26,6 +26,7 @@ class ErrorCode(enum.StrEnum):
     EARLY_TALKER = "EARLY_TALKER"
     AUTH_REQUIRED = "AUTH_REQUIRED"
     UNSUPPORTED_MECHANISM = "UNSUPPORTED_MECHANISM"
+    UNSUPPORTED_FRAMING = "UNSUPPORTED_FRAMING"
     AUTH_FAILED = "AUTH_FAILED"
     NOT_AUTHORIZED = "NOT_AUTHORIZED"
     NO_SUCH_SERVICE = "NO_SUCH_SERVICE"
@@ -47,6 +48,7 @@ DEFAULT_TEXT: dict[ErrorCode, str] = {
     ErrorCode.EARLY_TALKER: "you spoke before the greeting",
     ErrorCode.AUTH_REQUIRED: "authenticate first",
     ErrorCode.UNSUPPORTED_MECHANISM: "mechanism not offered",
+    ErrorCode.UNSUPPORTED_FRAMING: "multiplexing framing not offered",
     ErrorCode.AUTH_FAILED: "authentication failed",
     ErrorCode.NOT_AUTHORIZED: "not authorized for that service",
     ErrorCode.NO_SUCH_SERVICE: "no such service",

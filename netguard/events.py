@@ -62,6 +62,13 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "session.backend_failed": "the backend of a service could not be reached",
         "socks5.connected": "a SOCKS5 tunnel to a backend is up",
         "socks5.failed": "a SOCKS5 negotiation failed",
+        # Multiplexed sessions
+        "mux.start": "a connection was upgraded to a multiplexed session (MUX)",
+        "mux.end": "a multiplexed session ended",
+        "mux.stream.error": "a stream's protocol raised; that stream was reset",
+        "stream.open": "a stream of a multiplexed session started relaying to a service",
+        "stream.refused": "a stream of a multiplexed session was answered ERR and closed",
+        "stream.close": "a relaying stream of a multiplexed session ended",
         # Peer checks
         "peer.fcrdns": "the forward-confirmed reverse DNS result of a client",
         "peer.ident": "the ident (RFC 1413) claim of a client, untrusted",

@@ -143,6 +143,7 @@ class Stats:
     def __init__(self) -> None:
         self.counters: Counter[str] = Counter()
         self.active = 0
+        self.streams_active = 0
         self.setup_seconds = Histogram(SETUP_BUCKETS)
         self._live: dict[Any, _Live] = {}
         self._services: dict[str, Counter[str]] = {}
@@ -179,6 +180,28 @@ class Stats:
         self._live[key] = _Live(service, meter)
         self._service(service)["sessions"] += 1
         self.setup_seconds.observe(setup)
+
+    def stream_started(self, key: Any, service: str, meter: Meter) -> None:
+        """
+        A stream of a multiplexed session started relaying (C{OK OPEN} was sent on it):
+        counted as a stream (C{streams}, per service C{streams}), not as a session; its
+        bytes are read from C{meter} while it lives, and its end is L{session_closed} then
+        L{stream_ended}.
+
+        @param key: the stream (anything hashable, unique while it lives).
+        @param service: the configured name of the service opened.
+        @param meter: reads the bytes relayed so far; only grows.
+        """
+        self._live[key] = _Live(service, meter)
+        self._service(service)["streams"] += 1
+        self.counters["streams"] += 1
+        self.streams_active += 1
+
+    def stream_ended(self) -> None:
+        """
+        A stream counted by L{stream_started} has ended (after its L{session_closed}).
+        """
+        self.streams_active -= 1
 
     def session_closed(self, key: Any, service: str | None, up: int, down: int) -> None:
         """
@@ -232,6 +255,8 @@ class Stats:
             figures["bytes_up"] = figures.get("bytes_up", 0) + up
             figures["bytes_down"] = figures.get("bytes_down", 0) + down
         figures["active"] = self.active
+        if "streams" in self.counters:
+            figures["streams_active"] = self.streams_active
         return figures
 
     def services_snapshot(self) -> dict[str, dict[str, Any]]:
@@ -248,6 +273,7 @@ class Stats:
                 "bytes_up": counters["bytes_up"],
                 "bytes_down": counters["bytes_down"],
                 "relays": 0,
+                **({"streams": counters["streams"]} if counters["streams"] else {}),
                 "open_failures": {
                     reason: counters[f"open_failures.{reason}"]
                     for reason in sorted({*OPEN_FAILURE_REASONS, *_reasons(counters)})

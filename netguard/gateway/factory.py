@@ -27,6 +27,7 @@ from netguard.config import Config
 from netguard.framing import FramingLimits
 from netguard.gateway.protocol import GatewaySession
 from netguard.gateway.seams import DrainWatcher, LiveSession, Service
+from netguard.gateway.streams import StreamCaps, StreamSettings
 from netguard.outbound.backends import BackendEndpoints, BackendLeg, open_backend
 from netguard.peer.checks import PeerCheckPolicy, PeerCheckRun, PeerChecks
 from netguard.relay import A, B
@@ -60,6 +61,41 @@ class _RelayMeter:
         return max(self.session.bytes_up, counts[A]), counts[B]
 
 
+#: Names Twisted's TCP transports set on themselves after their constructor (on the first
+#: write, producer, half-close or close), class attributes until then.
+_TRANSPORT_LATE_NAMES = (
+    "dataBuffer",
+    "offset",
+    "producer",
+    "streamingProducer",
+    "producerPaused",
+    "disconnecting",
+    "disconnected",
+    "_writeDisconnecting",
+    "_writeDisconnected",
+)
+
+
+def _share_transport_keys() -> None:
+    """
+    Enter the names Twisted's TCP transports set late into their classes' shared instance
+    keys, on one throwaway instance each, before connections arrive.
+
+    CPython 3.11 stops adding names to a class's shared keys once about 30 instances
+    exist; a transport that then sets one of these names for the first time (C{offset} on
+    its first write) gets a full instance dict of its own, a 768-byte block, for every
+    connection accepted in a burst. Setting them once at start-up keeps every transport's
+    dict shared. Nothing else changes: the throwaway instances are never used.
+    """
+    from twisted.internet import tcp
+
+    for cls in (tcp.Server, tcp.Client):
+        instance = cls.__new__(cls)
+        for name in _TRANSPORT_LATE_NAMES:
+            if hasattr(cls, name):
+                setattr(instance, name, getattr(cls, name))
+
+
 class GatewayFactory(Factory):
     """
     Builds L{GatewaySession}s for one gateway.
@@ -77,6 +113,7 @@ class GatewayFactory(Factory):
     log = Logger()
 
     def __init__(self, config: Config, users: UserStore, reactor: Any, stats: Stats | None = None):
+        _share_transport_keys()
         self.config = config
         self.users = users
         self.reactor = reactor
@@ -87,6 +124,9 @@ class GatewayFactory(Factory):
         self._scaled: tuple[FramingLimits, dict[_Timeouts, FramingLimits]] = (config.limits, {})
         self._backend_endpoints = BackendEndpoints(reactor)
         self.sessions: set[LiveSession] = set()
+        #: The bounds of the streams of multiplexed sessions, and their live counts.
+        self.stream_settings = StreamSettings()
+        self.stream_caps = StreamCaps()
         self.admitting = AdmittingFactory(
             self,
             Admission(config.admission, reactor),

@@ -40,12 +40,20 @@ from netguard.auth.scram import (
 )
 from netguard.errors import ErrorCode
 from netguard.framing import FramingLimits, GuardedLineReceiver, peer_label
+from netguard.gateway.opening import (
+    OpenRefusal,
+    backend_failed,
+    checks_refused,
+    choose_service,
+)
 from netguard.gateway.seams import Service, SessionHost
+from netguard.gateway.streams import YAMUX_1, StreamGate, StreamHost
 from netguard.log import escape, quoted
-from netguard.outbound.backends import BackendLeg, describe_failure
+from netguard.mux.frames import INITIAL_WINDOW, Violation
+from netguard.mux.session import MuxSession, SessionEnd
+from netguard.outbound.backends import BackendLeg
 from netguard.peer.checks import PeerCheckRun, Verdict
 from netguard.relay import RelayResult
-from netguard.stats import OPEN_BACKEND, OPEN_NOT_AUTHORIZED, OPEN_PEER_CHECKS
 from netguard.tls import channel_binding_for, connection_info, describe_tls_error
 
 
@@ -60,6 +68,7 @@ class SessionState(enum.Enum):
     AUTHENTICATED = "authenticated"
     OPENING = "opening"  # OPEN accepted, backend connecting
     RELAYING = "relaying"
+    MUX = "mux"  # MUX accepted: the connection carries a multiplexed session
     CLOSED = "closed"
 
 
@@ -68,6 +77,7 @@ ARITY: dict[bytes, int] = {
     b"AUTH": 2,
     b"CONT": 1,
     b"OPEN": 1,
+    b"MUX": 1,
     b"SERVICES": 0,
     b"PING": 0,
     b"QUIT": 0,
@@ -79,6 +89,7 @@ TRANSITIONS: dict[SessionState, dict[bytes, str]] = {
     SessionState.AUTH_CONTINUE: {b"CONT": "do_cont", b"QUIT": "do_quit"},
     SessionState.AUTHENTICATED: {
         b"OPEN": "do_open",
+        b"MUX": "do_mux",
         b"SERVICES": "do_services",
         b"PING": "do_ping",
         b"QUIT": "do_quit",
@@ -164,6 +175,7 @@ class GatewaySession(GuardedLineReceiver):
         "_tls_ready",
         "_peer_verdict",
         "_started",
+        "_gate",
     )
 
     def __init__(
@@ -202,6 +214,7 @@ class GatewaySession(GuardedLineReceiver):
         self._tls_ready = False
         self._peer_verdict: Verdict | None = None
         self._started = factory.clock.seconds()
+        self._gate: StreamGate | None = None
 
     @property
     def peer_address(self) -> object:
@@ -263,6 +276,11 @@ class GatewaySession(GuardedLineReceiver):
         super().connectionLost(reason)
         if self._peer_run is not None:
             self._peer_run.cancel()
+        gate = self._gate
+        if gate is not None and gate.session is not None:
+            mux = gate.session
+            mux.connection_lost(reason)
+            self.bytes_up, self.bytes_down = mux.bytes_in, mux.bytes_out
         self.factory.session_ended(self)
         leg, self._leg = self._leg, None
         if leg is None:
@@ -278,6 +296,10 @@ class GatewaySession(GuardedLineReceiver):
         """
         if self.state is SessionState.RELAYING and self._leg is not None:
             self._leg.half_close()
+        elif self.state is SessionState.MUX:
+            # No frame can follow: the streams cannot go on either.
+            self.closed_by = "client"
+            self.transport.loseConnection()
         elif self.state is SessionState.OPENING:
             self._client_eof = True
         else:
@@ -348,6 +370,9 @@ class GatewaySession(GuardedLineReceiver):
         self.bytes_up += len(data)
         if self.state is SessionState.RELAYING and self._leg is not None:
             self._leg.write(data)
+        elif self.state is SessionState.MUX:
+            if self._gate is not None and self._gate.session is not None:
+                self._gate.session.data_received(data)
         elif self.state is SessionState.OPENING:
             # Kept until the backend answers; reading stays paused meanwhile, so this holds
             # at most what had already arrived.
@@ -453,39 +478,102 @@ class GatewaySession(GuardedLineReceiver):
         names = self.factory.services_for(self.user or "")
         self.sendLine(" ".join(["OK SERVICES", *names]).encode("ascii"))
 
-    def do_open(self, name_bytes: bytes) -> None:
-        if not _SERVICE_NAME.match(name_bytes):
-            self.refuse(ErrorCode.NO_SUCH_SERVICE, offending=name_bytes, close=False)
+    def do_mux(self, framing: bytes) -> None:
+        """
+        Upgrade the connection to a multiplexed session: C{OK MUX yamux/1 STREAMS=<n>
+        WINDOW=<bytes>}, and from the next byte on, yamux frames (what followed the line
+        in the same read is the session's first bytes). An unknown framing is refused and
+        the line phase goes on.
+        """
+        if framing != YAMUX_1.encode("ascii"):
+            self.refuse(ErrorCode.UNSUPPORTED_FRAMING, offending=framing, close=False)
             return
-        name = name_bytes.decode("ascii")
-        service = self.factory.service(name)
-        if service is None:
-            self.refuse(ErrorCode.NO_SUCH_SERVICE, offending=name_bytes, close=False)
-            return
-        if not self.factory.allowed(service, self.user or ""):
-            self.log.info(
-                "{user} may not open {service}",
-                event="session.denied",
-                service=name,
-                **self.log_fields(),
+        host = cast(StreamHost, self.factory)
+        settings = host.stream_settings
+        gate = StreamGate(self, host)
+        limits = settings.mux_limits(self.limits.idle_timeout)
+        self.state = SessionState.MUX
+        self._gate = gate
+        self.sendLine(
+            f"OK MUX {YAMUX_1} STREAMS={limits.max_streams} WINDOW={INITIAL_WINDOW}".encode(
+                "ascii"
             )
-            self.factory.stats.open_failed(name, OPEN_NOT_AUTHORIZED)
-            self.refuse(ErrorCode.NOT_AUTHORIZED, close=False)
+        )
+        self.setRawMode()
+        # The session's own bounds take over: its idle timeout runs only while no stream is
+        # open, its keepalive notices a dead path.
+        self.setTimeout(None)
+        gate.session = MuxSession(
+            self.transport,
+            client=False,
+            clock=self.factory.clock,
+            accept=gate.accept,
+            limits=limits,
+            on_end=self._mux_ended,
+        )
+        self.transport.registerProducer(gate.session, True)
+        self.log.info(
+            "{user} started a multiplexed session ({framing})",
+            event="mux.start",
+            framing=YAMUX_1,
+            max_streams=limits.max_streams,
+            **self.log_fields(),
+        )
+
+    def _mux_ended(self, end: SessionEnd) -> None:
+        """
+        The multiplexed session ended (its streams have been told): log how.
+        """
+        if end.violation is Violation.IDLE:
+            self.closed_by = "idle"
+        elif end.by_peer:
+            self.closed_by = "client"
+        else:
+            self.closed_by = "server"
+        gate = self._gate
+        self.log.info(
+            "multiplexed session of {peer} ended: {violation}",
+            event="mux.end",
+            violation=end.violation.value,
+            code=int(end.code),
+            by_peer=end.by_peer,
+            detail=end.detail,
+            streams_opened=gate.opened if gate is not None else 0,
+            streams_refused=gate.refused if gate is not None else 0,
+            **self.log_fields(),
+        )
+
+    def do_open(self, name_bytes: bytes) -> None:
+        chosen = choose_service(
+            self.factory, name_bytes, self.user or "", self.log, self.log_fields()
+        )
+        if isinstance(chosen, OpenRefusal):
+            offending = None if chosen.code is ErrorCode.NOT_AUTHORIZED else name_bytes
+            self.refuse(chosen.code, chosen.text, offending=offending, close=False)
             return
+        verdict = self.service_verdict(chosen)
+        if verdict is not None:
+            self.hold_lines()
+            verdict.addCallback(self._service_check_decided, chosen)
+            return
+        self._open(chosen)
+
+    def service_verdict(self, service: Service) -> Deferred[Verdict] | None:
+        """
+        The verdict an opening of C{service} must wait for, when the service requires a
+        forward-confirmed peer: the connection's own check (started once, bounded by its
+        timeout, cached per address), which is the connection's from now on (cancelled with
+        it). Shared by C{OPEN} and by the streams of a multiplexed session.
+
+        @return: the verdict to wait for, or L{None} when the service requires none.
+        """
         run = self.factory.start_service_checks(
             service, self.transport.getPeer(), self.transport.getHost(), self._peer_run
         )
-        if run is not None:
-            # This service requires a forward-confirmed peer: wait for the connection's own
-            # check (started once, bounded by its timeout, cached per address), holding
-            # later lines. The run is the connection's from now on: cancelled with it.
-            self._peer_run = run
-            self.hold_lines()
-            run.verdict(self.factory.service_check_policy()).addCallback(
-                self._service_check_decided, service
-            )
-            return
-        self._open(service)
+        if run is None:
+            return None
+        self._peer_run = run
+        return run.verdict(self.factory.service_check_policy())
 
     def _service_check_decided(self, verdict: Verdict, service: Service) -> None:
         if self.state is not SessionState.AUTHENTICATED:
@@ -493,15 +581,8 @@ class GatewaySession(GuardedLineReceiver):
         if verdict.allowed:
             self._open(service)
         else:
-            self.log.info(
-                "peer checks refused {peer} for {service}: {reason}",
-                event="peer.refused",
-                service=service.name,
-                reason=escape(verdict.reason),
-                **self.log_fields(),
-            )
-            self.factory.stats.open_failed(service.name, OPEN_PEER_CHECKS)
-            self.refuse(ErrorCode.NOT_AUTHORIZED, "peer checks failed", close=False)
+            refusal = checks_refused(self.factory, service, verdict, self.log, self.log_fields())
+            self.refuse(refusal.code, refusal.text, close=False)
         self.release_lines()
 
     def _open(self, service: Service) -> None:
@@ -565,6 +646,10 @@ class GatewaySession(GuardedLineReceiver):
         """
         if self.state is SessionState.RELAYING:
             return
+        if self.state is SessionState.MUX and self._gate is not None:
+            self.closed_by = "server"
+            self._gate.shutdown()
+            return
         self.closed_by = "server"
         self.refuse(ErrorCode.SHUTTING_DOWN)
 
@@ -609,17 +694,11 @@ class GatewaySession(GuardedLineReceiver):
     def _backend_failed(self, failure: Failure) -> None:
         if self.state is not SessionState.OPENING:
             return
-        self.log.warn(
-            "backend of {service} unavailable: {cause}",
-            event="session.backend_failed",
-            service=escape(self.service),
-            cause=describe_failure(failure),
-            error_type=failure.type.__name__,
-            **self.log_fields(),
-        )
         self._pending = None
-        self.factory.stats.open_failed(self.service or "", OPEN_BACKEND)
-        self.refuse(ErrorCode.BACKEND_UNAVAILABLE)
+        refusal = backend_failed(
+            self.factory, self.service or "", failure, self.log, self.log_fields()
+        )
+        self.refuse(refusal.code, refusal.text)
 
     def _decode(self, token: bytes) -> str | None:
         try:
@@ -682,7 +761,7 @@ class GatewaySession(GuardedLineReceiver):
         if self.state is SessionState.AUTH_CONTINUE:
             self._abandon_exchange(f"{command.decode('ascii')} instead of CONT", line)
             return
-        if self.state is SessionState.READY and command in (b"OPEN", b"SERVICES"):
+        if self.state is SessionState.READY and command in (b"OPEN", b"MUX", b"SERVICES"):
             self.refuse(ErrorCode.AUTH_REQUIRED, offending=line, close=False)
             return
         self.refuse(ErrorCode.BAD_SEQUENCE, offending=line, close=False)

@@ -1,0 +1,547 @@
+# -*- test-case-name: tests.test_gateway_streams -*-
+"""
+The gateway side of a multiplexed session: each stream the client opens names its service
+in a first line C{OPEN <service>}, is authorised and answered as C{OPEN} is on a connection,
+then relays to the service's backend. C{docs/protocol.md} section 5.1 is the wire format.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Protocol, cast
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from netguard.errors import ErrorCode, format_error
+from netguard.gateway.opening import (
+    OpenRefusal,
+    backend_failed,
+    checks_refused,
+    choose_service,
+)
+from netguard.gateway.seams import Service, SessionHost
+from netguard.log import escape
+from netguard.mux.limits import MuxLimits
+from netguard.mux.session import MuxSession
+from netguard.mux.stream import MuxStream
+from netguard.outbound.backends import BackendLeg
+from netguard.peer.checks import Verdict
+from netguard.relay import A, B, DelayedCall, HalfCloseableTransport, RelayResult
+
+#: The framing name of C{MUX} and the greeting's C{MUX=} capability.
+YAMUX_1 = "yamux/1"
+
+#: The relay's C{ended_by} as a stream's C{stream.close} gives it in C{closed_by}.
+_ENDINGS = {
+    "a": "client",
+    "b": "backend",
+    "stalled-a": "client-stalled",
+    "stalled-b": "backend-stalled",
+}
+
+#: The refusal for a stream of a draining gateway.
+_SHUTTING_DOWN = OpenRefusal(ErrorCode.SHUTTING_DOWN)
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
+
+
+@attrs.frozen
+class StreamSettings:
+    """
+    The bounds of the streams of multiplexed sessions, besides the framing's own
+    (L{MuxLimits}).
+
+    @ivar max_streams: streams open at once in one session; a SYN past it is reset.
+    @ivar max_per_user: streams of one user open at once across every session; the one past
+        it is refused C{ERR BUSY stream-cap-user}.
+    @ivar max_per_service: streams of one service open at once across every session; the one
+        past it is refused C{ERR BUSY stream-cap-service}.
+    @ivar open_timeout: seconds from a stream's SYN to its complete C{OPEN} line; past it the
+        stream is refused C{ERR TIMEOUT open deadline}.
+    @ivar keepalive_interval: seconds between the gateway's pings on a session.
+    @ivar keepalive_timeout: seconds a ping may go unanswered before the session ends.
+    """
+
+    max_streams: int = attrs.field(default=256, validator=_positive)
+    max_per_user: int = attrs.field(default=1024, validator=_positive)
+    max_per_service: int = attrs.field(default=4096, validator=_positive)
+    open_timeout: float = attrs.field(default=10.0, validator=_positive)
+    keepalive_interval: float = attrs.field(default=30.0, validator=_positive)
+    keepalive_timeout: float = attrs.field(default=10.0, validator=_positive)
+
+    def mux_limits(self, idle_timeout: float | None) -> MuxLimits:
+        """
+        @param idle_timeout: seconds a session with no stream open may live.
+        @return: the framing's bounds for a session.
+        """
+        return MuxLimits(
+            max_streams=self.max_streams,
+            keepalive_interval=self.keepalive_interval,
+            keepalive_timeout=self.keepalive_timeout,
+            idle_timeout=idle_timeout,
+        )
+
+
+class StreamCaps:
+    """
+    The live streams of every session of one gateway, per user and per service: the counts
+    the caps of L{StreamSettings} apply to. A key is forgotten when its count is back to 0.
+    """
+
+    __slots__ = ("users", "services")
+
+    def __init__(self) -> None:
+        self.users: dict[str, int] = {}
+        self.services: dict[str, int] = {}
+
+    def take(self, user: str, service: str, settings: StreamSettings) -> str | None:
+        """
+        Count one more stream of C{user} to C{service}, unless a cap is reached.
+
+        @return: L{None} (counted), or the C{BUSY} reason (nothing counted).
+        """
+        if self.users.get(user, 0) >= settings.max_per_user:
+            return "stream-cap-user"
+        if self.services.get(service, 0) >= settings.max_per_service:
+            return "stream-cap-service"
+        self.users[user] = self.users.get(user, 0) + 1
+        self.services[service] = self.services.get(service, 0) + 1
+        return None
+
+    def give(self, user: str, service: str) -> None:
+        """
+        A stream counted by L{take} has ended.
+        """
+        for counts, key in ((self.users, user), (self.services, service)):
+            left = counts.get(key, 0) - 1
+            if left > 0:
+                counts[key] = left
+            else:
+                counts.pop(key, None)
+
+
+class StreamHost(SessionHost, Protocol):
+    """
+    What the streams use of the gateway besides what a session does.
+
+    @ivar stream_settings: the bounds in force.
+    @ivar stream_caps: the per-user and per-service counts.
+    """
+
+    stream_settings: StreamSettings
+    stream_caps: StreamCaps
+
+
+class StreamOwner(Protocol):
+    """
+    What the streams use of the connection that carries them (the NGP/1 session).
+    """
+
+    conn_id: str
+    user: str | None
+
+    def log_fields(self) -> dict[str, Any]: ...
+
+    def service_verdict(self, service: Service) -> Deferred[Verdict] | None: ...
+
+
+class StreamState(enum.Enum):
+    """
+    Where a gateway stream is.
+    """
+
+    LINE = "line"  # reading the OPEN line
+    OPENING = "opening"  # authorised, the backend connecting (or peer checks running)
+    RELAYING = "relaying"
+    REFUSED = "refused"  # answered ERR, FIN sent
+    DONE = "done"
+
+
+class StreamGate:
+    """
+    The streams of one multiplexed session: accepts each stream the client opens, tracks the
+    live ones, and drains them when the gateway stops.
+
+    @ivar session: the L{MuxSession}, once started.
+    @ivar streams: the streams not yet finished.
+    @ivar draining: whether new streams are refused C{SHUTTING_DOWN}.
+    @ivar opened: streams answered C{OK OPEN}.
+    @ivar refused: streams answered C{ERR}.
+    """
+
+    log = Logger()
+
+    def __init__(self, owner: StreamOwner, host: StreamHost) -> None:
+        self.owner = owner
+        self.host = host
+        self.settings = host.stream_settings
+        self.session: MuxSession | None = None
+        self.streams: set[GatewayStream] = set()
+        self.draining = False
+        self.opened = 0
+        self.refused = 0
+
+    def accept(self, stream: MuxStream) -> GatewayStream:
+        """
+        The client opened C{stream}: its protocol reads the C{OPEN} line.
+        """
+        protocol = GatewayStream(self)
+        self.streams.add(protocol)
+        self.host.stats.count("streams_accepted")
+        return protocol
+
+    def shutdown(self) -> None:
+        """
+        The gateway is stopping: refuse new streams C{SHUTTING_DOWN}, and those still in
+        their C{OPEN} line; relaying streams go on; go-away once none is left.
+        """
+        self.draining = True
+        for stream in list(self.streams):
+            if stream.state is StreamState.LINE:
+                stream.refuse(_SHUTTING_DOWN)
+        self._maybe_go_away()
+
+    def finished(self, stream: GatewayStream) -> None:
+        """
+        C{stream} is over (its backend attempt, if any, has ended too).
+        """
+        self.streams.discard(stream)
+        self._maybe_go_away()
+
+    def _maybe_go_away(self) -> None:
+        if not self.draining or self.session is None:
+            return
+        if any(s.state in (StreamState.OPENING, StreamState.RELAYING) for s in self.streams):
+            return
+        self.session.go_away()
+
+
+class GatewayStream:
+    """
+    One stream of a multiplexed session, as the gateway sees it: the bounded C{OPEN} line,
+    the authorisation, the answer, then the relay with the stream as side A.
+
+    @ivar state: the L{StreamState}.
+    @ivar service: the service's name once chosen.
+    @ivar closed_by: how it ended, as logged.
+    """
+
+    __slots__ = (
+        "gate",
+        "transport",
+        "state",
+        "service",
+        "closed_by",
+        "_line",
+        "_pending",
+        "_eof",
+        "_deadline",
+        "_leg",
+        "_counted",
+        "_gone",
+        "_started",
+    )
+
+    def __init__(self, gate: StreamGate) -> None:
+        self.gate = gate
+        self.transport: MuxStream | None = None
+        self.state = StreamState.LINE
+        self.service: str | None = None
+        self.closed_by = "client"
+        self._line = b""
+        self._pending: list[bytes] = []
+        self._eof = False
+        self._deadline: DelayedCall | None = None
+        self._leg: BackendLeg | None = None
+        self._counted = False
+        self._gone = False
+        self._started = gate.host.clock.seconds()
+
+    # -- what the stream calls -------------------------------------------------------------
+
+    def makeConnection(self, transport: MuxStream) -> None:
+        """
+        The stream is open: refuse it at once while draining, else wait for its line.
+        """
+        self.transport = transport
+        if self.gate.draining:
+            self.refuse(_SHUTTING_DOWN)
+            return
+        self._deadline = self.gate.host.clock.callLater(
+            self.gate.settings.open_timeout, self._deadline_passed
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Bytes from the client: the C{OPEN} line (bounded), then the relay's.
+        """
+        if self.state is StreamState.RELAYING:
+            if self._leg is not None:
+                self._leg.write(data)
+        elif self.state is StreamState.LINE:
+            self._line_data(data)
+        elif self.state is StreamState.OPENING:
+            self._pending.append(data)
+
+    def readConnectionLost(self) -> None:
+        """
+        The client half-closed the stream.
+        """
+        if self.state is StreamState.RELAYING:
+            if self._leg is not None:
+                self._leg.half_close()
+        elif self.state is StreamState.OPENING:
+            self._eof = True
+        elif self.state is StreamState.LINE:
+            self.refuse(OpenRefusal(ErrorCode.BAD_SYNTAX, "stream ended before its OPEN line"))
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The stream is over on the wire (closed, reset, or its session ended).
+        """
+        self._gone = True
+        self._cancel_deadline()
+        previous = self.state
+        if previous is StreamState.OPENING:
+            # Still counted until the backend attempt ends: a client that opens and resets
+            # streams cannot start more backend connections than the stream cap.
+            self.closed_by = "client-reset"
+            return
+        leg, self._leg = self._leg, None
+        if leg is not None:
+            leg.close()
+            leg.done.addCallback(self._relay_ended)
+            return
+        self._finish()
+
+    # -- the OPEN line ----------------------------------------------------------------------
+
+    def _line_data(self, data: bytes) -> None:
+        limit = self.gate.host.framing_limits.max_line_length
+        buffer = self._line + data
+        end = buffer.find(b"\n")
+        if end < 0:
+            if len(buffer) > limit and not (len(buffer) == limit + 1 and buffer.endswith(b"\r")):
+                self.refuse(OpenRefusal(ErrorCode.LINE_TOO_LONG), buffer[:64])
+            else:
+                self._line = buffer
+            return
+        stop = end - 1 if end > 0 and buffer[end - 1] == 0x0D else end
+        line, rest = buffer[:stop], buffer[end + 1 :]
+        self._line = b""
+        if len(line) > limit:
+            self.refuse(OpenRefusal(ErrorCode.LINE_TOO_LONG), line[:64])
+            return
+        self._cancel_deadline()
+        words = line.split(b" ")
+        if len(words) != 2 or words[0].upper() != b"OPEN":
+            self.refuse(
+                OpenRefusal(ErrorCode.BAD_SYNTAX, "a stream begins with OPEN <service>"),
+                line[:64],
+            )
+            return
+        if rest:
+            self._pending.append(rest)
+        self._open(words[1])
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        if self.state is StreamState.LINE:
+            self.refuse(OpenRefusal(ErrorCode.TIMEOUT, "open deadline"))
+
+    def _cancel_deadline(self) -> None:
+        timer, self._deadline = self._deadline, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    # -- opening ----------------------------------------------------------------------------
+
+    def _open(self, name: bytes) -> None:
+        gate = self.gate
+        owner = gate.owner
+        if gate.draining:
+            self.refuse(_SHUTTING_DOWN)
+            return
+        chosen = choose_service(gate.host, name, owner.user or "", gate.log, self.log_fields())
+        if isinstance(chosen, OpenRefusal):
+            self.refuse(chosen, name if chosen.code is ErrorCode.NO_SUCH_SERVICE else None)
+            return
+        self.service = chosen.name
+        self.state = StreamState.OPENING
+        assert self.transport is not None
+        # Bytes after the line wait in the stream (its window bounds them) until the relay.
+        self.transport.pauseProducing()
+        verdict = owner.service_verdict(chosen)
+        if verdict is None:
+            self._connect(chosen)
+        else:
+            verdict.addCallback(self._checked, chosen)
+
+    def _checked(self, verdict: Verdict, service: Service) -> None:
+        if self.state is not StreamState.OPENING:
+            return
+        if self._gone:
+            self._finish()
+        elif verdict.allowed:
+            self._connect(service)
+        else:
+            self.refuse(
+                checks_refused(self.gate.host, service, verdict, self.gate.log, self.log_fields())
+            )
+
+    def _connect(self, service: Service) -> None:
+        gate = self.gate
+        if self._gone:
+            self._finish()
+            return
+        busy = gate.host.stream_caps.take(gate.owner.user or "", service.name, gate.settings)
+        if busy is not None:
+            self.refuse(OpenRefusal(ErrorCode.BUSY, busy))
+            return
+        self._counted = True
+        opening: Deferred[BackendLeg] = gate.host.open_backend(service)
+        opening.addCallbacks(self._backend_ready, self._backend_failed)
+
+    def _backend_ready(self, leg: BackendLeg) -> None:
+        if self._gone or self.state is not StreamState.OPENING:
+            leg.close()
+            self._finish()
+            return
+        transport = self.transport
+        assert transport is not None and self.service is not None
+        self._leg = leg
+        self.state = StreamState.RELAYING
+        self.gate.opened += 1
+        transport.write(b"OK OPEN " + self.service.encode("ascii") + b"\r\n")
+        host = self.gate.host
+        host.stats.stream_started(self, self.service, _StreamMeter(leg))
+        self.gate.log.info(
+            "{user} opened {service} on stream {stream_id}",
+            event="stream.open",
+            service=self.service,
+            **self.log_fields(),
+        )
+        leg.attach(cast(HalfCloseableTransport, transport))
+        pending, self._pending = self._pending, []
+        for chunk in pending:
+            leg.write(chunk)
+        if self._eof:
+            leg.half_close()
+        elif leg.splice is not None:
+            leg.splice.resume_reading(A)
+        else:
+            transport.resumeProducing()
+
+    def _backend_failed(self, failure: Failure) -> None:
+        if self._gone or self.state is not StreamState.OPENING:
+            self._finish()
+            return
+        self.refuse(
+            backend_failed(
+                self.gate.host, self.service or "", failure, self.gate.log, self.log_fields()
+            )
+        )
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def refuse(self, refusal: OpenRefusal, offending: bytes | None = None) -> None:
+        """
+        Answer C{ERR <CODE> <text>} on the stream and close it (FIN); nothing more it sends
+        is read. The session and its other streams go on.
+        """
+        if self.state in (StreamState.REFUSED, StreamState.DONE, StreamState.RELAYING):
+            return
+        self._cancel_deadline()
+        self.state = StreamState.REFUSED
+        self._pending = []
+        self._line = b""
+        gate = self.gate
+        gate.refused += 1
+        gate.host.stats.count("streams_refused")
+        gate.host.stats.count(f"streams_refused.{refusal.code.value.lower()}")
+        gate.log.info(
+            "refused stream {stream_id} of {peer}: {code}",
+            event="stream.refused",
+            code=refusal.code.value,
+            text=refusal.text or "",
+            service=escape(self.service),
+            offending=escape(offending) if offending is not None else "-",
+            **self.log_fields(),
+        )
+        self._release_caps()
+        transport = self.transport
+        if transport is not None and not self._gone:
+            transport.write(format_error(refusal.code, refusal.text) + b"\r\n")
+            transport.loseConnection()
+        if self._gone:
+            self._finish()
+
+    def _relay_ended(self, result: RelayResult) -> RelayResult:
+        self.closed_by = _ENDINGS.get(result.ended_by, result.ended_by)
+        self._log_close(result.bytes_a_to_b, result.bytes_b_to_a)
+        self._finish()
+        return result
+
+    def _log_close(self, up: int, down: int) -> None:
+        host = self.gate.host
+        host.stats.session_closed(self, self.service, up, down)
+        host.stats.stream_ended()
+        self.gate.log.info(
+            "stream {stream_id} of {user} to {service} closed after {duration:.3f}s "
+            "up={bytes_up} down={bytes_down}: {closed_by}",
+            event="stream.close",
+            service=escape(self.service),
+            bytes_up=up,
+            bytes_down=down,
+            duration=host.clock.seconds() - self._started,
+            closed_by=self.closed_by,
+            **self.log_fields(),
+        )
+
+    def _finish(self) -> None:
+        if self.state is StreamState.DONE:
+            return
+        self.state = StreamState.DONE
+        self._cancel_deadline()
+        self._release_caps()
+        transport = self.transport
+        if transport is not None:
+            transport.release()
+        self.gate.finished(self)
+
+    def _release_caps(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.gate.host.stream_caps.give(self.gate.owner.user or "", self.service or "")
+
+    def log_fields(self) -> dict[str, Any]:
+        """
+        The connection's log fields plus the stream's id.
+        """
+        fields = self.gate.owner.log_fields()
+        fields["stream_id"] = self.transport.stream_id if self.transport is not None else 0
+        return fields
+
+
+class _StreamMeter:
+    """
+    The bytes a live stream has relayed so far (for the figures), from its splice.
+    """
+
+    __slots__ = ("leg",)
+
+    def __init__(self, leg: BackendLeg) -> None:
+        self.leg = leg
+
+    def __call__(self) -> tuple[int, int]:
+        splice = self.leg.splice
+        if splice is None:
+            return 0, 0
+        counts = splice.counts
+        return counts[A], counts[B]

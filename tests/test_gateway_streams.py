@@ -1,0 +1,501 @@
+"""
+Tests for L{netguard.gateway.streams} and the C{MUX} upgrade of
+L{netguard.gateway.protocol}: a logged-in NGP/1 session upgraded to a yamux session, driven
+by the core's own L{MuxSession} in the client role, on Twisted fakes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionRefusedError
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from netguard.config.model import ServiceConfig
+from netguard.gateway.protocol import SessionState
+from netguard.gateway.streams import StreamCaps, StreamSettings
+from netguard.mux import frames
+from netguard.mux.frames import Flag, FrameType
+from netguard.mux.limits import MuxLimits
+from netguard.mux.session import MuxSession
+from netguard.mux.stream import MuxStream
+from netguard.outbound.backends import EchoLeg
+from tests.test_gateway_protocol import Session
+
+_PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+class _ClientPipe:
+    """
+    The client session's transport: what it writes is kept for the gateway.
+    """
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.out.extend(data)
+
+    def loseConnection(self) -> None:
+        self.closed = True
+
+    def abortConnection(self) -> None:
+        self.closed = True
+
+    def getPeer(self) -> IPv4Address:
+        return _PEER
+
+    def getHost(self) -> IPv4Address:
+        return _PEER
+
+
+class _Recorder:
+    """
+    A client stream's protocol: records what arrives.
+    """
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.eof = False
+        self.lost: Failure | None = None
+        self.transport: MuxStream | None = None
+
+    def makeConnection(self, transport: MuxStream) -> None:
+        self.transport = transport
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def readConnectionLost(self) -> None:
+        self.eof = True
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost = reason
+
+
+class Mux:
+    """
+    A gateway session upgraded with C{MUX yamux/1}, and a client L{MuxSession} wired to it.
+    """
+
+    def __init__(self, test: unittest.TestCase, settings: StreamSettings | None = None) -> None:
+        self.s = Session(test)
+        self.factory = self.s.factory
+        if settings is not None:
+            self.factory.stream_settings = settings
+        config = self.factory.config
+        services = dict(config.services)
+        services["secret"] = ServiceConfig("secret", "builtin:echo", groups=("nobody",))
+        services["slow"] = ServiceConfig("slow", "tcp:host=127.0.0.1:port=9", users=("*",))
+        services["echo2"] = ServiceConfig("echo2", "builtin:echo", users=("*",))
+        self.factory.config = attrs.evolve(config, services=services)
+        self.backends: list[Deferred[Any]] = []
+        real_open = self.factory.open_backend
+
+        def open_backend(service: Any) -> Deferred[Any]:
+            if service.name != "slow":
+                return real_open(service)
+            waiting: Deferred[Any] = Deferred()
+            self.backends.append(waiting)
+            return waiting
+
+        self.factory.open_backend = open_backend  # type: ignore[method-assign]
+        self.s.login()
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        test.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.pipe = _ClientPipe()
+        self.client = MuxSession(
+            self.pipe,
+            client=True,
+            clock=self.s.clock,
+            accept=lambda stream: None,
+            limits=MuxLimits(keepalive_interval=None),
+        )
+
+    def upgrade(self, extra: bytes = b"") -> bytes:
+        """
+        Send C{MUX yamux/1} (and C{extra} in the same read); return the reply line.
+        """
+        self.s.proto.dataReceived(b"MUX yamux/1\r\n" + extra)
+        out = self.s.transport.value()
+        line, _, self.rest = out.partition(b"\r\n")
+        self.s.transport.clear()
+        return line
+
+    def pump(self) -> None:
+        """
+        Move bytes both ways until neither side has anything to say (bounded).
+        """
+        for _ in range(1000):
+            moved = False
+            if self.pipe.out:
+                out, self.pipe.out = self.pipe.out, []
+                self.s.proto.dataReceived(b"".join(out))
+                moved = True
+            value = self.s.transport.value()
+            if value:
+                self.s.transport.clear()
+                self.client.data_received(value)
+                moved = True
+            if not moved:
+                return
+        raise AssertionError("the two sides never went quiet")
+
+    def open(self, first: bytes) -> _Recorder:
+        """
+        Open a stream, write C{first} at once, and pump.
+        """
+        recorder = _Recorder()
+        stream = self.client.open_stream(recorder)  # type: ignore[arg-type]
+        if first:
+            stream.write(first)
+        self.pump()
+        return recorder
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == event]
+
+
+class UpgradeTests(unittest.TestCase):
+    def test_mux_answers_streams_and_window(self):
+        """
+        C{MUX yamux/1} after login answers C{OK MUX yamux/1 STREAMS=<n> WINDOW=<bytes>} with
+        the configured stream cap and the spec's window, and the session is in the MUX state.
+        """
+        m = Mux(self, StreamSettings(max_streams=7))
+        self.assertEqual(m.upgrade(), b"OK MUX yamux/1 STREAMS=7 WINDOW=262144")
+        self.assertIs(m.s.proto.state, SessionState.MUX)
+
+    def test_mux_before_login_is_auth_required(self):
+        """
+        C{MUX} before authentication is refused C{AUTH_REQUIRED} and the line phase goes on.
+        """
+        s = Session(self)
+        [reply] = s.send(b"MUX yamux/1")
+        self.assertTrue(reply.startswith(b"ERR AUTH_REQUIRED"), reply)
+        self.assertEqual(s.send(b"PING"), [b"PONG"])
+
+    def test_unknown_framing_is_refused_and_the_line_phase_goes_on(self):
+        """
+        An unknown framing name is refused C{UNSUPPORTED_FRAMING}; the session stays in the
+        line phase (C{OPEN} still works).
+        """
+        s = Session(self)
+        s.login()
+        [reply] = s.send(b"MUX h2")
+        self.assertTrue(reply.startswith(b"ERR UNSUPPORTED_FRAMING"), reply)
+        self.assertIs(s.proto.state, SessionState.AUTHENTICATED)
+        self.assertEqual(s.send(b"OPEN echo"), [b"OK OPEN echo"])
+
+    def test_frames_in_the_same_read_as_the_mux_line_are_the_sessions(self):
+        """
+        Frames that arrive in the same read as the C{MUX} line are handed to the session,
+        in order, none lost: a SYN with an C{OPEN echo} line and data right behind it.
+        """
+        m = Mux(self)
+        body = b"OPEN echo\r\nhello"
+        syn = frames.encode(FrameType.DATA, Flag.SYN, 1, len(body)) + body
+        self.assertEqual(m.upgrade(syn), b"OK MUX yamux/1 STREAMS=256 WINDOW=262144")
+        # The client session did not open stream 1 itself: read the raw answer instead.
+        payloads = b""
+        offset = 0
+        while offset < len(m.rest):
+            header = frames.decode(m.rest, offset)
+            offset += frames.HEADER_SIZE
+            if header.type is FrameType.DATA:
+                payloads += m.rest[offset : offset + header.length]
+                offset += header.length
+        self.assertEqual(payloads, b"OK OPEN echo\r\nhello")
+
+
+class StreamOpenTests(unittest.TestCase):
+    def setUp(self):
+        self.m = Mux(self)
+        self.m.upgrade()
+
+    def test_open_echo_relays_bytes_after_the_line(self):
+        """
+        A stream's C{OPEN echo} line is answered C{OK OPEN echo} and the bytes written right
+        behind it are the relay's first bytes, in order.
+        """
+        r = self.m.open(b"OPEN echo\r\nfirst bytes\x00\r\n")
+        self.assertEqual(r.data, b"OK OPEN echo\r\nfirst bytes\x00\r\n")
+        assert r.transport is not None
+        r.transport.write(b"more")
+        self.m.pump()
+        self.assertEqual(r.data, b"OK OPEN echo\r\nfirst bytes\x00\r\nmore")
+        self.assertEqual(self.m.factory.stats.snapshot()["streams"], 1)
+        self.assertEqual(self.m.factory.stats.snapshot()["streams_active"], 1)
+        [opened] = self.m.named("stream.open")
+        self.assertEqual((opened["service"], opened["user"]), ("echo", "alice"))
+
+    def test_line_split_across_frames(self):
+        """
+        The C{OPEN} line may arrive in any number of frames.
+        """
+        recorder = _Recorder()
+        stream = self.m.client.open_stream(recorder)  # type: ignore[arg-type]
+        for byte in b"OPEN echo\n":
+            stream.write(bytes([byte]))
+            self.m.pump()
+        stream.write(b"x")
+        self.m.pump()
+        self.assertEqual(recorder.data, b"OK OPEN echo\r\nx")
+
+    def test_unknown_service_refused_then_fin_session_goes_on(self):
+        """
+        C{OPEN nope} is answered C{ERR NO_SUCH_SERVICE} and FIN on that stream only; a
+        stream beside it keeps relaying, and a new one opens.
+        """
+        live = self.m.open(b"OPEN echo\r\n")
+        bad = self.m.open(b"OPEN nope\r\n")
+        self.assertTrue(bad.data.startswith(b"ERR NO_SUCH_SERVICE "), bad.data)
+        self.assertTrue(bad.data.endswith(b"\r\n"))
+        self.assertTrue(bad.eof)
+        assert live.transport is not None
+        live.transport.write(b"still here")
+        self.m.pump()
+        self.assertEqual(live.data, b"OK OPEN echo\r\nstill here")
+        again = self.m.open(b"OPEN echo\r\n")
+        self.assertEqual(again.data, b"OK OPEN echo\r\n")
+        [refused] = self.m.named("stream.refused")
+        self.assertEqual(refused["code"], "NO_SUCH_SERVICE")
+
+    def test_not_authorized(self):
+        """
+        A service the user may not open is refused C{NOT_AUTHORIZED} on the stream, logged
+        C{session.denied} as C{OPEN} is.
+        """
+        r = self.m.open(b"OPEN secret\r\n")
+        self.assertTrue(r.data.startswith(b"ERR NOT_AUTHORIZED "), r.data)
+        self.assertEqual(len(self.m.named("session.denied")), 1)
+
+    def test_hostile_junk_before_open(self):
+        """
+        A hostile client that sends binary junk instead of an C{OPEN} line gets
+        C{ERR BAD_SYNTAX} and FIN on that stream; the session goes on.
+        """
+        r = self.m.open(b"\x00\xff GET / HTTP/1.1\r\n")
+        self.assertTrue(r.data.startswith(b"ERR BAD_SYNTAX "), r.data)
+        self.assertIs(self.m.s.proto.state, SessionState.MUX)
+        self.assertIsNone(self.m.client.ended)
+
+    def test_line_at_the_bound_is_read(self):
+        """
+        An C{OPEN} line of exactly MAXLINE bytes is read (and answered for its service).
+        """
+        limit = self.m.factory.framing_limits.max_line_length
+        name = b"x" * (limit - len(b"OPEN "))
+        r = self.m.open(b"OPEN " + name + b"\r\n")
+        self.assertTrue(r.data.startswith(b"ERR NO_SUCH_SERVICE "), r.data)
+
+    def test_line_one_past_the_bound_is_too_long(self):
+        """
+        One byte past MAXLINE (no newline needed) is C{ERR LINE_TOO_LONG}.
+        """
+        limit = self.m.factory.framing_limits.max_line_length
+        r = self.m.open(b"O" * (limit + 1))
+        self.assertTrue(r.data.startswith(b"ERR LINE_TOO_LONG "), r.data)
+
+    def test_open_deadline(self):
+        """
+        A stream without a complete C{OPEN} line within C{open_timeout} is refused
+        C{ERR TIMEOUT}; just before the deadline it is still waiting.
+        """
+        r = self.m.open(b"OPEN ec")
+        timeout = self.m.factory.stream_settings.open_timeout
+        self.m.s.clock.advance(timeout - 0.001)
+        self.m.pump()
+        self.assertEqual(r.data, b"")
+        self.m.s.clock.advance(0.001)
+        self.m.pump()
+        self.assertTrue(r.data.startswith(b"ERR TIMEOUT "), r.data)
+
+    def test_fin_before_line_is_refused(self):
+        """
+        A stream half-closed before its line is answered C{ERR BAD_SYNTAX} and closed.
+        """
+        recorder = _Recorder()
+        stream = self.m.client.open_stream(recorder)  # type: ignore[arg-type]
+        stream.write(b"OPEN")
+        stream.loseWriteConnection()
+        self.m.pump()
+        self.assertTrue(recorder.data.startswith(b"ERR BAD_SYNTAX "), recorder.data)
+
+    def test_half_close_per_stream(self):
+        """
+        The client's FIN on one stream reaches the backend (echo: passed back as FIN after
+        the echoed bytes); another stream goes on relaying.
+        """
+        one = self.m.open(b"OPEN echo\r\nbye")
+        two = self.m.open(b"OPEN echo\r\n")
+        assert one.transport is not None and two.transport is not None
+        one.transport.loseWriteConnection()
+        self.m.pump()
+        self.assertEqual(one.data, b"OK OPEN echo\r\nbye")
+        self.assertTrue(one.eof)
+        two.transport.write(b"ping")
+        self.m.pump()
+        self.assertEqual(two.data, b"OK OPEN echo\r\nping")
+        self.assertFalse(two.eof)
+        [closed] = self.m.named("stream.close")
+        self.assertEqual((closed["bytes_up"], closed["bytes_down"]), (3, 3))
+        self.assertEqual(self.m.factory.stats.snapshot()["streams_active"], 1)
+
+
+class BackendTests(unittest.TestCase):
+    def setUp(self):
+        self.m = Mux(self)
+        self.m.upgrade()
+
+    def test_backend_unavailable_on_the_stream(self):
+        """
+        A backend that cannot be reached is C{ERR BACKEND_UNAVAILABLE} on that stream only.
+        """
+        r = self.m.open(b"OPEN slow\r\n")
+        self.m.backends[0].errback(Failure(ConnectionRefusedError()))
+        self.m.pump()
+        self.assertTrue(r.data.startswith(b"ERR BACKEND_UNAVAILABLE "), r.data)
+        self.assertIsNone(self.m.client.ended)
+
+    def test_bytes_held_while_the_backend_connects(self):
+        """
+        Bytes behind the line and in later frames wait while the backend connects, then are
+        relayed first, in order.
+        """
+        r = self.m.open(b"OPEN slow\r\none,")
+        assert r.transport is not None
+        r.transport.write(b"two")
+        self.m.pump()
+        self.assertEqual(r.data, b"")
+        self.m.backends[0].callback(EchoLeg(self.m.s.clock, 30.0, 3600.0))
+        self.m.pump()
+        self.assertEqual(r.data, b"OK OPEN slow\r\none,two")
+
+    def test_rapid_reset_counts_until_the_backend_attempt_ends(self):
+        """
+        A stream reset while its backend connects still counts against the session's
+        stream cap until the backend attempt ends; then it is released.
+        """
+        r = self.m.open(b"OPEN slow\r\n")
+        assert r.transport is not None
+        r.transport.abortConnection()
+        self.m.pump()
+        server = self.m.s.proto._gate.session
+        self.assertEqual(server.open_streams, 1)
+        leg = EchoLeg(self.m.s.clock, 30.0, 3600.0)
+        self.m.backends[0].callback(leg)
+        self.assertEqual(server.open_streams, 0)
+
+
+class CapTests(unittest.TestCase):
+    def test_per_user_cap_at_the_bound_and_one_past(self):
+        """
+        With C{max_per_user=2}, two streams of the user open and the third is refused
+        C{ERR BUSY stream-cap-user}; once one ends, a new one opens.
+        """
+        m = Mux(self, StreamSettings(max_per_user=2))
+        m.upgrade()
+        one = m.open(b"OPEN echo\r\n")
+        two = m.open(b"OPEN echo2\r\n")
+        three = m.open(b"OPEN echo\r\n")
+        self.assertEqual(one.data, b"OK OPEN echo\r\n")
+        self.assertEqual(two.data, b"OK OPEN echo2\r\n")
+        self.assertEqual(three.data, b"ERR BUSY stream-cap-user\r\n")
+        assert one.transport is not None
+        one.transport.loseConnection()
+        m.pump()
+        self.assertEqual(m.open(b"OPEN echo\r\n").data, b"OK OPEN echo\r\n")
+
+    def test_per_service_cap_at_the_bound_and_one_past(self):
+        """
+        With C{max_per_service=1}, a second stream of the same service is refused
+        C{ERR BUSY stream-cap-service}, another service still opens.
+        """
+        m = Mux(self, StreamSettings(max_per_service=1))
+        m.upgrade()
+        self.assertEqual(m.open(b"OPEN echo\r\n").data, b"OK OPEN echo\r\n")
+        self.assertEqual(m.open(b"OPEN echo\r\n").data, b"ERR BUSY stream-cap-service\r\n")
+        self.assertEqual(m.open(b"OPEN echo2\r\n").data, b"OK OPEN echo2\r\n")
+
+    def test_session_stream_cap_resets_one_past(self):
+        """
+        With C{max_streams=2}, a third SYN while two are open is reset by the session.
+        """
+        m = Mux(self, StreamSettings(max_streams=2))
+        m.upgrade()
+        m.open(b"OPEN echo\r\n")
+        m.open(b"OPEN echo\r\n")
+        third = m.open(b"OPEN echo\r\n")
+        self.assertEqual(third.data, b"")
+        self.assertIsNotNone(third.lost)
+
+    def test_syn_flood_is_bounded(self):
+        """
+        A hostile client that opens streams in a flood without ever sending a line holds at
+        most C{max_streams} of them; each is refused C{TIMEOUT} at the open deadline and
+        the session is left with none.
+        """
+        m = Mux(self, StreamSettings(max_streams=16))
+        m.upgrade()
+        server = m.s.proto._gate.session
+        for stream_id in range(1, 2 * 40, 2):
+            m.s.proto.dataReceived(frames.encode(FrameType.WINDOW_UPDATE, Flag.SYN, stream_id, 0))
+        self.assertEqual(server.open_streams, 16)
+        m.s.clock.advance(m.factory.stream_settings.open_timeout)
+        self.assertEqual(len(m.named("stream.refused")), 16)
+
+    def test_caps_keep_no_key_once_back_to_zero(self):
+        """
+        L{StreamCaps} forgets a user and a service when their count is back to 0.
+        """
+        caps = StreamCaps()
+        settings = StreamSettings()
+        self.assertIsNone(caps.take("alice", "echo", settings))
+        caps.give("alice", "echo")
+        self.assertEqual((caps.users, caps.services), ({}, {}))
+
+
+class DrainTests(unittest.TestCase):
+    def test_drain_refuses_new_streams_and_goes_away_when_the_last_ends(self):
+        """
+        On shutdown a live stream goes on, a new stream is refused C{ERR SHUTTING_DOWN}, and
+        when the live stream ends the session sends go-away and closes the connection.
+        """
+        m = Mux(self)
+        m.upgrade()
+        live = m.open(b"OPEN echo\r\n")
+        m.s.proto.shutdown()
+        m.pump()
+        new = m.open(b"OPEN echo\r\n")
+        self.assertTrue(new.data.startswith(b"ERR SHUTTING_DOWN "), new.data)
+        assert live.transport is not None and new.transport is not None
+        new.transport.loseConnection()
+        live.transport.write(b"x")
+        m.pump()
+        self.assertEqual(live.data, b"OK OPEN echo\r\nx")
+        self.assertFalse(m.s.transport.disconnecting)
+        live.transport.loseConnection()
+        m.pump()
+        self.assertIsNotNone(m.client.remote_go_away)
+        self.assertTrue(m.s.transport.disconnecting)
+
+    def test_drain_without_streams_closes_at_once(self):
+        """
+        A multiplexed session with no stream open goes away and closes at once on shutdown.
+        """
+        m = Mux(self)
+        m.upgrade()
+        m.s.proto.shutdown()
+        m.pump()
+        self.assertTrue(m.s.transport.disconnecting)
