@@ -1,0 +1,265 @@
+"""
+End to end over real loopback sockets: the real gateway (L{RunningGateway}), a client that
+logs in with netguard's own L{NGPClientProtocol}, upgrades with C{MUX yamux/1} and runs the
+core's L{MuxSession} in the client role; streams to the built-in echo service and to a real
+redis-server.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from netguard.client.protocol import ClientState, Credentials, NGPClientProtocol
+from netguard.mux.limits import MuxLimits
+from netguard.mux.session import MuxSession
+from netguard.mux.stream import MuxStream
+from tests.integration.test_tunnel_real import REDIS_SERVER, start_redis
+from tests.integration.util import RunningGateway, peer_unavailable, wait_for
+
+
+class MuxLogin(NGPClientProtocol):
+    """
+    netguard's client for the login; then C{MUX yamux/1} instead of C{OPEN}, and a client
+    L{MuxSession} over the connection. L{opened} fires once C{OK MUX} has arrived.
+    """
+
+    mux: MuxSession | None = None
+    reply: bytes = b""
+
+    def __init__(self, credentials: Credentials) -> None:
+        super().__init__(credentials, "mux", clock=reactor)
+
+    def sendLine(self, line: bytes) -> None:
+        if line == b"OPEN mux":
+            line = b"MUX yamux/1"
+        super().sendLine(line)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.state is ClientState.AWAIT_OPEN_OK and line.startswith(b"OK MUX yamux/1 "):
+            self.reply = line
+            self._cancel_open_timer()
+            self.state = ClientState.OPEN
+            self.setRawMode()
+            self.setTimeout(None)
+            self.mux = MuxSession(
+                self.transport,
+                client=True,
+                clock=reactor,
+                accept=lambda stream: None,
+                limits=MuxLimits(keepalive_interval=None),
+            )
+            self.transport.registerProducer(self.mux, True)
+            self.opened.callback(None)
+            return
+        super().lineReceived(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self.mux is not None:
+            self.mux.data_received(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.mux is not None:
+            self.mux.connection_lost(reason)
+        super().connectionLost(reason)
+
+    def service_closed(self, reason: Failure) -> None:
+        """The connection ended (the streams have been told)."""
+
+
+class Collector:
+    """
+    A client stream's protocol: collects what arrives; L{wait} fires when a condition holds.
+    """
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.eof = False
+        self.lost: Failure | None = None
+        self.transport: MuxStream | None = None
+        self._waiters: list[tuple[Callable[[Collector], bool], Deferred[None]]] = []
+
+    def makeConnection(self, transport: MuxStream) -> None:
+        self.transport = transport
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        self._check()
+
+    def readConnectionLost(self) -> None:
+        self.eof = True
+        self._check()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost = reason
+        self._check()
+
+    def wait(self, condition: Callable[[Collector], bool]) -> Deferred[None]:
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append((condition, waiter))
+        self._check()
+        return waiter
+
+    def _check(self) -> None:
+        for entry in list(self._waiters):
+            condition, waiter = entry
+            if condition(self) or self.lost is not None:
+                self._waiters.remove(entry)
+                waiter.callback(None)
+
+
+def has(n: int) -> Callable[[Collector], bool]:
+    return lambda c: len(c.data) >= n
+
+
+class MuxGatewayTests(unittest.TestCase):
+    timeout = 120
+
+    def setUp(self) -> Any:
+        if not REDIS_SERVER:
+            peer_unavailable("redis-server not installed (Debian: redis-server)")
+        self.dir = tempfile.mkdtemp(prefix="ngm-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        redis_port = start_redis(self, self.dir)
+        self.gateway = RunningGateway(
+            self,
+            overrides={
+                "listen": ["tcp:0:interface=127.0.0.1"],
+                "services": [f"redis=tcp:host=127.0.0.1:port={redis_port}"],
+            },
+        )
+        return self._login()
+
+    @inlineCallbacks
+    def _login(self) -> Any:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.gateway.port())
+        self.client = yield connectProtocol(endpoint, MuxLogin(self.gateway.credentials))
+        yield self.client.opened
+        self.addCleanup(self._close)
+
+    def _close(self) -> Any:
+        self.client.transport.loseConnection()
+        return self.gateway.idle()
+
+    def open(self, first: bytes) -> Collector:
+        collector = Collector()
+        assert self.client.mux is not None
+        stream = self.client.mux.open_stream(collector)  # type: ignore[arg-type]
+        stream.write(first)
+        return collector
+
+    @inlineCallbacks
+    def test_concurrent_streams_to_echo_and_redis(self) -> Any:
+        """
+        Several streams at once over one connection, to the echo service and to a real
+        redis-server, each answered C{OK OPEN} and relaying its own bytes.
+        """
+        self.assertTrue(self.client.reply.startswith(b"OK MUX yamux/1 STREAMS="))
+        echoes = [self.open(b"OPEN echo\r\n" + b"%d" % i * 100) for i in range(8)]
+        redis = [self.open(b"OPEN redis\r\nPING\r\n") for _ in range(4)]
+        for i, echo in enumerate(echoes):
+            expected = b"OK OPEN echo\r\n" + b"%d" % i * 100
+            yield echo.wait(has(len(expected)))
+            self.assertEqual(bytes(echo.data), expected)
+        for one in redis:
+            yield one.wait(has(len(b"OK OPEN redis\r\n+PONG\r\n")))
+            self.assertEqual(bytes(one.data), b"OK OPEN redis\r\n+PONG\r\n")
+        stats = self.gateway.factory.stats.snapshot()
+        self.assertEqual(stats["streams"], 12)
+        self.assertEqual(stats["connections"], 1)
+
+    @inlineCallbacks
+    def test_refused_stream_beside_a_live_one(self) -> Any:
+        """
+        A stream to an unknown service is answered C{ERR NO_SUCH_SERVICE} and FIN while a
+        redis stream beside it keeps working.
+        """
+        live = self.open(b"OPEN redis\r\nSET k v\r\n")
+        yield live.wait(has(len(b"OK OPEN redis\r\n+OK\r\n")))
+        bad = self.open(b"OPEN nope\r\n")
+        yield bad.wait(lambda c: c.eof)
+        self.assertTrue(bytes(bad.data).startswith(b"ERR NO_SUCH_SERVICE "))
+        assert live.transport is not None and bad.transport is not None
+        bad.transport.loseConnection()
+        live.transport.write(b"GET k\r\n")
+        yield live.wait(has(len(b"OK OPEN redis\r\n+OK\r\n$1\r\nv\r\n")))
+        self.assertEqual(bytes(live.data), b"OK OPEN redis\r\n+OK\r\n$1\r\nv\r\n")
+
+    @inlineCallbacks
+    def test_half_close_per_stream(self) -> Any:
+        """
+        A FIN on one echo stream comes back as FIN after the echoed bytes; the other stream
+        keeps relaying afterwards.
+        """
+        one = self.open(b"OPEN echo\r\nlast words")
+        two = self.open(b"OPEN echo\r\n")
+        assert one.transport is not None and two.transport is not None
+        one.transport.loseWriteConnection()
+        yield one.wait(lambda c: c.eof)
+        self.assertEqual(bytes(one.data), b"OK OPEN echo\r\nlast words")
+        two.transport.write(b"still")
+        yield two.wait(has(len(b"OK OPEN echo\r\nstill")))
+        self.assertFalse(two.eof)
+        one.transport.loseConnection()
+        yield wait_for(lambda: self.gateway.factory.stats.snapshot()["streams_active"] == 1)
+
+    @inlineCallbacks
+    def test_large_transfer_beside_a_chatty_stream(self) -> Any:
+        """
+        32 MiB through one echo stream while another stream does 50 request/response round
+        trips with redis: both complete, every byte in order.
+        """
+        size = 32 * 1024 * 1024
+        block = bytes(range(256)) * 256
+        bulk = self.open(b"OPEN echo\r\n")
+        chatty = self.open(b"OPEN redis\r\n")
+        assert bulk.transport is not None and chatty.transport is not None
+        header = len(b"OK OPEN echo\r\n")
+        writer = _Writer(bulk.transport, block, size // len(block))
+        bulk.transport.registerProducer(writer, True)
+        writer.resumeProducing()
+        expected = b"OK OPEN redis\r\n"
+        for _ in range(50):
+            chatty.transport.write(b"PING\r\n")
+            expected += b"+PONG\r\n"
+            yield chatty.wait(has(len(expected)))
+        self.assertEqual(bytes(chatty.data), expected)
+        yield bulk.wait(has(header + size))
+        self.assertEqual(len(bulk.data), header + size)
+        self.assertEqual(bytes(bulk.data[header : header + len(block)]), block)
+        self.assertEqual(bytes(bulk.data[-len(block) :]), block)
+
+
+class _Writer:
+    """
+    Writes C{count} copies of C{block} to a stream as its flow control allows (a push
+    producer registered on the stream).
+    """
+
+    def __init__(self, transport: MuxStream, block: bytes, count: int) -> None:
+        self.transport = transport
+        self.block = block
+        self.left = count
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while self.left and not self.paused:
+            self.left -= 1
+            self.transport.write(self.block)
+        if not self.left:
+            self.transport.unregisterProducer()
+
+    def stopProducing(self) -> None:
+        self.left = 0
