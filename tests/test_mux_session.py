@@ -1299,3 +1299,118 @@ class RelayTransportTests(unittest.TestCase):
         self.assertLessEqual(sent, INITIAL_WINDOW + harness.session.limits.stream_high_water)
         harness.feed(frame(WINDOW, 0, 1, INITIAL_WINDOW))
         self.assertEqual(backend.producerState, "producing")
+
+
+class LoopbackTests(unittest.TestCase):
+    """
+    Sessions over real loopback TCP connections, with Twisted's own transports (their
+    buffers and producer calls), against our own session and a hostile raw peer.
+    """
+
+    def listen(self, accept: Any) -> Any:
+        """
+        A server session factory on an ephemeral loopback port; cleaned up after the test.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.protocol import Factory
+
+        factory = Factory.forProtocol(
+            lambda: MuxProtocol(client=False, clock=reactor, accept=accept)  # type: ignore[arg-type]
+        )
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        return port
+
+    async def wait_for(self, condition: Any, what: str) -> None:
+        """
+        Let the reactor run until C{condition()} holds; a generous hang guard, never a timing
+        assertion.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        for _ in range(3000):
+            if condition():
+                return
+            await deferLater(reactor, 0.01)  # type: ignore[arg-type]
+        self.fail(f"gave up waiting for {what}")
+
+    async def test_echo_eight_mebibytes(self) -> None:
+        """
+        8 MiB through one stream to an echoing server and back (32 windows each way, window
+        updates and the transports' backpressure in play) arrive whole and in order, and the
+        stream ends cleanly on both sides.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        port = self.listen(lambda stream: Echo())
+        client = MuxProtocol(client=True, clock=reactor, accept=lambda s: None)  # type: ignore[arg-type]
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        await connectProtocol(endpoint, client)
+        self.addCleanup(lambda: client.transport and client.transport.loseConnection())
+        assert client.session is not None
+        payload = bytes(range(256)) * (8 * 4096)
+        protocol = Recorder()
+        stream = client.session.open_stream(protocol)
+        stream.write(payload)
+        stream.loseWriteConnection()
+        await self.wait_for(lambda: protocol.reason is not None, "the stream to end")
+        self.assertTrue(bytes(protocol.received) == payload, "echoed bytes differ")
+        assert protocol.reason is not None
+        protocol.reason.trap(ConnectionDone)
+        self.assertEqual(client.session.open_streams, 0)
+
+    async def test_hostile_peer_not_reading_bounds_our_buffer(self) -> None:
+        """
+        A hostile raw peer opens a stream, grants it the largest window and never reads its
+        socket: once the kernel's buffers are full, Twisted's transport pauses the session,
+        the stream's queue reaches its high-water mark and its producer is paused; the bytes
+        held in our process stay within the transport's buffer, one batch and one
+        high-water mark.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        from twisted.internet.protocol import Protocol
+
+        sources: list[Source] = []
+        sessions: list[MuxStream] = []
+
+        class Flood(Recorder):
+            def makeConnection(self, transport: MuxStream) -> None:
+                super().makeConnection(transport)
+                sessions.append(transport)
+                source = Source(transport, 16384, 64 * 1024 * 1024)
+                sources.append(source)
+                transport.registerProducer(source, True)
+                transport.accept()
+                reactor.callLater(0, source.run)  # type: ignore[attr-defined]
+
+        port = self.listen(lambda stream: Flood())
+        hostile = Protocol()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        await connectProtocol(endpoint, hostile)
+        self.addCleanup(hostile.transport.abortConnection)  # type: ignore[union-attr]
+        hostile.transport.write(  # type: ignore[union-attr]
+            frame(WINDOW, SYN, 1, MAX_UINT32 - INITIAL_WINDOW)
+        )
+        hostile.transport.pauseProducing()  # type: ignore[union-attr]
+        await self.wait_for(lambda: bool(sessions), "the stream")
+        stream = sessions[0]
+        session = stream._session
+        transport: Any = session.transport
+        bound = transport.bufferSize + 64 * 1024 + 16 * 1024 + 12
+        highest = [0]
+        still = [0]
+
+        def stalled() -> bool:
+            held = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+            highest[0] = max(highest[0], held)
+            steady = session._paused and sources[0].paused
+            still[0] = still[0] + 1 if steady else 0
+            return still[0] >= 50
+
+        await self.wait_for(stalled, "the session to stay paused")
+        self.assertLessEqual(highest[0], bound)
+        self.assertLessEqual(stream.queued, session.limits.stream_high_water + 16384)
+        self.assertGreater(session.bytes_out, INITIAL_WINDOW)
