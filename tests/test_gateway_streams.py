@@ -24,8 +24,10 @@ from netguard.mux.frames import Flag, FrameType
 from netguard.mux.limits import MuxLimits
 from netguard.mux.session import MuxSession
 from netguard.mux.stream import MuxStream
+from netguard.ops.metrics import render_metrics
 from netguard.outbound.backends import EchoLeg
 from tests.test_gateway_protocol import Session
+from tests.test_metrics import parse_exposition
 
 _PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -499,3 +501,27 @@ class DrainTests(unittest.TestCase):
         m.s.proto.shutdown()
         m.pump()
         self.assertTrue(m.s.transport.disconnecting)
+
+
+class StreamFiguresTests(unittest.TestCase):
+    def test_streams_in_the_figures_and_the_metrics(self):
+        """
+        A relaying stream and a refused one are counted as streams (not connections) in
+        the stats and exposed as C{netguard_streams_total}, C{netguard_streams_active} and
+        C{netguard_stream_refusals_total{code}}; the connection counts once.
+        """
+        m = Mux(self)
+        m.upgrade()
+        m.open(b"OPEN echo\r\n")
+        m.open(b"OPEN nope\r\n")
+        figures = m.factory.stats.snapshot()
+        self.assertEqual(
+            (figures["connections"], figures["streams"], figures["streams_active"]), (1, 1, 1)
+        )
+        self.assertEqual(figures["streams_accepted"], 2)
+        self.assertEqual(figures["streams_refused.no_such_service"], 1)
+        values = parse_exposition(render_metrics(figures).decode())
+        self.assertEqual(values[("netguard_streams_total", ())], 1)
+        self.assertEqual(values[("netguard_streams_active", ())], 1)
+        key = ("netguard_stream_refusals_total", (("code", "NO_SUCH_SERVICE"),))
+        self.assertEqual(values[key], 1)

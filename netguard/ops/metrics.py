@@ -75,6 +75,9 @@ COUNTERS: Final[tuple[tuple[str, str], ...]] = (
     ("auth_fail", "Failed authentications."),
     ("bytes_up", "Bytes relayed from clients to backends (live relays included)."),
     ("bytes_down", "Bytes relayed from backends to clients (live relays included)."),
+    ("streams_accepted", "Streams clients opened in multiplexed sessions (SYNs accepted)."),
+    ("streams", "Streams of multiplexed sessions that started relaying (OK OPEN)."),
+    ("streams_refused", "Streams of multiplexed sessions answered ERR, every code."),
 )
 
 #: The per-service counters (keys of a C{services} entry) and their help texts.
@@ -102,11 +105,12 @@ OVERLOAD_REASONS: Final = (OVERLOAD_LOAD, OVERLOAD_LAG, OVERLOAD_MEMORY)
 #: Top-level figures rendered by a rule of their own (or deliberately not at all).
 _HANDLED: Final = frozenset(
     {name for name, _ in COUNTERS}
-    | {"refused", "active", "uptime", "draining", "admission"}
+    | {"refused", "active", "streams_active", "uptime", "draining", "admission"}
     | {"services", "session_setup", "process"}
 )
 
 _REFUSED_PREFIX: Final = "refused."
+_STREAM_REFUSED_PREFIX: Final = "streams_refused."
 _NOT_NAME = re.compile(r"[^a-zA-Z0-9_]")
 _TRUNCATED: Final = "# netguard: output truncated (bounded)\n"
 
@@ -235,6 +239,28 @@ def _refused_family(figures: Mapping[str, Any]) -> Family:
     )
 
 
+def _stream_refusals_family(figures: Mapping[str, Any]) -> Family:
+    """
+    C{netguard_stream_refusals_total{code="..."}}: the streams answered C{ERR}, by code (the
+    codes are netguard's own, so the series are bounded by L{netguard.errors.ErrorCode}).
+    """
+    samples = []
+    seen = sorted(
+        key for key in figures if isinstance(key, str) and key.startswith(_STREAM_REFUSED_PREFIX)
+    )
+    for key in seen[:MAX_SERIES]:
+        value = _count(figures[key])
+        if value is not None:
+            code = key[len(_STREAM_REFUSED_PREFIX) :][:MAX_LABEL_CHARS].upper()
+            samples.append(Sample(value, (("code", code),)))
+    return Family(
+        metric_name("stream_refusals", "_total"),
+        "counter",
+        "Streams of multiplexed sessions answered ERR, by code.",
+        tuple(samples),
+    )
+
+
 def _admission_families(snapshot: object) -> list[Family]:
     """
     The gauges of the admission snapshot, and the overload state set.
@@ -272,7 +298,9 @@ def _other_families(figures: Mapping[str, Any], taken: set[str]) -> list[Family]
     names = sorted(
         key
         for key in figures
-        if isinstance(key, str) and key not in _HANDLED and not key.startswith(_REFUSED_PREFIX)
+        if isinstance(key, str)
+        and key not in _HANDLED
+        and not key.startswith((_REFUSED_PREFIX, _STREAM_REFUSED_PREFIX))
     )
     for key in names[:MAX_SERIES]:
         value = _number(figures[key])
@@ -315,8 +343,10 @@ def metric_families(figures: Mapping[str, Any]) -> list[Family]:
         if (value := _count(figures.get(name, 0))) is not None
     ]
     families.append(_refused_family(figures))
+    families.append(_stream_refusals_family(figures))
     gauges = (
         ("active", "active", "Live sessions."),
+        ("streams_active", "streams_active", "Live relaying streams of multiplexed sessions."),
         ("uptime_seconds", "uptime", "Seconds since the gateway started."),
         ("draining", "draining", "1 while a graceful shutdown drains the sessions, else 0."),
     )
