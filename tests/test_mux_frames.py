@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import struct
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from netguard.mux import frames
@@ -160,3 +162,24 @@ class ParityTests(unittest.TestCase):
         self.assertFalse(frames.is_peer_stream(2, we_are_client=False))
         self.assertTrue(frames.is_peer_stream(2, we_are_client=True))
         self.assertFalse(frames.is_peer_stream(3, we_are_client=True))
+
+
+class DecodePropertyTests(unittest.TestCase):
+    """
+    Any 12 bytes decode to a valid header or raise L{FrameError}; nothing else.
+    """
+
+    @settings(max_examples=500, deadline=None)
+    @given(header=st.binary(min_size=12, max_size=12))
+    def test_any_header(self, header: bytes) -> None:
+        """
+        Arbitrary headers are decoded or refused with a named violation, and a decoded one
+        encodes back to the same bytes.
+        """
+        try:
+            decoded = frames.decode(header)
+        except FrameError as error:
+            self.assertIsInstance(error.violation, Violation)
+            return
+        encoded = frames.encode(decoded.type, decoded.flags, decoded.stream_id, decoded.length)
+        self.assertEqual(encoded, header)

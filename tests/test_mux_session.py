@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
@@ -881,6 +883,36 @@ class MalformedFrameTests(SessionEndedMixin, unittest.TestCase):
         harness.sent()
         harness.feed(frame(WINDOW, ACK, 1, 0))
         self.assert_ended(harness, Violation.EMPTY_FRAME_FLOOD)
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        junk=st.lists(
+            st.one_of(
+                st.binary(max_size=40),
+                st.builds(
+                    frames.encode,
+                    st.sampled_from(list(FrameType)),
+                    st.sampled_from([0, 1, 2, 4, 8, 5, 6, 12]),
+                    st.integers(0, 9),
+                    st.integers(0, 70000),
+                ),
+            ),
+            max_size=30,
+        )
+    )
+    def test_hostile_arbitrary_input(self, junk: list[bytes]) -> None:
+        """
+        Arbitrary bytes and headers from a hostile peer never raise out of the session: it
+        goes on or ends once with a named violation, and the bytes it holds stay within one
+        frame plus the input.
+        """
+        harness = Harness()
+        for chunk in junk:
+            harness.feed(chunk)
+        self.assertLessEqual(len(harness.ends), 1)
+        for end in harness.ends:
+            self.assertIsInstance(end.violation, Violation)
+        self.assertLessEqual(len(harness.session._inbuf), 12 + INITIAL_WINDOW + 40)
 
     def test_frames_split_across_reads(self) -> None:
         """
