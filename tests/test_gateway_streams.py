@@ -525,3 +525,96 @@ class StreamFiguresTests(unittest.TestCase):
         self.assertEqual(values[("netguard_streams_active", ())], 1)
         key = ("netguard_stream_refusals_total", (("code", "NO_SUCH_SERVICE"),))
         self.assertEqual(values[key], 1)
+
+
+class SessionBoundTests(unittest.TestCase):
+    def test_idle_timeout_spares_a_session_with_live_streams(self):
+        """
+        The connection's idle timeout does not end a multiplexed session while a stream is
+        open, however long; once the last stream has ended, the session goes away after
+        that timeout (and not one step before).
+        """
+        m = Mux(self)
+        m.upgrade()
+        idle = m.s.proto.limits.idle_timeout
+        live = m.open(b"OPEN echo\r\n")
+        m.s.clock.advance(idle * 3)
+        self.assertFalse(m.s.transport.disconnecting)
+        assert live.transport is not None
+        live.transport.loseConnection()
+        m.pump()
+        m.s.clock.advance(idle - 0.001)
+        self.assertFalse(m.s.transport.disconnecting)
+        m.s.clock.advance(0.001)
+        m.pump()
+        self.assertTrue(m.s.transport.disconnecting)
+        [ended] = m.named("mux.end")
+        self.assertEqual(ended["violation"], "idle")
+
+    def test_keepalive_unanswered_ends_the_session(self):
+        """
+        The gateway pings every C{keepalive_interval}; a client that never answers is cut
+        C{keepalive_timeout} later, its streams with it.
+        """
+        m = Mux(self, StreamSettings(keepalive_interval=5.0, keepalive_timeout=2.0))
+        m.upgrade()
+        m.open(b"OPEN echo\r\n")
+        m.s.clock.advance(5.0)
+        frame = m.s.transport.value()
+        self.assertEqual(frames.decode(frame, 0).type, FrameType.PING)
+        m.s.transport.clear()
+        m.s.clock.advance(2.0)
+        [ended] = m.named("mux.end")
+        self.assertEqual(ended["violation"], "keepalive-timeout")
+        self.assertTrue(m.s.transport.disconnecting)
+        self.assertEqual(m.factory.stats.snapshot()["streams_active"], 0)
+
+    def test_keepalive_answered_keeps_the_session(self):
+        """
+        A client that answers the gateway's pings keeps its session.
+        """
+        m = Mux(self, StreamSettings(keepalive_interval=5.0, keepalive_timeout=2.0))
+        m.upgrade()
+        m.open(b"OPEN echo\r\n")
+        for _ in range(3):
+            m.s.clock.advance(5.0)
+            m.pump()
+        self.assertEqual(m.named("mux.end"), [])
+
+    def test_hostile_rapid_reset_ends_the_session_without_traceback(self):
+        """
+        A hostile client that opens streams and resets each before its answer past the
+        core's rapid-reset bound gets go-away and the connection closed; no traceback is
+        logged.
+        """
+        m = Mux(self)
+        m.upgrade()
+        burst = MuxLimits().early_reset_burst
+        for n in range(burst + 1):
+            stream_id = 1 + 2 * n
+            body = b"OPEN ec"
+            m.s.proto.dataReceived(
+                frames.encode(FrameType.DATA, Flag.SYN, stream_id, len(body))
+                + body
+                + frames.encode(FrameType.WINDOW_UPDATE, Flag.RST, stream_id, 0)
+            )
+        [ended] = m.named("mux.end")
+        self.assertEqual(ended["violation"], "rapid-reset")
+        self.assertTrue(m.s.transport.disconnecting)
+        self.assertEqual([e for e in m.events if e.get("log_failure")], [])
+
+    def test_hostile_junk_frames_end_the_session_cleanly(self):
+        """
+        Bytes that are not yamux frames after C{OK MUX} end the session with a protocol
+        error go-away and a close, logged C{mux.end}; no traceback.
+        """
+        m = Mux(self)
+        m.upgrade()
+        m.s.proto.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        [ended] = m.named("mux.end")
+        self.assertEqual(ended["violation"], "bad-version")
+        self.assertTrue(m.s.transport.disconnecting)
+        self.assertEqual([e for e in m.events if e.get("log_failure")], [])
+        m.s.proto.connectionLost(None)
+        [closed] = m.named("conn.close")
+        self.assertEqual(closed["state"], "mux")
