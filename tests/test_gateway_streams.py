@@ -12,13 +12,18 @@ import attrs
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from netguard.config.model import ServiceConfig
+from netguard.auth.users import UserStore
+from netguard.config import load_config
+from netguard.config.model import ConfigError, ServiceConfig
+from netguard.gateway.factory import GatewayFactory
 from netguard.gateway.protocol import SessionState
-from netguard.gateway.streams import StreamCaps, StreamSettings
+from netguard.gateway.stream_settings import StreamSettings
+from netguard.gateway.streams import StreamCaps
 from netguard.mux import frames
 from netguard.mux.frames import Flag, FrameType
 from netguard.mux.limits import MuxLimits
@@ -618,3 +623,50 @@ class SessionBoundTests(unittest.TestCase):
         m.s.proto.connectionLost(None)
         [closed] = m.named("conn.close")
         self.assertEqual(closed["state"], "mux")
+
+
+class MuxConfigTests(unittest.TestCase):
+    def load(self, text: str) -> Any:
+        path = self.mktemp()
+        with open(path, "w") as handle:
+            handle.write(text)
+        return load_config(path, {"state_dir": "/nonexistent-netguard-test"})
+
+    def test_defaults(self):
+        """
+        Without a C{[mux]} table the settings are L{StreamSettings}' defaults.
+        """
+        self.assertEqual(self.load("").mux, StreamSettings())
+
+    def test_keys_are_read_and_reach_the_gateway(self):
+        """
+        C{[mux]} keys are read into the config and the gateway's streams use them (the
+        C{OK MUX} line announces C{max_streams}).
+        """
+        config = self.load("[mux]\nmax_streams = 3\nmax_per_user = 2\nopen_timeout = 2.5\n")
+        self.assertEqual(
+            (config.mux.max_streams, config.mux.max_per_user, config.mux.open_timeout),
+            (3, 2, 2.5),
+        )
+        factory = GatewayFactory(config, UserStore.from_records([]), Clock())
+        self.assertIs(factory.stream_settings, config.mux)
+        m = Mux(self, factory.stream_settings)
+        self.assertEqual(m.upgrade(), b"OK MUX yamux/1 STREAMS=3 WINDOW=262144")
+
+    def test_bounds_at_the_limit_and_one_past(self):
+        """
+        C{max_streams} 65536 is accepted, 65537 and 0 are refused naming the key.
+        """
+        self.assertEqual(self.load("[mux]\nmax_streams = 65536\n").mux.max_streams, 65536)
+        for bad in ("65537", "0", "1.5", '"many"'):
+            with self.assertRaises(ConfigError) as caught:
+                self.load(f"[mux]\nmax_streams = {bad}\n")
+            self.assertIn("mux.max_streams", str(caught.exception))
+
+    def test_unknown_key_is_refused(self):
+        """
+        An unknown key in C{[mux]} is refused, naming it.
+        """
+        with self.assertRaises(ConfigError) as caught:
+            self.load("[mux]\nmax_stream = 3\n")
+        self.assertIn("max_stream", str(caught.exception))

@@ -42,6 +42,7 @@ from netguard.config.model import (
 from netguard.config.schema import (
     LIMIT_KEYS,
     LOG_KEYS,
+    MUX_KEYS,
     OPS_KEYS,
     OVERLOAD_KEYS,
     OVERRIDE_KEYS,
@@ -79,6 +80,7 @@ from netguard.endpoints import (
     redact_description,
 )
 from netguard.framing import FramingLimits
+from netguard.gateway.stream_settings import StreamSettings
 from netguard.ops.overload import OverloadSettings
 from netguard.peer.checks import PeerCheckPolicy
 from netguard.quoting import describe_value, toml_string
@@ -515,6 +517,7 @@ def load_config(
     overload = OverloadSettings(
         **_typed_table(src, "overload", doc.get("overload", {}), OVERLOAD_KEYS, origins)
     )
+    mux = StreamSettings(**_typed_table(src, "mux", doc.get("mux", {}), MUX_KEYS, origins))
     patterns = peer_values.get("fcrdns_deny") or peer_values.get("fcrdns_allow")
     if patterns and peer_values.get("fcrdns", "off") == "off":
         raise src.error(
@@ -546,6 +549,7 @@ def load_config(
         peer_checks=peer_checks,
         admission=admission,
         overload=overload,
+        mux=mux,
         services=services,
         warnings=tuple(builder.warnings),
         source=DEFAULTS_SOURCE if path is None else path,

@@ -16,6 +16,7 @@ import attrs
 from netguard.admission import AdmissionPolicy
 from netguard.endpoints import MAX_DESCRIPTION_LENGTH
 from netguard.framing import FramingLimits
+from netguard.gateway.stream_settings import StreamSettings
 from netguard.log import LogSettings
 from netguard.ops.overload import OverloadSettings
 from netguard.peer.checks import PeerCheckPolicy
@@ -264,6 +265,7 @@ class Config:
     @ivar peer_checks: FCrDNS and ident checks of peers (C{[peer_checks]}).
     @ivar admission: the L{netguard.admission.AdmissionPolicy} (limits, rates, penalties).
     @ivar overload: load-shedding thresholds (C{[overload]}).
+    @ivar mux: the bounds of the streams of multiplexed sessions (C{[mux]}).
     @ivar services: service name to L{ServiceConfig}, read-only.
     @ivar warnings: things that work but that an operator should look at.
     @ivar source: the configuration file, or L{DEFAULTS_SOURCE}.
@@ -282,6 +284,7 @@ class Config:
     peer_checks: PeerCheckPolicy = attrs.field(factory=PeerCheckPolicy)
     admission: AdmissionPolicy = attrs.field(factory=AdmissionPolicy)
     overload: OverloadSettings = attrs.field(factory=OverloadSettings)
+    mux: StreamSettings = attrs.field(factory=StreamSettings)
     services: Mapping[str, ServiceConfig] = attrs.field(
         factory=default_services, converter=_freeze_services
     )

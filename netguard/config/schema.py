@@ -195,6 +195,7 @@ TOP_KEYS: Final = (
     "peer_checks",
     "admission",
     "overload",
+    "mux",
     "services",
 )
 
@@ -373,6 +374,46 @@ OVERLOAD_KEYS: Final[tuple[TableKey, ...]] = (
         _number(Range(float, 0.1, 60, "seconds")),
         "a number of seconds from 0.1 to 60",
         "slow reaction to overload (too long) or measurement cost (too short)",
+    ),
+)
+
+
+MUX_KEYS: Final[tuple[TableKey, ...]] = (
+    TableKey(
+        "max_streams",
+        _number(Range(int, 1, 65536, "streams")),
+        "a whole number from 1 to 65536",
+        "one multiplexed session holding unbounded stream state (a SYN flood on one connection)",
+    ),
+    TableKey(
+        "max_per_user",
+        _number(Range(int, 1, 1000000, "streams")),
+        "a whole number from 1 to 1000000",
+        "one user taking every backend connection through many streams and sessions",
+    ),
+    TableKey(
+        "max_per_service",
+        _number(Range(int, 1, 1000000, "streams")),
+        "a whole number from 1 to 1000000",
+        "one service's backend flooded with connections through streams",
+    ),
+    TableKey(
+        "open_timeout",
+        _number(Range(float, 0.1, 3600, "seconds")),
+        "a number of seconds from 0.1 to 3600",
+        "streams opened and left silent before their OPEN line, holding a slot",
+    ),
+    TableKey(
+        "keepalive_interval",
+        _number(Range(float, 1, 3600, "seconds")),
+        "a number of seconds from 1 to 3600",
+        "a dead path (or client) holding a session and its streams unnoticed",
+    ),
+    TableKey(
+        "keepalive_timeout",
+        _number(Range(float, 1, 600, "seconds")),
+        "a number of seconds from 1 to 600",
+        "a session whose client stopped answering pings held open",
     ),
 )
 

@@ -29,6 +29,7 @@ from netguard.config.model import (
 from netguard.config.schema import (
     LIMIT_KEYS,
     LOG_FORMATS,
+    MUX_KEYS,
     OPS_KEYS,
     OVERLOAD_KEYS,
     PEER_CHECK_KEYS,
@@ -41,6 +42,7 @@ from netguard.config.schema import (
 )
 from netguard.endpoints import EndpointError, check_listener, looks_secret, redact_description
 from netguard.framing import FramingLimits
+from netguard.gateway.stream_settings import StreamSettings
 from netguard.ops.overload import OverloadSettings
 from netguard.peer.checks import PeerCheckPolicy
 from netguard.quoting import toml_string
@@ -137,6 +139,8 @@ def describe(config: Config) -> str:
     for field in attrs.fields(OverloadSettings):
         value = getattr(config.overload, field.name)
         add(f"overload.{field.name}", "off" if value is None else value)
+    for mux_key in MUX_KEYS:
+        add(f"mux.{mux_key.name}", getattr(config.mux, mux_key.name))
     for check_key in PEER_CHECK_KEYS:
         add(f"peer_checks.{check_key.name}", plain(getattr(config.peer_checks, check_key.name)))
     if not config.services:
@@ -258,6 +262,16 @@ def _key_docs() -> tuple[_KeyDoc, ...]:
                 value_text("off" if value is None else value),
                 load_key.allowed,
                 load_key.defends,
+            )
+        )
+    streams = StreamSettings()
+    for mux_key in MUX_KEYS:
+        docs.append(
+            _KeyDoc(
+                f"mux.{mux_key.name}",
+                value_text(getattr(streams, mux_key.name)),
+                mux_key.allowed,
+                mux_key.defends,
             )
         )
     checks = PeerCheckPolicy()

@@ -27,7 +27,8 @@ from netguard.config import Config
 from netguard.framing import FramingLimits
 from netguard.gateway.protocol import GatewaySession
 from netguard.gateway.seams import DrainWatcher, LiveSession, Service
-from netguard.gateway.streams import StreamCaps, StreamSettings
+from netguard.gateway.stream_settings import StreamSettings
+from netguard.gateway.streams import StreamCaps
 from netguard.outbound.backends import BackendEndpoints, BackendLeg, open_backend
 from netguard.peer.checks import PeerCheckPolicy, PeerCheckRun, PeerChecks
 from netguard.relay import A, B
@@ -62,8 +63,11 @@ class _RelayMeter:
 
 
 #: Names Twisted's TCP transports set on themselves after their constructor (on the first
-#: write, producer, half-close or close), class attributes until then.
+#: write, producer, half-close or close; C{doRead} and C{doWrite} while a client connects,
+#: and C{doWrite} while the kernel relay moves a direction), class attributes until then.
 _TRANSPORT_LATE_NAMES = (
+    "doRead",
+    "doWrite",
     "dataBuffer",
     "offset",
     "producer",
@@ -125,7 +129,7 @@ class GatewayFactory(Factory):
         self._backend_endpoints = BackendEndpoints(reactor)
         self.sessions: set[LiveSession] = set()
         #: The bounds of the streams of multiplexed sessions, and their live counts.
-        self.stream_settings = StreamSettings()
+        self.stream_settings: StreamSettings = config.mux
         self.stream_caps = StreamCaps()
         self.admitting = AdmittingFactory(
             self,
@@ -156,6 +160,7 @@ class GatewayFactory(Factory):
         self.users = users
         self.stats.set_services(dict(config.services))
         self.framing_limits = config.limits
+        self.stream_settings = config.mux
         self._backend_endpoints = BackendEndpoints(self.reactor)
         self.admitting.write_timeout = self.framing_limits.write_timeout
         policy = config.peer_checks

@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 from typing import Any, Protocol, cast
 
-import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -23,8 +22,8 @@ from netguard.gateway.opening import (
     choose_service,
 )
 from netguard.gateway.seams import Service, SessionHost
+from netguard.gateway.stream_settings import StreamSettings
 from netguard.log import escape
-from netguard.mux.limits import MuxLimits
 from netguard.mux.session import MuxSession
 from netguard.mux.stream import MuxStream
 from netguard.outbound.backends import BackendLeg
@@ -44,48 +43,6 @@ _ENDINGS = {
 
 #: The refusal for a stream of a draining gateway.
 _SHUTTING_DOWN = OpenRefusal(ErrorCode.SHUTTING_DOWN)
-
-
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
-
-
-@attrs.frozen
-class StreamSettings:
-    """
-    The bounds of the streams of multiplexed sessions, besides the framing's own
-    (L{MuxLimits}).
-
-    @ivar max_streams: streams open at once in one session; a SYN past it is reset.
-    @ivar max_per_user: streams of one user open at once across every session; the one past
-        it is refused C{ERR BUSY stream-cap-user}.
-    @ivar max_per_service: streams of one service open at once across every session; the one
-        past it is refused C{ERR BUSY stream-cap-service}.
-    @ivar open_timeout: seconds from a stream's SYN to its complete C{OPEN} line; past it the
-        stream is refused C{ERR TIMEOUT open deadline}.
-    @ivar keepalive_interval: seconds between the gateway's pings on a session.
-    @ivar keepalive_timeout: seconds a ping may go unanswered before the session ends.
-    """
-
-    max_streams: int = attrs.field(default=256, validator=_positive)
-    max_per_user: int = attrs.field(default=1024, validator=_positive)
-    max_per_service: int = attrs.field(default=4096, validator=_positive)
-    open_timeout: float = attrs.field(default=10.0, validator=_positive)
-    keepalive_interval: float = attrs.field(default=30.0, validator=_positive)
-    keepalive_timeout: float = attrs.field(default=10.0, validator=_positive)
-
-    def mux_limits(self, idle_timeout: float | None) -> MuxLimits:
-        """
-        @param idle_timeout: seconds a session with no stream open may live.
-        @return: the framing's bounds for a session.
-        """
-        return MuxLimits(
-            max_streams=self.max_streams,
-            keepalive_interval=self.keepalive_interval,
-            keepalive_timeout=self.keepalive_timeout,
-            idle_timeout=idle_timeout,
-        )
 
 
 class StreamCaps:
