@@ -482,6 +482,19 @@ class ReceiveWindowTests(SessionEndedMixin, unittest.TestCase):
         self.assertEqual(kinds(harness.sent()), [(WINDOW, Flag(0), 1, INITIAL_WINDOW // 2)])
         self.assertEqual(harness.accepted[0].recv_window, INITIAL_WINDOW)
 
+    def test_no_credit_before_accept(self) -> None:
+        """
+        Credit owed on a stream the application has not accepted is not sent (every frame
+        on the peer's stream must follow our ACK); accepting sends the ACK, then the credit.
+        """
+        harness = Harness()
+        harness.feed(data(1, b"a" * 200_000, SYN))
+        self.assertEqual(kinds(harness.sent()), [])
+        harness.accepted[0].accept()
+        self.assertEqual(
+            kinds(harness.sent()), [(WINDOW, ACK, 1, 0), (WINDOW, Flag(0), 1, 200_000)]
+        )
+
     def test_paused_reading_withholds_credit(self) -> None:
         """
         While the protocol has paused reading, data is held and no credit goes back; on

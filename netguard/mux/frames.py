@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import enum
 import struct
-
-import attrs
+from typing import NamedTuple
 
 #: version (1), type (1), flags (2), stream id (4), length (4), network byte order.
 _HEADER = struct.Struct(">BBHII")
@@ -100,22 +99,26 @@ class FrameError(Exception):
         self.detail = detail
 
 
-@attrs.frozen
-class Header:
+class Header(NamedTuple):
     """
     A decoded, validated frame header.
 
     @ivar type: the frame type.
-    @ivar flags: the flags set.
+    @ivar flags: the flags set (an int; compare with L{Flag} members).
     @ivar stream_id: the stream, 0 for ping and go-away.
     @ivar length: payload length (data), window delta (window update), opaque value (ping)
         or code (go-away).
     """
 
     type: FrameType
-    flags: Flag
+    flags: int
     stream_id: int
     length: int
+
+
+_TYPES = tuple(FrameType)
+_SYN, _ACK, _RST = int(Flag.SYN), int(Flag.ACK), int(Flag.RST)
+_KNOWN = int(_KNOWN_FLAGS)
 
 
 def encode(type: FrameType, flags: Flag | int, stream_id: int, length: int) -> bytes:
@@ -150,32 +153,30 @@ def decode(buffer: bytes | bytearray | memoryview, offset: int = 0) -> Header:
     @return: the header.
     @raise FrameError: if a rule is broken.
     """
-    version, raw_type, raw_flags, stream_id, length = _HEADER.unpack_from(buffer, offset)
+    version, raw_type, flags, stream_id, length = _HEADER.unpack_from(buffer, offset)
     if version != VERSION:
         raise FrameError(Violation.BAD_VERSION, f"version {version}")
-    try:
-        type = FrameType(raw_type)
-    except ValueError:
-        raise FrameError(Violation.UNKNOWN_TYPE, f"type {raw_type}") from None
-    if raw_flags & ~int(_KNOWN_FLAGS):
-        raise FrameError(Violation.BAD_FLAGS, f"flags {raw_flags:#x}")
-    flags = Flag(raw_flags)
-    if Flag.SYN in flags and Flag.ACK in flags:
+    if raw_type >= len(_TYPES):
+        raise FrameError(Violation.UNKNOWN_TYPE, f"type {raw_type}")
+    type = _TYPES[raw_type]
+    if flags & ~_KNOWN:
+        raise FrameError(Violation.BAD_FLAGS, f"flags {flags:#x}")
+    if flags & _SYN and flags & _ACK:
         raise FrameError(Violation.BAD_FLAGS, "SYN with ACK")
-    if type in (FrameType.PING, FrameType.GO_AWAY):
+    if raw_type >= 2:
         if stream_id != 0:
             raise FrameError(Violation.BAD_STREAM_ID, f"{type.name} on stream {stream_id}")
-        if type is FrameType.PING and flags not in (Flag.SYN, Flag.ACK):
-            raise FrameError(Violation.BAD_FLAGS, f"ping flags {raw_flags:#x}")
+        if type is FrameType.PING and flags not in (_SYN, _ACK):
+            raise FrameError(Violation.BAD_FLAGS, f"ping flags {flags:#x}")
         if type is FrameType.GO_AWAY:
-            if raw_flags:
-                raise FrameError(Violation.BAD_FLAGS, f"go-away flags {raw_flags:#x}")
+            if flags:
+                raise FrameError(Violation.BAD_FLAGS, f"go-away flags {flags:#x}")
             if length > max(GoAwayCode):
                 raise FrameError(Violation.BAD_LENGTH, f"go-away code {length}")
     else:
         if stream_id == 0:
             raise FrameError(Violation.BAD_STREAM_ID, f"{type.name} on stream 0")
-        if type is FrameType.DATA and length and Flag.RST in flags:
+        if type is FrameType.DATA and length and flags & _RST:
             raise FrameError(Violation.BAD_FLAGS, "data with RST")
     return Header(type, flags, stream_id, length)
 

@@ -39,6 +39,9 @@ from netguard.relay import DelayedCall, ReactorTime
 
 _log = Logger()
 
+#: The flags as plain ints, for the per-frame path (IntFlag operations cost more).
+_SYN, _ACK, _FIN, _RST = int(Flag.SYN), int(Flag.ACK), int(Flag.FIN), int(Flag.RST)
+
 #: Bytes framed per batch before the batch is handed to the transport (so a transport that
 #: pauses us on a full buffer does so within about this much).
 _BATCH = 64 * 1024
@@ -257,8 +260,15 @@ class MuxSession:
         if self.ended is not None:
             return
         self.bytes_in += len(data)
-        buf = self._inbuf
-        buf += data
+        held = self._inbuf
+        # Frames are cut straight from C{data} (one copy per payload); only a partial frame
+        # at the end of a read is kept for the next.
+        buf: bytes | bytearray
+        if held:
+            held += data
+            buf = held
+        else:
+            buf = data
         offset = 0
         try:
             while len(buf) - offset >= HEADER_SIZE:
@@ -280,13 +290,16 @@ class MuxSession:
         except _Fatal as error:
             self._fail(error.violation, error.detail)
             return
-        del buf[:offset]
+        if held:
+            del held[:offset]
+        elif offset < len(buf):
+            held += memoryview(buf)[offset:]
         self._flush()
         self._pump()
 
     def _check_length(self, header: frames.Header) -> None:
         stream = self._streams.get(header.stream_id)
-        if stream is None or stream.reset or Flag.SYN in header.flags:
+        if stream is None or stream.reset or header.flags & _SYN:
             window = INITIAL_WINDOW
         else:
             window = stream.recv_window
@@ -301,7 +314,7 @@ class MuxSession:
         if kind is FrameType.PING:
             if not self._ping_bucket.take(self._clock.seconds()):
                 raise _Fatal(Violation.PING_FLOOD)
-            if Flag.SYN in header.flags:
+            if header.flags & _SYN:
                 self._control(frames.encode(FrameType.PING, Flag.ACK, 0, header.length))
             elif header.length == self._ping_outstanding:
                 self._ping_outstanding = None
@@ -319,7 +332,7 @@ class MuxSession:
         if not header.length and not self._has_effect(stream_id, flags):
             if not self._empty_bucket.take(self._clock.seconds()):
                 raise _Fatal(Violation.EMPTY_FRAME_FLOOD)
-        if Flag.SYN in flags:
+        if flags & _SYN:
             stream = self._peer_syn(stream_id, flags)
             if stream is None:
                 return
@@ -331,13 +344,13 @@ class MuxSession:
             stream = found
         if stream.reset or stream.lost:
             return
-        if Flag.ACK in flags:
+        if flags & _ACK:
             if stream.outbound and not stream.acked:
                 stream.acked = True
                 self._stop_timer(stream)
-        elif stream.outbound and not stream.acked and Flag.RST not in flags:
+        elif stream.outbound and not stream.acked and not flags & _RST:
             raise _Fatal(Violation.FRAME_BEFORE_ACK, f"stream {stream_id}")
-        if Flag.RST in flags:
+        if flags & _RST:
             if not stream.outbound and not stream.acked:
                 self.early_resets += 1
                 stream.released = False
@@ -359,27 +372,27 @@ class MuxSession:
             stream.deliver(payload)
             if not stream.lost:
                 self._maybe_grant(stream)
-        if Flag.FIN in flags and not stream.remote_fin and not stream.lost:
+        if flags & _FIN and not stream.remote_fin and not stream.lost:
             stream.remote_fin = True
             stream.deliver_eof()
             self._maybe_closed(stream)
 
-    def _has_effect(self, stream_id: int, flags: Flag) -> bool:
+    def _has_effect(self, stream_id: int, flags: int) -> bool:
         """
         Whether a frame without payload or window changes anything: a SYN or RST, the first
         ACK of a stream we opened, the first FIN. Frames that change nothing are counted
         against C{empty_frame_rate}.
         """
-        if flags & (Flag.SYN | Flag.RST):
+        if flags & (_SYN | _RST):
             return True
         stream = self._streams.get(stream_id)
         if stream is None or stream.reset or stream.lost:
             return False
-        if Flag.ACK in flags and stream.outbound and not stream.acked:
+        if flags & _ACK and stream.outbound and not stream.acked:
             return True
-        return Flag.FIN in flags and not stream.remote_fin
+        return bool(flags & _FIN) and not stream.remote_fin
 
-    def _peer_syn(self, stream_id: int, flags: Flag) -> MuxStream | None:
+    def _peer_syn(self, stream_id: int, flags: int) -> MuxStream | None:
         if not frames.is_peer_stream(stream_id, self.client):
             raise _Fatal(Violation.BAD_STREAM_ID, f"SYN for our stream {stream_id}")
         if stream_id in self._streams:
@@ -389,7 +402,7 @@ class MuxSession:
         # Ids need not arrive in order: hashicorp/yamux sends the SYNs of concurrent
         # openings in whatever order its goroutines run.
         self._peer_max = max(self._peer_max, stream_id)
-        if Flag.RST in flags:
+        if flags & _RST:
             return None
         if self._local_go_away or len(self._streams) >= self.limits.max_streams:
             self.streams_refused += 1
@@ -463,6 +476,7 @@ class MuxSession:
             return
         stream.acked = True
         self._control(frames.encode(FrameType.WINDOW_UPDATE, Flag.ACK, stream.stream_id, 0))
+        self._maybe_grant(stream)
         self._flush()
 
     def _stream_reset(self, stream: MuxStream, reason: Failure | None) -> None:
@@ -600,6 +614,10 @@ class MuxSession:
         """
         if stream.reading_paused or stream.remote_fin or stream.reset or stream.lost:
             self._starved.discard(stream)
+            return
+        if not stream.acked and not stream.outbound:
+            # Every frame on a stream the peer opened follows our ACK; the credit owed goes
+            # out when the application accepts the stream.
             return
         owed = INITIAL_WINDOW - stream.outstanding
         if owed < INITIAL_WINDOW // 2:
