@@ -31,6 +31,7 @@ from netguard.mux.session import MuxSession
 from netguard.mux.stream import MuxStream
 from netguard.ops.metrics import render_metrics
 from netguard.outbound.backends import EchoLeg
+from netguard.peer.checks import Verdict
 from tests.test_gateway_protocol import Session
 from tests.test_metrics import parse_exposition
 
@@ -670,3 +671,43 @@ class MuxConfigTests(unittest.TestCase):
         with self.assertRaises(ConfigError) as caught:
             self.load("[mux]\nmax_stream = 3\n")
         self.assertIn("max_stream", str(caught.exception))
+
+
+class StreamPeerCheckTests(unittest.TestCase):
+    def setUp(self):
+        self.m = Mux(self)
+        self.m.upgrade()
+        self.verdicts: list[Deferred[Verdict]] = []
+
+        def service_verdict(service: Any) -> Deferred[Verdict]:
+            waiting: Deferred[Verdict] = Deferred()
+            self.verdicts.append(waiting)
+            return waiting
+
+        # The connection's own check, as for a service with fcrdns = "require".
+        self.m.s.proto.service_verdict = service_verdict
+
+    def test_stream_waits_for_the_peer_check_and_is_refused(self):
+        """
+        A stream to a service that requires a forward-confirmed peer waits for the
+        connection's check; a refusing verdict is C{ERR NOT_AUTHORIZED peer checks failed}
+        on that stream, logged C{peer.refused} and counted as OPEN's is.
+        """
+        r = self.m.open(b"OPEN echo\r\nheld")
+        self.assertEqual(r.data, b"")
+        self.verdicts[0].callback(Verdict(False, "fcrdns-mismatch"))
+        self.m.pump()
+        self.assertEqual(r.data, b"ERR NOT_AUTHORIZED peer checks failed\r\n")
+        [refused] = self.m.named("peer.refused")
+        self.assertEqual(refused["service"], "echo")
+        failures = self.m.factory.stats.services_snapshot()["echo"]["open_failures"]
+        self.assertEqual(failures["peer-checks"], 1)
+
+    def test_stream_opens_once_the_peer_check_allows(self):
+        """
+        An allowing verdict opens the stream; the bytes behind the line come first.
+        """
+        r = self.m.open(b"OPEN echo\r\nheld")
+        self.verdicts[0].callback(Verdict(True, "ok"))
+        self.m.pump()
+        self.assertEqual(r.data, b"OK OPEN echo\r\nheld")
