@@ -37,6 +37,8 @@ from netguard.mux.stream import (
 )
 from netguard.relay import DelayedCall, ReactorTime
 
+__all__ = ["MuxSession", "OpenRefused", "SessionEnd", "SessionTransport"]
+
 _log = Logger()
 
 #: The flags as plain ints, for the per-frame path (IntFlag operations cost more).
