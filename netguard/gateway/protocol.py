@@ -50,7 +50,8 @@ from netguard.gateway.seams import Service, SessionHost
 from netguard.gateway.streams import YAMUX_1, StreamGate, StreamHost
 from netguard.log import escape, quoted
 from netguard.mux.frames import INITIAL_WINDOW, Violation
-from netguard.mux.session import MuxSession, SessionEnd
+from netguard.mux.outcome import SessionEnd
+from netguard.mux.session import MuxSession
 from netguard.outbound.backends import BackendLeg
 from netguard.peer.checks import PeerCheckRun, Verdict
 from netguard.relay import RelayResult
