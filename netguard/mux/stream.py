@@ -71,9 +71,18 @@ class PushProducer(Protocol):
 
 class StreamState(enum.Enum):
     """
-    The states of the spec, as seen from this end. C{SYN_SENT} and C{SYN_RECEIVED} end when
-    the ACK is received or sent; either side's FIN can come before that (data and FIN may
-    ride on the SYN).
+    The states of the spec, as seen from this end, derived from four facts the session keeps
+    per stream (acknowledged, our FIN, their FIN, reset)::
+
+        SYN_SENT      --their ACK-->                      ESTABLISHED
+        SYN_RECEIVED  --accept(), first write or FIN-->   ESTABLISHED (we send the ACK)
+        ESTABLISHED   --our FIN-->   LOCAL_CLOSE   --their FIN-->  CLOSED
+        ESTABLISHED   --their FIN--> REMOTE_CLOSE  --our FIN-->    CLOSED
+        any           --RST either way, open or close timeout-->  RESET
+
+    Either FIN may come before the ACK (data and FIN may ride on the SYN); the state then
+    shows the FIN. No frame but RST is accepted on C{SYN_SENT} without the ACK, and we send
+    nothing but RST on C{SYN_RECEIVED} before ours.
     """
 
     SYN_SENT = "syn-sent"
