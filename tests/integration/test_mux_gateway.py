@@ -237,6 +237,32 @@ class MuxGatewayTests(unittest.TestCase):
         self.assertEqual(bytes(bulk.data[header : header + len(block)]), block)
         self.assertEqual(bytes(bulk.data[-len(block) :]), block)
 
+    @inlineCallbacks
+    def test_drain_refuses_new_streams_and_lets_live_ones_finish(self) -> Any:
+        """
+        The gateway's graceful stop (as on SIGTERM): a new stream is answered
+        C{ERR SHUTTING_DOWN}, a live redis stream keeps working, and once it ends the
+        gateway sends go-away, closes the connection and the stop completes.
+        """
+        live = self.open(b"OPEN redis\r\nPING\r\n")
+        yield live.wait(has(len(b"OK OPEN redis\r\n+PONG\r\n")))
+        stopping = self.gateway.service.stopService()
+        new = self.open(b"OPEN redis\r\n")
+        yield new.wait(lambda c: c.eof)
+        self.assertTrue(bytes(new.data).startswith(b"ERR SHUTTING_DOWN "), bytes(new.data))
+        assert live.transport is not None and new.transport is not None
+        new.transport.loseConnection()
+        live.transport.write(b"PING\r\n")
+        yield live.wait(has(len(b"OK OPEN redis\r\n+PONG\r\n+PONG\r\n")))
+        self.assertFalse(stopping.called)
+        live.transport.loseConnection()
+        yield stopping
+        mux = self.client.mux
+        assert mux is not None
+        yield wait_for(lambda: mux.ended is not None)
+        self.assertIsNotNone(mux.remote_go_away)
+        self.assertEqual(self.gateway.service.drainer.forced, 0)
+
 
 class _Writer:
     """
