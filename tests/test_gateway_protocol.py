@@ -88,7 +88,9 @@ class Session:
 class GreetingTests(unittest.TestCase):
     def test_greeting_names_server_and_mechanism(self):
         s = Session(self)
-        self.assertEqual(s.greeting, b"NETGUARD/1 netguard AUTH=SCRAM-SHA-256 MAXLINE=1024")
+        self.assertEqual(
+            s.greeting, b"NETGUARD/1 netguard AUTH=SCRAM-SHA-256 MAXLINE=1024 MUX=yamux/1"
+        )
 
     def test_ping(self):
         s = Session(self)

@@ -32,7 +32,7 @@ from netguard.mux.stream import MuxStream
 from netguard.ops.metrics import render_metrics
 from netguard.outbound.backends import EchoLeg
 from netguard.peer.checks import Verdict
-from tests.test_gateway_protocol import Session
+from tests.test_gateway_protocol import ClientServerTests, Session
 from tests.test_metrics import parse_exposition
 
 _PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -711,3 +711,23 @@ class StreamPeerCheckTests(unittest.TestCase):
         self.verdicts[0].callback(Verdict(True, "ok"))
         self.m.pump()
         self.assertEqual(r.data, b"OK OPEN echo\r\nheld")
+
+
+class GreetingTests(unittest.TestCase):
+    def test_greeting_announces_mux_last(self):
+        """
+        The greeting ends with the capability C{MUX=yamux/1}.
+        """
+        s = Session(self)
+        self.assertTrue(s.greeting.endswith(b" MAXLINE=1024 MUX=yamux/1"), s.greeting)
+
+    def test_netguards_client_ignores_the_capability(self):
+        """
+        netguard's own client, which knows nothing of C{MUX}, logs in and opens a service
+        through a gateway that announces it (unknown capability words are ignored).
+        """
+        client, server, pump, received = ClientServerTests.connect(self)  # type: ignore[arg-type]
+        self.assertTrue(client.opened.called)
+        client.transport.write(b"hello")
+        pump.flush()
+        self.assertEqual(b"".join(received), b"hello")

@@ -243,7 +243,7 @@ class GatewaySession(GuardedLineReceiver):
         mechanisms = ",".join(self.offered_mechanisms())
         self.sendLine(
             f"NETGUARD/1 {self.factory.server_name} AUTH={mechanisms} "
-            f"MAXLINE={self.limits.max_line_length}".encode("ascii")
+            f"MAXLINE={self.limits.max_line_length} MUX={YAMUX_1}".encode("ascii")
         )
 
     def connectionMade(self) -> None:
