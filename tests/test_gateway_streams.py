@@ -532,6 +532,23 @@ class StreamFiguresTests(unittest.TestCase):
         key = ("netguard_stream_refusals_total", (("code", "NO_SUCH_SERVICE"),))
         self.assertEqual(values[key], 1)
 
+    def test_payload_bytes_counted_once_framed_bytes_only_logged(self):
+        """
+        The byte counters hold each stream's payload once; the connection's framed bytes
+        (headers, window updates) are logged in its C{conn.close}, not counted again.
+        """
+        m = Mux(self)
+        m.upgrade()
+        r = m.open(b"OPEN echo\r\n" + b"x" * 1000)
+        assert r.transport is not None
+        r.transport.loseConnection()
+        m.pump()
+        m.s.proto.connectionLost(None)
+        figures = m.factory.stats.snapshot()
+        self.assertEqual((figures["bytes_up"], figures["bytes_down"]), (1000, 1000))
+        [closed] = m.named("conn.close")
+        self.assertGreater(closed["bytes_up"], 1000)
+
 
 class SessionBoundTests(unittest.TestCase):
     def test_idle_timeout_spares_a_session_with_live_streams(self):

@@ -49,9 +49,6 @@ from netguard.gateway.opening import (
 from netguard.gateway.seams import Service, SessionHost
 from netguard.gateway.streams import YAMUX_1, StreamGate, StreamHost
 from netguard.log import escape, quoted
-from netguard.mux.frames import INITIAL_WINDOW, Violation
-from netguard.mux.outcome import SessionEnd
-from netguard.mux.session import MuxSession
 from netguard.outbound.backends import BackendLeg
 from netguard.peer.checks import PeerCheckRun, Verdict
 from netguard.relay import RelayResult
@@ -319,8 +316,11 @@ class GatewaySession(GuardedLineReceiver):
             self.bytes_up = max(self.bytes_up, result.bytes_a_to_b)
             self.bytes_down = result.bytes_b_to_a
             self.closed_by = _RELAY_ENDINGS.get(result.ended_by, result.ended_by)
-        # Final counts in, live meter out, in one step: the byte counters never go down.
-        self.factory.stats.session_closed(self, self.service, self.bytes_up, self.bytes_down)
+        # Final counts in, live meter out, in one step: the byte counters never go down. A
+        # multiplexed connection's framed bytes are logged, not counted: its streams count
+        # their own payload.
+        counted = (0, 0) if state is SessionState.MUX else (self.bytes_up, self.bytes_down)
+        self.factory.stats.session_closed(self, self.service, *counted)
         self.log.info(
             "closed {peer} after {duration:.3f}s up={bytes_up} down={bytes_down}: {why}",
             why=_CLOSE_REASONS.get(self.closed_by, self.closed_by),
@@ -489,60 +489,21 @@ class GatewaySession(GuardedLineReceiver):
         if framing != YAMUX_1.encode("ascii"):
             self.refuse(ErrorCode.UNSUPPORTED_FRAMING, offending=framing, close=False)
             return
-        host = cast(StreamHost, self.factory)
-        settings = host.stream_settings
-        gate = StreamGate(self, host)
-        limits = settings.mux_limits(self.limits.idle_timeout)
+        gate = StreamGate(self, cast(StreamHost, self.factory), self.limits.idle_timeout)
         self.state = SessionState.MUX
         self._gate = gate
-        self.sendLine(
-            f"OK MUX {YAMUX_1} STREAMS={limits.max_streams} WINDOW={INITIAL_WINDOW}".encode(
-                "ascii"
-            )
-        )
+        self.sendLine(gate.reply())
         self.setRawMode()
         # The session's own bounds take over: its idle timeout runs only while no stream is
         # open, its keepalive notices a dead path.
         self.setTimeout(None)
-        gate.session = MuxSession(
-            self.transport,
-            client=False,
-            clock=self.factory.clock,
-            accept=gate.accept,
-            limits=limits,
-            on_end=self._mux_ended,
-        )
-        self.transport.registerProducer(gate.session, True)
-        self.log.info(
-            "{user} started a multiplexed session ({framing})",
-            event="mux.start",
-            framing=YAMUX_1,
-            max_streams=limits.max_streams,
-            **self.log_fields(),
-        )
+        gate.start(self.transport, self._mux_ended)
 
-    def _mux_ended(self, end: SessionEnd) -> None:
+    def _mux_ended(self, closed_by: str) -> None:
         """
-        The multiplexed session ended (its streams have been told): log how.
+        The multiplexed session ended (its streams have been told; the gate logged how).
         """
-        if end.violation is Violation.IDLE:
-            self.closed_by = "idle"
-        elif end.by_peer:
-            self.closed_by = "client"
-        else:
-            self.closed_by = "server"
-        gate = self._gate
-        self.log.info(
-            "multiplexed session of {peer} ended: {violation}",
-            event="mux.end",
-            violation=end.violation.value,
-            code=int(end.code),
-            by_peer=end.by_peer,
-            detail=end.detail,
-            streams_opened=gate.opened if gate is not None else 0,
-            streams_refused=gate.refused if gate is not None else 0,
-            **self.log_fields(),
-        )
+        self.closed_by = closed_by
 
     def do_open(self, name_bytes: bytes) -> None:
         chosen = choose_service(

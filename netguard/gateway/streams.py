@@ -8,6 +8,7 @@ then relays to the service's backend. C{docs/protocol.md} section 5.1 is the wir
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred
@@ -24,6 +25,8 @@ from netguard.gateway.opening import (
 from netguard.gateway.seams import Service, SessionHost
 from netguard.gateway.stream_settings import StreamSettings
 from netguard.log import escape
+from netguard.mux.frames import INITIAL_WINDOW, Violation
+from netguard.mux.outcome import SessionEnd, SessionTransport
 from netguard.mux.session import MuxSession
 from netguard.mux.stream import MuxStream
 from netguard.outbound.backends import BackendLeg
@@ -134,15 +137,76 @@ class StreamGate:
 
     log = Logger()
 
-    def __init__(self, owner: StreamOwner, host: StreamHost) -> None:
+    def __init__(self, owner: StreamOwner, host: StreamHost, idle_timeout: float | None) -> None:
+        """
+        @param owner: the connection.
+        @param host: the gateway.
+        @param idle_timeout: seconds the session may live with no stream open.
+        """
         self.owner = owner
         self.host = host
         self.settings = host.stream_settings
+        self.limits = self.settings.mux_limits(idle_timeout)
         self.session: MuxSession | None = None
         self.streams: set[GatewayStream] = set()
         self.draining = False
         self.opened = 0
         self.refused = 0
+        self._on_end: Callable[[str], None] | None = None
+
+    def reply(self) -> bytes:
+        """
+        @return: the answer to C{MUX yamux/1}, without its line end.
+        """
+        streams, window = self.limits.max_streams, INITIAL_WINDOW
+        return f"OK MUX {YAMUX_1} STREAMS={streams} WINDOW={window}".encode("ascii")
+
+    def start(self, transport: SessionTransport, on_end: Callable[[str], None]) -> None:
+        """
+        Run the session over C{transport} (a line receiver in raw mode), registered as its
+        streaming producer.
+
+        @param on_end: told, once, how the session ended: C{"idle"}, C{"client"} (its
+            go-away, a lost connection) or C{"server"} (a drain, a violation).
+        """
+        self._on_end = on_end
+        self.session = MuxSession(
+            transport,
+            client=False,
+            clock=self.host.clock,
+            accept=self.accept,
+            limits=self.limits,
+            on_end=self._ended,
+        )
+        cast(Any, transport).registerProducer(self.session, True)
+        self.log.info(
+            "{user} started a multiplexed session ({framing})",
+            event="mux.start",
+            framing=YAMUX_1,
+            max_streams=self.limits.max_streams,
+            **self.owner.log_fields(),
+        )
+
+    def _ended(self, end: SessionEnd) -> None:
+        self.log.info(
+            "multiplexed session of {peer} ended: {violation}",
+            event="mux.end",
+            violation=end.violation.value,
+            code=int(end.code),
+            by_peer=end.by_peer,
+            detail=end.detail,
+            streams_opened=self.opened,
+            streams_refused=self.refused,
+            **self.owner.log_fields(),
+        )
+        if end.violation is Violation.IDLE:
+            closed_by = "idle"
+        elif end.by_peer:
+            closed_by = "client"
+        else:
+            closed_by = "server"
+        if self._on_end is not None:
+            self._on_end(closed_by)
 
     def accept(self, stream: MuxStream) -> GatewayStream:
         """
