@@ -671,6 +671,16 @@ class MuxConfigTests(unittest.TestCase):
         m = Mux(self, factory.stream_settings)
         self.assertEqual(m.upgrade(), b"OK MUX yamux/1 STREAMS=3 WINDOW=262144")
 
+    def test_reload_applies_to_new_sessions(self):
+        """
+        A reload puts new C{[mux]} settings in force for sessions upgraded afterwards.
+        """
+        users = UserStore.from_records([])
+        factory = GatewayFactory(self.load(""), users, Clock())
+        reloaded = self.load("[mux]\nmax_streams = 9\n")
+        factory.apply_config(reloaded, users)
+        self.assertEqual(factory.stream_settings.max_streams, 9)
+
     def test_bounds_at_the_limit_and_one_past(self):
         """
         C{max_streams} 65536 is accepted, 65537 and 0 are refused naming the key.
