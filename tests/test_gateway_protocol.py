@@ -850,3 +850,66 @@ class SessionMemoryTests(unittest.TestCase):
         second.login()
         self.assertEqual(first.proto.user, "alice")
         self.assertIs(first.proto.user, second.proto.user)
+
+
+class TransportKeySharingTests(unittest.TestCase):
+    """
+    The names Twisted's TCP transports set after their constructor are shared before
+    connections arrive, so a burst of accepted connections keeps small instance dicts.
+    """
+
+    #: What a C{tcp.Server} sets in its constructor.
+    INIT_NAMES = (
+        "_tempDataBuffer", "_tempDataLen", "client", "connected", "fileno", "hostname",
+        "logstr", "protocol", "reactor", "repstr", "server", "sessionno", "socket",
+    )  # fmt: skip
+
+    def burst(self, cls: type) -> int:
+        """
+        Sixty-four instances of C{cls} built before any writes, then each written to (the
+        names set on a first write, producer and close): the largest instance dict.
+        """
+        from netguard.gateway.factory import _TRANSPORT_LATE_NAMES
+
+        instances = []
+        for _ in range(64):
+            instance = cls.__new__(cls)
+            for name in self.INIT_NAMES:  # as its constructor does
+                setattr(instance, name, None)
+            instances.append(instance)
+        for instance in instances:
+            for name in _TRANSPORT_LATE_NAMES:
+                setattr(instance, name, None)
+        return max(sys.getsizeof(vars(instance)) for instance in instances)
+
+    def test_shared_names_keep_dicts_small(self) -> None:
+        """
+        With the late names shared first, every transport of a burst keeps a shared (small)
+        dict; without, on CPython 3.11, the later ones each get a full dict of their own.
+        """
+        from twisted.internet import tcp
+
+        from netguard.gateway.factory import _share_transport_keys
+
+        class Shared(tcp.Server):
+            pass  # fresh classes: their shared keys start empty, as at process start
+
+        class NotShared(tcp.Server):
+            pass
+
+        _share_transport_keys((Shared,))
+        self.assertLess(self.burst(Shared), 512)
+        if sys.version_info[:2] == (3, 11):
+            self.assertGreater(self.burst(NotShared), 512)
+
+    def test_factory_shares_twisted_tcp_transport_names(self) -> None:
+        """
+        Building the gateway's factory shares the names of Twisted's TCP transports (the
+        default classes of L{_share_transport_keys}).
+        """
+        from netguard.gateway import factory as factory_module
+
+        calls: list[object] = []
+        self.patch(factory_module, "_share_transport_keys", lambda *a: calls.append(a))
+        make_factory(Clock())
+        self.assertEqual(calls, [()])

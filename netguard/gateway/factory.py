@@ -80,7 +80,7 @@ _TRANSPORT_LATE_NAMES = (
 )
 
 
-def _share_transport_keys() -> None:
+def _share_transport_keys(classes: tuple[type, ...] | None = None) -> None:
     """
     Enter the names Twisted's TCP transports set late into their classes' shared instance
     keys, on one throwaway instance each, before connections arrive.
@@ -90,11 +90,16 @@ def _share_transport_keys() -> None:
     its first write) gets a full instance dict of its own, a 768-byte block, for every
     connection accepted in a burst. Setting them once at start-up keeps every transport's
     dict shared. Nothing else changes: the throwaway instances are never used.
-    """
-    from twisted.internet import tcp
 
-    for cls in (tcp.Server, tcp.Client):
-        instance = cls.__new__(cls)
+    @param classes: the transport classes; Twisted's C{tcp.Server} and C{tcp.Client} by
+        default.
+    """
+    if classes is None:
+        from twisted.internet import tcp
+
+        classes = (tcp.Server, tcp.Client)
+    for cls in classes:
+        instance: Any = object.__new__(cls)
         for name in _TRANSPORT_LATE_NAMES:
             if hasattr(cls, name):
                 setattr(instance, name, getattr(cls, name))
