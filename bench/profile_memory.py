@@ -6,6 +6,8 @@ portforward: a companion of C{bench/profile_session.py}. Not part of the benchma
     .venv/bin/python bench/profile_memory.py --runs 3 --steps 0,2000,8000
     .venv/bin/python bench/profile_memory.py --trees /tmp/before,.  # interleave two checkouts
     .venv/bin/python bench/profile_memory.py --breakdown 2000       # tracemalloc + getsizeof
+    .venv/bin/python bench/profile_memory.py --collect [--trim]     # + pymalloc and glibc
+    .venv/bin/python bench/profile_memory.py --wrap 'heaptrack -o F' --phases echo  # attribution
 
 For each phase a fresh gateway (C{twistd -n netguard} from the checkout, the generated
 configuration of C{paths.py} with the caps raised above the largest step, the line-phase
@@ -26,6 +28,12 @@ C{/proc/<pid>/smaps_rollup}; the figure is KiB per connection, the least-squares
 the steps. Everything is on 127.0.0.1, bounded in count and time, and every process started
 is stopped by its own process group id.
 
+With C{--collect} the gateway (and portforward) run a full collection after each reading
+and report pymalloc's figures (bytes in its blocks and arenas) and glibc's C{mallinfo2}
+(bytes in use, free in its heap, mmap'd); with C{--trim} they also call C{malloc_trim(0)}
+first (the RSS read before the signal is reported as C{rss_before}). C{--wrap} runs the
+gateway under another command (heaptrack, say) for attribution only.
+
 With C{--breakdown N} the script instead runs one gateway under C{tracemalloc} with N
 idle relayed connections of each kind: it prints the growth between the empty gateway and
 N connections by file and line, and C{sys.getsizeof} of each per-connection object of one
@@ -36,6 +44,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import ctypes.util
 import os
 import shutil
 import signal
@@ -128,6 +138,8 @@ def gateway_child(args: argparse.Namespace) -> int:
         def collect(signum: int, frame: Any) -> None:
             gc.collect()
             dumps[0] += 1
+            if args.trim:
+                _malloc_trim()
             _malloc_stats(f"{args.collect}.{dumps[0]}")
 
         signal.signal(signal.SIGUSR2, collect)
@@ -156,10 +168,53 @@ def gateway_child(args: argparse.Namespace) -> int:
     return 0
 
 
+class _MallInfo2(ctypes.Structure):
+    """
+    glibc's C{struct mallinfo2} (every field a C{size_t}).
+    """
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+            "fsmblks", "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+def _libc() -> Any:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+def _mallinfo() -> str:
+    """
+    glibc's C{mallinfo2()} of the main arena as C{name = bytes} lines (empty elsewhere):
+    C{arena} (heap obtained by brk), C{hblkhd} (mmap'd blocks), C{uordblks} (in use),
+    C{fordblks} (free, kept), C{keepcost} (trimmable top).
+    """
+    try:
+        function = _libc().mallinfo2
+    except (OSError, AttributeError):
+        return ""
+    function.restype = _MallInfo2
+    info = function()
+    return "".join(f"mallinfo2 {name} = {getattr(info, name)}\n" for name, _ in info._fields_)
+
+
+def _malloc_trim() -> None:
+    """
+    glibc's C{malloc_trim(0)}: give free heap pages back to the system.
+    """
+    try:
+        _libc().malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _malloc_stats(path: str) -> None:
     """
     Write pymalloc's statistics (C{sys._debugmallocstats}, which writes to file descriptor
-    2) to C{path} (complete once it exists).
+    2) and glibc's C{mallinfo2} to C{path} (complete once it exists).
     """
     sys.stderr.flush()
     saved = os.dup(2)
@@ -167,6 +222,8 @@ def _malloc_stats(path: str) -> None:
         with open(path + ".tmp", "w") as f:
             os.dup2(f.fileno(), 2)
             sys._debugmallocstats()
+            sys.stderr.flush()
+            f.write(_mallinfo())
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -190,6 +247,8 @@ def pymalloc_kib(path: str) -> dict[str, int]:
                 out["pym_blocks"] = int(number) // 1024
             elif "bytes/arena" in name:
                 out["pym_arenas"] = int(number) // 1024
+            elif name.startswith("mallinfo2 "):
+                out["malloc_" + name.split()[1]] = int(number) // 1024
     return out
 
 
@@ -206,6 +265,13 @@ def _growth(before: Any, after: Any, top: int = 30) -> str:
     filters = [tracemalloc.Filter(False, tracemalloc.__file__)]
     before, after = before.filter_traces(filters), after.filter_traces(filters)
     out = []
+    for name, snapshot in (("before", before), ("after", after)):
+        large = [t.size for t in snapshot.traces if t.size > 512]
+        out.append(
+            f"-- {name}: {len(large)} blocks over 512 bytes (glibc malloc, not pymalloc), "
+            f"{sum(large) / 1024:.0f} KiB"
+        )
+    out.append(f"-- glibc malloc now:\n{_mallinfo()}")
     for group in ("filename", "lineno"):
         stats = after.compare_to(before, group)
         grown = sum(s.size_diff for s in stats)
@@ -260,7 +326,17 @@ def _sizes() -> str:
     for obj in gc.get_objects():
         name = f"{type(obj).__module__}.{type(obj).__qualname__}"
         counts[name] = counts.get(name, 0) + 1
-    out = ["-- objects the collector tracks, by type, the 25 most numerous"]
+    big: dict[str, list[int]] = {}
+    for obj in gc.get_objects():
+        d = getattr(obj, "__dict__", None) if not isinstance(obj, type) else None
+        if isinstance(d, dict) and sys.getsizeof(d) > 512:
+            entry = big.setdefault(f"{type(obj).__module__}.{type(obj).__qualname__}", [0, 0])
+            entry[0] += 1
+            entry[1] += sys.getsizeof(d)
+    out = ["-- instance dicts over 512 bytes (allocated by glibc malloc), by owner type"]
+    for name, (count, size) in sorted(big.items(), key=lambda item: -item[1][1])[:12]:
+        out.append(f"   {count:7d}  {size / 1024:9.1f} KiB  {name}")
+    out.append("-- objects the collector tracks, by type, the 25 most numerous")
     for name, count in sorted(counts.items(), key=lambda item: -item[1])[:25]:
         out.append(f"   {count:7d}  {name}")
     out.append("-- sys.getsizeof (object + its __dict__) of one relayed session's objects")
@@ -381,7 +457,8 @@ async def _steps(
                 deadline = time.monotonic() + 60
                 while not os.path.exists(f"{collect}.{dumps}") and time.monotonic() < deadline:
                     await asyncio.sleep(0.1)
-                reading = {**smaps(pid), **pymalloc_kib(f"{collect}.{dumps}")}
+                before = {f"{k}_before": v for k, v in reading.items()}
+                reading = {**smaps(pid), **before, **pymalloc_kib(f"{collect}.{dumps}")}
             readings.append((len(held), reading))
     finally:
         for writer in held:
@@ -410,9 +487,12 @@ def _start_gateway(
         child += ["--breakdown", breakdown, "--frames", str(args.frames)]
     elif args.collect:
         child += ["--collect", os.path.join(work, f"pymalloc-{label}")]
+        if args.trim:
+            child.append("--trim")
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
+    wrap = args.wrap.split() if args.wrap else []
     gateway = processes.start(
-        f"gateway-{label}", [*child, "--", *twistd_args], args.gateway_cpu,
+        f"gateway-{label}", [*wrap, *child, "--", *twistd_args], args.gateway_cpu,
         cwd=os.path.abspath(tree), env=env,
     )  # fmt: skip
     processes.wait_listening(gateway, port, timeout=30)
@@ -449,18 +529,22 @@ def measure_portforward(
     """
     processes = Processes(work)
     port = free_port()
-    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    # Run through this script's gateway child, so that --collect reads portforward too.
+    child = [sys.executable, __file__, "_gateway"]
+    collect = os.path.join(work, f"pymalloc-{label}") if args.collect else None
+    if collect is not None:
+        child += ["--collect", collect] + (["--trim"] if args.trim else [])
     try:
         relay = processes.start(
             f"portforward-{label}",
             [
-                twistd, "-n", "--pidfile=", "portforward",
+                *child, "--", "-n", "--pidfile=", "portforward",
                 "-p", f"tcp:{port}:interface=127.0.0.1", "-h", "127.0.0.1", "-d", str(backend),
             ],
             args.gateway_cpu, cwd=work,
         )  # fmt: skip
         processes.wait_listening(relay, port, timeout=30)
-        return asyncio.run(_steps(args, relay.pid, lambda: _open_relayed(port), label))
+        return asyncio.run(_steps(args, relay.pid, lambda: _open_relayed(port), label, collect))
     finally:
         processes.stop_all()
 
@@ -537,6 +621,16 @@ def main(argv: list[str] | None = None) -> int:
         help="after each reading the gateway runs gc.collect() and reports pymalloc's "
         "figures (SIGUSR2): live small-object bytes and arena bytes per connection",
     )  # fmt: skip
+    parser.add_argument(
+        "--trim", action="store_true",
+        help="with --collect: the gateway also calls glibc's malloc_trim(0) after its "
+        "collection; RSS is read after it, and before the signal as rss_before",
+    )  # fmt: skip
+    parser.add_argument(
+        "--wrap", default="",
+        help="a command the gateway runs under, e.g. 'heaptrack -o /tmp/gw' (its RSS is "
+        "then the wrapper's process, so only for attribution, not for the figures)",
+    )  # fmt: skip
     parser.add_argument("--kinds", default="echo,tcp", help="services opened for --breakdown")
     parser.add_argument("--gateway-cpu", type=int, default=1)
     parser.add_argument("--client-cpu", type=int, default=0)
@@ -545,6 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--breakdown")
     p.add_argument("--frames", type=int, default=1)
     p.add_argument("--collect")
+    p.add_argument("--trim", action="store_true")
     p.add_argument("twistd", nargs=argparse.REMAINDER)
     p = sub.add_parser("_echo")
     p.add_argument("--port", type=int, required=True)
@@ -596,6 +691,14 @@ def main(argv: list[str] | None = None) -> int:
                             f", pymalloc {figures['pym_blocks']:.2f} in blocks, "
                             f"{figures['pym_arenas']:.2f} in arenas"
                             if "pym_blocks" in figures
+                            else ""
+                        )
+                        + (
+                            f", malloc {figures['malloc_uordblks']:.2f} in use, "
+                            f"{figures['malloc_fordblks']:.2f} free in its heap, "
+                            f"{figures['malloc_hblkhd']:.2f} mmap'd, "
+                            f"RSS before the collection {figures['rss_before']:.2f}"
+                            if "malloc_uordblks" in figures
                             else ""
                         )
                         + " "
