@@ -140,7 +140,9 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
       - a client that sends anything before the greeting (an early talker: bots do, real
         clients wait) is refused with C{EARLY_TALKER};
       - a handshake deadline runs from the connection to L{end_handshake}; an idle timeout
-        (L{TimeoutMixin}) runs for the whole connection;
+        (L{TimeoutMixin}'s C{setTimeout}/C{resetTimeout}) runs for the whole connection; the
+        two share one timer, armed for the nearer, so a connection holds one timer and a
+        finished handshake leaves no cancelled one behind in the reactor;
       - write side: in line mode the receiver registers itself as the streaming producer of
         its own transport, so when the peer stops reading and our output queue passes the
         transport's high-water mark we stop reading the peer (no reply is generated for input
@@ -208,6 +210,10 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         self.bytes_after_auth = 0
         self.errors_answered = 0
         self.handshake_done = False
+        self.timeOut: float | None = None  # type: ignore[assignment]
+        self._idle_at: float | None = None
+        self._handshake_at: float | None = None
+        self._deadline: Any = None
         self._timers: dict[str, Any] = {}
         self._write_paused = False
         self._held = False
@@ -265,7 +271,8 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         stay; the budgets after authentication (if set) and the open deadline start.
         """
         self.handshake_done = True
-        self._cancel("handshake")
+        self._handshake_at = None
+        self._arm_deadline()
         open_timeout = self.limits.open_timeout
         if open_timeout is not None and self.line_mode and self.phase is FramingPhase.LINES:
             self._timers["open"] = self.clock.callLater(open_timeout, self._open_expired)
@@ -413,10 +420,8 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         # A TLS transport (INegotiated) is still in its handshake now; it tells us when that
         # ends (handshakeCompleted), and the greeting delay counts from then.
         self._tls_handshaking = INegotiated.providedBy(self.transport)
+        self._handshake_at = self.clock.seconds() + self.limits.handshake_timeout
         self.setTimeout(self.limits.idle_timeout)
-        self._timers["handshake"] = self.clock.callLater(
-            self.limits.handshake_timeout, self._handshake_expired
-        )
         if not self._tls_handshaking:
             self._start_greeting()
 
@@ -644,7 +649,6 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
             return False
 
     def _handshake_expired(self) -> None:
-        self._timers.pop("handshake", None)
         self.log.info(
             "handshake deadline {peer}",
             event="conn.timeout",
@@ -690,3 +694,65 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
     def _cancel_all(self) -> None:
         for name in list(self._timers):
             self._cancel(name)
+        self._handshake_at = None
+        self._idle_at = None
+        self._arm_deadline()
+
+    # -- the handshake deadline and the idle timeout share one timer ------------------------
+
+    def setTimeout(self, period: float | None) -> float | None:  # type: ignore[override]
+        """
+        L{TimeoutMixin.setTimeout}: the idle timeout is C{period} seconds from now (L{None}:
+        none). It shares one timer with the handshake deadline, armed for the nearer.
+        """
+        previous = self.timeOut
+        self.timeOut = period  # type: ignore[assignment]
+        self._idle_at = None if period is None else self.clock.seconds() + period
+        self._arm_deadline()
+        return previous
+
+    def resetTimeout(self) -> None:
+        """
+        L{TimeoutMixin.resetTimeout}: the peer was heard from, the idle timeout counts from
+        now (nothing once it has fired or was set to L{None}). The timer is not touched:
+        when it fires early it finds the later deadline and waits for it.
+        """
+        if self._idle_at is not None and self.timeOut is not None:
+            self._idle_at = self.clock.seconds() + self.timeOut
+
+    def _arm_deadline(self) -> None:
+        """
+        Arm the one timer for the nearer of the handshake and idle deadlines (or cancel it
+        when there is neither).
+        """
+        due = self._idle_at
+        if self._handshake_at is not None and (due is None or self._handshake_at < due):
+            due = self._handshake_at
+        timer = self._deadline
+        if due is None:
+            if timer is not None:
+                self._deadline = None
+                if timer.active():
+                    timer.cancel()
+            return
+        delay = max(0.0, due - self.clock.seconds())
+        if timer is not None and timer.active():
+            timer.reset(delay)
+        else:
+            self._deadline = self.clock.callLater(delay, self._deadline_due)
+
+    def _deadline_due(self) -> None:
+        """
+        The timer fired: end the connection for whichever deadline has passed (the idle
+        timeout first, as its timer was armed first), or wait for the nearer one.
+        """
+        self._deadline = None
+        now = self.clock.seconds()
+        if self._idle_at is not None and now >= self._idle_at:
+            self._idle_at = None
+            self.timeoutConnection()
+        elif self._handshake_at is not None and now >= self._handshake_at:
+            self._handshake_at = None
+            self._handshake_expired()
+        if self.phase is not FramingPhase.CLOSING:
+            self._arm_deadline()

@@ -497,6 +497,94 @@ class TimeoutTests(unittest.TestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
 
+class DeadlineTimerTests(unittest.TestCase):
+    """
+    The handshake deadline and the idle timeout share one timer, armed for the nearer:
+    each still ends the connection at its bound, not before, with its own reply.
+    """
+
+    def test_one_timer_for_handshake_and_idle(self) -> None:
+        """
+        A greeted connection before its handshake holds one timer, due at the nearer
+        deadline (the handshake's here).
+        """
+        proto, _, clock = connect(FramingLimits(handshake_timeout=5, idle_timeout=100))
+        [call] = clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), 5)
+
+    def test_handshake_deadline_at_the_bound_while_talking(self) -> None:
+        """
+        A peer that keeps talking (resetting the idle timeout) without finishing the
+        handshake is refused exactly at the handshake deadline, not an instant before.
+        """
+        proto, transport, clock = connect(FramingLimits(handshake_timeout=5, idle_timeout=3))
+        for _ in range(8):  # greeted at 0.1, talking until 4.1
+            clock.advance(0.5)
+            proto.dataReceived(b"P")
+        clock.advance(0.9 - 1e-6)  # t = 5 - 1e-6, the idle deadline is 7.1
+        self.assertFalse(transport.disconnecting)
+        clock.advance(1e-6)
+        self.assertIn(b"ERR TIMEOUT handshake deadline", transport.value())
+        self.assertNotIn(b"idle timeout", transport.value())
+
+    def test_idle_timeout_at_the_bound_after_activity(self) -> None:
+        """
+        The idle timeout counts from the last byte: not a moment before C{idle_timeout}
+        after it, and at that instant.
+        """
+        proto, transport, clock = connect(FramingLimits(handshake_timeout=1000, idle_timeout=10))
+        clock.advance(3)
+        proto.dataReceived(b"x")  # idle deadline 13.1 (greeted at 0.1)
+        clock.advance(10 - 1e-6)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(1e-6)
+        self.assertIn(b"ERR TIMEOUT idle timeout", transport.value())
+
+    def test_idle_nearer_than_handshake(self) -> None:
+        """
+        A silent peer whose idle timeout comes before the handshake deadline is refused for
+        idleness at the idle bound.
+        """
+        proto, transport, clock = connect(FramingLimits(handshake_timeout=50, idle_timeout=10))
+        clock.advance(10 - 0.1 - 1e-6)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(1e-6)
+        self.assertIn(b"ERR TIMEOUT idle timeout", transport.value())
+
+    def test_end_handshake_moves_the_timer_to_the_idle_deadline(self) -> None:
+        """
+        After the handshake the one timer waits for the idle deadline (no second timer, no
+        cancelled one left behind), and the handshake deadline no longer applies.
+        """
+        proto, transport, clock = connect(FramingLimits(handshake_timeout=5, idle_timeout=100))
+        armed = list(clock.getDelayedCalls())
+        proto.dataReceived(b"AUTHOK\r\n")
+        [call] = clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), 100.1)
+        # (a cancelled call would stay in a real reactor's heap until its time)
+        self.assertEqual([c for c in armed if c.cancelled], [])
+        clock.advance(50)
+        self.assertFalse(transport.disconnecting)
+
+    def test_no_timer_once_both_are_off(self) -> None:
+        """
+        After the handshake, turning the idle timeout off (as a relay taking over does)
+        leaves no timer at all.
+        """
+        proto, _, clock = connect(FramingLimits(handshake_timeout=5, idle_timeout=100))
+        proto.dataReceived(b"AUTHOK\r\nRAW\r\n")
+        proto.setTimeout(None)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_set_timeout_returns_the_previous_period(self) -> None:
+        """
+        L{setTimeout} keeps L{TimeoutMixin}'s contract: it returns the previous period.
+        """
+        proto, _, _ = connect(FramingLimits(idle_timeout=100))
+        self.assertEqual(proto.setTimeout(7), 100)
+        self.assertEqual(proto.setTimeout(None), 7)
+
+
 class InstanceDictTests(unittest.TestCase):
     """
     A receiver's instance dict keeps sharing its class's key table however connections
