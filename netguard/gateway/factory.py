@@ -63,9 +63,11 @@ class _RelayMeter:
 
 
 #: Names Twisted's TCP transports set on themselves after their constructor (on the first
-#: write, producer, half-close or close; C{doRead} and C{doWrite} while a client connects,
-#: and C{doWrite} while the kernel relay moves a direction), class attributes until then.
+#: write, producer, half-close or close; C{doRead}, C{doWrite} and C{connected} while a
+#: client connects, and C{doWrite} while the kernel relay moves a direction), class
+#: attributes until then.
 _TRANSPORT_LATE_NAMES = (
+    "connected",
     "doRead",
     "doWrite",
     "dataBuffer",
