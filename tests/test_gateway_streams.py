@@ -758,3 +758,32 @@ class GreetingTests(unittest.TestCase):
         client.transport.write(b"hello")
         pump.flush()
         self.assertEqual(b"".join(received), b"hello")
+
+
+class ConnectionCloseTests(unittest.TestCase):
+    def test_client_half_close_ends_the_session_and_closes(self):
+        """
+        The client half-closing the whole connection ends the session (its streams are
+        told) and the gateway closes the connection, no longer its producer (a TLS
+        transport would otherwise hold the close).
+        """
+        m = Mux(self)
+        m.upgrade()
+        live = m.open(b"OPEN echo\r\n")
+        m.s.proto.readConnectionLost()
+        self.assertTrue(m.s.transport.disconnecting)
+        self.assertIsNone(m.s.transport.producer)
+        self.assertEqual(m.factory.stats.snapshot()["streams_active"], 0)
+        self.assertIsNone(live.lost)  # the client side learns of it from the closed socket
+
+    def test_session_end_lets_go_of_the_transport(self):
+        """
+        When the session ends itself (here a violation), it is no longer the transport's
+        producer, so the close it asked for happens on a TLS transport too.
+        """
+        m = Mux(self)
+        m.upgrade()
+        self.assertIsNotNone(m.s.transport.producer)
+        m.s.proto.dataReceived(b"junk" * 4)
+        self.assertTrue(m.s.transport.disconnecting)
+        self.assertIsNone(m.s.transport.producer)

@@ -294,10 +294,9 @@ class GatewaySession(GuardedLineReceiver):
         """
         if self.state is SessionState.RELAYING and self._leg is not None:
             self._leg.half_close()
-        elif self.state is SessionState.MUX:
-            # No frame can follow: the streams cannot go on either.
+        elif self.state is SessionState.MUX and self._gate is not None:
             self.closed_by = "client"
-            self.transport.loseConnection()
+            self._gate.client_eof()
         elif self.state is SessionState.OPENING:
             self._client_eof = True
         else:

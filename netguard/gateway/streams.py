@@ -153,6 +153,7 @@ class StreamGate:
         self.opened = 0
         self.refused = 0
         self._on_end: Callable[[str], None] | None = None
+        self._transport: Any = None
 
     def reply(self) -> bytes:
         """
@@ -170,6 +171,7 @@ class StreamGate:
             go-away, a lost connection) or C{"server"} (a drain, a violation).
         """
         self._on_end = on_end
+        self._transport = transport
         self.session = MuxSession(
             transport,
             client=False,
@@ -187,6 +189,27 @@ class StreamGate:
             **self.owner.log_fields(),
         )
 
+    def client_eof(self) -> None:
+        """
+        The client half-closed the connection: no frame can follow, so the session ends
+        (every stream is told) and the connection is closed.
+        """
+        transport = self._transport
+        if self.session is not None:
+            self.session.connection_lost(None)
+        self._let_go()
+        if transport is not None:
+            transport.loseConnection()
+
+    def _let_go(self) -> None:
+        """
+        Stop being the transport's producer, so that a close the session asked for happens:
+        Twisted's TLS transport holds its close (close_notify) while a producer is registered.
+        """
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.unregisterProducer()
+
     def _ended(self, end: SessionEnd) -> None:
         self.log.info(
             "multiplexed session of {peer} ended: {violation}",
@@ -199,6 +222,8 @@ class StreamGate:
             streams_refused=self.refused,
             **self.owner.log_fields(),
         )
+        if end.violation is not Violation.CONNECTION_LOST:
+            self._let_go()  # the session has asked the transport to close
         if end.violation is Violation.IDLE:
             closed_by = "idle"
         elif end.by_peer:

@@ -18,10 +18,12 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from netguard.client.endpoint import wrap_tls
 from netguard.client.protocol import ClientState, Credentials, NGPClientProtocol
 from netguard.mux.limits import MuxLimits
 from netguard.mux.session import MuxSession
 from netguard.mux.stream import MuxStream
+from tests import tls_certs
 from tests.integration.test_tunnel_real import REDIS_SERVER, start_redis
 from tests.integration.util import RunningGateway, peer_unavailable, wait_for
 
@@ -73,6 +75,14 @@ class MuxLogin(NGPClientProtocol):
 
     def service_closed(self, reason: Failure) -> None:
         """The connection ended (the streams have been told)."""
+
+    def close(self) -> None:
+        """
+        Close the connection: first stop being its producer, since Twisted's TLS transport
+        holds its close while a producer is registered.
+        """
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
 
 class Collector:
@@ -146,7 +156,7 @@ class MuxGatewayTests(unittest.TestCase):
         self.addCleanup(self._close)
 
     def _close(self) -> Any:
-        self.client.transport.loseConnection()
+        self.client.close()
         return self.gateway.idle()
 
     def open(self, first: bytes) -> Collector:
@@ -289,3 +299,45 @@ class _Writer:
 
     def stopProducing(self) -> None:
         self.left = 0
+
+
+class MuxOverTLSTests(unittest.TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_streams_over_a_tls_listener(self) -> Any:
+        """
+        Over a TLS listener (login with channel binding), C{MUX yamux/1} carries streams
+        that relay to echo, with half-close per stream, through Twisted's TLS transport.
+        """
+        directory = tempfile.mkdtemp(prefix="ngmt-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, directory, True)
+        cert, key = tls_certs.make_leaf("localhost", extra_names=("127.0.0.1",))
+        cert_file, key_file = tls_certs.write_identity(directory, "gateway", cert, key)
+        gateway = RunningGateway(
+            self,
+            'listen = ["tcp:0:interface=127.0.0.2"]\n'
+            "[[tls_listen]]\n"
+            'endpoint = "tcp:0:interface=127.0.0.1"\n'
+            f'cert_file = "{cert_file}"\n'
+            f'key_file = "{key_file}"\n',
+        )
+        plain = TCP4ClientEndpoint(reactor, "127.0.0.1", gateway.port(1))
+        endpoint = wrap_tls(
+            reactor, plain, {"tls": "1", "ca_file": cert_file}, default_hostname="localhost"
+        )
+        client = yield connectProtocol(endpoint, MuxLogin(gateway.credentials))
+        yield client.opened
+        assert client.mux is not None
+        streams = []
+        for i in range(4):
+            collector = Collector()
+            stream = client.mux.open_stream(collector)  # type: ignore[arg-type]
+            stream.write(b"OPEN echo\r\n" + b"%d" % i * 1000)
+            stream.loseWriteConnection()
+            streams.append(collector)
+        for i, collector in enumerate(streams):
+            yield collector.wait(lambda c: c.eof)
+            self.assertEqual(bytes(collector.data), b"OK OPEN echo\r\n" + b"%d" % i * 1000)
+        client.close()
+        yield gateway.idle()
