@@ -62,6 +62,8 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "session.backend_failed": "the backend of a service could not be reached",
         "socks5.connected": "a SOCKS5 tunnel to a backend is up",
         "socks5.failed": "a SOCKS5 negotiation failed",
+        "relay.unreported_close": "a relay side's socket closed without the relay being told",
+        "relay.splice_error": "the kernel relay could no longer splice; the relay ended",
         # Multiplexed sessions
         "mux.start": "a connection was upgraded to a multiplexed session (MUX)",
         "mux.end": "a multiplexed session ended",
