@@ -529,26 +529,70 @@ class ReceiveWindowTests(SessionEndedMixin, unittest.TestCase):
 
     def test_memory_budget_withholds_updates(self) -> None:
         """
-        With a budget of two windows and three streams open (credit past the budget), a
-        stream's owed credit is withheld; when another stream ends, its credit frees room
-        and the withheld update goes out. Session credit never passes the larger of the
-        budget and the streams' initial windows.
+        With a budget of 100,000 bytes held: while a paused stream holds exactly the budget,
+        another stream's owed credit is withheld; when the paused stream resumes (held bytes
+        drain), the withheld update goes out.
         """
-        budget = 2 * INITIAL_WINDOW
+        budget = 100_000
         harness = Harness(limits=MuxLimits(keepalive_interval=None, memory_budget=budget))
-        harness.feed(*(frame(WINDOW, SYN, sid, 0) for sid in (1, 3, 5)))
+        harness.feed(*(frame(WINDOW, SYN, sid, 0) for sid in (1, 3)))
+        busy, paused = harness.accepted
+        busy.accept()
+        paused.accept()
+        paused.pauseProducing()
+        harness.sent()
+        harness.feed(data(3, b"h" * budget))
+        self.assertEqual(harness.session.held, budget)
+        harness.feed(data(1, b"a" * 200_000))
+        self.assertEqual(kinds(harness.sent()), [])
+        self.assertEqual(harness.session.credit, 2 * INITIAL_WINDOW - 200_000)
+        paused.resumeProducing()
+        self.assertEqual(harness.session.held, 0)
+        self.assertEqual(kinds(harness.sent()), [(WINDOW, Flag(0), 1, 200_000)])
+        self.assertEqual(harness.session.credit, 2 * INITIAL_WINDOW - budget)
+
+    def test_memory_budget_one_below_grants(self) -> None:
+        """
+        One byte below the budget held, owed credit still goes out (the bound is reached at
+        the budget, not before).
+        """
+        budget = 100_000
+        harness = Harness(limits=MuxLimits(keepalive_interval=None, memory_budget=budget))
+        harness.feed(*(frame(WINDOW, SYN, sid, 0) for sid in (1, 3)))
+        busy, paused = harness.accepted
+        busy.accept()
+        paused.accept()
+        paused.pauseProducing()
+        harness.sent()
+        harness.feed(data(3, b"h" * (budget - 1)), data(1, b"a" * 200_000))
+        self.assertEqual(kinds(harness.sent()), [(WINDOW, Flag(0), 1, 200_000)])
+
+    def test_idle_streams_do_not_use_the_budget(self) -> None:
+        """
+        Under the default limits, more idle streams than C{memory_budget / 256 KiB} (65 of
+        them, their windows granted and unused) leave a busy stream's transfer going: every
+        half window it consumes is given back, for eight windows.
+        """
+        harness = Harness()
+        idle = harness.session.limits.memory_budget // INITIAL_WINDOW + 1
+        harness.feed(*(frame(WINDOW, SYN, 2 * n + 1, 0) for n in range(idle + 1)))
         for stream in harness.accepted:
             stream.accept()
         harness.sent()
-        self.assertEqual(harness.session.credit, 3 * INITIAL_WINDOW)
-        harness.feed(data(1, b"a" * 200_000))
-        self.assertEqual(kinds(harness.sent()), [])
-        self.assertEqual(harness.session.credit, 3 * INITIAL_WINDOW - 200_000)
-        harness.accepted[2].abortConnection()
-        self.assertEqual(
-            kinds(harness.sent()), [(WINDOW, RST, 5, 0), (WINDOW, Flag(0), 1, 200_000)]
-        )
-        self.assertEqual(harness.session.credit, budget)
+        busy = 2 * idle + 1
+        window = INITIAL_WINDOW
+        total = 0
+        for _ in range(16):
+            chunk = b"z" * (INITIAL_WINDOW // 2)
+            self.assertGreaterEqual(window, len(chunk))
+            harness.feed(data(busy, chunk))
+            window -= len(chunk)
+            total += len(chunk)
+            for header, _ in harness.sent():
+                if header.type is WINDOW and header.stream_id == busy:
+                    window += header.length
+        self.assertEqual((total, window), (8 * INITIAL_WINDOW, INITIAL_WINDOW))
+        self.assertEqual(harness.session.credit, (idle + 1) * INITIAL_WINDOW)
 
 
 class SendWindowTests(SessionEndedMixin, unittest.TestCase):
@@ -993,8 +1037,10 @@ class PingTests(SessionEndedMixin, unittest.TestCase):
 
     def test_keepalive_timeout(self) -> None:
         """
-        A ping not answered within the timeout ends the session (keepalive-timeout,
-        go-away internal error); an answer with another opaque value does not count.
+        A ping not answered within the timeout ends the session (keepalive-timeout, recorded
+        as internal error) and aborts the transport at once, with nothing more written (a
+        peer that does not answer may not read either); an answer with another opaque value
+        does not count.
         """
         limits = MuxLimits(keepalive_interval=30.0, keepalive_timeout=10.0)
         harness = Harness(limits=limits)
@@ -1004,7 +1050,13 @@ class PingTests(SessionEndedMixin, unittest.TestCase):
         harness.clock.advance(9.999)
         self.assertEqual(harness.ends, [])
         harness.clock.advance(0.001)
-        self.assert_ended(harness, Violation.KEEPALIVE_TIMEOUT, GoAwayCode.INTERNAL_ERROR)
+        self.assertEqual(
+            [(e.violation, e.code) for e in harness.ends],
+            [(Violation.KEEPALIVE_TIMEOUT, GoAwayCode.INTERNAL_ERROR)],
+        )
+        self.assertEqual(harness.transport.value(), b"")
+        self.assertTrue(harness.transport.disconnected)
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
 
 
 class GoAwayTests(SessionEndedMixin, unittest.TestCase):
@@ -1247,11 +1299,554 @@ class ApplicationTests(unittest.TestCase):
         harness.feed(data(1, b"a" * 1000), data(1, b"b" * 1000), data(3, b"c" * 500))
         self.assertEqual(harness.session.credit, 2 * INITIAL_WINDOW)
         first.resumeProducing()
-        self.assertEqual(harness.protocols[1].received, b"a" * 1000)
+        self.assertEqual(harness.protocols[1].received, b"a" * 1000 + b"b" * 1000)
         streams = [first, second]
         self.assertEqual(harness.session.credit, sum(s.outstanding for s in streams))
         harness.feed(frame(WINDOW, FIN, 1, 0))
         self.assertEqual(harness.session.credit, second.outstanding)
+
+
+class DrainTests(unittest.TestCase):
+    """
+    A graceful end (our go-away, then the last stream's close) hands the transport
+    everything the streams framed before the connection is closed.
+    """
+
+    def test_drain_delivers_last_data_and_fin(self) -> None:
+        """
+        After our go-away, the last stream answers and half-closes (the peer had sent SYN,
+        data and FIN): its ACK, data and FIN all reach the transport before it is closed,
+        and the session ends (local-go-away).
+        """
+        harness = Harness()
+        harness.feed(data(1, b"OPEN x\n", SYN | FIN))
+        stream = harness.accepted[0]
+        harness.session.go_away()
+        self.assertEqual(kinds(harness.sent()), [(GO_AWAY, Flag(0), 0, GoAwayCode.NORMAL)])
+        stream.write(b"Z" * 5000)
+        stream.loseWriteConnection()
+        sent = harness.sent()
+        self.assertEqual(
+            kinds(sent), [(WINDOW, ACK, 1, 0), (DATA, Flag(0), 1, 5000), (WINDOW, FIN, 1, 0)]
+        )
+        self.assertEqual(sent[1][1], b"Z" * 5000)
+        self.assertEqual([e.violation for e in harness.ends], [Violation.LOCAL_GO_AWAY])
+        self.assertTrue(harness.transport.disconnecting)
+        self.assertEqual(harness.session.bytes_out, 12 + 12 + 12 + 5000 + 12)
+
+    def test_drain_delivers_data_queued_for_window(self) -> None:
+        """
+        The last stream's 40,000 bytes and FIN wait for the peer's window; when the window
+        update comes after our go-away, all of it and the FIN are written before the close.
+        """
+        harness = Harness()
+        harness.feed(data(1, b"OPEN x\n", SYN))
+        stream = harness.accepted[0]
+        stream.write(b"A" * INITIAL_WINDOW)
+        stream.write(b"B" * 40_000)
+        stream.loseWriteConnection()
+        harness.sent()
+        harness.feed(data(1, b"", FIN))
+        harness.session.go_away()
+        harness.sent()
+        harness.feed(frame(WINDOW, 0, 1, 100_000))
+        sent = harness.sent()
+        self.assertEqual(b"".join(p for _, p in sent), b"B" * 40_000)
+        self.assertEqual(kinds(sent)[-1][:3], (DATA, FIN, 1))
+        self.assertEqual([e.violation for e in harness.ends], [Violation.LOCAL_GO_AWAY])
+
+    def test_go_away_while_paused_is_written(self) -> None:
+        """
+        A go-away with no stream open while the transport has paused the session is still
+        written (after the control frames held) before the close.
+        """
+        harness = Harness()
+        harness.session.pauseProducing()
+        harness.feed(frame(PING, SYN, 0, 7))
+        harness.session.go_away()
+        self.assertEqual(
+            kinds(harness.sent()),
+            [(PING, ACK, 0, 7), (GO_AWAY, Flag(0), 0, GoAwayCode.NORMAL)],
+        )
+        self.assertEqual([e.violation for e in harness.ends], [Violation.LOCAL_GO_AWAY])
+        self.assertTrue(harness.transport.disconnecting)
+
+
+class LingerTests(unittest.TestCase):
+    """
+    A session that has ended never keeps its connection: a transport that has not closed
+    (the peer does not read) is aborted after C{linger_timeout}.
+    """
+
+    def test_hostile_peer_not_reading_aborted_after_linger(self) -> None:
+        """
+        A hostile peer that stopped reading commits a violation: the session ends with
+        go-away 1 and a close; the transport, never closed, is aborted at C{linger_timeout}
+        after the end and not an instant before.
+        """
+        limits = MuxLimits(keepalive_interval=None, linger_timeout=30.0)
+        harness = Harness(limits=limits)
+        harness.session.pauseProducing()
+        harness.feed(b"\x07" * 12)
+        self.assertEqual([e.violation for e in harness.ends], [Violation.BAD_VERSION])
+        self.assertTrue(harness.transport.disconnecting)
+        harness.clock.advance(29.999)
+        self.assertFalse(harness.transport.disconnected)
+        harness.clock.advance(0.001)
+        self.assertTrue(harness.transport.disconnected)
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+
+    def test_connection_closed_in_time_cancels_linger(self) -> None:
+        """
+        When the transport closes within the linger time, the abort deadline is cancelled:
+        no timer is left.
+        """
+        harness = Harness()
+        harness.session.go_away()
+        self.assertEqual(len(harness.clock.getDelayedCalls()), 1)
+        harness.session.connection_lost()
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+        self.assertFalse(harness.transport.disconnected)
+
+    def test_linger_and_timers_must_be_positive(self) -> None:
+        """
+        C{linger_timeout}, C{keepalive_interval} and C{idle_timeout} refuse 0 and negative
+        values (0 would re-arm a timer every reactor turn); None turns the last two off.
+        """
+        for name in ("linger_timeout", "keepalive_interval", "idle_timeout"):
+            for bad in (0, 0.0, -1.0):
+                self.assertRaises(ValueError, MuxLimits, **{name: bad})
+            MuxLimits(**{name: 0.001})
+        MuxLimits(keepalive_interval=None, idle_timeout=None)
+
+
+class TinyFrameTests(unittest.TestCase):
+    """
+    Bytes held for a paused stream cost about their size, however small the frames.
+    """
+
+    def test_hostile_tiny_frames_held_as_one_buffer(self) -> None:
+        """
+        A hostile peer fills a paused stream with 10,000 frames of 2 bytes: the 20,000
+        bytes held are kept in one buffer of about that size, not one object per frame
+        (which cost about 20 times the payload).
+        """
+        import sys
+
+        harness = Harness()
+        harness.feed(frame(WINDOW, SYN, 1, 0))
+        stream = harness.accepted[0]
+        stream.accept()
+        stream.pauseProducing()
+        harness.feed(data(1, b"yy") * 10_000)
+        self.assertEqual(stream.buffered, 20_000)
+        buffer: Any = stream.buffer
+        size = sys.getsizeof(buffer)
+        if not isinstance(buffer, bytearray):
+            size += sum(sys.getsizeof(part) for part in buffer)
+        self.assertLessEqual(size, 20_000 * 9 // 8 + 1024)
+        stream.resumeProducing()
+        self.assertEqual(harness.protocols[1].received, b"yy" * 10_000)
+        self.assertEqual(stream.buffered, 0)
+
+
+class NoEffectFloodTests(unittest.TestCase):
+    """
+    Frames that change nothing (repeated go-away, RST or data for a stream that has ended)
+    take a token from the empty-frame bucket; a late window update does not.
+    """
+
+    limits = MuxLimits(keepalive_interval=None, empty_frame_burst=10, empty_frame_rate=1.0)
+
+    def reset_stream(self) -> Harness:
+        """
+        A session whose peer stream 1 was reset by us.
+        """
+        harness = Harness(limits=self.limits)
+        harness.feed(data(1, b"x", SYN))
+        harness.accepted[0].abortConnection()
+        harness.sent()
+        return harness
+
+    def test_hostile_go_away_flood_bound_and_one_past(self) -> None:
+        """
+        A hostile peer repeats its normal go-away: the first changes state, the next ten
+        (the burst) are tolerated, one more ends the session (empty-frame-flood).
+        """
+        harness = Harness(limits=self.limits)
+        harness.feed(frame(GO_AWAY, 0, 0, 0) * 11)
+        self.assertEqual(harness.ends, [])
+        harness.feed(frame(GO_AWAY, 0, 0, 0))
+        self.assertEqual([e.violation for e in harness.ends], [Violation.EMPTY_FRAME_FLOOD])
+
+    def test_hostile_reset_flood_on_ended_stream(self) -> None:
+        """
+        RSTs for a stream that has ended: ten are tolerated, the eleventh ends the session.
+        """
+        harness = self.reset_stream()
+        harness.feed(frame(WINDOW, RST, 1, 0) * 5, frame(DATA, RST, 1, 0) * 5)
+        self.assertEqual(harness.ends, [])
+        harness.feed(frame(WINDOW, RST, 1, 0))
+        self.assertEqual([e.violation for e in harness.ends], [Violation.EMPTY_FRAME_FLOOD])
+
+    def test_hostile_dropped_data_charged_by_size(self) -> None:
+        """
+        Dropped data takes a token per frame plus one per whole C{max_frame} (16 KiB): a
+        frame of 16,383 bytes takes one, a frame of 9 x 16 KiB - 1 nine, the burst of ten
+        exactly; one byte more takes an eleventh and ends the session.
+        """
+        harness = self.reset_stream()
+        harness.feed(data(1, b"q" * 16383), data(1, b"q" * (9 * 16384 - 1)))
+        self.assertEqual(harness.ends, [])
+        harness = self.reset_stream()
+        harness.feed(data(1, b"q" * 16383), data(1, b"q" * 9 * 16384))
+        self.assertEqual([e.violation for e in harness.ends], [Violation.EMPTY_FRAME_FLOOD])
+
+    def test_hostile_data_flood_on_reset_stream(self) -> None:
+        """
+        Data frames for a stream we reset (dropped): ten are tolerated as in-flight races,
+        the eleventh ends the session.
+        """
+        harness = self.reset_stream()
+        harness.feed(data(1, b"q" * 1000) * 10)
+        self.assertEqual(harness.ends, [])
+        harness.feed(data(1, b"q"))
+        self.assertEqual([e.violation for e in harness.ends], [Violation.EMPTY_FRAME_FLOOD])
+
+    def test_late_window_updates_after_close_not_counted(self) -> None:
+        """
+        Window updates for a stream closed cleanly (the peer read our last data after both
+        FINs) are a normal race: fifty of them, past the burst, end nothing.
+        """
+        harness = Harness(limits=self.limits)
+        harness.feed(data(1, b"x", SYN | FIN))
+        harness.accepted[0].write(b"answer")
+        harness.accepted[0].loseWriteConnection()
+        self.assertEqual(harness.session.open_streams, 0)
+        harness.feed(frame(WINDOW, 0, 1, 6) * 50)
+        self.assertEqual(harness.ends, [])
+
+
+class CloseDeadlineTests(unittest.TestCase):
+    """
+    After we ask for our FIN, a silent peer gets the stream reset at C{close_timeout}
+    whatever the order of events; a peer still sending is not cut off.
+    """
+
+    limits = MuxLimits(keepalive_interval=None, close_timeout=300.0, open_timeout=75.0)
+
+    def test_fin_before_ack_then_silent_peer(self) -> None:
+        """
+        We open a stream, write and close it before the peer's ACK; the peer ACKs and never
+        sends its FIN: the stream is reset C{close_timeout} after the ACK, not before, and
+        no longer counted.
+        """
+        harness = Harness(client=True, limits=self.limits)
+        stream, protocol = harness.open()
+        stream.write(b"OPEN x\r\nGET\r\n")
+        stream.loseConnection()
+        harness.clock.advance(10.0)
+        harness.feed(frame(WINDOW, ACK, 1, 0))
+        harness.sent()
+        harness.clock.advance(299.999)
+        self.assertEqual((kinds(harness.sent()), protocol.reason), ([], None))
+        harness.clock.advance(0.001)
+        self.assertEqual(kinds(harness.sent()), [(WINDOW, RST, 1, 0)])
+        assert protocol.reason is not None
+        protocol.reason.trap(StreamTimeout)
+        self.assertEqual(harness.session.open_streams, 0)
+
+    def test_fin_waiting_for_window_then_silent_peer(self) -> None:
+        """
+        Our FIN waits behind data the peer's window does not let out, and the peer stays
+        silent: the stream is reset at C{close_timeout} after we asked for the FIN.
+        """
+        harness = Harness(limits=self.limits)
+        harness.feed(frame(WINDOW, SYN, 1, 0))
+        stream = harness.accepted[0]
+        stream.write(b"w" * (INITIAL_WINDOW + 1))
+        stream.loseWriteConnection()
+        self.assertEqual(stream.state, StreamState.ESTABLISHED)
+        harness.sent()
+        harness.clock.advance(299.999)
+        self.assertEqual(kinds(harness.sent()), [])
+        harness.clock.advance(0.001)
+        self.assertEqual(kinds(harness.sent()), [(WINDOW, RST, 1, 0)])
+        self.assertEqual(harness.session.open_streams, 0)
+
+    def test_peer_still_uploading_is_not_cut_off(self) -> None:
+        """
+        After our half-close the peer goes on sending, a frame every 200 s for 1,000 s: the
+        stream lives; once it falls silent, the reset comes C{close_timeout} after its last
+        frame, not an instant before.
+        """
+        harness = Harness(limits=self.limits)
+        harness.feed(frame(WINDOW, SYN, 1, 0))
+        stream = harness.accepted[0]
+        stream.loseWriteConnection()
+        for _ in range(5):
+            harness.clock.advance(200.0)
+            harness.feed(data(1, b"upload"))
+        harness.sent()
+        self.assertEqual(harness.protocols[1].received, b"upload" * 5)
+        harness.clock.advance(299.999)
+        self.assertEqual(kinds(harness.sent()), [])
+        harness.clock.advance(0.001)
+        self.assertEqual(kinds(harness.sent()), [(WINDOW, RST, 1, 0)])
+
+    def test_peer_fin_ends_the_deadline(self) -> None:
+        """
+        After both FINs the stream is closed and no timer is left.
+        """
+        harness = Harness(limits=self.limits)
+        harness.feed(frame(WINDOW, SYN, 1, 0))
+        harness.accepted[0].loseWriteConnection()
+        harness.feed(frame(WINDOW, FIN, 1, 0))
+        self.assertEqual(harness.session.open_streams, 0)
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+
+
+class BrokenProducer:
+    """
+    A push producer with a bug: each of its methods named in C{broken} raises.
+    """
+
+    def __init__(self, *broken: str) -> None:
+        self.broken = broken
+
+    def _maybe_raise(self, name: str) -> None:
+        if name in self.broken:
+            raise ZeroDivisionError(name)
+
+    def pauseProducing(self) -> None:
+        self._maybe_raise("pause")
+
+    def resumeProducing(self) -> None:
+        self._maybe_raise("resume")
+
+    def stopProducing(self) -> None:
+        self._maybe_raise("stop")
+
+
+class BrokenMaker(Recorder):
+    """
+    A stream protocol whose C{makeConnection} raises.
+    """
+
+    def makeConnection(self, transport: MuxStream) -> None:
+        super().makeConnection(transport)
+        raise ZeroDivisionError("makeConnection")
+
+
+class ApplicationCallbackTests(unittest.TestCase):
+    """
+    Every call into the application (producer, protocol, owner) that raises is logged and
+    costs at most its own stream: nothing escapes L{MuxSession.data_received} or a write.
+    """
+
+    def two_streams(self) -> tuple[Harness, MuxStream, MuxStream]:
+        """
+        A session with two accepted peer streams, 1 and 3.
+        """
+        harness = Harness()
+        harness.feed(data(1, b"x", SYN), data(3, b"y", SYN))
+        first, second = harness.accepted
+        first.accept()
+        second.accept()
+        harness.sent()
+        return harness, first, second
+
+    def test_producer_stop_raises_on_peer_reset(self) -> None:
+        """
+        A producer whose C{stopProducing} raises, on a stream the peer resets: nothing
+        escapes, the protocol is told, the stream is no longer counted, the rest of the
+        read is handled once.
+        """
+        harness, first, _ = self.two_streams()
+        first.registerProducer(BrokenProducer("stop"), True)
+        harness.feed(frame(WINDOW, RST, 1, 0), data(3, b"after"))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        reason = harness.protocols[1].reason
+        assert reason is not None
+        reason.trap(StreamReset)
+        self.assertIsNone(harness.session.stream(1))
+        self.assertEqual(harness.protocols[3].received, b"yafter")
+        self.assertEqual(harness.ends, [])
+
+    def test_producer_pause_raises_on_write(self) -> None:
+        """
+        A producer whose C{pauseProducing} raises when its stream passes the high-water
+        mark: the write returns, the stream is reset, the other stream goes on.
+        """
+        harness, first, second = self.two_streams()
+        first.registerProducer(BrokenProducer("pause"), True)
+        harness.session.pauseProducing()
+        first.write(b"z" * harness.session.limits.stream_high_water)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertTrue(first.lost)
+        harness.session.resumeProducing()
+        self.assertIn((WINDOW, RST, 1, 0), kinds(harness.sent()))
+        second.write(b"ok")
+        self.assertEqual([p for h, p in harness.sent() if h.stream_id == 3], [b"ok"])
+
+    def test_producer_resume_raises_in_pump(self) -> None:
+        """
+        A producer whose C{resumeProducing} raises when its queue empties (a window update
+        arrives in L{MuxSession.data_received}): nothing escapes, its stream is reset.
+        """
+        harness, first, _ = self.two_streams()
+        first.registerProducer(BrokenProducer("resume"), True)
+        first.write(b"z" * (INITIAL_WINDOW + 1000))
+        self.assertTrue(first.producer_paused)
+        harness.sent()
+        harness.feed(frame(WINDOW, 0, 1, 1000))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertIn((WINDOW, RST, 1, 0), kinds(harness.sent()))
+        self.assertEqual(harness.ends, [])
+
+    def test_make_connection_raises_on_open(self) -> None:
+        """
+        A protocol whose C{makeConnection} raises, given to L{MuxSession.open_stream}: the
+        call returns the stream, reset right after its SYN, and not counted.
+        """
+        harness = Harness(client=True)
+        stream, _ = harness.open(BrokenMaker())
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(kinds(harness.sent()), [(WINDOW, SYN, 1, 0), (WINDOW, RST, 1, 0)])
+        self.assertTrue(stream.lost)
+        self.assertEqual(harness.session.open_streams, 0)
+
+    def test_make_connection_raises_on_accept(self) -> None:
+        """
+        A protocol whose C{makeConnection} raises, for a stream the peer opens: that stream
+        is reset, the session goes on.
+        """
+        harness = Harness(protocol=BrokenMaker)
+        harness.feed(frame(WINDOW, SYN, 1, 0))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(kinds(harness.sent()), [(WINDOW, RST, 1, 0)])
+        self.assertEqual((harness.ends, harness.session.open_streams), ([], 0))
+
+    def test_on_end_raises(self) -> None:
+        """
+        An owner whose C{on_end} raises: logged, nothing escapes, the transport is closed.
+        """
+        harness = Harness()
+
+        def broken(end: SessionEnd) -> None:
+            raise ZeroDivisionError("on_end")
+
+        harness.session._on_end = broken
+        harness.feed(b"\x07" * 12)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertTrue(harness.transport.disconnecting)
+
+
+class LesserBoundTests(unittest.TestCase):
+    """
+    Framing large writes, and credit for streams whose reading is closed.
+    """
+
+    def test_large_write_framed_from_an_offset(self) -> None:
+        """
+        A 1 MiB write goes out whole and in order, each frame cut at an offset into the
+        one object written (never re-sliced into a new head per frame).
+        """
+        harness = Harness(client=True)
+        stream, _ = harness.open()
+        harness.feed(frame(WINDOW, ACK, 1, 0))
+        payload = bytes(range(256)) * 4096
+        stream.write(payload)
+        assert stream.queue is not None
+        self.assertTrue(stream.queue[0] is payload, "the write was re-sliced")
+        self.assertEqual(stream.queue_offset, INITIAL_WINDOW)
+        harness.feed(frame(WINDOW, 0, 1, len(payload) - INITIAL_WINDOW))
+        sent = b"".join(p for h, p in harness.sent() if h.type is DATA)
+        self.assertTrue(sent == payload, "framed bytes differ")
+        self.assertEqual((stream.queue, stream.queued, stream.queue_offset), (None, 0, 0))
+
+    def test_read_closed_stream_gets_no_credit(self) -> None:
+        """
+        After L{MuxStream.loseConnection} (our reading closed, data dropped), the peer's
+        data earns no window update, whatever it sends within its window.
+        """
+        harness = Harness()
+        harness.feed(frame(WINDOW, SYN, 1, 0))
+        stream = harness.accepted[0]
+        stream.accept()
+        stream.loseConnection()
+        harness.sent()
+        harness.feed(data(1, b"d" * 200_000))
+        self.assertEqual(kinds(harness.sent()), [])
+        self.assertEqual(stream.recv_window, INITIAL_WINDOW - 200_000)
+
+
+class CreditPropertyTests(unittest.TestCase):
+    """
+    The receive-credit accounting, under arbitrary interleavings of peer frames and
+    application calls.
+    """
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        steps=st.lists(
+            st.tuples(
+                st.integers(0, 99),
+                st.sampled_from([1, 3, 5, 7]),
+                st.integers(1, 150_000),
+                st.integers(0, 19),
+            ),
+            max_size=60,
+        )
+    )
+    def test_credit_is_the_sum_of_streams(self, steps: list[tuple[int, int, int, int]]) -> None:
+        """
+        After every step, the session's credit equals the sum of its live streams' credit,
+        the bytes it holds the sum of theirs, and every stream's window and credit stay
+        within 0..256 KiB.
+        """
+        methods = [
+            "accept",
+            "pauseProducing",
+            "resumeProducing",
+            "loseConnection",
+            "abortConnection",
+            "release",
+            "loseWriteConnection",
+            "write",
+        ]
+        limits = MuxLimits(
+            keepalive_interval=None,
+            memory_budget=INITIAL_WINDOW,
+            empty_frame_burst=10**6,
+            ping_burst=10**6,
+        )
+        harness = Harness(limits=limits)
+        for op, sid, size, pick in steps:
+            found = harness.session.stream(sid)
+            if op < 15:
+                harness.feed(data(sid, b"o" * min(size, 5000), SYN | (FIN if pick < 2 else 0)))
+            elif op < 50:
+                room = found.recv_window if found is not None and not found.reset else 0
+                if room:
+                    harness.feed(data(sid, b"d" * min(room, size), FIN if pick == 0 else 0))
+            elif op < 55:
+                harness.feed(frame(WINDOW, RST, sid, 0))
+            elif found is not None:
+                method = methods[pick % len(methods)]
+                if method == "write":
+                    found.write(b"w" * min(size, 70_000))
+                else:
+                    getattr(found, method)()
+            harness.sent()
+            if harness.session.ended is not None:
+                break
+            live = [s for s in harness.session._streams.values() if not s.lost]
+            self.assertEqual(harness.session.credit, sum(s.outstanding for s in live))
+            self.assertEqual(harness.session.held, sum(s.buffered for s in live))
+            for stream in live:
+                self.assertTrue(0 <= stream.recv_window <= INITIAL_WINDOW)
+                self.assertTrue(0 <= stream.outstanding <= INITIAL_WINDOW)
 
 
 class Backend(StringTransport):
@@ -1352,16 +1947,27 @@ class LoopbackTests(unittest.TestCase):
     buffers and producer calls), against our own session and a hostile raw peer.
     """
 
-    def listen(self, accept: Any) -> Any:
+    def listen(self, accept: Any, limits: MuxLimits | None = None) -> Any:
         """
         A server session factory on an ephemeral loopback port; cleaned up after the test.
+        The protocols it builds are kept in C{self.servers}.
         """
         from twisted.internet import reactor
         from twisted.internet.protocol import Factory
 
-        factory = Factory.forProtocol(
-            lambda: MuxProtocol(client=False, clock=reactor, accept=accept)  # type: ignore[arg-type]
-        )
+        self.servers: list[MuxProtocol] = []
+
+        def build() -> MuxProtocol:
+            protocol = MuxProtocol(
+                client=False,
+                clock=reactor,  # type: ignore[arg-type]
+                accept=accept,
+                limits=limits,
+            )
+            self.servers.append(protocol)
+            return protocol
+
+        factory = Factory.forProtocol(build)
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
         return port
@@ -1412,7 +2018,8 @@ class LoopbackTests(unittest.TestCase):
         socket: once the kernel's buffers are full, Twisted's transport pauses the session,
         the stream's queue reaches its high-water mark and its producer is paused; the bytes
         held in our process stay within the transport's buffer, one batch and one
-        high-water mark.
+        high-water mark. The transport's buffer is measured after every write the session
+        makes (where it peaks), not sampled.
         """
         from twisted.internet import reactor
         from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -1420,10 +2027,26 @@ class LoopbackTests(unittest.TestCase):
 
         sources: list[Source] = []
         sessions: list[MuxStream] = []
+        highest = [0]
+        writes = [0]
+
+        def buffered(tcp: Any) -> int:
+            return len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen  # type: ignore[no-any-return]
+
+        def observe(tcp: Any) -> None:
+            original = tcp.writeSequence
+
+            def write_sequence(data: list[bytes]) -> None:
+                original(data)
+                writes[0] += 1
+                highest[0] = max(highest[0], buffered(tcp))
+
+            tcp.writeSequence = write_sequence
 
         class Flood(Recorder):
             def makeConnection(self, transport: MuxStream) -> None:
                 super().makeConnection(transport)
+                observe(transport._session.transport)
                 sessions.append(transport)
                 source = Source(transport, 16384, 64 * 1024 * 1024)
                 sources.append(source)
@@ -1445,17 +2068,54 @@ class LoopbackTests(unittest.TestCase):
         session = stream._session
         transport: Any = session.transport
         bound = transport.bufferSize + 64 * 1024 + 16 * 1024 + 12
-        highest = [0]
-        still = [0]
-
-        def stalled() -> bool:
-            held = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-            highest[0] = max(highest[0], held)
-            steady = session._paused and sources[0].paused
-            still[0] = still[0] + 1 if steady else 0
-            return still[0] >= 50
-
-        await self.wait_for(stalled, "the session to stay paused")
+        await self.wait_for(
+            lambda: session._paused and sources[0].paused, "the session and producer paused"
+        )
+        self.assertGreater(writes[0], 0)
         self.assertLessEqual(highest[0], bound)
         self.assertLessEqual(stream.queued, session.limits.stream_high_water + 16384)
         self.assertGreater(session.bytes_out, INITIAL_WINDOW)
+
+    async def test_hostile_peer_not_reading_cannot_keep_an_ended_session(self) -> None:
+        """
+        A hostile raw peer makes the session fill its socket and stops reading, then sends
+        a broken header: the session ends (go-away 1, close), and since the close cannot
+        complete, the connection is aborted at C{linger_timeout}; no timer is left.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        from twisted.internet.protocol import Protocol
+
+        sources: list[Source] = []
+
+        class Flood(Recorder):
+            def makeConnection(self, transport: MuxStream) -> None:
+                super().makeConnection(transport)
+                source = Source(transport, 16384, 64 * 1024 * 1024)
+                sources.append(source)
+                transport.registerProducer(source, True)
+                transport.accept()
+                reactor.callLater(0, source.run)  # type: ignore[attr-defined]
+
+        limits = MuxLimits(keepalive_interval=None, linger_timeout=0.2)
+        port = self.listen(lambda stream: Flood(), limits)
+        hostile = Protocol()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        await connectProtocol(endpoint, hostile)
+        self.addCleanup(hostile.transport.abortConnection)  # type: ignore[union-attr]
+        hostile.transport.write(  # type: ignore[union-attr]
+            frame(WINDOW, SYN, 1, MAX_UINT32 - INITIAL_WINDOW)
+        )
+        hostile.transport.pauseProducing()  # type: ignore[union-attr]
+        await self.wait_for(lambda: bool(sources) and sources[0].paused, "the flood to stall")
+        server = self.servers[0]
+        session = server.session
+        assert session is not None
+        await self.wait_for(lambda: session._paused, "the session paused")
+        hostile.transport.write(b"\x07" * 12)  # type: ignore[union-attr]
+        await self.wait_for(lambda: session.ended is not None, "the violation")
+        assert session.ended is not None
+        self.assertEqual(session.ended.violation, Violation.BAD_VERSION)
+        transport: Any = server.transport
+        await self.wait_for(lambda: transport.disconnected, "the connection to be aborted")
+        self.assertIsNone(session._linger)

@@ -17,6 +17,11 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> 
         raise ValueError(f"{attribute.name} must be positive, not {value!r}")
 
 
+def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        _positive(instance, attribute, value)
+
+
 @attrs.frozen
 class MuxLimits:
     """
@@ -37,10 +42,12 @@ class MuxLimits:
     @ivar empty_frame_rate: per second, frames that carry nothing (no payload, no window, no
         flag).
     @ivar empty_frame_burst: such frames at once.
-    @ivar memory_budget: receive credit (bytes the peer may still send plus bytes held for
-        paused streams) across the session past which window updates are withheld. Every
-        stream starts with the spec's 256 KiB that cannot be withdrawn, so the hard bound is
-        C{max(memory_budget, max_streams * 256 KiB)}.
+    @ivar memory_budget: bytes held for streams whose reading is paused, across the session,
+        at which window updates are withheld (sent again once held bytes drain below it).
+        Credit granted but unused (an idle stream's window) does not count. No stream's
+        window passes the spec's 256 KiB, and a stream's initial window cannot be withdrawn,
+        so the bytes the peer can make us hold are at most C{max_streams * 256 KiB} whatever
+        the budget; the budget stops window growth while much is held.
     @ivar max_frame: the largest data payload this end sends in one frame (the unit of
         round-robin fairness).
     @ivar stream_high_water: bytes queued on one stream for sending past which its producer
@@ -53,7 +60,12 @@ class MuxLimits:
         go-away (C{idle}); None for never.
     @ivar open_timeout: seconds a stream we opened may wait for the peer's ACK before it is
         reset.
-    @ivar close_timeout: seconds after our FIN that we wait for the peer's before resetting.
+    @ivar close_timeout: seconds the peer may stay silent on a stream after we asked for our
+        FIN (sent, or waiting for window) before the stream is reset; each frame the peer
+        sends on the stream starts the wait again, and its own FIN ends it.
+    @ivar linger_timeout: seconds the transport may take, after a session ends gracefully
+        (go-away sent, connection closing), to deliver what was written before it is
+        aborted (a peer that stopped reading cannot keep the connection).
     """
 
     max_streams: int = attrs.field(default=256, validator=_positive)
@@ -69,11 +81,12 @@ class MuxLimits:
     max_frame: int = attrs.field(default=16 * 1024, validator=_positive)
     stream_high_water: int = attrs.field(default=64 * 1024, validator=_positive)
     max_control_backlog: int = attrs.field(default=1024, validator=_positive)
-    keepalive_interval: float | None = 30.0
+    keepalive_interval: float | None = attrs.field(default=30.0, validator=_positive_or_none)
     keepalive_timeout: float = attrs.field(default=10.0, validator=_positive)
-    idle_timeout: float | None = None
+    idle_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
     open_timeout: float = attrs.field(default=75.0, validator=_positive)
     close_timeout: float = attrs.field(default=300.0, validator=_positive)
+    linger_timeout: float = attrs.field(default=30.0, validator=_positive)
 
     @max_frame.validator
     def _frame_fits(self, attribute: attrs.Attribute[int], value: int) -> None:
@@ -99,17 +112,18 @@ class TokenBucket:
         self._tokens = float(burst)
         self._stamp = now
 
-    def take(self, now: float) -> bool:
+    def take(self, now: float, count: int = 1) -> bool:
         """
-        Take one token.
+        Take C{count} tokens.
 
         @param now: the clock's time now.
-        @return: False if the bucket was empty (nothing taken).
+        @param count: tokens to take (at least 1).
+        @return: False if the bucket held fewer (nothing taken).
         """
         elapsed = max(0.0, now - self._stamp)
         self._stamp = now
         self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
-        if self._tokens < 1.0:
+        if self._tokens < count:
             return False
-        self._tokens -= 1.0
+        self._tokens -= count
         return True

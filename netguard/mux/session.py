@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netguard.mux import frames
+from netguard.mux.credit import ReceiveCredit
 from netguard.mux.frames import (
     HEADER_SIZE,
     INITIAL_WINDOW,
@@ -74,7 +75,7 @@ class MuxSession:
     Outgoing data is framed in round-robin turns of at most C{max_frame} bytes per stream.
     Received data is delivered at once unless the stream's reading is paused; window
     updates give credit back as data is delivered, at most 256 KiB per stream, and are
-    withheld while the session's credit would pass C{memory_budget}.
+    withheld while the bytes held for paused streams reach C{memory_budget}.
 
     @ivar transport: the transport the frames go to.
     @ivar client: whether this end is the client (opens odd ids).
@@ -124,8 +125,7 @@ class MuxSession:
         self._out: list[bytes] = []
         self._out_size = 0
         self._ready: deque[MuxStream] = deque()
-        self._starved: set[MuxStream] = set()
-        self._credit = 0
+        self._receive = ReceiveCredit(limits.memory_budget, self._send_update)
         self._paused = False
         self._pumping = False
         self._local_go_away = False
@@ -140,6 +140,7 @@ class MuxSession:
         self._keepalive: DelayedCall | None = None
         self._ping_deadline: DelayedCall | None = None
         self._idle: DelayedCall | None = None
+        self._linger: DelayedCall | None = None
         if limits.keepalive_interval is not None:
             self._keepalive = clock.callLater(limits.keepalive_interval, self._send_keepalive)
         self._check_idle()
@@ -158,7 +159,15 @@ class MuxSession:
         """
         @return: receive credit across the session (see L{MuxStream.outstanding}).
         """
-        return self._credit
+        return self._receive.credit
+
+    @property
+    def held(self) -> int:
+        """
+        @return: bytes received and held for streams whose reading is paused (what
+            C{memory_budget} bounds).
+        """
+        return self._receive.held
 
     def stream(self, stream_id: int) -> MuxStream | None:
         """
@@ -197,7 +206,8 @@ class MuxSession:
     def go_away(self, code: GoAwayCode = GoAwayCode.NORMAL) -> None:
         """
         Send go-away: the peer's new streams are reset from now on, ours are refused, open
-        streams go on; the session ends (L{Violation.LOCAL_GO_AWAY}) when the last is gone.
+        streams go on; the session ends (L{Violation.LOCAL_GO_AWAY}) when the last is gone,
+        after what its streams wrote (their last data and FIN) is handed to the transport.
         """
         if self.ended is not None or self._local_go_away:
             return
@@ -225,6 +235,8 @@ class MuxSession:
         """
         The transport is gone: every stream ends with L{SessionLost}.
         """
+        self._cancel(self._linger)
+        self._linger = None
         self._end(SessionEnd(Violation.CONNECTION_LOST, GoAwayCode.NORMAL, True), send=False)
 
     # IPushProducer: our output
@@ -325,15 +337,14 @@ class MuxSession:
             return
         if kind is FrameType.GO_AWAY:
             code = GoAwayCode(header.length)
+            if code is GoAwayCode.NORMAL and self.remote_go_away is not None:
+                self._no_effect()
             self.remote_go_away = code
             if code is not GoAwayCode.NORMAL:
                 self._end(SessionEnd(Violation.REMOTE_GO_AWAY, code, True), send=False)
             return
         flags = header.flags
         stream_id = header.stream_id
-        if not header.length and not self._has_effect(stream_id, flags):
-            if not self._empty_bucket.take(self._clock.seconds()):
-                raise _Fatal(Violation.EMPTY_FRAME_FLOOD)
         if flags & _SYN:
             stream = self._peer_syn(stream_id, flags)
             if stream is None:
@@ -342,14 +353,24 @@ class MuxSession:
             found = self._streams.get(stream_id)
             if found is None:
                 self._unknown_stream(stream_id)
+                self._no_effect(kind, header.length)
                 return
             stream = found
+            if stream.reset or stream.lost:
+                self._no_effect(kind, header.length)
+                return
+            if not header.length and not self._has_effect(stream, flags):
+                self._no_effect()
+            if stream.timer is not None:
+                stream.heard = self._clock.seconds()
         if stream.reset or stream.lost:
             return
         if flags & _ACK:
             if stream.outbound and not stream.acked:
                 stream.acked = True
                 self._stop_timer(stream)
+                if stream.local_fin or stream.fin_pending:
+                    self._arm_close(stream)
         elif stream.outbound and not stream.acked and not flags & _RST:
             raise _Fatal(Violation.FRAME_BEFORE_ACK, f"stream {stream_id}")
         if flags & _RST:
@@ -370,29 +391,45 @@ class MuxSession:
             if stream.remote_fin:
                 raise _Fatal(Violation.DATA_AFTER_FIN, f"stream {stream_id}")
             stream.recv_window -= len(payload)
-            self._credit -= len(payload)
+            self._receive.received(len(payload))
             stream.deliver(payload)
             if not stream.lost:
-                self._maybe_grant(stream)
+                self._receive.grant(stream)
         if flags & _FIN and not stream.remote_fin and not stream.lost:
             stream.remote_fin = True
+            if not stream.fin_pending:
+                # The peer has done its part; what remains (delivering held data) is ours.
+                self._stop_timer(stream)
             stream.deliver_eof()
             self._maybe_closed(stream)
 
-    def _has_effect(self, stream_id: int, flags: int) -> bool:
+    @staticmethod
+    def _has_effect(stream: MuxStream, flags: int) -> bool:
         """
-        Whether a frame without payload or window changes anything: a SYN or RST, the first
-        ACK of a stream we opened, the first FIN. Frames that change nothing are counted
-        against C{empty_frame_rate}.
+        Whether a frame without payload or window, on a live stream, changes anything: an
+        RST, the first ACK of a stream we opened, the first FIN.
         """
-        if flags & (_SYN | _RST):
+        if flags & _RST:
             return True
-        stream = self._streams.get(stream_id)
-        if stream is None or stream.reset or stream.lost:
-            return False
         if flags & _ACK and stream.outbound and not stream.acked:
             return True
         return bool(flags & _FIN) and not stream.remote_fin
+
+    def _no_effect(self, kind: FrameType = FrameType.DATA, length: int = 0) -> None:
+        """
+        Count a frame that changes nothing (an empty frame, a repeated flag or go-away, an
+        RST or data for a stream that has ended) against C{empty_frame_rate}; dropped data
+        takes one more token per C{max_frame} bytes. A window update for a stream that has
+        ended is a normal race (the peer read our last data after our FIN closed the
+        stream) and is not counted.
+
+        @raise _Fatal: one past an empty bucket.
+        """
+        if kind is FrameType.WINDOW_UPDATE and length:
+            return
+        count = 1 + (length // self.limits.max_frame if kind is FrameType.DATA else 0)
+        if not self._empty_bucket.take(self._clock.seconds(), count):
+            raise _Fatal(Violation.EMPTY_FRAME_FLOOD)
 
     def _peer_syn(self, stream_id: int, flags: int) -> MuxStream | None:
         if not frames.is_peer_stream(stream_id, self.client):
@@ -413,8 +450,6 @@ class MuxSession:
         stream = self._add_stream(stream_id, outbound=False)
         try:
             protocol = self._accept(stream)
-            if protocol is not None:
-                stream.attach(protocol)
         except Exception:
             _log.failure(
                 "stream {stream_id}: accept raised",
@@ -425,6 +460,7 @@ class MuxSession:
         if protocol is None:
             self._stream_reset(stream, None)
             return None
+        stream.attach(protocol)
         return stream
 
     def _unknown_stream(self, stream_id: int) -> None:
@@ -441,7 +477,7 @@ class MuxSession:
     def _add_stream(self, stream_id: int, *, outbound: bool) -> MuxStream:
         stream = MuxStream(self, stream_id, outbound=outbound)
         self._streams[stream_id] = stream
-        self._credit += stream.outstanding
+        self._receive.opened(stream)
         self._check_idle()
         return stream
 
@@ -455,13 +491,8 @@ class MuxSession:
         for chunk in chunks:
             queue.append(chunk)
             stream.queued += len(chunk)
-        if (
-            stream.producer is not None
-            and not stream.producer_paused
-            and stream.queued >= self.limits.stream_high_water
-        ):
-            stream.producer_paused = True
-            stream.producer.pauseProducing()
+        if stream.queued >= self.limits.stream_high_water:
+            stream.pause_producer()
         self._schedule(stream)
         self._pump()
 
@@ -470,6 +501,7 @@ class MuxSession:
             return
         self._stream_accept(stream)
         stream.fin_pending = True
+        self._arm_close(stream)
         self._schedule(stream)
         self._pump()
 
@@ -478,7 +510,7 @@ class MuxSession:
             return
         stream.acked = True
         self._control(frames.encode(FrameType.WINDOW_UPDATE, Flag.ACK, stream.stream_id, 0))
-        self._maybe_grant(stream)
+        self._receive.grant(stream)
         self._flush()
 
     def _stream_reset(self, stream: MuxStream, reason: Failure | None) -> None:
@@ -489,16 +521,17 @@ class MuxSession:
         self._flush()
 
     def _held(self, delta: int) -> None:
-        self._credit += delta
+        self._receive.hold(delta)
+
+    def _send_update(self, stream_id: int, delta: int) -> None:
+        self._control(frames.encode(FrameType.WINDOW_UPDATE, 0, stream_id, delta))
 
     def _stream_close_read(self, stream: MuxStream) -> None:
         stream.read_closed = True
         stream.eof_pending = False
-        self._credit -= stream.buffered
+        self._receive.drop_held(stream)
         stream.buffered = 0
         stream.buffer = None
-        if not stream.lost:
-            self._maybe_grant(stream)
         self._flush()
 
     def _stream_release(self, stream: MuxStream) -> None:
@@ -509,14 +542,40 @@ class MuxSession:
     def _stream_resume_reading(self, stream: MuxStream) -> None:
         stream.drain_buffer()
         if not stream.lost:
-            self._maybe_grant(stream)
+            self._receive.grant(stream)
             self._maybe_closed(stream)
-        self._regrant()
+        self._receive.regrant()
         self._flush()
 
     def _stream_timed_out(self, stream: MuxStream) -> None:
         stream.timer = None
         self._stream_reset(stream, Failure(StreamTimeout()))
+
+    def _arm_close(self, stream: MuxStream) -> None:
+        """
+        Start the close deadline of a stream whose FIN we asked for (sent or waiting for
+        window), unless the peer has sent its own or our opening still waits for its ACK
+        (the ACK starts it).
+        """
+        if stream.timer is not None or stream.remote_fin or stream.reset or stream.lost:
+            return
+        if stream.outbound and not stream.acked:
+            return
+        stream.heard = self._clock.seconds()
+        stream.timer = self._clock.callLater(
+            self.limits.close_timeout, self._close_expired, stream
+        )
+
+    def _close_expired(self, stream: MuxStream) -> None:
+        """
+        The close deadline came: reset the stream, unless the peer sent a frame on it since
+        the deadline was set (then wait C{close_timeout} from that frame).
+        """
+        left = stream.heard + self.limits.close_timeout - self._clock.seconds()
+        if left > 0:
+            stream.timer = self._clock.callLater(left, self._close_expired, stream)
+            return
+        self._stream_timed_out(stream)
 
     def _stop_timer(self, stream: MuxStream) -> None:
         timer = stream.timer
@@ -550,7 +609,7 @@ class MuxSession:
                 stream.in_ready = False
                 if stream.lost or stream.reset:
                     continue
-                chunk = self._take(stream, min(limit, stream.send_window))
+                chunk = stream.take(min(limit, stream.send_window))
                 last = stream.fin_pending and not stream.queued
                 if chunk:
                     stream.send_window -= len(chunk)
@@ -578,67 +637,11 @@ class MuxSession:
             if not stream.queued:
                 stream.writable()
 
-    @staticmethod
-    def _take(stream: MuxStream, room: int) -> bytes:
-        parts: list[bytes] = []
-        taken = 0
-        queue = stream.queue
-        if queue is None:
-            return b""
-        while queue and taken < room:
-            head = queue[0]
-            want = room - taken
-            if len(head) <= want:
-                queue.popleft()
-                parts.append(head)
-                taken += len(head)
-            else:
-                parts.append(head[:want])
-                queue[0] = head[want:]
-                taken += want
-        stream.queued -= taken
-        if not queue:
-            stream.queue = None
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
     def _local_fin_sent(self, stream: MuxStream) -> None:
         if stream.remote_fin:
             self._maybe_closed(stream)
-        elif stream.timer is None:
-            stream.timer = self._clock.callLater(
-                self.limits.close_timeout, self._stream_timed_out, stream
-            )
-
-    def _maybe_grant(self, stream: MuxStream) -> None:
-        """
-        Give back the credit the protocol has consumed, once half a window is owed, as far as
-        the session budget allows; a stream refused for the budget waits in C{_starved}.
-        """
-        if stream.reading_paused or stream.remote_fin or stream.reset or stream.lost:
-            self._starved.discard(stream)
-            return
-        if not stream.acked and not stream.outbound:
-            # Every frame on a stream the peer opened follows our ACK; the credit owed goes
-            # out when the application accepts the stream.
-            return
-        owed = INITIAL_WINDOW - stream.outstanding
-        if owed < INITIAL_WINDOW // 2:
-            return
-        room = self.limits.memory_budget - self._credit
-        grant = min(owed, room)
-        if grant < min(owed, self.limits.max_frame):
-            self._starved.add(stream)
-            return
-        self._starved.discard(stream)
-        stream.recv_window += grant
-        self._credit += grant
-        self._control(frames.encode(FrameType.WINDOW_UPDATE, 0, stream.stream_id, grant))
-
-    def _regrant(self) -> None:
-        for stream in list(self._starved):
-            if self._credit >= self.limits.memory_budget:
-                return
-            self._maybe_grant(stream)
+        else:
+            self._arm_close(stream)
 
     def _maybe_closed(self, stream: MuxStream) -> None:
         if stream.local_fin and stream.remote_fin and not stream.eof_pending and not stream.buffer:
@@ -655,13 +658,11 @@ class MuxSession:
         if not (stream.local_fin and stream.remote_fin):
             stream.reset = True
         self._stop_timer(stream)
-        self._credit -= stream.outstanding
+        self._receive.ended(stream)
         stream.recv_window = 0
         stream.buffered = 0
-        self._starved.discard(stream)
         stream.end(Failure(reason))
         self._forget(stream)
-        self._regrant()
 
     def _forget(self, stream: MuxStream) -> None:
         if not (stream.lost and stream.released):
@@ -704,7 +705,7 @@ class MuxSession:
 
     def _ping_expired(self) -> None:
         self._ping_deadline = None
-        self._fail(Violation.KEEPALIVE_TIMEOUT, f"ping {self._ping_outstanding}")
+        self._fail(Violation.KEEPALIVE_TIMEOUT, f"ping {self._ping_outstanding}", abort=True)
 
     def _check_idle(self) -> None:
         timeout = self.limits.idle_timeout
@@ -726,27 +727,37 @@ class MuxSession:
 
     def _fail(self, violation: Violation, detail: str = "", *, abort: bool = False) -> None:
         """
-        End the session for a violation: go-away (protocol error, or internal error for a
-        peer that stopped reading) and close.
+        End the session for a violation: go-away 1 (protocol error) and close; or, with
+        C{abort} (the peer stopped reading or answering), abort the transport at once with
+        nothing more sent (the end is recorded with code 2, internal error).
         """
         code = GoAwayCode.INTERNAL_ERROR if abort else GoAwayCode.PROTOCOL_ERROR
-        if violation is Violation.KEEPALIVE_TIMEOUT:
-            code = GoAwayCode.INTERNAL_ERROR
         self._end(SessionEnd(violation, code, False, detail), send=True, abort=abort)
 
     def _end(self, end: SessionEnd, *, send: bool, abort: bool = False) -> None:
+        """
+        End the session once. Unless the transport is gone or aborted, everything framed so
+        far (held control frames, the last data and FIN of a drained stream) is written,
+        then the go-away if C{send}, then the transport is closed, and aborted if it has
+        not closed within C{linger_timeout} (a peer that does not read cannot keep it).
+        """
         if self.ended is not None:
             return
-        if send and not abort:
+        lost = end.violation is Violation.CONNECTION_LOST
+        out, self._out = self._out, []
+        if send and not abort and not lost:
             # Past any held frames: the go-away is the last thing the peer reads from us.
-            self._out.append(frames.encode(FrameType.GO_AWAY, 0, 0, end.code))
+            out.append(frames.encode(FrameType.GO_AWAY, 0, 0, end.code))
             self._out_size += HEADER_SIZE
-            self._paused = False
-            self._flush()
         self.ended = end
-        self._out = []
+        if out and not abort and not lost:
+            # Written even while the transport has paused us: what was framed is bounded
+            # (held control frames, one batch), and the linger deadline bounds its delivery.
+            self.bytes_out += self._out_size
+            self.transport.writeSequence(out)
+        self._out_size = 0
         self._ready.clear()
-        self._starved.clear()
+        self._receive.clear()
         self._inbuf = bytearray()
         for timer in (self._keepalive, self._ping_deadline, self._idle):
             self._cancel(timer)
@@ -756,14 +767,26 @@ class MuxSession:
             stream.reset = stream.reset or not (stream.local_fin and stream.remote_fin)
             stream.end(Failure(reason))
         self._streams.clear()
-        self._credit = 0
-        if end.violation is not Violation.CONNECTION_LOST:
+        if not lost:
             if abort:
                 self.transport.abortConnection()
             else:
                 self.transport.loseConnection()
+                self._linger = self._clock.callLater(
+                    self.limits.linger_timeout, self._linger_expired
+                )
         if self._on_end is not None:
-            self._on_end(end)
+            try:
+                self._on_end(end)
+            except Exception:
+                _log.failure("session end: on_end raised", event="mux.session.error")
+
+    def _linger_expired(self) -> None:
+        """
+        The transport has not closed within C{linger_timeout} of the end: abort it.
+        """
+        self._linger = None
+        self.transport.abortConnection()
 
     @staticmethod
     def _cancel(timer: DelayedCall | None) -> None:

@@ -125,6 +125,7 @@ class MuxStream:
         "released",
         "send_window",
         "queue",
+        "queue_offset",
         "queued",
         "fin_pending",
         "in_ready",
@@ -138,6 +139,7 @@ class MuxStream:
         "read_closed",
         "lost",
         "timer",
+        "heard",
         "__weakref__",
     )
 
@@ -162,6 +164,7 @@ class MuxStream:
         # send side
         self.send_window = INITIAL_WINDOW
         self.queue: deque[bytes] | None = None
+        self.queue_offset = 0
         self.queued = 0
         self.fin_pending = False
         self.in_ready = False
@@ -169,13 +172,14 @@ class MuxStream:
         self.producer_paused = False
         # receive side
         self.recv_window = INITIAL_WINDOW
-        self.buffer: deque[bytes] | None = None
+        self.buffer: bytearray | None = None
         self.buffered = 0
         self.reading_paused = False
         self.eof_pending = False
         self.read_closed = False
         self.lost = False
         self.timer: object | None = None
+        self.heard = 0.0
 
     @property
     def state(self) -> StreamState:
@@ -204,10 +208,11 @@ class MuxStream:
 
     def attach(self, protocol: StreamProtocol) -> None:
         """
-        Connect C{protocol} to this stream (calls its C{makeConnection}).
+        Connect C{protocol} to this stream (calls its C{makeConnection}; if that raises, the
+        stream is reset).
         """
         self.protocol = protocol
-        protocol.makeConnection(self)
+        self._guarded(protocol.makeConnection, self)
 
     # ITransport
 
@@ -285,8 +290,7 @@ class MuxStream:
         self.producer = producer
         self.producer_paused = False
         if self.queued >= self._session.limits.stream_high_water:
-            self.producer_paused = True
-            producer.pauseProducing()
+            self.pause_producer()
 
     def unregisterProducer(self) -> None:
         """
@@ -327,9 +331,12 @@ class MuxStream:
         if self.read_closed:
             return
         if self.reading_paused or self.buffer:
+            # One growing buffer, not one object per frame: what is held costs its bytes
+            # (plus the bytearray's slack), however small the peer's frames.
             if self.buffer is None:
-                self.buffer = deque()
-            self.buffer.append(data)
+                self.buffer = bytearray(data)
+            else:
+                self.buffer += data
             self.buffered += len(data)
             self._session._held(len(data))
         elif self.protocol is not None:
@@ -359,9 +366,8 @@ class MuxStream:
         """
         delivered = 0
         while self.buffer and not self.reading_paused and not self.lost:
-            data = self.buffer.popleft()
-            if not self.buffer:
-                self.buffer = None
+            data = bytes(self.buffer)
+            self.buffer = None
             self.buffered -= len(data)
             self._session._held(-len(data))
             delivered += len(data)
@@ -371,13 +377,53 @@ class MuxStream:
             self.deliver_eof()
         return delivered
 
+    def take(self, room: int) -> bytes:
+        """
+        Take up to C{room} bytes from the front of the send queue; a write larger than a
+        frame is cut at an offset into it, never copied whole again per frame.
+
+        @return: the bytes taken (empty if nothing is queued).
+        """
+        queue = self.queue
+        if queue is None:
+            return b""
+        parts: list[bytes] = []
+        taken = 0
+        offset = self.queue_offset
+        while queue and taken < room:
+            head = queue[0]
+            want = room - taken
+            left = len(head) - offset
+            if left <= want:
+                queue.popleft()
+                parts.append(head[offset:] if offset else head)
+                taken += left
+                offset = 0
+            else:
+                parts.append(head[offset : offset + want])
+                offset += want
+                taken += want
+        self.queue_offset = offset
+        self.queued -= taken
+        if not queue:
+            self.queue = None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
     def writable(self) -> None:
         """
         The queue is empty again: resume a paused producer.
         """
         if self.producer is not None and self.producer_paused and not self.lost:
             self.producer_paused = False
-            self.producer.resumeProducing()
+            self._guarded(self.producer.resumeProducing)
+
+    def pause_producer(self) -> None:
+        """
+        Too much is queued: pause the registered producer.
+        """
+        if self.producer is not None and not self.producer_paused and not self.lost:
+            self.producer_paused = True
+            self._guarded(self.producer.pauseProducing)
 
     def end(self, reason: Failure) -> None:
         """
@@ -388,23 +434,24 @@ class MuxStream:
         self.lost = True
         self.buffer = None
         self.queue = None
+        self.queue_offset = 0
         self.queued = 0
         producer, self.producer = self.producer, None
         if producer is not None:
-            producer.stopProducing()
+            self._guarded(producer.stopProducing)
         if self.protocol is not None:
             self._guarded(self.protocol.connectionLost, reason)
 
     def _guarded(self, method: Callable[..., object], *args: object) -> None:
         """
-        Call a protocol method; if it raises (a bug in the application, not the peer), log
-        it and reset this stream only, never the session.
+        Call the application (its protocol or producer); if that raises (a bug in the
+        application, not the peer), log it and reset this stream only, never the session.
         """
         try:
             method(*args)
         except Exception:
             _log.failure(
-                "stream {stream_id}: protocol raised",
+                "stream {stream_id}: application raised",
                 event="mux.stream.error",
                 stream_id=self.stream_id,
             )

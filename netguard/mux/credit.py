@@ -1,0 +1,132 @@
+# -*- test-case-name: tests.test_mux_session -*-
+"""
+The receive side's accounting of a session: the credit its streams hold, the bytes held for
+paused streams, and the window updates withheld while those reach the budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from netguard.mux.frames import INITIAL_WINDOW
+
+if TYPE_CHECKING:
+    from netguard.mux.stream import MuxStream
+
+
+class ReceiveCredit:
+    """
+    Receive credit across a session.
+
+    C{credit} is the sum of the live streams' L{MuxStream.outstanding} (bytes the peer may
+    still send plus bytes held); C{held} the sum of their held bytes. A window update is
+    withheld while C{held} is at least C{budget}: credit granted but unused (an idle
+    stream's window) costs no memory and does not count. Withheld updates go out once held
+    bytes drain below the budget.
+
+    @ivar budget: the held bytes at which updates are withheld.
+    @ivar credit: receive credit across the session.
+    @ivar held: bytes held for streams whose reading is paused.
+    """
+
+    __slots__ = ("budget", "credit", "held", "_starved", "_send_update")
+
+    def __init__(self, budget: int, send_update: Callable[[int, int], None]) -> None:
+        """
+        @param budget: the held bytes at which updates are withheld.
+        @param send_update: called with a stream id and a window delta to send.
+        """
+        self.budget = budget
+        self.credit = 0
+        self.held = 0
+        self._starved: set[MuxStream] = set()
+        self._send_update = send_update
+
+    def opened(self, stream: MuxStream) -> None:
+        """
+        A stream starts with its initial window.
+        """
+        self.credit += stream.outstanding
+
+    def received(self, size: int) -> None:
+        """
+        C{size} payload bytes arrived (the stream's window has shrunk by as much).
+        """
+        self.credit -= size
+
+    def hold(self, delta: int) -> None:
+        """
+        Bytes held for a paused stream grew (or, negative, were delivered).
+        """
+        self.credit += delta
+        self.held += delta
+        if delta < 0:
+            self.regrant()
+
+    def drop_held(self, stream: MuxStream) -> None:
+        """
+        The stream's reading was closed: its held bytes are dropped and it gets no more
+        credit.
+        """
+        self.credit -= stream.buffered
+        self.held -= stream.buffered
+        self._starved.discard(stream)
+        self.regrant()
+
+    def ended(self, stream: MuxStream) -> None:
+        """
+        The stream is over: its credit and held bytes no longer count.
+        """
+        self.credit -= stream.outstanding
+        self.held -= stream.buffered
+        self._starved.discard(stream)
+        self.regrant()
+
+    def grant(self, stream: MuxStream) -> None:
+        """
+        Give back the credit the stream's protocol has consumed, once half a window is
+        owed, unless held bytes have reached the budget (then the stream waits for
+        L{regrant}). A stream whose reading is paused or closed, that the peer has
+        half-closed, or that has ended, gets nothing.
+        """
+        if (
+            stream.reading_paused
+            or stream.remote_fin
+            or stream.reset
+            or stream.lost
+            or stream.read_closed
+        ):
+            self._starved.discard(stream)
+            return
+        if not stream.acked and not stream.outbound:
+            # Every frame on a stream the peer opened follows our ACK; the credit owed goes
+            # out when the application accepts the stream.
+            return
+        owed = INITIAL_WINDOW - stream.outstanding
+        if owed < INITIAL_WINDOW // 2:
+            return
+        if self.held >= self.budget:
+            self._starved.add(stream)
+            return
+        self._starved.discard(stream)
+        stream.recv_window += owed
+        self.credit += owed
+        self._send_update(stream.stream_id, owed)
+
+    def regrant(self) -> None:
+        """
+        Held bytes drained: give the streams refused for the budget their credit.
+        """
+        if not self._starved or self.held >= self.budget:
+            return
+        for stream in list(self._starved):
+            self.grant(stream)
+
+    def clear(self) -> None:
+        """
+        The session ended: nothing counts any more.
+        """
+        self.credit = 0
+        self.held = 0
+        self._starved.clear()
