@@ -1594,6 +1594,26 @@ class CloseDeadlineTests(unittest.TestCase):
         harness.clock.advance(0.001)
         self.assertEqual(kinds(harness.sent()), [(WINDOW, RST, 1, 0)])
 
+    def test_both_fins_with_data_held_leave_no_deadline(self) -> None:
+        """
+        The peer's FIN arrives while ours waits for window and our protocol has paused
+        reading with data held; once our FIN goes out, the peer has done its part: no
+        deadline runs (the stream waits for our protocol, not for the peer).
+        """
+        harness = Harness(limits=self.limits)
+        harness.feed(frame(WINDOW, SYN, 1, 0))
+        stream = harness.accepted[0]
+        stream.pauseProducing()
+        stream.write(b"w" * (INITIAL_WINDOW + 1))
+        stream.loseWriteConnection()
+        harness.feed(data(1, b"held", FIN))
+        harness.feed(frame(WINDOW, 0, 1, 1))
+        self.assertEqual(stream.state, StreamState.CLOSED)
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+        stream.resumeProducing()
+        self.assertEqual(harness.protocols[1].received, b"held")
+        self.assertEqual(harness.session.open_streams, 0)
+
     def test_peer_fin_ends_the_deadline(self) -> None:
         """
         After both FINs the stream is closed and no timer is left.

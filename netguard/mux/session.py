@@ -639,6 +639,8 @@ class MuxSession:
 
     def _local_fin_sent(self, stream: MuxStream) -> None:
         if stream.remote_fin:
+            # Both FINs are out: what remains (delivering held data) is ours, not the peer's.
+            self._stop_timer(stream)
             self._maybe_closed(stream)
         else:
             self._arm_close(stream)
