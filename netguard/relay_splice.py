@@ -19,7 +19,7 @@ from twisted.internet import main
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from netguard.relay import A, B, DelayedCall, ReactorTime, RelayResult, Splice
+from netguard.relay import A, B, DelayedCall, IdleSweep, ReactorTime, RelayResult, Splice
 from netguard.relay_pipes import CHUNK, PipePool, SpliceCall, system_splice
 from netguard.relay_pipes import SMALL_READ as SMALL_READ
 from netguard.relay_pipes import kernel_relay_possible as kernel_relay_possible
@@ -49,10 +49,15 @@ def _has_user_data(transport: Any) -> bool:
 class _Flow:
     """
     One direction of a L{KernelSplice}: bytes read from C{source} go through one pipe to
-    C{target}. Its L{readable} is the source transport's C{doRead}, its L{writable} the
-    target transport's C{doWrite}, so the reactor keeps watching each socket once, through
-    its own transport. Descriptors are asked of the transports at each call, never kept: a
-    transport whose connection is gone answers -1, never a number reused by another socket.
+    C{target}. The flow itself is the source transport's C{doRead} (calling it is
+    L{readable}: no bound method is made per relay), and its L{writable} becomes the target
+    transport's C{doWrite} while the flow waits for the target (L{hook_writes}: bytes in its
+    pipe or in Twisted's buffer of the target, its source paused) and until everything has
+    been written (L{drained}); otherwise Twisted's own C{doWrite} serves the target, so an
+    idle relay allocates nothing for its hooks. The reactor keeps watching each socket once,
+    through its own transport. Descriptors are asked of the transports at each call, never
+    kept: a transport whose connection is gone answers -1, never a number reused by another
+    socket.
     """
 
     __slots__ = (
@@ -71,6 +76,7 @@ class _Flow:
         "stall",
         "writing",
         "small",
+        "hooked",
     )
 
     def __init__(self, relay: KernelSplice, side: str, source: Any, target: Any):
@@ -89,6 +95,7 @@ class _Flow:
         self.stall: DelayedCall | None = None
         self.writing = False
         self.small = True
+        self.hooked = False
 
     # -- reactor events --------------------------------------------------------------------
 
@@ -159,6 +166,38 @@ class _Flow:
                 return None  # the source had no more, or the target is not taking it all
         return None
 
+    #: The flow is its source transport's C{doRead}.
+    __call__ = readable
+
+    def want_writes(self) -> None:
+        """
+        Install L{writable} as the target transport's C{doWrite} (once), so that the
+        target's write events reach this flow; then ask for them.
+        """
+        self.hook_writes()
+        self.target.startWriting()
+
+    def hook_writes(self) -> None:
+        """
+        Make L{writable} the target transport's C{doWrite} (once), before anything the flow
+        writes or waits for there: Twisted's own C{doWrite} would write its buffer but never
+        tell the flow it drained.
+        """
+        if not self.hooked:
+            self.hooked = True
+            self.target.doWrite = self.writable
+
+    def unhook_writes(self) -> None:
+        """
+        Give the target's C{doWrite} back to Twisted (unless Twisted replaced it itself, as
+        C{abortConnection} does): nothing of this flow waits for the target any more.
+        """
+        if self.hooked:
+            self.hooked = False
+            target = self.target
+            if getattr(target.doWrite, "__self__", None) is self:
+                del target.doWrite
+
     def _read_in_user_space(self) -> object:
         """
         One read of the source by its own transport: its protocol hands the bytes to
@@ -199,6 +238,7 @@ class _Flow:
             except OSError:
                 sent = 0  # full, or an error that the target's own events will report
         if sent < size:
+            self.hook_writes()
             target.write(bytes(view[sent:size]))
             self.pause()
         return None
@@ -258,7 +298,7 @@ class _Flow:
                 if from_target:
                     return main.CONNECTION_LOST
                 self.writing = True
-                target.startWriting()
+                self.want_writes()
                 return None
             if moved <= 0:
                 self.wait_for_target()
@@ -277,7 +317,7 @@ class _Flow:
         start its stalled-reader clock unless it runs already.
         """
         self.writing = True
-        self.target.startWriting()
+        self.want_writes()
         relay = self.relay
         if self.stall is None and not relay.closing:
             self.took = False
@@ -289,6 +329,7 @@ class _Flow:
         and start the target's stalled-reader clock (unless it runs already).
         """
         self.source.stopReading()
+        self.hook_writes()
         if self.paused:
             return
         self.paused = True
@@ -323,11 +364,13 @@ class _Flow:
     def drained(self) -> None:
         """
         Everything read from the source has reached the target (pipe and Twisted's buffer
-        empty): give the pipe back, then resume reading, or perform the half-close or close
-        that waited for this.
+        empty): give the pipe back and the target's C{doWrite} to Twisted, then resume
+        reading, or perform the half-close or close that waited for this (Twisted's own
+        C{doWrite} completes those).
         """
         self._release()
         self.cancel_stall()
+        self.unhook_writes()
         relay = self.relay
         if relay.closing:
             if not relay.gone_side(self.target):
@@ -368,10 +411,10 @@ class _Flow:
         Give the read and write events back to the transports (unless Twisted replaced them
         itself, as C{abortConnection} does).
         """
-        if getattr(vars(self.source).get("doRead"), "__self__", None) is self:
-            del self.source.doRead
-        if getattr(vars(self.target).get("doWrite"), "__self__", None) is self:
-            del self.target.doWrite
+        source = self.source
+        if source.doRead is self:
+            del source.doRead
+        self.unhook_writes()
 
 
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
@@ -394,15 +437,19 @@ class KernelSplice:
       - half-close: a source's EOF is passed on (C{loseWriteConnection}) once the pipe is
         empty; EOF both ways, or one side lost, closes what remains once flushed, and
         aborts it after C{write_timeout} (the grace period);
-      - C{idle_timeout} (C{ended_by="idle"}) and C{write_timeout} for a stalled reader
+      - C{idle_timeout} (C{ended_by="idle"}, no earlier than C{idle_timeout} after the last
+        byte and at most L{netguard.relay.IDLE_GRANULARITY} after it: the relays of a clock
+        share one L{IdleSweep}, so an idle relay holds no timer) and C{write_timeout} for a
+        stalled reader
         (C{"stalled-a"}, C{"stalled-b"}): a side that leaves bytes waiting in its pipe and
         takes none of them for that long, or does not empty the pipe within that long
         once it is full (the other side's reading paused);
       - C{counts} are the bytes read from each side; the L{RelayResult} means what
         L{Splice}'s does.
 
-    The sockets stay their transports' own: the flows take over their C{doRead} and
-    C{doWrite} (the reactor keeps one registration per socket), and reading and writing are
+    The sockets stay their transports' own: the flows take over their C{doRead}, and their
+    C{doWrite} while bytes wait for them (the reactor keeps one registration per socket; an
+    idle relay stores no bound method in either transport), and reading and writing are
     switched with the transports' C{startReading}, C{stopReading}, C{startWriting},
     C{stopWriting}. EOF and connection loss reach the protocols as usual, which report them
     here through the leg (L{eof_from}, L{lost}). An idle relay holds no pipe: a flow borrows
@@ -449,7 +496,8 @@ class KernelSplice:
         "_gone_a",
         "_gone_b",
         "_first_eof",
-        "_idle",
+        "_sweep",
+        "idle_key",
         "_grace",
         "_started",
     )
@@ -466,6 +514,7 @@ class KernelSplice:
         done: Deferred[RelayResult] | None = None,
         splice: SpliceCall | None = None,
         on_fall_back: Callable[[Splice], None] | None = None,
+        idle_sweep: IdleSweep | None = None,
     ):
         """
         @param a: side A's transport (a plain socket transport: L{kernel_relay_possible}).
@@ -479,6 +528,8 @@ class KernelSplice:
         @param splice: the splice call (C{os.splice} by default).
         @param on_fall_back: told of the L{Splice} that carries on when the kernel cannot
             splice these sockets.
+        @param idle_sweep: the L{IdleSweep} that times C{idle_timeout}; by default the one
+            shared by every relay of C{clock}.
         """
         call = splice if splice is not None else system_splice()
         if call is None:
@@ -497,7 +548,8 @@ class KernelSplice:
         self._gone_a = False
         self._gone_b = False
         self._first_eof: str | None = None
-        self._idle: DelayedCall | None = None
+        self._sweep = IdleSweep.for_clock(clock) if idle_sweep is None else idle_sweep
+        self.idle_key: int | None = None
         self._grace: DelayedCall | None = None
         self._started = 0.0
         self._ab = _Flow(self, A, a, b)
@@ -535,8 +587,9 @@ class KernelSplice:
 
     def start(self) -> None:
         """
-        Set TCP_NODELAY where the sockets allow it, take over their read and write events
-        and start the idle timer.
+        Set TCP_NODELAY where the sockets allow it, take over their read events (and their
+        write events as the flows need them) and start watching for idleness in the clock's
+        L{IdleSweep}.
         """
         self._started = self.last = self.clock.seconds()
         self.pool.relays += 1
@@ -547,11 +600,12 @@ class KernelSplice:
                 pass  # a unix socket
             # The flows take over the socket's events in Twisted's own way (as
             # abortConnection does): the reactor calls the transport's doRead and doWrite.
-            flow.source.doRead = flow.readable
-            flow.source.doWrite = self._flow(_other(flow.side)).writable
+            # The flow is the source's doRead; it becomes the target's doWrite when it first
+            # needs the target's write events.
+            flow.source.doRead = flow
             if _has_user_data(flow.target):
-                flow.target.startWriting()
-        self._idle = self.clock.callLater(self.idle_timeout, self._idle_check)
+                flow.want_writes()
+        self._sweep.add(self)
 
     def data_from(self, side: str, data: bytes) -> None:
         """
@@ -564,6 +618,7 @@ class KernelSplice:
             return
         flow.count += len(data)
         self.last = self.clock.seconds()
+        flow.hook_writes()
         flow.target.write(data)
         if _has_user_data(flow.target):
             flow.pause()
@@ -596,7 +651,7 @@ class KernelSplice:
             self._wind_down()
         elif flow.queued or _has_user_data(flow.target):
             flow.half_close_pending = True
-            flow.target.startWriting()
+            flow.want_writes()
         else:
             flow.target.loseWriteConnection()
 
@@ -709,6 +764,7 @@ class KernelSplice:
             idle_timeout=self.idle_timeout,
             write_timeout=self.write_timeout,
             done=self.done,
+            idle_sweep=self._sweep,
         )
         # It counts on from the bytes this relay read: the live counts never go down.
         splice._a.count, splice._b.count = self._ab.count, self._ba.count
@@ -738,7 +794,7 @@ class KernelSplice:
                 continue
             if flow.queued or flow.half_close_pending:
                 flow.half_close_pending = False
-                flow.target.startWriting()  # closed by L{_Flow.drained} once flushed
+                flow.want_writes()  # closed by L{_Flow.drained} once flushed
             else:
                 flow.drop()
                 flow.target.loseConnection()
@@ -748,19 +804,21 @@ class KernelSplice:
             self._grace = self.clock.callLater(self.write_timeout, self._grace_expired)
 
     def _cancel_timers(self) -> None:
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        self._idle = None
+        self._sweep.remove(self)
         self._ab.cancel_stall()
         self._ba.cancel_stall()
 
-    def _idle_check(self) -> None:
-        self._idle = None
-        remaining = self.last + self.idle_timeout - self.clock.seconds()
-        if remaining > 0:
-            self._idle = self.clock.callLater(remaining, self._idle_check)
-        else:
-            self.abort("idle")
+    def idle_deadline(self) -> float:
+        """
+        @return: when the relay has been idle for C{idle_timeout} (L{IdleWatched}).
+        """
+        return self.last + self.idle_timeout
+
+    def idle_expired(self) -> None:
+        """
+        No byte either way for C{idle_timeout}: end the relay (L{IdleWatched}).
+        """
+        self.abort("idle")
 
     def _grace_expired(self) -> None:
         self._grace = None

@@ -357,8 +357,7 @@ class KernelSpliceIntegrityTests(unittest.TestCase):
         """
         An idle kernel relay costs at most 512 bytes more than an ordinary L{Splice} between
         the same transports (both measured with tracemalloc over 100 relays: the relay, its
-        two flows, the four event handlers it installs and its idle timer), and holds no
-        descriptor.
+        two flows and its place in the idle sweep), and holds no descriptor.
         """
         import tracemalloc
 
