@@ -244,7 +244,14 @@ class EndpointLeg(_Leg):
 
     With C{pipes}, a relay between two plain sockets (L{kernel_relay_possible}) is a
     L{KernelSplice} that borrows its pipes there; any other is an ordinary L{Splice}.
+
+    Memory: the leg keeps its state in slots; once attached it lets go of L{ready} (fired,
+    and needed only while connecting) and holds no list for early bytes unless some came.
+
+    @ivar ready: fires with the leg once it can carry bytes; L{None} once attached.
     """
+
+    __slots__ = ("pipes", "protocol", "ready", "_early", "_eof_early", "_lost_early")
 
     def __init__(
         self,
@@ -259,8 +266,8 @@ class EndpointLeg(_Leg):
         super().__init__(clock, write_timeout, idle_timeout)
         self.pipes = pipes
         self.protocol: _BackendProtocol | None = None
-        self.ready: Deferred[EndpointLeg] = Deferred()
-        self._early: list[bytes] = []
+        self.ready: Deferred[EndpointLeg] | None = Deferred()
+        self._early: list[bytes] | None = None
         self._eof_early = False
         self._lost_early = False
 
@@ -270,6 +277,7 @@ class EndpointLeg(_Leg):
         """
         assert self.protocol is not None
         backend_transport = self.protocol.transport
+        self.ready = None  # fired: the opening is over
         splice: Splice | KernelSplice
         if self.pipes is not None and kernel_relay_possible(client_transport, backend_transport):
             splice = KernelSplice(
@@ -295,8 +303,8 @@ class EndpointLeg(_Leg):
             self.splice = splice
             splice.start()
             splice.done.chainDeferred(self.done)
-        early, self._early = self._early, []
-        for chunk in early:
+        early, self._early = self._early, None
+        for chunk in early or ():
             splice.data_from(B, chunk)
         if self._lost_early:
             splice.lost(B)
@@ -355,11 +363,11 @@ class EndpointLeg(_Leg):
         """
         Give up on a connection that is made but not ready (a TLS handshake that hangs).
         """
-        if not self.ready.called and self.protocol is not None:
+        if self.ready is not None and not self.ready.called and self.protocol is not None:
             self.protocol.transport.abortConnection()
 
     def _set_ready(self) -> None:
-        if not self.ready.called:
+        if self.ready is not None and not self.ready.called:
             self.ready.callback(self)
 
     def backend_data(self, data: bytes) -> None:
@@ -371,6 +379,8 @@ class EndpointLeg(_Leg):
         else:
             # Before the session attaches (bytes that came with the connection): kept, and
             # reading paused so this holds at most one read.
+            if self._early is None:
+                self._early = []
             self._early.append(data)
             if self.protocol is not None and self.protocol.transport is not None:
                 self.protocol.transport.pauseProducing()
@@ -388,7 +398,7 @@ class EndpointLeg(_Leg):
         """
         The backend connection is gone.
         """
-        if not self.ready.called:
+        if self.ready is not None and not self.ready.called:
             self.ready.errback(reason if reason is not None else Failure(ConnectionDone()))
         elif self.splice is not None:
             self.splice.lost(B)
@@ -531,6 +541,8 @@ def open_backend(
     if getattr(service, "kernel_relay", True) and endpoints is not None:
         pipes = endpoints.pipes
     leg = EndpointLeg(reactor, write_timeout, service.idle_timeout, pipes)
+    ready = leg.ready
+    assert ready is not None
     try:
         if endpoints is None:
             endpoint = backend_endpoint(reactor, service)
@@ -559,7 +571,7 @@ def open_backend(
     def failed(failure: Failure) -> Failure:
         if timeout.active():
             timeout.cancel()
-        leg.ready.addErrback(lambda _: None)  # reported here, not as an unhandled error
+        ready.addErrback(lambda _: None)  # reported here, not as an unhandled error
         if failure.check(TimeoutError):
             return failure  # already precise (e.g. a SOCKS5 timeout naming the phase)
         if expired:
@@ -570,6 +582,6 @@ def open_backend(
             )
         return failure
 
-    connecting.addCallback(lambda protocol: leg.ready)
+    connecting.addCallback(lambda protocol: ready)
     connecting.addCallbacks(connected, failed)
     return connecting  # type: ignore[return-value]

@@ -9,6 +9,8 @@ What is proven here:
     byte counts exact;
   - TCP urgent data from the client is skipped, as the ordinary relay skips it, and the
     bytes after it arrive, without a busy loop;
+  - an idle kernel relay holds no timer of its own, no bound method in its transports, and
+    its backend leg lets go of what only the opening needed;
   - C{kernel_relay = false} in a service's table keeps that service on the ordinary relay;
   - a client on a TLS listener is relayed by the ordinary relay, with its bytes intact.
 """
@@ -19,6 +21,7 @@ import hashlib
 import os
 import random
 import socket
+import types
 from typing import Any
 
 from twisted.internet import reactor
@@ -136,6 +139,43 @@ class KernelRelayGatewayTests(RelayRealTestCase):
             yield deferLater(reactor, 0, lambda: None)
         self.assertLessEqual(len(calls) - before, 2, "the relay keeps splicing")
         self.assertEqual(self.pipes().fallbacks, 0)
+
+    @inlineCallbacks
+    def test_idle_relay_holds_little(self) -> Any:
+        """
+        An idle kernel relay through the real gateway, after 16 bytes echoed by a TCP
+        backend, holds only what it needs: no timer of its own in the reactor (its idle
+        timeout is a place in the shared sweep), no bound method of its flows in either
+        transport, and a backend leg with slots that has let go of its fired C{ready}
+        L{Deferred} and holds no list for early bytes.
+        """
+        port = self.start_peer("echo")
+        self.start_gateway([f"echo2=tcp:host=127.0.0.1:port={port}"])
+        client = yield self.open("echo2")
+        payload = self.rng.randbytes(16)
+        client.transport.write(payload)
+        yield client.wait_for(lambda c: c.count >= len(payload), "the echo")
+        leg = self.legs[0]
+        relay = leg.splice
+        self.assertIsInstance(relay, KernelSplice)
+        self.assertIsNotNone(relay.idle_key)  # watched by the sweep
+        owned = {relay, relay._ab, relay._ba}
+        timers = [
+            call
+            for call in reactor.getDelayedCalls()  # type: ignore[attr-defined]
+            if getattr(call.func, "__self__", None) in owned
+        ]
+        self.assertEqual(timers, [])
+        for transport in (relay._ab.source, relay._ba.source):
+            bound = [
+                value
+                for value in vars(transport).values()
+                if isinstance(value, types.MethodType) and value.__self__ in owned
+            ]
+            self.assertEqual(bound, [])
+        self.assertFalse(hasattr(leg, "__dict__"))
+        self.assertIsNone(leg.ready)
+        self.assertIsNone(leg._early)
 
     @inlineCallbacks
     def test_kernel_relay_off(self) -> Any:
