@@ -5,16 +5,9 @@ The bounds of the streams of multiplexed sessions (C{[mux]} in the configuration
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 
-from netguard.mux.limits import MuxLimits
-
-
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
+from netguard.mux.limits import MuxLimits, positive
 
 
 @attrs.frozen
@@ -34,12 +27,12 @@ class StreamSettings:
     @ivar keepalive_timeout: seconds a ping may go unanswered before the session ends.
     """
 
-    max_streams: int = attrs.field(default=256, validator=_positive)
-    max_per_user: int = attrs.field(default=1024, validator=_positive)
-    max_per_service: int = attrs.field(default=4096, validator=_positive)
-    open_timeout: float = attrs.field(default=10.0, validator=_positive)
-    keepalive_interval: float = attrs.field(default=30.0, validator=_positive)
-    keepalive_timeout: float = attrs.field(default=10.0, validator=_positive)
+    max_streams: int = attrs.field(default=256, validator=positive)
+    max_per_user: int = attrs.field(default=1024, validator=positive)
+    max_per_service: int = attrs.field(default=4096, validator=positive)
+    open_timeout: float = attrs.field(default=10.0, validator=positive)
+    keepalive_interval: float = attrs.field(default=30.0, validator=positive)
+    keepalive_timeout: float = attrs.field(default=10.0, validator=positive)
 
     def mux_limits(self, idle_timeout: float | None) -> MuxLimits:
         """

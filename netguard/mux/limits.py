@@ -12,14 +12,17 @@ import attrs
 from netguard.mux.frames import INITIAL_WINDOW
 
 
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+def positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """
+    An attrs validator: the value must be above zero.
+    """
     if value <= 0:
         raise ValueError(f"{attribute.name} must be positive, not {value!r}")
 
 
 def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None:
-        _positive(instance, attribute, value)
+        positive(instance, attribute, value)
 
 
 @attrs.frozen
@@ -68,25 +71,25 @@ class MuxLimits:
         aborted (a peer that stopped reading cannot keep the connection).
     """
 
-    max_streams: int = attrs.field(default=256, validator=_positive)
-    open_rate: float = attrs.field(default=1000.0, validator=_positive)
-    open_burst: int = attrs.field(default=512, validator=_positive)
-    early_reset_rate: float = attrs.field(default=10.0, validator=_positive)
-    early_reset_burst: int = attrs.field(default=100, validator=_positive)
-    ping_rate: float = attrs.field(default=5.0, validator=_positive)
-    ping_burst: int = attrs.field(default=20, validator=_positive)
-    empty_frame_rate: float = attrs.field(default=100.0, validator=_positive)
-    empty_frame_burst: int = attrs.field(default=1000, validator=_positive)
-    memory_budget: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
-    max_frame: int = attrs.field(default=16 * 1024, validator=_positive)
-    stream_high_water: int = attrs.field(default=64 * 1024, validator=_positive)
-    max_control_backlog: int = attrs.field(default=1024, validator=_positive)
+    max_streams: int = attrs.field(default=256, validator=positive)
+    open_rate: float = attrs.field(default=1000.0, validator=positive)
+    open_burst: int = attrs.field(default=512, validator=positive)
+    early_reset_rate: float = attrs.field(default=10.0, validator=positive)
+    early_reset_burst: int = attrs.field(default=100, validator=positive)
+    ping_rate: float = attrs.field(default=5.0, validator=positive)
+    ping_burst: int = attrs.field(default=20, validator=positive)
+    empty_frame_rate: float = attrs.field(default=100.0, validator=positive)
+    empty_frame_burst: int = attrs.field(default=1000, validator=positive)
+    memory_budget: int = attrs.field(default=16 * 1024 * 1024, validator=positive)
+    max_frame: int = attrs.field(default=16 * 1024, validator=positive)
+    stream_high_water: int = attrs.field(default=64 * 1024, validator=positive)
+    max_control_backlog: int = attrs.field(default=1024, validator=positive)
     keepalive_interval: float | None = attrs.field(default=30.0, validator=_positive_or_none)
-    keepalive_timeout: float = attrs.field(default=10.0, validator=_positive)
+    keepalive_timeout: float = attrs.field(default=10.0, validator=positive)
     idle_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
-    open_timeout: float = attrs.field(default=75.0, validator=_positive)
-    close_timeout: float = attrs.field(default=300.0, validator=_positive)
-    linger_timeout: float = attrs.field(default=30.0, validator=_positive)
+    open_timeout: float = attrs.field(default=75.0, validator=positive)
+    close_timeout: float = attrs.field(default=300.0, validator=positive)
+    linger_timeout: float = attrs.field(default=30.0, validator=positive)
 
     @max_frame.validator
     def _frame_fits(self, attribute: attrs.Attribute[int], value: int) -> None:
