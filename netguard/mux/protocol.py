@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_mux_session -*-
+# -*- test-case-name: tests.test_mux_session,tests.test_mux_protocol -*-
 """
 A Twisted protocol that runs a L{MuxSession} over its transport.
 """
@@ -10,6 +10,7 @@ from collections.abc import Callable
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
+from netguard.mux.frames import Violation
 from netguard.mux.limits import MuxLimits
 from netguard.mux.outcome import SessionEnd, SessionTransport
 from netguard.mux.session import MuxSession
@@ -20,7 +21,9 @@ from netguard.relay import ReactorTime
 class MuxProtocol(Protocol):
     """
     Runs a session over C{self.transport}: bytes in go to it, and it is registered as the
-    transport's streaming producer so that a full transport buffer pauses its output.
+    transport's streaming producer so that a full transport buffer pauses its output. When
+    the session ends it stops being the producer, so that the close it asked for happens:
+    Twisted's TLS transport holds its close_notify while a producer is registered.
 
     @ivar session: the session, once connected.
     """
@@ -55,9 +58,19 @@ class MuxProtocol(Protocol):
             clock=self._clock,
             accept=self._accept,
             limits=self._limits,
-            on_end=self._on_end,
+            on_end=self._ended,
         )
         self.transport.registerProducer(self.session, True)  # type: ignore[union-attr]
+
+    def _ended(self, end: SessionEnd) -> None:
+        """
+        The session has ended (and asked the transport to close, unless the connection was
+        already lost): stop being the transport's producer, then tell the owner.
+        """
+        if end.violation is not Violation.CONNECTION_LOST and self.transport is not None:
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
+        if self._on_end is not None:
+            self._on_end(end)
 
     def dataReceived(self, data: bytes) -> None:
         """

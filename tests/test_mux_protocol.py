@@ -1,0 +1,92 @@
+"""
+Tests for L{netguard.mux.protocol.MuxProtocol}: how it leaves its transport when the session
+ends.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from netguard.mux import frames
+from netguard.mux.frames import FrameType, GoAwayCode, Violation
+from netguard.mux.outcome import SessionEnd
+from netguard.mux.protocol import MuxProtocol
+
+
+class HeldCloseTransport(StringTransport):
+    """
+    A transport that, like Twisted's TLS transport, holds a close asked for while a
+    producer is registered, and closes once the producer is unregistered.
+
+    @ivar closed: whether the close really happened.
+    """
+
+    closed = False
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+        if self.producer is None:
+            self.closed = True
+
+    def unregisterProducer(self) -> None:
+        super().unregisterProducer()
+        if self.disconnecting:
+            self.closed = True
+
+
+class MuxProtocolCloseTests(unittest.TestCase):
+    def connect(self) -> tuple[MuxProtocol, HeldCloseTransport, list[SessionEnd]]:
+        ends: list[SessionEnd] = []
+        protocol = MuxProtocol(
+            client=True, clock=Clock(), accept=lambda stream: None, on_end=ends.append
+        )
+        transport = HeldCloseTransport()
+        protocol.makeConnection(transport)
+        self.assertIs(transport.producer, protocol.session)
+        return protocol, transport, ends
+
+    def test_local_go_away_closes_a_held_close_transport(self) -> None:
+        """
+        A session ended by our go-away (no stream open) stops being the producer, so a
+        transport that holds its close while a producer is registered really closes; the
+        owner's C{on_end} is still called once.
+        """
+        protocol, transport, ends = self.connect()
+        assert protocol.session is not None
+        protocol.session.go_away()
+        self.assertTrue(transport.closed)
+        self.assertIsNone(transport.producer)
+        self.assertEqual([end.violation for end in ends], [Violation.LOCAL_GO_AWAY])
+
+    def test_violation_closes_a_held_close_transport(self) -> None:
+        """
+        A session ended for the peer's violation (a frame of an unknown version) lets go of
+        the transport too, so its close happens.
+        """
+        protocol, transport, ends = self.connect()
+        protocol.dataReceived(b"\x09" + b"\x00" * 11)
+        self.assertTrue(transport.closed)
+        self.assertIsNone(transport.producer)
+        self.assertEqual([end.violation for end in ends], [Violation.BAD_VERSION])
+
+    def test_remote_go_away_closes_a_held_close_transport(self) -> None:
+        """
+        The peer's go-away for a protocol error ends the session and the transport closes.
+        """
+        protocol, transport, ends = self.connect()
+        protocol.dataReceived(frames.encode(FrameType.GO_AWAY, 0, 0, GoAwayCode.PROTOCOL_ERROR))
+        self.assertTrue(transport.closed)
+        self.assertIsNone(transport.producer)
+        self.assertEqual(len(ends), 1)
+
+    def test_connection_lost_leaves_the_transport_alone(self) -> None:
+        """
+        A lost connection ends the session without calling the gone transport; the owner
+        is told once.
+        """
+        protocol, transport, ends = self.connect()
+        protocol.connectionLost(None)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual([end.violation for end in ends], [Violation.CONNECTION_LOST])
