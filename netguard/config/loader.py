@@ -49,9 +49,6 @@ from netguard.config.schema import (
     PEER_CHECK_KEYS,
     SERVICE_KEYS,
     SERVICE_NUMBER_KEYS,
-    TLS_ENDPOINT_KEY,
-    TLS_LISTEN_KEYS,
-    TLS_SETTINGS_KEYS,
     TOP_KEYS,
     NumberKey,
     Source,
@@ -70,6 +67,7 @@ from netguard.config.schema import (
     service_key,
     toml_key,
 )
+from netguard.config.tls_schema import TLS_ENDPOINT_KEY, TLS_LISTEN_KEYS, TLS_SETTINGS_KEYS
 from netguard.endpoints import (
     BACKEND_HELP,
     Backend,

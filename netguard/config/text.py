@@ -34,12 +34,11 @@ from netguard.config.schema import (
     OVERLOAD_KEYS,
     PEER_CHECK_KEYS,
     SERVICE_NUMBER_KEYS,
-    TLS_LISTEN_KEYS,
-    TLS_SETTINGS_KEYS,
     plain,
     service_key,
     value_text,
 )
+from netguard.config.tls_schema import TLS_LISTEN_KEYS, TLS_SETTINGS_KEYS
 from netguard.endpoints import EndpointError, check_listener, looks_secret, redact_description
 from netguard.framing import FramingLimits
 from netguard.gateway.stream_settings import StreamSettings
