@@ -110,6 +110,10 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "tunnel.failed": "a tunnelled connection could not be opened",
         "tunnel.retry": "the gateway was busy for a tunnelled connection; it is retried",
         "tunnel.close": "a tunnelled connection ended",
+        "tunnel.mux.up": "a multiplexed session to the gateway was established",
+        "tunnel.mux.down": "a multiplexed session to the gateway ended; its streams ended",
+        "tunnel.mux.login_failed": "the login for a multiplexed session failed",
+        "tunnel.mux.fallback": "the gateway does not multiplex; one connection per connect",
     }
 )
 

@@ -73,7 +73,14 @@ def _cmd_tunnel(args: argparse.Namespace, io: _IO) -> int:
         gateway = wrap_tls(reactor, gateway, tls_options, default_hostname=_gateway_host(args))
     except ValueError as e:
         raise CommandError(str(e)) from None
-    endpoint = NGPClientEndpoint(reactor, gateway, Credentials(name, password), args.service)
+    credentials = Credentials(name, password)
+    endpoint: Any
+    if args.mux:
+        from netguard.client.mux_endpoint import MuxClientEndpoint
+
+        endpoint = MuxClientEndpoint(reactor, gateway, credentials, args.service)
+    else:
+        endpoint = NGPClientEndpoint(reactor, gateway, credentials, args.service)
     factory = TunnelFactory(reactor, endpoint, idle_timeout=args.idle_timeout)
     observer: Any = safe_text_observer(io.stderr)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
@@ -126,6 +133,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         type=float,
         default=3600.0,
         help="close a tunnelled connection idle this long (default 3600)",
+    )
+    p.add_argument(
+        "--mux",
+        action="store_true",
+        help="carry every local connection as a stream of one shared, multiplexed gateway "
+        "session (one login; MUX yamux/1; falls back to a connection each on a gateway "
+        "without it); the default is one gateway connection per local connection",
     )
     p.add_argument(
         "--tls",

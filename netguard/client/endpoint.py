@@ -19,7 +19,7 @@ L{Deferred} returned by C{connect} with L{NGPError}, L{AuthFailed} or L{NGPProto
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString
@@ -34,6 +34,9 @@ from zope.interface import implementer
 from netguard.client.protocol import Credentials, NGPClientProtocol
 from netguard.endpoints import resolve_endpoint_ports, resolve_port
 from netguard.secretfile import read_password_file
+
+if TYPE_CHECKING:
+    from netguard.client.mux_endpoint import MuxClientEndpoint
 
 
 @implementer(IHalfCloseableProtocol)
@@ -125,7 +128,9 @@ class NGPClientEndpoint:
         return connecting.addCallback(opened)
 
 
-def endpoint_from_string_args(reactor: Any, *args: str, **kwargs: str) -> NGPClientEndpoint:
+def endpoint_from_string_args(
+    reactor: Any, *args: str, **kwargs: str
+) -> NGPClientEndpoint | MuxClientEndpoint:
     """
     Build an L{NGPClientEndpoint} from the parts of a C{netguard:} endpoint string.
 
@@ -135,7 +140,10 @@ def endpoint_from_string_args(reactor: Any, *args: str, **kwargs: str) -> NGPCli
     endpoint string>} with its colons escaped once more (for example
     C{gateway=unix\\:path\\=/run/netguard/ng.sock}). TLS: C{tls=1} (verify against the system
     roots and C{tls_hostname}, default C{host}), C{ca_file=PATH}, C{pin_sha256=PIN[,PIN]},
-    C{client_cert=PATH:client_key=PATH} for mutual TLS; see L{wrap_tls}.
+    C{client_cert=PATH:client_key=PATH} for mutual TLS; see L{wrap_tls}. C{mux=yes} carries
+    every connection as a stream of one shared multiplexed session
+    (L{netguard.client.mux_endpoint.MuxClientEndpoint}); C{mux=no}, the default, opens one
+    gateway connection per connection.
 
     @raise ValueError: for a missing, unknown or invalid key.
     """
@@ -143,7 +151,7 @@ def endpoint_from_string_args(reactor: Any, *args: str, **kwargs: str) -> NGPCli
         raise ValueError("netguard: takes only key=value arguments")
     if "password" in kwargs:
         raise ValueError("netguard: give password_file=, never a password")
-    known = {"host", "port", "gateway", "service", "user", "password_file", "timeout"}
+    known = {"host", "port", "gateway", "service", "user", "password_file", "timeout", "mux"}
     known |= set(TLS_KEYS)
     unknown = sorted(set(kwargs) - known)
     if unknown:
@@ -151,6 +159,9 @@ def endpoint_from_string_args(reactor: Any, *args: str, **kwargs: str) -> NGPCli
     for key in ("service", "user", "password_file"):
         if not kwargs.get(key):
             raise ValueError(f"netguard: {key}= is required")
+    mux = kwargs.get("mux", "no").lower()
+    if mux not in ("yes", "no"):
+        raise ValueError("netguard: mux= is yes or no")
     if "gateway" in kwargs:
         if "host" in kwargs or "port" in kwargs:
             raise ValueError("netguard: give either gateway= or host= and port=, not both")
@@ -171,9 +182,12 @@ def endpoint_from_string_args(reactor: Any, *args: str, **kwargs: str) -> NGPCli
         )
     gateway = wrap_tls(reactor, gateway, kwargs, default_hostname=kwargs.get("host"))
     password = read_password_file(kwargs["password_file"])
-    return NGPClientEndpoint(
-        reactor, gateway, Credentials(kwargs["user"], password), kwargs["service"]
-    )
+    credentials = Credentials(kwargs["user"], password)
+    if mux == "yes":
+        from netguard.client.mux_endpoint import MuxClientEndpoint
+
+        return MuxClientEndpoint(reactor, gateway, credentials, kwargs["service"])
+    return NGPClientEndpoint(reactor, gateway, credentials, kwargs["service"])
 
 
 #: The TLS keys of a C{netguard:} endpoint string (and of C{netguard tunnel}'s options).

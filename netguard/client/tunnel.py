@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netguard.client.endpoint import NGPClientEndpoint
+from netguard.client.mux_endpoint import MuxClientEndpoint
 from netguard.client.protocol import NGPError
 from netguard.log import escape
 from netguard.relay import A, B, Splice
@@ -217,7 +218,7 @@ class TunnelFactory(Factory):
     def __init__(
         self,
         reactor: Any,
-        endpoint: NGPClientEndpoint,
+        endpoint: NGPClientEndpoint | MuxClientEndpoint,
         idle_timeout: float = 3600.0,
         write_timeout: float = 30.0,
         random: Any = _random.random,

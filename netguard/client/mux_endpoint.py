@@ -1,0 +1,607 @@
+# -*- test-case-name: tests.test_mux_endpoint,tests.integration.test_mux_tunnel -*-
+"""
+A client endpoint that carries each connection as a stream of one shared, authenticated
+multiplexed session to a netguard gateway (C{MUX yamux/1}): L{MuxClientEndpoint}.
+
+The session is established on the first C{connect}, reused by later ones, and established
+again (with backoff) after it is lost; a gateway whose greeting lacks C{MUX=yamux/1} is
+reached with one connection per C{connect}, as L{NGPClientEndpoint} does.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectError, NoProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from netguard.auth.scram import AuthFailed
+from netguard.client.endpoint import NGPClientEndpoint
+from netguard.client.protocol import (
+    ClientState,
+    Credentials,
+    NGPClientProtocol,
+    NGPError,
+    NGPProtocolError,
+)
+from netguard.log import escape
+from netguard.mux.limits import MuxLimits
+from netguard.mux.outcome import SessionEnd
+from netguard.mux.protocol import MuxProtocol
+from netguard.mux.session import MuxSession
+from netguard.mux.stream import MuxStream
+
+#: The framing asked for and the greeting's capability word that offers it.
+YAMUX_1 = "yamux/1"
+
+#: The longest answer line to a stream's C{OPEN} we read (the gateway's C{MAXLINE} bound
+#: of 1024 bytes, plus CRLF); longer is a protocol error and the stream is reset.
+MAX_ANSWER = 1026
+
+#: Refusals of the login that retrying cannot cure: waiting connects fail at once and no
+#: retry is scheduled (the next C{connect} tries again, after the backoff delay).
+FATAL_CODES = frozenset({"AUTH_FAILED", "NOT_AUTHORIZED", "UNSUPPORTED_FRAMING"})
+
+#: L{NGPProtocolError} reasons that retrying cannot cure either.
+FATAL_REASONS = frozenset({"not-a-gateway", "no-common-mechanism", "downgrade"})
+
+_log = Logger()
+
+
+class MuxUnsupported(Exception):
+    """
+    The gateway's greeting does not offer C{MUX=yamux/1}.
+    """
+
+
+class SessionUnavailable(ConnectError):
+    """
+    No session could be had within the wait bound; C{reason} says what happened last.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(string=reason)
+        self.reason = reason
+
+
+def backoff_delay(attempt: int, random: Callable[[], float], base: float, cap: float) -> float:
+    """
+    Exponential backoff with full jitter: a random delay up to C{base * 2**attempt}, at most
+    C{cap}.
+
+    @param attempt: how many logins in a row have failed (0 after a session was lost).
+    @param random: a source of floats in [0, 1).
+    """
+    return random() * min(cap, base * 2 ** min(attempt, 32))
+
+
+class _MuxLogin(NGPClientProtocol):
+    """
+    netguard's login, then C{MUX yamux/1} instead of C{OPEN}, then a client L{MuxSession}
+    over the connection (through L{MuxProtocol}). L{opened} fires once C{OK MUX} has
+    arrived, or fails as a login does, or with L{MuxUnsupported} before any SCRAM message
+    if the greeting does not offer multiplexing.
+
+    @ivar max_streams: the most streams this session may carry at once (the gateway's
+        C{STREAMS=} and our own limit, whichever is lower).
+    """
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        clock: Any,
+        limits: MuxLimits,
+        on_end: Callable[[_MuxLogin, SessionEnd], None],
+    ) -> None:
+        super().__init__(credentials, "mux", clock=clock)
+        self._limits = limits
+        self._on_session_end = on_end
+        self.mux: MuxProtocol | None = None
+        self.max_streams = limits.max_streams
+
+    @property
+    def session(self) -> MuxSession | None:
+        """
+        @return: the session, once C{OK MUX} has arrived.
+        """
+        return self.mux.session if self.mux is not None else None
+
+    def usable(self) -> bool:
+        """
+        @return: whether a stream can be opened now (the session runs, neither side has
+            sent go-away, and it is below its stream cap).
+        """
+        session = self.session
+        return (
+            session is not None
+            and session.ended is None
+            and session.remote_go_away is None
+            and session.open_streams < self.max_streams
+        )
+
+    def sendLine(self, line: bytes) -> None:
+        if self.state is ClientState.AWAIT_OPEN_OK and line == b"OPEN mux":
+            line = b"MUX " + YAMUX_1.encode("ascii")
+        super().sendLine(line)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.state is ClientState.AWAIT_GREETING and line.startswith(b"NETGUARD/1 "):
+            offered = [
+                word[4:].split(b",") for word in line.split(b" ")[2:] if word.startswith(b"MUX=")
+            ]
+            if not any(YAMUX_1.encode("ascii") in framings for framings in offered):
+                self._fail(MuxUnsupported("the gateway does not offer MUX=yamux/1"))
+                return
+        if self.state is ClientState.AWAIT_OPEN_OK and line.startswith(b"OK MUX "):
+            self._upgrade(line)
+            return
+        super().lineReceived(line)
+
+    def _upgrade(self, line: bytes) -> None:
+        words = line.split(b" ")
+        if words[2:3] != [YAMUX_1.encode("ascii")]:
+            self._fail(NGPProtocolError(f"unexpected reply {escape(line, 200)} to MUX"))
+            return
+        for word in words[3:]:
+            if word.startswith(b"STREAMS=") and word[8:].isdigit():
+                self.max_streams = max(1, min(self.max_streams, int(word[8:])))
+        self._cancel_open_timer()
+        self.state = ClientState.OPEN
+        self.setRawMode()
+        self.setTimeout(None)
+        self.mux = MuxProtocol(
+            client=True,
+            clock=self.clock,
+            accept=lambda stream: None,
+            limits=self._limits,
+            on_end=lambda end: self._on_session_end(self, end),
+        )
+        self.mux.makeConnection(self.transport)
+        self.opened.callback(None)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self.mux is not None:
+            self.mux.dataReceived(data)
+
+    def readConnectionLost(self) -> None:
+        # No frame can follow a half-close of the whole connection.
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.mux is not None:
+            self.mux.connectionLost(reason)
+        super().connectionLost(reason)
+
+    def close(self) -> None:
+        """
+        End the session (its streams end with L{netguard.mux.stream.SessionLost}) and
+        close the connection.
+        """
+        if self.mux is not None and self.mux.session is not None:
+            self.mux.session.go_away()
+            self.mux.session.connection_lost(None)
+        if self.transport is not None:
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+
+@implementer(IHalfCloseableProtocol)
+class _StreamOpener:
+    """
+    A stream's protocol until the gateway answers its C{OPEN} line: on C{OK OPEN} it
+    connects the application's protocol to the stream (bytes behind the answer are the
+    application's), on C{ERR} it fails the connect with L{NGPError} and closes the stream;
+    afterwards it forwards to the application.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        factory: Factory,
+        result: Deferred[Any],
+        on_gone: Callable[[], None],
+    ) -> None:
+        self.service = service
+        self.factory = factory
+        self.result = result
+        self.on_gone = on_gone
+        self.transport: MuxStream | None = None
+        self.app: Any = None
+        self._answer = bytearray()
+
+    def makeConnection(self, transport: MuxStream) -> None:
+        self.transport = transport
+        transport.write(b"OPEN " + self.service.encode("ascii") + b"\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.app is not None:
+            self.app.dataReceived(data)
+            return
+        if self.result.called:
+            return
+        self._answer += data
+        end = self._answer.find(b"\n")
+        if end < 0:
+            if len(self._answer) > MAX_ANSWER:
+                self._refused(
+                    NGPProtocolError(
+                        f"answer to OPEN longer than {MAX_ANSWER} bytes", "line-too-long"
+                    ),
+                    reset=True,
+                )
+            return
+        line = bytes(self._answer[:end]).rstrip(b"\r")
+        rest = bytes(self._answer[end + 1 :])
+        self._answer = bytearray()
+        if line == b"OK OPEN " + self.service.encode("ascii"):
+            self._opened(rest)
+        elif line.startswith(b"ERR "):
+            code, _, text = line[4:].partition(b" ")
+            self._refused(NGPError(escape(code), escape(text)), reset=False)
+        else:
+            self._refused(
+                NGPProtocolError(
+                    f"unexpected reply {escape(line, 200)} to OPEN {escape(self.service)}"
+                ),
+                reset=True,
+            )
+
+    def _opened(self, rest: bytes) -> None:
+        assert self.transport is not None
+        app = self.factory.buildProtocol(self.transport.getPeer())
+        if app is None:
+            self._refused(NoProtocol(), reset=False)
+            return
+        self.app = app
+        app.makeConnection(self.transport)  # type: ignore[arg-type]
+        self.result.callback(app)
+        if rest:
+            app.dataReceived(rest)
+
+    def _refused(self, error: Exception, *, reset: bool) -> None:
+        assert self.transport is not None
+        if not self.result.called:
+            self.result.errback(error)
+        if reset:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    def readConnectionLost(self) -> None:
+        if self.app is None:
+            self._refused(
+                NGPProtocolError(f"stream closed before OPEN {self.service} was answered"),
+                reset=False,
+            )
+        elif IHalfCloseableProtocol.providedBy(self.app):
+            self.app.readConnectionLost()
+        elif self.transport is not None:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        if self.app is not None and IHalfCloseableProtocol.providedBy(self.app):
+            self.app.writeConnectionLost()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.app is not None:
+            self.app.connectionLost(reason)
+        elif not self.result.called:
+            self.result.errback(
+                NGPProtocolError(
+                    f"stream ended before OPEN {escape(self.service)} was answered: "
+                    f"{escape(reason.getErrorMessage(), 200)}",
+                    "closed",
+                )
+            )
+        self.on_gone()
+
+    def cancel(self) -> None:
+        """
+        The caller cancelled the connect: reset the stream.
+        """
+        if self.transport is not None and self.app is None:
+            self.transport.abortConnection()
+
+
+class _Waiter:
+    """
+    A C{connect} waiting for a session: its factory, its result and its deadline.
+    """
+
+    __slots__ = ("factory", "result", "timer")
+
+    def __init__(self, factory: Factory, result: Deferred[Any]) -> None:
+        self.factory = factory
+        self.result = result
+        self.timer: Any = None
+
+
+@implementer(IStreamClientEndpoint)
+class MuxClientEndpoint:
+    """
+    Connect to C{service} behind the gateway reached through C{gateway}, each connection a
+    stream of a shared multiplexed session.
+
+    One session is established lazily by the first C{connect} and shared; another (up to
+    C{max_sessions}) only when every one is at its stream cap. Connects issued while no
+    session has room wait for one, at most C{wait_timeout} seconds, then fail with
+    L{SessionUnavailable}. A lost session ends its streams (their protocols see
+    L{netguard.mux.stream.SessionLost}); the next login waits a backoff delay with full
+    jitter (C{backoff_base} doubling per failed login, at most C{backoff_cap}). A login the
+    gateway refuses for good (L{FATAL_CODES}, an impostor, not a gateway) fails the waiting
+    connects at once and is not retried by itself. A greeting without C{MUX=yamux/1} makes
+    this endpoint connect as L{NGPClientEndpoint} from then on.
+
+    @ivar sessions: the live sessions.
+    @ivar logins: how many logins were started.
+    @ivar fallback: the per-connection endpoint, once the gateway turned out not to
+        multiplex.
+    """
+
+    log = _log
+
+    def __init__(
+        self,
+        reactor: Any,
+        gateway: Any,
+        credentials: Credentials,
+        service: str,
+        *,
+        max_sessions: int = 4,
+        wait_timeout: float = 15.0,
+        backoff_base: float = 0.1,
+        backoff_cap: float = 10.0,
+        limits: MuxLimits | None = None,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        """
+        @param reactor: the reactor (or a clock with C{callLater} for tests).
+        @param gateway: the L{IStreamClientEndpoint} of the gateway.
+        @param credentials: who we are.
+        @param service: the service every connection opens.
+        @param max_sessions: the most sessions at once (at least 1).
+        @param wait_timeout: seconds a connect may wait for a session.
+        @param backoff_base: the first backoff bound, seconds.
+        @param backoff_cap: the largest backoff bound, seconds.
+        @param limits: the client sessions' bounds.
+        @param random: floats in [0, 1) for the jitter.
+        """
+        if max_sessions < 1:
+            raise ValueError("max_sessions must be at least 1")
+        self.reactor = reactor
+        self.gateway = gateway
+        self.credentials = credentials
+        self.service = service
+        self.max_sessions = max_sessions
+        self.wait_timeout = wait_timeout
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.limits = limits if limits is not None else MuxLimits()
+        self.random = random
+        self.sessions: list[_MuxLogin] = []
+        self.logins = 0
+        self.fallback: NGPClientEndpoint | None = None
+        self._waiters: deque[_Waiter] = deque()
+        self._login: Deferred[Any] | None = None
+        self._retry: Any = None
+        self._failures = 0
+        self._lost = False
+        self._fatal: Exception | None = None
+        self._not_before = 0.0
+        self._last_error = "no session yet"
+
+    def connect(self, protocolFactory: Factory) -> Deferred[Any]:
+        """
+        Open a stream to the service and connect C{protocolFactory}'s protocol to it once
+        the gateway has answered C{OK OPEN}.
+
+        @return: a L{Deferred} firing with the application's protocol, or failing with
+            L{NGPError} (the gateway refused this stream or the login),
+            L{SessionUnavailable}, L{AuthFailed} or L{NGPProtocolError}.
+        """
+        if self.fallback is not None:
+            return self.fallback.connect(protocolFactory)
+        if self._fatal is not None and self.reactor.seconds() < self._not_before:
+            # A refused login is not retried before its backoff delay, however many
+            # connects come meanwhile.
+            failed: Deferred[Any] = Deferred()
+            failed.errback(self._fatal)
+            return failed
+        session = self._with_room()
+        if session is not None:
+            return self._open(session, protocolFactory)
+        waiter = _Waiter(protocolFactory, Deferred(lambda d: self._cancel(waiter)))
+        waiter.timer = self.reactor.callLater(self.wait_timeout, self._expired, waiter)
+        self._waiters.append(waiter)
+        self._want_session()
+        return waiter.result
+
+    # streams
+
+    def _with_room(self) -> _MuxLogin | None:
+        for session in self.sessions:
+            if session.usable():
+                return session
+        return None
+
+    def _open(self, login: _MuxLogin, factory: Factory) -> Deferred[Any]:
+        opener: _StreamOpener | None = None
+
+        def cancel(result: Deferred[Any]) -> None:
+            if opener is not None:
+                opener.cancel()
+
+        result: Deferred[Any] = Deferred(cancel)
+        opener = _StreamOpener(self.service, factory, result, self._stream_gone)
+        session = login.session
+        assert session is not None
+        session.open_stream(opener)
+        return result
+
+    def _stream_gone(self) -> None:
+        # A stream ended: its session may have room for a waiting connect.
+        if self._waiters:
+            self.reactor.callLater(0, self._serve)
+
+    def _serve(self) -> None:
+        while self._waiters:
+            session = self._with_room()
+            if session is None:
+                self._want_session()
+                return
+            waiter = self._waiters.popleft()
+            self._stop(waiter)
+            self._open(session, waiter.factory).chainDeferred(waiter.result)
+
+    # waiting connects
+
+    def _expired(self, waiter: _Waiter) -> None:
+        waiter.timer = None
+        self._waiters.remove(waiter)
+        waiter.result.errback(
+            SessionUnavailable(
+                f"no session within {self.wait_timeout:g} s: {escape(self._last_error, 300)}"
+            )
+        )
+
+    def _cancel(self, waiter: _Waiter) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+            self._stop(waiter)
+
+    @staticmethod
+    def _stop(waiter: _Waiter) -> None:
+        timer, waiter.timer = waiter.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _fail_waiters(self, error: Exception) -> None:
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            self._stop(waiter)
+            waiter.result.errback(error)
+
+    # sessions
+
+    def _want_session(self) -> None:
+        """
+        Start a login if connects wait, none is under way or scheduled, and there is room
+        for another session.
+        """
+        if not self._waiters or self._login is not None or self._retry is not None:
+            return
+        if len(self.sessions) >= self.max_sessions:
+            return  # the waiters wait for a stream to end
+        delay = 0.0
+        if self._fatal is None and (self._failures or self._lost):
+            # The first login after a lost session or a failed login waits up to
+            # backoff_base, each further failure doubles the bound (full jitter).
+            attempt = max(0, self._failures - 1)
+            delay = backoff_delay(attempt, self.random, self.backoff_base, self.backoff_cap)
+        if delay > 0:
+            self._retry = self.reactor.callLater(delay, self._start_login)
+        else:
+            self._start_login()
+
+    def _start_login(self) -> None:
+        self._retry = None
+        if not self._waiters:
+            return  # the connects that wanted it have gone: the endpoint never logs in alone
+        self.logins += 1
+        login = _MuxLogin(self.credentials, self.reactor, self.limits, self._session_ended)
+        factory = Factory.forProtocol(lambda: login)
+        factory.noisy = False
+        self._login = self.gateway.connect(factory)
+        self._login.addCallback(lambda _: login.opened)
+        self._login.addCallbacks(lambda _: self._logged_in(login), self._login_failed)
+
+    def _logged_in(self, login: _MuxLogin) -> None:
+        self._login = None
+        self._failures = 0
+        self._lost = False
+        self._fatal = None
+        self.sessions.append(login)
+        self.log.info(
+            "multiplexed session to {service} up ({streams} streams)",
+            event="tunnel.mux.up",
+            service=escape(self.service),
+            streams=login.max_streams,
+        )
+        self._serve()
+
+    def _login_failed(self, failure: Failure) -> None:
+        self._login = None
+        error = failure.value
+        self._last_error = str(error)
+        if isinstance(error, MuxUnsupported):
+            self.fallback = NGPClientEndpoint(
+                self.reactor, self.gateway, self.credentials, self.service
+            )
+            self.log.info(
+                "the gateway does not multiplex; one connection per connect to {service}",
+                event="tunnel.mux.fallback",
+                service=escape(self.service),
+            )
+            waiters, self._waiters = self._waiters, deque()
+            for waiter in waiters:
+                self._stop(waiter)
+                self.fallback.connect(waiter.factory).chainDeferred(waiter.result)
+            return
+        fatal = (
+            isinstance(error, AuthFailed)
+            or (isinstance(error, NGPError) and error.code in FATAL_CODES)
+            or (isinstance(error, NGPProtocolError) and error.reason in FATAL_REASONS)
+        )
+        self._failures += 1
+        self.log.warn(
+            "login for a multiplexed session to {service} failed: {reason}",
+            event="tunnel.mux.login_failed",
+            service=escape(self.service),
+            reason=escape(str(error), limit=300),
+            attempt=self._failures,
+            retried=not fatal,
+        )
+        if fatal:
+            assert isinstance(error, Exception)
+            self._fatal = error
+            self._not_before = self.reactor.seconds() + backoff_delay(
+                self._failures - 1, self.random, self.backoff_base, self.backoff_cap
+            )
+            self._fail_waiters(error)
+            return
+        self._fatal = None
+        self._want_session()
+
+    def _session_ended(self, login: _MuxLogin, end: SessionEnd) -> None:
+        if login in self.sessions:
+            self.sessions.remove(login)
+        self._lost = True
+        self._last_error = f"session ended: {end.violation.value}"
+        self.log.info(
+            "multiplexed session to {service} ended: {violation}",
+            event="tunnel.mux.down",
+            service=escape(self.service),
+            violation=end.violation.value,
+            by_peer=end.by_peer,
+        )
+        if self._waiters:
+            self.reactor.callLater(0, self._serve)
+
+    def close(self) -> None:
+        """
+        End every session and fail the waiting connects (for an orderly stop).
+        """
+        retry, self._retry = self._retry, None
+        if retry is not None and retry.active():
+            retry.cancel()
+        self._fail_waiters(SessionUnavailable("the endpoint was closed"))
+        for login in list(self.sessions):
+            login.close()

@@ -1,0 +1,530 @@
+"""
+Tests for L{netguard.client.mux_endpoint}: the multiplexing client endpoint's state machine
+against the real gateway protocol over L{iosim}, on a L{Clock}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.test import iosim
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from netguard.client.mux_endpoint import (
+    MuxClientEndpoint,
+    SessionUnavailable,
+    backoff_delay,
+)
+from netguard.client.protocol import Credentials, NGPError, NGPProtocolError
+from netguard.gateway.stream_settings import StreamSettings
+from netguard.mux.stream import SessionLost
+from tests.test_gateway_protocol import PASSWORD, make_factory
+
+_ADDR = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+class FakeGateway:
+    """
+    A gateway endpoint: each C{connect} builds the real gateway protocol of C{factory} and
+    connects it to the client's over L{iosim}; or fails with C{refuse}; or, with C{hold},
+    waits until the test calls L{release}.
+
+    @ivar connections: how many connections were made.
+    @ivar servers: the gateway protocols, in order.
+    """
+
+    def __init__(self, clock: Clock, **limits: Any) -> None:
+        self.clock = clock
+        self.factory = make_factory(clock, **limits)
+        self.pumps: list[iosim.IOPump] = []
+        self.servers: list[Any] = []
+        self.connections = 0
+        self.refuse: Exception | None = None
+        self.hold = False
+        self.held: list[tuple[Factory, Deferred[Any]]] = []
+        self.old = False
+
+    def connect(self, client_factory: Factory) -> Deferred[Any]:
+        if self.refuse is not None:
+            return fail(self.refuse)
+        if self.hold:
+            waiting: Deferred[Any] = Deferred()
+            self.held.append((client_factory, waiting))
+            return waiting
+        return succeed(self._connect(client_factory))
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for client_factory, waiting in held:
+            waiting.callback(self._connect(client_factory))
+
+    def _connect(self, client_factory: Factory) -> Any:
+        self.connections += 1
+        server = self.factory.buildProtocol(None)
+        if self.old:
+            server.greet = lambda: server.sendLine(
+                b"NETGUARD/1 old AUTH=SCRAM-SHA-256 MAXLINE=1024"
+            )
+        client = client_factory.buildProtocol(_ADDR)
+        server_io = iosim.FakeTransport(server, False)
+        client_io = iosim.FakeTransport(client, True)
+        server.makeConnection(server_io)
+        client.makeConnection(client_io)
+        self.servers.append(server)
+        self.pumps.append(iosim.IOPump(client, server, client_io, server_io, False, self.clock))
+        return client
+
+    def flush(self) -> None:
+        """
+        Move bytes until nothing moves (bounded), advancing the clock past the greeting
+        delay and the endpoint's zero-delay calls.
+        """
+        for _ in range(50):
+            self.clock.advance(0)
+            moved = False
+            for pump in self.pumps:
+                moved = pump.pump() or moved
+            if not moved and not any(
+                call.getTime() <= self.clock.seconds() for call in self.clock.getDelayedCalls()
+            ):
+                return
+
+    def greet(self) -> None:
+        """
+        Let the greeting delay pass, then flush.
+        """
+        self.clock.advance(self.factory.config.limits.greeting_delay)
+        self.flush()
+
+    def drop(self, index: int = 0) -> None:
+        """
+        The connection C{index} is lost (as a gateway restart or a network fault).
+        """
+        self.servers[index].transport.abortConnection()
+        self.flush()
+
+
+class App(Protocol):
+    """
+    An application protocol that records what arrives and how it ended.
+    """
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = reason
+
+
+class Harness:
+    """
+    An endpoint to the C{echo} service of a L{FakeGateway}.
+    """
+
+    def __init__(
+        self,
+        test: unittest.TestCase,
+        password: str = PASSWORD,
+        service: str = "echo",
+        random: float = 0.5,
+        **options: Any,
+    ) -> None:
+        self.clock = Clock()
+        self.gateway = FakeGateway(self.clock)
+        self.apps: list[App] = []
+        self.endpoint = MuxClientEndpoint(
+            self.clock,
+            self.gateway,
+            Credentials("alice", password),
+            service,
+            random=lambda: random,
+            **options,
+        )
+        test.addCleanup(self.endpoint.close)
+
+    def connect(self) -> Deferred[Any]:
+        app = App()
+        self.apps.append(app)
+        return self.endpoint.connect(Factory.forProtocol(lambda: app))
+
+    def settle(self) -> None:
+        self.gateway.greet()
+
+
+class LazySessionTests(unittest.TestCase):
+    def test_provides_the_interface(self) -> None:
+        """
+        The endpoint is an L{IStreamClientEndpoint}.
+        """
+        h = Harness(self)
+        self.assertTrue(verifyObject(IStreamClientEndpoint, h.endpoint))
+
+    def test_no_connection_before_the_first_connect(self) -> None:
+        """
+        Building the endpoint connects nowhere; the first connect logs in once.
+        """
+        h = Harness(self)
+        self.assertEqual(h.gateway.connections, 0)
+        h.connect().addErrback(lambda failure: None)
+        self.assertEqual(h.gateway.connections, 1)
+
+    def test_many_connects_share_one_login(self) -> None:
+        """
+        Ten connects, issued before and after the session is up, all become streams of one
+        gateway connection (one login), each relaying its own bytes; bytes the gateway
+        sends behind C{OK OPEN} reach the application, never the answer line itself.
+        """
+        h = Harness(self)
+        early = [h.connect() for _ in range(5)]
+        h.settle()
+        late = [h.connect() for _ in range(5)]
+        h.gateway.flush()
+        for i, connecting in enumerate(early + late):
+            app = self.successResultOf(connecting)
+            app.transport.write(b"%d" % i)
+        h.gateway.flush()
+        self.assertEqual([app.data for app in h.apps], [b"%d" % i for i in range(10)])
+        self.assertEqual((h.gateway.connections, h.endpoint.logins), (1, 1))
+        self.assertEqual(h.gateway.factory.stats.snapshot()["streams"], 10)
+
+
+class SessionCapTests(unittest.TestCase):
+    def test_a_full_session_opens_another(self) -> None:
+        """
+        With the gateway's C{STREAMS=2}, a third connect is carried by a second session
+        (a second login); the first two share the first.
+        """
+        h = Harness(self)
+        h.gateway.factory.stream_settings = attrs.evolve(StreamSettings(), max_streams=2)
+        connects = [h.connect() for _ in range(2)]
+        h.settle()
+        self.assertEqual([s.max_streams for s in h.endpoint.sessions], [2])
+        connects.append(h.connect())
+        h.settle()
+        for connecting in connects:
+            self.assertIsInstance(self.successResultOf(connecting), App)
+        self.assertEqual((h.endpoint.logins, len(h.endpoint.sessions)), (2, 2))
+
+    def test_at_max_sessions_a_connect_waits_for_a_stream_to_end(self) -> None:
+        """
+        With C{max_sessions=1} and C{STREAMS=2}, a third connect opens no second session:
+        it waits, and connects once one of the two streams has ended.
+        """
+        h = Harness(self, max_sessions=1)
+        h.gateway.factory.stream_settings = attrs.evolve(StreamSettings(), max_streams=2)
+        first, second = h.connect(), h.connect()
+        h.settle()
+        third = h.connect()
+        h.gateway.flush()
+        self.assertNoResult(third)
+        self.assertEqual(h.endpoint.logins, 1)
+        app = self.successResultOf(first)
+        app.transport.loseConnection()
+        h.gateway.flush()
+        self.assertIsInstance(self.successResultOf(third), App)
+        self.assertEqual(h.endpoint.logins, 1)
+        self.successResultOf(second)
+
+
+class RefusalTests(unittest.TestCase):
+    def test_refused_stream_beside_a_live_one(self) -> None:
+        """
+        With the gateway's per-user stream cap at 1, the second connect fails with the
+        gateway's C{ERR BUSY stream-cap-user} as an L{NGPError} (no bytes reach its
+        application, which is never connected), while the first stream keeps relaying.
+        """
+        h = Harness(self)
+        h.gateway.factory.stream_settings = attrs.evolve(StreamSettings(), max_per_user=1)
+        first = h.connect()
+        h.settle()
+        live = self.successResultOf(first)
+        second = h.connect()
+        h.gateway.flush()
+        error = self.failureResultOf(second, NGPError).value
+        self.assertEqual((error.code, error.text), ("BUSY", "stream-cap-user"))
+        self.assertIsNone(h.apps[1].transport)
+        live.transport.write(b"still here")
+        h.gateway.flush()
+        self.assertEqual(live.data, b"still here")
+        self.assertIsNone(live.lost)
+
+    def test_unknown_service_fails_the_connect(self) -> None:
+        """
+        A stream to a service the gateway does not have fails with
+        C{NGPError("NO_SUCH_SERVICE")}; the session stays up for the next connect.
+        """
+        h = Harness(self, service="nope")
+        connecting = h.connect()
+        h.settle()
+        self.assertEqual(self.failureResultOf(connecting, NGPError).value.code, "NO_SUCH_SERVICE")
+        self.assertEqual(len(h.endpoint.sessions), 1)
+
+    def test_answer_longer_than_the_bound_resets_the_stream(self) -> None:
+        """
+        A hostile gateway answering C{OPEN} with 1026 bytes and no line end is still waited
+        for; one byte more fails the connect with C{NGPProtocolError("line-too-long")} and
+        resets the stream.
+        """
+        opener, stream = _hand_fed_opener()
+        self.assertEqual(stream.written, b"OPEN echo\r\n")
+        opener.dataReceived(b"x" * 1026)
+        self.assertNoResult(opener.result)
+        opener.dataReceived(b"x")
+        error = self.failureResultOf(opener.result, NGPProtocolError).value
+        self.assertEqual(error.reason, "line-too-long")
+        self.assertTrue(stream.aborted)
+
+    def test_junk_answer_resets_the_stream(self) -> None:
+        """
+        A hostile gateway answering C{OPEN} with a line that is neither C{OK OPEN echo}
+        nor C{ERR}: the connect fails with L{NGPProtocolError}, the application is never
+        built and the stream is reset.
+        """
+        opener, stream = _hand_fed_opener()
+        opener.dataReceived(b"OK OPEN redis\r\nbackend bytes")
+        self.failureResultOf(opener.result, NGPProtocolError)
+        self.assertIsNone(opener.app)
+        self.assertTrue(stream.aborted)
+
+
+class _HandStream:
+    """
+    A stream whose opener the test feeds by hand.
+    """
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.aborted = False
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+    def loseConnection(self) -> None:
+        self.closed = True
+
+    def getPeer(self) -> IPv4Address:
+        return _ADDR
+
+
+def _hand_fed_opener() -> tuple[Any, _HandStream]:
+    from netguard.client.mux_endpoint import _StreamOpener
+
+    opener = _StreamOpener("echo", Factory.forProtocol(App), Deferred(), lambda: None)
+    stream = _HandStream()
+    opener.makeConnection(stream)  # type: ignore[arg-type]
+    return opener, stream
+
+
+class WaitTests(unittest.TestCase):
+    def test_connect_waits_for_a_slow_login_within_the_bound(self) -> None:
+        """
+        A connect issued while the gateway connection is still being made waits: the login
+        completing just before C{wait_timeout} still connects it.
+        """
+        h = Harness(self, wait_timeout=15.0)
+        h.gateway.hold = True
+        connecting = h.connect()
+        greeting_delay = h.gateway.factory.config.limits.greeting_delay
+        h.clock.advance(14.999 - greeting_delay)
+        self.assertNoResult(connecting)
+        h.gateway.release()
+        h.settle()  # the greeting comes 0.001 s before the bound
+        self.assertIsInstance(self.successResultOf(connecting), App)
+
+    def test_connect_fails_at_the_bound(self) -> None:
+        """
+        A connect still without a session at C{wait_timeout} fails with
+        L{SessionUnavailable}; an instant before it was still waiting.
+        """
+        h = Harness(self, wait_timeout=15.0)
+        h.gateway.hold = True
+        connecting = h.connect()
+        h.clock.advance(14.999)
+        self.assertNoResult(connecting)
+        h.clock.advance(0.001)
+        self.failureResultOf(connecting, SessionUnavailable)
+
+    def test_cancelled_connect_stops_waiting(self) -> None:
+        """
+        Cancelling a waiting connect removes it: the later session serves no one for it.
+        """
+        h = Harness(self)
+        h.gateway.hold = True
+        connecting = h.connect()
+        connecting.cancel()
+        self.failureResultOf(connecting)
+        h.gateway.hold = False
+        h.gateway.release()
+        h.gateway.flush()
+        self.assertEqual(h.gateway.factory.stats.snapshot().get("streams", 0), 0)
+
+
+class SessionLossTests(unittest.TestCase):
+    def test_loss_ends_streams_with_an_error_and_next_connect_logs_in_again(self) -> None:
+        """
+        When the gateway connection is lost, each open stream's application sees
+        L{SessionLost}; the next connect waits the first backoff delay (random 0.5 of
+        0.1 s), then logs in again and connects.
+        """
+        h = Harness(self)
+        one, two = h.connect(), h.connect()
+        h.settle()
+        apps = [self.successResultOf(one), self.successResultOf(two)]
+        h.gateway.drop()
+        for app in apps:
+            assert app.lost is not None
+            app.lost.trap(SessionLost)
+        self.assertEqual(h.endpoint.sessions, [])
+        again = h.connect()
+        h.clock.advance(0.049)
+        self.assertEqual(h.gateway.connections, 1)
+        h.clock.advance(0.001)
+        self.assertEqual(h.gateway.connections, 2)
+        h.settle()
+        self.assertIsInstance(self.successResultOf(again), App)
+
+    def test_backoff_doubles_with_full_jitter_up_to_the_cap(self) -> None:
+        """
+        While the gateway refuses connections, logins are retried at delays of
+        C{random * min(cap, base * 2**n)}: with random 0.5, base 0.1 and cap 1, after
+        0.05, 0.1, 0.2, 0.4, 0.5, 0.5 s (not an instant before each); once the gateway
+        accepts, the waiting connect connects.
+        """
+        h = Harness(self, backoff_cap=1.0, wait_timeout=100.0)
+        h.gateway.refuse = ConnectionRefusedError()
+        connecting = h.connect()
+        delays = []
+        for _ in range(6):
+            retry = h.endpoint._retry
+            assert retry is not None
+            delays.append(round(retry.getTime() - h.clock.seconds(), 9))
+            logins = h.endpoint.logins
+            h.clock.advance(delays[-1] - 1e-6)
+            self.assertEqual(h.endpoint.logins, logins)
+            h.clock.advance(2e-6)
+            self.assertEqual(h.endpoint.logins, logins + 1)
+        self.assertEqual(delays, [0.05, 0.1, 0.2, 0.4, 0.5, 0.5])
+        h.gateway.refuse = None
+        h.clock.advance(0.5)
+        h.settle()
+        self.assertIsInstance(self.successResultOf(connecting), App)
+        self.assertEqual(backoff_delay(0, lambda: 0.5, 0.1, 10.0), 0.05)
+
+    def test_no_waiters_no_retries(self) -> None:
+        """
+        A failed login with no connect waiting schedules nothing: the endpoint never
+        connects on its own.
+        """
+        h = Harness(self, wait_timeout=1.0)
+        h.gateway.refuse = ConnectionRefusedError()
+        connecting = h.connect()
+        h.clock.advance(1.0)
+        self.failureResultOf(connecting, SessionUnavailable)
+        logins = h.endpoint.logins
+        h.clock.advance(1000)
+        self.assertEqual(h.endpoint.logins, logins)
+
+
+class FatalLoginTests(unittest.TestCase):
+    def test_auth_failed_fails_waiting_connects_and_is_not_retried(self) -> None:
+        """
+        A wrong password: every waiting connect fails with C{NGPError("AUTH_FAILED")} at
+        once; no login follows by itself however long we wait; a connect during the backoff
+        delay fails at once without a login; after it, one connect makes one new login.
+        """
+        h = Harness(self, password="wrong")
+        waiting = [h.connect() for _ in range(3)]
+        h.settle()
+        for connecting in waiting:
+            self.assertEqual(self.failureResultOf(connecting, NGPError).value.code, "AUTH_FAILED")
+        self.assertEqual(h.endpoint.logins, 1)
+        self.assertEqual(self.failureResultOf(h.connect(), NGPError).value.code, "AUTH_FAILED")
+        self.assertEqual(h.endpoint.logins, 1)
+        h.clock.advance(1000)
+        self.assertEqual(h.endpoint.logins, 1)
+        later = h.connect()
+        self.assertEqual(h.endpoint.logins, 2)
+        h.settle()
+        self.failureResultOf(later, NGPError)
+
+
+class FallbackTests(unittest.TestCase):
+    def test_greeting_without_mux_falls_back_to_one_connection_per_connect(self) -> None:
+        """
+        An older gateway (no C{MUX=yamux/1} in its greeting): the waiting connect and later
+        ones are each carried by a connection of their own (L{NGPClientEndpoint}), and
+        work; nothing was sent after the greeting on the probing connection.
+        """
+        h = Harness(self)
+        h.gateway.old = True
+        first = h.connect()
+        h.settle()  # the probing connection's greeting
+        h.settle()  # the fallback connection's
+        self.assertIsNotNone(h.endpoint.fallback)
+        app = self.successResultOf(first)
+        second = h.connect()
+        h.settle()
+        app2 = self.successResultOf(second)
+        app.transport.write(b"one")
+        app2.transport.write(b"two")
+        h.gateway.flush()
+        self.assertEqual((app.data, app2.data), (b"one", b"two"))
+        self.assertEqual(h.gateway.connections, 3)
+        self.assertEqual(h.gateway.factory.stats.snapshot().get("streams", 0), 0)
+
+
+class EndpointStringTests(unittest.TestCase):
+    def build(self, **extra: str) -> Any:
+        import os
+        import tempfile
+
+        from netguard.client.endpoint import endpoint_from_string_args
+
+        directory = tempfile.mkdtemp()
+        self.addCleanup(__import__("shutil").rmtree, directory)
+        path = os.path.join(directory, "pass")
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(PASSWORD + "\n")
+        keys = {"host": "127.0.0.1", "port": "7700", "service": "echo", "user": "alice"}
+        return endpoint_from_string_args(Clock(), password_file=path, **keys, **extra)
+
+    def test_mux_yes_builds_the_multiplexing_endpoint(self) -> None:
+        """
+        C{mux=yes} in a C{netguard:} string gives a L{MuxClientEndpoint} for the service.
+        """
+        endpoint = self.build(mux="yes")
+        self.assertIsInstance(endpoint, MuxClientEndpoint)
+        self.assertEqual(endpoint.service, "echo")
+
+    def test_default_is_one_connection_per_connect(self) -> None:
+        """
+        Without C{mux=}, or with C{mux=no}, the endpoint is the per-connection one.
+        """
+        from netguard.client.endpoint import NGPClientEndpoint
+
+        self.assertIsInstance(self.build(), NGPClientEndpoint)
+        self.assertIsInstance(self.build(mux="no"), NGPClientEndpoint)
+
+    def test_other_mux_values_are_refused(self) -> None:
+        """
+        C{mux=} takes only yes or no: anything else is a C{ValueError} naming the key.
+        """
+        error = self.assertRaises(ValueError, self.build, mux="maybe")
+        self.assertIn("mux=", str(error))
