@@ -21,7 +21,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from netguard import relay_splice
+from netguard import relay_flow
 from netguard.relay import A, B
 from netguard.relay_splice import CHUNK, PipePool
 from tests.test_relay_splice import SKIP, WRITE, _Harness, _payload
@@ -44,7 +44,7 @@ class KernelSpliceUrgentDataTests(unittest.TestCase):
             return os.splice(*args, **kwargs)
 
         # The direction stays in splice mode whatever the size of a read.
-        self.patch(relay_splice, "SMALL", 0)
+        self.patch(relay_flow, "SMALL", 0)
         harness = _Harness(self, splice=counting, start=False)
         harness.relay._ab.small = harness.relay._ba.small = False
         harness.start()
@@ -155,7 +155,7 @@ class KernelSpliceStallTests(unittest.TestCase):
         paused) that B does not take: a unix socket with the smallest send buffer takes
         one write (at most 64 KiB from a pipe) and then none until its peer reads.
         """
-        self.patch(relay_splice, "SMALL", 0)  # the direction stays in splice mode
+        self.patch(relay_flow, "SMALL", 0)  # the direction stays in splice mode
         harness = _Harness(self, family=socket.AF_UNIX, start=False)
         harness.b.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         harness.relay._ab.small = False

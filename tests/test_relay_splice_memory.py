@@ -19,7 +19,8 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from netguard.relay import A, B, RelayResult
-from netguard.relay_splice import KernelSplice, _Flow
+from netguard.relay_flow import _Flow
+from netguard.relay_splice import KernelSplice
 from tests.test_relay_splice import IDLE, SKIP, _Harness, _payload
 
 #: How many relays share one clock in the tests below.

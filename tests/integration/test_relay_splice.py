@@ -29,7 +29,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 
-from netguard import relay_splice
+from netguard import relay_flow
 from netguard.client.endpoint import NGPClientEndpoint, wrap_tls
 from netguard.relay import Splice
 from netguard.relay_splice import KernelSplice
@@ -112,7 +112,7 @@ class KernelRelayGatewayTests(RelayRealTestCase):
         urgent byte skipped as the ordinary relay skips it, and once it is back the relay
         makes at most two splice calls in 200 reactor turns (no busy loop at the mark).
         """
-        self.patch(relay_splice, "SMALL", 0)  # the directions stay in splice mode
+        self.patch(relay_flow, "SMALL", 0)  # the directions stay in splice mode
         port = self.start_peer("echo")
         self.start_gateway([f"echo2=tcp:host=127.0.0.1:port={port}"])
         client = yield self.open("echo2")
