@@ -26,6 +26,7 @@ from netguard.client.mux_endpoint import (
 )
 from netguard.client.protocol import Credentials, NGPError, NGPProtocolError
 from netguard.gateway.stream_settings import StreamSettings
+from netguard.mux.limits import MuxLimits
 from netguard.mux.stream import SessionLost
 from tests.test_gateway_protocol import PASSWORD, make_factory
 
@@ -237,6 +238,31 @@ class SessionCapTests(unittest.TestCase):
         self.assertIsInstance(self.successResultOf(third), App)
         self.assertEqual(h.endpoint.logins, 1)
         self.successResultOf(second)
+
+
+class PaceTests(unittest.TestCase):
+    def test_openings_are_paced_below_the_gateway_rate(self) -> None:
+        """
+        With opening bounds of 10/s and a burst of 4, a session opens at most 2 streams at
+        once (half the burst) and then one per 1/9 s (0.9 of the rate): the third connect
+        waits, an instant before its turn still, and no second session is opened for it.
+        """
+        limits = MuxLimits(open_rate=10.0, open_burst=4, keepalive_interval=None)
+        h = Harness(self, limits=limits)
+        first = h.connect()
+        h.settle()
+        self.successResultOf(first)
+        second, third = h.connect(), h.connect()
+        h.gateway.flush()
+        self.successResultOf(second)
+        self.assertNoResult(third)
+        h.clock.advance(1 / 9 - 1e-6)
+        h.gateway.flush()
+        self.assertNoResult(third)
+        h.clock.advance(2e-6)
+        h.gateway.flush()
+        self.assertIsInstance(self.successResultOf(third), App)
+        self.assertEqual((h.endpoint.logins, len(h.endpoint.sessions)), (1, 1))
 
 
 class RefusalTests(unittest.TestCase):

@@ -33,7 +33,7 @@ from netguard.client.protocol import (
     NGPProtocolError,
 )
 from netguard.log import escape
-from netguard.mux.limits import MuxLimits
+from netguard.mux.limits import MuxLimits, TokenBucket
 from netguard.mux.outcome import SessionEnd
 from netguard.mux.protocol import MuxProtocol
 from netguard.mux.session import MuxSession
@@ -49,6 +49,12 @@ MAX_ANSWER = 1026
 #: Refusals of the login that retrying cannot cure: waiting connects fail at once and no
 #: retry is scheduled (the next C{connect} tries again, after the backoff delay).
 FATAL_CODES = frozenset({"AUTH_FAILED", "NOT_AUTHORIZED", "UNSUPPORTED_FRAMING"})
+
+#: The share of the gateway's stream-opening rate and burst (C{MuxLimits.open_rate} and
+#: C{open_burst}, assumed equal to ours: C{OK MUX} does not state them) a session uses, so
+#: that openings bunched on the way never pass the gateway's bound, which ends the session.
+PACE_RATE = 0.9
+PACE_BURST = 0.5
 
 #: L{NGPProtocolError} reasons that retrying cannot cure either.
 FATAL_REASONS = frozenset({"not-a-gateway", "no-common-mechanism", "downgrade"})
@@ -92,6 +98,7 @@ class _MuxLogin(NGPClientProtocol):
 
     @ivar max_streams: the most streams this session may carry at once (the gateway's
         C{STREAMS=} and our own limit, whichever is lower).
+    @ivar pace: the token bucket our stream openings on this session take from.
     """
 
     def __init__(
@@ -106,6 +113,11 @@ class _MuxLogin(NGPClientProtocol):
         self._on_session_end = on_end
         self.mux: MuxProtocol | None = None
         self.max_streams = limits.max_streams
+        self.pace = TokenBucket(
+            limits.open_rate * PACE_RATE,
+            max(1, int(limits.open_burst * PACE_BURST)),
+            clock.seconds(),
+        )
 
     @property
     def session(self) -> MuxSession | None:
@@ -331,7 +343,9 @@ class MuxClientEndpoint:
     stream of a shared multiplexed session.
 
     One session is established lazily by the first C{connect} and shared; another (up to
-    C{max_sessions}) only when every one is at its stream cap. Connects issued while no
+    C{max_sessions}) only when every one is at its stream cap. Openings on a session are
+    paced below the gateway's opening rate (L{PACE_RATE}, L{PACE_BURST}); a connect past
+    the pace waits for its turn. Connects issued while no
     session has room wait for one, at most C{wait_timeout} seconds, then fail with
     L{SessionUnavailable}. A lost session ends its streams (their protocols see
     L{netguard.mux.stream.SessionLost}); the next login waits a backoff delay with full
@@ -392,6 +406,7 @@ class MuxClientEndpoint:
         self._waiters: deque[_Waiter] = deque()
         self._login: Deferred[Any] | None = None
         self._retry: Any = None
+        self._pace_timer: Any = None
         self._failures = 0
         self._lost = False
         self._fatal: Exception | None = None
@@ -415,22 +430,34 @@ class MuxClientEndpoint:
             failed: Deferred[Any] = Deferred()
             failed.errback(self._fatal)
             return failed
-        session = self._with_room()
-        if session is not None:
-            return self._open(session, protocolFactory)
+        if not self._waiters:
+            session = self._pick()
+            if session is not None:
+                return self._open(session, protocolFactory)
         waiter = _Waiter(protocolFactory, Deferred(lambda d: self._cancel(waiter)))
         waiter.timer = self.reactor.callLater(self.wait_timeout, self._expired, waiter)
         self._waiters.append(waiter)
-        self._want_session()
+        self._serve()
         return waiter.result
 
     # streams
 
-    def _with_room(self) -> _MuxLogin | None:
+    def _pick(self) -> _MuxLogin | None:
+        """
+        @return: a session that can take a stream now (below its stream cap, with a token
+            of its opening pace, which is then taken), if any.
+        """
+        now = self.reactor.seconds()
         for session in self.sessions:
-            if session.usable():
+            if session.usable() and session.pace.take(now):
                 return session
         return None
+
+    def _paced(self) -> bool:
+        """
+        @return: whether some session has room but no opening token now.
+        """
+        return any(session.usable() for session in self.sessions)
 
     def _open(self, login: _MuxLogin, factory: Factory) -> Deferred[Any]:
         opener: _StreamOpener | None = None
@@ -453,13 +480,25 @@ class MuxClientEndpoint:
 
     def _serve(self) -> None:
         while self._waiters:
-            session = self._with_room()
+            session = self._pick()
             if session is None:
-                self._want_session()
+                if self._paced():
+                    self._pace_later()
+                else:
+                    self._want_session()
                 return
             waiter = self._waiters.popleft()
             self._stop(waiter)
             self._open(session, waiter.factory).chainDeferred(waiter.result)
+
+    def _pace_later(self) -> None:
+        if self._pace_timer is None:
+            interval = 1.0 / (self.limits.open_rate * PACE_RATE)
+            self._pace_timer = self.reactor.callLater(interval, self._paced_serve)
+
+    def _paced_serve(self) -> None:
+        self._pace_timer = None
+        self._serve()
 
     # waiting connects
 
@@ -599,9 +638,10 @@ class MuxClientEndpoint:
         """
         End every session and fail the waiting connects (for an orderly stop).
         """
-        retry, self._retry = self._retry, None
-        if retry is not None and retry.active():
-            retry.cancel()
+        for timer in (self._retry, self._pace_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._retry = self._pace_timer = None
         self._fail_waiters(SessionUnavailable("the endpoint was closed"))
         for login in list(self.sessions):
             login.close()
