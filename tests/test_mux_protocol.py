@@ -90,3 +90,41 @@ class MuxProtocolCloseTests(unittest.TestCase):
         protocol.connectionLost(None)
         self.assertFalse(transport.disconnecting)
         self.assertEqual([end.violation for end in ends], [Violation.CONNECTION_LOST])
+
+
+class NoDelayTransport(StringTransport):
+    """
+    A TCP-like transport that records C{setTcpNoDelay}; with C{fails}, it raises OSError as
+    an AF_UNIX socket does.
+    """
+
+    def __init__(self, fails: bool = False) -> None:
+        super().__init__()
+        self.fails = fails
+        self.no_delay: list[bool] = []
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        if self.fails:
+            raise OSError("not a TCP socket")
+        self.no_delay.append(enabled)
+
+
+class MuxProtocolNoDelayTests(unittest.TestCase):
+    def test_sets_tcp_nodelay(self) -> None:
+        """
+        The session's small interleaved frames are sent at once: the protocol sets
+        TCP_NODELAY on a transport that has it.
+        """
+        transport = NoDelayTransport()
+        MuxProtocol(client=True, clock=Clock(), accept=lambda s: None).makeConnection(transport)
+        self.assertEqual(transport.no_delay, [True])
+
+    def test_a_transport_refusing_nodelay_still_runs(self) -> None:
+        """
+        A transport whose socket is not TCP (C{setTcpNoDelay} raises OSError) still gets
+        its session, registered as producer; so does one without the method.
+        """
+        for transport in (NoDelayTransport(fails=True), StringTransport()):
+            protocol = MuxProtocol(client=True, clock=Clock(), accept=lambda s: None)
+            protocol.makeConnection(transport)
+            self.assertIs(transport.producer, protocol.session)

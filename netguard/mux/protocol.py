@@ -49,8 +49,17 @@ class MuxProtocol(Protocol):
 
     def connectionMade(self) -> None:
         """
-        Start the session and register it as the transport's producer.
+        Set TCP_NODELAY where the transport allows it (a session's frames are small and
+        interleaved: Nagle's algorithm with delayed ACKs would hold request/response streams
+        up to 40 ms each), then start the session and register it as the transport's
+        producer.
         """
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass  # not a TCP socket after all (AF_UNIX under a TLS wrapper)
         transport: SessionTransport = self.transport  # type: ignore[assignment]
         self.session = MuxSession(
             transport,
