@@ -554,3 +554,25 @@ class EndpointStringTests(unittest.TestCase):
         """
         error = self.assertRaises(ValueError, self.build, mux="maybe")
         self.assertIn("mux=", str(error))
+
+
+class ExhaustedIdsTests(unittest.TestCase):
+    def test_a_session_out_of_stream_ids_is_retired(self) -> None:
+        """
+        A session whose stream ids are used up fails that connect with
+        L{SessionUnavailable} (nothing raised to the caller) and sends go-away, so the
+        next connect is carried by a new session.
+        """
+        h = Harness(self)
+        first = h.connect()
+        h.settle()
+        self.successResultOf(first)
+        [login] = h.endpoint.sessions
+        assert login.session is not None
+        login.session._next_id = 2**32 + 1
+        self.failureResultOf(h.connect(), SessionUnavailable)
+        self.assertTrue(login.retired)
+        again = h.connect()
+        h.settle()
+        self.assertIsInstance(self.successResultOf(again), App)
+        self.assertEqual(h.endpoint.logins, 2)

@@ -34,7 +34,7 @@ from netguard.client.protocol import (
 )
 from netguard.log import escape
 from netguard.mux.limits import MuxLimits, TokenBucket
-from netguard.mux.outcome import SessionEnd
+from netguard.mux.outcome import OpenRefused, SessionEnd
 from netguard.mux.protocol import MuxProtocol
 from netguard.mux.session import MuxSession
 from netguard.mux.stream import MuxStream
@@ -99,6 +99,7 @@ class _MuxLogin(NGPClientProtocol):
     @ivar max_streams: the most streams this session may carry at once (the gateway's
         C{STREAMS=} and our own limit, whichever is lower).
     @ivar pace: the token bucket our stream openings on this session take from.
+    @ivar retired: whether we sent go-away (no new stream; the open ones go on).
     """
 
     def __init__(
@@ -113,6 +114,7 @@ class _MuxLogin(NGPClientProtocol):
         self._on_session_end = on_end
         self.mux: MuxProtocol | None = None
         self.max_streams = limits.max_streams
+        self.retired = False
         self.pace = TokenBucket(
             limits.open_rate * PACE_RATE,
             max(1, int(limits.open_burst * PACE_BURST)),
@@ -134,6 +136,7 @@ class _MuxLogin(NGPClientProtocol):
         session = self.session
         return (
             session is not None
+            and not self.retired
             and session.ended is None
             and session.remote_go_away is None
             and session.open_streams < self.max_streams
@@ -198,6 +201,7 @@ class _MuxLogin(NGPClientProtocol):
         close the connection.
         """
         if self.mux is not None and self.mux.session is not None:
+            self.retired = True
             self.mux.session.go_away()
             self.mux.session.connection_lost(None)
         if self.transport is not None:
@@ -470,7 +474,13 @@ class MuxClientEndpoint:
         opener = _StreamOpener(self.service, factory, result, self._stream_gone)
         session = login.session
         assert session is not None
-        session.open_stream(opener)
+        try:
+            session.open_stream(opener)
+        except OpenRefused as refused:
+            # Only the ids can run out here (usable() checked the rest): retire the session.
+            login.retired = True
+            session.go_away()
+            result.errback(SessionUnavailable(f"session cannot open a stream: {refused}"))
         return result
 
     def _stream_gone(self) -> None:

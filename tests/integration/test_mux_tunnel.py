@@ -29,10 +29,12 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from netguard.client.endpoint import wrap_tls
 from netguard.client.mux_endpoint import MuxClientEndpoint
 from netguard.client.tunnel import TunnelFactory
 from netguard.config import load_config
 from netguard.service import make_service
+from tests import tls_certs
 from tests.integration.test_tunnel_real import REDIS_BENCHMARK, REDIS_SERVER, start_redis
 from tests.integration.util import (
     RunningGateway,
@@ -285,3 +287,67 @@ class MuxTunnelTests(unittest.TestCase):
         for client in clients:
             client.transport.loseConnection()  # type: ignore[union-attr]
             yield client.closed
+
+
+class MuxEndpointOverTLSTests(unittest.TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_streams_and_session_end_over_tls(self) -> Any:
+        """
+        Over a TLS listener (login bound to the certificate), two connections of the
+        multiplexing endpoint echo their bytes over one login; when the session then ends
+        by our go-away, the TLS connection really closes (the gateway sees it gone), though
+        the session was the TLS transport's producer.
+        """
+        directory = tempfile.mkdtemp(prefix="ngmtt-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, directory, True)
+        cert, key = tls_certs.make_leaf("localhost", extra_names=("127.0.0.1",))
+        cert_file, key_file = tls_certs.write_identity(directory, "gateway", cert, key)
+        gateway = RunningGateway(
+            self,
+            'listen = ["tcp:0:interface=127.0.0.2"]\n'
+            "[[tls_listen]]\n"
+            'endpoint = "tcp:0:interface=127.0.0.1"\n'
+            f'cert_file = "{cert_file}"\n'
+            f'key_file = "{key_file}"\n',
+        )
+        plain = TCP4ClientEndpoint(reactor, "127.0.0.1", gateway.port(1))
+        tls = wrap_tls(
+            reactor, plain, {"tls": "1", "ca_file": cert_file}, default_hostname="localhost"
+        )
+        endpoint = MuxClientEndpoint(reactor, tls, gateway.credentials, "echo")
+        self.addCleanup(endpoint.close)
+        apps = []
+        for i in range(2):
+            app = yield connectProtocol(endpoint, EchoApp())
+            app.transport.write(b"%d" % i * 1000)
+            apps.append(app)
+        for i, app in enumerate(apps):
+            yield wait_for(lambda app=app: len(app.received) >= 1000)
+            self.assertEqual(bytes(app.received), b"%d" % i * 1000)
+            app.transport.loseConnection()
+            yield app.closed
+        self.assertEqual(gateway.factory.stats.snapshot()["auth_ok"], 1)
+        [login] = endpoint.sessions
+        assert login.session is not None
+        yield wait_for(lambda: login.session is not None and login.session.open_streams == 0)
+        login.session.go_away()
+        yield gateway.idle()
+        self.assertEqual(endpoint.sessions, [])
+
+
+class EchoApp(Protocol):
+    """
+    Collects what the echo service returns; L{closed} fires when the stream ends.
+    """
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.closed: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.closed.callback(None)
