@@ -576,3 +576,43 @@ class ExhaustedIdsTests(unittest.TestCase):
         h.settle()
         self.assertIsInstance(self.successResultOf(again), App)
         self.assertEqual(h.endpoint.logins, 2)
+
+
+class GracefulEndTests(unittest.TestCase):
+    def test_after_the_gateways_idle_go_away_the_next_login_is_immediate(self) -> None:
+        """
+        A session the gateway ends with a normal go-away (here its idle timeout, with no
+        stream open) is not a failure: the next connect logs in at once, without the
+        backoff delay that follows a lost connection.
+        """
+        h = Harness(self)
+        first = h.connect()
+        h.settle()
+        app = self.successResultOf(first)
+        app.transport.loseConnection()
+        h.gateway.flush()
+        for _ in range(10000):
+            if not h.endpoint.sessions:
+                break
+            h.clock.advance(5)
+            h.gateway.flush()
+        self.assertEqual(h.endpoint.sessions, [])
+        again = h.connect()
+        self.assertEqual(h.gateway.connections, 2)
+        h.settle()
+        self.assertIsInstance(self.successResultOf(again), App)
+
+    def test_close_fails_waiting_connects_and_cancels_the_login(self) -> None:
+        """
+        Closing the endpoint while a login is under way fails the waiting connects with
+        L{SessionUnavailable} and cancels the gateway connection attempt.
+        """
+        h = Harness(self)
+        h.gateway.hold = True
+        connecting = h.connect()
+        h.endpoint.close()
+        self.failureResultOf(connecting, SessionUnavailable)
+        [(_, attempt)] = h.gateway.held
+        self.assertTrue(attempt.called)  # cancelled: the login failed, nothing retried
+        h.clock.advance(100)
+        self.assertEqual((h.endpoint.logins, h.endpoint.sessions), (1, []))

@@ -33,6 +33,7 @@ from netguard.client.protocol import (
     NGPProtocolError,
 )
 from netguard.log import escape
+from netguard.mux.frames import GoAwayCode
 from netguard.mux.limits import MuxLimits, TokenBucket
 from netguard.mux.outcome import OpenRefused, SessionEnd
 from netguard.mux.protocol import MuxProtocol
@@ -632,7 +633,10 @@ class MuxClientEndpoint:
     def _session_ended(self, login: _MuxLogin, end: SessionEnd) -> None:
         if login in self.sessions:
             self.sessions.remove(login)
-        self._lost = True
+        # After the gateway's normal go-away (its idle timeout, a drain) the next login need
+        # not wait; after anything else (a lost connection, an error) it backs off.
+        session = login.session
+        self._lost = session is None or session.remote_go_away is not GoAwayCode.NORMAL
         self._last_error = f"session ended: {end.violation.value}"
         self.log.info(
             "multiplexed session to {service} ended: {violation}",
@@ -648,6 +652,9 @@ class MuxClientEndpoint:
         """
         End every session and fail the waiting connects (for an orderly stop).
         """
+        pending, self._login = self._login, None
+        if pending is not None:
+            pending.cancel()
         for timer in (self._retry, self._pace_timer):
             if timer is not None and timer.active():
                 timer.cancel()
