@@ -246,6 +246,21 @@ class IdleSweep:
             keys.clear()
 
 
+def send_at_once(transport: object) -> None:
+    """
+    Set TCP_NODELAY on C{transport} where it has it: Nagle's algorithm plus delayed ACKs
+    holds relayed request/response traffic (or a multiplexed session's small frames) up to
+    40 ms per exchange; every byte should go as soon as it is read. A transport without TCP
+    (AF_UNIX, possibly under a TLS wrapper) is left as it is.
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass  # not a TCP socket after all
+
+
 @attrs.frozen
 class RelayResult:
     """
@@ -502,14 +517,7 @@ class Splice:
         self._started = self.clock.seconds()
         for valve in (self._a, self._b):
             transport = valve.transport
-            # Nagle's algorithm plus delayed ACKs stalls relayed request/response traffic
-            # by up to 40 ms per exchange: relay every byte as soon as it is read.
-            set_no_delay = getattr(transport, "setTcpNoDelay", None)
-            if set_no_delay is not None:
-                try:
-                    set_no_delay(True)
-                except OSError:
-                    pass  # not a TCP socket after all (e.g. AF_UNIX under a TLS wrapper)
+            send_at_once(transport)
             transport.registerProducer(valve, True)
             valve.registered = True
         self._last = self._started

@@ -184,6 +184,17 @@ class UpgradeTests(unittest.TestCase):
         self.assertEqual(m.upgrade(), b"OK MUX yamux/1 STREAMS=7 WINDOW=262144")
         self.assertIs(m.s.proto.state, SessionState.MUX)
 
+    def test_session_sends_its_frames_at_once(self):
+        """
+        The upgraded connection gets TCP_NODELAY: a stream's request and answer are small
+        frames that must not wait for Nagle's algorithm and the peer's delayed ACK.
+        """
+        m = Mux(self)
+        calls: list[bool] = []
+        m.s.transport.setTcpNoDelay = calls.append  # type: ignore[attr-defined]
+        m.upgrade()
+        self.assertEqual(calls, [True])
+
     def test_mux_before_login_is_auth_required(self):
         """
         C{MUX} before authentication is refused C{AUTH_REQUIRED} and the line phase goes on.

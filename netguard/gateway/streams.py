@@ -31,7 +31,14 @@ from netguard.mux.session import MuxSession
 from netguard.mux.stream import MuxStream
 from netguard.outbound.backends import BackendLeg
 from netguard.peer.checks import Verdict
-from netguard.relay import A, B, DelayedCall, HalfCloseableTransport, RelayResult
+from netguard.relay import (
+    A,
+    B,
+    DelayedCall,
+    HalfCloseableTransport,
+    RelayResult,
+    send_at_once,
+)
 
 #: The framing name of C{MUX} and the greeting's C{MUX=} capability.
 YAMUX_1 = "yamux/1"
@@ -165,13 +172,15 @@ class StreamGate:
     def start(self, transport: SessionTransport, on_end: Callable[[str], None]) -> None:
         """
         Run the session over C{transport} (a line receiver in raw mode), registered as its
-        streaming producer.
+        streaming producer, with TCP_NODELAY set (L{send_at_once}): a stream's request and
+        answer are small frames that must not wait for Nagle's algorithm.
 
         @param on_end: told, once, how the session ended: C{"idle"}, C{"client"} (its
             go-away, a lost connection) or C{"server"} (a drain, a violation).
         """
         self._on_end = on_end
         self._transport = transport
+        send_at_once(transport)
         self.session = MuxSession(
             transport,
             client=False,

@@ -15,7 +15,7 @@ from netguard.mux.limits import MuxLimits
 from netguard.mux.outcome import SessionEnd, SessionTransport
 from netguard.mux.session import MuxSession
 from netguard.mux.stream import MuxStream, StreamProtocol
-from netguard.relay import ReactorTime
+from netguard.relay import ReactorTime, send_at_once
 
 
 class MuxProtocol(Protocol):
@@ -54,12 +54,7 @@ class MuxProtocol(Protocol):
         up to 40 ms each), then start the session and register it as the transport's
         producer.
         """
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            try:
-                set_no_delay(True)
-            except OSError:
-                pass  # not a TCP socket after all (AF_UNIX under a TLS wrapper)
+        send_at_once(self.transport)
         transport: SessionTransport = self.transport  # type: ignore[assignment]
         self.session = MuxSession(
             transport,
