@@ -882,6 +882,19 @@ class TransportKeySharingTests(unittest.TestCase):
                 setattr(instance, name, None)
         return max(sys.getsizeof(vars(instance)) for instance in instances)
 
+    def test_unix_transports_are_shared_too(self):
+        """
+        The names are shared for Unix-socket transports as well as TCP ones: a listener or
+        a backend may be either, and the kernel relay sets C{doRead} on both kinds.
+        """
+        from twisted.internet import tcp, unix
+
+        from netguard.gateway.factory import transport_classes
+
+        self.assertEqual(
+            set(transport_classes()), {tcp.Server, tcp.Client, unix.Server, unix.Client}
+        )
+
     def test_shared_names_keep_dicts_small(self) -> None:
         """
         With the late names shared first, every transport of a burst keeps a shared (small)

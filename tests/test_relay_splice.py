@@ -358,38 +358,84 @@ class KernelSpliceIntegrityTests(unittest.TestCase):
         An idle kernel relay costs at most 512 bytes more than an ordinary L{Splice} between
         the same transports (both measured with tracemalloc over 100 relays: the relay, its
         two flows and its place in the idle sweep), and holds no descriptor.
+
+        Measured in a fresh interpreter that shares the transports' late instance names at
+        start, as the gateway does (L{netguard.gateway.factory._share_transport_keys}): in
+        this process, after thousands of transports, CPython no longer shares new instance
+        names, so any name set on a transport would cost a whole instance dict here that it
+        does not cost in the gateway.
         """
-        import tracemalloc
+        import json
+        import subprocess
 
-        def per_relay(kernel: bool) -> float:
-            pairs = [_Harness(self, family=socket.AF_UNIX, start=False) for _ in range(100)]
-            tracemalloc.start()
-            before = tracemalloc.take_snapshot()
-            relays: list[Any] = []
-            for pair in pairs:
-                if kernel:
-                    relay: Any = KernelSplice(pair.a, pair.b, clock=pair.clock, pool=pair.pool)
-                else:
-                    relay = Splice(pair.a, pair.b, clock=pair.clock)
-                relay.start()
-                relays.append(relay)
-            after = tracemalloc.take_snapshot()
-            tracemalloc.stop()
-            # No descriptor: no pipe borrowed or pooled (counted on the relays themselves, not
-            # in /proc/self/fd, which other tests' closing sockets change at any moment).
-            for pair, relay in zip(pairs, relays, strict=True):
-                self.assertEqual((pair.pool.in_use, pair.pool.idle), (0, 0))
-                if kernel:
-                    self.assertEqual((relay._ab.pipe, relay._ba.pipe), (None, None))
-            grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
-            for relay in relays:
-                relay.abort("test over")
-            return grown / len(pairs)
-
-        kernel, ordinary = per_relay(True), per_relay(False)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])
+        )
+        code = "from tests.test_relay_splice import idle_relay_bytes; idle_relay_bytes()"
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+        )
+        self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+        figures = json.loads(done.stdout.strip().splitlines()[-1])
+        kernel, ordinary = figures["kernel"], figures["ordinary"]
+        self.assertEqual(figures["pipes"], 0)
         self.assertLessEqual(
             kernel, ordinary + 512, f"kernel {kernel:.0f} B, ordinary {ordinary:.0f} B"
         )
+
+
+def idle_relay_bytes() -> None:
+    """
+    Print, as JSON, the bytes tracemalloc sees per idle relay over 100 relays between
+    AF_UNIX socket pairs, kernel and ordinary, and the pipes they hold: run by
+    L{KernelSpliceIntegrityTests.test_idle_relay_memory} in a fresh interpreter.
+    """
+    import json
+    import tracemalloc
+
+    from twisted.internet import unix
+
+    from netguard.gateway.factory import _share_transport_keys
+
+    _share_transport_keys((unix.Server, unix.Client))
+    cleanups: list[Callable[[], object]] = []
+
+    class _Cleanups:
+        def addCleanup(self, f: Callable[..., object], *args: object) -> None:
+            cleanups.append(lambda: f(*args))
+
+    pipes = 0
+
+    def per_relay(kernel: bool) -> float:
+        nonlocal pipes
+        pairs = [
+            _Harness(_Cleanups(), family=socket.AF_UNIX, start=False)  # type: ignore[arg-type]
+            for _ in range(100)
+        ]
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        relays: list[Any] = []
+        for pair in pairs:
+            if kernel:
+                relay: Any = KernelSplice(pair.a, pair.b, clock=pair.clock, pool=pair.pool)
+            else:
+                relay = Splice(pair.a, pair.b, clock=pair.clock)
+            relay.start()
+            relays.append(relay)
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        for pair, relay in zip(pairs, relays, strict=True):
+            pipes += pair.pool.in_use + pair.pool.idle
+            if kernel:
+                pipes += (relay._ab.pipe is not None) + (relay._ba.pipe is not None)
+        grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+        for relay in relays:
+            relay.abort("test over")
+        return grown / len(pairs)
+
+    kernel, ordinary = per_relay(True), per_relay(False)
+    print(json.dumps({"kernel": kernel, "ordinary": ordinary, "pipes": pipes}))
 
 
 class KernelSpliceBackpressureTests(unittest.TestCase):

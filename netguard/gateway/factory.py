@@ -82,6 +82,16 @@ _TRANSPORT_LATE_NAMES = (
 )
 
 
+def transport_classes() -> tuple[type, ...]:
+    """
+    Twisted's stream transport classes a gateway's connections use: TCP and Unix-socket
+    C{Server} (listeners) and C{Client} (backends).
+    """
+    from twisted.internet import tcp, unix
+
+    return (tcp.Server, tcp.Client, unix.Server, unix.Client)
+
+
 def _share_transport_keys(classes: tuple[type, ...] | None = None) -> None:
     """
     Enter the names Twisted's TCP transports set late into their classes' shared instance
@@ -93,13 +103,11 @@ def _share_transport_keys(classes: tuple[type, ...] | None = None) -> None:
     connection accepted in a burst. Setting them once at start-up keeps every transport's
     dict shared. Nothing else changes: the throwaway instances are never used.
 
-    @param classes: the transport classes; Twisted's C{tcp.Server} and C{tcp.Client} by
-        default.
+    @param classes: the transport classes; Twisted's TCP and Unix-socket C{Server} and
+        C{Client} by default (listeners and backends may be either).
     """
     if classes is None:
-        from twisted.internet import tcp
-
-        classes = (tcp.Server, tcp.Client)
+        classes = transport_classes()
     for cls in classes:
         instance: Any = object.__new__(cls)
         for name in _TRANSPORT_LATE_NAMES:
