@@ -177,12 +177,45 @@ class Mux:
 class UpgradeTests(unittest.TestCase):
     def test_mux_answers_streams_and_window(self):
         """
-        C{MUX yamux/1} after login answers C{OK MUX yamux/1 STREAMS=<n> WINDOW=<bytes>} with
-        the configured stream cap and the spec's window, and the session is in the MUX state.
+        C{MUX yamux/1} after login answers C{OK MUX yamux/1 STREAMS=<n> WINDOW=<bytes>
+        OPENRATE=<rate>/<burst>} with the configured stream cap, the spec's window and the
+        default opening bounds, and the session is in the MUX state.
         """
         m = Mux(self, StreamSettings(max_streams=7))
-        self.assertEqual(m.upgrade(), b"OK MUX yamux/1 STREAMS=7 WINDOW=262144")
+        self.assertEqual(m.upgrade(), b"OK MUX yamux/1 STREAMS=7 WINDOW=262144 OPENRATE=1000/512")
         self.assertIs(m.s.proto.state, SessionState.MUX)
+
+    def test_mux_announces_a_fractional_open_rate_exactly(self):
+        """
+        A rate with a fraction is announced as its shortest exact decimal, never with an
+        exponent: C{OPENRATE=2.5/3}, and the largest allowed rate as C{100000}.
+        """
+        m = Mux(self, StreamSettings(open_rate=2.5, open_burst=3))
+        self.assertTrue(m.upgrade().endswith(b" OPENRATE=2.5/3"))
+        m = Mux(self, StreamSettings(open_rate=100000.0, open_burst=100000))
+        self.assertTrue(m.upgrade().endswith(b" OPENRATE=100000/100000"))
+
+    def test_configured_open_burst_bound_and_one_past(self):
+        """
+        The gateway enforces the configured opening bounds: with C{open_burst = 3} at one
+        opening a second, three SYNs at once are answered and a fourth at the same instant
+        ends the session with go-away (C{open-rate}), without a traceback.
+        """
+        m = Mux(self, StreamSettings(open_rate=1.0, open_burst=3))
+        m.upgrade()
+        body = b"OPEN echo\r\n"
+        syns = [
+            frames.encode(FrameType.DATA, Flag.SYN, stream_id, len(body)) + body
+            for stream_id in (1, 3, 5, 7)
+        ]
+        m.s.proto.dataReceived(b"".join(syns[:3]))
+        self.assertEqual(m.named("mux.end"), [])
+        self.assertFalse(m.s.transport.disconnecting)
+        m.s.proto.dataReceived(syns[3])
+        [ended] = m.named("mux.end")
+        self.assertEqual(ended["violation"], "open-rate")
+        self.assertTrue(m.s.transport.disconnecting)
+        self.assertEqual([e for e in m.events if e.get("log_failure")], [])
 
     def test_session_sends_its_frames_at_once(self):
         """
@@ -224,7 +257,9 @@ class UpgradeTests(unittest.TestCase):
         m = Mux(self)
         body = b"OPEN echo\r\nhello"
         syn = frames.encode(FrameType.DATA, Flag.SYN, 1, len(body)) + body
-        self.assertEqual(m.upgrade(syn), b"OK MUX yamux/1 STREAMS=256 WINDOW=262144")
+        self.assertEqual(
+            m.upgrade(syn), b"OK MUX yamux/1 STREAMS=256 WINDOW=262144 OPENRATE=1000/512"
+        )
         # The client session did not open stream 1 itself: read the raw answer instead.
         payloads = b""
         offset = 0
@@ -670,17 +705,24 @@ class MuxConfigTests(unittest.TestCase):
     def test_keys_are_read_and_reach_the_gateway(self):
         """
         C{[mux]} keys are read into the config and the gateway's streams use them (the
-        C{OK MUX} line announces C{max_streams}).
+        C{OK MUX} line announces C{max_streams}, C{open_rate} and C{open_burst}, which reach
+        the session's framing bounds).
         """
-        config = self.load("[mux]\nmax_streams = 3\nmax_per_user = 2\nopen_timeout = 2.5\n")
+        config = self.load(
+            "[mux]\nmax_streams = 3\nmax_per_user = 2\nopen_timeout = 2.5\n"
+            "open_rate = 3000\nopen_burst = 64\n"
+        )
         self.assertEqual(
             (config.mux.max_streams, config.mux.max_per_user, config.mux.open_timeout),
             (3, 2, 2.5),
         )
+        self.assertEqual((config.mux.open_rate, config.mux.open_burst), (3000.0, 64))
         factory = GatewayFactory(config, UserStore.from_records([]), Clock())
         self.assertIs(factory.stream_settings, config.mux)
+        limits = config.mux.mux_limits(None)
+        self.assertEqual((limits.open_rate, limits.open_burst), (3000.0, 64))
         m = Mux(self, factory.stream_settings)
-        self.assertEqual(m.upgrade(), b"OK MUX yamux/1 STREAMS=3 WINDOW=262144")
+        self.assertEqual(m.upgrade(), b"OK MUX yamux/1 STREAMS=3 WINDOW=262144 OPENRATE=3000/64")
 
     def test_reload_applies_to_new_sessions(self):
         """
@@ -701,6 +743,30 @@ class MuxConfigTests(unittest.TestCase):
             with self.assertRaises(ConfigError) as caught:
                 self.load(f"[mux]\nmax_streams = {bad}\n")
             self.assertIn("mux.max_streams", str(caught.exception))
+
+    def test_open_rate_bounds_at_the_limit_and_one_past(self):
+        """
+        C{open_rate} 1 and 100000 (and a fraction) are accepted; 0.999, 100000.5, 0, a
+        negative, NaN and a string are refused naming the key.
+        """
+        for good, read in (("1", 1.0), ("100000", 100000.0), ("2.5", 2.5)):
+            self.assertEqual(self.load(f"[mux]\nopen_rate = {good}\n").mux.open_rate, read)
+        for bad in ("0.999", "100000.5", "0", "-5", "nan", '"fast"'):
+            with self.assertRaises(ConfigError) as caught:
+                self.load(f"[mux]\nopen_rate = {bad}\n")
+            self.assertIn("mux.open_rate", str(caught.exception))
+
+    def test_open_burst_bounds_at_the_limit_and_one_past(self):
+        """
+        C{open_burst} 1 and 100000 are accepted; 100001, 0, 1.5 and a string are refused
+        naming the key.
+        """
+        for good in (1, 100000):
+            self.assertEqual(self.load(f"[mux]\nopen_burst = {good}\n").mux.open_burst, good)
+        for bad in ("100001", "0", "1.5", '"many"'):
+            with self.assertRaises(ConfigError) as caught:
+                self.load(f"[mux]\nopen_burst = {bad}\n")
+            self.assertIn("mux.open_burst", str(caught.exception))
 
     def test_unknown_key_is_refused(self):
         """

@@ -415,6 +415,19 @@ MUX_KEYS: Final[tuple[TableKey, ...]] = (
         "a number of seconds from 1 to 600",
         "a session whose client stopped answering pings held open",
     ),
+    TableKey(
+        "open_rate",
+        _number(Range(float, 1, 100000, "stream openings per second")),
+        "a number of stream openings per second from 1 to 100000",
+        "a flood of stream openings on one session, each an authorisation and a backend"
+        " connection",
+    ),
+    TableKey(
+        "open_burst",
+        _number(Range(int, 1, 100000, "streams")),
+        "a whole number from 1 to 100000",
+        "a burst of stream openings on one session at once",
+    ),
 )
 
 

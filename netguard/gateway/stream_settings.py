@@ -10,6 +10,16 @@ import attrs
 from netguard.mux.limits import MuxLimits, positive
 
 
+def open_rate_text(rate: float) -> str:
+    """
+    @param rate: stream openings per second.
+    @return: the rate as C{OPENRATE=} states it: a whole number without a fraction
+        (C{"1000"}), otherwise the shortest decimal that reads back as C{rate} (C{"2.5"});
+        never an exponent for the configurable range.
+    """
+    return str(int(rate)) if float(rate).is_integer() else repr(float(rate))
+
+
 @attrs.frozen
 class StreamSettings:
     """
@@ -25,6 +35,10 @@ class StreamSettings:
         stream is refused C{ERR TIMEOUT open deadline}.
     @ivar keepalive_interval: seconds between the gateway's pings on a session.
     @ivar keepalive_timeout: seconds a ping may go unanswered before the session ends.
+    @ivar open_rate: stream openings per second one session may sustain; a client opening
+        faster (past C{open_burst} at once) ends its session (C{open-rate}). Announced in
+        C{OK MUX} (C{OPENRATE=}) so that clients pace themselves below it.
+    @ivar open_burst: stream openings one session may make at once.
     """
 
     max_streams: int = attrs.field(default=256, validator=positive)
@@ -33,6 +47,8 @@ class StreamSettings:
     open_timeout: float = attrs.field(default=10.0, validator=positive)
     keepalive_interval: float = attrs.field(default=30.0, validator=positive)
     keepalive_timeout: float = attrs.field(default=10.0, validator=positive)
+    open_rate: float = attrs.field(default=1000.0, validator=positive)
+    open_burst: int = attrs.field(default=512, validator=positive)
 
     def mux_limits(self, idle_timeout: float | None) -> MuxLimits:
         """
@@ -41,6 +57,8 @@ class StreamSettings:
         """
         return MuxLimits(
             max_streams=self.max_streams,
+            open_rate=self.open_rate,
+            open_burst=self.open_burst,
             keepalive_interval=self.keepalive_interval,
             keepalive_timeout=self.keepalive_timeout,
             idle_timeout=idle_timeout,

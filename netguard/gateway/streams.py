@@ -23,7 +23,7 @@ from netguard.gateway.opening import (
     choose_service,
 )
 from netguard.gateway.seams import Service, SessionHost
-from netguard.gateway.stream_settings import StreamSettings
+from netguard.gateway.stream_settings import StreamSettings, open_rate_text
 from netguard.log import escape
 from netguard.mux.frames import INITIAL_WINDOW, Violation
 from netguard.mux.outcome import SessionEnd, SessionTransport
@@ -164,10 +164,16 @@ class StreamGate:
 
     def reply(self) -> bytes:
         """
-        @return: the answer to C{MUX yamux/1}, without its line end.
+        @return: the answer to C{MUX yamux/1}, without its line end: the session's stream
+            cap, initial window and stream-opening bounds (C{OPENRATE=<rate>/<burst>}, which
+            clients pace themselves below).
         """
         streams, window = self.limits.max_streams, INITIAL_WINDOW
-        return f"OK MUX {YAMUX_1} STREAMS={streams} WINDOW={window}".encode("ascii")
+        rate = open_rate_text(self.limits.open_rate)
+        return (
+            f"OK MUX {YAMUX_1} STREAMS={streams} WINDOW={window}"
+            f" OPENRATE={rate}/{self.limits.open_burst}"
+        ).encode("ascii")
 
     def start(self, transport: SessionTransport, on_end: Callable[[str], None]) -> None:
         """

@@ -141,6 +141,7 @@ class MuxGatewayTests(unittest.TestCase):
         redis_port = start_redis(self, self.dir)
         self.gateway = RunningGateway(
             self,
+            "[mux]\nopen_rate = 2500\nopen_burst = 64\n",
             overrides={
                 "listen": ["tcp:0:interface=127.0.0.1"],
                 "services": [f"redis=tcp:host=127.0.0.1:port={redis_port}"],
@@ -170,9 +171,12 @@ class MuxGatewayTests(unittest.TestCase):
     def test_concurrent_streams_to_echo_and_redis(self) -> Any:
         """
         Several streams at once over one connection, to the echo service and to a real
-        redis-server, each answered C{OK OPEN} and relaying its own bytes.
+        redis-server, each answered C{OK OPEN} and relaying its own bytes; the upgrade's
+        answer announces the configured C{[mux]} opening bounds (C{OPENRATE=2500/64}).
         """
-        self.assertTrue(self.client.reply.startswith(b"OK MUX yamux/1 STREAMS="))
+        self.assertEqual(
+            self.client.reply, b"OK MUX yamux/1 STREAMS=256 WINDOW=262144 OPENRATE=2500/64"
+        )
         echoes = [self.open(b"OPEN echo\r\n" + b"%d" % i * 100) for i in range(8)]
         redis = [self.open(b"OPEN redis\r\nPING\r\n") for _ in range(4)]
         for i, echo in enumerate(echoes):
