@@ -5,6 +5,7 @@ against the real gateway protocol over L{iosim}, on a L{Clock}.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -14,6 +15,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial import unittest
@@ -23,6 +25,7 @@ from netguard.client.mux_endpoint import (
     MuxClientEndpoint,
     SessionUnavailable,
     backoff_delay,
+    parse_open_rate,
 )
 from netguard.client.protocol import Credentials, NGPError, NGPProtocolError
 from netguard.gateway.stream_settings import StreamSettings
@@ -53,6 +56,7 @@ class FakeGateway:
         self.hold = False
         self.held: list[tuple[Factory, Deferred[Any]]] = []
         self.old = False
+        self.rewrite_mux: Callable[[bytes], bytes] | None = None
 
     def connect(self, client_factory: Factory) -> Deferred[Any]:
         if self.refuse is not None:
@@ -74,6 +78,12 @@ class FakeGateway:
         if self.old:
             server.greet = lambda: server.sendLine(
                 b"NETGUARD/1 old AUTH=SCRAM-SHA-256 MAXLINE=1024"
+            )
+        rewrite = self.rewrite_mux
+        if rewrite is not None:
+            send_line = server.sendLine
+            server.sendLine = lambda line: send_line(
+                rewrite(line) if line.startswith(b"OK MUX ") else line
             )
         client = client_factory.buildProtocol(_ADDR)
         server_io = iosim.FakeTransport(server, False)
@@ -241,28 +251,111 @@ class SessionCapTests(unittest.TestCase):
 
 
 class PaceTests(unittest.TestCase):
-    def test_openings_are_paced_below_the_gateway_rate(self) -> None:
+    def paced(self, h: Harness, at_once: int, interval: float) -> None:
         """
-        With opening bounds of 10/s and a burst of 4, a session opens at most 2 streams at
-        once (half the burst) and then one per 1/9 s (0.9 of the rate): the third connect
-        waits, an instant before its turn still, and no second session is opened for it.
+        Assert that, after the first connect, C{at_once - 1} more connects open at once, the
+        next waits an instant before C{interval} still and opens at C{interval}, all on one
+        session.
         """
-        limits = MuxLimits(open_rate=10.0, open_burst=4, keepalive_interval=None)
-        h = Harness(self, limits=limits)
         first = h.connect()
         h.settle()
         self.successResultOf(first)
-        second, third = h.connect(), h.connect()
+        burst = [h.connect() for _ in range(at_once - 1)]
+        late = h.connect()
         h.gateway.flush()
-        self.successResultOf(second)
-        self.assertNoResult(third)
-        h.clock.advance(1 / 9 - 1e-6)
+        for connecting in burst:
+            self.successResultOf(connecting)
+        self.assertNoResult(late)
+        h.clock.advance(interval - 1e-6)
         h.gateway.flush()
-        self.assertNoResult(third)
+        self.assertNoResult(late)
         h.clock.advance(2e-6)
         h.gateway.flush()
-        self.assertIsInstance(self.successResultOf(third), App)
+        self.assertIsInstance(self.successResultOf(late), App)
         self.assertEqual((h.endpoint.logins, len(h.endpoint.sessions)), (1, 1))
+
+    def test_openings_are_paced_below_the_announced_rate(self) -> None:
+        """
+        A gateway announcing C{OPENRATE=10/4} (its C{[mux]} opening bounds): a session opens
+        at most 2 streams at once (half the burst) and then one per 1/9 s (0.9 of the rate):
+        the third connect waits, an instant before its turn still, and no second session is
+        opened for it.
+        """
+        h = Harness(self)
+        h.gateway.factory.stream_settings = StreamSettings(open_rate=10.0, open_burst=4)
+        self.paced(h, 2, 1 / 9)
+        [session] = h.endpoint.sessions
+        self.assertEqual((session.open_rate, session.open_burst), (10.0, 4))
+
+    def test_without_openrate_the_client_assumes_its_own_bounds(self) -> None:
+        """
+        An older gateway whose C{OK MUX} states no C{OPENRATE=} is assumed to have the
+        client's own opening bounds (here 10/s and 4): 2 at once, then one per 1/9 s.
+        """
+        limits = MuxLimits(open_rate=10.0, open_burst=4, keepalive_interval=None)
+        h = Harness(self, limits=limits)
+        h.gateway.rewrite_mux = lambda line: line.partition(b" OPENRATE=")[0]
+        self.paced(h, 2, 1 / 9)
+
+    def test_a_higher_announced_rate_lets_the_client_open_faster(self) -> None:
+        """
+        A gateway announcing C{OPENRATE=100/40} lets a client whose own bounds are 10/s and
+        4 open 20 streams at once and the next 1/90 s later (not 2 and 1/9 s); the gateway
+        never ends the session for it.
+        """
+        limits = MuxLimits(open_rate=10.0, open_burst=4, keepalive_interval=None)
+        h = Harness(self, limits=limits)
+        h.gateway.factory.stream_settings = StreamSettings(open_rate=100.0, open_burst=40)
+        self.paced(h, 20, 1 / 90)
+        [server] = h.gateway.servers
+        self.assertFalse(server.transport.disconnecting)
+
+    def test_a_malformed_openrate_is_ignored_with_a_log_event(self) -> None:
+        """
+        A hostile gateway announcing a malformed C{OPENRATE=} (zero, an exponent, no burst,
+        a negative, too many digits, not a number): the client logs
+        C{tunnel.mux.openrate_ignored}, keeps the session and paces with its own bounds.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        for bad in (b"0/4", b"1e9/4", b"10/", b"-5/4", b"1234567890/4", b"fast", b"10/0"):
+            events.clear()
+            limits = MuxLimits(open_rate=10.0, open_burst=4, keepalive_interval=None)
+            h = Harness(self, limits=limits)
+            h.gateway.rewrite_mux = lambda line, bad=bad: (
+                line.partition(b" OPENRATE=")[0] + b" OPENRATE=" + bad
+            )
+            self.paced(h, 2, 1 / 9)
+            [ignored] = [e for e in events if e.get("event") == "tunnel.mux.openrate_ignored"]
+            self.assertEqual((ignored["rate"], ignored["burst"]), (10.0, 4))
+            self.assertEqual([e for e in events if e.get("log_failure")], [])
+
+    def test_parse_open_rate(self) -> None:
+        """
+        C{OPENRATE=}'s value is C{<rate>/<burst>}: a decimal rate (a fraction allowed) and a
+        whole burst, both above zero; anything else is None.
+        """
+        self.assertEqual(parse_open_rate(b"1000/512"), (1000.0, 512))
+        self.assertEqual(parse_open_rate(b"2.5/1"), (2.5, 1))
+        self.assertEqual(parse_open_rate(b"999999999/999999999"), (999999999.0, 999999999))
+        for bad in (
+            b"",
+            b"/",
+            b"1000",
+            b"1000/512/1",
+            b"0/1",
+            b"0.0/1",
+            b"1/0",
+            b"1./2",
+            b".5/2",
+            b"1e3/2",
+            b"1000000000/1",
+            b"1/1000000000",
+            b"+1/2",
+            b"1/2 ",
+        ):
+            self.assertIsNone(parse_open_rate(bad), bad)
 
 
 class RefusalTests(unittest.TestCase):

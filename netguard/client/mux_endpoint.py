@@ -11,6 +11,7 @@ reached with one connection per C{connect}, as L{NGPClientEndpoint} does.
 from __future__ import annotations
 
 import random as _random
+import re
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -51,11 +52,32 @@ MAX_ANSWER = 1026
 #: retry is scheduled (the next C{connect} tries again, after the backoff delay).
 FATAL_CODES = frozenset({"AUTH_FAILED", "NOT_AUTHORIZED", "UNSUPPORTED_FRAMING"})
 
-#: The share of the gateway's stream-opening rate and burst (C{MuxLimits.open_rate} and
-#: C{open_burst}, assumed equal to ours: C{OK MUX} does not state them) a session uses, so
-#: that openings bunched on the way never pass the gateway's bound, which ends the session.
+#: The share of the gateway's stream-opening rate and burst a session uses, so that
+#: openings bunched on the way never pass the gateway's bound, which ends the session. The
+#: bounds are those C{OK MUX} announces (C{OPENRATE=<rate>/<burst>}); a gateway that does
+#: not announce them (or announces them malformed) is assumed to have ours
+#: (C{MuxLimits.open_rate} and C{open_burst}).
 PACE_RATE = 0.9
 PACE_BURST = 0.5
+
+#: C{OPENRATE=}'s value: a decimal rate (openings per second) and a whole burst.
+_OPEN_RATE = re.compile(rb"([0-9]{1,9}(?:\.[0-9]{1,17})?)/([0-9]{1,9})")
+
+
+def parse_open_rate(value: bytes) -> tuple[float, int] | None:
+    """
+    @param value: what follows C{OPENRATE=} in C{OK MUX}.
+    @return: the gateway's stream-opening rate and burst, or None if C{value} is not
+        C{<rate>/<burst>} with both above zero.
+    """
+    match = _OPEN_RATE.fullmatch(value)
+    if match is None:
+        return None
+    rate, burst = float(match.group(1)), int(match.group(2))
+    if rate <= 0 or burst <= 0:
+        return None
+    return rate, burst
+
 
 #: L{NGPProtocolError} reasons that retrying cannot cure either.
 FATAL_REASONS = frozenset({"not-a-gateway", "no-common-mechanism", "downgrade"})
@@ -99,7 +121,11 @@ class _MuxLogin(NGPClientProtocol):
 
     @ivar max_streams: the most streams this session may carry at once (the gateway's
         C{STREAMS=} and our own limit, whichever is lower).
-    @ivar pace: the token bucket our stream openings on this session take from.
+    @ivar open_rate: the gateway's stream-opening rate on this session (announced in
+        C{OK MUX}, else assumed from our limits).
+    @ivar open_burst: the gateway's stream-opening burst, likewise.
+    @ivar pace: the token bucket our stream openings on this session take from:
+        L{PACE_RATE} of C{open_rate}, L{PACE_BURST} of C{open_burst}.
     @ivar retired: whether we sent go-away (no new stream; the open ones go on).
     """
 
@@ -116,11 +142,19 @@ class _MuxLogin(NGPClientProtocol):
         self.mux: MuxProtocol | None = None
         self.max_streams = limits.max_streams
         self.retired = False
+        self._set_pace(limits.open_rate, limits.open_burst)
+
+    def _set_pace(self, rate: float, burst: int) -> None:
+        self.open_rate, self.open_burst = rate, burst
         self.pace = TokenBucket(
-            limits.open_rate * PACE_RATE,
-            max(1, int(limits.open_burst * PACE_BURST)),
-            clock.seconds(),
+            rate * PACE_RATE, max(1, int(burst * PACE_BURST)), self.clock.seconds()
         )
+
+    def pace_interval(self) -> float:
+        """
+        @return: seconds between two openings at this session's pace.
+        """
+        return 1.0 / (self.open_rate * PACE_RATE)
 
     @property
     def session(self) -> MuxSession | None:
@@ -169,6 +203,18 @@ class _MuxLogin(NGPClientProtocol):
         for word in words[3:]:
             if word.startswith(b"STREAMS=") and word[8:].isdigit():
                 self.max_streams = max(1, min(self.max_streams, int(word[8:])))
+            elif word.startswith(b"OPENRATE="):
+                announced = parse_open_rate(word[9:])
+                if announced is None:
+                    _log.warn(
+                        "ignoring a malformed {word} in OK MUX; pacing as if {rate}/{burst}",
+                        event="tunnel.mux.openrate_ignored",
+                        word=escape(word, 100),
+                        rate=self.open_rate,
+                        burst=self.open_burst,
+                    )
+                else:
+                    self._set_pace(*announced)
         self._cancel_open_timer()
         self.state = ClientState.OPEN
         self.setRawMode()
@@ -504,7 +550,8 @@ class MuxClientEndpoint:
 
     def _pace_later(self) -> None:
         if self._pace_timer is None:
-            interval = 1.0 / (self.limits.open_rate * PACE_RATE)
+            paced = [session.pace_interval() for session in self.sessions if session.usable()]
+            interval = min(paced, default=1.0 / (self.limits.open_rate * PACE_RATE))
             self._pace_timer = self.reactor.callLater(interval, self._paced_serve)
 
     def _paced_serve(self) -> None:
@@ -584,6 +631,8 @@ class MuxClientEndpoint:
             event="tunnel.mux.up",
             service=escape(self.service),
             streams=login.max_streams,
+            open_rate=login.open_rate,
+            open_burst=login.open_burst,
         )
         self._serve()
 

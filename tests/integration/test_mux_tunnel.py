@@ -103,7 +103,8 @@ class MuxTunnelTests(unittest.TestCase):
                 "echo=builtin:echo",
             ],
         }
-        return RunningGateway(self, "[ops]\nshutdown_grace = 0.5\n", overrides=overrides)
+        config = "[ops]\nshutdown_grace = 0.5\n[mux]\nopen_rate = 3000\nopen_burst = 256\n"
+        return RunningGateway(self, config, overrides=overrides)
 
     def restart_gateway(self) -> Any:
         """
@@ -155,11 +156,15 @@ class MuxTunnelTests(unittest.TestCase):
         """
         C{redis-benchmark -k 0} (a new local connection for every request, 1,000 of them
         from 10 clients) completes through the tunnel, and the gateway saw one login and
-        one connection for all of them: each local connection was a stream.
+        one connection for all of them: each local connection was a stream. The session
+        paces itself by the gateway's announced C{[mux]} opening bounds (3000/s, 256) and
+        the gateway never ends it for opening too fast.
         """
         text = yield self.benchmark("-k", "0", "-n", "1000", "-c", "10", "-t", "ping,get")
         self.assertIn("GET:", text)
         self.assertEqual(self.logins(), 1)
+        [login] = self.endpoint.sessions
+        self.assertEqual((login.open_rate, login.open_burst), (3000.0, 256))
         stats = self.gateway.factory.stats.snapshot()
         self.assertEqual(stats["connections"], 1)
         self.assertGreaterEqual(stats["streams"], 2000)
