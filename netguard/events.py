@@ -114,6 +114,7 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "tunnel.mux.down": "a multiplexed session to the gateway ended; its streams ended",
         "tunnel.mux.login_failed": "the login for a multiplexed session failed",
         "tunnel.mux.fallback": "the gateway does not multiplex; one connection per connect",
+        "tunnel.mux.openrate_ignored": "OK MUX had a malformed OPENRATE; the client's own is used",
     }
 )
 
