@@ -481,9 +481,9 @@ class GatewaySession(GuardedLineReceiver):
     def do_mux(self, framing: bytes) -> None:
         """
         Upgrade the connection to a multiplexed session: C{OK MUX yamux/1 STREAMS=<n>
-        WINDOW=<bytes>}, and from the next byte on, yamux frames (what followed the line
-        in the same read is the session's first bytes). An unknown framing is refused and
-        the line phase goes on.
+        WINDOW=<bytes> OPENRATE=<rate>/<burst>}, and from the next byte on, yamux frames
+        (what followed the line in the same read is the session's first bytes). An unknown
+        framing is refused and the line phase goes on.
         """
         if framing != YAMUX_1.encode("ascii"):
             self.refuse(ErrorCode.UNSUPPORTED_FRAMING, offending=framing, close=False)
