@@ -22,7 +22,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from tests import tls_certs
-from tests.integration.util import RunningGateway, wait_for
+from tests.integration.util import RunningGateway, peer_unavailable, wait_for
 
 #: Bound on one blocking socket operation of the test client, seconds.
 IO_TIMEOUT = 10.0
@@ -238,7 +238,7 @@ class TLSResumptionGatewayTests(unittest.TestCase):
         second (C{Reused, TLSv1.3}), which still gets the greeting.
         """
         if shutil.which("openssl") is None:
-            raise unittest.SkipTest("openssl is not installed")
+            peer_unavailable("openssl is not installed (Debian: openssl)")
         saved = os.path.join(self.dir, "session.pem")
         port = self.running.port(0)
         first = yield deferToThread(self.s_client, port, "-sess_out", saved)
