@@ -69,6 +69,7 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "mux.end": "a multiplexed session ended",
         "mux.stream.error": "a stream's protocol raised; that stream was reset",
         "mux.session.error": "a multiplexed session's owner raised when told the session ended",
+        "mux.refusals_exceeded": "a multiplexed session earned too many refused streams",
         "stream.open": "a stream of a multiplexed session started relaying to a service",
         "stream.refused": "a stream of a multiplexed session was answered ERR and closed",
         "stream.close": "a relaying stream of a multiplexed session ended",

@@ -23,7 +23,7 @@ from netguard.config.model import ConfigError, ServiceConfig
 from netguard.gateway.factory import GatewayFactory
 from netguard.gateway.protocol import SessionState
 from netguard.gateway.stream_settings import StreamSettings
-from netguard.gateway.streams import StreamCaps
+from netguard.gateway.streams import REFUSALS_BURST, REFUSALS_PER_SECOND, StreamCaps
 from netguard.mux import frames
 from netguard.mux.frames import Flag, FrameType
 from netguard.mux.limits import MuxLimits
@@ -518,6 +518,59 @@ class CapTests(unittest.TestCase):
         self.assertIsNone(caps.take("alice", "echo", settings))
         caps.give("alice", "echo")
         self.assertEqual((caps.users, caps.services), ({}, {}))
+
+
+class RefusalBoundTests(unittest.TestCase):
+    """
+    Refusals a client earns on its streams are bounded as the line phase bounds its errors.
+    """
+
+    def setUp(self) -> None:
+        self.m = Mux(self)
+        self.m.upgrade()
+
+    def refuse(self, count: int) -> list[_Recorder]:
+        streams = [self.m.open(b"OPEN nope\r\n") for _ in range(count)]
+        for r in streams:
+            self.assertTrue(r.data.startswith(b"ERR NO_SUCH_SERVICE "), r.data)
+        return streams
+
+    def test_refusals_at_the_bound_and_one_past(self):
+        """
+        A hostile client asking for services that do not exist: C{REFUSALS_BURST} refused
+        streams leave the session alone; the one past it ends the session with a go-away
+        (protocol error) and one C{mux.refusals_exceeded} line, however many follow.
+        """
+        self.refuse(REFUSALS_BURST)
+        self.assertIsNone(self.m.client.ended)
+        self.assertEqual(self.m.named("mux.refusals_exceeded"), [])
+        self.refuse(1)
+        [exceeded] = self.m.named("mux.refusals_exceeded")
+        self.assertEqual(exceeded["streams_refused"], REFUSALS_BURST + 1)
+        self.assertIsNotNone(self.m.client.ended)
+
+    def test_bucket_refills(self):
+        """
+        Refusals are refilled at C{REFUSALS_PER_SECOND}: a client that keeps below that
+        rate after its burst keeps its session.
+        """
+        self.refuse(REFUSALS_BURST)
+        self.m.s.clock.advance(1.0 / REFUSALS_PER_SECOND)
+        self.refuse(1)
+        self.assertIsNone(self.m.client.ended)
+        self.assertEqual(self.m.named("mux.refusals_exceeded"), [])
+
+    def test_refusals_of_the_gateways_state_are_not_counted(self):
+        """
+        A backend that is down is not the client's doing: more than C{REFUSALS_BURST}
+        C{BACKEND_UNAVAILABLE} answers leave the session alone.
+        """
+        for i in range(REFUSALS_BURST + 2):
+            r = self.m.open(b"OPEN slow\r\n")
+            self.m.backends[i].errback(Failure(ConnectionRefusedError()))
+            self.m.pump()
+            self.assertTrue(r.data.startswith(b"ERR BACKEND_UNAVAILABLE "), r.data)
+        self.assertIsNone(self.m.client.ended)
 
 
 class DrainTests(unittest.TestCase):

@@ -25,7 +25,8 @@ from netguard.gateway.opening import (
 from netguard.gateway.seams import Service, SessionHost
 from netguard.gateway.stream_settings import StreamSettings, open_rate_text
 from netguard.log import escape
-from netguard.mux.frames import INITIAL_WINDOW, Violation
+from netguard.mux.frames import INITIAL_WINDOW, GoAwayCode, Violation
+from netguard.mux.limits import TokenBucket
 from netguard.mux.outcome import SessionEnd, SessionTransport
 from netguard.mux.session import MuxSession
 from netguard.mux.stream import MuxStream
@@ -53,6 +54,20 @@ _ENDINGS = {
 
 #: The refusal for a stream of a draining gateway.
 _SHUTTING_DOWN = OpenRefusal(ErrorCode.SHUTTING_DOWN)
+
+#: Refusals of a session's streams that the client's own requests earn (not a busy, down or
+#: draining gateway) are bounded as the line phase bounds its errors: a burst of
+#: L{REFUSALS_BURST}, refilled at L{REFUSALS_PER_SECOND}; one past an empty bucket ends the
+#: session (go-away, protocol error), so that an authenticated client cannot turn streams
+#: that cost it nothing into an endless stream of refusal log lines.
+REFUSALS_BURST = 10
+REFUSALS_PER_SECOND = 1.0
+
+#: The refusal codes that L{REFUSALS_BURST} does not count: the gateway's state, not the
+#: client's request.
+_NOT_THE_CLIENTS = frozenset(
+    {ErrorCode.BUSY, ErrorCode.BACKEND_UNAVAILABLE, ErrorCode.SHUTTING_DOWN}
+)
 
 
 class StreamCaps:
@@ -159,6 +174,8 @@ class StreamGate:
         self.draining = False
         self.opened = 0
         self.refused = 0
+        self._refusals = TokenBucket(REFUSALS_PER_SECOND, REFUSALS_BURST, host.clock.seconds())
+        self._refusals_exceeded = False
         self._on_end: Callable[[str], None] | None = None
         self._transport: Any = None
 
@@ -247,6 +264,26 @@ class StreamGate:
             closed_by = "server"
         if self._on_end is not None:
             self._on_end(closed_by)
+
+    def count_refusal(self, code: ErrorCode) -> None:
+        """
+        A stream was refused C{code}: past L{REFUSALS_BURST} (refilled at
+        L{REFUSALS_PER_SECOND}) refusals the client earned, end the session with a
+        go-away (protocol error); its other streams finish, no new one is accepted.
+        """
+        if code in _NOT_THE_CLIENTS or self.session is None:
+            return
+        if self._refusals.take(self.host.clock.seconds()):
+            return
+        if not self._refusals_exceeded:
+            self._refusals_exceeded = True
+            self.log.info(
+                "multiplexed session of {peer}: too many refused streams",
+                event="mux.refusals_exceeded",
+                streams_refused=self.refused,
+                **self.owner.log_fields(),
+            )
+            self.session.go_away(GoAwayCode.PROTOCOL_ERROR)
 
     def accept(self, stream: MuxStream) -> GatewayStream:
         """
@@ -542,6 +579,7 @@ class GatewayStream:
             transport.loseConnection()
         if self._gone:
             self._finish()
+        gate.count_refusal(refusal.code)
 
     def _relay_ended(self, result: RelayResult) -> RelayResult:
         self.closed_by = _ENDINGS.get(result.ended_by, result.ended_by)
