@@ -7,14 +7,17 @@ redis-server.
 
 from __future__ import annotations
 
+import hashlib
+import random
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -26,6 +29,13 @@ from netguard.mux.stream import MuxStream
 from tests import tls_certs
 from tests.integration.test_tunnel_real import REDIS_SERVER, start_redis
 from tests.integration.util import RunningGateway, peer_unavailable, wait_for
+
+#: What the bulk stream carries in the slow-reader test.
+BULK_SIZE = 256 * 1024 * 1024
+#: How long that reader pauses after every chunk. A chunk is at most one window (256 KiB),
+#: so the transfer takes at least 1,024 pauses however fast the machine: the chatty stream's
+#: round trips have that long to finish first.
+READ_PAUSE = 0.01
 
 
 class MuxLogin(NGPClientProtocol):
@@ -228,28 +238,60 @@ class MuxGatewayTests(unittest.TestCase):
     @inlineCallbacks
     def test_large_transfer_beside_a_chatty_stream(self) -> Any:
         """
-        32 MiB through one echo stream while another stream does 50 request/response round
-        trips with redis: both complete, every byte in order.
+        256 MiB through one echo stream whose reader is slow (it pauses reading for
+        L{READ_PAUSE} after every chunk) while another stream does 50 request/response round
+        trips with redis: the round trips all finish while the bulk transfer is still under
+        way (a slow stream does not hold up the others), every byte of the bulk comes back
+        in order (its hash), and on every chunk the reader gets, the gateway's side of the
+        bulk stream holds at most the advertised window of bytes received and has at most
+        one high-water mark plus one write (itself at most a window) queued for sending, and
+        the client's side holds at most a window for its paused reader, whatever the speed
+        of the machine.
         """
-        size = 32 * 1024 * 1024
-        block = bytes(range(256)) * 256
-        bulk = self.open(b"OPEN echo\r\n")
-        chatty = self.open(b"OPEN redis\r\n")
-        assert bulk.transport is not None and chatty.transport is not None
-        header = len(b"OK OPEN echo\r\n")
-        writer = _Writer(bulk.transport, block, size // len(block))
-        bulk.transport.registerProducer(writer, True)
+        window = int(dict(w.split(b"=") for w in self.client.reply.split()[3:])[b"WINDOW"])
+        mux = self.client.mux
+        assert mux is not None
+        gateway_mux = gateway_session(self.gateway)
+        high_water = gateway_mux.limits.stream_high_water
+        samples: list[tuple[int, int, int]] = []
+        reader = SlowReader(b"OK OPEN echo\r\n")
+        bulk = mux.open_stream(reader)  # type: ignore[arg-type]
+        bulk.write(b"OPEN echo\r\n")
+
+        def sample() -> None:
+            far = gateway_mux.stream(bulk.stream_id)
+            if far is not None:
+                samples.append((far.buffered, far.queued, bulk.buffered))
+
+        reader.on_chunk = sample
+        writer = _Writer(bulk, numbered_blocks(BULK_SIZE))
+        bulk.registerProducer(writer, True)
         writer.resumeProducing()
+        chatty = self.open(b"OPEN redis\r\n")
+        assert chatty.transport is not None
+        yield reader.wait(lambda r: r.received > 0)  # type: ignore[attr-defined]
         expected = b"OK OPEN redis\r\n"
         for _ in range(50):
             chatty.transport.write(b"PING\r\n")
             expected += b"+PONG\r\n"
             yield chatty.wait(has(len(expected)))
         self.assertEqual(bytes(chatty.data), expected)
-        yield bulk.wait(has(header + size))
-        self.assertEqual(len(bulk.data), header + size)
-        self.assertEqual(bytes(bulk.data[header : header + len(block)]), block)
-        self.assertEqual(bytes(bulk.data[-len(block) :]), block)
+        self.assertLess(reader.received, BULK_SIZE, "the chatty stream waited for the bulk")
+        yield reader.wait(lambda r: r.eof)
+        self.assertTrue(reader.eof, reader.lost)
+        self.assertEqual(reader.received, BULK_SIZE)
+        self.assertEqual(reader.hasher.hexdigest(), writer.hasher.hexdigest())
+        held, queued, ours = (max(column) for column in zip(*samples, strict=True))
+        self.assertLessEqual(held, window)
+        self.assertLessEqual(queued, high_water + window)
+        self.assertLessEqual(ours, window)
+        # Backpressure reached the gateway's receive side and the writer: the bounds above
+        # held under pressure, not on an idle stream.
+        self.assertGreater(writer.pauses, 0)
+        self.assertGreater(held, 0)
+        self.assertGreater(ours, 0)
+
+    test_large_transfer_beside_a_chatty_stream.timeout = 600  # type: ignore[attr-defined]
 
     @inlineCallbacks
     def test_drain_refuses_new_streams_and_lets_live_ones_finish(self) -> Any:
@@ -280,29 +322,102 @@ class MuxGatewayTests(unittest.TestCase):
 
 class _Writer:
     """
-    Writes C{count} copies of C{block} to a stream as its flow control allows (a push
-    producer registered on the stream).
+    Writes C{blocks} to a stream as its flow control allows (a push producer registered on
+    the stream), then half-closes it; counts its pauses and hashes what it wrote.
     """
 
-    def __init__(self, transport: MuxStream, block: bytes, count: int) -> None:
+    def __init__(self, transport: MuxStream, blocks: Iterator[bytes]) -> None:
         self.transport = transport
-        self.block = block
-        self.left = count
+        self.blocks = blocks
         self.paused = False
+        self.done = False
+        self.pauses = 0
+        self.hasher = hashlib.sha256()
 
     def pauseProducing(self) -> None:
         self.paused = True
+        self.pauses += 1
 
     def resumeProducing(self) -> None:
         self.paused = False
-        while self.left and not self.paused:
-            self.left -= 1
-            self.transport.write(self.block)
-        if not self.left:
-            self.transport.unregisterProducer()
+        while not self.paused and not self.done:
+            block = next(self.blocks, None)
+            if block is None:
+                self.done = True
+                self.transport.unregisterProducer()
+                self.transport.loseWriteConnection()
+                return
+            self.hasher.update(block)
+            self.transport.write(block)
 
     def stopProducing(self) -> None:
-        self.left = 0
+        self.done = True
+
+
+def numbered_blocks(size: int, block_size: int = 64 * 1024) -> Iterator[bytes]:
+    """
+    C{size} bytes (a multiple of C{block_size}) in blocks of random bytes, each starting
+    with its own number, so that a lost, repeated or reordered block changes the hash.
+    """
+    body = random.Random(size).randbytes(block_size - 8)
+    for number in range(size // block_size):
+        yield number.to_bytes(8, "big") + body
+
+
+class SlowReader(Collector):
+    """
+    A client stream's protocol that reads slowly: after every chunk it pauses reading (the
+    stream holds what arrives and withholds the window updates meanwhile) and resumes
+    L{READ_PAUSE} later. It checks and drops the C{OK OPEN} answer, hashes the rest, and
+    keeps none of it.
+
+    @ivar on_chunk: called after each chunk is counted, and before each resume (when the
+        most is held).
+    """
+
+    def __init__(self, answer: bytes) -> None:
+        super().__init__()
+        self.answer = answer
+        self.received = 0
+        self.hasher = hashlib.sha256()
+        self.on_chunk: Callable[[], None] = lambda: None
+        self._resume: IDelayedCall | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if len(self.data) < len(self.answer):
+            take = len(self.answer) - len(self.data)
+            self.data += data[:take]
+            data = data[take:]
+            if not self.answer.startswith(self.data):
+                raise AssertionError(f"unexpected answer {bytes(self.data)!r}")
+        self.received += len(data)
+        self.hasher.update(data)
+        self.on_chunk()
+        if self._resume is None and self.transport is not None:
+            self.transport.pauseProducing()
+            self._resume = reactor.callLater(READ_PAUSE, self._read_again)
+        self._check()
+
+    def _read_again(self) -> None:
+        self._resume = None
+        self.on_chunk()
+        if self.transport is not None:
+            self.transport.resumeProducing()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._resume is not None and self._resume.active():
+            self._resume.cancel()
+        self._resume = None
+        super().connectionLost(reason)
+
+
+def gateway_session(gateway: RunningGateway) -> MuxSession:
+    """
+    @return: the gateway's side of the one multiplexed session it serves.
+    """
+    (connection,) = gateway.factory.sessions
+    session: MuxSession = connection._gate.session
+    return session
 
 
 class MuxOverTLSTests(unittest.TestCase):
