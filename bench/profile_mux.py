@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -57,6 +58,8 @@ def measure(
     config = os.path.join(state, "bench.toml")
     with open(config, "w") as f:
         f.write(pathmod.NETGUARD_CONFIG + "[limits]\ngreeting_delay = 0\n")
+        if args.open_rate:
+            f.write(f"[mux]\nopen_rate = {args.open_rate}\n")
     gateway_port, backend, tunnel_port = free_port(), free_port(), free_port()
     try:
         echo = processes.start(
@@ -69,8 +72,12 @@ def measure(
         gateway = processes.start(
             f"gateway-{mode}",
             [
-                sys.executable, os.path.join(HERE, "profile_session.py"), "_gateway", "--",
-                "-n", "--pidfile=", "netguard", "--config", config, "--state-dir", state,
+                sys.executable, os.path.join(HERE, "profile_session.py"), "_gateway",
+                *(["--cprofile", os.path.join(args.cprofile, f"gateway-{mode}.prof")]
+                  if args.cprofile else []),
+                "--",
+                "-n", "--pidfile=", "--logger", "netguard.log.text_stdout_observer",
+                "netguard", "--config", config, "--state-dir", state,
                 "--users", setup.users_file,
                 "--listen", f"tcp:{gateway_port}:interface=127.0.0.1",
                 "--service", f"echo=tcp:host=127.0.0.1:port={backend}",
@@ -81,7 +88,10 @@ def measure(
         tunnel = processes.start(
             f"tunnel-{mode}",
             [
-                sys.executable, "-m", "netguard.cli", "tunnel",
+                sys.executable,
+                *(["-m", "cProfile", "-o", os.path.join(args.cprofile, f"tunnel-{mode}.prof")]
+                  if args.cprofile else []),
+                "-m", "netguard.cli", "tunnel",
                 *(["--mux"] if mode == "mux" else []),
                 "--gateway", f"tcp:host=127.0.0.1:port={gateway_port}",
                 "--service", "echo", "--listen", f"tcp:{tunnel_port}:interface=127.0.0.1",
@@ -103,7 +113,11 @@ def measure(
         time.sleep(1.0)
         idle = {name: cpu_seconds(pid) - idle0[name] for name, pid in pids.items()}
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        if args.cprofile:
+            os.kill(gateway.pid, signal.SIGUSR2)
         done, failed, wall = window(args.connections)
+        if args.cprofile:
+            os.kill(gateway.pid, signal.SIGUSR2)
         time.sleep(0.5)  # the last closes
         result: dict[str, Any] = {
             "mode": mode, "connections": done, "failed": failed, "wall_s": wall,
@@ -139,6 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs of each mode, interleaved")
     parser.add_argument("--seconds", type=float, default=60.0, help="bound on one window")
     parser.add_argument("--tree", default=".", help="the checkout to run")
+    parser.add_argument(
+        "--open-rate", type=float, help="the gateway's [mux] open_rate (default: its default)"
+    )
+    parser.add_argument(
+        "--cprofile",
+        metavar="DIR",
+        help="write cProfile statistics of the gateway (timed window) and the tunnel (its "
+        "whole life) into DIR; the CPU figures are then not comparable",
+    )
     parser.add_argument("--tunnel-cpu", type=int, default=0)
     parser.add_argument("--gateway-cpu", type=int, default=1)
     parser.add_argument("--client-cpu", type=int, default=1)
