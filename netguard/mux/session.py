@@ -365,14 +365,18 @@ class MuxSession:
                 stream.heard = self._clock.seconds()
         if stream.reset or stream.lost:
             return
-        if flags & _ACK:
-            if stream.outbound and not stream.acked:
+        if stream.outbound and not stream.acked:
+            # hashicorp/yamux sends its ACK only from SYN_RECEIVED: when our FIN reached it
+            # first (data and FIN right behind the SYN), it never sends one, and its first
+            # frame on the stream stands for it. Before our FIN has gone out, a frame
+            # without ACK is a protocol error.
+            if flags & _ACK or (stream.local_fin and not flags & _RST):
                 stream.acked = True
                 self._stop_timer(stream)
                 if stream.local_fin or stream.fin_pending:
                     self._arm_close(stream)
-        elif stream.outbound and not stream.acked and not flags & _RST:
-            raise _Fatal(Violation.FRAME_BEFORE_ACK, f"stream {stream_id}")
+            elif not flags & _RST:
+                raise _Fatal(Violation.FRAME_BEFORE_ACK, f"stream {stream_id}")
         if flags & _RST:
             if not stream.outbound and not stream.acked:
                 self.early_resets += 1

@@ -81,8 +81,10 @@ class StreamState(enum.Enum):
         any           --RST either way, open or close timeout-->  RESET
 
     Either FIN may come before the ACK (data and FIN may ride on the SYN); the state then
-    shows the FIN. No frame but RST is accepted on C{SYN_SENT} without the ACK, and we send
-    nothing but RST on C{SYN_RECEIVED} before ours.
+    shows the FIN. No frame but RST is accepted on C{SYN_SENT} without the ACK until our FIN
+    has gone out; after it, the peer's first frame counts as its ACK (hashicorp/yamux never
+    acknowledges a stream whose FIN reached it before it sent anything). We send nothing but
+    RST on C{SYN_RECEIVED} before our ACK.
     """
 
     SYN_SENT = "syn-sent"
