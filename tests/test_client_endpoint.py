@@ -29,7 +29,7 @@ class EndpointStringTests(unittest.TestCase):
         )
 
     def test_tcp_gateway(self):
-        endpoint = self.parse("host=127.0.0.1:port=7700")
+        endpoint = self.parse("host=127.0.0.1:port=7700:mux=no")
         self.assertIsInstance(endpoint, NGPClientEndpoint)
         self.assertIsInstance(endpoint.gateway, HostnameEndpoint)
         self.assertEqual(endpoint.credentials.password, "pw")

@@ -255,7 +255,8 @@ class PaceTests(unittest.TestCase):
         """
         Assert that, after the first connect, C{at_once - 1} more connects open at once, the
         next waits an instant before C{interval} still and opens at C{interval}, all on one
-        session.
+        session (the endpoint is built with C{max_sessions=1}, so no second session can take
+        the late connect).
         """
         first = h.connect()
         h.settle()
@@ -281,7 +282,7 @@ class PaceTests(unittest.TestCase):
         the third connect waits, an instant before its turn still, and no second session is
         opened for it.
         """
-        h = Harness(self)
+        h = Harness(self, max_sessions=1)
         h.gateway.factory.stream_settings = StreamSettings(open_rate=10.0, open_burst=4)
         self.paced(h, 2, 1 / 9)
         [session] = h.endpoint.sessions
@@ -293,7 +294,7 @@ class PaceTests(unittest.TestCase):
         client's own opening bounds (here 10/s and 4): 2 at once, then one per 1/9 s.
         """
         limits = MuxLimits(open_rate=10.0, open_burst=4, keepalive_interval=None)
-        h = Harness(self, limits=limits)
+        h = Harness(self, limits=limits, max_sessions=1)
         h.gateway.rewrite_mux = lambda line: line.partition(b" OPENRATE=")[0]
         self.paced(h, 2, 1 / 9)
 
@@ -304,7 +305,7 @@ class PaceTests(unittest.TestCase):
         never ends the session for it.
         """
         limits = MuxLimits(open_rate=10.0, open_burst=4, keepalive_interval=None)
-        h = Harness(self, limits=limits)
+        h = Harness(self, limits=limits, max_sessions=1)
         h.gateway.factory.stream_settings = StreamSettings(open_rate=100.0, open_burst=40)
         self.paced(h, 20, 1 / 90)
         [server] = h.gateway.servers
@@ -322,7 +323,7 @@ class PaceTests(unittest.TestCase):
         for bad in (b"0/4", b"1e9/4", b"10/", b"-5/4", b"1234567890/4", b"fast", b"10/0"):
             events.clear()
             limits = MuxLimits(open_rate=10.0, open_burst=4, keepalive_interval=None)
-            h = Harness(self, limits=limits)
+            h = Harness(self, limits=limits, max_sessions=1)
             h.gateway.rewrite_mux = lambda line, bad=bad: (
                 line.partition(b" OPENRATE=")[0] + b" OPENRATE=" + bad
             )
@@ -330,6 +331,42 @@ class PaceTests(unittest.TestCase):
             [ignored] = [e for e in events if e.get("event") == "tunnel.mux.openrate_ignored"]
             self.assertEqual((ignored["rate"], ignored["burst"]), (10.0, 4))
             self.assertEqual([e for e in events if e.get("log_failure")], [])
+
+    def test_a_paced_out_session_brings_in_another(self) -> None:
+        """
+        Saturation by pace: with C{OPENRATE=10/4} and room for 2 sessions, the connect past
+        the first session's tokens starts a second login and is opened on the new session at
+        once, not a pace interval later; the next connect past both sessions' tokens waits
+        for a token, since no third session may be opened.
+        """
+        h = Harness(self, max_sessions=2)
+        h.gateway.factory.stream_settings = StreamSettings(open_rate=10.0, open_burst=4)
+        first = h.connect()
+        h.settle()
+        second = h.connect()
+        h.gateway.flush()
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertEqual((h.endpoint.logins, len(h.endpoint.sessions)), (1, 1))
+        third = h.connect()
+        h.gateway.flush()
+        self.assertNoResult(third)
+        self.assertEqual(h.endpoint.logins, 2)
+        h.settle()
+        self.successResultOf(third)
+        self.assertEqual(len(h.endpoint.sessions), 2)
+        self.assertEqual([s.session.open_streams for s in h.endpoint.sessions], [2, 1])
+        fourth = h.connect()  # the new session's second token
+        h.gateway.flush()
+        self.successResultOf(fourth)
+        late = h.connect()
+        h.gateway.flush()
+        self.assertNoResult(late)
+        self.assertEqual(h.endpoint.logins, 2)
+        h.clock.advance(1 / 9)
+        h.gateway.flush()
+        self.successResultOf(late)
+        self.assertEqual(h.endpoint.logins, 2)
 
     def test_parse_open_rate(self) -> None:
         """
@@ -632,13 +669,13 @@ class EndpointStringTests(unittest.TestCase):
         self.assertIsInstance(endpoint, MuxClientEndpoint)
         self.assertEqual(endpoint.service, "echo")
 
-    def test_default_is_one_connection_per_connect(self) -> None:
+    def test_default_is_multiplexed(self) -> None:
         """
-        Without C{mux=}, or with C{mux=no}, the endpoint is the per-connection one.
+        Without C{mux=} the endpoint multiplexes; C{mux=no} gives the per-connection one.
         """
         from netguard.client.endpoint import NGPClientEndpoint
 
-        self.assertIsInstance(self.build(), NGPClientEndpoint)
+        self.assertIsInstance(self.build(), MuxClientEndpoint)
         self.assertIsInstance(self.build(mux="no"), NGPClientEndpoint)
 
     def test_other_mux_values_are_refused(self) -> None:

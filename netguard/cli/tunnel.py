@@ -136,10 +136,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument(
         "--mux",
-        action="store_true",
-        help="carry every local connection as a stream of one shared, multiplexed gateway "
-        "session (one login; MUX yamux/1; falls back to a connection each on a gateway "
-        "without it); the default is one gateway connection per local connection",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="carry every local connection as a stream of a shared, multiplexed gateway "
+        "session (one login for many connections; MUX yamux/1; a gateway without it gets a "
+        "connection each): the default; --no-mux opens one gateway connection, login and "
+        "OPEN per local connection",
     )
     p.add_argument(
         "--tls",

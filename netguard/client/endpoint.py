@@ -140,10 +140,10 @@ def endpoint_from_string_args(
     endpoint string>} with its colons escaped once more (for example
     C{gateway=unix\\:path\\=/run/netguard/ng.sock}). TLS: C{tls=1} (verify against the system
     roots and C{tls_hostname}, default C{host}), C{ca_file=PATH}, C{pin_sha256=PIN[,PIN]},
-    C{client_cert=PATH:client_key=PATH} for mutual TLS; see L{wrap_tls}. C{mux=yes} carries
-    every connection as a stream of one shared multiplexed session
-    (L{netguard.client.mux_endpoint.MuxClientEndpoint}); C{mux=no}, the default, opens one
-    gateway connection per connection.
+    C{client_cert=PATH:client_key=PATH} for mutual TLS; see L{wrap_tls}. C{mux=yes}, the
+    default, carries every connection as a stream of a shared multiplexed session
+    (L{netguard.client.mux_endpoint.MuxClientEndpoint}; a gateway that does not multiplex
+    gets a connection each); C{mux=no} opens one gateway connection per connection.
 
     @raise ValueError: for a missing, unknown or invalid key.
     """
@@ -159,7 +159,7 @@ def endpoint_from_string_args(
     for key in ("service", "user", "password_file"):
         if not kwargs.get(key):
             raise ValueError(f"netguard: {key}= is required")
-    mux = kwargs.get("mux", "no").lower()
+    mux = kwargs.get("mux", "yes").lower()
     if mux not in ("yes", "no"):
         raise ValueError("netguard: mux= is yes or no")
     if "gateway" in kwargs:

@@ -394,9 +394,10 @@ class MuxClientEndpoint:
     stream of a shared multiplexed session.
 
     One session is established lazily by the first C{connect} and shared; another (up to
-    C{max_sessions}) only when every one is at its stream cap. Openings on a session are
-    paced below the gateway's opening rate (L{PACE_RATE}, L{PACE_BURST}); a connect past
-    the pace waits for its turn. Connects issued while no
+    C{max_sessions}) only when every one is saturated: at its stream cap, or out of opening
+    tokens while connects wait. Openings on a session are paced below the gateway's opening
+    rate (L{PACE_RATE}, L{PACE_BURST}); a connect past the pace waits for the first token
+    of any session, or for a new session. Connects issued while no
     session has room wait for one, at most C{wait_timeout} seconds, then fail with
     L{SessionUnavailable}. A lost session ends its streams (their protocols see
     L{netguard.mux.stream.SessionLost}); the next login waits a backoff delay with full
@@ -540,9 +541,11 @@ class MuxClientEndpoint:
             session = self._pick()
             if session is None:
                 if self._paced():
+                    # Saturated: the sessions have room but no opening token. The waiters
+                    # take the next token, and another session (while below max_sessions)
+                    # adds its own opening rate.
                     self._pace_later()
-                else:
-                    self._want_session()
+                self._want_session()
                 return
             waiter = self._waiters.popleft()
             self._stop(waiter)

@@ -219,14 +219,15 @@ class TLSGatewayCloseTests(unittest.TestCase):
     @inlineCallbacks
     def test_netguard_endpoint_tls_reaches_connection_lost(self) -> Any:
         """
-        The netguard: endpoint string with tls=1: after the application's loseConnection
+        The netguard: endpoint string with tls=1 and mux=no (a TLS connection per
+        connection, whose close is what this pins): after the application's loseConnection
         its connectionLost is called, with a clean close (it used to be never called).
         """
         description = (
             f"netguard:host=127.0.0.1:port={self.tls_port}:service=echo:"
             f"user={self.running.credentials.username}:"
             f"password_file={self.password_file()}:tls=1:ca_file={self.cert_file}:"
-            "tls_hostname=localhost"
+            "tls_hostname=localhost:mux=no"
         )
         endpoint = clientFromString(reactor, description)
         self.assertIsInstance(endpoint, NGPClientEndpoint)
@@ -272,6 +273,7 @@ class TLSGatewayCloseTests(unittest.TestCase):
                 "--user", self.running.credentials.username,
                 "--password-file", self.password_file(),
                 "--tls", "--ca-file", self.cert_file, "--tls-hostname", "localhost",
+                "--no-mux",  # a TLS connection per local connection: their closes
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,

@@ -185,7 +185,7 @@ class TunnelToRedisTests(unittest.TestCase):
     def test_netguard_endpoint_string(self):
         description = (
             f"netguard:host=127.0.0.1:port={self.gateway_port}:service=redis:"
-            f"user={self.user}:password_file={self.password_file}"
+            f"user={self.user}:password_file={self.password_file}:mux=no"
         )
         endpoint = clientFromString(reactor, description)
         self.assertIsInstance(endpoint, NGPClientEndpoint)
