@@ -15,6 +15,8 @@ with the server's signature checked: mutual authentication) and opened the servi
 C{connectionMade} then sees a transport that carries raw bytes to and from the service.
 Failures (refusal codes, authentication, a server that is not a gateway) fail the
 L{Deferred} returned by C{connect} with L{NGPError}, L{AuthFailed} or L{NGPProtocolError}.
+The endpoint keeps the returning-client tickets the gateway issues (in memory) and presents
+one on its next connection.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netguard.client.protocol import Credentials, NGPClientProtocol
+from netguard.client.protocol import Credentials, NGPClientProtocol, TicketRefused
+from netguard.client.tickets import TicketStore
 from netguard.endpoints import resolve_endpoint_ports, resolve_port
+from netguard.log import escape
 from netguard.secretfile import read_password_file
 
 if TYPE_CHECKING:
@@ -81,9 +86,10 @@ class _CarrierProtocol(NGPClientProtocol):
 class _CarrierFactory(Factory):
     noisy = False
 
-    def __init__(self, endpoint: NGPClientEndpoint, app_factory: Factory):
+    def __init__(self, endpoint: NGPClientEndpoint, app_factory: Factory, present: bool):
         self.endpoint = endpoint
         self.app_factory = app_factory
+        self.present = present
         self.carrier: _CarrierProtocol | None = None
 
     def buildProtocol(self, addr: Any) -> _CarrierProtocol:
@@ -93,9 +99,35 @@ class _CarrierFactory(Factory):
             self.endpoint.credentials,
             self.endpoint.service,
             clock=self.endpoint.reactor,
+            tickets=self.endpoint.tickets,
+            present_ticket=self.present,
         )
         self.carrier.factory = self
         return self.carrier
+
+
+def ticket_store(tickets: bool | TicketStore) -> TicketStore | None:
+    """
+    @param tickets: C{True} for a store of one's own, C{False} for none, or a store to share.
+    @return: the store an endpoint keeps its tickets in, or L{None}.
+    """
+    if isinstance(tickets, TicketStore):
+        return tickets
+    return TicketStore() if tickets else None
+
+
+def log_ticket_refused(log: Logger, service: str, error: TicketRefused) -> None:
+    """
+    Log that the gateway refused our ticket and that we connect again without one.
+    """
+    log.warn(
+        "the gateway refused our ticket for {service} ({code} {reason}); connecting again "
+        "without one",
+        event="tunnel.ticket.refused",
+        service=escape(service),
+        code=error.code,
+        reason=escape(error.text, 200),
+    )
 
 
 @implementer(IStreamClientEndpoint)
@@ -103,15 +135,35 @@ class NGPClientEndpoint:
     """
     Connect to C{service} behind the gateway reached through C{gateway}.
 
+    A connection presents a returning-client ticket kept from an earlier login, if any; if
+    the gateway refuses it (L{TicketRefused}: the ticket was stale, replayed or revoked),
+    the connect is made again at once without one, once.
+
     @ivar gateway: the L{IStreamClientEndpoint} of the gateway (TCP, unix, TLS...).
     @ivar service: the service name to open.
+    @ivar tickets: where the gateway's tickets are kept (L{None}: not used).
     """
 
-    def __init__(self, reactor: Any, gateway: Any, credentials: Credentials, service: str):
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        gateway: Any,
+        credentials: Credentials,
+        service: str,
+        tickets: bool | TicketStore = True,
+    ):
+        """
+        @param tickets: C{True} (a store of its own), C{False} (neither ask for nor present
+            tickets) or a L{TicketStore} shared with another endpoint to the same gateway
+            and user.
+        """
         self.reactor = reactor
         self.gateway = gateway
         self.credentials = credentials
         self.service = service
+        self.tickets = ticket_store(tickets)
 
     def connect(self, protocolFactory: Factory) -> Deferred[Any]:
         """
@@ -119,13 +171,25 @@ class NGPClientEndpoint:
 
         @return: a L{Deferred} firing with the application's protocol.
         """
-        carrier_factory = _CarrierFactory(self, protocolFactory)
+        return self._connect(protocolFactory, present=True)
+
+    def _connect(self, protocolFactory: Factory, present: bool) -> Deferred[Any]:
+        carrier_factory = _CarrierFactory(self, protocolFactory, present)
         connecting = self.gateway.connect(carrier_factory)
 
         def opened(carrier: _CarrierProtocol) -> Deferred[Any]:
             return carrier.opened.addCallback(lambda _: carrier.app)
 
-        return connecting.addCallback(opened)
+        connecting.addCallback(opened)
+        if present:
+            connecting.addErrback(self._ticket_refused, protocolFactory)
+        return connecting
+
+    def _ticket_refused(self, failure: Failure, protocolFactory: Factory) -> Deferred[Any]:
+        failure.trap(TicketRefused)
+        assert isinstance(failure.value, TicketRefused)
+        log_ticket_refused(self.log, self.service, failure.value)
+        return self._connect(protocolFactory, present=False)
 
 
 def endpoint_from_string_args(
@@ -144,6 +208,8 @@ def endpoint_from_string_args(
     default, carries every connection as a stream of a shared multiplexed session
     (L{netguard.client.mux_endpoint.MuxClientEndpoint}; a gateway that does not multiplex
     gets a connection each); C{mux=no} opens one gateway connection per connection.
+    C{tickets=yes}, the default, keeps the returning-client tickets the gateway issues (in
+    memory) and presents them; C{tickets=no} neither asks for nor presents any.
 
     @raise ValueError: for a missing, unknown or invalid key.
     """
@@ -151,7 +217,8 @@ def endpoint_from_string_args(
         raise ValueError("netguard: takes only key=value arguments")
     if "password" in kwargs:
         raise ValueError("netguard: give password_file=, never a password")
-    known = {"host", "port", "gateway", "service", "user", "password_file", "timeout", "mux"}
+    known = {"host", "port", "gateway", "service", "user", "password_file", "timeout"}
+    known |= {"mux", "tickets"}
     known |= set(TLS_KEYS)
     unknown = sorted(set(kwargs) - known)
     if unknown:
@@ -162,6 +229,9 @@ def endpoint_from_string_args(
     mux = kwargs.get("mux", "yes").lower()
     if mux not in ("yes", "no"):
         raise ValueError("netguard: mux= is yes or no")
+    tickets = kwargs.get("tickets", "yes").lower()
+    if tickets not in ("yes", "no"):
+        raise ValueError("netguard: tickets= is yes or no")
     if "gateway" in kwargs:
         if "host" in kwargs or "port" in kwargs:
             raise ValueError("netguard: give either gateway= or host= and port=, not both")
@@ -186,8 +256,12 @@ def endpoint_from_string_args(
     if mux == "yes":
         from netguard.client.mux_endpoint import MuxClientEndpoint
 
-        return MuxClientEndpoint(reactor, gateway, credentials, kwargs["service"])
-    return NGPClientEndpoint(reactor, gateway, credentials, kwargs["service"])
+        return MuxClientEndpoint(
+            reactor, gateway, credentials, kwargs["service"], tickets=tickets == "yes"
+        )
+    return NGPClientEndpoint(
+        reactor, gateway, credentials, kwargs["service"], tickets=tickets == "yes"
+    )
 
 
 #: The TLS keys of a C{netguard:} endpoint string (and of C{netguard tunnel}'s options).

@@ -25,14 +25,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netguard.auth.scram import AuthFailed
-from netguard.client.endpoint import NGPClientEndpoint
+from netguard.client.endpoint import NGPClientEndpoint, log_ticket_refused, ticket_store
 from netguard.client.protocol import (
     ClientState,
     Credentials,
     NGPClientProtocol,
     NGPError,
     NGPProtocolError,
+    TicketRefused,
 )
+from netguard.client.tickets import TicketStore
 from netguard.log import escape
 from netguard.mux.frames import GoAwayCode
 from netguard.mux.limits import MuxLimits, TokenBucket
@@ -135,8 +137,12 @@ class _MuxLogin(NGPClientProtocol):
         clock: Any,
         limits: MuxLimits,
         on_end: Callable[[_MuxLogin, SessionEnd], None],
+        tickets: TicketStore | None = None,
+        present_ticket: bool = True,
     ) -> None:
-        super().__init__(credentials, "mux", clock=clock)
+        super().__init__(
+            credentials, "mux", clock=clock, tickets=tickets, present_ticket=present_ticket
+        )
         self._limits = limits
         self._on_session_end = on_end
         self.mux: MuxProtocol | None = None
@@ -177,10 +183,8 @@ class _MuxLogin(NGPClientProtocol):
             and session.open_streams < self.max_streams
         )
 
-    def sendLine(self, line: bytes) -> None:
-        if self.state is ClientState.AWAIT_OPEN_OK and line == b"OPEN mux":
-            line = b"MUX " + YAMUX_1.encode("ascii")
-        super().sendLine(line)
+    def open_line(self) -> bytes:
+        return b"MUX " + YAMUX_1.encode("ascii")
 
     def lineReceived(self, line: bytes) -> None:
         if self.state is ClientState.AWAIT_GREETING and line.startswith(b"NETGUARD/1 "):
@@ -404,12 +408,18 @@ class MuxClientEndpoint:
     jitter (C{backoff_base} doubling per failed login, at most C{backoff_cap}). A login the
     gateway refuses for good (L{FATAL_CODES}, an impostor, not a gateway) fails the waiting
     connects at once and is not retried by itself. A greeting without C{MUX=yamux/1} makes
-    this endpoint connect as L{NGPClientEndpoint} from then on.
+    this endpoint connect as L{NGPClientEndpoint} from then on (sharing the tickets).
+
+    Each login presents a returning-client ticket kept from an earlier one, if any, and asks
+    for a new one (C{TICKET}, in the same write as C{MUX}). A login whose ticket the gateway
+    refuses (L{TicketRefused}) is made again at once without one: no backoff, not counted
+    as a failure, once.
 
     @ivar sessions: the live sessions.
     @ivar logins: how many logins were started.
     @ivar fallback: the per-connection endpoint, once the gateway turned out not to
         multiplex.
+    @ivar tickets: where the gateway's tickets are kept (L{None}: not used).
     """
 
     log = _log
@@ -427,6 +437,7 @@ class MuxClientEndpoint:
         backoff_cap: float = 10.0,
         limits: MuxLimits | None = None,
         random: Callable[[], float] = _random.random,
+        tickets: bool | TicketStore = True,
     ) -> None:
         """
         @param reactor: the reactor (or a clock with C{callLater} for tests).
@@ -439,6 +450,8 @@ class MuxClientEndpoint:
         @param backoff_cap: the largest backoff bound, seconds.
         @param limits: the client sessions' bounds.
         @param random: floats in [0, 1) for the jitter.
+        @param tickets: C{True} (a store of its own), C{False} (neither ask for nor present
+            tickets) or a L{TicketStore} to share.
         """
         if max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
@@ -452,6 +465,7 @@ class MuxClientEndpoint:
         self.backoff_cap = backoff_cap
         self.limits = limits if limits is not None else MuxLimits()
         self.random = random
+        self.tickets = ticket_store(tickets)
         self.sessions: list[_MuxLogin] = []
         self.logins = 0
         self.fallback: NGPClientEndpoint | None = None
@@ -611,12 +625,23 @@ class MuxClientEndpoint:
         else:
             self._start_login()
 
-    def _start_login(self) -> None:
+    def _start_login(self, present: bool = True) -> None:
+        """
+        @param present: present a ticket, if one is kept (false right after one was
+            refused).
+        """
         self._retry = None
         if not self._waiters:
             return  # the connects that wanted it have gone: the endpoint never logs in alone
         self.logins += 1
-        login = _MuxLogin(self.credentials, self.reactor, self.limits, self._session_ended)
+        login = _MuxLogin(
+            self.credentials,
+            self.reactor,
+            self.limits,
+            self._session_ended,
+            tickets=self.tickets,
+            present_ticket=present,
+        )
         factory = Factory.forProtocol(lambda: login)
         factory.noisy = False
         self._login = self.gateway.connect(factory)
@@ -643,9 +668,18 @@ class MuxClientEndpoint:
         self._login = None
         error = failure.value
         self._last_error = str(error)
+        if isinstance(error, TicketRefused):
+            # Only a login that presented a ticket fails so, and its retry presents none.
+            log_ticket_refused(self.log, self.service, error)
+            self._start_login(present=False)
+            return
         if isinstance(error, MuxUnsupported):
             self.fallback = NGPClientEndpoint(
-                self.reactor, self.gateway, self.credentials, self.service
+                self.reactor,
+                self.gateway,
+                self.credentials,
+                self.service,
+                tickets=self.tickets if self.tickets is not None else False,
             )
             self.log.info(
                 "the gateway does not multiplex; one connection per connect to {service}",

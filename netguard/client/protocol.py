@@ -1,7 +1,9 @@
 # -*- test-case-name: tests.test_client_protocol,tests.integration.test_client_hostile -*-
 """
 The client side of NGP/1: read the greeting, authenticate with SCRAM (checking the server's
-signature: mutual authentication), open a service, then hand over raw bytes.
+signature: mutual authentication), open a service, then hand over raw bytes. A gateway
+that offers returning-client tickets (C{TICKETS=1}) is asked for one after each login, and a
+kept one is presented (C{RESUME}) as the next connection's first line.
 
 The client trusts the server no more than the server trusts it: it reads with the same bounded
 framing, bounds the whole handshake in time, and accepts only the replies the protocol allows
@@ -27,6 +29,7 @@ from netguard.auth.scram import (
     decode_wire,
     encode_wire,
 )
+from netguard.client.tickets import MalformedTicket, TicketStore, parse_ticket_line
 from netguard.errors import ErrorCode
 from netguard.framing import FramingLimits, GuardedLineReceiver
 from netguard.log import escape
@@ -42,6 +45,15 @@ class NGPError(Exception):
         super().__init__(f"{code} {text}")
         self.code = code
         self.text = text
+
+
+class TicketRefused(NGPError):
+    """
+    The gateway refused the ticket this connection presented (C{ERR BAD_TICKET}, or
+    C{ERR EARLY_TALKER} from a gateway that no longer reads C{RESUME}) and closed the
+    connection. Nothing was wrong with the login: the endpoint connects again at once,
+    without a ticket, once.
+    """
 
 
 class NGPProtocolError(Exception):
@@ -100,6 +112,7 @@ class ClientState(enum.Enum):
     AWAIT_GREETING = "await-greeting"
     AWAIT_CONT = "await-cont"
     AWAIT_AUTH_OK = "await-auth-ok"
+    AWAIT_TICKET = "await-ticket"
     AWAIT_OPEN_OK = "await-open-ok"
     OPEN = "open"
     FAILED = "failed"
@@ -114,11 +127,20 @@ CLIENT_LIMITS = FramingLimits(greeting_delay=0, max_lines_before_auth=8, handsha
 #: backend meanwhile: its C{connect_timeout} is 10 s by default); never reset by data.
 OPEN_TIMEOUT = 120.0
 
+#: The greeting's word that offers returning-client tickets.
+TICKETS_OFFER = b"TICKETS=1"
+
+#: The refusals that, right after C{RESUME}, mean the ticket was not taken (rather than the
+#: connection or the user): the first from a gateway that reads tickets, the second from one
+#: that no longer does.
+TICKET_REFUSALS = frozenset({b"BAD_TICKET", b"EARLY_TALKER"})
+
 #: What the client waits for in each state, for error messages.
 _WAITING_FOR = {
     ClientState.AWAIT_GREETING: "the greeting",
     ClientState.AWAIT_CONT: "CONT",
     ClientState.AWAIT_AUTH_OK: "OK (the server signature)",
+    ClientState.AWAIT_TICKET: "OK TICKET",
     ClientState.AWAIT_OPEN_OK: "OK OPEN",
 }
 
@@ -131,11 +153,21 @@ class NGPClientProtocol(GuardedLineReceiver):
     to the certificate received (C{SCRAM-SHA-256-PLUS}). Any failure closes the connection
     and fails L{opened}; nothing is sent after it.
 
+    With a L{TicketStore}, a ticket taken from it is sent as C{RESUME <token>} at once on
+    connecting (on TLS the TLS layer holds it until its handshake is done), and, when the
+    greeting offers C{TICKETS=1}, C{TICKET} is sent in the same write as C{OPEN} once the
+    server's signature has verified (never earlier: only a gateway that proved it holds our
+    verifier hands us tickets). The answer is checked strictly (L{parse_ticket_line}); a
+    malformed or refused one is logged (C{tunnel.ticket.ignored}, without its text) and the
+    session goes on without it. A ticket replaces no part of the login.
+
     @ivar opened: fires with L{None} once the service is open (raw mode), or fails with
         L{NGPError} (the gateway refused), L{AuthFailed} (the server's SCRAM messages or
         signature did not verify: an impostor) or L{NGPProtocolError} (anything else; see
         its C{reason}). Cancelling it closes the connection.
     @ivar server_name: the name in the greeting (server-chosen text: escape it).
+    @ivar presented: whether this connection presented a ticket.
+    @ivar tickets_offered: whether the greeting offered tickets.
     """
 
     def __init__(
@@ -147,6 +179,8 @@ class NGPClientProtocol(GuardedLineReceiver):
         channel_binding: tuple[str, bytes] | None = None,
         open_timeout: float = OPEN_TIMEOUT,
         require_channel_binding: bool = True,
+        tickets: TicketStore | None = None,
+        present_ticket: bool = True,
     ):
         """
         @param credentials: who we are.
@@ -160,6 +194,10 @@ class NGPClientProtocol(GuardedLineReceiver):
             C{SCRAM-SHA-256-PLUS} as a downgrade. When false, such a login goes on with
             C{SCRAM-SHA-256} and tells the server it could have bound (gs2 flag C{y}), so a
             gateway that did offer PLUS still refuses it.
+        @param tickets: where this endpoint's tickets are kept; L{None}: neither presented
+            nor asked for.
+        @param present_ticket: present one from C{tickets}, if it holds one (false for the
+            connection that follows a refused ticket); tickets are asked for either way.
         """
         super().__init__(limits, clock)
         self.credentials = credentials
@@ -172,6 +210,11 @@ class NGPClientProtocol(GuardedLineReceiver):
         self.server_name: str | None = None
         self._exchange: ClientExchange | None = None
         self._open_timer: Any = None
+        self.tickets = tickets
+        self.present_ticket = present_ticket
+        self.presented = False
+        self.tickets_offered = False
+        self._ticket_error: NGPError | None = None
 
     # -- hooks for users of the open connection ------------------------------------------------
 
@@ -194,6 +237,23 @@ class NGPClientProtocol(GuardedLineReceiver):
 
     def greet(self) -> None:
         """The server greets, not us."""
+
+    def open_line(self) -> bytes:
+        """
+        @return: the line sent once logged in (C{OPEN <service>}), without its CRLF.
+        """
+        return b"OPEN " + self.service.encode("ascii")
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self.tickets is None or not self.present_ticket:
+            return
+        token = self.tickets.take()
+        if token is not None:
+            # The first bytes, without waiting for the greeting: the gateway reads a RESUME
+            # line before it greets (a TLS transport sends it after its handshake).
+            self.presented = True
+            self.transport.write(b"RESUME " + token + b"\r\n")
 
     def refuse(
         self,
@@ -234,12 +294,28 @@ class NGPClientProtocol(GuardedLineReceiver):
     def lineReceived(self, line: bytes) -> None:
         if line.startswith(b"ERR "):
             code, _, text = line[4:].partition(b" ")
+            if self.state is ClientState.AWAIT_TICKET:
+                self._ticket_declined(NGPError(escape(code), escape(text)))
+                return
+            if (
+                self.state is ClientState.AWAIT_GREETING
+                and self.presented
+                and code in TICKET_REFUSALS
+            ):
+                # Our ticket was refused, so the others we hold are no better (a key
+                # rotation, a password change, tickets turned off): drop them all rather
+                # than have each refused in turn.
+                if self.tickets is not None:
+                    self.tickets.clear()
+                self._fail(TicketRefused(escape(code), escape(text)))
+                return
             self._fail(NGPError(escape(code), escape(text)))
             return
         handler = {
             ClientState.AWAIT_GREETING: self._on_greeting,
             ClientState.AWAIT_CONT: self._on_cont,
             ClientState.AWAIT_AUTH_OK: self._on_auth_ok,
+            ClientState.AWAIT_TICKET: self._on_ticket,
             ClientState.AWAIT_OPEN_OK: self._on_open_ok,
         }.get(self.state)
         if handler is None:
@@ -268,6 +344,10 @@ class NGPClientProtocol(GuardedLineReceiver):
         self._cancel_open_timer()
         if self.state is ClientState.OPEN:
             self.service_closed(reason or Failure(ConnectionDone()))
+        elif not self.opened.called and self._ticket_error is not None:
+            # The gateway refused TICKET and then closed: that refusal is the likely cause.
+            self.state = ClientState.FAILED
+            self.opened.errback(self._ticket_error)
         elif not self.opened.called:
             waiting = _WAITING_FOR.get(self.state, "nothing")
             self.state = ClientState.FAILED
@@ -293,6 +373,10 @@ class NGPClientProtocol(GuardedLineReceiver):
         for word in words[2:]:
             if word.startswith("AUTH="):
                 offered = word[5:].split(",")
+        self.tickets_offered = TICKETS_OFFER.decode("ascii") in words[2:]
+        if not self.tickets_offered and self.tickets is not None:
+            # The gateway no longer issues tickets: those we hold would be refused.
+            self.tickets.clear()
         # On TLS, bind the authentication to the certificate this connection was served
         # (RFC 5929 tls-server-end-point): relayed through a man in the middle, it fails.
         binding = self.channel_binding or channel_binding_for(self.transport, "client")
@@ -346,14 +430,55 @@ class NGPClientProtocol(GuardedLineReceiver):
             ) from None
         self._exchange = None
         self.end_handshake()
-        self.state = ClientState.AWAIT_OPEN_OK
         # One deadline for the answer, never reset by data (the idle timer is: a server
         # trickling bytes would hold the connection for as long as it liked).
         self.setTimeout(None)
         self._open_timer = self.clock.callLater(self.open_timeout, self._open_expired)
-        self.sendLine(b"OPEN " + self.service.encode("ascii"))
+        if self.tickets is not None and self.tickets_offered:
+            # Pipelined: the answers come in order, so asking costs no round trip.
+            self.state = ClientState.AWAIT_TICKET
+            self.transport.write(b"TICKET\r\n" + self.open_line() + b"\r\n")
+        else:
+            self.state = ClientState.AWAIT_OPEN_OK
+            self.sendLine(self.open_line())
+
+    def _on_ticket(self, line: bytes) -> None:
+        if not line.startswith(b"OK TICKET"):
+            raise NGPProtocolError("unexpected reply while waiting for OK TICKET")
+        self.state = ClientState.AWAIT_OPEN_OK
+        try:
+            offer = parse_ticket_line(line)
+        except MalformedTicket as malformed:
+            # Never stored, and never logged: a token-like string is a secret.
+            self.log.warn(
+                "ignoring a malformed OK TICKET from {peer}: {reason}",
+                event="tunnel.ticket.ignored",
+                reason=malformed.reason,
+                length=len(line),
+                **self.log_fields(),
+            )
+            return
+        assert self.tickets is not None
+        self.tickets.keep(offer)
+
+    def _ticket_declined(self, error: NGPError) -> None:
+        """
+        The gateway answered C{TICKET} with an error: go on without a ticket (the answer to
+        C{OPEN} follows); if the connection closes instead, C{error} is why.
+        """
+        self.state = ClientState.AWAIT_OPEN_OK
+        self._ticket_error = error
+        self.log.warn(
+            "the gateway {peer} issued no ticket: {code} {text}",
+            event="tunnel.ticket.ignored",
+            reason=f"refused: {error.code}",
+            code=error.code,
+            text=escape(error.text, 200),
+            **self.log_fields(),
+        )
 
     def _on_open_ok(self, line: bytes) -> None:
+        self._ticket_error = None
         if line != b"OK OPEN " + self.service.encode("ascii"):
             raise NGPProtocolError(
                 f"unexpected reply while waiting for OK OPEN {escape(self.service)}"
