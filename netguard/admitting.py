@@ -14,9 +14,12 @@ section 8.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
+from twisted.internet import tcp
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
@@ -25,6 +28,7 @@ from twisted.python.failure import Failure
 
 from netguard.admission import Admission, Refusal
 from netguard.framing import FramingLimits, peer_label
+from netguard.refusal_log import RefusalLog
 
 _log = Logger()
 
@@ -39,6 +43,12 @@ class Scheduler(Protocol):
     """
     The part of L{twisted.internet.interfaces.IReactorTime} a refusal needs.
     """
+
+    def seconds(self) -> float:
+        """
+        The current time in seconds.
+        """
+        ...
 
     def callLater(
         self, delay: float, callable: Callable[..., object], *args: object
@@ -126,22 +136,43 @@ class AdmissionAware(Protocol):
 
 class _Refusal(TwistedProtocol):
     """
-    What a refused connection gets: one C{ERR BUSY <reason>} line, then a close (aborted if
-    the peer does not take even that within the write timeout).
+    What a refused connection gets: one C{ERR BUSY <reason>} line, then a close.
+
+    On a plain TCP or Unix-socket transport (the usual listener) the line goes straight to
+    the new socket in one non-blocking C{send}, and the connection is closed at once, before
+    the reactor turns again: no write buffer, no wait for writability, no timer. Nothing can
+    hold it open. The socket is new and nothing else was written to it, so its send buffer is
+    empty, and the kernel never makes one smaller than a few KiB: the short line always fits
+    whole, whatever the peer's receive window (the kernel queues the bytes and sends them,
+    then the FIN, on its own after we close). A peer that never reads therefore holds
+    nothing of ours. If the send fails all the same (the peer is gone already, the kernel is
+    out of socket memory), the connection is closed without the line.
+
+    Any other transport (a TLS connection, a PROXY-header wrapper) is written to and closed
+    once the line is out, and aborted if it is not within the write timeout: a TLS peer
+    could hold the line back by never finishing its handshake.
     """
 
     transport: Any  # zope interfaces do not type-check as classes
 
     def __init__(self, line: bytes, clock: Scheduler, write_timeout: float):
-        self.line = line
+        self.line = line + b"\r\n"
         self.clock = clock
         self.write_timeout = write_timeout
         self._abort: _Cancellable | None = None
 
     def connectionMade(self) -> None:
-        self.transport.write(self.line + b"\r\n")
-        self.transport.loseConnection()
-        self._abort = self.clock.callLater(self.write_timeout, self.transport.abortConnection)
+        transport = self.transport
+        if isinstance(transport, tcp.Server) and not transport.TLS:
+            try:
+                transport.getHandle().send(self.line, socket.MSG_DONTWAIT)
+            except OSError:
+                pass  # gone already, or no memory for even this: closed without the line
+            transport.connectionLost(Failure(ConnectionDone("refused")))
+            return
+        transport.write(self.line)
+        transport.loseConnection()
+        self._abort = self.clock.callLater(self.write_timeout, transport.abortConnection)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self._abort is not None and self._abort.active():
@@ -188,9 +219,12 @@ class AdmittingFactory(WrappingFactory):
     """
     Wrap C{wrappedFactory} so every connection passes L{Admission.admit} first.
 
-    A refused connection gets one line, C{ERR BUSY <reason>}, and is closed (aborted if the
-    peer does not take even that within C{write_timeout}), or is closed without a word with
-    C{reject_mode="close"}; the refusal is logged (C{conn.reject}). The application's
+    A refused connection gets one line, C{ERR BUSY <reason>}, and is closed at once (on a TLS
+    or PROXY-header listener once the line is out, aborted if the peer does not take it
+    within C{write_timeout}), or is closed without a word, before any transport is built,
+    with C{reject_mode="close"}; the refusal is logged (C{conn.reject}; during a flood only
+    the first few per source and reason, then C{conn.reject.summary}: L{refusal_log}). The
+    application's
     protocol reaches the rest of the policy through its transport, the wrapper:
     C{self.transport.promote()} moves the connection to the authenticated pool once the peer
     has proved who it is, and C{self.transport.offence(kind)} records an offence towards the
@@ -198,7 +232,9 @@ class AdmittingFactory(WrappingFactory):
     each connection's L{Admitted} instead, and its protocols are not wrapped.
 
     @ivar admission: the L{Admission} consulted.
-    @ivar write_timeout: how long a refused peer may leave the refusal line unread.
+    @ivar write_timeout: how long a refused peer on a TLS or PROXY-header listener may leave
+        the refusal line unread.
+    @ivar refusal_log: the L{RefusalLog} deciding which refusals are logged one by one.
     """
 
     protocol = AdmittedProtocol
@@ -217,7 +253,8 @@ class AdmittingFactory(WrappingFactory):
         @param wrappedFactory: the application's factory; when it provides
             L{AdmissionAware} its protocols are not wrapped.
         @param admission: the L{Admission} consulted.
-        @param clock: the timer of the refusal's abort (C{admission.clock} by default).
+        @param clock: the time source and timer of the refusals' log and abort
+            (C{admission.clock} by default).
         @param write_timeout: seconds a refused peer may leave the refusal line unread (the
             default of L{FramingLimits.write_timeout} by default).
         @param log: the logger of C{conn.reject} (this module's by default).
@@ -230,6 +267,8 @@ class AdmittingFactory(WrappingFactory):
         )
         self.log = log if log is not None else _log
         self._aware = isinstance(wrappedFactory, AdmissionAware)
+        #: Which refusals are logged one by one; the rest are counted and summarised.
+        self.refusal_log = RefusalLog(self.log, self.clock)
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         """
@@ -257,15 +296,29 @@ class AdmittingFactory(WrappingFactory):
         return protocol
 
     def _refuse(self, addr: IAddress | None, refusal: Refusal) -> _Refusal | None:
+        """
+        Account for a refused connection, log it (one by one only for the first few of its
+        source and reason in an interval: L{refusal_log}) and build its answer.
+
+        @return: the protocol that answers C{ERR BUSY <reason>}, or L{None} to close the
+            socket before any transport is built (C{reject_mode="close"}).
+        """
         fields = self.wrappedFactory.refused(addr, refusal) if self._aware else {}
-        self.log.info(
-            "refused {peer}: {reason}",
-            event="conn.reject",
-            peer=peer_label(addr),
-            reason=refusal.reason,
-            **fields,
-        )
+        if self.refusal_log.note(self.admission.source_key(addr), refusal.reason):
+            self.log.info(
+                "refused {peer}: {reason}",
+                event="conn.reject",
+                peer=peer_label(addr),
+                reason=refusal.reason,
+                **fields,
+            )
         line = self.admission.reply_line(refusal)
         if line is None:
             return None  # silent close: the cheapest answer
         return _Refusal(line, self.clock, self.write_timeout)
+
+    def stopFactory(self) -> None:
+        """
+        The last listener has stopped: log the refusals still only counted.
+        """
+        self.refusal_log.flush()

@@ -47,6 +47,8 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         # Connections and the line phase
         "conn.accept": "a connection was admitted",
         "conn.reject": "admission refused a connection before reading anything",
+        "conn.reject.summary": "how many more refusals of one source and reason an interval "
+        "counted without logging them one by one",
         "admission.block": "a source is blocked by the penalty rules",
         "proto.early_talker": "the client spoke before the greeting",
         "proto.refuse": "an ERR line was sent to the client",

@@ -10,7 +10,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import Logger, capturedLogs
 from twisted.trial import unittest
 
 from netguard.admission import Admission, AdmissionPolicy, Refusal
@@ -108,8 +108,9 @@ class AdmittingFactoryTests(unittest.TestCase):
 
     def test_refusal_line_not_taken_is_aborted_after_write_timeout(self) -> None:
         """
-        A refused peer that does not read its refusal line is cut off after the write
-        timeout; one whose connection ends first leaves no timer behind.
+        On a transport that is not a plain socket (TLS, a PROXY-header wrapper; here a
+        L{StringTransport}), a refused peer that does not read its refusal line is cut off
+        after the write timeout; one whose connection ends first leaves no timer behind.
         """
         factory = self.factory(per_source_max=1)
         self.connect(factory)
@@ -130,6 +131,90 @@ class AdmittingFactoryTests(unittest.TestCase):
         factory = AdmittingFactory(Factory.forProtocol(Hello), admission)
         self.assertEqual(factory.write_timeout, 30.0)
         self.assertIs(factory.clock, self.clock)
+
+
+class RefusalLoggingTests(unittest.TestCase):
+    """
+    Refusals are logged one by one only for the first few of a source and reason in an
+    interval; the rest are counted and summarised (L{netguard.refusal_log}).
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.events: list[dict[str, Any]] = []
+
+    def factory(self, **policy: Any) -> AdmittingFactory:
+        admission = Admission(AdmissionPolicy(**policy), self.clock)
+        return AdmittingFactory(
+            Factory.forProtocol(Hello),
+            admission,
+            write_timeout=30.0,
+            log=Logger(observer=self.events.append),
+        )
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == name]
+
+    def test_flood_logs_three_then_one_summary(self) -> None:
+        """
+        Seven refusals of one source and reason in an interval: three C{conn.reject} events,
+        then, when the interval ends, one C{conn.reject.summary} with the other four.
+        """
+        factory = self.factory(deny=["192.0.2.0/24"], reject_mode="close")
+        for _ in range(7):
+            self.assertIsNone(factory.buildProtocol(address()))
+        self.assertEqual(
+            [(e["peer"], e["reason"]) for e in self.named("conn.reject")],
+            [("192.0.2.9:40000", "denied")] * 3,
+        )
+        self.assertEqual(self.named("conn.reject.summary"), [])
+        self.clock.advance(10.0)
+        [summary] = self.named("conn.reject.summary")
+        self.assertEqual(
+            (summary["source"], summary["reason"], summary["count"], summary["logged"]),
+            ("192.0.2.9/32", "denied", 4, 3),
+        )
+
+    def test_sources_are_logged_apart(self) -> None:
+        """
+        A flood from one source does not use up another source's individual lines.
+        """
+        factory = self.factory(deny=["192.0.2.0/24"], reject_mode="close")
+        for _ in range(5):
+            factory.buildProtocol(address("192.0.2.1"))
+        factory.buildProtocol(address("192.0.2.2"))
+        self.assertEqual(
+            [e["peer"] for e in self.named("conn.reject")],
+            ["192.0.2.1:40000"] * 3 + ["192.0.2.2:40000"],
+        )
+
+    def test_every_refusal_is_counted_by_an_aware_factory(self) -> None:
+        """
+        An L{AdmissionAware} factory is told of every refusal (its counters count them all),
+        also of those not logged one by one.
+        """
+        aware = AwareFactory()
+        admission = Admission(AdmissionPolicy(deny=["192.0.2.0/24"]), self.clock)
+        factory = AdmittingFactory(aware, admission, log=Logger(observer=self.events.append))
+        for _ in range(5):
+            factory.buildProtocol(address())
+        self.assertEqual(len(aware.refusals), 5)
+        self.assertEqual([e["conn_id"] for e in self.named("conn.reject")], ["c1", "c2", "c3"])
+
+    def test_stopping_logs_the_pending_summary(self) -> None:
+        """
+        When the last listener stops, the refusals only counted so far are summarised at
+        once, and no timer is left.
+        """
+        factory = self.factory(deny=["192.0.2.0/24"])
+        for _ in range(5):
+            factory.buildProtocol(address())
+        self.clock.advance(1.0)
+        factory.doStart()
+        factory.doStop()
+        [summary] = self.named("conn.reject.summary")
+        self.assertEqual((summary["count"], summary["seconds"]), (2, 1.0))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class AwareFactory(Factory):

@@ -31,6 +31,7 @@ from netguard.gateway.stream_settings import StreamSettings
 from netguard.gateway.streams import StreamCaps
 from netguard.outbound.backends import BackendEndpoints, BackendLeg, open_backend
 from netguard.peer.checks import PeerCheckPolicy, PeerCheckRun, PeerChecks
+from netguard.refusal_log import RefusalLog
 from netguard.relay import A, B
 from netguard.stats import Stats
 
@@ -223,12 +224,27 @@ class GatewayFactory(Factory):
     def refused(self, addr: IAddress | None, refusal: Refusal) -> Mapping[str, object]:
         """
         Count a refused connection (C{refused} and C{refused.<reason>}) and give it a
-        connection id, logged with C{conn.reject}.
+        connection id, logged with C{conn.reject} when it is one of the first few of its
+        source and reason in an interval (the others are summarised: L{refusal_log}).
         """
         conn_id = self._conn_id()
         self.stats.count("refused")
         self.stats.count(f"refused.{refusal.reason}")
         return {"conn_id": conn_id}
+
+    @property
+    def refusal_log(self) -> RefusalLog:
+        """
+        The aggregator of this gateway's refusal events (C{conn.reject} and its
+        C{conn.reject.summary}), for every refusal of a connection, whoever decides it.
+        """
+        return self.admitting.refusal_log
+
+    def stopFactory(self) -> None:
+        """
+        The last listener has stopped (shutdown): log the refusals still only counted.
+        """
+        self.admitting.refusal_log.flush()
 
     def build_admitted(self, addr: IAddress | None, admitted: Admitted) -> GatewaySession:
         """
