@@ -1,56 +1,49 @@
 """
-Flood benchmark: can a legitimate client still get in while a flood of silent connections
-from many addresses hits the port? A benchmark, not a test: it measures and reports, it never
-asserts. Loopback only.
+Flood benchmark at the default configuration: are legitimate clients served while floods
+from many loopback addresses hit the gateway? A benchmark, not a test: it measures and
+reports, it never asserts. Loopback only; every process it starts is stopped by its own
+process group id.
 
-    .venv/bin/python bench/flood.py [--paths netguard,maxstartups,haproxy]
-        [--connections 2000] [--duration 20] [--sources 199] [--json FILE]
+    .venv/bin/python bench/flood.py                                   # ~6 min: the table
+    .venv/bin/python bench/flood.py --tree /tmp/ng/wt-flood-before    # another checkout
+    .venv/bin/python bench/flood.py --tree A --tree B --runs 3        # interleaved A, B, A...
+    .venv/bin/python bench/flood.py --attacks all --duration 120      # longer, one attack
 
-Three paths, each behind one port on 127.0.0.1, each with a pre-authentication (or
-pre-service) budget of 100 connections and a 10 s timeout for a client that says nothing:
+For each attack (C{none}, C{slowloris}, C{connect}, C{login}, C{all}: the three at once) and
+each checkout (C{--tree}), a fresh gateway: the real C{twistd -n netguard} from that checkout
+(C{PYTHONPATH}), logging every event to standard output (a file) through C{--logger
+netguard.log.text_stdout_observer}, pinned alone to CPU 1, at the shipped defaults: no
+configuration file, only C{--state-dir} (a fresh directory), C{--users} (one user made with
+C{netguard adduser}) and C{--listen tcp:PORT:interface=127.0.0.1}; the service is the
+default C{echo} (C{builtin:echo}). Then:
 
-  - C{netguard}: the gateway (C{twistd -n netguard}) with its admission control: a separate
-    unauthenticated pool of 100, 5 concurrent and 5 new connections per second per source,
-    random early drop from 50 to 100, penalties (a source whose connections time out or talk
-    early is blocked for a time that doubles), line-phase timeouts that shrink under stress,
-    event-loop lag shedding; the built-in echo service behind it.
-  - C{maxstartups}: the same gateway configured with sshd's semantics: one pre-auth pool with
-    random early drop only, as C{MaxStartups 10:30:100} (drop from 10 unauthenticated
-    connections with probability 0.3, rising to 1 at 100), no per-source limits, no
-    penalties, no stress-adaptive timeouts, no lag shedding; C{handshake_timeout} plays
-    C{LoginGraceTime}.
-  - C{haproxy}: HAProxy in TCP mode in front of a trivial banner-and-echo backend:
-    C{maxconn 100} on the frontend, a C{stick-table} tracking C{conn_cur} and
-    C{conn_rate(1s)} per source with C{tcp-request connection reject} above 5, and
-    C{timeout client 10s}. HAProxy knows nothing of authentication, so its C{maxconn} is the
-    single pool.
+  1. the legitimate clients (C{flood_legit.py}: netguard's own C{netguard:} endpoint from
+     the checkout, pinned to CPU 0) log in once: the returning client (127.0.0.2) does one
+     session, the multiplexed client (127.0.0.4) establishes its session;
+  2. the attackers (C{flood_attack.py}: asyncio, pinned to CPU 0 at C{nice 10} so that the
+     clients' own CPU is not what is measured) start;
+  3. after C{--warmup} seconds the clients run for C{--duration} seconds: a returning
+     client, a first-time client (127.0.0.3, a fresh endpoint every attempt) and new
+     streams on the established multiplexed session, each AUTH (not for streams) + C{OPEN
+     echo} + a 64 KiB echo, retried after 0.25 s until 10 s have passed;
+  4. the attack stops; the gateway is watched C{--recovery} seconds more; C{netguard ctl
+     status} is read; everything is stopped.
 
-For each path: a baseline (the legitimate client alone), then the flood: C{--connections}
-connections spread evenly over C{--duration} seconds from 127.0.0.2 ... 127.0.0.(1+sources),
-each held silent until the server closes it. Two seconds into the flood the legitimate client
-(127.0.0.1) runs sessions one after the other until the flood's schedule ends: connect, wait
-to be served (netguard: greeting, SCRAM-SHA-256, C{OPEN echo}; HAProxy: the backend's banner),
-echo 4 KiB and check it, close. A refusal (C{ERR BUSY}, a close before being served, a failed
-connect) is retried after 0.25 s; a session that is not served within 10 s of its first attempt
-fails. Reported per path: sessions served (%), time to be served from the first attempt (p50,
-p95, max), attempts per session, and what the attackers got.
-
-Processes: the server under test is pinned to CPU 1, the attacker, the legitimate client and
-the HAProxy backend to CPU 0 (where there are two CPUs). Every process is started in its own
-session and stopped by its process-group id at the end, also on an error or Ctrl-C.
+The gateway's CPU (utime + stime from C{/proc/<pid>/stat}), RSS (C{VmRSS}), open file
+descriptors and log lines are sampled every second from its start to the end of the
+recovery; the report prints them every 5 s. The figures per attack and client: sessions
+served on the first attempt, served within 10 s, p50 and p99 of the time from the first
+attempt to the checked echo; for the multiplexed session, the stream attempts that failed
+(streams lost) and the logins it needed again.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import math
 import os
-import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,731 +53,466 @@ from collections import Counter
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-VENV_BIN = os.path.dirname(sys.executable)
+sys.path.insert(0, HERE)
 
-#: The pre-authentication budget, timeout, and per-source limits shared by every path.
-POOL = 100
-TIMEOUT = 10
-PER_SOURCE_MAX = 5
-PER_SOURCE_RATE = 5
+import paths as pathmod  # noqa: E402
+from procs import CLK_TCK, Processes, Server, free_port  # noqa: E402
+from profile_session import _load  # noqa: E402
 
-#: The legitimate client: retry pause, per-session deadline, echo size, warm-up into the flood.
-RETRY_PAUSE = 0.25
-SESSION_DEADLINE = 10.0
-ECHO_BYTES = 4096
-WARMUP = 2.0
-BASELINE_SESSIONS = 20
+#: The attack phases, in run order, and what C{flood_attack.py} runs for each.
+PHASES = {
+    "none": "",
+    "slowloris": "slowloris",
+    "connect": "connect",
+    "login": "login",
+    "all": "slowloris,connect,login",
+}
 
-#: How long after its schedule an attacker keeps a connection the server has not closed.
-LINGER = 15.0
+#: What the report calls each phase (the issue's table).
+PHASE_LABELS = {
+    "none": "none",
+    "slowloris": "slowloris: 50 sources, 1,000 conns dripping 1 byte / 5 s",
+    "connect": "connect flood: 254 sources, 1,500 concurrent, held 2 s",
+    "login": "failed-login flood: 50 sources, 200 concurrent",
+    "all": "all three at once",
+}
 
-NETGUARD_CONFIG = f"""\
-[limits]
-handshake_timeout = {TIMEOUT}
-
-[admission]
-max_connections = {2 * POOL}
-max_unauthenticated = {POOL}
-max_relays = {POOL}
-per_source_max = {PER_SOURCE_MAX}
-per_source_rate = {PER_SOURCE_RATE}
-per_source_burst = {PER_SOURCE_RATE}
-red_soft = {POOL // 2}
-red_hard = {POOL}
-"""
-
-#: sshd's MaxStartups 10:30:100 and nothing else: one pool, random early drop only.
-MAXSTARTUPS_CONFIG = f"""\
-[limits]
-handshake_timeout = {TIMEOUT}
-
-[admission]
-max_connections = {2 * POOL}
-max_unauthenticated = {POOL}
-max_relays = {POOL}
-per_source_max = 1000000
-per_source_rate = 1000000
-per_source_burst = 1000000
-red_soft = 10
-red_rate = 0.3
-red_hard = {POOL}
-stress_timeout_floor = 1.0
-auth_failure_points = 0
-early_talker_points = 0
-timeout_points = 0
-format_error_points = 0
-
-[overload]
-max_lag = "off"
-"""
-
-HAPROXY_CONFIG = """\
-global
-    maxconn 8000
-    nbthread 1
-
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client {timeout}s
-    timeout server {timeout}s
-
-frontend flood
-    bind 127.0.0.1:{port}
-    maxconn {pool}
-    stick-table type ip size 100k expire 30s store conn_cur,conn_rate(1s)
-    tcp-request connection track-sc0 src
-    tcp-request connection reject if {{ sc0_conn_cur gt {per_source_max} }}
-    tcp-request connection reject if {{ sc0_conn_rate gt {per_source_rate} }}
-    default_backend echo
-
-backend echo
-    server echo 127.0.0.1:{backend_port}
-"""
-
-ALL_PATHS = ("netguard", "maxstartups", "haproxy")
+#: The legitimate clients, in report order.
+CLIENTS = ("returning", "first-time", "mux")
 
 
-# -- helpers ----------------------------------------------------------------------------------
+# -- sampling the gateway --------------------------------------------------------------------
 
 
-def free_port() -> int:
+def _lines(path: str) -> tuple[int, int]:
     """
-    A TCP port on 127.0.0.1 that was free a moment ago.
+    @return: (lines, bytes) of the file at C{path} so far.
     """
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return 0, 0
+    return data.count(b"\n"), len(data)
 
 
-def wait_listening(port: int, timeout: float = 20.0) -> None:
+class Sampler:
     """
-    Wait until something accepts connections on 127.0.0.1:C{port}.
+    The gateway's CPU, RSS, open descriptors and log size, sampled from C{/proc}.
 
-    @raise RuntimeError: if nothing does within C{timeout} seconds.
+    @ivar samples: C{(time.monotonic(), cpu seconds, rss KiB, fds, log lines, log bytes)}.
     """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.samples: list[tuple[float, float, int, int, int, int]] = []
+
+    def sample(self) -> None:
+        pid = self.server.pid
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                raw = f.read().decode("ascii", "replace")
+            fields = raw[raw.rindex(")") + 2 :].split()
+            cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+            rss = 0
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss = int(line.split()[1])
+            fds = len(os.listdir(f"/proc/{pid}/fd"))
+        except (OSError, ValueError):
+            return
+        lines, size = _lines(self.server.log_path)
+        self.samples.append((time.monotonic(), cpu, rss, fds, lines, size))
+
+    def sleep(self, seconds: float, until: Any = None) -> bool:
+        """
+        Sample once a second for C{seconds}, or until C{until()} is true.
+
+        @return: whether C{until()} became true.
+        """
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if until is not None and until():
+                return True
+            self.sample()
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        return until is not None and bool(until())
+
+
+# -- one measurement ---------------------------------------------------------------------------
+
+
+def _ctl_status(tree: str, env: dict[str, str], state: str) -> dict[str, Any] | None:
+    try:
+        reply = subprocess.run(
+            [sys.executable, "-m", "netguard.cli", "ctl", "--socket",
+             os.path.join(state, "control.sock"), "status"],
+            capture_output=True, timeout=20, cwd=tree, env=env,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return None
+    if reply.returncode != 0:
+        return None
+    try:
+        status: dict[str, Any] = json.loads(reply.stdout)
+    except ValueError:
+        return None
+    return status
+
+
+def measure(
+    args: argparse.Namespace, setup: pathmod.Setup, tree: str, phase: str, work: str
+) -> dict[str, Any]:
+    """
+    One gateway from C{tree}, one attack phase; stop everything started before returning.
+    """
+    processes = Processes(work)
+    tree = os.path.abspath(tree)
+    env = dict(os.environ, PYTHONPATH=tree)
+    state = tempfile.mkdtemp(prefix=f"state-{phase}-", dir=work)
+    talk = tempfile.mkdtemp(prefix=f"legit-{phase}-", dir=work)
+    port = free_port()
+    result: dict[str, Any] = {"tree": tree, "phase": phase, "load": _load()}
+    try:
+        gateway = processes.start(
+            f"gateway-{phase}",
+            [
+                sys.executable, os.path.join(HERE, "profile_session.py"), "_gateway", "--",
+                "-n", "--pidfile=", "--logger", "netguard.log.text_stdout_observer",
+                "netguard", "--state-dir", state, "--users", setup.users_file,
+                "--listen", f"tcp:{port}:interface=127.0.0.1",
+            ],
+            args.gateway_cpu, cwd=tree, env=env,
+        )  # fmt: skip
+        processes.wait_listening(gateway, port, timeout=30)
+        sampler = Sampler(gateway)
+        sampler.sample()
+        legit = processes.start(
+            f"legit-{phase}",
+            [
+                sys.executable, os.path.join(HERE, "flood_legit.py"), "--port", str(port),
+                "--user", setup.user, "--password-file", setup.password_file,
+                "--work", talk, "--duration", str(args.duration),
+            ],
+            args.client_cpu, cwd=tree, env=env,
+        )  # fmt: skip
+        ready = os.path.join(talk, "ready")
+        if not sampler.sleep(60, lambda: os.path.exists(ready) or not legit.alive()):
+            raise RuntimeError(f"the clients were not ready in 60 s:\n{legit.log_tail()}")
+        attacker = None
+        attack_out = os.path.join(talk, "attack.json")
+        if PHASES[phase]:
+            attacker = processes.start(
+                f"attack-{phase}",
+                [
+                    "nice", "-n", "10", sys.executable, os.path.join(HERE, "flood_attack.py"),
+                    "--port", str(port), "--attacks", PHASES[phase], "--scale", str(args.scale),
+                    "--duration", str(args.warmup + args.duration + 15),
+                    "--user", setup.user, "--out", attack_out,
+                ],
+                args.client_cpu,
+            )  # fmt: skip
+        result["attack_at"] = time.monotonic()
+        result["before"] = sampler.samples[-1]
+        sampler.sleep(args.warmup)
+        with open(os.path.join(talk, "go"), "w"):
+            pass
+        result["go_at"] = time.monotonic()
+        sampler.sleep(args.duration + 30, lambda: not legit.alive())
+        if attacker is not None:
+            if attacker.alive():
+                os.kill(attacker.pid, signal.SIGTERM)
+            sampler.sleep(20, lambda: not attacker.alive())
+            processes.stop(attacker)
+        result["stop_at"] = time.monotonic()
+        result["status"] = _ctl_status(tree, env, state)
+        sampler.sleep(args.recovery)
+        result["samples"] = sampler.samples
+        result["after"] = sampler.samples[-1]
+        with open(os.path.join(talk, "legit.json")) as f:
+            result["legit"] = json.load(f)
+        if attacker is not None and os.path.exists(attack_out):
+            with open(attack_out) as f:
+                result["attack"] = json.load(f)
+        with open(gateway.log_path, errors="replace") as f:
+            result["netguard"] = f.readline().rsplit(" ", 1)[-1].strip()
+        return result
+    finally:
+        processes.stop_all()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+# -- figures -----------------------------------------------------------------------------------
 
 
 def percentile(values: list[float], fraction: float) -> float | None:
     """
-    The nearest-rank percentile of C{values}, or L{None} when there are none.
+    @return: the nearest-rank percentile of C{values}, or L{None} when there are none.
     """
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
+    index = max(0, min(len(ordered) - 1, int(-(-fraction * len(ordered) // 1)) - 1))
+    return ordered[index]
 
 
-class Processes:
+def summarise_client(sessions: list[dict[str, Any]]) -> dict[str, Any]:
     """
-    The processes this run started: each leads its own session, so it can be stopped (with
-    any children) by its process-group id, and nothing else is ever signalled.
-    """
-
-    def __init__(self) -> None:
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self, argv: list[str], cpu: int | None, **kwargs: Any) -> subprocess.Popen[bytes]:
-        """
-        Start C{argv} in a new session, pinned to C{cpu} when given.
-        """
-        process = subprocess.Popen(argv, start_new_session=True, **kwargs)
-        self.started.append(process)
-        if cpu is not None:
-            try:
-                os.sched_setaffinity(process.pid, {cpu})
-            except OSError:
-                pass
-        return process
-
-    def stop(self, process: subprocess.Popen[bytes]) -> None:
-        """
-        Stop one process group we started: SIGTERM, then SIGKILL after 5 s.
-        """
-        if process.poll() is None:
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=5)
-            except ProcessLookupError:
-                pass
-        if process in self.started:
-            self.started.remove(process)
-
-    def stop_all(self) -> None:
-        """
-        Stop every process group still running, most recent first.
-        """
-        for process in reversed(list(self.started)):
-            self.stop(process)
-
-
-# -- the backend behind HAProxy (asyncio) ----------------------------------------------------
-
-
-async def _backend(port_file: str) -> None:
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            writer.write(b"HELLO echo\r\n")
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0, backlog=1024)
-    port = server.sockets[0].getsockname()[1]
-    with open(port_file + ".tmp", "w") as handle:
-        handle.write(str(port))
-    os.replace(port_file + ".tmp", port_file)
-    async with server:
-        await server.serve_forever()
-
-
-# -- the attacker (asyncio) --------------------------------------------------------------------
-
-
-async def _attack(args: argparse.Namespace) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    sources = [f"127.0.0.{2 + n}" for n in range(args.sources)]
-    outcomes: Counter[str] = Counter()
-    held: list[float] = []
-    start = loop.time()
-    end = start + args.duration + LINGER
-    peak = [0, 0]
-
-    async def one(index: int) -> None:
-        await asyncio.sleep(
-            max(0.0, start + index * args.duration / args.connections - loop.time())
-        )
-        began = loop.time()
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
-                    "127.0.0.1", args.port, local_addr=(sources[index % len(sources)], 0)
-                ),
-                timeout=5,
-            )
-        except (TimeoutError, OSError) as error:
-            outcomes[f"connect failed: {type(error).__name__}"] += 1
-            return
-        peak[0] += 1
-        peak[1] = max(peak[1], peak[0])
-        said = b""
-        ended = "closed"
-        try:
-            while len(said) < 4096:
-                data = await asyncio.wait_for(
-                    reader.read(4096), timeout=max(0.01, end - loop.time())
-                )
-                if not data:
-                    break
-                said += data
-        except TimeoutError:
-            ended = "still open at the end"
-        except OSError:
-            ended = "reset"
-        finally:
-            peak[0] -= 1
-            writer.close()
-        first = said.split(b"\r\n", 1)[0]
-        if ended == "still open at the end":
-            outcomes[ended] += 1
-        elif first.startswith(b"ERR BUSY"):
-            outcomes["refused: " + first[9:].decode("ascii", "replace")] += 1
-        elif not said:
-            outcomes["refused: closed without a word"] += 1
-        else:
-            outcomes["served, then cut off"] += 1
-            held.append(loop.time() - began)
-
-    await asyncio.gather(*(one(index) for index in range(args.connections)))
-    return {
-        "outcomes": dict(outcomes),
-        "held_p50": percentile(held, 0.5),
-        "held_max": max(held) if held else None,
-        "peak_open": peak[1],
-        "took": loop.time() - start,
-    }
-
-
-# -- the legitimate client (Twisted) -----------------------------------------------------------
-
-
-def _legit(args: argparse.Namespace) -> list[dict[str, Any]]:
-    import attrs
-    from twisted.internet import reactor as global_reactor
-    from twisted.internet.defer import Deferred, inlineCallbacks
-    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-    from twisted.internet.protocol import Protocol
-    from twisted.internet.task import deferLater
-
-    from netguard.client.protocol import CLIENT_LIMITS, Credentials, NGPClientProtocol, NGPError
-
-    reactor: Any = global_reactor
-    credentials: Any = None
-    if args.kind == "netguard":
-        with open(args.password_file) as handle:
-            credentials = Credentials(args.user, handle.read().strip())
-    payload = os.urandom(ECHO_BYTES)
-
-    class Plain(Protocol):
-        """Wait for the backend's banner line, then echo."""
-
-        def __init__(self) -> None:
-            self.buffer = b""
-            self.served: Deferred[None] = Deferred()
-            self.echoed: Deferred[bytes] = Deferred()
-            self.banner = False
-
-        def dataReceived(self, data: bytes) -> None:
-            self.buffer += data
-            if not self.banner and b"\r\n" in self.buffer:
-                self.banner = True
-                self.buffer = self.buffer.split(b"\r\n", 1)[1]
-                self.served.callback(None)
-            if self.banner and len(self.buffer) >= ECHO_BYTES and not self.echoed.called:
-                self.echoed.callback(self.buffer)
-
-        def connectionLost(self, reason: Any = None) -> None:
-            if not self.served.called:
-                self.served.errback(ConnectionError("closed without a word"))
-            elif not self.echoed.called:
-                self.echoed.errback(ConnectionError("closed during the echo"))
-
-    class Gateway(NGPClientProtocol):
-        """Authenticate, open echo, echo."""
-
-        def __init__(self, remaining: float) -> None:
-            limits = attrs.evolve(CLIENT_LIMITS, handshake_timeout=max(0.1, remaining))
-            super().__init__(credentials, "echo", clock=reactor, limits=limits)
-            self.buffer = b""
-            self.echoed: Deferred[bytes] = Deferred()
-
-        def service_data(self, data: bytes) -> None:
-            self.buffer += data
-            if len(self.buffer) >= ECHO_BYTES and not self.echoed.called:
-                self.echoed.callback(self.buffer)
-
-        def service_closed(self, reason: Any) -> None:
-            if not self.echoed.called:
-                self.echoed.errback(ConnectionError("closed during the echo"))
-
-    @inlineCallbacks
-    def attempt(remaining: float) -> Any:
-        """One connection: C{(outcome, seconds until served or None)}."""
-        began = reactor.seconds()
-        endpoint = TCP4ClientEndpoint(
-            reactor,
-            "127.0.0.1",
-            args.port,
-            timeout=max(1, int(remaining)),
-            bindAddress=("127.0.0.1", 0),
-        )
-        protocol: Any = Gateway(remaining) if args.kind == "netguard" else Plain()
-        try:
-            connecting = connectProtocol(endpoint, protocol)
-            connecting.addTimeout(remaining, reactor)
-            yield connecting
-        except Exception as error:
-            return f"connect failed: {type(error).__name__}", None
-        waiting = protocol.opened if args.kind == "netguard" else protocol.served
-        waiting.addTimeout(max(0.01, remaining - (reactor.seconds() - began)), reactor)
-        try:
-            yield waiting
-        except NGPError as error:
-            protocol.transport.abortConnection()
-            return f"{error.code} {error.text}", None
-        except Exception as error:
-            protocol.transport.abortConnection()
-            return f"not served: {type(error).__name__}", None
-        served = reactor.seconds() - began
-        protocol.transport.write(payload)
-        echoed = protocol.echoed
-        echoed.addTimeout(max(0.01, remaining - (reactor.seconds() - began)), reactor)
-        try:
-            data = yield echoed
-        except Exception as error:
-            protocol.transport.abortConnection()
-            return f"echo failed: {type(error).__name__}", None
-        protocol.transport.loseConnection()
-        return ("ok" if data[:ECHO_BYTES] == payload else "echo corrupted"), served
-
-    @inlineCallbacks
-    def session() -> Any:
-        first = reactor.seconds()
-        attempts = 0
-        reasons: Counter[str] = Counter()
-        while True:
-            remaining = SESSION_DEADLINE - (reactor.seconds() - first)
-            if remaining <= 0:
-                return {"ok": False, "attempts": attempts, "reasons": dict(reasons)}
-            attempts += 1
-            began = reactor.seconds()
-            outcome, served = yield attempt(remaining)
-            if outcome == "ok":
-                return {
-                    "ok": True,
-                    "attempts": attempts,
-                    "served_after": began - first + served,
-                    "last_attempt": served,
-                    "reasons": dict(reasons),
-                }
-            reasons[outcome] += 1
-            yield deferLater(reactor, RETRY_PAUSE, lambda: None)
-
-    results: list[dict[str, Any]] = []
-
-    @inlineCallbacks
-    def run() -> Any:
-        started = reactor.seconds()
-        try:
-            while len(results) < args.sessions and reactor.seconds() - started < args.until:
-                began = reactor.seconds()
-                result = yield session()
-                result["started_at"] = began - started
-                results.append(result)
-                yield deferLater(reactor, RETRY_PAUSE, lambda: None)
-        finally:
-            reactor.stop()
-
-    reactor.callWhenRunning(run)
-    reactor.run()
-    return results
-
-
-# -- the run ------------------------------------------------------------------------------------
-
-
-def start_server(path: str, work: str, procs: Processes) -> dict[str, Any]:
-    """
-    Start the server of C{path} (and its backend) and wait until it listens.
-
-    @return: what the clients need: C{port}, C{kind}, and for netguard C{user},
-        C{password_file}, C{control}.
-    """
-    port = free_port()
-    server_cpu = 1 if (os.cpu_count() or 1) > 1 else None
-    if path in ("netguard", "maxstartups"):
-        state = os.path.join(work, path)
-        os.makedirs(state, mode=0o700)
-        config = os.path.join(state, "netguard.toml")
-        with open(config, "w") as handle:
-            handle.write(NETGUARD_CONFIG if path == "netguard" else MAXSTARTUPS_CONFIG)
-        password = secrets.token_urlsafe(18)
-        password_file = os.path.join(work, f"{path}.password")
-        with open(os.open(password_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as handle:
-            handle.write(password + "\n")
-        subprocess.run(
-            [
-                os.path.join(VENV_BIN, "netguard"),
-                "adduser",
-                "bench",
-                "--users",
-                os.path.join(state, "users"),
-            ],
-            input=(password + "\n").encode(),
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        log = open(os.path.join(state, "twistd.out"), "wb")
-        procs.start(
-            [
-                os.path.join(VENV_BIN, "twistd"),
-                "-n",
-                "--pidfile=",
-                "netguard",
-                "--config",
-                config,
-                "--state-dir",
-                state,
-                "--listen",
-                f"tcp:{port}:interface=127.0.0.1",
-                "--log-file",
-                os.path.join(state, "netguard.log"),
-            ],
-            server_cpu,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-        wait_listening(port)
-        return {
-            "port": port,
-            "kind": "netguard",
-            "user": "bench",
-            "password_file": password_file,
-            "control": os.path.join(state, "control.sock"),
-        }
-    port_file = os.path.join(work, "backend.port")
-    procs.start([sys.executable, __file__, "backend", "--port-file", port_file], 0)
-    deadline = time.monotonic() + 20
-    while not os.path.exists(port_file) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    with open(port_file) as handle:
-        backend_port = int(handle.read())
-    config = os.path.join(work, "haproxy.cfg")
-    with open(config, "w") as handle:
-        handle.write(
-            HAPROXY_CONFIG.format(
-                port=port,
-                pool=POOL,
-                timeout=TIMEOUT,
-                per_source_max=PER_SOURCE_MAX,
-                per_source_rate=PER_SOURCE_RATE,
-                backend_port=backend_port,
-            )
-        )
-    log = open(os.path.join(work, "haproxy.out"), "wb")
-    procs.start(["haproxy", "-db", "-f", config], server_cpu, stdout=log, stderr=subprocess.STDOUT)
-    wait_listening(port)
-    return {"port": port, "kind": "plain"}
-
-
-def run_legit(
-    server: dict[str, Any], sessions: int, until: float, out: str, procs: Processes
-) -> subprocess.Popen[bytes]:
-    """
-    Start the legitimate client; it writes its sessions as JSON to C{out}.
-    """
-    argv = [
-        sys.executable,
-        __file__,
-        "legit",
-        "--port",
-        str(server["port"]),
-        "--kind",
-        server["kind"],
-        "--sessions",
-        str(sessions),
-        "--until",
-        str(until),
-        "--out",
-        out,
-    ]
-    if server["kind"] == "netguard":
-        argv += ["--user", server["user"], "--password-file", server["password_file"]]
-    return procs.start(argv, 0, cwd=REPO)
-
-
-def summarise(sessions: list[dict[str, Any]]) -> dict[str, Any]:
-    """
-    Success rate, latency percentiles, attempts and refusal reasons of some sessions.
+    @return: sessions, first-attempt and within-10-s shares (%), p50/p99 of the time to be
+        served, failed attempts and their reasons.
     """
     served = [s["served_after"] for s in sessions if s["ok"]]
     reasons: Counter[str] = Counter()
     for s in sessions:
         reasons.update(s["reasons"])
+    count = len(sessions)
     return {
-        "sessions": len(sessions),
-        "ok": len(served),
-        "success": 100.0 * len(served) / len(sessions) if sessions else None,
+        "sessions": count,
+        "first_pct": 100 * sum(1 for s in sessions if s["ok"] and s["attempts"] == 1) / count
+        if count
+        else None,
+        "within_pct": 100 * len(served) / count if count else None,
         "p50": percentile(served, 0.5),
-        "p95": percentile(served, 0.95),
-        "max": max(served) if served else None,
-        "attempts_mean": statistics.fmean(s["attempts"] for s in sessions) if sessions else None,
-        "retried": dict(reasons.most_common()),
+        "p99": percentile(served, 0.99),
+        "failed_attempts": sum(s["attempts"] - (1 if s["ok"] else 0) for s in sessions),
+        "reasons": dict(reasons.most_common()),
     }
 
 
-def run_path(path: str, args: argparse.Namespace, work: str) -> dict[str, Any]:
+def summarise_gateway(r: dict[str, Any]) -> dict[str, Any]:
     """
-    Baseline then flood for one path; every process it starts is stopped before it returns.
+    @return: the gateway's CPU (mean and largest 1 s share over the attack), RSS and open
+        descriptors before / at the peak / after the recovery, and its log during the attack.
     """
-    procs = Processes()
-    try:
-        server = start_server(path, work, procs)
-        base_out = os.path.join(work, f"{path}.baseline.json")
-        legit = run_legit(server, BASELINE_SESSIONS, 60, base_out, procs)
-        legit.wait(timeout=120)
-        flood_out = os.path.join(work, f"{path}.flood.json")
-        attack_out = os.path.join(work, f"{path}.attack.json")
-        attacker = procs.start(
-            [
-                sys.executable,
-                __file__,
-                "attack",
-                "--port",
-                str(server["port"]),
-                "--connections",
-                str(args.connections),
-                "--duration",
-                str(args.duration),
-                "--sources",
-                str(args.sources),
-                "--out",
-                attack_out,
-            ],
-            0,
-        )
-        time.sleep(WARMUP)
-        legit = run_legit(server, 10_000, args.duration - WARMUP, flood_out, procs)
-        legit.wait(timeout=args.duration + SESSION_DEADLINE + 60)
-        attacker.wait(timeout=args.duration + LINGER + 60)
-        status = None
-        if server["kind"] == "netguard":
-            reply = subprocess.run(
-                [
-                    os.path.join(VENV_BIN, "netguard"),
-                    "ctl",
-                    "--socket",
-                    server["control"],
-                    "status",
-                ],
-                capture_output=True,
-                timeout=20,
+    samples = r["samples"]
+    during = [s for s in samples if r["attack_at"] <= s[0] <= r["stop_at"]]
+    if len(during) < 2:
+        during = samples
+    first, last = during[0], during[-1]
+    steps = [
+        100 * (b[1] - a[1]) / (b[0] - a[0])
+        for a, b in zip(during, during[1:], strict=False)
+        if b[0] > a[0]
+    ]
+    return {
+        "cpu_mean_pct": 100 * (last[1] - first[1]) / max(0.1, last[0] - first[0]),
+        "cpu_max_pct": max(steps, default=0.0),
+        "rss_mib": (r["before"][2] / 1024, max(s[2] for s in during) / 1024, r["after"][2] / 1024),
+        "fds": (r["before"][3], max(s[3] for s in during), r["after"][3]),
+        "log_lines": last[4] - first[4],
+        "log_kib": (last[5] - first[5]) / 1024,
+        "seconds": last[0] - first[0],
+    }
+
+
+def timeline(r: dict[str, Any], step: float = 5.0) -> list[str]:
+    """
+    @return: one entry per C{step} seconds of the gateway's life from the attack's start
+        (t = 0: the clients start measuring): CPU % over the step, RSS (MiB) and open
+        descriptors at its end, log lines written during it.
+    """
+    samples = [s for s in r["samples"] if s[0] >= r["attack_at"] - 1.0]
+    entries = []
+    mark = samples[0] if samples else None
+    for sample in samples[1:]:
+        assert mark is not None
+        if sample[0] - mark[0] >= step - 0.05 or sample is samples[-1]:
+            cpu = 100 * (sample[1] - mark[1]) / max(0.1, sample[0] - mark[0])
+            entries.append(
+                f"{sample[0] - r['go_at']:+.0f}s {cpu:.0f}% {sample[2] / 1024:.0f}M "
+                f"{sample[3]}fd {sample[4] - mark[4]}l"
             )
-            if reply.returncode == 0:
-                status = json.loads(reply.stdout)
-        with open(base_out) as b, open(flood_out) as f, open(attack_out) as a:
-            result = {
-                "baseline": summarise(json.load(b)),
-                "flood": summarise(json.load(f)),
-                "attack": json.load(a),
-            }
-        if status is not None:
-            result["refused"] = {
-                k[len("refused.") :]: v for k, v in status.items() if k.startswith("refused.")
-            }
-            result["admission_after"] = status.get("admission")
-        return result
-    finally:
-        procs.stop_all()
+            mark = sample
+    return entries
 
 
-def _fmt(value: float | None, unit: str = "s") -> str:
+def _s(value: float | None) -> str:
     if value is None:
         return "-"
-    if unit != "s":
-        return f"{value:.0f}{unit}"
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
-def report(results: dict[str, Any], args: argparse.Namespace) -> str:
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} %"
+
+
+def report(result: dict[str, Any], run: int) -> str:
     """
-    The results as Markdown tables.
+    @return: the Markdown figures of one run of one checkout, every phase.
     """
+    phases = result["phases"]
+    some = next(iter(phases.values()))
     lines = [
-        f"Flood: {args.connections} silent connections over {args.duration} s from "
-        f"{args.sources} addresses (127.0.0.2 ... 127.0.0.{1 + args.sources}); legitimate "
-        f"client from 127.0.0.1, sessions back to back from {WARMUP:.0f} s into the flood; "
-        f"a session fails if not served within {SESSION_DEADLINE:.0f} s of its first attempt.",
+        f"### {result['tree']} (netguard from {some.get('netguard', '?')}), run {run}",
         "",
-        "| path | baseline: served, p50 | flood: sessions served | p50 | p95 | max "
-        "| attempts/session |",
-        "|---|---|---|---|---|---|---|",
+        "| attack | client | sessions | served 1st attempt | served within 10 s | p50 | p99 "
+        "| failed attempts: reasons |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for path, r in results.items():
-        b, f = r["baseline"], r["flood"]
-        lines.append(
-            f"| {path} | {b['ok']}/{b['sessions']}, {_fmt(b['p50'])} "
-            f"| {f['ok']}/{f['sessions']} ({_fmt(f['success'], '%')})"
-            f" | {_fmt(f['p50'])} | {_fmt(f['p95'])} | {_fmt(f['max'])} |"
-            f" {f['attempts_mean']:.1f} |"
-        )
+    for phase, r in phases.items():
+        legit = r["legit"]
+        for kind in CLIENTS:
+            c = summarise_client(legit.get("clients", {}).get(kind, []))
+            reasons = ", ".join(f"{k} {v}" for k, v in list(c["reasons"].items())[:3]) or "-"
+            if kind == "mux":
+                relogins = (legit.get("mux_logins") or 1) - 1
+                reasons = f"streams lost {c['failed_attempts']}, re-logins {relogins}; {reasons}"
+            lines.append(
+                f"| {PHASE_LABELS[phase] if kind == 'returning' else ''} | {kind} "
+                f"| {c['sessions']} | {_pct(c['first_pct'])} | {_pct(c['within_pct'])} "
+                f"| {_s(c['p50'])} | {_s(c['p99'])} | {reasons} |"
+            )
+        if "error" in legit:
+            lines.append(f"| | clients' error: {legit['error']} | | | | | | |")
     lines += [
         "",
-        "| path | legitimate retries by reason | attackers got | attacker held p50 / max |",
-        "|---|---|---|---|",
+        "| attack | gateway CPU mean / max 1 s | RSS MiB before / peak / after "
+        "| fds before / peak / after | log during the attack | attack connections | "
+        "load |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for path, r in results.items():
-        a = r["attack"]
-        retried = ", ".join(f"{k}: {v}" for k, v in r["flood"]["retried"].items()) or "-"
-        got = ", ".join(f"{k}: {v}" for k, v in sorted(a["outcomes"].items(), key=lambda i: -i[1]))
+    for phase, r in phases.items():
+        g = summarise_gateway(r)
+        started = sum(a["started"] for a in r.get("attack", {}).get("attacks", {}).values())
+        rate = f"{started} ({started / max(1.0, g['seconds']):.0f}/s)" if started else "-"
         lines.append(
-            f"| {path} | {retried} | {got} | {_fmt(a['held_p50'])} / {_fmt(a['held_max'])} |"
+            f"| {phase} | {g['cpu_mean_pct']:.0f} % / {g['cpu_max_pct']:.0f} % "
+            f"| {g['rss_mib'][0]:.0f} / {g['rss_mib'][1]:.0f} / {g['rss_mib'][2]:.0f} "
+            f"| {g['fds'][0]} / {g['fds'][1]} / {g['fds'][2]} "
+            f"| {g['log_lines']} lines, {g['log_kib']:.0f} KiB | {rate} | {r['load']} |"
         )
-    for path, r in results.items():
-        if "refused" in r:
-            refused = ", ".join(f"{k}: {v}" for k, v in sorted(r["refused"].items()))
-            lines.append(f"\n{path} gateway counters: refused {refused}.")
+    lines += ["", "Attackers' connections ended (per attack) and the gateway's refusal counters:"]
+    for phase, r in phases.items():
+        for name, a in r.get("attack", {}).get("attacks", {}).items():
+            got = ", ".join(f"{k} {v}" for k, v in list(a["outcomes"].items())[:5])
+            extra = f", failed logins {a['failed_logins']}" if a["failed_logins"] else ""
+            lines.append(f"- {phase}/{name}: peak open {a['peak_open']}{extra}; {got}")
+        refused = {
+            k[len("refused.") :]: v
+            for k, v in (r.get("status") or {}).items()
+            if k.startswith("refused.") and v
+        }
+        if refused:
+            lines.append(
+                f"- {phase}: gateway refused "
+                + ", ".join(f"{k} {v}" for k, v in sorted(refused.items()))
+            )
+    lines += [
+        "",
+        "Gateway timeline (every 5 s from the attack's start; t = 0 when the clients start "
+        "measuring): t CPU RSS fds log-lines",
+    ]
+    for phase, r in phases.items():
+        lines.append(f"- {phase}: " + " | ".join(timeline(r)))
+    return "\n".join(lines)
+
+
+def _cell(figures: list[dict[str, Any]], key: str, fmt: Any) -> str:
+    values = [f[key] for f in figures if f[key] is not None]
+    if not values:
+        return "-"
+    return f"{fmt(statistics.median(values))} ({', '.join(fmt(v) for v in values)})"
+
+
+def medians(results: list[dict[str, Any]]) -> str:
+    """
+    @return: per checkout, attack and client, the medians over the runs (and each run's
+        value in brackets) of the first-attempt share, the within-10-s share, p50 and p99;
+        for the multiplexed session the streams lost in each run.
+    """
+    lines = [
+        "| checkout | attack | client | served 1st attempt | served within 10 s | p50 | p99 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    trees = list(dict.fromkeys(r["tree"] for r in results))
+    for tree in trees:
+        runs = [r for r in results if r["tree"] == tree]
+        for phase in runs[0]["phases"]:
+            for kind in CLIENTS:
+                figures = [
+                    summarise_client(r["phases"][phase]["legit"].get("clients", {}).get(kind, []))
+                    for r in runs
+                    if phase in r["phases"]
+                ]
+
+                lost = ""
+                if kind == "mux":
+                    lost = (
+                        " (streams lost: "
+                        + ", ".join(str(f["failed_attempts"]) for f in figures)
+                        + ")"
+                    )
+                lines.append(
+                    f"| {os.path.basename(tree.rstrip('/')) or tree} | {phase} | {kind}{lost} "
+                    f"| {_cell(figures, 'first_pct', _pct)} "
+                    f"| {_cell(figures, 'within_pct', _pct)} "
+                    f"| {_cell(figures, 'p50', _s)} | {_cell(figures, 'p99', _s)} |"
+                )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """
-    The command line: C{run} (the default) or one of the helper roles.
-    """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="role")
-    run = sub.add_parser("run")
-    for p in (parser, run):
-        p.add_argument("--paths", default=",".join(ALL_PATHS))
-        p.add_argument("--connections", type=int, default=2000)
-        p.add_argument("--duration", type=float, default=20.0)
-        p.add_argument("--sources", type=int, default=199)
-        p.add_argument("--json", default=None, help="also write the figures to this file")
-    backend = sub.add_parser("backend")
-    backend.add_argument("--port-file", required=True)
-    attack = sub.add_parser("attack")
-    attack.add_argument("--port", type=int, required=True)
-    attack.add_argument("--connections", type=int, required=True)
-    attack.add_argument("--duration", type=float, required=True)
-    attack.add_argument("--sources", type=int, required=True)
-    attack.add_argument("--out", required=True)
-    legit = sub.add_parser("legit")
-    legit.add_argument("--port", type=int, required=True)
-    legit.add_argument("--kind", choices=("netguard", "plain"), required=True)
-    legit.add_argument("--sessions", type=int, required=True)
-    legit.add_argument("--until", type=float, required=True)
-    legit.add_argument("--out", required=True)
-    legit.add_argument("--user", default="")
-    legit.add_argument("--password-file", default="")
+    parser.add_argument(
+        "--tree", action="append", help="a checkout to run (repeat to interleave; default .)"
+    )
+    parser.add_argument("--attacks", default=",".join(PHASES), help="phases, comma-separated")
+    parser.add_argument("--duration", type=float, default=45.0, help="seconds measured")
+    parser.add_argument("--warmup", type=float, default=5.0, help="attack before measuring")
+    parser.add_argument("--recovery", type=float, default=10.0, help="watched after the attack")
+    parser.add_argument("--runs", type=int, default=1, help="runs of every phase and tree")
+    parser.add_argument("--scale", type=float, default=1.0, help="scale the attacks' slots")
+    parser.add_argument("--gateway-cpu", type=int, default=1)
+    parser.add_argument("--client-cpu", type=int, default=0)
+    parser.add_argument("--json", help="also write every sample and figure to this file")
+    parser.add_argument("--report", metavar="JSON", help="print the report of an earlier --json")
     args = parser.parse_args(argv)
-
-    if args.role == "backend":
-        asyncio.run(_backend(args.port_file))
+    if args.report:
+        with open(args.report) as f:
+            earlier = json.load(f)["results"]
+        for r in earlier:
+            sys.stdout.write(report(r, r["run"]) + "\n\n")
+        sys.stdout.write(medians(earlier) + "\n")
         return 0
-    if args.role == "attack":
-        if not 1 <= args.sources <= 253:
-            parser.error("--sources must be within 1..253 (127.0.0.2 ... 127.0.0.254)")
-        result = asyncio.run(_attack(args))
-        with open(args.out, "w") as handle:
-            json.dump(result, handle)
-        return 0
-    if args.role == "legit":
-        sys.path.insert(0, REPO)
-        sessions = _legit(args)
-        with open(args.out, "w") as handle:
-            json.dump(sessions, handle)
-        return 0
-
-    paths = [p for p in args.paths.split(",") if p]
-    unknown = set(paths) - set(ALL_PATHS)
+    trees = args.tree or ["."]
+    phases = [p for p in args.attacks.split(",") if p]
+    unknown = set(phases) - set(PHASES)
     if unknown:
-        parser.error(f"unknown paths: {', '.join(sorted(unknown))}")
-    if "haproxy" in paths and shutil.which("haproxy") is None:
-        print("haproxy is not installed: skipping that path", file=sys.stderr)
-        paths.remove("haproxy")
-    work = tempfile.mkdtemp(prefix="ng-flood-bench-", dir="/tmp")
-    results: dict[str, Any] = {}
+        parser.error(f"unknown attacks: {', '.join(sorted(unknown))}")
+    if (os.cpu_count() or 1) < 2:
+        args.gateway_cpu = args.client_cpu = None
+    if args.client_cpu is not None:
+        os.sched_setaffinity(0, {args.client_cpu})
+    work = tempfile.mkdtemp(prefix="netguard-flood-")
+    results: list[dict[str, Any]] = []
     try:
-        for path in paths:
-            print(f"[{time.strftime('%H:%M:%S')}] {path} ...", file=sys.stderr, flush=True)
-            results[path] = run_path(path, args, work)
-            time.sleep(2)  # let the previous path's sockets go
+        setup = pathmod.prepare(work, Processes(work), None, os.path.dirname(sys.executable))
+        for run in range(1, args.runs + 1):
+            runs = {tree: {"tree": tree, "run": run, "phases": {}} for tree in trees}
+            for phase in phases:
+                for tree in trees:
+                    sys.stderr.write(
+                        f"[{time.strftime('%H:%M:%S')}] run {run} {phase} {tree} "
+                        f"(load {_load()})\n"
+                    )
+                    sys.stderr.flush()
+                    runs[tree]["phases"][phase] = measure(args, setup, tree, phase, work)
+                    time.sleep(2)  # let the sockets of the phase go
+            for tree in trees:
+                results.append(runs[tree])
+                sys.stdout.write(report(runs[tree], run) + "\n\n")
+                sys.stdout.flush()
+        if args.runs > 1 or len(trees) > 1:
+            sys.stdout.write("Medians over the runs (each run's value in brackets):\n\n")
+            sys.stdout.write(medians(results) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"args": vars(args), "results": results}, handle, indent=1)
-    print(report(results, args))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "results": results}, f)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
