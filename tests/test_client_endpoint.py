@@ -83,6 +83,31 @@ class EndpointStringTests(unittest.TestCase):
         endpoint = self.parse(f"host=localhost:port=7700:pin_sha256={public_key_pin(cert)}")
         self.assertNotIsInstance(endpoint.gateway, HostnameEndpoint)
 
+    def test_tickets_by_default(self):
+        """
+        A C{netguard:} endpoint keeps returning-client tickets unless told not to, with or
+        without multiplexing.
+        """
+        from netguard.client.tickets import TicketStore
+
+        self.assertIsInstance(self.parse("host=h:port=1").tickets, TicketStore)
+        self.assertIsInstance(self.parse("host=h:port=1:mux=no").tickets, TicketStore)
+
+    def test_tickets_no(self):
+        """
+        C{tickets=no}: no ticket store (none asked for, none presented).
+        """
+        self.assertIsNone(self.parse("host=h:port=1:tickets=no").tickets)
+        self.assertIsNone(self.parse("host=h:port=1:mux=no:tickets=no").tickets)
+
+    def test_tickets_value_checked(self):
+        """
+        C{tickets=} is yes or no; anything else is refused.
+        """
+        with self.assertRaises(ValueError) as caught:
+            self.parse("host=h:port=1:tickets=maybe")
+        self.assertIn("tickets=", str(caught.exception))
+
     def test_plain_without_tls_options(self):
         endpoint = self.parse("host=localhost:port=7700")
         self.assertIsInstance(endpoint.gateway, HostnameEndpoint)

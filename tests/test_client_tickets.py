@@ -795,3 +795,146 @@ class EndpointRetryTests(unittest.TestCase):
         endpoint.connect(Factory.forProtocol(Protocol))
         self.gateway.login(0)
         self.assertEqual(self.gateway.sent(0), b"OPEN echo\r\n")
+
+
+class MuxEndpointTicketTests(unittest.TestCase):
+    """
+    L{MuxClientEndpoint}: each login asks for a ticket in the same write as C{MUX}, and
+    presents a kept one; a refused ticket costs one immediate login without one, not counted
+    as a failed login; a gateway that does not multiplex gets the same store.
+    """
+
+    def setUp(self) -> None:
+        from netguard.client.mux_endpoint import MuxClientEndpoint
+        from netguard.client.protocol import Credentials
+
+        self.clock = Clock()
+        self.gateway = ScriptedGateway()
+        self.store = TicketStore(now=self.clock.seconds)
+        self.endpoint = MuxClientEndpoint(
+            self.clock,
+            self.gateway,
+            Credentials("alice", PASSWORD),
+            "echo",
+            random=lambda: 0.5,
+            tickets=self.store,
+        )
+        self.addCleanup(self.endpoint.close)
+
+    def connect(self) -> Deferred[Any]:
+        connecting = self.endpoint.connect(Factory.forProtocol(Protocol))
+        connecting.addErrback(lambda failure: None)
+        return connecting
+
+    def test_ticket_pipelined_with_mux_and_kept(self) -> None:
+        """
+        After the verified login C{TICKET} and C{MUX yamux/1} go in one write; C{OK TICKET}
+        and C{OK MUX} in one read bring the session up and the ticket is kept.
+        """
+        self.connect()
+        self.gateway.login(0, TICKET_GREETING + b" MUX=yamux/1")
+        self.assertEqual(self.gateway.sent(0), b"TICKET\r\nMUX yamux/1\r\n")
+        self.gateway.clients[0].dataReceived(ticket_line() + b"\r\nOK MUX yamux/1 STREAMS=8\r\n")
+        self.assertEqual(len(self.endpoint.sessions), 1)
+        self.assertEqual(self.store.take(), TOKEN)
+
+    def test_login_presents_a_kept_ticket(self) -> None:
+        """
+        A login with a ticket in the store sends C{RESUME <token>} first.
+        """
+        self.store.keep(TicketOffer(TOKEN, 3600))
+        self.connect()
+        self.assertEqual(self.gateway.sent(0), b"RESUME " + TOKEN + b"\r\n")
+
+    def test_refused_ticket_logs_in_again_at_once(self) -> None:
+        """
+        C{ERR BAD_TICKET}: a second login starts at once (no backoff, no clock advance),
+        without C{RESUME}; it is not a failed login (no C{tunnel.mux.login_failed}).
+        """
+        self.store.keep(TicketOffer(TOKEN, 3600))
+        self.connect()
+        self.gateway.sent(0)
+        with capturedLogs() as events:
+            self.gateway.refuse_ticket(0)
+        self.assertEqual(
+            [e["event"] for e in events if e.get("event", "").startswith("tunnel.")],
+            ["tunnel.ticket.refused"],
+        )
+        self.assertEqual((self.endpoint.logins, len(self.gateway.clients)), (2, 2))
+        self.assertEqual(self.gateway.sent(1), b"")
+        self.gateway.login(1, TICKET_GREETING + b" MUX=yamux/1")
+        self.gateway.clients[1].dataReceived(b"ERR UNKNOWN_COMMAND\r\nOK MUX yamux/1\r\n")
+        self.assertEqual(len(self.endpoint.sessions), 1)
+
+    def test_second_refusal_is_an_ordinary_failure(self) -> None:
+        """
+        A hostile gateway that answers the login without a ticket with C{ERR BAD_TICKET}
+        too: an ordinary failed login (logged, backoff before the next), not a third login
+        at once.
+        """
+        self.store.keep(TicketOffer(TOKEN, 3600))
+        self.connect()
+        self.gateway.refuse_ticket(0)
+        with capturedLogs() as events:
+            self.gateway.refuse_ticket(1)
+        self.assertIn("tunnel.mux.login_failed", [e.get("event") for e in events])
+        self.assertEqual(self.endpoint.logins, 2)
+        self.clock.advance(0)
+        self.assertEqual(self.endpoint.logins, 2)
+
+    def test_fallback_shares_the_store(self) -> None:
+        """
+        A gateway without C{MUX=yamux/1}: the per-connection endpoint used from then on
+        keeps its tickets in the same store.
+        """
+        self.connect()
+        self.gateway.clients[0].dataReceived(TICKET_GREETING + b"\r\n")
+        assert self.endpoint.fallback is not None
+        self.assertIs(self.endpoint.fallback.tickets, self.store)
+
+    def test_no_tickets(self) -> None:
+        """
+        C{tickets=False}: the login asks for none.
+        """
+        from netguard.client.mux_endpoint import MuxClientEndpoint
+        from netguard.client.protocol import Credentials
+
+        endpoint = MuxClientEndpoint(
+            self.clock, self.gateway, Credentials("alice", PASSWORD), "echo", tickets=False
+        )
+        self.addCleanup(endpoint.close)
+        endpoint.connect(Factory.forProtocol(Protocol)).addErrback(lambda failure: None)
+        self.gateway.login(0, TICKET_GREETING + b" MUX=yamux/1")
+        self.assertEqual(self.gateway.sent(0), b"MUX yamux/1\r\n")
+
+
+class TunnelOptionTests(unittest.TestCase):
+    """
+    C{netguard tunnel} keeps tickets by default; C{--no-tickets} turns them off, with or
+    without C{--mux}.
+    """
+
+    def endpoint(self, *extra: str) -> Any:
+        from netguard.cli import build_parser
+        from netguard.cli.tunnel import build_endpoint
+        from netguard.client.protocol import Credentials
+
+        args = build_parser().parse_args(
+            ["tunnel", "--gateway", "tcp:127.0.0.1:1", "--service", "echo"]
+            + ["--listen", "tcp:0", "--user", "alice", *extra]
+        )
+        return build_endpoint(Clock(), ScriptedGateway(), Credentials("alice", "pw"), args)
+
+    def test_tickets_by_default(self) -> None:
+        """
+        Without an option, both kinds of endpoint keep a ticket store.
+        """
+        self.assertIsInstance(self.endpoint().tickets, TicketStore)
+        self.assertIsInstance(self.endpoint("--no-mux").tickets, TicketStore)
+
+    def test_no_tickets(self) -> None:
+        """
+        C{--no-tickets}: no store, with or without multiplexing.
+        """
+        self.assertIsNone(self.endpoint("--no-tickets").tickets)
+        self.assertIsNone(self.endpoint("--no-tickets", "--no-mux").tickets)

@@ -31,12 +31,26 @@ def _gateway_host(args: argparse.Namespace) -> str | None:
     return positional[1] if len(positional) > 1 else None
 
 
+def build_endpoint(reactor: Any, gateway: Any, credentials: Any, args: argparse.Namespace) -> Any:
+    """
+    The client endpoint C{netguard tunnel} carries its connections through: multiplexed
+    (C{--mux}) or one gateway connection each, keeping tickets unless C{--no-tickets}.
+    """
+    from netguard.client.endpoint import NGPClientEndpoint
+
+    if args.mux:
+        from netguard.client.mux_endpoint import MuxClientEndpoint
+
+        return MuxClientEndpoint(reactor, gateway, credentials, args.service, tickets=args.tickets)
+    return NGPClientEndpoint(reactor, gateway, credentials, args.service, tickets=args.tickets)
+
+
 def _cmd_tunnel(args: argparse.Namespace, io: _IO) -> int:
     from twisted.internet import reactor as _reactor
     from twisted.internet.endpoints import clientFromString, serverFromString
     from twisted.logger import globalLogBeginner
 
-    from netguard.client.endpoint import NGPClientEndpoint, wrap_tls
+    from netguard.client.endpoint import wrap_tls
     from netguard.client.protocol import Credentials
     from netguard.client.tunnel import TunnelFactory
     from netguard.endpoints import resolve_endpoint_ports
@@ -73,14 +87,7 @@ def _cmd_tunnel(args: argparse.Namespace, io: _IO) -> int:
         gateway = wrap_tls(reactor, gateway, tls_options, default_hostname=_gateway_host(args))
     except ValueError as e:
         raise CommandError(str(e)) from None
-    credentials = Credentials(name, password)
-    endpoint: Any
-    if args.mux:
-        from netguard.client.mux_endpoint import MuxClientEndpoint
-
-        endpoint = MuxClientEndpoint(reactor, gateway, credentials, args.service)
-    else:
-        endpoint = NGPClientEndpoint(reactor, gateway, credentials, args.service)
+    endpoint = build_endpoint(reactor, gateway, Credentials(name, password), args)
     factory = TunnelFactory(reactor, endpoint, idle_timeout=args.idle_timeout)
     observer: Any = safe_text_observer(io.stderr)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
@@ -142,6 +149,15 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "session (one login for many connections; MUX yamux/1; a gateway without it gets a "
         "connection each): the default; --no-mux opens one gateway connection, login and "
         "OPEN per local connection",
+    )
+    p.add_argument(
+        "--tickets",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the returning-client tickets the gateway issues after a login (in memory "
+        "only) and present one on the next gateway connection, which then gets priority "
+        "admission during a flood (a ticket never replaces the login): the default; "
+        "--no-tickets neither asks for nor presents any",
     )
     p.add_argument(
         "--tls",
