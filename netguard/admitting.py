@@ -26,7 +26,8 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
-from netguard.admission import Admission, Refusal
+from netguard.admission import Admission, Refusal, Slot
+from netguard.admission.eviction import LANE, RELAY
 from netguard.framing import FramingLimits, peer_label
 from netguard.refusal_log import RefusalLog
 
@@ -61,39 +62,104 @@ class Scheduler(Protocol):
 
 class Admitted:
     """
-    One admitted connection's hold on its admission slot.
+    One admitted connection's hold on its admission slot (its L{Slot}).
 
     @ivar address: the peer address it was admitted with.
-    @ivar promoted: whether the connection is in the authenticated pool.
     """
 
-    __slots__ = ("admission", "address", "promoted", "_released")  # one per connection
+    __slots__ = ("admission", "address", "slot", "_released")  # one per connection
 
-    def __init__(self, admission: Admission, address: object) -> None:
+    def __init__(self, admission: Admission, address: object, slot: Slot) -> None:
+        """
+        @param admission: the L{Admission} that gave the slot.
+        @param address: the peer address it was admitted with.
+        @param slot: the slot L{Admission.enter} gave.
+        """
         self.admission = admission
         self.address = address
-        self.promoted = False
+        self.slot = slot
         self._released = False
+
+    @property
+    def promoted(self) -> bool:
+        """
+        Whether the connection is in the authenticated pool.
+        """
+        return self.slot.pool == RELAY
+
+    @property
+    def lane(self) -> bool:
+        """
+        Whether the connection is in the returning-client lane.
+        """
+        return self.slot.pool == LANE
+
+    @property
+    def probation(self) -> Refusal | None:
+        """
+        The refusal this connection stands for while it is only on probation, else L{None}.
+
+        A connection on probation is not greeted: it has C{probation_timeout} to present a
+        valid returning-client ticket (then L{enter_lane}); when that time is up, or when the
+        probation pool is full and it is the oldest, admission calls L{on_evict} with
+        C{probation.reason}, and the connection is answered as that refusal and closed. No
+        offence: it did nothing wrong, it came at a bad time.
+        """
+        return self.slot.probation
+
+    @property
+    def on_evict(self) -> Callable[[str], object] | None:
+        """
+        What admission calls, with the reason, when it ends this connection: C{evicted} to
+        make room for a newcomer, or C{probation.reason} when its probation ends. The
+        connection has already lost its slot; the callee answers C{ERR BUSY <reason>} (or
+        nothing, with C{reject_mode = "close"}) and closes it. No offence.
+
+        Only a connection with a handler can be evicted. L{AdmittingFactory} sets a default
+        for the protocols of an L{AdmissionAware} factory that leave it unset, which writes
+        the reply line to the protocol's transport and closes it; set your own to do better.
+        """
+        return self.slot.on_evict
+
+    @on_evict.setter
+    def on_evict(self, callback: Callable[[str], object] | None) -> None:
+        self.admission.set_evict_handler(self.slot, callback)
 
     def promote(self) -> Refusal | None:
         """
         The peer has authenticated: move this connection to the authenticated pool
-        (L{Admission.authenticated}).
+        (L{Admission.promote}).
 
         @return: L{None}, or a L{Refusal} (C{relay-cap}) when that pool is full; the caller
             decides what to tell the peer and should then close.
         """
-        if self.promoted:
-            return None
-        refusal = self.admission.authenticated(self.address)
-        self.promoted = refusal is None
-        return refusal
+        return self.admission.promote(self.slot)
+
+    def enter_lane(self) -> Refusal | None:
+        """
+        The peer presented a valid returning-client ticket: move this connection (from the
+        unauthenticated pool, or from probation) into the returning-client lane, where it is
+        never evicted, never refused by overload, and no longer on probation
+        (L{Admission.enter_lane}).
+
+        @return: L{None} when in the lane; else a L{Refusal} (C{lane-cap}, or C{global-cap}
+            for a connection on probation) and nothing changed: the connection goes on as a
+            first-time one (on probation still, if it was).
+        """
+        return self.admission.enter_lane(self.slot)
+
+    def progress(self) -> None:
+        """
+        The connection made useful progress (it started C{AUTH}, or passed a SCRAM step):
+        eviction takes those that made none first, then the least recently useful.
+        """
+        self.admission.progress(self.slot)
 
     def offence(self, kind: str) -> float | None:
         """
         Record an offence of this connection's source.
 
-        @param kind: C{"auth_failure"}, C{"early_talker"}, C{"timeout"} or C{"format_error"}.
+        @param kind: one of L{netguard.admission.OFFENCE_KINDS}.
         @return: the seconds the source is now blocked for, or L{None}.
         @raise ValueError: for another kind.
         """
@@ -101,11 +167,12 @@ class Admitted:
 
     def release(self) -> None:
         """
-        The connection has ended: give its slot back (once).
+        The connection has ended: give its slot back (once; after an eviction or the end
+        of probation there is nothing left to give).
         """
         if not self._released:
             self._released = True
-            self.admission.released(self.address, self.promoted)
+            self.admission.release(self.slot)
 
 
 @runtime_checkable
@@ -120,6 +187,13 @@ class AdmissionAware(Protocol):
         """
         Build the protocol of an admitted connection, which must call C{admitted.release()}
         when the connection ends.
+
+        When C{admitted.probation} is set the connection was let in only on probation: do
+        not greet it; let it present a returning-client ticket (then call
+        C{admitted.enter_lane()}), and set C{admitted.on_evict} to answer and close it when
+        admission ends its probation (a default that writes the reply line and closes the
+        transport is set if the protocol leaves it unset). The same handler serves
+        evictions. Call C{admitted.progress()} on useful progress.
 
         @return: the protocol, or L{None} to close the connection (its slot is given back).
         """
@@ -177,6 +251,31 @@ class _Refusal(TwistedProtocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self._abort is not None and self._abort.active():
             self._abort.cancel()
+
+
+class _Ending:
+    """
+    The default L{Admitted.on_evict} of an L{AdmissionAware} factory's protocol: account for
+    the end as a refusal (L{AdmittingFactory.ended}), write the reply line and close.
+    """
+
+    __slots__ = ("factory", "addr", "protocol")
+
+    def __init__(
+        self, factory: AdmittingFactory, addr: IAddress | None, protocol: TwistedProtocol
+    ) -> None:
+        self.factory = factory
+        self.addr = addr
+        self.protocol = protocol
+
+    def __call__(self, reason: str) -> None:
+        line = self.factory.ended(self.addr, reason)
+        transport: Any = self.protocol.transport
+        if transport is None:
+            return
+        if line is not None:
+            transport.write(line + b"\r\n")
+        transport.loseConnection()
 
 
 class AdmittedProtocol(ProtocolWrapper):
@@ -273,11 +372,14 @@ class AdmittingFactory(WrappingFactory):
     def buildProtocol(self, addr: IAddress | None) -> Any:
         """
         Admit or refuse a new connection before the application builds anything for it.
+
+        An L{AdmissionAware} factory may be handed a connection on probation; for any other
+        factory probation is the refusal it stands for.
         """
-        refusal = self.admission.admit(addr)
-        if refusal is not None:
-            return self._refuse(addr, refusal)
-        admitted = Admitted(self.admission, addr)
+        result = self.admission.enter(addr, probation=self._aware)
+        if isinstance(result, Refusal):
+            return self._refuse(addr, result)
+        admitted = Admitted(self.admission, addr, result)
         try:
             if self._aware:
                 wrapped = self.wrappedFactory.build_admitted(addr, admitted)
@@ -290,10 +392,34 @@ class AdmittingFactory(WrappingFactory):
             admitted.release()
             return None
         if self._aware:
+            if admitted.on_evict is None:
+                admitted.on_evict = _Ending(self, addr, wrapped)
             return wrapped
         protocol = AdmittedProtocol(self, wrapped)  # type: ignore[arg-type]
         protocol.admitted = admitted
         return protocol
+
+    def ended(self, addr: IAddress | None, reason: str) -> bytes | None:
+        """
+        Account for a connection that admission ended after letting it in (evicted, or at
+        the end of its probation) as for a refusal of that reason: told to an
+        L{AdmissionAware} factory, logged as C{conn.reject} with C{ended=True} (the first few
+        per source and reason, the rest summarised, as refusals).
+
+        @return: the line to send before closing, or L{None} for a silent close.
+        """
+        refusal = Refusal(reason)
+        fields = self.wrappedFactory.refused(addr, refusal) if self._aware else {}
+        if self.refusal_log.note(self.admission.source_key(addr), reason):
+            self.log.info(
+                "refused {peer}: {reason}",
+                event="conn.reject",
+                peer=peer_label(addr),
+                reason=reason,
+                ended=True,
+                **fields,
+            )
+        return self.admission.reply_line(refusal)
 
     def _refuse(self, addr: IAddress | None, refusal: Refusal) -> _Refusal | None:
         """

@@ -84,7 +84,10 @@ class PolicyTests(unittest.TestCase):
             (policy.penalty_base, policy.penalty_max, policy.penalty_decay), (10, 3600, 600)
         )
         self.assertEqual(policy.penalty_threshold, 3)
-        self.assertEqual([policy.points_for(k) for k in OFFENCE_KINDS], [1, 3, 1, 1])
+        self.assertEqual([policy.points_for(k) for k in OFFENCE_KINDS], [1, 3, 1, 1, 3])
+        self.assertEqual(policy.bad_ticket_points, 3)
+        self.assertEqual((policy.lane_max, policy.max_probation), (256, 512))
+        self.assertEqual(policy.probation_timeout, 1.0)
         self.assertEqual((policy.never_penalise, policy.deny, policy.allow), ((), (), ()))
         self.assertEqual(policy.max_tracked_sources, 65536)
         self.assertEqual(policy.reject_mode, "reply")
@@ -336,8 +339,10 @@ class PerSourceTests(unittest.TestCase):
         first, second = v4("192.0.2.1", 1), v4("192.0.2.1", 2)
         admission.admit(first)
         admission.admit(second)
-        self.assertEqual(admission._live[first][2], "192.0.2.1/32")
-        self.assertIs(admission._live[first][2], admission._live[second][2])
+        [one], [other] = admission._live[first], admission._live[second]
+        self.assertEqual(one.source.key, "192.0.2.1/32")
+        self.assertIs(one.source, other.source)
+        self.assertIs(one.source.key, other.source.key)
 
     def test_per_source_cap_counts_relays(self) -> None:
         admission, _ = make(per_source_max=2, per_source_burst=100)
@@ -750,12 +755,18 @@ class OverloadTests(unittest.TestCase):
         admission.set_overload(None)
         self.assertIsNone(admission.admit(v4("192.0.2.1")))
 
-    def test_overload_does_not_touch_source_tables(self) -> None:
+    def test_overload_applies_source_rules_first(self) -> None:
+        """
+        Under overload the source-targeted rules still refuse at once (before the
+        connection could be put on probation), so they see every attempt: a blocked source
+        is refused C{penalised}, not C{overload-load}.
+        """
         admission, _ = make()
+        admission.offence(v4("203.0.113.5"), "early_talker")
         admission.set_overload(OVERLOAD_LOAD)
-        for n in range(1000):
-            admission.admit(nth_v4(n))
-        self.assertEqual(admission.snapshot()["tracked_sources"], 0)
+        self.assertEqual(admission.admit(v4("203.0.113.5")).reason, PENALISED)  # type: ignore[union-attr]
+        self.assertEqual(admission.admit(v4("192.0.2.1")), Refusal(OVERLOAD_LOAD))
+        self.assertEqual(admission.snapshot()["tracked_sources"], 1)
 
     def test_overload_lets_admitted_users_authenticate(self) -> None:
         admission, _ = make()
@@ -827,8 +838,11 @@ class ReportingTests(unittest.TestCase):
             admission.snapshot(),
             {
                 "unauthenticated": 1,
+                "lane": 0,
                 "relays": 1,
                 "connections": 2,
+                "probation": 0,
+                "evictions": 0,
                 "active_sources": 2,
                 "tracked_sources": 2,
                 "penalised_sources": 2,
@@ -862,7 +876,7 @@ class BoundTests(unittest.TestCase):
             admission.released(address, authenticated=False)
         self.assertLessEqual(len(admission._buckets), 1000)
         self.assertEqual(len(admission._live), 0)
-        self.assertEqual(len(admission._active), 0)
+        self.assertEqual(len(admission._sources), 0)
 
     def test_default_bound_with_100k_ipv6_sources(self) -> None:
         admission, _ = make()
@@ -871,7 +885,7 @@ class BoundTests(unittest.TestCase):
         self.assertLessEqual(len(admission._buckets), 65536)
         # Live tables are bounded by the connection caps, whatever was attempted.
         self.assertLessEqual(len(admission._live), 256)
-        self.assertLessEqual(len(admission._active), 256)
+        self.assertLessEqual(len(admission._sources), 256)
 
     def test_penalty_table_bounded_with_100k_sources(self) -> None:
         admission, _ = make(max_tracked_sources=1000)
@@ -986,11 +1000,13 @@ class PropertyTests(unittest.TestCase):
             self.assertLessEqual(unauth, 5)
             self.assertLessEqual(relays, 3)
             self.assertLessEqual(unauth + relays, 6)
-            self.assertEqual(
-                sum(admission._active.values()), sum(1 for c in model if c[0] is not UNIX)
+            sources = admission._sources
+            self.assertEqual(sum(source.live for source in sources.values()), len(model))
+            self.assertEqual(sum(source.unauth for source in sources.values()), unauth)
+            self.assertTrue(all(source.live > 0 for source in sources.values()))
+            self.assertTrue(
+                all(source.live <= 3 for key, source in sources.items() if key != UNIX_SOURCE)
             )
-            self.assertTrue(all(count > 0 for count in admission._active.values()))
-            self.assertTrue(all(count <= 3 for count in admission._active.values()))
             self.assertLessEqual(len(admission._buckets), 3)
             self.assertLessEqual(len(admission._penalties), 3)
             self.assertLessEqual(snap["blocked_sources"], snap["penalised_sources"])

@@ -13,7 +13,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import Logger, capturedLogs
 from twisted.trial import unittest
 
-from netguard.admission import Admission, AdmissionPolicy, Refusal
+from netguard.admission import Admission, AdmissionPolicy, Refusal, Slot
 from netguard.admitting import AdmissionAware, Admitted, AdmittingFactory
 
 
@@ -257,11 +257,14 @@ class AdmissionAwareTests(unittest.TestCase):
 
     def test_admitted_hold_has_no_instance_dict(self) -> None:
         """
-        Each connection's L{Admitted} keeps its four attributes in slots (one per
-        connection for its whole life).
+        Each connection's L{Admitted} and its admission L{Slot} keep their attributes in
+        slots (one each per connection for its whole life).
         """
-        held = Admitted(self.admission, address("192.0.2.9"))
+        slot = self.admission.enter(address("192.0.2.9"))
+        assert isinstance(slot, Slot)
+        held = Admitted(self.admission, address("192.0.2.9"), slot)
         self.assertFalse(hasattr(held, "__dict__"))
+        self.assertFalse(hasattr(slot, "__dict__"))
         self.assertFalse(held.promoted)
 
     def test_admitted_protocol_is_not_wrapped(self) -> None:
@@ -301,3 +304,113 @@ class AdmissionAwareTests(unittest.TestCase):
         self.aware.build_admitted = lambda addr, admitted: None  # type: ignore[method-assign]
         self.assertIsNone(self.build())
         self.assertEqual(self.admission.snapshot()["unauthenticated"], 0)
+
+
+class ProbationThroughTheFactoryTests(unittest.TestCase):
+    """
+    Probation and eviction as an L{AdmittingFactory} applies them: an L{AdmissionAware}
+    factory is handed connections on probation and evicted ones are ended through
+    L{Admitted.on_evict}; any other factory gets the refusal probation stands for.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.events: list[dict[str, Any]] = []
+
+    def admission(self, **policy: Any) -> Admission:
+        knobs: dict[str, Any] = {"max_unauthenticated": 1, "red_soft": 1}
+        knobs.update(policy)
+        return Admission(AdmissionPolicy(**knobs), self.clock)
+
+    def connect(self, factory: AdmittingFactory, host: str) -> tuple[Any, StringTransport]:
+        protocol = factory.buildProtocol(address(host))
+        transport = StringTransport(peerAddress=address(host))
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_plain_factory_gets_the_refusal(self) -> None:
+        """
+        A factory that is not L{AdmissionAware} never holds a connection on probation: the
+        pressure reason refuses it at once, and its connections are never evicted.
+        """
+        factory = AdmittingFactory(
+            Factory.forProtocol(Hello),
+            self.admission(),
+            log=Logger(observer=self.events.append),
+        )
+        _, first = self.connect(factory, "192.0.2.1")
+        _, second = self.connect(factory, "192.0.2.2")
+        self.assertEqual(second.value(), b"ERR BUSY unauth-cap\r\n")
+        self.assertFalse(first.disconnecting)
+        self.assertEqual(factory.admission.snapshot()["probation"], 0)
+
+    def test_aware_factory_is_handed_probation(self) -> None:
+        """
+        An L{AdmissionAware} factory builds a connection on probation, told by
+        C{admitted.probation}; entering the lane ends the probation.
+        """
+        aware = AwareFactory()
+        factory = AdmittingFactory(
+            aware, self.admission(), log=Logger(observer=self.events.append)
+        )
+        self.connect(factory, "192.0.2.1")
+        self.connect(factory, "192.0.2.1")
+        first, second = aware.admitted
+        self.assertIsNone(first.probation)
+        self.assertEqual(second.probation, Refusal("unauth-cap"))
+        self.assertIsNone(second.enter_lane())
+        self.assertIsNone(second.probation)
+        self.assertTrue(second.lane)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_default_handler_ends_probation_as_a_refusal(self) -> None:
+        """
+        A protocol that leaves C{on_evict} unset gets the factory's default: at the end of
+        probation the reason line is written, the connection closed, the factory told and
+        the end logged as a refusal of that reason.
+        """
+        aware = AwareFactory()
+        factory = AdmittingFactory(
+            aware, self.admission(), log=Logger(observer=self.events.append)
+        )
+        self.connect(factory, "192.0.2.1")
+        _, transport = self.connect(factory, "192.0.2.1")
+        transport.clear()
+        self.clock.advance(1.0)
+        self.assertEqual(transport.value(), b"ERR BUSY unauth-cap\r\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual([r.reason for r in aware.refusals], ["unauth-cap"])
+        [event] = [e for e in self.events if e.get("event") == "conn.reject"]
+        self.assertEqual((event["reason"], event["ended"]), ("unauth-cap", True))
+
+    def test_protocol_handler_replaces_the_default(self) -> None:
+        """
+        A handler the protocol sets is the one called on eviction; the evicted
+        connection's later release changes nothing.
+        """
+        aware = AwareFactory()
+        admission = self.admission()
+        factory = AdmittingFactory(aware, admission, log=Logger(observer=self.events.append))
+        self.connect(factory, "192.0.2.1")
+        [first] = aware.admitted
+        reasons: list[str] = []
+        first.on_evict = reasons.append
+        self.assertEqual(first.on_evict, reasons.append)
+        self.connect(factory, "192.0.2.2")
+        self.assertEqual(reasons, ["evicted"])
+        first.release()
+        self.assertEqual(admission.snapshot()["unauthenticated"], 1)
+
+    def test_progress_reaches_admission(self) -> None:
+        """
+        L{Admitted.progress} marks the connection's slot as having made progress.
+        """
+        aware = AwareFactory()
+        factory = AdmittingFactory(
+            aware, self.admission(), log=Logger(observer=self.events.append)
+        )
+        self.connect(factory, "192.0.2.1")
+        [held] = aware.admitted
+        self.assertFalse(held.slot.progressed)
+        held.progress()
+        self.assertTrue(held.slot.progressed)

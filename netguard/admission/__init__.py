@@ -3,13 +3,18 @@
 Admission control: which new connection may take a slot, decided before the greeting.
 
 L{netguard.admission.policy} holds the settings value (L{AdmissionPolicy}) and its vocabulary
-(reasons, offence kinds); L{netguard.admission.state} the L{Admission} tables that apply it.
+(reasons, offence kinds); L{netguard.admission.state} the L{Admission} tables that apply it,
+with L{netguard.admission.eviction} (the per-connection L{Slot} and the eviction ranking) and
+L{netguard.admission.probation} (the probation pool).
 The rules, pools, penalties and bounds: C{docs/operating.md} section 8.
 """
 
+from netguard.admission.eviction import Slot
 from netguard.admission.policy import (
     DENIED,
+    EVICTED,
     GLOBAL_CAP,
+    LANE_CAP,
     NOT_ALLOWED,
     OFFENCE_KINDS,
     OVERLOAD_LAG,
@@ -17,6 +22,7 @@ from netguard.admission.policy import (
     OVERLOAD_MEMORY,
     PENALISED,
     PER_SOURCE_CAP,
+    PRESSURE_REASONS,
     RANDOM_EARLY_DROP,
     RATE,
     REASONS,
@@ -28,11 +34,14 @@ from netguard.admission.policy import (
     Refusal,
     allowed_values,
 )
+from netguard.admission.probation import Scheduler
 from netguard.admission.state import Admission, TimeSource
 
 __all__ = [
     "DENIED",
+    "EVICTED",
     "GLOBAL_CAP",
+    "LANE_CAP",
     "NOT_ALLOWED",
     "OFFENCE_KINDS",
     "OVERLOAD_LAG",
@@ -40,6 +49,7 @@ __all__ = [
     "OVERLOAD_MEMORY",
     "PENALISED",
     "PER_SOURCE_CAP",
+    "PRESSURE_REASONS",
     "RANDOM_EARLY_DROP",
     "RATE",
     "REASONS",
@@ -50,6 +60,8 @@ __all__ = [
     "Admission",
     "AdmissionPolicy",
     "Refusal",
+    "Scheduler",
+    "Slot",
     "TimeSource",
     "allowed_values",
 ]

@@ -29,6 +29,8 @@ NOT_ALLOWED: Final = "not-allowed"
 OVERLOAD_LOAD: Final = "overload-load"
 OVERLOAD_LAG: Final = "overload-lag"
 OVERLOAD_MEMORY: Final = "overload-memory"
+EVICTED: Final = "evicted"
+LANE_CAP: Final = "lane-cap"
 
 #: Every reason L{netguard.admission.state.Admission} can give.
 REASONS: Final = frozenset(
@@ -45,11 +47,19 @@ REASONS: Final = frozenset(
         OVERLOAD_LOAD,
         OVERLOAD_LAG,
         OVERLOAD_MEMORY,
+        EVICTED,
+        LANE_CAP,
     }
 )
 
+#: The pressure reasons: a connection they would refuse is let in on probation instead,
+#: when its factory can take one (L{netguard.admitting.AdmissionAware}).
+PRESSURE_REASONS: Final = frozenset(
+    {UNAUTH_CAP, RANDOM_EARLY_DROP, OVERLOAD_LAG, OVERLOAD_LOAD, OVERLOAD_MEMORY}
+)
+
 #: The offence kinds L{netguard.admission.state.Admission.offence} accepts.
-OFFENCE_KINDS: Final = ("auth_failure", "early_talker", "timeout", "format_error")
+OFFENCE_KINDS: Final = ("auth_failure", "early_talker", "timeout", "format_error", "bad_ticket")
 
 #: The source key of every peer whose address is not an IP address (and not a unix socket).
 UNKNOWN_SOURCE: Final = "unknown"
@@ -191,6 +201,9 @@ class AdmissionPolicy:
         bot, not a person, so one early talk blocks for C{penalty_base}).
     @ivar timeout_points: points for a line-phase timeout (1).
     @ivar format_error_points: points for a malformed line or command (1).
+    @ivar bad_ticket_points: points for presenting a forged, expired, replayed or revoked
+        returning-client ticket (3: like early talk, a deliberate act no honest client
+        commits).
     @ivar never_penalise: networks (CIDR) whose offences add no points (default empty). This
         exempts from penalty blocks only; caps, rates and authentication still apply. Set it to
         the address of a local proxy (e.g. C{127.0.0.1/32} behind HAProxy or stunnel), through
@@ -207,6 +220,15 @@ class AdmissionPolicy:
         key what a fresh one has (a full bucket, no points) and nothing more; the pool caps
         never depend on these tables. Rate churn cannot evict penalties (separate tables), and
         each penalty entry costs the attacker an admitted, misbehaving connection.
+    @ivar lane_max: cap on connections in the returning-client lane (default 256): those
+        that presented a valid ticket and have not logged in yet. A lane connection is never
+        evicted, never on probation and never refused by overload; the cap bounds what
+        stolen-but-valid tickets can hold.
+    @ivar max_probation: cap on connections on probation at once (default 512): admitted
+        only to present a ticket, because a pressure reason would have refused them. When
+        full, the oldest is refused to make room (first in, first out).
+    @ivar probation_timeout: seconds a connection on probation has to present a valid
+        ticket before it is refused with the reason it stands for (default 1.0).
     @ivar reject_mode: C{"reply"} answers a refusal with C{ERR BUSY <reason>} then closes;
         C{"close"} closes silently, which costs less under a flood and tells a scanner less.
     """
@@ -237,12 +259,16 @@ class AdmissionPolicy:
     early_talker_points: int = attrs.field(default=3, validator=_non_negative)
     timeout_points: int = attrs.field(default=1, validator=_non_negative)
     format_error_points: int = attrs.field(default=1, validator=_non_negative)
+    bad_ticket_points: int = attrs.field(default=3, validator=_non_negative)
     never_penalise: tuple[str, ...] = attrs.field(
         default=(), converter=_cidr_tuple, validator=_check_cidrs
     )
     deny: tuple[str, ...] = attrs.field(default=(), converter=_cidr_tuple, validator=_check_cidrs)
     allow: tuple[str, ...] = attrs.field(default=(), converter=_cidr_tuple, validator=_check_cidrs)
     max_tracked_sources: int = attrs.field(default=65536, validator=_positive)
+    lane_max: int = attrs.field(default=256, validator=_positive)
+    max_probation: int = attrs.field(default=512, validator=_positive)
+    probation_timeout: float = attrs.field(default=1.0, converter=float, validator=_positive)
     reject_mode: str = attrs.field(
         default="reply", validator=attrs.validators.in_(("reply", "close"))
     )

@@ -15,16 +15,28 @@ import math
 import random as _random
 import sys
 from collections import Counter, OrderedDict
-from collections.abc import Hashable
-from typing import Any, Protocol
+from collections.abc import Callable, Hashable
+from typing import Any
 
 import attrs
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import Logger
 
+from netguard.admission.eviction import (
+    GONE,
+    LANE,
+    PROBATION,
+    RELAY,
+    UNAUTH,
+    EvictionIndex,
+    Slot,
+    Source,
+)
 from netguard.admission.policy import (
     DENIED,
+    EVICTED,
     GLOBAL_CAP,
+    LANE_CAP,
     NOT_ALLOWED,
     OFFENCE_KINDS,
     PENALISED,
@@ -38,23 +50,16 @@ from netguard.admission.policy import (
     AdmissionPolicy,
     Refusal,
 )
+from netguard.admission.probation import ProbationPool, Scheduler
 from netguard.errors import ErrorCode, format_error
 
 _IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class TimeSource(Protocol):
-    """
-    The part of L{twisted.internet.interfaces.IReactorTime} admission needs: a reactor, or a
-    L{twisted.internet.task.Clock} in tests.
-    """
-
-    def seconds(self) -> float:
-        """
-        The current time in seconds.
-        """
-        ...
+#: The clock admission takes: C{seconds()} and C{callLater()} (a reactor, or a
+#: L{twisted.internet.task.Clock} in tests).
+TimeSource = Scheduler
 
 
 #: How many stale table entries each call examines for lazy pruning.
@@ -113,12 +118,13 @@ class Admission:
     def __init__(
         self,
         policy: AdmissionPolicy,
-        clock: TimeSource,
+        clock: Scheduler,
         random: _random.Random | None = None,
     ) -> None:
         """
         @param policy: the knobs.
-        @param clock: the time source (the reactor; L{twisted.internet.task.Clock} in tests).
+        @param clock: the time source and the scheduler of the probation pool's one timer
+            (the reactor; L{twisted.internet.task.Clock} in tests).
         @param random: the source of random-early-drop draws; inject a seeded
             L{random.Random} for deterministic tests. By default a new L{random.Random}
             seeded from the OS (a fresh one per instance, not a shared default).
@@ -141,12 +147,18 @@ class Admission:
         )
         self._overload: str | None = None
         self._unauth = 0
+        self._lane = 0
         self._relays = 0
-        # live connection -> [unauthenticated, relays, source key or None]; bounded by the
-        # connection caps, because every entry holds at least one admitted connection.
-        self._live: dict[Hashable, list[Any]] = {}
-        # source key -> live connections of that source (same bound).
-        self._active: dict[str, int] = {}
+        # peer identity -> the slots admitted by address (admit); bounded by the connection
+        # caps, because every entry holds at least one live slot.
+        self._live: dict[Hashable, list[Slot]] = {}
+        # source key -> its record, while it has live connections (same bound, plus the
+        # probation pool's).
+        self._sources: dict[str, Source] = {}
+        self._evictions = EvictionIndex()
+        self._probation = ProbationPool(
+            clock, policy.probation_timeout, policy.max_probation, self._expired
+        )
         # source key -> [tokens, stamp], least recently seen first.
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()
         # source key -> penalty, least recently offending first.
@@ -232,17 +244,24 @@ class Admission:
         rate = self.policy.red_rate
         return rate + (1.0 - rate) * (unauthenticated - soft) / (hard - soft)
 
-    def admit(self, address: object) -> Refusal | None:
+    def enter(self, address: object, *, probation: bool = True) -> Slot | Refusal:
         """
-        Decide on a new connection, before it is greeted.
+        Decide on a new connection, before it is greeted, and give it a slot.
 
-        Unix-socket peers meet only the pool-wide rules (overload, caps, random early drop);
-        IP peers meet every rule. Cost: a few dictionary operations, plus one scan of the
-        C{deny}/C{allow} lists when they are set.
+        The rules in order: C{deny}/C{allow}, the global cap, the per-source rules (penalty
+        block, per-source cap, rate) refuse at once. Then the pressure rules: overload; a
+        full unauthenticated pool, where a victim is evicted when the ranking allows one;
+        random early drop, for sources that already hold an unauthenticated slot or have a
+        bad record. A pressure rule puts the connection on probation (or refuses it, without
+        C{probation}). Unix-socket peers meet no per-source rule and share the source
+        L{UNIX_SOURCE}. Cost: a few dictionary operations, plus one scan of the
+        C{deny}/C{allow} lists when they are set; no scan of the pool.
 
         @param address: the peer (C{transport.getPeer()}) or a host string.
-        @return: L{None} when admitted (the connection now counts as unauthenticated for its
-            source: call L{authenticated} and L{released} later), else the L{Refusal}.
+        @param probation: whether the caller can hold a connection on probation; without,
+            a pressure reason refuses as it says.
+        @return: the L{Slot} (its C{probation} set when on probation: call L{release} when
+            the connection ends), or the L{Refusal}.
         """
         ident, host, unix = self._identify(address)
         policy = self.policy
@@ -254,39 +273,86 @@ class Admission:
                 return self._refuse(DENIED)
             if self._allow and (ip is None or not _member(ip, self._allow)):
                 return self._refuse(NOT_ALLOWED)
-        if self._overload is not None:
-            return self._refuse(self._overload)
-        if self._unauth + self._relays >= policy.max_connections:
+        if self._unauth + self._lane + self._relays >= policy.max_connections:
             return self._refuse(GLOBAL_CAP)
-        if self._unauth >= policy.max_unauthenticated:
-            return self._refuse(UNAUTH_CAP)
-        key: str | None = None
-        if not unix:
-            now = self.clock.seconds()
+        now = self.clock.seconds()
+        bad = False
+        if unix:
+            key = UNIX_SOURCE
+        else:
             self._prune(now)
             if not parsed and host is not None:
                 ip = _peer_ip(host)
-            # One string per source, not one per connection (each live entry holds it).
+            # One string per source, not one per connection (each source record holds it).
             key = sys.intern(self._key_of(ip))
             penalty = self._penalties.get(key)
-            if penalty is not None and penalty.blocked_until > now:
-                return self._refuse(PENALISED, penalty.blocked_until - now)
-            if self._active.get(key, 0) >= policy.per_source_max:
+            if penalty is not None:
+                if penalty.blocked_until > now:
+                    return self._refuse(PENALISED, penalty.blocked_until - now)
+                bad = self._decayed(penalty, now) > 0.0
+            known = self._sources.get(key)
+            if known is not None and known.live >= policy.per_source_max:
                 return self._refuse(PER_SOURCE_CAP)
             wait = self._take_token(key, now)
             if wait is not None:
                 return self._refuse(RATE, wait)
-        if self._unauth >= policy.red_soft:
-            if self._random.random() < self.drop_probability(self._unauth):
-                return self._refuse(RANDOM_EARLY_DROP)
-        self._unauth += 1
-        entry = self._live.get(ident)
-        if entry is None:
-            self._live[ident] = [1, 0, key]
+        source = self._sources.get(key)
+        held = 0 if source is None else source.unauth
+        if source is not None and source.bad != bad:
+            self._evictions.set_bad(source, bad)
+        pressure: str | None = None
+        victim: Slot | None = None
+        if self._overload is not None:
+            pressure = self._overload
+        elif self._unauth >= policy.max_unauthenticated:
+            victim = self._evictions.victim(held, bad, self._still_bad)
+            if victim is None:
+                pressure = UNAUTH_CAP
+        elif (
+            self._unauth >= policy.red_soft
+            and (held > 0 or bad)
+            and self._random.random() < self.drop_probability(self._unauth)
+        ):
+            pressure = RANDOM_EARLY_DROP
+        if pressure is not None and not probation:
+            return self._refuse(pressure)
+        ended: list[tuple[Slot, str]] = []
+        if victim is not None:
+            self.counters[EVICTED] += 1
+            self._end(victim)
+            ended.append((victim, EVICTED))
+        if source is None:
+            source = self._sources[key] = Source(key, bad)
+        source.live += 1
+        slot = Slot(source, UNAUTH, ident)
+        if pressure is None:
+            self._unauth += 1
+            source.unauth += 1
+            self._evictions.recount(source, source.unauth - 1)
         else:
-            entry[0] += 1
-        if key is not None:
-            self._active[key] = self._active.get(key, 0) + 1
+            slot.pool = PROBATION
+            slot.probation = Refusal(pressure)
+            shed = self._probation.add(slot, now)
+            if shed is not None:
+                ended.append(self._shed(shed))
+        self._notify(ended)
+        return slot
+
+    def admit(self, address: object) -> Refusal | None:
+        """
+        Decide on a new connection, for callers that track connections by address: as
+        L{enter} without probation, the slot found again by the same peer value in
+        L{authenticated} and L{released}. Such a connection is never evicted (nothing could
+        tell it to go).
+
+        @param address: the peer (C{transport.getPeer()}) or a host string.
+        @return: L{None} when admitted (call L{authenticated} and L{released} later), else
+            the L{Refusal}.
+        """
+        result = self.enter(address, probation=False)
+        if isinstance(result, Refusal):
+            return result
+        self._live.setdefault(result.ident, []).append(result)
         return None
 
     def _take_token(self, key: str, now: float) -> float | None:
@@ -314,33 +380,190 @@ class Admission:
         bucket[0] = tokens
         return (1.0 - tokens) / policy.per_source_rate
 
+    # -- one connection's moves -------------------------------------------------------------
+
+    def _leave_unauth(self, slot: Slot) -> None:
+        source = slot.source
+        self._evictions.untrack(slot)
+        self._unauth -= 1
+        source.unauth -= 1
+        self._evictions.recount(source, source.unauth + 1)
+
+    def _end(self, slot: Slot) -> None:
+        """
+        Take a live slot out of every count (it becomes L{GONE}).
+        """
+        pool = slot.pool
+        if pool == UNAUTH:
+            self._leave_unauth(slot)
+        elif pool == RELAY:
+            self._relays -= 1
+        elif pool == LANE:
+            self._lane -= 1
+        elif pool == PROBATION:
+            self._probation.remove(slot)
+        else:
+            return
+        slot.pool = GONE
+        source = slot.source
+        source.live -= 1
+        if source.live <= 0 and self._sources.get(source.key) is source:
+            del self._sources[source.key]
+
+    def _shed(self, slot: Slot) -> tuple[Slot, str]:
+        """
+        End a connection whose probation is over, counted as the refusal it stood for.
+        """
+        reason = slot.probation.reason if slot.probation is not None else UNAUTH_CAP
+        self.counters[reason] += 1
+        slot.pool = GONE  # already out of the probation pool: only the source count is left
+        source = slot.source
+        source.live -= 1
+        if source.live <= 0 and self._sources.get(source.key) is source:
+            del self._sources[source.key]
+        return slot, reason
+
+    def _expired(self, slots: list[Slot]) -> None:
+        self._notify([self._shed(slot) for slot in slots])
+
+    def _notify(self, ended: list[tuple[Slot, str]]) -> None:
+        """
+        Tell the owners of ended connections, once every count is settled; a failing owner
+        is logged and does not stop the others.
+        """
+        for slot, reason in ended:
+            callback = slot.on_evict
+            slot.on_evict = None
+            if callback is None:
+                continue
+            try:
+                callback(reason)
+            except Exception:
+                self.log.failure("ending a connection ({reason}) failed", reason=reason)
+
+    def release(self, slot: Slot) -> None:
+        """
+        Forget a connection that has closed (once; later calls change nothing).
+        """
+        if slot.pool == GONE:
+            return
+        self._end(slot)
+        ident = slot.ident
+        if ident is not None:
+            held = self._live.get(ident)
+            if held is not None and slot in held:
+                held.remove(slot)
+                if not held:
+                    del self._live[ident]
+
+    def promote(self, slot: Slot) -> Refusal | None:
+        """
+        The connection has authenticated: move it to the relay pool.
+
+        Only the relay cap applies: how full the other pools are, the global count or
+        overload do not matter, and no new slot is taken, so a pre-authentication flood
+        cannot stop an authenticated user.
+
+        @return: L{None} when moved (or already a relay); a C{relay-cap} L{Refusal}, the
+            connection then staying where it was; the probation refusal of a connection on
+            probation (which cannot have logged in); an C{evicted} L{Refusal} for a
+            connection that no longer holds a slot.
+        """
+        pool = slot.pool
+        if pool == RELAY:
+            return None
+        if pool == GONE:
+            return Refusal(EVICTED)
+        if pool == PROBATION:
+            return slot.probation
+        if self._relays >= self.policy.max_relays:
+            return self._refuse(RELAY_CAP)
+        if pool == UNAUTH:
+            self._leave_unauth(slot)
+        else:
+            self._lane -= 1
+        slot.pool = RELAY
+        self._relays += 1
+        return None
+
+    def enter_lane(self, slot: Slot) -> Refusal | None:
+        """
+        The connection presented a valid returning-client ticket: move it from the
+        unauthenticated pool, or from probation, into the lane.
+
+        @return: L{None} when it is in the lane (or already there, or a relay); else a
+            L{Refusal} and nothing changes: C{lane-cap} when the lane is full, C{global-cap}
+            when a connection on probation would pass the global cap, C{evicted} when the
+            connection no longer holds a slot.
+        """
+        pool = slot.pool
+        if pool in (LANE, RELAY):
+            return None
+        if pool == GONE:
+            return Refusal(EVICTED)
+        policy = self.policy
+        if self._lane >= policy.lane_max:
+            return self._refuse(LANE_CAP)
+        if pool == PROBATION:
+            if self._unauth + self._lane + self._relays >= policy.max_connections:
+                return self._refuse(GLOBAL_CAP)
+            self._probation.remove(slot)
+            slot.probation = None
+        else:
+            self._leave_unauth(slot)
+        slot.pool = LANE
+        self._lane += 1
+        return None
+
+    def progress(self, slot: Slot) -> None:
+        """
+        The connection made useful progress (it started to authenticate, or passed a step):
+        it ranks after connections that have made none, and its "last useful" time is now.
+        """
+        if slot.pool == UNAUTH:
+            self._evictions.touch(slot)
+        else:
+            slot.progressed = True
+
+    def set_evict_handler(self, slot: Slot, callback: Callable[[str], object] | None) -> None:
+        """
+        Set what admission calls to end the connection (with the reason: C{evicted}, or the
+        probation reason when probation ends). A connection of the unauthenticated pool is
+        evictable only while a handler is set.
+        """
+        slot.on_evict = callback
+        if slot.pool == UNAUTH:
+            if callback is None:
+                self._evictions.untrack(slot)
+            else:
+                self._evictions.track(slot)
+
+    def _still_bad(self, source: Source) -> bool:
+        penalty = self._penalties.get(source.key)
+        return penalty is not None and self._decayed(penalty, self.clock.seconds()) > 0.0
+
+    # -- the address-keyed calls ------------------------------------------------------------
+
     def authenticated(self, address: object) -> Refusal | None:
         """
-        Move an admitted connection from the unauthenticated pool to the relay pool.
-
-        Only the relay cap applies: how full the unauthenticated pool or the global count is
-        does not matter, and no new slot is taken, so a pre-authentication flood cannot stop
-        an authenticated user. Overload does not apply either (it sheds new connections only).
+        L{promote} for a connection admitted with L{admit}.
 
         @param address: the value given to L{admit}.
         @return: L{None} when moved (or when the connection is unknown or already a relay,
             which changes nothing), or a C{relay-cap} L{Refusal}; the connection then stays
             counted as unauthenticated until L{released}.
         """
-        entry = self._live.get(self._identify(address)[0])
-        if entry is None or entry[0] == 0:
+        held = self._live.get(self._identify(address)[0])
+        if not held:
             return None
-        if self._relays >= self.policy.max_relays:
-            return self._refuse(RELAY_CAP)
-        entry[0] -= 1
-        entry[1] += 1
-        self._unauth -= 1
-        self._relays += 1
+        for slot in held:
+            if slot.pool != RELAY:
+                return self.promote(slot)
         return None
 
     def released(self, address: object, authenticated: bool) -> None:
         """
-        Forget a connection that has closed.
+        L{release} for a connection admitted with L{admit}.
 
         @param address: the value given to L{admit}.
         @param authenticated: whether it was in the relay pool. If that pool holds no
@@ -348,28 +571,15 @@ class Admission:
             mislabelled release cannot leave a slot counted for ever. A peer never admitted,
             or already released, changes nothing.
         """
-        ident = self._identify(address)[0]
-        entry = self._live.get(ident)
-        if entry is None:
+        held = self._live.get(self._identify(address)[0])
+        if not held:
             return
-        wanted = 1 if authenticated else 0
-        index = wanted if entry[wanted] > 0 else 1 - wanted
-        if entry[index] <= 0:
-            return
-        entry[index] -= 1
-        if index == 0:
-            self._unauth -= 1
-        else:
-            self._relays -= 1
-        key = entry[2]
-        if key is not None:
-            left = self._active.get(key, 0) - 1
-            if left > 0:
-                self._active[key] = left
-            else:
-                self._active.pop(key, None)
-        if entry[0] == 0 and entry[1] == 0:
-            del self._live[ident]
+        chosen = held[0]
+        for slot in held:
+            if (slot.pool == RELAY) == authenticated:
+                chosen = slot
+                break
+        self.release(chosen)
 
     # -- penalties --------------------------------------------------------------------------
 
@@ -419,6 +629,9 @@ class Admission:
         penalty.points = min(self._max_points, self._decayed(penalty, now) + points)
         penalty.stamp = now
         penalty.offences += 1
+        source = self._sources.get(key)
+        if source is not None:
+            self._evictions.set_bad(source, True)
         # Points decay continuously, so N offences in quick succession add up to a little
         # under N: the threshold is reached once the points pass threshold - 1, that is
         # when C{penalty_threshold} offences fall within about C{penalty_decay} seconds.
@@ -504,7 +717,9 @@ class Admission:
 
     def set_overload(self, reason: str | None) -> None:
         """
-        Start or stop refusing every new connection because the process is overloaded.
+        Start or stop putting every new connection on probation (refusing it, for callers
+        that cannot hold one) because the process is overloaded. The lane, logins and
+        established connections are not touched.
 
         @param reason: the refusal reason (C{overload-load}, C{overload-lag} or
             C{overload-memory}), or L{None} to stop.
@@ -560,16 +775,21 @@ class Admission:
 
         C{blocked_sources} counts with one scan of the penalty table (bounded).
 
-        @return: C{unauthenticated}, C{relays}, C{connections}, C{active_sources},
-            C{tracked_sources} (rate buckets), C{penalised_sources} (penalty entries),
-            C{blocked_sources}, C{stress}, C{overload} (reason or L{None}).
+        @return: C{unauthenticated}, C{lane}, C{relays}, C{connections} (the three together:
+            what the global cap counts), C{probation} (connections on probation, outside the
+            global cap), C{evictions} (so far), C{active_sources} (IP and unknown sources with
+            live connections), C{tracked_sources} (rate buckets), C{penalised_sources}
+            (penalty entries), C{blocked_sources}, C{stress}, C{overload} (reason or L{None}).
         """
         now = self.clock.seconds()
         return {
             "unauthenticated": self._unauth,
+            "lane": self._lane,
             "relays": self._relays,
-            "connections": self._unauth + self._relays,
-            "active_sources": len(self._active),
+            "connections": self._unauth + self._lane + self._relays,
+            "probation": len(self._probation),
+            "evictions": self.counters[EVICTED],
+            "active_sources": len(self._sources) - (UNIX_SOURCE in self._sources),
             "tracked_sources": len(self._buckets),
             "penalised_sources": len(self._penalties),
             "blocked_sources": sum(
