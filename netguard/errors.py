@@ -35,6 +35,7 @@ class ErrorCode(enum.StrEnum):
     BUSY = "BUSY"
     SHUTTING_DOWN = "SHUTTING_DOWN"
     INTERNAL = "INTERNAL"
+    BAD_TICKET = "BAD_TICKET"
 
 
 #: The short text sent after each code unless the caller gives a more precise one.
@@ -57,6 +58,7 @@ DEFAULT_TEXT: dict[ErrorCode, str] = {
     ErrorCode.BUSY: "busy, try later",
     ErrorCode.SHUTTING_DOWN: "shutting down",
     ErrorCode.INTERNAL: "internal error",
+    ErrorCode.BAD_TICKET: "ticket refused",
 }
 
 

@@ -4,12 +4,15 @@ Reading secrets (passwords) from files that only their owner can read.
 
 A secret never comes from the command line or the environment (both are visible to other
 users of the machine through /proc); it comes from a terminal prompt or from a file with no
-permission for group or others.
+permission for group or others. Binary keys the gateway makes itself (L{read_or_create_key})
+live in such files too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import stat
 
 from netguard.log import escape
@@ -58,3 +61,70 @@ def read_password_file(path: str) -> str:
     if not password:
         raise ValueError(f"password_file={escape(path)}: empty")
     return password
+
+
+def read_or_create_key(path: str, size: int) -> bytes:
+    """
+    Read a binary key of C{size} bytes from a file only its owner can read, creating it
+    atomically (mode 0600, C{size} random bytes) when it is missing. Two processes creating
+    it at once end with the same key: the first link wins and the other reads it.
+
+    @param path: the key file; never followed when it is a symbolic link.
+    @param size: the key's length in bytes.
+    @return: the key.
+    @raise ValueError: if the file cannot be read or made, is not a regular file of exactly
+        C{size} bytes, or lets group or others access it (the message never shows the key).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return _create_key(path, size)
+    except OSError as exc:
+        raise ValueError(f"key file {escape(path)}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"key file {escape(path)}: not a regular file")
+        if info.st_mode & 0o077:
+            raise ValueError(
+                f"key file {escape(path)}: mode {stat.S_IMODE(info.st_mode):04o} lets group "
+                "or others access it; use 0600"
+            )
+        key = os.read(fd, size + 1)
+    finally:
+        os.close(fd)
+    if len(key) != size:
+        raise ValueError(
+            f"key file {escape(path)}: not a {size}-byte key; delete it to have one made"
+        )
+    return key
+
+
+def _create_key(path: str, size: int) -> bytes:
+    """
+    Make a new key file: written in full under a temporary name, then linked into place
+    (never replacing a key another process made meanwhile: that one is read instead).
+    """
+    key = secrets.token_bytes(size)
+    temporary = f"{path}.{secrets.token_hex(8)}.tmp"
+    try:
+        fd = os.open(
+            temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+    except OSError as exc:
+        raise ValueError(f"key file {escape(path)}: cannot create: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return read_or_create_key(path, size)
+        except OSError as exc:
+            raise ValueError(f"key file {escape(path)}: cannot create: {exc.strerror}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+    return key

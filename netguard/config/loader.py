@@ -49,6 +49,7 @@ from netguard.config.schema import (
     PEER_CHECK_KEYS,
     SERVICE_KEYS,
     SERVICE_NUMBER_KEYS,
+    TICKET_KEYS,
     TOP_KEYS,
     NumberKey,
     Source,
@@ -82,6 +83,7 @@ from netguard.gateway.stream_settings import StreamSettings
 from netguard.ops.overload import OverloadSettings
 from netguard.peer.checks import PeerCheckPolicy
 from netguard.quoting import describe_value, toml_string
+from netguard.tickets import TicketSettings
 from netguard.tls.errors import TLSConfigError
 from netguard.tls.server import ServerTLSSettings
 
@@ -516,6 +518,9 @@ def load_config(
         **_typed_table(src, "overload", doc.get("overload", {}), OVERLOAD_KEYS, origins)
     )
     mux = StreamSettings(**_typed_table(src, "mux", doc.get("mux", {}), MUX_KEYS, origins))
+    tickets = TicketSettings(
+        **_typed_table(src, "tickets", doc.get("tickets", {}), TICKET_KEYS, origins)
+    )
     patterns = peer_values.get("fcrdns_deny") or peer_values.get("fcrdns_allow")
     if patterns and peer_values.get("fcrdns", "off") == "off":
         raise src.error(
@@ -548,6 +553,7 @@ def load_config(
         admission=admission,
         overload=overload,
         mux=mux,
+        tickets=tickets,
         services=services,
         warnings=tuple(builder.warnings),
         source=DEFAULTS_SOURCE if path is None else path,

@@ -20,6 +20,7 @@ from netguard.gateway.stream_settings import StreamSettings
 from netguard.log import LogSettings
 from netguard.ops.overload import OverloadSettings
 from netguard.peer.checks import PeerCheckPolicy
+from netguard.tickets import TicketSettings
 from netguard.tls.server import ServerTLSSettings
 
 __all__ = [
@@ -266,6 +267,7 @@ class Config:
     @ivar admission: the L{netguard.admission.AdmissionPolicy} (limits, rates, penalties).
     @ivar overload: load-shedding thresholds (C{[overload]}).
     @ivar mux: the bounds of the streams of multiplexed sessions (C{[mux]}).
+    @ivar tickets: returning-client tickets (C{[tickets]}).
     @ivar services: service name to L{ServiceConfig}, read-only.
     @ivar warnings: things that work but that an operator should look at.
     @ivar source: the configuration file, or L{DEFAULTS_SOURCE}.
@@ -285,6 +287,7 @@ class Config:
     admission: AdmissionPolicy = attrs.field(factory=AdmissionPolicy)
     overload: OverloadSettings = attrs.field(factory=OverloadSettings)
     mux: StreamSettings = attrs.field(factory=StreamSettings)
+    tickets: TicketSettings = attrs.field(factory=TicketSettings)
     services: Mapping[str, ServiceConfig] = attrs.field(
         factory=default_services, converter=_freeze_services
     )

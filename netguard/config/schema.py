@@ -196,6 +196,7 @@ TOP_KEYS: Final = (
     "admission",
     "overload",
     "mux",
+    "tickets",
     "services",
 )
 
@@ -427,6 +428,42 @@ MUX_KEYS: Final[tuple[TableKey, ...]] = (
         _number(Range(int, 1, 100000, "streams")),
         "a whole number from 1 to 100000",
         "a burst of stream openings on one session at once",
+    ),
+)
+
+
+TICKET_KEYS: Final[tuple[TableKey, ...]] = (
+    TableKey(
+        "enabled",
+        parse_bool,
+        "true or false",
+        "a flood of unknown connections crowding out clients that logged in before: a "
+        "ticket buys a returning client a place in admission's lane (never a login)",
+    ),
+    TableKey(
+        "lifetime",
+        _number(Range(int, 60, 604800, "seconds")),
+        "a whole number of seconds from 60 to 604800",
+        "a stolen or leaked ticket used long after its login",
+    ),
+    TableKey(
+        "ipv4_prefix",
+        _number(Range(int, 8, 32, "bits")),
+        "a prefix length from 8 to 32",
+        "a ticket used from far away: it is bound to the IPv4 block it was issued to",
+    ),
+    TableKey(
+        "ipv6_prefix",
+        _number(Range(int, 16, 128, "bits")),
+        "a prefix length from 16 to 128",
+        "a ticket used from far away: it is bound to the IPv6 block it was issued to",
+    ),
+    TableKey(
+        "max_spent",
+        _number(Range(int, 1, 16777216, "tickets")),
+        "a whole number from 1 to 16777216",
+        "replayed tickets (each is single use) without unbounded memory: when full, tickets "
+        "buy no lane until spent ones expire",
     ),
 )
 

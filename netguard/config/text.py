@@ -34,6 +34,7 @@ from netguard.config.schema import (
     OVERLOAD_KEYS,
     PEER_CHECK_KEYS,
     SERVICE_NUMBER_KEYS,
+    TICKET_KEYS,
     plain,
     service_key,
     value_text,
@@ -45,6 +46,7 @@ from netguard.gateway.stream_settings import StreamSettings
 from netguard.ops.overload import OverloadSettings
 from netguard.peer.checks import PeerCheckPolicy
 from netguard.quoting import toml_string
+from netguard.tickets import TicketSettings
 from netguard.tls.server import ServerTLSSettings
 
 __all__ = ["describe", "describe_defaults"]
@@ -140,6 +142,8 @@ def describe(config: Config) -> str:
         add(f"overload.{field.name}", "off" if value is None else value)
     for mux_key in MUX_KEYS:
         add(f"mux.{mux_key.name}", getattr(config.mux, mux_key.name))
+    for ticket_key in TICKET_KEYS:
+        add(f"tickets.{ticket_key.name}", getattr(config.tickets, ticket_key.name))
     for check_key in PEER_CHECK_KEYS:
         add(f"peer_checks.{check_key.name}", plain(getattr(config.peer_checks, check_key.name)))
     if not config.services:
@@ -271,6 +275,16 @@ def _key_docs() -> tuple[_KeyDoc, ...]:
                 value_text(getattr(streams, mux_key.name)),
                 mux_key.allowed,
                 mux_key.defends,
+            )
+        )
+    ticket_defaults = TicketSettings()
+    for ticket_key in TICKET_KEYS:
+        docs.append(
+            _KeyDoc(
+                f"tickets.{ticket_key.name}",
+                value_text(getattr(ticket_defaults, ticket_key.name)),
+                ticket_key.allowed,
+                ticket_key.defends,
             )
         )
     checks = PeerCheckPolicy()
