@@ -59,6 +59,10 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         # Authentication and services
         "auth.ok": "authentication succeeded",
         "auth.fail": "authentication failed",
+        "ticket.issued": "a returning-client ticket was issued after a login",
+        "ticket.accepted": "a valid ticket was presented; whether its connection entered the lane",
+        "ticket.refused": "a presented ticket was refused (ERR BAD_TICKET)",
+        "ticket.other_block": "a valid ticket came from another address block: no lane",
         "session.denied": "the user may not open that service",
         "session.open": "relaying to a service started",
         "session.backend_failed": "the backend of a service could not be reached",

@@ -138,7 +138,11 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         C{close=False}) are sent; the next one closes it. Only the first is logged in full,
         the rest once, as a count, when the line phase ends (C{proto.errors});
       - a client that sends anything before the greeting (an early talker: bots do, real
-        clients wait) is refused with C{EARLY_TALKER};
+        clients wait) is refused with C{EARLY_TALKER}; a subclass that sets
+        C{accepts_pre_greeting_line} may accept one line as the very first input instead
+        (L{pre_greeting_line}): awaited, bounded by C{max_line_length}, until the greeting is
+        due, and anything after it, or a partial line when the greeting is due, is early
+        talk;
       - a handshake deadline runs from the connection to L{end_handshake}; an idle timeout
         (L{TimeoutMixin}'s C{setTimeout}/C{resetTimeout}) runs for the whole connection; the
         two share one timer, armed for the nearer, so a connection holds one timer and a
@@ -179,6 +183,9 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
 
     #: The bounds used when the constructor is given none; subclasses may set their own.
     limits: FramingLimits = FramingLimits()
+    #: Whether one line sent before the greeting goes to L{pre_greeting_line} instead of
+    #: being early talk.
+    accepts_pre_greeting_line: bool = False
     #: Error codes that neither count against C{max_errors} nor are folded into the
     #: C{proto.errors} count (a subclass that bounds them itself, as NGP/1 does failed
     #: logins, names them here).
@@ -251,6 +258,23 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         Called with each complete line, without its terminator.
         """
 
+    def pre_greeting_line(self, line: bytes) -> bool:
+        """
+        Called (when C{accepts_pre_greeting_line} is set) with a complete first line that
+        arrived alone before the greeting. It may answer, refuse, or L{greet_now}.
+
+        @return: whether the line is accepted; when not, it is early talk.
+        """
+        return False
+
+    def greeting_due(self) -> bool:
+        """
+        Called when the greeting delay has passed: whether to greet now. A subclass that
+        returns C{False} keeps the connection before the greeting (input is still early
+        talk) until it calls L{greet_now} or refuses.
+        """
+        return True
+
     def rawDataReceived(self, data: bytes) -> None:
         """
         Called with every byte received in raw mode, in order.
@@ -263,6 +287,16 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         Schedule on the injected clock (used by L{TimeoutMixin} too).
         """
         return self.clock.callLater(period, func)
+
+    def greet_now(self) -> None:
+        """
+        Greet at once, skipping what is left of the greeting delay (nothing once greeted).
+        """
+        if self.phase is not FramingPhase.PRE_GREETING or self._tls_handshaking:
+            return
+        self._cancel("greet")
+        self.phase = FramingPhase.LINES
+        self.greet()
 
     def end_handshake(self) -> None:
         """
@@ -458,13 +492,10 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         if phase is FramingPhase.RAW:
             self.rawDataReceived(data)
         elif phase is FramingPhase.PRE_GREETING:
-            self.log.info(
-                "early talker {peer}",
-                event="proto.early_talker",
-                offending=escape(data),
-                **self.log_fields(),
-            )
-            self.refuse(ErrorCode.EARLY_TALKER, offending=data)
+            if self.accepts_pre_greeting_line and not self.lines_received:
+                self._pre_greeting(data)
+            else:
+                self._early_talk(data)
         elif not self.handshake_done:
             room = self.limits.max_bytes_before_auth - self.bytes_before_auth
             if len(data) <= room:
@@ -485,6 +516,40 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
                 self.refuse(ErrorCode.TOO_MUCH_DATA, offending=excess[:64])
         else:
             self._process(data)
+
+    def _early_talk(self, data: bytes) -> None:
+        self._buffer = b""
+        self.log.info(
+            "early talker {peer}",
+            event="proto.early_talker",
+            offending=escape(data),
+            **self.log_fields(),
+        )
+        self.refuse(ErrorCode.EARLY_TALKER, offending=data)
+
+    def _pre_greeting(self, data: bytes) -> None:
+        """
+        Gather the one line a subclass may accept before the greeting: a line that is too
+        long, is followed by more bytes, or is not accepted is early talk.
+        """
+        buffer = self._buffer + data if self._buffer else data
+        limit = self.limits.max_line_length
+        end = buffer.find(b"\n")
+        if end < 0:
+            if len(buffer) > limit + 1 or (len(buffer) == limit + 1 and buffer[-1] != 0x0D):
+                self._early_talk(buffer)
+            else:
+                self._buffer = buffer  # bounded by the line length; the greeting ends it
+            return
+        stop = end - 1 if end > 0 and buffer[end - 1] == 0x0D else end
+        if end + 1 != len(buffer) or stop > limit or end >= self.limits.max_bytes_before_auth:
+            self._early_talk(buffer)
+            return
+        self._buffer = b""
+        self.lines_received += 1
+        self.bytes_before_auth += len(buffer)
+        if not self.pre_greeting_line(buffer[:stop]):
+            self._early_talk(buffer)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.refuse(ErrorCode.LINE_TOO_LONG, offending=line[:64])
@@ -627,6 +692,12 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
             # talker is refused with its own bytes instead of being greeted.
             self._greet_rechecked = True
             self._timers["greet"] = self.clock.callLater(_GREET_RECHECK, self._greet_now)
+            return
+        if not self.greeting_due():
+            return
+        if self._buffer:
+            # A line begun before the greeting and not finished when it was due.
+            self._early_talk(self._buffer)
             return
         self.phase = FramingPhase.LINES
         self.greet()

@@ -43,6 +43,7 @@ from netguard.ops.privileges import hand_over
 from netguard.ops.reload import ReloadRefused
 from netguard.proxy_header import ProxyHeaderEndpoint
 from netguard.stats import Stats
+from netguard.tickets import TICKET_KEY_FILE, load_ticket_key
 from netguard.tls import ServerTLS, TLSServerEndpoint, load_server_context
 
 log = Logger()
@@ -141,11 +142,16 @@ class GatewayService(MultiService):
 
     def _created_paths(self) -> list[str]:
         """
-        What netguard creates in the state directory: the users file, the instance lock,
-        the unix sockets of the listeners and the control socket.
+        What netguard creates in the state directory: the users file, the keys (mock
+        verifiers, tickets), the instance lock, the unix sockets of the listeners and the
+        control socket.
         """
         config = self.factory.config
-        paths = [config.users_file, os.path.join(config.state_dir, MOCK_KEY_FILE)]
+        paths = [
+            config.users_file,
+            os.path.join(config.state_dir, MOCK_KEY_FILE),
+            os.path.join(config.state_dir, TICKET_KEY_FILE),
+        ]
         if self.instance_lock is not None:
             paths.append(self.instance_lock.path)
         for description, _ in self.endpoints:
@@ -457,7 +463,12 @@ def make_service(config: Any, reactor: Any, terminal: IO[str] | None = None) -> 
         plain = _endpoint(reactor, tls.endpoint)
         endpoints.append((f"tls+{tls.endpoint}", TLSServerEndpoint(plain, identity, reactor)))
     users = load_users(config, terminal)
-    factory = GatewayFactory(config, users, reactor, Stats())
+    try:
+        ticket_key = load_ticket_key(config.state_dir)
+    except ValueError as error:
+        instance_lock.release()
+        raise SystemExit(f"netguard: cannot start: {error}") from None
+    factory = GatewayFactory(config, users, reactor, Stats(), ticket_key=ticket_key)
     service = GatewayService(factory, endpoints, instance_lock)
     service.tls_identities = identities
     return service

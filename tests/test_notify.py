@@ -168,7 +168,7 @@ class _FakeFactory:
         self.config = config
         self.applied: list[Any] = []
 
-    def apply_config(self, config: Any, users: Any) -> None:
+    def apply_config(self, config: Any, users: Any, ticket_key: Any = None) -> None:
         self.applied.append(config)
 
 

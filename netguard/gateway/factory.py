@@ -34,6 +34,7 @@ from netguard.peer.checks import PeerCheckPolicy, PeerCheckRun, PeerChecks
 from netguard.refusal_log import RefusalLog
 from netguard.relay import A, B
 from netguard.stats import Stats
+from netguard.tickets import TicketBook
 
 #: Scaled line-phase timeouts: handshake, idle, open.
 _Timeouts = tuple[float, float, float | None]
@@ -128,11 +129,24 @@ class GatewayFactory(Factory):
     @ivar users: the L{UserStore} in force (replaced as a whole on reload).
     @ivar stats: the process's L{Stats}.
     @ivar admitting: the L{AdmittingFactory} that admits this factory's connections.
+    @ivar tickets: the L{TicketBook} of returning-client tickets, or L{None} when tickets
+        are off (or no key was given).
     """
 
     log = Logger()
 
-    def __init__(self, config: Config, users: UserStore, reactor: Any, stats: Stats | None = None):
+    def __init__(
+        self,
+        config: Config,
+        users: UserStore,
+        reactor: Any,
+        stats: Stats | None = None,
+        ticket_key: bytes | None = None,
+    ):
+        """
+        @param ticket_key: the key tickets are sealed with (L{netguard.tickets.load_ticket_key}
+            of the state directory); without one no ticket is issued or accepted.
+        """
         _share_transport_keys()
         self.config = config
         self.users = users
@@ -166,12 +180,22 @@ class GatewayFactory(Factory):
         )
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(2)
+        self.tickets: TicketBook | None = None
+        self._ticket_book: TicketBook | None = None
+        self._ticket_key = ticket_key
+        self._apply_tickets(config, ticket_key)
 
-    def apply_config(self, config: Config, users: UserStore) -> None:
+    def apply_config(
+        self, config: Config, users: UserStore, ticket_key: bytes | None = None
+    ) -> None:
         """
         Put a reloaded configuration and users file in force for new commands and sessions;
         live sessions keep their relays (and their own framing bounds).
+
+        @param ticket_key: the ticket key read again (a new one revokes every ticket; the
+            same one keeps the spent table); L{None} keeps the key in force.
         """
+        self._apply_tickets(config, ticket_key if ticket_key is not None else self._ticket_key)
         self.config = config
         self.users = users
         self.stats.set_services(dict(config.services))
@@ -188,6 +212,23 @@ class GatewayFactory(Factory):
                 if policy.fcrdns != "off" or policy.ident != "off"
                 else None
             )
+
+    def _apply_tickets(self, config: Config, key: bytes | None) -> None:
+        """
+        Put the C{[tickets]} settings and the key in force: no book for sessions when tickets
+        are off or there is no key. The book is kept while off, so its spent table survives
+        a reload that turns tickets off and on again; a new key revokes every ticket.
+        """
+        self._ticket_key = key
+        settings = config.tickets
+        book = self._ticket_book
+        if key is not None:
+            if book is None:
+                book = TicketBook(settings, key, self.reactor)
+            else:
+                book = book.reloaded(settings, key)
+        self._ticket_book = book
+        self.tickets = book if settings.enabled else None
 
     @property
     def admission(self) -> Admission:

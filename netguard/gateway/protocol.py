@@ -39,13 +39,14 @@ from netguard.auth.scram import (
     encode_wire,
 )
 from netguard.errors import ErrorCode
-from netguard.framing import FramingLimits, GuardedLineReceiver, peer_label
+from netguard.framing import FramingLimits, peer_label
 from netguard.gateway.opening import (
     OpenRefusal,
     backend_failed,
     checks_refused,
     choose_service,
 )
+from netguard.gateway.returning import LaneSession
 from netguard.gateway.seams import Service, SessionHost
 from netguard.gateway.streams import YAMUX_1, StreamGate, StreamHost
 from netguard.log import escape, quoted
@@ -79,6 +80,8 @@ ARITY: dict[bytes, int] = {
     b"SERVICES": 0,
     b"PING": 0,
     b"QUIT": 0,
+    b"TICKET": 0,
+    b"RESUME": 1,
 }
 
 #: The whole state machine: for each state, the commands accepted and their handlers.
@@ -89,6 +92,7 @@ TRANSITIONS: dict[SessionState, dict[bytes, str]] = {
         b"OPEN": "do_open",
         b"MUX": "do_mux",
         b"SERVICES": "do_services",
+        b"TICKET": "do_ticket",
         b"PING": "do_ping",
         b"QUIT": "do_quit",
     },
@@ -132,7 +136,7 @@ _PRINTABLE = re.compile(rb"[\x20-\x7e]*\Z")
 
 
 @implementer(IHalfCloseableProtocol, IHandshakeListener)
-class GatewaySession(GuardedLineReceiver):
+class GatewaySession(LaneSession):
     """
     One client connection to the gateway.
 
@@ -174,6 +178,7 @@ class GatewaySession(GuardedLineReceiver):
         "_peer_verdict",
         "_started",
         "_gate",
+        "_ticketed",
     )
 
     def __init__(
@@ -194,6 +199,8 @@ class GatewaySession(GuardedLineReceiver):
         self.factory = factory
         self.conn_id = conn_id
         self.admitted = admitted
+        if admitted is not None:
+            admitted.on_evict = self._evicted  # admission ends the connection through it
         self.state = SessionState.READY
         self.user: str | None = None
         self.service: str | None = None
@@ -213,6 +220,7 @@ class GatewaySession(GuardedLineReceiver):
         self._peer_verdict: Verdict | None = None
         self._started = factory.clock.seconds()
         self._gate: StreamGate | None = None
+        self._ticketed = False
 
     @property
     def peer_address(self) -> object:
@@ -238,9 +246,10 @@ class GatewaySession(GuardedLineReceiver):
 
     def greet(self) -> None:
         mechanisms = ",".join(self.offered_mechanisms())
+        tickets = " TICKETS=1" if self.ticket_book() is not None else ""
         self.sendLine(
             f"NETGUARD/1 {self.factory.server_name} AUTH={mechanisms} "
-            f"MAXLINE={self.limits.max_line_length} MUX={YAMUX_1}".encode("ascii")
+            f"MAXLINE={self.limits.max_line_length} MUX={YAMUX_1}{tickets}".encode("ascii")
         )
 
     def connectionMade(self) -> None:
@@ -260,6 +269,8 @@ class GatewaySession(GuardedLineReceiver):
     def connectionLost(self, reason: Failure | None = None) -> None:
         previous = self.state
         self.state = SessionState.CLOSED
+        if self.admitted is not None:
+            self.admitted.on_evict = None
         if not self._tls_ready and INegotiated.providedBy(self.transport):
             # Plain text, junk, a truncated or refused handshake on a TLS listener.
             why = describe_tls_error(reason)
@@ -408,6 +419,7 @@ class GatewaySession(GuardedLineReceiver):
             self.hold_lines()
             self._peer_run.verdict().addCallback(self._peer_decided, mechanism, token)
             return
+        self._progress()
         name = mechanism.decode("ascii")
         offered = self.offered_mechanisms()
         if name not in offered:
@@ -426,6 +438,7 @@ class GatewaySession(GuardedLineReceiver):
         self._exchange = exchange
         self._mechanism = name
         self.state = SessionState.AUTH_CONTINUE
+        self._progress()
         self.sendLine(b"CONT " + encode_wire(server_first))
 
     def _peer_decided(self, verdict: Verdict, mechanism: bytes, token: bytes) -> None:
@@ -456,6 +469,7 @@ class GatewaySession(GuardedLineReceiver):
             self.state = SessionState.READY
             self._auth_failed(failure, exchange.username)
             return
+        self._progress()
         if self.admitted is not None and self.admitted.address is not None:
             refusal = self.admitted.promote()
             if refusal is not None:
@@ -719,10 +733,20 @@ class GatewaySession(GuardedLineReceiver):
         )
 
     def _out_of_sequence(self, command: bytes, line: bytes) -> None:
+        if command in (b"TICKET", b"RESUME") and self.ticket_book() is None:
+            self.refuse(ErrorCode.UNKNOWN_COMMAND, offending=line[:64], close=False)
+            return
         if self.state is SessionState.AUTH_CONTINUE:
             self._abandon_exchange(f"{command.decode('ascii')} instead of CONT", line)
             return
-        if self.state is SessionState.READY and command in (b"OPEN", b"MUX", b"SERVICES"):
+        if self.state is SessionState.READY and command in (
+            b"OPEN",
+            b"MUX",
+            b"SERVICES",
+            b"TICKET",
+        ):
             self.refuse(ErrorCode.AUTH_REQUIRED, offending=line, close=False)
             return
-        self.refuse(ErrorCode.BAD_SEQUENCE, offending=line, close=False)
+        # A RESUME line after the greeting is not logged with its ticket.
+        offending = b"RESUME" if command == b"RESUME" else line
+        self.refuse(ErrorCode.BAD_SEQUENCE, offending=offending, close=False)

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.integration.test_reload -*-
 """
-Live reload (SIGHUP, C{netguard ctl reload}): read the configuration and the users file
-again and re-read TLS certificates, without dropping a live connection.
+Live reload (SIGHUP, C{netguard ctl reload}): read the configuration, the users file and
+the ticket key again and re-read TLS certificates, without dropping a live connection.
 
 A reload is all or nothing for the configuration and the users: an invalid new
 configuration or users file is refused, logged, and the old one stays in force. TLS
@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from netguard.auth.users import UsersFileError, UserStore, load_mock_key
 from netguard.config import ConfigError, load_config
 from netguard.ops.notify import monotonic_usec, notify_ready, notify_reloading
+from netguard.tickets import load_ticket_key
 from netguard.tls import TLSConfigError
 
 log = Logger()
@@ -95,12 +96,14 @@ class Reloader:
             # The key of the running gateway: unknown names keep their salts.
             key = load_mock_key(self.started_with.state_dir)
             users = UserStore.load(config.users_file, mock_key=key)
-        except (ConfigError, UsersFileError, OSError) as error:
+            # Read again: a replaced (or deleted, then made anew) key revokes every ticket.
+            ticket_key = load_ticket_key(self.started_with.state_dir)
+        except (ConfigError, UsersFileError, OSError, ValueError) as error:
             log.warn("reload refused: {reason}", event="reload.refused", reason=str(error))
             raise ReloadRefused(str(error)) from None
         started = self.started_with
         pending = [key for key in RESTART_ONLY if getattr(started, key) != getattr(config, key)]
-        factory.apply_config(config, users)
+        factory.apply_config(config, users, ticket_key=ticket_key)
         tls_failed = 0
         for identity in self.service.tls_identities:
             try:

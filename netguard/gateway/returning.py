@@ -1,0 +1,180 @@
+# -*- test-case-name: tests.test_gateway_tickets -*-
+"""
+The part of an NGP/1 session that deals with admission's lanes: returning-client tickets
+(C{TICKET} after login, C{RESUME} before the greeting), probation, progress and eviction.
+
+Wire format: C{docs/protocol.md} ("Returning-client tickets"); the lanes: C{docs/operating.md}
+section 8.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from netguard.admitting import Admitted
+from netguard.errors import ErrorCode, format_error
+from netguard.framing import FramingPhase, GuardedLineReceiver
+from netguard.log import escape
+from netguard.tickets import Outcome, TicketBook, TicketCheck
+
+#: The offence kind of a forged, expired or replayed ticket.
+BAD_TICKET_OFFENCE = "bad_ticket"
+
+
+class LaneSession(GuardedLineReceiver):
+    """
+    A line receiver of the gateway that takes part in admission's lanes: it accepts one
+    C{RESUME <ticket>} line before the greeting and judges it (a valid ticket enters the
+    returning-client lane and is greeted at once; a bad one is C{ERR BAD_TICKET}), issues
+    tickets (C{TICKET}), keeps a connection on probation ungreeted, tells admission of
+    useful progress, and answers admission's eviction.
+
+    The session proper (L{netguard.gateway.protocol.GatewaySession}) sets C{factory},
+    C{admitted}, C{user}, C{closed_by} and C{_ticketed}.
+    """
+
+    #: A returning client's C{RESUME <ticket>} may come before the greeting.
+    accepts_pre_greeting_line = True
+
+    factory: Any
+    admitted: Admitted | None
+    user: str | None
+    closed_by: str
+    _ticketed: bool
+
+    def ticket_book(self) -> TicketBook | None:
+        """
+        The gateway's L{TicketBook}, or L{None} when tickets are off.
+        """
+        book: TicketBook | None = getattr(self.factory, "tickets", None)
+        return book
+
+    def greeting_due(self) -> bool:
+        """
+        A connection on probation is never greeted by the delay: only a valid ticket (then
+        L{greet_now}) or the end of its probation (L{_evicted}) ends its wait.
+        """
+        return self.admitted is None or self.admitted.probation is None
+
+    def pre_greeting_line(self, line: bytes) -> bool:
+        """
+        C{RESUME <ticket>} before the greeting (with tickets enabled): judge the ticket.
+        Any other line is early talk.
+        """
+        book = self.ticket_book()
+        if book is None or line[:7].upper() != b"RESUME ":
+            return False
+        self._resume(book, book.check(line[7:], self.transport.getPeer(), self.factory.users))
+        return True
+
+    def do_ticket(self) -> None:
+        """
+        Issue a returning-client ticket (once per connection): C{OK TICKET <token>
+        LIFETIME=<seconds>}.
+        """
+        book = self.ticket_book()
+        if book is None:
+            self.refuse(ErrorCode.UNKNOWN_COMMAND, offending=b"TICKET", close=False)
+            return
+        if self._ticketed:
+            self.refuse(ErrorCode.BAD_SEQUENCE, "one ticket per connection", close=False)
+            return
+        self._ticketed = True
+        user = self.user or ""
+        record = self.factory.users.lookup(user)
+        issued = None if record is None else book.issue(user, record, self.transport.getPeer())
+        if issued is None:
+            self.refuse(ErrorCode.NOT_AUTHORIZED, "no ticket for this connection", close=False)
+            return
+        token, lifetime = issued
+        self.factory.stats.count("tickets_issued")
+        self.log.info(
+            "issued a ticket to {user} at {peer} for {lifetime}s",
+            event="ticket.issued",
+            lifetime=lifetime,
+            **self.log_fields(),
+        )
+        self.sendLine(f"OK TICKET {token} LIFETIME={lifetime}".encode("ascii"))
+
+    def _resume(self, book: TicketBook, check: TicketCheck) -> None:
+        """
+        Act on the verdict on a C{RESUME} ticket: refuse a bad one (an offence unless it is
+        only revoked), go on as a first-time client from another block or with the spent
+        table full, else enter the returning-client lane and greet at once.
+        """
+        fields = self.log_fields()
+        if check.refused:
+            self._ticket_refused(check)
+            return
+        if check.outcome is Outcome.OTHER_BLOCK:
+            self.log.info(
+                "ticket of {ticket_user} presented from another address block by {peer}",
+                event="ticket.other_block",
+                ticket_user=escape(check.user),
+                **fields,
+            )
+            return
+        refusal_reason: str | None = check.outcome.value
+        if check.outcome is Outcome.VALID:
+            refusal = None if self.admitted is None else self.admitted.enter_lane()
+            refusal_reason = None if refusal is None else refusal.reason
+        self.factory.stats.count("tickets_accepted")
+        self.log.info(
+            "ticket of {ticket_user} accepted from {peer}, lane: {lane_text}",
+            event="ticket.accepted",
+            ticket_user=escape(check.user),
+            lane=refusal_reason is None,
+            lane_text="entered" if refusal_reason is None else refusal_reason,
+            **fields,
+        )
+        if refusal_reason is None:
+            self.greet_now()
+
+    def _ticket_refused(self, check: TicketCheck) -> None:
+        """
+        Answer C{ERR BAD_TICKET <reason>} and close; record the offence; log
+        C{ticket.refused} (the first few per source and reason in an interval, the rest
+        summarised).
+        """
+        admitted = self.admitted
+        if check.offence and admitted is not None and admitted.address is not None:
+            admitted.offence(BAD_TICKET_OFFENCE)
+        self.factory.stats.count("tickets_refused")
+        fields = self.log_fields()
+        refusal_log = getattr(self.factory, "refusal_log", None)
+        source = fields["peer"]
+        if admitted is not None and admitted.address is not None:
+            source = admitted.admission.source_key(admitted.address)
+        if refusal_log is None or refusal_log.note(source, check.reason, "ticket.refused"):
+            self.log.info(
+                "refused the ticket of {peer}: {reason}",
+                event="ticket.refused",
+                reason=check.reason,
+                offence=check.offence,
+                **fields,
+            )
+        self.sendLine(format_error(ErrorCode.BAD_TICKET, check.reason))
+        self.close_gracefully()
+
+    def _progress(self) -> None:
+        if self.admitted is not None:
+            self.admitted.progress()
+
+    def _evicted(self, reason: str) -> None:
+        """
+        Admission ended this connection's slot (evicted for a newcomer, or its probation
+        ended): count and log it as a refusal of that reason, answer C{ERR BUSY <reason>}
+        (nothing with C{reject_mode = "close"}) and close. Not an offence.
+        """
+        if self.phase is FramingPhase.CLOSING:
+            return
+        self.closed_by = "server"
+        admitting = getattr(self.factory, "admitting", None)
+        address = None if self.admitted is None else self.admitted.address
+        if admitting is not None:
+            line = admitting.ended(address, reason)
+        else:
+            line = format_error(ErrorCode.BUSY, reason)
+        if line is not None:
+            self.sendLine(line)
+        self.close_gracefully()
