@@ -4,8 +4,9 @@ Overload signals for load shedding: system load average, event-loop lag and proc
 
 L{OverloadSettings} holds the thresholds (C{[overload]} in C{docs/operating.md}).
 L{OverloadMonitor} samples the signals on a L{LoopingCall} and tells L{netguard.admission}
-to refuse new connections (C{overload-load}, C{overload-lag}, C{overload-memory}) while one is
-over its threshold, as xinetd's C{max_load} does for the load average. Each signal clears only
+to put new connections on probation (C{overload-load}, C{overload-lag}, C{overload-memory}:
+only a returning client's valid ticket gets one in) while one is over its threshold, much as
+xinetd's C{max_load} refuses them for the load average. Each signal clears only
 once it is back under its threshold by a margin (hysteresis), so the gate does not flap.
 
 Event-loop lag is how late the sampling tick itself runs: a reactor busy with a flood (or
@@ -48,7 +49,9 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> 
 class OverloadSettings:
     """
     When the gateway sheds load (C{[overload]}): while one threshold is exceeded, new
-    connections are refused cheaply with C{ERR BUSY overload-*}. L{None} turns a signal off.
+    connections go on probation and, unless they present a valid returning-client ticket in
+    time, are refused with C{ERR BUSY overload-*}; the lane and established sessions are
+    never touched. L{None} turns a signal off.
 
     @ivar max_load: one-minute load average (like xinetd's C{max_load}); off by default
         because it depends on the machine (L{recommended_max_load} gives twice the CPU
@@ -301,7 +304,7 @@ class OverloadMonitor:
         else:
             self.log.warn(
                 "overload: {reason} (load {load}, lag {lag:.3f}s, rss {rss}); "
-                "refusing new connections",
+                "new connections on probation",
                 event="overload.on",
                 reason=reason,
                 load=self.last_load,
