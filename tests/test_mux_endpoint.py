@@ -15,7 +15,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
+from twisted.logger import capturedLogs, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial import unittest
@@ -28,6 +28,8 @@ from netguard.client.mux_endpoint import (
     parse_open_rate,
 )
 from netguard.client.protocol import Credentials, NGPError, NGPProtocolError
+from netguard.client.tickets import TicketStore
+from netguard.gateway.factory import GatewayFactory
 from netguard.gateway.stream_settings import StreamSettings
 from netguard.mux.limits import MuxLimits
 from netguard.mux.stream import SessionLost
@@ -57,6 +59,7 @@ class FakeGateway:
         self.held: list[tuple[Factory, Deferred[Any]]] = []
         self.old = False
         self.rewrite_mux: Callable[[bytes], bytes] | None = None
+        self.peer: Any = None
 
     def connect(self, client_factory: Factory) -> Deferred[Any]:
         if self.refuse is not None:
@@ -86,7 +89,7 @@ class FakeGateway:
                 rewrite(line) if line.startswith(b"OK MUX ") else line
             )
         client = client_factory.buildProtocol(_ADDR)
-        server_io = iosim.FakeTransport(server, False)
+        server_io = iosim.FakeTransport(server, False, peerAddress=self.peer)
         client_io = iosim.FakeTransport(client, True)
         server.makeConnection(server_io)
         client.makeConnection(client_io)
@@ -115,6 +118,15 @@ class FakeGateway:
         """
         self.clock.advance(self.factory.config.limits.greeting_delay)
         self.flush()
+
+    def issue_tickets(self, key: bytes) -> None:
+        """
+        Issue and accept returning-client tickets sealed with C{key} (a new key revokes
+        every ticket), to clients seen at C{127.0.0.1}.
+        """
+        factory = self.factory
+        self.factory = GatewayFactory(factory.config, factory.users, self.clock, ticket_key=key)
+        self.peer = _ADDR
 
     def drop(self, index: int = 0) -> None:
         """
@@ -746,3 +758,90 @@ class GracefulEndTests(unittest.TestCase):
         self.assertTrue(attempt.called)  # cancelled: the login failed, nothing retried
         h.clock.advance(100)
         self.assertEqual((h.endpoint.logins, h.endpoint.sessions), (1, []))
+
+
+class TicketTests(unittest.TestCase):
+    """
+    Returning-client tickets against the real gateway protocol: each login gets a ticket
+    (pipelined with C{MUX}); the next login presents it and the gateway greets it at once,
+    without the greeting delay; a revoked one costs one immediate login without a ticket.
+    """
+
+    def harness(self) -> Harness:
+        h = Harness(self, max_sessions=1, random=0.0)
+        self.assertIsInstance(h.endpoint.tickets, TicketStore)
+        h.gateway.issue_tickets(b"k" * 32)
+        return h
+
+    @staticmethod
+    def kept(h: Harness) -> int:
+        """
+        How many tickets the endpoint keeps.
+        """
+        assert h.endpoint.tickets is not None
+        return len(h.endpoint.tickets)
+
+    def test_login_gets_a_ticket(self) -> None:
+        """
+        The first login's C{TICKET} is answered: one ticket issued and kept.
+        """
+        h = self.harness()
+        connecting = h.connect()
+        h.settle()
+        self.assertIsInstance(self.successResultOf(connecting), App)
+        self.assertEqual(self.kept(h), 1)
+        self.assertEqual(h.gateway.factory.stats.snapshot()["tickets_issued"], 1)
+
+    def test_next_login_greeted_at_once(self) -> None:
+        """
+        After the session is lost, the next login presents the ticket and is greeted at
+        once: the session is up with no clock advance at all (without a ticket it would wait
+        for the greeting delay).
+        """
+        h = self.harness()
+        h.connect()
+        h.settle()
+        with capturedLogs() as events:
+            h.gateway.drop()
+            connecting = h.connect()
+            h.gateway.flush()
+        self.assertIsInstance(self.successResultOf(connecting), App)
+        self.assertEqual(h.gateway.connections, 2)
+        [accepted] = [e for e in events if e.get("event") == "ticket.accepted"]
+        self.assertTrue(accepted["lane"])
+        self.assertEqual(self.kept(h), 1)
+
+    def test_without_a_ticket_the_greeting_waits(self) -> None:
+        """
+        The control: a login with no ticket kept is not greeted before the delay.
+        """
+        h = self.harness()
+        connecting = h.connect()
+        h.gateway.flush()
+        self.assertNoResult(connecting)
+        h.settle()
+        self.assertIsInstance(self.successResultOf(connecting), App)
+
+    def test_revoked_ticket_logs_in_again_at_once(self) -> None:
+        """
+        A new ticket key (as after a reload that replaced it): the presented ticket is
+        refused (C{ERR BAD_TICKET revoked}); the endpoint logs in again at once without one,
+        not counted as a failed login, and the connect is served.
+        """
+        h = self.harness()
+        h.connect()
+        h.settle()
+        h.gateway.drop()
+        h.gateway.factory.apply_config(
+            h.gateway.factory.config, h.gateway.factory.users, ticket_key=b"n" * 32
+        )
+        with capturedLogs() as events:
+            connecting = h.connect()
+            h.gateway.flush()
+            h.settle()
+        self.assertIsInstance(self.successResultOf(connecting), App)
+        names = [e.get("event") for e in events]
+        self.assertIn("tunnel.ticket.refused", names)
+        self.assertNotIn("tunnel.mux.login_failed", names)
+        self.assertEqual(h.gateway.connections, 3)
+        self.assertEqual(self.kept(h), 1)

@@ -1,28 +1,43 @@
 """
 Returning-client tickets from the client's side, over real loopback sockets: the C{netguard:}
-endpoints and C{netguard tunnel} against the real gateway (a ticket issued after the first
-login, presented by the next connection, which the gateway greets at once:
-C{ticket.accepted}), and against hostile gateways written for these tests (an oversized or
-garbage ticket, a refused ticket).
+endpoints and C{netguard tunnel} (in-process and as its own process) against the real
+gateway (a ticket issued after the first login, presented by the next connection, which the
+gateway greets at once: C{ticket.accepted}; a revoked or replayed one refused, then served
+without), and against hostile gateways written for these tests (an oversized or garbage
+ticket, a refused ticket).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    UNIXClientEndpoint,
+    connectProtocol,
+)
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import globalLogPublisher
 from twisted.protocols.basic import LineReceiver
 from twisted.trial import unittest
 
+import netguard
 from netguard.auth.scram import ServerExchange, decode_wire, encode_wire
 from netguard.auth.users import UserStore, make_record
-from netguard.client.endpoint import NGPClientEndpoint
+from netguard.client.endpoint import NGPClientEndpoint, wrap_tls
+from netguard.client.mux_endpoint import MuxClientEndpoint
 from netguard.client.protocol import Credentials, NGPError
-from netguard.client.tickets import MAX_TOKEN, TicketStore
-from tests.integration.util import wait_for
+from netguard.client.tickets import MAX_TOKEN, TicketOffer, TicketStore
+from netguard.client.tunnel import TunnelFactory
+from netguard.ops.reload import Reloader
+from tests import tls_certs
+from tests.integration.util import RunningGateway, stop_process, wait_for
 
 PASSWORD = "ticket-test password"
 CREDENTIALS = Credentials("alice", PASSWORD)
@@ -228,3 +243,302 @@ class HostileTicketGatewayTests(unittest.TestCase):
         self.assertEqual(failure.code, "BAD_TICKET")
         yield wait_for(lambda: len(gateway.connections) == 3)
         self.assertEqual(len(gateway.connections), 3)
+
+
+class RealGatewayTicketTests(unittest.TestCase):
+    """
+    The client endpoints and C{netguard tunnel}'s factory against the real gateway (tickets
+    on by default, the key in its state directory), on loopback TCP: the first login gets
+    a ticket, the next gateway connection presents it and is accepted into the lane
+    (C{ticket.accepted} with C{lane} true) before it logs in as usual.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def start_gateway(self, config: str | None = None) -> RunningGateway:
+        overrides = {} if config else {"listen": ["tcp:0:interface=127.0.0.1"]}
+        running = RunningGateway(self, config, overrides=overrides)
+        self.addCleanup(running.idle)
+        return running
+
+    def events_named(self, name: str) -> list[dict[str, Any]]:
+        return [event for event in self.events if event.get("event") == name]
+
+    @inlineCallbacks
+    def echo(self, endpoint: Any, payload: bytes = b"ping") -> Any:
+        app = Echo(payload)
+        yield connectProtocol(endpoint, app)
+        received = yield app.done
+        self.assertEqual(received, payload)
+
+    @inlineCallbacks
+    def test_second_connection_enters_the_lane(self) -> None:
+        """
+        C{mux=no}: the first connect's login gets a ticket (C{ticket.issued}); the second
+        connect presents it and the gateway accepts it into the lane; both echo. The token
+        appears in no log event.
+        """
+        running = self.start_gateway()
+        store = TicketStore()
+        endpoint = NGPClientEndpoint(
+            reactor,
+            TCP4ClientEndpoint(reactor, "127.0.0.1", running.port()),
+            running.credentials,
+            "echo",
+            tickets=store,
+        )
+        yield self.echo(endpoint)
+        self.assertEqual(len(self.events_named("ticket.issued")), 1)
+        self.assertEqual(len(store), 1)
+        token = store.take()
+        assert token is not None
+        self.assertNotIn(token.decode(), repr(self.events))
+        store.keep(TicketOffer(token, 60))
+        self.assertEqual(self.events_named("ticket.accepted"), [])
+        yield self.echo(endpoint)
+        [accepted] = self.events_named("ticket.accepted")
+        self.assertTrue(accepted["lane"])
+        self.assertEqual(len(self.events_named("ticket.issued")), 2)
+        self.assertEqual(self.events_named("ticket.refused"), [])
+
+    def endpoint(self, running: RunningGateway, store: TicketStore) -> NGPClientEndpoint:
+        return NGPClientEndpoint(
+            reactor,
+            TCP4ClientEndpoint(reactor, "127.0.0.1", running.port()),
+            running.credentials,
+            "echo",
+            tickets=store,
+        )
+
+    @inlineCallbacks
+    def test_revoked_ticket_refused_then_served_without(self) -> None:
+        """
+        The ticket key is replaced (deleted, then a reload makes a new one): the kept
+        ticket is refused as revoked (no offence), and the endpoint serves the connect at
+        once with a new connection without a ticket (C{tunnel.ticket.refused}), which gets
+        a new ticket.
+        """
+        running = self.start_gateway('listen = ["tcp:0:interface=127.0.0.1"]\n')
+        store = TicketStore()
+        endpoint = self.endpoint(running, store)
+        yield self.echo(endpoint)
+        self.assertEqual(len(store), 1)
+        os.unlink(os.path.join(running.dir, "st", "ticket.key"))
+        Reloader(running.service, running.config_path, running.overrides).reload()
+        yield self.echo(endpoint)
+        [refused] = self.events_named("ticket.refused")
+        self.assertEqual((refused["reason"], refused["offence"]), ("revoked", False))
+        self.assertEqual(len(self.events_named("tunnel.ticket.refused")), 1)
+        self.assertEqual(len(store), 1)
+
+    @inlineCallbacks
+    def test_replayed_ticket_refused_then_served_without(self) -> None:
+        """
+        The same ticket presented twice (a copy kept by hand, as an eavesdropper would):
+        the first use enters the lane; the second is refused as replayed and the endpoint
+        serves the connect with a new connection without a ticket. (Replay is an offence:
+        the loopback source is exempt from penalties here so that the retry is admitted.)
+        """
+        running = self.start_gateway(
+            'listen = ["tcp:0:interface=127.0.0.1"]\n'
+            '[admission]\nnever_penalise = ["127.0.0.0/8"]\n'
+        )
+        store = TicketStore()
+        endpoint = self.endpoint(running, store)
+        yield self.echo(endpoint)
+        token = store.take()
+        assert token is not None
+        store.keep(TicketOffer(token, 60))
+        yield self.echo(endpoint)
+        store.clear()
+        store.keep(TicketOffer(token, 60))
+        yield self.echo(endpoint)
+        self.assertEqual(len(self.events_named("ticket.accepted")), 1)
+        [refused] = self.events_named("ticket.refused")
+        self.assertEqual((refused["reason"], refused["offence"]), ("replayed", True))
+        self.assertEqual(len(self.events_named("tunnel.ticket.refused")), 1)
+
+    @inlineCallbacks
+    def test_mux_sessions_present_tickets(self) -> None:
+        """
+        C{mux=yes}: a session's login gets a ticket (pipelined with C{MUX}); a second
+        endpoint sharing the store (as a new session would) presents it and enters the lane.
+        """
+        running = self.start_gateway()
+        store = TicketStore()
+
+        def endpoint() -> MuxClientEndpoint:
+            made = MuxClientEndpoint(
+                reactor,
+                TCP4ClientEndpoint(reactor, "127.0.0.1", running.port()),
+                running.credentials,
+                "echo",
+                tickets=store,
+            )
+            self.addCleanup(made.close)
+            return made
+
+        yield self.echo(endpoint())
+        self.assertEqual(len(store), 1)
+        yield self.echo(endpoint())
+        [accepted] = self.events_named("ticket.accepted")
+        self.assertTrue(accepted["lane"])
+
+    @inlineCallbacks
+    def test_tls_resume_after_the_handshake(self) -> None:
+        """
+        On a TLS listener the C{RESUME} line goes out after the TLS handshake: the ticket is
+        accepted into the lane and the login that follows is bound to the certificate
+        (SCRAM-SHA-256-PLUS) as always.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        cert, key = tls_certs.make_leaf("localhost")
+        cert_file, key_file = tls_certs.write_identity(directory, "gateway", cert, key)
+        running = self.start_gateway(
+            'listen = ["tcp:0:interface=127.0.0.2"]\n'
+            '[[tls_listen]]\nendpoint = "tcp:0:interface=127.0.0.1"\n'
+            f'cert_file = "{cert_file}"\nkey_file = "{key_file}"\n',
+        )
+        gateway = wrap_tls(
+            reactor,
+            TCP4ClientEndpoint(reactor, "127.0.0.1", running.port(1)),
+            {"tls": "1", "ca_file": cert_file},
+            default_hostname="localhost",
+        )
+        store = TicketStore()
+        endpoint = NGPClientEndpoint(reactor, gateway, running.credentials, "echo", tickets=store)
+        yield self.echo(endpoint)
+        self.assertEqual(len(store), 1)
+        yield self.echo(endpoint)
+        [accepted] = self.events_named("ticket.accepted")
+        self.assertTrue(accepted["lane"])
+        mechanisms = [e.get("mechanism") for e in self.events_named("auth.ok")]
+        self.assertEqual(mechanisms, ["SCRAM-SHA-256-PLUS"] * 2)
+
+    @inlineCallbacks
+    def test_tunnel_second_local_connection_enters_the_lane(self) -> None:
+        """
+        C{netguard tunnel}'s factory (C{--no-mux}): two local connections one after the
+        other; the second one's gateway connection presents the first one's ticket and is
+        accepted into the lane.
+        """
+        running = self.start_gateway()
+        endpoint = NGPClientEndpoint(
+            reactor,
+            TCP4ClientEndpoint(reactor, "127.0.0.1", running.port()),
+            running.credentials,
+            "echo",
+        )
+        factory = TunnelFactory(reactor, endpoint)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        local = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        for payload in (b"first", b"second"):
+            app = Echo(payload)
+            yield connectProtocol(local, app)
+            self.assertEqual((yield app.done), payload)
+            yield wait_for(lambda: not factory.connections)
+        [accepted] = self.events_named("ticket.accepted")
+        self.assertTrue(accepted["lane"])
+
+
+class TunnelProcessTicketTests(unittest.TestCase):
+    """
+    The real C{netguard tunnel} process (C{--no-mux}, a unix listener) in front of the real
+    gateway: the second local connection's gateway connection presents the ticket the first
+    login got and enters the lane; with C{--no-tickets} no ticket is asked for or presented.
+    """
+
+    timeout = 90
+
+    def setUp(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.running = RunningGateway(self, overrides={"listen": ["tcp:0:interface=127.0.0.1"]})
+        self.addCleanup(self.running.idle)
+        self.password_file = os.path.join(self.running.dir, "pw")
+        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, self.running.credentials.password.encode() + b"\n")
+        os.close(fd)
+
+    def events_named(self, name: str) -> list[dict[str, Any]]:
+        return [event for event in self.events if event.get("event") == name]
+
+    def start_tunnel(self, *options: str) -> tuple[str, str]:
+        """
+        Start C{netguard tunnel} (this checkout's code) listening on a unix socket; stopped
+        by PID at cleanup.
+
+        @return: the socket path and the tunnel's log path.
+        """
+        sock = os.path.join(self.running.dir, "t.sock")
+        log_path = os.path.join(self.running.dir, "tunnel.log")
+        log = open(log_path, "wb")  # noqa: SIM115 - closed by stop_process at cleanup
+        root = os.path.dirname(os.path.dirname(os.path.abspath(netguard.__file__)))
+        env = {**os.environ, "PYTHONPATH": root}
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "netguard.cli",
+                "tunnel",
+                "--gateway",
+                f"tcp:host=127.0.0.1:port={self.running.port()}",
+                "--service",
+                "echo",
+                "--listen",
+                f"unix:{sock}:mode=600",
+                "--user",
+                self.running.credentials.username,
+                "--password-file",
+                self.password_file,
+                "--no-mux",
+                *options,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        self.addCleanup(stop_process, process, log)
+        return sock, log_path
+
+    @inlineCallbacks
+    def echo_twice(self, sock: str) -> Any:
+        yield wait_for(lambda: os.path.exists(sock), timeout=30)
+        for payload in (b"first", b"second"):
+            app = Echo(payload)
+            yield connectProtocol(UNIXClientEndpoint(reactor, sock), app)
+            self.assertEqual((yield app.done), payload)
+            yield wait_for(lambda: not self.running.factory.sessions)
+
+    @inlineCallbacks
+    def test_second_local_connection_enters_the_lane(self) -> None:
+        """
+        Two local connections one after the other: two logins, two tickets issued, the
+        second gateway connection accepted into the lane; the tunnel's log holds no token.
+        """
+        sock, log_path = self.start_tunnel()
+        yield self.echo_twice(sock)
+        [accepted] = self.events_named("ticket.accepted")
+        self.assertTrue(accepted["lane"])
+        self.assertEqual(len(self.events_named("ticket.issued")), 2)
+        with open(log_path, "rb") as handle:
+            self.assertNotIn(b"RESUME", handle.read())
+
+    @inlineCallbacks
+    def test_no_tickets(self) -> None:
+        """
+        C{--no-tickets}: no ticket issued, none presented.
+        """
+        sock, _ = self.start_tunnel("--no-tickets")
+        yield self.echo_twice(sock)
+        self.assertEqual(self.events_named("ticket.issued"), [])
+        self.assertEqual(self.events_named("ticket.accepted"), [])
