@@ -112,8 +112,11 @@ class Admitted:
         """
         What admission calls, with the reason, when it ends this connection: C{evicted} to
         make room for a newcomer, or C{probation.reason} when its probation ends. The
-        connection has already lost its slot; the callee answers C{ERR BUSY <reason>} (or
-        nothing, with C{reject_mode = "close"}) and closes it. No offence.
+        connection has already lost its slot, and admission has counted the end under that
+        reason; the callee accounts for it the same way (L{AdmittingFactory.ended}), answers
+        C{ERR BUSY <reason>} (or nothing, with C{reject_mode = "close"}) and closes it. No
+        offence. Set it to L{None} once the connection starts closing for another reason:
+        it is then no longer a candidate, and its counts stay consistent with admission's.
 
         Only a connection with a handler can be evicted. L{AdmittingFactory} sets a default
         for the protocols of an L{AdmissionAware} factory that leave it unset, which writes

@@ -653,7 +653,14 @@ class FloodTests(unittest.TestCase):
         self.assertTrue(set(refused) <= REASONS, refused)
         self.assertEqual(sum(refused.values()), stats["refused"])
         self.assertEqual(refused, {k: v for k, v in self.factory.admission.counters.items() if v})
-        self.assertGreater(refused.get("random-early-drop", 0) + refused.get("unauth-cap", 0), 0)
+        # A full pool evicts (or puts newcomers on probation, then refuses them) rather than
+        # refusing at once: any of these shows the flood met the pool limits.
+        self.assertGreater(
+            refused.get("random-early-drop", 0)
+            + refused.get("unauth-cap", 0)
+            + refused.get("evicted", 0),
+            0,
+        )
         self.assertGreater(refused.get("penalised", 0), 0)
 
         # The unauthenticated pool filled up to random early drop but never passed its cap.
