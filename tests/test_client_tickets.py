@@ -629,6 +629,77 @@ class TicketPresentTests(ClientTestCase):
         error = self.failureResultOf(script.client.opened, NGPError).value
         self.assertNotIsInstance(error, TicketRefused)
 
+    def test_late_resume_answer_is_skipped(self) -> None:
+        """
+        The gateway greeted before our C{RESUME} reached it, so it answers that line with
+        C{ERR BAD_SEQUENCE} after the greeting: the client skips that one line (logged as
+        C{tunnel.ticket.ignored}) and the login goes on to the service.
+        """
+        script = self.holding(TOKEN)
+        script.sent()
+        cont = script.answer_auth(TICKET_GREETING)
+        with capturedLogs() as events:
+            script.reply(b"ERR BAD_SEQUENCE bad sequence")
+        self.assertEqual(
+            [e["reason"] for e in events if e.get("event") == "tunnel.ticket.ignored"],
+            ["late: the gateway greeted first"],
+        )
+        self.assertNotIn(TOKEN.decode(), log_texts(events))
+        script.reply(cont)
+        [final] = script.sent()
+        assert script.exchange is not None
+        script.reply(b"OK " + encode_wire(script.exchange.final(decode_wire(final[5:]))))
+        self.assertEqual(script.sent(), [b"TICKET", b"OPEN echo"])
+        script.feed(ticket_line() + b"\r\nOK OPEN echo\r\n")
+        self.assertIsNone(self.successResultOf(script.client.opened))
+
+    def test_late_resume_to_a_gateway_without_tickets(self) -> None:
+        """
+        C{ERR UNKNOWN_COMMAND} as the first line after a greeting (a gateway whose tickets
+        are off read our late C{RESUME}): skipped too; the login goes on.
+        """
+        script = self.holding(TOKEN)
+        script.sent()
+        cont = script.answer_auth(PLAIN_GREETING)
+        script.reply(b"ERR UNKNOWN_COMMAND unknown command")
+        script.reply(cont)
+        self.assertIs(script.client.state, ClientState.AWAIT_AUTH_OK)
+
+    def test_only_one_late_answer_is_skipped(self) -> None:
+        """
+        A second C{ERR BAD_SEQUENCE} is a refusal of the login as always: failed closed.
+        """
+        script = self.holding(TOKEN)
+        script.sent()
+        script.answer_auth(TICKET_GREETING)
+        script.reply(b"ERR BAD_SEQUENCE bad sequence")
+        script.reply(b"ERR BAD_SEQUENCE bad sequence")
+        error = self.assert_failed_closed(script, NGPError)
+        assert isinstance(error, NGPError)
+        self.assertEqual(error.code, "BAD_SEQUENCE")
+
+    def test_late_answer_only_after_resume(self) -> None:
+        """
+        Without a presented ticket, C{ERR BAD_SEQUENCE} after the greeting fails the login
+        as before (nothing is skipped).
+        """
+        script = ticket_script(self)
+        script.answer_auth(TICKET_GREETING)
+        script.reply(b"ERR BAD_SEQUENCE bad sequence")
+        self.assert_failed_closed(script, NGPError)
+
+    def test_late_answer_only_first(self) -> None:
+        """
+        After the first line following the greeting (here C{CONT}), a C{BAD_SEQUENCE} is no
+        longer taken for the answer to C{RESUME}.
+        """
+        script = self.holding(TOKEN)
+        script.sent()
+        script.reply(script.answer_auth(TICKET_GREETING))
+        script.sent()
+        script.reply(b"ERR BAD_SEQUENCE bad sequence")
+        self.assert_failed_closed(script, NGPError)
+
     def test_busy_after_resume_is_plain_and_keeps_the_others(self) -> None:
         """
         C{ERR BUSY} after C{RESUME} is about the gateway, not the ticket: a plain

@@ -811,6 +811,26 @@ class TicketTests(unittest.TestCase):
         self.assertTrue(accepted["lane"])
         self.assertEqual(self.kept(h), 1)
 
+    def test_late_resume_still_logs_in(self) -> None:
+        """
+        The gateway's greeting delay passes before our C{RESUME} reaches it (a slow path):
+        the gateway answers the late line C{ERR BAD_SEQUENCE} and the login goes on; the
+        session comes up, with no failed login.
+        """
+        h = self.harness()
+        h.connect()
+        h.settle()
+        h.gateway.drop()
+        with capturedLogs() as events:
+            connecting = h.connect()
+            h.clock.advance(h.gateway.factory.config.limits.greeting_delay)
+            h.gateway.flush()
+        self.assertIsInstance(self.successResultOf(connecting), App)
+        names = [e.get("event") for e in events]
+        self.assertIn("tunnel.ticket.ignored", names)
+        self.assertNotIn("tunnel.mux.login_failed", names)
+        self.assertNotIn("ticket.accepted", names)
+
     def test_without_a_ticket_the_greeting_waits(self) -> None:
         """
         The control: a login with no ticket kept is not greeted before the delay.

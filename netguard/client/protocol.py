@@ -135,6 +135,11 @@ TICKETS_OFFER = b"TICKETS=1"
 #: that no longer does.
 TICKET_REFUSALS = frozenset({b"BAD_TICKET", b"EARLY_TALKER"})
 
+#: The answers a gateway gives a C{RESUME} line that reached it after it had greeted (the
+#: line was late: a lost segment, a slow path through a proxy): not an error of the login,
+#: which goes on; the ticket bought nothing.
+LATE_RESUME_ANSWERS = frozenset({b"BAD_SEQUENCE", b"UNKNOWN_COMMAND"})
+
 #: What the client waits for in each state, for error messages.
 _WAITING_FOR = {
     ClientState.AWAIT_GREETING: "the greeting",
@@ -214,6 +219,7 @@ class NGPClientProtocol(GuardedLineReceiver):
         self.present_ticket = present_ticket
         self.presented = False
         self.tickets_offered = False
+        self._resume_unanswered = False
         self._ticket_error: NGPError | None = None
 
     # -- hooks for users of the open connection ------------------------------------------------
@@ -292,6 +298,18 @@ class NGPClientProtocol(GuardedLineReceiver):
         self._fail(NGPProtocolError(f"{message}, waiting for {waiting}", reason))
 
     def lineReceived(self, line: bytes) -> None:
+        if self._resume_unanswered:
+            # The first line after the greeting: if the gateway read our RESUME before it
+            # greeted, that was its answer; if it greeted first, RESUME is answered now.
+            self._resume_unanswered = False
+            if line.startswith(b"ERR ") and line[4:].partition(b" ")[0] in LATE_RESUME_ANSWERS:
+                self.log.warn(
+                    "our ticket reached {peer} after its greeting; logging in without it",
+                    event="tunnel.ticket.ignored",
+                    reason="late: the gateway greeted first",
+                    **self.log_fields(),
+                )
+                return
         if line.startswith(b"ERR "):
             code, _, text = line[4:].partition(b" ")
             if self.state is ClientState.AWAIT_TICKET:
@@ -407,6 +425,7 @@ class NGPClientProtocol(GuardedLineReceiver):
         )
         first = self._exchange.first()
         self.state = ClientState.AWAIT_CONT
+        self._resume_unanswered = self.presented
         self.sendLine(b"AUTH " + mechanism.encode("ascii") + b" " + encode_wire(first))
 
     def _on_cont(self, line: bytes) -> None:
