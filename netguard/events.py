@@ -122,8 +122,8 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "tunnel.mux.login_failed": "the login for a multiplexed session failed",
         "tunnel.mux.fallback": "the gateway does not multiplex; one connection per connect",
         "tunnel.mux.openrate_ignored": "OK MUX had a malformed OPENRATE; the client's own is used",
-        "tunnel.ticket.ignored": "the gateway's answer to TICKET was refused or malformed; "
-        "no ticket kept",
+        "tunnel.ticket.ignored": "the answer to TICKET was an error or malformed (no ticket "
+        "kept), or our RESUME reached the gateway after its greeting (no lane)",
         "tunnel.ticket.refused": "the gateway refused our ticket; connecting again without one",
     }
 )
