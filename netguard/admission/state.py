@@ -3,7 +3,8 @@
 Admission control: which new connection may take a slot, decided before the greeting.
 
 L{Admission} holds one listener's (or one process's) pools, per-source tables and penalties,
-with an injected clock and random source; it opens no socket. L{netguard.admitting} applies
+the probation pool and the eviction ranking, with an injected clock and random source; it
+opens no socket. L{netguard.admitting} applies
 it to any Twisted server, the gateway included. The rules in order, the pools, penalties and
 bounds: C{docs/operating.md} section 8.
 """
@@ -11,14 +12,12 @@ bounds: C{docs/operating.md} section 8.
 from __future__ import annotations
 
 import ipaddress
-import math
 import random as _random
 import sys
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
-import attrs
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import Logger
 
@@ -32,6 +31,7 @@ from netguard.admission.eviction import (
     Slot,
     Source,
 )
+from netguard.admission.penalties import PenaltyTable
 from netguard.admission.policy import (
     DENIED,
     EVICTED,
@@ -66,23 +66,6 @@ TimeSource = Scheduler
 _PRUNE_STEP = 2
 
 
-@attrs.define
-class _Penalty:
-    """
-    The penalty state of one source key.
-
-    @ivar points: points at C{stamp}; they decay linearly after it.
-    @ivar stamp: when C{points} was last updated.
-    @ivar blocked_until: the end of the current block (in the past when not blocked).
-    @ivar offences: offences recorded since this entry was created.
-    """
-
-    points: float
-    stamp: float
-    blocked_until: float
-    offences: int
-
-
 def _peer_ip(host: str) -> _IP | None:
     """
     Parse a peer host; IPv4-mapped IPv6 becomes IPv4, an IPv6 zone (C{%eth0}) is dropped.
@@ -102,12 +85,18 @@ def _member(ip: _IP, networks: tuple[_Network, ...]) -> bool:
 
 class Admission:
     """
-    The admission state of one listener (or one process): pools, per-source tables, penalties.
+    The admission state of one listener (or one process): pools, per-source tables, penalties,
+    the probation pool and the eviction ranking.
 
-    Callers pass the same peer value to L{admit}, L{authenticated} and L{released}, normally
-    C{transport.getPeer()}; Twisted addresses carry the source port, so each live connection
-    is tracked by its own entry, and a call about a connection that was never admitted (or
-    was already released) changes nothing.
+    Two ways to use it. Per connection: L{enter} gives a L{Slot} (or a L{Refusal}), and the
+    caller later calls L{release}, and as the connection goes L{progress}, L{enter_lane},
+    L{promote}, and L{set_evict_handler} to make it evictable (and to be told when its
+    probation ends); L{netguard.admitting.Admitted} wraps these. By address, for callers that
+    keep no handle: L{admit}, L{authenticated} and L{released} take the same peer value,
+    normally C{transport.getPeer()}; Twisted addresses carry the source port, so each live
+    connection is tracked by its own entry, and a call about a connection that was never
+    admitted (or was already released) changes nothing. Those connections are never on
+    probation and never evicted.
 
     @ivar policy: the L{AdmissionPolicy} in force.
     @ivar counters: refusals so far, by reason.
@@ -139,12 +128,6 @@ class Admission:
         self._mask4 = (0xFFFFFFFF << (32 - policy.ipv4_prefix)) & 0xFFFFFFFF
         self._mask6 = ((1 << 128) - 1) ^ ((1 << (128 - policy.ipv6_prefix)) - 1)
         self._points = {kind: policy.points_for(kind) for kind in OFFENCE_KINDS}
-        # Points beyond this give penalty_max already; capping them bounds how long a
-        # source stays remembered however often it offends.
-        self._max_points = float(
-            policy.penalty_threshold
-            + max(0, math.ceil(math.log2(policy.penalty_max / policy.penalty_base)))
-        )
         self._overload: str | None = None
         self._unauth = 0
         self._lane = 0
@@ -161,8 +144,9 @@ class Admission:
         )
         # source key -> [tokens, stamp], least recently seen first.
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()
+        self._penalty_table = PenaltyTable(policy)
         # source key -> penalty, least recently offending first.
-        self._penalties: OrderedDict[str, _Penalty] = OrderedDict()
+        self._penalties = self._penalty_table.entries
 
     # -- addresses --------------------------------------------------------------------------
 
@@ -289,7 +273,7 @@ class Admission:
             if penalty is not None:
                 if penalty.blocked_until > now:
                     return self._refuse(PENALISED, penalty.blocked_until - now)
-                bad = self._decayed(penalty, now) > 0.0
+                bad = self._penalty_table.decayed(penalty, now) > 0.0
             known = self._sources.get(key)
             if known is not None and known.live >= policy.per_source_max:
                 return self._refuse(PER_SOURCE_CAP)
@@ -539,8 +523,7 @@ class Admission:
                 self._evictions.track(slot)
 
     def _still_bad(self, source: Source) -> bool:
-        penalty = self._penalties.get(source.key)
-        return penalty is not None and self._decayed(penalty, self.clock.seconds()) > 0.0
+        return self._penalty_table.has_points(source.key, self.clock.seconds())
 
     # -- the address-keyed calls ------------------------------------------------------------
 
@@ -583,13 +566,6 @@ class Admission:
 
     # -- penalties --------------------------------------------------------------------------
 
-    def _decayed(self, penalty: _Penalty, now: float) -> float:
-        elapsed = max(0.0, now - penalty.stamp)
-        return max(0.0, penalty.points - elapsed / self.policy.penalty_decay)
-
-    def _spent(self, penalty: _Penalty, now: float) -> bool:
-        return penalty.blocked_until <= now and self._decayed(penalty, now) <= 0.0
-
     def offence(self, address: object, kind: str) -> float | None:
         """
         Record an offence by a peer's source.
@@ -614,44 +590,14 @@ class Admission:
         _, ip, unix = self._classify(address)
         if unix or (ip is not None and self._never and _member(ip, self._never)):
             return None
-        policy = self.policy
         now = self.clock.seconds()
         self._prune(now)
         key = self._key_of(ip)
-        penalty = self._penalties.get(key)
-        if penalty is None:
-            if len(self._penalties) >= policy.max_tracked_sources:
-                self._penalties.popitem(last=False)
-            penalty = _Penalty(0.0, now, now, 0)
-            self._penalties[key] = penalty
-        else:
-            self._penalties.move_to_end(key)
-        penalty.points = min(self._max_points, self._decayed(penalty, now) + points)
-        penalty.stamp = now
-        penalty.offences += 1
+        blocked = self._penalty_table.add(key, points, kind, now)
         source = self._sources.get(key)
         if source is not None:
             self._evictions.set_bad(source, True)
-        # Points decay continuously, so N offences in quick succession add up to a little
-        # under N: the threshold is reached once the points pass threshold - 1, that is
-        # when C{penalty_threshold} offences fall within about C{penalty_decay} seconds.
-        if penalty.points > policy.penalty_threshold - 1:
-            steps = max(0, math.ceil(penalty.points - 1e-9) - policy.penalty_threshold)
-            duration = min(policy.penalty_max, policy.penalty_base * 2.0**steps)
-            if now + duration > penalty.blocked_until:
-                self.log.info(
-                    "blocking {source} for {seconds:.0f}s after {offences} offences",
-                    event="admission.block",
-                    source=key,
-                    seconds=round(duration, 1),
-                    offences=penalty.offences,
-                    kind=kind,
-                    extended=penalty.blocked_until > now,
-                )
-                penalty.blocked_until = now + duration
-        if penalty.blocked_until > now:
-            return penalty.blocked_until - now
-        return None
+        return blocked
 
     def penalties(self) -> list[tuple[str, float, int]]:
         """
@@ -661,15 +607,7 @@ class Admission:
 
         @return: C{(source key, seconds of block left, offences)} tuples, longest block first.
         """
-        now = self.clock.seconds()
-        for key in [k for k, p in self._penalties.items() if self._spent(p, now)]:
-            del self._penalties[key]
-        rows = [
-            (key, max(0.0, penalty.blocked_until - now), penalty.offences)
-            for key, penalty in self._penalties.items()
-        ]
-        rows.sort(key=lambda row: (-row[1], row[0]))
-        return rows
+        return self._penalty_table.listing(self.clock.seconds())
 
     def clear_penalties(self, source: str | None = None) -> int:
         """
@@ -704,14 +642,7 @@ class Admission:
             if tokens + max(0.0, now - stamp) * rate < burst:
                 break
             del buckets[key]
-        penalties = self._penalties
-        for _ in range(_PRUNE_STEP):
-            if not penalties:
-                break
-            key = next(iter(penalties))
-            if not self._spent(penalties[key], now):
-                break
-            del penalties[key]
+        self._penalty_table.prune(now, _PRUNE_STEP)
 
     # -- overload and stress ----------------------------------------------------------------
 
