@@ -275,6 +275,12 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         """
         return True
 
+    def loggable_early_talk(self, data: bytes) -> bytes:
+        """
+        What of an early talker's bytes the log may show (a subclass hides secrets).
+        """
+        return data
+
     def rawDataReceived(self, data: bytes) -> None:
         """
         Called with every byte received in raw mode, in order.
@@ -519,6 +525,7 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
 
     def _early_talk(self, data: bytes) -> None:
         self._buffer = b""
+        data = self.loggable_early_talk(data)
         self.log.info(
             "early talker {peer}",
             event="proto.early_talker",

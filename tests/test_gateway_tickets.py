@@ -288,6 +288,24 @@ class ResumeTests(unittest.TestCase):
         [refused] = g.named("ticket.refused")
         self.assertEqual((refused["reason"], refused["offence"]), ("forged", True))
 
+    def test_refused_tickets_logged_aggregated(self):
+        """
+        During a flood of bad tickets from one source only the first 3 per reason in an
+        interval are logged as C{ticket.refused}; the rest are counted in one
+        C{conn.reject.summary} (C{of} = C{ticket.refused}) when the interval ends. Every
+        one is still answered C{ERR BAD_TICKET}.
+        """
+        g = Gateway(self, admission=AdmissionPolicy(bad_ticket_points=0))
+        replies = [g.connect().send(b"RESUME AAAA") for _ in range(5)]
+        self.assertEqual(replies, [[b"ERR BAD_TICKET forged"]] * 5)
+        self.assertEqual(len(g.named("ticket.refused")), 3)
+        g.clock.advance(10)
+        [summary] = g.named("conn.reject.summary")
+        self.assertEqual(
+            (summary["of"], summary["reason"], summary["count"], summary["source"]),
+            ("ticket.refused", "forged", 2, "192.0.2.10/32"),
+        )
+
     def test_replayed_is_bad_ticket_and_offence(self):
         """
         The second presentation of a ticket is C{ERR BAD_TICKET replayed} and an offence.
@@ -416,6 +434,9 @@ class ResumeTests(unittest.TestCase):
         conn = g.connect()
         reply = conn.raw(b"RESUME " + token + b"\r\nPING\r\n")
         self.assertEqual(reply, [b"ERR EARLY_TALKER you spoke before the greeting"])
+        [talk] = g.named("proto.early_talker")
+        self.assertEqual(talk["offending"], "RESUME <ticket>\\nPING\\r\\n")
+        self.assertNotIn(token.decode(), repr(g.events))
         g.admission.clear_penalties(None)
         [greeting] = g.connect().send(b"RESUME " + token)
         self.assertTrue(greeting.startswith(b"NETGUARD/1 "))

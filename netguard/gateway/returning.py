@@ -67,6 +67,16 @@ class LaneSession(GuardedLineReceiver):
         self._resume(book, book.check(line[7:], self.transport.getPeer(), self.factory.users))
         return True
 
+    def loggable_early_talk(self, data: bytes) -> bytes:
+        """
+        A C{RESUME} line cut short or followed by more is early talk: its ticket is not
+        logged.
+        """
+        if data[:7].upper() != b"RESUME ":
+            return data
+        end = data.find(b"\n")
+        return b"RESUME <ticket>" + (data[end:] if end >= 0 else b"")
+
     def do_ticket(self) -> None:
         """
         Issue a returning-client ticket (once per connection): C{OK TICKET <token>
