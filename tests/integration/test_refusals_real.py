@@ -20,10 +20,12 @@ from typing import Any
 from twisted.internet import reactor, tcp
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
+from netguard.admitting import _Refusal
 from tests.integration.util import RunningGateway, wait_for
 
 #: The loopback addresses the clients connect from: three sources.
@@ -218,3 +220,49 @@ class RefusalsRealTests(unittest.TestCase):
 
         answer = yield deferToThread(talk_first)
         self.assertEqual(answer, b"ERR BUSY denied\r\n")
+
+
+class DirectRefusalTests(unittest.TestCase):
+    """
+    The refusal protocol on Twisted's own TCP transport over a real loopback connection (the
+    reactor a L{MemoryReactor}, which never runs: whatever happens, happens at once).
+    """
+
+    def setUp(self) -> None:
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        self.client = socket.create_connection(listener.getsockname(), timeout=10)
+        self.addCleanup(self.client.close)
+        self.accepted, peer = listener.accept()
+        self.addCleanup(self.accepted.close)
+        self.reactor = MemoryReactor()
+        self.clock = Clock()
+        self.refusal = _Refusal(b"ERR BUSY rate", self.clock, 30.0)
+        self.transport = tcp.Server(self.accepted, self.refusal, peer, None, 1, self.reactor)
+
+    def test_line_sent_and_closed_before_the_reactor_turns(self):
+        """
+        The line is in the peer's socket, and the connection closed, when C{makeConnection}
+        returns: nothing is left registered with the reactor and no timer runs.
+        """
+        self.assertEqual(self.reactor.getReaders(), [self.transport])
+        self.refusal.makeConnection(self.transport)
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.accepted.fileno(), -1)
+        self.assertEqual(self.reactor.getReaders() + self.reactor.getWriters(), [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.client.recv(4096), b"ERR BUSY rate\r\n")
+        self.assertEqual(self.client.recv(4096), b"")
+
+    def test_peer_gone_is_closed_without_the_line(self):
+        """
+        A hostile peer that resets the connection before it is answered: the failed send
+        raises nothing, and the connection is closed all the same.
+        """
+        self.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.client.close()
+        self.refusal.makeConnection(self.transport)
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(self.accepted.fileno(), -1)
+        self.assertEqual(self.reactor.getReaders() + self.reactor.getWriters(), [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
