@@ -560,3 +560,29 @@ class FloodMemoryTests(unittest.TestCase):
         self.assertLessEqual(len(clock.getDelayedCalls()), 1)
         self.assertEqual(len(admission._live), 0)
         self.assertEqual(ends + snap["unauthenticated"] + snap["probation"], self.SOURCES)
+
+
+class BadNewcomerTests(unittest.TestCase):
+    def test_bad_newcomer_never_evicts_a_clean_source(self) -> None:
+        """
+        A source with a bad record and no slot cannot evict a clean source's connection,
+        though that source holds more slots; it goes on probation.
+        """
+        admission, _ = full_pool(2)
+        clean = [Held(admission, nth_v4(0, port)) for port in range(2)]
+        admission.offence(nth_v4(9), "auth_failure")
+        self.assertEqual(Held(admission, nth_v4(9)).slot.probation, Refusal(UNAUTH_CAP))
+        self.assertTrue(all(c.ends == [] for c in clean))
+
+    def test_bad_newcomer_evicts_a_bigger_bad_source(self) -> None:
+        """
+        A bad newcomer may still evict from a bad source holding more slots than its own.
+        """
+        admission, _ = full_pool(3)
+        clean = Held(admission, nth_v4(1))
+        bad = [Held(admission, nth_v4(0, port)) for port in range(2)]
+        admission.offence(nth_v4(0), "auth_failure")
+        admission.offence(nth_v4(9), "auth_failure")
+        self.assertIsNone(Held(admission, nth_v4(9)).slot.probation)
+        self.assertEqual(clean.ends, [])
+        self.assertEqual([b.ends for b in bad], [[EVICTED], []])

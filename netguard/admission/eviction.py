@@ -203,7 +203,9 @@ class EvictionIndex:
         A victim's source must hold more unauthenticated slots than the newcomer's does
         (C{held}), or have a bad record while the newcomer's source has none: a source can
         never evict its own connections, a single-source flood cannot churn others out, and
-        the shares of a full pool converge to fairness.
+        the shares of a full pool converge to fairness. A newcomer whose source has a bad
+        record never evicts a connection of a clean source, whatever the shares: sources
+        that misbehaved cannot churn out first-time clients that did not.
 
         Within each group eligibility only grows with the count, so looking at the largest
         source of each group, in rank order, finds the best eligible victim.
@@ -214,8 +216,9 @@ class EvictionIndex:
             source whose points have decayed is moved to the clean groups on the way.
         @return: the victim (still tracked), or L{None}.
         """
+        records = (True,) if bad else (True, False)
         for progressed in (False, True):
-            for record in (True, False):
+            for record in records:
                 group = self._groups[progressed][record]
                 source = group.largest()
                 while record and source is not None and not still_bad(source):
