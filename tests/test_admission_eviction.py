@@ -443,7 +443,8 @@ class BookkeepingTests(unittest.TestCase):
     def test_random_operations_never_leak_a_slot(self) -> None:
         """
         Thousands of random operations (connect with or without an eviction handler,
-        lane, login, progress, offences, overload on and off, time passing, release) keep
+        handlers set and cleared later, lane, login, progress, offences, overload on and
+        off, time passing, release) keep
         every count equal to a model built from the slots' own states and the handlers'
         calls; at the end, releasing everything leaves nothing counted or scheduled.
         """
@@ -506,6 +507,13 @@ class BookkeepingTests(unittest.TestCase):
                 admission.offence(nth_v4(draw.randrange(6)), "auth_failure")
             elif op == 8:
                 admission.set_overload(draw.choice([None, None, OVERLOAD_LAG]))
+            elif op == 9 and live and draw.random() < 0.3:
+                # The owner clears or sets the handler (a slot on probation keeps one).
+                slot = draw.choice(live)
+                if slot.on_evict is not None and model[slot] != PROBATION:
+                    admission.set_evict_handler(slot, None)
+                else:
+                    admission.set_evict_handler(slot, handler(slot))
             else:
                 clock.advance(draw.choice([0.1, 0.5, 1.0, 30.0]))
             check_consistent(admission, model)
