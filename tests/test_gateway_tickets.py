@@ -641,6 +641,22 @@ class ProgressAndEvictionTests(unittest.TestCase):
         self.assertEqual(len(newcomer.take()), 1)
         self.assertEqual(g.penalties(), [])
 
+    def test_eviction_of_a_closing_connection_is_still_counted(self):
+        """
+        A connection already closing (it said C{QUIT}; its slot is held until the close
+        completes) that admission evicts gets no further line, but the eviction is counted
+        as a refusal (C{refused.evicted}) as admission counts it.
+        """
+        policy = AdmissionPolicy(max_unauthenticated=2, red_soft=2, red_hard=2)
+        g = Gateway(self, admission=policy)
+        closing = g.connect("192.0.2.1", greet=True)
+        self.assertEqual(closing.send(b"QUIT"), [b"BYE"])
+        g.connect("192.0.2.1", greet=True)
+        g.connect("198.51.100.1")
+        self.assertEqual(closing.take(), [])
+        self.assertEqual(g.factory.stats.counters["refused.evicted"], 1)
+        self.assertEqual(g.admission.counters["evicted"], 1)
+
     def test_lane_connection_is_not_evicted(self):
         """
         A connection in the lane is never the victim: with the pool holding one lane and

@@ -176,15 +176,15 @@ class LaneSession(GuardedLineReceiver):
         ended): count and log it as a refusal of that reason, answer C{ERR BUSY <reason>}
         (nothing with C{reject_mode = "close"}) and close. Not an offence.
         """
-        if self.phase is FramingPhase.CLOSING:
-            return
-        self.closed_by = "server"
         admitting = getattr(self.factory, "admitting", None)
         address = None if self.admitted is None else self.admitted.address
         if admitting is not None:
-            line = admitting.ended(address, reason)
+            line = admitting.ended(address, reason)  # counted even when already closing
         else:
             line = format_error(ErrorCode.BUSY, reason)
+        if self.phase is FramingPhase.CLOSING:
+            return
+        self.closed_by = "server"
         if line is not None:
             self.sendLine(line)
         self.close_gracefully()
