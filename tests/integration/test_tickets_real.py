@@ -16,7 +16,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import socket
+import ssl
+import tempfile
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,6 +33,7 @@ from netguard.client.protocol import Credentials
 from netguard.ops.ctl_client import run_ctl
 from netguard.ops.reload import Reloader
 from netguard.tickets import TICKET_KEY_FILE
+from tests import tls_certs
 from tests.integration.util import RunningGateway
 
 _T = TypeVar("_T")
@@ -43,10 +47,25 @@ class RawClient:
     A blocking NGP/1 client on a plain socket, from a chosen loopback source address.
     """
 
-    def __init__(self, port: int, source: str = "127.0.0.1") -> None:
-        self.sock = socket.create_connection(
+    def __init__(
+        self,
+        port: int,
+        source: str = "127.0.0.1",
+        proxy_from: str | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """
+        @param proxy_from: send a PROXY v1 header first, naming this as the client address.
+        @param tls: do a TLS handshake (with this context) before any NGP/1 byte.
+        """
+        sock = socket.create_connection(
             ("127.0.0.1", port), timeout=_HANG_GUARD, source_address=(source, 0)
         )
+        if proxy_from is not None:
+            sock.sendall(f"PROXY TCP4 {proxy_from} 127.0.0.1 40000 {port}\r\n".encode())
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_hostname="localhost")
+        self.sock = sock
         self.buffer = b""
 
     def send(self, data: bytes) -> None:
@@ -139,12 +158,21 @@ class GatewayTicketsRealTests(unittest.TestCase):
     def named(self, name: str) -> list[dict[str, Any]]:
         return [event for event in self.events if event.get("event") == name]
 
-    def get_ticket(self, source: str = "127.0.0.1") -> bytes:
+    #: Keyword arguments of every L{RawClient} (a subclass sets a PROXY header or TLS).
+    client_options: dict[str, Any] = {}
+
+    def client(self, source: str = "127.0.0.1", proxy_from: str | None = None) -> RawClient:
+        options = dict(self.client_options)
+        if proxy_from is not None:
+            options["proxy_from"] = proxy_from
+        return RawClient(self.port, source, **options)
+
+    def get_ticket(self, source: str = "127.0.0.1", proxy_from: str | None = None) -> bytes:
         """
         (In the thread.) Log in, ask C{TICKET} pipelined with C{OPEN echo}, check the echo,
         close; return the token.
         """
-        client = RawClient(self.port, source)
+        client = self.client(source, proxy_from)
         try:
             greeting = client.line()
             assert greeting.endswith(b" TICKETS=1"), greeting
@@ -160,12 +188,14 @@ class GatewayTicketsRealTests(unittest.TestCase):
         assert (ok, word, lifetime) == (b"OK", b"TICKET", b"LIFETIME=3600"), ticket
         return token
 
-    def resume(self, token: bytes, source: str = "127.0.0.1") -> tuple[RawClient, bytes]:
+    def resume(
+        self, token: bytes, source: str = "127.0.0.1", proxy_from: str | None = None
+    ) -> tuple[RawClient, bytes]:
         """
         (In the thread.) Connect and send C{RESUME} at once; return the client and the
         first line the gateway sent.
         """
-        client = RawClient(self.port, source)
+        client = self.client(source, proxy_from)
         client.send(b"RESUME " + token + b"\r\n")
         return client, client.line()
 
@@ -352,5 +382,157 @@ class GatewayTicketsRealTests(unittest.TestCase):
             text = repr(self.events) + "".join(formatEvent(e) for e in self.events)
             for shown in (repr(key), key.hex(), base64.b64encode(key).decode()):
                 self.assertNotIn(shown, text)
+
+        return self.in_thread(work).addCallback(check)
+
+
+class TLSTicketsRealTests(unittest.TestCase):
+    """
+    On a TLS listener the ticket is presented right after the TLS handshake, before the
+    greeting, and greets at once into the lane.
+    """
+
+    timeout = 90
+
+    def setUp(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        directory = tempfile.mkdtemp(prefix="ngtkt-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, directory, True)
+        cert, key = tls_certs.make_leaf("localhost")
+        cert_file, key_file = tls_certs.write_identity(directory, "gateway", cert, key)
+        self.running = RunningGateway(
+            self,
+            "listen = []\n[[tls_listen]]\n"
+            'endpoint = "tcp:0:interface=127.0.0.1"\n'
+            f'cert_file = "{cert_file}"\nkey_file = "{key_file}"\n',
+            prefix="ngtkt-",
+        )
+        self.addCleanup(self.running.idle)
+        self.context = ssl.create_default_context(cafile=cert_file)
+
+    def test_resume_after_the_tls_handshake_enters_the_lane(self):
+        """
+        Over TLS: log in, ask C{TICKET}; a new TLS connection sends C{RESUME} as its first
+        bytes inside TLS, is greeted at once into the lane and logs in.
+        """
+        port = self.running.port()
+        credentials = self.running.credentials
+
+        def work() -> bytes:
+            first = RawClient(port, tls=self.context)
+            try:
+                first.line()
+                first.login(credentials)
+                first.send(b"TICKET\r\n")
+                token = first.line().split(b" ")[2]
+            finally:
+                first.close()
+            second = RawClient(port, tls=self.context)
+            try:
+                second.send(b"RESUME " + token + b"\r\n")
+                greeting = second.line()
+                second.login(credentials)
+            finally:
+                second.close()
+            return greeting
+
+        def check(greeting: bytes) -> None:
+            self.assertTrue(greeting.startswith(b"NETGUARD/1 "), greeting)
+            self.assertIn(b"SCRAM-SHA-256-PLUS", greeting)
+            [accepted] = [e for e in self.events if e.get("event") == "ticket.accepted"]
+            self.assertTrue(accepted["lane"])
+
+        return deferToThread(work).addCallback(check)
+
+
+class ProxyHeaderTicketsRealTests(GatewayTicketsRealTests):
+    """
+    Behind a C{haproxy:} listener the address block is the PROXY header's client address,
+    not the proxy's: the same tests, every client announced as 203.0.113.5, plus the block
+    boundary by the header's address.
+    """
+
+    client_options = {"proxy_from": "203.0.113.5"}
+
+    def setUp(self) -> None:
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.running = RunningGateway(
+            self, overrides={"listen": ["haproxy:tcp:0:interface=127.0.0.1"]}, prefix="ngtkp-"
+        )
+        self.addCleanup(self.running.idle)
+        self.port = self.running.port()
+        self.credentials = self.running.credentials
+        self.state_dir = self.running.overrides["state_dir"]
+
+    def test_replayed_and_forged_refused_with_offences(self):
+        """
+        Offences count against the header's source: a replay announced from 203.0.113.5 and
+        a forgery announced from 203.0.113.6 (both over 127.0.0.1) are each that source's.
+        """
+
+        def work() -> tuple[Any, ...]:
+            token = self.get_ticket()
+            client, greeting = self.resume(token)
+            client.close()
+            assert greeting.startswith(b"NETGUARD/1 "), greeting
+            replayed = self.refused(token)
+            forged_client, forged = self.resume(flip(token, 10), proxy_from="203.0.113.6")
+            forged_client.close()
+            return replayed, forged, self.penalties()
+
+        def check(result: tuple[Any, ...]) -> None:
+            replayed, forged, penalties = result
+            self.assertEqual(replayed, (b"ERR BAD_TICKET replayed", True))
+            self.assertEqual(forged, b"ERR BAD_TICKET forged")
+            self.assertEqual(penalties, {"203.0.113.5/32": 1, "203.0.113.6/32": 1})
+
+        return self.in_thread(work).addCallback(check)
+
+    def test_expired_refused_with_offence(self):
+        """
+        An expired ticket is an offence of the header's source.
+        """
+
+        def present(token: bytes) -> tuple[Any, ...]:
+            return self.refused(token), self.penalties()
+
+        def later(token: bytes) -> Any:
+            self.running.factory.tickets.clock = _Later(3600)
+            return self.in_thread(lambda: present(token))
+
+        def check(result: tuple[Any, ...]) -> None:
+            reply, penalties = result
+            self.assertEqual(reply, (b"ERR BAD_TICKET expired", True))
+            self.assertEqual(penalties, {"203.0.113.5/32": 1})
+
+        return self.in_thread(self.get_ticket).addCallback(later).addCallback(check)
+
+    def test_other_block_goes_on_as_a_first_time_client(self):
+        """
+        By the header's address: 203.0.113.77 is the same /24 (the lane), 203.0.114.5 is
+        another block (no lane, no offence), though every connection comes from 127.0.0.1.
+        """
+
+        def work() -> tuple[bytes, dict[str, int]]:
+            same = self.get_ticket()
+            client, greeting = self.resume(same, proxy_from="203.0.113.77")
+            client.close()
+            other = self.get_ticket()
+            client, later_greeting = self.resume(other, proxy_from="203.0.114.5")
+            client.close()
+            assert later_greeting.startswith(b"NETGUARD/1 "), later_greeting
+            return greeting, self.penalties()
+
+        def check(result: tuple[bytes, dict[str, int]]) -> None:
+            greeting, penalties = result
+            self.assertTrue(greeting.startswith(b"NETGUARD/1 "), greeting)
+            self.assertEqual(penalties, {})
+            [accepted] = self.named("ticket.accepted")
+            self.assertTrue(accepted["lane"])
+            self.assertEqual(len(self.named("ticket.other_block")), 1)
 
         return self.in_thread(work).addCallback(check)
