@@ -109,9 +109,9 @@ class Mux:
         self.backends: list[Deferred[Any]] = []
         real_open = self.factory.open_backend
 
-        def open_backend(service: Any) -> Deferred[Any]:
+        def open_backend(service: Any, origin: Any = None) -> Deferred[Any]:
             if service.name != "slow":
-                return real_open(service)
+                return real_open(service, origin)
             waiting: Deferred[Any] = Deferred()
             self.backends.append(waiting)
             return waiting

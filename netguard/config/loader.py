@@ -47,6 +47,7 @@ from netguard.config.schema import (
     OVERLOAD_KEYS,
     OVERRIDE_KEYS,
     PEER_CHECK_KEYS,
+    SEND_PROXY_CHOICES,
     SERVICE_KEYS,
     SERVICE_NUMBER_KEYS,
     TICKET_KEYS,
@@ -276,6 +277,16 @@ class _Builder:
         kernel_relay = SERVICE_DEFAULTS.kernel_relay
         if "kernel_relay" in body:
             kernel_relay = parse_bool(src, service_key(name, "kernel_relay"), body["kernel_relay"])
+        send_proxy = SERVICE_DEFAULTS.send_proxy
+        if "send_proxy" in body:
+            send_proxy = parse_choice(*SEND_PROXY_CHOICES)(
+                src, service_key(name, "send_proxy"), body["send_proxy"]
+            )
+            if send_proxy != "off" and backend.kind == "builtin":
+                raise src.error(
+                    service_key(name, "send_proxy"),
+                    "the built-in echo backend has no connection to send a PROXY header on",
+                )
         for key in SERVICE_KEYS:
             origin = src.origin if key in body else ORIGIN_DEFAULT
             self.origins[service_key(name, key)] = origin
@@ -291,6 +302,7 @@ class _Builder:
             socks5=socks5,
             fcrdns=fcrdns,
             kernel_relay=kernel_relay,
+            send_proxy=send_proxy,
         )
 
     def forget_service(self, name: str) -> None:

@@ -193,6 +193,9 @@ class ServiceConfig:
         or L{None} to follow C{[peer_checks]}.
     @ivar kernel_relay: relay this service's bytes inside the kernel (C{os.splice} through a
         pipe) when both legs are plain sockets on Linux; every relay bound holds either way.
+    @ivar send_proxy: C{"v2"}: the backend first gets a PROXY protocol version 2 header
+        naming the client, the user and the session's id
+        (L{netguard.outbound.proxy_v2}); C{"off"}: nothing but the client's bytes.
     """
 
     name: str
@@ -204,6 +207,7 @@ class ServiceConfig:
     socks5: str | None = None
     fcrdns: str | None = None
     kernel_relay: bool = True
+    send_proxy: str = "off"
 
     def allows(self, user: str, groups: tuple[str, ...]) -> bool:
         """

@@ -588,7 +588,10 @@ SERVICE_KEYS: Final = (
     "socks5",
     "fcrdns",
     "kernel_relay",
+    "send_proxy",
 )
+#: What a service's C{send_proxy} may be: no header, or a PROXY protocol version 2 header.
+SEND_PROXY_CHOICES: Final = ("off", "v2")
 OVERRIDE_KEYS: Final = (
     "listen",
     "services",

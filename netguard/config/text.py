@@ -157,6 +157,7 @@ def describe(config: Config) -> str:
         add(service_key(name, "socks5"), service.socks5)
         add(service_key(name, "fcrdns"), service.fcrdns)
         add(service_key(name, "kernel_relay"), service.kernel_relay)
+        add(service_key(name, "send_proxy"), service.send_proxy)
     for warning in config.warnings:
         lines.append(f"# warning: {warning}")
     return "\n".join(lines) + "\n"
@@ -367,6 +368,17 @@ def _key_docs() -> tuple[_KeyDoc, ...]:
             "sockets on Linux; TLS, echo and other systems always use the ordinary relay",
             "a bulk stream costing the gateway two user-space copies per byte (the relay's "
             "bounds hold either way)",
+        )
+    )
+    docs.append(
+        _KeyDoc(
+            "services.<name>.send_proxy",
+            '"off"',
+            '"off" or "v2": send the backend a PROXY protocol version 2 header first (client '
+            "and reached address, user name in TLV 0xE0, session id in PP2_TYPE_UNIQUE_ID, "
+            "CRC32C); not with builtin:echo",
+            "a backend that sees only the gateway's address and cannot log or limit by the "
+            "real client or user",
         )
     )
     return tuple(docs)

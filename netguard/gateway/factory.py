@@ -30,6 +30,7 @@ from netguard.gateway.seams import DrainWatcher, LiveSession, Service
 from netguard.gateway.stream_settings import StreamSettings
 from netguard.gateway.streams import StreamCaps
 from netguard.outbound.backends import BackendEndpoints, BackendLeg, open_backend
+from netguard.outbound.proxy_v2 import ProxyOrigin
 from netguard.peer.checks import PeerCheckPolicy, PeerCheckRun, PeerChecks
 from netguard.refusal_log import RefusalLog
 from netguard.relay import A, B
@@ -448,13 +449,16 @@ class GatewayFactory(Factory):
             else self.framing_limits.idle_timeout
         )
 
-    def open_backend(self, service: Service) -> Deferred[BackendLeg]:
+    def open_backend(
+        self, service: Service, origin: ProxyOrigin | None = None
+    ) -> Deferred[BackendLeg]:
         """
-        Open C{service}'s backend for one session.
+        Open C{service}'s backend for one session (for C{origin}: its PROXY header).
         """
         return open_backend(
             self.reactor,
             service,
             write_timeout=self.framing_limits.write_timeout,
             endpoints=self._backend_endpoints,
+            origin=origin,
         )

@@ -51,6 +51,7 @@ from netguard.gateway.seams import Service, SessionHost
 from netguard.gateway.streams import YAMUX_1, StreamGate, StreamHost
 from netguard.log import escape, quoted
 from netguard.outbound.backends import BackendLeg
+from netguard.outbound.proxy_v2 import ProxyOrigin
 from netguard.peer.checks import PeerCheckRun, Verdict
 from netguard.relay import RelayResult
 from netguard.tls import channel_binding_for, connection_info, describe_tls_error
@@ -550,6 +551,17 @@ class GatewaySession(LaneSession):
         self._peer_run = run
         return run.verdict(self.factory.service_check_policy())
 
+    def backend_origin(self, unique_id: str) -> ProxyOrigin:
+        """
+        Who a backend opened for this connection serves, for its PROXY header: the client's
+        address and the address it reached as this connection sees them (a C{haproxy:}
+        listener's are its header's), the authenticated user, and C{unique_id}. Shared by
+        C{OPEN} and by the streams of a multiplexed session.
+        """
+        return ProxyOrigin(
+            self.transport.getPeer(), self.transport.getHost(), self.user or "", unique_id
+        )
+
     def _service_check_decided(self, verdict: Verdict, service: Service) -> None:
         if self.state is not SessionState.AUTHENTICATED:
             return
@@ -565,7 +577,9 @@ class GatewaySession(LaneSession):
         self.state = SessionState.OPENING
         self.setRawMode()
         self.transport.pauseProducing()
-        opening: Deferred[BackendLeg] = self.factory.open_backend(service)
+        opening: Deferred[BackendLeg] = self.factory.open_backend(
+            service, self.backend_origin(self.conn_id)
+        )
         opening.addCallbacks(self._backend_ready, self._backend_failed)
 
     def refuse(

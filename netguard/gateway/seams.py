@@ -18,6 +18,7 @@ from netguard.admitting import Admitted
 from netguard.auth.users import UserStore
 from netguard.framing import FramingLimits
 from netguard.outbound.backends import BackendLeg, BackendService
+from netguard.outbound.proxy_v2 import ProxyOrigin
 from netguard.peer.checks import PeerCheckPolicy, PeerCheckRun
 from netguard.relay import ReactorTime
 from netguard.stats import Stats
@@ -117,6 +118,8 @@ class SessionHost(Protocol):
 
     def services_for(self, user: str) -> list[str]: ...
 
-    def open_backend(self, service: Service) -> Deferred[BackendLeg]: ...
+    def open_backend(
+        self, service: Service, origin: ProxyOrigin | None = None
+    ) -> Deferred[BackendLeg]: ...
 
     def relay_started(self, session: LiveSession, leg: BackendLeg, setup: float) -> None: ...

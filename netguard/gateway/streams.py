@@ -31,6 +31,7 @@ from netguard.mux.outcome import SessionEnd, SessionTransport
 from netguard.mux.session import MuxSession
 from netguard.mux.stream import MuxStream
 from netguard.outbound.backends import BackendLeg
+from netguard.outbound.proxy_v2 import ProxyOrigin
 from netguard.peer.checks import Verdict
 from netguard.relay import (
     A,
@@ -131,6 +132,8 @@ class StreamOwner(Protocol):
     def log_fields(self) -> dict[str, Any]: ...
 
     def service_verdict(self, service: Service) -> Deferred[Verdict] | None: ...
+
+    def backend_origin(self, unique_id: str) -> ProxyOrigin: ...
 
 
 class StreamState(enum.Enum):
@@ -503,7 +506,9 @@ class GatewayStream:
             self.refuse(OpenRefusal(ErrorCode.BUSY, busy))
             return
         self._counted = True
-        opening: Deferred[BackendLeg] = gate.host.open_backend(service)
+        assert self.transport is not None
+        origin = gate.owner.backend_origin(f"{gate.owner.conn_id}/{self.transport.stream_id}")
+        opening: Deferred[BackendLeg] = gate.host.open_backend(service, origin)
         opening.addCallbacks(self._backend_ready, self._backend_failed)
 
     def _backend_ready(self, leg: BackendLeg) -> None:

@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from netguard.endpoints import split_description
 from netguard.log import escape
+from netguard.outbound.proxy_v2 import ProxyOrigin, header_for
 from netguard.outbound.socks5 import SOCKSError
 from netguard.relay import A, B, HalfCloseableTransport, ReactorTime, RelayResult, Splice
 from netguard.relay_splice import KernelSplice, PipePool, kernel_relay_possible
@@ -245,13 +246,19 @@ class EndpointLeg(_Leg):
     With C{pipes}, a relay between two plain sockets (L{kernel_relay_possible}) is a
     L{KernelSplice} that borrows its pipes there; any other is an ordinary L{Splice}.
 
+    With a C{preface} (a PROXY header, L{netguard.outbound.proxy_v2}), those bytes are the
+    first the backend gets: written when the connection is made, ahead of any relayed byte
+    (either relay sends what Twisted's buffer holds before anything it reads), and, for a
+    TLS backend, on the connection itself before the TLS handshake, as HAProxy's
+    C{send-proxy-v2} does. They are not the client's: the relay's counts leave them out.
+
     Memory: the leg keeps its state in slots; once attached it lets go of L{ready} (fired,
     and needed only while connecting) and holds no list for early bytes unless some came.
 
     @ivar ready: fires with the leg once it can carry bytes; L{None} once attached.
     """
 
-    __slots__ = ("pipes", "protocol", "ready", "_early", "_eof_early", "_lost_early")
+    __slots__ = ("pipes", "preface", "protocol", "ready", "_early", "_eof_early", "_lost_early")
 
     def __init__(
         self,
@@ -259,12 +266,15 @@ class EndpointLeg(_Leg):
         write_timeout: float,
         idle_timeout: float,
         pipes: PipePool | None = None,
+        preface: bytes | None = None,
     ):
         """
         @param pipes: where kernel relays borrow their pipes; L{None} for none.
+        @param preface: bytes the backend gets before any relayed byte, or L{None}.
         """
         super().__init__(clock, write_timeout, idle_timeout)
         self.pipes = pipes
+        self.preface = preface
         self.protocol: _BackendProtocol | None = None
         self.ready: Deferred[EndpointLeg] | None = Deferred()
         self._early: list[bytes] | None = None
@@ -346,11 +356,18 @@ class EndpointLeg(_Leg):
 
     def backend_connected(self) -> None:
         """
-        The connection to the backend is made; over TLS the leg waits for the handshake.
+        The connection to the backend is made: the preface goes first (under TLS, on the
+        connection beneath it: Twisted starts the handshake only once this returns); over TLS
+        the leg waits for the handshake.
         """
-        if self.protocol is not None and not isinstance(
-            self.protocol.transport, TLSMemoryBIOProtocol
-        ):
+        if self.protocol is None:
+            return
+        transport = self.protocol.transport
+        tls = isinstance(transport, TLSMemoryBIOProtocol)
+        preface, self.preface = self.preface, None
+        if preface is not None:
+            (transport.transport if tls else transport).write(preface)
+        if not tls:
             self._set_ready()
 
     def backend_handshake_done(self) -> None:
@@ -510,6 +527,7 @@ def open_backend(
     *,
     write_timeout: float = 30.0,
     endpoints: BackendEndpoints | None = None,
+    origin: ProxyOrigin | None = None,
 ) -> Deferred[BackendLeg]:
     """
     Open the backend of C{service} for one session.
@@ -531,6 +549,9 @@ def open_backend(
     @param endpoints: where the backend's endpoint and the kernel relay's pipes come from
         (L{BackendEndpoints}); by default the endpoint is built from the service's
         description for this session and the relay is the ordinary one.
+    @param origin: who the session is for: with a service whose C{send_proxy} is C{"v2"}
+        (C{"off"} if absent), the backend first gets a PROXY v2 header made from it
+        (L{header_for}); a header over its bounds fails the opening.
     @return: a L{Deferred} firing with the L{BackendLeg} once connected, or failing with the
         precise cause: the endpoint's own error (refused, SOCKS5 reply, TLS verification...),
         or L{BackendConnectTimeout} when C{connect_timeout} passes first.
@@ -540,7 +561,13 @@ def open_backend(
     pipes: PipePool | None = None
     if getattr(service, "kernel_relay", True) and endpoints is not None:
         pipes = endpoints.pipes
-    leg = EndpointLeg(reactor, write_timeout, service.idle_timeout, pipes)
+    preface = None
+    if origin is not None and getattr(service, "send_proxy", "off") == "v2":
+        try:
+            preface = header_for(origin)
+        except ValueError as error:
+            return fail(error)
+    leg = EndpointLeg(reactor, write_timeout, service.idle_timeout, pipes, preface)
     ready = leg.ready
     assert ready is not None
     try:

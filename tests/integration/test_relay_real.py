@@ -517,8 +517,8 @@ class RelayRealTestCase(unittest.TestCase):
         factory = self.gateway.factory
         opener = factory.open_backend
 
-        def recording(service: Any) -> Deferred[Any]:
-            opening = opener(service)
+        def recording(service: Any, origin: Any = None) -> Deferred[Any]:
+            opening = opener(service, origin)
 
             def record(leg: Any) -> Any:
                 self.legs.append(leg)
