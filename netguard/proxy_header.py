@@ -1,11 +1,17 @@
 # -*- test-case-name: tests.test_proxy_header -*-
 """
-The C{haproxy:} listener: read the PROXY protocol header (version 1 or 2) I{before} the
-application's factory builds a protocol, so that admission control and every log line see
-the client address the header names, not the proxy's. Usage::
+The C{haproxy:} listener: accept a PROXY protocol header (version 1 or 2) only from the
+listed senders (C{proxy_from}), and read it I{before} the application's factory builds a
+protocol, so that admission control and every log line see the client address the header
+names, not the proxy's. Usage::
 
-    endpoint = ProxyHeaderEndpoint(serverFromString(reactor, "tcp:7701"), reactor)
+    endpoint = ProxyHeaderEndpoint(
+        serverFromString(reactor, "tcp:7701"), reactor, Senders.of(["192.0.2.10"])
+    )
     endpoint.listen(factory)
+
+or, from a listener string, C{proxy_listener_endpoint(reactor,
+"haproxy:proxy_from=192.0.2.10:tcp:7701")}.
 
 Bounds, refusals and what to expose: C{docs/operating.md} section 4.1.
 """
@@ -15,10 +21,12 @@ from __future__ import annotations
 import ipaddress
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
@@ -27,7 +35,9 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
+from netguard.endpoints import Network, parse_proxy_from, split_proxy_listener
 from netguard.framing import peer_label
+from netguard.refusal_log import RefusalLog
 
 log = Logger()
 
@@ -139,6 +149,74 @@ class V1Parser:
         return parse_v1(line), remaining
 
 
+#: How many C{wrappedFactory} links L{ProxyHeaderFactory} follows to find the admission
+#: that offences are recorded with (the gateway's factory is under the TLS wrapper on a TLS
+#: listener).
+MAX_WRAPPING = 4
+
+
+class Senders:
+    """
+    Who may send a PROXY header: the connections whose own peer address is in one of
+    C{networks}. Unix-socket peers are always allowed (the socket's mode decides who can
+    connect); a peer address that is neither an IP address nor a unix socket never is. An
+    IPv4-mapped IPv6 peer (a dual-stack listener) is matched as the IPv4 address it is.
+
+    @ivar networks: the networks, as C{proxy_from=} lists them.
+    """
+
+    def __init__(self, networks: Iterable[Network]) -> None:
+        self.networks = tuple(networks)
+
+    @classmethod
+    def of(cls, entries: Iterable[str]) -> Senders:
+        """
+        Senders from address and network texts (C{"192.0.2.10"}, C{"10.1.0.0/24"}).
+
+        @raise netguard.endpoints.EndpointError: on an entry that is neither.
+        """
+        return cls(parse_proxy_from(",".join(entries)))
+
+    @classmethod
+    def default(cls) -> Senders:
+        """
+        The senders of a C{haproxy:} listener without C{proxy_from=}: this host only
+        (L{netguard.endpoints.DEFAULT_PROXY_FROM}).
+        """
+        return cls(split_proxy_listener("haproxy:tcp:0").networks())
+
+    def allows(self, address: object) -> bool:
+        """
+        Whether a connection from C{address} (its own peer address, never a header's) may
+        send a PROXY header.
+        """
+        if isinstance(address, UNIXAddress):
+            return True
+        host = getattr(address, "host", None)
+        if not isinstance(host, str):
+            return False
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.networks)
+
+    def __repr__(self) -> str:
+        return f"Senders({', '.join(str(n) for n in self.networks)})"
+
+
+class _Offences(Protocol):
+    """
+    What L{ProxyHeaderFactory} needs of an admission (L{netguard.admission.Admission}).
+    """
+
+    def offence(self, address: object, kind: str) -> float | None: ...
+
+    def source_key(self, address: object) -> str: ...
+
+
 @implementer(IHalfCloseableProtocol)
 class ProxyHeaderProtocol(ProtocolWrapper):
     """
@@ -170,31 +248,42 @@ class ProxyHeaderProtocol(ProtocolWrapper):
         self.connected = 1
         self.factory.registerProtocol(self)
         self._waiting = True
+        self._received = False
         self.factory.pending += 1
         self._timer = self.factory.clock.callLater(HEADER_TIMEOUT, self._expired)
 
     def _expired(self) -> None:
         self._timer = None
         self._cancel_timer()
-        log.info(
+        peer = self._raw.getPeer()
+        self.factory.refused(
+            peer,
+            "timeout",
+            "conn.timeout",
             "no PROXY header from {peer} within {timeout} s",
-            event="conn.timeout",
             which="proxy-header",
-            peer=peer_label(self._raw.getPeer()),
             timeout=HEADER_TIMEOUT,
         )
         self._raw.abortConnection()
 
     def _invalid(self, why: str) -> None:
         self._cancel_timer()
-        log.info(
+        self._refuse_invalid(why)
+        self._raw.abortConnection()
+
+    def _refuse_invalid(self, why: str) -> None:
+        """
+        Log a missing or malformed header and count it against the sender's address (the
+        peer of this connection: it wrote the header).
+        """
+        self.factory.refused(
+            self._raw.getPeer(),
+            "format_error",
+            "conn.reject",
             "invalid PROXY header from {peer}: {why}",
-            event="conn.reject",
             reason="proxy-header",
             why=why,
-            peer=peer_label(self._raw.getPeer()),
         )
-        self._raw.abortConnection()
 
     def _cancel_timer(self) -> None:
         """
@@ -213,6 +302,7 @@ class ProxyHeaderProtocol(ProtocolWrapper):
             return
         if self._info is not None or self._timer is None:
             return  # refused or closing: nothing more is read
+        self._received = self._received or bool(data)
         parser = self._parser
         if parser is None:
             self._pending += data
@@ -289,7 +379,13 @@ class ProxyHeaderProtocol(ProtocolWrapper):
             wrapped.writeConnectionLost()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        partial = self._waiting and self._received
         self._cancel_timer()
+        if partial:
+            # Some bytes, then the end, before a complete header: a truncated header. A
+            # connection that ends before its first byte (a TCP health check, a port scan
+            # by a listed sender) is no offence and is not logged.
+            self._refuse_invalid("closed before the header was complete")
         self.connected = 0
         if self.wrappedProtocol is None:
             self.factory.unregisterProtocol(self)
@@ -314,22 +410,85 @@ def _ip_address(address: Any) -> bool:
 
 class ProxyHeaderFactory(WrappingFactory):
     """
-    Wraps the application's factory: each connection reads its PROXY header first.
+    Wraps the application's factory: each connection from a listed sender reads its PROXY
+    header first; a connection from anyone else is closed at accept, before a byte is read.
+
+    Every refusal (a sender not listed; a missing, malformed, truncated or late header) is
+    logged, aggregated per source and reason as admission's refusals are (L{RefusalLog}),
+    and counted as an offence against the address of the connection's own peer, the
+    sender: the header's address is never charged, since whoever wrote it could have
+    written anyone's. Offences go to the admission of the wrapped factory (the first
+    C{admission} attribute along its C{wrappedFactory} links: the gateway's factory or an
+    L{netguard.admitting.AdmittingFactory}); a factory without one records none.
 
     @ivar clock: the L{IReactorTime} of the header deadline.
+    @ivar senders: who may send a header (L{Senders}).
     @ivar max_pending: the most connections waiting for their header at once.
     @ivar pending: how many wait now.
+    @ivar refusal_log: which refusals are logged one by one.
     """
 
     protocol = ProxyHeaderProtocol  # type: ignore[assignment]
 
-    def __init__(self, wrappedFactory: Any, clock: Any, max_pending: int = MAX_PENDING) -> None:
+    def __init__(
+        self,
+        wrappedFactory: Any,
+        clock: Any,
+        max_pending: int = MAX_PENDING,
+        senders: Senders | None = None,
+    ) -> None:
+        """
+        @param senders: who may send a header; L{Senders.default} (this host) when
+            L{None}.
+        """
         super().__init__(wrappedFactory)
         self.clock = clock
+        self.senders = senders if senders is not None else Senders.default()
         self.max_pending = max_pending
         self.pending = 0
+        self.refusal_log = RefusalLog(log, clock)
+
+    def admission(self) -> _Offences | None:
+        """
+        The admission offences are recorded with, looked up at each use (a reload may
+        replace it), or L{None}.
+        """
+        factory = self.wrappedFactory
+        for _ in range(MAX_WRAPPING):
+            admission = getattr(factory, "admission", None)
+            if callable(getattr(admission, "offence", None)):
+                return admission  # type: ignore[no-any-return]
+            factory = getattr(factory, "wrappedFactory", None)
+            if factory is None:
+                break
+        return None
+
+    def refused(self, peer: Any, offence: str, event: str, message: str, **fields: object) -> None:
+        """
+        Count an offence of kind C{offence} against the sender C{peer} and log the refusal
+        as C{event} (unless its source and reason were already logged often enough in this
+        interval: then it is only counted, for C{conn.reject.summary}).
+        """
+        admission = self.admission()
+        if admission is not None:
+            admission.offence(peer, offence)
+            source = admission.source_key(peer)
+        else:
+            source = str(getattr(peer, "host", None) or "-")
+        reason = str(fields.get("reason", fields.get("which", event)))
+        if self.refusal_log.note(source, reason, event):
+            log.info(message, event=event, peer=peer_label(peer), offence=offence, **fields)
 
     def buildProtocol(self, addr: Any) -> Any:
+        if not self.senders.allows(addr):
+            self.refused(
+                addr,
+                "format_error",
+                "conn.reject",
+                "refused {peer}: not a listed sender of PROXY headers",
+                reason="proxy-sender",
+            )
+            return None  # Twisted closes the connection: nothing is read from it
         if self.pending >= self.max_pending:
             log.info(
                 "refused {peer}: {pending} connections already wait for their PROXY header",
@@ -341,6 +500,13 @@ class ProxyHeaderFactory(WrappingFactory):
             return None  # Twisted closes the connection
         return ProxyHeaderProtocol(self)
 
+    def stopFactory(self) -> None:
+        """
+        The last listener has stopped: log the refusals still only counted.
+        """
+        self.refusal_log.flush()
+        super().stopFactory()
+
     def logPrefix(self) -> str:
         prefix = getattr(self.wrappedFactory, "logPrefix", None)
         name = prefix() if callable(prefix) else type(self.wrappedFactory).__name__
@@ -351,31 +517,54 @@ class ProxyHeaderFactory(WrappingFactory):
 class ProxyHeaderEndpoint:
     """
     A server endpoint whose connections start with a PROXY header (as HAProxy's
-    C{send-proxy} and C{send-proxy-v2} send it); what C{haproxy:<listener>} builds in
-    netguard.
+    C{send-proxy} and C{send-proxy-v2} send it), accepted only from the listed senders;
+    what C{haproxy:[proxy_from=...:]<listener>} builds in netguard.
 
     Twisted's own C{haproxy:} wrapper builds the application's protocol as soon as the TCP
     connection is accepted, with the proxy's address, and connects it before the header has
-    been read; this one does not. Until its header is complete a connection is not admitted,
-    counts against nothing and reaches no application code; it is bounded by
-    L{HEADER_TIMEOUT} and by the header's own length limits (107 bytes for version 1,
-    16 + 65535 for version 2), and at most L{MAX_PENDING} connections wait for their header
-    at once (more are closed at accept). A connection whose header is invalid or late is
-    closed without a reply (its peer is the proxy, which speaks no NGP/1) and logged. A
-    version 2 C{LOCAL} header (a proxy's own health check) carries no address: the
-    connection keeps the proxy's.
+    been read, and takes a header from anyone; this one does neither. A connection whose
+    own peer is not a listed sender is closed at accept, before a byte is read. Until its
+    header is complete a connection is not admitted, counts against nothing and reaches no
+    application code; it is bounded by L{HEADER_TIMEOUT} and by the header's own length
+    limits (107 bytes for version 1, 16 + 65535 for version 2), and at most L{MAX_PENDING}
+    connections wait for their header at once (more are closed at accept). A connection
+    from a listed sender must start with a header: one whose header is missing, invalid,
+    truncated or late is closed without a reply (its peer is the proxy, which speaks no
+    NGP/1), logged, and counted as an offence against the sender. A version 2 C{LOCAL}
+    header (a proxy's own health check), a version 1 C{PROXY UNKNOWN} and a version 2
+    header of an unspecified family carry no client address: the connection keeps the
+    sender's own.
     """
 
-    def __init__(self, endpoint: Any, clock: Any) -> None:
+    def __init__(self, endpoint: Any, clock: Any, senders: Senders | None = None) -> None:
         """
         @param endpoint: the L{IStreamServerEndpoint} underneath.
-        @param clock: the L{IReactorTime} of the header deadline.
+        @param clock: the L{IReactorTime} of the header deadline and of the refusals' log.
+        @param senders: who may send a header; this host only (L{Senders.default}) when
+            L{None}.
         """
         self.endpoint = endpoint
         self.clock = clock
+        self.senders = senders if senders is not None else Senders.default()
 
     def listen(self, protocolFactory: Any) -> Any:
         """
         Listen with every connection of C{protocolFactory} behind a PROXY header.
         """
-        return self.endpoint.listen(ProxyHeaderFactory(protocolFactory, self.clock))
+        return self.endpoint.listen(
+            ProxyHeaderFactory(protocolFactory, self.clock, senders=self.senders)
+        )
+
+
+def proxy_listener_endpoint(reactor: Any, description: str) -> ProxyHeaderEndpoint:
+    """
+    Build the endpoint of a C{haproxy:[proxy_from=NETWORKS:]<listener>} string (the
+    listener underneath by Twisted's C{serverFromString}).
+
+    @raise ValueError: (an L{netguard.endpoints.EndpointError}, or what Twisted's parser
+        raises) if the string cannot be used.
+    """
+    proxy = split_proxy_listener(description)
+    return ProxyHeaderEndpoint(
+        serverFromString(reactor, proxy.inner), reactor, Senders(proxy.networks())
+    )

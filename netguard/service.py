@@ -41,7 +41,7 @@ from netguard.ops.overload import OverloadMonitor
 from netguard.ops.preflight import AddressBusy, check_listener_free
 from netguard.ops.privileges import hand_over
 from netguard.ops.reload import ReloadRefused
-from netguard.proxy_header import ProxyHeaderEndpoint
+from netguard.proxy_header import proxy_listener_endpoint
 from netguard.stats import Stats
 from netguard.tickets import TICKET_KEY_FILE, load_ticket_key
 from netguard.tls import ServerTLS, TLSServerEndpoint, load_server_context
@@ -422,7 +422,7 @@ def _endpoint(reactor: Any, description: str) -> Any:
     try:
         full = with_default_backlog(description)
         if full.startswith("haproxy:"):  # the PROXY header is read before admission
-            return ProxyHeaderEndpoint(serverFromString(reactor, full[8:]), reactor)
+            return proxy_listener_endpoint(reactor, full)
         return serverFromString(reactor, full)
     except (ValueError, KeyError, IndexError, TypeError) as error:
         raise ListenFailed(

@@ -9,14 +9,31 @@ import socket
 import struct
 from typing import Any
 
-from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.address import HostnameAddress, IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.internet.testing import MemoryReactor, StringTransportWithDisconnection
 from twisted.logger import capturedLogs
+from twisted.protocols.policies import WrappingFactory
 from twisted.trial import unittest
 
-from netguard.proxy_header import HEADER_TIMEOUT, ProxyHeaderFactory
+from netguard.admission import Admission, AdmissionPolicy
+from netguard.admitting import AdmittingFactory
+from netguard.config import load_config
+from netguard.config.text import describe
+from netguard.endpoints import (
+    MAX_PROXY_FROM,
+    EndpointError,
+    check_listener,
+    parse_proxy_from,
+    with_default_backlog,
+)
+from netguard.proxy_header import (
+    HEADER_TIMEOUT,
+    ProxyHeaderFactory,
+    Senders,
+    proxy_listener_endpoint,
+)
 
 PROXY_ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
 V1 = b"PROXY TCP4 192.0.2.7 198.51.100.1 51234 7701\r\n"
@@ -441,3 +458,397 @@ class PendingBoundTests(unittest.TestCase):
         self.assertEqual(self.factory.pending, 0)
         done.transport.loseConnection()  # after the header: counts nothing
         self.assertEqual(self.factory.pending, 0)
+
+
+class FakeAdmission:
+    """
+    Records offences and gives source keys, as L{netguard.admission.Admission} does.
+    """
+
+    def __init__(self) -> None:
+        self.offences: list[tuple[str, str]] = []
+
+    def offence(self, address: Any, kind: str) -> float | None:
+        self.offences.append((address.host, kind))
+        return None
+
+    def source_key(self, address: Any) -> str:
+        return f"{address.host}/32"
+
+
+class AdmittedApp(AppFactory):
+    """
+    An application factory with an C{admission}, as the gateway's factory has one.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.admission = FakeAdmission()
+
+
+SENDER = IPv4Address("TCP", "10.0.0.9", 40000)
+OUTSIDER = IPv4Address("TCP", "10.0.1.9", 40001)
+
+
+class SenderTests(unittest.TestCase):
+    """
+    PROXY headers only from the listed senders (C{proxy_from}): anyone else is closed at
+    accept; a listed sender must send a valid header; every refusal is logged and counted as
+    an offence against the connection's own peer (the sender), never the header's address.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.app = AdmittedApp()
+        self.factory = ProxyHeaderFactory(
+            self.app, self.clock, senders=Senders.of(["10.0.0.0/24", "2001:db8::/64"])
+        )
+
+    def accept(self, peer: Any) -> tuple[Any, Any]:
+        wrapper = self.factory.buildProtocol(peer)
+        if wrapper is None:
+            return None, None
+        transport = StringTransportWithDisconnection(peerAddress=peer)
+        transport.protocol = wrapper
+        wrapper.makeConnection(transport)
+        return wrapper, transport
+
+    def rejects(self, events: list[Any]) -> list[tuple[str, str, str]]:
+        return [
+            (e["reason"], e["peer"], e["offence"])
+            for e in events
+            if e.get("event") == "conn.reject"
+        ]
+
+    def test_listed_sender_header_served_with_header_address(self) -> None:
+        """
+        A listed sender's header is read and the application is built with the header's
+        client address; no offence, nothing refused.
+        """
+        wrapper, transport = self.accept(SENDER)
+        wrapper.dataReceived(V1 + b"PING\r\n")
+        self.assertEqual(self.app.addresses, [IPv4Address("TCP", "192.0.2.7", 51234)])
+        self.assertEqual(self.app.built[0].data, b"PING\r\n")
+        self.assertTrue(transport.connected)
+        self.assertEqual(self.app.admission.offences, [])
+
+    def test_unlisted_sender_refused_at_accept(self) -> None:
+        """
+        A connection from an address outside C{proxy_from} is refused at accept (no protocol:
+        Twisted closes the socket before reading a byte, so a header it would send is never
+        looked at), logged as C{conn.reject} C{reason=proxy-sender} with its own address,
+        and counted as a C{format_error} offence against that address.
+        """
+        with capturedLogs() as events:
+            wrapper, _ = self.accept(OUTSIDER)
+        self.assertIsNone(wrapper)
+        self.assertEqual(self.app.addresses, [])
+        self.assertEqual(self.factory.pending, 0)
+        self.assertEqual(
+            self.rejects(events), [("proxy-sender", "10.0.1.9:40001", "format_error")]
+        )
+        self.assertEqual(self.app.admission.offences, [("10.0.1.9", "format_error")])
+
+    def test_network_boundary(self) -> None:
+        """
+        The first and last addresses of a listed network are senders; the address just
+        before it and the one just past it are not (IPv4 and IPv6).
+        """
+        for host, allowed in (
+            ("10.0.0.0", True),
+            ("10.0.0.255", True),
+            ("9.255.255.255", False),
+            ("10.0.1.0", False),
+            ("2001:db8::", True),
+            ("2001:db8::ffff:ffff:ffff:ffff", True),
+            ("2001:db8:0:1::", False),
+            ("2001:db7:ffff:ffff:ffff:ffff:ffff:ffff", False),
+        ):
+            kind = IPv6Address if ":" in host else IPv4Address
+            wrapper, _ = self.accept(kind("TCP", host, 1))
+            self.assertEqual(wrapper is not None, allowed, host)
+
+    def test_single_address_boundary(self) -> None:
+        """
+        A bare address lists that one host: the next address is refused.
+        """
+        senders = Senders.of(["192.0.2.10"])
+        self.assertTrue(senders.allows(IPv4Address("TCP", "192.0.2.10", 1)))
+        self.assertFalse(senders.allows(IPv4Address("TCP", "192.0.2.11", 1)))
+        self.assertFalse(senders.allows(IPv4Address("TCP", "192.0.2.9", 1)))
+
+    def test_default_is_this_host_only(self) -> None:
+        """
+        Without C{proxy_from}, loopback (127.0.0.0/8, ::1, IPv4-mapped loopback) and unix
+        peers may send a header; the first address past 127.0.0.0/8, any other address, and
+        a peer that is not an IP address may not.
+        """
+        senders = ProxyHeaderFactory(AppFactory(), Clock()).senders
+        for address, allowed in (
+            (IPv4Address("TCP", "127.0.0.1", 1), True),
+            (IPv4Address("TCP", "127.255.255.255", 1), True),
+            (IPv4Address("TCP", "128.0.0.0", 1), False),
+            (IPv4Address("TCP", "126.255.255.255", 1), False),
+            (IPv6Address("TCP", "::1", 1), True),
+            (IPv6Address("TCP", "::2", 1), False),
+            (IPv6Address("TCP", "::ffff:127.0.0.1", 1), True),
+            (IPv6Address("TCP", "::ffff:10.0.0.1", 1), False),
+            (UNIXAddress(b"/run/ng.sock"), True),
+            (HostnameAddress(b"localhost", 1), False),
+            (None, False),
+        ):
+            self.assertEqual(senders.allows(address), allowed, address)
+
+    def test_ipv4_mapped_peer_matches_its_ipv4_network(self) -> None:
+        """
+        On a dual-stack listener an IPv4 sender's peer address is IPv4-mapped IPv6: it is
+        matched as the IPv4 address it stands for, at the network's exact edge.
+        """
+        self.assertIsNotNone(self.accept(IPv6Address("TCP", "::ffff:10.0.0.255", 1))[0])
+        self.assertIsNone(self.accept(IPv6Address("TCP", "::ffff:10.0.1.0", 1))[0])
+
+    def test_missing_header_from_listed_sender_refused_as_sender_offence(self) -> None:
+        """
+        A listed sender whose connection starts with anything but a PROXY header (no header:
+        a client or proxy speaking NGP/1 straight away) is closed without building anything,
+        logged C{reason=proxy-header}, and the offence is the sender's.
+        """
+        wrapper, transport = self.accept(SENDER)
+        with capturedLogs() as events:
+            wrapper.dataReceived(b"AUTH SCRAM-SHA-256 x\r\n")
+        self.assertFalse(transport.connected)
+        self.assertEqual(self.app.addresses, [])
+        self.assertEqual(
+            self.rejects(events), [("proxy-header", "10.0.0.9:40000", "format_error")]
+        )
+        self.assertEqual(self.app.admission.offences, [("10.0.0.9", "format_error")])
+
+    def test_malformed_header_is_the_senders_offence_not_the_claimed_address(self) -> None:
+        """
+        A malformed header that names an address (here a bad port after a valid source) is
+        charged to the sender's address, never to the address the header claims.
+        """
+        wrapper, transport = self.accept(SENDER)
+        with capturedLogs() as events:
+            wrapper.dataReceived(b"PROXY TCP4 192.0.2.7 198.51.100.1 99999 7701\r\n")
+        self.assertFalse(transport.connected)
+        self.assertEqual(len(self.rejects(events)), 1)
+        self.assertEqual(self.app.admission.offences, [("10.0.0.9", "format_error")])
+
+    def test_late_header_is_a_timeout_offence(self) -> None:
+        """
+        A listed sender that sends no complete header within L{HEADER_TIMEOUT} is aborted,
+        logged C{conn.timeout}, and charged a C{timeout} offence.
+        """
+        wrapper, transport = self.accept(SENDER)
+        wrapper.dataReceived(V1[:5])
+        with capturedLogs() as events:
+            self.clock.advance(HEADER_TIMEOUT)
+        self.assertFalse(transport.connected)
+        [event] = [e for e in events if e.get("event") == "conn.timeout"]
+        self.assertEqual((event["which"], event["offence"]), ("proxy-header", "timeout"))
+        self.assertEqual(self.app.admission.offences, [("10.0.0.9", "timeout")])
+
+    def test_truncated_header_then_close_is_an_offence(self) -> None:
+        """
+        Part of a header, then the end of the connection: logged and charged as a malformed
+        header (once); a connection that ends before its first byte (a TCP health check) is
+        neither logged nor an offence.
+        """
+        wrapper, transport = self.accept(SENDER)
+        wrapper.dataReceived(v2()[:20])
+        with capturedLogs() as events:
+            transport.loseConnection()
+        self.assertEqual(
+            [e["why"] for e in events if e.get("event") == "conn.reject"],
+            ["closed before the header was complete"],
+        )
+        self.assertEqual(self.app.admission.offences, [("10.0.0.9", "format_error")])
+        wrapper, transport = self.accept(SENDER)
+        with capturedLogs() as events:
+            transport.loseConnection()
+        self.assertEqual(list(events), [])
+        self.assertEqual(len(self.app.admission.offences), 1)
+        self.assertEqual(self.factory.pending, 0)
+
+    def test_local_from_listed_sender_uses_the_real_endpoints(self) -> None:
+        """
+        A version 2 C{LOCAL} header (HAProxy's health check), a version 1 C{PROXY UNKNOWN}
+        and a version 2 C{PROXY} header of unspecified family from a listed sender: the
+        connection goes on with its real endpoints (the sender's own address, ours as the
+        host), no offence.
+        """
+        unspecified = V2_PREFIX + bytes([0x21, 0x00]) + struct.pack("!H", 0)
+        for header in (v2(command=0), b"PROXY UNKNOWN\r\n", unspecified):
+            app = AdmittedApp()
+            self.factory.wrappedFactory = app
+            wrapper, transport = self.accept(SENDER)
+            wrapper.dataReceived(header)
+            self.assertEqual(app.addresses, [SENDER], header)
+            self.assertEqual(app.built[0].transport.getHost(), transport.getHost(), header)
+            self.assertTrue(transport.connected, header)
+            self.assertEqual(app.admission.offences, [], header)
+
+    def test_refusals_aggregated_offences_each_counted(self) -> None:
+        """
+        A flood of connections from one unlisted address is logged one by one only for the
+        first 3 in an interval, then summarised once (C{conn.reject.summary}); every one of
+        them is an offence.
+        """
+        with capturedLogs() as events:
+            for _ in range(10):
+                self.assertIsNone(self.accept(OUTSIDER)[0])
+            self.clock.advance(60)
+        self.assertEqual(len(self.rejects(events)), 3)
+        [summary] = [e for e in events if e.get("event") == "conn.reject.summary"]
+        self.assertEqual((summary["reason"], summary["count"]), ("proxy-sender", 7))
+        self.assertEqual(len(self.app.admission.offences), 10)
+
+    def test_offences_found_under_wrapping_factories(self) -> None:
+        """
+        Offences reach the admission of the application's factory also when other wrapping
+        factories sit between (a TLS listener wraps the gateway's factory), and the real
+        L{Admission} shows the sender, not the header's address, with points.
+        """
+        admission = Admission(AdmissionPolicy(), self.clock)
+        inner = AdmittingFactory(AppFactory(), admission)
+        factory = ProxyHeaderFactory(
+            WrappingFactory(WrappingFactory(inner)),
+            self.clock,
+            senders=Senders.of(["10.0.0.0/24"]),
+        )
+        self.assertIsNone(factory.buildProtocol(OUTSIDER))
+        self.assertEqual([row[0] for row in admission.penalties()], ["10.0.1.9/32"])
+
+    def test_without_admission_refusals_are_still_logged(self) -> None:
+        """
+        A factory with no admission anywhere: the refusal is logged and nothing fails.
+        """
+        factory = ProxyHeaderFactory(AppFactory(), self.clock, senders=Senders.of(["10.0.0.1"]))
+        with capturedLogs() as events:
+            self.assertIsNone(factory.buildProtocol(OUTSIDER))
+        self.assertEqual(
+            self.rejects(events), [("proxy-sender", "10.0.1.9:40001", "format_error")]
+        )
+
+
+class ListenerStringTests(unittest.TestCase):
+    """
+    C{haproxy:[proxy_from=...:]<listener>}: parsed, normalized and explained by
+    C{check_listener} (what C{netguard check-config} shows), built by
+    L{proxy_listener_endpoint}.
+    """
+
+    def test_proxy_from_normalized_and_shown(self) -> None:
+        """
+        Addresses become /32 (/128) networks, IPv4-mapped networks their IPv4 form, and the
+        exposure names the senders.
+        """
+        listener = check_listener(
+            "haproxy:proxy_from=192.0.2.10,10.1.0.0/24,\\:\\:ffff\\:10.2.0.0/112,"
+            "2001\\:db8\\:\\:/32:tcp:7701:interface=0.0.0.0"
+        )
+        self.assertEqual(
+            listener.description,
+            "haproxy:proxy_from=192.0.2.10/32,10.1.0.0/24,10.2.0.0/16,2001\\:db8\\:\\:/32:"
+            "tcp:7701:interface=0.0.0.0",
+        )
+        self.assertIn(
+            "PROXY headers accepted only from 192.0.2.10/32, 10.1.0.0/24, 10.2.0.0/16, "
+            "2001:db8::/32",
+            listener.exposure,
+        )
+        self.assertIsNone(listener.warning)
+
+    def test_default_is_loopback_and_warned_on_a_network_listener(self) -> None:
+        """
+        Without C{proxy_from} the senders are this host's; a loopback listener is not warned
+        about, a network one is (a proxy elsewhere would be refused).
+        """
+        local = check_listener("haproxy:tcp:7701:interface=127.0.0.1")
+        self.assertIn("PROXY headers accepted only from 127.0.0.0/8, ::1/128", local.exposure)
+        self.assertIsNone(local.warning)
+        network = check_listener("haproxy:tcp:7701:interface=0.0.0.0")
+        self.assertIn("no proxy_from=", network.warning or "")
+
+    def test_anyone_is_warned(self) -> None:
+        """
+        A /0 network in C{proxy_from} is accepted but warned about.
+        """
+        listener = check_listener("haproxy:proxy_from=0.0.0.0/0:tcp:7701:interface=127.0.0.1")
+        self.assertIn("anyone who can reach it", listener.warning or "")
+
+    def test_bad_proxy_from_refused(self) -> None:
+        """
+        An empty list, host bits in a network, a word, too many entries, an option other
+        than C{proxy_from} after C{haproxy:}, and C{proxy_from} on a unix listener (its mode
+        decides) are refused with a message naming the problem.
+        """
+        for description, expected in (
+            ("haproxy:proxy_from=:tcp:7701", "needs addresses or networks"),
+            ("haproxy:proxy_from=10.0.0.1/8:tcp:7701", "host bits set"),
+            ("haproxy:proxy_from=proxy.example:tcp:7701", "not an IP address or network"),
+            ("haproxy:proxy_from=10.0.0.1,,10.0.0.2:tcp:7701", "needs addresses"),
+            (
+                "haproxy:proxy_from="
+                + ",".join(f"10.0.0.{i}" for i in range(MAX_PROXY_FROM + 1))
+                + ":tcp:7701",
+                f"more than {MAX_PROXY_FROM}",
+            ),
+            ("haproxy:from=10.0.0.1:tcp:7701", "unknown option"),
+            ("haproxy:proxy_from=10.0.0.1", "needs a listener"),
+            ("haproxy:proxy_from=10.0.0.1:unix:/run/ng.sock:mode=600", "does not apply"),
+        ):
+            with self.assertRaises(EndpointError, msg=description) as caught:
+                check_listener(description)
+            self.assertIn(expected, caught.exception.message, description)
+
+    def test_exactly_max_proxy_from_accepted(self) -> None:
+        """
+        L{MAX_PROXY_FROM} entries are accepted (one more is not: above).
+        """
+        entries = ",".join(f"10.0.0.{i}" for i in range(MAX_PROXY_FROM))
+        self.assertEqual(len(parse_proxy_from(entries)), MAX_PROXY_FROM)
+
+    def test_backlog_added_after_proxy_from(self) -> None:
+        """
+        The default backlog goes to the listener underneath, C{proxy_from} kept in front.
+        """
+        self.assertEqual(
+            with_default_backlog("haproxy:proxy_from=10.0.0.1/32:tcp:7701"),
+            "haproxy:proxy_from=10.0.0.1/32:tcp:7701:backlog=511",
+        )
+
+    def test_endpoint_built_with_its_senders(self) -> None:
+        """
+        L{proxy_listener_endpoint} listens on the listener underneath with the senders of
+        the string (the default when it names none).
+        """
+        reactor = MemoryReactor()
+        endpoint = proxy_listener_endpoint(
+            reactor, "haproxy:proxy_from=10.0.0.1:tcp:7701:interface=127.0.0.1"
+        )
+        self.assertEqual([str(n) for n in endpoint.senders.networks], ["10.0.0.1/32"])
+        endpoint.listen(AppFactory())
+        [(port, factory, _, interface)] = reactor.tcpServers
+        self.assertEqual((port, interface), (7701, "127.0.0.1"))
+        self.assertEqual(factory.senders, endpoint.senders)
+        default = proxy_listener_endpoint(reactor, "haproxy:tcp:7702")
+        self.assertEqual([str(n) for n in default.senders.networks], ["127.0.0.0/8", "::1/128"])
+
+    def test_check_config_shows_senders_and_warns(self) -> None:
+        """
+        C{netguard check-config}'s text shows each C{haproxy:} listener's senders and its
+        warning.
+        """
+        config = load_config(
+            None,
+            {"listen": ["haproxy:tcp:7701:interface=0.0.0.0"], "state_dir": self.mktemp()},
+        )
+        text = describe(config)
+        self.assertIn("PROXY headers accepted only from 127.0.0.0/8, ::1/128", text)
+        self.assertIn(
+            '# warning: listen[0] "haproxy:tcp:7701:interface=0.0.0.0": accepts PROXY headers '
+            "only from this host (no proxy_from=)",
+            text,
+        )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from netguard.endpoints import split_description
+from netguard.endpoints import split_description, split_proxy_listener
 from netguard.ops.lock import InstanceConflict, check_unix_socket_free
 
 
@@ -74,7 +74,7 @@ def check_listener_free(description: str, what: str | None = None) -> None:
     what = what or description
     kind, positional, keywords = _fields(description)
     if kind == "haproxy":
-        check_listener_free(description[len("haproxy:") :], what)
+        check_listener_free(split_proxy_listener(description).inner, what)
         return
     if kind in ("tcp", "tcp6", "ssl"):
         port_text = keywords.get("port") or (positional[0] if positional else "")
