@@ -218,9 +218,12 @@ def _key_docs() -> tuple[_KeyDoc, ...]:
             "listen",
             value_text(list(default_listen("<state_dir>"))),
             f"1 to {MAX_LISTENERS} server endpoint strings: tcp, tcp6, ssl, tls, unix, "
-            "systemd, haproxy:<listener>, or a plugin's; ports may be service names",
+            "systemd, haproxy:[proxy_from=ADDR,NETWORK...:]<listener>, or a plugin's; "
+            "ports may be service names",
             "accidental exposure: by default only loopback and a mode-600 unix socket; a "
-            "listener with no interface (all interfaces) is warned about",
+            "listener with no interface (all interfaces) is warned about; forged client "
+            "addresses: a haproxy: listener takes PROXY headers only from proxy_from "
+            "(default: this host)",
         ),
         *_tls_listen_docs(),
     ]
