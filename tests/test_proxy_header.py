@@ -5,6 +5,7 @@ protocol, so admission and logs see the header's address (fakes: StringTransport
 
 from __future__ import annotations
 
+import base64
 import socket
 import struct
 from typing import Any
@@ -12,13 +13,19 @@ from typing import Any
 from twisted.internet.address import HostnameAddress, IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactor, StringTransportWithDisconnection
-from twisted.logger import capturedLogs
+from twisted.internet.testing import (
+    MemoryReactor,
+    StringTransport,
+    StringTransportWithDisconnection,
+)
+from twisted.logger import capturedLogs, globalLogPublisher
 from twisted.protocols.policies import WrappingFactory
 from twisted.trial import unittest
 
 from netguard.admission import Admission, AdmissionPolicy
 from netguard.admitting import AdmittingFactory
+from netguard.auth.scram import ClientExchange
+from netguard.auth.users import UserStore, make_record
 from netguard.config import load_config
 from netguard.config.text import describe
 from netguard.endpoints import (
@@ -28,6 +35,7 @@ from netguard.endpoints import (
     parse_proxy_from,
     with_default_backlog,
 )
+from netguard.gateway.factory import GatewayFactory
 from netguard.proxy_header import (
     HEADER_TIMEOUT,
     ProxyHeaderFactory,
@@ -852,3 +860,134 @@ class ListenerStringTests(unittest.TestCase):
             "only from this host (no proxy_from=)",
             text,
         )
+
+
+PASSWORD = "correct horse battery staple"
+
+
+def _b64(text: str) -> bytes:
+    return base64.b64encode(text.encode())
+
+
+class ProxiedGateway:
+    """
+    The real L{GatewayFactory} (admission, tickets, peer checks) behind a
+    L{ProxyHeaderFactory} whose only sender is 10.0.0.9, on a L{Clock}, with every log
+    event captured and the peer checks each connection starts recorded.
+    """
+
+    def __init__(self, test: unittest.TestCase) -> None:
+        self.test = test
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000.0)
+        config = load_config(None, {"state_dir": "/nonexistent-netguard-test"})
+        users = UserStore.from_records([make_record("alice", PASSWORD)])
+        self.gateway = GatewayFactory(config, users, self.clock, ticket_key=bytes(range(32)))
+        self.checks: list[tuple[Any, Any]] = []
+        self.gateway.start_peer_checks = lambda peer, local: self.checks.append(  # type: ignore[method-assign]
+            (peer, local)
+        )
+        self.factory = ProxyHeaderFactory(
+            self.gateway, self.clock, senders=Senders.of(["10.0.0.9"])
+        )
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        test.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.ports = iter(range(40000, 50000))
+
+    def connect(self, client: str, data: bytes = b"") -> tuple[Any, Any]:
+        """
+        A connection from the sender whose v1 header names C{client} as the source (and
+        198.51.100.1:7701 as the destination), followed by C{data}; return the wrapper and
+        the sender's transport.
+        """
+        sender = IPv4Address("TCP", "10.0.0.9", next(self.ports))
+        wrapper = self.factory.buildProtocol(sender)
+        transport = StringTransport(peerAddress=sender)
+        wrapper.makeConnection(transport)
+        header = f"PROXY TCP4 {client} 198.51.100.1 {next(self.ports)} 7701\r\n"
+        wrapper.dataReceived(header.encode() + data)
+        self.test.addCleanup(self.close, wrapper)
+        return wrapper, transport
+
+    def close(self, wrapper: Any) -> None:
+        session = wrapper.wrappedProtocol
+        if session is not None and session.state.value != "closed":
+            session.connectionLost(None)
+
+    def lines(self, transport: Any) -> list[bytes]:
+        out = transport.value()
+        transport.clear()
+        return [line for line in out.split(b"\r\n") if line]
+
+    def ticket(self, client: str) -> bytes:
+        """
+        Log in through the proxy as C{client}, ask for a ticket; return the token.
+        """
+        wrapper, transport = self.connect(client)
+        self.clock.advance(1.0)  # the greeting delay
+        self.lines(transport)
+        exchange = ClientExchange("alice", PASSWORD)
+        wrapper.dataReceived(b"AUTH SCRAM-SHA-256 " + _b64(exchange.first()) + b"\r\n")
+        [cont] = self.lines(transport)
+        final = exchange.final(base64.b64decode(cont[5:]).decode())
+        wrapper.dataReceived(b"CONT " + _b64(final) + b"\r\n")
+        [ok] = self.lines(transport)
+        self.test.assertTrue(ok.startswith(b"OK "), ok)
+        wrapper.dataReceived(b"TICKET\r\n")
+        [reply] = self.lines(transport)
+        self.test.assertTrue(reply.startswith(b"OK TICKET "), reply)
+        self.close(wrapper)
+        return reply.split(b" ")[2]
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == event]
+
+
+class HeaderAddressUsedTests(unittest.TestCase):
+    """
+    Behind a PROXY header, what the gateway does per client uses the header's address, not
+    the sender's: the log, admission's penalties, returning-client tickets' address block,
+    and FCrDNS and ident (both started with the connection's addresses).
+    """
+
+    def test_ticket_address_block_is_the_headers(self) -> None:
+        """
+        A ticket issued to a client the header names as 192.0.2.10 is accepted into the
+        lane from a header naming 192.0.2.77 (the same /24), and is another block's from a
+        header naming 192.0.3.10, although all three came from the same sender 10.0.0.9
+        (if the sender's address were the block, both would be accepted).
+        """
+        g = ProxiedGateway(self)
+        first, second = g.ticket("192.0.2.10"), g.ticket("192.0.2.10")
+        g.connect("192.0.2.77", b"RESUME " + first + b"\r\n")
+        [accepted] = g.named("ticket.accepted")
+        self.assertTrue(accepted["lane"])
+        g.connect("192.0.3.10", b"RESUME " + second + b"\r\n")
+        self.assertEqual(len(g.named("ticket.other_block")), 1)
+        self.assertEqual(len(g.named("ticket.accepted")), 1)
+
+    def test_penalty_and_log_use_the_header_address(self) -> None:
+        """
+        A client that talks before the greeting is an early talker: the offence is charged
+        to the header's address (192.0.2.10/32), not the sender's, and the gateway's
+        accept is logged with the header's address and port.
+        """
+        g = ProxiedGateway(self)
+        wrapper, _ = g.connect("192.0.2.10", b"PING\r\n")
+        g.clock.advance(1.0)
+        self.assertEqual([row[0] for row in g.gateway.admission.penalties()], ["192.0.2.10/32"])
+        [accept] = g.named("conn.accept")
+        self.assertTrue(accept["peer"].startswith("192.0.2.10:"), accept["peer"])
+
+    def test_peer_checks_get_the_header_addresses(self) -> None:
+        """
+        FCrDNS and ident are started with the header's source as the peer and its
+        destination as our end of the connection (ident queries from there to the client's
+        port 113).
+        """
+        g = ProxiedGateway(self)
+        wrapper, _ = g.connect("192.0.2.10")
+        [(peer, local)] = g.checks
+        self.assertEqual(peer.host, "192.0.2.10")
+        self.assertEqual((local.host, local.port), ("198.51.100.1", 7701))
