@@ -1009,3 +1009,21 @@ class TunnelOptionTests(unittest.TestCase):
         """
         self.assertIsNone(self.endpoint("--no-tickets").tickets)
         self.assertIsNone(self.endpoint("--no-tickets", "--no-mux").tickets)
+
+
+class BootClockTests(unittest.TestCase):
+    def test_store_counts_on_a_clock_that_runs_during_suspend(self) -> None:
+        """
+        By default the store counts lifetimes on C{CLOCK_BOOTTIME} (where the platform has
+        it), which keeps running while the machine sleeps, not on C{time.monotonic}, which
+        stops: a ticket kept across a suspend longer than its lifetime must be dropped, not
+        presented (an expired ticket is an offence).
+        """
+        import time as _time
+
+        from netguard.client import tickets as module
+
+        self.assertIs(TicketStore()._now, module.boot_clock)
+        if hasattr(_time, "CLOCK_BOOTTIME"):
+            self.assertEqual(module._BOOT_CLOCK, _time.CLOCK_BOOTTIME)
+        self.assertGreaterEqual(module.boot_clock(), 0.0)

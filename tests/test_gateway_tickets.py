@@ -488,13 +488,24 @@ class ResumeTests(unittest.TestCase):
         self.assertFalse(conn.transport.disconnecting)
         self.assertNotIn(token.decode(), repr(g.events))
 
-    def test_disabled_resume_is_early_talk(self):
+    def test_disabled_resume_is_ignored_without_offence(self):
         """
-        With tickets off, C{RESUME} before the greeting is early talk like any other line.
+        With tickets off (turned off after the client got its ticket), C{RESUME} before the
+        greeting is neither early talk nor an offence: nothing is answered until the usual
+        greeting delay, then the greeting without C{TICKETS=1}, and the connection is not in
+        the lane. Any other line before the greeting is still early talk.
         """
         g = Gateway(self, TicketSettings(enabled=False))
+        conn = g.connect()
+        self.assertEqual(conn.send(b"RESUME abc"), [])
+        g.clock.advance(conn.proto.limits.greeting_delay)
+        [greeting] = conn.take()
+        self.assertTrue(greeting.startswith(b"NETGUARD/1 "), greeting)
+        self.assertNotIn(b"TICKETS=", greeting)
+        self.assertEqual(g.penalties(), [])
+        self.assertEqual(g.admission.snapshot()["lane"], 0)
         self.assertEqual(
-            g.connect().send(b"RESUME abc"), [b"ERR EARLY_TALKER you spoke before the greeting"]
+            g.connect().send(b"HELLO"), [b"ERR EARLY_TALKER you spoke before the greeting"]
         )
 
     def test_key_never_logged(self):

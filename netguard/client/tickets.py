@@ -82,19 +82,29 @@ def parse_ticket_line(line: bytes) -> TicketOffer:
     return TicketOffer(token, int(match.group(1)))
 
 
+def boot_clock() -> float:
+    """
+    Seconds on a clock that never steps and keeps running while the machine is suspended
+    (C{CLOCK_BOOTTIME} on Linux; C{CLOCK_MONOTONIC} elsewhere), so that a laptop's tunnel
+    woken after a night does not present a ticket the gateway sees as expired (an offence).
+    """
+    return time.clock_gettime(_BOOT_CLOCK)
+
+
+_BOOT_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
 class TicketStore:
     """
     The tickets one endpoint holds: at most C{capacity}, in memory only, each taken once.
-    A ticket is usable until its lifetime, counted on our own monotonic clock from when it
-    arrived, less a margin (a tenth of it, at most L{MAX_MARGIN} seconds). Its C{repr}
-    shows how many it holds, never a token.
+    A ticket is usable until its lifetime, counted on our own clock (L{boot_clock}, which
+    runs during suspend) from when it arrived, less a margin (a tenth of it, at most
+    L{MAX_MARGIN} seconds). Its C{repr} shows how many it holds, never a token.
     """
 
-    def __init__(
-        self, now: Callable[[], float] = time.monotonic, capacity: int = CAPACITY
-    ) -> None:
+    def __init__(self, now: Callable[[], float] = boot_clock, capacity: int = CAPACITY) -> None:
         """
-        @param now: the monotonic clock (seconds).
+        @param now: the clock (seconds; L{boot_clock} by default).
         @param capacity: the most tickets kept; a new one pushes out the oldest.
         """
         if capacity < 1:

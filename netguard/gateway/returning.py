@@ -58,13 +58,17 @@ class LaneSession(GuardedLineReceiver):
 
     def pre_greeting_line(self, line: bytes) -> bool:
         """
-        C{RESUME <ticket>} before the greeting (with tickets enabled): judge the ticket.
-        Any other line is early talk.
+        C{RESUME <ticket>} before the greeting: judge the ticket. With tickets off (an
+        operator turned them off since the client got its ticket) the line buys nothing and
+        costs nothing: the client is greeted after the usual delay, without C{TICKETS=1},
+        and drops its tickets; an honest returning client is never penalised for it. Any
+        other line is early talk.
         """
-        book = self.ticket_book()
-        if book is None or line[:7].upper() != b"RESUME ":
+        if line[:7].upper() != b"RESUME ":
             return False
-        self._resume(book, book.check(line[7:], self.transport.getPeer(), self.factory.users))
+        book = self.ticket_book()
+        if book is not None:
+            self._resume(book, book.check(line[7:], self.transport.getPeer(), self.factory.users))
         return True
 
     def loggable_early_talk(self, data: bytes) -> bytes:

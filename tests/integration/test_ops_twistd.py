@@ -109,7 +109,9 @@ class OpsTwistdTests(unittest.TestCase):
         self.assertEqual(stopping, b"STOPPING=1")
         status = yield daemon.exited()
         self.assertEqual(status, 0, daemon.describe())
-        self.assertEqual(sorted(os.listdir(self.state)), ["mock-verifier.key", "users"])
+        self.assertEqual(
+            sorted(os.listdir(self.state)), ["mock-verifier.key", "ticket.key", "users"]
+        )
 
     def datagrams_until(self, wanted, what):
         """
@@ -237,5 +239,7 @@ class RunAsUserTests(unittest.TestCase):
         daemon.process.send_signal(signal.SIGTERM)
         code = yield daemon.exited()
         self.assertEqual(code, 0, daemon.describe())
-        self.assertEqual(sorted(os.listdir(self.state)), ["mock-verifier.key", "users"])
+        self.assertEqual(
+            sorted(os.listdir(self.state)), ["mock-verifier.key", "ticket.key", "users"]
+        )
         self.assertNotIn("remove_failed", daemon.stdout)
