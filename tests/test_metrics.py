@@ -430,6 +430,8 @@ class RenderGaugeTests(unittest.TestCase):
         for name in (
             "unauthenticated",
             "relays",
+            "lane",
+            "probation",
             "connections",
             "active_sources",
             "tracked_sources",

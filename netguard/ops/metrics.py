@@ -91,7 +91,9 @@ SERVICE_COUNTERS: Final[tuple[tuple[str, str], ...]] = (
 ADMISSION_GAUGES: Final[tuple[tuple[str, str], ...]] = (
     ("unauthenticated", "Connections still in the line phase (before authentication)."),
     ("relays", "Authenticated connections (the relay pool)."),
-    ("connections", "Live connections of both pools."),
+    ("lane", "Returning clients (a valid ticket) in the line phase: the lane pool."),
+    ("probation", "Connections on probation: admitted only to present a ticket."),
+    ("connections", "Live connections of every pool (line phase, lane, relays)."),
     ("active_sources", "Source keys with at least one live connection."),
     ("tracked_sources", "Source keys in the rate table."),
     ("penalised_sources", "Source keys in the penalty table."),
