@@ -199,20 +199,26 @@ class LayoutTests(unittest.TestCase):
         self.assertEqual(family, 0x21)
         self.assertEqual(block[:16], bytes.fromhex("fe800000000000000000000000000007"))
 
-    def test_unix_client_is_proxy_unspec_with_the_tlvs(self) -> None:
+    def test_unix_client_is_local_unspec_with_the_tlvs(self) -> None:
         """
-        A client on a unix socket has no address to send: the command stays PROXY (the
-        connection is relayed for someone), the family is UNSPEC with no address block, and
-        the user and id TLVs are still sent.
+        A client on a unix socket has no address to send: the command is LOCAL (the
+        receiver keeps the connection's own endpoints; HAProxy 2.6 refuses PROXY with
+        UNSPEC), the family UNSPEC with no address block, and the user and id TLVs are still
+        sent, with the CRC32c.
         """
         header = header_for(
             origin(source=UNIXAddress(None), destination=UNIXAddress(b"/run/ng.sock"))
         )
         parsed = parse(header)
-        self.assertEqual((parsed["command"], parsed["family"]), (PROXY, UNSPEC))
+        self.assertEqual((parsed["command"], parsed["family"]), (LOCAL, UNSPEC))
+        self.assertEqual(header[12:14], b"\x20\x00")
         self.assertEqual(parsed["addresses"], b"")
         self.assertEqual(parsed["tlvs"][:2], [(0x05, b"ab12-7"), (0xE0, b"alice")])
         self.assertTrue(parsed["crc_ok"])
+
+    def test_tcp_client_is_the_proxy_command(self) -> None:
+        """A client with a TCP address gets the PROXY command (0x21)."""
+        self.assertEqual(parse(header_for(origin()))["command"], PROXY)
 
     def test_unknown_address_is_unspec(self) -> None:
         """No address at all, or a non-TCP one (UDP), is UNSPEC as well."""

@@ -197,10 +197,14 @@ def encode(
 def header_for(origin: ProxyOrigin) -> bytes:
     """
     The header a backend gets for C{origin}: the PROXY command with the client's and the
-    connection's TCP addresses (no addresses, C{UNSPEC}, for a client that has none: the
-    connection is still relayed for someone, so the command is not LOCAL, and the TLVs still
-    name the user and the id), then C{PP2_TYPE_UNIQUE_ID}, L{PP2_TYPE_NETGUARD_USER} and
+    connection's TCP addresses, then C{PP2_TYPE_UNIQUE_ID}, L{PP2_TYPE_NETGUARD_USER} and
     C{PP2_TYPE_CRC32C}.
+
+    A client without a TCP address (on a unix socket) gets the LOCAL command with no
+    addresses (C{UNSPEC}): the receiver keeps the connection's own endpoints, the gateway's,
+    which is where such a client is. The specification lets a receiver refuse the PROXY
+    command with C{UNSPEC}, and HAProxy 2.6 does (it accepts LOCAL). The TLVs are sent
+    either way, for receivers that read them on LOCAL too (HAProxy 2.6 ignores them there).
 
     @raise HeaderTooLarge: for a user name over L{MAX_USER_BYTES} or an id over
         L{MAX_UNIQUE_ID} bytes.
@@ -213,7 +217,7 @@ def header_for(origin: ProxyOrigin) -> bytes:
         raise HeaderTooLarge("unique_id", len(unique_id), MAX_UNIQUE_ID)
     family, addresses = address_block(origin.source, origin.destination)
     return encode(
-        PROXY,
+        LOCAL if family == UNSPEC else PROXY,
         family,
         addresses,
         ((PP2_TYPE_UNIQUE_ID, unique_id), (PP2_TYPE_NETGUARD_USER, user)),
