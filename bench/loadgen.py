@@ -85,9 +85,8 @@ class CpuWindow:
         wall = time.perf_counter() - self._t0
         end = self._sample()
         shares: dict[str, Any] = {"window_s": wall}
-        for kind in ("relay", "backend"):
-            if kind in end:
-                shares[f"{kind}_cpu_pct"] = 100 * (end[kind] - self._start[kind]) / wall
+        for kind in end:
+            shares[f"{kind}_cpu_pct"] = 100 * (end[kind] - self._start[kind]) / wall
         shares["gen_cpu_pct"] = 100 * generator_cpu / wall
         return shares
 
@@ -730,7 +729,8 @@ def main(argv: list[str] | None = None) -> int:
         "--watch",
         action="append",
         default=[],
-        help="KIND:PGID (relay or backend): report its CPU share during the timed window",
+        help="KIND:PGID (relay, backend or any other label): report its CPU share during the "
+        "timed window as KIND_cpu_pct",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("bulk")
