@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.trial import unittest
 
@@ -378,6 +379,26 @@ class LegTests(unittest.TestCase):
         self.assertEqual(transport.value()[: len(header)], header)
         self.assertEqual(transport.value()[len(header) : len(header) + 2], b"\x16\x03")
 
+    def test_through_socks5_the_header_follows_the_proxy_reply(self) -> None:
+        """
+        Through a SOCKS5 proxy the proxy gets its greeting and C{CONNECT} untouched; the
+        header is the first byte after the proxy's success reply, so it reaches the backend.
+        """
+        svc = proxied(socks5="tcp:host=127.0.0.1:port=1080")
+        opening = open_backend(self.reactor, svc, origin=origin())
+        host, port, factory, _, _ = self.reactor.tcpClients[0]
+        proxy = StringTransport()
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        protocol.makeConnection(proxy)
+        self.assertEqual(proxy.value(), b"\x05\x01\x00")
+        proxy.clear()
+        protocol.dataReceived(b"\x05\x00")
+        self.assertEqual(proxy.value()[:4], b"\x05\x01\x00\x01")  # CONNECT, no header yet
+        proxy.clear()
+        protocol.dataReceived(b"\x05\x00\x00\x01\x7f\x00\x00\x01\x04\x38")
+        self.successResultOf(opening)
+        self.assertEqual(proxy.value(), header_for(origin()))
+
     def test_header_over_its_bound_fails_the_opening(self) -> None:
         """
         A header that cannot be sent (a user name over the bound) fails the opening with
@@ -445,6 +466,24 @@ class GatewayPathTests(unittest.TestCase):
         self.assertIn((0x05, proto.conn_id.encode()), parsed["tlvs"])
         self.assertIn((0xE0, b"alice"), parsed["tlvs"])
         self.assertEqual((proto.bytes_up, proto._leg.splice.counts[A]), (6, 6))
+
+    def test_header_over_its_bound_refuses_the_open(self) -> None:
+        """
+        A header that cannot be sent (here a user name over the bound, which the users file
+        never allows) refuses the opening as an unreachable backend would:
+        C{ERR BACKEND_UNAVAILABLE}, logged C{session.backend_failed} with the bound as its
+        cause, and no connection made.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.session.proto.user = "u" * (MAX_USER_BYTES + 1)
+        [reply] = self.session.send(b"OPEN redis")
+        self.assertTrue(reply.startswith(b"ERR BACKEND_UNAVAILABLE "), reply)
+        self.assertEqual(self.reactor.tcpClients, [])
+        [failed] = [e for e in events if e.get("event") == "session.backend_failed"]
+        self.assertEqual(failed["error_type"], "HeaderTooLarge")
+        self.assertIn("over its bound of 255", failed["cause"])
 
     def test_open_without_send_proxy_sends_no_header(self) -> None:
         """With the key off, the backend's first bytes are the client's."""

@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.integration.test_proxy_v2_real -*-
 """
 C{send_proxy = "v2"} end to end: the real gateway (in-process, real reactor), the real NGP/1
-client from its own source address (127.0.0.7) or from a unix socket, and three receivers of
-the PROXY v2 header it sends its backends:
+client from its own source address (127.0.0.7), from a unix socket or from ::1, on a plain
+connection or on the streams of a multiplexed session, and three receivers of the PROXY v2
+header the gateway sends its backends:
   - a real HAProxy (Debian, 2.6) frontend with C{bind ... accept-proxy} in front of an echo
     backend, logging C{%ci:%cp} and C{%[fc_pp_unique_id]} (stopped by PID);
   - Twisted's own C{haproxy:} server endpoint (L{twisted.protocols.haproxy});
@@ -26,6 +27,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP4ServerEndpoint,
+    TCP6ClientEndpoint,
     UNIXClientEndpoint,
     connectProtocol,
     serverFromString,
@@ -45,6 +47,8 @@ from netguard.outbound.proxy_v2 import (
     header_for,
 )
 from netguard.relay_splice import KernelSplice
+from tests.integration.test_mux_gateway import Collector as StreamCollector
+from tests.integration.test_mux_gateway import MuxLogin, has
 from tests.integration.util import (
     RunningGateway,
     need_peer,
@@ -219,7 +223,13 @@ class SendProxyV2RealTests(unittest.TestCase):
         self.gateway = RunningGateway(
             self,
             config + '[overload]\nmax_lag = "off"\n',
-            {"listen": ["tcp:0:interface=127.0.0.1", "unix:{dir}/ng.sock"]},
+            {
+                "listen": [
+                    "tcp:0:interface=127.0.0.1",
+                    "unix:{dir}/ng.sock",
+                    "tcp6:0:interface=\\:\\:1",
+                ]
+            },
             prefix="ng-pv2gw-",
         )
         self.legs: list[Any] = []
@@ -251,16 +261,21 @@ class SendProxyV2RealTests(unittest.TestCase):
         yield self.gateway.idle()
 
     @inlineCallbacks
-    def exchange(self, service: str, payload: bytes, unix: bool = False) -> Any:
+    def exchange(
+        self, service: str, payload: bytes, unix: bool = False, ipv6: bool = False
+    ) -> Any:
         """
-        Log in (from 127.0.0.7, or over the gateway's unix socket), open C{service}, send
-        C{payload}, wait for it to come back, close; return it and the client's own address.
+        Log in (from 127.0.0.7, over the gateway's unix socket, or from ::1 to its IPv6
+        listener), open C{service}, send C{payload}, wait for it to come back, close; return
+        it and the client's own address.
         """
         client = ServiceClient(self.gateway.credentials, service, len(payload))
         self.clients.append(client)
         endpoint: Any
         if unix:
             endpoint = UNIXClientEndpoint(reactor, os.path.join(self.gateway.dir, "ng.sock"))
+        elif ipv6:
+            endpoint = TCP6ClientEndpoint(reactor, "::1", self.gateway.port(2), timeout=WAIT)
         else:
             endpoint = TCP4ClientEndpoint(
                 reactor,
@@ -305,6 +320,49 @@ class SendProxyV2RealTests(unittest.TestCase):
         received, own = yield self.exchange("hap", payload)
         self.assertEqual(received, payload)
         expected = f"pp {CLIENT_HOST}:{own.port} {self.conn_id('hap')} end"
+        yield wait_for(lambda: expected in self.haproxy_lines(), timeout=WAIT)
+
+    @inlineCallbacks
+    def test_haproxy_logs_each_stream_of_a_multiplexed_session(self) -> Any:
+        """
+        Two streams of one multiplexed session (C{MUX yamux/1}) to the same service: each
+        backend connection gets its own header, and HAProxy logs the client's address with
+        each stream's id, C{<conn_id>/<stream_id>}; each stream's bytes come back intact.
+        """
+        endpoint = TCP4ClientEndpoint(
+            reactor, "127.0.0.1", self.gateway.port(), timeout=WAIT, bindAddress=(CLIENT_HOST, 0)
+        )
+        client = yield connectProtocol(endpoint, MuxLogin(self.gateway.credentials))
+        self.clients.append(client)
+        yield client.opened.addTimeout(WAIT, reactor)
+        own = client.transport.getHost()
+        payloads = [os.urandom(32 * 1024), os.urandom(32 * 1024)]
+        streams = []
+        for payload in payloads:
+            collector = StreamCollector()
+            stream = client.mux.open_stream(collector)
+            stream.write(b"OPEN hap\r\n" + payload)
+            streams.append((stream.stream_id, collector))
+        preamble = len(b"OK OPEN hap\r\n")
+        for (_, collector), payload in zip(streams, payloads, strict=True):
+            yield collector.wait(has(preamble + len(payload))).addTimeout(WAIT, reactor)
+            self.assertEqual(bytes(collector.data), b"OK OPEN hap\r\n" + payload)
+        [started] = [e for e in self.events if e.get("event") == "mux.start"]
+        conn_id = started["conn_id"]
+        client.close()
+        expected = {f"pp {CLIENT_HOST}:{own.port} {conn_id}/{sid} end" for sid, _ in streams}
+        yield wait_for(lambda: expected <= set(self.haproxy_lines()), timeout=WAIT)
+
+    @inlineCallbacks
+    def test_haproxy_logs_an_ipv6_client(self) -> Any:
+        """
+        A client of the gateway's IPv6 listener: the header is TCP over IPv6 and HAProxy
+        logs C{::1} with the client's port and the connection's id; the bytes come back.
+        """
+        payload = os.urandom(4096)
+        received, own = yield self.exchange("hap", payload, ipv6=True)
+        self.assertEqual(received, payload)
+        expected = f"pp ::1:{own.port} {self.conn_id('hap')} end"
         yield wait_for(lambda: expected in self.haproxy_lines(), timeout=WAIT)
 
     @inlineCallbacks
