@@ -175,6 +175,23 @@ class ServiceClient(NGPClientProtocol):
             self.done.callback(bytes(self.received))
 
 
+class BehindProxyClient(ServiceClient):
+    """
+    A client that reaches the gateway's C{haproxy:} listener as a load balancer would pass
+    it on: its first bytes are a PROXY v1 header naming another client (L{HEADER_SOURCE}).
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.write(
+            f"PROXY TCP4 {HEADER_SOURCE[0]} 127.0.0.1 {HEADER_SOURCE[1]} 7700\r\n".encode()
+        )
+        super().connectionMade()
+
+
+#: The client address the PROXY header in front of the gateway names.
+HEADER_SOURCE = ("192.0.2.9", 4444)
+
+
 class SendProxyV2RealTests(unittest.TestCase):
     """
     The header reaches real parsers intact: HAProxy and Twisted read the client's address
@@ -228,6 +245,7 @@ class SendProxyV2RealTests(unittest.TestCase):
                     "tcp:0:interface=127.0.0.1",
                     "unix:{dir}/ng.sock",
                     "tcp6:0:interface=\\:\\:1",
+                    "haproxy:tcp:0:interface=127.0.0.1",
                 ]
             },
             prefix="ng-pv2gw-",
@@ -262,17 +280,25 @@ class SendProxyV2RealTests(unittest.TestCase):
 
     @inlineCallbacks
     def exchange(
-        self, service: str, payload: bytes, unix: bool = False, ipv6: bool = False
+        self,
+        service: str,
+        payload: bytes,
+        unix: bool = False,
+        ipv6: bool = False,
+        behind_proxy: bool = False,
     ) -> Any:
         """
         Log in (from 127.0.0.7, over the gateway's unix socket, or from ::1 to its IPv6
         listener), open C{service}, send C{payload}, wait for it to come back, close; return
         it and the client's own address.
         """
-        client = ServiceClient(self.gateway.credentials, service, len(payload))
+        kind = BehindProxyClient if behind_proxy else ServiceClient
+        client = kind(self.gateway.credentials, service, len(payload))
         self.clients.append(client)
         endpoint: Any
-        if unix:
+        if behind_proxy:
+            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.gateway.port(3), timeout=WAIT)
+        elif unix:
             endpoint = UNIXClientEndpoint(reactor, os.path.join(self.gateway.dir, "ng.sock"))
         elif ipv6:
             endpoint = TCP6ClientEndpoint(reactor, "::1", self.gateway.port(2), timeout=WAIT)
@@ -459,6 +485,24 @@ class SendProxyV2RealTests(unittest.TestCase):
         yield wait_for(lambda: leg.done.called, timeout=WAIT)
         closed = [e for e in self.events if e.get("event") == "conn.close"]
         self.assertEqual([e["bytes_up"] for e in closed], [len(payload)])
+
+    @inlineCallbacks
+    def test_client_behind_a_proxy_is_named_as_its_header_said(self) -> Any:
+        """
+        A client that came through a C{haproxy:} listener is sent on as the address its own
+        PROXY header named (192.0.2.9:4444, to 127.0.0.1:7700), not the connection's.
+        """
+        payload = b"y" * 100
+        received, _ = yield self.exchange("raw", payload, behind_proxy=True)
+        self.assertEqual(received, payload)
+        [raw] = self.raw
+        parsed = parse(raw.data[: raw.header_size])
+        self.assertEqual(
+            parsed["addresses"],
+            socket.inet_aton(HEADER_SOURCE[0])
+            + socket.inet_aton("127.0.0.1")
+            + struct.pack("!HH", HEADER_SOURCE[1], 7700),
+        )
 
     @inlineCallbacks
     def test_raw_bytes_of_a_unix_client(self) -> Any:
