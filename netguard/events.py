@@ -46,7 +46,8 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "notify.unsupported": "NOTIFY_SOCKET names a kind of socket netguard does not speak",
         # Connections and the line phase
         "conn.accept": "a connection was admitted",
-        "conn.reject": "admission refused a connection before reading anything",
+        "conn.reject": "a connection was refused: by admission before reading anything, or "
+        "by a haproxy: listener (a sender not listed, a missing or bad PROXY header)",
         "conn.reject.summary": "how many more refusals of one source and reason an interval "
         "counted without logging them one by one",
         "admission.block": "a source is blocked by the penalty rules",
