@@ -35,7 +35,12 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
-from netguard.endpoints import Network, parse_proxy_from, split_proxy_listener
+from netguard.endpoints import (
+    DEFAULT_PROXY_FROM,
+    Network,
+    parse_proxy_from,
+    split_proxy_listener,
+)
 from netguard.framing import peer_label
 from netguard.refusal_log import RefusalLog
 
@@ -183,7 +188,7 @@ class Senders:
         The senders of a C{haproxy:} listener without C{proxy_from=}: this host only
         (L{netguard.endpoints.DEFAULT_PROXY_FROM}).
         """
-        return cls(split_proxy_listener("haproxy:tcp:0").networks())
+        return cls(ipaddress.ip_network(text) for text in DEFAULT_PROXY_FROM)
 
     def allows(self, address: object) -> bool:
         """
