@@ -42,6 +42,13 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "shutdown.done": "shutdown finished; final figures",
         "reload.done": "a new configuration was applied",
         "reload.refused": "a new configuration was refused; the old one stays in force",
+        "worker.started": "a worker process adopted every listener and serves",
+        "worker.exited": "a worker process exited unexpectedly; it is restarted after a delay",
+        "worker.stopped": "a worker process exited during the supervisor's stop",
+        "worker.killed": "a worker that had not exited after the drain's grace period was killed",
+        "worker.spawn_failed": "a worker process could not be started; it is tried again later",
+        "worker.penalty_shared": "a block decided by one worker was passed to the other workers",
+        "worker.reloaded": "every worker was asked to reload; the summary of their answers",
         "notify.failed": "the service manager could not be notified",
         "notify.unsupported": "NOTIFY_SOCKET names a kind of socket netguard does not speak",
         # Connections and the line phase

@@ -82,6 +82,9 @@ class GatewayService(MultiService):
         #: Set by the plugin under C{twistd --uid} as root: C{(uid, gid)} to hand the state
         #: directory to before twistd drops privileges (L{netguard.ops.privileges}).
         self.run_as: tuple[int, int] | None = None
+        #: Whether a unix listener's path is checked for a live owner before listening
+        #: (off in a worker, whose unix sockets are inherited from its supervisor).
+        self.check_unix_sockets = True
         self.started_at = factory.clock.seconds()
         self._uninstall_sigusr1: Any = None
         # [log] file: also write every event there, from start to the last shutdown event.
@@ -173,7 +176,7 @@ class GatewayService(MultiService):
             return
         for description, endpoint in self.endpoints:
             path = _unix_socket_path(description)
-            if path is not None:
+            if path is not None and self.check_unix_sockets:
                 try:
                     check_unix_socket_free(path)  # never take a live instance's socket
                 except InstanceConflict as error:
@@ -430,15 +433,23 @@ def _endpoint(reactor: Any, description: str) -> Any:
         ) from None
 
 
-def make_service(config: Any, reactor: Any, terminal: IO[str] | None = None) -> GatewayService:
+def make_service(
+    config: Any,
+    reactor: Any,
+    terminal: IO[str] | None = None,
+    source: tuple[str | None, dict[str, Any]] | None = None,
+) -> Any:
     """
-    Build the gateway service for C{config}.
+    Build the gateway service for C{config}: a L{GatewayService}, or with C{workers} above
+    1 a L{netguard.workers.supervisor.Supervisor} of that many worker processes.
 
     @param config: a validated L{netguard.config.Config}.
     @param reactor: the reactor listeners and timers use.
     @param terminal: where a generated password is shown (the controlling terminal when
         L{None}).
-    @return: a L{GatewayService} ready to be started.
+    @param source: the configuration file and command-line overrides C{config} was loaded
+        from, which workers load again (the built-in defaults when L{None}).
+    @return: the service, ready to be started.
     """
     prepare_state_dir(config.state_dir)
     # Before anything else touches the state directory (users file, sockets). flock: the
@@ -456,6 +467,10 @@ def make_service(config: Any, reactor: Any, terminal: IO[str] | None = None) -> 
     # Certificates and keys are read now, before privileges are dropped; a bad file stops
     # the start with TLSConfigError naming it.
     identities = [load_server_context(tls.settings) for tls in config.tls_listen]
+    if config.workers > 1:
+        from netguard.workers.assemble import make_supervisor
+
+        return make_supervisor(config, reactor, instance_lock, terminal, source or (None, {}))
     # Endpoints are built (not yet listening) before the users file is created, so an
     # unusable listener does not leave a new users file and a shown password behind.
     endpoints = [(description, _endpoint(reactor, description)) for description in config.listen]

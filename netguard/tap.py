@@ -18,11 +18,13 @@ from netguard.auth.users import UsersFileError
 from netguard.config import ConfigError, load_config
 from netguard.log import stdout_log_problem
 from netguard.ops.drain import install_sigterm
+from netguard.ops.heartbeat import install_sigusr1
 from netguard.ops.lock import AlreadyRunning
 from netguard.ops.privileges import run_as_identity
 from netguard.ops.reload import Reloader, install_sighup
 from netguard.service import ListenFailed, make_service
 from netguard.tls import TLSConfigError
+from netguard.workers.supervisor import Supervisor, SupervisorReloader
 
 
 class Options(usage.Options):
@@ -139,12 +141,22 @@ def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
     try:
-        service = make_service(options["loaded"], reactor)
+        service = make_service(
+            options["loaded"], reactor, source=(options["config"], options.overrides())
+        )
     except AlreadyRunning as error:
         # Before daemonizing: the operator sees this one line on the terminal, exit 1.
         raise SystemExit(str(error)) from None
     except (UsersFileError, TLSConfigError, ListenFailed, OSError) as error:
         raise SystemExit(f"netguard: cannot start: {error}") from None
+    if isinstance(service, Supervisor):
+        # Workers: SIGTERM drains every worker (a second one closes what is left), SIGHUP
+        # checks the configuration and reloads every worker, SIGUSR1 switches their heartbeat.
+        service.reloader = SupervisorReloader(service, options["config"], options.overrides())
+        reactor.callWhenRunning(install_sigterm, reactor, service)
+        reactor.callWhenRunning(install_sighup, reactor, service.reloader)
+        reactor.callWhenRunning(install_sigusr1, reactor, service)
+        return service
     # twistd --uid as root: what we create in the state directory goes to that user
     # before twistd drops privileges, so reload and clean-up at stop keep working.
     service.run_as = run_as_identity(getattr(options, "parent", None), os.geteuid())

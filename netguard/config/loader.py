@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import attrs
 
+from netguard.admission import AdmissionPolicy
 from netguard.config.model import (
     COMMAND_LINE_SOURCE,
     DEFAULT_MAX_AUTH_ATTEMPTS,
@@ -66,6 +67,7 @@ from netguard.config.schema import (
     parse_server_name,
     parse_service_name,
     parse_socks5,
+    parse_workers,
     service_key,
     toml_key,
 )
@@ -87,6 +89,7 @@ from netguard.quoting import describe_value, toml_string
 from netguard.tickets import TicketSettings
 from netguard.tls.errors import TLSConfigError
 from netguard.tls.server import ServerTLSSettings
+from netguard.workers.budget import too_small_caps
 
 __all__ = ["default_listen", "default_state_dir", "default_users_file", "load_config"]
 
@@ -526,6 +529,7 @@ def load_config(
         src, "peer_checks", doc.get("peer_checks", {}), PEER_CHECK_KEYS, origins
     )
     admission = parse_admission(src, doc.get("admission", {}), origins)
+    workers = _workers(src, doc, admission, origins)
     overload = OverloadSettings(
         **_typed_table(src, "overload", doc.get("overload", {}), OVERLOAD_KEYS, origins)
     )
@@ -567,10 +571,43 @@ def load_config(
         mux=mux,
         tickets=tickets,
         services=services,
+        workers=workers,
         warnings=tuple(builder.warnings),
         source=DEFAULTS_SOURCE if path is None else path,
         origins=origins,
     )
+
+
+def cpu_count() -> int:
+    """
+    The CPUs this process may run on (its affinity mask), what C{workers = "auto"} uses.
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _workers(
+    src: Source, doc: Mapping[str, Any], admission: AdmissionPolicy, origins: dict[str, str]
+) -> int:
+    """
+    C{workers}, checked against the admission pool caps: each worker needs at least one of
+    each (L{netguard.workers.budget.too_small_caps}).
+    """
+    if "workers" not in doc:
+        origins["workers"] = ORIGIN_DEFAULT
+        return 1
+    origins["workers"] = ORIGIN_FILE
+    workers = parse_workers(src, "workers", doc["workers"], cpu_count())
+    small = too_small_caps(admission, workers)
+    if small:
+        raise src.error(
+            "workers",
+            f"{workers} workers cannot share admission caps smaller than that: "
+            f"{', '.join(small)} (each worker gets an exact share, at least 1)",
+        )
+    return workers
 
 
 def _typed_table(

@@ -273,6 +273,8 @@ class Config:
     @ivar mux: the bounds of the streams of multiplexed sessions (C{[mux]}).
     @ivar tickets: returning-client tickets (C{[tickets]}).
     @ivar services: service name to L{ServiceConfig}, read-only.
+    @ivar workers: how many gateway processes share the listeners (1: this process serves
+        alone; more: it supervises that many workers, L{netguard.workers}).
     @ivar warnings: things that work but that an operator should look at.
     @ivar source: the configuration file, or L{DEFAULTS_SOURCE}.
     @ivar origins: dotted key to L{ORIGIN_DEFAULT}, L{ORIGIN_FILE} or L{ORIGIN_COMMAND_LINE}.
@@ -295,6 +297,7 @@ class Config:
     services: Mapping[str, ServiceConfig] = attrs.field(
         factory=default_services, converter=_freeze_services
     )
+    workers: int = 1
     warnings: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple)
     source: str = DEFAULTS_SOURCE
     origins: Mapping[str, str] = attrs.field(factory=dict, converter=_freeze_origins)

@@ -198,6 +198,7 @@ TOP_KEYS: Final = (
     "mux",
     "tickets",
     "services",
+    "workers",
 )
 
 
@@ -689,6 +690,26 @@ def parse_server_name(src: Source, key: str, value: object) -> str:
     if not _SERVER_NAME_RE.fullmatch(text):
         raise src.error(key, f"must be {allowed}, got {describe_value(value)}")
     return text
+
+
+#: The bounds of C{workers}.
+MIN_WORKERS: Final = 1
+MAX_WORKERS: Final = 64
+
+
+def parse_workers(src: Source, key: str, value: object, cpus: int) -> int:
+    """
+    C{workers}: how many gateway processes share the listeners, an integer from
+    L{MIN_WORKERS} to L{MAX_WORKERS}, or C{"auto"} for C{cpus} (capped at L{MAX_WORKERS}).
+    """
+    allowed = f'an integer from {MIN_WORKERS} to {MAX_WORKERS}, or "auto" (one per CPU)'
+    if value == "auto":
+        return max(MIN_WORKERS, min(MAX_WORKERS, cpus))
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise src.error(key, f"must be {allowed}, got {describe_value(value)}")
+    if not MIN_WORKERS <= value <= MAX_WORKERS:
+        raise src.error(key, f"must be {allowed}, got {describe_value(value)}")
+    return value
 
 
 def parse_log_format(src: Source, key: str, value: object) -> str:

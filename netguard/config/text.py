@@ -117,6 +117,7 @@ def describe(config: Config) -> str:
         else ""
     )
     add("users_file", config.users_file, users_note)
+    add("workers", config.workers, "1: one process" if config.workers == 1 else "supervisor")
     for index, description in enumerate(config.listen):
         try:
             exposure = check_listener(description).exposure
@@ -226,6 +227,15 @@ def _key_docs() -> tuple[_KeyDoc, ...]:
             "(default: this host)",
         ),
         *_tls_listen_docs(),
+        _KeyDoc(
+            "workers",
+            "1",
+            'an integer from 1 to 64, or "auto" (one per CPU this process may run on); '
+            "more than 1 runs that many gateway processes sharing every listener under one "
+            "supervisor",
+            "one flooded core: the workers share the load while the configured admission "
+            "limits hold for all of them together (each gets its share)",
+        ),
     ]
     for spec in LIMIT_KEYS:
         docs.append(

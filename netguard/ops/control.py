@@ -95,10 +95,10 @@ class ControlCommands(Protocol):
     state (the lead's gateway service); every method runs in the reactor thread.
     """
 
-    def status(self) -> Mapping[str, Any]:
+    def status(self) -> Mapping[str, Any] | Deferred[Mapping[str, Any]]:
         """
         @return: the current figures and states, JSON-serialisable (non-JSON values are sent
-            as their C{str}).
+            as their C{str}), or a L{Deferred} firing with them.
         """
 
     def heartbeat(self, on: bool) -> bool:
@@ -123,17 +123,17 @@ class ControlCommands(Protocol):
         @return: a short summary.
         """
 
-    def penalties(self) -> list[Any]:
+    def penalties(self) -> list[Any] | Deferred[list[Any]]:
         """
-        @return: the sources currently penalised, JSON-serialisable.
+        @return: the sources currently penalised, JSON-serialisable (or a L{Deferred}).
         """
 
-    def clear_penalties(self, source: str | None) -> int:
+    def clear_penalties(self, source: str | None) -> int | Deferred[int]:
         """
         Forget the penalty of C{source} (normalised address or network text), or of every
         source when L{None}.
 
-        @return: how many entries were removed.
+        @return: how many entries were removed (or a L{Deferred} firing with it).
         """
 
 
@@ -372,9 +372,10 @@ class ControlProtocol(GuardedLineReceiver):
 
     # -- the commands ----------------------------------------------------------------------------
 
-    def do_status(self, args: list[str]) -> Mapping[str, Any]:
+    def do_status(self, args: list[str]) -> Deferred[Mapping[str, Any]]:
         _no_arguments("status", args)
-        return dict(self.factory.commands.status())
+        figures: Deferred[Any] = maybeDeferred(self.factory.commands.status)
+        return figures.addCallback(lambda value: dict(value))
 
     def do_heartbeat(self, args: list[str]) -> Mapping[str, Any]:
         if len(args) != 1 or args[0].lower() not in ("on", "off"):
@@ -390,10 +391,11 @@ class ControlProtocol(GuardedLineReceiver):
         _no_arguments("drain", args)
         return {"drain": str(self.factory.commands.drain())}
 
-    def do_penalties(self, args: list[str]) -> Mapping[str, Any]:
+    def do_penalties(self, args: list[str]) -> Deferred[Mapping[str, Any]]:
         sub = args[0].lower() if args else "list"
         if sub == "list" and len(args) <= 1:
-            return {"penalties": list(self.factory.commands.penalties())}
+            listed: Deferred[Any] = maybeDeferred(self.factory.commands.penalties)
+            return listed.addCallback(lambda rows: {"penalties": list(rows)})
         if sub == "clear" and len(args) <= 2:
             source = None
             if len(args) == 2:
@@ -403,7 +405,8 @@ class ControlProtocol(GuardedLineReceiver):
                     raise _BadArguments(
                         "SOURCE must be an IP address or network, unix or unknown"
                     ) from None
-            return {"cleared": int(self.factory.commands.clear_penalties(source))}
+            cleared: Deferred[Any] = maybeDeferred(self.factory.commands.clear_penalties, source)
+            return cleared.addCallback(lambda count: {"cleared": int(count)})
         raise _BadArguments("usage: penalties [list] | penalties clear [SOURCE]")
 
     def do_help(self, args: list[str]) -> Mapping[str, Any]:

@@ -19,6 +19,7 @@ import signal
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 
 from netguard.auth.users import UsersFileError, UserStore, load_mock_key
@@ -30,7 +31,16 @@ from netguard.tls import TLSConfigError
 log = Logger()
 
 #: Keys whose change needs a restart: they are bound when the gateway starts.
-RESTART_ONLY = ("listen", "tls_listen", "state_dir", "ops", "admission", "overload", "log")
+RESTART_ONLY = (
+    "listen",
+    "tls_listen",
+    "state_dir",
+    "ops",
+    "admission",
+    "overload",
+    "log",
+    "workers",
+)
 
 
 class ReloadRefused(Exception):
@@ -129,10 +139,9 @@ def install_sighup(reactor: Any, reloader: Reloader) -> Any:
     """
 
     def run() -> None:
-        try:
-            reloader.reload()
-        except ReloadRefused:
-            pass  # logged; the old configuration stays
+        # A supervisor's reload answers later (a Deferred); a refusal is logged either way.
+        result = maybeDeferred(reloader.reload)
+        result.addErrback(lambda failure: failure.trap(ReloadRefused))
 
     def handler(signum: int, frame: Any) -> None:
         reactor.callFromThread(run)

@@ -1,0 +1,254 @@
+# -*- test-case-name: tests.integration.test_workers_real -*-
+"""
+One worker of C{workers = N}: C{python -m netguard.worker SPEC}, started by the supervisor
+(L{netguard.workers.spawning}) with the shared listening sockets as inherited descriptors.
+
+It is the single-process gateway (L{netguard.service.GatewayService}) without the lock,
+the control socket and the metrics listener (the supervisor holds those), with its share of
+the admission budget (L{netguard.workers.budget}) and penalties shared through the
+supervisor (L{netguard.workers.penalties}). Its log lines carry a C{worker} field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from typing import Any, cast
+
+import attrs
+from twisted.internet.stdio import StandardIO
+from twisted.logger import LogLevel, globalLogBeginner
+from twisted.protocols import amp
+
+from netguard.auth.users import UserStore, load_mock_key
+from netguard.config import Config, load_config
+from netguard.gateway.factory import GatewayFactory
+from netguard.log import observer_for
+from netguard.ops.reload import Reloader, ReloadRefused
+from netguard.service import GatewayControl, GatewayService
+from netguard.stats import HistogramSnapshot, Stats
+from netguard.tickets import load_ticket_key
+from netguard.tls import TLSServerEndpoint, load_server_context
+from netguard.workers import commands
+from netguard.workers.budget import worker_policy
+from netguard.workers.listeners import InheritedEndpoint, wrapped_endpoint
+from netguard.workers.penalties import SharedAdmission
+from netguard.workers.spawning import AMP_IN, AMP_OUT
+
+
+def worker_config(config: Config, index: int, count: int) -> Config:
+    """
+    The configuration worker C{index} of C{count} runs with: its share of the admission
+    budget, and no control socket or metrics listener of its own.
+    """
+    ops = attrs.evolve(config.ops, control_socket="", metrics_listen="")
+    return attrs.evolve(config, admission=worker_policy(config.admission, index, count), ops=ops)
+
+
+def stamp_worker(index: int) -> Any:
+    """
+    An observer, added before the others, that marks every event with C{worker} (and, for
+    the text format, shows it in the bracketed column as C{w<index>:<namespace>#<level>}).
+    """
+
+    def observer(event: dict[str, Any]) -> None:
+        event["worker"] = index
+        if event.get("log_system", "-") == "-":
+            level = event.get("log_level")
+            name = level.name if isinstance(level, type(LogLevel.info)) else "-"
+            event["log_system"] = f"w{index}:{event.get('log_namespace', '-')}#{name}"
+
+    return observer
+
+
+def _histogram(snapshot: object) -> object:
+    if isinstance(snapshot, HistogramSnapshot):
+        return {
+            "buckets": [list(pair) for pair in snapshot.buckets],
+            "count": snapshot.count,
+            "total": snapshot.total,
+        }
+    return snapshot
+
+
+class WorkerChannel(amp.AMP):
+    """
+    The worker's AMP connection to its supervisor.
+    """
+
+    def __init__(self, reactor: Any, index: int) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.index = index
+        self.service: GatewayService | None = None
+        self._stops = 0
+
+    def _service(self) -> GatewayService:
+        if self.service is None:
+            raise RuntimeError("worker not started")
+        return self.service
+
+    @commands.Status.responder
+    def status(self) -> dict[str, Any]:
+        service = self._service()
+        figures = GatewayControl(service).status()
+        figures["worker"] = self.index
+        return {"figures": figures}
+
+    @commands.MetricsFigures.responder
+    def metrics(self) -> dict[str, Any]:
+        figures = self._service().metrics_figures()
+        figures["session_setup"] = _histogram(figures.get("session_setup"))
+        return {"figures": figures}
+
+    @commands.Reload.responder
+    def reload(self) -> dict[str, Any]:
+        reloader = self._service().reloader
+        try:
+            return {"summary": str(reloader.reload())}
+        except ReloadRefused as error:
+            raise commands.ReloadRefusedError(str(error)) from None
+
+    @commands.Drain.responder
+    def drain(self, force: bool) -> dict[str, Any]:
+        self.stop(force)
+        return {}
+
+    @commands.Heartbeat.responder
+    def heartbeat(self, on: bool) -> dict[str, Any]:
+        return {"on": self._service().heartbeat.set_enabled(on, by="supervisor")}
+
+    @commands.Penalties.responder
+    def penalties(self) -> dict[str, Any]:
+        return {"penalties": GatewayControl(self._service()).penalties()}
+
+    @commands.ClearPenalties.responder
+    def clear_penalties(self, source: str | None) -> dict[str, Any]:
+        return {"cleared": self._service().factory.admission.clear_penalties(source)}
+
+    @commands.ApplyBlock.responder
+    def apply_block(self, source: str, seconds: float, points: float) -> dict[str, Any]:
+        admission = self._service().factory.admission
+        if isinstance(admission, SharedAdmission):
+            admission.apply_block(source, seconds, points)
+        return {}
+
+    def report_block(self, source: str, seconds: float, points: float) -> None:
+        """
+        Tell the supervisor that an offence here blocked C{source}.
+        """
+        self.callRemote(commands.Blocked, source=source, seconds=seconds, points=points)
+
+    def stop(self, force: bool = False) -> None:
+        """
+        The first stop (or a supervisor's drain) stops the reactor, which drains; a second
+        one, or a forced one, closes every remaining connection at once.
+        """
+        self._stops += 1
+        if force or self._stops > 1:
+            if self.service is not None:
+                self.service.drainer.force("second stop signal")
+        if self._stops == 1:
+            self.reactor.callLater(0, _stop_reactor, self.reactor)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """
+        The supervisor is gone: drain and exit.
+        """
+        super().connectionLost(reason)
+        if self._stops == 0:
+            self.stop()
+
+
+def _stop_reactor(reactor: Any) -> None:
+    if reactor.running:
+        reactor.stop()
+
+
+def build(reactor: Any, spec: Mapping[str, Any], channel: WorkerChannel) -> GatewayService:
+    """
+    Build the worker's gateway service from its spec (see
+    L{netguard.workers.spawning.worker_spec}).
+    """
+    index, count = int(spec["index"]), int(spec["count"])
+    path, overrides = spec["config"], spec["overrides"]
+
+    def load(p: str | None, o: Mapping[str, object]) -> Config:
+        return worker_config(load_config(p, o), index, count)
+
+    config = load(path, overrides)
+    users = UserStore.load(config.users_file, mock_key=load_mock_key(config.state_dir))
+    factory = GatewayFactory(
+        config, users, reactor, Stats(), ticket_key=load_ticket_key(config.state_dir)
+    )
+    factory.admission = SharedAdmission(config.admission, reactor, channel.report_block)
+    identities = []
+    endpoints: list[tuple[str, Any]] = []
+    for entry in spec["listeners"]:
+        inherited = InheritedEndpoint(reactor, int(entry["fd"]), int(entry["family"]))
+        position = int(entry["position"])
+        if entry["kind"] == "tls":
+            tls = config.tls_listen[position]
+            identity = load_server_context(tls.settings)
+            identities.append(identity)
+            endpoints.append(
+                (f"tls+{tls.endpoint}", TLSServerEndpoint(inherited, identity, reactor))
+            )
+        else:
+            description = config.listen[position]
+            endpoints.append((description, wrapped_endpoint(reactor, description, inherited)))
+    service = GatewayService(factory, endpoints, None)
+    service.check_unix_sockets = False
+    service.tls_identities = identities
+    service.reloader = Reloader(service, path, overrides, load=load)
+    return service
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    Run one worker until it is told to stop (or its supervisor goes away).
+
+    @param argv: C{[program, SPEC-JSON]}.
+    @return: the exit status.
+    """
+    from twisted.internet import reactor as installed
+
+    reactor: Any = installed
+
+    args = sys.argv if argv is None else argv
+    spec = json.loads(args[1])
+    index = int(spec["index"])
+    overrides = spec["overrides"]
+    log_format = str(overrides.get("log_format") or "")
+    if not log_format:
+        config = load_config(spec["config"], overrides)
+        log_format = config.log.format
+    globalLogBeginner.beginLoggingTo(
+        [stamp_worker(index), cast(Any, observer_for(log_format, sys.stdout))],
+        redirectStandardIO=False,
+    )
+    channel = WorkerChannel(reactor, index)
+    service = build(reactor, spec, channel)
+    channel.service = service
+    stdio: Any = StandardIO
+    stdio(channel, stdin=AMP_IN, stdout=AMP_OUT, reactor=reactor)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor stops us
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor reloads us
+
+    def on_term(signum: int, frame: Any) -> None:
+        reactor.callFromThread(channel.stop)
+
+    service.privilegedStartService()
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.callWhenRunning(signal.signal, signal.SIGTERM, on_term)
+    reactor.callWhenRunning(channel.callRemote, commands.Ready, index=index, pid=os.getpid())
+    reactor.run(installSignalHandlers=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

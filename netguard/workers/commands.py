@@ -1,0 +1,151 @@
+# -*- test-case-name: tests.test_workers -*-
+"""
+The AMP commands between the supervisor and its workers, over the pipe pair each worker is
+started with (the worker reads its standard input and writes its descriptor 3).
+
+Supervisor to worker: L{Status}, L{MetricsFigures}, L{Reload}, L{Drain}, L{Heartbeat},
+L{Penalties}, L{ClearPenalties}, L{ApplyBlock}. Worker to supervisor: L{Ready},
+L{Blocked}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from twisted.protocols import amp
+
+#: The most AMP values one JSON argument may span (64 KiB each): 4 MiB.
+MAX_CHUNKS: Final = 64
+
+
+class JSONArgument(amp.Argument):
+    """
+    A JSON-serialisable value of any size up to L{MAX_CHUNKS} AMP values: the count under
+    the argument's name, the chunks under C{<name>.0}, C{<name>.1}, ...
+    """
+
+    def toBox(self, name: bytes, strings: Any, objects: Any, proto: Any) -> None:
+        value = self.retrieve(objects, name.decode("ascii"), proto)
+        data = json.dumps(value, separators=(",", ":"), default=str).encode("utf-8")
+        size = amp.MAX_VALUE_LENGTH
+        chunks = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+        if len(chunks) > MAX_CHUNKS:
+            raise ValueError(f"a JSON argument of {len(data)} bytes is too large")
+        strings[name] = str(len(chunks)).encode("ascii")
+        for index, chunk in enumerate(chunks):
+            strings[name + b"." + str(index).encode("ascii")] = chunk
+
+    def fromBox(self, name: bytes, strings: Any, objects: Any, proto: Any) -> None:
+        count_text = strings.pop(name)
+        if not count_text.isdigit() or not 1 <= int(count_text) <= MAX_CHUNKS:
+            raise ValueError("bad chunk count in a JSON argument")
+        parts = [strings.pop(name + b"." + str(i).encode("ascii")) for i in range(int(count_text))]
+        objects[name.decode("ascii")] = json.loads(b"".join(parts))
+
+
+class Ready(amp.Command):
+    """
+    Worker to supervisor: every inherited listener is adopted; the worker serves.
+    """
+
+    arguments = [(b"index", amp.Integer()), (b"pid", amp.Integer())]
+    response = []  # type: ignore[var-annotated]
+
+
+class Blocked(amp.Command):
+    """
+    Worker to supervisor: a source's offences blocked it here; tell the other workers.
+    """
+
+    arguments = [
+        (b"source", amp.Unicode()),
+        (b"seconds", amp.Float()),
+        (b"points", amp.Float()),
+    ]
+    requiresAnswer = False
+
+
+class ApplyBlock(amp.Command):
+    """
+    Supervisor to worker: block a source another worker blocked.
+    """
+
+    arguments = [
+        (b"source", amp.Unicode()),
+        (b"seconds", amp.Float()),
+        (b"points", amp.Float()),
+    ]
+    requiresAnswer = False
+
+
+class Status(amp.Command):
+    """
+    The worker's figures (as the control socket's C{status} shows one gateway's).
+    """
+
+    arguments = []  # type: ignore[var-annotated]
+    response = [(b"figures", JSONArgument())]
+
+
+class MetricsFigures(amp.Command):
+    """
+    The worker's figures for the metrics endpoint (with per-service figures and the
+    session set-up histogram as a table).
+    """
+
+    arguments = []  # type: ignore[var-annotated]
+    response = [(b"figures", JSONArgument())]
+
+
+class ReloadRefusedError(Exception):
+    """
+    The worker refused the reload; its old configuration stays.
+    """
+
+
+class Reload(amp.Command):
+    """
+    Reload the configuration, users, ticket key and certificates.
+    """
+
+    arguments = []  # type: ignore[var-annotated]
+    response = [(b"summary", amp.Unicode())]
+    errors = {ReloadRefusedError: b"RELOAD_REFUSED"}
+
+
+class Drain(amp.Command):
+    """
+    Stop accepting, drain within the grace period, and exit; with C{force}, close what is
+    left at once (a second stop signal).
+    """
+
+    arguments = [(b"force", amp.Boolean())]
+    response = []  # type: ignore[var-annotated]
+
+
+class Heartbeat(amp.Command):
+    """
+    Switch the worker's heartbeat.
+    """
+
+    arguments = [(b"on", amp.Boolean())]
+    response = [(b"on", amp.Boolean())]
+
+
+class Penalties(amp.Command):
+    """
+    The worker's penalty listing.
+    """
+
+    arguments = []  # type: ignore[var-annotated]
+    response = [(b"penalties", JSONArgument())]
+
+
+class ClearPenalties(amp.Command):
+    """
+    Forget penalties in the worker: one source's, or all (no source).
+    """
+
+    arguments = [(b"source", amp.Unicode(optional=True))]
+    response = [(b"cleared", amp.Integer())]

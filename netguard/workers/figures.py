@@ -1,0 +1,98 @@
+# -*- test-case-name: tests.test_workers -*-
+"""
+The figures of several workers as one gateway's: counters and gauges are summed (nested
+tables too), ratios take the worst, states the first that is set. Each worker's own line is
+kept under C{workers}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+#: Keys whose values are ratios or levels, not quantities: the highest is shown.
+HIGHEST: Final = frozenset({"stress"})
+
+#: Keys the supervisor states itself (its own uptime, pid, listeners...); not summed.
+OWN: Final = frozenset({"uptime", "pid", "heartbeat", "listeners", "workers"})
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def merge(values: list[Any], key: str = "") -> Any:
+    """
+    Merge one key's values from every worker.
+
+    @param values: the values the workers gave, in worker order (absent ones left out).
+    @param key: the key, for the keys merged otherwise than by summing (L{HIGHEST}).
+    @return: the sum of numbers (the highest for L{HIGHEST}), the merge of tables key by
+        key, any of booleans, the first value that is not L{None} otherwise.
+    """
+    if not values:
+        return None
+    if all(_is_number(v) for v in values):
+        if key in HIGHEST:
+            return max(values)
+        total = sum(values)
+        return round(total, 6) if isinstance(total, float) else total
+    if all(isinstance(v, bool) for v in values):
+        return any(values)
+    if key == "buckets" and all(isinstance(v, list | tuple) for v in values):
+        return _merge_buckets(values)
+    if all(isinstance(v, Mapping) for v in values):
+        keys: dict[str, None] = {}
+        for value in values:
+            keys.update(dict.fromkeys(value))
+        return {k: merge([v[k] for v in values if k in v], k) for k in keys}
+    for value in values:
+        if value is not None:
+            return value
+    return None
+
+
+def _merge_buckets(values: list[Any]) -> list[list[float]]:
+    """
+    Histogram buckets (C{[bound, count]} pairs, the same bounds in every worker): the
+    counts summed per bound; a worker with other bounds is left out.
+    """
+    first = [list(pair) for pair in values[0]]
+    bounds = [pair[0] for pair in first]
+    for other in values[1:]:
+        if [pair[0] for pair in other] != bounds:
+            continue
+        for pair, (_, count) in zip(first, other, strict=True):
+            pair[1] += count
+    return first
+
+
+def aggregate(per_worker: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """
+    The gateway's figures from its workers' (L{merge} of every key except L{OWN}).
+
+    @param per_worker: each running worker's figures.
+    @return: the merged figures.
+    """
+    rows = [row for row in per_worker]
+    merged = merge(rows) if rows else {}
+    return {k: v for k, v in dict(merged or {}).items() if k not in OWN}
+
+
+def merge_penalties(per_worker: Iterable[Iterable[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """
+    One penalty listing from every worker's: per source, the longest block left and the
+    offences of all workers added up; longest block first.
+    """
+    merged: dict[str, dict[str, Any]] = {}
+    for listing in per_worker:
+        for row in listing:
+            source = str(row.get("source"))
+            entry = merged.setdefault(
+                source, {"source": source, "blocked_for": 0.0, "offences": 0}
+            )
+            entry["blocked_for"] = max(entry["blocked_for"], float(row.get("blocked_for", 0.0)))
+            entry["offences"] += int(row.get("offences", 0))
+    rows = list(merged.values())
+    rows.sort(key=lambda r: (-r["blocked_for"], r["source"]))
+    return rows

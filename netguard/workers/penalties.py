@@ -1,0 +1,77 @@
+# -*- test-case-name: tests.test_workers -*-
+"""
+Penalties that follow a source from one worker to the others: a worker's L{SharedAdmission}
+reports every block its own offences cause, and applies the blocks the supervisor relays
+from the other workers (silently: the worker that blocked logged it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from netguard.admission import Admission, AdmissionPolicy
+from netguard.admission.penalties import Penalty
+
+#: Called with (source key, seconds blocked, penalty points) when a local offence blocks.
+BlockReport = Callable[[str, float, float], Any]
+
+
+class SharedAdmission(Admission):
+    """
+    L{Admission} whose blocks are shared with the other workers of the host.
+
+    @ivar report: told of each block (new or extended) that an offence here caused.
+    """
+
+    def __init__(
+        self, policy: AdmissionPolicy, clock: Any, report: BlockReport, **kwargs: Any
+    ) -> None:
+        super().__init__(policy, clock, **kwargs)
+        self.report = report
+
+    def offence(self, address: object, kind: str) -> float | None:
+        """
+        Record an offence as L{Admission.offence} does; if it starts or extends a block,
+        report the block (source key, seconds, points) to the other workers.
+        """
+        key = self.source_key(address)
+        before = self._block_end(key)
+        blocked = super().offence(address, kind)
+        if blocked is not None:
+            penalty = self._penalty_table.entries.get(key)
+            if penalty is not None and penalty.blocked_until > before:
+                self.report(key, blocked, penalty.points)
+        return blocked
+
+    def _block_end(self, key: str) -> float:
+        penalty = self._penalty_table.entries.get(key)
+        return penalty.blocked_until if penalty is not None else float("-inf")
+
+    def apply_block(self, key: str, seconds: float, points: float) -> None:
+        """
+        Block C{key} for C{seconds} from now (a longer block in force is kept) with at
+        least C{points} penalty points, as another worker did: the next offence here then
+        escalates as it would there. Bounded like every penalty entry
+        (C{max_tracked_sources}, least recently offending forgotten first).
+
+        @param key: a source key as L{Admission.source_key} gives it.
+        @param seconds: the block's length, above 0 (others are ignored).
+        @param points: the penalty points the blocking worker holds.
+        """
+        if not seconds > 0 or not points >= 0:
+            return
+        now = self.clock.seconds()
+        table = self._penalty_table
+        entries = table.entries
+        penalty = entries.get(key)
+        if penalty is None:
+            if len(entries) >= self.policy.max_tracked_sources:
+                entries.popitem(last=False)
+            penalty = Penalty(0.0, now, now, 0)
+            entries[key] = penalty
+        else:
+            entries.move_to_end(key)
+        penalty.points = max(table.decayed(penalty, now), float(points))
+        penalty.stamp = now
+        penalty.blocked_until = max(penalty.blocked_until, now + float(seconds))

@@ -1,0 +1,663 @@
+# -*- test-case-name: tests.test_workers,tests.integration.test_workers_real -*-
+"""
+The supervisor of C{workers = N}: the process C{twistd} starts holds the instance lock, the
+control socket, the metrics listener, the systemd notifications and every listening socket,
+and runs N worker processes (L{netguard.worker}) that inherit the sockets and accept on them.
+
+It restarts a worker that exits (with backoff, never touching the others), relays penalty
+blocks between workers, fans SIGHUP and C{ctl reload} out to every worker, drains them all on
+SIGTERM, and answers C{ctl status} and the metrics with the sum of the workers' figures.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from netguard.auth.users import UsersFileError, UserStore, load_mock_key
+from netguard.config import ConfigError, load_config
+from netguard.log import FileLogSink, LogFileError
+from netguard.ops.control import ControlError, UnsafeControlPath
+from netguard.ops.lock import InstanceConflict
+from netguard.ops.metrics import MetricsListenFailed
+from netguard.ops.notify import (
+    Watchdog,
+    monotonic_usec,
+    notify_ready,
+    notify_reloading,
+    notify_stopping,
+)
+from netguard.ops.reload import RESTART_ONLY, ReloadRefused
+from netguard.stats import HistogramSnapshot
+from netguard.workers import commands
+from netguard.workers.figures import aggregate, merge_penalties
+
+log = Logger()
+
+#: The first restart delay, its ceiling, and how long a worker must have lived for the next
+#: restart to start again from the first delay.
+FIRST_DELAY: Final = 0.5
+MAX_DELAY: Final = 30.0
+STABLE_AFTER: Final = 60.0
+
+#: Seconds a worker has to answer a query (status, penalties) before it is left out.
+QUERY_TIMEOUT: Final = 5.0
+
+#: Seconds after the drain's grace period before a worker that has not exited is killed.
+EXIT_MARGIN: Final = 10.0
+
+#: How often the figures of the metrics endpoint are gathered from the workers.
+METRICS_POLL: Final = 1.0
+
+#: Worker states.
+STARTING: Final = "starting"
+RUNNING: Final = "running"
+WAITING: Final = "waiting"  # exited; a restart is scheduled
+STOPPING: Final = "stopping"
+STOPPED: Final = "stopped"
+
+
+class WorkerSlot:
+    """
+    One worker position (0 to N-1) and the process currently filling it.
+
+    @ivar index: the position, stable across restarts.
+    @ivar state: L{STARTING}, L{RUNNING}, L{WAITING}, L{STOPPING} or L{STOPPED}.
+    @ivar pid: the live process's id, or L{None}.
+    @ivar handle: the live process's handle (L{ProcessHandle}), or L{None}.
+    @ivar channel: the AMP connection to the live process, or L{None}.
+    @ivar started_at: when the live (or last) process was started.
+    @ivar delay: the restart delay the next unstable exit waits.
+    @ivar restarts: how many times this slot's worker was restarted.
+    @ivar timer: the pending restart, or L{None}.
+    """
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.state = STOPPED
+        self.pid: int | None = None
+        self.handle: Any = None
+        self.channel: Any = None
+        self.started_at = 0.0
+        self.delay = FIRST_DELAY
+        self.restarts = 0
+        self.timer: Any = None
+
+    def summary(self, now: float) -> dict[str, Any]:
+        """
+        This slot's line in C{ctl status}.
+        """
+        return {
+            "index": self.index,
+            "pid": self.pid,
+            "state": self.state,
+            "restarts": self.restarts,
+            "uptime": round(now - self.started_at, 3) if self.pid is not None else None,
+        }
+
+
+def next_delay(delay: float, lived: float) -> tuple[float, float]:
+    """
+    The backoff rule: a worker that lived L{STABLE_AFTER} seconds or more is restarted after
+    L{FIRST_DELAY}; otherwise after C{delay}. The delay after that doubles, up to
+    L{MAX_DELAY}.
+
+    @param delay: the slot's current delay.
+    @param lived: how long the worker that just exited ran.
+    @return: C{(wait now, the slot's next delay)}.
+    """
+    wait = FIRST_DELAY if lived >= STABLE_AFTER else delay
+    return wait, min(MAX_DELAY, wait * 2)
+
+
+def exit_status(reason: Failure | None) -> tuple[int | None, int | None]:
+    """
+    C{(exit code, signal)} of an ended process, from C{processEnded}'s reason.
+    """
+    value = getattr(reason, "value", None)
+    return getattr(value, "exitCode", None), getattr(value, "signal", None)
+
+
+class Supervisor(MultiService):
+    """
+    Runs and watches N workers. Built by L{netguard.service.make_service} when
+    C{workers > 1}; the listening sockets are opened by then (L{listeners}).
+
+    @ivar slots: the worker positions.
+    @ivar stopping: whether a stop has begun (no restart is scheduled from then on).
+    @ivar heartbeat_on: the heartbeat state every worker is told (and a restarted one too).
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        clock: Any,
+        spawn: Callable[[WorkerSlot], Any],
+        listeners: list[Any] | None = None,
+        instance_lock: Any = None,
+    ) -> None:
+        """
+        @param config: the validated configuration (its C{workers} is N).
+        @param clock: the reactor (a L{twisted.internet.task.Clock} in tests).
+        @param spawn: starts a worker for a slot and returns its handle (with C{pid},
+            C{channel} and C{signal(signum)}); see L{netguard.workers.spawning}.
+        @param listeners: the shared listening sockets, closed when the supervisor stops.
+        @param instance_lock: the held L{netguard.ops.lock.InstanceLock}.
+        """
+        super().__init__()
+        self.config = config
+        self.clock = clock
+        self.spawn = spawn
+        self.listeners = listeners or []
+        self.instance_lock = instance_lock
+        self.slots = [WorkerSlot(index) for index in range(config.workers)]
+        self.stopping = False
+        self.heartbeat_on = bool(config.ops.heartbeat)
+        self.started_at = clock.seconds()
+        self.reloader: Any = None
+        self.run_as: tuple[int, int] | None = None
+        self.log_sink = FileLogSink.from_config(config.log)
+        self.watchdog = Watchdog(clock)
+        self.watchdog.setServiceParent(self)
+        self._exited: list[Deferred[None]] = []
+        self._kill_timer: Any = None
+        self._metrics_cache: list[Mapping[str, Any]] = []
+        self._metrics_loop: LoopingCall | None = None
+
+    # -- starting and restarting ---------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        """
+        Start the log file and the child services (control socket, metrics) while still
+        privileged, as the single-process gateway does.
+        """
+        if self.instance_lock is not None:
+            self.instance_lock.write_pid()
+        try:
+            self.log_sink.start()
+            super().privilegedStartService()
+        except (
+            InstanceConflict,
+            UnsafeControlPath,
+            CannotListenError,
+            LogFileError,
+            MetricsListenFailed,
+        ) as error:
+            raise SystemExit(f"netguard: {error}") from None
+
+    def startService(self) -> None:
+        """
+        Start every worker, and the metrics poll when a metrics listener is configured.
+        """
+        self.log_sink.start()
+        for warning in self.config.warnings:
+            log.warn("configuration: {detail}", event="config.warning", detail=warning)
+        super().startService()
+        for slot in self.slots:
+            self.start_worker(slot)
+        if self.config.ops.metrics_listen:
+            self._metrics_loop = LoopingCall(self._poll_metrics)
+            self._metrics_loop.clock = self.clock
+            self._metrics_loop.start(METRICS_POLL, now=False)
+        log.info(
+            "netguard started: {count} listener(s), {workers} workers, services {services}",
+            event="gateway.start",
+            count=len(self.listeners),
+            workers=len(self.slots),
+            services=",".join(sorted(dict(self.config.services))),
+        )
+
+    def start_worker(self, slot: WorkerSlot) -> None:
+        """
+        Start a process for C{slot} (now).
+        """
+        slot.timer = None
+        if self.stopping:
+            return
+        slot.started_at = self.clock.seconds()
+        slot.state = STARTING
+        try:
+            handle = self.spawn(slot)
+        except OSError as error:
+            log.error(
+                "worker {worker} could not be started: {error}",
+                event="worker.spawn_failed",
+                worker=slot.index,
+                error=str(error),
+            )
+            self.worker_ended(slot, (None, None))
+            return
+        slot.handle = handle
+        slot.pid = handle.pid
+        slot.channel = handle.channel
+
+    def worker_ready(self, slot: WorkerSlot) -> None:
+        """
+        A worker adopted every listener: it serves. Tell it the heartbeat state; tell the
+        service manager we are ready once every worker is.
+        """
+        if slot.state != STARTING:
+            return
+        slot.state = RUNNING
+        log.info(
+            "worker {worker} serving (pid {pid})",
+            event="worker.started",
+            worker=slot.index,
+            pid=slot.pid,
+            restarts=slot.restarts,
+        )
+        if self.heartbeat_on and slot.channel is not None:
+            _quiet(slot.channel.callRemote(commands.Heartbeat, on=True))
+        if all(s.state == RUNNING for s in self.slots):
+            notify_ready(f"{len(self.listeners)} listener(s), {len(self.slots)} workers")
+
+    def worker_ended(self, slot: WorkerSlot, status: tuple[int | None, int | None]) -> None:
+        """
+        A worker process exited (C{status}: exit code, signal). Log it, and unless the
+        supervisor is stopping, restart it after the backoff delay.
+        """
+        now = self.clock.seconds()
+        lived = now - slot.started_at
+        pid = slot.pid
+        slot.pid = slot.handle = slot.channel = None
+        code, signum = status
+        if self.stopping:
+            slot.state = STOPPED
+            log.info(
+                "worker {worker} (pid {pid}) stopped",
+                event="worker.stopped",
+                worker=slot.index,
+                pid=pid,
+                exit_code=code,
+                signal=signum,
+            )
+            self._check_exited()
+            return
+        wait, slot.delay = next_delay(slot.delay, lived)
+        slot.state = WAITING
+        slot.restarts += 1
+        log.warn(
+            "worker {worker} (pid {pid}) exited (code {exit_code}, signal {signal}) after "
+            "{lived:.1f}s; restarting in {restart_in}s",
+            event="worker.exited",
+            worker=slot.index,
+            pid=pid,
+            exit_code=code,
+            signal=signum,
+            lived=round(lived, 3),
+            restart_in=wait,
+        )
+        slot.timer = self.clock.callLater(wait, self.start_worker, slot)
+
+    # -- penalties -----------------------------------------------------------------------------
+
+    def worker_blocked(self, slot: WorkerSlot, source: str, seconds: float, points: float) -> int:
+        """
+        A worker's offences blocked C{source}: tell every other live worker.
+
+        @return: how many workers were told.
+        """
+        told = 0
+        for other in self.slots:
+            if other is slot or other.channel is None:
+                continue
+            _quiet(
+                other.channel.callRemote(
+                    commands.ApplyBlock, source=source, seconds=seconds, points=points
+                )
+            )
+            told += 1
+        log.info(
+            "block of {source} for {seconds:.0f}s by worker {worker} shared with {told} other(s)",
+            event="worker.penalty_shared",
+            source=source,
+            seconds=round(seconds, 1),
+            worker=slot.index,
+            told=told,
+        )
+        return told
+
+    # -- queries and fan-out -------------------------------------------------------------------
+
+    def live(self) -> list[WorkerSlot]:
+        """
+        The slots whose process is running (ready or not) and reachable.
+        """
+        return [s for s in self.slots if s.channel is not None and s.state in (STARTING, RUNNING)]
+
+    def ask_all(self, command: type[amp.Command], **kwargs: Any) -> Deferred[list[Any]]:
+        """
+        Send C{command} to every live worker.
+
+        @return: a L{Deferred} firing with C{(slot, response or Failure)} per worker; a
+            worker that does not answer within L{QUERY_TIMEOUT} gets a failure.
+        """
+        slots = self.live()
+        calls = []
+        for slot in slots:
+            call = slot.channel.callRemote(command, **kwargs)
+            call.addTimeout(QUERY_TIMEOUT, self.clock)
+            calls.append(call)
+        gathered = DeferredList(calls, consumeErrors=True)
+        return gathered.addCallback(
+            lambda results: [
+                (slot, value) for slot, (_, value) in zip(slots, results, strict=True)
+            ]
+        )
+
+    def status(self) -> Deferred[dict[str, Any]]:
+        """
+        The gateway's figures: the workers' summed, the supervisor's own (pid, uptime,
+        listeners, heartbeat, draining), and one line per worker under C{workers}.
+        """
+
+        def combine(results: list[tuple[WorkerSlot, Any]]) -> dict[str, Any]:
+            now = self.clock.seconds()
+            answered = [r["figures"] for _, r in results if isinstance(r, dict)]
+            figures = aggregate(answered)
+            rows = []
+            for slot in self.slots:
+                row = slot.summary(now)
+                for s, r in results:
+                    if s is slot:
+                        if isinstance(r, dict):
+                            own = r["figures"]
+                            row["active"] = own.get("active")
+                            row["connections"] = own.get("connections")
+                        else:
+                            row["answer"] = "none"
+                rows.append(row)
+            figures["workers"] = rows
+            figures["workers_running"] = sum(1 for s in self.slots if s.state == RUNNING)
+            figures["worker_restarts"] = sum(s.restarts for s in self.slots)
+            figures["pid"] = os.getpid()
+            figures["uptime"] = round(now - self.started_at, 3)
+            figures["heartbeat"] = self.heartbeat_on
+            figures["draining"] = self.stopping or bool(figures.get("draining"))
+            figures["listeners"] = [listener.description for listener in self.listeners]
+            return figures
+
+        return self.ask_all(commands.Status).addCallback(combine)
+
+    def _poll_metrics(self) -> Deferred[None]:
+        def keep(results: list[tuple[WorkerSlot, Any]]) -> None:
+            self._metrics_cache = [r["figures"] for _, r in results if isinstance(r, dict)]
+
+        return self.ask_all(commands.MetricsFigures).addCallback(keep)
+
+    def metrics_figures(self) -> dict[str, Any]:
+        """
+        The figures of the metrics endpoint: the workers' figures as last gathered (at most
+        L{METRICS_POLL} seconds old), summed, with the set-up histogram rebuilt.
+        """
+        figures = aggregate(self._metrics_cache)
+        setup = figures.get("session_setup")
+        if isinstance(setup, Mapping):
+            figures["session_setup"] = HistogramSnapshot(
+                tuple((float(b), int(c)) for b, c in setup.get("buckets", ())),
+                int(setup.get("count", 0)),
+                float(setup.get("total", 0.0)),
+            )
+        figures["workers_running"] = sum(1 for s in self.slots if s.state == RUNNING)
+        figures["worker_restarts"] = sum(s.restarts for s in self.slots)
+        figures["uptime"] = round(self.clock.seconds() - self.started_at, 3)
+        figures["draining"] = self.stopping
+        return figures
+
+    def toggle(self, by: str = "signal") -> bool:
+        """
+        Switch every worker's heartbeat the other way (SIGUSR1 to the supervisor).
+        """
+        return self.set_heartbeat(not self.heartbeat_on, by)
+
+    def set_heartbeat(self, on: bool, by: str) -> bool:
+        """
+        Switch every worker's heartbeat (and that of workers started later).
+        """
+        self.heartbeat_on = on
+        log.info(
+            "heartbeat of every worker switched {state} by {by}",
+            event="heartbeat.on" if on else "heartbeat.off",
+            state="on" if on else "off",
+            by=by,
+        )
+        for slot in self.live():
+            _quiet(slot.channel.callRemote(commands.Heartbeat, on=on))
+        return on
+
+    def reload_workers(self) -> Deferred[str]:
+        """
+        Tell every live worker to reload (the configuration was checked by the caller).
+
+        @return: a L{Deferred} firing with a one-line summary.
+        """
+
+        def summarise(results: list[tuple[WorkerSlot, Any]]) -> str:
+            done = [r["summary"] for _, r in results if isinstance(r, dict)]
+            refused = [
+                f"worker {slot.index}: {r.getErrorMessage()}"
+                for slot, r in results
+                if not isinstance(r, dict)
+            ]
+            summary = f"{len(done)}/{len(results)} workers reloaded"
+            if done:
+                summary += f"; {done[0]}"
+            if refused:
+                summary += "; " + "; ".join(refused)
+            log.info("{summary}", event="worker.reloaded", summary=summary)
+            return summary
+
+        return self.ask_all(commands.Reload).addCallback(summarise)
+
+    def penalties(self) -> Deferred[list[dict[str, Any]]]:
+        """
+        Every worker's penalised sources, merged (L{merge_penalties}).
+        """
+        return self.ask_all(commands.Penalties).addCallback(
+            lambda results: merge_penalties(
+                r["penalties"] for _, r in results if isinstance(r, dict)
+            )
+        )
+
+    def clear_penalties(self, source: str | None) -> Deferred[int]:
+        """
+        Forget penalties in every worker.
+
+        @return: a L{Deferred} firing with the most entries one worker removed.
+        """
+        kwargs = {} if source is None else {"source": source}
+        return self.ask_all(commands.ClearPenalties, **kwargs).addCallback(
+            lambda results: max([r["cleared"] for _, r in results if isinstance(r, dict)] or [0])
+        )
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    def stopService(self) -> Deferred[Any]:
+        """
+        Stop: no more restarts, close the shared listening sockets (the workers close their
+        copies as they drain), tell every worker to drain, wait for every worker to exit
+        (the drain's grace period plus L{EXIT_MARGIN}, then the rest are killed), stop the
+        control socket and metrics, release the lock.
+        """
+        self.stopping = True
+        notify_stopping()
+        if self._metrics_loop is not None and self._metrics_loop.running:
+            self._metrics_loop.stop()
+        for slot in self.slots:
+            if slot.timer is not None and slot.timer.active():
+                slot.timer.cancel()
+            slot.timer = None
+            if slot.state == WAITING:
+                slot.state = STOPPED
+        closing = [maybeDeferred(listener.close) for listener in self.listeners]
+        log.info(
+            "draining {count} worker(s), grace {grace}s",
+            event="shutdown.drain",
+            count=len(self.live()),
+            grace=self.config.ops.shutdown_grace,
+        )
+        for slot in self.live():
+            slot.state = STOPPING
+            _quiet(slot.channel.callRemote(commands.Drain, force=False))
+        exited: Deferred[None] = Deferred()
+        self._exited.append(exited)
+        self._kill_timer = self.clock.callLater(
+            self.config.ops.shutdown_grace + EXIT_MARGIN, self._kill_remaining
+        )
+        self._check_exited()
+        done: Deferred[Any] = DeferredList([*closing, exited], consumeErrors=True)
+        done.addCallback(lambda _: maybeDeferred(super(Supervisor, self).stopService))
+        done.addCallback(self._stopped)
+        done.addBoth(self.log_sink.stop)
+        return done
+
+    def force(self, why: str) -> None:
+        """
+        A second stop signal: every worker closes what it still has at once.
+        """
+        for slot in self.live():
+            _quiet(slot.channel.callRemote(commands.Drain, force=True))
+
+    def _kill_remaining(self) -> None:
+        self._kill_timer = None
+        for slot in self.slots:
+            if slot.handle is not None:
+                log.warn(
+                    "worker {worker} (pid {pid}) did not exit in time; killing it",
+                    event="worker.killed",
+                    worker=slot.index,
+                    pid=slot.pid,
+                )
+                slot.handle.signal(signal.SIGKILL)
+
+    def _check_exited(self) -> None:
+        if not self.stopping or any(s.handle is not None for s in self.slots):
+            return
+        if self._kill_timer is not None and self._kill_timer.active():
+            self._kill_timer.cancel()
+        self._kill_timer = None
+        waiters, self._exited = self._exited, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _stopped(self, _: Any) -> None:
+        log.info(
+            "netguard stopped: {workers} workers",
+            event="shutdown.done",
+            workers=len(self.slots),
+            restarts=sum(s.restarts for s in self.slots),
+        )
+        if self.instance_lock is not None:
+            self.instance_lock.release()
+
+
+def _quiet(d: Deferred[Any] | None) -> None:
+    """
+    Fire-and-forget a remote call: a worker gone in the meantime is no error here (its exit
+    is logged by the supervisor). A command that wants no answer gives L{None}.
+    """
+    if d is not None:
+        d.addErrback(_ignore)
+
+
+def _ignore(failure: Failure) -> None:
+    return None
+
+
+class SupervisorReloader:
+    """
+    SIGHUP and C{ctl reload} for a supervisor: check the configuration and the users file
+    here, then have every worker reload (each applies it as the single-process gateway
+    does). A configuration that does not load is refused without reaching any worker.
+    """
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        path: str | None,
+        overrides: Mapping[str, object],
+        load: Callable[..., Any] = load_config,
+        environ: Mapping[str, str] | None = None,
+        now_usec: Callable[[], int] = monotonic_usec,
+    ) -> None:
+        self.supervisor = supervisor
+        self.path = path
+        self.overrides = dict(overrides)
+        self._load = load
+        self._environ = environ
+        self._now_usec = now_usec
+
+    def reload(self) -> Deferred[str]:
+        """
+        Reload every worker, between C{RELOADING=1} and C{READY=1} to the service manager.
+
+        @return: a L{Deferred} firing with a one-line summary, or failing with
+            L{ReloadRefused} when the new configuration or users file is unusable.
+        """
+        notify_reloading(self._environ, self._now_usec)
+        started = self.supervisor.config
+        try:
+            config = self._load(self.path, self.overrides)
+            UserStore.load(config.users_file, mock_key=load_mock_key(started.state_dir))
+        except (ConfigError, UsersFileError, OSError, ValueError) as error:
+            log.warn("reload refused: {reason}", event="reload.refused", reason=str(error))
+            notify_ready("reload refused; the old configuration stays", self._environ)
+            return fail(ReloadRefused(str(error)))
+        pending = [k for k in RESTART_ONLY if getattr(started, k) != getattr(config, k)]
+
+        def done(summary: str) -> str:
+            if pending:
+                summary += f"; restart needed for: {', '.join(pending)}"
+            notify_ready("reloaded", self._environ)
+            return summary
+
+        return self.supervisor.reload_workers().addCallback(done)
+
+
+class SupervisorControl:
+    """
+    The supervisor's side of the control socket (L{netguard.ops.control.ControlCommands}):
+    every command reaches every worker.
+    """
+
+    def __init__(self, supervisor: Supervisor, reactor: Any) -> None:
+        self.supervisor = supervisor
+        self.reactor = reactor
+
+    def status(self) -> Any:
+        return self.supervisor.status()
+
+    def heartbeat(self, on: bool) -> bool:
+        return self.supervisor.set_heartbeat(on, by="control")
+
+    def reload(self) -> Any:
+        reloader = self.supervisor.reloader
+        if reloader is None:
+            raise ControlError("NOT_AVAILABLE", "this gateway was not started from a config")
+
+        def refused(failure: Failure) -> None:
+            failure.trap(ReloadRefused)
+            raise ControlError("RELOAD_REFUSED", str(failure.value))
+
+        return maybeDeferred(reloader.reload).addErrback(refused)
+
+    def drain(self) -> str:
+        count = len(self.supervisor.live())
+        self.reactor.callLater(0, self.reactor.stop)
+        return f"draining {count} worker(s), grace {self.supervisor.config.ops.shutdown_grace}s"
+
+    def penalties(self) -> Any:
+        return self.supervisor.penalties()
+
+    def clear_penalties(self, source: str | None) -> Any:
+        return self.supervisor.clear_penalties(source)

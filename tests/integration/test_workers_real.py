@@ -1,0 +1,472 @@
+"""
+C{workers = 2} on the real C{twistd -n netguard}: a supervisor and two worker processes
+sharing every listener, over real loopback and unix sockets.
+
+Which worker accepts a connection is the kernel's choice; to make a test deterministic, the
+other worker is paused (SIGSTOP) while the connection is made, so the only process calling
+C{accept} on the shared socket is the chosen one, and resumed (SIGCONT) right after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.trial import unittest
+
+from netguard.client.endpoint import wrap_tls
+from netguard.client.protocol import Credentials, NGPClientProtocol
+from tests import tls_certs
+from tests.integration.test_twistd import Twistd, short_temp_dir
+from tests.integration.util import free_port
+
+BASE = """\
+workers = 2
+listen = [{listen}]
+[limits]
+greeting_delay = 0.05
+[ops]
+shutdown_grace = {grace}
+[services.echo]
+backend = "builtin:echo"
+users = ["*"]
+"""
+
+
+class Stream(NGPClientProtocol):
+    """
+    A real client that opens C{echo} and collects what comes back, for as long as the test
+    keeps it open.
+    """
+
+    def __init__(self, credentials: Credentials) -> None:
+        super().__init__(credentials, "echo", clock=reactor)
+        self.received = bytearray()
+        self.ended: Deferred[bytes] = Deferred()
+
+    def service_data(self, data: bytes) -> None:
+        self.received += data
+
+    def service_closed(self, reason: Any) -> None:
+        if not self.ended.called:
+            self.ended.callback(bytes(self.received))
+
+
+class RawLine(Protocol):
+    """
+    A raw client: collects whatever the gateway writes until it closes; may talk first.
+    """
+
+    def __init__(self, early: bytes = b"") -> None:
+        self.early = early
+        self.data = b""
+        self.closed: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        if self.early:
+            self.transport.write(self.early)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Any) -> None:
+        self.closed.callback(self.data)
+
+
+def ctl(path: str, command: str) -> dict[str, Any]:
+    """
+    One control command over the supervisor's control socket (blocking, bounded).
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(15)
+        sock.connect(path)
+        sock.sendall(command.encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    line = data.decode().strip()
+    if not line.startswith("OK "):
+        raise AssertionError(f"{command}: {line}")
+    return json.loads(line[3:])  # type: ignore[no-any-return]
+
+
+class WorkersTests(unittest.TestCase):
+    """
+    The supervisor and its two workers, the real processes.
+    """
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.root = short_temp_dir("ngwk-")
+        self.addCleanup(shutil.rmtree, self.root, True)
+        self.state = os.path.join(self.root, "s")
+        self.config = os.path.join(self.root, "netguard.toml")
+        self.port = free_port()
+        self.control = os.path.join(self.state, "control.sock")
+        self.paused: list[int] = []
+        self.addCleanup(self.resume_all)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def start(self, extra: str = "", listen: str | None = None, grace: int = 20) -> Any:
+        listeners = listen if listen is not None else f'"tcp:{self.port}:interface=127.0.0.1"'
+        with open(self.config, "w") as handle:
+            handle.write(BASE.format(listen=listeners, grace=grace) + extra)
+        self.daemon = Twistd(self, self.state, ["--config", self.config])
+        self.credentials = yield self.daemon.started()
+        yield self.daemon.wait_for(lambda: self.running() == 2, "two workers serving")
+        return self.credentials
+
+    def running(self) -> int:
+        """
+        How many workers the log says serve now (started less exited).
+        """
+        out = self.daemon.stdout
+        return out.count("serving (pid ") - out.count("exited (code")
+
+    def status(self) -> Any:
+        return deferToThread(ctl, self.control, "status")
+
+    @inlineCallbacks
+    def pids(self) -> Any:
+        """
+        The worker PIDs by index, once both serve.
+        """
+        for _ in range(300):
+            figures = yield self.status()
+            rows = figures["workers"]
+            if all(row["state"] == "running" for row in rows):
+                return [row["pid"] for row in rows]
+            yield deferLater(reactor, 0.05, lambda: None)
+        raise AssertionError(f"workers not both running: {figures}")
+
+    def pause(self, pid: int) -> None:
+        os.kill(pid, signal.SIGSTOP)
+        self.paused.append(pid)
+
+    def resume(self, pid: int) -> None:
+        os.kill(pid, signal.SIGCONT)
+        self.paused.remove(pid)
+
+    def resume_all(self) -> None:
+        for pid in list(self.paused):
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        self.paused = []
+
+    def endpoint(self) -> Any:
+        return TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+
+    @inlineCallbacks
+    def open_through(self, pids: list[int], index: int, endpoint: Any = None) -> Any:
+        """
+        Open an echo session that worker C{index} serves (the other one paused meanwhile).
+        """
+        other = pids[1 - index]
+        self.pause(other)
+        try:
+            stream = Stream(self.credentials)
+            yield connectProtocol(endpoint or self.endpoint(), stream)
+            yield stream.opened
+        finally:
+            self.resume(other)
+        return stream
+
+    @inlineCallbacks
+    def echo(self, stream: Stream, size: int = 256 * 1024) -> Any:
+        """
+        Send C{size} random bytes over an open session and check they all come back.
+        """
+        payload = os.urandom(size)
+        start = len(stream.received)
+        stream.transport.write(payload)
+        yield self.daemon.wait_for(
+            lambda: len(stream.received) - start >= size or stream.ended.called, "the echo"
+        )
+        got = bytes(stream.received[start:])
+        self.assertEqual(hashlib.sha256(got).hexdigest(), hashlib.sha256(payload).hexdigest())
+
+    @inlineCallbacks
+    def served_by(self, pids: list[int], index: int) -> Any:
+        """
+        Whether the status shows one live session in worker C{index}.
+        """
+        figures = yield self.status()
+        return figures["workers"][index]["active"]
+
+    # -- the tests -------------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def test_both_workers_serve_one_port(self) -> Any:
+        """
+        Two workers accept on the same port: with one paused, the other serves a session
+        (and the status counts it against that worker), and the other way round; the
+        worker's log lines carry its index (C{w0:}/C{w1:}).
+        """
+        yield self.start()
+        pids = yield self.pids()
+        self.assertEqual(len(set(pids)), 2)
+        for index in (0, 1):
+            stream = yield self.open_through(pids, index)
+            yield self.echo(stream)
+            active = yield self.served_by(pids, index)
+            self.assertEqual(active, 1)
+            stream.transport.loseConnection()
+            yield stream.ended
+        yield self.daemon.wait_for(
+            lambda: (
+                re.search(r"\[w0:\S+\] auth\.ok", self.daemon.stdout) is not None
+                and re.search(r"\[w1:\S+\] auth\.ok", self.daemon.stdout) is not None
+            ),
+            "a login logged by each worker",
+        )
+
+    @inlineCallbacks
+    def test_killed_worker_replaced_other_keeps_relaying(self) -> Any:
+        """
+        SIGKILL to one worker: the supervisor logs C{worker.exited} (signal 9) and starts a
+        new one in the same slot, while a relay through the surviving worker keeps every
+        byte before, during and after; the new worker serves.
+        """
+        yield self.start()
+        pids = yield self.pids()
+        stream = yield self.open_through(pids, 0)
+        yield self.echo(stream)
+        os.kill(pids[1], signal.SIGKILL)
+        yield self.echo(stream)
+        yield self.daemon.wait_for(
+            lambda: (
+                f"worker 1 (pid {pids[1]}) exited (code None, signal 9)" in self.daemon.stdout
+            ),
+            "worker.exited",
+        )
+        yield self.echo(stream)
+        new = yield self.pids()
+        self.assertEqual(new[0], pids[0])
+        self.assertNotEqual(new[1], pids[1])
+        figures = yield self.status()
+        self.assertEqual(figures["workers"][1]["restarts"], 1)
+        self.assertEqual(figures["workers"][0]["restarts"], 0)
+        yield self.echo(stream)
+        fresh = yield self.open_through(new, 1)
+        yield self.echo(fresh)
+        stream.transport.loseConnection()
+        fresh.transport.loseConnection()
+        yield stream.ended
+        yield fresh.ended
+
+    @inlineCallbacks
+    def test_sighup_reloads_both(self) -> Any:
+        """
+        SIGHUP to the supervisor: each worker logs its own C{reload.done}, the supervisor
+        C{worker.reloaded} with 2/2; a configuration that does not load is refused by the
+        supervisor and reaches no worker.
+        """
+        yield self.start()
+        yield self.pids()
+        os.kill(self.daemon.process.pid, signal.SIGHUP)
+        yield self.daemon.wait_for(
+            lambda: "2/2 workers reloaded" in self.daemon.stdout, "worker.reloaded"
+        )
+        out = self.daemon.stdout
+        self.assertRegex(out, r"\[w0:\S+\] reload\.done")
+        self.assertRegex(out, r"\[w1:\S+\] reload\.done")
+        with open(self.config, "a") as handle:
+            handle.write("bogus_key = 1\n")
+        os.kill(self.daemon.process.pid, signal.SIGHUP)
+        yield self.daemon.wait_for(lambda: "reload refused" in self.daemon.stdout, "refusal")
+        self.assertEqual(self.daemon.stdout.count("reload.done"), 2)
+
+    @inlineCallbacks
+    def test_sigterm_drains_both(self) -> Any:
+        """
+        SIGTERM to the supervisor: both workers drain (their relays keep every byte until
+        the clients close), the shared port stops accepting, and the supervisor exits 0
+        after both workers have stopped.
+        """
+        yield self.start()
+        pids = yield self.pids()
+        streams = []
+        for index in (0, 1):
+            stream = yield self.open_through(pids, index)
+            streams.append(stream)
+        os.kill(self.daemon.process.pid, signal.SIGTERM)
+        yield self.daemon.wait_for(
+            lambda: self.daemon.stdout.count("shutdown.drain - draining 1 connection(s)") == 2,
+            "both workers draining",
+        )
+        for stream in streams:
+            yield self.echo(stream)
+        refused = RawLine()
+        try:
+            yield connectProtocol(self.endpoint(), refused)
+            data = yield refused.closed
+            self.assertNotIn(b"NETGUARD/1", data)
+        except ConnectionRefusedError:
+            pass  # the port is closed already
+        for stream in streams:
+            stream.transport.loseConnection()
+        code = yield self.daemon.exited()
+        self.assertEqual(code, 0)
+        self.assertEqual(len(re.findall(r"worker \d \(pid \d+\) stopped", self.daemon.stdout)), 2)
+        self.assertIn("netguard stopped: 2 workers", self.daemon.stdout)
+        self.assertFalse(os.path.exists(os.path.join(self.state, "netguard.lock")))
+
+    @inlineCallbacks
+    def test_unix_and_tls_listeners(self) -> Any:
+        """
+        A unix-socket listener and a TLS listener work with workers: a session through each
+        worker on each; the socket file keeps mode 0600 (a worker adopting it does not
+        change it) and survives a worker's exit (a worker does not remove it).
+        """
+        cert, key = tls_certs.make_leaf("localhost", extra_names=("127.0.0.1",))
+        cert_file, key_file = tls_certs.write_identity(self.root, "gateway", cert, key)
+        tls_port = free_port()
+        path = os.path.join(self.root, "ng.sock")
+        yield self.start(
+            extra=(
+                "[[tls_listen]]\n"
+                f'endpoint = "tcp:{tls_port}:interface=127.0.0.1"\n'
+                f'cert_file = "{cert_file}"\n'
+                f'key_file = "{key_file}"\n'
+            ),
+            listen=f'"unix:{path}:mode=600"',
+        )
+        pids = yield self.pids()
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        tls = wrap_tls(
+            reactor,
+            TCP4ClientEndpoint(reactor, "127.0.0.1", tls_port),
+            {"tls": "1", "ca_file": cert_file},
+            default_hostname="localhost",
+        )
+        for index in (0, 1):
+            for endpoint in (UNIXClientEndpoint(reactor, path), tls):
+                stream = yield self.open_through(pids, index, endpoint)
+                yield self.echo(stream, 64 * 1024)
+                stream.transport.loseConnection()
+                yield stream.ended
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        os.kill(pids[0], signal.SIGKILL)
+        new = yield self.pids()
+        self.assertNotEqual(new[0], pids[0])
+        self.assertTrue(stat.S_ISSOCK(os.stat(path).st_mode))
+        stream = yield self.open_through(new, 0, UNIXClientEndpoint(reactor, path))
+        yield self.echo(stream, 1024)
+        stream.transport.loseConnection()
+        yield stream.ended
+        yield self.daemon.wait_for(lambda: "SCRAM-SHA-256-PLUS" in self.daemon.stdout, "TLS login")
+
+    @inlineCallbacks
+    def test_status_aggregates_workers(self) -> Any:
+        """
+        C{ctl status} sums the workers' figures: with one session in each worker, C{active}
+        is 2 and C{connections} the sum of both workers' lines; it lists both workers with
+        their PIDs and the supervisor's own PID.
+        """
+        yield self.start()
+        pids = yield self.pids()
+        streams = []
+        for index in (0, 1):
+            stream = yield self.open_through(pids, index)
+            streams.append(stream)
+        figures = yield self.status()
+        self.assertEqual(figures["active"], 2)
+        self.assertEqual([row["active"] for row in figures["workers"]], [1, 1])
+        self.assertEqual(figures["connections"], sum(r["connections"] for r in figures["workers"]))
+        self.assertEqual(figures["admission"]["relays"], 2)
+        self.assertEqual(figures["pid"], self.daemon.process.pid)
+        self.assertEqual(sorted(r["pid"] for r in figures["workers"]), sorted(pids))
+        self.assertEqual(figures["workers_running"], 2)
+        for stream in streams:
+            stream.transport.loseConnection()
+            yield stream.ended
+
+    @inlineCallbacks
+    def test_penalty_in_one_worker_refused_by_other(self) -> Any:
+        """
+        A source blocked by one worker (an early talker) is refused with C{ERR BUSY
+        penalised} by the other worker, which never saw it offend; C{ctl penalties} lists
+        it, and C{ctl penalties clear} clears it in both workers, after which the other
+        worker greets it again.
+        """
+        yield self.start(extra="[admission]\npenalty_base = 600\n")
+        pids = yield self.pids()
+        self.pause(pids[1])
+        early = RawLine(b"HELLO\r\n")
+        yield connectProtocol(self.endpoint(), early)
+        yield early.closed
+        self.resume(pids[1])
+        yield self.daemon.wait_for(
+            lambda: "shared with 1 other(s)" in self.daemon.stdout,
+            "worker.penalty_shared",
+        )
+        self.pause(pids[0])
+        try:
+            probe = RawLine()
+            yield connectProtocol(self.endpoint(), probe)
+            data = yield probe.closed
+        finally:
+            self.resume(pids[0])
+        self.assertIn(b"ERR BUSY penalised", data)
+        listed = yield deferToThread(ctl, self.control, "penalties")
+        self.assertEqual([row["source"] for row in listed["penalties"]], ["127.0.0.1/32"])
+        yield deferToThread(ctl, self.control, "penalties clear")
+        self.pause(pids[0])
+        try:
+            stream = Stream(self.credentials)
+            yield connectProtocol(self.endpoint(), stream)
+            yield stream.opened
+        finally:
+            self.resume(pids[0])
+        stream.transport.loseConnection()
+        yield stream.ended
+
+    @inlineCallbacks
+    def test_per_source_cap_divided(self) -> Any:
+        """
+        The per-source cap is divided between the workers rounded up: with
+        C{per_source_max = 3} and two workers, one worker holds at most 2 connections of a
+        source (the third is refused C{per-source-cap}), so the two together hold at most
+        4 = 3 + (2 - 1).
+        """
+        yield self.start(extra="[admission]\nper_source_max = 3\n")
+        pids = yield self.pids()
+        self.pause(pids[1])
+        try:
+            held = []
+            for _ in range(2):
+                stream = Stream(self.credentials)
+                yield connectProtocol(self.endpoint(), stream)
+                yield stream.opened
+                held.append(stream)
+            third = RawLine()
+            yield connectProtocol(self.endpoint(), third)
+            data = yield third.closed
+        finally:
+            self.resume(pids[1])
+        self.assertIn(b"ERR BUSY per-source-cap", data)
+        for stream in held:
+            stream.transport.loseConnection()
+            yield stream.ended
