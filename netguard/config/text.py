@@ -117,7 +117,11 @@ def describe(config: Config) -> str:
         else ""
     )
     add("users_file", config.users_file, users_note)
-    add("workers", config.workers, "1: one process" if config.workers == 1 else "supervisor")
+    add(
+        "workers",
+        config.workers,
+        "one process" if config.workers == 1 else f"a supervisor and {config.workers} workers",
+    )
     for index, description in enumerate(config.listen):
         try:
             exposure = check_listener(description).exposure

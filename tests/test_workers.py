@@ -1,0 +1,686 @@
+"""
+Tests for L{netguard.workers}: the budget division (exact bounds and remainders), the
+supervisor's state machine on fakes (start, restart backoff, isolation of a crash, penalty
+relay, reload and drain fan-out, the stop's deadline), the aggregation of figures and
+penalties, the shared penalties of a worker, and the AMP JSON argument.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import attrs
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import fail, succeed
+from twisted.internet.task import Clock
+from twisted.protocols import amp
+from twisted.trial import unittest
+
+from netguard.admission import PENALISED, AdmissionPolicy, Refusal
+from netguard.config import Config, ConfigError, describe, describe_defaults, load_config
+from netguard.config.loader import cpu_count
+from netguard.config.schema import Source, parse_workers
+from netguard.workers import commands
+from netguard.workers.budget import (
+    POOL_CAPS,
+    exact_share,
+    rounded_up_share,
+    too_small_caps,
+    worker_policy,
+)
+from netguard.workers.figures import aggregate, merge, merge_penalties
+from netguard.workers.penalties import SharedAdmission
+from netguard.workers.supervisor import (
+    EXIT_MARGIN,
+    FIRST_DELAY,
+    MAX_DELAY,
+    QUERY_TIMEOUT,
+    RUNNING,
+    STABLE_AFTER,
+    STARTING,
+    STOPPED,
+    STOPPING,
+    WAITING,
+    Supervisor,
+    WorkerSlot,
+    next_delay,
+)
+
+
+class BudgetTests(unittest.TestCase):
+    """
+    L{worker_policy} and its shares: pool caps exact, per-source counts rounded up, rates
+    divided.
+    """
+
+    def test_exact_shares_add_up_with_remainder_first(self) -> None:
+        """
+        The shares of every total among 1..8 workers add up to the total exactly, differ
+        by at most one, and the remainder goes to the first workers.
+        """
+        for count in range(1, 9):
+            for total in range(count, 60):
+                shares = [exact_share(total, i, count) for i in range(count)]
+                self.assertEqual(sum(shares), total)
+                self.assertLessEqual(max(shares) - min(shares), 1)
+                self.assertEqual(shares, sorted(shares, reverse=True))
+
+    def test_exact_share_index_out_of_range(self) -> None:
+        """
+        A worker index outside 0..count-1 (one past the end, negative) or a count of 0 is
+        an error, not a share.
+        """
+        self.assertRaises(ValueError, exact_share, 10, 2, 2)
+        self.assertRaises(ValueError, exact_share, 10, -1, 2)
+        self.assertRaises(ValueError, exact_share, 10, 0, 0)
+
+    def test_rounded_up_share_excess_at_most_count_minus_one(self) -> None:
+        """
+        N workers each allowing C{ceil(c / N)} together allow between C{c} and
+        C{c + N - 1}: exactly C{c} when N divides it, C{c + N - 1} when C{c = kN + 1}.
+        """
+        for count in range(1, 9):
+            for total in range(1, 100):
+                together = rounded_up_share(total, count) * count
+                self.assertGreaterEqual(together, total)
+                self.assertLessEqual(together - total, count - 1)
+        self.assertEqual(rounded_up_share(32, 2) * 2, 32)
+        self.assertEqual(rounded_up_share(33, 2) * 2, 34)
+        self.assertEqual(rounded_up_share(9, 4) * 4, 12)
+
+    def test_worker_policy_divides(self) -> None:
+        """
+        Two workers of the defaults: pool caps halved exactly (1024, 256, 768, 256, 512),
+        random early drop halved, per-source cap and burst halved rounded up, rate halved;
+        penalties and bounds of the tables untouched.
+        """
+        policy = AdmissionPolicy(per_source_max=33, per_source_burst=21, per_source_rate=7.0)
+        shares = [worker_policy(policy, i, 2) for i in range(2)]
+        for name in POOL_CAPS:
+            self.assertEqual(sum(getattr(s, name) for s in shares), getattr(policy, name))
+        self.assertEqual([s.red_soft for s in shares], [64, 64])
+        self.assertEqual([s.red_hard for s in shares], [128, 128])
+        self.assertEqual([s.per_source_max for s in shares], [17, 17])
+        self.assertEqual([s.per_source_burst for s in shares], [11, 11])
+        self.assertEqual([s.per_source_rate for s in shares], [3.5, 3.5])
+        for share in shares:
+            self.assertEqual(share.penalty_threshold, policy.penalty_threshold)
+            self.assertEqual(share.max_tracked_sources, policy.max_tracked_sources)
+
+    def test_worker_policy_remainder(self) -> None:
+        """
+        Three workers of C{max_relays = 10}: 4, 3, 3; of C{max_connections = 3}: 1 each
+        (the exact boundary, one per worker).
+        """
+        policy = AdmissionPolicy(
+            max_connections=3,
+            max_unauthenticated=3,
+            max_relays=10,
+            lane_max=3,
+            max_probation=3,
+        )
+        shares = [worker_policy(policy, i, 3) for i in range(3)]
+        self.assertEqual([s.max_relays for s in shares], [4, 3, 3])
+        self.assertEqual([s.max_connections for s in shares], [1, 1, 1])
+        self.assertEqual([s.red_soft for s in shares], [1, 1, 1])
+
+    def test_cap_one_below_workers_refused(self) -> None:
+        """
+        A pool cap one below the number of workers cannot give each worker one: refused,
+        naming the cap; equal to it is accepted.
+        """
+        policy = AdmissionPolicy(max_relays=2)
+        self.assertEqual(too_small_caps(policy, 2), [])
+        self.assertEqual(too_small_caps(policy, 3), ["max_relays (2)"])
+        self.assertRaises(ValueError, worker_policy, policy, 0, 3)
+
+    def test_one_worker_unchanged(self) -> None:
+        """
+        One worker enforces the configured policy itself.
+        """
+        policy = AdmissionPolicy(per_source_max=5)
+        self.assertIs(worker_policy(policy, 0, 1), policy)
+
+
+class FakeChannel:
+    """
+    A worker's AMP connection as the supervisor sees it: records calls and answers from a
+    table (a callable per command, or a value).
+    """
+
+    def __init__(self, answers: dict[type, Any] | None = None) -> None:
+        self.calls: list[tuple[type, dict[str, Any]]] = []
+        self.answers = answers or {}
+
+    def callRemote(self, command: type, **kwargs: Any) -> Any:
+        self.calls.append((command, kwargs))
+        if not command.requiresAnswer:
+            return None
+        answer = self.answers.get(command, {})
+        if isinstance(answer, Exception):
+            return fail(answer)
+        if callable(answer):
+            return answer(**kwargs)
+        return succeed(answer)
+
+    def sent(self, command: type) -> list[dict[str, Any]]:
+        return [kwargs for c, kwargs in self.calls if c is command]
+
+
+class FakeHandle:
+    """
+    A spawned worker process: a PID, its channel and the signals sent to it.
+    """
+
+    def __init__(self, pid: int, channel: FakeChannel) -> None:
+        self.pid = pid
+        self.channel = channel
+        self.signals: list[int] = []
+
+    def signal(self, signum: int) -> None:
+        self.signals.append(signum)
+
+
+class FakeSpawner:
+    """
+    Records every spawn; each gets a new PID and a channel made by C{channels}.
+    """
+
+    def __init__(self, answers: dict[type, Any] | None = None) -> None:
+        self.spawned: list[tuple[int, FakeHandle]] = []
+        self.answers = answers or {}
+        self.fail_next = False
+        self._pid = 1000
+
+    def __call__(self, slot: WorkerSlot) -> FakeHandle:
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError("no more processes")
+        self._pid += 1
+        handle = FakeHandle(self._pid, FakeChannel(dict(self.answers)))
+        self.spawned.append((slot.index, handle))
+        return handle
+
+
+def make_config(workers: int = 2, **ops: Any) -> Config:
+    config = Config(state_dir="/nonexistent", users_file="/nonexistent/users", listen=())
+    return attrs.evolve(
+        config, workers=workers, ops=attrs.evolve(config.ops, shutdown_grace=5.0, **ops)
+    )
+
+
+class SupervisorStateTests(unittest.TestCase):
+    """
+    The supervisor's worker slots on a L{Clock} and a fake spawner.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.spawner = FakeSpawner()
+        self.supervisor = Supervisor(make_config(), self.clock, self.spawner)
+
+    def start(self) -> None:
+        self.supervisor.startService()
+        for slot in self.supervisor.slots:
+            self.supervisor.worker_ready(slot)
+
+    def test_start_spawns_every_worker(self) -> None:
+        """
+        Starting spawns one process per slot, each starting until it reports ready, then
+        running.
+        """
+        self.supervisor.startService()
+        self.assertEqual([index for index, _ in self.spawner.spawned], [0, 1])
+        self.assertEqual([s.state for s in self.supervisor.slots], [STARTING, STARTING])
+        self.supervisor.worker_ready(self.supervisor.slots[0])
+        self.assertEqual([s.state for s in self.supervisor.slots], [RUNNING, STARTING])
+
+    def test_backoff_doubles_to_ceiling(self) -> None:
+        """
+        A worker that keeps dying at once is restarted after 0.5, 1, 2, 4, 8, 16, 30 and
+        then 30 seconds: the delay doubles and stops at 30.
+        """
+        self.start()
+        slot = self.supervisor.slots[1]
+        waits = []
+        for _ in range(8):
+            self.supervisor.worker_ended(slot, (1, None))
+            self.assertEqual(slot.state, WAITING)
+            waits.append(slot.timer.getTime() - self.clock.seconds())
+            self.clock.advance(waits[-1])
+            self.assertEqual(slot.state, STARTING)
+        self.assertEqual(waits, [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0])
+        self.assertEqual(slot.restarts, 8)
+        self.assertEqual(len(self.spawner.spawned), 2 + 8)
+
+    def test_backoff_resets_after_stable_life(self) -> None:
+        """
+        A worker that lived exactly 60 s is restarted after 0.5 s again; one that lived a
+        little less keeps the doubled delay.
+        """
+        self.assertEqual(next_delay(8.0, STABLE_AFTER), (FIRST_DELAY, 1.0))
+        self.assertEqual(next_delay(8.0, STABLE_AFTER - 0.001), (8.0, 16.0))
+        self.assertEqual(next_delay(MAX_DELAY, 0.0), (MAX_DELAY, MAX_DELAY))
+        self.start()
+        slot = self.supervisor.slots[0]
+        self.supervisor.worker_ended(slot, (None, signal.SIGKILL))
+        self.clock.advance(0.5)
+        self.supervisor.worker_ended(slot, (None, signal.SIGKILL))
+        self.assertEqual(slot.timer.getTime() - self.clock.seconds(), 1.0)
+        self.clock.advance(1.0)
+        self.supervisor.worker_ready(slot)
+        self.clock.advance(STABLE_AFTER)
+        self.supervisor.worker_ended(slot, (None, signal.SIGKILL))
+        self.assertEqual(slot.timer.getTime() - self.clock.seconds(), FIRST_DELAY)
+
+    def test_crash_touches_no_other_worker(self) -> None:
+        """
+        One worker's exit changes nothing for the other: it keeps running, is sent no
+        signal and no command.
+        """
+        self.start()
+        other = self.supervisor.slots[0]
+        handle = other.handle
+        calls = list(handle.channel.calls)
+        self.supervisor.worker_ended(self.supervisor.slots[1], (None, signal.SIGKILL))
+        self.clock.advance(FIRST_DELAY)
+        self.assertEqual(other.state, RUNNING)
+        self.assertIs(other.handle, handle)
+        self.assertEqual(handle.signals, [])
+        self.assertEqual(handle.channel.calls, calls)
+
+    def test_spawn_failure_retried(self) -> None:
+        """
+        A spawn that fails (fork refused) counts as an exit: retried after the backoff.
+        """
+        self.spawner.fail_next = True
+        self.supervisor.startService()
+        slot = self.supervisor.slots[0]
+        self.assertEqual(slot.state, WAITING)
+        self.clock.advance(FIRST_DELAY)
+        self.assertEqual(slot.state, STARTING)
+        self.assertEqual(len(self.spawner.spawned), 2)
+
+    def test_block_relayed_to_others_only(self) -> None:
+        """
+        A block reported by worker 0 is sent to every other live worker (source, seconds,
+        points), never back to worker 0 and not to a worker waiting for its restart.
+        """
+        self.supervisor = Supervisor(make_config(workers=3), self.clock, self.spawner)
+        self.start()
+        slots = self.supervisor.slots
+        self.supervisor.worker_ended(slots[2], (1, None))
+        told = self.supervisor.worker_blocked(slots[0], "192.0.2.1/32", 10.0, 3.0)
+        self.assertEqual(told, 1)
+        self.assertEqual(
+            slots[1].channel.sent(commands.ApplyBlock),
+            [{"source": "192.0.2.1/32", "seconds": 10.0, "points": 3.0}],
+        )
+        self.assertEqual(slots[0].channel.sent(commands.ApplyBlock), [])
+
+    def test_reload_fans_out(self) -> None:
+        """
+        A reload reaches every live worker; the summary counts those that reloaded and
+        names those that refused.
+        """
+        self.spawner.answers = {commands.Reload: {"summary": "reloaded: 1 user(s)"}}
+        self.start()
+        self.supervisor.slots[1].channel.answers[commands.Reload] = commands.ReloadRefusedError(
+            "bad users file"
+        )
+        summary = self.successResultOf(self.supervisor.reload_workers())
+        self.assertIn("1/2 workers reloaded; reloaded: 1 user(s)", summary)
+        self.assertIn("worker 1:", summary)
+        for slot in self.supervisor.slots:
+            self.assertEqual(len(slot.channel.sent(commands.Reload)), 1)
+
+    def test_stop_drains_all_and_waits(self) -> None:
+        """
+        Stopping tells every worker to drain and fires only once every worker has exited;
+        no worker is restarted from then on, even one that dies during the drain.
+        """
+        self.start()
+        slots = self.supervisor.slots
+        handles = [s.handle for s in slots]
+        stopped = self.supervisor.stopService()
+        for handle in handles:
+            self.assertEqual(handle.channel.sent(commands.Drain), [{"force": False}])
+        self.assertEqual([s.state for s in slots], [STOPPING, STOPPING])
+        self.supervisor.worker_ended(slots[0], (0, None))
+        self.assertNoResult(stopped)
+        self.clock.advance(MAX_DELAY)
+        self.assertEqual(len(self.spawner.spawned), 2)
+        self.supervisor.worker_ended(slots[1], (0, None))
+        self.successResultOf(stopped)
+        self.assertEqual([s.state for s in slots], [STOPPED, STOPPED])
+
+    def test_stop_cancels_pending_restart(self) -> None:
+        """
+        A restart scheduled before the stop never happens.
+        """
+        self.start()
+        self.supervisor.worker_ended(self.supervisor.slots[0], (1, None))
+        stopped = self.supervisor.stopService()
+        self.supervisor.worker_ended(self.supervisor.slots[1], (0, None))
+        self.successResultOf(stopped)
+        self.clock.advance(MAX_DELAY)
+        self.assertEqual(len(self.spawner.spawned), 2)
+
+    def test_stop_kills_after_deadline(self) -> None:
+        """
+        A worker still running when the grace period plus the margin is over is killed
+        (SIGKILL), not a moment before; the stop completes when it is reaped.
+        """
+        self.start()
+        handles = [s.handle for s in self.supervisor.slots]
+        stopped = self.supervisor.stopService()
+        self.supervisor.worker_ended(self.supervisor.slots[0], (0, None))
+        self.clock.advance(5.0 + EXIT_MARGIN - 0.001)
+        self.assertEqual(handles[1].signals, [])
+        self.clock.advance(0.001)
+        self.assertEqual(handles[1].signals, [signal.SIGKILL])
+        self.assertEqual(handles[0].signals, [])
+        self.assertNoResult(stopped)
+        self.supervisor.worker_ended(self.supervisor.slots[1], (None, signal.SIGKILL))
+        self.successResultOf(stopped)
+
+    def test_force_reaches_every_worker(self) -> None:
+        """
+        A second stop signal asks every live worker to close what is left.
+        """
+        self.start()
+        self.supervisor.force("second stop signal")
+        for slot in self.supervisor.slots:
+            self.assertEqual(slot.channel.sent(commands.Drain), [{"force": True}])
+
+    def test_heartbeat_to_restarted_worker(self) -> None:
+        """
+        The heartbeat state is sent to every worker, and to a worker that starts later.
+        """
+        self.start()
+        self.supervisor.set_heartbeat(True, by="control")
+        for slot in self.supervisor.slots:
+            self.assertEqual(slot.channel.sent(commands.Heartbeat), [{"on": True}])
+        slot = self.supervisor.slots[0]
+        self.supervisor.worker_ended(slot, (1, None))
+        self.clock.advance(FIRST_DELAY)
+        self.supervisor.worker_ready(slot)
+        self.assertEqual(slot.channel.sent(commands.Heartbeat), [{"on": True}])
+
+
+class AggregationTests(unittest.TestCase):
+    """
+    The sums of the workers' figures and penalties.
+    """
+
+    def test_status_sums_workers(self) -> None:
+        """
+        The status sums counters and gauges (nested tables too), takes the highest stress,
+        any draining, keeps one line per worker, and the supervisor's own PID and uptime.
+        """
+        clock = Clock()
+        figures = [
+            {"active": 1, "connections": 5, "admission": {"relays": 1, "stress": 0.2}},
+            {"active": 2, "connections": 7, "admission": {"relays": 2, "stress": 0.5}},
+        ]
+        spawner = FakeSpawner()
+        supervisor = Supervisor(make_config(), clock, spawner)
+        supervisor.startService()
+        for slot, row in zip(supervisor.slots, figures, strict=True):
+            slot.channel.answers[commands.Status] = {"figures": row}
+            supervisor.worker_ready(slot)
+        status = self.successResultOf(supervisor.status())
+        self.assertEqual(status["active"], 3)
+        self.assertEqual(status["connections"], 12)
+        self.assertEqual(status["admission"], {"relays": 3, "stress": 0.5})
+        self.assertEqual([r["active"] for r in status["workers"]], [1, 2])
+        self.assertEqual(status["workers_running"], 2)
+        self.assertFalse(status["draining"])
+
+    def test_silent_worker_left_out(self) -> None:
+        """
+        A worker that does not answer within the query timeout is left out of the sums and
+        shown as not answering; the status still comes.
+        """
+        clock = Clock()
+        spawner = FakeSpawner()
+        supervisor = Supervisor(make_config(), clock, spawner)
+        supervisor.startService()
+        slots = supervisor.slots
+        slots[0].channel.answers[commands.Status] = {"figures": {"active": 4}}
+        from twisted.internet.defer import Deferred
+
+        slots[1].channel.answers[commands.Status] = lambda: Deferred()
+        for slot in slots:
+            supervisor.worker_ready(slot)
+        pending = supervisor.status()
+        self.assertNoResult(pending)
+        clock.advance(QUERY_TIMEOUT)
+        status = self.successResultOf(pending)
+        self.assertEqual(status["active"], 4)
+        self.assertEqual(status["workers"][1]["answer"], "none")
+
+    def test_merge_rules(self) -> None:
+        """
+        Numbers add (floats rounded), booleans are any, histogram buckets add per bound,
+        other values take the first that is set.
+        """
+        self.assertEqual(merge([1, 2, 3]), 6)
+        self.assertEqual(merge([True, False]), True)
+        self.assertEqual(merge([None, "overload-lag"]), "overload-lag")
+        self.assertEqual(
+            merge([[[0.1, 1], [1.0, 2]], [[0.1, 3], [1.0, 4]]], "buckets"), [[0.1, 4], [1.0, 6]]
+        )
+        self.assertEqual(
+            aggregate([{"uptime": 5, "active": 1}, {"uptime": 6, "active": 1}]), {"active": 2}
+        )
+
+    def test_penalties_merged(self) -> None:
+        """
+        One row per source: the longest block left, the offences of every worker added.
+        """
+        rows = merge_penalties(
+            [
+                [{"source": "a", "blocked_for": 5.0, "offences": 1}],
+                [
+                    {"source": "a", "blocked_for": 9.0, "offences": 2},
+                    {"source": "b", "blocked_for": 0.0, "offences": 1},
+                ],
+            ]
+        )
+        self.assertEqual(
+            rows,
+            [
+                {"source": "a", "blocked_for": 9.0, "offences": 3},
+                {"source": "b", "blocked_for": 0.0, "offences": 1},
+            ],
+        )
+
+
+class SharedAdmissionTests(unittest.TestCase):
+    """
+    L{SharedAdmission}: blocks reported out, blocks applied in.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.reports: list[tuple[str, float, float]] = []
+        self.policy = AdmissionPolicy(penalty_threshold=3, penalty_base=10.0)
+        self.admission = SharedAdmission(
+            self.policy, self.clock, lambda *report: self.reports.append(report)
+        )
+        self.peer = IPv4Address("TCP", "192.0.2.7", 4000)
+
+    def test_block_reported_once(self) -> None:
+        """
+        Offences below the threshold report nothing; the one that blocks reports the source
+        key, the block and the points; an offence while blocked that does not extend the
+        block reports nothing more.
+        """
+        self.admission.offence(self.peer, "auth_failure")
+        self.admission.offence(self.peer, "auth_failure")
+        self.assertEqual(self.reports, [])
+        self.admission.offence(self.peer, "auth_failure")
+        self.assertEqual(len(self.reports), 1)
+        source, seconds, points = self.reports[0]
+        self.assertEqual(source, "192.0.2.7/32")
+        self.assertEqual(seconds, 10.0)
+        self.assertGreater(points, 2.0)
+
+    def test_extension_reported(self) -> None:
+        """
+        A further offence that lengthens the block is reported again, with the longer
+        block.
+        """
+        for _ in range(3):
+            self.admission.offence(self.peer, "auth_failure")
+        self.admission.offence(self.peer, "auth_failure")
+        self.assertEqual([round(r[1]) for r in self.reports], [10, 20])
+
+    def test_applied_block_refuses(self) -> None:
+        """
+        A block applied from another worker refuses the source here (C{penalised}) until it
+        ends, then admits it; the next offence here escalates from the points carried.
+        """
+        self.admission.apply_block("192.0.2.7/32", 10.0, 3.0)
+        refusal = self.admission.admit(self.peer)
+        self.assertIsInstance(refusal, Refusal)
+        assert isinstance(refusal, Refusal)
+        self.assertEqual(refusal.reason, PENALISED)
+        self.clock.advance(10.0)
+        self.assertIsNone(self.admission.admit(self.peer))
+        self.assertEqual(self.reports, [])
+        blocked = self.admission.offence(self.peer, "auth_failure")
+        self.assertEqual(blocked, 20.0)
+
+    def test_applied_block_keeps_longer(self) -> None:
+        """
+        A shorter block applied over a longer one keeps the longer one; zero or negative
+        seconds change nothing.
+        """
+        self.admission.apply_block("192.0.2.7/32", 100.0, 3.0)
+        self.admission.apply_block("192.0.2.7/32", 5.0, 3.0)
+        self.admission.apply_block("192.0.2.8/32", 0.0, 3.0)
+        self.clock.advance(50.0)
+        self.assertIsInstance(self.admission.admit(self.peer), Refusal)
+        self.assertEqual([row[0] for row in self.admission.penalties()], ["192.0.2.7/32"])
+
+    def test_applied_blocks_bounded(self) -> None:
+        """
+        Applied blocks respect C{max_tracked_sources}: the table never grows past it, the
+        least recent entry going first.
+        """
+        admission = SharedAdmission(
+            AdmissionPolicy(max_tracked_sources=4), self.clock, lambda *r: None
+        )
+        for n in range(10):
+            admission.apply_block(f"192.0.2.{n}/32", 60.0, 3.0)
+        self.assertEqual(
+            sorted(row[0] for row in admission.penalties()),
+            [f"192.0.2.{n}/32" for n in range(6, 10)],
+        )
+
+
+class JSONArgumentTests(unittest.TestCase):
+    """
+    L{commands.JSONArgument}: values beyond one AMP value's 64 KiB, and refusals.
+    """
+
+    def round_trip(self, value: Any) -> Any:
+        argument = commands.JSONArgument()
+        strings: dict[bytes, bytes] = {}
+        argument.toBox(b"figures", strings, {"figures": value}, None)
+        for chunk in strings.values():
+            self.assertLessEqual(len(chunk), amp.MAX_VALUE_LENGTH)
+        objects: dict[str, Any] = {}
+        argument.fromBox(b"figures", dict(strings), objects, None)
+        return objects["figures"]
+
+    def test_large_value_round_trips(self) -> None:
+        """
+        A value of about 300 KiB travels in several chunks and comes back equal.
+        """
+        value = {f"service{n}": {"sessions": n, "name": "x" * 100} for n in range(2500)}
+        self.assertEqual(self.round_trip(value), value)
+
+    def test_too_large_refused(self) -> None:
+        """
+        A value beyond 64 chunks is refused by the sender.
+        """
+        value = "x" * (amp.MAX_VALUE_LENGTH * commands.MAX_CHUNKS + 1)
+        self.assertRaises(ValueError, self.round_trip, value)
+
+    def test_bad_chunk_count_refused(self) -> None:
+        """
+        A chunk count that is not a number from 1 to 64 is refused by the receiver before
+        anything is joined.
+        """
+        argument = commands.JSONArgument()
+        for bad in (b"0", b"65", b"-1", b"x"):
+            self.assertRaises(
+                ValueError, argument.fromBox, b"figures", {b"figures": bad}, {}, None
+            )
+
+
+class WorkersConfigTests(unittest.TestCase):
+    """
+    The C{workers} key: bounds, C{"auto"}, the check against the pool caps, and
+    C{check-config}.
+    """
+
+    def load(self, text: str) -> Config:
+        path = self.mktemp()
+        with open(path, "w") as handle:
+            handle.write(text)
+        return load_config(path, {"state_dir": "/tmp/ng-unused", "listen": ["tcp:7700"]})
+
+    def test_default_one(self) -> None:
+        """
+        Without the key, one process serves alone.
+        """
+        config = self.load("")
+        self.assertEqual(config.workers, 1)
+        self.assertEqual(config.origins["workers"], "default")
+
+    def test_bounds(self) -> None:
+        """
+        1 and 64 are accepted; 0 and 65, a boolean, a float and other text are refused
+        naming the key and what it allows.
+        """
+        self.assertEqual(self.load("workers = 1\n").workers, 1)
+        self.assertEqual(self.load("workers = 64\n").workers, 64)
+        for bad in ("0", "65", "true", "2.0", '"many"', "-1"):
+            with self.assertRaises(ConfigError) as raised:
+                self.load(f"workers = {bad}\n")
+            self.assertIn("workers", str(raised.exception))
+            self.assertIn('"auto"', str(raised.exception))
+
+    def test_auto(self) -> None:
+        """
+        C{"auto"} is the CPUs this process may run on, within 1..64.
+        """
+        src = Source("f.toml", "file", "/")
+        self.assertEqual(parse_workers(src, "workers", "auto", 2), 2)
+        self.assertEqual(parse_workers(src, "workers", "auto", 200), 64)
+        self.assertEqual(parse_workers(src, "workers", "auto", 0), 1)
+        self.assertEqual(self.load('workers = "auto"\n').workers, min(64, cpu_count()))
+
+    def test_caps_smaller_than_workers_refused(self) -> None:
+        """
+        Three workers cannot share C{max_relays = 2} (refused, naming it); they can share
+        C{max_relays = 3}, one each.
+        """
+        with self.assertRaises(ConfigError) as raised:
+            self.load("workers = 3\n[admission]\nmax_relays = 2\n")
+        self.assertIn("max_relays (2)", str(raised.exception))
+        self.assertEqual(self.load("workers = 3\n[admission]\nmax_relays = 3\n").workers, 3)
+
+    def test_check_config_shows_workers(self) -> None:
+        """
+        C{check-config} shows the effective number of workers and where it came from, and
+        the defaults list documents the key.
+        """
+        shown = describe(self.load("workers = 2\n"))
+        self.assertIn("workers = 2  # set in file; a supervisor and 2 workers", shown)
+        self.assertIn("\nworkers = 1", describe_defaults())
