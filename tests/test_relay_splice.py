@@ -140,6 +140,10 @@ def _adopt(sock: socket.socket, family: socket.AddressFamily, side: str) -> _Sid
     return protocol
 
 
+#: Each harness socket's send and receive buffer (the kernel doubles it).
+_SOCKET_BUFFER = 128 * 1024
+
+
 class _Harness:
     """
     Two relayed sides on real sockets, their peers, a L{KernelSplice} between them.
@@ -159,6 +163,12 @@ class _Harness:
         else:
             peer_a, local_a = socket.socketpair()
             local_b, peer_b = socket.socketpair()
+        for sock in (peer_a, local_a, local_b, peer_b):
+            # Fixed buffers (no autotuning): the kernel may otherwise grow a loopback pair's
+            # buffers past the few MiB a test sends to a peer that does not read, and the
+            # back-pressure it waits for would depend on the machine's memory and load.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER)
         self.peer_a, self.peer_b = _Peer(peer_a), _Peer(peer_b)
         self.proto_a = _adopt(local_a, family, A)
         self.proto_b = _adopt(local_b, family, B)
