@@ -138,18 +138,20 @@ class Admitted:
         """
         return self.admission.promote(self.slot)
 
-    def enter_lane(self) -> Refusal | None:
+    def enter_lane(self, user: str | None = None) -> Refusal | None:
         """
         The peer presented a valid returning-client ticket: move this connection (from the
         unauthenticated pool, or from probation) into the returning-client lane, where it is
         never evicted, never refused by overload, and no longer on probation
         (L{Admission.enter_lane}).
 
-        @return: L{None} when in the lane; else a L{Refusal} (C{lane-cap}, or C{global-cap}
-            for a connection on probation) and nothing changed: the connection goes on as a
-            first-time one (on probation still, if it was).
+        @param user: the user the ticket was issued to, counted against C{lane_per_user}
+            until the connection leaves the lane.
+        @return: L{None} when in the lane; else a L{Refusal} (C{lane-cap}, C{lane-cap-user},
+            or C{global-cap} for a connection on probation) and nothing changed: the
+            connection goes on as a first-time one (on probation still, if it was).
         """
-        return self.admission.enter_lane(self.slot)
+        return self.admission.enter_lane(self.slot, user)
 
     def progress(self) -> None:
         """

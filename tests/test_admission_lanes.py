@@ -16,6 +16,7 @@ from netguard.admission import (
     EVICTED,
     GLOBAL_CAP,
     LANE_CAP,
+    LANE_CAP_USER,
     OFFENCE_KINDS,
     OVERLOAD_LAG,
     OVERLOAD_LOAD,
@@ -251,6 +252,68 @@ class LaneTests(unittest.TestCase):
         admission.enter_lane(second)
         self.assertIsNone(admission.promote(first))
         self.assertEqual(admission.promote(second), Refusal(RELAY_CAP))
+        self.assertEqual(admission.snapshot()["lane"], 1)
+
+
+class LanePerUserTests(unittest.TestCase):
+    def test_default_is_sixteen(self) -> None:
+        """
+        C{lane_per_user} defaults to 16, must be positive, and C{lane-cap-user} is a reason.
+        """
+        self.assertEqual(AdmissionPolicy().lane_per_user, 16)
+        with self.assertRaises(ValueError):
+            AdmissionPolicy(lane_per_user=0)
+        self.assertEqual(allowed_values("lane_per_user"), "an integer from 1")
+        self.assertIn(LANE_CAP_USER, REASONS)
+        self.assertEqual(LANE_CAP_USER, "lane-cap-user")
+
+    def test_exact_bound_and_one_past_changes_nothing(self) -> None:
+        """
+        C{lane_per_user} connections of one user enter the lane; the next of that user is
+        refused C{lane-cap-user}, counted, and stays exactly where it was (unauthenticated,
+        or on probation with its deadline), while another user, and a ticket with no user,
+        still enter.
+        """
+        admission, clock = make(lane_per_user=2, **LOOSE)
+        slots = [enter(admission, nth_v4(n)) for n in range(3)]
+        for slot in slots[:2]:
+            self.assertIsNone(admission.enter_lane(slot, "alice"))
+        self.assertEqual(admission.enter_lane(slots[2], "alice"), Refusal(LANE_CAP_USER))
+        self.assertEqual(admission.counters[LANE_CAP_USER], 1)
+        snap = admission.snapshot()
+        self.assertEqual((snap["lane"], snap["unauthenticated"]), (2, 1))
+        self.assertIsNone(slots[2].user)
+        admission.set_overload(OVERLOAD_LAG)
+        held = enter(admission, nth_v4(3))
+        deadline = held.deadline
+        self.assertEqual(admission.enter_lane(held, "alice"), Refusal(LANE_CAP_USER))
+        self.assertEqual((held.probation, held.deadline), (Refusal(OVERLOAD_LAG), deadline))
+        self.assertEqual(admission.snapshot()["probation"], 1)
+        admission.set_overload(None)
+        self.assertIsNone(admission.enter_lane(slots[2], "bob"))
+        self.assertIsNone(admission.enter_lane(enter(admission, nth_v4(4))))
+        self.assertEqual(admission.snapshot()["lane"], 4)
+
+    def test_released_on_promotion_and_on_release(self) -> None:
+        """
+        A user's lane count falls when one of its lane connections logs in (moves to the
+        relay pool) or closes, so the next connection of that user enters; one that stays
+        in the lane because the relay pool is full keeps counting.
+        """
+        admission, _ = make(lane_per_user=1, max_relays=1, **LOOSE)
+        first, second, third = (enter(admission, nth_v4(n)) for n in range(3))
+        self.assertIsNone(admission.enter_lane(first, "alice"))
+        self.assertEqual(admission.enter_lane(second, "alice"), Refusal(LANE_CAP_USER))
+        self.assertIsNone(admission.promote(first))
+        self.assertIsNone(admission.enter_lane(second, "alice"))
+        self.assertEqual(admission.promote(second), Refusal(RELAY_CAP))
+        self.assertEqual(admission.enter_lane(third, "alice"), Refusal(LANE_CAP_USER))
+        admission.release(second)
+        self.assertIsNone(admission.enter_lane(third, "alice"))
+        admission.release(third)
+        admission.release(third)
+        fourth = enter(admission, nth_v4(3))
+        self.assertIsNone(admission.enter_lane(fourth, "alice"))
         self.assertEqual(admission.snapshot()["lane"], 1)
 
 

@@ -414,3 +414,23 @@ class ProbationThroughTheFactoryTests(unittest.TestCase):
         self.assertFalse(held.slot.progressed)
         held.progress()
         self.assertTrue(held.slot.progressed)
+
+    def test_lane_per_user_through_the_hold(self) -> None:
+        """
+        L{Admitted.enter_lane} passes the ticket's user: past C{lane_per_user} the hold is
+        refused C{lane-cap-user} and stays on probation; the user's count is given back when
+        a lane connection's hold is released, and then the same user enters.
+        """
+        aware = AwareFactory()
+        admission = self.admission(lane_per_user=1)
+        factory = AdmittingFactory(aware, admission, log=Logger(observer=self.events.append))
+        for _ in range(3):
+            self.connect(factory, "192.0.2.1")
+        first, second, third = aware.admitted
+        self.assertIsNone(second.enter_lane("alice"))
+        self.assertEqual(third.enter_lane("alice"), Refusal("lane-cap-user"))
+        self.assertEqual(third.probation, Refusal("unauth-cap"))
+        self.assertFalse(third.lane)
+        second.release()
+        self.assertIsNone(third.enter_lane("alice"))
+        self.assertTrue(third.lane)

@@ -60,9 +60,20 @@ class Slot:
         end of probation); a connection in the unauthenticated pool is evictable only while
         this is set.
     @ivar ident: the identity the address-keyed calls find it by, or L{None}.
+    @ivar user: in the lane, the user its ticket was issued to (counted against
+        C{lane_per_user}), else L{None}.
     """
 
-    __slots__ = ("source", "pool", "progressed", "probation", "deadline", "on_evict", "ident")
+    __slots__ = (
+        "source",
+        "pool",
+        "progressed",
+        "probation",
+        "deadline",
+        "on_evict",
+        "ident",
+        "user",
+    )
 
     def __init__(self, source: Source, pool: int, ident: Hashable | None = None) -> None:
         self.source = source
@@ -72,6 +83,7 @@ class Slot:
         self.deadline = 0.0
         self.on_evict: Callable[[str], object] | None = None
         self.ident = ident
+        self.user: str | None = None
 
 
 class _CountIndex:

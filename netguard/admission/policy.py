@@ -31,6 +31,7 @@ OVERLOAD_LAG: Final = "overload-lag"
 OVERLOAD_MEMORY: Final = "overload-memory"
 EVICTED: Final = "evicted"
 LANE_CAP: Final = "lane-cap"
+LANE_CAP_USER: Final = "lane-cap-user"
 
 #: Every reason L{netguard.admission.state.Admission} can give.
 REASONS: Final = frozenset(
@@ -49,6 +50,7 @@ REASONS: Final = frozenset(
         OVERLOAD_MEMORY,
         EVICTED,
         LANE_CAP,
+        LANE_CAP_USER,
     }
 )
 
@@ -224,6 +226,11 @@ class AdmissionPolicy:
         that presented a valid ticket and have not logged in yet. A lane connection is never
         evicted, never on probation and never refused by overload; the cap bounds what
         stolen-but-valid tickets can hold.
+    @ivar lane_per_user: cap on one user's connections in the returning-client lane (default
+        16), counted by the user each ticket was issued to: one account (its tickets
+        stolen, or its owner hostile) cannot take the lane from every other returning
+        client. A connection past it gets no lane (C{lane-cap-user}) and goes on as a
+        first-time one.
     @ivar max_probation: cap on connections on probation at once (default 512): admitted
         only to present a ticket, because a pressure reason would have refused them. When
         full, the oldest is refused to make room (first in, first out).
@@ -267,6 +274,7 @@ class AdmissionPolicy:
     allow: tuple[str, ...] = attrs.field(default=(), converter=_cidr_tuple, validator=_check_cidrs)
     max_tracked_sources: int = attrs.field(default=65536, validator=_positive)
     lane_max: int = attrs.field(default=256, validator=_positive)
+    lane_per_user: int = attrs.field(default=16, validator=_positive)
     max_probation: int = attrs.field(default=512, validator=_positive)
     probation_timeout: float = attrs.field(default=1.0, converter=float, validator=_positive)
     reject_mode: str = attrs.field(

@@ -37,6 +37,7 @@ from netguard.admission.policy import (
     EVICTED,
     GLOBAL_CAP,
     LANE_CAP,
+    LANE_CAP_USER,
     NOT_ALLOWED,
     OFFENCE_KINDS,
     PENALISED,
@@ -132,6 +133,9 @@ class Admission:
         self._unauth = 0
         self._lane = 0
         self._relays = 0
+        # user -> that user's connections in the lane (bounded by lane_max: every entry
+        # holds at least one lane slot).
+        self._lane_users: dict[str, int] = {}
         # peer identity -> the slots admitted by address (admit); bounded by the connection
         # caps, because every entry holds at least one live slot.
         self._live: dict[Hashable, list[Slot]] = {}
@@ -373,6 +377,17 @@ class Admission:
         source.unauth -= 1
         self._evictions.recount(source, source.unauth + 1)
 
+    def _leave_lane(self, slot: Slot) -> None:
+        self._lane -= 1
+        user = slot.user
+        if user is not None:
+            slot.user = None
+            held = self._lane_users[user] - 1
+            if held:
+                self._lane_users[user] = held
+            else:
+                del self._lane_users[user]
+
     def _end(self, slot: Slot) -> None:
         """
         Take a live slot out of every count (it becomes L{GONE}).
@@ -383,7 +398,7 @@ class Admission:
         elif pool == RELAY:
             self._relays -= 1
         elif pool == LANE:
-            self._lane -= 1
+            self._leave_lane(slot)
         elif pool == PROBATION:
             self._probation.remove(slot)
         else:
@@ -465,20 +480,24 @@ class Admission:
         if pool == UNAUTH:
             self._leave_unauth(slot)
         else:
-            self._lane -= 1
+            self._leave_lane(slot)
         slot.pool = RELAY
         self._relays += 1
         return None
 
-    def enter_lane(self, slot: Slot) -> Refusal | None:
+    def enter_lane(self, slot: Slot, user: str | None = None) -> Refusal | None:
         """
         The connection presented a valid returning-client ticket: move it from the
         unauthenticated pool, or from probation, into the lane.
 
+        @param user: the user the ticket was issued to: at most C{lane_per_user}
+            connections of one user are in the lane at once, each counted until it leaves
+            the lane (logs in, closes, or is released). L{None} counts against no user.
         @return: L{None} when it is in the lane (or already there, or a relay); else a
-            L{Refusal} and nothing changes: C{lane-cap} when the lane is full, C{global-cap}
-            when a connection on probation would pass the global cap, C{evicted} when the
-            connection no longer holds a slot.
+            L{Refusal} and nothing changes: C{lane-cap} when the lane is full,
+            C{lane-cap-user} when C{user} already holds C{lane_per_user} lane connections,
+            C{global-cap} when a connection on probation would pass the global cap,
+            C{evicted} when the connection no longer holds a slot.
         """
         pool = slot.pool
         if pool in (LANE, RELAY):
@@ -488,6 +507,8 @@ class Admission:
         policy = self.policy
         if self._lane >= policy.lane_max:
             return self._refuse(LANE_CAP)
+        if user is not None and self._lane_users.get(user, 0) >= policy.lane_per_user:
+            return self._refuse(LANE_CAP_USER)
         if pool == PROBATION:
             if self._unauth + self._lane + self._relays >= policy.max_connections:
                 return self._refuse(GLOBAL_CAP)
@@ -497,6 +518,9 @@ class Admission:
             self._leave_unauth(slot)
         slot.pool = LANE
         self._lane += 1
+        if user is not None:
+            slot.user = user
+            self._lane_users[user] = self._lane_users.get(user, 0) + 1
         return None
 
     def progress(self, slot: Slot) -> None:
