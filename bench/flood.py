@@ -208,6 +208,7 @@ def measure(
                 [
                     "nice", "-n", "10", sys.executable, os.path.join(HERE, "flood_attack.py"),
                     "--port", str(port), "--attacks", PHASES[phase], "--scale", str(args.scale),
+                    "--cycle-scale", str(args.cycle_scale),
                     "--duration", str(args.warmup + args.duration + 15),
                     "--user", setup.user, "--out", attack_out,
                 ],
@@ -368,19 +369,22 @@ def report(result: dict[str, Any], run: int) -> str:
     lines += [
         "",
         "| attack | gateway CPU mean / max 1 s | RSS MiB before / peak / after "
-        "| fds before / peak / after | log during the attack | attack connections | "
-        "load |",
-        "|---|---|---|---|---|---|---|",
+        "| fds before / peak / after | log during the attack | attack connections "
+        "| gateway CPU per attack connection | load |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for phase, r in phases.items():
         g = summarise_gateway(r)
         started = sum(a["started"] for a in r.get("attack", {}).get("attacks", {}).values())
         rate = f"{started} ({started / max(1.0, g['seconds']):.0f}/s)" if started else "-"
+        per = (
+            f"{1e6 * g['cpu_mean_pct'] / 100 * g['seconds'] / started:.0f} us" if started else "-"
+        )
         lines.append(
             f"| {phase} | {g['cpu_mean_pct']:.0f} % / {g['cpu_max_pct']:.0f} % "
             f"| {g['rss_mib'][0]:.0f} / {g['rss_mib'][1]:.0f} / {g['rss_mib'][2]:.0f} "
             f"| {g['fds'][0]} / {g['fds'][1]} / {g['fds'][2]} "
-            f"| {g['log_lines']} lines, {g['log_kib']:.0f} KiB | {rate} | {r['load']} |"
+            f"| {g['log_lines']} lines, {g['log_kib']:.0f} KiB | {rate} | {per} | {r['load']} |"
         )
     lines += ["", "Attackers' connections ended (per attack) and the gateway's refusal counters:"]
     for phase, r in phases.items():
@@ -463,6 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recovery", type=float, default=10.0, help="watched after the attack")
     parser.add_argument("--runs", type=int, default=1, help="runs of every phase and tree")
     parser.add_argument("--scale", type=float, default=1.0, help="scale the attacks' slots")
+    parser.add_argument(
+        "--cycle-scale",
+        type=float,
+        default=1.0,
+        help="scale the attackers' least time between two connections of a slot (0: at once)",
+    )
     parser.add_argument("--gateway-cpu", type=int, default=1)
     parser.add_argument("--client-cpu", type=int, default=0)
     parser.add_argument("--json", help="also write every sample and figure to this file")

@@ -10,7 +10,8 @@ test; every loop is bounded by C{--duration}.
 Each attack is a fixed number of slots; a slot is one connection at a time, opened again
 when it ends, but never sooner than the attack's C{cycle} after the previous one was
 started, so a refused slot cannot spin (the attack's connection rate is bounded by
-slots / cycle):
+slots / cycle; C{--cycle-scale 0} lifts that bound: a slot connects again at once, and the
+attacker's one CPU is the bound):
 
   - C{slowloris}: 1,000 slots from 50 sources (127.0.0.10 ... 127.0.0.59). A slot waits up
     to 5 s for the greeting (it never talks early), then sends one byte of an C{AUTH} line
@@ -118,7 +119,7 @@ def _ended(first: bytes, greeted: bool) -> str:
     if first.startswith(b"ERR BUSY"):
         return "refused: BUSY " + first[9:].decode("ascii", "replace").split(" ")[0]
     if first.startswith(b"ERR "):
-        return "refused: " + first[4:].decode("ascii", "replace").split(" ")[0]
+        return "ERR " + first[4:].decode("ascii", "replace").split(" ")[0]
     if not first:
         return "closed without a word"
     if greeted:
@@ -203,11 +204,14 @@ def _login(user: str, password: str) -> Callable[..., Awaitable[str]]:
         if not first.startswith(b"NETGUARD/1 "):
             return _ended(first, False)
         loop = asyncio.get_running_loop()
+        failed_here = 0
         while loop.time() < end:
             bare, message = scram.first()
             writer.write(b"AUTH SCRAM-SHA-256 " + base64.b64encode(message.encode()) + b"\r\n")
             cont = await _first_line(reader, CONNECT_TIMEOUT)
             if not cont.startswith(b"CONT "):
+                if not cont and failed_here:
+                    return "closed by the gateway after failed logins"
                 return _ended(cont, True)
             server_first = base64.b64decode(cont[5:]).decode("utf-8")
             final, _ = scram.final(bare, server_first)
@@ -215,8 +219,11 @@ def _login(user: str, password: str) -> Callable[..., Awaitable[str]]:
             answer = await _first_line(reader, CONNECT_TIMEOUT)
             if answer.startswith(b"ERR AUTH_FAILED"):
                 tally.failed_logins += 1
+                failed_here += 1
                 continue
-            return _ended(answer, True) if answer else "greeted, then closed by the gateway"
+            if not answer and failed_here:
+                return "closed by the gateway after failed logins"
+            return _ended(answer, True)
         return "held until the end"
 
     return login
@@ -229,6 +236,7 @@ async def _slot(
     behaviour: Callable[..., Awaitable[str]],
     tally: Tally,
     end: float,
+    cycle_scale: float,
 ) -> None:
     loop = asyncio.get_running_loop()
     source = attack["sources"][index % len(attack["sources"])]
@@ -254,7 +262,8 @@ async def _slot(
                 tally.open -= 1
                 writer.transport.abort()
             tally.outcomes[outcome] += 1
-        await asyncio.sleep(max(0.0, min(end, began + attack["cycle"]) - loop.time()))
+        cycle = attack["cycle"] * cycle_scale
+        await asyncio.sleep(max(0.0, min(end, began + cycle) - loop.time()))
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -275,7 +284,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         tallies[name] = tally = Tally()
         slots = attack["slots"] if args.scale == 1.0 else max(1, int(attack["slots"] * args.scale))
         tasks += [
-            asyncio.ensure_future(_slot(i, args.port, attack, behaviours[name], tally, end))
+            asyncio.ensure_future(
+                _slot(i, args.port, attack, behaviours[name], tally, end, args.cycle_scale)
+            )
             for i in range(slots)
         ]
     started = time.monotonic()
@@ -317,6 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user", required=True)
     parser.add_argument("--wrong-password", default="not-the-password")
     parser.add_argument("--scale", type=float, default=1.0, help="scale every slot count")
+    parser.add_argument(
+        "--cycle-scale",
+        type=float,
+        default=1.0,
+        help="scale every slot's cycle (0: a slot connects again as soon as it is closed)",
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     unknown = set(args.attacks.split(",")) - set(ATTACKS)
