@@ -127,6 +127,18 @@ def _ended(first: bytes, greeted: bool) -> str:
     return "other: " + first[:40].decode("ascii", "replace")
 
 
+def _after_greeting(data: bytes) -> str:
+    """
+    @param data: what the gateway sent after its greeting, before closing.
+    @return: how the connection ended: C{greeted, then ERR ...} for an error line, else
+        C{greeted, then closed by the gateway}.
+    """
+    for line in data.split(b"\r\n"):
+        if line.startswith(b"ERR "):
+            return "greeted, then " + _ended(line, False)
+    return "greeted, then closed by the gateway"
+
+
 async def _first_line(reader: asyncio.StreamReader, timeout: float) -> bytes:
     """
     @return: the first line (without CRLF), or what came before the close or the timeout.
@@ -162,6 +174,8 @@ async def slowloris(
             continue
         if not data:
             return _ended(first, greeted)
+        if greeted:
+            return _after_greeting(data)
         return _ended(data.split(b"\r\n", 1)[0], False)
     return "dripped a whole line"
 
@@ -174,6 +188,7 @@ async def connect_hold(
     """
     loop = asyncio.get_running_loop()
     first = b""
+    later = b""
     greeted = False
     until = min(end, loop.time() + HOLD)
     while loop.time() < until:
@@ -182,12 +197,13 @@ async def connect_hold(
         except TimeoutError:
             break
         if not data:
-            return _ended(first, greeted)
+            return _after_greeting(later) if greeted else _ended(first, greeted)
         if not first:
-            first = data.split(b"\r\n", 1)[0]
+            first, _, data = data.partition(b"\r\n")
             greeted = first.startswith(b"NETGUARD/1 ")
             if not greeted:
                 return _ended(first, False)
+        later = (later + data)[-4096:]
     return "held, closed by us" if greeted else "held, never greeted"
 
 
