@@ -84,18 +84,6 @@ CLIENTS = ("returning", "first-time", "mux")
 # -- sampling the gateway --------------------------------------------------------------------
 
 
-def _lines(path: str) -> tuple[int, int]:
-    """
-    @return: (lines, bytes) of the file at C{path} so far.
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return 0, 0
-    return data.count(b"\n"), len(data)
-
-
 class Sampler:
     """
     The gateway's CPU, RSS, open descriptors and log size, sampled from C{/proc}.
@@ -106,6 +94,22 @@ class Sampler:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.samples: list[tuple[float, float, int, int, int, int]] = []
+        self._log_lines = 0
+        self._log_bytes = 0
+
+    def _log(self) -> tuple[int, int]:
+        """
+        @return: (lines, bytes) of the gateway's log so far, reading only what is new.
+        """
+        try:
+            with open(self.server.log_path, "rb") as f:
+                f.seek(self._log_bytes)
+                while chunk := f.read(1 << 20):
+                    self._log_lines += chunk.count(b"\n")
+                    self._log_bytes += len(chunk)
+        except OSError:
+            pass
+        return self._log_lines, self._log_bytes
 
     def sample(self) -> None:
         pid = self.server.pid
@@ -122,7 +126,7 @@ class Sampler:
             fds = len(os.listdir(f"/proc/{pid}/fd"))
         except (OSError, ValueError):
             return
-        lines, size = _lines(self.server.log_path)
+        lines, size = self._log()
         self.samples.append((time.monotonic(), cpu, rss, fds, lines, size))
 
     def sleep(self, seconds: float, until: Any = None) -> bool:
@@ -231,8 +235,11 @@ def measure(
         sampler.sleep(args.recovery)
         result["samples"] = sampler.samples
         result["after"] = sampler.samples[-1]
-        with open(os.path.join(talk, "legit.json")) as f:
-            result["legit"] = json.load(f)
+        try:
+            with open(os.path.join(talk, "legit.json")) as f:
+                result["legit"] = json.load(f)
+        except (OSError, ValueError) as error:
+            result["legit"] = {"error": f"no figures from the clients: {error}"}
         if attacker is not None and os.path.exists(attack_out):
             with open(attack_out) as f:
                 result["attack"] = json.load(f)
@@ -392,15 +399,18 @@ def report(result: dict[str, Any], run: int) -> str:
             got = ", ".join(f"{k} {v}" for k, v in list(a["outcomes"].items())[:5])
             extra = f", failed logins {a['failed_logins']}" if a["failed_logins"] else ""
             lines.append(f"- {phase}/{name}: peak open {a['peak_open']}{extra}; {got}")
+        status = r.get("status") or {}
         refused = {
-            k[len("refused.") :]: v
-            for k, v in (r.get("status") or {}).items()
-            if k.startswith("refused.") and v
+            k[len("refused.") :]: v for k, v in status.items() if k.startswith("refused.") and v
         }
-        if refused:
+        counters = [
+            f"{k} {status[k]}" for k in ("tickets_issued", "tickets_accepted") if k in status
+        ]
+        if refused or counters:
             lines.append(
                 f"- {phase}: gateway refused "
-                + ", ".join(f"{k} {v}" for k, v in sorted(refused.items()))
+                + (", ".join(f"{k} {v}" for k, v in sorted(refused.items())) or "none")
+                + "".join(f"; {c}" for c in counters)
             )
     lines += [
         "",
