@@ -38,7 +38,8 @@ unless C{--greeting-delay}); tunnel and gateway run the checkout C{--tree}. The 
 
 For each: the rate, and each process's own CPU per unit (utime + stime from
 C{/proc/<pid>/stat} over the window, less its idle CPU measured just before), redis-benchmark's
-and redis-server's too (so the load CPU's share is visible), and the ratio to HAProxy. Each
+and redis-server's too (the sink's for bulk), how busy each CPU was over the window (every
+process, others' included, from C{/proc/stat}), and the ratio to HAProxy. Each
 figure's paths alternate within a run (the order rotating from run to run); the medians of
 C{--runs} runs are printed, with the load average of each run. The number of new connections
 per path is sized from a warm-up (C{--new-seconds} worth, within C{--new-min} and
@@ -213,22 +214,23 @@ def start_tunnel(
 
 
 def start_path(
-    args: argparse.Namespace, setup: pathmod.Setup, name: str, redis: int, sink: int | None,
+    args: argparse.Namespace, setup: pathmod.Setup, name: str, redis: int, sink: Server | None,
     idle: int = 0,
 ) -> Path:  # fmt: skip
     """
-    Start path C{name} in front of redis (and of the bulk sink when C{sink} is given).
+    Start path C{name} in front of redis (and of the bulk sink when C{sink} is given: its
+    CPU is reported with the bulk figure, as C{sink}).
     """
     if name == "haproxy":
         front = start_haproxy(setup, redis, f"haproxy-{idle}", "")
         procs = {"haproxy": front.relays[0]}
         bulk_port = None
         if sink is not None:
-            bulk = start_haproxy(setup, sink, "haproxy-bulk", "")
-            procs["bulk-haproxy"] = bulk.relays[0]
+            bulk = start_haproxy(setup, sink_port(sink), "haproxy-bulk", "")
+            procs["bulk-haproxy"], procs["bulk-sink"] = bulk.relays[0], sink
             bulk_port = bulk.port
         return Path(name, front.port, bulk_port, procs)
-    services = {"redis": redis} if sink is None else {"redis": redis, "bulk": sink}
+    services = {"redis": redis} if sink is None else {"redis": redis, "bulk": sink_port(sink)}
     label = f"{name}-{idle}" if idle else name
     gateway, gateway_port = start_gateway(args, setup, services, name, label, idle)
     tunnel, port = start_tunnel(args, setup, gateway_port, "redis", name, label)
@@ -238,7 +240,16 @@ def start_path(
         procs["bulk-tunnel"], bulk_port = start_tunnel(
             args, setup, gateway_port, "bulk", name, f"bulk-{label}"
         )
+        procs["bulk-sink"] = sink
     return Path(name, port, bulk_port, procs)
+
+
+def sink_port(sink: Server) -> int:
+    """
+    @return: the bulk sink's port (from its command line).
+    """
+    argv = list(sink.popen.args)  # type: ignore[arg-type]
+    return int(argv[argv.index("--port") + 1])
 
 
 def stop_path(setup: pathmod.Setup, path: Path) -> None:
@@ -250,6 +261,32 @@ def stop_path(setup: pathmod.Setup, path: Path) -> None:
 
 
 # -- CPU accounting ------------------------------------------------------------------------------
+
+
+def cpu_times() -> dict[int, tuple[int, int]]:
+    """
+    @return: per CPU, its idle (idle + iowait) and total ticks so far (from C{/proc/stat}).
+    """
+    times = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *values = line.split()
+                ticks = [int(v) for v in values[:8]]
+                times[int(name[3:])] = (ticks[3] + ticks[4], sum(ticks))
+    return times
+
+
+def busy(before: dict[int, tuple[int, int]]) -> dict[str, float]:
+    """
+    @return: C{busyN}: how busy each CPU was since C{before} (every process, ours and
+        others'), in percent.
+    """
+    shares = {}
+    for cpu, (idle, total) in cpu_times().items():
+        spent = total - before[cpu][1]
+        shares[f"busy{cpu}"] = 100 * (1 - (idle - before[cpu][0]) / spent) if spent else 0.0
+    return shares
 
 
 def idle_rates(pids: dict[str, int], seconds: float = 0.5) -> dict[str, float]:
@@ -290,6 +327,7 @@ def redis_benchmark(
     """
     idle = idle_rates(pids)
     before = {role: cpu_seconds(pid) for role, pid in pids.items()}
+    machine = cpu_times()
     done = run_generator(
         [
             "redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", "get",
@@ -297,6 +335,7 @@ def redis_benchmark(
         ],
         LOAD_CPU, timeout,
     )  # fmt: skip
+    shares = busy(machine)
     rows = [row for row in csv.reader(done.stdout.splitlines()) if row and row[0] == "GET"]
     if done.returncode != 0 or done.timed_out or not rows:
         sys.stderr.write(f"redis-benchmark on {port}: exit {done.returncode}\n")
@@ -305,6 +344,7 @@ def redis_benchmark(
         "rps": float(rows[0][1]),
         "bench_us": 1e6 * done.cpu / requests,
         "bench_pct": 100 * done.cpu / done.wall,
+        **shares,
     }
     for role, pid in pids.items():
         cpu = cpu_seconds(pid) - before[role] - idle[role] * done.wall
@@ -330,7 +370,9 @@ def bulk_transfer(path: Path, size: int) -> dict[str, float] | None:
         *[f"--watch={role}:{pid}" for role, pid in pids.items()],
         "bulk", "--direction", "up", "--bytes", str(size),
     ]  # fmt: skip
+    machine = cpu_times()
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    shares = busy(machine)  # over the generator's whole run, its start-up included
     if done.returncode != 0:
         sys.stderr.write(f"bulk through {path.name}: {done.stderr[-400:]}\n")
         return None
@@ -340,6 +382,7 @@ def bulk_transfer(path: Path, size: int) -> dict[str, float] | None:
         "mb_per_s": got["mb_per_s"],
         "gen_s_per_gib": got["gen_cpu_pct"] / 100 * window / gib,
         "gen_pct": got["gen_cpu_pct"],
+        **shares,
     }
     for role in pids:
         cpu = got[f"{role}_cpu_pct"] / 100 * window - idle[role] * window
@@ -462,7 +505,11 @@ def profiles(args: argparse.Namespace, paths: dict[str, Path], redis_pid: int) -
     for figure, name, work, bulk in jobs:
         out = os.path.join(args.profile, f"{figure}-{name}")
         os.makedirs(out, exist_ok=True)
-        pids = {k: v for k, v in measured(paths[name], redis_pid, bulk).items() if k != "redis"}
+        pids = {
+            k: v
+            for k, v in measured(paths[name], redis_pid, bulk).items()
+            if k not in ("redis", "sink")
+        }
         print(f"py-spy, {figure} through {name}, by self time:")
         print(py_spy(pids, 12, out, work))
 
@@ -533,7 +580,15 @@ def one_run(
                 print(f"  {figure:6} {name:15} failed", flush=True)
                 continue
             samples.setdefault((figure, name), []).append(sample)
-            print(f"  {figure:6} {name:15} {line}{_fmt_cpu(sample, suffix, scale)}", flush=True)
+            machine = "".join(
+                f"; CPU {key[4:]} {sample[key]:.0f}% busy"
+                for key in sample
+                if key.startswith("busy")
+            )
+            print(
+                f"  {figure:6} {name:15} {line}{_fmt_cpu(sample, suffix, scale)}{machine}",
+                flush=True,
+            )
 
 
 #: Per figure: the rate key, its unit, the CPU key suffix, its unit and format.
@@ -580,9 +635,9 @@ def tables(
         out.append(f"{figure}: median of runs; ratios to HAProxy per run, then the median")
         out.append(
             f"| path | {rate_unit} | ÷ HAProxy | {cpu_unit}: tunnel | gateway / HAProxy | "
-            "gateway ÷ HAProxy | load: generator | redis | runs |"
+            "gateway ÷ HAProxy | load: generator | redis (bulk: sink) | CPU 0, 1 % busy | runs |"
         )
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name in names:
             runs = samples[(figure, name)]
 
@@ -605,7 +660,8 @@ def tables(
                 _median(runs, relay + suffix, fmt),
                 cpu_ratio,
                 _median(runs, generator + suffix, fmt),
-                _median(runs, "redis" + suffix, fmt),
+                _median(runs, ("sink" if figure == "bulk" else "redis") + suffix, fmt),
+                f"{_median(runs, 'busy0', '.0f')}, {_median(runs, 'busy1', '.0f')}",
                 str(len(runs)),
             ]
             out.append(f"| {name} | {' | '.join(cells)} |")
@@ -654,7 +710,10 @@ def main(argv: list[str] | None = None) -> int:
         setup = pathmod.prepare(work, processes, RELAY_CPU, os.path.dirname(sys.executable))
         redis_port = start_redis(processes, work)
         redis = processes.servers[-1]
-        sink = start_backend(processes, sys.executable) if "bulk" in args.figures else None
+        sink = None
+        if "bulk" in args.figures:
+            start_backend(processes, sys.executable)
+            sink = processes.servers[-1]
         names = [n for n in PATHS if n != "mux-lifted" or args.open_rate > 0]
         paths: dict[str, Path] = {}
         for name in names:
