@@ -261,6 +261,58 @@ class SessionCapTests(unittest.TestCase):
         self.assertEqual(h.endpoint.logins, 1)
         self.successResultOf(second)
 
+    def test_the_announced_streams_above_the_spec_default_are_used(self) -> None:
+        """
+        A gateway announcing C{STREAMS=300} (above C{MuxLimits().max_streams}, 256) gets
+        300 streams on one session: the 257th to 300th connects are not held back by the
+        client's own default (with C{max_sessions=1} they would wait, and fail, otherwise).
+        """
+        h = Harness(self, max_sessions=1)
+        h.gateway.factory.stream_settings = attrs.evolve(
+            StreamSettings(), max_streams=300, max_per_user=1000, open_burst=1000
+        )
+        connects = [h.connect() for _ in range(300)]
+        h.settle()
+        self.assertEqual([s.max_streams for s in h.endpoint.sessions], [300])
+        self.assertEqual(h.endpoint.sessions[0].session.limits.max_streams, 300)
+        for connecting in connects:
+            self.assertIsInstance(self.successResultOf(connecting), App)
+        self.assertEqual(h.endpoint.sessions[0].session.open_streams, 300)
+        self.assertEqual(h.endpoint.logins, 1)
+
+    def test_the_client_ceiling_bounds_the_announced_streams(self) -> None:
+        """
+        With the endpoint's C{max_streams=5} and the gateway's C{STREAMS=6}, a session
+        carries 5 streams (the ceiling, exactly); the sixth connect waits, with
+        C{max_sessions=1}, until one of them ends.
+        """
+        h = Harness(self, max_sessions=1, max_streams=5)
+        h.gateway.factory.stream_settings = attrs.evolve(StreamSettings(), max_streams=6)
+        connects = [h.connect() for _ in range(5)]
+        h.settle()
+        self.assertEqual([s.max_streams for s in h.endpoint.sessions], [5])
+        sixth = h.connect()
+        h.gateway.flush()
+        self.assertNoResult(sixth)
+        self.successResultOf(connects[0]).transport.loseConnection()
+        h.gateway.flush()
+        self.assertIsInstance(self.successResultOf(sixth), App)
+        self.assertEqual(h.endpoint.logins, 1)
+
+    def test_a_ceiling_below_one_is_refused(self) -> None:
+        """
+        C{max_streams} must be at least 1.
+        """
+        self.assertRaises(
+            ValueError,
+            MuxClientEndpoint,
+            Clock(),
+            None,
+            Credentials("alice", PASSWORD),
+            "echo",
+            max_streams=0,
+        )
+
 
 class PaceTests(unittest.TestCase):
     def paced(self, h: Harness, at_once: int, interval: float) -> None:

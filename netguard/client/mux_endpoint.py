@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError, NoProtocol
 from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
@@ -61,6 +62,12 @@ FATAL_CODES = frozenset({"AUTH_FAILED", "NOT_AUTHORIZED", "UNSUPPORTED_FRAMING"}
 #: (C{MuxLimits.open_rate} and C{open_burst}).
 PACE_RATE = 0.9
 PACE_BURST = 0.5
+
+#: The most streams one client session carries at once, whatever the gateway's C{STREAMS=}
+#: announces (the session takes the lower of the two). Each stream's receive window (at
+#: least the spec's 256 KiB) is credit the gateway may use, so this bounds what one
+#: session can be made to hold in the client.
+CLIENT_MAX_STREAMS = 4096
 
 #: C{OPENRATE=}'s value: a decimal rate (openings per second) and a whole burst.
 _OPEN_RATE = re.compile(rb"([0-9]{1,9}(?:\.[0-9]{1,17})?)/([0-9]{1,9})")
@@ -121,8 +128,10 @@ class _MuxLogin(NGPClientProtocol):
     arrived, or fails as a login does, or with L{MuxUnsupported} before any SCRAM message
     if the greeting does not offer multiplexing.
 
-    @ivar max_streams: the most streams this session may carry at once (the gateway's
-        C{STREAMS=} and our own limit, whichever is lower).
+    @ivar max_streams: the most streams this session may carry at once: the gateway's
+        C{STREAMS=} bounded by the endpoint's ceiling (L{CLIENT_MAX_STREAMS} by default);
+        without C{STREAMS=}, our limits' C{max_streams} (the gateway's default) within that
+        ceiling.
     @ivar open_rate: the gateway's stream-opening rate on this session (announced in
         C{OK MUX}, else assumed from our limits).
     @ivar open_burst: the gateway's stream-opening burst, likewise.
@@ -139,14 +148,16 @@ class _MuxLogin(NGPClientProtocol):
         on_end: Callable[[_MuxLogin, SessionEnd], None],
         tickets: TicketStore | None = None,
         present_ticket: bool = True,
+        stream_ceiling: int = CLIENT_MAX_STREAMS,
     ) -> None:
         super().__init__(
             credentials, "mux", clock=clock, tickets=tickets, present_ticket=present_ticket
         )
         self._limits = limits
         self._on_session_end = on_end
+        self._stream_ceiling = stream_ceiling
         self.mux: MuxProtocol | None = None
-        self.max_streams = limits.max_streams
+        self.max_streams = min(limits.max_streams, stream_ceiling)
         self.retired = False
         self._set_pace(limits.open_rate, limits.open_burst)
 
@@ -205,8 +216,8 @@ class _MuxLogin(NGPClientProtocol):
             self._fail(NGPProtocolError(f"unexpected reply {escape(line, 200)} to MUX"))
             return
         for word in words[3:]:
-            if word.startswith(b"STREAMS=") and word[8:].isdigit():
-                self.max_streams = max(1, min(self.max_streams, int(word[8:])))
+            if word.startswith(b"STREAMS=") and word[8:].isdigit() and len(word) <= 18:
+                self.max_streams = max(1, min(self._stream_ceiling, int(word[8:])))
             elif word.startswith(b"OPENRATE="):
                 announced = parse_open_rate(word[9:])
                 if announced is None:
@@ -227,7 +238,7 @@ class _MuxLogin(NGPClientProtocol):
             client=True,
             clock=self.clock,
             accept=lambda stream: None,
-            limits=self._limits,
+            limits=attrs.evolve(self._limits, max_streams=self.max_streams),
             on_end=lambda end: self._on_session_end(self, end),
         )
         self.mux.makeConnection(self.transport)
@@ -432,6 +443,7 @@ class MuxClientEndpoint:
         service: str,
         *,
         max_sessions: int = 4,
+        max_streams: int = CLIENT_MAX_STREAMS,
         wait_timeout: float = 15.0,
         backoff_base: float = 0.1,
         backoff_cap: float = 10.0,
@@ -445,6 +457,9 @@ class MuxClientEndpoint:
         @param credentials: who we are.
         @param service: the service every connection opens.
         @param max_sessions: the most sessions at once (at least 1).
+        @param max_streams: the most streams one session carries at once, whatever the
+            gateway announces (at least 1); a session carries the gateway's C{STREAMS=}
+            within it, so the endpoint carries up to C{max_sessions} times that.
         @param wait_timeout: seconds a connect may wait for a session.
         @param backoff_base: the first backoff bound, seconds.
         @param backoff_cap: the largest backoff bound, seconds.
@@ -455,11 +470,14 @@ class MuxClientEndpoint:
         """
         if max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
+        if max_streams < 1:
+            raise ValueError("max_streams must be at least 1")
         self.reactor = reactor
         self.gateway = gateway
         self.credentials = credentials
         self.service = service
         self.max_sessions = max_sessions
+        self.max_streams = max_streams
         self.wait_timeout = wait_timeout
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -641,6 +659,7 @@ class MuxClientEndpoint:
             self._session_ended,
             tickets=self.tickets,
             present_ticket=present,
+            stream_ceiling=self.max_streams,
         )
         factory = Factory.forProtocol(lambda: login)
         factory.noisy = False
