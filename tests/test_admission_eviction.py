@@ -7,6 +7,7 @@ the bookkeeping under random operations, and memory under a flood from 100,000 s
 from __future__ import annotations
 
 import random
+from collections import Counter
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -15,6 +16,7 @@ from twisted.trial import unittest
 
 from netguard.admission import (
     EVICTED,
+    LANE_CAP_USER,
     OVERLOAD_LAG,
     RANDOM_EARLY_DROP,
     UNAUTH_CAP,
@@ -260,8 +262,9 @@ class ProbationPoolTests(unittest.TestCase):
 
     def test_bound_exact_and_one_past_fifo(self) -> None:
         """
-        C{max_probation} connections wait; the next one makes the oldest go (FIFO), ended
-        with its own reason and counted; the pool stays at its bound.
+        C{max_probation} connections wait; the next one makes one go, ended with its own
+        reason and counted; among sources of equal share (one each) the oldest goes first;
+        the pool stays at its bound.
         """
         admission, _ = self.pressed(max_probation=3)
         held = [Held(admission, nth_v4(n)) for n in range(3)]
@@ -273,6 +276,68 @@ class ProbationPoolTests(unittest.TestCase):
         self.assertEqual([h.ends for h in held], [[OVERLOAD_LAG], [OVERLOAD_LAG], [], [], []])
         self.assertEqual(admission.snapshot()["probation"], 3)
         self.assertEqual(admission.counters[OVERLOAD_LAG], 2)
+
+    def test_flood_source_sheds_itself_not_a_single_slot_source(self) -> None:
+        """
+        The pool full (exactly C{max_probation}: nothing shed) with a returning client's one
+        connection, the oldest, and a flood source's others: one past the bound sheds the
+        flood source's oldest, not the oldest entry overall, and so on for every further
+        flood connection, while the single-slot source keeps its full timeout.
+        """
+        admission, clock = self.pressed(max_probation=4)
+        client = Held(admission, nth_v4(0))
+        flood = [Held(admission, nth_v4(1, port)) for port in range(3)]
+        self.assertEqual([h.ends for h in [client, *flood]], [[], [], [], []])
+        flood.append(Held(admission, nth_v4(1, 3)))
+        self.assertEqual([h.ends for h in [client, *flood]], [[], [OVERLOAD_LAG], [], [], []])
+        flood.extend(Held(admission, nth_v4(1, port)) for port in range(4, 40))
+        self.assertEqual(client.ends, [])
+        self.assertEqual(admission.snapshot()["probation"], 4)
+        self.assertEqual(admission.counters[OVERLOAD_LAG], 37)
+        clock.advance(0.999)
+        self.assertEqual(client.ends, [])
+        self.assertIsNone(admission.enter_lane(client.slot))
+
+    def test_sheds_from_the_source_holding_most(self) -> None:
+        """
+        With several sources on probation, the one holding the most loses its oldest
+        connection; once shares are equal, the source that reached that share first; a
+        newcomer from the source holding the most sheds its own source's oldest.
+        """
+        admission, _ = self.pressed(max_probation=5)
+        a = [Held(admission, nth_v4(0, port)) for port in range(2)]
+        b = [Held(admission, nth_v4(1, port)) for port in range(3)]
+        Held(admission, nth_v4(2))
+        self.assertEqual([h.ends for h in a + b], [[], [], [OVERLOAD_LAG], [], []])
+        Held(admission, nth_v4(3))
+        self.assertEqual([h.ends for h in a + b], [[OVERLOAD_LAG], [], [OVERLOAD_LAG], [], []])
+        # a, b, 2, 3 hold 1, 2, 1, 1: a newcomer of b makes b hold 3, and b sheds.
+        b.append(Held(admission, nth_v4(1, 9)))
+        self.assertEqual([h.ends for h in b], [[OVERLOAD_LAG], [OVERLOAD_LAG], [], []])
+        self.assertEqual(admission.snapshot()["probation"], 5)
+
+    def test_many_source_flood_cannot_shed_a_returning_client(self) -> None:
+        """
+        254 sources each opening 10 connections a second keep a 512-place pool full; a
+        returning client's one connection arriving in the middle keeps its place for its
+        whole second (each flood source holds two), still with one timer for the pool, and
+        enters the lane at the last moment.
+        """
+        admission, clock = self.pressed(max_probation=512, probation_timeout=1.0)
+        client: Held | None = None
+        for step in range(15):
+            for source in range(1, 255):
+                Held(admission, nth_v4(source, step))
+            if step == 5:
+                client = Held(admission, nth_v4(10_000))
+            self.assertEqual(admission.snapshot()["probation"], min(512, 254 * (step + 1)))
+            self.assertEqual(len(clock.getDelayedCalls()), 1)
+            clock.advance(0.1 if step != 14 else 0.0)
+        assert client is not None
+        self.assertEqual(client.ends, [])
+        self.assertGreater(client.slot.deadline, clock.seconds())
+        self.assertIsNone(admission.enter_lane(client.slot))
+        self.assertLessEqual(admission._probation.sources(), 255)
 
     def test_one_timer_for_a_thousand(self) -> None:
         """
@@ -287,6 +352,7 @@ class ProbationPoolTests(unittest.TestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertEqual(admission.snapshot()["probation"], 0)
         self.assertEqual(admission._sources, {})
+        self.assertEqual(admission._probation.sources(), 0)
 
     def test_each_ends_at_its_own_deadline(self) -> None:
         """
@@ -434,7 +500,19 @@ def check_consistent(admission: Admission, model: dict[Slot, int]) -> None:
             for bucket in groups[progressed][record].buckets.values():
                 assert bucket, "empty buckets are dropped"
                 assert all(admission._sources.get(s.key) is s for s in bucket)
-    assert len(admission._probation) == snap["probation"]
+    pool = admission._probation
+    assert len(pool) == snap["probation"]
+    on_probation = Counter(slot.source for slot, p in live.items() if p == PROBATION)
+    assert {source: pool.held(source) for source in on_probation} == dict(on_probation)
+    assert pool.sources() == len(on_probation)
+    assert {
+        source: count for count, bucket in pool._counts.buckets.items() for source in bucket
+    } == dict(on_probation)
+    assert all(bucket for bucket in pool._counts.buckets.values())
+    lane_users = Counter(slot.user for slot, p in live.items() if p == LANE and slot.user)
+    assert admission._lane_users == dict(lane_users), (admission._lane_users, lane_users)
+    assert all(count <= policy.lane_per_user for count in lane_users.values())
+    assert all(slot.user is None for slot, p in model.items() if p != LANE)
     timers = admission._probation.pending_timers
     assert timers == 1 if snap["probation"] else timers == 0, (timers, snap["probation"])
 
@@ -443,16 +521,23 @@ class BookkeepingTests(unittest.TestCase):
     def test_random_operations_never_leak_a_slot(self) -> None:
         """
         Thousands of random operations (connect with or without an eviction handler,
-        handlers set and cleared later, lane, login, progress, offences, overload on and
-        off, time passing, release) keep
-        every count equal to a model built from the slots' own states and the handlers'
-        calls; at the end, releasing everything leaves nothing counted or scheduled.
+        handlers set and cleared later, lane with or without a user, login, progress,
+        offences, overload on and off, time passing, release) keep every count equal to a
+        model built from the slots' own states and the handlers' calls: the pools, the
+        eviction index, the probation pool's per-source index, each user's lane count
+        (never past C{lane_per_user}, refused exactly at it); a full probation pool always
+        sheds the oldest connection of a source holding the most; at the end, releasing
+        everything leaves nothing counted or scheduled.
         """
         reasons: set[str] = set()
+        self.tally: Counter[str] = Counter()
         for seed in range(12):
             reasons |= self._scenario(seed)
-        # The operations reached every way a connection can be ended by admission.
+        # The operations reached every way a connection can be ended by admission, shed a
+        # full probation pool and met the per-user lane cap.
         self.assertEqual(reasons, {EVICTED, UNAUTH_CAP, RANDOM_EARLY_DROP, OVERLOAD_LAG})
+        self.assertGreater(self.tally["shed"], 10)
+        self.assertGreater(self.tally["lane-cap-user"], 10)
 
     def _scenario(self, seed: int) -> set[str]:
         draw = random.Random(seed)
@@ -464,6 +549,7 @@ class BookkeepingTests(unittest.TestCase):
             red_hard=6,
             max_relays=4,
             lane_max=3,
+            lane_per_user=1,
             max_probation=4,
             per_source_max=5,
             per_source_burst=10_000,
@@ -483,7 +569,22 @@ class BookkeepingTests(unittest.TestCase):
             live = [slot for slot, pool in model.items() if pool != GONE]
             if op <= 2:
                 source = draw.randrange(12)
+                waiting = [slot for slot in live if model[slot] == PROBATION]
+                held = Counter(slot.source.key for slot in waiting)
+                mark = len(ended)
                 result = admission.enter(nth_v4(source, draw.randrange(1000)))
+                if isinstance(result, Slot) and result.probation is not None:
+                    held[result.source.key] += 1
+                for slot, _ in ended[mark:]:
+                    if slot in waiting:
+                        # Shed to make room: the oldest of a source holding the most.
+                        self.tally["shed"] += 1
+                        assert held[slot.source.key] == max(held.values()), held
+                        assert all(
+                            other.deadline >= slot.deadline
+                            for other in waiting
+                            if other.source is slot.source
+                        )
                 if isinstance(result, Slot):
                     model[result] = PROBATION if result.probation is not None else UNAUTH
                     # A slot on probation must have a handler (or nobody could close it).
@@ -491,8 +592,14 @@ class BookkeepingTests(unittest.TestCase):
                         admission.set_evict_handler(result, handler(result))
             elif op == 3 and live:
                 slot = draw.choice(live)
-                if admission.enter_lane(slot) is None:
+                user = draw.choice(["alice", "bob", None])
+                refusal = admission.enter_lane(slot, user)
+                if refusal is None:
                     model[slot] = RELAY if model[slot] == RELAY else LANE
+                elif refusal.reason == LANE_CAP_USER:
+                    self.tally["lane-cap-user"] += 1
+                    at_cap = sum(1 for s, p in model.items() if p == LANE and s.user == user)
+                    assert at_cap == admission.policy.lane_per_user
             elif op == 4 and live:
                 slot = draw.choice(live)
                 if admission.promote(slot) is None:

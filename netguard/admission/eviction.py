@@ -86,12 +86,13 @@ class Slot:
         self.user: str | None = None
 
 
-class _CountIndex:
+class CountIndex:
     """
-    Sources grouped by their unauthenticated count, with the largest count at hand: a bucket
-    per count (an insertion-ordered dict used as a set) and the highest count that may be
-    non-empty. Adding, removing and moving a source cost O(1); finding the largest scans down
-    over empty buckets, which costs no more in total than the rises of C{top} before it.
+    Sources grouped by a count (their unauthenticated slots for eviction, their probation
+    slots for the probation pool), with the largest count at hand: a bucket per count (an
+    insertion-ordered dict used as a set) and the highest count that may be non-empty.
+    Adding, removing and moving a source cost O(1); finding the largest scans down over
+    empty buckets, which costs no more in total than the rises of C{top} before it.
     """
 
     __slots__ = ("buckets", "top")
@@ -138,15 +139,15 @@ class EvictionIndex:
     progress before progress; (2) a source with a bad record before a clean one; (3) the
     source holding the most unauthenticated slots; (4) the oldest "last useful" time.
 
-    Four L{_CountIndex} groups (progressed or not, bad or clean) hold the sources that have
+    Four L{CountIndex} groups (progressed or not, bad or clean) hold the sources that have
     evictable connections of that kind; each source keeps its own connections in order.
     """
 
     def __init__(self) -> None:
         # groups[progressed][bad]
-        self._groups = ((_CountIndex(), _CountIndex()), (_CountIndex(), _CountIndex()))
+        self._groups = ((CountIndex(), CountIndex()), (CountIndex(), CountIndex()))
 
-    def _group(self, source: Source, progressed: bool) -> _CountIndex:
+    def _group(self, source: Source, progressed: bool) -> CountIndex:
         return self._groups[progressed][source.bad]
 
     def track(self, slot: Slot) -> None:
