@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -34,7 +35,9 @@ from netguard.admission import (
     Admission,
     AdmissionPolicy,
     Refusal,
+    Slot,
 )
+from netguard.config import load_config
 
 
 def v4(host: str, port: int = 40000) -> IPv4Address:
@@ -74,7 +77,7 @@ class PolicyTests(unittest.TestCase):
         policy = AdmissionPolicy()
         self.assertEqual(
             (policy.max_connections, policy.max_unauthenticated, policy.max_relays),
-            (1024, 256, 768),
+            (1280, 256, 768),
         )
         self.assertEqual((policy.per_source_max, policy.per_source_rate), (32, 10.0))
         self.assertEqual(policy.per_source_burst, 20)
@@ -84,13 +87,41 @@ class PolicyTests(unittest.TestCase):
             (policy.penalty_base, policy.penalty_max, policy.penalty_decay), (10, 3600, 600)
         )
         self.assertEqual(policy.penalty_threshold, 3)
-        self.assertEqual([policy.points_for(k) for k in OFFENCE_KINDS], [1, 3, 1, 1, 3])
-        self.assertEqual(policy.bad_ticket_points, 3)
+        self.assertEqual([policy.points_for(k) for k in OFFENCE_KINDS], [1, 3, 1, 1, 2])
+        self.assertEqual(policy.bad_ticket_points, 2)
         self.assertEqual((policy.lane_max, policy.max_probation), (256, 512))
+        self.assertEqual(policy.lane_per_user, 16)
         self.assertEqual(policy.probation_timeout, 1.0)
         self.assertEqual((policy.never_penalise, policy.deny, policy.allow), ((), (), ()))
         self.assertEqual(policy.max_tracked_sources, 65536)
         self.assertEqual(policy.reject_mode, "reply")
+
+    def test_max_connections_follows_the_pools(self) -> None:
+        """
+        Unset, C{max_connections} is the sum of the three pool caps it covers
+        (C{max_unauthenticated + lane_max + max_relays}), whichever of them is set; set, it is
+        kept as given, also below that sum, and also through C{attrs.evolve}.
+        """
+        self.assertEqual(AdmissionPolicy().max_connections, 256 + 256 + 768)
+        policy = AdmissionPolicy(max_unauthenticated=10, lane_max=5, max_relays=20)
+        self.assertEqual(policy.max_connections, 35)
+        self.assertEqual(AdmissionPolicy(lane_max=1).max_connections, 256 + 1 + 768)
+        self.assertEqual(AdmissionPolicy(max_connections=7).max_connections, 7)
+        self.assertEqual(attrs.evolve(policy, max_relays=1).max_connections, 35)
+        self.assertRaises(ValueError, AdmissionPolicy, max_connections=0)
+
+    def test_max_connections_from_a_configuration_file(self) -> None:
+        """
+        A configuration that sets only the pool caps gets their sum as the global cap; one
+        that sets C{max_connections} gets that number.
+        """
+        path = self.mktemp()
+        with open(path, "w") as handle:
+            handle.write("[admission]\nmax_unauthenticated = 100\nmax_relays = 50\n")
+        self.assertEqual(load_config(path).admission.max_connections, 100 + 256 + 50)
+        with open(path, "w") as handle:
+            handle.write("[admission]\nmax_relays = 50\nmax_connections = 300\n")
+        self.assertEqual(load_config(path).admission.max_connections, 300)
 
     def test_red_limits_follow_max_unauthenticated(self) -> None:
         policy = AdmissionPolicy(max_unauthenticated=10)
@@ -186,6 +217,53 @@ class SourceKeyTests(unittest.TestCase):
 
 
 class CapTests(unittest.TestCase):
+    def test_default_global_cap_never_bites_before_the_pools(self) -> None:
+        """
+        With the default caps, a full relay pool (768) and a full lane (256) leave the whole
+        unauthenticated pool (256) to newcomers, none refused C{global-cap}. Only then, all
+        three pools full, is the global cap (1280) reached: the next newcomer is refused
+        C{global-cap}; one relay fewer, and it is a pressure case again (C{unauth-cap}, on
+        probation).
+        """
+        admission, _ = make(**LOOSE)
+        n = 0
+
+        def newcomer() -> Slot:
+            nonlocal n
+            n += 1
+            result = admission.enter(nth_v4(n))
+            assert isinstance(result, Slot), result
+            return result
+
+        relays = []
+        for _ in range(768):
+            relays.append(newcomer())
+            self.assertIsNone(admission.promote(relays[-1]))
+        for _ in range(256):
+            self.assertIsNone(admission.enter_lane(newcomer()))
+        for _ in range(256):
+            self.assertIsNone(newcomer().probation)
+        self.assertEqual(admission.snapshot()["connections"], 1280)
+        self.assertEqual(admission.counters[GLOBAL_CAP], 0)
+        self.assertEqual(admission.enter(nth_v4(99_999)), Refusal(GLOBAL_CAP))
+        admission.release(relays[0])
+        self.assertEqual(newcomer().probation, Refusal(UNAUTH_CAP))
+
+    def test_explicit_global_cap_exact_and_one_past(self) -> None:
+        """
+        An explicit C{max_connections} below the pools' sum is kept: exactly that many
+        connections in the three pools, and the next is refused C{global-cap}.
+        """
+        admission, _ = make(max_connections=5, max_unauthenticated=3, lane_max=2, **LOOSE)
+        slots = [admission.enter(nth_v4(n)) for n in range(3)]
+        for slot in slots[:2]:
+            assert isinstance(slot, Slot)
+            self.assertIsNone(admission.enter_lane(slot))
+        for n in range(3, 5):
+            self.assertIsInstance(admission.enter(nth_v4(n)), Slot)
+        self.assertEqual(admission.snapshot()["connections"], 5)
+        self.assertEqual(admission.enter(nth_v4(5)), Refusal(GLOBAL_CAP))
+
     def test_global_cap(self) -> None:
         admission, _ = make(max_connections=3, **LOOSE)
         for n in range(3):

@@ -121,6 +121,23 @@ class VocabularyTests(unittest.TestCase):
         self.assertEqual(allowed_values("bad_ticket_points"), "an integer from 0")
 
 
+class BadTicketPointsTests(unittest.TestCase):
+    def test_one_bad_ticket_never_blocks_alone(self) -> None:
+        """
+        At the defaults (2 points, threshold 3) one bad ticket leaves the source unblocked,
+        with a bad record; a second one within the decay time blocks it (about 4 points:
+        twice C{penalty_base}); an early talk alone still blocks at once.
+        """
+        admission, clock = make(**LOOSE)
+        self.assertIsNone(admission.offence(nth_v4(0), "bad_ticket"))
+        self.assertIsInstance(admission.enter(nth_v4(0)), Slot)
+        self.assertEqual(admission.penalties(), [("10.0.0.0/32", 0.0, 1)])
+        clock.advance(60.0)
+        self.assertEqual(admission.offence(nth_v4(0), "bad_ticket"), 20.0)
+        self.assertEqual(admission.enter(nth_v4(0, 2)), Refusal(PENALISED, 20.0))
+        self.assertEqual(admission.offence(nth_v4(1), "early_talker"), 10.0)
+
+
 class ProbationTests(unittest.TestCase):
     def test_full_pool_without_victim_puts_on_probation(self) -> None:
         """

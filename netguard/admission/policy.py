@@ -157,15 +157,24 @@ class AdmissionPolicy:
     """
     Every admission knob, each with a safe default. Counts are connections, times seconds.
 
-    @ivar max_connections: global cap on live connections of both pools (default 1024). Defends
-        the process's file descriptors and memory against any flood; with the defaults it
-        equals C{max_unauthenticated + max_relays}, so it never bites before the pool caps.
     @ivar max_unauthenticated: cap on connections still in the line phase (default 256).
         Defends against floods of connections that never authenticate (slowloris, SYN-and-talk
         bots): they can fill this pool and no more.
     @ivar max_relays: cap on authenticated connections (default 768), a separate pool.
         Moving into it never depends on the unauthenticated pool, so authenticated users are
         not starved by a pre-authentication flood.
+    @ivar lane_max: cap on connections in the returning-client lane (default 256): those
+        that presented a valid ticket and have not logged in yet. A lane connection is never
+        evicted, never on probation and never refused by overload; the cap bounds what
+        stolen-but-valid tickets can hold.
+    @ivar max_connections: global cap on live connections of the unauthenticated pool, the
+        lane and the relay pool together (default C{max_unauthenticated + lane_max +
+        max_relays}, so 1280, and it never bites before the pool caps; set lower, it does).
+        Defends the process's file descriptors and memory against any flood. Connections
+        on probation are outside it (C{max_probation} bounds them), so the gateway's client
+        descriptors are bounded by C{max_connections + max_probation}, plus refused
+        connections in flight (each closed before the next is accepted, or within the
+        write timeout on a TLS or PROXY-header listener).
     @ivar per_source_max: concurrent connections per source key (default 32). Defends against
         one host (or one IPv6 /64) taking a pool by itself.
     @ivar per_source_rate: new connections per second per source key, token-bucket refill
@@ -203,9 +212,10 @@ class AdmissionPolicy:
         bot, not a person, so one early talk blocks for C{penalty_base}).
     @ivar timeout_points: points for a line-phase timeout (1).
     @ivar format_error_points: points for a malformed line or command (1).
-    @ivar bad_ticket_points: points for presenting a forged, expired, replayed or revoked
-        returning-client ticket (3: like early talk, a deliberate act no honest client
-        commits).
+    @ivar bad_ticket_points: points for presenting a forged, expired or replayed
+        returning-client ticket (2: below the default threshold, so one bad ticket never
+        blocks on its own, since an honest client can present one after a restart, a key
+        change or a clock step; a second within the decay time does).
     @ivar never_penalise: networks (CIDR) whose offences add no points (default empty). This
         exempts from penalty blocks only; caps, rates and authentication still apply. Set it to
         the address of a local proxy (e.g. C{127.0.0.1/32} behind HAProxy or stunnel), through
@@ -222,10 +232,6 @@ class AdmissionPolicy:
         key what a fresh one has (a full bucket, no points) and nothing more; the pool caps
         never depend on these tables. Rate churn cannot evict penalties (separate tables), and
         each penalty entry costs the attacker an admitted, misbehaving connection.
-    @ivar lane_max: cap on connections in the returning-client lane (default 256): those
-        that presented a valid ticket and have not logged in yet. A lane connection is never
-        evicted, never on probation and never refused by overload; the cap bounds what
-        stolen-but-valid tickets can hold.
     @ivar lane_per_user: cap on one user's connections in the returning-client lane (default
         16), counted by the user each ticket was issued to: one account (its tickets
         stolen, or its owner hostile) cannot take the lane from every other returning
@@ -233,16 +239,25 @@ class AdmissionPolicy:
         first-time one.
     @ivar max_probation: cap on connections on probation at once (default 512): admitted
         only to present a ticket, because a pressure reason would have refused them. When
-        full, the oldest is refused to make room (first in, first out).
+        full, a newcomer makes room by ending the oldest connection of the source holding
+        the most on probation, so a flood sheds its own before a source with fewer.
     @ivar probation_timeout: seconds a connection on probation has to present a valid
         ticket before it is refused with the reason it stands for (default 1.0).
     @ivar reject_mode: C{"reply"} answers a refusal with C{ERR BUSY <reason>} then closes;
         C{"close"} closes silently, which costs less under a flood and tells a scanner less.
     """
 
-    max_connections: int = attrs.field(default=1024, validator=_positive)
     max_unauthenticated: int = attrs.field(default=256, validator=_positive)
     max_relays: int = attrs.field(default=768, validator=_positive)
+    lane_max: int = attrs.field(default=256, validator=_positive)
+    # After the three pools its default adds up (attrs fills fields in this order).
+    max_connections: int = attrs.field(
+        default=attrs.Factory(
+            lambda self: self.max_unauthenticated + self.lane_max + self.max_relays,
+            takes_self=True,
+        ),
+        validator=_positive,
+    )
     per_source_max: int = attrs.field(default=32, validator=_positive)
     per_source_rate: float = attrs.field(default=10.0, converter=float, validator=_positive)
     per_source_burst: int = attrs.field(default=20, validator=_positive)
@@ -266,14 +281,13 @@ class AdmissionPolicy:
     early_talker_points: int = attrs.field(default=3, validator=_non_negative)
     timeout_points: int = attrs.field(default=1, validator=_non_negative)
     format_error_points: int = attrs.field(default=1, validator=_non_negative)
-    bad_ticket_points: int = attrs.field(default=3, validator=_non_negative)
+    bad_ticket_points: int = attrs.field(default=2, validator=_non_negative)
     never_penalise: tuple[str, ...] = attrs.field(
         default=(), converter=_cidr_tuple, validator=_check_cidrs
     )
     deny: tuple[str, ...] = attrs.field(default=(), converter=_cidr_tuple, validator=_check_cidrs)
     allow: tuple[str, ...] = attrs.field(default=(), converter=_cidr_tuple, validator=_check_cidrs)
     max_tracked_sources: int = attrs.field(default=65536, validator=_positive)
-    lane_max: int = attrs.field(default=256, validator=_positive)
     lane_per_user: int = attrs.field(default=16, validator=_positive)
     max_probation: int = attrs.field(default=512, validator=_positive)
     probation_timeout: float = attrs.field(default=1.0, converter=float, validator=_positive)
