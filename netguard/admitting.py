@@ -195,10 +195,10 @@ class AdmissionAware(Protocol):
 
         When C{admitted.probation} is set the connection was let in only on probation: do
         not greet it; let it present a returning-client ticket (then call
-        C{admitted.enter_lane()}), and set C{admitted.on_evict} to answer and close it when
-        admission ends its probation (a default that writes the reply line and closes the
-        transport is set if the protocol leaves it unset). The same handler serves
-        evictions. Call C{admitted.progress()} on useful progress.
+        C{admitted.enter_lane(user)} with the ticket's user), and set C{admitted.on_evict}
+        to answer and close it when admission ends its probation (a default that writes the
+        reply line and closes the transport is set if the protocol leaves it unset). The
+        same handler serves evictions. Call C{admitted.progress()} on useful progress.
 
         @return: the protocol, or L{None} to close the connection (its slot is given back).
         """
