@@ -16,6 +16,7 @@ from twisted.trial import unittest
 
 from netguard.admission import (
     EVICTED,
+    GLOBAL_CAP,
     LANE_CAP_USER,
     OVERLOAD_LAG,
     RANDOM_EARLY_DROP,
@@ -216,6 +217,25 @@ class FairnessTests(unittest.TestCase):
         self.assertIsNone(newcomer.slot.probation)
         self.assertEqual(small.ends, [])
         self.assertEqual(sum(1 for b in big if b.evicted), 1)
+
+    def test_at_the_global_cap_a_fresh_source_still_evicts(self) -> None:
+        """
+        With every pool full (the global cap reached, as with the default cap only then),
+        a fresh source takes the place of a connection of the biggest source instead of
+        being refused C{global-cap}; a newcomer of that biggest source is refused
+        C{global-cap} at once (no victim it may take, no probation past the cap).
+        """
+        admission, _ = full_pool(3, max_connections=4, max_relays=1)
+        relay = Held(admission, nth_v4(9))
+        self.assertIsNone(admission.promote(relay.slot))
+        big = [Held(admission, nth_v4(0, port)) for port in range(3)]
+        self.assertEqual(admission.snapshot()["connections"], 4)
+        newcomer = Held(admission, nth_v4(1))
+        self.assertIsNone(newcomer.slot.probation)
+        self.assertEqual(sum(1 for b in big if b.evicted), 1)
+        self.assertEqual(admission.snapshot()["connections"], 4)
+        self.assertEqual(admission.enter(nth_v4(0, 99)), Refusal(GLOBAL_CAP))
+        self.assertEqual(relay.ends, [])
 
     def test_shares_converge(self) -> None:
         """

@@ -236,9 +236,11 @@ class Admission:
         """
         Decide on a new connection, before it is greeted, and give it a slot.
 
-        The rules in order: C{deny}/C{allow}, the global cap, the per-source rules (penalty
-        block, per-source cap, rate) refuse at once. Then the pressure rules: overload; a
-        full unauthenticated pool, where a victim is evicted when the ranking allows one;
+        The rules in order: C{deny}/C{allow}, the global cap (when no unauthenticated
+        connection could make room), the per-source rules (penalty block, per-source cap,
+        rate) refuse at once. Then the pressure rules: overload; a full unauthenticated pool
+        or the global cap, where a victim is evicted when the ranking allows one (at the
+        global cap, no victim is a C{global-cap} refusal);
         random early drop, for sources that already hold an unauthenticated slot or have a
         bad record. A pressure rule puts the connection on probation (or refuses it, without
         C{probation}). Unix-socket peers meet no per-source rule and share the source
@@ -261,8 +263,9 @@ class Admission:
                 return self._refuse(DENIED)
             if self._allow and (ip is None or not _member(ip, self._allow)):
                 return self._refuse(NOT_ALLOWED)
-        if self._unauth + self._lane + self._relays >= policy.max_connections:
-            return self._refuse(GLOBAL_CAP)
+        at_cap = self._unauth + self._lane + self._relays >= policy.max_connections
+        if at_cap and not self._unauth:
+            return self._refuse(GLOBAL_CAP)  # nothing a newcomer could take the place of
         now = self.clock.seconds()
         bad = False
         if unix:
@@ -292,9 +295,13 @@ class Admission:
         victim: Slot | None = None
         if self._overload is not None:
             pressure = self._overload
-        elif self._unauth >= policy.max_unauthenticated:
+        elif at_cap or self._unauth >= policy.max_unauthenticated:
+            # At the global cap (every pool full with the default cap) an eviction keeps
+            # the count: the newcomer takes the victim's place, or is refused outright.
             victim = self._evictions.victim(held, bad, self._still_bad)
             if victim is None:
+                if at_cap:
+                    return self._refuse(GLOBAL_CAP)
                 pressure = UNAUTH_CAP
         elif (
             self._unauth >= policy.red_soft
