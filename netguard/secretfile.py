@@ -73,26 +73,12 @@ def read_or_create_key(path: str, size: int) -> bytes:
     @param size: the key's length in bytes.
     @return: the key.
     @raise ValueError: if the file cannot be read or made, is not a regular file of exactly
-        C{size} bytes, or lets group or others access it (the message never shows the key).
+        C{size} bytes, is owned by another user, or lets group or others access it (the
+        message never shows the key).
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
+    key = read_key_file(path, size)
+    if key is None:
         return _create_key(path, size)
-    except OSError as exc:
-        raise ValueError(f"key file {escape(path)}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"key file {escape(path)}: not a regular file")
-        if info.st_mode & 0o077:
-            raise ValueError(
-                f"key file {escape(path)}: mode {stat.S_IMODE(info.st_mode):04o} lets group "
-                "or others access it; use 0600"
-            )
-        key = os.read(fd, size + 1)
-    finally:
-        os.close(fd)
     if len(key) != size:
         raise ValueError(
             f"key file {escape(path)}: not a {size}-byte key; delete it to have one made"
@@ -100,10 +86,83 @@ def read_or_create_key(path: str, size: int) -> bytes:
     return key
 
 
+def read_key_file(path: str, limit: int) -> bytes | None:
+    """
+    Read a binary secret of at most C{limit} bytes from a regular file that we own and that
+    gives group and others no permission.
+
+    @param path: the file; never followed when it is a symbolic link.
+    @return: its content (at most C{limit} + 1 bytes are read, so a longer file shows as
+        longer than C{limit}), or L{None} when it is missing.
+    @raise ValueError: if it cannot be read, is not a regular file, is owned by another user
+        or is too permissive (the message never shows the content).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ValueError(f"key file {escape(path)}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"key file {escape(path)}: not a regular file")
+        if info.st_uid != os.geteuid():
+            raise ValueError(
+                f"key file {escape(path)}: owned by uid {info.st_uid}, not by us "
+                f"(uid {os.geteuid()})"
+            )
+        if info.st_mode & 0o077:
+            raise ValueError(
+                f"key file {escape(path)}: mode {stat.S_IMODE(info.st_mode):04o} lets group "
+                "or others access it; use 0600"
+            )
+        return os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+
+
+def write_key_file(path: str, data: bytes) -> None:
+    """
+    Replace a binary secret file atomically: C{data} written in full under a temporary name
+    (mode 0600) and synced, renamed over C{path}, then the directory synced, so a crash
+    leaves the old file or the new one, never a part.
+
+    @raise ValueError: when it cannot be written (the message never shows the content).
+    """
+    temporary = f"{path}.{secrets.token_hex(8)}.tmp"
+    try:
+        fd = os.open(
+            temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        _sync_directory(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise ValueError(f"key file {escape(path)}: cannot write: {exc.strerror}") from None
+
+
+def _sync_directory(path: str) -> None:
+    """
+    Sync the directory holding C{path}, so a new name in it survives a crash.
+    """
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _create_key(path: str, size: int) -> bytes:
     """
     Make a new key file: written in full under a temporary name, then linked into place
-    (never replacing a key another process made meanwhile: that one is read instead).
+    (never replacing a key another process made meanwhile: that one is read instead), and
+    the directory synced.
     """
     key = secrets.token_bytes(size)
     temporary = f"{path}.{secrets.token_hex(8)}.tmp"
@@ -120,6 +179,7 @@ def _create_key(path: str, size: int) -> bytes:
             os.fsync(handle.fileno())
         try:
             os.link(temporary, path)
+            _sync_directory(path)
         except FileExistsError:
             return read_or_create_key(path, size)
         except OSError as exc:

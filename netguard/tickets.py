@@ -28,10 +28,18 @@ import attrs
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from netguard.secretfile import read_or_create_key
+from netguard.secretfile import read_key_file, read_or_create_key, write_key_file
 
 #: The key file in the state directory.
 TICKET_KEY_FILE: Final = "ticket.key"
+#: The keys a reload retired, newest first, beside it: tickets they sealed are revoked, not
+#: forged, after a restart too.
+RETIRED_KEY_FILE: Final = "ticket.key.old"
+#: How many retired keys are kept (two rotations in a row still revoke, never forge).
+MAX_RETIRED_KEYS: Final = 4
+#: Seconds past a ticket's own lifetime during which presenting it is refused without an
+#: offence (clocks of client and gateway differ; a wall-clock step).
+EXPIRY_GRACE: Final = 60
 #: AES-256: the key's length in bytes.
 TICKET_KEY_BYTES: Final = 32
 #: The first byte of every sealed ticket.
@@ -67,6 +75,14 @@ def _in_range(low: int, high: int) -> Any:
     return check
 
 
+def _in_seconds(low: float, high: float) -> Any:
+    def check(_instance: object, attribute: Any, value: float) -> None:
+        if not low <= value <= high:
+            raise ValueError(f"{attribute.name} must be a number from {low:g} to {high:g}")
+
+    return check
+
+
 @attrs.frozen
 class TicketSettings:
     """
@@ -78,6 +94,13 @@ class TicketSettings:
     @ivar ipv6_prefix: the IPv6 prefix length of the address block a ticket is bound to.
     @ivar max_spent: spent ticket ids remembered until their tickets expire; when the table
         is full of unexpired ids, presented tickets buy no lane (fail closed).
+    @ivar max_spent_per_user: at most this many of them per user: past it that user's
+        tickets buy no lane until some expire (fail closed for that user alone).
+    @ivar issue_rate: tickets issued per second per user, on average (a token bucket).
+    @ivar issue_burst: tickets one user may be issued at once (the bucket's size); past the
+        rate C{TICKET} is answered C{ERR BUSY ticket-rate}.
+    @ivar lane_login_timeout: seconds a connection that entered the lane has to log in
+        (else C{ERR TIMEOUT}); the handshake deadline still applies when nearer.
     """
 
     enabled: bool = True
@@ -85,6 +108,14 @@ class TicketSettings:
     ipv4_prefix: int = attrs.field(default=24, validator=_in_range(8, 32))
     ipv6_prefix: int = attrs.field(default=48, validator=_in_range(16, 128))
     max_spent: int = attrs.field(default=65536, validator=_in_range(1, 16777216))
+    max_spent_per_user: int = attrs.field(default=4096, validator=_in_range(1, 16777216))
+    issue_rate: float = attrs.field(
+        default=1.0, converter=float, validator=_in_seconds(0.001, 1000)
+    )
+    issue_burst: int = attrs.field(default=20, validator=_in_range(1, 10000))
+    lane_login_timeout: float = attrs.field(
+        default=10.0, converter=float, validator=_in_seconds(1, 3600)
+    )
 
 
 class Outcome(enum.Enum):
@@ -97,18 +128,27 @@ class Outcome(enum.Enum):
     OTHER_BLOCK = "other-block"  # valid, presented from another address block: no lane
     FORGED = "forged"  # not one of ours (or sealed under a key no longer in force)
     UNREADABLE = "unreadable"  # too long, or not base64url
-    EXPIRED = "expired"
+    EXPIRED = "expired"  # past its own lifetime and the grace
+    LAPSED = "lapsed"  # past the lifetime now configured, or within the grace after its own
     REPLAYED = "replayed"  # its id was spent already
     REVOKED = "revoked"  # user gone, password changed, or key rotated by a reload
 
 
 #: Outcomes that refuse the connection with C{ERR BAD_TICKET}.
 REFUSED: Final = frozenset(
-    {Outcome.FORGED, Outcome.UNREADABLE, Outcome.EXPIRED, Outcome.REPLAYED, Outcome.REVOKED}
+    {
+        Outcome.FORGED,
+        Outcome.UNREADABLE,
+        Outcome.EXPIRED,
+        Outcome.LAPSED,
+        Outcome.REPLAYED,
+        Outcome.REVOKED,
+    }
 )
 #: Refused outcomes that are offences: only a forger or a replayer commits them (an honest
-#: client drops a ticket once presented and once its lifetime has passed). A revoked
-#: ticket is genuine: an honest client holds one after a password change or key rotation.
+#: client drops a ticket once presented and once its own lifetime has passed, counted on a
+#: clock that runs during suspend). A revoked or lapsed ticket is genuine: an honest client
+#: holds one after a password change, a key rotation or a reload that lowered the lifetime.
 OFFENCES: Final = frozenset(
     {Outcome.FORGED, Outcome.UNREADABLE, Outcome.EXPIRED, Outcome.REPLAYED}
 )
@@ -169,6 +209,44 @@ def load_ticket_key(state_dir: str) -> bytes:
     @raise ValueError: when it cannot be read or made, or is not a private 32-byte file.
     """
     return read_or_create_key(os.path.join(state_dir, TICKET_KEY_FILE), TICKET_KEY_BYTES)
+
+
+def load_retired_keys(state_dir: str) -> tuple[bytes, ...]:
+    """
+    The ticket keys earlier reloads retired (C{<state_dir>/ticket.key.old}), newest first;
+    none when the file is missing.
+
+    @raise ValueError: when it cannot be read, is not ours and private, or is not a whole
+        number of keys (at most L{MAX_RETIRED_KEYS}).
+    """
+    path = os.path.join(state_dir, RETIRED_KEY_FILE)
+    data = read_key_file(path, TICKET_KEY_BYTES * MAX_RETIRED_KEYS)
+    if data is None:
+        return ()
+    if not data or len(data) % TICKET_KEY_BYTES:
+        raise ValueError(f"{path}: not a list of {TICKET_KEY_BYTES}-byte keys; delete it")
+    return tuple(data[at : at + TICKET_KEY_BYTES] for at in range(0, len(data), TICKET_KEY_BYTES))
+
+
+def save_retired_keys(state_dir: str, keys: tuple[bytes, ...]) -> None:
+    """
+    Keep the retired keys (newest first, at most L{MAX_RETIRED_KEYS}) in
+    C{<state_dir>/ticket.key.old}: written whole under a temporary name (mode 0600), synced,
+    renamed into place, and the directory synced.
+
+    @raise ValueError: when it cannot be written.
+    """
+    kept = keys[:MAX_RETIRED_KEYS]
+    write_key_file(os.path.join(state_dir, RETIRED_KEY_FILE), b"".join(kept))
+
+
+def retire_key(old: bytes, retired: tuple[bytes, ...], new: bytes) -> tuple[bytes, ...]:
+    """
+    The retired keys after C{old} was replaced by C{new}: C{old} first, then the earlier
+    ones, none equal to C{new}, at most L{MAX_RETIRED_KEYS}.
+    """
+    kept = [old, *(key for key in retired if key != old)]
+    return tuple(key for key in kept if not hmac.compare_digest(key, new))[:MAX_RETIRED_KEYS]
 
 
 def verifier_fingerprint(record: Any) -> bytes:
@@ -272,20 +350,28 @@ def _unpack(data: bytes) -> _Plain | None:
 class SpentTable:
     """
     The ids of tickets already presented, each kept until its ticket expires, at most
-    C{limit} at once. Expired ids are forgotten oldest expiry first (a heap), so each
-    presentation costs O(log n).
+    C{limit} at once and C{per_user} of one user. Expired ids are forgotten oldest expiry
+    first (a heap), so each presentation costs O(log n).
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_user: int | None = None) -> None:
         self.limit = limit
-        self._expiry: dict[bytes, float] = {}
+        self.per_user = per_user if per_user is not None else limit
+        self._owner: dict[bytes, str] = {}
+        self._held: dict[str, int] = {}
         self._heap: list[tuple[float, bytes]] = []
 
     def __len__(self) -> int:
-        return len(self._expiry)
+        return len(self._owner)
 
     def __contains__(self, ticket_id: object) -> bool:
-        return ticket_id in self._expiry
+        return ticket_id in self._owner
+
+    def held_by(self, user: str) -> int:
+        """
+        How many unexpired spent ids of C{user} the table holds.
+        """
+        return self._held.get(user, 0)
 
     def purge(self, now: float) -> None:
         """
@@ -294,20 +380,72 @@ class SpentTable:
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, ticket_id = heapq.heappop(heap)
-            self._expiry.pop(ticket_id, None)
+            user = self._owner.pop(ticket_id, None)
+            if user is not None:
+                left = self._held[user] - 1
+                if left:
+                    self._held[user] = left
+                else:
+                    del self._held[user]
 
-    def spend(self, ticket_id: bytes, expires: float, now: float) -> bool:
+    def spend(self, ticket_id: bytes, expires: float, now: float, user: str = "") -> bool:
         """
-        Record a ticket as spent until C{expires}.
+        Record a ticket of C{user} as spent until C{expires}.
 
-        @return: C{False} when the table is full of unexpired ids (nothing recorded).
+        @return: C{False} when the table, or C{user}'s share of it, is full of unexpired ids
+            (nothing recorded).
         """
         self.purge(now)
-        if len(self._expiry) >= self.limit:
+        held = self._held.get(user, 0)
+        if len(self._owner) >= self.limit or held >= self.per_user:
             return False
-        self._expiry[ticket_id] = expires
+        self._owner[ticket_id] = user
+        self._held[user] = held + 1
         heapq.heappush(self._heap, (expires, ticket_id))
         return True
+
+
+class IssueBuckets:
+    """
+    One token bucket per user for issuing tickets: C{burst} at once, then C{rate} per second.
+    Only users who logged in hold a bucket, and buckets that refilled are forgotten when
+    the table has doubled since it was last pruned, so it stays bounded by the users active
+    within C{burst / rate} seconds.
+    """
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._prune_at = 1024
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, user: str, now: float) -> bool:
+        """
+        Take one ticket from C{user}'s bucket.
+
+        @return: C{False} when it is empty (nothing taken).
+        """
+        tokens, then = self._buckets.get(user, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + max(0.0, now - then) * self.rate)
+        if tokens < 1.0:
+            self._buckets[user] = (tokens, now)
+            return False
+        self._buckets[user] = (tokens - 1.0, now)
+        if len(self._buckets) >= self._prune_at:
+            self._prune(now)
+        return True
+
+    def _prune(self, now: float) -> None:
+        full = float(self.burst)
+        self._buckets = {
+            user: (tokens, then)
+            for user, (tokens, then) in self._buckets.items()
+            if tokens + (now - then) * self.rate < full
+        }
+        self._prune_at = max(1024, 2 * len(self._buckets))
 
 
 class TicketBook:
@@ -317,6 +455,7 @@ class TicketBook:
     @ivar settings: the L{TicketSettings} in force.
     @ivar clock: the wall clock tickets are dated by.
     @ivar spent: the L{SpentTable}.
+    @ivar retired_keys: the keys earlier reloads replaced, newest first.
     """
 
     def __init__(
@@ -325,14 +464,16 @@ class TicketBook:
         key: bytes,
         clock: Clock,
         spent: SpentTable | None = None,
-        retired_key: bytes | None = None,
+        retired_keys: tuple[bytes, ...] = (),
+        issuing: IssueBuckets | None = None,
     ) -> None:
         """
         @param key: the 32-byte sealing key.
         @param spent: the spent table to keep (a reload with the same key keeps it);
             a new one by default.
-        @param retired_key: the key in force before a reload replaced it: tickets it sealed
-            are refused as revoked, not as forged.
+        @param retired_keys: the keys in force before reloads replaced them, newest first:
+            tickets they sealed are refused as revoked, not as forged.
+        @param issuing: the per-user issuing buckets to keep (a reload keeps them).
         """
         if len(key) != TICKET_KEY_BYTES:
             raise ValueError(f"a ticket key has {TICKET_KEY_BYTES} bytes")
@@ -340,10 +481,16 @@ class TicketBook:
         self.clock = clock
         self._key = key
         self._aead = AESGCM(key)
-        self._retired_key = retired_key
-        self._retired = None if retired_key is None else AESGCM(retired_key)
+        self.retired_keys = tuple(
+            old for old in retired_keys if len(old) == TICKET_KEY_BYTES and old != key
+        )[:MAX_RETIRED_KEYS]
+        self._retired = [AESGCM(old) for old in self.retired_keys]
         self.spent = spent if spent is not None else SpentTable(settings.max_spent)
         self.spent.limit = settings.max_spent
+        self.spent.per_user = settings.max_spent_per_user
+        self.issuing = issuing if issuing is not None else IssueBuckets(0.0, 0)
+        self.issuing.rate = settings.issue_rate
+        self.issuing.burst = settings.issue_burst
 
     def __repr__(self) -> str:
         return f"<TicketBook lifetime={self.settings.lifetime} spent={len(self.spent)}>"
@@ -351,11 +498,23 @@ class TicketBook:
     def reloaded(self, settings: TicketSettings, key: bytes) -> TicketBook:
         """
         The book after a reload: with the same key, the spent table is kept (a reload must
-        not make a spent ticket good again); with a new key every earlier ticket is revoked.
+        not make a spent ticket good again); with a new key every earlier ticket is revoked
+        (the old key joins L{retired_keys}).
         """
         if hmac.compare_digest(key, self._key):
-            return TicketBook(settings, key, self.clock, self.spent, self._retired_key)
-        return TicketBook(settings, key, self.clock, None, self._key)
+            return TicketBook(
+                settings, key, self.clock, self.spent, self.retired_keys, self.issuing
+            )
+        retired = retire_key(self._key, self.retired_keys, key)
+        return TicketBook(settings, key, self.clock, None, retired, self.issuing)
+
+    def may_issue(self, user: str) -> bool:
+        """
+        Take one ticket from C{user}'s issuing bucket (C{issue_rate}, C{issue_burst}).
+
+        @return: C{False} when it is empty: no ticket now (C{ERR BUSY ticket-rate}).
+        """
+        return self.issuing.take(user, self.clock.seconds())
 
     def issue(self, user: str, record: Any, address: object) -> tuple[str, int] | None:
         """
@@ -386,6 +545,10 @@ class TicketBook:
         Judge a presented token. A valid one from the peer's own block is spent (recorded, so
         a second presentation is a replay).
 
+        A ticket past its own lifetime and L{EXPIRY_GRACE} is expired (an offence: an honest
+        client drops it); one past the lifetime now configured (a reload lowered it) but
+        within its own, or within the grace, has lapsed (refused, no offence).
+
         @param token: the C{RESUME} argument as received.
         @param address: the peer address (a PROXY header's, behind C{haproxy:}).
         @param users: the users store in force.
@@ -401,16 +564,15 @@ class TicketBook:
         try:
             data = self._aead.decrypt(nonce, sealed, TICKET_AAD)
         except InvalidTag:
-            if self._retired is not None and self._opens_with_retired(nonce, sealed):
-                return TicketCheck(Outcome.REVOKED, reason="revoked")
-            return TicketCheck(Outcome.FORGED, reason="forged")
+            return self._check_retired(nonce, sealed)
         plain = _unpack(data)
         if plain is None:
             return TicketCheck(Outcome.FORGED, reason="forged")
         now = self.clock.seconds()
-        expires = plain.issued + min(plain.lifetime, self.settings.lifetime)
-        if now >= expires:
+        if now >= plain.issued + plain.lifetime + EXPIRY_GRACE:
             return TicketCheck(Outcome.EXPIRED, plain.user, "expired")
+        if now >= plain.issued + min(plain.lifetime, self.settings.lifetime):
+            return TicketCheck(Outcome.LAPSED, plain.user, "lapsed")
         record = users.lookup(plain.user)
         if record is None or not hmac.compare_digest(
             verifier_fingerprint(record), plain.fingerprint
@@ -421,14 +583,26 @@ class TicketBook:
         block = address_block(address, self.settings)
         if block is None or not hmac.compare_digest(block, plain.block):
             return TicketCheck(Outcome.OTHER_BLOCK, plain.user, "other address block")
-        if not self.spent.spend(plain.ticket_id, expires, now):
+        # Spent until its own expiry: a reload raising the lifetime again must not make it
+        # good a second time.
+        if not self.spent.spend(plain.ticket_id, plain.issued + plain.lifetime, now, plain.user):
             return TicketCheck(Outcome.SPENT_FULL, plain.user, "spent-full")
         return TicketCheck(Outcome.VALID, plain.user, "valid")
 
-    def _opens_with_retired(self, nonce: bytes, sealed: bytes) -> bool:
-        assert self._retired is not None
-        try:
-            self._retired.decrypt(nonce, sealed, TICKET_AAD)
-        except InvalidTag:
-            return False
-        return True
+    def _check_retired(self, nonce: bytes, sealed: bytes) -> TicketCheck:
+        """
+        A token our key does not open: revoked when a retired key does (expired when its own
+        lifetime and the grace are over, as under the key in force), else forged.
+        """
+        for aead in self._retired:
+            try:
+                data = aead.decrypt(nonce, sealed, TICKET_AAD)
+            except InvalidTag:
+                continue
+            plain = _unpack(data)
+            if plain is None:
+                break
+            if self.clock.seconds() >= plain.issued + plain.lifetime + EXPIRY_GRACE:
+                return TicketCheck(Outcome.EXPIRED, plain.user, "expired")
+            return TicketCheck(Outcome.REVOKED, plain.user, "revoked")
+        return TicketCheck(Outcome.FORGED, reason="forged")

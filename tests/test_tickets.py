@@ -15,18 +15,26 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from netguard import secretfile
 from netguard.auth.users import UserStore, make_record
-from netguard.secretfile import read_or_create_key
+from netguard.secretfile import read_key_file, read_or_create_key
 from netguard.tickets import (
+    EXPIRY_GRACE,
+    MAX_RETIRED_KEYS,
     MAX_TOKEN_LENGTH,
+    RETIRED_KEY_FILE,
     TICKET_KEY_BYTES,
     TICKET_KEY_FILE,
+    IssueBuckets,
     Outcome,
     SpentTable,
     TicketBook,
     TicketSettings,
     address_block,
+    load_retired_keys,
     load_ticket_key,
+    retire_key,
+    save_retired_keys,
 )
 
 KEY = bytes(range(32))
@@ -219,35 +227,70 @@ class ExpiryTests(unittest.TestCase):
         f.clock.advance(3599)
         self.assertEqual(f.check(token), Outcome.VALID)
 
-    def test_expired_at_the_exact_bound(self):
+    def test_lapsed_at_the_exact_bound(self):
         """
-        At exactly issued + lifetime the ticket is expired (an offence).
+        At exactly issued + lifetime the ticket is refused as lapsed, not an offence: the
+        client's clock may differ from ours by a little (the grace).
         """
         f = Fixture()
         token = f.issue()
         f.clock.advance(3600)
         check = f.book.check(token, HOME, f.users)
-        self.assertEqual(check.outcome, Outcome.EXPIRED)
-        self.assertTrue(check.offence)
+        self.assertEqual(
+            (check.outcome, check.refused, check.offence), (Outcome.LAPSED, True, False)
+        )
 
-    def test_expired_one_past_the_bound(self):
+    def test_expired_at_the_end_of_the_grace_and_one_before(self):
         """
-        One second past the bound the ticket is expired.
+        One second before issued + lifetime + L{EXPIRY_GRACE} the ticket is lapsed (no
+        offence); at exactly that bound it is expired, an offence (an honest client dropped
+        it a grace ago).
         """
         f = Fixture()
         token = f.issue()
-        f.clock.advance(3601)
-        self.assertEqual(f.check(token), Outcome.EXPIRED)
+        f.clock.advance(3600 + EXPIRY_GRACE - 1)
+        self.assertEqual(f.check(token), Outcome.LAPSED)
+        f.clock.advance(1)
+        check = f.book.check(token, HOME, f.users)
+        self.assertEqual((check.outcome, check.offence), (Outcome.EXPIRED, True))
 
-    def test_shortened_lifetime_applies_to_earlier_tickets(self):
+    def test_lowered_lifetime_lapses_earlier_tickets_without_offence(self):
         """
-        A reload that shortens the lifetime shortens the tickets already issued too.
+        A reload that lowers the lifetime shortens the tickets already issued too, but a
+        ticket older than the new lifetime and within its own is refused as lapsed, with no
+        offence (its holder is honest); past its own lifetime and the grace it is expired.
         """
         f = Fixture()
         token = f.issue()
         f.book = f.book.reloaded(TicketSettings(lifetime=60), KEY)
-        f.clock.advance(60)
-        self.assertEqual(f.check(token), Outcome.EXPIRED)
+        f.clock.advance(59)
+        self.assertEqual(f.check(token), Outcome.VALID)
+        token = f.issue()  # LIFETIME=60 from now on
+        second = f.book.check(token, HOME, f.users)
+        self.assertEqual(second.outcome, Outcome.VALID)
+        old = Fixture()
+        old_token = old.issue()
+        old.book = old.book.reloaded(TicketSettings(lifetime=60), KEY)
+        old.clock.advance(700)
+        check = old.book.check(old_token, HOME, old.users)
+        self.assertEqual((check.outcome, check.offence), (Outcome.LAPSED, False))
+        old.clock.advance(3600 + EXPIRY_GRACE - 700)
+        self.assertEqual(old.check(old_token), Outcome.EXPIRED)
+
+    def test_spent_until_its_own_expiry_even_after_a_lowered_lifetime(self):
+        """
+        A ticket spent while the lifetime was lowered stays spent until its own expiry: a
+        reload raising the lifetime again does not make it good a second time, even after
+        the spent table purged what had expired by the lowered lifetime.
+        """
+        f = Fixture()
+        token = f.issue()
+        f.book = f.book.reloaded(TicketSettings(lifetime=120), KEY)
+        self.assertEqual(f.check(token), Outcome.VALID)
+        f.clock.advance(200)
+        f.book = f.book.reloaded(TicketSettings(), KEY)
+        self.assertEqual(f.check(f.issue()), Outcome.VALID)  # purges the table
+        self.assertEqual(f.check(token), Outcome.REPLAYED)
 
 
 class ReplayTests(unittest.TestCase):
@@ -567,7 +610,9 @@ class TicketsConfigTests(unittest.TestCase):
         Without a C{[tickets]} table tickets are on, 3600 s, /24 and /48, 65536 spent ids.
         """
         self.assertEqual(self.load("").tickets, TicketSettings())
-        self.assertEqual(TicketSettings(), TicketSettings(True, 3600, 24, 48, 65536))
+        self.assertEqual(
+            TicketSettings(), TicketSettings(True, 3600, 24, 48, 65536, 4096, 1.0, 20, 10.0)
+        )
 
     def test_every_key(self):
         """
@@ -575,9 +620,10 @@ class TicketsConfigTests(unittest.TestCase):
         """
         config = self.load(
             "[tickets]\nenabled = false\nlifetime = 60\nipv4_prefix = 32\n"
-            "ipv6_prefix = 64\nmax_spent = 10\n"
+            "ipv6_prefix = 64\nmax_spent = 10\nmax_spent_per_user = 2\nissue_rate = 0.5\n"
+            "issue_burst = 3\nlane_login_timeout = 4.5\n"
         )
-        self.assertEqual(config.tickets, TicketSettings(False, 60, 32, 64, 10))
+        self.assertEqual(config.tickets, TicketSettings(False, 60, 32, 64, 10, 2, 0.5, 3, 4.5))
         self.assertEqual(config.origins["tickets.lifetime"], "file")
 
     def test_out_of_range_and_unknown_keys(self):
@@ -591,6 +637,10 @@ class TicketsConfigTests(unittest.TestCase):
             ("lifetime = 59", "tickets.lifetime"),
             ("lifetime = 604801", "tickets.lifetime"),
             ("ipv4_prefix = 33", "tickets.ipv4_prefix"),
+            ("issue_rate = 0", "tickets.issue_rate"),
+            ("issue_burst = 0", "tickets.issue_burst"),
+            ("lane_login_timeout = 0.5", "tickets.lane_login_timeout"),
+            ("max_spent_per_user = 0", "tickets.max_spent_per_user"),
             ("enabled = 1", "tickets.enabled"),
             ("key = 1", "tickets.key"),
         ):
@@ -610,3 +660,144 @@ class TicketsConfigTests(unittest.TestCase):
         for key in ("enabled", "lifetime", "ipv4_prefix", "ipv6_prefix", "max_spent"):
             self.assertIn(f"tickets.{key} = ", defaults)
             self.assertIn(f"tickets.{key} = ", effective)
+
+
+class PerUserSpentTests(unittest.TestCase):
+    def test_per_user_share_at_the_bound_and_one_past(self):
+        """
+        With C{max_spent_per_user = 2} alice's first two tickets are valid, her third is
+        C{spent-full} (no lane, no offence) while bob's is still valid; once hers expire
+        (their own lifetime) she has her share again.
+        """
+        users = Fixture()
+        f = Fixture(TicketSettings(max_spent_per_user=2))
+        f.users = users.users
+        tokens = [f.issue() for _ in range(3)]
+        self.assertEqual([f.check(t) for t in tokens[:2]], [Outcome.VALID] * 2)
+        third = f.book.check(tokens[2], HOME, f.users)
+        self.assertEqual(
+            (third.outcome, third.refused, third.offence), (Outcome.SPENT_FULL, False, False)
+        )
+        self.assertEqual(f.check(f.issue("bob")), Outcome.VALID)
+        self.assertEqual(f.book.spent.held_by("alice"), 2)
+        f.clock.advance(3600)
+        self.assertEqual(f.check(f.issue()), Outcome.VALID)
+        self.assertEqual(f.book.spent.held_by("alice"), 1)
+
+    def test_table_forgets_users_whose_ids_expired(self):
+        """
+        The per-user counts are dropped with the last id of a user: no entry per user
+        lingers once their tickets expired.
+        """
+        table = SpentTable(10, 5)
+        table.spend(b"a" * 16, 100.0, 0.0, "alice")
+        table.purge(100.0)
+        self.assertEqual((len(table), table.held_by("alice"), table._held), (0, 0, {}))
+
+
+class IssueBucketsTests(unittest.TestCase):
+    def test_burst_at_the_bound_and_one_past_then_refill(self):
+        """
+        A bucket of 3 at 2 per second: 3 takes at once, the 4th refused; 0.499 s later still
+        refused, at 0.5 s one more.
+        """
+        buckets = IssueBuckets(2.0, 3)
+        self.assertEqual([buckets.take("alice", 0.0) for _ in range(4)], [True] * 3 + [False])
+        self.assertFalse(buckets.take("alice", 0.499))
+        self.assertTrue(buckets.take("alice", 0.5))
+        self.assertTrue(buckets.take("bob", 0.5))
+
+    def test_full_buckets_pruned(self):
+        """
+        Buckets that have refilled are forgotten once the table doubles: 5000 users each
+        taking once, a burst/rate later, leave no more than the newest users' buckets.
+        """
+        buckets = IssueBuckets(1.0, 1)
+        for index in range(5000):
+            buckets.take(f"user{index}", float(index))
+        self.assertLess(len(buckets), 1100)
+
+
+class RetiredKeyTests(unittest.TestCase):
+    def state_dir(self) -> str:
+        path = self.mktemp()
+        os.makedirs(path, 0o700)
+        return path
+
+    def test_saved_and_loaded_newest_first_bounded(self):
+        """
+        The retired keys are saved (mode 0600) and loaded back in order; at most
+        L{MAX_RETIRED_KEYS} are kept.
+        """
+        state = self.state_dir()
+        keys = tuple(bytes([n]) * 32 for n in range(MAX_RETIRED_KEYS + 2))
+        save_retired_keys(state, keys)
+        self.assertEqual(load_retired_keys(state), keys[:MAX_RETIRED_KEYS])
+        mode = stat.S_IMODE(os.stat(os.path.join(state, RETIRED_KEY_FILE)).st_mode)
+        self.assertEqual(mode, 0o600)
+        self.assertEqual(load_retired_keys(self.state_dir()), ())
+
+    def test_damaged_file_refused(self):
+        """
+        A C{ticket.key.old} that is not a whole number of keys is a L{ValueError}.
+        """
+        state = self.state_dir()
+        path = os.path.join(state, RETIRED_KEY_FILE)
+        with open(path, "wb") as handle:
+            handle.write(b"k" * 33)
+        os.chmod(path, 0o600)
+        with self.assertRaises(ValueError):
+            load_retired_keys(state)
+
+    def test_retire_key_order_and_dedup(self):
+        """
+        The old key goes first, the new one is never among the retired, none twice.
+        """
+        a, b, c = b"a" * 32, b"b" * 32, b"c" * 32
+        self.assertEqual(retire_key(a, (), b), (a,))
+        self.assertEqual(retire_key(b, (a,), c), (b, a))
+        self.assertEqual(retire_key(c, (b, a), a), (c, b))
+
+    def test_ticket_of_a_retired_key_revoked_or_expired(self):
+        """
+        A ticket sealed under a retired key is revoked (no offence) within its lifetime
+        and grace, expired (an offence) past them; a ticket under no key we had is forged.
+        """
+        old = Fixture()
+        token = old.issue()
+        book = TicketBook(TicketSettings(), OTHER_KEY, old.clock, retired_keys=(b"z" * 32, KEY))
+        check = book.check(token, HOME, old.users)
+        self.assertEqual((check.outcome, check.offence), (Outcome.REVOKED, False))
+        old.clock.advance(3600 + EXPIRY_GRACE)
+        self.assertEqual(book.check(token, HOME, old.users).outcome, Outcome.EXPIRED)
+        stranger = TicketBook(TicketSettings(), OTHER_KEY, old.clock)
+        self.assertEqual(stranger.check(token, HOME, old.users).outcome, Outcome.FORGED)
+
+
+class KeyFileSafetyTests(unittest.TestCase):
+    def test_key_owned_by_another_user_refused(self):
+        """
+        A key file owned by another user (who could have chosen the key) is refused.
+        """
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("chown to another user needs root")
+        path = os.path.join(self.mktemp())
+        with open(path, "wb") as handle:
+            handle.write(b"k" * 32)
+        os.chmod(path, 0o600)
+        os.chown(path, 65534, -1)
+        with self.assertRaises(ValueError) as caught:
+            read_key_file(path, 32)
+        self.assertIn("owned by uid 65534", str(caught.exception))
+
+    def test_new_key_syncs_its_directory(self):
+        """
+        Creating C{ticket.key} syncs the state directory after linking it into place, so
+        a crash cannot lose the name of a key tickets were already sealed with.
+        """
+        synced: list[str] = []
+        self.patch(secretfile, "_sync_directory", synced.append)
+        state = self.mktemp()
+        os.makedirs(state)
+        load_ticket_key(state)
+        self.assertEqual(synced, [os.path.join(state, TICKET_KEY_FILE)])

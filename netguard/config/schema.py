@@ -466,6 +466,32 @@ TICKET_KEYS: Final[tuple[TableKey, ...]] = (
         "replayed tickets (each is single use) without unbounded memory: when full, tickets "
         "buy no lane until spent ones expire",
     ),
+    TableKey(
+        "max_spent_per_user",
+        _number(Range(int, 1, 16777216, "tickets")),
+        "a whole number from 1 to 16777216",
+        "one account filling the spent table: past its share only that user's tickets buy "
+        "no lane until its spent ones expire",
+    ),
+    TableKey(
+        "issue_rate",
+        _number(Range(float, 0.001, 1000, "tickets per second")),
+        "a number of tickets per second per user from 0.001 to 1000",
+        "one account minting tickets by the thousand to take the lane: past the rate and "
+        "burst, TICKET is answered ERR BUSY ticket-rate",
+    ),
+    TableKey(
+        "issue_burst",
+        _number(Range(int, 1, 10000, "tickets")),
+        "a whole number from 1 to 10000",
+        "one account minting tickets by the thousand (the rate's bucket size)",
+    ),
+    TableKey(
+        "lane_login_timeout",
+        _number(Range(float, 1, 3600, "seconds")),
+        "a number of seconds from 1 to 3600",
+        "a lane connection (a valid ticket) that never logs in, holding a lane slot",
+    ),
 )
 
 
