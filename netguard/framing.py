@@ -23,8 +23,6 @@ The bounds as NGP/1 uses them: C{docs/protocol.md}; their keys: C{docs/operating
 
 from __future__ import annotations
 
-import enum
-import socket
 from typing import Any
 
 import attrs
@@ -41,15 +39,19 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from netguard.errors import DEFAULT_TEXT, ErrorCode, format_error
+from netguard.greeting import FramingPhase, GreetingPhase
 from netguard.log import escape, quoted
+
+__all__ = [
+    "DEFAULT_MAX_ERRORS",
+    "FramingLimits",
+    "FramingPhase",
+    "GuardedLineReceiver",
+    "peer_label",
+]
 
 #: Error replies that keep the connection allowed on one connection, by default.
 DEFAULT_MAX_ERRORS = 10
-
-
-#: When the greeting delay ends with the peer's bytes already waiting unread, the greeting
-#: waits this much longer (seconds): the reactor polls, and so reads them, in between.
-_GREET_RECHECK = 0.001
 
 
 @attrs.frozen
@@ -88,18 +90,6 @@ class FramingLimits:
     open_timeout: float | None = None
 
 
-class FramingPhase(enum.Enum):
-    """
-    Where a connection is: silent before the greeting, reading lines, relaying raw bytes, or
-    closing (all further input is discarded).
-    """
-
-    PRE_GREETING = "pre-greeting"
-    LINES = "lines"
-    RAW = "raw"
-    CLOSING = "closing"
-
-
 def peer_label(address: Any) -> str:
     """
     A short printable name for a transport address: C{host:port} for IP, C{unix:path} for a
@@ -119,7 +109,7 @@ def peer_label(address: Any) -> str:
 
 
 @implementer(IPushProducer, IHandshakeListener)
-class GuardedLineReceiver(LineReceiver, TimeoutMixin):
+class GuardedLineReceiver(GreetingPhase, LineReceiver, TimeoutMixin):
     """
     A L{LineReceiver} with every bound a hostile network needs:
 
@@ -183,9 +173,6 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
 
     #: The bounds used when the constructor is given none; subclasses may set their own.
     limits: FramingLimits = FramingLimits()
-    #: Whether one line sent before the greeting goes to L{pre_greeting_line} instead of
-    #: being early talk.
-    accepts_pre_greeting_line: bool = False
     #: Error codes that neither count against C{max_errors} nor are folded into the
     #: C{proto.errors} count (a subclass that bounds them itself, as NGP/1 does failed
     #: logins, names them here).
@@ -258,29 +245,6 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         Called with each complete line, without its terminator.
         """
 
-    def pre_greeting_line(self, line: bytes) -> bool:
-        """
-        Called (when C{accepts_pre_greeting_line} is set) with a complete first line that
-        arrived alone before the greeting. It may answer, refuse, or L{greet_now}.
-
-        @return: whether the line is accepted; when not, it is early talk.
-        """
-        return False
-
-    def greeting_due(self) -> bool:
-        """
-        Called when the greeting delay has passed: whether to greet now. A subclass that
-        returns C{False} keeps the connection before the greeting (input is still early
-        talk) until it calls L{greet_now} or refuses.
-        """
-        return True
-
-    def loggable_early_talk(self, data: bytes) -> bytes:
-        """
-        What of an early talker's bytes the log may show (a subclass hides secrets).
-        """
-        return data
-
     def rawDataReceived(self, data: bytes) -> None:
         """
         Called with every byte received in raw mode, in order.
@@ -293,16 +257,6 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         Schedule on the injected clock (used by L{TimeoutMixin} too).
         """
         return self.clock.callLater(period, func)
-
-    def greet_now(self) -> None:
-        """
-        Greet at once, skipping what is left of the greeting delay (nothing once greeted).
-        """
-        if self.phase is not FramingPhase.PRE_GREETING or self._tls_handshaking:
-            return
-        self._cancel("greet")
-        self.phase = FramingPhase.LINES
-        self.greet()
 
     def end_handshake(self) -> None:
         """
@@ -364,10 +318,11 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         if close:
             self.close_gracefully()
 
-    def close_gracefully(self) -> None:
+    def close_gracefully(self, linger: float | None = None) -> None:
         """
-        Flush what is queued and close; if the peer does not read it within
-        C{write_timeout}, abort. All later input is discarded.
+        Flush what is queued and close; if the peer does not read it within C{linger}
+        seconds (C{write_timeout} by default), abort; with C{linger=0}, abort at once, no
+        timer. All later input is discarded.
         """
         if self.phase is FramingPhase.CLOSING:
             return
@@ -377,8 +332,22 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         self._summarise_errors()
         transport = self.transport
         self._unregister()
-        self._timers["abort"] = self.clock.callLater(self.limits.write_timeout, self._abort_stuck)
+        if linger is not None and linger <= 0:
+            transport.abortConnection()
+            return
+        delay = self.limits.write_timeout if linger is None else linger
+        self._timers["abort"] = self.clock.callLater(delay, self._abort_stuck)
         transport.loseConnection()
+
+    def limit_handshake(self, seconds: float) -> None:
+        """
+        Bring the handshake deadline forward to C{seconds} from now (never later than it
+        was); nothing once the handshake is done.
+        """
+        if self.handshake_done or self._handshake_at is None:
+            return
+        self._handshake_at = min(self._handshake_at, self.clock.seconds() + seconds)
+        self._arm_deadline()
 
     def hold_lines(self) -> None:
         """
@@ -476,14 +445,6 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
         if self.phase is FramingPhase.PRE_GREETING:
             self._start_greeting()
 
-    def _start_greeting(self) -> None:
-        if self.limits.greeting_delay > 0:
-            self._timers["greet"] = self.clock.callLater(
-                self.limits.greeting_delay, self._greet_now
-            )
-        else:
-            self._greet_now()
-
     def connectionLost(self, reason: Any = None) -> None:
         self.phase = FramingPhase.CLOSING
         self._cancel_all()
@@ -522,41 +483,6 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
                 self.refuse(ErrorCode.TOO_MUCH_DATA, offending=excess[:64])
         else:
             self._process(data)
-
-    def _early_talk(self, data: bytes) -> None:
-        self._buffer = b""
-        data = self.loggable_early_talk(data)
-        self.log.info(
-            "early talker {peer}",
-            event="proto.early_talker",
-            offending=escape(data),
-            **self.log_fields(),
-        )
-        self.refuse(ErrorCode.EARLY_TALKER, offending=data)
-
-    def _pre_greeting(self, data: bytes) -> None:
-        """
-        Gather the one line a subclass may accept before the greeting: a line that is too
-        long, is followed by more bytes, or is not accepted is early talk.
-        """
-        buffer = self._buffer + data if self._buffer else data
-        limit = self.limits.max_line_length
-        end = buffer.find(b"\n")
-        if end < 0:
-            if len(buffer) > limit + 1 or (len(buffer) == limit + 1 and buffer[-1] != 0x0D):
-                self._early_talk(buffer)
-            else:
-                self._buffer = buffer  # bounded by the line length; the greeting ends it
-            return
-        stop = end - 1 if end > 0 and buffer[end - 1] == 0x0D else end
-        if end + 1 != len(buffer) or stop > limit or end >= self.limits.max_bytes_before_auth:
-            self._early_talk(buffer)
-            return
-        self._buffer = b""
-        self.lines_received += 1
-        self.bytes_before_auth += len(buffer)
-        if not self.pre_greeting_line(buffer[:stop]):
-            self._early_talk(buffer)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.refuse(ErrorCode.LINE_TOO_LONG, offending=line[:64])
@@ -688,43 +614,6 @@ class GuardedLineReceiver(LineReceiver, TimeoutMixin):
             "open deadline {peer}", event="conn.timeout", which="open", **self.log_fields()
         )
         self.refuse(ErrorCode.TIMEOUT, "open deadline")
-
-    def _greet_now(self) -> None:
-        self._timers.pop("greet", None)
-        if self.phase is not FramingPhase.PRE_GREETING:
-            return
-        if self.limits.greeting_delay > 0 and not self._greet_rechecked and self._bytes_waiting():
-            # The peer spoke before the delay ended, but a busy reactor has not read it yet
-            # (timers run before the next poll): let the read come first, so the early
-            # talker is refused with its own bytes instead of being greeted.
-            self._greet_rechecked = True
-            self._timers["greet"] = self.clock.callLater(_GREET_RECHECK, self._greet_now)
-            return
-        if not self.greeting_due():
-            return
-        if self._buffer:
-            # A line begun before the greeting and not finished when it was due.
-            self._early_talk(self._buffer)
-            return
-        self.phase = FramingPhase.LINES
-        self.greet()
-
-    def _bytes_waiting(self) -> bool:
-        """
-        Whether the peer's bytes already wait in the kernel for a plain socket (peeked, not
-        read). A TLS connection is never peeked: its socket holds TLS records, not what the
-        peer said to us.
-        """
-        if INegotiated.providedBy(self.transport):
-            return False
-        get_handle = getattr(self.transport, "getHandle", None)
-        handle = get_handle() if get_handle is not None else None
-        if not isinstance(handle, socket.socket):
-            return False
-        try:
-            return bool(handle.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-        except OSError:  # nothing waiting (EAGAIN), or the socket is already gone
-            return False
 
     def _handshake_expired(self) -> None:
         self.log.info(
