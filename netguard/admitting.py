@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, ISSLTransport
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -227,9 +227,12 @@ class _Refusal(TwistedProtocol):
     nothing of ours. If the send fails all the same (the peer is gone already, the kernel is
     out of socket memory), the connection is closed without the line.
 
-    Any other transport (a TLS connection, a PROXY-header wrapper) is written to and closed
-    once the line is out, and aborted if it is not within the write timeout: a TLS peer
-    could hold the line back by never finishing its handshake.
+    On a TLS listener the connection is closed silently before any handshake (aborted at
+    once: no line, no timer, no TLS work): the line could only be delivered through a
+    handshake the peer controls, and a refused peer must not get one.
+
+    Any other transport (a PROXY-header wrapper) is written to and closed once the line is
+    out, and aborted if it is not within the write timeout.
     """
 
     transport: Any  # zope interfaces do not type-check as classes
@@ -249,6 +252,9 @@ class _Refusal(TwistedProtocol):
                 pass  # gone already, or no memory for even this: closed without the line
             transport.connectionLost(Failure(ConnectionDone("refused")))
             return
+        if ISSLTransport.providedBy(transport):
+            transport.abortConnection()
+            return
         transport.write(self.line)
         transport.loseConnection()
         self._abort = self.clock.callLater(self.write_timeout, transport.abortConnection)
@@ -261,7 +267,9 @@ class _Refusal(TwistedProtocol):
 class _Ending:
     """
     The default L{Admitted.on_evict} of an L{AdmissionAware} factory's protocol: account for
-    the end as a refusal (L{AdmittingFactory.ended}), write the reply line and close.
+    the end as a refusal (L{AdmittingFactory.ended}), write the reply line and close (the
+    protocol's own write bound applies). A TLS connection is aborted at once: its handshake
+    may not be done, and no line may wait on it.
     """
 
     __slots__ = ("factory", "addr", "protocol")
@@ -277,6 +285,9 @@ class _Ending:
         line = self.factory.ended(self.addr, reason)
         transport: Any = self.protocol.transport
         if transport is None:
+            return
+        if ISSLTransport.providedBy(transport):
+            transport.abortConnection()
             return
         if line is not None:
             transport.write(line + b"\r\n")
@@ -323,20 +334,20 @@ class AdmittingFactory(WrappingFactory):
     """
     Wrap C{wrappedFactory} so every connection passes L{Admission.admit} first.
 
-    A refused connection gets one line, C{ERR BUSY <reason>}, and is closed at once (on a TLS
-    or PROXY-header listener once the line is out, aborted if the peer does not take it
-    within C{write_timeout}), or is closed without a word, before any transport is built,
-    with C{reject_mode="close"}; the refusal is logged (C{conn.reject}; during a flood only
-    the first few per source and reason, then C{conn.reject.summary}: L{refusal_log}). The
-    application's
-    protocol reaches the rest of the policy through its transport, the wrapper:
+    A refused connection gets one line, C{ERR BUSY <reason>}, and is closed at once (on a
+    PROXY-header listener once the line is out, aborted if the peer does not take it within
+    C{write_timeout}; on a TLS listener it is closed silently, before any handshake), or is
+    closed without a word, before any transport is built, with C{reject_mode="close"}; the
+    refusal is logged (C{conn.reject}; during a flood only the first few per source and
+    reason, then C{conn.reject.summary}: L{refusal_log}). The application's protocol
+    reaches the rest of the policy through its transport, the wrapper:
     C{self.transport.promote()} moves the connection to the authenticated pool once the peer
     has proved who it is, and C{self.transport.offence(kind)} records an offence towards the
     source's penalties. A factory that provides L{AdmissionAware} (the gateway's) is handed
     each connection's L{Admitted} instead, and its protocols are not wrapped.
 
     @ivar admission: the L{Admission} consulted.
-    @ivar write_timeout: how long a refused peer on a TLS or PROXY-header listener may leave
+    @ivar write_timeout: how long a refused peer on a PROXY-header listener may leave
         the refusal line unread.
     @ivar refusal_log: the L{RefusalLog} deciding which refusals are logged one by one.
     """

@@ -71,6 +71,8 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "ticket.accepted": "a valid ticket was presented; whether its connection entered the lane",
         "ticket.refused": "a presented ticket was refused (ERR BAD_TICKET)",
         "ticket.other_block": "a valid ticket came from another address block: no lane",
+        "ticket.user_mismatch": "a lane connection logged in as another user than its ticket's",
+        "ticket.key_error": "the retired ticket keys (ticket.key.old) could not be read or saved",
         "session.denied": "the user may not open that service",
         "session.open": "relaying to a service started",
         "session.backend_failed": "the backend of a service could not be reached",

@@ -24,7 +24,7 @@ from netguard.config import load_config
 from netguard.framing import FramingLimits, GuardedLineReceiver
 from netguard.gateway.factory import GatewayFactory
 from netguard.gateway.protocol import GatewaySession
-from netguard.tickets import TicketSettings
+from netguard.tickets import EXPIRY_GRACE, TicketSettings
 
 PASSWORD = "correct horse battery staple"
 KEY = bytes(range(100, 132))
@@ -52,17 +52,19 @@ class Gateway:
         tickets: TicketSettings | None = None,
         admission: AdmissionPolicy | None = None,
         key: bytes | None = KEY,
+        state_dir: str = "/nonexistent-netguard-test",
+        users: UserStore | None = None,
     ):
         self.test = test
         self.clock = Clock()
         self.clock.advance(T0)
-        config = load_config(None, {"state_dir": "/nonexistent-netguard-test"})
+        config = load_config(None, {"state_dir": state_dir})
         config = attrs.evolve(
             config,
             tickets=tickets or TicketSettings(),
             admission=admission or AdmissionPolicy(),
         )
-        self.users = UserStore.from_records([make_record("alice", PASSWORD)])
+        self.users = users or UserStore.from_records([make_record("alice", PASSWORD)])
         self.factory = GatewayFactory(config, self.users, self.clock, ticket_key=key)
         self.events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(self.events.append)
@@ -133,8 +135,8 @@ class Conn:
         self.proto.dataReceived(data)
         return self.take()
 
-    def login(self) -> None:
-        client = ClientExchange("alice", PASSWORD)
+    def login(self, user: str = "alice", password: str = PASSWORD) -> None:
+        client = ClientExchange(user, password)
         [cont] = self.send(b"AUTH SCRAM-SHA-256 " + b64(client.first()))
         [ok] = self.send(b"CONT " + b64(client.final(unb64(cont[5:]))))
         assert ok.startswith(b"OK "), ok
@@ -273,8 +275,8 @@ class ResumeTests(unittest.TestCase):
     def test_forged_is_bad_ticket_and_offence(self):
         """
         A forged ticket is answered C{ERR BAD_TICKET forged}, the connection closed, the
-        source given C{bad_ticket} points (3: blocked at once at the default threshold),
-        and C{ticket.refused} logged.
+        source given C{bad_ticket} points (2: below the default threshold, so one bad ticket
+        never blocks on its own; a second does), and C{ticket.refused} logged.
         """
         g = Gateway(self)
         token = bytearray(g.ticket())
@@ -283,10 +285,13 @@ class ResumeTests(unittest.TestCase):
         self.assertEqual(conn.send(b"RESUME " + bytes(token)), [b"ERR BAD_TICKET forged"])
         self.assertTrue(conn.transport.disconnecting)
         [(source, blocked, offences)] = g.penalties()
-        self.assertEqual((source, offences), ("192.0.2.10/32", 1))
-        self.assertGreater(blocked, 0)
+        self.assertEqual((source, blocked, offences), ("192.0.2.10/32", 0, 1))
         [refused] = g.named("ticket.refused")
         self.assertEqual((refused["reason"], refused["offence"]), ("forged", True))
+        g.connect().send(b"RESUME " + bytes(token))
+        [(source, blocked, offences)] = g.penalties()
+        self.assertEqual(offences, 2)
+        self.assertGreater(blocked, 0)
 
     def test_refused_tickets_logged_aggregated(self):
         """
@@ -319,11 +324,12 @@ class ResumeTests(unittest.TestCase):
 
     def test_expired_is_bad_ticket_and_offence(self):
         """
-        A ticket presented at its expiry is C{ERR BAD_TICKET expired} and an offence.
+        A ticket presented at its expiry plus the grace is C{ERR BAD_TICKET expired} and an
+        offence.
         """
         g = Gateway(self)
         token = g.ticket()
-        g.clock.advance(3600)
+        g.clock.advance(3600 + EXPIRY_GRACE)
         conn = g.connect()
         self.assertEqual(conn.send(b"RESUME " + token), [b"ERR BAD_TICKET expired"])
         self.assertEqual(len(g.penalties()), 1)
@@ -603,8 +609,10 @@ class ProbationTests(unittest.TestCase):
 class ProgressAndEvictionTests(unittest.TestCase):
     def test_progress_at_auth_and_each_scram_step(self):
         """
-        C{admitted.progress()} is called when C{AUTH} starts, when it is accepted (C{CONT})
-        and when the proof is accepted: three times for a login.
+        C{admitted.progress()} is called for a well-formed C{AUTH} (mechanism offered,
+        base64 argument), when its first step is accepted (C{CONT}) and when the proof is
+        accepted: three times for a login (a malformed C{AUTH} is none:
+        L{tests.test_gateway_endings.ProgressTests}).
         """
         calls: list[Admitted] = []
         original = Admitted.progress

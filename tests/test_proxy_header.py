@@ -970,24 +970,25 @@ class HeaderAddressUsedTests(unittest.TestCase):
     def test_penalty_and_log_use_the_header_address(self) -> None:
         """
         A client that talks before the greeting is an early talker: the offence is charged
-        to the header's address (192.0.2.10/32), not the sender's, and the gateway's
-        accept is logged with the header's address and port.
+        to the header's address (192.0.2.10/32), not the sender's, and the early talk is
+        logged with the header's address and port.
         """
         g = ProxiedGateway(self)
         wrapper, _ = g.connect("192.0.2.10", b"PING\r\n")
         g.clock.advance(1.0)
         self.assertEqual([row[0] for row in g.gateway.admission.penalties()], ["192.0.2.10/32"])
-        [accept] = g.named("conn.accept")
-        self.assertTrue(accept["peer"].startswith("192.0.2.10:"), accept["peer"])
+        [talker] = g.named("proto.early_talker")
+        self.assertTrue(talker["peer"].startswith("192.0.2.10:"), talker["peer"])
 
     def test_peer_checks_get_the_header_addresses(self) -> None:
         """
-        FCrDNS and ident are started with the header's source as the peer and its
-        destination as our end of the connection (ident queries from there to the client's
-        port 113).
+        FCrDNS and ident are started (with the greeting) with the header's source as the
+        peer and its destination as our end of the connection (ident queries from there to
+        the client's port 113).
         """
         g = ProxiedGateway(self)
         wrapper, _ = g.connect("192.0.2.10")
+        g.clock.advance(1.0)
         [(peer, local)] = g.checks
         self.assertEqual(peer.host, "192.0.2.10")
         self.assertEqual((local.host, local.port), ("198.51.100.1", 7701))

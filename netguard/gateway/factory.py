@@ -35,7 +35,7 @@ from netguard.peer.checks import PeerCheckPolicy, PeerCheckRun, PeerChecks
 from netguard.refusal_log import RefusalLog
 from netguard.relay import A, B
 from netguard.stats import Stats
-from netguard.tickets import TicketBook
+from netguard.tickets import TicketBook, load_retired_keys, save_retired_keys
 
 #: Scaled line-phase timeouts: handshake, idle, open.
 _Timeouts = tuple[float, float, float | None]
@@ -218,18 +218,44 @@ class GatewayFactory(Factory):
         """
         Put the C{[tickets]} settings and the key in force: no book for sessions when tickets
         are off or there is no key. The book is kept while off, so its spent table survives
-        a reload that turns tickets off and on again; a new key revokes every ticket.
+        a reload that turns tickets off and on again; a new key revokes every ticket, and
+        the old one is kept in C{<state_dir>/ticket.key.old} (with the keys retired before
+        it), so its tickets stay revoked (not forged) after a restart too.
         """
         self._ticket_key = key
         settings = config.tickets
         book = self._ticket_book
         if key is not None:
             if book is None:
-                book = TicketBook(settings, key, self.reactor)
+                book = TicketBook(settings, key, self.reactor, retired_keys=self._retired(config))
             else:
+                retired = book.retired_keys
                 book = book.reloaded(settings, key)
+                if book.retired_keys != retired:
+                    self._save_retired(config, book.retired_keys)
         self._ticket_book = book
         self.tickets = book if settings.enabled else None
+
+    def _retired(self, config: Config) -> tuple[bytes, ...]:
+        """
+        The ticket keys earlier reloads retired, from the state directory (none when it
+        cannot be read: their tickets then look forged, which is logged).
+        """
+        try:
+            return load_retired_keys(config.state_dir)
+        except ValueError as exc:
+            self.log.warn(
+                "retired ticket keys unusable: {why}", event="ticket.key_error", why=str(exc)
+            )
+            return ()
+
+    def _save_retired(self, config: Config, keys: tuple[bytes, ...]) -> None:
+        try:
+            save_retired_keys(config.state_dir, keys)
+        except ValueError as exc:
+            self.log.warn(
+                "retired ticket keys not saved: {why}", event="ticket.key_error", why=str(exc)
+            )
 
     @property
     def admission(self) -> Admission:
@@ -332,10 +358,13 @@ class GatewayFactory(Factory):
 
     def session_started(self, session: LiveSession) -> None:
         """
-        Count a new live session.
+        Count a new live session (in C{connections} unless it is on probation: it counts
+        there when a ticket takes it into the lane, else as the refusal it stands for).
         """
         self.sessions.add(session)
-        self.stats.count("connections")
+        admitted = session.admitted
+        if admitted is None or admitted.probation is None:
+            self.stats.count("connections")
         self.stats.active = len(self.sessions)
 
     def session_ended(self, session: LiveSession) -> None:

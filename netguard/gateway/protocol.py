@@ -39,14 +39,14 @@ from netguard.auth.scram import (
     encode_wire,
 )
 from netguard.errors import ErrorCode
-from netguard.framing import FramingLimits, peer_label
+from netguard.framing import FramingLimits, FramingPhase, peer_label
 from netguard.gateway.opening import (
     OpenRefusal,
     backend_failed,
     checks_refused,
     choose_service,
 )
-from netguard.gateway.returning import LaneSession
+from netguard.gateway.returning import CLOSED_BY_ADMISSION, LaneSession
 from netguard.gateway.seams import Service, SessionHost
 from netguard.gateway.streams import YAMUX_1, StreamGate, StreamHost
 from netguard.log import escape, quoted
@@ -128,6 +128,7 @@ _CLOSE_REASONS = {
     "client": "the client closed",
     "backend": "the backend closed",
     "server": "the gateway closed",
+    CLOSED_BY_ADMISSION: "admission ended it (evicted, or its probation ended)",
     "idle": "idle timeout",
     "client-stalled": "the client stopped reading for write_timeout",
     "backend-stalled": "the backend stopped reading for write_timeout",
@@ -180,6 +181,8 @@ class GatewaySession(LaneSession):
         "_started",
         "_gate",
         "_ticketed",
+        "_lane_user",
+        "_accepted",
     )
 
     def __init__(
@@ -222,6 +225,8 @@ class GatewaySession(LaneSession):
         self._started = factory.clock.seconds()
         self._gate: StreamGate | None = None
         self._ticketed = False
+        self._lane_user: str | None = None
+        self._accepted = False  # conn.accept logged (at its first valid command)
 
     @property
     def peer_address(self) -> object:
@@ -246,6 +251,13 @@ class GatewaySession(LaneSession):
         return fields
 
     def greet(self) -> None:
+        if self._peer_run is None:
+            # FCrDNS and ident start with the greeting and run while the client
+            # authenticates: early talkers, connections ended before it, and connections on
+            # probation cost no lookup.
+            self._peer_run = self.factory.start_peer_checks(
+                self.transport.getPeer(), self.transport.getHost()
+            )
         mechanisms = ",".join(self.offered_mechanisms())
         tickets = " TICKETS=1" if self.ticket_book() is not None else ""
         self.sendLine(
@@ -254,18 +266,23 @@ class GatewaySession(LaneSession):
         )
 
     def connectionMade(self) -> None:
+        # conn.accept is logged at the first valid command (L{_log_accept}): a flood of
+        # connections that never send one logs no line each.
         self.factory.session_started(self)
-        # FCrDNS and ident run while the greeting and authentication proceed.
-        self._peer_run = self.factory.start_peer_checks(
-            self.transport.getPeer(), self.transport.getHost()
-        )
+        super().connectionMade()
+
+    def _log_accept(self) -> None:
+        """
+        Log C{conn.accept}, once: the connection sent its first valid command.
+        """
+        self._accepted = True
         self.log.info(
             "accepted {peer} on {local}",
             event="conn.accept",
             local=peer_label(self.transport.getHost()),
+            accepted_at=self._started,
             **self.log_fields(),
         )
-        super().connectionMade()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         previous = self.state
@@ -277,12 +294,15 @@ class GatewaySession(LaneSession):
             why = describe_tls_error(reason)
             if why is None:
                 why = reason.getErrorMessage() if reason is not None else "closed"
-            self.log.info(
-                "TLS handshake with {peer} failed: {why}",
-                event="tls.handshake_failed",
-                why=escape(why, limit=200),
-                **self.log_fields(),
-            )
+            if self.closed_by != CLOSED_BY_ADMISSION and self.note_refusal(
+                "tls-handshake", "tls.handshake_failed"
+            ):
+                self.log.info(
+                    "TLS handshake with {peer} failed: {why}",
+                    event="tls.handshake_failed",
+                    why=escape(why, limit=200),
+                    **self.log_fields(),
+                )
         super().connectionLost(reason)
         if self._peer_run is not None:
             self._peer_run.cancel()
@@ -332,6 +352,13 @@ class GatewaySession(LaneSession):
         # their own payload.
         counted = (0, 0) if state is SessionState.MUX else (self.bytes_up, self.bytes_down)
         self.factory.stats.session_closed(self, self.service, *counted)
+        if not self._accepted and (
+            self.closed_by == CLOSED_BY_ADMISSION
+            or not self.note_refusal(self.closed_by, "conn.close")
+        ):
+            # Never sent a valid command: logged as admission's refusal when admission ended
+            # it, else only the first few of its source and ending, the rest summarised.
+            return result
         self.log.info(
             "closed {peer} after {duration:.3f}s up={bytes_up} down={bytes_down}: {why}",
             why=_CLOSE_REASONS.get(self.closed_by, self.closed_by),
@@ -352,6 +379,8 @@ class GatewaySession(LaneSession):
         problem = self._syntax_problem(line)
         if problem is not None:
             code, text = problem
+            if line[:7].upper() == b"RESUME ":
+                line = b"RESUME <ticket>"  # never logged with its ticket
             if self.state is SessionState.AUTH_CONTINUE:
                 # In auth-continue any line but a well-formed CONT or QUIT abandons the
                 # exchange and counts as a failed attempt (protocol.md section 4).
@@ -365,6 +394,8 @@ class GatewaySession(LaneSession):
         if handler is None:
             self._out_of_sequence(command, line)
             return
+        if not self._accepted:
+            self._log_accept()
         try:
             getattr(self, handler)(*args)
         except Exception:
@@ -414,13 +445,6 @@ class GatewaySession(LaneSession):
         self.close_gracefully()
 
     def do_auth(self, mechanism: bytes, token: bytes) -> None:
-        if self._peer_run is not None and self._peer_verdict is None:
-            # Policy may need the peer checks' verdict before anyone may try a password: wait
-            # for it (bounded by the checks' own timeouts), holding later lines.
-            self.hold_lines()
-            self._peer_run.verdict().addCallback(self._peer_decided, mechanism, token)
-            return
-        self._progress()
         name = mechanism.decode("ascii")
         offered = self.offered_mechanisms()
         if name not in offered:
@@ -430,6 +454,21 @@ class GatewaySession(LaneSession):
         client_first = self._decode(token)
         if client_first is None:
             return
+        # A well-formed AUTH is useful progress (eviction takes those that made none first),
+        # even while it waits for the peer checks.
+        self._progress()
+        if self._peer_run is not None and self._peer_verdict is None:
+            # Policy may need the peer checks' verdict before anyone may try a password: wait
+            # for it (bounded by the checks' own timeouts), holding later lines.
+            self.hold_lines()
+            self._peer_run.verdict().addCallback(self._peer_decided, name, client_first)
+            return
+        self._first_step(name, client_first)
+
+    def _first_step(self, name: str, client_first: str) -> None:
+        """
+        The first SCRAM step of C{AUTH <name> <client-first>}, both already checked.
+        """
         exchange = ServerExchange(self.factory.users, name, self.channel_binding())
         try:
             server_first = exchange.first(client_first)
@@ -442,10 +481,10 @@ class GatewaySession(LaneSession):
         self._progress()
         self.sendLine(b"CONT " + encode_wire(server_first))
 
-    def _peer_decided(self, verdict: Verdict, mechanism: bytes, token: bytes) -> None:
+    def _peer_decided(self, verdict: Verdict, name: str, client_first: str) -> None:
         self._peer_verdict = verdict
-        if self.state is SessionState.CLOSED:
-            return
+        if self.state is SessionState.CLOSED or self.phase is FramingPhase.CLOSING:
+            return  # ended meanwhile (evicted, timed out): no SCRAM step for it
         if not verdict.allowed:
             self.log.info(
                 "peer checks refused {peer}: {reason}",
@@ -455,7 +494,7 @@ class GatewaySession(LaneSession):
             )
             self.refuse(ErrorCode.NOT_AUTHORIZED, "peer checks failed")
             return
-        self.do_auth(mechanism, token)
+        self._first_step(name, client_first)
         self.release_lines()
 
     def do_cont(self, token: bytes) -> None:
@@ -478,6 +517,7 @@ class GatewaySession(LaneSession):
                 return
         name = exchange.username
         self.user = None if name is None else sys.intern(name)  # one string per user
+        self.lane_login(self.user or "")
         self.state = SessionState.AUTHENTICATED
         self.end_handshake()
         self.factory.stats.count("auth_ok")
@@ -747,8 +787,8 @@ class GatewaySession(LaneSession):
         )
 
     def _out_of_sequence(self, command: bytes, line: bytes) -> None:
-        if command in (b"TICKET", b"RESUME") and self.ticket_book() is None:
-            self.refuse(ErrorCode.UNKNOWN_COMMAND, offending=line[:64], close=False)
+        if command == b"TICKET" and self.ticket_book() is None:
+            self.refuse(ErrorCode.UNKNOWN_COMMAND, offending=line, close=False)
             return
         if self.state is SessionState.AUTH_CONTINUE:
             self._abandon_exchange(f"{command.decode('ascii')} instead of CONT", line)
@@ -762,5 +802,5 @@ class GatewaySession(LaneSession):
             self.refuse(ErrorCode.AUTH_REQUIRED, offending=line, close=False)
             return
         # A RESUME line after the greeting is not logged with its ticket.
-        offending = b"RESUME" if command == b"RESUME" else line
+        offending = b"RESUME <ticket>" if command == b"RESUME" else line
         self.refuse(ErrorCode.BAD_SEQUENCE, offending=offending, close=False)

@@ -9,7 +9,9 @@ section 8.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
+
+from twisted.internet.interfaces import ISSLTransport
 
 from netguard.admitting import Admitted
 from netguard.errors import ErrorCode, format_error
@@ -17,8 +19,14 @@ from netguard.framing import FramingPhase, GuardedLineReceiver
 from netguard.log import escape
 from netguard.tickets import Outcome, TicketBook, TicketCheck
 
-#: The offence kind of a forged, expired or replayed ticket.
-BAD_TICKET_OFFENCE = "bad_ticket"
+#: The offence kind of a forged, expired or replayed ticket, and of logging in as another
+#: user than the ticket's.
+BAD_TICKET_OFFENCE: Final = "bad_ticket"
+#: Seconds a connection admission ended (evicted, or at the end of its probation) may take
+#: to read its C{ERR BUSY} line before it is aborted: it holds no slot any more.
+ENDED_LINGER: Final = 2.0
+#: The C{closed_by} of a connection admission ended.
+CLOSED_BY_ADMISSION: Final = "admission"
 
 
 class LaneSession(GuardedLineReceiver):
@@ -30,7 +38,7 @@ class LaneSession(GuardedLineReceiver):
     useful progress, and answers admission's eviction.
 
     The session proper (L{netguard.gateway.protocol.GatewaySession}) sets C{factory},
-    C{admitted}, C{user}, C{closed_by} and C{_ticketed}.
+    C{admitted}, C{user}, C{closed_by}, C{_ticketed}, C{_lane_user} and C{_tls_ready}.
     """
 
     #: A returning client's C{RESUME <ticket>} may come before the greeting.
@@ -41,6 +49,8 @@ class LaneSession(GuardedLineReceiver):
     user: str | None
     closed_by: str
     _ticketed: bool
+    _lane_user: str | None
+    _tls_ready: bool
 
     def ticket_book(self) -> TicketBook | None:
         """
@@ -95,6 +105,10 @@ class LaneSession(GuardedLineReceiver):
             return
         self._ticketed = True
         user = self.user or ""
+        if not book.may_issue(user):
+            # Past the user's issuing rate: no ticket now (the client goes on without one).
+            self.refuse(ErrorCode.BUSY, "ticket-rate", close=False)
+            return
         record = self.factory.users.lookup(user)
         issued = None if record is None else book.issue(user, record, self.transport.getPeer())
         if issued is None:
@@ -129,9 +143,15 @@ class LaneSession(GuardedLineReceiver):
             )
             return
         refusal_reason: str | None = check.outcome.value
+        admitted = self.admitted
         if check.outcome is Outcome.VALID:
-            refusal = None if self.admitted is None else self.admitted.enter_lane()
+            on_probation = admitted is not None and admitted.probation is not None
+            refusal = None if admitted is None else admitted.enter_lane(user=check.user)
             refusal_reason = None if refusal is None else refusal.reason
+            if refusal is None:
+                self._lane_user = check.user
+                if on_probation:
+                    self.factory.stats.count("connections")  # served from now on
         self.factory.stats.count("tickets_accepted")
         self.log.info(
             "ticket of {ticket_user} accepted from {peer}, lane: {lane_text}",
@@ -142,7 +162,28 @@ class LaneSession(GuardedLineReceiver):
             **fields,
         )
         if refusal_reason is None:
+            # The lane is for logging in: within lane_login_timeout, or the handshake
+            # deadline if nearer (ERR TIMEOUT, a timeout offence, as for any handshake).
+            self.limit_handshake(book.settings.lane_login_timeout)
             self.greet_now()
+
+    def lane_login(self, user: str) -> None:
+        """
+        C{user} logged in: if the connection came through the lane on a ticket of another
+        user, the login stands (it proved who it is) but using another's ticket is an
+        offence (C{bad_ticket}); the login moves the connection out of the lane in any case.
+        """
+        ticket_user, self._lane_user = self._lane_user, None
+        if ticket_user is None or ticket_user == user:
+            return
+        if self.admitted is not None and self.admitted.address is not None:
+            self.admitted.offence(BAD_TICKET_OFFENCE)
+        self.log.info(
+            "{user} logged in at {peer} through the lane on a ticket of {ticket_user}",
+            event="ticket.user_mismatch",
+            ticket_user=escape(ticket_user),
+            **self.log_fields(),
+        )
 
     def _ticket_refused(self, check: TicketCheck) -> None:
         """
@@ -154,21 +195,34 @@ class LaneSession(GuardedLineReceiver):
         if check.offence and admitted is not None and admitted.address is not None:
             admitted.offence(BAD_TICKET_OFFENCE)
         self.factory.stats.count("tickets_refused")
-        fields = self.log_fields()
-        refusal_log = getattr(self.factory, "refusal_log", None)
-        source = fields["peer"]
-        if admitted is not None and admitted.address is not None:
-            source = admitted.admission.source_key(admitted.address)
-        if refusal_log is None or refusal_log.note(source, check.reason, "ticket.refused"):
+        if self.note_refusal(check.reason, "ticket.refused"):
             self.log.info(
                 "refused the ticket of {peer}: {reason}",
                 event="ticket.refused",
                 reason=check.reason,
                 offence=check.offence,
-                **fields,
+                **self.log_fields(),
             )
         self.sendLine(format_error(ErrorCode.BAD_TICKET, check.reason))
         self.close_gracefully()
+
+    def note_refusal(self, reason: str, event: str) -> bool:
+        """
+        Count one ending of C{event} for C{reason} of this connection's source in the
+        gateway's refusal log (the first few per source and reason in an interval are
+        logged one by one, the rest summarised).
+
+        @return: whether the caller logs this one.
+        """
+        refusal_log = getattr(self.factory, "refusal_log", None)
+        if refusal_log is None:
+            return True
+        admitted = self.admitted
+        if admitted is not None and admitted.address is not None:
+            source = admitted.admission.source_key(admitted.address)
+        else:
+            source = self.log_fields()["peer"]
+        return bool(refusal_log.note(source, reason, event))
 
     def _progress(self) -> None:
         if self.admitted is not None:
@@ -178,7 +232,10 @@ class LaneSession(GuardedLineReceiver):
         """
         Admission ended this connection's slot (evicted for a newcomer, or its probation
         ended): count and log it as a refusal of that reason, answer C{ERR BUSY <reason>}
-        (nothing with C{reject_mode = "close"}) and close. Not an offence.
+        (nothing with C{reject_mode = "close"}) and close within L{ENDED_LINGER}. Not an
+        offence. The connection holds no slot any more, so nothing may keep it: on TLS
+        before the handshake finished no line could reach the peer, and it is aborted at
+        once.
         """
         admitting = getattr(self.factory, "admitting", None)
         address = None if self.admitted is None else self.admitted.address
@@ -188,7 +245,10 @@ class LaneSession(GuardedLineReceiver):
             line = format_error(ErrorCode.BUSY, reason)
         if self.phase is FramingPhase.CLOSING:
             return
-        self.closed_by = "server"
+        self.closed_by = CLOSED_BY_ADMISSION
+        if ISSLTransport.providedBy(self.transport) and not self._tls_ready:
+            self.close_gracefully(linger=0)
+            return
         if line is not None:
             self.sendLine(line)
-        self.close_gracefully()
+        self.close_gracefully(linger=ENDED_LINGER)

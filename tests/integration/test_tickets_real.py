@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import select
 import shutil
 import socket
 import ssl
@@ -32,9 +33,9 @@ from netguard.auth.scram import ClientExchange, decode_wire, encode_wire
 from netguard.client.protocol import Credentials
 from netguard.ops.ctl_client import run_ctl
 from netguard.ops.reload import Reloader
-from netguard.tickets import TICKET_KEY_FILE
+from netguard.tickets import EXPIRY_GRACE, TICKET_KEY_FILE
 from tests import tls_certs
-from tests.integration.util import RunningGateway
+from tests.integration.util import RunningGateway, wait_for
 
 _T = TypeVar("_T")
 
@@ -250,6 +251,48 @@ class GatewayTicketsRealTests(unittest.TestCase):
 
         return d.addCallback(check)
 
+    def test_overload_greets_a_ticket_into_the_lane_and_sheds_the_others(self):
+        """
+        The real gateway under overload (admission's overload signal set as the overload
+        monitor sets it): a client presenting its ticket is greeted at once into the lane,
+        logs in and relays; a client without one is never greeted and gets
+        C{ERR BUSY overload-lag} when its probation ends, then the close. No offence.
+        """
+        admission = self.running.factory.admission
+        self.addCleanup(admission.set_overload, None)
+
+        def shed_and_served(token: bytes) -> tuple[bytes, bool, bytes, bytes]:
+            stranger = self.client()
+            try:
+                client, greeting = self.resume(token)
+                try:
+                    client.login(self.credentials)
+                    client.send(b"OPEN echo\r\n")
+                    opened = client.line()
+                    assert client.echo(b"in the lane") == b"in the lane"
+                finally:
+                    client.close()
+                answer = stranger.line()
+                return answer, stranger.at_eof(), greeting, opened
+            finally:
+                stranger.close()
+
+        def overloaded(token: bytes) -> Any:
+            admission.set_overload("overload-lag")
+            return self.in_thread(lambda: shed_and_served(token))
+
+        def check(result: tuple[bytes, bool, bytes, bytes]) -> Any:
+            answer, closed, greeting, opened = result
+            self.assertEqual((answer, closed), (b"ERR BUSY overload-lag", True))
+            self.assertTrue(greeting.startswith(b"NETGUARD/1 "), greeting)
+            self.assertEqual(opened, b"OK OPEN echo")
+            [accepted] = self.named("ticket.accepted")
+            self.assertTrue(accepted["lane"])
+            self.assertEqual(self.running.factory.stats.counters["refused.overload-lag"], 1)
+            return self.in_thread(self.penalties).addCallback(self.assertEqual, {})
+
+        return self.in_thread(self.get_ticket).addCallback(overloaded).addCallback(check)
+
     def test_replayed_and_forged_refused_with_offences(self):
         """
         A spent ticket presented again is C{ERR BAD_TICKET replayed}; a forged one (one
@@ -280,8 +323,8 @@ class GatewayTicketsRealTests(unittest.TestCase):
 
     def test_expired_refused_with_offence(self):
         """
-        A ticket presented once its lifetime has passed (the gateway's clock moved an hour
-        ahead) is C{ERR BAD_TICKET expired}, an offence.
+        A ticket presented once its lifetime and the grace have passed (the gateway's clock
+        moved ahead) is C{ERR BAD_TICKET expired}, an offence.
         """
 
         def issue() -> bytes:
@@ -293,7 +336,7 @@ class GatewayTicketsRealTests(unittest.TestCase):
         d = self.in_thread(issue)
 
         def later(token: bytes) -> Any:
-            self.running.factory.tickets.clock = _Later(3600)
+            self.running.factory.tickets.clock = _Later(3600 + EXPIRY_GRACE)
             return self.in_thread(lambda: present(token))
 
         def check(result: tuple[Any, ...]) -> None:
@@ -501,7 +544,7 @@ class ProxyHeaderTicketsRealTests(GatewayTicketsRealTests):
             return self.refused(token), self.penalties()
 
         def later(token: bytes) -> Any:
-            self.running.factory.tickets.clock = _Later(3600)
+            self.running.factory.tickets.clock = _Later(3600 + EXPIRY_GRACE)
             return self.in_thread(lambda: present(token))
 
         def check(result: tuple[Any, ...]) -> None:
@@ -536,3 +579,126 @@ class ProxyHeaderTicketsRealTests(GatewayTicketsRealTests):
             self.assertEqual(len(self.named("ticket.other_block")), 1)
 
         return self.in_thread(work).addCallback(check)
+
+
+def _eof_or_reset(sock: socket.socket) -> bytes:
+    """
+    (In the thread.) What the gateway sends before closing C{sock}: its bytes (C{b""} for a
+    silent close), a reset counted as a close.
+    """
+    got = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return got
+            got += chunk
+    except ConnectionResetError:
+        return got
+
+
+class TLSEndingsRealTests(unittest.TestCase):
+    """
+    On a real TLS listener, connections admission ends or refuses never wait for a TLS
+    handshake: an evicted connection that never sent its ClientHello is aborted at once,
+    and a refused one is closed silently before any handshake (the write timeout, 120 s
+    here, is far beyond every hang guard: waiting for it would fail the test).
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        directory = tempfile.mkdtemp(prefix="ngtke-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, directory, True)
+        cert, key = tls_certs.make_leaf("localhost")
+        cert_file, key_file = tls_certs.write_identity(directory, "gateway", cert, key)
+        self.running = RunningGateway(
+            self,
+            "listen = []\n[[tls_listen]]\n"
+            'endpoint = "tcp:0:interface=127.0.0.1"\n'
+            f'cert_file = "{cert_file}"\nkey_file = "{key_file}"\n'
+            "[limits]\nwrite_timeout = 120\n"
+            "[admission]\nmax_unauthenticated = 2\nred_soft = 2\nred_hard = 2\n"
+            'deny = ["127.0.0.4/32"]\n',
+            prefix="ngtke-",
+        )
+        self.addCleanup(self.running.idle)
+        self.port = self.running.port()
+        self.context = ssl.create_default_context(cafile=cert_file)
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        return [event for event in self.events if event.get("event") == name]
+
+    def test_evicted_before_its_tls_handshake_is_aborted_at_once(self):
+        """
+        Two connections from 127.0.0.2 that never send a ClientHello fill the pool; a TLS
+        client from 127.0.0.3 evicts one of them, which is closed at once without a byte
+        (not after the write timeout), while the newcomer is greeted. No
+        C{tls.handshake_failed} is logged for the evicted one.
+        """
+        factory = self.running.factory
+        stalled = [
+            socket.create_connection(
+                ("127.0.0.1", self.port), timeout=_HANG_GUARD, source_address=("127.0.0.2", 0)
+            )
+            for _ in range(2)
+        ]
+        for sock in stalled:
+            self.addCleanup(sock.close)
+
+        def newcomer() -> tuple[bytes, bytes]:
+            client = RawClient(self.port, "127.0.0.3", tls=self.context)
+            try:
+                greeting = client.line()
+                readable, _, _ = select.select(stalled, [], [], _HANG_GUARD)
+                assert readable, "no stalled connection was closed within the hang guard"
+                return greeting, _eof_or_reset(readable[0])
+            finally:
+                client.close()
+
+        def check(result: tuple[bytes, bytes]) -> None:
+            greeting, evicted = result
+            self.assertTrue(greeting.startswith(b"NETGUARD/1 "), greeting)
+            self.assertEqual(evicted, b"")
+            self.assertEqual(factory.stats.counters["refused.evicted"], 1)
+            self.assertEqual(self.named("tls.handshake_failed"), [])
+
+        d = wait_for(lambda: len(factory.sessions) == 2)
+        d.addCallback(lambda _: deferToThread(newcomer))
+        return d.addCallback(check)
+
+    def test_refused_on_tls_is_a_silent_close(self):
+        """
+        A connection admission refuses (a denied source) on a TLS listener is closed before
+        any handshake: a raw socket reads end of stream with no byte (no ServerHello, no
+        C{ERR BUSY} through TLS); a TLS client's handshake fails. C{conn.reject} is logged.
+        """
+
+        def work() -> tuple[bytes, str]:
+            try:
+                raw = socket.create_connection(
+                    ("127.0.0.1", self.port), timeout=_HANG_GUARD, source_address=("127.0.0.4", 0)
+                )
+            except ConnectionResetError:
+                got = b""  # aborted so soon the reset beat connect()'s return: a close too
+            else:
+                try:
+                    got = _eof_or_reset(raw)
+                finally:
+                    raw.close()
+            try:
+                RawClient(self.port, "127.0.0.4", tls=self.context).close()
+            except (ssl.SSLError, OSError) as exc:
+                return got, type(exc).__name__
+            return got, "handshake succeeded"
+
+        def check(result: tuple[bytes, str]) -> None:
+            got, failure = result
+            self.assertEqual(got, b"")
+            self.assertNotEqual(failure, "handshake succeeded")
+            self.assertEqual([e["reason"] for e in self.named("conn.reject")], ["denied"] * 2)
+
+        return deferToThread(work).addCallback(check)
