@@ -26,7 +26,7 @@ from twisted.protocols import amp
 from netguard.auth.users import UserStore, load_mock_key
 from netguard.config import Config, load_config
 from netguard.gateway.factory import GatewayFactory
-from netguard.log import observer_for
+from netguard.log import json_stdout_observer, text_stdout_observer
 from netguard.ops.reload import Reloader, ReloadRefused
 from netguard.service import GatewayControl, GatewayService
 from netguard.stats import HistogramSnapshot, Stats
@@ -226,12 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     if not log_format:
         config = load_config(spec["config"], overrides)
         log_format = config.log.format
+    # As the supervisor's own lines: the priority prefix when standard output is the journal.
+    out = json_stdout_observer() if log_format == "json" else text_stdout_observer()
     globalLogBeginner.beginLoggingTo(
-        [stamp_worker(index), cast(Any, observer_for(log_format, sys.stdout))],
-        redirectStandardIO=False,
+        [stamp_worker(index), cast(Any, out)], redirectStandardIO=False
     )
     channel = WorkerChannel(reactor, index)
-    service = build(reactor, spec, channel)
+    try:
+        service = build(reactor, spec, channel)
+    except Exception as error:  # noqa: BLE001 - one line for the operator, then exit 1
+        sys.stderr.write(f"netguard worker {index}: cannot start: {error}\n")
+        return 1
     channel.service = service
     stdio: Any = StandardIO
     stdio(channel, stdin=AMP_IN, stdout=AMP_OUT, reactor=reactor)

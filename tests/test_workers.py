@@ -7,20 +7,31 @@ penalties, the shared penalties of a worker, and the AMP JSON argument.
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import socket
+import stat
+import tempfile
 from typing import Any
 
 import attrs
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import fail, inlineCallbacks, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel
 from twisted.protocols import amp
+from twisted.protocols.wire import Echo
 from twisted.trial import unittest
 
 from netguard.admission import PENALISED, AdmissionPolicy, Refusal
 from netguard.config import Config, ConfigError, describe, describe_defaults, load_config
 from netguard.config.loader import cpu_count
 from netguard.config.schema import Source, parse_workers
+from netguard.worker import WorkerChannel, stamp_worker, worker_config
 from netguard.workers import commands
 from netguard.workers.budget import (
     POOL_CAPS,
@@ -30,6 +41,7 @@ from netguard.workers.budget import (
     worker_policy,
 )
 from netguard.workers.figures import aggregate, merge, merge_penalties
+from netguard.workers.listeners import InheritedEndpoint, SharedTCPPort
 from netguard.workers.penalties import SharedAdmission
 from netguard.workers.supervisor import (
     EXIT_MARGIN,
@@ -684,3 +696,176 @@ class WorkersConfigTests(unittest.TestCase):
         shown = describe(self.load("workers = 2\n"))
         self.assertIn("workers = 2  # set in file; a supervisor and 2 workers", shown)
         self.assertIn("\nworkers = 1", describe_defaults())
+
+
+class InheritedSocketTests(unittest.TestCase):
+    """
+    L{InheritedEndpoint} over real listening sockets in this process: what a worker does to
+    the socket it adopts, and what it leaves alone.
+    """
+
+    def listening_unix(self, mode: int) -> tuple[str, int]:
+        directory = tempfile.mkdtemp(prefix="ngwu-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "s.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        os.chmod(path, mode)
+        sock.listen(8)
+        sock.setblocking(False)
+        self.addCleanup(sock.close)
+        return path, os.dup(sock.fileno())
+
+    @inlineCallbacks
+    def test_unix_socket_file_left_alone(self) -> Any:
+        """
+        A worker adopting a unix socket serves on it without changing the file's mode
+        (Twisted's own adoption would make it 0666), and stopping leaves the file in place
+        (Twisted's would remove it under the other workers).
+        """
+        path, fd = self.listening_unix(0o600)
+        port = yield InheritedEndpoint(reactor, fd, socket.AF_UNIX).listen(
+            Factory.forProtocol(Echo)
+        )
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        client = yield connectProtocol(UNIXClientEndpoint(reactor, path), Protocol())
+        client.transport.loseConnection()
+        yield port.stopListening()
+        self.assertTrue(stat.S_ISSOCK(os.stat(path).st_mode))
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+
+    @inlineCallbacks
+    def test_inherited_descriptor_closed(self) -> Any:
+        """
+        The inherited descriptor is closed once adopted (the port holds its own copy): a
+        worker keeps one descriptor per listener, not two.
+        """
+        _, fd = self.listening_unix(0o600)
+        port = yield InheritedEndpoint(reactor, fd, socket.AF_UNIX).listen(
+            Factory.forProtocol(Echo)
+        )
+        self.assertRaises(OSError, os.fstat, fd)
+        yield port.stopListening()
+
+    @inlineCallbacks
+    def test_tcp_copy_stops_alone(self) -> Any:
+        """
+        Two adopted copies of one TCP socket: stopping one (a worker draining) leaves the
+        socket accepting through the other (no shutdown of the shared socket).
+        """
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.setblocking(False)
+        self.addCleanup(sock.close)
+        number = sock.getsockname()[1]
+        ports = []
+        for _ in range(2):
+            endpoint = InheritedEndpoint(reactor, os.dup(sock.fileno()), socket.AF_INET)
+            ports.append((yield endpoint.listen(Factory.forProtocol(Echo))))
+        sock.close()
+        yield ports[0].stopListening()
+        client = yield connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", number), Protocol()
+        )
+        client.transport.loseConnection()
+        yield ports[1].stopListening()
+
+    def test_accepts_in_turns(self) -> None:
+        """
+        A shared port accepts one connection per readiness, leaving the rest of a burst
+        to the other workers, however many are waiting and whatever Twisted's adaptive
+        batch grew to.
+        """
+        built: list[Any] = []
+
+        class Counting(Factory):
+            def buildProtocol(self, addr: Any) -> Protocol:
+                built.append(addr)
+                return Protocol()
+
+        port = SharedTCPPort(0, Counting(), interface="127.0.0.1")
+        port.startListening()
+        self.addCleanup(port.stopListening)
+        clients = [
+            socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+            for _ in range(3)
+        ]
+        for client in clients:
+            self.addCleanup(client.close)
+        port.numberAccepts = 120
+        port.doRead()
+        self.assertEqual(len(built), 1)
+        port.doRead()
+        self.assertEqual(len(built), 2)
+        for transport in list(port.reactor.getReaders()):
+            if getattr(transport, "server", None) is port:
+                transport.abortConnection()
+
+
+class WorkerSideTests(unittest.TestCase):
+    """
+    The worker's own pieces: its configuration, its log stamp, its stop.
+    """
+
+    def test_worker_config(self) -> None:
+        """
+        A worker runs with its share of the admission budget and without a control socket
+        or a metrics listener of its own.
+        """
+        config = attrs.evolve(
+            make_config(), ops=attrs.evolve(make_config().ops, metrics_listen="tcp:9100")
+        )
+        mine = worker_config(config, 1, 2)
+        self.assertEqual(mine.admission, worker_policy(config.admission, 1, 2))
+        self.assertEqual((mine.ops.control_socket, mine.ops.metrics_listen), ("", ""))
+        self.assertEqual(mine.ops.shutdown_grace, config.ops.shutdown_grace)
+
+    def test_log_stamp(self) -> None:
+        """
+        Every event of a worker carries C{worker}; the text column shows it before the
+        namespace and level; an event with its own system keeps it.
+        """
+        stamp = stamp_worker(3)
+        event: dict[str, Any] = {"log_namespace": "netguard.x", "log_level": LogLevel.info}
+        stamp(event)
+        self.assertEqual(event["worker"], 3)
+        self.assertEqual(event["log_system"], "w3:netguard.x#info")
+        legacy: dict[str, Any] = {"log_system": "-", "log_namespace": "log_legacy"}
+        stamp(legacy)
+        self.assertTrue(legacy["log_system"].startswith("w3:"))
+        own: dict[str, Any] = {"log_system": "HTTPChannel,1,127.0.0.1"}
+        stamp(own)
+        self.assertEqual(own["log_system"], "HTTPChannel,1,127.0.0.1")
+
+    def test_stop_then_force(self) -> None:
+        """
+        The first stop (drain from the supervisor, SIGTERM, or the supervisor's pipe closing)
+        stops the reactor once; the second, or a forced one, cuts what the drain left.
+        """
+        clock = Clock()
+        clock.running = True  # type: ignore[attr-defined]
+        stops: list[bool] = []
+        clock.stop = lambda: stops.append(True)  # type: ignore[attr-defined]
+        forced: list[str] = []
+        channel = WorkerChannel(clock, 0)
+        channel.service = FakeService(forced)  # type: ignore[assignment]
+        channel.stop()
+        clock.advance(0)
+        self.assertEqual((stops, forced), ([True], []))
+        channel.stop()
+        clock.advance(0)
+        self.assertEqual((stops, forced), ([True], ["second stop signal"]))
+
+
+class FakeService:
+    """
+    The parts of a gateway service a worker's stop touches.
+    """
+
+    def __init__(self, forced: list[str]) -> None:
+        self.drainer = self
+        self.forced = forced
+
+    def force(self, why: str) -> None:
+        self.forced.append(why)

@@ -134,11 +134,42 @@ def open_shared(
     return SharedListener(description, kind, position, port)
 
 
-class SharedUnixPort(unix.Port):
+#: How many connections a worker accepts each time the shared socket is readable. Twisted's
+#: ports take up to 100 at once (more under load), so one worker would take a whole burst
+#: while the others were still waking up; taking one at a time lets every woken worker take
+#: its turn, so a burst is spread and each worker's share of a limit applies to its part of
+#: the burst (measured: bench/workers.py, docs/performance.md "Workers").
+ACCEPT_BATCH: int | None = 1
+
+
+class _TakesTurns:
+    """
+    Mixin for a port on a shared socket: accept L{ACCEPT_BATCH} connections per readiness
+    (Twisted's adaptive batch when it is L{None}).
+    """
+
+    numberAccepts: int
+
+    def doRead(self) -> Any:
+        if ACCEPT_BATCH is not None:
+            self.numberAccepts = ACCEPT_BATCH
+        return super().doRead()  # type: ignore[misc]
+
+
+class SharedTCPPort(_TakesTurns, tcp.Port):
+    """
+    A TCP listening socket adopted from the supervisor, accepting in turns with the other
+    workers (L{ACCEPT_BATCH}). Like Twisted's adopted ports, it never shuts the shared
+    socket down when it stops.
+    """
+
+
+class SharedUnixPort(_TakesTurns, unix.Port):
     """
     A unix listening socket adopted from the supervisor: unlike Twisted's adopted
     C{unix.Port}, it never changes the socket file's mode (the supervisor set it, 0600 by
-    default) and never removes the file when it stops (the other workers still use it).
+    default) and never removes the file when it stops (the other workers still use it); it
+    accepts in turns with the other workers (L{ACCEPT_BATCH}).
     """
 
     def startListening(self) -> None:
@@ -177,7 +208,10 @@ class InheritedEndpoint:
                 port: Any = SharedUnixPort._fromListeningDescriptor(self.reactor, self.fd, factory)
                 port.startListening()
             else:
-                port = self.reactor.adoptStreamPort(self.fd, self.family, factory)
+                port = SharedTCPPort._fromListeningDescriptor(
+                    self.reactor, self.fd, self.family, factory
+                )
+                port.startListening()
         except Exception as error:  # noqa: BLE001 - a listen failure is a failed Deferred
             return fail(error)
         finally:

@@ -203,6 +203,8 @@ class Spawner:
         self.overrides = dict(overrides)
         self.listeners = listeners
         self.executable = executable
+        #: The worker's command line before its spec.
+        self.command = [executable, "-m", "netguard.worker"]
         self.supervisor: Supervisor | None = None
 
     def __call__(self, slot: WorkerSlot) -> WorkerProcess:
@@ -215,7 +217,7 @@ class Spawner:
             child_fds[FIRST_LISTENER_FD + number] = listener.fd
         process = WorkerProcess(self.supervisor, slot)
         slot.handle = process  # before spawnProcess: an immediate end must find it
-        args = [self.executable, "-m", "netguard.worker", json.dumps(spec)]
+        args = [*self.command, json.dumps(spec)]
         transport = self.reactor.spawnProcess(
             process, self.executable, args, env=worker_environ(), childFDs=child_fds
         )

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from netguard.auth.users import UsersFileError, UserStore, load_mock_key
+from netguard.auth.users import MOCK_KEY_FILE, UsersFileError, UserStore, load_mock_key
 from netguard.config import ConfigError, load_config
 from netguard.log import FileLogSink, LogFileError
 from netguard.ops.control import ControlError, UnsafeControlPath
@@ -37,8 +37,10 @@ from netguard.ops.notify import (
     notify_reloading,
     notify_stopping,
 )
+from netguard.ops.privileges import hand_over
 from netguard.ops.reload import RESTART_ONLY, ReloadRefused
 from netguard.stats import HistogramSnapshot
+from netguard.tickets import TICKET_KEY_FILE
 from netguard.workers import commands
 from netguard.workers.figures import aggregate, merge_penalties
 
@@ -194,6 +196,34 @@ class Supervisor(MultiService):
             MetricsListenFailed,
         ) as error:
             raise SystemExit(f"netguard: {error}") from None
+        if self.run_as is not None:
+            try:
+                hand_over(self.config.state_dir, self._created_paths(), *self.run_as)
+            except OSError as error:
+                raise SystemExit(
+                    f"netguard: cannot hand the state directory over: {error}"
+                ) from None
+
+    def _created_paths(self) -> list[str]:
+        """
+        What netguard creates in the state directory (as the single-process gateway lists
+        them): the users file, the keys, the lock, the unix listeners, the control socket.
+        """
+        config = self.config
+        paths = [
+            config.users_file,
+            os.path.join(config.state_dir, MOCK_KEY_FILE),
+            os.path.join(config.state_dir, TICKET_KEY_FILE),
+        ]
+        if self.instance_lock is not None:
+            paths.append(self.instance_lock.path)
+        for listener in self.listeners:
+            name = getattr(listener.port, "port", None)
+            if isinstance(name, str | bytes):
+                paths.append(os.fsdecode(name))
+        if config.ops.control_socket:
+            paths.append(config.ops.control_socket)
+        return paths
 
     def startService(self) -> None:
         """
@@ -408,7 +438,6 @@ class Supervisor(MultiService):
                 int(setup.get("count", 0)),
                 float(setup.get("total", 0.0)),
             )
-        figures["workers_running"] = sum(1 for s in self.slots if s.state == RUNNING)
         figures["worker_restarts"] = sum(s.restarts for s in self.slots)
         figures["uptime"] = round(self.clock.seconds() - self.started_at, 3)
         figures["draining"] = self.stopping

@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import stat
+import urllib.request
 from typing import Any
 
 from twisted.internet import reactor
@@ -127,10 +128,21 @@ class WorkersTests(unittest.TestCase):
     # -- helpers ---------------------------------------------------------------------------------
 
     @inlineCallbacks
-    def start(self, extra: str = "", listen: str | None = None, grace: int = 20) -> Any:
+    def start(
+        self, extra: str = "", listen: str | None = None, grace: int = 20, ops_extra: bool = False
+    ) -> Any:
+        """
+        Start the supervisor with two workers; C{extra} is appended to the configuration
+        (to the C{[ops]} table with C{ops_extra}, else after the services).
+        """
         listeners = listen if listen is not None else f'"tcp:{self.port}:interface=127.0.0.1"'
+        text = BASE.format(listen=listeners, grace=grace)
+        if ops_extra:
+            text = text.replace("[services.echo]", extra + "[services.echo]")
+        else:
+            text += extra
         with open(self.config, "w") as handle:
-            handle.write(BASE.format(listen=listeners, grace=grace) + extra)
+            handle.write(text)
         self.daemon = Twistd(self, self.state, ["--config", self.config])
         self.credentials = yield self.daemon.started()
         yield self.daemon.wait_for(lambda: self.running() == 2, "two workers serving")
@@ -256,9 +268,7 @@ class WorkersTests(unittest.TestCase):
         os.kill(pids[1], signal.SIGKILL)
         yield self.echo(stream)
         yield self.daemon.wait_for(
-            lambda: (
-                f"worker 1 (pid {pids[1]}) exited (code None, signal 9)" in self.daemon.stdout
-            ),
+            lambda: f"worker 1 (pid {pids[1]}) exited (code None, signal 9)" in self.daemon.stdout,
             "worker.exited",
         )
         yield self.echo(stream)
@@ -338,7 +348,8 @@ class WorkersTests(unittest.TestCase):
         """
         A unix-socket listener and a TLS listener work with workers: a session through each
         worker on each; the socket file keeps mode 0600 (a worker adopting it does not
-        change it) and survives a worker's exit (a worker does not remove it).
+        change it) and survives a worker killed and a worker that drained and exited by
+        itself (a worker does not remove it); the replacements serve on it.
         """
         cert, key = tls_certs.make_leaf("localhost", extra_names=("127.0.0.1",))
         cert_file, key_file = tls_certs.write_identity(self.root, "gateway", cert, key)
@@ -369,10 +380,26 @@ class WorkersTests(unittest.TestCase):
                 yield stream.ended
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
         os.kill(pids[0], signal.SIGKILL)
+        yield self.daemon.wait_for(
+            lambda: f"worker 0 (pid {pids[0]}) exited" in self.daemon.stdout, "worker.exited"
+        )
         new = yield self.pids()
         self.assertNotEqual(new[0], pids[0])
         self.assertTrue(stat.S_ISSOCK(os.stat(path).st_mode))
         stream = yield self.open_through(new, 0, UNIXClientEndpoint(reactor, path))
+        yield self.echo(stream, 1024)
+        stream.transport.loseConnection()
+        yield stream.ended
+        # A worker that drains and exits by itself closes its copy without removing the
+        # file or changing its mode; its replacement serves on it.
+        os.kill(new[1], signal.SIGTERM)
+        yield self.daemon.wait_for(
+            lambda: f"worker 1 (pid {new[1]}) exited (code 0" in self.daemon.stdout,
+            "the drained worker's exit",
+        )
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        latest = yield self.pids()
+        stream = yield self.open_through(latest, 1, UNIXClientEndpoint(reactor, path))
         yield self.echo(stream, 1024)
         stream.transport.loseConnection()
         yield stream.ended
@@ -468,5 +495,41 @@ class WorkersTests(unittest.TestCase):
             self.resume(pids[1])
         self.assertIn(b"ERR BUSY per-source-cap", data)
         for stream in held:
+            stream.transport.loseConnection()
+            yield stream.ended
+
+    @inlineCallbacks
+    def test_metrics_sum_workers(self) -> Any:
+        """
+        The supervisor's metrics endpoint shows the workers' figures summed: with one
+        session in each worker, C{netguard_active} is 2 and the set-up histogram counts both
+        sessions.
+        """
+        metrics_port = free_port()
+        yield self.start(
+            extra=f'metrics_listen = "tcp:{metrics_port}:interface=127.0.0.1"\n',
+            ops_extra=True,
+        )
+        pids = yield self.pids()
+        streams = []
+        for index in (0, 1):
+            stream = yield self.open_through(pids, index)
+            streams.append(stream)
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        scraped = [""]
+
+        def scrape() -> bool:
+            with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 - loopback
+                scraped[0] = answer.read().decode()
+            return re.search(r"^netguard_active 2$", scraped[0], re.M) is not None
+
+        for _ in range(100):
+            done = yield deferToThread(scrape)
+            if done:
+                break
+            yield deferLater(reactor, 0.1, lambda: None)
+        self.assertRegex(scraped[0], r"(?m)^netguard_active 2$")
+        self.assertRegex(scraped[0], r"(?m)^netguard_session_setup_seconds_count 2$")
+        for stream in streams:
             stream.transport.loseConnection()
             yield stream.ended
