@@ -149,6 +149,10 @@ def makeService(options: Options) -> Any:
         raise SystemExit(str(error)) from None
     except (UsersFileError, TLSConfigError, ListenFailed, OSError) as error:
         raise SystemExit(f"netguard: cannot start: {error}") from None
+    # twistd --uid as root: what we create in the state directory goes to that user
+    # before twistd drops privileges, so reload and clean-up at stop keep working (the
+    # workers, started after the drop, read the users file and keys as that user).
+    service.run_as = run_as_identity(getattr(options, "parent", None), os.geteuid())
     if isinstance(service, Supervisor):
         # Workers: SIGTERM drains every worker (a second one closes what is left), SIGHUP
         # checks the configuration and reloads every worker, SIGUSR1 switches their heartbeat.
@@ -157,9 +161,6 @@ def makeService(options: Options) -> Any:
         reactor.callWhenRunning(install_sighup, reactor, service.reloader)
         reactor.callWhenRunning(install_sigusr1, reactor, service)
         return service
-    # twistd --uid as root: what we create in the state directory goes to that user
-    # before twistd drops privileges, so reload and clean-up at stop keep working.
-    service.run_as = run_as_identity(getattr(options, "parent", None), os.geteuid())
     service.reloader = Reloader(service, options["config"], options.overrides())
     # After the reactor's own handlers are in place: SIGTERM drains, a second one cuts;
     # SIGHUP reloads the configuration, the users and the certificates.
