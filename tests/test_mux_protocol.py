@@ -5,6 +5,7 @@ ends.
 
 from __future__ import annotations
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
@@ -12,7 +13,7 @@ from twisted.trial import unittest
 from netguard.mux import frames
 from netguard.mux.frames import FrameType, GoAwayCode, Violation
 from netguard.mux.outcome import SessionEnd
-from netguard.mux.protocol import MuxProtocol
+from netguard.mux.protocol import SESSION_BUFFER, MuxProtocol, widen_buffer
 
 
 class HeldCloseTransport(StringTransport):
@@ -128,3 +129,26 @@ class MuxProtocolNoDelayTests(unittest.TestCase):
             protocol = MuxProtocol(client=True, clock=Clock(), accept=lambda s: None)
             protocol.makeConnection(transport)
             self.assertIs(transport.producer, protocol.session)
+
+
+class SessionBufferTests(unittest.TestCase):
+    def test_a_file_descriptor_gets_the_session_buffer(self) -> None:
+        """
+        A session over a Twisted file descriptor (TCP, UNIX) reads and buffers up to
+        C{SESSION_BUFFER} (256 KiB) instead of Twisted's 64 KiB, on that transport only.
+        """
+        transport = FileDescriptor(reactor=Clock())
+        self.assertEqual(transport.bufferSize, 64 * 1024)
+        protocol = MuxProtocol(client=True, clock=Clock(), accept=lambda stream: None)
+        protocol.makeConnection(transport)
+        self.assertEqual((transport.bufferSize, SESSION_BUFFER), (256 * 1024, 256 * 1024))
+        self.assertEqual(FileDescriptor.bufferSize, 64 * 1024)
+
+    def test_other_transports_are_left_alone(self) -> None:
+        """
+        A transport that is not a file descriptor (a TLS wrapper, a test transport) gets no
+        C{bufferSize}.
+        """
+        transport = StringTransport()
+        widen_buffer(transport)
+        self.assertFalse(hasattr(transport, "bufferSize"))

@@ -372,7 +372,7 @@ class LoopbackTests(unittest.TestCase):
         stream = sessions[0]
         session = stream._session
         transport: Any = session.transport
-        bound = transport.bufferSize + 64 * 1024 + 16 * 1024 + 12
+        bound = transport.bufferSize + 64 * 1024 + session.limits.max_frame + 12
         await self.wait_for(
             lambda: session._paused and sources[0].paused, "the session and producer paused"
         )

@@ -91,9 +91,9 @@ class ReceiveWindowTests(SessionEndedMixin, unittest.TestCase):
     def test_credit_given_back_after_half_a_window(self) -> None:
         """
         Delivered data is credited back by one window update once half a window (128 KiB)
-        is owed, not before.
+        is owed, not before (window growth off: C{max_window} 256 KiB).
         """
-        harness = Harness()
+        harness = Harness(limits=MuxLimits(keepalive_interval=None, max_window=INITIAL_WINDOW))
         harness.feed(frame(WINDOW, SYN, 1, 0))
         harness.accepted[0].accept()
         harness.sent()
@@ -153,7 +153,10 @@ class ReceiveWindowTests(SessionEndedMixin, unittest.TestCase):
         A session with a memory budget of C{budget} and two accepted streams from the peer:
         1, reading, and 3, whose reading is paused (returned).
         """
-        harness = Harness(limits=MuxLimits(keepalive_interval=None, memory_budget=budget))
+        limits = MuxLimits(
+            keepalive_interval=None, memory_budget=budget, max_window=INITIAL_WINDOW
+        )
+        harness = Harness(limits=limits)
         harness.feed(*(frame(WINDOW, SYN, sid, 0) for sid in (1, 3)))
         busy, paused = harness.accepted
         busy.accept()
@@ -194,7 +197,8 @@ class ReceiveWindowTests(SessionEndedMixin, unittest.TestCase):
         """
         Under the default limits, more idle streams than C{memory_budget / 256 KiB} (65 of
         them, their windows granted and unused) leave a busy stream's transfer going: every
-        half window it consumes is given back, for eight windows.
+        half window it consumes is given back (its window growing as it keeps reading), for
+        sixteen half windows, and it never runs out of window.
         """
         harness = Harness()
         idle = harness.session.limits.memory_budget // INITIAL_WINDOW + 1
@@ -214,8 +218,117 @@ class ReceiveWindowTests(SessionEndedMixin, unittest.TestCase):
             for header, _ in harness.sent():
                 if header.type is WINDOW and header.stream_id == busy:
                     window += header.length
-        self.assertEqual((total, window), (8 * INITIAL_WINDOW, INITIAL_WINDOW))
-        self.assertEqual(harness.session.credit, (idle + 1) * INITIAL_WINDOW)
+        self.assertEqual(total, 8 * INITIAL_WINDOW)
+        self.assertGreaterEqual(window, INITIAL_WINDOW)
+        self.assertEqual(harness.session.credit, idle * INITIAL_WINDOW + window)
+
+
+class WindowGrowthTests(SessionEndedMixin, unittest.TestCase):
+    """
+    The receive window of a stream that keeps reading grows, bounded per stream
+    (C{max_window}) and per session (C{window_budget}).
+    """
+
+    def reading(self, harness: Harness, sid: int) -> MuxStream:
+        harness.feed(frame(WINDOW, SYN, sid, 0))
+        stream = harness.accepted[-1]
+        stream.accept()
+        harness.sent()
+        return stream
+
+    def consume(self, harness: Harness, sid: int, size: int) -> list[int]:
+        """
+        Feed C{size} bytes on C{sid} in frames of at most 64 KiB.
+
+        @return: the window updates sent for it.
+        """
+        while size:
+            part = min(size, 65536)
+            harness.feed(data(sid, b"g" * part))
+            size -= part
+        return [h.length for h, _ in harness.sent() if h.type is WINDOW and h.stream_id == sid]
+
+    def test_window_doubles_up_to_max_window(self) -> None:
+        """
+        A stream that keeps reading has its window doubled at each update, from 256 KiB to
+        C{max_window} (1 MiB here) exactly, and no further: the first update gives back the
+        128 KiB consumed plus 256 KiB, the next 256 KiB plus 512 KiB, then only what was
+        consumed.
+        """
+        limits = MuxLimits(keepalive_interval=None, max_window=1024 * 1024)
+        harness = Harness(limits=limits)
+        stream = self.reading(harness, 1)
+        half = INITIAL_WINDOW // 2
+        self.assertEqual(self.consume(harness, 1, half), [half + INITIAL_WINDOW])
+        self.assertEqual((stream.window, stream.recv_window), (2 * INITIAL_WINDOW,) * 2)
+        self.assertEqual(self.consume(harness, 1, 2 * half), [2 * half + 2 * INITIAL_WINDOW])
+        self.assertEqual(stream.window, 4 * INITIAL_WINDOW)
+        self.assertEqual(self.consume(harness, 1, 4 * half), [4 * half])
+        self.assertEqual((stream.window, stream.recv_window), (limits.max_window,) * 2)
+        self.assertEqual(harness.session.credit, limits.max_window)
+
+    def test_hostile_one_byte_past_a_grown_window(self) -> None:
+        """
+        A grown window is the bound like the initial one: the peer may send exactly 1 MiB
+        after the window reached it, and one byte more ends the session.
+        """
+        harness = Harness(limits=MuxLimits(keepalive_interval=None, max_window=1024 * 1024))
+        stream = self.reading(harness, 1)
+        self.consume(harness, 1, INITIAL_WINDOW // 2 + INITIAL_WINDOW)
+        self.assertEqual(stream.recv_window, 1024 * 1024)
+        stream.pauseProducing()
+        self.consume(harness, 1, 1024 * 1024)
+        self.assertEqual((stream.recv_window, stream.buffered), (0, 1024 * 1024))
+        self.assertIsNone(harness.session.ended)
+        harness.feed(data(1, b"x"))
+        self.assert_ended(harness, Violation.WINDOW_EXCEEDED)
+
+    def test_session_budget_bounds_growth(self) -> None:
+        """
+        With C{window_budget} 256 KiB, a first stream's growth takes the whole budget; a
+        second stream then gets back only what it consumed (its window stays 256 KiB) until
+        the first ends and returns its growth.
+        """
+        limits = MuxLimits(keepalive_interval=None, window_budget=INITIAL_WINDOW)
+        harness = Harness(limits=limits)
+        first = self.reading(harness, 1)
+        second = self.reading(harness, 3)
+        half = INITIAL_WINDOW // 2
+        self.assertEqual(self.consume(harness, 1, half), [half + INITIAL_WINDOW])
+        self.assertEqual(self.consume(harness, 3, half), [half])
+        self.assertEqual(second.window, INITIAL_WINDOW)
+        self.assertEqual(harness.session._receive.grown, INITIAL_WINDOW)
+        first.abortConnection()
+        self.assertEqual(harness.session._receive.grown, 0)
+        self.assertEqual(self.consume(harness, 3, half), [half + INITIAL_WINDOW])
+        self.assertEqual(second.window, 2 * INITIAL_WINDOW)
+
+    def test_a_stream_that_held_data_does_not_grow(self) -> None:
+        """
+        A stream whose reading was paused gets back, on resuming, only what it consumed:
+        its window does not grow (its reader, not the window, is what is slow).
+        """
+        harness = Harness()
+        stream = self.reading(harness, 1)
+        stream.pauseProducing()
+        self.assertEqual(self.consume(harness, 1, INITIAL_WINDOW), [])
+        stream.resumeProducing()
+        self.assertEqual(
+            [h.length for h, _ in harness.sent() if h.type is WINDOW], [INITIAL_WINDOW]
+        )
+        self.assertEqual(stream.window, INITIAL_WINDOW)
+
+    def test_growth_off(self) -> None:
+        """
+        With C{max_window} 256 KiB no window grows; a C{max_window} below 256 KiB or a
+        negative C{window_budget} is refused.
+        """
+        harness = Harness(limits=MuxLimits(keepalive_interval=None, max_window=INITIAL_WINDOW))
+        stream = self.reading(harness, 1)
+        self.assertEqual(self.consume(harness, 1, INITIAL_WINDOW), [INITIAL_WINDOW // 2] * 2)
+        self.assertEqual(stream.window, INITIAL_WINDOW)
+        self.assertRaises(ValueError, MuxLimits, max_window=INITIAL_WINDOW - 1)
+        self.assertRaises(ValueError, MuxLimits, window_budget=-1)
 
 
 class SendWindowTests(SessionEndedMixin, unittest.TestCase):
@@ -274,8 +387,8 @@ class FairnessTests(unittest.TestCase):
 
     def test_two_busy_streams_take_turns(self) -> None:
         """
-        Two streams with 64 KiB queued each go out one frame (16 KiB) per stream per turn:
-        the frames alternate.
+        Two streams with a window's worth (256 KiB) queued each go out one frame
+        (C{max_frame}, 64 KiB) per stream per turn: the frames alternate.
         """
         harness = Harness(client=True)
         first, _ = harness.open()
@@ -283,12 +396,12 @@ class FairnessTests(unittest.TestCase):
         harness.feed(frame(WINDOW, ACK, 1, 0), frame(WINDOW, ACK, 3, 0))
         harness.sent()
         harness.session.pauseProducing()
-        first.write(b"a" * 65536)
-        second.write(b"b" * 65536)
+        first.write(b"a" * 4 * 65536)
+        second.write(b"b" * 4 * 65536)
         self.assertEqual(harness.transport.value(), b"")
         harness.session.resumeProducing()
         sent = [(h.stream_id, h.length) for h, _ in harness.sent()]
-        self.assertEqual(sent, [(1, 16384), (3, 16384)] * 4)
+        self.assertEqual(sent, [(1, 65536), (3, 65536)] * 4)
 
     def test_paused_transport_holds_output(self) -> None:
         """
@@ -418,8 +531,9 @@ class CreditPropertyTests(unittest.TestCase):
     def test_credit_is_the_sum_of_streams(self, steps: list[tuple[int, int, int, int]]) -> None:
         """
         After every step, the session's credit equals the sum of its live streams' credit,
-        the bytes it holds the sum of theirs, and every stream's window and credit stay
-        within 0..256 KiB.
+        the bytes it holds the sum of theirs, every stream's credit stays within its window,
+        every window within 256 KiB..C{max_window}, and the windows' growth is their sum
+        above 256 KiB, within C{window_budget}.
         """
         methods = [
             "accept",
@@ -434,6 +548,8 @@ class CreditPropertyTests(unittest.TestCase):
         limits = MuxLimits(
             keepalive_interval=None,
             memory_budget=INITIAL_WINDOW,
+            max_window=4 * INITIAL_WINDOW,
+            window_budget=5 * INITIAL_WINDOW,
             empty_frame_burst=10**6,
             ping_burst=10**6,
         )
@@ -460,6 +576,10 @@ class CreditPropertyTests(unittest.TestCase):
             live = [s for s in harness.session._streams.values() if not s.lost]
             self.assertEqual(harness.session.credit, sum(s.outstanding for s in live))
             self.assertEqual(harness.session.held, sum(s.buffered for s in live))
+            grown = harness.session._receive.grown
+            self.assertEqual(grown, sum(s.window - INITIAL_WINDOW for s in live))
+            self.assertLessEqual(grown, limits.window_budget)
             for stream in live:
-                self.assertTrue(0 <= stream.recv_window <= INITIAL_WINDOW)
-                self.assertTrue(0 <= stream.outstanding <= INITIAL_WINDOW)
+                self.assertTrue(INITIAL_WINDOW <= stream.window <= limits.max_window)
+                self.assertTrue(0 <= stream.recv_window <= stream.window)
+                self.assertTrue(0 <= stream.outstanding <= stream.window)

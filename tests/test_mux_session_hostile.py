@@ -297,7 +297,7 @@ class MalformedFrameTests(SessionEndedMixin, unittest.TestCase):
         self.assertLessEqual(len(harness.ends), 1)
         for end in harness.ends:
             self.assertIsInstance(end.violation, Violation)
-        self.assertLessEqual(len(harness.session._inbuf), 12 + INITIAL_WINDOW + 40)
+        self.assertLessEqual(harness.session.input_held, 12 + INITIAL_WINDOW + 40)
 
     def test_frames_split_across_reads(self) -> None:
         """
@@ -309,6 +309,47 @@ class MalformedFrameTests(SessionEndedMixin, unittest.TestCase):
             harness.feed(wire[index : index + 1])
         self.assertEqual(harness.protocols[1].received, b"OPEN echo\r\nmore")
         self.assertTrue(harness.protocols[1].eof)
+
+    @settings(max_examples=200, deadline=None)
+    @given(cuts=st.lists(st.integers(0, 140_000), max_size=12))
+    def test_frames_cut_anywhere(self, cuts: list[int]) -> None:
+        """
+        Frames of two streams, payloads from 0 to 64 KiB and a ping among them, cut into
+        reads at arbitrary points (inside headers, inside payloads, on frame boundaries), are
+        handled as if whole: the same bytes reach each stream, the ping is answered, and
+        nothing is left in the input buffer.
+        """
+        harness = Harness()
+        big = bytes(range(256)) * 256
+        wire = (
+            data(1, b"OPEN a\r\n", SYN)
+            + data(3, b"", SYN)
+            + data(1, big)
+            + frame(FrameType.PING, SYN, 0, 7)
+            + data(3, big[:1000], FIN)
+            + data(1, big[5:70], FIN)
+        )
+        points = sorted({0, len(wire), *(cut % (len(wire) + 1) for cut in cuts)})
+        for start, stop in zip(points[:-1], points[1:], strict=True):
+            harness.feed(wire[start:stop])
+        self.assertEqual(harness.protocols[1].received, b"OPEN a\r\n" + big + big[5:70])
+        self.assertEqual(harness.protocols[3].received, big[:1000])
+        self.assertTrue(harness.protocols[1].eof and harness.protocols[3].eof)
+        self.assertIn((FrameType.PING, 7), [(h.type, h.length) for h, _ in harness.sent()])
+        self.assertEqual((harness.ends, harness.session.input_held), ([], 0))
+
+    def test_hostile_oversized_frame_with_its_header_split(self) -> None:
+        """
+        A data frame one byte longer than the window, its header cut across two reads,
+        ends the session when the header is whole, before any payload is held.
+        """
+        harness = Harness()
+        header = frame(FrameType.DATA, SYN, 1, INITIAL_WINDOW + 1)
+        harness.feed(header[:5])
+        self.assertEqual(harness.ends, [])
+        harness.feed(header[5:] + b"x" * 1000)
+        self.assertEqual([end.violation for end in harness.ends], [Violation.WINDOW_EXCEEDED])
+        self.assertEqual(harness.session.input_held, 0)
 
     def test_nothing_after_the_end(self) -> None:
         """

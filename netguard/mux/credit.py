@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_mux_session -*-
 """
 The receive side's accounting of a session: the credit its streams hold, the bytes held for
-paused streams, and the window updates withheld while those reach the budget.
+paused streams, the window updates withheld while those reach the budget, and the growth of
+the windows of streams that keep reading.
 """
 
 from __future__ import annotations
@@ -25,21 +26,51 @@ class ReceiveCredit:
     stream's window) costs no memory and does not count. Withheld updates go out once held
     bytes drain below the budget.
 
+    Each stream's window (L{MuxStream.window}) starts at the spec's 256 KiB; no stream's
+    L{MuxStream.outstanding} passes its window. When a stream's protocol has read all it
+    was sent (nothing held) by the time half its window is owed back, the window doubles,
+    up to C{max_window}, while the growth summed over the live streams (C{grown}) stays
+    within C{window_budget}. So the credit of a session stays within
+    C{streams * 256 KiB + window_budget}. A stream's growth is returned when it ends.
+
     @ivar budget: the held bytes at which updates are withheld.
     @ivar credit: receive credit across the session.
     @ivar held: bytes held for streams whose reading is paused.
+    @ivar max_window: the largest window of a stream.
+    @ivar window_budget: the most growth (window above 256 KiB) across the live streams.
+    @ivar grown: the growth of the live streams' windows.
     """
 
-    __slots__ = ("budget", "credit", "held", "_starved", "_send_update")
+    __slots__ = (
+        "budget",
+        "credit",
+        "held",
+        "max_window",
+        "window_budget",
+        "grown",
+        "_starved",
+        "_send_update",
+    )
 
-    def __init__(self, budget: int, send_update: Callable[[int, int], None]) -> None:
+    def __init__(
+        self,
+        budget: int,
+        send_update: Callable[[int, int], None],
+        max_window: int = INITIAL_WINDOW,
+        window_budget: int = 0,
+    ) -> None:
         """
         @param budget: the held bytes at which updates are withheld.
         @param send_update: called with a stream id and a window delta to send.
+        @param max_window: the largest window of a stream.
+        @param window_budget: the most growth across the live streams.
         """
         self.budget = budget
         self.credit = 0
         self.held = 0
+        self.max_window = max_window
+        self.window_budget = window_budget
+        self.grown = 0
         self._starved: set[MuxStream] = set()
         self._send_update = send_update
 
@@ -81,14 +112,25 @@ class ReceiveCredit:
         self.credit -= stream.outstanding
         self.held -= stream.buffered
         self._starved.discard(stream)
+        self._shrink(stream)
         self.regrant()
 
-    def grant(self, stream: MuxStream) -> None:
+    def _shrink(self, stream: MuxStream) -> None:
         """
-        Give back the credit the stream's protocol has consumed, once half a window is
+        Return the stream's growth to the budget.
+        """
+        self.grown -= stream.window - INITIAL_WINDOW
+        stream.window = INITIAL_WINDOW
+
+    def grant(self, stream: MuxStream, grow: bool = False) -> None:
+        """
+        Give back the credit the stream's protocol has consumed, once half its window is
         owed, unless held bytes have reached the budget (then the stream waits for
         L{regrant}). A stream whose reading is paused or closed, that the peer has
         half-closed, or that has ended, gets nothing.
+
+        @param grow: whether the stream's window may grow now (its protocol has just been
+            handed data, so it keeps reading if nothing is held).
         """
         if (
             stream.reading_paused
@@ -103,13 +145,20 @@ class ReceiveCredit:
             # Every frame on a stream the peer opened follows our ACK; the credit owed goes
             # out when the application accepts the stream.
             return
-        owed = INITIAL_WINDOW - stream.outstanding
-        if owed < INITIAL_WINDOW // 2:
+        window = stream.window
+        owed = window - stream.outstanding
+        if owed < window // 2:
             return
         if self.held >= self.budget:
             self._starved.add(stream)
             return
         self._starved.discard(stream)
+        if grow and not stream.buffered and window < self.max_window:
+            more = min(window, self.max_window - window, self.window_budget - self.grown)
+            if more > 0:
+                stream.window = window + more
+                self.grown += more
+                owed += more
         stream.recv_window += owed
         self.credit += owed
         self._send_update(stream.stream_id, owed)
@@ -129,4 +178,5 @@ class ReceiveCredit:
         """
         self.credit = 0
         self.held = 0
+        self.grown = 0
         self._starved.clear()

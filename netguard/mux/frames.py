@@ -13,6 +13,10 @@ from typing import NamedTuple
 _HEADER = struct.Struct(">BBHII")
 #: Bytes in every frame header.
 HEADER_SIZE = _HEADER.size
+#: Pack a header from fields already known to be valid (version, type, flags, stream id,
+#: length as ints): the per-frame path of a session's own data frames, which
+#: L{encode}'s checks would only repeat.
+pack_header = _HEADER.pack
 #: The only protocol version.
 VERSION = 0
 #: The largest value of the 32-bit stream id, length and window fields.
@@ -87,7 +91,8 @@ class Violation(enum.Enum):
 
 class FrameError(Exception):
     """
-    A header that breaks a rule of the framing: the session must end with a protocol error.
+    A frame that breaks a rule of the framing (its header) or of the session (found while
+    handling it): the session must end with a protocol error.
 
     @ivar violation: which rule.
     @ivar detail: a short text for the log (never peer-controlled bytes, only numbers).

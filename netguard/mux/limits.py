@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from netguard.mux.frames import INITIAL_WINDOW
+from netguard.mux.frames import INITIAL_WINDOW, MAX_UINT32
 
 
 def positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -47,10 +47,18 @@ class MuxLimits:
     @ivar empty_frame_burst: such frames at once.
     @ivar memory_budget: bytes held for streams whose reading is paused, across the session,
         at which window updates are withheld (sent again once held bytes drain below it).
-        Credit granted but unused (an idle stream's window) does not count. No stream's
-        window passes the spec's 256 KiB, and a stream's initial window cannot be withdrawn,
-        so the bytes the peer can make us hold are at most C{max_streams * 256 KiB} whatever
-        the budget; the budget stops window growth while much is held.
+        Credit granted but unused (an idle stream's window) does not count. A window granted
+        cannot be withdrawn, so the bytes the peer can make us hold are bounded by the
+        windows, whatever this budget: at most C{max_window} per stream and
+        C{max_streams * 256 KiB + window_budget} per session; the budget stops windows
+        being granted again while much is held.
+    @ivar max_window: the largest receive window of one stream. Every stream starts with
+        the spec's 256 KiB; a stream whose protocol keeps reading (nothing held when its
+        credit is given back) has its window doubled at each window update, up to this,
+        as long as C{window_budget} allows. C{256 KiB} turns growth off.
+    @ivar window_budget: the receive window grown past 256 KiB, summed over a session's
+        streams, that the session may give; a stream's growth is returned to it when the
+        stream ends.
     @ivar max_frame: the largest data payload this end sends in one frame (the unit of
         round-robin fairness).
     @ivar stream_high_water: bytes queued on one stream for sending past which its producer
@@ -81,7 +89,9 @@ class MuxLimits:
     empty_frame_rate: float = attrs.field(default=100.0, validator=positive)
     empty_frame_burst: int = attrs.field(default=1000, validator=positive)
     memory_budget: int = attrs.field(default=16 * 1024 * 1024, validator=positive)
-    max_frame: int = attrs.field(default=16 * 1024, validator=positive)
+    max_window: int = attrs.field(default=4 * 1024 * 1024)
+    window_budget: int = attrs.field(default=16 * 1024 * 1024)
+    max_frame: int = attrs.field(default=64 * 1024, validator=positive)
     stream_high_water: int = attrs.field(default=64 * 1024, validator=positive)
     max_control_backlog: int = attrs.field(default=1024, validator=positive)
     keepalive_interval: float | None = attrs.field(default=30.0, validator=_positive_or_none)
@@ -90,6 +100,16 @@ class MuxLimits:
     open_timeout: float = attrs.field(default=75.0, validator=positive)
     close_timeout: float = attrs.field(default=300.0, validator=positive)
     linger_timeout: float = attrs.field(default=30.0, validator=positive)
+
+    @max_window.validator
+    def _window_in_range(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if not INITIAL_WINDOW <= value <= MAX_UINT32:
+            raise ValueError(f"max_window must be within {INITIAL_WINDOW}..{MAX_UINT32}")
+
+    @window_budget.validator
+    def _budget_not_negative(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if value < 0:
+            raise ValueError(f"window_budget must not be negative, not {value!r}")
 
     @max_frame.validator
     def _frame_fits(self, attribute: attrs.Attribute[int], value: int) -> None:

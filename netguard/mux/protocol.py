@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
@@ -16,6 +17,23 @@ from netguard.mux.outcome import SessionEnd, SessionTransport
 from netguard.mux.session import MuxSession
 from netguard.mux.stream import MuxStream, StreamProtocol
 from netguard.relay import ReactorTime, send_at_once
+
+#: The read size and output high-water mark of a session's own connection (Twisted's
+#: C{FileDescriptor.bufferSize}, 64 KiB by default): a session carries many streams' data,
+#: framed 64 KiB at a time, so at the default the transport paused the session at every
+#: data frame and read the peer's frames in pieces smaller than one frame.
+SESSION_BUFFER = 256 * 1024
+
+
+def widen_buffer(transport: object, size: int = SESSION_BUFFER) -> None:
+    """
+    Give a session's connection a read size and output high-water mark of C{size} bytes,
+    where it is a Twisted file descriptor (TCP, UNIX); other transports (a TLS wrapper) keep
+    theirs. The session's output bound grows with it: what its transport may hold before
+    pausing the session is C{size} plus one batch.
+    """
+    if isinstance(transport, FileDescriptor):
+        transport.bufferSize = size
 
 
 class MuxProtocol(Protocol):
@@ -51,10 +69,11 @@ class MuxProtocol(Protocol):
         """
         Set TCP_NODELAY where the transport allows it (a session's frames are small and
         interleaved: Nagle's algorithm with delayed ACKs would hold request/response streams
-        up to 40 ms each), then start the session and register it as the transport's
-        producer.
+        up to 40 ms each) and widen its buffer (L{widen_buffer}), then start the session and
+        register it as the transport's producer.
         """
         send_at_once(self.transport)
+        widen_buffer(self.transport)
         transport: SessionTransport = self.transport  # type: ignore[assignment]
         self.session = MuxSession(
             transport,

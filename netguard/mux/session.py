@@ -25,9 +25,11 @@ from netguard.mux.frames import (
     FrameType,
     GoAwayCode,
     Violation,
+    pack_header,
 )
 from netguard.mux.limits import MuxLimits, TokenBucket
 from netguard.mux.outcome import OpenRefused, SessionEnd, SessionTransport
+from netguard.mux.reader import FrameReader
 from netguard.mux.stream import (
     MuxStream,
     SessionLost,
@@ -45,20 +47,13 @@ _log = Logger()
 #: The flags as plain ints, for the per-frame path (IntFlag operations cost more).
 _SYN, _ACK, _FIN, _RST = int(Flag.SYN), int(Flag.ACK), int(Flag.FIN), int(Flag.RST)
 
+#: Dropped data (for a stream that has ended) takes one more token of C{empty_frame_rate}
+#: per this many bytes.
+_DROP_UNIT = 16 * 1024
+
 #: Bytes framed per batch before the batch is handed to the transport (so a transport that
 #: pauses us on a full buffer does so within about this much).
 _BATCH = 64 * 1024
-
-
-class _Fatal(Exception):
-    """
-    Internal: a violation found while handling a frame.
-    """
-
-    def __init__(self, violation: Violation, detail: str = "") -> None:
-        super().__init__(violation.value)
-        self.violation = violation
-        self.detail = detail
 
 
 @implementer(IPushProducer)
@@ -121,11 +116,13 @@ class MuxSession:
         self._streams: dict[int, MuxStream] = {}
         self._next_id = 1 if client else 2
         self._peer_max = 0
-        self._inbuf = bytearray()
+        self._reader = FrameReader(self)
         self._out: list[bytes] = []
         self._out_size = 0
         self._ready: deque[MuxStream] = deque()
-        self._receive = ReceiveCredit(limits.memory_budget, self._send_update)
+        self._receive = ReceiveCredit(
+            limits.memory_budget, self._send_update, limits.max_window, limits.window_budget
+        )
         self._paused = False
         self._pumping = False
         self._local_go_away = False
@@ -153,6 +150,13 @@ class MuxSession:
         @return: streams counted against the cap (open, or reset but not yet released).
         """
         return len(self._streams)
+
+    @property
+    def input_held(self) -> int:
+        """
+        @return: bytes of a partial frame kept for the next read.
+        """
+        return self._reader.held
 
     @property
     def credit(self) -> int:
@@ -267,49 +271,23 @@ class MuxSession:
 
     def data_received(self, data: bytes) -> None:
         """
-        Handle every whole frame in C{data} and what was left before. A data frame longer
-        than its stream's receive window ends the session from its header alone, before any
-        of its payload is held.
+        Handle every whole frame in C{data} and what was left before (L{FrameReader}). A
+        data frame longer than its stream's receive window ends the session from its header
+        alone, before any of its payload is held.
         """
         if self.ended is not None:
             return
+        if type(data) is not bytes:
+            data = bytes(data)
         self.bytes_in += len(data)
-        held = self._inbuf
-        # Frames are cut straight from C{data} (one copy per payload); only a partial frame
-        # at the end of a read is kept for the next.
-        buf: bytes | bytearray
-        if held:
-            held += data
-            buf = held
-        else:
-            buf = data
-        offset = 0
         try:
-            while len(buf) - offset >= HEADER_SIZE:
-                header = frames.decode(buf, offset)
-                payload = b""
-                if header.type is FrameType.DATA:
-                    self._check_length(header)
-                    end = offset + HEADER_SIZE + header.length
-                    if len(buf) < end:
-                        break
-                    payload = bytes(buf[offset + HEADER_SIZE : end])
-                offset += HEADER_SIZE + len(payload)
-                self._handle(header, payload)
-                if self.ended is not None:
-                    return
+            self._reader.feed(data)
         except FrameError as error:
             self._fail(error.violation, error.detail)
             return
-        except _Fatal as error:
-            self._fail(error.violation, error.detail)
-            return
-        if held:
-            del held[:offset]
-        elif offset < len(buf):
-            held += memoryview(buf)[offset:]
-        self._flush()
-        self._pump()
+        if self.ended is None:
+            self._flush()
+            self._pump()
 
     def _check_length(self, header: frames.Header) -> None:
         stream = self._streams.get(header.stream_id)
@@ -318,7 +296,7 @@ class MuxSession:
         else:
             window = stream.recv_window
         if header.length > window:
-            raise _Fatal(
+            raise FrameError(
                 Violation.WINDOW_EXCEEDED,
                 f"stream {header.stream_id}: {header.length} bytes, window {window}",
             )
@@ -327,7 +305,7 @@ class MuxSession:
         kind = header.type
         if kind is FrameType.PING:
             if not self._ping_bucket.take(self._clock.seconds()):
-                raise _Fatal(Violation.PING_FLOOD)
+                raise FrameError(Violation.PING_FLOOD)
             if header.flags & _SYN:
                 self._control(frames.encode(FrameType.PING, Flag.ACK, 0, header.length))
             elif header.length == self._ping_outstanding:
@@ -376,29 +354,29 @@ class MuxSession:
                 if stream.local_fin or stream.fin_pending:
                     self._arm_close(stream)
             elif not flags & _RST:
-                raise _Fatal(Violation.FRAME_BEFORE_ACK, f"stream {stream_id}")
+                raise FrameError(Violation.FRAME_BEFORE_ACK, f"stream {stream_id}")
         if flags & _RST:
             if not stream.outbound and not stream.acked:
                 self.early_resets += 1
                 stream.released = False
                 if not self._reset_bucket.take(self._clock.seconds()):
-                    raise _Fatal(Violation.RAPID_RESET)
+                    raise FrameError(Violation.RAPID_RESET)
             self._stream_dead(stream, StreamReset())
             return
         if kind is FrameType.WINDOW_UPDATE:
             if stream.send_window + header.length > MAX_UINT32:
-                raise _Fatal(Violation.WINDOW_OVERFLOW, f"stream {stream_id}")
+                raise FrameError(Violation.WINDOW_OVERFLOW, f"stream {stream_id}")
             stream.send_window += header.length
             if header.length:
                 self._schedule(stream)
         elif payload:
             if stream.remote_fin:
-                raise _Fatal(Violation.DATA_AFTER_FIN, f"stream {stream_id}")
+                raise FrameError(Violation.DATA_AFTER_FIN, f"stream {stream_id}")
             stream.recv_window -= len(payload)
             self._receive.received(len(payload))
             stream.deliver(payload)
             if not stream.lost:
-                self._receive.grant(stream)
+                self._receive.grant(stream, grow=True)
         if flags & _FIN and not stream.remote_fin and not stream.lost:
             stream.remote_fin = True
             if not stream.fin_pending:
@@ -423,25 +401,25 @@ class MuxSession:
         """
         Count a frame that changes nothing (an empty frame, a repeated flag or go-away, an
         RST or data for a stream that has ended) against C{empty_frame_rate}; dropped data
-        takes one more token per C{max_frame} bytes. A window update for a stream that has
+        takes one more token per 16 KiB. A window update for a stream that has
         ended is a normal race (the peer read our last data after our FIN closed the
         stream) and is not counted.
 
-        @raise _Fatal: one past an empty bucket.
+        @raise FrameError: one past an empty bucket.
         """
         if kind is FrameType.WINDOW_UPDATE and length:
             return
-        count = 1 + (length // self.limits.max_frame if kind is FrameType.DATA else 0)
+        count = 1 + (length // _DROP_UNIT if kind is FrameType.DATA else 0)
         if not self._empty_bucket.take(self._clock.seconds(), count):
-            raise _Fatal(Violation.EMPTY_FRAME_FLOOD)
+            raise FrameError(Violation.EMPTY_FRAME_FLOOD)
 
     def _peer_syn(self, stream_id: int, flags: int) -> MuxStream | None:
         if not frames.is_peer_stream(stream_id, self.client):
-            raise _Fatal(Violation.BAD_STREAM_ID, f"SYN for our stream {stream_id}")
+            raise FrameError(Violation.BAD_STREAM_ID, f"SYN for our stream {stream_id}")
         if stream_id in self._streams:
-            raise _Fatal(Violation.DUPLICATE_SYN, f"stream {stream_id}")
+            raise FrameError(Violation.DUPLICATE_SYN, f"stream {stream_id}")
         if not self._open_bucket.take(self._clock.seconds()):
-            raise _Fatal(Violation.OPEN_RATE)
+            raise FrameError(Violation.OPEN_RATE)
         # Ids need not arrive in order: hashicorp/yamux sends the SYNs of concurrent
         # openings in whatever order its goroutines run.
         self._peer_max = max(self._peer_max, stream_id)
@@ -473,7 +451,7 @@ class MuxSession:
         else:
             never_opened = stream_id >= self._next_id
         if never_opened:
-            raise _Fatal(Violation.UNKNOWN_STREAM, f"stream {stream_id}")
+            raise FrameError(Violation.UNKNOWN_STREAM, f"stream {stream_id}")
         # A frame for a stream that has ended: a normal race (its data was in flight), dropped.
 
     # streams
@@ -488,7 +466,29 @@ class MuxSession:
     def _stream_write(self, stream: MuxStream, chunks: list[bytes]) -> None:
         if stream.local_fin or stream.fin_pending or stream.reset or stream.lost:
             return
-        self._stream_accept(stream)
+        if not stream.acked:
+            self._stream_accept(stream)
+        if (
+            stream.queue is None
+            and len(chunks) == 1
+            and not self._ready
+            and not self._paused
+            and not self._pumping
+            and self.ended is None
+        ):
+            # Nothing waits before it and it fits one frame and the window: framed at once,
+            # as the round-robin turn would frame it.
+            chunk = chunks[0]
+            size = len(chunk)
+            if size <= stream.send_window and size <= self.limits.max_frame:
+                stream.send_window -= size
+                stream.bytes_out += size
+                out = self._out
+                out.append(pack_header(0, 0, 0, stream.stream_id, size))
+                out.append(chunk)
+                self._out_size += HEADER_SIZE + size
+                self._flush()
+                return
         queue = stream.queue
         if queue is None:
             queue = stream.queue = deque()
@@ -618,8 +618,8 @@ class MuxSession:
                 if chunk:
                     stream.send_window -= len(chunk)
                     stream.bytes_out += len(chunk)
-                    flags = Flag.FIN if last else 0
-                    self._emit(frames.encode(FrameType.DATA, flags, stream.stream_id, len(chunk)))
+                    header = pack_header(0, 0, _FIN if last else 0, stream.stream_id, len(chunk))
+                    self._emit(header)
                     self._emit(chunk)
                 elif last:
                     fin = frames.encode(FrameType.WINDOW_UPDATE, Flag.FIN, stream.stream_id, 0)
@@ -764,7 +764,7 @@ class MuxSession:
         self._out_size = 0
         self._ready.clear()
         self._receive.clear()
-        self._inbuf = bytearray()
+        self._reader.clear()
         for timer in (self._keepalive, self._ping_deadline, self._idle):
             self._cancel(timer)
         reason = SessionLost(end.violation.value)

@@ -134,6 +134,7 @@ class MuxStream:
         "producer",
         "producer_paused",
         "recv_window",
+        "window",
         "buffer",
         "buffered",
         "reading_paused",
@@ -174,6 +175,7 @@ class MuxStream:
         self.producer_paused = False
         # receive side
         self.recv_window = INITIAL_WINDOW
+        self.window = INITIAL_WINDOW
         self.buffer: bytearray | None = None
         self.buffered = 0
         self.reading_paused = False
@@ -223,7 +225,7 @@ class MuxStream:
         Queue C{data} for the peer. Ignored once the write side is closed.
         """
         if data:
-            self._session._stream_write(self, [bytes(data)])
+            self._session._stream_write(self, [data if type(data) is bytes else bytes(data)])
 
     def writeSequence(self, data: list[bytes]) -> None:  # type: ignore[override]
         """

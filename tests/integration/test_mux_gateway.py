@@ -243,10 +243,11 @@ class MuxGatewayTests(unittest.TestCase):
         trips with redis: the round trips all finish while the bulk transfer is still under
         way (a slow stream does not hold up the others), every byte of the bulk comes back
         in order (its hash), and on every chunk the reader gets, the gateway's side of the
-        bulk stream holds at most the advertised window of bytes received and has at most
-        one high-water mark plus one write (itself at most a window) queued for sending, and
-        the client's side holds at most a window for its paused reader, whatever the speed
-        of the machine.
+        bulk stream holds at most its receive window of bytes received (the advertised
+        C{WINDOW=}, grown while the stream kept reading, never past C{max_window}) and has at
+        most one high-water mark plus one write (itself at most the advertised window)
+        queued for sending, and the client's side holds at most its window for its paused
+        reader, whatever the speed of the machine.
         """
         window = int(dict(w.split(b"=") for w in self.client.reply.split()[3:])[b"WINDOW"])
         mux = self.client.mux
@@ -261,6 +262,8 @@ class MuxGatewayTests(unittest.TestCase):
         def sample() -> None:
             far = gateway_mux.stream(bulk.stream_id)
             if far is not None:
+                self.assertLessEqual(far.buffered, far.window)
+                self.assertLessEqual(bulk.buffered, bulk.window)
                 samples.append((far.buffered, far.queued, bulk.buffered))
 
         reader.on_chunk = sample
@@ -282,9 +285,9 @@ class MuxGatewayTests(unittest.TestCase):
         self.assertEqual(reader.received, BULK_SIZE)
         self.assertEqual(reader.hasher.hexdigest(), writer.hasher.hexdigest())
         held, queued, ours = (max(column) for column in zip(*samples, strict=True))
-        self.assertLessEqual(held, window)
+        self.assertLessEqual(held, gateway_mux.limits.max_window)
         self.assertLessEqual(queued, high_water + window)
-        self.assertLessEqual(ours, window)
+        self.assertLessEqual(ours, mux.limits.max_window)
         # Backpressure reached the gateway's receive side and the writer: the bounds above
         # held under pressure, not on an idle stream.
         self.assertGreater(writer.pauses, 0)

@@ -405,7 +405,8 @@ class NetguardClientTests(unittest.TestCase):
         """
         8 MiB through one stream and seven small streams at once, each half-closed by us
         (FIN behind its data): hashicorp/yamux echoes every byte in order and answers each
-        FIN with its own after the rest; window updates crossed both ways, and the Go side
+        FIN with its own after the rest; window updates crossed both ways, hashicorp sent
+        into our grown windows (fewer updates from us), and the Go side
         reports each stream ended by our FIN (C{ECHO <id> <bytes> eof}).
         """
         yield self.connect()
@@ -434,9 +435,11 @@ class NetguardClientTests(unittest.TestCase):
         line = yield self.peer.line(f"ECHO {bulk.transport.stream_id} ")
         self.assertEqual(line, f"ECHO {bulk.transport.stream_id} {size} eof")
         yield wait_for(lambda: session.open_streams == 0)
-        # 8 MiB each way through 256 KiB windows: at least 31 updates each way.
-        self.assertGreaterEqual(self.mux.sent.window_updates, 31)
+        # 8 MiB each way: hashicorp's 256 KiB windows take at least 31 updates. Ours grow
+        # (doubling from 256 KiB up to 4 MiB while our reader keeps up): fewer than 31
+        # updates credited the 8 MiB hashicorp sent, so it used the larger ones.
         self.assertGreaterEqual(self.mux.received.window_updates, 31)
+        self.assertLess(self.mux.sent.window_updates, 31)
         self.assertIsNone(session.ended)
         self.assertEqual(self.mux.received.resets, [])
 
