@@ -28,6 +28,7 @@ from netguard.log import escape
 from netguard.mux.frames import INITIAL_WINDOW, GoAwayCode, Violation
 from netguard.mux.limits import TokenBucket
 from netguard.mux.outcome import SessionEnd, SessionTransport
+from netguard.mux.protocol import widen_buffer
 from netguard.mux.session import MuxSession
 from netguard.mux.stream import MuxStream
 from netguard.outbound.backends import BackendLeg
@@ -199,7 +200,8 @@ class StreamGate:
         """
         Run the session over C{transport} (a line receiver in raw mode), registered as its
         streaming producer, with TCP_NODELAY set (L{send_at_once}): a stream's request and
-        answer are small frames that must not wait for Nagle's algorithm.
+        answer are small frames that must not wait for Nagle's algorithm; and with the
+        session's wider read size and output mark (L{widen_buffer}).
 
         @param on_end: told, once, how the session ended: C{"idle"}, C{"client"} (its
             go-away, a lost connection) or C{"server"} (a drain, a violation).
@@ -207,6 +209,7 @@ class StreamGate:
         self._on_end = on_end
         self._transport = transport
         send_at_once(transport)
+        widen_buffer(transport)
         self.session = MuxSession(
             transport,
             client=False,
@@ -356,7 +359,7 @@ class GatewayStream:
         self.service: str | None = None
         self.closed_by = "client"
         self._line = b""
-        self._pending: list[bytes] = []
+        self._pending: list[bytes] | None = None
         self._eof = False
         self._deadline: DelayedCall | None = None
         self._leg: BackendLeg | None = None
@@ -388,7 +391,7 @@ class GatewayStream:
         elif self.state is StreamState.LINE:
             self._line_data(data)
         elif self.state is StreamState.OPENING:
-            self._pending.append(data)
+            self._hold(data)
 
     def readConnectionLost(self) -> None:
         """
@@ -448,8 +451,17 @@ class GatewayStream:
             )
             return
         if rest:
-            self._pending.append(rest)
+            self._hold(rest)
         self._open(words[1])
+
+    def _hold(self, data: bytes) -> None:
+        """
+        Keep bytes that follow the C{OPEN} line until the relay starts (the list exists
+        only then: an idle relaying stream carries none).
+        """
+        if self._pending is None:
+            self._pending = []
+        self._pending.append(data)
 
     def _deadline_passed(self) -> None:
         self._deadline = None
@@ -531,8 +543,8 @@ class GatewayStream:
             **self.log_fields(),
         )
         leg.attach(cast(HalfCloseableTransport, transport))
-        pending, self._pending = self._pending, []
-        for chunk in pending:
+        pending, self._pending = self._pending, None
+        for chunk in pending or ():
             leg.write(chunk)
         if self._eof:
             leg.half_close()
@@ -562,7 +574,7 @@ class GatewayStream:
             return
         self._cancel_deadline()
         self.state = StreamState.REFUSED
-        self._pending = []
+        self._pending = None
         self._line = b""
         gate = self.gate
         gate.refused += 1
