@@ -27,7 +27,7 @@ from netguard.gateway.protocol import GatewaySession
 from netguard.gateway.returning import ENDED_LINGER
 from netguard.peer.checks import Verdict
 from netguard.tickets import TicketSettings
-from tests.test_gateway_tickets import HOME, Conn, Gateway, b64
+from tests.test_gateway_tickets import Conn, Gateway, b64
 
 
 @implementer(INegotiated, ISSLTransport)
@@ -259,12 +259,9 @@ class FloodLogTests(unittest.TestCase):
         C{conn.close}.
         """
         g = Gateway(self)
-        for _ in range(5):
-            g.connect(greet=True).transport.loseConnection()
-            g.events[:] = [e for e in g.events]  # nothing more to do: close below
-        for conn in list(g.factory.sessions):
-            conn.closed_by = "client"
-            conn.connectionLost(None)
+        for conn in [g.connect(greet=True) for _ in range(5)]:  # each hangs up, silent
+            conn.proto.closed_by = "client"
+            conn.proto.connectionLost(None)
         self.assertEqual(len(g.named("conn.close")), 3)
         self.assertEqual(g.named("conn.accept"), [])
         served = g.connect(greet=True)
@@ -341,7 +338,7 @@ class ProbationCostTests(unittest.TestCase):
         g.factory.start_peer_checks = lambda peer, local: started.append(peer)  # type: ignore[method-assign]
         talker = g.connect("192.0.2.1")
         talker.send(b"HELLO")
-        conn = g.connect()
+        g.connect()
         self.assertEqual(started, [])
         g.clock.advance(0.1)
         self.assertEqual(len(started), 1)
@@ -351,7 +348,6 @@ class ProbationCostTests(unittest.TestCase):
         self.assertEqual(len(started), 2)  # the ticket's own login
         lane.send(b"RESUME " + token)
         self.assertEqual(len(started), 3)
-        del conn
 
     def test_probation_counts_as_a_connection_only_in_the_lane(self):
         """
@@ -456,6 +452,3 @@ class LateResumeTests(unittest.TestCase):
         conn = g.connect(greet=True)
         conn.send(b"RESUME secretpart morepart")
         self.assertNotIn("secretpart", repr(g.events))
-
-
-del HOME

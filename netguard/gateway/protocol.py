@@ -39,7 +39,7 @@ from netguard.auth.scram import (
     encode_wire,
 )
 from netguard.errors import ErrorCode
-from netguard.framing import FramingLimits, FramingPhase, peer_label
+from netguard.framing import FramingLimits, FramingPhase
 from netguard.gateway.opening import (
     OpenRefusal,
     backend_failed,
@@ -266,23 +266,10 @@ class GatewaySession(LaneSession):
         )
 
     def connectionMade(self) -> None:
-        # conn.accept is logged at the first valid command (L{_log_accept}): a flood of
+        # conn.accept is logged at the first valid command (log_accept): a flood of
         # connections that never send one logs no line each.
         self.factory.session_started(self)
         super().connectionMade()
-
-    def _log_accept(self) -> None:
-        """
-        Log C{conn.accept}, once: the connection sent its first valid command.
-        """
-        self._accepted = True
-        self.log.info(
-            "accepted {peer} on {local}",
-            event="conn.accept",
-            local=peer_label(self.transport.getHost()),
-            accepted_at=self._started,
-            **self.log_fields(),
-        )
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         previous = self.state
@@ -352,12 +339,7 @@ class GatewaySession(LaneSession):
         # their own payload.
         counted = (0, 0) if state is SessionState.MUX else (self.bytes_up, self.bytes_down)
         self.factory.stats.session_closed(self, self.service, *counted)
-        if not self._accepted and (
-            self.closed_by == CLOSED_BY_ADMISSION
-            or not self.note_refusal(self.closed_by, "conn.close")
-        ):
-            # Never sent a valid command: logged as admission's refusal when admission ended
-            # it, else only the first few of its source and ending, the rest summarised.
+        if not self.close_logged():
             return result
         self.log.info(
             "closed {peer} after {duration:.3f}s up={bytes_up} down={bytes_down}: {why}",
@@ -395,7 +377,7 @@ class GatewaySession(LaneSession):
             self._out_of_sequence(command, line)
             return
         if not self._accepted:
-            self._log_accept()
+            self.log_accept()
         try:
             getattr(self, handler)(*args)
         except Exception:

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_gateway_tickets -*-
 """
 The part of an NGP/1 session that deals with admission's lanes: returning-client tickets
-(C{TICKET} after login, C{RESUME} before the greeting), probation, progress and eviction.
+(C{TICKET} after login, C{RESUME} before the greeting), probation, progress and eviction,
+and a log that stays bounded when a flood of connections never sends a command.
 
 Wire format: C{docs/protocol.md} ("Returning-client tickets"); the lanes: C{docs/operating.md}
 section 8.
@@ -15,7 +16,7 @@ from twisted.internet.interfaces import ISSLTransport
 
 from netguard.admitting import Admitted
 from netguard.errors import ErrorCode, format_error
-from netguard.framing import FramingPhase, GuardedLineReceiver
+from netguard.framing import FramingPhase, GuardedLineReceiver, peer_label
 from netguard.log import escape
 from netguard.tickets import Outcome, TicketBook, TicketCheck
 
@@ -38,7 +39,8 @@ class LaneSession(GuardedLineReceiver):
     useful progress, and answers admission's eviction.
 
     The session proper (L{netguard.gateway.protocol.GatewaySession}) sets C{factory},
-    C{admitted}, C{user}, C{closed_by}, C{_ticketed}, C{_lane_user} and C{_tls_ready}.
+    C{admitted}, C{user}, C{closed_by}, C{_started}, C{_accepted}, C{_ticketed},
+    C{_lane_user} and C{_tls_ready}.
     """
 
     #: A returning client's C{RESUME <ticket>} may come before the greeting.
@@ -48,6 +50,8 @@ class LaneSession(GuardedLineReceiver):
     admitted: Admitted | None
     user: str | None
     closed_by: str
+    _started: float
+    _accepted: bool
     _ticketed: bool
     _lane_user: str | None
     _tls_ready: bool
@@ -205,6 +209,34 @@ class LaneSession(GuardedLineReceiver):
             )
         self.sendLine(format_error(ErrorCode.BAD_TICKET, check.reason))
         self.close_gracefully()
+
+    def log_accept(self) -> None:
+        """
+        Log C{conn.accept}, once: the connection sent its first valid command. Until then
+        nothing is logged for it, so a flood of connections that never send one (evicted,
+        ended on probation, silent) costs no line each (L{close_logged}).
+        """
+        self._accepted = True
+        self.log.info(
+            "accepted {peer} on {local}",
+            event="conn.accept",
+            local=peer_label(self.transport.getHost()),
+            accepted_at=self._started,
+            **self.log_fields(),
+        )
+
+    def close_logged(self) -> bool:
+        """
+        Whether C{conn.close} is logged for this connection: always once C{conn.accept} was;
+        for one that never sent a valid command, never when admission ended it (its
+        C{conn.reject} stands for it), else only for the first few of its source and ending
+        in an interval, the rest summarised (L{note_refusal}).
+        """
+        if self._accepted:
+            return True
+        return self.closed_by != CLOSED_BY_ADMISSION and self.note_refusal(
+            self.closed_by, "conn.close"
+        )
 
     def note_refusal(self, reason: str, event: str) -> bool:
         """
