@@ -436,6 +436,21 @@ class BackendTests(unittest.TestCase):
         self.m.pump()
         self.assertEqual(r.data, b"OK OPEN slow\r\none,two")
 
+    def test_a_relaying_stream_keeps_no_pending_list(self):
+        """
+        The list of bytes held while the backend connects exists only then: a stream
+        relaying (with or without bytes held on the way) keeps none, so an idle stream
+        costs no list.
+        """
+        held = self.m.open(b"OPEN slow\r\none,")
+        plain = self.m.open(b"OPEN echo\r\n")
+        self.m.backends[0].callback(EchoLeg(self.m.s.clock, 30.0, 3600.0))
+        self.m.pump()
+        self.assertEqual((held.data, plain.data), (b"OK OPEN slow\r\none,", b"OK OPEN echo\r\n"))
+        streams = self.m.s.proto._gate.streams
+        self.assertEqual(len(streams), 2)
+        self.assertEqual([stream._pending for stream in streams], [None, None])
+
     def test_rapid_reset_counts_until_the_backend_attempt_ends(self):
         """
         A stream reset while its backend connects still counts against the session's
