@@ -95,7 +95,8 @@ def read_key_file(path: str, limit: int) -> bytes | None:
     @return: its content (at most C{limit} + 1 bytes are read, so a longer file shows as
         longer than C{limit}), or L{None} when it is missing.
     @raise ValueError: if it cannot be read, is not a regular file, is owned by another user
-        or is too permissive (the message never shows the content).
+        (as root: other than root or its directory's owner) or is too permissive (the
+        message never shows the content).
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -107,10 +108,10 @@ def read_key_file(path: str, limit: int) -> bytes | None:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ValueError(f"key file {escape(path)}: not a regular file")
-        if info.st_uid != os.geteuid():
+        if not _trusted_owner(path, info.st_uid):
             raise ValueError(
                 f"key file {escape(path)}: owned by uid {info.st_uid}, not by us "
-                f"(uid {os.geteuid()})"
+                f"(uid {os.geteuid()}) nor by its directory's owner"
             )
         if info.st_mode & 0o077:
             raise ValueError(
@@ -120,6 +121,23 @@ def read_key_file(path: str, limit: int) -> bytes | None:
         return os.read(fd, limit + 1)
     finally:
         os.close(fd)
+
+
+def _trusted_owner(path: str, uid: int) -> bool:
+    """
+    Whether a key file owned by C{uid} may be trusted: ours (or root's, which we can read
+    only as root); as root, also its directory's owner's (C{twistd --uid} starts as root
+    and hands the state directory to the user it runs as, who owns the keys from then on).
+    """
+    euid = os.geteuid()
+    if uid in (euid, 0):
+        return True
+    if euid != 0:
+        return False
+    try:
+        return os.stat(os.path.dirname(path) or ".").st_uid == uid
+    except OSError:
+        return False
 
 
 def write_key_file(path: str, data: bytes) -> None:

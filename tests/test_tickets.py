@@ -790,6 +790,27 @@ class KeyFileSafetyTests(unittest.TestCase):
             read_key_file(path, 32)
         self.assertIn("owned by uid 65534", str(caught.exception))
 
+    def test_root_trusts_the_owner_of_the_directory(self):
+        """
+        As root (C{twistd --uid} starts so, after handing the state directory to the user it
+        runs as) a key owned by the directory's owner is read; one owned by a third user is
+        not.
+        """
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("needs root")
+        state = self.mktemp()
+        os.makedirs(state)
+        os.chown(state, 65534, -1)
+        path = os.path.join(state, TICKET_KEY_FILE)
+        with open(path, "wb") as handle:
+            handle.write(b"k" * 32)
+        os.chmod(path, 0o600)
+        os.chown(path, 65534, -1)
+        self.assertEqual(load_ticket_key(state), b"k" * 32)
+        os.chown(path, 65533, -1)
+        with self.assertRaises(ValueError):
+            load_ticket_key(state)
+
     def test_new_key_syncs_its_directory(self):
         """
         Creating C{ticket.key} syncs the state directory after linking it into place, so
