@@ -219,7 +219,7 @@ class Spawner:
         slot.handle = process  # before spawnProcess: an immediate end must find it
         args = [*self.command, json.dumps(spec)]
         transport = self.reactor.spawnProcess(
-            process, self.executable, args, env=worker_environ(), childFDs=child_fds
+            process, args[0], args, env=worker_environ(), childFDs=child_fds
         )
         process.pid = transport.pid
         return process

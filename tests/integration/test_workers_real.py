@@ -12,11 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
 import socket
 import stat
+import subprocess
+import sys
 import urllib.request
 from typing import Any
 
@@ -32,7 +35,7 @@ from twisted.trial import unittest
 from netguard.client.endpoint import wrap_tls
 from netguard.client.protocol import Credentials, NGPClientProtocol
 from tests import tls_certs
-from tests.integration.test_twistd import Twistd, short_temp_dir
+from tests.integration.test_twistd import REPO, Twistd, python_env, short_temp_dir
 from tests.integration.util import free_port
 
 BASE = """\
@@ -533,3 +536,155 @@ class WorkersTests(unittest.TestCase):
         for stream in streams:
             stream.transport.loseConnection()
             yield stream.ended
+
+
+#: Runs twistd after making the workers start with the interpreter given as the first
+#: argument (one the run-as user may execute), then as C{twistd} itself.
+TWISTD_WITH_WORKER_PYTHON = """\
+import sys
+import netguard.workers.assemble as assemble
+from netguard.workers.spawning import Spawner
+python = sys.argv.pop(1)
+class WorkerPython(Spawner):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.command = [python, "-S", "-m", "netguard.worker"]
+assemble.Spawner = WorkerPython
+from twisted.scripts.twistd import run
+sys.argv[0] = "twistd"
+run()
+"""
+
+
+def runnable_python(uid: int, gid: int) -> tuple[str | None, str]:
+    """
+    An interpreter of this Python's version that user C{uid} may run (this one, or the
+    system's), or L{None} and why not.
+    """
+    problems = []
+    for candidate in (sys.executable, "/usr/bin/python3"):
+        try:
+            probe = subprocess.run(
+                [candidate, "-c", "import sys; print(sys.version_info[:2])"],
+                user=uid,
+                group=gid,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except OSError as error:
+            problems.append(f"{candidate}: {error.strerror}")
+            continue
+        if probe.returncode == 0 and probe.stdout.strip() == str(sys.version_info[:2]):
+            return candidate, ""
+        problems.append(f"{candidate}: exit {probe.returncode} {probe.stdout.strip()}")
+    return None, "; ".join(problems)
+
+
+class RunAsTwistd(Twistd):
+    """
+    L{Twistd} whose scratch directory (holding the Twisted view on the import path) the
+    run-as user can read, and whose workers start with C{python}: the workers start after
+    twistd dropped root, so they need an interpreter and an import path that user can read.
+    """
+
+    def __init__(
+        self,
+        case: unittest.TestCase,
+        state_dir: str,
+        args: list[str],
+        options: list[str],
+        python: str,
+    ) -> None:
+        self.case = case
+        self.state_dir = state_dir
+        self.work = short_temp_dir("ngw-")
+        os.chmod(self.work, 0o755)
+        case.addCleanup(shutil.rmtree, self.work, True)
+        self.stdout_path = os.path.join(self.work, "stdout")
+        self.stderr_path = os.path.join(self.work, "stderr")
+        prefix, env = python_env(REPO, self.work)
+        argv = [*prefix, "-c", TWISTD_WITH_WORKER_PYTHON, python, "-n", "--pidfile="]
+        argv += [*options, "netguard", "--state-dir", state_dir, *args]
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.process = subprocess.Popen(
+                argv,
+                cwd=self.work,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+        case.addCleanup(self.kill)
+
+
+class WorkersRunAsTests(unittest.TestCase):
+    """
+    C{twistd --uid/--gid} as root with two workers.
+    """
+
+    timeout = 90
+
+    def setUp(self) -> None:
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("twistd --uid needs root; this runs as a normal user")
+        try:
+            self.nobody = pwd.getpwnam("nobody")
+        except KeyError:
+            raise unittest.SkipTest("no 'nobody' user on this machine") from None
+        python, problem = runnable_python(self.nobody.pw_uid, self.nobody.pw_gid)
+        if python is None:
+            raise unittest.SkipTest(
+                f"'nobody' can run no Python {sys.version_info[:2]}: {problem}"
+            )
+        self.python = python
+        self.root = short_temp_dir("ngwu-")
+        self.addCleanup(shutil.rmtree, self.root, True)
+        os.chmod(self.root, 0o755)  # the run-as user must reach its state directory
+        self.state = os.path.join(self.root, "st")
+        self.config = os.path.join(self.root, "netguard.toml")
+        self.port = free_port()
+        with open(self.config, "w") as handle:
+            handle.write(BASE.format(listen=f'"tcp:{self.port}:interface=127.0.0.1"', grace=5))
+        os.chmod(self.config, 0o644)
+
+    @inlineCallbacks
+    def test_workers_run_as_user(self) -> Any:
+        """
+        The supervisor hands the state directory to the run-as user before the drop, the
+        workers start after it as that user, read the users file and keys, serve, reload
+        on SIGHUP, and the stop removes the sockets and the lock.
+        """
+        uid, gid = self.nobody.pw_uid, self.nobody.pw_gid
+        daemon = RunAsTwistd(
+            self,
+            self.state,
+            ["--config", self.config],
+            ["--uid", str(uid), "--gid", str(gid)],
+            self.python,
+        )
+        credentials = yield daemon.started()
+        yield daemon.wait_for(lambda: daemon.stdout.count("serving (pid ") == 2, "two workers")
+        status = yield deferToThread(ctl, os.path.join(self.state, "control.sock"), "status")
+        for row in status["workers"]:
+            with open(f"/proc/{row['pid']}/status") as f:
+                uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+            self.assertEqual(set(uids), {str(uid)})
+        for name in ("", "users", "netguard.lock", "control.sock", "ticket.key"):
+            info = os.lstat(os.path.join(self.state, name))
+            self.assertEqual((info.st_uid, info.st_gid), (uid, gid), name)
+        stream = Stream(credentials)
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), stream)
+        yield stream.opened
+        stream.transport.loseConnection()
+        yield stream.ended
+        daemon.process.send_signal(signal.SIGHUP)
+        yield daemon.wait_for(lambda: "2/2 workers reloaded" in daemon.stdout, "the reload")
+        daemon.process.send_signal(signal.SIGTERM)
+        code = yield daemon.exited()
+        self.assertEqual(code, 0, daemon.describe())
+        self.assertEqual(
+            sorted(os.listdir(self.state)), ["mock-verifier.key", "ticket.key", "users"]
+        )
