@@ -451,6 +451,21 @@ class BackendTests(unittest.TestCase):
         self.assertEqual(len(streams), 2)
         self.assertEqual([stream._pending for stream in streams], [None, None])
 
+    def test_one_logger_per_session(self):
+        """
+        The session's streams log through one logger (not a new one built per log line),
+        with the namespace and source a class attribute would give: the gate.
+        """
+        self.m.open(b"OPEN echo\r\n")
+        self.m.open(b"OPEN echo\r\n")
+        gate = self.m.s.proto._gate
+        self.assertIs(gate.log, gate.log)
+        opened = self.m.named("stream.open")
+        self.assertEqual(len(opened), 2)
+        self.assertIs(opened[0]["log_logger"], opened[1]["log_logger"])
+        self.assertIs(opened[0]["log_source"], gate)
+        self.assertEqual(opened[0]["log_namespace"], "netguard.gateway.streams.StreamGate")
+
     def test_rapid_reset_counts_until_the_backend_attempt_ends(self):
         """
         A stream reset while its backend connects still counts against the session's

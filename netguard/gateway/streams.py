@@ -159,9 +159,8 @@ class StreamGate:
     @ivar draining: whether new streams are refused C{SHUTTING_DOWN}.
     @ivar opened: streams answered C{OK OPEN}.
     @ivar refused: streams answered C{ERR}.
+    @ivar log: the session's logger (source: the gate).
     """
-
-    log = Logger()
 
     def __init__(self, owner: StreamOwner, host: StreamHost, idle_timeout: float | None) -> None:
         """
@@ -169,6 +168,9 @@ class StreamGate:
         @param host: the gateway.
         @param idle_timeout: seconds the session may live with no stream open.
         """
+        # One logger per session, as a class attribute would give (namespace, source): a
+        # Logger class attribute builds a new Logger at every access, and every stream logs.
+        self.log = Logger(f"{__name__}.{type(self).__name__}", self)
         self.owner = owner
         self.host = host
         self.settings = host.stream_settings
