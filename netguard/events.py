@@ -49,6 +49,7 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "worker.spawn_failed": "a worker process could not be started; it is tried again later",
         "worker.penalty_shared": "a block decided by one worker was passed to the other workers",
         "worker.reloaded": "every worker was asked to reload; the summary of their answers",
+        "worker.share_failed": "a block or spent ticket could not be passed to the supervisor",
         "notify.failed": "the service manager could not be notified",
         "notify.unsupported": "NOTIFY_SOCKET names a kind of socket netguard does not speak",
         # Connections and the line phase

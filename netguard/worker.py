@@ -37,6 +37,7 @@ from netguard.workers.budget import worker_policy
 from netguard.workers.listeners import InheritedEndpoint, wrapped_endpoint
 from netguard.workers.penalties import SharedAdmission
 from netguard.workers.spawning import AMP_IN, AMP_OUT
+from netguard.workers.spent import SharedSpentTable, share_spent
 
 
 def worker_config(config: Config, index: int, count: int) -> Config:
@@ -106,11 +107,34 @@ class WorkerChannel(amp.AMP):
 
     @commands.Reload.responder
     def reload(self) -> dict[str, Any]:
-        reloader = self._service().reloader
+        service = self._service()
         try:
-            return {"summary": str(reloader.reload())}
+            summary = str(service.reloader.reload())
         except ReloadRefused as error:
             raise commands.ReloadRefusedError(str(error)) from None
+        self.share_tickets()  # a new key (or tickets turned on) made a new spent table
+        return {"summary": summary}
+
+    def share_tickets(self) -> None:
+        """
+        Make the ticket book's spent table report to (and take from) the other workers.
+        """
+        share_spent(self._service().factory.tickets, self.report_spent)
+
+    def report_spent(self, ticket_id: bytes, expires: float, user: str) -> None:
+        """
+        Tell the supervisor that a ticket was spent here.
+        """
+        self.callRemote(
+            commands.TicketSpent, ticket_id=bytes(ticket_id), expires=float(expires), user=user
+        )
+
+    @commands.ApplySpent.responder
+    def apply_spent(self, ticket_id: bytes, expires: float, user: str) -> dict[str, Any]:
+        book = self._service().factory.tickets
+        if book is not None and isinstance(book.spent, SharedSpentTable):
+            book.spent.spent_elsewhere(ticket_id, expires, self.reactor.seconds(), user)
+        return {}
 
     @commands.Drain.responder
     def drain(self, force: bool) -> dict[str, Any]:
@@ -140,7 +164,9 @@ class WorkerChannel(amp.AMP):
         """
         Tell the supervisor that an offence here blocked C{source}.
         """
-        self.callRemote(commands.Blocked, source=source, seconds=seconds, points=points)
+        self.callRemote(
+            commands.Blocked, source=source, seconds=float(seconds), points=float(points)
+        )
 
     def stop(self, force: bool = False) -> None:
         """
@@ -238,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"netguard worker {index}: cannot start: {error}\n")
         return 1
     channel.service = service
+    channel.share_tickets()
     stdio: Any = StandardIO
     stdio(channel, stdin=AMP_IN, stdout=AMP_OUT, reactor=reactor)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor stops us

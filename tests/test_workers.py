@@ -31,6 +31,7 @@ from netguard.admission import PENALISED, AdmissionPolicy, Refusal
 from netguard.config import Config, ConfigError, describe, describe_defaults, load_config
 from netguard.config.loader import cpu_count
 from netguard.config.schema import Source, parse_workers
+from netguard.tickets import SpentTable
 from netguard.worker import WorkerChannel, stamp_worker, worker_config
 from netguard.workers import commands
 from netguard.workers.budget import (
@@ -43,6 +44,7 @@ from netguard.workers.budget import (
 from netguard.workers.figures import aggregate, merge, merge_penalties
 from netguard.workers.listeners import InheritedEndpoint, SharedTCPPort
 from netguard.workers.penalties import SharedAdmission
+from netguard.workers.spent import SharedSpentTable, share_spent
 from netguard.workers.supervisor import (
     EXIT_MARGIN,
     FIRST_DELAY,
@@ -869,3 +871,130 @@ class FakeService:
 
     def force(self, why: str) -> None:
         self.forced.append(why)
+
+
+class SharedSpentTests(unittest.TestCase):
+    """
+    Returning-client tickets single use across workers: L{SharedSpentTable},
+    L{share_spent} and the supervisor's relay.
+    """
+
+    def setUp(self) -> None:
+        self.reports: list[tuple[bytes, float, str]] = []
+        self.table = SharedSpentTable(4, 2, lambda *r: self.reports.append(r))
+
+    def test_local_spend_reported(self) -> None:
+        """
+        A ticket spent here is recorded and reported once, with its expiry and user.
+        """
+        self.assertTrue(self.table.spend(b"id1", 100.0, 0.0, "alice"))
+        self.assertIn(b"id1", self.table)
+        self.assertEqual(self.reports, [(b"id1", 100.0, "alice")])
+
+    def test_refused_spend_not_reported(self) -> None:
+        """
+        A spend the table refuses (the user's share full) is not reported: nothing was
+        spent.
+        """
+        self.table.spend(b"a", 100.0, 0.0, "alice")
+        self.table.spend(b"b", 100.0, 0.0, "alice")
+        self.assertFalse(self.table.spend(b"c", 100.0, 0.0, "alice"))
+        self.assertEqual([r[0] for r in self.reports], [b"a", b"b"])
+
+    def test_spent_elsewhere_recorded_silently(self) -> None:
+        """
+        A ticket another worker spent is recorded here (a replay here finds it) and not
+        reported back; recording it twice is harmless.
+        """
+        self.assertTrue(self.table.spent_elsewhere(b"x", 100.0, 0.0, "bob"))
+        self.assertTrue(self.table.spent_elsewhere(b"x", 100.0, 0.0, "bob"))
+        self.assertIn(b"x", self.table)
+        self.assertEqual(self.reports, [])
+        self.assertEqual(self.table.held_by("bob"), 1)
+
+    def test_spent_elsewhere_bounded(self) -> None:
+        """
+        Relayed spends respect the table's bounds: past the limit nothing more is recorded
+        (a presentation here then finds the table full and gets no lane).
+        """
+        for n in range(4):
+            self.assertTrue(self.table.spent_elsewhere(b"%d" % n, 100.0, 0.0, f"u{n}"))
+        self.assertFalse(self.table.spent_elsewhere(b"9", 100.0, 0.0, "u9"))
+        self.assertEqual(len(self.table), 4)
+
+    def test_share_spent(self) -> None:
+        """
+        L{share_spent} replaces a book's fresh table (keeping its bounds), keeps a table
+        already shared, leaves a table that holds spends alone, and does nothing without a
+        book.
+        """
+
+        class Book:
+            def __init__(self, table: SpentTable) -> None:
+                self.spent = table
+
+        book = Book(SpentTable(7, 3))
+        shared = share_spent(book, lambda *r: None)
+        self.assertIsInstance(book.spent, SharedSpentTable)
+        assert shared is not None
+        self.assertEqual((shared.limit, shared.per_user), (7, 3))
+        self.assertIs(share_spent(book, lambda *r: None), shared)
+        used = SpentTable(7)
+        used.spend(b"id", 100.0, 0.0)
+        other = Book(used)
+        self.assertIsNone(share_spent(other, lambda *r: None))
+        self.assertIs(other.spent, used)
+        self.assertIsNone(share_spent(None, lambda *r: None))
+
+    def test_supervisor_relays_spent(self) -> None:
+        """
+        The supervisor relays a spent ticket to every other live worker, not back to the
+        worker that spent it.
+        """
+        supervisor = Supervisor(make_config(workers=3), Clock(), FakeSpawner())
+        supervisor.startService()
+        slots = supervisor.slots
+        for slot in slots:
+            supervisor.worker_ready(slot)
+        self.assertEqual(supervisor.worker_spent(slots[1], b"id", 50.0, "alice"), 2)
+        for index in (0, 2):
+            self.assertEqual(
+                slots[index].channel.sent(commands.ApplySpent),
+                [{"ticket_id": b"id", "expires": 50.0, "user": "alice"}],
+            )
+        self.assertEqual(slots[1].channel.sent(commands.ApplySpent), [])
+
+    def test_failing_report_keeps_spend(self) -> None:
+        """
+        A report that raises (the supervisor's pipe broken) is logged; the ticket stays
+        spent here and the presentation goes on.
+        """
+
+        def broken(*report: Any) -> None:
+            raise ValueError("pipe gone")
+
+        table = SharedSpentTable(4, None, broken)
+        self.assertTrue(table.spend(b"id", 100.0, 0.0, "alice"))
+        self.assertIn(b"id", table)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+
+class SharedAdmissionReportTests(unittest.TestCase):
+    """
+    A block stands in its own worker whatever happens to its report.
+    """
+
+    def test_failing_report_keeps_block(self) -> None:
+        """
+        A report that raises is logged; the source is blocked here all the same.
+        """
+
+        def broken(*report: Any) -> None:
+            raise ValueError("pipe gone")
+
+        clock = Clock()
+        admission = SharedAdmission(AdmissionPolicy(), clock, broken)
+        peer = IPv4Address("TCP", "192.0.2.9", 1)
+        self.assertEqual(admission.offence(peer, "early_talker"), 10.0)
+        self.assertIsInstance(admission.admit(peer), Refusal)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)

@@ -4,8 +4,8 @@ The AMP commands between the supervisor and its workers, over the pipe pair each
 started with (the worker reads its standard input and writes its descriptor 3).
 
 Supervisor to worker: L{Status}, L{MetricsFigures}, L{Reload}, L{Drain}, L{Heartbeat},
-L{Penalties}, L{ClearPenalties}, L{ApplyBlock}. Worker to supervisor: L{Ready},
-L{Blocked}.
+L{Penalties}, L{ClearPenalties}, L{ApplyBlock}, L{ApplySpent}. Worker to supervisor:
+L{Ready}, L{Blocked}, L{TicketSpent}.
 """
 
 from __future__ import annotations
@@ -75,6 +75,32 @@ class ApplyBlock(amp.Command):
         (b"source", amp.Unicode()),
         (b"seconds", amp.Float()),
         (b"points", amp.Float()),
+    ]
+    requiresAnswer = False
+
+
+class TicketSpent(amp.Command):
+    """
+    Worker to supervisor: a returning-client ticket was spent here; tell the other workers.
+    """
+
+    arguments = [
+        (b"ticket_id", amp.String()),
+        (b"expires", amp.Float()),
+        (b"user", amp.Unicode()),
+    ]
+    requiresAnswer = False
+
+
+class ApplySpent(amp.Command):
+    """
+    Supervisor to worker: record a ticket another worker spent.
+    """
+
+    arguments = [
+        (b"ticket_id", amp.String()),
+        (b"expires", amp.Float()),
+        (b"user", amp.Unicode()),
     ]
     requiresAnswer = False
 

@@ -10,8 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.logger import Logger
+
 from netguard.admission import Admission, AdmissionPolicy
 from netguard.admission.penalties import Penalty
+
+log = Logger()
 
 #: Called with (source key, seconds blocked, penalty points) when a local offence blocks.
 BlockReport = Callable[[str, float, float], Any]
@@ -41,7 +45,10 @@ class SharedAdmission(Admission):
         if blocked is not None:
             penalty = self._penalty_table.entries.get(key)
             if penalty is not None and penalty.blocked_until > before:
-                self.report(key, blocked, penalty.points)
+                try:
+                    self.report(key, blocked, penalty.points)
+                except Exception:  # noqa: BLE001 - the block here stands; sharing is best effort
+                    log.failure("reporting a block failed", event="worker.share_failed")
         return blocked
 
     def _block_end(self, key: str) -> float:

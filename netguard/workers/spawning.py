@@ -88,8 +88,8 @@ class _PipeTransport:
 
 class SupervisorChannel(amp.AMP):
     """
-    The supervisor's AMP connection to one worker: answers L{commands.Ready} and
-    L{commands.Blocked}.
+    The supervisor's AMP connection to one worker: answers L{commands.Ready},
+    L{commands.Blocked} and L{commands.TicketSpent}.
     """
 
     def __init__(self, supervisor: Supervisor, slot: WorkerSlot) -> None:
@@ -105,6 +105,11 @@ class SupervisorChannel(amp.AMP):
     @commands.Blocked.responder
     def blocked(self, source: str, seconds: float, points: float) -> dict[str, Any]:
         self.supervisor.worker_blocked(self.slot, source, seconds, points)
+        return {}
+
+    @commands.TicketSpent.responder
+    def ticket_spent(self, ticket_id: bytes, expires: float, user: str) -> dict[str, Any]:
+        self.supervisor.worker_spent(self.slot, ticket_id, expires, user)
         return {}
 
 

@@ -357,6 +357,25 @@ class Supervisor(MultiService):
         )
         return told
 
+    def worker_spent(self, slot: WorkerSlot, ticket_id: bytes, expires: float, user: str) -> int:
+        """
+        A worker spent a returning-client ticket: tell every other live worker, so a
+        replay there is refused.
+
+        @return: how many workers were told.
+        """
+        told = 0
+        for other in self.slots:
+            if other is slot or other.channel is None:
+                continue
+            _quiet(
+                other.channel.callRemote(
+                    commands.ApplySpent, ticket_id=ticket_id, expires=expires, user=user
+                )
+            )
+            told += 1
+        return told
+
     # -- queries and fan-out -------------------------------------------------------------------
 
     def live(self) -> list[WorkerSlot]:

@@ -35,6 +35,7 @@ from twisted.trial import unittest
 from netguard.client.endpoint import wrap_tls
 from netguard.client.protocol import Credentials, NGPClientProtocol
 from tests import tls_certs
+from tests.integration.test_tickets_real import RawClient
 from tests.integration.test_twistd import REPO, Twistd, python_env, short_temp_dir
 from tests.integration.util import free_port
 
@@ -452,6 +453,9 @@ class WorkersTests(unittest.TestCase):
             lambda: "shared with 1 other(s)" in self.daemon.stdout,
             "worker.penalty_shared",
         )
+        # Worker 1 answers a status only after every message sent to it before (one pipe,
+        # in order): the relayed block has been applied by then.
+        yield self.status()
         self.pause(pids[0])
         try:
             probe = RawLine()
@@ -472,6 +476,64 @@ class WorkersTests(unittest.TestCase):
             self.resume(pids[0])
         stream.transport.loseConnection()
         yield stream.ended
+
+    @inlineCallbacks
+    def test_ticket_spent_in_one_worker_refused_by_other(self) -> Any:
+        """
+        A returning-client ticket issued and presented (spent) at one worker is refused as
+        replayed (C{ERR BAD_TICKET}) when presented again at the other, which never saw it
+        spent; a fresh ticket from one worker enters the other's lane (the workers share the
+        key).
+        """
+        yield self.start()
+        pids = yield self.pids()
+
+        def get_ticket() -> bytes:
+            client = RawClient(self.port)
+            try:
+                client.line()
+                client.login(self.credentials)
+                client.send(b"TICKET\r\nOPEN echo\r\n")
+                ticket = client.line()
+                assert client.line() == b"OK OPEN echo"
+            finally:
+                client.close()
+            return ticket.split(b" ")[2]
+
+        def present(token: bytes) -> bytes:
+            client = RawClient(self.port)
+            try:
+                client.send(b"RESUME " + token + b"\r\n")
+                return client.line()
+            finally:
+                client.close()
+
+        self.pause(pids[1])
+        try:
+            token = yield deferToThread(get_ticket)
+            first = yield deferToThread(present, token)
+            fresh = yield deferToThread(get_ticket)
+        finally:
+            self.resume(pids[1])
+        self.assertTrue(first.startswith(b"NETGUARD/1 "), first)
+        # Each status answer from worker 1 comes after every message the supervisor sent it
+        # before (one pipe, in order): the relayed spend has been applied by then.
+        yield self.status()
+        yield self.status()
+        self.pause(pids[0])
+        try:
+            other = yield deferToThread(present, fresh)
+            replay = yield deferToThread(present, token)
+        finally:
+            self.resume(pids[0])
+        self.assertTrue(other.startswith(b"NETGUARD/1 "), other)
+        self.assertTrue(replay.startswith(b"ERR BAD_TICKET"), replay)
+        yield self.daemon.wait_for(
+            lambda: (
+                re.search(r"\[w1:\S+\] ticket\.refused .*replayed", self.daemon.stdout) is not None
+            ),
+            "worker 1 refusing the replay",
+        )
 
     @inlineCallbacks
     def test_per_source_cap_divided(self) -> Any:
@@ -524,7 +586,12 @@ class WorkersTests(unittest.TestCase):
         def scrape() -> bool:
             with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 - loopback
                 scraped[0] = answer.read().decode()
-            return re.search(r"^netguard_active 2$", scraped[0], re.M) is not None
+            # The figures are gathered once a second: wait for a gathering after both opened.
+            return (
+                re.search(r"^netguard_active 2$", scraped[0], re.M) is not None
+                and re.search(r"^netguard_session_setup_seconds_count 2$", scraped[0], re.M)
+                is not None
+            )
 
         for _ in range(100):
             done = yield deferToThread(scrape)
