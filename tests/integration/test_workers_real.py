@@ -536,6 +536,35 @@ class WorkersTests(unittest.TestCase):
         )
 
     @inlineCallbacks
+    def test_proxy_listener_in_each_worker(self) -> Any:
+        """
+        A C{haproxy:} listener works with workers: each worker reads the PROXY header from
+        this host (the default C{proxy_from}) and greets the client under the header's
+        address, which its log shows.
+        """
+        yield self.start(listen=f'"haproxy:tcp:{self.port}:interface=127.0.0.1"')
+        pids = yield self.pids()
+        for index, client in ((0, "192.0.2.40"), (1, "192.0.2.41")):
+            header = f"PROXY TCP4 {client} 127.0.0.1 40000 {self.port}\r\n".encode()
+            probe = RawLine(header)
+            self.pause(pids[1 - index])
+            try:
+                yield connectProtocol(self.endpoint(), probe)
+                yield self.daemon.wait_for(lambda p=probe: b"\r\n" in p.data, "the greeting")
+            finally:
+                self.resume(pids[1 - index])
+            self.assertTrue(probe.data.startswith(b"NETGUARD/1 "), probe.data)
+            probe.transport.write(b"PING\r\n")
+            yield self.daemon.wait_for(lambda p=probe: b"PONG" in p.data, "the PONG")
+            probe.transport.loseConnection()
+            yield probe.closed
+            pattern = rf"\[w{index}:\S+\] conn\.accept \S+ accepted {client}:40000"
+            yield self.daemon.wait_for(
+                lambda pattern=pattern: re.search(pattern, self.daemon.stdout) is not None,
+                f"worker {index} logging {client}",
+            )
+
+    @inlineCallbacks
     def test_per_source_cap_divided(self) -> Any:
         """
         The per-source cap is divided between the workers rounded up: with
