@@ -89,14 +89,14 @@ def _use_reuseport() -> None:
     def open_listeners(reactor: Any, config: Any) -> list[Any]:
         port = int(config.listen[0].split(":")[1])
         listeners = []
-        for index in range(config.workers):
+        for _ in range(config.workers):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(("127.0.0.1", port))
             sock.listen(1024)
             sock.setblocking(False)
-            listeners.append(_ReusePortListener(f"reuseport[{index}]:{port}", sock))
+            listeners.append(_ReusePortListener(config.listen[0], sock))
         return listeners
 
     class OwnSocket(Spawner):

@@ -36,8 +36,14 @@ from netguard.workers import commands
 from netguard.workers.budget import worker_policy
 from netguard.workers.listeners import InheritedEndpoint, wrapped_endpoint
 from netguard.workers.penalties import SharedAdmission
-from netguard.workers.spawning import AMP_IN, AMP_OUT
+from netguard.workers.spawning import AMP_IN, AMP_OUT, config_fingerprint
 from netguard.workers.spent import SharedSpentTable, share_spent
+
+
+class WorkerStartError(Exception):
+    """
+    The worker cannot serve as its supervisor expects; the message says why.
+    """
 
 
 def worker_config(config: Config, index: int, count: int) -> Config:
@@ -205,7 +211,14 @@ def build(reactor: Any, spec: Mapping[str, Any], channel: WorkerChannel) -> Gate
     def load(p: str | None, o: Mapping[str, object]) -> Config:
         return worker_config(load_config(p, o), index, count)
 
-    config = load(path, overrides)
+    loaded = load_config(path, overrides)
+    wanted = spec.get("fingerprint")
+    if wanted is not None and config_fingerprint(loaded) != wanted:
+        raise WorkerStartError(
+            "the configuration file changed since the supervisor last loaded it; reload "
+            "(SIGHUP) to apply it to every worker"
+        )
+    config = worker_config(loaded, index, count)
     users = UserStore.load(config.users_file, mock_key=load_mock_key(config.state_dir))
     factory = GatewayFactory(
         config, users, reactor, Stats(), ticket_key=load_ticket_key(config.state_dir)
@@ -215,16 +228,19 @@ def build(reactor: Any, spec: Mapping[str, Any], channel: WorkerChannel) -> Gate
     endpoints: list[tuple[str, Any]] = []
     for entry in spec["listeners"]:
         inherited = InheritedEndpoint(reactor, int(entry["fd"]), int(entry["family"]))
-        position = int(entry["position"])
+        description = str(entry["description"])
         if entry["kind"] == "tls":
-            tls = config.tls_listen[position]
+            endpoint = description.removeprefix("tls+")
+            tls = next((t for t in config.tls_listen if t.endpoint == endpoint), None)
+            if tls is None:
+                raise WorkerStartError(
+                    f"TLS listener {endpoint} is no longer configured; listeners change "
+                    "only with a restart of netguard"
+                )
             identity = load_server_context(tls.settings)
             identities.append(identity)
-            endpoints.append(
-                (f"tls+{tls.endpoint}", TLSServerEndpoint(inherited, identity, reactor))
-            )
+            endpoints.append((description, TLSServerEndpoint(inherited, identity, reactor)))
         else:
-            description = config.listen[position]
             endpoints.append((description, wrapped_endpoint(reactor, description, inherited)))
     service = GatewayService(factory, endpoints, None)
     service.check_unix_sockets = False

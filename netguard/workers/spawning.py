@@ -8,12 +8,14 @@ shared with the supervisor (the log), and AMP over two pipes (the worker reads d
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 from collections.abc import Mapping
 from typing import Any, Final
 
+import attrs
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.protocols import amp
@@ -162,26 +164,38 @@ def worker_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return {k: v for k, v in source.items() if k not in SUPERVISOR_ONLY}
 
 
+def config_fingerprint(config: Any) -> str:
+    """
+    A digest of a configuration's values (not its warnings or their origins): a worker
+    compares the configuration it loads with the one its supervisor has in force.
+    """
+    values = attrs.evolve(config, warnings=(), origins={})
+    return hashlib.sha256(repr(values).encode("utf-8")).hexdigest()
+
+
 def worker_spec(
     slot: WorkerSlot,
     count: int,
     config_path: str | None,
     overrides: Mapping[str, Any],
     listeners: list[SharedListener],
+    fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """
-    What a worker is told on its command line: its position, the configuration to load,
-    and which inherited descriptor is which listener.
+    What a worker is told on its command line: its position, the configuration to load (and
+    the fingerprint it must have), and which inherited descriptor is which listener (as
+    the supervisor opened it: a reload does not change the listeners).
     """
     return {
         "index": slot.index,
         "count": count,
         "config": config_path,
         "overrides": dict(overrides),
+        "fingerprint": fingerprint,
         "listeners": [
             {
                 "kind": listener.kind,
-                "position": listener.position,
+                "description": listener.description,
                 "fd": FIRST_LISTENER_FD + number,
                 "family": listener.family,
             }
@@ -215,7 +229,12 @@ class Spawner:
     def __call__(self, slot: WorkerSlot) -> WorkerProcess:
         assert self.supervisor is not None
         spec = worker_spec(
-            slot, len(self.supervisor.slots), self.config_path, self.overrides, self.listeners
+            slot,
+            len(self.supervisor.slots),
+            self.config_path,
+            self.overrides,
+            self.listeners,
+            config_fingerprint(self.supervisor.in_force),
         )
         child_fds: dict[int, Any] = {AMP_IN: "w", 1: 1, 2: 2, AMP_OUT: "r"}
         for number, listener in enumerate(self.listeners):

@@ -162,6 +162,9 @@ class Supervisor(MultiService):
         self.spawn = spawn
         self.listeners = listeners or []
         self.instance_lock = instance_lock
+        #: The configuration last loaded (at start, or by the last reload): a worker that
+        #: starts must load the same (L{netguard.workers.spawning.config_fingerprint}).
+        self.in_force = config
         self.slots = [WorkerSlot(index) for index in range(config.workers)]
         self.stopping = False
         self.heartbeat_on = bool(config.ops.heartbeat)
@@ -662,6 +665,7 @@ class SupervisorReloader:
             notify_ready("reload refused; the old configuration stays", self._environ)
             return fail(ReloadRefused(str(error)))
         pending = [k for k in RESTART_ONLY if getattr(started, k) != getattr(config, k)]
+        self.supervisor.in_force = config
 
         def done(summary: str) -> str:
             if pending:

@@ -313,6 +313,40 @@ class WorkersTests(unittest.TestCase):
         self.assertEqual(self.daemon.stdout.count("reload.done"), 2)
 
     @inlineCallbacks
+    def test_restarted_worker_needs_the_config_in_force(self) -> Any:
+        """
+        A worker restarted after the configuration file was edited but not reloaded does
+        not start with settings the other worker does not have: it exits saying why (and is
+        retried with backoff); after SIGHUP applies the file to the running worker, the next
+        attempt starts and serves.
+        """
+        yield self.start()
+        pids = yield self.pids()
+        with open(self.config, "a") as handle:
+            handle.write('[services.echo2]\nbackend = "builtin:echo"\nusers = ["*"]\n')
+        os.kill(pids[1], signal.SIGKILL)
+        yield self.daemon.wait_for(
+            lambda: (
+                "configuration file changed since the supervisor last loaded it"
+                in self.daemon.stderr
+            ),
+            "the refusal to start",
+        )
+        yield self.daemon.wait_for(
+            lambda: "exited (code 1, signal None)" in self.daemon.stdout, "the exit logged"
+        )
+        os.kill(self.daemon.process.pid, signal.SIGHUP)
+        yield self.daemon.wait_for(
+            lambda: "1/1 workers reloaded" in self.daemon.stdout, "the running worker's reload"
+        )
+        new = yield self.pids()
+        self.assertEqual(new[0], pids[0])
+        stream = yield self.open_through(new, 1)
+        yield self.echo(stream, 1024)
+        stream.transport.loseConnection()
+        yield stream.ended
+
+    @inlineCallbacks
     def test_sigterm_drains_both(self) -> Any:
         """
         SIGTERM to the supervisor: both workers drain (their relays keep every byte until
