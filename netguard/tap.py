@@ -24,7 +24,8 @@ from netguard.ops.privileges import run_as_identity
 from netguard.ops.reload import Reloader, install_sighup
 from netguard.service import ListenFailed, make_service
 from netguard.tls import TLSConfigError
-from netguard.workers.supervisor import Supervisor, SupervisorReloader
+from netguard.workers.operate import SupervisorReloader
+from netguard.workers.supervisor import Supervisor
 
 
 class Options(usage.Options):

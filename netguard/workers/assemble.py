@@ -22,8 +22,9 @@ from netguard.workers.listeners import (
     open_shared,
     plain_description,
 )
+from netguard.workers.operate import SupervisorControl
 from netguard.workers.spawning import Spawner
-from netguard.workers.supervisor import Supervisor, SupervisorControl, log
+from netguard.workers.supervisor import Supervisor, log
 
 
 def open_listeners(reactor: Any, config: Any) -> list[SharedListener]:

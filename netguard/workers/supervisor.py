@@ -17,28 +17,24 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from netguard.auth.users import MOCK_KEY_FILE, UsersFileError, UserStore, load_mock_key
-from netguard.config import ConfigError, load_config
+from netguard.auth.users import MOCK_KEY_FILE
 from netguard.log import FileLogSink, LogFileError
-from netguard.ops.control import ControlError, UnsafeControlPath
+from netguard.ops.control import UnsafeControlPath
 from netguard.ops.lock import InstanceConflict
 from netguard.ops.metrics import MetricsListenFailed
 from netguard.ops.notify import (
     Watchdog,
-    monotonic_usec,
     notify_ready,
-    notify_reloading,
     notify_stopping,
 )
 from netguard.ops.privileges import hand_over
-from netguard.ops.reload import RESTART_ONLY, ReloadRefused
 from netguard.stats import HistogramSnapshot
 from netguard.tickets import TICKET_KEY_FILE
 from netguard.workers import commands
@@ -623,93 +619,3 @@ def _quiet(d: Deferred[Any] | None) -> None:
 
 def _ignore(failure: Failure) -> None:
     return None
-
-
-class SupervisorReloader:
-    """
-    SIGHUP and C{ctl reload} for a supervisor: check the configuration and the users file
-    here, then have every worker reload (each applies it as the single-process gateway
-    does). A configuration that does not load is refused without reaching any worker.
-    """
-
-    def __init__(
-        self,
-        supervisor: Supervisor,
-        path: str | None,
-        overrides: Mapping[str, object],
-        load: Callable[..., Any] = load_config,
-        environ: Mapping[str, str] | None = None,
-        now_usec: Callable[[], int] = monotonic_usec,
-    ) -> None:
-        self.supervisor = supervisor
-        self.path = path
-        self.overrides = dict(overrides)
-        self._load = load
-        self._environ = environ
-        self._now_usec = now_usec
-
-    def reload(self) -> Deferred[str]:
-        """
-        Reload every worker, between C{RELOADING=1} and C{READY=1} to the service manager.
-
-        @return: a L{Deferred} firing with a one-line summary, or failing with
-            L{ReloadRefused} when the new configuration or users file is unusable.
-        """
-        notify_reloading(self._environ, self._now_usec)
-        started = self.supervisor.config
-        try:
-            config = self._load(self.path, self.overrides)
-            UserStore.load(config.users_file, mock_key=load_mock_key(started.state_dir))
-        except (ConfigError, UsersFileError, OSError, ValueError) as error:
-            log.warn("reload refused: {reason}", event="reload.refused", reason=str(error))
-            notify_ready("reload refused; the old configuration stays", self._environ)
-            return fail(ReloadRefused(str(error)))
-        pending = [k for k in RESTART_ONLY if getattr(started, k) != getattr(config, k)]
-        self.supervisor.in_force = config
-
-        def done(summary: str) -> str:
-            if pending:
-                summary += f"; restart needed for: {', '.join(pending)}"
-            notify_ready("reloaded", self._environ)
-            return summary
-
-        return self.supervisor.reload_workers().addCallback(done)
-
-
-class SupervisorControl:
-    """
-    The supervisor's side of the control socket (L{netguard.ops.control.ControlCommands}):
-    every command reaches every worker.
-    """
-
-    def __init__(self, supervisor: Supervisor, reactor: Any) -> None:
-        self.supervisor = supervisor
-        self.reactor = reactor
-
-    def status(self) -> Any:
-        return self.supervisor.status()
-
-    def heartbeat(self, on: bool) -> bool:
-        return self.supervisor.set_heartbeat(on, by="control")
-
-    def reload(self) -> Any:
-        reloader = self.supervisor.reloader
-        if reloader is None:
-            raise ControlError("NOT_AVAILABLE", "this gateway was not started from a config")
-
-        def refused(failure: Failure) -> None:
-            failure.trap(ReloadRefused)
-            raise ControlError("RELOAD_REFUSED", str(failure.value))
-
-        return maybeDeferred(reloader.reload).addErrback(refused)
-
-    def drain(self) -> str:
-        count = len(self.supervisor.live())
-        self.reactor.callLater(0, self.reactor.stop)
-        return f"draining {count} worker(s), grace {self.supervisor.config.ops.shutdown_grace}s"
-
-    def penalties(self) -> Any:
-        return self.supervisor.penalties()
-
-    def clear_penalties(self, source: str | None) -> Any:
-        return self.supervisor.clear_penalties(source)
