@@ -31,6 +31,8 @@ from netguard.admission import PENALISED, AdmissionPolicy, Refusal
 from netguard.config import Config, ConfigError, describe, describe_defaults, load_config
 from netguard.config.loader import cpu_count
 from netguard.config.schema import Source, parse_workers
+from netguard.ops.control import ControlError
+from netguard.ops.reload import ReloadRefused
 from netguard.tickets import SpentTable
 from netguard.worker import WorkerChannel, stamp_worker, worker_config
 from netguard.workers import commands
@@ -43,6 +45,7 @@ from netguard.workers.budget import (
 )
 from netguard.workers.figures import aggregate, merge, merge_penalties
 from netguard.workers.listeners import InheritedEndpoint, SharedTCPPort
+from netguard.workers.operate import SupervisorControl, SupervisorReloader
 from netguard.workers.penalties import SharedAdmission
 from netguard.workers.spent import SharedSpentTable, share_spent
 from netguard.workers.supervisor import (
@@ -998,3 +1001,69 @@ class SharedAdmissionReportTests(unittest.TestCase):
         self.assertEqual(admission.offence(peer, "early_talker"), 10.0)
         self.assertIsInstance(admission.admit(peer), Refusal)
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+
+class SupervisorReloadTests(unittest.TestCase):
+    """
+    L{SupervisorReloader}: the configuration is checked before any worker is asked.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.spawner = FakeSpawner({commands.Reload: {"summary": "reloaded: 1 user(s)"}})
+        state = self.mktemp()
+        os.makedirs(state, mode=0o700)
+        self.config = attrs.evolve(make_config(), state_dir=state)
+        self.supervisor = Supervisor(self.config, self.clock, self.spawner)
+        self.supervisor.startService()
+        for slot in self.supervisor.slots:
+            self.supervisor.worker_ready(slot)
+        self.users = self.mktemp()
+        with open(self.users, "w") as handle:
+            handle.write("")
+        os.chmod(self.users, 0o600)
+
+    def reloader(self, load: Any) -> SupervisorReloader:
+        return SupervisorReloader(self.supervisor, None, {}, load=load, environ={})
+
+    def test_bad_config_reaches_no_worker(self) -> None:
+        """
+        A configuration that does not load is refused (L{ReloadRefused}) and no worker is
+        asked to reload; the configuration in force stays.
+        """
+
+        def broken(path: Any, overrides: Any) -> Config:
+            raise ConfigError("f.toml", "workers", "must be an integer")
+
+        failure = self.failureResultOf(self.reloader(broken).reload(), ReloadRefused)
+        self.assertIn("workers", str(failure.value))
+        for slot in self.supervisor.slots:
+            self.assertEqual(slot.channel.sent(commands.Reload), [])
+        self.assertIs(self.supervisor.in_force, self.config)
+
+    def test_good_config_fans_out_and_names_restart_keys(self) -> None:
+        """
+        A configuration that loads reaches every worker, becomes the one in force, and the
+        summary names the keys that need a restart (here C{workers}).
+        """
+        new = attrs.evolve(self.config, workers=3, users_file=self.users)
+
+        summary = self.successResultOf(self.reloader(lambda p, o: new).reload())
+        self.assertIn("2/2 workers reloaded", summary)
+        self.assertIn("restart needed for: workers", summary)
+        self.assertIs(self.supervisor.in_force, new)
+        for slot in self.supervisor.slots:
+            self.assertEqual(len(slot.channel.sent(commands.Reload)), 1)
+
+    def test_control_reload_refused_code(self) -> None:
+        """
+        Through the control socket a refused reload is C{RELOAD_REFUSED} with the reason.
+        """
+
+        def broken(path: Any, overrides: Any) -> Config:
+            raise ConfigError("f.toml", "listen", "bad")
+
+        self.supervisor.reloader = self.reloader(broken)
+        control = SupervisorControl(self.supervisor, self.clock)
+        failure = self.failureResultOf(control.reload(), ControlError)
+        self.assertEqual(failure.value.code, "RELOAD_REFUSED")
