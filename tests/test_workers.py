@@ -92,6 +92,37 @@ class BudgetTests(unittest.TestCase):
         self.assertRaises(ValueError, exact_share, 10, -1, 2)
         self.assertRaises(ValueError, exact_share, 10, 0, 0)
 
+    def test_default_global_cap_is_each_workers_pools_added_up(self) -> None:
+        """
+        With the global cap left at its default (the three pools added up), each worker's
+        global cap is its own pool shares added up, whichever way they round (3 workers of
+        the defaults: 86 + 86 + 256 = 428 for the first, not 427, its exact share of 1280);
+        an explicit cap is shared exactly.
+        """
+        policy = AdmissionPolicy()
+        for count in range(1, 5):
+            for index in range(count):
+                share = worker_policy(policy, index, count)
+                self.assertEqual(
+                    share.max_connections,
+                    share.max_unauthenticated + share.lane_max + share.max_relays,
+                )
+        self.assertEqual(worker_policy(policy, 0, 3).max_connections, 428)
+        explicit = AdmissionPolicy(max_connections=1000)
+        self.assertEqual(
+            [worker_policy(explicit, i, 3).max_connections for i in range(3)], [334, 333, 333]
+        )
+
+    def test_lane_per_user_is_divided_rounded_up(self) -> None:
+        """
+        The per-user lane cap is a per-key count like the per-source cap: N workers allow
+        one user at most C{lane_per_user + N - 1} lane connections together (16 over 3
+        workers: 6 each, 18 in all), not N times it.
+        """
+        policy = AdmissionPolicy(lane_per_user=16)
+        self.assertEqual([worker_policy(policy, i, 3).lane_per_user for i in range(3)], [6, 6, 6])
+        self.assertEqual(worker_policy(policy, 0, 1).lane_per_user, 16)
+
     def test_rounded_up_share_excess_at_most_count_minus_one(self) -> None:
         """
         N workers each allowing C{ceil(c / N)} together allow between C{c} and

@@ -29,7 +29,10 @@ POOL_CAPS: Final = (
 )
 
 #: The per-source counts, divided rounded up.
-PER_SOURCE_COUNTS: Final = ("per_source_max", "per_source_burst")
+PER_SOURCE_COUNTS: Final = ("per_source_max", "per_source_burst", "lane_per_user")
+
+#: The pools whose caps add up to the default global cap (C{max_connections}).
+_GLOBAL_PARTS: Final = ("max_unauthenticated", "lane_max", "max_relays")
 
 
 def exact_share(total: int, index: int, count: int) -> int:
@@ -74,7 +77,8 @@ def worker_policy(policy: AdmissionPolicy, index: int, count: int) -> AdmissionP
     The admission policy worker C{index} of C{count} enforces.
 
     Pool caps and the random-early-drop thresholds get their exact share (at least 1), the
-    per-source caps and bursts their rounded-up share, the per-source rate its exact
+    per-source caps and bursts and the per-user lane cap their rounded-up share (the
+    default global cap: the worker's pool shares added up), the per-source rate its exact
     fraction; every other knob (penalties, prefixes, lists, table bounds) is the same in
     every worker. One worker gets the policy unchanged.
 
@@ -88,6 +92,10 @@ def worker_policy(policy: AdmissionPolicy, index: int, count: int) -> AdmissionP
     changes: dict[str, Any] = {
         name: exact_share(getattr(policy, name), index, count) for name in POOL_CAPS
     }
+    if policy.max_connections == sum(getattr(policy, name) for name in _GLOBAL_PARTS):
+        # The default global cap is the pools added up: so is each worker's, or a worker
+        # whose shares round the other way would meet its global cap before its pools.
+        changes["max_connections"] = sum(changes[name] for name in _GLOBAL_PARTS)
     changes["red_soft"] = max(1, exact_share(policy.red_soft, index, count))
     changes["red_hard"] = max(1, exact_share(policy.red_hard, index, count))
     for name in PER_SOURCE_COUNTS:
