@@ -71,7 +71,12 @@ class QuietUDPPort(udp.Port):
 
 
 def listen_udp_quietly(
-    reactor: Any, port: int, protocol: Any, interface: str = "", max_packet_size: int = 8192
+    reactor: Any,
+    port: int,
+    protocol: Any,
+    interface: str = "",
+    max_packet_size: int = 8192,
+    port_type: type[QuietUDPPort] = QuietUDPPort,
 ) -> Any:
     """
     C{reactor.listenUDP} for a short-lived, routine port (a DNS client opens one per query),
@@ -91,6 +96,7 @@ def listen_udp_quietly(
     @param protocol: a C{DatagramProtocol}; its C{noisy} is set to C{False}.
     @param interface: the address to bind.
     @param max_packet_size: the largest datagram read.
+    @param port_type: the L{QuietUDPPort} (or subclass) opened on a posix reactor.
     @return: the listening port, as C{listenUDP} returns it.
     @raise twisted.internet.error.CannotListenError: as C{listenUDP}.
     """
@@ -99,7 +105,7 @@ def listen_udp_quietly(
         return reactor.listenUDP(
             port, protocol, interface=interface, maxPacketSize=max_packet_size
         )
-    listening = QuietUDPPort(port, protocol, interface, max_packet_size, reactor)
+    listening = port_type(port, protocol, interface, max_packet_size, reactor)
     listening.startListening()
     return listening
 

@@ -1053,3 +1053,41 @@ class QuietResolverTests(unittest.TestCase):
             self.assertEqual(out.getvalue(), "")
 
         return gatherResults([looked_up, closed]).addCallback(check)
+
+    def test_cancelled_query_leaves_no_timer(self) -> None:
+        """
+        Over real loopback sockets, against a hostile DNS server that never answers: a
+        lookup cancelled by its caller (a client that went before its check ended) closes
+        its query port and cancels the query's timeout with it; no timer of the query is
+        left for the rest of its 30 s (trial's clean-reactor check would also fail).
+        """
+        from twisted.internet import reactor
+
+        silent = DatagramProtocol()  # receives every query, answers none
+        server = reactor.listenUDP(0, silent, "127.0.0.1")
+        self.addCleanup(server.stopListening)
+        resolver = make_resolver(reactor, [("127.0.0.1", server.getHost().port)], 30.0)
+        closed: Deferred[None] = Deferred()
+
+        def observe(event: dict[str, Any]) -> None:
+            text = event.get("log_text", "")
+            if is_quiet_udp_port_line(event) and text.startswith("(UDP Port "):
+                reactor.callLater(0, closed.callback, None)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        before = set(reactor.getDelayedCalls())
+        looked_up = resolver.lookupPointer("1.0.0.127.in-addr.arpa")
+        looked_up.addErrback(lambda f: f.trap(CancelledError))
+        self.assertTrue(set(reactor.getDelayedCalls()) - before)  # the query's timeout
+        looked_up.cancel()
+
+        def check(_: object) -> None:
+            left = [
+                call
+                for call in set(reactor.getDelayedCalls()) - before
+                if call.active() and "_clearFailed" in repr(call)
+            ]
+            self.assertEqual(left, [])
+
+        return closed.addCallback(check)

@@ -31,7 +31,7 @@ from twisted.names import error as names_error
 from twisted.python.failure import Failure
 
 from netguard.log import escape
-from netguard.quiet_udp import listen_udp_quietly
+from netguard.quiet_udp import QuietUDPPort, listen_udp_quietly
 
 #: Default bound on the whole check (PTR plus all forward lookups), in seconds.
 DEFAULT_TIMEOUT = 5.0
@@ -424,7 +424,31 @@ class _QuietUDPReactor:
         """
         C{IReactorUDP.listenUDP}, quietly (L{listen_udp_quietly}).
         """
-        return listen_udp_quietly(self._reactor, port, protocol, interface, maxPacketSize)
+        return listen_udp_quietly(
+            self._reactor, port, protocol, interface, maxPacketSize, port_type=_DNSQueryPort
+        )
+
+
+class _DNSQueryPort(QuietUDPPort):
+    """
+    The port of one L{twisted.names.client.Resolver} query, closed with the timeouts of the
+    queries its protocol still awaits.
+
+    The resolver closes the port once the query's L{Deferred} fires, also when a caller
+    cancelled it (its last waiter went: L{SharingResolver}); but the datagram protocol keeps
+    that query's timeout timer (C{liveMessages}) and forgets the entry without cancelling
+    it when it stops, so each cancelled query would leave a timer (and what it holds) for
+    the rest of its timeout. Cancelled here, before the protocol stops.
+    """
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        live = getattr(self.protocol, "liveMessages", None)
+        if isinstance(live, dict):
+            for _, timer in list(live.values()):
+                if timer.active():
+                    timer.cancel()
+            live.clear()
+        super().connectionLost(reason)
 
 
 def system_nameservers(path: str = "/etc/resolv.conf") -> list[tuple[str, int]]:
