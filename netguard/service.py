@@ -264,6 +264,9 @@ class GatewayService(MultiService):
         return gatherResults([*closing, draining], consumeErrors=True)
 
     def _stopped(self, _: Any) -> None:
+        # Every connection is closed by now: the endings counted since the listeners stopped
+        # are summarised here, and no interval timer outlives the gateway.
+        self.factory.refusal_log.flush()
         self.factory.users = UserStore.from_records([])
         # Every connection is closed by now, so dropping the contexts frees the keys
         # (OpenSSL clears them as it frees them); collect to break any cycle still holding one.

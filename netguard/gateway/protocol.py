@@ -298,11 +298,14 @@ class GatewaySession(LaneSession):
             mux = gate.session
             mux.connection_lost(reason)
             self.bytes_up, self.bytes_down = mux.bytes_in, mux.bytes_out
-        self.factory.session_ended(self)
         leg, self._leg = self._leg, None
         if leg is None:
+            # Logged (or counted in the refusal log) before the slot is given back: the last
+            # session's end may complete a drain, and nothing is logged after shutdown.done.
             self._log_close(None, previous)
+            self.factory.session_ended(self)
             return
+        self.factory.session_ended(self)
         leg.close()
         leg.done.addCallback(self._log_close, previous)
 
