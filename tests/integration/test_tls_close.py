@@ -4,9 +4,10 @@ the other side's C{close_notify} with their own (Python's C{ssl} module doing C{
 the connection is closed on both sides at once instead of staying half-closed until a write
 timeout.
 
-  - the gateway's C{[[tls_listen]]} listener after C{QUIT}, a closing error and C{ERR BUSY}:
-    the gateway closes its side, its active count returns to zero, and forty connections in
-    a row from one address all get C{BYE} under the default per-source cap;
+  - the gateway's C{[[tls_listen]]} listener after C{QUIT} and a closing error: the gateway
+    closes its side, its active count returns to zero, and forty connections in a row from
+    one address all get C{BYE} under the default per-source cap; a refused connection is
+    closed before any handshake, at once;
   - the C{netguard:} endpoint with C{tls=1}: the application's C{connectionLost} is called
     after its C{loseConnection};
   - C{netguard tunnel --tls}, the real command in a subprocess: a finished local connection
@@ -101,6 +102,45 @@ def tls_session(port: int, cafile: str, line: bytes | None) -> _Outcome:
     return outcome
 
 
+def silent_refusal(port: int) -> bytes:
+    """
+    Connect over plain TCP, send nothing, and read until the gateway closes (a reset counts
+    as a close; bounded by L{GUARD}, a timeout fails).
+
+    @return: every byte the gateway sent.
+    """
+    raw = socket.create_connection(("127.0.0.1", port), timeout=GUARD)
+    received = b""
+    try:
+        while len(received) < 4096:
+            chunk = raw.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+    except ConnectionResetError:
+        pass
+    finally:
+        raw.close()
+    return received
+
+
+def failed_handshake(port: int, cafile: str) -> str | None:
+    """
+    A TLS client's connection attempt.
+
+    @return: why its handshake failed, or L{None} if it completed.
+    """
+    context = ssl.create_default_context(cafile=cafile)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=GUARD)
+    try:
+        context.wrap_socket(raw, server_hostname="localhost").close()
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError) as failure:
+        return repr(failure)
+    finally:
+        raw.close()
+    return None
+
+
 def one_after_another(port: int, cafile: str, line: bytes, count: int) -> list[_Outcome]:
     """
     C{count} L{tls_session}s one at a time; stops at the first one the gateway left open.
@@ -184,19 +224,29 @@ class TLSGatewayCloseTests(unittest.TestCase):
     @inlineCallbacks
     def test_busy_refusal_ends_the_connection(self) -> Any:
         """
-        With the source at its cap, a new connection gets ERR BUSY per-source-cap, and the
-        client's answering close_notify ends it at once (the refusal is no half-closing
-        protocol, so this held before too); once the held connections go, the address is
-        served again, and the QUIT that follows ends cleanly.
+        With the source at its cap, a new connection on the TLS listener is refused before
+        any handshake: the gateway sends no byte (no ServerHello, no C{ERR BUSY}: a line
+        could only go through a handshake the refused peer controls) and closes at once,
+        with no timer: the write timeout is 600 s, far past the hang guard, and no abort
+        timer is left in the reactor. A TLS client's handshake fails. Once the held
+        connections go, the address is served again, and the QUIT that follows ends cleanly.
         """
         held = yield deferToThread(self.hold, 32)
         try:
-            outcome = yield deferToThread(tls_session, self.tls_port, self.cert_file, None)
+            before = set(reactor.getDelayedCalls())
+            received = yield deferToThread(silent_refusal, self.tls_port)
+            timers = [
+                call
+                for call in set(reactor.getDelayedCalls()) - before
+                if call.active() and "abortConnection" in repr(call)
+            ]
+            handshake = yield deferToThread(failed_handshake, self.tls_port, self.cert_file)
         finally:
             for sock in held:
                 sock.close()
-        self.assertEqual(outcome.first, b"ERR BUSY per-source-cap\r\n")
-        self.assertTrue(outcome.closed_by_gateway, outcome)
+        self.assertEqual(received, b"")
+        self.assertEqual(timers, [])
+        self.assertIsNotNone(handshake)
         yield wait_for(self.all_gone, timeout=GUARD)
         again = yield deferToThread(tls_session, self.tls_port, self.cert_file, b"QUIT\r\n")
         self.assertEqual(again.reply, b"BYE\r\n")
