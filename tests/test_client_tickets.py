@@ -1003,6 +1003,21 @@ class TunnelOptionTests(unittest.TestCase):
         self.assertIsInstance(self.endpoint().tickets, TicketStore)
         self.assertIsInstance(self.endpoint("--no-mux").tickets, TicketStore)
 
+    def test_multiplexed_by_default(self) -> None:
+        """
+        C{netguard tunnel} multiplexes unless told otherwise: without an option (and with
+        C{--mux}) its endpoint is a L{MuxClientEndpoint}; C{--no-mux} gives the
+        per-connection L{NGPClientEndpoint}.
+        """
+        from netguard.client.endpoint import NGPClientEndpoint
+        from netguard.client.mux_endpoint import MuxClientEndpoint
+
+        self.assertIsInstance(self.endpoint(), MuxClientEndpoint)
+        self.assertIsInstance(self.endpoint("--mux"), MuxClientEndpoint)
+        endpoint = self.endpoint("--no-mux")
+        self.assertIsInstance(endpoint, NGPClientEndpoint)
+        self.assertNotIsInstance(endpoint, MuxClientEndpoint)
+
     def test_no_tickets(self) -> None:
         """
         C{--no-tickets}: no store, with or without multiplexing.
