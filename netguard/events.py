@@ -50,6 +50,10 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "worker.penalty_shared": "a block decided by one worker was passed to the other workers",
         "worker.reloaded": "every worker was asked to reload; the summary of their answers",
         "worker.share_failed": "a block or spent ticket could not be passed to the supervisor",
+        "shared.connected": "state is shared through Redis (first connection)",
+        "shared.degraded": "Redis stopped answering within the bound or the connection "
+        "dropped: local limits only until it is back",
+        "shared.restored": "Redis answers again: state is shared again",
         "notify.failed": "the service manager could not be notified",
         "notify.unsupported": "NOTIFY_SOCKET names a kind of socket netguard does not speak",
         # Connections and the line phase

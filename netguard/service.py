@@ -17,7 +17,7 @@ from typing import IO, Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import gatherResults, maybeDeferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -42,6 +42,8 @@ from netguard.ops.preflight import AddressBusy, check_listener_free
 from netguard.ops.privileges import hand_over
 from netguard.ops.reload import ReloadRefused
 from netguard.proxy_header import proxy_listener_endpoint
+from netguard.secretfile import read_password_file
+from netguard.shared.state import SharedState
 from netguard.stats import Stats
 from netguard.tickets import TICKET_KEY_FILE, load_ticket_key
 from netguard.tls import ServerTLS, TLSServerEndpoint, load_server_context
@@ -112,6 +114,11 @@ class GatewayService(MultiService):
         self.overload_monitor = OverloadMonitor(
             factory.clock, factory.admission, factory.config.overload
         )
+        #: State shared with other processes through Redis (C{[shared]}), or L{None}.
+        self.shared: SharedState | None = None
+        if factory.config.shared.enabled:
+            self.shared = shared_state(factory)
+            self.shared.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         """
@@ -232,6 +239,8 @@ class GatewayService(MultiService):
         figures["uptime"] = round(self.factory.clock.seconds() - self.started_at, 3)
         figures["admission"] = self.factory.admission.snapshot()
         figures["draining"] = self.drainer.draining
+        if self.shared is not None:
+            figures["shared"] = self.shared.snapshot()
         return figures
 
     def metrics_figures(self) -> dict[str, Any]:
@@ -242,6 +251,8 @@ class GatewayService(MultiService):
         figures = self.figures()
         figures["services"] = self.factory.stats.services_snapshot()
         figures["session_setup"] = self.factory.stats.setup_seconds.snapshot()
+        for name, value in figures.pop("shared", {}).items():
+            figures[f"shared_{name}"] = value
         return figures
 
     def stopService(self) -> Any:
@@ -281,6 +292,27 @@ class GatewayService(MultiService):
         )
         if self.instance_lock is not None:
             self.instance_lock.release()
+
+
+def shared_state(factory: GatewayFactory) -> SharedState:
+    """
+    The shared-state layer for C{factory}'s C{[shared]} settings: the Redis endpoint built
+    from its string, the password read from its file (mode 0600).
+
+    @raise SystemExit: when the password file cannot be used.
+    """
+    config = factory.config
+    settings = config.shared
+    password = None
+    if settings.password_file:
+        try:
+            password = read_password_file(settings.password_file).encode("utf-8")
+        except ValueError as error:
+            raise SystemExit(f"netguard: [shared] {error}") from None
+    endpoint = clientFromString(factory.reactor, settings.redis)
+    return SharedState(
+        settings, factory.reactor, factory, endpoint, password=password, workers=config.workers
+    )
 
 
 class GatewayControl:

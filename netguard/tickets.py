@@ -27,6 +27,7 @@ from typing import Any, Final, Protocol
 import attrs
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from twisted.internet.defer import Deferred
 
 from netguard.secretfile import read_key_file, read_or_create_key, write_key_file
 
@@ -162,11 +163,15 @@ class TicketCheck:
     @ivar outcome: the L{Outcome}.
     @ivar user: the user the ticket was issued to (when it opened), else L{None}.
     @ivar reason: a short printable reason, for C{ERR BAD_TICKET} and the log.
+    @ivar ticket_id: a valid ticket's id (empty otherwise).
+    @ivar expires: a valid ticket's expiry (0 otherwise).
     """
 
     outcome: Outcome
     user: str | None = None
     reason: str = ""
+    ticket_id: bytes = b""
+    expires: float = 0.0
 
     @property
     def refused(self) -> bool:
@@ -189,6 +194,17 @@ class VerifierSource(Protocol):
         @return: the user's record (with C{stored_key} and C{server_key}), or L{None}.
         """
         ...
+
+
+class SpentClaims(Protocol):
+    """
+    Spent tickets shared with other processes (L{netguard.shared.state.SharedState}).
+    """
+
+    def claim_ticket(self, ticket_id: bytes, expires: float, now: float) -> Deferred[bool | None]:
+        """
+        Claim a ticket: C{True} first presentation, C{False} replay, L{None} unknown.
+        """
 
 
 class Clock(Protocol):
@@ -491,6 +507,9 @@ class TicketBook:
         self.issuing = issuing if issuing is not None else IssueBuckets(0.0, 0)
         self.issuing.rate = settings.issue_rate
         self.issuing.burst = settings.issue_burst
+        #: Where valid tickets are also claimed once across processes (L{confirm}), or
+        #: L{None}; kept by L{reloaded}.
+        self.claims: SpentClaims | None = None
 
     def __repr__(self) -> str:
         return f"<TicketBook lifetime={self.settings.lifetime} spent={len(self.spent)}>"
@@ -502,11 +521,14 @@ class TicketBook:
         (the old key joins L{retired_keys}).
         """
         if hmac.compare_digest(key, self._key):
-            return TicketBook(
+            book = TicketBook(
                 settings, key, self.clock, self.spent, self.retired_keys, self.issuing
             )
-        retired = retire_key(self._key, self.retired_keys, key)
-        return TicketBook(settings, key, self.clock, None, retired, self.issuing)
+        else:
+            retired = retire_key(self._key, self.retired_keys, key)
+            book = TicketBook(settings, key, self.clock, None, retired, self.issuing)
+        book.claims = self.claims
+        return book
 
     def may_issue(self, user: str) -> bool:
         """
@@ -587,7 +609,30 @@ class TicketBook:
         # good a second time.
         if not self.spent.spend(plain.ticket_id, plain.issued + plain.lifetime, now, plain.user):
             return TicketCheck(Outcome.SPENT_FULL, plain.user, "spent-full")
-        return TicketCheck(Outcome.VALID, plain.user, "valid")
+        expires = plain.issued + plain.lifetime
+        return TicketCheck(Outcome.VALID, plain.user, "valid", plain.ticket_id, expires)
+
+    def confirm(self, check: TicketCheck) -> Deferred[TicketCheck] | None:
+        """
+        Claim a valid ticket in the spent state shared with other processes (L{claims}).
+
+        @return: L{None} when there is nothing to wait for (no shared claims, or not a valid
+            ticket): act on C{check} as it is. Else a L{Deferred} of the verdict: C{check},
+            or L{Outcome.REPLAYED} when another process had spent it. When the shared state
+            does not answer (within its bound), C{check} stands: only this process's spent
+            table judged the ticket.
+        """
+        claims = self.claims
+        if claims is None or check.outcome is not Outcome.VALID:
+            return None
+
+        def verdict(fresh: bool | None) -> TicketCheck:
+            if fresh is False:
+                return TicketCheck(Outcome.REPLAYED, check.user, "replayed")
+            return check
+
+        claimed = claims.claim_ticket(check.ticket_id, check.expires, self.clock.seconds())
+        return claimed.addCallback(verdict)
 
     def _check_retired(self, nonce: bytes, sealed: bytes) -> TicketCheck:
         """

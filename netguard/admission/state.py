@@ -151,6 +151,9 @@ class Admission:
         self._penalty_table = PenaltyTable(policy)
         # source key -> penalty, least recently offending first.
         self._penalties = self._penalty_table.entries
+        #: Told the source key of each connection that took a rate token (the shared
+        #: per-source rate, L{netguard.shared.state}); L{None} when nothing listens.
+        self.token_taken: Callable[[str], object] | None = None
 
     # -- addresses --------------------------------------------------------------------------
 
@@ -287,6 +290,8 @@ class Admission:
             wait = self._take_token(key, now)
             if wait is not None:
                 return self._refuse(RATE, wait)
+            if self.token_taken is not None:
+                self.token_taken(key)
         source = self._sources.get(key)
         held = 0 if source is None else source.unauth
         if source is not None and source.bad != bad:

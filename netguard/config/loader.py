@@ -71,6 +71,7 @@ from netguard.config.schema import (
     service_key,
     toml_key,
 )
+from netguard.config.shared_schema import SHARED_KEYS
 from netguard.config.tls_schema import TLS_ENDPOINT_KEY, TLS_LISTEN_KEYS, TLS_SETTINGS_KEYS
 from netguard.endpoints import (
     BACKEND_HELP,
@@ -86,6 +87,7 @@ from netguard.gateway.stream_settings import StreamSettings
 from netguard.ops.overload import OverloadSettings
 from netguard.peer.checks import PeerCheckPolicy
 from netguard.quoting import describe_value, toml_string
+from netguard.shared.settings import SharedSettings
 from netguard.tickets import TicketSettings
 from netguard.tls.errors import TLSConfigError
 from netguard.tls.server import ServerTLSSettings
@@ -537,6 +539,9 @@ def load_config(
     tickets = TicketSettings(
         **_typed_table(src, "tickets", doc.get("tickets", {}), TICKET_KEYS, origins)
     )
+    shared = SharedSettings(
+        **_typed_table(src, "shared", doc.get("shared", {}), SHARED_KEYS, origins)
+    )
     patterns = peer_values.get("fcrdns_deny") or peer_values.get("fcrdns_allow")
     if patterns and peer_values.get("fcrdns", "off") == "off":
         raise src.error(
@@ -570,6 +575,7 @@ def load_config(
         overload=overload,
         mux=mux,
         tickets=tickets,
+        shared=shared,
         services=services,
         workers=workers,
         warnings=tuple(builder.warnings),

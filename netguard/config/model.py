@@ -20,6 +20,7 @@ from netguard.gateway.stream_settings import StreamSettings
 from netguard.log import LogSettings
 from netguard.ops.overload import OverloadSettings
 from netguard.peer.checks import PeerCheckPolicy
+from netguard.shared.settings import SharedSettings
 from netguard.tickets import TicketSettings
 from netguard.tls.server import ServerTLSSettings
 
@@ -272,6 +273,7 @@ class Config:
     @ivar overload: load-shedding thresholds (C{[overload]}).
     @ivar mux: the bounds of the streams of multiplexed sessions (C{[mux]}).
     @ivar tickets: returning-client tickets (C{[tickets]}).
+    @ivar shared: state shared between instances through Redis (C{[shared]}).
     @ivar services: service name to L{ServiceConfig}, read-only.
     @ivar workers: how many gateway processes share the listeners (1: this process serves
         alone; more: it supervises that many workers, L{netguard.workers}).
@@ -294,6 +296,7 @@ class Config:
     overload: OverloadSettings = attrs.field(factory=OverloadSettings)
     mux: StreamSettings = attrs.field(factory=StreamSettings)
     tickets: TicketSettings = attrs.field(factory=TicketSettings)
+    shared: SharedSettings = attrs.field(factory=SharedSettings)
     services: Mapping[str, ServiceConfig] = attrs.field(
         factory=default_services, converter=_freeze_services
     )

@@ -197,6 +197,7 @@ TOP_KEYS: Final = (
     "overload",
     "mux",
     "tickets",
+    "shared",
     "services",
     "workers",
 )

@@ -39,6 +39,7 @@ from netguard.config.schema import (
     service_key,
     value_text,
 )
+from netguard.config.shared_schema import SHARED_KEYS
 from netguard.config.tls_schema import TLS_LISTEN_KEYS, TLS_SETTINGS_KEYS
 from netguard.endpoints import EndpointError, check_listener, looks_secret, redact_description
 from netguard.framing import FramingLimits
@@ -46,6 +47,7 @@ from netguard.gateway.stream_settings import StreamSettings
 from netguard.ops.overload import OverloadSettings
 from netguard.peer.checks import PeerCheckPolicy
 from netguard.quoting import toml_string
+from netguard.shared.settings import SharedSettings
 from netguard.tickets import TicketSettings
 from netguard.tls.server import ServerTLSSettings
 
@@ -149,6 +151,8 @@ def describe(config: Config) -> str:
         add(f"mux.{mux_key.name}", getattr(config.mux, mux_key.name))
     for ticket_key in TICKET_KEYS:
         add(f"tickets.{ticket_key.name}", getattr(config.tickets, ticket_key.name))
+    for shared_key in SHARED_KEYS:
+        add(f"shared.{shared_key.name}", getattr(config.shared, shared_key.name))
     for check_key in PEER_CHECK_KEYS:
         add(f"peer_checks.{check_key.name}", plain(getattr(config.peer_checks, check_key.name)))
     if not config.services:
@@ -303,6 +307,16 @@ def _key_docs() -> tuple[_KeyDoc, ...]:
                 value_text(getattr(ticket_defaults, ticket_key.name)),
                 ticket_key.allowed,
                 ticket_key.defends,
+            )
+        )
+    shared_defaults = SharedSettings()
+    for shared_key in SHARED_KEYS:
+        docs.append(
+            _KeyDoc(
+                f"shared.{shared_key.name}",
+                value_text(getattr(shared_defaults, shared_key.name)),
+                shared_key.allowed,
+                shared_key.defends,
             )
         )
     checks = PeerCheckPolicy()

@@ -35,7 +35,8 @@ from netguard.peer.checks import PeerCheckPolicy, PeerCheckRun, PeerChecks
 from netguard.refusal_log import RefusalLog
 from netguard.relay import A, B
 from netguard.stats import Stats
-from netguard.tickets import TicketBook, load_retired_keys, save_retired_keys
+from netguard.tickets import SpentClaims, TicketBook, load_retired_keys, save_retired_keys
+from netguard.workers.penalties import SharedAdmission
 
 #: Scaled line-phase timeouts: handshake, idle, open.
 _Timeouts = tuple[float, float, float | None]
@@ -164,7 +165,10 @@ class GatewayFactory(Factory):
         self.stream_caps = StreamCaps()
         self.admitting = AdmittingFactory(
             self,
-            Admission(config.admission, reactor),
+            # Shared state needs an admission whose blocks can be published and applied.
+            SharedAdmission(config.admission, reactor, _unreported)
+            if config.shared.enabled
+            else Admission(config.admission, reactor),
             clock=reactor,
             write_timeout=self.framing_limits.write_timeout,
             log=self.log,
@@ -184,6 +188,7 @@ class GatewayFactory(Factory):
         self.tickets: TicketBook | None = None
         self._ticket_book: TicketBook | None = None
         self._ticket_key = ticket_key
+        self._ticket_claims: SpentClaims | None = None
         self._apply_tickets(config, ticket_key)
 
     def apply_config(
@@ -233,8 +238,19 @@ class GatewayFactory(Factory):
                 book = book.reloaded(settings, key)
                 if book.retired_keys != retired:
                     self._save_retired(config, book.retired_keys)
+        if book is not None:
+            book.claims = self._ticket_claims
         self._ticket_book = book
         self.tickets = book if settings.enabled else None
+
+    def share_tickets(self, claims: SpentClaims | None) -> None:
+        """
+        Claim valid tickets in C{claims} too (spent state shared with other processes), now
+        and after every reload; L{None} stops it.
+        """
+        self._ticket_claims = claims
+        if self._ticket_book is not None:
+            self._ticket_book.claims = claims
 
     def _retired(self, config: Config) -> tuple[bytes, ...]:
         """
@@ -491,3 +507,9 @@ class GatewayFactory(Factory):
             endpoints=self._backend_endpoints,
             origin=origin,
         )
+
+
+def _unreported(key: str, seconds: float, points: float) -> None:
+    """
+    A block with no one to tell yet (the shared state hooks its own report in).
+    """

@@ -82,8 +82,23 @@ class LaneSession(GuardedLineReceiver):
             return False
         book = self.ticket_book()
         if book is not None:
-            self._resume(book, book.check(line[7:], self.transport.getPeer(), self.factory.users))
+            check = book.check(line[7:], self.transport.getPeer(), self.factory.users)
+            shared = book.confirm(check)
+            if shared is None:
+                self._resume(book, check)
+            else:
+                # Claimed across processes too (bounded by [shared] timeout); anything the
+                # client sends meanwhile is early talk, as before any greeting.
+                shared.addCallback(self._resume_confirmed, book)
         return True
+
+    def _resume_confirmed(self, check: TicketCheck, book: TicketBook) -> None:
+        """
+        Act on a ticket's verdict once the shared spent state answered (or did not in
+        time), unless the connection ended meanwhile.
+        """
+        if self.phase is not FramingPhase.CLOSING:
+            self._resume(book, check)
 
     def loggable_early_talk(self, data: bytes) -> bytes:
         """

@@ -40,6 +40,7 @@ RESTART_ONLY = (
     "overload",
     "log",
     "workers",
+    "shared",
 )
 
 

@@ -1,0 +1,225 @@
+# -*- test-case-name: tests.test_shared_link -*-
+"""
+One kept-up connection to Redis: connected at start, authenticated, reconnected with backoff
+and jitter after a loss, and every command bounded in time. Nothing ever waits for a
+connection: while it is down, commands fail at once.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Callable
+from typing import Any, Final
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from netguard.shared.resp import Reply, RespProtocol
+
+#: Seconds allowed for a connection (and its AUTH) to be set up.
+CONNECT_TIMEOUT: Final = 2.0
+#: Reconnection delays: the first, and the most it doubles to (each drawn with +-50% jitter).
+BACKOFF_FIRST: Final = 0.25
+BACKOFF_MAX: Final = 10.0
+
+
+class Unavailable(Exception):
+    """
+    Redis is not connected, or did not answer within the bound; the caller goes on alone.
+    """
+
+
+class RedisLink:
+    """
+    A connection to Redis that is kept up.
+
+    @ivar protocol: the connected L{RespProtocol}, or L{None} while down.
+    @ivar up: whether it is connected and authenticated.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: IStreamClientEndpoint,
+        *,
+        timeout: float,
+        password: bytes | None = None,
+        on_up: Callable[[RedisLink], object] | None = None,
+        on_down: Callable[[RedisLink, str], object] | None = None,
+        random: _random.Random | None = None,
+    ) -> None:
+        """
+        @param reactor: the clock and scheduler.
+        @param endpoint: where Redis listens.
+        @param timeout: the most seconds a command waits for its reply.
+        @param password: sent with AUTH after each connect, when given.
+        @param on_up: called each time the link is (again) connected and authenticated.
+        @param on_down: called with a reason each time an attempt fails or the link is lost.
+        """
+        self.reactor = reactor
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.password = password
+        self.on_up = on_up
+        self.on_down = on_down
+        self._random = random if random is not None else _random.Random()
+        self.protocol: RespProtocol | None = None
+        self.up = False
+        self.running = False
+        self.subscriber = False
+        self._delay = BACKOFF_FIRST
+        self._retry: Any = None
+        self._attempt: Deferred[Any] | None = None
+        self.timeouts = 0
+        self.errors = 0
+        self.failures = 0
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """
+        Connect now, and again after every loss until L{stop}.
+        """
+        if self.running:
+            return
+        self.running = True
+        self._connect()
+
+    def stop(self) -> None:
+        """
+        Close the connection and make no more attempts.
+        """
+        self.running = False
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._attempt is not None:
+            self._attempt.cancel()
+        protocol, self.protocol = self.protocol, None
+        self.up = False
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _connect(self) -> None:
+        self._retry = None
+        if not self.running:
+            return
+        endpoint: Any = self.endpoint
+        attempt: Deferred[Any] = endpoint.connect(Factory.forProtocol(RespProtocol))
+        self._attempt = attempt
+        guard = self.reactor.callLater(CONNECT_TIMEOUT, attempt.cancel)
+
+        def connected(protocol: RespProtocol) -> Deferred[Any]:
+            protocol.on_lost = lambda: self._lost(protocol)
+            self.protocol = protocol
+            # A Redis that accepts but does not answer is not up: the link is up only once
+            # it answered (AUTH, then PING) within CONNECT_TIMEOUT.
+            if self.password is None:
+                return protocol.command("PING")
+            return protocol.command("AUTH", self.password).addCallback(
+                lambda _: protocol.command("PING")
+            )
+
+        def ready(_: object) -> None:
+            if guard.active():
+                guard.cancel()
+            self._attempt = None
+            if not self.running or self.protocol is None:
+                return
+            self.up = True
+            if self.on_up is not None:
+                self.on_up(self)
+
+        def failed(failure: Failure) -> None:
+            if guard.active():
+                guard.cancel()
+            self._attempt = None
+            protocol, self.protocol = self.protocol, None
+            if protocol is not None and protocol.transport is not None and not protocol.lost:
+                protocol.on_lost = None
+                protocol.transport.abortConnection()  # type: ignore[attr-defined]
+            self._down(_reason(failure))
+
+        attempt.addCallback(connected).addCallbacks(ready, failed)
+
+    def answered(self) -> None:
+        """
+        The link served a real command in time: the next loss retries after the first delay
+        again. (Answering at connect is not enough: a Redis that answers PING and then
+        stalls would otherwise be retried at once, over and over.)
+        """
+        self._delay = BACKOFF_FIRST
+
+    def _lost(self, protocol: RespProtocol) -> None:
+        if protocol is not self.protocol:
+            return
+        self.protocol = None
+        if self.up:
+            self.up = False
+            self._down("connection lost")
+
+    def _down(self, reason: str) -> None:
+        self.up = False
+        self.failures += 1
+        if self.on_down is not None:
+            self.on_down(self, reason)
+        if not self.running or self._retry is not None:
+            return
+        delay = self._delay * self._random.uniform(0.5, 1.5)
+        self._delay = min(BACKOFF_MAX, self._delay * 2)
+        self._retry = self.reactor.callLater(delay, self._connect)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def call(self, *args: bytes | str | int) -> Deferred[Reply]:
+        """
+        Send a command and wait for its reply at most L{timeout} seconds.
+
+        @return: a L{Deferred} of the reply; it fails with L{Unavailable} at once while the
+            link is down, or after the bound (the connection is then dropped and made again:
+            a Redis that does not answer in time is treated as gone).
+        """
+        protocol = self.protocol
+        if not self.up or protocol is None:
+            return fail(Unavailable("not connected"))
+        answer = protocol.command(*args)
+        result: Deferred[Reply] = Deferred()
+
+        def expire() -> None:
+            self.timeouts += 1
+            if not result.called:
+                result.errback(Unavailable(f"no answer within {self.timeout}s"))
+            if protocol is self.protocol and protocol.transport is not None:
+                protocol.transport.abortConnection()  # type: ignore[attr-defined]
+
+        timer = self.reactor.callLater(self.timeout, expire)
+
+        def settle(outcome: Reply | Failure) -> None:
+            if timer.active():
+                timer.cancel()
+            if result.called:
+                return
+            if isinstance(outcome, Failure):
+                self.errors += 1
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
+
+        answer.addBoth(settle)
+        return result
+
+    def send(self, *args: bytes | str | int) -> None:
+        """
+        Send a command whose reply nobody waits for (a failure is only counted).
+        """
+        self.call(*args).addErrback(lambda _: None)
+
+
+def _reason(failure: Failure) -> str:
+    text = failure.getErrorMessage() or failure.type.__name__
+    return text[:200]

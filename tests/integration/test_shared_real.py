@@ -1,0 +1,330 @@
+"""
+State shared through a real redis-server between two real gateway instances in this process
+(two services on their own ports and state directories, as two hosts behind a load balancer
+would run): a source blocked by one is refused by the other, a ticket spent at one is refused
+at the other, Redis killed mid-test (each instance keeps serving on its own limits, one
+C{shared.degraded} each, one C{shared.restored} each once redis-server is back), and a
+hostile slow Redis that never answers a real command (no client waits past the bound).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import globalLogPublisher
+from twisted.trial import unittest
+
+from tests.integration.util import (
+    RunningGateway,
+    free_port,
+    need_peer,
+    redis_server_argv,
+    stop_process,
+    wait_for,
+)
+
+SOURCE = "127.0.0.1/32"
+
+
+class LineClient(Protocol):
+    """
+    A raw client: sends C{first} on connecting, collects the lines it is sent; C{done} fires
+    with them when the gateway closes (or the test closes it).
+    """
+
+    def __init__(self, first: bytes = b"") -> None:
+        self.first = first
+        self.data = b""
+        self.done: Deferred[list[bytes]] = Deferred()
+
+    def connectionMade(self) -> None:
+        if self.first:
+            self.transport.write(self.first)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    @property
+    def lines(self) -> list[bytes]:
+        return self.data.split(b"\r\n")[:-1] if b"\r\n" in self.data else []
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.done.callback(self.lines)
+
+
+class HostileSlowRedis(Protocol):
+    """
+    A hostile slow Redis written for these tests: answers PING, SCAN (nothing stored),
+    INCRBY and PEXPIRE at once, and never answers a SET (the claim of a ticket). It reads
+    each command's name only (enough for the few commands netguard sends).
+    """
+
+    ANSWERS = {
+        b"PING": b"+PONG\r\n",
+        b"SCAN": b"*2\r\n$1\r\n0\r\n*0\r\n",
+        b"INCRBY": b":1\r\n",
+        b"PEXPIRE": b":1\r\n",
+    }
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.stalled = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            parts = self.buffer.split(b"\r\n")
+            if len(parts) < 4 or not parts[0].startswith(b"*"):
+                return
+            count = int(parts[0][1:])
+            if len(parts) < 2 * count + 2:
+                return
+            name = parts[2].upper()
+            self.buffer = b"\r\n".join(parts[2 * count + 1 :])
+            answer = self.ANSWERS.get(name)
+            if answer is None:
+                self.stalled += 1
+            else:
+                self.transport.write(answer)
+
+
+class SharedRealTests(unittest.TestCase):
+    """
+    Two gateway instances sharing one real redis-server.
+    """
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.redis_server = need_peer("redis-server", "redis-server")
+        self.tmp = tempfile.mkdtemp(prefix="ngs-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.redis: subprocess.Popen[bytes] | None = None
+
+    # -- peers -------------------------------------------------------------------------------
+
+    def start_redis(self, port: int | None = None) -> int:
+        """
+        Start redis-server (no persistence) on C{port} or a free one; stopped by PID at
+        cleanup. Return the port once it answers PING.
+        """
+        for attempt in range(3):
+            chosen = port if port is not None else free_port()
+            log = open(os.path.join(self.tmp, f"redis-{chosen}-{attempt}.log"), "ab")  # noqa: SIM115 - closed by stop_process
+            proc = subprocess.Popen(
+                redis_server_argv(self.redis_server, chosen),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            self.addCleanup(stop_process, proc, log)
+            for _ in range(200):
+                if proc.poll() is not None:
+                    break
+                if _redis_ping(chosen):
+                    self.redis = proc
+                    return chosen
+                time.sleep(0.05)
+            stop_process(proc, log)
+        raise AssertionError("redis-server did not start")
+
+    def kill_redis(self) -> None:
+        """
+        Kill the redis-server this test started, by its PID, and reap it.
+        """
+        assert self.redis is not None
+        os.kill(self.redis.pid, signal.SIGKILL)
+        self.redis.wait(timeout=10)
+
+    def gateway(self, redis_port: int, **shared: object) -> RunningGateway:
+        settings = {"redis": f"tcp:host=127.0.0.1:port={redis_port}", **shared}
+        text = "[shared]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in settings.items())
+        return RunningGateway(self, text, overrides={"listen": ["tcp:0:interface=127.0.0.1"]})
+
+    def connect(self, running: RunningGateway, first: bytes = b"") -> Deferred[LineClient]:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", running.port())
+        client = LineClient(first)
+        return connectProtocol(endpoint, client)
+
+    def named(self, event: str, running: RunningGateway) -> list[dict[str, Any]]:
+        """
+        The events called C{event} logged by C{running}'s shared state.
+        """
+        shared = running.service.shared
+        return [
+            e for e in self.events if e.get("event") == event and e.get("log_source") is shared
+        ]
+
+    @inlineCallbacks
+    def first_line(self, running: RunningGateway, first: bytes = b"") -> Any:
+        """
+        Connect, send C{first}, and return the first line the gateway sends (then hang up).
+        """
+        client = yield self.connect(running, first)
+        yield wait_for(lambda: bool(client.lines) or client.done.called)
+        lines = client.lines
+        client.transport.loseConnection()
+        yield client.done
+        return lines[0] if lines else b""
+
+    # -- tests -------------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def test_block_by_one_refused_by_other(self) -> Any:
+        """
+        An early talker blocked by one instance is refused by the other at once (its
+        first connection there: C{ERR BUSY penalised}), through Redis's channel; the other
+        instance had no offence of its own from that source.
+        """
+        port = self.start_redis()
+        one, two = self.gateway(port), self.gateway(port)
+        yield wait_for(lambda: one.service.shared.sharing and two.service.shared.sharing)
+        line = yield self.first_line(one, b"HELLO\r\n")
+        self.assertTrue(line.startswith(b"ERR EARLY_TALKER"), line)
+        yield wait_for(lambda: any(row[0] == SOURCE for row in two.factory.admission.penalties()))
+        [(source, left, offences)] = two.factory.admission.penalties()
+        self.assertEqual((source, offences), (SOURCE, 0))
+        self.assertGreater(left, 0)
+        line = yield self.first_line(two)
+        self.assertEqual(line, b"ERR BUSY penalised")
+
+    @inlineCallbacks
+    def test_ticket_spent_at_one_refused_at_other(self) -> Any:
+        """
+        A returning-client ticket presented at one instance (accepted: greeted at once) is
+        refused as replayed at the other, although the other's own spent table never saw
+        it: the claim in Redis decides. A fresh ticket is still accepted there.
+        """
+        port = self.start_redis()
+        one, two = self.gateway(port), self.gateway(port)
+        share_ticket_key(one, two)
+        yield wait_for(lambda: one.service.shared.sharing and two.service.shared.sharing)
+        token = mint(one)
+        line = yield self.first_line(one, b"RESUME " + token + b"\r\n")
+        self.assertTrue(line.startswith(b"NETGUARD/1 "), line)
+        line = yield self.first_line(two, b"RESUME " + token + b"\r\n")
+        self.assertEqual(line, b"ERR BAD_TICKET replayed")
+        self.assertEqual(len(two.factory.tickets.spent), 1)  # its own table took it first
+        two.factory.admission.clear_penalties()
+        line = yield self.first_line(two, b"RESUME " + mint(one) + b"\r\n")
+        self.assertTrue(line.startswith(b"NETGUARD/1 "), line)
+
+    @inlineCallbacks
+    def test_redis_killed_then_restarted(self) -> Any:
+        """
+        redis-server killed mid-test: both instances keep serving and enforce their own
+        limits (a source blocked by one is not refused by the other), each logs exactly one
+        C{shared.degraded} however many reconnections fail; once redis-server runs again on
+        its port each logs exactly one C{shared.restored}, and blocks are shared again.
+        """
+        port = self.start_redis()
+        one, two = self.gateway(port), self.gateway(port)
+        yield wait_for(lambda: one.service.shared.sharing and two.service.shared.sharing)
+        self.kill_redis()
+        yield wait_for(lambda: one.service.shared.degraded and two.service.shared.degraded)
+        # Several reconnections fail, none logged again.
+        yield wait_for(
+            lambda: min(one.service.shared.link.failures, two.service.shared.link.failures) >= 3,
+            timeout=30,
+        )
+        line = yield self.first_line(one, b"HELLO\r\n")
+        self.assertTrue(line.startswith(b"ERR EARLY_TALKER"), line)
+        line = yield self.first_line(one)
+        self.assertEqual(line, b"ERR BUSY penalised")  # enforced locally
+        line = yield self.first_line(two)
+        self.assertTrue(line.startswith(b"NETGUARD/1 "), line)  # not shared while down
+        self.assertEqual(len(self.named("shared.degraded", one)), 1)
+        self.assertEqual(len(self.named("shared.degraded", two)), 1)
+        self.assertEqual(self.named("shared.restored", one), [])
+
+        self.start_redis(port)
+        yield wait_for(
+            lambda: one.service.shared.sharing and two.service.shared.sharing, timeout=60
+        )
+        self.assertEqual(len(self.named("shared.restored", one)), 1)
+        self.assertEqual(len(self.named("shared.restored", two)), 1)
+        self.assertEqual(len(self.named("shared.degraded", one)), 1)
+        one.factory.admission.clear_penalties()
+        two.factory.admission.clear_penalties()
+        line = yield self.first_line(two, b"HELLO\r\n")
+        self.assertTrue(line.startswith(b"ERR EARLY_TALKER"), line)
+        yield wait_for(lambda: any(row[0] == SOURCE for row in one.factory.admission.penalties()))
+        line = yield self.first_line(one)
+        self.assertEqual(line, b"ERR BUSY penalised")
+
+    @inlineCallbacks
+    def test_hostile_slow_redis(self) -> Any:
+        """
+        A hostile slow Redis (answers everything but the claim of a ticket): a RESUME waits
+        for the claim at most the bound (one timeout, counted) and is then judged by the
+        local spent table alone (accepted: greeted). The stall is logged once as
+        C{shared.degraded}; the instance serves meanwhile and, once connected again and
+        answered, logs one C{shared.restored}.
+        """
+        factory = Factory.forProtocol(HostileSlowRedis)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        one = self.gateway(port.getHost().port, timeout=0.05)
+        shared = one.service.shared
+        yield wait_for(lambda: shared.sharing)
+        line = yield self.first_line(one, b"RESUME " + mint(one) + b"\r\n")
+        self.assertTrue(line.startswith(b"NETGUARD/1 "), line)
+        self.assertEqual((shared.link.timeouts, shared.counters["tickets_local"]), (1, 1))
+        self.assertEqual(shared.counters["tickets_claimed"], 0)
+        line = yield self.first_line(one)
+        self.assertTrue(line.startswith(b"NETGUARD/1 "), line)
+        self.assertEqual(len(self.named("shared.degraded", one)), 1)
+        yield wait_for(lambda: shared.sharing, timeout=30)
+        self.assertEqual(len(self.named("shared.restored", one)), 1)
+
+
+def share_ticket_key(one: RunningGateway, two: RunningGateway) -> None:
+    """
+    Give C{two} the ticket key and the users of C{one}, as instances behind one load balancer
+    share them.
+    """
+    with open(os.path.join(one.dir, "st", "ticket.key"), "rb") as handle:
+        key = handle.read()
+    two.factory.users = one.factory.users
+    two.factory.apply_config(two.factory.config, one.factory.users, ticket_key=key)
+
+
+def mint(running: RunningGateway) -> bytes:
+    """
+    A fresh ticket of the generated user for 127.0.0.1, sealed by C{running}'s book.
+    """
+    user = running.credentials.username
+    record = running.factory.users.lookup(user)
+    issued = running.factory.tickets.issue(user, record, IPv4Address("TCP", "127.0.0.1", 1))
+    assert issued is not None
+    return issued[0].encode("ascii")
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, str):
+        return '"' + value + '"'
+    return repr(value)
+
+
+def _redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
