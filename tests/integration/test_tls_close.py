@@ -105,12 +105,16 @@ def tls_session(port: int, cafile: str, line: bytes | None) -> _Outcome:
 def silent_refusal(port: int) -> bytes:
     """
     Connect over plain TCP, send nothing, and read until the gateway closes (a reset counts
-    as a close; bounded by L{GUARD}, a timeout fails).
+    as a close, also one that arrives while C{connect} returns; bounded by L{GUARD}, a
+    timeout fails).
 
     @return: every byte the gateway sent.
     """
-    raw = socket.create_connection(("127.0.0.1", port), timeout=GUARD)
     received = b""
+    try:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=GUARD)
+    except ConnectionResetError:
+        return received
     try:
         while len(received) < 4096:
             chunk = raw.recv(4096)
@@ -131,7 +135,10 @@ def failed_handshake(port: int, cafile: str) -> str | None:
     @return: why its handshake failed, or L{None} if it completed.
     """
     context = ssl.create_default_context(cafile=cafile)
-    raw = socket.create_connection(("127.0.0.1", port), timeout=GUARD)
+    try:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=GUARD)
+    except ConnectionResetError as failure:
+        return repr(failure)
     try:
         context.wrap_socket(raw, server_hostname="localhost").close()
     except (ssl.SSLError, ConnectionResetError, BrokenPipeError) as failure:
