@@ -1,0 +1,210 @@
+"""
+Tests for L{netguard.shared.link}: a link is up only once Redis answered (AUTH, PING) within
+the connect bound; a command waits at most the bound (one tick before it still waits, at it
+gives up and drops the connection); nothing waits while the link is down; reconnection backs
+off with jitter and only a real answer resets the backoff. Time is a L{task.Clock}; the
+endpoint is a test double handing out L{StringTransport}s.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from netguard.shared.link import (
+    BACKOFF_FIRST,
+    BACKOFF_MAX,
+    CONNECT_TIMEOUT,
+    RedisLink,
+    Unavailable,
+)
+from netguard.shared.resp import RespProtocol, encode_command
+
+
+class EndpointDouble:
+    """
+    A client endpoint test double: each C{connect} is a pending L{Deferred} the test fires
+    with L{accept} (a protocol on a L{StringTransport}) or L{refuse}.
+    """
+
+    def __init__(self) -> None:
+        self.attempts: list[tuple[Any, Deferred[Any]]] = []
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        attempt: Deferred[Any] = Deferred()
+        self.attempts.append((factory, attempt))
+        return attempt
+
+    def accept(self) -> tuple[RespProtocol, StringTransport]:
+        factory, attempt = self.attempts[-1]
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        attempt.callback(protocol)
+        return protocol, transport
+
+    def refuse(self) -> None:
+        self.attempts[-1][1].errback(ConnectionRefusedError())
+
+
+def abort_loses(protocol: RespProtocol, transport: StringTransport) -> None:
+    """
+    Make the transport's abortConnection lose the connection, as a real one does.
+    """
+
+    def abort() -> None:
+        transport.disconnecting = True
+        protocol.connectionLost(None)
+
+    transport.abortConnection = abort  # type: ignore[method-assign]
+
+
+class LinkTests(unittest.TestCase):
+    """
+    L{RedisLink}.
+    """
+
+    def make(
+        self, password: bytes | None = None
+    ) -> tuple[RedisLink, EndpointDouble, Clock, list[str]]:
+        clock = Clock()
+        endpoint = EndpointDouble()
+        events: list[str] = []
+        link = RedisLink(
+            clock,
+            endpoint,  # type: ignore[arg-type]
+            timeout=0.05,
+            password=password,
+            on_up=lambda _: events.append("up"),
+            on_down=lambda _, reason: events.append("down"),
+            random=random.Random(1),
+        )
+        link.start()
+        return link, endpoint, clock, events
+
+    def up(
+        self, link: RedisLink, endpoint: EndpointDouble
+    ) -> tuple[RespProtocol, StringTransport]:
+        protocol, transport = endpoint.accept()
+        abort_loses(protocol, transport)
+        protocol.dataReceived(b"+PONG\r\n")
+        self.assertTrue(link.up)
+        transport.clear()
+        return protocol, transport
+
+    def test_up_after_ping(self) -> None:
+        """
+        Connected is not up: the link is up once PING was answered.
+        """
+        link, endpoint, _, events = self.make()
+        protocol, transport = endpoint.accept()
+        self.assertEqual(transport.value(), encode_command("PING"))
+        self.assertFalse(link.up)
+        protocol.dataReceived(b"+PONG\r\n")
+        self.assertTrue(link.up)
+        self.assertEqual(events, ["up"])
+
+    def test_auth_then_ping(self) -> None:
+        """
+        With a password, AUTH goes first; a refused AUTH is a failed attempt (down, retried).
+        """
+        link, endpoint, clock, events = self.make(password=b"s3cret")
+        protocol, transport = endpoint.accept()
+        abort_loses(protocol, transport)
+        self.assertEqual(transport.value(), encode_command("AUTH", b"s3cret"))
+        protocol.dataReceived(b"-WRONGPASS invalid username-password pair\r\n")
+        self.assertFalse(link.up)
+        self.assertEqual(events, ["down"])
+        self.assertTrue(transport.disconnecting)
+
+    def test_silent_server_not_up(self) -> None:
+        """
+        A server that accepts and never answers PING is a failed attempt after
+        L{CONNECT_TIMEOUT} (not before), and the link is never up.
+        """
+        link, endpoint, clock, events = self.make()
+        protocol, transport = endpoint.accept()
+        abort_loses(protocol, transport)
+        clock.advance(CONNECT_TIMEOUT - 0.001)
+        self.assertEqual(events, [])
+        clock.advance(0.001)
+        self.assertEqual(events, ["down"])
+        self.assertFalse(link.up)
+        self.assertTrue(transport.disconnecting)
+
+    def test_call_bound(self) -> None:
+        """
+        A command not answered waits exactly the bound: one tick before it, still waiting;
+        at it, L{Unavailable}, a timeout counted, and the connection dropped (the link goes
+        down and reconnects). A late reply changes nothing.
+        """
+        link, endpoint, clock, events = self.make()
+        protocol, transport = self.up(link, endpoint)
+        waiting = link.call("SET", "k", "1", "NX")
+        clock.advance(0.049)
+        self.assertNoResult(waiting)
+        clock.advance(0.001)
+        self.failureResultOf(waiting, Unavailable)
+        self.assertEqual(link.timeouts, 1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(events, ["up", "down"])
+        self.assertFalse(link.up)
+
+    def test_call_answered(self) -> None:
+        """
+        A command answered within the bound gets its reply, and its timer is cancelled.
+        """
+        link, endpoint, clock, _ = self.make()
+        protocol, transport = self.up(link, endpoint)
+        waiting = link.call("INCRBY", "k", 1)
+        protocol.dataReceived(b":1\r\n")
+        self.assertEqual(self.successResultOf(waiting), 1)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_down_fails_at_once(self) -> None:
+        """
+        While the link is down a command fails at once, sending nothing.
+        """
+        link, endpoint, _, _ = self.make()
+        self.failureResultOf(link.call("PING"), Unavailable)
+        endpoint.refuse()
+        self.failureResultOf(link.call("PING"), Unavailable)
+
+    def test_backoff(self) -> None:
+        """
+        Failed attempts are retried after delays that double from L{BACKOFF_FIRST} to at
+        most L{BACKOFF_MAX}, each within +-50% jitter; being up again does not reset them,
+        a real answer (L{RedisLink.answered}) does.
+        """
+        link, endpoint, clock, _ = self.make()
+        delays = []
+        for _ in range(10):
+            endpoint.refuse()
+            [call] = clock.getDelayedCalls()
+            delays.append(call.getTime() - clock.seconds())
+            clock.advance(call.getTime() - clock.seconds())
+        nominal = [min(BACKOFF_MAX, BACKOFF_FIRST * 2**n) for n in range(10)]
+        for delay, expected in zip(delays, nominal, strict=True):
+            self.assertTrue(0.5 * expected <= delay <= 1.5 * expected, (delay, expected))
+        self.up(link, endpoint)
+        self.assertEqual(link._delay, BACKOFF_MAX)
+        link.answered()
+        self.assertEqual(link._delay, BACKOFF_FIRST)
+
+    def test_stop(self) -> None:
+        """
+        L{RedisLink.stop} drops the connection and makes no more attempts.
+        """
+        link, endpoint, clock, _ = self.make()
+        protocol, transport = self.up(link, endpoint)
+        link.stop()
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(link.up)
+        clock.advance(BACKOFF_MAX * 2)
+        self.assertEqual(len(endpoint.attempts), 1)

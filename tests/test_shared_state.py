@@ -1,0 +1,551 @@
+"""
+Tests for L{netguard.shared.state} on test doubles: two processes' shared state against a
+Redis test double (an in-memory stand-in for the few commands netguard sends, not a peer; the
+real redis-server is in C{tests/integration/test_shared_real.py}), time on a L{task.Clock}.
+Blocks cross processes and are read back on connect; hostile channel messages are dropped;
+tickets are claimed once; an outage is logged once; the shared rate, measured in model time.
+Also the C{[shared]} configuration keys.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import random
+import shutil
+import tempfile
+from collections import Counter
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.logger import Logger
+from twisted.trial import unittest
+
+from netguard.admission import AdmissionPolicy, Refusal
+from netguard.config import ConfigError, load_config
+from netguard.shared.link import BACKOFF_MAX
+from netguard.shared.resp import encode_command, parse_reply
+from netguard.shared.settings import SharedSettings
+from netguard.shared.state import MAX_MESSAGE, RATE_FLUSH, SharedState, parse_block, valid_source
+from netguard.workers.penalties import SharedAdmission
+
+
+class PipeTransport:
+    """
+    One end of a synchronous in-memory connection: what is written is delivered to the
+    other end at once.
+    """
+
+    def __init__(self) -> None:
+        self.peer: Protocol | None = None
+        self.other: PipeTransport | None = None
+        self.disconnecting = False
+
+    def write(self, data: bytes) -> None:
+        if not self.disconnecting and self.peer is not None:
+            self.peer.dataReceived(data)
+
+    def abortConnection(self) -> None:
+        self.loseConnection()
+
+    def loseConnection(self) -> None:
+        if self.disconnecting:
+            return
+        self.disconnecting = True
+        assert self.other is not None
+        self.other.disconnecting = True
+        for end in (self, self.other):
+            if end.peer is not None:
+                end.peer.connectionLost(None)
+
+
+class RedisDouble:
+    """
+    A Redis test double: a dictionary with millisecond expiry on the test's clock, answering
+    PING, AUTH, SET (NX, PX), PEXPIRE (GT), GET, PTTL, INCRBY, SCAN (MATCH; one round),
+    SUBSCRIBE and PUBLISH in RESP2. C{down}: connections are refused; C{stall}: commands
+    of these names are never answered.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.data: dict[bytes, tuple[bytes, float | None]] = {}
+        self.subscribers: list[RedisConnection] = []
+        self.connections: list[RedisConnection] = []
+        self.down = False
+        self.stall: set[bytes] = set()
+        self.commands: Counter[bytes] = Counter()
+
+    def live(self, key: bytes) -> tuple[bytes, float | None] | None:
+        entry = self.data.get(key)
+        if entry is not None and entry[1] is not None and entry[1] <= self.clock.seconds():
+            del self.data[key]
+            return None
+        return entry
+
+    def answer(self, connection: RedisConnection, args: list[bytes]) -> bytes | None:
+        name = args[0].upper()
+        self.commands[name] += 1
+        if name in self.stall:
+            return None
+        now = self.clock.seconds()
+        if name in (b"PING", b"AUTH"):
+            return b"+PONG\r\n" if name == b"PING" else b"+OK\r\n"
+        if name == b"SET":
+            options = [a.upper() for a in args[3:]]
+            if b"NX" in options and self.live(args[1]) is not None:
+                return b"$-1\r\n"
+            expiry = None
+            if b"PX" in options:
+                expiry = now + int(args[3 + options.index(b"PX") + 1]) / 1000
+            self.data[args[1]] = (args[2], expiry)
+            return b"+OK\r\n"
+        if name == b"PEXPIRE":
+            entry = self.live(args[1])
+            if entry is None:
+                return b":0\r\n"
+            expiry = now + int(args[2]) / 1000
+            if len(args) > 3 and args[3].upper() == b"GT":
+                if entry[1] is None or expiry <= entry[1]:
+                    return b":0\r\n"
+            self.data[args[1]] = (entry[0], expiry)
+            return b":1\r\n"
+        if name == b"GET":
+            entry = self.live(args[1])
+            return b"$-1\r\n" if entry is None else b"$%d\r\n%s\r\n" % (len(entry[0]), entry[0])
+        if name == b"PTTL":
+            entry = self.live(args[1])
+            if entry is None:
+                return b":-2\r\n"
+            return b":%d\r\n" % (-1 if entry[1] is None else round((entry[1] - now) * 1000))
+        if name == b"INCRBY":
+            entry = self.live(args[1])
+            value = int(entry[0] if entry else b"0") + int(args[2])
+            self.data[args[1]] = (b"%d" % value, entry[1] if entry else None)
+            return b":%d\r\n" % value
+        if name == b"SCAN":
+            pattern = args[args.index(b"MATCH") + 1].decode() if b"MATCH" in args else "*"
+            keys = [
+                k for k in list(self.data) if self.live(k) and fnmatch.fnmatch(k.decode(), pattern)
+            ]
+            return b"*2\r\n$1\r\n0\r\n" + encode_command(*keys)
+        if name == b"SUBSCRIBE":
+            self.subscribers.append(connection)
+            return b"*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:1\r\n" % (len(args[1]), args[1])
+        if name == b"PUBLISH":
+            live = [s for s in self.subscribers if not s.transport.disconnecting]
+            for subscriber in live:
+                subscriber.transport.write(encode_command(b"message", args[1], args[2]))
+            return b":%d\r\n" % len(live)
+        return b"-ERR unknown command\r\n"
+
+
+class RedisConnection(Protocol):
+    """
+    The double's side of one connection.
+    """
+
+    def __init__(self, redis: RedisDouble) -> None:
+        self.redis = redis
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while self.buffer:
+            try:
+                args, end = parse_reply(self.buffer)
+            except Exception:  # noqa: BLE001 - incomplete
+                return
+            self.buffer = self.buffer[end:]
+            assert isinstance(args, list)
+            answer = self.redis.answer(self, args)  # type: ignore[arg-type]
+            if answer is not None:
+                self.transport.write(answer)
+
+
+class RedisEndpoint:
+    """
+    A client endpoint test double connecting to a L{RedisDouble}.
+    """
+
+    def __init__(self, redis: RedisDouble) -> None:
+        self.redis = redis
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        if self.redis.down:
+            attempt: Deferred[Any] = Deferred()
+            attempt.errback(ConnectionRefusedError())
+            return attempt
+        client = factory.buildProtocol(None)
+        server = RedisConnection(self.redis)
+        near, far = PipeTransport(), PipeTransport()
+        near.peer, far.peer = server, client  # writes of the client reach the server
+        near.other, far.other = far, near
+        server.transport = far
+        client.makeConnection(near)
+        self.redis.connections.append(server)
+        attempt = Deferred()
+        attempt.callback(client)
+        return attempt
+
+
+class Holder:
+    """
+    What a gateway factory offers the shared state: admission and the ticket book.
+    """
+
+    def __init__(self, admission: Any) -> None:
+        self.admission = admission
+        self.tickets = None
+        self.claims: Any = "unset"
+
+    def share_tickets(self, claims: Any) -> None:
+        self.claims = claims
+
+
+def kill_connections(redis: RedisDouble) -> None:
+    """
+    Drop every live connection of the double (as a Redis that was killed).
+    """
+    for connection in redis.connections:
+        connection.transport.loseConnection()
+    redis.connections.clear()
+    redis.subscribers.clear()
+
+
+class StateCase(unittest.TestCase):
+    """
+    Two processes (their admissions and shared states) and one Redis double.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000.0)
+        self.redis = RedisDouble(self.clock)
+        self.events: list[dict[str, Any]] = []
+
+    def process(
+        self, policy: AdmissionPolicy | None = None, start: bool = True, **settings: Any
+    ) -> tuple[SharedState, SharedAdmission]:
+        admission = SharedAdmission(policy or AdmissionPolicy(), self.clock, lambda *a: None)
+        state = SharedState(
+            SharedSettings(redis="tcp:host=127.0.0.1:port=6379", **settings),
+            self.clock,
+            Holder(admission),
+            RedisEndpoint(self.redis),  # type: ignore[arg-type]
+            random=random.Random(7),
+        )
+        state.log = Logger(observer=self.events.append, source=state)
+        if start:
+            state.startService()
+            self.addCleanup(state.stopService)
+        return state, admission
+
+    def named(self, name: str, state: SharedState | None = None) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.events
+            if e.get("event") == name and (state is None or e.get("log_source") is state)
+        ]
+
+
+class BlockTests(StateCase):
+    """
+    Blocks published by one process, applied by the others.
+    """
+
+    def test_block_crosses(self) -> None:
+        """
+        An offence blocking a source in one process blocks it in the other (with the same
+        length, no offence of its own), and it is kept in Redis for its length.
+        """
+        one, first = self.process()
+        two, second = self.process()
+        self.assertTrue(one.sharing and two.sharing)
+        blocked = first.offence("192.0.2.7", "early_talker")
+        self.assertIsNotNone(blocked)
+        refusal = second.enter("192.0.2.7")
+        self.assertIsInstance(refusal, Refusal)
+        self.assertEqual(refusal.reason, "penalised")  # type: ignore[union-attr]
+        [(source, left, offences)] = second.penalties()
+        self.assertEqual((source, offences), ("192.0.2.7/32", 0))
+        self.assertAlmostEqual(left, blocked, places=2)  # type: ignore[arg-type]
+        value, expiry = self.redis.data[b"netguard:block:192.0.2.7/32"]
+        self.assertAlmostEqual(expiry - self.clock.seconds(), blocked, places=2)  # type: ignore[operator]
+        self.assertEqual(one.counters["blocks_published"], 1)
+        self.assertEqual(two.counters["blocks_applied"], 1)
+
+    def test_loaded_on_connect(self) -> None:
+        """
+        A process that connects after a block was published reads it back (bounded SCAN,
+        then PTTL and GET) with the time left, and refuses the source.
+        """
+        one, first = self.process()
+        blocked = first.offence("198.51.100.1", "early_talker")
+        self.clock.advance(4)
+        two, second = self.process()
+        self.assertIsInstance(second.enter("198.51.100.1"), Refusal)
+        [(_, left, _)] = second.penalties()
+        self.assertAlmostEqual(left, blocked - 4, places=2)  # type: ignore[operator]
+        self.clock.advance(blocked - 4 + 0.01)  # type: ignore[operator]
+        self.assertNotIsInstance(second.enter("198.51.100.1"), Refusal)
+
+    def test_longer_block_in_redis_kept(self) -> None:
+        """
+        A shorter block published later does not shorten the one kept in Redis.
+        """
+        one, first = self.process()
+        one.publish_block("203.0.113.0/32", 300, 5)
+        one.publish_block("203.0.113.0/32", 10, 3)
+        _, expiry = self.redis.data[b"netguard:block:203.0.113.0/32"]
+        self.assertAlmostEqual(expiry - self.clock.seconds(), 300)  # type: ignore[operator]
+
+    def test_hostile_messages_dropped(self) -> None:
+        """
+        Channel messages that are not blocks (bad key, bad numbers, too long, zero or
+        negative time, points out of range) are dropped and counted; a block longer than
+        C{penalty_max} is cut to it.
+        """
+        one, first = self.process()
+        bad = [
+            b"not-an-address 1000 1.0",
+            b"192.0.2.1/32 1000",
+            b"192.0.2.1/32 x 1.0",
+            b"192.0.2.1/32 0 1.0",
+            b"192.0.2.1/32 -5 1.0",
+            b"192.0.2.1/32 1000 -1",
+            b"192.0.2.1/32 1000 1e9",
+            b"192.0.2.1/32 1000 nan",
+            b"\xff\xfe 1000 1.0",
+            b"192.0.2.1/32 " + b"1" * MAX_MESSAGE + b" 1.0",
+        ]
+        for message in bad:
+            self.redis.answer(None, [b"PUBLISH", one.channel, message])  # type: ignore[arg-type]
+        self.assertEqual(one.counters["messages_dropped"], len(bad))
+        self.assertEqual(first.penalties(), [])
+        self.redis.answer(None, [b"PUBLISH", one.channel, b"192.0.2.1/32 99999999 1.0"])  # type: ignore[arg-type]
+        [(_, left, _)] = first.penalties()
+        self.assertEqual(left, AdmissionPolicy().penalty_max)
+
+    def test_parse_block_bounds(self) -> None:
+        """
+        L{parse_block} and L{valid_source}: the special keys are sources, other text not.
+        """
+        self.assertEqual(parse_block(b"unix 1500 2.000", 60.0), ("unix", 1.5, 2.0))
+        self.assertTrue(valid_source("2001:db8::/64"))
+        self.assertFalse(valid_source("2001:db8::/64 extra"))
+
+
+class TicketClaimTests(StateCase):
+    """
+    L{SharedState.claim_ticket}.
+    """
+
+    def test_once(self) -> None:
+        """
+        The first claim of a ticket is fresh (C{True}), kept until the ticket expires; a
+        second one, from any process, is a replay (C{False}); after expiry the key is gone.
+        """
+        one, _ = self.process()
+        two, _ = self.process()
+        now = self.clock.seconds()
+        self.assertIs(self.successResultOf(one.claim_ticket(b"\x01" * 16, now + 60, now)), True)
+        self.assertIs(self.successResultOf(two.claim_ticket(b"\x01" * 16, now + 60, now)), False)
+        self.assertIs(self.successResultOf(one.claim_ticket(b"\x02" * 16, now + 60, now)), True)
+        self.clock.advance(60)
+        self.assertIsNone(self.redis.live(b"netguard:spent:" + (b"01" * 16)))
+
+    def test_down_answers_at_once(self) -> None:
+        """
+        While Redis is down a claim is answered at once with L{None} (the local verdict).
+        """
+        self.redis.down = True
+        one, _ = self.process()
+        now = self.clock.seconds()
+        self.assertIsNone(self.successResultOf(one.claim_ticket(b"\x01" * 16, now + 60, now)))
+        self.assertEqual(one.counters["tickets_local"], 1)
+
+    def test_stalled_claim_bounded(self) -> None:
+        """
+        A claim Redis does not answer waits the bound exactly (not answered one tick
+        before), then is L{None}; the outage is logged once.
+        """
+        one, _ = self.process(timeout=0.05)
+        self.redis.stall.add(b"SET")
+        now = self.clock.seconds()
+        claim = one.claim_ticket(b"\x01" * 16, now + 60, now)
+        self.clock.advance(0.049)
+        self.assertNoResult(claim)
+        self.clock.advance(0.001)
+        self.assertIsNone(self.successResultOf(claim))
+        self.assertEqual(len(self.named("shared.degraded", one)), 1)
+
+    def test_hooked_into_book(self) -> None:
+        """
+        Started, the shared state offers itself for ticket claims; stopped, it withdraws.
+        """
+        one, _ = self.process()
+        self.assertIs(one.holder.claims, one)
+        one.stopService()
+        self.assertIsNone(one.holder.claims)
+
+
+class HealthTests(StateCase):
+    """
+    Degradation and restoration, logged once per outage.
+    """
+
+    def test_outage_logged_once(self) -> None:
+        """
+        Redis killed: one C{shared.degraded} however many reconnections fail; local blocks
+        still work and are not shared; back: one C{shared.restored}, and blocks decided
+        meanwhile elsewhere are read back.
+        """
+        one, first = self.process()
+        two, second = self.process()
+        self.assertEqual(len(self.named("shared.connected")), 2)
+        self.redis.down = True
+        kill_connections(self.redis)
+        for _ in range(20):
+            self.clock.advance(BACKOFF_MAX)
+        self.assertGreaterEqual(one.link.failures, 10)
+        self.assertEqual(len(self.named("shared.degraded", one)), 1)
+        self.assertEqual(len(self.named("shared.degraded", two)), 1)
+        first.offence("192.0.2.9", "early_talker")
+        self.assertIsInstance(first.enter("192.0.2.9"), Refusal)
+        self.assertNotIsInstance(second.enter("192.0.2.9"), Refusal)
+        self.assertEqual(one.counters["blocks_unshared"], 1)
+        self.redis.down = False
+        self.redis.data[b"netguard:block:192.0.2.10/32"] = (b"3.000", self.clock.seconds() + 30)
+        self.clock.advance(BACKOFF_MAX * 1.5)
+        self.assertTrue(one.sharing and two.sharing)
+        self.assertEqual(len(self.named("shared.restored", one)), 1)
+        self.assertEqual(len(self.named("shared.restored", two)), 1)
+        self.assertIsInstance(second.enter("192.0.2.10"), Refusal)
+
+    def test_unreachable_at_start(self) -> None:
+        """
+        Redis unreachable from the start: one C{shared.degraded}, no C{shared.connected};
+        when it comes, C{shared.restored}.
+        """
+        self.redis.down = True
+        one, _ = self.process()
+        for _ in range(10):
+            self.clock.advance(BACKOFF_MAX)
+        self.assertEqual([e["event"] for e in self.events], ["shared.degraded"])
+        self.redis.down = False
+        self.clock.advance(BACKOFF_MAX * 1.5)
+        self.assertEqual([e["event"] for e in self.events], ["shared.degraded", "shared.restored"])
+
+    def test_snapshot(self) -> None:
+        """
+        The figures say whether sharing is up and count what was shared.
+        """
+        one, first = self.process()
+        first.offence("192.0.2.9", "early_talker")
+        figures = one.snapshot()
+        self.assertEqual((figures["up"], figures["blocks_published"]), (True, 1))
+
+
+class RateTests(StateCase):
+    """
+    The per-source rate shared in fixed windows, measured in model time.
+    """
+
+    def admitted(self, sharing: bool) -> tuple[int, int]:
+        """
+        One source opening a connection every 5 ms for 1 s, alternately at two processes,
+        each with the default per-source budget (burst 20, 10/s, a cap of 100 live).
+
+        @return: connections admitted in total, and the whole budget of the window.
+        """
+        policy = AdmissionPolicy(per_source_max=1000)
+        if not sharing:
+            self.redis.down = True
+        (_, one), (_, two) = self.process(policy), self.process(policy)
+        self.clock.advance(-(self.clock.seconds() % 1.0) + 1.0)  # the start of a window
+        admitted = 0
+        for step in range(200):
+            admission = (one, two)[step % 2]
+            if not isinstance(admission.enter("192.0.2.50"), Refusal):
+                admitted += 1
+            self.clock.advance(0.005)
+        return admitted, int(policy.per_source_burst + policy.per_source_rate * 1.0)
+
+    def test_alone(self) -> None:
+        """
+        Without Redis the two processes admit each its own budget: nearly twice the whole
+        (each bucket refills through the second: 58 of 60 here).
+        """
+        admitted, budget = self.admitted(sharing=False)
+        self.assertGreaterEqual(admitted, 2 * budget - 2)
+
+    def test_shared(self) -> None:
+        """
+        Shared, the two admit the whole budget of the window plus what arrives before the
+        counts are next sent (at most one L{RATE_FLUSH} of arrivals: here 20), not twice it.
+        """
+        admitted, budget = self.admitted(sharing=True)
+        self.assertLessEqual(admitted, budget + int(RATE_FLUSH / 0.005))
+        self.assertGreaterEqual(admitted, budget)
+
+
+class ConfigTests(unittest.TestCase):
+    """
+    The C{[shared]} table.
+    """
+
+    def load(self, text: str) -> Any:
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "netguard.toml")
+        with open(path, "w") as handle:
+            handle.write(text)
+        return load_config(path, {"state_dir": os.path.join(directory, "st")})
+
+    def test_defaults(self) -> None:
+        """
+        Off by default; the bound is 50 ms, the prefix C{netguard:}.
+        """
+        shared = self.load("").shared
+        self.assertEqual(
+            (shared.enabled, shared.timeout, shared.key_prefix, shared.rate_window),
+            (False, 0.05, "netguard:", 1.0),
+        )
+
+    def test_endpoints(self) -> None:
+        """
+        C{tcp:} and C{unix:} client strings are taken; others (TLS, SOCKS, garbage) are
+        refused naming the key.
+        """
+        self.assertTrue(
+            self.load('[shared]\nredis = "tcp:host=127.0.0.1:port=6379"\n').shared.enabled
+        )
+        self.assertTrue(
+            self.load('[shared]\nredis = "unix:path=/run/redis.sock"\n').shared.enabled
+        )
+        for bad in ('"ssl:host=a:port=1"', '"tcp:host=a"', "6379", '"nonsense"'):
+            with self.assertRaises(ConfigError, msg=bad) as caught:
+                self.load(f"[shared]\nredis = {bad}\n")
+            self.assertIn("shared.redis", str(caught.exception))
+
+    def test_bounds(self) -> None:
+        """
+        The timeout and window ranges at their ends and one past; the prefix's characters;
+        unknown keys.
+        """
+        self.assertEqual(self.load("[shared]\ntimeout = 5\n").shared.timeout, 5.0)
+        self.assertEqual(self.load("[shared]\ntimeout = 0.001\n").shared.timeout, 0.001)
+        for bad in (
+            "timeout = 5.01",
+            "timeout = 0",
+            "rate_window = 0.09",
+            'key_prefix = "a b"',
+            'key_prefix = ""',
+            "frobnicate = 1",
+        ):
+            with self.assertRaises(ConfigError, msg=bad):
+                self.load(f"[shared]\n{bad}\n")
