@@ -549,3 +549,110 @@ class ConfigTests(unittest.TestCase):
         ):
             with self.assertRaises(ConfigError, msg=bad):
                 self.load(f"[shared]\n{bad}\n")
+
+
+class ClaimsDouble:
+    """
+    A spent-claims test double: each claim is a L{Deferred} the test fires.
+    """
+
+    def __init__(self) -> None:
+        self.claims: list[tuple[bytes, float, float, Deferred[bool | None]]] = []
+
+    def claim_ticket(self, ticket_id: bytes, expires: float, now: float) -> Deferred[bool | None]:
+        waiting: Deferred[bool | None] = Deferred()
+        self.claims.append((ticket_id, expires, now, waiting))
+        return waiting
+
+
+class ResumeClaimTests(unittest.TestCase):
+    """
+    A C{RESUME} at a real gateway factory whose ticket book claims valid tickets in shared
+    state (L{netguard.tickets.TicketBook.confirm}, the gateway's wait for it).
+    """
+
+    def setUp(self) -> None:
+        from tests.test_gateway_tickets import Gateway
+
+        self.gateway = Gateway(self)
+        self.claims = ClaimsDouble()
+        self.gateway.factory.share_tickets(self.claims)
+        self.token = self.gateway.ticket()
+
+    def resume(self) -> tuple[Any, list[bytes]]:
+        conn = self.gateway.connect()
+        return conn, conn.send(b"RESUME " + self.token)
+
+    def test_waits_for_the_claim(self) -> None:
+        """
+        A valid ticket is not acted on until its claim is answered (nothing sent, no lane);
+        a fresh claim then greets at once, through the lane, with the ticket's id and
+        expiry claimed.
+        """
+        conn, lines = self.resume()
+        self.assertEqual(lines, [])
+        [(ticket_id, expires, now, waiting)] = self.claims.claims
+        self.assertEqual(len(ticket_id), 16)
+        self.assertLessEqual(abs(expires - now - 3600), 1)  # issued on a whole second
+        self.assertEqual(self.gateway.named("ticket.accepted"), [])
+        waiting.callback(True)
+        [greeting] = conn.take()
+        self.assertTrue(greeting.startswith(b"NETGUARD/1 "))
+        [accepted] = self.gateway.named("ticket.accepted")
+        self.assertTrue(accepted["lane"])
+
+    def test_replayed_elsewhere(self) -> None:
+        """
+        A claim answered "already spent" (another process took it) is a replay: C{ERR
+        BAD_TICKET replayed}, an offence, although the local spent table had not seen it.
+        """
+        conn, _ = self.resume()
+        self.claims.claims[0][3].callback(False)
+        self.assertEqual(conn.take(), [b"ERR BAD_TICKET replayed"])
+        [(_, _, offences)] = self.gateway.penalties()
+        self.assertEqual(offences, 1)
+
+    def test_unanswered_claim_local_verdict(self) -> None:
+        """
+        A claim the shared state could not answer (L{None}) leaves the local verdict:
+        accepted.
+        """
+        conn, _ = self.resume()
+        self.claims.claims[0][3].callback(None)
+        [greeting] = conn.take()
+        self.assertTrue(greeting.startswith(b"NETGUARD/1 "))
+
+    def test_closed_while_waiting(self) -> None:
+        """
+        A connection that ends while its claim is pending is not acted on when the answer
+        comes (nothing sent, no lane taken, no event).
+        """
+        conn, _ = self.resume()
+        conn.close()
+        self.claims.claims[0][3].callback(True)
+        self.assertEqual(conn.take(), [])
+        self.assertEqual(self.gateway.named("ticket.accepted"), [])
+        self.assertEqual(self.gateway.admission.snapshot()["lane"], 0)
+
+    def test_invalid_ticket_not_claimed(self) -> None:
+        """
+        Only valid tickets are claimed: a forged one is refused at once.
+        """
+        conn = self.gateway.connect()
+        self.assertEqual(conn.send(b"RESUME AAAA" + self.token[4:]), [b"ERR BAD_TICKET forged"])
+        self.assertEqual(self.claims.claims, [])
+
+    def test_kept_across_reloads(self) -> None:
+        """
+        A reload (same key, or a new key) keeps the claims in the new ticket book; without
+        claims, L{netguard.tickets.TicketBook.confirm} asks nothing.
+        """
+        factory = self.gateway.factory
+        factory.apply_config(factory.config, factory.users)
+        self.assertIs(factory.tickets.claims, self.claims)
+        factory.apply_config(factory.config, factory.users, ticket_key=bytes(32))
+        self.assertIs(factory.tickets.claims, self.claims)
+        factory.share_tickets(None)
+        self.assertIsNone(
+            factory.tickets.confirm(factory.tickets.check(b"x", None, factory.users))
+        )
