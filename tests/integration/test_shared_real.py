@@ -100,9 +100,10 @@ class HostileSlowRedis(Protocol):
                 self.transport.write(answer)
 
 
-class SharedRealTests(unittest.TestCase):
+class RedisCase(unittest.TestCase):
     """
-    Two gateway instances sharing one real redis-server.
+    A real redis-server the test starts (and may kill and start again), gateway instances
+    sharing it, the log captured.
     """
 
     timeout = 120
@@ -182,7 +183,11 @@ class SharedRealTests(unittest.TestCase):
         yield client.done
         return lines[0] if lines else b""
 
-    # -- tests -------------------------------------------------------------------------------
+
+class SharedRealTests(RedisCase):
+    """
+    Two gateway instances sharing one real redis-server.
+    """
 
     @inlineCallbacks
     def test_block_by_one_refused_by_other(self) -> Any:
