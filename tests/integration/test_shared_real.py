@@ -119,16 +119,17 @@ class RedisCase(unittest.TestCase):
 
     # -- peers -------------------------------------------------------------------------------
 
-    def start_redis(self, port: int | None = None) -> int:
+    def start_redis(self, port: int | None = None, extra: tuple[str, ...] = ()) -> int:
         """
-        Start redis-server (no persistence) on C{port} or a free one; stopped by PID at
-        cleanup. Return the port once it answers PING.
+        Start redis-server (no persistence) on C{port} or a free one, with C{extra}
+        arguments; stopped by PID at cleanup. Return the port once it answers PING (or
+        asks for a password).
         """
         for attempt in range(3):
             chosen = port if port is not None else free_port()
             log = open(os.path.join(self.tmp, f"redis-{chosen}-{attempt}.log"), "ab")  # noqa: SIM115 - closed by stop_process
             proc = subprocess.Popen(
-                redis_server_argv(self.redis_server, chosen),
+                [*redis_server_argv(self.redis_server, chosen), *extra],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -153,7 +154,10 @@ class RedisCase(unittest.TestCase):
         self.redis.wait(timeout=10)
 
     def gateway(self, redis_port: int, **shared: object) -> RunningGateway:
-        settings = {"redis": f"tcp:host=127.0.0.1:port={redis_port}", **shared}
+        return self.gateway_at(f"tcp:host=127.0.0.1:port={redis_port}", **shared)
+
+    def gateway_at(self, redis: str, **shared: object) -> RunningGateway:
+        settings = {"redis": redis, **shared}
         text = "[shared]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in settings.items())
         return RunningGateway(self, text, overrides={"listen": ["tcp:0:interface=127.0.0.1"]})
 
@@ -298,6 +302,60 @@ class SharedRealTests(RedisCase):
         self.assertEqual(len(self.named("shared.restored", one)), 1)
 
 
+class SharedAuthRealTests(RedisCase):
+    """
+    A redis-server with a password, reached over its unix socket.
+    """
+
+    def with_password(self) -> str:
+        """
+        Start redis-server with C{requirepass} and a unix socket; return the socket's path.
+        """
+        path = os.path.join(self.tmp, "redis.sock")
+        self.start_redis(extra=("--requirepass", "pass word", "--unixsocket", path))
+        return path
+
+    def password_file(self, text: str) -> str:
+        path = os.path.join(self.tmp, f"redis-{len(text)}.pass")
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+            handle.write(text + "\n")
+        return path
+
+    @inlineCallbacks
+    def test_auth_over_unix_socket(self) -> Any:
+        """
+        With the password from a 0600 file (AUTH), over the unix socket, blocks are shared.
+        """
+        path = self.with_password()
+        secret = self.password_file("pass word")
+        one = self.gateway_at(f"unix:path={path}", password_file=secret)
+        two = self.gateway_at(f"unix:path={path}", password_file=secret)
+        yield wait_for(lambda: one.service.shared.sharing and two.service.shared.sharing)
+        line = yield self.first_line(one, b"HELLO\r\n")
+        self.assertTrue(line.startswith(b"ERR EARLY_TALKER"), line)
+        yield wait_for(lambda: bool(two.factory.admission.penalties()))
+        line = yield self.first_line(two)
+        self.assertEqual(line, b"ERR BUSY penalised")
+
+    @inlineCallbacks
+    def test_wrong_password(self) -> Any:
+        """
+        A wrong password: never sharing, one C{shared.degraded} however often it retries,
+        the password never logged, and the instance serves.
+        """
+        path = self.with_password()
+        one = self.gateway_at(f"unix:path={path}", password_file=self.password_file("wrong"))
+        shared = one.service.shared
+        yield wait_for(lambda: shared.link.failures >= 3, timeout=30)
+        self.assertFalse(shared.sharing)
+        self.assertEqual(len(self.named("shared.degraded", one)), 1)
+        self.assertNotIn(
+            "wrong", repr([e for e in self.events if "shared" in str(e.get("event"))])
+        )
+        line = yield self.first_line(one)
+        self.assertTrue(line.startswith(b"NETGUARD/1 "), line)
+
+
 def share_ticket_key(one: RunningGateway, two: RunningGateway) -> None:
     """
     Give C{two} the ticket key and the users of C{one}, as instances behind one load balancer
@@ -330,6 +388,6 @@ def _redis_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
