@@ -35,6 +35,21 @@ MAX_MESSAGE: Final = 160
 #: How often counted connections are sent, and the most sources counted between two sends.
 RATE_FLUSH: Final = 0.1
 MAX_RATE_KEYS: Final = 4096
+#: The counters of L{SharedState.snapshot}, always all present.
+COUNTERS: Final = (
+    "degraded",
+    "restored",
+    "blocks_published",
+    "blocks_applied",
+    "blocks_unshared",
+    "messages_dropped",
+    "tickets_claimed",
+    "tickets_replayed",
+    "tickets_local",
+    "rate_blocks",
+    "rates_dropped",
+    "errors",
+)
 #: A block sent for a source past its shared rate lasts at least this long.
 MIN_RATE_BLOCK: Final = 0.05
 
@@ -430,7 +445,7 @@ class SharedState(Service):
         """
         The figures for C{status} and the metrics.
         """
-        figures: dict[str, Any] = dict(self.counters)
+        figures: dict[str, Any] = {name: self.counters[name] for name in COUNTERS}
         figures["up"] = self.sharing
         figures["timeouts"] = self.link.timeouts + self.feed.timeouts
         return figures
