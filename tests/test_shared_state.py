@@ -332,11 +332,46 @@ class BlockTests(StateCase):
 
     def test_parse_block_bounds(self) -> None:
         """
-        L{parse_block} and L{valid_source}: the special keys are sources, other text not.
+        L{parse_block} and L{valid_source}: network strings are sources; the host-local
+        special keys and other text are not.
         """
-        self.assertEqual(parse_block(b"unix 1500 2.000", 60.0), ("unix", 1.5, 2.0))
+        self.assertEqual(parse_block(b"192.0.2.0/24 1500 2.000", 60.0), ("192.0.2.0/24", 1.5, 2.0))
+        self.assertIsNone(parse_block(b"unix 1500 2.000", 60.0))
         self.assertTrue(valid_source("2001:db8::/64"))
         self.assertFalse(valid_source("2001:db8::/64 extra"))
+        self.assertFalse(valid_source("unknown"))
+
+    def test_host_local_sources_not_shared(self) -> None:
+        """
+        A block of the unix-socket source (every local unix peer of one host) is neither
+        published nor counted for the shared rate: on another host that key means other
+        peers.
+        """
+        one, first = self.process()
+        for key in ("unix", "unknown"):
+            one.publish_block(key, 10, 3)
+            one.count_connection(key)
+        self.clock.advance(RATE_FLUSH)
+        self.assertEqual(self.redis.commands[b"PUBLISH"], 0)
+        self.assertEqual(self.redis.commands[b"INCRBY"], 0)
+        self.assertEqual(one.counters["blocks_published"], 0)
+
+    def test_subscription_lost_reads_back(self) -> None:
+        """
+        Blocks published while a process's subscription was down (its command link up)
+        are read back when the subscription is made again.
+        """
+        one, first = self.process()
+        two, second = self.process()
+        [feed] = [c for c in self.redis.subscribers if c is not None][1:2]
+        feed.transport.loseConnection()
+        self.redis.subscribers.remove(feed)
+        first.offence("192.0.2.77", "early_talker")
+        self.assertNotIsInstance(second.enter("192.0.2.77"), Refusal)
+        for _ in range(20):
+            self.clock.advance(0.1)  # the first retry comes within 0.375 s
+        self.assertTrue(two.sharing)
+        self.assertIsInstance(second.enter("192.0.2.77"), Refusal)
 
 
 class TicketClaimTests(StateCase):

@@ -34,7 +34,7 @@ SCAN_COUNT: Final = 256
 MAX_MESSAGE: Final = 160
 #: How often counted connections are sent, and the most sources counted between two sends.
 RATE_FLUSH: Final = 0.1
-MAX_RATE_KEYS: Final = 4096
+MAX_RATE_KEYS: Final = 400
 #: The counters of L{SharedState.snapshot}, always all present.
 COUNTERS: Final = (
     "degraded",
@@ -77,11 +77,12 @@ class Holder(Protocol):
 
 def valid_source(key: str) -> bool:
     """
-    Whether C{key} has the form of a source key (a network string, or one of the two
-    special keys): anything else from the channel is dropped.
+    Whether C{key} is a source key that means the same on every host: a network string.
+    The special keys (every unix-socket peer of one host, every peer without an IP
+    address) are local to their host; they and anything else from the channel are dropped.
     """
     if key in (UNIX_SOURCE, UNKNOWN_SOURCE):
-        return True
+        return False
     try:
         ipaddress.ip_network(key)
     except ValueError:
@@ -268,6 +269,9 @@ class SharedState(Service):
             return
         protocol.on_push = self._pushed
         protocol.command("SUBSCRIBE", self.channel)
+        if self._confirmed:
+            # Blocks published while the subscription was down were missed: read them back.
+            self._load_blocks(b"0", 0, 0)
         self._up()
 
     # -- blocks -----------------------------------------------------------------------------
@@ -277,6 +281,8 @@ class SharedState(Service):
         Tell every process of a block decided here: kept in Redis for its length (a longer
         one there is kept), and announced on the channel.
         """
+        if not valid_source(key):
+            return  # unix-socket peers and peers without an address are this host's own
         if not self.link.up:
             self.counters["blocks_unshared"] += 1
             return
@@ -403,7 +409,7 @@ class SharedState(Service):
         Count a connection admission let in from C{key}; counts are sent every
         L{RATE_FLUSH} seconds.
         """
-        if not self.link.up:
+        if not self.link.up or not valid_source(key):
             return
         pending = self._pending
         if key not in pending and len(pending) >= MAX_RATE_KEYS:
