@@ -28,36 +28,11 @@ from twisted.python.failure import Failure
 
 from netguard.admission import Admission, Refusal, Slot
 from netguard.admission.eviction import LANE, RELAY
+from netguard.clocks import Cancellable, Scheduler
 from netguard.framing import FramingLimits, peer_label
 from netguard.refusal_log import RefusalLog
 
 _log = Logger()
-
-
-class _Cancellable(Protocol):
-    def active(self) -> bool: ...
-
-    def cancel(self) -> None: ...
-
-
-class Scheduler(Protocol):
-    """
-    The part of L{twisted.internet.interfaces.IReactorTime} a refusal needs.
-    """
-
-    def seconds(self) -> float:
-        """
-        The current time in seconds.
-        """
-        ...
-
-    def callLater(
-        self, delay: float, callable: Callable[..., object], *args: object
-    ) -> _Cancellable:
-        """
-        Call C{callable(*args)} in C{delay} seconds.
-        """
-        ...
 
 
 class Admitted:
@@ -241,7 +216,7 @@ class _Refusal(TwistedProtocol):
         self.line = line + b"\r\n"
         self.clock = clock
         self.write_timeout = write_timeout
-        self._abort: _Cancellable | None = None
+        self._abort: Cancellable | None = None
 
     def connectionMade(self) -> None:
         transport = self.transport

@@ -8,10 +8,9 @@ The events and their fields: C{docs/logging.md} section 6.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
-
 from twisted.logger import Logger
+
+from netguard.clocks import Cancellable, Scheduler
 
 #: Seconds one interval lasts.
 INTERVAL = 10.0
@@ -24,32 +23,6 @@ MAX_KEYS = 1024
 
 #: The source under which refusals beyond L{MAX_KEYS} keys are counted.
 OTHER = "other"
-
-
-class _Cancellable(Protocol):
-    def active(self) -> bool: ...
-
-    def cancel(self) -> None: ...
-
-
-class Clock(Protocol):
-    """
-    The part of L{twisted.internet.interfaces.IReactorTime} the aggregator needs.
-    """
-
-    def seconds(self) -> float:
-        """
-        The current time in seconds.
-        """
-        ...
-
-    def callLater(
-        self, delay: float, callable: Callable[..., object], *args: object
-    ) -> _Cancellable:
-        """
-        Call C{callable(*args)} in C{delay} seconds.
-        """
-        ...
 
 
 #: (source key, reason, event the refusal is logged as) -> [logged one by one, only counted].
@@ -82,7 +55,7 @@ class RefusalLog:
     def __init__(
         self,
         log: Logger,
-        clock: Clock,
+        clock: Scheduler,
         *,
         interval: float = INTERVAL,
         individual: int = INDIVIDUAL,
@@ -101,7 +74,7 @@ class RefusalLog:
         self._table: _Table = {}
         self._other: _Table = {}
         self._started: float | None = None
-        self._timer: _Cancellable | None = None
+        self._timer: Cancellable | None = None
 
     def note(self, source: str, reason: str, event: str = "conn.reject") -> bool:
         """

@@ -35,8 +35,8 @@ from netguard.admission.policy import (
     Refusal,
     allowed_values,
 )
-from netguard.admission.probation import Scheduler
 from netguard.admission.state import Admission, TimeSource
+from netguard.clocks import Scheduler
 
 __all__ = [
     "DENIED",

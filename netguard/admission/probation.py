@@ -8,28 +8,10 @@ one per connection.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from netguard.admission.eviction import CountIndex, Slot, Source
-
-
-class Scheduler(Protocol):
-    """
-    The part of L{twisted.internet.interfaces.IReactorTime} admission needs: a reactor, or a
-    L{twisted.internet.task.Clock} in tests.
-    """
-
-    def seconds(self) -> float:
-        """
-        The current time in seconds.
-        """
-        ...
-
-    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        """
-        Call C{callable(*args, **kw)} in C{delay} seconds; the result has C{cancel()}.
-        """
-        ...
+from netguard.clocks import Scheduler
 
 
 class ProbationPool:

@@ -51,7 +51,8 @@ from netguard.admission.policy import (
     AdmissionPolicy,
     Refusal,
 )
-from netguard.admission.probation import ProbationPool, Scheduler
+from netguard.admission.probation import ProbationPool
+from netguard.clocks import Scheduler
 from netguard.errors import ErrorCode, format_error
 
 _IP = ipaddress.IPv4Address | ipaddress.IPv6Address
