@@ -4,6 +4,7 @@ Endpoint strings, in one place: splitting and joining them as Twisted's parser d
 listeners and backends by building them with Twisted's own parsers on a memory reactor (never
 listening, connecting or reading key files), port names resolved with C{getservbyname}, who
 can reach a listener, the default listen backlog, and secrets hidden before a string is shown.
+The C{haproxy:} wrapper (C{proxy_from=} and its checks) is L{netguard.proxy_listener}.
 
 The strings the operator writes are in C{docs/operating.md} (sections 4 and 5).
 """
@@ -26,26 +27,21 @@ __all__ = [
     "BACKEND_HELP",
     "DEFAULT_LISTEN_BACKLOG",
     "LISTENER_HELP",
-    "DEFAULT_PROXY_FROM",
     "MAX_DESCRIPTION_LENGTH",
-    "MAX_PROXY_FROM",
     "SOCKS5_ENDPOINT_KEYS",
     "Backend",
     "EndpointError",
     "Field",
     "Listener",
-    "ProxyListener",
     "check_backend",
     "check_listener",
     "join_fields",
     "looks_secret",
     "quote_field",
-    "parse_proxy_from",
     "redact_description",
     "resolve_endpoint_ports",
     "resolve_port",
     "split_description",
-    "split_proxy_listener",
     "with_default_backlog",
 ]
 
@@ -599,143 +595,6 @@ def _endpoint_head(description: object, what: str, help_text: str) -> tuple[list
     return fields, kind
 
 
-# ---------------------------------------------------------------------------------------------
-# PROXY header listeners
-
-
-#: Who may send a PROXY header to a C{haproxy:} listener that names no C{proxy_from=}: this
-#: host only (a unix socket's senders are decided by its mode, not by this).
-DEFAULT_PROXY_FROM: Final = ("127.0.0.0/8", "::1/128")
-
-#: The most networks one C{proxy_from=} may list.
-MAX_PROXY_FROM: Final = 64
-
-_PROXY_FROM_HELP: Final = (
-    "write haproxy:proxy_from=ADDR[,NETWORK...]:<listener>, e.g. "
-    "haproxy:proxy_from=192.0.2.10,10.1.0.0/24:tcp:7701 (an IPv6 address's colons as \\:)"
-)
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@attrs.frozen
-class ProxyListener:
-    """
-    A C{haproxy:} listener string taken apart.
-
-    @ivar senders: the networks whose connections may send a PROXY header, in order, or
-        L{None} when the string names none (then L{DEFAULT_PROXY_FROM} applies).
-    @ivar inner: the endpoint string of the listener underneath.
-    """
-
-    senders: tuple[Network, ...] | None
-    inner: str
-
-    def networks(self) -> tuple[Network, ...]:
-        """
-        The senders in force: the ones given, or L{DEFAULT_PROXY_FROM}.
-        """
-        if self.senders is not None:
-            return self.senders
-        return tuple(ipaddress.ip_network(text) for text in DEFAULT_PROXY_FROM)
-
-
-def parse_proxy_from(value: str) -> tuple[Network, ...]:
-    """
-    Parse the value of C{proxy_from=}: comma-separated IP addresses (one host each) or
-    networks in CIDR form without host bits (C{10.1.0.0/24}, not C{10.1.0.5/24}).
-
-    @return: the networks, in order, duplicates dropped; an IPv4-mapped IPv6 address or
-        network is given as the IPv4 one it stands for.
-    @raise EndpointError: on an empty list, more than L{MAX_PROXY_FROM} entries, or an
-        entry that is not an address or network.
-    """
-    items = [item.strip() for item in value.split(",")]
-    if not value.strip() or not all(items):
-        raise EndpointError(f"proxy_from= needs addresses or networks; {_PROXY_FROM_HELP}")
-    if len(items) > MAX_PROXY_FROM:
-        raise EndpointError(f"proxy_from= lists more than {MAX_PROXY_FROM} networks")
-    networks: list[Network] = []
-    for item in items:
-        try:
-            network: Network = ipaddress.ip_network(item, strict=True)
-        except ValueError as e:
-            raise EndpointError(
-                f"proxy_from= entry {toml_string(truncate(item, 60))} is not an IP address or "
-                f"network ({e}); {_PROXY_FROM_HELP}"
-            ) from None
-        if isinstance(network, ipaddress.IPv6Network):
-            mapped = network.network_address.ipv4_mapped
-            if mapped is not None and network.prefixlen >= 96:
-                network = ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - 96}")
-        if network not in networks:
-            networks.append(network)
-    return tuple(networks)
-
-
-def split_proxy_listener(description: str) -> ProxyListener:
-    """
-    Take a C{haproxy:[proxy_from=NETWORKS:]<listener>} string apart (C{proxy_from=} may only
-    come right after C{haproxy:}; any other option there belongs to no one).
-
-    @raise EndpointError: if it is not such a string, or C{proxy_from=} is not valid.
-    """
-    fields = split_description(description)
-    if fields[0].key is not None or fields[0].value.lower() != "haproxy":
-        raise EndpointError("is not a haproxy: listener")
-    rest = fields[1:]
-    senders = None
-    if rest and rest[0].key is not None:
-        if rest[0].key != "proxy_from":
-            raise _unknown_option(rest[0].key, "a haproxy: listener", ("proxy_from",))
-        senders = parse_proxy_from(rest[0].value)
-        rest = rest[1:]
-    if not rest:
-        raise EndpointError("haproxy: needs a listener after it, e.g. haproxy:tcp:7700:...")
-    return ProxyListener(senders, join_fields(rest))
-
-
-def _check_proxy_listener(fields: list[Field]) -> Listener:
-    """
-    Check a C{haproxy:} listener: its C{proxy_from=} and the listener it wraps; say in its
-    exposure who may send the header, and warn where the senders do not fit the listener.
-    """
-    proxy = split_proxy_listener(join_fields(fields))
-    inner = check_listener(proxy.inner, nested=True)
-    warnings = [inner.warning] if inner.warning else []
-    unix = inner.exposure.startswith("local unix socket")
-    if unix and proxy.senders is not None:
-        raise EndpointError(
-            "proxy_from= does not apply to a unix listener: the socket's mode decides who may "
-            "send a PROXY header; remove proxy_from= or listen on TCP"
-        )
-    if unix:
-        senders = "PROXY headers from whoever the socket's mode lets connect"
-    else:
-        shown = ", ".join(str(n) for n in proxy.networks())
-        default = "" if proxy.senders is not None else " (the default: no proxy_from=)"
-        senders = f"PROXY headers accepted only from {shown}{default}"
-    if not unix and proxy.senders is None and inner.network:
-        warnings.append(
-            "accepts PROXY headers only from this host (no proxy_from=), so a proxy on "
-            "another host is refused; add proxy_from=ADDR[,NETWORK...] naming the proxies"
-        )
-    if any(n.prefixlen == 0 for n in proxy.senders or ()):
-        warnings.append(
-            "has proxy_from= with a /0 network: anyone who can reach it may write any client "
-            "address in a PROXY header; list only the proxies' addresses"
-        )
-    normalized = [Field(None, "haproxy")]
-    if proxy.senders is not None:
-        normalized.append(Field("proxy_from", ",".join(str(n) for n in proxy.senders)))
-    return Listener(
-        join_fields(normalized) + ":" + inner.description,
-        f"{inner.exposure}; client addresses come from the PROXY header; {senders}",
-        inner.network,
-        "; ".join(warnings) or None,
-    )
-
-
 def _check_socks5_names(what: str, named: Mapping[str, int], params: tuple[str, ...]) -> None:
     """
     Check the option names of a C{socks5:} backend, which is not built at check time (its
@@ -762,7 +621,10 @@ def check_listener(description: object, *, nested: bool = False) -> Listener:
     if kind == "haproxy":
         if nested:
             raise EndpointError("haproxy: cannot wrap another haproxy: listener")
-        return _check_proxy_listener(fields)
+        # Imported here: a haproxy: listener checks the listener it wraps with this function.
+        from netguard.proxy_listener import check_proxy_listener
+
+        return check_proxy_listener(fields)
     if kind == "stdio":
         raise EndpointError(f"stdio: is not a network listener; {LISTENER_HELP}")
     if kind not in _SERVER_PARAMS:

@@ -35,13 +35,13 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
-from netguard.endpoints import (
+from netguard.framing import peer_label
+from netguard.proxy_listener import (
     DEFAULT_PROXY_FROM,
     Network,
     parse_proxy_from,
     split_proxy_listener,
 )
-from netguard.framing import peer_label
 from netguard.refusal_log import RefusalLog
 
 log = Logger()
@@ -186,7 +186,7 @@ class Senders:
     def default(cls) -> Senders:
         """
         The senders of a C{haproxy:} listener without C{proxy_from=}: this host only
-        (L{netguard.endpoints.DEFAULT_PROXY_FROM}).
+        (L{netguard.proxy_listener.DEFAULT_PROXY_FROM}).
         """
         return cls(ipaddress.ip_network(text) for text in DEFAULT_PROXY_FROM)
 

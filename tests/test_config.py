@@ -40,10 +40,8 @@ from netguard.config import (
     load_config,
 )
 from netguard.config import text as config_text
-from netguard.config.schema import (
-    LIMIT_KEYS,
-    OVERLOAD_KEYS,
-)
+from netguard.config.schema import LIMIT_KEYS
+from netguard.config.table_schema import OVERLOAD_KEYS
 from netguard.config.tls_schema import TLS_LISTEN_KEYS, TLS_SETTINGS_KEYS
 from netguard.framing import FramingLimits
 from netguard.ops.overload import OverloadSettings

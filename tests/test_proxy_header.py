@@ -28,13 +28,7 @@ from netguard.auth.scram import ClientExchange
 from netguard.auth.users import UserStore, make_record
 from netguard.config import load_config
 from netguard.config.text import describe
-from netguard.endpoints import (
-    MAX_PROXY_FROM,
-    EndpointError,
-    check_listener,
-    parse_proxy_from,
-    with_default_backlog,
-)
+from netguard.endpoints import EndpointError, check_listener, with_default_backlog
 from netguard.gateway.factory import GatewayFactory
 from netguard.proxy_header import (
     HEADER_TIMEOUT,
@@ -42,6 +36,7 @@ from netguard.proxy_header import (
     Senders,
     proxy_listener_endpoint,
 )
+from netguard.proxy_listener import MAX_PROXY_FROM, parse_proxy_from
 
 PROXY_ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
 V1 = b"PROXY TCP4 192.0.2.7 198.51.100.1 51234 7701\r\n"

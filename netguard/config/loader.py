@@ -43,15 +43,10 @@ from netguard.config.model import (
 from netguard.config.schema import (
     LIMIT_KEYS,
     LOG_KEYS,
-    MUX_KEYS,
-    OPS_KEYS,
-    OVERLOAD_KEYS,
     OVERRIDE_KEYS,
-    PEER_CHECK_KEYS,
     SEND_PROXY_CHOICES,
     SERVICE_KEYS,
     SERVICE_NUMBER_KEYS,
-    TICKET_KEYS,
     TOP_KEYS,
     NumberKey,
     Source,
@@ -72,6 +67,13 @@ from netguard.config.schema import (
     toml_key,
 )
 from netguard.config.shared_schema import SHARED_KEYS
+from netguard.config.table_schema import (
+    MUX_KEYS,
+    OPS_KEYS,
+    OVERLOAD_KEYS,
+    PEER_CHECK_KEYS,
+    TICKET_KEYS,
+)
 from netguard.config.tls_schema import TLS_ENDPOINT_KEY, TLS_LISTEN_KEYS, TLS_SETTINGS_KEYS
 from netguard.endpoints import (
     BACKEND_HELP,

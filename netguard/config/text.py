@@ -29,17 +29,19 @@ from netguard.config.model import (
 from netguard.config.schema import (
     LIMIT_KEYS,
     LOG_FORMATS,
-    MUX_KEYS,
-    OPS_KEYS,
-    OVERLOAD_KEYS,
-    PEER_CHECK_KEYS,
     SERVICE_NUMBER_KEYS,
-    TICKET_KEYS,
     plain,
     service_key,
     value_text,
 )
 from netguard.config.shared_schema import SHARED_KEYS
+from netguard.config.table_schema import (
+    MUX_KEYS,
+    OPS_KEYS,
+    OVERLOAD_KEYS,
+    PEER_CHECK_KEYS,
+    TICKET_KEYS,
+)
 from netguard.config.tls_schema import TLS_LISTEN_KEYS, TLS_SETTINGS_KEYS
 from netguard.endpoints import EndpointError, check_listener, looks_secret, redact_description
 from netguard.framing import FramingLimits

@@ -19,8 +19,9 @@ from __future__ import annotations
 import errno
 import socket
 
-from netguard.endpoints import split_description, split_proxy_listener
+from netguard.endpoints import split_description
 from netguard.ops.lock import InstanceConflict, check_unix_socket_free
+from netguard.proxy_listener import split_proxy_listener
 
 
 class AddressBusy(Exception):

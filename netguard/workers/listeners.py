@@ -22,8 +22,9 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from zope.interface import implementer
 
-from netguard.endpoints import split_proxy_listener, with_default_backlog
+from netguard.endpoints import with_default_backlog
 from netguard.proxy_header import ProxyHeaderEndpoint, Senders
+from netguard.proxy_listener import split_proxy_listener
 
 #: The prefix of a listener whose connections begin with a PROXY header; the worker reads
 #: the header, the supervisor listens on what follows.
