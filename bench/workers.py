@@ -1,33 +1,48 @@
 """
-Workers: what several gateway processes on one port cost and how evenly they share the
-connections, with the listening socket shared two ways. Not part of the benchmark figures.
+Workers and instances: authenticated sessions per second, bulk throughput and the CPU each
+process spends, for one gateway process, two workers, two instances behind HAProxy, and
+HAProxy alone. Not part of the benchmark figures.
 
-    .venv/bin/python bench/workers.py                   # 3 runs of each mode, interleaved
-    .venv/bin/python bench/workers.py --sessions 4000 --runs 5
+    .venv/bin/python bench/workers.py                       # 3 runs of each mode, interleaved
+    .venv/bin/python bench/workers.py --runs 5 --seconds 5 --cap-trials 5
 
-Modes, interleaved in each run (one, inherit, reuseport, one, inherit, ...):
+Modes, interleaved in each run (one, two, haproxy+2, haproxy, one, two, ...):
 
 * C{one}: C{workers = 1}, the single-process gateway (the anchor).
-* C{inherit}: C{workers = 2} as shipped: the supervisor opens one listening socket and both
-  workers accept on an inherited copy (one accept queue, both workers woken by epoll).
-* C{reuseport}: C{workers = 2} with the supervisor's listener replaced, for this benchmark
-  only, by one C{SO_REUSEPORT} socket per worker on the same port (the kernel hashes each
-  new connection to one of them).
+* C{two}: C{workers = 2} as shipped: the supervisor opens one listening socket and both
+  workers accept on an inherited copy.
+* C{haproxy+2}: HAProxy (Debian, mode tcp, one thread, C{balance roundrobin}, C{send-proxy-v2})
+  in front of two separate gateways, each C{workers = 1} with its own state directory and a
+  C{haproxy:proxy_from=127.0.0.1:tcp:...} listener (HAProxy's source address).
+* C{haproxy}: HAProxy alone relaying to the same backends, no NGP/1 (the anchor of the
+  relays: what a connection costs a C relay that does no authentication).
+* C{reuseport}, C{inherit-batch} (not run by default): C{workers = 2} with one
+  C{SO_REUSEPORT} socket per worker instead of the inherited one (this benchmark replaces the
+  supervisor's listener), or with Twisted's own accept batch.
 
-Each session: connect, greeting (C{greeting_delay = 0}), SCRAM-SHA-256 (the client caches its
-salted password, RFC 5802), C{OPEN echo}, 16 bytes echoed, close; C{--conns} at a time, from
-one asyncio client in this process. The gateway (supervisor and workers: the whole process
-group) is pinned to CPU 1, this client and the echo backend to CPU 0. Figures per mode: the
-sessions per second, the gateway's CPU per session (utime + stime of the whole group less its
-idle CPU over the same time), and the spread: the share of the timed sessions the busiest
-worker accepted (from C{ctl status}: 50% is even). The load average is printed with each run.
-Every process started is stopped by its process group id.
+Sessions: C{loadgen.py connrate --ngp redis:...}, the repository's fastest NGP/1 client (one
+asyncio process, C{--conns} at a time, SCRAM-SHA-256 with the salted password cached per
+RFC 5802 so a session costs it a few HMACs): connect, greeting (C{greeting_delay = 0}), SCRAM,
+C{OPEN redis}, one PING (14 bytes) answered by redis-server (7 bytes), close; C{--seconds}
+long. Bulk: C{loadgen.py bulk --direction up --bytes --bulk} through one session to
+C{backend.py}'s sink (C{OPEN bulk}; HAProxy alone: straight through). The gateways' services
+keep the shipped defaults (the kernel relay on).
+
+Pinning: the path under test (the gateway's supervisor and workers; or HAProxy and both
+instances) on CPU 1 (C{--gateway-cpu}), the load generator, redis-server and the sink on
+CPU 0. So two workers share one core here: the wall-clock rates show what one core gives,
+and the CPU per session (utime + stime from C{/proc/<pid>/stat} of every process of the path,
+less its idle CPU over the same time, each process also on its own) gives what free cores
+would: C{2 free cores} = min(2 cores / the path's CPU per session, 1 core / its busiest
+process's). The generator's own CPU per session is printed beside. Medians of C{--runs};
+the load average is printed with each run. Every process started is stopped by its process
+group id. C{--cap-trials N} adds the burst check of two workers against C{per_source_max}
+and C{max_unauthenticated}.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
@@ -36,7 +51,6 @@ import statistics
 import sys
 import tempfile
 import time
-from functools import partial
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -45,9 +59,21 @@ sys.path.insert(0, HERE)
 import loadgen  # noqa: E402
 import paths as pathmod  # noqa: E402
 import profile_session  # noqa: E402
-from procs import Processes, free_port, group_cpu_seconds  # noqa: E402
+from procs import (  # noqa: E402
+    Processes,
+    Server,
+    free_port,
+    group_cpu_seconds,
+    group_members,
+    run_generator,
+)
+from profile_bulk import start_backend  # noqa: E402
+from profile_rr import start_redis  # noqa: E402
 
-MODES = ("one", "inherit", "reuseport", "inherit-batch")
+MODES = ("one", "two", "haproxy+2", "haproxy", "reuseport", "inherit-batch")
+
+#: The modes run by default: the issue's comparison.
+DEFAULT_MODES = "one,two,haproxy+2,haproxy"
 
 
 # -- the gateway child -----------------------------------------------------------------------
@@ -202,79 +228,272 @@ def wait_ready(control: str, workers: int, timeout: float = 30.0) -> None:
     raise RuntimeError("the workers did not all start")
 
 
-def measure(
-    args: argparse.Namespace, setup: pathmod.Setup, work: str, mode: str
-) -> dict[str, Any]:
+def _pin(cpu: int) -> int | None:
+    return None if cpu < 0 else cpu
+
+
+def start_instance(
+    args: argparse.Namespace,
+    setup: pathmod.Setup,
+    processes: Processes,
+    name: str,
+    mode: str,
+    workers: int,
+    listen: str,
+    services: dict[str, int],
+) -> tuple[Server, str]:
     """
-    Start the gateway in C{mode}, warm it up, time C{--sessions} sessions; stop it.
+    Start one gateway (C{twistd netguard} run by this script's C{_gateway}, so that C{mode}
+    can replace the listener for this benchmark) with its own state directory, the
+    benchmark's configuration and C{greeting_delay = 0}, on the gateway CPU; wait until every
+    worker serves.
+
+    @param listen: the listener (C{tcp:...} or C{haproxy:proxy_from=...:tcp:...}).
+    @param services: service name to backend port on 127.0.0.1.
+    @return: the server (its process group holds the supervisor and the workers) and its
+        control socket.
     """
-    processes = Processes(work)
-    state = tempfile.mkdtemp(prefix=f"state-{mode}-", dir=work)
+    state = tempfile.mkdtemp(prefix=f"state-{name}-", dir=setup.work)
     config = os.path.join(state, "bench.toml")
-    workers = 1 if mode == "one" else 2
     with open(config, "w") as f:
         f.write(f"workers = {workers}\n" + pathmod.NETGUARD_CONFIG)
         f.write("[limits]\ngreeting_delay = 0\n")
-    port, backend = free_port(), free_port()
-    control = os.path.join(state, "control.sock")
     tree = os.path.dirname(HERE)
-    env = dict(os.environ, PYTHONPATH=tree)
+    service_args = [
+        arg
+        for service, port in services.items()
+        for arg in ("--service", f"{service}=tcp:host=127.0.0.1:port={port}")
+    ]
+    twistd_args = [
+        "-n", "--pidfile=", "--logger", "netguard.log.text_stdout_observer", "netguard",
+        "--config", config, "--state-dir", state, "--users", setup.users_file,
+        "--listen", listen, *service_args,
+    ]  # fmt: skip
+    server = processes.start(
+        name,
+        [sys.executable, __file__, "_gateway", "--mode", mode, "--", *twistd_args],
+        _pin(args.gateway_cpu),
+        cwd=tree,
+        env=dict(os.environ, PYTHONPATH=tree),
+    )
+    return server, os.path.join(state, "control.sock")
+
+
+def start_haproxy(
+    processes: Processes, work: str, cpu: int | None, routes: list[tuple[int, list[int], bool]]
+) -> Server:
+    """
+    HAProxy (Debian), mode tcp, one thread (pinned to one CPU), one frontend per route
+    balancing C{roundrobin} over its servers, with C{send-proxy-v2} when the route says so.
+
+    @param routes: (front port, server ports, send a PROXY v2 header) for each frontend.
+    """
+    path = os.path.join(work, f"haproxy-{routes[0][0]}.cfg")
+    text = (
+        "global\n    maxconn 8192\n"
+        "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n"
+        "    timeout server 1h\n    maxconn 8192\n"
+    )
+    for n, (front, servers, send_proxy) in enumerate(routes):
+        text += f"frontend f{n}\n    bind 127.0.0.1:{front}\n    default_backend b{n}\n"
+        text += f"backend b{n}\n    balance roundrobin\n"
+        for i, port in enumerate(servers):
+            text += f"    server s{i} 127.0.0.1:{port}" + (" send-proxy-v2" if send_proxy else "")
+            text += "\n"
+    with open(path, "w") as f:
+        f.write(text)
+    server = processes.start("haproxy", ["haproxy", "-db", "-f", path], cpu)
+    for front, _, _ in routes:
+        processes.wait_listening(server, front)
+    return server
+
+
+def cpu_by_process(groups: dict[str, int]) -> dict[str, float]:
+    """
+    CPU seconds (utime + stime, from C{/proc}) of each group (C{label}: every process of it,
+    with the children its leader reaped) and, for a group of several processes (a supervisor
+    and its workers), of each one: C{label.supervisor} (the leader) and C{label.PID}.
+    """
+    out: dict[str, float] = {}
+    for label, pgid in groups.items():
+        out[label] = group_cpu_seconds(pgid)
+        members = group_members(pgid)
+        if len(members) < 2:
+            continue
+        for pid in members:
+            try:
+                own = profile_session.cpu_seconds(pid)
+            except OSError:
+                continue
+            out[f"{label}.supervisor" if pid == pgid else f"{label}.{pid}"] = own
+    return out
+
+
+def loadgen_run(
+    args: argparse.Namespace, port: int, ngp: str | None, command: list[str], log: str
+) -> dict[str, Any]:
+    """
+    Run C{loadgen.py COMMAND} on the client CPU against C{port}; its JSON result, with
+    C{gen_s}: the generator's CPU seconds over its timed window.
+    """
+    argv = [sys.executable, loadgen.__file__, "--port", str(port)]
+    if ngp:
+        argv += ["--ngp", ngp]
+    done = run_generator([*argv, *command], args.client_cpu, 300.0, log)
+    if done.returncode or done.timed_out:
+        with open(log) as f:
+            raise RuntimeError(f"loadgen {command[0]} failed: {f.read()[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["gen_s"] = result["gen_cpu_pct"] / 100 * result["window_s"]
+    return result
+
+
+def timed(
+    groups: dict[str, int], idle: dict[str, float], run: Any
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """
+    Run C{run()} and return its result and the CPU seconds each process used meanwhile, less
+    its idle CPU over the same time (C{idle}: seconds per second).
+    """
+    before = cpu_by_process(groups)
+    t0 = time.monotonic()
+    result = run()
+    wall = time.monotonic() - t0
+    after = cpu_by_process(groups)
+    used = {
+        key: after[key] - before[key] - idle.get(key, 0.0) * wall for key in after if key in before
+    }
+    return result, used
+
+
+def measure(
+    args: argparse.Namespace, setup: pathmod.Setup, redis: int, sink: int, mode: str
+) -> dict[str, Any]:
+    """
+    Start the path of C{mode}, warm it up, then time C{--seconds} of authenticated sessions
+    and one C{--bulk}-byte upload; stop it.
+    """
+    processes = Processes(setup.work)
+    services = {"redis": redis, "bulk": sink}
+    ngp_redis = f"redis:{setup.user}:{setup.password_file}"
+    ngp_bulk = f"bulk:{setup.user}:{setup.password_file}"
+    controls: dict[str, str] = {}
+    groups: dict[str, int] = {}
+    log = os.path.join(setup.work, f"loadgen-{mode}.log")
     try:
-        echo = processes.start(
-            f"echo-{mode}",
-            [sys.executable, profile_session.__file__, "_echo", "--port", str(backend)],
-            args.client_cpu,
-        )
-        processes.wait_listening(echo, backend)
-        twistd_args = [
-            "-n", "--pidfile=", "--logger", "netguard.log.text_stdout_observer", "netguard",
-            "--config", config, "--state-dir", state, "--users", setup.users_file,
-            "--listen", f"tcp:{port}:interface=127.0.0.1",
-            "--service", f"echo=tcp:host=127.0.0.1:port={backend}",
-        ]  # fmt: skip
-        gateway = processes.start(
-            f"gateway-{mode}",
-            [sys.executable, __file__, "_gateway", "--mode", mode, "--", *twistd_args],
-            args.gateway_cpu,
-            cwd=tree,
-            env=env,
-        )
-        try:
-            wait_ready(control, workers)
-        except RuntimeError:
-            raise RuntimeError(gateway.log_tail(40)) from None
-        target = loadgen.NGPTarget("echo", setup.user, _read(setup.password_file))
-        scram = loadgen.ScramClient(target.user, target.password)
-
-        def window(count: int) -> tuple[int, int, float]:
-            session = partial(profile_session._session, port, target, scram)
-            return asyncio.run(profile_session._drive(session, count, args.conns, args.seconds))
-
-        window(args.warmup)
+        if mode == "haproxy":
+            front, bulk_front = free_port(), free_port()
+            hp = start_haproxy(
+                processes,
+                setup.work,
+                _pin(args.gateway_cpu),
+                [(front, [redis], False), (bulk_front, [sink], False)],
+            )
+            groups["haproxy"] = hp.pid
+            ngp_redis = ngp_bulk = ""
+        elif mode == "haproxy+2":
+            ports = [free_port(), free_port()]
+            for name, port in zip(("a", "b"), ports, strict=True):
+                listen = f"haproxy:proxy_from=127.0.0.1:tcp:{port}:interface=127.0.0.1"
+                server, controls[name] = start_instance(
+                    args, setup, processes, f"instance-{name}", "one", 1, listen, services
+                )
+                groups[name] = server.pid
+            for control in controls.values():
+                wait_ready(control, 1)
+            front = bulk_front = free_port()
+            hp = start_haproxy(
+                processes, setup.work, _pin(args.gateway_cpu), [(front, ports, True)]
+            )
+            groups["haproxy"] = hp.pid
+        else:
+            workers = 1 if mode == "one" else 2
+            front = bulk_front = free_port()
+            listen = f"tcp:{front}:interface=127.0.0.1"
+            server, controls["gateway"] = start_instance(
+                args, setup, processes, f"gateway-{mode}", mode, workers, listen, services
+            )
+            groups["gateway"] = server.pid
+            try:
+                wait_ready(controls["gateway"], workers)
+            except RuntimeError:
+                raise RuntimeError(server.log_tail(40)) from None
+        sessions = ["connrate", "--conns", str(args.conns), "--procs", "1"]
+        loadgen_run(args, front, ngp_redis, [*sessions, "--seconds", "1"], log)  # warm-up
         time.sleep(0.5)
-        idle0 = group_cpu_seconds(gateway.pid)
+        idle0 = cpu_by_process(groups)
         time.sleep(1.0)
-        idle = group_cpu_seconds(gateway.pid) - idle0
-        before = per_worker(ctl_status(control))
-        cpu0 = group_cpu_seconds(gateway.pid)
-        done, failed, wall = window(args.sessions)
-        time.sleep(0.5)
-        cpu = group_cpu_seconds(gateway.pid) - cpu0 - idle * (wall + 0.5)
-        after = per_worker(ctl_status(control))
-        accepted = [a - b for a, b in zip(after, before, strict=True)]
+        idle = {
+            key: value - idle0.get(key, value) for key, value in cpu_by_process(groups).items()
+        }
+        before = {name: ctl_status(path) for name, path in controls.items()}
+        rate, cpu = timed(
+            groups,
+            idle,
+            lambda: loadgen_run(
+                args, front, ngp_redis, [*sessions, "--seconds", str(args.seconds)], log
+            ),
+        )
+        after = {name: ctl_status(path) for name, path in controls.items()}
+        accepted = [
+            a - b
+            for name in controls
+            for a, b in zip(per_worker(after[name]), per_worker(before[name]), strict=True)
+        ]
+        bulk, bulk_cpu = timed(
+            groups,
+            idle,
+            lambda: loadgen_run(
+                args,
+                bulk_front,
+                ngp_bulk,
+                ["bulk", "--direction", "up", "--bytes", str(args.bulk)],
+                log,
+            ),
+        )
+        count = rate["connections"] + 1  # and the one that filled the SCRAM cache
         return {
             "mode": mode,
-            "sessions": done,
-            "failed": failed,
-            "rate": done / wall,
-            "us_per_session": 1e6 * cpu / max(done, 1),
+            "sessions": rate["connections"],
+            "errors": rate["errors"],
+            "rate": rate["rate"],
+            "cpu_us": {key: 1e6 * value / count for key, value in cpu.items()},
+            "gen_us": 1e6 * rate["gen_s"] / count,
             "accepted": accepted,
-            "busiest_share": max(accepted) / max(1, sum(accepted)),
+            "busiest_share": max(accepted) / max(1, sum(accepted)) if accepted else 1.0,
+            "mb_per_s": bulk["mb_per_s"],
+            "bulk_s_per_gib": {
+                key: value / (bulk["bytes"] / 2**30) for key, value in bulk_cpu.items()
+            },
+            "bulk_gen_s_per_gib": bulk["gen_s"] / (bulk["bytes"] / 2**30),
             "load": os.getloadavg()[0],
         }
     finally:
         processes.stop_all()
-        shutil.rmtree(state, ignore_errors=True)
+
+
+def path_total(figures: dict[str, float]) -> float:
+    """
+    The path's CPU: the sum of its groups' totals.
+    """
+    return sum(value for key, value in figures.items() if "." not in key)
+
+
+def busiest_process(figures: dict[str, float]) -> float:
+    """
+    The busiest single process's figure (a supervisor, a worker, a single-process gateway,
+    HAProxy).
+    """
+    split = {key.split(".")[0] for key in figures if "." in key}
+    return max(value for key, value in figures.items() if ("." in key) or (key not in split))
+
+
+def projected_rate(cpu_us: dict[str, float], cores: int) -> float:
+    """
+    Sessions per second the path would serve with C{cores} free cores for itself: bounded by
+    all its CPU spread over the cores and by its busiest process on one core.
+    """
+    return min(cores * 1e6 / path_total(cpu_us), 1e6 / busiest_process(cpu_us))
 
 
 def greeted(port: int, count: int, timeout: float = 5.0) -> tuple[int, list[str]]:
@@ -365,6 +584,10 @@ def _read(path: str) -> str:
         return f.read().strip()
 
 
+def _parts(figures: dict[str, float], form: str = ".0f") -> str:
+    return ", ".join(f"{key} {value:{form}}" for key, value in sorted(figures.items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
@@ -374,15 +597,14 @@ def main(argv: list[str] | None = None) -> int:
     one = sub.add_parser("_worker")
     one.add_argument("--accept-batch", required=True)
     one.add_argument("spec")
-    parser.add_argument("--sessions", type=int, default=3000)
-    parser.add_argument("--warmup", type=int, default=300)
-    parser.add_argument("--conns", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=60.0, help="bound on one window")
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed sessions per mode")
+    parser.add_argument("--bulk", type=int, default=1 << 30, help="bytes uploaded per mode")
+    parser.add_argument("--conns", type=int, default=16, help="sessions at a time")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--modes", default=DEFAULT_MODES, help=f"of {', '.join(MODES)}")
     parser.add_argument("--gateway-cpu", type=int, default=1, help="-1: not pinned")
     parser.add_argument("--client-cpu", type=int, default=0)
-    parser.add_argument("--cap-trials", type=int, default=5, help="0: skip the caps check")
+    parser.add_argument("--cap-trials", type=int, default=0, help="0: skip the caps check")
     args = parser.parse_args(argv)
     if args.command == "_gateway":
         args.twistd = [a for a in args.twistd if a != "--"]
@@ -393,25 +615,32 @@ def main(argv: list[str] | None = None) -> int:
     work = tempfile.mkdtemp(prefix="ngbench-workers-")
     venv_bin = os.path.dirname(sys.executable)
     results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.modes.split(",")}
+    backends = Processes(work)
     try:
         setup = pathmod.prepare(work, Processes(work), None, venv_bin)
+        redis = start_redis(backends, work)
+        sink = start_backend(backends, sys.executable)
         for run in range(args.runs):
             for mode in results:
-                r = measure(args, setup, work, mode)
+                r = measure(args, setup, redis, sink, mode)
                 results[mode].append(r)
                 print(
-                    f"run {run + 1} {mode:9s} {r['rate']:7.0f} sessions/s "
-                    f"{r['us_per_session']:6.0f} us/session accepted {r['accepted']} "
-                    f"failed {r['failed']} load {r['load']:.2f}",
+                    f"run {run + 1} {mode:9s} {r['rate']:6.0f} sessions/s "
+                    f"path {path_total(r['cpu_us']):4.0f} us/session [{_parts(r['cpu_us'])}] "
+                    f"loadgen {r['gen_us']:4.0f} us; accepted {r['accepted']} "
+                    f"errors {r['errors']}; bulk {r['mb_per_s']:5.0f} MB/s "
+                    f"path {path_total(r['bulk_s_per_gib']):.2f} s/GiB "
+                    f"[{_parts(r['bulk_s_per_gib'], '.2f')}]; load {r['load']:.2f}",
                     flush=True,
                 )
     finally:
+        backends.stop_all()
         shutil.rmtree(work, ignore_errors=True)
     if args.cap_trials:
         work = tempfile.mkdtemp(prefix="ngbench-workers-")
         try:
             setup = pathmod.prepare(work, Processes(work), None, venv_bin)
-            for mode in ("inherit", "inherit-batch", "reuseport"):
+            for mode in ("two", "inherit-batch", "reuseport"):
                 caps = measure_caps(args, setup, work, mode)
                 for name, row in caps.items():
                     print(
@@ -421,21 +650,52 @@ def main(argv: list[str] | None = None) -> int:
                     )
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    print("\nmedians over", args.runs, "runs:")
-    ones = results.get("one")
-    anchor = statistics.median(r["us_per_session"] for r in ones) if ones else None
+    report(results, args.runs)
+    return 0
+
+
+def _median_parts(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
+    """
+    Median of each part (group or process) of C{key} over the runs, worker PIDs renamed
+    C{worker1}, C{worker2} (busiest first) so that the runs line up.
+    """
+    renamed = []
+    for row in rows:
+        parts = dict(row[key])
+        workers = [k for k in parts if "." in k and not k.endswith(".supervisor")]
+        for n, k in enumerate(sorted(workers, key=lambda k: -parts[k]), 1):
+            parts[f"{k.split('.')[0]}.worker{n}"] = parts.pop(k)
+        renamed.append(parts)
+    keys = set.intersection(*(set(p) for p in renamed))
+    return {k: statistics.median(p[k] for p in renamed) for k in keys}
+
+
+def report(results: dict[str, list[dict[str, Any]]], runs: int) -> None:
+    """
+    Print the medians per mode, the ratios to C{one}, and what 1 and 2 free cores would give.
+    """
+    print(f"\nmedians over {runs} runs (us: CPU microseconds per authenticated session):")
+    anchor: float | None = None
     for mode, rows in results.items():
         if not rows:
             continue
+        cpu = _median_parts(rows, "cpu_us")
+        bulk = _median_parts(rows, "bulk_s_per_gib")
         rate = statistics.median(r["rate"] for r in rows)
-        cpu = statistics.median(r["us_per_session"] for r in rows)
+        gen = statistics.median(r["gen_us"] for r in rows)
         share = statistics.median(r["busiest_share"] for r in rows)
-        ratio = f" cpu/session x{cpu / anchor:.2f} of one" if anchor else ""
+        mb = statistics.median(r["mb_per_s"] for r in rows)
+        one_core = 1e6 / path_total(cpu)
+        two_cores = projected_rate(cpu, 2)
+        if mode == "one":
+            anchor = two_cores
+        ratio = f" (x{two_cores / anchor:.2f} of one)" if anchor else ""
         print(
-            f"{mode:9s} {rate:7.0f} sessions/s {cpu:6.0f} us/session "
-            f"busiest worker {100 * share:5.1f}%{ratio}"
+            f"{mode:9s} measured {rate:6.0f} sessions/s, path {path_total(cpu):4.0f} us "
+            f"[{_parts(cpu)}], loadgen {gen:4.0f} us, busiest {100 * share:5.1f}%; "
+            f"1 core {one_core:5.0f}/s, 2 free cores {two_cores:5.0f}/s{ratio}; "
+            f"bulk {mb:5.0f} MB/s, path {path_total(bulk):.2f} s/GiB [{_parts(bulk, '.2f')}]"
         )
-    return 0
 
 
 if __name__ == "__main__":
