@@ -239,7 +239,10 @@ def build(reactor: Any, spec: Mapping[str, Any], channel: WorkerChannel) -> Gate
                 )
             identity = load_server_context(tls.settings)
             identities.append(identity)
-            endpoints.append((description, TLSServerEndpoint(inherited, identity, reactor)))
+            # Behind haproxy: the PROXY header comes before the TLS handshake, as in
+            # the single-process gateway.
+            plain = wrapped_endpoint(reactor, endpoint, inherited)
+            endpoints.append((description, TLSServerEndpoint(plain, identity, reactor)))
         else:
             endpoints.append((description, wrapped_endpoint(reactor, description, inherited)))
     service = GatewayService(factory, endpoints, None)

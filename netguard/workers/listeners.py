@@ -97,9 +97,10 @@ def plain_description(description: str) -> str:
 
 def wrapped_endpoint(reactor: Any, description: str, inherited: Any) -> Any:
     """
-    The worker's endpoint for a configured (non-TLS) listener over its inherited socket:
+    The worker's plain endpoint for a configured listener over its inherited socket:
     behind a L{ProxyHeaderEndpoint} with the listener's C{proxy_from=} senders for a
-    C{haproxy:} listener, as the single-process gateway builds it.
+    C{haproxy:} listener, as the single-process gateway builds it. A TLS listener's TLS
+    goes over this endpoint, so the PROXY header is read before the handshake.
     """
     full = with_default_backlog(description)
     if full.startswith(PROXY_PREFIX):

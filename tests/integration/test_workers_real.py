@@ -27,10 +27,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.trial import unittest
+from zope.interface import implementer
 
 from netguard.client.endpoint import wrap_tls
 from netguard.client.protocol import Credentials, NGPClientProtocol
@@ -90,6 +93,41 @@ class RawLine(Protocol):
 
     def connectionLost(self, reason: Any) -> None:
         self.closed.callback(self.data)
+
+
+class _HeaderFirst(ProtocolWrapper):
+    """
+    Writes a PROXY header on the connection before the wrapped protocol (TLS) talks.
+    """
+
+    header = b""
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.header)
+        super().connectionMade()
+
+
+@implementer(IStreamClientEndpoint)
+class HeaderFirstEndpoint:
+    """
+    A client endpoint that sends C{header} first on each connection, as HAProxy's
+    C{send-proxy} does, then hands the connection to the protocol (for TLS, its handshake).
+    """
+
+    def __init__(self, endpoint: Any, header: bytes) -> None:
+        self.endpoint = endpoint
+        self.header = header
+
+    def connect(self, factory: Any) -> Any:
+        wrapping = WrappingFactory(factory)
+        header = self.header
+
+        class Wrapper(_HeaderFirst):
+            pass
+
+        Wrapper.header = header
+        wrapping.protocol = Wrapper
+        return self.endpoint.connect(wrapping).addCallback(lambda wrapper: wrapper.wrappedProtocol)
 
 
 def ctl(path: str, command: str) -> dict[str, Any]:
@@ -597,6 +635,62 @@ class WorkersTests(unittest.TestCase):
                 lambda pattern=pattern: re.search(pattern, self.daemon.stdout) is not None,
                 f"worker {index} logging {client}",
             )
+
+    @inlineCallbacks
+    def test_tls_listener_behind_haproxy(self) -> Any:
+        """
+        A C{[[tls_listen]]} on a C{haproxy:} listener with workers reads the PROXY header
+        before the TLS handshake, as the single-process gateway does: a header from this
+        host (the default C{proxy_from}) then TLS is served in each worker as the header's
+        client; a TLS client that sends no header is refused with C{conn.reject
+        reason=proxy-header} and charged one offence on its own address.
+        """
+        cert, key = tls_certs.make_leaf("localhost", extra_names=("127.0.0.1",))
+        cert_file, key_file = tls_certs.write_identity(self.root, "gateway", cert, key)
+        tls_port = free_port()
+        yield self.start(
+            extra=(
+                "[[tls_listen]]\n"
+                f'endpoint = "haproxy:tcp:{tls_port}:interface=127.0.0.1"\n'
+                f'cert_file = "{cert_file}"\n'
+                f'key_file = "{key_file}"\n'
+            )
+        )
+        pids = yield self.pids()
+        plain = TCP4ClientEndpoint(reactor, "127.0.0.1", tls_port)
+        options = {"tls": "1", "ca_file": cert_file}
+        for index, client in ((0, "192.0.2.50"), (1, "192.0.2.51")):
+            header = f"PROXY TCP4 {client} 127.0.0.1 40000 {tls_port}\r\n".encode()
+            endpoint = wrap_tls(
+                reactor, HeaderFirstEndpoint(plain, header), options, default_hostname="localhost"
+            )
+            stream = yield self.open_through(pids, index, endpoint)
+            yield self.echo(stream, 64 * 1024)
+            stream.transport.loseConnection()
+            yield stream.ended
+            pattern = rf"\[w{index}:\S+\] conn\.accept \S+ accepted {client}:40000"
+            yield self.daemon.wait_for(
+                lambda pattern=pattern: re.search(pattern, self.daemon.stdout) is not None,
+                f"worker {index} logging {client}",
+            )
+        listed = yield deferToThread(ctl, self.control, "penalties")
+        self.assertEqual(listed["penalties"], [])
+        # A TLS client straight to the listener: its ClientHello is not a PROXY header.
+        direct = RawLine()
+        yield connectProtocol(
+            wrap_tls(reactor, plain, options, default_hostname="localhost"), direct
+        )
+        said = yield direct.closed
+        self.assertEqual(said, b"")
+        yield self.daemon.wait_for(
+            lambda: "invalid PROXY header from 127.0.0.1:" in self.daemon.stdout,
+            "the refusal",
+        )
+        listed = yield deferToThread(ctl, self.control, "penalties")
+        self.assertEqual(
+            [(row["source"], row["offences"]) for row in listed["penalties"]],
+            [("127.0.0.1/32", 1)],
+        )
 
     @inlineCallbacks
     def test_per_source_cap_divided(self) -> Any:
