@@ -36,7 +36,12 @@ from netguard.workers import commands
 from netguard.workers.budget import worker_policy
 from netguard.workers.listeners import InheritedEndpoint, wrapped_endpoint
 from netguard.workers.penalties import SharedAdmission
-from netguard.workers.spawning import AMP_IN, AMP_OUT, config_fingerprint
+from netguard.workers.spawning import (
+    AMP_IN,
+    AMP_OUT,
+    config_fingerprint,
+    keep_restart_only,
+)
 from netguard.workers.spent import SharedSpentTable, share_spent
 
 
@@ -208,10 +213,16 @@ def build(reactor: Any, spec: Mapping[str, Any], channel: WorkerChannel) -> Gate
     index, count = int(spec["index"]), int(spec["count"])
     path, overrides = spec["config"], spec["overrides"]
 
-    def load(p: str | None, o: Mapping[str, object]) -> Config:
-        return worker_config(load_config(p, o), index, count)
+    started = spec.get("restart_only")
 
-    loaded = load_config(path, overrides)
+    def pinned(p: str | None, o: Mapping[str, object]) -> Config:
+        loaded = load_config(p, o)
+        return loaded if started is None else keep_restart_only(loaded, started)
+
+    def load(p: str | None, o: Mapping[str, object]) -> Config:
+        return worker_config(pinned(p, o), index, count)
+
+    loaded = pinned(path, overrides)
     wanted = spec.get("fingerprint")
     if wanted is not None and config_fingerprint(loaded) != wanted:
         raise WorkerStartError(

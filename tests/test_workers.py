@@ -7,12 +7,14 @@ penalties, the shared penalties of a worker, and the AMP JSON argument.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import stat
 import tempfile
+from types import SimpleNamespace
 from typing import Any
 
 import attrs
@@ -34,7 +36,7 @@ from netguard.config.schema import Source, parse_workers
 from netguard.ops.control import ControlError
 from netguard.ops.reload import ReloadRefused
 from netguard.tickets import SpentTable
-from netguard.worker import WorkerChannel, stamp_worker, worker_config
+from netguard.worker import WorkerChannel, build, stamp_worker, worker_config
 from netguard.workers import commands
 from netguard.workers.budget import (
     POOL_CAPS,
@@ -47,6 +49,7 @@ from netguard.workers.figures import aggregate, merge, merge_penalties
 from netguard.workers.listeners import InheritedEndpoint, SharedTCPPort
 from netguard.workers.operate import SupervisorControl, SupervisorReloader
 from netguard.workers.penalties import SharedAdmission
+from netguard.workers.spawning import Spawner
 from netguard.workers.spent import SharedSpentTable, share_spent
 from netguard.workers.supervisor import (
     EXIT_MARGIN,
@@ -1082,9 +1085,77 @@ class SupervisorReloadTests(unittest.TestCase):
         summary = self.successResultOf(self.reloader(lambda p, o: new).reload())
         self.assertIn("2/2 workers reloaded", summary)
         self.assertIn("restart needed for: workers", summary)
-        self.assertIs(self.supervisor.in_force, new)
+        self.assertEqual(self.supervisor.in_force.users_file, self.users)
         for slot in self.supervisor.slots:
             self.assertEqual(len(slot.channel.sent(commands.Reload)), 1)
+
+    def test_restart_only_keys_stay_from_the_start(self) -> None:
+        """
+        A reload that changes restart-only keys (C{admission}, C{workers}, C{listen}) and a
+        reloadable one (C{users_file}) puts the new reloadable key in force but keeps the
+        start's restart-only ones: a worker started later runs with the same ones as the
+        others. The summary still names the keys that need a restart.
+        """
+        admission = attrs.evolve(self.config.admission, penalty_base=900.0)
+        new = attrs.evolve(
+            self.config,
+            workers=3,
+            admission=admission,
+            listen=("tcp:7999",),
+            users_file=self.users,
+        )
+        summary = self.successResultOf(self.reloader(lambda p, o: new).reload())
+        self.assertIn("restart needed for: listen, admission, workers", summary)
+        in_force = self.supervisor.in_force
+        self.assertEqual(in_force.users_file, self.users)
+        self.assertEqual(
+            (in_force.admission, in_force.workers, in_force.listen),
+            (self.config.admission, self.config.workers, self.config.listen),
+        )
+
+    def test_worker_started_after_reload_keeps_start_keys(self) -> None:
+        """
+        A worker spawned after a reload that changed a restart-only key in the file is told
+        the start's restart-only keys: it builds with the start's admission policy (its
+        share) and the file's new services, and the configuration it loads has the
+        fingerprint of the one in force (so it starts).
+        """
+        state = os.path.abspath(self.config.state_dir)
+        self.users = os.path.abspath(self.users)
+        path = os.path.join(state, "netguard.toml")
+        base = (
+            f'state_dir = "{state}"\nusers_file = "{self.users}"\nworkers = 2\n'
+            'listen = ["tcp:0:interface=127.0.0.1"]\n'
+            '[services.echo]\nbackend = "builtin:echo"\nusers = ["*"]\n'
+        )
+        with open(path, "w") as handle:
+            handle.write(base + "[admission]\npenalty_base = 600\n")
+        started = load_config(path, {})
+        supervisor = Supervisor(started, self.clock, FakeSpawner())
+        with open(path, "w") as handle:
+            handle.write(
+                base
+                + '[services.echo2]\nbackend = "builtin:echo"\nusers = ["*"]\n'
+                + "[admission]\npenalty_base = 900\n"
+            )
+        reloader = SupervisorReloader(supervisor, path, {}, environ={})
+        self.successResultOf(reloader.reload())
+        spawned: list[list[str]] = []
+
+        class SpawningReactor:
+            def spawnProcess(self, process: Any, executable: str, args: Any, **kw: Any) -> Any:
+                spawned.append(args)
+                return SimpleNamespace(pid=4242)
+
+        spawner = Spawner(SpawningReactor(), path, {}, [])
+        spawner.supervisor = supervisor
+        spawner(supervisor.slots[0])
+        spec = json.loads(spawned[0][-1])
+        service = build(Clock(), spec, WorkerChannel(Clock(), 0))
+        config = service.factory.config
+        self.assertEqual(config.admission, worker_policy(started.admission, 0, 2))
+        self.assertEqual(config.admission.penalty_base, 600.0)
+        self.assertEqual(sorted(config.services), ["echo", "echo2"])
 
     def test_control_reload_refused_code(self) -> None:
         """

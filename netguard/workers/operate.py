@@ -19,6 +19,7 @@ from netguard.config import ConfigError, load_config
 from netguard.ops.control import ControlError
 from netguard.ops.notify import monotonic_usec, notify_ready, notify_reloading
 from netguard.ops.reload import RESTART_ONLY, ReloadRefused
+from netguard.workers.spawning import keep_restart_only
 from netguard.workers.supervisor import Supervisor
 
 log = Logger()
@@ -64,7 +65,9 @@ class SupervisorReloader:
             notify_ready("reload refused; the old configuration stays", self._environ)
             return fail(ReloadRefused(str(error)))
         pending = [k for k in RESTART_ONLY if getattr(started, k) != getattr(config, k)]
-        self.supervisor.in_force = config
+        # The restart-only keys stay those of the start: a worker started later (after a
+        # crash) must run with the same ones as the others.
+        self.supervisor.in_force = keep_restart_only(config, started)
 
         def done(summary: str) -> str:
             if pending:

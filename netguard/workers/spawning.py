@@ -8,9 +8,11 @@ shared with the supervisor (the log), and AMP over two pipes (the worker reads d
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
+import pickle
 import sys
 from collections.abc import Mapping
 from typing import Any, Final
@@ -21,6 +23,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from netguard.ops.reload import RESTART_ONLY
 from netguard.workers import commands
 from netguard.workers.listeners import SharedListener
 from netguard.workers.supervisor import Supervisor, WorkerSlot, exit_status
@@ -173,6 +176,35 @@ def config_fingerprint(config: Any) -> str:
     return hashlib.sha256(repr(values).encode("utf-8")).hexdigest()
 
 
+def restart_only_values(config: Any) -> str:
+    """
+    The restart-only keys (L{RESTART_ONLY}) of the configuration the supervisor started
+    with, encoded for a worker's spec: a worker started after a reload keeps them, as the
+    workers started with the supervisor do (they change only with a restart).
+
+    The encoding is a pickle: the worker decodes only what its own supervisor wrote on its
+    command line (no secret is among these keys: C{shared} names a password file, never
+    the password).
+    """
+    values = {key: getattr(config, key) for key in RESTART_ONLY}
+    return base64.b64encode(pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)).decode()
+
+
+def keep_restart_only(config: Any, started: Any) -> Any:
+    """
+    C{config} with the restart-only keys (L{RESTART_ONLY}) of C{started}: what a reload puts
+    in force for the workers.
+
+    @param started: the configuration the supervisor started with, or its encoded values
+        (L{restart_only_values}).
+    """
+    if isinstance(started, str):
+        values = pickle.loads(base64.b64decode(started))  # noqa: S301 - the supervisor's own
+    else:
+        values = {key: getattr(started, key) for key in RESTART_ONLY}
+    return attrs.evolve(config, **{key: values[key] for key in RESTART_ONLY})
+
+
 def worker_spec(
     slot: WorkerSlot,
     count: int,
@@ -180,11 +212,13 @@ def worker_spec(
     overrides: Mapping[str, Any],
     listeners: list[SharedListener],
     fingerprint: str | None = None,
+    restart_only: str | None = None,
 ) -> dict[str, Any]:
     """
     What a worker is told on its command line: its position, the configuration to load (and
-    the fingerprint it must have), and which inherited descriptor is which listener (as
-    the supervisor opened it: a reload does not change the listeners).
+    the fingerprint it must have), the restart-only keys it keeps from the configuration
+    the supervisor started with (L{restart_only_values}), and which inherited descriptor is
+    which listener (as the supervisor opened it: a reload does not change the listeners).
     """
     return {
         "index": slot.index,
@@ -192,6 +226,7 @@ def worker_spec(
         "config": config_path,
         "overrides": dict(overrides),
         "fingerprint": fingerprint,
+        "restart_only": restart_only,
         "listeners": [
             {
                 "kind": listener.kind,
@@ -235,6 +270,7 @@ class Spawner:
             self.overrides,
             self.listeners,
             config_fingerprint(self.supervisor.in_force),
+            restart_only_values(self.supervisor.config),
         )
         child_fds: dict[int, Any] = {AMP_IN: "w", 1: 1, 2: 2, AMP_OUT: "r"}
         for number, listener in enumerate(self.listeners):
