@@ -64,6 +64,7 @@ from netguard.workers.supervisor import (
     WAITING,
     Supervisor,
     WorkerSlot,
+    check_readable_after_drop,
     next_delay,
 )
 
@@ -458,6 +459,45 @@ class SupervisorStateTests(unittest.TestCase):
         self.clock.advance(FIRST_DELAY)
         self.supervisor.worker_ready(slot)
         self.assertEqual(slot.channel.sent(commands.Heartbeat), [{"on": True}])
+
+
+class PasswordFileOwnerTests(unittest.TestCase):
+    """
+    The Redis password file under C{twistd --uid}: the workers read it after the drop.
+    """
+
+    def password_file(self) -> str:
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as handle:
+            handle.write("secret\n")
+        os.chmod(path, 0o600)
+        return path
+
+    def test_other_owner_refused_at_start(self) -> None:
+        """
+        A password file that does not belong to the user the workers run as stops the
+        supervisor's start with a message naming the file, its owner and that user (instead
+        of every worker exiting and restarting for ever).
+        """
+        path = self.password_file()
+        config = make_config()
+        config = attrs.evolve(
+            config,
+            shared=attrs.evolve(config.shared, redis="tcp:127.0.0.1:6379", password_file=path),
+        )
+        supervisor = Supervisor(config, Clock(), FakeSpawner())
+        supervisor.run_as = (os.getuid() + 1, os.getgid())
+        error = self.assertRaises(SystemExit, supervisor.privilegedStartService)
+        self.assertIn(f"password_file={path} belongs to uid {os.getuid()}", str(error))
+        self.assertIn(f"as uid {os.getuid() + 1}", str(error))
+
+    def test_owner_or_missing_file_passes(self) -> None:
+        """
+        A file that belongs to the workers' user passes; a missing one is left to the
+        worker, which names the reason.
+        """
+        check_readable_after_drop(self.password_file(), os.getuid())
+        check_readable_after_drop(os.path.abspath(self.mktemp()), os.getuid() + 1)
 
 
 class AggregationTests(unittest.TestCase):

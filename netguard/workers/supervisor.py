@@ -25,7 +25,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from netguard.auth.users import MOCK_KEY_FILE
-from netguard.log import FileLogSink, LogFileError
+from netguard.log import FileLogSink, LogFileError, escape
 from netguard.ops.control import UnsafeControlPath
 from netguard.ops.lock import InstanceConflict
 from netguard.ops.metrics import MetricsListenFailed
@@ -63,6 +63,30 @@ RUNNING: Final = "running"
 WAITING: Final = "waiting"  # exited; a restart is scheduled
 STOPPING: Final = "stopping"
 STOPPED: Final = "stopped"
+
+
+def check_readable_after_drop(path: str, uid: int) -> None:
+    """
+    Refuse to start when the workers could not read the Redis password file: they start
+    after the privilege drop (C{twistd --uid}) and read it as that user, and the file may
+    give no permission to group or others, so it must belong to that user. Without this
+    check every worker would exit at its start and be restarted with backoff for ever.
+
+    @param path: C{[shared] password_file}.
+    @param uid: the user the workers run as.
+    @raise SystemExit: naming the file, its owner and the user, when they differ. A file
+        that cannot be examined is left to the worker, which names the reason.
+    """
+    try:
+        owner = os.stat(path).st_uid
+    except OSError:
+        return
+    if owner != uid:
+        raise SystemExit(
+            f"netguard: [shared] password_file={escape(path)} belongs to uid {owner}, but the "
+            f"workers read it after dropping privileges, as uid {uid}; give it to that "
+            "user (chown, mode 0600)"
+        )
 
 
 class WorkerSlot:
@@ -184,6 +208,8 @@ class Supervisor(MultiService):
         """
         if self.instance_lock is not None:
             self.instance_lock.write_pid()
+        if self.run_as is not None and self.config.shared.password_file:
+            check_readable_after_drop(self.config.shared.password_file, self.run_as[0])
         try:
             self.log_sink.start()
             super().privilegedStartService()
