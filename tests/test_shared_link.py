@@ -1,7 +1,8 @@
 """
 Tests for L{netguard.shared.link}: a link is up only once Redis answered (AUTH, PING) within
 the connect bound; a command waits at most the bound (one tick before it still waits, at it
-gives up and drops the connection); nothing waits while the link is down; reconnection backs
+gives up) and a late reply keeps the connection, a reply still missing after the grace drops
+it; nothing waits while the link is down; reconnection backs
 off with jitter and only a real answer resets the backoff. Time is a L{task.Clock}; the
 endpoint is a test double handing out L{StringTransport}s.
 """
@@ -21,6 +22,7 @@ from netguard.shared.link import (
     BACKOFF_FIRST,
     BACKOFF_MAX,
     CONNECT_TIMEOUT,
+    GRACE,
     RedisLink,
     Unavailable,
 )
@@ -141,8 +143,8 @@ class LinkTests(unittest.TestCase):
     def test_call_bound(self) -> None:
         """
         A command not answered waits exactly the bound: one tick before it, still waiting;
-        at it, L{Unavailable}, a timeout counted, and the connection dropped (the link goes
-        down and reconnects). A late reply changes nothing.
+        at it, L{Unavailable} and a timeout counted, the connection kept (the caller alone
+        gives up).
         """
         link, endpoint, clock, events = self.make()
         protocol, transport = self.up(link, endpoint)
@@ -152,9 +154,54 @@ class LinkTests(unittest.TestCase):
         clock.advance(0.001)
         self.failureResultOf(waiting, Unavailable)
         self.assertEqual(link.timeouts, 1)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(events, ["up"])
+        self.assertTrue(link.up)
+
+    def test_late_reply_after_stall(self) -> None:
+        """
+        An event loop that stalled past the bound runs the timer before it reads the reply
+        that came in time: the caller fails at the bound, the reply is then read and
+        dropped, the connection is kept (no down, nothing left scheduled), and the next
+        command gets its own reply.
+        """
+        link, endpoint, clock, events = self.make()
+        protocol, transport = self.up(link, endpoint)
+        waiting = link.call("PING")
+        clock.advance(0.08)  # the stall: the timer runs first
+        self.failureResultOf(waiting, Unavailable)
+        protocol.dataReceived(b"+PONG\r\n")
+        self.assertEqual((link.timeouts, link.late), (1, 1))
+        self.assertTrue(link.up)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(events, ["up"])
+        self.assertEqual(clock.getDelayedCalls(), [])
+        following = link.call("INCRBY", "k", 1)
+        protocol.dataReceived(b":7\r\n")
+        self.assertEqual(self.successResultOf(following), 7)
+        clock.advance(GRACE * 2)
+        self.assertEqual(events, ["up"])
+
+    def test_missing_reply_drops_after_grace(self) -> None:
+        """
+        A reply still missing L{GRACE} seconds after its command drops the connection (the
+        link goes down and reconnects); one tick before, the connection is kept.
+        """
+        link, endpoint, clock, events = self.make()
+        protocol, transport = self.up(link, endpoint)
+        waiting = link.call("SET", "k", "1", "NX")
+        clock.advance(GRACE - 0.001)
+        self.failureResultOf(waiting, Unavailable)
+        self.assertEqual(events, ["up"])
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.001)
         self.assertTrue(transport.disconnecting)
         self.assertEqual(events, ["up", "down"])
         self.assertFalse(link.up)
+        self.assertEqual((link.timeouts, link.late), (1, 0))
+        self.failureResultOf(link.call("PING"), Unavailable)
+        clock.advance(BACKOFF_FIRST * 2)
+        self.assertEqual(len(endpoint.attempts), 2)
 
     def test_call_answered(self) -> None:
         """

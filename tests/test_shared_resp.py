@@ -171,9 +171,12 @@ class BoundTests(unittest.TestCase):
 
     def test_bad_integer(self) -> None:
         """
-        An integer reply that is not digits, or too long, is refused.
+        An integer reply that is not digits (one leading minus sign at most), or too long,
+        is refused with L{ProtocolError}; C{-5} is read.
         """
-        for data in (b":x\r\n", b":\r\n", b":" + b"9" * 21 + b"\r\n", b"$1x\r\n"):
+        self.assertEqual(parse_reply(b":-5\r\n"), (-5, 5))
+        bad = (b":x\r\n", b":\r\n", b":" + b"9" * 21 + b"\r\n", b"$1x\r\n", b":--5\r\n", b":-\r\n")
+        for data in (*bad, b"*--1\r\n", b"$--5\r\n", b":5-\r\n"):
             with self.assertRaises(ProtocolError, msg=repr(data)):
                 parse_reply(data)
 

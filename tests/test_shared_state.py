@@ -26,10 +26,17 @@ from twisted.trial import unittest
 
 from netguard.admission import AdmissionPolicy, Refusal
 from netguard.config import ConfigError, load_config
-from netguard.shared.link import BACKOFF_MAX
+from netguard.shared.link import BACKOFF_MAX, GRACE
 from netguard.shared.resp import encode_command, parse_reply
 from netguard.shared.settings import SharedSettings
-from netguard.shared.state import MAX_MESSAGE, RATE_FLUSH, SharedState, parse_block, valid_source
+from netguard.shared.state import (
+    FEED_PING,
+    MAX_MESSAGE,
+    RATE_FLUSH,
+    SharedState,
+    parse_block,
+    valid_source,
+)
 from netguard.workers.penalties import SharedAdmission
 
 
@@ -66,8 +73,10 @@ class RedisDouble:
     """
     A Redis test double: a dictionary with millisecond expiry on the test's clock, answering
     PING, AUTH, SET (NX, PX), PEXPIRE (GT), GET, PTTL, INCRBY, SCAN (MATCH; one round),
-    SUBSCRIBE and PUBLISH in RESP2. C{down}: connections are refused; C{stall}: commands
-    of these names are never answered.
+    SUBSCRIBE and PUBLISH in RESP2 (PING on a subscribed connection with a C{pong} push, as
+    Redis does). C{down}: connections are refused; C{stall}: commands of these names are
+    never answered; C{hold}: their answers are kept until L{release} (a reply that came in
+    time but is read late).
     """
 
     def __init__(self, clock: Clock) -> None:
@@ -77,7 +86,14 @@ class RedisDouble:
         self.connections: list[RedisConnection] = []
         self.down = False
         self.stall: set[bytes] = set()
+        self.hold: set[bytes] = set()
+        self.held: list[tuple[RedisConnection, bytes]] = []
         self.commands: Counter[bytes] = Counter()
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for connection, answer in held:
+            connection.transport.write(answer)
 
     def live(self, key: bytes) -> tuple[bytes, float | None] | None:
         entry = self.data.get(key)
@@ -91,7 +107,16 @@ class RedisDouble:
         self.commands[name] += 1
         if name in self.stall:
             return None
+        if name in self.hold:
+            self.hold.discard(name)
+            answer = self.answer(connection, args)
+            self.commands[name] -= 1
+            if answer is not None:
+                self.held.append((connection, answer))
+            return None
         now = self.clock.seconds()
+        if name == b"PING" and connection in self.subscribers:
+            return b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"
         if name in (b"PING", b"AUTH"):
             return b"+PONG\r\n" if name == b"PING" else b"+OK\r\n"
         if name == b"SET":
@@ -341,6 +366,58 @@ class BlockTests(StateCase):
         self.assertFalse(valid_source("2001:db8::/64 extra"))
         self.assertFalse(valid_source("unknown"))
 
+    def test_foreign_prefix_refused(self) -> None:
+        """
+        A hostile channel message keyed by a network that is not one of this host's source
+        keys is dropped: with C{ipv4_prefix = 32} a /32 is a block and a /24 or
+        C{0.0.0.0/0} is not; with C{ipv6_prefix = 64} a /64 in admission's spelling is, a
+        /48, a /65, another spelling of the /64, or an IPv4-mapped /64 is not. A flood of
+        such keys evicts no genuine block (the table is at its bound).
+        """
+        policy = AdmissionPolicy(ipv4_prefix=32, ipv6_prefix=64, max_tracked_sources=2)
+        one, first = self.process(policy)
+        self.redis.answer(None, [b"PUBLISH", one.channel, b"192.0.2.1/32 60000 1.0"])  # type: ignore[arg-type]
+        self.redis.answer(None, [b"PUBLISH", one.channel, b"2001:db8:1:2::/64 60000 1.0"])  # type: ignore[arg-type]
+        self.assertEqual(
+            sorted(row[0] for row in first.penalties()), ["192.0.2.1/32", "2001:db8:1:2::/64"]
+        )
+        foreign = [
+            b"192.0.2.0/24",
+            b"0.0.0.0/0",
+            b"2001:db8::/48",
+            b"2001:db8:1:2::/65",
+            b"2001:db8:1:2:0::/64",
+            b"::ffff:0:0/96",
+            b"::ffff:c000:201/128",
+        ]
+        foreign += [b"198.51.%d.0/24" % n for n in range(50)]
+        for key in foreign:
+            self.redis.answer(None, [b"PUBLISH", one.channel, key + b" 60000 1.0"])  # type: ignore[arg-type]
+        self.assertEqual(one.counters["messages_dropped"], len(foreign))
+        self.assertEqual(
+            sorted(row[0] for row in first.penalties()), ["192.0.2.1/32", "2001:db8:1:2::/64"]
+        )
+        self.assertIsInstance(first.enter("192.0.2.1"), Refusal)
+        self.assertEqual(parse_block(b"0.0.0.0/0 1000 1.0", 60.0, (32, 64)), None)
+        self.assertEqual(
+            parse_block(b"0.0.0.0/0 1000 1.0", 60.0, (0, 64)), ("0.0.0.0/0", 1.0, 1.0)
+        )
+        self.assertEqual(parse_block(b"192.0.2.1/32 1000 1.0", 60.0, (24, 64)), None)
+        self.assertEqual(
+            parse_block(b"192.0.2.0/24 1000 1.0", 60.0, (24, 64)), ("192.0.2.0/24", 1.0, 1.0)
+        )
+
+    def test_foreign_prefix_not_read_back(self) -> None:
+        """
+        A block stored in Redis under a key of another prefix length (written there by
+        anyone who can write to Redis) is not applied when blocks are read back; one of the
+        local length is.
+        """
+        for key in (b"192.0.2.0/24", b"0.0.0.0/0", b"192.0.2.7/32"):
+            self.redis.data[b"netguard:block:" + key] = (b"3.000", self.clock.seconds() + 30)
+        one, first = self.process(AdmissionPolicy(ipv4_prefix=32))
+        self.assertEqual([row[0] for row in first.penalties()], ["192.0.2.7/32"])
+
     def test_host_local_sources_not_shared(self) -> None:
         """
         A block of the unix-socket source (every local unix peer of one host) is neither
@@ -406,7 +483,8 @@ class TicketClaimTests(StateCase):
     def test_stalled_claim_bounded(self) -> None:
         """
         A claim Redis does not answer waits the bound exactly (not answered one tick
-        before), then is L{None}; the outage is logged once.
+        before), then is L{None} (the connection kept); still unanswered after the grace,
+        the connection is dropped and the outage logged once.
         """
         one, _ = self.process(timeout=0.05)
         self.redis.stall.add(b"SET")
@@ -416,7 +494,34 @@ class TicketClaimTests(StateCase):
         self.assertNoResult(claim)
         self.clock.advance(0.001)
         self.assertIsNone(self.successResultOf(claim))
+        self.assertEqual(self.named("shared.degraded", one), [])
+        self.assertTrue(one.sharing)
+        self.clock.advance(GRACE - 0.05)
         self.assertEqual(len(self.named("shared.degraded", one)), 1)
+        self.assertFalse(one.link.up)
+
+    def test_late_reply_after_stall(self) -> None:
+        """
+        The event loop stalls past the bound while Redis's answer to a claim waits unread:
+        the claim is judged locally at the bound (L{None}, counted), the late answer is then
+        read and dropped, and sharing stays up: no C{shared.degraded}, the connection kept,
+        later claims answered by Redis.
+        """
+        one, _ = self.process(timeout=0.05)
+        connections = len(self.redis.connections)
+        self.redis.hold.add(b"SET")
+        now = self.clock.seconds()
+        claim = one.claim_ticket(b"\x01" * 16, now + 60, now)
+        self.clock.advance(0.08)
+        self.assertIsNone(self.successResultOf(claim))
+        self.redis.release()
+        self.assertEqual((one.link.timeouts, one.link.late), (1, 1))
+        self.clock.advance(GRACE * 2)
+        self.assertEqual(self.named("shared.degraded", one), [])
+        self.assertTrue(one.sharing)
+        self.assertEqual(len(self.redis.connections), connections)
+        self.assertIs(self.successResultOf(one.claim_ticket(b"\x01" * 16, now + 60, now)), False)
+        self.assertEqual(one.counters["tickets_local"], 1)
 
     def test_hooked_into_book(self) -> None:
         """
@@ -460,6 +565,39 @@ class HealthTests(StateCase):
         self.assertEqual(len(self.named("shared.restored", one)), 1)
         self.assertEqual(len(self.named("shared.restored", two)), 1)
         self.assertIsInstance(second.enter("192.0.2.10"), Refusal)
+
+    def test_dead_feed_noticed(self) -> None:
+        """
+        The subscription is checked with a PING every L{FEED_PING} seconds: answered, it
+        stays; silently dead (no C{pong} within the grace, as behind a NAT that dropped
+        it), one C{shared.degraded} (not one tick before the grace), the feed is made again
+        and sharing restored; blocks published meanwhile are read back.
+        """
+        one, first = self.process()
+        two, second = self.process()
+        feed = one.feed.protocol
+        self.clock.advance(FEED_PING)
+        self.clock.advance(GRACE)
+        self.assertIs(one.feed.protocol, feed)
+        self.assertEqual(self.named("shared.degraded", one), [])
+        # The feed's connection is gone without a word: nothing reaches it, nothing answers.
+        [dead] = [c for c in self.redis.subscribers if c.transport.peer is feed]
+        self.redis.subscribers.remove(dead)
+        self.redis.stall.add(b"PING")
+        self.clock.advance(FEED_PING - GRACE)
+        self.clock.advance(GRACE - 0.001)
+        self.assertEqual(self.named("shared.degraded", one), [])
+        self.clock.advance(0.001)
+        [degraded] = self.named("shared.degraded", one)
+        self.assertIn("PING", degraded["reason"])
+        self.assertFalse(one.sharing)
+        second.offence("192.0.2.44", "early_talker")
+        self.redis.stall.discard(b"PING")
+        for _ in range(20):
+            self.clock.advance(0.1)
+        self.assertTrue(one.sharing)
+        self.assertEqual(len(self.named("shared.restored", one)), 1)
+        self.assertIsInstance(first.enter("192.0.2.44"), Refusal)
 
     def test_unreachable_at_start(self) -> None:
         """

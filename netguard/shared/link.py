@@ -24,6 +24,11 @@ CONNECT_TIMEOUT: Final = 2.0
 #: Reconnection delays: the first, and the most it doubles to (each drawn with +-50% jitter).
 BACKOFF_FIRST: Final = 0.25
 BACKOFF_MAX: Final = 10.0
+#: Seconds a reply may be missing (counted from the command; at least twice the command's
+#: bound) before the connection is taken for gone. A reply past the command's bound fails
+#: its caller only: an event loop busy for longer than the bound (a burst of handshakes)
+#: reads a reply that came in time only after the timer ran.
+GRACE: Final = 1.0
 
 
 class Unavailable(Exception):
@@ -76,6 +81,7 @@ class RedisLink:
         self._retry: Any = None
         self._attempt: Deferred[Any] | None = None
         self.timeouts = 0
+        self.late = 0
         self.errors = 0
         self.failures = 0
 
@@ -163,6 +169,27 @@ class RedisLink:
             self.up = False
             self._down("connection lost")
 
+    @property
+    def grace(self) -> float:
+        """
+        Seconds after a command that its missing reply drops the connection.
+        """
+        return max(GRACE, 2 * self.timeout)
+
+    def drop(self, reason: str) -> None:
+        """
+        Take the connection for gone: abort it, report the link down with C{reason}, and
+        reconnect (with backoff).
+        """
+        protocol, self.protocol = self.protocol, None
+        if protocol is None:
+            return
+        protocol.on_lost = None
+        if protocol.transport is not None and not protocol.lost:
+            protocol.transport.abortConnection()  # type: ignore[attr-defined]
+        self.log.info("redis link dropped: {reason}", event="shared.link_dropped", reason=reason)
+        self._down(reason)
+
     def _down(self, reason: str) -> None:
         self.up = False
         self.failures += 1
@@ -181,8 +208,10 @@ class RedisLink:
         Send a command and wait for its reply at most L{timeout} seconds.
 
         @return: a L{Deferred} of the reply; it fails with L{Unavailable} at once while the
-            link is down, or after the bound (the connection is then dropped and made again:
-            a Redis that does not answer in time is treated as gone).
+            link is down, or after the bound. A reply later than the bound is read and
+            dropped (the connection is kept); a reply still missing L{GRACE} seconds (at
+            least twice the bound) after the command was sent drops the connection (a Redis
+            that does not answer is treated as gone), and the link reconnects.
         """
         protocol = self.protocol
         if not self.up or protocol is None:
@@ -190,19 +219,26 @@ class RedisLink:
         answer = protocol.command(*args)
         result: Deferred[Reply] = Deferred()
 
+        def overdue() -> None:
+            if protocol is self.protocol:
+                self.drop(f"no answer within {self.grace}s")
+
         def expire() -> None:
             self.timeouts += 1
             if not result.called:
                 result.errback(Unavailable(f"no answer within {self.timeout}s"))
-            if protocol is self.protocol and protocol.transport is not None:
-                protocol.transport.abortConnection()  # type: ignore[attr-defined]
 
         timer = self.reactor.callLater(self.timeout, expire)
+        grace = self.reactor.callLater(self.grace, overdue)
 
         def settle(outcome: Reply | Failure) -> None:
             if timer.active():
                 timer.cancel()
+            if grace.active():
+                grace.cancel()
             if result.called:
+                if not isinstance(outcome, Failure):
+                    self.late += 1
                 return
             if isinstance(outcome, Failure):
                 self.errors += 1

@@ -76,7 +76,8 @@ def _line(buffer: bytes, start: int) -> tuple[bytes, int]:
 
 
 def _integer(text: bytes) -> int:
-    if not text or len(text) > 20 or not text.lstrip(b"-").isdigit():
+    digits = text[1:] if text.startswith(b"-") else text
+    if len(text) > 20 or not digits.isdigit():
         raise ProtocolError("not an integer")
     return int(text)
 

@@ -52,6 +52,9 @@ COUNTERS: Final = (
 )
 #: A block sent for a source past its shared rate lasts at least this long.
 MIN_RATE_BLOCK: Final = 0.05
+#: How often the subscription is checked with a PING (answered within the feed link's
+#: grace, or the feed is taken for dead and made again).
+FEED_PING: Final = 5.0
 
 
 class BlockingAdmission(Protocol):
@@ -75,25 +78,40 @@ class Holder(Protocol):
     tickets: Any
 
 
-def valid_source(key: str) -> bool:
+def valid_source(key: str, prefixes: tuple[int, int] | None = None) -> bool:
     """
     Whether C{key} is a source key that means the same on every host: a network string.
     The special keys (every unix-socket peer of one host, every peer without an IP
     address) are local to their host; they and anything else from the channel are dropped.
+
+    @param prefixes: the local C{(ipv4_prefix, ipv6_prefix)}: when given, only a key this
+        host's admission could have made is valid: a network of exactly that length,
+        written as admission writes it (so that one network is one key), IPv4-mapped IPv6
+        refused (admission counts those as IPv4).
     """
     if key in (UNIX_SOURCE, UNKNOWN_SOURCE):
         return False
     try:
-        ipaddress.ip_network(key)
+        network = ipaddress.ip_network(key)
     except ValueError:
         return False
-    return True
+    if prefixes is None:
+        return True
+    if str(network) != key:
+        return False
+    if isinstance(network, ipaddress.IPv4Network):
+        return network.prefixlen == prefixes[0]
+    return network.prefixlen == prefixes[1] and network.network_address.ipv4_mapped is None
 
 
-def parse_block(message: bytes, max_seconds: float) -> tuple[str, float, float] | None:
+def parse_block(
+    message: bytes, max_seconds: float, prefixes: tuple[int, int] | None = None
+) -> tuple[str, float, float] | None:
     """
     Read a block message C{b"<source key> <milliseconds> <points>"}.
 
+    @param prefixes: the local prefix lengths (L{valid_source}): a key of another length
+        (a network wider than one source, as C{0.0.0.0/0}) is not a block here.
     @return: C{(key, seconds, points)}, seconds capped at C{max_seconds}; L{None} when the
         message is not one.
     """
@@ -104,9 +122,13 @@ def parse_block(message: bytes, max_seconds: float) -> tuple[str, float, float] 
         seconds, score = int(millis) / 1000.0, float(points)
     except ValueError:
         return None
-    if not valid_source(key) or not 0 < seconds or not 0.0 <= score <= 1000.0:
+    if not valid_source(key, prefixes) or not 0 < seconds or not 0.0 <= score <= 1000.0:
         return None
     return key, min(seconds, max_seconds), score
+
+
+def _prefixes(policy: Any) -> tuple[int, int]:
+    return int(policy.ipv4_prefix), int(policy.ipv6_prefix)
 
 
 class SharedState(Service):
@@ -163,6 +185,9 @@ class SharedState(Service):
         self._pending: Counter[str] = Counter()
         self._flusher = LoopingCall(self._flush_rates)
         self._flusher.clock = reactor
+        self._pinger = LoopingCall(self._ping_feed)
+        self._pinger.clock = reactor
+        self._feed_check: Any = None
         self._hooked: Any = None
         self._report: Any = None
 
@@ -174,11 +199,15 @@ class SharedState(Service):
         self.link.start()
         self.feed.start()
         self._flusher.start(RATE_FLUSH, now=False)
+        self._pinger.start(FEED_PING, now=False)
 
     def stopService(self) -> Any:
         super().stopService()
         if self._flusher.running:
             self._flusher.stop()
+        if self._pinger.running:
+            self._pinger.stop()
+        self._feed_answered()
         self.link.stop()
         self.feed.stop()
         self._unhook()
@@ -263,10 +292,34 @@ class SharedState(Service):
         self.link.answered()
         self._up()
 
+    def _ping_feed(self) -> None:
+        """
+        Check the subscription: a connection silently gone (a NAT or firewall that dropped
+        it) would otherwise look up for ever while no block arrives. Redis answers a PING
+        in subscribed mode with a C{pong} push; none within the feed's grace drops the
+        feed (logged as degraded) and it is made again.
+        """
+        protocol = self.feed.protocol
+        if not self.feed.up or protocol is None or self._feed_check is not None:
+            return
+        self._feed_check = self.reactor.callLater(self.feed.grace, self._feed_silent, protocol)
+        protocol.command("PING")
+
+    def _feed_silent(self, protocol: Any) -> None:
+        self._feed_check = None
+        if protocol is self.feed.protocol:
+            self.feed.drop(f"subscription did not answer PING within {self.feed.grace}s")
+
+    def _feed_answered(self) -> None:
+        check, self._feed_check = self._feed_check, None
+        if check is not None and check.active():
+            check.cancel()
+
     def _feed_up(self, link: RedisLink) -> None:
         protocol = link.protocol
         if protocol is None:
             return
+        self._feed_answered()
         protocol.on_push = self._pushed
         protocol.command("SUBSCRIBE", self.channel)
         if self._confirmed:
@@ -302,12 +355,19 @@ class SharedState(Service):
         self.counters["blocks_applied"] += 1
 
     def _pushed(self, reply: Reply) -> None:
+        if reply == b"PONG" or (
+            isinstance(reply, list) and len(reply) == 2 and reply[0] == b"pong"
+        ):
+            self._feed_answered()
+            return
         if not (isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message"):
             return  # subscription confirmations and anything else
         message = reply[2]
         policy = self._hooked.policy if self._hooked is not None else None
-        limit = float(policy.penalty_max) if policy is not None else 0.0
-        block = parse_block(message, limit) if isinstance(message, bytes) else None
+        if policy is None or not isinstance(message, bytes):
+            self.counters["messages_dropped"] += 1
+            return
+        block = parse_block(message, float(policy.penalty_max), _prefixes(policy))
         if block is None:
             self.counters["messages_dropped"] += 1
             return
@@ -345,7 +405,11 @@ class SharedState(Service):
 
     def _load_one(self, name: bytes) -> None:
         key = name[len(self._block_key) :]
-        if not valid_source(key.decode("ascii", "replace")):
+        admission = self._hooked
+        if admission is None:
+            return
+        if not valid_source(key.decode("ascii", "replace"), _prefixes(admission.policy)):
+            self.counters["messages_dropped"] += 1
             return
         link = self.link
 
@@ -358,8 +422,9 @@ class SharedState(Service):
             admission = self._hooked
             if not isinstance(score, bytes) or admission is None:
                 return
-            limit = float(admission.policy.penalty_max)
-            block = parse_block(b"%s %d %s" % (key, millis, score), limit)
+            policy = admission.policy
+            message = b"%s %d %s" % (key, millis, score)
+            block = parse_block(message, float(policy.penalty_max), _prefixes(policy))
             if block is not None:
                 self._apply(*block)
 

@@ -233,17 +233,35 @@ class SharedRealTests(RedisCase):
         line = yield self.first_line(two, b"RESUME " + mint(one) + b"\r\n")
         self.assertTrue(line.startswith(b"NETGUARD/1 "), line)
 
+    def assert_outages(self, running: RunningGateway, since: int) -> None:
+        """
+        Since event C{since}, C{running} logged C{shared.degraded} and C{shared.restored}
+        alternately, starting with a degradation and ending restored: at most one
+        degradation per outage, and every outage over. (How many outages a loaded machine
+        adds is not asserted: a stall longer than the grace is one.)
+        """
+        names = [
+            e["event"]
+            for e in self.events[since:]
+            if e.get("log_source") is running.service.shared
+            and e.get("event") in ("shared.degraded", "shared.restored")
+        ]
+        self.assertTrue(names, "no outage logged")
+        self.assertEqual(names, ["shared.degraded", "shared.restored"] * (len(names) // 2))
+
     @inlineCallbacks
     def test_redis_killed_then_restarted(self) -> Any:
         """
         redis-server killed mid-test: both instances keep serving and enforce their own
         limits (a source blocked by one is not refused by the other), each logs exactly one
-        C{shared.degraded} however many reconnections fail; once redis-server runs again on
-        its port each logs exactly one C{shared.restored}, and blocks are shared again.
+        C{shared.degraded} while it is down however many reconnections fail; once
+        redis-server runs again on its port each logs C{shared.restored} (one per outage),
+        and blocks are shared again.
         """
         port = self.start_redis()
         one, two = self.gateway(port), self.gateway(port)
         yield wait_for(lambda: one.service.shared.sharing and two.service.shared.sharing)
+        since = len(self.events)
         self.kill_redis()
         yield wait_for(lambda: one.service.shared.degraded and two.service.shared.degraded)
         # Several reconnections fail, none logged again.
@@ -257,17 +275,18 @@ class SharedRealTests(RedisCase):
         self.assertEqual(line, b"ERR BUSY penalised")  # enforced locally
         line = yield self.first_line(two)
         self.assertTrue(line.startswith(b"NETGUARD/1 "), line)  # not shared while down
-        self.assertEqual(len(self.named("shared.degraded", one)), 1)
-        self.assertEqual(len(self.named("shared.degraded", two)), 1)
-        self.assertEqual(self.named("shared.restored", one), [])
+        for running in (one, two):
+            down = [
+                e for e in self.events[since:] if e.get("log_source") is running.service.shared
+            ]
+            self.assertEqual([e["event"] for e in down], ["shared.degraded"])
 
         self.start_redis(port)
         yield wait_for(
             lambda: one.service.shared.sharing and two.service.shared.sharing, timeout=60
         )
-        self.assertEqual(len(self.named("shared.restored", one)), 1)
-        self.assertEqual(len(self.named("shared.restored", two)), 1)
-        self.assertEqual(len(self.named("shared.degraded", one)), 1)
+        self.assert_outages(one, since)
+        self.assert_outages(two, since)
         one.factory.admission.clear_penalties()
         two.factory.admission.clear_penalties()
         line = yield self.first_line(two, b"HELLO\r\n")
@@ -280,10 +299,11 @@ class SharedRealTests(RedisCase):
     def test_hostile_slow_redis(self) -> Any:
         """
         A hostile slow Redis (answers everything but the claim of a ticket): a RESUME waits
-        for the claim at most the bound (one timeout, counted) and is then judged by the
-        local spent table alone (accepted: greeted). The stall is logged once as
-        C{shared.degraded}; the instance serves meanwhile and, once connected again and
-        answered, logs one C{shared.restored}.
+        for the claim at most the bound (a timeout counted) and is then judged by the local
+        spent table alone (accepted: greeted); no claim succeeds. The instance serves
+        meanwhile. The unanswered claim drops the connection after the grace: logged as
+        C{shared.degraded}, and once connected again and answered, C{shared.restored}
+        (one per outage).
         """
         factory = Factory.forProtocol(HostileSlowRedis)
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
@@ -291,15 +311,17 @@ class SharedRealTests(RedisCase):
         one = self.gateway(port.getHost().port, timeout=0.05)
         shared = one.service.shared
         yield wait_for(lambda: shared.sharing)
+        since = len(self.events)
         line = yield self.first_line(one, b"RESUME " + mint(one) + b"\r\n")
         self.assertTrue(line.startswith(b"NETGUARD/1 "), line)
-        self.assertEqual((shared.link.timeouts, shared.counters["tickets_local"]), (1, 1))
+        self.assertGreaterEqual(shared.link.timeouts, 1)
+        self.assertGreaterEqual(shared.counters["tickets_local"], 1)
         self.assertEqual(shared.counters["tickets_claimed"], 0)
         line = yield self.first_line(one)
         self.assertTrue(line.startswith(b"NETGUARD/1 "), line)
-        self.assertEqual(len(self.named("shared.degraded", one)), 1)
+        yield wait_for(lambda: bool(self.named("shared.degraded", one)), timeout=30)
         yield wait_for(lambda: shared.sharing, timeout=30)
-        self.assertEqual(len(self.named("shared.restored", one)), 1)
+        self.assert_outages(one, since)
 
 
 class SharedAuthRealTests(RedisCase):
