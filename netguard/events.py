@@ -48,6 +48,7 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "worker.killed": "a worker that had not exited after the drain's grace period was killed",
         "worker.spawn_failed": "a worker process could not be started; it is tried again later",
         "worker.penalty_shared": "a block decided by one worker was passed to the other workers",
+        "worker.block_refused": "a block a worker reported was not a finite length; not passed on",
         "worker.reloaded": "every worker was asked to reload; the summary of their answers",
         "worker.share_failed": "a block or spent ticket could not be passed to the supervisor",
         "shared.connected": "state is shared through Redis (first connection)",

@@ -24,7 +24,7 @@ from twisted.internet.defer import fail, inlineCallbacks, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel
+from twisted.logger import LogLevel, capturedLogs
 from twisted.protocols import amp
 from twisted.protocols.wire import Echo
 from twisted.trial import unittest
@@ -371,6 +371,81 @@ class SupervisorStateTests(unittest.TestCase):
         )
         self.assertEqual(slots[0].channel.sent(commands.ApplyBlock), [])
 
+    def test_block_capped_at_penalty_max(self) -> None:
+        """
+        A reported block exactly C{penalty_max} long is relayed as it is; one a second
+        longer (or any length a lying worker sends, up to 1e300) is relayed capped at
+        C{penalty_max}.
+        """
+        self.start()
+        slots = self.supervisor.slots
+        most = self.supervisor.config.admission.penalty_max
+        for seconds in (most, most + 1.0, 1e300):
+            self.supervisor.worker_blocked(slots[0], "192.0.2.1/32", seconds, 3.0)
+        self.assertEqual(
+            [sent["seconds"] for sent in slots[1].channel.sent(commands.ApplyBlock)],
+            [most, most, most],
+        )
+
+    def test_non_finite_block_refused(self) -> None:
+        """
+        A reported block of infinite, NaN, zero or negative seconds, or with infinite, NaN
+        or negative points, is told to no worker and logged as C{worker.block_refused}.
+        """
+        self.start()
+        slots = self.supervisor.slots
+        bad = [
+            (float("inf"), 3.0),
+            (float("nan"), 3.0),
+            (0.0, 3.0),
+            (-5.0, 3.0),
+            (10.0, float("inf")),
+            (10.0, float("nan")),
+            (10.0, -1.0),
+        ]
+        with capturedLogs() as events:
+            told = [
+                self.supervisor.worker_blocked(slots[0], f"192.0.2.{n}/32", s, p)
+                for n, (s, p) in enumerate(bad)
+            ]
+        self.assertEqual(told, [0] * len(bad))
+        self.assertEqual(slots[1].channel.sent(commands.ApplyBlock), [])
+        refused = [e for e in events if e.get("event") == "worker.block_refused"]
+        self.assertEqual(len(refused), len(bad))
+        self.assertFalse([e for e in events if e.get("event") == "worker.penalty_shared"])
+
+    def test_shared_block_lines_bounded(self) -> None:
+        """
+        C{worker.penalty_shared} is logged through the refusal aggregator: one source
+        blocked 5 times in an interval logs 3 lines and a C{conn.reject.summary} of 2;
+        2,000 sources blocked in an interval log at most 1,024 lines, the rest counted in
+        summaries (under C{other}); every block is still relayed.
+        """
+        self.start()
+        slots = self.supervisor.slots
+        with capturedLogs() as events:
+            for _ in range(5):
+                self.supervisor.worker_blocked(slots[0], "192.0.2.1/32", 10.0, 3.0)
+            self.clock.advance(10.0)
+        shared = [e for e in events if e.get("event") == "worker.penalty_shared"]
+        summaries = [e for e in events if e.get("event") == "conn.reject.summary"]
+        self.assertEqual(len(shared), 3)
+        self.assertEqual(
+            [(e["source"], e["of"], e["reason"], e["count"]) for e in summaries],
+            [("192.0.2.1/32", "worker.penalty_shared", "shared", 2)],
+        )
+        with capturedLogs() as events:
+            for n in range(2000):
+                self.supervisor.worker_blocked(
+                    slots[0], f"10.{n // 256}.{n % 256}.1/32", 10.0, 3.0
+                )
+            self.clock.advance(10.0)
+        shared = [e for e in events if e.get("event") == "worker.penalty_shared"]
+        summaries = [e for e in events if e.get("event") == "conn.reject.summary"]
+        self.assertLessEqual(len(shared), 1024)
+        self.assertEqual(len(shared) + sum(e["count"] for e in summaries), 2000)
+        self.assertEqual(len(slots[1].channel.sent(commands.ApplyBlock)), 2005)
+
     def test_reload_fans_out(self) -> None:
         """
         A reload reaches every live worker; the summary counts those that reloaded and
@@ -656,6 +731,32 @@ class SharedAdmissionTests(unittest.TestCase):
         self.clock.advance(50.0)
         self.assertIsInstance(self.admission.admit(self.peer), Refusal)
         self.assertEqual([row[0] for row in self.admission.penalties()], ["192.0.2.7/32"])
+
+    def test_applied_block_capped_at_penalty_max(self) -> None:
+        """
+        A relayed block longer than C{penalty_max} (here 1e300 s, from a lying peer)
+        blocks for C{penalty_max} only: refused just before it ends, admitted at its end.
+        """
+        self.admission.apply_block("192.0.2.7/32", 1e300, 3.0)
+        self.clock.advance(self.policy.penalty_max - 0.001)
+        self.assertIsInstance(self.admission.admit(self.peer), Refusal)
+        self.clock.advance(0.001)
+        self.assertIsNone(self.admission.admit(self.peer))
+
+    def test_applied_non_finite_block_ignored(self) -> None:
+        """
+        A relayed block of infinite or NaN seconds, or with infinite or NaN points, changes
+        nothing (no entry, the source admitted).
+        """
+        for seconds, points in (
+            (float("inf"), 3.0),
+            (float("nan"), 3.0),
+            (10.0, float("inf")),
+            (10.0, float("nan")),
+        ):
+            self.admission.apply_block("192.0.2.7/32", seconds, points)
+        self.assertEqual(self.admission.penalties(), [])
+        self.assertIsNone(self.admission.admit(self.peer))
 
     def test_applied_blocks_bounded(self) -> None:
         """

@@ -7,6 +7,7 @@ from the other workers (silently: the worker that blocked logged it).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -63,13 +64,19 @@ class SharedAdmission(Admission):
         (C{max_tracked_sources}, least recently offending forgotten first).
 
         @param key: a source key as L{Admission.source_key} gives it.
-        @param seconds: the block's length, above 0 (others are ignored).
-        @param points: the penalty points the blocking worker holds.
+        @param seconds: the block's length, above 0 and finite (others are ignored); at
+            most C{penalty_max} is applied.
+        @param points: the penalty points the blocking worker holds, finite and at least 0
+            (others are ignored); at most the points that give C{penalty_max} are kept.
         """
-        if not seconds > 0 or not points >= 0:
+        if not (math.isfinite(seconds) and seconds > 0):
             return
+        if not (math.isfinite(points) and points >= 0):
+            return
+        seconds = min(float(seconds), self.policy.penalty_max)
         now = self.clock.seconds()
         table = self._penalty_table
+        points = min(float(points), table._max_points)
         entries = table.entries
         penalty = entries.get(key)
         if penalty is None:

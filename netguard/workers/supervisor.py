@@ -11,6 +11,7 @@ SIGTERM, and answers C{ctl status} and the metrics with the sum of the workers' 
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from collections.abc import Callable, Mapping
@@ -35,6 +36,7 @@ from netguard.ops.notify import (
     notify_stopping,
 )
 from netguard.ops.privileges import hand_over
+from netguard.refusal_log import RefusalLog
 from netguard.stats import HistogramSnapshot
 from netguard.tickets import TICKET_KEY_FILE
 from netguard.workers import commands
@@ -198,6 +200,8 @@ class Supervisor(MultiService):
         self._kill_timer: Any = None
         self._metrics_cache: list[Mapping[str, Any]] = []
         self._metrics_loop: LoopingCall | None = None
+        #: Bounds the lines of shared (and refused) blocks (L{worker_blocked}).
+        self.block_log = RefusalLog(log, clock)
 
     # -- starting and restarting ---------------------------------------------------------------
 
@@ -358,10 +362,26 @@ class Supervisor(MultiService):
 
     def worker_blocked(self, slot: WorkerSlot, source: str, seconds: float, points: float) -> int:
         """
-        A worker's offences blocked C{source}: tell every other live worker.
+        A worker's offences blocked C{source}: tell every other live worker, the block at
+        most C{penalty_max} long (a block that is not a finite positive length with finite
+        points at least 0 is refused and told to no one). Logged through L{block_log}: the
+        first blocks of each source in an interval one by one, the rest in a summary, so a
+        many-source flood logs a bounded number of lines.
 
         @return: how many workers were told.
         """
+        if not (math.isfinite(seconds) and seconds > 0 and math.isfinite(points) and points >= 0):
+            if self.block_log.note(source, "bad-block", "worker.block_refused"):
+                log.warn(
+                    "block of {source} by worker {worker} refused: {seconds} s, {points} points",
+                    event="worker.block_refused",
+                    source=source,
+                    worker=slot.index,
+                    seconds=repr(seconds),
+                    points=repr(points),
+                )
+            return 0
+        seconds = min(seconds, self.config.admission.penalty_max)
         told = 0
         for other in self.slots:
             if other is slot or other.channel is None:
@@ -372,14 +392,16 @@ class Supervisor(MultiService):
                 )
             )
             told += 1
-        log.info(
-            "block of {source} for {seconds:.0f}s by worker {worker} shared with {told} other(s)",
-            event="worker.penalty_shared",
-            source=source,
-            seconds=round(seconds, 1),
-            worker=slot.index,
-            told=told,
-        )
+        if self.block_log.note(source, "shared", "worker.penalty_shared"):
+            log.info(
+                "block of {source} for {seconds:.0f}s by worker {worker} shared with "
+                "{told} other(s)",
+                event="worker.penalty_shared",
+                source=source,
+                seconds=round(seconds, 1),
+                worker=slot.index,
+                told=told,
+            )
         return told
 
     def worker_spent(self, slot: WorkerSlot, ticket_id: bytes, expires: float, user: str) -> int:
@@ -564,6 +586,7 @@ class Supervisor(MultiService):
         """
         self.stopping = True
         notify_stopping()
+        self.block_log.flush()
         if self._metrics_loop is not None and self._metrics_loop.running:
             self._metrics_loop.stop()
         for slot in self.slots:
