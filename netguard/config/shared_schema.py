@@ -64,8 +64,9 @@ SHARED_KEYS: Final[tuple[TableKey, ...]] = (
         "timeout",
         _number(Range(float, 0.001, 5, "seconds")),
         "a number of seconds from 0.001 to 5",
-        "a slow or hung Redis holding a client: no request waits longer for it, and a Redis "
-        "slower than this counts as unreachable (local limits only)",
+        "a slow or hung Redis holding a client: no request waits longer for it (a later "
+        "reply fails that request only); a reply still missing after 1 s (or twice this) "
+        "counts as Redis unreachable (local limits only)",
     ),
     TableKey(
         "rate_window",

@@ -178,8 +178,8 @@ class RedisLink:
 
     def drop(self, reason: str) -> None:
         """
-        Take the connection for gone: abort it, report the link down with C{reason}, and
-        reconnect (with backoff).
+        Take the connection for gone: abort it, report the link down with C{reason} (the
+        owner logs it), and reconnect (with backoff).
         """
         protocol, self.protocol = self.protocol, None
         if protocol is None:
@@ -187,7 +187,6 @@ class RedisLink:
         protocol.on_lost = None
         if protocol.transport is not None and not protocol.lost:
             protocol.transport.abortConnection()  # type: ignore[attr-defined]
-        self.log.info("redis link dropped: {reason}", event="shared.link_dropped", reason=reason)
         self._down(reason)
 
     def _down(self, reason: str) -> None:

@@ -3,11 +3,16 @@ Two gateway instances behind real HAProxy (Debian package C{haproxy}, run in the
 stopped by PID), which balances clients between them round robin and sends each a PROXY v2
 header (C{send-proxy-v2}) from a listed sender address (C{haproxy:proxy_from=...}), the
 instances sharing state through a real redis-server: both log the real client address, and
-a source penalised through one instance is refused by the other.
+a source penalised through one instance is refused by the other. The HAProxy configuration
+and the instances' settings are read from C{docs/operating.md} section 7.12, so that the
+deployment guide shows exactly what this test runs.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import tomllib
 from typing import Any
 
 from twisted.internet import reactor
@@ -22,27 +27,35 @@ HAPROXY = "/usr/sbin/haproxy"
 SENDER = "127.0.0.17"
 #: The client's own address.
 CLIENT = "127.0.0.5"
+#: The deployment guide whose configuration this test runs, and its section.
+GUIDE = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "operating.md")
+SECTION = "### 7.12 "
+#: The ports the guide shows: HAProxy's front end, instance one, instance two, Redis.
+FRONT, ONE, TWO, REDIS = "127.0.0.1:7700", "127.0.0.1:7701", "127.0.0.1:7702", "port=6379"
 
-#: Round robin over the two instances, each sent a PROXY v2 header from L{SENDER}.
-HAPROXY_CONFIG = """\
-global
-    maxconn 64
 
-defaults
-    mode tcp
-    timeout connect 10s
-    timeout client 60s
-    timeout server 60s
+def guide_blocks() -> tuple[str, dict[str, Any]]:
+    """
+    The guide's HAProxy configuration (its C{haproxy} block) and instance one's settings
+    (its C{toml} block), from section 7.12 of C{docs/operating.md}.
+    """
+    with open(GUIDE, encoding="utf-8") as handle:
+        text = handle.read()
+    start = text.index(SECTION)
+    end = text.find("\n## ", start)
+    section = text[start : end if end != -1 else len(text)]
+    [haproxy] = re.findall(r"```haproxy\n(.*?)```", section, re.S)
+    [toml] = re.findall(r"```toml\n(.*?)```", section, re.S)
+    return haproxy, tomllib.loads(toml)
 
-frontend clients
-    bind 127.0.0.1:{front}
-    default_backend gateways
 
-backend gateways
-    balance roundrobin
-    server one 127.0.0.1:{one} send-proxy-v2 source {sender}
-    server two 127.0.0.1:{two} send-proxy-v2 source {sender}
-"""
+def replaced(text: str, old: str, new: str) -> str:
+    """
+    C{text} with C{old}, which must occur in it, replaced by C{new}.
+    """
+    if old not in text:
+        raise AssertionError(f"{old!r} is not in the guide's configuration")
+    return text.replace(old, new)
 
 
 class SharedBehindHAProxyTests(RedisCase):
@@ -53,12 +66,27 @@ class SharedBehindHAProxyTests(RedisCase):
     timeout = 120
 
     def instance(self, redis_port: int) -> RunningGateway:
-        text = (
-            f'[shared]\nredis = "tcp:host=127.0.0.1:port={redis_port}"\n'
-            '[overload]\nmax_lag = "off"\n'
-        )
-        listener = f"haproxy:proxy_from={SENDER}/32:tcp:0:interface=127.0.0.1"
+        """
+        An instance configured as the guide's instance one: its C{haproxy:} listener (on a
+        free port) and its C{[shared]} Redis (the test's).
+        """
+        _, settings = guide_blocks()
+        [listener] = settings["listen"]
+        self.assertEqual(listener, f"haproxy:proxy_from={SENDER}/32:tcp:7701:interface=127.0.0.1")
+        redis = replaced(settings["shared"]["redis"], REDIS, f"port={redis_port}")
+        text = f'[shared]\nredis = "{redis}"\n[overload]\nmax_lag = "off"\n'
+        listener = replaced(listener, ":tcp:7701:", ":tcp:0:")
         return RunningGateway(self, text, overrides={"listen": [listener]}, prefix="ng-shx-")
+
+    def haproxy_config(self, front: int, one: int, two: int) -> str:
+        """
+        The guide's HAProxy configuration with the test's ports.
+        """
+        config, _ = guide_blocks()
+        self.assertIn(f"send-proxy-v2 source {SENDER} check check-send-proxy", config)
+        config = replaced(config, FRONT, f"127.0.0.1:{front}")
+        config = replaced(config, ONE, f"127.0.0.1:{one}")
+        return replaced(config, TWO, f"127.0.0.1:{two}")
 
     def of(self, event: dict[str, Any], *instances: RunningGateway) -> RunningGateway | None:
         """
@@ -93,7 +121,8 @@ class SharedBehindHAProxyTests(RedisCase):
         own address (127.0.0.5, from the PROXY v2 header, never HAProxy's 127.0.0.17); its
         next connection, which HAProxy sends to the other instance, is refused there
         (C{ERR BUSY penalised}), and that instance logs the refusal with the client's
-        address too.
+        address too. HAProxy's health checks (C{check-send-proxy}) reach both instances
+        and are never an offence.
         """
         haproxy = need_peer(HAPROXY, "haproxy")
         port = self.start_redis()
@@ -103,9 +132,7 @@ class SharedBehindHAProxyTests(RedisCase):
             self,
             "haproxy",
             self.tmp,
-            lambda f: HAPROXY_CONFIG.format(
-                front=f, one=one.port(), two=two.port(), sender=SENDER
-            ),
+            lambda f: self.haproxy_config(f, one.port(), two.port()),
             lambda path: [haproxy, "-db", "-f", path],
             30.0,
         )
@@ -129,5 +156,19 @@ class SharedBehindHAProxyTests(RedisCase):
         ]
         self.assertIs(self.of(reject, one, two), other)
         self.assertTrue(reject["peer"].startswith(f"{CLIENT}:"), reject["peer"])
-        peers = [e["peer"] for e in self.events if isinstance(e.get("peer"), str)]
-        self.assertFalse([p for p in peers if p.startswith(f"{SENDER}:")], peers)
+
+        # HAProxy's health checks (a PROXY v2 LOCAL header, then a hang-up) reach each
+        # instance from the sender's own address: served and closed, never an offence.
+        def checks(running: RunningGateway) -> list[dict[str, Any]]:
+            return [
+                e
+                for e in self.events
+                if str(e.get("peer", "")).startswith(f"{SENDER}:") and self.of(e, running)
+            ]
+
+        yield wait_for(lambda: bool(checks(one) and checks(two)), timeout=30)
+        sender_events = {e["event"] for e in checks(one) + checks(two)}
+        self.assertEqual(sender_events - {"conn.open", "conn.close"}, set(), sender_events)
+        for running in (one, two):
+            keys = [row[0] for row in running.factory.admission.penalties()]
+            self.assertNotIn(f"{SENDER}/32", keys)
