@@ -52,8 +52,8 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "worker.reloaded": "every worker was asked to reload; the summary of their answers",
         "worker.share_failed": "a block or spent ticket could not be passed to the supervisor",
         "shared.connected": "state is shared through Redis (first connection)",
-        "shared.degraded": "Redis stopped answering within the bound or the connection "
-        "dropped: local limits only until it is back",
+        "shared.degraded": "Redis left a reply missing past its grace (1 s), or the "
+        "connection or the subscription dropped: local limits only until it is back",
         "shared.restored": "Redis answers again: state is shared again",
         "notify.failed": "the service manager could not be notified",
         "notify.unsupported": "NOTIFY_SOCKET names a kind of socket netguard does not speak",
