@@ -35,6 +35,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
+from netguard.addresses import peer_ip
 from netguard.framing import peer_label
 from netguard.proxy_listener import (
     DEFAULT_PROXY_FROM,
@@ -197,16 +198,8 @@ class Senders:
         """
         if isinstance(address, UNIXAddress):
             return True
-        host = getattr(address, "host", None)
-        if not isinstance(host, str):
-            return False
-        try:
-            ip = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in network for network in self.networks)
+        ip = peer_ip(getattr(address, "host", None))
+        return ip is not None and any(ip in network for network in self.networks)
 
     def __repr__(self) -> str:
         return f"Senders({', '.join(str(n) for n in self.networks)})"

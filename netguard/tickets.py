@@ -29,6 +29,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.internet.defer import Deferred
 
+from netguard.addresses import peer_ip
 from netguard.secretfile import read_key_file, read_or_create_key, write_key_file
 
 #: The key file in the state directory.
@@ -285,12 +286,9 @@ def address_block(address: object, settings: TicketSettings) -> bytes | None:
     """
     host = getattr(address, "host", None)
     if isinstance(host, str):
-        try:
-            ip = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
+        ip = peer_ip(host)
+        if ip is None:
             return None
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         if isinstance(ip, ipaddress.IPv4Address):
             prefix, family = settings.ipv4_prefix, _FAMILY_V4
         else:

@@ -21,6 +21,7 @@ from typing import Any
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import Logger
 
+from netguard.addresses import peer_ip
 from netguard.admission.eviction import (
     GONE,
     LANE,
@@ -66,19 +67,6 @@ TimeSource = Scheduler
 
 #: How many stale table entries each call examines for lazy pruning.
 _PRUNE_STEP = 2
-
-
-def _peer_ip(host: str) -> _IP | None:
-    """
-    Parse a peer host; IPv4-mapped IPv6 becomes IPv4, an IPv6 zone (C{%eth0}) is dropped.
-    """
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def _member(ip: _IP, networks: tuple[_Network, ...]) -> bool:
@@ -183,7 +171,7 @@ class Admission:
             peer is a unix socket.
         """
         ident, host, unix = self._identify(address)
-        return ident, (None if host is None else _peer_ip(host)), unix
+        return ident, (None if host is None else peer_ip(host)), unix
 
     def _key_of(self, ip: _IP | None) -> str:
         if ip is None:
@@ -262,7 +250,7 @@ class Admission:
         ip: _IP | None = None
         parsed = False
         if not unix and (self._deny or self._allow):
-            ip, parsed = (None if host is None else _peer_ip(host)), True
+            ip, parsed = (None if host is None else peer_ip(host)), True
             if self._deny and ip is not None and _member(ip, self._deny):
                 return self._refuse(DENIED)
             if self._allow and (ip is None or not _member(ip, self._allow)):
@@ -277,7 +265,7 @@ class Admission:
         else:
             self._prune(now)
             if not parsed and host is not None:
-                ip = _peer_ip(host)
+                ip = peer_ip(host)
             # One string per source, not one per connection (each source record holds it).
             key = sys.intern(self._key_of(ip))
             penalty = self._penalties.get(key)

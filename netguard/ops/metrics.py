@@ -12,7 +12,6 @@ answers, the bounds and every metric: C{docs/metrics.md}.
 from __future__ import annotations
 
 import io
-import ipaddress
 import math
 import platform
 import re
@@ -32,6 +31,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 import netguard
+from netguard.addresses import peer_ip
 from netguard.admission import OVERLOAD_LAG, OVERLOAD_LOAD, OVERLOAD_MEMORY, REASONS
 from netguard.ops.process_metrics import PROCESS_METRICS, process_figures
 from netguard.stats import OPEN_FAILURE_REASONS, SETUP_BUCKETS, HistogramSnapshot
@@ -682,16 +682,8 @@ def is_loopback(address: object) -> bool:
     @param address: what C{IListeningPort.getHost()} returned.
     @return: C{False} for anything else, including unix sockets and all-interfaces binds.
     """
-    host = getattr(address, "host", None)
-    if not isinstance(host, str):
-        return False
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
+    ip = peer_ip(getattr(address, "host", None))
+    return ip is not None and ip.is_loopback
 
 
 class MetricsService(Service):
