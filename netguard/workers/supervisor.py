@@ -382,16 +382,9 @@ class Supervisor(MultiService):
                 )
             return 0
         seconds = min(seconds, self.config.admission.penalty_max)
-        told = 0
-        for other in self.slots:
-            if other is slot or other.channel is None:
-                continue
-            _quiet(
-                other.channel.callRemote(
-                    commands.ApplyBlock, source=source, seconds=seconds, points=points
-                )
-            )
-            told += 1
+        told = self._tell_others(
+            slot, commands.ApplyBlock, source=source, seconds=seconds, points=points
+        )
         if self.block_log.note(source, "shared", "worker.penalty_shared"):
             log.info(
                 "block of {source} for {seconds:.0f}s by worker {worker} shared with "
@@ -411,15 +404,21 @@ class Supervisor(MultiService):
 
         @return: how many workers were told.
         """
+        return self._tell_others(
+            slot, commands.ApplySpent, ticket_id=ticket_id, expires=expires, user=user
+        )
+
+    def _tell_others(self, slot: WorkerSlot, command: Any, **arguments: Any) -> int:
+        """
+        Send C{command} to every live worker but C{slot}'s, without waiting for answers.
+
+        @return: how many workers were told.
+        """
         told = 0
         for other in self.slots:
             if other is slot or other.channel is None:
                 continue
-            _quiet(
-                other.channel.callRemote(
-                    commands.ApplySpent, ticket_id=ticket_id, expires=expires, user=user
-                )
-            )
+            _quiet(other.channel.callRemote(command, **arguments))
             told += 1
         return told
 
