@@ -41,6 +41,7 @@ from netguard.workers.spawning import (
     AMP_OUT,
     config_fingerprint,
     keep_restart_only,
+    read_start_text,
 )
 from netguard.workers.spent import SharedSpentTable, share_spent
 
@@ -205,15 +206,25 @@ def _stop_reactor(reactor: Any) -> None:
         reactor.stop()
 
 
-def build(reactor: Any, spec: Mapping[str, Any], channel: WorkerChannel) -> GatewayService:
+def build(
+    reactor: Any,
+    spec: Mapping[str, Any],
+    channel: WorkerChannel,
+    start_text: bytes | None = None,
+) -> GatewayService:
     """
     Build the worker's gateway service from its spec (see
     L{netguard.workers.spawning.worker_spec}).
+
+    @param start_text: the configuration file's text as the supervisor read it at its start
+        (L{read_start_text}), or L{None} without a file: the restart-only keys come from
+        its parse with the same overrides.
     """
     index, count = int(spec["index"]), int(spec["count"])
     path, overrides = spec["config"], spec["overrides"]
-
-    started = spec.get("restart_only")
+    started = None
+    if path is not None and start_text is not None:
+        started = load_config(path, overrides, text=start_text)
 
     def pinned(p: str | None, o: Mapping[str, object]) -> Config:
         loaded = load_config(p, o)
@@ -277,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv if argv is None else argv
     spec = json.loads(args[1])
     index = int(spec["index"])
+    start_fd = spec.get("start_fd")
+    try:
+        start_text = None if start_fd is None else read_start_text(int(start_fd))
+    except OSError as error:
+        sys.stderr.write(f"netguard worker {index}: cannot start: {error}\n")
+        return 1
     overrides = spec["overrides"]
     log_format = str(overrides.get("log_format") or "")
     if not log_format:
@@ -289,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     channel = WorkerChannel(reactor, index)
     try:
-        service = build(reactor, spec, channel)
+        service = build(reactor, spec, channel, start_text)
     except Exception as error:  # noqa: BLE001 - one line for the operator, then exit 1
         sys.stderr.write(f"netguard worker {index}: cannot start: {error}\n")
         return 1

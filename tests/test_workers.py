@@ -30,13 +30,26 @@ from twisted.protocols.wire import Echo
 from twisted.trial import unittest
 
 from netguard.admission import PENALISED, AdmissionPolicy, Refusal
-from netguard.config import Config, ConfigError, describe, describe_defaults, load_config
+from netguard.config import (
+    MAX_FILE_BYTES,
+    Config,
+    ConfigError,
+    describe,
+    describe_defaults,
+    load_config,
+)
 from netguard.config.loader import cpu_count
 from netguard.config.schema import Source, parse_workers
 from netguard.ops.control import ControlError
 from netguard.ops.reload import ReloadRefused
 from netguard.tickets import SpentTable
-from netguard.worker import WorkerChannel, build, stamp_worker, worker_config
+from netguard.worker import (
+    WorkerChannel,
+    WorkerStartError,
+    build,
+    stamp_worker,
+    worker_config,
+)
 from netguard.workers import commands
 from netguard.workers.budget import (
     POOL_CAPS,
@@ -49,7 +62,7 @@ from netguard.workers.figures import aggregate, merge, merge_penalties
 from netguard.workers.listeners import InheritedEndpoint, SharedTCPPort
 from netguard.workers.operate import SupervisorControl, SupervisorReloader
 from netguard.workers.penalties import SharedAdmission
-from netguard.workers.spawning import Spawner
+from netguard.workers.spawning import Spawner, read_start_text
 from netguard.workers.spent import SharedSpentTable, share_spent
 from netguard.workers.supervisor import (
     EXIT_MARGIN,
@@ -232,6 +245,36 @@ class FakeHandle:
 
     def signal(self, signum: int) -> None:
         self.signals.append(signum)
+
+
+class SpawningReactor:
+    """
+    A reactor whose C{spawnProcess} records what a worker is started with (its command
+    line and descriptors) and what the supervisor writes to, and closes, its pipes.
+    """
+
+    def __init__(self) -> None:
+        self.spawned: list[dict[str, Any]] = []
+
+    def spawnProcess(self, process: Any, executable: str, args: Any, **kw: Any) -> Any:
+        record: dict[str, Any] = {"args": args, "fds": kw["childFDs"], "written": {}, "closed": []}
+        self.spawned.append(record)
+
+        def write(fd: int, data: bytes) -> None:
+            record["written"][fd] = record["written"].get(fd, b"") + data
+
+        return SimpleNamespace(pid=4242, writeToChild=write, closeChildFD=record["closed"].append)
+
+    def start_text(self, spec: dict[str, Any], number: int = 0) -> bytes:
+        """
+        What the supervisor wrote to, and closed, the start configuration's pipe of the
+        C{number}th worker.
+        """
+        record = self.spawned[number]
+        fd = spec["start_fd"]
+        assert record["fds"][fd] == "w" and fd in record["closed"]
+        data: bytes = record["written"][fd]
+        return data
 
 
 class FakeSpawner:
@@ -1273,6 +1316,9 @@ class SupervisorReloadTests(unittest.TestCase):
             handle.write(base + "[admission]\npenalty_base = 600\n")
         started = load_config(path, {})
         supervisor = Supervisor(started, self.clock, FakeSpawner())
+        reactor = SpawningReactor()
+        spawner = Spawner(reactor, path, {}, [])  # made at the start, as make_supervisor does
+        spawner.supervisor = supervisor
         with open(path, "w") as handle:
             handle.write(
                 base
@@ -1281,22 +1327,111 @@ class SupervisorReloadTests(unittest.TestCase):
             )
         reloader = SupervisorReloader(supervisor, path, {}, environ={})
         self.successResultOf(reloader.reload())
-        spawned: list[list[str]] = []
-
-        class SpawningReactor:
-            def spawnProcess(self, process: Any, executable: str, args: Any, **kw: Any) -> Any:
-                spawned.append(args)
-                return SimpleNamespace(pid=4242)
-
-        spawner = Spawner(SpawningReactor(), path, {}, [])
-        spawner.supervisor = supervisor
         spawner(supervisor.slots[0])
-        spec = json.loads(spawned[0][-1])
-        service = build(Clock(), spec, WorkerChannel(Clock(), 0))
+        spec = json.loads(reactor.spawned[0]["args"][-1])
+        service = build(Clock(), spec, WorkerChannel(Clock(), 0), reactor.start_text(spec))
         config = service.factory.config
         self.assertEqual(config.admission, worker_policy(started.admission, 0, 2))
         self.assertEqual(config.admission.penalty_base, 600.0)
         self.assertEqual(sorted(config.services), ["echo", "echo2"])
+
+    def test_start_text_changed_before_the_spawner_read_it_refused(self) -> None:
+        """
+        Should the file's restart-only keys change between the supervisor's start load
+        and the spawner's read of its text, a worker does not start with keys the others
+        do not have: its configuration misses the fingerprint of the one in force.
+        """
+        state = os.path.abspath(self.config.state_dir)
+        path = os.path.join(state, "netguard.toml")
+        base = (
+            f'state_dir = "{state}"\nusers_file = "{os.path.abspath(self.users)}"\n'
+            'workers = 2\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
+            '[services.echo]\nbackend = "builtin:echo"\nusers = ["*"]\n'
+        )
+        with open(path, "w") as handle:
+            handle.write(base + "[admission]\npenalty_base = 600\n")
+        supervisor = Supervisor(load_config(path, {}), self.clock, FakeSpawner())
+        with open(path, "w") as handle:
+            handle.write(base + "[admission]\npenalty_base = 900\n")
+        reactor = SpawningReactor()
+        spawner = Spawner(reactor, path, {}, [])
+        spawner.supervisor = supervisor
+        spawner(supervisor.slots[0])
+        spec = json.loads(reactor.spawned[0]["args"][-1])
+        text = reactor.start_text(spec)
+        error = self.assertRaises(
+            WorkerStartError, build, Clock(), spec, WorkerChannel(Clock(), 0), text
+        )
+        self.assertIn("configuration file changed", str(error))
+
+    def test_start_text_read_to_its_end_and_bounded(self) -> None:
+        """
+        The worker reads the start configuration's text to its end and closes the
+        descriptor; a text of exactly L{MAX_FILE_BYTES} is read whole, a longer one only to
+        one byte past the bound, which the loader refuses as too large.
+        """
+        work = self.mktemp()
+        os.makedirs(work)
+        path = os.path.join(work, "netguard.toml")
+        for size, kept in ((MAX_FILE_BYTES, MAX_FILE_BYTES), (4 * MAX_FILE_BYTES, None)):
+            with open(path, "wb") as handle:
+                handle.write(b"#" * size)
+            fd = os.open(path, os.O_RDONLY)
+            text = read_start_text(fd)
+            self.assertRaises(OSError, os.fstat, fd)
+            self.assertEqual(len(text), MAX_FILE_BYTES + 1 if kept is None else kept)
+        error = self.assertRaises(ConfigError, load_config, path, {}, text=text)
+        self.assertIn("larger than", str(error))
+
+    def test_worker_command_line_holds_no_configuration_values(self) -> None:
+        """
+        The worker's command line (readable by any local user in C{/proc}) holds its
+        position, the file's path, the overrides, the fingerprint and descriptor numbers:
+        no pickle and no value from the file. The start configuration's text goes over a
+        pipe of the worker's own, written in full and closed; without a file there is none.
+        """
+        state = os.path.abspath(self.config.state_dir)
+        path = os.path.join(state, "netguard.toml")
+        text = (
+            f'state_dir = "{state}"\nusers_file = "{os.path.abspath(self.users)}"\n'
+            'workers = 2\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
+            '[services.echo]\nbackend = "builtin:echo"\nusers = ["*"]\n'
+            "[admission]\npenalty_base = 613.5\n"
+        )
+        with open(path, "w") as handle:
+            handle.write(text)
+        supervisor = Supervisor(load_config(path, {}), self.clock, FakeSpawner())
+        reactor = SpawningReactor()
+        spawner = Spawner(reactor, path, {"server_name": "gw"}, [])
+        spawner.supervisor = supervisor
+        spawner(supervisor.slots[1])
+        line = reactor.spawned[0]["args"][-1]
+        spec = json.loads(line)
+        self.assertEqual(
+            spec,
+            {
+                "index": 1,
+                "count": 2,
+                "config": path,
+                "overrides": {"server_name": "gw"},
+                "fingerprint": spec["fingerprint"],
+                "start_fd": 4,
+                "listeners": [],
+            },
+        )
+        self.assertRegex(spec["fingerprint"], "^[0-9a-f]{64}$")
+        self.assertNotIn("613.5", line)
+        self.assertNotIn("echo", line)
+        self.assertEqual(reactor.start_text(spec), text.encode())
+        self.assertEqual(sorted(reactor.spawned[0]["fds"]), [0, 1, 2, 3, 4])
+
+        defaults = Spawner(reactor, None, {}, [])
+        defaults.supervisor = supervisor
+        defaults(supervisor.slots[0])
+        spec = json.loads(reactor.spawned[1]["args"][-1])
+        self.assertIsNone(spec["start_fd"])
+        self.assertEqual(sorted(reactor.spawned[1]["fds"]), [0, 1, 2, 3])
+        self.assertEqual(reactor.spawned[1]["written"], {})
 
     def test_control_reload_refused_code(self) -> None:
         """

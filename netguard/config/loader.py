@@ -176,15 +176,16 @@ def default_listen(state_dir: str) -> tuple[str, ...]:
 # Reading the file
 
 
-def _read_toml(path: str) -> dict[str, Any]:
+def read_config_bytes(path: str) -> bytes:
     """
-    Read and parse the configuration file.
+    The bytes of the configuration file, at most L{MAX_FILE_BYTES} + 1 of them (one more
+    than the loader accepts, so that L{load_config} refuses a larger file).
 
-    @raise ConfigError: for any problem, naming the file and (for syntax errors) the line.
+    @raise ConfigError: when it cannot be read.
     """
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+            return f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(path, None, "no such file") from None
     except IsADirectoryError:
@@ -194,6 +195,16 @@ def _read_toml(path: str) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise ConfigError(path, None, f"cannot be read: {reason}") from None
+
+
+def _read_toml(path: str, data: bytes | None = None) -> dict[str, Any]:
+    """
+    Read and parse the configuration file (or C{data}, its text as read earlier).
+
+    @raise ConfigError: for any problem, naming the file and (for syntax errors) the line.
+    """
+    if data is None:
+        data = read_config_bytes(path)
     if len(data) > MAX_FILE_BYTES:
         raise ConfigError(
             path, None, f"is larger than {MAX_FILE_BYTES} bytes; is this a configuration file?"
@@ -424,6 +435,7 @@ def load_config(
     *,
     environ: Mapping[str, str] | None = None,
     euid: int | None = None,
+    text: bytes | None = None,
 ) -> Config:
     """
     Read, merge and validate the configuration.
@@ -437,6 +449,8 @@ def load_config(
     @param environ: the environment for the default state directory (default L{os.environ}).
     @param euid: the effective user id for the default state directory (default
         L{os.geteuid}).
+    @param text: the file's bytes as read earlier (L{read_config_bytes}), parsed instead of
+        reading C{path} again; C{path} still names it and places its relative paths.
     @return: the validated, frozen configuration.
     @raise ConfigError: naming the file (or L{COMMAND_LINE_SOURCE}), the dotted key and what
         is allowed, for anything wrong.
@@ -448,7 +462,7 @@ def load_config(
         doc: dict[str, Any] = {}
         src = defaults
     else:
-        doc = _read_toml(path)
+        doc = _read_toml(path, text)
         src = Source(path, ORIGIN_FILE, os.path.dirname(os.path.abspath(path)))
     for key in doc:
         if key not in TOP_KEYS:

@@ -3,16 +3,16 @@
 Starting a worker process (C{python -m netguard.worker}) with C{reactor.spawnProcess}: the
 shared listening sockets as inherited descriptors from 4 on, standard output and error
 shared with the supervisor (the log), and AMP over two pipes (the worker reads descriptor
-0 and writes descriptor 3).
+0 and writes descriptor 3). The text of the configuration file as the supervisor read it at
+its start reaches the worker over one more pipe, never on its command line (which any local
+user can read).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
-import pickle
 import sys
 from collections.abc import Mapping
 from typing import Any, Final
@@ -23,6 +23,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from netguard.config import MAX_FILE_BYTES
+from netguard.config.loader import read_config_bytes
 from netguard.ops.reload import RESTART_ONLY
 from netguard.workers import commands
 from netguard.workers.listeners import SharedListener
@@ -176,33 +178,35 @@ def config_fingerprint(config: Any) -> str:
     return hashlib.sha256(repr(values).encode("utf-8")).hexdigest()
 
 
-def restart_only_values(config: Any) -> str:
-    """
-    The restart-only keys (L{RESTART_ONLY}) of the configuration the supervisor started
-    with, encoded for a worker's spec: a worker started after a reload keeps them, as the
-    workers started with the supervisor do (they change only with a restart).
-
-    The encoding is a pickle: the worker decodes only what its own supervisor wrote on its
-    command line (no secret is among these keys: C{shared} names a password file, never
-    the password).
-    """
-    values = {key: getattr(config, key) for key in RESTART_ONLY}
-    return base64.b64encode(pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)).decode()
-
-
 def keep_restart_only(config: Any, started: Any) -> Any:
     """
-    C{config} with the restart-only keys (L{RESTART_ONLY}) of C{started}: what a reload puts
-    in force for the workers.
-
-    @param started: the configuration the supervisor started with, or its encoded values
-        (L{restart_only_values}).
+    C{config} with the restart-only keys (L{RESTART_ONLY}) of C{started}, the configuration
+    the supervisor started with: what a reload puts in force for the workers, and what a
+    worker started after a reload runs with (they change only with a restart).
     """
-    if isinstance(started, str):
-        values = pickle.loads(base64.b64decode(started))  # noqa: S301 - the supervisor's own
-    else:
-        values = {key: getattr(started, key) for key in RESTART_ONLY}
-    return attrs.evolve(config, **{key: values[key] for key in RESTART_ONLY})
+    return attrs.evolve(config, **{key: getattr(started, key) for key in RESTART_ONLY})
+
+
+def read_start_text(fd: int) -> bytes:
+    """
+    Read the start configuration's text from descriptor C{fd} to its end (the supervisor
+    writes it and closes its end), and close C{fd}.
+
+    At most one byte more than the loader accepts (L{MAX_FILE_BYTES}) is read: the loader
+    refuses that text as too large.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= MAX_FILE_BYTES:
+            chunk = os.read(fd, min(65536, MAX_FILE_BYTES + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def worker_spec(
@@ -212,13 +216,14 @@ def worker_spec(
     overrides: Mapping[str, Any],
     listeners: list[SharedListener],
     fingerprint: str | None = None,
-    restart_only: str | None = None,
+    start_fd: int | None = None,
 ) -> dict[str, Any]:
     """
     What a worker is told on its command line: its position, the configuration to load (and
-    the fingerprint it must have), the restart-only keys it keeps from the configuration
-    the supervisor started with (L{restart_only_values}), and which inherited descriptor is
-    which listener (as the supervisor opened it: a reload does not change the listeners).
+    the fingerprint it must have), the inherited descriptor it reads the start
+    configuration's text from (L{Spawner}), and which inherited descriptor is which
+    listener (as the supervisor opened it: a reload does not change the listeners). No
+    configuration value is on it beyond the file's path and the overrides.
     """
     return {
         "index": slot.index,
@@ -226,7 +231,7 @@ def worker_spec(
         "config": config_path,
         "overrides": dict(overrides),
         "fingerprint": fingerprint,
-        "restart_only": restart_only,
+        "start_fd": start_fd,
         "listeners": [
             {
                 "kind": listener.kind,
@@ -242,6 +247,15 @@ def worker_spec(
 class Spawner:
     """
     Starts worker processes for a L{Supervisor} (its C{spawn}).
+
+    It reads the configuration file's bytes when it is made (at the supervisor's start,
+    right after the start configuration was loaded) and writes them to each worker over a
+    pipe of their own, which the worker reads to its end before it loads its configuration
+    and parses with the same overrides: its restart-only keys (L{RESTART_ONLY}) come from
+    that parse (L{keep_restart_only}), so a worker started after a reload runs with the
+    start's ones as the others do. Should the file have changed between the start load and
+    this read, the worker's configuration does not match the fingerprint of the one in
+    force and it refuses to start.
     """
 
     def __init__(
@@ -257,12 +271,17 @@ class Spawner:
         self.overrides = dict(overrides)
         self.listeners = listeners
         self.executable = executable
+        #: The configuration file's bytes at the start (L{None} without a file).
+        self.start_text = None if config_path is None else read_config_bytes(config_path)
         #: The worker's command line before its spec.
         self.command = [executable, "-m", "netguard.worker"]
         self.supervisor: Supervisor | None = None
 
     def __call__(self, slot: WorkerSlot) -> WorkerProcess:
         assert self.supervisor is not None
+        start_fd = None
+        if self.start_text is not None:
+            start_fd = FIRST_LISTENER_FD + len(self.listeners)
         spec = worker_spec(
             slot,
             len(self.supervisor.slots),
@@ -270,11 +289,13 @@ class Spawner:
             self.overrides,
             self.listeners,
             config_fingerprint(self.supervisor.in_force),
-            restart_only_values(self.supervisor.config),
+            start_fd,
         )
         child_fds: dict[int, Any] = {AMP_IN: "w", 1: 1, 2: 2, AMP_OUT: "r"}
         for number, listener in enumerate(self.listeners):
             child_fds[FIRST_LISTENER_FD + number] = listener.fd
+        if start_fd is not None:
+            child_fds[start_fd] = "w"
         process = WorkerProcess(self.supervisor, slot)
         slot.handle = process  # before spawnProcess: an immediate end must find it
         args = [*self.command, json.dumps(spec)]
@@ -282,4 +303,8 @@ class Spawner:
             process, args[0], args, env=worker_environ(), childFDs=child_fds
         )
         process.pid = transport.pid
+        if start_fd is not None and self.start_text is not None:
+            # Buffered by the reactor; closed once written, so the worker reads to its end.
+            transport.writeToChild(start_fd, self.start_text)
+            transport.closeChildFD(start_fd)
         return process
