@@ -354,6 +354,23 @@ class ProxyHeaderProtocol(ProtocolWrapper):
         if remaining and self.wrappedProtocol is not None:
             self.wrappedProtocol.dataReceived(remaining)
 
+    def socket_transport(self) -> Any:
+        """
+        The transport under this wrapper once the wrapper is a pure pass-through: the header
+        is read and accepted, the wrapped protocol runs, and nothing is held back (the bytes
+        that came after the header went to it when it started). From then on acting on that
+        transport (reading, writing, pausing, closing) is what acting through the wrapper
+        does, and what it reports (data, half-close, loss) still reaches the wrapped
+        protocol through this wrapper as its protocol.
+
+        @return: that transport, or L{None} before then, or once the connection is gone.
+        """
+        if self.wrappedProtocol is None or self._info is None or self._pending:
+            return None
+        if not self.connected:
+            return None
+        return self._raw
+
     def getPeer(self) -> Any:
         if self._info is not None and self._info.source is not None:
             return self._info.source

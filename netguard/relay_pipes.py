@@ -18,6 +18,8 @@ from collections.abc import Callable
 from twisted.internet import tcp
 from twisted.internet.interfaces import ISSLTransport
 
+from netguard.proxy_header import ProxyHeaderProtocol
+
 #: The most bytes one direction holds in flight: its pipe is made this large (a Linux pipe
 #: holds 64 KiB unless told otherwise). Four times the default: a quarter of the splice
 #: calls and event-loop wake-ups per byte. A pipe the kernel will not make this large (past
@@ -53,7 +55,21 @@ def sigpipe_ignored() -> bool:
     return signal.getsignal(signal.SIGPIPE) is signal.SIG_IGN
 
 
+def relay_transport(transport: object) -> object:
+    """
+    The transport a kernel relay acts on for C{transport}: the TCP transport under a
+    L{netguard.proxy_header.ProxyHeaderProtocol} once that wrapper is a pure pass-through
+    (L{ProxyHeaderProtocol.socket_transport}); C{transport} itself otherwise.
+    """
+    if isinstance(transport, ProxyHeaderProtocol):
+        under = transport.socket_transport()
+        if under is not None:
+            return under
+    return transport
+
+
 def _plain_socket(transport: object) -> bool:
+    transport = relay_transport(transport)
     return (
         isinstance(transport, tcp.Connection)
         and not transport.TLS
@@ -67,8 +83,9 @@ def kernel_relay_possible(a: object, b: object, splice: SpliceCall | None = None
     """
     Whether a L{netguard.relay_splice.KernelSplice} can relay between C{a} and C{b}: both
     are Twisted's own plain TCP or unix socket transports (not TLS, not a wrapper around
-    one), on Linux with C{os.splice}, in a process that ignores C{SIGPIPE}
-    (L{sigpipe_ignored}).
+    one, except a C{haproxy:} listener's wrapper once it is a pure pass-through: the relay
+    acts on the transport under it, L{relay_transport}), on Linux with C{os.splice}, in a
+    process that ignores C{SIGPIPE} (L{sigpipe_ignored}).
 
     @param splice: the splice call to be used (by default C{os.splice}, where there is one).
     """

@@ -22,7 +22,7 @@ from netguard.relay import A, B, DelayedCall, IdleSweep, ReactorTime, RelayResul
 from netguard.relay_flow import _Flow, has_user_data, other
 from netguard.relay_pipes import CHUNK as CHUNK
 from netguard.relay_pipes import SMALL_READ as SMALL_READ
-from netguard.relay_pipes import PipePool, SpliceCall, system_splice
+from netguard.relay_pipes import PipePool, SpliceCall, relay_transport, system_splice
 from netguard.relay_pipes import kernel_relay_possible as kernel_relay_possible
 
 
@@ -158,6 +158,9 @@ class KernelSplice:
         self.idle_key: int | None = None
         self._grace: DelayedCall | None = None
         self._started = 0.0
+        # The sockets themselves: a haproxy: wrapper that only passes bytes through is
+        # stepped over (its protocol still hears of data, EOF and loss from the socket).
+        a, b = relay_transport(a), relay_transport(b)
         self._ab = _Flow(self, A, a, b)
         self._ba = _Flow(self, B, b, a)
 
