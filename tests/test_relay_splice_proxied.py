@@ -11,6 +11,7 @@ L{tests.test_relay_splice}; the header's deadline runs on a L{task.Clock}.
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Generator
 from typing import Any
 
@@ -254,3 +255,49 @@ class KernelRelayBehindHeaderTests(unittest.TestCase):
         other = _adopt(local_b, socket.AF_INET, B)
         self.addCleanup(other.transport.abortConnection)
         self.assertFalse(kernel_relay_possible(wrapper, other.transport))
+
+    @inlineCallbacks
+    def test_client_reset_reaches_the_relay_through_the_wrapper(self) -> Any:
+        """
+        The client behind the header resets its connection while a kernel relay runs on
+        the socket under the wrapper: the loss reaches the side's protocol through the
+        wrapper, the relay ends (C{ended_by} side A), the other side is closed, and the
+        wrapper's factory no longer holds the connection.
+        """
+        side = _ProxiedSide(self)
+        peer_b, local_b = _tcp_pair()
+        far_b = _Peer(peer_b)
+        self.addCleanup(far_b.close)
+        proto_b = _adopt(local_b, socket.AF_INET, B)
+        side.peer.outgoing += v2()
+        proto_a = side.protocol
+        yield _wait(lambda: proto_a.transport is not None, side.peer.pump)
+        relay = KernelSplice(
+            proto_a.transport,
+            proto_b.transport,
+            clock=Clock(),
+            pool=PipePool(),
+            idle_timeout=IDLE,
+            write_timeout=WRITE,
+        )
+        results: list[RelayResult] = []
+        relay.done.addCallback(results.append)
+        proto_a.relay = proto_b.relay = relay
+        relay.start()
+        relay.resume_reading(A)
+        relay.resume_reading(B)
+        side.peer.outgoing += _payload(1 << 20, 3)
+
+        def pump() -> None:
+            side.peer.pump()
+            far_b.pump()
+
+        yield _wait(lambda: len(far_b.received) == 1 << 20, pump)
+        self.assertTrue(relay.spliced)
+        side.peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        side.peer.sock.close()
+        yield _wait(lambda: bool(results) and far_b.eof, far_b.pump)
+        self.assertEqual(results[0].ended_by, A)
+        self.assertEqual(results[0].bytes_a_to_b, 1 << 20)
+        self.assertEqual(relay.gone, {A: True, B: True})
+        self.assertEqual(side.factory.protocols, {})
