@@ -583,3 +583,78 @@ class CreditPropertyTests(unittest.TestCase):
                 self.assertTrue(INITIAL_WINDOW <= stream.window <= limits.max_window)
                 self.assertTrue(0 <= stream.recv_window <= stream.window)
                 self.assertTrue(0 <= stream.outstanding <= stream.window)
+
+
+def grown_stream(harness: Harness, sid: int, target: int) -> MuxStream:
+    """
+    Open peer stream C{sid}, read it until its window reaches C{target}.
+
+    @return: the stream, its window (and the peer's credit) at C{target} or just past it.
+    """
+    harness.feed(frame(WINDOW, SYN, sid, 0))
+    stream = harness.accepted[-1]
+    stream.accept()
+    while stream.window < target:
+        harness.feed(data(sid, b"g" * min(stream.recv_window, 65536)))
+    harness.sent()
+    return stream
+
+
+def send_in_frames(harness: Harness, sid: int, size: int, frame_size: int = 65536) -> None:
+    """
+    Feed C{size} bytes on C{sid} in frames of at most C{frame_size}.
+    """
+    while size and not harness.ends:
+        part = min(size, frame_size)
+        harness.feed(data(sid, b"y" * part))
+        size -= part
+
+
+class ResetInFlightTests(unittest.TestCase):
+    """
+    Data the peer sent within a grown window before our RST reached it is its right: it
+    is dropped, without ending the session for its size or counting it as a flood.
+    """
+
+    def test_in_flight_frame_above_initial_window_after_our_reset(self) -> None:
+        """
+        We reset a stream whose window grew to 1 MiB; the peer (as hashicorp/yamux does,
+        one frame per write up to the window) had sent a 512 KiB frame, then the other
+        512 KiB: both are dropped and the session goes on.
+        """
+        harness = Harness(limits=MuxLimits(keepalive_interval=None))
+        stream = grown_stream(harness, 1, 1024 * 1024)
+        self.assertEqual(stream.recv_window, 1024 * 1024)
+        stream.abortConnection()
+        harness.feed(data(1, b"x" * (512 * 1024)), data(1, b"x" * (512 * 1024)))
+        self.assertEqual(harness.ends, [])
+        self.assertEqual(harness.session.input_held, 0)
+
+    def test_in_flight_frame_cut_across_reads_after_our_reset(self) -> None:
+        """
+        The 512 KiB frame's first part is read before we reset the stream, the rest after
+        (the header is checked again against the ended stream): dropped, session goes on.
+        """
+        harness = Harness(limits=MuxLimits(keepalive_interval=None))
+        stream = grown_stream(harness, 1, 1024 * 1024)
+        wire = data(1, b"x" * (512 * 1024))
+        harness.feed(wire[:100000])
+        stream.abortConnection()
+        harness.feed(wire[100000:])
+        self.assertEqual(harness.ends, [])
+        self.assertEqual(harness.session.input_held, 0)
+
+    def test_four_grown_streams_reset_with_windows_in_flight(self) -> None:
+        """
+        Four streams grown to 4 MiB are reset by us while their whole windows are in flight
+        in 64 KiB frames (16 MiB dropped, far past the empty-frame burst): nothing ends.
+        """
+        harness = Harness(limits=MuxLimits(keepalive_interval=None))
+        streams = [grown_stream(harness, sid, 4 * 1024 * 1024) for sid in (1, 3, 5, 7)]
+        in_flight = {stream.stream_id: stream.recv_window for stream in streams}
+        self.assertEqual(set(in_flight.values()), {4 * 1024 * 1024})
+        for stream in streams:
+            stream.abortConnection()
+        for sid, size in in_flight.items():
+            send_in_frames(harness, sid, size)
+        self.assertEqual(harness.ends, [])

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from netguard.mux import frames
+from netguard.mux.frames import HEADER_SIZE as HEADER
 from netguard.mux.frames import INITIAL_WINDOW, FrameType, Violation
 from netguard.mux.limits import MuxLimits
 from netguard.mux.outcome import OpenRefused
@@ -372,11 +373,14 @@ class NoEffectFloodTests(unittest.TestCase):
 
     def reset_stream(self) -> Harness:
         """
-        A session whose peer stream 1 was reset by us.
+        A session whose peer stream 1 was reset by us, the credit the peer held on it then
+        (its window less the byte sent) used up, so what follows is past any right.
         """
         harness = Harness(limits=self.limits)
         harness.feed(data(1, b"x", SYN))
         harness.accepted[0].abortConnection()
+        harness.feed(data(1, b"c" * (INITIAL_WINDOW - 1)))
+        self.assertEqual(harness.ends, [])
         harness.sent()
         return harness
 
@@ -436,4 +440,98 @@ class NoEffectFloodTests(unittest.TestCase):
         harness.accepted[0].loseWriteConnection()
         self.assertEqual(harness.session.open_streams, 0)
         harness.feed(frame(WINDOW, 0, 1, 6) * 50)
+        self.assertEqual(harness.ends, [])
+
+
+class DeadCreditTests(SessionEndedMixin, unittest.TestCase):
+    """
+    After we reset a stream, the peer may send what its credit allowed then, and no more;
+    the streams remembered are bounded.
+    """
+
+    def reset_grown(self, harness: Harness, sid: int) -> None:
+        """
+        Grow peer stream C{sid}'s window to 1 MiB (the peer's credit), then reset it.
+        """
+        harness.feed(frame(WINDOW, SYN, sid, 0))
+        stream = harness.accepted[-1]
+        stream.accept()
+        while stream.window < 1024 * 1024:
+            harness.feed(data(sid, b"g" * min(stream.recv_window, 65536)))
+        self.assertEqual(stream.recv_window, 1024 * 1024)
+        stream.abortConnection()
+        harness.sent()
+
+    def test_hostile_one_frame_one_past_the_credit(self) -> None:
+        """
+        A hostile peer sends one frame of 1 MiB + 1 after our reset of a stream it held
+        1 MiB of credit on: the header alone ends the session (window-exceeded).
+        """
+        harness = Harness(limits=MuxLimits(keepalive_interval=None))
+        self.reset_grown(harness, 1)
+        harness.feed(data(1, b"x" * (1024 * 1024 + 1))[:HEADER])
+        self.assert_ended(harness, Violation.WINDOW_EXCEEDED)
+
+    def test_hostile_big_frame_once_the_credit_is_spent(self) -> None:
+        """
+        The peer spends its 1 MiB exactly; the credit is then gone, and a frame above
+        256 KiB on that stream ends the session (window-exceeded).
+        """
+        harness = Harness(limits=MuxLimits(keepalive_interval=None))
+        self.reset_grown(harness, 1)
+        harness.feed(data(1, b"x" * (768 * 1024)), data(1, b"x" * (256 * 1024)))
+        self.assertEqual(harness.ends, [])
+        harness.feed(data(1, b"x" * (INITIAL_WINDOW + 1))[:HEADER])
+        self.assert_ended(harness, Violation.WINDOW_EXCEEDED)
+
+    def test_hostile_data_past_the_credit_counts_as_flood(self) -> None:
+        """
+        Within its 1 MiB the peer's dropped data takes no token; the bytes past it do:
+        with a burst of ten, 1 MiB + 10 x 16 KiB - 1 (a frame across the edge, ten
+        tokens for the bytes past it) is tolerated, one frame more ends the session
+        (empty-frame-flood).
+        """
+        limits = MuxLimits(keepalive_interval=None, empty_frame_burst=10, empty_frame_rate=1.0)
+        harness = Harness(limits=limits)
+        self.reset_grown(harness, 1)
+        harness.feed(data(1, b"x" * (1024 * 1024 - 100)))
+        harness.feed(data(1, b"x" * (100 + 10 * 16384 - 1)))
+        self.assertEqual(harness.ends, [])
+        harness.feed(data(1, b"x"))
+        self.assertEqual([e.violation for e in harness.ends], [Violation.EMPTY_FRAME_FLOOD])
+
+    def test_peer_reset_forgets_the_credit(self) -> None:
+        """
+        When the peer resets the stream itself it will send nothing more: its credit is
+        forgotten, and a frame above 256 KiB then ends the session.
+        """
+        harness = Harness(limits=MuxLimits(keepalive_interval=None))
+        harness.feed(frame(WINDOW, SYN, 1, 0))
+        stream = harness.accepted[-1]
+        stream.accept()
+        while stream.window < 1024 * 1024:
+            harness.feed(data(1, b"g" * min(stream.recv_window, 65536)))
+        harness.feed(frame(WINDOW, RST, 1, 0))
+        self.assertEqual(len(harness.session._dead), 0)
+        harness.feed(data(1, b"x" * (INITIAL_WINDOW + 1))[:HEADER])
+        self.assert_ended(harness, Violation.WINDOW_EXCEEDED)
+
+    def test_credits_remembered_bounded_by_max_streams(self) -> None:
+        """
+        A hostile peer has us reset stream after stream (100, with C{max_streams} 4): at
+        most four credits are remembered, the newest; the oldest stream's is forgotten, so
+        a frame above 256 KiB on it ends the session.
+        """
+        limits = MuxLimits(keepalive_interval=None, max_streams=4)
+        harness = Harness(limits=limits)
+        for sid in range(1, 201, 2):
+            harness.feed(frame(WINDOW, SYN, sid, 0))
+            harness.accepted[-1].abortConnection()
+            self.assertLessEqual(len(harness.session._dead), 4)
+        harness.sent()
+        self.assertEqual(harness.ends, [])
+        dead = harness.session._dead
+        self.assertEqual([dead.allowed(sid) for sid in (193, 195, 197, 199)], [INITIAL_WINDOW] * 4)
+        self.assertEqual(dead.allowed(1), 0)
+        harness.feed(data(1, b"x" * INITIAL_WINDOW))
         self.assertEqual(harness.ends, [])

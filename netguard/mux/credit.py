@@ -7,6 +7,7 @@ the windows of streams that keep reading.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -180,3 +181,64 @@ class ReceiveCredit:
         self.held = 0
         self.grown = 0
         self._starved.clear()
+
+
+class DeadCredit:
+    """
+    The credit the peer still holds on streams that ended on our side while it could
+    still send: streams we reset, whose data the peer sent before our RST reached it. A
+    grown window lets such data come as one frame above 256 KiB, or as many frames; both
+    are the peer's right, and are dropped without counting as a flood.
+
+    At most C{limit} streams are remembered (the oldest forgotten first); a stream's entry
+    goes once its credit is used up, the peer resets or finishes it, or its id is opened
+    again.
+    """
+
+    __slots__ = ("limit", "_credit")
+
+    def __init__(self, limit: int) -> None:
+        """
+        @param limit: the most streams remembered.
+        """
+        self.limit = limit
+        self._credit: OrderedDict[int, int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._credit)
+
+    def remember(self, stream_id: int, credit: int) -> None:
+        """
+        The stream ended with C{credit} bytes the peer may still send.
+        """
+        self._credit.pop(stream_id, None)
+        if credit <= 0:
+            return
+        if len(self._credit) >= self.limit:
+            self._credit.popitem(last=False)
+        self._credit[stream_id] = credit
+
+    def allowed(self, stream_id: int) -> int:
+        """
+        @return: the bytes the peer may still send on the ended stream.
+        """
+        return self._credit.get(stream_id, 0)
+
+    def spend(self, stream_id: int, length: int) -> int:
+        """
+        The peer sent C{length} bytes on the ended stream.
+
+        @return: the bytes beyond its remaining credit.
+        """
+        credit = self._credit.get(stream_id, 0)
+        if length < credit:
+            self._credit[stream_id] = credit - length
+            return 0
+        self._credit.pop(stream_id, None)
+        return length - credit
+
+    def forget(self, stream_id: int) -> None:
+        """
+        The peer can send nothing more on the stream (or its id is in use again).
+        """
+        self._credit.pop(stream_id, None)

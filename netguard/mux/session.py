@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netguard.mux import frames
-from netguard.mux.credit import ReceiveCredit
+from netguard.mux.credit import DeadCredit, ReceiveCredit
 from netguard.mux.frames import (
     HEADER_SIZE,
     INITIAL_WINDOW,
@@ -123,6 +123,7 @@ class MuxSession:
         self._receive = ReceiveCredit(
             limits.memory_budget, self._send_update, limits.max_window, limits.window_budget
         )
+        self._dead = DeadCredit(limits.max_streams)
         self._paused = False
         self._pumping = False
         self._local_go_away = False
@@ -291,8 +292,10 @@ class MuxSession:
 
     def _check_length(self, header: frames.Header) -> None:
         stream = self._streams.get(header.stream_id)
-        if stream is None or stream.reset or header.flags & _SYN:
+        if header.flags & _SYN:
             window = INITIAL_WINDOW
+        elif stream is None or stream.reset:
+            window = max(INITIAL_WINDOW, self._dead.allowed(header.stream_id))
         else:
             window = stream.recv_window
         if header.length > window:
@@ -331,11 +334,11 @@ class MuxSession:
             found = self._streams.get(stream_id)
             if found is None:
                 self._unknown_stream(stream_id)
-                self._no_effect(kind, header.length)
+                self._drop(header)
                 return
             stream = found
             if stream.reset or stream.lost:
-                self._no_effect(kind, header.length)
+                self._drop(header)
                 return
             if not header.length and not self._has_effect(stream, flags):
                 self._no_effect()
@@ -362,6 +365,7 @@ class MuxSession:
                 if not self._reset_bucket.take(self._clock.seconds()):
                     raise FrameError(Violation.RAPID_RESET)
             self._stream_dead(stream, StreamReset())
+            self._dead.forget(stream_id)
             return
         if kind is FrameType.WINDOW_UPDATE:
             if stream.send_window + header.length > MAX_UINT32:
@@ -413,6 +417,21 @@ class MuxSession:
         if not self._empty_bucket.take(self._clock.seconds(), count):
             raise FrameError(Violation.EMPTY_FRAME_FLOOD)
 
+    def _drop(self, header: frames.Header) -> None:
+        """
+        Drop a frame for a stream that has ended. Data within the credit the peer held
+        when we reset the stream (L{DeadCredit}) was its right and is not counted; what is
+        beyond it counts as L{_no_effect}.
+        """
+        length = header.length
+        if header.type is FrameType.DATA and length:
+            length = self._dead.spend(header.stream_id, length)
+            if not length:
+                return
+        if header.flags & (_FIN | _RST):
+            self._dead.forget(header.stream_id)
+        self._no_effect(header.type, length)
+
     def _peer_syn(self, stream_id: int, flags: int) -> MuxStream | None:
         if not frames.is_peer_stream(stream_id, self.client):
             raise FrameError(Violation.BAD_STREAM_ID, f"SYN for our stream {stream_id}")
@@ -459,6 +478,7 @@ class MuxSession:
     def _add_stream(self, stream_id: int, *, outbound: bool) -> MuxStream:
         stream = MuxStream(self, stream_id, outbound=outbound)
         self._streams[stream_id] = stream
+        self._dead.forget(stream_id)
         self._receive.opened(stream)
         self._check_idle()
         return stream
@@ -656,13 +676,16 @@ class MuxSession:
 
     def _stream_dead(self, stream: MuxStream, reason: BaseException) -> None:
         """
-        The stream is over on the wire: stop its timers, return its credit, tell its
-        protocol, and stop counting it unless it waits for the application's release.
+        The stream is over on the wire: stop its timers, return its credit (remembering
+        what the peer may still send), tell its protocol, and stop counting it unless it
+        waits for the application's release.
         """
         if stream.reset or stream.lost:
             return
         if not (stream.local_fin and stream.remote_fin):
             stream.reset = True
+        if not stream.remote_fin:
+            self._dead.remember(stream.stream_id, stream.recv_window)
         self._stop_timer(stream)
         self._receive.ended(stream)
         stream.recv_window = 0
