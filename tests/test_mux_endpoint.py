@@ -22,6 +22,7 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from netguard.client.mux_endpoint import (
+    CLIENT_MAX_STREAMS,
     MuxClientEndpoint,
     SessionUnavailable,
     backoff_delay,
@@ -298,6 +299,30 @@ class SessionCapTests(unittest.TestCase):
         h.gateway.flush()
         self.assertIsInstance(self.successResultOf(sixth), App)
         self.assertEqual(h.endpoint.logins, 1)
+
+    def announced(self, streams: int) -> int:
+        """
+        @return: the streams a default endpoint's session takes from a gateway announcing
+            C{STREAMS=<streams>}.
+        """
+        h = Harness(self, max_sessions=1)
+        h.gateway.factory.stream_settings = attrs.evolve(
+            StreamSettings(), max_streams=streams, max_per_user=2 * streams
+        )
+        connecting = h.connect()
+        h.settle()
+        self.assertIsInstance(self.successResultOf(connecting), App)
+        return h.endpoint.sessions[0].max_streams
+
+    def test_the_default_ceiling_is_1024_streams_a_session(self) -> None:
+        """
+        A hostile gateway cannot make a default endpoint's session carry (and grant windows
+        to) more than L{CLIENT_MAX_STREAMS}, 1,024, streams: C{STREAMS=1024} is taken
+        exactly, C{STREAMS=1025} gives 1,024.
+        """
+        self.assertEqual(CLIENT_MAX_STREAMS, 1024)
+        self.assertEqual(self.announced(1024), 1024)
+        self.assertEqual(self.announced(1025), 1024)
 
     def test_a_ceiling_below_one_is_refused(self) -> None:
         """

@@ -64,10 +64,11 @@ PACE_RATE = 0.9
 PACE_BURST = 0.5
 
 #: The most streams one client session carries at once, whatever the gateway's C{STREAMS=}
-#: announces (the session takes the lower of the two). Each stream's receive window (at
-#: least the spec's 256 KiB) is credit the gateway may use, so this bounds what one
-#: session can be made to hold in the client.
-CLIENT_MAX_STREAMS = 4096
+#: announces (the session takes the lower of the two); the gateway's own default per user
+#: is the same. Each stream's receive window (at least the spec's 256 KiB) is credit the
+#: gateway may use, so this bounds what one session can be made to hold in the client:
+#: C{1,024 * 256 KiB + window_budget} (272 MiB with the default limits).
+CLIENT_MAX_STREAMS = 1024
 
 #: C{OPENRATE=}'s value: a decimal rate (openings per second) and a whole burst.
 _OPEN_RATE = re.compile(rb"([0-9]{1,9}(?:\.[0-9]{1,17})?)/([0-9]{1,9})")
