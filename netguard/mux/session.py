@@ -28,6 +28,7 @@ from netguard.mux.frames import (
     pack_header,
 )
 from netguard.mux.limits import MuxLimits, TokenBucket
+from netguard.mux.noeffect import NoEffectFrames, has_effect
 from netguard.mux.outcome import OpenRefused, SessionEnd, SessionTransport
 from netguard.mux.reader import FrameReader
 from netguard.mux.stream import (
@@ -46,10 +47,6 @@ _log = Logger()
 
 #: The flags as plain ints, for the per-frame path (IntFlag operations cost more).
 _SYN, _ACK, _FIN, _RST = int(Flag.SYN), int(Flag.ACK), int(Flag.FIN), int(Flag.RST)
-
-#: Dropped data (for a stream that has ended) takes one more token of C{empty_frame_rate}
-#: per this many bytes.
-_DROP_UNIT = 16 * 1024
 
 #: Bytes framed per batch before the batch is handed to the transport (so a transport that
 #: pauses us on a full buffer does so within about this much).
@@ -112,7 +109,6 @@ class MuxSession:
         self._open_bucket = TokenBucket(limits.open_rate, limits.open_burst, now)
         self._reset_bucket = TokenBucket(limits.early_reset_rate, limits.early_reset_burst, now)
         self._ping_bucket = TokenBucket(limits.ping_rate, limits.ping_burst, now)
-        self._empty_bucket = TokenBucket(limits.empty_frame_rate, limits.empty_frame_burst, now)
         self._streams: dict[int, MuxStream] = {}
         self._next_id = 1 if client else 2
         self._peer_max = 0
@@ -124,6 +120,7 @@ class MuxSession:
             limits.memory_budget, self._send_update, limits.max_window, limits.window_budget
         )
         self._dead = DeadCredit(limits.max_streams)
+        self._no_effect = NoEffectFrames(limits, clock, now, self._dead)
         self._paused = False
         self._pumping = False
         self._local_go_away = False
@@ -295,7 +292,7 @@ class MuxSession:
         if header.flags & _SYN:
             window = INITIAL_WINDOW
         elif stream is None or stream.reset:
-            window = max(INITIAL_WINDOW, self._dead.allowed(header.stream_id))
+            window = self._no_effect.dead_window(header.stream_id)
         else:
             window = stream.recv_window
         if header.length > window:
@@ -319,7 +316,7 @@ class MuxSession:
         if kind is FrameType.GO_AWAY:
             code = GoAwayCode(header.length)
             if code is GoAwayCode.NORMAL and self.remote_go_away is not None:
-                self._no_effect()
+                self._no_effect.count()
             self.remote_go_away = code
             if code is not GoAwayCode.NORMAL:
                 self._end(SessionEnd(Violation.REMOTE_GO_AWAY, code, True), send=False)
@@ -334,14 +331,14 @@ class MuxSession:
             found = self._streams.get(stream_id)
             if found is None:
                 self._unknown_stream(stream_id)
-                self._drop(header)
+                self._no_effect.drop(header)
                 return
             stream = found
             if stream.reset or stream.lost:
-                self._drop(header)
+                self._no_effect.drop(header)
                 return
-            if not header.length and not self._has_effect(stream, flags):
-                self._no_effect()
+            if not header.length and not has_effect(stream, flags):
+                self._no_effect.count()
             if stream.timer is not None:
                 stream.heard = self._clock.seconds()
         if stream.reset or stream.lost:
@@ -388,49 +385,6 @@ class MuxSession:
                 self._stop_timer(stream)
             stream.deliver_eof()
             self._maybe_closed(stream)
-
-    @staticmethod
-    def _has_effect(stream: MuxStream, flags: int) -> bool:
-        """
-        Whether a frame without payload or window, on a live stream, changes anything: an
-        RST, the first ACK of a stream we opened, the first FIN.
-        """
-        if flags & _RST:
-            return True
-        if flags & _ACK and stream.outbound and not stream.acked:
-            return True
-        return bool(flags & _FIN) and not stream.remote_fin
-
-    def _no_effect(self, kind: FrameType = FrameType.DATA, length: int = 0) -> None:
-        """
-        Count a frame that changes nothing (an empty frame, a repeated flag or go-away, an
-        RST or data for a stream that has ended) against C{empty_frame_rate}; dropped data
-        takes one more token per 16 KiB. A window update for a stream that has
-        ended is a normal race (the peer read our last data after our FIN closed the
-        stream) and is not counted.
-
-        @raise FrameError: one past an empty bucket.
-        """
-        if kind is FrameType.WINDOW_UPDATE and length:
-            return
-        count = 1 + (length // _DROP_UNIT if kind is FrameType.DATA else 0)
-        if not self._empty_bucket.take(self._clock.seconds(), count):
-            raise FrameError(Violation.EMPTY_FRAME_FLOOD)
-
-    def _drop(self, header: frames.Header) -> None:
-        """
-        Drop a frame for a stream that has ended. Data within the credit the peer held
-        when we reset the stream (L{DeadCredit}) was its right and is not counted; what is
-        beyond it counts as L{_no_effect}.
-        """
-        length = header.length
-        if header.type is FrameType.DATA and length:
-            length = self._dead.spend(header.stream_id, length)
-            if not length:
-                return
-        if header.flags & (_FIN | _RST):
-            self._dead.forget(header.stream_id)
-        self._no_effect(header.type, length)
 
     def _peer_syn(self, stream_id: int, flags: int) -> MuxStream | None:
         if not frames.is_peer_stream(stream_id, self.client):
