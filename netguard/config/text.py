@@ -9,6 +9,8 @@ C{docs/operating.md}). Nothing that looks like a secret is ever printed.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 
@@ -182,6 +184,24 @@ class _KeyDoc:
     defends: str
 
 
+def _table_docs(
+    table: str,
+    defaults: object,
+    keys: Iterable[Any],
+    show: Callable[[str, object], str] | None = None,
+) -> list[_KeyDoc]:
+    """
+    The keys of one configuration table, each with its default read from C{defaults} (the
+    table's settings value) and shown by C{show(name, value)} (L{value_text} by default).
+    """
+    docs = []
+    for spec in keys:
+        value = getattr(defaults, spec.name)
+        shown = show(spec.name, value) if show is not None else value_text(value)
+        docs.append(_KeyDoc(f"{table}.{spec.name}", shown, spec.allowed, spec.defends))
+    return docs
+
+
 def _tls_listen_docs() -> list[_KeyDoc]:
     """
     The keys of one C{[[tls_listen]]} entry (none by default: no TLS listener), each with
@@ -256,19 +276,14 @@ def _key_docs() -> tuple[_KeyDoc, ...]:
                 spec.defends,
             )
         )
-    ops = OpsConfig()
-    for op_key in OPS_KEYS:
-        default = getattr(ops, op_key.name)
-        docs.append(
-            _KeyDoc(
-                f"ops.{op_key.name}",
-                '"<state_dir>/control.sock"'
-                if op_key.name == "control_socket"
-                else value_text(default),
-                op_key.allowed,
-                op_key.defends,
-            )
-        )
+    docs += _table_docs(
+        "ops",
+        OpsConfig(),
+        OPS_KEYS,
+        lambda name, value: (
+            '"<state_dir>/control.sock"' if name == "control_socket" else value_text(value)
+        ),
+    )
     policy = AdmissionPolicy()
     admission_docs = _admission_docs()
     for field in attrs.fields(AdmissionPolicy):
@@ -280,58 +295,21 @@ def _key_docs() -> tuple[_KeyDoc, ...]:
                 admission_docs.get(field.name, ""),
             )
         )
-    overload = OverloadSettings()
-    for load_key in OVERLOAD_KEYS:
-        value = getattr(overload, load_key.name)
-        docs.append(
-            _KeyDoc(
-                f"overload.{load_key.name}",
-                value_text("off" if value is None else value),
-                load_key.allowed,
-                load_key.defends,
-            )
-        )
-    streams = StreamSettings()
-    for mux_key in MUX_KEYS:
-        docs.append(
-            _KeyDoc(
-                f"mux.{mux_key.name}",
-                value_text(getattr(streams, mux_key.name)),
-                mux_key.allowed,
-                mux_key.defends,
-            )
-        )
-    ticket_defaults = TicketSettings()
-    for ticket_key in TICKET_KEYS:
-        docs.append(
-            _KeyDoc(
-                f"tickets.{ticket_key.name}",
-                value_text(getattr(ticket_defaults, ticket_key.name)),
-                ticket_key.allowed,
-                ticket_key.defends,
-            )
-        )
-    shared_defaults = SharedSettings()
-    for shared_key in SHARED_KEYS:
-        docs.append(
-            _KeyDoc(
-                f"shared.{shared_key.name}",
-                value_text(getattr(shared_defaults, shared_key.name)),
-                shared_key.allowed,
-                shared_key.defends,
-            )
-        )
-    checks = PeerCheckPolicy()
-    for check_key in PEER_CHECK_KEYS:
-        default = getattr(checks, check_key.name)
-        docs.append(
-            _KeyDoc(
-                f"peer_checks.{check_key.name}",
-                value_text(list(default) if isinstance(default, tuple) else default),
-                check_key.allowed,
-                check_key.defends,
-            )
-        )
+    docs += _table_docs(
+        "overload",
+        OverloadSettings(),
+        OVERLOAD_KEYS,
+        lambda name, value: value_text("off" if value is None else value),
+    )
+    docs += _table_docs("mux", StreamSettings(), MUX_KEYS)
+    docs += _table_docs("tickets", TicketSettings(), TICKET_KEYS)
+    docs += _table_docs("shared", SharedSettings(), SHARED_KEYS)
+    docs += _table_docs(
+        "peer_checks",
+        PeerCheckPolicy(),
+        PEER_CHECK_KEYS,
+        lambda name, value: value_text(list(value) if isinstance(value, tuple) else value),
+    )
     docs += [
         _KeyDoc(
             "log.format",
