@@ -20,6 +20,10 @@ def open_rate_text(rate: float) -> str:
     return str(int(rate)) if float(rate).is_integer() else repr(float(rate))
 
 
+#: The framing's own fields: the C{[mux]} keys that set one of them default to its default.
+_FRAMING = attrs.fields(MuxLimits)
+
+
 @attrs.frozen
 class StreamSettings:
     """
@@ -41,14 +45,18 @@ class StreamSettings:
     @ivar open_burst: stream openings one session may make at once.
     """
 
-    max_streams: int = attrs.field(default=256, validator=positive)
+    max_streams: int = attrs.field(default=_FRAMING.max_streams.default, validator=positive)
     max_per_user: int = attrs.field(default=1024, validator=positive)
     max_per_service: int = attrs.field(default=4096, validator=positive)
     open_timeout: float = attrs.field(default=10.0, validator=positive)
-    keepalive_interval: float = attrs.field(default=30.0, validator=positive)
-    keepalive_timeout: float = attrs.field(default=10.0, validator=positive)
-    open_rate: float = attrs.field(default=1000.0, validator=positive)
-    open_burst: int = attrs.field(default=512, validator=positive)
+    keepalive_interval: float = attrs.field(
+        default=_FRAMING.keepalive_interval.default, validator=positive
+    )
+    keepalive_timeout: float = attrs.field(
+        default=_FRAMING.keepalive_timeout.default, validator=positive
+    )
+    open_rate: float = attrs.field(default=_FRAMING.open_rate.default, validator=positive)
+    open_burst: int = attrs.field(default=_FRAMING.open_burst.default, validator=positive)
 
     def mux_limits(self, idle_timeout: float | None) -> MuxLimits:
         """
