@@ -423,6 +423,32 @@ def gateway_session(gateway: RunningGateway) -> MuxSession:
     return session
 
 
+def tls_gateway(test: unittest.TestCase) -> tuple[RunningGateway, Any]:
+    """
+    A real gateway with a plain listener on 127.0.0.2 and a C{[[tls_listen]]} on 127.0.0.1
+    (a fresh certificate for C{localhost}), and a verified TLS client endpoint to the latter.
+
+    @return: the gateway and the client endpoint.
+    """
+    directory = tempfile.mkdtemp(prefix="ngmt-", dir="/tmp")
+    test.addCleanup(shutil.rmtree, directory, True)
+    cert, key = tls_certs.make_leaf("localhost", extra_names=("127.0.0.1",))
+    cert_file, key_file = tls_certs.write_identity(directory, "gateway", cert, key)
+    gateway = RunningGateway(
+        test,
+        'listen = ["tcp:0:interface=127.0.0.2"]\n'
+        "[[tls_listen]]\n"
+        'endpoint = "tcp:0:interface=127.0.0.1"\n'
+        f'cert_file = "{cert_file}"\n'
+        f'key_file = "{key_file}"\n',
+    )
+    plain = TCP4ClientEndpoint(reactor, "127.0.0.1", gateway.port(1))
+    endpoint = wrap_tls(
+        reactor, plain, {"tls": "1", "ca_file": cert_file}, default_hostname="localhost"
+    )
+    return gateway, endpoint
+
+
 class MuxOverTLSTests(unittest.TestCase):
     timeout = 60
 
@@ -432,22 +458,7 @@ class MuxOverTLSTests(unittest.TestCase):
         Over a TLS listener (login with channel binding), C{MUX yamux/1} carries streams
         that relay to echo, with half-close per stream, through Twisted's TLS transport.
         """
-        directory = tempfile.mkdtemp(prefix="ngmt-", dir="/tmp")
-        self.addCleanup(shutil.rmtree, directory, True)
-        cert, key = tls_certs.make_leaf("localhost", extra_names=("127.0.0.1",))
-        cert_file, key_file = tls_certs.write_identity(directory, "gateway", cert, key)
-        gateway = RunningGateway(
-            self,
-            'listen = ["tcp:0:interface=127.0.0.2"]\n'
-            "[[tls_listen]]\n"
-            'endpoint = "tcp:0:interface=127.0.0.1"\n'
-            f'cert_file = "{cert_file}"\n'
-            f'key_file = "{key_file}"\n',
-        )
-        plain = TCP4ClientEndpoint(reactor, "127.0.0.1", gateway.port(1))
-        endpoint = wrap_tls(
-            reactor, plain, {"tls": "1", "ca_file": cert_file}, default_hostname="localhost"
-        )
+        gateway, endpoint = tls_gateway(self)
         client = yield connectProtocol(endpoint, MuxLogin(gateway.credentials))
         yield client.opened
         assert client.mux is not None

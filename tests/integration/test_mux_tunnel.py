@@ -29,12 +29,11 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from netguard.client.endpoint import wrap_tls
 from netguard.client.mux_endpoint import MuxClientEndpoint
 from netguard.client.tunnel import TunnelFactory
 from netguard.config import load_config
 from netguard.service import make_service
-from tests import tls_certs
+from tests.integration.test_mux_gateway import tls_gateway
 from tests.integration.test_tunnel_real import REDIS_BENCHMARK, REDIS_SERVER, start_redis
 from tests.integration.util import (
     RunningGateway,
@@ -305,22 +304,7 @@ class MuxEndpointOverTLSTests(unittest.TestCase):
         by our go-away, the TLS connection really closes (the gateway sees it gone), though
         the session was the TLS transport's producer.
         """
-        directory = tempfile.mkdtemp(prefix="ngmtt-", dir="/tmp")
-        self.addCleanup(shutil.rmtree, directory, True)
-        cert, key = tls_certs.make_leaf("localhost", extra_names=("127.0.0.1",))
-        cert_file, key_file = tls_certs.write_identity(directory, "gateway", cert, key)
-        gateway = RunningGateway(
-            self,
-            'listen = ["tcp:0:interface=127.0.0.2"]\n'
-            "[[tls_listen]]\n"
-            'endpoint = "tcp:0:interface=127.0.0.1"\n'
-            f'cert_file = "{cert_file}"\n'
-            f'key_file = "{key_file}"\n',
-        )
-        plain = TCP4ClientEndpoint(reactor, "127.0.0.1", gateway.port(1))
-        tls = wrap_tls(
-            reactor, plain, {"tls": "1", "ca_file": cert_file}, default_hostname="localhost"
-        )
+        gateway, tls = tls_gateway(self)
         endpoint = MuxClientEndpoint(reactor, tls, gateway.credentials, "echo")
         self.addCleanup(endpoint.close)
         apps = []
