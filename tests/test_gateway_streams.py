@@ -28,10 +28,10 @@ from netguard.mux import frames
 from netguard.mux.frames import Flag, FrameType
 from netguard.mux.limits import MuxLimits
 from netguard.mux.session import MuxSession
-from netguard.mux.stream import MuxStream
 from netguard.ops.metrics import render_metrics
 from netguard.outbound.backends import EchoLeg
 from netguard.peer.checks import Verdict
+from tests.mux_fakes import Recorder
 from tests.test_gateway_protocol import ClientServerTests, Session
 from tests.test_metrics import parse_exposition
 
@@ -64,30 +64,6 @@ class _ClientPipe:
 
     def getHost(self) -> IPv4Address:
         return _PEER
-
-
-class _Recorder:
-    """
-    A client stream's protocol: records what arrives.
-    """
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.eof = False
-        self.lost: Failure | None = None
-        self.transport: MuxStream | None = None
-
-    def makeConnection(self, transport: MuxStream) -> None:
-        self.transport = transport
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def readConnectionLost(self) -> None:
-        self.eof = True
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.lost = reason
 
 
 class Mux:
@@ -159,11 +135,11 @@ class Mux:
                 return
         raise AssertionError("the two sides never went quiet")
 
-    def open(self, first: bytes) -> _Recorder:
+    def open(self, first: bytes) -> Recorder:
         """
         Open a stream, write C{first} at once, and pump.
         """
-        recorder = _Recorder()
+        recorder = Recorder()
         stream = self.client.open_stream(recorder)  # type: ignore[arg-type]
         if first:
             stream.write(first)
@@ -283,11 +259,11 @@ class StreamOpenTests(unittest.TestCase):
         behind it are the relay's first bytes, in order.
         """
         r = self.m.open(b"OPEN echo\r\nfirst bytes\x00\r\n")
-        self.assertEqual(r.data, b"OK OPEN echo\r\nfirst bytes\x00\r\n")
+        self.assertEqual(r.received, b"OK OPEN echo\r\nfirst bytes\x00\r\n")
         assert r.transport is not None
         r.transport.write(b"more")
         self.m.pump()
-        self.assertEqual(r.data, b"OK OPEN echo\r\nfirst bytes\x00\r\nmore")
+        self.assertEqual(r.received, b"OK OPEN echo\r\nfirst bytes\x00\r\nmore")
         self.assertEqual(self.m.factory.stats.snapshot()["streams"], 1)
         self.assertEqual(self.m.factory.stats.snapshot()["streams_active"], 1)
         [opened] = self.m.named("stream.open")
@@ -297,14 +273,14 @@ class StreamOpenTests(unittest.TestCase):
         """
         The C{OPEN} line may arrive in any number of frames.
         """
-        recorder = _Recorder()
+        recorder = Recorder()
         stream = self.m.client.open_stream(recorder)  # type: ignore[arg-type]
         for byte in b"OPEN echo\n":
             stream.write(bytes([byte]))
             self.m.pump()
         stream.write(b"x")
         self.m.pump()
-        self.assertEqual(recorder.data, b"OK OPEN echo\r\nx")
+        self.assertEqual(recorder.received, b"OK OPEN echo\r\nx")
 
     def test_unknown_service_refused_then_fin_session_goes_on(self):
         """
@@ -313,15 +289,15 @@ class StreamOpenTests(unittest.TestCase):
         """
         live = self.m.open(b"OPEN echo\r\n")
         bad = self.m.open(b"OPEN nope\r\n")
-        self.assertTrue(bad.data.startswith(b"ERR NO_SUCH_SERVICE "), bad.data)
-        self.assertTrue(bad.data.endswith(b"\r\n"))
+        self.assertTrue(bad.received.startswith(b"ERR NO_SUCH_SERVICE "), bad.received)
+        self.assertTrue(bad.received.endswith(b"\r\n"))
         self.assertTrue(bad.eof)
         assert live.transport is not None
         live.transport.write(b"still here")
         self.m.pump()
-        self.assertEqual(live.data, b"OK OPEN echo\r\nstill here")
+        self.assertEqual(live.received, b"OK OPEN echo\r\nstill here")
         again = self.m.open(b"OPEN echo\r\n")
-        self.assertEqual(again.data, b"OK OPEN echo\r\n")
+        self.assertEqual(again.received, b"OK OPEN echo\r\n")
         [refused] = self.m.named("stream.refused")
         self.assertEqual(refused["code"], "NO_SUCH_SERVICE")
 
@@ -331,7 +307,7 @@ class StreamOpenTests(unittest.TestCase):
         C{session.denied} as C{OPEN} is.
         """
         r = self.m.open(b"OPEN secret\r\n")
-        self.assertTrue(r.data.startswith(b"ERR NOT_AUTHORIZED "), r.data)
+        self.assertTrue(r.received.startswith(b"ERR NOT_AUTHORIZED "), r.received)
         self.assertEqual(len(self.m.named("session.denied")), 1)
 
     def test_hostile_junk_before_open(self):
@@ -340,7 +316,7 @@ class StreamOpenTests(unittest.TestCase):
         C{ERR BAD_SYNTAX} and FIN on that stream; the session goes on.
         """
         r = self.m.open(b"\x00\xff GET / HTTP/1.1\r\n")
-        self.assertTrue(r.data.startswith(b"ERR BAD_SYNTAX "), r.data)
+        self.assertTrue(r.received.startswith(b"ERR BAD_SYNTAX "), r.received)
         self.assertIs(self.m.s.proto.state, SessionState.MUX)
         self.assertIsNone(self.m.client.ended)
 
@@ -351,7 +327,7 @@ class StreamOpenTests(unittest.TestCase):
         limit = self.m.factory.framing_limits.max_line_length
         name = b"x" * (limit - len(b"OPEN "))
         r = self.m.open(b"OPEN " + name + b"\r\n")
-        self.assertTrue(r.data.startswith(b"ERR NO_SUCH_SERVICE "), r.data)
+        self.assertTrue(r.received.startswith(b"ERR NO_SUCH_SERVICE "), r.received)
 
     def test_line_one_past_the_bound_is_too_long(self):
         """
@@ -359,7 +335,7 @@ class StreamOpenTests(unittest.TestCase):
         """
         limit = self.m.factory.framing_limits.max_line_length
         r = self.m.open(b"O" * (limit + 1))
-        self.assertTrue(r.data.startswith(b"ERR LINE_TOO_LONG "), r.data)
+        self.assertTrue(r.received.startswith(b"ERR LINE_TOO_LONG "), r.received)
 
     def test_open_deadline(self):
         """
@@ -370,21 +346,21 @@ class StreamOpenTests(unittest.TestCase):
         timeout = self.m.factory.stream_settings.open_timeout
         self.m.s.clock.advance(timeout - 0.001)
         self.m.pump()
-        self.assertEqual(r.data, b"")
+        self.assertEqual(r.received, b"")
         self.m.s.clock.advance(0.001)
         self.m.pump()
-        self.assertTrue(r.data.startswith(b"ERR TIMEOUT "), r.data)
+        self.assertTrue(r.received.startswith(b"ERR TIMEOUT "), r.received)
 
     def test_fin_before_line_is_refused(self):
         """
         A stream half-closed before its line is answered C{ERR BAD_SYNTAX} and closed.
         """
-        recorder = _Recorder()
+        recorder = Recorder()
         stream = self.m.client.open_stream(recorder)  # type: ignore[arg-type]
         stream.write(b"OPEN")
         stream.loseWriteConnection()
         self.m.pump()
-        self.assertTrue(recorder.data.startswith(b"ERR BAD_SYNTAX "), recorder.data)
+        self.assertTrue(recorder.received.startswith(b"ERR BAD_SYNTAX "), recorder.received)
 
     def test_half_close_per_stream(self):
         """
@@ -396,11 +372,11 @@ class StreamOpenTests(unittest.TestCase):
         assert one.transport is not None and two.transport is not None
         one.transport.loseWriteConnection()
         self.m.pump()
-        self.assertEqual(one.data, b"OK OPEN echo\r\nbye")
+        self.assertEqual(one.received, b"OK OPEN echo\r\nbye")
         self.assertTrue(one.eof)
         two.transport.write(b"ping")
         self.m.pump()
-        self.assertEqual(two.data, b"OK OPEN echo\r\nping")
+        self.assertEqual(two.received, b"OK OPEN echo\r\nping")
         self.assertFalse(two.eof)
         [closed] = self.m.named("stream.close")
         self.assertEqual((closed["bytes_up"], closed["bytes_down"]), (3, 3))
@@ -419,7 +395,7 @@ class BackendTests(unittest.TestCase):
         r = self.m.open(b"OPEN slow\r\n")
         self.m.backends[0].errback(Failure(ConnectionRefusedError()))
         self.m.pump()
-        self.assertTrue(r.data.startswith(b"ERR BACKEND_UNAVAILABLE "), r.data)
+        self.assertTrue(r.received.startswith(b"ERR BACKEND_UNAVAILABLE "), r.received)
         self.assertIsNone(self.m.client.ended)
 
     def test_bytes_held_while_the_backend_connects(self):
@@ -431,10 +407,10 @@ class BackendTests(unittest.TestCase):
         assert r.transport is not None
         r.transport.write(b"two")
         self.m.pump()
-        self.assertEqual(r.data, b"")
+        self.assertEqual(r.received, b"")
         self.m.backends[0].callback(EchoLeg(self.m.s.clock, 30.0, 3600.0))
         self.m.pump()
-        self.assertEqual(r.data, b"OK OPEN slow\r\none,two")
+        self.assertEqual(r.received, b"OK OPEN slow\r\none,two")
 
     def test_a_relaying_stream_keeps_no_pending_list(self):
         """
@@ -446,7 +422,9 @@ class BackendTests(unittest.TestCase):
         plain = self.m.open(b"OPEN echo\r\n")
         self.m.backends[0].callback(EchoLeg(self.m.s.clock, 30.0, 3600.0))
         self.m.pump()
-        self.assertEqual((held.data, plain.data), (b"OK OPEN slow\r\none,", b"OK OPEN echo\r\n"))
+        self.assertEqual(
+            (held.received, plain.received), (b"OK OPEN slow\r\none,", b"OK OPEN echo\r\n")
+        )
         streams = self.m.s.proto._gate.streams
         self.assertEqual(len(streams), 2)
         self.assertEqual([stream._pending for stream in streams], [None, None])
@@ -493,13 +471,13 @@ class CapTests(unittest.TestCase):
         one = m.open(b"OPEN echo\r\n")
         two = m.open(b"OPEN echo2\r\n")
         three = m.open(b"OPEN echo\r\n")
-        self.assertEqual(one.data, b"OK OPEN echo\r\n")
-        self.assertEqual(two.data, b"OK OPEN echo2\r\n")
-        self.assertEqual(three.data, b"ERR BUSY stream-cap-user\r\n")
+        self.assertEqual(one.received, b"OK OPEN echo\r\n")
+        self.assertEqual(two.received, b"OK OPEN echo2\r\n")
+        self.assertEqual(three.received, b"ERR BUSY stream-cap-user\r\n")
         assert one.transport is not None
         one.transport.loseConnection()
         m.pump()
-        self.assertEqual(m.open(b"OPEN echo\r\n").data, b"OK OPEN echo\r\n")
+        self.assertEqual(m.open(b"OPEN echo\r\n").received, b"OK OPEN echo\r\n")
 
     def test_per_service_cap_at_the_bound_and_one_past(self):
         """
@@ -508,9 +486,9 @@ class CapTests(unittest.TestCase):
         """
         m = Mux(self, StreamSettings(max_per_service=1))
         m.upgrade()
-        self.assertEqual(m.open(b"OPEN echo\r\n").data, b"OK OPEN echo\r\n")
-        self.assertEqual(m.open(b"OPEN echo\r\n").data, b"ERR BUSY stream-cap-service\r\n")
-        self.assertEqual(m.open(b"OPEN echo2\r\n").data, b"OK OPEN echo2\r\n")
+        self.assertEqual(m.open(b"OPEN echo\r\n").received, b"OK OPEN echo\r\n")
+        self.assertEqual(m.open(b"OPEN echo\r\n").received, b"ERR BUSY stream-cap-service\r\n")
+        self.assertEqual(m.open(b"OPEN echo2\r\n").received, b"OK OPEN echo2\r\n")
 
     def test_session_stream_cap_resets_one_past(self):
         """
@@ -521,8 +499,8 @@ class CapTests(unittest.TestCase):
         m.open(b"OPEN echo\r\n")
         m.open(b"OPEN echo\r\n")
         third = m.open(b"OPEN echo\r\n")
-        self.assertEqual(third.data, b"")
-        self.assertIsNotNone(third.lost)
+        self.assertEqual(third.received, b"")
+        self.assertIsNotNone(third.reason)
 
     def test_syn_flood_is_bounded(self):
         """
@@ -559,10 +537,10 @@ class RefusalBoundTests(unittest.TestCase):
         self.m = Mux(self)
         self.m.upgrade()
 
-    def refuse(self, count: int) -> list[_Recorder]:
+    def refuse(self, count: int) -> list[Recorder]:
         streams = [self.m.open(b"OPEN nope\r\n") for _ in range(count)]
         for r in streams:
-            self.assertTrue(r.data.startswith(b"ERR NO_SUCH_SERVICE "), r.data)
+            self.assertTrue(r.received.startswith(b"ERR NO_SUCH_SERVICE "), r.received)
         return streams
 
     def test_refusals_at_the_bound_and_one_past(self):
@@ -599,7 +577,7 @@ class RefusalBoundTests(unittest.TestCase):
             r = self.m.open(b"OPEN slow\r\n")
             self.m.backends[i].errback(Failure(ConnectionRefusedError()))
             self.m.pump()
-            self.assertTrue(r.data.startswith(b"ERR BACKEND_UNAVAILABLE "), r.data)
+            self.assertTrue(r.received.startswith(b"ERR BACKEND_UNAVAILABLE "), r.received)
         self.assertIsNone(self.m.client.ended)
 
 
@@ -615,12 +593,12 @@ class DrainTests(unittest.TestCase):
         m.s.proto.shutdown()
         m.pump()
         new = m.open(b"OPEN echo\r\n")
-        self.assertTrue(new.data.startswith(b"ERR SHUTTING_DOWN "), new.data)
+        self.assertTrue(new.received.startswith(b"ERR SHUTTING_DOWN "), new.received)
         assert live.transport is not None and new.transport is not None
         new.transport.loseConnection()
         live.transport.write(b"x")
         m.pump()
-        self.assertEqual(live.data, b"OK OPEN echo\r\nx")
+        self.assertEqual(live.received, b"OK OPEN echo\r\nx")
         self.assertFalse(m.s.transport.disconnecting)
         live.transport.loseConnection()
         m.pump()
@@ -881,10 +859,10 @@ class StreamPeerCheckTests(unittest.TestCase):
         on that stream, logged C{peer.refused} and counted as OPEN's is.
         """
         r = self.m.open(b"OPEN echo\r\nheld")
-        self.assertEqual(r.data, b"")
+        self.assertEqual(r.received, b"")
         self.verdicts[0].callback(Verdict(False, "fcrdns-mismatch"))
         self.m.pump()
-        self.assertEqual(r.data, b"ERR NOT_AUTHORIZED peer checks failed\r\n")
+        self.assertEqual(r.received, b"ERR NOT_AUTHORIZED peer checks failed\r\n")
         [refused] = self.m.named("peer.refused")
         self.assertEqual(refused["service"], "echo")
         failures = self.m.factory.stats.services_snapshot()["echo"]["open_failures"]
@@ -897,7 +875,7 @@ class StreamPeerCheckTests(unittest.TestCase):
         r = self.m.open(b"OPEN echo\r\nheld")
         self.verdicts[0].callback(Verdict(True, "ok"))
         self.m.pump()
-        self.assertEqual(r.data, b"OK OPEN echo\r\nheld")
+        self.assertEqual(r.received, b"OK OPEN echo\r\nheld")
 
 
 class GreetingTests(unittest.TestCase):
@@ -934,7 +912,7 @@ class ConnectionCloseTests(unittest.TestCase):
         self.assertTrue(m.s.transport.disconnecting)
         self.assertIsNone(m.s.transport.producer)
         self.assertEqual(m.factory.stats.snapshot()["streams_active"], 0)
-        self.assertIsNone(live.lost)  # the client side learns of it from the closed socket
+        self.assertIsNone(live.reason)  # the client side learns of it from the closed socket
 
     def test_session_end_lets_go_of_the_transport(self):
         """

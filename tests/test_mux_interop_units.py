@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from twisted.test.proto_helpers import StringTransport
 from twisted.trial import unittest
 
@@ -24,33 +23,9 @@ from netguard.mux.frames import (
 )
 from netguard.mux.limits import MuxLimits
 from netguard.mux.session import MuxSession, SessionEnd
-from netguard.mux.stream import MuxStream
+from tests.mux_fakes import Recorder
 
 LIMITS = MuxLimits(keepalive_interval=None, open_timeout=10.0, close_timeout=300.0)
-
-
-class Recorder:
-    """
-    A stream's protocol that records what it is told.
-    """
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.eof = False
-        self.lost: Failure | None = None
-        self.transport: MuxStream | None = None
-
-    def makeConnection(self, transport: MuxStream) -> None:
-        self.transport = transport
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def readConnectionLost(self) -> None:
-        self.eof = True
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.lost = reason
 
 
 def frame(kind: FrameType, flags: Flag | int, stream_id: int, length: int) -> bytes:
@@ -121,9 +96,9 @@ class ImplicitAckTests(unittest.TestCase):
             + b"response"
             + frame(FrameType.WINDOW_UPDATE, Flag.FIN, 1, 0)
         )
-        self.assertEqual((client.protocol.data, client.protocol.eof), (b"response", True))
-        assert client.protocol.lost is not None
-        self.assertIsInstance(client.protocol.lost.value, ConnectionDone)
+        self.assertEqual((client.protocol.received, client.protocol.eof), (b"response", True))
+        assert client.protocol.reason is not None
+        self.assertIsInstance(client.protocol.reason.value, ConnectionDone)
         self.assertEqual(client.ends, [])
         self.assertIsNone(client.session.ended)
         self.assertEqual(client.session.open_streams, 0)
@@ -139,11 +114,11 @@ class ImplicitAckTests(unittest.TestCase):
         client.sent()
         client.session.data_received(frame(FrameType.DATA, 0, 1, 4) + b"part")
         client.clock.advance(LIMITS.open_timeout + 1)
-        self.assertIsNone(client.protocol.lost)
-        self.assertEqual(client.protocol.data, b"part")
+        self.assertIsNone(client.protocol.reason)
+        self.assertEqual(client.protocol.received, b"part")
         self.assertEqual(client.sent(), [])
         client.clock.advance(LIMITS.close_timeout)
-        self.assertIsNotNone(client.protocol.lost)
+        self.assertIsNotNone(client.protocol.reason)
         self.assertEqual(
             [(h.type, h.flags) for h in client.sent()], [(FrameType.WINDOW_UPDATE, Flag.RST)]
         )
