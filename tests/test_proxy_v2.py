@@ -510,7 +510,7 @@ class GatewayPathTests(unittest.TestCase):
         recorder = mux.open(b"OPEN redis\r\nPING\r\n")
         backend = self.connect_backend()
         mux.pump()
-        self.assertEqual(recorder.data, b"OK OPEN redis\r\n")
+        self.assertEqual(recorder.received, b"OK OPEN redis\r\n")
         assert recorder.transport is not None
         stream_id = recorder.transport.stream_id
         unique_id = f"{mux.s.proto.conn_id}/{stream_id}"
