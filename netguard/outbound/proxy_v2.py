@@ -16,6 +16,8 @@ from typing import Final
 import attrs
 from twisted.internet.address import IPv4Address, IPv6Address
 
+from netguard.addresses import peer_ip
+
 #: The twelve bytes every version 2 header starts with.
 SIGNATURE: Final = b"\r\n\r\n\x00\r\nQUIT\n"
 
@@ -131,16 +133,8 @@ def _ip(address: object) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address,
     """
     if not isinstance(address, (IPv4Address, IPv6Address)) or address.type != "TCP":
         return None
-    try:
-        ip = ipaddress.ip_address(address.host)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        elif ip.scope_id is not None:
-            ip = ipaddress.IPv6Address(ip.packed)
-    return ip, address.port
+    ip = peer_ip(address.host)
+    return None if ip is None else (ip, address.port)
 
 
 def address_block(source: object, destination: object) -> tuple[int, bytes]:

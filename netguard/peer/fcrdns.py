@@ -30,8 +30,13 @@ from twisted.names import client, dns
 from twisted.names import error as names_error
 from twisted.python.failure import Failure
 
+from netguard.addresses import peer_ip
 from netguard.log import escape
 from netguard.quiet_udp import QuietUDPPort, listen_udp_quietly
+
+#: Parse a textual IP address (an IPv6 zone dropped, IPv4-mapped IPv6 as IPv4): the parser
+#: of L{netguard.addresses}, under the name this module has always exported.
+normalize_address = peer_ip
 
 #: Default bound on the whole check (PTR plus all forward lookups), in seconds.
 DEFAULT_TIMEOUT = 5.0
@@ -179,23 +184,6 @@ class FCrDNSCache:
         self._entries[key] = (self._clock.seconds() + life, result)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
-
-
-def normalize_address(address: str) -> IPAddress | None:
-    """
-    Parse a textual IP address, mapping IPv4-mapped IPv6 (C{::ffff:a.b.c.d}) to IPv4 and
-    dropping any IPv6 zone (C{%eth0}).
-
-    @param address: an IPv4 or IPv6 address in text form.
-    @return: the address, or L{None} if C{address} is not an IP address.
-    """
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def reverse_name(ip: IPAddress) -> str:
