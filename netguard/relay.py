@@ -14,11 +14,12 @@ import heapq
 import math
 import weakref
 from collections.abc import Callable
-from typing import ClassVar, Protocol, cast
+from typing import Any, ClassVar, Protocol, cast
 
 import attrs
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
@@ -261,6 +262,53 @@ def send_at_once(transport: object) -> None:
             pass  # not a TCP socket after all
 
 
+def plain_socket(transport: object) -> bool:
+    """
+    Whether C{transport} is Twisted's own transport of a plain TCP or unix socket (not TLS,
+    not a wrapper around one) that is still open for writing.
+    """
+    return (
+        isinstance(transport, tcp.Connection)
+        and not transport.TLS
+        and not ISSLTransport.providedBy(transport)
+        and getattr(transport, "socket", None) is not None
+        and not transport.disconnecting
+    )
+
+
+def has_user_data(transport: Any) -> bool:
+    """
+    Whether Twisted's own write buffer of the plain-socket C{transport} holds bytes.
+    """
+    return bool(transport._tempDataLen or len(transport.dataBuffer) > transport.offset)
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to the plain-socket C{transport} (L{plain_socket}) as its C{write} would,
+    but send at once what the kernel takes when nothing waits in Twisted's buffer: a relayed
+    request then costs one C{send} instead of a writable event, the C{send} and two changes
+    of the reactor's registration. What the kernel does not take (or any error, which the
+    transport's own next write reports) goes to Twisted's buffer, behind nothing, so the
+    order of the bytes and the transport's backpressure are Twisted's own.
+    """
+    if (
+        transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnecting
+        and not transport._writeDisconnected
+        and not has_user_data(transport)
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
 @attrs.frozen
 class RelayResult:
     """
@@ -298,6 +346,7 @@ class _Valve:
     @ivar paused: whether this side's transport last said its queue is full.
     @ivar registered: whether this valve is registered on the transport.
     @ivar half_close_pending: whether a half-close waits for this side's queue to drain.
+    @ivar direct: whether bytes for this side are sent at once (L{write_now}: a plain socket).
     """
 
     __slots__ = (
@@ -311,6 +360,7 @@ class _Valve:
         "paused",
         "registered",
         "half_close_pending",
+        "direct",
         "_stall",
     )
 
@@ -325,6 +375,7 @@ class _Valve:
         self.paused = False
         self.registered = False
         self.half_close_pending = False
+        self.direct = False
         self._stall: DelayedCall | None = None
 
     def pauseProducing(self) -> None:
@@ -518,6 +569,7 @@ class Splice:
         for valve in (self._a, self._b):
             transport = valve.transport
             send_at_once(transport)
+            valve.direct = plain_socket(transport)
             transport.registerProducer(valve, True)
             valve.registered = True
         self._last = self._started
@@ -536,7 +588,10 @@ class Splice:
             return
         source.count += len(data)
         self._last = self.clock.seconds()
-        target.transport.write(data)
+        if target.direct:
+            write_now(target.transport, data)
+        else:
+            target.transport.write(data)
 
     def resume_reading(self, side: str) -> None:
         """

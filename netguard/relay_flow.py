@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import main
 
-from netguard.relay import A, B, DelayedCall
+from netguard.relay import A, B, DelayedCall, has_user_data
 from netguard.relay_pipes import CHUNK
 
 if TYPE_CHECKING:
@@ -33,14 +33,6 @@ _BURST = 4
 
 #: Errors that mean this kernel cannot splice these descriptors at all.
 _UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
-
-
-def has_user_data(transport: Any) -> bool:
-    """
-    Whether Twisted's own write buffer of C{transport} holds bytes (written before the
-    kernel relay started, or read in user space for want of a pipe).
-    """
-    return bool(transport._tempDataLen or len(transport.dataBuffer) > transport.offset)
 
 
 class _Flow:

@@ -15,10 +15,8 @@ import sys
 import weakref
 from collections.abc import Callable
 
-from twisted.internet import tcp
-from twisted.internet.interfaces import ISSLTransport
-
 from netguard.proxy_header import ProxyHeaderProtocol
+from netguard.relay import plain_socket
 
 #: The most bytes one direction holds in flight: its pipe is made this large (a Linux pipe
 #: holds 64 KiB unless told otherwise). Four times the default: a quarter of the splice
@@ -69,14 +67,7 @@ def relay_transport(transport: object) -> object:
 
 
 def _plain_socket(transport: object) -> bool:
-    transport = relay_transport(transport)
-    return (
-        isinstance(transport, tcp.Connection)
-        and not transport.TLS
-        and not ISSLTransport.providedBy(transport)
-        and getattr(transport, "socket", None) is not None
-        and not transport.disconnecting
-    )
+    return plain_socket(relay_transport(transport))
 
 
 def kernel_relay_possible(a: object, b: object, splice: SpliceCall | None = None) -> bool:

@@ -18,8 +18,17 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from netguard.relay import A, B, DelayedCall, IdleSweep, ReactorTime, RelayResult, Splice
-from netguard.relay_flow import _Flow, has_user_data, other
+from netguard.relay import (
+    A,
+    B,
+    DelayedCall,
+    IdleSweep,
+    ReactorTime,
+    RelayResult,
+    Splice,
+    has_user_data,
+)
+from netguard.relay_flow import _Flow, other
 from netguard.relay_pipes import CHUNK as CHUNK
 from netguard.relay_pipes import SMALL_READ as SMALL_READ
 from netguard.relay_pipes import PipePool, SpliceCall, relay_transport, system_splice

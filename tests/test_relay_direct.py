@@ -1,0 +1,177 @@
+# -*- test-case-name: tests.test_relay_direct -*-
+"""
+Tests for L{netguard.relay.write_now} and the L{Splice}'s direct writes to a plain socket:
+what the kernel takes is sent at once, without a writable event; the rest waits in
+Twisted's buffer behind nothing, in order, with Twisted's own backpressure and error
+reporting. The sockets are real (TCP on 127.0.0.1); the reactor is a L{MemoryReactorClock},
+so nothing is written unless the code under test writes it.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from twisted.internet import main, tcp
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial import unittest
+
+from netguard.relay import A, B, Splice, has_user_data, plain_socket, write_now
+from tests.test_relay import FakeTransport
+
+#: Socket buffers small enough for one write to fill them, and large enough (well above
+#: the loopback's MSS) that reading the peer reopens the window at once.
+SNDBUF = 64 * 1024
+RCVBUF = 256 * 1024
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """
+    Two connected TCP sockets on 127.0.0.1.
+    """
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        mine = socket.create_connection(listener.getsockname())
+        peer, _ = listener.accept()
+    return mine, peer
+
+
+def read_all(peer: socket.socket) -> bytes:
+    """
+    Everything readable on C{peer} now, without blocking.
+    """
+    out = []
+    while True:
+        try:
+            chunk = peer.recv(1 << 20)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        out.append(chunk)
+    return b"".join(out)
+
+
+class PlainSocketCase(unittest.TestCase):
+    """
+    A connected L{tcp.Connection} over one end of a TCP connection on 127.0.0.1, the other
+    end kept as C{self.peer}.
+    """
+
+    def make_connection(self) -> tcp.Connection:
+        mine, peer = tcp_pair()
+        mine.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        peer.setblocking(False)
+        self.addCleanup(mine.close)
+        self.addCleanup(peer.close)
+        self.reactor = MemoryReactorClock()
+        transport = tcp.Connection(mine, Protocol(), self.reactor)
+        transport.connected = 1
+        self.peer = peer
+        return transport
+
+
+class WriteNowTests(PlainSocketCase):
+    def test_sent_at_once(self) -> None:
+        """
+        With nothing in Twisted's buffer, the bytes are on the socket when C{write_now}
+        returns: nothing is buffered and no writable event is asked for.
+        """
+        transport = self.make_connection()
+        self.assertTrue(plain_socket(transport))
+        write_now(transport, b"PING\r\n")
+        self.assertEqual(read_all(self.peer), b"PING\r\n")
+        self.assertFalse(has_user_data(transport))
+        self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_rest_buffered_in_order(self) -> None:
+        """
+        What the kernel does not take waits in Twisted's buffer and the transport asks for
+        a writable event; a later write goes behind it, never past it: the peer reads every
+        byte once, in order.
+        """
+        transport = self.make_connection()
+        first = bytes(range(256)) * 16384  # 4 MiB: more than the two buffers hold
+        second = b"second"
+        write_now(transport, first)
+        self.assertTrue(has_user_data(transport))
+        self.assertEqual(self.reactor.getWriters(), [transport])
+        write_now(transport, second)
+        received = [read_all(self.peer)]
+        self.assertNotIn(second, received[0])
+        for _ in range(100_000):
+            if not has_user_data(transport):
+                break
+            transport.doWrite()
+            received.append(read_all(self.peer))
+        self.assertFalse(has_user_data(transport))
+        received.append(read_all(self.peer))
+        self.assertEqual(b"".join(received), first + second)
+
+    def test_after_half_close_left_to_twisted(self) -> None:
+        """
+        Once a half-close is pending, bytes are not sent around Twisted's buffer: the write
+        is Twisted's own (queued ahead of the FIN as C{write} does).
+        """
+        transport = self.make_connection()
+        transport.loseWriteConnection()
+        write_now(transport, b"late")
+        self.assertEqual(read_all(self.peer), b"")
+        self.assertTrue(has_user_data(transport))
+
+    def test_not_connected_dropped(self) -> None:
+        """
+        A transport that is no longer connected takes nothing, as its C{write} does.
+        """
+        transport = self.make_connection()
+        transport.connected = 0
+        write_now(transport, b"gone")
+        self.assertEqual(read_all(self.peer), b"")
+        self.assertFalse(has_user_data(transport))
+
+    def test_send_error_reported_by_the_transport(self) -> None:
+        """
+        An error from C{send} (the peer is gone) is left to the transport: the bytes go to
+        its buffer and its next C{doWrite} reports the connection lost, as with C{write}.
+        """
+        transport = self.make_connection()
+        self.peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.peer.close()  # a reset, which the loopback delivers at once
+        write_now(transport, b"into the void")
+        self.assertTrue(has_user_data(transport))
+        self.assertIs(transport.doWrite(), main.CONNECTION_LOST)
+
+
+class SpliceDirectTests(PlainSocketCase):
+    def make_splice(self, target: tcp.Connection) -> tuple[Splice, FakeTransport]:
+        source = FakeTransport()
+        splice = Splice(source, target, clock=Clock(), idle_timeout=60.0, write_timeout=5.0)
+        splice.start()
+        return splice, source
+
+    def test_relayed_bytes_sent_at_once(self) -> None:
+        """
+        Bytes a splice relays to a plain socket are on that socket when C{data_from}
+        returns, and counted.
+        """
+        target = self.make_connection()
+        splice, _ = self.make_splice(target)
+        splice.data_from(A, b"GET key\r\n")
+        self.assertEqual(read_all(self.peer), b"GET key\r\n")
+        self.assertEqual(splice.counts, {A: 9, B: 0})
+        self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_backpressure_when_the_kernel_is_full(self) -> None:
+        """
+        A relayed write the kernel does not take whole fills Twisted's buffer past its mark:
+        the splice's valve pauses the source, as with an ordinary write.
+        """
+        target = self.make_connection()
+        splice, source = self.make_splice(target)
+        splice.data_from(A, b"x" * (4 << 20))
+        self.assertTrue(has_user_data(target))
+        self.assertEqual(source.producerState, "paused")
