@@ -20,13 +20,17 @@ Modes, interleaved in each run (one, two, haproxy+2, haproxy, one, two, ...):
   C{SO_REUSEPORT} socket per worker instead of the inherited one (this benchmark replaces the
   supervisor's listener), or with Twisted's own accept batch.
 
-Sessions: C{loadgen.py connrate --ngp redis:...}, the repository's fastest NGP/1 client (one
-asyncio process, C{--conns} at a time, SCRAM-SHA-256 with the salted password cached per
-RFC 5802 so a session costs it a few HMACs): connect, greeting (C{greeting_delay = 0}), SCRAM,
-C{OPEN redis}, one PING (14 bytes) answered by redis-server (7 bytes), close; C{--seconds}
-long. Bulk: C{loadgen.py bulk --direction up --bytes --bulk} through one session to
-C{backend.py}'s sink (C{OPEN bulk}; HAProxy alone: straight through). The gateways' services
-keep the shipped defaults (the kernel relay on).
+Sessions: with C{--client c} (the default) C{ngp_connrate}, the compiled client
+(C{bench/ngp_connrate.c}, built by C{cclient.py}: one epoll loop, C{--conns} at a time,
+SCRAM-SHA-256 with the salted password and the keys derived from it cached per RFC 5802, so a
+session costs it two HMACs and a few system calls); with C{--client python}
+C{loadgen.py connrate --ngp redis:...} (one asyncio process, the same caching). Each session:
+connect, greeting (C{greeting_delay = 0}), SCRAM, C{OPEN redis}, one PING (14 bytes) answered
+by redis-server (7 bytes), close; C{--seconds} long, after a one-second warm-up run of the
+same client. HAProxy alone is driven by the same client without NGP/1. Bulk:
+C{loadgen.py bulk --direction up --bytes --bulk} through one session to C{backend.py}'s sink
+(C{OPEN bulk}; HAProxy alone: straight through). The gateways' services keep the shipped
+defaults (the kernel relay on).
 
 Pinning: the path under test (the gateway's supervisor and workers; or HAProxy and both
 instances) on CPU 1 (C{--gateway-cpu}), the load generator, redis-server and the sink on
@@ -56,6 +60,7 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import cclient  # noqa: E402
 import loadgen  # noqa: E402
 import paths as pathmod  # noqa: E402
 import profile_session  # noqa: E402
@@ -348,6 +353,22 @@ def loadgen_run(
     return result
 
 
+def sessions_run(
+    args: argparse.Namespace, port: int, ngp: str | None, seconds: float, log: str
+) -> dict[str, Any]:
+    """
+    Run C{--seconds} of sessions with the client C{--client} on the client CPU: the result of
+    C{loadgen.py connrate} (the C client prints the same keys), with C{gen_s}: the
+    generator's CPU seconds over its timed window.
+    """
+    if args.client == "python":
+        command = ["connrate", "--conns", str(args.conns), "--procs", "1"]
+        return loadgen_run(args, port, ngp, [*command, "--seconds", str(seconds)], log)
+    result = cclient.run_connrate(port, ngp, args.conns, seconds, cpu=args.client_cpu, log=log)
+    result["gen_s"] = result["cpu_s"]
+    return result
+
+
 def timed(
     groups: dict[str, int], idle: dict[str, float], run: Any
 ) -> tuple[dict[str, Any], dict[str, float]]:
@@ -418,8 +439,7 @@ def measure(
                 wait_ready(controls["gateway"], workers)
             except RuntimeError:
                 raise RuntimeError(server.log_tail(40)) from None
-        sessions = ["connrate", "--conns", str(args.conns), "--procs", "1"]
-        loadgen_run(args, front, ngp_redis, [*sessions, "--seconds", "1"], log)  # warm-up
+        sessions_run(args, front, ngp_redis, 1.0, log)  # warm-up
         time.sleep(0.5)
         idle0 = cpu_by_process(groups)
         time.sleep(1.0)
@@ -430,9 +450,7 @@ def measure(
         rate, cpu = timed(
             groups,
             idle,
-            lambda: loadgen_run(
-                args, front, ngp_redis, [*sessions, "--seconds", str(args.seconds)], log
-            ),
+            lambda: sessions_run(args, front, ngp_redis, args.seconds, log),
         )
         after = {name: ctl_status(path) for name, path in controls.items()}
         accepted = [
@@ -456,6 +474,7 @@ def measure(
             "mode": mode,
             "sessions": rate["connections"],
             "errors": rate["errors"],
+            "error_sample": rate.get("error_sample", []),
             "rate": rate["rate"],
             "cpu_us": {key: 1e6 * value / count for key, value in cpu.items()},
             "gen_us": 1e6 * rate["gen_s"] / count,
@@ -605,12 +624,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateway-cpu", type=int, default=1, help="-1: not pinned")
     parser.add_argument("--client-cpu", type=int, default=0)
     parser.add_argument("--cap-trials", type=int, default=0, help="0: skip the caps check")
+    parser.add_argument(
+        "--client",
+        choices=("c", "python"),
+        default="c",
+        help="the sessions' client: the compiled ngp_connrate (c) or loadgen.py connrate",
+    )
     args = parser.parse_args(argv)
     if args.command == "_gateway":
         args.twistd = [a for a in args.twistd if a != "--"]
         return gateway_child(args)
     if args.command == "_worker":
         return worker_child(args)
+    if args.client == "c":
+        try:
+            cclient.build()
+        except cclient.BuildError as e:
+            raise SystemExit(f"workers.py --client c: {e}") from None
     os.sched_setaffinity(0, {args.client_cpu})
     work = tempfile.mkdtemp(prefix="ngbench-workers-")
     venv_bin = os.path.dirname(sys.executable)
@@ -627,8 +657,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"run {run + 1} {mode:9s} {r['rate']:6.0f} sessions/s "
                     f"path {path_total(r['cpu_us']):4.0f} us/session [{_parts(r['cpu_us'])}] "
-                    f"loadgen {r['gen_us']:4.0f} us; accepted {r['accepted']} "
-                    f"errors {r['errors']}; bulk {r['mb_per_s']:5.0f} MB/s "
+                    f"{args.client} client {r['gen_us']:4.0f} us; accepted {r['accepted']} "
+                    f"errors {r['errors']} {r['error_sample'] if r['errors'] else ''}; "
+                    f"bulk {r['mb_per_s']:5.0f} MB/s "
                     f"path {path_total(r['bulk_s_per_gib']):.2f} s/GiB "
                     f"[{_parts(r['bulk_s_per_gib'], '.2f')}]; load {r['load']:.2f}",
                     flush=True,
@@ -692,7 +723,7 @@ def report(results: dict[str, list[dict[str, Any]]], runs: int) -> None:
         ratio = f" (x{two_cores / anchor:.2f} of one)" if anchor else ""
         print(
             f"{mode:9s} measured {rate:6.0f} sessions/s, path {path_total(cpu):4.0f} us "
-            f"[{_parts(cpu)}], loadgen {gen:4.0f} us, busiest {100 * share:5.1f}%; "
+            f"[{_parts(cpu)}], generator {gen:4.0f} us, busiest {100 * share:5.1f}%; "
             f"1 core {one_core:5.0f}/s, 2 free cores {two_cores:5.0f}/s{ratio}; "
             f"bulk {mb:5.0f} MB/s, path {path_total(bulk):.2f} s/GiB [{_parts(bulk, '.2f')}]"
         )
