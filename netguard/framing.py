@@ -41,6 +41,7 @@ from zope.interface import implementer
 from netguard.errors import DEFAULT_TEXT, ErrorCode, format_error
 from netguard.greeting import FramingPhase, GreetingPhase
 from netguard.log import escape, quoted
+from netguard.sending import plain_socket, write_now
 
 __all__ = [
     "DEFAULT_MAX_ERRORS",
@@ -239,6 +240,18 @@ class GuardedLineReceiver(GreetingPhase, LineReceiver, TimeoutMixin):
         transport = self.transport
         peer = peer_label(transport.getPeer()) if transport is not None else "-"
         return {"peer": peer}
+
+    def sendLine(self, line: bytes) -> None:
+        """
+        Send C{line} and the delimiter: on a plain socket at once when nothing waits before
+        it (L{netguard.sending.write_now}: a reply costs no writable event), otherwise
+        through the transport's buffer.
+        """
+        transport = self.transport
+        if plain_socket(transport):
+            write_now(transport, line + self.delimiter)
+        else:
+            transport.write(line + self.delimiter)  # type: ignore[union-attr]
 
     def lineReceived(self, line: bytes) -> None:
         """

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import main
 
-from netguard.relay import A, B, DelayedCall, has_user_data
+from netguard.relay import A, B, DelayedCall
 from netguard.relay_pipes import CHUNK
+from netguard.sending import has_user_data
 
 if TYPE_CHECKING:
     from netguard.relay_splice import KernelSplice

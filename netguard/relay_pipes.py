@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable
 
 from netguard.proxy_header import ProxyHeaderProtocol
-from netguard.relay import plain_socket
+from netguard.sending import plain_socket
 
 #: The most bytes one direction holds in flight: its pipe is made this large (a Linux pipe
 #: holds 64 KiB unless told otherwise). Four times the default: a quarter of the splice

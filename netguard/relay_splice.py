@@ -26,13 +26,13 @@ from netguard.relay import (
     ReactorTime,
     RelayResult,
     Splice,
-    has_user_data,
 )
 from netguard.relay_flow import _Flow, other
 from netguard.relay_pipes import CHUNK as CHUNK
 from netguard.relay_pipes import SMALL_READ as SMALL_READ
 from netguard.relay_pipes import PipePool, SpliceCall, relay_transport, system_splice
 from netguard.relay_pipes import kernel_relay_possible as kernel_relay_possible
+from netguard.sending import has_user_data
 
 
 class KernelSplice:

@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_relay_direct -*-
+# -*- test-case-name: tests.test_sending -*-
 """
-Tests for L{netguard.relay.write_now} and the L{Splice}'s direct writes to a plain socket:
+Tests for L{netguard.sending.write_now} and the L{Splice}'s direct writes to a plain socket:
 what the kernel takes is sent at once, without a writable event; the rest waits in
 Twisted's buffer behind nothing, in order, with Twisted's own backpressure and error
 reporting. The sockets are real (TCP on 127.0.0.1); the reactor is a L{MemoryReactorClock},
@@ -18,7 +18,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
-from netguard.relay import A, B, Splice, has_user_data, plain_socket, write_now
+from netguard.framing import GuardedLineReceiver
+from netguard.relay import A, B, Splice
+from netguard.sending import has_user_data, plain_socket, write_now
 from tests.test_relay import FakeTransport
 
 #: Socket buffers small enough for one write to fill them, and large enough (well above
@@ -175,3 +177,30 @@ class SpliceDirectTests(PlainSocketCase):
         splice.data_from(A, b"x" * (4 << 20))
         self.assertTrue(has_user_data(target))
         self.assertEqual(source.producerState, "paused")
+
+
+class LineReplyTests(PlainSocketCase):
+    def test_reply_sent_at_once(self) -> None:
+        """
+        A line protocol's reply on a plain socket is on the socket when C{sendLine}
+        returns, with no writable event asked for.
+        """
+        transport = self.make_connection()
+        receiver = GuardedLineReceiver(clock=Clock())
+        receiver.transport = transport
+        receiver.sendLine(b"OK OPEN redis")
+        self.assertEqual(read_all(self.peer), b"OK OPEN redis\r\n")
+        self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_reply_behind_queued_bytes(self) -> None:
+        """
+        A reply never overtakes bytes already queued for the transport.
+        """
+        transport = self.make_connection()
+        receiver = GuardedLineReceiver(clock=Clock())
+        receiver.transport = transport
+        transport.write(b"queued\r\n")
+        receiver.sendLine(b"after")
+        self.assertEqual(read_all(self.peer), b"")
+        transport.doWrite()
+        self.assertEqual(read_all(self.peer), b"queued\r\nafter\r\n")
