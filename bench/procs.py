@@ -234,7 +234,7 @@ class Processes:
         self,
         name: str,
         argv: Sequence[str],
-        cpu: int | None,
+        cpu: int | str | None,
         *,
         cwd: str | None = None,
         stdin: IO[Any] | int | None = subprocess.DEVNULL,
@@ -246,7 +246,8 @@ class Processes:
 
         @param name: a label.
         @param argv: the command.
-        @param cpu: the CPU to pin to, or L{None} for no pinning.
+        @param cpu: the CPU to pin to (or a C{taskset} CPU list, C{"0-1"}), or L{None} to
+            leave the affinity inherited from this process.
         @param cwd: working directory.
         @param stdin: standard input of the server.
         @param env: environment (default: ours).

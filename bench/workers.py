@@ -233,8 +233,12 @@ def wait_ready(control: str, workers: int, timeout: float = 30.0) -> None:
     raise RuntimeError("the workers did not all start")
 
 
-def _pin(cpu: int) -> int | None:
-    return None if cpu < 0 else cpu
+def _pin(cpu: int) -> int | str:
+    """
+    The CPU a path is pinned to; every CPU for -1 (this script runs pinned to the client's
+    CPU, and a child left unpinned would inherit that).
+    """
+    return f"0-{(os.cpu_count() or 1) - 1}" if cpu < 0 else cpu
 
 
 def start_instance(
@@ -285,7 +289,10 @@ def start_instance(
 
 
 def start_haproxy(
-    processes: Processes, work: str, cpu: int | None, routes: list[tuple[int, list[int], bool]]
+    processes: Processes,
+    work: str,
+    cpu: int | str | None,
+    routes: list[tuple[int, list[int], bool]],
 ) -> Server:
     """
     HAProxy (Debian), mode tcp, one thread (pinned to one CPU), one frontend per route
@@ -576,7 +583,7 @@ def measure_caps(
                     "-n", "--pidfile=", "netguard", "--config", config, "--state-dir", state,
                     "--users", setup.users_file, "--listen", f"tcp:{port}:interface=127.0.0.1",
                 ],
-                None if args.gateway_cpu < 0 else args.gateway_cpu,
+                _pin(args.gateway_cpu),
                 cwd=tree,
                 env=dict(os.environ, PYTHONPATH=tree),
             )  # fmt: skip
@@ -620,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bulk", type=int, default=1 << 30, help="bytes uploaded per mode")
     parser.add_argument("--conns", type=int, default=16, help="sessions at a time")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument("--modes", default=DEFAULT_MODES, help=f"of {', '.join(MODES)}")
     parser.add_argument("--gateway-cpu", type=int, default=1, help="-1: not pinned")
     parser.add_argument("--client-cpu", type=int, default=0)
@@ -666,7 +674,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
     finally:
         backends.stop_all()
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"kept {work}", flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     if args.cap_trials:
         work = tempfile.mkdtemp(prefix="ngbench-workers-")
         try:
