@@ -115,14 +115,18 @@ def connrate_argv(
     conns: int = 16,
     seconds: float = 3.0,
     host: str = "127.0.0.1",
+    echo: bool = False,
 ) -> list[str]:
     """
     @param ngp: C{SERVICE:USER:PASSWORD_FILE} (as C{loadgen.py --ngp}), or L{None} or an
         empty string for plain sessions (connect, PING, PONG, close).
+    @param echo: the service echoes the PING back (the built-in C{echo}) instead of redis's
+        C{+PONG}.
     @return: the command line of one run of the client (built if needed).
     """
     argv = [build(), "--host", host, "--port", str(port)]
     argv += ["--ngp", ngp] if ngp else ["--plain"]
+    argv += ["--echo"] if echo else []
     return [*argv, "--conns", str(conns), "--seconds", str(seconds)]
 
 
@@ -135,6 +139,7 @@ def run_connrate(
     host: str = "127.0.0.1",
     cpu: int | None = None,
     log: str | None = None,
+    echo: bool = False,
 ) -> dict[str, Any]:
     """
     Run the client once (pinned to C{cpu}) and return its JSON result: the keys of
@@ -146,7 +151,7 @@ def run_connrate(
     @param log: where its standard error goes.
     @raise RuntimeError: it failed or did not end within its bound.
     """
-    argv = connrate_argv(port, ngp, conns, seconds, host)
+    argv = connrate_argv(port, ngp, conns, seconds, host, echo)
     done = run_generator(argv, cpu, seconds + 60.0, log)
     if done.returncode or done.timed_out or not done.stdout.strip():
         raise RuntimeError(

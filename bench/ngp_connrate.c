@@ -101,6 +101,7 @@ struct client {
     struct sockaddr_storage addr;
     socklen_t addr_len;
     int ngp;
+    int echo; /* --echo: the service echoes the PING back */
     char service[65];
     char user[1024];     /* escaped as RFC 5802 requires */
     unsigned char password[1024];
@@ -500,11 +501,15 @@ static int on_line(struct client *c, struct session *s, const char *line, size_t
     return flush(c, s);
 }
 
-/* Raw bytes after OK OPEN (or after connect, plain): exactly +PONG CRLF. */
+/* Raw bytes after OK OPEN (or after connect, plain): exactly +PONG CRLF, or with --echo the
+ * PING itself, as an echo service returns it. */
 static void on_raw(struct client *c, struct session *s) {
-    if (s->in_len > PONG_LEN || memcmp(s->in, PONG, s->in_len) != 0)
-        fail(c, s, K_PROTOCOL, "expected +PONG", s->in, s->in_len);
-    else if (s->in_len == PONG_LEN)
+    const char *want = c->echo ? PING : PONG;
+    size_t want_len = c->echo ? PING_LEN : PONG_LEN;
+    if (s->in_len > want_len || memcmp(s->in, want, s->in_len) != 0)
+        fail(c, s, K_PROTOCOL, c->echo ? "expected the PING echoed" : "expected +PONG", s->in,
+             s->in_len);
+    else if (s->in_len == want_len)
         succeed(c, s);
 }
 
@@ -664,7 +669,7 @@ static void run(struct client *c, uint64_t until) {
 
 static void usage(void) {
     fputs("usage: ngp_connrate [--host ADDR] --port PORT [--ngp SERVICE:USER:PASSWORD_FILE | "
-          "--plain] [connrate] [--conns C] [--seconds S] [--timeout S] [--max-conns N]\n",
+          "--plain] [--echo] [connrate] [--conns C] [--seconds S] [--timeout S] [--max-conns N]\n",
           stderr);
     exit(2);
 }
@@ -751,6 +756,10 @@ static void parse_args(struct client *c, int argc, char **argv) {
             continue;
         if (strcmp(a, "--plain") == 0) {
             plain = 1;
+            continue;
+        }
+        if (strcmp(a, "--echo") == 0) {
+            c->echo = 1;
             continue;
         }
         if (v == NULL)

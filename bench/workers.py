@@ -272,7 +272,7 @@ def start_instance(
         arg
         for service, port in services.items()
         for arg in ("--service", f"{service}=tcp:host=127.0.0.1:port={port}")
-    ]
+    ] + ["--service", "echo=builtin:echo"]
     twistd_args = [
         "-n", "--pidfile=", "--logger", "netguard.log.text_stdout_observer", "netguard",
         "--config", config, "--state-dir", state, "--users", setup.users_file,
@@ -371,7 +371,10 @@ def sessions_run(
     if args.client == "python":
         command = ["connrate", "--conns", str(args.conns), "--procs", "1"]
         return loadgen_run(args, port, ngp, [*command, "--seconds", str(seconds)], log)
-    result = cclient.run_connrate(port, ngp, args.conns, seconds, cpu=args.client_cpu, log=log)
+    echo = bool(ngp) and args.service == "echo"
+    result = cclient.run_connrate(
+        port, ngp, args.conns, seconds, cpu=args.client_cpu, log=log, echo=echo
+    )
     result["gen_s"] = result["cpu_s"]
     return result
 
@@ -403,7 +406,7 @@ def measure(
     """
     processes = Processes(setup.work)
     services = {"redis": redis, "bulk": sink}
-    ngp_redis = f"redis:{setup.user}:{setup.password_file}"
+    ngp_redis = f"{args.service}:{setup.user}:{setup.password_file}"
     ngp_bulk = f"bulk:{setup.user}:{setup.password_file}"
     controls: dict[str, str] = {}
     groups: dict[str, int] = {}
@@ -628,6 +631,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conns", type=int, default=16, help="sessions at a time")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--service",
+        choices=["redis", "echo"],
+        default="redis",
+        help="each session's service: redis-server (PING) or the built-in echo (no backend "
+        "process sharing the cores; the C client only)",
+    )
     parser.add_argument("--modes", default=DEFAULT_MODES, help=f"of {', '.join(MODES)}")
     parser.add_argument("--gateway-cpu", type=int, default=1, help="-1: not pinned")
     parser.add_argument("--client-cpu", type=int, default=0)
@@ -644,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:
         return gateway_child(args)
     if args.command == "_worker":
         return worker_child(args)
+    if args.service == "echo" and args.client != "c":
+        raise SystemExit("workers.py --service echo: needs --client c")
     if args.client == "c":
         try:
             cclient.build()
