@@ -18,7 +18,7 @@ from twisted.internet.interfaces import ISSLTransport
 def plain_socket(transport: object) -> bool:
     """
     Whether C{transport} is Twisted's own transport of a plain TCP or unix socket (not TLS,
-    not a wrapper around one) that is still open for writing.
+    not a wrapper around one) that is still open for writing (not closing, aborted or gone).
     """
     return (
         isinstance(transport, tcp.Connection)
@@ -26,6 +26,8 @@ def plain_socket(transport: object) -> bool:
         and not ISSLTransport.providedBy(transport)
         and getattr(transport, "socket", None) is not None
         and not transport.disconnecting
+        and not transport.disconnected
+        and not getattr(transport, "_aborting", False)
     )
 
 
@@ -44,12 +46,23 @@ def write_now(transport: Any, data: bytes) -> None:
     of the reactor's registration. What the kernel does not take (or any error, which the
     transport's own next write reports) goes to Twisted's buffer, behind nothing, so the
     order of the bytes and the transport's backpressure are Twisted's own.
+
+    Everything else is the transport's own C{write}, as if this did not exist: a connection
+    that is gone, closing, half-closed or aborted (Twisted's C{abortConnection} keeps
+    C{connected} set until the loss is reported and writes nothing more), one that has
+    started TLS since (C{startTLS} turns the same transport into a TLS one), descriptors
+    queued to go with the next bytes of a unix socket, and anything but C{bytes} (which
+    C{write} refuses).
     """
     if (
-        transport.connected
+        type(data) is bytes
+        and transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnecting
         and not transport._writeDisconnected
+        and not getattr(transport, "_aborting", False)
+        and not transport.TLS
+        and not getattr(transport, "_sendmsgQueue", None)
         and not has_user_data(transport)
     ):
         try:

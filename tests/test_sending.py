@@ -135,6 +135,78 @@ class WriteNowTests(PlainSocketCase):
         self.assertEqual(read_all(self.peer), b"")
         self.assertFalse(has_user_data(transport))
 
+    def test_not_after_abort(self) -> None:
+        """
+        After C{abortConnection} (which keeps C{connected} set until the loss is reported)
+        nothing more reaches the peer, as with C{write}.
+        """
+        transport = self.make_connection()
+        transport.abortConnection()
+        self.assertTrue(transport.connected)
+        write_now(transport, b"after the abort")
+        self.assertEqual(read_all(self.peer), b"")
+        self.assertFalse(plain_socket(transport))
+
+    def test_close_pending_left_to_twisted(self) -> None:
+        """
+        With a C{loseConnection} pending, bytes go through Twisted's buffer, as C{write}
+        would queue them before the close.
+        """
+        transport = self.make_connection()
+        transport.loseConnection()
+        write_now(transport, b"late")
+        self.assertEqual(read_all(self.peer), b"")
+        self.assertFalse(plain_socket(transport))
+
+    def test_tls_started_left_to_twisted(self) -> None:
+        """
+        A transport that has started TLS since it was judged plain is written through its
+        own C{write} (the TLS layer), never to the socket in the clear.
+        """
+        transport = self.make_connection()
+        written: list[bytes] = []
+        transport.write = written.append  # type: ignore[method-assign]
+        transport.TLS = True
+        write_now(transport, b"secret")
+        self.assertEqual(read_all(self.peer), b"")
+        self.assertEqual(written, [b"secret"])
+        self.assertFalse(plain_socket(transport))
+
+    def test_queued_descriptors_left_to_twisted(self) -> None:
+        """
+        Descriptors queued on a unix transport go with the next bytes Twisted writes, so
+        bytes are not sent around them.
+        """
+        transport = self.make_connection()
+        transport._sendmsgQueue = [object()]  # type: ignore[attr-defined]
+        write_now(transport, b"with the descriptor")
+        self.assertEqual(read_all(self.peer), b"")
+        self.assertTrue(has_user_data(transport))
+
+    def test_only_bytes(self) -> None:
+        """
+        Anything but C{bytes} is the transport's C{write}'s to judge (it refuses it), never
+        half-sent.
+        """
+        transport = self.make_connection()
+        with self.assertRaises(TypeError):
+            write_now(transport, bytearray(b"not bytes"))  # type: ignore[arg-type]
+        self.assertEqual(read_all(self.peer), b"")
+
+    def test_rest_behind_partly_written_buffer(self) -> None:
+        """
+        Bytes left in Twisted's main buffer after a partial C{doWrite} (the temporary buffer
+        empty) still hold later writes back.
+        """
+        transport = self.make_connection()
+        transport.write(bytes(range(256)) * 16384)
+        transport.doWrite()
+        self.assertFalse(transport._tempDataBuffer)
+        self.assertTrue(has_user_data(transport))
+        write_now(transport, b"after")
+        received = [read_all(self.peer)]
+        self.assertNotIn(b"after", received[0])
+
     def test_send_error_reported_by_the_transport(self) -> None:
         """
         An error from C{send} (the peer is gone) is left to the transport: the bytes go to
