@@ -869,7 +869,7 @@ class TransportKeySharingTests(unittest.TestCase):
         Sixty-four instances of C{cls} built before any writes, then each written to (the
         names set on a first write, producer and close): the largest instance dict.
         """
-        from netguard.gateway.factory import _TRANSPORT_LATE_NAMES
+        from netguard.shared_keys import TRANSPORT_LATE_NAMES
 
         instances = []
         for _ in range(64):
@@ -878,7 +878,7 @@ class TransportKeySharingTests(unittest.TestCase):
                 setattr(instance, name, None)
             instances.append(instance)
         for instance in instances:
-            for name in _TRANSPORT_LATE_NAMES:
+            for name in TRANSPORT_LATE_NAMES:
                 setattr(instance, name, None)
         return max(sys.getsizeof(vars(instance)) for instance in instances)
 
@@ -889,7 +889,7 @@ class TransportKeySharingTests(unittest.TestCase):
         """
         from twisted.internet import tcp, unix
 
-        from netguard.gateway.factory import transport_classes
+        from netguard.shared_keys import transport_classes
 
         self.assertEqual(
             set(transport_classes()), {tcp.Server, tcp.Client, unix.Server, unix.Client}
@@ -902,7 +902,7 @@ class TransportKeySharingTests(unittest.TestCase):
         """
         from twisted.internet import tcp
 
-        from netguard.gateway.factory import _share_transport_keys
+        from netguard.shared_keys import share_transport_keys
 
         class Shared(tcp.Server):
             pass  # fresh classes: their shared keys start empty, as at process start
@@ -910,7 +910,7 @@ class TransportKeySharingTests(unittest.TestCase):
         class NotShared(tcp.Server):
             pass
 
-        _share_transport_keys((Shared,))
+        share_transport_keys((Shared,))
         self.assertLess(self.burst(Shared), 512)
         if sys.version_info[:2] == (3, 11):
             self.assertGreater(self.burst(NotShared), 512)
@@ -918,11 +918,11 @@ class TransportKeySharingTests(unittest.TestCase):
     def test_factory_shares_twisted_tcp_transport_names(self) -> None:
         """
         Building the gateway's factory shares the names of Twisted's TCP transports (the
-        default classes of L{_share_transport_keys}).
+        default classes of L{share_transport_keys}).
         """
         from netguard.gateway import factory as factory_module
 
         calls: list[object] = []
-        self.patch(factory_module, "_share_transport_keys", lambda *a: calls.append(a))
+        self.patch(factory_module, "share_transport_keys", lambda *a: calls.append(a))
         make_factory(Clock())
         self.assertEqual(calls, [()])

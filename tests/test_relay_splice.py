@@ -370,7 +370,7 @@ class KernelSpliceIntegrityTests(unittest.TestCase):
         two flows and its place in the idle sweep), and holds no descriptor.
 
         Measured in a fresh interpreter that shares the transports' late instance names at
-        start, as the gateway does (L{netguard.gateway.factory._share_transport_keys}): in
+        start, as the gateway does (L{netguard.shared_keys.share_transport_keys}): in
         this process, after thousands of transports, CPython no longer shares new instance
         names, so any name set on a transport would cost a whole instance dict here that it
         does not cost in the gateway.
@@ -406,9 +406,9 @@ def idle_relay_bytes() -> None:
 
     from twisted.internet import unix
 
-    from netguard.gateway.factory import _share_transport_keys
+    from netguard.shared_keys import share_transport_keys
 
-    _share_transport_keys((unix.Server, unix.Client))
+    share_transport_keys((unix.Server, unix.Client))
     cleanups: list[Callable[[], object]] = []
 
     class _Cleanups:

@@ -281,6 +281,8 @@ class _StreamOpener:
     afterwards it forwards to the application.
     """
 
+    __slots__ = ("service", "factory", "result", "on_gone", "transport", "app", "_answer")
+
     def __init__(
         self,
         service: str,
@@ -289,12 +291,12 @@ class _StreamOpener:
         on_gone: Callable[[], None],
     ) -> None:
         self.service = service
-        self.factory = factory
+        self.factory: Factory | None = factory
         self.result = result
         self.on_gone = on_gone
         self.transport: MuxStream | None = None
         self.app: Any = None
-        self._answer = bytearray()
+        self._answer: bytearray | None = bytearray()
 
     def makeConnection(self, transport: MuxStream) -> None:
         self.transport = transport
@@ -304,7 +306,7 @@ class _StreamOpener:
         if self.app is not None:
             self.app.dataReceived(data)
             return
-        if self.result.called:
+        if self.result.called or self._answer is None:
             return
         self._answer += data
         end = self._answer.find(b"\n")
@@ -334,12 +336,14 @@ class _StreamOpener:
             )
 
     def _opened(self, rest: bytes) -> None:
-        assert self.transport is not None
+        assert self.transport is not None and self.factory is not None
         app = self.factory.buildProtocol(self.transport.getPeer())
         if app is None:
             self._refused(NoProtocol(), reset=False)
             return
         self.app = app
+        # What only the opening needed is not kept for the stream's life.
+        self.factory = self._answer = None
         app.makeConnection(self.transport)  # type: ignore[arg-type]
         self.result.callback(app)
         if rest:

@@ -29,6 +29,7 @@ from netguard.client.mux_endpoint import MuxClientEndpoint
 from netguard.client.protocol import NGPError
 from netguard.log import escape
 from netguard.relay import A, B, Splice
+from netguard.shared_keys import share_transport_keys
 
 #: BUSY reasons that mean "not now" for this client host rather than "never": the gateway's
 #: rate or caps for one source, its pools, random early drop or overload (protocol.md lists
@@ -71,6 +72,10 @@ class _RemoteSide(Protocol):
     transport: Any
 
     def __init__(self, local: TunnelConnection):
+        # Every name an instance takes, from the start: CPython's shared instance keys
+        # (netguard.shared_keys) then hold them, and an idle stream no dict of its own.
+        self.connected = 0
+        self.transport = None
         self.local = local
 
     def dataReceived(self, data: bytes) -> None:
@@ -99,6 +104,9 @@ class TunnelConnection(Protocol):
     transport: Any
 
     def __init__(self, tunnel: TunnelFactory):
+        self.connected = 0
+        self.transport = None
+        self.factory = tunnel
         self.tunnel = tunnel
         self.splice: Splice | None = None
         self._pending: list[bytes] = []
@@ -229,6 +237,7 @@ class TunnelFactory(Factory):
         self.idle_timeout = idle_timeout
         self.write_timeout = write_timeout
         self.connections: set[TunnelConnection] = set()
+        share_transport_keys()
 
     def buildProtocol(self, addr: Any) -> TunnelConnection:
         connection = TunnelConnection(self)

@@ -34,6 +34,7 @@ from netguard.outbound.proxy_v2 import ProxyOrigin
 from netguard.peer.checks import PeerCheckPolicy, PeerCheckRun, PeerChecks
 from netguard.refusal_log import RefusalLog
 from netguard.relay import A, B
+from netguard.shared_keys import share_transport_keys
 from netguard.stats import Stats
 from netguard.tickets import SpentClaims, TicketBook, load_retired_keys, save_retired_keys
 from netguard.workers.penalties import SharedAdmission
@@ -66,59 +67,6 @@ class _RelayMeter:
         return max(self.session.bytes_up, counts[A]), counts[B]
 
 
-#: Names Twisted's TCP transports set on themselves after their constructor (on the first
-#: write, producer, half-close or close; C{doRead}, C{doWrite} and C{connected} while a
-#: client connects, and C{doWrite} while the kernel relay moves a direction), class
-#: attributes until then.
-_TRANSPORT_LATE_NAMES = (
-    "connected",
-    "doRead",
-    "doWrite",
-    "dataBuffer",
-    "offset",
-    "producer",
-    "streamingProducer",
-    "producerPaused",
-    "disconnecting",
-    "disconnected",
-    "_writeDisconnecting",
-    "_writeDisconnected",
-)
-
-
-def transport_classes() -> tuple[type, ...]:
-    """
-    Twisted's stream transport classes a gateway's connections use: TCP and Unix-socket
-    C{Server} (listeners) and C{Client} (backends).
-    """
-    from twisted.internet import tcp, unix
-
-    return (tcp.Server, tcp.Client, unix.Server, unix.Client)
-
-
-def _share_transport_keys(classes: tuple[type, ...] | None = None) -> None:
-    """
-    Enter the names Twisted's TCP transports set late into their classes' shared instance
-    keys, on one throwaway instance each, before connections arrive.
-
-    CPython 3.11 stops adding names to a class's shared keys once about 30 instances
-    exist; a transport that then sets one of these names for the first time (C{offset} on
-    its first write) gets a full instance dict of its own, a 768-byte block, for every
-    connection accepted in a burst. Setting them once at start-up keeps every transport's
-    dict shared. Nothing else changes: the throwaway instances are never used.
-
-    @param classes: the transport classes; Twisted's TCP and Unix-socket C{Server} and
-        C{Client} by default (listeners and backends may be either).
-    """
-    if classes is None:
-        classes = transport_classes()
-    for cls in classes:
-        instance: Any = object.__new__(cls)
-        for name in _TRANSPORT_LATE_NAMES:
-            if hasattr(cls, name):
-                setattr(instance, name, getattr(cls, name))
-
-
 class GatewayFactory(Factory):
     """
     Builds L{GatewaySession}s for one gateway.
@@ -149,7 +97,7 @@ class GatewayFactory(Factory):
         @param ticket_key: the key tickets are sealed with (L{netguard.tickets.load_ticket_key}
             of the state directory); without one no ticket is issued or accepted.
         """
-        _share_transport_keys()
+        share_transport_keys()
         self.config = config
         self.users = users
         self.reactor = reactor
