@@ -21,6 +21,7 @@ from netguard.shared.resp import (
     Incomplete,
     ProtocolError,
     RedisError,
+    ReplyReader,
     RespProtocol,
     encode_command,
     parse_reply,
@@ -300,3 +301,103 @@ class ProtocolTests(unittest.TestCase):
         self.failureResultOf(waiting, ProtocolError)
         self.assertEqual(lost, [None])
         self.failureResultOf(protocol.command("PING"), ProtocolError)
+
+
+class ReaderTests(unittest.TestCase):
+    """
+    L{ReplyReader}: replies however the bytes are cut, each element parsed once it is whole,
+    and the bound on an unfinished reply.
+    """
+
+    def count_elements(self) -> list[int]:
+        """
+        Count the calls of the element parser from now on.
+        """
+        calls = [0]
+        element = resp._element
+
+        def counted(buffer: bytes, start: int) -> Any:
+            calls[0] += 1
+            return element(buffer, start)
+
+        self.patch(resp, "_element", counted)
+        return calls
+
+    def feed_bytes(self, reader: ReplyReader, data: bytes) -> list[Any]:
+        replies: list[Any] = []
+        for byte in data:
+            replies.extend(reader.feed(bytes([byte])))
+        return replies
+
+    def test_recorded_at_every_cut(self) -> None:
+        """
+        Every recorded reply, all of them in one stream, cut at every byte or given whole,
+        gives the same replies in order.
+        """
+        stream = b"".join(data for data, _ in RECORDED.values()) + AUTH_ERROR
+        expected = [value for _, value in RECORDED.values()]
+        for cut in range(len(stream) + 1):
+            reader = ReplyReader()
+            replies = list(reader.feed(stream[:cut])) + list(reader.feed(stream[cut:]))
+            self.assertEqual(replies[:-1], expected, cut)
+            self.assertIsInstance(replies[-1], RedisError)
+        self.assertEqual(self.feed_bytes(ReplyReader(), stream)[:-1], expected)
+
+    def test_long_bulk_parsed_once(self) -> None:
+        """
+        A bulk string at the bound arriving one byte at a time is parsed when it can be
+        whole, not at every byte (parsing from the start on each read cost time in the
+        square of its length).
+        """
+        data = b"$%d\r\n" % MAX_BULK + b"x" * MAX_BULK + b"\r\n"
+        calls = self.count_elements()
+        self.assertEqual(self.feed_bytes(ReplyReader(), data), [b"x" * MAX_BULK])
+        self.assertLessEqual(calls[0], len(b"$%d\r\n" % MAX_BULK) + 2)
+
+    def test_long_array_linear(self) -> None:
+        """
+        An array at the bound of elements, one byte at a time: the elements already parsed
+        are not parsed again, so the parser runs at most about once per byte.
+        """
+        element = b":7\r\n"
+        data = b"*%d\r\n" % MAX_ARRAY + element * MAX_ARRAY
+        calls = self.count_elements()
+        self.assertEqual(self.feed_bytes(ReplyReader(), data), [[7] * MAX_ARRAY])
+        self.assertLessEqual(calls[0], len(data) + 1)
+
+    def test_nested_depth_bound(self) -> None:
+        """
+        Arrays nest at most L{resp.MAX_DEPTH} deep when read incrementally too.
+        """
+        self.assertEqual(list(ReplyReader().feed(b"*1\r\n*1\r\n:1\r\n")), [[[1]]])
+        with self.assertRaises(ProtocolError):
+            list(ReplyReader().feed(b"*1\r\n*1\r\n*1\r\n:1\r\n"))
+
+    def test_unfinished_bulk_inside_array_bounded(self) -> None:
+        """
+        Bytes of an unfinished bulk string count against the unfinished reply's bound while
+        they are only collected: past it, the reader refuses before the string is whole.
+        """
+        reader = ReplyReader()
+        element = b"$%d\r\n" % MAX_BULK + b"x" * MAX_BULK + b"\r\n"
+        held = b"*8\r\n" + element * (resp.MAX_REPLY_BYTES // len(element))
+        list(reader.feed(held))
+        room = resp.MAX_REPLY_BYTES - len(held)
+        self.assertLess(room, len(element))  # the next element cannot fit whole
+        header = b"$%d\r\n" % MAX_BULK
+        list(reader.feed(header + b"x" * (room - len(header))))  # at the bound: held
+        with self.assertRaises(ProtocolError):
+            list(reader.feed(b"x"))  # one past it, the string still unfinished
+
+    def test_good_reply_delivered_before_a_bad_one(self) -> None:
+        """
+        A good reply followed in the same read by a broken one reaches its command; the
+        broken one then aborts the connection and fails the rest.
+        """
+        protocol, transport = connected()
+        first = protocol.command("PING")
+        second = protocol.command("GET", "k")
+        protocol.dataReceived(b"+PONG\r\n?junk\r\n")
+        self.assertEqual(self.successResultOf(first), b"PONG")
+        self.failureResultOf(second, ProtocolError)
+        self.assertTrue(transport.disconnecting)

@@ -8,7 +8,7 @@ size and depth, so a broken or hostile server costs at most L{MAX_REPLY_BYTES} o
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final, Union
 
 from twisted.internet.defer import Deferred, fail
@@ -47,7 +47,14 @@ class ProtocolError(Exception):
 class Incomplete(Exception):
     """
     Not a whole reply yet.
+
+    @ivar need: how long the buffer must be before parsing can get further (a bulk
+        string's end; for a line, one byte more than now).
     """
+
+    def __init__(self, need: int) -> None:
+        super().__init__(need)
+        self.need = need
 
 
 def encode_command(*args: bytes | str | int) -> bytes:
@@ -71,7 +78,7 @@ def _line(buffer: bytes, start: int) -> tuple[bytes, int]:
     if end < 0:
         if len(buffer) - start > MAX_LINE + 2:
             raise ProtocolError("line too long")
-        raise Incomplete()
+        raise Incomplete(len(buffer) + 1)
     return buffer[start + 1 : end], end + 2
 
 
@@ -82,16 +89,28 @@ def _integer(text: bytes) -> int:
     return int(text)
 
 
-def parse_reply(buffer: bytes, start: int = 0, depth: int = 0) -> tuple[Reply, int]:
+class _ArrayHeader:
     """
-    Parse one reply at C{start}.
+    The first line of an array of C{count} elements (L{_element}).
+    """
 
-    @return: the reply and the offset after it.
-    @raise Incomplete: the buffer ends inside the reply.
+    __slots__ = ("count",)
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+
+def _element(buffer: bytes, start: int) -> tuple[Reply | _ArrayHeader, int]:
+    """
+    One element at C{start}: a whole status, error, integer or bulk string, or the header of
+    an array (its elements follow).
+
+    @return: the element and the offset after it.
+    @raise Incomplete: the buffer ends inside the element.
     @raise ProtocolError: the bytes are not RESP2 within the bounds.
     """
     if start >= len(buffer):
-        raise Incomplete()
+        raise Incomplete(start + 1)
     kind = buffer[start : start + 1]
     text, after = _line(buffer, start)
     if kind == b"+":
@@ -107,7 +126,7 @@ def parse_reply(buffer: bytes, start: int = 0, depth: int = 0) -> tuple[Reply, i
         if not 0 <= size <= MAX_BULK:
             raise ProtocolError("bulk string out of bounds")
         if len(buffer) < after + size + 2:
-            raise Incomplete()
+            raise Incomplete(after + size + 2)
         if buffer[after + size : after + size + 2] != b"\r\n":
             raise ProtocolError("bulk string not terminated")
         return buffer[after : after + size], after + size + 2
@@ -115,14 +134,119 @@ def parse_reply(buffer: bytes, start: int = 0, depth: int = 0) -> tuple[Reply, i
         count = _integer(text)
         if count == -1:
             return None, after
-        if not 0 <= count <= MAX_ARRAY or (count and depth >= MAX_DEPTH):
+        if not 0 <= count <= MAX_ARRAY:
             raise ProtocolError("array out of bounds")
-        items: list[Reply] = []
-        for _ in range(count):
-            item, after = parse_reply(buffer, after, depth + 1)
-            items.append(item)
-        return items, after
+        return _ArrayHeader(count), after
     raise ProtocolError("unknown reply type")
+
+
+def parse_reply(buffer: bytes, start: int = 0, depth: int = 0) -> tuple[Reply, int]:
+    """
+    Parse one reply at C{start}.
+
+    @return: the reply and the offset after it.
+    @raise Incomplete: the buffer ends inside the reply.
+    @raise ProtocolError: the bytes are not RESP2 within the bounds.
+    """
+    element, after = _element(buffer, start)
+    if not isinstance(element, _ArrayHeader):
+        return element, after
+    if element.count and depth >= MAX_DEPTH:
+        raise ProtocolError("array out of bounds")
+    items: list[Reply] = []
+    for _ in range(element.count):
+        item, after = parse_reply(buffer, after, depth + 1)
+        items.append(item)
+    return items, after
+
+
+class ReplyReader:
+    """
+    Replies from a stream of bytes, element by element: each element is parsed once, when
+    it is whole, and an unfinished array keeps the elements it has; bytes arriving inside a
+    long bulk string are only collected until the string can be whole. So however the bytes
+    are cut, parsing a reply costs time in proportion to its size, and what an unfinished
+    reply holds is bounded by L{MAX_REPLY_BYTES}.
+    """
+
+    __slots__ = ("_chunks", "_size", "_need", "_held", "_open")
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._need = 0
+        #: Bytes of the unfinished reply already parsed into its elements.
+        self._held = 0
+        #: The unfinished arrays, outermost first: elements still to come, elements so far.
+        self._open: list[tuple[int, list[Reply]]] = []
+
+    def feed(self, data: bytes) -> Iterator[Reply]:
+        """
+        Take C{data}; yield the replies it completes, in order, each as soon as it is
+        parsed (a bad reply after good ones raises after they were taken).
+
+        @raise ProtocolError: the bytes are not RESP2 within the bounds (the reader is then
+            unusable).
+        """
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size < self._need:
+            self._check_held()
+            return
+        buffer = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+        start = 0
+        try:
+            while start < len(buffer):
+                element, end = _element(buffer, start)
+                if self._open or isinstance(element, _ArrayHeader):
+                    self._held += end - start
+                start = end
+                reply = self._complete(element)
+                if reply is not _UNFINISHED:
+                    yield reply  # type: ignore[misc]
+        except Incomplete as incomplete:
+            self._need = incomplete.need - start
+        else:
+            self._need = 0
+        rest = buffer[start:]
+        self._chunks = [rest] if rest else []
+        self._size = len(rest)
+        self._check_held()
+
+    def _check_held(self) -> None:
+        if self._held + self._size > MAX_REPLY_BYTES:
+            raise ProtocolError("reply too large")
+
+    def _complete(self, element: Reply | _ArrayHeader) -> Reply | object:
+        """
+        Add C{element} to the unfinished arrays; return the reply it completes, or
+        L{_UNFINISHED}.
+        """
+        value: Reply
+        if isinstance(element, _ArrayHeader):
+            if element.count == 0:
+                value = []
+            elif len(self._open) >= MAX_DEPTH:
+                raise ProtocolError("array out of bounds")
+            else:
+                self._open.append((element.count, []))
+                return _UNFINISHED
+        else:
+            value = element
+        while self._open:
+            left, items = self._open[-1]
+            items.append(value)
+            if left > 1:
+                self._open[-1] = (left - 1, items)
+                return _UNFINISHED
+            self._open.pop()
+            value = items
+        self._held = 0
+        return value
+
+
+#: Returned by L{ReplyReader._complete} while the reply goes on.
+_UNFINISHED = object()
 
 
 class RespProtocol(Protocol):
@@ -138,7 +262,7 @@ class RespProtocol(Protocol):
     log = Logger()
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._reader = ReplyReader()
         self._pending: deque[Deferred[Reply]] = deque()
         self.on_push: Callable[[Reply], object] | None = None
         self.on_lost: Callable[[], object] | None = None
@@ -170,24 +294,15 @@ class RespProtocol(Protocol):
         return waiting
 
     def dataReceived(self, data: bytes) -> None:
-        buffer = self._buffer + data if self._buffer else data
-        start = 0
+        if self.lost:
+            return
         try:
-            while start < len(buffer):
-                reply, start = parse_reply(buffer, start)
+            for reply in self._reader.feed(data):
                 self._deliver(reply)
                 if self.lost:
                     return
-        except Incomplete:
-            pass
         except ProtocolError as error:
             self._broken(str(error))
-            return
-        rest = buffer[start:]
-        if len(rest) > MAX_REPLY_BYTES:
-            self._broken("reply too large")
-            return
-        self._buffer = rest
 
     def _deliver(self, reply: Reply) -> None:
         if self.on_push is not None:
@@ -205,7 +320,7 @@ class RespProtocol(Protocol):
 
     def _broken(self, reason: str) -> None:
         self.log.debug("redis protocol error: {reason}", reason=reason)
-        self._buffer = b""
+        self._reader = ReplyReader()
         assert self.transport is not None
         self.transport.abortConnection()  # type: ignore[attr-defined]
         self._fail_all(ProtocolError(reason))
