@@ -14,10 +14,15 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import clientFromString
-from twisted.internet.error import ConnectionDone, TimeoutError
-from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IHandshakeListener
-from twisted.internet.protocol import Factory
+from twisted.internet.endpoints import TCP4ClientEndpoint, clientFromString
+from twisted.internet.error import ConnectionDone, NotConnectingError, TimeoutError
+from twisted.internet.interfaces import (
+    IAddress,
+    IConnector,
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    IProtocolFactory,
+)
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
@@ -230,9 +235,11 @@ class _BackendProtocol(TwistedProtocol):
         self.leg.backend_lost(reason)
 
 
+@implementer(IProtocolFactory)
 class EndpointLeg(_Leg):
     """
-    A backend reached through a client endpoint.
+    A backend reached through a client endpoint, and the factory of its one connection's
+    protocol (a L{_BackendProtocol}).
 
     The leg is L{ready} once the backend connection can carry bytes: at once for a plain
     connection, after the TLS handshake (and so after the certificate was verified) for a TLS
@@ -254,6 +261,9 @@ class EndpointLeg(_Leg):
 
     Memory: the leg keeps its state in slots; once attached it lets go of L{ready} (fired,
     and needed only while connecting) and holds no list for early bytes unless some came.
+    Being its connection's factory itself, it is all that the connection's C{Connector}
+    keeps of the opening: for a plain C{tcp:} backend (L{DirectTCP}) nothing else either,
+    no endpoint wrapper and no connect L{Deferred}.
 
     @ivar ready: fires with the leg once it can carry bytes; L{None} once attached.
     """
@@ -422,22 +432,97 @@ class EndpointLeg(_Leg):
         else:
             self._lost_early = True
 
-
-class _LegFactory(Factory):
-    """
-    Builds the one backend protocol of a leg.
-    """
-
-    noisy = False  # one per relay: no "Starting factory" lines in the log
-
-    def __init__(self, leg: EndpointLeg):
-        self.leg = leg
+    # -- the factory of the backend connection's protocol (IProtocolFactory, and what a
+    # -- Connector asks of a ClientFactory) ------------------------------------------------
 
     def buildProtocol(self, addr: IAddress | None) -> _BackendProtocol:
-        protocol = _BackendProtocol(self.leg)
-        protocol.factory = self
-        self.leg.protocol = protocol
+        """
+        Build the one protocol of the backend connection.
+        """
+        protocol = _BackendProtocol(self)
+        self.protocol = protocol
         return protocol
+
+    def doStart(self) -> None:
+        """Nothing to start (and no "Starting factory" line: one factory per relay)."""
+
+    def doStop(self) -> None:
+        """Nothing to stop."""
+
+    def startedConnecting(self, connector: IConnector) -> None:
+        """A direct connection attempt started (L{DirectTCP}): nothing to do."""
+
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        """
+        A direct connection attempt failed (refused, unreachable, Twisted's own connect
+        timeout, or stopped by the leg's canceller): fail L{ready} with its reason.
+        """
+        if self.ready is not None and not self.ready.called:
+            self.ready.errback(reason)
+
+    def clientConnectionLost(self, connector: IConnector, reason: Failure) -> None:
+        """The connection is gone: the protocol has reported it already."""
+
+
+class DirectTCP:
+    """
+    Where a plain C{tcp:} backend is, read from the Twisted endpoint its description built
+    (a L{TCP4ClientEndpoint}), for connecting with the reactor's C{connectTCP} and the leg
+    as the factory: the same connection, timeout and source address as the endpoint's
+    C{connect}, without the endpoint's per-connection wrappers (a wrapping factory and
+    protocol and a connect L{Deferred}, kept by the connection for its whole life).
+    """
+
+    __slots__ = ("host", "port", "timeout", "bind_address")
+
+    def __init__(self, host: str, port: int, timeout: float, bind_address: Any):
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.bind_address = bind_address
+
+    @classmethod
+    def of(cls, endpoint: object) -> DirectTCP | None:
+        """
+        @return: where C{endpoint} connects, if it is exactly a L{TCP4ClientEndpoint} whose
+            settings can be read; L{None} for any other endpoint (connected through its own
+            C{connect}).
+        """
+        if type(endpoint) is not TCP4ClientEndpoint:
+            return None
+        try:
+            return cls(
+                endpoint._host,
+                endpoint._port,
+                endpoint._timeout,
+                endpoint._bindAddress,
+            )
+        except AttributeError:  # another Twisted's endpoint: use its connect
+            return None
+
+    def connect(self, reactor: Any, leg: EndpointLeg) -> Deferred[EndpointLeg]:
+        """
+        Connect C{leg}'s backend connection.
+
+        @return: C{leg.ready}, which cancelling stops the connection attempt (its failure,
+            reported to the leg as a factory, fails it).
+        """
+        connectors: list[Any] = []
+
+        def cancel(ready: Deferred[EndpointLeg]) -> None:
+            try:
+                connectors[0].stopConnecting()
+            except NotConnectingError:
+                pass  # connected already: the leg aborts a connection that is made
+
+        ready: Deferred[EndpointLeg] = Deferred(cancel)
+        leg.ready = ready
+        connectors.append(
+            reactor.connectTCP(
+                self.host, self.port, leg, timeout=self.timeout, bindAddress=self.bind_address
+            )
+        )
+        return ready
 
 
 def describe_failure(failure: Failure, limit: int = 300) -> str:
@@ -504,6 +589,7 @@ class BackendEndpoints:
         """
         self._reactor = reactor
         self._built: dict[str, Any] = {}
+        self._direct: dict[str, DirectTCP | None] = {}
         self.pipes = PipePool()
 
     def endpoint(self, service: BackendService) -> Any:
@@ -518,7 +604,17 @@ class BackendEndpoints:
         built = self._built.get(description)
         if built is None:
             built = self._built[description] = backend_endpoint(self._reactor, service)
+            self._direct[description] = DirectTCP.of(built)
         return built
+
+    def direct(self, service: BackendService) -> DirectTCP | None:
+        """
+        Where C{service}'s backend is, when it is a plain C{tcp:} one reached directly
+        (L{DirectTCP}); L{None} otherwise. Call after L{endpoint}.
+        """
+        if service.socks5:
+            return None
+        return self._direct.get(service.backend)
 
 
 def open_backend(
@@ -573,9 +669,15 @@ def open_backend(
     try:
         if endpoints is None:
             endpoint = backend_endpoint(reactor, service)
+            direct = None if service.socks5 else DirectTCP.of(endpoint)
         else:
             endpoint = endpoints.endpoint(service)
-        connecting = endpoint.connect(_LegFactory(leg))
+            direct = endpoints.direct(service)
+        if direct is not None:
+            connecting: Deferred[Any] = direct.connect(reactor, leg)
+            ready = connecting
+        else:
+            connecting = endpoint.connect(leg)
     except Exception as error:  # a bad description: reported like any connect failure
         return fail(error)
 
@@ -598,7 +700,8 @@ def open_backend(
     def failed(failure: Failure) -> Failure:
         if timeout.active():
             timeout.cancel()
-        ready.addErrback(lambda _: None)  # reported here, not as an unhandled error
+        if ready is not connecting:
+            ready.addErrback(lambda _: None)  # reported here, not as an unhandled error
         if failure.check(TimeoutError):
             return failure  # already precise (e.g. a SOCKS5 timeout naming the phase)
         if expired:
@@ -609,6 +712,7 @@ def open_backend(
             )
         return failure
 
-    connecting.addCallback(lambda protocol: ready)
+    if connecting is not ready:
+        connecting.addCallback(lambda protocol: ready)
     connecting.addCallbacks(connected, failed)
     return connecting  # type: ignore[return-value]

@@ -1,0 +1,170 @@
+"""
+Tests for what a backend leg of L{netguard.outbound.backends} keeps of its opening: a plain
+C{tcp:} backend is connected with the reactor's C{connectTCP} and the leg as its factory
+(L{netguard.outbound.backends.DirectTCP}), with the endpoint's own settings, so no endpoint
+wrapper or connect L{Deferred} lives as long as the connection; every other backend still
+goes through its endpoint. On a L{MemoryReactorClock}; the real sockets are in
+L{tests.integration.test_backend_leg_memory}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import error
+from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, UNIXClientEndpoint
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from netguard.config import ServiceConfig
+from netguard.outbound.backends import (
+    BackendConnectTimeout,
+    BackendEndpoints,
+    DirectTCP,
+    EndpointLeg,
+    open_backend,
+)
+
+CONNECT_TIMEOUT = 3.0
+
+
+def service(backend: str, socks5: str | None = None) -> ServiceConfig:
+    return ServiceConfig("svc", backend, ("*",), socks5=socks5, connect_timeout=CONNECT_TIMEOUT)
+
+
+class DirectTCPTests(unittest.TestCase):
+    """
+    A C{tcp:} backend is connected directly, the leg being the connection's factory.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.endpoints = BackendEndpoints(self.reactor)
+
+    def open(self, svc: ServiceConfig) -> Any:
+        return open_backend(self.reactor, svc, write_timeout=30.0, endpoints=self.endpoints)
+
+    def test_connects_with_the_endpoints_settings_and_the_leg_as_factory(self) -> None:
+        """
+        Host, port, connect timeout and source address are the ones Twisted's parser read
+        from the description, and the factory given to C{connectTCP} is the leg itself.
+        """
+        self.open(service("tcp:host=10.0.0.5:port=6379:timeout=7:bindAddress=10.0.0.1"))
+        host, port, factory, timeout, bind = self.reactor.tcpClients[0]
+        self.assertEqual((host, port, timeout, bind), ("10.0.0.5", 6379, 7, ("10.0.0.1", 0)))
+        self.assertIsInstance(factory, EndpointLeg)
+
+    def test_also_without_shared_endpoints(self) -> None:
+        """
+        Opened without L{BackendEndpoints}, a C{tcp:} backend is connected directly too.
+        """
+        open_backend(self.reactor, service("tcp:host=10.0.0.5:port=6379"))
+        self.assertIsInstance(self.reactor.tcpClients[0][2], EndpointLeg)
+
+    def test_connected_leg_is_the_result_and_keeps_no_ready(self) -> None:
+        """
+        Once connected the opening fires with the leg, whose protocol is the one the
+        connection was given; attached, the leg lets go of its L{ready}.
+        """
+        opening = self.open(service("tcp:host=10.0.0.5:port=6379"))
+        leg = self.reactor.tcpClients[0][2]
+        protocol = leg.buildProtocol(IPv4Address("TCP", "10.0.0.5", 6379))
+        protocol.makeConnection(StringTransport())
+        self.assertIs(self.successResultOf(opening), leg)
+        self.assertIs(leg.protocol, protocol)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])  # the connect timer is gone
+        leg.attach(StringTransport())
+        self.assertIsNone(leg.ready)
+
+    def test_leg_provides_iprotocolfactory(self) -> None:
+        """
+        The leg is a full L{IProtocolFactory} (also what endpoints are given).
+        """
+        self.open(service("tcp:host=10.0.0.5:port=6379"))
+        self.assertTrue(verifyObject(IProtocolFactory, self.reactor.tcpClients[0][2]))
+
+    def test_refused_is_the_reactors_error(self) -> None:
+        """
+        The connector's failure, told to the leg, fails the opening with its own reason.
+        """
+        opening = self.open(service("tcp:host=10.0.0.5:port=6379"))
+        leg = self.reactor.tcpClients[0][2]
+        leg.clientConnectionFailed(
+            self.reactor.connectors[0], Failure(error.ConnectionRefusedError())
+        )
+        self.failureResultOf(opening, error.ConnectionRefusedError)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_timeout_stops_a_connector_that_reports_at_once(self) -> None:
+        """
+        When the connect timeout passes, the attempt is stopped; a connector that reports
+        the stopped attempt at once (as Twisted's does, with a C{UserError}) still gives
+        L{BackendConnectTimeout}, and no error is left unhandled.
+        """
+        opening = self.open(service("tcp:host=10.0.0.5:port=6379"))
+        leg = self.reactor.tcpClients[0][2]
+        connector = self.reactor.connectors[0]
+
+        def stop() -> None:
+            connector.stoppedConnecting = True
+            leg.clientConnectionFailed(connector, Failure(error.UserError()))
+
+        connector.stopConnecting = stop
+        self.reactor.advance(CONNECT_TIMEOUT)
+        self.failureResultOf(opening, BackendConnectTimeout)
+        self.assertTrue(connector.stoppedConnecting)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_timeout_after_the_connection_is_made_is_not_a_stop(self) -> None:
+        """
+        A connector that is no longer connecting refuses C{stopConnecting}
+        (C{NotConnectingError}); the canceller takes that as the end of its job.
+        """
+        opening = self.open(service("tcp:host=10.0.0.5:port=6379"))
+        connector = self.reactor.connectors[0]
+
+        def stop() -> None:
+            raise error.NotConnectingError()
+
+        connector.stopConnecting = stop
+        self.reactor.advance(CONNECT_TIMEOUT)
+        self.failureResultOf(opening, BackendConnectTimeout)
+
+    def test_other_backends_go_through_their_endpoint(self) -> None:
+        """
+        Behind a SOCKS5 proxy, or over TLS, a backend is connected by its endpoint, which
+        gives the reactor a factory of its own.
+        """
+        self.open(service("tcp:host=10.0.0.5:port=6379", socks5="tcp:host=127.0.0.1:port=1080"))
+        self.open(service("tls:host=127.0.0.1:port=6380"))
+        for client in self.reactor.tcpClients:
+            self.assertNotIsInstance(client[2], EndpointLeg)
+
+    def test_of_reads_only_twisteds_tcp4_endpoint(self) -> None:
+        """
+        L{DirectTCP.of} reads a L{TCP4ClientEndpoint} and nothing else: not another
+        endpoint, not a subclass, not one whose settings cannot be read.
+        """
+        direct = DirectTCP.of(TCP4ClientEndpoint(self.reactor, "10.0.0.5", 1, 5, ("10.0.0.1", 0)))
+        assert direct is not None
+        self.assertEqual(
+            (direct.host, direct.port, direct.timeout, direct.bind_address),
+            ("10.0.0.5", 1, 5, ("10.0.0.1", 0)),
+        )
+
+        class Sub(TCP4ClientEndpoint):
+            pass
+
+        bare = TCP4ClientEndpoint(self.reactor, "10.0.0.5", 1)
+        del bare._bindAddress
+        for other in (
+            HostnameEndpoint(self.reactor, b"localhost", 1),
+            UNIXClientEndpoint(self.reactor, "/run/x.sock"),
+            Sub(self.reactor, "10.0.0.5", 1),
+            bare,
+        ):
+            self.assertIsNone(DirectTCP.of(other), other)
