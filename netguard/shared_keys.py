@@ -30,6 +30,13 @@ TRANSPORT_LATE_NAMES = (
 )
 
 
+#: Names Twisted's client transports set late besides: C{realAddress} a turn of the reactor
+#: after C{connectTCP} (once the address is resolved), C{logstr} once connected. Not class
+#: attributes all of them (C{realAddress} is not), so they are entered for the classes that
+#: resolve an address (C{tcp.Client}, C{unix.Client}).
+CLIENT_LATE_NAMES = ("realAddress", "logstr")
+
+
 def transport_classes() -> tuple[type, ...]:
     """
     Twisted's stream transport classes a gateway's connections use: TCP and Unix-socket
@@ -61,3 +68,6 @@ def share_transport_keys(classes: tuple[type, ...] | None = None) -> None:
         for name in TRANSPORT_LATE_NAMES:
             if hasattr(cls, name):
                 setattr(instance, name, getattr(cls, name))
+        if hasattr(cls, "resolveAddress"):
+            for name in CLIENT_LATE_NAMES:
+                setattr(instance, name, getattr(cls, name, None))

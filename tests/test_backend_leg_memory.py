@@ -9,6 +9,7 @@ L{tests.integration.test_backend_leg_memory}.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from twisted.internet import error
@@ -168,3 +169,68 @@ class DirectTCPTests(unittest.TestCase):
             bare,
         ):
             self.assertIsNone(DirectTCP.of(other), other)
+
+
+class BackendTransportKeysTests(unittest.TestCase):
+    """
+    A burst of backend connections (many C{OPEN}s read in one turn of the reactor) keeps
+    every C{tcp.Client}'s instance dict shared: the names Twisted sets on a client after
+    its constructor (C{realAddress} a turn later, once resolved; C{connected} and C{logstr}
+    once connected; C{dataBuffer} and C{offset} on a first write) are shared before
+    connections arrive (L{netguard.shared_keys.share_transport_keys}).
+    """
+
+    #: What a C{tcp.Client} sets in its constructor, in order.
+    INIT_NAMES = (
+        "connector", "addr", "_requiresResolution", "reactor", "_tempDataBuffer",
+        "_tempDataLen", "socket", "fileno", "protocol",
+    )  # fmt: skip
+
+    #: What it sets later, in order: resolved, connecting, connected, first write.
+    LATER_NAMES = (
+        "realAddress", "doWrite", "doRead", "connected", "logstr", "dataBuffer", "offset",
+    )  # fmt: skip
+
+    def burst(self, cls: type) -> int:
+        """
+        Sixty-four instances of C{cls} built in one turn, then each resolved, connected and
+        written to: the largest instance dict.
+        """
+        instances = []
+        for _ in range(64):
+            instance = cls.__new__(cls)
+            for name in self.INIT_NAMES:
+                setattr(instance, name, None)
+            instances.append(instance)
+        for instance in instances:
+            for name in self.LATER_NAMES:
+                setattr(instance, name, None)
+            del instance.doWrite, instance.doRead  # as doConnect does once connected
+        return max(sys.getsizeof(vars(instance)) for instance in instances)
+
+    def test_a_burst_of_backend_clients_keeps_shared_dicts(self) -> None:
+        """
+        With Twisted's client names shared first, every C{tcp.Client} of a burst keeps a
+        shared (small) dict. With only the names every transport sets late shared (not
+        C{realAddress} and C{logstr}), the shared keys have no room left for those two
+        when the burst sets them, and on CPython 3.11 each client gets a full dict of its
+        own.
+        """
+        from twisted.internet import tcp
+
+        from netguard.shared_keys import TRANSPORT_LATE_NAMES, share_transport_keys
+
+        class Shared(tcp.Client):
+            pass  # a fresh class: its shared keys start empty, as at process start
+
+        class Partly(tcp.Client):
+            pass
+
+        share_transport_keys((Shared,))
+        self.assertLess(self.burst(Shared), 512)
+        partly: Any = object.__new__(Partly)
+        for name in TRANSPORT_LATE_NAMES:
+            if hasattr(Partly, name):
+                setattr(partly, name, getattr(Partly, name))
+        if sys.version_info[:2] == (3, 11):
+            self.assertGreater(self.burst(Partly), 512)
