@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -33,6 +33,14 @@ from netguard.relay_pipes import SMALL_READ as SMALL_READ
 from netguard.relay_pipes import PipePool, SpliceCall, relay_transport, system_splice
 from netguard.relay_pipes import kernel_relay_possible as kernel_relay_possible
 from netguard.sending import has_user_data
+
+
+class _SpliceOwner(Protocol):
+    """
+    What holds a relay and is told of the L{Splice} that carries on after a fall-back.
+    """
+
+    splice: Splice | KernelSplice | None
 
 
 class KernelSplice:
@@ -108,6 +116,7 @@ class KernelSplice:
         "spliced",
         "last",
         "on_fall_back",
+        "owner",
         "_gone_a",
         "_gone_b",
         "_first_eof",
@@ -129,6 +138,7 @@ class KernelSplice:
         done: Deferred[RelayResult] | None = None,
         splice: SpliceCall | None = None,
         on_fall_back: Callable[[Splice], None] | None = None,
+        owner: _SpliceOwner | None = None,
         idle_sweep: IdleSweep | None = None,
     ):
         """
@@ -143,6 +153,8 @@ class KernelSplice:
         @param splice: the splice call (C{os.splice} by default).
         @param on_fall_back: told of the L{Splice} that carries on when the kernel cannot
             splice these sockets.
+        @param owner: whose C{splice} becomes that L{Splice} then (a backend leg): what
+            C{on_fall_back} does, without a bound method kept for the relay's life.
         @param idle_sweep: the L{IdleSweep} that times C{idle_timeout}; by default the one
             shared by every relay of C{clock}.
         """
@@ -156,6 +168,7 @@ class KernelSplice:
         self.write_timeout = write_timeout
         self.done: Deferred[RelayResult] = done if done is not None else Deferred()
         self.on_fall_back = on_fall_back
+        self.owner = owner
         self.ended_by: str | None = None
         self.closing = False
         self.spliced = False
@@ -386,6 +399,8 @@ class KernelSplice:
         )
         # It counts on from the bytes this relay read: the live counts never go down.
         splice._a.count, splice._b.count = self._ab.count, self._ba.count
+        if self.owner is not None:
+            self.owner.splice = splice
         if self.on_fall_back is not None:
             self.on_fall_back(splice)
         splice.start()

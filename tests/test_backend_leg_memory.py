@@ -9,11 +9,14 @@ L{tests.integration.test_backend_leg_memory}.
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from typing import Any
 
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -29,6 +32,7 @@ from netguard.outbound.backends import (
     EndpointLeg,
     open_backend,
 )
+from netguard.relay import A, B, Splice
 
 CONNECT_TIMEOUT = 3.0
 
@@ -234,3 +238,50 @@ class BackendTransportKeysTests(unittest.TestCase):
                 setattr(partly, name, getattr(Partly, name))
         if sys.version_info[:2] == (3, 11):
             self.assertGreater(self.burst(Partly), 512)
+
+
+class _Owner:
+    """Holds a relay, as a backend leg does."""
+
+    __slots__ = ("splice",)
+
+    def __init__(self) -> None:
+        self.splice: Any = None
+
+
+class FallBackOwnerTests(unittest.TestCase):
+    """
+    A kernel relay tells its owner (the backend leg) of the ordinary relay that carries on
+    after a fall-back by setting the owner's C{splice}: no bound method of the leg is kept
+    for the relay's life.
+    """
+
+    skip = None if hasattr(os, "splice") else "os.splice is not available"
+
+    @inlineCallbacks
+    def test_fall_back_becomes_the_owners_splice(self) -> Any:
+        """
+        The first C{splice} fails with C{EINVAL}: the ordinary L{Splice} that takes over is
+        the owner's C{splice}, and bytes still arrive both ways.
+        """
+        from tests.test_relay_splice import _Harness
+
+        def refuse(*args: object, **kwargs: object) -> int:
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+        harness = _Harness(self, splice=refuse, start=False)
+        owner = _Owner()
+        owner.splice = harness.relay
+        harness.relay.owner = owner
+        harness.relay.start()
+        harness.relay._ab.small = harness.relay._ba.small = False  # bulk: splice at once
+        harness.relay.resume_reading(A)
+        harness.relay.resume_reading(B)
+        harness.peer_a.outgoing += b"up"
+        harness.peer_b.outgoing += b"down"
+        yield from harness.until(
+            lambda: len(harness.peer_b.received) == 2 and len(harness.peer_a.received) == 4
+        )
+        self.assertEqual(len(harness.fell_back), 1)
+        self.assertIs(owner.splice, harness.fell_back[0])
+        self.assertIsInstance(owner.splice, Splice)

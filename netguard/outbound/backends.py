@@ -308,7 +308,7 @@ class EndpointLeg(_Leg):
                 idle_timeout=self.idle_timeout,
                 write_timeout=self.write_timeout,
                 done=self.done,
-                on_fall_back=self._fell_back,
+                owner=self,
             )
             self.splice = splice
             splice.start()
@@ -333,12 +333,6 @@ class EndpointLeg(_Leg):
         else:
             # Not unconditionally: the early bytes may have filled the client's queue.
             splice.resume_reading(B)
-
-    def _fell_back(self, splice: Splice) -> None:
-        """
-        The kernel could not splice these sockets: the ordinary L{Splice} carries on.
-        """
-        self.splice = splice
 
     def write(self, data: bytes) -> None:
         """

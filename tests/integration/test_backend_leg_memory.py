@@ -98,6 +98,16 @@ class IdleTCPBackendTests(RelayRealTestCase):
         self.assertIs(transport.connector.factory, leg)
 
     @inlineCallbacks
+    def test_kernel_relay_keeps_no_bound_method_of_the_leg(self) -> Any:
+        """
+        The leg's kernel relay knows the leg as its owner (told of a fall-back through its
+        C{splice}), not through a bound method kept for the relay's life.
+        """
+        leg = yield self.opened_leg()
+        self.assertIs(leg.splice.owner, leg)
+        self.assertIsNone(leg.splice.on_fall_back)
+
+    @inlineCallbacks
     def test_only_the_relay_result_deferred_stays(self) -> Any:
         """
         From the backend connection (its transport, connector, protocol and leg), the only
