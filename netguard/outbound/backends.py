@@ -367,6 +367,13 @@ class EndpointLeg(_Leg):
         if self.protocol is None:
             return
         transport = self.protocol.transport
+        connector = getattr(transport, "connector", None)
+        if getattr(connector, "factory", None) is self:
+            # Connected directly (DirectTCP): once connected, Twisted's tcp.Client uses its
+            # connector only to report the connection's loss (connector.connectionLost);
+            # the leg does that itself, so the Connector (and its cycle with the transport)
+            # is not kept for the connection's life.
+            transport.connector = self
         tls = isinstance(transport, TLSMemoryBIOProtocol)
         preface, self.preface = self.preface, None
         if preface is not None:
@@ -456,6 +463,15 @@ class EndpointLeg(_Leg):
 
     def clientConnectionLost(self, connector: IConnector, reason: Failure) -> None:
         """The connection is gone: the protocol has reported it already."""
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        As the C{connector} of a direct connection once it is made (L{backend_connected}):
+        the transport reports its loss, and the leg does what Twisted's C{Connector} would,
+        tell the factory (itself) and stop it. The protocol reports the loss to the relay.
+        """
+        self.clientConnectionLost(self, reason)  # type: ignore[arg-type]
+        self.doStop()
 
 
 class DirectTCP:

@@ -5,8 +5,9 @@ L{tests.integration.test_relay_real} peers), and the backend leg connecting on i
 real loopback sockets.
 
 What is proven here:
-  - the backend connection's transport talks to the leg's own protocol, and its connector's
-    factory is the leg itself: no endpoint wrapper stays with the connection;
+  - the backend connection's transport talks to the leg's own protocol, and once connected
+    its connector is the leg itself: no endpoint wrapper and no Twisted C{Connector} stays
+    with the connection, and the kernel relay keeps no bound method of the leg;
   - of every L{Deferred}, only the relay's result (C{leg.done}) is still reachable from the
     backend connection once it relays: the connect L{Deferred} is not kept;
   - a refused connection still fails the opening with Twisted's own error, and a backend
@@ -89,13 +90,14 @@ class IdleTCPBackendTests(RelayRealTestCase):
     @inlineCallbacks
     def test_backend_connection_keeps_no_endpoint_wrapper(self) -> Any:
         """
-        The backend transport's protocol is the leg's own protocol and its connector's
-        factory is the leg: no wrapping protocol or factory lives as long as the relay.
+        The backend transport's protocol is the leg's own protocol, and once connected its
+        connector is the leg itself: no wrapping protocol or factory, and no Twisted
+        C{Connector}, lives as long as the relay.
         """
         leg = yield self.opened_leg()
         transport = leg.protocol.transport
         self.assertIs(transport.protocol, leg.protocol)
-        self.assertIs(transport.connector.factory, leg)
+        self.assertIs(transport.connector, leg)
 
     @inlineCallbacks
     def test_kernel_relay_keeps_no_bound_method_of_the_leg(self) -> Any:
@@ -116,7 +118,7 @@ class IdleTCPBackendTests(RelayRealTestCase):
         leg = yield self.opened_leg()
         transport = leg.protocol.transport
         found = reachable_deferreds(
-            [transport.connector, transport.protocol, leg],
+            [transport, transport.protocol, leg],
             stop=[reactor, leg.splice, transport.reactor, self.gateway.factory],
         )
         self.assertEqual([id(each) for each in found], [id(leg.done)])
