@@ -85,6 +85,26 @@ class DirectTCPTests(unittest.TestCase):
         leg.attach(StringTransport())
         self.assertIsNone(leg.ready)
 
+    def test_ordinary_relay_fires_the_legs_own_done(self) -> None:
+        """
+        A leg relayed by the ordinary L{Splice} (a transport that is not a plain socket, as
+        a multiplexed stream's) hands it its own L{done}: no second L{Deferred} is chained
+        for the relay's life, and the result still arrives there once both sides are gone.
+        """
+        opening = self.open(service("tcp:host=10.0.0.5:port=6379"))
+        leg = self.reactor.tcpClients[0][2]
+        protocol = leg.buildProtocol(IPv4Address("TCP", "10.0.0.5", 6379))
+        protocol.makeConnection(StringTransport())
+        self.successResultOf(opening)
+        leg.attach(StringTransport())
+        self.assertIsInstance(leg.splice, Splice)
+        self.assertIs(leg.splice.done, leg.done)
+        results: list[Any] = []
+        leg.done.addCallback(results.append)
+        leg.close()
+        protocol.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual([result.ended_by for result in results], [A])
+
     def test_leg_provides_iprotocolfactory(self) -> None:
         """
         The leg is a full L{IProtocolFactory} (also what endpoints are given).

@@ -319,10 +319,10 @@ class EndpointLeg(_Leg):
                 clock=self.clock,
                 idle_timeout=self.idle_timeout,
                 write_timeout=self.write_timeout,
+                done=self.done,  # fired by the relay itself: no second Deferred chained
             )
             self.splice = splice
             splice.start()
-            splice.done.chainDeferred(self.done)
         early, self._early = self._early, None
         for chunk in early or ():
             splice.data_from(B, chunk)
