@@ -95,7 +95,6 @@ class KernelSplice:
     space instead. C{splice} into a socket whose peer is gone raises C{SIGPIPE}: the kernel
     relay runs only where the process ignores it (L{kernel_relay_possible}).
 
-    @ivar done: fires once with a L{RelayResult} when both sides are gone.
     @ivar ended_by: see L{RelayResult.ended_by}; L{None} while the relay runs.
     @ivar closing: whether the relay is closing both sides (nothing more is read).
     """
@@ -110,7 +109,8 @@ class KernelSplice:
         "write_timeout",
         "pool",
         "splice_call",
-        "done",
+        "_done",
+        "_result",
         "ended_by",
         "closing",
         "spliced",
@@ -149,7 +149,8 @@ class KernelSplice:
         @param idle_timeout: seconds without a byte either way before the relay is aborted.
         @param write_timeout: seconds a side may leave its pipe full; also the time left to
             the remaining side to flush once the relay is closing.
-        @param done: the L{Deferred} to fire with the result (a new one by default).
+        @param done: the L{Deferred} to fire with the result (by default one made when
+            L{done} is first asked for).
         @param splice: the splice call (C{os.splice} by default).
         @param on_fall_back: told of the L{Splice} that carries on when the kernel cannot
             splice these sockets.
@@ -166,7 +167,8 @@ class KernelSplice:
         self.pool = pool
         self.idle_timeout = idle_timeout
         self.write_timeout = write_timeout
-        self.done: Deferred[RelayResult] = done if done is not None else Deferred()
+        self._done = done
+        self._result: RelayResult | None = None
         self.on_fall_back = on_fall_back
         self.owner = owner
         self.ended_by: str | None = None
@@ -187,6 +189,21 @@ class KernelSplice:
         self._ba = _Flow(self, B, b, a)
 
     # -- the Splice interface ----------------------------------------------------------------
+
+    @property
+    def done(self) -> Deferred[RelayResult]:
+        """
+        Fires once with a L{RelayResult} when both sides are gone. Made when first asked
+        for (already fired if the relay has ended), so an idle relay that nobody waits on
+        holds no L{Deferred}.
+        """
+        done = self._done
+        if done is None:
+            done = self._done = Deferred()
+            if self._result is not None:
+                result, self._result = self._result, None
+                done.callback(result)
+        return done
 
     @property
     def counts(self) -> dict[str, int]:
@@ -469,12 +486,15 @@ class KernelSplice:
         for flow in (self._ab, self._ba):
             flow.drop()
             flow.uninstall()
-        if not self.done.called:
-            self.done.callback(
-                RelayResult(
-                    bytes_a_to_b=self._ab.count,
-                    bytes_b_to_a=self._ba.count,
-                    duration=self.clock.seconds() - self._started,
-                    ended_by=self.ended_by or A,
-                )
-            )
+        if self._result is not None or (self._done is not None and self._done.called):
+            return
+        result = RelayResult(
+            bytes_a_to_b=self._ab.count,
+            bytes_b_to_a=self._ba.count,
+            duration=self.clock.seconds() - self._started,
+            ended_by=self.ended_by or A,
+        )
+        if self._done is None:
+            self._result = result  # for whoever asks for done later
+        else:
+            self._done.callback(result)

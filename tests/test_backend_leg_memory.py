@@ -16,9 +16,10 @@ from typing import Any
 
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
@@ -33,6 +34,8 @@ from netguard.outbound.backends import (
     open_backend,
 )
 from netguard.relay import A, B, Splice
+from netguard.relay_pipes import PipePool
+from netguard.relay_splice import KernelSplice
 
 CONNECT_TIMEOUT = 3.0
 
@@ -305,3 +308,127 @@ class FallBackOwnerTests(unittest.TestCase):
         self.assertEqual(len(harness.fell_back), 1)
         self.assertIs(owner.splice, harness.fell_back[0])
         self.assertIsInstance(owner.splice, Splice)
+
+
+class _Transport:
+    """Just what a kernel relay calls on a plain socket's transport, on no socket."""
+
+    disconnecting = False
+    _writeDisconnecting = False
+
+    def __init__(self) -> None:
+        self.dataBuffer = b""
+        self.offset = 0
+        self._tempDataLen = 0
+        self.closed = False
+
+    def doRead(self) -> None:
+        """Twisted's own read event handler."""
+
+    def doWrite(self) -> None:
+        """Twisted's own write event handler."""
+
+    def startReading(self) -> None:
+        """Reading on."""
+
+    def stopReading(self) -> None:
+        """Reading off."""
+
+    def startWriting(self) -> None:
+        """Write events on."""
+
+    def stopWriting(self) -> None:
+        """Write events off."""
+
+    def loseWriteConnection(self) -> None:
+        """Half-close."""
+
+    def loseConnection(self) -> None:
+        self.closed = True
+
+    def abortConnection(self) -> None:
+        self.closed = True
+
+    def fileno(self) -> int:
+        return -1
+
+
+class LazyDoneTests(unittest.TestCase):
+    """
+    A kernel relay makes its result's L{Deferred} only when asked for it: an idle relay
+    nobody waits on holds none, and the result is never lost.
+    """
+
+    def relay(self) -> KernelSplice:
+        return KernelSplice(
+            _Transport(), _Transport(), clock=Clock(), pool=PipePool(), splice=lambda *a, **k: 0
+        )
+
+    def test_no_deferred_until_asked(self) -> None:
+        """
+        A relay built without a C{done} holds no L{Deferred} until L{KernelSplice.done} is
+        read; then it is one, the same each time, not yet fired.
+        """
+        relay = self.relay()
+        self.assertIsNone(relay._done)
+        done = relay.done
+        self.assertIs(relay.done, done)
+        self.assertNoResult(done)
+
+    def test_asked_before_the_end_fires_at_the_end(self) -> None:
+        """
+        Asked for while the relay runs, the L{Deferred} fires with the result when both
+        sides are gone.
+        """
+        relay = self.relay()
+        done = relay.done
+        relay.lost(B)
+        self.assertNoResult(done)
+        relay.lost(A)
+        self.assertEqual(self.successResultOf(done).ended_by, B)
+
+    def test_asked_after_the_end_is_already_fired(self) -> None:
+        """
+        Asked for only after the relay has ended (the session asks when its client goes,
+        which may come after the backend's end), the L{Deferred} has the result already,
+        and the relay no longer keeps the result apart.
+        """
+        relay = self.relay()
+        relay.lost(A)
+        relay.lost(B)
+        self.assertIsNone(relay._done)
+        self.assertEqual(self.successResultOf(relay.done).ended_by, A)
+        self.assertIsNone(relay._result)
+
+    def test_given_done_is_fired(self) -> None:
+        """
+        A C{done} handed in (as a backend leg does when its own was asked for before the
+        relay started) is the one fired.
+        """
+        given: Deferred[Any] = Deferred()
+        relay = KernelSplice(
+            _Transport(),
+            _Transport(),
+            clock=Clock(),
+            pool=PipePool(),
+            splice=lambda *a, **k: 0,
+            done=given,
+        )
+        self.assertIs(relay.done, given)
+        relay.lost(A)
+        relay.lost(B)
+        self.assertEqual(self.successResultOf(given).ended_by, A)
+
+    def test_leg_done_is_its_kernel_relays(self) -> None:
+        """
+        A backend leg that is asked for its C{done} only once its kernel relay runs gets the
+        relay's own, made then; asked before, it makes its own and the relay fires it.
+        """
+        leg = EndpointLeg(Clock(), 30.0, 60.0)
+        leg.splice = self.relay()
+        self.assertIsNone(leg._done)
+        self.assertIs(leg.done, leg.splice.done)
+        early = EndpointLeg(Clock(), 30.0, 60.0)
+        made = early.done
+        self.assertIsInstance(made, Deferred)
+        self.assertIs(early.done, made)

@@ -66,8 +66,10 @@ class BackendLeg(Protocol):
         L{None}.
     """
 
-    done: Deferred[RelayResult]
     splice: Splice | KernelSplice | None
+
+    @property
+    def done(self) -> Deferred[RelayResult]: ...
 
     def attach(self, client_transport: HalfCloseableTransport) -> None:
         """
@@ -98,7 +100,7 @@ class _Leg:
     the L{Deferred} of the relay's result.
     """
 
-    __slots__ = ("clock", "write_timeout", "idle_timeout", "done", "splice")
+    __slots__ = ("clock", "write_timeout", "idle_timeout", "_done", "splice")
 
     def __init__(self, clock: ReactorTime, write_timeout: float, idle_timeout: float):
         """
@@ -109,8 +111,21 @@ class _Leg:
         self.clock = clock
         self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
-        self.done: Deferred[RelayResult] = Deferred()
+        self._done: Deferred[RelayResult] | None = None
         self.splice: Splice | KernelSplice | None = None
+
+    @property
+    def done(self) -> Deferred[RelayResult]:
+        """
+        Fires with a L{RelayResult} when the relay has ended on both sides. Made when first
+        asked for: by then the relay's own (a kernel relay makes its own only when asked, so
+        an idle one that nobody waits on holds no L{Deferred}), else the leg's, which the
+        relay is handed when it starts.
+        """
+        done = self._done
+        if done is None:
+            done = self._done = self.splice.done if self.splice is not None else Deferred()
+        return done
 
 
 class EchoLeg(_Leg):
@@ -307,7 +322,7 @@ class EndpointLeg(_Leg):
                 pool=self.pipes,
                 idle_timeout=self.idle_timeout,
                 write_timeout=self.write_timeout,
-                done=self.done,
+                done=self._done,  # none unless asked for already: the relay makes it
                 owner=self,
             )
             self.splice = splice

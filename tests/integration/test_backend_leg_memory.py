@@ -8,8 +8,9 @@ What is proven here:
   - the backend connection's transport talks to the leg's own protocol, and once connected
     its connector is the leg itself: no endpoint wrapper and no Twisted C{Connector} stays
     with the connection, and the kernel relay keeps no bound method of the leg;
-  - of every L{Deferred}, only the relay's result (C{leg.done}) is still reachable from the
-    backend connection once it relays: the connect L{Deferred} is not kept;
+  - no L{Deferred} is reachable from the backend connection and its kernel relay while the
+    relay is idle: the connect L{Deferred} is not kept, and the relay's result is made only
+    when asked for;
   - a refused connection still fails the opening with Twisted's own error, and a backend
     that closes is still reported to the relay, which ends.
 """
@@ -37,6 +38,7 @@ _CONNECTION_MODULES = (
     "twisted.internet.endpoints",
     "twisted.internet.defer",
     "netguard.outbound",
+    "netguard.relay",
 )
 
 
@@ -110,18 +112,23 @@ class IdleTCPBackendTests(RelayRealTestCase):
         self.assertIsNone(leg.splice.on_fall_back)
 
     @inlineCallbacks
-    def test_only_the_relay_result_deferred_stays(self) -> Any:
+    def test_idle_relay_holds_no_deferred(self) -> Any:
         """
-        From the backend connection (its transport, connector, protocol and leg), the only
-        L{Deferred} still reachable while the relay is idle is the relay's result.
+        From the backend connection (its transport, protocol and leg) and the kernel relay,
+        no L{Deferred} is reachable while the relay is idle: the connect L{Deferred} is not
+        kept, and the relay's result L{Deferred} is made only once someone asks for it (the
+        session, when its client goes), already fired if the relay has ended by then.
         """
         leg = yield self.opened_leg()
         transport = leg.protocol.transport
         found = reachable_deferreds(
-            [transport, transport.protocol, leg],
-            stop=[reactor, leg.splice, transport.reactor, self.gateway.factory],
+            [transport, transport.protocol, leg, leg.splice],
+            stop=[reactor, transport.reactor, self.gateway.factory],
         )
-        self.assertEqual([id(each) for each in found], [id(leg.done)])
+        self.assertEqual(found, [])
+        self.assertIsNone(leg._done)
+        self.assertFalse(leg.done.called)  # asked for now: made, not yet fired
+        self.assertIs(leg.splice.done, leg.done)
 
 
 class DirectConnectionTests(unittest.TestCase):
