@@ -43,6 +43,26 @@ class _SpliceOwner(Protocol):
     splice: Splice | KernelSplice | None
 
 
+class _Told:
+    """
+    An C{on_fall_back} callback as an owner: setting its C{splice} calls it.
+    """
+
+    __slots__ = ("_tell",)
+
+    def __init__(self, tell: Callable[[Splice], None]):
+        self._tell = tell
+
+    @property
+    def splice(self) -> Splice | KernelSplice | None:
+        return None
+
+    @splice.setter
+    def splice(self, splice: Splice | KernelSplice | None) -> None:
+        if isinstance(splice, Splice):
+            self._tell(splice)
+
+
 class KernelSplice:
     """
     Relay bytes between two plain sockets, C{a} and C{b}, inside the kernel: each direction
@@ -83,7 +103,7 @@ class KernelSplice:
     other side; a flow sends that buffer first and the pipe after it.
 
     If the first C{splice} fails with C{EINVAL} (a kernel that cannot splice these sockets),
-    the relay goes on as an ordinary L{Splice}, handed to C{on_fall_back}. Should such an
+    the relay goes on as an ordinary L{Splice}, handed to its C{owner}. Should such an
     error come later, once bytes went through the kernel, the relay ends at once
     (C{ended_by="splice-error"}, logged C{relay.splice_error}). TCP urgent data: C{splice}
     stops at the urgent mark, so a readable socket with nothing to splice is read once in
@@ -110,12 +130,10 @@ class KernelSplice:
         "pool",
         "splice_call",
         "_done",
-        "_result",
         "ended_by",
         "closing",
         "spliced",
         "last",
-        "on_fall_back",
         "owner",
         "_gone_a",
         "_gone_b",
@@ -155,7 +173,8 @@ class KernelSplice:
         @param on_fall_back: told of the L{Splice} that carries on when the kernel cannot
             splice these sockets.
         @param owner: whose C{splice} becomes that L{Splice} then (a backend leg): what
-            C{on_fall_back} does, without a bound method kept for the relay's life.
+            C{on_fall_back} does, without a bound method kept for the relay's life; ignored
+            when C{on_fall_back} is given.
         @param idle_sweep: the L{IdleSweep} that times C{idle_timeout}; by default the one
             shared by every relay of C{clock}.
         """
@@ -167,10 +186,9 @@ class KernelSplice:
         self.pool = pool
         self.idle_timeout = idle_timeout
         self.write_timeout = write_timeout
-        self._done = done
-        self._result: RelayResult | None = None
-        self.on_fall_back = on_fall_back
-        self.owner = owner
+        # The result's Deferred once made; the result itself if the relay ended first.
+        self._done: Deferred[RelayResult] | RelayResult | None = done
+        self.owner = owner if on_fall_back is None else _Told(on_fall_back)
         self.ended_by: str | None = None
         self.closing = False
         self.spliced = False
@@ -198,11 +216,12 @@ class KernelSplice:
         holds no L{Deferred}.
         """
         done = self._done
-        if done is None:
-            done = self._done = Deferred()
-            if self._result is not None:
-                result, self._result = self._result, None
-                done.callback(result)
+        if not isinstance(done, Deferred):
+            made: Deferred[RelayResult] = Deferred()
+            self._done = made
+            if done is not None:
+                made.callback(done)
+            return made
         return done
 
     @property
@@ -395,7 +414,7 @@ class KernelSplice:
     def fall_back(self, flow: _Flow) -> object:
         """
         The kernel cannot splice these sockets: carry on as an ordinary L{Splice} (told to
-        C{on_fall_back}), starting with the read that found it out. It fires L{done}, and its
+        the C{owner}), starting with the read that found it out. It fires L{done}, and its
         counts, live and final, go on from this relay's.
         """
         self.pool.fallbacks += 1
@@ -418,8 +437,6 @@ class KernelSplice:
         splice._a.count, splice._b.count = self._ab.count, self._ba.count
         if self.owner is not None:
             self.owner.splice = splice
-        if self.on_fall_back is not None:
-            self.on_fall_back(splice)
         splice.start()
         splice.resume_reading(A)
         splice.resume_reading(B)
@@ -486,7 +503,8 @@ class KernelSplice:
         for flow in (self._ab, self._ba):
             flow.drop()
             flow.uninstall()
-        if self._result is not None or (self._done is not None and self._done.called):
+        done = self._done
+        if isinstance(done, RelayResult) or (done is not None and done.called):
             return
         result = RelayResult(
             bytes_a_to_b=self._ab.count,
@@ -494,7 +512,7 @@ class KernelSplice:
             duration=self.clock.seconds() - self._started,
             ended_by=self.ended_by or A,
         )
-        if self._done is None:
-            self._result = result  # for whoever asks for done later
+        if done is None:
+            self._done = result  # for whoever asks for done later
         else:
-            self._done.callback(result)
+            done.callback(result)

@@ -250,6 +250,10 @@ class _BackendProtocol(TwistedProtocol):
         self.leg.backend_lost(reason)
 
 
+#: The log prefix Twisted's C{tcp.Client} gives a backend connection (C{logPrefix()}).
+_CLIENT_LOGSTR = f"{_BackendProtocol.__name__},client"
+
+
 @implementer(IProtocolFactory)
 class EndpointLeg(_Leg):
     """
@@ -389,6 +393,10 @@ class EndpointLeg(_Leg):
             # the leg does that itself, so the Connector (and its cycle with the transport)
             # is not kept for the connection's life.
             transport.connector = self
+        if getattr(transport, "logstr", None) == _CLIENT_LOGSTR:
+            # Twisted formats the same log prefix for every backend connection: one shared
+            # copy of that text instead of a string per connection.
+            transport.logstr = _CLIENT_LOGSTR
         tls = isinstance(transport, TLSMemoryBIOProtocol)
         preface, self.preface = self.preface, None
         if preface is not None:

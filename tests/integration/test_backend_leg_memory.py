@@ -27,6 +27,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.trial import unittest
 
 from netguard.config import ServiceConfig
+from netguard.outbound import backends
 from netguard.outbound.backends import BackendEndpoints, EndpointLeg, open_backend
 from netguard.relay import B
 from tests.integration.test_relay_real import WAIT, RelayRealTestCase, wait_until
@@ -102,6 +103,17 @@ class IdleTCPBackendTests(RelayRealTestCase):
         self.assertIs(transport.connector, leg)
 
     @inlineCallbacks
+    def test_backend_log_prefix_is_one_shared_string(self) -> Any:
+        """
+        The backend transport's log prefix is Twisted's text, held as one string shared by
+        every backend connection, not a string of its own.
+        """
+        leg = yield self.opened_leg()
+        transport = leg.protocol.transport
+        self.assertEqual(transport.logPrefix(), "_BackendProtocol,client")
+        self.assertIs(transport.logstr, backends._CLIENT_LOGSTR)
+
+    @inlineCallbacks
     def test_kernel_relay_keeps_no_bound_method_of_the_leg(self) -> Any:
         """
         The leg's kernel relay knows the leg as its owner (told of a fall-back through its
@@ -109,7 +121,6 @@ class IdleTCPBackendTests(RelayRealTestCase):
         """
         leg = yield self.opened_leg()
         self.assertIs(leg.splice.owner, leg)
-        self.assertIsNone(leg.splice.on_fall_back)
 
     @inlineCallbacks
     def test_idle_relay_holds_no_deferred(self) -> Any:
