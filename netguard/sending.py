@@ -54,17 +54,7 @@ def write_now(transport: Any, data: bytes) -> None:
     queued to go with the next bytes of a unix socket, and anything but C{bytes} (which
     C{write} refuses).
     """
-    if (
-        type(data) is bytes
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnecting
-        and not transport._writeDisconnected
-        and not getattr(transport, "_aborting", False)
-        and not transport.TLS
-        and not getattr(transport, "_sendmsgQueue", None)
-        and not has_user_data(transport)
-    ):
+    if type(data) is bytes and _open_and_idle(transport):
         try:
             sent = transport.socket.send(data)
         except OSError:
@@ -73,3 +63,50 @@ def write_now(transport: Any, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+def write_sequence_now(transport: Any, chunks: list[bytes]) -> None:
+    """
+    Write C{chunks} in order as C{transport.writeSequence} would; to a plain socket
+    (L{plain_socket}) with nothing waiting, send them at once with one C{sendmsg}, without
+    first copying them into one buffer as Twisted's C{doWrite} does. For large writes (a
+    multiplexed session's data frames: a header and a payload of up to 64 KiB each), where
+    that copy is the cost; small ones are better left to Twisted's buffer, which joins every
+    write of one reactor turn into one C{send}. The rest, and every case L{write_now} leaves
+    to the transport, is the transport's own C{writeSequence}.
+    """
+    if (
+        plain_socket(transport)
+        and _open_and_idle(transport)
+        and all(type(chunk) is bytes for chunk in chunks)
+    ):
+        try:
+            sent = transport.socket.sendmsg(chunks)
+        except OSError:
+            sent = 0
+        while chunks and sent >= len(chunks[0]):
+            sent -= len(chunks[0])
+            chunks = chunks[1:]
+        if not chunks:
+            return
+        if sent:
+            chunks = [chunks[0][sent:], *chunks[1:]]
+    transport.writeSequence(chunks)
+
+
+def _open_and_idle(transport: Any) -> bool:
+    """
+    Whether bytes may go straight to the plain-socket C{transport}'s socket now: connected,
+    not closing, half-closed, aborted or turned TLS, with no descriptors and no bytes
+    waiting in Twisted's buffer (see L{write_now}).
+    """
+    return bool(
+        transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnecting
+        and not transport._writeDisconnected
+        and not getattr(transport, "_aborting", False)
+        and not transport.TLS
+        and not getattr(transport, "_sendmsgQueue", None)
+        and not has_user_data(transport)
+    )

@@ -19,8 +19,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
 from netguard.framing import GuardedLineReceiver
+from netguard.mux.limits import MuxLimits
+from netguard.mux.session import MuxSession
 from netguard.relay import A, B, Splice
-from netguard.sending import has_user_data, plain_socket, write_now
+from netguard.sending import has_user_data, plain_socket, write_now, write_sequence_now
+from tests.mux_fakes import Recorder, parse
 from tests.test_relay import FakeTransport
 
 #: Socket buffers small enough for one write to fill them, and large enough (well above
@@ -276,3 +279,106 @@ class LineReplyTests(PlainSocketCase):
         self.assertEqual(read_all(self.peer), b"")
         transport.doWrite()
         self.assertEqual(read_all(self.peer), b"queued\r\nafter\r\n")
+
+
+class WriteSequenceNowTests(PlainSocketCase):
+    def test_sent_at_once_in_order(self) -> None:
+        """
+        A header and a payload reach the socket, in order, when C{write_sequence_now}
+        returns: nothing is buffered and no writable event is asked for.
+        """
+        transport = self.make_connection()
+        write_sequence_now(transport, [b"HEADER", b"payload" * 1000, b"!"])
+        self.assertEqual(read_all(self.peer), b"HEADER" + b"payload" * 1000 + b"!")
+        self.assertFalse(has_user_data(transport))
+        self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_rest_buffered_in_order(self) -> None:
+        """
+        What the kernel does not take, cut anywhere in the sequence, waits in Twisted's
+        buffer; every byte reaches the peer once, in order.
+        """
+        transport = self.make_connection()
+        chunks = [bytes([n]) * (256 * 1024 + n) for n in range(16)]
+        write_sequence_now(transport, chunks)
+        self.assertTrue(has_user_data(transport))
+        received = [read_all(self.peer)]
+        for _ in range(100_000):
+            if not has_user_data(transport):
+                break
+            transport.doWrite()
+            received.append(read_all(self.peer))
+        received.append(read_all(self.peer))
+        self.assertEqual(b"".join(received), b"".join(chunks))
+
+    def test_behind_queued_bytes(self) -> None:
+        """
+        A sequence never overtakes bytes already queued for the transport.
+        """
+        transport = self.make_connection()
+        transport.write(b"queued ")
+        write_sequence_now(transport, [b"after"])
+        self.assertEqual(read_all(self.peer), b"")
+        transport.doWrite()
+        self.assertEqual(read_all(self.peer), b"queued after")
+
+    def test_other_transports_use_their_own(self) -> None:
+        """
+        A transport that is not Twisted's plain socket transport gets its own
+        C{writeSequence}.
+        """
+        transport = FakeTransport()
+        write_sequence_now(transport, [b"a", b"b"])
+        self.assertEqual(transport.value(), b"ab")
+
+    def test_not_after_abort(self) -> None:
+        """
+        An aborted connection is sent nothing more.
+        """
+        transport = self.make_connection()
+        transport.abortConnection()
+        write_sequence_now(transport, [b"after", b" the abort"])
+        self.assertEqual(read_all(self.peer), b"")
+
+
+class SessionFlushTests(PlainSocketCase):
+    """
+    A multiplexed session over a plain socket: a data frame of bulk is sent at once, small
+    frames wait in Twisted's buffer for the reactor turn's one C{send}.
+    """
+
+    def make_session(self) -> MuxSession:
+        transport = self.make_connection()
+        self.transport = transport
+        return MuxSession(
+            transport,
+            client=True,
+            clock=Clock(),
+            accept=lambda stream: None,
+            limits=MuxLimits(keepalive_interval=None),
+        )
+
+    def test_bulk_frame_sent_at_once(self) -> None:
+        """
+        A 64 KiB write on a stream is on the socket, framed, when the write returns.
+        """
+        session = self.make_session()
+        stream = session.open_stream(Recorder())
+        self.transport.doWrite()  # the stream's opening leaves at the next turn
+        opening = read_all(self.peer)
+        payload = bytes(range(256)) * 256
+        stream.write(payload)
+        frames = parse(opening + read_all(self.peer))
+        self.assertEqual(b"".join(body for _, body in frames), payload)
+        self.assertFalse(has_user_data(self.transport))
+
+    def test_small_frames_wait_for_the_turn(self) -> None:
+        """
+        Small writes are left in Twisted's buffer, so that a turn's frames of every stream
+        leave together.
+        """
+        session = self.make_session()
+        stream = session.open_stream(Recorder())
+        stream.write(b"GET key\r\n")
+        self.assertEqual(read_all(self.peer), b"")
+        self.assertEqual(self.reactor.getWriters(), [self.transport])

@@ -40,6 +40,7 @@ from netguard.mux.stream import (
     closed_cleanly,
 )
 from netguard.relay import DelayedCall, ReactorTime
+from netguard.sending import write_sequence_now
 
 __all__ = ["MuxSession", "OpenRefused", "SessionEnd", "SessionTransport"]
 
@@ -51,6 +52,12 @@ _SYN, _ACK, _FIN, _RST = int(Flag.SYN), int(Flag.ACK), int(Flag.FIN), int(Flag.R
 #: Bytes framed per batch before the batch is handed to the transport (so a transport that
 #: pauses us on a full buffer does so within about this much).
 _BATCH = 64 * 1024
+
+#: A flush at least this large (a data frame of bulk) is sent at once where the connection
+#: is a plain socket with nothing waiting (L{write_sequence_now}: no copy of the payload into
+#: Twisted's buffer); smaller ones wait in that buffer, where a reactor turn's frames of every
+#: stream leave in one C{send}.
+_SEND_AT_ONCE = 32 * 1024
 
 
 @implementer(IPushProducer)
@@ -674,9 +681,12 @@ class MuxSession:
         if self._paused or not self._out or self.ended is not None:
             return
         out, self._out = self._out, []
-        self.bytes_out += self._out_size
-        self._out_size = 0
-        self.transport.writeSequence(out)
+        size, self._out_size = self._out_size, 0
+        self.bytes_out += size
+        if size >= _SEND_AT_ONCE:
+            write_sequence_now(self.transport, out)
+        else:
+            self.transport.writeSequence(out)
 
     # timers and the end
 
