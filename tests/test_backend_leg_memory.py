@@ -147,10 +147,11 @@ class DirectTCPTests(unittest.TestCase):
         self.assertTrue(connector.stoppedConnecting)
         self.assertEqual(self.flushLoggedErrors(), [])
 
-    def test_timeout_after_the_connection_is_made_is_not_a_stop(self) -> None:
+    def test_canceller_accepts_a_connector_no_longer_connecting(self) -> None:
         """
-        A connector that is no longer connecting refuses C{stopConnecting}
-        (C{NotConnectingError}); the canceller takes that as the end of its job.
+        A connector that refuses C{stopConnecting} (C{NotConnectingError}: no longer
+        connecting) does not break the deadline: the canceller takes that as the end of its
+        job and the opening still fails with the timeout.
         """
         opening = self.open(service("tcp:host=10.0.0.5:port=6379"))
         connector = self.reactor.connectors[0]

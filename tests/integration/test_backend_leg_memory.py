@@ -49,7 +49,8 @@ def reachable_deferreds(roots: list[object], stop: list[object], bound: int = 20
     of L{_CONNECTION_MODULES}' classes, their attribute values, containers, bound methods and
     closures), not going past C{stop} (nor into a L{Deferred}'s callbacks).
 
-    @param bound: at most this many objects are visited.
+    @param bound: at most this many objects are visited; reaching it fails (a search that
+        stopped short would prove nothing).
     """
     stopped = {id(each) for each in stop}
     seen: set[int] = set()
@@ -73,6 +74,8 @@ def reachable_deferreds(roots: list[object], stop: list[object], bound: int = 20
                 todo.extend(cell.cell_contents for cell in obj.__closure__ or ())
             else:
                 todo.extend(gc.get_referents(obj))
+    if todo and len(seen) >= bound:
+        raise AssertionError(f"the search stopped at {bound} objects")
     return found
 
 
@@ -158,9 +161,9 @@ class DirectConnectionTests(unittest.TestCase):
         L{ConnectionRefusedError}, as through the endpoint.
         """
         probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
+        probe.bind(("127.0.0.1", 0))  # bound, never listening: refused, and kept bound
+        self.addCleanup(probe.close)  # until the end, so no other socket can take the port
         port = probe.getsockname()[1]
-        probe.close()  # bound, never listening: refused
         opening = open_backend(reactor, self.service(port), endpoints=BackendEndpoints(reactor))
         return self.assertFailure(opening, ConnectionRefusedError)
 
