@@ -65,6 +65,11 @@ def write_now(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
+#: The most chunks L{write_sequence_now} sends at once (a few large frames); more go through
+#: the transport's buffer, as do small writes.
+MAX_CHUNKS_AT_ONCE = 64
+
+
 def write_sequence_now(transport: Any, chunks: list[bytes]) -> None:
     """
     Write C{chunks} in order as C{transport.writeSequence} would; to a plain socket
@@ -76,7 +81,8 @@ def write_sequence_now(transport: Any, chunks: list[bytes]) -> None:
     to the transport, is the transport's own C{writeSequence}.
     """
     if (
-        plain_socket(transport)
+        len(chunks) <= MAX_CHUNKS_AT_ONCE
+        and plain_socket(transport)
         and _open_and_idle(transport)
         and all(type(chunk) is bytes for chunk in chunks)
     ):
@@ -84,13 +90,13 @@ def write_sequence_now(transport: Any, chunks: list[bytes]) -> None:
             sent = transport.socket.sendmsg(chunks)
         except OSError:
             sent = 0
-        while chunks and sent >= len(chunks[0]):
-            sent -= len(chunks[0])
-            chunks = chunks[1:]
-        if not chunks:
+        first = 0
+        while first < len(chunks) and sent >= len(chunks[first]):
+            sent -= len(chunks[first])
+            first += 1
+        if first == len(chunks):
             return
-        if sent:
-            chunks = [chunks[0][sent:], *chunks[1:]]
+        chunks = [chunks[first][sent:], *chunks[first + 1 :]] if sent else chunks[first:]
     transport.writeSequence(chunks)
 
 

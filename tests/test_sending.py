@@ -18,7 +18,10 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
+from netguard import sending
 from netguard.framing import GuardedLineReceiver
+from netguard.mux import frames
+from netguard.mux.frames import Flag, FrameType
 from netguard.mux.limits import MuxLimits
 from netguard.mux.session import MuxSession
 from netguard.relay import A, B, Splice
@@ -382,3 +385,73 @@ class SessionFlushTests(PlainSocketCase):
         stream.write(b"GET key\r\n")
         self.assertEqual(read_all(self.peer), b"")
         self.assertEqual(self.reactor.getWriters(), [self.transport])
+
+
+class _TakesSome:
+    """
+    A hostile socket stand-in whose C{sendmsg} takes exactly C{n} bytes.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def sendmsg(self, chunks: list[bytes]) -> int:
+        return self.n
+
+
+class WriteSequenceCutTests(PlainSocketCase):
+    def test_every_cut_leaves_exactly_the_rest(self) -> None:
+        """
+        Whatever the socket takes (nothing, all, a cut inside any chunk or on a boundary,
+        empty chunks included), exactly the bytes not taken are queued, in order.
+        """
+        chunks = [b"ab", b"", b"cde", b"f", b""]
+        whole = b"".join(chunks)
+        for n in range(len(whole) + 1):
+            transport = self.make_connection()
+            transport.socket = _TakesSome(n)  # type: ignore[assignment]
+            queued: list[bytes] = []
+            transport.writeSequence = queued.extend  # type: ignore[method-assign]
+            write_sequence_now(transport, list(chunks))
+            self.assertEqual(b"".join(queued), whole[n:], n)
+
+    def test_many_chunks_left_to_twisted(self) -> None:
+        """
+        More chunks than L{sending.MAX_CHUNKS_AT_ONCE} (many small frames) go through
+        Twisted's buffer, which joins them for one send.
+        """
+        transport = self.make_connection()
+        chunks = [b"x"] * (sending.MAX_CHUNKS_AT_ONCE + 1)
+        write_sequence_now(transport, chunks)
+        self.assertEqual(read_all(self.peer), b"")
+        self.assertTrue(has_user_data(transport))
+
+
+class SessionBackpressureTests(PlainSocketCase):
+    def test_peer_not_reading_pauses_the_session(self) -> None:
+        """
+        A session sending bulk at once to a peer that does not read is still paused by its
+        transport, with Twisted's buffer bounded by its high-water mark plus one batch,
+        however much window the peer grants.
+        """
+        transport = self.make_connection()
+        session = MuxSession(
+            transport,
+            client=True,
+            clock=Clock(),
+            accept=lambda stream: None,
+            limits=MuxLimits(keepalive_interval=None),
+        )
+        transport.registerProducer(session, True)
+        stream = session.open_stream(Recorder())
+        transport.doWrite()
+        most = 0
+        for turn in range(200):
+            flags = Flag.ACK if turn == 0 else 0
+            session.data_received(
+                frames.encode(FrameType.WINDOW_UPDATE, flags, stream.stream_id, 64 * 1024)
+            )
+            stream.write(b"x" * 65536)
+            most = max(most, transport._tempDataLen + len(transport.dataBuffer) - transport.offset)
+        self.assertEqual(transport.producerPaused, True)
+        self.assertLessEqual(most, transport.bufferSize + 2 * 65536)

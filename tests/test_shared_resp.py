@@ -251,14 +251,17 @@ class ProtocolTests(unittest.TestCase):
     def test_unfinished_reply_bounded(self) -> None:
         """
         An array of many legal elements that never ends is held up to
-        L{resp.MAX_REPLY_BYTES}; one more element past it aborts the connection (the bounds
-        of each element alone would allow 4096 times 64 KiB).
+        L{resp.MAX_REPLY_BYTES} (each element charged its bytes and L{resp.ELEMENT_CHARGE});
+        one more element past it aborts the connection (the bounds of each element alone
+        would allow 4096 times 64 KiB).
         """
         protocol, transport = connected()
         waiting = protocol.command("SCAN", 0)
+        header = b"*4096\r\n"
         element = b"$64\r\n" + b"x" * 64 + b"\r\n"
-        under = (resp.MAX_REPLY_BYTES - 8) // len(element)
-        protocol.dataReceived(b"*4096\r\n" + element * under)
+        charge = resp.ELEMENT_CHARGE
+        under = (resp.MAX_REPLY_BYTES - len(header) - charge) // (len(element) + charge)
+        protocol.dataReceived(header + element * under)
         self.assertFalse(transport.disconnecting)
         protocol.dataReceived(element)
         self.assertTrue(transport.disconnecting)
@@ -356,14 +359,29 @@ class ReaderTests(unittest.TestCase):
 
     def test_long_array_linear(self) -> None:
         """
-        An array at the bound of elements, one byte at a time: the elements already parsed
-        are not parsed again, so the parser runs at most about once per byte.
+        An array of as many elements as an unfinished reply may hold, one byte at a time:
+        the elements already parsed are not parsed again, so the parser runs at most about
+        once per byte.
         """
         element = b":7\r\n"
-        data = b"*%d\r\n" % MAX_ARRAY + element * MAX_ARRAY
+        count = resp.MAX_REPLY_BYTES // (len(element) + resp.ELEMENT_CHARGE) - 1
+        data = b"*%d\r\n" % count + element * count
         calls = self.count_elements()
-        self.assertEqual(self.feed_bytes(ReplyReader(), data), [[7] * MAX_ARRAY])
+        self.assertEqual(self.feed_bytes(ReplyReader(), data), [[7] * count])
         self.assertLessEqual(calls[0], len(data) + 1)
+
+    def test_tiny_elements_charged_as_objects(self) -> None:
+        """
+        A reply of many tiny elements (each a Python object far larger than its three bytes)
+        is refused once the elements' charge passes the bound, long before their bytes would.
+        """
+        reader = ReplyReader()
+        list(reader.feed(b"*64\r\n"))
+        row = b"*4096\r\n" + b"-\r\n" * 4096
+        with self.assertRaises(ProtocolError):
+            for _ in range(64):
+                list(reader.feed(row))
+        self.assertLess(len(row) * 2, resp.MAX_REPLY_BYTES)  # bytes alone: far under
 
     def test_nested_depth_bound(self) -> None:
         """
@@ -379,10 +397,11 @@ class ReaderTests(unittest.TestCase):
         they are only collected: past it, the reader refuses before the string is whole.
         """
         reader = ReplyReader()
+        charge = resp.ELEMENT_CHARGE
         element = b"$%d\r\n" % MAX_BULK + b"x" * MAX_BULK + b"\r\n"
-        held = b"*8\r\n" + element * (resp.MAX_REPLY_BYTES // len(element))
-        list(reader.feed(held))
-        room = resp.MAX_REPLY_BYTES - len(held)
+        whole = resp.MAX_REPLY_BYTES // (len(element) + charge)
+        list(reader.feed(b"*8\r\n" + element * whole))
+        room = resp.MAX_REPLY_BYTES - (len(b"*8\r\n") + charge) - whole * (len(element) + charge)
         self.assertLess(room, len(element))  # the next element cannot fit whole
         header = b"$%d\r\n" % MAX_BULK
         list(reader.feed(header + b"x" * (room - len(header))))  # at the bound: held

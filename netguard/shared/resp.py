@@ -26,6 +26,9 @@ MAX_ARRAY: Final = 4096
 MAX_DEPTH: Final = 2
 #: The most bytes buffered for one unfinished reply.
 MAX_REPLY_BYTES: Final = 256 * 1024
+#: What each element an unfinished reply keeps is charged against L{MAX_REPLY_BYTES} on top
+#: of its bytes: about what the smallest element costs as a Python object.
+ELEMENT_CHARGE: Final = 128
 #: The most commands waiting for their replies on one connection.
 MAX_PENDING: Final = 1024
 
@@ -164,18 +167,20 @@ class ReplyReader:
     """
     Replies from a stream of bytes, element by element: each element is parsed once, when
     it is whole, and an unfinished array keeps the elements it has; bytes arriving inside a
-    long bulk string are only collected until the string can be whole. So however the bytes
-    are cut, parsing a reply costs time in proportion to its size, and what an unfinished
-    reply holds is bounded by L{MAX_REPLY_BYTES}.
+    long bulk string are only collected (in one growing buffer) until the string can be
+    whole. So however the bytes are cut, parsing a reply costs time in proportion to its
+    size. What an unfinished reply holds is bounded by L{MAX_REPLY_BYTES}, counting each
+    element it keeps as its bytes plus L{ELEMENT_CHARGE} (the Python object an element
+    becomes outweighs a short element's bytes).
     """
 
-    __slots__ = ("_chunks", "_size", "_need", "_held", "_open")
+    __slots__ = ("_tail", "_need", "_held", "_open")
 
     def __init__(self) -> None:
-        self._chunks: list[bytes] = []
-        self._size = 0
+        #: Bytes not yet parsed: at most one element's.
+        self._tail = bytearray()
         self._need = 0
-        #: Bytes of the unfinished reply already parsed into its elements.
+        #: What the unfinished reply's parsed elements are charged (L{ELEMENT_CHARGE}).
         self._held = 0
         #: The unfinished arrays, outermost first: elements still to come, elements so far.
         self._open: list[tuple[int, list[Reply]]] = []
@@ -183,23 +188,23 @@ class ReplyReader:
     def feed(self, data: bytes) -> Iterator[Reply]:
         """
         Take C{data}; yield the replies it completes, in order, each as soon as it is
-        parsed (a bad reply after good ones raises after they were taken).
+        parsed (a bad reply after good ones raises after they were taken). Nothing is
+        taken until the result is iterated.
 
         @raise ProtocolError: the bytes are not RESP2 within the bounds (the reader is then
             unusable).
         """
-        self._chunks.append(data)
-        self._size += len(data)
-        if self._size < self._need:
+        self._tail += data
+        if len(self._tail) < self._need:
             self._check_held()
             return
-        buffer = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+        buffer = bytes(self._tail)
         start = 0
         try:
             while start < len(buffer):
                 element, end = _element(buffer, start)
                 if self._open or isinstance(element, _ArrayHeader):
-                    self._held += end - start
+                    self._held += end - start + ELEMENT_CHARGE
                 start = end
                 reply = self._complete(element)
                 if reply is not _UNFINISHED:
@@ -208,13 +213,11 @@ class ReplyReader:
             self._need = incomplete.need - start
         else:
             self._need = 0
-        rest = buffer[start:]
-        self._chunks = [rest] if rest else []
-        self._size = len(rest)
+        self._tail = bytearray(buffer[start:])
         self._check_held()
 
     def _check_held(self) -> None:
-        if self._held + self._size > MAX_REPLY_BYTES:
+        if self._held + len(self._tail) > MAX_REPLY_BYTES:
             raise ProtocolError("reply too large")
 
     def _complete(self, element: Reply | _ArrayHeader) -> Reply | object:
