@@ -3,8 +3,8 @@
 Writing to Twisted's plain socket transports at once: a write that finds nothing waiting in
 the transport's buffer is sent there and then, instead of waiting for a writable event (two
 changes of the reactor's registration, one dispatch and the C{send}). The relays and the
-line protocols use it for request/response traffic; what it saves:
-C{docs/performance.md}, "Request/response".
+line protocols use it for request/response traffic, a multiplexed session for its bulk
+frames; what it saves: C{docs/multiplexing.md} section 8.4.
 """
 
 from __future__ import annotations
