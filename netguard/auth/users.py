@@ -28,6 +28,8 @@ from typing import Any
 import attrs
 from scramp import ScramException, ScramMechanism
 
+from netguard.secretfile import read_or_create_key
+
 #: The only mechanism a verifier line may name.
 VERIFIER_SCHEME = "SCRAM-SHA-256"
 
@@ -526,47 +528,15 @@ def load_mock_key(state_dir: str) -> bytes:
 
     @param state_dir: the gateway's state directory (it must exist).
     @return: the key.
-    @raise UsersFileError: if the file is not a regular file of exactly 32 bytes, or other
-        users may read it (delete it to have a new one made; unknown names then get new
-        salts once).
+    @raise UsersFileError: if the file is not a regular file of exactly 32 bytes, is another
+        user's, or others may read it (delete it to have a new one made; unknown names then
+        get new salts once): L{netguard.secretfile.read_or_create_key}.
     """
     path = os.path.join(state_dir, MOCK_KEY_FILE)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return _create_mock_key(path)
-    except OSError as error:
-        message = f"cannot read the mock-verifier key ({error.strerror})"
-        raise UsersFileError(path, 0, message) from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        key = handle.read(MOCK_KEY_BYTES + 1)
-    if not stat.S_ISREG(info.st_mode) or len(key) != MOCK_KEY_BYTES:
-        raise UsersFileError(
-            path, 0, f"not a {MOCK_KEY_BYTES}-byte mock-verifier key; delete it to have one made"
-        )
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        raise UsersFileError(path, 0, f"other users may read the key; run: chmod 600 {path}")
-    return key
-
-
-def _create_mock_key(path: str) -> bytes:
-    key = secrets.token_bytes(MOCK_KEY_BYTES)
-    temporary = f"{path}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(temporary, path)  # never replaces: a key made meanwhile wins
-        except FileExistsError:
-            return load_mock_key(os.path.dirname(path))
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-    return key
+        return read_or_create_key(path, MOCK_KEY_BYTES)
+    except ValueError as error:
+        raise UsersFileError(path, 0, str(error)) from None
 
 
 def _mock_key_for(content: bytes) -> bytes:
