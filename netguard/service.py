@@ -18,15 +18,14 @@ from typing import IO, Any
 from twisted.application.service import MultiService
 from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from netguard.auth.users import MOCK_KEY_FILE, UserStore, ensure_users_file, load_mock_key
+from netguard.auth.users import UserStore, ensure_users_file, load_mock_key
 from netguard.endpoints import with_default_backlog
 from netguard.gateway.factory import GatewayFactory
-from netguard.log import FileLogSink, LogFileError
-from netguard.ops.control import ControlError, ControlFactory, ControlService, UnsafeControlPath
+from netguard.log import FileLogSink
+from netguard.ops.control import ControlError, ControlFactory, ControlService
 from netguard.ops.drain import Drainer
 from netguard.ops.heartbeat import Heartbeat, install_sigusr1
 from netguard.ops.lock import (
@@ -35,17 +34,17 @@ from netguard.ops.lock import (
     acquire_instance_lock,
     check_unix_socket_free,
 )
-from netguard.ops.metrics import MetricsListenFailed, MetricsService
+from netguard.ops.metrics import MetricsService
 from netguard.ops.notify import Watchdog, notify_ready, notify_stopping
 from netguard.ops.overload import OverloadMonitor
 from netguard.ops.preflight import AddressBusy, check_listener_free
-from netguard.ops.privileges import hand_over
 from netguard.ops.reload import ReloadRefused
+from netguard.ops.startup import created_paths, start_privileged
 from netguard.proxy_header import proxy_listener_endpoint
 from netguard.secretfile import read_password_file
 from netguard.shared.state import SharedState
 from netguard.stats import Stats
-from netguard.tickets import TICKET_KEY_FILE, load_ticket_key
+from netguard.tickets import load_ticket_key
 from netguard.tls import ServerTLS, TLSServerEndpoint, load_server_context
 
 log = Logger()
@@ -127,50 +126,26 @@ class GatewayService(MultiService):
         start with one line naming it, not a traceback. Under C{twistd --uid} as root,
         then hand the state directory and what we created in it to that user (L{run_as}).
         """
-        if self.instance_lock is not None:
-            self.instance_lock.write_pid()  # we may be twistd's daemon child by now
-        try:
-            self.log_sink.start()  # before dropping privileges: /var/log may need root
-            self.listen()
-            super().privilegedStartService()  # children: the control socket listens here
-        except (
-            ListenFailed,
-            InstanceConflict,
-            UnsafeControlPath,
-            CannotListenError,
-            LogFileError,
-            MetricsListenFailed,
-        ) as error:
-            raise SystemExit(f"netguard: {error}") from None
-        if self.run_as is not None:
-            try:
-                hand_over(self.factory.config.state_dir, self._created_paths(), *self.run_as)
-            except OSError as error:
-                raise SystemExit(
-                    f"netguard: cannot hand the state directory over: {error}"
-                ) from None
+        start_privileged(
+            self, self._listen_and_start, self.factory.config.state_dir, (ListenFailed,)
+        )
 
-    def _created_paths(self) -> list[str]:
+    def _listen_and_start(self) -> None:
+        self.listen()
+        super().privilegedStartService()  # children: the control socket listens here
+
+    def created_paths(self) -> list[str]:
         """
-        What netguard creates in the state directory: the users file, the keys (mock
-        verifiers, tickets), the instance lock, the unix sockets of the listeners and the
-        control socket.
+        What netguard creates in the state directory (L{netguard.ops.startup.created_paths}),
+        with the unix sockets of the listeners.
         """
-        config = self.factory.config
-        paths = [
-            config.users_file,
-            os.path.join(config.state_dir, MOCK_KEY_FILE),
-            os.path.join(config.state_dir, TICKET_KEY_FILE),
-        ]
-        if self.instance_lock is not None:
-            paths.append(self.instance_lock.path)
-        for description, _ in self.endpoints:
-            path = _unix_socket_path(description.removeprefix("tls+"))
-            if path is not None:
-                paths.append(path)
-        if config.ops.control_socket:
-            paths.append(config.ops.control_socket)
-        return paths
+        sockets = (
+            _unix_socket_path(description.removeprefix("tls+"))
+            for description, _ in self.endpoints
+        )
+        return created_paths(
+            self.factory.config, self.instance_lock, [path for path in sockets if path]
+        )
 
     def listen(self) -> None:
         """

@@ -19,26 +19,20 @@ from typing import Any, Final
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from netguard.auth.users import MOCK_KEY_FILE
-from netguard.log import FileLogSink, LogFileError, escape
-from netguard.ops.control import UnsafeControlPath
-from netguard.ops.lock import InstanceConflict
-from netguard.ops.metrics import MetricsListenFailed
+from netguard.log import FileLogSink, escape
 from netguard.ops.notify import (
     Watchdog,
     notify_ready,
     notify_stopping,
 )
-from netguard.ops.privileges import hand_over
+from netguard.ops.startup import created_paths, start_privileged
 from netguard.refusal_log import RefusalLog
 from netguard.stats import HistogramSnapshot
-from netguard.tickets import TICKET_KEY_FILE
 from netguard.workers import commands
 from netguard.workers.figures import aggregate, merge_penalties
 
@@ -210,49 +204,21 @@ class Supervisor(MultiService):
         Start the log file and the child services (control socket, metrics) while still
         privileged, as the single-process gateway does.
         """
-        if self.instance_lock is not None:
-            self.instance_lock.write_pid()
         if self.run_as is not None and self.config.shared.password_file:
             check_readable_after_drop(self.config.shared.password_file, self.run_as[0])
-        try:
-            self.log_sink.start()
-            super().privilegedStartService()
-        except (
-            InstanceConflict,
-            UnsafeControlPath,
-            CannotListenError,
-            LogFileError,
-            MetricsListenFailed,
-        ) as error:
-            raise SystemExit(f"netguard: {error}") from None
-        if self.run_as is not None:
-            try:
-                hand_over(self.config.state_dir, self._created_paths(), *self.run_as)
-            except OSError as error:
-                raise SystemExit(
-                    f"netguard: cannot hand the state directory over: {error}"
-                ) from None
+        start_privileged(self, super().privilegedStartService, self.config.state_dir)
 
-    def _created_paths(self) -> list[str]:
+    def created_paths(self) -> list[str]:
         """
-        What netguard creates in the state directory (as the single-process gateway lists
-        them): the users file, the keys, the lock, the unix listeners, the control socket.
+        What netguard creates in the state directory (L{netguard.ops.startup.created_paths}),
+        with the unix listeners.
         """
-        config = self.config
-        paths = [
-            config.users_file,
-            os.path.join(config.state_dir, MOCK_KEY_FILE),
-            os.path.join(config.state_dir, TICKET_KEY_FILE),
-        ]
-        if self.instance_lock is not None:
-            paths.append(self.instance_lock.path)
-        for listener in self.listeners:
-            name = getattr(listener.port, "port", None)
-            if isinstance(name, str | bytes):
-                paths.append(os.fsdecode(name))
-        if config.ops.control_socket:
-            paths.append(config.ops.control_socket)
-        return paths
+        sockets = (getattr(listener.port, "port", None) for listener in self.listeners)
+        return created_paths(
+            self.config,
+            self.instance_lock,
+            [os.fsdecode(name) for name in sockets if isinstance(name, str | bytes)],
+        )
 
     def startService(self) -> None:
         """
