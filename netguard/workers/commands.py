@@ -53,16 +53,18 @@ class Ready(amp.Command):
     response = []  # type: ignore[var-annotated]
 
 
+#: A source's block: the source, its length, the penalty points behind it.
+_BLOCK = [(b"source", amp.Unicode()), (b"seconds", amp.Float()), (b"points", amp.Float())]
+#: A spent ticket: its id, when it would have expired, its user.
+_SPENT = [(b"ticket_id", amp.String()), (b"expires", amp.Float()), (b"user", amp.Unicode())]
+
+
 class Blocked(amp.Command):
     """
     Worker to supervisor: a source's offences blocked it here; tell the other workers.
     """
 
-    arguments = [
-        (b"source", amp.Unicode()),
-        (b"seconds", amp.Float()),
-        (b"points", amp.Float()),
-    ]
+    arguments = _BLOCK
     requiresAnswer = False
 
 
@@ -71,11 +73,7 @@ class ApplyBlock(amp.Command):
     Supervisor to worker: block a source another worker blocked.
     """
 
-    arguments = [
-        (b"source", amp.Unicode()),
-        (b"seconds", amp.Float()),
-        (b"points", amp.Float()),
-    ]
+    arguments = _BLOCK
     requiresAnswer = False
 
 
@@ -84,11 +82,7 @@ class TicketSpent(amp.Command):
     Worker to supervisor: a returning-client ticket was spent here; tell the other workers.
     """
 
-    arguments = [
-        (b"ticket_id", amp.String()),
-        (b"expires", amp.Float()),
-        (b"user", amp.Unicode()),
-    ]
+    arguments = _SPENT
     requiresAnswer = False
 
 
@@ -97,11 +91,7 @@ class ApplySpent(amp.Command):
     Supervisor to worker: record a ticket another worker spent.
     """
 
-    arguments = [
-        (b"ticket_id", amp.String()),
-        (b"expires", amp.Float()),
-        (b"user", amp.Unicode()),
-    ]
+    arguments = _SPENT
     requiresAnswer = False
 
 
