@@ -10,7 +10,6 @@ import random
 from collections import Counter
 from typing import Any
 
-from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -22,37 +21,19 @@ from netguard.admission import (
     RANDOM_EARLY_DROP,
     UNAUTH_CAP,
     Admission,
-    AdmissionPolicy,
     Refusal,
     Slot,
 )
 from netguard.admission.eviction import GONE, LANE, PROBATION, RELAY, UNAUTH
-
-
-def v4(host: str, port: int = 40000) -> IPv4Address:
-    return IPv4Address("TCP", host, port)
-
-
-def nth_v4(n: int, port: int = 40000) -> IPv4Address:
-    """
-    The C{n}th distinct address of 10.0.0.0/8, so each is its own /32 source.
-    """
-    return v4(f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}", port)
-
-
-LOOSE: dict[str, Any] = {
-    "per_source_max": 10_000,
-    "per_source_rate": 1e9,
-    "per_source_burst": 10_000,
-}
+from tests.test_admission import LOOSE, nth_v4
+from tests.test_admission import make as make_admission
 
 
 def make(seed: int = 1, **knobs: Any) -> tuple[Admission, Clock]:
-    clock = Clock()
-    clock.advance(1000.0)
-    merged = dict(LOOSE)
-    merged.update(knobs)
-    return Admission(AdmissionPolicy(**merged), clock, random.Random(seed)), clock
+    """
+    L{tests.test_admission.make} with the rules a test is not about (L{LOOSE}) off.
+    """
+    return make_admission(seed, **{**LOOSE, **knobs})
 
 
 class Held:

@@ -5,11 +5,6 @@ returning-client lane, progress and eviction handlers, on L{task.Clock} with see
 
 from __future__ import annotations
 
-import random
-from typing import Any
-
-from twisted.internet.address import IPv4Address, UNIXAddress
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from netguard.admission import (
@@ -35,33 +30,7 @@ from netguard.admission import (
     Slot,
     allowed_values,
 )
-
-
-def v4(host: str, port: int = 40000) -> IPv4Address:
-    return IPv4Address("TCP", host, port)
-
-
-def nth_v4(n: int, port: int = 40000) -> IPv4Address:
-    """
-    The C{n}th distinct address of 10.0.0.0/8, so each is its own /32 source.
-    """
-    return v4(f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}", port)
-
-
-UNIX = UNIXAddress(None)
-
-#: Knobs that switch off the rules a test is not about.
-LOOSE: dict[str, Any] = {
-    "per_source_max": 10_000,
-    "per_source_rate": 1e9,
-    "per_source_burst": 10_000,
-}
-
-
-def make(seed: int = 1, **knobs: Any) -> tuple[Admission, Clock]:
-    clock = Clock()
-    clock.advance(1000.0)
-    return Admission(AdmissionPolicy(**knobs), clock, random.Random(seed)), clock
+from tests.test_admission import LOOSE, UNIX, make, nth_v4, v4
 
 
 def enter(admission: Admission, address: object) -> Slot:
