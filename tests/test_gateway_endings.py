@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import INegotiated, ISSLTransport
 from twisted.internet.task import Clock
@@ -23,7 +22,6 @@ from zope.interface import implementer
 from netguard.admission import Admission, AdmissionPolicy, Refusal
 from netguard.admitting import Admitted, AdmittingFactory, _Ending, _Refusal
 from netguard.auth.scram import ClientExchange
-from netguard.gateway.protocol import GatewaySession
 from netguard.gateway.returning import ENDED_LINGER
 from netguard.peer.checks import Verdict
 from netguard.tickets import TicketSettings
@@ -56,15 +54,7 @@ class TLSConn(Conn):
     A gateway connection on a L{HandshakingTransport}.
     """
 
-    def __init__(self, gateway: Gateway, host: str):
-        self.gateway = gateway
-        address = IPv4Address("TCP", host, next(gateway.ports))
-        self.proto = gateway.factory.buildProtocol(address)
-        assert isinstance(self.proto, GatewaySession), self.proto
-        self.transport = HandshakingTransport(peerAddress=address)
-        self.proto.makeConnection(self.transport)
-        self.greeting = b""
-        gateway.test.addCleanup(self.close)
+    transport_class = HandshakingTransport
 
 
 def small_pool(size: int = 1) -> AdmissionPolicy:

@@ -105,14 +105,18 @@ class Gateway:
 class Conn:
     """
     One client connection on a L{StringTransport} (not greeted unless asked).
+
+    @cvar transport_class: the fake transport the connection is made on.
     """
+
+    transport_class: type[StringTransport] = StringTransport
 
     def __init__(self, gateway: Gateway, host: str):
         self.gateway = gateway
         address = IPv4Address("TCP", host, next(gateway.ports))
         self.proto = gateway.factory.buildProtocol(address)
         assert isinstance(self.proto, GatewaySession), self.proto
-        self.transport = StringTransport(peerAddress=address)
+        self.transport = self.transport_class(peerAddress=address)
         self.proto.makeConnection(self.transport)
         self.greeting = b""
         gateway.test.addCleanup(self.close)
