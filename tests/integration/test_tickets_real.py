@@ -429,6 +429,33 @@ class GatewayTicketsRealTests(unittest.TestCase):
         return self.in_thread(work).addCallback(check)
 
 
+def tls_gateway(
+    test: unittest.TestCase, config: str, prefix: str
+) -> tuple[list[dict[str, Any]], RunningGateway, ssl.SSLContext]:
+    """
+    The real gateway on one TLS listener with a fresh certificate, plus C{config}, its log
+    events captured.
+
+    @return: the captured events, the gateway, and a client context trusting its certificate.
+    """
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    test.addCleanup(globalLogPublisher.removeObserver, events.append)
+    directory = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    test.addCleanup(shutil.rmtree, directory, True)
+    cert, key = tls_certs.make_leaf("localhost")
+    cert_file, key_file = tls_certs.write_identity(directory, "gateway", cert, key)
+    running = RunningGateway(
+        test,
+        "listen = []\n[[tls_listen]]\n"
+        'endpoint = "tcp:0:interface=127.0.0.1"\n'
+        f'cert_file = "{cert_file}"\nkey_file = "{key_file}"\n' + config,
+        prefix=prefix,
+    )
+    test.addCleanup(running.idle)
+    return events, running, ssl.create_default_context(cafile=cert_file)
+
+
 class TLSTicketsRealTests(unittest.TestCase):
     """
     On a TLS listener the ticket is presented right after the TLS handshake, before the
@@ -438,22 +465,7 @@ class TLSTicketsRealTests(unittest.TestCase):
     timeout = 90
 
     def setUp(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-        directory = tempfile.mkdtemp(prefix="ngtkt-", dir="/tmp")
-        self.addCleanup(shutil.rmtree, directory, True)
-        cert, key = tls_certs.make_leaf("localhost")
-        cert_file, key_file = tls_certs.write_identity(directory, "gateway", cert, key)
-        self.running = RunningGateway(
-            self,
-            "listen = []\n[[tls_listen]]\n"
-            'endpoint = "tcp:0:interface=127.0.0.1"\n'
-            f'cert_file = "{cert_file}"\nkey_file = "{key_file}"\n',
-            prefix="ngtkt-",
-        )
-        self.addCleanup(self.running.idle)
-        self.context = ssl.create_default_context(cafile=cert_file)
+        self.events, self.running, self.context = tls_gateway(self, "", "ngtkt-")
 
     def test_resume_after_the_tls_handshake_enters_the_lane(self):
         """
@@ -608,26 +620,14 @@ class TLSEndingsRealTests(unittest.TestCase):
     timeout = 60
 
     def setUp(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-        directory = tempfile.mkdtemp(prefix="ngtke-", dir="/tmp")
-        self.addCleanup(shutil.rmtree, directory, True)
-        cert, key = tls_certs.make_leaf("localhost")
-        cert_file, key_file = tls_certs.write_identity(directory, "gateway", cert, key)
-        self.running = RunningGateway(
+        self.events, self.running, self.context = tls_gateway(
             self,
-            "listen = []\n[[tls_listen]]\n"
-            'endpoint = "tcp:0:interface=127.0.0.1"\n'
-            f'cert_file = "{cert_file}"\nkey_file = "{key_file}"\n'
             "[limits]\nwrite_timeout = 120\n"
             "[admission]\nmax_unauthenticated = 2\nred_soft = 2\nred_hard = 2\n"
             'deny = ["127.0.0.4/32"]\n',
-            prefix="ngtke-",
+            "ngtke-",
         )
-        self.addCleanup(self.running.idle)
         self.port = self.running.port()
-        self.context = ssl.create_default_context(cafile=cert_file)
 
     def named(self, name: str) -> list[dict[str, Any]]:
         return [event for event in self.events if event.get("event") == name]
