@@ -184,10 +184,11 @@ class Twistd:
         self.state_dir = state_dir
         self.work = short_temp_dir("ngw-")
         case.addCleanup(shutil.rmtree, self.work, True)
+        self.prepare_work()
         self.stdout_path = os.path.join(self.work, "stdout")
         self.stderr_path = os.path.join(self.work, "stderr")
         prefix, env = python_env(REPO, self.work)
-        argv = [*prefix, "-c", TWISTD, "-n", "--pidfile=", *twistd_options, "netguard"]
+        argv = [*self.twistd(prefix), "-n", "--pidfile=", *twistd_options, "netguard"]
         argv += ["--state-dir", state_dir, *args]
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.process = subprocess.Popen(
@@ -200,6 +201,18 @@ class Twistd:
                 start_new_session=True,
             )
         case.addCleanup(self.kill)
+
+    def prepare_work(self) -> None:
+        """
+        Make the scratch directory ready before anything is started from it (nothing here).
+        """
+
+    def twistd(self, prefix: list[str]) -> list[str]:
+        """
+        @param prefix: the interpreter and its options (L{python_env}).
+        @return: the command that runs twistd, before twistd's own options.
+        """
+        return [*prefix, "-c", TWISTD]
 
     def kill(self) -> None:
         """

@@ -39,7 +39,7 @@ from netguard.client.endpoint import wrap_tls
 from netguard.client.protocol import Credentials, NGPClientProtocol
 from tests import tls_certs
 from tests.integration.test_tickets_real import RawClient
-from tests.integration.test_twistd import REPO, Twistd, python_env, short_temp_dir
+from tests.integration.test_twistd import Twistd, short_temp_dir
 from tests.integration.util import free_port
 
 BASE = """\
@@ -821,27 +821,14 @@ class RunAsTwistd(Twistd):
         options: list[str],
         python: str,
     ) -> None:
-        self.case = case
-        self.state_dir = state_dir
-        self.work = short_temp_dir("ngw-")
+        self.python = python
+        super().__init__(case, state_dir, args, options)
+
+    def prepare_work(self) -> None:
         os.chmod(self.work, 0o755)
-        case.addCleanup(shutil.rmtree, self.work, True)
-        self.stdout_path = os.path.join(self.work, "stdout")
-        self.stderr_path = os.path.join(self.work, "stderr")
-        prefix, env = python_env(REPO, self.work)
-        argv = [*prefix, "-c", TWISTD_WITH_WORKER_PYTHON, python, "-n", "--pidfile="]
-        argv += [*options, "netguard", "--state-dir", state_dir, *args]
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.process = subprocess.Popen(
-                argv,
-                cwd=self.work,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
-        case.addCleanup(self.kill)
+
+    def twistd(self, prefix: list[str]) -> list[str]:
+        return [*prefix, "-c", TWISTD_WITH_WORKER_PYTHON, self.python]
 
 
 class WorkersRunAsTests(unittest.TestCase):
