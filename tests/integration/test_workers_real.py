@@ -233,6 +233,19 @@ class WorkersTests(unittest.TestCase):
         return TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
 
     @inlineCallbacks
+    def open_through_each(self, pids: list[int]) -> Any:
+        """
+        Open one echo session served by each worker (L{open_through}).
+
+        @return: the sessions, worker 0's first.
+        """
+        streams = []
+        for index in range(len(pids)):
+            stream = yield self.open_through(pids, index)
+            streams.append(stream)
+        return streams
+
+    @inlineCallbacks
     def open_through(self, pids: list[int], index: int, endpoint: Any = None) -> Any:
         """
         Open an echo session that worker C{index} serves (the other one paused meanwhile).
@@ -393,10 +406,7 @@ class WorkersTests(unittest.TestCase):
         """
         yield self.start()
         pids = yield self.pids()
-        streams = []
-        for index in (0, 1):
-            stream = yield self.open_through(pids, index)
-            streams.append(stream)
+        streams = yield self.open_through_each(pids)
         os.kill(self.daemon.process.pid, signal.SIGTERM)
         yield self.daemon.wait_for(
             lambda: self.daemon.stdout.count("shutdown.drain - draining 1 connection(s)") == 2,
@@ -490,10 +500,7 @@ class WorkersTests(unittest.TestCase):
         """
         yield self.start()
         pids = yield self.pids()
-        streams = []
-        for index in (0, 1):
-            stream = yield self.open_through(pids, index)
-            streams.append(stream)
+        streams = yield self.open_through_each(pids)
         figures = yield self.status()
         self.assertEqual(figures["active"], 2)
         self.assertEqual([row["active"] for row in figures["workers"]], [1, 1])
@@ -733,10 +740,7 @@ class WorkersTests(unittest.TestCase):
             ops_extra=True,
         )
         pids = yield self.pids()
-        streams = []
-        for index in (0, 1):
-            stream = yield self.open_through(pids, index)
-            streams.append(stream)
+        streams = yield self.open_through_each(pids)
         url = f"http://127.0.0.1:{metrics_port}/metrics"
         scraped = [""]
 
