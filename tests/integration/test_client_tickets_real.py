@@ -144,6 +144,17 @@ class Echo(Protocol):
             self.transport.loseConnection()  # type: ignore[union-attr]
 
 
+@inlineCallbacks
+def echo_through(test: Any, endpoint: Any, payload: bytes = b"ping") -> Any:
+    """
+    Connect through C{endpoint} to the echo service and check that C{payload} comes back.
+    """
+    app = Echo(payload)
+    yield connectProtocol(endpoint, app)
+    received = yield app.done
+    test.assertEqual(received, payload)
+
+
 class HostileTicketGatewayTests(unittest.TestCase):
     """
     The C{netguard:} endpoint (one connection per connect) against hostile ticket gateways
@@ -165,12 +176,8 @@ class HostileTicketGatewayTests(unittest.TestCase):
             tickets=self.store,
         )
 
-    @inlineCallbacks
     def echo(self, endpoint: NGPClientEndpoint, payload: bytes = b"ping") -> Any:
-        app = Echo(payload)
-        yield connectProtocol(endpoint, app)
-        received = yield app.done
-        self.assertEqual(received, payload)
+        return echo_through(self, endpoint, payload)
 
     @inlineCallbacks
     def test_oversized_ticket_ignored(self) -> None:
@@ -269,12 +276,8 @@ class RealGatewayTicketTests(unittest.TestCase):
     def events_named(self, name: str) -> list[dict[str, Any]]:
         return [event for event in self.events if event.get("event") == name]
 
-    @inlineCallbacks
     def echo(self, endpoint: Any, payload: bytes = b"ping") -> Any:
-        app = Echo(payload)
-        yield connectProtocol(endpoint, app)
-        received = yield app.done
-        self.assertEqual(received, payload)
+        return echo_through(self, endpoint, payload)
 
     @inlineCallbacks
     def test_second_connection_enters_the_lane(self) -> None:
