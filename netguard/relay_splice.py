@@ -12,7 +12,6 @@ request/response".
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -41,26 +40,6 @@ class _SpliceOwner(Protocol):
     """
 
     splice: Splice | KernelSplice | None
-
-
-class _Told:
-    """
-    An C{on_fall_back} callback as an owner: setting its C{splice} calls it.
-    """
-
-    __slots__ = ("_tell",)
-
-    def __init__(self, tell: Callable[[Splice], None]):
-        self._tell = tell
-
-    @property
-    def splice(self) -> Splice | KernelSplice | None:
-        return None
-
-    @splice.setter
-    def splice(self, splice: Splice | KernelSplice | None) -> None:
-        if isinstance(splice, Splice):
-            self._tell(splice)
 
 
 class KernelSplice:
@@ -155,7 +134,6 @@ class KernelSplice:
         write_timeout: float = 30.0,
         done: Deferred[RelayResult] | None = None,
         splice: SpliceCall | None = None,
-        on_fall_back: Callable[[Splice], None] | None = None,
         owner: _SpliceOwner | None = None,
         idle_sweep: IdleSweep | None = None,
     ):
@@ -170,11 +148,9 @@ class KernelSplice:
         @param done: the L{Deferred} to fire with the result (by default one made when
             L{done} is first asked for).
         @param splice: the splice call (C{os.splice} by default).
-        @param on_fall_back: told of the L{Splice} that carries on when the kernel cannot
-            splice these sockets.
-        @param owner: whose C{splice} becomes that L{Splice} then (a backend leg): what
-            C{on_fall_back} does, without a bound method kept for the relay's life; ignored
-            when C{on_fall_back} is given.
+        @param owner: whose C{splice} becomes the L{Splice} that carries on when the kernel
+            cannot splice these sockets (a backend leg): no bound method is kept for the
+            relay's life.
         @param idle_sweep: the L{IdleSweep} that times C{idle_timeout}; by default the one
             shared by every relay of C{clock}.
         """
@@ -188,7 +164,7 @@ class KernelSplice:
         self.write_timeout = write_timeout
         # The result's Deferred once made; the result itself if the relay ended first.
         self._done: Deferred[RelayResult] | RelayResult | None = done
-        self.owner = owner if on_fall_back is None else _Told(on_fall_back)
+        self.owner = owner
         self.ended_by: str | None = None
         self.closing = False
         self.spliced = False

@@ -184,7 +184,7 @@ class _Harness:
             idle_timeout=IDLE,
             write_timeout=WRITE,
             splice=splice,
-            on_fall_back=self._fall_back,
+            owner=self,
         )
         self.results: list[RelayResult] = []
         self.relay.done.addCallback(self.results.append)
@@ -197,6 +197,18 @@ class _Harness:
         self.relay.start()
         self.relay.resume_reading(A)
         self.relay.resume_reading(B)
+
+    @property
+    def splice(self) -> Any:
+        """
+        As the relay's owner: the relay that carries on (L{KernelSplice.owner}).
+        """
+        return self.fell_back[-1] if self.fell_back else self.relay
+
+    @splice.setter
+    def splice(self, splice: Any) -> None:
+        if isinstance(splice, Splice):
+            self._fall_back(splice)
 
     def _fall_back(self, splice: Splice) -> None:
         self.fell_back.append(splice)
