@@ -18,82 +18,23 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
-from twisted.logger import globalLogPublisher
-from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from tests.integration.util import (
+    ONE_PER_SOURCE,
     EchoClient,
+    Probe,
     RunningGateway,
-    need_peer,
-    start_listening_peer,
+    clients_aborted_at_cleanup,
+    connect_from,
+    haproxy_tcp_config,
+    log_events,
+    start_haproxy,
     wait_for,
 )
 
-HAPROXY = "/usr/sbin/haproxy"
-
-#: The gateway: at most one connection per source address, so a second one from the same
-#: address is refused at once. No event-loop-lag shedding: these tests are about addresses,
-#: and on a loaded machine the lag of the shared event loop would refuse their clients.
-CONFIG = """\
-[admission]
-per_source_max = 1
-
-[overload]
-max_lag = "off"
-"""
-
-#: HAProxy's configuration: a plain TCP proxy from C{front} to the gateway at C{back},
-#: sending the PROXY header given as C{send_proxy}; no health checks (they would be
-#: connections of their own).
-HAPROXY_CONFIG = """\
-global
-    maxconn 64
-
-defaults
-    mode tcp
-    timeout connect 10s
-    timeout client 60s
-    timeout server 60s
-
-frontend clients
-    bind 127.0.0.1:{front}
-    default_backend gateway
-
-backend gateway
-    server netguard 127.0.0.1:{back} {send_proxy}
-"""
-
 #: The bound on any one wait (a hang guard; nothing asserts on speed).
 WAIT = 30.0
-
-
-class RawClient(Protocol):
-    """
-    A client that says nothing: records what the gateway sends until the connection ends.
-
-    @ivar greeted: fires once the greeting has arrived.
-    @ivar closed: fires with everything received, once the connection ends.
-    """
-
-    transport: Any
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.greeted: Deferred[None] = Deferred()
-        self.closed: Deferred[bytes] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-        if not self.greeted.called and self.data.startswith(b"NETGUARD/1 "):
-            self.greeted.callback(None)
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        if not self.greeted.called:
-            self.greeted.errback(AssertionError(f"closed before the greeting: {self.data!r}"))
-        self.closed.callback(self.data)
 
 
 if TYPE_CHECKING:
@@ -112,54 +53,30 @@ class _BehindHAProxy(_Base):
     send_proxy = ""
 
     def setUp(self) -> None:
-        haproxy = need_peer(HAPROXY, "haproxy")
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = log_events(self)
         self.gateway = RunningGateway(
-            self, CONFIG, {"listen": ["haproxy:tcp:0:interface=127.0.0.1"]}, prefix="ng-hap-"
-        )
-        self.front = self.start_haproxy(haproxy, self.gateway.port())
-        self.clients: list[Any] = []
-        self.addCleanup(self.close_clients)
-
-    def start_haproxy(self, haproxy: str, back: int) -> int:
-        """
-        Start HAProxy in the foreground (C{-db}) on a free loopback port in front of the
-        gateway's port C{back}; stopped by PID at cleanup.
-
-        @return: the port clients connect to.
-        """
-        return start_listening_peer(
             self,
-            "haproxy",
+            ONE_PER_SOURCE,
+            {"listen": ["haproxy:tcp:0:interface=127.0.0.1"]},
+            prefix="ng-hap-",
+        )
+        back = self.gateway.port()
+        # A plain TCP proxy sending the PROXY header given as send_proxy; no health checks
+        # (they would be connections of their own).
+        self.front = start_haproxy(
+            self,
             self.gateway.dir,
-            lambda front: HAPROXY_CONFIG.format(
-                front=front, back=back, send_proxy=self.send_proxy
-            ),
-            lambda path: [haproxy, "-db", "-f", path],
+            lambda front: haproxy_tcp_config(front, back, self.send_proxy),
             WAIT,
         )
-
-    @inlineCallbacks
-    def close_clients(self) -> Any:
-        """
-        Close every client connection still open, then wait until the gateway has no session.
-        """
-        for client in self.clients:
-            if client.transport is not None and client.transport.connected:
-                client.transport.abortConnection()
-        yield self.gateway.idle()
+        self.clients = clients_aborted_at_cleanup(self, self.gateway)
 
     def connect(self, source: str, protocol: Any) -> Deferred[Any]:
         """
         Connect C{protocol} to HAProxy's front port from the address C{source}.
         """
         self.clients.append(protocol)
-        endpoint = TCP4ClientEndpoint(
-            reactor, "127.0.0.1", self.front, timeout=WAIT, bindAddress=(source, 0)
-        )
-        return connectProtocol(endpoint, protocol)
+        return connect_from(source, self.front, protocol, WAIT)
 
     @inlineCallbacks
     def echo(self, source: str, payload: bytes) -> Any:
@@ -169,12 +86,8 @@ class _BehindHAProxy(_Base):
         """
         client = EchoClient(self.gateway.credentials, len(payload))
         yield self.connect(source, client)
-        yield client.opened.addTimeout(WAIT, reactor)
-        port = client.transport.getHost().port
-        client.transport.write(payload)
-        received = yield client.done.addTimeout(WAIT, reactor)
-        client.transport.loseConnection()
-        return received, port
+        received, own = yield client.exchange(payload, WAIT)
+        return received, own.port
 
     def logged(self, event: str) -> list[dict[str, Any]]:
         """
@@ -206,11 +119,11 @@ class _BehindHAProxy(_Base):
         and the refusal is logged with it), while a client from 127.0.0.6 (a different header
         address; the same HAProxy address 127.0.0.1) is admitted and served end to end.
         """
-        held = RawClient()
+        held = Probe()
         yield self.connect("127.0.0.5", held)
         yield held.greeted.addTimeout(WAIT, reactor)
 
-        second = RawClient()
+        second = Probe()
         second.greeted.addErrback(lambda _: None)  # it is refused, never greeted
         yield self.connect("127.0.0.5", second)
         second_port = second.transport.getHost().port

@@ -24,21 +24,20 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
-from twisted.logger import globalLogPublisher
-from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from tests.integration.util import (
+    ONE_PER_SOURCE,
     EchoClient,
+    Probe,
     RunningGateway,
-    need_peer,
-    start_listening_peer,
+    clients_aborted_at_cleanup,
+    connect_from,
+    haproxy_tcp_config,
+    log_events,
+    start_haproxy,
     wait_for,
 )
-
-HAPROXY = "/usr/sbin/haproxy"
 
 #: The listed senders: 127.0.0.16 (first) to 127.0.0.19 (last).
 PROXY_FROM = "127.0.0.16/30"
@@ -49,71 +48,8 @@ PAST = "127.0.0.20"
 #: The last address before it.
 BEFORE = "127.0.0.15"
 
-#: One connection per source at most (so admission's key shows), no event-loop-lag
-#: shedding (these tests are about addresses; a loaded machine must not refuse them).
-CONFIG = """\
-[admission]
-per_source_max = 1
-
-[overload]
-max_lag = "off"
-"""
-
-#: A plain TCP proxy from C{front} to the gateway at C{back}; C{server} holds the options of
-#: its server line (the header it sends, its source address, health checks).
-HAPROXY_CONFIG = """\
-global
-    maxconn 64
-
-defaults
-    mode tcp
-    timeout connect 10s
-    timeout client 60s
-    timeout server 60s
-    timeout check 10s
-
-frontend clients
-    bind 127.0.0.1:{front}
-    default_backend gateway
-
-backend gateway
-    server netguard 127.0.0.1:{back} {server}
-"""
-
 #: The bound on any one wait (a hang guard; nothing asserts on speed).
 WAIT = 30.0
-
-
-class Probe(Protocol):
-    """
-    A raw client (a hostile sender when it is not a listed proxy): writes C{data} once
-    connected, records what it receives until the connection ends.
-
-    @ivar greeted: fires once the gateway's greeting has arrived.
-    @ivar closed: fires with everything received once the connection ends.
-    """
-
-    transport: Any
-
-    def __init__(self, data: bytes = b"") -> None:
-        self.to_send = data
-        self.data = b""
-        self.greeted: Deferred[None] = Deferred()
-        self.closed: Deferred[bytes] = Deferred()
-
-    def connectionMade(self) -> None:
-        if self.to_send:
-            self.transport.write(self.to_send)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-        if not self.greeted.called and self.data.startswith(b"NETGUARD/1 "):
-            self.greeted.callback(None)
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        if not self.greeted.called:
-            self.greeted.errback(AssertionError(f"closed before the greeting: {self.data!r}"))
-        self.closed.callback(self.data)
 
 
 def v1_header(source: str, port: int, gateway_port: int) -> bytes:
@@ -138,12 +74,10 @@ class _Gateway(_Base):
     timeout = 90
 
     def setUp(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = log_events(self)
         self.gateway = RunningGateway(
             self,
-            CONFIG,
+            ONE_PER_SOURCE,
             {
                 "listen": [
                     f"haproxy:proxy_from={PROXY_FROM}:tcp:0:interface=127.0.0.1",
@@ -152,28 +86,14 @@ class _Gateway(_Base):
             },
             prefix="ng-pxf-",
         )
-        self.clients: list[Any] = []
-        self.addCleanup(self.close_clients)
-
-    @inlineCallbacks
-    def close_clients(self) -> Any:
-        """
-        Close every client connection still open, then wait until the gateway has no session.
-        """
-        for client in self.clients:
-            if client.transport is not None and client.transport.connected:
-                client.transport.abortConnection()
-        yield self.gateway.idle()
+        self.clients = clients_aborted_at_cleanup(self, self.gateway)
 
     def connect(self, source: str, port: int, protocol: Any) -> Deferred[Any]:
         """
         Connect C{protocol} from the address C{source} to 127.0.0.1:C{port}.
         """
         self.clients.append(protocol)
-        endpoint = TCP4ClientEndpoint(
-            reactor, "127.0.0.1", port, timeout=WAIT, bindAddress=(source, 0)
-        )
-        return connectProtocol(endpoint, protocol)
+        return connect_from(source, port, protocol, WAIT)
 
     @inlineCallbacks
     def refused_silently(self, source: str, data: bytes, port: int | None = None) -> Any:
@@ -222,20 +142,19 @@ class _Gateway(_Base):
 
     def start_haproxy(self, name: str, server: str) -> int:
         """
-        Start HAProxy in front of the C{haproxy:} listener with C{server} options on its
-        server line; stopped by PID at cleanup.
+        Start HAProxy, a plain TCP proxy (health checks bounded), in front of the
+        C{haproxy:} listener with C{server} options on its server line (the header it sends,
+        its source address, health checks); stopped by PID at cleanup.
 
         @return: the port clients connect to.
         """
-        haproxy = need_peer(HAPROXY, "haproxy")
         back = self.gateway.port()
-        return start_listening_peer(
+        return start_haproxy(
             self,
-            name,
             self.gateway.dir,
-            lambda front: HAPROXY_CONFIG.format(front=front, back=back, server=server),
-            lambda path: [haproxy, "-db", "-f", path],
+            lambda front: haproxy_tcp_config(front, back, server, check=True),
             WAIT,
+            name,
         )
 
 
@@ -260,13 +179,9 @@ class _ListedHAProxy(_Gateway):
         payload = os.urandom(64 * 1024)
         client = EchoClient(self.gateway.credentials, len(payload))
         yield self.connect("127.0.0.5", self.front, client)
-        yield client.opened.addTimeout(WAIT, reactor)
-        port = client.transport.getHost().port
-        client.transport.write(payload)
-        received = yield client.done.addTimeout(WAIT, reactor)
-        client.transport.loseConnection()
+        received, own = yield client.exchange(payload, WAIT)
         self.assertEqual(received, payload)
-        address = f"127.0.0.5:{port}"
+        address = f"127.0.0.5:{own.port}"
         self.assertEqual([e["peer"] for e in self.logged("conn.accept")], [address])
         self.assertEqual([e["peer"] for e in self.logged("auth.ok")], [address])
         self.assertEqual(self.logged("conn.reject"), [])

@@ -33,11 +33,9 @@ from twisted.internet.endpoints import (
     serverFromString,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from netguard.client.protocol import Credentials, NGPClientProtocol
 from netguard.outbound.proxy_v2 import (
     LOCAL,
     PROXY,
@@ -50,14 +48,15 @@ from netguard.relay_splice import KernelSplice
 from tests.integration.test_mux_gateway import Collector as StreamCollector
 from tests.integration.test_mux_gateway import MuxLogin, has
 from tests.integration.util import (
+    EchoClient,
     RunningGateway,
-    need_peer,
-    start_listening_peer,
+    clients_aborted_at_cleanup,
+    connect_from,
+    log_events,
+    start_haproxy,
     wait_for,
 )
 from tests.test_proxy_v2 import parse
-
-HAPROXY = "/usr/sbin/haproxy"
 
 #: The bound on any one wait (a hang guard; nothing asserts on speed).
 WAIT = 30.0
@@ -153,29 +152,7 @@ class Collector(Protocol):
         self.closed.callback(self.data)
 
 
-class ServiceClient(NGPClientProtocol):
-    """
-    The real client: opens C{service} and collects what comes back; C{done} fires once
-    C{expected} bytes arrived (or the connection closed).
-    """
-
-    def __init__(self, credentials: Credentials, service: str, expected: int) -> None:
-        super().__init__(credentials, service, clock=reactor)
-        self.expected = expected
-        self.received = bytearray()
-        self.done: Deferred[bytes] = Deferred()
-
-    def service_data(self, data: bytes) -> None:
-        self.received += data
-        if len(self.received) >= self.expected and not self.done.called:
-            self.done.callback(bytes(self.received))
-
-    def service_closed(self, reason: Failure) -> None:
-        if not self.done.called:
-            self.done.callback(bytes(self.received))
-
-
-class BehindProxyClient(ServiceClient):
+class BehindProxyClient(EchoClient):
     """
     A client that reaches the gateway's C{haproxy:} listener as a load balancer would pass
     it on: its first bytes are a PROXY v1 header naming another client (L{HEADER_SOURCE}).
@@ -201,22 +178,14 @@ class SendProxyV2RealTests(unittest.TestCase):
     timeout = 90
 
     def setUp(self) -> None:
-        haproxy = need_peer(HAPROXY, "haproxy")
         self.dir = tempfile.mkdtemp(prefix="ng-pv2-", dir="/tmp")
         self.addCleanup(shutil.rmtree, self.dir, True)
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = log_events(self)
         echo_port = self.listen(
             TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), Factory.forProtocol(Echo)
         )
-        self.front = start_listening_peer(
-            self,
-            "haproxy",
-            self.dir,
-            lambda front: HAPROXY_CONFIG.format(front=front, echo=echo_port),
-            lambda path: [haproxy, "-db", "-f", path],
-            WAIT,
+        self.front = start_haproxy(
+            self, self.dir, lambda front: HAPROXY_CONFIG.format(front=front, echo=echo_port), WAIT
         )
         twisted_factory = Factory.forProtocol(RecordingEcho)
         twisted_factory.peers = []  # type: ignore[attr-defined]
@@ -258,8 +227,7 @@ class SendProxyV2RealTests(unittest.TestCase):
             return opener(service, origin).addCallback(self._keep_leg)
 
         factory.open_backend = recording
-        self.clients: list[Any] = []
-        self.addCleanup(self.close_clients)
+        self.clients = clients_aborted_at_cleanup(self, self.gateway)
 
     def _keep_leg(self, leg: Any) -> Any:
         self.legs.append(leg)
@@ -270,13 +238,6 @@ class SendProxyV2RealTests(unittest.TestCase):
         port = self.successResultOf(endpoint.listen(factory))
         self.addCleanup(port.stopListening)
         return int(port.getHost().port)
-
-    @inlineCallbacks
-    def close_clients(self) -> Any:
-        for client in self.clients:
-            if client.transport is not None and client.transport.connected:
-                client.transport.abortConnection()
-        yield self.gateway.idle()
 
     @inlineCallbacks
     def exchange(
@@ -292,30 +253,23 @@ class SendProxyV2RealTests(unittest.TestCase):
         listener), open C{service}, send C{payload}, wait for it to come back, close; return
         it and the client's own address.
         """
-        kind = BehindProxyClient if behind_proxy else ServiceClient
-        client = kind(self.gateway.credentials, service, len(payload))
+        kind = BehindProxyClient if behind_proxy else EchoClient
+        client = kind(self.gateway.credentials, len(payload), service)
         self.clients.append(client)
         endpoint: Any
         if behind_proxy:
             endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.gateway.port(3), timeout=WAIT)
+            connecting = connectProtocol(endpoint, client)
         elif unix:
-            endpoint = UNIXClientEndpoint(reactor, os.path.join(self.gateway.dir, "ng.sock"))
+            path = os.path.join(self.gateway.dir, "ng.sock")
+            connecting = connectProtocol(UNIXClientEndpoint(reactor, path), client)
         elif ipv6:
             endpoint = TCP6ClientEndpoint(reactor, "::1", self.gateway.port(2), timeout=WAIT)
+            connecting = connectProtocol(endpoint, client)
         else:
-            endpoint = TCP4ClientEndpoint(
-                reactor,
-                "127.0.0.1",
-                self.gateway.port(),
-                timeout=WAIT,
-                bindAddress=(CLIENT_HOST, 0),
-            )
-        yield connectProtocol(endpoint, client)
-        yield client.opened.addTimeout(WAIT, reactor)
-        own = client.transport.getHost()
-        client.transport.write(payload)
-        received = yield client.done.addTimeout(WAIT, reactor)
-        client.transport.loseConnection()
+            connecting = connect_from(CLIENT_HOST, self.gateway.port(), client, WAIT)
+        yield connecting
+        received, own = yield client.exchange(payload, WAIT)
         return received, own
 
     def conn_id(self, service: str) -> str:
@@ -355,10 +309,9 @@ class SendProxyV2RealTests(unittest.TestCase):
         backend connection gets its own header, and HAProxy logs the client's address with
         each stream's id, C{<conn_id>/<stream_id>}; each stream's bytes come back intact.
         """
-        endpoint = TCP4ClientEndpoint(
-            reactor, "127.0.0.1", self.gateway.port(), timeout=WAIT, bindAddress=(CLIENT_HOST, 0)
+        client = yield connect_from(
+            CLIENT_HOST, self.gateway.port(), MuxLogin(self.gateway.credentials), WAIT
         )
-        client = yield connectProtocol(endpoint, MuxLogin(self.gateway.credentials))
         self.clients.append(client)
         yield client.opened.addTimeout(WAIT, reactor)
         own = client.transport.getHost()

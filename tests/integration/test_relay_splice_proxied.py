@@ -33,29 +33,7 @@ from tests.integration.test_relay_real import (
     wait_until,
 )
 from tests.integration.test_relay_splice import SKIP
-from tests.integration.util import need_peer, start_listening_peer
-
-HAPROXY = "/usr/sbin/haproxy"
-
-#: A plain TCP proxy from C{front} to the gateway's C{haproxy:} listener at C{back}, sending
-#: a version 2 header.
-HAPROXY_CONFIG = """\
-global
-    maxconn 64
-
-defaults
-    mode tcp
-    timeout connect 10s
-    timeout client 120s
-    timeout server 120s
-
-frontend clients
-    bind 127.0.0.1:{front}
-    default_backend gateway
-
-backend gateway
-    server netguard 127.0.0.1:{back} send-proxy-v2
-"""
+from tests.integration.util import haproxy_tcp_config, start_haproxy
 
 
 class KernelRelayBehindHAProxyTests(RelayRealTestCase):
@@ -79,14 +57,12 @@ class KernelRelayBehindHAProxyTests(RelayRealTestCase):
 
         self.patch(test_relay_real, "load_config", proxied)
         self.start_gateway(services)
-        haproxy = need_peer(HAPROXY, "haproxy")
         back = self.port
-        self.port = start_listening_peer(
+        # A plain TCP proxy sending a version 2 header, with 120 s timeouts.
+        self.port = start_haproxy(
             self,
-            "haproxy",
             self.tmp,
-            lambda front: HAPROXY_CONFIG.format(front=front, back=back),
-            lambda path: [haproxy, "-db", "-f", path],
+            lambda front: haproxy_tcp_config(front, back, "send-proxy-v2", timeout=120),
             WAIT,
         )
 

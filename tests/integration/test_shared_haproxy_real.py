@@ -20,9 +20,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from tests.integration.test_shared_real import LineClient, RedisCase
-from tests.integration.util import RunningGateway, need_peer, start_listening_peer, wait_for
+from tests.integration.util import RunningGateway, start_haproxy, wait_for
 
-HAPROXY = "/usr/sbin/haproxy"
 #: HAProxy's source address towards the instances, the one listed sender.
 SENDER = "127.0.0.17"
 #: The client's own address.
@@ -124,17 +123,11 @@ class SharedBehindHAProxyTests(RedisCase):
         address too. HAProxy's health checks (C{check-send-proxy}) reach both instances
         and are never an offence.
         """
-        haproxy = need_peer(HAPROXY, "haproxy")
         port = self.start_redis()
         one, two = self.instance(port), self.instance(port)
         yield wait_for(lambda: one.service.shared.sharing and two.service.shared.sharing)
-        front = start_listening_peer(
-            self,
-            "haproxy",
-            self.tmp,
-            lambda f: self.haproxy_config(f, one.port(), two.port()),
-            lambda path: [haproxy, "-db", "-f", path],
-            30.0,
+        front = start_haproxy(
+            self, self.tmp, lambda f: self.haproxy_config(f, one.port(), two.port()), 30.0
         )
         line = yield self.through(front, b"HELLO\r\n")
         self.assertTrue(line.startswith(b"ERR EARLY_TALKER"), line)

@@ -2,7 +2,8 @@
 Helpers shared by the integration tests: what to do when a real peer is missing (skip on a
 developer's machine, fail in CI), free loopback ports, bounded waiting, the real gateway
 running in-process, stopping the peer processes a test started, the redis-server command
-line, and an echo client.
+line, the log's events, client connections from chosen loopback addresses, an echo client,
+a raw client that records the greeting, and a real HAProxy in front of the gateway.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from typing import Any, NoReturn
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest
 
 from netguard.client.protocol import Credentials, NGPClientProtocol
@@ -192,12 +197,12 @@ def redis_server_argv(redis_server: str, port: int) -> list[str]:
 
 class EchoClient(NGPClientProtocol):
     """
-    The real client: opens C{echo} and collects what comes back; C{done} fires once
-    C{expected} bytes arrived (or the connection closed).
+    The real client: opens C{service} (C{echo} unless told) and collects what comes back;
+    C{done} fires once C{expected} bytes arrived (or the connection closed).
     """
 
-    def __init__(self, credentials: Credentials, expected: int) -> None:
-        super().__init__(credentials, "echo", clock=reactor)
+    def __init__(self, credentials: Credentials, expected: int, service: str = "echo") -> None:
+        super().__init__(credentials, service, clock=reactor)
         self.expected = expected
         self.received = bytearray()
         self.done: Deferred[bytes] = Deferred()
@@ -210,6 +215,63 @@ class EchoClient(NGPClientProtocol):
     def service_closed(self, reason: Any) -> None:
         if not self.done.called:
             self.done.callback(bytes(self.received))
+
+    @inlineCallbacks
+    def exchange(self, payload: bytes, wait: float = 30.0) -> Any:
+        """
+        Once connected: wait until the service is open, send C{payload}, wait until as many
+        bytes came back (or the connection closed), and close.
+
+        @param wait: the bound on each wait.
+        @return: what came back and the client's own address.
+        """
+        yield self.opened.addTimeout(wait, reactor)
+        own = self.transport.getHost()
+        self.transport.write(payload)
+        received = yield self.done.addTimeout(wait, reactor)
+        self.transport.loseConnection()
+        return received, own
+
+
+def log_events(case: Any) -> list[dict[str, Any]]:
+    """
+    A list that collects, in order, every event logged from now until C{case}'s cleanup.
+    """
+    events: list[dict[str, Any]] = []
+    observer: Any = events.append  # an ILogObserver
+    globalLogPublisher.addObserver(observer)
+    case.addCleanup(globalLogPublisher.removeObserver, observer)
+    return events
+
+
+def clients_aborted_at_cleanup(case: Any, gateway: RunningGateway) -> list[Any]:
+    """
+    A list for the client protocols a test connects: at C{case}'s cleanup every one still
+    connected is aborted, then the wait is for C{gateway} to have no session left.
+    """
+    clients: list[Any] = []
+
+    @inlineCallbacks
+    def close() -> Any:
+        for client in clients:
+            if client.transport is not None and client.transport.connected:
+                client.transport.abortConnection()
+        yield gateway.idle()
+
+    case.addCleanup(close)
+    return clients
+
+
+def connect_from(source: str, port: int, protocol: Any, wait: float = 30.0) -> Deferred[Any]:
+    """
+    Connect C{protocol} from the loopback address C{source} to 127.0.0.1:C{port}.
+
+    @param wait: the bound on the connection attempt.
+    """
+    endpoint = TCP4ClientEndpoint(
+        reactor, "127.0.0.1", port, timeout=wait, bindAddress=(source, 0)
+    )
+    return connectProtocol(endpoint, protocol)
 
 
 def listening(port: int) -> bool:
@@ -268,3 +330,107 @@ def start_listening_peer(
         with open(log_path, "rb") as handle:
             log_text = handle.read()[-2000:].decode("utf-8", "replace")
     peer_unavailable(f"{name} did not start: {log_text!r}")
+
+
+class Probe(Protocol):
+    """
+    A raw client: writes C{data} (if any) once connected, records what it receives until the
+    connection ends.
+
+    @ivar greeted: fires once the gateway's greeting has arrived (errs if the connection
+        ends before it).
+    @ivar closed: fires with everything received once the connection ends.
+    """
+
+    transport: Any
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.to_send = data
+        self.data = b""
+        self.greeted: Deferred[None] = Deferred()
+        self.closed: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        if self.to_send:
+            self.transport.write(self.to_send)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if not self.greeted.called and self.data.startswith(b"NETGUARD/1 "):
+            self.greeted.callback(None)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if not self.greeted.called:
+            self.greeted.errback(AssertionError(f"closed before the greeting: {self.data!r}"))
+        self.closed.callback(self.data)
+
+
+#: The gateway for tests about client addresses: at most one connection per source address
+#: (so admission's key shows: a second one from the same address is refused at once), no
+#: event-loop-lag shedding (on a loaded machine the shared event loop's lag would refuse
+#: their clients).
+ONE_PER_SOURCE = """\
+[admission]
+per_source_max = 1
+
+[overload]
+max_lag = "off"
+"""
+
+#: The real HAProxy (Debian package C{haproxy}).
+HAPROXY = "/usr/sbin/haproxy"
+
+
+def haproxy_tcp_config(
+    front: int, back: int, server: str = "", timeout: int = 60, check: bool = False
+) -> str:
+    """
+    HAProxy's configuration for a plain TCP proxy from 127.0.0.1:C{front} to the gateway at
+    127.0.0.1:C{back}.
+
+    @param server: the options of the server line (the PROXY header it sends, its source
+        address, health checks).
+    @param timeout: the client and server timeouts, in seconds.
+    @param check: whether to bound health checks (C{timeout check 10s}).
+    """
+    check_line = "    timeout check 10s\n" if check else ""
+    server_line = f"server netguard 127.0.0.1:{back} {server}".rstrip()
+    return (
+        "global\n"
+        "    maxconn 64\n"
+        "\n"
+        "defaults\n"
+        "    mode tcp\n"
+        "    timeout connect 10s\n"
+        f"    timeout client {timeout}s\n"
+        f"    timeout server {timeout}s\n"
+        f"{check_line}"
+        "\n"
+        "frontend clients\n"
+        f"    bind 127.0.0.1:{front}\n"
+        "    default_backend gateway\n"
+        "\n"
+        "backend gateway\n"
+        f"    {server_line}\n"
+    )
+
+
+def start_haproxy(
+    case: Any,
+    directory: str,
+    config_for: Callable[[int], str],
+    wait: float = 30.0,
+    name: str = "haproxy",
+) -> int:
+    """
+    Start the real HAProxy in the foreground (C{-db}) with the configuration
+    C{config_for(front)} on a free loopback port, stopped by PID at C{case}'s cleanup (see
+    L{start_listening_peer}); its files are C{directory/name-<try>.conf} and C{.log}.
+
+    @return: the port it listens on.
+    @raise PeerUnavailable: in CI when it is missing or does not start (a skip elsewhere).
+    """
+    haproxy = need_peer(HAPROXY, "haproxy")
+    return start_listening_peer(
+        case, name, directory, config_for, lambda path: [haproxy, "-db", "-f", path], wait
+    )
