@@ -49,6 +49,26 @@ from tests.integration.util import RunningGateway, wait_for
 SKIP = None if hasattr(os, "splice") else "os.splice is not available (Linux, Python 3.10+)"
 
 
+@inlineCallbacks
+def both_ways(case: Any, client: Any, ours: bytes, theirs: bytes, closed_within: float) -> Any:
+    """
+    Send C{ours} through C{client} to the C{sinksource} backend, half-closing after it; check
+    that C{theirs} came back whole, then the sink's report of what it got, and the byte
+    counts of the close event.
+    """
+    sender = ChunkSender(client.transport, random_chunks(case.rng, ours), half_close=True)
+    yield sender.start().addTimeout(WAIT, reactor)
+    yield client.wait_closed(timeout=closed_within)
+    received = bytes(client.data)
+    size = len(theirs)
+    case.assertEqual(sha(received[:size]), sha(theirs), "down " + case.note())
+    report = f"{len(ours)} {sha(ours)}\n".encode()
+    case.assertEqual(received[size:], report, "up " + case.note())
+    yield wait_until(lambda: case.logged("conn.close"), "the close event")
+    close = case.logged("conn.close")[0]
+    case.assertEqual((close["bytes_up"], close["bytes_down"]), (len(ours), size + len(report)))
+
+
 class KernelRelayGatewayTests(RelayRealTestCase):
     """
     The gateway relays plain sockets in the kernel, or not, as configured.
@@ -74,18 +94,7 @@ class KernelRelayGatewayTests(RelayRealTestCase):
         theirs = random.Random(backend_seed).randbytes(self.SIZE)
         client = yield self.open("both")
         self.assertIsInstance(self.legs[0].splice, KernelSplice)
-        sender = ChunkSender(client.transport, random_chunks(self.rng, ours), half_close=True)
-        yield sender.start().addTimeout(WAIT, reactor)
-        yield client.wait_closed()
-        received = bytes(client.data)
-        self.assertEqual(sha(received[: self.SIZE]), sha(theirs), "down " + self.note())
-        report = f"{self.SIZE} {sha(ours)}\n".encode()
-        self.assertEqual(received[self.SIZE :], report, "up " + self.note())
-        yield wait_until(lambda: self.logged("conn.close"), "the close event")
-        close = self.logged("conn.close")[0]
-        self.assertEqual(
-            (close["bytes_up"], close["bytes_down"]), (self.SIZE, self.SIZE + len(report))
-        )
+        yield both_ways(self, client, ours, theirs, WAIT)
         self.assertEqual((self.pipes().relays, self.pipes().fallbacks), (1, 0))
         self.assertEqual(self.pipes().in_use, 0)
 

@@ -26,13 +26,9 @@ from netguard.relay_splice import KernelSplice
 from tests.integration import test_relay_real
 from tests.integration.test_relay_real import (
     WAIT,
-    ChunkSender,
     RelayRealTestCase,
-    random_chunks,
-    sha,
-    wait_until,
 )
-from tests.integration.test_relay_splice import SKIP
+from tests.integration.test_relay_splice import SKIP, both_ways
 from tests.integration.util import haproxy_tcp_config, start_haproxy
 
 
@@ -92,18 +88,7 @@ class KernelRelayBehindHAProxyTests(RelayRealTestCase):
         session = self.relaying_session()
         self.assertIsNot(relay._ab.source, session.transport)  # the socket, not the wrapper
         self.assertIs(relay._ab.source, session.transport.socket_transport())
-        sender = ChunkSender(client.transport, random_chunks(self.rng, ours), half_close=True)
-        yield sender.start().addTimeout(WAIT, reactor)
-        yield client.wait_closed(timeout=WAIT * 4)
-        received = bytes(client.data)
-        self.assertEqual(sha(received[: self.SIZE]), sha(theirs), "down " + self.note())
-        report = f"{self.SIZE} {sha(ours)}\n".encode()
-        self.assertEqual(received[self.SIZE :], report, "up " + self.note())
-        yield wait_until(lambda: self.logged("conn.close"), "the close event")
-        close = self.logged("conn.close")[0]
-        self.assertEqual(
-            (close["bytes_up"], close["bytes_down"]), (self.SIZE, self.SIZE + len(report))
-        )
+        yield both_ways(self, client, ours, theirs, WAIT * 4)
         self.assertTrue(relay.spliced)
         self.assertEqual((self.pipes().relays, self.pipes().fallbacks), (1, 0))
         self.assertEqual(self.pipes().in_use, 0)
