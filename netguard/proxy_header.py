@@ -50,8 +50,9 @@ log = Logger()
 #: Seconds a new connection has to complete its PROXY header.
 HEADER_TIMEOUT = 10.0
 
-#: Connections that may wait for their header at once; admission control only counts a
-#: connection once its header names the client, so this bounds the sockets held before it.
+#: Connections that may wait for their header at once, per process (each worker of
+#: C{workers = N} has its own); admission control only counts a connection once its header
+#: names the client, so this bounds the sockets held before it.
 MAX_PENDING = 256
 
 #: The longest version 1 header, its line end included (the specification's bound).
@@ -214,6 +215,8 @@ class _Offences(Protocol):
 
     def source_key(self, address: object) -> str: ...
 
+    def blocked_for(self, address: object) -> float | None: ...
+
 
 @implementer(IHalfCloseableProtocol)
 class ProxyHeaderProtocol(ProtocolWrapper):
@@ -231,7 +234,7 @@ class ProxyHeaderProtocol(ProtocolWrapper):
         self._raw: Any = None
         self._parser: V1Parser | V2Parser | None = None
         self._pending = b""
-        self._info: Any = None
+        self._header: ProxyHeader | None = None
         self._timer: Any = None
         self._waiting = False
 
@@ -266,6 +269,7 @@ class ProxyHeaderProtocol(ProtocolWrapper):
 
     def _invalid(self, why: str) -> None:
         self._cancel_timer()
+        self._parser, self._pending = None, b""
         self._refuse_invalid(why)
         self._raw.abortConnection()
 
@@ -298,7 +302,7 @@ class ProxyHeaderProtocol(ProtocolWrapper):
         if self.wrappedProtocol is not None:
             self.wrappedProtocol.dataReceived(data)
             return
-        if self._info is not None or self._timer is None:
+        if self._header is not None or self._timer is None:
             return  # refused or closing: nothing more is read
         self._received = self._received or bool(data)
         parser = self._parser
@@ -331,14 +335,20 @@ class ProxyHeaderProtocol(ProtocolWrapper):
             return
         if info is None:
             return
-        if not all(_ip_address(a) for a in (info.source, info.destination) if a is not None):
+        # Only the two addresses are kept: Twisted's ProxyInfo also holds the whole raw
+        # header (up to 16 + 65535 bytes of a version 2 header's TLVs), and the parser is
+        # done with.
+        self._parser = None
+        header = ProxyHeader(info.source, info.destination)
+        addresses = (header.source, header.destination)
+        if not all(_ip_address(a) for a in addresses if a is not None):
             self._invalid("an address that is not an IP address")
             return
-        if any(a is not None and a.type != "TCP" for a in (info.source, info.destination)):
+        if any(a is not None and a.type != "TCP" for a in addresses):
             self._invalid("not a TCP client")
             return
         self._cancel_timer()
-        self._info = info
+        self._header = header
         self._start(remaining or b"")
 
     def _start(self, remaining: bytes) -> None:
@@ -365,20 +375,20 @@ class ProxyHeaderProtocol(ProtocolWrapper):
 
         @return: that transport, or L{None} before then, or once the connection is gone.
         """
-        if self.wrappedProtocol is None or self._info is None or self._pending:
+        if self.wrappedProtocol is None or self._header is None or self._pending:
             return None
         if not self.connected:
             return None
         return self._raw
 
     def getPeer(self) -> Any:
-        if self._info is not None and self._info.source is not None:
-            return self._info.source
+        if self._header is not None and self._header.source is not None:
+            return self._header.source
         return self._raw.getPeer()
 
     def getHost(self) -> Any:
-        if self._info is not None and self._info.destination is not None:
-            return self._info.destination
+        if self._header is not None and self._header.destination is not None:
+            return self._header.destination
         return self._raw.getHost()
 
     def readConnectionLost(self) -> None:
@@ -436,6 +446,13 @@ class ProxyHeaderFactory(WrappingFactory):
     C{admission} attribute along its C{wrappedFactory} links: the gateway's factory or an
     L{netguard.admitting.AdmittingFactory}); a factory without one records none.
 
+    A peer whose own source that admission holds blocked (listed sender or not) is refused
+    at accept, as admission refuses a blocked source, and that refusal is no new offence:
+    its points cannot grow the block further while it runs (nor, through the workers or
+    Redis that relay blocks, make the processes extend each other's). Its connections that
+    were already waiting for their header are judged and charged as before, as admission
+    charges the offences of connections it let in before a block.
+
     @ivar clock: the L{IReactorTime} of the header deadline.
     @ivar senders: who may send a header (L{Senders}).
     @ivar max_pending: the most connections waiting for their header at once.
@@ -478,15 +495,18 @@ class ProxyHeaderFactory(WrappingFactory):
                 break
         return None
 
-    def refused(self, peer: Any, offence: str, event: str, message: str, **fields: object) -> None:
+    def refused(
+        self, peer: Any, offence: str | None, event: str, message: str, **fields: object
+    ) -> None:
         """
-        Count an offence of kind C{offence} against the sender C{peer} and log the refusal
-        as C{event} (unless its source and reason were already logged often enough in this
-        interval: then it is only counted, for C{conn.reject.summary}).
+        Count an offence of kind C{offence} (if not L{None}) against the sender C{peer} and
+        log the refusal as C{event} (unless its source and reason were already logged often
+        enough in this interval: then it is only counted, for C{conn.reject.summary}).
         """
         admission = self.admission()
         if admission is not None:
-            admission.offence(peer, offence)
+            if offence is not None:
+                admission.offence(peer, offence)
             source = admission.source_key(peer)
         else:
             source = str(getattr(peer, "host", None) or "-")
@@ -494,7 +514,36 @@ class ProxyHeaderFactory(WrappingFactory):
         if self.refusal_log.note(source, reason, event):
             log.info(message, event=event, peer=peer_label(peer), offence=offence, **fields)
 
+    def _blocked_for(self, addr: Any) -> float | None:
+        """
+        Seconds left of a penalty block on C{addr}'s own source (the sender's), or L{None}.
+        """
+        admission = self.admission()
+        blocked_for = getattr(admission, "blocked_for", None)
+        if blocked_for is None:
+            return None
+        left = blocked_for(addr)
+        return None if left is None else float(left)
+
     def buildProtocol(self, addr: Any) -> Any:
+        """
+        Decide at accept, before a byte is read: a blocked peer, an unlisted one, or one
+        past L{max_pending} is refused (Twisted closes the socket); anyone else waits for
+        its header.
+        """
+        blocked = self._blocked_for(addr)
+        if blocked is not None:
+            # As admission refuses a blocked source: at once, and no new offence (its
+            # points would only grow the block it is already serving).
+            self.refused(
+                addr,
+                None,
+                "conn.reject",
+                "refused {peer}: blocked for {retry_after} s more",
+                reason="penalised",
+                retry_after=round(blocked, 1),
+            )
+            return None
         if not self.senders.allows(addr):
             self.refused(
                 addr,
@@ -505,12 +554,14 @@ class ProxyHeaderFactory(WrappingFactory):
             )
             return None  # Twisted closes the connection: nothing is read from it
         if self.pending >= self.max_pending:
-            log.info(
+            # Not an offence: a busy proxy is no misbehaving one.
+            self.refused(
+                addr,
+                None,
+                "conn.reject",
                 "refused {peer}: {pending} connections already wait for their PROXY header",
-                event="conn.reject",
                 reason="proxy-header-pending",
                 pending=self.pending,
-                peer=peer_label(addr),
             )
             return None  # Twisted closes the connection
         return ProxyHeaderProtocol(self)
@@ -541,8 +592,9 @@ class ProxyHeaderEndpoint:
     own peer is not a listed sender is closed at accept, before a byte is read. Until its
     header is complete a connection is not admitted, counts against nothing and reaches no
     application code; it is bounded by L{HEADER_TIMEOUT} and by the header's own length
-    limits (107 bytes for version 1, 16 + 65535 for version 2), and at most L{MAX_PENDING}
-    connections wait for their header at once (more are closed at accept). A connection
+    limits (107 bytes for version 1, 16 + 65535 for version 2), and at most C{max_pending}
+    (L{MAX_PENDING}) connections per process wait for their header at once (more are
+    closed at accept). Once read, only the header's two addresses are kept. A connection
     from a listed sender must start with a header: one whose header is missing, invalid,
     truncated or late is closed without a reply (its peer is the proxy, which speaks no
     NGP/1), logged, and counted as an offence against the sender. A version 2 C{LOCAL}
@@ -551,24 +603,46 @@ class ProxyHeaderEndpoint:
     sender's own.
     """
 
-    def __init__(self, endpoint: Any, clock: Any, senders: Senders | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: Any,
+        clock: Any,
+        senders: Senders | None = None,
+        *,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
         """
         @param endpoint: the L{IStreamServerEndpoint} underneath.
         @param clock: the L{IReactorTime} of the header deadline and of the refusals' log.
         @param senders: who may send a header; this host only (L{Senders.default}) when
             L{None}.
+        @param max_pending: the most connections of this listener in this process waiting
+            for their header at once (L{pending_share} for a worker's share of
+            L{MAX_PENDING}).
         """
         self.endpoint = endpoint
         self.clock = clock
         self.senders = senders if senders is not None else Senders.default()
+        self.max_pending = max_pending
 
     def listen(self, protocolFactory: Any) -> Any:
         """
         Listen with every connection of C{protocolFactory} behind a PROXY header.
         """
         return self.endpoint.listen(
-            ProxyHeaderFactory(protocolFactory, self.clock, senders=self.senders)
+            ProxyHeaderFactory(
+                protocolFactory, self.clock, max_pending=self.max_pending, senders=self.senders
+            )
         )
+
+
+def pending_share(workers: int) -> int:
+    """
+    One worker's share of L{MAX_PENDING} when C{workers} processes accept on one listener:
+    C{ceil(MAX_PENDING / workers)}, at least 1 (together at most C{MAX_PENDING + workers -
+    1}).
+    """
+    return max(1, -(-MAX_PENDING // max(1, workers)))
 
 
 def proxy_listener_endpoint(reactor: Any, description: str) -> ProxyHeaderEndpoint:

@@ -19,6 +19,7 @@ from twisted.internet.testing import (
     StringTransportWithDisconnection,
 )
 from twisted.logger import capturedLogs, globalLogPublisher
+from twisted.protocols.haproxy._info import ProxyInfo
 from twisted.protocols.policies import WrappingFactory
 from twisted.trial import unittest
 
@@ -32,11 +33,15 @@ from netguard.endpoints import EndpointError, check_listener, with_default_backl
 from netguard.gateway.factory import GatewayFactory
 from netguard.proxy_header import (
     HEADER_TIMEOUT,
+    MAX_PENDING,
+    ProxyHeaderEndpoint,
     ProxyHeaderFactory,
     Senders,
+    pending_share,
     proxy_listener_endpoint,
 )
 from netguard.proxy_listener import MAX_PROXY_FROM, parse_proxy_from
+from netguard.workers.penalties import SharedAdmission
 
 PROXY_ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
 V1 = b"PROXY TCP4 192.0.2.7 198.51.100.1 51234 7701\r\n"
@@ -462,6 +467,53 @@ class PendingBoundTests(unittest.TestCase):
         done.transport.loseConnection()  # after the header: counts nothing
         self.assertEqual(self.factory.pending, 0)
 
+    def test_flood_past_the_bound_is_logged_in_aggregate(self) -> None:
+        """
+        700 header-less connections from a listed sender against a bound of 3: 3 wait and
+        697 are refused at accept, of which only the first 3 are logged one by one and the
+        other 694 in one C{conn.reject.summary} at the end of the interval; no refusal for
+        the bound is an offence (a busy proxy is no misbehaving one).
+        """
+        self.app = AdmittedApp()
+        self.factory = ProxyHeaderFactory(
+            self.app, self.clock, max_pending=3, senders=Senders.of(["127.0.0.1"])
+        )
+        with capturedLogs() as events:
+            accepted = [self.accept()[0] for _ in range(700)]
+            self.clock.advance(HEADER_TIMEOUT - 0.001)
+            self.clock.advance(60)
+        self.assertEqual(sum(wrapper is not None for wrapper in accepted), 3)
+        rejects = [e for e in events if e.get("event") == "conn.reject"]
+        self.assertEqual([e["reason"] for e in rejects], ["proxy-header-pending"] * 3)
+        self.assertEqual([e["offence"] for e in rejects], [None] * 3)
+        [summary] = [e for e in events if e.get("event") == "conn.reject.summary"]
+        self.assertEqual(
+            (summary["reason"], summary["of"], summary["count"], summary["source"]),
+            ("proxy-header-pending", "conn.reject", 694, "127.0.0.1/32"),
+        )
+        # The 3 that waited ran out of time: their 3 timeouts are the only offences.
+        self.assertEqual(self.app.admission.offences, [("127.0.0.1", "timeout")] * 3)
+        self.assertLessEqual(len(events), 3 + 1 + 3)
+
+    def test_bound_is_a_parameter_of_the_endpoint(self) -> None:
+        """
+        L{ProxyHeaderEndpoint} hands its C{max_pending} to its factory (L{MAX_PENDING} by
+        default); L{pending_share} is a worker's share, rounded up, never 0.
+        """
+        listened: list[Any] = []
+
+        class Endpoint:
+            def listen(self, factory: Any) -> None:
+                listened.append(factory)
+
+        ProxyHeaderEndpoint(Endpoint(), self.clock).listen(AppFactory())
+        ProxyHeaderEndpoint(Endpoint(), self.clock, max_pending=7).listen(AppFactory())
+        self.assertEqual([f.max_pending for f in listened], [MAX_PENDING, 7])
+        self.assertEqual(
+            [pending_share(n) for n in (0, 1, 2, 3, 255, 256, 257)],
+            [256, 256, 128, 86, 2, 1, 1],
+        )
+
 
 class FakeAdmission:
     """
@@ -477,6 +529,9 @@ class FakeAdmission:
 
     def source_key(self, address: Any) -> str:
         return f"{address.host}/32"
+
+    def blocked_for(self, address: Any) -> float | None:
+        return None
 
 
 class AdmittedApp(AppFactory):
@@ -733,6 +788,225 @@ class SenderTests(unittest.TestCase):
         self.assertEqual(
             self.rejects(events), [("proxy-sender", "10.0.1.9:40001", "format_error")]
         )
+
+
+def big_v2(source: str = "192.0.2.7") -> bytes:
+    """
+    The longest version 2 header: an IPv4 TCP address block and one TLV filling the
+    header's 65535 bytes (16 + 65535 bytes in all).
+    """
+    block = socket.inet_aton(source) + socket.inet_aton("198.51.100.1")
+    block += struct.pack("!HH", 51234, 7701)
+    size = 0xFFFF - len(block) - 3
+    block += b"\xe1" + struct.pack("!H", size) + b"Q" * size
+    return V2_PREFIX + bytes([0x21, 0x11]) + struct.pack("!H", len(block)) + block
+
+
+def held_objects(root: object, skip: tuple[object, ...], depth: int = 4) -> list[object]:
+    """
+    The objects reachable from C{root}'s attributes (through instance attributes, slots and
+    containers, C{depth} levels down), other than those in C{skip}.
+    """
+    found: list[object] = []
+    seen = {id(s) for s in skip} | {id(root)}
+    level: list[object] = [root]
+    for _ in range(depth):
+        following: list[object] = []
+        for item in level:
+            if isinstance(item, dict):
+                children = [*item.keys(), *item.values()]
+            elif isinstance(item, (list, tuple, set, frozenset)):
+                children = list(item)
+            elif isinstance(item, (bytes, bytearray, memoryview, str, int, float)):
+                children = []
+            else:
+                children = list(getattr(item, "__dict__", {}).values())
+                for cls in type(item).__mro__:
+                    for name in getattr(cls, "__slots__", ()):
+                        if hasattr(item, name):
+                            children.append(getattr(item, name))
+            for child in children:
+                if id(child) not in seen:
+                    seen.add(id(child))
+                    found.append(child)
+                    following.append(child)
+        level = following
+    return found
+
+
+class HeaderKeptTests(unittest.TestCase):
+    """
+    After its header is read, a connection keeps only the header's two addresses, not the
+    header's bytes (a version 2 header may carry 64 KiB of TLVs a proxy chose to send).
+    """
+
+    def test_raw_header_bytes_not_held_after_a_64k_tlv_header(self) -> None:
+        """
+        After the longest version 2 header (one 65,520-byte TLV), nothing the wrapper holds
+        (its own attributes, apart from the transport, the factory and the application's
+        protocol) is bytes longer than 64 or Twisted's C{ProxyInfo}, and the header's
+        addresses still reach the application and C{getPeer}/C{getHost}.
+        """
+        clock = Clock()
+        app = AppFactory()
+        factory = ProxyHeaderFactory(app, clock)
+        wrapper = factory.buildProtocol(PROXY_ADDRESS)
+        transport = StringTransportWithDisconnection(peerAddress=PROXY_ADDRESS)
+        transport.protocol = wrapper
+        wrapper.makeConnection(transport)
+        header = big_v2()
+        self.assertEqual(len(header), 16 + 0xFFFF)
+        for at in range(0, len(header), 4096):  # in pieces, as it comes off a socket
+            wrapper.dataReceived(header[at : at + 4096])
+        wrapper.dataReceived(b"PING\r\n")
+        client = IPv4Address("TCP", "192.0.2.7", 51234)
+        self.assertEqual(app.addresses, [client])
+        self.assertEqual(app.built[0].data, b"PING\r\n")
+        self.assertEqual(wrapper.getPeer(), client)
+        self.assertEqual(wrapper.getHost(), IPv4Address("TCP", "198.51.100.1", 7701))
+        held = held_objects(wrapper, (transport, factory, app.built[0]))
+        large = [o for o in held if isinstance(o, (bytes, bytearray, memoryview)) and len(o) > 64]
+        self.assertEqual(large, [])
+        self.assertEqual([o for o in held if isinstance(o, ProxyInfo)], [])
+
+
+class BlockedSenderTests(unittest.TestCase):
+    """
+    A peer whose own source admission holds blocked is refused at accept, as admission
+    refuses a blocked source: no byte read, no new offence, the refusal logged in
+    aggregate; its connections already waiting for their header are charged as before.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.admission = Admission(AdmissionPolicy(), self.clock)
+        self.app = AdmittingFactory(AppFactory(), self.admission)
+        self.factory = ProxyHeaderFactory(
+            self.app, self.clock, senders=Senders.of(["10.0.0.0/24"])
+        )
+
+    def accept(self, peer: Any = SENDER, factory: Any = None) -> tuple[Any, Any]:
+        wrapper = (factory or self.factory).buildProtocol(peer)
+        if wrapper is None:
+            return None, None
+        transport = StringTransportWithDisconnection(peerAddress=peer)
+        transport.protocol = wrapper
+        wrapper.makeConnection(transport)
+        return wrapper, transport
+
+    def offend(self, times: int, factory: Any = None) -> None:
+        for _ in range(times):
+            wrapper, _ = self.accept(SENDER, factory)
+            wrapper.dataReceived(b"GET / HTTP/1.0\r\n")
+
+    def row(self, admission: Admission | None = None) -> tuple[str, float, int]:
+        [row] = (admission or self.admission).penalties()
+        return row
+
+    def test_blocked_sender_refused_at_accept_without_a_new_offence(self) -> None:
+        """
+        Three malformed headers block the sender for 10 s; then 50 more connections from it
+        are each refused at accept (no protocol built) and change neither its offences (3)
+        nor its block, and only the first 3 are logged one by one (C{reason=penalised}, no
+        offence), the rest in one summary.
+        """
+        self.offend(3)
+        source, left, offences = self.row()
+        self.assertEqual((source, round(left, 3), offences), ("10.0.0.9/32", 10.0, 3))
+        with capturedLogs() as events:
+            for _ in range(50):
+                self.assertEqual(self.accept(), (None, None))
+            self.clock.advance(5)
+            self.assertEqual(self.row(), ("10.0.0.9/32", 5.0, 3))
+            self.clock.advance(10)
+        rejects = [e for e in events if e.get("event") == "conn.reject"]
+        self.assertEqual([(e["reason"], e["offence"]) for e in rejects], [("penalised", None)] * 3)
+        [summary] = [e for e in events if e.get("event") == "conn.reject.summary"]
+        self.assertEqual((summary["reason"], summary["count"]), ("penalised", 47))
+        self.assertEqual(self.factory.pending, 0)
+
+    def test_accepted_again_at_the_end_of_the_block(self) -> None:
+        """
+        One tick before its block ends the sender is still refused at accept; at its end it
+        is accepted and its header is read, with the client's address reaching admission.
+        """
+        self.offend(3)
+        self.clock.advance(10.0 - 0.001)
+        self.assertIsNone(self.accept()[0])
+        self.clock.advance(0.001)
+        wrapper, transport = self.accept()
+        self.assertIsNotNone(wrapper)
+        wrapper.dataReceived(V1)
+        self.assertTrue(transport.connected)
+        self.assertEqual(wrapper.getPeer().host, "192.0.2.7")
+
+    def test_blocked_unlisted_address_is_not_charged_again(self) -> None:
+        """
+        An address outside C{proxy_from} is charged for each connection until it is
+        blocked (3, with the defaults); from then on its connections are refused as
+        penalised, without a fourth offence or a longer block.
+        """
+        for _ in range(3):
+            self.assertIsNone(self.accept(OUTSIDER)[0])
+        self.assertEqual(self.row(), ("10.0.1.9/32", 10.0, 3))
+        with capturedLogs() as events:
+            for _ in range(20):
+                self.assertIsNone(self.accept(OUTSIDER)[0])
+        self.assertEqual(self.row(), ("10.0.1.9/32", 10.0, 3))
+        self.assertEqual(
+            {e["reason"] for e in events if e.get("event") == "conn.reject"}, {"penalised"}
+        )
+
+    def test_connections_waiting_before_the_block_are_still_charged(self) -> None:
+        """
+        The other side: a connection from the sender that was already waiting for its
+        header when the block started is still judged when it times out, and its offence
+        counts (as admission charges a connection it let in before a block): a fourth
+        point, the block extended to 20 s.
+        """
+        waiting, _ = self.accept()
+        self.clock.advance(5.0)
+        self.offend(3)
+        self.assertEqual(self.row()[2], 3)
+        self.clock.advance(HEADER_TIMEOUT - 5.0)
+        source, left, offences = self.row()
+        self.assertEqual((source, offences), ("10.0.0.9/32", 4))
+        self.assertAlmostEqual(left, 20.0, delta=0.01)
+
+    def test_two_workers_do_not_escalate_each_other(self) -> None:
+        """
+        Two workers whose blocks are relayed to each other (as the supervisor does): a
+        sender blocked by worker one's offences keeps opening connections at both; neither
+        charges it again, so its block stays the first one (10 s) at both instead of
+        doubling back and forth.
+        """
+        admissions: list[SharedAdmission] = []
+
+        def relay(sender: int) -> Any:
+            def report(key: str, seconds: float, points: float) -> None:
+                admissions[1 - sender].apply_block(key, seconds, points)
+
+            return report
+
+        factories = []
+        for worker in range(2):
+            admission = SharedAdmission(AdmissionPolicy(), self.clock, relay(worker))
+            admissions.append(admission)
+            factories.append(
+                ProxyHeaderFactory(
+                    AdmittingFactory(AppFactory(), admission),
+                    self.clock,
+                    senders=Senders.of(["10.0.0.0/24"]),
+                )
+            )
+        self.offend(3, factories[0])
+        for _ in range(20):
+            for factory in factories:
+                wrapper, _ = self.accept(SENDER, factory)
+                if wrapper is not None:
+                    wrapper.dataReceived(b"GET / HTTP/1.0\r\n")
+        for admission in admissions:
+            self.assertAlmostEqual(self.row(admission)[1], 10.0, delta=0.01)
 
 
 class ListenerStringTests(unittest.TestCase):

@@ -624,6 +624,25 @@ class Admission:
             self._evictions.set_bad(source, True)
         return blocked
 
+    def blocked_for(self, address: object) -> float | None:
+        """
+        How long a peer's source stays blocked, read only: no slot, token or point is taken
+        (a wrapper that refuses before admission, as the PROXY header layer does for the
+        sender, asks this first).
+
+        @param address: the peer.
+        @return: the seconds of block left, or L{None} when its source is not blocked (unix
+            peers never are).
+        """
+        _, ip, unix = self._classify(address)
+        if unix:
+            return None
+        penalty = self._penalties.get(self._key_of(ip))
+        if penalty is None:
+            return None
+        left = penalty.blocked_until - self.clock.seconds()
+        return left if left > 0 else None
+
     def penalties(self) -> list[tuple[str, float, int]]:
         """
         The sources with penalty points or a block, for the control socket.
