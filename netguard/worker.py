@@ -33,7 +33,7 @@ from netguard.stats import HistogramSnapshot, Stats
 from netguard.tickets import load_ticket_key
 from netguard.tls import TLSServerEndpoint, load_server_context
 from netguard.workers import commands
-from netguard.workers.budget import worker_policy
+from netguard.workers.budget import worker_policy, worker_streams
 from netguard.workers.listeners import InheritedEndpoint, wrapped_endpoint
 from netguard.workers.penalties import SharedAdmission
 from netguard.workers.spawning import (
@@ -55,10 +55,16 @@ class WorkerStartError(Exception):
 def worker_config(config: Config, index: int, count: int) -> Config:
     """
     The configuration worker C{index} of C{count} runs with: its share of the admission
-    budget, and no control socket or metrics listener of its own.
+    budget and of the C{[mux]} caps over every session (L{netguard.workers.budget}), and no
+    control socket or metrics listener of its own.
     """
     ops = attrs.evolve(config.ops, control_socket="", metrics_listen="")
-    return attrs.evolve(config, admission=worker_policy(config.admission, index, count), ops=ops)
+    return attrs.evolve(
+        config,
+        admission=worker_policy(config.admission, index, count),
+        mux=worker_streams(config.mux, count),
+        ops=ops,
+    )
 
 
 def stamp_worker(index: int) -> Any:

@@ -6,8 +6,10 @@ the configured limits as a whole.
 Pool caps are divided exactly: worker C{i} of C{n} gets C{total // n}, plus one for the
 first C{total % n} workers, so the shares add up to the configured cap. Per-source caps and
 bursts are divided rounded up (C{ceil(total / n)}), so a source may get up to C{n - 1}
-above its configured figure, never more; rates are divided exactly. What this guarantees
-and costs: C{docs/operating.md}, section "Workers".
+above its configured figure, never more; rates are divided exactly. The streams one user,
+or one service, may have open at once across the sessions of a worker (C{[mux]}
+C{max_per_user}, C{max_per_service}) are divided rounded up too. What this guarantees and
+costs: C{docs/operating.md}, section "Workers".
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Final
 import attrs
 
 from netguard.admission import AdmissionPolicy
+from netguard.gateway.stream_settings import StreamSettings
 
 #: The fields of L{AdmissionPolicy} that are global pool caps, divided exactly.
 POOL_CAPS: Final = (
@@ -30,6 +33,9 @@ POOL_CAPS: Final = (
 
 #: The per-source counts, divided rounded up.
 PER_SOURCE_COUNTS: Final = ("per_source_max", "per_source_burst", "lane_per_user")
+
+#: The C{[mux]} caps over every session of a worker, divided rounded up.
+STREAM_CAPS: Final = ("max_per_user", "max_per_service")
 
 #: The pools whose caps add up to the default global cap (C{max_connections}).
 _GLOBAL_PARTS: Final = ("max_unauthenticated", "lane_max", "max_relays")
@@ -102,3 +108,19 @@ def worker_policy(policy: AdmissionPolicy, index: int, count: int) -> AdmissionP
         changes[name] = rounded_up_share(getattr(policy, name), count)
     changes["per_source_rate"] = policy.per_source_rate / count
     return attrs.evolve(policy, **changes)
+
+
+def worker_streams(settings: StreamSettings, count: int) -> StreamSettings:
+    """
+    The C{[mux]} bounds each of C{count} workers enforces: the caps over every session
+    (L{STREAM_CAPS}) divided rounded up, at least 1 (so N workers together allow at most
+    N - 1 more streams of one user, or one service, than configured); the bounds of one
+    session (C{max_streams}, rates, timeouts) as configured, since a session lives in one
+    worker. One worker gets the settings unchanged.
+    """
+    if count == 1:
+        return settings
+    changes = {
+        name: max(1, rounded_up_share(getattr(settings, name), count)) for name in STREAM_CAPS
+    }
+    return attrs.evolve(settings, **changes)
