@@ -672,11 +672,13 @@ class AggregationTests(unittest.TestCase):
 
     def test_merge_rules(self) -> None:
         """
-        Numbers add (floats rounded), booleans are any, histogram buckets add per bound,
-        other values take the first that is set.
+        Numbers add (floats rounded), booleans are all (any for C{draining}), histogram
+        buckets add per bound, other values take the first that is set.
         """
         self.assertEqual(merge([1, 2, 3]), 6)
-        self.assertEqual(merge([True, False]), True)
+        self.assertEqual(merge([True, False]), False)
+        self.assertEqual(merge([True, True]), True)
+        self.assertEqual(merge([False, True], "draining"), True)
         self.assertEqual(merge([None, "overload-lag"]), "overload-lag")
         self.assertEqual(
             merge([[[0.1, 1], [1.0, 2]], [[0.1, 3], [1.0, 4]]], "buckets"), [[0.1, 4], [1.0, 6]]
@@ -684,6 +686,84 @@ class AggregationTests(unittest.TestCase):
         self.assertEqual(
             aggregate([{"uptime": 5, "active": 1}, {"uptime": 6, "active": 1}]), {"active": 2}
         )
+
+    def status_of(self, figures: list[dict[str, Any]]) -> dict[str, Any]:
+        """
+        C{ctl status} of a supervisor whose two workers answer with C{figures}.
+        """
+        supervisor = Supervisor(make_config(), Clock(), FakeSpawner())
+        supervisor.startService()
+        for slot, row in zip(supervisor.slots, figures, strict=True):
+            slot.channel.answers[commands.Status] = {"figures": row}
+            supervisor.worker_ready(slot)
+        return self.successResultOf(supervisor.status())  # type: ignore[no-any-return]
+
+    def test_worker_index_not_summed(self) -> None:
+        """
+        Each worker's own index (C{worker}) is not a quantity: the status of workers 0 and 1
+        has no C{worker} figure (summed, it read 1); each line keeps its C{index}.
+        """
+        status = self.status_of([{"worker": 0, "active": 0}, {"worker": 1, "active": 0}])
+        self.assertNotIn("worker", status)
+        self.assertEqual([row["index"] for row in status["workers"]], [0, 1])
+        self.assertNotIn("worker", aggregate([{"worker": 1}, {"worker": 2}]))
+
+    def test_source_gauges_not_double_counted(self) -> None:
+        """
+        One source blocked in both workers (the block is relayed to every worker) counts
+        once: the source gauges show the largest one worker holds, not the sum; the pool
+        gauges beside them are still summed.
+        """
+        rows = [
+            {
+                "admission": {
+                    "tracked_sources": 1,
+                    "penalised_sources": 1,
+                    "blocked_sources": 1,
+                    "active_sources": 0,
+                    "relays": 1,
+                }
+            },
+            {
+                "admission": {
+                    "tracked_sources": 3,
+                    "penalised_sources": 1,
+                    "blocked_sources": 1,
+                    "active_sources": 2,
+                    "relays": 1,
+                }
+            },
+        ]
+        admission = self.status_of(rows)["admission"]
+        self.assertEqual(
+            admission,
+            {
+                "tracked_sources": 3,
+                "penalised_sources": 1,
+                "blocked_sources": 1,
+                "active_sources": 2,
+                "relays": 2,
+            },
+        )
+
+    def test_shared_up_only_when_up_in_every_worker(self) -> None:
+        """
+        C{shared.up} is true for the gateway only when it is in every worker: one worker
+        degraded (Redis unreachable from it) shows false; both up show true.
+        """
+        one_down = self.status_of([{"shared": {"up": True}}, {"shared": {"up": False}}])
+        self.assertIs(one_down["shared"]["up"], False)
+        both_up = self.status_of([{"shared": {"up": True}}, {"shared": {"up": True}}])
+        self.assertIs(both_up["shared"]["up"], True)
+
+    def test_worker_line_without_connections_shows_zero(self) -> None:
+        """
+        A worker that has accepted no connection yet (no C{connections} counter) shows
+        C{connections} 0 on its line, not null; a worker's own figures are shown as given.
+        """
+        status = self.status_of([{"active": 0}, {"active": 1, "connections": 4}])
+        rows = status["workers"]
+        self.assertEqual([(r["active"], r["connections"]) for r in rows], [(0, 0), (1, 4)])
 
     def test_penalties_merged(self) -> None:
         """

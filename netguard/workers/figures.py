@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_workers -*-
 """
 The figures of several workers as one gateway's: counters and gauges are summed (nested
-tables too), ratios take the worst, states the first that is set. Each worker's own line is
-kept under C{workers}.
+tables too), ratios take the worst, the counts of sources the largest one worker holds,
+states hold when they hold in every worker, other values take the first that is set. Each
+worker's own line is kept under C{workers}.
 """
 
 from __future__ import annotations
@@ -13,8 +14,21 @@ from typing import Any, Final
 #: Keys whose values are ratios or levels, not quantities: the highest is shown.
 HIGHEST: Final = frozenset({"stress"})
 
-#: Keys the supervisor states itself (its own uptime, pid, listeners...); not summed.
-OWN: Final = frozenset({"uptime", "pid", "heartbeat", "listeners", "workers"})
+#: Gauges that count sources: one source known to every worker is in every worker's count,
+#: so the sum would count it N times. The largest one worker holds is shown: at least that
+#: many distinct sources, exactly the blocked ones (every block is relayed to every worker,
+#: and sent to a worker that starts later).
+SOURCE_GAUGES: Final = frozenset(
+    {"tracked_sources", "penalised_sources", "blocked_sources", "active_sources"}
+)
+
+#: Boolean states true for the gateway when any worker's is (one draining worker shows);
+#: every other boolean (such as C{shared.up}) is true only when it is in every worker.
+ANY_OF: Final = frozenset({"draining"})
+
+#: Keys of one process (the supervisor states its own uptime, pid, listeners...; C{worker}
+#: is each worker's index): never summed.
+OWN: Final = frozenset({"uptime", "pid", "heartbeat", "listeners", "workers", "worker"})
 
 
 def _is_number(value: object) -> bool:
@@ -26,19 +40,21 @@ def merge(values: list[Any], key: str = "") -> Any:
     Merge one key's values from every worker.
 
     @param values: the values the workers gave, in worker order (absent ones left out).
-    @param key: the key, for the keys merged otherwise than by summing (L{HIGHEST}).
-    @return: the sum of numbers (the highest for L{HIGHEST}), the merge of tables key by
-        key, any of booleans, the first value that is not L{None} otherwise.
+    @param key: the key, for the keys merged otherwise than by summing (L{HIGHEST},
+        L{SOURCE_GAUGES}, L{ANY_OF}).
+    @return: the sum of numbers (the highest for L{HIGHEST} and L{SOURCE_GAUGES}), the
+        merge of tables key by key, for booleans whether all are true (any for L{ANY_OF}),
+        the first value that is not L{None} otherwise.
     """
     if not values:
         return None
     if all(_is_number(v) for v in values):
-        if key in HIGHEST:
+        if key in HIGHEST or key in SOURCE_GAUGES:
             return max(values)
         total = sum(values)
         return round(total, 6) if isinstance(total, float) else total
     if all(isinstance(v, bool) for v in values):
-        return any(values)
+        return any(values) if key in ANY_OF else all(values)
     if key == "buckets" and all(isinstance(v, list | tuple) for v in values):
         return _merge_buckets(values)
     if all(isinstance(v, Mapping) for v in values):
@@ -77,6 +93,17 @@ def aggregate(per_worker: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     rows = [row for row in per_worker]
     merged = merge(rows) if rows else {}
     return {k: v for k, v in dict(merged or {}).items() if k not in OWN}
+
+
+def worker_row(figures: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    What a worker's line in C{ctl status} shows of its figures: C{active} (sessions now) and
+    C{connections} (accepted so far), 0 when the worker has none yet (or gave no number).
+    """
+    return {
+        name: value if _is_number(value := figures.get(name)) else 0
+        for name in ("active", "connections")
+    }
 
 
 def merge_penalties(per_worker: Iterable[Iterable[Mapping[str, Any]]]) -> list[dict[str, Any]]:

@@ -6,7 +6,8 @@ and runs N worker processes (L{netguard.worker}) that inherit the sockets and ac
 
 It restarts a worker that exits (with backoff, never touching the others), relays penalty
 blocks between workers, fans SIGHUP and C{ctl reload} out to every worker, drains them all on
-SIGTERM, and answers C{ctl status} and the metrics with the sum of the workers' figures.
+SIGTERM, and answers C{ctl status} and the metrics with the workers' figures combined
+(L{aggregate}).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from netguard.ops.startup import created_paths, start_privileged
 from netguard.refusal_log import RefusalLog
 from netguard.stats import HistogramSnapshot
 from netguard.workers import commands
-from netguard.workers.figures import aggregate, merge_penalties
+from netguard.workers.figures import aggregate, merge_penalties, worker_row
 
 log = Logger()
 
@@ -418,8 +419,9 @@ class Supervisor(MultiService):
 
     def status(self) -> Deferred[dict[str, Any]]:
         """
-        The gateway's figures: the workers' summed, the supervisor's own (pid, uptime,
-        listeners, heartbeat, draining), and one line per worker under C{workers}.
+        The gateway's figures: the workers' combined (L{aggregate}), the supervisor's own
+        (pid, uptime, listeners, heartbeat, draining), and one line per worker under
+        C{workers}.
         """
 
         def combine(results: list[tuple[WorkerSlot, Any]]) -> dict[str, Any]:
@@ -432,9 +434,7 @@ class Supervisor(MultiService):
                 for s, r in results:
                     if s is slot:
                         if isinstance(r, dict):
-                            own = r["figures"]
-                            row["active"] = own.get("active")
-                            row["connections"] = own.get("connections")
+                            row.update(worker_row(r["figures"]))
                         else:
                             row["answer"] = "none"
                 rows.append(row)
