@@ -5,8 +5,10 @@ One worker of C{workers = N}: C{python -m netguard.worker SPEC}, started by the 
 
 It is the single-process gateway (L{netguard.service.GatewayService}) without the lock,
 the control socket and the metrics listener (the supervisor holds those), with its share of
-the admission budget (L{netguard.workers.budget}) and penalties shared through the
-supervisor (L{netguard.workers.penalties}). Its log lines carry a C{worker} field.
+the admission budget and of the stream caps (L{netguard.workers.budget}) and penalties
+shared through the supervisor (L{netguard.workers.penalties}). Its log lines carry a
+C{worker} field. It accepts no connection before the supervisor has sent it the blocks in
+force and the spent tickets (L{WorkerChannel.serve}).
 """
 
 from __future__ import annotations
@@ -104,11 +106,38 @@ class WorkerChannel(amp.AMP):
         self.index = index
         self.service: GatewayService | None = None
         self._stops = 0
+        #: Whether the service was started (L{serve}): only then is it drained at the end.
+        self.serving = False
+        #: The worker's exit status: 1 when it could not start serving.
+        self.exit_code = 0
 
     def _service(self) -> GatewayService:
         if self.service is None:
             raise RuntimeError("worker not started")
         return self.service
+
+    @commands.Serve.responder
+    def serve(self) -> dict[str, Any]:
+        """
+        Adopt every listener and start accepting: the supervisor sends this after the
+        blocks in force and the spent tickets, which the pipe delivered (and this channel
+        applied) first. A worker that cannot serve says why on its standard error and exits
+        with status 1.
+        """
+        service = self._service()
+        if self.serving:
+            return {}
+        try:
+            service.privilegedStartService()
+            service.startService()
+        except (Exception, SystemExit) as error:  # noqa: BLE001 - one line, then exit 1
+            sys.stderr.write(f"netguard worker {self.index}: cannot start: {error}\n")
+            self.exit_code = 1
+            self.stop()
+            raise commands.ServeRefusedError(str(error)) from None
+        self.serving = True
+        self.reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+        return {}
 
     @commands.Status.responder
     def status(self) -> dict[str, Any]:
@@ -326,13 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     def on_term(signum: int, frame: Any) -> None:
         reactor.callFromThread(channel.stop)
 
-    service.privilegedStartService()
-    service.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    # Not listening yet: the supervisor answers Ready with the state in force, then Serve.
     reactor.callWhenRunning(signal.signal, signal.SIGTERM, on_term)
     reactor.callWhenRunning(channel.callRemote, commands.Ready, index=index, pid=os.getpid())
     reactor.run(installSignalHandlers=False)
-    return 0
+    return channel.exit_code
 
 
 if __name__ == "__main__":

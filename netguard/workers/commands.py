@@ -3,9 +3,14 @@
 The AMP commands between the supervisor and its workers, over the pipe pair each worker is
 started with (the worker reads its standard input and writes its descriptor 3).
 
-Supervisor to worker: L{Status}, L{MetricsFigures}, L{Reload}, L{Drain}, L{Heartbeat},
-L{Penalties}, L{ClearPenalties}, L{ApplyBlock}, L{ApplySpent}. Worker to supervisor:
-L{Ready}, L{Blocked}, L{TicketSpent}.
+Supervisor to worker: L{Serve}, L{Status}, L{MetricsFigures}, L{Reload}, L{Drain},
+L{Heartbeat}, L{Penalties}, L{ClearPenalties}, L{ApplyBlock}, L{ApplySpent}. Worker to
+supervisor: L{Ready}, L{Blocked}, L{TicketSpent}.
+
+A worker starts in two steps: built, it sends L{Ready} without listening yet; the supervisor
+sends it the blocks in force and the spent tickets (L{ApplyBlock}, L{ApplySpent}), then
+L{Serve}. The pipe delivers them in order, so the worker has applied them all before it
+accepts its first connection.
 """
 
 from __future__ import annotations
@@ -46,11 +51,29 @@ class JSONArgument(amp.Argument):
 
 class Ready(amp.Command):
     """
-    Worker to supervisor: every inherited listener is adopted; the worker serves.
+    Worker to supervisor: the worker is built and waits for L{Serve}; it accepts no
+    connection before.
     """
 
     arguments = [(b"index", amp.Integer()), (b"pid", amp.Integer())]
     response = []  # type: ignore[var-annotated]
+
+
+class ServeRefusedError(Exception):
+    """
+    The worker could not start serving (a listener it could not adopt); it exits.
+    """
+
+
+class Serve(amp.Command):
+    """
+    Supervisor to worker: adopt every inherited listener and start accepting. Sent after
+    the state in force (L{ApplyBlock}, L{ApplySpent}); answered once the worker serves.
+    """
+
+    arguments = []  # type: ignore[var-annotated]
+    response = []  # type: ignore[var-annotated]
+    errors = {ServeRefusedError: b"SERVE_REFUSED"}
 
 
 #: A source's block: the source, its length, the penalty points behind it.

@@ -4,10 +4,11 @@ The supervisor of C{workers = N}: the process C{twistd} starts holds the instanc
 control socket, the metrics listener, the systemd notifications and every listening socket,
 and runs N worker processes (L{netguard.worker}) that inherit the sockets and accept on them.
 
-It restarts a worker that exits (with backoff, never touching the others), relays penalty
-blocks between workers, fans SIGHUP and C{ctl reload} out to every worker, drains them all on
-SIGTERM, and answers C{ctl status} and the metrics with the workers' figures combined
-(L{aggregate}).
+It restarts a worker that exits (with backoff, never touching the others) or that does not
+serve within L{START_TIMEOUT}, relays penalty blocks and spent tickets between workers and
+keeps those in force (L{netguard.workers.replay}) to send to a worker before it serves, fans
+SIGHUP and C{ctl reload} out to every worker, drains them all on SIGTERM, and answers
+C{ctl status} and the metrics with the workers' figures combined (L{aggregate}).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from netguard.admission import Admission
 from netguard.log import FileLogSink, escape
 from netguard.ops.notify import (
     Watchdog,
@@ -36,6 +38,7 @@ from netguard.refusal_log import RefusalLog
 from netguard.stats import HistogramSnapshot
 from netguard.workers import commands
 from netguard.workers.figures import aggregate, merge_penalties, worker_row
+from netguard.workers.replay import BlockBook, SpentBook
 
 log = Logger()
 
@@ -44,6 +47,10 @@ log = Logger()
 FIRST_DELAY: Final = 0.5
 MAX_DELAY: Final = 30.0
 STABLE_AFTER: Final = 60.0
+
+#: Seconds a started worker has to serve (send L{commands.Ready}, then answer
+#: L{commands.Serve}) before it is killed and, as any worker that exits, restarted.
+START_TIMEOUT: Final = 60.0
 
 #: Seconds a worker has to answer a query (status, penalties) before it is left out.
 QUERY_TIMEOUT: Final = 5.0
@@ -99,6 +106,7 @@ class WorkerSlot:
     @ivar delay: the restart delay the next unstable exit waits.
     @ivar restarts: how many times this slot's worker was restarted.
     @ivar timer: the pending restart, or L{None}.
+    @ivar deadline: the pending start deadline (L{START_TIMEOUT}), or L{None}.
     """
 
     def __init__(self, index: int) -> None:
@@ -111,6 +119,15 @@ class WorkerSlot:
         self.delay = FIRST_DELAY
         self.restarts = 0
         self.timer: Any = None
+        self.deadline: Any = None
+
+    def cancel_deadline(self) -> None:
+        """
+        Cancel the start deadline, if one is pending.
+        """
+        if self.deadline is not None and self.deadline.active():
+            self.deadline.cancel()
+        self.deadline = None
 
     def summary(self, now: float) -> dict[str, Any]:
         """
@@ -197,6 +214,9 @@ class Supervisor(MultiService):
         self._metrics_loop: LoopingCall | None = None
         #: Bounds the lines of shared (and refused) blocks (L{worker_blocked}).
         self.block_log = RefusalLog(log, clock)
+        #: The blocks in force and the spent tickets, for a worker that starts.
+        self.blocks = BlockBook()
+        self.spent = SpentBook()
 
     # -- starting and restarting ---------------------------------------------------------------
 
@@ -266,14 +286,91 @@ class Supervisor(MultiService):
         slot.handle = handle
         slot.pid = handle.pid
         slot.channel = handle.channel
+        slot.cancel_deadline()
+        slot.deadline = self.clock.callLater(START_TIMEOUT, self.start_overdue, slot, handle)
+
+    def start_overdue(self, slot: WorkerSlot, handle: Any) -> None:
+        """
+        The worker started as C{handle} does not serve L{START_TIMEOUT} seconds after it
+        was started: kill it; its exit is then handled (and restarted) as any other.
+        """
+        slot.deadline = None
+        if slot.handle is not handle or slot.state != STARTING:
+            return
+        log.warn(
+            "worker {worker} (pid {pid}) not serving {timeout:.0f}s after its start; killing it",
+            event="worker.start_timeout",
+            worker=slot.index,
+            pid=slot.pid,
+            timeout=START_TIMEOUT,
+        )
+        handle.signal(signal.SIGKILL)
 
     def worker_ready(self, slot: WorkerSlot) -> None:
+        """
+        A worker is built and waits to serve: send it the blocks in force and the spent
+        tickets (L{replay}), then L{commands.Serve}; it serves once it answers
+        (L{worker_serving}). The pipe is in order: the worker has applied the state before
+        it adopts its listeners.
+        """
+        if slot.state != STARTING or slot.channel is None:
+            return
+        channel = slot.channel
+        self.replay(channel)
+        serving = channel.callRemote(commands.Serve)
+        serving.addCallbacks(
+            lambda _: self.worker_serving(slot, channel),
+            lambda failure: self._serve_failed(slot, channel, failure),
+        )
+
+    def replay(self, channel: Any) -> tuple[int, int]:
+        """
+        Send a starting worker the blocks in force (as L{commands.ApplyBlock}: source,
+        seconds left, points decayed to now) and the spent tickets not yet expired (as
+        L{commands.ApplySpent}). Expired entries are dropped from the tables first.
+
+        @return: C{(blocks, tickets)} sent.
+        """
+        now = self.clock.seconds()
+        decay = self.in_force.admission.penalty_decay
+        blocks = self.blocks.in_force(now, decay)
+        for source, seconds, points in blocks:
+            _quiet(
+                channel.callRemote(
+                    commands.ApplyBlock, source=source, seconds=seconds, points=points
+                )
+            )
+        spent = self.spent.in_force(now)
+        for ticket_id, expires, user in spent:
+            _quiet(
+                channel.callRemote(
+                    commands.ApplySpent, ticket_id=ticket_id, expires=expires, user=user
+                )
+            )
+        return len(blocks), len(spent)
+
+    def _serve_failed(self, slot: WorkerSlot, channel: Any, failure: Failure) -> None:
+        """
+        The worker could not start serving (or died first): it exits by itself; one that
+        would not is killed at its start deadline.
+        """
+        if slot.channel is channel and slot.state == STARTING:
+            log.warn(
+                "worker {worker} (pid {pid}) could not start serving: {reason}",
+                event="worker.serve_failed",
+                worker=slot.index,
+                pid=slot.pid,
+                reason=failure.getErrorMessage(),
+            )
+
+    def worker_serving(self, slot: WorkerSlot, channel: Any) -> None:
         """
         A worker adopted every listener: it serves. Tell it the heartbeat state; tell the
         service manager we are ready once every worker is.
         """
-        if slot.state != STARTING:
+        if slot.state != STARTING or slot.channel is not channel:
             return
+        slot.cancel_deadline()
         slot.state = RUNNING
         log.info(
             "worker {worker} serving (pid {pid})",
@@ -296,6 +393,7 @@ class Supervisor(MultiService):
         lived = now - slot.started_at
         pid = slot.pid
         slot.pid = slot.handle = slot.channel = None
+        slot.cancel_deadline()
         code, signum = status
         if self.stopping:
             slot.state = STOPPED
@@ -349,6 +447,15 @@ class Supervisor(MultiService):
                 )
             return 0
         seconds = min(seconds, self.config.admission.penalty_max)
+        policy = self.in_force.admission
+        self.blocks.record(
+            source,
+            seconds,
+            points,
+            self.clock.seconds(),
+            policy.penalty_decay,
+            policy.max_tracked_sources,
+        )
         told = self._tell_others(
             slot, commands.ApplyBlock, source=source, seconds=seconds, points=points
         )
@@ -367,10 +474,14 @@ class Supervisor(MultiService):
     def worker_spent(self, slot: WorkerSlot, ticket_id: bytes, expires: float, user: str) -> int:
         """
         A worker spent a returning-client ticket: tell every other live worker, so a
-        replay there is refused.
+        replay there is refused, and keep it (until its expiry, at most C{max_spent} of
+        them) for a worker that starts later.
 
         @return: how many workers were told.
         """
+        if math.isfinite(expires):
+            limit = self.in_force.tickets.max_spent
+            self.spent.record(ticket_id, expires, user, self.clock.seconds(), limit)
         return self._tell_others(
             slot, commands.ApplySpent, ticket_id=ticket_id, expires=expires, user=user
         )
@@ -531,11 +642,18 @@ class Supervisor(MultiService):
 
     def clear_penalties(self, source: str | None) -> Deferred[int]:
         """
-        Forget penalties in every worker.
+        Forget penalties in every worker, and the blocks kept for a worker that starts.
 
+        @param source: a source key as C{penalties} lists it, or an address (its key is
+            forgotten), or L{None} for all.
         @return: a L{Deferred} firing with the most entries one worker removed.
         """
         kwargs = {} if source is None else {"source": source}
+        if source is None or source in self.blocks.table:
+            self.blocks.forget(source)
+        else:
+            key = Admission(self.in_force.admission, self.clock).source_key(source)
+            self.blocks.forget(key)
         return self.ask_all(commands.ClearPenalties, **kwargs).addCallback(
             lambda results: max([r["cleared"] for _, r in results if isinstance(r, dict)] or [0])
         )
@@ -558,6 +676,7 @@ class Supervisor(MultiService):
             if slot.timer is not None and slot.timer.active():
                 slot.timer.cancel()
             slot.timer = None
+            slot.cancel_deadline()
             if slot.state == WAITING:
                 slot.state = STOPPED
         closing = [maybeDeferred(listener.close) for listener in self.listeners]

@@ -557,6 +557,47 @@ class WorkersTests(unittest.TestCase):
         yield stream.ended
 
     @inlineCallbacks
+    def test_restarted_worker_keeps_blocks_in_force(self) -> Any:
+        """
+        A source blocked by worker 0 (an early talker) is still refused with C{ERR BUSY
+        penalised} by the worker started in slot 0 after a SIGKILL: the supervisor sends it
+        the blocks in force before it serves, so its first connection from that source is
+        already refused (before, it greeted the source with a fresh budget).
+        """
+        yield self.start(extra="[admission]\npenalty_base = 600\n")
+        pids = yield self.pids()
+        self.pause(pids[1])
+        try:
+            early = RawLine(b"HELLO\r\n")
+            yield connectProtocol(self.endpoint(), early)
+            yield early.closed
+        finally:
+            self.resume(pids[1])
+        yield self.daemon.wait_for(
+            lambda: "shared with 1 other(s)" in self.daemon.stdout, "worker.penalty_shared"
+        )
+        os.kill(pids[0], signal.SIGKILL)
+        yield self.daemon.wait_for(
+            lambda: f"worker 0 (pid {pids[0]}) exited (code None, signal 9)" in self.daemon.stdout,
+            "worker.exited",
+        )
+        new = yield self.pids()
+        self.assertNotEqual(new[0], pids[0])
+        self.assertEqual(new[1], pids[1])
+        self.pause(new[1])
+        try:
+            probe = RawLine()
+            yield connectProtocol(self.endpoint(), probe)
+            data = yield probe.closed
+        finally:
+            self.resume(new[1])
+        self.assertIn(b"ERR BUSY penalised", data)
+        yield self.daemon.wait_for(
+            lambda: re.search(r"\[w0:\S+\] conn\.reject", self.daemon.stdout) is not None,
+            "the restarted worker 0 refusing the source",
+        )
+
+    @inlineCallbacks
     def test_ticket_spent_in_one_worker_refused_by_other(self) -> Any:
         """
         A returning-client ticket issued and presented (spent) at one worker is refused as

@@ -1,0 +1,205 @@
+# -*- test-case-name: tests.test_workers_replay -*-
+"""
+What the supervisor remembers of the workers' shared state, so that a worker started later
+(a restart after a crash, a kill or an out-of-memory exit) begins with it before it accepts
+a connection: the blocks in force (L{BlockBook}) and the spent returning-client tickets
+(L{SpentBook}).
+
+Both are bounded: the blocks by C{[admission] max_tracked_sources}, the spent ids by
+C{[tickets] max_spent} (the bounds of the workers' own tables). Expired entries are dropped;
+when a table is full, the entry that expires first goes (which may be the one being added).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Hashable, Iterator
+from typing import Any, Generic, TypeVar
+
+K = TypeVar("K", str, bytes)
+
+
+class ExpiringTable(Generic[K]):
+    """
+    Entries that each expire at a time of their own, at most C{limit} of them: the earliest
+    expiry is found with a heap (stale heap items, left by an entry whose expiry changed,
+    are skipped and, past twice the table's size, swept).
+
+    @ivar entries: key to C{(expiry, value)}.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[K, tuple[float, Any]] = {}
+        self._heap: list[tuple[float, K]] = []
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self.entries
+
+    def get(self, key: K) -> tuple[float, Any] | None:
+        """
+        @return: C{(expiry, value)} of C{key}, or L{None}.
+        """
+        return self.entries.get(key)
+
+    def purge(self, now: float) -> None:
+        """
+        Drop every entry whose expiry is at or before C{now}.
+        """
+        while self._heap and self._heap[0][0] <= now:
+            self._drop_first()
+
+    def put(self, key: K, expiry: float, value: Any, now: float, limit: int) -> bool:
+        """
+        Set C{key}'s expiry and value. When this would make more than C{limit} entries, the
+        expired ones go first, then the ones expiring first (the new one, if it expires no
+        later than every other).
+
+        @return: whether C{key} is in the table afterwards.
+        """
+        if expiry <= now:
+            self.entries.pop(key, None)
+            return False
+        if key not in self.entries and len(self.entries) >= limit:
+            self.purge(now)
+        self.entries[key] = (expiry, value)
+        heapq.heappush(self._heap, (expiry, key))
+        while len(self.entries) > max(0, limit):
+            self._drop_first()
+        if len(self._heap) > 2 * len(self.entries) + 64:
+            self._heap = [(expiry, key) for key, (expiry, _) in self.entries.items()]
+            heapq.heapify(self._heap)
+        return key in self.entries
+
+    def pop(self, key: K) -> bool:
+        """
+        Forget C{key} (its heap item is skipped later).
+
+        @return: whether it was there.
+        """
+        return self.entries.pop(key, None) is not None
+
+    def clear(self) -> int:
+        """
+        Forget everything.
+
+        @return: how many entries there were.
+        """
+        count = len(self.entries)
+        self.entries.clear()
+        self._heap.clear()
+        return count
+
+    def live(self, now: float) -> Iterator[tuple[K, float, Any]]:
+        """
+        The entries not expired at C{now} (the expired ones are dropped first), as
+        C{(key, expiry, value)}, soonest expiry first.
+        """
+        self.purge(now)
+        rows = sorted((expiry, key) for key, (expiry, _) in self.entries.items())
+        for expiry, key in rows:
+            yield key, expiry, self.entries[key][1]
+
+    def _drop_first(self) -> None:
+        """
+        Drop the entry that expires first (skipping stale heap items).
+        """
+        while self._heap:
+            expiry, key = heapq.heappop(self._heap)
+            held = self.entries.get(key)
+            if held is not None and held[0] == expiry:
+                del self.entries[key]
+                return
+
+
+class BlockBook:
+    """
+    The blocks in force on the host: per source key, when its block ends and the penalty
+    points behind it (as of when they were last set), merged as a worker merges an
+    L{netguard.workers.commands.ApplyBlock}: the later end, the higher points.
+    """
+
+    def __init__(self) -> None:
+        self.table: ExpiringTable[str] = ExpiringTable()
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def record(
+        self, source: str, seconds: float, points: float, now: float, decay: float, limit: int
+    ) -> bool:
+        """
+        Note a block of C{source} for C{seconds} from C{now} with C{points}.
+
+        @param decay: seconds per penalty point forgotten (C{penalty_decay}).
+        @param limit: the most sources kept (C{max_tracked_sources}).
+        @return: whether the source is kept (it is not when the table is full of blocks
+            that all end later).
+        """
+        until = now + seconds
+        held = self.table.get(source)
+        if held is not None:
+            end, (old_points, stamp) = held
+            until = max(until, end)
+            points = max(points, _decayed(old_points, now - stamp, decay))
+        return self.table.put(source, until, (points, now), now, limit)
+
+    def forget(self, source: str | None) -> int:
+        """
+        Forget one source's block, or every block (L{None}), as C{ctl penalties clear}.
+
+        @return: how many were forgotten.
+        """
+        if source is None:
+            return self.table.clear()
+        return 1 if self.table.pop(source) else 0
+
+    def in_force(self, now: float, decay: float) -> list[tuple[str, float, float]]:
+        """
+        The blocks still in force at C{now}, as a worker applies them: C{(source, seconds
+        left, points decayed to now)}, soonest end first.
+        """
+        return [
+            (source, until - now, _decayed(points, now - stamp, decay))
+            for source, until, (points, stamp) in self.table.live(now)
+        ]
+
+
+class SpentBook:
+    """
+    The ids of the returning-client tickets spent on the host, each until its ticket
+    expires, with its user (a worker bounds each user's share of its own table).
+    """
+
+    def __init__(self) -> None:
+        self.table: ExpiringTable[bytes] = ExpiringTable()
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def record(self, ticket_id: bytes, expires: float, user: str, now: float, limit: int) -> bool:
+        """
+        Note a spent ticket (kept until C{expires}; one already noted stays as it is).
+
+        @param limit: the most ids kept (C{max_spent}).
+        @return: whether it is kept.
+        """
+        if ticket_id in self.table:
+            return True
+        return self.table.put(ticket_id, expires, user, now, limit)
+
+    def in_force(self, now: float) -> list[tuple[bytes, float, str]]:
+        """
+        The spent ids whose tickets have not expired at C{now}: C{(id, expiry, user)}.
+        """
+        return list(self.table.live(now))
+
+
+def _decayed(points: float, elapsed: float, decay: float) -> float:
+    """
+    Penalty points after C{elapsed} seconds, one point forgotten every C{decay} seconds (as
+    L{netguard.admission.penalties.PenaltyTable.decayed}).
+    """
+    return max(0.0, points - max(0.0, elapsed) / decay)
