@@ -56,7 +56,7 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "shared.connected": "state is shared through Redis (first connection)",
         "shared.degraded": "Redis left a reply missing past its grace (1 s), or the "
         "connection or the subscription dropped: local limits only until it is back",
-        "shared.restored": "Redis answers again: state is shared again",
+        "shared.restored": "Redis answers again and has held for 10 s: the outage is over",
         "notify.failed": "the service manager could not be notified",
         "notify.unsupported": "NOTIFY_SOCKET names a kind of socket netguard does not speak",
         # Connections and the line phase

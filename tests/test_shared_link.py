@@ -2,9 +2,10 @@
 Tests for L{netguard.shared.link}: a link is up only once Redis answered (AUTH, PING) within
 the connect bound; a command waits at most the bound (one tick before it still waits, at it
 gives up) and a late reply keeps the connection, a reply still missing after the grace drops
-it; nothing waits while the link is down; reconnection backs
-off with jitter and only a real answer resets the backoff. Time is a L{task.Clock}; the
-endpoint is a test double handing out L{StringTransport}s.
+it; nothing waits while the link is down; reconnection backs off with jitter and only a
+connection that answered a real command and held for L{STABLE} seconds resets the backoff;
+attempts log nothing of their own. Time is a L{task.Clock}; the endpoint is a test double
+handing out L{StringTransport}s (or Twisted's TCP endpoint on a L{MemoryReactorClock}).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import random
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
 from twisted.trial import unittest
 
 from netguard.shared.link import (
@@ -23,6 +26,7 @@ from netguard.shared.link import (
     BACKOFF_MAX,
     CONNECT_TIMEOUT,
     GRACE,
+    STABLE,
     RedisLink,
     Unavailable,
 )
@@ -78,13 +82,19 @@ class LinkTests(unittest.TestCase):
         clock = Clock()
         endpoint = EndpointDouble()
         events: list[str] = []
+        self.reasons: list[str] = []
+
+        def down(_: RedisLink, reason: str) -> None:
+            events.append("down")
+            self.reasons.append(reason)
+
         link = RedisLink(
             clock,
             endpoint,  # type: ignore[arg-type]
             timeout=0.05,
             password=password,
             on_up=lambda _: events.append("up"),
-            on_down=lambda _, reason: events.append("down"),
+            on_down=down,
             random=random.Random(1),
         )
         link.start()
@@ -137,8 +147,24 @@ class LinkTests(unittest.TestCase):
         self.assertEqual(events, [])
         clock.advance(0.001)
         self.assertEqual(events, ["down"])
+        self.assertEqual(self.reasons, [f"no answer within {CONNECT_TIMEOUT}s"])
         self.assertFalse(link.up)
         self.assertTrue(transport.disconnecting)
+
+    def test_connect_cut_by_the_deadline_named_as_such(self) -> None:
+        """
+        A connection attempt that never completes (a SYN dropped) is cancelled at
+        L{CONNECT_TIMEOUT} and reported as no answer within that bound, not as the
+        C{CancelledError} the cancellation raises; a refused one keeps its own reason.
+        """
+        link, endpoint, clock, events = self.make()
+        clock.advance(CONNECT_TIMEOUT)
+        self.assertEqual(self.reasons, [f"no answer within {CONNECT_TIMEOUT}s"])
+        [retry] = clock.getDelayedCalls()
+        clock.advance(retry.getTime() - clock.seconds())
+        endpoint.refuse()
+        self.assertEqual(len(self.reasons), 2)
+        self.assertIn("refused", self.reasons[1])
 
     def test_call_bound(self) -> None:
         """
@@ -239,10 +265,78 @@ class LinkTests(unittest.TestCase):
         nominal = [min(BACKOFF_MAX, BACKOFF_FIRST * 2**n) for n in range(10)]
         for delay, expected in zip(delays, nominal, strict=True):
             self.assertTrue(0.5 * expected <= delay <= 1.5 * expected, (delay, expected))
-        self.up(link, endpoint)
-        self.assertEqual(link._delay, BACKOFF_MAX)
-        link.answered()
-        self.assertEqual(link._delay, BACKOFF_FIRST)
+
+    def next_delay(self, clock: Clock) -> float:
+        [call] = clock.getDelayedCalls()
+        return float(call.getTime() - clock.seconds())
+
+    def lose_after(
+        self, link: RedisLink, endpoint: EndpointDouble, clock: Clock, held: float, answer: bool
+    ) -> float:
+        """
+        Connect (the pending attempt), answer a real command if C{answer}, stay up C{held}
+        seconds, lose the connection; return the delay of the next attempt.
+        """
+        protocol, transport = self.up(link, endpoint)
+        if answer:
+            link.answered()
+        clock.advance(held)
+        protocol.connectionLost(None)
+        return self.next_delay(clock)
+
+    def test_flapping_redis_keeps_backing_off(self) -> None:
+        """
+        A Redis that answers (connect, PING, a real command) and drops the connection a
+        second later, over and over, is retried after delays that keep doubling to
+        L{BACKOFF_MAX}: answering is not enough to reset the backoff.
+        """
+        link, endpoint, clock, events = self.make()
+        delays = []
+        for _ in range(8):
+            delays.append(self.lose_after(link, endpoint, clock, 1.0, answer=True))
+            clock.advance(delays[-1])
+        nominal = [min(BACKOFF_MAX, BACKOFF_FIRST * 2**n) for n in range(8)]
+        for delay, expected in zip(delays, nominal, strict=True):
+            self.assertTrue(0.5 * expected <= delay <= 1.5 * expected, (delay, expected))
+
+    def test_backoff_reset_after_a_connection_held(self) -> None:
+        """
+        After the delay has grown, a connection that answered a real command and stayed up
+        L{STABLE} seconds resets it: the next attempt comes after about L{BACKOFF_FIRST}.
+        One held a tick less does not; one held longer without a real answer (a Redis that
+        answers PING only) does not either.
+        """
+        link, endpoint, clock, events = self.make()
+        for _ in range(3):
+            endpoint.refuse()
+            clock.advance(self.next_delay(clock))
+        # Any delay drawn after a reset is at most 1.5 * BACKOFF_FIRST; after 4 and 5
+        # failures in a row the least one drawn is 0.5 * 2 s and 0.5 * 4 s.
+        reset = 1.5 * BACKOFF_FIRST
+        delay = self.lose_after(link, endpoint, clock, STABLE - 0.001, answer=True)
+        self.assertGreater(delay, reset)
+        clock.advance(delay)
+        delay = self.lose_after(link, endpoint, clock, STABLE * 3, answer=False)
+        self.assertGreater(delay, reset)
+        clock.advance(delay)
+        delay = self.lose_after(link, endpoint, clock, STABLE, answer=True)
+        self.assertLessEqual(delay, reset)
+
+    def test_attempts_log_nothing_of_their_own(self) -> None:
+        """
+        Each attempt's factory is quiet: Twisted starting and stopping it (once per
+        attempt, through its endpoint) logs no "Starting factory" / "Stopping factory";
+        shown with Twisted's own TCP endpoint on a L{MemoryReactorClock}.
+        """
+        reactor = MemoryReactorClock()
+        link = RedisLink(reactor, TCP4ClientEndpoint(reactor, "127.0.0.1", 6379), timeout=0.05)
+        link.start()
+        self.addCleanup(link.stop)
+        [(_, _, factory, _, _)] = reactor.tcpClients
+        with capturedLogs() as events:
+            factory.doStart()
+            factory.doStop()
+        self.assertEqual(list(events), [])
 
     def test_stop(self) -> None:
         """

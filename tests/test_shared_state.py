@@ -26,7 +26,7 @@ from twisted.trial import unittest
 
 from netguard.admission import AdmissionPolicy, Refusal
 from netguard.config import ConfigError, load_config
-from netguard.shared.link import BACKOFF_MAX, GRACE
+from netguard.shared.link import BACKOFF_MAX, GRACE, STABLE
 from netguard.shared.resp import encode_command, parse_reply
 from netguard.shared.settings import SharedSettings
 from netguard.shared.state import (
@@ -541,8 +541,9 @@ class HealthTests(StateCase):
     def test_outage_logged_once(self) -> None:
         """
         Redis killed: one C{shared.degraded} however many reconnections fail; local blocks
-        still work and are not shared; back: one C{shared.restored}, and blocks decided
-        meanwhile elsewhere are read back.
+        still work and are not shared; back: shared again at once (blocks decided meanwhile
+        elsewhere are read back), and one C{shared.restored} once sharing held for
+        L{STABLE} seconds (not a tick before).
         """
         one, first = self.process()
         two, second = self.process()
@@ -562,9 +563,41 @@ class HealthTests(StateCase):
         self.redis.data[b"netguard:block:192.0.2.10/32"] = (b"3.000", self.clock.seconds() + 30)
         self.clock.advance(BACKOFF_MAX * 1.5)
         self.assertTrue(one.sharing and two.sharing)
+        self.assertIsInstance(second.enter("192.0.2.10"), Refusal)
+        self.assertEqual(self.named("shared.restored"), [])
+        self.clock.advance(STABLE)
         self.assertEqual(len(self.named("shared.restored", one)), 1)
         self.assertEqual(len(self.named("shared.restored", two)), 1)
-        self.assertIsInstance(second.enter("192.0.2.10"), Refusal)
+        self.assertFalse(one.degraded or two.degraded)
+
+    def test_flapping_redis_is_one_outage(self) -> None:
+        """
+        A Redis that answers everything and drops every connection within a second, for 120
+        s: one C{shared.degraded} and no C{shared.restored} while it flaps (sharing comes
+        back for moments and is used, but never holds for L{STABLE} seconds), and the
+        reconnections back off instead of starting again at L{BACKOFF_FIRST} each time
+        (at most 25 attempts per link). Once Redis stays up, one C{shared.restored}
+        L{STABLE} seconds later, counting the flaps.
+        """
+        one, _ = self.process()
+        start = len(self.events)
+        came_back = 0
+        for _ in range(120):
+            self.clock.advance(1.0)
+            came_back += one.sharing
+            kill_connections(self.redis)
+        names = [e["event"] for e in self.events[start:]]
+        self.assertEqual(names, ["shared.degraded"])
+        self.assertGreater(came_back, 3)
+        self.assertLessEqual(one.link.failures, 25)
+        self.assertLessEqual(one.feed.failures, 25)
+        self.assertEqual(one.counters["restored"], 0)
+        for _ in range(40):
+            self.clock.advance(1.0)
+        [restored] = self.named("shared.restored", one)
+        self.assertEqual(restored["flaps"], one.flaps)
+        self.assertGreaterEqual(restored["flaps"], 3)
+        self.assertFalse(one.degraded)
 
     def test_dead_feed_noticed(self) -> None:
         """
@@ -596,8 +629,9 @@ class HealthTests(StateCase):
         for _ in range(20):
             self.clock.advance(0.1)
         self.assertTrue(one.sharing)
-        self.assertEqual(len(self.named("shared.restored", one)), 1)
         self.assertIsInstance(first.enter("192.0.2.44"), Refusal)
+        self.clock.advance(STABLE)
+        self.assertEqual(len(self.named("shared.restored", one)), 1)
 
     def test_unreachable_at_start(self) -> None:
         """
@@ -611,6 +645,7 @@ class HealthTests(StateCase):
         self.assertEqual([e["event"] for e in self.events], ["shared.degraded"])
         self.redis.down = False
         self.clock.advance(BACKOFF_MAX * 1.5)
+        self.clock.advance(STABLE)
         self.assertEqual([e["event"] for e in self.events], ["shared.degraded", "shared.restored"])
 
     def test_snapshot(self) -> None:

@@ -24,6 +24,11 @@ CONNECT_TIMEOUT: Final = 2.0
 #: Reconnection delays: the first, and the most it doubles to (each drawn with +-50% jitter).
 BACKOFF_FIRST: Final = 0.25
 BACKOFF_MAX: Final = 10.0
+#: Seconds a connection must stay up, having answered a real command, before its loss
+#: counts as a new outage: only then does the next retry start at L{BACKOFF_FIRST} again
+#: (and the shared state log that sharing was restored). A Redis that answers and then
+#: drops the connection every few seconds is retried with the growing delay.
+STABLE: Final = 10.0
 #: Seconds a reply may be missing (counted from the command; at least twice the command's
 #: bound) before the connection is taken for gone. A reply past the command's bound fails
 #: its caller only: an event loop busy for longer than the bound (a burst of handshakes)
@@ -80,6 +85,8 @@ class RedisLink:
         self._delay = BACKOFF_FIRST
         self._retry: Any = None
         self._attempt: Deferred[Any] | None = None
+        self._up_since: float | None = None
+        self._answered = False
         self.timeouts = 0
         self.late = 0
         self.errors = 0
@@ -108,6 +115,7 @@ class RedisLink:
             self._attempt.cancel()
         protocol, self.protocol = self.protocol, None
         self.up = False
+        self._up_since = None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.abortConnection()  # type: ignore[attr-defined]
 
@@ -116,9 +124,17 @@ class RedisLink:
         if not self.running:
             return
         endpoint: Any = self.endpoint
-        attempt: Deferred[Any] = endpoint.connect(Factory.forProtocol(RespProtocol))
+        factory = Factory.forProtocol(RespProtocol)
+        factory.noisy = False  # no "Starting factory" / "Stopping factory" per attempt
+        attempt: Deferred[Any] = endpoint.connect(factory)
         self._attempt = attempt
-        guard = self.reactor.callLater(CONNECT_TIMEOUT, attempt.cancel)
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            attempt.cancel()
+
+        guard = self.reactor.callLater(CONNECT_TIMEOUT, expire)
 
         def connected(protocol: RespProtocol) -> Deferred[Any]:
             protocol.on_lost = lambda: self._lost(protocol)
@@ -138,6 +154,8 @@ class RedisLink:
             if not self.running or self.protocol is None:
                 return
             self.up = True
+            self._up_since = self.reactor.seconds()
+            self._answered = False
             if self.on_up is not None:
                 self.on_up(self)
 
@@ -149,17 +167,32 @@ class RedisLink:
             if protocol is not None and protocol.transport is not None and not protocol.lost:
                 protocol.on_lost = None
                 protocol.transport.abortConnection()  # type: ignore[attr-defined]
-            self._down(_reason(failure))
+            if expired:
+                # Our own deadline cancelled the attempt: say so, not "CancelledError".
+                self._down(f"no answer within {CONNECT_TIMEOUT}s")
+            else:
+                self._down(_reason(failure))
 
         attempt.addCallback(connected).addCallbacks(ready, failed)
 
     def answered(self) -> None:
         """
-        The link served a real command in time: the next loss retries after the first delay
-        again. (Answering at connect is not enough: a Redis that answers PING and then
-        stalls would otherwise be retried at once, over and over.)
+        The link served a real command in time. If this connection then stays up for
+        L{STABLE} seconds, its loss retries after the first delay again. (Answering at
+        connect is not enough: a Redis that answers PING and then stalls would otherwise be
+        retried at once, over and over; nor is answering once: a Redis that answers and
+        drops the connection a second later would be.)
         """
-        self._delay = BACKOFF_FIRST
+        self._answered = True
+
+    @property
+    def stable(self) -> bool:
+        """
+        Whether this connection has answered a real command and has been up for at least
+        L{STABLE} seconds (until its loss is handled).
+        """
+        since = self._up_since
+        return self._answered and since is not None and self.reactor.seconds() - since >= STABLE
 
     def _lost(self, protocol: RespProtocol) -> None:
         if protocol is not self.protocol:
@@ -190,7 +223,11 @@ class RedisLink:
         self._down(reason)
 
     def _down(self, reason: str) -> None:
+        if self.stable:
+            self._delay = BACKOFF_FIRST  # a new outage, after a connection that held
         self.up = False
+        self._up_since = None
+        self._answered = False
         self.failures += 1
         if self.on_down is not None:
             self.on_down(self, reason)

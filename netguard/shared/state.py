@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from netguard.admission import UNIX_SOURCE, UNKNOWN_SOURCE
-from netguard.shared.link import RedisLink
+from netguard.shared.link import STABLE, RedisLink
 from netguard.shared.resp import Reply
 from netguard.shared.settings import SharedSettings
 
@@ -137,7 +137,11 @@ class SharedState(Service):
     block channel's subscription), hooked to the holder's admission and ticket book while
     running.
 
-    @ivar degraded: whether sharing is down (logged once per outage).
+    @ivar degraded: whether an outage is logged and not yet over: sharing is down, or back
+        for less than L{STABLE} seconds (an outage ends, and is logged restored, only once
+        sharing has held that long; a Redis that keeps dropping its connections is one
+        outage, however many times it comes back for a moment).
+    @ivar flaps: how many times sharing came back and was lost again within this outage.
     @ivar counters: what was shared, applied, refused or done alone.
     """
 
@@ -180,6 +184,9 @@ class SharedState(Service):
         self.feed.subscriber = True
         self.degraded = False
         self.ever_up = False
+        self.flaps = 0
+        self._outage_started = 0.0
+        self._holding: Any = None
         self._confirmed = False
         self.counters: Counter[str] = Counter()
         self._pending: Counter[str] = Counter()
@@ -208,6 +215,7 @@ class SharedState(Service):
         if self._pinger.running:
             self._pinger.stop()
         self._feed_answered()
+        self._stop_holding()
         self.link.stop()
         self.feed.stop()
         self._unhook()
@@ -253,9 +261,13 @@ class SharedState(Service):
     def _down(self, link: RedisLink, reason: str) -> None:
         if link is self.link:
             self._confirmed = False
+        if self._stop_holding():
+            self.flaps += 1  # back for less than STABLE seconds: the same outage goes on
         if self.degraded:
             return
         self.degraded = True
+        self.flaps = 0
+        self._outage_started = self.reactor.seconds()
         self.counters["degraded"] += 1
         self.log.warn(
             "shared state unavailable ({reason}): enforcing local limits only until Redis "
@@ -265,17 +277,42 @@ class SharedState(Service):
             redis=self.settings.redis,
         )
 
+    def _stop_holding(self) -> bool:
+        """
+        Stop waiting for sharing to hold; return whether it was waited for.
+        """
+        holding, self._holding = self._holding, None
+        if holding is not None and holding.active():
+            holding.cancel()
+            return True
+        return False
+
+    def _held(self) -> None:
+        """
+        Sharing has held for L{STABLE} seconds since it came back: the outage is over.
+        """
+        self._holding = None
+        if not (self.sharing and self.degraded):
+            return
+        self.degraded = False
+        self.counters["restored"] += 1
+        self.log.info(
+            "shared state restored: sharing through Redis again after {seconds} s"
+            " ({flaps} times back and lost again meanwhile)",
+            event="shared.restored",
+            redis=self.settings.redis,
+            seconds=round(self.reactor.seconds() - self._outage_started, 1),
+            flaps=self.flaps,
+        )
+
     def _up(self) -> None:
         if not self.sharing:
             return
         if self.degraded:
-            self.degraded = False
-            self.counters["restored"] += 1
-            self.log.info(
-                "shared state restored: sharing through Redis again",
-                event="shared.restored",
-                redis=self.settings.redis,
-            )
+            # Shared again from now on, but the outage is over (and logged so) only once
+            # this has held for STABLE seconds.
+            if self._holding is None:
+                self._holding = self.reactor.callLater(STABLE, self._held)
         elif not self.ever_up:
             self.log.info(
                 "sharing state through Redis", event="shared.connected", redis=self.settings.redis
@@ -359,9 +396,13 @@ class SharedState(Service):
             isinstance(reply, list) and len(reply) == 2 and reply[0] == b"pong"
         ):
             self._feed_answered()
+            self.feed.answered()
+            return
+        if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"subscribe":
+            self.feed.answered()  # the subscription is confirmed: a real answer
             return
         if not (isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message"):
-            return  # subscription confirmations and anything else
+            return  # anything else
         message = reply[2]
         policy = self._hooked.policy if self._hooked is not None else None
         if policy is None or not isinstance(message, bytes):

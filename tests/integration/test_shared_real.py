@@ -26,6 +26,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
+from netguard.shared.resp import RespProtocol
 from tests.integration.util import (
     RunningGateway,
     free_port,
@@ -98,6 +99,28 @@ class HostileSlowRedis(Protocol):
                 self.stalled += 1
             else:
                 self.transport.write(answer)
+
+
+class HostileFlappingRedis(HostileSlowRedis):
+    """
+    A hostile flapping Redis written for these tests: answers PING, SCAN (nothing stored),
+    SUBSCRIBE, INCRBY and PEXPIRE at once, and closes every connection one second after it
+    was accepted, whatever it is doing.
+    """
+
+    ANSWERS = {
+        **HostileSlowRedis.ANSWERS,
+        b"SUBSCRIBE": b"*3\r\n$9\r\nsubscribe\r\n$1\r\nx\r\n:1\r\n",
+        b"SET": b"+OK\r\n",
+        b"PUBLISH": b":0\r\n",
+    }
+
+    def connectionMade(self) -> None:
+        self.closing = reactor.callLater(1.0, self.transport.loseConnection)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.closing.active():
+            self.closing.cancel()
 
 
 class RedisCase(unittest.TestCase):
@@ -175,6 +198,18 @@ class RedisCase(unittest.TestCase):
             e for e in self.events if e.get("event") == event and e.get("log_source") is shared
         ]
 
+    def factory_lines(self, since: int) -> list[dict[str, Any]]:
+        """
+        Since event C{since}, Twisted's "Starting factory"/"Stopping factory" events of the
+        Redis links' connection attempts.
+        """
+        return [
+            e
+            for e in self.events[since:]
+            if str(e.get("log_format", "")).startswith(("Starting factory", "Stopping factory"))
+            and getattr(e.get("factory"), "protocol", None) is RespProtocol
+        ]
+
     @inlineCallbacks
     def first_line(self, running: RunningGateway, first: bytes = b"") -> Any:
         """
@@ -250,13 +285,26 @@ class SharedRealTests(RedisCase):
         self.assertEqual(names, ["shared.degraded", "shared.restored"] * (len(names) // 2))
 
     @inlineCallbacks
+    def restored(self, *running: RunningGateway) -> Any:
+        """
+        Wait until each of C{running} is sharing and its outage is over (logged restored
+        once sharing held for L{netguard.shared.link.STABLE} seconds).
+        """
+        yield wait_for(
+            lambda: all(
+                r.service.shared.sharing and not r.service.shared.degraded for r in running
+            ),
+            timeout=60,
+        )
+
+    @inlineCallbacks
     def test_redis_killed_then_restarted(self) -> Any:
         """
         redis-server killed mid-test: both instances keep serving and enforce their own
         limits (a source blocked by one is not refused by the other), each logs exactly one
-        C{shared.degraded} while it is down however many reconnections fail; once
-        redis-server runs again on its port each logs C{shared.restored} (one per outage),
-        and blocks are shared again.
+        C{shared.degraded} while it is down however many reconnections fail, and the
+        failed attempts log no Twisted factory lines; once redis-server runs again on its
+        port each logs C{shared.restored} (one per outage), and blocks are shared again.
         """
         port = self.start_redis()
         one, two = self.gateway(port), self.gateway(port)
@@ -280,11 +328,10 @@ class SharedRealTests(RedisCase):
                 e for e in self.events[since:] if e.get("log_source") is running.service.shared
             ]
             self.assertEqual([e["event"] for e in down], ["shared.degraded"])
+        self.assertEqual(self.factory_lines(since), [])
 
         self.start_redis(port)
-        yield wait_for(
-            lambda: one.service.shared.sharing and two.service.shared.sharing, timeout=60
-        )
+        yield self.restored(one, two)
         self.assert_outages(one, since)
         self.assert_outages(two, since)
         one.factory.admission.clear_penalties()
@@ -320,8 +367,39 @@ class SharedRealTests(RedisCase):
         line = yield self.first_line(one)
         self.assertTrue(line.startswith(b"NETGUARD/1 "), line)
         yield wait_for(lambda: bool(self.named("shared.degraded", one)), timeout=30)
-        yield wait_for(lambda: shared.sharing, timeout=30)
+        yield self.restored(one)
         self.assert_outages(one, since)
+
+
+class FlappingRedisTests(RedisCase):
+    """
+    A gateway instance against a hostile flapping Redis over real loopback sockets.
+    """
+
+    @inlineCallbacks
+    def test_flapping_redis_logs_one_outage(self) -> Any:
+        """
+        A Redis that answers and drops every connection after a second: the instance logs
+        C{shared.connected}, then one C{shared.degraded} and no C{shared.restored} however
+        many times sharing comes back for that second (at least 4 lost connections of the
+        command link here), the attempts log no Twisted factory lines, and it serves.
+        """
+        factory = Factory.forProtocol(HostileFlappingRedis)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        since = len(self.events)
+        one = self.gateway(port.getHost().port)
+        shared = one.service.shared
+        yield wait_for(lambda: shared.link.failures >= 4, timeout=60)
+        names = [
+            e["event"]
+            for e in self.events[since:]
+            if e.get("log_source") is shared and str(e.get("event")).startswith("shared.")
+        ]
+        self.assertEqual(names, ["shared.connected", "shared.degraded"])
+        self.assertEqual(self.factory_lines(since), [])
+        line = yield self.first_line(one)
+        self.assertTrue(line.startswith(b"NETGUARD/1 "), line)
 
 
 class SharedAuthRealTests(RedisCase):
