@@ -34,6 +34,7 @@ from netguard.errors import ErrorCode
 from netguard.framing import FramingLimits, GuardedLineReceiver
 from netguard.log import escape
 from netguard.tls import channel_binding_for
+from netguard.wrapped_interfaces import provide_through_wrapper
 
 
 class NGPError(Exception):
@@ -252,6 +253,7 @@ class NGPClientProtocol(GuardedLineReceiver):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        provide_through_wrapper(self, self.transport)
         if self.tickets is None or not self.present_ticket:
             return
         token = self.tickets.take()

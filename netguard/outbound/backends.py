@@ -34,6 +34,7 @@ from netguard.outbound.proxy_v2 import ProxyOrigin, header_for
 from netguard.outbound.socks5 import SOCKSError
 from netguard.relay import A, B, HalfCloseableTransport, ReactorTime, RelayResult, Splice
 from netguard.relay_splice import KernelSplice, PipePool, kernel_relay_possible
+from netguard.wrapped_interfaces import provide_through_wrapper
 
 ECHO = "builtin:echo"
 
@@ -232,6 +233,7 @@ class _BackendProtocol(TwistedProtocol):
         self.leg = leg
 
     def connectionMade(self) -> None:
+        provide_through_wrapper(self, self.transport)
         self.leg.backend_connected()
 
     def handshakeCompleted(self) -> None:
