@@ -446,7 +446,7 @@ class ProxyHeaderFactory(WrappingFactory):
     C{admission} attribute along its C{wrappedFactory} links: the gateway's factory or an
     L{netguard.admitting.AdmittingFactory}); a factory without one records none.
 
-    A peer whose own source that admission holds blocked (listed sender or not) is refused
+    A peer whose own source is blocked in that admission (listed sender or not) is refused
     at accept, as admission refuses a blocked source, and that refusal is no new offence:
     its points cannot grow the block further while it runs (nor, through the workers or
     Redis that relay blocks, make the processes extend each other's). Its connections that
@@ -455,7 +455,8 @@ class ProxyHeaderFactory(WrappingFactory):
 
     @ivar clock: the L{IReactorTime} of the header deadline.
     @ivar senders: who may send a header (L{Senders}).
-    @ivar max_pending: the most connections waiting for their header at once.
+    @ivar max_pending: the most connections waiting for their header at once (in this
+        process: each worker has its own factory).
     @ivar pending: how many wait now.
     @ivar refusal_log: which refusals are logged one by one.
     """
