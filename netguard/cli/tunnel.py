@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.test_cli_tunnel,tests.test_cli -*-
 """
 C{netguard tunnel}: run a local listener whose connections go through the gateway to one
 service (the work is L{netguard.client.tunnel}). See docs/operating.md section 6.1.
@@ -7,11 +7,77 @@ service (the work is L{netguard.client.tunnel}). See docs/operating.md section 6
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from netguard.auth import users
 from netguard.cli._base import _IO, EXIT_OK, CommandError
 from netguard.cli.users import _read_password
+
+#: The range of C{--idle-timeout}, in seconds: that of a service's C{idle_timeout}.
+IDLE_TIMEOUT_RANGE = (1.0, 604800.0)
+
+#: The mode a unix C{--listen} socket gets when its string names none: the user's own.
+DEFAULT_UNIX_MODE = "600"
+
+
+def seconds_option(low: float, high: float) -> Any:
+    """
+    @return: an argparse C{type} that accepts a finite number of seconds from C{low} to
+        C{high} (both included) and refuses anything else (C{nan}, C{inf}, out of range)
+        with an error naming the range.
+    """
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a number of seconds from {low:g} to {high:g}"
+            )
+        return value
+
+    return parse
+
+
+def local_listener(description: str, allow_remote: bool) -> tuple[str, str | None]:
+    """
+    Check C{--listen} before anything listens: whoever connects to it is carried through
+    the gateway as the logged-in user, so it must stay with that user unless they say
+    otherwise. A TCP listener on a non-loopback (or no) interface, or one netguard cannot
+    judge (a plugin), is refused without C{allow_remote}; a unix socket whose string names
+    no C{mode=} gets L{DEFAULT_UNIX_MODE}.
+
+    @param description: the C{--listen} endpoint string.
+    @param allow_remote: the user accepts a listener others can reach (C{--allow-remote}).
+    @return: the endpoint string to listen on (ports as numbers, the mode added), and a
+        warning to show when C{allow_remote} let a reachable listener through.
+    @raise CommandError: for a bad string, or a reachable listener without C{allow_remote}.
+    """
+    from netguard.endpoints import Field, check_listener, join_fields, split_description
+
+    try:
+        listener = check_listener(description)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CommandError(f"bad --listen endpoint string: {e}") from None
+    fields = split_description(listener.description)
+    if fields[0].value.lower() == "unix" and not any(f.key == "mode" for f in fields):
+        fields.append(Field("mode", DEFAULT_UNIX_MODE))
+    result = join_fields(fields)
+    if not listener.network:
+        return result, None
+    risk = (
+        f"--listen {description} can be reached beyond this host ({listener.exposure}): "
+        "anyone who connects to it is carried through the gateway as you"
+    )
+    if not allow_remote:
+        raise CommandError(
+            f"{risk}; listen on a unix socket or on loopback (tcp:PORT:interface=127.0.0.1), "
+            "or give --allow-remote if that is really what you want"
+        )
+    return result, f"warning: {risk} (--allow-remote)"
 
 
 def _gateway_host(args: argparse.Namespace) -> str | None:
@@ -64,10 +130,13 @@ def _cmd_tunnel(args: argparse.Namespace, io: _IO) -> int:
         gateway = clientFromString(reactor, resolve_endpoint_ports(args.gateway, server=False))
     except (ValueError, KeyError, TypeError) as e:
         raise CommandError(f"bad --gateway endpoint string: {e}") from None
+    listen_description, warning = local_listener(args.listen, args.allow_remote)
     try:
-        listen = serverFromString(reactor, resolve_endpoint_ports(args.listen, server=True))
+        listen = serverFromString(reactor, listen_description)
     except (ValueError, KeyError, TypeError) as e:
         raise CommandError(f"bad --listen endpoint string: {e}") from None
+    if warning is not None:
+        io.stderr.write(warning + "\n")
     if args.password_file:
         try:
             password = read_password_file(args.password_file)
@@ -129,17 +198,25 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--listen",
         required=True,
         metavar="ENDPOINT",
-        help="local server endpoint string, e.g. unix:/tmp/redis.sock:mode=600 or "
-        "tcp:6380:interface=127.0.0.1",
+        help="local server endpoint string, e.g. unix:/tmp/redis.sock or "
+        "tcp:6380:interface=127.0.0.1; whoever connects to it acts as --user: a unix "
+        "socket without mode= gets mode 600, and a TCP listener must be on loopback "
+        "unless --allow-remote is given",
+    )
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="accept a --listen that others can reach (a TCP port on all or a "
+        "non-loopback interface): anyone who reaches it uses the gateway as --user",
     )
     p.add_argument("--user", required=True, metavar="NAME", help="the netguard user")
     p.add_argument("--password-file", metavar="FILE", help="file holding the password (0600)")
     p.add_argument(
         "--idle-timeout",
         metavar="SECONDS",
-        type=float,
+        type=seconds_option(*IDLE_TIMEOUT_RANGE),
         default=3600.0,
-        help="close a tunnelled connection idle this long (default 3600)",
+        help="close a tunnelled connection idle this long: 1 to 604800 (default 3600)",
     )
     p.add_argument(
         "--mux",
@@ -162,15 +239,26 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--tls",
         action="store_true",
-        help="speak TLS to the gateway, verifying its certificate (system roots and name)",
+        help="speak TLS to the gateway, verifying its certificate (system roots and name); "
+        "every other TLS option below implies it",
     )
-    p.add_argument("--tls-hostname", metavar="NAME", help="name the certificate must prove")
+    p.add_argument(
+        "--tls-hostname",
+        metavar="NAME",
+        help="name the certificate must prove (default: the --gateway host; implies --tls)",
+    )
     p.add_argument("--ca-file", metavar="FILE", help="trust only these CAs (implies --tls)")
     p.add_argument(
         "--pin-sha256",
         metavar="PIN",
         help="accept the server key with this pin-sha256 (comma-separated; implies --tls)",
     )
-    p.add_argument("--client-cert", metavar="FILE", help="client certificate for mutual TLS")
-    p.add_argument("--client-key", metavar="FILE", help="its private key (mode 0600)")
+    p.add_argument(
+        "--client-cert",
+        metavar="FILE",
+        help="client certificate for mutual TLS (implies --tls; needs --client-key)",
+    )
+    p.add_argument(
+        "--client-key", metavar="FILE", help="its private key, mode 0600 (implies --tls)"
+    )
     p.set_defaults(run=_cmd_tunnel)

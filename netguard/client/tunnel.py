@@ -15,6 +15,7 @@ in memory only.
 
 from __future__ import annotations
 
+import math
 import random as _random
 from typing import Any
 
@@ -53,6 +54,10 @@ RETRY_REASONS = frozenset(
 #: so many waiting connections do not come back at once): about 4 s in all, then the local
 #: connection is closed.
 RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+#: The longest idle or write timeout of a tunnelled connection, in seconds (a week, as
+#: for a service's C{idle_timeout}).
+MAX_TIMEOUT = 604800.0
 
 #: The relay's sides as the operator knows them: a is the local program, b the gateway.
 _SIDES = {
@@ -231,6 +236,17 @@ class TunnelFactory(Factory):
         write_timeout: float = 30.0,
         random: Any = _random.random,
     ):
+        """
+        @param idle_timeout: seconds a tunnelled connection may stay silent both ways.
+        @param write_timeout: seconds a side may leave relayed bytes unread.
+        @raise ValueError: for a timeout that is not a finite number of seconds from 1 to
+            L{MAX_TIMEOUT}.
+        """
+        for name, value in (("idle_timeout", idle_timeout), ("write_timeout", write_timeout)):
+            if not (math.isfinite(value) and 1 <= value <= MAX_TIMEOUT):
+                raise ValueError(
+                    f"{name} must be a number of seconds from 1 to {MAX_TIMEOUT:g}, not {value!r}"
+                )
         self.reactor = reactor
         self.random = random
         self.endpoint = endpoint
