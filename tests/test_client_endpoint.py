@@ -1,16 +1,20 @@
 """
-Tests for L{netguard.client.endpoint}: parsing C{netguard:} endpoint strings.
+Tests for L{netguard.client.endpoint}: parsing C{netguard:} endpoint strings, and what
+becomes of a connection whose C{connect} failed.
 """
 
 from __future__ import annotations
 
 import os
 
+from twisted.internet.defer import fail
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial import unittest
 
-from netguard.client.endpoint import NGPClientEndpoint
+from netguard.client.endpoint import MAX_CONNECT_TIMEOUT, NGPClientEndpoint
+from netguard.client.protocol import Credentials
 from tests import tls_certs
 
 
@@ -111,3 +115,120 @@ class EndpointStringTests(unittest.TestCase):
     def test_plain_without_tls_options(self):
         endpoint = self.parse("host=localhost:port=7700")
         self.assertIsInstance(endpoint.gateway, HostnameEndpoint)
+
+
+class ConnectTimeoutTests(unittest.TestCase):
+    """
+    C{timeout=} of a C{netguard:} string: a finite number of seconds above 0, at most
+    L{MAX_CONNECT_TIMEOUT}; anything else is a C{ValueError} naming the key.
+    """
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.password_file = self.mktemp()
+        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, b"pw\n")
+        os.close(fd)
+
+    def parse(self, timeout: str, mux: str = "yes"):
+        return clientFromString(
+            self.reactor,
+            f"netguard:host=127.0.0.1:port=7700:service=echo:user=alice:"
+            f"password_file={self.password_file}:mux={mux}:timeout={timeout}",
+        )
+
+    def test_bad_values_refused_naming_the_key(self):
+        """
+        Text, C{nan}, C{inf}, negative, zero and one past the bound are refused with an
+        error naming C{timeout=} and the value, with and without multiplexing.
+        """
+        too_long = repr(MAX_CONNECT_TIMEOUT + 0.001)
+        for value in ("abc", "", "nan", "inf", "-inf", "-5", "0", too_long):
+            for mux in ("yes", "no"):
+                with self.assertRaises(ValueError) as caught:
+                    self.parse(value, mux)
+                self.assertIn("timeout=", str(caught.exception), value)
+                self.assertIn(repr(value), str(caught.exception), value)
+
+    def test_bounds_accepted(self):
+        """
+        The smallest positive value and the bound itself reach the TCP endpoint.
+        """
+        for value in ("0.001", repr(MAX_CONNECT_TIMEOUT)):
+            endpoint = self.parse(value, mux="no")
+            self.assertEqual(endpoint.gateway._timeout, float(value))
+
+    def test_default(self):
+        """
+        Without C{timeout=} the TCP connection may take 30 s.
+        """
+        endpoint = clientFromString(
+            self.reactor,
+            f"netguard:host=127.0.0.1:port=7700:service=echo:user=alice:"
+            f"password_file={self.password_file}:mux=no",
+        )
+        self.assertEqual(endpoint.gateway._timeout, 30.0)
+
+
+class ConnectsAnyway:
+    """
+    A hostile gateway endpoint that fails C{connect} yet goes on with the connection (as
+    Twisted's connectors do when they cannot arm their timeout): with C{built_first} the
+    protocol is connected before the failure, otherwise the connection arrives later
+    (L{arrive}).
+    """
+
+    def __init__(self, built_first: bool) -> None:
+        self.built_first = built_first
+        self.factory = None
+        self.transport = StringTransport()
+        self.protocol = None
+
+    def connect(self, factory):
+        self.factory = factory
+        if self.built_first:
+            self.arrive()
+        return fail(AssertionError("-5.0 is not greater than or equal to 0 seconds"))
+
+    def arrive(self):
+        self.protocol = self.factory.buildProtocol(None)
+        if self.protocol is not None:
+            self.protocol.makeConnection(self.transport)
+
+
+class AbandonedConnectionTests(unittest.TestCase):
+    """
+    A connection whose C{connect} failed is never logged in nor handed to the application:
+    it is closed (or never built).
+    """
+
+    def connect(self, gateway):
+        endpoint = NGPClientEndpoint(
+            MemoryReactorClock(), gateway, Credentials("alice", "pw"), "echo", tickets=False
+        )
+        built = []
+        connecting = endpoint.connect(Factory.forProtocol(lambda: built.append(1)))
+        self.failureResultOf(connecting, AssertionError)
+        return built
+
+    def test_connection_after_the_failure_is_refused(self):
+        """
+        A connection that arrives after C{connect} failed gets no protocol (Twisted then
+        closes it): nothing is sent to the gateway.
+        """
+        gateway = ConnectsAnyway(built_first=False)
+        built = self.connect(gateway)
+        gateway.arrive()
+        self.assertIsNone(gateway.protocol)
+        self.assertEqual((gateway.transport.value(), built), (b"", []))
+
+    def test_connection_made_before_the_failure_is_closed(self):
+        """
+        A carrier already connected when C{connect} failed is closed at once, before the
+        greeting: a greeting arriving later gets no login.
+        """
+        gateway = ConnectsAnyway(built_first=True)
+        built = self.connect(gateway)
+        self.assertTrue(gateway.transport.disconnecting)
+        gateway.protocol.dataReceived(b"NETGUARD/1 gw AUTH=SCRAM-SHA-256\r\n")
+        self.assertEqual((gateway.transport.value(), built), (b"", []))

@@ -678,3 +678,59 @@ class CancelTests(ClientTestCase):
         failure = self.failureResultOf(script.client.opened, NGPProtocolError)
         self.assertEqual(failure.value.reason, "closed")
         self.assertIn("waiting for CONT", str(failure.value))
+
+
+class TLSVerificationReasonTests(unittest.TestCase):
+    """
+    A connection lost because the server's certificate failed our verification fails
+    L{NGPClientProtocol.opened} with C{reason="tls-verification"} (so callers can tell it
+    from a temporary loss); any other loss before the service is open stays C{"closed"}.
+    """
+
+    def lost_with(self, error: Exception) -> NGPProtocolError:
+        client = NGPClientProtocol(Credentials("alice", PASSWORD), "echo", clock=Clock())
+        client.makeConnection(StringTransport())
+        client.connectionLost(Failure(error))
+        failure = self.failureResultOf(client.opened, NGPProtocolError)
+        assert isinstance(failure.value, NGPProtocolError)
+        self.assertIn(failure.value.reason, FAILURE_REASONS)
+        self.assertIn(
+            "connection closed during the handshake, waiting for the greeting",
+            str(failure.value),
+        )
+        return failure.value
+
+    def test_pin_or_name_failure(self) -> None:
+        """
+        L{TLSVerificationError} (a pin or name check) is a verification failure, and its
+        words are kept in the message.
+        """
+        from netguard.tls.errors import TLSVerificationError
+
+        error = self.lost_with(TLSVerificationError("server key pin-sha256 X matches no pin"))
+        self.assertEqual(error.reason, "tls-verification")
+        self.assertIn("matches no pin", str(error))
+
+    def test_openssl_chain_failure(self) -> None:
+        """
+        OpenSSL's C{certificate verify failed} (an untrusted or expired chain) is one too.
+        """
+        from OpenSSL.SSL import Error
+
+        error = self.lost_with(Error([("SSL routines", "", "certificate verify failed")]))
+        self.assertEqual(error.reason, "tls-verification")
+
+    def test_other_losses_stay_closed(self) -> None:
+        """
+        A TLS error that is not a verification (the peer closed during the handshake) and a
+        plain close are C{"closed"}: temporary, as before.
+        """
+        from OpenSSL.SSL import Error
+        from twisted.internet.error import ConnectionDone, ConnectionLost
+
+        for error in (
+            Error([("SSL routines", "", "unexpected eof while reading")]),
+            ConnectionDone(),
+            ConnectionLost(),
+        ):
+            self.assertEqual(self.lost_with(error).reason, "closed", error)

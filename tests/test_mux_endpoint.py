@@ -942,3 +942,177 @@ class TicketTests(unittest.TestCase):
         self.assertNotIn("tunnel.mux.login_failed", names)
         self.assertEqual(h.gateway.connections, 3)
         self.assertEqual(self.kept(h), 1)
+
+
+class _TLSRefusingGateway:
+    """
+    A gateway endpoint whose every connection is lost as a TLS handshake is when the
+    server's certificate fails verification (or, with another C{reason}, as any lost
+    connection): the login's protocol is connected, then loses its connection with it.
+    """
+
+    def __init__(self, reason: Failure) -> None:
+        self.reason = reason
+        self.connections = 0
+
+    def connect(self, factory: Factory) -> Deferred[Any]:
+        from twisted.internet.testing import StringTransport
+
+        self.connections += 1
+        protocol = factory.buildProtocol(_ADDR)
+        protocol.makeConnection(StringTransport())
+        protocol.connectionLost(self.reason)
+        return succeed(protocol)
+
+
+class TLSVerificationTests(unittest.TestCase):
+    """
+    A gateway whose certificate fails our verification is refused at once and not
+    retried, as on the per-connection path.
+    """
+
+    def refused_by(self, error: Exception) -> tuple[MuxClientEndpoint, Clock, Any, Any]:
+        clock = Clock()
+        gateway = _TLSRefusingGateway(Failure(error))
+        endpoint = MuxClientEndpoint(
+            clock, gateway, Credentials("alice", PASSWORD), "echo", random=lambda: 0.5
+        )
+        self.addCleanup(endpoint.close)
+        return endpoint, clock, gateway, endpoint.connect(Factory.forProtocol(App))
+
+    def assert_fatal(self, error: Exception) -> None:
+        endpoint, clock, gateway, connecting = self.refused_by(error)
+        failure = self.failureResultOf(connecting, NGPProtocolError)
+        self.assertEqual(failure.value.reason, "tls-verification")
+        self.assertIn("connection closed during the handshake", str(failure.value))
+        self.assertIn(str(error), str(failure.value))
+        # A connect during the backoff delay fails at once, with no new handshake.
+        again = self.failureResultOf(endpoint.connect(Factory.forProtocol(App)))
+        self.assertEqual(again.value.reason, "tls-verification")
+        clock.advance(endpoint.wait_timeout)
+        self.assertEqual((gateway.connections, endpoint.logins), (1, 1))
+
+    def test_pin_mismatch_fails_at_once(self) -> None:
+        """
+        A key that matches no configured pin (L{TLSVerificationError}): the waiting connect
+        fails at once with C{NGPProtocolError(reason="tls-verification")}, one handshake.
+        """
+        from netguard.tls.errors import TLSVerificationError
+
+        self.assert_fatal(
+            TLSVerificationError("server key pin-sha256 AAAA= matches no configured pin")
+        )
+
+    def test_untrusted_certificate_fails_at_once(self) -> None:
+        """
+        OpenSSL's own refusal of the chain (C{certificate verify failed}) is fatal too.
+        """
+        from OpenSSL.SSL import Error
+
+        self.assert_fatal(
+            Error([("SSL routines", "", "certificate verify failed")])  # type: ignore[no-untyped-call]
+        )
+
+    def test_other_tls_errors_are_retried(self) -> None:
+        """
+        A TLS error that is not a verification failure (the gateway closed during the
+        handshake, as a flooded one may) stays temporary: the connect waits and another
+        login is made after the backoff delay.
+        """
+        from OpenSSL.SSL import Error
+
+        endpoint, clock, gateway, connecting = self.refused_by(
+            Error([("SSL routines", "", "unexpected eof while reading")])  # type: ignore[no-untyped-call]
+        )
+        self.assertNoResult(connecting)
+        clock.advance(endpoint.backoff_base)
+        self.assertEqual(gateway.connections, 2)
+        clock.advance(endpoint.wait_timeout)
+        self.failureResultOf(connecting, SessionUnavailable)
+
+
+class _ConnectsAnyway(FakeGateway):
+    """
+    A hostile gateway endpoint that fails C{connect} yet goes on with the connection (as
+    Twisted's connectors do when they cannot arm their timeout, say a negative one): with
+    C{built_first} the login's protocol is connected to the real gateway before the failure;
+    otherwise the connection arrives later (L{arrive}).
+    """
+
+    def __init__(self, clock: Clock, built_first: bool) -> None:
+        super().__init__(clock)
+        self.built_first = built_first
+        self.factories: list[Factory] = []
+        self.built: list[Any] = []
+
+    def connect(self, client_factory: Factory) -> Deferred[Any]:
+        self.factories.append(client_factory)
+        if self.built_first:
+            self.built.append(self._connect(client_factory))
+        return fail(AssertionError("-5.0 is not greater than or equal to 0 seconds"))
+
+    def arrive(self) -> None:
+        for factory in self.factories:
+            if factory.buildProtocol(_ADDR) is None:
+                continue
+            self.built.append(self._connect(factory))
+
+
+class AbandonedLoginTests(unittest.TestCase):
+    """
+    A login whose C{connect} failed or was given up never becomes a session that the
+    endpoint does not hold: its connection is closed, or never made.
+    """
+
+    def run_endpoint(self, built_first: bool) -> tuple[_ConnectsAnyway, Deferred[Any]]:
+        clock = Clock()
+        gateway = _ConnectsAnyway(clock, built_first)
+        endpoint = MuxClientEndpoint(
+            clock, gateway, Credentials("alice", PASSWORD), "echo", random=lambda: 0.5
+        )
+        self.addCleanup(endpoint.close)
+        connecting = endpoint.connect(Factory.forProtocol(App))
+        # Every retry within the wait bound fails the same way.
+        for _ in range(200):
+            gateway.greet()
+            clock.advance(0.1)
+        self.failureResultOf(connecting, SessionUnavailable)
+        endpoint.close()
+        gateway.greet()
+        self.assertGreater(len(gateway.factories), 2)
+        return gateway, connecting
+
+    def test_connection_made_before_the_failure_is_closed(self) -> None:
+        """
+        Each login connected before its C{connect} failed is closed before it logs in:
+        the real gateway saw no login and holds no session, and no such login ever
+        reached the multiplexed state.
+        """
+        gateway, _ = self.run_endpoint(built_first=True)
+        self.assertEqual(len(gateway.built), len(gateway.factories))
+        self.assertEqual(gateway.factory.sessions, set())
+        self.assertEqual(gateway.factory.stats.snapshot().get("auth_ok", 0), 0)
+        self.assertTrue(all(login.mux is None for login in gateway.built))
+
+    def test_connection_after_the_failure_gets_no_protocol(self) -> None:
+        """
+        A connection that arrives after C{connect} failed gets no protocol (Twisted then
+        closes it): no login is made on it.
+        """
+        gateway, _ = self.run_endpoint(built_first=False)
+        gateway.arrive()
+        gateway.greet()
+        self.assertEqual(gateway.built, [])
+
+    def test_cancelled_login_is_closed(self) -> None:
+        """
+        A login under way when the endpoint is closed (its connect cancelled after the
+        connection was made) is closed: the gateway holds no session afterwards.
+        """
+        h = Harness(self)
+        h.connect().addErrback(lambda failure: None)
+        self.assertEqual(h.gateway.connections, 1)
+        h.endpoint.close()
+        h.settle()
+        self.assertEqual(h.gateway.factory.sessions, set())
+        self.assertEqual(h.endpoint.sessions, [])

@@ -21,6 +21,7 @@ one on its next connection.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -84,6 +85,14 @@ class _CarrierProtocol(NGPClientProtocol):
 
 
 class _CarrierFactory(Factory):
+    """
+    Builds the one carrier of a C{connect}, unless the endpoint has given up on it by then.
+
+    @ivar abandoned: whether the connect failed: a connection the gateway endpoint makes
+        anyway (Twisted's connectors do when they cannot arm their timeout) is closed at
+        once, never logged in, and a carrier already built is closed.
+    """
+
     noisy = False
 
     def __init__(self, endpoint: NGPClientEndpoint, app_factory: Factory, present: bool):
@@ -91,8 +100,21 @@ class _CarrierFactory(Factory):
         self.app_factory = app_factory
         self.present = present
         self.carrier: _CarrierProtocol | None = None
+        self.abandoned = False
 
-    def buildProtocol(self, addr: Any) -> _CarrierProtocol:
+    def abandon(self) -> None:
+        """
+        The connect failed: close the carrier's connection, if any, and build none later.
+        """
+        self.abandoned = True
+        carrier = self.carrier
+        if carrier is None:
+            return
+        carrier.abandon()
+
+    def buildProtocol(self, addr: Any) -> _CarrierProtocol | None:
+        if self.abandoned or self.carrier is not None:
+            return None
         self.carrier = _CarrierProtocol(
             self.app_factory,
             addr,
@@ -180,7 +202,12 @@ class NGPClientEndpoint:
         def opened(carrier: _CarrierProtocol) -> Deferred[Any]:
             return carrier.opened.addCallback(lambda _: carrier.app)
 
+        def failed(failure: Failure) -> Failure:
+            carrier_factory.abandon()
+            return failure
+
         connecting.addCallback(opened)
+        connecting.addErrback(failed)
         if present:
             connecting.addErrback(self._ticket_refused, protocolFactory)
         return connecting
@@ -190,6 +217,30 @@ class NGPClientEndpoint:
         assert isinstance(failure.value, TicketRefused)
         log_ticket_refused(self.log, self.service, failure.value)
         return self._connect(protocolFactory, present=False)
+
+
+#: The C{timeout=} of a C{netguard:} string: seconds to establish the TCP connection to the
+#: gateway, by default and at most.
+DEFAULT_CONNECT_TIMEOUT = 30.0
+MAX_CONNECT_TIMEOUT = 3600.0
+
+
+def connect_timeout(text: str) -> float:
+    """
+    @param text: the value of C{timeout=}.
+    @return: it as seconds: a finite number above 0 and at most L{MAX_CONNECT_TIMEOUT}.
+    @raise ValueError: naming the key, for anything else (C{nan}, C{inf}, 0, negative).
+    """
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_CONNECT_TIMEOUT):
+        raise ValueError(
+            f"netguard: timeout= must be a number of seconds above 0 and at most "
+            f"{MAX_CONNECT_TIMEOUT:g}, not {escape(text, 40)!r}"
+        )
+    return seconds
 
 
 def endpoint_from_string_args(
@@ -232,6 +283,7 @@ def endpoint_from_string_args(
     tickets = kwargs.get("tickets", "yes").lower()
     if tickets not in ("yes", "no"):
         raise ValueError("netguard: tickets= is yes or no")
+    timeout = connect_timeout(kwargs.get("timeout", str(DEFAULT_CONNECT_TIMEOUT)))
     if "gateway" in kwargs:
         if "host" in kwargs or "port" in kwargs:
             raise ValueError("netguard: give either gateway= or host= and port=, not both")
@@ -247,9 +299,7 @@ def endpoint_from_string_args(
             raise ValueError(f"netguard: port= {e}") from None
         if number == 0:
             raise ValueError("netguard: port=0 cannot be connected to")
-        gateway = HostnameEndpoint(
-            reactor, kwargs["host"], number, timeout=float(kwargs.get("timeout", 30))
-        )
+        gateway = HostnameEndpoint(reactor, kwargs["host"], number, timeout=timeout)
     gateway = wrap_tls(reactor, gateway, kwargs, default_hostname=kwargs.get("host"))
     password = read_password_file(kwargs["password_file"])
     credentials = Credentials(kwargs["user"], password)

@@ -90,7 +90,9 @@ def parse_open_rate(value: bytes) -> tuple[float, int] | None:
 
 
 #: L{NGPProtocolError} reasons that retrying cannot cure either.
-FATAL_REASONS = frozenset({"not-a-gateway", "no-common-mechanism", "downgrade"})
+FATAL_REASONS = frozenset(
+    {"not-a-gateway", "no-common-mechanism", "downgrade", "tls-verification"}
+)
 
 _log = Logger()
 
@@ -258,6 +260,15 @@ class _MuxLogin(NGPClientProtocol):
             self.mux.connectionLost(reason)
         super().connectionLost(reason)
 
+    def abandon(self) -> None:
+        """
+        The endpoint gave up on this login (its connect failed, or was cancelled): close
+        the connection if it has one, and never deliver a session from it.
+        """
+        self.opened.addErrback(lambda _: None)
+        if not self._close_failed() and self.state is ClientState.OPEN:
+            self.close()  # the session too, not only the connection
+
     def close(self) -> None:
         """
         End the session (its streams end with L{netguard.mux.stream.SessionLost}) and
@@ -392,6 +403,34 @@ class _StreamOpener:
         """
         if self.transport is not None and self.app is None:
             self.transport.abortConnection()
+
+
+class _LoginFactory(Factory):
+    """
+    Builds one login's protocol for the gateway endpoint, unless the endpoint has given up
+    on that login by then (its connect failed before the connection was made: a connection
+    that goes on anyway is then closed at once, never logged in).
+    """
+
+    noisy = False
+
+    def __init__(self, login: _MuxLogin) -> None:
+        self.login = login
+        self.built = False
+        self.abandoned = False
+
+    def buildProtocol(self, addr: Any) -> _MuxLogin | None:
+        if self.abandoned or self.built:
+            return None
+        self.built = True
+        return self.login
+
+    def abandon(self) -> None:
+        """
+        Give the login up: close its connection if it has one, refuse one that comes later.
+        """
+        self.abandoned = True
+        self.login.abandon()
 
 
 class _Waiter:
@@ -666,11 +705,12 @@ class MuxClientEndpoint:
             present_ticket=present,
             stream_ceiling=self.max_streams,
         )
-        factory = Factory.forProtocol(lambda: login)
-        factory.noisy = False
+        factory = _LoginFactory(login)
         self._login = self.gateway.connect(factory)
         self._login.addCallback(lambda _: login.opened)
-        self._login.addCallbacks(lambda _: self._logged_in(login), self._login_failed)
+        self._login.addCallbacks(
+            lambda _: self._logged_in(login), self._login_failed, errbackArgs=(factory,)
+        )
 
     def _logged_in(self, login: _MuxLogin) -> None:
         self._login = None
@@ -688,8 +728,12 @@ class MuxClientEndpoint:
         )
         self._serve()
 
-    def _login_failed(self, failure: Failure) -> None:
+    def _login_failed(self, failure: Failure, factory: _LoginFactory) -> None:
         self._login = None
+        # The gateway endpoint may fail the connect yet go on with the connection (Twisted's
+        # connectors do when they cannot arm their timeout): that login must not become a
+        # session nobody holds.
+        factory.abandon()
         error = failure.value
         self._last_error = str(error)
         if isinstance(error, TicketRefused):

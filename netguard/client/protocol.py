@@ -16,6 +16,7 @@ import enum
 from typing import Any
 
 import attrs
+from OpenSSL.SSL import Error as SSLError
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
@@ -34,6 +35,7 @@ from netguard.errors import ErrorCode
 from netguard.framing import FramingLimits, GuardedLineReceiver
 from netguard.log import escape
 from netguard.tls import channel_binding_for
+from netguard.tls.errors import TLSVerificationError
 from netguard.wrapped_interfaces import provide_through_wrapper
 
 
@@ -85,7 +87,28 @@ FAILURE_REASONS: dict[str, str] = {
     "idle-timeout": "the server was silent longer than the idle timeout",
     "early-data": "data before the TLS handshake completed",
     "closed": "the connection closed before the service was open",
+    "tls-verification": "on TLS, the server's certificate failed the client's verification "
+    "(a key pin, the chain of trust or the name): the handshake was aborted",
 }
+
+
+#: What OpenSSL says when the chain of trust fails the client's check (an untrusted or
+#: expired certificate): the verify callback refused it.
+_OPENSSL_VERIFY_FAILED = "certificate verify failed"
+
+
+def tls_verification_failed(reason: Failure | None) -> bool:
+    """
+    @param reason: why a connection was lost.
+    @return: whether it was lost because the server's certificate failed our verification:
+        a pin or name check (L{TLSVerificationError}) or OpenSSL's own chain check. Any other
+        TLS error (the peer closed during the handshake, say) is not one.
+    """
+    if reason is None:
+        return False
+    if reason.check(TLSVerificationError) is not None:
+        return True
+    return reason.check(SSLError) is not None and _OPENSSL_VERIFY_FAILED in str(reason.value)
 
 
 @attrs.frozen(repr=False)
@@ -376,7 +399,7 @@ class NGPClientProtocol(GuardedLineReceiver):
                 NGPProtocolError(
                     f"connection closed during the handshake, waiting for {waiting}: "
                     f"{escape(why, 200)}",
-                    "closed",
+                    "tls-verification" if tls_verification_failed(reason) else "closed",
                 )
             )
 
@@ -531,6 +554,17 @@ class NGPClientProtocol(GuardedLineReceiver):
         connection; nothing more is sent or delivered.
         """
         self._close_failed()
+
+    def abandon(self) -> None:
+        """
+        The endpoint gave up on this connection (its connect failed or was cancelled):
+        close it, whatever its state, and consume the failure of L{opened}, which nobody
+        waits for any more.
+        """
+        self.opened.addErrback(lambda _: None)
+        if not self._close_failed() and self.state is ClientState.OPEN:
+            if self.transport is not None:
+                self.transport.loseConnection()
 
     def _close_failed(self) -> bool:
         """
