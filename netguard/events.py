@@ -35,6 +35,8 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "so nothing was handed to the twistd --uid user",
         "config.warning": "the configuration works but has something to look at",
         "gateway.start": "start-up finished",
+        "gateway.start_failed": "the start failed while listening or handing the state "
+        "directory over (after a daemonizing twistd forked); the process exits 1",
         "control.listen": "the control socket was opened",
         "metrics.listen": "the metrics endpoint was opened",
         "shutdown.drain": "stopped accepting; draining the open connections",

@@ -24,8 +24,14 @@ from twisted.python.failure import Failure
 from netguard.auth.users import UserStore, ensure_users_file, load_mock_key
 from netguard.endpoints import with_default_backlog
 from netguard.gateway.factory import GatewayFactory
-from netguard.log import FileLogSink
-from netguard.ops.control import ControlError, ControlFactory, ControlService
+from netguard.log import FileLogSink, LogFileError
+from netguard.ops.control import (
+    ControlError,
+    ControlFactory,
+    ControlService,
+    UnsafeControlPath,
+    check_control_path,
+)
 from netguard.ops.drain import Drainer
 from netguard.ops.heartbeat import Heartbeat, install_sigusr1
 from netguard.ops.lock import (
@@ -37,7 +43,7 @@ from netguard.ops.lock import (
 from netguard.ops.metrics import MetricsService
 from netguard.ops.notify import Watchdog, notify_ready, notify_stopping
 from netguard.ops.overload import OverloadMonitor
-from netguard.ops.preflight import AddressBusy, check_listener_free
+from netguard.ops.preflight import AddressBusy, check_listener_free, check_log_file
 from netguard.ops.reload import ReloadRefused
 from netguard.ops.startup import created_paths, start_privileged
 from netguard.proxy_header import proxy_listener_endpoint
@@ -407,11 +413,17 @@ def load_users(config: Any, terminal: IO[str] | None = None) -> UserStore:
 
 def _preflight(config: Any) -> None:
     """
-    Probe every address we will listen on while twistd is still in the foreground, so an
-    address in use stops the start on the terminal (L{netguard.ops.preflight}).
+    Check, while twistd is still in the foreground, what the start would otherwise meet
+    only after twistd forked: the control socket's place, the log file, and every address
+    we will listen on (L{netguard.ops.preflight}). Each stops the start on the terminal.
 
+    @raise UnsafeControlPath: the control socket's directory is not ours alone.
+    @raise LogFileError: the C{[log] file} cannot be opened.
     @raise ListenFailed: naming the listener and the problem.
     """
+    if config.ops.control_socket:
+        check_control_path(config.ops.control_socket)
+    check_log_file(config.log.file)
     listeners = [*config.listen, *(tls.endpoint for tls in config.tls_listen)]
     if config.ops.metrics_listen:
         listeners.append(config.ops.metrics_listen)
@@ -471,7 +483,7 @@ def make_service(
         os.makedirs(directory, mode=0o700, exist_ok=True)
     try:
         _preflight(config)
-    except ListenFailed:
+    except (ListenFailed, UnsafeControlPath, LogFileError):
         instance_lock.release()
         raise
     # Certificates and keys are read now, before privileges are dropped; a bad file stops

@@ -16,16 +16,17 @@ from twisted.python import usage
 from netguard import __version__
 from netguard.auth.users import UsersFileError
 from netguard.config import ConfigError, load_config
-from netguard.log import stdout_log_problem
+from netguard.log import LogFileError, stdout_log_problem
+from netguard.ops.control import UnsafeControlPath
 from netguard.ops.drain import install_sigterm
 from netguard.ops.heartbeat import install_sigusr1
 from netguard.ops.lock import AlreadyRunning
-from netguard.ops.privileges import run_as_identity
+from netguard.ops.privileges import run_as_identity, switch_refused
 from netguard.ops.reload import Reloader, install_sighup
 from netguard.service import ListenFailed, make_service
 from netguard.tls import TLSConfigError
 from netguard.workers.operate import SupervisorReloader
-from netguard.workers.supervisor import Supervisor
+from netguard.workers.supervisor import Supervisor, check_readable_after_drop
 
 
 class Options(usage.Options):
@@ -141,6 +142,9 @@ def makeService(options: Options) -> Any:
     """
     from twisted.internet import reactor
 
+    runner = getattr(options, "parent", None)
+    run_as = run_as_identity(runner, os.geteuid())
+    _check_before_fork(options["loaded"], runner, run_as)
     try:
         service = make_service(
             options["loaded"], reactor, source=(options["config"], options.overrides())
@@ -148,12 +152,14 @@ def makeService(options: Options) -> Any:
     except AlreadyRunning as error:
         # Before daemonizing: the operator sees this one line on the terminal, exit 1.
         raise SystemExit(str(error)) from None
+    except (UnsafeControlPath, LogFileError) as error:
+        raise SystemExit(f"netguard: {error}") from None  # as the start would say it
     except (UsersFileError, TLSConfigError, ListenFailed, OSError) as error:
         raise SystemExit(f"netguard: cannot start: {error}") from None
     # twistd --uid as root: what we create in the state directory goes to that user
     # before twistd drops privileges, so reload and clean-up at stop keep working (the
     # workers, started after the drop, read the users file and keys as that user).
-    service.run_as = run_as_identity(getattr(options, "parent", None), os.geteuid())
+    service.run_as = run_as
     if isinstance(service, Supervisor):
         # Workers: SIGTERM drains every worker (a second one closes what is left), SIGHUP
         # checks the configuration and reloads every worker, SIGUSR1 switches their heartbeat.
@@ -168,3 +174,22 @@ def makeService(options: Options) -> Any:
     reactor.callWhenRunning(install_sigterm, reactor, service.drainer)
     reactor.callWhenRunning(install_sighup, reactor, service.reloader)
     return service
+
+
+def _check_before_fork(config: Any, runner: Any, run_as: tuple[int, int] | None) -> None:
+    """
+    Check now, in the foreground, what would otherwise go wrong only after a daemonizing
+    twistd forked: a C{--uid}/C{--gid} twistd cannot switch to (twistd's own failure there
+    ends the daemon without telling its waiting parent), and with workers under C{--uid} a
+    C{[shared]} password file they could not read.
+
+    @param config: the loaded configuration.
+    @param runner: twistd's options, or L{None}.
+    @param run_as: C{(uid, gid)} of C{--uid} as root (L{run_as_identity}), or L{None}.
+    @raise SystemExit: with one line naming the problem.
+    """
+    problem = switch_refused(runner, os.geteuid(), os.getuid(), os.getgid())
+    if problem is not None:
+        raise SystemExit(f"netguard: cannot start: {problem}")
+    if config.workers > 1 and run_as is not None and config.shared.password_file:
+        check_readable_after_drop(config.shared.password_file, run_as[0])

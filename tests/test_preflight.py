@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 
 from twisted.trial import unittest
 
-from netguard.ops.preflight import AddressBusy, check_listener_free
+from netguard.log import LogFileError
+from netguard.ops.preflight import AddressBusy, check_listener_free, check_log_file
 
 
 def listening(family: socket.AddressFamily, address: str) -> tuple[socket.socket, int]:
@@ -101,3 +103,58 @@ class UnixTests(unittest.TestCase):
         holder.bind(path)
         holder.listen(1)
         self.assertRaises(AddressBusy, check_listener_free, "unix:" + path.replace(":", "\\:"))
+
+
+class LogFileTests(unittest.TestCase):
+    """
+    The C{[log] file} is tried before twistd forks, as the start would open it.
+    """
+
+    def setUp(self) -> None:
+        self.base = self.mktemp()
+        os.mkdir(self.base)
+
+    def test_missing_directory_refused_with_the_start_s_message(self) -> None:
+        """
+        A file in a directory that does not exist: the message the start would give.
+        """
+        path = os.path.join(self.base, "nodir", "x.log")
+        error = self.assertRaises(LogFileError, check_log_file, path)
+        self.assertEqual(str(error), f"cannot open log file {path}: No such file or directory")
+
+    def test_directory_as_file_refused(self) -> None:
+        """
+        A path that is a directory cannot be a log file.
+        """
+        error = self.assertRaises(LogFileError, check_log_file, self.base)
+        self.assertIn(f"cannot open log file {self.base}: ", str(error))
+
+    def test_new_file_created_private_and_empty(self) -> None:
+        """
+        A file that does not exist yet is created (mode 0600, empty), as the start would.
+        """
+        path = os.path.join(self.base, "x.log")
+        check_log_file(path)
+        info = os.stat(path)
+        self.assertEqual(stat.S_IMODE(info.st_mode), 0o600)
+        self.assertEqual(info.st_size, 0)
+
+    def test_existing_file_kept(self) -> None:
+        """
+        An existing file keeps its content and its mode.
+        """
+        path = os.path.join(self.base, "x.log")
+        with open(path, "w") as handle:
+            handle.write("earlier\n")
+        os.chmod(path, 0o640)
+        check_log_file(path)
+        with open(path) as handle:
+            self.assertEqual(handle.read(), "earlier\n")
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o640)
+
+    def test_no_file_of_our_own_not_probed(self) -> None:
+        """
+        C{"-"} (twistd's log only) is not a path: nothing is opened or created.
+        """
+        check_log_file("-")
+        self.assertFalse(os.path.exists("-"))

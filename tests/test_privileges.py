@@ -12,7 +12,7 @@ from twisted.logger import capturedLogs
 from twisted.trial import unittest
 
 from netguard.ops import privileges
-from netguard.ops.privileges import hand_over, run_as_identity
+from netguard.ops.privileges import hand_over, run_as_identity, switch_refused
 
 _real_lchown = os.lchown
 
@@ -36,6 +36,71 @@ class RunAsIdentityTests(unittest.TestCase):
         user = pwd.struct_passwd(("u", "x", 4321, 777, "", "/", "/bin/false"))
         self.patch(privileges.pwd, "getpwuid", lambda uid: user if uid == 4321 else entry)
         self.assertEqual(run_as_identity({"uid": 4321, "gid": None}, euid=0), (4321, 777))
+
+
+class SwitchRefusedTests(unittest.TestCase):
+    """
+    A C{--uid}/C{--gid} twistd could not switch to is named before twistd forks.
+    """
+
+    def test_root_may_switch(self) -> None:
+        """
+        As root any user and group will do.
+        """
+        self.assertIsNone(switch_refused({"uid": 1000, "gid": 1000}, euid=0, uid=0, gid=0))
+
+    def test_outside_twistd_or_nothing_asked(self) -> None:
+        """
+        No twistd options, or no C{--uid}/C{--gid}: nothing to refuse.
+        """
+        self.assertIsNone(switch_refused(None, euid=1000, uid=1000, gid=1000))
+        self.assertIsNone(switch_refused({"uid": None, "gid": None}, 1000, 1000, 1000))
+
+    def test_own_identity_allowed(self) -> None:
+        """
+        A user may name their own uid and gid (twistd only warns).
+        """
+        self.assertIsNone(switch_refused({"uid": 1000, "gid": 1000}, 1000, 1000, 1000))
+
+    def test_another_user_refused(self) -> None:
+        """
+        Another uid, not root: refused with both identities named.
+        """
+        problem = switch_refused({"uid": 1001, "gid": 1000}, euid=1000, uid=1000, gid=1000)
+        self.assertEqual(
+            problem,
+            "twistd --uid 1001 --gid 1000: only root can switch to another user or group "
+            "(running as uid 1000 gid 1000)",
+        )
+
+    def test_another_group_refused(self) -> None:
+        """
+        Our uid but another gid: refused as well (twistd's setgid would fail).
+        """
+        self.assertIsNotNone(switch_refused({"uid": 1000, "gid": 1001}, 1000, 1000, 1000))
+        self.assertIsNotNone(switch_refused({"uid": None, "gid": 1001}, 1000, 1000, 1000))
+
+    def test_gid_defaults_to_the_users_primary_group(self) -> None:
+        """
+        C{--uid} alone means that user's primary group, as twistd does; a uid with no
+        user is named.
+        """
+        user = pwd.struct_passwd(("u", "x", 1000, 1000, "", "/", "/bin/false"))
+        other = pwd.struct_passwd(("o", "x", 1002, 2002, "", "/", "/bin/false"))
+        table = {1000: user, 1002: other}
+
+        def getpwuid(uid: int) -> pwd.struct_passwd:
+            return table[uid]
+
+        self.patch(privileges.pwd, "getpwuid", getpwuid)
+        self.assertIsNone(switch_refused({"uid": 1000, "gid": None}, 1000, 1000, 1000))
+        self.assertIn(
+            "--gid 2002", str(switch_refused({"uid": 1002, "gid": None}, 1000, 1000, 1000))
+        )
+        self.assertEqual(
+            switch_refused({"uid": 1003, "gid": None}, 1000, 1000, 1000),
+            "twistd --uid 1003: no such user",
+        )
 
 
 class HandOverTests(unittest.TestCase):

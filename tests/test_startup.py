@@ -5,14 +5,18 @@ and the workers' supervisor.
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet.error import CannotListenError
+from twisted.logger import capturedLogs
+from twisted.scripts._twistd_unix import UnixApplicationRunner
+from twisted.scripts.twistd import ServerOptions
 from twisted.trial import unittest
 
 from netguard.ops import startup
-from netguard.ops.startup import created_paths, start_privileged
+from netguard.ops.startup import StartFailed, created_paths, start_privileged
 
 
 class FakeLock:
@@ -23,6 +27,10 @@ class FakeLock:
 
     def write_pid(self) -> None:
         self.calls.append("pid")
+
+    def release(self) -> bool:
+        self.calls.append("release")
+        return True
 
 
 class FakeSink:
@@ -97,6 +105,101 @@ class StartPrivilegedTests(unittest.TestCase):
             SystemExit, start_privileged, service([], run_as=(1000, 1000)), lambda: None, "/s"
         )
         self.assertIn("cannot hand the state directory over", str(error.code))
+
+
+def failing_start() -> None:
+    raise CannotListenError("127.0.0.1", 7700, OSError("in use"))
+
+
+class StartFailureTests(unittest.TestCase):
+    """
+    How a failed privileged start ends: one line, the lock released, and heard by twistd.
+    """
+
+    def test_failure_is_logged_and_releases_the_lock(self) -> None:
+        """
+        The reason is logged as C{gateway.start_failed} and the instance lock released
+        (its file removed), so nothing is left for the next start to trip over.
+        """
+        calls: list[str] = []
+        with capturedLogs() as events:
+            self.assertRaises(StartFailed, start_privileged, service(calls), failing_start, "/s")
+        self.assertEqual(calls, ["pid", "log", "release"])
+        failed = [event for event in events if event.get("event") == "gateway.start_failed"]
+        self.assertEqual(len(failed), 1)
+        self.assertIn("in use", failed[0]["reason"])
+
+    def test_start_failed_is_an_exit_and_an_exception(self) -> None:
+        """
+        L{StartFailed} exits like L{SystemExit} (its code is the one line shown) and is an
+        L{Exception}, what twistd catches.
+        """
+        error = StartFailed("control socket directory /x: writable by group or others")
+        self.assertIsInstance(error, SystemExit)
+        self.assertIsInstance(error, Exception)
+        line = "netguard: control socket directory /x: writable by group or others"
+        self.assertEqual((error.code, str(error)), (line, line))
+        self.assertEqual(error.reason, line.removeprefix("netguard: "))
+
+    def run_twistd_post_application(self, start: Any) -> tuple[bytes, str]:
+        """
+        Run twistd's real C{postApplication} with C{start} as what it starts, as its daemon
+        child does: with a status pipe to the waiting parent and a pidfile.
+
+        @return: what the parent would read from the pipe, and the pidfile's path.
+        """
+        base = self.mktemp()
+        os.mkdir(base)
+        pidfile = os.path.join(base, "t.pid")
+        read_end, write_end = os.pipe()
+        self.addCleanup(os.close, read_end)
+        os.set_blocking(read_end, False)
+        config = ServerOptions()
+        config.update(nodaemon=True, pidfile=pidfile, originalname=True, statusPipe=write_end)
+        runner = UnixApplicationRunner(config)
+        runner.application = None
+
+        def start_application(application: Any) -> None:
+            with open(pidfile, "w") as handle:  # as twistd's setupEnvironment does
+                handle.write(str(os.getpid()))
+            start()
+
+        runner.startApplication = start_application  # type: ignore[method-assign]
+        self.assertRaises(SystemExit, runner.postApplication)
+        try:
+            return os.read(read_end, 100), pidfile
+        except BlockingIOError:
+            os.close(write_end)
+            return b"", pidfile
+
+    def test_twistd_reports_it_to_its_waiting_parent(self) -> None:
+        """
+        Through twistd's own C{postApplication}, a failed start reaches the status pipe as
+        C{1 ...: <reason>} (the waiting parent prints it and exits 1) and the pidfile is
+        removed; a bare L{SystemExit} would leave the parent waiting for ever.
+        """
+        calls: list[str] = []
+        heard, pidfile = self.run_twistd_post_application(
+            lambda: start_privileged(service(calls), failing_start, "/state")
+        )
+        self.assertTrue(heard.startswith(b"1 "), heard)
+        self.assertIn(b"StartFailed: netguard: Couldn't listen on 127.0.0.1:7700", heard)
+        self.assertFalse(os.path.exists(pidfile))
+
+    def test_hand_over_failure_reported_too(self) -> None:
+        """
+        A failure to hand the state directory over (C{--uid}) ends the start the same way.
+        """
+
+        def refuse(*args: object) -> None:
+            raise PermissionError("not allowed")
+
+        self.patch(startup, "hand_over", refuse)
+        heard, pidfile = self.run_twistd_post_application(
+            lambda: start_privileged(service([], run_as=(1000, 1000)), lambda: None, "/s")
+        )
+        self.assertIn(b"StartFailed: netguard: cannot hand the state directory over", heard)
+        self.assertFalse(os.path.exists(pidfile))
 
 
 class CreatedPathsTests(unittest.TestCase):

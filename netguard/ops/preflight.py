@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_preflight -*-
 """
-Check, before twistd daemonizes, that every address the gateway will listen on is free.
+Check, before twistd daemonizes, that every address the gateway will listen on is free, and
+that the C{[log] file} can be opened.
 
 twistd builds the service (C{makeService}) in the foreground, then forks into the background
 and only then listens (C{privilegedStartService}). A listener that fails there cannot be
@@ -11,7 +12,9 @@ closed at once) and each unix socket path (L{check_unix_socket_free}) while stil
 foreground: an address in use or a port that needs privileges stops the start with one line.
 
 The probe is advisory: another process may take the address between the probe and the real
-listen, which still fails cleanly in C{privilegedStartService}, only later.
+listen, which still fails cleanly in C{privilegedStartService}, only later (through twistd's
+status pipe: L{netguard.ops.startup.StartFailed}). The log file is opened (created 0600 as
+the start would) and closed again by L{check_log_file}.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import errno
 import socket
 
 from netguard.endpoints import split_description
+from netguard.log import LogFileError, open_log_file
 from netguard.ops.lock import InstanceConflict, check_unix_socket_free
 from netguard.proxy_listener import split_proxy_listener
 
@@ -93,3 +97,20 @@ def check_listener_free(description: str, what: str | None = None) -> None:
             check_unix_socket_free(path)
         except InstanceConflict as error:
             raise AddressBusy(f"cannot listen on {what}: {error}") from None
+
+
+def check_log_file(path: str) -> None:
+    """
+    Open the C{[log] file} for appending, as the start will (creating it with mode 0600
+    when it does not exist), and close it again: a missing directory or a file we may not
+    write stops the start while twistd is still in the foreground.
+
+    @param path: C{log.file}; C{"-"} (no file of netguard's own) is not probed.
+    @raise LogFileError: naming the file and the reason, as the start would.
+    """
+    if path == "-":
+        return
+    try:
+        open_log_file(path).close()
+    except OSError as error:
+        raise LogFileError(f"cannot open log file {path}: {error.strerror or error}") from None

@@ -42,6 +42,37 @@ def run_as_identity(twistd_options: Mapping[str, Any] | None, euid: int) -> tupl
     return int(uid), int(gid)
 
 
+def switch_refused(
+    twistd_options: Mapping[str, Any] | None, euid: int, uid: int, gid: int
+) -> str | None:
+    """
+    Why twistd could not switch to its C{--uid}/C{--gid}, or L{None}. Only root may switch
+    to another user or group; twistd finds that out only after it forked into the
+    background, and then exits without telling its waiting parent, so ask first.
+
+    @param twistd_options: twistd's own options, or L{None} outside twistd.
+    @param euid: our effective uid now.
+    @param uid: our real uid now.
+    @param gid: our real gid now.
+    @return: a message for the operator, or L{None} if the switch can be made (or none
+        is asked for).
+    """
+    if twistd_options is None or euid == 0:
+        return None
+    want_uid, want_gid = twistd_options.get("uid"), twistd_options.get("gid")
+    if want_uid is not None and want_gid is None:
+        try:
+            want_gid = pwd.getpwuid(want_uid).pw_gid  # as twistd does
+        except KeyError:
+            return f"twistd --uid {want_uid}: no such user"
+    if (want_uid is None or want_uid == uid) and (want_gid is None or want_gid == gid):
+        return None
+    return (
+        f"twistd --uid {want_uid} --gid {want_gid}: only root can switch to another user "
+        f"or group (running as uid {uid} gid {gid})"
+    )
+
+
 def _inside(path: str, directory: str) -> bool:
     path, directory = os.path.abspath(path), os.path.abspath(directory)
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)

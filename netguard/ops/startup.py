@@ -4,6 +4,10 @@ The privileged part of starting a gateway, shared by the single process and the 
 supervisor: the instance lock's pid, the log file and what must listen before twistd drops
 privileges, one line instead of a traceback when any of it fails, and the state directory
 handed to the user twistd runs as. See C{docs/operating.md} (privileges, workers).
+
+Whatever can be checked is checked earlier, in C{makeService}, while twistd is still in the
+foreground (L{netguard.ops.preflight}); what fails here anyway, after a daemonizing twistd
+forked, must reach twistd's waiting parent: L{start_failure}.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 
 from netguard.auth.users import MOCK_KEY_FILE
 from netguard.log import LogFileError
@@ -21,6 +26,8 @@ from netguard.ops.lock import InstanceConflict
 from netguard.ops.metrics import MetricsListenFailed
 from netguard.ops.privileges import hand_over
 from netguard.tickets import TICKET_KEY_FILE
+
+log = Logger()
 
 #: What ends a start with one line naming the cause rather than a traceback.
 START_ERRORS: tuple[type[Exception], ...] = (
@@ -32,6 +39,39 @@ START_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+class StartFailed(SystemExit, Exception):
+    """
+    A start that failed in C{privilegedStartService}: it ends the process with one line
+    (C{netguard: <reason>}, exit status 1, no traceback) as a L{SystemExit} does, and it is
+    also an L{Exception}, because that is what C{twistd}'s C{postApplication} catches: it
+    then removes the pidfile and, when it daemonized, writes C{1 <reason>} to the status
+    pipe its waiting parent reads (which prints it and exits 1). A bare L{SystemExit} passes
+    that by and leaves the parent waiting for ever.
+
+    @ivar reason: what failed, without the C{netguard:} prefix of the line shown.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"netguard: {reason}")
+        self.reason = reason
+
+
+def start_failure(service: Any, reason: str) -> StartFailed:
+    """
+    What ends a start that failed in C{privilegedStartService}: the reason is logged
+    (C{gateway.start_failed}) and the instance lock released, so nothing is left for the
+    next start to trip over.
+
+    @param service: the gateway's or the supervisor's service.
+    @param reason: what failed, for the operator.
+    @return: the L{StartFailed} to raise.
+    """
+    log.error("start failed: {reason}", event="gateway.start_failed", reason=reason)
+    if service.instance_lock is not None:
+        service.instance_lock.release()
+    return StartFailed(reason)
+
+
 def start_privileged(
     service: Any,
     start: Callable[[], None],
@@ -41,13 +81,13 @@ def start_privileged(
     """
     Write the instance lock's pid (we may be twistd's daemon child by now), start the log
     file (before privileges drop: /var/log may need root) and then C{start()}; a failure
-    among L{START_ERRORS} or C{also} ends the process with one line. Under C{twistd --uid}
-    as root (C{service.run_as}), hand the state directory and what netguard made in it
-    (C{service.created_paths()}) to that user.
+    among L{START_ERRORS} or C{also} ends the start (L{start_failure}). Under C{twistd
+    --uid} as root (C{service.run_as}), hand the state directory and what netguard made in
+    it (C{service.created_paths()}) to that user.
 
     @param service: the gateway's or the supervisor's service (C{instance_lock},
         C{log_sink}, C{run_as}, C{created_paths}).
-    @raise SystemExit: naming what failed.
+    @raise StartFailed: naming what failed.
     """
     if service.instance_lock is not None:
         service.instance_lock.write_pid()
@@ -55,12 +95,13 @@ def start_privileged(
         service.log_sink.start()
         start()
     except (*START_ERRORS, *also) as error:
-        raise SystemExit(f"netguard: {error}") from None
+        raise start_failure(service, str(error)) from None
     if service.run_as is not None:
         try:
             hand_over(state_dir, service.created_paths(), *service.run_as)
         except OSError as error:
-            raise SystemExit(f"netguard: cannot hand the state directory over: {error}") from None
+            reason = f"cannot hand the state directory over: {error}"
+            raise start_failure(service, reason) from None
 
 
 def created_paths(config: Any, instance_lock: Any, sockets: Iterable[str]) -> list[str]:
