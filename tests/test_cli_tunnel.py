@@ -193,6 +193,26 @@ class UnixListenModeTests(unittest.TestCase):
             ("unix:/tmp/t.sock:mode=660:lockfile=1", None),
         )
 
+    def test_mode_open_to_others_is_refused(self) -> None:
+        """
+        A mode that lets others write to the socket (so any local user could connect and
+        be carried as this one) is refused without C{--allow-remote}, and accepted with it,
+        with a warning; group access (660) and the owner's alone (600, 700) are not.
+        """
+        for mode in ("666", "662", "0777"):
+            with self.assertRaises(CommandError) as caught:
+                local_listener(f"unix:/tmp/t.sock:mode={mode}", False)
+            self.assertIn(f"by every local user (mode {mode})", str(caught.exception))
+            description, warning = local_listener(f"unix:/tmp/t.sock:mode={mode}", True)
+            self.assertEqual(description, f"unix:/tmp/t.sock:mode={mode}")
+            assert warning is not None
+            self.assertIn("every local user", warning)
+        for mode in ("660", "600", "700", "664"):
+            self.assertEqual(  # (r-- for others gives no connect: that needs write)
+                local_listener(f"unix:/tmp/t.sock:mode={mode}", False),
+                (f"unix:/tmp/t.sock:mode={mode}", None),
+            )
+
     @inlineCallbacks
     def test_real_socket_is_mode_600(self) -> Any:
         """

@@ -46,9 +46,10 @@ def local_listener(description: str, allow_remote: bool) -> tuple[str, str | Non
     """
     Check C{--listen} before anything listens: whoever connects to it is carried through
     the gateway as the logged-in user, so it must stay with that user unless they say
-    otherwise. A TCP listener on a non-loopback (or no) interface, or one netguard cannot
-    judge (a plugin), is refused without C{allow_remote}; a unix socket whose string names
-    no C{mode=} gets L{DEFAULT_UNIX_MODE}.
+    otherwise. A TCP listener on a non-loopback (or no) interface, a unix socket whose
+    C{mode=} lets others write to it (any local user could connect), or a listener netguard
+    cannot judge (a plugin) is refused without C{allow_remote}; a unix socket whose string
+    names no C{mode=} gets L{DEFAULT_UNIX_MODE}.
 
     @param description: the C{--listen} endpoint string.
     @param allow_remote: the user accepts a listener others can reach (C{--allow-remote}).
@@ -63,19 +64,25 @@ def local_listener(description: str, allow_remote: bool) -> tuple[str, str | Non
     except (ValueError, KeyError, TypeError) as e:
         raise CommandError(f"bad --listen endpoint string: {e}") from None
     fields = split_description(listener.description)
-    if fields[0].value.lower() == "unix" and not any(f.key == "mode" for f in fields):
-        fields.append(Field("mode", DEFAULT_UNIX_MODE))
+    reach = f"beyond this host ({listener.exposure})" if listener.network else None
+    if fields[0].value.lower() == "unix":
+        modes = [f.value for f in fields if f.key == "mode"]
+        if not modes:
+            fields.append(Field("mode", DEFAULT_UNIX_MODE))
+        elif int(modes[-1], 8) & 0o002:
+            reach = f"by every local user (mode {modes[-1]})"
     result = join_fields(fields)
-    if not listener.network:
+    if reach is None:
         return result, None
     risk = (
-        f"--listen {description} can be reached beyond this host ({listener.exposure}): "
-        "anyone who connects to it is carried through the gateway as you"
+        f"--listen {description} can be reached {reach}: anyone who connects to it is "
+        "carried through the gateway as you"
     )
     if not allow_remote:
         raise CommandError(
-            f"{risk}; listen on a unix socket or on loopback (tcp:PORT:interface=127.0.0.1), "
-            "or give --allow-remote if that is really what you want"
+            f"{risk}; listen on a unix socket of mode 600 or on loopback "
+            "(tcp:PORT:interface=127.0.0.1), or give --allow-remote if that is really what "
+            "you want"
         )
     return result, f"warning: {risk} (--allow-remote)"
 
@@ -207,7 +214,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--allow-remote",
         action="store_true",
         help="accept a --listen that others can reach (a TCP port on all or a "
-        "non-loopback interface): anyone who reaches it uses the gateway as --user",
+        "non-loopback interface, a unix socket whose mode= lets others write): anyone who "
+        "reaches it uses the gateway as --user",
     )
     p.add_argument("--user", required=True, metavar="NAME", help="the netguard user")
     p.add_argument("--password-file", metavar="FILE", help="file holding the password (0600)")
