@@ -53,8 +53,21 @@ class Options(usage.Options):
             "State directory (default: /var/lib/netguard for root, else ~/.local/state/netguard).",
         ],
         ["server-name", None, None, "Name shown in the greeting (default: netguard)."],
-        ["log-format", None, None, "Log format: text or json (default: text)."],
-        ["log-file", None, None, "Log file, or - for standard output (default: -)."],
+        [
+            "log-format",
+            None,
+            None,
+            "Format of the --log-file: text or json (default: text). For JSON in twistd's "
+            "own log, use twistd --logger netguard.log.json_stdout_observer.",
+        ],
+        [
+            "log-file",
+            None,
+            None,
+            "netguard's own log file, written besides twistd's log; or - (the default) for "
+            "none: events then go only to twistd's log (standard output with -n, twistd.log "
+            "or --logfile when daemonized).",
+        ],
     ]
 
     def __init__(self) -> None:

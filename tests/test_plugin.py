@@ -413,6 +413,35 @@ class HelpTests(unittest.TestCase):
         for name in DOCUMENTED_OPTIONS:
             self.assertEqual(docs[name], " ".join(docs[name].split()), f"--{name}")
 
+    def test_log_file_help_says_what_dash_means(self) -> None:
+        """
+        C{--log-file -} means no file of netguard's own (events go only to twistd's log,
+        a file when daemonized), not "standard output": the help says so.
+        """
+        docs = Options().docs
+        self.assertIn("- (the default) for none", docs["log-file"])
+        self.assertIn("only to twistd's log", docs["log-file"])
+        self.assertIn("twistd.log", docs["log-file"])
+        self.assertNotIn("- for standard output", docs["log-file"])
+        self.assertIn("--log-file", docs["log-format"])
+
+    def test_every_option_in_the_operating_guide(self) -> None:
+        """
+        Every option of C{twistd netguard} but C{--help}, C{--version} included, is named in
+        docs/operating.md section 3.4 and in the README.
+        """
+        with open(os.path.join(REPO, "docs", "operating.md"), encoding="utf-8") as handle:
+            guide = handle.read()
+        start = guide.index("### 3.4 `twistd netguard` options")
+        section = guide[start : guide.index("\n## ", start)]
+        with open(os.path.join(REPO, "README.md"), encoding="utf-8") as handle:
+            readme = handle.read()
+        names = [name.rstrip("=") for name in Options().longOpt if name != "help"]
+        self.assertIn("version", names)
+        for name in names:
+            self.assertIn(f"--{name}", section, f"--{name} is not in operating.md 3.4")
+        self.assertIn("twistd netguard --version", readme)
+
     def test_usage_explains_the_defaults(self) -> None:
         text = " ".join(Options().getUsage(width=100).split())
         self.assertIn("127.0.0.1:7700", text)

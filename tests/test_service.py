@@ -1,18 +1,22 @@
 """
 Tests for L{netguard.service.make_service}: what it checks while twistd is still in the
-foreground, before anything is written to the state directory.
+foreground, before anything is written to the state directory; and what the default run
+greets with, as the README and the guides show it.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import os
+import re
 import shutil
 import tempfile
 
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial import unittest
 
+from netguard.auth.scram import ClientExchange
 from netguard.config import load_config
 from netguard.log import LogFileError
 from netguard.ops.control import UnsafeControlPath
@@ -100,3 +104,81 @@ class ForegroundChecksTests(unittest.TestCase):
         self.assertIsNotNone(service.instance_lock)
         assert service.instance_lock is not None
         service.instance_lock.release()
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def doc_text(*parts: str) -> str:
+    with open(os.path.join(REPO, *parts), encoding="utf-8") as handle:
+        return handle.read()
+
+
+class DefaultRunTranscriptTests(unittest.TestCase):
+    """
+    The transcripts of the default run in the README, docs/operating.md section 1 and
+    docs/multiplexing.md section 5 show what the default run really sends.
+    """
+
+    def setUp(self) -> None:
+        base = tempfile.mkdtemp(prefix="ngsv-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, base, True)
+        terminal = io.StringIO()
+        self.reactor = MemoryReactorClock()
+        config = load_config(None, {"state_dir": os.path.join(base, "st"), "listen": []})
+        self.service = make_service(config, self.reactor, terminal=terminal)
+        self.addCleanup(self.service.instance_lock.release)
+        shown = terminal.getvalue()
+        self.user = re.search(r"user:\s+(\S+)", shown).group(1)  # type: ignore[union-attr]
+        self.password = re.search(r"password:\s+(\S+)", shown).group(1)  # type: ignore[union-attr]
+        self.session = self.service.factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.session.makeConnection(self.transport)
+        self.addCleanup(self.session.connectionLost, None)
+
+    def lines(self) -> list[str]:
+        out = self.transport.value().decode()
+        self.transport.clear()
+        return [line for line in out.split("\r\n") if line]
+
+    def send(self, line: str) -> list[str]:
+        self.session.dataReceived(line.encode() + b"\r\n")
+        return self.lines()
+
+    def greeting(self) -> str:
+        self.reactor.advance(self.session.limits.greeting_delay)
+        [line] = self.lines()
+        return line
+
+    def test_readme_and_operating_guide_greeting(self) -> None:
+        """
+        The socat transcripts of the README and of operating.md section 1 show the default
+        run's greeting word for word (C{TICKETS=1} included).
+        """
+        greeting = self.greeting()
+        self.assertTrue(greeting.endswith(" TICKETS=1"), greeting)
+        for parts in [("README.md",), ("docs", "operating.md")]:
+            text = doc_text(*parts)
+            shown = text.split("$ socat - TCP:127.0.0.1:7700\n", 1)[1].split("\n", 1)[0]
+            self.assertEqual(shown, greeting, "/".join(parts))
+
+    def test_multiplexing_upgrade_transcript(self) -> None:
+        """
+        docs/multiplexing.md section 5 shows the default greeting and an C{OK MUX} line with
+        the fields, in order, that the gateway sends (C{OPENRATE=} included).
+        """
+        greeting = self.greeting()
+        client = ClientExchange(self.user, self.password)
+        first = base64.b64encode(client.first().encode()).decode()
+        [cont] = self.send(f"AUTH SCRAM-SHA-256 {first}")
+        final = client.final(base64.b64decode(cont.split(" ", 1)[1]).decode())
+        [ok] = self.send("CONT " + base64.b64encode(final.encode()).decode())
+        self.assertTrue(ok.startswith("OK "), ok)
+        [ok_mux] = self.send("MUX yamux/1")
+        text = doc_text("docs", "multiplexing.md")
+        transcript = text.split("**Shape of the NGP/1 upgrade**", 1)[1].split("```", 2)[1]
+        self.assertIn(f"S: {greeting}\n", transcript)
+        [shown] = [line for line in transcript.splitlines() if line.startswith("S: OK MUX ")]
+        fields = re.compile(r"(\w+)=")
+        self.assertEqual(fields.findall(shown), fields.findall(ok_mux), ok_mux)
+        self.assertTrue(ok_mux.startswith("OK MUX yamux/1 "))
