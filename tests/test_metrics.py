@@ -1499,6 +1499,29 @@ class GatewayMetricsTests(unittest.TestCase):
         self.assertEqual(values[("netguard_session_setup_seconds_count", ())], 1)
         self.assertAlmostEqual(values[("netguard_session_setup_seconds_sum", ())], 0.3)
 
+    def test_streams_not_observed(self) -> None:
+        """
+        The set-up histogram counts relays started by C{OPEN} on a connection only: three
+        streams of a multiplexed session (and its login) add nothing, one plain C{OPEN}
+        adds one observation, while C{netguard_streams_total} counts the streams.
+        """
+        from tests.test_gateway_streams import Mux
+
+        m = Mux(self)
+        self.assertTrue(m.upgrade().startswith(b"OK MUX "))
+        for _ in range(3):
+            m.open(b"OPEN echo\r\n")
+        values = self.scrape(m.factory)
+        self.assertEqual(values[("netguard_streams_total", ())], 3)
+        self.assertEqual(values[("netguard_session_setup_seconds_count", ())], 0)
+        s = self.session()
+        s.login()
+        s.factory.stats = m.factory.stats  # one set of figures for both connections
+        self.assertEqual(s.send(b"OPEN echo"), [b"OK OPEN echo"])
+        values = self.scrape(m.factory)
+        self.assertEqual(values[("netguard_session_setup_seconds_count", ())], 1)
+        self.assertEqual(values[("netguard_streams_total", ())], 3)
+
     def test_no_relay_no_observation(self) -> None:
         """
         A session that logs in but opens nothing adds no set-up time.
