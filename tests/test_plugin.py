@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 from twisted.application.service import IServiceMaker
@@ -448,6 +448,56 @@ class HelpTests(unittest.TestCase):
         self.assertIn("echo", text)
         self.assertIn("repeatable", text)
         self.assertIn("NAME=ENDPOINT", text)
+
+
+class CheckBeforeForkTests(unittest.TestCase):
+    """
+    What twistd or the workers would find wrong only after a daemonizing twistd forked is
+    refused by C{makeService} first (L{tap._check_before_fork}).
+    """
+
+    def config(self, workers: int, password_file: str = "") -> Any:
+        return SimpleNamespace(
+            workers=workers, shared=SimpleNamespace(password_file=password_file)
+        )
+
+    def test_workers_password_file_of_another_user(self) -> None:
+        """
+        With workers under C{--uid}, a C{[shared]} password file the run-as user does not
+        own is refused with one line naming it.
+        """
+        path = self.mktemp()
+        with open(path, "w") as handle:
+            handle.write("pw\n")
+        other = os.stat(path).st_uid + 1
+        error = self.assertRaises(
+            SystemExit, tap._check_before_fork, self.config(2, path), None, (other, other)
+        )
+        self.assertIn(f"password_file={path} belongs to uid", str(error.code))
+
+    def test_single_process_or_no_drop_left_alone(self) -> None:
+        """
+        The other side: one process (it reads the file before dropping root), or no
+        C{--uid}, is not refused.
+        """
+        path = self.mktemp()
+        with open(path, "w") as handle:
+            handle.write("pw\n")
+        other = os.stat(path).st_uid + 1
+        tap._check_before_fork(self.config(1, path), None, (other, other))
+        tap._check_before_fork(self.config(2, path), None, None)
+
+    def test_uid_switch_only_root_could_make(self) -> None:
+        """
+        A C{--uid} of another user, not running as root: refused with one line.
+        """
+        self.patch(tap.os, "geteuid", lambda: 1000)
+        self.patch(tap.os, "getuid", lambda: 1000)
+        self.patch(tap.os, "getgid", lambda: 1000)
+        error = self.assertRaises(
+            SystemExit, tap._check_before_fork, self.config(1), {"uid": 0, "gid": 0}, None
+        )
+        self.assertIn("only root can switch to another user", str(error.code))
 
 
 class VersionTests(unittest.TestCase):
