@@ -350,7 +350,6 @@ class AdmittingFactory(WrappingFactory):
         @param log: the logger of C{conn.reject} (this module's by default).
         """
         super().__init__(wrappedFactory)
-        self.admission = admission
         self.clock: Scheduler = clock if clock is not None else admission.clock  # type: ignore[assignment]
         self.write_timeout = (
             write_timeout if write_timeout is not None else FramingLimits().write_timeout
@@ -359,6 +358,20 @@ class AdmittingFactory(WrappingFactory):
         self._aware = isinstance(wrappedFactory, AdmissionAware)
         #: Which refusals are logged one by one; the rest are counted and summarised.
         self.refusal_log = RefusalLog(self.log, self.clock)
+        self.admission = admission
+
+    @property
+    def admission(self) -> Admission:
+        """
+        The L{Admission} consulted; its C{admission.block} events go through
+        L{refusal_log} too.
+        """
+        return self._admission
+
+    @admission.setter
+    def admission(self, admission: Admission) -> None:
+        self._admission = admission
+        admission.log_blocks_in(self.refusal_log)
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         """

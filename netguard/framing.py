@@ -241,6 +241,14 @@ class GuardedLineReceiver(GreetingPhase, LineReceiver, TimeoutMixin):
         peer = peer_label(transport.getPeer()) if transport is not None else "-"
         return {"peer": peer}
 
+    def note_refusal(self, reason: str, event: str) -> bool:
+        """
+        Whether to log one refusal-type event (C{event}, for C{reason}) of a connection not
+        yet authenticated; a subclass counts it in an aggregated log instead (during a flood,
+        only the first few per source and interval are logged one by one). Logged by default.
+        """
+        return True
+
     def sendLine(self, line: bytes) -> None:
         """
         Send C{line} and the delimiter: on a plain socket at once when nothing waits before
@@ -307,6 +315,8 @@ class GuardedLineReceiver(GreetingPhase, LineReceiver, TimeoutMixin):
         """
         if self.phase is FramingPhase.CLOSING:
             return
+        if offending is not None:
+            offending = self.loggable_input(offending)
         if not close and code not in self.errors_exempt:
             budget = self.limits.max_errors
             if budget is not None and self.errors_answered >= budget:
@@ -317,16 +327,17 @@ class GuardedLineReceiver(GreetingPhase, LineReceiver, TimeoutMixin):
                 self.sendLine(format_error(code, text))
                 return
             self._first_error = (code, offending)
-        self.log.info(
-            "refused {peer}: {code} {text} input={offending_quoted}",
-            event="proto.refuse",
-            code=code.value,
-            text=text if text is not None else DEFAULT_TEXT[code],
-            offending=escape(offending) if offending is not None else "-",
-            offending_quoted=quoted(offending) if offending is not None else "-",
-            closing=close,
-            **self.log_fields(),
-        )
+        if self.handshake_done or self.note_refusal(code.value, "proto.refuse"):
+            self.log.info(
+                "refused {peer}: {code} {text} input={offending_quoted}",
+                event="proto.refuse",
+                code=code.value,
+                text=text if text is not None else DEFAULT_TEXT[code],
+                offending=escape(offending) if offending is not None else "-",
+                offending_quoted=quoted(offending) if offending is not None else "-",
+                closing=close,
+                **self.log_fields(),
+            )
         self.sendLine(format_error(code, text))
         if close:
             self.close_gracefully()
@@ -483,7 +494,8 @@ class GuardedLineReceiver(GreetingPhase, LineReceiver, TimeoutMixin):
                 self._process(data)
                 return
             # The lines that fit in the budget are answered as if they had come alone; the
-            # byte that crosses it is refused (unless those lines ended the handshake).
+            # byte that crosses it is refused (unless those lines ended the handshake), the
+            # log showing the line it is in from its start.
             head, excess = data[:room], data[room:]
             self.bytes_before_auth += len(head)
             if head:
@@ -493,7 +505,8 @@ class GuardedLineReceiver(GreetingPhase, LineReceiver, TimeoutMixin):
             if self.handshake_done:
                 self.dataReceived(excess)
             else:
-                self.refuse(ErrorCode.TOO_MUCH_DATA, offending=excess[:64])
+                line_start = head.rfind(b"\n") + 1
+                self.refuse(ErrorCode.TOO_MUCH_DATA, offending=(head[line_start:] + excess)[:64])
         else:
             self._process(data)
 
@@ -501,9 +514,7 @@ class GuardedLineReceiver(GreetingPhase, LineReceiver, TimeoutMixin):
         self.refuse(ErrorCode.LINE_TOO_LONG, offending=line[:64])
 
     def timeoutConnection(self) -> None:
-        self.log.info(
-            "idle timeout {peer}", event="conn.timeout", which="idle", **self.log_fields()
-        )
+        self._log_timeout("idle timeout {peer}", "idle")
         self.refuse(ErrorCode.TIMEOUT, "idle timeout")
 
     # -- IPushProducer: the transport tells us when the peer stops reading ------------------
@@ -611,6 +622,8 @@ class GuardedLineReceiver(GreetingPhase, LineReceiver, TimeoutMixin):
         if self.errors_answered < 2:
             return
         code, offending = self._first_error
+        if not self.handshake_done and not self.note_refusal(code.value, "proto.errors"):
+            return
         self.log.info(
             "{count} error replies to {peer}, first: {first_code} input={first_quoted}",
             event="proto.errors",
@@ -623,38 +636,31 @@ class GuardedLineReceiver(GreetingPhase, LineReceiver, TimeoutMixin):
 
     def _open_expired(self) -> None:
         self._timers.pop("open", None)
-        self.log.info(
-            "open deadline {peer}", event="conn.timeout", which="open", **self.log_fields()
-        )
+        self._log_timeout("open deadline {peer}", "open")
         self.refuse(ErrorCode.TIMEOUT, "open deadline")
 
     def _handshake_expired(self) -> None:
-        self.log.info(
-            "handshake deadline {peer}",
-            event="conn.timeout",
-            which="handshake",
-            **self.log_fields(),
-        )
+        self._log_timeout("handshake deadline {peer}", "handshake")
         self.refuse(ErrorCode.TIMEOUT, "handshake deadline")
 
     def _write_stuck(self) -> None:
         self._timers.pop("write", None)
-        self.log.info(
-            "peer stopped reading {peer}", event="conn.timeout", which="write", **self.log_fields()
-        )
+        self._log_timeout("peer stopped reading {peer}", "write")
         self.phase = FramingPhase.CLOSING
         self._cancel_all()
         self.transport.abortConnection()
 
     def _abort_stuck(self) -> None:
         self._timers.pop("abort", None)
-        self.log.info(
-            "peer did not read our last reply {peer}",
-            event="conn.timeout",
-            which="close",
-            **self.log_fields(),
-        )
+        self._log_timeout("peer did not read our last reply {peer}", "close")
         self.transport.abortConnection()
+
+    def _log_timeout(self, text: str, which: str) -> None:
+        """
+        Log C{conn.timeout} (before authentication, only when L{note_refusal} says so).
+        """
+        if self.handshake_done or self.note_refusal(f"timeout-{which}", "conn.timeout"):
+            self.log.info(text, event="conn.timeout", which=which, **self.log_fields())
 
     def _cancel(self, name: str) -> None:
         timer = self._timers.pop(name, None)

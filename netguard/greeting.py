@@ -62,6 +62,8 @@ class GreetingPhase:
 
         def log_fields(self) -> dict[str, Any]: ...
 
+        def note_refusal(self, reason: str, event: str) -> bool: ...
+
         def refuse(
             self,
             code: ErrorCode,
@@ -90,9 +92,10 @@ class GreetingPhase:
         """
         return True
 
-    def loggable_early_talk(self, data: bytes) -> bytes:
+    def loggable_input(self, data: bytes) -> bytes:
         """
-        What of an early talker's bytes the log may show (a subclass hides secrets).
+        What of a peer's bytes the log may show, for an early talker's bytes and every
+        refusal's input excerpt (a subclass hides secrets).
         """
         return data
 
@@ -118,13 +121,14 @@ class GreetingPhase:
 
     def _early_talk(self, data: bytes) -> None:
         self._buffer = b""
-        data = self.loggable_early_talk(data)
-        self.log.info(
-            "early talker {peer}",
-            event="proto.early_talker",
-            offending=escape(data),
-            **self.log_fields(),
-        )
+        data = self.loggable_input(data)
+        if self.note_refusal("early-talker", "proto.early_talker"):
+            self.log.info(
+                "early talker {peer}",
+                event="proto.early_talker",
+                offending=escape(data),
+                **self.log_fields(),
+            )
         self.refuse(ErrorCode.EARLY_TALKER, offending=data)
 
     def _pre_greeting(self, data: bytes) -> None:

@@ -21,6 +21,9 @@ INDIVIDUAL = 3
 #: Sources (source, reason and event kind) tracked per interval; the rest count as L{OTHER}.
 MAX_KEYS = 1024
 
+#: Refusals logged one by one per interval, all sources together; the rest are counted.
+MAX_LOGGED = 1024
+
 #: The source under which refusals beyond L{MAX_KEYS} keys are counted.
 OTHER = "other"
 
@@ -41,8 +44,11 @@ class RefusalLog:
     timer runs only while some refusal waits to be summarised: a gateway that refuses a
     connection now and then keeps no timer and logs no summary. At most C{max_keys} keys
     are tracked per interval; refusals of other sources in that interval are counted under
-    the source L{OTHER} (one key per reason and event) and never logged one by one, so a
-    flood from many addresses costs bounded memory and bounded lines.
+    the source L{OTHER} (one key per reason and event) and never logged one by one; and at
+    most C{max_logged} refusals are logged one by one per interval, all sources and events
+    together (the others are counted under their own key, or L{OTHER}). A flood from many
+    addresses thus costs bounded memory and at most C{max_logged} lines plus one summary
+    per key per interval, and the summaries' counts say how many were not logged.
 
     The reasons and event names come from netguard's own vocabulary, never from a peer; the
     source keys come from L{netguard.admission.Admission.source_key}.
@@ -50,6 +56,7 @@ class RefusalLog:
     @ivar interval: seconds one interval lasts.
     @ivar individual: refusals per key and interval logged one by one.
     @ivar max_keys: keys tracked per interval before refusals count under L{OTHER}.
+    @ivar max_logged: refusals logged one by one per interval, all keys together.
     """
 
     def __init__(
@@ -60,6 +67,7 @@ class RefusalLog:
         interval: float = INTERVAL,
         individual: int = INDIVIDUAL,
         max_keys: int = MAX_KEYS,
+        max_logged: int = MAX_LOGGED,
     ) -> None:
         """
         @param log: the logger of C{conn.reject.summary}.
@@ -71,6 +79,8 @@ class RefusalLog:
         self.interval = interval
         self.individual = individual
         self.max_keys = max_keys
+        self.max_logged = max_logged
+        self._logged = 0
         self._table: _Table = {}
         self._other: _Table = {}
         self._started: float | None = None
@@ -95,6 +105,7 @@ class RefusalLog:
             # A new interval: nothing waits to be summarised (or there would be a timer), so
             # the old counts are dropped. A clock that went back starts one too.
             self._table.clear()
+            self._logged = 0
             self._started = started = now
         key = (source, reason, event)
         counts = self._table.get(key)
@@ -109,8 +120,9 @@ class RefusalLog:
                 counts[1] += 1
                 self._arm(started)
                 return False
-        if counts[0] < self.individual:
+        if counts[0] < self.individual and self._logged < self.max_logged:
             counts[0] += 1
+            self._logged += 1
             return True
         counts[1] += 1
         self._arm(started)
@@ -149,6 +161,7 @@ class RefusalLog:
         """
         table, other = self._table, self._other
         self._table, self._other = {}, {}
+        self._logged = 0
         started, self._started = self._started, None
         if started is None:
             return

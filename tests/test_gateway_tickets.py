@@ -445,7 +445,7 @@ class ResumeTests(unittest.TestCase):
         reply = conn.raw(b"RESUME " + token + b"\r\nPING\r\n")
         self.assertEqual(reply, [b"ERR EARLY_TALKER you spoke before the greeting"])
         [talk] = g.named("proto.early_talker")
-        self.assertEqual(talk["offending"], "RESUME <ticket>\\nPING\\r\\n")
+        self.assertEqual(talk["offending"], "RESUME <ticket>\\r\\nPING\\r\\n")
         self.assertNotIn(token.decode(), repr(g.events))
         g.admission.clear_penalties(None)
         [greeting] = g.connect().send(b"RESUME " + token)

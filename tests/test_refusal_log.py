@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.trial import unittest
 
-from netguard.refusal_log import INDIVIDUAL, INTERVAL, MAX_KEYS, OTHER, RefusalLog
+from netguard.refusal_log import INDIVIDUAL, INTERVAL, MAX_KEYS, MAX_LOGGED, OTHER, RefusalLog
 
 
 class RefusalLogTests(unittest.TestCase):
@@ -37,9 +37,10 @@ class RefusalLogTests(unittest.TestCase):
 
     def test_defaults(self) -> None:
         """
-        The shipped bounds: 3 one by one per 10 s interval, 1,024 keys.
+        The shipped bounds: 3 one by one per 10 s interval, 1,024 keys, 1,024 lines one by
+        one per interval.
         """
-        self.assertEqual((INDIVIDUAL, INTERVAL, MAX_KEYS), (3, 10.0, 1024))
+        self.assertEqual((INDIVIDUAL, INTERVAL, MAX_KEYS, MAX_LOGGED), (3, 10.0, 1024, 1024))
         self.assertEqual(
             (self.refusals.individual, self.refusals.interval, self.refusals.max_keys),
             (3, 10.0, 1024),
@@ -171,18 +172,45 @@ class RefusalLogTests(unittest.TestCase):
 
     def test_flood_from_many_sources_is_bounded(self) -> None:
         """
-        A flood from 5,000 sources, two refusals each, gives at most C{max_keys} times 2 lines
-        and one summary for the rest, and holds at most C{max_keys} keys.
+        A flood from 5,000 sources, two refusals each, gives C{max_logged} lines one by one,
+        holds at most C{max_keys} keys, and the summaries count every other refusal: the
+        sources tracked past the global cap one each, the rest under L{OTHER}.
         """
         logged = sum(
             self.refusals.note(f"10.0.{i // 256}.{i % 256}/32", "rate")
             for i in range(5000)
             for _ in range(2)
         )
-        self.assertEqual(logged, MAX_KEYS * 2)
+        self.assertEqual(logged, MAX_LOGGED)
         self.assertEqual(len(self.refusals._table), MAX_KEYS)
         self.clock.advance(INTERVAL)
-        self.assertEqual(self.summaries(), [(OTHER, "rate", "conn.reject", 10000 - 2048, 0, 10.0)])
+        summaries = self.summaries()
+        self.assertEqual(logged + sum(s[3] for s in summaries), 10000)
+        self.assertEqual(len(summaries), MAX_KEYS - MAX_LOGGED // 2 + 1)
+        self.assertIn((OTHER, "rate", "conn.reject", 10000 - 2 * MAX_KEYS, 0, 10.0), summaries)
+
+    def test_global_cap_across_sources_and_events(self) -> None:
+        """
+        At most C{max_logged} refusals are logged one by one per interval, all sources and
+        events together: the one at the cap is logged, the one past it counted in its own
+        source's summary; the next interval logs again.
+        """
+        refusals = RefusalLog(Logger(observer=self.events.append), self.clock, max_logged=4)
+        told = [
+            refusals.note(source, "early-talker", event)
+            for source in ("192.0.2.1/32", "192.0.2.2/32")
+            for event in ("proto.early_talker", "proto.refuse", "conn.close")
+        ]
+        self.assertEqual(told, [True, True, True, True, False, False])
+        self.clock.advance(INTERVAL)
+        self.assertEqual(
+            sorted(self.summaries()),
+            [
+                ("192.0.2.2/32", "early-talker", "conn.close", 1, 0, 10.0),
+                ("192.0.2.2/32", "early-talker", "proto.refuse", 1, 0, 10.0),
+            ],
+        )
+        self.assertTrue(refusals.note("192.0.2.3/32", "early-talker", "proto.refuse"))
 
     def test_flush_logs_what_is_pending_and_cancels_the_timer(self) -> None:
         """

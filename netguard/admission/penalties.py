@@ -14,6 +14,7 @@ import attrs
 from twisted.logger import Logger
 
 from netguard.admission.policy import AdmissionPolicy
+from netguard.refusal_log import RefusalLog
 
 
 @attrs.define
@@ -38,6 +39,9 @@ class PenaltyTable:
     Penalties by source key, least recently offending first, at most C{max_tracked_sources}.
 
     @ivar entries: the table itself (source key -> L{Penalty}).
+    @ivar refusal_log: the aggregated log C{admission.block} goes through (the first few
+        per source and offence kind in an interval, then summarised), or L{None} to log
+        every block.
     """
 
     log = Logger()
@@ -45,6 +49,7 @@ class PenaltyTable:
     def __init__(self, policy: AdmissionPolicy) -> None:
         self.policy = policy
         self.entries: OrderedDict[str, Penalty] = OrderedDict()
+        self.refusal_log: RefusalLog | None = None
         # Points beyond this give penalty_max already; capping them bounds how long a
         # source stays remembered however often it offends.
         self._max_points = float(
@@ -97,7 +102,10 @@ class PenaltyTable:
         if penalty.points > policy.penalty_threshold - 1:
             steps = max(0, math.ceil(penalty.points - 1e-9) - policy.penalty_threshold)
             duration = min(policy.penalty_max, policy.penalty_base * 2.0**steps)
-            if now + duration > penalty.blocked_until:
+            refusal_log = self.refusal_log
+            if now + duration > penalty.blocked_until and (
+                refusal_log is None or refusal_log.note(key, kind, "admission.block")
+            ):
                 self.log.info(
                     "blocking {source} for {seconds:.0f}s after {offences} offences",
                     event="admission.block",
@@ -107,6 +115,7 @@ class PenaltyTable:
                     kind=kind,
                     extended=penalty.blocked_until > now,
                 )
+            if now + duration > penalty.blocked_until:
                 penalty.blocked_until = now + duration
         if penalty.blocked_until > now:
             return penalty.blocked_until - now

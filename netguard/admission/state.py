@@ -55,6 +55,7 @@ from netguard.admission.policy import (
 from netguard.admission.probation import ProbationPool
 from netguard.clocks import Scheduler
 from netguard.errors import ErrorCode, format_error
+from netguard.refusal_log import RefusalLog
 
 _IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -623,6 +624,13 @@ class Admission:
         if source is not None:
             self._evictions.set_bad(source, True)
         return blocked
+
+    def log_blocks_in(self, refusal_log: RefusalLog | None) -> None:
+        """
+        Send C{admission.block} through C{refusal_log} (the first few per source and kind in
+        an interval are logged, the rest summarised), or log every block (L{None}).
+        """
+        self._penalty_table.refusal_log = refusal_log
 
     def blocked_for(self, address: object) -> float | None:
         """

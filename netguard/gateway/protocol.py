@@ -48,6 +48,7 @@ from netguard.gateway.opening import (
 )
 from netguard.gateway.returning import CLOSED_BY_ADMISSION, LaneSession
 from netguard.gateway.seams import Service, SessionHost
+from netguard.gateway.standing import PENALISED, offence_blocks, standing_refusal
 from netguard.gateway.streams import YAMUX_1, StreamGate, StreamHost
 from netguard.log import escape, quoted
 from netguard.outbound.backends import BackendLeg
@@ -364,8 +365,6 @@ class GatewaySession(LaneSession):
         problem = self._syntax_problem(line)
         if problem is not None:
             code, text = problem
-            if line[:7].upper() == b"RESUME ":
-                line = b"RESUME <ticket>"  # never logged with its ticket
             if self.state is SessionState.AUTH_CONTINUE:
                 # In auth-continue any line but a well-formed CONT or QUIT abandons the
                 # exchange and counts as a failed attempt (protocol.md section 4).
@@ -381,6 +380,10 @@ class GatewaySession(LaneSession):
             return
         if not self._accepted:
             self.log_accept()
+        refusal = standing_refusal(self.admitted, self.factory.users, self.user, command)
+        if refusal is not None:
+            self.refuse(*refusal)  # closes; not an offence
+            return
         try:
             getattr(self, handler)(*args)
         except Exception:
@@ -619,12 +622,13 @@ class GatewaySession(LaneSession):
         offence (penalties grow with repeat offences from the same source).
         """
         kind = _OFFENCES.get(code)
-        if kind is not None and self.admitted is not None and self.admitted.address is not None:
-            # Format errors count once per connection: one burst of junk (each bad line is
-            # answered, the connection stays) must not reach an hour's block by itself.
-            if kind != "format_error" or kind not in self._offences:
-                self._offences |= {kind}
-                self.admitted.offence(kind)
+        # Format errors count once per connection: one burst of junk (each bad line is
+        # answered, the connection stays) must not reach an hour's block by itself.
+        if kind is not None and (kind != "format_error" or kind not in self._offences):
+            self._offences |= {kind}
+            if offence_blocks(self.admitted, kind) and not close:
+                # The source is blocked now: this connection gets no further verdict either.
+                code, text, close = ErrorCode.BUSY, PENALISED, True
         super().refuse(code, text, offending, close)
         if close and ISSLTransport.providedBy(self.transport) and not self._tls_ready:
             # A TLS handshake that never finished (a stalled or truncated ClientHello): no
@@ -786,6 +790,5 @@ class GatewaySession(LaneSession):
         ):
             self.refuse(ErrorCode.AUTH_REQUIRED, offending=line, close=False)
             return
-        # A RESUME line after the greeting is not logged with its ticket.
-        offending = b"RESUME <ticket>" if command == b"RESUME" else line
-        self.refuse(ErrorCode.BAD_SEQUENCE, offending=offending, close=False)
+        # A RESUME line's ticket is never logged (L{loggable_input}).
+        self.refuse(ErrorCode.BAD_SEQUENCE, offending=line, close=False)

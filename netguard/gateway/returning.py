@@ -10,6 +10,7 @@ section 8.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 from twisted.internet.interfaces import ISSLTransport
@@ -28,6 +29,22 @@ BAD_TICKET_OFFENCE: Final = "bad_ticket"
 ENDED_LINGER: Final = 2.0
 #: The C{closed_by} of a connection admission ended.
 CLOSED_BY_ADMISSION: Final = "admission"
+#: A C{RESUME} word (any case, anywhere on a line: a line may be cut or begin with junk) and
+#: the rest of its line, where its ticket is (whole or cut short by an excerpt's end).
+_RESUME_TICKET: Final = re.compile(rb"(?i)RESUME[^\n]*")
+
+
+def _hidden(match: re.Match[bytes]) -> bytes:
+    found = match.group()
+    return found[:6] + (b" <ticket>\r" if found.endswith(b"\r") else b" <ticket>")
+
+
+def hide_tickets(data: bytes) -> bytes:
+    """
+    C{data} with the rest of the line after every C{RESUME} word (its ticket, whatever
+    separates them) replaced by C{<ticket>}; a line's CR LF is kept.
+    """
+    return _RESUME_TICKET.sub(_hidden, data)
 
 
 class LaneSession(GuardedLineReceiver):
@@ -100,15 +117,12 @@ class LaneSession(GuardedLineReceiver):
         if self.phase is not FramingPhase.CLOSING:
             self._resume(book, check)
 
-    def loggable_early_talk(self, data: bytes) -> bytes:
+    def loggable_input(self, data: bytes) -> bytes:
         """
-        A C{RESUME} line cut short or followed by more is early talk: its ticket is not
-        logged.
+        A peer's bytes as the log may show them (early talk, a refusal's input excerpt):
+        every C{RESUME} word's ticket, on any line, cut short or not, is C{<ticket>}.
         """
-        if data[:7].upper() != b"RESUME ":
-            return data
-        end = data.find(b"\n")
-        return b"RESUME <ticket>" + (data[end:] if end >= 0 else b"")
+        return hide_tickets(data)
 
     def do_ticket(self) -> None:
         """
@@ -154,6 +168,8 @@ class LaneSession(GuardedLineReceiver):
             self._ticket_refused(check)
             return
         if check.outcome is Outcome.OTHER_BLOCK:
+            if not self.note_refusal("other-block", "ticket.other_block"):
+                return
             self.log.info(
                 "ticket of {ticket_user} presented from another address block by {peer}",
                 event="ticket.other_block",

@@ -23,6 +23,7 @@ from netguard.gateway.opening import (
     choose_service,
 )
 from netguard.gateway.seams import Service, SessionHost
+from netguard.gateway.standing import USER_REMOVED, user_removed
 from netguard.gateway.stream_settings import StreamSettings, open_rate_text
 from netguard.log import escape
 from netguard.mux.frames import INITIAL_WINDOW, GoAwayCode, Violation
@@ -482,6 +483,11 @@ class GatewayStream:
         owner = gate.owner
         if gate.draining:
             self.refuse(_SHUTTING_DOWN)
+            return
+        if user_removed(gate.host.users, owner.user):
+            # Removed from the users file since the session's login: no new stream for it
+            # (the streams already open go on to their end).
+            self.refuse(OpenRefusal(ErrorCode.NOT_AUTHORIZED, USER_REMOVED))
             return
         chosen = choose_service(gate.host, name, owner.user or "", gate.log, self.log_fields())
         if isinstance(chosen, OpenRefusal):
