@@ -444,6 +444,26 @@ class BackendTests(unittest.TestCase):
         self.assertIs(opened[0]["log_source"], gate)
         self.assertEqual(opened[0]["log_namespace"], "netguard.gateway.streams.StreamGate")
 
+    def test_bytes_behind_open_let_go_when_the_stream_ends_while_connecting(self):
+        """
+        Bytes a client sent behind its C{OPEN} line, held while the backend connects, are
+        let go as soon as the stream is reset (they can never be relayed), not kept until
+        the connection attempt ends: a session cannot hold more than its credit by opening
+        streams with data to a slow backend and resetting them.
+        """
+        r = self.m.open(b"OPEN slow\r\n" + b"x" * 1000)
+        assert r.transport is not None
+        self.m.pump()
+        (stream,) = self.m.s.proto._gate.streams
+        self.assertEqual(b"".join(stream._pending), b"x" * 1000)
+        r.transport.abortConnection()
+        self.m.pump()
+        self.assertIsNone(stream._pending)
+        self.assertEqual(stream._line, b"")
+        leg = EchoLeg(self.m.s.clock, 30.0, 3600.0)
+        self.m.backends[0].callback(leg)
+        self.assertEqual(self.m.s.proto._gate.session.open_streams, 0)
+
     def test_rapid_reset_counts_until_the_backend_attempt_ends(self):
         """
         A stream reset while its backend connects still counts against the session's

@@ -119,6 +119,24 @@ class GoAwayTests(SessionEndedMixin, unittest.TestCase):
         self.assertEqual([e.violation for e in harness.ends], [Violation.LOCAL_GO_AWAY])
         self.assertTrue(harness.transport.disconnecting)
 
+    def test_local_go_away_end_records_the_code_sent(self) -> None:
+        """
+        The session's end after our go-away carries the code that go-away sent: a
+        protocol-error go-away (as the gateway sends past a client's refusal bound) ends as
+        code 1, a normal one as code 0.
+        """
+        for code in (GoAwayCode.PROTOCOL_ERROR, GoAwayCode.NORMAL):
+            harness = Harness()
+            harness.feed(frame(WINDOW, SYN, 1, 0))
+            stream = harness.accepted[0]
+            harness.session.go_away(code)
+            self.assertIn((GO_AWAY, Flag(0), 0, code), kinds(harness.sent()))
+            stream.loseConnection()
+            harness.feed(frame(WINDOW, FIN, 1, 0))
+            self.assertEqual(
+                [(e.violation, e.code) for e in harness.ends], [(Violation.LOCAL_GO_AWAY, code)]
+            )
+
     def test_remote_go_away_normal(self) -> None:
         """
         The peer's normal go-away stops our new streams but not the open ones.

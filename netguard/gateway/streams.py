@@ -417,8 +417,12 @@ class GatewayStream:
         previous = self.state
         if previous is StreamState.OPENING:
             # Still counted until the backend attempt ends: a client that opens and resets
-            # streams cannot start more backend connections than the stream cap.
+            # streams cannot start more backend connections than the stream cap. What it
+            # sent behind its OPEN line can never be relayed now: let it go at once, not
+            # when the attempt ends (the session's credit for it is already returned).
             self.closed_by = "client-reset"
+            self._pending = None
+            self._line = b""
             return
         leg, self._leg = self._leg, None
         if leg is not None:
@@ -632,6 +636,7 @@ class GatewayStream:
         if self.state is StreamState.DONE:
             return
         self.state = StreamState.DONE
+        self._pending = None
         self._cancel_deadline()
         self._release_caps()
         transport = self.transport

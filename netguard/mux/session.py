@@ -130,7 +130,8 @@ class MuxSession:
         self._no_effect = NoEffectFrames(limits, clock, now, self._dead)
         self._paused = False
         self._pumping = False
-        self._local_go_away = False
+        #: The go-away code we sent, once we have.
+        self._local_go_away: GoAwayCode | None = None
         self.remote_go_away: GoAwayCode | None = None
         self.ended: SessionEnd | None = None
         self.bytes_in = 0
@@ -195,7 +196,7 @@ class MuxSession:
         """
         if self.ended is not None:
             raise OpenRefused("session-ended")
-        if self._local_go_away or self.remote_go_away is not None:
+        if self._local_go_away is not None or self.remote_go_away is not None:
             raise OpenRefused("go-away")
         if len(self._streams) >= self.limits.max_streams:
             raise OpenRefused("stream-limit")
@@ -218,9 +219,9 @@ class MuxSession:
         streams go on; the session ends (L{Violation.LOCAL_GO_AWAY}) when the last is gone,
         after what its streams wrote (their last data and FIN) is handed to the transport.
         """
-        if self.ended is not None or self._local_go_away:
+        if self.ended is not None or self._local_go_away is not None:
             return
-        self._local_go_away = True
+        self._local_go_away = code
         self._control(frames.encode(FrameType.GO_AWAY, 0, 0, code))
         self._flush()
         self._check_drained()
@@ -405,7 +406,7 @@ class MuxSession:
         self._peer_max = max(self._peer_max, stream_id)
         if flags & _RST:
             return None
-        if self._local_go_away or len(self._streams) >= self.limits.max_streams:
+        if self._local_go_away is not None or len(self._streams) >= self.limits.max_streams:
             self.streams_refused += 1
             self._control(frames.encode(FrameType.WINDOW_UPDATE, Flag.RST, stream_id, 0))
             return None
@@ -715,8 +716,9 @@ class MuxSession:
         self._end(SessionEnd(Violation.IDLE, GoAwayCode.NORMAL, False), send=True)
 
     def _check_drained(self) -> None:
-        if self._local_go_away and not self._streams and self.ended is None:
-            self._end(SessionEnd(Violation.LOCAL_GO_AWAY, GoAwayCode.NORMAL, False), send=False)
+        code = self._local_go_away
+        if code is not None and not self._streams and self.ended is None:
+            self._end(SessionEnd(Violation.LOCAL_GO_AWAY, code, False), send=False)
 
     def _fail(self, violation: Violation, detail: str = "", *, abort: bool = False) -> None:
         """
