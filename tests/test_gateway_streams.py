@@ -600,6 +600,38 @@ class RefusalBoundTests(unittest.TestCase):
             self.assertTrue(r.received.startswith(b"ERR BACKEND_UNAVAILABLE "), r.received)
         self.assertIsNone(self.m.client.ended)
 
+    def test_own_stream_cap_refusals_are_counted(self):
+        """
+        A user holding its own stream cap who keeps opening streams earns those
+        C{BUSY stream-cap-user} refusals: C{REFUSALS_BURST} leave the session alone, the one
+        past it ends the session (go-away, protocol error), so the refusal log cannot be
+        driven at the opening rate.
+        """
+        m = Mux(self, StreamSettings(max_per_user=1))
+        m.upgrade()
+        self.assertEqual(m.open(b"OPEN echo\r\n").received, b"OK OPEN echo\r\n")
+        for _ in range(REFUSALS_BURST):
+            self.assertEqual(m.open(b"OPEN echo\r\n").received, b"ERR BUSY stream-cap-user\r\n")
+        self.assertIsNone(m.client.ended)
+        self.assertEqual(m.named("mux.refusals_exceeded"), [])
+        m.open(b"OPEN echo\r\n")
+        self.assertEqual(len(m.named("mux.refusals_exceeded")), 1)
+        self.assertIsNotNone(m.client.ended)
+
+    def test_service_cap_refusals_are_not_counted(self):
+        """
+        The other side: a service at its cap is the gateway's state (other users' streams
+        may hold it), so more than C{REFUSALS_BURST} C{BUSY stream-cap-service} answers
+        leave the session alone.
+        """
+        m = Mux(self, StreamSettings(max_per_service=1))
+        m.upgrade()
+        self.assertEqual(m.open(b"OPEN echo\r\n").received, b"OK OPEN echo\r\n")
+        for _ in range(REFUSALS_BURST + 2):
+            self.assertEqual(m.open(b"OPEN echo\r\n").received, b"ERR BUSY stream-cap-service\r\n")
+        self.assertIsNone(m.client.ended)
+        self.assertEqual(m.named("mux.refusals_exceeded"), [])
+
 
 class DrainTests(unittest.TestCase):
     def test_drain_refuses_new_streams_and_goes_away_when_the_last_ends(self):

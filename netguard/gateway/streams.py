@@ -72,6 +72,10 @@ _NOT_THE_CLIENTS = frozenset(
     {ErrorCode.BUSY, ErrorCode.BACKEND_UNAVAILABLE, ErrorCode.SHUTTING_DOWN}
 )
 
+#: The C{BUSY} reason of a user at its own stream cap: its own streams hold the cap, so a
+#: refusal for it is the client's doing and counts against L{REFUSALS_BURST}.
+USER_CAP = "stream-cap-user"
+
 
 class StreamCaps:
     """
@@ -92,7 +96,7 @@ class StreamCaps:
         @return: L{None} (counted), or the C{BUSY} reason (nothing counted).
         """
         if self.users.get(user, 0) >= settings.max_per_user:
-            return "stream-cap-user"
+            return USER_CAP
         if self.services.get(service, 0) >= settings.max_per_service:
             return "stream-cap-service"
         self.users[user] = self.users.get(user, 0) + 1
@@ -274,13 +278,16 @@ class StreamGate:
         if self._on_end is not None:
             self._on_end(closed_by)
 
-    def count_refusal(self, code: ErrorCode) -> None:
+    def count_refusal(self, refusal: OpenRefusal) -> None:
         """
-        A stream was refused C{code}: past L{REFUSALS_BURST} (refilled at
-        L{REFUSALS_PER_SECOND}) refusals the client earned, end the session with a
+        A stream was refused: past L{REFUSALS_BURST} (refilled at L{REFUSALS_PER_SECOND})
+        refusals the client earned (every one but the gateway's state, L{_NOT_THE_CLIENTS};
+        a user at its own stream cap, L{USER_CAP}, earned its own), end the session with a
         go-away (protocol error); its other streams finish, no new one is accepted.
         """
-        if code in _NOT_THE_CLIENTS or self.session is None:
+        if self.session is None:
+            return
+        if refusal.code in _NOT_THE_CLIENTS and refusal.text != USER_CAP:
             return
         if self._refusals.take(self.host.clock.seconds()):
             return
@@ -608,7 +615,7 @@ class GatewayStream:
             transport.loseConnection()
         if self._gone:
             self._finish()
-        gate.count_refusal(refusal.code)
+        gate.count_refusal(refusal)
 
     def _relay_ended(self, result: RelayResult) -> RelayResult:
         self.closed_by = _ENDINGS.get(result.ended_by, result.ended_by)
