@@ -31,6 +31,7 @@ from netguard.ops.control import (
     ControlService,
     UnsafeControlPath,
     check_control_path,
+    select_penalties,
 )
 from netguard.ops.drain import Drainer
 from netguard.ops.heartbeat import Heartbeat, install_sigusr1
@@ -329,11 +330,15 @@ class GatewayControl:
         reactor.callLater(0, reactor.stop)  # stopService drains, as on SIGTERM
         return f"draining {count} connection(s), grace {self.service.drainer.grace}s"
 
-    def penalties(self) -> list[dict[str, Any]]:
-        return [
-            {"source": source, "blocked_for": round(left, 1), "offences": offences}
-            for source, left, offences in self.service.factory.admission.penalties()
-        ]
+    def penalties(self, top: int, source: str | None) -> dict[str, Any]:
+        return select_penalties(
+            (
+                {"source": key, "blocked_for": round(left, 1), "offences": offences}
+                for key, left, offences in self.service.factory.admission.penalties()
+            ),
+            top,
+            source,
+        )
 
     def clear_penalties(self, source: str | None) -> int:
         return self.service.factory.admission.clear_penalties(source)

@@ -29,6 +29,7 @@ from netguard.auth.users import UserStore, load_mock_key
 from netguard.config import Config, load_config
 from netguard.gateway.factory import GatewayFactory
 from netguard.log import json_stdout_observer, text_stdout_observer
+from netguard.ops.control import MAX_PENALTIES_TOP
 from netguard.ops.reload import Reloader, ReloadRefused
 from netguard.service import GatewayControl, GatewayService
 from netguard.stats import HistogramSnapshot, Stats
@@ -193,8 +194,10 @@ class WorkerChannel(amp.AMP):
         return {"on": self._service().heartbeat.set_enabled(on, by="supervisor")}
 
     @commands.Penalties.responder
-    def penalties(self) -> dict[str, Any]:
-        return {"penalties": GatewayControl(self._service()).penalties()}
+    def penalties(self, top: int, source: str | None = None) -> dict[str, Any]:
+        return GatewayControl(self._service()).penalties(
+            min(max(1, top), MAX_PENALTIES_TOP), source
+        )
 
     @commands.ClearPenalties.responder
     def clear_penalties(self, source: str | None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import socket
 import stat
 import tempfile
 import time
+from types import SimpleNamespace
 from typing import Any
 
 from hypothesis import given, settings
@@ -31,9 +32,13 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from netguard import cli, config
+from netguard.admission import AdmissionPolicy
+from netguard.admission.state import Admission
 from netguard.ops import ctl_client
 from netguard.ops.control import (
     CONTROL_LIMITS,
+    DEFAULT_PENALTIES_TOP,
+    MAX_PENALTIES_TOP,
     MAX_QUEUED,
     ControlError,
     ControlFactory,
@@ -42,6 +47,7 @@ from netguard.ops.control import (
     error_line,
     listen_control,
     ok_line,
+    select_penalties,
 )
 from netguard.ops.ctl_client import (
     EXIT_OK,
@@ -52,6 +58,7 @@ from netguard.ops.ctl_client import (
     run_ctl,
 )
 from netguard.ops.lock import NotASocket, SocketInUse
+from netguard.service import GatewayControl
 
 
 class FakeCommands:
@@ -63,7 +70,7 @@ class FakeCommands:
         self.calls: list[tuple[Any, ...]] = []
         self.figures: dict[str, Any] = {"active": 2, "connections": 10, "heartbeat": False}
         self.reload_result: Any = "reloaded: 3 services, 2 users"
-        self.listed: list[Any] = [{"source": "192.0.2.7", "score": 4}]
+        self.listed: list[Any] = [{"source": "192.0.2.7/32", "blocked_for": 7.5, "offences": 4}]
 
     def status(self) -> dict[str, Any]:
         self.calls.append(("status",))
@@ -84,9 +91,9 @@ class FakeCommands:
         self.calls.append(("drain",))
         return "draining 2 relays, 30s grace"
 
-    def penalties(self) -> list[Any]:
-        self.calls.append(("penalties",))
-        return self.listed
+    def penalties(self, top: int, source: str | None) -> dict[str, Any]:
+        self.calls.append(("penalties", top, source))
+        return select_penalties(self.listed, top, source)
 
     def clear_penalties(self, source: str | None) -> int:
         self.calls.append(("clear_penalties", source))
@@ -282,9 +289,24 @@ class ProtocolTests(unittest.TestCase):
         )
 
     def test_penalties_listed(self):
-        expected = {"penalties": [{"source": "192.0.2.7", "score": 4}]}
+        """
+        C{penalties} and C{penalties list} ask for the default 100 sources of every source
+        and answer the rows with C{total} and C{truncated}.
+        """
+        expected = {
+            "penalties": [{"source": "192.0.2.7/32", "blocked_for": 7.5, "offences": 4}],
+            "total": 1,
+            "truncated": False,
+        }
         self.assertEqual(payload(self.conn.ask(b"penalties")), expected)
         self.assertEqual(payload(self.conn.ask(b"penalties list")), expected)
+        self.assertEqual(
+            self.commands.calls,
+            [
+                ("penalties", DEFAULT_PENALTIES_TOP, None),
+                ("penalties", DEFAULT_PENALTIES_TOP, None),
+            ],
+        )
 
     def test_penalties_clear_all(self):
         self.assertEqual(payload(self.conn.ask(b"penalties clear")), {"cleared": 1})
@@ -369,6 +391,205 @@ class ProtocolTests(unittest.TestCase):
         pending.callback("ok")
         self.assertEqual(self.conn.transport.value(), b"")
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+def penalty_rows(count: int) -> list[dict[str, Any]]:
+    """
+    C{count} penalty rows of distinct sources, each with a longer block than the next.
+    """
+    return [
+        {"source": f"198.18.{i >> 8}.{i & 255}/32", "blocked_for": float(count - i), "offences": 1}
+        for i in range(count)
+    ]
+
+
+class PenaltiesListingTests(unittest.TestCase):
+    """
+    C{penalties [list] [SOURCE] [--top N]}: a bounded answer, at its boundaries.
+    """
+
+    def setUp(self):
+        self.commands = FakeCommands()
+        self.factory = ControlFactory(
+            self.commands, Clock(), peer_uid=lambda transport: os.geteuid()
+        )
+        self.conn = Conn(self.factory)
+
+    def listing(self, line: bytes) -> dict[str, Any]:
+        return payload(self.conn.ask(line))  # type: ignore[no-any-return]
+
+    def test_exactly_top_sources_all_listed(self):
+        """
+        With exactly N sources, C{--top N} lists them all and is not truncated.
+        """
+        self.commands.listed = penalty_rows(5)
+        answer = self.listing(b"penalties --top 5")
+        self.assertEqual(answer["penalties"], penalty_rows(5))
+        self.assertEqual((answer["total"], answer["truncated"]), (5, False))
+
+    def test_one_past_top_cut_and_flagged(self):
+        """
+        With N + 1 sources, C{--top N} lists the N with the longest blocks, says there are
+        N + 1 and that the list is truncated.
+        """
+        self.commands.listed = penalty_rows(6)
+        answer = self.listing(b"penalties --top 5")
+        self.assertEqual(answer["penalties"], penalty_rows(6)[:5])
+        self.assertEqual((answer["total"], answer["truncated"]), (6, True))
+
+    def test_default_top_boundary(self):
+        """
+        Without C{--top}, the first L{DEFAULT_PENALTIES_TOP} are listed: that many are not
+        truncated, one more is.
+        """
+        self.commands.listed = penalty_rows(DEFAULT_PENALTIES_TOP)
+        answer = self.listing(b"penalties")
+        self.assertEqual(len(answer["penalties"]), DEFAULT_PENALTIES_TOP)
+        self.assertFalse(answer["truncated"])
+        self.commands.listed = penalty_rows(DEFAULT_PENALTIES_TOP + 1)
+        answer = self.listing(b"penalties")
+        self.assertEqual(len(answer["penalties"]), DEFAULT_PENALTIES_TOP)
+        self.assertEqual(answer["total"], DEFAULT_PENALTIES_TOP + 1)
+        self.assertTrue(answer["truncated"])
+
+    def test_longest_block_then_most_offences_first(self):
+        """
+        The longest block left comes first; among equal blocks, the most offences.
+        """
+        self.commands.listed = [
+            {"source": "192.0.2.1/32", "blocked_for": 0.0, "offences": 9},
+            {"source": "192.0.2.2/32", "blocked_for": 30.0, "offences": 1},
+            {"source": "192.0.2.3/32", "blocked_for": 30.0, "offences": 4},
+            {"source": "192.0.2.4/32", "blocked_for": 0.0, "offences": 2},
+        ]
+        answer = self.listing(b"penalties --top 3")
+        self.assertEqual(
+            [row["source"] for row in answer["penalties"]],
+            ["192.0.2.3/32", "192.0.2.2/32", "192.0.2.1/32"],
+        )
+
+    def test_top_within_bounds_accepted(self):
+        """
+        C{--top 1} and C{--top} L{MAX_PENALTIES_TOP} are taken, in either place around
+        SOURCE.
+        """
+        self.listing(b"penalties --top 1")
+        self.listing(f"penalties list --top {MAX_PENALTIES_TOP}".encode())
+        self.listing(b"penalties 192.0.2.7 --top 7")
+        self.listing(b"penalties --top 8 192.0.2.7")
+        self.assertEqual(
+            self.commands.calls,
+            [
+                ("penalties", 1, None),
+                ("penalties", MAX_PENALTIES_TOP, None),
+                ("penalties", 7, "192.0.2.7"),
+                ("penalties", 8, "192.0.2.7"),
+            ],
+        )
+
+    def test_top_out_of_bounds_refused(self):
+        """
+        C{--top} 0, one past L{MAX_PENALTIES_TOP}, not a number, missing or repeated, and
+        two sources, are refused with the usage; the daemon is not asked.
+        """
+        for line in (
+            b"penalties --top 0",
+            f"penalties --top {MAX_PENALTIES_TOP + 1}".encode(),
+            b"penalties --top -1",
+            b"penalties --top many",
+            b"penalties --top",
+            b"penalties --top 5 --top 6",
+            b"penalties 192.0.2.7 192.0.2.8",
+            b"penalties example.com",
+        ):
+            reply = self.conn.ask(line)
+            self.assertTrue(reply.startswith(b"ERR BAD_SYNTAX usage: penalties"), (line, reply))
+            self.assertLessEqual(len(reply), 240)
+        self.assertEqual(self.commands.calls, [])
+
+    def test_source_filter_address_matches_its_key(self):
+        """
+        C{penalties ADDRESS} answers for the key holding that address: an IPv4 /32 or /24
+        key, an IPv6 /64 key, an IPv4-mapped IPv6 address as IPv4.
+        """
+        self.commands.listed = [
+            {"source": "192.0.2.7/32", "blocked_for": 5.0, "offences": 3},
+            {"source": "198.51.100.0/24", "blocked_for": 4.0, "offences": 2},
+            {"source": "2001:db8:1:2::/64", "blocked_for": 3.0, "offences": 1},
+            {"source": "unix", "blocked_for": 0.0, "offences": 1},
+        ]
+        for address, key in (
+            ("192.0.2.7", "192.0.2.7/32"),
+            ("198.51.100.77", "198.51.100.0/24"),
+            ("2001:DB8:1:2::99", "2001:db8:1:2::/64"),
+            ("::ffff:192.0.2.7", "192.0.2.7/32"),
+            ("unix", "unix"),
+        ):
+            answer = self.listing(f"penalties {address}".encode())
+            self.assertEqual([row["source"] for row in answer["penalties"]], [key], address)
+            self.assertEqual((answer["total"], answer["truncated"]), (1, False))
+
+    def test_source_filter_network_lists_the_keys_inside(self):
+        """
+        C{penalties NETWORK} lists the keys inside it, still bounded by C{--top}.
+        """
+        self.commands.listed = penalty_rows(300)
+        answer = self.listing(b"penalties 198.18.1.0/24 --top 10")
+        self.assertEqual(answer["penalties"], penalty_rows(300)[256:266])
+        self.assertEqual((answer["total"], answer["truncated"]), (44, True))
+
+    def test_source_filter_without_match_is_empty(self):
+        """
+        A source with no penalty gives an empty list, total 0, not truncated.
+        """
+        answer = self.listing(b"penalties 203.0.113.9")
+        self.assertEqual(answer, {"penalties": [], "total": 0, "truncated": False})
+
+    def test_reply_bounded_whatever_the_daemon_answers(self):
+        """
+        The reply never holds more than N rows, even from a daemon side that answers more.
+        """
+        self.commands.penalties = lambda top, source: {"penalties": penalty_rows(5000)}
+        answer = self.listing(b"penalties --top 3")
+        self.assertEqual(answer["penalties"], penalty_rows(5000)[:3])
+        self.assertEqual((answer["total"], answer["truncated"]), (5000, True))
+
+    def test_tracked_bound_of_a_real_admission_within_client_limit(self):
+        """
+        A real admission table full at its documented bound (C{max_tracked_sources},
+        65,536 sources, each with points): C{penalties} answers 100 rows, the total and
+        C{truncated}, on a line far below what C{netguard ctl} reads; so does C{--top}
+        L{MAX_PENALTIES_TOP}.
+        """
+        policy = AdmissionPolicy(ipv6_prefix=128)
+        self.assertEqual(policy.max_tracked_sources, 65536)
+        admission = Admission(policy, Clock())
+        for i in range(policy.max_tracked_sources):
+            admission.offence(
+                f"2001:db8:ffff:ffff:ffff:ffff:{i >> 8:x}ff:ff{i & 255:02x}", "timeout"
+            )
+        control = GatewayControl(SimpleNamespace(factory=SimpleNamespace(admission=admission)))
+        conn = Conn(ControlFactory(control, Clock(), peer_uid=lambda transport: os.geteuid()))
+        for line, rows in ((b"penalties", 100), (b"penalties --top 1000", MAX_PENALTIES_TOP)):
+            reply = conn.ask(line)
+            self.assertLess(len(reply), ctl_client.MAX_REPLY_BYTES // 8)
+            answer = payload(reply)
+            self.assertEqual(len(answer["penalties"]), rows)
+            self.assertEqual((answer["total"], answer["truncated"]), (65536, True))
+            self.assertEqual(set(answer["penalties"][0]), {"source", "blocked_for", "offences"})
+
+    def test_longest_rows_at_max_top_within_client_limit(self):
+        """
+        L{MAX_PENALTIES_TOP} rows of the longest keys and figures fit the client's limit.
+        """
+        longest = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128"
+        self.commands.listed = [
+            {"source": longest, "blocked_for": 86400.0 - i / 10, "offences": 2**31 - i}
+            for i in range(MAX_PENALTIES_TOP + 1)
+        ]
+        reply = self.conn.ask(f"penalties --top {MAX_PENALTIES_TOP}".encode())
+        self.assertLess(len(reply), ctl_client.MAX_REPLY_BYTES // 8)
+        self.assertTrue(payload(reply)["truncated"])
 
 
 class AccessTests(unittest.TestCase):
@@ -500,6 +721,67 @@ class RealSocketTests(unittest.TestCase):
         )
         self.assertEqual(code, 2)
         self.assertIn("netguard: error:", err.getvalue())
+
+    @inlineCallbacks
+    def test_penalties_at_the_tracked_bound_round_trip(self):
+        """
+        With 65,536 penalised sources (C{max_tracked_sources}), C{netguard ctl penalties}
+        over the real socket succeeds: the first 100, the total and C{truncated}; with
+        C{--top 1000} (the CLI option) the first 1,000.
+        """
+        self.commands.listed = penalty_rows(65536)
+        yield self.listen()
+        code, output = yield deferToThread(run_ctl, self.path, ["penalties"])
+        self.assertEqual(code, EXIT_OK, output)
+        answer = json.loads(output)
+        self.assertEqual(answer["penalties"], penalty_rows(65536)[:DEFAULT_PENALTIES_TOP])
+        self.assertEqual((answer["total"], answer["truncated"]), (65536, True))
+        out, err = io.StringIO(), io.StringIO()
+        code = yield deferToThread(
+            cli.main,
+            ["ctl", "--socket", self.path, "penalties", "--top", "1000"],
+            stdout=out,
+            stderr=err,
+        )
+        self.assertEqual(code, EXIT_OK, err.getvalue())
+        self.assertEqual(len(json.loads(out.getvalue())["penalties"]), 1000)
+        self.assertEqual(self.commands.calls[-1], ("penalties", 1000, None))
+
+    @inlineCallbacks
+    def test_ctl_penalties_source_and_top_forms(self):
+        """
+        C{netguard ctl penalties SOURCE --top N}, C{--top N penalties SOURCE} and
+        C{ctl -- penalties --top N SOURCE} all send N and the normalised source.
+        """
+        yield self.listen()
+        for words in (
+            ["penalties", "192.0.2.0/24", "--top", "3"],
+            ["--top", "3", "penalties", "192.0.2.0/24"],
+            ["--", "penalties", "--top", "3", "192.0.2.0/24"],
+        ):
+            out, err = io.StringIO(), io.StringIO()
+            code = yield deferToThread(
+                cli.main, ["ctl", "--socket", self.path, *words], stdout=out, stderr=err
+            )
+            self.assertEqual(code, EXIT_OK, (words, err.getvalue()))
+            self.assertEqual(json.loads(out.getvalue())["total"], 1)
+            self.assertEqual(self.commands.calls[-1], ("penalties", 3, "192.0.2.0/24"))
+
+    @inlineCallbacks
+    def test_ctl_top_option_only_with_penalties(self):
+        """
+        C{netguard ctl --top N} with another command (or C{penalties clear}) is a usage
+        error (exit 2) and sends nothing.
+        """
+        yield self.listen()
+        for words in (["--top", "5", "status"], ["penalties", "clear", "--top", "5"]):
+            err = io.StringIO()
+            code = yield deferToThread(
+                cli.main, ["ctl", "--socket", self.path, *words], stdout=io.StringIO(), stderr=err
+            )
+            self.assertEqual(code, 2, words)
+            self.assertIn("--top N goes with the penalties command", err.getvalue())
+        self.assertEqual(self.commands.calls, [])
 
     @inlineCallbacks
     def test_socket_mode_0600_and_status_round_trip(self):
@@ -696,6 +978,18 @@ class ClientTests(unittest.TestCase):
     def test_error_reply_text_made_printable(self):
         code, output = yield self.serve(b"ERR X bad\x07bell\r\n")
         self.assertEqual((code, output), (EXIT_REFUSED, "X bad?bell"))
+
+    @inlineCallbacks
+    def test_over_long_reply_says_how_to_ask_for_less(self):
+        """
+        A reply longer than the client reads is a protocol error whose text names the
+        limit and the options that ask for less (C{penalties --top N}, C{penalties SOURCE}).
+        """
+        code, output = yield self.serve(b"OK " + b"x" * (ctl_client.MAX_REPLY_BYTES + 10))
+        self.assertEqual(code, EXIT_PROTOCOL)
+        self.assertIn(str(ctl_client.MAX_REPLY_BYTES), output)
+        self.assertIn("penalties --top N", output)
+        self.assertIn("penalties SOURCE", output)
 
     def test_ok_payload_printed_indented(self):
         from netguard.ops.ctl_client import _format_reply

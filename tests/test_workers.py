@@ -27,9 +27,11 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.protocols import amp
 from twisted.protocols.wire import Echo
+from twisted.test.iosim import connectedServerAndClient
 from twisted.trial import unittest
 
 from netguard.admission import PENALISED, AdmissionPolicy, Refusal
+from netguard.admission.state import Admission
 from netguard.config import (
     MAX_FILE_BYTES,
     Config,
@@ -58,7 +60,7 @@ from netguard.workers.budget import (
     too_small_caps,
     worker_policy,
 )
-from netguard.workers.figures import aggregate, merge, merge_penalties
+from netguard.workers.figures import aggregate, merge, merge_penalties, merge_penalty_answers
 from netguard.workers.listeners import InheritedEndpoint, SharedTCPPort
 from netguard.workers.operate import SupervisorControl, SupervisorReloader
 from netguard.workers.penalties import SharedAdmission
@@ -784,6 +786,114 @@ class AggregationTests(unittest.TestCase):
                 {"source": "a", "blocked_for": 9.0, "offences": 3},
                 {"source": "b", "blocked_for": 0.0, "offences": 1},
             ],
+        )
+
+
+def rows_of(*sources: tuple[str, float, int]) -> list[dict[str, Any]]:
+    return [{"source": s, "blocked_for": b, "offences": o} for s, b, o in sources]
+
+
+class PenaltyAnswerTests(unittest.TestCase):
+    """
+    C{ctl penalties} with workers: each worker sends its first N rows, the supervisor
+    merges them and cuts to N, so the answer is bounded at every hop.
+    """
+
+    def test_exactly_top_across_workers_not_truncated(self) -> None:
+        """
+        N distinct sources spread over the workers: all N listed, total N, not truncated.
+        """
+        answer = merge_penalty_answers(
+            [
+                {"penalties": rows_of(("a", 9.0, 1)), "total": 1, "truncated": False},
+                {"penalties": rows_of(("b", 5.0, 1)), "total": 1, "truncated": False},
+            ],
+            2,
+        )
+        self.assertEqual(
+            answer,
+            {"penalties": rows_of(("a", 9.0, 1), ("b", 5.0, 1)), "total": 2, "truncated": False},
+        )
+
+    def test_one_past_top_across_workers_truncated(self) -> None:
+        """
+        N + 1 distinct sources over the workers: the N with the longest blocks (then the
+        most offences, added over workers), total N + 1, truncated.
+        """
+        answer = merge_penalty_answers(
+            [
+                {"penalties": rows_of(("a", 9.0, 1), ("c", 0.0, 2)), "total": 2},
+                {"penalties": rows_of(("b", 0.0, 1), ("c", 0.0, 2)), "total": 2},
+            ],
+            2,
+        )
+        self.assertEqual(answer["penalties"], rows_of(("a", 9.0, 1), ("c", 0.0, 4)))
+        self.assertEqual((answer["total"], answer["truncated"]), (3, True))
+
+    def test_total_the_largest_one_worker_holds(self) -> None:
+        """
+        The workers' tables overlap (blocks are shared): C{total} is the largest one
+        worker's count, and a worker that left rows out makes the answer truncated.
+        """
+        answer = merge_penalty_answers(
+            [
+                {"penalties": rows_of(("a", 9.0, 1)), "total": 70000, "truncated": True},
+                {"penalties": rows_of(("a", 9.0, 0)), "total": 1, "truncated": False},
+            ],
+            1,
+        )
+        self.assertEqual(answer["penalties"], rows_of(("a", 9.0, 1)))
+        self.assertEqual((answer["total"], answer["truncated"]), (70000, True))
+
+    def test_supervisor_asks_every_worker_for_top_and_source(self) -> None:
+        """
+        The supervisor sends C{top} and the filter to every worker and merges the answers.
+        """
+        supervisor = Supervisor(make_config(), Clock(), FakeSpawner())
+        supervisor.startService()
+        answers = [
+            {"penalties": rows_of(("192.0.2.1/32", 5.0, 1)), "total": 1, "truncated": False},
+            {"penalties": rows_of(("192.0.2.1/32", 5.0, 2)), "total": 1, "truncated": False},
+        ]
+        for slot, answer in zip(supervisor.slots, answers, strict=True):
+            slot.channel.answers[commands.Penalties] = answer
+            supervisor.worker_ready(slot)
+        listed = self.successResultOf(supervisor.penalties(7, "192.0.2.0/24"))
+        self.assertEqual(
+            listed,
+            {"penalties": rows_of(("192.0.2.1/32", 5.0, 3)), "total": 1, "truncated": False},
+        )
+        for slot in supervisor.slots:
+            self.assertEqual(
+                slot.channel.sent(commands.Penalties), [{"top": 7, "source": "192.0.2.0/24"}]
+            )
+
+    def test_worker_answer_at_the_tracked_bound_over_amp(self) -> None:
+        """
+        A worker whose admission table is full (65,536 sources) answers C{Penalties} over a
+        real AMP exchange with its first N rows, its total and C{truncated}: a bounded box.
+        """
+        policy = AdmissionPolicy(ipv6_prefix=128)
+        admission = Admission(policy, Clock())
+        for i in range(policy.max_tracked_sources):
+            admission.offence(f"2001:db8::{i >> 8:x}:{i & 255:x}", "timeout")
+        channel = WorkerChannel(Clock(), 0)
+        channel.service = SimpleNamespace(  # type: ignore[assignment]
+            factory=SimpleNamespace(admission=admission)
+        )
+        client, server, pump = connectedServerAndClient(
+            ServerClass=lambda: channel, ClientClass=amp.AMP
+        )
+        answer = client.callRemote(commands.Penalties, top=1000)
+        pump.flush()
+        result = self.successResultOf(answer)
+        self.assertEqual(len(result["penalties"]), 1000)
+        self.assertEqual((result["total"], result["truncated"]), (65536, True))
+        filtered = client.callRemote(commands.Penalties, top=5, source="2001:db8::1:7")
+        pump.flush()
+        self.assertEqual(
+            self.successResultOf(filtered)["penalties"],
+            rows_of(("2001:db8::1:7/128", 0.0, 1)),
         )
 
 

@@ -118,7 +118,12 @@ def _control_socket_of_broken_config(path: str | None) -> str | None:
 def _cmd_ctl(args: argparse.Namespace, io: _IO) -> int:
     from netguard.ops.ctl_client import EXIT_OK, run_ctl
 
-    code, output = run_ctl(_control_socket_path(args, io), args.words, timeout=args.timeout)
+    words = list(args.words)
+    if args.top is not None:
+        if words[0].lower() != "penalties" or (len(words) > 1 and words[1].lower() == "clear"):
+            raise CommandError("--top N goes with the penalties command (penalties --top N)")
+        words += ["--top", str(args.top)]
+    code, output = run_ctl(_control_socket_path(args, io), words, timeout=args.timeout)
     if code == EXIT_OK:
         if output:
             io.stdout.write(output + "\n")
@@ -135,8 +140,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "ctl",
         help="control the running daemon through its control socket",
         description="Send one command to the running daemon's control socket and print the "
-        "reply (JSON). Commands: status, heartbeat on|off, reload, drain, penalties [list], "
-        "penalties clear [SOURCE], help. Exit status: 0 done, 1 refused by the daemon, "
+        "reply (JSON). Commands: status, heartbeat on|off, reload, drain, "
+        "penalties [SOURCE] [--top N] (the N sources, default 100, at most 1000, with the "
+        "longest blocks, then the most offences, with total and truncated; SOURCE an address "
+        "or network to list only the sources within it; SOURCE before --top, or after "
+        "--: netguard ctl -- penalties --top N SOURCE), penalties clear [SOURCE], help. "
+        "Exit status: 0 done, 1 refused by the daemon, "
         "2 usage, 3 daemon not reachable, 4 no valid reply in time. With no --socket, "
         "--config or --state-dir: the default state directory's socket, else the one "
         "running gateway of this user.",
@@ -149,6 +158,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument(
         "--timeout", metavar="SECONDS", type=float, default=5.0, help="give up after (default 5)"
+    )
+    p.add_argument(
+        "--top",
+        metavar="N",
+        type=int,
+        help="with penalties: list at most N sources (default 100, at most 1000)",
     )
     p.add_argument("words", nargs="+", metavar="COMMAND", help="e.g. status, heartbeat on")
     p.set_defaults(run=_cmd_ctl)

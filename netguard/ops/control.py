@@ -10,6 +10,7 @@ who may connect and the bounds: C{docs/operating.md} section 7.5.
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import json
 import os
@@ -17,7 +18,7 @@ import re
 import socket
 import stat
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from twisted.application.service import Service
@@ -60,9 +61,22 @@ COMMANDS = (
     "heartbeat on|off",
     "reload",
     "drain",
-    "penalties [list]",
+    "penalties [list] [SOURCE] [--top N]",
     "penalties clear [SOURCE]",
     "help",
+)
+
+#: Sources C{penalties} lists when not told how many (C{--top N}).
+DEFAULT_PENALTIES_TOP = 100
+
+#: The most sources C{penalties --top N} lists: 1,000 rows of the longest source keys make a
+#: reply of about 100 kB, far below what C{netguard ctl} reads (L{MAX_REPLY_BYTES
+#: <netguard.ops.ctl_client.MAX_REPLY_BYTES>}) and what a worker's answer may hold.
+MAX_PENALTIES_TOP = 1000
+
+_PENALTIES_USAGE = (
+    f"usage: penalties [list] [SOURCE] [--top N] (N 1..{MAX_PENALTIES_TOP}, "
+    "SOURCE an IP address or network, unix or unknown) | penalties clear [SOURCE]"
 )
 
 #: Penalty keys that are not addresses (see L{netguard.admission.UNIX_SOURCE}).
@@ -123,9 +137,18 @@ class ControlCommands(Protocol):
         @return: a short summary.
         """
 
-    def penalties(self) -> list[Any] | Deferred[list[Any]]:
+    def penalties(
+        self, top: int, source: str | None
+    ) -> Mapping[str, Any] | Deferred[Mapping[str, Any]]:
         """
-        @return: the sources currently penalised, JSON-serialisable (or a L{Deferred}).
+        The sources with penalty points or a block, at most C{top} of them (see
+        L{select_penalties}, which builds this answer from a table's rows).
+
+        @param top: the most sources listed, 1 to L{MAX_PENALTIES_TOP}.
+        @param source: list only the sources that overlap this address or network
+            (normalised by L{normalise_source}), or every source (L{None}).
+        @return: C{{"penalties": [rows], "total": int, "truncated": bool}} (or a
+            L{Deferred} firing with it); each row C{{"source", "blocked_for", "offences"}}.
         """
 
     def clear_penalties(self, source: str | None) -> int | Deferred[int]:
@@ -202,6 +225,127 @@ def normalise_source(text: str) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError:
         return str(ipaddress.ip_network(text, strict=False))
+
+
+def penalty_order(row: Mapping[str, Any]) -> tuple[float, int, str]:
+    """
+    The order C{penalties} lists sources in: the longest block left first, then the most
+    offences, then by source text (so equal rows always come in the same order).
+    """
+    return (-float(row["blocked_for"]), -int(row["offences"]), str(row["source"]))
+
+
+def _span(text: str) -> tuple[int, int, int] | None:
+    """
+    The addresses a source key such as C{192.0.2.0/24} or C{2001:db8:1:2::/64} covers, as
+    C{(address bits, first, last)}, or L{None} for a named key or bad text. Parsed with
+    C{inet_pton}: a filtered listing reads every key of a table of up to
+    C{max_tracked_sources}, and L{ipaddress} costs several times more per key.
+    """
+    address, _, prefix = text.partition("/")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        packed = socket.inet_pton(family, address)
+    except (OSError, ValueError):
+        return None
+    bits = len(packed) * 8
+    if not prefix:
+        length = bits
+    elif prefix.isdigit() and len(prefix) <= 3 and int(prefix) <= bits:
+        length = int(prefix)
+    else:
+        return None
+    host = (1 << (bits - length)) - 1
+    first = int.from_bytes(packed, "big") & ~host
+    return bits, first, first | host
+
+
+def source_matcher(source: str | None) -> Callable[[str], bool]:
+    """
+    A test of a penalty's source key against the operator's filter: a named key matches
+    only itself; an address or network matches every key that overlaps it (the key that
+    holds an address, or every key inside a network); an IPv4-mapped IPv6 address is
+    taken as IPv4, as admission counts it.
+
+    @param source: a filter as L{normalise_source} gives it, or L{None} (everything).
+    """
+    if source is None:
+        return lambda key: True
+    wanted = _span(source)
+    if wanted is None:
+        return lambda key: key == source
+    bits, low, high = wanted
+    if bits == 128 and low == high and low >> 32 == 0xFFFF:
+        bits, low, high = 32, low & 0xFFFFFFFF, low & 0xFFFFFFFF
+
+    def matches(key: str) -> bool:
+        span = _span(key)
+        return span is not None and span[0] == bits and span[1] <= high and low <= span[2]
+
+    return matches
+
+
+def select_penalties(
+    rows: Iterable[Mapping[str, Any]], top: int, source: str | None = None
+) -> dict[str, Any]:
+    """
+    The C{penalties} answer from a table's rows: those matching C{source}
+    (L{source_matcher}), counted, and the first C{top} in L{penalty_order}. Only C{top}
+    rows are held besides the input, whatever its length.
+
+    @param rows: C{{"source", "blocked_for", "offences"}} mappings.
+    @param top: the most rows listed (at least 1).
+    @param source: the filter, or L{None}.
+    @return: C{{"penalties": [rows], "total": matching rows, "truncated": whether some
+        matching rows are not listed}}.
+    """
+    matches = source_matcher(source)
+    total = 0
+
+    def matching() -> Iterable[Mapping[str, Any]]:
+        nonlocal total
+        for row in rows:
+            if matches(str(row["source"])):
+                total += 1
+                yield row
+
+    listed = [dict(row) for row in heapq.nsmallest(max(1, top), matching(), key=penalty_order)]
+    return {"penalties": listed, "total": total, "truncated": total > len(listed)}
+
+
+def parse_penalties_listing(args: list[str]) -> tuple[int, str | None]:
+    """
+    The arguments of C{penalties [list] [SOURCE] [--top N]}.
+
+    @return: C{(top, source)}: C{top} L{DEFAULT_PENALTIES_TOP} unless given, C{source}
+        normalised or L{None}.
+    @raise _BadArguments: anything else (a repeated option, N out of 1 to
+        L{MAX_PENALTIES_TOP}, a source that is not an address or network).
+    """
+    words = list(args)
+    if words and words[0].lower() == "list":
+        words.pop(0)
+    top: int | None = None
+    source: str | None = None
+    while words:
+        word = words.pop(0)
+        if word.lower() == "--top":
+            count = words.pop(0) if words else ""
+            if (
+                top is not None
+                or not count.isdigit()
+                or not (1 <= int(count) <= MAX_PENALTIES_TOP)
+            ):
+                raise _BadArguments(_PENALTIES_USAGE)
+            top = int(count)
+            continue
+        if source is not None:
+            raise _BadArguments(_PENALTIES_USAGE)
+        try:
+            source = normalise_source(word)
+        except ValueError:
+            raise _BadArguments(_PENALTIES_USAGE) from None
+    return (DEFAULT_PENALTIES_TOP if top is None else top), source
 
 
 class ControlProtocol(GuardedLineReceiver):
@@ -393,10 +537,11 @@ class ControlProtocol(GuardedLineReceiver):
 
     def do_penalties(self, args: list[str]) -> Deferred[Mapping[str, Any]]:
         sub = args[0].lower() if args else "list"
-        if sub == "list" and len(args) <= 1:
-            listed: Deferred[Any] = maybeDeferred(self.factory.commands.penalties)
-            return listed.addCallback(lambda rows: {"penalties": list(rows)})
-        if sub == "clear" and len(args) <= 2:
+        if sub != "clear":
+            top, source = parse_penalties_listing(args)
+            listed: Deferred[Any] = maybeDeferred(self.factory.commands.penalties, top, source)
+            return listed.addCallback(_bounded_listing, top)
+        if len(args) <= 2:
             source = None
             if len(args) == 2:
                 try:
@@ -407,7 +552,7 @@ class ControlProtocol(GuardedLineReceiver):
                     ) from None
             cleared: Deferred[Any] = maybeDeferred(self.factory.commands.clear_penalties, source)
             return cleared.addCallback(lambda count: {"cleared": int(count)})
-        raise _BadArguments("usage: penalties [list] | penalties clear [SOURCE]")
+        raise _BadArguments(_PENALTIES_USAGE)
 
     def do_help(self, args: list[str]) -> Mapping[str, Any]:
         return {"commands": list(COMMANDS)}
@@ -417,6 +562,18 @@ class _BadArguments(Exception):
     """
     A known command with wrong arguments; the text is the usage.
     """
+
+
+def _bounded_listing(answer: Mapping[str, Any], top: int) -> dict[str, Any]:
+    """
+    The C{penalties} reply from the daemon's answer, never more than C{top} rows whatever
+    the answer holds (a C{total} or C{truncated} it lacks is made up from the rows).
+    """
+    rows = list(answer.get("penalties", []))
+    listed = rows[:top]
+    total = max(int(answer.get("total", len(rows))), len(rows))
+    truncated = bool(answer.get("truncated", False)) or total > len(listed)
+    return {"penalties": listed, "total": total, "truncated": truncated}
 
 
 def _no_arguments(command: str, args: list[str]) -> None:

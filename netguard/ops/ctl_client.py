@@ -37,6 +37,14 @@ MAX_COMMAND_BYTES = 256
 #: The longest reply read.
 MAX_REPLY_BYTES = 1 << 20
 
+#: What the client says of a longer reply: what was asked was too much, and how to ask for
+#: less (only C{penalties} lists a table; its answer is bounded by C{--top}).
+REPLY_TOO_LONG = (
+    f"the daemon's reply is longer than the {MAX_REPLY_BYTES} bytes this client reads; ask "
+    "for less: penalties --top N (at most 1000 sources) or penalties SOURCE for one address "
+    "or network"
+)
+
 
 #: The name of a gateway's control socket and of the instance lock beside it.
 CONTROL_SOCKET_NAME = "control.sock"
@@ -240,7 +248,7 @@ def run_ctl(path: str, words: Sequence[str], timeout: float = 5.0) -> tuple[int,
                 pass
             while b"\n" not in buffer:
                 if len(buffer) > MAX_REPLY_BYTES:
-                    return EXIT_PROTOCOL, "the daemon's reply is too long"
+                    return EXIT_PROTOCOL, REPLY_TOO_LONG
                 sock.settimeout(remaining())
                 try:
                     chunk = sock.recv(65536)

@@ -174,11 +174,17 @@ class Heartbeat(amp.Command):
 
 class Penalties(amp.Command):
     """
-    The worker's penalty listing.
+    The worker's penalty listing: its first C{top} sources (of those overlapping C{source},
+    if given), how many it has and whether some are left out, as
+    L{netguard.ops.control.select_penalties} answers.
     """
 
-    arguments = []  # type: ignore[var-annotated]
-    response = [(b"penalties", JSONArgument())]
+    arguments = [(b"top", amp.Integer()), (b"source", amp.Unicode(optional=True))]
+    response = [
+        (b"penalties", JSONArgument()),
+        (b"total", amp.Integer()),
+        (b"truncated", amp.Boolean()),
+    ]
 
 
 class ClearPenalties(amp.Command):

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
+from netguard.ops.control import penalty_order
+
 #: Keys whose values are ratios or levels, not quantities: the highest is shown.
 HIGHEST: Final = frozenset({"stress"})
 
@@ -109,7 +111,8 @@ def worker_row(figures: Mapping[str, Any]) -> dict[str, Any]:
 def merge_penalties(per_worker: Iterable[Iterable[Mapping[str, Any]]]) -> list[dict[str, Any]]:
     """
     One penalty listing from every worker's: per source, the longest block left and the
-    offences of all workers added up; longest block first.
+    offences of all workers added up; in L{penalty_order} (longest block first, then the
+    most offences).
     """
     merged: dict[str, dict[str, Any]] = {}
     for listing in per_worker:
@@ -121,5 +124,25 @@ def merge_penalties(per_worker: Iterable[Iterable[Mapping[str, Any]]]) -> list[d
             entry["blocked_for"] = max(entry["blocked_for"], float(row.get("blocked_for", 0.0)))
             entry["offences"] += int(row.get("offences", 0))
     rows = list(merged.values())
-    rows.sort(key=lambda r: (-r["blocked_for"], r["source"]))
+    rows.sort(key=penalty_order)
     return rows
+
+
+def merge_penalty_answers(answers: Iterable[Mapping[str, Any]], top: int) -> dict[str, Any]:
+    """
+    One C{penalties} answer from the workers' (each its first C{top} rows, its C{total},
+    whether it left some out): their rows merged (L{merge_penalties}) and cut to C{top}.
+    C{total} is the largest one worker holds, as for the other counts of sources
+    (L{SOURCE_GAUGES}): at least that many distinct sources, exactly the blocked ones.
+    C{truncated} when rows are left out here or by a worker.
+    """
+    answers = list(answers)
+    rows = merge_penalties(answer.get("penalties", []) for answer in answers)
+    listed = rows[: max(1, top)]
+    total = max([int(answer.get("total", 0)) for answer in answers] + [len(rows)])
+    truncated = (
+        any(bool(answer.get("truncated")) for answer in answers)
+        or len(rows) > len(listed)
+        or total > len(listed)
+    )
+    return {"penalties": listed, "total": total, "truncated": truncated}

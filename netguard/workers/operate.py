@@ -110,8 +110,8 @@ class SupervisorControl:
         self.reactor.callLater(0, self.reactor.stop)
         return f"draining {count} worker(s), grace {self.supervisor.config.ops.shutdown_grace}s"
 
-    def penalties(self) -> Any:
-        return self.supervisor.penalties()
+    def penalties(self, top: int, source: str | None) -> Any:
+        return self.supervisor.penalties(top, source)
 
     def clear_penalties(self, source: str | None) -> Any:
         return self.supervisor.clear_penalties(source)

@@ -37,7 +37,7 @@ from netguard.ops.startup import created_paths, start_privileged
 from netguard.refusal_log import RefusalLog
 from netguard.stats import HistogramSnapshot
 from netguard.workers import commands
-from netguard.workers.figures import aggregate, merge_penalties, worker_row
+from netguard.workers.figures import aggregate, merge_penalty_answers, worker_row
 from netguard.workers.replay import BlockBook, SpentBook
 
 log = Logger()
@@ -630,13 +630,18 @@ class Supervisor(MultiService):
 
         return self.ask_all(commands.Reload).addCallback(summarise)
 
-    def penalties(self) -> Deferred[list[dict[str, Any]]]:
+    def penalties(self, top: int, source: str | None = None) -> Deferred[dict[str, Any]]:
         """
-        Every worker's penalised sources, merged (L{merge_penalties}).
+        Every worker's first C{top} penalised sources (overlapping C{source}, if given),
+        merged (L{merge_penalty_answers}): no worker sends more than C{top} rows, so the
+        answer stays bounded however many sources the workers track.
         """
-        return self.ask_all(commands.Penalties).addCallback(
-            lambda results: merge_penalties(
-                r["penalties"] for _, r in results if isinstance(r, dict)
+        kwargs: dict[str, Any] = {"top": top}
+        if source is not None:
+            kwargs["source"] = source
+        return self.ask_all(commands.Penalties, **kwargs).addCallback(
+            lambda results: merge_penalty_answers(
+                [r for _, r in results if isinstance(r, dict)], top
             )
         )
 

@@ -37,6 +37,7 @@ from zope.interface import implementer
 
 from netguard.client.endpoint import wrap_tls
 from netguard.client.protocol import Credentials, NGPClientProtocol
+from netguard.ops.ctl_client import run_ctl
 from tests import tls_certs
 from tests.integration.test_tickets_real import RawClient
 from tests.integration.test_twistd import Twistd, short_temp_dir
@@ -555,6 +556,68 @@ class WorkersTests(unittest.TestCase):
             self.resume(pids[0])
         stream.transport.loseConnection()
         yield stream.ended
+
+    @inlineCallbacks
+    def test_penalties_top_and_source_through_the_supervisor(self) -> Any:
+        """
+        C{netguard ctl penalties} through the supervisor's real control socket, with the
+        real client: early talkers from three loopback sources (6, 4 and 2 offences, all in
+        worker 0, points only) give C{--top 2} the two with the most offences, C{total} 3
+        and C{truncated}; C{--top 3} all of them, not truncated; C{penalties SOURCE} that
+        one source alone; C{penalties clear SOURCE} still clears it in both workers.
+        """
+        yield self.start(extra="[admission]\nearly_talker_points = 1\npenalty_threshold = 50\n")
+        pids = yield self.pids()
+        self.pause(pids[1])
+        try:
+            for source, count in (("127.0.0.2", 4), ("127.0.0.3", 6), ("127.0.0.4", 2)):
+                endpoint = TCP4ClientEndpoint(
+                    reactor, "127.0.0.1", self.port, bindAddress=(source, 0)
+                )
+                for _ in range(count):
+                    early = RawLine(b"HELLO\r\n")
+                    yield connectProtocol(endpoint, early)
+                    yield early.closed
+        finally:
+            self.resume(pids[1])
+        yield self.status()
+
+        def listed(*words: str) -> Any:
+            def run() -> Any:
+                code, output = run_ctl(self.control, list(words), timeout=15)
+                self.assertEqual(code, 0, output)
+                return json.loads(output)
+
+            return deferToThread(run)
+
+        top = yield listed("penalties", "--top", "2")
+        self.assertEqual(
+            [(row["source"], row["offences"]) for row in top["penalties"]],
+            [("127.0.0.3/32", 6), ("127.0.0.2/32", 4)],
+        )
+        self.assertEqual((top["total"], top["truncated"]), (3, True))
+        every = yield listed("penalties", "--top", "3")
+        self.assertEqual(
+            [row["source"] for row in every["penalties"]],
+            ["127.0.0.3/32", "127.0.0.2/32", "127.0.0.4/32"],
+        )
+        self.assertEqual((every["total"], every["truncated"]), (3, False))
+        one = yield listed("penalties", "127.0.0.4")
+        self.assertEqual(
+            one,
+            {
+                "penalties": [{"source": "127.0.0.4/32", "blocked_for": 0.0, "offences": 2}],
+                "total": 1,
+                "truncated": False,
+            },
+        )
+        cleared = yield listed("penalties", "clear", "127.0.0.3")
+        self.assertEqual(cleared, {"cleared": 1})
+        after = yield listed("penalties")
+        self.assertEqual(
+            [row["source"] for row in after["penalties"]], ["127.0.0.2/32", "127.0.0.4/32"]
+        )
+        self.assertEqual((after["total"], after["truncated"]), (2, False))
 
     @inlineCallbacks
     def test_restarted_worker_keeps_blocks_in_force(self) -> Any:
