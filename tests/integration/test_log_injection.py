@@ -184,6 +184,9 @@ class LogFileMixin:
         self.service.startService()
         self.addCleanup(self.stop)
         self.port = self.service.ports[0].getHost().port
+        # Every hostile client here is 127.0.0.1: log each of its refusals one by one (the
+        # aggregation of a flood is tested in test_refusals_real and test_guessing_real).
+        self.service.factory.refusal_log.individual = 1000
         shown = self.terminal.getvalue()
         self.user = re.search(r"user:\s+(\S+)", shown).group(1)  # type: ignore[union-attr]
         self.password = re.search(r"password:\s+(\S+)", shown).group(1)  # type: ignore[union-attr]
