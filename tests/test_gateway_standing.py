@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from netguard.admission import AdmissionPolicy
@@ -245,6 +246,61 @@ class FloodLogTests(unittest.TestCase):
         g.clock.advance(10)
         self.assertEqual(len(other) + self.unlogged(g)["ticket.other_block"], 200)
 
+    def test_rotating_failed_logins(self):
+        """
+        200 connections from rotating sources, each with three failed logins (a bad
+        client-first message): at most the cap of C{auth.fail} lines, the summaries count
+        the rest, and the counter counts every one.
+        """
+        g = Gateway(self)
+        g.factory.refusal_log.max_logged = 30
+        log_clock = g.factory.refusal_log.clock = Clock()  # one interval, however long
+
+        def fail(conn: Conn) -> None:
+            g.clock.advance(1)
+            for _ in range(3):
+                conn.send(b"AUTH SCRAM-SHA-256 " + b64("garbage"))
+
+        self.flood_lines(g, 200, fail)
+        fails = g.named("auth.fail")
+        self.assertLessEqual(len(fails), 30)
+        log_clock.advance(10)
+        self.assertEqual(len(fails) + self.unlogged(g)["auth.fail"], 600)
+        self.assertEqual(g.factory.stats.counters["auth_fail"], 600)
+
+    def test_rotating_peer_check_refusals(self):
+        """
+        Connections from rotating sources that the peer checks refuse: at most the cap of
+        C{peer.refused} lines, the summaries count the rest.
+        """
+        from twisted.internet.defer import succeed
+
+        from netguard.peer.checks import Verdict
+
+        class Refusing:
+            def verdict(self, policy: object = None) -> Any:
+                return succeed(Verdict(False, "fcrdns-mismatch"))
+
+            def cancel(self) -> None:
+                pass
+
+        g = Gateway(self)
+        g.factory.start_peer_checks = lambda peer, local: Refusing()
+        g.factory.refusal_log.max_logged = 10
+        log_clock = g.factory.refusal_log.clock = Clock()  # one interval, however long
+
+        def auth(conn: Conn) -> None:
+            g.clock.advance(1)
+            client = ClientExchange("alice", PASSWORD)
+            replies = conn.send(b"AUTH SCRAM-SHA-256 " + b64(client.first()))
+            assert replies[-1] == b"ERR NOT_AUTHORIZED peer checks failed", replies
+
+        self.flood_lines(g, 50, auth)
+        refused = g.named("peer.refused")
+        self.assertLessEqual(len(refused), 10)
+        log_clock.advance(10)
+        self.assertEqual(len(refused) + self.unlogged(g)["peer.refused"], 50)
+
     def test_authenticated_refusals_are_each_logged(self):
         """
         After login, refusals are the user's and are not aggregated: four C{OPEN nope} on
@@ -374,6 +430,16 @@ class RemovedUserTests(unittest.TestCase):
         for command in (b"TICKET", b"SERVICES", b"MUX yamux/1"):
             _, conn = self.removed()
             self.assertEqual(conn.send(command), [b"ERR NOT_AUTHORIZED user removed"], command)
+
+    def test_ticket_issuing_names_the_removal(self):
+        """
+        Asked directly (as a command already dispatched would), the ticket issuer answers a
+        user no longer in the store C{ERR NOT_AUTHORIZED user removed}, not the text for a
+        peer address of no known kind.
+        """
+        _, conn = self.removed()
+        conn.proto.do_ticket()
+        self.assertEqual(conn.take(), [b"ERR NOT_AUTHORIZED user removed"])
 
     def test_ping_and_quit_still_answered(self):
         """

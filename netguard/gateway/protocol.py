@@ -474,12 +474,13 @@ class GatewaySession(LaneSession):
         if self.state is SessionState.CLOSED or self.phase is FramingPhase.CLOSING:
             return  # ended meanwhile (evicted, timed out): no SCRAM step for it
         if not verdict.allowed:
-            self.log.info(
-                "peer checks refused {peer}: {reason}",
-                event="peer.refused",
-                reason=escape(verdict.reason),
-                **self.log_fields(),
-            )
+            if self.note_refusal("peer-checks", "peer.refused"):
+                self.log.info(
+                    "peer checks refused {peer}: {reason}",
+                    event="peer.refused",
+                    reason=escape(verdict.reason),
+                    **self.log_fields(),
+                )
             self.refuse(ErrorCode.NOT_AUTHORIZED, "peer checks failed")
             return
         self._first_step(name, client_first)
@@ -733,16 +734,17 @@ class GatewaySession(LaneSession):
     def _auth_failed(self, failure: AuthFailed, username: str | None) -> None:
         self.auth_attempts += 1
         self.factory.stats.count("auth_fail")
-        self.log.info(
-            "authentication failed for {claimed_quoted} from {peer}: {reason}",
-            event="auth.fail",
-            claimed=escape(username),
-            claimed_quoted=quoted(username),
-            reason=escape(failure.reason),
-            known_user=failure.known_user,
-            attempt=self.auth_attempts,
-            **self.log_fields(),
-        )
+        if self.note_refusal("auth-failure", "auth.fail"):
+            self.log.info(
+                "authentication failed for {claimed_quoted} from {peer}: {reason}",
+                event="auth.fail",
+                claimed=escape(username),
+                claimed_quoted=quoted(username),
+                reason=escape(failure.reason),
+                known_user=failure.known_user,
+                attempt=self.auth_attempts,
+                **self.log_fields(),
+            )
         last = self.auth_attempts >= self.factory.max_auth_attempts
         self.refuse(ErrorCode.AUTH_FAILED, close=last)
 

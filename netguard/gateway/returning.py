@@ -18,6 +18,7 @@ from twisted.internet.interfaces import ISSLTransport
 from netguard.admitting import Admitted
 from netguard.errors import ErrorCode, format_error
 from netguard.framing import FramingPhase, GuardedLineReceiver, peer_label
+from netguard.gateway.standing import USER_REMOVED
 from netguard.log import escape
 from netguard.tickets import Outcome, TicketBook, TicketCheck
 
@@ -143,7 +144,10 @@ class LaneSession(GuardedLineReceiver):
             self.refuse(ErrorCode.BUSY, "ticket-rate", close=False)
             return
         record = self.factory.users.lookup(user)
-        issued = None if record is None else book.issue(user, record, self.transport.getPeer())
+        if record is None:  # removed since login (the session refuses this before it asks)
+            self.refuse(ErrorCode.NOT_AUTHORIZED, USER_REMOVED)
+            return
+        issued = book.issue(user, record, self.transport.getPeer())
         if issued is None:
             self.refuse(ErrorCode.NOT_AUTHORIZED, "no ticket for this connection", close=False)
             return
