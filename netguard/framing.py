@@ -157,9 +157,10 @@ class GuardedLineReceiver(GreetingPhase, LineReceiver, TimeoutMixin):
     current line to L{rawDataReceived}, in order, none lost and none repeated.
 
     Subclasses implement L{greet}, L{lineReceived} and L{rawDataReceived}, and may override
-    L{log_fields} to add fields (a connection id, a user) to every event, and L{refuse} to see
-    (or change) every refusal. Refusals use netguard's own one-line format
-    (C{ERR <CODE> <text>}, L{netguard.errors}).
+    L{log_fields} to add fields (a connection id, a user) to every event, L{refuse} to see
+    (or change) every refusal, L{loggable_input} to hide secrets in the input the log shows,
+    and L{note_refusal} to aggregate the refusal events of unauthenticated connections.
+    Refusals use netguard's own one-line format (C{ERR <CODE> <text>}, L{netguard.errors}).
 
     @ivar limits: the L{FramingLimits} in force.
     @ivar clock: the L{IReactorTime} used for every timer.
