@@ -384,6 +384,26 @@ class TicketNeverLoggedTests(unittest.TestCase):
         self.assertGreaterEqual(len(g.named("proto.refuse")), 4)
         self.assertNotIn(token.decode()[:12], repr(g.events))
 
+    def test_byte_budget_crossed_inside_a_ticket(self):
+        """
+        A C{RESUME} line after the greeting that crosses the byte budget before login in the
+        middle of its ticket: the C{TOO_MUCH_DATA} excerpt starts at the line's start, so
+        its ticket is hidden (not the rest of the ticket past the budget).
+        """
+        import attrs
+
+        g = Gateway(self)
+        token = g.ticket()
+        conn = g.connect(host="192.0.2.13", greet=True)
+        conn.proto.limits = attrs.evolve(conn.proto.limits, max_bytes_before_auth=40)
+        replies = conn.raw(b"PING\r\nRESUME " + token + b"\r\n")
+        self.assertEqual(
+            replies, [b"PONG", b"ERR TOO_MUCH_DATA too much data before authentication"]
+        )
+        [refused] = [e for e in g.named("proto.refuse") if e["code"] == "TOO_MUCH_DATA"]
+        self.assertEqual(refused["offending"], "RESUME <ticket>")
+        self.assertNotIn(token.decode()[30:40], repr(g.events))
+
     def test_hide_tickets(self):
         """
         Every C{RESUME} word's line rest is hidden, any case, anywhere on a line, CR kept;
