@@ -201,6 +201,36 @@ class RefusalLoggingTests(unittest.TestCase):
         self.assertEqual(len(aware.refusals), 5)
         self.assertEqual([e["conn_id"] for e in self.named("conn.reject")], ["c1", "c2", "c3"])
 
+    def test_blocks_go_through_the_refusal_log(self) -> None:
+        """
+        C{admission.block} of the factory's admission goes through its refusal log: of five
+        blocks (each an extension) of one source and kind in an interval, three are logged,
+        and stopping the factory summarises the other two; every block still applies. An
+        admission handed to the factory later is wired the same way.
+        """
+        factory = self.factory(penalty_threshold=1)
+        with capturedLogs() as blocks:
+            for _ in range(5):
+                self.assertIsNotNone(factory.admission.offence(address(), "auth_failure"))
+        self.assertEqual(len([e for e in blocks if e.get("event") == "admission.block"]), 3)
+        factory.doStart()
+        factory.doStop()
+        [summary] = self.named("conn.reject.summary")
+        self.assertEqual((summary["of"], summary["count"]), ("admission.block", 2))
+        replaced = Admission(AdmissionPolicy(penalty_threshold=1), self.clock)
+        factory.admission = replaced
+        self.assertIs(replaced._penalty_table.refusal_log, factory.refusal_log)
+
+    def test_admission_alone_logs_every_block(self) -> None:
+        """
+        The other side: an L{Admission} used without the factory logs every block.
+        """
+        admission = Admission(AdmissionPolicy(penalty_threshold=1), self.clock)
+        with capturedLogs() as blocks:
+            for _ in range(5):
+                admission.offence(address(), "auth_failure")
+        self.assertEqual(len([e for e in blocks if e.get("event") == "admission.block"]), 5)
+
     def test_stopping_logs_the_pending_summary(self) -> None:
         """
         When the last listener stops, the refusals only counted so far are summarised at
