@@ -15,14 +15,14 @@ import sys
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP4ServerEndpoint,
     UNIXClientEndpoint,
     connectProtocol,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.logger import globalLogPublisher
 from twisted.protocols.basic import LineReceiver
 from twisted.trial import unittest
@@ -37,7 +37,7 @@ from netguard.client.tickets import MAX_TOKEN, TicketOffer, TicketStore
 from netguard.client.tunnel import TunnelFactory
 from netguard.ops.reload import Reloader
 from tests import tls_certs
-from tests.integration.util import RunningGateway, stop_process, wait_for
+from tests.integration.util import EchoProbe, RunningGateway, stop_process, wait_for
 
 PASSWORD = "ticket-test password"
 CREDENTIALS = Credentials("alice", PASSWORD)
@@ -124,32 +124,12 @@ class HostileTicketGateway(Factory):
         return protocol
 
 
-class Echo(Protocol):
-    """
-    Send C{payload} and fire C{done} with what came back once it is all there.
-    """
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-        self.received = b""
-        self.done: Deferred[bytes] = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.payload)  # type: ignore[union-attr]
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-        if len(self.received) >= len(self.payload) and not self.done.called:
-            self.done.callback(self.received)
-            self.transport.loseConnection()  # type: ignore[union-attr]
-
-
 @inlineCallbacks
 def echo_through(test: Any, endpoint: Any, payload: bytes = b"ping") -> Any:
     """
     Connect through C{endpoint} to the echo service and check that C{payload} comes back.
     """
-    app = Echo(payload)
+    app = EchoProbe(payload)
     yield connectProtocol(endpoint, app)
     received = yield app.done
     test.assertEqual(received, payload)
@@ -246,7 +226,7 @@ class HostileTicketGatewayTests(unittest.TestCase):
         endpoint = yield self.start(gateway)
         yield self.echo(endpoint)
         gateway.scripts = ["refuse", "greet-refuse"]
-        failure = yield self.assertFailure(connectProtocol(endpoint, Echo(b"x")), NGPError)
+        failure = yield self.assertFailure(connectProtocol(endpoint, EchoProbe(b"x")), NGPError)
         self.assertEqual(failure.code, "BAD_TICKET")
         yield wait_for(lambda: len(gateway.connections) == 3)
         self.assertEqual(len(gateway.connections), 3)
@@ -443,7 +423,7 @@ class RealGatewayTicketTests(unittest.TestCase):
         self.addCleanup(port.stopListening)
         local = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
         for payload in (b"first", b"second"):
-            app = Echo(payload)
+            app = EchoProbe(payload)
             yield connectProtocol(local, app)
             self.assertEqual((yield app.done), payload)
             yield wait_for(lambda: not factory.connections)
@@ -517,7 +497,7 @@ class TunnelProcessTicketTests(unittest.TestCase):
     def echo_twice(self, sock: str) -> Any:
         yield wait_for(lambda: os.path.exists(sock), timeout=30)
         for payload in (b"first", b"second"):
-            app = Echo(payload)
+            app = EchoProbe(payload)
             yield connectProtocol(UNIXClientEndpoint(reactor, sock), app)
             self.assertEqual((yield app.done), payload)
             yield wait_for(lambda: not self.running.factory.sessions)

@@ -21,11 +21,10 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
-from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from netguard.auth.scram import ClientExchange
-from tests.integration.util import RunningGateway
+from tests.integration.util import RunningGateway, log_events
 
 #: The hostile guesser's source address.
 GUESSER = "127.77.0.1"
@@ -135,9 +134,7 @@ class GuessingRealTests(unittest.TestCase):
     def start_gateway(self, config: str = "") -> None:
         self.gateway = RunningGateway(self, 'listen = ["tcp:0:interface=127.0.0.1"]\n' + config)
         self.port = self.gateway.port()
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = log_events(self)
         self.log_clock = Clock()
         self.gateway.factory.refusal_log.clock = self.log_clock
 

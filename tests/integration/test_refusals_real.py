@@ -22,11 +22,10 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.internet.threads import deferToThread
-from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from netguard.admitting import _Refusal
-from tests.integration.util import RunningGateway, wait_for
+from tests.integration.util import RunningGateway, log_events, wait_for
 
 #: The loopback addresses the clients connect from: three sources.
 SOURCES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
@@ -99,9 +98,7 @@ class RefusalsRealTests(unittest.TestCase):
             f'[admission]\ndeny = ["127.0.0.0/8"]\n{admission}',
         )
         self.port = self.gateway.port()
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = log_events(self)
         self.log_clock = Clock()
         self.gateway.factory.refusal_log.clock = self.log_clock
 

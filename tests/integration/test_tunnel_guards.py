@@ -19,7 +19,7 @@ import tempfile
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -37,6 +37,7 @@ from netguard.client.protocol import NGPProtocolError
 from netguard.tls import public_key_pin
 from tests import tls_certs
 from tests.integration.util import (
+    EchoProbe,
     RunningGateway,
     free_port,
     listening,
@@ -46,31 +47,6 @@ from tests.integration.util import (
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-class _Echoed(Protocol):
-    """
-    Sends C{payload} on connection and fires L{done} with what came back once as many bytes
-    have arrived.
-    """
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-        self.received = b""
-        self.done: Deferred[bytes] = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.payload)  # type: ignore[union-attr]
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-        if len(self.received) >= len(self.payload) and not self.done.called:
-            self.done.callback(self.received)
-            self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        if not self.done.called:
-            self.done.errback(reason or Failure(ConnectionError("closed")))
 
 
 class _Silent(Protocol):
@@ -115,7 +91,7 @@ class MuxTLSVerificationTests(unittest.TestCase):
         gateway = wrap_tls(reactor, plain, {"tls": "1", **tls}, default_hostname="localhost")
         endpoint = MuxClientEndpoint(reactor, gateway, self.gateway.credentials, "echo")
         self.addCleanup(endpoint.close)
-        error = yield self.assertFailure(connectProtocol(endpoint, _Echoed(b"x")), Exception)
+        error = yield self.assertFailure(connectProtocol(endpoint, EchoProbe(b"x")), Exception)
         self.assertIsInstance(error, NGPProtocolError, repr(error))
         self.assertNotIsInstance(error, SessionUnavailable)
         self.assertEqual(error.reason, "tls-verification")
@@ -165,7 +141,7 @@ class MuxTLSVerificationTests(unittest.TestCase):
         )
         endpoint = MuxClientEndpoint(reactor, gateway, self.gateway.credentials, "echo")
         self.addCleanup(endpoint.close)
-        probe = _Echoed(b"through")
+        probe = EchoProbe(b"through")
         yield connectProtocol(endpoint, probe)
         self.assertEqual((yield probe.done), b"through")
 
@@ -208,7 +184,7 @@ class AbandonedLoginRealTests(unittest.TestCase):
             backoff_cap=0.1,
         )
         self.addCleanup(endpoint.close)
-        yield self.assertFailure(connectProtocol(endpoint, _Echoed(b"x")), SessionUnavailable)
+        yield self.assertFailure(connectProtocol(endpoint, EchoProbe(b"x")), SessionUnavailable)
         endpoint.close()
         self.assertGreater(endpoint.logins, 1)
         yield wait_for(lambda: self.accepted() >= endpoint.logins)
@@ -300,6 +276,6 @@ class TunnelCommandListenTests(unittest.TestCase):
         self.start(f"unix:{sock}")
         yield wait_for(lambda: os.path.exists(sock), timeout=30)
         self.assertEqual(stat.S_IMODE(os.stat(sock).st_mode), 0o600)
-        probe = _Echoed(b"mine only")
+        probe = EchoProbe(b"mine only")
         yield connectProtocol(UNIXClientEndpoint(reactor, sock), probe)
         self.assertEqual((yield probe.done), b"mine only")

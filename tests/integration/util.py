@@ -233,6 +233,32 @@ class EchoClient(NGPClientProtocol):
         return received, own
 
 
+class EchoProbe(Protocol):
+    """
+    An application protocol for an echo service reached through an endpoint: sends
+    C{payload} on connection and fires L{done} with what came back once as many bytes have
+    arrived (then closes), or fails it if the connection ends before.
+    """
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.received = b""
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.payload)  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if len(self.received) >= len(self.payload) and not self.done.called:
+            self.done.callback(self.received)
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if not self.done.called:
+            self.done.errback(reason or Failure(ConnectionError("closed")))
+
+
 def log_events(case: Any) -> list[dict[str, Any]]:
     """
     A list that collects, in order, every event logged from now until C{case}'s cleanup.
