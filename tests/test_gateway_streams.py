@@ -320,6 +320,19 @@ class StreamOpenTests(unittest.TestCase):
         self.assertIs(self.m.s.proto.state, SessionState.MUX)
         self.assertIsNone(self.m.client.ended)
 
+    def test_open_line_outside_printable_ascii_is_bad_syntax(self):
+        """
+        An C{OPEN} line whose service name holds bytes outside printable ASCII (a control
+        byte, UTF-8) is C{ERR BAD_SYNTAX}, as on a connection's line phase, not
+        C{NO_SUCH_SERVICE}; a printable unknown name is still C{NO_SUCH_SERVICE}.
+        """
+        for name in (b"ec\x01ho", b"\xc3\xa9cho", b"echo\x7f"):
+            r = self.m.open(b"OPEN " + name + b"\r\n")
+            self.assertTrue(r.received.startswith(b"ERR BAD_SYNTAX "), (name, r.received))
+        r = self.m.open(b"OPEN nope\r\n")
+        self.assertTrue(r.received.startswith(b"ERR NO_SUCH_SERVICE "), r.received)
+        self.assertIsNone(self.m.client.ended)
+
     def test_line_at_the_bound_is_read(self):
         """
         An C{OPEN} line of exactly MAXLINE bytes is read (and answered for its service).

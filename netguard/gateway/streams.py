@@ -8,6 +8,7 @@ then relays to the service's backend. C{docs/protocol.md} section 5.1 is the wir
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -57,6 +58,9 @@ _ENDINGS = {
 
 #: The refusal for a stream of a draining gateway.
 _SHUTTING_DOWN = OpenRefusal(ErrorCode.SHUTTING_DOWN)
+
+#: An OPEN line as the line phase allows it: printable ASCII only.
+_PRINTABLE = re.compile(rb"[\x20-\x7e]*\Z")
 
 #: Refusals of a session's streams that the client's own requests earn (not a busy, down or
 #: draining gateway) are bounded as the line phase bounds its errors: a burst of
@@ -462,6 +466,13 @@ class GatewayStream:
             self.refuse(
                 OpenRefusal(ErrorCode.BAD_SYNTAX, "a stream begins with OPEN <service>"),
                 line[:64],
+            )
+            return
+        if not _PRINTABLE.match(line):
+            # As on a connection's line phase: bytes outside printable ASCII are a syntax
+            # error, whatever the service name would have been.
+            self.refuse(
+                OpenRefusal(ErrorCode.BAD_SYNTAX, "only printable ASCII is allowed"), line[:64]
             )
             return
         if rest:
