@@ -694,6 +694,22 @@ class PenaltyTests(unittest.TestCase):
         self.assertEqual(admission.penalties(), [])
         self.assertIsNotNone(admission.offence(v4("128.0.0.1"), "early_talker"))
 
+    def test_never_penalise_not_blocked_by_a_neighbours_offences(self) -> None:
+        """
+        A C{never_penalise} host whose source key (an IPv4 /24 here, an IPv6 /64) a
+        neighbour got blocked is not blocked itself: new connections are admitted and
+        L{Admission.blocked_for} says not blocked, while the neighbour is refused.
+        """
+        admission, _ = make(ipv4_prefix=24, never_penalise=("10.0.0.5/32", "2001:db8::5/128"))
+        for neighbour in (v4("10.0.0.99"), v6("2001:db8::99")):
+            for _ in range(3):
+                admission.offence(neighbour, "early_talker")
+            self.assertIsNotNone(admission.blocked_for(neighbour))
+            self.assertEqual(admission.admit(neighbour).reason, PENALISED)  # type: ignore[union-attr]
+        for exempt in (v4("10.0.0.5"), v6("2001:db8::5")):
+            self.assertIsNone(admission.blocked_for(exempt))
+            self.assertIsNone(admission.admit(exempt))
+
     def test_never_penalise_does_not_exempt_from_caps(self) -> None:
         admission, _ = make(never_penalise=("127.0.0.0/8",), per_source_max=1)
         admission.admit(v4("127.0.0.1", 1))

@@ -631,6 +631,22 @@ class RefusalBoundTests(unittest.TestCase):
         self.assertEqual(len(m.named("mux.refusals_exceeded")), 1)
         self.assertIsNotNone(m.client.ended)
 
+    def test_user_cap_held_by_other_sessions_is_not_counted(self):
+        """
+        The other side: when the user's other sessions hold its stream cap (this session
+        holds none of it), C{BUSY stream-cap-user} is the gateway's state for this session:
+        more than C{REFUSALS_BURST} of them leave it alone.
+        """
+        m = Mux(self, StreamSettings(max_per_user=2))
+        m.upgrade()
+        settings = m.factory.stream_settings
+        for _ in range(2):  # what two streams of alice's other sessions hold
+            self.assertIsNone(m.factory.stream_caps.take("alice", "echo2", settings))
+        for _ in range(REFUSALS_BURST + 2):
+            self.assertEqual(m.open(b"OPEN echo\r\n").received, b"ERR BUSY stream-cap-user\r\n")
+        self.assertIsNone(m.client.ended)
+        self.assertEqual(m.named("mux.refusals_exceeded"), [])
+
     def test_service_cap_refusals_are_not_counted(self):
         """
         The other side: a service at its cap is the gateway's state (other users' streams

@@ -269,7 +269,7 @@ class Admission:
                 ip = peer_ip(host)
             # One string per source, not one per connection (each source record holds it).
             key = sys.intern(self._key_of(ip))
-            penalty = self._penalties.get(key)
+            penalty = None if self._exempt(ip) else self._penalties.get(key)
             if penalty is not None:
                 if penalty.blocked_until > now:
                     return self._refuse(PENALISED, penalty.blocked_until - now)
@@ -614,7 +614,7 @@ class Admission:
         if points == 0:
             return None  # a kind the operator set to 0 points is not an offence at all
         _, ip, unix = self._classify(address)
-        if unix or (ip is not None and self._never and _member(ip, self._never)):
+        if unix or self._exempt(ip):
             return None
         now = self.clock.seconds()
         self._prune(now)
@@ -632,6 +632,13 @@ class Admission:
         """
         self._penalty_table.refusal_log = refusal_log
 
+    def _exempt(self, ip: Any) -> bool:
+        """
+        Whether C{ip} is in C{never_penalise}: it earns no points, and a block of its source
+        key (earned by a neighbour in the same IPv4 prefix or IPv6 /64) does not apply to it.
+        """
+        return ip is not None and bool(self._never) and _member(ip, self._never)
+
     def blocked_for(self, address: object) -> float | None:
         """
         How long a peer's source stays blocked, read only: no slot, token or point is taken
@@ -643,7 +650,7 @@ class Admission:
             peers never are).
         """
         _, ip, unix = self._classify(address)
-        if unix:
+        if unix or self._exempt(ip):
             return None
         penalty = self._penalties.get(self._key_of(ip))
         if penalty is None:

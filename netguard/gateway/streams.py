@@ -76,8 +76,8 @@ _NOT_THE_CLIENTS = frozenset(
     {ErrorCode.BUSY, ErrorCode.BACKEND_UNAVAILABLE, ErrorCode.SHUTTING_DOWN}
 )
 
-#: The C{BUSY} reason of a user at its own stream cap: its own streams hold the cap, so a
-#: refusal for it is the client's doing and counts against L{REFUSALS_BURST}.
+#: The C{BUSY} reason of a user at its stream cap: when the session's own streams hold the
+#: whole cap, a refusal for it is the client's doing and counts against L{REFUSALS_BURST}.
 USER_CAP = "stream-cap-user"
 
 
@@ -189,6 +189,8 @@ class StreamGate:
         self.draining = False
         self.opened = 0
         self.refused = 0
+        #: This session's streams counted against the per-user and per-service caps.
+        self.capped = 0
         self._refusals = TokenBucket(REFUSALS_PER_SECOND, REFUSALS_BURST, host.clock.seconds())
         self._refusals_exceeded = False
         self._on_end: Callable[[str], None] | None = None
@@ -286,12 +288,15 @@ class StreamGate:
         """
         A stream was refused: past L{REFUSALS_BURST} (refilled at L{REFUSALS_PER_SECOND})
         refusals the client earned (every one but the gateway's state, L{_NOT_THE_CLIENTS};
-        a user at its own stream cap, L{USER_CAP}, earned its own), end the session with a
+        a user's stream cap, L{USER_CAP}, is this session's doing only when its own streams
+        hold the whole cap, not when the user's other sessions do), end the session with a
         go-away (protocol error); its other streams finish, no new one is accepted.
         """
         if self.session is None:
             return
-        if refusal.code in _NOT_THE_CLIENTS and refusal.text != USER_CAP:
+        if refusal.code in _NOT_THE_CLIENTS and not (
+            refusal.text == USER_CAP and self.capped >= self.settings.max_per_user
+        ):
             return
         if self._refusals.take(self.host.clock.seconds()):
             return
@@ -548,6 +553,7 @@ class GatewayStream:
             self.refuse(OpenRefusal(ErrorCode.BUSY, busy))
             return
         self._counted = True
+        gate.capped += 1
         assert self.transport is not None
         origin = gate.owner.backend_origin(f"{gate.owner.conn_id}/{self.transport.stream_id}")
         opening: Deferred[BackendLeg] = gate.host.open_backend(service, origin)
@@ -665,6 +671,7 @@ class GatewayStream:
     def _release_caps(self) -> None:
         if self._counted:
             self._counted = False
+            self.gate.capped -= 1
             self.gate.host.stream_caps.give(self.gate.owner.user or "", self.service or "")
 
     def log_fields(self) -> dict[str, Any]:
