@@ -506,8 +506,11 @@ class GuardedLineReceiver(GreetingPhase, LineReceiver, TimeoutMixin):
             if self.handshake_done:
                 self.dataReceived(excess)
             else:
-                line_start = head.rfind(b"\n") + 1
-                self.refuse(ErrorCode.TOO_MUCH_DATA, offending=(head[line_start:] + excess)[:64])
+                # The line it is in may have begun in an earlier read: it is what the line
+                # splitter holds after its last line end.
+                held = self._buffer
+                line_start = held.rfind(b"\n") + 1
+                self.refuse(ErrorCode.TOO_MUCH_DATA, offending=(held[line_start:] + excess)[:64])
         else:
             self._process(data)
 

@@ -404,6 +404,25 @@ class TicketNeverLoggedTests(unittest.TestCase):
         self.assertEqual(refused["offending"], "RESUME <ticket>")
         self.assertNotIn(token.decode()[30:40], repr(g.events))
 
+    def test_byte_budget_crossed_inside_a_ticket_begun_in_an_earlier_read(self):
+        """
+        The same when the C{RESUME} line began in an earlier read than the one that crosses
+        the budget: the excerpt starts where the line does (in what the line splitter
+        held), so the ticket is hidden there too.
+        """
+        import attrs
+
+        g = Gateway(self)
+        token = g.ticket()
+        conn = g.connect(host="192.0.2.13", greet=True)
+        conn.proto.limits = attrs.evolve(conn.proto.limits, max_bytes_before_auth=40)
+        self.assertEqual(conn.raw(b"PING\r\nRESUME "), [b"PONG"])
+        replies = conn.raw(token + b"\r\n")
+        self.assertEqual(replies, [b"ERR TOO_MUCH_DATA too much data before authentication"])
+        [refused] = [e for e in g.named("proto.refuse") if e["code"] == "TOO_MUCH_DATA"]
+        self.assertEqual(refused["offending"], "RESUME <ticket>")
+        self.assertNotIn(token.decode()[10:30], repr(g.events))
+
     def test_hide_tickets(self):
         """
         Every C{RESUME} word's line rest is hidden, any case, anywhere on a line, CR kept;
