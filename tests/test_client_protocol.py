@@ -720,6 +720,23 @@ class TLSVerificationReasonTests(unittest.TestCase):
         error = self.lost_with(Error([("SSL routines", "", "certificate verify failed")]))
         self.assertEqual(error.reason, "tls-verification")
 
+    def test_server_refused_our_certificate(self) -> None:
+        """
+        A certificate alert from the server (ours missing where one is required, or not
+        trusted) is C{"tls-refused"}: the same certificate cannot do better next time.
+        """
+        from OpenSSL.SSL import Error
+
+        for alert in (
+            "tlsv13 alert certificate required",
+            "sslv3 alert bad certificate",
+            "tlsv1 alert unknown ca",
+            "sslv3 alert certificate expired",
+        ):
+            error = self.lost_with(Error([("SSL routines", "", alert)]))
+            self.assertEqual(error.reason, "tls-refused", alert)
+            self.assertIn(alert, str(error))
+
     def test_other_losses_stay_closed(self) -> None:
         """
         A TLS error that is not a verification (the peer closed during the handshake) and a
@@ -730,6 +747,7 @@ class TLSVerificationReasonTests(unittest.TestCase):
 
         for error in (
             Error([("SSL routines", "", "unexpected eof while reading")]),
+            Error([("SSL routines", "", "tlsv1 alert internal error")]),
             ConnectionDone(),
             ConnectionLost(),
         ):

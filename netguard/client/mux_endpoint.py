@@ -91,7 +91,7 @@ def parse_open_rate(value: bytes) -> tuple[float, int] | None:
 
 #: L{NGPProtocolError} reasons that retrying cannot cure either.
 FATAL_REASONS = frozenset(
-    {"not-a-gateway", "no-common-mechanism", "downgrade", "tls-verification"}
+    {"not-a-gateway", "no-common-mechanism", "downgrade", "tls-verification", "tls-refused"}
 )
 
 _log = Logger()

@@ -13,6 +13,7 @@ in each state.
 from __future__ import annotations
 
 import enum
+import re
 from typing import Any
 
 import attrs
@@ -89,12 +90,38 @@ FAILURE_REASONS: dict[str, str] = {
     "closed": "the connection closed before the service was open",
     "tls-verification": "on TLS, the server's certificate failed the client's verification "
     "(a key pin, the chain of trust or the name): the handshake was aborted",
+    "tls-refused": "on TLS, the gateway refused the client's certificate (a TLS alert: none "
+    "given where one is required, untrusted, expired, revoked or not allowed)",
 }
 
 
 #: What OpenSSL says when the chain of trust fails the client's check (an untrusted or
 #: expired certificate): the verify callback refused it.
 _OPENSSL_VERIFY_FAILED = "certificate verify failed"
+
+
+#: The TLS alerts by which a server refuses the client's certificate, as OpenSSL names them
+#: (C{tlsv13 alert certificate required}, C{sslv3 alert bad certificate}, ...): trying again
+#: with the same certificate cannot succeed.
+_CERTIFICATE_REFUSED = re.compile(
+    r"alert (certificate required|bad certificate|unknown ca|certificate unknown|"
+    r"certificate expired|certificate revoked|unsupported certificate|access denied)"
+)
+
+
+def tls_refusal_reason(reason: Failure | None) -> str:
+    """
+    @param reason: why a connection was lost before the service was open.
+    @return: the L{NGPProtocolError} reason for it: C{tls-verification} when the server's
+        certificate failed our check (L{tls_verification_failed}), C{tls-refused} when the
+        server refused ours with a certificate alert, else C{closed}.
+    """
+    if tls_verification_failed(reason):
+        return "tls-verification"
+    if reason is not None and reason.check(SSLError) is not None:
+        if _CERTIFICATE_REFUSED.search(str(reason.value)):
+            return "tls-refused"
+    return "closed"
 
 
 def tls_verification_failed(reason: Failure | None) -> bool:
@@ -399,7 +426,7 @@ class NGPClientProtocol(GuardedLineReceiver):
                 NGPProtocolError(
                     f"connection closed during the handshake, waiting for {waiting}: "
                     f"{escape(why, 200)}",
-                    "tls-verification" if tls_verification_failed(reason) else "closed",
+                    tls_refusal_reason(reason),
                 )
             )
 

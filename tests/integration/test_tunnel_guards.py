@@ -146,6 +146,66 @@ class MuxTLSVerificationTests(unittest.TestCase):
         self.assertEqual((yield probe.done), b"through")
 
 
+class MuxClientCertificateRefusedTests(unittest.TestCase):
+    """
+    The multiplexing endpoint against a real C{[[tls_listen]]} that requires a client
+    certificate the client does not have: the gateway's certificate alert fails the connect
+    at once (C{NGPProtocolError}, C{reason="tls-refused"}) after one TLS handshake, as on the
+    per-connection path, instead of retrying until the session wait runs out.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="ngtg-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.cert, key = tls_certs.make_leaf("localhost", extra_names=("127.0.0.1",))
+        cert_file, key_file = tls_certs.write_identity(self.dir, "gateway", self.cert, key)
+        ca, ca_key = tls_certs.make_leaf("clients")
+        ca_file, _ = tls_certs.write_identity(self.dir, "clients", ca, ca_key)
+        self.gateway = RunningGateway(
+            self,
+            'listen = ["tcp:0:interface=127.0.0.2"]\n'
+            "[[tls_listen]]\n"
+            'endpoint = "tcp:0:interface=127.0.0.1"\n'
+            f'cert_file = "{cert_file}"\n'
+            f'key_file = "{key_file}"\n'
+            f'client_ca_file = "{ca_file}"\n'
+            "require_client_cert = true\n",
+        )
+        self.events = log_events(self)
+
+    def endpoint(self, mux: bool) -> Any:
+        plain = TCP4ClientEndpoint(reactor, "127.0.0.1", self.gateway.port(1))
+        gateway = wrap_tls(
+            reactor, plain, {"pin_sha256": public_key_pin(self.cert)}, default_hostname="localhost"
+        )
+        if not mux:
+            return NGPClientEndpoint(reactor, gateway, self.gateway.credentials, "echo")
+        endpoint = MuxClientEndpoint(reactor, gateway, self.gateway.credentials, "echo")
+        self.addCleanup(endpoint.close)
+        return endpoint
+
+    @inlineCallbacks
+    def test_no_client_certificate(self) -> Any:
+        """
+        No client certificate where the listener requires one: refused at once on both
+        paths, the alert's words kept, one login attempt on the multiplexed one.
+        """
+        for mux in (True, False):
+            endpoint = self.endpoint(mux)
+            error = yield self.assertFailure(
+                connectProtocol(endpoint, EchoProbe(b"x")), NGPProtocolError
+            )
+            self.assertNotIsInstance(error, SessionUnavailable)
+            self.assertEqual(error.reason, "tls-refused", (mux, str(error)))
+            self.assertIn("alert certificate required", str(error))
+            if mux:
+                self.assertEqual(endpoint.logins, 1)
+        self.assertEqual([e for e in self.events if e.get("event") == "auth.ok"], [])
+        yield self.gateway.idle()
+
+
 class AbandonedLoginRealTests(unittest.TestCase):
     """
     A gateway endpoint that fails C{connect} while its TCP connection goes on (Twisted's
