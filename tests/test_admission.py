@@ -751,6 +751,50 @@ class PenaltyTests(unittest.TestCase):
         self.assertEqual(admission.clear_penalties("2001:db8:1:1::77"), 0)
         self.assertIsNone(admission.admit(v6("2001:db8:1:1::5")))
 
+    def test_clear_network_clears_exactly_the_keys_listed_for_it(self) -> None:
+        """
+        C{penalties clear 10.1.2.0/31} removes every key inside the network (10.1.2.0 and
+        10.1.2.1) and nothing else: not 10.1.2.2 one past its end, nor the C{unknown} key
+        that the text of a network is not.
+        """
+        admission, _ = make()
+        for last in (0, 1, 2):
+            admission.offence(v4(f"10.1.2.{last}"), "early_talker")
+        admission.offence(object(), "early_talker")
+        self.assertEqual(admission.clear_penalties("10.1.2.0/31"), 2)
+        self.assertEqual(
+            sorted(key for key, *_ in admission.penalties()), ["10.1.2.2/32", "unknown"]
+        )
+        self.assertEqual(admission.clear_penalties("10.9.0.0/16"), 0)
+
+    def test_clear_network_holding_a_prefix_key(self) -> None:
+        """
+        With C{ipv6_prefix} 64, C{penalties clear} of a /80 inside a penalised /64 clears
+        that /64 key (the listing filter shows it for the /80), and of a /48 every /64 in it.
+        """
+        admission, _ = make()
+        admission.offence(v6("2001:db8:1:1::5"), "early_talker")
+        admission.offence(v6("2001:db8:1:2::5"), "early_talker")
+        admission.offence(v6("2001:db8:2:1::5"), "early_talker")
+        self.assertEqual(admission.clear_penalties("2001:db8:1:1:0:1::/96"), 1)
+        self.assertEqual(admission.clear_penalties("2001:db8:1::/48"), 1)
+        self.assertEqual([key for key, *_ in admission.penalties()], ["2001:db8:2:1::/64"])
+
+    def test_clear_named_or_bad_text_never_falls_back_to_unknown(self) -> None:
+        """
+        C{penalties clear unix} with no C{unix} entry, or text that is no address, network
+        or named key, clears nothing (the C{unknown} entry stays); C{unknown} clears it.
+        """
+        admission, _ = make()
+        admission.offence(object(), "early_talker")
+        admission.offence(v4("192.0.2.1"), "early_talker")
+        self.assertEqual(admission.clear_penalties("unix"), 0)
+        self.assertEqual(admission.clear_penalties("not-an-address"), 0)
+        self.assertEqual(admission.clear_penalties("192.0.2.0/33"), 0)
+        self.assertEqual(len(admission.penalties()), 2)
+        self.assertEqual(admission.clear_penalties("unknown"), 1)
+        self.assertEqual([key for key, *_ in admission.penalties()], ["192.0.2.1/32"])
+
     def test_block_and_each_extension_logged(self) -> None:
         admission, _ = make(penalty_decay=1e9)
         with capturedLogs() as events:

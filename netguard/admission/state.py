@@ -55,6 +55,7 @@ from netguard.admission.policy import (
 from netguard.admission.probation import ProbationPool
 from netguard.clocks import Scheduler
 from netguard.errors import ErrorCode, format_error
+from netguard.ops.control import matching_sources
 from netguard.refusal_log import RefusalLog
 
 _IP = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -672,16 +673,19 @@ class Admission:
         """
         Forget penalties: all of them, or one source's.
 
-        @param source: L{None} for all; else a source key as L{penalties} lists it, or an
-            address whose key is cleared.
+        @param source: L{None} for all; else a source key as L{penalties} lists it, an
+            address or a network: every key the listing filter shows for it is removed
+            (L{netguard.ops.control.matching_sources}); other text removes nothing.
         @return: how many entries were removed.
         """
         if source is None:
             count = len(self._penalties)
             self._penalties.clear()
             return count
-        key = source if source in self._penalties else self.source_key(source)
-        return 1 if self._penalties.pop(key, None) is not None else 0
+        keys = matching_sources(list(self._penalties), source)
+        for key in keys:
+            del self._penalties[key]
+        return len(keys)
 
     def _prune(self, now: float) -> None:
         """

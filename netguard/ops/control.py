@@ -285,6 +285,23 @@ def source_matcher(source: str | None) -> Callable[[str], bool]:
     return matches
 
 
+def matching_sources(keys: Iterable[str], source: str) -> list[str]:
+    """
+    The penalty keys C{penalties clear SOURCE} forgets: exactly those the listing filter
+    (L{source_matcher}) shows for C{source}, an address, a network or a named key (given
+    as the operator typed it or normalised). Text that is none of these matches nothing.
+
+    @param keys: the source keys of a table.
+    @return: the matching keys, in the order given.
+    """
+    try:
+        wanted = normalise_source(source)
+    except ValueError:
+        return []
+    matches = source_matcher(wanted)
+    return [key for key in keys if matches(key)]
+
+
 def select_penalties(
     rows: Iterable[Mapping[str, Any]], top: int, source: str | None = None
 ) -> dict[str, Any]:
