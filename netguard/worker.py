@@ -203,6 +203,17 @@ class WorkerChannel(amp.AMP):
     def clear_penalties(self, source: str | None) -> dict[str, Any]:
         return {"cleared": self._service().factory.admission.clear_penalties(source)}
 
+    @commands.Replay.responder
+    def replay(self, blocks: list[dict[str, Any]], spent: list[dict[str, Any]]) -> dict[str, Any]:
+        """
+        Apply one batch of the state in force the supervisor sends before L{serve}.
+        """
+        for block in blocks:
+            self.apply_block(block["source"], block["seconds"], block["points"])
+        for ticket in spent:
+            self.apply_spent(ticket["ticket_id"], ticket["expires"], ticket["user"])
+        return {}
+
     @commands.ApplyBlock.responder
     def apply_block(self, source: str, seconds: float, points: float) -> dict[str, Any]:
         admission = self._service().factory.admission

@@ -162,6 +162,20 @@ class SpentBookTests(unittest.TestCase):
         self.assertEqual(book.in_force(20.0), [(b"c", 30.0, "v")])
 
 
+def replayed_blocks(channel: Any) -> list[dict[str, Any]]:
+    """
+    The blocks C{channel} was sent in L{commands.Replay} batches, in order.
+    """
+    return [block for batch in channel.sent(commands.Replay) for block in batch["blocks"]]
+
+
+def replayed_spent(channel: Any) -> list[dict[str, Any]]:
+    """
+    The spent tickets C{channel} was sent in L{commands.Replay} batches, in order.
+    """
+    return [ticket for batch in channel.sent(commands.Replay) for ticket in batch["spent"]]
+
+
 class SupervisorReplayTests(unittest.TestCase):
     """
     The supervisor keeps the blocks and spent tickets its workers report and sends them to a
@@ -192,7 +206,7 @@ class SupervisorReplayTests(unittest.TestCase):
     def test_restarted_worker_gets_blocks_before_serving(self) -> None:
         """
         A block reported by worker 0 is sent to worker 1 restarted afterwards: as an
-        C{ApplyBlock} with the seconds left and the points decayed to now, before C{Serve};
+        C{Replay} batch with the seconds left and the points decayed to now, before C{Serve};
         the worker counts as running only once it answers C{Serve}.
         """
         slots = self.supervisor.slots
@@ -204,10 +218,10 @@ class SupervisorReplayTests(unittest.TestCase):
         self.assertEqual(channel.calls, [])
         self.supervisor.worker_ready(slots[1])
         self.assertEqual(
-            [command for command, _ in channel.calls], [commands.ApplyBlock, commands.Serve]
+            [command for command, _ in channel.calls], [commands.Replay, commands.Serve]
         )
         self.assertEqual(
-            channel.sent(commands.ApplyBlock),
+            replayed_blocks(channel),
             [{"source": "192.0.2.1/32", "seconds": 80.0, "points": 4.8}],
         )
         self.assertEqual(slots[1].state, STARTING)
@@ -223,9 +237,7 @@ class SupervisorReplayTests(unittest.TestCase):
         self.supervisor.worker_blocked(slot, "192.0.2.1/32", 100.0, 5.0)
         channel = self.restart(slot)
         self.supervisor.worker_ready(slot)
-        self.assertEqual(
-            [c["source"] for c in channel.sent(commands.ApplyBlock)], ["192.0.2.1/32"]
-        )
+        self.assertEqual([c["source"] for c in replayed_blocks(channel)], ["192.0.2.1/32"])
 
     def test_ended_and_cleared_blocks_not_replayed(self) -> None:
         """
@@ -238,15 +250,38 @@ class SupervisorReplayTests(unittest.TestCase):
         self.clock.advance(1.0)
         channel = self.restart(slots[1])
         self.supervisor.worker_ready(slots[1])
-        self.assertEqual(
-            [c["source"] for c in channel.sent(commands.ApplyBlock)], ["192.0.2.2/32"]
-        )
+        self.assertEqual([c["source"] for c in replayed_blocks(channel)], ["192.0.2.2/32"])
         self.supervisor.clear_penalties("192.0.2.2")
         self.supervisor.worker_blocked(slots[0], "192.0.2.3/32", 100.0, 1.0)
         self.supervisor.clear_penalties(None)
         channel = self.restart(slots[1])
         self.supervisor.worker_ready(slots[1])
-        self.assertEqual(channel.sent(commands.ApplyBlock), [])
+        self.assertEqual(replayed_blocks(channel), [])
+
+    def test_clear_network_forgets_exactly_the_kept_blocks_inside(self) -> None:
+        """
+        C{penalties clear 10.1.2.0/31} forgets the kept blocks of the keys inside the
+        network and no other (not 10.1.2.2, nor C{unknown}); C{unix} or bad text forgets
+        nothing. The restarted worker gets the blocks left.
+        """
+        self.supervisor.blocks = BlockBook()
+        slots = self.supervisor.slots
+        self.supervisor.config = make_config(penalty_decay=100.0, max_tracked_sources=10)
+        self.supervisor.in_force = self.supervisor.config
+        for source in ("10.1.2.0/32", "10.1.2.1/32", "10.1.2.2/32", "unknown"):
+            self.supervisor.worker_blocked(slots[0], source, 100.0, 1.0)
+        self.supervisor.clear_penalties("10.1.2.0/31")
+        self.supervisor.clear_penalties("unix")
+        self.supervisor.clear_penalties("not-an-address")
+        channel = self.restart(slots[1])
+        self.supervisor.worker_ready(slots[1])
+        self.assertEqual(
+            sorted(c["source"] for c in replayed_blocks(channel)), ["10.1.2.2/32", "unknown"]
+        )
+        self.assertEqual(
+            slots[0].channel.sent(commands.ClearPenalties),
+            [{"source": "10.1.2.0/31"}, {"source": "unix"}, {"source": "not-an-address"}],
+        )
 
     def test_blocks_bounded_by_max_tracked_sources(self) -> None:
         """
@@ -260,7 +295,7 @@ class SupervisorReplayTests(unittest.TestCase):
         channel = self.restart(slots[1])
         self.supervisor.worker_ready(slots[1])
         self.assertEqual(
-            [c["source"] for c in channel.sent(commands.ApplyBlock)],
+            [c["source"] for c in replayed_blocks(channel)],
             ["192.0.2.3/32", "192.0.2.1/32"],
         )
 
@@ -276,7 +311,7 @@ class SupervisorReplayTests(unittest.TestCase):
         self.supervisor.worker_ready(slots[1])
         penalty_max = self.supervisor.config.admission.penalty_max
         self.assertEqual(
-            [(c["source"], c["seconds"]) for c in channel.sent(commands.ApplyBlock)],
+            [(c["source"], c["seconds"]) for c in replayed_blocks(channel)],
             [("192.0.2.2/32", penalty_max - FIRST_DELAY)],
         )
 
@@ -294,7 +329,7 @@ class SupervisorReplayTests(unittest.TestCase):
         channel = self.restart(slots[1])
         self.supervisor.worker_ready(slots[1])
         self.assertEqual(
-            channel.sent(commands.ApplySpent),
+            replayed_spent(channel),
             [{"ticket_id": b"live", "expires": now + 3600.0, "user": "alice"}],
         )
         self.assertEqual(channel.calls[-1][0], commands.Serve)
@@ -453,6 +488,109 @@ class StartDeadlineTests(unittest.TestCase):
         self.assertEqual(second_handle.signals, [])
         self.assertEqual(second.handle.signals, [])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ReplayProgressTests(unittest.TestCase):
+    """
+    The start deadline times a starting worker's silence, not its whole start: each
+    answered replay batch is progress; the replay goes in batches that each fit AMP's value
+    bound, one at a time.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.pending: list[Deferred[dict[str, Any]]] = []
+
+        def held(**kwargs: Any) -> Deferred[dict[str, Any]]:
+            answer: Deferred[dict[str, Any]] = Deferred()
+            self.pending.append(answer)
+            return answer
+
+        self.spawner = FakeSpawner({commands.Replay: held})
+        self.supervisor = Supervisor(
+            make_config(max_tracked_sources=10_000, penalty_max=86_400.0),
+            self.clock,
+            self.spawner,
+        )
+        self.supervisor.startService()
+        first, self.slot = self.supervisor.slots
+        self.supervisor.worker_ready(first)
+        for number in range(3000):
+            source = f"2001:db8:{number:x}:ffff::/64"
+            self.supervisor.worker_blocked(first, source, 80_000.0, 9.0)
+
+    def test_long_replay_answered_steadily_not_killed(self) -> None:
+        """
+        A replay whose batches are each answered just under L{START_TIMEOUT} after the one
+        before takes several times L{START_TIMEOUT} in all: the worker is never signalled,
+        gets every block, one batch in flight at a time, and serves at the end.
+        """
+        self.supervisor.worker_ready(self.slot)
+        channel = self.slot.channel
+        answered = 0
+        while self.pending and answered < 100:
+            self.assertEqual(len(self.pending), 1)
+            self.clock.advance(START_TIMEOUT - 0.001)
+            self.pending.pop().callback({})
+            answered += 1
+        self.assertGreaterEqual(answered, 3)
+        self.assertGreater(self.clock.seconds(), 2 * START_TIMEOUT)
+        self.assertEqual(self.slot.handle.signals, [])
+        self.assertEqual(len(replayed_blocks(channel)), 3000)
+        self.assertEqual(channel.calls[-1][0], commands.Serve)
+        self.assertEqual(self.slot.state, RUNNING)
+
+    def test_worker_silent_during_replay_killed_at_exactly_the_timeout(self) -> None:
+        """
+        A worker that answers the first batch and then no more is not signalled one tick
+        before L{START_TIMEOUT} after that answer, and is killed at exactly that time.
+        """
+        self.supervisor.worker_ready(self.slot)
+        self.clock.advance(10.0)
+        self.pending.pop().callback({})
+        answered_at = self.clock.seconds()
+        self.assertEqual(len(self.pending), 1)
+        self.clock.advance(answered_at + START_TIMEOUT - 0.001 - self.clock.seconds())
+        self.assertEqual(self.slot.handle.signals, [])
+        self.clock.advance(0.001)
+        self.assertEqual(self.slot.handle.signals, [signal.SIGKILL])
+
+    def test_batches_fit_one_amp_value(self) -> None:
+        """
+        Every batch, encoded by AMP as sent (the longest IPv6 keys, spent tickets of long
+        user names), keeps each list within one AMP value; there are several batches.
+        """
+        now = self.clock.seconds()
+        for number in range(2000):
+            ticket = b"%032d" % number
+            self.supervisor.worker_spent(self.slot, ticket, now + 600.0, "u" * 200)
+        self.supervisor.worker_ready(self.slot)
+        while self.pending:
+            self.pending.pop().callback({})
+        batches = self.slot.channel.sent(commands.Replay)
+        self.assertGreater(len(batches), 2)
+        for batch in batches:
+            box = commands.Replay.makeArguments(batch, None)
+            self.assertLessEqual(max(len(value) for value in box.values()), 65_535)
+            box.serialize()
+        self.assertEqual(len(replayed_spent(self.slot.channel)), 100)
+
+    def test_lowered_penalty_max_applies_to_kept_blocks(self) -> None:
+        """
+        After a reload that lowers C{penalty_max}, a block reported then is kept at most the
+        new length, and a block kept from before is replayed at most the new length.
+        """
+        self.supervisor.in_force = attrs.evolve(
+            self.supervisor.in_force,
+            admission=attrs.evolve(self.supervisor.in_force.admission, penalty_max=60.0),
+        )
+        self.supervisor.worker_blocked(self.slot, "192.0.2.1/32", 50_000.0, 9.0)
+        self.assertEqual(self.supervisor.blocks.current("192.0.2.1/32", 0.0, 1.0)[0], 60.0)
+        self.supervisor.worker_ready(self.slot)
+        while self.pending:
+            self.pending.pop().callback({})
+        seconds = {block["seconds"] for block in replayed_blocks(self.slot.channel)}
+        self.assertEqual(seconds, {60.0})
 
 
 class ServeFailureTests(unittest.TestCase):

@@ -3,13 +3,13 @@
 The AMP commands between the supervisor and its workers, over the pipe pair each worker is
 started with (the worker reads its standard input and writes its descriptor 3).
 
-Supervisor to worker: L{Serve}, L{Status}, L{MetricsFigures}, L{Reload}, L{Drain},
+Supervisor to worker: L{Replay}, L{Serve}, L{Status}, L{MetricsFigures}, L{Reload}, L{Drain},
 L{Heartbeat}, L{Penalties}, L{ClearPenalties}, L{ApplyBlock}, L{ApplySpent}. Worker to
 supervisor: L{Ready}, L{Blocked}, L{TicketSpent}.
 
 A worker starts in two steps: built, it sends L{Ready} without listening yet; the supervisor
-sends it the blocks in force and the spent tickets (L{ApplyBlock}, L{ApplySpent}), then
-L{Serve}. The pipe delivers them in order, so the worker has applied them all before it
+sends it the blocks in force and the spent tickets in batches (L{Replay}, each sent once
+the one before is answered), then L{Serve}: the worker has applied them all before it
 accepts its first connection.
 """
 
@@ -68,7 +68,7 @@ class ServeRefusedError(Exception):
 class Serve(amp.Command):
     """
     Supervisor to worker: adopt every inherited listener and start accepting. Sent after
-    the state in force (L{ApplyBlock}, L{ApplySpent}); answered once the worker serves.
+    the state in force (the last L{Replay} answered); answered once the worker serves.
     """
 
     arguments = []  # type: ignore[var-annotated]
@@ -98,6 +98,18 @@ class ApplyBlock(amp.Command):
 
     arguments = _BLOCK
     requiresAnswer = False
+
+
+class Replay(amp.Command):
+    """
+    Supervisor to worker, before L{Serve}: one batch of the blocks in force and of the
+    spent tickets (each list within one AMP value); answered once applied, so the
+    supervisor sends the next batch only then and counts each answer as the worker's
+    progress.
+    """
+
+    arguments = [(b"blocks", amp.AmpList(_BLOCK)), (b"spent", amp.AmpList(_SPENT))]
+    response = []  # type: ignore[var-annotated]
 
 
 class TicketSpent(amp.Command):

@@ -13,10 +13,17 @@ when a table is full, the entry that expires first goes (which may be the one be
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Hashable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
+
+from netguard.ops.control import matching_sources
 
 K = TypeVar("K", str, bytes)
+
+#: The most bytes of entries one replay message carries in each of its two lists (an AMP
+#: value holds at most 65,535; see L{netguard.workers.commands.Replay}).
+BATCH_BYTES: Final = 60_000
 
 
 class ExpiringTable(Generic[K]):
@@ -148,13 +155,29 @@ class BlockBook:
 
     def forget(self, source: str | None) -> int:
         """
-        Forget one source's block, or every block (L{None}), as C{ctl penalties clear}.
+        Forget the blocks C{ctl penalties clear} names: every one (L{None}), or those of
+        the keys the listing filter shows for an address, network or named key
+        (L{matching_sources}); other text forgets nothing.
 
         @return: how many were forgotten.
         """
         if source is None:
             return self.table.clear()
-        return 1 if self.table.pop(source) else 0
+        keys = matching_sources(list(self.table.entries), source)
+        for key in keys:
+            self.table.pop(key)
+        return len(keys)
+
+    def current(self, source: str, now: float, decay: float) -> tuple[float, float] | None:
+        """
+        C{source}'s block as a worker applies it at C{now}: C{(seconds left, points
+        decayed to now)}, or L{None} when it is not kept or has ended.
+        """
+        held = self.table.get(source)
+        if held is None or held[0] <= now:
+            return None
+        until, (points, stamp) = held
+        return until - now, _decayed(points, now - stamp, decay)
 
     def in_force(self, now: float, decay: float) -> list[tuple[str, float, float]]:
         """
@@ -195,6 +218,85 @@ class SpentBook:
         The spent ids whose tickets have not expired at C{now}: C{(id, expiry, user)}.
         """
         return list(self.table.live(now))
+
+
+class ReplayCursor:
+    """
+    The state a starting worker is sent, one batch at a time (L{next_batch}): the keys of
+    the blocks and the spent tickets in force when the worker became ready. A block's
+    figures are read when its batch is built (the seconds left then, a block cleared or
+    ended since is left out); each batch holds at most L{BATCH_BYTES} of blocks and as much
+    of spent tickets, as AMP encodes them.
+    """
+
+    def __init__(self, blocks: BlockBook, spent: SpentBook, now: float) -> None:
+        self._book = blocks
+        self._blocks: deque[str] = deque(key for key, _, _ in blocks.table.live(now))
+        self._spent: deque[tuple[bytes, float, str]] = deque(spent.in_force(now))
+
+    def __len__(self) -> int:
+        """
+        How many entries are left to send.
+        """
+        return len(self._blocks) + len(self._spent)
+
+    def next_batch(
+        self, now: float, decay: float, penalty_max: float
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """
+        The next batch: C{(blocks, spent)} as L{netguard.workers.commands.Replay} takes
+        them, a block at most C{penalty_max} long; L{None} once everything was sent. An
+        entry too large for a batch on its own is left out.
+        """
+        if not self._blocks and not self._spent:
+            return None
+        blocks: list[dict[str, Any]] = []
+        size = 0
+        while self._blocks:
+            held = self._book.current(self._blocks[0], now, decay)
+            if held is None:
+                self._blocks.popleft()
+                continue
+            entry = {
+                "source": self._blocks[0],
+                "seconds": min(held[0], penalty_max),
+                "points": held[1],
+            }
+            cost = _encoded_size(entry)
+            if size + cost > BATCH_BYTES and blocks:
+                break
+            self._blocks.popleft()
+            if cost <= BATCH_BYTES:
+                blocks.append(entry)
+                size += cost
+        spent: list[dict[str, Any]] = []
+        size = 0
+        while self._spent:
+            ticket_id, expires, user = self._spent[0]
+            entry = {"ticket_id": ticket_id, "expires": expires, "user": user}
+            cost = _encoded_size(entry)
+            if size + cost > BATCH_BYTES and spent:
+                break
+            self._spent.popleft()
+            if expires > now and cost <= BATCH_BYTES:
+                spent.append(entry)
+                size += cost
+        return blocks, spent
+
+
+def _encoded_size(entry: dict[str, Any]) -> int:
+    """
+    The bytes C{entry} takes in an AMP list: per field its name and value, each with a
+    2-byte length, and the 2-byte end of the box (floats as C{str}, text as UTF-8).
+    """
+    size = 2
+    for name, value in entry.items():
+        if isinstance(value, bytes):
+            data = value
+        else:
+            data = str(value).encode("utf-8")
+        size += 4 + len(name) + len(data)
+    return size
 
 
 def _decayed(points: float, elapsed: float, decay: float) -> float:

@@ -26,7 +26,6 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from netguard.admission import Admission
 from netguard.log import FileLogSink, escape
 from netguard.ops.notify import (
     Watchdog,
@@ -38,7 +37,7 @@ from netguard.refusal_log import RefusalLog
 from netguard.stats import HistogramSnapshot
 from netguard.workers import commands
 from netguard.workers.figures import aggregate, merge_penalty_answers, worker_row
-from netguard.workers.replay import BlockBook, SpentBook
+from netguard.workers.replay import BlockBook, ReplayCursor, SpentBook
 
 log = Logger()
 
@@ -48,8 +47,10 @@ FIRST_DELAY: Final = 0.5
 MAX_DELAY: Final = 30.0
 STABLE_AFTER: Final = 60.0
 
-#: Seconds a started worker has to serve (send L{commands.Ready}, then answer
-#: L{commands.Serve}) before it is killed and, as any worker that exits, restarted.
+#: Seconds a starting worker may stay silent before it is killed and, as any worker that
+#: exits, restarted: from its start to L{commands.Ready}, from there (or each answered
+#: L{commands.Replay} batch) to its next answer, and from the last to its L{commands.Serve}
+#: answer. A long replay that the worker answers steadily is never cut short.
 START_TIMEOUT: Final = 60.0
 
 #: Seconds a worker has to answer a query (status, penalties) before it is left out.
@@ -107,6 +108,8 @@ class WorkerSlot:
     @ivar restarts: how many times this slot's worker was restarted.
     @ivar timer: the pending restart, or L{None}.
     @ivar deadline: the pending start deadline (L{START_TIMEOUT}), or L{None}.
+    @ivar progress_at: when the starting worker last made progress (its start, its
+        C{Ready}, an answered replay batch): the deadline is L{START_TIMEOUT} after it.
     """
 
     def __init__(self, index: int) -> None:
@@ -120,6 +123,7 @@ class WorkerSlot:
         self.restarts = 0
         self.timer: Any = None
         self.deadline: Any = None
+        self.progress_at = 0.0
 
     def cancel_deadline(self) -> None:
         """
@@ -287,18 +291,25 @@ class Supervisor(MultiService):
         slot.pid = handle.pid
         slot.channel = handle.channel
         slot.cancel_deadline()
+        slot.progress_at = self.clock.seconds()
         slot.deadline = self.clock.callLater(START_TIMEOUT, self.start_overdue, slot, handle)
 
     def start_overdue(self, slot: WorkerSlot, handle: Any) -> None:
         """
-        The worker started as C{handle} does not serve L{START_TIMEOUT} seconds after it
-        was started: kill it; its exit is then handled (and restarted) as any other.
+        The start deadline of the worker started as C{handle}: if it made progress since
+        the deadline was set (L{WorkerSlot.progress_at}), wait until L{START_TIMEOUT} after
+        that progress (one timer, moved only when it fires); else it was silent for
+        L{START_TIMEOUT}: kill it; its exit is then handled (and restarted) as any other.
         """
         slot.deadline = None
         if slot.handle is not handle or slot.state != STARTING:
             return
+        left = slot.progress_at + START_TIMEOUT - self.clock.seconds()
+        if left > 0:
+            slot.deadline = self.clock.callLater(left, self.start_overdue, slot, handle)
+            return
         log.warn(
-            "worker {worker} (pid {pid}) not serving {timeout:.0f}s after its start; killing it",
+            "worker {worker} (pid {pid}) silent {timeout:.0f}s while starting; killing it",
             event="worker.start_timeout",
             worker=slot.index,
             pid=slot.pid,
@@ -309,45 +320,41 @@ class Supervisor(MultiService):
     def worker_ready(self, slot: WorkerSlot) -> None:
         """
         A worker is built and waits to serve: send it the blocks in force and the spent
-        tickets (L{replay}), then L{commands.Serve}; it serves once it answers
-        (L{worker_serving}). The pipe is in order: the worker has applied the state before
-        it adopts its listeners.
+        tickets in batches (L{replay_next}), then L{commands.Serve}; it serves once it
+        answers (L{worker_serving}). Each batch goes once the one before is answered, so
+        the worker has applied the state before it adopts its listeners.
         """
         if slot.state != STARTING or slot.channel is None:
             return
-        channel = slot.channel
-        self.replay(channel)
-        serving = channel.callRemote(commands.Serve)
-        serving.addCallbacks(
-            lambda _: self.worker_serving(slot, channel),
+        cursor = ReplayCursor(self.blocks, self.spent, self.clock.seconds())
+        self.replay_next(slot, slot.channel, cursor)
+
+    def replay_next(self, slot: WorkerSlot, channel: Any, cursor: ReplayCursor) -> None:
+        """
+        The starting worker on C{channel} answered (its C{Ready} or the last batch): note
+        its progress and send the next batch of C{cursor} (L{commands.Replay}: blocks with
+        the seconds left, at most C{penalty_max} in force, and points decayed to now), or
+        L{commands.Serve} once all were sent. The reactor serves others between batches.
+        """
+        if slot.channel is not channel or slot.state != STARTING:
+            return
+        now = self.clock.seconds()
+        slot.progress_at = now
+        policy = self.in_force.admission
+        batch = cursor.next_batch(now, policy.penalty_decay, policy.penalty_max)
+        if batch is None:
+            serving = channel.callRemote(commands.Serve)
+            serving.addCallbacks(
+                lambda _: self.worker_serving(slot, channel),
+                lambda failure: self._serve_failed(slot, channel, failure),
+            )
+            return
+        blocks, spent = batch
+        sent = channel.callRemote(commands.Replay, blocks=blocks, spent=spent)
+        sent.addCallbacks(
+            lambda _: self.replay_next(slot, channel, cursor),
             lambda failure: self._serve_failed(slot, channel, failure),
         )
-
-    def replay(self, channel: Any) -> tuple[int, int]:
-        """
-        Send a starting worker the blocks in force (as L{commands.ApplyBlock}: source,
-        seconds left, points decayed to now) and the spent tickets not yet expired (as
-        L{commands.ApplySpent}). Expired entries are dropped from the tables first.
-
-        @return: C{(blocks, tickets)} sent.
-        """
-        now = self.clock.seconds()
-        decay = self.in_force.admission.penalty_decay
-        blocks = self.blocks.in_force(now, decay)
-        for source, seconds, points in blocks:
-            _quiet(
-                channel.callRemote(
-                    commands.ApplyBlock, source=source, seconds=seconds, points=points
-                )
-            )
-        spent = self.spent.in_force(now)
-        for ticket_id, expires, user in spent:
-            _quiet(
-                channel.callRemote(
-                    commands.ApplySpent, ticket_id=ticket_id, expires=expires, user=user
-                )
-            )
-        return len(blocks), len(spent)
 
     def _serve_failed(self, slot: WorkerSlot, channel: Any, failure: Failure) -> None:
         """
@@ -446,8 +453,8 @@ class Supervisor(MultiService):
                     points=repr(points),
                 )
             return 0
-        seconds = min(seconds, self.config.admission.penalty_max)
         policy = self.in_force.admission
+        seconds = min(seconds, policy.penalty_max)
         self.blocks.record(
             source,
             seconds,
@@ -649,16 +656,12 @@ class Supervisor(MultiService):
         """
         Forget penalties in every worker, and the blocks kept for a worker that starts.
 
-        @param source: a source key as C{penalties} lists it, or an address (its key is
-            forgotten), or L{None} for all.
+        @param source: a source key as C{penalties} lists it, an address or a network
+            (every key the listing filter shows for it is forgotten), or L{None} for all.
         @return: a L{Deferred} firing with the most entries one worker removed.
         """
         kwargs = {} if source is None else {"source": source}
-        if source is None or source in self.blocks.table:
-            self.blocks.forget(source)
-        else:
-            key = Admission(self.in_force.admission, self.clock).source_key(source)
-            self.blocks.forget(key)
+        self.blocks.forget(source)
         return self.ask_all(commands.ClearPenalties, **kwargs).addCallback(
             lambda results: max([r["cleared"] for _, r in results if isinstance(r, dict)] or [0])
         )
