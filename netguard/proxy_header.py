@@ -23,12 +23,12 @@ import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamServerEndpoint
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, LogPublisher
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -36,6 +36,8 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from netguard.addresses import peer_ip
+from netguard.admission.penalties import PenaltyTable
+from netguard.admission.policy import AdmissionPolicy
 from netguard.framing import peer_label
 from netguard.proxy_listener import (
     DEFAULT_PROXY_FROM,
@@ -47,6 +49,9 @@ from netguard.refusal_log import RefusalLog
 
 log = Logger()
 
+#: The penalty rules of a listener whose application has no admission policy.
+_DEFAULT_POLICY = AdmissionPolicy()
+
 #: Seconds a new connection has to complete its PROXY header.
 HEADER_TIMEOUT = 10.0
 
@@ -54,6 +59,9 @@ HEADER_TIMEOUT = 10.0
 #: C{workers = N} has its own); admission control only counts a connection once its header
 #: names the client, so this bounds the sockets held before it.
 MAX_PENDING = 256
+
+#: Spent entries of a listener's table of senders' own penalties dropped per offence.
+SENDER_PRUNE_STEP = 2
 
 #: The longest version 1 header, its line end included (the specification's bound).
 V1_MAX_BYTES = 107
@@ -218,6 +226,22 @@ class _Offences(Protocol):
     def blocked_for(self, address: object) -> float | None: ...
 
 
+class SenderPenalties(PenaltyTable):
+    """
+    The penalty points senders earned at one C{haproxy:} listener by their own PROXY-layer
+    offences (a missing, malformed, truncated or late header), kept apart from admission's
+    table: admission counts a header's client address under the same source key as the
+    sender when they share it (the proxy's own address, a local user of the proxy's host,
+    the proxy's IPv4 prefix or IPv6 /64), so only this table tells whether the sender's
+    own offences earned a block. Same rules and bound as admission's (its policy's
+    threshold, decay, block lengths and C{max_tracked_sources}, least recently offending
+    forgotten first). Its blocks are not logged: admission logs the block of the source.
+    """
+
+    # A publisher with no observer (it provides ILogObserver): the events go nowhere.
+    log = Logger(observer=cast(ILogObserver, LogPublisher()))
+
+
 @implementer(IHalfCloseableProtocol)
 class ProxyHeaderProtocol(ProtocolWrapper):
     """
@@ -229,8 +253,14 @@ class ProxyHeaderProtocol(ProtocolWrapper):
     wrappedProtocol: Any
     factory: Any
 
-    def __init__(self, factory: ProxyHeaderFactory) -> None:
+    def __init__(self, factory: ProxyHeaderFactory, arrived_blocked: bool = False) -> None:
+        """
+        @param arrived_blocked: whether admission held the sender's source blocked when the
+            connection was accepted (by offences that are not the sender's own at this
+            listener: a header client's sharing its key, or another worker's).
+        """
         super().__init__(factory, None)  # type: ignore[arg-type]
+        self._arrived_blocked = arrived_blocked
         self._raw: Any = None
         self._parser: V1Parser | V2Parser | None = None
         self._pending = b""
@@ -264,6 +294,8 @@ class ProxyHeaderProtocol(ProtocolWrapper):
             "no PROXY header from {peer} within {timeout} s",
             which="proxy-header",
             timeout=HEADER_TIMEOUT,
+            listed=True,
+            arrived_blocked=self._arrived_blocked,
         )
         self._raw.abortConnection()
 
@@ -285,6 +317,8 @@ class ProxyHeaderProtocol(ProtocolWrapper):
             "invalid PROXY header from {peer}: {why}",
             reason="proxy-header",
             why=why,
+            listed=True,
+            arrived_blocked=self._arrived_blocked,
         )
 
     def _cancel_timer(self) -> None:
@@ -446,12 +480,20 @@ class ProxyHeaderFactory(WrappingFactory):
     C{admission} attribute along its C{wrappedFactory} links: the gateway's factory or an
     L{netguard.admitting.AdmittingFactory}); a factory without one records none.
 
-    A peer whose own source is blocked in that admission (listed sender or not) is refused
-    at accept, as admission refuses a blocked source, and that refusal is no new offence:
-    its points cannot grow the block further while it runs (nor, through the workers or
-    Redis that relay blocks, make the processes extend each other's). Its connections that
-    were already waiting for their header are judged and charged as before, as admission
-    charges the offences of connections it let in before a block.
+    A listed sender is refused at accept only for a block its own offences at this
+    listener earned (L{SenderPenalties}, the same rules as admission's) while admission
+    still holds its source blocked (so C{ctl penalties clear} lifts it): never for a block
+    a header's client earned, even one whose address is the sender's or shares its source
+    key. That refusal is no new offence, as admission refuses a blocked source: its points
+    cannot grow the block while it runs. A connection accepted while admission held the
+    sender's source blocked by others' offences (a client's, or a block relayed from
+    another worker or instance) is judged, and its offence counts toward the sender's own
+    points here but not admission's, which would only extend the block in force (nor let
+    processes that relay blocks extend each other's). Connections that were already
+    waiting for their header when a block began are judged and charged as before, as
+    admission charges the offences of connections it let in before a block. An address
+    outside C{proxy_from} whose source admission holds blocked, for whatever reason, is
+    refused as blocked, without a new offence.
 
     @ivar clock: the L{IReactorTime} of the header deadline.
     @ivar senders: who may send a header (L{Senders}).
@@ -480,6 +522,7 @@ class ProxyHeaderFactory(WrappingFactory):
         self.max_pending = max_pending
         self.pending = 0
         self.refusal_log = RefusalLog(log, clock)
+        self._senders_own: SenderPenalties | None = None
 
     def admission(self) -> _Offences | None:
         """
@@ -497,17 +540,31 @@ class ProxyHeaderFactory(WrappingFactory):
         return None
 
     def refused(
-        self, peer: Any, offence: str | None, event: str, message: str, **fields: object
+        self,
+        peer: Any,
+        offence: str | None,
+        event: str,
+        message: str,
+        *,
+        listed: bool = False,
+        arrived_blocked: bool = False,
+        **fields: object,
     ) -> None:
         """
         Count an offence of kind C{offence} (if not L{None}) against the sender C{peer} and
         log the refusal as C{event} (unless its source and reason were already logged often
         enough in this interval: then it is only counted, for C{conn.reject.summary}).
+
+        @param listed: whether C{peer} is a listed sender (its offence also counts toward
+            its own points at this listener, L{SenderPenalties}).
+        @param arrived_blocked: whether admission held C{peer}'s source blocked when the
+            connection was accepted: while that block lasts, the offence counts only
+            toward the sender's own points.
         """
         admission = self.admission()
         if admission is not None:
             if offence is not None:
-                admission.offence(peer, offence)
+                self._charge(admission, peer, offence, listed, arrived_blocked)
             source = admission.source_key(peer)
         else:
             source = str(getattr(peer, "host", None) or "-")
@@ -515,37 +572,103 @@ class ProxyHeaderFactory(WrappingFactory):
         if self.refusal_log.note(source, reason, event):
             log.info(message, event=event, peer=peer_label(peer), offence=offence, **fields)
 
-    def _blocked_for(self, addr: Any) -> float | None:
+    def _charge(
+        self, admission: _Offences, peer: Any, kind: str, listed: bool, arrived_blocked: bool
+    ) -> None:
         """
-        Seconds left of a penalty block on C{addr}'s own source (the sender's), or L{None}.
+        Count a sender's offence: toward its own points at this listener (a listed sender),
+        and in admission unless its connection came while admission held its source blocked
+        and it still does (the offence would only extend a block in force that others'
+        offences set: a client's sharing the key, or another worker's).
         """
-        admission = self.admission()
+        if listed:
+            own = self._sender_penalties(admission)
+            points = own.policy.points_for(kind)
+            if points > 0:
+                now = self.clock.seconds()
+                own.prune(now, SENDER_PRUNE_STEP)
+                own.add(admission.source_key(peer), points, kind, now)
+        if arrived_blocked and self._blocked_for(admission, peer) is not None:
+            return
+        admission.offence(peer, kind)
+
+    def _sender_penalties(self, admission: _Offences) -> SenderPenalties:
+        """
+        The table of senders' own points, under the policy of C{admission} in force (a
+        reload that changes it carries the entries over, within the new bound).
+        """
+        policy = getattr(admission, "policy", None)
+        if not isinstance(policy, AdmissionPolicy):
+            policy = _DEFAULT_POLICY
+        own = self._senders_own
+        if own is None or own.policy is not policy:
+            fresh = SenderPenalties(policy)
+            if own is not None:
+                kept = list(own.entries.items())[-policy.max_tracked_sources :]
+                fresh.entries.update(kept)
+            self._senders_own = own = fresh
+        return own
+
+    def _blocked_for(self, admission: _Offences | None, addr: Any) -> float | None:
+        """
+        Seconds left of a penalty block admission holds on C{addr}'s source (whoever
+        earned it), or L{None}.
+        """
         blocked_for = getattr(admission, "blocked_for", None)
         if blocked_for is None:
             return None
         left = blocked_for(addr)
         return None if left is None else float(left)
 
+    def _own_block(self, admission: _Offences | None, addr: Any) -> float | None:
+        """
+        Seconds left of a block on the listed sender C{addr} that its own offences at this
+        listener earned and admission still holds (the shorter of the two), or L{None}.
+        When admission no longer holds its source blocked (the block was cleared, or it
+        came from elsewhere and ended), the sender's own points here are forgotten too.
+        """
+        own = self._senders_own
+        if own is None or admission is None:
+            return None
+        key = admission.source_key(addr)
+        penalty = own.entries.get(key)
+        if penalty is None:
+            return None
+        left = penalty.blocked_until - self.clock.seconds()
+        if left <= 0:
+            return None
+        shared = self._blocked_for(admission, addr)
+        if shared is None:
+            del own.entries[key]
+            return None
+        return min(left, shared)
+
+    def _refuse_blocked(self, addr: Any, left: float) -> None:
+        """
+        Log the refusal of a blocked peer at accept: as admission refuses a blocked source,
+        no new offence (its points would only grow the block it is serving).
+        """
+        self.refused(
+            addr,
+            None,
+            "conn.reject",
+            "refused {peer}: blocked for {retry_after} s more",
+            reason="penalised",
+            retry_after=round(left, 1),
+        )
+
     def buildProtocol(self, addr: Any) -> Any:
         """
-        Decide at accept, before a byte is read: a blocked peer, an unlisted one, or one
-        past L{max_pending} is refused (Twisted closes the socket); anyone else waits for
-        its header.
+        Decide at accept, before a byte is read: an unlisted peer, a listed sender serving a
+        block of its own offences (L{_own_block}), or one past L{max_pending} is refused
+        (Twisted closes the socket); anyone else waits for its header.
         """
-        blocked = self._blocked_for(addr)
-        if blocked is not None:
-            # As admission refuses a blocked source: at once, and no new offence (its
-            # points would only grow the block it is already serving).
-            self.refused(
-                addr,
-                None,
-                "conn.reject",
-                "refused {peer}: blocked for {retry_after} s more",
-                reason="penalised",
-                retry_after=round(blocked, 1),
-            )
-            return None
+        admission = self.admission()
         if not self.senders.allows(addr):
+            blocked = self._blocked_for(admission, addr)
+            if blocked is not None:
+                self._refuse_blocked(addr, blocked)
+                return None
             self.refused(
                 addr,
                 "format_error",
@@ -554,6 +677,10 @@ class ProxyHeaderFactory(WrappingFactory):
                 reason="proxy-sender",
             )
             return None  # Twisted closes the connection: nothing is read from it
+        blocked = self._own_block(admission, addr)
+        if blocked is not None:
+            self._refuse_blocked(addr, blocked)
+            return None
         if self.pending >= self.max_pending:
             # Not an offence: a busy proxy is no misbehaving one.
             self.refused(
@@ -565,7 +692,7 @@ class ProxyHeaderFactory(WrappingFactory):
                 pending=self.pending,
             )
             return None  # Twisted closes the connection
-        return ProxyHeaderProtocol(self)
+        return ProxyHeaderProtocol(self, self._blocked_for(admission, addr) is not None)
 
     def stopFactory(self) -> None:
         """

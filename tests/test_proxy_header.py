@@ -872,7 +872,7 @@ class HeaderKeptTests(unittest.TestCase):
 
 class BlockedSenderTests(unittest.TestCase):
     """
-    A peer whose own source admission holds blocked is refused at accept, as admission
+    A sender blocked by its own PROXY-layer offences is refused at accept, as admission
     refuses a blocked source: no byte read, no new offence, the refusal logged in
     aggregate; its connections already waiting for their header are charged as before.
     """
@@ -957,6 +957,48 @@ class BlockedSenderTests(unittest.TestCase):
             {e["reason"] for e in events if e.get("event") == "conn.reject"}, {"penalised"}
         )
 
+    def test_cleared_block_lets_the_sender_in_and_is_forgotten(self) -> None:
+        """
+        After C{ctl penalties clear} (admission's C{clear_penalties}) a sender blocked by its
+        own offences is accepted at once and its header read; its own record is forgotten
+        with it, so a block a header's client then earns on the sender's key does not
+        refuse it either.
+        """
+        self.offend(3)
+        self.assertIsNone(self.accept()[0])
+        self.assertEqual(self.admission.clear_penalties(), 1)
+        wrapper, transport = self.accept()
+        self.assertIsNotNone(wrapper)
+        wrapper.dataReceived(V1)
+        self.assertEqual(wrapper.getPeer().host, "192.0.2.7")
+        for _ in range(3):  # a client behind the sender, named with the sender's address
+            self.admission.offence(IPv4Address("TCP", "10.0.0.9", 50000), "early_talker")
+        self.assertIsNotNone(self.admission.blocked_for(SENDER))
+        self.assertIsNotNone(self.accept()[0])
+
+    def test_a_worker_given_the_block_judges_without_charging(self) -> None:
+        """
+        A worker that only got the sender's block relayed (its own record there is empty)
+        accepts the sender's connections and judges them: their malformed headers count
+        toward the sender's own points at that worker but not toward admission's (the
+        offences stay the relayed block's); at its own threshold (3) it refuses the sender
+        at accept too.
+        """
+        admission = SharedAdmission(AdmissionPolicy(), self.clock, lambda *_: None)
+        admission.apply_block("10.0.0.9/32", 10.0, 3.0)
+        factory = ProxyHeaderFactory(
+            AdmittingFactory(AppFactory(), admission),
+            self.clock,
+            senders=Senders.of(["10.0.0.0/24"]),
+        )
+        for _ in range(3):
+            wrapper, transport = self.accept(SENDER, factory)
+            self.assertIsNotNone(wrapper)
+            wrapper.dataReceived(b"GET / HTTP/1.0\r\n")
+            self.assertFalse(transport.connected)
+        self.assertEqual(self.row(admission), ("10.0.0.9/32", 10.0, 0))
+        self.assertEqual(self.accept(SENDER, factory), (None, None))
+
     def test_connections_waiting_before_the_block_are_still_charged(self) -> None:
         """
         The other side: a connection from the sender that was already waiting for its
@@ -1007,6 +1049,152 @@ class BlockedSenderTests(unittest.TestCase):
                     wrapper.dataReceived(b"GET / HTTP/1.0\r\n")
         for admission in admissions:
             self.assertAlmostEqual(self.row(admission)[1], 10.0, delta=0.01)
+
+
+class EarlyTalkerApp(Factory):
+    """
+    The application behind admission: each of its connections is a hostile client that
+    talks first and is charged an C{early_talker} offence for it (as the gateway does).
+    """
+
+    def __init__(self) -> None:
+        self.addresses: list[Any] = []
+
+    def buildProtocol(self, addr: Any) -> Any:
+        self.addresses.append(addr)
+        return EarlyTalker()
+
+
+class EarlyTalker(Protocol):
+    """
+    One hostile client of L{EarlyTalkerApp}.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.offence("early_talker")  # type: ignore[attr-defined]
+
+
+class HeaderClientBlockTests(unittest.TestCase):
+    """
+    A block that a header's client earned never refuses the sender's connections, even when
+    the client's address is the sender's own or shares its source key: only the sender's
+    own PROXY-layer offences can block the sender at a C{haproxy:} listener.
+    """
+
+    def test_client_with_the_senders_address_blocked_others_still_greeted(self) -> None:
+        """
+        Behind the real gateway: a hostile client whose header names the sender's own
+        address (10.0.0.9) talks early until its key is blocked; the sender's next
+        connections are still accepted, those naming other clients greeted, the one naming
+        10.0.0.9 refused by admission (C{ERR BUSY penalised}), and none refused at accept.
+        """
+        g = ProxiedGateway(self)
+        for _ in range(3):
+            g.connect("10.0.0.9", b"PING\r\n")
+            g.clock.advance(0.5)  # past the greeting delay (0.1 s)
+        sender = IPv4Address("TCP", "10.0.0.9", 40000)
+        self.assertIsNotNone(g.gateway.admission.blocked_for(sender))
+        for _ in range(5):
+            for client in ("198.51.100.7", "203.0.113.9"):
+                _, transport = g.connect(client)
+                g.clock.advance(0.5)
+                [greeting] = g.lines(transport)
+                self.assertTrue(greeting.startswith(b"NETGUARD/1 "), greeting)
+        self.assertIsNotNone(g.gateway.admission.blocked_for(sender))  # 6.5 s of 10 s
+        with capturedLogs() as events:
+            g.connect("10.0.0.9")
+            g.clock.advance(0.5)
+        [refusal] = [e for e in events if e.get("event") == "conn.reject"]
+        self.assertEqual(refusal["reason"], "penalised")
+        self.assertTrue(refusal["peer"].startswith("10.0.0.9:"), refusal)
+        self.assertIn("conn_id", refusal)  # admission's refusal of the client
+        self.assertEqual(
+            [
+                e
+                for e in g.named("conn.reject")
+                if e.get("reason") == "penalised" and "conn_id" not in e
+            ],
+            [],
+        )
+
+    def test_client_sharing_the_senders_ipv6_64_blocked_sender_accepted(self) -> None:
+        """
+        With the default C{ipv6_prefix} 64, a hostile client whose header names another
+        address of the sender's /64 talks early (3 points) and is blocked under the
+        sender's key; the sender's next 20 connections are accepted and hand the header's
+        client (outside that /64) to the application, and the key's offences stay the
+        client's 1.
+        """
+        clock = Clock()
+        admission = Admission(AdmissionPolicy(), clock)
+        app = EarlyTalkerApp()
+        factory = ProxyHeaderFactory(
+            AdmittingFactory(app, admission), clock, senders=Senders.of(["2001:db8:1:2::9"])
+        )
+        sender = IPv6Address("TCP", "2001:db8:1:2::9", 40000)
+
+        def connect(header: bytes, data: bytes = b"") -> Any:
+            wrapper = factory.buildProtocol(sender)
+            self.assertIsNotNone(wrapper, "refused at accept")
+            transport = StringTransportWithDisconnection(peerAddress=sender)
+            transport.protocol = wrapper
+            wrapper.makeConnection(transport)
+            wrapper.dataReceived(header + data)
+            return wrapper
+
+        connect(b"PROXY TCP6 2001:db8:1:2::77 2001:db8::1 5000 7701\r\n", b"X")
+        self.assertEqual(admission.penalties(), [("2001:db8:1:2::/64", 10.0, 1)])
+        for _ in range(20):
+            wrapper = connect(V1)
+            self.assertEqual(wrapper.getPeer().host, "192.0.2.7")
+        self.assertEqual(len(app.addresses), 21)
+        self.assertEqual(app.addresses[-1].host, "192.0.2.7")
+        self.assertEqual(admission.penalties(), [("2001:db8:1:2::/64", 10.0, 1)])
+
+    def test_clients_points_do_not_lend_the_sender_a_block(self) -> None:
+        """
+        A client named with the sender's address has 2 offences (1 point each, as for a
+        failed login); the sender's own first
+        malformed header makes 3 on the shared key, which blocks it, yet the sender is
+        still accepted (its own points: 1). Its next two malformed headers, sent while the
+        key is blocked, count toward its own points only (the key's offences stay 3); at
+        its own third it is refused at accept, without a new offence.
+        """
+        clock = Clock()
+        admission = Admission(AdmissionPolicy(), clock)
+        factory = ProxyHeaderFactory(
+            AdmittingFactory(AppFactory(), admission), clock, senders=Senders.of(["10.0.0.9"])
+        )
+
+        def send(data: bytes) -> Any:
+            wrapper = factory.buildProtocol(SENDER)
+            if wrapper is None:
+                return None
+            transport = StringTransportWithDisconnection(peerAddress=SENDER)
+            transport.protocol = wrapper
+            wrapper.makeConnection(transport)
+            wrapper.dataReceived(data)
+            return wrapper
+
+        def junk() -> Any:
+            return send(b"GET / HTTP/1.0\r\n")
+
+        client = IPv4Address("TCP", "10.0.0.9", 5000)  # as the gateway charges a client
+        for _ in range(2):
+            admission.offence(client, "auth_failure")
+        self.assertIsNone(admission.blocked_for(SENDER))
+        self.assertIsNotNone(junk())
+        self.assertEqual(admission.penalties(), [("10.0.0.9/32", 10.0, 3)])
+        self.assertIsNotNone(junk())
+        self.assertIsNotNone(junk())
+        self.assertEqual(admission.penalties(), [("10.0.0.9/32", 10.0, 3)])
+        with capturedLogs() as events:
+            self.assertIsNone(junk())
+        self.assertEqual(
+            [(e["reason"], e["offence"]) for e in events if e.get("event") == "conn.reject"],
+            [("penalised", None)],
+        )
+        self.assertEqual(admission.penalties(), [("10.0.0.9/32", 10.0, 3)])
 
 
 class ListenerStringTests(unittest.TestCase):
@@ -1181,7 +1369,8 @@ class ProxiedGateway:
 
     def close(self, wrapper: Any) -> None:
         session = wrapper.wrappedProtocol
-        if session is not None and session.state.value != "closed":
+        state = getattr(session, "state", None)  # an admission refusal has none
+        if state is not None and state.value != "closed":
             session.connectionLost(None)
 
     def lines(self, transport: Any) -> list[bytes]:

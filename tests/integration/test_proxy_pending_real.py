@@ -4,8 +4,9 @@ A C{haproxy:} listener's bounds over real loopback sockets, the real gateway run
 in-process: a flood of header-less connections from a listed sender past the bound of
 connections waiting for their header is refused at accept and logged in aggregate; after
 the longest version 2 header (64 KiB of TLVs) the connection keeps only the header's
-addresses; a sender blocked by its own offences is refused at accept without a new offence.
-The clients are raw sockets written for these tests (hostile senders).
+addresses; a sender blocked by its own offences is refused at accept without a new offence,
+but a block a client behind it earned, under the sender's own address, refuses only that
+client. The clients are raw sockets written for these tests (hostile senders and clients).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import inlineCallbacks
 from twisted.protocols.haproxy._info import ProxyInfo
 from twisted.trial import unittest
@@ -143,3 +145,39 @@ class PendingRealTests(unittest.TestCase):
         self.assertEqual((source, offences), (f"{SENDER}/32", 3))
         self.assertLessEqual(later, left)
         self.assertEqual(len(self.logged("conn.reject", reason="penalised")), 3)
+
+    def header(self, client: str) -> bytes:
+        """
+        A version 1 header naming C{client} (port 40000) as the source.
+        """
+        return f"PROXY TCP4 {client} 127.0.0.1 40000 {self.gateway.port()}\r\n".encode()
+
+    @inlineCallbacks
+    def test_client_blocked_under_the_senders_address_others_still_greeted(self) -> Any:
+        """
+        A hostile client behind the sender whose header names the sender's own address
+        (127.0.0.7) talks before the greeting until its source is blocked; then clients
+        198.51.100.7 and 203.0.113.9 behind the same sender are still greeted, 127.0.0.7
+        gets C{ERR BUSY penalised} from admission, and no connection of the sender is
+        refused at accept.
+        """
+        admission = self.gateway.factory.admission
+        sender = IPv4Address("TCP", SENDER, 40000)
+        for _ in range(20):  # bounded: the first early talk blocks (3 points)
+            probe = yield self.connect(self.header(SENDER) + b"GARBAGE-BEFORE-GREETING\r\n")
+            yield probe.closed.addTimeout(WAIT, reactor)
+            if admission.blocked_for(sender) is not None:
+                break
+        self.assertIsNotNone(admission.blocked_for(sender))
+        for client in ("198.51.100.7", "203.0.113.9", "198.51.100.7", "203.0.113.9"):
+            probe = yield self.connect(self.header(client))
+            yield probe.greeted.addTimeout(WAIT, reactor)
+            probe.transport.abortConnection()
+        probe = yield self.connect(self.header(SENDER))
+        said = yield probe.closed.addTimeout(WAIT, reactor)
+        self.assertEqual(said, b"ERR BUSY penalised\r\n")
+        at_accept = [
+            e for e in self.logged("conn.reject", reason="penalised") if "conn_id" not in e
+        ]
+        self.assertEqual(at_accept, [])
+        self.assertEqual([row[0] for row in admission.penalties()], [f"{SENDER}/32"])
