@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import attrs
 from twisted.internet.stdio import StandardIO
@@ -94,6 +94,11 @@ def _histogram(snapshot: object) -> object:
             "total": snapshot.total,
         }
     return snapshot
+
+
+#: The most source keys one exact-figures question (C{Penalties} with C{keys}) names: the
+#: candidates of 64 workers' first L{MAX_PENALTIES_TOP}.
+MAX_KEYS: Final = 64 * MAX_PENALTIES_TOP
 
 
 class WorkerChannel(amp.AMP):
@@ -194,10 +199,27 @@ class WorkerChannel(amp.AMP):
         return {"on": self._service().heartbeat.set_enabled(on, by="supervisor")}
 
     @commands.Penalties.responder
-    def penalties(self, top: int, source: str | None = None) -> dict[str, Any]:
-        return GatewayControl(self._service()).penalties(
-            min(max(1, top), MAX_PENALTIES_TOP), source
+    def penalties(self, top: int, source: str | None = None, keys: Any = None) -> dict[str, Any]:
+        """
+        The first C{top} penalised sources here (overlapping C{source}, if given); or, with
+        C{keys}, the figures of exactly those source keys held here (at most L{MAX_KEYS};
+        anything but a list of strings asks for none).
+        """
+        if keys is None:
+            return GatewayControl(self._service()).penalties(
+                min(max(1, top), MAX_PENALTIES_TOP), source
+            )
+        wanted = (
+            {key for key in keys[:MAX_KEYS] if isinstance(key, str)}
+            if isinstance(keys, list)
+            else set()
         )
+        rows = [
+            {"source": key, "blocked_for": round(left, 1), "offences": offences}
+            for key, left, offences in self._service().factory.admission.penalties()
+            if key in wanted
+        ]
+        return {"penalties": rows, "total": len(rows), "truncated": False}
 
     @commands.ClearPenalties.responder
     def clear_penalties(self, source: str | None) -> dict[str, Any]:

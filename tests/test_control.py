@@ -427,6 +427,18 @@ class PenaltiesListingTests(unittest.TestCase):
         self.assertEqual(answer["penalties"], penalty_rows(5))
         self.assertEqual((answer["total"], answer["truncated"]), (5, False))
 
+    def test_approximate_flag_passed_on(self):
+        """
+        The supervisor's C{approximate} flag reaches the reply as it is (true or false); a
+        single-process answer has none and the reply adds none.
+        """
+        self.commands.listed = penalty_rows(2)
+        self.assertNotIn("approximate", self.listing(b"penalties --top 5"))
+        for flag in (True, False):
+            answer = dict(select_penalties(penalty_rows(2), 5), approximate=flag)
+            self.commands.penalties = lambda top, source, answer=answer: answer  # type: ignore[method-assign]
+            self.assertIs(self.listing(b"penalties --top 5")["approximate"], flag)
+
     def test_one_past_top_cut_and_flagged(self):
         """
         With N + 1 sources, C{--top N} lists the N with the longest blocks, says there are

@@ -861,7 +861,12 @@ class PenaltyAnswerTests(unittest.TestCase):
         listed = self.successResultOf(supervisor.penalties(7, "192.0.2.0/24"))
         self.assertEqual(
             listed,
-            {"penalties": rows_of(("192.0.2.1/32", 5.0, 3)), "total": 1, "truncated": False},
+            {
+                "penalties": rows_of(("192.0.2.1/32", 5.0, 3)),
+                "total": 1,
+                "truncated": False,
+                "approximate": False,
+            },
         )
         for slot in supervisor.slots:
             self.assertEqual(

@@ -584,13 +584,18 @@ class _BadArguments(Exception):
 def _bounded_listing(answer: Mapping[str, Any], top: int) -> dict[str, Any]:
     """
     The C{penalties} reply from the daemon's answer, never more than C{top} rows whatever
-    the answer holds (a C{total} or C{truncated} it lacks is made up from the rows).
+    the answer holds (a C{total} or C{truncated} it lacks is made up from the rows); an
+    C{approximate} flag (the supervisor's, L{merge_exact_penalties
+    <netguard.workers.figures.merge_exact_penalties>}) is passed on.
     """
     rows = list(answer.get("penalties", []))
     listed = rows[:top]
     total = max(int(answer.get("total", len(rows))), len(rows))
     truncated = bool(answer.get("truncated", False)) or total > len(listed)
-    return {"penalties": listed, "total": total, "truncated": truncated}
+    reply: dict[str, Any] = {"penalties": listed, "total": total, "truncated": truncated}
+    if "approximate" in answer:
+        reply["approximate"] = bool(answer["approximate"])
+    return reply
 
 
 def _no_arguments(command: str, args: list[str]) -> None:

@@ -32,6 +32,8 @@ class JSONArgument(amp.Argument):
 
     def toBox(self, name: bytes, strings: Any, objects: Any, proto: Any) -> None:
         value = self.retrieve(objects, name.decode("ascii"), proto)
+        if value is None and self.optional:
+            return
         data = json.dumps(value, separators=(",", ":"), default=str).encode("utf-8")
         size = amp.MAX_VALUE_LENGTH
         chunks = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
@@ -42,6 +44,9 @@ class JSONArgument(amp.Argument):
             strings[name + b"." + str(index).encode("ascii")] = chunk
 
     def fromBox(self, name: bytes, strings: Any, objects: Any, proto: Any) -> None:
+        if name not in strings and self.optional:
+            objects[name.decode("ascii")] = None
+            return
         count_text = strings.pop(name)
         if not count_text.isdigit() or not 1 <= int(count_text) <= MAX_CHUNKS:
             raise ValueError("bad chunk count in a JSON argument")
@@ -188,10 +193,17 @@ class Penalties(amp.Command):
     """
     The worker's penalty listing: its first C{top} sources (of those overlapping C{source},
     if given), how many it has and whether some are left out, as
-    L{netguard.ops.control.select_penalties} answers.
+    L{netguard.ops.control.select_penalties} answers. With C{keys} (a list of source keys),
+    the figures of exactly those of them the worker holds instead (C{total} their number,
+    never C{truncated}): the supervisor's second round (L{Supervisor.penalties
+    <netguard.workers.supervisor.Supervisor.penalties>}).
     """
 
-    arguments = [(b"top", amp.Integer()), (b"source", amp.Unicode(optional=True))]
+    arguments = [
+        (b"top", amp.Integer()),
+        (b"source", amp.Unicode(optional=True)),
+        (b"keys", JSONArgument(optional=True)),
+    ]
     response = [
         (b"penalties", JSONArgument()),
         (b"total", amp.Integer()),

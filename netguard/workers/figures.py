@@ -8,7 +8,7 @@ worker's own line is kept under C{workers}.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from netguard.ops.control import penalty_order
@@ -146,3 +146,59 @@ def merge_penalty_answers(answers: Iterable[Mapping[str, Any]], top: int) -> dic
         or total > len(listed)
     )
     return {"penalties": listed, "total": total, "truncated": truncated}
+
+
+def missing_candidates(answers: Sequence[Mapping[str, Any]]) -> dict[int, list[str]]:
+    """
+    The second round of a C{penalties} listing across workers: every source some worker
+    listed in its first C{top} (the candidates) that a worker which left rows out did not
+    list, per such worker (by its index in C{answers}). A worker that left nothing out has
+    no other matching source, so it is not asked.
+
+    @param answers: the workers' first-round answers (L{select_penalties
+        <netguard.ops.control.select_penalties>}).
+    @return: worker index to the candidate keys to ask it the figures of (none empty).
+    """
+    candidates: dict[str, None] = {}
+    for answer in answers:
+        for row in answer.get("penalties", []):
+            candidates[str(row.get("source"))] = None
+    asked: dict[int, list[str]] = {}
+    for index, answer in enumerate(answers):
+        if not answer.get("truncated"):
+            continue
+        own = {str(row.get("source")) for row in answer.get("penalties", [])}
+        missing = [key for key in candidates if key not in own]
+        if missing:
+            asked[index] = missing
+    return asked
+
+
+def merge_exact_penalties(
+    answers: Sequence[Mapping[str, Any]],
+    exact: Mapping[int, Mapping[str, Any] | None],
+    top: int,
+) -> dict[str, Any]:
+    """
+    One C{penalties} answer from the workers' two rounds: each worker's first-round rows
+    and, for a worker asked in the second round (L{missing_candidates}), its figures of the
+    other candidates. Every listed row then carries exact figures (the longest block, the
+    offences of all workers added up). The list is the true first C{top} when at most one
+    worker left rows out (a source no worker listed is then held only by that worker, below
+    its C{top}th row); with more, a source below each one's C{top}th row could add up to
+    more, and the answer says C{"approximate": true}; so too when a second-round answer is
+    missing (its worker's figures are then left out of some rows).
+
+    @param exact: worker index to its second-round answer, or L{None} for no answer.
+    """
+    rows = [list(answer.get("penalties", [])) for answer in answers]
+    for index, answer in exact.items():
+        if answer is not None:
+            rows[index].extend(answer.get("penalties", []))
+    merged = merge_penalty_answers(
+        [dict(answer, penalties=listing) for answer, listing in zip(answers, rows, strict=True)],
+        top,
+    )
+    cut_short = sum(1 for answer in answers if answer.get("truncated"))
+    merged["approximate"] = cut_short > 1 or any(answer is None for answer in exact.values())
+    return merged

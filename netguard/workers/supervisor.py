@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -36,7 +36,12 @@ from netguard.ops.startup import created_paths, start_privileged
 from netguard.refusal_log import RefusalLog
 from netguard.stats import HistogramSnapshot
 from netguard.workers import commands
-from netguard.workers.figures import aggregate, merge_penalty_answers, worker_row
+from netguard.workers.figures import (
+    aggregate,
+    merge_exact_penalties,
+    missing_candidates,
+    worker_row,
+)
 from netguard.workers.replay import BlockBook, ReplayCursor, SpentBook
 
 log = Logger()
@@ -639,18 +644,41 @@ class Supervisor(MultiService):
 
     def penalties(self, top: int, source: str | None = None) -> Deferred[dict[str, Any]]:
         """
-        Every worker's first C{top} penalised sources (overlapping C{source}, if given),
-        merged (L{merge_penalty_answers}): no worker sends more than C{top} rows, so the
-        answer stays bounded however many sources the workers track.
+        The first C{top} penalised sources of the host (overlapping C{source}, if given), in
+        two rounds: every worker sends its first C{top}; then each worker that left rows
+        out is asked the figures of the other workers' candidates it did not list
+        (L{missing_candidates}), and all are merged (L{merge_exact_penalties}): each listed
+        row exact, the answer C{approximate} when the list itself may not be the true first
+        C{top}. No worker sends more than C{top} rows or is asked more than the candidates,
+        so the answer stays bounded however many sources the workers track.
         """
         kwargs: dict[str, Any] = {"top": top}
         if source is not None:
             kwargs["source"] = source
-        return self.ask_all(commands.Penalties, **kwargs).addCallback(
-            lambda results: merge_penalty_answers(
-                [r for _, r in results if isinstance(r, dict)], top
-            )
-        )
+        return self.ask_all(commands.Penalties, **kwargs).addCallback(self._second_round, top)
+
+    def _second_round(self, results: list[Any], top: int) -> Deferred[dict[str, Any]]:
+        answered = [(slot, r) for slot, r in results if isinstance(r, dict)]
+        answers = [answer for _, answer in answered]
+        asked = missing_candidates(answers)
+        calls = []
+        for index, keys in asked.items():
+            slot = answered[index][0]
+            if slot.channel is None:
+                calls.append(fail(RuntimeError("worker gone")))
+                continue
+            call = slot.channel.callRemote(commands.Penalties, top=top, keys=keys)
+            call.addTimeout(QUERY_TIMEOUT, self.clock)
+            calls.append(call)
+
+        def merge(got: list[tuple[bool, Any]]) -> dict[str, Any]:
+            exact = {
+                index: (value if ok and isinstance(value, dict) else None)
+                for index, (ok, value) in zip(asked, got, strict=True)
+            }
+            return merge_exact_penalties(answers, exact, top)
+
+        return DeferredList(calls, consumeErrors=True).addCallback(merge)
 
     def clear_penalties(self, source: str | None) -> Deferred[int]:
         """
