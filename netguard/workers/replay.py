@@ -223,16 +223,20 @@ class SpentBook:
 class ReplayCursor:
     """
     The state a starting worker is sent, one batch at a time (L{next_batch}): the keys of
-    the blocks and the spent tickets in force when the worker became ready. A block's
-    figures are read when its batch is built (the seconds left then, a block cleared or
-    ended since is left out); each batch holds at most L{BATCH_BYTES} of blocks and as much
-    of spent tickets, as AMP encodes them.
+    the blocks and the spent tickets kept when the worker became ready (copied without
+    sorting). An entry's figures are read when its batch is built (the seconds left then;
+    one cleared, dropped or ended since is left out); each batch holds at most
+    L{BATCH_BYTES} of blocks and as much of spent tickets, as AMP encodes them.
     """
 
     def __init__(self, blocks: BlockBook, spent: SpentBook, now: float) -> None:
+        blocks.table.purge(now)
+        spent.table.purge(now)
         self._book = blocks
-        self._blocks: deque[str] = deque(key for key, _, _ in blocks.table.live(now))
-        self._spent: deque[tuple[bytes, float, str]] = deque(spent.in_force(now))
+        self._spent_book = spent
+        # Keys only, in table order: a copy in one pass, no sort (the tables may be large).
+        self._blocks: deque[str] = deque(blocks.table.entries)
+        self._spent: deque[bytes] = deque(spent.table.entries)
 
     def __len__(self) -> int:
         """
@@ -272,13 +276,17 @@ class ReplayCursor:
         spent: list[dict[str, Any]] = []
         size = 0
         while self._spent:
-            ticket_id, expires, user = self._spent[0]
-            entry = {"ticket_id": ticket_id, "expires": expires, "user": user}
+            held_ticket = self._spent_book.table.get(self._spent[0])
+            if held_ticket is None or held_ticket[0] <= now:
+                self._spent.popleft()
+                continue
+            expires, user = held_ticket
+            entry = {"ticket_id": self._spent[0], "expires": expires, "user": user}
             cost = _encoded_size(entry)
             if size + cost > BATCH_BYTES and spent:
                 break
             self._spent.popleft()
-            if expires > now and cost <= BATCH_BYTES:
+            if cost <= BATCH_BYTES:
                 spent.append(entry)
                 size += cost
         return blocks, spent

@@ -609,6 +609,7 @@ class WorkersTests(unittest.TestCase):
                 "penalties": [{"source": "127.0.0.4/32", "blocked_for": 0.0, "offences": 2}],
                 "total": 1,
                 "truncated": False,
+                "approximate": False,
             },
         )
         cleared = yield listed("penalties", "clear", "127.0.0.3")
@@ -659,6 +660,50 @@ class WorkersTests(unittest.TestCase):
             lambda: re.search(r"\[w0:\S+\] conn\.reject", self.daemon.stdout) is not None,
             "the restarted worker 0 refusing the source",
         )
+
+    @inlineCallbacks
+    def test_restarted_worker_gets_a_replay_of_several_batches(self) -> Any:
+        """
+        1,500 sources blocked by worker 0 (one early talker each, from 127.0.x.y) are more
+        than one replay batch: the worker started in slot 0 after a SIGKILL gets them all,
+        batch after batch, before it serves, and refuses the first and the last of them
+        with C{ERR BUSY penalised}.
+        """
+        yield self.start(extra="[admission]\npenalty_base = 600\nper_source_burst = 4\n")
+        pids = yield self.pids()
+        sources = [f"127.0.{2 + i // 250}.{1 + i % 250}" for i in range(1500)]
+        self.pause(pids[1])
+        try:
+            for source in sources:
+                early = RawLine(b"HELLO\r\n")
+                endpoint = TCP4ClientEndpoint(
+                    reactor, "127.0.0.1", self.port, bindAddress=(source, 0)
+                )
+                yield connectProtocol(endpoint, early)
+                yield early.closed
+        finally:
+            self.resume(pids[1])
+        # Worker 0 answers this after the blocks it reported, on the same ordered pipe.
+        yield self.status()
+        os.kill(pids[0], signal.SIGKILL)
+        yield self.daemon.wait_for(
+            lambda: f"worker 0 (pid {pids[0]}) exited (code None, signal 9)" in self.daemon.stdout,
+            "worker.exited",
+        )
+        new = yield self.pids()
+        self.assertNotEqual(new[0], pids[0])
+        self.pause(new[1])
+        try:
+            for source in (sources[0], sources[-1]):
+                probe = RawLine()
+                endpoint = TCP4ClientEndpoint(
+                    reactor, "127.0.0.1", self.port, bindAddress=(source, 0)
+                )
+                yield connectProtocol(endpoint, probe)
+                data = yield probe.closed
+                self.assertIn(b"ERR BUSY penalised", data, source)
+        finally:
+            self.resume(new[1])
 
     @inlineCallbacks
     def test_ticket_spent_in_one_worker_refused_by_other(self) -> Any:
