@@ -243,6 +243,14 @@ class WorkerChannel(amp.AMP):
             admission.apply_block(source, seconds, points)
         return {}
 
+    def report_learnt(self, source: str, seconds: float, points: float) -> None:
+        """
+        Tell the supervisor of a block learnt from Redis, to keep (not to relay).
+        """
+        self.callRemote(
+            commands.BlockLearnt, source=source, seconds=float(seconds), points=float(points)
+        )
+
     def report_block(self, source: str, seconds: float, points: float) -> None:
         """
         Tell the supervisor that an offence here blocked C{source}.
@@ -316,7 +324,9 @@ def build(
     factory = GatewayFactory(
         config, users, reactor, Stats(), ticket_key=load_ticket_key(config.state_dir)
     )
-    factory.admission = SharedAdmission(config.admission, reactor, channel.report_block)
+    admission = SharedAdmission(config.admission, reactor, channel.report_block)
+    admission.learnt = channel.report_learnt
+    factory.admission = admission
     identities = []
     endpoints: list[tuple[str, Any]] = []
     for entry in spec["listeners"]:

@@ -38,6 +38,7 @@ from netguard.workers.supervisor import (
     Supervisor,
     WorkerSlot,
 )
+from tests.test_shared_state import StateCase
 from tests.test_workers import FakeSpawner
 
 
@@ -591,6 +592,105 @@ class ReplayProgressTests(unittest.TestCase):
             self.pending.pop().callback({})
         seconds = {block["seconds"] for block in replayed_blocks(self.slot.channel)}
         self.assertEqual(seconds, {60.0})
+
+
+class LearntBlockTests(unittest.TestCase):
+    """
+    A block a worker learnt from Redis is kept by the supervisor for a worker that starts
+    later, and neither relayed to the other workers nor published again.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.supervisor = Supervisor(make_config(), self.clock, FakeSpawner())
+        self.supervisor.startService()
+        for slot in self.supervisor.slots:
+            self.supervisor.worker_ready(slot)
+
+    def test_learnt_block_kept_not_relayed_and_replayed(self) -> None:
+        """
+        C{worker_learnt} keeps the block (capped at C{penalty_max}) and tells no worker;
+        the worker restarted in the other slot gets it in its replay.
+        """
+        first, second = self.supervisor.slots
+        penalty_max = self.supervisor.in_force.admission.penalty_max
+        self.assertTrue(self.supervisor.worker_learnt(first, "192.0.2.1/32", 1e9, 3.0))
+        self.assertEqual(second.channel.sent(commands.ApplyBlock), [])
+        self.assertEqual(first.channel.sent(commands.ApplyBlock), [])
+        self.supervisor.worker_ended(second, (None, signal.SIGKILL))
+        self.clock.advance(FIRST_DELAY)
+        self.supervisor.worker_ready(second)
+        self.assertEqual(
+            [(b["source"], b["seconds"]) for b in replayed_blocks(second.channel)],
+            [("192.0.2.1/32", penalty_max - FIRST_DELAY)],
+        )
+
+    def test_bad_learnt_block_refused(self) -> None:
+        """
+        A learnt block that is not a finite positive length with finite points at least 0
+        is not kept (C{worker.block_refused}).
+        """
+        slot = self.supervisor.slots[0]
+        with capturedLogs() as events:
+            for seconds, points in ((float("nan"), 1.0), (0.0, 1.0), (5.0, -1.0)):
+                self.assertFalse(
+                    self.supervisor.worker_learnt(slot, "192.0.2.1/32", seconds, points)
+                )
+        self.assertEqual(len(self.supervisor.blocks), 0)
+        self.assertTrue([e for e in events if e.get("event") == "worker.block_refused"])
+
+    def test_shared_admission_passes_learnt_not_reported(self) -> None:
+        """
+        L{SharedAdmission.apply_learnt} blocks the source, tells C{learnt}, and never its
+        C{report} (which the shared state hooks to publish to Redis).
+        """
+        reported: list[Any] = []
+        learnt: list[Any] = []
+        admission = SharedAdmission(AdmissionPolicy(), Clock(), lambda *a: reported.append(a))
+        admission.learnt = lambda *a: learnt.append(a)
+        admission.apply_learnt("192.0.2.1/32", 60.0, 4.0)
+        self.assertEqual(learnt, [("192.0.2.1/32", 60.0, 4.0)])
+        self.assertEqual(reported, [])
+        self.assertEqual([key for key, *_ in admission.penalties()], ["192.0.2.1/32"])
+
+    def test_worker_passes_learnt_block_to_supervisor_over_amp(self) -> None:
+        """
+        A worker channel's C{report_learnt} reaches the supervisor over the real AMP
+        protocol as a kept block, relayed to no worker.
+        """
+        slot = self.supervisor.slots[0]
+        worker = WorkerChannel(Clock(), 0)
+        _, _, pump = connectedServerAndClient(
+            lambda: SupervisorChannel(self.supervisor, slot), lambda: worker
+        )
+        worker.report_learnt("192.0.2.9/32", 30.0, 2.0)
+        pump.flush()
+        self.assertEqual(self.supervisor.blocks.current("192.0.2.9/32", 0.0, 1.0), (30.0, 2.0))
+        self.assertEqual(self.supervisor.slots[1].channel.sent(commands.ApplyBlock), [])
+
+
+class LearntThroughRedisTests(StateCase):
+    """
+    The shared state hands a block learnt from Redis to a worker's admission as learnt.
+    """
+
+    def test_block_from_redis_learnt_once_never_published_again(self) -> None:
+        """
+        A block published by one process reaches the other's C{learnt} once; the other
+        neither reports it (no C{Blocked} to its supervisor) nor publishes it: no loop.
+        """
+        one, first = self.process()
+        two, second = self.process()
+        reported: list[Any] = []
+        learnt: list[Any] = []
+        second.learnt = lambda *a: learnt.append(a)
+        earlier = second.report
+        second.report = lambda *a: (reported.append(a), earlier(*a))
+        first.offence("192.0.2.7", "early_talker")
+        self.assertEqual([entry[0] for entry in learnt], ["192.0.2.7/32"])
+        self.assertEqual(reported, [])
+        self.assertEqual(two.counters["blocks_published"], 0)
+        self.assertEqual(one.counters["blocks_published"], 1)
 
 
 class ServeFailureTests(unittest.TestCase):

@@ -388,7 +388,13 @@ class SharedState(Service):
         admission = self._hooked
         if admission is None:
             return
-        admission.apply_block(key, seconds, points)
+        # A worker's admission also hands the block to its supervisor (kept for a worker
+        # that starts later); never through report, which would publish it again.
+        learn = getattr(admission, "apply_learnt", None)
+        if learn is not None:
+            learn(key, seconds, points)
+        else:
+            admission.apply_block(key, seconds, points)
         self.counters["blocks_applied"] += 1
 
     def _pushed(self, reply: Reply) -> None:

@@ -5,7 +5,7 @@ started with (the worker reads its standard input and writes its descriptor 3).
 
 Supervisor to worker: L{Replay}, L{Serve}, L{Status}, L{MetricsFigures}, L{Reload}, L{Drain},
 L{Heartbeat}, L{Penalties}, L{ClearPenalties}, L{ApplyBlock}, L{ApplySpent}. Worker to
-supervisor: L{Ready}, L{Blocked}, L{TicketSpent}.
+supervisor: L{Ready}, L{Blocked}, L{BlockLearnt}, L{TicketSpent}.
 
 A worker starts in two steps: built, it sends L{Ready} without listening yet; the supervisor
 sends it the blocks in force and the spent tickets in batches (L{Replay}, each sent once
@@ -90,6 +90,16 @@ _SPENT = [(b"ticket_id", amp.String()), (b"expires", amp.Float()), (b"user", amp
 class Blocked(amp.Command):
     """
     Worker to supervisor: a source's offences blocked it here; tell the other workers.
+    """
+
+    arguments = _BLOCK
+    requiresAnswer = False
+
+
+class BlockLearnt(amp.Command):
+    """
+    Worker to supervisor: a block learnt from Redis was applied here; keep it for a worker
+    that starts later (every worker hears Redis itself: not relayed).
     """
 
     arguments = _BLOCK

@@ -2,7 +2,8 @@
 """
 Penalties that follow a source from one worker to the others: a worker's L{SharedAdmission}
 reports every block its own offences cause, and applies the blocks the supervisor relays
-from the other workers (silently: the worker that blocked logged it).
+from the other workers (silently: the worker that blocked logged it). A block learnt from
+Redis is passed to the supervisor to keep, never relayed or published again.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class SharedAdmission(Admission):
     ) -> None:
         super().__init__(policy, clock, **kwargs)
         self.report = report
+        #: Told of each block learnt from Redis (L{apply_learnt}), or L{None}.
+        self.learnt: BlockReport | None = None
 
     def offence(self, address: object, kind: str) -> float | None:
         """
@@ -89,3 +92,16 @@ class SharedAdmission(Admission):
         penalty.points = max(table.decayed(penalty, now), float(points))
         penalty.stamp = now
         penalty.blocked_until = max(penalty.blocked_until, now + float(seconds))
+
+    def apply_learnt(self, key: str, seconds: float, points: float) -> None:
+        """
+        Apply a block learnt from another process through Redis (as L{apply_block}) and
+        tell L{learnt} (a worker's supervisor keeps it for a worker that starts later).
+        Never reported as this worker's own: it is neither published again nor relayed.
+        """
+        self.apply_block(key, seconds, points)
+        if self.learnt is not None:
+            try:
+                self.learnt(key, seconds, points)
+            except Exception:  # noqa: BLE001 - the block here stands; keeping it is best effort
+                log.failure("passing on a learnt block failed", event="worker.share_failed")

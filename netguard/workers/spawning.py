@@ -114,6 +114,11 @@ class SupervisorChannel(amp.AMP):
         self.supervisor.worker_blocked(self.slot, source, seconds, points)
         return {}
 
+    @commands.BlockLearnt.responder
+    def block_learnt(self, source: str, seconds: float, points: float) -> dict[str, Any]:
+        self.supervisor.worker_learnt(self.slot, source, seconds, points)
+        return {}
+
     @commands.TicketSpent.responder
     def ticket_spent(self, ticket_id: bytes, expires: float, user: str) -> dict[str, Any]:
         self.supervisor.worker_spent(self.slot, ticket_id, expires, user)

@@ -447,27 +447,9 @@ class Supervisor(MultiService):
 
         @return: how many workers were told.
         """
-        if not (math.isfinite(seconds) and seconds > 0 and math.isfinite(points) and points >= 0):
-            if self.block_log.note(source, "bad-block", "worker.block_refused"):
-                log.warn(
-                    "block of {source} by worker {worker} refused: {seconds} s, {points} points",
-                    event="worker.block_refused",
-                    source=source,
-                    worker=slot.index,
-                    seconds=repr(seconds),
-                    points=repr(points),
-                )
+        if not self.worker_learnt(slot, source, seconds, points):
             return 0
-        policy = self.in_force.admission
-        seconds = min(seconds, policy.penalty_max)
-        self.blocks.record(
-            source,
-            seconds,
-            points,
-            self.clock.seconds(),
-            policy.penalty_decay,
-            policy.max_tracked_sources,
-        )
+        seconds = min(seconds, self.in_force.admission.penalty_max)
         told = self._tell_others(
             slot, commands.ApplyBlock, source=source, seconds=seconds, points=points
         )
@@ -482,6 +464,33 @@ class Supervisor(MultiService):
                 told=told,
             )
         return told
+
+    def worker_learnt(self, slot: WorkerSlot, source: str, seconds: float, points: float) -> bool:
+        """
+        Keep a block a worker reported (its own, or one it learnt from Redis, which every
+        worker hears itself and is not relayed) for a worker that starts later, at most the
+        C{penalty_max} in force long; one that is not a finite positive length with finite
+        points at least 0 is refused (C{worker.block_refused}, through L{block_log}).
+
+        @return: whether the block was taken.
+        """
+        if not (math.isfinite(seconds) and seconds > 0 and math.isfinite(points) and points >= 0):
+            if self.block_log.note(source, "bad-block", "worker.block_refused"):
+                log.warn(
+                    "block of {source} by worker {worker} refused: {seconds} s, {points} points",
+                    event="worker.block_refused",
+                    source=source,
+                    worker=slot.index,
+                    seconds=repr(seconds),
+                    points=repr(points),
+                )
+            return False
+        policy = self.in_force.admission
+        now = self.clock.seconds()
+        seconds = min(seconds, policy.penalty_max)
+        limit = policy.max_tracked_sources
+        self.blocks.record(source, seconds, points, now, policy.penalty_decay, limit)
+        return True
 
     def worker_spent(self, slot: WorkerSlot, ticket_id: bytes, expires: float, user: str) -> int:
         """
