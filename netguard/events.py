@@ -53,7 +53,7 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "worker.block_refused": "a block a worker reported was not a finite length; not passed on",
         "worker.reloaded": "every worker was asked to reload; the summary of their answers",
         "worker.share_failed": "a block or spent ticket could not be passed to the supervisor",
-        "worker.start_timeout": "a worker did not serve within 60 s of its start; it was killed",
+        "worker.start_timeout": "a starting worker was silent 60 s; it was killed",
         "worker.serve_failed": "a worker could not start serving (a listener it could not adopt)",
         "shared.connected": "state is shared through Redis (first connection)",
         "shared.degraded": "Redis left a reply missing past its grace (1 s), or the "
