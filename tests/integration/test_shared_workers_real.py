@@ -24,7 +24,7 @@ from tests.integration.test_workers_real import BASE, RawLine, ctl
 from tests.integration.util import free_port, wait_for
 
 
-class SharedWorkersTests(RedisCase):
+class SharedWorkersCase(RedisCase):
     """
     A supervisor with two workers and an outside instance, sharing one redis-server.
     """
@@ -37,14 +37,17 @@ class SharedWorkersTests(RedisCase):
         return figures
 
     @inlineCallbacks
-    def test_block_elsewhere_refused_by_both_workers(self) -> Any:
+    def blocked_elsewhere(self, prefix: str) -> Any:
         """
-        An early talker blocked by the outside instance is refused (C{ERR BUSY penalised})
-        by each of the two workers in turn (the other paused while it accepts); C{ctl
-        status} shows both workers sharing and the blocks they applied.
+        Start redis-server, C{twistd -n netguard} with two workers sharing through it (both
+        connected), and an outside instance on the same Redis, where an early talker from
+        127.0.0.1 is blocked; wait until both workers applied that block.
+
+        @return: the daemon, its control socket, its port, the workers' pids and the last
+            status figures.
         """
         redis_port = self.start_redis()
-        root = short_temp_dir("ngsw-")
+        root = short_temp_dir(prefix)
         self.addCleanup(shutil.rmtree, root, True)
         state = os.path.join(root, "s")
         config = os.path.join(root, "netguard.toml")
@@ -75,6 +78,22 @@ class SharedWorkersTests(RedisCase):
                 break
             yield deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(figures["shared"]["blocks_applied"], 2)
+        return daemon, control, port, pids, figures
+
+
+class SharedWorkersTests(SharedWorkersCase):
+    """
+    A supervisor with two workers and an outside instance, sharing one redis-server.
+    """
+
+    @inlineCallbacks
+    def test_block_elsewhere_refused_by_both_workers(self) -> Any:
+        """
+        An early talker blocked by the outside instance is refused (C{ERR BUSY penalised})
+        by each of the two workers in turn (the other paused while it accepts); C{ctl
+        status} shows both workers sharing and the blocks they applied.
+        """
+        daemon, control, port, pids, figures = yield self.blocked_elsewhere("ngsw-")
         self.assertEqual(figures["shared"]["blocks_published"], 0)
         for index in (0, 1):
             other = pids[1 - index]

@@ -7,7 +7,6 @@ restarted after Redis went away still refuses the blocked source from its first 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from typing import Any
 
@@ -17,13 +16,11 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from tests.integration.test_shared_real import RedisCase
-from tests.integration.test_twistd import Twistd, short_temp_dir
-from tests.integration.test_workers_real import BASE, RawLine, ctl
-from tests.integration.util import free_port, wait_for
+from tests.integration.test_shared_workers_real import SharedWorkersCase
+from tests.integration.test_workers_real import RawLine, ctl
 
 
-class LearntBlockReplayTests(RedisCase):
+class LearntBlockReplayTests(SharedWorkersCase):
     """
     A supervisor with two workers and an outside instance, sharing one redis-server.
     """
@@ -38,36 +35,8 @@ class LearntBlockReplayTests(RedisCase):
         0 paused, so it alone accepts) refuses the source with C{ERR BUSY penalised} on
         each of 10 connections (before, it greeted it 6 times in 10).
         """
-        redis_port = self.start_redis()
-        root = short_temp_dir("ngwr-")
-        self.addCleanup(shutil.rmtree, root, True)
-        state = os.path.join(root, "s")
-        config = os.path.join(root, "netguard.toml")
-        port = free_port()
-        text = BASE.format(listen=f'"tcp:{port}:interface=127.0.0.1"', grace=5)
-        text += f'[shared]\nredis = "tcp:host=127.0.0.1:port={redis_port}"\n'
-        with open(config, "w") as handle:
-            handle.write(text)
-        daemon = Twistd(self, state, ["--config", config])
-        yield daemon.started()
-        control = os.path.join(state, "control.sock")
-        yield daemon.wait_for(
-            lambda: daemon.stdout.count("sharing state through Redis") == 2,
-            "both workers sharing (shared.connected)",
-        )
-        outside = self.gateway(redis_port)
-        yield wait_for(lambda: outside.service.shared.sharing)
-        line = yield self.first_line(outside, b"HELLO\r\n")
-        self.assertTrue(line.startswith(b"ERR EARLY_TALKER"), line)
-        figures: dict[str, Any] = {}
-        for _ in range(600):
-            figures = yield deferToThread(ctl, control, "status")
-            if figures["shared"].get("blocks_applied", 0) == 2:
-                break
-            yield deferLater(reactor, 0.05, lambda: None)
-        self.assertEqual(figures["shared"]["blocks_applied"], 2)
+        daemon, control, port, pids, figures = yield self.blocked_elsewhere("ngwr-")
         # Each worker answers status after the block it passed on, on the same ordered pipe.
-        pids = [row["pid"] for row in figures["workers"]]
         self.kill_redis()
         os.kill(pids[1], signal.SIGKILL)
         yield daemon.wait_for(
