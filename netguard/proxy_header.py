@@ -241,6 +241,9 @@ class SenderPenalties(PenaltyTable):
     # A publisher with no observer (it provides ILogObserver): the events go nowhere.
     log = Logger(observer=cast(ILogObserver, LogPublisher()))
 
+    #: The admission's count of clears this table last saw (L{ProxyHeaderFactory._own_block}).
+    clears = 0
+
 
 @implementer(IHalfCloseableProtocol)
 class ProxyHeaderProtocol(ProtocolWrapper):
@@ -603,11 +606,31 @@ class ProxyHeaderFactory(WrappingFactory):
         own = self._senders_own
         if own is None or own.policy is not policy:
             fresh = SenderPenalties(policy)
+            fresh.clears = getattr(admission, "clears", 0)
             if own is not None:
                 kept = list(own.entries.items())[-policy.max_tracked_sources :]
                 fresh.entries.update(kept)
+                fresh.clears = own.clears
             self._senders_own = own = fresh
+        self._forget_cleared(own, admission)
         return own
+
+    @staticmethod
+    def _forget_cleared(own: SenderPenalties, admission: _Offences) -> bool:
+        """
+        Forget every sender's own points if an operator cleared admission's penalties since
+        the table last looked (admission's C{clears} count moved): what a clear lifted must
+        not come back when another block (a client's under the same key, a relayed one)
+        lands on the key.
+
+        @return: whether the table was forgotten.
+        """
+        clears = getattr(admission, "clears", 0)
+        if own.clears == clears:
+            return False
+        own.entries.clear()
+        own.clears = clears
+        return True
 
     def _blocked_for(self, admission: _Offences | None, addr: Any) -> float | None:
         """
@@ -625,10 +648,13 @@ class ProxyHeaderFactory(WrappingFactory):
         Seconds left of a block on the listed sender C{addr} that its own offences at this
         listener earned and admission still holds (the shorter of the two), or L{None}.
         When admission no longer holds its source blocked (the block was cleared, or it
-        came from elsewhere and ended), the sender's own points here are forgotten too.
+        came from elsewhere and ended), the sender's own points here are forgotten too, and
+        all of them after any clear of admission's penalties (its C{clears} count moved).
         """
         own = self._senders_own
         if own is None or admission is None:
+            return None
+        if self._forget_cleared(own, admission):
             return None
         key = admission.source_key(addr)
         penalty = own.entries.get(key)

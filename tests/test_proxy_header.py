@@ -976,6 +976,48 @@ class BlockedSenderTests(unittest.TestCase):
         self.assertIsNotNone(self.admission.blocked_for(SENDER))
         self.assertIsNotNone(self.accept()[0])
 
+    def test_cleared_block_not_revived_by_a_clients_block_before_the_next_accept(self) -> None:
+        """
+        A clear lifts the sender's own block even if, before the sender connects again, a
+        client behind it (named with the sender's address) gets the key blocked: the sender
+        is accepted (the client's block is the client's), as it is when the block on the key
+        is relayed from another worker after the clear.
+        """
+        self.offend(3)
+        self.assertIsNone(self.accept()[0])
+        self.assertEqual(self.admission.clear_penalties(), 1)
+        for _ in range(3):
+            self.admission.offence(IPv4Address("TCP", "10.0.0.9", 50000), "early_talker")
+        self.assertIsNotNone(self.admission.blocked_for(SENDER))
+        self.assertIsNotNone(self.accept()[0])
+
+        admission = SharedAdmission(AdmissionPolicy(), self.clock, lambda *_: None)
+        factory = ProxyHeaderFactory(
+            AdmittingFactory(AppFactory(), admission),
+            self.clock,
+            senders=Senders.of(["10.0.0.0/24"]),
+        )
+        self.offend(3, factory)
+        self.assertIsNone(self.accept(SENDER, factory)[0])
+        admission.clear_penalties("10.0.0.9")
+        admission.apply_block("10.0.0.9/32", 600.0, 3.0)  # a client's block, relayed
+        self.assertIsNotNone(self.accept(SENDER, factory)[0])
+
+    def test_own_offences_after_a_clear_block_again(self) -> None:
+        """
+        The other side: after a clear, the sender's own offences count from zero and block
+        it again at the threshold (refused at accept, no new offence), also when the clear
+        came before its first offence at this listener.
+        """
+        self.admission.clear_penalties()
+        self.offend(3)
+        self.assertIsNone(self.accept()[0])
+        self.assertEqual(self.admission.clear_penalties(), 1)
+        self.offend(2)
+        self.assertIsNotNone(self.accept()[0])
+        self.offend(1)
+        self.assertIsNone(self.accept()[0])
+
     def test_a_worker_given_the_block_judges_without_charging(self) -> None:
         """
         A worker that only got the sender's block relayed (its own record there is empty)

@@ -200,6 +200,22 @@ class SupervisorTwoRoundTests(unittest.TestCase):
         self.assertEqual(answer["penalties"], rows(("a", 0.0, 5), ("c", 0.0, 3)))
         self.assertTrue(answer["approximate"])
 
+    def test_worker_silent_in_the_first_round_makes_the_answer_approximate(self) -> None:
+        """
+        A worker that does not answer the first round within L{QUERY_TIMEOUT}: its figures
+        are missing altogether, so the answer (the other worker's rows) is marked
+        approximate even though no worker that answered left rows out.
+        """
+        self.first_round[0] = {"penalties": rows(("a", 0.0, 5)), "total": 1, "truncated": False}
+        self.answer(0, {})
+        self.supervisor.slots[1].channel.answers[commands.Penalties] = lambda **kwargs: Deferred()
+        listed = self.supervisor.penalties(2)
+        self.assertNoResult(listed)
+        self.clock.advance(QUERY_TIMEOUT)
+        answer = self.successResultOf(listed)
+        self.assertEqual(answer["penalties"], rows(("a", 0.0, 5)))
+        self.assertTrue(answer["approximate"])
+
 
 def _fired(value: Any) -> Deferred[Any]:
     result: Deferred[Any] = Deferred()

@@ -112,6 +112,9 @@ class Admission:
         """
         self.policy = policy
         self.clock = clock
+        #: How many times penalties were cleared (L{clear_penalties}): a table kept beside
+        #: this one (a PROXY listener's senders' own points) forgets what a clear lifted.
+        self.clears = 0
         self._random = random if random is not None else _random.Random()
         self.counters: Counter[str] = Counter()
         self._deny = tuple(ipaddress.ip_network(n) for n in policy.deny)
@@ -678,6 +681,7 @@ class Admission:
             (L{netguard.ops.control.matching_sources}); other text removes nothing.
         @return: how many entries were removed.
         """
+        self.clears += 1
         if source is None:
             count = len(self._penalties)
             self._penalties.clear()

@@ -685,7 +685,10 @@ class Supervisor(MultiService):
                 index: (value if ok and isinstance(value, dict) else None)
                 for index, (ok, value) in zip(asked, got, strict=True)
             }
-            return merge_exact_penalties(answers, exact, top)
+            merged = merge_exact_penalties(answers, exact, top)
+            if len(answered) < len(results):
+                merged["approximate"] = True  # a worker's figures are missing altogether
+            return merged
 
         return DeferredList(calls, consumeErrors=True).addCallback(merge)
 
