@@ -710,6 +710,25 @@ class PenaltyTests(unittest.TestCase):
             self.assertIsNone(admission.blocked_for(exempt))
             self.assertIsNone(admission.admit(exempt))
 
+    def test_slot_blocked_reads_the_slots_key(self) -> None:
+        """
+        L{Admission.slot_blocked}: an admitted connection's source is blocked once its key
+        is (by its own or a neighbour's offences), not before, not after the block ends, and
+        never for a C{never_penalise} host under a neighbour's block.
+        """
+        admission, clock = make(ipv4_prefix=24, never_penalise=("10.0.0.5/32",))
+        peer, exempt = v4("10.0.0.7"), v4("10.0.0.5")
+        slot = admission.enter(peer)
+        exempt_slot = admission.enter(exempt)
+        assert isinstance(slot, Slot) and isinstance(exempt_slot, Slot)
+        self.assertFalse(admission.slot_blocked(slot, peer))
+        for _ in range(3):
+            admission.offence(v4("10.0.0.99"), "early_talker")  # a block on 10.0.0.0/24
+        self.assertTrue(admission.slot_blocked(slot, peer))
+        self.assertFalse(admission.slot_blocked(exempt_slot, exempt))
+        clock.advance(admission.blocked_for(peer) or 0.0)
+        self.assertFalse(admission.slot_blocked(slot, peer))
+
     def test_never_penalise_does_not_exempt_from_caps(self) -> None:
         admission, _ = make(never_penalise=("127.0.0.0/8",), per_source_max=1)
         admission.admit(v4("127.0.0.1", 1))

@@ -643,6 +643,20 @@ class Admission:
         """
         return ip is not None and bool(self._never) and _member(ip, self._never)
 
+    def slot_blocked(self, slot: Slot, address: object) -> bool:
+        """
+        Whether the source of an admitted connection is blocked now, read only: its key is
+        the slot's, so the common answer (no block on it) costs one lookup; only a key under
+        a block goes through L{blocked_for} (the C{never_penalise} exemption).
+
+        @param slot: the connection's slot.
+        @param address: its peer, as admitted.
+        """
+        penalty = self._penalties.get(slot.source.key)
+        if penalty is None or penalty.blocked_until <= self.clock.seconds():
+            return False
+        return self.blocked_for(address) is not None
+
     def blocked_for(self, address: object) -> float | None:
         """
         How long a peer's source stays blocked, read only: no slot, token or point is taken

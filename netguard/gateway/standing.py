@@ -64,7 +64,7 @@ def source_blocked(admitted: Admitted | None) -> bool:
     """
     if admitted is None or admitted.address is None:
         return False
-    return admitted.admission.blocked_for(admitted.address) is not None
+    return admitted.admission.slot_blocked(admitted.slot, admitted.address)
 
 
 def offence_blocks(admitted: Admitted | None, kind: str) -> bool:
