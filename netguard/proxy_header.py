@@ -23,12 +23,12 @@ import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamServerEndpoint
-from twisted.logger import ILogObserver, Logger, LogPublisher
+from twisted.logger import Logger
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -36,8 +36,6 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from netguard.addresses import peer_ip
-from netguard.admission.penalties import PenaltyTable
-from netguard.admission.policy import AdmissionPolicy
 from netguard.framing import peer_label
 from netguard.proxy_listener import (
     DEFAULT_PROXY_FROM,
@@ -45,12 +43,10 @@ from netguard.proxy_listener import (
     parse_proxy_from,
     split_proxy_listener,
 )
+from netguard.proxy_senders import SenderBook
 from netguard.refusal_log import RefusalLog
 
 log = Logger()
-
-#: The penalty rules of a listener whose application has no admission policy.
-_DEFAULT_POLICY = AdmissionPolicy()
 
 #: Seconds a new connection has to complete its PROXY header.
 HEADER_TIMEOUT = 10.0
@@ -59,9 +55,6 @@ HEADER_TIMEOUT = 10.0
 #: C{workers = N} has its own); admission control only counts a connection once its header
 #: names the client, so this bounds the sockets held before it.
 MAX_PENDING = 256
-
-#: Spent entries of a listener's table of senders' own penalties dropped per offence.
-SENDER_PRUNE_STEP = 2
 
 #: The longest version 1 header, its line end included (the specification's bound).
 V1_MAX_BYTES = 107
@@ -224,25 +217,6 @@ class _Offences(Protocol):
     def source_key(self, address: object) -> str: ...
 
     def blocked_for(self, address: object) -> float | None: ...
-
-
-class SenderPenalties(PenaltyTable):
-    """
-    The penalty points senders earned at one C{haproxy:} listener by their own PROXY-layer
-    offences (a missing, malformed, truncated or late header), kept apart from admission's
-    table: admission counts a header's client address under the same source key as the
-    sender when they share it (the proxy's own address, a local user of the proxy's host,
-    the proxy's IPv4 prefix or IPv6 /64), so only this table tells whether the sender's
-    own offences earned a block. Same rules and bound as admission's (its policy's
-    threshold, decay, block lengths and C{max_tracked_sources}, least recently offending
-    forgotten first). Its blocks are not logged: admission logs the block of the source.
-    """
-
-    # A publisher with no observer (it provides ILogObserver): the events go nowhere.
-    log = Logger(observer=cast(ILogObserver, LogPublisher()))
-
-    #: The admission's count of clears this table last saw (L{ProxyHeaderFactory._own_block}).
-    clears = 0
 
 
 @implementer(IHalfCloseableProtocol)
@@ -484,7 +458,7 @@ class ProxyHeaderFactory(WrappingFactory):
     L{netguard.admitting.AdmittingFactory}); a factory without one records none.
 
     A listed sender is refused at accept only for a block its own offences at this
-    listener earned (L{SenderPenalties}, the same rules as admission's) while admission
+    listener earned (L{netguard.proxy_senders.SenderBook}, admission's rules) while admission
     still holds its source blocked (so C{ctl penalties clear} lifts it): never for a block
     a header's client earned, even one whose address is the sender's or shares its source
     key. That refusal is no new offence, as admission refuses a blocked source: its points
@@ -525,7 +499,7 @@ class ProxyHeaderFactory(WrappingFactory):
         self.max_pending = max_pending
         self.pending = 0
         self.refusal_log = RefusalLog(log, clock)
-        self._senders_own: SenderPenalties | None = None
+        self._senders = SenderBook()
 
     def admission(self) -> _Offences | None:
         """
@@ -559,7 +533,7 @@ class ProxyHeaderFactory(WrappingFactory):
         enough in this interval: then it is only counted, for C{conn.reject.summary}).
 
         @param listed: whether C{peer} is a listed sender (its offence also counts toward
-            its own points at this listener, L{SenderPenalties}).
+            its own points at this listener, L{netguard.proxy_senders.SenderPenalties}).
         @param arrived_blocked: whether admission held C{peer}'s source blocked when the
             connection was accepted: while that block lasts, the offence counts only
             toward the sender's own points.
@@ -585,52 +559,10 @@ class ProxyHeaderFactory(WrappingFactory):
         offences set: a client's sharing the key, or another worker's).
         """
         if listed:
-            own = self._sender_penalties(admission)
-            points = own.policy.points_for(kind)
-            if points > 0:
-                now = self.clock.seconds()
-                own.prune(now, SENDER_PRUNE_STEP)
-                own.add(admission.source_key(peer), points, kind, now)
+            self._senders.charge(admission, admission.source_key(peer), kind, self.clock.seconds())
         if arrived_blocked and self._blocked_for(admission, peer) is not None:
             return
         admission.offence(peer, kind)
-
-    def _sender_penalties(self, admission: _Offences) -> SenderPenalties:
-        """
-        The table of senders' own points, under the policy of C{admission} in force (a
-        reload that changes it carries the entries over, within the new bound).
-        """
-        policy = getattr(admission, "policy", None)
-        if not isinstance(policy, AdmissionPolicy):
-            policy = _DEFAULT_POLICY
-        own = self._senders_own
-        if own is None or own.policy is not policy:
-            fresh = SenderPenalties(policy)
-            fresh.clears = getattr(admission, "clears", 0)
-            if own is not None:
-                kept = list(own.entries.items())[-policy.max_tracked_sources :]
-                fresh.entries.update(kept)
-                fresh.clears = own.clears
-            self._senders_own = own = fresh
-        self._forget_cleared(own, admission)
-        return own
-
-    @staticmethod
-    def _forget_cleared(own: SenderPenalties, admission: _Offences) -> bool:
-        """
-        Forget every sender's own points if an operator cleared admission's penalties since
-        the table last looked (admission's C{clears} count moved): what a clear lifted must
-        not come back when another block (a client's under the same key, a relayed one)
-        lands on the key.
-
-        @return: whether the table was forgotten.
-        """
-        clears = getattr(admission, "clears", 0)
-        if own.clears == clears:
-            return False
-        own.entries.clear()
-        own.clears = clears
-        return True
 
     def _blocked_for(self, admission: _Offences | None, addr: Any) -> float | None:
         """
@@ -651,21 +583,15 @@ class ProxyHeaderFactory(WrappingFactory):
         came from elsewhere and ended), the sender's own points here are forgotten too, and
         all of them after any clear of admission's penalties (its C{clears} count moved).
         """
-        own = self._senders_own
-        if own is None or admission is None:
-            return None
-        if self._forget_cleared(own, admission):
+        if admission is None:
             return None
         key = admission.source_key(addr)
-        penalty = own.entries.get(key)
-        if penalty is None:
-            return None
-        left = penalty.blocked_until - self.clock.seconds()
-        if left <= 0:
+        left = self._senders.block_left(admission, key, self.clock.seconds())
+        if left is None:
             return None
         shared = self._blocked_for(admission, addr)
         if shared is None:
-            del own.entries[key]
+            self._senders.forget(key)
             return None
         return min(left, shared)
 
