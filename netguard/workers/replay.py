@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Final, Generic, TypeVar
 
 from netguard.ops.control import matching_sources
@@ -254,42 +254,45 @@ class ReplayCursor:
         """
         if not self._blocks and not self._spent:
             return None
-        blocks: list[dict[str, Any]] = []
-        size = 0
-        while self._blocks:
-            held = self._book.current(self._blocks[0], now, decay)
+
+        def block(source: str) -> dict[str, Any] | None:
+            held = self._book.current(source, now, decay)
             if held is None:
-                self._blocks.popleft()
-                continue
-            entry = {
-                "source": self._blocks[0],
-                "seconds": min(held[0], penalty_max),
-                "points": held[1],
-            }
-            cost = _encoded_size(entry)
-            if size + cost > BATCH_BYTES and blocks:
-                break
-            self._blocks.popleft()
-            if cost <= BATCH_BYTES:
-                blocks.append(entry)
-                size += cost
-        spent: list[dict[str, Any]] = []
-        size = 0
-        while self._spent:
-            held_ticket = self._spent_book.table.get(self._spent[0])
-            if held_ticket is None or held_ticket[0] <= now:
-                self._spent.popleft()
-                continue
-            expires, user = held_ticket
-            entry = {"ticket_id": self._spent[0], "expires": expires, "user": user}
-            cost = _encoded_size(entry)
-            if size + cost > BATCH_BYTES and spent:
-                break
-            self._spent.popleft()
-            if cost <= BATCH_BYTES:
-                spent.append(entry)
-                size += cost
-        return blocks, spent
+                return None
+            return {"source": source, "seconds": min(held[0], penalty_max), "points": held[1]}
+
+        def ticket(ticket_id: bytes) -> dict[str, Any] | None:
+            held = self._spent_book.table.get(ticket_id)
+            if held is None or held[0] <= now:
+                return None
+            return {"ticket_id": ticket_id, "expires": held[0], "user": held[1]}
+
+        return _fill(self._blocks, block), _fill(self._spent, ticket)
+
+
+def _fill(
+    keys: deque[Any], entry_of: Callable[[Any], dict[str, Any] | None]
+) -> list[dict[str, Any]]:
+    """
+    Take keys from the front of C{keys} into one list of entries of at most L{BATCH_BYTES}
+    as AMP encodes them: a key whose entry is gone (L{None}) is dropped, one whose entry is
+    too large for a batch on its own is left out.
+    """
+    batch: list[dict[str, Any]] = []
+    size = 0
+    while keys:
+        entry = entry_of(keys[0])
+        if entry is None:
+            keys.popleft()
+            continue
+        cost = _encoded_size(entry)
+        if size + cost > BATCH_BYTES and batch:
+            break
+        keys.popleft()
+        if cost <= BATCH_BYTES:
+            batch.append(entry)
+            size += cost
+    return batch
 
 
 def _encoded_size(entry: dict[str, Any]) -> int:
