@@ -569,9 +569,9 @@ class _HandStream:
 
 
 def _hand_fed_opener() -> tuple[Any, _HandStream]:
-    from netguard.client.mux_endpoint import _StreamOpener
+    from netguard.client.mux_opener import StreamOpener
 
-    opener = _StreamOpener("echo", Factory.forProtocol(App), Deferred(), lambda: None)
+    opener = StreamOpener("echo", Factory.forProtocol(App), Deferred(), lambda: None)
     stream = _HandStream()
     opener.makeConnection(stream)  # type: ignore[arg-type]
     return opener, stream

@@ -18,8 +18,8 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectError, NoProtocol
-from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from netguard.auth.scram import AuthFailed
 from netguard.client.endpoint import NGPClientEndpoint, log_ticket_refused, ticket_store
+from netguard.client.mux_opener import StreamOpener
 from netguard.client.protocol import (
     ClientState,
     Credentials,
@@ -42,14 +43,9 @@ from netguard.mux.limits import MuxLimits, TokenBucket
 from netguard.mux.outcome import OpenRefused, SessionEnd
 from netguard.mux.protocol import MuxProtocol
 from netguard.mux.session import MuxSession
-from netguard.mux.stream import MuxStream
 
 #: The framing asked for and the greeting's capability word that offers it.
 YAMUX_1 = "yamux/1"
-
-#: The longest answer line to a stream's C{OPEN} we read (the gateway's C{MAXLINE} bound
-#: of 1024 bytes, plus CRLF); longer is a protocol error and the stream is reset.
-MAX_ANSWER = 1026
 
 #: Refusals of the login that retrying cannot cure: waiting connects fail at once and no
 #: retry is scheduled (the next C{connect} tries again, after the backoff delay).
@@ -283,128 +279,6 @@ class _MuxLogin(NGPClientProtocol):
             self.transport.loseConnection()
 
 
-@implementer(IHalfCloseableProtocol)
-class _StreamOpener:
-    """
-    A stream's protocol until the gateway answers its C{OPEN} line: on C{OK OPEN} it
-    connects the application's protocol to the stream (bytes behind the answer are the
-    application's), on C{ERR} it fails the connect with L{NGPError} and closes the stream;
-    afterwards it forwards to the application.
-    """
-
-    __slots__ = ("service", "factory", "result", "on_gone", "transport", "app", "_answer")
-
-    def __init__(
-        self,
-        service: str,
-        factory: Factory,
-        result: Deferred[Any],
-        on_gone: Callable[[], None],
-    ) -> None:
-        self.service = service
-        self.factory: Factory | None = factory
-        self.result = result
-        self.on_gone = on_gone
-        self.transport: MuxStream | None = None
-        self.app: Any = None
-        self._answer: bytearray | None = bytearray()
-
-    def makeConnection(self, transport: MuxStream) -> None:
-        self.transport = transport
-        transport.write(b"OPEN " + self.service.encode("ascii") + b"\r\n")
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.app is not None:
-            self.app.dataReceived(data)
-            return
-        if self.result.called or self._answer is None:
-            return
-        self._answer += data
-        end = self._answer.find(b"\n")
-        if end < 0:
-            if len(self._answer) > MAX_ANSWER:
-                self._refused(
-                    NGPProtocolError(
-                        f"answer to OPEN longer than {MAX_ANSWER} bytes", "line-too-long"
-                    ),
-                    reset=True,
-                )
-            return
-        line = bytes(self._answer[:end]).rstrip(b"\r")
-        rest = bytes(self._answer[end + 1 :])
-        self._answer = bytearray()
-        if line == b"OK OPEN " + self.service.encode("ascii"):
-            self._opened(rest)
-        elif line.startswith(b"ERR "):
-            code, _, text = line[4:].partition(b" ")
-            self._refused(NGPError(escape(code), escape(text)), reset=False)
-        else:
-            self._refused(
-                NGPProtocolError(
-                    f"unexpected reply {escape(line, 200)} to OPEN {escape(self.service)}"
-                ),
-                reset=True,
-            )
-
-    def _opened(self, rest: bytes) -> None:
-        assert self.transport is not None and self.factory is not None
-        app = self.factory.buildProtocol(self.transport.getPeer())
-        if app is None:
-            self._refused(NoProtocol(), reset=False)
-            return
-        self.app = app
-        # What only the opening needed is not kept for the stream's life.
-        self.factory = self._answer = None
-        app.makeConnection(self.transport)  # type: ignore[arg-type]
-        self.result.callback(app)
-        if rest:
-            app.dataReceived(rest)
-
-    def _refused(self, error: Exception, *, reset: bool) -> None:
-        assert self.transport is not None
-        if not self.result.called:
-            self.result.errback(error)
-        if reset:
-            self.transport.abortConnection()
-        else:
-            self.transport.loseConnection()
-
-    def readConnectionLost(self) -> None:
-        if self.app is None:
-            self._refused(
-                NGPProtocolError(f"stream closed before OPEN {self.service} was answered"),
-                reset=False,
-            )
-        elif IHalfCloseableProtocol.providedBy(self.app):
-            self.app.readConnectionLost()
-        elif self.transport is not None:
-            self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        if self.app is not None and IHalfCloseableProtocol.providedBy(self.app):
-            self.app.writeConnectionLost()
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self.app is not None:
-            self.app.connectionLost(reason)
-        elif not self.result.called:
-            self.result.errback(
-                NGPProtocolError(
-                    f"stream ended before OPEN {escape(self.service)} was answered: "
-                    f"{escape(reason.getErrorMessage(), 200)}",
-                    "closed",
-                )
-            )
-        self.on_gone()
-
-    def cancel(self) -> None:
-        """
-        The caller cancelled the connect: reset the stream.
-        """
-        if self.transport is not None and self.app is None:
-            self.transport.abortConnection()
-
-
 class _LoginFactory(Factory):
     """
     Builds one login's protocol for the gateway endpoint, unless the endpoint has given up
@@ -588,14 +462,14 @@ class MuxClientEndpoint:
         return any(session.usable() for session in self.sessions)
 
     def _open(self, login: _MuxLogin, factory: Factory) -> Deferred[Any]:
-        opener: _StreamOpener | None = None
+        opener: StreamOpener | None = None
 
         def cancel(result: Deferred[Any]) -> None:
             if opener is not None:
                 opener.cancel()
 
         result: Deferred[Any] = Deferred(cancel)
-        opener = _StreamOpener(self.service, factory, result, self._stream_gone)
+        opener = StreamOpener(self.service, factory, result, self._stream_gone)
         session = login.session
         assert session is not None
         try:
