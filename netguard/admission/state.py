@@ -18,10 +18,10 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import Logger
 
 from netguard.addresses import peer_ip
+from netguard.admission.addresses import IP, classify, identify, member
 from netguard.admission.eviction import (
     GONE,
     LANE,
@@ -58,10 +58,6 @@ from netguard.errors import ErrorCode, format_error
 from netguard.ops.control import matching_sources
 from netguard.refusal_log import RefusalLog
 
-_IP = ipaddress.IPv4Address | ipaddress.IPv6Address
-_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
 #: The clock admission takes: C{seconds()} and C{callLater()} (a reactor, or a
 #: L{twisted.internet.task.Clock} in tests).
 TimeSource = Scheduler
@@ -69,10 +65,6 @@ TimeSource = Scheduler
 
 #: How many stale table entries each call examines for lazy pruning.
 _PRUNE_STEP = 2
-
-
-def _member(ip: _IP, networks: tuple[_Network, ...]) -> bool:
-    return any(ip.version == net.version and ip in net for net in networks)
 
 
 class Admission:
@@ -151,34 +143,7 @@ class Admission:
 
     # -- addresses --------------------------------------------------------------------------
 
-    def _identify(self, address: object) -> tuple[Hashable, str | None, bool]:
-        """
-        Classify a peer without parsing it (the cheap part of every call).
-
-        @return: the live-connection identity, the host text to parse (or L{None}), and
-            whether the peer is a unix socket.
-        """
-        if isinstance(address, IPv4Address | IPv6Address):
-            return address, address.host, False
-        if isinstance(address, UNIXAddress):
-            return address, None, True
-        if isinstance(address, str):
-            return address, address, False
-        try:
-            hash(address)
-        except TypeError:
-            return repr(address), None, False
-        return address, None, False
-
-    def _classify(self, address: object) -> tuple[Hashable, _IP | None, bool]:
-        """
-        @return: the live-connection identity, the IP address (or L{None}), and whether the
-            peer is a unix socket.
-        """
-        ident, host, unix = self._identify(address)
-        return ident, (None if host is None else peer_ip(host)), unix
-
-    def _key_of(self, ip: _IP | None) -> str:
+    def _key_of(self, ip: IP | None) -> str:
         if ip is None:
             return UNKNOWN_SOURCE
         if ip.version == 4:
@@ -204,7 +169,7 @@ class Admission:
         @return: the key; L{UNIX_SOURCE} for unix peers, L{UNKNOWN_SOURCE} for anything that is
             not an IP address (all such peers share that one key, and its limits).
         """
-        _, ip, unix = self._classify(address)
+        _, ip, unix = classify(address)
         return UNIX_SOURCE if unix else self._key_of(ip)
 
     # -- the decision -----------------------------------------------------------------------
@@ -250,15 +215,15 @@ class Admission:
         @return: the L{Slot} (its C{probation} set when on probation: call L{release} when
             the connection ends), or the L{Refusal}.
         """
-        ident, host, unix = self._identify(address)
+        ident, host, unix = identify(address)
         policy = self.policy
-        ip: _IP | None = None
+        ip: IP | None = None
         parsed = False
         if not unix and (self._deny or self._allow):
             ip, parsed = (None if host is None else peer_ip(host)), True
-            if self._deny and ip is not None and _member(ip, self._deny):
+            if self._deny and ip is not None and member(ip, self._deny):
                 return self._refuse(DENIED)
-            if self._allow and (ip is None or not _member(ip, self._allow)):
+            if self._allow and (ip is None or not member(ip, self._allow)):
                 return self._refuse(NOT_ALLOWED)
         at_cap = self._unauth + self._lane + self._relays >= policy.max_connections
         if at_cap and not self._unauth:
@@ -566,7 +531,7 @@ class Admission:
             which changes nothing), or a C{relay-cap} L{Refusal}; the connection then stays
             counted as unauthenticated until L{released}.
         """
-        held = self._live.get(self._identify(address)[0])
+        held = self._live.get(identify(address)[0])
         if not held:
             return None
         for slot in held:
@@ -584,7 +549,7 @@ class Admission:
             mislabelled release cannot leave a slot counted for ever. A peer never admitted,
             or already released, changes nothing.
         """
-        held = self._live.get(self._identify(address)[0])
+        held = self._live.get(identify(address)[0])
         if not held:
             return
         chosen = held[0]
@@ -617,7 +582,7 @@ class Admission:
             raise ValueError(f"unknown offence kind {kind!r}")
         if points == 0:
             return None  # a kind the operator set to 0 points is not an offence at all
-        _, ip, unix = self._classify(address)
+        _, ip, unix = classify(address)
         if unix or self._exempt(ip):
             return None
         now = self.clock.seconds()
@@ -641,7 +606,7 @@ class Admission:
         Whether C{ip} is in C{never_penalise}: it earns no points, and a block of its source
         key (earned by a neighbour in the same IPv4 prefix or IPv6 /64) does not apply to it.
         """
-        return ip is not None and bool(self._never) and _member(ip, self._never)
+        return ip is not None and bool(self._never) and member(ip, self._never)
 
     def slot_blocked(self, slot: Slot, address: object) -> bool:
         """
@@ -667,7 +632,7 @@ class Admission:
         @return: the seconds of block left, or L{None} when its source is not blocked (unix
             peers never are).
         """
-        _, ip, unix = self._classify(address)
+        _, ip, unix = classify(address)
         if unix or self._exempt(ip):
             return None
         penalty = self._penalties.get(self._key_of(ip))
