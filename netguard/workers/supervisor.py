@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -38,10 +38,9 @@ from netguard.stats import HistogramSnapshot
 from netguard.workers import commands
 from netguard.workers.figures import (
     aggregate,
-    merge_exact_penalties,
-    missing_candidates,
     worker_row,
 )
+from netguard.workers.penalty_rounds import second_round
 from netguard.workers.replay import BlockBook, ReplayCursor, SpentBook
 
 log = Logger()
@@ -656,7 +655,7 @@ class Supervisor(MultiService):
         The first C{top} penalised sources of the host (overlapping C{source}, if given), in
         two rounds: every worker sends its first C{top}; then each worker that left rows
         out is asked the figures of the other workers' candidates it did not list
-        (L{missing_candidates}), and all are merged (L{merge_exact_penalties}): each listed
+        (L{second_round}), and all are merged: each listed
         row exact, the answer C{approximate} when the list itself may not be the true first
         C{top}. No worker sends more than C{top} rows or is asked more than the candidates,
         so the answer stays bounded however many sources the workers track.
@@ -664,33 +663,9 @@ class Supervisor(MultiService):
         kwargs: dict[str, Any] = {"top": top}
         if source is not None:
             kwargs["source"] = source
-        return self.ask_all(commands.Penalties, **kwargs).addCallback(self._second_round, top)
-
-    def _second_round(self, results: list[Any], top: int) -> Deferred[dict[str, Any]]:
-        answered = [(slot, r) for slot, r in results if isinstance(r, dict)]
-        answers = [answer for _, answer in answered]
-        asked = missing_candidates(answers)
-        calls = []
-        for index, keys in asked.items():
-            slot = answered[index][0]
-            if slot.channel is None:
-                calls.append(fail(RuntimeError("worker gone")))
-                continue
-            call = slot.channel.callRemote(commands.Penalties, top=top, keys=keys)
-            call.addTimeout(QUERY_TIMEOUT, self.clock)
-            calls.append(call)
-
-        def merge(got: list[tuple[bool, Any]]) -> dict[str, Any]:
-            exact = {
-                index: (value if ok and isinstance(value, dict) else None)
-                for index, (ok, value) in zip(asked, got, strict=True)
-            }
-            merged = merge_exact_penalties(answers, exact, top)
-            if len(answered) < len(results):
-                merged["approximate"] = True  # a worker's figures are missing altogether
-            return merged
-
-        return DeferredList(calls, consumeErrors=True).addCallback(merge)
+        return self.ask_all(commands.Penalties, **kwargs).addCallback(
+            second_round, top, self.clock, QUERY_TIMEOUT
+        )
 
     def clear_penalties(self, source: str | None) -> Deferred[int]:
         """
