@@ -283,6 +283,21 @@ class WorkersTests(unittest.TestCase):
         figures = yield self.status()
         return figures["workers"][index]["active"]
 
+    @inlineCallbacks
+    def answer_while_paused(self, pid: int) -> Any:
+        """
+        What a new connection gets (all it reads until closed) while worker C{pid} is
+        paused, so that the other worker alone accepts it.
+        """
+        self.pause(pid)
+        try:
+            probe = RawLine()
+            yield connectProtocol(self.endpoint(), probe)
+            data = yield probe.closed
+        finally:
+            self.resume(pid)
+        return data
+
     # -- the tests -------------------------------------------------------------------------------
 
     @inlineCallbacks
@@ -536,13 +551,7 @@ class WorkersTests(unittest.TestCase):
         # Worker 1 answers a status only after every message sent to it before (one pipe,
         # in order): the relayed block has been applied by then.
         yield self.status()
-        self.pause(pids[0])
-        try:
-            probe = RawLine()
-            yield connectProtocol(self.endpoint(), probe)
-            data = yield probe.closed
-        finally:
-            self.resume(pids[0])
+        data = yield self.answer_while_paused(pids[0])
         self.assertIn(b"ERR BUSY penalised", data)
         listed = yield deferToThread(ctl, self.control, "penalties")
         self.assertEqual([row["source"] for row in listed["penalties"]], ["127.0.0.1/32"])
@@ -648,13 +657,7 @@ class WorkersTests(unittest.TestCase):
         new = yield self.pids()
         self.assertNotEqual(new[0], pids[0])
         self.assertEqual(new[1], pids[1])
-        self.pause(new[1])
-        try:
-            probe = RawLine()
-            yield connectProtocol(self.endpoint(), probe)
-            data = yield probe.closed
-        finally:
-            self.resume(new[1])
+        data = yield self.answer_while_paused(new[1])
         self.assertIn(b"ERR BUSY penalised", data)
         yield self.daemon.wait_for(
             lambda: re.search(r"\[w0:\S+\] conn\.reject", self.daemon.stdout) is not None,
