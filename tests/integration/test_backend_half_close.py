@@ -15,6 +15,7 @@ import hashlib
 import os
 import random
 import re
+import sys
 import time
 from typing import Any
 
@@ -129,7 +130,7 @@ class BackendFinishesFirstTests(RelayRealTestCase):
         address = os.path.join(self.tmp, "backend.sock") if family == "unix" else "-"
         name = f"sendfirst-{family}"
         self.spawn(
-            ["python3", "-c", PEER, family, address, str(DOWN), str(self.seed), result], name
+            [sys.executable, "-c", PEER, family, address, str(DOWN), str(self.seed), result], name
         )
         log = os.path.join(self.tmp, f"{name}.log")
         deadline = time.monotonic() + START_DEADLINE
