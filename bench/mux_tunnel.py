@@ -690,6 +690,11 @@ def main(argv: list[str] | None = None) -> int:
         help="[mux] open_rate of the mux-lifted path's gateway (0: no mux-lifted path)",
     )  # fmt: skip
     parser.add_argument("--greeting-delay", type=float, help="[limits] greeting_delay")
+    parser.add_argument(
+        "--backend-cpu", type=int, choices=(LOAD_CPU, RELAY_CPU), default=LOAD_CPU,
+        help=f"CPU of redis-server (default {LOAD_CPU}, with the load and the tunnel; "
+        f"{RELAY_CPU}: beside the gateway or HAProxy, as deployed: client side, server side)",
+    )  # fmt: skip
     parser.add_argument("--only", help="comma-separated figures: " + ",".join(FIGURES))
     parser.add_argument("--tree", default=os.path.dirname(HERE), help="the checkout to run")
     parser.add_argument("--timeout", type=float, default=300.0, help="bound on one window")
@@ -708,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     samples: dict[tuple[str, str], list[dict[str, float]]] = {}
     try:
         setup = pathmod.prepare(work, processes, RELAY_CPU, os.path.dirname(sys.executable))
-        redis_port = start_redis(processes, work)
+        redis_port = start_redis(processes, work, args.backend_cpu)
         redis = processes.servers[-1]
         sink = None
         if "bulk" in args.figures:

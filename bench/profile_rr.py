@@ -52,9 +52,9 @@ from profile_bulk import (  # noqa: E402
 from profile_netguard import py_spy_during  # noqa: E402
 
 
-def start_redis(processes: Processes, work: str) -> int:
+def start_redis(processes: Processes, work: str, cpu: int = LOAD_CPU) -> int:
     """
-    redis-server (no persistence) on the load CPU.
+    redis-server (no persistence) on CPU C{cpu} (the load CPU unless told).
 
     @return: its port.
     """
@@ -66,7 +66,7 @@ def start_redis(processes: Processes, work: str) -> int:
             "--appendonly", "no", "--protected-mode", "no", "--daemonize", "no",
             "--logfile", "",
         ],
-        LOAD_CPU,
+        cpu,
         cwd=work,
     )  # fmt: skip
     processes.wait_listening(server, port)
