@@ -31,6 +31,7 @@ from netguard.admission.eviction import LANE, RELAY
 from netguard.clocks import Cancellable, Scheduler
 from netguard.framing import FramingLimits, peer_label
 from netguard.refusal_log import RefusalLog
+from netguard.wrapped_interfaces import provide_what_it_wraps
 
 _log = Logger()
 
@@ -299,6 +300,28 @@ class AdmittedProtocol(ProtocolWrapper):
         Record an offence of this connection's source: see L{Admitted.offence}.
         """
         return self.admitted.offence(kind)
+
+    def makeConnection(self, transport: Any) -> None:
+        """
+        Connect, then declare the application protocol's half-close, TLS handshake and
+        descriptor-passing interfaces as this wrapper's own (Twisted's C{ProtocolWrapper}
+        declares only the transport's): without them a TLS listener would never tell it the
+        handshake is done and a peer's FIN would close both directions.
+        """
+        super().makeConnection(transport)
+        provide_what_it_wraps(self, self.wrappedProtocol)
+
+    def readConnectionLost(self) -> None:
+        self.wrappedProtocol.readConnectionLost()
+
+    def writeConnectionLost(self) -> None:
+        self.wrappedProtocol.writeConnectionLost()
+
+    def handshakeCompleted(self) -> None:
+        self.wrappedProtocol.handshakeCompleted()
+
+    def fileDescriptorReceived(self, descriptor: int) -> None:
+        self.wrappedProtocol.fileDescriptorReceived(descriptor)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.admitted.release()

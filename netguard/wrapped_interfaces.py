@@ -9,7 +9,9 @@ found. A protocol that is both half-closeable and a handshake listener (a backen
 the NGP/1 client) thus loses its half-close, and the peer's FIN arrives as C{connectionLost}:
 the relay closed both directions when the other side had only finished sending. Its protocols
 call L{provide_through_wrapper} from C{makeConnection}. docs/operating.md section 5.4 says
-what half-close a relay carries.
+what half-close a relay carries. L{provide_what_it_wraps} does the same for a wrapper of our
+own (the admission wrapper), whose Twisted base class declares only its transport's
+interfaces.
 """
 
 from __future__ import annotations
@@ -46,3 +48,17 @@ def provide_through_wrapper(protocol: object, transport: Any) -> None:
         missing = [i for i in _PASSED if i.providedBy(protocol) and not i.providedBy(outer)]
         if missing:
             alsoProvides(outer, *missing)
+
+
+def provide_what_it_wraps(wrapper: object, protocol: object) -> None:
+    """
+    Make C{wrapper} provide every interface of L{_PASSED} that the C{protocol} it wraps
+    provides, on top of what it declares already. The wrapper forwards their methods.
+
+    @param wrapper: a wrapper that has just declared its own interfaces (Twisted's
+        C{ProtocolWrapper.makeConnection} replaces them with its transport's).
+    @param protocol: the protocol it wraps.
+    """
+    missing = [i for i in _PASSED if i.providedBy(protocol) and not i.providedBy(wrapper)]
+    if missing:
+        alsoProvides(wrapper, *missing)
