@@ -16,6 +16,7 @@ import secrets
 import stat
 
 from netguard.log import escape
+from netguard.operator_files import open_regular
 
 #: A password file larger than this is not a password file.
 MAX_PASSWORD_FILE_SIZE = 4096
@@ -33,13 +34,10 @@ def read_password_file(path: str) -> str:
         or not UTF-8 (the message never shows the content).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        fd, info = open_regular(path)
     except OSError as exc:
         raise ValueError(f"password_file={escape(path)}: {exc.strerror}") from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"password_file={escape(path)}: not a regular file")
         if info.st_mode & 0o077:
             raise ValueError(
                 f"password_file={escape(path)}: mode {stat.S_IMODE(info.st_mode):04o} lets "
@@ -99,15 +97,12 @@ def read_key_file(path: str, limit: int) -> bytes | None:
         message never shows the content).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd, info = open_regular(path, os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise ValueError(f"key file {escape(path)}: {exc.strerror}") from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"key file {escape(path)}: not a regular file")
         if not _trusted_owner(path, info.st_uid):
             raise ValueError(
                 f"key file {escape(path)}: owned by uid {info.st_uid}, not by us "

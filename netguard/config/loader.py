@@ -86,6 +86,7 @@ from netguard.endpoints import (
 )
 from netguard.framing import FramingLimits
 from netguard.gateway.stream_settings import StreamSettings
+from netguard.operator_files import NotRegularFile, read_regular
 from netguard.ops.overload import OverloadSettings
 from netguard.peer.checks import PeerCheckPolicy
 from netguard.quoting import describe_value, toml_string
@@ -184,8 +185,9 @@ def read_config_bytes(path: str) -> bytes:
     @raise ConfigError: when it cannot be read.
     """
     try:
-        with open(path, "rb") as f:
-            return f.read(MAX_FILE_BYTES + 1)
+        return read_regular(path, MAX_FILE_BYTES + 1)
+    except NotRegularFile as e:
+        raise ConfigError(path, None, f"is {e.kind}, not a configuration file") from None
     except FileNotFoundError:
         raise ConfigError(path, None, "no such file") from None
     except IsADirectoryError:

@@ -32,6 +32,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 
+from netguard.operator_files import NotRegularFile, read_regular
 from netguard.tls.errors import TLSConfigError
 
 #: The largest PEM file read, in bytes (a certificate chain is a few kilobytes).
@@ -163,8 +164,9 @@ def _read_pem(path: str, what: str) -> bytearray:
     bytes once they are parsed (L{_wipe}).
     """
     try:
-        with open(path, "rb") as handle:
-            data = bytearray(handle.read(MAX_PEM_BYTES + 1))
+        data = bytearray(read_regular(path, MAX_PEM_BYTES + 1))
+    except NotRegularFile as e:
+        raise TLSConfigError(path, f"{what}: is {e.kind}, not a file") from None
     except FileNotFoundError:
         raise TLSConfigError(path, f"{what}: no such file") from None
     except IsADirectoryError:
