@@ -22,7 +22,7 @@ from netguard.peer.checks import (
     start_peer_checks,
 )
 from netguard.peer.fcrdns import FCrDNSCache, FCrDNSResult, SharingResolver
-from netguard.peer.ident import IdentResult
+from netguard.peer.ident import UNSUPPORTED_ADDRESS, IdentResult
 from tests.test_fcrdns import HANG, PTR1, FakeResolver, UnansweredResolver, a, ptr
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -312,6 +312,51 @@ class RunIdentTests(RunTestCase):
     def test_no_ident_without_ip_local_address(self) -> None:
         self.start(PeerCheckPolicy(ident="log"), PEER, None)
         self.assertEqual(self.reactor.tcpClients, [])
+
+    def unsupported(self, peer: Any, local: Any) -> None:
+        """
+        No ident query can name the connection from C{peer} to C{local}: nothing is sent,
+        the outcome is logged as C{unsupported-address}, and a required FCrDNS check still
+        decides (here it fails: nothing answers).
+        """
+        self.resolver.add(dns.PTR, PTR1, [])
+        policy = PeerCheckPolicy(fcrdns="require", ident="log")
+        with capturedLogs() as events:
+            run = self.start(policy, peer, local)
+        self.assertEqual(self.reactor.tcpClients, [])
+        ident: IdentResult = self.successResultOf(run.ident)
+        self.assertEqual((ident.ok, ident.reason), (False, UNSUPPORTED_ADDRESS))
+        [event] = [e for e in events if e.get("event") == "peer.ident"]
+        self.assertEqual(event["reason"], UNSUPPORTED_ADDRESS)
+        self.assertEqual(len(self.resolver.calls), 1)
+        self.assertFalse(self.verdict(run).allowed)
+
+    def test_port_zero_from_a_proxy_header(self) -> None:
+        """
+        HAProxy's C{set-src} sends port 0 when it cannot keep the source port.
+        """
+        self.unsupported(IPv4Address("TCP", "127.0.0.1", 0), LOCAL)
+
+    def test_ipv4_peer_of_an_ipv6_address(self) -> None:
+        """
+        A PROXY v2 header with an IPv4-mapped source and a native IPv6 destination.
+        """
+        self.unsupported(
+            IPv6Address("TCP", "::ffff:127.0.0.1", 40000), IPv6Address("TCP", "2001:db8::1", 7700)
+        )
+
+    def test_ipv4_peer_and_mapped_local_address(self) -> None:
+        """
+        Both sides IPv4, one written as an IPv4-mapped IPv6 address: the query goes over
+        IPv4, from our address.
+        """
+        self.start(
+            PeerCheckPolicy(ident="log", ident_port=1113),
+            IPv6Address("TCP", "::ffff:127.0.0.1", 40000),
+            IPv4Address("TCP", "127.0.0.9", 7700),
+        )
+        host, port, _factory, _timeout, bind = self.reactor.tcpClients[0]
+        self.assertEqual((host, port, bind), ("127.0.0.1", 1113, ("127.0.0.9", 0)))
 
 
 class CancelTests(RunTestCase):

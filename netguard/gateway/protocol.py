@@ -256,9 +256,21 @@ class GatewaySession(LaneSession):
             # FCrDNS and ident start with the greeting and run while the client
             # authenticates: early talkers, connections ended before it, and connections on
             # probation cost no lookup.
-            self._peer_run = self.factory.start_peer_checks(
-                self.transport.getPeer(), self.transport.getHost()
-            )
+            try:
+                self._peer_run = self.factory.start_peer_checks(
+                    self.transport.getPeer(), self.transport.getHost()
+                )
+            except Exception:
+                # A bug of ours: without its checks the connection must not log in (a
+                # required FCrDNS would be skipped), so it ends here, before the greeting.
+                self.log.failure(
+                    "peer checks of {peer} could not start",
+                    event="proto.internal",
+                    command="greeting",
+                    **self.log_fields(),
+                )
+                self.refuse(ErrorCode.INTERNAL)
+                return
         mechanisms = ",".join(self.offered_mechanisms())
         tickets = " TICKETS=1" if self.ticket_book() is not None else ""
         self.sendLine(

@@ -37,7 +37,13 @@ from netguard.peer.fcrdns import (
     confirm_hostname,
     make_resolver,
 )
-from netguard.peer.ident import DEFAULT_MAX_REPLY, IDENT_PORT, IdentResult, ident_query
+from netguard.peer.ident import (
+    DEFAULT_MAX_REPLY,
+    IDENT_PORT,
+    UNSUPPORTED_ADDRESS,
+    IdentResult,
+    ident_query,
+)
 
 #: The port a DNS server is asked on unless its entry in L{PeerCheckPolicy.dns_servers} names
 #: one.
@@ -291,19 +297,25 @@ class PeerCheckRun:
             ip_peer is not None
             and policy.ident == "log"
             and isinstance(local, IPv4Address | IPv6Address)
-            and type(local) is type(ip_peer)
         ):
-            query = ident_query(
-                reactor,
-                ip_peer.host,
-                ip_peer.port,
-                local.port,
-                local_host=local.host,
-                ident_port=policy.ident_port,
-                timeout=policy.ident_timeout,
-                max_reply=policy.ident_max_reply,
-            )
-            self._track(query, self._ident_done, self._ident)
+            try:
+                query = ident_query(
+                    reactor,
+                    ip_peer.host,
+                    ip_peer.port,
+                    local.port,
+                    local_host=local.host,
+                    ident_port=policy.ident_port,
+                    timeout=policy.ident_timeout,
+                    max_reply=policy.ident_max_reply,
+                )
+            except ValueError:
+                # No query can name this connection (a PROXY header's port 0, or an IPv4
+                # source with an IPv6 destination): an outcome like any other, never an
+                # error that would stop the connection's other checks.
+                self._ident_done(IdentResult(False, None, UNSUPPORTED_ADDRESS))
+            else:
+                self._track(query, self._ident_done, self._ident)
         else:
             self._ident.fire(None)
 

@@ -105,6 +105,10 @@ class IdentReply:
     error: str | None = None
 
 
+#: The reason of an ident result when no query can name the connection (L{IdentResult}).
+UNSUPPORTED_ADDRESS = "unsupported-address"
+
+
 @attrs.frozen
 class IdentResult:
     """
@@ -114,7 +118,9 @@ class IdentResult:
     @ivar reply: the parsed reply, or L{None}.
     @ivar reason: C{"userid"} or C{"error"} (the reply's kind) when C{ok}; otherwise
         C{"timeout"}, C{"connect-failed"}, C{"closed"} (connection closed before any byte),
-        or C{"protocol-error: <problem>"} (including C{"protocol-error: reply too long"}).
+        C{"protocol-error: <problem>"} (including C{"protocol-error: reply too long"}), or
+        L{UNSUPPORTED_ADDRESS} (no query can name the connection: a port 0 or an IPv4 peer
+        of an IPv6 address of ours, as a PROXY header may give; nothing is sent).
     @ivar received: how many bytes were read from the ident server.
     """
 
@@ -409,6 +415,7 @@ def ident_query(
 
 
 __all__ = [
+    "UNSUPPORTED_ADDRESS",
     "IdentProtocolError",
     "IdentReply",
     "IdentResult",

@@ -33,6 +33,7 @@ class _DnsmasqGateway:
     timeout = 60
     start_dnsmasq = peer_real.DnsmasqTests.start_dnsmasq
     config = ""
+    listen = "tcp:0:interface=127.0.0.1"
 
     def setUp(self):
         if not os.access(peer_real.DNSMASQ, os.X_OK):
@@ -56,7 +57,7 @@ class _DnsmasqGateway:
         running = RunningGateway(
             self,
             self.config.replace("{dns}", f"127.0.0.1:{self.port}"),
-            {"listen": ["tcp:0:interface=127.0.0.1"]},
+            {"listen": [self.listen]},
         )
         self.gateway = running.service
         self.gw_port = running.port()
@@ -112,6 +113,60 @@ class GatewayFCrDNSTests(_DnsmasqGateway, unittest.TestCase):
     @inlineCallbacks
     def test_no_ptr_is_refused(self):
         failure = yield self.assertFailure(self.session_from("127.0.0.9"), NGPError)
+        self.assertEqual(failure.code, "NOT_AUTHORIZED")
+
+
+class HeaderFirst(NGPClientProtocol):
+    """
+    A client that writes a PROXY header first, as HAProxy in front of the gateway does.
+    """
+
+    def __init__(self, header: bytes, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header = header
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.header)
+        super().connectionMade()
+
+
+class ProxyHeaderPeerChecksTests(_DnsmasqGateway, unittest.TestCase):
+    """
+    Headers for which no ident query can be made (HAProxy's C{set-src} gives port 0; a v2
+    header may pair an IPv4 source with an IPv6 destination), with C{ident = "log"} and a
+    required FCrDNS: the client is greeted, and FCrDNS still decides.
+    """
+
+    listen = "haproxy:proxy_from=127.0.0.1/32:tcp:0:interface=127.0.0.1"
+    config = (
+        '[peer_checks]\nfcrdns = "require"\ndns_servers = ["{dns}"]\nfcrdns_timeout = 5.0\n'
+        'ident = "log"\n'
+    )
+
+    def through_header(self, header: str) -> Deferred[Any]:
+        client = HeaderFirst(
+            header.replace("{port}", str(self.gw_port)).encode("ascii") + b"\r\n",
+            self.credentials,
+            "echo",
+            clock=reactor,
+        )
+        return self.session_from("127.0.0.1", client=client)
+
+    def test_port_zero_confirmed_peer_may_authenticate(self):
+        return self.through_header("PROXY TCP4 127.0.0.1 127.0.0.1 0 {port}")
+
+    @inlineCallbacks
+    def test_port_zero_spoofed_peer_refused(self):
+        failure = yield self.assertFailure(
+            self.through_header("PROXY TCP4 127.0.0.2 127.0.0.1 0 {port}"), NGPError
+        )
+        self.assertEqual(failure.code, "NOT_AUTHORIZED")
+
+    @inlineCallbacks
+    def test_ipv4_source_ipv6_destination_spoofed_peer_refused(self):
+        failure = yield self.assertFailure(
+            self.through_header("PROXY TCP6 ::ffff:127.0.0.2 ::1 40000 {port}"), NGPError
+        )
         self.assertEqual(failure.code, "NOT_AUTHORIZED")
 
 
