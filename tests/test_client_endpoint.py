@@ -112,6 +112,30 @@ class EndpointStringTests(unittest.TestCase):
             self.parse("host=h:port=1:tickets=maybe")
         self.assertIn("tickets=", str(caught.exception))
 
+    def test_empty_tls_option_refused(self):
+        """
+        A TLS key given with an empty value (a template whose variable was unset) is an
+        error naming the key, never a plain TCP connection; the same with a value is TLS.
+        """
+        for key in ("tls_hostname", "ca_file", "pin_sha256", "client_cert", "client_key"):
+            with self.assertRaises(ValueError) as caught:
+                self.parse(f"host=localhost:port=7700:{key}=")
+            self.assertIn(f"{key}= is empty", str(caught.exception))
+
+    def test_tls_flag_values(self):
+        """
+        C{tls=} is yes or no (and their synonyms); anything else, empty included, is
+        refused rather than read as no.
+        """
+        self.assertNotIsInstance(
+            self.parse("host=localhost:port=1:tls=yes").gateway, HostnameEndpoint
+        )
+        self.assertIsInstance(self.parse("host=localhost:port=1:tls=no").gateway, HostnameEndpoint)
+        for value in ("", "maybe", "2"):
+            with self.assertRaises(ValueError) as caught:
+                self.parse(f"host=localhost:port=1:tls={value}")
+            self.assertIn("tls=yes or tls=no", str(caught.exception))
+
     def test_plain_without_tls_options(self):
         endpoint = self.parse("host=localhost:port=7700")
         self.assertIsInstance(endpoint.gateway, HostnameEndpoint)

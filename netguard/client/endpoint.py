@@ -318,6 +318,21 @@ def endpoint_from_string_args(
 TLS_KEYS = ("tls", "tls_hostname", "ca_file", "pin_sha256", "client_cert", "client_key")
 
 
+def _tls_flag(value: object) -> bool:
+    """
+    @return: whether C{tls=} (or C{--tls}) asks for TLS.
+    @raise ValueError: for a value that is neither yes nor no (e.g. empty).
+    """
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    text = str(value).lower()
+    if text in ("1", "yes", "true", "on"):
+        return True
+    if text in ("0", "no", "false", "off"):
+        return False
+    raise ValueError(f"tls={escape(str(value), 40)}: use tls=yes or tls=no")
+
+
 def wrap_tls(
     reactor: Any, gateway: Any, options: dict[str, Any], default_hostname: str | None
 ) -> Any:
@@ -332,11 +347,16 @@ def wrap_tls(
     from netguard.tls import TLSConfigError, client_tls_options
     from netguard.tls_halfclose import wrap_client_tls
 
-    wanted = str(options.get("tls") or "").lower() in ("1", "yes", "true", "on")
-    wanted = wanted or any(
-        options.get(key)
-        for key in ("tls_hostname", "ca_file", "pin_sha256", "client_cert", "client_key")
-    )
+    wanted = _tls_flag(options.get("tls"))
+    for key in TLS_KEYS[1:]:
+        value = options.get(key)
+        if value is None:
+            continue
+        if not str(value):
+            # An empty value (a template whose variable was unset) is a mistake, never a
+            # request for plain TCP.
+            raise ValueError(f"{key}= is empty: give a value, or leave the key out")
+        wanted = True
     if not wanted:
         return gateway
     hostname = options.get("tls_hostname") or default_hostname
