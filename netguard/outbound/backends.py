@@ -28,7 +28,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netguard.endpoints import split_description
+from netguard.endpoints import Field, join_fields, split_description
 from netguard.log import escape
 from netguard.outbound.proxy_v2 import ProxyOrigin, header_for
 from netguard.outbound.socks5 import SOCKSError
@@ -582,26 +582,51 @@ def backend_endpoint(reactor: Any, service: BackendService) -> Any:
     if service.socks5:
         from netguard.outbound.socks5 import SOCKS5ClientEndpoint
 
-        params = {f.key: f.value for f in split_description(service.backend) if f.key}
+        fields = split_description(service.backend)
+        params = {f.key: f.value for f in fields if f.key}
         kind = service.backend.split(":", 1)[0].lower()
         if kind not in ("tcp", "tls") or "host" not in params or "port" not in params:
             raise ValueError(
                 "socks5 needs a tcp:host=...:port=... or tls:host=...:port=... backend"
             )
-        proxied = SOCKS5ClientEndpoint(
+        if kind == "tls":
+            return clientFromString(
+                reactor, tls_through_socks5(fields, service.socks5, service.connect_timeout)
+            )
+        return SOCKS5ClientEndpoint(
             clientFromString(reactor, service.socks5),
             params["host"],
             int(params["port"]),
             reactor=reactor,
             timeout=service.connect_timeout,
         )
-        if kind == "tls":
-            from twisted.internet.endpoints import wrapClientTLS
-            from twisted.internet.ssl import optionsForClientTLS
-
-            return wrapClientTLS(optionsForClientTLS(params["host"]), proxied)  # type: ignore[arg-type]
-        return proxied
     return clientFromString(reactor, service.backend)
+
+
+def tls_through_socks5(fields: list[Field], proxy: str, timeout: float) -> str:
+    """
+    The C{tls:} backend string C{fields} with its connection made through the SOCKS5 proxy
+    whose client endpoint string is C{proxy}: Twisted's own C{tls:} endpoint then applies
+    every TLS key of the string (C{trustRoots=}, C{certificate=}, C{privateKey=}, the host
+    name to verify) exactly as it does without a proxy, around a C{socks5:} endpoint (its
+    C{endpoint=}) that asks the proxy for the backend's host and port within C{timeout}
+    seconds.
+
+    @raise ValueError: if the string already names an C{endpoint=} of its own.
+    """
+    params = {f.key: f.value for f in fields if f.key}
+    if "endpoint" in params:
+        raise ValueError("socks5 cannot carry a tls: backend that names its own endpoint=")
+    inner = join_fields(
+        [
+            Field(None, "socks5"),
+            Field("host", params["host"]),
+            Field("port", params["port"]),
+            Field("proxy", proxy),
+            Field("timeout", repr(float(timeout))),
+        ]
+    )
+    return join_fields([*fields, Field("endpoint", inner)])
 
 
 class BackendEndpoints:

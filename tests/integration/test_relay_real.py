@@ -1322,3 +1322,41 @@ class TLSBackendTests(RelayRealTestCase):
         yield self.assert_open_refused("wronghost", "BACKEND_UNAVAILABLE")
         event = self.logged("session.backend_failed")[0]
         self.assertEqual(event["error_type"], "VerificationError", event)
+
+    def socks5_tls_service(self, name: str, roots: str) -> str:
+        """
+        A C{tls:} backend trusting C{roots}, reached through a real microsocks as the
+        service's C{socks5} key.
+        """
+        proxy = self.start_microsocks()
+        return (
+            self.tls_service(name, f":trustRoots={roots}")
+            + f'socks5 = "tcp:host=127.0.0.1:port={proxy}"\n'
+        )
+
+    @inlineCallbacks
+    def test_through_the_socks5_key_the_backends_trust_roots_apply(self) -> Any:
+        """
+        Through the service's SOCKS5 proxy a C{tls:} backend is verified against its own
+        C{trustRoots=} (the test CA), as without the proxy, and the echo comes back whole.
+        """
+        self.start_gateway(config=self.socks5_tls_service("viasocks", self.roots))
+        payload = self.rng.randbytes(64 * 1024)
+        client = yield self.open("viasocks")
+        client.transport.write(payload)
+        yield client.wait_for(lambda c: c.count >= len(payload), "the TLS echo via SOCKS5")
+        self.assertEqual(sha(bytes(client.data)), sha(payload), self.note())
+        client.transport.loseConnection()
+        yield client.wait_closed()
+
+    @inlineCallbacks
+    def test_through_the_socks5_key_another_cas_certificate_is_refused(self) -> Any:
+        """
+        The other side: the backend's certificate is from a CA that the backend string's
+        C{trustRoots=} does not name; through the proxy it is refused as without it.
+        """
+        other_roots, _ = make_certificates(os.path.join(self.tmp, "other-ca"))
+        self.start_gateway(config=self.socks5_tls_service("viasocks", other_roots))
+        yield self.assert_open_refused("viasocks", "BACKEND_UNAVAILABLE")
+        event = self.logged("session.backend_failed")[0]
+        self.assertIn("certificate verify failed", event["cause"])
