@@ -28,6 +28,11 @@ from netguard.tls import TLSConfigError
 from netguard.workers.operate import SupervisorReloader
 from netguard.workers.supervisor import Supervisor, check_readable_after_drop
 
+#: The options that name files: made absolute when the options are parsed, before twistd
+#: changes to its C{--rundir}, so that a reload (or a worker) reads the very files the
+#: gateway started with, never ones a relative path finds under another directory.
+_PATH_OPTIONS = ("config", "users", "state-dir", "log-file")
+
 
 class Options(usage.Options):
     """
@@ -134,6 +139,10 @@ class Options(usage.Options):
 
         @raise usage.UsageError: naming the problem in one line.
         """
+        for option in _PATH_OPTIONS:
+            value = self[option]
+            if isinstance(value, str) and value and value != "-":
+                self[option] = os.path.abspath(value)
         try:
             self["loaded"] = load_config(self["config"], self.overrides())
         except ConfigError as error:

@@ -29,7 +29,13 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from netguard import tap
-from netguard.config import COMMAND_LINE_SOURCE, ORIGIN_COMMAND_LINE, ORIGIN_FILE, Config
+from netguard.config import (
+    COMMAND_LINE_SOURCE,
+    ORIGIN_COMMAND_LINE,
+    ORIGIN_FILE,
+    Config,
+    load_config,
+)
 from netguard.tap import Options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -194,6 +200,36 @@ class OptionsParsingTests(unittest.TestCase):
                 "log_file": os.path.join(self.dir, "log"),
             },
         )
+
+    def test_relative_paths_made_absolute_before_any_change_of_directory(self) -> None:
+        """
+        C{--config}, C{--users}, C{--state-dir} and C{--log-file} given relative are made
+        absolute against the directory the command ran in, so a reload after twistd has
+        changed to its C{--rundir} (where anyone may have planted a file of the same
+        relative name) reads the files the gateway started with. C{--log-file -} stays
+        standard output.
+        """
+        config = self.write_config("")
+        here = os.getcwd()
+        self.addCleanup(os.chdir, here)
+        os.chdir(self.dir)
+        options = self.parse(
+            "--config", os.path.basename(config), "--users", "people", "--state-dir", "state"
+        )
+        elsewhere = short_temp_dir(self)
+        os.chdir(elsewhere)
+        self.assertEqual(options["config"], config)
+        overrides = options.overrides()
+        self.assertEqual(
+            (overrides["users_file"], overrides["state_dir"]), (self.users, self.state)
+        )
+        reloaded = load_config(options["config"], overrides)
+        self.assertEqual(reloaded.users_file, self.users)
+        os.chdir(self.dir)
+        self.assertEqual(
+            self.parse("--log-file", "log").overrides()["log_file"], f"{self.dir}/log"
+        )
+        self.assertEqual(self.parse("--log-file", "-").overrides()["log_file"], "-")
 
     def test_no_options_no_overrides(self) -> None:
         """
