@@ -96,6 +96,28 @@ class PolicyTests(unittest.TestCase):
         self.assertEqual(policy.max_tracked_sources, 65536)
         self.assertEqual(policy.reject_mode, "reply")
 
+    def test_penalty_times_bounded_at_a_year_and_a_millisecond(self) -> None:
+        """
+        C{penalty_base} and C{penalty_max} are accepted from a millisecond to a year, both
+        bounds included, and refused one step past either (a huge C{penalty_max} made
+        every block time infinite and the gateway fail at its start); a block at the
+        bounds is a finite time.
+        """
+        year = 365 * 24 * 3600.0
+        admission, _ = make(penalty_base=0.001, penalty_max=year, penalty_decay=1e9)
+        for _ in range(80):
+            admission.offence(v4("198.51.100.1"), "auth_failure")
+        [(_, remaining, _)] = admission.penalties()
+        self.assertEqual(remaining, year)
+        for knobs in (
+            {"penalty_max": year * 1.0001},
+            {"penalty_max": 1e308, "penalty_base": 0.5},
+            {"penalty_base": 0.0009},
+            {"penalty_max": float("inf")},
+        ):
+            with self.assertRaises(ValueError, msg=repr(knobs)):
+                AdmissionPolicy(**knobs)
+
     def test_max_connections_follows_the_pools(self) -> None:
         """
         Unset, C{max_connections} is the sum of the three pool caps it covers

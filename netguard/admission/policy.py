@@ -95,6 +95,22 @@ def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> N
         raise ValueError(f"{attribute.name} must be positive, not {value!r}")
 
 
+#: The longest a penalty time may be set to (a year, in seconds): beyond it the arithmetic
+#: of blocks (C{penalty_base * 2 ** n}, deadlines) would leave the floats it works in.
+MAX_PENALTY_SECONDS: Final = 365 * 24 * 3600.0
+
+#: The shortest (a millisecond), so that C{penalty_max / penalty_base} stays finite.
+MIN_PENALTY_SECONDS: Final = 0.001
+
+
+def _penalty_seconds(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not MIN_PENALTY_SECONDS <= value <= MAX_PENALTY_SECONDS:
+        raise ValueError(
+            f"{attribute.name} must be within {MIN_PENALTY_SECONDS:g}..{MAX_PENALTY_SECONDS:g}"
+            f" seconds, not {value!r}"
+        )
+
+
 def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value >= 0:
         raise ValueError(f"{attribute.name} must not be negative, not {value!r}")
@@ -140,6 +156,8 @@ def allowed_values(name: str) -> str:
         text = f"an integer from 0 to {32 if name == 'ipv4_prefix' else 128}"
     elif check is _positive:
         text = "an integer from 1" if integer else "a number above 0"
+    elif check is _penalty_seconds:
+        text = f"a number of seconds from {MIN_PENALTY_SECONDS:g} to {MAX_PENALTY_SECONDS:g}"
     elif check is _non_negative:
         text = "an integer from 0"
     elif check is _fraction:
@@ -273,8 +291,8 @@ class AdmissionPolicy:
     )
     red_rate: float = attrs.field(default=0.3, converter=float, validator=_fraction)
     stress_timeout_floor: float = attrs.field(default=0.25, converter=float, validator=_fraction)
-    penalty_base: float = attrs.field(default=10.0, converter=float, validator=_positive)
-    penalty_max: float = attrs.field(default=3600.0, converter=float, validator=_positive)
+    penalty_base: float = attrs.field(default=10.0, converter=float, validator=_penalty_seconds)
+    penalty_max: float = attrs.field(default=3600.0, converter=float, validator=_penalty_seconds)
     penalty_decay: float = attrs.field(default=600.0, converter=float, validator=_positive)
     penalty_threshold: int = attrs.field(default=3, validator=_positive)
     auth_failure_points: int = attrs.field(default=1, validator=_non_negative)
