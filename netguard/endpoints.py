@@ -740,18 +740,25 @@ def resolve_endpoint_ports(description: str, *, server: bool) -> str:
     return check_backend(description).description
 
 
-def redact_description(description: str) -> str:
+def redact_description(description: str, depth: int = 0) -> str:
     """
     Hide secrets in an endpoint-like string: values of options whose name looks like a
-    password or token, and the password part of C{scheme://user:password@host}.
+    password or token, and the password part of C{scheme://user:password@host}, also in
+    the endpoint strings nested in option values (C{proxy=}, C{endpoint=}, C{gateway=}),
+    to any depth up to 8.
     """
     text = _URL_USERINFO_RE.sub(r"\1***@", description)
     try:
         fields = split_description(text)
     except EndpointError:
         return text
-    if not any(f.key is not None and looks_secret(f.key) for f in fields):
+    redacted: list[Field] = []
+    for f in fields:
+        if f.key is not None and looks_secret(f.key):
+            f = Field(f.key, "***")
+        elif f.key is not None and ":" in f.value and depth < 8:
+            f = Field(f.key, redact_description(f.value, depth + 1))
+        redacted.append(f)
+    if redacted == fields:
         return text
-    return join_fields(
-        Field(f.key, "***") if f.key is not None and looks_secret(f.key) else f for f in fields
-    )
+    return join_fields(redacted)

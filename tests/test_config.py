@@ -43,6 +43,7 @@ from netguard.config import text as config_text
 from netguard.config.schema import LIMIT_KEYS
 from netguard.config.table_schema import OVERLOAD_KEYS
 from netguard.config.tls_schema import TLS_LISTEN_KEYS, TLS_SETTINGS_KEYS
+from netguard.endpoints import redact_description
 from netguard.framing import FramingLimits
 from netguard.ops.overload import OverloadSettings
 from netguard.tls import ServerTLSSettings
@@ -1266,6 +1267,24 @@ class DescribeTests(ConfigTestCase):
         text = describe(config)
         self.assertNotIn("hunter2", text)
         self.assertIn("password=***", text)
+
+    def test_password_nested_in_a_proxy_string_redacted(self) -> None:
+        """
+        A password inside an endpoint string nested in another's C{proxy=} (escaped once or
+        twice) is hidden too; the rest of the string stays readable.
+        """
+        inner = r"socks5\:host\=p\:port\=2\:proxy_host\=127.0.0.1\:password\=hunter2SECRET"
+        config = self.load(
+            f"[services.a]\nusers = ['a']\nbackend = 'socks5:host=h:port=1:proxy={inner}'\n"
+        )
+        text = describe(config)
+        self.assertNotIn("hunter2SECRET", text)
+        self.assertIn("password=***", text)
+        self.assertIn("proxy_host", text)
+        twice = r"tls:h:1:endpoint=a\:b\:endpoint\=c\\\:token\\\=t0k"
+        hidden = redact_description(twice)
+        self.assertNotIn("t0k", hidden)
+        self.assertTrue(hidden.endswith("token=***"), hidden)
 
     def test_url_password_redacted(self) -> None:
         config = self.load(
