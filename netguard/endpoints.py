@@ -640,8 +640,16 @@ def check_listener(description: object, *, nested: bool = False) -> Listener:
     from twisted.internet.endpoints import TCP6ServerEndpoint, UNIXServerEndpoint
 
     if isinstance(endpoint, UNIXServerEndpoint):
-        mode = fields[named["mode"]].value if "mode" in named else "666"
-        return Listener(normalized, f"local unix socket, mode {mode}", False)
+        if "mode" in named:
+            mode = fields[named["mode"]].value
+            return Listener(normalized, f"local unix socket, mode {mode}", False)
+        return Listener(
+            normalized,
+            "local unix socket, mode 666",
+            False,
+            "a unix listener without mode= is created mode 666 (Twisted's default): every "
+            "local user can connect (a login is still required); add mode=600 or mode=660",
+        )
     # A tls: listener wraps its TCP endpoint, which it holds as .endpoint.
     tcp = getattr(endpoint, "endpoint", endpoint)
     implicit = "::" if isinstance(tcp, TCP6ServerEndpoint) else ""

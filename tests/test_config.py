@@ -1259,6 +1259,18 @@ class DescribeTests(ConfigTestCase):
         text = describe(self.load("listen = ['tcp:7700']\n"))
         self.assertIn("# warning: listen[0]", text)
 
+    def test_unix_listener_without_mode_warned(self) -> None:
+        """
+        A unix listener without C{mode=} (Twisted creates it 666: every local user may
+        connect) is warned about; with C{mode=} it is not.
+        """
+        loose = self.load("listen = ['unix:/run/ng/a.sock']\n")
+        self.assertEqual(len(loose.warnings), 1)
+        self.assertIn("listen[0]", loose.warnings[0])
+        self.assertIn("mode 666", loose.warnings[0])
+        self.assertIn("# warning: listen[0]", describe(loose))
+        self.assertEqual(self.load("listen = ['unix:/run/ng/a.sock:mode=600']\n").warnings, ())
+
     def test_socks5_password_redacted(self) -> None:
         config = self.load(
             "[services.r]\nbackend = 'tcp:host=h:port=1'\nusers = ['a']\n"
