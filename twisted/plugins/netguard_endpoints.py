@@ -70,7 +70,9 @@ class NetguardEndpointParser:
         """
         Build the endpoint described by the parts of a C{netguard:} string.
 
-        @return: a L{netguard.client.endpoint.NGPClientEndpoint}.
+        @return: a L{netguard.client.mux_endpoint.MuxClientEndpoint} (C{mux=yes}, the
+            default; call its C{close()} when done) or a
+            L{netguard.client.endpoint.NGPClientEndpoint} (C{mux=no}).
         @raise ValueError: if the description is invalid.
         """
         from netguard.client.endpoint import endpoint_from_string_args
