@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHandshakeListener,
@@ -38,7 +37,9 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
+from netguard.deadline import SharedDeadline
 from netguard.errors import DEFAULT_TEXT, ErrorCode, format_error
+from netguard.framing_limits import DEFAULT_MAX_ERRORS, FramingLimits
 from netguard.greeting import FramingPhase, GreetingPhase
 from netguard.log import escape, quoted
 from netguard.sending import plain_socket, write_now
@@ -50,45 +51,6 @@ __all__ = [
     "GuardedLineReceiver",
     "peer_label",
 ]
-
-#: Error replies that keep the connection allowed on one connection, by default.
-DEFAULT_MAX_ERRORS = 10
-
-
-@attrs.frozen
-class FramingLimits:
-    """
-    Every bound L{GuardedLineReceiver} enforces. Times are in seconds.
-
-    @ivar max_line_length: longest accepted line, without its terminator.
-    @ivar max_lines_before_auth: lines accepted before L{GuardedLineReceiver.end_handshake}.
-    @ivar max_bytes_before_auth: bytes accepted before L{GuardedLineReceiver.end_handshake}.
-    @ivar greeting_delay: silence we keep before greeting; a client that talks during it is an
-        early talker. C{0} greets at once (and then cannot detect early talkers).
-    @ivar handshake_timeout: time from connection to the end of the handshake.
-    @ivar idle_timeout: longest silence from the peer.
-    @ivar write_timeout: longest time the peer may leave our output queue full.
-    @ivar max_lines_after_auth: lines accepted after the handshake while still in line mode;
-        L{None}: no bound.
-    @ivar max_bytes_after_auth: bytes of lines (terminators included) accepted after the
-        handshake while still in line mode; L{None}: no bound.
-    @ivar max_errors: error replies that keep the connection (C{refuse(close=False)}) sent
-        on one connection; the next one closes it. L{None}: no bound.
-    @ivar open_timeout: time from the end of the handshake to raw mode (in NGP/1: from login
-        to C{OPEN}); L{None}: no bound.
-    """
-
-    max_line_length: int = 1024
-    max_lines_before_auth: int = 16
-    max_bytes_before_auth: int = 8192
-    greeting_delay: float = 0.1
-    handshake_timeout: float = 30.0
-    idle_timeout: float = 120.0
-    write_timeout: float = 30.0
-    max_lines_after_auth: int | None = None
-    max_bytes_after_auth: int | None = None
-    max_errors: int | None = DEFAULT_MAX_ERRORS
-    open_timeout: float | None = None
 
 
 def peer_label(address: Any) -> str:
@@ -110,7 +72,7 @@ def peer_label(address: Any) -> str:
 
 
 @implementer(IPushProducer, IHandshakeListener)
-class GuardedLineReceiver(GreetingPhase, LineReceiver, TimeoutMixin):
+class GuardedLineReceiver(GreetingPhase, SharedDeadline, LineReceiver, TimeoutMixin):
     """
     A L{LineReceiver} with every bound a hostile network needs:
 
@@ -687,62 +649,3 @@ class GuardedLineReceiver(GreetingPhase, LineReceiver, TimeoutMixin):
         self._handshake_at = None
         self._idle_at = None
         self._arm_deadline()
-
-    # -- the handshake deadline and the idle timeout share one timer ------------------------
-
-    def setTimeout(self, period: float | None) -> float | None:  # type: ignore[override]
-        """
-        L{TimeoutMixin.setTimeout}: the idle timeout is C{period} seconds from now (L{None}:
-        none). It shares one timer with the handshake deadline, armed for the nearer.
-        """
-        previous = self.timeOut
-        self.timeOut = period  # type: ignore[assignment]
-        self._idle_at = None if period is None else self.clock.seconds() + period
-        self._arm_deadline()
-        return previous
-
-    def resetTimeout(self) -> None:
-        """
-        L{TimeoutMixin.resetTimeout}: the peer was heard from, the idle timeout counts from
-        now (nothing once it has fired or was set to L{None}). The timer is not touched:
-        when it fires early it finds the later deadline and waits for it.
-        """
-        if self._idle_at is not None and self.timeOut is not None:
-            self._idle_at = self.clock.seconds() + self.timeOut
-
-    def _arm_deadline(self) -> None:
-        """
-        Arm the one timer for the nearer of the handshake and idle deadlines (or cancel it
-        when there is neither).
-        """
-        due = self._idle_at
-        if self._handshake_at is not None and (due is None or self._handshake_at < due):
-            due = self._handshake_at
-        timer = self._deadline
-        if due is None:
-            if timer is not None:
-                self._deadline = None
-                if timer.active():
-                    timer.cancel()
-            return
-        delay = max(0.0, due - self.clock.seconds())
-        if timer is not None and timer.active():
-            timer.reset(delay)
-        else:
-            self._deadline = self.clock.callLater(delay, self._deadline_due)
-
-    def _deadline_due(self) -> None:
-        """
-        The timer fired: end the connection for whichever deadline has passed (the idle
-        timeout first, as its timer was armed first), or wait for the nearer one.
-        """
-        self._deadline = None
-        now = self.clock.seconds()
-        if self._idle_at is not None and now >= self._idle_at:
-            self._idle_at = None
-            self.timeoutConnection()
-        elif self._handshake_at is not None and now >= self._handshake_at:
-            self._handshake_at = None
-            self._handshake_expired()
-        if self.phase is not FramingPhase.CLOSING:
-            self._arm_deadline()
