@@ -5,18 +5,29 @@ A bounded, binary-safe line receiver: the base every netguard protocol is built 
 L{GuardedLineReceiver} is a L{LineReceiver} that can face a hostile network: bounded lines,
 pre-authentication budgets, early-talker refusal, handshake, idle and write deadlines. Its
 bounds are one L{FramingLimits} value, given to the constructor or set as a class attribute,
-so that C{Factory.forProtocol} works too::
+so that C{Factory.forProtocol} works too. Until L{GuardedLineReceiver.end_handshake} is
+called a connection is in its handshake: few lines and bytes, closed at the handshake
+deadline. A protocol with a login calls it when the login succeeds; one without, once it has
+greeted::
+
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.protocol import Factory
+
+    from netguard.framing import FramingLimits, GuardedLineReceiver
 
     class Echo(GuardedLineReceiver):
         limits = FramingLimits(max_line_length=64, idle_timeout=10.0)
 
         def greet(self):
             self.sendLine(b"HELLO echo")
+            self.end_handshake()  # no login: the handshake ends with the greeting
 
         def lineReceived(self, line):
             self.sendLine(b"ECHO " + line)
 
-    endpoint.listen(Factory.forProtocol(Echo))          # or Echo(FramingLimits(...), clock)
+    endpoint = serverFromString(reactor, "tcp:7000:interface=127.0.0.1")
+    endpoint.listen(Factory.forProtocol(Echo))  # or Echo(FramingLimits(...), reactor)
 
 The bounds as NGP/1 uses them: C{docs/protocol.md}; their keys: C{docs/operating.md}.
 """
@@ -82,7 +93,11 @@ class GuardedLineReceiver(GreetingPhase, SharedDeadline, LineReceiver, TimeoutMi
       - a line longer than C{max_line_length} is refused with C{LINE_TOO_LONG} as soon as the
         buffer passes the bound, newline or not, so memory per connection stays bounded;
       - before L{end_handshake} is called (that is, before authentication) at most
-        C{max_lines_before_auth} lines and C{max_bytes_before_auth} bytes are accepted;
+        C{max_lines_before_auth} lines and C{max_bytes_before_auth} bytes are accepted, the
+        bytes counted in line and raw mode alike however the reads are split: in line mode
+        the byte past the budget is refused with C{TOO_MUCH_DATA}; in raw mode the bytes
+        within it are delivered, and the connection is closed without an error line (a raw
+        stream has no room for one), logged as C{proto.refuse} with C{raw=True};
       - after it, until L{setRawMode} (in NGP/1: from login to C{OPEN}), at most
         C{max_lines_after_auth} lines and C{max_bytes_after_auth} bytes of lines, within
         C{open_timeout}: opt-in bounds (L{None}, no bound, by default), for a protocol whose
@@ -117,6 +132,11 @@ class GuardedLineReceiver(GreetingPhase, SharedDeadline, LineReceiver, TimeoutMi
     re-splits its buffer for every line, and it stops at the first bound, so a flood of short
     lines costs no more than the bound allows. L{setRawMode} hands every byte after the
     current line to L{rawDataReceived}, in order, none lost and none repeated.
+
+    The line-length bound is C{limits.max_line_length}: L{LineReceiver}'s C{MAX_LENGTH} is
+    read from it, and a subclass that sets C{MAX_LENGTH} itself is refused with L{TypeError}
+    when the class is created (a second bound beside C{limits} would be silently ignored or
+    disagree with the limits a constructor is given).
 
     Subclasses implement L{greet}, L{lineReceived} and L{rawDataReceived}, and may override
     L{log_fields} to add fields (a connection id, a user) to every event, L{refuse} to see
@@ -181,13 +201,36 @@ class GuardedLineReceiver(GreetingPhase, SharedDeadline, LineReceiver, TimeoutMi
         self._first_error: tuple[ErrorCode, bytes | None] | None = None
         self._errors_summarised = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """
+        Refuse a subclass that sets L{LineReceiver}'s C{MAX_LENGTH}: the bound is
+        C{limits.max_line_length}.
+
+        @raise TypeError: C{MAX_LENGTH} is set in the class body.
+        """
+        super().__init_subclass__(**kwargs)
+        inherited = GuardedLineReceiver.__dict__["MAX_LENGTH"]
+        value = cls.__dict__.get("MAX_LENGTH", inherited)
+        if value is not inherited:
+            raise TypeError(
+                f"{cls.__qualname__} sets MAX_LENGTH, which GuardedLineReceiver does not use: "
+                f"set limits = FramingLimits(max_line_length={value!r}) instead"
+            )
+
     @property
     def MAX_LENGTH(self) -> int:  # type: ignore[override]
         """
         L{LineReceiver}'s bound, read from C{limits} (not stored: every instance attribute
-        counts against CPython's limit for compact key-sharing instance dicts).
+        counts against CPython's limit for compact key-sharing instance dicts). Read-only.
         """
         return self.limits.max_line_length
+
+    @MAX_LENGTH.setter
+    def MAX_LENGTH(self, value: int) -> None:
+        raise AttributeError(
+            "MAX_LENGTH is read from limits.max_line_length: set "
+            f"self.limits = attrs.evolve(self.limits, max_line_length={value!r}) instead"
+        )
 
     # -- hooks for subclasses --------------------------------------------------------------
 
@@ -244,9 +287,14 @@ class GuardedLineReceiver(GreetingPhase, SharedDeadline, LineReceiver, TimeoutMi
 
     def end_handshake(self) -> None:
         """
-        The handshake succeeded: stop the handshake deadline and lift the pre-authentication
-        line and byte budgets. The line-length bound, the error budget and the idle timeout
-        stay; the budgets after authentication (if set) and the open deadline start.
+        The handshake succeeded (in NGP/1: the login). Until this is called the connection
+        is bounded by C{max_lines_before_auth}, C{max_bytes_before_auth} (in line and raw
+        mode) and C{handshake_timeout}, so a protocol without a login calls it once it has
+        greeted, or every connection is cut at those bounds.
+
+        It stops the handshake deadline and lifts the pre-authentication line and byte
+        budgets. The line-length bound, the error budget and the idle timeout stay; the
+        budgets after authentication (if set) and the open deadline start.
         """
         self.handshake_done = True
         self._handshake_at = None
@@ -290,6 +338,17 @@ class GuardedLineReceiver(GreetingPhase, SharedDeadline, LineReceiver, TimeoutMi
                 self.sendLine(format_error(code, text))
                 return
             self._first_error = (code, offending)
+        self._log_refusal(code, text, offending, close)
+        self.sendLine(format_error(code, text))
+        if close:
+            self.close_gracefully()
+
+    def _log_refusal(
+        self, code: ErrorCode, text: str | None, offending: bytes | None, close: bool, **extra: Any
+    ) -> None:
+        """
+        Log C{proto.refuse} (before authentication, only when L{note_refusal} says so).
+        """
         if self.handshake_done or self.note_refusal(code.value, "proto.refuse"):
             self.log.info(
                 "refused {peer}: {code} {text} input={offending_quoted}",
@@ -299,11 +358,9 @@ class GuardedLineReceiver(GreetingPhase, SharedDeadline, LineReceiver, TimeoutMi
                 offending=escape(offending) if offending is not None else "-",
                 offending_quoted=quoted(offending) if offending is not None else "-",
                 closing=close,
+                **extra,
                 **self.log_fields(),
             )
-        self.sendLine(format_error(code, text))
-        if close:
-            self.close_gracefully()
 
     def close_gracefully(self, linger: float | None = None) -> None:
         """
@@ -371,7 +428,11 @@ class GuardedLineReceiver(GreetingPhase, SharedDeadline, LineReceiver, TimeoutMi
 
     def setRawMode(self) -> None:
         """
-        Deliver every byte after the current line to L{rawDataReceived}.
+        Deliver every byte after the current line to L{rawDataReceived}, in order: while
+        lines are held the bytes wait for L{release_lines}, and reading stays paused. Called
+        before the greeting, it takes effect when the greeting is sent (bytes before it are
+        still early talk). Raw mode does not end the handshake: the bytes before
+        L{end_handshake} count against C{max_bytes_before_auth}.
 
         In raw mode what we write is no longer a reply to what we read, so the receiver stops
         being its transport's producer: whoever uses the raw bytes (a relay) wires its own
@@ -389,7 +450,10 @@ class GuardedLineReceiver(GreetingPhase, SharedDeadline, LineReceiver, TimeoutMi
         self._summarise_errors()
         if self._write_paused:
             self._write_paused = False
-            transport.resumeProducing()
+            if not self._held:
+                # Held bytes wait for release_lines, which leaves reading to the raw
+                # consumer: reading now would deliver new bytes ahead of them.
+                transport.resumeProducing()
 
     def setLineMode(self, extra: bytes = b"") -> None:
         """
@@ -407,6 +471,28 @@ class GuardedLineReceiver(GreetingPhase, SharedDeadline, LineReceiver, TimeoutMi
         """
         buffered, self._buffer = self._buffer, b""
         return buffered
+
+    def greet_now(self) -> None:
+        """
+        L{GreetingPhase.greet_now<netguard.greeting.GreetingPhase.greet_now>}, in raw mode
+        from then on if L{setRawMode} was called before.
+        """
+        super().greet_now()
+        self._raw_from_greeting()
+
+    def _greet_now(self) -> None:
+        """
+        The greeting delay ended: greet (see L{netguard.greeting}), and then as L{greet_now}.
+        """
+        super()._greet_now()
+        self._raw_from_greeting()
+
+    def _raw_from_greeting(self) -> None:
+        """
+        The greeting was just sent: enter raw mode if L{setRawMode} was called before it.
+        """
+        if self.phase is FramingPhase.LINES and not self.line_mode:
+            self.phase = FramingPhase.RAW
 
     # -- Twisted protocol --------------------------------------------------------------------
 
@@ -444,7 +530,10 @@ class GuardedLineReceiver(GreetingPhase, SharedDeadline, LineReceiver, TimeoutMi
             return
         self.resetTimeout()
         if phase is FramingPhase.RAW:
-            self.rawDataReceived(data)
+            if self.handshake_done and not self._held:
+                self.rawDataReceived(data)
+            else:
+                self._raw_guarded(data)
         elif phase is FramingPhase.PRE_GREETING:
             if self.accepts_pre_greeting_line and not self.lines_received:
                 self._pre_greeting(data)
@@ -465,7 +554,7 @@ class GuardedLineReceiver(GreetingPhase, SharedDeadline, LineReceiver, TimeoutMi
                 self._process(head)
             if self.phase is FramingPhase.CLOSING:
                 return
-            if self.handshake_done:
+            if self.handshake_done or self.phase is FramingPhase.RAW:
                 self.dataReceived(excess)
             else:
                 # The line it is in may have begun in an earlier read: it is what the line
@@ -541,7 +630,9 @@ class GuardedLineReceiver(GreetingPhase, SharedDeadline, LineReceiver, TimeoutMi
             self.lineReceived(line)
         rest = buffer[start:] if start else buffer
         if self.phase is FramingPhase.RAW:
-            if rest:
+            if self._held:
+                self._buffer = rest  # for release_lines
+            elif rest:
                 self.rawDataReceived(rest)
         elif self.phase is FramingPhase.LINES:
             if (self._write_paused or self._held) and b"\n" in rest:
@@ -556,6 +647,37 @@ class GuardedLineReceiver(GreetingPhase, SharedDeadline, LineReceiver, TimeoutMi
                 self.lineLengthExceeded(rest)
             else:
                 self._buffer = rest
+
+    def _raw_guarded(self, data: bytes) -> None:
+        """
+        Raw bytes before L{end_handshake} (counted against C{max_bytes_before_auth}) or while
+        lines are held (kept, in order, for L{release_lines}).
+        """
+        if not self.handshake_done:
+            room = max(0, self.limits.max_bytes_before_auth - self.bytes_before_auth)
+            if len(data) > room:
+                head, excess = data[:room], data[room:]
+                if head:
+                    self._raw_guarded(head)
+                if self.phase is FramingPhase.RAW and not self.handshake_done:
+                    self._raw_over_budget(excess)
+                elif self.phase is not FramingPhase.CLOSING:
+                    self.dataReceived(excess)  # the head ended the handshake or raw mode
+                return
+            self.bytes_before_auth += len(data)
+        if self._held:
+            self._buffer += data
+        else:
+            self.rawDataReceived(data)
+
+    def _raw_over_budget(self, excess: bytes) -> None:
+        """
+        Raw bytes past C{max_bytes_before_auth}: close without an error line (the peer
+        reads a raw stream, which has no room for one), logged as a refusal.
+        """
+        offending = self.loggable_input(excess[:64])
+        self._log_refusal(ErrorCode.TOO_MUCH_DATA, None, offending, True, raw=True)
+        self.close_gracefully()
 
     def _within_budget_after_auth(self, line: bytes, size: int) -> bool:
         """
