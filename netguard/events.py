@@ -52,6 +52,7 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "worker.penalty_shared": "a block decided by one worker was passed to the other workers",
         "worker.block_refused": "a block a worker reported was not a finite length; not passed on",
         "worker.reloaded": "every worker was asked to reload; the summary of their answers",
+        "worker.reload_incomplete": "a reload that a worker did not answer in time or refused",
         "worker.share_failed": "a block or spent ticket could not be passed to the supervisor",
         "worker.start_timeout": "a starting worker was silent 60 s; it was killed",
         "worker.serve_failed": "a worker could not start serving (a listener it could not adopt)",

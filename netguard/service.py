@@ -33,7 +33,7 @@ from netguard.ops.control import (
     check_control_path,
     select_penalties,
 )
-from netguard.ops.drain import Drainer
+from netguard.ops.drain import Drainer, StopRequests
 from netguard.ops.heartbeat import Heartbeat, install_sigusr1
 from netguard.ops.lock import (
     InstanceConflict,
@@ -117,6 +117,8 @@ class GatewayService(MultiService):
             self.metrics.setServiceParent(self)
         self.drainer = Drainer(factory, factory.clock, factory.config.ops.shutdown_grace)
         factory.drainer = self.drainer
+        #: SIGTERM, SIGINT and C{ctl drain}: the first stops (and drains), a later signal cuts.
+        self.stop_requests = StopRequests(factory.reactor, self.drainer.force)
         self.overload_monitor = OverloadMonitor(
             factory.clock, factory.admission, factory.config.overload
         )
@@ -325,10 +327,15 @@ class GatewayControl:
             raise ControlError("RELOAD_REFUSED", str(error)) from None
 
     def drain(self) -> str:
-        reactor = self.service.factory.reactor
+        """
+        The first stop request stops the gateway (its C{stopService} drains, as on SIGTERM,
+        and a SIGTERM after it cuts at once); a later one changes nothing and says so.
+        """
         count = len(self.service.factory.sessions)
-        reactor.callLater(0, reactor.stop)  # stopService drains, as on SIGTERM
-        return f"draining {count} connection(s), grace {self.service.drainer.grace}s"
+        grace = self.service.drainer.grace
+        if not self.service.stop_requests.request():
+            return f"already draining: {count} connection(s) left, grace {grace}s"
+        return f"draining {count} connection(s), grace {grace}s"
 
     def penalties(self, top: int, source: str | None) -> dict[str, Any]:
         return select_penalties(

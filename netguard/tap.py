@@ -186,14 +186,14 @@ def makeService(options: Options) -> Any:
         # Workers: SIGTERM drains every worker (a second one closes what is left), SIGHUP
         # checks the configuration and reloads every worker, SIGUSR1 switches their heartbeat.
         service.reloader = SupervisorReloader(service, options["config"], options.overrides())
-        reactor.callWhenRunning(install_sigterm, reactor, service)
+        reactor.callWhenRunning(install_sigterm, reactor, service.stop_requests)
         reactor.callWhenRunning(install_sighup, reactor, service.reloader)
         reactor.callWhenRunning(install_sigusr1, reactor, service)
         return service
     service.reloader = Reloader(service, options["config"], options.overrides())
     # After the reactor's own handlers are in place: SIGTERM drains, a second one cuts;
     # SIGHUP reloads the configuration, the users and the certificates.
-    reactor.callWhenRunning(install_sigterm, reactor, service.drainer)
+    reactor.callWhenRunning(install_sigterm, reactor, service.stop_requests)
     reactor.callWhenRunning(install_sighup, reactor, service.reloader)
     return service
 

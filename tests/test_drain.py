@@ -5,6 +5,7 @@ Tests for L{netguard.ops.drain}: graceful shutdown of real gateway sessions on f
 from __future__ import annotations
 
 from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from netguard.ops.drain import Drainer
@@ -52,7 +53,7 @@ class DrainTests(unittest.TestCase):
         s.clock.advance(9)
         self.assertEqual(aborted, [])
         s.clock.advance(2)
-        self.assertEqual(aborted, [True])
+        self.assertTrue(aborted)  # an abort is idempotent; the relay aborts both its sides
         self.assertEqual(drainer.forced, 1)
         s.proto.connectionLost(None)
         self.successResultOf(done)
@@ -83,4 +84,67 @@ class DrainTests(unittest.TestCase):
         drainer = Drainer(s.factory, s.clock, grace=100)
         drainer.drain()
         drainer.force("second SIGTERM")
-        self.assertEqual(aborted, [True])
+        self.assertTrue(aborted)
+
+
+class ForcedCloseLoggingTests(unittest.TestCase):
+    """
+    A connection the drain cuts is logged as closed by the server, never by the client.
+    """
+
+    def closes(self) -> list[dict]:
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        return events
+
+    def relaying(self) -> Session:
+        s = Session(self)
+        s.login()
+        s.send(b"OPEN echo")
+        return s
+
+    def closed_by(self, events: list[dict]) -> list[str]:
+        return [e["closed_by"] for e in events if e.get("event") == "conn.close"]
+
+    def test_relay_cut_at_the_end_of_grace_is_closed_by_server(self):
+        """
+        A relay still running when the grace period ends is cut and its C{conn.close}
+        says C{closed_by="server"} (the gateway closed), not the client.
+        """
+        events = self.closes()
+        s = self.relaying()
+        drainer = Drainer(s.factory, s.clock, grace=10)
+        s.factory.drainer = drainer
+        drainer.drain()
+        s.clock.advance(10)
+        s.proto.connectionLost(None)
+        self.assertEqual(self.closed_by(events), ["server"])
+
+    def test_relay_cut_by_a_second_signal_is_closed_by_server(self):
+        """
+        A relay cut by a second stop signal is logged C{closed_by="server"} too.
+        """
+        events = self.closes()
+        s = self.relaying()
+        drainer = Drainer(s.factory, s.clock, grace=100)
+        s.factory.drainer = drainer
+        drainer.drain()
+        drainer.force("second stop signal")
+        s.proto.connectionLost(None)
+        self.assertEqual(self.closed_by(events), ["server"])
+
+    def test_relay_ended_by_the_client_within_grace_stays_client(self):
+        """
+        The other side of the promise: a relay the client ends during the drain, before
+        the grace period is over, is still logged as closed by the client.
+        """
+        events = self.closes()
+        s = self.relaying()
+        drainer = Drainer(s.factory, s.clock, grace=10)
+        s.factory.drainer = drainer
+        drainer.drain()
+        s.clock.advance(9)
+        s.proto.connectionLost(None)
+        self.assertEqual(self.closed_by(events), ["client"])
+        self.assertEqual(drainer.forced, 0)

@@ -77,6 +77,7 @@ from netguard.workers.supervisor import (
     STOPPED,
     STOPPING,
     WAITING,
+    ReloadIncomplete,
     Supervisor,
     WorkerSlot,
     check_readable_after_drop,
@@ -493,17 +494,18 @@ class SupervisorStateTests(unittest.TestCase):
 
     def test_reload_fans_out(self) -> None:
         """
-        A reload reaches every live worker; the summary counts those that reloaded and
-        names those that refused.
+        A reload reaches every live worker; when one refuses, the reload is incomplete
+        (L{ReloadIncomplete}): the summary counts those that reloaded and names the refusal.
         """
         self.spawner.answers = {commands.Reload: {"summary": "reloaded: 1 user(s)"}}
         self.start()
         self.supervisor.slots[1].channel.answers[commands.Reload] = commands.ReloadRefusedError(
             "bad users file"
         )
-        summary = self.successResultOf(self.supervisor.reload_workers())
+        failure = self.failureResultOf(self.supervisor.reload_workers(), ReloadIncomplete)
+        summary = str(failure.value)
         self.assertIn("1/2 workers reloaded; reloaded: 1 user(s)", summary)
-        self.assertIn("worker 1:", summary)
+        self.assertIn("worker 1 refused: bad users file", summary)
         for slot in self.supervisor.slots:
             self.assertEqual(len(slot.channel.sent(commands.Reload)), 1)
 

@@ -684,6 +684,18 @@ class GatewaySession(LaneSession):
         self.closed_by = "server"
         self.refuse(ErrorCode.SHUTTING_DOWN)
 
+    def cut(self) -> None:
+        """
+        The drain's grace period is over (or a second stop signal came): abort the
+        connection now, its relay too, logged as closed by the server (C{closed_by}).
+        """
+        self.closed_by = "server"
+        leg = self._leg
+        if leg is not None and leg.splice is not None:
+            leg.splice.abort("server")  # both sides, its result naming the server
+        else:
+            self.transport.abortConnection()
+
     # -- hooks for TLS -------------------------------------------------------------------------
 
     def channel_binding(self) -> tuple[str, bytes] | None:

@@ -62,6 +62,12 @@ class LiveSession(Protocol):
         """
         ...
 
+    def cut(self) -> None:
+        """
+        The drain is over: abort the connection now, logged as closed by the server.
+        """
+        ...
+
 
 class DrainWatcher(Protocol):
     """

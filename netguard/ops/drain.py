@@ -6,17 +6,24 @@ C{ERR SHUTTING_DOWN}, let open relays finish up to a grace period, then close wh
 
 L{Drainer} works on anything that keeps a set of live sessions (C{factory.sessions}) whose
 sessions have a C{shutdown()} method (answer and close in the line phase, keep relaying
-otherwise) and a C{transport}. A second SIGTERM, or the end of the grace period, aborts every
-remaining connection at once.
+otherwise) and a C{cut()} method (abort the connection, logged as closed by the server).
+L{StopRequests} is the one record of the stop requests (SIGTERM, SIGINT, C{ctl drain}): the
+first stops the reactor (which drains), a later signal aborts every remaining connection at
+once, as the end of the grace period does.
 """
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
+
+#: Why a second stop signal cut the connections (C{shutdown.force}'s C{why}).
+SECOND_SIGNAL = "second stop signal"
 
 
 class Drainer:
@@ -90,29 +97,70 @@ class Drainer:
                 why=why,
             )
         for session in remaining:
-            session.transport.abortConnection()
+            session.cut()
 
 
-def install_sigterm(reactor: Any, drainer: Drainer) -> Any:
+class StopRequests:
     """
-    Make SIGTERM (and SIGINT) stop the reactor (which drains, through the service's
-    C{stopService}) and a second signal abort what is left at once.
+    The stop requests of one process, whichever way they come (SIGTERM, SIGINT,
+    C{netguard ctl drain}): the first stops the reactor, which drains through the service's
+    C{stopService}; a later stop signal cuts what is left at once; a later C{ctl drain} is
+    answered that the drain is already under way. Nothing asks the reactor to stop twice.
+
+    @ivar requested: whether a stop was requested.
+    """
+
+    def __init__(self, reactor: Any, force: Callable[[str], None]) -> None:
+        """
+        @param reactor: the reactor to stop.
+        @param force: aborts every remaining connection, given why (L{Drainer.force}, or a
+            supervisor's, which tells every worker).
+        """
+        self.reactor = reactor
+        self.force = force
+        self.requested = False
+
+    def request(self) -> bool:
+        """
+        Ask for the stop (in the reactor thread).
+
+        @return: whether this was the first request (the reactor stops on its next turn);
+            L{False} when a stop was already under way, which this request leaves alone.
+        """
+        if self.requested:
+            return False
+        self.requested = True
+        self.reactor.callLater(0, _stop, self.reactor)
+        return True
+
+    def signal(self) -> None:
+        """
+        A stop signal (in the reactor thread): the first stops, any later one cuts.
+        """
+        if not self.request():
+            self.force(SECOND_SIGNAL)
+
+
+def install_sigterm(reactor: Any, stops: StopRequests) -> Any:
+    """
+    Make SIGTERM (and SIGINT) a stop request of C{stops}: the first (or a C{ctl drain}
+    before it) stops the reactor, which drains; a later signal aborts what is left at once.
 
     @return: the previous handler, for L{signal.signal} to restore.
     """
-    count = [0]
 
     def handler(signum: int, frame: Any) -> None:
-        count[0] += 1
-        if count[0] == 1:
-            reactor.callFromThread(_stop, reactor)
-        else:
-            reactor.callFromThread(drainer.force, "second stop signal")
+        reactor.callFromThread(stops.signal)
 
     signal.signal(signal.SIGINT, handler)  # Ctrl-C in the foreground: the same two steps
     return signal.signal(signal.SIGTERM, handler)
 
 
 def _stop(reactor: Any) -> None:
-    if reactor.running:
+    """
+    Stop C{reactor} unless it is stopping already (for a reason of its own).
+    """
+    try:
         reactor.stop()
+    except ReactorNotRunning:
+        pass

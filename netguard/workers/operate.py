@@ -20,7 +20,7 @@ from netguard.ops.control import ControlError
 from netguard.ops.notify import monotonic_usec, notify_ready, notify_reloading
 from netguard.ops.reload import RESTART_ONLY, ReloadRefused
 from netguard.workers.spawning import keep_restart_only
-from netguard.workers.supervisor import Supervisor
+from netguard.workers.supervisor import ReloadIncomplete, Supervisor
 
 log = Logger()
 
@@ -53,7 +53,8 @@ class SupervisorReloader:
         Reload every worker, between C{RELOADING=1} and C{READY=1} to the service manager.
 
         @return: a L{Deferred} firing with a one-line summary, or failing with
-            L{ReloadRefused} when the new configuration or users file is unusable.
+            L{ReloadRefused} when the new configuration or users file is unusable, or with
+            L{ReloadIncomplete} when a worker did not reload (no answer in time, a failure).
         """
         notify_reloading(self._environ, self._now_usec)
         started = self.supervisor.config
@@ -75,7 +76,12 @@ class SupervisorReloader:
             notify_ready("reloaded", self._environ)
             return summary
 
-        return self.supervisor.reload_workers().addCallback(done)
+        def incomplete(failure: Failure) -> Failure:
+            failure.trap(ReloadIncomplete)
+            notify_ready("reload incomplete", self._environ)
+            return failure
+
+        return self.supervisor.reload_workers().addCallbacks(done, incomplete)
 
 
 class SupervisorControl:
@@ -100,15 +106,23 @@ class SupervisorControl:
             raise ControlError("NOT_AVAILABLE", "this gateway was not started from a config")
 
         def refused(failure: Failure) -> None:
+            if failure.check(ReloadIncomplete):
+                raise ControlError("RELOAD_INCOMPLETE", str(failure.value))
             failure.trap(ReloadRefused)
             raise ControlError("RELOAD_REFUSED", str(failure.value))
 
         return maybeDeferred(reloader.reload).addErrback(refused)
 
     def drain(self) -> str:
+        """
+        The first stop request stops the supervisor (every worker drains, as on SIGTERM,
+        and a SIGTERM after it cuts at once); a later one changes nothing and says so.
+        """
         count = len(self.supervisor.live())
-        self.reactor.callLater(0, self.reactor.stop)
-        return f"draining {count} worker(s), grace {self.supervisor.config.ops.shutdown_grace}s"
+        grace = self.supervisor.config.ops.shutdown_grace
+        if not self.supervisor.stop_requests.request():
+            return f"already draining: {count} worker(s) left, grace {grace}s"
+        return f"draining {count} worker(s), grace {grace}s"
 
     def penalties(self, top: int, source: str | None) -> Any:
         return self.supervisor.penalties(top, source)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from twisted.application.service import MultiService
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -27,11 +28,13 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from netguard.log import FileLogSink, escape
+from netguard.ops.drain import StopRequests
 from netguard.ops.notify import (
     Watchdog,
     notify_ready,
     notify_stopping,
 )
+from netguard.ops.reload import ReloadRefused
 from netguard.ops.startup import created_paths, start_privileged
 from netguard.refusal_log import RefusalLog
 from netguard.stats import HistogramSnapshot
@@ -209,6 +212,9 @@ class Supervisor(MultiService):
         self.in_force = config
         self.slots = [WorkerSlot(index) for index in range(config.workers)]
         self.stopping = False
+        #: SIGTERM, SIGINT and C{ctl drain}: the first stops (every worker drains), a later
+        #: signal has every worker cut what it still has.
+        self.stop_requests = StopRequests(clock, self.force)
         self.heartbeat_on = bool(config.ops.heartbeat)
         self.started_at = clock.seconds()
         self.reloader: Any = None
@@ -630,21 +636,21 @@ class Supervisor(MultiService):
         """
         Tell every live worker to reload (the configuration was checked by the caller).
 
-        @return: a L{Deferred} firing with a one-line summary.
+        @return: a L{Deferred} firing with a one-line summary, or failing with
+            L{ReloadIncomplete} (naming each worker that did not answer within
+            L{QUERY_TIMEOUT} or failed) when not every worker reloaded.
         """
 
         def summarise(results: list[tuple[WorkerSlot, Any]]) -> str:
             done = [r["summary"] for _, r in results if isinstance(r, dict)]
-            refused = [
-                f"worker {slot.index}: {r.getErrorMessage()}"
-                for slot, r in results
-                if not isinstance(r, dict)
-            ]
+            missed = [_reload_missed(slot, r) for slot, r in results if not isinstance(r, dict)]
             summary = f"{len(done)}/{len(results)} workers reloaded"
             if done:
                 summary += f"; {done[0]}"
-            if refused:
-                summary += "; " + "; ".join(refused)
+            if missed:
+                summary += "; " + "; ".join(missed)
+                log.warn("{summary}", event="worker.reload_incomplete", summary=summary)
+                raise ReloadIncomplete(summary)
             log.info("{summary}", event="worker.reloaded", summary=summary)
             return summary
 
@@ -762,6 +768,24 @@ class Supervisor(MultiService):
         )
         if self.instance_lock is not None:
             self.instance_lock.release()
+
+
+class ReloadIncomplete(ReloadRefused):
+    """
+    A reload reached only some workers: the others did not answer in time, or failed. The
+    configuration was checked and is in force in those that answered; the message is the
+    summary naming each of the others.
+    """
+
+
+def _reload_missed(slot: WorkerSlot, failure: Failure) -> str:
+    """
+    How a worker missed a reload, in words: no answer within L{QUERY_TIMEOUT} (stopped,
+    hung) or the failure it sent.
+    """
+    if failure.check(defer.TimeoutError):
+        return f"worker {slot.index} did not answer within {QUERY_TIMEOUT:g} s"
+    return f"worker {slot.index} refused: {failure.getErrorMessage()}"
 
 
 def _quiet(d: Deferred[Any] | None) -> None:
