@@ -516,3 +516,49 @@ class CheckConfigTests(CliTestBase):
         code, _, err = self.run_cli(["check-config", "--defaults", "--config", "x"])
         self.assertEqual(code, 2)
         self.assertNotIn("Traceback", err)
+
+
+class CtlTimeoutOptionTests(CliTestBase):
+    """
+    C{netguard ctl --timeout} takes a finite number of seconds from 0.1 to 3600; anything
+    else is an option error (exit 2), never a traceback or a connection attempt.
+    """
+
+    def ctl(self, timeout: str) -> tuple[int, str, str]:
+        socket_path = os.path.join(self.dir, "none.sock")
+        return self.run_cli(["ctl", "--socket", socket_path, "--timeout", timeout, "status"])
+
+    def test_unusable_timeouts_are_option_errors(self) -> None:
+        """
+        C{inf}, C{1e308}, C{nan}, a negative value, 0 and values just outside the range
+        end with exit 2 and argparse's one error line naming the range.
+        """
+        for text in ("inf", "1e308", "nan", "-1", "0", "0.0999", "3600.001", "soon"):
+            code, out, err = self.ctl(text)
+            self.assertEqual(code, 2, (text, err))
+            self.assertNotIn("Traceback", err)
+            self.assertIn("argument --timeout", err)
+            self.assertIn("from 0.1 to 3600", err)
+            self.assertEqual(out, "")
+
+    def test_range_ends_are_accepted(self) -> None:
+        """
+        The two ends, 0.1 and 3600, are accepted: ctl goes on to connect (exit 3 here,
+        since no daemon listens on the socket).
+        """
+        for text in ("0.1", "3600"):
+            code, _, err = self.ctl(text)
+            self.assertEqual(code, 3, (text, err))
+            self.assertIn("cannot connect", err)
+
+    def test_run_ctl_refuses_a_timeout_outside_the_range(self) -> None:
+        """
+        L{run_ctl} called directly refuses a non-finite or out-of-range timeout as a usage
+        error (exit 2) before any socket is made.
+        """
+        from netguard.ops.ctl_client import EXIT_USAGE, run_ctl
+
+        for timeout in (float("inf"), 1e308, float("nan"), -1.0, 0.0):
+            code, text = run_ctl(os.path.join(self.dir, "none.sock"), ["status"], timeout)
+            self.assertEqual(code, EXIT_USAGE, timeout)
+            self.assertIn("from 0.1 to 3600", text)

@@ -11,6 +11,8 @@ import argparse
 import os
 
 from netguard.cli._base import _IO, CommandError
+from netguard.cli.tunnel import seconds_option
+from netguard.ops.ctl_client import TIMEOUT_RANGE
 
 
 def _control_socket_path(args: argparse.Namespace, io: _IO) -> str:
@@ -157,7 +159,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--state-dir", metavar="DIR", help="the gateway's state directory (DIR/control.sock)"
     )
     p.add_argument(
-        "--timeout", metavar="SECONDS", type=float, default=5.0, help="give up after (default 5)"
+        "--timeout",
+        metavar="SECONDS",
+        type=seconds_option(*TIMEOUT_RANGE),
+        default=5.0,
+        help="give up after (default 5; from 0.1 to 3600)",
     )
     p.add_argument(
         "--top",

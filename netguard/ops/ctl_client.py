@@ -9,6 +9,7 @@ C{docs/operating.md} section 7.5.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import stat
@@ -33,6 +34,9 @@ EXIT_PROTOCOL = 4
 
 #: The longest command line sent (the daemon's bound).
 MAX_COMMAND_BYTES = 256
+
+#: The seconds C{--timeout} may give, both included: a finite bound a socket accepts.
+TIMEOUT_RANGE = (0.1, 3600.0)
 
 #: The longest reply read.
 MAX_REPLY_BYTES = 1 << 20
@@ -190,11 +194,15 @@ def run_ctl(path: str, words: Sequence[str], timeout: float = 5.0) -> tuple[int,
 
     @param path: the control socket.
     @param words: the command, e.g. C{["heartbeat", "on"]}.
-    @param timeout: the most seconds spent in all (connect, send and read).
+    @param timeout: the most seconds spent in all (connect, send and read), within
+        L{TIMEOUT_RANGE} (anything else, C{inf} and C{nan} too, is a usage error).
     @return: C{(exit status, text to show)}; the text has no final newline. With status 0 it
         is the reply's JSON payload (indented), to print on standard output; otherwise an
         explanation for standard error.
     """
+    low, high = TIMEOUT_RANGE
+    if not (math.isfinite(timeout) and low <= timeout <= high):
+        return EXIT_USAGE, f"the timeout must be a number of seconds from {low:g} to {high:g}"
     line = " ".join(words)
     if (
         not words
