@@ -16,8 +16,10 @@ import sys
 from typing import IO, Any
 
 from twisted.application.service import MultiService
+from twisted.internet import tcp
 from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.main import CONNECTION_DONE
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -171,18 +173,24 @@ class GatewayService(MultiService):
                 try:
                     check_unix_socket_free(path)  # never take a live instance's socket
                 except InstanceConflict as error:
-                    for port in self.ports:
-                        port.stopListening()
-                    self.ports = []
+                    self._close_opened()
                     raise ListenFailed(str(error)) from None
             failures: list[Failure] = []
             endpoint.listen(self.factory).addCallbacks(self.ports.append, failures.append)
             if failures:
-                for port in self.ports:
-                    port.stopListening()
-                self.ports = []
+                self._close_opened()
                 raise ListenFailed(f"cannot listen on {description}: {failures[0].value}")
             log.info("listening on {listener}", event="gateway.listen", listener=description)
+
+    def _close_opened(self) -> None:
+        """
+        The start failed: close the ports already opened now, not on a reactor turn that a
+        failed start never reaches (L{close_at_once}), so no unix socket file or lock file
+        is left behind.
+        """
+        ports, self.ports = self.ports, []
+        for port in ports:
+            close_at_once(port)
 
     def startService(self) -> None:
         """
@@ -276,6 +284,21 @@ class GatewayService(MultiService):
         )
         if self.instance_lock is not None:
             self.instance_lock.release()
+
+
+def close_at_once(port: Any) -> None:
+    """
+    Close a listening port at once. Twisted's C{stopListening} closes a port (removing a
+    unix socket's file and its C{lockfile=} lock) on the reactor's next turn; after a failed
+    start there is none. A port of Twisted's own (L{tcp.Port}, whose C{unix.Port} removes
+    its files) is closed here and now, as that turn would; any other is asked to stop.
+    """
+    if isinstance(port, tcp.Port) and port.connected and not port.disconnecting:
+        port.disconnecting = True
+        port.stopReading()
+        port.connectionLost(Failure(CONNECTION_DONE))
+    else:
+        port.stopListening()
 
 
 def shared_state(factory: GatewayFactory) -> SharedState:

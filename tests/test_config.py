@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 
 import attrs
 from twisted.internet import endpoints
@@ -1089,14 +1090,14 @@ class PortTests(ConfigTestCase):
         config = self.load(
             "listen = ['tcp6:http:interface=\\:\\:1', "
             "'ssl:http:privateKey=/k.pem:interface=127.0.0.1', "
-            "'haproxy:tcp:http:interface=127.0.0.1']\n"
+            "'haproxy:tcp:http:interface=127.0.0.2']\n"
         )
         self.assertEqual(
             config.listen,
             (
                 f"tcp6:{port}:interface=\\:\\:1",
                 f"ssl:{port}:privateKey=/k.pem:interface=127.0.0.1",
-                f"haproxy:tcp:{port}:interface=127.0.0.1",
+                f"haproxy:tcp:{port}:interface=127.0.0.2",
             ),
         )
 
@@ -1491,3 +1492,132 @@ class ReviewFixTests(unittest.TestCase):
             '[services.vault]\nbackend = "builtin:echo"\nusers = ["*"]\nfcrdns = "require"\n'
         )
         self.assertEqual(loaded.services["vault"].fcrdns, "require")
+
+
+class ListenerAddressClashTests(ConfigTestCase):
+    """
+    Two listeners that would bind the same address (across C{listen}, C{[[tls_listen]]},
+    C{ops.metrics_listen} and the control socket) are refused at load, the later one named
+    with the earlier, however each is spelt; distinct addresses load.
+    """
+
+    def test_same_tcp_address_spelt_two_ways(self) -> None:
+        """
+        The same port and interface with a different option (C{backlog=}) is refused.
+        """
+        self.assertFileError(
+            'listen = ["tcp:27321:interface=127.0.0.1", '
+            '"tcp:27321:interface=127.0.0.1:backlog=100"]\n',
+            "listen[1]",
+            "is listed twice",
+            '127.0.0.1 port 27321 is also listen[0] "tcp:27321:interface=127.0.0.1"',
+        )
+
+    def test_next_port_or_other_interface_loads(self) -> None:
+        """
+        One port further, or another interface on the same port, is a distinct address.
+        """
+        loaded = self.load(
+            'listen = ["tcp:27321:interface=127.0.0.1", "tcp:27322:interface=127.0.0.1", '
+            '"tcp:27321:interface=127.0.0.2", "tcp6:27321:interface=\\\\:\\\\:1"]\n'
+        )
+        self.assertEqual(len(loaded.listen), 4)
+
+    def test_wildcard_covers_an_address_on_its_port(self) -> None:
+        """
+        C{tcp:P} (every IPv4 address) clashes with C{tcp:P:interface=127.0.0.1}, and
+        C{tcp6:P} (dual-stack C{::}) with an IPv4 one.
+        """
+        self.assertFileError(
+            'listen = ["tcp:27321", "tcp:27321:interface=127.0.0.1"]\n',
+            "listen[1]",
+            '127.0.0.1 port 27321 is also listen[0] "tcp:27321"',
+        )
+        self.assertFileError(
+            'listen = ["tcp6:27321", "tcp:27321:interface=127.0.0.1"]\n',
+            "listen[1]",
+            "is listed twice",
+        )
+
+    def test_port_zero_never_clashes(self) -> None:
+        """
+        Port 0 (any free port) twice on one interface, spelt differently, loads: each gets
+        its own port. The same string twice is still a mistake, refused.
+        """
+        loaded = self.load(
+            'listen = ["tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1:backlog=9"]\n'
+        )
+        self.assertEqual(len(loaded.listen), 2)
+        self.assertFileError(
+            'listen = ["tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1"]\n',
+            "listen[1]",
+            "is listed twice",
+        )
+
+    def test_one_unix_path_spelt_two_ways(self) -> None:
+        """
+        C{unix:x} and C{unix:./x} are one socket file; C{unix:y} beside them is another.
+        """
+        self.assertFileError(
+            'listen = ["unix:x", "unix:./x"]\n', "listen[1]", "is listed twice", "the unix socket"
+        )
+        self.assertEqual(len(self.load('listen = ["unix:x", "unix:y"]\n').listen), 2)
+
+    def test_metrics_listener_on_a_gateway_address(self) -> None:
+        """
+        C{ops.metrics_listen} on a listener's address is refused; one port further loads.
+        """
+        self.assertFileError(
+            'listen = ["tcp:27321:interface=127.0.0.1"]\n'
+            '[ops]\nmetrics_listen = "tcp:27321:interface=127.0.0.1"\n',
+            "ops.metrics_listen",
+            'is also listen[0] "tcp:27321:interface=127.0.0.1"',
+        )
+        loaded = self.load(
+            'listen = ["tcp:27321:interface=127.0.0.1"]\n'
+            '[ops]\nmetrics_listen = "tcp:27322:interface=127.0.0.1"\n'
+        )
+        self.assertEqual(loaded.ops.metrics_listen, "tcp:27322:interface=127.0.0.1")
+
+    def test_control_socket_on_a_unix_listener(self) -> None:
+        """
+        A unix listener on the control socket's path is refused: the control socket named
+        in the file is blamed; with the default control socket, the listener is.
+        """
+        here = tempfile.mkdtemp(prefix="ngc-")  # short: a socket path has a length bound
+        self.addCleanup(os.rmdir, here)
+        sock = os.path.join(here, "c.sock")
+        self.assertFileError(
+            f'listen = ["unix:{sock}"]\n[ops]\ncontrol_socket = "{sock}"\n',
+            "ops.control_socket",
+            f'is also listen[0] "unix:{sock}"',
+        )
+        default = os.path.join(self.load("").state_dir, "control.sock")
+        self.assertFileError(
+            f'listen = ["tcp:27321:interface=127.0.0.1", "unix:{default}"]\n',
+            "listen[1]",
+            "is also ops.control_socket",
+        )
+
+    def test_tls_listener_on_a_plain_listeners_address(self) -> None:
+        """
+        A C{[[tls_listen]]} endpoint on a C{listen} address, spelt differently, is refused.
+        """
+        self.assertFileError(
+            'listen = ["tcp:7443:interface=127.0.0.1"]\n'
+            '[[tls_listen]]\nendpoint = "tcp:port=7443:interface=127.0.0.1:backlog=9"\n'
+            'cert_file = "c.pem"\nkey_file = "k.pem"\n',
+            "tls_listen[0].endpoint",
+            'is also listen[0] "tcp:7443:interface=127.0.0.1"',
+        )
+
+    def test_haproxy_listener_on_a_plain_listeners_address(self) -> None:
+        """
+        A C{haproxy:} listener binds the address of the listener it wraps.
+        """
+        self.assertFileError(
+            'listen = ["tcp:27321:interface=127.0.0.1", '
+            '"haproxy:tcp:27321:interface=127.0.0.1"]\n',
+            "listen[1]",
+            "127.0.0.1 port 27321",
+        )

@@ -17,6 +17,7 @@ from typing import Any, Final
 import attrs
 
 from netguard.admission import AdmissionPolicy
+from netguard.config.bind_addresses import first_clash, unix_listener
 from netguard.config.model import (
     COMMAND_LINE_SOURCE,
     DEFAULT_MAX_AUTH_ATTEMPTS,
@@ -372,7 +373,6 @@ def _tls_listeners(
         )
     names = [spec.name for spec in TLS_LISTEN_KEYS]
     result: list[TLSListenConfig] = []
-    seen = set(plain)
     for index, body in enumerate(values):
         prefix = f"tls_listen[{index}]"
         if not isinstance(body, dict):
@@ -388,9 +388,6 @@ def _tls_listeners(
                 raise src.error(f"{prefix}.{spec.name}", "is required")
         endpoint_key = f"{prefix}.{TLS_ENDPOINT_KEY.name}"
         listener: Listener = TLS_ENDPOINT_KEY.check(src, endpoint_key, body["endpoint"])
-        if listener.description in seen:
-            raise src.error(endpoint_key, "is listed twice")
-        seen.add(listener.description)
         if listener.warning:
             builder.warnings.append(f"{endpoint_key}: {listener.warning}")
         given: dict[str, Any] = {}
@@ -420,8 +417,6 @@ def _listeners(src: Source, key: str, values: object, builder: _Builder) -> tupl
     for index, value in enumerate(values):
         item_key = f"{key}[{index}]"
         listener: Listener = src.check(item_key, check_listener, value)
-        if listener.description in result:
-            raise src.error(item_key, "is listed twice")
         if listener.warning:
             builder.warnings.append(
                 f"{item_key} {toml_string(redact_description(listener.description))}: "
@@ -429,6 +424,27 @@ def _listeners(src: Source, key: str, values: object, builder: _Builder) -> tupl
             )
         result.append(listener.description)
     return tuple(result)
+
+
+def _check_distinct_addresses(listeners: Sequence[tuple[Source, str, str]]) -> None:
+    """
+    Refuse two listeners (of C{listen}, C{[[tls_listen]]}, C{ops.metrics_listen} and the
+    control socket) that bind the same address: the later one is blamed, naming the
+    earlier, so the start never fails after the fork on an address it took itself.
+
+    @param listeners: C{(source, key, endpoint string)} in the order they are configured.
+    @raise ConfigError: naming both keys and the address.
+    """
+    sources = {key: source for source, key, _ in listeners}
+    clash = first_clash((key, text) for _, key, text in listeners)
+    if clash is None:
+        return
+    (earlier_key, earlier), (later_key, _), address = clash
+    raise sources[later_key].error(
+        later_key,
+        f"is listed twice: {address.describe()} is also {earlier_key} "
+        f"{toml_string(redact_description(earlier))}",
+    )
 
 
 def load_config(
@@ -545,6 +561,21 @@ def load_config(
     ops_values = _typed_table(src, "ops", doc.get("ops", {}), OPS_KEYS, origins)
     ops_values.setdefault("control_socket", os.path.join(state_dir, "control.sock"))
     ops = OpsConfig(**ops_values)
+    listen_src = cli if "listen" in opts else src if "listen" in doc else defaults
+    listeners = [(listen_src, f"listen[{index}]", text) for index, text in enumerate(listen)]
+    listeners += [
+        (src, f"tls_listen[{index}].endpoint", tls.endpoint)
+        for index, tls in enumerate(tls_listen)
+    ]
+    if ops.metrics_listen:
+        listeners.append((src, "ops.metrics_listen", ops.metrics_listen))
+    if ops.control_socket:
+        control = (src, "ops.control_socket", unix_listener(ops.control_socket))
+        if origins.get("ops.control_socket") == ORIGIN_FILE:
+            listeners.append(control)
+        else:  # the default path: blame the listener the operator wrote
+            listeners.insert(0, control)
+    _check_distinct_addresses(listeners)
     peer_values = _typed_table(
         src, "peer_checks", doc.get("peer_checks", {}), PEER_CHECK_KEYS, origins
     )
