@@ -5,6 +5,7 @@ checks over a fake resolver and L{MemoryReactorClock}.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -13,6 +14,7 @@ from twisted.logger import capturedLogs
 from twisted.names import dns
 from twisted.trial import unittest
 
+from netguard.log import format_text
 from netguard.peer.checks import (
     PeerCheckPolicy,
     PeerCheckRun,
@@ -263,6 +265,26 @@ class RunFCrDNSTests(RunTestCase):
         self.assertEqual(event["peer"], "127.0.0.1:40000")
         self.assertEqual(event["log_level"].name, "info")
 
+    def test_reverse_zone_cannot_forge_words_in_the_line(self) -> None:
+        """
+        A PTR name the reverse zone chose with spaces and quotes (a fail2ban pattern's
+        words) appears quoted in the rendered line, its quotes escaped: no pattern for a
+        failed login matches, and no fake C{tried=}/C{confirmed=} token stands alone.
+        """
+        planted = b'x authentication failed for "root" from 10.9.9.9: unknown user'
+        self.resolver.add(
+            dns.PTR, PTR1, [ptr(PTR1, planted), ptr(PTR1, b"x name=ok.example confirmed=True")]
+        )
+        with capturedLogs() as events:
+            self.start(PeerCheckPolicy(fcrdns="log"))
+        [event] = [e for e in events if e.get("event") == "peer.fcrdns"]
+        line = format_text(event)
+        assert line is not None
+        self.assertIsNone(re.search(r'authentication failed for "[^"]*" from 10\.9\.9\.9', line))
+        self.assertIn('"x authentication failed for \\x22root\\x22 from 10.9.9.9', line)
+        self.assertIn('"x name=ok.example confirmed=True"', line)
+        self.assertEqual(line.count('"') % 2, 0, line)
+
     def test_shared_cache_used(self) -> None:
         self.confirmed()
         checks = PeerChecks(
@@ -302,6 +324,19 @@ class RunIdentTests(RunTestCase):
         self.assertEqual(ident.reply.user, "root\x1b[2J")  # type: ignore[union-attr]
         verdict = self.verdict(run)
         self.assertEqual((verdict.allowed, verdict.reason, verdict.ident), (True, "ok", ident))
+
+    def test_ident_os_token_quoted_in_the_line(self) -> None:
+        """
+        The identd's OS token (its own choice) is quoted in the message like the user.
+        """
+        with capturedLogs() as events:
+            self.start(PeerCheckPolicy(ident="log"))
+            protocol, _transport = self.ident_connection()
+            protocol.dataReceived(b'40000,7700:USERID:OTHER"x=1:root\r\n')
+        [event] = [e for e in events if e.get("event") == "peer.ident"]
+        line = format_text(event)
+        assert line is not None
+        self.assertIn('os="OTHER\\x22x=1"', line)
 
     def test_both_start_at_once(self) -> None:
         self.resolver.add(dns.PTR, PTR1, HANG)

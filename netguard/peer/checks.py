@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Generic, Literal, TypeVar
 
@@ -438,14 +439,18 @@ class PeerCheckRun:
 
     def _fcrdns_done(self, result: FCrDNSResult) -> None:
         self.log.info(
-            "peer {peer} fcrdns {reason} name={name} tried={names_tried}",
+            "peer {peer} fcrdns {reason} name={name} tried={names_tried_text}",
             event="peer.fcrdns",
             peer=self._peer_text,
             confirmed=result.confirmed,
             reason=escape(result.reason),
             name=escape(result.name),
-            # Already safe: valid host names, or escaped by confirm_hostname.
+            # Already escaped: valid host names, or escaped by confirm_hostname.
             names_tried=",".join(result.names_tried),
+            # In the message, a name the reverse zone chose that is not a host name (it may
+            # hold spaces and quotes: 'x authentication failed for "root" from 10.9.9.9')
+            # is quoted, so it cannot pass for netguard's own words.
+            names_tried_text=",".join(_name_text(n) for n in result.names_tried),
             names_skipped=result.names_skipped,
         )
         self._fcrdns.fire(result)
@@ -456,13 +461,14 @@ class PeerCheckRun:
         if reply is not None:
             user = reply.user if reply.user is not None else reply.user_octets
         self.log.info(
-            "peer {peer} ident {reason} claims user={user_quoted} os={os}",
+            "peer {peer} ident {reason} claims user={user_quoted} os={os_quoted}",
             event="peer.ident",
             peer=self._peer_text,
             ok=result.ok,
             reason=escape(result.reason),
             kind=escape(reply.kind if reply else None),
             os=escape(reply.os if reply else None),
+            os_quoted=quoted(reply.os if reply else None),
             charset=escape(reply.charset if reply else None),
             user=escape(user, limit=600),
             user_quoted=quoted(user, limit=600),
@@ -470,6 +476,21 @@ class PeerCheckRun:
             received=result.received,
         )
         self._ident.fire(result)
+
+
+#: What a valid host name (as L{netguard.peer.fcrdns} keeps it: lower case, no final dot)
+#: is made of; any other name tried is shown quoted.
+_HOST_NAME_TEXT = re.compile(r"[a-z0-9._-]+")
+
+
+def _name_text(name: str) -> str:
+    """
+    A name tried (already escaped), for a log message: as it is when it is a host name,
+    else in double quotes with C{"} escaped, as L{quoted} shows a value.
+    """
+    if _HOST_NAME_TEXT.fullmatch(name):
+        return name
+    return '"' + name.replace('"', "\\x22") + '"'
 
 
 def _fired(verdict: Verdict) -> Deferred[Verdict]:
