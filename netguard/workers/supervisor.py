@@ -732,10 +732,12 @@ class Supervisor(MultiService):
 
     def force(self, why: str) -> None:
         """
-        A second stop signal: every worker closes what it still has at once.
+        A second stop signal: every worker still running or draining closes what it still
+        has at once.
         """
-        for slot in self.live():
-            _quiet(slot.channel.callRemote(commands.Drain, force=True))
+        for slot in self.slots:
+            if slot.channel is not None and slot.state in (STARTING, RUNNING, STOPPING):
+                _quiet(slot.channel.callRemote(commands.Drain, force=True))
 
     def _kill_remaining(self) -> None:
         self._kill_timer = None
