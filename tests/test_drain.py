@@ -10,6 +10,7 @@ from twisted.trial import unittest
 
 from netguard.ops.drain import Drainer
 from tests.test_gateway_protocol import Session
+from tests.test_gateway_streams import Mux
 
 
 class AbortableTransport(StringTransport):
@@ -148,3 +149,19 @@ class ForcedCloseLoggingTests(unittest.TestCase):
         s.proto.connectionLost(None)
         self.assertEqual(self.closed_by(events), ["client"])
         self.assertEqual(drainer.forced, 0)
+
+    def test_multiplexed_connection_cut_is_closed_by_server(self):
+        """
+        A multiplexed connection whose stream still relays when the grace period ends is
+        cut and logged C{closed_by="server"}, not as the client's close.
+        """
+        m = Mux(self)
+        m.upgrade()
+        m.open(b"OPEN echo\r\n")
+        drainer = Drainer(m.factory, m.s.clock, grace=10)
+        m.factory.drainer = drainer
+        drainer.drain()
+        m.pump()
+        m.s.clock.advance(10)
+        m.s.proto.connectionLost(None)
+        self.assertEqual([e["closed_by"] for e in m.named("conn.close")], ["server"])

@@ -184,6 +184,7 @@ class GatewaySession(LaneSession):
         "_ticketed",
         "_lane_user",
         "_accepted",
+        "_cut",
     )
 
     def __init__(
@@ -228,6 +229,7 @@ class GatewaySession(LaneSession):
         self._ticketed = False
         self._lane_user: str | None = None
         self._accepted = False  # conn.accept logged (at its first valid command)
+        self._cut = False  # aborted by the drain (L{cut}): the server closed it
 
     @property
     def peer_address(self) -> object:
@@ -558,7 +560,7 @@ class GatewaySession(LaneSession):
         """
         The multiplexed session ended (its streams have been told; the gate logged how).
         """
-        self.closed_by = closed_by
+        self.closed_by = "server" if self._cut else closed_by
 
     def do_open(self, name_bytes: bytes) -> None:
         chosen = choose_service(
@@ -690,6 +692,7 @@ class GatewaySession(LaneSession):
         connection now, its relay too, logged as closed by the server (C{closed_by}).
         """
         self.closed_by = "server"
+        self._cut = True
         leg = self._leg
         if leg is not None and leg.splice is not None:
             leg.splice.abort("server")  # both sides, its result naming the server
