@@ -23,9 +23,7 @@ import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
-from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -33,6 +31,10 @@ from twisted.web.server import Request, Site
 import netguard
 from netguard.addresses import peer_ip
 from netguard.admission import OVERLOAD_LAG, OVERLOAD_LOAD, OVERLOAD_MEMORY, REASONS
+from netguard.ops.metrics_connections import (
+    BoundedDeadlineFactory,
+    DeadlineConnection,
+)
 from netguard.ops.process_metrics import PROCESS_METRICS, process_figures
 from netguard.stats import OPEN_FAILURE_REASONS, SETUP_BUCKETS, HistogramSnapshot
 
@@ -62,11 +64,9 @@ MAX_OPEN_FAILURE_REASONS: Final = 16
 #: The largest request body read (and discarded) before the connection is cut.
 MAX_REQUEST_BODY_BYTES: Final = 4096
 
-#: Simultaneous connections to the metrics listener; more are closed at once.
+#: Simultaneous connections to the metrics listener; a newcomer past it replaces the one
+#: that has waited longest for a request (L{BoundedDeadlineFactory}).
 MAX_CONNECTIONS: Final = 8
-
-#: Seconds an HTTP connection may stay idle.
-REQUEST_TIMEOUT: Final = 30.0
 
 #: The counters of L{netguard.stats.Stats} and their help texts, in output order.
 COUNTERS: Final[tuple[tuple[str, str], ...]] = (
@@ -591,6 +591,17 @@ class MetricsRequest(Request):
 
     _body_bytes = 0
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """
+        Tell the connection a complete request arrived (its deadline stops) and when the
+        answer is done (the next request's deadline starts), then answer.
+        """
+        connection = getattr(self.channel, "transport", None)
+        if isinstance(connection, DeadlineConnection):
+            connection.request_received()
+            self.notifyFinish().addBoth(lambda _: connection.answer_done())
+        super().requestReceived(command, path, version)
+
     def gotLength(self, length: int | None) -> None:
         """
         Refuse at once a declared body longer than the bound; keep none of it either way.
@@ -634,44 +645,28 @@ class MetricsSite(Site):
         """
 
 
-class _BoundedFactory(WrappingFactory):
-    """
-    Close connections beyond L{MAX_CONNECTIONS} at once (a local client cannot pile them up).
-    """
-
-    noisy = False
-
-    def __init__(self, wrapped: Any, max_connections: int) -> None:
-        super().__init__(wrapped)
-        self.max_connections = max_connections
-
-    def buildProtocol(self, addr: IAddress | None) -> Any:
-        if len(self.protocols) >= self.max_connections:
-            return None
-        return super().buildProtocol(addr)
-
-
 def metrics_factory(
     source: Callable[[], Mapping[str, Any]],
     reactor: Any,
     max_connections: int = MAX_CONNECTIONS,
-) -> WrappingFactory:
+) -> BoundedDeadlineFactory:
     """
     The protocol factory of the metrics listener.
 
     @param source: returns the current figures.
-    @param reactor: the reactor (idle timeouts).
+    @param reactor: the reactor (request deadlines).
     @param max_connections: simultaneous connections served.
-    @return: a factory serving L{MetricsResource} over HTTP/1.1.
+    @return: a factory serving L{MetricsResource} over HTTP/1.1, each request within
+        L{netguard.ops.metrics_connections.REQUEST_DEADLINE} seconds.
     """
     site = MetricsSite(
         MetricsResource(source),
         requestFactory=MetricsRequest,
-        timeout=REQUEST_TIMEOUT,
+        timeout=None,
         reactor=reactor,
     )
     site.displayTracebacks = False
-    return _BoundedFactory(site, max_connections)
+    return BoundedDeadlineFactory(site, max_connections, reactor)
 
 
 def is_loopback(address: object) -> bool:

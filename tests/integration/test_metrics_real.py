@@ -20,13 +20,15 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
 import netguard
 from netguard.client.protocol import Credentials, NGPClientProtocol
-from netguard.ops.metrics import CONTENT_TYPE
+from netguard.ops.metrics import CONTENT_TYPE, MAX_CONNECTIONS, MetricsService
 from tests.integration.test_gateway_e2e import Collector, RawClient
 from tests.integration.util import (
     RunningGateway,
@@ -382,3 +384,71 @@ class LiveRelayMetricsTests(unittest.TestCase):
         self.assertEqual(_value(after, "netguard_service_relays", service="redis"), 0)
         self.assertEqual(_value(after, "netguard_service_sessions_total", service="redis"), 1)
         self.assertEqual(after[("netguard_session_setup_seconds_count", ())], 1)
+
+
+class HostileDripper(Protocol):
+    """
+    A hostile client: sends half a request, then one byte at a time when told, never the
+    end of its headers.
+    """
+
+    def __init__(self) -> None:
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-A: ")
+
+    def drip(self) -> None:
+        self.transport.write(b"a")
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.callback(None)
+
+
+class MetricsDripperTests(unittest.TestCase):
+    """
+    A real scrape over loopback succeeds while hostile drippers hold every slot of the
+    metrics listener.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.service = MetricsService(
+            reactor, "tcp:0:interface=127.0.0.1", lambda: {"connections": 7}
+        )
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        self.port = self.service.port.getHost().port
+
+    @inlineCallbacks
+    def test_scrape_succeeds_while_drippers_hold_the_cap(self) -> Any:
+        """
+        MAX_CONNECTIONS hostile drippers connect (and are all accepted), drip a byte each;
+        a real HTTP client then gets 200 with the figures, and the oldest dripper is the
+        one cut to make room.
+        """
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        drippers = []
+        for _ in range(MAX_CONNECTIONS):
+            dripper = yield connectProtocol(endpoint, HostileDripper())
+            drippers.append(dripper)
+        for _ in range(2000):
+            if len(self.service.factory.protocols) == MAX_CONNECTIONS:
+                break
+            yield deferLater(reactor, 0.005, lambda: None)
+        self.assertEqual(len(self.service.factory.protocols), MAX_CONNECTIONS)
+        for dripper in drippers:
+            dripper.drip()
+        url = b"http://127.0.0.1:%d/metrics" % (self.port,)
+        response = yield Agent(reactor).request(b"GET", url)
+        body = yield readBody(response)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(parse_exposition(body.decode())[("netguard_connections_total", ())], 7)
+        yield drippers[0].lost
+        for dripper in drippers:
+            dripper.transport.abortConnection()
+        for _ in range(2000):
+            if not self.service.factory.protocols:
+                break
+            yield deferLater(reactor, 0.005, lambda: None)
