@@ -213,6 +213,8 @@ class ServerExchange(_Exchange):
         self._mechanism = mechanism
         self.username: str | None = None
         self.known_user = False
+        #: The verifier the exchange checks the proof against (a known user's), once read.
+        self.verifier: tuple[bytes, bytes, bytes, int] | None = None
         self.authenticated = False
         self._step = _Step.FIRST
         try:
@@ -225,7 +227,9 @@ class ServerExchange(_Exchange):
     def _auth_fn(self, name: str) -> tuple[bytes, bytes, bytes, int]:
         self.username = name
         self.known_user = self._store.lookup(name) is not None
-        return self._store.auth_info(name)
+        info = self._store.auth_info(name)
+        self.verifier = info if self.known_user else None
+        return info
 
     def _fail(self, reason: str) -> AuthFailed:
         self._step = _Step.FAILED

@@ -185,6 +185,7 @@ class GatewaySession(LaneSession):
         "_lane_user",
         "_accepted",
         "_cut",
+        "_login_verifier",
     )
 
     def __init__(
@@ -229,6 +230,7 @@ class GatewaySession(LaneSession):
         self._ticketed = False
         self._lane_user: str | None = None
         self._accepted = False  # conn.accept logged (at its first valid command)
+        self._login_verifier: tuple[bytes, bytes, bytes, int] | None = None
         self._cut = False  # aborted by the drain (L{cut}): the server closed it
 
     @property
@@ -508,10 +510,12 @@ class GatewaySession(LaneSession):
         assert exchange is not None
         try:
             server_final = exchange.final(client_final)
+            verifier = self._verifier_in_force(exchange)
         except AuthFailed as failure:
             self.state = SessionState.READY
             self._auth_failed(failure, exchange.username)
             return
+        self._login_verifier = verifier
         self._progress()
         if self.admitted is not None and self.admitted.address is not None:
             refusal = self.admitted.promote()
@@ -531,6 +535,20 @@ class GatewaySession(LaneSession):
             **self.log_fields(),
         )
         self.sendLine(b"OK " + encode_wire(server_final))
+
+    def _verifier_in_force(self, exchange: ServerExchange) -> tuple[bytes, bytes, bytes, int]:
+        """
+        The verifier a proof was checked against, if it is still the user's: a users file
+        reloaded during the exchange (a password changed, the user removed) fails a proof
+        made with what it replaced.
+
+        @raise AuthFailed: the verifier is no longer in force.
+        """
+        record = self.factory.users.lookup(exchange.username or "")
+        verifier = exchange.verifier
+        if record is None or verifier is None or record.auth_info() != verifier:
+            raise AuthFailed("the user's verifier changed during the exchange", True)
+        return verifier
 
     def do_services(self) -> None:
         names = self.factory.services_for(self.user or "")

@@ -28,16 +28,35 @@ BAD_TICKET_OFFENCE: Final = "bad_ticket"
 #: Seconds a connection admission ended (evicted, or at the end of its probation) may take
 #: to read its C{ERR BUSY} line before it is aborted: it holds no slot any more.
 ENDED_LINGER: Final = 2.0
+#: The refusal text of a ticket asked for by a session whose user's password has changed
+#: since it logged in.
+PASSWORD_CHANGED: Final = "password changed since login"
 #: The C{closed_by} of a connection admission ended.
 CLOSED_BY_ADMISSION: Final = "admission"
 #: A C{RESUME} word (any case, anywhere on a line: a line may be cut or begin with junk) and
 #: the rest of its line, where its ticket is (whole or cut short by an excerpt's end).
 _RESUME_TICKET: Final = re.compile(rb"(?i)RESUME[^\n]*")
+#: A C{CONT} word and the rest of its line, where a SCRAM client-final message is: its proof,
+#: with the user's StoredKey from the users file, gives the ClientKey that logs in.
+_SCRAM_FINAL: Final = re.compile(rb"(?i)CONT[^\n]*")
 
 
 def _hidden(match: re.Match[bytes]) -> bytes:
     found = match.group()
     return found[:6] + (b" <ticket>\r" if found.endswith(b"\r") else b" <ticket>")
+
+
+def _hidden_final(match: re.Match[bytes]) -> bytes:
+    found = match.group()
+    return found[:4] + (b" <scram>\r" if found.endswith(b"\r") else b" <scram>")
+
+
+def hide_scram_finals(data: bytes) -> bytes:
+    """
+    C{data} with the rest of the line after every C{CONT} word (a SCRAM client-final
+    message and its proof, whole or cut short) replaced by C{<scram>}; CR LF is kept.
+    """
+    return _SCRAM_FINAL.sub(_hidden_final, data)
 
 
 def hide_tickets(data: bytes) -> bytes:
@@ -73,6 +92,7 @@ class LaneSession(GuardedLineReceiver):
     _ticketed: bool
     _lane_user: str | None
     _tls_ready: bool
+    _login_verifier: tuple[bytes, bytes, bytes, int] | None
 
     def ticket_book(self) -> TicketBook | None:
         """
@@ -121,9 +141,10 @@ class LaneSession(GuardedLineReceiver):
     def loggable_input(self, data: bytes) -> bytes:
         """
         A peer's bytes as the log may show them (early talk, a refusal's input excerpt):
-        every C{RESUME} word's ticket, on any line, cut short or not, is C{<ticket>}.
+        every C{RESUME} word's ticket, on any line, cut short or not, is C{<ticket>}, and
+        every C{CONT} word's SCRAM client-final message (its proof) is C{<scram>}.
         """
-        return hide_tickets(data)
+        return hide_scram_finals(hide_tickets(data))
 
     def do_ticket(self) -> None:
         """
@@ -146,6 +167,11 @@ class LaneSession(GuardedLineReceiver):
         record = self.factory.users.lookup(user)
         if record is None:  # removed since login (the session refuses this before it asks)
             self.refuse(ErrorCode.NOT_AUTHORIZED, USER_REMOVED)
+            return
+        if record.auth_info() != self._login_verifier:
+            # The password changed since this session logged in: a ticket sealed now would
+            # survive the change that revokes the others.
+            self.refuse(ErrorCode.NOT_AUTHORIZED, PASSWORD_CHANGED, close=False)
             return
         issued = book.issue(user, record, self.transport.getPeer())
         if issued is None:
