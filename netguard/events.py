@@ -27,6 +27,9 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "users.created": "the users file was created with a generated user",
         "log.file_open": "the log file was opened",
         "log.file_permissions": "the log file is open to its group or others",
+        "log.write_failed": "records could not be written to the log file and were dropped "
+        "(at most one report a minute)",
+        "log.write_restored": "the log file is written again after records were dropped",
         "log.unformattable": "an observer could not render an event and wrote this instead",
         "gateway.listen": "a listener was opened",
         "gateway.hand_over": "what netguard created in the state directory was given to the "

@@ -10,6 +10,7 @@ C{docs/logging.md}.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import math
@@ -17,6 +18,7 @@ import os
 import stat
 import string
 import sys
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from enum import Enum
@@ -591,13 +593,25 @@ class LogSettings:
     file: str = "-"
 
 
+#: At most one C{log.write_failed} report per this many seconds while the log file cannot
+#: be written.
+WRITE_FAILURE_REPORT_INTERVAL = 60.0
+
+
 class FileLogSink:
     """
     The C{[log] file} sink: while started, every event of C{publisher} is also written to
     a file in C{[log] format}. Inactive (start and stop do nothing) when the path is L{None}.
 
+    A record that cannot be written (C{OSError}: disk full, I/O error) is dropped and
+    counted, the file is closed (discarding any half-written buffer) and reopened for the
+    next event. The failure is reported to the other observers (twistd's own log) as
+    C{log.write_failed}, at most once per L{WRITE_FAILURE_REPORT_INTERVAL}; the first
+    record written again is followed by one C{log.write_restored} with the count lost.
+
     @ivar path: the file, or L{None}.
     @ivar log_format: C{"text"} or C{"json"}.
+    @ivar dropped: records not written since the last successful write.
     """
 
     def __init__(
@@ -606,12 +620,14 @@ class FileLogSink:
         log_format: str = "text",
         publisher: LogPublisher | None = None,
         opener: Callable[[str], IO[str]] = open_log_file,
+        seconds: Callable[[], float] = time.monotonic,
     ) -> None:
         """
         @param path: the log file, or L{None} for an inactive sink.
         @param log_format: C{"text"} or C{"json"}.
         @param publisher: where events come from (default: C{globalLogPublisher}).
         @param opener: opens the file (injected for tests).
+        @param seconds: the clock of the failure reports' rate limit.
         @raise ValueError: for an unknown format.
         """
         if log_format not in _OBSERVERS:
@@ -621,8 +637,14 @@ class FileLogSink:
         self._publisher = globalLogPublisher if publisher is None else publisher
         self._log = Logger(namespace=__name__, observer=cast(Any, self._publisher))
         self._opener = opener
+        self._seconds = seconds
         self._file: IO[str] | None = None
+        self._writer: FileLogObserver | None = None
         self._observer: Any = None
+        self._reporting = False
+        self.dropped = 0
+        self._unreported = 0
+        self._last_report: float | None = None
 
     @classmethod
     def from_config(
@@ -661,8 +683,8 @@ class FileLogSink:
             raise LogFileError(
                 f"cannot open log file {self.path}: {error.strerror or error}"
             ) from None
-        self._file = stream
-        self._observer = observer_for(self.log_format, stream)
+        self._use(stream)
+        self._observer = self._write
         self._publisher.addObserver(self._observer)
         mode = _mode_of(stream)
         self._log.info(
@@ -689,15 +711,79 @@ class FileLogSink:
         @return: C{result}.
         """
         observer, self._observer = self._observer, None
-        stream, self._file = self._file, None
         if observer is not None:
             self._publisher.removeObserver(observer)
+        self._close()
+        return result
+
+    def _use(self, stream: IO[str]) -> None:
+        """
+        Write to C{stream} from now on.
+        """
+        self._file = stream
+        self._writer = observer_for(self.log_format, stream)
+
+    def _close(self) -> None:
+        """
+        Close the file, dropping whatever it still buffers.
+        """
+        stream, self._file, self._writer = self._file, None, None
         if stream is not None:
             try:
                 stream.close()
-            except OSError:
+            except (OSError, ValueError):
                 pass
-        return result
+
+    def _write(self, event: Mapping[str, Any]) -> None:
+        """
+        The observer: write C{event} (reopening the file after a failure); on C{OSError}
+        drop and count it.
+        """
+        if self._reporting or self.path is None:
+            return
+        try:
+            if self._writer is None:
+                self._use(self._opener(self.path))
+            cast(FileLogObserver, self._writer)(cast(Any, event))
+        except OSError as error:
+            self._close()
+            self._failed(error)
+            return
+        if self.dropped:
+            lost, self.dropped, self._unreported = self.dropped, 0, 0
+            self._last_report = None
+            self._log.info(
+                "log file {path} written again; {lost} records were lost",
+                event="log.write_restored",
+                path=escape(self.path, limit=4096),
+                lost=lost,
+            )
+
+    def _failed(self, error: OSError) -> None:
+        """
+        Count a dropped record; tell the other observers, at most once per interval.
+        """
+        self.dropped += 1
+        self._unreported += 1
+        now = self._seconds()
+        if self._last_report is not None and now - self._last_report < (
+            WRITE_FAILURE_REPORT_INTERVAL
+        ):
+            return
+        dropped, self._unreported = self._unreported, 0
+        self._last_report = now
+        self._reporting = True
+        try:
+            self._log.error(
+                "cannot write log file {path}: {error}; {dropped} records dropped",
+                event="log.write_failed",
+                path=escape(str(self.path), limit=4096),
+                error=escape(error.strerror or str(error)),
+                errno=errno.errorcode.get(error.errno, "-") if error.errno else "-",
+                dropped=dropped,
+            )
+        finally:
+            self._reporting = False
 
 
 def _mode_of(stream: IO[str]) -> int | None:

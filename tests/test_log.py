@@ -8,6 +8,7 @@ check that C{log.format = "json"} with C{log.file = "-"} is not silently ignored
 from __future__ import annotations
 
 import calendar
+import errno
 import io
 import json
 import os
@@ -46,6 +47,7 @@ from netguard.log import (
     DEFAULT_FIELD_LIMIT,
     JOURNAL_PRIORITIES,
     JSON_RECORD_KEYS,
+    WRITE_FAILURE_REPORT_INTERVAL,
     FileLogSink,
     LogFileError,
     escape,
@@ -801,6 +803,200 @@ class FileLogSinkTests(unittest.TestCase):
             stream.write(text)
             stream.close()
         self.assertEqual(self.read(), "one\ntwo\n")
+
+
+class FlakyFile:
+    """
+    A log file whose writes fail with C{ENOSPC} while C{disk["full"]} is set; records reach
+    C{disk["lines"]} only when flushed, and what is still buffered at close is lost.
+    """
+
+    def __init__(self, disk: dict[str, Any]) -> None:
+        self.disk = disk
+        self.buffer = ""
+        self.closed = False
+
+    def write(self, text: str) -> None:
+        self.buffer += text
+
+    def flush(self) -> None:
+        if self.disk["full"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.disk["lines"].append(self.buffer)
+        self.buffer = ""
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FileLogSinkWriteFailureTests(unittest.TestCase):
+    """
+    A C{[log] file} that can no longer be written: records are dropped and counted, the
+    other observers get one rate-limited C{log.write_failed} and no traceback, and writing
+    resumes (with one C{log.write_restored}) when the file takes records again.
+    """
+
+    def setUp(self) -> None:
+        self.publisher = LogPublisher()
+        self.events: list[dict[str, Any]] = []
+        self.publisher.addObserver(self.events.append)
+        self.logger = Logger(namespace="t", observer=self.publisher)  # type: ignore[arg-type]
+        self.disk: dict[str, Any] = {"full": False, "lines": []}
+        self.files: list[FlakyFile] = []
+        self.now = 0.0
+
+    def opener(self, path: str) -> Any:
+        stream = FlakyFile(self.disk)
+        self.files.append(stream)
+        return stream
+
+    def sink(self) -> FileLogSink:
+        sink = FileLogSink("x.log", "text", self.publisher, self.opener, lambda: self.now)
+        sink.start()
+        self.addCleanup(sink.stop)
+        return sink
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == name]
+
+    def emit(self, count: int) -> None:
+        for number in range(count):
+            self.logger.info("record {number}", event="x.record", number=number)
+
+    def test_failed_writes_dropped_counted_and_reported_once(self) -> None:
+        """
+        Three records on a full disk: all three dropped and counted, one C{log.write_failed}
+        (error, errno, one dropped so far) for the other observers, no traceback, and the
+        sink stays on the publisher.
+        """
+        sink = self.sink()
+        self.disk["full"] = True
+        self.emit(3)
+        reports = self.named("log.write_failed")
+        self.assertEqual(len(reports), 1)
+        self.assertEqual(reports[0]["log_level"], LogLevel.error)
+        self.assertEqual(reports[0]["errno"], "ENOSPC")
+        self.assertEqual(reports[0]["error"], os.strerror(errno.ENOSPC))
+        self.assertEqual(reports[0]["dropped"], 1)
+        self.assertEqual(sink.dropped, 3)
+        self.assertEqual([e for e in self.events if "log_failure" in e], [])
+        self.assertTrue(sink.started)
+        self.assertEqual(len(self.publisher._observers), 2)
+
+    def test_half_written_record_not_kept_back(self) -> None:
+        """
+        After a failure the file is closed (its buffer dropped) and reopened for the next
+        record, so a dropped record never reappears later.
+        """
+        self.sink()
+        self.disk["full"] = True
+        self.emit(1)
+        self.assertTrue(self.files[0].closed)
+        self.disk["full"] = False
+        self.logger.info("after", event="x.after")
+        self.assertEqual(len(self.files), 2)
+        written = "".join(self.disk["lines"])
+        self.assertNotIn("record 0", written)
+        self.assertIn("x.after", written)
+
+    def test_no_second_report_before_the_interval(self) -> None:
+        """
+        Half a second before the interval is over, further failures are only counted.
+        """
+        self.sink()
+        self.disk["full"] = True
+        self.emit(1)
+        self.now = WRITE_FAILURE_REPORT_INTERVAL - 0.5
+        self.emit(4)
+        self.assertEqual(len(self.named("log.write_failed")), 1)
+
+    def test_next_report_at_the_interval_counts_since_the_last(self) -> None:
+        """
+        At the interval exactly, the next failure is reported with the records dropped
+        since the previous report (itself included).
+        """
+        self.sink()
+        self.disk["full"] = True
+        self.emit(1)
+        self.now = WRITE_FAILURE_REPORT_INTERVAL - 0.5
+        self.emit(4)
+        self.now = WRITE_FAILURE_REPORT_INTERVAL
+        self.emit(1)
+        self.assertEqual([e["dropped"] for e in self.named("log.write_failed")], [1, 5])
+
+    def test_recovery_written_and_said_once(self) -> None:
+        """
+        When the file takes records again, the record is written, followed (in the file and
+        for the other observers) by one C{log.write_restored} with the count lost; the next
+        records bring no other.
+        """
+        sink = self.sink()
+        self.disk["full"] = True
+        self.emit(3)
+        self.disk["full"] = False
+        self.logger.info("back", event="x.back")
+        self.emit(2)
+        restored = self.named("log.write_restored")
+        self.assertEqual(len(restored), 1)
+        self.assertEqual(restored[0]["lost"], 3)
+        self.assertEqual(sink.dropped, 0)
+        lines = "".join(self.disk["lines"]).splitlines()
+        self.assertIn("x.back", lines[1])
+        self.assertIn("log.write_restored", lines[2])
+        self.assertEqual(len(lines), 5)
+
+    def test_failure_after_recovery_reported_at_once(self) -> None:
+        """
+        A new failure after a recovery is reported at once, not held back by the interval
+        of the previous report.
+        """
+        self.sink()
+        self.disk["full"] = True
+        self.emit(1)
+        self.disk["full"] = False
+        self.emit(1)
+        self.disk["full"] = True
+        self.emit(1)
+        self.assertEqual([e["dropped"] for e in self.named("log.write_failed")], [1, 1])
+
+    def test_reopen_failure_counted(self) -> None:
+        """
+        A file that cannot be reopened (removed directory) drops the record like a failed
+        write, without a traceback.
+        """
+
+        def opener(path: str) -> Any:
+            if self.files:
+                raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+            return self.opener(path)
+
+        sink = FileLogSink("x.log", "text", self.publisher, opener, lambda: self.now)
+        sink.start()
+        self.addCleanup(sink.stop)
+        self.disk["full"] = True
+        self.emit(1)
+        self.disk["full"] = False
+        self.emit(2)
+        self.assertEqual(sink.dropped, 3)
+        self.assertEqual(self.named("log.write_failed")[0]["errno"], "ENOSPC")
+        self.assertEqual([e for e in self.events if "log_failure" in e], [])
+
+    def test_dev_full(self) -> None:
+        """
+        With the real C{/dev/full} as the log file, 36 records (and C{log.file_open}) are
+        dropped and counted, with one C{log.write_failed} naming C{ENOSPC} and no traceback.
+        """
+        if not os.path.exists("/dev/full"):
+            raise unittest.SkipTest("no /dev/full on this system")
+        sink = FileLogSink("/dev/full", "text", self.publisher)
+        sink.start()
+        self.addCleanup(sink.stop)
+        self.emit(36)
+        reports = self.named("log.write_failed")
+        self.assertEqual([(r["errno"], r["dropped"]) for r in reports], [("ENOSPC", 1)])
+        self.assertEqual(sink.dropped, 37)
+        self.assertEqual([e for e in self.events if "log_failure" in e], [])
+        self.assertTrue(sink.started)
 
 
 class StdoutProblemTests(unittest.TestCase):
