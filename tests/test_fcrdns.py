@@ -17,9 +17,11 @@ from twisted.internet.defer import (
     TimeoutError,
     fail,
     gatherResults,
+    inlineCallbacks,
     succeed,
 )
-from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import capturedLogs, globalLogPublisher
 from twisted.names import client, dns
 from twisted.names import error as names_error
@@ -1091,3 +1093,57 @@ class QuietResolverTests(unittest.TestCase):
             self.assertEqual(left, [])
 
         return closed.addCallback(check)
+
+
+class _HostileTruncatingServer(DatagramProtocol):
+    """
+    A hostile DNS server written for a test: answers every UDP query with the truncation
+    bit set and nothing in it, so that a resolver would retry over TCP.
+    """
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802
+        query = dns.Message()
+        query.fromStr(datagram)
+        answer = dns.Message(id=query.id, answer=1, opCode=query.opCode, trunc=1)
+        answer.queries = query.queries
+        self.transport.write(answer.toStr(), addr)
+
+
+class _SilentTCP(Protocol):
+    """
+    The same hostile server's TCP side: accepts, counts, never answers.
+    """
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.factory.accepted.append(self.transport)  # type: ignore[attr-defined]
+
+
+class TruncatedAnswerTests(unittest.TestCase):
+    """
+    A truncated answer ends the check as C{server-failure} at once, over real loopback
+    sockets: no TCP retry, whose fixed 10 s timeout and connection would outlive the check.
+    """
+
+    @inlineCallbacks
+    def test_truncated_answer_is_a_server_failure_without_tcp(self) -> Any:
+        from twisted.internet import reactor
+
+        factory = Factory.forProtocol(_SilentTCP)
+        factory.accepted = []  # type: ignore[attr-defined]
+        for _attempt in range(20):
+            udp = reactor.listenUDP(0, _HostileTruncatingServer(), "127.0.0.1")
+            port = udp.getHost().port
+            try:
+                tcp = reactor.listenTCP(port, factory, interface="127.0.0.1")
+            except CannotListenError:
+                udp.stopListening()
+                continue
+            break
+        else:
+            self.fail("no port free for both UDP and TCP")
+        self.addCleanup(udp.stopListening)
+        self.addCleanup(tcp.stopListening)
+        resolver = make_resolver(reactor, [("127.0.0.1", port)], 5.0)
+        result = yield confirm_hostname(reactor, "127.0.0.1", resolver=resolver, timeout=5.0)
+        self.assertEqual(result.reason, "server-failure")
+        self.assertEqual(factory.accepted, [])  # type: ignore[attr-defined]

@@ -374,9 +374,32 @@ def make_resolver(
         own in netguard's logs.
     """
     chosen = list(servers) if servers else system_nameservers()
-    return client.Resolver(
+    return _UDPOnlyResolver(
         servers=chosen, timeout=retry_schedule(timeout), reactor=_QuietUDPReactor(reactor)
     )
+
+
+class TruncatedAnswer(names_error.DNSServerError):
+    """
+    A DNS server answered with the truncation bit set (the answer did not fit a datagram).
+    """
+
+
+class _UDPOnlyResolver(client.Resolver):
+    """
+    Twisted's resolver, except that a truncated answer is a failure (C{server-failure})
+    instead of a retry over TCP: that retry runs with Twisted's own fixed 10 s timeout, is
+    not cancelled when the check's deadline ends it, and keeps its TCP connection open for as
+    long as the server does, so a hostile DNS server answering every query truncated would
+    make the checks hold connections and timers past their bounds. An honest PTR or A/AAAA
+    answer for a host fits a datagram (512 bytes hold about ten names, more than
+    C{fcrdns_max_names} looks at).
+    """
+
+    def filterAnswers(self, message: dns.Message) -> Any:  # noqa: N802
+        if message.trunc:
+            return Failure(TruncatedAnswer(message))
+        return super().filterAnswers(message)
 
 
 class _QuietUDPReactor:
