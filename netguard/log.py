@@ -753,7 +753,7 @@ class FileLogSink:
             lost, self.dropped, self._unreported = self.dropped, 0, 0
             self._last_report = None
             self._log.info(
-                "log file {path} written again; {lost} records were lost",
+                "log file {path} written again; records lost: {lost}",
                 event="log.write_restored",
                 path=escape(self.path, limit=4096),
                 lost=lost,
@@ -775,7 +775,8 @@ class FileLogSink:
         self._reporting = True
         try:
             self._log.error(
-                "cannot write log file {path}: {error}; {dropped} records dropped",
+                "cannot write log file {path}: {error}; records dropped since the last report: "
+                "{dropped}",
                 event="log.write_failed",
                 path=escape(str(self.path), limit=4096),
                 error=escape(error.strerror or str(error)),
