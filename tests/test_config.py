@@ -1554,6 +1554,23 @@ class ListenerAddressClashTests(ConfigTestCase):
             "is listed twice",
         )
 
+    def test_port_zero_in_two_settings_loads(self) -> None:
+        """
+        The same port-0 string in C{listen} and C{ops.metrics_listen} loads (each gets a
+        free port of its own); with a fixed port it is refused.
+        """
+        loaded = self.load(
+            'listen = ["tcp:0:interface=127.0.0.1"]\n'
+            '[ops]\nmetrics_listen = "tcp:0:interface=127.0.0.1"\n'
+        )
+        self.assertEqual(loaded.ops.metrics_listen, "tcp:0:interface=127.0.0.1")
+        self.assertFileError(
+            'listen = ["tcp:7700:interface=127.0.0.1"]\n'
+            '[ops]\nmetrics_listen = "tcp:7700:interface=127.0.0.1"\n',
+            "ops.metrics_listen",
+            "is listed twice",
+        )
+
     def test_one_unix_path_spelt_two_ways(self) -> None:
         """
         C{unix:x} and C{unix:./x} are one socket file; C{unix:y} beside them is another.

@@ -134,7 +134,9 @@ def first_clash(
     listeners: Iterable[tuple[str, str]],
 ) -> tuple[tuple[str, str], tuple[str, str], BindAddress] | None:
     """
-    The first listener that binds what an earlier one binds, or is the same string.
+    The first listener that binds what an earlier one binds, or is the same string in the
+    same list (a TCP port 0, any free port, in two settings, e.g. C{listen} and
+    C{ops.metrics_listen}, is not: each gets its own).
 
     @param listeners: C{(key, description)} in the order they are configured.
     @return: C{(earlier, later, address)}, each listener as its C{(key, description)}, or
@@ -144,7 +146,17 @@ def first_clash(
     for key, description in listeners:
         address = bind_address(description)
         for earlier, bound in seen:
-            if earlier[1] == description or bound.clashes(address):
+            same = earlier[1] == description and (
+                address.kind != "tcp" or address.port != 0 or _list(earlier[0]) == _list(key)
+            )
+            if same or bound.clashes(address):
                 return earlier, (key, description), address
         seen.append(((key, description), address))
     return None
+
+
+def _list(key: str) -> str:
+    """
+    The setting a listener's key belongs to: C{listen} for C{listen[2]}.
+    """
+    return key.split("[", 1)[0]
