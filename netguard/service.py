@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from netguard.auth.users import UserStore, ensure_users_file, load_mock_key
 from netguard.endpoints import with_default_backlog
 from netguard.gateway.factory import GatewayFactory
-from netguard.log import FileLogSink, LogFileError
+from netguard.log_file import FileLogSink, LogFileError
 from netguard.ops.control import (
     ControlError,
     ControlFactory,

@@ -16,7 +16,8 @@ from twisted.python import usage
 from netguard import __version__
 from netguard.auth.users import UsersFileError
 from netguard.config import ConfigError, load_config
-from netguard.log import LogFileError, stdout_log_problem
+from netguard.log import stdout_log_problem
+from netguard.log_file import LogFileError
 from netguard.ops.control import UnsafeControlPath
 from netguard.ops.drain import install_sigterm
 from netguard.ops.heartbeat import install_sigusr1

@@ -47,9 +47,6 @@ from netguard.log import (
     DEFAULT_FIELD_LIMIT,
     JOURNAL_PRIORITIES,
     JSON_RECORD_KEYS,
-    WRITE_FAILURE_REPORT_INTERVAL,
-    FileLogSink,
-    LogFileError,
     escape,
     event_as_record,
     format_json,
@@ -60,13 +57,18 @@ from netguard.log import (
     json_observer,
     json_stdout_observer,
     observer_for,
-    open_log_file,
     quoted,
     safe_text_observer,
     stdout_log_problem,
     text_journal_observer,
     text_stdout_observer,
     with_journal_priority,
+)
+from netguard.log_file import (
+    WRITE_FAILURE_REPORT_INTERVAL,
+    FileLogSink,
+    LogFileError,
+    open_log_file,
 )
 from netguard.quiet_udp import (
     QUIET_UDP_CONTEXT_KEY,

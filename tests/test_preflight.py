@@ -10,7 +10,7 @@ import stat
 
 from twisted.trial import unittest
 
-from netguard.log import LogFileError
+from netguard.log_file import LogFileError
 from netguard.ops.preflight import AddressBusy, check_listener_free, check_log_file
 
 

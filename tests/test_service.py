@@ -18,7 +18,7 @@ from twisted.trial import unittest
 
 from netguard.auth.scram import ClientExchange
 from netguard.config import load_config
-from netguard.log import LogFileError
+from netguard.log_file import LogFileError
 from netguard.ops.control import UnsafeControlPath
 from netguard.service import GatewayService, make_service
 

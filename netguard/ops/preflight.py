@@ -23,7 +23,7 @@ import errno
 import socket
 
 from netguard.endpoints import split_description
-from netguard.log import LogFileError, open_log_file
+from netguard.log_file import LogFileError, open_log_file
 from netguard.ops.lock import InstanceConflict, check_unix_socket_free
 from netguard.proxy_listener import split_proxy_listener
 

@@ -20,7 +20,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from netguard.auth.users import MOCK_KEY_FILE
-from netguard.log import LogFileError
+from netguard.log_file import LogFileError
 from netguard.ops.control import UnsafeControlPath
 from netguard.ops.lock import InstanceConflict
 from netguard.ops.metrics import MetricsListenFailed

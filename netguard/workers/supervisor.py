@@ -27,7 +27,8 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from netguard.log import FileLogSink, escape
+from netguard.log import escape
+from netguard.log_file import FileLogSink
 from netguard.ops.drain import StopRequests
 from netguard.ops.notify import (
     Watchdog,
