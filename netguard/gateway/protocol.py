@@ -13,7 +13,6 @@ Wire format and codes: C{docs/protocol.md}.
 
 from __future__ import annotations
 
-import enum
 import re
 import sys
 from typing import Any, cast
@@ -49,6 +48,7 @@ from netguard.gateway.opening import (
 from netguard.gateway.returning import CLOSED_BY_ADMISSION, LaneSession
 from netguard.gateway.seams import Service, SessionHost
 from netguard.gateway.standing import PENALISED, offence_blocks, standing_refusal
+from netguard.gateway.states import TRANSITIONS, SessionState, syntax_problem
 from netguard.gateway.streams import YAMUX_1, StreamGate, StreamHost
 from netguard.log import escape, quoted
 from netguard.outbound.backends import BackendLeg
@@ -56,49 +56,6 @@ from netguard.outbound.proxy_v2 import ProxyOrigin
 from netguard.peer.checks import PeerCheckRun, Verdict
 from netguard.relay import RelayResult
 from netguard.tls import channel_binding_for, connection_info, describe_tls_error
-
-
-class SessionState(enum.Enum):
-    """
-    Where an NGP/1 session is. The framing's own phases (before the greeting, closing) come
-    first and last; these are the states in between.
-    """
-
-    READY = "ready"  # greeted, not authenticated
-    AUTH_CONTINUE = "auth-continue"  # AUTH accepted, waiting for CONT
-    AUTHENTICATED = "authenticated"
-    OPENING = "opening"  # OPEN accepted, backend connecting
-    RELAYING = "relaying"
-    MUX = "mux"  # MUX accepted: the connection carries a multiplexed session
-    CLOSED = "closed"
-
-
-#: Each command word and the exact number of arguments it takes.
-ARITY: dict[bytes, int] = {
-    b"AUTH": 2,
-    b"CONT": 1,
-    b"OPEN": 1,
-    b"MUX": 1,
-    b"SERVICES": 0,
-    b"PING": 0,
-    b"QUIT": 0,
-    b"TICKET": 0,
-    b"RESUME": 1,
-}
-
-#: The whole state machine: for each state, the commands accepted and their handlers.
-TRANSITIONS: dict[SessionState, dict[bytes, str]] = {
-    SessionState.READY: {b"AUTH": "do_auth", b"PING": "do_ping", b"QUIT": "do_quit"},
-    SessionState.AUTH_CONTINUE: {b"CONT": "do_cont", b"QUIT": "do_quit"},
-    SessionState.AUTHENTICATED: {
-        b"OPEN": "do_open",
-        b"MUX": "do_mux",
-        b"SERVICES": "do_services",
-        b"TICKET": "do_ticket",
-        b"PING": "do_ping",
-        b"QUIT": "do_quit",
-    },
-}
 
 _UNKNOWN = object()
 
@@ -135,7 +92,6 @@ _CLOSE_REASONS = {
     "backend-stalled": "the backend stopped reading for write_timeout",
 }
 _SERVICE_NAME = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-_PRINTABLE = re.compile(rb"[\x20-\x7e]*\Z")
 
 
 @implementer(IHalfCloseableProtocol, IHandshakeListener)
@@ -378,7 +334,7 @@ class GatewaySession(LaneSession):
     def lineReceived(self, line: bytes) -> None:
         if self.state not in TRANSITIONS:
             return
-        problem = self._syntax_problem(line)
+        problem = syntax_problem(line)
         if problem is not None:
             code, text = problem
             if self.state is SessionState.AUTH_CONTINUE:
@@ -792,24 +748,6 @@ class GatewaySession(LaneSession):
             )
         last = self.auth_attempts >= self.factory.max_auth_attempts
         self.refuse(ErrorCode.AUTH_FAILED, close=last)
-
-    def _syntax_problem(self, line: bytes) -> tuple[ErrorCode, str | None] | None:
-        """
-        What is wrong with a line before its command is looked at, if anything.
-        """
-        if not line:
-            return ErrorCode.BAD_SYNTAX, "empty line"
-        if not _PRINTABLE.match(line):
-            return ErrorCode.BAD_SYNTAX, "only printable ASCII is allowed in the line phase"
-        parts = line.split(b" ")
-        if b"" in parts:
-            return ErrorCode.BAD_SYNTAX, "words are separated by one space"
-        command, args = parts[0].upper(), parts[1:]
-        if command not in ARITY:
-            return ErrorCode.UNKNOWN_COMMAND, None
-        if len(args) != ARITY[command]:
-            return ErrorCode.BAD_SYNTAX, f"{command.decode()} takes {ARITY[command]} argument(s)"
-        return None
 
     def _abandon_exchange(self, why: str | None, line: bytes) -> None:
         """
