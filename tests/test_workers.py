@@ -64,24 +64,26 @@ from netguard.workers.figures import aggregate, merge, merge_penalties, merge_pe
 from netguard.workers.listeners import InheritedEndpoint, SharedTCPPort
 from netguard.workers.operate import SupervisorControl, SupervisorReloader
 from netguard.workers.penalties import SharedAdmission
-from netguard.workers.spawning import Spawner, read_start_text
-from netguard.workers.spent import SharedSpentTable, share_spent
-from netguard.workers.supervisor import (
-    EXIT_MARGIN,
+from netguard.workers.slots import (
     FIRST_DELAY,
     MAX_DELAY,
-    QUERY_TIMEOUT,
     RUNNING,
     STABLE_AFTER,
     STARTING,
     STOPPED,
     STOPPING,
     WAITING,
+    WorkerSlot,
+    next_delay,
+)
+from netguard.workers.spawning import Spawner, read_start_text
+from netguard.workers.spent import SharedSpentTable, share_spent
+from netguard.workers.supervisor import (
+    EXIT_MARGIN,
+    QUERY_TIMEOUT,
     ReloadIncomplete,
     Supervisor,
-    WorkerSlot,
     check_readable_after_drop,
-    next_delay,
 )
 
 

@@ -27,17 +27,10 @@ from netguard.worker import WorkerChannel
 from netguard.workers import commands
 from netguard.workers.penalties import SharedAdmission
 from netguard.workers.replay import BlockBook, ExpiringTable, SpentBook
+from netguard.workers.slots import FIRST_DELAY, RUNNING, STARTING, WAITING, WorkerSlot
 from netguard.workers.spawning import SupervisorChannel
 from netguard.workers.spent import SharedSpentTable
-from netguard.workers.supervisor import (
-    FIRST_DELAY,
-    RUNNING,
-    START_TIMEOUT,
-    STARTING,
-    WAITING,
-    Supervisor,
-    WorkerSlot,
-)
+from netguard.workers.supervisor import START_TIMEOUT, Supervisor
 from tests.test_shared_state import StateCase
 from tests.test_workers import FakeSpawner
 

@@ -28,7 +28,8 @@ from netguard.config.loader import read_config_bytes
 from netguard.ops.reload import RESTART_ONLY
 from netguard.workers import commands
 from netguard.workers.listeners import SharedListener
-from netguard.workers.supervisor import Supervisor, WorkerSlot, exit_status
+from netguard.workers.slots import WorkerSlot, exit_status
+from netguard.workers.supervisor import Supervisor
 
 #: The worker's descriptor for AMP from the supervisor, to it, and its first listener.
 AMP_IN: Final = 0
