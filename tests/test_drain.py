@@ -165,3 +165,19 @@ class ForcedCloseLoggingTests(unittest.TestCase):
         m.s.clock.advance(10)
         m.s.proto.connectionLost(None)
         self.assertEqual([e["closed_by"] for e in m.named("conn.close")], ["server"])
+
+    def test_streams_of_a_cut_multiplexed_connection_are_closed_by_server(self):
+        """
+        Its relaying stream's C{stream.close} says C{closed_by="server"} too: the gateway
+        ended it, not the client.
+        """
+        m = Mux(self)
+        m.upgrade()
+        m.open(b"OPEN echo\r\n")
+        drainer = Drainer(m.factory, m.s.clock, grace=10)
+        m.factory.drainer = drainer
+        drainer.drain()
+        m.pump()
+        m.s.clock.advance(10)
+        m.s.proto.connectionLost(None)
+        self.assertEqual([e["closed_by"] for e in m.named("stream.close")], ["server"])

@@ -667,6 +667,8 @@ class GatewaySession(LaneSession):
         """
         self.closed_by = "server"
         self._cut = True
+        if self._gate is not None:
+            self._gate.cut = True  # its streams end by the server's hand too
         leg = self._leg
         if leg is not None and leg.splice is not None:
             leg.splice.abort("server")  # both sides, its result naming the server

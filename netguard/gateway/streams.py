@@ -166,6 +166,8 @@ class StreamGate:
     @ivar session: the L{MuxSession}, once started.
     @ivar streams: the streams not yet finished.
     @ivar draining: whether new streams are refused C{SHUTTING_DOWN}.
+    @ivar cut: whether the gateway cut the connection (its drain's grace is over): its
+        streams' ends are then the server's (C{closed_by}), not the client's.
     @ivar opened: streams answered C{OK OPEN}.
     @ivar refused: streams answered C{ERR}.
     @ivar log: the session's logger (source: the gate).
@@ -187,6 +189,7 @@ class StreamGate:
         self.session: MuxSession | None = None
         self.streams: set[GatewayStream] = set()
         self.draining = False
+        self.cut = False
         self.opened = 0
         self.refused = 0
         #: This session's streams counted against the per-user and per-service caps.
@@ -635,7 +638,10 @@ class GatewayStream:
         gate.count_refusal(refusal)
 
     def _relay_ended(self, result: RelayResult) -> RelayResult:
-        self.closed_by = _ENDINGS.get(result.ended_by, result.ended_by)
+        if self.gate.cut:
+            self.closed_by = "server"
+        else:
+            self.closed_by = _ENDINGS.get(result.ended_by, result.ended_by)
         self._log_close(result.bytes_a_to_b, result.bytes_b_to_a)
         self._finish()
         return result
