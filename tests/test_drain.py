@@ -153,7 +153,8 @@ class ForcedCloseLoggingTests(unittest.TestCase):
     def test_multiplexed_connection_cut_is_closed_by_server(self):
         """
         A multiplexed connection whose stream still relays when the grace period ends is
-        cut and logged C{closed_by="server"}, not as the client's close.
+        cut and logged C{closed_by="server"}, not as the client's close; so is its stream's
+        C{stream.close}.
         """
         m = Mux(self)
         m.upgrade()
@@ -165,19 +166,4 @@ class ForcedCloseLoggingTests(unittest.TestCase):
         m.s.clock.advance(10)
         m.s.proto.connectionLost(None)
         self.assertEqual([e["closed_by"] for e in m.named("conn.close")], ["server"])
-
-    def test_streams_of_a_cut_multiplexed_connection_are_closed_by_server(self):
-        """
-        Its relaying stream's C{stream.close} says C{closed_by="server"} too: the gateway
-        ended it, not the client.
-        """
-        m = Mux(self)
-        m.upgrade()
-        m.open(b"OPEN echo\r\n")
-        drainer = Drainer(m.factory, m.s.clock, grace=10)
-        m.factory.drainer = drainer
-        drainer.drain()
-        m.pump()
-        m.s.clock.advance(10)
-        m.s.proto.connectionLost(None)
         self.assertEqual([e["closed_by"] for e in m.named("stream.close")], ["server"])

@@ -36,35 +36,40 @@ class ReloadDuringTheExchangeTests(unittest.TestCase):
     Between C{AUTH} and C{CONT} the users file is reloaded.
     """
 
-    def test_password_changed_fails_the_old_proof(self):
+    def reloaded_between_the_steps(self, store: UserStore) -> tuple[Gateway, Conn]:
         """
-        A proof made with the password the reload replaced is answered C{AUTH_FAILED}, and
-        C{auth.fail} says why; nothing is authenticated.
+        C{AUTH} as alice, the users file reloaded as C{store}, then the C{CONT} her old
+        password makes: it is answered C{AUTH_FAILED} and nothing is authenticated.
         """
         g = Gateway(self)
         conn = g.connect(greet=True)
         client, server_first = first_step(conn)
-        g.factory.users = UserStore.from_records([make_record("alice", "a new password")])
+        g.factory.users = store
         self.assertEqual(
             cont(conn, client, server_first), [b"ERR AUTH_FAILED authentication failed"]
         )
+        self.assertEqual(g.named("auth.ok"), [])
+        return g, conn
+
+    def test_password_changed_fails_the_old_proof(self):
+        """
+        A proof made with the password the reload replaced is answered C{AUTH_FAILED}, and
+        C{auth.fail} says why.
+        """
+        g, conn = self.reloaded_between_the_steps(
+            UserStore.from_records([make_record("alice", "a new password")])
+        )
         [failed] = g.named("auth.fail")
         self.assertIn("verifier changed", failed["reason"])
-        self.assertEqual(g.named("auth.ok"), [])
         self.assertEqual(conn.send(b"OPEN echo"), [b"ERR AUTH_REQUIRED authenticate first"])
 
     def test_user_removed_fails_the_proof(self):
         """
         A user removed by the reload does not complete its login.
         """
-        g = Gateway(self)
-        conn = g.connect(greet=True)
-        client, server_first = first_step(conn)
-        g.factory.users = UserStore.from_records([make_record("bob", "another password")])
-        self.assertEqual(
-            cont(conn, client, server_first), [b"ERR AUTH_FAILED authentication failed"]
+        self.reloaded_between_the_steps(
+            UserStore.from_records([make_record("bob", "another password")])
         )
-        self.assertEqual(g.named("auth.ok"), [])
 
     def test_reload_that_keeps_the_verifier_logs_in(self):
         """
