@@ -111,7 +111,7 @@ class WorkerChannel(amp.AMP):
         self.reactor = reactor
         self.index = index
         self.service: GatewayService | None = None
-        self._stops = 0
+        self._stopping = False
         #: Whether the service was started (L{serve}): only then is it drained at the end.
         self.serving = False
         #: The worker's exit status: 1 when it could not start serving.
@@ -261,14 +261,17 @@ class WorkerChannel(amp.AMP):
 
     def stop(self, force: bool = False) -> None:
         """
-        The first stop (or a supervisor's drain) stops the reactor, which drains; a second
-        one, or a forced one, closes every remaining connection at once.
+        A stop: the first (the supervisor's drain, this worker's own SIGTERM, or the
+        supervisor's pipe closing) stops the reactor, which drains; only a forced one (the
+        supervisor's answer to a second stop signal) closes every remaining connection at
+        once. A worker never counts stops itself: a SIGTERM to the whole process group
+        (systemd's default) reaches it and its supervisor together, and the supervisor's
+        drain that follows is the same stop, not a second one.
         """
-        self._stops += 1
-        if force or self._stops > 1:
-            if self.service is not None:
-                self.service.drainer.force("second stop signal")
-        if self._stops == 1:
+        if force and self.service is not None:
+            self.service.drainer.force("second stop signal")
+        if not self._stopping:
+            self._stopping = True
             self.reactor.callLater(0, _stop_reactor, self.reactor)
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -276,8 +279,7 @@ class WorkerChannel(amp.AMP):
         The supervisor is gone: drain and exit.
         """
         super().connectionLost(reason)
-        if self._stops == 0:
-            self.stop()
+        self.stop()
 
 
 def _stop_reactor(reactor: Any) -> None:

@@ -1263,7 +1263,9 @@ class WorkerSideTests(unittest.TestCase):
     def test_stop_then_force(self) -> None:
         """
         The first stop (drain from the supervisor, SIGTERM, or the supervisor's pipe closing)
-        stops the reactor once; the second, or a forced one, cuts what the drain left.
+        stops the reactor once; a second unforced one (the supervisor's drain after the
+        worker's own SIGTERM from a process-group kill) changes nothing; only a forced one
+        (the supervisor's answer to a second stop signal) cuts what the drain left.
         """
         clock = Clock()
         clock.running = True  # type: ignore[attr-defined]
@@ -1276,6 +1278,9 @@ class WorkerSideTests(unittest.TestCase):
         clock.advance(0)
         self.assertEqual((stops, forced), ([True], []))
         channel.stop()
+        clock.advance(0)
+        self.assertEqual((stops, forced), ([True], []))
+        channel.stop(force=True)
         clock.advance(0)
         self.assertEqual((stops, forced), ([True], ["second stop signal"]))
 

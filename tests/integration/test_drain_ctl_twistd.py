@@ -150,3 +150,27 @@ class WorkersCtlDrainTests(CtlDrainTests):
     """
 
     workers = 2
+
+    @inlineCallbacks
+    def test_sigterm_to_the_process_group_drains(self):
+        """
+        A SIGTERM to the whole process group (systemd's default C{KillMode=control-group}
+        on C{systemctl stop}) reaches the supervisor and every worker at once: it is one
+        stop, not two. The relay is not cut: it still echoes after the signal and ends
+        when its client closes it; nothing is logged as a second stop signal.
+        """
+        credentials = yield self.start()
+        relay = yield self.open_relay(credentials)
+        os.killpg(os.getpgid(self.daemon.process.pid), signal.SIGTERM)
+        yield self.daemon.wait_for(
+            lambda: self.daemon.stdout.count("draining") >= 1 + self.workers, "every drain"
+        )
+        self.assertFalse(relay.ended.called)
+        relay.transport.loseConnection()
+        yield relay.ended
+        status = yield self.daemon.exited()
+        self.assertEqual(status, 0, self.daemon.describe())
+        self.assertNotIn("second stop signal", self.daemon.stdout)
+        for word in ("Traceback", "ReactorNotRunning", "Unhandled"):
+            self.assertNotIn(word, self.daemon.stdout + self.daemon.stderr)
+
