@@ -12,7 +12,7 @@ import os
 
 from netguard.cli._base import _IO, CommandError
 from netguard.cli.tunnel import seconds_option
-from netguard.ops.ctl_client import TIMEOUT_RANGE
+from netguard.ops.ctl_client import DEFAULT_TIMEOUT, TIMEOUT_RANGE
 
 
 def _control_socket_path(args: argparse.Namespace, io: _IO) -> str:
@@ -162,8 +162,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--timeout",
         metavar="SECONDS",
         type=seconds_option(*TIMEOUT_RANGE),
-        default=5.0,
-        help="give up after (default 5; from 0.1 to 3600)",
+        default=DEFAULT_TIMEOUT,
+        help=f"give up after (default {DEFAULT_TIMEOUT:g}; from 0.1 to 3600)",
     )
     p.add_argument(
         "--top",

@@ -38,6 +38,12 @@ MAX_COMMAND_BYTES = 256
 #: The seconds C{--timeout} may give, both included: a finite bound a socket accepts.
 TIMEOUT_RANGE = (0.1, 3600.0)
 
+#: How long C{netguard ctl} waits for a reply unless told: longer than a supervisor waits
+#: for its workers (5 s each step, a reload also loading the configuration), so that a
+#: worker that does not answer is reported (C{RELOAD_INCOMPLETE}) rather than the command
+#: given up on.
+DEFAULT_TIMEOUT = 15.0
+
 #: The longest reply read.
 MAX_REPLY_BYTES = 1 << 20
 
@@ -188,7 +194,7 @@ def _format_reply(reply: bytes) -> tuple[int, str]:
     return EXIT_PROTOCOL, f"bad reply from the daemon: {_printable(text)[:200]}"
 
 
-def run_ctl(path: str, words: Sequence[str], timeout: float = 5.0) -> tuple[int, str]:
+def run_ctl(path: str, words: Sequence[str], timeout: float = DEFAULT_TIMEOUT) -> tuple[int, str]:
     """
     Send one command to the control socket C{path} and read its reply.
 
