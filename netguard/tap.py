@@ -143,7 +143,9 @@ class Options(usage.Options):
         for option in _PATH_OPTIONS:
             value = self[option]
             if isinstance(value, str) and value and value != "-":
-                self[option] = os.path.abspath(value)
+                # ~ first, as the configuration does for its own paths (--users=~/x leaves
+                # it to us, not the shell).
+                self[option] = os.path.abspath(os.path.expanduser(value))
         try:
             self["loaded"] = load_config(self["config"], self.overrides())
         except ConfigError as error:

@@ -230,6 +230,10 @@ class OptionsParsingTests(unittest.TestCase):
             self.parse("--log-file", "log").overrides()["log_file"], f"{self.dir}/log"
         )
         self.assertEqual(self.parse("--log-file", "-").overrides()["log_file"], "-")
+        home = os.path.expanduser("~")
+        self.assertEqual(
+            self.parse("--users=~/people").overrides()["users_file"], f"{home}/people"
+        )
 
     def test_no_options_no_overrides(self) -> None:
         """
