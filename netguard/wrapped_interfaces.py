@@ -23,7 +23,7 @@ from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IHandshakeListener,
 )
-from zope.interface import alsoProvides
+from zope.interface import alsoProvides, directlyProvidedBy, noLongerProvides
 
 #: The interfaces Twisted's endpoint wrapper means to pass through.
 _PASSED = (IHalfCloseableProtocol, IFileDescriptorReceiver, IHandshakeListener)
@@ -52,13 +52,19 @@ def provide_through_wrapper(protocol: object, transport: Any) -> None:
 
 def provide_what_it_wraps(wrapper: object, protocol: object) -> None:
     """
-    Make C{wrapper} provide every interface of L{_PASSED} that the C{protocol} it wraps
-    provides, on top of what it declares already. The wrapper forwards their methods.
+    Make C{wrapper} provide exactly the interfaces of L{_PASSED} that the C{protocol} it
+    wraps provides: those it lacks are added (the wrapper forwards their methods), and those
+    the wrapper declared only because its transport provides them (Twisted's
+    C{ProtocolWrapper.makeConnection} copies every interface of the transport, a half-close
+    TLS transport's C{IHalfCloseableProtocol} included) are taken away, so a transport never
+    calls a method the wrapped protocol does not have.
 
-    @param wrapper: a wrapper that has just declared its own interfaces (Twisted's
-        C{ProtocolWrapper.makeConnection} replaces them with its transport's).
+    @param wrapper: a wrapper that has just declared its own interfaces.
     @param protocol: the protocol it wraps.
     """
     missing = [i for i in _PASSED if i.providedBy(protocol) and not i.providedBy(wrapper)]
     if missing:
         alsoProvides(wrapper, *missing)
+    for interface in _PASSED:
+        if not interface.providedBy(protocol) and interface in directlyProvidedBy(wrapper):
+            noLongerProvides(wrapper, interface)

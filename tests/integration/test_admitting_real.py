@@ -186,3 +186,22 @@ class AdmittedProtocolInterfacesTests(unittest.TestCase):
         assert wrapper is not None
         wrapper.makeConnection(StringTransport())
         self.assertTrue(IHalfCloseableProtocol.providedBy(wrapper))
+
+    def test_transports_half_close_not_claimed_for_a_plain_protocol(self) -> None:
+        """
+        A transport that itself provides C{IHalfCloseableProtocol} (netguard's half-closing
+        TLS) does not make the wrapper of a plain protocol claim it: its peer's
+        C{close_notify} then closes the connection instead of calling a
+        C{readConnectionLost} the protocol does not have.
+        """
+        from twisted.internet.testing import StringTransport
+        from zope.interface import directlyProvides
+
+        transport = StringTransport()
+        directlyProvides(transport, IHalfCloseableProtocol)
+        wrapper = self.admitting(Factory.forProtocol(Protocol)).buildProtocol(
+            address("127.0.0.1", 40002)
+        )
+        assert wrapper is not None
+        wrapper.makeConnection(transport)
+        self.assertFalse(IHalfCloseableProtocol.providedBy(wrapper))
