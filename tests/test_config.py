@@ -1513,6 +1513,34 @@ class ListenerAddressClashTests(ConfigTestCase):
             '127.0.0.1 port 27321 is also listen[0] "tcp:27321:interface=127.0.0.1"',
         )
 
+    def test_tls_listener_clashes_on_its_port(self) -> None:
+        """
+        A C{tls:} listener (Twisted's: the IPv6 wildcard by default, dual-stack) takes its
+        port on every address: a C{tcp:} listener on that port is refused, one on the next
+        port loads.
+        """
+        certs = self.mktemp()
+        os.mkdir(certs)
+        self.assertFileError(
+            f'listen = ["tcp:27331:interface=127.0.0.1", "tls:{certs}:27331"]\n',
+            "listen[1]",
+            "is listed twice",
+        )
+        loaded = self.load(f'listen = ["tcp:27331:interface=127.0.0.1", "tls:{certs}:27332"]\n')
+        self.assertEqual(len(loaded.listen), 2)
+
+    def test_ipv4_mapped_interface_is_its_ipv4_address(self) -> None:
+        """
+        C{tcp6} on C{::ffff:127.0.0.1} binds 127.0.0.1 itself: beside C{tcp} on 127.0.0.1
+        and the same port it is refused.
+        """
+        self.assertFileError(
+            'listen = ["tcp:27341:interface=127.0.0.1", '
+            '"tcp6:27341:interface=\\\\:\\\\:ffff\\\\:127.0.0.1"]\n',
+            "listen[1]",
+            "is listed twice",
+        )
+
     def test_next_port_or_other_interface_loads(self) -> None:
         """
         One port further, or another interface on the same port, is a distinct address.

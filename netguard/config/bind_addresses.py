@@ -17,10 +17,13 @@ from netguard.endpoints import EndpointError, quote_field, split_description
 from netguard.proxy_listener import split_proxy_listener
 
 #: Where each listener type takes its port and interface when they are given by position.
-_TCP_POSITIONS = {"tcp": (0, 1), "tcp6": (0, 2), "ssl": (0, 4)}
+_TCP_POSITIONS = {"tcp": (0, 1), "tcp6": (0, 2), "ssl": (0, 4), "tls": (1, 3)}
 
 #: The interface a TCP listener binds when none is given (Twisted's defaults).
-_TCP_DEFAULT = {"tcp": "0.0.0.0", "tcp6": "::", "ssl": "0.0.0.0"}
+_TCP_DEFAULT = {"tcp": "0.0.0.0", "tcp6": "::", "ssl": "0.0.0.0", "tls": "::"}
+
+#: The port a listener type takes when none is given (Twisted's C{tls:} server: 443).
+_PORT_DEFAULT = {"tls": "443"}
 
 
 @attrs.frozen
@@ -81,9 +84,12 @@ def _covers(wildcard: str, host: str) -> bool:
 
 def _normal_host(text: str) -> str:
     try:
-        return ipaddress.ip_address(text).compressed
+        address = ipaddress.ip_address(text)
     except ValueError:
         return text  # a name Twisted would resolve: compared as given
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)  # binds the IPv4 address itself
+    return address.compressed
 
 
 def _unix_path(path: str) -> str:
@@ -111,7 +117,8 @@ def bind_address(description: str) -> BindAddress:
     named = {f.key: f.value for f in fields[1:] if f.key is not None}
     if kind in _TCP_POSITIONS:
         at_port, at_interface = _TCP_POSITIONS[kind]
-        port = named.get("port", positional[at_port] if len(positional) > at_port else "")
+        given_port = positional[at_port] if len(positional) > at_port else None
+        port = named.get("port", given_port) or _PORT_DEFAULT.get(kind, "")
         given = positional[at_interface] if len(positional) > at_interface else None
         host = named.get("interface", given) or _TCP_DEFAULT[kind]
         if port.isdigit():
