@@ -1109,6 +1109,26 @@ class _HostileTruncatingServer(DatagramProtocol):
         self.transport.write(answer.toStr(), addr)
 
 
+class _HostileTruncatingServerWithRecords(DatagramProtocol):
+    """
+    A hostile DNS server written for a test: answers a PTR query with C{good.test} and an
+    A query with the truncation bit set and what fits, C{127.0.0.1} among it.
+    """
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802
+        query = dns.Message()
+        query.fromStr(datagram)
+        [question] = query.queries
+        answer = dns.Message(id=query.id, answer=1, opCode=query.opCode)
+        answer.queries = query.queries
+        if question.type == dns.PTR:
+            answer.answers = [ptr(question.name.name, b"good.test")]
+        else:
+            answer.trunc = 1
+            answer.answers = [a(b"good.test", f"127.0.0.{n}") for n in range(1, 21)]
+        self.transport.write(answer.toStr(), addr)
+
+
 class _SilentTCP(Protocol):
     """
     The same hostile server's TCP side: accepts, counts, never answers.
@@ -1120,18 +1140,20 @@ class _SilentTCP(Protocol):
 
 class TruncatedAnswerTests(unittest.TestCase):
     """
-    A truncated answer ends the check as C{server-failure} at once, over real loopback
-    sockets: no TCP retry, whose fixed 10 s timeout and connection would outlive the check.
+    A truncated answer is used as far as it goes, over real loopback sockets: never a TCP
+    retry, whose fixed 10 s timeout and connection would outlive the check.
     """
 
-    @inlineCallbacks
-    def test_truncated_answer_is_a_server_failure_without_tcp(self) -> Any:
+    def listen_both(self, server: DatagramProtocol, factory: Factory) -> Any:
+        """
+        C{server} on a UDP port and C{factory} on the TCP port of the same number.
+
+        @return: the UDP port, the TCP port and the number.
+        """
         from twisted.internet import reactor
 
-        factory = Factory.forProtocol(_SilentTCP)
-        factory.accepted = []  # type: ignore[attr-defined]
         for _attempt in range(20):
-            udp = reactor.listenUDP(0, _HostileTruncatingServer(), "127.0.0.1")
+            udp = reactor.listenUDP(0, server, "127.0.0.1")
             port = udp.getHost().port
             try:
                 tcp = reactor.listenTCP(port, factory, interface="127.0.0.1")
@@ -1143,7 +1165,36 @@ class TruncatedAnswerTests(unittest.TestCase):
             self.fail("no port free for both UDP and TCP")
         self.addCleanup(udp.stopListening)
         self.addCleanup(tcp.stopListening)
+        return udp, tcp, port
+
+    @inlineCallbacks
+    def test_truncated_answer_is_a_server_failure_without_tcp(self) -> Any:
+        """
+        A truncated answer that holds nothing is C{server-failure}, and no TCP connection
+        is made to the server.
+        """
+        from twisted.internet import reactor
+
+        factory = Factory.forProtocol(_SilentTCP)
+        factory.accepted = []  # type: ignore[attr-defined]
+        _udp, _tcp, port = self.listen_both(_HostileTruncatingServer(), factory)
         resolver = make_resolver(reactor, [("127.0.0.1", port)], 5.0)
         result = yield confirm_hostname(reactor, "127.0.0.1", resolver=resolver, timeout=5.0)
         self.assertEqual(result.reason, "server-failure")
+        self.assertEqual(factory.accepted, [])  # type: ignore[attr-defined]
+
+    @inlineCallbacks
+    def test_truncated_answer_that_holds_the_address_confirms(self) -> Any:
+        """
+        The other side: a truncated A answer whose records (those that fit) hold the
+        peer's address confirms it, still without TCP.
+        """
+        from twisted.internet import reactor
+
+        factory = Factory.forProtocol(_SilentTCP)
+        factory.accepted = []  # type: ignore[attr-defined]
+        _udp, _tcp, port = self.listen_both(_HostileTruncatingServerWithRecords(), factory)
+        resolver = make_resolver(reactor, [("127.0.0.1", port)], 5.0)
+        result = yield confirm_hostname(reactor, "127.0.0.1", resolver=resolver, timeout=5.0)
+        self.assertEqual((result.reason, result.name), ("confirmed", "good.test"))
         self.assertEqual(factory.accepted, [])  # type: ignore[attr-defined]

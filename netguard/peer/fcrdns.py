@@ -387,7 +387,9 @@ class TruncatedAnswer(names_error.DNSServerError):
 
 class _UDPOnlyResolver(client.Resolver):
     """
-    Twisted's resolver, except that a truncated answer is a failure (C{server-failure})
+    Twisted's resolver, except that a truncated answer is used as far as it goes (the
+    records that fit: a host with more addresses than a datagram holds confirms when the
+    peer's address is among them) and is a failure (C{server-failure}) when it holds none,
     instead of a retry over TCP: that retry runs with Twisted's own fixed 10 s timeout, is
     not cancelled when the check's deadline ends it, and keeps its TCP connection open for as
     long as the server does, so a hostile DNS server answering every query truncated would
@@ -398,6 +400,8 @@ class _UDPOnlyResolver(client.Resolver):
 
     def filterAnswers(self, message: dns.Message) -> Any:  # noqa: N802
         if message.trunc:
+            if message.rCode == dns.OK and message.answers:
+                return (message.answers, message.authority, message.additional)
             return Failure(TruncatedAnswer(message))
         return super().filterAnswers(message)
 
