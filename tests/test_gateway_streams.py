@@ -320,6 +320,17 @@ class StreamOpenTests(unittest.TestCase):
         self.assertIs(self.m.s.proto.state, SessionState.MUX)
         self.assertIsNone(self.m.client.ended)
 
+    def test_refused_first_line_logged_without_a_ticket_or_a_proof(self):
+        """
+        A stream whose first line is a C{RESUME} ticket or a C{CONT} proof (a client that
+        mixed up its lines) is refused C{BAD_SYNTAX}, and C{stream.refused} shows neither.
+        """
+        for line in (b"RESUME ATHBw6h0UJNEy0tXWXMt\r\n", b"CONT Yz1iaXdzLHI9dW5hQmFL\r\n"):
+            r = self.m.open(line)
+            self.assertTrue(r.received.startswith(b"ERR BAD_SYNTAX "), r.received)
+        logged = [e["offending"] for e in self.m.named("stream.refused")]
+        self.assertEqual(logged, ["RESUME <ticket>", "CONT <scram>"])
+
     def test_open_line_outside_printable_ascii_is_bad_syntax(self):
         """
         An C{OPEN} line whose service name holds bytes outside printable ASCII (a control

@@ -51,6 +51,14 @@ def _hidden_final(match: re.Match[bytes]) -> bytes:
     return found[:4] + (b" <scram>\r" if found.endswith(b"\r") else b" <scram>")
 
 
+def hide_secrets(data: bytes) -> bytes:
+    """
+    C{data} as the log may show a client's bytes: tickets (L{hide_tickets}) and SCRAM
+    client-final messages (L{hide_scram_finals}) hidden.
+    """
+    return hide_scram_finals(hide_tickets(data))
+
+
 def hide_scram_finals(data: bytes) -> bytes:
     """
     C{data} with the rest of the line after every C{CONT} word (a SCRAM client-final
@@ -144,7 +152,7 @@ class LaneSession(GuardedLineReceiver):
         every C{RESUME} word's ticket, on any line, cut short or not, is C{<ticket>}, and
         every C{CONT} word's SCRAM client-final message (its proof) is C{<scram>}.
         """
-        return hide_scram_finals(hide_tickets(data))
+        return hide_secrets(data)
 
     def do_ticket(self) -> None:
         """

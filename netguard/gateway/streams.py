@@ -23,6 +23,7 @@ from netguard.gateway.opening import (
     checks_refused,
     choose_service,
 )
+from netguard.gateway.returning import hide_secrets
 from netguard.gateway.seams import Service, SessionHost
 from netguard.gateway.standing import USER_REMOVED, user_removed
 from netguard.gateway.stream_settings import StreamSettings, open_rate_text
@@ -625,7 +626,7 @@ class GatewayStream:
             code=refusal.code.value,
             text=refusal.text or "",
             service=escape(self.service),
-            offending=escape(offending) if offending is not None else "-",
+            offending=escape(hide_secrets(offending)) if offending is not None else "-",
             **self.log_fields(),
         )
         self._release_caps()
