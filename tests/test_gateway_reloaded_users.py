@@ -11,6 +11,7 @@ from twisted.trial import unittest
 
 from netguard.auth.scram import ClientExchange
 from netguard.auth.users import UserStore, make_record
+from netguard.tickets import TicketSettings
 from tests.test_gateway_tickets import PASSWORD, Conn, Gateway, b64, unb64
 
 
@@ -92,9 +93,11 @@ class TicketAfterPasswordChangeTests(unittest.TestCase):
 
     def test_refused(self):
         """
-        No ticket: one sealed now would survive the change that revokes the others.
+        No ticket: one sealed now would survive the change that revokes the others. The
+        refusal costs the user nothing of its issuing rate (a burst of 1 here): a session
+        with the new password still gets its ticket.
         """
-        g = Gateway(self)
+        g = Gateway(self, tickets=TicketSettings(issue_burst=1))
         conn = g.connect(greet=True)
         conn.login()
         g.factory.users = UserStore.from_records([make_record("alice", "a new password")])
@@ -102,6 +105,10 @@ class TicketAfterPasswordChangeTests(unittest.TestCase):
             conn.send(b"TICKET"), [b"ERR NOT_AUTHORIZED password changed since login"]
         )
         self.assertFalse(conn.transport.disconnecting)
+        fresh = g.connect(greet=True)
+        fresh.login(password="a new password")
+        [reply] = fresh.send(b"TICKET")
+        self.assertTrue(reply.startswith(b"OK TICKET "), reply)
 
     def test_same_verifier_gets_a_ticket(self):
         """

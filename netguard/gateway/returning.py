@@ -168,18 +168,18 @@ class LaneSession(GuardedLineReceiver):
             return
         self._ticketed = True
         user = self.user or ""
-        if not book.may_issue(user):
-            # Past the user's issuing rate: no ticket now (the client goes on without one).
-            self.refuse(ErrorCode.BUSY, "ticket-rate", close=False)
-            return
         record = self.factory.users.lookup(user)
         if record is None:  # removed since login (the session refuses this before it asks)
             self.refuse(ErrorCode.NOT_AUTHORIZED, USER_REMOVED)
             return
         if record.auth_info() != self._login_verifier:
             # The password changed since this session logged in: a ticket sealed now would
-            # survive the change that revokes the others.
+            # survive the change that revokes the others (and costs the user no issue).
             self.refuse(ErrorCode.NOT_AUTHORIZED, PASSWORD_CHANGED, close=False)
+            return
+        if not book.may_issue(user):
+            # Past the user's issuing rate: no ticket now (the client goes on without one).
+            self.refuse(ErrorCode.BUSY, "ticket-rate", close=False)
             return
         issued = book.issue(user, record, self.transport.getPeer())
         if issued is None:
