@@ -1,7 +1,8 @@
 """
 Tests for L{netguard.ops.metrics_connections}: the metrics listener gives each request a
-fixed deadline that bytes do not extend, and a newcomer past the connection cap replaces
-the connection that has waited longest for a request, never one being answered.
+fixed deadline that bytes do not extend, carries one request per connection, and a
+newcomer past the connection cap replaces the connection that has waited longest for a
+request, never one being answered.
 """
 
 from __future__ import annotations
@@ -115,17 +116,19 @@ class RequestDeadlineTests(_Harness):
         self.assertAnswered(transport)
         self.assertFalse(transport.disconnected)
 
-    def test_next_request_deadline_counts_from_the_answer(self) -> None:
+    def test_unread_answer_cut_at_the_deadline(self) -> None:
         """
-        On a kept-alive connection, the next request's deadline starts when the previous
-        answer is done: open just before it, cut at it.
+        Once the answer is handed over the connection closes; if its peer has not read it
+        by the deadline counted from the answer, it is aborted: still open half a second
+        before, aborted at it.
         """
         protocol, transport = self.connect()
         self.clock.advance(5)
         protocol.dataReceived(_REQUEST)
         self.assertAnswered(transport)
+        self.assertTrue(transport.disconnecting)
         self.clock.advance(REQUEST_DEADLINE - 0.5)
-        self.assertFalse(transport.disconnecting)
+        self.assertFalse(transport.disconnected)
         self.clock.advance(0.5)
         self.assertTrue(transport.disconnected)
 
@@ -192,20 +195,20 @@ class EvictionTests(_Harness):
         self.assertAnswered(transport)
         self.assertEqual([t.disconnected for _, t in drippers], [True, False])
 
-    def test_wait_counts_from_the_last_answer(self) -> None:
+    def test_wait_counts_from_the_answer(self) -> None:
         """
-        A kept-alive connection answered after another was accepted has waited less, so the
-        other is replaced first.
+        A connection answered (its answer still unread) after another was accepted has
+        waited less, so the other is replaced first.
         """
-        kept, kept_transport = self.connect()
+        answered, answered_transport = self.connect()
         self.clock.advance(1)
         _, idle = self.connect()
         self.clock.advance(1)
-        kept.dataReceived(_REQUEST)
-        self.assertAnswered(kept_transport)
+        answered.dataReceived(_REQUEST)
+        self.assertAnswered(answered_transport)
         self.connect()
         self.assertTrue(idle.disconnected)
-        self.assertFalse(kept_transport.disconnecting)
+        self.assertFalse(answered_transport.disconnected)
 
     def test_connection_being_answered_is_never_replaced(self) -> None:
         """
@@ -234,6 +237,69 @@ class EvictionTests(_Harness):
             self.clock.advance(1)
             transports.append(self.connect()[1])
         self.assertEqual([t.disconnected for t in transports], [True, True, True, False, False])
+
+
+class OneRequestPerConnectionTests(_Harness):
+    """
+    A connection carries one request: its answer says C{Connection: close} and the
+    connection closes, so requests pipelined behind it are never answered and at most one
+    answer is buffered per connection.
+    """
+
+    def statuses(self, transport: StringTransport) -> int:
+        return transport.value().count(b"HTTP/1.1 ")
+
+    def test_one_request_one_answer_then_close(self) -> None:
+        """
+        The exact bound: one request gets one answer with C{Connection: close}, and the
+        connection is closed after it.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(_REQUEST)
+        self.assertAnswered(transport)
+        self.assertEqual(self.statuses(transport), 1)
+        self.assertIn(b"\r\nConnection: close\r\n", transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_second_pipelined_request_not_answered(self) -> None:
+        """
+        One past the bound: two requests in one write get one answer.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(_REQUEST * 2)
+        self.assertEqual(self.statuses(transport), 1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_hostile_pipeliner_gets_one_answer(self) -> None:
+        """
+        A hostile pipelining client sends 3000 requests in one write and never reads: one
+        answer is rendered and buffered, not 3000.
+        """
+        renders: list[None] = []
+        self.during_render.append(lambda: renders.append(None))
+        protocol, transport = self.connect()
+        protocol.dataReceived(_REQUEST * 3000)
+        self.assertEqual(len(renders), 1)
+        self.assertEqual(self.statuses(transport), 1)
+
+    def test_request_after_the_answer_not_answered(self) -> None:
+        """
+        A request sent after the answer, before the close completes, is dropped unanswered.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(_REQUEST)
+        protocol.dataReceived(_REQUEST)
+        self.assertEqual(self.statuses(transport), 1)
+
+    def test_http10_request_answered_and_closed(self) -> None:
+        """
+        An HTTP/1.0 request is answered with C{Connection: close} and closed too.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /metrics HTTP/1.0\r\n\r\n" * 2)
+        self.assertEqual(transport.value().count(b"HTTP/1.0 200 "), 1)
+        self.assertIn(b"\r\nConnection: close\r\n", transport.value())
+        self.assertTrue(transport.disconnecting)
 
 
 class EveryoneAnsweringTests(_Harness):

@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -627,12 +628,34 @@ class MetricsRequest(Request):
             transport.abortConnection()
 
 
+class OneRequestChannel(HTTPChannel):
+    """
+    An HTTP/1.1 connection that carries one request: every answer says C{Connection: close}
+    and the connection closes once it is written, so requests pipelined behind the first
+    are never read or answered. At most one answer is buffered per connection, however
+    many requests a client sends without reading.
+    """
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        """
+        Never keep the connection: say so in the answer's headers.
+
+        @param request: the request just received.
+        @param version: its HTTP version.
+        @return: C{False}.
+        """
+        request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        return False
+
+
 class MetricsSite(Site):
     """
-    A L{Site} without an access log (and without its once-a-second timestamp timer).
+    A L{Site} of L{OneRequestChannel}s, without an access log (and without its
+    once-a-second timestamp timer).
     """
 
     noisy = False
+    protocol = OneRequestChannel  # type: ignore[assignment]  # plain HTTP/1.1, no HTTP/2
 
     def startFactory(self) -> None:
         """

@@ -14,7 +14,8 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
 #: Seconds a connection has to send one complete request (headers and body), counted from
-#: its accept or from the end of its previous answer; bytes sent meanwhile do not extend it.
+#: its accept, and then to take its answer, counted from the answer being handed over;
+#: bytes sent meanwhile do not extend it.
 REQUEST_DEADLINE: Final = 10.0
 
 

@@ -28,7 +28,8 @@ from twisted.web.http_headers import Headers
 
 import netguard
 from netguard.client.protocol import Credentials, NGPClientProtocol
-from netguard.ops.metrics import CONTENT_TYPE, MAX_CONNECTIONS, MetricsService
+from netguard.ops.metrics import CONTENT_TYPE, MAX_BODY_BYTES, MAX_CONNECTIONS, MetricsService
+from netguard.ops.metrics_connections import DeadlineConnection
 from tests.integration.test_gateway_e2e import Collector, RawClient
 from tests.integration.util import (
     RunningGateway,
@@ -452,3 +453,78 @@ class MetricsDripperTests(unittest.TestCase):
             if not self.service.factory.protocols:
                 break
             yield deferLater(reactor, 0.005, lambda: None)
+
+
+class HostilePipeliner(Protocol):
+    """
+    A hostile client: sends many complete requests in one write and never reads.
+    """
+
+    requests = 3000
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()  # never read an answer
+        self.transport.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * self.requests)
+
+
+class CountingConnection(DeadlineConnection):
+    """
+    The metrics listener's connection wrapper, counting the bytes handed to the socket.
+    """
+
+    written = 0
+
+    def write(self, data: bytes) -> None:
+        type(self).written += len(data)
+        super().write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        for chunk in data:
+            self.write(chunk)
+
+
+class MetricsPipeliningTests(unittest.TestCase):
+    """
+    Over real loopback sockets, a hostile client pipelining thousands of scrapes on one
+    connection without reading gets one answer: the gateway buffers at most one answer per
+    connection, and the connection ends.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.renders = 0
+        self.service = MetricsService(reactor, "tcp:0:interface=127.0.0.1", self.source)
+        self.service.factory.protocol = type("Counting", (CountingConnection,), {})
+        self.service.factory.deadline = 1.0  # the unread answer is cut sooner
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        self.port = self.service.port.getHost().port
+
+    def source(self) -> dict[str, Any]:
+        self.renders += 1
+        return {"connections": 7}
+
+    @inlineCallbacks
+    def test_pipelined_scrapes_get_one_answer(self) -> Any:
+        """
+        Six hostile pipeliners each send 3000 requests in one write and never read: one
+        answer each is rendered and written (at most the response cap, 1 MiB, plus
+        headers), and the gateway ends every connection (closed after the answer, or cut at
+        the deadline if it does not drain).
+        """
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        clients = []
+        for _ in range(6):
+            client = yield connectProtocol(endpoint, HostilePipeliner())
+            clients.append(client)
+            self.addCleanup(client.transport.abortConnection)
+        for _ in range(4000):  # hang guard only: ends as soon as the server side is done
+            if self.renders == 6 and not self.service.factory.protocols:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(self.service.factory.protocols, {})
+        self.assertEqual(self.renders, 6)
+        written = self.service.factory.protocol.written
+        self.assertLessEqual(written, 6 * (MAX_BODY_BYTES + 4096))
+        self.assertGreater(written, 0)
