@@ -8,6 +8,7 @@ so through the other observers, never with a traceback. C{docs/logging.md} secti
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 import time
@@ -17,6 +18,7 @@ from typing import IO, Any, cast
 from twisted.logger import FileLogObserver, Logger, LogPublisher, globalLogPublisher
 
 from netguard.log import LOG_FORMATS, LogSettings, escape, observer_for
+from netguard.operator_files import NotRegularFile
 
 
 class LogFileError(Exception):
@@ -25,23 +27,60 @@ class LogFileError(Exception):
     """
 
 
+class NotLogFile(NotRegularFile):
+    """
+    The log file's path names something other than a regular file or a character device
+    (a FIFO, a socket, a directory, a block device).
+    """
+
+    def __init__(self, path: str, mode: int) -> None:
+        super().__init__(path, mode)
+        self.strerror = f"is {self.kind}, not a regular file or a character device"
+
+
 def open_log_file(path: str) -> IO[str]:
     """
     Open a log file for appending, creating it with mode 0600 when it does not exist (an
     existing file keeps its mode). C{O_APPEND} makes every record land at the end even when
     another program truncates the file (C{logrotate}'s C{copytruncate}).
 
+    The open never blocks (C{O_NONBLOCK}, cleared again for the writes): a FIFO, with or
+    without a reader, is refused at once, as is anything else that is neither a regular
+    file nor a character device (C{/dev/null}, C{/dev/full}, a terminal).
+
     @param path: the file.
     @return: a text stream, closed by the caller.
+    @raise NotLogFile: it is neither a regular file nor a character device.
     @raise OSError: if it cannot be opened.
     """
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOCTTY
-    fd = os.open(path, flags, 0o600)
     try:
+        fd = os.open(path, flags | os.O_NONBLOCK, 0o600)
+    except OSError as error:
+        if error.errno == errno.ENXIO:  # a FIFO without a reader, or a unix socket
+            _refuse_unsuitable(path)
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+            raise NotLogFile(path, mode)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace", newline="")
     except BaseException:
         os.close(fd)
         raise
+
+
+def _refuse_unsuitable(path: str) -> None:
+    """
+    Raise L{NotLogFile} if C{path} names something a log file cannot be.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+        raise NotLogFile(path, mode)
 
 
 #: At most one C{log.write_failed} report per this many seconds while the log file cannot

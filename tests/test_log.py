@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import calendar
 import errno
+import fcntl
 import io
 import json
 import os
 import re
 import shutil
+import socket
 import stat
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -68,6 +71,7 @@ from netguard.log_file import (
     WRITE_FAILURE_REPORT_INTERVAL,
     FileLogSink,
     LogFileError,
+    NotLogFile,
     open_log_file,
 )
 from netguard.quiet_udp import (
@@ -805,6 +809,127 @@ class FileLogSinkTests(unittest.TestCase):
             stream.write(text)
             stream.close()
         self.assertEqual(self.read(), "one\ntwo\n")
+
+
+class LogFileKindTests(unittest.TestCase):
+    """
+    L{open_log_file} never blocks: a FIFO (with or without a reader) or a socket is
+    refused at once with an error naming the path, at start and when the sink reopens the
+    file after a failed write; a character device (C{/dev/null}, C{/dev/full}) still works.
+    """
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="ngf-", dir="/tmp")  # short: socket path bound
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.path = os.path.join(self.dir, "ng.log")
+        self.publisher = LogPublisher()
+        self.events: list[dict[str, Any]] = []
+        self.publisher.addObserver(self.events.append)
+        self.now = 0.0
+
+    def run_guarded(self, call: Any) -> Any:
+        """
+        Run C{call} in a thread; if it is still blocked (in C{open} of the FIFO at
+        C{self.path}) after a generous hang guard, release it by opening the FIFO's reading
+        end, then fail. Returns what C{call} returned or raised.
+        """
+        outcome: list[Any] = []
+
+        def target() -> None:
+            try:
+                outcome.append(call())
+            except BaseException as error:  # noqa: BLE001 - handed back to the test
+                outcome.append(error)
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        thread.join(10)  # hang guard only
+        if thread.is_alive():
+            reader = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+            thread.join(10)
+            os.close(reader)
+            self.fail("opening the FIFO blocked")
+        return outcome[0]
+
+    def test_fifo_without_reader_refused_at_start(self) -> None:
+        """
+        A FIFO nobody reads as the log file: the start fails at once with L{LogFileError}
+        naming the path and what it is, instead of blocking in C{open}.
+        """
+        os.mkfifo(self.path)
+        sink = FileLogSink(self.path, "json", self.publisher)
+        self.addCleanup(sink.stop)
+        error = self.run_guarded(sink.start)
+        self.assertIsInstance(error, LogFileError)
+        self.assertIn(self.path, str(error))
+        self.assertIn("is a FIFO, not a regular file or a character device", str(error))
+        self.assertFalse(sink.started)
+
+    def test_fifo_with_reader_refused(self) -> None:
+        """
+        A FIFO that has a reader opens without blocking, and is refused all the same.
+        """
+        os.mkfifo(self.path)
+        reader = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        self.addCleanup(os.close, reader)
+        error = self.run_guarded(lambda: open_log_file(self.path))
+        self.assertIsInstance(error, NotLogFile)
+        self.assertEqual(error.filename, self.path)
+        self.assertEqual(error.kind, "a FIFO")
+
+    def test_unix_socket_refused(self) -> None:
+        """
+        A unix socket as the log file is refused as such, not with a bare C{ENXIO}.
+        """
+        server = socket.socket(socket.AF_UNIX)
+        self.addCleanup(server.close)
+        server.bind(self.path)
+        error = self.assertRaises(NotLogFile, open_log_file, self.path)
+        self.assertIn("is a socket", str(error))
+
+    def test_character_device_accepted_and_blocking(self) -> None:
+        """
+        The other side: C{/dev/null}, a character device, opens and takes writes, and its
+        descriptor is left blocking (C{O_NONBLOCK} only guards the open).
+        """
+        stream = open_log_file("/dev/null")
+        self.addCleanup(stream.close)
+        self.assertFalse(fcntl.fcntl(stream.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK)
+        stream.write("record\n")
+        stream.flush()
+
+    def test_regular_file_descriptor_blocking(self) -> None:
+        """
+        A regular log file's descriptor is left without C{O_NONBLOCK}.
+        """
+        stream = open_log_file(self.path)
+        self.addCleanup(stream.close)
+        self.assertFalse(fcntl.fcntl(stream.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK)
+
+    def test_reopen_after_failure_refuses_fifo(self) -> None:
+        """
+        The log file a symlink to C{/dev/full} (every write fails); once replaced by a
+        FIFO nobody reads, the reopen for the next record refuses it at once: the record is
+        dropped and counted, and C{log.write_failed} names the FIFO; nothing blocks.
+        """
+        if not os.path.exists("/dev/full"):
+            raise unittest.SkipTest("no /dev/full on this system")
+        os.symlink("/dev/full", self.path)
+        sink = FileLogSink(self.path, "json", self.publisher, seconds=lambda: self.now)
+        sink.start()
+        self.addCleanup(sink.stop)
+        logger = Logger(namespace="t", observer=self.publisher)  # type: ignore[arg-type]
+        logger.info("first", event="x.first")
+        os.remove(self.path)
+        os.mkfifo(self.path)
+        self.now = WRITE_FAILURE_REPORT_INTERVAL
+        self.run_guarded(lambda: logger.info("second", event="x.second"))
+        reports = [e for e in self.events if e.get("event") == "log.write_failed"]
+        self.assertEqual([r["errno"] for r in reports], ["ENOSPC", "-"])
+        self.assertIn("is a FIFO", reports[1]["error"])
+        self.assertEqual(sink.dropped, 3)
+        self.assertTrue(sink.started)
+        self.assertEqual([e for e in self.events if "log_failure" in e], [])
 
 
 class FlakyFile:
