@@ -136,10 +136,16 @@ class GatewayService(MultiService):
         port or a root-owned socket directory works. A listener that cannot open ends the
         start with one line naming it, not a traceback. Under C{twistd --uid} as root,
         then hand the state directory and what we created in it to that user (L{run_as}).
+        A start that fails anywhere (a listener, a child service such as the control socket
+        or the metrics listener, the hand-over) closes every port it opened at once.
         """
-        start_privileged(
-            self, self._listen_and_start, self.factory.config.state_dir, (ListenFailed,)
-        )
+        try:
+            start_privileged(
+                self, self._listen_and_start, self.factory.config.state_dir, (ListenFailed,)
+            )
+        except BaseException:
+            self._close_opened()
+            raise
 
     def _listen_and_start(self) -> None:
         self.listen()
@@ -184,11 +190,17 @@ class GatewayService(MultiService):
 
     def _close_opened(self) -> None:
         """
-        The start failed: close the ports already opened now, not on a reactor turn that a
-        failed start never reaches (L{close_at_once}), so no unix socket file or lock file
-        is left behind.
+        The start failed: close the ports already opened, the gateway's and those of its
+        child services (their C{port}: the control socket, the metrics listener), now, not
+        on a reactor turn that a failed start never reaches (L{close_at_once}), so no unix
+        socket file or lock file is left behind.
         """
         ports, self.ports = self.ports, []
+        for child in self:
+            port = getattr(child, "port", None)
+            if port is not None:
+                child.port = None
+                ports.append(port)
         for port in ports:
             close_at_once(port)
 
