@@ -1,7 +1,8 @@
 """
-Tests for L{netguard.service.GatewayService.listen} when a start fails part-way: the ports
-already opened (a real unix socket with C{lockfile=1} here) are closed at once, so a failed
-start, which never reaches another reactor turn, leaves no socket or lock file behind.
+Tests for L{netguard.service.GatewayService} when a start fails part-way, in a listener or
+in a child service: the ports already opened (real unix sockets with their lock files, the
+control socket, the metrics listener) are closed at once, so a failed start, which never
+reaches another reactor turn, leaves no socket or lock file behind.
 """
 
 from __future__ import annotations
