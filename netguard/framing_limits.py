@@ -7,6 +7,7 @@ each field checked when the value is built.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import attrs
@@ -47,8 +48,9 @@ def _seconds(positive: bool, optional: bool = False) -> Any:
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
-            or not math.isfinite(value)
+            or (isinstance(value, float) and not math.isfinite(value))
             or value < 0
+            or value > sys.float_info.max
             or (positive and value == 0)
         ):
             bound = "greater than 0" if positive else "of 0 or more"

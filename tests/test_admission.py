@@ -6,6 +6,7 @@ source, the bounds on its tables, and a property test of its bookkeeping.
 from __future__ import annotations
 
 import random
+import sys
 from typing import Any
 
 import attrs
@@ -117,6 +118,23 @@ class PolicyTests(unittest.TestCase):
         ):
             with self.assertRaises(ValueError, msg=repr(knobs)):
                 AdmissionPolicy(**knobs)
+
+    def test_huge_integer_times_refused_naming_the_field(self) -> None:
+        """
+        An integer too large for a float, given to a time or rate field, is a
+        C{ValueError} naming that field (not an C{OverflowError}); the largest integer a
+        float holds is judged by the field's range as any other number.
+        """
+        biggest = int(sys.float_info.max)
+        for name in ("penalty_max", "penalty_base", "penalty_decay", "per_source_rate"):
+            for value in (10**400, -(10**400), 2**1024):
+                with self.assertRaises(ValueError, msg=(name, value)) as raised:
+                    AdmissionPolicy(**{name: value})
+                self.assertIn(name, str(raised.exception))
+        with self.assertRaises(ValueError) as raised:
+            AdmissionPolicy(penalty_max=biggest)
+        self.assertIn("penalty_max must be within", str(raised.exception))
+        self.assertEqual(AdmissionPolicy(penalty_decay=biggest).penalty_decay, float(biggest))
 
     def test_max_connections_follows_the_pools(self) -> None:
         """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 
 import attrs
@@ -631,6 +632,37 @@ class FileErrorTests(ConfigTestCase):
     def test_float_for_integer(self) -> None:
         self.assertFileError(
             "[limits]\nmax_line_length = 100.5\n", "limits.max_line_length", "an integer"
+        )
+
+    def test_huge_integer_for_number_of_seconds(self) -> None:
+        """
+        An integer too large for a float (C{1} and 400 zeros, or C{2**1024}) given for a
+        number of seconds is a L{ConfigError} naming the key and its range, not an
+        C{OverflowError}.
+        """
+        for huge in (10**400, 2**1024, -(10**400)):
+            self.assertFileError(
+                f"[limits]\nhandshake_timeout = {huge}\n",
+                "limits.handshake_timeout",
+                "a number of seconds from 1 to 3600",
+                "the integer",
+            )
+
+    def test_huge_integer_for_admission_time(self) -> None:
+        """
+        In C{[admission]}, an integer too large for a float is a L{ConfigError} naming the
+        key; the largest integer a float holds is taken as a number like any other.
+        """
+        for key in ("penalty_max", "penalty_decay"):
+            for huge in (10**400, 2**1024):
+                self.assertFileError(
+                    f"[admission]\n{key} = {huge}\n", f"admission.{key}", "the integer"
+                )
+        biggest = int(sys.float_info.max)
+        config = self.load(f"[admission]\npenalty_decay = {biggest}\n")
+        self.assertEqual(config.admission.penalty_decay, float(biggest))
+        self.assertFileError(
+            f"[admission]\npenalty_max = {biggest}\n", "admission.penalty_max", "within"
         )
 
     def test_string_for_number_of_seconds(self) -> None:

@@ -6,6 +6,7 @@ value is built, at its boundary and one past it.
 from __future__ import annotations
 
 import math
+import sys
 
 import attrs
 from twisted.trial import unittest
@@ -75,6 +76,18 @@ class FramingLimitsValidationTests(unittest.TestCase):
         for name in (*_TIMES, "write_timeout", "open_timeout"):
             for value in (math.nan, math.inf, -math.inf):
                 self.assertRefused(**{name: value})
+
+    def test_huge_integer_times_refused(self) -> None:
+        """
+        An integer too large for a float (one past the largest, C{2**1024}, or C{10**400})
+        is refused for every time with the field-naming C{ValueError}, not an
+        C{OverflowError}; the largest integer a float holds is accepted as given.
+        """
+        biggest = int(sys.float_info.max)
+        for name in (*_TIMES, "write_timeout", "open_timeout"):
+            for value in (2**1024, 10**400, 10**309):
+                self.assertRefused(**{name: value})
+            self.assertEqual(getattr(FramingLimits(**{name: biggest}), name), biggest)
 
     def test_times_zero_accepted_and_below_refused(self) -> None:
         """

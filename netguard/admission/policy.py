@@ -10,6 +10,7 @@ The knobs, their defaults and the rules they drive: C{docs/operating.md} section
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Final
@@ -90,9 +91,21 @@ def _check_cidrs(instance: Any, attribute: attrs.Attribute[Any], value: tuple[st
             raise ValueError(f"{attribute.name}: {item!r} is not a network: {error}") from None
 
 
+def _as_float(value: Any) -> float:
+    """
+    Convert a field's value as C{float()} does, except that an integer too large for a float
+    becomes an infinity of its sign (which every field's validator refuses, naming the
+    field) instead of raising C{OverflowError}.
+    """
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
+    if not 0 < value < math.inf:
+        raise ValueError(f"{attribute.name} must be positive and finite, not {value!r}")
 
 
 #: The longest a penalty time may be set to (a year, in seconds): beyond it the arithmetic
@@ -277,7 +290,7 @@ class AdmissionPolicy:
         validator=_positive,
     )
     per_source_max: int = attrs.field(default=32, validator=_positive)
-    per_source_rate: float = attrs.field(default=10.0, converter=float, validator=_positive)
+    per_source_rate: float = attrs.field(default=10.0, converter=_as_float, validator=_positive)
     per_source_burst: int = attrs.field(default=20, validator=_positive)
     ipv4_prefix: int = attrs.field(default=32, validator=_prefix(32))
     ipv6_prefix: int = attrs.field(default=64, validator=_prefix(128))
@@ -289,11 +302,17 @@ class AdmissionPolicy:
         default=attrs.Factory(lambda self: self.max_unauthenticated, takes_self=True),
         validator=_positive,
     )
-    red_rate: float = attrs.field(default=0.3, converter=float, validator=_fraction)
-    stress_timeout_floor: float = attrs.field(default=0.25, converter=float, validator=_fraction)
-    penalty_base: float = attrs.field(default=10.0, converter=float, validator=_penalty_seconds)
-    penalty_max: float = attrs.field(default=3600.0, converter=float, validator=_penalty_seconds)
-    penalty_decay: float = attrs.field(default=600.0, converter=float, validator=_positive)
+    red_rate: float = attrs.field(default=0.3, converter=_as_float, validator=_fraction)
+    stress_timeout_floor: float = attrs.field(
+        default=0.25, converter=_as_float, validator=_fraction
+    )
+    penalty_base: float = attrs.field(
+        default=10.0, converter=_as_float, validator=_penalty_seconds
+    )
+    penalty_max: float = attrs.field(
+        default=3600.0, converter=_as_float, validator=_penalty_seconds
+    )
+    penalty_decay: float = attrs.field(default=600.0, converter=_as_float, validator=_positive)
     penalty_threshold: int = attrs.field(default=3, validator=_positive)
     auth_failure_points: int = attrs.field(default=1, validator=_non_negative)
     early_talker_points: int = attrs.field(default=3, validator=_non_negative)
@@ -308,7 +327,7 @@ class AdmissionPolicy:
     max_tracked_sources: int = attrs.field(default=65536, validator=_positive)
     lane_per_user: int = attrs.field(default=16, validator=_positive)
     max_probation: int = attrs.field(default=512, validator=_positive)
-    probation_timeout: float = attrs.field(default=1.0, converter=float, validator=_positive)
+    probation_timeout: float = attrs.field(default=1.0, converter=_as_float, validator=_positive)
     reject_mode: str = attrs.field(
         default="reply", validator=attrs.validators.in_(("reply", "close"))
     )

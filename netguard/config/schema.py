@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -83,11 +84,21 @@ class Range:
             if not isinstance(value, int) or not self.low <= value <= self.high:
                 raise Invalid(problem)
             return value
-        if not isinstance(value, int | float) or not math.isfinite(value):
+        if not isinstance(value, int | float) or not _finite(value):
             raise Invalid(problem)
         if not self.low <= value <= self.high:
             raise Invalid(problem)
         return float(value)
+
+
+def _finite(value: float) -> bool:
+    """
+    Whether a TOML number is finite and within a float's range: an integer too large for a
+    float is not (C{math.isfinite} would raise C{OverflowError} on it).
+    """
+    if isinstance(value, int):
+        return -sys.float_info.max <= value <= sys.float_info.max
+    return math.isfinite(value)
 
 
 @attrs.frozen
@@ -276,7 +287,7 @@ def parse_admission(src: Source, table: object, origins: dict[str, str]) -> Admi
         elif isinstance(default, int):
             ok = isinstance(value, int)
         elif isinstance(default, float):
-            ok = isinstance(value, int | float) and math.isfinite(value)
+            ok = isinstance(value, int | float) and _finite(value)
         elif isinstance(default, tuple):
             ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
         else:
