@@ -41,6 +41,7 @@ __all__ = [
     "redact_description",
     "resolve_endpoint_ports",
     "resolve_port",
+    "socks5_carry_problem",
     "split_description",
     "with_default_backlog",
 ]
@@ -746,6 +747,25 @@ def resolve_endpoint_ports(description: str, *, server: bool) -> str:
     if server:
         return check_listener(description).description
     return check_backend(description).description
+
+
+def socks5_carry_problem(description: str) -> str | None:
+    """
+    Why a service's SOCKS5 proxy cannot carry the backend C{description}, or L{None} if it
+    can: it carries a C{tcp:} or C{tls:} backend that names its C{host=} and C{port=}, and a
+    C{tls:} one only if it names no C{endpoint=} of its own (the proxy's connection is that
+    endpoint). The configuration refuses at load what opening would refuse.
+
+    @raise EndpointError: if C{description} cannot be split.
+    """
+    fields = split_description(description)
+    named = {f.key for f in fields if f.key}
+    kind = description.split(":", 1)[0].lower()
+    if kind not in ("tcp", "tls") or not {"host", "port"} <= named:
+        return "socks5 needs a tcp:host=...:port=... or tls:host=...:port=... backend"
+    if kind == "tls" and "endpoint" in named:
+        return "socks5 cannot carry a tls: backend that names its own endpoint="
+    return None
 
 
 def redact_description(description: str, depth: int = 0) -> str:

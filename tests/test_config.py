@@ -956,6 +956,27 @@ class FileErrorTests(ConfigTestCase):
             "tcp: or tls:",
         )
 
+    def test_socks5_with_tls_backend_naming_its_own_endpoint(self) -> None:
+        """
+        A C{tls:} backend that names its own C{endpoint=} cannot be carried by the service's
+        SOCKS5 proxy (opening it would fail every time): refused at load naming the
+        service's C{socks5} key; the same backend without C{socks5}, and a C{tls:} backend
+        without C{endpoint=} behind C{socks5}, load.
+        """
+        backend = "tls:host=b.test:port=443:endpoint=tcp\\:host\\=10.0.0.1\\:port\\=443"
+        self.assertFileError(
+            f"[services.r]\nbackend = '{backend}'\nsocks5 = 'tcp:host=p:port=1080'\n",
+            "services.r.socks5",
+            "socks5 cannot carry a tls: backend that names its own endpoint=",
+        )
+        alone = self.load(f"[services.r]\nbackend = '{backend}'\nusers = ['a']\n")
+        self.assertIn("endpoint=", alone.services["r"].backend)
+        proxied = self.load(
+            '[services.r]\nbackend = "tls:host=b.test:port=443"\nusers = ["a"]\n'
+            'socks5 = "tcp:host=p:port=1080"\n'
+        )
+        self.assertEqual(proxied.services["r"].socks5, "tcp:host=p:port=1080")
+
     def test_toml_syntax_error_names_file_and_line(self) -> None:
         error = self.assertFileError(
             'server_name = "a"\n\n[limits\n', "line 3", "TOML syntax error", "column"

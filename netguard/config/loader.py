@@ -84,6 +84,7 @@ from netguard.endpoints import (
     check_listener,
     quote_field,
     redact_description,
+    socks5_carry_problem,
 )
 from netguard.framing import FramingLimits
 from netguard.gateway.stream_settings import StreamSettings
@@ -290,6 +291,9 @@ class _Builder:
                     service_key(name, "socks5"),
                     "a SOCKS5 proxy can only reach tcp: or tls: backends",
                 )
+            problem = socks5_carry_problem(backend.description)
+            if problem is not None:
+                raise src.error(service_key(name, "socks5"), problem)
         fcrdns = None
         if "fcrdns" in body:
             fcrdns = parse_choice("off", "log", "require")(

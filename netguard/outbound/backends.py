@@ -28,7 +28,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from netguard.endpoints import Field, join_fields, split_description
+from netguard.endpoints import Field, join_fields, socks5_carry_problem, split_description
 from netguard.log import escape
 from netguard.outbound.proxy_v2 import ProxyOrigin, header_for
 from netguard.outbound.socks5 import SOCKSError
@@ -582,14 +582,12 @@ def backend_endpoint(reactor: Any, service: BackendService) -> Any:
     if service.socks5:
         from netguard.outbound.socks5 import SOCKS5ClientEndpoint
 
+        problem = socks5_carry_problem(service.backend)
+        if problem is not None:
+            raise ValueError(problem)
         fields = split_description(service.backend)
         params = {f.key: f.value for f in fields if f.key}
-        kind = service.backend.split(":", 1)[0].lower()
-        if kind not in ("tcp", "tls") or "host" not in params or "port" not in params:
-            raise ValueError(
-                "socks5 needs a tcp:host=...:port=... or tls:host=...:port=... backend"
-            )
-        if kind == "tls":
+        if service.backend.split(":", 1)[0].lower() == "tls":
             return clientFromString(
                 reactor, tls_through_socks5(fields, service.socks5, service.connect_timeout)
             )
@@ -614,9 +612,10 @@ def tls_through_socks5(fields: list[Field], proxy: str, timeout: float) -> str:
 
     @raise ValueError: if the string already names an C{endpoint=} of its own.
     """
+    problem = socks5_carry_problem(join_fields(fields))
+    if problem is not None:
+        raise ValueError(problem)
     params = {f.key: f.value for f in fields if f.key}
-    if "endpoint" in params:
-        raise ValueError("socks5 cannot carry a tls: backend that names its own endpoint=")
     inner = join_fields(
         [
             Field(None, "socks5"),
