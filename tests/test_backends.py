@@ -8,6 +8,7 @@ the connector's factory told so. (The legs themselves are tested in L{tests.test
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import attrs
@@ -24,6 +25,7 @@ from netguard.auth.users import UserStore
 from netguard.config import Config, ServiceConfig, load_config
 from netguard.gateway.factory import GatewayFactory
 from netguard.outbound import backends as backends_module
+from netguard.outbound.backend_files import BackendFileError
 from netguard.outbound.backends import (
     BackendConnectTimeout,
     BackendEndpoints,
@@ -39,6 +41,7 @@ from netguard.outbound.socks5 import (
     SOCKSAddress,
     SOCKSProtocolError,
 )
+from tests.test_operator_files import outcome_or_blocked
 
 CONNECT_TIMEOUT = 3.0
 
@@ -471,6 +474,123 @@ class TLSBackendTests(OpenBackendTestCase):
         tls.connectionLost(Failure(error.ConnectionAborted()))
         self.failureResultOf(opening, BackendConnectTimeout)
         self.assert_no_timer_left()
+
+
+class BackendFileTests(OpenBackendTestCase):
+    """
+    The files Twisted reads to build a C{tls:} or C{ssl:} backend (certificate, key, the
+    C{*.pem} of a trust-root directory) are checked without blocking first: a FIFO among
+    them fails the opening at once, naming the option and the file, instead of blocking
+    the reactor in C{open}; files Twisted does not read are not judged.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.directory = self.mktemp()
+        os.mkdir(self.directory)
+        self.fifo = os.path.join(self.directory, "x.pem")
+        os.mkfifo(self.fifo, 0o600)
+
+    def refused(self, backend: str, option: str) -> BackendFileError:
+        """
+        Opening C{backend} fails at once (not blocked on the FIFO) with a
+        L{BackendFileError} naming C{option} and the FIFO, and no connection is attempted.
+        """
+
+        def opening() -> None:
+            failure = self.failureResultOf(self.open(service(backend)))
+            raise failure.value
+
+        outcome = outcome_or_blocked(self.fifo, opening)
+        self.assertIsInstance(outcome, BackendFileError, repr(outcome))
+        assert isinstance(outcome, BackendFileError)
+        self.assertEqual((outcome.option, outcome.path), (option, self.fifo))
+        self.assertIn("is a FIFO, not a regular file", str(outcome))
+        self.assertEqual(self.reactor.tcpClients, [])
+        return outcome
+
+    def regular_pem(self) -> str:
+        """
+        A new regular PEM file: a self-signed certificate and its key.
+        """
+        from OpenSSL.crypto import FILETYPE_PEM
+        from twisted.internet.ssl import KeyPair
+
+        key = KeyPair.generate(size=2048)
+        cert = key.selfSignedCert(1, CN="b.test")
+        path = self.mktemp()
+        with open(path, "wb") as handle:
+            handle.write(cert.dump(FILETYPE_PEM) + key.dump(FILETYPE_PEM))
+        return path
+
+    def test_tls_trust_roots_directory_holding_a_fifo(self) -> None:
+        """A C{*.pem} FIFO in a C{tls:} backend's C{trustRoots=} directory is refused."""
+        self.refused(f"tls:host=127.0.0.1:port=6380:trustRoots={self.directory}", "trustRoots")
+
+    def test_tls_trust_roots_fifo_named_in_capitals(self) -> None:
+        """Twisted reads C{X.PEM} as it reads C{x.pem}: a FIFO so named is refused too."""
+        os.rename(self.fifo, os.path.join(self.directory, "X.PEM"))
+        self.fifo = os.path.join(self.directory, "X.PEM")
+        self.refused(f"tls:host=127.0.0.1:port=6380:trustRoots={self.directory}", "trustRoots")
+
+    def test_tls_certificate_fifo(self) -> None:
+        """A C{tls:} backend whose C{certificate=} is a FIFO is refused."""
+        self.refused(f"tls:host=127.0.0.1:port=6380:certificate={self.fifo}", "certificate")
+
+    def test_tls_private_key_fifo(self) -> None:
+        """A C{tls:} backend whose C{privateKey=} is a FIFO is refused."""
+        pem = self.regular_pem()
+        self.refused(
+            f"tls:host=127.0.0.1:port=6380:certificate={pem}:privateKey={self.fifo}",
+            "privateKey",
+        )
+
+    def test_tls_nested_endpoint_fifo(self) -> None:
+        """A FIFO in the C{tls:} string nested as a C{tls:} backend's C{endpoint=} is refused."""
+        inner = f"tls\\:host\\=127.0.0.1\\:port\\=6380\\:certificate\\={self.fifo}"
+        self.refused(f"tls:host=b.test:port=6380:endpoint={inner}", "certificate")
+
+    def test_ssl_ca_certs_directory_holding_a_fifo(self) -> None:
+        """A C{*.pem} FIFO in an C{ssl:} backend's C{caCertsDir=} is refused."""
+        self.refused(
+            f"ssl:host=127.0.0.1:port=6380:hostname=b.test:caCertsDir={self.directory}",
+            "caCertsDir",
+        )
+
+    def test_ssl_cert_key_fifo(self) -> None:
+        """An C{ssl:} backend whose C{certKey=} is a FIFO is refused."""
+        self.refused(f"ssl:host=127.0.0.1:port=6380:certKey={self.fifo}", "certKey")
+
+    def test_files_twisted_does_not_read_are_not_judged(self) -> None:
+        """
+        A FIFO not named C{*.pem}, and a subdirectory named C{d.pem}, in C{trustRoots=}
+        (Twisted reads neither) beside a regular C{*.pem}: the backend is built and its
+        connection attempted.
+        """
+        os.rename(self.fifo, os.path.join(self.directory, "x.pem.txt"))
+        os.mkdir(os.path.join(self.directory, "d.pem"))
+        os.rename(self.regular_pem(), os.path.join(self.directory, "ca.pem"))
+        opening = self.open(service(f"tls:host=127.0.0.1:port=6380:trustRoots={self.directory}"))
+        self.assertNoResult(opening)
+        self.assertEqual([c[:2] for c in self.reactor.tcpClients], [("127.0.0.1", 6380)])
+
+    def test_each_session_checks_again(self) -> None:
+        """
+        Through L{BackendEndpoints} (the gateway's path), a C{tls:} backend is built for
+        each session: after one opening, a FIFO put in its trust roots fails the next.
+        """
+        os.unlink(self.fifo)
+        svc = service(f"tls:host=127.0.0.1:port=6380:trustRoots={self.directory}")
+        endpoints = BackendEndpoints(self.reactor)
+        self.assertNoResult(open_backend(self.reactor, svc, endpoints=endpoints))
+        os.mkfifo(self.fifo, 0o600)
+
+        def opening() -> None:
+            raise self.failureResultOf(open_backend(self.reactor, svc, endpoints=endpoints)).value
+
+        outcome = outcome_or_blocked(self.fifo, opening)
+        self.assertIsInstance(outcome, BackendFileError, repr(outcome))
+        self.assertEqual(len(self.reactor.tcpClients), 1)
 
 
 class _Counting:

@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from netguard.endpoints import Field, join_fields, socks5_carry_problem, split_description
 from netguard.log import escape
+from netguard.outbound.backend_files import check_backend_files
 from netguard.outbound.proxy_v2 import ProxyOrigin, header_for
 from netguard.outbound.socks5 import SOCKSError
 from netguard.relay import A, B, HalfCloseableTransport, ReactorTime, RelayResult, Splice
@@ -578,7 +579,14 @@ def describe_failure(failure: Failure, limit: int = 300) -> str:
 def backend_endpoint(reactor: Any, service: BackendService) -> Any:
     """
     The client endpoint for C{service}'s backend, through its SOCKS5 proxy if it has one.
+
+    The files Twisted reads to build a C{tls:} or C{ssl:} one are checked first
+    (L{check_backend_files}): one that is not a regular file fails it at once.
+
+    @raise netguard.outbound.backend_files.BackendFileError: such a file is a FIFO, a
+        device or a socket.
     """
+    check_backend_files(service.backend)
     if service.socks5:
         from netguard.outbound.socks5 import SOCKS5ClientEndpoint
 
