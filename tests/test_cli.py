@@ -15,6 +15,7 @@ from netguard import config as _config
 from netguard.auth import users
 from netguard.auth.scram import AuthFailed, ClientExchange, ServerExchange
 from netguard.auth.users import UserStore
+from tests.test_operator_files import outcome_or_blocked
 
 
 class TtyInput(io.StringIO):
@@ -562,3 +563,40 @@ class CtlTimeoutOptionTests(CliTestBase):
             code, text = run_ctl(os.path.join(self.dir, "none.sock"), ["status"], timeout)
             self.assertEqual(code, EXIT_USAGE, timeout)
             self.assertIn("from 0.1 to 3600", text)
+
+
+class CtlConfigFileTests(CliTestBase):
+    """
+    C{netguard ctl --config FILE} reads FILE without blocking: a FIFO is refused at once
+    with one error line, while a regular file that does not load still names its socket.
+    """
+
+    def test_fifo_config_refused_at_once(self) -> None:
+        """
+        A FIFO given as C{--config} ends at once with exit 2 and one line saying it is a
+        FIFO (not blocked in C{open} waiting for a writer).
+        """
+        fifo = os.path.join(self.dir, "netguard.toml")
+        os.mkfifo(fifo, 0o600)
+        results: list[tuple[int, str, str]] = []
+
+        def ctl() -> None:
+            results.append(self.run_cli(["ctl", "--config", fifo, "status"]))
+
+        self.assertEqual(outcome_or_blocked(fifo, ctl), "returned")
+        [(code, out, err)] = results
+        self.assert_clean_error(code, err, "is a FIFO")
+        self.assertEqual(out, "")
+
+    def test_regular_config_that_does_not_load_still_names_the_socket(self) -> None:
+        """
+        A regular file with an unknown key but a usable C{ops.control_socket}: ctl warns
+        and goes on to that socket (exit 3 here: nothing listens on it).
+        """
+        path = os.path.join(self.dir, "netguard.toml")
+        socket_path = os.path.join(self.dir, "none.sock")
+        with open(path, "w") as handle:
+            handle.write(f"colour = 1\n[ops]\ncontrol_socket = '{socket_path}'\n")
+        code, _, err = self.run_cli(["ctl", "--config", path, "status"])
+        self.assertEqual(code, 3, err)
+        self.assertIn(f"using the control socket {socket_path}", err)

@@ -12,6 +12,7 @@ import os
 
 from netguard.cli._base import _IO, CommandError
 from netguard.cli.tunnel import seconds_option
+from netguard.operator_files import read_regular
 from netguard.ops.ctl_client import DEFAULT_TIMEOUT, TIMEOUT_RANGE
 
 
@@ -92,9 +93,10 @@ def _control_socket_of_broken_config(path: str | None) -> str | None:
     if path is None:
         return None
     try:
-        with open(path, "rb") as handle:
-            doc = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError):
+        # Not open(): a FIFO would block here; the loader has said why it is refused.
+        data = read_regular(path, config.MAX_FILE_BYTES + 1)
+        doc = tomllib.loads(data.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
     base = os.path.dirname(os.path.abspath(path))
 
