@@ -609,12 +609,43 @@ def _check_socks5_names(what: str, named: Mapping[str, int], params: tuple[str, 
         raise EndpointError(f"{what} needs {' and '.join(missing)}")
 
 
+#: The options of an C{ssl:} listener whose files Twisted reads when it starts listening.
+_SSL_LISTENER_FILES: Final = ("privateKey", "certKey", "extraCertChain", "dhParameters")
+
+
+def _check_key_files(fields: Sequence[Field], named: Mapping[str, int]) -> None:
+    """
+    Check, without reading or blocking, that each file an C{ssl:} listener names is a
+    regular file when it is there (one that is missing or unreadable is Twisted's to report
+    at start): a FIFO would block the start in C{open}, a device would never end.
+
+    @raise EndpointError: naming the option and what the file is.
+    """
+    from netguard.operator_files import NotRegularFile, open_regular
+
+    for option in _SSL_LISTENER_FILES:
+        if option not in named:
+            continue
+        path = fields[named[option]].value
+        try:
+            fd, _ = open_regular(path)
+        except NotRegularFile as error:
+            raise EndpointError(
+                f"{option}= names {toml_string(truncate(path, 200))}, which is "
+                f"{error.kind}, not a regular file"
+            ) from None
+        except OSError:
+            continue
+        os.close(fd)
+
+
 def check_listener(description: object, *, nested: bool = False) -> Listener:
     """
     Check a server endpoint string without listening: netguard's own checks (port names,
     values Twisted would take but cannot work), then Twisted's own parser builds it on a
     L{MemoryReactor}, which never listens, and the endpoint it returns says who can reach
-    it. Key files are not read; C{systemd:} descriptors need not be there yet.
+    it. Key files are not read (an C{ssl:} listener's that are there must be regular files,
+    checked without reading); C{systemd:} descriptors need not be there yet.
 
     @raise EndpointError: if it is not a usable listener.
     """
@@ -636,6 +667,8 @@ def check_listener(description: object, *, nested: bool = False) -> Listener:
     if kind == "systemd" and ("index" in named) == ("name" in named):
         raise EndpointError("a systemd: listener needs exactly one of index and name")
     endpoint = _built_by_twisted(what, kind, fields, named, params, server=True)
+    if kind == "ssl":
+        _check_key_files(fields, named)
     if kind == "systemd":
         return Listener(normalized, "inherited from systemd: its socket unit decides", False)
     from twisted.internet.endpoints import TCP6ServerEndpoint, UNIXServerEndpoint

@@ -7,6 +7,7 @@ with their messages, are in L{tests.test_config}.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable
 
@@ -26,6 +27,7 @@ from netguard.endpoints import (
     split_description,
     with_default_backlog,
 )
+from tests.test_operator_files import outcome_or_blocked
 
 
 def _port_of(name: str) -> int:
@@ -180,6 +182,27 @@ class BuiltByTwistedTests(unittest.TestCase):
         listener = check_listener("ssl:443:privateKey=/no/such.key:certKey=/no/such.crt")
         self.assertTrue(listener.description.startswith("ssl:443:"))
         self.assertIn("all IPv4 interfaces", listener.exposure)
+        self.assertEqual(self.reads, [])
+
+    def test_ssl_listener_key_fifo_refused_at_once(self) -> None:
+        """
+        An C{ssl:} listener whose C{privateKey=}, C{certKey=}, C{extraCertChain=} or
+        C{dhParameters=} is a FIFO is refused at once naming the option (Twisted's start
+        would block in C{open} on it); a regular file there, or one not there yet, is
+        accepted without being read.
+        """
+        fifo = self.mktemp()
+        os.mkfifo(fifo, 0o600)
+        regular = FilePath(self.mktemp())
+        regular.setContent(b"not read")
+        for option in ("privateKey", "certKey", "extraCertChain", "dhParameters"):
+            outcome = outcome_or_blocked(
+                fifo, lambda option=option: check_listener(f"ssl:443:{option}={fifo}")
+            )
+            self.assertIsInstance(outcome, EndpointError, f"{option}: {outcome!r}")
+            self.assertIn(f"{option}= names", str(outcome))
+            self.assertIn("is a FIFO, not a regular file", str(outcome))
+            check_listener(f"ssl:443:{option}={regular.path}")
         self.assertEqual(self.reads, [])
 
     def test_backend_certificate_files_not_read(self) -> None:
