@@ -977,6 +977,18 @@ class FileErrorTests(ConfigTestCase):
         )
         self.assertEqual(proxied.services["r"].socks5, "tcp:host=p:port=1080")
 
+    def test_socks5_with_positional_host_and_port(self) -> None:
+        """
+        The SOCKS5 proxy is asked for the backend's C{host=} and C{port=} by name: a
+        C{tcp:} backend giving them by position (which opening would refuse every time) is
+        refused at load naming the service's C{socks5} key.
+        """
+        self.assertFileError(
+            "[services.r]\nbackend = 'tcp:10.0.0.5:6379'\nsocks5 = 'tcp:host=p:port=1080'\n",
+            "services.r.socks5",
+            "socks5 needs a tcp:host=...:port=...",
+        )
+
     def test_toml_syntax_error_names_file_and_line(self) -> None:
         error = self.assertFileError(
             'server_name = "a"\n\n[limits\n', "line 3", "TOML syntax error", "column"
