@@ -173,4 +173,3 @@ class WorkersCtlDrainTests(CtlDrainTests):
         self.assertNotIn("second stop signal", self.daemon.stdout)
         for word in ("Traceback", "ReactorNotRunning", "Unhandled"):
             self.assertNotIn(word, self.daemon.stdout + self.daemon.stderr)
-
