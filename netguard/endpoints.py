@@ -36,9 +36,7 @@ __all__ = [
     "check_backend",
     "check_listener",
     "join_fields",
-    "looks_secret",
     "quote_field",
-    "redact_description",
     "resolve_endpoint_ports",
     "resolve_port",
     "socks5_carry_problem",
@@ -66,8 +64,6 @@ SOCKS5_ENDPOINT_KEYS: Final = frozenset(
 )
 
 _PORT_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
-_SECRET_KEY_RE: Final = re.compile(r"pass|secret|token|credential|apikey", re.IGNORECASE)
-_URL_USERINFO_RE: Final = re.compile(r"(//[^/@:\s]*:)[^/@\s]*@")
 
 
 class EndpointError(ValueError):
@@ -80,13 +76,6 @@ class EndpointError(ValueError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-
-
-def looks_secret(name: str) -> bool:
-    """
-    Whether an option or key name looks like it holds a password or token.
-    """
-    return _SECRET_KEY_RE.search(name) is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -799,27 +788,3 @@ def socks5_carry_problem(description: str) -> str | None:
     if kind == "tls" and "endpoint" in named:
         return "socks5 cannot carry a tls: backend that names its own endpoint="
     return None
-
-
-def redact_description(description: str, depth: int = 0) -> str:
-    """
-    Hide secrets in an endpoint-like string: values of options whose name looks like a
-    password or token, and the password part of C{scheme://user:password@host}, also in
-    the endpoint strings nested in option values (C{proxy=}, C{endpoint=}, C{gateway=}),
-    to any depth up to 8.
-    """
-    text = _URL_USERINFO_RE.sub(r"\1***@", description)
-    try:
-        fields = split_description(text)
-    except EndpointError:
-        return text
-    redacted: list[Field] = []
-    for f in fields:
-        if f.key is not None and looks_secret(f.key):
-            f = Field(f.key, "***")
-        elif f.key is not None and ":" in f.value and depth < 8:
-            f = Field(f.key, redact_description(f.value, depth + 1))
-        redacted.append(f)
-    if redacted == fields:
-        return text
-    return join_fields(redacted)

@@ -45,9 +45,9 @@ from netguard.config import text as config_text
 from netguard.config.schema import LIMIT_KEYS
 from netguard.config.table_schema import OVERLOAD_KEYS
 from netguard.config.tls_schema import TLS_LISTEN_KEYS, TLS_SETTINGS_KEYS
-from netguard.endpoints import redact_description
 from netguard.framing import FramingLimits
 from netguard.ops.overload import OverloadSettings
+from netguard.redaction import redact_description
 from netguard.tls import ServerTLSSettings
 from tests.test_endpoints import _port_of
 

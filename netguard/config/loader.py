@@ -83,7 +83,6 @@ from netguard.endpoints import (
     check_backend,
     check_listener,
     quote_field,
-    redact_description,
     socks5_carry_problem,
 )
 from netguard.framing import FramingLimits
@@ -92,6 +91,7 @@ from netguard.operator_files import NotRegularFile, read_regular
 from netguard.ops.overload import OverloadSettings
 from netguard.peer.checks import PeerCheckPolicy
 from netguard.quoting import describe_value, toml_string
+from netguard.redaction import redact_description
 from netguard.shared.settings import SharedSettings
 from netguard.tickets import TicketSettings
 from netguard.tls.errors import TLSConfigError

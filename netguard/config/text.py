@@ -45,12 +45,13 @@ from netguard.config.table_schema import (
     TICKET_KEYS,
 )
 from netguard.config.tls_schema import TLS_LISTEN_KEYS, TLS_SETTINGS_KEYS
-from netguard.endpoints import EndpointError, check_listener, looks_secret, redact_description
+from netguard.endpoints import EndpointError, check_listener
 from netguard.framing import FramingLimits
 from netguard.gateway.stream_settings import StreamSettings
 from netguard.ops.overload import OverloadSettings
 from netguard.peer.checks import PeerCheckPolicy
 from netguard.quoting import toml_string
+from netguard.redaction import looks_secret, redact_description
 from netguard.shared.settings import SharedSettings
 from netguard.tickets import TicketSettings
 from netguard.tls.server import ServerTLSSettings
