@@ -29,6 +29,7 @@ from netguard.admission import REASONS, Admission, AdmissionPolicy
 from netguard.auth.users import UserStore
 from netguard.config import ConfigError, ServiceConfig, describe, describe_defaults, load_config
 from netguard.gateway.factory import GatewayFactory
+from netguard.ops.exposition import escape_help, escape_label_value, format_value, metric_name
 from netguard.ops.metrics import (
     CONTENT_TYPE,
     MAX_BODY_BYTES,
@@ -39,11 +40,7 @@ from netguard.ops.metrics import (
     MetricsResource,
     MetricsService,
     build_info,
-    escape_help,
-    escape_label_value,
-    format_value,
     is_loopback,
-    metric_name,
     metrics_factory,
     render_metrics,
 )

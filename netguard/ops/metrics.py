@@ -12,14 +12,11 @@ answers, the bounds and every metric: C{docs/metrics.md}.
 from __future__ import annotations
 
 import io
-import math
 import platform
-import re
 from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any, Final
 
-import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
@@ -32,6 +29,14 @@ from twisted.web.server import Request, Site
 import netguard
 from netguard.addresses import peer_ip
 from netguard.admission import OVERLOAD_LAG, OVERLOAD_LOAD, OVERLOAD_MEMORY, REASONS
+from netguard.ops.exposition import (
+    MAX_NAME_CHARS,
+    Family,
+    Sample,
+    family_text,
+    format_value,
+    metric_name,
+)
 from netguard.ops.metrics_connections import (
     BoundedDeadlineFactory,
     DeadlineConnection,
@@ -45,9 +50,6 @@ CONTENT_TYPE: Final = b"text/plain; version=0.0.4; charset=utf-8"
 #: The only path served.
 METRICS_PATH: Final = b"/metrics"
 
-#: Every metric name starts with this.
-PREFIX: Final = "netguard_"
-
 #: The most samples one response carries (room for the per-service families of the most
 #: services a configuration may have, 1024, at 7 samples each).
 MAX_SERIES: Final = 8192
@@ -55,8 +57,7 @@ MAX_SERIES: Final = 8192
 #: The largest response body; families that would not fit are left out (whole).
 MAX_BODY_BYTES: Final = 1 << 20
 
-#: The longest metric name (before the prefix and suffix) and label value, in characters.
-MAX_NAME_CHARS: Final = 100
+#: The longest label value, in characters.
 MAX_LABEL_CHARS: Final = 128
 
 #: The most open-failure reasons listed per service (the known ones and any others given).
@@ -114,7 +115,6 @@ _HANDLED: Final = frozenset(
 
 _REFUSED_PREFIX: Final = "refused."
 _STREAM_REFUSED_PREFIX: Final = "streams_refused."
-_NOT_NAME = re.compile(r"[^a-zA-Z0-9_]")
 _TRUNCATED: Final = "# netguard: output truncated (bounded)\n"
 
 log = Logger()
@@ -124,86 +124,6 @@ class MetricsListenFailed(Exception):
     """
     The metrics listener could not open, or opened on an address that is not loopback.
     """
-
-
-@attrs.frozen
-class Sample:
-    """
-    One line of the exposition: a value, with its labels.
-
-    @ivar labels: (name, value) pairs, values unescaped.
-    @ivar suffix: added to the family's name (C{_bucket}, C{_sum}, C{_count} of a
-        histogram), else empty.
-    """
-
-    value: int | float | bool
-    labels: tuple[tuple[str, str], ...] = ()
-    suffix: str = ""
-
-
-@attrs.frozen
-class Family:
-    """
-    One metric: its full name, type (C{"counter"}, C{"gauge"} or C{"histogram"}), help text
-    and samples.
-    """
-
-    name: str
-    kind: str
-    help: str
-    samples: tuple[Sample, ...]
-
-
-def escape_label_value(value: str) -> str:
-    """
-    Escape a label value as the text format requires: backslash, double quote and line feed
-    become C{\\\\}, C{\\"} and C{\\n}.
-
-    @param value: the raw value.
-    @return: the text to put between the double quotes.
-    """
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def escape_help(text: str) -> str:
-    """
-    Escape a C{# HELP} text as the text format requires: backslash and line feed.
-
-    @param text: the raw help text.
-    @return: the escaped text.
-    """
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def metric_name(name: str, suffix: str = "") -> str:
-    """
-    The metric name of a figure: C{netguard_} then the figure's name reduced to
-    C{[a-zA-Z0-9_]} (at most L{MAX_NAME_CHARS} characters), then C{suffix}.
-
-    @param name: the figure's name, e.g. C{"auth_ok"}.
-    @param suffix: C{"_total"} for a counter, C{""} for a gauge.
-    @return: a valid metric name, e.g. C{"netguard_auth_ok_total"}.
-    """
-    return PREFIX + (_NOT_NAME.sub("_", name[:MAX_NAME_CHARS]) or "_") + suffix
-
-
-def format_value(value: int | float | bool) -> str:
-    """
-    A sample value as the text format writes it: integers exactly, booleans as 1 or 0,
-    floats in Python's shortest form, C{NaN}, C{+Inf} and C{-Inf}.
-
-    @param value: a number.
-    @return: its text.
-    """
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
 
 
 def _number(value: object) -> int | float | bool | None:
@@ -488,21 +408,6 @@ def _process_families(figures: object) -> list[Family]:
     return families
 
 
-def _family_text(family: Family) -> str:
-    """
-    The C{# HELP}, C{# TYPE} and sample lines of one family.
-    """
-    lines = [
-        f"# HELP {family.name} {escape_help(family.help)}",
-        f"# TYPE {family.name} {family.kind}",
-    ]
-    for sample in family.samples:
-        labels = ",".join(f'{name}="{escape_label_value(value)}"' for name, value in sample.labels)
-        shown = f"{{{labels}}}" if labels else ""
-        lines.append(f"{family.name}{sample.suffix}{shown} {format_value(sample.value)}")
-    return "\n".join(lines) + "\n"
-
-
 def render_metrics(figures: Mapping[str, Any]) -> bytes:
     """
     The Prometheus text exposition (version 0.0.4) of C{figures}.
@@ -517,7 +422,7 @@ def render_metrics(figures: Mapping[str, Any]) -> bytes:
     size = len(_TRUNCATED)
     series = 0
     for family in metric_families(figures):
-        data = _family_text(family).encode("utf-8")
+        data = family_text(family).encode("utf-8")
         series += len(family.samples)
         size += len(data)
         if series > MAX_SERIES or size > MAX_BODY_BYTES:
