@@ -268,6 +268,14 @@ _CLIENT_PARAMS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
     }
 )
 
+def client_params(kind: str) -> tuple[str, ...]:
+    """
+    @return: the parameters of a built-in client type in their positional order (empty for
+        any other type).
+    """
+    return _CLIENT_PARAMS.get(kind, ())
+
+
 #: Client types whose parser takes fewer positional fields than parameters: C{tcp:} and
 #: C{ssl:} take host and port, and a positional field skips one already given by name
 #: (Twisted's C{_parseClientTCP}); C{unix:} takes the path; C{socks5:} takes none.

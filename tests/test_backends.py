@@ -533,6 +533,16 @@ class BackendFileTests(OpenBackendTestCase):
         self.fifo = os.path.join(self.directory, "X.PEM")
         self.refused(f"tls:host=127.0.0.1:port=6380:trustRoots={self.directory}", "trustRoots")
 
+    def test_tls_files_given_by_position(self) -> None:
+        """
+        Twisted's C{tls:} takes its files by position too
+        (C{host:port:timeout:bindAddress:certificate:privateKey:trustRoots}): a FIFO there
+        is refused as by name.
+        """
+        self.refused(f"tls:127.0.0.1:6380:30:127.0.0.1:{self.fifo}", "certificate")
+        pem = self.regular_pem()
+        self.refused(f"tls:127.0.0.1:6380:30:127.0.0.1:{pem}:{pem}:{self.directory}", "trustRoots")
+
     def test_tls_certificate_fifo(self) -> None:
         """A C{tls:} backend whose C{certificate=} is a FIFO is refused."""
         self.refused(f"tls:host=127.0.0.1:port=6380:certificate={self.fifo}", "certificate")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Final
 
-from netguard.endpoints import split_description
+from netguard.endpoints import client_params, split_description
 from netguard.operator_files import NotRegularFile, open_regular
 
 #: Per client type: the option whose file Twisted reads, the option whose file it reads
@@ -91,7 +91,14 @@ def check_backend_files(description: str, depth: int = 0) -> None:
     options = _FILE_OPTIONS.get(kind)
     if options is None:
         return
-    named = {f.key: f.value for f in split_description(description) if f.key}
+    fields = split_description(description)[1:]
+    named = {f.key: f.value for f in fields if f.key}
+    if kind == "tls":
+        # Twisted's tls: parser takes every parameter by position too (the files among
+        # them); ssl: takes only host and port so, which the configuration checks.
+        positional = [f.value for f in fields if f.key is None]
+        for name, value in zip(client_params(kind), positional, strict=False):
+            named.setdefault(name, value)
     certificate, key, directory = options
     if certificate in named:
         _check_file(certificate, named[certificate])
