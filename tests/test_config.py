@@ -648,6 +648,18 @@ class FileErrorTests(ConfigTestCase):
                 "the integer",
             )
 
+    def test_admission_counts_bounded(self) -> None:
+        """
+        An integer count of C{[admission]} is taken up to 2**31 - 1 and refused one past it
+        (and far past it), naming the key: a huge one crashed the start or every
+        connection's admission.
+        """
+        for key in ("per_source_burst", "penalty_threshold", "per_source_max"):
+            config = self.load(f"[admission]\n{key} = {2**31 - 1}\n")
+            self.assertEqual(getattr(config.admission, key), 2**31 - 1)
+            for huge in (2**31, 10**400):
+                self.assertFileError(f"[admission]\n{key} = {huge}\n", f"admission.{key}")
+
     def test_huge_integer_for_admission_time(self) -> None:
         """
         In C{[admission]}, an integer too large for a float is a L{ConfigError} naming the

@@ -145,6 +145,14 @@ class BudgetTests(unittest.TestCase):
         self.assertEqual([worker_policy(policy, i, 3).lane_per_user for i in range(3)], [6, 6, 6])
         self.assertEqual(worker_policy(policy, 0, 1).lane_per_user, 16)
 
+    def test_rounded_up_share_is_exact_for_large_counts(self) -> None:
+        """
+        The share is computed in integers: exact where a float division is not (above
+        2**53), and never an C{OverflowError}.
+        """
+        self.assertEqual(rounded_up_share(2**60 + 1, 2), 2**59 + 1)
+        self.assertEqual(rounded_up_share(10**400, 3), -(-(10**400) // 3))
+
     def test_rounded_up_share_excess_at_most_count_minus_one(self) -> None:
         """
         N workers each allowing C{ceil(c / N)} together allow between C{c} and

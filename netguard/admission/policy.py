@@ -103,9 +103,20 @@ def _as_float(value: Any) -> float:
         return math.inf if value > 0 else -math.inf
 
 
+#: The largest count a knob takes: far above any real cap, and small enough that the
+#: arithmetic of shares, buckets and penalties never leaves the floats it works in.
+MAX_COUNT: Final = 2**31 - 1
+
+
+def _within_count(attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, int) and value > MAX_COUNT:
+        raise ValueError(f"{attribute.name} must be at most {MAX_COUNT}, not {value!r}")
+
+
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if not 0 < value < math.inf:
         raise ValueError(f"{attribute.name} must be positive and finite, not {value!r}")
+    _within_count(attribute, value)
 
 
 #: The longest a penalty time may be set to (a year, in seconds): beyond it the arithmetic
@@ -127,6 +138,7 @@ def _penalty_seconds(instance: Any, attribute: attrs.Attribute[Any], value: floa
 def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value >= 0:
         raise ValueError(f"{attribute.name} must not be negative, not {value!r}")
+    _within_count(attribute, value)
 
 
 def _fraction(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:

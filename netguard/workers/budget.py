@@ -14,7 +14,6 @@ costs: C{docs/operating.md}, section "Workers".
 
 from __future__ import annotations
 
-import math
 from typing import Any, Final
 
 import attrs
@@ -64,7 +63,7 @@ def rounded_up_share(total: int, count: int) -> int:
     """
     if count < 1:
         raise ValueError(f"{count} workers")
-    return math.ceil(total / count)
+    return -(-total // count)  # exact for any integers (a float division is not)
 
 
 def too_small_caps(policy: AdmissionPolicy, count: int) -> list[str]:
