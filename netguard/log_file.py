@@ -29,8 +29,8 @@ class LogFileError(Exception):
 
 class NotLogFile(NotRegularFile):
     """
-    The log file's path names something other than a regular file or a character device
-    (a FIFO, a socket, a directory, a block device).
+    The log file's path names something other than a regular file, a character device or a
+    FIFO with a reader (a FIFO without one, a socket, a directory, a block device).
     """
 
     def __init__(self, path: str, mode: int) -> None:
@@ -44,9 +44,11 @@ def open_log_file(path: str) -> IO[str]:
     existing file keeps its mode). C{O_APPEND} makes every record land at the end even when
     another program truncates the file (C{logrotate}'s C{copytruncate}).
 
-    The open never blocks (C{O_NONBLOCK}, cleared again for the writes): a FIFO, with or
-    without a reader, is refused at once, as is anything else that is neither a regular
-    file nor a character device (C{/dev/null}, C{/dev/full}, a terminal).
+    The open never blocks (C{O_NONBLOCK}, cleared again for the writes): a FIFO without a
+    reader (whose open would wait for one) is refused at once, as is anything that is
+    neither a regular file, a character device (C{/dev/null}, C{/dev/full}, a terminal)
+    nor a FIFO that has a reader (C{/dev/stdout} when standard output is a pipe, as under
+    C{twistd ... | tee} or a supervisor that reads the output).
 
     @param path: the file.
     @return: a text stream, closed by the caller.
@@ -62,8 +64,8 @@ def open_log_file(path: str) -> IO[str]:
         raise
     try:
         mode = os.fstat(fd).st_mode
-        if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
-            raise NotLogFile(path, mode)
+        if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+            raise NotLogFile(path, mode)  # a FIFO got here only with a reader
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace", newline="")
     except BaseException:

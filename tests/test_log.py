@@ -865,17 +865,21 @@ class LogFileKindTests(unittest.TestCase):
         self.assertIn("is a FIFO, not a regular file or a character device", str(error))
         self.assertFalse(sink.started)
 
-    def test_fifo_with_reader_refused(self) -> None:
+    def test_fifo_with_reader_accepted(self) -> None:
         """
-        A FIFO that has a reader opens without blocking, and is refused all the same.
+        The other side: a FIFO that has a reader (C{/dev/stdout} piped to C{tee}) opens
+        without blocking and takes the records, its descriptor left blocking.
         """
         os.mkfifo(self.path)
         reader = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         self.addCleanup(os.close, reader)
-        error = self.run_guarded(lambda: open_log_file(self.path))
-        self.assertIsInstance(error, NotLogFile)
-        self.assertEqual(error.filename, self.path)
-        self.assertEqual(error.kind, "a FIFO")
+        stream = self.run_guarded(lambda: open_log_file(self.path))
+        self.assertNotIsInstance(stream, BaseException)
+        self.addCleanup(stream.close)
+        self.assertTrue(os.get_blocking(stream.fileno()))
+        stream.write("a record\n")
+        stream.flush()
+        self.assertEqual(os.read(reader, 100), b"a record\n")
 
     def test_unix_socket_refused(self) -> None:
         """
