@@ -268,6 +268,7 @@ _CLIENT_PARAMS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
     }
 )
 
+
 def client_params(kind: str) -> tuple[str, ...]:
     """
     @return: the parameters of a built-in client type in their positional order (empty for
@@ -612,18 +613,19 @@ _SSL_LISTENER_FILES: Final = ("privateKey", "certKey", "extraCertChain", "dhPara
 
 def _check_key_files(fields: Sequence[Field], named: Mapping[str, int]) -> None:
     """
-    Check, without reading or blocking, that each file an C{ssl:} listener names is a
-    regular file when it is there (one that is missing or unreadable is Twisted's to report
-    at start): a FIFO would block the start in C{open}, a device would never end.
+    Check, without reading or blocking, that each file an C{ssl:} listener reads (those it
+    names, and Twisted's defaults: C{server.pem}, C{certKey} the key's file) is a regular
+    file when it is there (one missing or unreadable is Twisted's to report at start): a
+    FIFO would block the start in C{open}, a device would never end.
 
     @raise EndpointError: naming the option and what the file is.
     """
     from netguard.operator_files import NotRegularFile, open_regular
 
-    for option in _SSL_LISTENER_FILES:
-        if option not in named:
-            continue
-        path = fields[named[option]].value
+    paths = {name: fields[named[name]].value for name in _SSL_LISTENER_FILES if name in named}
+    paths.setdefault("privateKey", "server.pem")
+    paths.setdefault("certKey", paths["privateKey"])
+    for option, path in paths.items():
         try:
             fd, _ = open_regular(path)
         except NotRegularFile as error:

@@ -205,6 +205,22 @@ class BuiltByTwistedTests(unittest.TestCase):
             check_listener(f"ssl:443:{option}={regular.path}")
         self.assertEqual(self.reads, [])
 
+    def test_ssl_listener_default_key_file_checked(self) -> None:
+        """
+        An C{ssl:} listener that names no key reads Twisted's default C{server.pem} in the
+        working directory: a FIFO there is refused as by name.
+        """
+        here = os.getcwd()
+        self.addCleanup(os.chdir, here)
+        directory = self.mktemp()
+        os.mkdir(directory)
+        os.chdir(directory)
+        os.mkfifo("server.pem", 0o600)
+        fifo = os.path.abspath("server.pem")
+        outcome = outcome_or_blocked(fifo, lambda: check_listener("ssl:443"))
+        self.assertIsInstance(outcome, EndpointError, repr(outcome))
+        self.assertIn("privateKey= names", str(outcome))
+
     def test_backend_certificate_files_not_read(self) -> None:
         """tls: and ssl: backends name files that are read at start, never at check time."""
         check_backend("tls:host=a:port=1:trustRoots=/no/such:certificate=/no/such.pem")
