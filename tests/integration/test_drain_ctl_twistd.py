@@ -91,6 +91,21 @@ class CtlDrainTests(unittest.TestCase):
         yield client.opened
         return client
 
+    @inlineCallbacks
+    def relay_drains(self, relay):
+        """
+        The relay was not cut: it ends when its client closes it, the daemon then exits 0,
+        nothing is logged as a second stop signal and no traceback.
+        """
+        self.assertFalse(relay.ended.called)
+        relay.transport.loseConnection()
+        yield relay.ended
+        status = yield self.daemon.exited()
+        self.assertEqual(status, 0, self.daemon.describe())
+        self.assertNotIn("second stop signal", self.daemon.stdout)
+        for word in ("Traceback", "ReactorNotRunning", "Unhandled"):
+            self.assertNotIn(word, self.daemon.stdout + self.daemon.stderr)
+
     def ctl(self, *words):
         return deferToThread(run_ctl, self.control, list(words), 10.0)
 
@@ -134,14 +149,7 @@ class CtlDrainTests(unittest.TestCase):
         code, answer = yield self.ctl("drain")
         self.assertEqual(code, EXIT_OK, answer)
         self.assertIn("already draining", answer)
-        self.assertFalse(relay.ended.called)
-        relay.transport.loseConnection()
-        yield relay.ended
-        status = yield self.daemon.exited()
-        self.assertEqual(status, 0, self.daemon.describe())
-        self.assertNotIn("second stop signal", self.daemon.stdout)
-        for word in ("Traceback", "ReactorNotRunning", "Unhandled"):
-            self.assertNotIn(word, self.daemon.stdout + self.daemon.stderr)
+        yield self.relay_drains(relay)
 
 
 class WorkersCtlDrainTests(CtlDrainTests):
@@ -165,11 +173,4 @@ class WorkersCtlDrainTests(CtlDrainTests):
         yield self.daemon.wait_for(
             lambda: self.daemon.stdout.count("draining") >= 1 + self.workers, "every drain"
         )
-        self.assertFalse(relay.ended.called)
-        relay.transport.loseConnection()
-        yield relay.ended
-        status = yield self.daemon.exited()
-        self.assertEqual(status, 0, self.daemon.describe())
-        self.assertNotIn("second stop signal", self.daemon.stdout)
-        for word in ("Traceback", "ReactorNotRunning", "Unhandled"):
-            self.assertNotIn(word, self.daemon.stdout + self.daemon.stderr)
+        yield self.relay_drains(relay)
