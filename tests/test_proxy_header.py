@@ -62,6 +62,22 @@ def v2(command: int = 0x1, source: str = "192.0.2.7", port: int = 51234) -> byte
     return V2_PREFIX + bytes([0x21, 0x11]) + struct.pack("!H", len(block)) + block
 
 
+def accepted(factory: Any, peer: Any) -> tuple[Any, Any]:
+    """
+    What a listener does with a new connection from C{peer}: C{factory} builds its protocol
+    (L{None} when refused at accept) and connects it to a transport.
+
+    @return: the wrapper and its transport, or C{(None, None)}.
+    """
+    wrapper = factory.buildProtocol(peer)
+    if wrapper is None:
+        return None, None
+    transport = StringTransportWithDisconnection(peerAddress=peer)
+    transport.protocol = wrapper
+    wrapper.makeConnection(transport)
+    return wrapper, transport
+
+
 class Recorder(Protocol):
     """
     The application's protocol: records its connection and what it reads.
@@ -110,11 +126,7 @@ class ProxyHeaderTests(unittest.TestCase):
     def connect(self, refuse: bool = False) -> tuple[Any, AppFactory, Any, Clock]:
         clock = Clock()
         app = AppFactory(refuse)
-        factory = ProxyHeaderFactory(app, clock)
-        wrapper = factory.buildProtocol(PROXY_ADDRESS)
-        transport = StringTransportWithDisconnection(peerAddress=PROXY_ADDRESS)
-        transport.protocol = wrapper
-        wrapper.makeConnection(transport)
+        wrapper, transport = accepted(ProxyHeaderFactory(app, clock), PROXY_ADDRESS)
         return wrapper, app, transport, clock
 
     def test_nothing_built_before_the_header(self) -> None:
@@ -259,10 +271,7 @@ class StrictV1Tests(unittest.TestCase):
         and the C{conn.reject} events logged.
         """
         app = AppFactory()
-        wrapper = ProxyHeaderFactory(app, Clock()).buildProtocol(PROXY_ADDRESS)
-        transport = StringTransportWithDisconnection(peerAddress=PROXY_ADDRESS)
-        transport.protocol = wrapper
-        wrapper.makeConnection(transport)
+        wrapper, transport = accepted(ProxyHeaderFactory(app, Clock()), PROXY_ADDRESS)
         with capturedLogs() as events:
             wrapper.dataReceived(data)
         return app, transport, [e for e in events if e.get("event") == "conn.reject"]
@@ -428,13 +437,7 @@ class PendingBoundTests(unittest.TestCase):
         self.factory = ProxyHeaderFactory(self.app, self.clock, max_pending=3)
 
     def accept(self) -> Any:
-        wrapper = self.factory.buildProtocol(PROXY_ADDRESS)
-        if wrapper is None:
-            return None, None
-        transport = StringTransportWithDisconnection(peerAddress=PROXY_ADDRESS)
-        transport.protocol = wrapper
-        wrapper.makeConnection(transport)
-        return wrapper, transport
+        return accepted(self.factory, PROXY_ADDRESS)
 
     def test_bound_reached_then_one_past_is_refused_and_logged(self) -> None:
         """Three waiting connections are accepted; the fourth is refused at accept."""
@@ -563,13 +566,7 @@ class SenderTests(unittest.TestCase):
         )
 
     def accept(self, peer: Any) -> tuple[Any, Any]:
-        wrapper = self.factory.buildProtocol(peer)
-        if wrapper is None:
-            return None, None
-        transport = StringTransportWithDisconnection(peerAddress=peer)
-        transport.protocol = wrapper
-        wrapper.makeConnection(transport)
-        return wrapper, transport
+        return accepted(self.factory, peer)
 
     def rejects(self, events: list[Any]) -> list[tuple[str, str, str]]:
         return [
@@ -850,10 +847,7 @@ class HeaderKeptTests(unittest.TestCase):
         clock = Clock()
         app = AppFactory()
         factory = ProxyHeaderFactory(app, clock)
-        wrapper = factory.buildProtocol(PROXY_ADDRESS)
-        transport = StringTransportWithDisconnection(peerAddress=PROXY_ADDRESS)
-        transport.protocol = wrapper
-        wrapper.makeConnection(transport)
+        wrapper, transport = accepted(factory, PROXY_ADDRESS)
         header = big_v2()
         self.assertEqual(len(header), 16 + 0xFFFF)
         for at in range(0, len(header), 4096):  # in pieces, as it comes off a socket
@@ -886,13 +880,7 @@ class BlockedSenderTests(unittest.TestCase):
         )
 
     def accept(self, peer: Any = SENDER, factory: Any = None) -> tuple[Any, Any]:
-        wrapper = (factory or self.factory).buildProtocol(peer)
-        if wrapper is None:
-            return None, None
-        transport = StringTransportWithDisconnection(peerAddress=peer)
-        transport.protocol = wrapper
-        wrapper.makeConnection(transport)
-        return wrapper, transport
+        return accepted(factory or self.factory, peer)
 
     def offend(self, times: int, factory: Any = None) -> None:
         for _ in range(times):
@@ -1176,11 +1164,8 @@ class HeaderClientBlockTests(unittest.TestCase):
         sender = IPv6Address("TCP", "2001:db8:1:2::9", 40000)
 
         def connect(header: bytes, data: bytes = b"") -> Any:
-            wrapper = factory.buildProtocol(sender)
+            wrapper, _ = accepted(factory, sender)
             self.assertIsNotNone(wrapper, "refused at accept")
-            transport = StringTransportWithDisconnection(peerAddress=sender)
-            transport.protocol = wrapper
-            wrapper.makeConnection(transport)
             wrapper.dataReceived(header + data)
             return wrapper
 
@@ -1209,12 +1194,9 @@ class HeaderClientBlockTests(unittest.TestCase):
         )
 
         def send(data: bytes) -> Any:
-            wrapper = factory.buildProtocol(SENDER)
+            wrapper, _ = accepted(factory, SENDER)
             if wrapper is None:
                 return None
-            transport = StringTransportWithDisconnection(peerAddress=SENDER)
-            transport.protocol = wrapper
-            wrapper.makeConnection(transport)
             wrapper.dataReceived(data)
             return wrapper
 
