@@ -18,13 +18,21 @@ from netguard.client.protocol import Credentials
 from tests import tls_certs
 
 
+def password_file(case: unittest.TestCase) -> str:
+    """
+    A password file (C{pw}, mode 0600) for the test C{case}.
+    """
+    path = case.mktemp()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, b"pw\n")
+    os.close(fd)
+    return path
+
+
 class EndpointStringTests(unittest.TestCase):
     def setUp(self):
         self.reactor = MemoryReactorClock()
-        self.password_file = self.mktemp()
-        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.write(fd, b"pw\n")
-        os.close(fd)
+        self.password_file = password_file(self)
 
     def parse(self, rest: str) -> NGPClientEndpoint:
         return clientFromString(
@@ -149,10 +157,7 @@ class ConnectTimeoutTests(unittest.TestCase):
 
     def setUp(self):
         self.reactor = MemoryReactorClock()
-        self.password_file = self.mktemp()
-        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.write(fd, b"pw\n")
-        os.close(fd)
+        self.password_file = password_file(self)
 
     def parse(self, timeout: str, mux: str = "yes"):
         return clientFromString(

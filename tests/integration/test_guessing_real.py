@@ -16,15 +16,14 @@ from __future__ import annotations
 import base64
 import socket
 from collections import Counter
-from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from netguard.auth.scram import ClientExchange
-from tests.integration.util import RunningGateway, log_events
+from tests.integration.test_refusals_real import RefusalWatch
+from tests.integration.util import RunningGateway
 
 #: The hostile guesser's source address.
 GUESSER = "127.77.0.1"
@@ -124,7 +123,7 @@ def early_talkers(port: int, count: int) -> list[bytes]:
     return received
 
 
-class GuessingRealTests(unittest.TestCase):
+class GuessingRealTests(RefusalWatch, unittest.TestCase):
     """
     Hostile clients against a gateway on the real reactor.
     """
@@ -133,13 +132,7 @@ class GuessingRealTests(unittest.TestCase):
 
     def start_gateway(self, config: str = "") -> None:
         self.gateway = RunningGateway(self, 'listen = ["tcp:0:interface=127.0.0.1"]\n' + config)
-        self.port = self.gateway.port()
-        self.events = log_events(self)
-        self.log_clock = Clock()
-        self.gateway.factory.refusal_log.clock = self.log_clock
-
-    def named(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("event") == name]
+        self.watch_refusals()
 
     @inlineCallbacks
     def test_block_ends_guessing_on_open_connections(self):

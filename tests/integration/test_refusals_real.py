@@ -84,7 +84,28 @@ class _CountingClock:
         return reactor.callLater(delay, callable, *args)
 
 
-class RefusalsRealTests(unittest.TestCase):
+class RefusalWatch:
+    """
+    A test of a real gateway's refusals: its port, its log, and its refusal log on a clock
+    of the test's own (the intervals end when the test says).
+    """
+
+    gateway: RunningGateway
+
+    def watch_refusals(self) -> None:
+        """
+        Record the started gateway's port and log, and give its refusal log the test's clock.
+        """
+        self.port = self.gateway.port()
+        self.events = log_events(self)
+        self.log_clock = Clock()
+        self.gateway.factory.refusal_log.clock = self.log_clock
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == name]
+
+
+class RefusalsRealTests(RefusalWatch, unittest.TestCase):
     """
     A gateway that refuses every client (C{admission.deny} covers the loopback network).
     """
@@ -97,13 +118,7 @@ class RefusalsRealTests(unittest.TestCase):
             'listen = ["tcp:0:interface=127.0.0.1"]\n'
             f'[admission]\ndeny = ["127.0.0.0/8"]\n{admission}',
         )
-        self.port = self.gateway.port()
-        self.events = log_events(self)
-        self.log_clock = Clock()
-        self.gateway.factory.refusal_log.clock = self.log_clock
-
-    def named(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("event") == name]
+        self.watch_refusals()
 
     @inlineCallbacks
     def test_flood_from_a_few_sources_is_logged_in_aggregate(self):
