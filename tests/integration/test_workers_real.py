@@ -218,6 +218,14 @@ class WorkersTests(unittest.TestCase):
         os.kill(pid, signal.SIGSTOP)
         self.paused.append(pid)
 
+    def killed(self, pids: list[int], index: int) -> Any:
+        """
+        SIGKILL worker C{index} (of C{pids}) and wait until the supervisor has seen it exit.
+        """
+        os.kill(pids[index], signal.SIGKILL)
+        ended = f"worker {index} (pid {pids[index]}) exited (code None, signal 9)"
+        return self.daemon.wait_for(lambda: ended in self.daemon.stdout, "worker.exited")
+
     def resume(self, pid: int) -> None:
         os.kill(pid, signal.SIGCONT)
         self.paused.remove(pid)
@@ -336,12 +344,9 @@ class WorkersTests(unittest.TestCase):
         pids = yield self.pids()
         stream = yield self.open_through(pids, 0)
         yield self.echo(stream)
-        os.kill(pids[1], signal.SIGKILL)
+        exited = self.killed(pids, 1)
         yield self.echo(stream)
-        yield self.daemon.wait_for(
-            lambda: f"worker 1 (pid {pids[1]}) exited (code None, signal 9)" in self.daemon.stdout,
-            "worker.exited",
-        )
+        yield exited
         yield self.echo(stream)
         new = yield self.pids()
         self.assertEqual(new[0], pids[0])
@@ -649,11 +654,7 @@ class WorkersTests(unittest.TestCase):
         yield self.daemon.wait_for(
             lambda: "shared with 1 other(s)" in self.daemon.stdout, "worker.penalty_shared"
         )
-        os.kill(pids[0], signal.SIGKILL)
-        yield self.daemon.wait_for(
-            lambda: f"worker 0 (pid {pids[0]}) exited (code None, signal 9)" in self.daemon.stdout,
-            "worker.exited",
-        )
+        yield self.killed(pids, 0)
         new = yield self.pids()
         self.assertNotEqual(new[0], pids[0])
         self.assertEqual(new[1], pids[1])
@@ -688,11 +689,7 @@ class WorkersTests(unittest.TestCase):
             self.resume(pids[1])
         # Worker 0 answers this after the blocks it reported, on the same ordered pipe.
         yield self.status()
-        os.kill(pids[0], signal.SIGKILL)
-        yield self.daemon.wait_for(
-            lambda: f"worker 0 (pid {pids[0]}) exited (code None, signal 9)" in self.daemon.stdout,
-            "worker.exited",
-        )
+        yield self.killed(pids, 0)
         new = yield self.pids()
         self.assertNotEqual(new[0], pids[0])
         self.pause(new[1])
