@@ -85,9 +85,9 @@ class VocabularyTests(unittest.TestCase):
                 AdmissionPolicy(**{name: 0})
         with self.assertRaises(ValueError):
             AdmissionPolicy(bad_ticket_points=-1)
-        self.assertEqual(allowed_values("lane_max"), "an integer from 1")
+        self.assertEqual(allowed_values("lane_max"), "an integer from 1 to 2147483647")
         self.assertEqual(allowed_values("probation_timeout"), "a number above 0")
-        self.assertEqual(allowed_values("bad_ticket_points"), "an integer from 0")
+        self.assertEqual(allowed_values("bad_ticket_points"), "an integer from 0 to 2147483647")
 
 
 class BadTicketPointsTests(unittest.TestCase):
@@ -249,7 +249,7 @@ class LanePerUserTests(unittest.TestCase):
         self.assertEqual(AdmissionPolicy().lane_per_user, 16)
         with self.assertRaises(ValueError):
             AdmissionPolicy(lane_per_user=0)
-        self.assertEqual(allowed_values("lane_per_user"), "an integer from 1")
+        self.assertEqual(allowed_values("lane_per_user"), "an integer from 1 to 2147483647")
         self.assertIn(LANE_CAP_USER, REASONS)
         self.assertEqual(LANE_CAP_USER, "lane-cap-user")
 

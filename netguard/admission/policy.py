@@ -180,11 +180,11 @@ def allowed_values(name: str) -> str:
     if name in ("ipv4_prefix", "ipv6_prefix"):
         text = f"an integer from 0 to {32 if name == 'ipv4_prefix' else 128}"
     elif check is _positive:
-        text = "an integer from 1" if integer else "a number above 0"
+        text = f"an integer from 1 to {MAX_COUNT}" if integer else "a number above 0"
     elif check is _penalty_seconds:
         text = f"a number of seconds from {MIN_PENALTY_SECONDS:g} to {MAX_PENALTY_SECONDS:g}"
     elif check is _non_negative:
-        text = "an integer from 0"
+        text = f"an integer from 0 to {MAX_COUNT}"
     elif check is _fraction:
         text = "a number from 0 to 1"
     elif name == "reject_mode":
