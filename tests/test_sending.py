@@ -15,7 +15,7 @@ import struct
 from twisted.internet import main, tcp
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial import unittest
 
 from netguard import sending
@@ -23,7 +23,8 @@ from netguard.framing import GuardedLineReceiver
 from netguard.mux import frames
 from netguard.mux.frames import Flag, FrameType
 from netguard.mux.limits import MuxLimits
-from netguard.mux.session import MuxSession
+from netguard.mux.session import _TURN_CHUNKS, MuxSession
+from netguard.mux.stream import MuxStream
 from netguard.relay import A, B, Splice
 from netguard.sending import has_user_data, plain_socket, write_now, write_sequence_now
 from tests.mux_fakes import Recorder, parse
@@ -346,45 +347,140 @@ class WriteSequenceNowTests(PlainSocketCase):
 
 class SessionFlushTests(PlainSocketCase):
     """
-    A multiplexed session over a plain socket: a data frame of bulk is sent at once, small
-    frames wait in Twisted's buffer for the reactor turn's one C{send}.
+    A multiplexed session over a plain socket: a data frame of bulk is sent at once; small
+    frames wait for the end of the reactor turn (a zero-delay call on the session's clock)
+    and then leave in one C{send}, or leave as soon as C{_TURN_CHUNKS} chunks wait.
     """
 
     def make_session(self) -> MuxSession:
         transport = self.make_connection()
         self.transport = transport
+        self.clock = Clock()
         return MuxSession(
             transport,
             client=True,
-            clock=Clock(),
+            clock=self.clock,
             accept=lambda stream: None,
             limits=MuxLimits(keepalive_interval=None),
         )
+
+    def turn_calls(self, clock: Clock) -> list[object]:
+        """
+        The zero-delay calls pending on C{clock}: the end of the turn (a stream's opening
+        deadline is the only other call these sessions make).
+        """
+        return [call for call in clock.getDelayedCalls() if call.getTime() == clock.seconds()]
+
+    def open(self, session: MuxSession) -> MuxStream:
+        """
+        Open a stream and end the turn, so that its opening is on the wire.
+        """
+        stream = session.open_stream(Recorder())
+        self.clock.advance(0)
+        self.opening = read_all(self.peer)
+        return stream
 
     def test_bulk_frame_sent_at_once(self) -> None:
         """
         A 64 KiB write on a stream is on the socket, framed, when the write returns.
         """
         session = self.make_session()
-        stream = session.open_stream(Recorder())
-        self.transport.doWrite()  # the stream's opening leaves at the next turn
-        opening = read_all(self.peer)
+        stream = self.open(session)
         payload = bytes(range(256)) * 256
         stream.write(payload)
-        frames = parse(opening + read_all(self.peer))
+        frames = parse(self.opening + read_all(self.peer))
         self.assertEqual(b"".join(body for _, body in frames), payload)
         self.assertFalse(has_user_data(self.transport))
 
     def test_small_frames_wait_for_the_turn(self) -> None:
         """
-        Small writes are left in Twisted's buffer, so that a turn's frames of every stream
-        leave together.
+        Small writes wait for the end of the turn, then leave in order in one C{send},
+        straight from the session (no writable event, nothing left in Twisted's buffer).
         """
         session = self.make_session()
         stream = session.open_stream(Recorder())
         stream.write(b"GET key\r\n")
+        stream.write(b"GET other\r\n")
         self.assertEqual(read_all(self.peer), b"")
-        self.assertEqual(self.reactor.getWriters(), [self.transport])
+        self.assertEqual(len(self.turn_calls(self.clock)), 1)
+        self.clock.advance(0)
+        frames = parse(read_all(self.peer))
+        self.assertEqual(
+            [(header.flags, body) for header, body in frames],
+            [(Flag.SYN, b""), (0, b"GET key\r\n"), (0, b"GET other\r\n")],
+        )
+        self.assertEqual(self.reactor.getWriters(), [])
+        self.assertFalse(has_user_data(self.transport))
+        self.assertEqual(self.turn_calls(self.clock), [])
+
+    def test_busy_turn_sends_early(self) -> None:
+        """
+        A turn's frames leave once C{_TURN_CHUNKS} chunks wait (a data frame is two), not
+        one chunk before; what the turn frames after that leaves at its end.
+        """
+        session = self.make_session()
+        streams = [self.open(session) for _ in range(3)]
+        pairs = _TURN_CHUNKS // 2
+        for n in range(pairs - 1):
+            streams[n % 3].write(b"%d" % n)
+        self.assertEqual(read_all(self.peer), b"")
+        streams[0].write(b"last of the first batch")
+        first = parse(read_all(self.peer))
+        self.assertEqual(len(first), pairs)
+        self.assertEqual(first[-1][1], b"last of the first batch")
+        streams[1].write(b"after")
+        self.assertEqual(read_all(self.peer), b"")
+        self.clock.advance(0)
+        self.assertEqual([body for _, body in parse(read_all(self.peer))], [b"after"])
+
+    def test_paused_session_holds_the_turn(self) -> None:
+        """
+        While the transport has paused the session, the end of the turn sends nothing; the
+        frames leave when it resumes.
+        """
+        session = self.make_session()
+        stream = self.open(session)
+        stream.write(b"held")
+        session.pauseProducing()
+        self.clock.advance(0)
+        self.assertEqual(read_all(self.peer), b"")
+        session.resumeProducing()
+        self.clock.advance(0)
+        self.assertEqual([body for _, body in parse(read_all(self.peer))], [b"held"])
+
+    def test_end_sends_what_waits_and_cancels_the_turn(self) -> None:
+        """
+        A session that ends with frames waiting for the turn writes them before its
+        go-away, and leaves no call for the turn behind.
+        """
+        session = self.make_session()
+        session.ping()
+        session.go_away()
+        self.assertIsNotNone(session.ended)
+        self.assertEqual(self.turn_calls(self.clock), [])
+        self.transport.doWrite()
+        frames = parse(read_all(self.peer))
+        self.assertEqual(
+            [header.type for header, _ in frames], [FrameType.PING, FrameType.GO_AWAY]
+        )
+
+    def test_other_transports_get_each_batch_at_once(self) -> None:
+        """
+        A transport that is not a plain socket (TLS, a wrapper, a test's) gets every batch
+        as it is framed, with no call on the clock.
+        """
+        transport = StringTransport()
+        clock = Clock()
+        session = MuxSession(
+            transport,
+            client=True,
+            clock=clock,
+            accept=lambda stream: None,
+            limits=MuxLimits(keepalive_interval=None),
+        )
+        session.open_stream(Recorder()).write(b"now")
+        self.assertEqual(self.turn_calls(clock), [])
+        self.assertEqual([body for _, body in parse(transport.value())], [b"", b"now"])
 
 
 class _TakesSome:

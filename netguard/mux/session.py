@@ -36,11 +36,10 @@ from netguard.mux.stream import (
     SessionLost,
     StreamProtocol,
     StreamReset,
-    StreamTimeout,
     closed_cleanly,
 )
 from netguard.relay import DelayedCall, ReactorTime
-from netguard.sending import write_sequence_now
+from netguard.sending import plain_socket, write_now, write_sequence_now
 
 __all__ = ["MuxSession", "OpenRefused", "SessionEnd", "SessionTransport"]
 
@@ -55,9 +54,15 @@ _BATCH = 64 * 1024
 
 #: A flush at least this large (a data frame of bulk) is sent at once where the connection
 #: is a plain socket with nothing waiting (L{write_sequence_now}: no copy of the payload into
-#: Twisted's buffer); smaller ones wait in that buffer, where a reactor turn's frames of every
-#: stream leave in one C{send}.
+#: Twisted's buffer). Smaller ones wait for the end of the reactor turn, where the turn's
+#: frames of every stream leave in one C{send}, or until L{_TURN_CHUNKS} chunks wait: the
+#: peer then starts on the first requests of a busy turn while this end frames the rest
+#: (C{docs/multiplexing.md} section 8.6).
 _SEND_AT_ONCE = 32 * 1024
+
+#: Chunks (a data frame is two, a header and its payload) that make a turn's frames leave
+#: before the turn ends.
+_TURN_CHUNKS = 16
 
 
 @implementer(IPushProducer)
@@ -122,6 +127,10 @@ class MuxSession:
         self._reader = FrameReader(self)
         self._out: list[bytes] = []
         self._out_size = 0
+        #: Whether small frames wait for the end of the turn (a plain socket) rather than
+        #: going to the transport as they are framed (TLS, a wrapper, a test's transport).
+        self._by_turn = plain_socket(transport)
+        self._turn: DelayedCall | None = None
         self._ready: deque[MuxStream] = deque()
         self._receive = ReceiveCredit(
             limits.memory_budget, self._send_update, limits.max_window, limits.window_budget
@@ -206,9 +215,7 @@ class MuxSession:
         self._next_id += 2
         stream = self._add_stream(stream_id, outbound=True)
         self._control(frames.encode(FrameType.WINDOW_UPDATE, Flag.SYN, stream_id, 0))
-        stream.timer = self._clock.callLater(
-            self.limits.open_timeout, self._stream_timed_out, stream
-        )
+        stream.timer = self._clock.callLater(self.limits.open_timeout, stream.timed_out)
         stream.attach(protocol)
         self._flush()
         return stream
@@ -358,9 +365,9 @@ class MuxSession:
             # without ACK is a protocol error.
             if flags & _ACK or (stream.local_fin and not flags & _RST):
                 stream.acked = True
-                self._stop_timer(stream)
+                stream.stop_timer()
                 if stream.local_fin or stream.fin_pending:
-                    self._arm_close(stream)
+                    stream.arm_close()
             elif not flags & _RST:
                 raise FrameError(Violation.FRAME_BEFORE_ACK, f"stream {stream_id}")
         if flags & _RST:
@@ -390,7 +397,7 @@ class MuxSession:
             stream.remote_fin = True
             if not stream.fin_pending:
                 # The peer has done its part; what remains (delivering held data) is ours.
-                self._stop_timer(stream)
+                stream.stop_timer()
             stream.deliver_eof()
             self._maybe_closed(stream)
 
@@ -487,7 +494,7 @@ class MuxSession:
             return
         self._stream_accept(stream)
         stream.fin_pending = True
-        self._arm_close(stream)
+        stream.arm_close()
         self._schedule(stream)
         self._pump()
 
@@ -532,42 +539,6 @@ class MuxSession:
             self._maybe_closed(stream)
         self._receive.regrant()
         self._flush()
-
-    def _stream_timed_out(self, stream: MuxStream) -> None:
-        stream.timer = None
-        self._stream_reset(stream, Failure(StreamTimeout()))
-
-    def _arm_close(self, stream: MuxStream) -> None:
-        """
-        Start the close deadline of a stream whose FIN we asked for (sent or waiting for
-        window), unless the peer has sent its own or our opening still waits for its ACK
-        (the ACK starts it).
-        """
-        if stream.timer is not None or stream.remote_fin or stream.reset or stream.lost:
-            return
-        if stream.outbound and not stream.acked:
-            return
-        stream.heard = self._clock.seconds()
-        stream.timer = self._clock.callLater(
-            self.limits.close_timeout, self._close_expired, stream
-        )
-
-    def _close_expired(self, stream: MuxStream) -> None:
-        """
-        The close deadline came: reset the stream, unless the peer sent a frame on it since
-        the deadline was set (then wait C{close_timeout} from that frame).
-        """
-        left = stream.heard + self.limits.close_timeout - self._clock.seconds()
-        if left > 0:
-            stream.timer = self._clock.callLater(left, self._close_expired, stream)
-            return
-        self._stream_timed_out(stream)
-
-    def _stop_timer(self, stream: MuxStream) -> None:
-        timer = stream.timer
-        stream.timer = None
-        if timer is not None:
-            self._cancel(timer)  # type: ignore[arg-type]
 
     def _schedule(self, stream: MuxStream) -> None:
         if stream.in_ready or stream.lost or stream.reset or stream.local_fin:
@@ -626,14 +597,14 @@ class MuxSession:
     def _local_fin_sent(self, stream: MuxStream) -> None:
         if stream.remote_fin:
             # Both FINs are out: what remains (delivering held data) is ours, not the peer's.
-            self._stop_timer(stream)
+            stream.stop_timer()
             self._maybe_closed(stream)
         else:
-            self._arm_close(stream)
+            stream.arm_close()
 
     def _maybe_closed(self, stream: MuxStream) -> None:
         if stream.local_fin and stream.remote_fin and not stream.eof_pending and not stream.buffer:
-            self._stop_timer(stream)
+            stream.stop_timer()
             self._stream_dead(stream, closed_cleanly().value)
 
     def _stream_dead(self, stream: MuxStream, reason: BaseException) -> None:
@@ -648,7 +619,7 @@ class MuxSession:
             stream.reset = True
         if not stream.remote_fin:
             self._dead.remember(stream.stream_id, stream.recv_window)
-        self._stop_timer(stream)
+        stream.stop_timer()
         self._receive.ended(stream)
         stream.recv_window = 0
         stream.buffered = 0
@@ -681,11 +652,25 @@ class MuxSession:
     def _flush(self) -> None:
         if self._paused or not self._out or self.ended is not None:
             return
+        if self._by_turn and self._out_size < _SEND_AT_ONCE and len(self._out) < _TURN_CHUNKS:
+            if self._turn is None:
+                self._turn = self._clock.callLater(0, self._turn_ended)
+            return
+        self._send()
+
+    def _turn_ended(self) -> None:
+        self._turn = None
+        if self._out and not self._paused and self.ended is None:
+            self._send()
+
+    def _send(self) -> None:
         out, self._out = self._out, []
         size, self._out_size = self._out_size, 0
         self.bytes_out += size
         if size >= _SEND_AT_ONCE:
             write_sequence_now(self.transport, out)
+        elif self._by_turn:
+            write_now(self.transport, b"".join(out))
         else:
             self.transport.writeSequence(out)
 
@@ -754,11 +739,11 @@ class MuxSession:
         self._ready.clear()
         self._receive.clear()
         self._reader.clear()
-        for timer in (self._keepalive, self._ping_deadline, self._idle):
+        for timer in (self._keepalive, self._ping_deadline, self._idle, self._turn):
             self._cancel(timer)
         reason = SessionLost(end.violation.value)
         for stream in list(self._streams.values()):
-            self._stop_timer(stream)
+            stream.stop_timer()
             stream.reset = stream.reset or not (stream.local_fin and stream.remote_fin)
             stream.end(Failure(reason))
         self._streams.clear()

@@ -20,6 +20,7 @@ from netguard.mux.frames import INITIAL_WINDOW
 
 if TYPE_CHECKING:
     from netguard.mux.session import MuxSession
+    from netguard.relay import DelayedCall
 
 _log = Logger()
 
@@ -182,7 +183,7 @@ class MuxStream:
         self.eof_pending = False
         self.read_closed = False
         self.lost = False
-        self.timer: object | None = None
+        self.timer: DelayedCall | None = None
         self.heard = 0.0
 
     @property
@@ -445,6 +446,49 @@ class MuxStream:
             self._guarded(producer.stopProducing)
         if self.protocol is not None:
             self._guarded(self.protocol.connectionLost, reason)
+
+    # the deadline of its opening or its close
+
+    def arm_close(self) -> None:
+        """
+        Start the close deadline of a stream whose FIN we asked for (sent or waiting for
+        window), unless the peer has sent its own or our opening still waits for its ACK
+        (the ACK starts it).
+        """
+        if self.timer is not None or self.remote_fin or self.reset or self.lost:
+            return
+        if self.outbound and not self.acked:
+            return
+        clock = self._session._clock
+        self.heard = clock.seconds()
+        self.timer = clock.callLater(self._session.limits.close_timeout, self._close_expired)
+
+    def _close_expired(self) -> None:
+        """
+        The close deadline came: reset the stream, unless the peer sent a frame on it since
+        the deadline was set (then wait C{close_timeout} from that frame).
+        """
+        clock = self._session._clock
+        left = self.heard + self._session.limits.close_timeout - clock.seconds()
+        if left > 0:
+            self.timer = clock.callLater(left, self._close_expired)
+            return
+        self.timed_out()
+
+    def timed_out(self) -> None:
+        """
+        The opening was not answered, or the close not completed, in time: reset.
+        """
+        self.timer = None
+        self._session._stream_reset(self, Failure(StreamTimeout()))
+
+    def stop_timer(self) -> None:
+        """
+        Cancel the opening's or the close's deadline, if one runs.
+        """
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _guarded(self, method: Callable[..., object], *args: object) -> None:
         """

@@ -237,22 +237,28 @@ class FrameTap:
         return self.counts[FrameType.PING, int(flag)]
 
 
-class _TappedTransport:
+class _TappedSocket:
     """
-    The session's transport with its frames counted on the way out.
+    The session's socket with every byte it sends fed to a L{FrameTap}: what Twisted's
+    buffered writes send and what the session sends straight to the socket alike.
     """
 
-    def __init__(self, transport: Any, tap: FrameTap) -> None:
-        self._transport = transport
+    def __init__(self, socket: Any, tap: FrameTap) -> None:
+        self._socket = socket
         self._tap = tap
 
-    def writeSequence(self, data: list[bytes]) -> None:
-        for chunk in data:
-            self._tap.feed(chunk)
-        self._transport.writeSequence(data)
+    def send(self, data: bytes, *flags: int) -> int:
+        sent: int = self._socket.send(data, *flags)
+        self._tap.feed(bytes(data[:sent]))
+        return sent
+
+    def sendmsg(self, buffers: list[bytes], *args: Any) -> int:
+        sent: int = self._socket.sendmsg(buffers, *args)
+        self._tap.feed(b"".join(buffers)[:sent])
+        return sent
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
+        return getattr(self._socket, name)
 
 
 class TappedMux(MuxProtocol):
@@ -269,9 +275,9 @@ class TappedMux(MuxProtocol):
         super().__init__(on_end=self.ends.append, **kwargs)
 
     def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.socket = _TappedSocket(transport.socket, self.sent)
         super().connectionMade()
-        assert self.session is not None
-        self.session.transport = _TappedTransport(self.transport, self.sent)  # type: ignore[assignment]
 
     def dataReceived(self, data: bytes) -> None:
         self.received.feed(data)
