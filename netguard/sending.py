@@ -3,8 +3,9 @@
 Writing to Twisted's plain socket transports at once: a write that finds nothing waiting in
 the transport's buffer is sent there and then, instead of waiting for a writable event (two
 changes of the reactor's registration, one dispatch and the C{send}). The relays and the
-line protocols use it for request/response traffic, a multiplexed session for its bulk
-frames; what it saves: C{docs/multiplexing.md} section 8.4.
+line protocols use it for request/response traffic, a multiplexed session for its frames
+(a reactor turn's small ones together, a bulk one alone); what it saves:
+C{docs/multiplexing.md} sections 8.4 and 8.6.
 """
 
 from __future__ import annotations

@@ -349,16 +349,17 @@ class SessionFlushTests(PlainSocketCase):
     """
     A multiplexed session over a plain socket: a data frame of bulk is sent at once; small
     frames wait for the end of the reactor turn (a zero-delay call on the session's clock)
-    and then leave in one C{send}, or leave as soon as C{_TURN_CHUNKS} chunks wait.
+    and then leave in one C{send}; a serving end's leave as soon as C{_TURN_CHUNKS} chunks
+    wait.
     """
 
-    def make_session(self) -> MuxSession:
+    def make_session(self, *, client: bool = True) -> MuxSession:
         transport = self.make_connection()
         self.transport = transport
         self.clock = Clock()
         return MuxSession(
             transport,
-            client=True,
+            client=client,
             clock=self.clock,
             accept=lambda stream: None,
             limits=MuxLimits(keepalive_interval=None),
@@ -413,12 +414,12 @@ class SessionFlushTests(PlainSocketCase):
         self.assertFalse(has_user_data(self.transport))
         self.assertEqual(self.turn_calls(self.clock), [])
 
-    def test_busy_turn_sends_early(self) -> None:
+    def test_busy_turn_of_the_server_sends_early(self) -> None:
         """
-        A turn's frames leave once C{_TURN_CHUNKS} chunks wait (a data frame is two), not
-        one chunk before; what the turn frames after that leaves at its end.
+        A serving end's frames leave once C{_TURN_CHUNKS} chunks wait (a data frame is two),
+        not one chunk before; what the turn frames after that leaves at its end.
         """
-        session = self.make_session()
+        session = self.make_session(client=False)
         streams = [self.open(session) for _ in range(3)]
         pairs = _TURN_CHUNKS // 2
         for n in range(pairs - 1):
@@ -432,6 +433,22 @@ class SessionFlushTests(PlainSocketCase):
         self.assertEqual(read_all(self.peer), b"")
         self.clock.advance(0)
         self.assertEqual([body for _, body in parse(read_all(self.peer))], [b"after"])
+
+    def test_busy_turn_of_the_client_waits_for_its_end(self) -> None:
+        """
+        A client's frames of a busy turn all wait for its end (below C{_SEND_AT_ONCE}
+        bytes), then leave together in order.
+        """
+        session = self.make_session()
+        stream = self.open(session)
+        for n in range(_TURN_CHUNKS * 2):
+            stream.write(b"%d" % n)
+        self.assertEqual(read_all(self.peer), b"")
+        self.clock.advance(0)
+        self.assertEqual(
+            [body for _, body in parse(read_all(self.peer))],
+            [b"%d" % n for n in range(_TURN_CHUNKS * 2)],
+        )
 
     def test_paused_session_holds_the_turn(self) -> None:
         """

@@ -6,6 +6,7 @@ out through the transport it is given, time from an injected clock.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Callable
 
@@ -55,13 +56,13 @@ _BATCH = 64 * 1024
 #: A flush at least this large (a data frame of bulk) is sent at once where the connection
 #: is a plain socket with nothing waiting (L{write_sequence_now}: no copy of the payload into
 #: Twisted's buffer). Smaller ones wait for the end of the reactor turn, where the turn's
-#: frames of every stream leave in one C{send}, or until L{_TURN_CHUNKS} chunks wait: the
-#: peer then starts on the first requests of a busy turn while this end frames the rest
-#: (C{docs/multiplexing.md} section 8.6).
+#: frames of every stream leave in one C{send}; on the serving end, only until
+#: L{_TURN_CHUNKS} chunks wait: the client then starts on the first answers of a busy turn
+#: while the server frames the rest (C{docs/multiplexing.md} section 8.6).
 _SEND_AT_ONCE = 32 * 1024
 
-#: Chunks (a data frame is two, a header and its payload) that make a turn's frames leave
-#: before the turn ends.
+#: Chunks (a data frame is two, a header and its payload) that make a serving end's frames
+#: leave before the turn ends.
 _TURN_CHUNKS = 16
 
 
@@ -130,6 +131,7 @@ class MuxSession:
         #: Whether small frames wait for the end of the turn (a plain socket) rather than
         #: going to the transport as they are framed (TLS, a wrapper, a test's transport).
         self._by_turn = plain_socket(transport)
+        self._turn_chunks = _TURN_CHUNKS if not client else sys.maxsize
         self._turn: DelayedCall | None = None
         self._ready: deque[MuxStream] = deque()
         self._receive = ReceiveCredit(
@@ -652,7 +654,7 @@ class MuxSession:
     def _flush(self) -> None:
         if self._paused or not self._out or self.ended is not None:
             return
-        if self._by_turn and self._out_size < _SEND_AT_ONCE and len(self._out) < _TURN_CHUNKS:
+        if self._by_turn and self._out_size < _SEND_AT_ONCE and len(self._out) < self._turn_chunks:
             if self._turn is None:
                 self._turn = self._clock.callLater(0, self._turn_ended)
             return
