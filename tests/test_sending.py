@@ -16,6 +16,7 @@ from twisted.internet import main, tcp
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from netguard import sending
@@ -416,19 +417,22 @@ class SessionFlushTests(PlainSocketCase):
 
     def test_busy_turn_of_the_server_sends_early(self) -> None:
         """
-        A serving end's frames leave once C{_TURN_CHUNKS} chunks wait (a data frame is two),
-        not one chunk before; what the turn frames after that leaves at its end.
+        A serving end's frames leave once C{_TURN_CHUNKS} chunks wait (a data frame is two,
+        a ping or a FIN one), not one chunk before; what the turn frames after that leaves at
+        its end.
         """
         session = self.make_session(client=False)
         streams = [self.open(session) for _ in range(3)]
         pairs = _TURN_CHUNKS // 2
         for n in range(pairs - 1):
             streams[n % 3].write(b"%d" % n)
-        self.assertEqual(read_all(self.peer), b"")
-        streams[0].write(b"last of the first batch")
+        session.ping()
+        self.assertEqual(read_all(self.peer), b"")  # one chunk short of the bound
+        streams[2].loseWriteConnection()
         first = parse(read_all(self.peer))
-        self.assertEqual(len(first), pairs)
-        self.assertEqual(first[-1][1], b"last of the first batch")
+        self.assertEqual(len(first), pairs + 1)
+        self.assertEqual(first[-2][0].type, FrameType.PING)
+        self.assertEqual(first[-1][0].flags, Flag.FIN)
         streams[1].write(b"after")
         self.assertEqual(read_all(self.peer), b"")
         self.clock.advance(0)
@@ -480,6 +484,38 @@ class SessionFlushTests(PlainSocketCase):
         self.assertEqual(
             [header.type for header, _ in frames], [FrameType.PING, FrameType.GO_AWAY]
         )
+
+    def test_owner_ending_an_open_connection_sends_what_waits(self) -> None:
+        """
+        An owner that ends the session itself while the connection is open (an orderly
+        close: go-away, then C{connection_lost}, then closing the transport) still delivers
+        what the turn framed: the stream's data, then the go-away.
+        """
+        session = self.make_session()
+        stream = self.open(session)
+        stream.write(b"last request")
+        session.go_away()
+        session.connection_lost(None)
+        self.transport.loseConnection()
+        self.transport.doWrite()
+        frames = parse(read_all(self.peer))
+        self.assertEqual(
+            [(header.type, body) for header, body in frames],
+            [(FrameType.DATA, b"last request"), (FrameType.GO_AWAY, b"")],
+        )
+        self.assertEqual(self.turn_calls(self.clock), [])
+
+    def test_frames_after_a_real_loss_are_not_counted(self) -> None:
+        """
+        When the connection is really gone, what waited is dropped, not counted as sent.
+        """
+        session = self.make_session()
+        stream = self.open(session)
+        sent = session.bytes_out
+        stream.write(b"never sent")
+        self.transport.connectionLost(Failure(main.CONNECTION_LOST))
+        session.connection_lost(None)
+        self.assertEqual(session.bytes_out, sent)
 
     def test_other_transports_get_each_batch_at_once(self) -> None:
         """

@@ -252,10 +252,20 @@ class MuxSession:
 
     def connection_lost(self, reason: Failure | None = None) -> None:
         """
-        The transport is gone: every stream ends with L{SessionLost}.
+        The transport is gone: every stream ends with L{SessionLost}. An owner may say so
+        while the connection is still open (an orderly close, the peer's half-close) and
+        close it next: frames waiting for the end of the turn are handed to it first, as if
+        they had gone to its buffer when framed.
         """
         self._cancel(self._linger)
         self._linger = None
+        if (
+            self._out
+            and self.ended is None
+            and not self._paused
+            and not getattr(self.transport, "disconnected", False)
+        ):
+            self._send()
         self._end(SessionEnd(Violation.CONNECTION_LOST, GoAwayCode.NORMAL, True), send=False)
 
     # IPushProducer: our output
