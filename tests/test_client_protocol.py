@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Callable
+from typing import Any
 
 import attrs
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from netguard.auth.scram import (
+    THREAD_ITERATIONS,
     AuthFailed,
     ServerExchange,
     decode_wire,
@@ -752,3 +756,120 @@ class TLSVerificationReasonTests(unittest.TestCase):
             ConnectionLost(),
         ):
             self.assertEqual(self.lost_with(error).reason, "closed", error)
+
+
+class HeldThread:
+    """
+    Stands in for the client's C{run_in_thread}: records each function and hands back a
+    L{Deferred} that L{finish} fires with the function's result (or L{fail} with an error).
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[[], Any], Deferred[Any]]] = []
+
+    def __call__(self, function: Callable[[], Any]) -> Deferred[Any]:
+        done: Deferred[Any] = Deferred()
+        self.calls.append((function, done))
+        return done
+
+    def finish(self) -> None:
+        [(function, done)] = self.calls
+        self.calls.clear()
+        done.callback(function())
+
+    def fail(self, error: Exception) -> None:
+        [(_, done)] = self.calls
+        self.calls.clear()
+        done.errback(Failure(error))
+
+
+class SlowDerivationTests(ClientTestCase):
+    """
+    A server-first-message naming more than C{THREAD_ITERATIONS} iterations (the server
+    chooses the count): PBKDF2 runs in a thread, the reactor is not held meanwhile, and the
+    login goes on from where it was once the keys are ready.
+    """
+
+    def script(self, iterations: int) -> tuple[HostileServerScript, HeldThread]:
+        script = HostileServerScript(self, record=make_record("alice", PASSWORD, iterations))
+        held = HeldThread()
+        script.client.run_in_thread = held
+        return script, held
+
+    def test_count_past_the_bound_is_derived_in_a_thread(self) -> None:
+        """
+        One iteration past the bound: nothing is sent until the thread's keys arrive; then
+        the login completes as usual (the server's signature verified, OPEN sent).
+        """
+        script, held = self.script(THREAD_ITERATIONS + 1)
+        script.reply(script.answer_auth())
+        self.assertEqual(script.sent(), [])
+        self.assertIs(script.client.state, ClientState.DERIVE_KEYS)
+        self.assertEqual(len(held.calls), 1)
+        held.finish()
+        [cont] = script.sent()
+        assert script.exchange is not None
+        script.reply(b"OK " + encode_wire(script.exchange.final(decode_wire(cont[5:]))))
+        self.assertEqual(script.sent(), [b"OPEN echo"])
+        self.assertEqual(script.client.credentials.keys.derivations, 1)
+
+    def test_count_at_the_bound_is_derived_inline(self) -> None:
+        """
+        Exactly the bound: derived at once, no thread.
+        """
+        script, held = self.script(THREAD_ITERATIONS)
+        script.login()
+        self.assertEqual(held.calls, [])
+
+    def test_connection_lost_while_deriving(self) -> None:
+        """
+        The connection ends while the thread runs: the connect fails as closed, and the
+        keys arriving later send nothing.
+        """
+        script, held = self.script(THREAD_ITERATIONS + 1)
+        script.reply(script.answer_auth())
+        script.client.connectionLost(Failure(ConnectionDone()))
+        failure = self.failureResultOf(script.client.opened, NGPProtocolError)
+        self.assertIn("deriving its keys", str(failure.value))
+        held.finish()
+        self.assertEqual(script.sent(), [])
+
+    def test_reply_while_deriving_is_refused(self) -> None:
+        """
+        A server that speaks before the client's CONT is refused; the keys arriving later
+        send nothing.
+        """
+        script, held = self.script(THREAD_ITERATIONS + 1)
+        script.reply(script.answer_auth())
+        script.reply(b"OK v=c29vbg==")
+        self.assert_failed_closed(script, NGPProtocolError, "unexpected-reply")
+        held.finish()
+        self.assertEqual(script.sent(), [])
+
+    def test_derivation_failure_fails_the_connect(self) -> None:
+        """
+        The thread raises: the connect fails with C{key-derivation}, nothing sent.
+        """
+        script, held = self.script(THREAD_ITERATIONS + 1)
+        script.reply(script.answer_auth())
+        held.fail(MemoryError("no room"))
+        self.assert_failed_closed(script, NGPProtocolError, "key-derivation")
+
+    def test_impostor_with_a_high_count_is_still_refused(self) -> None:
+        """
+        An impostor (a forged verifier) naming a high count: the keys are derived in the
+        thread, and its signature then fails as it would inline.
+        """
+        forged = make_record("alice", "not the password", THREAD_ITERATIONS + 1)
+        script = HostileServerScript(self, record=forged)
+        held = HeldThread()
+        script.client.run_in_thread = held
+        script.reply(script.answer_auth())
+        held.finish()
+        [cont] = script.sent()
+        assert script.exchange is not None
+        # The forged verifier refuses the client's proof; the impostor answers with a
+        # signature of its own making.
+        self.assertRaises(AuthFailed, script.exchange.final, decode_wire(cont[5:]))
+        script.reply(b"OK " + encode_wire("v=" + base64.b64encode(os.urandom(32)).decode()))
+        self.assert_failed_closed(script, AuthFailed)

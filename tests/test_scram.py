@@ -16,8 +16,10 @@ from netguard.auth import scram
 from netguard.auth.scram import (
     SCRAM_SHA_256,
     SCRAM_SHA_256_PLUS,
+    THREAD_ITERATIONS,
     AuthFailed,
     ClientExchange,
+    ClientKeys,
     ServerExchange,
 )
 from netguard.auth.users import UserStore, make_record
@@ -664,3 +666,50 @@ class ClientKeysTests(ExchangeTestBase):
             with self.subTest(message=bad):
                 self.assertRaises(AuthFailed, client.verify, bad)
                 self.assertFalse(client.verified)
+
+
+class SlowDerivationTests(unittest.TestCase):
+    """
+    L{ClientExchange.slow_derivation}: which server-first-messages need PBKDF2 in a thread,
+    and the keys it derives kept in the cache for L{ClientExchange.final}.
+    """
+
+    SALT = b"s" * 16
+    SLOW = "r={nonce}x,s=" + base64.b64encode(SALT).decode() + f",i={THREAD_ITERATIONS + 1}"
+
+    def started(self, keys: ClientKeys) -> tuple[ClientExchange, str]:
+        client = ClientExchange("alice", "correct horse", keys=keys)
+        nonce = fields(client.first().split(",", 2)[2])["r"]
+        return client, self.SLOW.format(nonce=nonce)
+
+    def test_derived_keys_are_cached_for_final_and_the_next_login(self) -> None:
+        """
+        The function returned derives the keys PBKDF2 would (L{final} then runs no PBKDF2
+        of its own), and the next exchange with the same cache needs no thread.
+        """
+        keys = ClientKeys()
+        client, message = self.started(keys)
+        derive = client.slow_derivation(message)
+        assert derive is not None
+        client.keep_keys(derive())
+        self.assertTrue(keys.holds(self.SALT, THREAD_ITERATIONS + 1))
+        self.assertEqual(keys.derivations, 1)
+        client.final(message)
+        self.assertEqual(keys.derivations, 1)
+        self.assertEqual(
+            keys.keys_for("correct horse", self.SALT, THREAD_ITERATIONS + 1),
+            scram.derive_keys("correct horse", self.SALT, THREAD_ITERATIONS + 1),
+        )
+        again, message = self.started(keys)
+        self.assertIsNone(again.slow_derivation(message))
+
+    def test_what_final_refuses_is_left_to_final(self) -> None:
+        """
+        A malformed, over-long or out-of-order message needs no thread: L{final} refuses it.
+        """
+        client, message = self.started(ClientKeys())
+        for bad in ("r=short,s=AAAA,i=99999999", message + "," + "q" * 5000):
+            with self.subTest(message=bad[:40]):
+                self.assertIsNone(client.slow_derivation(bad))
+        fresh = ClientExchange("alice", "correct horse")
+        self.assertIsNone(fresh.slow_derivation(message))  # before first()

@@ -19,6 +19,7 @@ import enum
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from scramp import ScramException, ScramMechanism
@@ -284,6 +285,12 @@ class ServerExchange(_Exchange):
         return server_final
 
 
+#: Iteration counts above this are derived in a thread by the client (L{ClientExchange.
+#: slow_derivation}): about 10 ms of PBKDF2 on a current core. The shipped count (4096)
+#: is derived inline.
+THREAD_ITERATIONS = 50_000
+
+
 class ClientKeys:
     """
     A client's cache of the keys it derives from its password: per salt and iteration count,
@@ -317,16 +324,41 @@ class ClientKeys:
         if found is not None:
             self._keys.move_to_end(key)
             return found
-        salted = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+        found = derive_keys(password, salt, iterations)
+        self.keep(salt, iterations, found)
+        return found
+
+    def holds(self, salt: bytes, iterations: int) -> bool:
+        """
+        @return: whether the keys for C{salt} and C{iterations} are cached.
+        """
+        return (salt, iterations) in self._keys
+
+    def keep(self, salt: bytes, iterations: int, keys: tuple[bytes, bytes]) -> None:
+        """
+        Cache C{keys}, derived (L{derive_keys}) for C{salt} and C{iterations}, dropping the
+        oldest beyond L{MAX_ENTRIES}.
+        """
         self.derivations += 1
-        found = (
-            hmac.new(salted, b"Client Key", hashlib.sha256).digest(),
-            hmac.new(salted, b"Server Key", hashlib.sha256).digest(),
-        )
-        self._keys[key] = found
+        self._keys[salt, iterations] = keys
+        self._keys.move_to_end((salt, iterations))
         while len(self._keys) > self.MAX_ENTRIES:
             self._keys.popitem(last=False)
-        return found
+
+
+def derive_keys(password: str, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
+    """
+    PBKDF2 (RFC 5802 C{Hi}) and the two keys of RFC 5802 section 3: a pure function, safe to
+    run in a thread (C{hashlib} releases the GIL while it iterates).
+
+    @param password: the SASLprep-normalised password.
+    @return: (ClientKey, ServerKey).
+    """
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    return (
+        hmac.new(salted, b"Client Key", hashlib.sha256).digest(),
+        hmac.new(salted, b"Server Key", hashlib.sha256).digest(),
+    )
 
 
 def _escape_name(name: str) -> str:
@@ -415,6 +447,7 @@ class ClientExchange(_Exchange):
         self._nonce = new_nonce()
         self._first_bare = f"n={_escape_name(self._username)},r={self._nonce}"
         self._server_signature = b""
+        self._pending: tuple[bytes, int] | None = None
 
     def _fail(self, reason: str) -> AuthFailed:
         self._step = _Step.FAILED
@@ -428,6 +461,41 @@ class ClientExchange(_Exchange):
         self._enter(_Step.FIRST)
         self._step = _Step.FINAL
         return self._gs2_header + self._first_bare
+
+    def slow_derivation(self, server_first: str) -> Callable[[], tuple[bytes, bytes]] | None:
+        """
+        Whether L{final} for C{server_first} would run PBKDF2 long enough to stall the
+        caller's reactor: more than L{THREAD_ITERATIONS} iterations, with keys not cached.
+        The caller then runs the returned function in a thread and hands its result to
+        L{keep_keys} before calling L{final}, which finds them cached.
+
+        @return: a function of no arguments deriving the keys, or L{None} when L{final} is
+            quick (nothing is checked here that L{final} does not check again).
+        """
+        if (
+            self._step is not _Step.FINAL
+            or not isinstance(server_first, str)
+            or len(server_first) > MAX_MESSAGE_CHARS
+        ):
+            return None
+        try:
+            _, salt, iterations = self._read_server_first(server_first)
+        except ValueError:
+            return None
+        if iterations <= THREAD_ITERATIONS or self._keys.holds(salt, iterations):
+            return None
+        password = self._password
+        self._pending = (salt, iterations)
+        return lambda: derive_keys(password, salt, iterations)
+
+    def keep_keys(self, keys: tuple[bytes, bytes]) -> None:
+        """
+        Cache the keys the function from L{slow_derivation} returned.
+        """
+        if self._pending is not None:
+            salt, iterations = self._pending
+            self._pending = None
+            self._keys.keep(salt, iterations, keys)
 
     def final(self, server_first: str) -> str:
         """

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 from OpenSSL.SSL import Error as SSLError
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
 from netguard.auth.scram import (
@@ -88,6 +90,7 @@ FAILURE_REASONS: dict[str, str] = {
     "idle-timeout": "the server was silent longer than the idle timeout",
     "early-data": "data before the TLS handshake completed",
     "closed": "the connection closed before the service was open",
+    "key-derivation": "deriving the password's keys in a thread failed",
     "tls-verification": "on TLS, the server's certificate failed the client's verification "
     "(a key pin, the chain of trust or the name): the handshake was aborted",
     "tls-refused": "on TLS, the gateway refused the client's certificate (a TLS alert: none "
@@ -162,6 +165,7 @@ class ClientState(enum.Enum):
 
     AWAIT_GREETING = "await-greeting"
     AWAIT_CONT = "await-cont"
+    DERIVE_KEYS = "derive-keys"
     AWAIT_AUTH_OK = "await-auth-ok"
     AWAIT_TICKET = "await-ticket"
     AWAIT_OPEN_OK = "await-open-ok"
@@ -195,6 +199,7 @@ LATE_RESUME_ANSWERS = frozenset({b"BAD_SEQUENCE", b"UNKNOWN_COMMAND"})
 _WAITING_FOR = {
     ClientState.AWAIT_GREETING: "the greeting",
     ClientState.AWAIT_CONT: "CONT",
+    ClientState.DERIVE_KEYS: "nothing (the client was deriving its keys)",
     ClientState.AWAIT_AUTH_OK: "OK (the server signature)",
     ClientState.AWAIT_TICKET: "OK TICKET",
     ClientState.AWAIT_OPEN_OK: "OK OPEN",
@@ -272,6 +277,9 @@ class NGPClientProtocol(GuardedLineReceiver):
         self.tickets_offered = False
         self._resume_unanswered = False
         self._ticket_error: NGPError | None = None
+        #: Runs a function in a thread, returning a L{Deferred} of its result (PBKDF2 for
+        #: an iteration count too high to run on the reactor; replaceable in tests).
+        self.run_in_thread: Callable[..., Deferred[Any]] = deferToThread
 
     # -- hooks for users of the open connection ------------------------------------------------
 
@@ -384,6 +392,7 @@ class NGPClientProtocol(GuardedLineReceiver):
         handler = {
             ClientState.AWAIT_GREETING: self._on_greeting,
             ClientState.AWAIT_CONT: self._on_cont,
+            ClientState.DERIVE_KEYS: self._on_line_while_deriving,
             ClientState.AWAIT_AUTH_OK: self._on_auth_ok,
             ClientState.AWAIT_TICKET: self._on_ticket,
             ClientState.AWAIT_OPEN_OK: self._on_open_ok,
@@ -484,9 +493,44 @@ class NGPClientProtocol(GuardedLineReceiver):
         verb, _, token = line.partition(b" ")
         if verb != b"CONT" or self._exchange is None:
             raise NGPProtocolError("unexpected reply while waiting for CONT")
-        final = self._exchange.final(decode_wire(token))
+        server_first = decode_wire(token)
+        derive = self._exchange.slow_derivation(server_first)
+        if derive is None:
+            self._send_final(server_first)
+            return
+        # PBKDF2 with this count would stall the reactor, and every other connection of the
+        # process, for as long as it runs (a server chooses the count): run it in a thread.
+        self.state = ClientState.DERIVE_KEYS
+        deriving = self.run_in_thread(derive)
+        deriving.addCallbacks(
+            self._keys_derived, self._derivation_failed, callbackArgs=(server_first,)
+        )
+
+    def _send_final(self, server_first: str) -> None:
+        assert self._exchange is not None
+        final = self._exchange.final(server_first)
         self.state = ClientState.AWAIT_AUTH_OK
         self.sendLine(b"CONT " + encode_wire(final))
+
+    def _keys_derived(self, keys: tuple[bytes, bytes], server_first: str) -> None:
+        if self.state is not ClientState.DERIVE_KEYS or self._exchange is None:
+            return  # the connection ended meanwhile
+        self._exchange.keep_keys(keys)
+        try:
+            self._send_final(server_first)
+        except AuthFailed as failure:
+            self._fail(failure)
+
+    def _derivation_failed(self, failure: Failure) -> None:
+        if self.state is ClientState.DERIVE_KEYS:
+            self._fail(
+                NGPProtocolError(
+                    f"deriving the keys failed: {failure.getErrorMessage()}", "key-derivation"
+                )
+            )
+
+    def _on_line_while_deriving(self, line: bytes) -> None:
+        raise NGPProtocolError("a reply before the client's CONT")
 
     def _on_auth_ok(self, line: bytes) -> None:
         verb, _, token = line.partition(b" ")
