@@ -18,7 +18,7 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -30,6 +30,7 @@ from netguard.auth.scram import (
     encode_wire,
 )
 from netguard.auth.users import UserRecord, make_record
+from netguard.client.key_derivation import MAX_JOBS, KeyDeriver
 from netguard.client.protocol import (
     CLIENT_LIMITS,
     FAILURE_REASONS,
@@ -760,7 +761,7 @@ class TLSVerificationReasonTests(unittest.TestCase):
 
 class HeldThread:
     """
-    Stands in for the client's C{run_in_thread}: records each function and hands back a
+    Stands in for the deriver's thread: records each function and hands back a
     L{Deferred} that L{finish} fires with the function's result (or L{fail} with an error).
     """
 
@@ -773,9 +774,23 @@ class HeldThread:
         return done
 
     def finish(self) -> None:
+        """
+        The thread runs the function and the reactor gets its result.
+        """
+        self.start()
+        self.deliver()
+
+    def start(self) -> None:
+        """
+        The thread runs the function (its result reaches the reactor at L{deliver}).
+        """
         [(function, done)] = self.calls
+        self.started = (function(), done)
+
+    def deliver(self) -> None:
+        result, done = self.started
         self.calls.clear()
-        done.callback(function())
+        done.callback(result)
 
     def fail(self, error: Exception) -> None:
         [(_, done)] = self.calls
@@ -786,19 +801,30 @@ class HeldThread:
 class SlowDerivationTests(ClientTestCase):
     """
     A server-first-message naming more than C{THREAD_ITERATIONS} iterations (the server
-    chooses the count): PBKDF2 runs in a thread, the reactor is not held meanwhile, and the
-    login goes on from where it was once the keys are ready.
+    chooses the count): PBKDF2 runs off the reactor (the real L{KeyDeriver}, its thread held
+    by the test), and the login goes on from where it was once the keys are cached.
     """
 
-    def script(self, iterations: int) -> tuple[HostileServerScript, HeldThread]:
-        script = HostileServerScript(self, record=make_record("alice", PASSWORD, iterations))
-        held = HeldThread()
-        script.client.run_in_thread = held
-        return script, held
+    def script(
+        self,
+        iterations: int,
+        credentials: Credentials | None = None,
+        record: UserRecord | None = None,
+    ) -> tuple[HostileServerScript, HeldThread]:
+        record = record or make_record("alice", PASSWORD, iterations)
+        script = HostileServerScript(self, record=record)
+        if credentials is not None:
+            script.client.credentials = credentials
+        self.held = getattr(self, "held", None) or HeldThread()
+        self.deriver = getattr(self, "deriver", None) or KeyDeriver(
+            MemoryReactorClock(), run_in_thread=self.held
+        )
+        script.client.deriver = self.deriver
+        return script, self.held
 
-    def test_count_past_the_bound_is_derived_in_a_thread(self) -> None:
+    def test_count_past_the_bound_is_derived_off_the_reactor(self) -> None:
         """
-        One iteration past the bound: nothing is sent until the thread's keys arrive; then
+        One iteration past the bound: nothing is sent until the keys are derived; then
         the login completes as usual (the server's signature verified, OPEN sent).
         """
         script, held = self.script(THREAD_ITERATIONS + 1)
@@ -815,16 +841,52 @@ class SlowDerivationTests(ClientTestCase):
 
     def test_count_at_the_bound_is_derived_inline(self) -> None:
         """
-        Exactly the bound: derived at once, no thread.
+        Exactly the bound: derived at once, off nothing.
         """
         script, held = self.script(THREAD_ITERATIONS)
         script.login()
         self.assertEqual(held.calls, [])
 
+    def test_concurrent_logins_share_one_derivation(self) -> None:
+        """
+        Five logins with the same credentials reach CONT before the keys are ready: one
+        derivation, and every login goes on once it is done.
+        """
+        credentials = Credentials("alice", PASSWORD)
+        record = make_record("alice", PASSWORD, THREAD_ITERATIONS + 1)  # one salt
+        scripts = [self.script(THREAD_ITERATIONS + 1, credentials, record)[0] for _ in range(5)]
+        for script in scripts:
+            script.reply(script.answer_auth())
+        self.assertEqual(len(self.held.calls), 1)
+        self.held.finish()
+        for script in scripts:
+            [cont] = script.sent()
+            self.assertTrue(cont.startswith(b"CONT "))
+        self.assertEqual(credentials.keys.derivations, 1)
+
+    def test_keys_of_a_login_that_timed_out_are_kept(self) -> None:
+        """
+        The handshake deadline ends the login while the keys are derived: the connect
+        fails, nothing is sent, and the keys, whose derivation had started, are cached for
+        the next login.
+        """
+        script, held = self.script(THREAD_ITERATIONS + 1)
+        script.reply(script.answer_auth())
+        held.start()
+        script.clock.advance(CLIENT_LIMITS.handshake_timeout + 1)
+        self.assertTrue(script.transport.disconnecting)
+        script.client.connectionLost(Failure(ConnectionDone()))
+        failure = self.failureResultOf(script.client.opened, NGPProtocolError)
+        self.assertEqual(failure.value.reason, "handshake-timeout")
+        script.transport.clear()
+        held.deliver()
+        self.assertEqual(script.transport.value(), b"")
+        self.assertEqual(script.client.credentials.keys.derivations, 1)
+
     def test_connection_lost_while_deriving(self) -> None:
         """
-        The connection ends while the thread runs: the connect fails as closed, and the
-        keys arriving later send nothing.
+        The connection ends while the keys are derived and no other login waits for them:
+        the connect fails as closed, and the derivation, not started yet, is skipped.
         """
         script, held = self.script(THREAD_ITERATIONS + 1)
         script.reply(script.answer_auth())
@@ -833,11 +895,11 @@ class SlowDerivationTests(ClientTestCase):
         self.assertIn("deriving its keys", str(failure.value))
         held.finish()
         self.assertEqual(script.sent(), [])
+        self.assertEqual(script.client.credentials.keys.derivations, 0)
 
     def test_reply_while_deriving_is_refused(self) -> None:
         """
-        A server that speaks before the client's CONT is refused; the keys arriving later
-        send nothing.
+        A server that speaks before the client's CONT is refused; nothing is sent after.
         """
         script, held = self.script(THREAD_ITERATIONS + 1)
         script.reply(script.answer_auth())
@@ -848,22 +910,35 @@ class SlowDerivationTests(ClientTestCase):
 
     def test_derivation_failure_fails_the_connect(self) -> None:
         """
-        The thread raises: the connect fails with C{key-derivation}, nothing sent.
+        The derivation raises: the connect fails with C{key-derivation}, nothing sent.
         """
         script, held = self.script(THREAD_ITERATIONS + 1)
         script.reply(script.answer_auth())
         held.fail(MemoryError("no room"))
         self.assert_failed_closed(script, NGPProtocolError, "key-derivation")
 
+    def test_too_many_derivations_fail_at_once(self) -> None:
+        """
+        With C{max_jobs} derivations waiting (other salts), the next login fails with
+        C{key-derivation} at once instead of queueing more.
+        """
+        for _ in range(MAX_JOBS):
+            script, _ = self.script(THREAD_ITERATIONS + 1)
+            script.reply(script.answer_auth())
+        script, held = self.script(THREAD_ITERATIONS + 1)
+        script.reply(script.answer_auth())
+        self.assert_failed_closed(script, NGPProtocolError, "key-derivation")
+        self.assertEqual(len(held.calls), MAX_JOBS)
+
     def test_impostor_with_a_high_count_is_still_refused(self) -> None:
         """
-        An impostor (a forged verifier) naming a high count: the keys are derived in the
-        thread, and its signature then fails as it would inline.
+        An impostor (a forged verifier) naming a high count: the keys are derived off the
+        reactor, and its signature then fails as it would inline.
         """
         forged = make_record("alice", "not the password", THREAD_ITERATIONS + 1)
         script = HostileServerScript(self, record=forged)
         held = HeldThread()
-        script.client.run_in_thread = held
+        script.client.deriver = KeyDeriver(MemoryReactorClock(), run_in_thread=held)
         script.reply(script.answer_auth())
         held.finish()
         [cont] = script.sent()

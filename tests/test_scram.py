@@ -689,9 +689,10 @@ class SlowDerivationTests(unittest.TestCase):
         """
         keys = ClientKeys()
         client, message = self.started(keys)
-        derive = client.slow_derivation(message)
-        assert derive is not None
-        client.keep_keys(derive())
+        pending = client.slow_derivation(message)
+        assert pending is not None
+        self.assertEqual((pending.salt, pending.iterations), (self.SALT, THREAD_ITERATIONS + 1))
+        keys.keep(pending.salt, pending.iterations, pending.derive())
         self.assertTrue(keys.holds(self.SALT, THREAD_ITERATIONS + 1))
         self.assertEqual(keys.derivations, 1)
         client.final(message)

@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import attrs
 from scramp import ScramException, ScramMechanism
 from scramp.utils import ServerError, saslprep
 
@@ -291,6 +292,18 @@ class ServerExchange(_Exchange):
 THREAD_ITERATIONS = 50_000
 
 
+@attrs.frozen
+class PendingKeys:
+    """
+    Keys a client must derive before it can answer: for C{salt} and C{iterations}, by
+    calling C{derive} (pure, safe in a thread), then kept with L{ClientKeys.keep}.
+    """
+
+    salt: bytes
+    iterations: int
+    derive: Callable[[], tuple[bytes, bytes]] = attrs.field(repr=False)
+
+
 class ClientKeys:
     """
     A client's cache of the keys it derives from its password: per salt and iteration count,
@@ -447,7 +460,6 @@ class ClientExchange(_Exchange):
         self._nonce = new_nonce()
         self._first_bare = f"n={_escape_name(self._username)},r={self._nonce}"
         self._server_signature = b""
-        self._pending: tuple[bytes, int] | None = None
 
     def _fail(self, reason: str) -> AuthFailed:
         self._step = _Step.FAILED
@@ -462,15 +474,15 @@ class ClientExchange(_Exchange):
         self._step = _Step.FINAL
         return self._gs2_header + self._first_bare
 
-    def slow_derivation(self, server_first: str) -> Callable[[], tuple[bytes, bytes]] | None:
+    def slow_derivation(self, server_first: str) -> PendingKeys | None:
         """
         Whether L{final} for C{server_first} would run PBKDF2 long enough to stall the
         caller's reactor: more than L{THREAD_ITERATIONS} iterations, with keys not cached.
-        The caller then runs the returned function in a thread and hands its result to
-        L{keep_keys} before calling L{final}, which finds them cached.
+        The caller then has the keys derived off the reactor into this exchange's cache
+        (L{PendingKeys}) before calling L{final}, which finds them there.
 
-        @return: a function of no arguments deriving the keys, or L{None} when L{final} is
-            quick (nothing is checked here that L{final} does not check again).
+        @return: what to derive, or L{None} when L{final} is quick (nothing is checked here
+            that L{final} does not check again).
         """
         if (
             self._step is not _Step.FINAL
@@ -485,17 +497,14 @@ class ClientExchange(_Exchange):
         if iterations <= THREAD_ITERATIONS or self._keys.holds(salt, iterations):
             return None
         password = self._password
-        self._pending = (salt, iterations)
-        return lambda: derive_keys(password, salt, iterations)
+        return PendingKeys(salt, iterations, lambda: derive_keys(password, salt, iterations))
 
-    def keep_keys(self, keys: tuple[bytes, bytes]) -> None:
+    @property
+    def keys(self) -> ClientKeys:
         """
-        Cache the keys the function from L{slow_derivation} returned.
+        @return: the cache this exchange takes its keys from.
         """
-        if self._pending is not None:
-            salt, iterations = self._pending
-            self._pending = None
-            self._keys.keep(salt, iterations, keys)
+        return self._keys
 
     def final(self, server_first: str) -> str:
         """

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable
 from typing import Any
 
 import attrs
 from OpenSSL.SSL import Error as SSLError
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
 from netguard.auth.scram import (
@@ -33,6 +31,7 @@ from netguard.auth.scram import (
     decode_wire,
     encode_wire,
 )
+from netguard.client.key_derivation import KeyDeriver, default_deriver
 from netguard.client.tickets import MalformedTicket, TicketStore, parse_ticket_line
 from netguard.errors import ErrorCode
 from netguard.framing import FramingLimits, GuardedLineReceiver
@@ -90,7 +89,8 @@ FAILURE_REASONS: dict[str, str] = {
     "idle-timeout": "the server was silent longer than the idle timeout",
     "early-data": "data before the TLS handshake completed",
     "closed": "the connection closed before the service was open",
-    "key-derivation": "deriving the password's keys in a thread failed",
+    "key-derivation": "deriving the password's keys off the reactor failed, or too many "
+    "derivations were waiting already",
     "tls-verification": "on TLS, the server's certificate failed the client's verification "
     "(a key pin, the chain of trust or the name): the handshake was aborted",
     "tls-refused": "on TLS, the gateway refused the client's certificate (a TLS alert: none "
@@ -277,9 +277,10 @@ class NGPClientProtocol(GuardedLineReceiver):
         self.tickets_offered = False
         self._resume_unanswered = False
         self._ticket_error: NGPError | None = None
-        #: Runs a function in a thread, returning a L{Deferred} of its result (PBKDF2 for
-        #: an iteration count too high to run on the reactor; replaceable in tests).
-        self.run_in_thread: Callable[..., Deferred[Any]] = deferToThread
+        #: Derives keys for an iteration count too high to run on the reactor; the
+        #: process's own (L{default_deriver}) unless set.
+        self.deriver: KeyDeriver | None = None
+        self._deriving: Deferred[None] | None = None
 
     # -- hooks for users of the open connection ------------------------------------------------
 
@@ -438,6 +439,10 @@ class NGPClientProtocol(GuardedLineReceiver):
                     tls_refusal_reason(reason),
                 )
             )
+        deriving, self._deriving = self._deriving, None
+        if deriving is not None:
+            # Left to other logins waiting for the same keys; skipped if none and not begun.
+            deriving.cancel()
 
     # -- states --------------------------------------------------------------------------------
 
@@ -494,14 +499,16 @@ class NGPClientProtocol(GuardedLineReceiver):
         if verb != b"CONT" or self._exchange is None:
             raise NGPProtocolError("unexpected reply while waiting for CONT")
         server_first = decode_wire(token)
-        derive = self._exchange.slow_derivation(server_first)
-        if derive is None:
+        pending = self._exchange.slow_derivation(server_first)
+        if pending is None:
             self._send_final(server_first)
             return
         # PBKDF2 with this count would stall the reactor, and every other connection of the
-        # process, for as long as it runs (a server chooses the count): run it in a thread.
+        # process, for as long as it runs (a server chooses the count): derive it off the
+        # reactor, into the credentials' cache, where L{final} finds it.
         self.state = ClientState.DERIVE_KEYS
-        deriving = self.run_in_thread(derive)
+        deriver = self.deriver if self.deriver is not None else default_deriver()
+        self._deriving = deriving = deriver.derive(self._exchange.keys, pending)
         deriving.addCallbacks(
             self._keys_derived, self._derivation_failed, callbackArgs=(server_first,)
         )
@@ -512,17 +519,18 @@ class NGPClientProtocol(GuardedLineReceiver):
         self.state = ClientState.AWAIT_AUTH_OK
         self.sendLine(b"CONT " + encode_wire(final))
 
-    def _keys_derived(self, keys: tuple[bytes, bytes], server_first: str) -> None:
+    def _keys_derived(self, _: None, server_first: str) -> None:
+        self._deriving = None
         if self.state is not ClientState.DERIVE_KEYS or self._exchange is None:
-            return  # the connection ended meanwhile
-        self._exchange.keep_keys(keys)
+            return  # the connection ended meanwhile (the keys are cached all the same)
         try:
             self._send_final(server_first)
         except AuthFailed as failure:
             self._fail(failure)
 
     def _derivation_failed(self, failure: Failure) -> None:
-        if self.state is ClientState.DERIVE_KEYS:
+        self._deriving = None
+        if self.state is ClientState.DERIVE_KEYS and not failure.check(CancelledError):
             self._fail(
                 NGPProtocolError(
                     f"deriving the keys failed: {failure.getErrorMessage()}", "key-derivation"

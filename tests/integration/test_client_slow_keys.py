@@ -45,10 +45,12 @@ class SlowKeysTests(unittest.TestCase):
         Reloader(self.running.service, self.running.config_path, self.running.overrides).reload()
         self.credentials = Credentials(user, password)
         self.threads: list[int] = []
+        self.names: list[str] = []
         real = scram.derive_keys
 
         def recording(password: str, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
             self.threads.append(threading.get_ident())
+            self.names.append(threading.current_thread().name)
             return real(password, salt, iterations)
 
         self.patch(scram, "derive_keys", recording)
@@ -60,12 +62,14 @@ class SlowKeysTests(unittest.TestCase):
     def test_endpoint_derives_in_a_thread_then_from_the_cache(self) -> None:
         """
         C{netguard:} endpoint (a connection per connect): the first login derives the keys
-        once, in a thread other than the reactor's; the second derives nothing.
+        once, in the deriver's own thread; the second derives nothing.
         """
         endpoint = NGPClientEndpoint(reactor, self.gateway(), self.credentials, "echo")
         yield echo_through(self, endpoint)
         self.assertEqual(len(self.threads), 1)
         self.assertNotEqual(self.threads[0], threading.get_ident())
+        # The deriver's own thread, not Twisted's shared pool (which resolves host names).
+        self.assertIn("netguard-key-derivation", self.names[0])
         yield echo_through(self, endpoint, b"again")
         self.assertEqual(len(self.threads), 1)
         self.assertEqual(self.credentials.keys.derivations, 1)
