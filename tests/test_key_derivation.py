@@ -7,8 +7,11 @@ C{tests.integration.test_client_slow_keys}.
 
 from __future__ import annotations
 
-from twisted.internet.defer import CancelledError
+import threading
+
+from twisted.internet.defer import CancelledError, succeed
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 
 from netguard.auth.scram import ClientKeys, PendingKeys
@@ -91,3 +94,57 @@ class KeyDeriverTests(unittest.TestCase):
         self.failureResultOf(waiting, DerivationRefused)
         self.assertEqual(self.derived, 0)
         self.failureResultOf(self.deriver.derive(self.cache, self.pending()), DerivationRefused)
+
+    def test_no_thread_forgets_the_job(self) -> None:
+        """
+        The thread cannot be started: the login fails at once, and the job holds no place,
+        so the next login tries again.
+        """
+
+        def no_thread(function: object) -> object:
+            raise RuntimeError("can't start new thread")
+
+        deriver = KeyDeriver(self.reactor, max_jobs=1, run_in_thread=no_thread)  # type: ignore[arg-type]
+        self.failureResultOf(deriver.derive(self.cache, self.pending()), RuntimeError)
+        self.failureResultOf(deriver.derive(self.cache, self.pending()), RuntimeError)
+        self.failureResultOf(
+            deriver.derive(self.cache, self.pending(b"salt-two-1234")), RuntimeError
+        )
+
+    def test_a_waiter_cancelling_another_while_they_are_told(self) -> None:
+        """
+        One login's callback cancels another's waiter (its connection closing at once):
+        the cancelled one is skipped, the rest are told.
+        """
+        first = self.deriver.derive(self.cache, self.pending())
+        second = self.deriver.derive(self.cache, self.pending())
+        third = self.deriver.derive(self.cache, self.pending())
+        first.addCallback(lambda _: second.cancel())
+        self.held.finish()
+        self.failureResultOf(second, CancelledError)
+        self.assertIsNone(self.successResultOf(third))
+
+    def test_a_thread_answering_at_once_reaches_its_waiter(self) -> None:
+        """
+        A C{run_in_thread} that fires before returning still tells the login.
+        """
+        deriver = KeyDeriver(self.reactor, run_in_thread=lambda function: succeed(function()))
+        self.assertIsNone(self.successResultOf(deriver.derive(self.cache, self.pending())))
+        self.assertTrue(self.cache.holds(b"salt-one-1234", 100_000))
+
+    def test_own_thread_that_cannot_start(self) -> None:
+        """
+        The deriver's own thread cannot be started (the process is out of threads): the
+        login fails, and the reactor's shutdown has no thread to join.
+        """
+
+        class NoThread(threading.Thread):
+            def start(self) -> None:
+                raise RuntimeError("can't start new thread")
+
+        self.patch(ThreadPool, "threadFactory", NoThread)
+        deriver = KeyDeriver(self.reactor)
+        self.failureResultOf(deriver.derive(self.cache, self.pending()), RuntimeError)
+        [_, (stop, args, kwargs)] = self.reactor.triggers["during"]["shutdown"]
+        stop(*args, **kwargs)
+        self.failureResultOf(deriver.derive(self.cache, self.pending()), DerivationRefused)

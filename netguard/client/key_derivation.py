@@ -93,15 +93,24 @@ class KeyDeriver:
         """
         key = (id(cache), pending.salt, pending.iterations)
         job = self._jobs.get(key)
+        start = job is None
         if job is None:
             if len(self._jobs) >= self.max_jobs or self._stopping:
                 return fail(DerivationRefused(f"{len(self._jobs)} key derivations in progress"))
             job = self._jobs[key] = _Job(pending.derive)
-            running = self._run(job.run_if_wanted)
-            running.addBoth(self._finished, key, job, cache, pending)
         waiter: Deferred[None] = Deferred(lambda waiting: job.leave(waiting))
         job.waiters.append(waiter)
         job.wanted = True
+        if start:
+            try:
+                running = self._run(job.run_if_wanted)
+            except Exception:
+                # No thread to run it (the process is out of threads): forget the job, so
+                # that it holds no place and the next login tries again.
+                del self._jobs[key]
+                job.waiters.clear()
+                return fail()
+            running.addBoth(self._finished, key, job, cache, pending)
         return waiter
 
     def _finished(
@@ -115,25 +124,32 @@ class KeyDeriver:
         if self._jobs.get(key) is job:
             del self._jobs[key]
         waiters, job.waiters = job.waiters, []
-        if isinstance(result, Failure):
-            for waiter in waiters:
-                waiter.errback(result)
-            return
         if result is None:
             # Skipped as unwanted just before a login joined it: that login retries.
-            for waiter in waiters:
-                waiter.errback(DerivationRefused("the derivation was skipped"))
-            return
-        # Kept even when no login waits any more: the next one finds them.
-        cache.keep(pending.salt, pending.iterations, result)
+            result = Failure(DerivationRefused("the derivation was skipped"))
+        elif not isinstance(result, Failure):
+            # Kept even when no login waits any more: the next one finds them.
+            cache.keep(pending.salt, pending.iterations, result)
         for waiter in waiters:
-            waiter.callback(None)
+            # A waiter's callback may cancel another (its login ending at once): skip it.
+            if waiter.called:
+                continue
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(None)
 
     def _on_own_thread(self, function: Callable[[], Any]) -> Deferred[Any]:
         if self._pool is None:
             self._pool = ThreadPool(minthreads=0, maxthreads=1, name="netguard-key-derivation")
             self._pool.start()
-        return deferToThreadPool(self._reactor, self._pool, function)
+        try:
+            return deferToThreadPool(self._reactor, self._pool, function)
+        except Exception:
+            # Its thread could not start: drop the pool (there is nothing to join at the
+            # reactor's shutdown); the next derivation starts a new one.
+            self._pool = None
+            raise
 
     def _stop(self) -> None:
         self._stopping = True
