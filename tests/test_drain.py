@@ -108,16 +108,23 @@ class ForcedCloseLoggingTests(unittest.TestCase):
     def closed_by(self, events: list[dict]) -> list[str]:
         return [e["closed_by"] for e in events if e.get("event") == "conn.close"]
 
+    def draining(self, grace: float) -> tuple[list[dict], Session, Drainer]:
+        """
+        The close events, a relaying session, and a drain begun with C{grace} seconds.
+        """
+        events = self.closes()
+        s = self.relaying()
+        drainer = Drainer(s.factory, s.clock, grace=grace)
+        s.factory.drainer = drainer
+        drainer.drain()
+        return events, s, drainer
+
     def test_relay_cut_at_the_end_of_grace_is_closed_by_server(self):
         """
         A relay still running when the grace period ends is cut and its C{conn.close}
         says C{closed_by="server"} (the gateway closed), not the client.
         """
-        events = self.closes()
-        s = self.relaying()
-        drainer = Drainer(s.factory, s.clock, grace=10)
-        s.factory.drainer = drainer
-        drainer.drain()
+        events, s, drainer = self.draining(10)
         s.clock.advance(10)
         s.proto.connectionLost(None)
         self.assertEqual(self.closed_by(events), ["server"])
@@ -126,11 +133,7 @@ class ForcedCloseLoggingTests(unittest.TestCase):
         """
         A relay cut by a second stop signal is logged C{closed_by="server"} too.
         """
-        events = self.closes()
-        s = self.relaying()
-        drainer = Drainer(s.factory, s.clock, grace=100)
-        s.factory.drainer = drainer
-        drainer.drain()
+        events, s, drainer = self.draining(100)
         drainer.force("second stop signal")
         s.proto.connectionLost(None)
         self.assertEqual(self.closed_by(events), ["server"])
@@ -140,11 +143,7 @@ class ForcedCloseLoggingTests(unittest.TestCase):
         The other side of the promise: a relay the client ends during the drain, before
         the grace period is over, is still logged as closed by the client.
         """
-        events = self.closes()
-        s = self.relaying()
-        drainer = Drainer(s.factory, s.clock, grace=10)
-        s.factory.drainer = drainer
-        drainer.drain()
+        events, s, drainer = self.draining(10)
         s.clock.advance(9)
         s.proto.connectionLost(None)
         self.assertEqual(self.closed_by(events), ["client"])
